@@ -1,0 +1,5 @@
+//! Shared pieces of meshwork's benchmarks.
+//!
+//! The criterion benches live in `benches/benches/`, one file per layer, so a regression
+//! points at its layer; the side-by-side load harness is the `loadtest` binary.
+#![forbid(unsafe_code)]

@@ -1,0 +1,14 @@
+//! # meshwork-core
+//!
+//! What a service-mesh sidecar does on every request, as tower middleware that runs inside
+//! the service: SPIFFE mTLS identity, routing, load balancing, retries, timeouts, circuit
+//! breaking, outlier detection, authorization and telemetry. It speaks
+//! `tower::Service<http::Request<B>>` only; the tonic and hyper adapters live in
+//! `meshwork-grpc` and `meshwork-http`.
+#![forbid(unsafe_code)]
+
+/// The xDS client this crate builds its configuration from.
+pub use meshwork_xds as xds;
+
+/// The workspace's TLS crypto provider (chosen by the `ring`, `aws-lc-rs` or `fips` feature).
+pub use meshwork_xds::crypto;
