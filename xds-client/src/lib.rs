@@ -10,3 +10,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod crypto;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;

@@ -1,0 +1,465 @@
+//! The server's protocol state: the snapshot, every open stream's subscriptions, versions
+//! and nonces, and the record of requests and responses. No I/O: responses go into each
+//! stream's unbounded channel, so every decision is made (and tested) synchronously under
+//! one lock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use super::snapshot::Snapshot;
+use super::type_url;
+
+/// What the server made of a received `DiscoveryRequest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RequestKind {
+    /// The first request for its type URL on its stream (unless it answers a
+    /// [`push_raw`](super::XdsTestServer::push_raw) of that type). The server answers it with
+    /// the current resources, even if the client names the current version.
+    Initial,
+    /// Its `response_nonce` is the latest nonce sent for the type and it has no
+    /// `error_detail`: the client accepted `version_info`.
+    Ack,
+    /// Its `response_nonce` is the latest nonce sent for the type and it has an
+    /// `error_detail`: the client rejected the response.
+    Nack,
+    /// Its `response_nonce` is not the latest nonce sent for the type (the client had not
+    /// yet seen a newer response). Recorded, otherwise ignored: it changes no subscription
+    /// and gets no response; the client's answer to the newer response will say what it
+    /// wants.
+    Stale,
+    /// It had no `type_url`; the server ended the stream with `INVALID_ARGUMENT`.
+    Invalid,
+}
+
+/// One `DiscoveryRequest` as the server received it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RecordedRequest {
+    /// The stream it arrived on (streams are numbered from 1 in the order they opened).
+    pub stream_id: u64,
+    /// How the server classified it.
+    pub kind: RequestKind,
+    /// The request itself.
+    pub request: DiscoveryRequest,
+}
+
+impl RecordedRequest {
+    /// The request's type URL.
+    pub fn type_url(&self) -> &str {
+        &self.request.type_url
+    }
+
+    /// The request's `version_info` (the version the client last accepted).
+    pub fn version_info(&self) -> &str {
+        &self.request.version_info
+    }
+
+    /// The message of the request's `error_detail`, if it has one.
+    pub fn error_message(&self) -> Option<&str> {
+        self.request
+            .error_detail
+            .as_ref()
+            .map(|s| s.message.as_str())
+    }
+}
+
+/// One `DiscoveryResponse` the server sent (snapshot responses and
+/// [`push_raw`](super::XdsTestServer::push_raw) alike).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct SentResponse {
+    /// The stream it was sent on.
+    pub stream_id: u64,
+    /// The response itself.
+    pub response: DiscoveryResponse,
+}
+
+impl SentResponse {
+    /// The names of the response's resources, decoded from their `name` fields where the
+    /// type is known (see [`resource_name`](super::resource_name)).
+    pub fn resource_names(&self) -> Vec<String> {
+        self.response
+            .resources
+            .iter()
+            .filter_map(super::resource_name)
+            .collect()
+    }
+}
+
+/// What one stream subscribes to for one type URL.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Subscription {
+    /// The stream receives every resource of the type (legacy or explicit wildcard).
+    pub wildcard: bool,
+    /// The wildcard comes from an empty first request (LDS and CDS only); it lasts while
+    /// the client keeps sending empty `resource_names`.
+    pub legacy_wildcard: bool,
+    /// The names subscribed explicitly (never `"*"`).
+    pub names: BTreeSet<String>,
+}
+
+pub(crate) type Outbound = mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>;
+pub(crate) type OutboundRx = mpsc::UnboundedReceiver<Result<DiscoveryResponse, Status>>;
+
+struct StreamState {
+    tx: Outbound,
+    // Dropped with the stream's state; that wakes the stream's reader task, which stops.
+    _close: oneshot::Sender<()>,
+    next_nonce: u64,
+    types: HashMap<String, TypeState>,
+}
+
+#[derive(Default)]
+struct TypeState {
+    /// A request for this type arrived on the stream (a `push_raw` alone does not count).
+    requested: bool,
+    sub: Subscription,
+    last_nonce: Option<String>,
+    /// What the stream was last sent for this type; `None` before the first response and
+    /// after a `push_raw`, so the next evaluation resends the real state.
+    last_sent: Option<BTreeMap<String, Any>>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    snapshot: Snapshot,
+    counters: HashMap<String, u64>,
+    streams: BTreeMap<u64, StreamState>,
+    next_stream_id: u64,
+    total_streams: u64,
+    requests: Vec<RecordedRequest>,
+    responses: Vec<SentResponse>,
+    shutting_down: bool,
+    /// Per type URL, how many NACKs `wait_for_nack` has already handed out.
+    pub(crate) nacks_taken: HashMap<String, usize>,
+}
+
+/// LDS and CDS responses carry every subscribed resource that exists; a missing one is
+/// deleted. RDS and EDS responses may carry a subset.
+fn is_full_state(type_url: &str) -> bool {
+    type_url == type_url::LISTENER || type_url == type_url::CLUSTER
+}
+
+/// The order in which one snapshot change is pushed, so that a client such as Envoy sees
+/// clusters before their endpoints and listeners before their routes, and never a
+/// reference to something it could not yet have.
+fn push_rank(type_url: &str) -> u8 {
+    match type_url {
+        type_url::CLUSTER => 0,
+        type_url::ENDPOINTS => 1,
+        type_url::LISTENER => 2,
+        type_url::ROUTE => 3,
+        _ => 4,
+    }
+}
+
+impl State {
+    pub(crate) fn open_stream(
+        &mut self,
+    ) -> Result<(u64, OutboundRx, oneshot::Receiver<()>), Status> {
+        if self.shutting_down {
+            return Err(Status::unavailable("the xDS test server is shutting down"));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (close_tx, close_rx) = oneshot::channel();
+        self.next_stream_id += 1;
+        self.total_streams += 1;
+        let id = self.next_stream_id;
+        self.streams.insert(
+            id,
+            StreamState {
+                tx,
+                _close: close_tx,
+                next_nonce: 0,
+                types: HashMap::new(),
+            },
+        );
+        Ok((id, rx, close_rx))
+    }
+
+    /// Forgets the stream; returns whether it was open. Dropping its sender ends the
+    /// response stream with `OK` once the queued responses are out.
+    pub(crate) fn remove_stream(&mut self, id: u64) -> bool {
+        self.streams.remove(&id).is_some()
+    }
+
+    /// Ends stream `id` with `status`.
+    pub(crate) fn end_stream(&mut self, id: u64, status: Status) {
+        if let Some(stream) = self.streams.remove(&id) {
+            let _ = stream.tx.send(Err(status));
+        }
+    }
+
+    /// Ends every open stream with `status`; returns how many there were.
+    pub(crate) fn close_all(&mut self, status: impl Fn() -> Status) -> usize {
+        let streams = std::mem::take(&mut self.streams);
+        for stream in streams.values() {
+            // A failed send means the client is already gone.
+            let _ = stream.tx.send(Err(status()));
+        }
+        streams.len()
+    }
+
+    pub(crate) fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    pub(crate) fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub(crate) fn stream_ids(&self) -> Vec<u64> {
+        self.streams.keys().copied().collect()
+    }
+
+    pub(crate) fn total_streams(&self) -> u64 {
+        self.total_streams
+    }
+
+    pub(crate) fn requests(&self) -> &[RecordedRequest] {
+        &self.requests
+    }
+
+    pub(crate) fn responses(&self) -> &[SentResponse] {
+        &self.responses
+    }
+
+    pub(crate) fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub(crate) fn version(&self, type_url: &str) -> String {
+        self.snapshot.version(type_url).unwrap_or("0").to_owned()
+    }
+
+    pub(crate) fn subscription(&self, stream_id: u64, type_url: &str) -> Option<Subscription> {
+        let ts = self.streams.get(&stream_id)?.types.get(type_url)?;
+        ts.requested.then(|| ts.sub.clone())
+    }
+
+    /// Handles one request of stream `id`. An `Err` is the status to end the stream with.
+    pub(crate) fn handle_request(
+        &mut self,
+        id: u64,
+        request: DiscoveryRequest,
+    ) -> Result<(), Status> {
+        let Self {
+            snapshot,
+            streams,
+            requests,
+            responses,
+            ..
+        } = self;
+        let Some(stream) = streams.get_mut(&id) else {
+            // Closed by the server while the request was in flight.
+            return Ok(());
+        };
+        if request.type_url.is_empty() {
+            requests.push(RecordedRequest {
+                stream_id: id,
+                kind: RequestKind::Invalid,
+                request,
+            });
+            return Err(Status::invalid_argument(
+                "DiscoveryRequest.type_url: empty; every request on an ADS stream must name its type",
+            ));
+        }
+        let type_url = request.type_url.clone();
+        let ts = stream.types.entry(type_url.clone()).or_default();
+        let first = !ts.requested;
+        let kind = if ts.last_nonce.as_deref() == Some(request.response_nonce.as_str()) {
+            if request.error_detail.is_some() {
+                RequestKind::Nack
+            } else {
+                RequestKind::Ack
+            }
+        } else if first {
+            RequestKind::Initial
+        } else {
+            RequestKind::Stale
+        };
+        let names = request.resource_names.clone();
+        requests.push(RecordedRequest {
+            stream_id: id,
+            kind,
+            request,
+        });
+        if kind == RequestKind::Stale {
+            return Ok(());
+        }
+
+        ts.requested = true;
+        let added = update_subscription(&mut ts.sub, &names, first, is_full_state(&type_url));
+        if let Some(sent) = &mut ts.last_sent {
+            // The client forgets what it unsubscribed from; so do we, so that a later
+            // change elsewhere does not look like a change for this stream.
+            let sub = &ts.sub;
+            sent.retain(|name, _| sub.wildcard || sub.names.contains(name));
+        }
+        let contents = select(snapshot, &type_url, &ts.sub);
+        let changed = ts.last_sent.as_ref() != Some(&contents);
+        // For LDS and CDS a response also says that a newly subscribed name does not
+        // exist, so it is worth sending even when it carries nothing new.
+        if kind == RequestKind::Initial || (added && (changed || is_full_state(&type_url))) {
+            let version = snapshot.version(&type_url).unwrap_or("0").to_owned();
+            send(id, stream, responses, &type_url, version, contents);
+        }
+        Ok(())
+    }
+
+    /// Replaces the snapshot, assigns versions, and pushes to every stream whose view of a
+    /// subscribed type changed.
+    pub(crate) fn apply_snapshot(&mut self, mut next: Snapshot) {
+        let mut type_urls: BTreeSet<String> = self.snapshot.types().keys().cloned().collect();
+        type_urls.extend(next.types().keys().cloned());
+        for url in &type_urls {
+            let old = self.snapshot.types().get(url);
+            let old_version = old.and_then(|t| t.version.clone());
+            let entry = next.types_mut().entry(url.clone()).or_default();
+            let empty = BTreeMap::new();
+            let old_resources = old.map_or(&empty, |t| &t.resources);
+            entry.version = if *old_resources == entry.resources {
+                old_version
+            } else {
+                let counter = self.counters.entry(url.clone()).or_insert(0);
+                *counter += 1;
+                match entry.version.take() {
+                    Some(named) if Some(&named) != old_version.as_ref() => Some(named),
+                    _ => Some(counter.to_string()),
+                }
+            };
+        }
+        self.snapshot = next;
+        self.push_changes();
+    }
+
+    fn push_changes(&mut self) {
+        let Self {
+            snapshot,
+            streams,
+            responses,
+            ..
+        } = self;
+        for (&id, stream) in streams.iter_mut() {
+            let mut urls: Vec<String> = stream
+                .types
+                .iter()
+                .filter(|(_, ts)| ts.requested)
+                .map(|(url, _)| url.clone())
+                .collect();
+            urls.sort_by(|a, b| push_rank(a).cmp(&push_rank(b)).then_with(|| a.cmp(b)));
+            for url in urls {
+                let Some(ts) = stream.types.get(&url) else {
+                    continue;
+                };
+                let contents = select(snapshot, &url, &ts.sub);
+                if ts.last_sent.as_ref() != Some(&contents) {
+                    let version = snapshot.version(&url).unwrap_or("0").to_owned();
+                    send(id, stream, responses, &url, version, contents);
+                }
+            }
+        }
+    }
+
+    /// Sends `response` on every open stream; an empty nonce is replaced by a fresh one.
+    pub(crate) fn push_raw(&mut self, response: &DiscoveryResponse) -> usize {
+        let Self {
+            streams, responses, ..
+        } = self;
+        for (&id, stream) in streams.iter_mut() {
+            let mut response = response.clone();
+            if response.nonce.is_empty() {
+                response.nonce = next_nonce(stream);
+            }
+            let ts = stream.types.entry(response.type_url.clone()).or_default();
+            ts.last_nonce = Some(response.nonce.clone());
+            ts.last_sent = None;
+            responses.push(SentResponse {
+                stream_id: id,
+                response: response.clone(),
+            });
+            let _ = stream.tx.send(Ok(response));
+        }
+        streams.len()
+    }
+}
+
+/// Applies the names of a request to `sub`; returns whether it now covers something it did
+/// not (a name or the wildcard).
+fn update_subscription(
+    sub: &mut Subscription,
+    names: &[String],
+    first: bool,
+    full_state: bool,
+) -> bool {
+    let before = sub.clone();
+    if names.is_empty() {
+        if (first && full_state) || sub.legacy_wildcard {
+            sub.legacy_wildcard = true;
+            sub.wildcard = true;
+            sub.names.clear();
+        } else {
+            // An empty list after the first request unsubscribes from everything.
+            *sub = Subscription::default();
+        }
+    } else {
+        sub.legacy_wildcard = false;
+        sub.wildcard = names.iter().any(|n| n == "*");
+        sub.names = names.iter().filter(|n| *n != "*").cloned().collect();
+    }
+    // A name the old wildcard covered is nothing new.
+    (sub.wildcard && !before.wildcard)
+        || (!before.wildcard && sub.names.difference(&before.names).next().is_some())
+}
+
+/// The resources of `type_url` that `sub` selects and that exist.
+fn select(snapshot: &Snapshot, type_url: &str, sub: &Subscription) -> BTreeMap<String, Any> {
+    let Some(resources) = snapshot.resources(type_url) else {
+        return BTreeMap::new();
+    };
+    if sub.wildcard {
+        return resources.clone();
+    }
+    sub.names
+        .iter()
+        .filter_map(|name| resources.get(name).map(|r| (name.clone(), r.clone())))
+        .collect()
+}
+
+fn next_nonce(stream: &mut StreamState) -> String {
+    stream.next_nonce += 1;
+    stream.next_nonce.to_string()
+}
+
+fn send(
+    id: u64,
+    stream: &mut StreamState,
+    responses: &mut Vec<SentResponse>,
+    type_url: &str,
+    version: String,
+    contents: BTreeMap<String, Any>,
+) {
+    let nonce = next_nonce(stream);
+    let response = DiscoveryResponse {
+        version_info: version,
+        resources: contents.values().cloned().collect(),
+        type_url: type_url.to_owned(),
+        nonce: nonce.clone(),
+        ..Default::default()
+    };
+    let ts = stream.types.entry(type_url.to_owned()).or_default();
+    ts.last_nonce = Some(nonce);
+    ts.last_sent = Some(contents);
+    responses.push(SentResponse {
+        stream_id: id,
+        response: response.clone(),
+    });
+    // A failed send means the client is gone; its reader task removes the stream.
+    let _ = stream.tx.send(Ok(response));
+}
