@@ -281,7 +281,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(old, Some(bad));
-        assert_eq!(snapshot.remove(type_url::LISTENER, "x").is_some(), true);
+        assert!(snapshot.remove(type_url::LISTENER, "x").is_some());
         assert!(snapshot.is_empty());
         assert_eq!(snapshot.type_urls().count(), 0);
         assert_eq!(snapshot.remove(type_url::LISTENER, "x"), None);

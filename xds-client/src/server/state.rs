@@ -414,8 +414,7 @@ fn update_subscription(
         sub.names = names.iter().filter(|n| *n != "*").cloned().collect();
     }
     // A name the old wildcard covered is nothing new.
-    (sub.wildcard && !before.wildcard)
-        || (!before.wildcard && sub.names.difference(&before.names).next().is_some())
+    !before.wildcard && (sub.wildcard || sub.names.difference(&before.names).next().is_some())
 }
 
 /// The resources of `type_url` that `sub` selects and that exist.

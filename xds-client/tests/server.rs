@@ -1,0 +1,508 @@
+//! The ADS test server over real loopback connections, driven by the raw tonic ADS client
+//! stub of envoy-types.
+#![cfg(feature = "server")]
+
+use std::future::Future;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use meshwork_xds::server::{RequestKind, Snapshot, XdsTestServer, resource_name, type_url};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Bounds every wait, so that a bug fails the test instead of hanging it. Not a sleep: the
+/// awaited future completes as soon as its condition holds.
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .expect("timed out")
+}
+
+struct AdsStream {
+    requests: mpsc::UnboundedSender<DiscoveryRequest>,
+    responses: tonic::Streaming<DiscoveryResponse>,
+}
+
+impl AdsStream {
+    async fn open(server: &XdsTestServer) -> Self {
+        let client = within(AggregatedDiscoveryServiceClient::connect(server.uri()))
+            .await
+            .expect("connect");
+        Self::open_on(client).await
+    }
+
+    async fn open_on(mut client: AggregatedDiscoveryServiceClient<Channel>) -> Self {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let responses =
+            within(client.stream_aggregated_resources(UnboundedReceiverStream::new(rx)))
+                .await
+                .expect("stream")
+                .into_inner();
+        Self {
+            requests,
+            responses,
+        }
+    }
+
+    fn send(&self, type_url: &str, names: &[&str], version: &str, nonce: &str) {
+        self.requests
+            .send(DiscoveryRequest {
+                type_url: type_url.to_owned(),
+                resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+                version_info: version.to_owned(),
+                response_nonce: nonce.to_owned(),
+                ..Default::default()
+            })
+            .expect("request stream open");
+    }
+
+    fn nack(&self, type_url: &str, names: &[&str], version: &str, nonce: &str, message: &str) {
+        self.requests
+            .send(DiscoveryRequest {
+                type_url: type_url.to_owned(),
+                resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+                version_info: version.to_owned(),
+                response_nonce: nonce.to_owned(),
+                error_detail: Some(RpcStatus {
+                    code: Code::InvalidArgument as i32,
+                    message: message.to_owned(),
+                    details: vec![],
+                }),
+                ..Default::default()
+            })
+            .expect("request stream open");
+    }
+
+    async fn recv(&mut self) -> DiscoveryResponse {
+        within(self.responses.message())
+            .await
+            .expect("stream ok")
+            .expect("a response")
+    }
+
+    async fn recv_status(&mut self) -> tonic::Status {
+        loop {
+            match within(self.responses.message()).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("stream ended with OK"),
+                Err(status) => return status,
+            }
+        }
+    }
+}
+
+fn names(response: &DiscoveryResponse) -> Vec<String> {
+    response
+        .resources
+        .iter()
+        .filter_map(resource_name)
+        .collect()
+}
+
+fn listener(name: &str) -> Listener {
+    Listener {
+        name: name.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn cluster(name: &str, lb: i32) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        lb_policy: lb,
+        ..Default::default()
+    }
+}
+
+fn endpoints(name: &str) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn responses_on(server: &XdsTestServer, stream_id: u64) -> usize {
+    server
+        .responses()
+        .iter()
+        .filter(|r| r.stream_id == stream_id)
+        .count()
+}
+
+#[tokio::test]
+async fn initial_response_and_ack_that_sends_nothing() {
+    let server = XdsTestServer::start().await.unwrap();
+    assert!(server.uri().starts_with("http://127.0.0.1:"));
+    assert_ne!(server.addr().port(), 0);
+    server.set_snapshot(
+        Snapshot::new()
+            .listener(listener("a"))
+            .listener(listener("b")),
+    );
+
+    let mut ads = AdsStream::open(&server).await;
+    ads.send(type_url::LISTENER, &["a"], "", "");
+    let r = ads.recv().await;
+    assert_eq!(r.type_url, type_url::LISTENER);
+    assert_eq!(r.version_info, "1");
+    assert_eq!(names(&r), ["a"]);
+    assert!(!r.nonce.is_empty());
+
+    ads.send(type_url::LISTENER, &["a"], "1", &r.nonce);
+    let ack = within(server.wait_for_ack(type_url::LISTENER, "1")).await;
+    assert_eq!(ack.kind, RequestKind::Ack);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].kind, RequestKind::Initial);
+    assert_eq!(requests[0].stream_id, ack.stream_id);
+    // The ACK was handled under the same lock that records responses: none followed it.
+    assert_eq!(server.responses().len(), 1);
+}
+
+#[tokio::test]
+async fn legacy_and_explicit_wildcards() {
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .listener(listener("l1"))
+            .listener(listener("l2"))
+            .cluster(cluster("c1", 0))
+            .cluster(cluster("c2", 0)),
+    );
+    let mut ads = AdsStream::open(&server).await;
+    ads.send(type_url::LISTENER, &[], "", "");
+    let lds = ads.recv().await;
+    assert_eq!(names(&lds), ["l1", "l2"]);
+    ads.send(type_url::CLUSTER, &["*", "c1"], "", "");
+    let cds = ads.recv().await;
+    assert_eq!(names(&cds), ["c1", "c2"]);
+
+    let id = server.stream_ids()[0];
+    let lds_sub = server.subscription(id, type_url::LISTENER).unwrap();
+    assert!(lds_sub.wildcard && lds_sub.legacy_wildcard);
+    let cds_sub = server.subscription(id, type_url::CLUSTER).unwrap();
+    assert!(cds_sub.wildcard && !cds_sub.legacy_wildcard);
+    assert!(cds_sub.names.contains("c1"));
+
+    // Envoy-style ACK with empty names keeps the legacy wildcard.
+    ads.send(type_url::LISTENER, &[], "1", &lds.nonce);
+    within(server.wait_for_ack(type_url::LISTENER, "1")).await;
+    assert!(
+        server
+            .subscription(id, type_url::LISTENER)
+            .unwrap()
+            .wildcard
+    );
+    server.update(|s| {
+        s.insert_listener(listener("l3"));
+    });
+    let lds = ads.recv().await;
+    assert_eq!(lds.version_info, "2");
+    assert_eq!(names(&lds), ["l1", "l2", "l3"]);
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_pushes_and_sends_nothing() {
+    let server = XdsTestServer::start().await.unwrap();
+    let route = |name: &str, validate: bool| RouteConfiguration {
+        name: name.to_owned(),
+        validate_clusters: validate.then(Default::default),
+        ..Default::default()
+    };
+    server.set_snapshot(
+        Snapshot::new()
+            .route(route("r1", false))
+            .route(route("r2", false)),
+    );
+    let mut ads = AdsStream::open(&server).await;
+    ads.send(type_url::ROUTE, &["r1", "r2"], "", "");
+    let r = ads.recv().await;
+    assert_eq!(names(&r), ["r1", "r2"]);
+    let id = server.stream_ids()[0];
+
+    ads.send(type_url::ROUTE, &["r1"], "1", &r.nonce);
+    within(server.wait_for_ack(type_url::ROUTE, "1")).await;
+    assert_eq!(responses_on(&server, id), 1);
+    // r2 changes: not this stream's business any more (pushes happen inside `update`).
+    server.update(|s| {
+        s.insert_route(route("r2", true));
+    });
+    assert_eq!(responses_on(&server, id), 1);
+    // r1 changes: pushed, alone.
+    server.update(|s| {
+        s.insert_route(route("r1", true));
+    });
+    let r = ads.recv().await;
+    assert_eq!(names(&r), ["r1"]);
+    assert_eq!(r.version_info, "3");
+    // An empty list now unsubscribes from everything.
+    ads.send(type_url::ROUTE, &[], "3", &r.nonce);
+    within(server.wait_for_ack(type_url::ROUTE, "3")).await;
+    let sub = server.subscription(id, type_url::ROUTE).unwrap();
+    assert!(!sub.wildcard && sub.names.is_empty());
+    server.update(|s| {
+        s.remove(type_url::ROUTE, "r1");
+    });
+    assert_eq!(responses_on(&server, id), 2);
+}
+
+#[tokio::test]
+async fn nack_is_recorded_and_answered_with_nothing() {
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(Snapshot::new().cluster(cluster("c1", 0)));
+    let mut ads = AdsStream::open(&server).await;
+    ads.send(type_url::CLUSTER, &["c1"], "", "");
+    let r = ads.recv().await;
+    ads.nack(type_url::CLUSTER, &["c1"], "", &r.nonce, "clusters[0]: bad");
+    let message = within(server.wait_for_nack(type_url::CLUSTER)).await;
+    assert_eq!(message, "clusters[0]: bad");
+    assert_eq!(server.requests().last().unwrap().kind, RequestKind::Nack);
+    assert_eq!(server.responses().len(), 1);
+
+    // The fix is pushed; a second NACK is a new one for `wait_for_nack`.
+    server.update(|s| {
+        s.insert_cluster(cluster("c1", 1));
+    });
+    let r = ads.recv().await;
+    assert_eq!(r.version_info, "2");
+    ads.nack(type_url::CLUSTER, &["c1"], "", &r.nonce, "still bad");
+    assert_eq!(
+        within(server.wait_for_nack(type_url::CLUSTER)).await,
+        "still bad"
+    );
+}
+
+#[tokio::test]
+async fn stale_nonce_is_ignored() {
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .cluster(cluster("c1", 0))
+            .cluster(cluster("c2", 0)),
+    );
+    let mut ads = AdsStream::open(&server).await;
+    ads.send(type_url::CLUSTER, &["c1"], "", "");
+    let first = ads.recv().await;
+    server.update(|s| {
+        s.insert_cluster(cluster("c1", 1));
+    });
+    let second = ads.recv().await;
+
+    // Answering the first response after the second one was sent: stale, even with new
+    // names and an error.
+    ads.nack(type_url::CLUSTER, &["c1", "c2"], "", &first.nonce, "late");
+    let requests = within(server.wait_for(|r| r.len() == 2)).await;
+    assert_eq!(requests[1].kind, RequestKind::Stale);
+    assert_eq!(server.responses().len(), 2);
+    let id = requests[1].stream_id;
+    assert!(
+        !server
+            .subscription(id, type_url::CLUSTER)
+            .unwrap()
+            .names
+            .contains("c2")
+    );
+
+    ads.send(type_url::CLUSTER, &["c1", "c2"], "2", &second.nonce);
+    let r = ads.recv().await;
+    assert_eq!(names(&r), ["c1", "c2"]);
+    assert_eq!(server.requests()[2].kind, RequestKind::Ack);
+}
+
+#[tokio::test]
+async fn snapshot_change_reaches_only_interested_streams_with_a_new_version() {
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .listener(listener("l1"))
+            .cluster(cluster("c1", 0)),
+    );
+    let mut lds = AdsStream::open(&server).await;
+    let mut cds = AdsStream::open(&server).await;
+    within(server.wait_for_streams(2)).await;
+    assert_eq!(server.total_streams(), 2);
+    lds.send(type_url::LISTENER, &["l1"], "", "");
+    let l = lds.recv().await;
+    cds.send(type_url::CLUSTER, &["c1"], "", "");
+    let c = cds.recv().await;
+    assert_eq!(
+        (l.version_info.as_str(), c.version_info.as_str()),
+        ("1", "1")
+    );
+    let [lds_id, cds_id] = [0, 1].map(|i| server.stream_ids()[i]);
+
+    server.update(|s| {
+        s.insert_cluster(cluster("c1", 1));
+    });
+    let c = cds.recv().await;
+    assert_eq!(c.version_info, "2");
+    assert_eq!(names(&c), ["c1"]);
+    assert_eq!(responses_on(&server, lds_id), 1);
+    assert_eq!(responses_on(&server, cds_id), 2);
+    assert_eq!(server.version(type_url::LISTENER), "1");
+    assert_eq!(server.snapshot().version(type_url::CLUSTER), Some("2"));
+
+    // Setting identical content pushes nothing and keeps versions.
+    server.set_snapshot(server.snapshot());
+    assert_eq!(server.responses().len(), 3);
+    assert_eq!(server.version(type_url::CLUSTER), "2");
+}
+
+#[tokio::test]
+async fn rds_and_eds_responses_carry_the_subscribed_resources_that_exist() {
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .endpoints(endpoints("e1"))
+            .endpoints(endpoints("e3")),
+    );
+    let mut ads = AdsStream::open(&server).await;
+    ads.send(type_url::ENDPOINTS, &["e1", "e2"], "", "");
+    let r = ads.recv().await;
+    assert_eq!(names(&r), ["e1"]);
+    ads.send(type_url::ENDPOINTS, &["e1", "e2"], "1", &r.nonce);
+    within(server.wait_for_ack(type_url::ENDPOINTS, "1")).await;
+
+    server.update(|s| {
+        s.insert_endpoints(endpoints("e2"));
+    });
+    let r = ads.recv().await;
+    assert_eq!(r.version_info, "2");
+    assert_eq!(names(&r), ["e1", "e2"]);
+}
+
+#[tokio::test]
+async fn close_all_streams_ends_them_with_unavailable_and_keeps_listening() {
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(Snapshot::new().listener(listener("l1")));
+    let client = within(AggregatedDiscoveryServiceClient::connect(server.uri()))
+        .await
+        .unwrap();
+    let mut a = AdsStream::open_on(client.clone()).await;
+    let mut b = AdsStream::open_on(client.clone()).await;
+    within(server.wait_for_streams(2)).await;
+
+    assert_eq!(server.close_all_streams(), 2);
+    assert_eq!(server.stream_count(), 0);
+    for ads in [&mut a, &mut b] {
+        assert_eq!(ads.recv_status().await.code(), Code::Unavailable);
+    }
+
+    // A client reconnects (here on the same channel) and starts over.
+    let mut c = AdsStream::open_on(client).await;
+    within(server.wait_for_streams(1)).await;
+    assert_eq!(server.total_streams(), 3);
+    c.send(type_url::LISTENER, &["l1"], "1", "");
+    let r = c.recv().await;
+    assert_eq!(names(&r), ["l1"]);
+    assert_eq!(server.requests().last().unwrap().kind, RequestKind::Initial);
+}
+
+#[tokio::test]
+async fn client_half_close_ends_the_stream() {
+    let server = XdsTestServer::start().await.unwrap();
+    let mut ads = AdsStream::open(&server).await;
+    within(server.wait_for_streams(1)).await;
+    drop(ads.requests);
+    assert!(within(ads.responses.message()).await.unwrap().is_none());
+    within(server.wait_for_streams(0)).await;
+}
+
+#[tokio::test]
+async fn restart_on_the_same_port() {
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(Snapshot::new().listener(listener("old")));
+    let addr = server.addr();
+    let mut ads = AdsStream::open(&server).await;
+    ads.send(type_url::LISTENER, &["old", "new"], "", "");
+    assert_eq!(names(&ads.recv().await), ["old"]);
+
+    within(server.shutdown()).await.expect("clean shutdown");
+    assert_eq!(ads.recv_status().await.code(), Code::Unavailable);
+
+    let server = XdsTestServer::start_on(addr)
+        .await
+        .expect("port free again");
+    assert_eq!(server.addr(), addr);
+    server.set_snapshot(Snapshot::new().listener(listener("new")));
+    let mut ads = AdsStream::open(&server).await;
+    ads.send(type_url::LISTENER, &["old", "new"], "1", "");
+    let r = ads.recv().await;
+    assert_eq!(names(&r), ["new"]);
+    assert_eq!(server.requests()[0].kind, RequestKind::Initial);
+}
+
+#[tokio::test]
+async fn dropping_the_server_ends_its_streams() {
+    let server = XdsTestServer::start().await.unwrap();
+    let mut ads = AdsStream::open(&server).await;
+    within(server.wait_for_streams(1)).await;
+    drop(server);
+    assert_eq!(ads.recv_status().await.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn push_raw_reaches_every_stream_and_its_nack_is_matched() {
+    let server = XdsTestServer::start().await.unwrap();
+    let mut ads = AdsStream::open(&server).await;
+    within(server.wait_for_streams(1)).await;
+    let sent = server.push_raw(DiscoveryResponse {
+        version_info: "bad-1".into(),
+        type_url: type_url::CLUSTER.into(),
+        resources: vec![Any {
+            type_url: "type.googleapis.com/some.Other".into(),
+            value: vec![1, 2, 3],
+        }],
+        ..Default::default()
+    });
+    assert_eq!(sent, 1);
+    let r = ads.recv().await;
+    assert_eq!(r.version_info, "bad-1");
+    assert_eq!(r.resources[0].type_url, "type.googleapis.com/some.Other");
+    ads.nack(
+        type_url::CLUSTER,
+        &[],
+        "",
+        &r.nonce,
+        "resources[0]: wrong type URL",
+    );
+    assert_eq!(
+        within(server.wait_for_nack(type_url::CLUSTER)).await,
+        "resources[0]: wrong type URL"
+    );
+}
+
+#[tokio::test]
+async fn request_without_type_url_ends_the_stream() {
+    let server = XdsTestServer::start().await.unwrap();
+    let mut ads = AdsStream::open(&server).await;
+    ads.send("", &["x"], "", "");
+    let status = ads.recv_status().await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("type_url"));
+    assert_eq!(server.requests()[0].kind, RequestKind::Invalid);
+}
+
+#[tokio::test]
+async fn delta_is_unimplemented() {
+    let server = XdsTestServer::start().await.unwrap();
+    let mut client = within(AggregatedDiscoveryServiceClient::connect(server.uri()))
+        .await
+        .unwrap();
+    let requests = tokio_stream::iter(vec![DeltaDiscoveryRequest::default()]);
+    let status = within(client.delta_aggregated_resources(requests))
+        .await
+        .expect_err("unimplemented");
+    assert_eq!(status.code(), Code::Unimplemented);
+}
