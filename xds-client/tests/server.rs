@@ -506,3 +506,187 @@ async fn delta_is_unimplemented() {
         .expect_err("unimplemented");
     assert_eq!(status.code(), Code::Unimplemented);
 }
+
+/// The resources gRPC's xDS clients need for `xds:///greeter:50051`: LDS -> RDS -> CDS ->
+/// EDS, with one endpoint at `endpoint`.
+fn greeter_snapshot(endpoint: std::net::SocketAddr) -> Snapshot {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+    };
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, AggregatedConfigSource, ConfigSource, SocketAddress, address,
+        config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::ApiListener;
+    use envoy_types::pb::envoy::config::route::v3::{
+        Route, RouteAction, RouteMatch, VirtualHost, route::Action, route_action::ClusterSpecifier,
+        route_match::PathSpecifier,
+    };
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier,
+        http_filter::ConfigType,
+    };
+    use prost::{Message, Name};
+
+    fn pack<M: Message + Name>(message: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: message.encode_to_vec(),
+        }
+    }
+    let ads = || ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: "greeter-route".into(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(ConfigType::TypedConfig(pack(&Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Snapshot::new()
+        .listener(Listener {
+            name: "greeter:50051".into(),
+            api_listener: Some(ApiListener {
+                api_listener: Some(pack(&hcm)),
+            }),
+            ..Default::default()
+        })
+        .route(RouteConfiguration {
+            name: "greeter-route".into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "greeter".into(),
+                domains: vec!["*".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                        ..Default::default()
+                    }),
+                    action: Some(Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster(
+                            "greeter-cluster".into(),
+                        )),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .cluster(Cluster {
+            name: "greeter-cluster".into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: String::new(),
+            }),
+            ..Default::default()
+        })
+        .endpoints(ClusterLoadAssignment {
+            cluster_name: "greeter-cluster".into(),
+            endpoints: vec![LocalityLbEndpoints {
+                // grpcio requires a locality, even an empty one.
+                locality: Some(Default::default()),
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: Some(Address {
+                            address: Some(address::Address::SocketAddress(SocketAddress {
+                                address: endpoint.ip().to_string(),
+                                port_specifier: Some(PortSpecifier::PortValue(
+                                    endpoint.port().into(),
+                                )),
+                                ..Default::default()
+                            })),
+                        }),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                load_balancing_weight: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                    value: 1,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+}
+
+/// gRPC's reference client (grpcio, C-core) resolves `xds:///greeter:50051` through the
+/// server and connects to the endpoint (the server itself, which speaks HTTP/2). Needs the
+/// interop venv that `scripts/test` sets up (`MESHWORK_PEERS_VENV`); skipped without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_reference_client_acks_every_resource() {
+    let Some(venv) = std::env::var_os("MESHWORK_PEERS_VENV") else {
+        eprintln!("skipped: MESHWORK_PEERS_VENV is not set (scripts/test sets it)");
+        return;
+    };
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(greeter_snapshot(server.addr()));
+    let bootstrap = serde_json::json!({
+        "xds_servers": [{
+            "server_uri": server.addr().to_string(),
+            "channel_creds": [{"type": "insecure"}],
+            "server_features": ["xds_v3"],
+        }],
+        "node": {"id": "meshwork-server-test", "locality": {}},
+    });
+    let script = r#"
+import sys, grpc
+channel = grpc.insecure_channel("xds:///greeter:50051")
+try:
+    grpc.channel_ready_future(channel).result(timeout=20)
+except grpc.FutureTimeoutError:
+    sys.exit("channel never became ready")
+"#;
+    let python = std::path::Path::new(&venv).join("bin/python");
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(["-c", script])
+            .env("GRPC_XDS_BOOTSTRAP_CONFIG", bootstrap.to_string())
+            .output()
+            .expect("run python")
+    });
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("python finished")
+        .unwrap();
+    let nacks: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::Nack)
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.type_url(),
+                r.error_message().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(
+        output.status.success(),
+        "grpcio failed: {}\nNACKs: {nacks:?}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(nacks.is_empty(), "{nacks:?}");
+    for url in [
+        type_url::LISTENER,
+        type_url::ROUTE,
+        type_url::CLUSTER,
+        type_url::ENDPOINTS,
+    ] {
+        within(server.wait_for_ack(url, "1")).await;
+    }
+    let kinds: Vec<_> = server.requests().iter().map(|r| r.kind).collect();
+    assert!(!kinds.contains(&RequestKind::Invalid), "{kinds:?}");
+}
