@@ -353,6 +353,12 @@ async fn snapshot_change_reaches_only_interested_streams_with_a_new_version() {
     assert_eq!(server.version(type_url::LISTENER), "1");
     assert_eq!(server.snapshot().version(type_url::CLUSTER), Some("2"));
 
+    // An edit may read the server; an edit that changes nothing pushes nothing.
+    server.update(|s| {
+        assert_eq!(server.version(type_url::CLUSTER), "2");
+        assert!(s.get(type_url::CLUSTER, "c1").is_some());
+    });
+    assert_eq!(server.responses().len(), 3);
     // Setting identical content pushes nothing and keeps versions.
     server.set_snapshot(server.snapshot());
     assert_eq!(server.responses().len(), 3);

@@ -105,6 +105,9 @@ pub enum ServerError {
 
 struct Shared {
     state: Mutex<State>,
+    // Serialises `set_snapshot` and `update`, so that an edit cannot be lost, while the
+    // caller's closure runs without the state lock (it may read the server).
+    edits: Mutex<()>,
     // Bumped after every change of `state`; waiters re-check their condition on each bump.
     changed: watch::Sender<u64>,
 }
@@ -205,6 +208,9 @@ impl XdsTestServer {
         } else {
             tokio::net::TcpSocket::new_v6()?
         };
+        // On Windows SO_REUSEADDR would let two listeners share a port; a closed
+        // listener's port is free there anyway.
+        #[cfg(unix)]
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
         let listener = socket.listen(1024)?;
@@ -226,6 +232,7 @@ impl XdsTestServer {
         let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
+            edits: Mutex::new(()),
             changed,
         });
         let service = AggregatedDiscoveryServiceServer::new(Ads {
@@ -263,17 +270,26 @@ impl XdsTestServer {
     /// Replaces every resource with those of `snapshot` and pushes the change to the streams
     /// it concerns.
     pub fn set_snapshot(&self, snapshot: Snapshot) {
+        let _edit = self
+            .shared
+            .edits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.shared.with(|state| state.apply_snapshot(snapshot));
     }
 
     /// Edits the current snapshot in place (e.g. `|s| { s.insert_cluster(c); }`) and pushes
-    /// the change to the streams it concerns.
+    /// the change to the streams it concerns. Edits are applied one at a time; `edit` may
+    /// read the server but must not call `update` or `set_snapshot` (that would deadlock).
     pub fn update(&self, edit: impl FnOnce(&mut Snapshot)) {
-        self.shared.with(|state| {
-            let mut snapshot = state.snapshot().clone();
-            edit(&mut snapshot);
-            state.apply_snapshot(snapshot);
-        });
+        let _edit = self
+            .shared
+            .edits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut snapshot = self.snapshot();
+        edit(&mut snapshot);
+        self.shared.with(|state| state.apply_snapshot(snapshot));
     }
 
     /// The current snapshot, with the versions the server assigned.

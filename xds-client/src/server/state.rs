@@ -104,6 +104,8 @@ pub struct Subscription {
     pub names: BTreeSet<String>,
 }
 
+// Unbounded so that a push never waits on a slow client while the state is locked; a test
+// client that never reads only grows this queue.
 pub(crate) type Outbound = mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>;
 pub(crate) type OutboundRx = mpsc::UnboundedReceiver<Result<DiscoveryResponse, Status>>;
 
