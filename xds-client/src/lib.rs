@@ -10,3 +10,4 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod crypto;
+pub mod resource;
