@@ -367,7 +367,7 @@ fn cluster_kind(c: &cluster_pb::Cluster, root: &FieldPath<'_>) -> Result<Cluster
             }
             let tp = p.field("typed_config");
             let Some(any) = &custom.typed_config else {
-                return Err(ResourceErrorKind::invalid(&tp, "must be set"));
+                return Err(ResourceErrorKind::invalid(tp, "must be set"));
             };
             let cfg: aggregate_pb::ClusterConfig = decode_any(&tp, any, AGGREGATE_CONFIG_TYPE_URL)?;
             if cfg.clusters.is_empty() {
@@ -421,7 +421,7 @@ fn logical_dns(c: &cluster_pb::Cluster, root: &FieldPath<'_>) -> Result<ClusterK
     let p = root.field("load_assignment");
     let Some(la) = &c.load_assignment else {
         return Err(ResourceErrorKind::invalid(
-            &p,
+            p,
             "a LOGICAL_DNS cluster needs a load_assignment",
         ));
     };
@@ -452,7 +452,7 @@ fn logical_dns(c: &cluster_pb::Cluster, root: &FieldPath<'_>) -> Result<ClusterK
         Some(HostIdentifier::Endpoint(e)) => {
             match e.address.as_ref().and_then(|a| a.address.as_ref()) {
                 Some(core_pb::address::Address::SocketAddress(sa)) => sa,
-                _ => return Err(ResourceErrorKind::invalid(&sp, "must be set")),
+                _ => return Err(ResourceErrorKind::invalid(sp, "must be set")),
             }
         }
         _ => {
@@ -516,15 +516,14 @@ fn lb_policy(c: &cluster_pb::Cluster, root: &FieldPath<'_>) -> Result<LbPolicy> 
                 _ => None,
             };
             let rp = root.field("ring_hash_lb_config");
-            if let Some(cfg) = cfg {
-                if cfg.hash_function
+            if let Some(cfg) = cfg
+                && cfg.hash_function
                     != cluster_pb::cluster::ring_hash_lb_config::HashFunction::XxHash as i32
-                {
-                    return Err(ResourceErrorKind::unsupported(
-                        rp.field("hash_function"),
-                        "ring hash functions other than XX_HASH",
-                    ));
-                }
+            {
+                return Err(ResourceErrorKind::unsupported(
+                    rp.field("hash_function"),
+                    "ring hash functions other than XX_HASH",
+                ));
             }
             ring_hash(
                 cfg.and_then(|c| c.minimum_ring_size.as_ref())
@@ -535,11 +534,11 @@ fn lb_policy(c: &cluster_pb::Cluster, root: &FieldPath<'_>) -> Result<LbPolicy> 
             )
         }
         Ok(other) => Err(ResourceErrorKind::unsupported(
-            &p,
+            p,
             format!("lb_policy {}", other.as_str_name()),
         )),
         Err(_) => Err(ResourceErrorKind::invalid(
-            &p,
+            p,
             format!("unknown lb_policy {}", c.lb_policy),
         )),
     }
@@ -639,7 +638,7 @@ fn lb_policy_list(
                     decode_any(&tp, any, &any.type_url)?;
                 let cp = tp.field("endpoint_picking_policy");
                 let Some(child) = &cfg.endpoint_picking_policy else {
-                    return Err(ResourceErrorKind::invalid(&cp, "must be set"));
+                    return Err(ResourceErrorKind::invalid(cp, "must be set"));
                 };
                 LbPolicy::WrrLocality {
                     child: Box::new(lb_policy_list(child, &cp, depth + 1)?),
@@ -821,14 +820,14 @@ fn upstream_tls(
     use core_pb::transport_socket::ConfigType;
     let tp = p.field("typed_config");
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
-        return Err(ResourceErrorKind::invalid(&tp, "must be set"));
+        return Err(ResourceErrorKind::invalid(tp, "must be set"));
     };
     if any.type_url == RAW_BUFFER_TYPE_URL {
         return Ok(None);
     }
     if any.type_url != UPSTREAM_TLS_CONTEXT_TYPE_URL {
         return Err(ResourceErrorKind::unsupported(
-            &tp,
+            tp,
             format!(
                 "transport socket {:?} with config type {:?}",
                 ts.name, any.type_url
@@ -847,7 +846,7 @@ fn upstream_tls(
 
     let cp = tp.field("common_tls_context");
     let Some(common) = &ctx.common_tls_context else {
-        return Err(ResourceErrorKind::invalid(&cp, "must be set"));
+        return Err(ResourceErrorKind::invalid(cp, "must be set"));
     };
     if common.tls_params.is_some() {
         return Err(ResourceErrorKind::unsupported(
@@ -1062,7 +1061,7 @@ fn validation_context(
         let tp = p.at("match_typed_subject_alt_names", i);
         let mp = tp.field("matcher");
         let Some(m) = &typed.matcher else {
-            return Err(ResourceErrorKind::invalid(&mp, "must be set"));
+            return Err(ResourceErrorKind::invalid(mp, "must be set"));
         };
         let m = StringMatcher::from_proto(&mp, m)?;
         if !san_matchers.contains(&m) {

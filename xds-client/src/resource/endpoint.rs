@@ -280,7 +280,7 @@ fn endpoint(
                 "named endpoints",
             ));
         }
-        None => return Err(ResourceErrorKind::invalid(&ep, "must be set")),
+        None => return Err(ResourceErrorKind::invalid(ep, "must be set")),
     };
     let address = socket_addr(endpoint.address.as_ref(), &ep.field("address"))?;
     if !seen.insert(address) {
@@ -328,7 +328,7 @@ fn socket_addr(a: Option<&core_pb::Address>, p: &FieldPath<'_>) -> Result<Socket
                 "endpoint addresses other than socket addresses",
             ));
         }
-        None => return Err(ResourceErrorKind::invalid(&sp, "must be set")),
+        None => return Err(ResourceErrorKind::invalid(sp, "must be set")),
     };
     if !sa.resolver_name.is_empty() {
         return Err(ResourceErrorKind::unsupported(

@@ -139,7 +139,7 @@ fn validate(l: &listener_pb::Listener) -> Result<Listener> {
     };
     let ap = root.field("api_listener.api_listener");
     let Some(any) = &api.api_listener else {
-        return Err(ResourceErrorKind::invalid(&ap, "must be set"));
+        return Err(ResourceErrorKind::invalid(ap, "must be set"));
     };
     let hcm: hcm_pb::HttpConnectionManager =
         decode_any(&ap, any, HTTP_CONNECTION_MANAGER_TYPE_URL)?;
@@ -199,7 +199,7 @@ fn validate(l: &listener_pb::Listener) -> Result<Listener> {
         }
         None => {
             return Err(ResourceErrorKind::invalid(
-                &ap,
+                ap,
                 "HttpConnectionManager has no route specifier (rds or route_config)",
             ));
         }
@@ -293,7 +293,7 @@ fn http_filters(
                 continue;
             }
             return Err(ResourceErrorKind::unsupported(
-                &fp,
+                fp,
                 format!("HTTP filter {:?} with config type {type_url:?}", f.name),
             ));
         };

@@ -160,7 +160,7 @@ impl Resource {
     }
 
     /// Field paths that were set in the proto but that meshwork does not implement yet
-    /// (e.g. "virtual_hosts[0].request_headers_to_add"). Shown in the config dump.
+    /// (e.g. `virtual_hosts[0].request_headers_to_add`). Shown in the config dump.
     pub fn unsupported_fields(&self) -> &[String] {
         match self {
             Resource::Listener(r) => &r.unsupported_fields,

@@ -178,6 +178,8 @@ pub struct QueryParameterMatcher {
 }
 
 /// What a route does.
+// Nearly every route forwards, so boxing the large variant would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteAction {
     /// Forward to a cluster.
@@ -571,7 +573,7 @@ fn route(
 ) -> Result<Option<Route>> {
     let mp = p.field("match");
     let Some(m) = &r.r#match else {
-        return Err(ResourceErrorKind::invalid(&mp, "route has no match"));
+        return Err(ResourceErrorKind::invalid(mp, "route has no match"));
     };
     let matcher = route_match(m, &mp, uns)?;
 
@@ -983,10 +985,10 @@ fn retry_policy(
             let bp = p.field("retry_back_off.base_interval");
             let base = match &b.base_interval {
                 Some(d) => duration(&bp, d)?,
-                None => return Err(ResourceErrorKind::invalid(&bp, "must be set")),
+                None => return Err(ResourceErrorKind::invalid(bp, "must be set")),
             };
             if base.is_zero() {
-                return Err(ResourceErrorKind::invalid(&bp, "must be greater than zero"));
+                return Err(ResourceErrorKind::invalid(bp, "must be greater than zero"));
             }
             let max = match &b.max_interval {
                 Some(d) => {
@@ -994,7 +996,7 @@ fn retry_policy(
                     let max = duration(&mp, d)?;
                     if max < base {
                         return Err(ResourceErrorKind::invalid(
-                            &mp,
+                            mp,
                             format!("{max:?} is less than base_interval {base:?}"),
                         ));
                     }
@@ -1111,7 +1113,7 @@ fn regex_rewrite(
 ) -> Result<(SafeRegex, String)> {
     let pp = p.field("pattern");
     let Some(pattern) = &rr.pattern else {
-        return Err(ResourceErrorKind::invalid(&pp, "must be set"));
+        return Err(ResourceErrorKind::invalid(pp, "must be set"));
     };
     let re =
         SafeRegex::unanchored(&pattern.regex).map_err(|e| ResourceErrorKind::InvalidRegex {
