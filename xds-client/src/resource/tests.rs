@@ -305,3 +305,13 @@ fn fractional_percent_to_per_million() {
     assert_eq!(per_million(&p, &fp(u32::MAX, 0)).unwrap(), 1_000_000);
     assert!(per_million(&p, &fp(5, 7)).is_err());
 }
+
+proptest::proptest! {
+    /// Arbitrary bytes never panic the decoder: they decode to something or are rejected.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256), t in 0usize..4) {
+        let ty = ResourceType::ALL[t];
+        let any = Any { type_url: ty.type_url().into(), value: bytes };
+        let _ = decode(ty, &any);
+    }
+}
