@@ -9,4 +9,5 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bootstrap;
 pub mod crypto;
