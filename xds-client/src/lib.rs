@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bootstrap;
 pub mod crypto;
 pub mod resource;
 #[cfg(feature = "server")]

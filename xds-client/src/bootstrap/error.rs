@@ -1,0 +1,163 @@
+//! The bootstrap's error types.
+
+use std::io;
+use std::path::PathBuf;
+
+use super::server::ServerUriError;
+use super::target::TargetError;
+
+/// Why a bootstrap could not be loaded, or a name could not be resolved with it.
+///
+/// A malformed field is [`BootstrapError::Field`], whose message starts with the JSON path of
+/// the field, e.g. `xds_servers[1].channel_creds[0].config.certificate_file: expected a
+/// string, got 42`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootstrapError {
+    /// Neither `GRPC_XDS_BOOTSTRAP` nor `GRPC_XDS_BOOTSTRAP_CONFIG` is set (or both are empty).
+    #[error(
+        "no xDS bootstrap configured: set GRPC_XDS_BOOTSTRAP (a file path) or \
+         GRPC_XDS_BOOTSTRAP_CONFIG (inline JSON)"
+    )]
+    NotConfigured,
+    /// An environment variable that must hold text is not valid UTF-8.
+    #[error("environment variable {var} is not valid UTF-8")]
+    EnvNotUnicode {
+        /// The variable's name.
+        var: &'static str,
+    },
+    /// The bootstrap file could not be read.
+    #[error("cannot read xDS bootstrap file {}", path.display())]
+    Read {
+        /// The file's path, as given.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The bootstrap is not valid JSON.
+    #[error("xDS bootstrap is not valid JSON")]
+    Json(#[source] serde_json::Error),
+    /// A field of the bootstrap is malformed or missing.
+    #[error("{path}: {kind}")]
+    Field {
+        /// The JSON path of the field, e.g. `xds_servers[0].server_uri`; `(root)` for the
+        /// document itself.
+        path: String,
+        /// What is wrong with it.
+        kind: FieldErrorKind,
+    },
+    /// A server URI given in code (not in JSON) is invalid.
+    #[error(transparent)]
+    ServerUri(#[from] ServerUriError),
+    /// An `xds:` target could not be parsed.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// A target or resource name uses an authority the bootstrap does not list (gRFC A47).
+    #[error("authority {authority:?} of {name:?} is not in the bootstrap's authorities")]
+    UnknownAuthority {
+        /// The authority.
+        authority: String,
+        /// The target or resource name that carried it.
+        name: String,
+    },
+    /// A server-side Listener name was asked for, but the bootstrap has no
+    /// `server_listener_resource_name_template` (gRFC A36: there is no default).
+    #[error(
+        "server_listener_resource_name_template is not set in the xDS bootstrap; \
+         xDS-enabled servers need it"
+    )]
+    NoServerListenerTemplate,
+}
+
+impl BootstrapError {
+    /// The JSON path of the malformed field, for [`BootstrapError::Field`].
+    pub fn field_path(&self) -> Option<&str> {
+        match self {
+            Self::Field { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// What is wrong with the field, for [`BootstrapError::Field`].
+    pub fn field_error(&self) -> Option<&FieldErrorKind> {
+        match self {
+            Self::Field { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+
+    pub(super) fn field(path: impl Into<String>, kind: FieldErrorKind) -> Self {
+        Self::Field {
+            path: path.into(),
+            kind,
+        }
+    }
+}
+
+/// What is wrong with one field of the bootstrap.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FieldErrorKind {
+    /// A required field is absent (or `null`).
+    #[error("required field is missing")]
+    Missing,
+    /// The field has the wrong JSON type.
+    #[error("expected {expected}, got {got}")]
+    WrongType {
+        /// What was expected, e.g. `a string`.
+        expected: &'static str,
+        /// A short rendering of what was found, e.g. `42`, `null` or `an object`.
+        got: String,
+    },
+    /// A string or list that must not be empty is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// The server URI cannot be dialed.
+    #[error("{0}")]
+    ServerUri(ServerUriError),
+    /// No entry of `channel_creds` has a type meshwork supports.
+    #[error(
+        "no supported channel credentials type among {types:?} \
+         (meshwork supports \"insecure\" and \"tls\")"
+    )]
+    NoSupportedChannelCreds {
+        /// The types that were listed.
+        types: Vec<String>,
+    },
+    /// A duration is not a JSON duration string such as `"600s"` or `"1.5s"`.
+    #[error(
+        "invalid duration {value:?}: expected a JSON duration string such as \"600s\" or \"1.5s\""
+    )]
+    InvalidDuration {
+        /// The value found.
+        value: String,
+    },
+    /// A duration that must be positive is zero or negative.
+    #[error("must be a positive duration, got {value:?}")]
+    NonPositiveDuration {
+        /// The value found.
+        value: String,
+    },
+    /// One of a pair of fields that go together is set without the other.
+    #[error("required because {present} is set (set both or neither)")]
+    Unpaired {
+        /// The field of the pair that is set.
+        present: &'static str,
+    },
+    /// A `file_watcher` configuration names no file to watch.
+    #[error(
+        "nothing to watch: set certificate_file and private_key_file, ca_certificate_file, \
+         or spiffe_trust_bundle_map_file"
+    )]
+    NothingToWatch,
+    /// An authority's `client_listener_resource_name_template` does not start with
+    /// `xdstp://<authority>/`.
+    #[error("must start with {prefix:?}, got {template:?}")]
+    TemplatePrefix {
+        /// The required prefix.
+        prefix: String,
+        /// The template found.
+        template: String,
+    },
+}
