@@ -3,3 +3,5 @@
 //! The criterion benches live in `benches/benches/`, one file per layer, so a regression
 //! points at its layer; the side-by-side load harness is the `loadtest` binary.
 #![forbid(unsafe_code)]
+
+pub mod xds_fixtures;

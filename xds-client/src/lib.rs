@@ -10,8 +10,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bootstrap;
+pub mod client;
 pub mod crypto;
+pub mod protocol;
 pub mod resource;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;
+pub mod transport;
+pub mod watch;

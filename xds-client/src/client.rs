@@ -1,0 +1,708 @@
+//! The xDS client runtime: one tokio task that owns the [`AdsState`], drives it over an ADS
+//! stream, reconnects with backoff, falls back through the configured servers, and fans
+//! resource updates out to watchers.
+//!
+//! Server choice follows gRFC A71: the servers are tried in order. The client moves on to
+//! the next server only while some watched resource has never been received — when every
+//! watched resource is cached it keeps retrying the current server with backoff, so a
+//! control-plane restart cannot swap the config. While it runs on a fallback server it
+//! probes the primary at each backoff step, and moves back as soon as the primary answers.
+//! Through all of it the cache keeps serving: nothing a watcher has is withdrawn because a
+//! server went away.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant as TokioInstant;
+
+use crate::bootstrap::Bootstrap;
+use crate::protocol::{AdsState, ProtocolConfig, ResourceFailure, ResourceStatus, XdsEvent};
+use crate::resource::{Resource, ResourceType};
+use crate::transport::{Backoff, CredentialsError, Dialer, open_stream};
+use crate::watch::{ResourceKey, TargetError, TargetState, XdsConfig, resolve};
+
+/// What a watcher currently knows of one resource.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum WatchState {
+    /// Nothing received yet.
+    #[default]
+    Pending,
+    /// The current valid value.
+    Ready(Resource),
+    /// The latest value was rejected; `last_good` is still the one to use.
+    Invalid {
+        /// The last valid value, if there ever was one.
+        last_good: Option<Resource>,
+        /// Why the latest value was rejected.
+        error: ResourceFailure,
+    },
+    /// The resource does not exist (deleted, reported missing, or timed out).
+    DoesNotExist,
+}
+
+impl WatchState {
+    /// The value to use now, if any: the current one, or the last good one after a
+    /// rejected update.
+    pub fn resource(&self) -> Option<&Resource> {
+        match self {
+            Self::Ready(r) => Some(r),
+            Self::Invalid { last_good, .. } => last_good.as_ref(),
+            Self::Pending | Self::DoesNotExist => None,
+        }
+    }
+}
+
+/// A live subscription to one resource. Dropping it unsubscribes (when it was the last
+/// watcher of that resource).
+#[derive(Debug)]
+pub struct ResourceWatch {
+    key: (ResourceType, String),
+    rx: watch::Receiver<WatchState>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl ResourceWatch {
+    /// The current state.
+    pub fn current(&self) -> WatchState {
+        self.rx.borrow().clone()
+    }
+
+    /// Wait for the next change, then return the new state. `None` once the client stopped.
+    pub async fn changed(&mut self) -> Option<WatchState> {
+        self.rx.changed().await.ok()?;
+        Some(self.rx.borrow_and_update().clone())
+    }
+
+    /// Wait until the state is no longer [`WatchState::Pending`].
+    pub async fn settled(&mut self) -> Option<WatchState> {
+        let state = self
+            .rx
+            .wait_for(|s| !matches!(s, WatchState::Pending))
+            .await
+            .ok()?;
+        Some(state.clone())
+    }
+}
+
+impl Drop for ResourceWatch {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Unwatch(self.key.clone()));
+    }
+}
+
+/// A live watch of one target's complete config (gRFC A74). Dropping it releases the
+/// target's subscriptions.
+#[derive(Debug)]
+pub struct TargetWatch {
+    key: (String, String),
+    rx: watch::Receiver<TargetState>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+/// Why [`TargetWatch::ready`] returned no config.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadyError {
+    /// The target resolved to an error (it does not exist, or is invalid).
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// No complete config arrived within the deadline.
+    #[error("no complete xDS config for {listener} within {timeout:?}")]
+    Timeout {
+        /// The listener watched.
+        listener: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The client stopped.
+    #[error("the xDS client stopped")]
+    Stopped,
+}
+
+impl TargetWatch {
+    /// The current state.
+    pub fn current(&self) -> TargetState {
+        self.rx.borrow().clone()
+    }
+
+    /// Wait for the next change, then return the new state. `None` once the client stopped.
+    pub async fn changed(&mut self) -> Option<TargetState> {
+        self.rx.changed().await.ok()?;
+        Some(self.rx.borrow_and_update().clone())
+    }
+
+    /// Wait, at most `timeout`, for the first complete config or an error.
+    pub async fn ready(&mut self, timeout: Duration) -> Result<Arc<XdsConfig>, ReadyError> {
+        let settled = tokio::time::timeout(
+            timeout,
+            self.rx.wait_for(|s| !matches!(s, TargetState::Pending)),
+        )
+        .await;
+        match settled {
+            Err(_) => Err(ReadyError::Timeout {
+                listener: self.key.0.clone(),
+                timeout,
+            }),
+            Ok(Err(_)) => Err(ReadyError::Stopped),
+            Ok(Ok(state)) => match &*state {
+                TargetState::Ready(config) => Ok(config.clone()),
+                TargetState::Error(e) => Err(e.clone().into()),
+                TargetState::Pending => unreachable!("waited for a settled state"),
+            },
+        }
+    }
+}
+
+impl Drop for TargetWatch {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::UnwatchTarget(self.key.clone()));
+    }
+}
+
+/// One row of the client's config dump: its view of one resource (the CSDS shape).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResourceDump {
+    /// The resource's type URL.
+    #[serde(rename = "type")]
+    pub type_url: &'static str,
+    /// The resource's name.
+    pub name: String,
+    /// The version of the response that last delivered a valid value.
+    pub version: Option<String>,
+    /// REQUESTED, ACKED, NACKED or DOES_NOT_EXIST.
+    pub status: ResourceStatus,
+    /// Why the last value was rejected, if it was.
+    pub error: Option<String>,
+    /// When the status last changed, as seconds since the Unix epoch.
+    pub last_updated: Option<f64>,
+    /// Fields set in the resource that meshwork does not implement yet.
+    pub unsupported_fields: Vec<String>,
+}
+
+/// Which server the client is talking to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Connection {
+    /// No stream is open.
+    Disconnected,
+    /// A stream is open to the server at this index of the configured list.
+    Connected {
+        /// The index in the configured server list (0 is the primary).
+        server: usize,
+        /// The server's URI.
+        uri: String,
+    },
+}
+
+/// Builds an [`XdsClient`] from a bootstrap, with overrides for what the bootstrap does not
+/// say.
+#[derive(Debug)]
+pub struct XdsClientBuilder {
+    servers: Vec<Dialer>,
+    config: ProtocolConfig,
+    backoff: Backoff,
+}
+
+impl XdsClientBuilder {
+    /// The resource-does-not-exist timeout (default 15 s, gRFC A57).
+    pub fn does_not_exist_timeout(mut self, timeout: Duration) -> Self {
+        self.config.does_not_exist_timeout = timeout;
+        self
+    }
+
+    /// Keep LDS/CDS resources that the server leaves out (the server feature
+    /// `ignore_resource_deletion`, gRFC A53). Default: deletions are honoured.
+    pub fn ignore_resource_deletion(mut self, ignore: bool) -> Self {
+        self.config.ignore_resource_deletion = ignore;
+        self
+    }
+
+    /// Reconnect backoff (default: 1 s growing by 1.6x to 60 s, plus up to 100% jitter).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Start the client's task on the current tokio runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start(self) -> XdsClient {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (connection_tx, connection) = watch::channel(Connection::Disconnected);
+        let worker = Worker {
+            ads: AdsState::new(self.config),
+            servers: self.servers,
+            backoff: self.backoff,
+            commands: rx,
+            watchers: HashMap::new(),
+            targets: HashMap::new(),
+            subscriptions: HashMap::new(),
+            connection: connection_tx,
+        };
+        tokio::spawn(worker.run());
+        XdsClient {
+            commands,
+            connection,
+        }
+    }
+}
+
+/// A handle to the xDS client task; cheap to clone. The task stops when the last handle and
+/// the last watch are dropped.
+#[derive(Debug, Clone)]
+pub struct XdsClient {
+    commands: mpsc::UnboundedSender<Command>,
+    connection: watch::Receiver<Connection>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Watch(
+        (ResourceType, String),
+        oneshot::Sender<watch::Receiver<WatchState>>,
+    ),
+    Unwatch((ResourceType, String)),
+    WatchTarget(
+        (String, String),
+        oneshot::Sender<watch::Receiver<TargetState>>,
+    ),
+    UnwatchTarget((String, String)),
+    Dump(oneshot::Sender<Vec<ResourceDump>>),
+}
+
+impl XdsClient {
+    /// A builder for a client configured by `bootstrap`: its top-level `xds_servers` in
+    /// fallback order, its node, and the primary server's `ignore_resource_deletion`
+    /// feature. Fails if a server's TLS credential files cannot be loaded.
+    pub fn builder(bootstrap: &Bootstrap) -> Result<XdsClientBuilder, CredentialsError> {
+        let servers = bootstrap
+            .xds_servers()
+            .iter()
+            .map(Dialer::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut config = ProtocolConfig::new(bootstrap.node().to_proto());
+        config.ignore_resource_deletion = bootstrap.xds_servers()[0].ignore_resource_deletion();
+        Ok(XdsClientBuilder {
+            servers,
+            config,
+            backoff: Backoff::default(),
+        })
+    }
+
+    /// Start a client configured by `bootstrap` with the defaults.
+    pub fn start(bootstrap: &Bootstrap) -> Result<Self, CredentialsError> {
+        Ok(Self::builder(bootstrap)?.start())
+    }
+
+    /// Watch one resource. The watch sees the cached value at once if there is one.
+    pub async fn watch(&self, resource_type: ResourceType, name: &str) -> ResourceWatch {
+        let key = (resource_type, name.to_string());
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Watch(key.clone(), tx));
+        // If the task is gone the watch stays Pending forever, which `changed` reports.
+        let rx = rx
+            .await
+            .unwrap_or_else(|_| watch::channel(WatchState::Pending).1);
+        ResourceWatch {
+            key,
+            rx,
+            commands: self.commands.clone(),
+        }
+    }
+
+    /// Watch the complete config of the listener `listener`, choosing the virtual host by
+    /// `authority` (for `xds:///greeter:50051`, both are `greeter:50051`).
+    pub async fn watch_target(&self, listener: &str, authority: &str) -> TargetWatch {
+        let key = (listener.to_string(), authority.to_string());
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::WatchTarget(key.clone(), tx));
+        let rx = rx
+            .await
+            .unwrap_or_else(|_| watch::channel(TargetState::Pending).1);
+        TargetWatch {
+            key,
+            rx,
+            commands: self.commands.clone(),
+        }
+    }
+
+    /// The client's view of every resource it knows of.
+    pub async fn dump(&self) -> Vec<ResourceDump> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Dump(tx));
+        rx.await.unwrap_or_default()
+    }
+
+    /// Which server the client is connected to, as a watch.
+    pub fn connection(&self) -> watch::Receiver<Connection> {
+        self.connection.clone()
+    }
+}
+
+struct Watcher {
+    tx: watch::Sender<WatchState>,
+    count: usize,
+}
+
+struct Target {
+    tx: watch::Sender<TargetState>,
+    count: usize,
+    needs: BTreeSet<ResourceKey>,
+}
+
+struct Worker {
+    ads: AdsState,
+    servers: Vec<Dialer>,
+    backoff: Backoff,
+    commands: mpsc::UnboundedReceiver<Command>,
+    watchers: HashMap<ResourceKey, Watcher>,
+    targets: HashMap<(String, String), Target>,
+    /// Holders of each subscription: resource watches and targets that need it.
+    subscriptions: HashMap<ResourceKey, usize>,
+    connection: watch::Sender<Connection>,
+}
+
+/// Why a stream ended.
+enum StreamEnd {
+    /// The server closed it or it broke; `answered` says whether any response came.
+    Closed { answered: bool },
+    /// A higher-priority server is reachable again.
+    SwitchTo(usize),
+    /// Every handle is gone.
+    Shutdown,
+}
+
+fn now() -> Instant {
+    TokioInstant::now().into_std()
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut delays = self.backoff.delays();
+        let mut server = 0;
+        loop {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let sid = self.ads.on_stream_open();
+            self.flush(&tx);
+            let address = self.servers[server].clone();
+            let uri = address.uri().to_string();
+            let attempt = async move {
+                let channel = address.connect().await.map_err(|e| e.to_string())?;
+                open_stream(channel, rx).await.map_err(|s| s.to_string())
+            };
+            let outcome = {
+                tokio::pin!(attempt);
+                loop {
+                    tokio::select! {
+                        r = &mut attempt => break Some(r),
+                        cmd = self.commands.recv() => match cmd {
+                            Some(cmd) => self.command(cmd, Some(&tx)),
+                            None => break None,
+                        },
+                    }
+                }
+            };
+            let end = match outcome {
+                None => StreamEnd::Shutdown,
+                Some(Err(error)) => {
+                    tracing::warn!(server = %uri, %error, "xDS server unreachable");
+                    StreamEnd::Closed { answered: false }
+                }
+                Some(Ok(responses)) => {
+                    tracing::info!(server = %uri, "ADS stream open");
+                    self.connection.send_replace(Connection::Connected {
+                        server,
+                        uri: uri.clone(),
+                    });
+                    self.stream(sid, &tx, responses, server).await
+                }
+            };
+            self.ads.on_stream_closed(sid);
+            self.connection.send_replace(Connection::Disconnected);
+            match end {
+                StreamEnd::Shutdown => return,
+                StreamEnd::SwitchTo(primary) => {
+                    tracing::info!(server = %self.servers[primary].uri(), "moving back to a higher-priority xDS server");
+                    server = primary;
+                    delays = self.backoff.delays();
+                    continue;
+                }
+                StreamEnd::Closed { answered: true } => {
+                    // A server that answered is healthy; reconnect at once, primary first.
+                    delays = self.backoff.delays();
+                    server = 0;
+                    continue;
+                }
+                StreamEnd::Closed { answered: false } => {}
+            }
+            // Fall back only while something watched was never received (gRFC A71).
+            let next = server + 1;
+            if next < self.servers.len() && self.ads.has_missing_resources() {
+                server = next;
+                continue;
+            }
+            server = 0;
+            let delay = delays.next().unwrap_or(self.backoff.max);
+            if !self.idle(delay).await {
+                return;
+            }
+        }
+    }
+
+    /// Wait out a backoff delay while still serving commands. False on shutdown.
+    async fn idle(&mut self, delay: Duration) -> bool {
+        let until = TokioInstant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd, None),
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    async fn stream(
+        &mut self,
+        sid: crate::protocol::StreamId,
+        tx: &mpsc::UnboundedSender<DiscoveryRequest>,
+        mut responses: tonic::Streaming<
+            envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
+        >,
+        server: usize,
+    ) -> StreamEnd {
+        let mut answered = false;
+        // On a fallback server, probe the primary in the background at backoff intervals.
+        let mut probe_delays = self.backoff.delays();
+        let mut probe_at = TokioInstant::now() + probe_delays.next().unwrap_or(self.backoff.max);
+        let mut probe: Option<tokio::task::JoinHandle<bool>> = None;
+        loop {
+            let timer = self.ads.poll_timeout().map(TokioInstant::from_std);
+            tokio::select! {
+                msg = responses.message() => match msg {
+                    Ok(Some(response)) => {
+                        answered = true;
+                        self.ads.on_response(sid, response, now());
+                    }
+                    Ok(None) => {
+                        tracing::warn!("ADS stream closed by the server");
+                        return StreamEnd::Closed { answered };
+                    }
+                    Err(status) => {
+                        tracing::warn!(code = ?status.code(), message = status.message(), "ADS stream failed");
+                        return StreamEnd::Closed { answered };
+                    }
+                },
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd, Some(tx)),
+                    None => return StreamEnd::Shutdown,
+                },
+                _ = sleep_until_opt(timer) => self.ads.handle_timeout(now()),
+                _ = tokio::time::sleep_until(probe_at), if server > 0 && probe.is_none() => {
+                    let primary = self.servers[0].clone();
+                    probe = Some(tokio::spawn(async move { primary.connect().await.is_ok() }));
+                }
+                reachable = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+                    probe = None;
+                    if reachable.unwrap_or(false) {
+                        return StreamEnd::SwitchTo(0);
+                    }
+                    probe_at = TokioInstant::now() + probe_delays.next().unwrap_or(self.backoff.max);
+                }
+            }
+            self.deliver();
+            self.flush(tx);
+        }
+    }
+
+    fn flush(&mut self, tx: &mpsc::UnboundedSender<DiscoveryRequest>) {
+        let now = now();
+        while let Some(request) = self.ads.poll_request(now) {
+            if tx.send(request).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn deliver(&mut self) {
+        while let Some(event) = self.ads.poll_event() {
+            let (key, state) = match event {
+                XdsEvent::Changed(resource) => (
+                    (resource.resource_type(), resource.name().to_string()),
+                    WatchState::Ready(resource),
+                ),
+                XdsEvent::Invalid {
+                    resource_type,
+                    name,
+                    error,
+                } => {
+                    let last_good = self.ads.get(resource_type, &name).cloned();
+                    (
+                        (resource_type, name),
+                        WatchState::Invalid { last_good, error },
+                    )
+                }
+                XdsEvent::DoesNotExist {
+                    resource_type,
+                    name,
+                } => ((resource_type, name), WatchState::DoesNotExist),
+            };
+            if let Some(w) = self.watchers.get(&key) {
+                w.tx.send_replace(state);
+            }
+            let affected: Vec<(String, String)> = self
+                .targets
+                .iter()
+                .filter(|(_, t)| t.needs.contains(&key))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for target in affected {
+                self.resolve_target(&target);
+            }
+        }
+    }
+
+    fn acquire(&mut self, key: &ResourceKey) {
+        let holders = self.subscriptions.entry(key.clone()).or_default();
+        *holders += 1;
+        if *holders == 1 {
+            self.ads.subscribe(key.0, &key.1);
+        }
+    }
+
+    fn release(&mut self, key: &ResourceKey) {
+        if let Some(holders) = self.subscriptions.get_mut(key) {
+            *holders -= 1;
+            if *holders == 0 {
+                self.subscriptions.remove(key);
+                self.ads.unsubscribe(key.0, &key.1);
+            }
+        }
+    }
+
+    /// Walk a target's graph again, move its subscriptions to what the walk needed, and
+    /// publish the new state if it changed.
+    fn resolve_target(&mut self, key: &(String, String)) {
+        let resolution = resolve(&self.ads, &key.0, &key.1);
+        let Some(target) = self.targets.get_mut(key) else {
+            return;
+        };
+        let old = std::mem::replace(&mut target.needs, resolution.needs.clone());
+        let state = match resolution.state {
+            Ok(Some(config)) => {
+                let unchanged =
+                    matches!(&*target.tx.borrow(), TargetState::Ready(c) if **c == config);
+                (!unchanged).then(|| TargetState::Ready(Arc::new(config)))
+            }
+            // While a new dependency is on its way, the last complete config keeps serving.
+            Ok(None) => matches!(&*target.tx.borrow(), TargetState::Error(_))
+                .then_some(TargetState::Pending),
+            Err(error) => Some(TargetState::Error(error)),
+        };
+        if let Some(state) = state {
+            target.tx.send_if_modified(|current| {
+                let modified = *current != state;
+                *current = state;
+                modified
+            });
+        }
+        for added in resolution.needs.difference(&old) {
+            self.acquire(added);
+        }
+        for removed in old.difference(&resolution.needs) {
+            self.release(removed);
+        }
+    }
+
+    fn command(&mut self, cmd: Command, tx: Option<&mpsc::UnboundedSender<DiscoveryRequest>>) {
+        match cmd {
+            Command::Watch(key, reply) => {
+                let w = self.watchers.entry(key.clone()).or_insert_with(|| Watcher {
+                    tx: watch::channel(WatchState::Pending).0,
+                    count: 0,
+                });
+                w.count += 1;
+                let _ = reply.send(w.tx.subscribe());
+                self.acquire(&key);
+            }
+            Command::Unwatch(key) => {
+                if let Some(w) = self.watchers.get_mut(&key) {
+                    w.count -= 1;
+                    if w.count == 0 {
+                        self.watchers.remove(&key);
+                    }
+                    self.release(&key);
+                }
+            }
+            Command::WatchTarget(key, reply) => {
+                let target = self.targets.entry(key.clone()).or_insert_with(|| Target {
+                    tx: watch::channel(TargetState::Pending).0,
+                    count: 0,
+                    needs: BTreeSet::new(),
+                });
+                target.count += 1;
+                let _ = reply.send(target.tx.subscribe());
+                if target.count == 1 {
+                    self.resolve_target(&key);
+                }
+            }
+            Command::UnwatchTarget(key) => {
+                if let Some(target) = self.targets.get_mut(&key) {
+                    target.count -= 1;
+                    if target.count == 0 {
+                        let target = self.targets.remove(&key).expect("present");
+                        for need in &target.needs {
+                            self.release(need);
+                        }
+                    }
+                }
+            }
+            Command::Dump(reply) => {
+                let _ = reply.send(self.dump());
+            }
+        }
+        self.deliver();
+        if let Some(tx) = tx {
+            self.flush(tx);
+        }
+    }
+
+    fn dump(&self) -> Vec<ResourceDump> {
+        let (now_std, now_wall) = (now(), SystemTime::now());
+        self.ads
+            .resources()
+            .map(|view| ResourceDump {
+                type_url: view.resource_type.type_url(),
+                name: view.name.to_string(),
+                version: view.version.map(str::to_string),
+                status: view.status,
+                error: view.error.map(|e| e.to_string()),
+                last_updated: view.last_updated.and_then(|t| {
+                    let wall = now_wall.checked_sub(now_std.saturating_duration_since(t))?;
+                    Some(
+                        wall.duration_since(SystemTime::UNIX_EPOCH)
+                            .ok()?
+                            .as_secs_f64(),
+                    )
+                }),
+                unsupported_fields: view
+                    .value
+                    .map(|v| v.unsupported_fields().to_vec())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+async fn sleep_until_opt(at: Option<TokioInstant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

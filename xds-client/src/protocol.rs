@@ -1,0 +1,1329 @@
+//! The SotW ADS protocol as a sans-io state machine.
+//!
+//! [`AdsState`] owns everything the xDS protocol needs to remember — subscriptions per type,
+//! the accepted version and last nonce per type, the cache of validated resources with their
+//! status, and the resource-does-not-exist timers — and does no I/O. The transport feeds it
+//! stream lifecycle, responses and the time; it answers with requests to send
+//! ([`AdsState::poll_request`]), events ([`AdsState::poll_event`]) and the next deadline
+//! ([`AdsState::poll_timeout`]). Every rule below is unit-tested without sockets.
+//!
+//! Rules, with the gRFC or xDS-spec clause each follows:
+//! - **ACK/NACK** (xDS spec): an ACK carries the response's `version_info` and nonce; a NACK
+//!   carries the *previously accepted* version, the response's nonce and `error_detail`.
+//! - **Partial acceptance** (gRFC A46): one response may mix valid and invalid resources. The
+//!   valid ones are applied; the response is NACKed with the reason of every invalid one. An
+//!   invalid resource whose name could be read keeps its last good value and is marked
+//!   `NACKED` with the error, and its watchers are told.
+//! - **Deletion**: for the full-state types (LDS, CDS) a cached resource that a response
+//!   leaves out is deleted — unless the server has the `ignore_resource_deletion` feature
+//!   (gRFC A53), when it is kept and the deletion is only logged. RDS/EDS responses are never
+//!   read as deletions.
+//! - **Does-not-exist timer** (gRFC A57): a subscribed resource with no value starts a timer
+//!   (15 s by default) when the request naming it is sent on a live stream; the timer stops
+//!   while disconnected and restarts on the next stream.
+//! - **Wildcard**: legacy (empty `resource_names` on the first request of a stream, LDS/CDS
+//!   only) and explicit (`"*"`, possibly with names). Once a stream has named resources for a
+//!   type, an empty list means "unsubscribe from all", so a request is only sent empty when
+//!   that is what we mean.
+//! - **Streams**: a new stream resets every nonce and re-sends every subscription with the
+//!   last accepted version, so an unchanged server answers with nothing new; responses that
+//!   arrive on a stream that is no longer current are dropped.
+//! - **Server-reported errors** (gRFC A88): `resource_errors` in a response mark the named
+//!   resources: `NOT_FOUND` as does-not-exist, anything else as an error that keeps the cache.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::rpc::Status;
+
+use crate::resource::{self, Resource, ResourceError, ResourceType};
+
+/// The default resource-does-not-exist timeout (gRFC A57).
+pub const DEFAULT_DOES_NOT_EXIST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// gRPC status code `INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
+const INVALID_ARGUMENT: i32 = 3;
+/// gRPC status code `NOT_FOUND`, a server's way to say a resource does not exist (A88).
+const NOT_FOUND: i32 = 5;
+
+/// How the protocol state machine behaves; built from the bootstrap.
+#[derive(Debug, Clone)]
+pub struct ProtocolConfig {
+    /// The node sent on the first request of every stream.
+    pub node: Node,
+    /// How long a requested resource may stay unanswered before it is declared not to exist.
+    pub does_not_exist_timeout: Duration,
+    /// The server's `ignore_resource_deletion` feature (gRFC A53): LDS/CDS deletions are
+    /// logged and ignored, the last value keeps serving.
+    pub ignore_resource_deletion: bool,
+}
+
+impl ProtocolConfig {
+    /// A config with the given node and the defaults: a 15 s does-not-exist timeout and
+    /// deletions honoured.
+    pub fn new(node: Node) -> Self {
+        Self {
+            node,
+            does_not_exist_timeout: DEFAULT_DOES_NOT_EXIST_TIMEOUT,
+            ignore_resource_deletion: false,
+        }
+    }
+}
+
+/// Identifies one ADS stream; responses from an older stream are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(u64);
+
+/// The client's view of one resource, as the config dump shows it (CSDS's
+/// `ClientResourceStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum ResourceStatus {
+    /// Subscribed, nothing received yet.
+    Requested,
+    /// The last value received was valid and is in use.
+    Acked,
+    /// The last value received was invalid; the previous valid value (if any) is in use.
+    Nacked,
+    /// The server said, or the timer decided, that the resource does not exist.
+    DoesNotExist,
+}
+
+impl fmt::Display for ResourceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Requested => "REQUESTED",
+            Self::Acked => "ACKED",
+            Self::Nacked => "NACKED",
+            Self::DoesNotExist => "DOES_NOT_EXIST",
+        })
+    }
+}
+
+/// What a resource's watchers need to hear about.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum XdsEvent {
+    /// A resource was received (or changed) and is valid.
+    Changed(Resource),
+    /// A new value of the resource was rejected. The last good value, if any, is still in
+    /// the cache and still in use.
+    Invalid {
+        /// The resource's type.
+        resource_type: ResourceType,
+        /// The resource's name.
+        name: String,
+        /// Why it was rejected.
+        error: ResourceFailure,
+    },
+    /// The resource does not exist: deleted by the server, reported `NOT_FOUND`, or not
+    /// received within the does-not-exist timeout.
+    DoesNotExist {
+        /// The resource's type.
+        resource_type: ResourceType,
+        /// The resource's name.
+        name: String,
+    },
+}
+
+/// Why a resource's latest value was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResourceFailure {
+    /// Our validation rejected it.
+    #[error(transparent)]
+    Validation(#[from] ResourceError),
+    /// The control plane reported an error for it in `resource_errors` (gRFC A88).
+    #[error("control plane reported error code {code}: {message}")]
+    ServerReported {
+        /// The gRPC status code the server sent.
+        code: i32,
+        /// The server's message.
+        message: String,
+    },
+    /// The same name appeared more than once in one response.
+    #[error("resource {name} appears more than once in one response")]
+    Duplicate {
+        /// The duplicated name.
+        name: String,
+    },
+}
+
+/// One row of the config dump: the client's view of one resource.
+#[derive(Debug, Clone)]
+pub struct ResourceView<'a> {
+    /// The resource's type.
+    pub resource_type: ResourceType,
+    /// The resource's name.
+    pub name: &'a str,
+    /// The version of the response that last delivered a valid value.
+    pub version: Option<&'a str>,
+    /// The resource's status.
+    pub status: ResourceStatus,
+    /// The current valid value, if any.
+    pub value: Option<&'a Resource>,
+    /// Why the last value was rejected, if it was.
+    pub error: Option<&'a ResourceFailure>,
+    /// When the status last changed, in the protocol's clock.
+    pub last_updated: Option<Instant>,
+    /// Whether the client subscribed to it by name (otherwise it came through a wildcard).
+    pub subscribed: bool,
+}
+
+/// Wildcard subscription of one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Wildcard {
+    #[default]
+    None,
+    /// Empty `resource_names` on the stream's first request, and on every later one.
+    Legacy,
+    /// `"*"` in `resource_names`.
+    Explicit,
+}
+
+#[derive(Debug, Default)]
+struct ResourceState {
+    subscribed: bool,
+    value: Option<Resource>,
+    version: Option<String>,
+    status: Option<ResourceStatus>,
+    error: Option<ResourceFailure>,
+    last_updated: Option<Instant>,
+    does_not_exist_at: Option<Instant>,
+}
+
+impl ResourceState {
+    fn status(&self) -> ResourceStatus {
+        self.status.unwrap_or(ResourceStatus::Requested)
+    }
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    wildcard: Wildcard,
+    resources: BTreeMap<String, ResourceState>,
+    /// The version of the last accepted response.
+    version: String,
+    /// The nonce of the last response on the current stream.
+    nonce: String,
+    /// Whether a request for this type went out on the current stream.
+    sent_on_stream: bool,
+    /// Whether the names in the last request sent were non-empty (an empty list after a
+    /// non-empty one unsubscribes).
+    sent_names: bool,
+    /// The subscription changed since the last request.
+    dirty: bool,
+}
+
+impl TypeState {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard != Wildcard::None || self.resources.get(name).is_some_and(|r| r.subscribed)
+    }
+
+    fn is_subscribed(&self) -> bool {
+        self.wildcard != Wildcard::None || self.resources.values().any(|r| r.subscribed)
+    }
+
+    fn resource_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .resources
+            .iter()
+            .filter(|(_, r)| r.subscribed)
+            .map(|(n, _)| n.clone())
+            .collect();
+        match self.wildcard {
+            Wildcard::None => {}
+            Wildcard::Legacy if names.is_empty() => {}
+            Wildcard::Legacy | Wildcard::Explicit => names.insert(0, "*".to_string()),
+        }
+        names
+    }
+}
+
+/// The ADS protocol state: subscriptions, versions, nonces, cache and timers.
+#[derive(Debug)]
+pub struct AdsState {
+    config: ProtocolConfig,
+    types: BTreeMap<ResourceType, TypeState>,
+    stream: Option<StreamId>,
+    next_stream: u64,
+    /// ACKs and NACKs waiting to be sent, in order.
+    outbox: VecDeque<DiscoveryRequest>,
+    events: VecDeque<XdsEvent>,
+}
+
+impl AdsState {
+    /// A state machine with no subscriptions and no stream.
+    pub fn new(config: ProtocolConfig) -> Self {
+        Self {
+            config,
+            types: BTreeMap::new(),
+            stream: None,
+            next_stream: 0,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The configuration this state machine runs with.
+    pub fn config(&self) -> &ProtocolConfig {
+        &self.config
+    }
+
+    /// Subscribe to a resource by name, or to every resource of the type with `"*"`.
+    ///
+    /// If the resource is already cached (through a wildcard or an earlier subscription), a
+    /// [`XdsEvent::Changed`] is queued at once so a new watcher needs no special path.
+    pub fn subscribe(&mut self, resource_type: ResourceType, name: &str) {
+        let ts = self.types.entry(resource_type).or_default();
+        if name == "*" {
+            if ts.wildcard == Wildcard::None {
+                ts.wildcard = Wildcard::Explicit;
+                ts.dirty = true;
+            }
+            return;
+        }
+        let rs = ts.resources.entry(name.to_string()).or_default();
+        if !rs.subscribed {
+            rs.subscribed = true;
+            ts.dirty = true;
+        }
+        if let Some(value) = &rs.value {
+            self.events.push_back(XdsEvent::Changed(value.clone()));
+        }
+    }
+
+    /// Subscribe to every resource of an LDS or CDS type the legacy way: an empty
+    /// `resource_names` list on the first request of each stream.
+    pub fn subscribe_legacy_wildcard(&mut self, resource_type: ResourceType) {
+        let ts = self.types.entry(resource_type).or_default();
+        if ts.wildcard == Wildcard::None {
+            ts.wildcard = Wildcard::Legacy;
+            ts.dirty = true;
+        }
+    }
+
+    /// Drop a subscription (by name, or the wildcard with `"*"`). The cached value is
+    /// forgotten unless a wildcard still covers it.
+    pub fn unsubscribe(&mut self, resource_type: ResourceType, name: &str) {
+        let Some(ts) = self.types.get_mut(&resource_type) else {
+            return;
+        };
+        if name == "*" {
+            if ts.wildcard != Wildcard::None {
+                ts.wildcard = Wildcard::None;
+                ts.dirty = true;
+                ts.resources.retain(|_, r| r.subscribed);
+            }
+            return;
+        }
+        let Some(rs) = ts.resources.get_mut(name) else {
+            return;
+        };
+        if rs.subscribed {
+            rs.subscribed = false;
+            ts.dirty = true;
+            if ts.wildcard == Wildcard::None {
+                ts.resources.remove(name);
+            } else {
+                rs.does_not_exist_at = None;
+            }
+        }
+    }
+
+    /// A new ADS stream is open. Every subscription is re-sent (with the last accepted
+    /// version, so an unchanged server sends nothing new) and nonces start afresh.
+    pub fn on_stream_open(&mut self) -> StreamId {
+        self.next_stream += 1;
+        let id = StreamId(self.next_stream);
+        self.stream = Some(id);
+        self.outbox.clear();
+        for ts in self.types.values_mut() {
+            ts.nonce.clear();
+            ts.sent_on_stream = false;
+            ts.sent_names = false;
+            ts.dirty = ts.is_subscribed();
+        }
+        id
+    }
+
+    /// The stream ended. Timers stop until the next stream (gRFC A57); the cache keeps
+    /// serving.
+    pub fn on_stream_closed(&mut self, stream: StreamId) {
+        if self.stream != Some(stream) {
+            return;
+        }
+        self.stream = None;
+        self.outbox.clear();
+        for ts in self.types.values_mut() {
+            for rs in ts.resources.values_mut() {
+                rs.does_not_exist_at = None;
+            }
+        }
+    }
+
+    /// Whether a stream is open.
+    pub fn is_connected(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Apply a response received on `stream` at `now`.
+    pub fn on_response(&mut self, stream: StreamId, response: DiscoveryResponse, now: Instant) {
+        if self.stream != Some(stream) {
+            tracing::debug!(nonce = %response.nonce, "dropping a response from an old stream");
+            return;
+        }
+        let Some(resource_type) = ResourceType::from_type_url(&response.type_url) else {
+            tracing::warn!(type_url = %response.type_url, "NACK: response of an unknown type");
+            self.outbox.push_back(DiscoveryRequest {
+                type_url: response.type_url.clone(),
+                response_nonce: response.nonce,
+                error_detail: Some(Status {
+                    code: INVALID_ARGUMENT,
+                    message: format!("unknown resource type {}", response.type_url),
+                    details: Vec::new(),
+                }),
+                ..Default::default()
+            });
+            return;
+        };
+        let ignore_deletion = self.config.ignore_resource_deletion;
+        let Some(ts) = self
+            .types
+            .get_mut(&resource_type)
+            .filter(|ts| ts.sent_on_stream)
+        else {
+            // Answering would subscribe us (an empty list is the legacy wildcard).
+            tracing::debug!(
+                r#type = resource_type.short_name(),
+                "ignoring a response we did not ask for"
+            );
+            return;
+        };
+        ts.nonce = response.nonce.clone();
+
+        let mut errors: Vec<String> = Vec::new();
+        let mut valid: BTreeMap<String, Resource> = BTreeMap::new();
+        let mut invalid: BTreeMap<String, ResourceFailure> = BTreeMap::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        for any in &response.resources {
+            let (name, outcome) = match resource::decode(resource_type, any) {
+                Ok(res) => (res.name().to_string(), Ok(res)),
+                Err(err) => match err.name() {
+                    Some(name) => (name.to_string(), Err(ResourceFailure::from(err))),
+                    None => {
+                        errors.push(err.to_string());
+                        continue;
+                    }
+                },
+            };
+            if !seen.insert(name.clone()) {
+                valid.remove(&name);
+                let dup = ResourceFailure::Duplicate { name: name.clone() };
+                errors.push(dup.to_string());
+                invalid.insert(name, dup);
+                continue;
+            }
+            match outcome {
+                Ok(res) => {
+                    valid.insert(name, res);
+                }
+                Err(failure) => {
+                    errors.push(failure.to_string());
+                    invalid.insert(name, failure);
+                }
+            }
+        }
+
+        for (name, res) in valid {
+            if !ts.wants(&name) {
+                continue;
+            }
+            let rs = ts.resources.entry(name).or_default();
+            rs.does_not_exist_at = None;
+            rs.version = Some(response.version_info.clone());
+            rs.error = None;
+            let changed = rs.value.as_ref() != Some(&res) || rs.status() != ResourceStatus::Acked;
+            rs.status = Some(ResourceStatus::Acked);
+            if changed {
+                rs.last_updated = Some(now);
+                rs.value = Some(res.clone());
+                self.events.push_back(XdsEvent::Changed(res));
+            }
+        }
+        for (name, failure) in invalid {
+            if !ts.wants(&name) {
+                continue;
+            }
+            let rs = ts.resources.entry(name.clone()).or_default();
+            rs.does_not_exist_at = None;
+            rs.status = Some(ResourceStatus::Nacked);
+            rs.error = Some(failure.clone());
+            rs.last_updated = Some(now);
+            self.events.push_back(XdsEvent::Invalid {
+                resource_type,
+                name,
+                error: failure,
+            });
+        }
+        for server_error in &response.resource_errors {
+            let Some(name) = server_error.resource_name.as_ref().map(|n| n.name.clone()) else {
+                continue;
+            };
+            if !ts.wants(&name) || !seen.insert(name.clone()) {
+                continue;
+            }
+            let detail = server_error.error_detail.clone().unwrap_or_default();
+            let rs = ts.resources.entry(name.clone()).or_default();
+            rs.does_not_exist_at = None;
+            rs.last_updated = Some(now);
+            if detail.code == NOT_FOUND {
+                rs.value = None;
+                rs.status = Some(ResourceStatus::DoesNotExist);
+                rs.error = None;
+                self.events.push_back(XdsEvent::DoesNotExist {
+                    resource_type,
+                    name,
+                });
+            } else {
+                let failure = ResourceFailure::ServerReported {
+                    code: detail.code,
+                    message: detail.message,
+                };
+                rs.status = Some(ResourceStatus::Nacked);
+                rs.error = Some(failure.clone());
+                self.events.push_back(XdsEvent::Invalid {
+                    resource_type,
+                    name,
+                    error: failure,
+                });
+            }
+        }
+        if resource_type.is_full_state() {
+            for (name, rs) in ts.resources.iter_mut() {
+                if seen.contains(name) || rs.value.is_none() {
+                    continue;
+                }
+                if ignore_deletion {
+                    tracing::warn!(
+                        %name, r#type = resource_type.short_name(),
+                        "the server left a resource out; keeping it (ignore_resource_deletion)"
+                    );
+                    continue;
+                }
+                rs.value = None;
+                rs.version = None;
+                rs.error = None;
+                rs.status = Some(ResourceStatus::DoesNotExist);
+                rs.last_updated = Some(now);
+                self.events.push_back(XdsEvent::DoesNotExist {
+                    resource_type,
+                    name: name.clone(),
+                });
+            }
+            if ts.wildcard != Wildcard::None {
+                // Wildcard-only entries that are gone need no tombstone.
+                ts.resources
+                    .retain(|name, rs| rs.subscribed || seen.contains(name) || rs.value.is_some());
+            }
+        }
+
+        let error_detail = if errors.is_empty() {
+            ts.version = response.version_info.clone();
+            None
+        } else {
+            tracing::warn!(
+                r#type = resource_type.short_name(),
+                version = %response.version_info,
+                "NACK: {}",
+                errors.join("; ")
+            );
+            Some(Status {
+                code: INVALID_ARGUMENT,
+                message: errors.join("; "),
+                details: Vec::new(),
+            })
+        };
+        let request = Self::request(ts, resource_type, None, error_detail);
+        ts.dirty = false;
+        self.outbox.push_back(request);
+    }
+
+    fn request(
+        ts: &mut TypeState,
+        resource_type: ResourceType,
+        node: Option<Node>,
+        error_detail: Option<Status>,
+    ) -> DiscoveryRequest {
+        let resource_names = ts.resource_names();
+        ts.sent_on_stream = true;
+        ts.sent_names = !resource_names.is_empty();
+        DiscoveryRequest {
+            version_info: ts.version.clone(),
+            node,
+            resource_names,
+            type_url: resource_type.type_url().to_string(),
+            response_nonce: ts.nonce.clone(),
+            error_detail,
+            ..Default::default()
+        }
+    }
+
+    /// The next request to send on the current stream, if any: queued ACKs/NACKs first,
+    /// then subscription changes. Starts the does-not-exist timers of the names it carries.
+    pub fn poll_request(&mut self, now: Instant) -> Option<DiscoveryRequest> {
+        self.stream?;
+        let first_of_stream = self.types.values().all(|ts| !ts.sent_on_stream);
+        let mut request = if let Some(queued) = self.outbox.pop_front() {
+            queued
+        } else {
+            let (&resource_type, ts) = self.types.iter_mut().find(|(_, ts)| {
+                // An empty list is only sent when it means something: the legacy
+                // wildcard, or unsubscribing from names sent earlier on this stream.
+                ts.dirty && (ts.is_subscribed() || (ts.sent_on_stream && ts.sent_names))
+            })?;
+            ts.dirty = false;
+            Self::request(ts, resource_type, None, None)
+        };
+        if first_of_stream {
+            request.node = Some(self.config.node.clone());
+        }
+        if let Some(resource_type) = ResourceType::from_type_url(&request.type_url) {
+            let deadline = now + self.config.does_not_exist_timeout;
+            if let Some(ts) = self.types.get_mut(&resource_type) {
+                for name in &request.resource_names {
+                    if let Some(rs) = ts.resources.get_mut(name)
+                        && rs.value.is_none()
+                        && rs.does_not_exist_at.is_none()
+                        && rs.status() == ResourceStatus::Requested
+                    {
+                        rs.does_not_exist_at = Some(deadline);
+                    }
+                }
+            }
+        }
+        Some(request)
+    }
+
+    /// The next event for watchers, if any.
+    pub fn poll_event(&mut self) -> Option<XdsEvent> {
+        self.events.pop_front()
+    }
+
+    /// The earliest does-not-exist deadline, if a timer runs.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.types
+            .values()
+            .flat_map(|ts| ts.resources.values())
+            .filter_map(|rs| rs.does_not_exist_at)
+            .min()
+    }
+
+    /// Fire the timers due at `now`: each resource still unanswered is declared not to exist.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for (&resource_type, ts) in self.types.iter_mut() {
+            for (name, rs) in ts.resources.iter_mut() {
+                if rs.does_not_exist_at.is_some_and(|at| at <= now) {
+                    rs.does_not_exist_at = None;
+                    rs.status = Some(ResourceStatus::DoesNotExist);
+                    rs.last_updated = Some(now);
+                    tracing::warn!(
+                        %name, r#type = resource_type.short_name(),
+                        "resource not received within the does-not-exist timeout"
+                    );
+                    self.events.push_back(XdsEvent::DoesNotExist {
+                        resource_type,
+                        name: name.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether some subscribed resource has never been received (nor declared missing):
+    /// the condition under which a client falls back to its next server (gRFC A71).
+    pub fn has_missing_resources(&self) -> bool {
+        self.types
+            .values()
+            .flat_map(|ts| ts.resources.values())
+            .any(|rs| {
+                rs.subscribed && rs.value.is_none() && rs.status() == ResourceStatus::Requested
+            })
+    }
+
+    /// The cached value of a resource, if valid and present.
+    pub fn get(&self, resource_type: ResourceType, name: &str) -> Option<&Resource> {
+        self.types
+            .get(&resource_type)?
+            .resources
+            .get(name)?
+            .value
+            .as_ref()
+    }
+
+    /// The status of a resource the client knows of.
+    pub fn status(&self, resource_type: ResourceType, name: &str) -> Option<ResourceStatus> {
+        Some(
+            self.types
+                .get(&resource_type)?
+                .resources
+                .get(name)?
+                .status(),
+        )
+    }
+
+    /// The accepted version of a type (empty before the first ACK).
+    pub fn version(&self, resource_type: ResourceType) -> &str {
+        self.types
+            .get(&resource_type)
+            .map_or("", |ts| ts.version.as_str())
+    }
+
+    /// Every resource the client knows of, by type then name.
+    pub fn resources(&self) -> impl Iterator<Item = ResourceView<'_>> {
+        self.types.iter().flat_map(|(&resource_type, ts)| {
+            ts.resources.iter().map(move |(name, rs)| ResourceView {
+                resource_type,
+                name,
+                version: rs.version.as_deref(),
+                status: rs.status(),
+                value: rs.value.as_ref(),
+                error: rs.error.as_ref(),
+                last_updated: rs.last_updated,
+                subscribed: rs.subscribed,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+    use envoy_types::pb::envoy::config::core::v3::{
+        AggregatedConfigSource, ConfigSource, config_source,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        ResourceError as ServerError, ResourceName,
+    };
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::{Message, Name};
+
+    use super::*;
+
+    const CDS: ResourceType = ResourceType::Cluster;
+    const EDS: ResourceType = ResourceType::ClusterLoadAssignment;
+
+    fn eds_cluster(name: &str) -> Any {
+        let c = Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: Some(ConfigSource {
+                    config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                        AggregatedConfigSource {},
+                    )),
+                    ..Default::default()
+                }),
+                service_name: String::new(),
+            }),
+            ..Default::default()
+        };
+        Any {
+            type_url: Cluster::type_url(),
+            value: c.encode_to_vec(),
+        }
+    }
+
+    /// A cluster every validator rejects (STATIC is not supported), with a readable name.
+    fn static_cluster(name: &str) -> Any {
+        let c = Cluster {
+            name: name.into(),
+            ..Default::default()
+        };
+        Any {
+            type_url: Cluster::type_url(),
+            value: c.encode_to_vec(),
+        }
+    }
+
+    fn cla(name: &str) -> Any {
+        let c = ClusterLoadAssignment {
+            cluster_name: name.into(),
+            ..Default::default()
+        };
+        Any {
+            type_url: ClusterLoadAssignment::type_url(),
+            value: c.encode_to_vec(),
+        }
+    }
+
+    fn response(
+        t: ResourceType,
+        version: &str,
+        nonce: &str,
+        resources: Vec<Any>,
+    ) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: version.into(),
+            resources,
+            type_url: t.type_url().into(),
+            nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn node() -> Node {
+        Node {
+            id: "test-node".into(),
+            ..Default::default()
+        }
+    }
+
+    struct Harness {
+        ads: AdsState,
+        now: Instant,
+        stream: StreamId,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self::with(ProtocolConfig::new(node()))
+        }
+        fn with(config: ProtocolConfig) -> Self {
+            let mut ads = AdsState::new(config);
+            let stream = ads.on_stream_open();
+            Self {
+                ads,
+                now: Instant::now(),
+                stream,
+            }
+        }
+        fn requests(&mut self) -> Vec<DiscoveryRequest> {
+            std::iter::from_fn(|| self.ads.poll_request(self.now)).collect()
+        }
+        fn events(&mut self) -> Vec<XdsEvent> {
+            std::iter::from_fn(|| self.ads.poll_event()).collect()
+        }
+        fn respond(&mut self, r: DiscoveryResponse) {
+            self.ads.on_response(self.stream, r, self.now);
+        }
+        fn advance(&mut self, d: Duration) {
+            self.now += d;
+            if self.ads.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.ads.handle_timeout(self.now);
+            }
+        }
+    }
+
+    fn names(e: &[XdsEvent]) -> Vec<String> {
+        e.iter()
+            .map(|e| match e {
+                XdsEvent::Changed(r) => format!("changed:{}", r.name()),
+                XdsEvent::Invalid { name, .. } => format!("invalid:{name}"),
+                XdsEvent::DoesNotExist { name, .. } => format!("gone:{name}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_request_carries_node_and_names_then_ack_carries_version_and_nonce() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "b");
+        h.ads.subscribe(CDS, "a");
+        let reqs = h.requests();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].node.as_ref().unwrap().id, "test-node");
+        assert_eq!(reqs[0].resource_names, ["a", "b"]);
+        assert_eq!(reqs[0].version_info, "");
+        assert_eq!(reqs[0].response_nonce, "");
+        assert_eq!(reqs[0].type_url, CDS.type_url());
+
+        h.ads.subscribe(EDS, "a");
+        let reqs = h.requests();
+        assert!(
+            reqs[0].node.is_none(),
+            "node only on the first request of a stream"
+        );
+
+        h.respond(response(
+            CDS,
+            "v1",
+            "n1",
+            vec![eds_cluster("a"), eds_cluster("b")],
+        ));
+        let ack = h.requests();
+        assert_eq!(ack.len(), 1);
+        assert_eq!(
+            (ack[0].version_info.as_str(), ack[0].response_nonce.as_str()),
+            ("v1", "n1")
+        );
+        assert!(ack[0].error_detail.is_none());
+        assert_eq!(ack[0].resource_names, ["a", "b"]);
+        assert_eq!(names(&h.events()), ["changed:a", "changed:b"]);
+        assert_eq!(h.ads.status(CDS, "a"), Some(ResourceStatus::Acked));
+        assert_eq!(h.ads.version(CDS), "v1");
+    }
+
+    #[test]
+    fn partial_nack_keeps_valid_resources_and_last_good_value() {
+        let mut h = Harness::new();
+        for n in ["a", "b", "c"] {
+            h.ads.subscribe(CDS, n);
+        }
+        h.requests();
+        h.respond(response(
+            CDS,
+            "v1",
+            "n1",
+            vec![eds_cluster("a"), eds_cluster("b")],
+        ));
+        h.requests();
+        h.events();
+
+        // v2: a is still valid, b turns invalid, c arrives, plus a nameless garbage Any.
+        let garbage = Any {
+            type_url: CDS.type_url().into(),
+            value: vec![0xff, 0xff, 0xff],
+        };
+        h.respond(response(
+            CDS,
+            "v2",
+            "n2",
+            vec![
+                eds_cluster("a"),
+                static_cluster("b"),
+                eds_cluster("c"),
+                garbage,
+            ],
+        ));
+        let nack = h.requests();
+        assert_eq!(nack.len(), 1);
+        assert_eq!(
+            nack[0].version_info, "v1",
+            "a NACK carries the last accepted version"
+        );
+        assert_eq!(nack[0].response_nonce, "n2");
+        let detail = nack[0].error_detail.as_ref().expect("NACK");
+        assert_eq!(detail.code, INVALID_ARGUMENT);
+        assert!(detail.message.contains('b'), "{}", detail.message);
+        assert_eq!(
+            detail.message.matches("; ").count(),
+            1,
+            "two reasons: {}",
+            detail.message
+        );
+
+        assert_eq!(names(&h.events()), ["changed:c", "invalid:b"]);
+        assert_eq!(h.ads.status(CDS, "b"), Some(ResourceStatus::Nacked));
+        assert!(h.ads.get(CDS, "b").is_some(), "b keeps its last good value");
+        assert_eq!(h.ads.status(CDS, "c"), Some(ResourceStatus::Acked));
+        assert_eq!(h.ads.version(CDS), "v1");
+        let b = h.ads.resources().find(|r| r.name == "b").unwrap();
+        assert_eq!(b.version, Some("v1"));
+        assert!(b.error.is_some());
+
+        // Fixed in v3: everything ACKED again, version moves.
+        h.respond(response(
+            CDS,
+            "v3",
+            "n3",
+            vec![eds_cluster("a"), eds_cluster("b"), eds_cluster("c")],
+        ));
+        let ack = h.requests();
+        assert_eq!(ack[0].version_info, "v3");
+        assert!(ack[0].error_detail.is_none());
+        assert_eq!(
+            names(&h.events()),
+            ["changed:b"],
+            "b recovers; a and c did not change"
+        );
+        assert!(
+            h.ads
+                .resources()
+                .all(|r| r.status == ResourceStatus::Acked && r.error.is_none())
+        );
+    }
+
+    #[test]
+    fn unchanged_resources_raise_no_event() {
+        let mut h = Harness::new();
+        h.ads.subscribe(EDS, "a");
+        h.requests();
+        h.respond(response(EDS, "1", "n1", vec![cla("a")]));
+        assert_eq!(h.events().len(), 1);
+        h.respond(response(EDS, "2", "n2", vec![cla("a")]));
+        assert!(h.events().is_empty());
+        assert_eq!(h.requests()[1].version_info, "2");
+    }
+
+    #[test]
+    fn duplicate_names_in_one_response_are_rejected_for_that_name() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.ads.subscribe(CDS, "b");
+        h.requests();
+        h.respond(response(
+            CDS,
+            "1",
+            "n1",
+            vec![eds_cluster("a"), eds_cluster("b"), eds_cluster("a")],
+        ));
+        let nack = h.requests();
+        assert!(
+            nack[0]
+                .error_detail
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("more than once")
+        );
+        assert_eq!(names(&h.events()), ["changed:b", "invalid:a"]);
+        assert!(h.ads.get(CDS, "a").is_none());
+    }
+
+    #[test]
+    fn full_state_types_delete_missing_resources_and_partial_types_do_not() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.ads.subscribe(CDS, "b");
+        h.ads.subscribe(EDS, "a");
+        h.ads.subscribe(EDS, "b");
+        h.requests();
+        h.respond(response(
+            CDS,
+            "1",
+            "c1",
+            vec![eds_cluster("a"), eds_cluster("b")],
+        ));
+        h.respond(response(EDS, "1", "e1", vec![cla("a"), cla("b")]));
+        h.events();
+        h.respond(response(CDS, "2", "c2", vec![eds_cluster("a")]));
+        h.respond(response(EDS, "2", "e2", vec![cla("a")]));
+        assert_eq!(names(&h.events()), ["gone:b"]);
+        assert_eq!(h.ads.status(CDS, "b"), Some(ResourceStatus::DoesNotExist));
+        assert!(h.ads.get(CDS, "b").is_none());
+        assert!(
+            h.ads.get(EDS, "b").is_some(),
+            "an EDS response is not a deletion"
+        );
+    }
+
+    #[test]
+    fn ignore_resource_deletion_keeps_the_last_value() {
+        let mut config = ProtocolConfig::new(node());
+        config.ignore_resource_deletion = true;
+        let mut h = Harness::with(config);
+        h.ads.subscribe(CDS, "a");
+        h.requests();
+        h.respond(response(CDS, "1", "c1", vec![eds_cluster("a")]));
+        h.events();
+        h.respond(response(CDS, "2", "c2", vec![]));
+        assert!(h.events().is_empty());
+        assert!(h.ads.get(CDS, "a").is_some());
+        assert_eq!(h.ads.status(CDS, "a"), Some(ResourceStatus::Acked));
+    }
+
+    #[test]
+    fn does_not_exist_timer_fires_after_the_request_and_only_while_connected() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "missing");
+        assert!(
+            h.ads.poll_timeout().is_none(),
+            "no timer before the request is sent"
+        );
+        h.requests();
+        assert_eq!(
+            h.ads.poll_timeout(),
+            Some(h.now + DEFAULT_DOES_NOT_EXIST_TIMEOUT)
+        );
+        h.advance(Duration::from_secs(14));
+        assert!(h.events().is_empty());
+
+        // Disconnected: the timer stops; a new stream restarts it in full.
+        h.ads.on_stream_closed(h.stream);
+        assert!(h.ads.poll_timeout().is_none());
+        h.advance(Duration::from_secs(60));
+        assert!(h.events().is_empty());
+        h.stream = h.ads.on_stream_open();
+        h.requests();
+        h.advance(Duration::from_secs(14));
+        assert!(h.events().is_empty());
+        h.advance(Duration::from_secs(1));
+        assert_eq!(names(&h.events()), ["gone:missing"]);
+        assert_eq!(
+            h.ads.status(CDS, "missing"),
+            Some(ResourceStatus::DoesNotExist)
+        );
+
+        // It may still arrive later.
+        h.respond(response(CDS, "1", "n1", vec![eds_cluster("missing")]));
+        assert_eq!(names(&h.events()), ["changed:missing"]);
+    }
+
+    #[test]
+    fn timer_is_cancelled_by_the_resource_and_is_configurable() {
+        let mut config = ProtocolConfig::new(node());
+        config.does_not_exist_timeout = Duration::from_secs(2);
+        let mut h = Harness::with(config);
+        h.ads.subscribe(EDS, "a");
+        h.requests();
+        h.advance(Duration::from_secs(1));
+        h.respond(response(EDS, "1", "n1", vec![cla("a")]));
+        assert!(h.ads.poll_timeout().is_none());
+        h.advance(Duration::from_secs(5));
+        assert_eq!(names(&h.events()), ["changed:a"]);
+    }
+
+    #[test]
+    fn reconnect_resends_subscriptions_with_last_acked_version_and_fresh_nonce() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.ads.subscribe(EDS, "a");
+        h.requests();
+        h.respond(response(CDS, "7", "n1", vec![eds_cluster("a")]));
+        h.respond(response(EDS, "3", "n2", vec![cla("a")]));
+        h.requests();
+        h.ads.on_stream_closed(h.stream);
+        assert!(
+            h.ads.poll_request(h.now).is_none(),
+            "nothing is sent while disconnected"
+        );
+        assert!(
+            h.ads.get(CDS, "a").is_some(),
+            "the cache keeps serving while disconnected"
+        );
+
+        h.stream = h.ads.on_stream_open();
+        let reqs = h.requests();
+        assert_eq!(reqs.len(), 2);
+        assert!(reqs[0].node.is_some());
+        for r in &reqs {
+            assert_eq!(r.response_nonce, "");
+            assert_eq!(r.resource_names, ["a"]);
+        }
+        assert_eq!(reqs[0].version_info, "7");
+        assert_eq!(reqs[1].version_info, "3");
+        assert!(
+            h.ads.poll_timeout().is_none(),
+            "cached resources start no timer"
+        );
+    }
+
+    #[test]
+    fn responses_from_an_old_stream_are_dropped() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.requests();
+        let old = h.stream;
+        h.ads.on_stream_closed(old);
+        h.stream = h.ads.on_stream_open();
+        h.requests();
+        h.ads.on_response(
+            old,
+            response(CDS, "1", "old-nonce", vec![eds_cluster("a")]),
+            h.now,
+        );
+        assert!(h.events().is_empty());
+        assert!(h.requests().is_empty());
+        assert!(h.ads.get(CDS, "a").is_none());
+    }
+
+    #[test]
+    fn unknown_type_url_is_nacked() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.requests();
+        h.respond(DiscoveryResponse {
+            type_url: "type.googleapis.com/envoy.config.listener.v3.Nonsense".into(),
+            nonce: "n1".into(),
+            version_info: "1".into(),
+            ..Default::default()
+        });
+        let nack = h.requests();
+        assert_eq!(nack.len(), 1);
+        assert_eq!(nack[0].response_nonce, "n1");
+        assert!(
+            nack[0]
+                .error_detail
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("unknown resource type")
+        );
+        assert!(nack[0].resource_names.is_empty());
+    }
+
+    #[test]
+    fn mismatched_any_type_is_nacked() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.requests();
+        h.respond(response(CDS, "1", "n1", vec![cla("a")]));
+        let nack = h.requests();
+        assert!(nack[0].error_detail.is_some());
+        assert!(h.events().is_empty());
+    }
+
+    #[test]
+    fn responses_to_types_never_requested_are_not_answered() {
+        let mut h = Harness::new();
+        h.respond(response(CDS, "1", "n1", vec![eds_cluster("a")]));
+        assert!(
+            h.requests().is_empty(),
+            "an answer would be a legacy-wildcard subscription"
+        );
+        assert!(h.events().is_empty());
+    }
+
+    #[test]
+    fn unrequested_resources_are_ignored() {
+        let mut h = Harness::new();
+        h.ads.subscribe(EDS, "a");
+        h.requests();
+        h.respond(response(EDS, "1", "n1", vec![cla("a"), cla("other")]));
+        assert_eq!(names(&h.events()), ["changed:a"]);
+        assert!(h.ads.get(EDS, "other").is_none());
+    }
+
+    #[test]
+    fn wildcard_legacy_and_explicit() {
+        let mut h = Harness::new();
+        h.ads.subscribe_legacy_wildcard(CDS);
+        let reqs = h.requests();
+        assert_eq!(reqs.len(), 1);
+        assert!(
+            reqs[0].resource_names.is_empty(),
+            "legacy wildcard is an empty list"
+        );
+        h.respond(response(
+            CDS,
+            "1",
+            "n1",
+            vec![eds_cluster("x"), eds_cluster("y")],
+        ));
+        assert!(
+            h.requests()[0].resource_names.is_empty(),
+            "the ACK stays legacy"
+        );
+        assert_eq!(names(&h.events()), ["changed:x", "changed:y"]);
+
+        // Naming a resource on top of a legacy wildcard must switch to "*" explicitly.
+        h.ads.subscribe(CDS, "x");
+        assert_eq!(
+            names(&h.events()),
+            ["changed:x"],
+            "cached value is delivered at once"
+        );
+        assert_eq!(h.requests()[0].resource_names, ["*", "x"]);
+
+        // Wildcard deletion: y gone from the full state.
+        h.respond(response(CDS, "2", "n2", vec![eds_cluster("x")]));
+        assert_eq!(names(&h.events()), ["gone:y"]);
+
+        let mut h = Harness::new();
+        h.ads.subscribe(EDS, "*");
+        assert_eq!(h.requests()[0].resource_names, ["*"]);
+        h.respond(response(EDS, "1", "n1", vec![cla("p"), cla("q")]));
+        h.requests();
+        assert_eq!(h.events().len(), 2);
+        h.ads.unsubscribe(EDS, "*");
+        let r = h.requests();
+        assert!(
+            r[0].resource_names.is_empty(),
+            "unsubscribe-all after names is an empty list"
+        );
+        assert!(h.ads.get(EDS, "p").is_none());
+    }
+
+    #[test]
+    fn unsubscribe_sends_the_smaller_set_and_forgets_the_value() {
+        let mut h = Harness::new();
+        h.ads.subscribe(EDS, "a");
+        h.ads.subscribe(EDS, "b");
+        h.requests();
+        h.respond(response(EDS, "1", "n1", vec![cla("a"), cla("b")]));
+        h.requests();
+        h.ads.unsubscribe(EDS, "a");
+        let r = h.requests();
+        assert_eq!(r[0].resource_names, ["b"]);
+        assert_eq!(r[0].version_info, "1");
+        assert_eq!(r[0].response_nonce, "n1");
+        assert!(h.ads.get(EDS, "a").is_none());
+        h.ads.unsubscribe(EDS, "b");
+        let r = h.requests();
+        assert_eq!(r.len(), 1);
+        assert!(r[0].resource_names.is_empty());
+        // Nothing named, nothing sent on a new stream.
+        h.ads.on_stream_closed(h.stream);
+        h.stream = h.ads.on_stream_open();
+        assert!(h.requests().is_empty());
+    }
+
+    #[test]
+    fn unsubscribe_before_anything_was_sent_sends_nothing() {
+        let mut h = Harness::new();
+        h.ads.subscribe(EDS, "a");
+        h.ads.unsubscribe(EDS, "a");
+        assert!(h.requests().is_empty());
+    }
+
+    #[test]
+    fn server_reported_resource_errors() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.ads.subscribe(CDS, "b");
+        h.requests();
+        h.respond(response(
+            CDS,
+            "1",
+            "n1",
+            vec![eds_cluster("a"), eds_cluster("b")],
+        ));
+        h.events();
+        let mut r = response(CDS, "2", "n2", vec![]);
+        for (name, code) in [("a", NOT_FOUND), ("b", 13)] {
+            r.resource_errors.push(ServerError {
+                resource_name: Some(ResourceName {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                error_detail: Some(Status {
+                    code,
+                    message: "boom".into(),
+                    details: vec![],
+                }),
+            });
+        }
+        h.respond(r);
+        assert_eq!(names(&h.events()), ["gone:a", "invalid:b"]);
+        assert!(
+            h.ads.get(CDS, "b").is_some(),
+            "a server error keeps the cache"
+        );
+        assert_eq!(h.ads.status(CDS, "b"), Some(ResourceStatus::Nacked));
+    }
+
+    #[test]
+    fn subscription_change_between_response_and_ack_is_carried_by_the_ack() {
+        let mut h = Harness::new();
+        h.ads.subscribe(EDS, "a");
+        h.requests();
+        h.ads.subscribe(EDS, "b");
+        h.respond(response(EDS, "1", "n1", vec![cla("a")]));
+        let r = h.requests();
+        assert_eq!(
+            r.len(),
+            1,
+            "the ACK carries the new name; no second request"
+        );
+        assert_eq!(r[0].resource_names, ["a", "b"]);
+        assert!(h.ads.poll_timeout().is_some(), "b's timer started");
+    }
+}
