@@ -141,8 +141,8 @@ fn parse_resources(bytes: &[u8]) -> Result<Contents, PeerError> {
         .map_err(|e| PeerError::wrap("DiscoveryResponse: decode", e))?;
     let mut contents = Contents::new();
     for (i, any) in response.resources.iter().enumerate() {
-        let (type_url, name, resource) = decode_resource(any)
-            .map_err(|e| PeerError::wrap(format!("resources[{i}]"), e))?;
+        let (type_url, name, resource) =
+            decode_resource(any).map_err(|e| PeerError::wrap(format!("resources[{i}]"), e))?;
         // prost keeps no unknown fields, so anything newer than data-plane-api 0.1.1's protos
         // is lost when the library re-encodes the resource: say so rather than hide it.
         let encoded = resource.into_any().value;
@@ -183,7 +183,11 @@ fn decode_resource(any: &Any) -> Result<(&'static str, String, Resource), PeerEr
         (type_url::CLUSTER, r.name.clone(), Resource::Cluster(r))
     } else if full(type_url::ENDPOINT) {
         let r: ClusterLoadAssignment = decode(any)?;
-        (type_url::ENDPOINT, r.cluster_name.clone(), Resource::Endpoint(r))
+        (
+            type_url::ENDPOINT,
+            r.cluster_name.clone(),
+            Resource::Endpoint(r),
+        )
     } else if full(type_url::SECRET) {
         let r: Secret = decode(any)?;
         (type_url::SECRET, r.name.clone(), Resource::Secret(r))
@@ -192,7 +196,11 @@ fn decode_resource(any: &Any) -> Result<(&'static str, String, Resource), PeerEr
         (type_url::RUNTIME, r.name.clone(), Resource::Runtime(r))
     } else if full(type_url::SCOPED_ROUTE) {
         let r: ScopedRouteConfiguration = decode(any)?;
-        (type_url::SCOPED_ROUTE, r.name.clone(), Resource::ScopedRoute(r))
+        (
+            type_url::SCOPED_ROUTE,
+            r.name.clone(),
+            Resource::ScopedRoute(r),
+        )
     } else if full(type_url::EXTENSION_CONFIG) {
         let r: TypedExtensionConfig = decode(any)?;
         (
@@ -390,7 +398,11 @@ fn install_panic_hook() {
         eprintln!(
             "meshwork-rcp-peer: rust-control-plane task panicked at {}:{} ({message}); \
              the server keeps running",
-            location.file().rsplit("/src/").next().unwrap_or(location.file()),
+            location
+                .file()
+                .rsplit("/src/")
+                .next()
+                .unwrap_or(location.file()),
             location.line()
         );
     }));
@@ -508,7 +520,10 @@ mod tests {
                 node_id: Some("n".into())
             }
         );
-        assert_eq!(args(&["--port", "1", "--resources", "x"]).unwrap().node_id, None);
+        assert_eq!(
+            args(&["--port", "1", "--resources", "x"]).unwrap().node_id,
+            None
+        );
     }
 
     #[test]
@@ -558,8 +573,9 @@ mod tests {
         };
         let e = parse_resources(&file(vec![cluster("c1", 1), unknown])).unwrap_err();
         assert!(
-            e.to_string()
-                .starts_with("resources[1]: type_url: \"type.googleapis.com/google.protobuf.Empty\""),
+            e.to_string().starts_with(
+                "resources[1]: type_url: \"type.googleapis.com/google.protobuf.Empty\""
+            ),
             "{e}"
         );
         let garbage = Any {
@@ -567,11 +583,17 @@ mod tests {
             value: vec![0xff, 0xff, 0xff],
         };
         let e = parse_resources(&file(vec![garbage])).unwrap_err();
-        assert!(e.to_string().starts_with("resources[0]: value: decode: "), "{e}");
+        assert!(
+            e.to_string().starts_with("resources[0]: value: decode: "),
+            "{e}"
+        );
         let e = parse_resources(&file(vec![cluster("", 1)])).unwrap_err();
         assert!(e.to_string().ends_with(": empty name"), "{e}");
         let e = parse_resources(&[0xff]).unwrap_err();
-        assert!(e.to_string().starts_with("DiscoveryResponse: decode: "), "{e}");
+        assert!(
+            e.to_string().starts_with("DiscoveryResponse: decode: "),
+            "{e}"
+        );
     }
 
     #[test]
