@@ -461,3 +461,39 @@ async fn quirk_an_ack_is_lost_when_two_types_are_pushed_at_once() {
     assert_eq!(rep.version_info, "3");
     assert!(ads.quiet_for(Duration::from_millis(500)).await);
 }
+
+/// Delta ADS is `unimplemented!()` in the library: the call fails, the server lives on.
+#[tokio::test]
+async fn delta_ads_fails_but_the_server_lives_on() {
+    let scratch = Scratch::new("delta");
+    scratch.write(vec![cluster("c1", 1)]);
+    let peer = Peer::start(&scratch.file(), None);
+
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", peer.addr))
+        .await
+        .unwrap();
+    let (_tx, rx) = mpsc::channel(1);
+    let delta = tokio::time::timeout(
+        PATIENCE,
+        client.delta_aggregated_resources(ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("no answer in time");
+    if let Ok(stream) = delta {
+        let mut stream = stream.into_inner();
+        let next = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("no answer in time");
+        assert!(next.is_err(), "{next:?}");
+    }
+
+    let mut ads = Ads::connect(peer.addr, "after-delta").await;
+    ads.send(CLUSTER, &["c1"], "", "").await;
+    assert_eq!(ads.recv().await.version_info, "1");
+    let (status, stderr) = peer.close();
+    assert!(status.success());
+    assert!(
+        stderr.iter().any(|l| l.contains("discovery/aggregated.rs")),
+        "{stderr:?}"
+    );
+}
