@@ -377,6 +377,34 @@ async fn run_publisher(
     }
 }
 
+/// Prints rust-control-plane's own `log` lines (every request and response decision) to
+/// stderr when `MESHWORK_RCP_PEER_LOG` is set; they are off by default.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        eprintln!(
+            "meshwork-rcp-peer: {} {}: {}",
+            record.level(),
+            record.target(),
+            record.args()
+        );
+    }
+
+    fn flush(&self) {}
+}
+
+fn install_logger() {
+    static LOGGER: StderrLog = StderrLog;
+    if std::env::var_os("MESHWORK_RCP_PEER_LOG").is_some() && log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
 /// Keeps panics raised inside rust-control-plane to one line each. Its ADS stream task
 /// unwraps the next request, so every client that closes its stream panics that task; the
 /// server and the other streams carry on.
@@ -472,6 +500,7 @@ async fn main() {
         }
     };
     install_panic_hook();
+    install_logger();
     if let Err(e) = run(args).await {
         eprintln!("meshwork-rcp-peer: {e}");
         std::process::exit(1);

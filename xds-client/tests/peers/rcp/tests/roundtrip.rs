@@ -120,7 +120,16 @@ struct Peer {
 
 impl Peer {
     fn start(file: &Path, node_id: Option<&str>) -> Self {
+        Self::start_with(file, node_id, false)
+    }
+
+    /// `log`: turn on rust-control-plane's own log lines.
+    fn start_with(file: &Path, node_id: Option<&str>, log: bool) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshwork-rcp-peer"));
+        cmd.env_remove("MESHWORK_RCP_PEER_LOG");
+        if log {
+            cmd.env("MESHWORK_RCP_PEER_LOG", "1");
+        }
         cmd.arg("--resources").arg(file).args(["--port", "0"]);
         if let Some(id) = node_id {
             cmd.args(["--node-id", id]);
@@ -356,7 +365,7 @@ async fn serves_a_cluster_takes_the_ack_and_pushes_an_update() {
 async fn with_node_id_serves_only_that_node() {
     let scratch = Scratch::new("node-id");
     scratch.write(vec![cluster("c1", 1)]);
-    let peer = Peer::start(&scratch.file(), Some("only-me"));
+    let mut peer = Peer::start_with(&scratch.file(), Some("only-me"), true);
 
     let mut me = Ads::connect(peer.addr, "only-me").await;
     me.send(CLUSTER, &[], "", "").await;
@@ -367,6 +376,8 @@ async fn with_node_id_serves_only_that_node() {
     let mut other = Ads::connect(peer.addr, "someone-else").await;
     other.send(CLUSTER, &[], "", "").await;
     assert!(other.quiet_for(Duration::from_millis(500)).await);
+    // The library's log says why: no snapshot for that node.
+    peer.wait_stderr("set watch: no snapshot");
 }
 
 #[tokio::test]
