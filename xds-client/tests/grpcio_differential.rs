@@ -75,8 +75,11 @@ fn case_of(name: &str) -> usize {
         .unwrap()
 }
 
+/// How a case changes its otherwise valid chain.
+type Spoil = Box<dyn FnOnce(&mut Chain)>;
+
 /// The corpus: (what the case exercises, how to spoil the chain).
-fn corpus() -> Vec<(&'static str, Box<dyn FnOnce(&mut Chain)>)> {
+fn corpus() -> Vec<(&'static str, Spoil)> {
     vec![
         ("valid chain", Box::new(|_| {})),
         (

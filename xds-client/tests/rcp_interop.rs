@@ -169,14 +169,12 @@ async fn rust_control_plane_gives_the_same_config_as_our_server() {
     write_resources(&file, resources(&[7001, 7002, 7003]));
     let updated = support::within(20, async {
         loop {
-            if let Some(TargetState::Ready(c)) = watch.changed().await {
-                if let ClusterState::Ready(stable) = &c.clusters["stable"] {
-                    if let ClusterChildren::Endpoints(Ok(cla)) = &stable.children {
-                        if cla.localities[0].endpoints.len() == 3 {
-                            return c;
-                        }
-                    }
-                }
+            if let Some(TargetState::Ready(c)) = watch.changed().await
+                && let ClusterState::Ready(stable) = &c.clusters["stable"]
+                && let ClusterChildren::Endpoints(Ok(cla)) = &stable.children
+                && cla.localities[0].endpoints.len() == 3
+            {
+                return c;
             }
         }
     })
