@@ -1,7 +1,8 @@
 //! `xds-dump`: watch one target through the xDS control plane named by the gRPC bootstrap
 //! (`GRPC_XDS_BOOTSTRAP` or `GRPC_XDS_BOOTSTRAP_CONFIG`) and print the client's view of every
 //! resource as a JSON array — one object per resource with `type`, `name`, `version`,
-//! `status` (REQUESTED, ACKED, NACKED, DOES_NOT_EXIST) and `error`.
+//! `status` (REQUESTED, ACKED, NACKED, DOES_NOT_EXIST), `error`, and `unsupported_fields`
+//! (fields the control plane set that meshwork does not implement yet).
 //!
 //! ```text
 //! xds-dump --target xds:///greeter:50051 [--seconds 10]
@@ -92,6 +93,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
                 "version": r.version,
                 "status": r.status,
                 "error": r.error,
+                "unsupported_fields": r.unsupported_fields,
             })
         })
         .collect();
