@@ -34,7 +34,7 @@ impl Ring {
         for &(addr, w, slot) in entries {
             target += scale * (w as f64 / sum);
             let mut n = 0u64;
-            while current < target {
+            while current < target && pairs.len() < size {
                 key.clear();
                 let _ = write!(key, "{addr}_{n}");
                 pairs.push((xxh64(key.as_bytes(), 0), slot as u32));
@@ -111,26 +111,36 @@ mod tests {
         assert_eq!(ones * 4, r.len() * 3);
     }
 
-    #[test]
-    fn adding_one_endpoint_moves_about_one_in_n_keys() {
-        let n = 20;
-        let before = Ring::build(&addrs(n), 1024, 8 << 20);
-        let after = Ring::build(&addrs(n + 1), 1024, 8 << 20);
+    /// The share of keys that move, and whether all of them moved to the new endpoint.
+    fn moved(n: usize, min_ring_size: u64) -> (f64, bool) {
+        let before = Ring::build(&addrs(n), min_ring_size, 8 << 20);
+        let after = Ring::build(&addrs(n + 1), min_ring_size, 8 << 20);
         let mut rng = SmallRng::seed_from_u64(7);
         let keys = 100_000;
-        let mut moved = 0;
+        let (mut moved, mut only_to_new) = (0, true);
         for _ in 0..keys {
             let h: u64 = rng.random();
             let a = before.pick(h, |_| true).unwrap();
             let b = after.pick(h, |_| true).unwrap();
             if a != b {
-                assert_eq!(b, n, "a key only moves to the new endpoint");
+                only_to_new &= b == n;
                 moved += 1;
             }
         }
-        let share = moved as f64 / keys as f64;
-        let ideal = 1.0 / (n + 1) as f64;
-        assert!((share - ideal).abs() < 0.02, "moved {share}, ideal {ideal}");
+        (moved as f64 / keys as f64, only_to_new)
+    }
+
+    #[test]
+    fn adding_one_endpoint_moves_about_one_in_n_keys() {
+        // 100 entries per endpoint before and after (ceil(10000/100) = ceil(10000/101)): only
+        // the new endpoint's arcs move, about 1/(N+1) of the keys.
+        let (share, only_to_new) = moved(100, 10_000);
+        assert!(only_to_new);
+        assert!((share - 1.0 / 101.0).abs() < 0.005, "moved {share}");
+        // With A42's default sizing the entries per endpoint shrink as N grows (52 → 49 for
+        // 20 → 21 endpoints at 1024), which moves some more keys, still well under 2/N.
+        let (share, _) = moved(20, 1024);
+        assert!(share > 1.0 / 21.0 - 0.01 && share < 2.0 / 20.0, "moved {share}");
     }
 
     #[test]
