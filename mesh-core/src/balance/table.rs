@@ -486,4 +486,4 @@ fn scan(m: &[usize], rng: &mut SmallRng, ok: &impl Fn(usize) -> bool) -> Option<
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
