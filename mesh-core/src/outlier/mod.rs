@@ -427,6 +427,9 @@ impl Inner {
                         .min(cap);
                     if now >= at + time {
                         t.ejected_at = None;
+                        // A returning endpoint starts a fresh streak.
+                        t.stats.consecutive_5xx.store(0, Ordering::Relaxed);
+                        t.stats.consecutive_gateway.store(0, Ordering::Relaxed);
                         t.stats.ejected.store(false, Ordering::Release);
                         changed = true;
                         tracing::debug!(address = %t.stats.address, "outlier returned");
