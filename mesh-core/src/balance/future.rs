@@ -9,11 +9,11 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
+use super::ServedBy;
 use super::error::{EndpointError, NoHealthyEndpoint};
 use super::table::Shared;
-use super::ServedBy;
-use tower::BoxError;
 use crate::outlier::Outcome;
+use tower::BoxError;
 
 /// Counts a call in flight until the response (or the error) arrives or the future is dropped.
 #[derive(Debug)]

@@ -92,10 +92,16 @@ mod tests {
         let base = l.cost();
         l.observe(Duration::from_millis(300));
         let peak = l.cost();
-        assert!(peak > base * 9.0, "a slow sample becomes the estimate at once");
+        assert!(
+            peak > base * 9.0,
+            "a slow sample becomes the estimate at once"
+        );
         tokio::time::advance(Duration::from_secs(10)).await;
         l.observe(Duration::from_millis(1));
-        assert!(l.cost() < peak / 2.0, "a fast sample after a while pulls it down");
+        assert!(
+            l.cost() < peak / 2.0,
+            "a fast sample after a while pulls it down"
+        );
         l.start();
         l.start();
         let c = l.cost();

@@ -180,16 +180,21 @@ impl BalancePolicy {
                     format!("{choice_count} is not between 2 and 10"),
                 ))
             }
-            BalancePolicy::RingHash { min_ring_size, .. } if min_ring_size == 0 => Err(
-                ConfigError::invalid("lb_policy.ring_hash.min_ring_size", "must not be zero"),
-            ),
+            BalancePolicy::RingHash {
+                min_ring_size: 0, ..
+            } => Err(ConfigError::invalid(
+                "lb_policy.ring_hash.min_ring_size",
+                "must not be zero",
+            )),
             BalancePolicy::RingHash {
                 min_ring_size,
                 max_ring_size,
             } if max_ring_size < min_ring_size || max_ring_size > MAX_RING_SIZE => {
                 Err(ConfigError::invalid(
                     "lb_policy.ring_hash.max_ring_size",
-                    format!("{max_ring_size} is not between min_ring_size ({min_ring_size}) and {MAX_RING_SIZE}"),
+                    format!(
+                        "{max_ring_size} is not between min_ring_size ({min_ring_size}) and {MAX_RING_SIZE}"
+                    ),
                 ))
             }
             _ => Ok(()),

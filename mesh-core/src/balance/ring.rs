@@ -14,7 +14,11 @@ pub(crate) struct Ring {
 
 impl Ring {
     /// Builds the ring for `(address, weight, slot)` entries; weights must be non-zero.
-    pub(crate) fn build(entries: &[(SocketAddr, u64, usize)], min_size: u64, max_size: u64) -> Self {
+    pub(crate) fn build(
+        entries: &[(SocketAddr, u64, usize)],
+        min_size: u64,
+        max_size: u64,
+    ) -> Self {
         let sum: f64 = entries.iter().map(|e| e.1 as f64).sum();
         if entries.is_empty() || sum <= 0.0 {
             return Ring::default();
@@ -140,7 +144,10 @@ mod tests {
         // With A42's default sizing the entries per endpoint shrink as N grows (52 → 49 for
         // 20 → 21 endpoints at 1024), which moves some more keys, still well under 2/N.
         let (share, _) = moved(20, 1024);
-        assert!(share > 1.0 / 21.0 - 0.01 && share < 2.0 / 20.0, "moved {share}");
+        assert!(
+            share > 1.0 / 21.0 - 0.01 && share < 2.0 / 20.0,
+            "moved {share}"
+        );
     }
 
     #[test]

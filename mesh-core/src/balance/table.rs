@@ -240,7 +240,11 @@ impl Table {
                 healthy: 0,
             });
         }
-        let by_address = slots.iter().enumerate().map(|(i, s)| (s.address, i)).collect();
+        let by_address = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.address, i))
+            .collect();
         let mut table = Table {
             slots,
             by_address,
@@ -343,7 +347,7 @@ impl Table {
             let level = &mut levels[p];
             let found = match (&*policy, &level.ring) {
                 (BalancePolicy::RingHash { .. }, Some(ring)) => {
-                    ring.pick(hash.unwrap_or_default(), &ok)
+                    ring.pick(hash.unwrap_or_default(), ok)
                 }
                 _ => pick_in_level(slots, level, policy, input.rng, &ok),
             };

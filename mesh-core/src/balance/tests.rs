@@ -18,9 +18,7 @@ fn endpoints(
         let status = status.clone();
         Svc::new(tower::service_fn(move |_req: http::Request<()>| {
             let s = status(addr);
-            async move {
-                Ok::<_, BoxError>(http::Response::builder().status(s).body(()).unwrap())
-            }
+            async move { Ok::<_, BoxError>(http::Response::builder().status(s).body(()).unwrap()) }
         }))
     }
 }
@@ -34,7 +32,9 @@ fn one_locality(eps: Vec<Endpoint>) -> Arc<ClusterLoadAssignment> {
 }
 
 fn healthy(n: u32) -> Vec<Endpoint> {
-    (0..n).map(|i| endpoint(i, 1, HealthStatus::Healthy)).collect()
+    (0..n)
+        .map(|i| endpoint(i, 1, HealthStatus::Healthy))
+        .collect()
 }
 
 async fn send<S>(b: &mut S, req: http::Request<()>) -> Result<SocketAddr, BoxError>
@@ -303,7 +303,12 @@ fn policies_from_xds() {
 #[test]
 fn validate_endpoints_reports_zero_weights() {
     assert!(validate_endpoints(&one_locality(healthy(2))).is_ok());
-    let bad = cla(vec![locality("a", 1, 0, vec![endpoint(0, 0, HealthStatus::Healthy)])]);
+    let bad = cla(vec![locality(
+        "a",
+        1,
+        0,
+        vec![endpoint(0, 0, HealthStatus::Healthy)],
+    )]);
     assert_eq!(
         validate_endpoints(&bad).unwrap_err().to_string(),
         "localities[0].endpoints[0].weight: must not be zero"

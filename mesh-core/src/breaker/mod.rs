@@ -161,7 +161,10 @@ where
         }
         if self.request.is_none() {
             if !Limits::acquire(&self.limits.in_flight, self.limits.max_requests) {
-                self.refused = Some(Overloaded::new(Limit::MaxRequests, self.limits.max_requests));
+                self.refused = Some(Overloaded::new(
+                    Limit::MaxRequests,
+                    self.limits.max_requests,
+                ));
                 return Poll::Ready(Ok(()));
             }
             self.request = Some(Slot {

@@ -36,7 +36,10 @@ async fn trips_at_max_requests_and_recovers() {
     let e = overloaded(b.call(()).await.unwrap_err());
     assert_eq!(e.limit(), Limit::MaxRequests);
     assert_eq!(e.max(), 2);
-    assert_eq!(e.to_string(), "circuit breaker open: max_requests (2) reached");
+    assert_eq!(
+        e.to_string(),
+        "circuit breaker open: max_requests (2) reached"
+    );
 
     // A response frees a slot.
     let (_, send) = handle.next_request().await.unwrap();
@@ -74,11 +77,18 @@ async fn second_waiter_is_refused() {
     hb.allow(0);
     let mut a = tokio_test::task::spawn(CircuitBreaker::with_limits(inner_a, limits.clone()));
     let mut b = tokio_test::task::spawn(CircuitBreaker::with_limits(inner_b, limits.clone()));
-    assert!(a.enter(|cx, mut s| tower::Service::poll_ready(&mut *s, cx)).is_pending());
+    assert!(
+        a.enter(|cx, mut s| tower::Service::poll_ready(&mut *s, cx))
+            .is_pending()
+    );
     // The second waiter is over max_pending: ready, and the call fails fast.
     let r = b.enter(|cx, mut s| tower::Service::poll_ready(&mut *s, cx));
     assert!(matches!(r, Poll::Ready(Ok(()))));
-    let e = overloaded(b.enter(|_, mut s| tower::Service::call(&mut *s, ())).await.unwrap_err());
+    let e = overloaded(
+        b.enter(|_, mut s| tower::Service::call(&mut *s, ()))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(e.limit(), Limit::MaxPendingRequests);
     // The refused call took no request slot.
     assert_eq!(limits.in_flight(), 1);

@@ -32,7 +32,6 @@
 //! 503, `INTERNAL` 500, `DEADLINE_EXCEEDED` 504, ...). A call that failed before a response
 //! (connection refused, reset) is a local-origin failure, counted as a gateway failure (Envoy's
 //! default, `split_external_local_origin_errors: false`).
-#![allow(clippy::module_name_repetitions)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

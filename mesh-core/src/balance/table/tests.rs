@@ -100,7 +100,11 @@ fn failover_to_the_next_priority_and_back() {
     let n = 100_000;
     let got = counts(&mut t, n, 1);
     assert!((share(&got, 0, n) - 35.0).abs() < 2.0, "{got:?}");
-    assert_eq!(share(&got, 1, n), 0.0, "unhealthy endpoints never get picked");
+    assert_eq!(
+        share(&got, 1, n),
+        0.0,
+        "unhealthy endpoints never get picked"
+    );
     // Recovery: all of P0 healthy again takes everything back.
     let c = cla(vec![
         locality("a", 1, 0, (0..4).map(healthy).collect()),
@@ -151,7 +155,9 @@ fn round_robin_equal_weights_cycles_and_skips_unusable() {
         "a",
         1,
         0,
-        (0..3).map(|i| endpoint(i, 1, HealthStatus::Healthy)).collect(),
+        (0..3)
+            .map(|i| endpoint(i, 1, HealthStatus::Healthy))
+            .collect(),
     )]);
     let mut t = build(&c, BalancePolicy::RoundRobin);
     let mut rng = SmallRng::seed_from_u64(0);
@@ -159,7 +165,9 @@ fn round_robin_equal_weights_cycles_and_skips_unusable() {
         hash: None,
         rng: &mut rng,
     };
-    let seq: Vec<_> = (0..6).map(|_| t.pick(&mut input, |_| true).unwrap()).collect();
+    let seq: Vec<_> = (0..6)
+        .map(|_| t.pick(&mut input, |_| true).unwrap())
+        .collect();
     assert_eq!(seq, vec![0, 1, 2, 0, 1, 2]);
     let seq: Vec<_> = (0..4)
         .map(|_| t.pick(&mut input, |s| s.address != t_addr(1)).unwrap())
@@ -178,7 +186,9 @@ async fn p2c_sends_less_traffic_to_a_slower_endpoint() {
         "a",
         1,
         0,
-        (0..4).map(|i| endpoint(i, 1, HealthStatus::Healthy)).collect(),
+        (0..4)
+            .map(|i| endpoint(i, 1, HealthStatus::Healthy))
+            .collect(),
     )]);
     let mut t = build(&c, BalancePolicy::P2cPeakEwma);
     let mut rng = SmallRng::seed_from_u64(9);
@@ -197,7 +207,10 @@ async fn p2c_sends_less_traffic_to_a_slower_endpoint() {
         tokio::time::advance(Duration::from_millis(1)).await;
     }
     let slow = got[3] as f64 / n as f64;
-    assert!(slow < 0.10, "the slow endpoint got {slow} of the traffic: {got:?}");
+    assert!(
+        slow < 0.10,
+        "the slow endpoint got {slow} of the traffic: {got:?}"
+    );
     assert!(got[3] > 0, "but it is still probed");
 }
 
@@ -207,7 +220,9 @@ fn p2c_prefers_fewer_in_flight_at_equal_latency() {
         "a",
         1,
         0,
-        (0..2).map(|i| endpoint(i, 1, HealthStatus::Healthy)).collect(),
+        (0..2)
+            .map(|i| endpoint(i, 1, HealthStatus::Healthy))
+            .collect(),
     )]);
     let mut t = build(&c, BalancePolicy::P2cPeakEwma);
     for _ in 0..5 {
@@ -223,7 +238,9 @@ fn least_request_picks_the_least_loaded_of_its_choices() {
         "a",
         1,
         0,
-        (0..10).map(|i| endpoint(i, 1, HealthStatus::Healthy)).collect(),
+        (0..10)
+            .map(|i| endpoint(i, 1, HealthStatus::Healthy))
+            .collect(),
     )]);
     let mut t = build(&c, BalancePolicy::LeastRequest { choice_count: 10 });
     for i in 0..9 {
@@ -242,7 +259,9 @@ fn ring_hash_is_sticky_and_uses_the_request_hash() {
         "a",
         1,
         0,
-        (0..10).map(|i| endpoint(i, 1, HealthStatus::Healthy)).collect(),
+        (0..10)
+            .map(|i| endpoint(i, 1, HealthStatus::Healthy))
+            .collect(),
     )]);
     let mut t = build(
         &c,
@@ -274,7 +293,12 @@ fn ring_hash_is_sticky_and_uses_the_request_hash() {
 #[test]
 fn zero_weights_are_rejected_with_the_field() {
     let e = Table::build(
-        &cla(vec![locality("a", 0, 0, vec![endpoint(0, 1, HealthStatus::Healthy)])]),
+        &cla(vec![locality(
+            "a",
+            0,
+            0,
+            vec![endpoint(0, 1, HealthStatus::Healthy)],
+        )]),
         &BalancePolicy::RoundRobin,
         |_| unreachable!("nothing built"),
     )
@@ -294,10 +318,12 @@ fn zero_weights_are_rejected_with_the_field() {
             ),
         ]),
         &BalancePolicy::RoundRobin,
-        |_| Arc::new(Shared {
-            load: EndpointLoad::new(),
-            outlier: None,
-        }),
+        |_| {
+            Arc::new(Shared {
+                load: EndpointLoad::new(),
+                outlier: None,
+            })
+        },
     )
     .unwrap_err();
     assert_eq!(
