@@ -156,9 +156,8 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.refused.is_some() {
-            return Poll::Ready(Ok(()));
-        }
+        // A refusal is decided afresh on every poll: capacity may have come back since.
+        self.refused = None;
         if self.request.is_none() {
             if !Limits::acquire(&self.limits.in_flight, self.limits.max_requests) {
                 self.refused = Some(Overloaded::new(

@@ -121,3 +121,17 @@ async fn inner_errors_pass_through_and_free_the_slot() {
     assert_eq!(e.to_string(), "boom");
     assert_eq!(layer.limits().in_flight(), 0);
 }
+
+#[tokio::test]
+async fn a_refusal_is_reconsidered_on_the_next_poll() {
+    let layer = CircuitBreakerLayer::new(limits(1, None));
+    let (mut a, mut h) = mock::spawn_layer::<(), (), _>(layer.clone());
+    let (mut b, _hb) = mock::spawn_layer::<(), (), _>(layer.clone());
+    h.allow(1);
+    assert_ready_ok!(a.poll_ready());
+    let f = a.call(());
+    assert_ready_ok!(b.poll_ready()); // refused: the one slot is taken
+    drop(f);
+    assert_ready_ok!(b.poll_ready()); // the slot is free again: reserved this time
+    assert_eq!(layer.limits().in_flight(), 1);
+}
