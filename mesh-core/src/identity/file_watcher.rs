@@ -148,8 +148,9 @@ fn parse(config: &FileWatcherConfig, c: &Contents) -> Result<IdentitySnapshot, I
         (Some(cert), Some(key)) => {
             let cert_field = field("certificate_file", config.certificate_file());
             let chain = certs_from_pem(cert, &cert_field)?;
-            let key = key_from_pem(key, &field("private_key_file", config.private_key_file()))?;
-            Some(Svid::from_der(chain, key, &cert_field)?)
+            let key_field = field("private_key_file", config.private_key_file());
+            let key = key_from_pem(key, &key_field)?;
+            Some(Svid::from_der_fields(chain, key, &cert_field, &key_field)?)
         }
         _ => None,
     };

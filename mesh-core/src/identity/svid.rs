@@ -120,6 +120,16 @@ impl Svid {
         key: PrivateKeyDer<'static>,
         field: &str,
     ) -> Result<Self, IdentityError> {
+        Self::from_der_fields(chain, key, field, field)
+    }
+
+    /// [`Svid::from_der`] with separate names for the certificate's and the key's origin.
+    pub(crate) fn from_der_fields(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        field: &str,
+        key_field: &str,
+    ) -> Result<Self, IdentityError> {
         let leaf = chain.first().ok_or_else(|| IdentityError::Missing {
             field: field.to_owned(),
             expected: "CERTIFICATE",
@@ -133,7 +143,7 @@ impl Svid {
             .key_provider
             .load_private_key(key)
             .map_err(|source| IdentityError::UnsupportedKey {
-                field: field.to_owned(),
+                field: key_field.to_owned(),
                 source,
             })?;
         let certified = CertifiedKey::new(chain, signing);
@@ -144,7 +154,7 @@ impl Svid {
             }
             Err(_) => {
                 return Err(IdentityError::KeyMismatch {
-                    field: field.to_owned(),
+                    field: key_field.to_owned(),
                 });
             }
         }
