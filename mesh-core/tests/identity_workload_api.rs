@@ -203,7 +203,7 @@ async fn workload_api_rotation_under_load_drops_no_call() {
     for t in load {
         t.await.unwrap();
     }
-    let failures = failures.lock().unwrap();
+    let failures = failures.lock().unwrap().clone();
     assert!(failures.is_empty(), "failed calls: {failures:?}");
     assert!(*ok.borrow() >= 40 * steps.len() as u64);
     drop(stdin);
