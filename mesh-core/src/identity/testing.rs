@@ -171,6 +171,15 @@ impl TestCa {
     /// # Panics
     /// If `path` does not make a valid URI, or signing fails.
     pub fn mint(&self, path: &str, flaw: Flaw) -> MintedSvid {
+        self.mint_with_dns_names(path, flaw, &[])
+    }
+
+    /// [`TestCa::mint`] with DNS SANs added after the SPIFFE ID (for comparisons with
+    /// host-name verification; an SVID may carry DNS SANs besides its one URI).
+    ///
+    /// # Panics
+    /// As [`TestCa::mint`], or if a name is not a valid DNS name.
+    pub fn mint_with_dns_names(&self, path: &str, flaw: Flaw, dns_names: &[&str]) -> MintedSvid {
         let key = KeyPair::generate().expect("key generation");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         let id = format!("{}{path}", self.trust_domain.id_string());
@@ -180,6 +189,11 @@ impl TestCa {
             Flaw::TwoUriSans => vec![uri(&id), uri(&format!("{id}-twin"))],
             _ => vec![uri(&id)],
         };
+        for name in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*name).try_into().expect("DNS name")));
+        }
         params.is_ca = match flaw {
             Flaw::CaFlag => IsCa::Ca(BasicConstraints::Unconstrained),
             _ => IsCa::ExplicitNoCa,
