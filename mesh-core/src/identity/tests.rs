@@ -366,3 +366,17 @@ fn the_bundle_map_skips_jwt_keys_and_round_trips_to_spiffe_types() {
     assert_eq!(bundle.authorities()[0].as_bytes(), a.root().as_ref());
     assert!(b.anchors_for(&"b.org".parse().unwrap()).is_none());
 }
+
+#[test]
+fn configs_report_fips_mode_exactly_when_the_fips_feature_is_on() {
+    let p = pair();
+    let config = MtlsConfig::new(p.server.clone());
+    assert_eq!(
+        config.server_config().unwrap().fips(),
+        cfg!(feature = "fips")
+    );
+    assert_eq!(
+        config.client_config().unwrap().fips(),
+        cfg!(feature = "fips")
+    );
+}
