@@ -78,6 +78,9 @@ impl MintedSvid {
     }
 
     /// The private key as DER.
+    ///
+    /// # Panics
+    /// Never for a minted key (it is valid PKCS#8 PEM); only if `key_pem` was edited.
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("a minted key is valid PEM")
     }

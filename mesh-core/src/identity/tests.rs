@@ -380,3 +380,44 @@ fn configs_report_fips_mode_exactly_when_the_fips_feature_is_on() {
         cfg!(feature = "fips")
     );
 }
+
+#[tokio::test]
+async fn the_layer_puts_the_handshake_peer_into_request_extensions() {
+    use std::task::{Context, Poll};
+    use tower::{Layer, Service};
+
+    /// Answers with the peer identity found in the request.
+    struct Echo;
+    impl Service<http::Request<()>> for Echo {
+        type Response = Option<PeerIdentity>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<()>) -> Self::Future {
+            std::future::ready(Ok(req.extensions().get::<PeerIdentity>().cloned()))
+        }
+    }
+
+    let p = pair();
+    let client = MtlsConfig::new(source(Some(p.ca.svid("/ns/app/sa/caller")), p.ca.bundles()))
+        .client_config()
+        .unwrap();
+    let (_, server_peer) = handshake(client, server_config(&p, Authorizer::Any)).await;
+    let peer = server_peer.unwrap();
+    let mut svc = PeerIdentityLayer::new(peer).layer(Echo);
+    let seen = svc.call(http::Request::new(())).await.unwrap().unwrap();
+    assert_eq!(
+        seen.spiffe_id(),
+        &id("spiffe://example.org/ns/app/sa/caller")
+    );
+    let mut anonymous = PeerIdentityLayer::new(None).layer(Echo);
+    assert!(
+        anonymous
+            .call(http::Request::new(()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
