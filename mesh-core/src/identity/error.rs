@@ -207,9 +207,6 @@ pub enum IdentityError {
         /// What is wrong there.
         reason: String,
     },
-    /// The configuration gives us nothing to use.
-    #[error("{0}")]
-    Config(String),
     /// The Workload API client failed.
     #[error("workload API: {0}")]
     WorkloadApi(#[source] Arc<spiffe::X509SourceError>),
