@@ -7,6 +7,8 @@
 //! `meshwork-grpc` and `meshwork-http`.
 #![forbid(unsafe_code)]
 
+pub mod identity;
+
 /// The xDS client this crate builds its configuration from.
 pub use meshwork_xds as xds;
 
