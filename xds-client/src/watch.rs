@@ -242,7 +242,7 @@ fn walk(
     let mut complete = true;
     for root in roots {
         let mut stack = Vec::new();
-        complete &= walk_cluster(ads, root, 0, &mut stack, &mut clusters, needs);
+        complete &= walk_cluster(ads, root, 0, &mut stack, &mut clusters, needs) != Walk::Pending;
     }
     if !complete {
         return Ok(None);
@@ -255,7 +255,19 @@ fn walk(
     }))
 }
 
-/// Add `name` and everything below it to `out`. False if something is still pending.
+/// How a cluster's walk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// `out` has the cluster and everything below it.
+    Done,
+    /// Something below it has not arrived yet.
+    Pending,
+    /// It reaches an aggregate cluster that is still being walked: every aggregate on the
+    /// way back up is an error (gRPC rejects aggregate graphs with cycles).
+    Cycle,
+}
+
+/// Add `name` and everything below it to `out`.
 fn walk_cluster(
     ads: &AdsState,
     name: &str,
@@ -263,34 +275,37 @@ fn walk_cluster(
     stack: &mut Vec<String>,
     out: &mut BTreeMap<String, ClusterState>,
     needs: &mut BTreeSet<ResourceKey>,
-) -> bool {
+) -> Walk {
+    if stack.iter().any(|s| s == name) {
+        return Walk::Cycle;
+    }
     if out.contains_key(name) {
-        return true;
+        return Walk::Done;
     }
     needs.insert((ResourceType::Cluster, name.to_string()));
     let cluster = match lookup(ads, ResourceType::Cluster, name) {
-        Lookup::Pending => return false,
+        Lookup::Pending => return Walk::Pending,
         Lookup::DoesNotExist => {
             let error = format!("cluster {name} does not exist");
             out.insert(name.to_string(), ClusterState::Error(error));
-            return true;
+            return Walk::Done;
         }
         Lookup::Invalid(error) => {
             out.insert(
                 name.to_string(),
                 ClusterState::Error(format!("cluster {name}: {error}")),
             );
-            return true;
+            return Walk::Done;
         }
         Lookup::Found(Resource::Cluster(c)) => c.clone(),
-        Lookup::Found(_) => return false,
+        Lookup::Found(_) => return Walk::Pending,
     };
     let children = match &cluster.kind {
         ClusterKind::Eds { service_name } => {
             let eds_name = service_name.as_deref().unwrap_or(name);
             needs.insert((ResourceType::ClusterLoadAssignment, eds_name.to_string()));
             match lookup(ads, ResourceType::ClusterLoadAssignment, eds_name) {
-                Lookup::Pending => return false,
+                Lookup::Pending => return Walk::Pending,
                 Lookup::DoesNotExist => {
                     ClusterChildren::Endpoints(Err(format!("endpoints {eds_name} do not exist")))
                 }
@@ -300,7 +315,7 @@ fn walk_cluster(
                 Lookup::Found(Resource::ClusterLoadAssignment(cla)) => {
                     ClusterChildren::Endpoints(Ok(cla.clone()))
                 }
-                Lookup::Found(_) => return false,
+                Lookup::Found(_) => return Walk::Pending,
             }
         }
         ClusterKind::LogicalDns { .. } => ClusterChildren::LogicalDns,
@@ -312,34 +327,36 @@ fn walk_cluster(
                         "aggregate cluster {name} nests deeper than {MAX_AGGREGATE_DEPTH}"
                     )),
                 );
-                return true;
-            }
-            if stack.iter().any(|s| s == name) {
-                out.insert(
-                    name.to_string(),
-                    ClusterState::Error(format!("aggregate cluster {name} is part of a cycle")),
-                );
-                return true;
+                return Walk::Done;
             }
             stack.push(name.to_string());
-            let mut complete = true;
+            let mut walk = Walk::Done;
             let mut leaves = Vec::new();
             for child in children {
-                complete &= walk_cluster(ads, child, depth + 1, stack, out, needs);
+                match walk_cluster(ads, child, depth + 1, stack, out, needs) {
+                    Walk::Cycle => walk = Walk::Cycle,
+                    Walk::Pending if walk == Walk::Done => walk = Walk::Pending,
+                    _ => {}
+                }
                 collect_leaves(child, out, &mut leaves);
             }
             stack.pop();
-            if !complete {
-                return false;
+            match walk {
+                Walk::Pending => return Walk::Pending,
+                Walk::Cycle => {
+                    let error = format!("aggregate cluster {name} is part of a cycle");
+                    out.insert(name.to_string(), ClusterState::Error(error));
+                    return Walk::Cycle;
+                }
+                Walk::Done => ClusterChildren::Aggregate(leaves),
             }
-            ClusterChildren::Aggregate(leaves)
         }
     };
     out.insert(
         name.to_string(),
         ClusterState::Ready(ClusterConfig { cluster, children }),
     );
-    true
+    Walk::Done
 }
 
 /// Append the leaf (non-aggregate) clusters under `name`, depth-first, without repeats.
@@ -357,5 +374,296 @@ fn collect_leaves(name: &str, out: &BTreeMap<String, ClusterState>, leaves: &mut
         }
         Some(_) if !leaves.iter().any(|l| l == name) => leaves.push(name.to_string()),
         _ => {}
+    }
+}
+
+#[cfg(all(test, feature = "server"))]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use envoy_types::pb::envoy::config::cluster::v3::{Cluster as PbCluster, cluster};
+    use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateConfig;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use envoy_types::pb::google::protobuf::Any;
+
+    use super::*;
+    use crate::protocol::ProtocolConfig;
+    use crate::server::build;
+
+    /// A control plane in a map: (type, name) -> Any.
+    #[derive(Default)]
+    struct World(BTreeMap<ResourceKey, Any>);
+
+    impl World {
+        fn put<M: prost::Message + prost::Name>(&mut self, t: ResourceType, name: &str, m: &M) {
+            self.0.insert((t, name.to_string()), build::pack(m));
+        }
+
+        /// Subscribe to what `resolve` needs and answer from the map, until nothing changes;
+        /// then let the does-not-exist timers fire for what the map lacks.
+        fn settle(&self, listener: &str, authority: &str) -> Resolution {
+            let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
+            let stream = ads.on_stream_open();
+            let mut now = Instant::now();
+            let mut version = 0;
+            // What each type's last answered request named: answer a request only when its
+            // names change, as a server does (an ACK is not answered).
+            let mut answered: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for _round in 0..100 {
+                let resolution = resolve(&ads, listener, authority);
+                let mut asked = false;
+                for (t, name) in &resolution.needs {
+                    if ads.status(*t, name).is_none() {
+                        ads.subscribe(*t, name);
+                        asked = true;
+                    }
+                }
+                while let Some(request) = ads.poll_request(now) {
+                    version += 1;
+                    let t = ResourceType::from_type_url(&request.type_url).unwrap();
+                    let resources = request
+                        .resource_names
+                        .iter()
+                        .filter_map(|n| self.0.get(&(t, n.clone())).cloned())
+                        .collect();
+                    if answered.get(&request.type_url) != Some(&request.resource_names) {
+                        answered.insert(request.type_url.clone(), request.resource_names.clone());
+                        ads.on_response(
+                            stream,
+                            DiscoveryResponse {
+                                version_info: version.to_string(),
+                                resources,
+                                type_url: request.type_url.clone(),
+                                nonce: format!("n{version}"),
+                                ..Default::default()
+                            },
+                            now,
+                        );
+                    }
+                }
+                while ads.poll_event().is_some() {}
+                if !asked {
+                    if resolution.state.as_ref().is_ok_and(|s| s.is_none())
+                        && ads.poll_timeout().is_some()
+                    {
+                        now += Duration::from_secs(16);
+                        ads.handle_timeout(now);
+                        continue;
+                    }
+                    return resolution;
+                }
+            }
+            panic!("the resolution did not settle in 100 rounds");
+        }
+    }
+
+    fn aggregate(name: &str, children: &[&str]) -> PbCluster {
+        PbCluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(
+                cluster::CustomClusterType {
+                    name: "envoy.clusters.aggregate".into(),
+                    typed_config: Some(build::pack(&AggregateConfig {
+                        clusters: children.iter().map(|c| c.to_string()).collect(),
+                    })),
+                },
+            )),
+            ..Default::default()
+        }
+    }
+
+    const T: &str = "svc:80";
+
+    /// Listener -> routes -> `root`, plus the given clusters; EDS endpoints for `with_endpoints`.
+    fn world(root: &str, clusters: &[PbCluster], with_endpoints: &[&str]) -> World {
+        let mut w = World::default();
+        w.put(ResourceType::Listener, T, &build::api_listener(T, "rc"));
+        w.put(
+            ResourceType::RouteConfiguration,
+            "rc",
+            &build::route_config(
+                "rc",
+                vec![build::virtual_host(
+                    "vh",
+                    [T],
+                    vec![build::route_to("", root)],
+                )],
+            ),
+        );
+        for c in clusters {
+            w.put(ResourceType::Cluster, &c.name, c);
+        }
+        for e in with_endpoints {
+            w.put(
+                ResourceType::ClusterLoadAssignment,
+                e,
+                &build::endpoints(e, &["127.0.0.1:1".parse().unwrap()]),
+            );
+        }
+        w
+    }
+
+    fn config(r: &Resolution) -> &XdsConfig {
+        r.state.as_ref().unwrap().as_ref().expect("complete")
+    }
+
+    #[test]
+    fn aggregate_clusters_resolve_to_their_leaves_depth_first() {
+        let w = world(
+            "agg",
+            &[
+                aggregate("agg", &["a", "inner", "b"]),
+                aggregate("inner", &["c", "a"]),
+                build::eds_cluster("a"),
+                build::eds_cluster("b"),
+                build::eds_cluster("c"),
+            ],
+            &["a", "b", "c"],
+        );
+        let r = w.settle(T, T);
+        let c = config(&r);
+        match &c.clusters["agg"] {
+            ClusterState::Ready(ClusterConfig {
+                children: ClusterChildren::Aggregate(leaves),
+                ..
+            }) => {
+                assert_eq!(leaves, &["a", "c", "b"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.clusters.len(), 5);
+        assert_eq!(
+            r.needs.len(),
+            2 + 5 + 3,
+            "L, R, five clusters, three EDS: {:?}",
+            r.needs
+        );
+    }
+
+    #[test]
+    fn aggregate_cycles_are_errors_not_hangs() {
+        let w = world(
+            "x",
+            &[
+                aggregate("x", &["y"]),
+                aggregate("y", &["x", "a"]),
+                build::eds_cluster("a"),
+            ],
+            &["a"],
+        );
+        let r = w.settle(T, T);
+        let c = config(&r);
+        for name in ["x", "y"] {
+            match &c.clusters[name] {
+                ClusterState::Error(e) => assert!(e.contains("cycle"), "{e}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(matches!(c.clusters["a"], ClusterState::Ready(_)));
+    }
+
+    #[test]
+    fn aggregate_depth_is_limited() {
+        let names: Vec<String> = (0..=MAX_AGGREGATE_DEPTH + 1)
+            .map(|i| format!("n{i}"))
+            .collect();
+        let mut clusters: Vec<PbCluster> = names
+            .windows(2)
+            .map(|w| aggregate(&w[0], &[w[1].as_str()]))
+            .collect();
+        clusters.push(build::eds_cluster(names.last().unwrap()));
+        let w = world("n0", &clusters, &[names.last().unwrap()]);
+        let r = w.settle(T, T);
+        let deepest = format!("n{MAX_AGGREGATE_DEPTH}");
+        match &config(&r).clusters[&deepest] {
+            ClusterState::Error(e) => assert!(e.contains("deeper"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_endpoints_are_an_error_of_their_cluster() {
+        let w = world("a", &[build::eds_cluster("a")], &[]);
+        let r = w.settle(T, T);
+        match &config(&r).clusters["a"] {
+            ClusterState::Ready(ClusterConfig {
+                children: ClusterChildren::Endpoints(Err(e)),
+                ..
+            }) => {
+                assert!(e.contains("do not exist"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn eds_service_name_and_inline_routes() {
+        let mut w = World::default();
+        let rc = build::route_config(
+            "inline",
+            vec![build::virtual_host(
+                "vh",
+                ["*"],
+                vec![build::route_to("", "a")],
+            )],
+        );
+        w.put(
+            ResourceType::Listener,
+            T,
+            &build::api_listener_inline(T, rc),
+        );
+        let mut a = build::eds_cluster("a");
+        a.eds_cluster_config.as_mut().unwrap().service_name = "a-endpoints".into();
+        w.put(ResourceType::Cluster, "a", &a);
+        w.put(
+            ResourceType::ClusterLoadAssignment,
+            "a-endpoints",
+            &build::endpoints("a-endpoints", &["127.0.0.1:1".parse().unwrap()]),
+        );
+        let r = w.settle(T, "anything");
+        assert!(
+            !r.needs
+                .iter()
+                .any(|(t, _)| *t == ResourceType::RouteConfiguration),
+            "inline: no RDS"
+        );
+        assert!(
+            r.needs
+                .contains(&(ResourceType::ClusterLoadAssignment, "a-endpoints".into()))
+        );
+        assert!(matches!(
+            &config(&r).clusters["a"],
+            ClusterState::Ready(ClusterConfig {
+                children: ClusterChildren::Endpoints(Ok(_)),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn missing_listener_and_route_config_fail_the_target() {
+        let r = World::default().settle(T, T);
+        assert_eq!(
+            r.state.unwrap_err(),
+            TargetError::ListenerDoesNotExist(T.into())
+        );
+        let mut w = World::default();
+        w.put(ResourceType::Listener, T, &build::api_listener(T, "rc"));
+        let r = w.settle(T, T);
+        assert_eq!(
+            r.state.unwrap_err(),
+            TargetError::RouteConfigDoesNotExist("rc".into())
+        );
+    }
+
+    #[test]
+    fn pending_until_every_resource_is_known() {
+        let w = world("a", &[build::eds_cluster("a")], &["a"]);
+        let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
+        ads.on_stream_open();
+        let r = resolve(&ads, T, T);
+        assert!(matches!(r.state, Ok(None)));
+        assert_eq!(r.needs.len(), 1, "only the listener is known to be needed");
+        let _ = w;
     }
 }
