@@ -12,3 +12,5 @@ pub use meshwork_xds as xds;
 
 /// The workspace's TLS crypto provider (chosen by the `ring`, `aws-lc-rs` or `fips` feature).
 pub use meshwork_xds::crypto;
+
+pub mod config;
