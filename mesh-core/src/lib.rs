@@ -14,3 +14,4 @@ pub use meshwork_xds as xds;
 pub use meshwork_xds::crypto;
 
 pub mod config;
+pub mod route;

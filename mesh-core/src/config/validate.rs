@@ -46,13 +46,13 @@ fn route(r: &Route, p: &str) -> Result<(), ConfigError> {
                 "must be lower case",
             ));
         }
-        if let HeaderMatchKind::Range { start, end } = h.kind {
-            if start > end {
-                return Err(ConfigError::invalid(
-                    format!("{hp}.range_match"),
-                    format!("start {start} is greater than end {end}"),
-                ));
-            }
+        if let HeaderMatchKind::Range { start, end } = h.kind
+            && start > end
+        {
+            return Err(ConfigError::invalid(
+                format!("{hp}.range_match"),
+                format!("start {start} is greater than end {end}"),
+            ));
         }
     }
     for (k, q) in m.query_parameters.iter().enumerate() {
@@ -63,13 +63,13 @@ fn route(r: &Route, p: &str) -> Result<(), ConfigError> {
             ));
         }
     }
-    if let Some(f) = m.runtime_fraction {
-        if f > 1_000_000 {
-            return Err(ConfigError::invalid(
-                format!("{p}.match.runtime_fraction"),
-                format!("{f} parts per million is more than one million"),
-            ));
-        }
+    if let Some(f) = m.runtime_fraction
+        && f > 1_000_000
+    {
+        return Err(ConfigError::invalid(
+            format!("{p}.match.runtime_fraction"),
+            format!("{f} parts per million is more than one million"),
+        ));
     }
     let RouteAction::Forward(fa) = &r.action else {
         return Ok(());
