@@ -15,3 +15,4 @@ pub use meshwork_xds::crypto;
 
 pub mod config;
 pub mod route;
+pub mod timeout;
