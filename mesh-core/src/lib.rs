@@ -14,5 +14,6 @@ pub use meshwork_xds as xds;
 pub use meshwork_xds::crypto;
 
 pub mod config;
+pub mod retry;
 pub mod route;
 pub mod timeout;

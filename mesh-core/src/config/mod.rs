@@ -33,7 +33,7 @@ use meshwork_xds::watch::XdsConfig;
 
 mod error;
 mod grpc;
-mod validate;
+pub(crate) mod validate;
 
 pub use error::ConfigError;
 pub use grpc::GrpcCode;

@@ -131,7 +131,7 @@ fn route(r: &Route, p: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn retry_policy(rp: &RetryPolicy, p: &str) -> Result<(), ConfigError> {
+pub(crate) fn retry_policy(rp: &RetryPolicy, p: &str) -> Result<(), ConfigError> {
     if rp.base_interval.is_zero() {
         return Err(ConfigError::invalid(
             format!("{p}.retry_back_off.base_interval"),
