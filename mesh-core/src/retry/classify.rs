@@ -127,16 +127,27 @@ impl AllTokens for RetryOn {
     ];
 }
 
-/// `grpc-retry-pushback-ms` (gRFC A6): `Ok(Some(d))` to wait `d` before the retry,
-/// `Ok(None)` when absent, `Err(())` when the server says not to retry (negative or
-/// malformed).
-pub fn pushback<B>(rsp: &http::Response<B>) -> Result<Option<Duration>, ()> {
+/// What a server's `grpc-retry-pushback-ms` (gRFC A6) asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Pushback {
+    /// No pushback: back off as the policy says.
+    None,
+    /// Retry after this long, instead of the policy's backoff.
+    After(Duration),
+    /// Do not retry (the value was negative or malformed).
+    Stop,
+}
+
+/// The pushback of a response.
+pub fn pushback<B>(rsp: &http::Response<B>) -> Pushback {
     let Some(v) = rsp.headers().get("grpc-retry-pushback-ms") else {
-        return Ok(None);
+        return Pushback::None;
     };
     std::str::from_utf8(v.as_bytes())
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
-        .map(|ms| Some(Duration::from_millis(ms)))
-        .ok_or(())
+        .map_or(Pushback::Stop, |ms| {
+            Pushback::After(Duration::from_millis(ms))
+        })
 }

@@ -14,7 +14,7 @@ use tokio::time::Sleep;
 use tower::{BoxError, Service};
 
 use super::body::Buffered;
-use super::classify::{error_conditions, is_retriable, pushback, response_conditions};
+use super::classify::{Pushback, error_conditions, is_retriable, pushback, response_conditions};
 use super::{PolicySource, PreviousAttempts, RetryBody, Settings};
 use crate::timeout::{TimeoutError, TimeoutKind};
 
@@ -243,7 +243,7 @@ where
                     let policy = r.policy.get();
                     let (met, push) = match &result {
                         Ok(rsp) => (response_conditions(rsp, r.grpc, policy), pushback(rsp)),
-                        Err(e) => (error_conditions(&**e), Ok(None)),
+                        Err(e) => (error_conditions(&**e), Pushback::None),
                     };
                     let budget = &r.settings.budget;
                     if !is_retriable(met, policy) {
@@ -257,9 +257,9 @@ where
                         && budget.can_retry();
                     let delay = match push {
                         _ if !can_retry => return Poll::Ready(result),
-                        Err(()) => return Poll::Ready(result),
-                        Ok(Some(d)) => d,
-                        Ok(None) => super::backoff(policy, r.attempts, &mut r.rng),
+                        Pushback::Stop => return Poll::Ready(result),
+                        Pushback::After(d) => d,
+                        Pushback::None => super::backoff(policy, r.attempts, &mut r.rng),
                     };
                     this.sleep.set(Some(tokio::time::sleep(delay)));
                     *this.phase = Phase::Backoff;

@@ -53,7 +53,8 @@ mod layer;
 pub use body::RetryBody;
 pub use budget::RetryBudget;
 pub use classify::{
-    backoff, error_conditions, grpc_condition, is_retriable, pushback, response_conditions,
+    Pushback, backoff, error_conditions, grpc_condition, is_retriable, pushback,
+    response_conditions,
 };
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
