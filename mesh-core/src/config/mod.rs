@@ -10,7 +10,7 @@
 //!
 //! - [`TargetConfig`]: a core-owned snapshot of one target (its route configuration, the
 //!   virtual host chosen for it, if any, and its clusters), built from an xDS
-//!   [`XdsConfig`](meshwork_xds::watch::XdsConfig) with [`TargetConfig::from_xds`] or by hand
+//!   [`XdsConfig`] with [`TargetConfig::from_xds`] or by hand
 //!   with [`StaticConfig`] — a service can use meshwork with no control plane at all.
 //! - Publication as a [`ConfigReceiver`] (a `tokio::sync::watch::Receiver<Arc<TargetConfig>>`,
 //!   see [`channel`]). Layers keep the last `Arc` they loaded and only look at the channel's

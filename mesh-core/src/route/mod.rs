@@ -18,7 +18,7 @@
 //!
 //! A request no route matches fails with [`RouteError::NoRoute`] (404 / UNIMPLEMENTED, as
 //! gRPC does); a route whose action is unsupported fails with UNAVAILABLE. Errors are
-//! returned boxed ([`BoxError`](tower::BoxError)); downcast to [`RouteError`].
+//! returned boxed ([`BoxError`]); downcast to [`RouteError`].
 //!
 //! # Reaching clusters
 //!
@@ -32,7 +32,7 @@
 //! # Randomness
 //!
 //! Weighted clusters and runtime fractions draw from an injectable RNG (`R`, default
-//! [`SmallRng`](rand::rngs::SmallRng) seeded from the OS). Clones of a router get their own
+//! [`SmallRng`] seeded from the OS). Clones of a router get their own
 //! streams, seeded in turn from the router they were cloned from (a fixed seed makes a
 //! router and all its clones deterministic).
 //!
