@@ -4,10 +4,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 
-use super::{TimeoutError, TimeoutKind};
+use super::{TimeoutBody, TimeoutError, TimeoutKind};
 
 pin_project! {
     /// The response future of [`Timeout`](super::Timeout).
@@ -17,36 +17,43 @@ pin_project! {
         inner: F,
         #[pin]
         sleep: Option<Sleep>,
-        limit: Option<(Duration, TimeoutKind)>,
+        deadline: Option<(Instant, Duration, TimeoutKind)>,
     }
 }
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, limit: Option<(Duration, TimeoutKind)>) -> Self {
+        let deadline = limit.map(|(d, k)| (Instant::now() + d, d, k));
         Self {
             inner,
-            sleep: limit.map(|(d, _)| tokio::time::sleep(d)),
-            limit,
+            sleep: deadline.map(|(at, _, _)| tokio::time::sleep_until(at)),
+            deadline,
         }
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F, RB, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<http::Response<RB>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<http::Response<TimeoutBody<RB>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(out) = this.inner.poll(cx) {
-            return Poll::Ready(out.map_err(Into::into));
+            let deadline = *this.deadline;
+            return Poll::Ready(
+                out.map(|rsp| rsp.map(|b| TimeoutBody::new(b, deadline)))
+                    .map_err(Into::into),
+            );
         }
         if let Some(sleep) = this.sleep.as_pin_mut()
             && sleep.poll(cx).is_ready()
         {
-            let (after, kind) = this.limit.unwrap_or((Duration::ZERO, TimeoutKind::Default));
+            let (_, after, kind) =
+                this.deadline
+                    .unwrap_or((Instant::now(), Duration::ZERO, TimeoutKind::Default));
             return Poll::Ready(Err(TimeoutError::new(kind, after).into()));
         }
         Poll::Pending

@@ -12,10 +12,11 @@
 //!   zero or below expires at once, as in Envoy);
 //! - without a route policy, the layer's default timeout, if any.
 //!
-//! The deadline covers the call up to the response head (for gRPC: until the server
-//! commits to a response). Placed above the retry layer, it bounds all attempts together;
-//! the retry layer's per-try timeout bounds each attempt. The layer does not rewrite the
-//! outgoing `grpc-timeout` header.
+//! The deadline covers the whole call: the wait for the response head, and then the
+//! response body (wrapped in a [`TimeoutBody`], which fails with the same error if the
+//! stream has not ended by the deadline). Placed above the retry layer, it bounds all
+//! attempts together; the retry layer's per-try timeout bounds each attempt's wait for a
+//! response head. The layer does not rewrite the outgoing `grpc-timeout` header.
 //!
 //! Time is tokio's, so tests run with `tokio::time::pause`.
 
@@ -27,10 +28,12 @@ use tower::{BoxError, Service};
 use crate::config::MaxStreamDuration;
 use crate::route::RoutePolicy;
 
+mod body;
 mod error;
 mod future;
 mod layer;
 
+pub use body::TimeoutBody;
 pub use error::{TimeoutError, TimeoutKind};
 pub use future::ResponseFuture;
 pub use layer::TimeoutLayer;
@@ -135,12 +138,12 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
-impl<S, B> Service<http::Request<B>> for Timeout<S>
+impl<S, B, RB> Service<http::Request<B>> for Timeout<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
     S::Error: Into<BoxError>,
 {
-    type Response = S::Response;
+    type Response = http::Response<TimeoutBody<RB>>;
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 

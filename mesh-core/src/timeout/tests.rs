@@ -164,7 +164,7 @@ async fn a_response_before_the_deadline_passes_through() {
     let (_req, send) = handle.next_request().await.unwrap();
     tokio::time::sleep(MS(999)).await;
     send.send_response(http::Response::new("ok"));
-    assert_eq!(*call.await.unwrap().unwrap().body(), "ok");
+    assert_eq!(call.await.unwrap().unwrap().into_body().into_inner(), "ok");
 
     // Inner errors are passed through, boxed.
     let call = tokio::spawn(svc.ready().await.unwrap().call(req(None, None)));
@@ -187,4 +187,57 @@ async fn grpc_timeout_header_is_honoured_without_a_route() {
     );
     assert_eq!(start.elapsed(), MS(40));
     assert!(svc.get_ref().clone().ready().await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_covers_the_response_body() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Channel};
+    type Body = Channel<Bytes, std::convert::Infallible>;
+    let (svc, mut handle) = mock::pair::<http::Request<()>, http::Response<Body>>();
+    let mut svc = Timeout::new(svc);
+    let start = Instant::now();
+
+    // A body that ends before the deadline is delivered whole.
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req(Some(policy(Some(S(1)), None)), None)),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    let (mut tx, body) = Channel::new(1);
+    send.send_response(http::Response::new(body));
+    let rsp = call.await.unwrap().unwrap();
+    tokio::spawn(async move {
+        tx.send_data(Bytes::from("a")).await.unwrap();
+        tokio::time::sleep(MS(500)).await;
+        tx.send_data(Bytes::from("b")).await.unwrap();
+    });
+    assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "ab");
+
+    // A body still streaming at the deadline fails with the deadline's error.
+    let start2 = Instant::now();
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req(Some(policy(Some(S(1)), None)), None)),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    tokio::time::sleep(MS(300)).await;
+    let (mut tx, body) = Channel::new(1);
+    send.send_response(http::Response::new(body));
+    let mut body = std::pin::pin!(call.await.unwrap().unwrap().into_body());
+    tx.send_data(Bytes::from("a")).await.unwrap();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "a");
+    let err = body.frame().await.unwrap().unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<TimeoutError>().unwrap().kind(),
+        TimeoutKind::Route
+    );
+    assert_eq!(start2.elapsed(), S(1));
+    assert!(start.elapsed() >= S(1));
+    drop(tx);
 }
