@@ -7,12 +7,16 @@
 //!   `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`
 //!   (from `grpc-status`), HTTP `5xx`, `gateway-error`, `retriable-status-codes`, and, for
 //!   attempts with no response, `reset` and `connect-failure` (see [`error_conditions`]);
+//!   `refused-stream` is accepted but never met, since the HTTP/2 error code is not visible
+//!   through `tower` errors;
 //! - makes at most `num_retries + 1` attempts, capped by the layer (5 by default, gRFC
 //!   A44's cap);
 //! - waits between attempts with exponential backoff and full jitter between the policy's
 //!   `base_interval` and `max_interval` ([`backoff`]), or as long as the server's
 //!   `grpc-retry-pushback-ms` says (a malformed or negative pushback stops retries);
-//! - bounds each attempt by the policy's `per_try_timeout`;
+//! - bounds each attempt's wait for a response head by the policy's `per_try_timeout`
+//!   (an expired attempt counts as a reset with a 504, and is retried under `5xx`,
+//!   `gateway-error` or `reset`);
 //! - asks a shared [`RetryBudget`] first, so retries cannot multiply an outage;
 //! - sets `grpc-previous-rpc-attempts` on every retry;
 //! - puts a [`PreviousAttempts`] in every attempt's extensions, where the balancer records

@@ -559,3 +559,52 @@ async fn a_flaky_backend_is_hidden_by_retries() {
     }
     assert!(svc.budget().can_retry());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_for_the_inner_service_to_be_ready() {
+    let (svc, mut handle) = mock::pair::<Req, Rsp>();
+    handle.allow(1);
+    let mut svc = layer().layer(svc);
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(grpc_req(Some(policy(RetryOn::UNAVAILABLE, 1)), "x")),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(grpc_status(14));
+    // Backoff is at most 25 ms; with no capacity the retry is not sent.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!call.is_finished());
+    handle.allow(1);
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req.headers()["grpc-previous-rpc-attempts"], "1");
+    send.send_response(grpc_status(0));
+    assert_eq!(call.await.unwrap().unwrap().headers()["grpc-status"], "0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_body_error_fails_the_call_without_sending() {
+    type EReq = http::Request<RetryBody<http_body_util::StreamBody<ErrStream>>>;
+    struct ErrStream;
+    impl futures_util::Stream for ErrStream {
+        type Item = Result<http_body::Frame<Bytes>, std::io::Error>;
+        fn poll_next(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(Some(Err(std::io::Error::other("body broke"))))
+        }
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let mut svc = layer().layer(service_fn(move |_req: EReq| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(grpc_status(0)) }
+    }));
+    let (parts, _) = grpc_req(Some(policy(RetryOn::UNAVAILABLE, 1)), "").into_parts();
+    let req = http::Request::from_parts(parts, http_body_util::StreamBody::new(ErrStream));
+    let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+    assert_eq!(err.to_string(), "body broke");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
