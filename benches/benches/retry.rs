@@ -1,6 +1,6 @@
 //! Retry bookkeeping per call: what the retry layer adds to an attempt besides the call
-//! itself — classifying the response, the budget's deposit/withdraw, the backoff draw and
-//! the previous-attempts hint — and the per-call cost of router -> timeout -> retry in front
+//! itself — classifying the response, the budget's deposit/withdraw and the backoff draw —
+//! and the per-call cost of router -> timeout -> retry in front
 //! of a service that answers at once, against that bare service (the target: under 2 µs
 //! added per call).
 //!
@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use meshwork_grpc::core::config::{RetryOn, RetryPolicy};
-use meshwork_grpc::core::retry::{
-    EndpointId, PreviousAttempts, RetryBudget, backoff, is_retriable, response_conditions,
-};
+use meshwork_grpc::core::retry::{RetryBudget, backoff, is_retriable, response_conditions};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -60,13 +58,6 @@ fn retry(c: &mut Criterion) {
                 black_box(budget.can_retry());
                 black_box(backoff(&policy, 1, &mut rng));
             }
-        })
-    });
-    group.bench_function("previous_attempts_hint", |b| {
-        b.iter(|| {
-            let hint = PreviousAttempts::new();
-            hint.record(EndpointId(1));
-            black_box(hint.contains(EndpointId(2)))
         })
     });
     group.finish();

@@ -7,13 +7,18 @@
 //! `meshwork-grpc` and `meshwork-http`.
 #![forbid(unsafe_code)]
 
+pub mod identity;
+
 /// The xDS client this crate builds its configuration from.
 pub use meshwork_xds as xds;
 
 /// The workspace's TLS crypto provider (chosen by the `ring`, `aws-lc-rs` or `fips` feature).
 pub use meshwork_xds::crypto;
 
+pub mod balance;
+pub mod breaker;
 pub mod config;
+pub mod outlier;
 pub mod retry;
 pub mod route;
 pub mod timeout;

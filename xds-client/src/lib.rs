@@ -4,6 +4,29 @@
 //! Envoy sidecars and proxyless gRPC. A control plane (istiod, go-control-plane, any ADS
 //! server) configures a meshwork service through this crate exactly as it configures them.
 //!
+//! ```no_run
+//! use std::time::Duration;
+//! use meshwork_xds::bootstrap::Bootstrap;
+//! use meshwork_xds::client::XdsClient;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // The same bootstrap Istio's agent writes for proxyless gRPC (GRPC_XDS_BOOTSTRAP).
+//! let bootstrap = Bootstrap::from_env()?;
+//! let client = XdsClient::start(&bootstrap)?;
+//! // Listener -> RouteConfiguration -> Clusters -> Endpoints, published only when complete.
+//! let mut target = client.watch_target("greeter:50051", "greeter:50051").await;
+//! let config = target.ready(Duration::from_secs(10)).await?;
+//! println!("{} clusters", config.clusters.len());
+//! // Later configs arrive on `target.changed()`; the dump shows every resource's status.
+//! println!("{}", serde_json::to_string_pretty(&client.dump().await)?);
+//! # Ok(()) }
+//! ```
+//!
+//! The modules, bottom up: [`bootstrap`] (the gRPC bootstrap file), [`resource`] (validated
+//! xDS resources), [`protocol`] (the sans-io ADS state machine), [`transport`] (dialing and
+//! backoff), [`client`] (the task that drives it all), [`watch`] (complete per-target
+//! snapshots), and, with the `server` feature, an in-process ADS server for tests.
+//!
 //! This crate also owns the workspace's choice of TLS crypto provider (see [`crypto`]),
 //! because it is the lowest crate that opens TLS connections (to the control plane).
 #![forbid(unsafe_code)]

@@ -137,6 +137,10 @@ fn tls_config(uri: &str, creds: &TlsCredentials) -> Result<rustls::ClientConfig,
             .add(cert.map_err(file_err("CA certificates", ca))?)
             .map_err(rustls_err)?;
     }
+    if roots.is_empty() {
+        let no_pem = rustls_pki_types::pem::Error::NoItemsFound;
+        return Err(file_err("CA certificates", ca)(no_pem));
+    }
     let builder = rustls::ClientConfig::builder_with_provider(crate::crypto::provider())
         .with_safe_default_protocol_versions()
         .map_err(rustls_err)?
@@ -223,11 +227,11 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 1 s growing to 120 s, gRPC's connection-backoff defaults.
+    /// 1 s growing to 60 s before jitter, so no delay exceeds gRPC's 120 s cap.
     fn default() -> Self {
         Self {
             min: Duration::from_secs(1),
-            max: Duration::from_secs(120),
+            max: Duration::from_secs(60),
         }
     }
 }

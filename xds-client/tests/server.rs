@@ -2,6 +2,8 @@
 //! stub of envoy-types.
 #![cfg(feature = "server")]
 
+mod support;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -633,8 +635,7 @@ fn greeter_snapshot(endpoint: std::net::SocketAddr) -> Snapshot {
 /// interop venv that `scripts/test` sets up (`MESHWORK_PEERS_VENV`); skipped without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_reference_client_acks_every_resource() {
-    let Some(venv) = std::env::var_os("MESHWORK_PEERS_VENV") else {
-        eprintln!("skipped: MESHWORK_PEERS_VENV is not set (scripts/test sets it)");
+    let Some(venv) = support::peers_venv("grpcio_reference_client_acks_every_resource") else {
         return;
     };
     let server = XdsTestServer::start().await.unwrap();

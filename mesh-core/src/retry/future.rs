@@ -15,7 +15,8 @@ use tower::{BoxError, Service};
 
 use super::body::Buffered;
 use super::classify::{Pushback, error_conditions, is_retriable, pushback, response_conditions};
-use super::{PolicySource, PreviousAttempts, RetryBody, Settings};
+use super::{PolicySource, RetryBody, Settings};
+use crate::balance::{AvoidEndpoints, EndpointError, ServedBy};
 use crate::timeout::{TimeoutError, TimeoutKind};
 
 /// What a retriable call keeps between attempts.
@@ -27,7 +28,7 @@ pub(crate) struct Retrying<S, B> {
     pub(crate) per_try: Option<Duration>,
     pub(crate) grpc: bool,
     pub(crate) rng: SmallRng,
-    pub(crate) previous: PreviousAttempts,
+    pub(crate) avoid: AvoidEndpoints,
     pub(crate) attempts: u32,
     pub(crate) request: Pending<B>,
 }
@@ -54,7 +55,7 @@ impl<B> Pending<B> {
         }
     }
 
-    fn head(&self, attempt: u32, previous: &PreviousAttempts) -> http::request::Parts {
+    fn head(&self, attempt: u32, avoid: &AvoidEndpoints) -> http::request::Parts {
         let mut req = http::Request::new(());
         *req.method_mut() = self.head.method.clone();
         *req.uri_mut() = self.head.uri.clone();
@@ -65,7 +66,9 @@ impl<B> Pending<B> {
             req.headers_mut()
                 .insert("grpc-previous-rpc-attempts", HeaderValue::from(attempt));
         }
-        req.extensions_mut().insert(previous.clone());
+        if !avoid.0.is_empty() {
+            req.extensions_mut().insert(avoid.clone());
+        }
         req.into_parts().0
     }
 }
@@ -210,7 +213,7 @@ where
                         }
                         Buffering::Failed(e) => return Poll::Ready(Err(e.into())),
                     };
-                    let head = r.request.head(0, &r.previous);
+                    let head = r.request.head(0, &r.avoid);
                     this.call
                         .set(Some(r.service.call(http::Request::from_parts(head, body))));
                     this.sleep.set(this.per_try.map(tokio::time::sleep));
@@ -261,6 +264,14 @@ where
                         Pushback::After(d) => d,
                         Pushback::None => super::backoff(policy, r.attempts, &mut r.rng),
                     };
+                    // The endpoint that failed, for the balancer to avoid on the retry.
+                    let served_by = match &result {
+                        Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.0),
+                        Err(e) => endpoint_of(&**e),
+                    };
+                    if let Some(address) = served_by {
+                        r.avoid.push(address);
+                    }
                     this.sleep.set(Some(tokio::time::sleep(delay)));
                     *this.phase = Phase::Backoff;
                 }
@@ -278,8 +289,7 @@ where
                     if let Err(e) = ready!(r.service.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
-                    r.previous.set_attempt(r.attempts);
-                    let head = r.request.head(r.attempts, &r.previous);
+                    let head = r.request.head(r.attempts, &r.avoid);
                     let body = RetryBody::replay(r.request.replay.clone().unwrap_or_default());
                     this.call
                         .set(Some(r.service.call(http::Request::from_parts(head, body))));
@@ -289,6 +299,18 @@ where
             }
         }
     }
+}
+
+/// The address in an [`EndpointError`] in the source chain of `err`, if any.
+fn endpoint_of(err: &(dyn std::error::Error + 'static)) -> Option<std::net::SocketAddr> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(ee) = e.downcast_ref::<EndpointError>() {
+            return Some(ee.address());
+        }
+        cur = e.source();
+    }
+    None
 }
 
 impl<S, B> std::fmt::Debug for ResponseFuture<S, B>

@@ -19,9 +19,10 @@
 //!   `gateway-error` or `reset`);
 //! - asks a shared [`RetryBudget`] first, so retries cannot multiply an outage;
 //! - sets `grpc-previous-rpc-attempts` on every retry;
-//! - puts a [`PreviousAttempts`] in every attempt's extensions, where the balancer records
-//!   the endpoint it picked and avoids, on a retry, the endpoints already tried when another
-//!   one exists.
+//! - sends a retry elsewhere when it can: the endpoints of earlier attempts (the balancer's
+//!   [`ServedBy`] on a response, [`EndpointError::address`] on a failure) are listed in the
+//!   retry's [`AvoidEndpoints`] extension, which the balancer honours when another endpoint
+//!   can take the call.
 //!
 //! # What can be retried
 //!
@@ -37,7 +38,7 @@
 //! trailers after a body is returned to the caller as it is.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use http_body::Body;
@@ -45,6 +46,9 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tower::{BoxError, Service};
 
+use crate::balance::AvoidEndpoints;
+#[cfg(doc)]
+use crate::balance::{EndpointError, ServedBy};
 use crate::config::{ConfigError, RetryPolicy};
 use crate::route::RoutePolicy;
 
@@ -69,9 +73,6 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// The default bound of the replay buffer.
 pub const DEFAULT_MAX_REPLAY_BYTES: usize = 64 * 1024;
 
-/// The most endpoints a [`PreviousAttempts`] remembers.
-pub const MAX_REMEMBERED_ENDPOINTS: usize = 8;
-
 /// A retry layer that cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -85,75 +86,6 @@ pub enum RetryConfigError {
     /// The default retry policy is invalid.
     #[error(transparent)]
     Policy(#[from] ConfigError),
-}
-
-/// An endpoint, as the balancer identifies it (any stable 64-bit id: an index, a hash of
-/// the address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EndpointId(pub u64);
-
-/// The endpoints earlier attempts of a call went to: the "retry goes to a different
-/// endpoint" hint.
-///
-/// The retry layer inserts one into the extensions of every attempt of a retriable call
-/// (all attempts share it). A balancer:
-/// 1. reads it with `req.extensions().get::<PreviousAttempts>()`;
-/// 2. on a retry ([`PreviousAttempts::attempt`] > 0), prefers an endpoint for which
-///    [`PreviousAttempts::contains`] is false, when one is ready;
-/// 3. calls [`PreviousAttempts::record`] with the endpoint it picked.
-///
-/// Lock-free (a few atomics behind an `Arc`); cloning is an `Arc` bump. It remembers up to
-/// [`MAX_REMEMBERED_ENDPOINTS`] endpoints.
-#[derive(Debug, Clone, Default)]
-pub struct PreviousAttempts {
-    inner: Arc<AttemptLog>,
-}
-
-#[derive(Debug, Default)]
-struct AttemptLog {
-    // Endpoint ids + 1 (0 = empty slot).
-    ids: [AtomicU64; MAX_REMEMBERED_ENDPOINTS],
-    len: AtomicUsize,
-    attempt: AtomicUsize,
-}
-
-impl PreviousAttempts {
-    /// An empty log (first attempt, no endpoints).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The attempt being made: 0 for the first, 1 for the first retry, …
-    pub fn attempt(&self) -> u32 {
-        u32::try_from(self.inner.attempt.load(Ordering::Acquire)).unwrap_or(u32::MAX)
-    }
-
-    pub(crate) fn set_attempt(&self, n: u32) {
-        self.inner.attempt.store(n as usize, Ordering::Release);
-    }
-
-    /// Records the endpoint an attempt went to (past the capacity, the oldest is replaced).
-    pub fn record(&self, id: EndpointId) {
-        let i = self.inner.len.fetch_add(1, Ordering::AcqRel) % MAX_REMEMBERED_ENDPOINTS;
-        self.inner.ids[i].store(id.0.wrapping_add(1), Ordering::Release);
-    }
-
-    /// Whether an earlier attempt went to `id`.
-    pub fn contains(&self, id: EndpointId) -> bool {
-        self.endpoints().any(|e| e == id)
-    }
-
-    /// The endpoints recorded, oldest first (up to the capacity).
-    pub fn endpoints(&self) -> impl Iterator<Item = EndpointId> + '_ {
-        let len = self.inner.len.load(Ordering::Acquire);
-        let start = len.saturating_sub(MAX_REMEMBERED_ENDPOINTS);
-        (start..len).filter_map(move |i| {
-            match self.inner.ids[i % MAX_REMEMBERED_ENDPOINTS].load(Ordering::Acquire) {
-                0 => None,
-                v => Some(EndpointId(v - 1)),
-            }
-        })
-    }
 }
 
 /// Retries calls by their route's retry policy; see the [module docs](self).
@@ -284,7 +216,7 @@ where
                     per_try,
                     grpc,
                     rng: SmallRng::seed_from_u64(seed),
-                    previous: PreviousAttempts::new(),
+                    avoid: AvoidEndpoints::default(),
                     attempts: 0,
                     request: future::Pending::new(req),
                 })

@@ -9,6 +9,7 @@ use tower::{Layer, ServiceExt, service_fn};
 use tower_test::mock;
 
 use super::*;
+use crate::balance::{AvoidEndpoints, EndpointError, ServedBy};
 use crate::config::{ClusterSpecifier, ForwardAction, GrpcCode, RetryOn};
 
 type Req = http::Request<RetryBody<Full<Bytes>>>;
@@ -74,18 +75,24 @@ async fn unavailable_is_retried_with_replayed_body_and_attempt_headers() {
             .call(grpc_req(Some(policy(RetryOn::UNAVAILABLE, 2)), "hello")),
     );
     let mut seen = Vec::new();
-    for (i, rsp) in [grpc_status(14), grpc_status(14), grpc_status(0)]
+    let addr = |i: usize| -> std::net::SocketAddr { format!("10.0.0.{i}:80").parse().unwrap() };
+    for (i, mut rsp) in [grpc_status(14), grpc_status(14), grpc_status(0)]
         .into_iter()
         .enumerate()
     {
         let (req, send) = handle.next_request().await.unwrap();
         let attempts = req.headers().get("grpc-previous-rpc-attempts").cloned();
-        let prev = req.extensions().get::<PreviousAttempts>().unwrap().clone();
-        assert_eq!(prev.attempt(), i as u32);
-        // The balancer records the endpoint it picked.
-        prev.record(EndpointId(i as u64 * 10));
+        // Each retry avoids the endpoints of the earlier attempts.
+        let avoid = req
+            .extensions()
+            .get::<AvoidEndpoints>()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(avoid.0, (0..i).map(addr).collect::<Vec<_>>());
         assert!(req.body().is_replay());
         seen.push((attempts, body_of(req).await));
+        // The balancer says which endpoint served the attempt.
+        rsp.extensions_mut().insert(ServedBy(addr(i)));
         send.send_response(rsp);
     }
     let rsp = call.await.unwrap().unwrap();
@@ -101,21 +108,29 @@ async fn unavailable_is_retried_with_replayed_body_and_attempt_headers() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn previous_attempts_remember_endpoints() {
-    let p = PreviousAttempts::new();
-    assert!(!p.contains(EndpointId(0)));
-    p.record(EndpointId(0));
-    p.record(EndpointId(7));
-    assert!(p.contains(EndpointId(0)));
-    assert!(p.contains(EndpointId(7)));
-    assert!(!p.contains(EndpointId(1)));
-    for i in 100..110 {
-        p.record(EndpointId(i));
-    }
-    let kept: Vec<_> = p.endpoints().collect();
-    assert_eq!(kept.len(), MAX_REMEMBERED_ENDPOINTS);
-    assert_eq!(kept[0], EndpointId(102));
-    assert!(!p.contains(EndpointId(0)));
+async fn a_failed_endpoint_is_avoided_on_the_retry() {
+    let (svc, mut handle) = mock::pair::<Req, Rsp>();
+    let mut svc = layer().layer(svc);
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(grpc_req(Some(policy(RetryOn::RESET, 1)), "x")),
+    );
+    let (req, send) = handle.next_request().await.unwrap();
+    assert!(req.extensions().get::<AvoidEndpoints>().is_none());
+    let address: std::net::SocketAddr = "10.1.2.3:8080".parse().unwrap();
+    send.send_error(EndpointError {
+        address,
+        source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+    });
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(
+        req.extensions().get::<AvoidEndpoints>(),
+        Some(&AvoidEndpoints(vec![address]))
+    );
+    send.send_response(grpc_status(0));
+    assert!(call.await.unwrap().is_ok());
 }
 
 #[tokio::test(start_paused = true)]

@@ -12,7 +12,9 @@
 //!    first match wins. A gRPC method `/pkg.Service/Method` is a path, so service and method
 //!    are matched by prefix (`/pkg.Service/`) and exact path ([`GrpcMethod`] parses it);
 //! 4. picks the cluster: the route's one, a weighted choice, or the one named by a header;
-//! 5. computes the request hash from the route's hash policies (gRFC A42, for ring hash);
+//! 5. computes the request hash from the route's hash policies (gRFC A42) and, when one
+//!    was produced, inserts it as the balancer's
+//!    [`RequestHash`](crate::balance::RequestHash) for ring hash;
 //! 6. inserts a [`RoutePolicy`] (route, cluster, timeout, retry and hash policy) into the
 //!    request's extensions and calls the cluster's service.
 //!
@@ -67,6 +69,7 @@ use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use tower::{BoxError, Service};
 
+use crate::balance::RequestHash;
 use crate::config::{
     ClusterSpecifier, ClusterState, ConfigReceiver, ForwardAction, HashPolicy, MaxStreamDuration,
     PathMatch, RetryPolicy, Route, RouteAction, RouteMatch, TargetConfig, VirtualHost,
@@ -425,6 +428,9 @@ where
                 cluster: cluster.to_owned(),
             });
         };
+        if let Some(hash) = policy.request_hash() {
+            req.extensions_mut().insert(RequestHash(hash));
+        }
         req.extensions_mut().insert(policy);
         ResponseFuture::call(svc, req)
     }

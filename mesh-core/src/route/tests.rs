@@ -633,3 +633,39 @@ fn route_policy_from_action() {
     });
     assert!(bad.is_err());
 }
+
+#[tokio::test]
+async fn the_request_hash_reaches_the_balancer() {
+    use crate::balance::RequestHash;
+    let c = hash_route(vec![HashPolicy {
+        kind: HashPolicyKind::Header {
+            name: "x-user".into(),
+            regex_rewrite: None,
+        },
+        terminal: false,
+    }]);
+    let (_tx, rx) = tokio::sync::watch::channel(c);
+    let echo = tower::service_fn(|req: http::Request<()>| async move {
+        Ok::<_, std::convert::Infallible>(req.extensions().get::<RequestHash>().copied())
+    });
+    let mut router = Router::with_rng(rx, HashMap::from([("c".to_string(), echo)]), rng());
+    let hashed = router
+        .ready()
+        .await
+        .unwrap()
+        .call(req("http://a/", &[("x-user", "alice")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        hashed,
+        Some(RequestHash(xxhash_rust::xxh64::xxh64(b"alice", 0)))
+    );
+    let unhashed = router
+        .ready()
+        .await
+        .unwrap()
+        .call(req("http://a/", &[]))
+        .await
+        .unwrap();
+    assert_eq!(unhashed, None);
+}

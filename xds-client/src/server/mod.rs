@@ -55,6 +55,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::{Request, Response, Status, Streaming};
 
+pub mod build;
 mod snapshot;
 mod state;
 

@@ -1,0 +1,37 @@
+//! The breaker's layer.
+
+use std::sync::Arc;
+
+use meshwork_xds::resource::CircuitBreakers;
+use tower::Layer;
+
+use super::{CircuitBreaker, Limits};
+
+/// Wraps services in a [`CircuitBreaker`]; every service it wraps shares one [`Limits`], so
+/// use one layer per cluster.
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerLayer {
+    limits: Arc<Limits>,
+}
+
+impl CircuitBreakerLayer {
+    /// A layer for a cluster with these limits.
+    pub fn new(config: CircuitBreakers) -> Self {
+        Self {
+            limits: Limits::new(config),
+        }
+    }
+
+    /// The shared limits.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+}
+
+impl<S> Layer<S> for CircuitBreakerLayer {
+    type Service = CircuitBreaker<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreaker::with_limits(inner, self.limits.clone())
+    }
+}
