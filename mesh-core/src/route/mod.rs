@@ -14,7 +14,7 @@
 //! 4. picks the cluster: the route's one, a weighted choice, or the one named by a header;
 //! 5. computes the request hash from the route's hash policies (gRFC A42) and, when one
 //!    was produced, inserts it as the balancer's
-//!    [`RequestHash`](crate::balance::RequestHash) for ring hash;
+//!    [`RequestHash`] for ring hash;
 //! 6. inserts a [`RoutePolicy`] (route, cluster, timeout, retry and hash policy) into the
 //!    request's extensions and calls the cluster's service.
 //!
