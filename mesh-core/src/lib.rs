@@ -17,4 +17,8 @@ pub use meshwork_xds::crypto;
 
 pub mod balance;
 pub mod breaker;
+pub mod config;
 pub mod outlier;
+pub mod retry;
+pub mod route;
+pub mod timeout;

@@ -1,0 +1,325 @@
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::HeaderValue;
+use http_body::{Body, Frame};
+use pin_project_lite::pin_project;
+use rand::rngs::SmallRng;
+use tokio::time::Sleep;
+use tower::{BoxError, Service};
+
+use super::body::Buffered;
+use super::classify::{Pushback, error_conditions, is_retriable, pushback, response_conditions};
+use super::{PolicySource, RetryBody, Settings};
+use crate::balance::{AvoidEndpoints, EndpointError, ServedBy};
+use crate::timeout::{TimeoutError, TimeoutKind};
+
+/// What a retriable call keeps between attempts.
+pub(crate) struct Retrying<S, B> {
+    pub(crate) service: S,
+    pub(crate) policy: PolicySource,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) max_attempts: u32,
+    pub(crate) per_try: Option<Duration>,
+    pub(crate) grpc: bool,
+    pub(crate) rng: SmallRng,
+    pub(crate) avoid: AvoidEndpoints,
+    pub(crate) attempts: u32,
+    pub(crate) request: Pending<B>,
+}
+
+/// The request of a retriable call: its head (kept for every attempt) and its body, being
+/// buffered, buffered, or given up to a single attempt.
+pub(crate) struct Pending<B> {
+    head: http::request::Parts,
+    source: Option<B>,
+    frames: VecDeque<Frame<Bytes>>,
+    len: usize,
+    replay: Option<Arc<Buffered>>,
+}
+
+impl<B> Pending<B> {
+    pub(crate) fn new(req: http::Request<B>) -> Self {
+        let (head, body) = req.into_parts();
+        Self {
+            head,
+            source: Some(body),
+            frames: VecDeque::new(),
+            len: 0,
+            replay: None,
+        }
+    }
+
+    fn head(&self, attempt: u32, avoid: &AvoidEndpoints) -> http::request::Parts {
+        let mut req = http::Request::new(());
+        *req.method_mut() = self.head.method.clone();
+        *req.uri_mut() = self.head.uri.clone();
+        *req.version_mut() = self.head.version;
+        *req.headers_mut() = self.head.headers.clone();
+        *req.extensions_mut() = self.head.extensions.clone();
+        if attempt > 0 {
+            req.headers_mut()
+                .insert("grpc-previous-rpc-attempts", HeaderValue::from(attempt));
+        }
+        if !avoid.0.is_empty() {
+            req.extensions_mut().insert(avoid.clone());
+        }
+        req.into_parts().0
+    }
+}
+
+enum Buffering<E> {
+    /// The whole body is buffered: every attempt replays it.
+    Complete,
+    /// Too large, or still streaming: one attempt, no retries.
+    Once,
+    Failed(E),
+}
+
+impl<B> Pending<B>
+where
+    B: Body + Unpin,
+{
+    /// Reads the body while its frames are ready and it fits in `limit`.
+    fn buffer(&mut self, cx: &mut Context<'_>, limit: usize) -> Buffering<B::Error> {
+        let Some(body) = self.source.as_mut() else {
+            return Buffering::Complete;
+        };
+        if body.size_hint().lower() > limit as u64 {
+            return Buffering::Once;
+        }
+        let mut trailers = None;
+        loop {
+            if body.is_end_stream() {
+                break;
+            }
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(None) => break,
+                Poll::Ready(Some(Err(e))) => return Buffering::Failed(e),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(mut data) => {
+                        self.len += data.remaining();
+                        self.frames
+                            .push_back(Frame::data(data.copy_to_bytes(data.remaining())));
+                        if self.len > limit {
+                            return Buffering::Once;
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            trailers = Some(t);
+                        }
+                        break;
+                    }
+                },
+                Poll::Pending => return Buffering::Once,
+            }
+        }
+        let data = self
+            .frames
+            .drain(..)
+            .filter_map(|f| f.into_data().ok())
+            .collect();
+        self.replay = Some(Arc::new(Buffered {
+            data,
+            trailers,
+            len: self.len,
+        }));
+        self.source = None;
+        Buffering::Complete
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Buffering,
+    Calling,
+    Backoff,
+    Readying,
+}
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<http::Request<RetryBody<B>>>,
+    {
+        #[pin]
+        call: Option<S::Future>,
+        // The per-try timeout while calling; the backoff between attempts.
+        #[pin]
+        sleep: Option<Sleep>,
+        per_try: Option<Duration>,
+        phase: Phase,
+        retrying: Option<Retrying<S, B>>,
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<http::Request<RetryBody<B>>>,
+{
+    pub(crate) fn once(fut: S::Future, per_try: Option<Duration>) -> Self {
+        Self {
+            call: Some(fut),
+            sleep: per_try.map(tokio::time::sleep),
+            per_try,
+            phase: Phase::Calling,
+            retrying: None,
+        }
+    }
+
+    pub(crate) fn retrying(r: Retrying<S, B>) -> Self {
+        Self {
+            call: None,
+            sleep: None,
+            per_try: r.per_try,
+            phase: Phase::Buffering,
+            retrying: Some(r),
+        }
+    }
+}
+
+impl<S, B, RB> Future for ResponseFuture<S, B>
+where
+    S: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
+    S::Error: Into<BoxError>,
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<http::Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match *this.phase {
+                Phase::Buffering => {
+                    let Some(r) = this.retrying.as_mut() else {
+                        return Poll::Ready(Err("retry future polled after completion".into()));
+                    };
+                    let limit = r.settings.max_replay_bytes;
+                    let body = match r.request.buffer(cx, limit) {
+                        Buffering::Complete => {
+                            RetryBody::replay(r.request.replay.clone().unwrap_or_default())
+                        }
+                        Buffering::Once => {
+                            let prefix = std::mem::take(&mut r.request.frames);
+                            RetryBody::once(prefix, r.request.source.take())
+                        }
+                        Buffering::Failed(e) => return Poll::Ready(Err(e.into())),
+                    };
+                    let head = r.request.head(0, &r.avoid);
+                    this.call
+                        .set(Some(r.service.call(http::Request::from_parts(head, body))));
+                    this.sleep.set(this.per_try.map(tokio::time::sleep));
+                    *this.phase = Phase::Calling;
+                }
+                Phase::Calling => {
+                    let Some(call) = this.call.as_mut().as_pin_mut() else {
+                        return Poll::Ready(Err("retry future polled after completion".into()));
+                    };
+                    let result: Result<http::Response<RB>, BoxError> = match call.poll(cx) {
+                        Poll::Ready(r) => r.map_err(Into::into),
+                        Poll::Pending => {
+                            let expired = this
+                                .sleep
+                                .as_mut()
+                                .as_pin_mut()
+                                .is_some_and(|s| s.poll(cx).is_ready());
+                            if !expired {
+                                return Poll::Pending;
+                            }
+                            let after = this.per_try.unwrap_or_default();
+                            Err(TimeoutError::new(TimeoutKind::PerTry, after).into())
+                        }
+                    };
+                    this.call.set(None);
+                    this.sleep.set(None);
+                    let Some(r) = this.retrying.as_mut() else {
+                        return Poll::Ready(result);
+                    };
+                    let policy = r.policy.get();
+                    let (met, push) = match &result {
+                        Ok(rsp) => (response_conditions(rsp, r.grpc, policy), pushback(rsp)),
+                        Err(e) => (error_conditions(&**e), Pushback::None),
+                    };
+                    let budget = &r.settings.budget;
+                    if !is_retriable(met, policy) {
+                        budget.deposit();
+                        return Poll::Ready(result);
+                    }
+                    budget.withdraw();
+                    r.attempts += 1;
+                    let can_retry = r.attempts < r.max_attempts
+                        && r.request.replay.is_some()
+                        && budget.can_retry();
+                    let delay = match push {
+                        _ if !can_retry => return Poll::Ready(result),
+                        Pushback::Stop => return Poll::Ready(result),
+                        Pushback::After(d) => d,
+                        Pushback::None => super::backoff(policy, r.attempts, &mut r.rng),
+                    };
+                    // The endpoint that failed, for the balancer to avoid on the retry.
+                    let served_by = match &result {
+                        Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.0),
+                        Err(e) => endpoint_of(&**e),
+                    };
+                    if let Some(address) = served_by {
+                        r.avoid.push(address);
+                    }
+                    this.sleep.set(Some(tokio::time::sleep(delay)));
+                    *this.phase = Phase::Backoff;
+                }
+                Phase::Backoff => {
+                    if let Some(s) = this.sleep.as_mut().as_pin_mut() {
+                        ready!(s.poll(cx));
+                    }
+                    this.sleep.set(None);
+                    *this.phase = Phase::Readying;
+                }
+                Phase::Readying => {
+                    let Some(r) = this.retrying.as_mut() else {
+                        return Poll::Ready(Err("retry future polled after completion".into()));
+                    };
+                    if let Err(e) = ready!(r.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let head = r.request.head(r.attempts, &r.avoid);
+                    let body = RetryBody::replay(r.request.replay.clone().unwrap_or_default());
+                    this.call
+                        .set(Some(r.service.call(http::Request::from_parts(head, body))));
+                    this.sleep.set(this.per_try.map(tokio::time::sleep));
+                    *this.phase = Phase::Calling;
+                }
+            }
+        }
+    }
+}
+
+/// The address in an [`EndpointError`] in the source chain of `err`, if any.
+fn endpoint_of(err: &(dyn std::error::Error + 'static)) -> Option<std::net::SocketAddr> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(ee) = e.downcast_ref::<EndpointError>() {
+            return Some(ee.address());
+        }
+        cur = e.source();
+    }
+    None
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<http::Request<RetryBody<B>>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}

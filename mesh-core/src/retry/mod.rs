@@ -1,0 +1,233 @@
+//! Retries: gRFC A44 semantics for gRPC, plus Envoy's HTTP conditions.
+//!
+//! [`Retry`] reads the retry policy of the route the request took (the [`RoutePolicy`] the
+//! router attached; or the layer's default policy for requests without one) and:
+//!
+//! - retries an attempt whose outcome meets a `retry_on` condition the policy names: gRPC
+//!   `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`
+//!   (from `grpc-status`), HTTP `5xx`, `gateway-error`, `retriable-status-codes`, and, for
+//!   attempts with no response, `reset` and `connect-failure` (see [`error_conditions`]);
+//!   `refused-stream` is accepted but never met, since the HTTP/2 error code is not visible
+//!   through `tower` errors;
+//! - makes at most `num_retries + 1` attempts, capped by the layer (5 by default, gRFC
+//!   A44's cap);
+//! - waits between attempts with exponential backoff and full jitter between the policy's
+//!   `base_interval` and `max_interval` ([`backoff`]), or as long as the server's
+//!   `grpc-retry-pushback-ms` says (a malformed or negative pushback stops retries);
+//! - bounds each attempt's wait for a response head by the policy's `per_try_timeout`
+//!   (an expired attempt counts as a reset with a 504, and is retried under `5xx`,
+//!   `gateway-error` or `reset`);
+//! - asks a shared [`RetryBudget`] first, so retries cannot multiply an outage;
+//! - sets `grpc-previous-rpc-attempts` on every retry;
+//! - sends a retry elsewhere when it can: the endpoints of earlier attempts (the balancer's
+//!   [`ServedBy`] on a response, [`EndpointError::address`] on a failure) are listed in the
+//!   retry's [`AvoidEndpoints`] extension, which the balancer honours when another endpoint
+//!   can take the call.
+//!
+//! # What can be retried
+//!
+//! The request body must be sent again on a retry, so it is buffered — up to
+//! `max_replay_bytes` (64 KiB by default). A body is replayable when it ends within the
+//! limit and every frame of it is available without waiting (in-memory bodies, unary gRPC
+//! messages). A larger body, or one still streaming, is sent once, as it comes, and the
+//! call is not retried.
+//!
+//! gRPC commits a call once the response head arrives without `grpc-status` (a body will
+//! follow): meshwork follows gRPC, so only trailers-only responses (status in the head),
+//! non-200 heads and failures with no response are retried; a `grpc-status` that arrives in
+//! trailers after a body is returned to the caller as it is.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use http_body::Body;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tower::{BoxError, Service};
+
+use crate::balance::AvoidEndpoints;
+#[cfg(doc)]
+use crate::balance::{EndpointError, ServedBy};
+use crate::config::{ConfigError, RetryPolicy};
+use crate::route::RoutePolicy;
+
+mod body;
+mod budget;
+mod classify;
+mod future;
+mod layer;
+
+pub use body::RetryBody;
+pub use budget::RetryBudget;
+pub use classify::{
+    Pushback, backoff, error_conditions, grpc_condition, is_retriable, pushback,
+    response_conditions,
+};
+pub use future::ResponseFuture;
+pub use layer::RetryLayer;
+
+/// gRFC A44's cap on the attempts of one call.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// The default bound of the replay buffer.
+pub const DEFAULT_MAX_REPLAY_BYTES: usize = 64 * 1024;
+
+/// A retry layer that cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetryConfigError {
+    /// `max_attempts` was zero: a call needs at least one attempt.
+    #[error("max_attempts: must be at least 1 (a call needs one attempt)")]
+    ZeroAttempts,
+    /// The retry budget's parameters are out of range.
+    #[error("retry budget: {0}")]
+    Budget(String),
+    /// The default retry policy is invalid.
+    #[error(transparent)]
+    Policy(#[from] ConfigError),
+}
+
+/// Retries calls by their route's retry policy; see the [module docs](self).
+#[derive(Debug)]
+pub struct Retry<S> {
+    inner: S,
+    settings: Arc<Settings>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) budget: Arc<RetryBudget>,
+    pub(crate) max_attempts: u32,
+    pub(crate) max_replay_bytes: usize,
+    pub(crate) default_policy: Option<Arc<RetryPolicy>>,
+    pub(crate) seeds: AtomicU64,
+}
+
+impl<S: Clone> Clone for Retry<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner` with the default settings (see [`RetryLayer::new`]).
+    pub fn new(inner: S) -> Self {
+        use tower::Layer;
+        RetryLayer::new().layer(inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the layer.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The shared retry budget.
+    pub fn budget(&self) -> &Arc<RetryBudget> {
+        &self.settings.budget
+    }
+}
+
+/// Where a call's retry policy comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum PolicySource {
+    Route(RoutePolicy),
+    Default(Arc<RetryPolicy>),
+}
+
+impl PolicySource {
+    pub(crate) fn get(&self) -> &RetryPolicy {
+        match self {
+            // Only built when the route has a policy.
+            PolicySource::Route(p) => p.retry_policy().unwrap_or_else(|| unreachable!()),
+            PolicySource::Default(p) => p,
+        }
+    }
+}
+
+fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Retry<S>
+where
+    S: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<RB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let source = match req.extensions().get::<RoutePolicy>() {
+            Some(rp) if rp.retry_policy().is_some() => Some(PolicySource::Route(rp.clone())),
+            Some(_) => None,
+            None => self
+                .settings
+                .default_policy
+                .clone()
+                .map(PolicySource::Default),
+        };
+        let per_try = source.as_ref().and_then(|s| s.get().per_try_timeout);
+        let max_attempts = source.as_ref().map_or(1, |s| {
+            let p = s.get();
+            if p.retry_on.is_empty() {
+                1
+            } else {
+                p.num_retries
+                    .saturating_add(1)
+                    .min(self.settings.max_attempts)
+            }
+        });
+        match source {
+            Some(policy) if max_attempts > 1 => {
+                // The ready service makes the first attempt and, once ready again, the
+                // retries; the clone takes its place for the next call.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                let seed = self.settings.seeds.fetch_add(1, Ordering::Relaxed);
+                let grpc = is_grpc(&req);
+                ResponseFuture::retrying(future::Retrying {
+                    service: ready,
+                    policy,
+                    settings: self.settings.clone(),
+                    max_attempts,
+                    per_try,
+                    grpc,
+                    rng: SmallRng::seed_from_u64(seed),
+                    avoid: AvoidEndpoints::default(),
+                    attempts: 0,
+                    request: future::Pending::new(req),
+                })
+            }
+            _ => {
+                let fut = self.inner.call(req.map(RetryBody::passthrough));
+                ResponseFuture::once(fut, per_try)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
