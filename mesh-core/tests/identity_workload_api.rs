@@ -210,3 +210,48 @@ async fn workload_api_rotation_under_load_drops_no_call() {
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The server these tests rely on must follow the Workload API spec: py-spiffe, the SPIFFE
+/// project's own client, fetches an X.509 context from it.
+#[tokio::test]
+async fn pyspiffe_accepts_the_workload_api_server() {
+    let Some(venv) = peers_venv() else { return };
+    let dir = std::env::temp_dir().join(format!("meshwork-wl-py-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("workload.sock");
+    let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers");
+    let mut server = tokio::process::Command::new(venv.join("bin/python"))
+        .arg(peers.join("workload_api.py"))
+        .arg("--socket")
+        .arg(format!(
+            "{}=spiffe://example.org/ns/default/sa/web",
+            sock.display()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the Workload API server");
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("server ready in time")
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("ready"));
+
+    let out = tokio::process::Command::new(venv.join("bin/python"))
+        .arg(peers.join("pyspiffe_fetch.py"))
+        .arg(format!("unix://{}", sock.display()))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "py-spiffe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["spiffe_id"], "spiffe://example.org/ns/default/sa/web");
+    assert!(got["chain"].as_u64().unwrap() >= 1);
+    assert_eq!(got["trust_domains"], serde_json::json!(["example.org"]));
+}
