@@ -98,7 +98,28 @@ impl ConnectError {
 enum Tls {
     Off,
     On(TlsConnector),
-    Broken(Arc<ConnectError>),
+    /// The cluster asks for TLS and we cannot do it: every dial fails with this.
+    Broken(Broken),
+}
+
+#[derive(Clone)]
+enum Broken {
+    NoIdentity(String),
+    Config(String, Arc<IdentityError>),
+}
+
+impl Broken {
+    fn error(&self) -> ConnectError {
+        match self {
+            Broken::NoIdentity(cluster) => ConnectError::NoIdentity {
+                cluster: cluster.clone(),
+            },
+            Broken::Config(cluster, source) => ConnectError::TlsConfig {
+                cluster: cluster.clone(),
+                source: source.clone(),
+            },
+        }
+    }
 }
 
 /// Dials one endpoint, whatever URI hyper asks for.
@@ -113,9 +134,7 @@ impl Dialer {
     pub(crate) fn new(cluster: &Cluster, address: SocketAddr, mtls: Option<&MtlsConfig>) -> Self {
         let tls = match (&cluster.tls, mtls) {
             (None, _) => Tls::Off,
-            (Some(_), None) => Tls::Broken(Arc::new(ConnectError::NoIdentity {
-                cluster: cluster.name.clone(),
-            })),
+            (Some(_), None) => Tls::Broken(Broken::NoIdentity(cluster.name.clone())),
             (Some(upstream), Some(mtls)) => match mtls
                 .clone()
                 .authorizer(Authorizer::SanMatchers(upstream.san_matchers.clone()))
@@ -123,10 +142,7 @@ impl Dialer {
                 .client_config()
             {
                 Ok(config) => Tls::On(TlsConnector::from(Arc::new(config))),
-                Err(e) => Tls::Broken(Arc::new(ConnectError::TlsConfig {
-                    cluster: cluster.name.clone(),
-                    source: Arc::new(e),
-                })),
+                Err(e) => Tls::Broken(Broken::Config(cluster.name.clone(), Arc::new(e))),
             },
         };
         Self {
@@ -138,13 +154,16 @@ impl Dialer {
 
     async fn dial(self) -> Result<Stream, ConnectError> {
         let address = self.address;
+        if let Tls::Broken(b) = &self.tls {
+            return Err(b.error());
+        }
         let tcp = TcpStream::connect(address)
             .await
             .map_err(|source| ConnectError::Tcp { address, source })?;
         let _ = tcp.set_nodelay(true);
         match self.tls {
             Tls::Off => Ok(Stream::Plain(tcp)),
-            Tls::Broken(_) => unreachable!("checked before dialing"),
+            Tls::Broken(b) => Err(b.error()),
             Tls::On(connector) => {
                 let name = ServerName::IpAddress(address.ip().into());
                 match connector.connect(name, tcp).await {
@@ -174,31 +193,12 @@ impl tower::Service<Uri> for Dialer {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            if let Tls::Broken(e) = &this.tls {
-                return Err(clone_broken(e));
-            }
             let (address, timeout) = (this.address, this.timeout);
             match tokio::time::timeout(timeout, this.dial()).await {
                 Ok(r) => r.map(TokioIo::new),
                 Err(_) => Err(ConnectError::Timeout { address, timeout }),
             }
         })
-    }
-}
-
-fn clone_broken(e: &ConnectError) -> ConnectError {
-    match e {
-        ConnectError::NoIdentity { cluster } => ConnectError::NoIdentity {
-            cluster: cluster.clone(),
-        },
-        ConnectError::TlsConfig { cluster, source } => ConnectError::TlsConfig {
-            cluster: cluster.clone(),
-            source: source.clone(),
-        },
-        // Only the two configuration errors are stored.
-        other => ConnectError::NoIdentity {
-            cluster: other.to_string(),
-        },
     }
 }
 

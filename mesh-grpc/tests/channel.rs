@@ -381,3 +381,71 @@ async fn mtls_with_san_matchers() {
         "{status:?}"
     );
 }
+
+#[tokio::test]
+async fn xds_updates_apply_to_a_live_channel() {
+    let a = backend("a", None).await;
+    let b = backend("b", None).await;
+    let server = XdsTestServer::start().await.unwrap();
+    let routes = |cluster: &str| {
+        build::route_config(
+            "greeter-routes",
+            vec![build::virtual_host(
+                "greeter",
+                [TARGET],
+                vec![build::route_to("", cluster)],
+            )],
+        )
+    };
+    server.set_snapshot(
+        Snapshot::new()
+            .listener(build::api_listener(TARGET, "greeter-routes"))
+            .route(routes("a"))
+            .cluster(build::eds_cluster("a"))
+            .endpoints(build::endpoints("a", &[a])),
+    );
+    let client = xds_client(&server);
+    let channel = MeshChannel::from_xds(
+        &client,
+        &format!("xds:///{TARGET}"),
+        MeshChannelOptions::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(say_hello(&channel).await.unwrap(), "hi from a");
+
+    // EDS: cluster a's endpoint moves to backend b.
+    server.update(|s| {
+        s.insert_endpoints(build::endpoints("a", &[b]));
+    });
+    let moved = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if say_hello(&channel).await.unwrap() == "hi from b" {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "the EDS update never reached the channel");
+
+    // RDS + CDS: a new cluster c (backend a) and every route to it; cluster a goes away.
+    server.update(|s| {
+        s.insert_route(routes("c"));
+        s.insert_cluster(build::eds_cluster("c"));
+        s.insert_endpoints(build::endpoints("c", &[a]));
+    });
+    let rerouted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match say_hello(&channel).await {
+                Ok(m) if m == "hi from a" => return,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        rerouted.is_ok(),
+        "the route update never reached the channel"
+    );
+}
