@@ -19,6 +19,20 @@
 //! Errors reach tonic as a [`tonic::Status`] whose code comes from
 //! [`meshwork_core::stack::error_codes`] and whose source is the stack's error (walk it to
 //! find, for example, a [`ConnectError`]; [`connect_error`] does that).
+//!
+//! ```
+//! use meshwork_grpc::{MeshChannel, MeshChannelOptions};
+//! use meshwork_grpc::core::config::StaticConfig;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // Every call to the cluster "greeter" (its endpoints would be added with
+//! // `StaticConfig::cluster`; with none, calls fail with UNAVAILABLE).
+//! let cfg = StaticConfig::new().route_all_to("greeter").build().unwrap();
+//! let channel = MeshChannel::from_static(cfg, MeshChannelOptions::new());
+//! // `GreeterClient::new(channel.clone())` for a generated client, or:
+//! let _grpc = tonic::client::Grpc::new(channel);
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 use std::error::Error as StdError;

@@ -106,7 +106,7 @@ fn config(routes: Vec<Route>, clusters: Vec<(&str, ClusterState)>) -> TargetConf
 }
 
 /// A connector that counts the endpoint services it made (by address) and answers 200,
-/// or never answers for port 999.
+/// except 503 on port 503, or never answers on port 999.
 #[derive(Clone, Default)]
 struct Counting {
     made: Arc<Mutex<HashMap<SocketAddr, usize>>>,
@@ -132,7 +132,11 @@ impl Counting {
                         if a.port() == 999 {
                             std::future::pending::<()>().await;
                         }
-                        Ok::<_, BoxError>(http::Response::new(a.to_string()))
+                        let mut rsp = http::Response::new(a.to_string());
+                        if a.port() == 503 {
+                            *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, BoxError>(rsp)
                     }
                 },
             ))
@@ -430,4 +434,66 @@ async fn the_follower_ends_with_the_stack() {
     drop(stack);
     settle().await;
     assert_eq!(tx.receiver_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_go_to_another_endpoint() {
+    let a = cluster("a", LbPolicy::RoundRobin);
+    let mut r = route("/", "a", None);
+    if let RouteAction::Forward(fa) = &mut r.action {
+        fa.retry_policy = Some(crate::config::RetryPolicy {
+            retry_on: crate::config::RetryOn::HTTP_5XX,
+            num_retries: 2,
+            base_interval: Duration::from_millis(10),
+            max_interval: Duration::from_millis(100),
+            per_try_timeout: None,
+            retriable_status_codes: Vec::new(),
+            avoid_previous_hosts: false,
+            host_selection_max_attempts: 1,
+        });
+    }
+    let cfg = config(vec![r], vec![("a", ready(&a, assignment("a", &[503, 2])))]);
+    let (_tx, conn, mut stack) = setup(cfg);
+    for _ in 0..6 {
+        let rsp = stack.ready().await.unwrap().call(req("/x")).await.unwrap();
+        assert_eq!(rsp.status(), http::StatusCode::OK);
+        assert_eq!(rsp.extensions().get::<ServedBy>().unwrap().0, addr(2));
+    }
+    // Round robin sent some first attempts to the failing endpoint; they were retried.
+    assert!(conn.calls.load(Ordering::Relaxed) > 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outlier_detection_ejects_a_failing_endpoint() {
+    let mut a = (*cluster("a", LbPolicy::RoundRobin)).clone();
+    a.outlier_detection = Some(meshwork_xds::resource::OutlierDetection {
+        interval: Duration::from_secs(10),
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_time: Duration::from_secs(300),
+        max_ejection_percent: 100,
+        success_rate: None,
+        failure_percentage: None,
+        consecutive_5xx: Some(meshwork_xds::resource::ConsecutiveEjection {
+            consecutive: 2,
+            enforcement_percentage: 100,
+        }),
+        consecutive_gateway_failure: None,
+    });
+    let a = Arc::new(a);
+    let cfg = config(
+        vec![route("/", "a", None)],
+        vec![("a", ready(&a, assignment("a", &[503, 2])))],
+    );
+    let (_tx, _conn, mut stack) = setup(cfg);
+    let mut failures = 0;
+    let mut last = Vec::new();
+    for _ in 0..12 {
+        let rsp = stack.ready().await.unwrap().call(req("/x")).await.unwrap();
+        if rsp.status() != http::StatusCode::OK {
+            failures += 1;
+        }
+        last.push(rsp.extensions().get::<ServedBy>().unwrap().0);
+    }
+    assert_eq!(failures, 2, "ejected after two consecutive 5xx");
+    assert!(last[6..].iter().all(|a| *a == addr(2)), "{last:?}");
 }
