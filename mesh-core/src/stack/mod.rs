@@ -42,7 +42,14 @@
 //! LOGICAL_DNS clusters are not yet: calls routed to them fail with
 //! [`StackError::UnsupportedCluster`]. A cluster whose endpoints have not arrived (or are in
 //! error) gets a balancer with no endpoints, so calls fail fast with
-//! [`NoHealthyEndpoint`](crate::balance::NoHealthyEndpoint) until they arrive.
+//! [`NoHealthyEndpoint`](crate::balance::NoHealthyEndpoint) until they arrive. When a
+//! cluster's endpoints later turn into an error (the EDS resource was removed), the last
+//! endpoint set keeps serving.
+//!
+//! A route to a cluster the config does not list at all (a hand-written config that names a
+//! cluster without adding it) fails with
+//! [`RouteError::ClusterNotFound`](crate::route::RouteError::ClusterNotFound); such
+//! requests take the set's lock to check for a newer config first.
 //!
 //! # Errors
 //!
