@@ -21,4 +21,5 @@ pub mod config;
 pub mod outlier;
 pub mod retry;
 pub mod route;
+pub mod stack;
 pub mod timeout;

@@ -3,7 +3,271 @@
 //! The mesh in a tonic channel and server: a service joins the mesh by changing how it builds
 //! its channel and its server, nothing else. tonic stays inside this crate, so a move to its
 //! successor touches only this adapter.
+//!
+//! [`MeshChannel`] is a tonic channel (`tower::Service<http::Request<tonic::body::Body>>`, so
+//! any generated client takes it: `GreeterClient::new(channel)`) over meshwork's outbound
+//! stack ([`meshwork_core::stack`]): routing, timeouts, retries, circuit breaking, load
+//! balancing and outlier detection, configured by hand ([`MeshChannel::from_static`]) or by
+//! an xDS control plane ([`MeshChannel::from_xds`]).
+//!
+//! Each endpoint gets its own hyper HTTP/2 client (pooled connections, reconnecting as
+//! needed) over TCP; when the endpoint's cluster asks for TLS (`Cluster::tls`), connections
+//! use SPIFFE mTLS from [`MeshChannelOptions::mtls`], with the server's SVID checked against
+//! the cluster's SAN matchers. The certificate provider instances the cluster names are not
+//! consulted: the channel's identity is used for every cluster.
+//!
+//! Errors reach tonic as a [`tonic::Status`] whose code comes from
+//! [`meshwork_core::stack::error_codes`] and whose source is the stack's error (walk it to
+//! find, for example, a [`ConnectError`]; [`connect_error`] does that).
+//!
+//! ```
+//! use meshwork_grpc::{MeshChannel, MeshChannelOptions};
+//! use meshwork_grpc::core::config::StaticConfig;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // Every call to the cluster "greeter" (its endpoints would be added with
+//! // `StaticConfig::cluster`; with none, calls fail with UNAVAILABLE).
+//! let cfg = StaticConfig::new().route_all_to("greeter").build().unwrap();
+//! let channel = MeshChannel::from_static(cfg, MeshChannelOptions::new());
+//! // `GreeterClient::new(channel.clone())` for a generated client, or:
+//! let _grpc = tonic::client::Grpc::new(channel);
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use meshwork_core::config::{self, ConfigReceiver, TargetConfig};
+use meshwork_core::identity::MtlsConfig;
+use meshwork_core::stack::{self, StackOptions};
+use meshwork_core::xds::bootstrap::XdsTarget;
+use meshwork_core::xds::client::{ReadyError, XdsClient};
+use meshwork_core::xds::watch::TargetState;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceExt as _};
 
 /// The transport-independent mesh layers this adapter is built on.
 pub use meshwork_core as core;
+
+mod connect;
+
+pub use connect::ConnectError;
+
+/// Options of a [`MeshChannel`].
+#[derive(Debug, Clone)]
+pub struct MeshChannelOptions {
+    mtls: Option<MtlsConfig>,
+    ready_timeout: Duration,
+    stack: StackOptions,
+}
+
+impl Default for MeshChannelOptions {
+    fn default() -> Self {
+        Self {
+            mtls: None,
+            ready_timeout: Duration::from_secs(10),
+            stack: StackOptions::default(),
+        }
+    }
+}
+
+impl MeshChannelOptions {
+    /// Default options: no mTLS identity (clusters that ask for TLS fail to connect), a
+    /// 10 s wait for the first xDS config, and the stack's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The identity used for clusters that ask for TLS (default: none). Its authorizer is
+    /// replaced per cluster by the cluster's SAN matchers, and ALPN is set to `h2`.
+    pub fn mtls(mut self, mtls: MtlsConfig) -> Self {
+        self.mtls = Some(mtls);
+        self
+    }
+
+    /// How long [`MeshChannel::from_xds`] waits for the first complete config (default 10 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// The per-cluster stack's options (default [`StackOptions::default`]).
+    pub fn stack(mut self, options: StackOptions) -> Self {
+        self.stack = options;
+        self
+    }
+}
+
+/// Why a [`MeshChannel`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The target is not a valid `xds:` target.
+    #[error("invalid target {target:?}: {source}")]
+    InvalidTarget {
+        /// The target.
+        target: String,
+        /// Why.
+        #[source]
+        source: meshwork_core::xds::bootstrap::TargetError,
+    },
+    /// `xds://authority/name` targets need the bootstrap's authority templates, which the
+    /// channel cannot see yet; use `xds:///name`.
+    #[error("target {target:?}: targets with an authority are not supported yet")]
+    AuthorityNotSupported {
+        /// The target.
+        target: String,
+    },
+    /// No usable config for the target: it does not exist, is invalid, or did not arrive
+    /// in time.
+    #[error("target {target:?}: {source}")]
+    Xds {
+        /// The target.
+        target: String,
+        /// Why.
+        #[source]
+        source: ReadyError,
+    },
+}
+
+type Inner = BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    BoxError,
+>;
+
+/// A tonic channel into the mesh; see the [crate docs](crate). Cheap to clone; clones share
+/// the clusters, connections and config.
+#[derive(Clone)]
+pub struct MeshChannel {
+    inner: Inner,
+}
+
+impl fmt::Debug for MeshChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshChannel").finish_non_exhaustive()
+    }
+}
+
+impl MeshChannel {
+    /// A channel over a hand-written config. Must be called within a tokio runtime.
+    pub fn from_static(config: TargetConfig, options: MeshChannelOptions) -> Self {
+        let (_tx, rx) = config::channel(config);
+        // With the sender gone the config never changes; the stack keeps the last one.
+        Self::from_config(rx, options)
+    }
+
+    /// A channel following the configs published on `config`. Must be called within a
+    /// tokio runtime.
+    pub fn from_config(config: ConfigReceiver, options: MeshChannelOptions) -> Self {
+        let mtls = options.mtls.clone();
+        let connect = move |cluster: &Arc<meshwork_core::xds::resource::Cluster>, address| {
+            connect::Endpoint::new(cluster, address, mtls.as_ref())
+        };
+        let router = stack::outbound(config, connect, options.stack);
+        let svc = router
+            .map_response(|rsp: http::Response<_>| rsp.map(tonic::body::Body::new))
+            .map_err(to_status);
+        Self {
+            inner: BoxCloneSyncService::new(svc),
+        }
+    }
+
+    /// A channel for the xDS target `target` (`xds:///name:port`), configured by `client`.
+    ///
+    /// Waits for the first complete config, at most
+    /// [`MeshChannelOptions::ready_timeout`]; a target the control plane says does not exist
+    /// fails at once. Later configs apply as they arrive; if the target later turns into an
+    /// error, the last good config keeps serving. Must be called within a tokio runtime.
+    pub async fn from_xds(
+        client: &XdsClient,
+        target: &str,
+        options: MeshChannelOptions,
+    ) -> Result<Self, ChannelError> {
+        let parsed = XdsTarget::parse(target).map_err(|source| ChannelError::InvalidTarget {
+            target: target.to_owned(),
+            source,
+        })?;
+        if parsed.authority().is_some() {
+            return Err(ChannelError::AuthorityNotSupported {
+                target: target.to_owned(),
+            });
+        }
+        let name = parsed.name();
+        let mut watch = client.watch_target(name, name).await;
+        let first =
+            watch
+                .ready(options.ready_timeout)
+                .await
+                .map_err(|source| ChannelError::Xds {
+                    target: target.to_owned(),
+                    source,
+                })?;
+        let (tx, rx) = config::channel(TargetConfig::from_xds(&first));
+        let target = target.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let state = tokio::select! {
+                    s = watch.changed() => s,
+                    // Every channel clone is gone: stop watching.
+                    () = tx.closed() => return,
+                };
+                match state {
+                    Some(TargetState::Ready(cfg)) => {
+                        let _ = tx.send(Arc::new(TargetConfig::from_xds(&cfg)));
+                    }
+                    Some(TargetState::Error(e)) => {
+                        tracing::warn!(%target, error = %e, "xDS target in error; keeping the last config");
+                    }
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+        });
+        Ok(Self::from_config(rx, options))
+    }
+}
+
+/// Turns a stack error into a `tonic::Status` with meshwork's code, keeping the error as its
+/// source.
+fn to_status(err: BoxError) -> BoxError {
+    if err.is::<tonic::Status>() {
+        return err;
+    }
+    let (code, _) = stack::error_codes(err.as_ref());
+    let code = tonic::Code::from_i32(i32::from(code.as_u8()));
+    let mut status = tonic::Status::new(code, err.to_string());
+    status.set_source(Arc::from(err));
+    Box::new(status)
+}
+
+/// The [`ConnectError`] in an error's source chain (e.g. a `tonic::Status` from a
+/// [`MeshChannel`] call), if a connection failure caused it.
+pub fn connect_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a ConnectError> {
+    let mut cur: Option<&'a (dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<ConnectError>() {
+            return Some(c);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+impl Service<http::Request<tonic::body::Body>> for MeshChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = <Inner as Service<http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        self.inner.call(req)
+    }
+}

@@ -1,0 +1,420 @@
+//! The outbound stack: everything between a client call and an endpoint connection.
+//!
+//! [`outbound`] assembles, from a [`ConfigReceiver`]:
+//!
+//! ```text
+//! Router ─> per cluster: Timeout ─> Retry ─> CircuitBreaker ─> Buffer ─> Balancer
+//!                                                                  └─> endpoint services
+//! ```
+//!
+//! The endpoint services are made by a user-supplied [`Connect`] (the adapters' connection
+//! pools plug in here; tests use closures).
+//!
+//! # Clusters across config updates
+//!
+//! Per-cluster stacks live in a [`ClusterSet`] and persist across config updates. A task
+//! spawned on the current tokio runtime follows the config channel and, for each new config:
+//!
+//! - a cluster whose `Cluster` resource is unchanged keeps its stack: its balancer, its
+//!   connections, its breaker counters and its outlier state. A new endpoint set is sent on
+//!   that cluster's own endpoint watch, so an EDS change touches only that balancer, and a
+//!   route change touches no cluster at all;
+//! - a cluster whose `Cluster` resource changed (policy, breakers, TLS, …) is rebuilt;
+//! - a cluster no longer in the config is dropped (calls in flight finish on the handles
+//!   they hold);
+//! - a new cluster is built.
+//!
+//! A request routed with a config the task has not applied yet (the router saw it first)
+//! applies it on the spot, under the set's lock, when its cluster is missing; lookups of
+//! known clusters take no lock (an [`ArcSwap`] load and an `Arc` clone).
+//!
+//! # Sharing the balancer
+//!
+//! A [`Balancer`] is not `Clone` (it owns its endpoint table and ready cache), so each
+//! cluster's balancer runs in a [`tower::buffer::Buffer`] worker task and the cluster's
+//! handles send it requests over a bounded channel. Picks stay lock-free inside the worker;
+//! the cost is one channel hop per call. Everything above the buffer (timeout, retry,
+//! breaker) is cloned per call and shares its state through atomics.
+//!
+//! # Cluster kinds
+//!
+//! EDS clusters (and hand-written clusters with endpoints) are supported. Aggregate and
+//! LOGICAL_DNS clusters are not yet: calls routed to them fail with
+//! [`StackError::UnsupportedCluster`]. A cluster whose endpoints have not arrived (or are in
+//! error) gets a balancer with no endpoints, so calls fail fast with
+//! [`NoHealthyEndpoint`](crate::balance::NoHealthyEndpoint) until they arrive. When a
+//! cluster's endpoints later turn into an error (the EDS resource was removed), the last
+//! endpoint set keeps serving.
+//!
+//! A route to a cluster the config does not list at all (a hand-written config that names a
+//! cluster without adding it) fails with
+//! [`RouteError::ClusterNotFound`](crate::route::RouteError::ClusterNotFound); such
+//! requests take the set's lock to check for a newer config first.
+//!
+//! # Errors
+//!
+//! Every layer's error comes back boxed; [`error_codes`] maps any of them (walking the source
+//! chain) to the gRPC code and HTTP status an adapter should answer with.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use http_body::Body;
+use tokio::sync::{oneshot, watch};
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceExt as _};
+
+use crate::balance::{BalancePolicy, Balancer};
+use crate::breaker::CircuitBreaker;
+use crate::config::{ClusterChildren, ClusterLoadAssignment, ClusterState, ConfigReceiver};
+use crate::outlier::OutlierDetector;
+use crate::retry::{Retry, RetryBody};
+use crate::route::{Clusters, Router};
+use crate::timeout::{Timeout, TimeoutBody};
+use crate::xds::resource::{Cluster, ClusterKind};
+
+mod error;
+
+pub use error::{StackError, error_codes};
+
+/// Makes the service for one endpoint of a cluster: the seam where an adapter's connection
+/// pool plugs in.
+///
+/// Called when an endpoint appears in a cluster's endpoint set; making the service must be
+/// cheap, connecting belongs in the service itself. The cluster is passed so that a
+/// connector can honour its transport settings (TLS, SAN matchers, connect timeout).
+/// Implemented for closures `Fn(&Arc<Cluster>, SocketAddr) -> S`.
+pub trait Connect<B>: Clone + Send + Sync + 'static {
+    /// The endpoint service.
+    type Service: Service<http::Request<RetryBody<B>>> + Send + 'static;
+
+    /// The service for `address`, an endpoint of `cluster`.
+    fn connect(&self, cluster: &Arc<Cluster>, address: SocketAddr) -> Self::Service;
+}
+
+impl<B, F, S> Connect<B> for F
+where
+    F: Fn(&Arc<Cluster>, SocketAddr) -> S + Clone + Send + Sync + 'static,
+    S: Service<http::Request<RetryBody<B>>> + Send + 'static,
+{
+    type Service = S;
+
+    fn connect(&self, cluster: &Arc<Cluster>, address: SocketAddr) -> S {
+        self(cluster, address)
+    }
+}
+
+/// The service of one cluster: Timeout -> Retry -> CircuitBreaker -> Buffer -> Balancer,
+/// boxed.
+pub type ClusterService<B, RB> =
+    BoxCloneSyncService<http::Request<B>, http::Response<TimeoutBody<RB>>, BoxError>;
+
+/// The outbound stack: a [`Router`] over a [`ClusterSet`].
+pub type OutboundStack<B, RB> = Router<ClusterSet<B, RB>>;
+
+/// Settings of the per-cluster stacks.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StackOptions {
+    /// Requests that may wait in a cluster's buffer for its balancer (default 1024). The
+    /// circuit breaker above usually sheds first.
+    pub buffer_capacity: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            buffer_capacity: 1024,
+        }
+    }
+}
+
+impl StackOptions {
+    /// Sets [`StackOptions::buffer_capacity`] (at least 1).
+    pub fn buffer_capacity(mut self, n: usize) -> Self {
+        self.buffer_capacity = n.max(1);
+        self
+    }
+}
+
+/// Builds the outbound stack over `config`, making endpoint services with `connect`.
+///
+/// Must be called within a tokio runtime: it spawns the task that follows the config (it
+/// ends when the last clone of the stack is dropped), and per cluster the buffer worker that
+/// owns the balancer and, when the cluster has outlier detection, the sweeper.
+pub fn outbound<B, RB, C>(
+    config: ConfigReceiver,
+    connect: C,
+    options: StackOptions,
+) -> OutboundStack<B, RB>
+where
+    C: Connect<B>,
+    C::Service: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
+    <C::Service as Service<http::Request<RetryBody<B>>>>::Error: Into<BoxError>,
+    <C::Service as Service<http::Request<RetryBody<B>>>>::Future: Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: Send + 'static,
+{
+    let set = ClusterSet::new(config.clone(), connect, options);
+    Router::new(config, set)
+}
+
+type Builder<B, RB> =
+    dyn Fn(&Arc<Cluster>, Option<Arc<ClusterLoadAssignment>>) -> Built<B, RB> + Send + Sync;
+
+struct Built<B, RB> {
+    service: ClusterService<B, RB>,
+    endpoints: Option<watch::Sender<Arc<ClusterLoadAssignment>>>,
+}
+
+struct Entry<B, RB> {
+    cluster: Arc<Cluster>,
+    service: ClusterService<B, RB>,
+    endpoints: Option<watch::Sender<Arc<ClusterLoadAssignment>>>,
+}
+
+struct State<B, RB> {
+    config: ConfigReceiver,
+    entries: HashMap<String, Entry<B, RB>>,
+}
+
+struct Inner<B, RB> {
+    services: ArcSwap<HashMap<String, ClusterService<B, RB>>>,
+    state: Mutex<State<B, RB>>,
+    build: Box<Builder<B, RB>>,
+    // Dropped with the last handle: ends the task that follows the config.
+    _shutdown: oneshot::Sender<()>,
+}
+
+/// The per-cluster stacks of one target, kept in step with its config (see the
+/// [module docs](self)). Cheap to clone; the [`Router`]'s [`Clusters`] lookup.
+pub struct ClusterSet<B, RB> {
+    inner: Arc<Inner<B, RB>>,
+}
+
+impl<B, RB> Clone for ClusterSet<B, RB> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B, RB> fmt::Debug for ClusterSet<B, RB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterSet")
+            .field("clusters", &self.cluster_names())
+            .finish()
+    }
+}
+
+impl<B, RB> ClusterSet<B, RB> {
+    /// The cluster stacks for the configs on `config`; see [`outbound`]. Must be called
+    /// within a tokio runtime.
+    pub fn new<C>(config: ConfigReceiver, connect: C, options: StackOptions) -> Self
+    where
+        C: Connect<B>,
+        C::Service: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
+        <C::Service as Service<http::Request<RetryBody<B>>>>::Error: Into<BoxError>,
+        <C::Service as Service<http::Request<RetryBody<B>>>>::Future: Send + 'static,
+        B: Body + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+        RB: Send + 'static,
+    {
+        let build: Box<Builder<B, RB>> =
+            Box::new(move |cluster, cla| build_cluster(cluster, cla, &connect, &options));
+        let (shutdown, mut stopped) = oneshot::channel::<()>();
+        let mut follow = config.clone();
+        let inner = Arc::new(Inner {
+            services: ArcSwap::from_pointee(HashMap::new()),
+            state: Mutex::new(State {
+                config,
+                entries: HashMap::new(),
+            }),
+            build,
+            _shutdown: shutdown,
+        });
+        inner.sync(true);
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = follow.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    _ = &mut stopped => return,
+                }
+                match weak.upgrade() {
+                    Some(inner) => inner.sync(false),
+                    None => return,
+                }
+            }
+        });
+        Self { inner }
+    }
+
+    /// The names of the clusters that have a stack now, sorted.
+    pub fn cluster_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.services.load().keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+impl<B, RB> Inner<B, RB> {
+    /// Applies the latest config if it is new (or `force`).
+    fn sync(&self, force: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !force && !st.config.has_changed().unwrap_or(false) {
+            return;
+        }
+        let cfg = st.config.borrow_and_update().clone();
+        let mut old = std::mem::take(&mut st.entries);
+        let mut next = HashMap::new();
+        for (name, state) in cfg.clusters() {
+            let ClusterState::Ready(cc) = state else {
+                // The router fails calls to a cluster in error; nothing to build.
+                continue;
+            };
+            let cla = match &cc.children {
+                ClusterChildren::Endpoints(Ok(cla)) => Some(cla.clone()),
+                _ => None,
+            };
+            match old.remove(name) {
+                Some(entry) if *entry.cluster == *cc.cluster => {
+                    if let (Some(tx), Some(cla)) = (&entry.endpoints, cla) {
+                        tx.send_if_modified(|cur| {
+                            if Arc::ptr_eq(cur, &cla) || **cur == *cla {
+                                false
+                            } else {
+                                *cur = cla;
+                                true
+                            }
+                        });
+                    }
+                    next.insert(name.clone(), entry);
+                }
+                _ => {
+                    let built = (self.build)(&cc.cluster, cla);
+                    next.insert(
+                        name.clone(),
+                        Entry {
+                            cluster: cc.cluster.clone(),
+                            service: built.service,
+                            endpoints: built.endpoints,
+                        },
+                    );
+                }
+            }
+        }
+        let services = next
+            .iter()
+            .map(|(k, e)| (k.clone(), e.service.clone()))
+            .collect();
+        self.services.store(Arc::new(services));
+        st.entries = next;
+        // `old` now holds the removed clusters: dropping it drops their handles, and each
+        // balancer ends with its last handle.
+        drop(old);
+    }
+}
+
+impl<B, RB> Clusters<http::Request<B>> for ClusterSet<B, RB> {
+    type Service = ClusterService<B, RB>;
+
+    fn get(&self, name: &str) -> Option<Self::Service> {
+        if let Some(svc) = HashMap::get(&self.inner.services.load(), name) {
+            return Some(svc.clone());
+        }
+        // The router may have seen a config the follower task has not applied yet.
+        self.inner.sync(false);
+        HashMap::get(&self.inner.services.load(), name).cloned()
+    }
+}
+
+fn empty_assignment(name: &str) -> Arc<ClusterLoadAssignment> {
+    Arc::new(ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        localities: Vec::new(),
+        drop_overloads: Vec::new(),
+        unsupported_fields: Vec::new(),
+    })
+}
+
+fn failing<B, RB>(err: StackError) -> Built<B, RB>
+where
+    B: Send + 'static,
+    RB: Send + 'static,
+{
+    let service = tower::service_fn(move |_req: http::Request<B>| {
+        let err = err.clone();
+        async move { Err::<http::Response<TimeoutBody<RB>>, BoxError>(Box::new(err)) }
+    });
+    Built {
+        service: BoxCloneSyncService::new(service),
+        endpoints: None,
+    }
+}
+
+fn build_cluster<B, RB, C>(
+    cluster: &Arc<Cluster>,
+    cla: Option<Arc<ClusterLoadAssignment>>,
+    connect: &C,
+    options: &StackOptions,
+) -> Built<B, RB>
+where
+    C: Connect<B>,
+    C::Service: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
+    <C::Service as Service<http::Request<RetryBody<B>>>>::Error: Into<BoxError>,
+    <C::Service as Service<http::Request<RetryBody<B>>>>::Future: Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: Send + 'static,
+{
+    let kind = match &cluster.kind {
+        ClusterKind::Eds { .. } => None,
+        ClusterKind::Aggregate { .. } => Some("aggregate"),
+        ClusterKind::LogicalDns { .. } => Some("logical_dns"),
+    };
+    if let Some(kind) = kind {
+        return failing(StackError::UnsupportedCluster {
+            cluster: cluster.name.clone(),
+            kind,
+        });
+    }
+    let policy = match BalancePolicy::from_lb_policy(&cluster.lb_policy) {
+        Ok(p) => p,
+        Err(source) => {
+            return failing(StackError::Balancer {
+                cluster: cluster.name.clone(),
+                source: Arc::new(source),
+            });
+        }
+    };
+    let (tx, rx) = watch::channel(cla.unwrap_or_else(|| empty_assignment(&cluster.name)));
+    let connect = connect.clone();
+    let for_endpoints = cluster.clone();
+    let new_endpoint = move |addr: SocketAddr| connect.connect(&for_endpoints, addr);
+    let mut balancer = Balancer::new(policy, rx, new_endpoint);
+    if let Some(od) = &cluster.outlier_detection {
+        let detector = OutlierDetector::new(od.clone());
+        detector.spawn_sweeper();
+        balancer = balancer.with_outlier_detector(detector);
+    }
+    let buffer = tower::buffer::Buffer::new(balancer, options.buffer_capacity);
+    let breaker = CircuitBreaker::new(buffer, cluster.circuit_breakers);
+    let service = Timeout::new(Retry::new(breaker)).map_err(Into::into);
+    Built {
+        service: BoxCloneSyncService::new(service),
+        endpoints: Some(tx),
+    }
+}
+
+#[cfg(test)]
+mod tests;
