@@ -115,12 +115,21 @@ pub enum ChannelError {
         #[source]
         source: meshwork_core::xds::bootstrap::TargetError,
     },
-    /// `xds://authority/name` targets need the bootstrap's authority templates, which the
-    /// channel cannot see yet; use `xds:///name`.
+    /// `xds://authority/name` targets (federation, gRFC A47): the client does not send an
+    /// authority's resources to that authority's own servers yet; use `xds:///name`.
     #[error("target {target:?}: targets with an authority are not supported yet")]
     AuthorityNotSupported {
         /// The target.
         target: String,
+    },
+    /// The bootstrap's listener name template could not be applied to the target.
+    #[error("target {target:?}: {source}")]
+    ListenerName {
+        /// The target.
+        target: String,
+        /// Why.
+        #[source]
+        source: meshwork_core::xds::bootstrap::BootstrapError,
     },
     /// No usable config for the target: it does not exist, is invalid, or did not arrive
     /// in time.
@@ -197,8 +206,18 @@ impl MeshChannel {
                 target: target.to_owned(),
             });
         }
-        let name = parsed.name();
-        let mut watch = client.watch_target(name, name).await;
+        // The listener is named by the bootstrap's template (`%s` unless it says otherwise);
+        // the virtual host is chosen by the target's own name.
+        let listener = client
+            .bootstrap()
+            .listener_resource_name_for(&parsed)
+            .map_err(|source| ChannelError::ListenerName {
+                target: target.to_owned(),
+                source,
+            })?;
+        let mut watch = client
+            .watch_target(&listener, parsed.data_plane_authority())
+            .await;
         let first =
             watch
                 .ready(options.ready_timeout)

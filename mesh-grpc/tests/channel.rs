@@ -449,3 +449,52 @@ async fn xds_updates_apply_to_a_live_channel() {
         "the route update never reached the channel"
     );
 }
+
+/// The listener is named by the bootstrap's `client_default_listener_resource_name_template`
+/// (gRFC A47), while the virtual host is still chosen by the target's name.
+#[tokio::test]
+async fn xds_listener_name_follows_the_bootstrap_template() {
+    let a = backend("a", None).await;
+    let server = XdsTestServer::start().await.unwrap();
+    let listener = format!("listeners.example/{TARGET}");
+    server.set_snapshot(
+        Snapshot::new()
+            .listener(build::api_listener(&listener, "routes"))
+            .route(build::route_config(
+                "routes",
+                vec![build::virtual_host(
+                    "greeter",
+                    [TARGET],
+                    vec![build::route_to("", "a")],
+                )],
+            ))
+            .cluster(build::eds_cluster("a"))
+            .endpoints(build::endpoints("a", &[a])),
+    );
+    let bootstrap = Bootstrap::builder()
+        .node_id("meshwork-grpc-template-test")
+        .server(XdsServer::new(server.uri()).unwrap())
+        .client_default_listener_resource_name_template("listeners.example/%s")
+        .build()
+        .unwrap();
+    let client = XdsClient::start(&bootstrap).unwrap();
+    let channel = MeshChannel::from_xds(
+        &client,
+        &format!("xds:///{TARGET}"),
+        MeshChannelOptions::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(say_hello(&channel).await.unwrap(), "hi from a");
+    let err = MeshChannel::from_xds(
+        &client,
+        "xds://other.example/greeter",
+        MeshChannelOptions::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ChannelError::AuthorityNotSupported { .. }),
+        "{err}"
+    );
+}

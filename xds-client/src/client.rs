@@ -202,6 +202,7 @@ pub enum Connection {
 /// say.
 #[derive(Debug)]
 pub struct XdsClientBuilder {
+    bootstrap: Arc<Bootstrap>,
     servers: Vec<Dialer>,
     config: ProtocolConfig,
     backoff: Backoff,
@@ -248,6 +249,7 @@ impl XdsClientBuilder {
         XdsClient {
             commands,
             connection,
+            bootstrap: self.bootstrap,
         }
     }
 }
@@ -258,6 +260,7 @@ impl XdsClientBuilder {
 pub struct XdsClient {
     commands: mpsc::UnboundedSender<Command>,
     connection: watch::Receiver<Connection>,
+    bootstrap: Arc<Bootstrap>,
 }
 
 #[derive(Debug)]
@@ -288,6 +291,7 @@ impl XdsClient {
         let mut config = ProtocolConfig::new(bootstrap.node().to_proto());
         config.ignore_resource_deletion = bootstrap.xds_servers()[0].ignore_resource_deletion();
         Ok(XdsClientBuilder {
+            bootstrap: Arc::new(bootstrap.clone()),
             servers,
             config,
             backoff: Backoff::default(),
@@ -336,6 +340,12 @@ impl XdsClient {
         let (tx, rx) = oneshot::channel();
         let _ = self.commands.send(Command::Dump(tx));
         rx.await.unwrap_or_default()
+    }
+
+    /// The bootstrap this client was built from (for listener name templates and
+    /// authorities: [`Bootstrap::listener_resource_name_for`]).
+    pub fn bootstrap(&self) -> &Bootstrap {
+        &self.bootstrap
     }
 
     /// Which server the client is connected to, as a watch.
