@@ -226,6 +226,12 @@ pub struct Balancer<S, F, B> {
     generation: u64,
     rng: SmallRng,
     last_error: Option<ConfigError>,
+    // Endpoints called since their readiness was last checked. They stay in the ready set (a
+    // call does not move them out, which would cost a trip through the cache's pending set)
+    // but are not picked again until `poll_ready` has polled them: ready ones stay, the
+    // others move to the pending set (or are dropped when they failed). Normally at most
+    // one, as every call follows a `poll_ready`.
+    called: Vec<SocketAddr>,
 }
 
 impl<S, F, B> fmt::Debug for Balancer<S, F, B> {
@@ -262,6 +268,7 @@ where
             generation: 0,
             rng: SmallRng::from_os_rng(),
             last_error: None,
+            called: Vec::new(),
         }
     }
 
@@ -355,6 +362,12 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // 0. Endpoints called since their last check: poll them where they are.
+        for a in self.called.drain(..) {
+            if let Err(failed) = self.cache.check_ready(cx, &a) {
+                tracing::debug!(endpoint = %failed.0, error = %failed.1, "endpoint failed");
+            }
+        }
         // 1. Endpoint-set updates. A closed channel keeps the last set.
         while let Some(updates) = &mut self.updates {
             match updates.poll_next_unpin(cx) {
@@ -383,6 +396,7 @@ where
         // 4. Ready when a usable endpoint is ready; also when none could ever be (no
         //    endpoints, all unhealthy or ejected): then `call` fails fast instead of leaving
         //    the caller waiting.
+        // (`called` is empty here, so every endpoint in the ready set has been polled.)
         let ready = self.cache.iter_ready().any(|(a, _)| self.table.usable(a));
         if ready || !self.any_usable() {
             Poll::Ready(Ok(()))
@@ -395,8 +409,12 @@ where
         let hash = req.extensions().get::<RequestHash>().map(|h| h.0);
         let avoid = req.extensions().get::<AvoidEndpoints>();
         let cache = &self.cache;
+        let called = &self.called;
         let ready = |s: &table::Slot| {
-            s.healthy && !s.shared.ejected() && cache.get_ready(&s.address).is_some()
+            s.healthy
+                && !s.shared.ejected()
+                && cache.get_ready(&s.address).is_some()
+                && !called.contains(&s.address)
         };
         let mut input = PickInput {
             hash,
@@ -418,9 +436,11 @@ where
         };
         let slot = &self.table.slots[i];
         let (address, shared) = (slot.address, slot.shared.clone());
-        match self.cache.get_ready(&address) {
-            Some((index, _, _)) => {
-                ResponseFuture::new(self.cache.call_ready_index(index, req), shared, address)
+        match self.cache.get_ready_mut(&address) {
+            Some((_, _, svc)) => {
+                let future = svc.call(req);
+                self.called.push(address);
+                ResponseFuture::new(future, shared, address)
             }
             None => ResponseFuture::failed(NoHealthyEndpoint {
                 known: self.table.slots.len(),
