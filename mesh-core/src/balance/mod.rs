@@ -55,7 +55,8 @@
 //! [`Outcome::from_response`](crate::outlier::Outcome::from_response)).
 //!
 //! Picks take no lock: the table is the service's own (`&mut self`), and what is shared
-//! (load, ejection) is atomic. Wrap the balancer in `tower::buffer::Buffer` to share it.
+//! (load, ejection) is atomic. To share it, wrap it in `tower::buffer::Buffer` (the outbound
+//! stack shares it behind a mutex instead, see [`crate::stack`]).
 
 mod error;
 mod future;
