@@ -383,3 +383,27 @@ async fn an_endpoint_failing_after_a_call_is_dropped() {
     assert_eq!(b.cache.ready_len(), 1);
     assert_eq!(b.cache.pending_len(), 0);
 }
+
+#[tokio::test]
+async fn an_update_after_a_call_is_honoured_by_the_next_poll_ready() {
+    let (tx, rx) = watch::channel(one_locality(healthy(1)));
+    let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
+    handle.allow(0);
+    let mut mock = Some(mock);
+    let new = move |a: SocketAddr| -> Svc {
+        if a == addr(1) {
+            Svc::new(mock.take().unwrap().map_err(BoxError::from))
+        } else {
+            endpoints(|_| 200)(a)
+        }
+    };
+    let mut b = tokio_test::task::spawn(Balancer::new(BalancePolicy::RoundRobin, rx, new));
+    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_ready());
+    b.call(http::Request::new(())).await.unwrap();
+    // The endpoint just called leaves; its replacement is still connecting.
+    tx.send(one_locality(vec![endpoint(1, 1, HealthStatus::Healthy)]))
+        .unwrap();
+    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_pending());
+    handle.allow(1);
+    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_ready());
+}
