@@ -239,6 +239,36 @@ mod tests {
         }
     }
 
+    /// Many tasks on several threads share a service that is ready for one call at a time:
+    /// every call completes (no wake is lost between a poll and its registration).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_callers_on_several_threads_all_complete() {
+        let inner = tower::ServiceBuilder::new()
+            .concurrency_limit(1)
+            .service_fn(|req: u32| async move {
+                tokio::task::yield_now().await;
+                Ok::<_, std::convert::Infallible>(req)
+            });
+        let shared = Shared::new(inner);
+        let tasks: Vec<_> = (0..8u32)
+            .map(|t| {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    for i in 0..200 {
+                        let n = t * 1000 + i;
+                        assert_eq!(shared.clone().oneshot(n).await.unwrap(), n);
+                    }
+                })
+            })
+            .collect();
+        let all = futures_util::future::try_join_all(tasks);
+        // A guard against a hang, not a synchronisation.
+        tokio::time::timeout(std::time::Duration::from_secs(30), all)
+            .await
+            .expect("every call completes")
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn errors_from_readiness_reach_the_call() {
         let (mock, mut handle) = tower_test::mock::pair::<u32, u32>();
