@@ -1,5 +1,5 @@
 //! The whole outbound stack per call — Router -> Timeout -> Retry -> CircuitBreaker ->
-//! Buffer -> Balancer -> endpoint — against the bare endpoint service, both driven the same
+//! shared Balancer -> endpoint — against the bare endpoint service, both driven the same
 //! way (one `block_on` per call on a current-thread runtime), so the difference is what
 //! meshwork adds in-process. The route carries a timeout and istiod's default retry policy;
 //! the cluster has 3 or 10,000 endpoints, round robin (what CDS means with no policy).

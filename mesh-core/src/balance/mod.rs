@@ -55,7 +55,8 @@
 //! [`Outcome::from_response`](crate::outlier::Outcome::from_response)).
 //!
 //! Picks take no lock: the table is the service's own (`&mut self`), and what is shared
-//! (load, ejection) is atomic. Wrap the balancer in `tower::buffer::Buffer` to share it.
+//! (load, ejection) is atomic. To share it, wrap it in `tower::buffer::Buffer` (the outbound
+//! stack shares it behind a mutex instead, see [`crate::stack`]).
 
 mod error;
 mod future;
@@ -226,6 +227,22 @@ pub struct Balancer<S, F, B> {
     generation: u64,
     rng: SmallRng,
     last_error: Option<ConfigError>,
+    // Endpoints called since their readiness was last checked. They stay in the ready set (a
+    // call does not move them out, which would cost a trip through the cache's pending set)
+    // but are not picked again until `poll_ready` has polled them: ready ones stay, the
+    // others move to the pending set (or are dropped when they failed). Normally at most
+    // one, as every call follows a `poll_ready`.
+    called: Vec<Called>,
+}
+
+/// An endpoint called since its readiness was last checked, with where it was: its index in
+/// the ready set and in the table's slots. Both are hints, checked against the address
+/// before use (the ready set reorders when endpoints leave it; an update replaces the table).
+#[derive(Debug, Clone, Copy)]
+struct Called {
+    address: SocketAddr,
+    index: usize,
+    slot: usize,
 }
 
 impl<S, F, B> fmt::Debug for Balancer<S, F, B> {
@@ -262,6 +279,7 @@ where
             generation: 0,
             rng: SmallRng::from_os_rng(),
             last_error: None,
+            called: Vec::new(),
         }
     }
 
@@ -355,10 +373,33 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // 0. Endpoints called since their last check: poll them where they are. One that is
+        //    still ready is remembered, to spare step 4 a search.
+        let mut still_ready = None;
+        for c in self.called.drain(..) {
+            let index = match self.cache.get_ready_index(c.index) {
+                Some((a, _)) if *a == c.address => Some(c.index),
+                _ => self.cache.get_ready(&c.address).map(|(i, _, _)| i),
+            };
+            let Some(index) = index else { continue };
+            match self.cache.check_ready_index(cx, index) {
+                Ok(true) => still_ready = Some(c),
+                Ok(false) => {}
+                Err(failed) => {
+                    tracing::debug!(endpoint = %failed.0, error = %failed.1, "endpoint failed");
+                }
+            }
+        }
+        // `still_ready` may have moved in the ready set since (a later one left it, swapping
+        // the last into its place); only whether it is there counts below.
         // 1. Endpoint-set updates. A closed channel keeps the last set.
         while let Some(updates) = &mut self.updates {
             match updates.poll_next_unpin(cx) {
-                Poll::Ready(Some(cla)) => self.apply(&cla),
+                Poll::Ready(Some(cla)) => {
+                    // The set (and the ready set) may change: forget the shortcut.
+                    still_ready = None;
+                    self.apply(&cla);
+                }
                 Poll::Ready(None) => self.updates = None,
                 Poll::Pending => break,
             }
@@ -383,7 +424,17 @@ where
         // 4. Ready when a usable endpoint is ready; also when none could ever be (no
         //    endpoints, all unhealthy or ejected): then `call` fails fast instead of leaving
         //    the caller waiting.
-        let ready = self.cache.iter_ready().any(|(a, _)| self.table.usable(a));
+        //    (`called` is empty here, so every endpoint in the ready set has been polled.) The
+        //    endpoint of the last call, when it stayed ready and usable, answers at once: no
+        //    update came since, so it is still in the ready set.
+        let table = &self.table;
+        let shortcut = still_ready.is_some_and(|c| {
+            table
+                .slots
+                .get(c.slot)
+                .is_some_and(|s| s.address == c.address && s.healthy && !s.shared.ejected())
+        });
+        let ready = shortcut || self.cache.iter_ready().any(|(a, _)| table.usable(a));
         if ready || !self.any_usable() {
             Poll::Ready(Ok(()))
         } else {
@@ -395,8 +446,20 @@ where
         let hash = req.extensions().get::<RequestHash>().map(|h| h.0);
         let avoid = req.extensions().get::<AvoidEndpoints>();
         let cache = &self.cache;
+        let called = &self.called;
+        // The ready-set index of the last endpoint found ready, to spare a second search.
+        let found = std::cell::Cell::new(None);
         let ready = |s: &table::Slot| {
-            s.healthy && !s.shared.ejected() && cache.get_ready(&s.address).is_some()
+            s.healthy
+                && !s.shared.ejected()
+                && !called.iter().any(|c| c.address == s.address)
+                && match cache.get_ready(&s.address) {
+                    Some((index, _, _)) => {
+                        found.set(Some((s.address, index)));
+                        true
+                    }
+                    None => false,
+                }
         };
         let mut input = PickInput {
             hash,
@@ -418,9 +481,19 @@ where
         };
         let slot = &self.table.slots[i];
         let (address, shared) = (slot.address, slot.shared.clone());
-        match self.cache.get_ready(&address) {
-            Some((index, _, _)) => {
-                ResponseFuture::new(self.cache.call_ready_index(index, req), shared, address)
+        let index = match found.get() {
+            Some((a, index)) if a == address => Some(index),
+            _ => self.cache.get_ready(&address).map(|(index, _, _)| index),
+        };
+        match index.and_then(|index| Some((index, self.cache.get_ready_index_mut(index)?.1))) {
+            Some((index, svc)) => {
+                let future = svc.call(req);
+                self.called.push(Called {
+                    address,
+                    index,
+                    slot: i,
+                });
+                ResponseFuture::new(future, shared, address)
             }
             None => ResponseFuture::failed(NoHealthyEndpoint {
                 known: self.table.slots.len(),

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use meshwork_xds::resource::{
     ConsecutiveEjection, Endpoint, HealthStatus, LocalityEndpoints, OutlierDetection,
 };
@@ -313,4 +314,96 @@ fn validate_endpoints_reports_zero_weights() {
         validate_endpoints(&bad).unwrap_err().to_string(),
         "localities[0].endpoints[0].weight: must not be zero"
     );
+}
+
+#[tokio::test]
+async fn a_called_endpoint_is_polled_again_before_its_next_call() {
+    let (_tx, rx) = watch::channel(one_locality(healthy(1)));
+    let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
+    handle.allow(1);
+    let mut mock = Some(mock);
+    let new = move |_| Svc::new(mock.take().unwrap().map_err(BoxError::from));
+    let mut b = tokio_test::task::spawn(Balancer::new(BalancePolicy::RoundRobin, rx, new));
+    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_ready());
+    let first = b.call(http::Request::new(()));
+    // A second call without `poll_ready` must not reuse the endpoint unpolled.
+    let e = b.call(http::Request::new(())).await.unwrap_err();
+    assert!(e.is::<NoHealthyEndpoint>(), "{e}");
+    // The mock allowed one call only: the endpoint is not ready, so neither is the balancer.
+    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_pending());
+    handle.allow(1);
+    assert!(b.is_woken());
+    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_ready());
+    let second = b.call(http::Request::new(()));
+    for _ in 0..2 {
+        let (_req, send) = handle.next_request().await.unwrap();
+        send.send_response(http::Response::new(()));
+    }
+    for f in [first, second] {
+        let resp = f.await.unwrap();
+        assert_eq!(
+            resp.extensions().get::<ServedBy>(),
+            Some(&ServedBy(addr(0)))
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_after_a_call_is_dropped() {
+    let (_tx, rx) = watch::channel(one_locality(healthy(2)));
+    let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
+    handle.allow(1);
+    let mut mock = Some(mock);
+    let new = move |a: SocketAddr| -> Svc {
+        if a == addr(0) {
+            Svc::new(mock.take().unwrap().map_err(BoxError::from))
+        } else {
+            endpoints(|_| 200)(a)
+        }
+    };
+    let mut b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
+    // Round robin reaches the mock within two calls; answer it, then make it fail.
+    let mut mock_served = false;
+    for _ in 0..2 {
+        let f = b.ready().await.unwrap().call(http::Request::new(()));
+        if let Some((_req, send)) = handle.next_request().now_or_never().flatten() {
+            send.send_response(http::Response::new(()));
+            mock_served = true;
+        }
+        f.await.unwrap();
+        if mock_served {
+            break;
+        }
+    }
+    assert!(mock_served);
+    handle.send_error("connection lost");
+    for _ in 0..5 {
+        assert_eq!(served(&mut b).await, addr(1));
+    }
+    assert_eq!(b.cache.ready_len(), 1);
+    assert_eq!(b.cache.pending_len(), 0);
+}
+
+#[tokio::test]
+async fn an_update_after_a_call_is_honoured_by_the_next_poll_ready() {
+    let (tx, rx) = watch::channel(one_locality(healthy(1)));
+    let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
+    handle.allow(0);
+    let mut mock = Some(mock);
+    let new = move |a: SocketAddr| -> Svc {
+        if a == addr(1) {
+            Svc::new(mock.take().unwrap().map_err(BoxError::from))
+        } else {
+            endpoints(|_| 200)(a)
+        }
+    };
+    let mut b = tokio_test::task::spawn(Balancer::new(BalancePolicy::RoundRobin, rx, new));
+    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_ready());
+    b.call(http::Request::new(())).await.unwrap();
+    // The endpoint just called leaves; its replacement is still connecting.
+    tx.send(one_locality(vec![endpoint(1, 1, HealthStatus::Healthy)]))
+        .unwrap();
+    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_pending());
+    handle.allow(1);
+    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_ready());
 }

@@ -3,8 +3,8 @@
 //! [`outbound`] assembles, from a [`ConfigReceiver`]:
 //!
 //! ```text
-//! Router ─> per cluster: Timeout ─> Retry ─> CircuitBreaker ─> Buffer ─> Balancer
-//!                                                                  └─> endpoint services
+//! Router ─> per cluster: Timeout ─> Retry ─> CircuitBreaker ─> shared Balancer
+//!                                                            └─> endpoint services
 //! ```
 //!
 //! The endpoint services are made by a user-supplied [`Connect`] (the adapters' connection
@@ -31,10 +31,12 @@
 //! # Sharing the balancer
 //!
 //! A [`Balancer`] is not `Clone` (it owns its endpoint table and ready cache), so each
-//! cluster's balancer runs in a [`tower::buffer::Buffer`] worker task and the cluster's
-//! handles send it requests over a bounded channel. Picks stay lock-free inside the worker;
-//! the cost is one channel hop per call. Everything above the buffer (timeout, retry,
-//! breaker) is cloned per call and shares its state through atomics.
+//! cluster's handles share it behind a mutex, held only while a call checks the balancer's
+//! readiness and picks (no I/O happens under it). A call waits in its own future when no
+//! endpoint is ready yet; every waiting call is woken when one becomes ready. This replaced
+//! a `tower::buffer::Buffer` worker task, whose channel hop cost about a microsecond per
+//! call. Everything above the balancer (timeout, retry, breaker) is cloned per call and
+//! shares its state through atomics.
 //!
 //! # Cluster kinds
 //!
@@ -77,6 +79,7 @@ use crate::timeout::{Timeout, TimeoutBody};
 use crate::xds::resource::{Cluster, ClusterKind};
 
 mod error;
+mod shared;
 
 pub use error::{StackError, error_codes};
 
@@ -107,7 +110,7 @@ where
     }
 }
 
-/// The service of one cluster: Timeout -> Retry -> CircuitBreaker -> Buffer -> Balancer,
+/// The service of one cluster: Timeout -> Retry -> CircuitBreaker -> shared Balancer,
 /// boxed.
 pub type ClusterService<B, RB> =
     BoxCloneSyncService<http::Request<B>, http::Response<TimeoutBody<RB>>, BoxError>;
@@ -119,8 +122,9 @@ pub type OutboundStack<B, RB> = Router<ClusterSet<B, RB>>;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct StackOptions {
-    /// Requests that may wait in a cluster's buffer for its balancer (default 1024). The
-    /// circuit breaker above usually sheds first.
+    /// Unused since the per-cluster buffer was removed (calls now wait for a ready endpoint
+    /// in their own futures, bounded by the circuit breaker's `max_requests`); kept so
+    /// existing code builds. Default 1024.
     pub buffer_capacity: usize,
 }
 
@@ -143,8 +147,8 @@ impl StackOptions {
 /// Builds the outbound stack over `config`, making endpoint services with `connect`.
 ///
 /// Must be called within a tokio runtime: it spawns the task that follows the config (it
-/// ends when the last clone of the stack is dropped), and per cluster the buffer worker that
-/// owns the balancer and, when the cluster has outlier detection, the sweeper.
+/// ends when the last clone of the stack is dropped) and, per cluster with outlier
+/// detection, the sweeper.
 pub fn outbound<B, RB, C>(
     config: ConfigReceiver,
     connect: C,
@@ -366,7 +370,7 @@ fn build_cluster<B, RB, C>(
     cluster: &Arc<Cluster>,
     cla: Option<Arc<ClusterLoadAssignment>>,
     connect: &C,
-    options: &StackOptions,
+    _options: &StackOptions,
 ) -> Built<B, RB>
 where
     C: Connect<B>,
@@ -407,8 +411,7 @@ where
         detector.spawn_sweeper();
         balancer = balancer.with_outlier_detector(detector);
     }
-    let buffer = tower::buffer::Buffer::new(balancer, options.buffer_capacity);
-    let breaker = CircuitBreaker::new(buffer, cluster.circuit_breakers);
+    let breaker = CircuitBreaker::new(shared::Shared::new(balancer), cluster.circuit_breakers);
     let service = Timeout::new(Retry::new(breaker)).map_err(Into::into);
     Built {
         service: BoxCloneSyncService::new(service),
