@@ -118,31 +118,12 @@ pub type ClusterService<B, RB> =
 /// The outbound stack: a [`Router`] over a [`ClusterSet`].
 pub type OutboundStack<B, RB> = Router<ClusterSet<B, RB>>;
 
-/// Settings of the per-cluster stacks.
-#[derive(Debug, Clone)]
+/// Settings of the per-cluster stacks. None yet: the defaults come from the config itself
+/// (limits from the cluster's circuit breakers, policies from routes and clusters); the type
+/// exists so options can be added without breaking callers.
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
-pub struct StackOptions {
-    /// Unused since the per-cluster buffer was removed (calls now wait for a ready endpoint
-    /// in their own futures, bounded by the circuit breaker's `max_requests`); kept so
-    /// existing code builds. Default 1024.
-    pub buffer_capacity: usize,
-}
-
-impl Default for StackOptions {
-    fn default() -> Self {
-        Self {
-            buffer_capacity: 1024,
-        }
-    }
-}
-
-impl StackOptions {
-    /// Sets [`StackOptions::buffer_capacity`] (at least 1).
-    pub fn buffer_capacity(mut self, n: usize) -> Self {
-        self.buffer_capacity = n.max(1);
-        self
-    }
-}
+pub struct StackOptions {}
 
 /// Builds the outbound stack over `config`, making endpoint services with `connect`.
 ///
