@@ -54,6 +54,7 @@ fn endpoints(weighted: bool) -> Arc<ClusterLoadAssignment> {
                             health: HealthStatus::Healthy,
                             weight: if weighted { 1 + n % 4 } else { 1 },
                             hostname: None,
+                            hash_key: None,
                         }
                     })
                     .collect(),

@@ -55,6 +55,7 @@ fn endpoints(n: u32) -> Arc<ClusterLoadAssignment> {
                     health: HealthStatus::Healthy,
                     weight: 1,
                     hostname: None,
+                    hash_key: None,
                 })
                 .collect(),
         }],

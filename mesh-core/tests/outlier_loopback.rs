@@ -100,6 +100,7 @@ fn endpoints(addrs: &[SocketAddr]) -> Arc<ClusterLoadAssignment> {
                     health: HealthStatus::Healthy,
                     weight: 1,
                     hostname: None,
+                    hash_key: None,
                 })
                 .collect(),
         }],

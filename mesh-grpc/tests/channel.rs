@@ -143,6 +143,7 @@ fn endpoints(name: &str, addrs: &[SocketAddr]) -> Arc<ClusterLoadAssignment> {
                     health: HealthStatus::Healthy,
                     weight: 1,
                     hostname: None,
+                    hash_key: None,
                 })
                 .collect(),
         }],

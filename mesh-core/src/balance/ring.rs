@@ -1,9 +1,29 @@
-//! The ring of ring-hash (gRFC A42): xxHash64 of `"<address>_<n>"`, sized from the weights.
+//! The ring of ring-hash (gRFC A42): xxHash64 of `"<key>_<n>"`, sized from the weights, where
+//! the key is the endpoint's address or, when the control plane sets one, its `hash_key`
+//! (gRFC A76).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use xxhash_rust::xxh64::xxh64;
+
+/// What places an endpoint on the ring.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RingKey<'a> {
+    /// The endpoint's address, `ip:port` (A42).
+    Address(SocketAddr),
+    /// The `envoy.lb` `hash_key` metadata (A76).
+    HashKey(&'a str),
+}
+
+impl std::fmt::Display for RingKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RingKey::Address(a) => a.fmt(f),
+            RingKey::HashKey(k) => f.write_str(k),
+        }
+    }
+}
 
 /// A sorted ring of `(hash, slot index)`.
 #[derive(Debug, Default)]
@@ -13,9 +33,9 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
-    /// Builds the ring for `(address, weight, slot)` entries; weights must be non-zero.
+    /// Builds the ring for `(key, weight, slot)` entries; weights must be non-zero.
     pub(crate) fn build(
-        entries: &[(SocketAddr, u64, usize)],
+        entries: &[(RingKey<'_>, u64, usize)],
         min_size: u64,
         max_size: u64,
     ) -> Self {
@@ -35,12 +55,12 @@ impl Ring {
         let mut key = String::with_capacity(64);
         let (mut current, mut target) = (0.0f64, 0.0f64);
         let mut pairs: Vec<(u64, u32)> = Vec::with_capacity(size);
-        for &(addr, w, slot) in entries {
+        for &(ring_key, w, slot) in entries {
             target += scale * (w as f64 / sum);
             let mut n = 0u64;
             while current < target && pairs.len() < size {
                 key.clear();
-                let _ = write!(key, "{addr}_{n}");
+                let _ = write!(key, "{ring_key}_{n}");
                 pairs.push((xxh64(key.as_bytes(), 0), slot as u32));
                 n += 1;
                 current += 1.0;
@@ -83,15 +103,31 @@ mod tests {
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
 
-    fn addrs(n: usize) -> Vec<(SocketAddr, u64, usize)> {
+    fn addrs(n: usize) -> Vec<(RingKey<'static>, u64, usize)> {
         (0..n)
             .map(|i| {
                 let a: SocketAddr = format!("10.0.{}.{}:8080", i / 250, i % 250 + 1)
                     .parse()
                     .unwrap();
-                (a, 1, i)
+                (RingKey::Address(a), 1, i)
             })
             .collect()
+    }
+
+    #[test]
+    fn hash_keys_replace_addresses_on_the_ring() {
+        // A76: entries are xxHash64("<hash_key>_<n>"), so the ring depends on the keys only.
+        let keys: Vec<_> = ["alpha", "beta", "gamma"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (RingKey::HashKey(k), 1, i))
+            .collect();
+        let by_key = Ring::build(&keys, 64, 1024);
+        assert!(by_key.hashes.contains(&xxh64(b"alpha_0", 0)));
+        assert!(by_key.hashes.contains(&xxh64(b"gamma_21", 0)));
+        let by_address = Ring::build(&addrs(3), 64, 1024);
+        assert_ne!(by_key.hashes, by_address.hashes);
+        assert!(by_address.hashes.contains(&xxh64(b"10.0.0.1:8080_0", 0)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use rand::rngs::SmallRng;
 use super::BalancePolicy;
 use super::error::ConfigError;
 use super::load::EndpointLoad;
-use super::ring::Ring;
+use super::ring::{Ring, RingKey};
 use crate::outlier::EndpointStats;
 
 /// Envoy's default overprovisioning factor, in percent.
@@ -205,7 +205,10 @@ impl Table {
                     members.push(i);
                     if e.health.is_usable() {
                         ring_entries.push((
-                            e.address,
+                            match &e.hash_key {
+                                Some(k) => RingKey::HashKey(k),
+                                None => RingKey::Address(e.address),
+                            },
                             u64::from(l.weight) * u64::from(e.weight),
                             i,
                         ));

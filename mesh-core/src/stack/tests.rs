@@ -57,6 +57,7 @@ fn assignment(name: &str, ports: &[u16]) -> Arc<ClusterLoadAssignment> {
                     health: HealthStatus::Healthy,
                     weight: 1,
                     hostname: None,
+                    hash_key: None,
                 })
                 .collect(),
         }],

@@ -76,6 +76,10 @@ pub struct Endpoint {
     pub weight: u32,
     /// `hostname`, when set.
     pub hostname: Option<String>,
+    /// The ring-hash key from the endpoint's `envoy.lb` metadata `hash_key` (gRFC A76): ring
+    /// hash places the endpoint by this string instead of its address, so an endpoint keeps
+    /// its keys when its address changes.
+    pub hash_key: Option<String>,
 }
 
 /// Endpoint health as reported by the control plane.
@@ -314,7 +318,19 @@ fn endpoint(
         health: HealthStatus::from_proto(e.health_status),
         weight,
         hostname: (!endpoint.hostname.is_empty()).then(|| endpoint.hostname.clone()),
+        hash_key: hash_key(e),
     })
+}
+
+/// The `hash_key` string in the endpoint's `envoy.lb` filter metadata (gRFC A76); a
+/// non-string or empty value is ignored, as gRPC does.
+fn hash_key(e: &endpoint_pb::LbEndpoint) -> Option<String> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let fields = &e.metadata.as_ref()?.filter_metadata.get("envoy.lb")?.fields;
+    match fields.get("hash_key")?.kind.as_ref()? {
+        Kind::StringValue(key) if !key.is_empty() => Some(key.clone()),
+        _ => None,
+    }
 }
 
 /// An EDS address: a socket address with an IP literal and a numeric port (no DNS names).

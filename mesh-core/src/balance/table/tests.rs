@@ -13,6 +13,7 @@ pub(crate) fn endpoint(i: u32, weight: u32, health: HealthStatus) -> Endpoint {
         health,
         weight,
         hostname: None,
+        hash_key: None,
     }
 }
 

@@ -67,6 +67,7 @@ fn basic_assignment() {
             health: HealthStatus::Unknown,
             weight: 1,
             hostname: None,
+            hash_key: None,
         }
     );
     let e1 = &l0.endpoints[1];
@@ -406,4 +407,43 @@ fn ten_thousand_endpoints() {
             .all(|e| e.health.is_usable())
     );
     assert_eq!(c.unsupported_fields.len(), 1);
+}
+
+#[test]
+fn hash_key_comes_from_envoy_lb_metadata() {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let with_meta = |filter: &str, key: &str, value: Kind| {
+        let mut e = lb_endpoint("10.0.0.1", 8080);
+        let fields = [(key.to_string(), Value { kind: Some(value) })]
+            .into_iter()
+            .collect();
+        e.metadata = Some(core_pb::Metadata {
+            filter_metadata: [(filter.to_string(), Struct { fields })]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        });
+        let c = eds(&cla("svc", vec![locality("a", 0, Some(1), vec![e])]));
+        c.localities[0].endpoints[0].hash_key.clone()
+    };
+    assert_eq!(
+        with_meta("envoy.lb", "hash_key", Kind::StringValue("pod-7".into())),
+        Some("pod-7".into())
+    );
+    assert_eq!(
+        with_meta("envoy.lb", "hash_key", Kind::StringValue(String::new())),
+        None
+    );
+    assert_eq!(
+        with_meta("envoy.lb", "hash_key", Kind::NumberValue(7.0)),
+        None
+    );
+    assert_eq!(
+        with_meta("istio", "hash_key", Kind::StringValue("x".into())),
+        None
+    );
+    assert_eq!(
+        with_meta("envoy.lb", "other", Kind::StringValue("x".into())),
+        None
+    );
 }
