@@ -8,6 +8,10 @@
 //! Needs the interop venv (`MESHWORK_PEERS_VENV`); under `CI` its absence is a failure.
 #![cfg(feature = "testing")]
 
+mod support;
+
+use support::peers_venv;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,19 +29,6 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 const ENVOY_ID: &str = "spiffe://example.org/ns/default/sa/envoy";
 const CLIENT_ID: &str = "spiffe://example.org/ns/default/sa/client";
 const SERVER_ID: &str = "spiffe://example.org/ns/default/sa/server";
-
-fn peers_venv() -> Option<PathBuf> {
-    match std::env::var_os("MESHWORK_PEERS_VENV") {
-        Some(v) => Some(PathBuf::from(v)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("MESHWORK_PEERS_VENV is not set (scripts/test makes it); CI must run this test")
-        }
-        None => {
-            eprintln!("skipping: MESHWORK_PEERS_VENV is not set (run scripts/test)");
-            None
-        }
-    }
-}
 
 fn envoy_binary(venv: &Path) -> PathBuf {
     let lib = venv.join("lib");

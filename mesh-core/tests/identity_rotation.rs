@@ -4,6 +4,10 @@
 //! in-memory streams.
 #![cfg(feature = "testing")]
 
+mod support;
+
+use support::call;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,11 +15,10 @@ use std::time::Duration;
 
 use meshwork_core::identity::testing::{Flaw, TestCa};
 use meshwork_core::identity::{
-    Authorizer, FileWatcherSource, IdentityError, MtlsConfig, PeerIdentity, SvidSource,
+    Authorizer, FileWatcherSource, IdentityError, MtlsConfig, SvidSource,
 };
 use meshwork_core::xds::bootstrap::FileWatcherConfig;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::CertificateDer;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 const REFRESH: Duration = Duration::from_secs(10);
@@ -72,45 +75,6 @@ fn rand_suffix() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos()
-}
-
-/// One call: handshake + echo over an in-memory stream; returns the server leaf the client
-/// saw and the client identity the server saw.
-async fn call(
-    connector: &TlsConnector,
-    acceptor: &TlsAcceptor,
-) -> Result<(CertificateDer<'static>, PeerIdentity), String> {
-    let (c, s) = tokio::io::duplex(64 * 1024);
-    let server = async {
-        let mut tls = acceptor
-            .accept(s)
-            .await
-            .map_err(|e| format!("server: {e}"))?;
-        let peer = PeerIdentity::from_server_stream(&tls).ok_or("server: no peer identity")?;
-        let mut b = [0u8; 4];
-        tls.read_exact(&mut b).await.map_err(|e| e.to_string())?;
-        tls.write_all(&b).await.map_err(|e| e.to_string())?;
-        tls.flush().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(peer)
-    };
-    let client = async {
-        let name = ServerName::try_from("server.mesh").unwrap();
-        let mut tls = connector
-            .connect(name, c)
-            .await
-            .map_err(|e| format!("client: {e}"))?;
-        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0]
-            .clone()
-            .into_owned();
-        tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
-        tls.flush().await.map_err(|e| e.to_string())?;
-        let mut b = [0u8; 4];
-        tls.read_exact(&mut b).await.map_err(|e| e.to_string())?;
-        assert_eq!(&b, b"ping");
-        Ok::<_, String>(leaf)
-    };
-    let (leaf, peer) = tokio::join!(client, server);
-    Ok((leaf?, peer?))
 }
 
 #[tokio::test(start_paused = true)]

@@ -7,66 +7,19 @@
 //! absence is a failure, elsewhere the test is skipped.
 #![cfg(feature = "testing")]
 
+mod support;
+
+use support::{call, peers_venv};
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use meshwork_core::identity::{
-    Authorizer, MtlsConfig, PeerIdentity, SvidSource, WorkloadApiSource,
-};
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use meshwork_core::identity::{Authorizer, MtlsConfig, SvidSource, WorkloadApiSource};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-
-fn peers_venv() -> Option<PathBuf> {
-    match std::env::var_os("MESHWORK_PEERS_VENV") {
-        Some(v) => Some(PathBuf::from(v)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("MESHWORK_PEERS_VENV is not set (scripts/test makes it); CI must run this test")
-        }
-        None => {
-            eprintln!("skipping: MESHWORK_PEERS_VENV is not set (run scripts/test)");
-            None
-        }
-    }
-}
-
-async fn call(
-    connector: &TlsConnector,
-    acceptor: &TlsAcceptor,
-) -> Result<(CertificateDer<'static>, PeerIdentity), String> {
-    let (c, s) = tokio::io::duplex(64 * 1024);
-    let server = async {
-        let mut tls = acceptor
-            .accept(s)
-            .await
-            .map_err(|e| format!("server: {e}"))?;
-        let peer = PeerIdentity::from_server_stream(&tls).ok_or("server: no peer identity")?;
-        let mut b = [0u8; 4];
-        tls.read_exact(&mut b).await.map_err(|e| e.to_string())?;
-        tls.write_all(&b).await.map_err(|e| e.to_string())?;
-        tls.flush().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(peer)
-    };
-    let client = async {
-        let mut tls = connector
-            .connect(ServerName::try_from("server.mesh").unwrap(), c)
-            .await
-            .map_err(|e| format!("client: {e}"))?;
-        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0]
-            .clone()
-            .into_owned();
-        tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
-        tls.flush().await.map_err(|e| e.to_string())?;
-        let mut b = [0u8; 4];
-        tls.read_exact(&mut b).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(leaf)
-    };
-    let (leaf, peer) = tokio::join!(client, server);
-    Ok((leaf?, peer?))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_api_rotation_under_load_drops_no_call() {
