@@ -32,6 +32,7 @@ pub struct Greeter {
 struct Inner {
     id: String,
     behaviour: AtomicU8,
+    delay_ms: AtomicU64,
     calls: AtomicU64,
     failed: AtomicU64,
     callers: Mutex<BTreeSet<String>>,
@@ -44,6 +45,7 @@ impl Greeter {
             inner: Arc::new(Inner {
                 id: id.into(),
                 behaviour: AtomicU8::new(Behaviour::Healthy as u8),
+                delay_ms: AtomicU64::new(0),
                 calls: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 callers: Mutex::new(BTreeSet::new()),
@@ -66,6 +68,12 @@ impl Greeter {
         self.inner
             .behaviour
             .store(behaviour as u8, Ordering::Relaxed);
+    }
+
+    /// Makes every call take at least `delay` (zero: answer at once).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.inner.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Calls received, and how many of them it failed on purpose.
@@ -105,6 +113,10 @@ impl GreeterApi for Greeter {
             b if b == Behaviour::Flaky as u8 => n % 3 == 2,
             _ => false,
         };
+        let delay = self.inner.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         if fail {
             self.inner.failed.fetch_add(1, Ordering::Relaxed);
             return Err(Status::unavailable(format!(

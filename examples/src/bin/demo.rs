@@ -1,157 +1,374 @@
 //! The README's main command: `cargo run --release -p meshwork-examples --bin demo`.
 //!
-//! The full demo (an embedded CA, three greeter backends, a narrating client with
-//! retries, ejection and authorization) is being built issue by issue. What it shows today
-//! is the part that exists: an embedded control plane (meshwork-xds's test server) serves a
-//! greeter target with a 90/10 canary; meshwork's xDS client resolves it through
-//! Listener -> RouteConfiguration -> Clusters -> Endpoints, then the control plane shifts
-//! the canary to 50/50 and scales a cluster, live, and the client follows.
+//! With no outside services, it starts an embedded ADS control plane (meshwork-xds's test
+//! server), an embedded CA that issues SPIFFE SVIDs, three `helloworld.Greeter` backends
+//! served over SPIFFE mTLS with an authorization policy, and a client whose `MeshChannel`
+//! follows `xds:///greeter`. Then it narrates what the mesh does: who talks to whom, the load
+//! spread, a 90/10 canary shifted live to 50/50, a flaky backend hidden by retries, a failing
+//! backend ejected and returning, the circuit breaker shedding load, an unauthorised caller
+//! refused, and the client's view of every xDS resource.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use meshwork_grpc::core;
-use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection, circuit_breakers,
+};
+use envoy_types::pb::envoy::config::route::v3::{RetryPolicy, Route, RouteConfiguration, route};
+use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+use meshwork_core::identity::testing::TestCa;
+use meshwork_core::identity::{MtlsConfig, StaticSource};
+use meshwork_examples::greeter::{Behaviour, Greeter};
+use meshwork_examples::helloworld::HelloRequest;
+use meshwork_examples::helloworld::greeter_client::GreeterClient;
+use meshwork_examples::tally::Tally;
+use meshwork_grpc::core::inbound::{AuthorizationPolicy, Principal, Rule};
+use meshwork_grpc::{MeshChannel, MeshChannelOptions, MeshServer};
+use meshwork_xds::bootstrap::Bootstrap;
 use meshwork_xds::client::XdsClient;
-use meshwork_xds::resource::{ClusterSpecifier, RouteAction};
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
-use meshwork_xds::watch::{ClusterChildren, ClusterState, TargetState, XdsConfig};
 
-const TARGET: &str = "greeter.demo:50051";
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
-fn addrs(ports: &[u16]) -> Vec<SocketAddr> {
-    ports
-        .iter()
-        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
-        .collect()
+const TARGET: &str = "greeter";
+const TRUST_DOMAIN: &str = "demo.local";
+const FRONTEND: &str = "/ns/shop/sa/frontend";
+const GREETER: &str = "/ns/shop/sa/greeter";
+const INTRUDER: &str = "/ns/shop/sa/intruder";
+
+fn id(path: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}{path}")
 }
 
+/// The route: `stable`/`canary` percent between the two clusters, retrying UNAVAILABLE
+/// twice (a retry goes to another endpoint when there is one).
 fn routes(stable: u32, canary: u32) -> RouteConfiguration {
+    let mut route: Route = build::route_weighted(
+        "",
+        &[("greeter-stable", stable), ("greeter-canary", canary)],
+    );
+    if let Some(route::Action::Route(action)) = &mut route.action {
+        action.retry_policy = Some(RetryPolicy {
+            retry_on: "unavailable".into(),
+            num_retries: Some(UInt32Value { value: 2 }),
+            ..Default::default()
+        });
+    }
     build::route_config(
         "greeter-routes",
-        vec![build::virtual_host(
-            "greeter",
-            [TARGET],
-            vec![build::route_weighted(
-                "",
-                &[("greeter-stable", stable), ("greeter-canary", canary)],
-            )],
-        )],
+        vec![build::virtual_host("greeter", [TARGET], vec![route])],
     )
 }
 
-fn describe(config: &XdsConfig) {
-    for route in &config.virtual_host().routes {
-        if let RouteAction::Forward(action) = &route.action
-            && let ClusterSpecifier::Weighted(clusters) = &action.clusters
+/// An EDS cluster over SPIFFE mTLS that expects the greeters' SVID.
+fn mtls_cluster(name: &str) -> Cluster {
+    build::with_upstream_tls(build::eds_cluster(name), "default", &[&id(GREETER)])
+}
+
+/// The stable cluster also has outlier detection (3 consecutive failures eject an endpoint
+/// for 2 s, at most half of them) and a circuit breaker (8 requests in flight).
+fn stable_cluster() -> Cluster {
+    let mut cluster = mtls_cluster("greeter-stable");
+    let secs = |seconds| Some(PbDuration { seconds, nanos: 0 });
+    cluster.outlier_detection = Some(OutlierDetection {
+        consecutive_5xx: Some(UInt32Value { value: 3 }),
+        interval: secs(1),
+        base_ejection_time: secs(2),
+        max_ejection_percent: Some(UInt32Value { value: 50 }),
+        ..Default::default()
+    });
+    cluster.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_requests: Some(UInt32Value { value: 8 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    cluster
+}
+
+/// Starts a greeter backend over mTLS with the greeters' SVID; only the frontend may call.
+async fn backend(ca: &TestCa, greeter: &Greeter) -> Result<SocketAddr, Error> {
+    let identity = MtlsConfig::new(Arc::new(StaticSource::new(
+        Some(ca.svid(GREETER)),
+        ca.bundles(),
+    )));
+    let policy = AuthorizationPolicy::new()
+        .allow(Rule::any().principal(Principal::Id(id(FRONTEND).parse()?)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = MeshServer::new(identity)
+        .policy(policy)
+        .add_service(greeter.service());
+    tokio::spawn(server.serve(listener));
+    Ok(addr)
+}
+
+/// Writes the frontend's SVID, key and roots as Istio's agent would, and a bootstrap whose
+/// `default` certificate provider watches them.
+fn write_bootstrap(dir: &Path, ca: &TestCa, xds_uri: &str) -> Result<PathBuf, Error> {
+    let minted = ca.mint(FRONTEND, meshwork_core::identity::testing::Flaw::None);
+    std::fs::write(dir.join("cert-chain.pem"), &minted.cert_pem)?;
+    std::fs::write(dir.join("key.pem"), &minted.key_pem)?;
+    std::fs::write(dir.join("root-cert.pem"), ca.root_pem())?;
+    let d = dir.display();
+    let json = format!(
+        r#"{{
+  "xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
+                    "server_features": ["xds_v3"]}}],
+  "node": {{"id": "frontend-1.shop"}},
+  "certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{
+      "certificate_file": "{d}/cert-chain.pem", "private_key_file": "{d}/key.pem",
+      "ca_certificate_file": "{d}/root-cert.pem", "refresh_interval": "600s"}}}}}}
+}}"#,
+        xds_uri.trim_start_matches("http://")
+    );
+    let path = dir.join("bootstrap.json");
+    std::fs::write(&path, json)?;
+    Ok(path)
+}
+
+/// `n` calls one after another.
+async fn calls(client: &GreeterClient<MeshChannel>, n: u32) -> Tally {
+    let mut tally = Tally::default();
+    for _ in 0..n {
+        let mut client = client.clone();
+        match client
+            .say_hello(HelloRequest {
+                name: "demo".into(),
+            })
+            .await
         {
-            let total: u32 = clusters.iter().map(|c| c.weight).sum();
-            let split: Vec<String> = clusters
-                .iter()
-                .map(|c| format!("{} {}%", c.name, c.weight * 100 / total))
-                .collect();
-            println!("    route    {}", split.join(" / "));
+            Ok(r) => tally.reply(&r.into_inner().message),
+            Err(s) => tally.error(format!("{:?}: {}", s.code(), s.message())),
         }
     }
-    for (name, state) in &config.clusters {
-        match state {
-            ClusterState::Ready(c) => match &c.children {
-                ClusterChildren::Endpoints(Ok(cla)) => {
-                    let eps: Vec<String> = cla
-                        .localities
-                        .iter()
-                        .flat_map(|l| l.endpoints.iter().map(|e| e.address.to_string()))
-                        .collect();
-                    println!("    cluster  {name}: {}", eps.join(", "));
-                }
-                other => println!("    cluster  {name}: {other:?}"),
-            },
-            ClusterState::Error(e) => println!("    cluster  {name}: unusable: {e}"),
-            _ => println!("    cluster  {name}: unknown state"),
+    tally
+}
+
+/// `n` calls all at once.
+async fn concurrent_calls(client: &GreeterClient<MeshChannel>, n: u32) -> Tally {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let mut client = client.clone();
+        tasks.spawn(async move {
+            client
+                .say_hello(HelloRequest {
+                    name: "demo".into(),
+                })
+                .await
+        });
+    }
+    let mut tally = Tally::default();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(r)) => tally.reply(&r.into_inner().message),
+            Ok(Err(s)) => tally.error(format!("{:?}: {}", s.code(), s.message())),
+            Err(e) => tally.error(e.to_string()),
         }
     }
+    tally
+}
+
+fn spread(t: &Tally) -> String {
+    let mut parts: Vec<String> = t.counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    parts.push(format!("errors {}", t.errors));
+    parts.join(", ")
+}
+
+fn calls_to(g: &Greeter) -> u64 {
+    g.calls().0
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Error> {
     let started = Instant::now();
-    println!("meshwork demo (partial: the xDS control loop; the data path, identity and");
-    println!("telemetry parts of the demo arrive with their issues)");
+    println!("meshwork demo: a service mesh inside the process, no sidecar");
     println!(
         "  TLS provider: {} (fips mode: {})",
-        core::crypto::provider_name(),
-        core::crypto::is_fips()
+        meshwork_core::crypto::provider_name(),
+        meshwork_core::crypto::is_fips()
     );
 
+    // The mesh's pieces: a CA, three backends, a control plane.
+    let ca = TestCa::new(TRUST_DOMAIN);
+    let (a, b, c) = (
+        Greeter::new("greeter-a"),
+        Greeter::new("greeter-b"),
+        Greeter::new("greeter-c"),
+    );
+    let (addr_a, addr_b, addr_c) = (
+        backend(&ca, &a).await?,
+        backend(&ca, &b).await?,
+        backend(&ca, &c).await?,
+    );
     let control_plane = XdsTestServer::start().await?;
     control_plane.set_snapshot(
         Snapshot::new()
             .listener(build::api_listener(TARGET, "greeter-routes"))
             .route(routes(90, 10))
-            .cluster(build::eds_cluster("greeter-stable"))
-            .cluster(build::eds_cluster("greeter-canary"))
-            .endpoints(build::endpoints("greeter-stable", &addrs(&[50061, 50062])))
-            .endpoints(build::endpoints("greeter-canary", &addrs(&[50071]))),
+            .cluster(stable_cluster())
+            .cluster(mtls_cluster("greeter-canary"))
+            .endpoints(build::endpoints("greeter-stable", &[addr_a, addr_b]))
+            .endpoints(build::endpoints("greeter-canary", &[addr_c])),
     );
+    let dir = std::env::temp_dir().join(format!("meshwork-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bootstrap = Bootstrap::from_file(write_bootstrap(&dir, &ca, &control_plane.uri())?)?;
     println!(
-        "\n1. An embedded ADS control plane serves xds:///{TARGET} on {}",
+        "\n1. The mesh: a control plane on {}, a CA for trust domain {TRUST_DOMAIN},",
         control_plane.uri()
     );
-
-    let bootstrap = Bootstrap::builder()
-        .server(XdsServer::new(control_plane.uri())?)
-        .node_id("meshwork-demo")
-        .build()?;
-    let client = XdsClient::start(&bootstrap)?;
-    let mut watch = client.watch_target(TARGET, TARGET).await;
-    let config = watch.ready(Duration::from_secs(10)).await?;
     println!(
-        "2. meshwork's xDS client resolved a complete config in {:?}:",
-        started.elapsed()
+        "   greeter-stable = greeter-a {addr_a}, greeter-b {addr_b}; greeter-canary = greeter-c {addr_c}"
     );
-    describe(&config);
 
-    let shifted = Instant::now();
+    let client = XdsClient::builder(&bootstrap)?.start();
+    let t0 = Instant::now();
+    let channel = MeshChannel::from_xds(
+        &client,
+        &format!("xds:///{TARGET}"),
+        MeshChannelOptions::new(),
+    )
+    .await?;
+    let greeter = GreeterClient::new(channel);
+    println!(
+        "   the frontend's MeshChannel resolved xds:///{TARGET} (listener, routes, 2 clusters, endpoints) in {:?}",
+        t0.elapsed()
+    );
+
+    let tally = calls(&greeter, 200).await;
+    println!("\n2. Who talks to whom (SPIFFE mTLS both ways, no sidecar):");
+    for g in [&a, &b, &c] {
+        println!(
+            "   {} ({}) saw callers {:?}",
+            g.id(),
+            id(GREETER),
+            g.callers()
+        );
+    }
+    println!(
+        "   200 calls at greeter-stable 90% / greeter-canary 10%: {}",
+        spread(&tally)
+    );
+
     control_plane.update(|s| {
         s.insert_route(routes(50, 50));
     });
-    let config = loop {
-        if let Some(TargetState::Ready(c)) = watch.changed().await
-            && c.route_config != config.route_config
-        {
-            break c;
+    // The client follows the change within milliseconds; call until the spread shows it.
+    let mut tally = calls(&greeter, 200).await;
+    for _ in 0..20 {
+        if tally.counts.get("greeter-c").copied().unwrap_or(0) > 60 {
+            break;
         }
-    };
+        tally = calls(&greeter, 200).await;
+    }
     println!(
-        "3. The control plane shifted the canary to 50/50; applied in {:?}:",
-        shifted.elapsed()
+        "\n3. The control plane shifts the canary live to greeter-stable 50% / greeter-canary 50%:"
     );
-    describe(&config);
+    println!("   200 calls: {}", spread(&tally));
 
-    control_plane.update(|s| {
-        s.insert_endpoints(build::endpoints("greeter-canary", &addrs(&[50071, 50072])));
-    });
-    let config = loop {
-        if let Some(TargetState::Ready(c)) = watch.changed().await {
-            break c;
-        }
-    };
-    println!("4. The canary scaled to two endpoints (an EDS update touching only its cluster):");
-    describe(&config);
+    b.set_behaviour(Behaviour::Flaky);
+    let failed_before = b.calls().1;
+    let tally = calls(&greeter, 300).await;
+    println!("\n4. greeter-b turns flaky (fails one call in three with UNAVAILABLE):");
+    println!(
+        "   greeter-b failed {} calls on purpose; the route retries UNAVAILABLE on another endpoint;",
+        b.calls().1 - failed_before
+    );
+    println!("   the caller saw: {}", spread(&tally));
+    b.set_behaviour(Behaviour::Healthy);
 
-    println!("\n5. The client's view of every resource (the config dump, as xds-dump prints it):");
+    a.set_behaviour(Behaviour::Failing);
+    let before = calls_to(&a);
+    let first = calls(&greeter, 100).await;
+    let during_ejection = calls_to(&a);
+    let second = calls(&greeter, 100).await;
+    let after_second = calls_to(&a);
+    println!(
+        "\n5. greeter-a starts failing every call; outlier detection (3 consecutive failures) ejects it:"
+    );
+    println!(
+        "   first 100 calls: greeter-a got {} (the caller saw: {})",
+        during_ejection - before,
+        spread(&first)
+    );
+    println!(
+        "   next 100 calls:  greeter-a got {} (ejected; the caller saw: {})",
+        after_second - during_ejection,
+        spread(&second)
+    );
+    a.set_behaviour(Behaviour::Healthy);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let back = calls(&greeter, 100).await;
+    println!(
+        "   greeter-a recovers; after its 2 s ejection it is back: {}",
+        spread(&back)
+    );
+
+    a.set_delay(Duration::from_millis(300));
+    b.set_delay(Duration::from_millis(300));
+    c.set_delay(Duration::from_millis(300));
+    let burst = concurrent_calls(&greeter, 60).await;
+    a.set_delay(Duration::ZERO);
+    b.set_delay(Duration::ZERO);
+    c.set_delay(Duration::ZERO);
+    println!("\n6. The backends slow down to 300 ms and 60 calls arrive at once; greeter-stable's");
+    println!(
+        "   circuit breaker (8 requests in flight) sheds the excess at once instead of queueing:"
+    );
+    println!(
+        "   answered {}, shed with UNAVAILABLE {}",
+        burst.counts.values().sum::<u64>(),
+        burst.errors
+    );
+    if let Some(sample) = burst.error_samples.first() {
+        println!("   e.g. {sample}");
+    }
+
+    let intruder_identity = MtlsConfig::new(Arc::new(StaticSource::new(
+        Some(ca.svid(INTRUDER)),
+        ca.bundles(),
+    )));
+    let intruder = GreeterClient::new(
+        MeshChannel::from_xds(
+            &client,
+            &format!("xds:///{TARGET}"),
+            MeshChannelOptions::new().mtls(intruder_identity),
+        )
+        .await?,
+    );
+    let refused = calls(&intruder, 1).await;
+    println!(
+        "\n7. {} calls with a valid SVID from the same CA, but the backends' policy",
+        id(INTRUDER)
+    );
+    println!("   allows only {}:", id(FRONTEND));
+    println!(
+        "   refused: {}",
+        refused
+            .error_samples
+            .first()
+            .map_or("not refused!", String::as_str)
+    );
+
+    println!(
+        "\n8. The frontend's view of every xDS resource (the config dump, as xds-dump prints it):"
+    );
     for row in client.dump().await {
         let kind = row.type_url.rsplit('.').next().unwrap_or(row.type_url);
         println!(
-            "    {:<22} {:<20} version {:<3} {}",
+            "   {:<22} {:<16} version {:<3} {}",
             kind,
             row.name,
             row.version.as_deref().unwrap_or("-"),
             row.status
         );
     }
-    println!("\ndone in {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("\ndone in {:.1?}", started.elapsed());
     Ok(())
 }
