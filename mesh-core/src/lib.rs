@@ -18,6 +18,7 @@ pub use meshwork_xds::crypto;
 pub mod balance;
 pub mod breaker;
 pub mod config;
+pub mod inbound;
 pub mod outlier;
 pub mod retry;
 pub mod route;
