@@ -199,7 +199,8 @@ impl MeshClient {
         let (req, host) = normalize(req)?;
         let stack = self.stack_for(&host).await?;
         // Boxed as a `dyn Future + Send`, so that the compiler need not prove the stack's
-        // future `Send` for every lifetime of the boxed errors inside it (rust#110338).
+        // future `Send` for every lifetime of the boxed errors inside it (a known
+        // limitation of async Send inference).
         let call: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>> =
             Box::pin(stack.oneshot(req));
         call.await.map_err(Error::stack)

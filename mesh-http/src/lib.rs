@@ -48,10 +48,12 @@ pub use meshwork_core as core;
 mod client;
 mod connect;
 mod error;
+mod server;
 
 pub use client::{MeshClient, MeshClientOptions};
 pub use connect::ConnectError;
 pub use error::{Error, ResolveError};
+pub use server::{ServeError, Server};
 
 /// The body of requests sent and responses received through a [`MeshClient`]: any
 /// `http_body::Body` of [`Bytes`], boxed.
