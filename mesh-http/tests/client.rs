@@ -4,22 +4,20 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3::{RetryPolicy, Route, retry_policy, route};
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
-use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState, StaticConfig};
+use meshwork_core::config::StaticConfig;
 use meshwork_core::identity::VerifyError;
 use meshwork_core::identity::testing::TestCa;
 use meshwork_core::xds::client::ReadyError;
-use meshwork_core::xds::resource::{
-    CircuitBreakers, Cluster, ClusterKind, ClusterLoadAssignment, DEFAULT_CONNECT_TIMEOUT, LbPolicy,
-};
 use meshwork_http::{ConnectError, MeshClient, MeshClientOptions, ResolveError};
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
-use support::{Backend, Proto, body, h2c_cluster, identity, tls_cluster, xds_client};
+use support::{
+    Backend, Proto, body, h2c_cluster, identity, static_cluster, tls_cluster, xds_client,
+};
 
 const GREETER_SAN: &str = "spiffe://example.org/ns/default/sa/greeter";
 
@@ -336,48 +334,12 @@ async fn xds_listener_name_follows_the_bootstrap_template() {
     );
 }
 
-fn static_cluster(name: &str, addrs: &[std::net::SocketAddr]) -> ClusterState {
-    ClusterState::Ready(ClusterConfig {
-        cluster: Arc::new(Cluster {
-            name: name.into(),
-            kind: ClusterKind::Eds { service_name: None },
-            lb_policy: LbPolicy::RoundRobin,
-            circuit_breakers: CircuitBreakers::default(),
-            outlier_detection: None,
-            tls: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            unsupported_fields: Vec::new(),
-        }),
-        children: ClusterChildren::Endpoints(Ok(Arc::new(ClusterLoadAssignment {
-            cluster_name: name.into(),
-            localities: vec![meshwork_core::xds::resource::LocalityEndpoints {
-                locality: Default::default(),
-                weight: 1,
-                priority: 0,
-                endpoints: addrs
-                    .iter()
-                    .map(|&address| meshwork_core::xds::resource::Endpoint {
-                        address,
-                        additional_addresses: Vec::new(),
-                        health: meshwork_core::xds::resource::HealthStatus::Healthy,
-                        weight: 1,
-                        hostname: None,
-                        hash_key: None,
-                    })
-                    .collect(),
-            }],
-            drop_overloads: Vec::new(),
-            unsupported_fields: Vec::new(),
-        }))),
-    })
-}
-
 #[tokio::test]
 async fn static_config_h2_prior_knowledge_and_no_endpoint() {
     let (h2, _) = Backend::new("h2", Proto::H2).start().await;
     let cfg = StaticConfig::new()
         .route_all_to("h2")
-        .cluster("h2", static_cluster("h2", &[h2]))
+        .cluster("h2", static_cluster("h2", &[h2], None))
         .build()
         .unwrap();
     let client = MeshClient::from_static(cfg, MeshClientOptions::new().http2_prior_knowledge(true));
@@ -388,7 +350,7 @@ async fn static_config_h2_prior_knowledge_and_no_endpoint() {
 
     let cfg = StaticConfig::new()
         .route_all_to("empty")
-        .cluster("empty", static_cluster("empty", &[]))
+        .cluster("empty", static_cluster("empty", &[], None))
         .build()
         .unwrap();
     let client = MeshClient::from_static(cfg, MeshClientOptions::new());

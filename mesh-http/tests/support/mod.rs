@@ -17,11 +17,17 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState};
 use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{MtlsConfig, StaticSource};
 use meshwork_http::{Error, MeshClient};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
+use meshwork_xds::resource::{
+    CertProviderInstance, CircuitBreakers, Cluster, ClusterKind, ClusterLoadAssignment,
+    DEFAULT_CONNECT_TIMEOUT, Endpoint, HealthStatus, LbPolicy, LocalityEndpoints, StringMatchKind,
+    UpstreamTls,
+};
 use meshwork_xds::server::{XdsTestServer, build};
 use tokio::net::TcpListener;
 
@@ -240,4 +246,54 @@ pub fn h2c_cluster(name: &str) -> ClusterPb {
     let mut c = build::eds_cluster(name);
     c.http2_protocol_options = Some(Default::default());
     c
+}
+
+/// A hand-written EDS cluster with `addrs`, round robin; with `san`, its endpoints require
+/// mTLS and must present that SPIFFE ID.
+pub fn static_cluster(name: &str, addrs: &[SocketAddr], san: Option<&str>) -> ClusterState {
+    let instance = CertProviderInstance {
+        instance_name: "default".into(),
+        certificate_name: "default".into(),
+    };
+    let tls = san.map(|san| UpstreamTls {
+        identity: Some(instance.clone()),
+        root: instance,
+        san_matchers: vec![meshwork_xds::resource::StringMatcher {
+            kind: StringMatchKind::Exact(san.into()),
+            ignore_case: false,
+        }],
+    });
+    ClusterState::Ready(ClusterConfig {
+        cluster: Arc::new(Cluster {
+            name: name.into(),
+            kind: ClusterKind::Eds { service_name: None },
+            lb_policy: LbPolicy::RoundRobin,
+            circuit_breakers: CircuitBreakers::default(),
+            outlier_detection: None,
+            tls,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            unsupported_fields: Vec::new(),
+        }),
+        children: ClusterChildren::Endpoints(Ok(Arc::new(ClusterLoadAssignment {
+            cluster_name: name.into(),
+            localities: vec![LocalityEndpoints {
+                locality: Default::default(),
+                weight: 1,
+                priority: 0,
+                endpoints: addrs
+                    .iter()
+                    .map(|&address| Endpoint {
+                        address,
+                        additional_addresses: Vec::new(),
+                        health: HealthStatus::Healthy,
+                        weight: 1,
+                        hostname: None,
+                        hash_key: None,
+                    })
+                    .collect(),
+            }],
+            drop_overloads: Vec::new(),
+            unsupported_fields: Vec::new(),
+        }))),
+    })
 }
