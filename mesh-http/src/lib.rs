@@ -28,7 +28,8 @@
 //! use meshwork_http::core::xds::{bootstrap::Bootstrap, client::XdsClient};
 //! use http_body_util::BodyExt as _;
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let bootstrap = Bootstrap::from_env()?; // GRPC_XDS_BOOTSTRAP
 //! let client = MeshClient::from_xds(XdsClient::start(&bootstrap)?, MeshClientOptions::new());
 //! let rsp = client.get("http://greeter/hello").await?;
@@ -36,6 +37,15 @@
 //! println!("{}", String::from_utf8_lossy(&body));
 //! # Ok(()) }
 //! ```
+//!
+//! ## The server
+//!
+//! [`Server`] serves any hyper or axum service (a
+//! `tower::Service<http::Request<hyper::body::Incoming>>`) behind meshwork's inbound stack
+//! ([`meshwork_core::inbound`]): mTLS with the caller's SVID verified, the caller's
+//! `PeerIdentity` and the connection's `ConnectionInfo` in each request's extensions, an
+//! optional `AuthorizationPolicy` (denied requests get `403 Forbidden`, gRPC ones
+//! `grpc-status: 7`), HTTP/1.1 and HTTP/2 on one port, and graceful shutdown.
 #![forbid(unsafe_code)]
 
 use bytes::Bytes;

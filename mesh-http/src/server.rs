@@ -216,7 +216,9 @@ pin_project! {
     /// The service's response body, or the empty body of a response the inbound layer
     /// made itself (a denial).
     #[project = ServerBodyProj]
+    #[derive(Default)]
     enum ServerBody<B> {
+        #[default]
         Empty,
         Inner { #[pin] body: B },
     }
@@ -225,12 +227,6 @@ pin_project! {
 impl<B> ServerBody<B> {
     fn inner(body: B) -> Self {
         ServerBody::Inner { body }
-    }
-}
-
-impl<B> Default for ServerBody<B> {
-    fn default() -> Self {
-        ServerBody::Empty
     }
 }
 
