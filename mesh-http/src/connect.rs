@@ -312,6 +312,8 @@ impl AsyncWrite for Stream {
 }
 
 /// One endpoint: a pooled hyper client whose connections all go to the endpoint's address.
+/// Clones share the pool, so the endpoint can be a cloneable handle if the stack wants one.
+#[derive(Clone)]
 pub(crate) struct Endpoint {
     client: Client<Dialer, RetryBody<Body>>,
 }
