@@ -14,7 +14,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshwork_core::identity::{Authorizer, IdentityError, MtlsConfig, VerifyError};
+use meshwork_core::identity::{
+    Authorizer, CertificateProviders, IdentityError, MtlsConfig, VerifyError,
+};
 use meshwork_core::retry::RetryBody;
 use meshwork_core::xds::resource::Cluster;
 use rustls_pki_types::ServerName;
@@ -73,7 +75,9 @@ pub enum ConnectError {
         /// The cluster's name.
         cluster: String,
     },
-    /// The channel's mTLS configuration could not be turned into a rustls configuration.
+    /// The cluster's TLS identity could not be set up: a certificate provider instance the
+    /// cluster names is unknown, unsupported or unreadable, or rustls refused the
+    /// configuration.
     #[error("cluster {cluster}: TLS configuration: {source}")]
     TlsConfig {
         /// The cluster's name.
@@ -122,6 +126,18 @@ impl Broken {
     }
 }
 
+/// Where a channel's endpoints get the identity for clusters that ask for TLS.
+#[derive(Debug, Clone)]
+pub(crate) enum ClusterIdentity {
+    /// None: such clusters fail to connect with [`ConnectError::NoIdentity`].
+    None,
+    /// The same identity for every cluster (its authorizer replaced by the cluster's SAN
+    /// matchers).
+    Fixed(MtlsConfig),
+    /// The certificate provider instances each cluster's `UpstreamTlsContext` names (A29).
+    Providers(Arc<CertificateProviders>),
+}
+
 /// Dials one endpoint, whatever URI hyper asks for.
 #[derive(Clone)]
 pub(crate) struct Dialer {
@@ -131,12 +147,28 @@ pub(crate) struct Dialer {
 }
 
 impl Dialer {
-    pub(crate) fn new(cluster: &Cluster, address: SocketAddr, mtls: Option<&MtlsConfig>) -> Self {
+    pub(crate) fn new(cluster: &Cluster, address: SocketAddr, identity: &ClusterIdentity) -> Self {
+        let mtls = match (&cluster.tls, identity) {
+            (None, _) => None,
+            (Some(_), ClusterIdentity::Fixed(mtls)) => Some(mtls.clone()),
+            (Some(upstream), ClusterIdentity::Providers(providers)) => {
+                match providers.for_upstream(upstream) {
+                    Ok(source) => Some(MtlsConfig::new(source)),
+                    Err(e) => {
+                        return Self {
+                            address,
+                            timeout: cluster.connect_timeout,
+                            tls: Tls::Broken(Broken::Config(cluster.name.clone(), Arc::new(e))),
+                        };
+                    }
+                }
+            }
+            (Some(_), ClusterIdentity::None) => None,
+        };
         let tls = match (&cluster.tls, mtls) {
             (None, _) => Tls::Off,
             (Some(_), None) => Tls::Broken(Broken::NoIdentity(cluster.name.clone())),
             (Some(upstream), Some(mtls)) => match mtls
-                .clone()
                 .authorizer(Authorizer::SanMatchers(upstream.san_matchers.clone()))
                 .alpn_protocols(vec![b"h2".to_vec()])
                 .client_config()
@@ -261,10 +293,10 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(cluster: &Cluster, address: SocketAddr, mtls: Option<&MtlsConfig>) -> Self {
+    pub(crate) fn new(cluster: &Cluster, address: SocketAddr, identity: &ClusterIdentity) -> Self {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build(Dialer::new(cluster, address, mtls));
+            .build(Dialer::new(cluster, address, identity));
         Self { address, client }
     }
 }

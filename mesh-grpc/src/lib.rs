@@ -12,9 +12,13 @@
 //!
 //! Each endpoint gets its own hyper HTTP/2 client (pooled connections, reconnecting as
 //! needed) over TCP; when the endpoint's cluster asks for TLS (`Cluster::tls`), connections
-//! use SPIFFE mTLS from [`MeshChannelOptions::mtls`], with the server's SVID checked against
-//! the cluster's SAN matchers. The certificate provider instances the cluster names are not
-//! consulted: the channel's identity is used for every cluster.
+//! use SPIFFE mTLS with the server's SVID checked against the cluster's SAN matchers. Our
+//! SVID and the roots come from the certificate provider instances the cluster names in the
+//! bootstrap (gRFC A29, as Istio configures proxyless gRPC), or from one identity for every
+//! cluster given with [`MeshChannelOptions::mtls`].
+//!
+//! [`MeshServer`] is the other half: tonic services served over SPIFFE mTLS, with the
+//! caller's identity in each request and an authorization policy in front of them.
 //!
 //! Errors reach tonic as a [`tonic::Status`] whose code comes from
 //! [`meshwork_core::stack::error_codes`] and whose source is the stack's error (walk it to
@@ -42,7 +46,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use meshwork_core::config::{self, ConfigReceiver, TargetConfig};
-use meshwork_core::identity::MtlsConfig;
+use meshwork_core::identity::{CertificateProviders, MtlsConfig};
 use meshwork_core::stack::{self, StackOptions};
 use meshwork_core::xds::bootstrap::XdsTarget;
 use meshwork_core::xds::client::{ReadyError, XdsClient};
@@ -54,13 +58,18 @@ use tower::{BoxError, Service, ServiceExt as _};
 pub use meshwork_core as core;
 
 mod connect;
+mod server;
+
+use connect::ClusterIdentity;
 
 pub use connect::ConnectError;
+pub use server::{MeshServer, ServerError};
 
 /// Options of a [`MeshChannel`].
 #[derive(Debug, Clone)]
 pub struct MeshChannelOptions {
     mtls: Option<MtlsConfig>,
+    certificate_providers: Option<Arc<CertificateProviders>>,
     ready_timeout: Duration,
     stack: StackOptions,
 }
@@ -69,6 +78,7 @@ impl Default for MeshChannelOptions {
     fn default() -> Self {
         Self {
             mtls: None,
+            certificate_providers: None,
             ready_timeout: Duration::from_secs(10),
             stack: StackOptions::default(),
         }
@@ -76,16 +86,29 @@ impl Default for MeshChannelOptions {
 }
 
 impl MeshChannelOptions {
-    /// Default options: no mTLS identity (clusters that ask for TLS fail to connect), a
-    /// 10 s wait for the first xDS config, and the stack's defaults.
+    /// Default options: the identity for TLS clusters comes from the bootstrap's
+    /// certificate providers with [`MeshChannel::from_xds`] and is absent otherwise (TLS
+    /// clusters then fail to connect); a 10 s wait for the first xDS config; the stack's
+    /// defaults.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The identity used for clusters that ask for TLS (default: none). Its authorizer is
-    /// replaced per cluster by the cluster's SAN matchers, and ALPN is set to `h2`.
+    /// One identity for every cluster that asks for TLS, in place of the certificate
+    /// provider instances the clusters name. Its authorizer is replaced per cluster by the
+    /// cluster's SAN matchers, and ALPN is set to `h2`.
     pub fn mtls(mut self, mtls: MtlsConfig) -> Self {
         self.mtls = Some(mtls);
+        self
+    }
+
+    /// The certificate provider instances that clusters' `UpstreamTlsContext`s name (gRFC
+    /// A29): each TLS cluster takes our SVID from its identity instance and its roots from
+    /// its root instance. [`MeshChannel::from_xds`] makes them from the client's bootstrap
+    /// when neither this nor [`mtls`](Self::mtls) is set; pass one shared set to several
+    /// channels so that each file is watched once.
+    pub fn certificate_providers(mut self, providers: Arc<CertificateProviders>) -> Self {
+        self.certificate_providers = Some(providers);
         self
     }
 
@@ -173,9 +196,13 @@ impl MeshChannel {
     /// A channel following the configs published on `config`. Must be called within a
     /// tokio runtime.
     pub fn from_config(config: ConfigReceiver, options: MeshChannelOptions) -> Self {
-        let mtls = options.mtls.clone();
+        let identity = match (&options.mtls, &options.certificate_providers) {
+            (Some(mtls), _) => ClusterIdentity::Fixed(mtls.clone()),
+            (None, Some(providers)) => ClusterIdentity::Providers(providers.clone()),
+            (None, None) => ClusterIdentity::None,
+        };
         let connect = move |cluster: &Arc<meshwork_core::xds::resource::Cluster>, address| {
-            connect::Endpoint::new(cluster, address, mtls.as_ref())
+            connect::Endpoint::new(cluster, address, &identity)
         };
         let router = stack::outbound(config, connect, options.stack);
         let svc = router
@@ -195,8 +222,13 @@ impl MeshChannel {
     pub async fn from_xds(
         client: &XdsClient,
         target: &str,
-        options: MeshChannelOptions,
+        mut options: MeshChannelOptions,
     ) -> Result<Self, ChannelError> {
+        if options.mtls.is_none() && options.certificate_providers.is_none() {
+            options.certificate_providers = Some(Arc::new(CertificateProviders::from_bootstrap(
+                client.bootstrap(),
+            )));
+        }
         let parsed = XdsTarget::parse(target).map_err(|source| ChannelError::InvalidTarget {
             target: target.to_owned(),
             source,

@@ -14,7 +14,7 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt as _;
 use meshwork_core::config::{self, ConfigReceiver, TargetConfig};
-use meshwork_core::identity::MtlsConfig;
+use meshwork_core::identity::{CertificateProviders, MtlsConfig};
 use meshwork_core::stack::{self, StackOptions};
 use meshwork_core::xds::bootstrap::XdsTarget;
 use meshwork_core::xds::client::XdsClient;
@@ -24,13 +24,14 @@ use tokio::sync::OnceCell;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt as _};
 
-use crate::connect::Endpoint;
+use crate::connect::{ClusterIdentity, Endpoint};
 use crate::{Body, Error, ResolveError};
 
 /// Options of a [`MeshClient`].
 #[derive(Debug, Clone)]
 pub struct MeshClientOptions {
     mtls: Option<MtlsConfig>,
+    certificate_providers: Option<Arc<CertificateProviders>>,
     ready_timeout: Duration,
     http2_prior_knowledge: bool,
     stack: StackOptions,
@@ -40,6 +41,7 @@ impl Default for MeshClientOptions {
     fn default() -> Self {
         Self {
             mtls: None,
+            certificate_providers: None,
             ready_timeout: Duration::from_secs(10),
             http2_prior_knowledge: false,
             stack: StackOptions::default(),
@@ -48,18 +50,30 @@ impl Default for MeshClientOptions {
 }
 
 impl MeshClientOptions {
-    /// Default options: no mTLS identity (clusters that ask for TLS fail to connect), a
-    /// 10 s wait for a host's first xDS config, HTTP/1.1 to plaintext clusters, and the
-    /// stack's defaults.
+    /// Default options: the identity for TLS clusters comes from the bootstrap's
+    /// certificate providers with [`MeshClient::from_xds`] and is absent otherwise (TLS
+    /// clusters then fail to connect); a 10 s wait for a host's first xDS config; HTTP/1.1
+    /// to plaintext clusters; the stack's defaults.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The identity used for clusters that ask for TLS (default: none). Its authorizer is
-    /// replaced per cluster by the cluster's SAN matchers, and its ALPN by `h2`,
-    /// `http/1.1` (only `h2` for clusters that ask for HTTP/2).
+    /// One identity for every cluster that asks for TLS, in place of the certificate
+    /// provider instances the clusters name. Its authorizer is replaced per cluster by the
+    /// cluster's SAN matchers, and its ALPN by `h2`, `http/1.1` (only `h2` for clusters
+    /// that ask for HTTP/2).
     pub fn mtls(mut self, mtls: MtlsConfig) -> Self {
         self.mtls = Some(mtls);
+        self
+    }
+
+    /// The certificate provider instances that clusters' `UpstreamTlsContext`s name (gRFC
+    /// A29): each TLS cluster takes our SVID from its identity instance and its roots from
+    /// its root instance. [`MeshClient::from_xds`] makes them from the xDS client's
+    /// bootstrap when neither this nor [`mtls`](Self::mtls) is set; pass one shared set to
+    /// several clients (or channels) so that each file is watched once.
+    pub fn certificate_providers(mut self, providers: Arc<CertificateProviders>) -> Self {
+        self.certificate_providers = Some(providers);
         self
     }
 
@@ -150,7 +164,12 @@ impl MeshClient {
     /// complete config; later configs apply as they arrive, and if the host's config later
     /// turns into an error the last good one keeps serving. A host that fails to resolve is
     /// not remembered: the next request tries again. Must be called within a tokio runtime.
-    pub fn from_xds(client: XdsClient, options: MeshClientOptions) -> Self {
+    pub fn from_xds(client: XdsClient, mut options: MeshClientOptions) -> Self {
+        if options.mtls.is_none() && options.certificate_providers.is_none() {
+            options.certificate_providers = Some(Arc::new(CertificateProviders::from_bootstrap(
+                client.bootstrap(),
+            )));
+        }
         Self {
             inner: Arc::new(Inner {
                 targets: Targets::Xds(XdsTargets {
@@ -268,10 +287,14 @@ fn normalize(mut req: Request<Body>) -> Result<(Request<Body>, String), Error> {
 }
 
 fn build_stack(config: ConfigReceiver, options: &MeshClientOptions) -> Stack {
-    let mtls = options.mtls.clone();
+    let identity = match (&options.mtls, &options.certificate_providers) {
+        (Some(mtls), _) => ClusterIdentity::Fixed(mtls.clone()),
+        (None, Some(providers)) => ClusterIdentity::Providers(providers.clone()),
+        (None, None) => ClusterIdentity::None,
+    };
     let h2 = options.http2_prior_knowledge;
     let connect =
-        move |cluster: &Arc<Cluster>, address| Endpoint::new(cluster, address, mtls.as_ref(), h2);
+        move |cluster: &Arc<Cluster>, address| Endpoint::new(cluster, address, &identity, h2);
     let router = stack::outbound(config, connect, options.stack.clone());
     BoxCloneSyncService::new(router.map_response(|rsp: Response<_>| rsp.map(|b| b.boxed_unsync())))
 }

@@ -17,7 +17,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshwork_core::identity::{Authorizer, IdentityError, MtlsConfig, VerifyError};
+use meshwork_core::identity::{
+    Authorizer, CertificateProviders, IdentityError, MtlsConfig, VerifyError,
+};
 use meshwork_core::retry::RetryBody;
 use meshwork_core::xds::resource::Cluster;
 use rustls_pki_types::ServerName;
@@ -72,13 +74,16 @@ pub enum ConnectError {
         source: io::Error,
     },
     /// The cluster asks for TLS and the client has no identity
-    /// ([`MeshClientOptions::mtls`](crate::MeshClientOptions::mtls)).
+    /// ([`MeshClientOptions::mtls`](crate::MeshClientOptions::mtls),
+    /// [`MeshClientOptions::certificate_providers`](crate::MeshClientOptions::certificate_providers)).
     #[error("cluster {cluster} requires TLS and the client has no mTLS identity")]
     NoIdentity {
         /// The cluster's name.
         cluster: String,
     },
-    /// The client's mTLS configuration could not be turned into a rustls configuration.
+    /// The cluster's TLS identity could not be set up: a certificate provider instance the
+    /// cluster names is unknown, unsupported or unreadable, or rustls refused the
+    /// configuration.
     #[error("cluster {cluster}: TLS configuration: {source}")]
     TlsConfig {
         /// The cluster's name.
@@ -168,6 +173,31 @@ impl Broken {
     }
 }
 
+/// Where endpoints get the identity for clusters that ask for TLS.
+#[derive(Debug, Clone)]
+pub(crate) enum ClusterIdentity {
+    /// None: such clusters fail to connect with [`ConnectError::NoIdentity`].
+    None,
+    /// The same identity for every cluster (its authorizer replaced by the cluster's SAN
+    /// matchers).
+    Fixed(MtlsConfig),
+    /// The certificate provider instances each cluster's `UpstreamTlsContext` names (A29).
+    Providers(Arc<CertificateProviders>),
+}
+
+impl ClusterIdentity {
+    /// The identity for `cluster`, which asks for TLS; `Ok(None)` when there is none.
+    fn for_cluster(&self, cluster: &Cluster) -> Result<Option<MtlsConfig>, IdentityError> {
+        match (self, &cluster.tls) {
+            (ClusterIdentity::None, _) | (_, None) => Ok(None),
+            (ClusterIdentity::Fixed(mtls), Some(_)) => Ok(Some(mtls.clone())),
+            (ClusterIdentity::Providers(providers), Some(upstream)) => {
+                Ok(Some(MtlsConfig::new(providers.for_upstream(upstream)?)))
+            }
+        }
+    }
+}
+
 /// Dials one endpoint, whatever URI hyper asks for.
 #[derive(Clone)]
 struct Dialer {
@@ -180,14 +210,14 @@ impl Dialer {
     fn new(
         cluster: &Cluster,
         address: SocketAddr,
-        mtls: Option<&MtlsConfig>,
+        identity: &ClusterIdentity,
         protocol: Protocol,
     ) -> Self {
-        let tls = match (&cluster.tls, mtls) {
+        let tls = match (&cluster.tls, identity.for_cluster(cluster)) {
             (None, _) => Tls::Off,
-            (Some(_), None) => Tls::Broken(Broken::NoIdentity(cluster.name.clone())),
-            (Some(upstream), Some(mtls)) => match mtls
-                .clone()
+            (Some(_), Err(e)) => Tls::Broken(Broken::Config(cluster.name.clone(), Arc::new(e))),
+            (Some(_), Ok(None)) => Tls::Broken(Broken::NoIdentity(cluster.name.clone())),
+            (Some(upstream), Ok(Some(mtls))) => match mtls
                 .authorizer(Authorizer::SanMatchers(upstream.san_matchers.clone()))
                 .alpn_protocols(protocol.alpn())
                 .client_config()
@@ -322,13 +352,13 @@ impl Endpoint {
     pub(crate) fn new(
         cluster: &Cluster,
         address: SocketAddr,
-        mtls: Option<&MtlsConfig>,
+        identity: &ClusterIdentity,
         http2_prior_knowledge: bool,
     ) -> Self {
         let protocol = Protocol::for_cluster(cluster, http2_prior_knowledge);
         let client = Client::builder(TokioExecutor::new())
             .http2_only(protocol == Protocol::Http2)
-            .build(Dialer::new(cluster, address, mtls, protocol));
+            .build(Dialer::new(cluster, address, identity, protocol));
         Self { client }
     }
 }

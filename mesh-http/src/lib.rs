@@ -13,9 +13,10 @@
 //! ([`MeshClient::from_static`]).
 //!
 //! Each endpoint gets its own pooled hyper-util client over TCP; when the endpoint's
-//! cluster asks for TLS (`Cluster::tls`), connections use SPIFFE mTLS from
-//! [`MeshClientOptions::mtls`], with the server's SVID checked against the cluster's SAN
-//! matchers. Over TLS, ALPN picks HTTP/2 or HTTP/1.1; plaintext clusters get HTTP/1.1
+//! cluster asks for TLS (`Cluster::tls`), connections use SPIFFE mTLS with the server's SVID
+//! checked against the cluster's SAN matchers; our SVID and the roots come from the
+//! certificate provider instances the cluster names in the bootstrap (gRFC A29), or from one
+//! identity for every cluster ([`MeshClientOptions::mtls`]). Over TLS, ALPN picks HTTP/2 or HTTP/1.1; plaintext clusters get HTTP/1.1
 //! unless they ask for HTTP/2 (`http2_protocol_options`, or
 //! [`MeshClientOptions::http2_prior_knowledge`]).
 //!

@@ -16,8 +16,11 @@ use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{Authorizer, PeerIdentity};
 use meshwork_core::inbound::{AuthorizationPolicy, ConnectionInfo, Principal, Rule};
 use meshwork_http::{MeshClient, MeshClientOptions, Server};
+use meshwork_xds::bootstrap::Bootstrap;
+use meshwork_xds::client::XdsClient;
+use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use rustls_pki_types::ServerName;
-use support::{identity, static_cluster};
+use support::{cert_dir, identity, static_cluster, tls_cluster};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -200,4 +203,51 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish() {
         .expect("the server stops once the last connection closes")
         .unwrap()
         .unwrap();
+}
+
+/// The whole mesh path with the identity managed as Istio manages it: the client's SVID and
+/// roots come from the bootstrap's `file_watcher` certificate provider that the xDS
+/// cluster names (gRFC A29), and the server sees that SVID.
+#[tokio::test]
+async fn xds_managed_mtls_from_certificate_providers_reaches_the_server() {
+    let ca = TestCa::new("example.org");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new().mtls(identity(&ca, "/ns/default/sa/greeter"));
+    tokio::spawn(server.serve(listener, tower::service_fn(whoami)));
+
+    let xds = XdsTestServer::start().await.unwrap();
+    xds.set_snapshot(
+        Snapshot::new()
+            .listener(build::api_listener("greeter", "routes"))
+            .route(build::route_config(
+                "routes",
+                vec![build::virtual_host(
+                    "greeter",
+                    ["greeter"],
+                    vec![build::route_to("", "greeter")],
+                )],
+            ))
+            .cluster(tls_cluster("greeter", SERVER_ID))
+            .endpoints(build::endpoints("greeter", &[addr])),
+    );
+    let (dir, providers) = cert_dir(&ca, "/ns/default/sa/good");
+    let bootstrap = Bootstrap::from_json_str(&format!(
+        r#"{{
+          "xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}]}}],
+          "node": {{"id": "meshwork-http-providers-test"}},
+          {providers}
+        }}"#,
+        xds.uri().trim_start_matches("http://")
+    ))
+    .unwrap();
+    let client = MeshClient::from_xds(
+        XdsClient::builder(&bootstrap).unwrap().start(),
+        MeshClientOptions::new(),
+    );
+    let rsp = client.get("http://greeter/").await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, format!("{GOOD_ID}:HTTP/2.0"));
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -216,4 +216,23 @@ pub enum IdentityError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[source] rustls::Error),
+    /// xDS security configuration names a certificate provider instance the bootstrap does
+    /// not define.
+    #[error(
+        "certificate provider instance {instance:?} is not in the bootstrap's certificate_providers"
+    )]
+    UnknownCertificateProvider {
+        /// The instance name.
+        instance: String,
+    },
+    /// The bootstrap defines the instance with a plugin meshwork does not implement.
+    #[error(
+        "certificate provider instance {instance:?} uses plugin {plugin:?}; meshwork implements file_watcher"
+    )]
+    UnsupportedCertificateProvider {
+        /// The instance name.
+        instance: String,
+        /// Its plugin.
+        plugin: String,
+    },
 }

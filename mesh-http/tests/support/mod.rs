@@ -9,16 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterPb;
-use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext,
-    SubjectAltNameMatcher, UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
-};
-use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState};
-use meshwork_core::identity::testing::TestCa;
+use meshwork_core::identity::testing::{Flaw, TestCa};
 use meshwork_core::identity::{MtlsConfig, StaticSource};
 use meshwork_http::{Error, MeshClient};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
@@ -197,45 +191,36 @@ pub fn xds_client(server: &XdsTestServer, template: Option<&str>) -> XdsClient {
         .start()
 }
 
-/// An EDS cluster whose endpoints require mTLS, accepting only the server SVID `san`.
+/// An EDS cluster whose endpoints require mTLS, accepting only the server SVID `san`; the
+/// identity comes from the bootstrap's certificate provider instance `default`, or the
+/// client's fixed identity.
 pub fn tls_cluster(name: &str, san: &str) -> ClusterPb {
-    let provider = |cert: &str| {
-        Some(CertificateProviderPluginInstance {
-            instance_name: "default".into(),
-            certificate_name: cert.into(),
-        })
-    };
-    let ctx = UpstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificate_provider_instance: provider("default"),
-            validation_context_type: Some(
-                common_tls_context::ValidationContextType::ValidationContext(
-                    CertificateValidationContext {
-                        ca_certificate_provider_instance: provider("ROOTCA"),
-                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                            san_type: subject_alt_name_matcher::SanType::Uri as i32,
-                            matcher: Some(StringMatcher {
-                                ignore_case: false,
-                                match_pattern: Some(string_matcher::MatchPattern::Exact(
-                                    san.into(),
-                                )),
-                            }),
-                            oid: String::new(),
-                        }],
-                        ..Default::default()
-                    },
-                ),
-            ),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mut c = build::eds_cluster(name);
-    c.transport_socket = Some(TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(build::pack(&ctx))),
-    });
-    c
+    build::with_upstream_tls(build::eds_cluster(name), "default", &[san])
+}
+
+/// A directory with the SVID `path`'s certificate, key and the CA's root, as Istio's agent
+/// writes them, and the bootstrap JSON fragment of a `default` file_watcher over it.
+pub fn cert_dir(ca: &TestCa, path: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "meshwork-http-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let minted = ca.mint(path, Flaw::None);
+    std::fs::write(dir.join("cert-chain.pem"), &minted.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &minted.key_pem).unwrap();
+    std::fs::write(dir.join("root-cert.pem"), ca.root_pem()).unwrap();
+    let d = dir.display();
+    let providers = format!(
+        r#""certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{
+            "certificate_file": "{d}/cert-chain.pem", "private_key_file": "{d}/key.pem",
+            "ca_certificate_file": "{d}/root-cert.pem", "refresh_interval": "900s"}}}}}}"#
+    );
+    (dir, providers)
 }
 
 /// A plaintext EDS cluster that asks for HTTP/2 (`http2_protocol_options`).

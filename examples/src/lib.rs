@@ -1,0 +1,14 @@
+//! What the example binaries share: the `helloworld.Greeter` proto of gRPC's examples, a
+//! greeter whose behaviour can be changed live, the identity a process takes from its
+//! environment, and the per-backend tally the clients print.
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod greeter;
+pub mod identity;
+pub mod tally;
+
+/// tonic-prost-build's output for `proto/helloworld.proto` (gRPC's standard Greeter), checked
+/// in so that no `protoc` is needed; `tests/helloworld_codegen.rs` keeps it current.
+#[allow(missing_docs, unreachable_pub)]
+pub mod helloworld;

@@ -1,0 +1,247 @@
+//! The bootstrap's certificate provider instances (gRFC A29), started on first use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use meshwork_xds::bootstrap::{Bootstrap, CertificateProviderConfig};
+use meshwork_xds::resource::UpstreamTls;
+use tokio::sync::watch;
+
+use super::error::IdentityError;
+use super::file_watcher::FileWatcherSource;
+use super::source::{IdentitySnapshot, SourceStatus, SvidSource};
+
+/// The certificate provider instances a bootstrap defines, by name, each started (a
+/// [`FileWatcherSource`]) the first time xDS security configuration refers to it and shared
+/// by every cluster that does.
+///
+/// A cluster's `UpstreamTlsContext` names one instance for our identity and one for the
+/// roots (Istio: `default` and `ROOTCA`, often the same instance);
+/// [`for_upstream`](Self::for_upstream) gives the source that combines them. Starting an
+/// instance loads its files at once, so a missing or malformed file is an error there and
+/// then; later rotations that fail keep the last good material (see [`FileWatcherSource`]).
+/// A failed start is not cached: the next use tries again.
+pub struct CertificateProviders {
+    configs: BTreeMap<String, CertificateProviderConfig>,
+    started: Mutex<HashMap<String, Arc<dyn SvidSource>>>,
+}
+
+impl fmt::Debug for CertificateProviders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateProviders")
+            .field("instances", &self.configs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateProviders {
+    /// The instances of `bootstrap`'s `certificate_providers`; none is started yet.
+    pub fn from_bootstrap(bootstrap: &Bootstrap) -> Self {
+        Self {
+            configs: bootstrap.certificate_providers().clone(),
+            started: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the bootstrap defines any instance.
+    pub fn is_empty(&self) -> bool {
+        self.configs.is_empty()
+    }
+
+    /// The instance named `name`, started if it was not. Must be called within a tokio
+    /// runtime (the file watcher is a task).
+    pub fn instance(&self, name: &str) -> Result<Arc<dyn SvidSource>, IdentityError> {
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(source) = started.get(name) {
+            return Ok(source.clone());
+        }
+        let config =
+            self.configs
+                .get(name)
+                .ok_or_else(|| IdentityError::UnknownCertificateProvider {
+                    instance: name.to_owned(),
+                })?;
+        let file_watcher = config.as_file_watcher().ok_or_else(|| {
+            IdentityError::UnsupportedCertificateProvider {
+                instance: name.to_owned(),
+                plugin: config.plugin_name().to_owned(),
+            }
+        })?;
+        let source: Arc<dyn SvidSource> = Arc::new(FileWatcherSource::start(file_watcher)?);
+        started.insert(name.to_owned(), source.clone());
+        Ok(source)
+    }
+
+    /// The source for a cluster's upstream TLS: our SVID from its identity instance (none
+    /// when it names none: TLS without a client certificate) and the roots from its root
+    /// instance.
+    pub fn for_upstream(&self, tls: &UpstreamTls) -> Result<Arc<dyn SvidSource>, IdentityError> {
+        let roots = self.instance(&tls.root.instance_name)?;
+        match &tls.identity {
+            Some(id) if id.instance_name == tls.root.instance_name => Ok(roots),
+            Some(id) => Ok(Arc::new(Combined {
+                identity: Some(self.instance(&id.instance_name)?),
+                roots,
+            })),
+            None => Ok(Arc::new(Combined {
+                identity: None,
+                roots,
+            })),
+        }
+    }
+}
+
+/// Our SVID from one source and the roots from another.
+#[derive(Debug)]
+struct Combined {
+    identity: Option<Arc<dyn SvidSource>>,
+    roots: Arc<dyn SvidSource>,
+}
+
+impl SvidSource for Combined {
+    fn snapshot(&self) -> Arc<IdentitySnapshot> {
+        let roots = self.roots.snapshot();
+        Arc::new(IdentitySnapshot {
+            svid: self
+                .identity
+                .as_ref()
+                .and_then(|s| s.snapshot().svid.clone()),
+            bundles: roots.bundles.clone(),
+        })
+    }
+
+    fn status(&self) -> watch::Receiver<SourceStatus> {
+        // The identity's status when there is one (it rotates most often), else the roots'.
+        self.identity.as_ref().unwrap_or(&self.roots).status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshwork_xds::resource::CertProviderInstance;
+
+    use super::*;
+    use crate::identity::testing::TestCa;
+
+    fn instance(name: &str, cert: &str) -> CertProviderInstance {
+        CertProviderInstance {
+            instance_name: name.into(),
+            certificate_name: cert.into(),
+        }
+    }
+
+    /// A bootstrap with an identity-only instance, a roots-only instance, one with both, and
+    /// one of an unknown plugin, over files in a fresh directory.
+    fn setup(ca: &TestCa) -> (std::path::PathBuf, Bootstrap) {
+        let dir = std::env::temp_dir().join(format!(
+            "meshwork-providers-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let minted = ca.mint(
+            "/ns/default/sa/client",
+            crate::identity::testing::Flaw::None,
+        );
+        std::fs::write(dir.join("cert.pem"), &minted.cert_pem).unwrap();
+        std::fs::write(dir.join("key.pem"), &minted.key_pem).unwrap();
+        std::fs::write(dir.join("root.pem"), ca.root_pem()).unwrap();
+        let d = dir.display();
+        let json = format!(
+            r#"{{
+              "xds_servers": [{{"server_uri": "localhost:1", "channel_creds": [{{"type": "insecure"}}]}}],
+              "node": {{"id": "n"}},
+              "certificate_providers": {{
+                "identity": {{"plugin_name": "file_watcher", "config": {{
+                    "certificate_file": "{d}/cert.pem", "private_key_file": "{d}/key.pem"}}}},
+                "roots": {{"plugin_name": "file_watcher", "config": {{
+                    "ca_certificate_file": "{d}/root.pem"}}}},
+                "both": {{"plugin_name": "file_watcher", "config": {{
+                    "certificate_file": "{d}/cert.pem", "private_key_file": "{d}/key.pem",
+                    "ca_certificate_file": "{d}/root.pem"}}}},
+                "broken": {{"plugin_name": "file_watcher", "config": {{
+                    "ca_certificate_file": "{d}/missing.pem"}}}},
+                "vault": {{"plugin_name": "vault", "config": {{}}}}
+              }}
+            }}"#
+        );
+        (dir, Bootstrap::from_json_str(&json).unwrap())
+    }
+
+    #[tokio::test]
+    async fn instances_are_started_once_and_combined_per_cluster() {
+        let ca = TestCa::new("example.org");
+        let (dir, bootstrap) = setup(&ca);
+        let providers = CertificateProviders::from_bootstrap(&bootstrap);
+
+        let both = providers.instance("both").unwrap();
+        assert!(Arc::ptr_eq(&both, &providers.instance("both").unwrap()));
+
+        // Istio's shape: one instance for both.
+        let same = UpstreamTls {
+            identity: Some(instance("both", "default")),
+            root: instance("both", "ROOTCA"),
+            san_matchers: vec![],
+        };
+        assert!(Arc::ptr_eq(&providers.for_upstream(&same).unwrap(), &both));
+
+        // Identity and roots from different instances.
+        let split = UpstreamTls {
+            identity: Some(instance("identity", "default")),
+            root: instance("roots", "ROOTCA"),
+            san_matchers: vec![],
+        };
+        let snap = providers.for_upstream(&split).unwrap().snapshot();
+        assert_eq!(
+            snap.svid.as_ref().unwrap().spiffe_id().to_string(),
+            "spiffe://example.org/ns/default/sa/client"
+        );
+        assert!(
+            !snap.bundles.is_empty(),
+            "roots come from the roots instance"
+        );
+
+        // TLS without a client certificate.
+        let one_way = UpstreamTls {
+            identity: None,
+            root: instance("roots", "ROOTCA"),
+            san_matchers: vec![],
+        };
+        assert!(
+            providers
+                .for_upstream(&one_way)
+                .unwrap()
+                .snapshot()
+                .svid
+                .is_none()
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn unknown_unsupported_and_broken_instances_are_typed_errors() {
+        let ca = TestCa::new("example.org");
+        let (dir, bootstrap) = setup(&ca);
+        let providers = CertificateProviders::from_bootstrap(&bootstrap);
+        assert!(matches!(
+            providers.instance("nope"),
+            Err(IdentityError::UnknownCertificateProvider { instance }) if instance == "nope"
+        ));
+        assert!(matches!(
+            providers.instance("vault"),
+            Err(IdentityError::UnsupportedCertificateProvider { plugin, .. }) if plugin == "vault"
+        ));
+        assert!(matches!(
+            providers.instance("broken"),
+            Err(IdentityError::Read { .. })
+        ));
+        // A failure is not cached: once the file exists, the instance starts.
+        std::fs::write(dir.join("missing.pem"), ca.root_pem()).unwrap();
+        providers.instance("broken").unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

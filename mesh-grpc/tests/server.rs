@@ -1,0 +1,407 @@
+//! `MeshServer` end to end: real mTLS handshakes, real HTTP/2, tonic on both sides; the
+//! client is a `MeshChannel`, configured through our xDS test server with the identity from
+//! the bootstrap's certificate provider (as Istio configures proxyless gRPC).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState, StaticConfig};
+use meshwork_core::identity::testing::{Flaw, TestCa};
+use meshwork_core::identity::{MtlsConfig, PeerIdentity, StaticSource, VerifyError};
+use meshwork_core::inbound::{AuthorizationPolicy, Operation, Principal, Rule};
+use meshwork_grpc::{ConnectError, MeshChannel, MeshChannelOptions, MeshServer, connect_error};
+use meshwork_xds::bootstrap::Bootstrap;
+use meshwork_xds::client::XdsClient;
+use meshwork_xds::resource::{
+    CertProviderInstance, CircuitBreakers, Cluster, ClusterKind, ClusterLoadAssignment,
+    DEFAULT_CONNECT_TIMEOUT, Endpoint, HealthStatus, LbPolicy, LocalityEndpoints, StringMatchKind,
+    StringMatcher, UpstreamTls,
+};
+use meshwork_xds::server::{Snapshot, XdsTestServer, build};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tonic::Status;
+use tonic::body::Body;
+use tonic_prost::ProstCodec;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloRequest {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloReply {
+    #[prost(string, tag = "1")]
+    message: String,
+}
+
+const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
+
+/// Lets a test hold a call inside its handler.
+#[derive(Default)]
+struct Gate {
+    entered: Option<mpsc::UnboundedSender<()>>,
+    release: Notify,
+}
+
+/// A hand-written `helloworld.Greeter` server (what tonic's codegen would produce): replies
+/// `"<id>: hello <name> from <caller's SPIFFE ID>"`.
+#[derive(Clone)]
+struct Greeter {
+    id: String,
+    gate: Option<Arc<Gate>>,
+}
+
+impl tonic::server::NamedService for Greeter {
+    const NAME: &'static str = "helloworld.Greeter";
+}
+
+struct SayHello(Greeter);
+
+impl tonic::server::UnaryService<HelloRequest> for SayHello {
+    type Response = HelloReply;
+    type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<HelloReply>, Status>> + Send>>;
+
+    fn call(&mut self, req: tonic::Request<HelloRequest>) -> Self::Future {
+        let caller = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .map(|p| p.spiffe_id().to_string())
+            .unwrap_or_else(|| "nobody".into());
+        let message = format!("{}: hello {} from {caller}", self.0.id, req.get_ref().name);
+        let gate = self.0.gate.clone();
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                if let Some(entered) = &gate.entered {
+                    let _ = entered.send(());
+                }
+                gate.release.notified().await;
+            }
+            Ok(tonic::Response::new(HelloReply { message }))
+        })
+    }
+}
+
+impl tower::Service<http::Request<Body>> for Greeter {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            Ok(if req.uri().path() == SAY_HELLO {
+                let mut grpc =
+                    tonic::server::Grpc::new(ProstCodec::<HelloReply, HelloRequest>::default());
+                grpc.unary(SayHello(this), req).await
+            } else {
+                Status::unimplemented("no such method").into_http()
+            })
+        })
+    }
+}
+
+async fn say_hello(channel: &MeshChannel) -> Result<String, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.map_err(Status::from_error)?;
+    let rsp = grpc
+        .unary(
+            tonic::Request::new(HelloRequest { name: "hi".into() }),
+            PathAndQuery::from_static(SAY_HELLO),
+            ProstCodec::<HelloRequest, HelloReply>::default(),
+        )
+        .await?;
+    Ok(rsp.into_inner().message)
+}
+
+fn mtls(ca: &TestCa, path: &str) -> MtlsConfig {
+    MtlsConfig::new(Arc::new(StaticSource::new(
+        Some(ca.svid(path)),
+        ca.bundles(),
+    )))
+}
+
+/// Starts `server` on 127.0.0.1:0; the returned sender stops it gracefully and the handle
+/// reports how serving ended.
+async fn start(
+    server: MeshServer,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), meshwork_grpc::ServerError>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve_with_shutdown(listener, async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
+}
+
+fn greeter(id: &str) -> Greeter {
+    Greeter {
+        id: id.into(),
+        gate: None,
+    }
+}
+
+/// A directory with the client's SVID, key and the CA's root, as Istio's agent writes them.
+fn cert_dir(ca: &TestCa, path: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "meshwork-grpc-server-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let minted = ca.mint(path, Flaw::None);
+    std::fs::write(dir.join("cert-chain.pem"), &minted.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &minted.key_pem).unwrap();
+    std::fs::write(dir.join("root-cert.pem"), ca.root_pem()).unwrap();
+    dir
+}
+
+const TARGET: &str = "greeter:50051";
+const GREETER_ID: &str = "spiffe://example.org/ns/default/sa/greeter";
+const CLIENT_ID: &str = "spiffe://example.org/ns/default/sa/client";
+
+#[tokio::test]
+async fn xds_managed_mtls_from_certificate_providers_reaches_a_mesh_server() {
+    let ca = TestCa::new("example.org");
+    let (addr, _stop, _task) =
+        start(MeshServer::new(mtls(&ca, "/ns/default/sa/greeter")).add_service(greeter("A"))).await;
+
+    let xds = XdsTestServer::start().await.unwrap();
+    let snapshot = |san: &str| {
+        Snapshot::new()
+            .listener(build::api_listener(TARGET, "routes"))
+            .route(build::route_config(
+                "routes",
+                vec![build::virtual_host(
+                    "greeter",
+                    [TARGET],
+                    vec![build::route_to("", "greeter")],
+                )],
+            ))
+            .cluster(build::with_upstream_tls(
+                build::eds_cluster("greeter"),
+                "default",
+                &[san],
+            ))
+            .endpoints(build::endpoints("greeter", &[addr]))
+    };
+    xds.set_snapshot(snapshot(GREETER_ID));
+
+    let dir = cert_dir(&ca, "/ns/default/sa/client");
+    let d = dir.display();
+    let bootstrap = Bootstrap::from_json_str(&format!(
+        r#"{{
+          "xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}]}}],
+          "node": {{"id": "meshwork-grpc-server-test"}},
+          "certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{
+            "certificate_file": "{d}/cert-chain.pem", "private_key_file": "{d}/key.pem",
+            "ca_certificate_file": "{d}/root-cert.pem", "refresh_interval": "900s"}}}}}}
+        }}"#,
+        xds.uri().trim_start_matches("http://")
+    ))
+    .unwrap();
+    let client = XdsClient::builder(&bootstrap).unwrap().start();
+    let channel = MeshChannel::from_xds(
+        &client,
+        &format!("xds:///{TARGET}"),
+        MeshChannelOptions::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        say_hello(&channel).await.unwrap(),
+        format!("A: hello hi from {CLIENT_ID}"),
+        "the server saw the client's SVID from the certificate provider"
+    );
+
+    // The control plane now expects another identity for the backend: the changed cluster
+    // gets new connections, and the handshake refuses the server's SVID.
+    xds.set_snapshot(snapshot("spiffe://example.org/ns/default/sa/someone-else"));
+    let mut refused = None;
+    for _ in 0..200 {
+        match say_hello(&channel).await {
+            Ok(_) => tokio::task::yield_now().await,
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = refused.expect("the SAN change took effect within 2 s");
+    let ce = connect_error(&status).unwrap_or_else(|| panic!("{status:?}"));
+    assert!(
+        matches!(ce.verify_error(), Some(VerifyError::Unauthorized { spiffe_id, .. }) if spiffe_id.to_string() == GREETER_ID),
+        "{ce}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tls_cluster(name: &str, san: &str) -> Arc<Cluster> {
+    let instance = CertProviderInstance {
+        instance_name: "default".into(),
+        certificate_name: "default".into(),
+    };
+    Arc::new(Cluster {
+        name: name.into(),
+        kind: ClusterKind::Eds { service_name: None },
+        lb_policy: LbPolicy::RoundRobin,
+        circuit_breakers: CircuitBreakers::default(),
+        outlier_detection: None,
+        tls: Some(UpstreamTls {
+            identity: Some(instance.clone()),
+            root: instance,
+            san_matchers: vec![StringMatcher {
+                kind: StringMatchKind::Exact(san.into()),
+                ignore_case: false,
+            }],
+        }),
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        unsupported_fields: Vec::new(),
+    })
+}
+
+fn static_channel(addr: SocketAddr, client: MtlsConfig) -> MeshChannel {
+    let cluster = tls_cluster("greeter", GREETER_ID);
+    let endpoints = Arc::new(ClusterLoadAssignment {
+        cluster_name: "greeter".into(),
+        localities: vec![LocalityEndpoints {
+            locality: Default::default(),
+            weight: 1,
+            priority: 0,
+            endpoints: vec![Endpoint {
+                address: addr,
+                additional_addresses: Vec::new(),
+                health: HealthStatus::Healthy,
+                weight: 1,
+                hostname: None,
+                hash_key: None,
+            }],
+        }],
+        drop_overloads: Vec::new(),
+        unsupported_fields: Vec::new(),
+    });
+    let cfg = StaticConfig::new()
+        .route_all_to("greeter")
+        .cluster(
+            "greeter",
+            ClusterState::Ready(ClusterConfig {
+                cluster,
+                children: ClusterChildren::Endpoints(Ok(endpoints)),
+            }),
+        )
+        .build()
+        .unwrap();
+    MeshChannel::from_static(cfg, MeshChannelOptions::new().mtls(client))
+}
+
+#[tokio::test]
+async fn the_policy_denies_with_permission_denied_and_allows_what_it_names() {
+    let ca = TestCa::new("example.org");
+    let policy = AuthorizationPolicy::new()
+        .allow(
+            Rule::any()
+                .principal(Principal::Id(CLIENT_ID.parse().unwrap()))
+                .operation(Operation::grpc_method("helloworld.Greeter", "SayHello")),
+        )
+        .deny(Rule::any().principal(Principal::Id(
+            "spiffe://example.org/ns/default/sa/banned".parse().unwrap(),
+        )));
+    let (addr, _stop, _task) = start(
+        MeshServer::new(mtls(&ca, "/ns/default/sa/greeter"))
+            .policy(policy)
+            .add_service(greeter("A")),
+    )
+    .await;
+
+    let allowed = static_channel(addr, mtls(&ca, "/ns/default/sa/client"));
+    assert_eq!(
+        say_hello(&allowed).await.unwrap(),
+        format!("A: hello hi from {CLIENT_ID}")
+    );
+    for denied in ["/ns/default/sa/other", "/ns/default/sa/banned"] {
+        let channel = static_channel(addr, mtls(&ca, denied));
+        let status = say_hello(&channel).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{denied}: {status:?}"
+        );
+    }
+    // A client from another trust domain never gets past the handshake.
+    let other = TestCa::new("other.org");
+    // (It trusts our CA, so it accepts the server; the server refuses its SVID. With TLS 1.3
+    // the client learns that from the server's alert, on its first read.)
+    let stranger = MtlsConfig::new(Arc::new(StaticSource::new(
+        Some(other.svid("/ns/default/sa/client")),
+        ca.bundles(),
+    )));
+    let status = say_hello(&static_channel(addr, stranger))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let refused_in_handshake = matches!(
+        connect_error(&status),
+        Some(ConnectError::Tls { .. } | ConnectError::PeerRejected { .. })
+    ) || format!("{status:?}").contains("CertificateUnknown");
+    assert!(refused_in_handshake, "{status:?}");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_the_call_in_flight_finish() {
+    let ca = TestCa::new("example.org");
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let gate = Arc::new(Gate {
+        entered: Some(entered_tx),
+        release: Notify::new(),
+    });
+    let (addr, stop, task) = start(
+        MeshServer::new(mtls(&ca, "/ns/default/sa/greeter")).add_service(Greeter {
+            id: "A".into(),
+            gate: Some(gate.clone()),
+        }),
+    )
+    .await;
+    let channel = static_channel(addr, mtls(&ca, "/ns/default/sa/client"));
+    let call = tokio::spawn({
+        let channel = channel.clone();
+        async move { say_hello(&channel).await }
+    });
+    entered.recv().await.expect("the call reached the handler");
+    stop.send(()).unwrap();
+    // The server is draining: it has not returned while the call is held.
+    tokio::task::yield_now().await;
+    assert!(!task.is_finished());
+    gate.release.notify_one();
+    assert_eq!(
+        call.await.unwrap().unwrap(),
+        format!("A: hello hi from {CLIENT_ID}")
+    );
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the server returns once drained")
+        .unwrap()
+        .unwrap();
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
