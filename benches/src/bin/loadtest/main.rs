@@ -289,19 +289,26 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     let plaintext = echo::start(None).await?;
     let mtls = echo::start(Some(server_tls)).await?;
 
+    // One sidecar per contestant that uses one, so its memory is that contestant's alone;
+    // started together, as Envoy takes a while to start.
     let mut sidecars = BTreeMap::new();
     if let Some(bin) = &envoy_bin {
-        for c in contestants.iter().filter(|c| c.needs_envoy()) {
-            let tls = envoy::SidecarTls {
-                cert: &sidecar_cert,
-                key: &sidecar_key,
-                ca: &ca_path,
-                server_id: &server_id,
-            };
-            let config = envoy::sidecar_config(mtls, &tls);
-            let e = envoy::start(bin, dir, c.name(), &config, settings.envoy_concurrency).await?;
-            sidecars.insert(*c, e);
-        }
+        let tls = envoy::SidecarTls {
+            cert: &sidecar_cert,
+            key: &sidecar_key,
+            ca: &ca_path,
+            server_id: &server_id,
+        };
+        let config = envoy::sidecar_config(mtls, &tls);
+        let starts = contestants.iter().filter(|c| c.needs_envoy()).map(|c| {
+            let config = &config;
+            async move {
+                envoy::start(bin, dir, c.name(), config, settings.envoy_concurrency)
+                    .await
+                    .map(|e| (*c, e))
+            }
+        });
+        sidecars.extend(futures_util::future::try_join_all(starts).await?);
     }
     let via_sidecar = sidecars
         .get(&Contestant::MeshworkViaEnvoy)
