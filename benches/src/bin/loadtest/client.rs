@@ -159,7 +159,7 @@ where
     echo::call(&mut grpc.clone(), seq.fetch_add(1, Ordering::Relaxed))
         .await
         .map_err(|e| format!("first call: {e:?}"))?;
-    closed_loop(&grpc, &seq, args.concurrency, args.warmup).await;
+    let warmup = closed_loop(&grpc, &seq, args.concurrency, args.warmup).await;
 
     let closed = closed_loop(&grpc, &seq, args.concurrency, args.phase).await;
     let cpu_before = cpu_now(args.sidecar_pid);
@@ -183,6 +183,7 @@ where
         "sidecar_rss_mb": sidecar_rss,
         "errors": closed.errors + open.errors,
         "first_error": closed.first_error.or(open.first_error),
+        "warmup_calls": 1 + warmup.ok + warmup.errors,
         "closed_calls": closed.ok + closed.errors,
         "open_calls": open.sent,
         "pacer_late_p50_us": percentile(&open.pacer_late_us, 0.50),
