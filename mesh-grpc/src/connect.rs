@@ -254,7 +254,9 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// One endpoint: an HTTP/2 client whose connections all go to the endpoint's address.
+/// One endpoint: an HTTP/2 client whose connections all go to the endpoint's address. A
+/// cheap handle: clones share the client's connection pool.
+#[derive(Clone)]
 pub(crate) struct Endpoint {
     address: SocketAddr,
     client: Client<Dialer, RetryBody<tonic::body::Body>>,
