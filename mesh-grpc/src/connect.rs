@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::identity::{Authorizer, IdentityError, MtlsConfig, VerifyError};
-use meshwork_core::retry::RetryBody;
+use meshwork_core::retry::{RefusedStream, RetryBody};
 use meshwork_core::xds::resource::Cluster;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -302,6 +302,95 @@ impl tower::Service<http::Request<RetryBody<tonic::body::Body>>> for Endpoint {
             Err(e) => return Box::pin(async move { Err(e.into()) }),
         }
         let fut = self.client.request(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        Box::pin(async move { fut.await.map_err(classify) })
+    }
+}
+
+/// hyper's error, wrapped in [`RefusedStream`] when the server reset the stream with
+/// `REFUSED_STREAM` (the reason is on the `h2::Error` in hyper's source chain), so that the
+/// retry layer's `refused-stream` condition can see it.
+fn classify(err: hyper_util::client::legacy::Error) -> BoxError {
+    if refused_stream(&err) {
+        Box::new(RefusedStream::new(err))
+    } else {
+        Box::new(err)
+    }
+}
+
+fn refused_stream(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    // Source chains are short; the bound guards against a cyclic one.
+    for _ in 0..16 {
+        let Some(e) = cur else { return false };
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use meshwork_core::config::RetryOn;
+    use meshwork_core::retry::error_conditions;
+    use meshwork_core::xds::resource::{
+        CircuitBreakers, ClusterKind, DEFAULT_CONNECT_TIMEOUT, LbPolicy,
+    };
+    use tokio::net::TcpListener;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// An HTTP/2 server that resets every stream with `reason`.
+    async fn resetting_server(reason: h2::Reason) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                return;
+            };
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                respond.send_reset(reason);
+            }
+        });
+        address
+    }
+
+    async fn call(address: SocketAddr) -> BoxError {
+        let cluster = Cluster {
+            name: "c".into(),
+            kind: ClusterKind::Eds { service_name: None },
+            lb_policy: LbPolicy::RoundRobin,
+            circuit_breakers: CircuitBreakers::default(),
+            outlier_detection: None,
+            tls: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            unsupported_fields: Vec::new(),
+        };
+        let req = http::Request::post("/svc/Method")
+            .body(RetryBody::passthrough(tonic::body::Body::empty()))
+            .unwrap();
+        Endpoint::new(&cluster, address, None)
+            .oneshot(req)
+            .await
+            .expect_err("the stream is reset")
+    }
+
+    #[tokio::test]
+    async fn a_refused_stream_is_marked_for_the_retry_layer() {
+        let e = call(resetting_server(h2::Reason::REFUSED_STREAM).await).await;
+        assert!(e.is::<RefusedStream>(), "{e:?}");
+        assert!(error_conditions(e.as_ref()).contains(RetryOn::REFUSED_STREAM));
+    }
+
+    #[tokio::test]
+    async fn another_reset_is_not_a_refused_stream() {
+        let e = call(resetting_server(h2::Reason::INTERNAL_ERROR).await).await;
+        assert!(!e.is::<RefusedStream>(), "{e:?}");
+        assert!(!error_conditions(e.as_ref()).contains(RetryOn::REFUSED_STREAM));
     }
 }

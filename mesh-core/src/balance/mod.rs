@@ -1,22 +1,47 @@
 //! Load balancing across a cluster's endpoints.
 //!
-//! [`Balancer`] is a `tower::Service<http::Request<B>>` for one cluster. It is given:
+//! [`Balancer`] is a `tower::Service<http::Request<B>>` for one cluster, and a cheap handle:
+//! its clones share everything. It is built ([`Balancer::new`], or [`Balancer::builder`]
+//! for outlier detection and a seed) within a tokio runtime from:
 //!
 //! - a [`BalancePolicy`] (from the cluster's `lb_policy` with
 //!   [`BalancePolicy::from_lb_policy`], or written by hand);
 //! - the endpoint set as a `tokio::sync::watch::Receiver<Arc<ClusterLoadAssignment>>`: the
 //!   current value is used at once and every later value replaces the set (endpoints that stay
-//!   keep their service, load estimate and outlier state). An update the balancer cannot use
-//!   (a zero weight) is logged and ignored, and the previous set stays;
+//!   keep their connection, load estimate and outlier state). An update the balancer cannot
+//!   use (a zero weight) is logged and ignored, and the previous set stays;
 //! - a function `FnMut(SocketAddr) -> S` that makes the service for an endpoint (the adapters'
-//!   connection pool plugs in here). Making it must be cheap; connecting belongs in the
-//!   service's `poll_ready`.
+//!   connectors plug in here). Making it must be cheap; connecting belongs in the service's
+//!   `poll_ready`. Once ready, `S` is a **handle**: calls clone it, so it must be cheap to
+//!   clone and its clones must share one connection (or pool), as a multiplexed HTTP/2
+//!   connection's sender does.
 //!
-//! Endpoint services are kept in a [`tower::ready_cache::ReadyCache`]: `poll_ready` drives
-//! connecting endpoints and says ready as soon as one usable endpoint is ready; `call` picks
-//! among the ready ones with the request in hand, so picks can use the request's
-//! [`RequestHash`] and [`AvoidEndpoints`]. An endpoint service that fails in `poll_ready` is
-//! dropped until the next endpoint-set update lists it again.
+//! ## Off the hot path: the driver
+//!
+//! Building the balancer spawns its driver task (gRPC's picker model). The driver follows the
+//! endpoint watch and builds, per endpoint set, an immutable pick table (priorities, their
+//! load split, localities, rings), which it publishes through an `ArcSwap`. It drives each
+//! endpoint's service to readiness and then publishes it as the endpoint's handle; endpoints
+//! whose service is ready at once (a pool, an always-ready service) are usable as soon as the
+//! balancer is built. An endpoint whose readiness fails is reconnected (a new service from the
+//! function) after a backoff: 1 s, × 1.6 per failure in a row, at most 120 s, ±20 % jitter. The
+//! driver also rebuilds the table's health when outlier detection ejects or returns an
+//! endpoint, and ends with the last handle and call.
+//!
+//! ## On the hot path: a call
+//!
+//! `poll_ready` is always ready. `call` loads the current table (no lock), picks with the
+//! request in hand, so picks can use the request's [`RequestHash`] and [`AvoidEndpoints`],
+//! using only atomics (round-robin counters, a shared random source, each endpoint's load,
+//! ready flag and ejection), and clones the picked endpoint's handle. The call's future then
+//! checks the clone's readiness and calls it. When the check fails (the connection is gone)
+//! the endpoint is hidden, reported to the driver for reconnection, and the call picks again
+//! (up to 3 times, then it fails with that endpoint's [`EndpointError`]).
+//!
+//! When endpoints are healthy but none is connected yet, the call waits for the driver's next
+//! publication (a `tokio::sync::Notify`; only this path waits on it) and picks again, as
+//! long as its timeout allows. No usable endpoint at all (none known, all unhealthy or
+//! ejected) fails the call at once with [`NoHealthyEndpoint`].
 //!
 //! ## What a pick does
 //!
@@ -25,16 +50,15 @@
 //!    the rest spills to the next priorities, Envoy's priority-load computation. Traffic comes
 //!    back as health returns. An endpoint counts as healthy when EDS says `HEALTHY` or
 //!    `UNKNOWN` and outlier detection has not ejected it.
-//! 2. **Locality** (all policies but ring hash): earliest-deadline-first weighted round robin
-//!    over the localities, each weighted by its `load_balancing_weight` scaled by its health
-//!    (`wrr_locality`).
+//! 2. **Locality** (all policies but ring hash): weighted round robin over the localities,
+//!    each weighted by its `load_balancing_weight` scaled by its health (`wrr_locality`).
 //! 3. **Endpoint**, by policy:
 //!    - [`BalancePolicy::P2cPeakEwma`], **the default**: two distinct random endpoints, the one
 //!      with the lower cost wins, where cost is a peak-EWMA of its latency (decay 10 s, first
 //!      guess 30 ms) times its requests in flight plus one; both are kept in atomics per
-//!      endpoint;
-//!    - [`BalancePolicy::RoundRobin`]: round robin; when endpoint weights differ, weighted
-//!      (earliest deadline first, as Envoy does);
+//!      endpoint, shared by every caller;
+//!    - [`BalancePolicy::RoundRobin`]: round robin on one atomic counter per locality, so
+//!      concurrent callers share one rotation; when endpoint weights differ, weighted;
 //!    - [`BalancePolicy::LeastRequest`] (gRFC A48): `choice_count` random endpoints (capped
 //!      at 10), the fewest in flight wins;
 //!    - [`BalancePolicy::RingHash`] (gRFC A42): one ring per priority over the healthy
@@ -44,19 +68,20 @@
 //!      entry clockwise, walking on past endpoints that cannot take the call. The hash also
 //!      picks the priority, so a key sticks to one.
 //!
+//! Weighted round robin (localities, and endpoints of unequal weight) is gRPC's static stride
+//! scheduler (gRFC A58) on one atomic sequence: every entry comes in proportion to its weight,
+//! spread evenly; when one weight is over 16 times the mean, a weighted random pick instead.
+//! The random choices come from one SplitMix64 sequence on an atomic counter, which
+//! [`BalancerBuilder::seed`] makes reproducible.
+//!
 //! Every policy skips endpoints that are unhealthy, ejected by outlier detection
-//! ([`Balancer::with_outlier_detector`]) or not ready, and prefers endpoints not listed in the
-//! request's [`AvoidEndpoints`] (a retry goes elsewhere when it can). No usable endpoint at all
-//! fails the call at once with [`NoHealthyEndpoint`].
+//! ([`BalancerBuilder::outlier_detector`]) or not connected, and prefers endpoints not listed
+//! in the request's [`AvoidEndpoints`] (a retry goes elsewhere when it can).
 //!
 //! The response carries [`ServedBy`] in its extensions; an endpoint's error comes back as an
 //! [`EndpointError`] with its address. With a detector, every response feeds the endpoint's
 //! [`EndpointStats`](crate::outlier::EndpointStats) (classified by
 //! [`Outcome::from_response`](crate::outlier::Outcome::from_response)).
-//!
-//! Picks take no lock: the table is the service's own (`&mut self`), and what is shared
-//! (load, ejection) is atomic. To share it, wrap it in `tower::buffer::Buffer` (the outbound
-//! stack shares it behind a mutex instead, see [`crate::stack`]).
 
 mod driver;
 mod endpoint;

@@ -3,12 +3,12 @@
 //! [`outbound`] assembles, from a [`ConfigReceiver`]:
 //!
 //! ```text
-//! Router ─> per cluster: Timeout ─> Retry ─> CircuitBreaker ─> shared Balancer
-//!                                                            └─> endpoint services
+//! Router ─> per cluster: Timeout ─> Retry ─> CircuitBreaker ─> Balancer
+//!                                                            └─> endpoint handles
 //! ```
 //!
-//! The endpoint services are made by a user-supplied [`Connect`] (the adapters' connection
-//! pools plug in here; tests use closures).
+//! The endpoint services are made by a user-supplied [`Connect`] (the adapters' connectors
+//! plug in here; tests use closures).
 //!
 //! # Clusters across config updates
 //!
@@ -30,13 +30,13 @@
 //!
 //! # Sharing the balancer
 //!
-//! A [`Balancer`] is not `Clone` (it owns its endpoint table and ready cache), so each
-//! cluster's handles share it behind a mutex, held only while a call checks the balancer's
-//! readiness and picks (no I/O happens under it). A call waits in its own future when no
-//! endpoint is ready yet; every waiting call is woken when one becomes ready. This replaced
-//! a `tower::buffer::Buffer` worker task, whose channel hop cost about a microsecond per
-//! call. Everything above the balancer (timeout, retry, breaker) is cloned per call and
-//! shares its state through atomics.
+//! Every layer is cloned per call and shares its state through atomics, the balancer
+//! included: a [`Balancer`] is a handle to its cluster's published pick table, kept by a
+//! driver task off the calls' path (see [`crate::balance`]). A call loads the table, picks
+//! with atomics and calls a clone of the endpoint's handle: no lock and no task hop. A call
+//! waits in its own future only when no endpoint is connected yet, until the driver publishes
+//! one. This replaced a mutex around a balancer that owned a `ReadyCache`, itself the
+//! replacement of a `tower::buffer::Buffer` worker task.
 //!
 //! # Cluster kinds
 //!
@@ -115,7 +115,7 @@ where
     }
 }
 
-/// The service of one cluster: Timeout -> Retry -> CircuitBreaker -> shared Balancer,
+/// The service of one cluster: Timeout -> Retry -> CircuitBreaker -> Balancer,
 /// boxed.
 pub type ClusterService<B, RB> =
     BoxCloneSyncService<http::Request<B>, http::Response<TimeoutBody<RB>>, BoxError>;
