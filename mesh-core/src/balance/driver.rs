@@ -63,7 +63,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// A connection that served this long before it broke starts the backoff afresh.
 const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 
-type ConnectFuture<S> = Pin<Box<dyn Future<Output = (SocketAddr, u64, Result<S, BoxError>)> + Send>>;
+type ConnectFuture<S> =
+    Pin<Box<dyn Future<Output = (SocketAddr, u64, Result<S, BoxError>)> + Send>>;
 
 struct Tracked<S> {
     endpoint: Arc<Endpoint<S>>,
@@ -167,9 +168,7 @@ where
             created
                 .entry(address)
                 .or_insert_with(|| {
-                    Arc::new(Endpoint::new(
-                        outlier.as_ref().map(|o| o.endpoint(address)),
-                    ))
+                    Arc::new(Endpoint::new(outlier.as_ref().map(|o| o.endpoint(address))))
                 })
                 .clone()
         });

@@ -176,7 +176,9 @@ where
         loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Failed { error } => {
-                    let e = error.take().unwrap_or_else(|| NoHealthyEndpoint { known: 0 }.into());
+                    let e = error
+                        .take()
+                        .unwrap_or_else(|| NoHealthyEndpoint { known: 0 }.into());
                     return Poll::Ready(Err(e));
                 }
                 StateProj::Waiting { request, wait } => match ready!(wait.as_mut().poll(cx)) {
@@ -218,7 +220,13 @@ where
                                 state(pick, req, inner)
                             } else {
                                 State::Failed {
-                                    error: Some(EndpointError { address, source: error }.into()),
+                                    error: Some(
+                                        EndpointError {
+                                            address,
+                                            source: error,
+                                        }
+                                        .into(),
+                                    ),
                                 }
                             }
                         }

@@ -234,8 +234,10 @@ impl BalancePolicy {
 /// Checks an endpoint set the way the balancer does before using it: every locality and
 /// endpoint weight must be non-zero.
 pub fn validate_endpoints(cla: &ClusterLoadAssignment) -> Result<(), ConfigError> {
-    Table::<()>::build(cla, &BalancePolicy::RoundRobin, |_| Arc::new(Endpoint::new(None)))
-        .map(drop)
+    Table::<()>::build(cla, &BalancePolicy::RoundRobin, |_| {
+        Arc::new(Endpoint::new(None))
+    })
+    .map(drop)
 }
 
 /// A load balancer over one cluster's endpoints (see the [module docs](self)): a cheap
@@ -326,7 +328,9 @@ impl BalancerBuilder {
                 error: None,
             }),
             notify: Notify::new(),
-            rng: self.seed.map_or_else(SharedRng::from_os_rng, SharedRng::new),
+            rng: self
+                .seed
+                .map_or_else(SharedRng::from_os_rng, SharedRng::new),
         });
         let mut driver: Driver<S, F, http::Request<B>> =
             Driver::new(published.clone(), self.policy, new_endpoint, self.outlier);
@@ -400,7 +404,9 @@ pub(crate) enum Pick<S> {
     /// Some endpoint could take the call once connected.
     NotReady,
     /// No endpoint is healthy and not ejected.
-    Unusable { known: usize },
+    Unusable {
+        known: usize,
+    },
 }
 
 impl<S: Clone> Inner<S> {

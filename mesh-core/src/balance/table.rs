@@ -296,7 +296,7 @@ impl<S> Table<S> {
         let order = std::iter::once(chosen).chain((0..levels.len()).filter(|&p| p != chosen));
         for p in order {
             let level = &levels[p];
-            let found = match (&*policy, &level.ring) {
+            let found = match (policy, &level.ring) {
                 (BalancePolicy::RingHash { .. }, Some(ring)) => {
                     ring.pick(hash.unwrap_or_default(), ok)
                 }
@@ -401,10 +401,7 @@ fn pick_in_group<S>(
             let (a, b) = (m[a], m[b]);
             match (ok(a), ok(b)) {
                 (true, true) => {
-                    let (ca, cb) = (
-                        slots[a].endpoint.load.cost(),
-                        slots[b].endpoint.load.cost(),
-                    );
+                    let (ca, cb) = (slots[a].endpoint.load.cost(), slots[b].endpoint.load.cost());
                     Some(if ca <= cb { a } else { b })
                 }
                 (true, false) => Some(a),

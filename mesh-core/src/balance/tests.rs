@@ -75,7 +75,11 @@ fn served_by(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = SocketAddr> + Send>> {
     use futures_util::FutureExt as _;
     Box::pin(b.clone().oneshot(http::Request::new(())).map(|rsp| {
-        rsp.unwrap().extensions().get::<ServedBy>().expect("ServedBy").0
+        rsp.unwrap()
+            .extensions()
+            .get::<ServedBy>()
+            .expect("ServedBy")
+            .0
     }))
 }
 
@@ -103,7 +107,10 @@ async fn follows_endpoint_updates() {
         endpoint(2, 1, HealthStatus::Healthy),
     ]))
     .unwrap();
-    until("the update is applied", || b.addresses() == [addr(1), addr(2)]).await;
+    until("the update is applied", || {
+        b.addresses() == [addr(1), addr(2)]
+    })
+    .await;
     let mut seen = HashSet::new();
     for _ in 0..4 {
         seen.insert(served(&mut b).await);
@@ -400,7 +407,10 @@ async fn each_call_checks_its_handle_before_calling() {
     let mut b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
     until("the endpoint is published", || b.ready_count() == 1).await;
     let mut first = tokio_test::task::spawn(b.call(http::Request::new(())));
-    assert!(first.poll().is_pending(), "called, waiting for the response");
+    assert!(
+        first.poll().is_pending(),
+        "called, waiting for the response"
+    );
     // The endpoint takes no more calls for now: the second call waits on its own clone of
     // the handle, without failing and without holding anything other calls need.
     let mut second = tokio_test::task::spawn(b.call(http::Request::new(())));
@@ -642,7 +652,10 @@ async fn concurrent_callers_through_an_update_are_all_served_by_a_listed_endpoin
         assert!(seen.is_subset(&listed), "{seen:?}");
     }
     let mut b = b;
-    until("the update is applied", || b.addresses() == [addr(3), addr(4), addr(5)]).await;
+    until("the update is applied", || {
+        b.addresses() == [addr(3), addr(4), addr(5)]
+    })
+    .await;
     for _ in 0..10 {
         let a = served(&mut b).await;
         assert!([addr(3), addr(4), addr(5)].contains(&a), "{a}");

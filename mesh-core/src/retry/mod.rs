@@ -62,8 +62,8 @@ mod layer;
 pub use body::RetryBody;
 pub use budget::RetryBudget;
 pub use classify::{
-    Pushback, RefusedStream, backoff, error_conditions, grpc_condition, is_retriable,
-    pushback, response_conditions,
+    Pushback, RefusedStream, backoff, error_conditions, grpc_condition, is_retriable, pushback,
+    response_conditions,
 };
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;

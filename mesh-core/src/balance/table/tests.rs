@@ -159,9 +159,7 @@ fn round_robin_equal_weights_cycles_and_skips_unusable() {
         hash: None,
         rng: &rng,
     };
-    let seq: Vec<_> = (0..6)
-        .map(|_| t.pick(&input, |_| true).unwrap())
-        .collect();
+    let seq: Vec<_> = (0..6).map(|_| t.pick(&input, |_| true).unwrap()).collect();
     assert_eq!(seq, vec![0, 1, 2, 0, 1, 2]);
     let seq: Vec<_> = (0..4)
         .map(|_| t.pick(&input, |s| s.address != t_addr(1)).unwrap())
