@@ -63,8 +63,15 @@ const BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// A connection that served this long before it broke starts the backoff afresh.
 const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 
-type ConnectFuture<S> =
-    Pin<Box<dyn Future<Output = (SocketAddr, u64, Result<S, BoxError>)> + Send>>;
+/// A connection attempt in progress, or the backoff before one.
+type ConnectFuture<S> = Pin<Box<dyn Future<Output = (SocketAddr, u64, Attempt<S>)> + Send>>;
+
+enum Attempt<S> {
+    /// The backoff elapsed: make the service and connect now.
+    Due,
+    /// The service became ready, or failed.
+    Done(Result<S, BoxError>),
+}
 
 struct Tracked<S> {
     endpoint: Arc<Endpoint<S>>,
@@ -136,8 +143,17 @@ where
                     None => following = false,
                 },
                 Some(done) = self.connecting.next(), if !self.connecting.is_empty() => {
-                    if let Ok((address, attempt, result)) = done {
-                        self.on_connected(address, attempt, result);
+                    match done {
+                        Ok((address, attempt, Attempt::Done(result))) => {
+                            self.on_connected(address, attempt, result);
+                        }
+                        Ok((address, attempt, Attempt::Due)) => {
+                            if self.endpoints.get(&address).is_some_and(|t| t.attempt == attempt) {
+                                self.connect(address, Duration::ZERO);
+                            }
+                        }
+                        // Abandoned: the endpoint left or a newer attempt replaced it.
+                        Err(_aborted) => {}
                     }
                 }
                 () = outlier => self.refresh_health(),
@@ -234,8 +250,8 @@ where
         self.publish(table, current.error.clone());
     }
 
-    /// Starts connecting `address` after `delay`. A service that is ready at once is
-    /// published at once.
+    /// Starts connecting `address`, after `delay` when it is not zero (the service is made
+    /// when the attempt starts). A service that is ready at once is published at once.
     fn connect(&mut self, address: SocketAddr, delay: Duration) {
         let Some(tracked) = self.endpoints.get_mut(&address) else {
             return;
@@ -246,9 +262,9 @@ where
         self.next_id += 1;
         let attempt = self.next_id;
         tracked.attempt = attempt;
-        let mut service = (self.new_endpoint)(address);
-        if delay.is_zero() {
-            // Most services (a multiplexed connection handle, a pool) are ready at once:
+        let future: ConnectFuture<S> = if delay.is_zero() {
+            let mut service = (self.new_endpoint)(address);
+            // Most services (a connection pool, an always-ready service) are ready at once:
             // publish them without a trip through the task.
             match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
                 Poll::Ready(Ok(())) => return self.on_connected(address, attempt, Ok(service)),
@@ -257,16 +273,21 @@ where
                 }
                 Poll::Pending => {}
             }
-        }
-        let future: ConnectFuture<S> = Box::pin(async move {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            let result = service.ready_oneshot().await.map_err(Into::into);
-            (address, attempt, result)
-        });
+            Box::pin(async move {
+                let result = service.ready_oneshot().await.map_err(Into::into);
+                (address, attempt, Attempt::Done(result))
+            })
+        } else {
+            let due = Instant::now() + delay;
+            Box::pin(async move {
+                tokio::time::sleep_until(due).await;
+                (address, attempt, Attempt::Due)
+            })
+        };
         let (future, abort) = abortable(future);
-        tracked.abort = Some(abort);
+        if let Some(tracked) = self.endpoints.get_mut(&address) {
+            tracked.abort = Some(abort);
+        }
         self.connecting.push(future);
     }
 
@@ -292,6 +313,9 @@ where
                 tracked.failures = tracked.failures.saturating_add(1);
                 let delay = backoff(tracked.failures, &mut self.jitter);
                 tracing::debug!(endpoint = %address, %error, ?delay, "endpoint failed to connect");
+                tracked.endpoint.fail(error);
+                // Calls waiting for a connection may now fail at once.
+                self.published.notify.notify_waiters();
                 self.connect(address, delay);
             }
         }

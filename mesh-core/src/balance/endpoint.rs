@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
+use tower::BoxError;
 
 use super::load::EndpointLoad;
 use crate::outlier::EndpointStats;
@@ -19,6 +20,9 @@ pub(crate) struct Endpoint<S> {
     /// pick that finds the flag up and the handle gone just picks again.
     ready: AtomicBool,
     handle: ArcSwapOption<Handle<S>>,
+    /// The error of the last connection attempt while it keeps failing (gRPC's sticky
+    /// TRANSIENT_FAILURE); cleared when a connection is made.
+    failure: ArcSwapOption<BoxError>,
 }
 
 /// A connected endpoint service; calls clone `service`. `id` tells one connection from the
@@ -45,7 +49,18 @@ impl<S> Endpoint<S> {
             outlier,
             ready: AtomicBool::new(false),
             handle: ArcSwapOption::empty(),
+            failure: ArcSwapOption::empty(),
         }
+    }
+
+    /// The last connection error, while connecting keeps failing.
+    pub(crate) fn failure(&self) -> Option<Arc<BoxError>> {
+        self.failure.load_full()
+    }
+
+    /// Records a failed connection attempt (driver only).
+    pub(crate) fn fail(&self, error: BoxError) {
+        self.failure.store(Some(Arc::new(error)));
     }
 
     pub(crate) fn ejected(&self) -> bool {
@@ -74,6 +89,7 @@ impl<S> Endpoint<S> {
     /// Publishes a connected handle (driver only).
     pub(crate) fn publish(&self, handle: Handle<S>) {
         self.handle.store(Some(Arc::new(handle)));
+        self.failure.store(None);
         self.ready.store(true, Ordering::Release);
     }
 

@@ -55,7 +55,7 @@ pub(crate) struct Picked<S> {
     pub(crate) service: S,
 }
 
-type Wait<S> = Pin<Box<dyn Future<Output = Result<Picked<S>, NoHealthyEndpoint>> + Send>>;
+type Wait<S> = Pin<Box<dyn Future<Output = Result<Picked<S>, BoxError>> + Send>>;
 
 pin_project! {
     #[project = StateProj]
@@ -138,6 +138,9 @@ where
         Pick::Unusable { known } => State::Failed {
             error: Some(NoHealthyEndpoint { known }.into()),
         },
+        Pick::Failing(e) => State::Failed {
+            error: Some(e.into()),
+        },
     }
 }
 
@@ -147,7 +150,7 @@ async fn wait<S>(
     inner: Arc<Inner<S>>,
     hash: Option<u64>,
     avoid: Option<AvoidEndpoints>,
-) -> Result<Picked<S>, NoHealthyEndpoint>
+) -> Result<Picked<S>, BoxError>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -158,7 +161,8 @@ where
         notified.as_mut().enable();
         match inner.pick(hash, avoid.as_ref()) {
             Pick::Found(picked) => return Ok(picked),
-            Pick::Unusable { known } => return Err(NoHealthyEndpoint { known }),
+            Pick::Unusable { known } => return Err(NoHealthyEndpoint { known }.into()),
+            Pick::Failing(e) => return Err(e.into()),
             Pick::NotReady => notified.await,
         }
     }
@@ -186,9 +190,7 @@ where
                         request: request.take(),
                         picked: Some(picked),
                     },
-                    Err(e) => State::Failed {
-                        error: Some(e.into()),
-                    },
+                    Err(e) => State::Failed { error: Some(e) },
                 },
                 StateProj::Picked { request, picked } => {
                     let Some(p) = picked.as_mut() else {

@@ -40,8 +40,11 @@
 //!
 //! When endpoints are healthy but none is connected yet, the call waits for the driver's next
 //! publication (a `tokio::sync::Notify`; only this path waits on it) and picks again, as
-//! long as its timeout allows. No usable endpoint at all (none known, all unhealthy or
-//! ejected) fails the call at once with [`NoHealthyEndpoint`].
+//! long as its timeout allows. When connecting fails for every one of them (gRPC's sticky
+//! TRANSIENT_FAILURE: from a failed attempt until a connection is made), the call fails at
+//! once with an [`EndpointError`] whose source, [`ConnectFailed`], carries the last
+//! connection error. No usable endpoint at all (none known, all unhealthy or ejected) fails
+//! the call at once with [`NoHealthyEndpoint`].
 //!
 //! ## What a pick does
 //!
@@ -106,7 +109,7 @@ use tower::BoxError;
 
 use self::driver::{Driver, Published, Report, Snapshot};
 use self::endpoint::Endpoint;
-pub use self::error::{ConfigError, EndpointError, NoHealthyEndpoint};
+pub use self::error::{ConfigError, ConnectFailed, EndpointError, NoHealthyEndpoint};
 pub use self::future::ResponseFuture;
 use self::future::{InFlight, Picked};
 use self::sched::SharedRng;
@@ -403,6 +406,8 @@ pub(crate) enum Pick<S> {
     Found(Picked<S>),
     /// Some endpoint could take the call once connected.
     NotReady,
+    /// No endpoint is connected and every usable one is failing to connect.
+    Failing(EndpointError),
     /// No endpoint is healthy and not ejected.
     Unusable {
         known: usize,
@@ -439,12 +444,25 @@ impl<S: Clone> Inner<S> {
                 });
             }
         }
-        if table.any_usable() {
-            Pick::NotReady
-        } else {
-            Pick::Unusable {
-                known: table.slots.len(),
+        // Nothing ready: wait if some usable endpoint is connecting, fail at once with a
+        // connection error if every one is failing to connect.
+        let mut failing = None;
+        for slot in table.slots.iter().filter(|s| s.usable()) {
+            match slot.endpoint.failure() {
+                None => return Pick::NotReady,
+                Some(error) => {
+                    failing.get_or_insert((slot.address, error));
+                }
             }
+        }
+        match failing {
+            Some((address, error)) => Pick::Failing(EndpointError {
+                address,
+                source: Box::new(ConnectFailed { source: error }),
+            }),
+            None => Pick::Unusable {
+                known: table.slots.len(),
+            },
         }
     }
 

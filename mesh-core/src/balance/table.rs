@@ -207,11 +207,6 @@ impl<S> Table<S> {
         Ok(table)
     }
 
-    /// Whether any endpoint is healthy and not ejected (ready or not).
-    pub(crate) fn any_usable(&self) -> bool {
-        self.slots.iter().any(Slot::usable)
-    }
-
     /// Recomputes healthy counts, locality weights and the priority load split (after an
     /// update or a change in ejections).
     pub(crate) fn refresh_health(&mut self) {

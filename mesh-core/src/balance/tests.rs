@@ -556,6 +556,56 @@ async fn a_handle_that_keeps_breaking_is_reconnected_with_backoff() {
     );
 }
 
+/// An endpoint service that cannot connect: its readiness fails.
+#[derive(Clone)]
+struct Unreachable(SocketAddr);
+
+impl Service<http::Request<()>> for Unreachable {
+    type Response = http::Response<()>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<http::Response<()>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Err(format!("connecting to {}: refused", self.0).into()))
+    }
+
+    fn call(&mut self, _req: http::Request<()>) -> Self::Future {
+        unreachable!("never ready")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_fail_at_once_while_every_endpoint_fails_to_connect_and_recover() {
+    let (_tx, rx) = watch::channel(one_locality(healthy(2)));
+    let reachable = Arc::new(AtomicBool::new(false));
+    let r = reachable.clone();
+    let new = move |a: SocketAddr| -> Svc {
+        if r.load(Ordering::SeqCst) {
+            endpoints(|_| 200)(a)
+        } else {
+            Svc::new(Unreachable(a))
+        }
+    };
+    let b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
+    let e = b.clone().oneshot(http::Request::new(())).await.unwrap_err();
+    let e = e.downcast::<EndpointError>().expect("an endpoint error");
+    assert!([addr(0), addr(1)].contains(&e.address()));
+    let source = e.into_source();
+    let failed = source
+        .downcast_ref::<ConnectFailed>()
+        .expect("ConnectFailed");
+    assert!(
+        failed.error().to_string().ends_with(": refused"),
+        "{failed:?}"
+    );
+    // The driver keeps trying with backoff; once an attempt connects, calls go through.
+    reachable.store(true, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    until("an endpoint reconnects", || b.ready_count() > 0).await;
+    let mut b = b;
+    served(&mut b).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn endpoint_removal_during_calls() {
     let (tx, rx) = watch::channel(one_locality(healthy(1)));
