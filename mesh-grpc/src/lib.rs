@@ -10,10 +10,14 @@
 //! balancing and outlier detection, configured by hand ([`MeshChannel::from_static`]) or by
 //! an xDS control plane ([`MeshChannel::from_xds`]).
 //!
-//! Each endpoint gets its own hyper HTTP/2 client (pooled connections, reconnecting as
-//! needed) over TCP; when the endpoint's cluster asks for TLS (`Cluster::tls`), connections
-//! use SPIFFE mTLS from [`MeshChannelOptions::mtls`], with the server's SVID checked against
-//! the cluster's SAN matchers. The certificate provider instances the cluster names are not
+//! Each endpoint gets one HTTP/2 connection (hyper), over TCP; when the endpoint's cluster
+//! asks for TLS (`Cluster::tls`), with SPIFFE mTLS from [`MeshChannelOptions::mtls`], the
+//! server's SVID checked against the cluster's SAN matchers. The balancer's driver task
+//! dials it off the calls' path and, when the connection closes or cannot be made, dials
+//! again with backoff; calls multiplex on the connection through clones of its sender, and
+//! while every endpoint of a cluster fails to connect they fail at once with `UNAVAILABLE`
+//! and the last connection error. An HTTP/2 `REFUSED_STREAM` reset is reported as
+//! [`meshwork_core::retry::RefusedStream`], so the `refused-stream` retry condition sees it. The certificate provider instances the cluster names are not
 //! consulted: the channel's identity is used for every cluster.
 //!
 //! Errors reach tonic as a [`tonic::Status`] whose code comes from
