@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::identity::{Authorizer, IdentityError, MtlsConfig, VerifyError};
 use meshwork_core::retry::{RefusedStream, RetryBody};
@@ -121,7 +120,7 @@ impl Broken {
     }
 }
 
-/// Dials one endpoint, whatever URI hyper asks for.
+/// Dials one endpoint (the URI it is called with is ignored).
 #[derive(Clone)]
 pub(crate) struct Dialer {
     address: SocketAddr,
@@ -205,12 +204,6 @@ impl tower::Service<Uri> for Dialer {
 pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 impl AsyncRead for Stream {
