@@ -3,7 +3,7 @@
 //! `XdsTestServer`) and call the same greeter backends; their per-backend distributions must
 //! agree, for round robin, a 70/30 weighted split, a header-matched route, priority
 //! failover, and xDS-managed mTLS (a backend whose SVID the cluster's SAN matcher accepts,
-//! and one it does not).
+//! and one it does not). Both also call gRPC's reference server (grpcio) besides ours.
 //!
 //! Needs the interop venv (`MESHWORK_PEERS_VENV`, made by `scripts/test`); without it the test
 //! is skipped by hand and fails under `CI`.
@@ -63,6 +63,32 @@ fn target(
             &rc,
             vec![build::virtual_host(name, [name], routes)],
         ))
+}
+
+/// Starts gRPC's reference greeter server (grpcio) named `id`; killed when the child drops.
+async fn grpcio_server(venv: &Path, id: &str) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt as _;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/grpcio_greeter_server.py");
+    let mut child = tokio::process::Command::new(venv.join("bin/python"))
+        .arg(&script)
+        .args(["--id", id])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start grpcio_greeter_server.py");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("grpcio server started within 30 s")
+        .unwrap()
+        .expect("grpcio server printed its address");
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected: {line}"))
+        .parse()
+        .unwrap();
+    (child, addr)
 }
 
 fn locality(zone: &str) -> Locality {
@@ -208,6 +234,8 @@ async fn greeter_client_and_grpcio_agree() {
         ca.bundles(),
     )));
     let addr_s = serve(&s, Some(server_identity)).await;
+    // gRPC's own server (grpcio) as a fourth backend, G.
+    let (_grpcio_server, addr_g) = grpcio_server(&venv, "G").await;
     // An address nothing listens on: a backend that is down.
     let dead = TcpListener::bind("127.0.0.1:0")
         .await
@@ -233,6 +261,11 @@ async fn greeter_client_and_grpcio_agree() {
     snapshot = target(snapshot, "prio", vec![build::route_to("", "failover")]);
     snapshot = target(snapshot, "secure", vec![build::route_to("", "secure")]);
     snapshot = target(snapshot, "wrongsan", vec![build::route_to("", "wrongsan")]);
+    snapshot = target(
+        snapshot,
+        "reference",
+        vec![build::route_to("", "grpcio-server")],
+    );
     let failover = ClusterLoadAssignment {
         cluster_name: "failover".into(),
         endpoints: vec![
@@ -263,7 +296,9 @@ async fn greeter_client_and_grpcio_agree() {
             "default",
             &["spiffe://example.org/ns/default/sa/someone-else"],
         ))
-        .endpoints(build::endpoints("wrongsan", &[addr_s]));
+        .endpoints(build::endpoints("wrongsan", &[addr_s]))
+        .cluster(build::eds_cluster("grpcio-server"))
+        .endpoints(build::endpoints("grpcio-server", &[addr_g]));
     let xds = XdsTestServer::start().await.unwrap();
     xds.set_snapshot(snapshot);
 
@@ -286,6 +321,10 @@ async fn greeter_client_and_grpcio_agree() {
         // Weighted clusters 70/30 (binomial sd at n=1000 is 1.45 points; 5 points is 3.4 sd).
         let split = clients.run("split", 1000, &[], false).await;
         assert_agree("70/30 split", &split, &[("A", 0.7), ("B", 0.3)], 0.05);
+
+        // Both clients call gRPC's reference server as well as ours.
+        let reference = clients.run("reference", 50, &[], false).await;
+        assert_agree("grpcio's server", &reference, &[("G", 1.0)], 0.0);
 
         // A header match sends everything to C; without the header, the default route.
         let canary = clients.run("header", 100, &["x-canary:true"], false).await;
