@@ -711,3 +711,36 @@ async fn concurrent_callers_through_an_update_are_all_served_by_a_listed_endpoin
         assert!([addr(3), addr(4), addr(5)].contains(&a), "{a}");
     }
 }
+
+/// gRPC's priority policy moves to the next priority when one is in TRANSIENT_FAILURE; so
+/// does the balancer when a priority's endpoints cannot connect, and traffic comes back once
+/// they do (checked against grpcio in examples/tests/grpc_differential.rs).
+#[tokio::test(start_paused = true)]
+async fn a_priority_that_cannot_connect_fails_over_and_comes_back() {
+    let p0 = endpoint(0, 1, HealthStatus::Healthy);
+    let p1 = endpoint(1, 1, HealthStatus::Healthy);
+    let (_tx, rx) = watch::channel(Arc::new(cla(vec![
+        locality("p0", 1, 0, vec![p0]),
+        locality("p1", 1, 1, vec![p1]),
+    ])));
+    let p0_up = Arc::new(AtomicBool::new(false));
+    let up = p0_up.clone();
+    let new = move |a: SocketAddr| -> Svc {
+        if a == addr(0) && !up.load(Ordering::SeqCst) {
+            Svc::new(Unreachable(a))
+        } else {
+            endpoints(|_| 200)(a)
+        }
+    };
+    let mut b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
+    for _ in 0..50 {
+        assert_eq!(served(&mut b).await, addr(1), "priority 1 takes the traffic");
+    }
+    // Priority 0 becomes reachable: the driver's next attempt connects, and traffic returns.
+    p0_up.store(true, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    until("priority 0 reconnects", || b.ready_count() == 2).await;
+    for _ in 0..50 {
+        assert_eq!(served(&mut b).await, addr(0), "priority 0 is back");
+    }
+}
