@@ -24,3 +24,4 @@ pub mod retry;
 pub mod route;
 pub mod stack;
 pub mod timeout;
+pub mod upstream;

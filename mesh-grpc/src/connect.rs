@@ -1,302 +1,20 @@
-//! Endpoint connections: one hyper HTTP/2 client per endpoint, over TCP, with SPIFFE mTLS
-//! when the cluster asks for TLS.
+//! Endpoint connections: one hyper HTTP/2 connection per endpoint, dialled by
+//! [`meshwork_core::upstream::Dialer`] (TCP, with SPIFFE mTLS when the cluster asks for TLS).
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::Uri;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshwork_core::identity::{
-    Authorizer, CertificateProviders, IdentityError, MtlsConfig, VerifyError,
-};
 use meshwork_core::retry::{RefusedStream, RetryBody};
+use meshwork_core::upstream::{Dialer, UpstreamIdentity};
 use meshwork_core::xds::resource::Cluster;
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 use tower::BoxError;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// Why a connection to an endpoint could not be made.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// The TCP connection failed.
-    #[error("connecting to {address}: {source}")]
-    Tcp {
-        /// The endpoint.
-        address: SocketAddr,
-        /// The socket error.
-        #[source]
-        source: io::Error,
-    },
-    /// The cluster's `connect_timeout` elapsed (TCP and TLS together).
-    #[error("connecting to {address}: no connection within {timeout:?}")]
-    Timeout {
-        /// The endpoint.
-        address: SocketAddr,
-        /// The cluster's connect timeout.
-        timeout: Duration,
-    },
-    /// The server's SVID was rejected (untrusted, malformed, or not allowed by the
-    /// cluster's SAN matchers).
-    #[error("TLS to {address}: server certificate rejected: {source}")]
-    PeerRejected {
-        /// The endpoint.
-        address: SocketAddr,
-        /// Why.
-        #[source]
-        source: VerifyError,
-    },
-    /// The TLS handshake failed for another reason.
-    #[error("TLS to {address}: {source}")]
-    Tls {
-        /// The endpoint.
-        address: SocketAddr,
-        /// The handshake error.
-        #[source]
-        source: io::Error,
-    },
-    /// The cluster asks for TLS and the channel has no identity
-    /// ([`MeshChannelOptions::mtls`](crate::MeshChannelOptions::mtls)).
-    #[error("cluster {cluster} requires TLS and the channel has no mTLS identity")]
-    NoIdentity {
-        /// The cluster's name.
-        cluster: String,
-    },
-    /// The cluster's TLS identity could not be set up: a certificate provider instance the
-    /// cluster names is unknown, unsupported or unreadable, or rustls refused the
-    /// configuration.
-    #[error("cluster {cluster}: TLS configuration: {source}")]
-    TlsConfig {
-        /// The cluster's name.
-        cluster: String,
-        /// Why.
-        #[source]
-        source: Arc<IdentityError>,
-    },
-}
-
-impl ConnectError {
-    /// The SPIFFE verification error, when the server's certificate was rejected.
-    pub fn verify_error(&self) -> Option<&VerifyError> {
-        match self {
-            ConnectError::PeerRejected { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Clone)]
-enum Tls {
-    Off,
-    On(TlsConnector),
-    /// The cluster asks for TLS and we cannot do it: every dial fails with this.
-    Broken(Broken),
-}
-
-#[derive(Clone)]
-enum Broken {
-    NoIdentity(String),
-    Config(String, Arc<IdentityError>),
-}
-
-impl Broken {
-    fn error(&self) -> ConnectError {
-        match self {
-            Broken::NoIdentity(cluster) => ConnectError::NoIdentity {
-                cluster: cluster.clone(),
-            },
-            Broken::Config(cluster, source) => ConnectError::TlsConfig {
-                cluster: cluster.clone(),
-                source: source.clone(),
-            },
-        }
-    }
-}
-
-/// Where a channel's endpoints get the identity for clusters that ask for TLS.
-#[derive(Debug, Clone)]
-pub(crate) enum ClusterIdentity {
-    /// None: such clusters fail to connect with [`ConnectError::NoIdentity`].
-    None,
-    /// The same identity for every cluster (its authorizer replaced by the cluster's SAN
-    /// matchers).
-    Fixed(MtlsConfig),
-    /// The certificate provider instances each cluster's `UpstreamTlsContext` names (A29).
-    Providers(Arc<CertificateProviders>),
-}
-
-/// Dials one endpoint (the URI it is called with is ignored).
-#[derive(Clone)]
-pub(crate) struct Dialer {
-    address: SocketAddr,
-    timeout: Duration,
-    tls: Tls,
-}
-
-impl Dialer {
-    pub(crate) fn new(cluster: &Cluster, address: SocketAddr, identity: &ClusterIdentity) -> Self {
-        let mtls = match (&cluster.tls, identity) {
-            (None, _) => None,
-            (Some(_), ClusterIdentity::Fixed(mtls)) => Some(mtls.clone()),
-            (Some(upstream), ClusterIdentity::Providers(providers)) => {
-                match providers.for_upstream(upstream) {
-                    Ok(source) => Some(MtlsConfig::new(source)),
-                    Err(e) => {
-                        return Self {
-                            address,
-                            timeout: cluster.connect_timeout,
-                            tls: Tls::Broken(Broken::Config(cluster.name.clone(), Arc::new(e))),
-                        };
-                    }
-                }
-            }
-            (Some(_), ClusterIdentity::None) => None,
-        };
-        let tls = match (&cluster.tls, mtls) {
-            (None, _) => Tls::Off,
-            (Some(_), None) => Tls::Broken(Broken::NoIdentity(cluster.name.clone())),
-            (Some(upstream), Some(mtls)) => match mtls
-                .authorizer(Authorizer::SanMatchers(upstream.san_matchers.clone()))
-                .alpn_protocols(vec![b"h2".to_vec()])
-                .client_config()
-            {
-                Ok(config) => Tls::On(TlsConnector::from(Arc::new(config))),
-                Err(e) => Tls::Broken(Broken::Config(cluster.name.clone(), Arc::new(e))),
-            },
-        };
-        Self {
-            address,
-            timeout: cluster.connect_timeout,
-            tls,
-        }
-    }
-
-    async fn dial(self) -> Result<Stream, ConnectError> {
-        let address = self.address;
-        if let Tls::Broken(b) = &self.tls {
-            return Err(b.error());
-        }
-        let tcp = TcpStream::connect(address)
-            .await
-            .map_err(|source| ConnectError::Tcp { address, source })?;
-        let _ = tcp.set_nodelay(true);
-        match self.tls {
-            Tls::Off => Ok(Stream::Plain(tcp)),
-            Tls::Broken(b) => Err(b.error()),
-            Tls::On(connector) => {
-                let name = ServerName::IpAddress(address.ip().into());
-                match connector.connect(name, tcp).await {
-                    Ok(s) => Ok(Stream::Tls(Box::new(s))),
-                    Err(source) => Err(match VerifyError::from_io(&source) {
-                        Some(v) => ConnectError::PeerRejected {
-                            address,
-                            source: v.clone(),
-                        },
-                        None => ConnectError::Tls { address, source },
-                    }),
-                }
-            }
-        }
-    }
-}
-
-impl tower::Service<Uri> for Dialer {
-    type Response = TokioIo<Stream>;
-    type Error = ConnectError;
-    type Future = BoxFuture<Result<TokioIo<Stream>, ConnectError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let (address, timeout) = (this.address, this.timeout);
-            match tokio::time::timeout(timeout, this.dial()).await {
-                Ok(r) => r.map(TokioIo::new),
-                Err(_) => Err(ConnectError::Timeout { address, timeout }),
-            }
-        })
-    }
-}
-
-/// A TCP or TLS connection.
-pub(crate) enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    // Forwarded so h2 can hand a frame's header and payload to one write (one TLS record
-    // batch, one syscall); the default would write only the first buffer each time.
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
 
 type Sender = hyper::client::conn::http2::SendRequest<RetryBody<tonic::body::Body>>;
 
@@ -328,10 +46,10 @@ impl Clone for Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(cluster: &Cluster, address: SocketAddr, identity: &ClusterIdentity) -> Self {
+    pub(crate) fn new(cluster: &Cluster, address: SocketAddr, identity: &UpstreamIdentity) -> Self {
         Self {
             address,
-            dialer: Dialer::new(cluster, address, identity),
+            dialer: Dialer::new(cluster, address, identity, vec![b"h2".to_vec()]),
             sender: None,
             connecting: None,
         }
@@ -340,9 +58,9 @@ impl Endpoint {
 
 /// Dials (within the cluster's connect timeout) and runs the HTTP/2 handshake; the
 /// connection is driven by a task of its own until it closes.
-async fn connect(mut dialer: Dialer) -> Result<Sender, BoxError> {
-    let address = dialer.address;
-    let io = tower::Service::call(&mut dialer, Uri::from_static("/")).await?;
+async fn connect(dialer: Dialer) -> Result<Sender, BoxError> {
+    let address = dialer.address();
+    let io = TokioIo::new(dialer.dial().await?);
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake(io)
         .await?;
@@ -478,7 +196,7 @@ mod tests {
         let req = http::Request::post("/svc/Method")
             .body(RetryBody::passthrough(tonic::body::Body::empty()))
             .unwrap();
-        Endpoint::new(&cluster, address, &ClusterIdentity::None)
+        Endpoint::new(&cluster, address, &UpstreamIdentity::None)
             .oneshot(req)
             .await
             .expect_err("the stream is reset")
@@ -489,7 +207,7 @@ mod tests {
         // A server that answers one stream per connection, then closes it.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = accepted.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
@@ -510,7 +228,7 @@ mod tests {
                 .body(RetryBody::passthrough(tonic::body::Body::empty()))
                 .unwrap()
         };
-        let mut endpoint = Endpoint::new(&cluster(), address, &ClusterIdentity::None);
+        let mut endpoint = Endpoint::new(&cluster(), address, &UpstreamIdentity::None);
         endpoint.ready().await.unwrap();
         let mut clone = endpoint.clone();
         let rsp = clone.ready().await.unwrap().call(req()).await.unwrap();

@@ -53,6 +53,7 @@ use std::time::Duration;
 use meshwork_core::config::{self, ConfigReceiver, TargetConfig};
 use meshwork_core::identity::{CertificateProviders, MtlsConfig};
 use meshwork_core::stack::{self, StackOptions};
+use meshwork_core::upstream::UpstreamIdentity;
 use meshwork_core::xds::bootstrap::XdsTarget;
 use meshwork_core::xds::client::{ReadyError, XdsClient};
 use meshwork_core::xds::watch::TargetState;
@@ -65,9 +66,7 @@ pub use meshwork_core as core;
 mod connect;
 mod server;
 
-use connect::ClusterIdentity;
-
-pub use connect::ConnectError;
+pub use meshwork_core::upstream::ConnectError;
 pub use server::{MeshServer, ServerError};
 
 /// Options of a [`MeshChannel`].
@@ -202,9 +201,9 @@ impl MeshChannel {
     /// tokio runtime.
     pub fn from_config(config: ConfigReceiver, options: MeshChannelOptions) -> Self {
         let identity = match (&options.mtls, &options.certificate_providers) {
-            (Some(mtls), _) => ClusterIdentity::Fixed(mtls.clone()),
-            (None, Some(providers)) => ClusterIdentity::Providers(providers.clone()),
-            (None, None) => ClusterIdentity::None,
+            (Some(mtls), _) => UpstreamIdentity::Fixed(mtls.clone()),
+            (None, Some(providers)) => UpstreamIdentity::Providers(providers.clone()),
+            (None, None) => UpstreamIdentity::None,
         };
         let connect = move |cluster: &Arc<meshwork_core::xds::resource::Cluster>, address| {
             connect::Endpoint::new(cluster, address, &identity)

@@ -24,8 +24,9 @@ use tokio::sync::OnceCell;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt as _};
 
-use crate::connect::{ClusterIdentity, Endpoint};
+use crate::connect::Endpoint;
 use crate::{Body, Error, ResolveError};
+use meshwork_core::upstream::UpstreamIdentity;
 
 /// Options of a [`MeshClient`].
 #[derive(Debug, Clone)]
@@ -288,9 +289,9 @@ fn normalize(mut req: Request<Body>) -> Result<(Request<Body>, String), Error> {
 
 fn build_stack(config: ConfigReceiver, options: &MeshClientOptions) -> Stack {
     let identity = match (&options.mtls, &options.certificate_providers) {
-        (Some(mtls), _) => ClusterIdentity::Fixed(mtls.clone()),
-        (None, Some(providers)) => ClusterIdentity::Providers(providers.clone()),
-        (None, None) => ClusterIdentity::None,
+        (Some(mtls), _) => UpstreamIdentity::Fixed(mtls.clone()),
+        (None, Some(providers)) => UpstreamIdentity::Providers(providers.clone()),
+        (None, None) => UpstreamIdentity::None,
     };
     let h2 = options.http2_prior_knowledge;
     let connect =

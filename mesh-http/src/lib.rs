@@ -62,8 +62,8 @@ mod error;
 mod server;
 
 pub use client::{MeshClient, MeshClientOptions};
-pub use connect::ConnectError;
 pub use error::{Error, ResolveError};
+pub use meshwork_core::upstream::ConnectError;
 pub use server::{ServeError, Server};
 
 /// The body of requests sent and responses received through a [`MeshClient`]: any

@@ -734,7 +734,11 @@ async fn a_priority_that_cannot_connect_fails_over_and_comes_back() {
     };
     let mut b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
     for _ in 0..50 {
-        assert_eq!(served(&mut b).await, addr(1), "priority 1 takes the traffic");
+        assert_eq!(
+            served(&mut b).await,
+            addr(1),
+            "priority 1 takes the traffic"
+        );
     }
     // Priority 0 becomes reachable: the driver's next attempt connects, and traffic returns.
     p0_up.store(true, Ordering::SeqCst);
