@@ -99,6 +99,63 @@ impl Args {
     }
 }
 
+/// The error type of the example binaries.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The process exit code for `result`, printing the error as `<program>: <error>`.
+pub fn exit_code(program: &str, result: Result<(), Error>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the example clients share: `--target T --calls N [--header k:v]... [--wait-secs S]
+/// [--json]`.
+#[derive(Debug, Clone)]
+pub struct CallArgs {
+    /// `--target` (required).
+    pub target: String,
+    /// `--calls` (default 10).
+    pub calls: u64,
+    /// `--wait-secs`: how long to wait for the first xDS config (default 10 s).
+    pub wait: std::time::Duration,
+    /// `--json`: print one line of JSON.
+    pub json: bool,
+    /// `--header k:v`, trimmed, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl CallArgs {
+    /// Reads the flags from `args`; `target_usage` is shown when `--target` is missing.
+    pub fn parse(args: &mut Args, target_usage: &str) -> Result<Self, UsageError> {
+        let target = args
+            .value("--target")?
+            .ok_or_else(|| UsageError(format!("--target {target_usage} is required")))?;
+        let calls = args.value("--calls")?.unwrap_or(10);
+        let wait: f64 = args.value("--wait-secs")?.unwrap_or(10.0);
+        let json = args.switch("--json");
+        let mut headers = Vec::new();
+        for h in args.values("--header")? {
+            let (k, v) = h
+                .split_once(':')
+                .ok_or_else(|| UsageError(format!("--header {h:?}: expected key:value")))?;
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        Ok(Self {
+            target,
+            calls,
+            wait: std::time::Duration::try_from_secs_f64(wait)
+                .map_err(|e| UsageError(format!("--wait-secs {wait}: {e}")))?,
+            json,
+            headers,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,9 +9,8 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use meshwork_examples::args::Args;
+use meshwork_examples::args::{Args, CallArgs, Error, exit_code};
 use meshwork_examples::helloworld::HelloRequest;
 use meshwork_examples::helloworld::greeter_client::GreeterClient;
 use meshwork_examples::tally::Tally;
@@ -20,49 +19,39 @@ use meshwork_grpc::core::xds::client::XdsClient;
 use meshwork_grpc::{MeshChannel, MeshChannelOptions};
 use tonic::metadata::{MetadataKey, MetadataValue};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("greeter-client: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("greeter-client", run().await)
 }
 
 async fn run() -> Result<(), Error> {
     let mut args = Args::from_env();
-    let target: String = args
-        .value("--target")?
-        .ok_or("--target xds:///NAME is required")?;
-    let calls: u64 = args.value("--calls")?.unwrap_or(10);
+    let CallArgs {
+        target,
+        calls,
+        wait,
+        json,
+        headers,
+    } = CallArgs::parse(&mut args, "xds:///NAME")?;
     let name: String = args.value("--name")?.unwrap_or_else(|| "meshwork".into());
-    let wait: f64 = args.value("--wait-secs")?.unwrap_or(10.0);
-    let json = args.switch("--json");
-    let mut headers = Vec::new();
-    for h in args.values("--header")? {
-        let (k, v) = h
-            .split_once(':')
-            .ok_or_else(|| format!("--header {h:?}: expected key:value"))?;
-        let key: MetadataKey<_> = k.trim().to_ascii_lowercase().parse()?;
-        let value: MetadataValue<_> = v.trim().parse()?;
-        headers.push((key, value));
-    }
     args.finish()?;
+    let mut metadata = Vec::new();
+    for (k, v) in headers {
+        let key: MetadataKey<_> = k.to_ascii_lowercase().parse()?;
+        let value: MetadataValue<_> = v.parse()?;
+        metadata.push((key, value));
+    }
 
     let bootstrap = Bootstrap::from_env()?;
     let client = XdsClient::builder(&bootstrap)?.start();
-    let options = MeshChannelOptions::new().ready_timeout(Duration::from_secs_f64(wait));
+    let options = MeshChannelOptions::new().ready_timeout(wait);
     let channel = MeshChannel::from_xds(&client, &target, options).await?;
     let mut greeter = GreeterClient::new(channel);
 
     let mut tally = Tally::default();
     for _ in 0..calls {
         let mut request = tonic::Request::new(HelloRequest { name: name.clone() });
-        for (k, v) in &headers {
+        for (k, v) in &metadata {
             request.metadata_mut().insert(k.clone(), v.clone());
         }
         match greeter.say_hello(request).await {

@@ -10,7 +10,7 @@
 
 use std::process::ExitCode;
 
-use meshwork_examples::args::Args;
+use meshwork_examples::args::{Args, Error, exit_code};
 use meshwork_examples::greeter::Greeter;
 use meshwork_examples::identity::svid_source;
 use meshwork_grpc::MeshServer;
@@ -18,17 +18,9 @@ use meshwork_grpc::core::identity::{MtlsConfig, SpiffeId};
 use meshwork_grpc::core::inbound::{AuthorizationPolicy, Principal, Rule};
 use meshwork_grpc::core::xds::bootstrap::Bootstrap;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("greeter-server: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("greeter-server", run().await)
 }
 
 async fn run() -> Result<(), Error> {

@@ -9,49 +9,38 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Empty};
-use meshwork_examples::args::Args;
+use meshwork_examples::args::{Args, CallArgs, Error, exit_code};
 use meshwork_examples::tally::Tally;
 use meshwork_http::core::xds::bootstrap::Bootstrap;
 use meshwork_http::core::xds::client::XdsClient;
 use meshwork_http::{MeshClient, MeshClientOptions};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("http-client: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("http-client", run().await)
 }
 
 async fn run() -> Result<(), Error> {
     let mut args = Args::from_env();
-    let target: String = args
-        .value("--target")?
-        .ok_or("--target http://HOST/PATH is required")?;
-    let calls: u64 = args.value("--calls")?.unwrap_or(10);
-    let wait: f64 = args.value("--wait-secs")?.unwrap_or(10.0);
-    let json = args.switch("--json");
+    let CallArgs {
+        target,
+        calls,
+        wait,
+        json,
+        headers: raw_headers,
+    } = CallArgs::parse(&mut args, "http://HOST/PATH")?;
+    args.finish()?;
     let mut headers = Vec::new();
-    for h in args.values("--header")? {
-        let (k, v) = h
-            .split_once(':')
-            .ok_or_else(|| format!("--header {h:?}: expected key:value"))?;
-        let key: http::HeaderName = k.trim().parse()?;
-        let value: http::HeaderValue = v.trim().parse()?;
+    for (k, v) in raw_headers {
+        let key: http::HeaderName = k.parse()?;
+        let value: http::HeaderValue = v.parse()?;
         headers.push((key, value));
     }
-    args.finish()?;
 
     let bootstrap = Bootstrap::from_env()?;
-    let options = MeshClientOptions::new().ready_timeout(Duration::from_secs_f64(wait));
+    let options = MeshClientOptions::new().ready_timeout(wait);
     let client = MeshClient::from_xds(XdsClient::builder(&bootstrap)?.start(), options);
 
     let mut tally = Tally::default();
