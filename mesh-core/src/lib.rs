@@ -23,4 +23,5 @@ pub mod outlier;
 pub mod retry;
 pub mod route;
 pub mod stack;
+pub mod telemetry;
 pub mod timeout;
