@@ -6,7 +6,8 @@
 //! - `bare`: no telemetry layers;
 //! - `off`: the layers with OpenTelemetry's no-op global providers (nothing installed);
 //! - `on_no_exporter`: SDK tracer and meter providers that record every span and metric
-//!   but export nowhere (no span processor; a manual metric reader nobody reads);
+//!   but export nowhere (no span processor; metrics aggregated for a periodic reader
+//!   that exports once a minute into memory);
 //! - `on_sampled_1pct`: SDK providers with a 1% trace-ID-ratio sampler and a batch span
 //!   processor into a discarding exporter.
 //!
@@ -23,7 +24,7 @@ use meshwork_grpc::core::telemetry::{AttemptLayer, CallLayer, ServerLayer, Telem
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -61,8 +62,8 @@ fn request() -> http::Request<Full<Bytes>> {
 
 /// The application's service: answers at once.
 fn app()
--> impl Service<http::Request<Full<Bytes>>, Response = http::Response<Body>, Error = Infallible>
-+ Clone {
+-> impl Service<http::Request<Full<Bytes>>, Response = http::Response<Body>, Error = Infallible> + Clone
+{
     service_fn(|_req: http::Request<Full<Bytes>>| async { Ok::<_, Infallible>(response()) })
 }
 
@@ -110,7 +111,7 @@ fn telemetry(c: &mut Criterion) {
 
     let tracer_provider = SdkTracerProvider::builder().build();
     let meter_provider = SdkMeterProvider::builder()
-        .with_reader(ManualReader::builder().build())
+        .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
         .build();
     group.bench_function("on_no_exporter", |b| {
         let t = Telemetry::new(
@@ -126,7 +127,10 @@ fn telemetry(c: &mut Criterion) {
         .with_batch_exporter(Discard)
         .build();
     group.bench_function("on_sampled_1pct", |b| {
-        let t = Telemetry::new(sampled.tracer("meshwork"), &meter_provider.meter("meshwork"));
+        let t = Telemetry::new(
+            sampled.tracer("meshwork"),
+            &meter_provider.meter("meshwork"),
+        );
         let (mut client, mut server) = layered(t);
         b.iter(|| rt.block_on(roundtrip(&mut client, &mut server)))
     });

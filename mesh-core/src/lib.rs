@@ -15,6 +15,8 @@ pub use meshwork_xds as xds;
 /// The workspace's TLS crypto provider (chosen by the `ring`, `aws-lc-rs` or `fips` feature).
 pub use meshwork_xds::crypto;
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod balance;
 pub mod breaker;
 pub mod config;

@@ -176,7 +176,9 @@ struct Pipeline {
 impl Pipeline {
     fn new(service: &str, port: u16) -> Self {
         let endpoint = format!("http://127.0.0.1:{port}");
-        let resource = Resource::builder().with_service_name(service.to_owned()).build();
+        let resource = Resource::builder()
+            .with_service_name(service.to_owned())
+            .build();
         let spans = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(&endpoint)
@@ -314,9 +316,8 @@ async fn one_trace_crosses_two_meshwork_services_and_reaches_a_real_otlp_receive
             host_selection_max_attempts: 1,
         })
         .unwrap();
-    let to_backend = CallLayer::new(frontend_side.telemetry.clone()).layer(
-        retry.layer(AttemptLayer::new(frontend_side.telemetry.clone()).layer(h2)),
-    );
+    let to_backend = CallLayer::new(frontend_side.telemetry.clone())
+        .layer(retry.layer(AttemptLayer::new(frontend_side.telemetry.clone()).layer(h2)));
     let frontend = service_fn(move |req: http::Request<Incoming>| {
         let to_backend = to_backend.clone();
         async move {
@@ -373,18 +374,26 @@ async fn one_trace_crosses_two_meshwork_services_and_reaches_a_real_otlp_receive
     let frontend_call = one("frontend", "Sent.");
     let mut frontend_attempts = by("frontend", "Attempt.");
     let backend_servers = by("backend", "Recv.");
-    assert_eq!(frontend_attempts.len(), 2, "an attempt span per attempt: {spans:#?}");
+    assert_eq!(
+        frontend_attempts.len(),
+        2,
+        "an attempt span per attempt: {spans:#?}"
+    );
     assert_eq!(backend_servers.len(), 2, "{spans:#?}");
     assert_eq!(spans.len(), 8, "{spans:#?}");
 
     // One trace, client to backend.
-    assert!(spans.iter().all(|s| s.trace == client_call.trace), "{spans:#?}");
+    assert!(
+        spans.iter().all(|s| s.trace == client_call.trace),
+        "{spans:#?}"
+    );
     // Parent/child links across both hops.
     assert_eq!(client_call.parent, "", "the client call is the root");
     assert_eq!(client_attempt.parent, client_call.id);
     assert_eq!(frontend_server.parent, client_attempt.id);
     assert_eq!(frontend_call.parent, frontend_server.id);
-    frontend_attempts.sort_by(|a, b| a.attrs["previous-rpc-attempts"].cmp(&b.attrs["previous-rpc-attempts"]));
+    frontend_attempts
+        .sort_by(|a, b| a.attrs["previous-rpc-attempts"].cmp(&b.attrs["previous-rpc-attempts"]));
     for (i, attempt) in frontend_attempts.iter().enumerate() {
         assert_eq!(attempt.parent, frontend_call.id);
         assert_eq!(attempt.attrs["previous-rpc-attempts"], i.to_string());
@@ -410,9 +419,18 @@ async fn one_trace_crosses_two_meshwork_services_and_reaches_a_real_otlp_receive
         assert_eq!(s.attrs["http.request.method"], "POST");
     }
     assert_eq!(client_call.attrs["server.address"], "127.0.0.1");
-    assert_eq!(client_call.attrs["server.port"], frontend_addr.port().to_string());
-    assert_eq!(frontend_attempts[1].attrs["server.port"], backend_addr.port().to_string());
-    assert_eq!(frontend_attempts[1].attrs["http.response.status_code"], "200");
+    assert_eq!(
+        client_call.attrs["server.port"],
+        frontend_addr.port().to_string()
+    );
+    assert_eq!(
+        frontend_attempts[1].attrs["server.port"],
+        backend_addr.port().to_string()
+    );
+    assert_eq!(
+        frontend_attempts[1].attrs["http.response.status_code"],
+        "200"
+    );
 
     // The metrics went out over OTLP too, under gRFC A66's names.
     let names = sink.metric_names();
@@ -424,7 +442,10 @@ async fn one_trace_crosses_two_meshwork_services_and_reaches_a_real_otlp_receive
         "grpc.server.call.started",
         "grpc.server.call.duration",
     ] {
-        assert!(names.iter().any(|n| n == metric), "{metric} not exported: {names:?}");
+        assert!(
+            names.iter().any(|n| n == metric),
+            "{metric} not exported: {names:?}"
+        );
     }
     let _ = std::io::stderr().flush();
 }

@@ -589,7 +589,8 @@ impl Worker {
             any = true;
             let (key, state) = match event {
                 XdsEvent::Changed(resource) => {
-                    self.metrics.valid(&self.server_uri, resource.resource_type());
+                    self.metrics
+                        .valid(&self.server_uri, resource.resource_type());
                     self.metrics
                         .accepted(resource.resource_type(), resource.name());
                     (

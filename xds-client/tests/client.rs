@@ -487,15 +487,24 @@ async fn metrics_follow_grfc_a78() {
         ("{bool}".into(), 1)
     );
     assert_eq!(
-        find("grpc.xds_client.resource_updates_valid", &[target, on, cluster]),
+        find(
+            "grpc.xds_client.resource_updates_valid",
+            &[target, on, cluster]
+        ),
         ("{resource}".into(), 1)
     );
     assert_eq!(
-        find("grpc.xds_client.resource_updates_valid", &[target, on, listener]),
+        find(
+            "grpc.xds_client.resource_updates_valid",
+            &[target, on, listener]
+        ),
         ("{resource}".into(), 1)
     );
     assert_eq!(
-        find("grpc.xds_client.resource_updates_invalid", &[target, on, cluster]),
+        find(
+            "grpc.xds_client.resource_updates_invalid",
+            &[target, on, cluster]
+        ),
         ("{resource}".into(), 1)
     );
     let cached = |state: &'static str, ty| {
@@ -509,6 +518,9 @@ async fn metrics_follow_grfc_a78() {
             ],
         )
     };
-    assert_eq!(cached("nacked_but_cached", cluster), ("{resource}".into(), 1));
+    assert_eq!(
+        cached("nacked_but_cached", cluster),
+        ("{resource}".into(), 1)
+    );
     assert_eq!(cached("acked", listener), ("{resource}".into(), 1));
 }

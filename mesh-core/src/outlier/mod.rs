@@ -358,7 +358,12 @@ impl Inner {
         t.ejected_at = Some(now);
         t.stats.ejected.store(true, Ordering::Release);
         self.generation.fetch_add(1, Ordering::Release);
-        tracing::debug!(address = %t.stats.address, times = t.times_ejected, "outlier ejected");
+        // Bounded by max_ejection_percent and the interval: no flood to guard against.
+        tracing::info!(
+            address = %t.stats.address,
+            times = t.times_ejected,
+            "outlier detection ejected an endpoint"
+        );
     }
 
     fn sweep(&self, now: Instant) {

@@ -131,10 +131,10 @@ where
             propagation::inject(propagate, req.headers_mut());
         }
         if rpc.is_grpc() {
-            self.telemetry.instruments().client_attempt_started.add(
-                1,
-                &[rpc.method_kv(), self.telemetry.target_kv()],
-            );
+            self.telemetry
+                .instruments()
+                .client_attempt_started
+                .add(1, &[rpc.method_kv(), self.telemetry.target_kv()]);
         }
         let record = Record::new(Side::Attempt, self.telemetry.clone(), rpc, span, None);
         AttemptFuture {

@@ -150,11 +150,7 @@ impl Record {
                 let status = KeyValue::new("grpc.status", status_name(code));
                 match self.side {
                     Side::Call => {
-                        let attrs = [
-                            self.rpc.method_kv(),
-                            self.telemetry.target_kv(),
-                            status,
-                        ];
+                        let attrs = [self.rpc.method_kv(), self.telemetry.target_kv(), status];
                         ins.client_call_duration.record(seconds, &attrs);
                         if let Some(n) = &self.attempts {
                             let n = n.load(Ordering::Relaxed);
@@ -165,11 +161,7 @@ impl Record {
                         }
                     }
                     Side::Attempt => {
-                        let attrs = [
-                            self.rpc.method_kv(),
-                            self.telemetry.target_kv(),
-                            status,
-                        ];
+                        let attrs = [self.rpc.method_kv(), self.telemetry.target_kv(), status];
                         ins.client_attempt_duration.record(seconds, &attrs);
                     }
                     Side::Server => {

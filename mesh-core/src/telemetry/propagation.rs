@@ -91,7 +91,11 @@ pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
         return None;
     }
     let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some((trace_id, span_id, TraceFlags::new(flags) & TraceFlags::SAMPLED))
+    Some((
+        trace_id,
+        span_id,
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+    ))
 }
 
 fn is_lower_hex(s: &str) -> bool {

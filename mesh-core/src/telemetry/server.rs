@@ -4,8 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use opentelemetry::trace::{SpanKind, TraceContextExt, WithContext};
 use opentelemetry::trace::FutureExt as _;
+use opentelemetry::trace::{SpanKind, TraceContextExt, WithContext};
 use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};

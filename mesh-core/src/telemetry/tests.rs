@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use opentelemetry::trace::{SpanKind, TraceContextExt, TracerProvider as _};
 use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::{SpanKind, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, Value};
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
@@ -116,7 +116,10 @@ impl Sdk {
 
     /// The points of metric `name`.
     pub(crate) fn metric(&self, name: &str) -> Vec<Point> {
-        self.points().into_iter().filter(|p| p.name == name).collect()
+        self.points()
+            .into_iter()
+            .filter(|p| p.name == name)
+            .collect()
     }
 }
 
@@ -190,15 +193,19 @@ async fn a_retried_call_has_a_call_span_with_one_attempt_span_per_attempt() {
         let mut log = log.lock().unwrap();
         log.push(req.headers().get("traceparent").cloned());
         let fail = log.len() == 1;
-        async move {
-            Ok::<_, std::convert::Infallible>(grpc_response(fail.then_some(14)))
-        }
+        async move { Ok::<_, std::convert::Infallible>(grpc_response(fail.then_some(14))) }
     });
     let stack = AttemptLayer::new(sdk.telemetry.clone()).layer(endpoint);
     let stack = RetryLayer::new().seed(1).layer(stack);
     let mut client = CallLayer::new(sdk.telemetry.clone()).layer(stack);
 
-    let rsp = client.ready().await.unwrap().call(grpc_request()).await.unwrap();
+    let rsp = client
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
     let body = rsp.into_body().collect().await.unwrap();
     assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
 
@@ -209,7 +216,10 @@ async fn a_retried_call_has_a_call_span_with_one_attempt_span_per_attempt() {
         .expect("a call span");
     assert_eq!(call.span_kind, SpanKind::Client);
     assert_eq!(attr(call, "rpc.system"), Some(&Value::from("grpc")));
-    assert_eq!(attr(call, "rpc.service"), Some(&Value::from("helloworld.Greeter")));
+    assert_eq!(
+        attr(call, "rpc.service"),
+        Some(&Value::from("helloworld.Greeter"))
+    );
     assert_eq!(attr(call, "rpc.method"), Some(&Value::from("SayHello")));
     assert_eq!(attr(call, "rpc.grpc.status_code"), Some(&Value::I64(0)));
     assert_eq!(attr(call, "server.address"), Some(&Value::from("greeter")));
@@ -226,22 +236,34 @@ async fn a_retried_call_has_a_call_span_with_one_attempt_span_per_attempt() {
     for (i, a) in attempts.iter().enumerate() {
         assert_eq!(a.parent_span_id, call.span_context.span_id());
         assert_eq!(a.span_context.trace_id(), call.span_context.trace_id());
-        assert_eq!(attr(a, "previous-rpc-attempts"), Some(&Value::I64(i as i64)));
+        assert_eq!(
+            attr(a, "previous-rpc-attempts"),
+            Some(&Value::I64(i as i64))
+        );
         // The attempt's own context went out on the wire.
         let sent = seen.lock().unwrap()[i].clone().expect("traceparent sent");
         let (trace, span, _) = propagation::parse_traceparent(sent.to_str().unwrap()).unwrap();
         assert_eq!(trace, a.span_context.trace_id());
         assert_eq!(span, a.span_context.span_id());
     }
-    assert_eq!(attr(attempts[0], "rpc.grpc.status_code"), Some(&Value::I64(14)));
-    assert_eq!(attr(attempts[1], "rpc.grpc.status_code"), Some(&Value::I64(0)));
+    assert_eq!(
+        attr(attempts[0], "rpc.grpc.status_code"),
+        Some(&Value::I64(14))
+    );
+    assert_eq!(
+        attr(attempts[1], "rpc.grpc.status_code"),
+        Some(&Value::I64(0))
+    );
 
     // Metrics: gRFC A66 names, units and attributes; A96 retries.
     let started = sdk.metric("grpc.client.attempt.started");
     assert_eq!(started.len(), 1);
     assert_eq!(started[0].unit, "{attempt}");
     assert_eq!(started[0].value, 2.0);
-    assert_eq!(started[0].attrs["grpc.method"], "helloworld.Greeter/SayHello");
+    assert_eq!(
+        started[0].attrs["grpc.method"],
+        "helloworld.Greeter/SayHello"
+    );
     assert_eq!(started[0].attrs["grpc.target"], "xds:///greeter");
     let mut durations = sdk.metric("grpc.client.attempt.duration");
     durations.sort_by(|a, b| a.attrs["grpc.status"].cmp(&b.attrs["grpc.status"]));
@@ -326,11 +348,17 @@ async fn without_a_tracer_provider_nothing_is_recorded_but_the_callers_trace_pas
         rsp.extensions_mut().insert(sent);
         Ok::<_, std::convert::Infallible>(rsp)
     });
-    let mut client = CallLayer::new(telemetry.clone())
-        .layer(AttemptLayer::new(telemetry).layer(endpoint));
+    let mut client =
+        CallLayer::new(telemetry.clone()).layer(AttemptLayer::new(telemetry).layer(endpoint));
 
     // No trace around the call: no header.
-    let rsp = client.ready().await.unwrap().call(grpc_request()).await.unwrap();
+    let rsp = client
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
     assert_eq!(
         rsp.extensions().get::<Option<http::HeaderValue>>(),
         Some(&None)
@@ -348,7 +376,13 @@ async fn without_a_tracer_provider_nothing_is_recorded_but_the_callers_trace_pas
         Default::default(),
     ));
     let _guard = parent.attach();
-    let rsp = client.ready().await.unwrap().call(grpc_request()).await.unwrap();
+    let rsp = client
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
     let sent = rsp.extensions().get::<Option<http::HeaderValue>>().unwrap();
     assert_eq!(
         sent.as_ref().unwrap(),
@@ -381,7 +415,10 @@ async fn http_requests_follow_the_http_semantic_conventions() {
     for s in &spans {
         assert_eq!(attr(s, "http.request.method"), Some(&Value::from("GET")));
         assert_eq!(attr(s, "http.response.status_code"), Some(&Value::I64(503)));
-        assert!(matches!(s.status, opentelemetry::trace::Status::Error { .. }));
+        assert!(matches!(
+            s.status,
+            opentelemetry::trace::Status::Error { .. }
+        ));
     }
     let points = sdk.metric("http.client.request.duration");
     assert_eq!(points.len(), 1);
@@ -396,7 +433,10 @@ async fn http_requests_follow_the_http_semantic_conventions() {
 async fn a_failed_call_and_a_dropped_body_end_their_spans() {
     let sdk = Sdk::new();
     let failing = service_fn(|_req: http::Request<Full<Bytes>>| async move {
-        Err::<http::Response<Body>, BoxErr>(Box::new(crate::breaker::Overloaded::new(crate::breaker::Limit::MaxRequests, 1)))
+        Err::<http::Response<Body>, BoxErr>(Box::new(crate::breaker::Overloaded::new(
+            crate::breaker::Limit::MaxRequests,
+            1,
+        )))
     });
     let mut client = CallLayer::new(sdk.telemetry.clone()).layer(failing);
     let err = client.ready().await.unwrap().call(grpc_request()).await;
@@ -406,7 +446,13 @@ async fn a_failed_call_and_a_dropped_body_end_their_spans() {
         Ok::<_, std::convert::Infallible>(grpc_response(None))
     });
     let mut client = CallLayer::new(sdk.telemetry.clone()).layer(ok);
-    let rsp = client.ready().await.unwrap().call(grpc_request()).await.unwrap();
+    let rsp = client
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
     drop(rsp);
 
     let mut codes: Vec<String> = sdk
@@ -443,7 +489,10 @@ fn mesh_counters_use_the_grfc_a91_names() {
             })
             .sum()
     };
-    assert_eq!(value("grpc.lb.outlier_detection.ejections_enforced_total"), 1.0);
+    assert_eq!(
+        value("grpc.lb.outlier_detection.ejections_enforced_total"),
+        1.0
+    );
     assert_eq!(
         value("grpc.lb.outlier_detection.ejections_enforced_failure_percentage"),
         1.0
@@ -452,13 +501,21 @@ fn mesh_counters_use_the_grfc_a91_names() {
         value("grpc.lb.outlier_detection.ejections_detected_failure_percentage"),
         1.0
     );
-    assert_eq!(value("grpc.lb.outlier_detection.ejections_detected_success_rate"), 1.0);
-    assert_eq!(value("grpc.lb.outlier_detection.ejections_enforced_success_rate"), 0.0);
+    assert_eq!(
+        value("grpc.lb.outlier_detection.ejections_detected_success_rate"),
+        1.0
+    );
+    assert_eq!(
+        value("grpc.lb.outlier_detection.ejections_enforced_success_rate"),
+        0.0
+    );
     assert_eq!(value("grpc.lb.outlier_detection.ejections_overflow"), 1.0);
     assert_eq!(value("meshwork.client.circuit_breaker.overflow"), 1.0);
     assert_eq!(value("meshwork.client.retries"), 1.0);
     assert_eq!(value("meshwork.client.retry_budget.exhausted"), 1.0);
-    assert!(points.iter().all(|p| p.unit == "{ejection}"
-        || p.unit == "{call}"
-        || p.unit == "{retry}"));
+    assert!(
+        points
+            .iter()
+            .all(|p| p.unit == "{ejection}" || p.unit == "{call}" || p.unit == "{retry}")
+    );
 }

@@ -51,9 +51,7 @@ impl XdsMetrics {
             updates_invalid: meter
                 .u64_counter("grpc.xds_client.resource_updates_invalid")
                 .with_unit("{resource}")
-                .with_description(
-                    "A counter of resources received that were considered invalid.",
-                )
+                .with_description("A counter of resources received that were considered invalid.")
                 .build(),
             resources: meter
                 .u64_gauge("grpc.xds_client.resources")
