@@ -177,13 +177,15 @@ where
                 span.set_attribute(KeyValue::new("network.peer.port", i64::from(addr.port())));
             }
             // An endpoint connector may report the server's verified identity.
-            if let Ok(rsp) = &result {
-                if let Some(peer) = rsp.extensions().get::<PeerIdentity>() {
-                    span.set_attribute(KeyValue::new(
-                        super::PEER_SPIFFE_ID,
-                        peer.spiffe_id().to_string(),
-                    ));
-                }
+            if let Some(peer) = result
+                .as_ref()
+                .ok()
+                .and_then(|rsp| rsp.extensions().get::<PeerIdentity>())
+            {
+                span.set_attribute(KeyValue::new(
+                    super::PEER_SPIFFE_ID,
+                    peer.spiffe_id().to_string(),
+                ));
             }
         }
         Poll::Ready(finish_head(record, result))
