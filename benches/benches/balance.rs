@@ -24,7 +24,10 @@ const ENDPOINTS: u32 = 10_000;
 fn endpoint_service(
     _: SocketAddr,
 ) -> impl Service<http::Request<()>, Response = http::Response<()>, Error = Infallible, Future: Send>
-{
++ Clone
++ Send
++ Sync
++ 'static {
     tower::service_fn(|_req: http::Request<()>| async { Ok(http::Response::new(())) })
 }
 
@@ -103,8 +106,10 @@ fn pick(c: &mut Criterion) {
     ];
     for (name, policy, weighted) in cases {
         let (_tx, rx) = watch::channel(endpoints(weighted));
-        let mut lb = Balancer::new(policy, rx, endpoint_service).with_seed(1);
-        // Let every endpoint become ready once.
+        // Every endpoint is ready as the balancer is built (its service is ready at once).
+        let mut lb = Balancer::builder(policy)
+            .seed(1)
+            .build(rx, endpoint_service);
         lb.ready().now_or_never().unwrap().unwrap();
         let mut h = 0u64;
         group.bench_function(name, |b| {

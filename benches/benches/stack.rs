@@ -1,8 +1,13 @@
 //! The whole outbound stack per call — Router -> Timeout -> Retry -> CircuitBreaker ->
-//! shared Balancer -> endpoint — against the bare endpoint service, both driven the same
-//! way (one `block_on` per call on a current-thread runtime), so the difference is what
-//! meshwork adds in-process. The route carries a timeout and istiod's default retry policy;
-//! the cluster has 3 or 10,000 endpoints, round robin (what CDS means with no policy).
+//! Balancer -> endpoint — against the bare endpoint service, both driven the same way (one
+//! `block_on` per call on a current-thread runtime), so the difference is what meshwork adds
+//! in-process. The route carries a timeout and istiod's default retry policy; the cluster
+//! has 3 or 10,000 endpoints, round robin (what CDS means with no policy).
+//!
+//! A second group runs 8 concurrent callers (threads, each with its own current-thread
+//! runtime and its own clone) through the stack with 3 endpoints and through the bare
+//! service: the wall time per call of the whole batch, where shared state (a lock,
+//! contended atomics) shows.
 //!
 //! Run: `cargo bench -p meshwork-benches --bench stack`. Issue 5's target: under 2 µs added
 //! per call.
@@ -10,7 +15,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use meshwork_grpc::core::config::{
@@ -85,6 +90,104 @@ fn request() -> http::Request<String> {
         .expect("a valid request")
 }
 
+type Stack = meshwork_grpc::core::stack::OutboundStack<String, String>;
+
+/// The outbound stack over `n` always-ready endpoints; built within the current runtime.
+fn build_stack(n: u32) -> Stack {
+    let c = cluster();
+    let mut vh = StaticConfig::new()
+        .route_all_to("echo")
+        .build()
+        .expect("valid")
+        .route_config()
+        .virtual_hosts[0]
+        .clone();
+    if let config::RouteAction::Forward(fa) = &mut vh.routes[0].action {
+        fa.timeout = Some(Duration::from_secs(10));
+        fa.retry_policy = Some(retry_policy());
+    }
+    let cfg = StaticConfig::new()
+        .virtual_host(vh)
+        .cluster(
+            "echo",
+            ClusterState::Ready(ClusterConfig {
+                cluster: c.clone(),
+                children: ClusterChildren::Endpoints(Ok(endpoints(n))),
+            }),
+        )
+        .build()
+        .expect("valid");
+    let (tx, rx) = config::channel(cfg);
+    std::mem::forget(tx); // the config never changes during the bench
+    outbound::<String, String, _>(
+        rx,
+        |_c: &Arc<Cluster>, _a: SocketAddr| {
+            service_fn(|_req: http::Request<RetryBody<String>>| async {
+                Ok::<_, Infallible>(http::Response::new(String::new()))
+            })
+        },
+        StackOptions::default(),
+    )
+}
+
+/// `iters` calls split over `CALLERS` threads, each calling its own clone of `svc` from its
+/// own current-thread runtime (one `block_on` per call, as in the single-caller group); the
+/// wall time from a common start.
+fn concurrent_calls<S>(svc: &S, iters: u64) -> Duration
+where
+    S: Service<http::Request<String>> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    const CALLERS: u64 = 8;
+    let start = std::sync::Barrier::new(CALLERS as usize + 1);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..CALLERS)
+            .map(|i| {
+                let per = iters / CALLERS + u64::from(i < iters % CALLERS);
+                let mut svc = svc.clone();
+                let start = &start;
+                scope.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    start.wait();
+                    for _ in 0..per {
+                        rt.block_on(async {
+                            svc.ready().await.unwrap().call(request()).await.unwrap()
+                        });
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        let began = Instant::now();
+        for t in threads {
+            t.join().expect("caller thread");
+        }
+        began.elapsed()
+    })
+}
+
+fn concurrent(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("outbound_stack_8_callers");
+    let bare = service_fn(|_req: http::Request<String>| async {
+        Ok::<_, Infallible>(http::Response::new(String::new()))
+    });
+    group.bench_function("bare_service", |b| {
+        b.iter_custom(|iters| concurrent_calls(&bare, iters))
+    });
+    let stack = rt.block_on(async { build_stack(3) });
+    group.bench_function("meshwork_stack_3_endpoints", |b| {
+        b.iter_custom(|iters| concurrent_calls(&stack, iters))
+    });
+    group.finish();
+}
+
 fn stack(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -100,43 +203,8 @@ fn stack(c: &mut Criterion) {
     });
 
     for n in [3u32, 10_000] {
-        let c = cluster();
-        let mut vh = StaticConfig::new()
-            .route_all_to("echo")
-            .build()
-            .expect("valid")
-            .route_config()
-            .virtual_hosts[0]
-            .clone();
-        if let config::RouteAction::Forward(fa) = &mut vh.routes[0].action {
-            fa.timeout = Some(Duration::from_secs(10));
-            fa.retry_policy = Some(retry_policy());
-        }
-        let cfg = StaticConfig::new()
-            .virtual_host(vh)
-            .cluster(
-                "echo",
-                ClusterState::Ready(ClusterConfig {
-                    cluster: c.clone(),
-                    children: ClusterChildren::Endpoints(Ok(endpoints(n))),
-                }),
-            )
-            .build()
-            .expect("valid");
-        let mut stack = rt.block_on(async {
-            let (tx, rx) = config::channel(cfg);
-            std::mem::forget(tx); // the config never changes during the bench
-            outbound::<String, String, _>(
-                rx,
-                |_c: &Arc<Cluster>, _a: SocketAddr| {
-                    service_fn(|_req: http::Request<RetryBody<String>>| async {
-                        Ok::<_, Infallible>(http::Response::new(String::new()))
-                    })
-                },
-                StackOptions::default(),
-            )
-        });
-        // Warm the endpoints into the balancer's ready set.
+        let mut stack = rt.block_on(async { build_stack(n) });
+        // Warm up (the endpoints connect as the stack is built).
         rt.block_on(async {
             for _ in 0..n.min(1000) {
                 stack.ready().await.unwrap().call(request()).await.unwrap();
@@ -151,5 +219,5 @@ fn stack(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stack);
+criterion_group!(benches, stack, concurrent);
 criterion_main!(benches);

@@ -11,4 +11,5 @@ pub mod tally;
 /// tonic-prost-build's output for `proto/helloworld.proto` (gRPC's standard Greeter), checked
 /// in so that no `protoc` is needed; `tests/helloworld_codegen.rs` keeps it current.
 #[allow(missing_docs, unreachable_pub)]
+#[rustfmt::skip]
 pub mod helloworld;

@@ -23,7 +23,7 @@ use meshwork_core::xds::resource::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tower::util::BoxService;
+use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
 type Req = http::Request<Empty<Bytes>>;
@@ -68,13 +68,13 @@ async fn backend(failing: Arc<AtomicBool>, gate: Option<Arc<Semaphore>>) -> Sock
     addr
 }
 
-fn new_endpoint() -> impl FnMut(SocketAddr) -> BoxService<Req, Resp, BoxError> {
+fn new_endpoint() -> impl FnMut(SocketAddr) -> BoxCloneSyncService<Req, Resp, BoxError> + Send {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
     move |addr| {
         let client = client.clone();
-        BoxService::new(
+        BoxCloneSyncService::new(
             client
                 .map_request(move |mut req: Req| {
                     *req.uri_mut() = format!("http://{addr}/").parse().unwrap();
@@ -148,8 +148,9 @@ async fn a_failing_backend_is_ejected_within_the_interval_and_returns() {
     };
     let detector = OutlierDetector::with_seed(config, 1);
     let (_tx, rx) = watch::channel(endpoints(&[good, flaky]));
-    let mut lb = Balancer::new(BalancePolicy::RoundRobin, rx, new_endpoint())
-        .with_outlier_detector(detector.clone());
+    let mut lb = Balancer::builder(BalancePolicy::RoundRobin)
+        .outlier_detector(detector.clone())
+        .build(rx, new_endpoint());
 
     for _ in 0..10 {
         assert_eq!(call(&mut lb).await.1, 200);

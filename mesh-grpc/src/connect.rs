@@ -11,13 +11,11 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::identity::{
     Authorizer, CertificateProviders, IdentityError, MtlsConfig, VerifyError,
 };
-use meshwork_core::retry::RetryBody;
+use meshwork_core::retry::{RefusedStream, RetryBody};
 use meshwork_core::xds::resource::Cluster;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -138,7 +136,7 @@ pub(crate) enum ClusterIdentity {
     Providers(Arc<CertificateProviders>),
 }
 
-/// Dials one endpoint, whatever URI hyper asks for.
+/// Dials one endpoint (the URI it is called with is ignored).
 #[derive(Clone)]
 pub(crate) struct Dialer {
     address: SocketAddr,
@@ -240,12 +238,6 @@ pub(crate) enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -271,6 +263,26 @@ impl AsyncWrite for Stream {
         }
     }
 
+    // Forwarded so h2 can hand a frame's header and payload to one write (one TLS record
+    // batch, one syscall); the default would write only the first buffer each time.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
@@ -286,19 +298,60 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// One endpoint: an HTTP/2 client whose connections all go to the endpoint's address.
+type Sender = hyper::client::conn::http2::SendRequest<RetryBody<tonic::body::Body>>;
+
+/// One endpoint: one HTTP/2 connection (TCP, or TLS with SPIFFE mTLS when the cluster asks
+/// for it), dialled in `poll_ready`. Connected, it is a cheap handle: clones share the
+/// connection and multiplex their calls on it. Its `poll_ready` fails once the connection
+/// is gone, which tells the balancer to make a new endpoint (with backoff) and to send calls
+/// elsewhere meanwhile.
 pub(crate) struct Endpoint {
     address: SocketAddr,
-    client: Client<Dialer, RetryBody<tonic::body::Body>>,
+    dialer: Dialer,
+    sender: Option<Sender>,
+    // Only ever touched through `&mut self` (`get_mut`, no locking): the mutex is there to
+    // make the endpoint `Sync`, which the dial future is not.
+    connecting: Option<std::sync::Mutex<BoxFuture<Result<Sender, BoxError>>>>,
+}
+
+impl Clone for Endpoint {
+    /// A clone of a connected endpoint shares its connection; a clone of one not connected
+    /// yet dials its own.
+    fn clone(&self) -> Self {
+        Self {
+            address: self.address,
+            dialer: self.dialer.clone(),
+            sender: self.sender.clone(),
+            connecting: None,
+        }
+    }
 }
 
 impl Endpoint {
     pub(crate) fn new(cluster: &Cluster, address: SocketAddr, identity: &ClusterIdentity) -> Self {
-        let client = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(Dialer::new(cluster, address, identity));
-        Self { address, client }
+        Self {
+            address,
+            dialer: Dialer::new(cluster, address, identity),
+            sender: None,
+            connecting: None,
+        }
     }
+}
+
+/// Dials (within the cluster's connect timeout) and runs the HTTP/2 handshake; the
+/// connection is driven by a task of its own until it closes.
+async fn connect(mut dialer: Dialer) -> Result<Sender, BoxError> {
+    let address = dialer.address;
+    let io = tower::Service::call(&mut dialer, Uri::from_static("/")).await?;
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(endpoint = %address, %error, "HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 impl tower::Service<http::Request<RetryBody<tonic::body::Body>>> for Endpoint {
@@ -306,13 +359,27 @@ impl tower::Service<http::Request<RetryBody<tonic::body::Body>>> for Endpoint {
     type Error = BoxError;
     type Future = BoxFuture<Result<http::Response<Incoming>, BoxError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.sender.is_none() {
+            let dialer = self.dialer.clone();
+            let connecting = self
+                .connecting
+                .get_or_insert_with(|| std::sync::Mutex::new(Box::pin(connect(dialer))))
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner());
+            let result = std::task::ready!(connecting.as_mut().poll(cx));
+            self.connecting = None;
+            self.sender = Some(result?);
+        }
+        match &mut self.sender {
+            Some(sender) => sender.poll_ready(cx).map_err(Into::into),
+            None => Poll::Pending,
+        }
     }
 
     fn call(&mut self, mut req: http::Request<RetryBody<tonic::body::Body>>) -> Self::Future {
-        // hyper's client wants an absolute URI; the dialer ignores it and always dials this
-        // endpoint. The caller's authority, when it set one, is kept for `:authority`.
+        // An absolute URI gives the HTTP/2 request its `:scheme` and `:authority`: the
+        // caller's authority when it set one, else the endpoint's address.
         let parts = req.uri().clone().into_parts();
         let authority = parts
             .authority
@@ -331,7 +398,155 @@ impl tower::Service<http::Request<RetryBody<tonic::body::Body>>> for Endpoint {
             Ok(uri) => *req.uri_mut() = uri,
             Err(e) => return Box::pin(async move { Err(e.into()) }),
         }
-        let fut = self.client.request(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        let Some(sender) = &mut self.sender else {
+            return Box::pin(async { Err("endpoint called before it was ready".into()) });
+        };
+        let fut = sender.send_request(req);
+        Box::pin(async move { fut.await.map_err(classify) })
+    }
+}
+
+/// hyper's error, wrapped in [`RefusedStream`] when the server reset the stream with
+/// `REFUSED_STREAM` (the reason is on the `h2::Error` in hyper's source chain), so that the
+/// retry layer's `refused-stream` condition can see it.
+fn classify(err: hyper::Error) -> BoxError {
+    if refused_stream(&err) {
+        Box::new(RefusedStream::new(err))
+    } else {
+        Box::new(err)
+    }
+}
+
+fn refused_stream(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    // Source chains are short; the bound guards against a cyclic one.
+    for _ in 0..16 {
+        let Some(e) = cur else { return false };
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use meshwork_core::config::RetryOn;
+    use meshwork_core::retry::error_conditions;
+    use meshwork_core::xds::resource::{
+        CircuitBreakers, ClusterKind, DEFAULT_CONNECT_TIMEOUT, LbPolicy,
+    };
+    use tokio::net::TcpListener;
+    use tower::{Service as _, ServiceExt as _};
+
+    use super::*;
+
+    /// An HTTP/2 server that resets every stream with `reason`.
+    async fn resetting_server(reason: h2::Reason) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                return;
+            };
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                respond.send_reset(reason);
+            }
+        });
+        address
+    }
+
+    fn cluster() -> Cluster {
+        Cluster {
+            name: "c".into(),
+            kind: ClusterKind::Eds { service_name: None },
+            lb_policy: LbPolicy::RoundRobin,
+            circuit_breakers: CircuitBreakers::default(),
+            outlier_detection: None,
+            tls: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            unsupported_fields: Vec::new(),
+        }
+    }
+
+    async fn call(address: SocketAddr) -> BoxError {
+        let cluster = cluster();
+        let req = http::Request::post("/svc/Method")
+            .body(RetryBody::passthrough(tonic::body::Body::empty()))
+            .unwrap();
+        Endpoint::new(&cluster, address, &ClusterIdentity::None)
+            .oneshot(req)
+            .await
+            .expect_err("the stream is reset")
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_fails_readiness_and_a_clone_shares_the_connection() {
+        // A server that answers one stream per connection, then closes it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    if let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        let rsp = http::Response::new(());
+                        respond.send_response(rsp, true).unwrap();
+                    }
+                    conn.graceful_shutdown();
+                    let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
+                });
+            }
+        });
+        let req = || {
+            http::Request::post("/svc/Method")
+                .body(RetryBody::passthrough(tonic::body::Body::empty()))
+                .unwrap()
+        };
+        let mut endpoint = Endpoint::new(&cluster(), address, &ClusterIdentity::None);
+        endpoint.ready().await.unwrap();
+        let mut clone = endpoint.clone();
+        let rsp = clone.ready().await.unwrap().call(req()).await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one connection"
+        );
+        // The server closes the connection: readiness fails from then on (the balancer then
+        // makes a new endpoint, which dials again).
+        let closed = async {
+            loop {
+                if endpoint.ready().await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        // A guard against a hang, not a synchronisation.
+        tokio::time::timeout(std::time::Duration::from_secs(10), closed)
+            .await
+            .expect("readiness fails once the connection is closed");
+    }
+
+    #[tokio::test]
+    async fn a_refused_stream_is_marked_for_the_retry_layer() {
+        let e = call(resetting_server(h2::Reason::REFUSED_STREAM).await).await;
+        assert!(e.is::<RefusedStream>(), "{e:?}");
+        assert!(error_conditions(e.as_ref()).contains(RetryOn::REFUSED_STREAM));
+    }
+
+    #[tokio::test]
+    async fn another_reset_is_not_a_refused_stream() {
+        let e = call(resetting_server(h2::Reason::INTERNAL_ERROR).await).await;
+        assert!(!e.is::<RefusedStream>(), "{e:?}");
+        assert!(!error_conditions(e.as_ref()).contains(RetryOn::REFUSED_STREAM));
     }
 }

@@ -10,12 +10,17 @@
 //! balancing and outlier detection, configured by hand ([`MeshChannel::from_static`]) or by
 //! an xDS control plane ([`MeshChannel::from_xds`]).
 //!
-//! Each endpoint gets its own hyper HTTP/2 client (pooled connections, reconnecting as
-//! needed) over TCP; when the endpoint's cluster asks for TLS (`Cluster::tls`), connections
-//! use SPIFFE mTLS with the server's SVID checked against the cluster's SAN matchers. Our
-//! SVID and the roots come from the certificate provider instances the cluster names in the
-//! bootstrap (gRFC A29, as Istio configures proxyless gRPC), or from one identity for every
-//! cluster given with [`MeshChannelOptions::mtls`].
+//! Each endpoint gets one HTTP/2 connection (hyper) over TCP; when the endpoint's cluster
+//! asks for TLS (`Cluster::tls`), with SPIFFE mTLS, the server's SVID checked against the
+//! cluster's SAN matchers. Our SVID and the roots come from the certificate provider
+//! instances the cluster names in the bootstrap (gRFC A29, as Istio configures proxyless
+//! gRPC), or from one identity for every cluster given with [`MeshChannelOptions::mtls`].
+//! The balancer's driver task dials it off the calls' path and, when the connection closes
+//! or cannot be made, dials again with backoff; calls multiplex on the connection through
+//! clones of its sender, and while every endpoint of a cluster fails to connect they fail at
+//! once with `UNAVAILABLE` and the last connection error. An HTTP/2 `REFUSED_STREAM` reset
+//! is reported as [`meshwork_core::retry::RefusedStream`], so the `refused-stream` retry
+//! condition sees it.
 //!
 //! [`MeshServer`] is the other half: tonic services served over SPIFFE mTLS, with the
 //! caller's identity in each request and an authorization policy in front of them.

@@ -2,7 +2,77 @@
 //!
 //! The mesh in a hyper client and a server acceptor for any hyper or axum service: HTTP/1.1
 //! and HTTP/2 requests routed, balanced and secured by the same xDS configuration as gRPC.
+//!
+//! ## The client
+//!
+//! [`MeshClient`] sends `http://host/path` requests through meshwork's outbound stack
+//! ([`meshwork_core::stack`]): routing, timeouts, retries, circuit breaking, load balancing
+//! and outlier detection. The host is resolved the way `meshwork_grpc::MeshChannel`
+//! resolves `xds:///host` ([`MeshClient::from_xds`]; one client serves any number of hosts,
+//! each watched on first use), or every host goes through one hand-written config
+//! ([`MeshClient::from_static`]).
+//!
+//! Each endpoint gets its own pooled hyper-util client over TCP; when the endpoint's
+//! cluster asks for TLS (`Cluster::tls`), connections use SPIFFE mTLS with the server's SVID
+//! checked against the cluster's SAN matchers; our SVID and the roots come from the
+//! certificate provider instances the cluster names in the bootstrap (gRFC A29), or from one
+//! identity for every cluster ([`MeshClientOptions::mtls`]). Over TLS, ALPN picks HTTP/2 or HTTP/1.1; plaintext clusters get HTTP/1.1
+//! unless they ask for HTTP/2 (`http2_protocol_options`, or
+//! [`MeshClientOptions::http2_prior_knowledge`]).
+//!
+//! A request that fails in the mesh returns an [`Error`], never a synthesized response;
+//! [`Error::status`] is the status a proxy would have answered with (404 no route, 503 no
+//! endpoint or breaker open or connection failed, 504 timeout).
+//!
+//! ```no_run
+//! use meshwork_http::{MeshClient, MeshClientOptions};
+//! use meshwork_http::core::xds::{bootstrap::Bootstrap, client::XdsClient};
+//! use http_body_util::BodyExt as _;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let bootstrap = Bootstrap::from_env()?; // GRPC_XDS_BOOTSTRAP
+//! let client = MeshClient::from_xds(XdsClient::start(&bootstrap)?, MeshClientOptions::new());
+//! let rsp = client.get("http://greeter/hello").await?;
+//! let body = rsp.into_body().collect().await?.to_bytes();
+//! println!("{}", String::from_utf8_lossy(&body));
+//! # Ok(()) }
+//! ```
+//!
+//! ## The server
+//!
+//! [`Server`] serves any hyper or axum service (a
+//! `tower::Service<http::Request<hyper::body::Incoming>>`) behind meshwork's inbound stack
+//! ([`meshwork_core::inbound`]): mTLS with the caller's SVID verified, the caller's
+//! `PeerIdentity` and the connection's `ConnectionInfo` in each request's extensions, an
+//! optional `AuthorizationPolicy` (denied requests get `403 Forbidden`, gRPC ones
+//! `grpc-status: 7`), HTTP/1.1 and HTTP/2 on one port, and graceful shutdown.
 #![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use tower::BoxError;
 
 /// The transport-independent mesh layers this adapter is built on.
 pub use meshwork_core as core;
+
+mod client;
+mod connect;
+mod error;
+mod server;
+
+pub use client::{MeshClient, MeshClientOptions};
+pub use connect::ConnectError;
+pub use error::{Error, ResolveError};
+pub use server::{ServeError, Server};
+
+/// The body of requests sent and responses received through a [`MeshClient`]: any
+/// `http_body::Body` of [`Bytes`], boxed.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// An empty [`Body`].
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}

@@ -50,8 +50,9 @@ impl NoHealthyEndpoint {
     }
 }
 
-/// A call to an endpoint failed; the source is the endpoint service's error. Carries the
-/// address so that a retry can avoid it.
+/// A call to an endpoint failed; the source is the endpoint service's error (or, when every
+/// usable endpoint is failing to connect, [`ConnectFailed`] with the last connection error).
+/// Carries the address so that a retry can avoid it.
 #[derive(Debug, thiserror::Error)]
 #[error("endpoint {address} failed")]
 pub struct EndpointError {
@@ -69,5 +70,33 @@ impl EndpointError {
     /// The endpoint service's error.
     pub fn into_source(self) -> BoxError {
         self.source
+    }
+}
+
+/// No endpoint is connected and connecting to every usable one is failing: the call fails at
+/// once (as gRPC fails calls in TRANSIENT_FAILURE) with the endpoint's last connection error
+/// as the source. The endpoints keep reconnecting with backoff. Comes as the source of an
+/// [`EndpointError`].
+#[derive(Debug, Clone)]
+pub struct ConnectFailed {
+    pub(crate) source: std::sync::Arc<BoxError>,
+}
+
+impl std::fmt::Display for ConnectFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connecting to the endpoint failed")
+    }
+}
+
+impl std::error::Error for ConnectFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&**self.source)
+    }
+}
+
+impl ConnectFailed {
+    /// The last connection error.
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &**self.source
     }
 }

@@ -1,5 +1,7 @@
-//! The balancer's response future.
+//! The balancer's response future: wait for a ready endpoint if none is, check the picked
+//! handle's readiness, call it, and record the outcome.
 
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -8,99 +10,259 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
+use tower::{BoxError, Service};
 
-use super::ServedBy;
+use super::endpoint::Endpoint;
 use super::error::{EndpointError, NoHealthyEndpoint};
-use super::table::Shared;
+use super::{AvoidEndpoints, Inner, Pick, RequestHash, ServedBy};
 use crate::outlier::Outcome;
-use tower::BoxError;
 
-/// Counts a call in flight until the response (or the error) arrives or the future is dropped.
-#[derive(Debug)]
-struct InFlight {
-    shared: Arc<Shared>,
-    address: SocketAddr,
+/// How many picked endpoints may turn out broken (their handle fails its readiness check)
+/// before a call gives up with the last one's error.
+const MAX_REPICKS: u32 = 3;
+
+/// Counts a call in flight on an endpoint from its pick until the response (or the error)
+/// arrives or the future is dropped.
+pub(crate) struct InFlight<S> {
+    pub(crate) endpoint: Arc<Endpoint<S>>,
+    pub(crate) address: SocketAddr,
+    /// The handle's id, for a failure report.
+    pub(crate) id: u64,
     start: Instant,
 }
 
-impl Drop for InFlight {
+impl<S> InFlight<S> {
+    pub(crate) fn new(endpoint: Arc<Endpoint<S>>, address: SocketAddr, id: u64) -> Self {
+        endpoint.load.start();
+        Self {
+            endpoint,
+            address,
+            id,
+            start: Instant::now(),
+        }
+    }
+}
+
+impl<S> Drop for InFlight<S> {
     fn drop(&mut self) {
-        self.shared.load.end();
+        self.endpoint.load.end();
+    }
+}
+
+/// A picked endpoint: its in-flight count and a clone of its service handle.
+pub(crate) struct Picked<S> {
+    pub(crate) in_flight: InFlight<S>,
+    pub(crate) service: S,
+}
+
+type Wait<S> = Pin<Box<dyn Future<Output = Result<Picked<S>, BoxError>> + Send>>;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, R, F> {
+        // No endpoint was ready: waiting for the driver's next publication.
+        Waiting { request: Option<R>, wait: Wait<S> },
+        // Checking the picked handle's readiness (a multiplexed connection is ready at once).
+        Picked { request: Option<R>, picked: Option<Picked<S>> },
+        Called { #[pin] future: F, in_flight: Option<InFlight<S>> },
+        Failed { error: Option<BoxError> },
     }
 }
 
 pin_project! {
     /// The future [`Balancer`](super::Balancer) returns: the endpoint's response, with
     /// [`ServedBy`] in its extensions, and the call's latency and outcome recorded.
-    #[derive(Debug)]
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<http::Request<B>>,
+    {
         #[pin]
-        inner: Option<F>,
-        in_flight: Option<InFlight>,
-        error: Option<NoHealthyEndpoint>,
+        state: State<S, http::Request<B>, S::Future>,
+        inner: Arc<Inner<S>>,
+        repicks: u32,
     }
 }
 
-impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, shared: Arc<Shared>, address: SocketAddr) -> Self {
-        shared.load.start();
-        Self {
-            inner: Some(inner),
-            in_flight: Some(InFlight {
-                shared,
-                address,
-                start: Instant::now(),
-            }),
-            error: None,
-        }
-    }
-
-    pub(crate) fn failed(error: NoHealthyEndpoint) -> Self {
-        Self {
-            inner: None,
-            in_flight: None,
-            error: Some(error),
-        }
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F>
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
 where
-    F: Future<Output = Result<http::Response<B>, E>>,
-    E: Into<BoxError>,
+    S: Service<http::Request<B>>,
 {
-    type Output = Result<http::Response<B>, BoxError>;
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Waiting { .. } => "waiting",
+            State::Picked { .. } => "picked",
+            State::Called { .. } => "called",
+            State::Failed { .. } => "failed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(pick: Pick<S>, request: http::Request<B>, inner: &Arc<Inner<S>>) -> Self {
+        Self {
+            state: state(pick, request, inner),
+            inner: inner.clone(),
+            repicks: 0,
+        }
+    }
+}
+
+/// The state that follows a pick.
+fn state<S, B, F>(
+    pick: Pick<S>,
+    request: http::Request<B>,
+    inner: &Arc<Inner<S>>,
+) -> State<S, http::Request<B>, F>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    match pick {
+        Pick::Found(picked) => State::Picked {
+            request: Some(request),
+            picked: Some(picked),
+        },
+        Pick::NotReady => {
+            let hash = request.extensions().get::<RequestHash>().map(|h| h.0);
+            let avoid = request.extensions().get::<AvoidEndpoints>().cloned();
+            State::Waiting {
+                request: Some(request),
+                wait: Box::pin(wait(inner.clone(), hash, avoid)),
+            }
+        }
+        Pick::Unusable { known } => State::Failed {
+            error: Some(NoHealthyEndpoint { known }.into()),
+        },
+        Pick::Failing(e) => State::Failed {
+            error: Some(e.into()),
+        },
+    }
+}
+
+/// Picks again each time the driver publishes, until an endpoint is ready (or none can ever
+/// be). Only calls that found nothing ready come here; the caller's timeout bounds the wait.
+async fn wait<S>(
+    inner: Arc<Inner<S>>,
+    hash: Option<u64>,
+    avoid: Option<AvoidEndpoints>,
+) -> Result<Picked<S>, BoxError>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    loop {
+        let notified = inner.published.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the pick, so a publication between the two is not missed.
+        notified.as_mut().enable();
+        match inner.pick(hash, avoid.as_ref()) {
+            Pick::Found(picked) => return Ok(picked),
+            Pick::Unusable { known } => return Err(NoHealthyEndpoint { known }.into()),
+            Pick::Failing(e) => return Err(e.into()),
+            Pick::NotReady => notified.await,
+        }
+    }
+}
+
+impl<S, B, RB> Future for ResponseFuture<S, B>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<http::Response<RB>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
-            let err = this.error.take().unwrap_or(NoHealthyEndpoint { known: 0 });
-            return Poll::Ready(Err(err.into()));
-        };
-        let result = ready!(inner.poll(cx));
-        let Some(f) = this.in_flight.take() else {
-            // Polled after completion: the inner future decides what that means.
-            return Poll::Ready(result.map_err(Into::into));
-        };
-        f.shared.load.observe(f.start.elapsed());
-        match result {
-            Ok(mut response) => {
-                if let Some(o) = &f.shared.outlier {
-                    o.record(Outcome::from_response(&response));
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Failed { error } => {
+                    let e = error
+                        .take()
+                        .unwrap_or_else(|| NoHealthyEndpoint { known: 0 }.into());
+                    return Poll::Ready(Err(e));
                 }
-                response.extensions_mut().insert(ServedBy(f.address));
-                Poll::Ready(Ok(response))
-            }
-            Err(e) => {
-                if let Some(o) = &f.shared.outlier {
-                    o.record(Outcome::LocalOriginFailure);
+                StateProj::Waiting { request, wait } => match ready!(wait.as_mut().poll(cx)) {
+                    Ok(picked) => State::Picked {
+                        request: request.take(),
+                        picked: Some(picked),
+                    },
+                    Err(e) => State::Failed { error: Some(e) },
+                },
+                StateProj::Picked { request, picked } => {
+                    let Some(p) = picked.as_mut() else {
+                        return Poll::Ready(Err(NoHealthyEndpoint { known: 0 }.into()));
+                    };
+                    let ready = ready!(p.service.poll_ready(cx));
+                    let (Some(mut p), Some(req)) = (picked.take(), request.take()) else {
+                        return Poll::Ready(Err(NoHealthyEndpoint { known: 0 }.into()));
+                    };
+                    match ready {
+                        Ok(()) => State::Called {
+                            future: p.service.call(req),
+                            in_flight: Some(p.in_flight),
+                        },
+                        Err(e) => {
+                            // The connection behind this handle is gone: tell the driver,
+                            // and pick again (another endpoint, or this one reconnected).
+                            let error: BoxError = e.into();
+                            let (address, id) = (p.in_flight.address, p.in_flight.id);
+                            tracing::debug!(endpoint = %address, %error, "endpoint handle broken");
+                            drop(p);
+                            let inner = &*this.inner;
+                            inner.report_broken(address, id);
+                            if *this.repicks < MAX_REPICKS {
+                                *this.repicks += 1;
+                                let hash = req.extensions().get::<RequestHash>().map(|h| h.0);
+                                let pick =
+                                    inner.pick(hash, req.extensions().get::<AvoidEndpoints>());
+                                state(pick, req, inner)
+                            } else {
+                                State::Failed {
+                                    error: Some(
+                                        EndpointError {
+                                            address,
+                                            source: error,
+                                        }
+                                        .into(),
+                                    ),
+                                }
+                            }
+                        }
+                    }
                 }
-                Poll::Ready(Err(EndpointError {
-                    address: f.address,
-                    source: e.into(),
+                StateProj::Called { future, in_flight } => {
+                    let result = ready!(future.poll(cx));
+                    let Some(f) = in_flight.take() else {
+                        // Polled after completion: the inner future decides what that means.
+                        return Poll::Ready(result.map_err(Into::into));
+                    };
+                    f.endpoint.load.observe(f.start.elapsed());
+                    return Poll::Ready(match result {
+                        Ok(mut response) => {
+                            if let Some(o) = &f.endpoint.outlier {
+                                o.record(Outcome::from_response(&response));
+                            }
+                            response.extensions_mut().insert(ServedBy(f.address));
+                            Ok(response)
+                        }
+                        Err(e) => {
+                            if let Some(o) = &f.endpoint.outlier {
+                                o.record(Outcome::LocalOriginFailure);
+                            }
+                            Err(EndpointError {
+                                address: f.address,
+                                source: e.into(),
+                            }
+                            .into())
+                        }
+                    });
                 }
-                .into()))
-            }
+            };
+            this.state.set(next);
         }
     }
 }

@@ -1,22 +1,50 @@
 //! Load balancing across a cluster's endpoints.
 //!
-//! [`Balancer`] is a `tower::Service<http::Request<B>>` for one cluster. It is given:
+//! [`Balancer`] is a `tower::Service<http::Request<B>>` for one cluster, and a cheap handle:
+//! its clones share everything. It is built ([`Balancer::new`], or [`Balancer::builder`]
+//! for outlier detection and a seed) within a tokio runtime from:
 //!
 //! - a [`BalancePolicy`] (from the cluster's `lb_policy` with
 //!   [`BalancePolicy::from_lb_policy`], or written by hand);
 //! - the endpoint set as a `tokio::sync::watch::Receiver<Arc<ClusterLoadAssignment>>`: the
 //!   current value is used at once and every later value replaces the set (endpoints that stay
-//!   keep their service, load estimate and outlier state). An update the balancer cannot use
-//!   (a zero weight) is logged and ignored, and the previous set stays;
+//!   keep their connection, load estimate and outlier state). An update the balancer cannot
+//!   use (a zero weight) is logged and ignored, and the previous set stays;
 //! - a function `FnMut(SocketAddr) -> S` that makes the service for an endpoint (the adapters'
-//!   connection pool plugs in here). Making it must be cheap; connecting belongs in the
-//!   service's `poll_ready`.
+//!   connectors plug in here). Making it must be cheap; connecting belongs in the service's
+//!   `poll_ready`. Once ready, `S` is a **handle**: calls clone it, so it must be cheap to
+//!   clone and its clones must share one connection (or pool), as a multiplexed HTTP/2
+//!   connection's sender does.
 //!
-//! Endpoint services are kept in a [`tower::ready_cache::ReadyCache`]: `poll_ready` drives
-//! connecting endpoints and says ready as soon as one usable endpoint is ready; `call` picks
-//! among the ready ones with the request in hand, so picks can use the request's
-//! [`RequestHash`] and [`AvoidEndpoints`]. An endpoint service that fails in `poll_ready` is
-//! dropped until the next endpoint-set update lists it again.
+//! ## Off the hot path: the driver
+//!
+//! Building the balancer spawns its driver task (gRPC's picker model). The driver follows the
+//! endpoint watch and builds, per endpoint set, an immutable pick table (priorities, their
+//! load split, localities, rings), which it publishes through an `ArcSwap`. It drives each
+//! endpoint's service to readiness and then publishes it as the endpoint's handle; endpoints
+//! whose service is ready at once (a pool, an always-ready service) are usable as soon as the
+//! balancer is built. An endpoint whose readiness fails is reconnected (a new service from the
+//! function) after a backoff: 1 s, × 1.6 per failure in a row, at most 120 s, ±20 % jitter. The
+//! driver also rebuilds the table's health when outlier detection ejects or returns an
+//! endpoint, and ends with the last handle and call.
+//!
+//! ## On the hot path: a call
+//!
+//! `poll_ready` is always ready. `call` loads the current table (no lock), picks with the
+//! request in hand, so picks can use the request's [`RequestHash`] and [`AvoidEndpoints`],
+//! using only atomics (round-robin counters, a shared random source, each endpoint's load,
+//! ready flag and ejection), and clones the picked endpoint's handle. The call's future then
+//! checks the clone's readiness and calls it. When the check fails (the connection is gone)
+//! the endpoint is hidden, reported to the driver for reconnection, and the call picks again
+//! (up to 3 times, then it fails with that endpoint's [`EndpointError`]).
+//!
+//! When endpoints are healthy but none is connected yet, the call waits for the driver's next
+//! publication (a `tokio::sync::Notify`; only this path waits on it) and picks again, as
+//! long as its timeout allows. When connecting fails for every one of them (gRPC's sticky
+//! TRANSIENT_FAILURE: from a failed attempt until a connection is made), the call fails at
+//! once with an [`EndpointError`] whose source, [`ConnectFailed`], carries the last
+//! connection error. No usable endpoint at all (none known, all unhealthy or ejected) fails
+//! the call at once with [`NoHealthyEndpoint`].
 //!
 //! ## What a pick does
 //!
@@ -25,16 +53,15 @@
 //!    the rest spills to the next priorities, Envoy's priority-load computation. Traffic comes
 //!    back as health returns. An endpoint counts as healthy when EDS says `HEALTHY` or
 //!    `UNKNOWN` and outlier detection has not ejected it.
-//! 2. **Locality** (all policies but ring hash): earliest-deadline-first weighted round robin
-//!    over the localities, each weighted by its `load_balancing_weight` scaled by its health
-//!    (`wrr_locality`).
+//! 2. **Locality** (all policies but ring hash): weighted round robin over the localities,
+//!    each weighted by its `load_balancing_weight` scaled by its health (`wrr_locality`).
 //! 3. **Endpoint**, by policy:
 //!    - [`BalancePolicy::P2cPeakEwma`], **the default**: two distinct random endpoints, the one
 //!      with the lower cost wins, where cost is a peak-EWMA of its latency (decay 10 s, first
 //!      guess 30 ms) times its requests in flight plus one; both are kept in atomics per
-//!      endpoint;
-//!    - [`BalancePolicy::RoundRobin`]: round robin; when endpoint weights differ, weighted
-//!      (earliest deadline first, as Envoy does);
+//!      endpoint, shared by every caller;
+//!    - [`BalancePolicy::RoundRobin`]: round robin on one atomic counter per locality, so
+//!      concurrent callers share one rotation; when endpoint weights differ, weighted;
 //!    - [`BalancePolicy::LeastRequest`] (gRFC A48): `choice_count` random endpoints (capped
 //!      at 10), the fewest in flight wins;
 //!    - [`BalancePolicy::RingHash`] (gRFC A42): one ring per priority over the healthy
@@ -44,45 +71,49 @@
 //!      entry clockwise, walking on past endpoints that cannot take the call. The hash also
 //!      picks the priority, so a key sticks to one.
 //!
+//! Weighted round robin (localities, and endpoints of unequal weight) is gRPC's static stride
+//! scheduler (gRFC A58) on one atomic sequence: every entry comes in proportion to its weight,
+//! spread evenly; when one weight is over 16 times the mean, a weighted random pick instead.
+//! The random choices come from one SplitMix64 sequence on an atomic counter, which
+//! [`BalancerBuilder::seed`] makes reproducible.
+//!
 //! Every policy skips endpoints that are unhealthy, ejected by outlier detection
-//! ([`Balancer::with_outlier_detector`]) or not ready, and prefers endpoints not listed in the
-//! request's [`AvoidEndpoints`] (a retry goes elsewhere when it can). No usable endpoint at all
-//! fails the call at once with [`NoHealthyEndpoint`].
+//! ([`BalancerBuilder::outlier_detector`]) or not connected, and prefers endpoints not listed
+//! in the request's [`AvoidEndpoints`] (a retry goes elsewhere when it can).
 //!
 //! The response carries [`ServedBy`] in its extensions; an endpoint's error comes back as an
 //! [`EndpointError`] with its address. With a detector, every response feeds the endpoint's
 //! [`EndpointStats`](crate::outlier::EndpointStats) (classified by
 //! [`Outcome::from_response`](crate::outlier::Outcome::from_response)).
-//!
-//! Picks take no lock: the table is the service's own (`&mut self`), and what is shared
-//! (load, ejection) is atomic. To share it, wrap it in `tower::buffer::Buffer` (the outbound
-//! stack shares it behind a mutex instead, see [`crate::stack`]).
 
+mod driver;
+mod endpoint;
 mod error;
 mod future;
 mod load;
 mod ring;
+mod sched;
 mod table;
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::StreamExt as _;
+use arc_swap::ArcSwap;
 use meshwork_xds::resource::{ClusterLoadAssignment, LbPolicy};
-use rand::SeedableRng;
-use rand::rngs::SmallRng;
-use tokio::sync::watch;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::WatchStream;
 use tower::BoxError;
-use tower::ready_cache::ReadyCache;
 
-pub use self::error::{ConfigError, EndpointError, NoHealthyEndpoint};
+use self::driver::{Driver, Published, Report, Snapshot};
+use self::endpoint::Endpoint;
+pub use self::error::{ConfigError, ConnectFailed, EndpointError, NoHealthyEndpoint};
 pub use self::future::ResponseFuture;
-use self::load::EndpointLoad;
-use self::table::{PickInput, Shared, Table};
+use self::future::{InFlight, Picked};
+use self::sched::SharedRng;
+use self::table::{PickInput, Slot, Table};
 use crate::outlier::OutlierDetector;
 
 /// The request hash ring hash uses: a request extension. The router computes it from the
@@ -206,299 +237,272 @@ impl BalancePolicy {
 /// Checks an endpoint set the way the balancer does before using it: every locality and
 /// endpoint weight must be non-zero.
 pub fn validate_endpoints(cla: &ClusterLoadAssignment) -> Result<(), ConfigError> {
-    Table::build(cla, &BalancePolicy::RoundRobin, |_| {
-        Arc::new(Shared {
-            load: EndpointLoad::new(),
-            outlier: None,
-        })
+    Table::<()>::build(cla, &BalancePolicy::RoundRobin, |_| {
+        Arc::new(Endpoint::new(None))
     })
     .map(drop)
 }
 
-/// A load balancer over one cluster's endpoints (see the [module docs](self)).
-pub struct Balancer<S, F, B> {
-    policy: BalancePolicy,
-    updates: Option<WatchStream<Arc<ClusterLoadAssignment>>>,
-    new_endpoint: F,
-    cache: ReadyCache<SocketAddr, S, http::Request<B>>,
-    table: Table,
-    shared: HashMap<SocketAddr, Arc<Shared>>,
-    outlier: Option<OutlierDetector>,
-    generation: u64,
-    rng: SmallRng,
-    last_error: Option<ConfigError>,
-    // Endpoints called since their readiness was last checked. They stay in the ready set (a
-    // call does not move them out, which would cost a trip through the cache's pending set)
-    // but are not picked again until `poll_ready` has polled them: ready ones stay, the
-    // others move to the pending set (or are dropped when they failed). Normally at most
-    // one, as every call follows a `poll_ready`.
-    called: Vec<Called>,
+/// A load balancer over one cluster's endpoints (see the [module docs](self)): a cheap
+/// handle to the cluster's published pick table. Clones share the table, the endpoints'
+/// connections and state, and the driver task; the driver ends with the last clone (and the
+/// last call in flight).
+pub struct Balancer<S, B> {
+    inner: Arc<Inner<S>>,
+    _request: PhantomData<fn(B)>,
 }
 
-/// An endpoint called since its readiness was last checked, with where it was: its index in
-/// the ready set and in the table's slots. Both are hints, checked against the address
-/// before use (the ready set reorders when endpoints leave it; an update replaces the table).
-#[derive(Debug, Clone, Copy)]
-struct Called {
-    address: SocketAddr,
-    index: usize,
-    slot: usize,
+/// What the clones of one balancer share.
+pub(crate) struct Inner<S> {
+    published: Arc<Published<S>>,
+    // Only handles and calls hold senders: the driver stops when the last one goes.
+    reports: mpsc::UnboundedSender<Report>,
 }
 
-impl<S, F, B> fmt::Debug for Balancer<S, F, B> {
+impl<S, B> Clone for Balancer<S, B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            _request: PhantomData,
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for Balancer<S, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balancer")
-            .field("policy", &self.policy)
-            .field("endpoints", &self.table.slots.len())
-            .field("ready", &self.cache.ready_len())
+            .field("endpoints", &self.endpoint_count())
+            .field("ready", &self.ready_count())
             .finish_non_exhaustive()
     }
 }
 
-impl<S, F, B> Balancer<S, F, B>
-where
-    S: tower::Service<http::Request<B>>,
-    S::Error: Into<BoxError>,
-    F: FnMut(SocketAddr) -> S,
-{
-    /// A balancer following `endpoints`, making endpoint services with `new_endpoint`.
-    pub fn new(
-        policy: BalancePolicy,
-        endpoints: watch::Receiver<Arc<ClusterLoadAssignment>>,
-        new_endpoint: F,
-    ) -> Self {
-        let table = Table::empty(policy.clone());
+/// Builds a [`Balancer`]: [`Balancer::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct BalancerBuilder {
+    policy: BalancePolicy,
+    outlier: Option<OutlierDetector>,
+    seed: Option<u64>,
+}
+
+impl BalancerBuilder {
+    /// A builder for a balancer with `policy`, no outlier detection, seeded from the OS.
+    pub fn new(policy: BalancePolicy) -> Self {
         Self {
             policy,
-            updates: Some(WatchStream::new(endpoints)),
-            new_endpoint,
-            cache: ReadyCache::default(),
-            table,
-            shared: HashMap::new(),
             outlier: None,
-            generation: 0,
-            rng: SmallRng::from_os_rng(),
-            last_error: None,
-            called: Vec::new(),
+            seed: None,
         }
     }
 
-    /// Skips endpoints `detector` ejects, and feeds it every response.
-    pub fn with_outlier_detector(mut self, detector: OutlierDetector) -> Self {
-        self.generation = detector.generation();
+    /// Skips endpoints `detector` ejects, and feeds it every response (default: no
+    /// detector).
+    pub fn outlier_detector(mut self, detector: OutlierDetector) -> Self {
         self.outlier = Some(detector);
         self
     }
 
-    /// Seeds the random choices (P2C, least request, priorities), for reproducible tests.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.rng = SmallRng::seed_from_u64(seed);
+    /// Seeds the random choices (P2C, least request, priorities, ring hash without a
+    /// request hash), for reproducible tests (default: seeded from the OS).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
+    /// The balancer, following `endpoints` and making endpoint services with
+    /// `new_endpoint`. Endpoints of the current set whose service is ready at once are
+    /// usable at once; the rest connect on the driver task this spawns, so it must be
+    /// called within a tokio runtime.
+    pub fn build<S, B, F>(
+        self,
+        endpoints: watch::Receiver<Arc<ClusterLoadAssignment>>,
+        new_endpoint: F,
+    ) -> Balancer<S, B>
+    where
+        S: tower::Service<http::Request<B>> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        F: FnMut(SocketAddr) -> S + Send + 'static,
+        B: 'static,
+    {
+        let published = Arc::new(Published {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                table: Arc::new(Table::empty(self.policy.clone())),
+                error: None,
+            }),
+            notify: Notify::new(),
+            rng: self
+                .seed
+                .map_or_else(SharedRng::from_os_rng, SharedRng::new),
+        });
+        let mut driver: Driver<S, F, http::Request<B>> =
+            Driver::new(published.clone(), self.policy, new_endpoint, self.outlier);
+        let mut endpoints = endpoints;
+        let first = endpoints.borrow_and_update().clone();
+        driver.apply(&first);
+        let (reports, received) = mpsc::unbounded_channel();
+        tokio::spawn(driver.run(WatchStream::from_changes(endpoints), received));
+        Balancer {
+            inner: Arc::new(Inner { published, reports }),
+            _request: PhantomData,
+        }
+    }
+}
+
+impl<S, B> Balancer<S, B>
+where
+    S: tower::Service<http::Request<B>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    B: 'static,
+{
+    /// A balancer following `endpoints`, making endpoint services with `new_endpoint`, with
+    /// no outlier detection: `Balancer::builder(policy).build(endpoints, new_endpoint)`.
+    /// Must be called within a tokio runtime.
+    pub fn new<F>(
+        policy: BalancePolicy,
+        endpoints: watch::Receiver<Arc<ClusterLoadAssignment>>,
+        new_endpoint: F,
+    ) -> Self
+    where
+        F: FnMut(SocketAddr) -> S + Send + 'static,
+    {
+        BalancerBuilder::new(policy).build(endpoints, new_endpoint)
+    }
+}
+
+impl Balancer<(), ()> {
+    /// A builder for a balancer with `policy` (the same as [`BalancerBuilder::new`]); its
+    /// [`build`](BalancerBuilder::build) decides the endpoint service and request types.
+    pub fn builder(policy: BalancePolicy) -> BalancerBuilder {
+        BalancerBuilder::new(policy)
+    }
+}
+
+impl<S, B> Balancer<S, B> {
     /// The error of the last endpoint-set update that was rejected, if the last one was.
-    pub fn last_update_error(&self) -> Option<&ConfigError> {
-        self.last_error.as_ref()
+    pub fn last_update_error(&self) -> Option<ConfigError> {
+        self.inner.published.snapshot.load().error.clone()
     }
 
     /// How many endpoints the current set has.
     pub fn endpoint_count(&self) -> usize {
-        self.table.slots.len()
+        self.inner.published.snapshot.load().table.slots.len()
     }
 
-    fn apply(&mut self, cla: &ClusterLoadAssignment) {
-        let outlier = self.outlier.clone();
-        let shared = &mut self.shared;
-        let mut used = HashSet::new();
-        let built = Table::build(cla, &self.policy, |addr| {
-            used.insert(addr);
-            shared
-                .entry(addr)
-                .or_insert_with(|| {
-                    Arc::new(Shared {
-                        load: EndpointLoad::new(),
-                        outlier: outlier.as_ref().map(|o| o.endpoint(addr)),
-                    })
-                })
-                .clone()
-        });
-        let table = match built {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(cluster = %cla.cluster_name, error = %e, "endpoint update rejected");
-                self.last_error = Some(e);
-                return;
-            }
-        };
-        self.last_error = None;
-        let gone: Vec<SocketAddr> = self
-            .shared
-            .keys()
-            .filter(|a| !used.contains(*a))
-            .copied()
-            .collect();
-        for a in gone {
-            self.shared.remove(&a);
-            self.cache.evict(&a);
-        }
-        for slot in &table.slots {
-            let a = slot.address;
-            if self.cache.get_ready(&a).is_none() && !self.cache.pending_contains(&a) {
-                let svc = (self.new_endpoint)(a);
-                self.cache.push(a, svc);
-            }
-        }
-        if let Some(o) = &self.outlier {
-            o.retain(&used);
-        }
-        self.table = table;
-    }
-
-    fn any_usable(&self) -> bool {
-        self.table
+    /// How many endpoints of the current set have a connected (ready) service.
+    pub fn ready_count(&self) -> usize {
+        let snapshot = self.inner.published.snapshot.load();
+        snapshot
+            .table
             .slots
             .iter()
-            .any(|s| s.healthy && !s.shared.ejected())
+            .filter(|s| s.endpoint.is_ready())
+            .count()
     }
 }
 
-impl<S, F, B, B2> tower::Service<http::Request<B>> for Balancer<S, F, B>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<B2>>,
-    S::Error: Into<BoxError>,
-    F: FnMut(SocketAddr) -> S,
-{
-    type Response = http::Response<B2>;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+/// The outcome of one pick.
+pub(crate) enum Pick<S> {
+    Found(Picked<S>),
+    /// Some endpoint could take the call once connected.
+    NotReady,
+    /// No endpoint is connected and every usable one is failing to connect.
+    Failing(EndpointError),
+    /// No endpoint is healthy and not ejected.
+    Unusable {
+        known: usize,
+    },
+}
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // 0. Endpoints called since their last check: poll them where they are. One that is
-        //    still ready is remembered, to spare step 4 a search.
-        let mut still_ready = None;
-        for c in self.called.drain(..) {
-            let index = match self.cache.get_ready_index(c.index) {
-                Some((a, _)) if *a == c.address => Some(c.index),
-                _ => self.cache.get_ready(&c.address).map(|(i, _, _)| i),
-            };
-            let Some(index) = index else { continue };
-            match self.cache.check_ready_index(cx, index) {
-                Ok(true) => still_ready = Some(c),
-                Ok(false) => {}
-                Err(failed) => {
-                    tracing::debug!(endpoint = %failed.0, error = %failed.1, "endpoint failed");
+impl<S: Clone> Inner<S> {
+    /// Picks a ready endpoint from the current snapshot: a load, then the table's pick over
+    /// atomics, then a clone of the endpoint's handle. No lock.
+    pub(crate) fn pick(&self, hash: Option<u64>, avoid: Option<&AvoidEndpoints>) -> Pick<S> {
+        let snapshot = self.published.snapshot.load();
+        let table = &*snapshot.table;
+        let input = PickInput {
+            hash,
+            rng: &self.published.rng,
+        };
+        let ready = |s: &Slot<S>| s.healthy && s.endpoint.is_ready() && !s.endpoint.ejected();
+        // A handle withdrawn between the flag check and its load makes another pick; twice
+        // in a row is already unlikely.
+        for _ in 0..3 {
+            let mut picked = None;
+            if let Some(avoid) = avoid.filter(|a| !a.0.is_empty()) {
+                picked = table.pick(&input, |s| ready(s) && !avoid.contains(&s.address));
+            }
+            if picked.is_none() {
+                picked = table.pick(&input, ready);
+            }
+            let Some(i) = picked else { break };
+            let slot = &table.slots[i];
+            if let Some((id, service)) = slot.endpoint.handle() {
+                return Pick::Found(Picked {
+                    in_flight: InFlight::new(slot.endpoint.clone(), slot.address, id),
+                    service,
+                });
+            }
+        }
+        // Nothing ready: wait if some usable endpoint is connecting, fail at once with a
+        // connection error if every one is failing to connect.
+        let mut failing = None;
+        for slot in table.slots.iter().filter(|s| s.usable()) {
+            match slot.endpoint.failure() {
+                None => return Pick::NotReady,
+                Some(error) => {
+                    failing.get_or_insert((slot.address, error));
                 }
             }
         }
-        // `still_ready` may have moved in the ready set since (a later one left it, swapping
-        // the last into its place); only whether it is there counts below.
-        // 1. Endpoint-set updates. A closed channel keeps the last set.
-        while let Some(updates) = &mut self.updates {
-            match updates.poll_next_unpin(cx) {
-                Poll::Ready(Some(cla)) => {
-                    // The set (and the ready set) may change: forget the shortcut.
-                    still_ready = None;
-                    self.apply(&cla);
-                }
-                Poll::Ready(None) => self.updates = None,
-                Poll::Pending => break,
-            }
+        match failing {
+            Some((address, error)) => Pick::Failing(EndpointError {
+                address,
+                source: Box::new(ConnectFailed { source: error }),
+            }),
+            None => Pick::Unusable {
+                known: table.slots.len(),
+            },
         }
-        // 2. Ejections changed: recompute priority health.
-        if let Some(o) = &self.outlier {
-            let g = o.generation();
-            if g != self.generation {
-                self.generation = g;
-                self.table.refresh_health();
-            }
+    }
+
+    /// A call found the handle `id` of `address` broken: hide it from picks now, and let
+    /// the driver reconnect it.
+    pub(crate) fn report_broken(&self, address: SocketAddr, id: u64) {
+        let snapshot = self.published.snapshot.load();
+        if let Some(&i) = snapshot.table.by_address.get(&address) {
+            snapshot.table.slots[i].endpoint.hide(id);
         }
-        // 3. Drive endpoints that are not ready yet.
-        loop {
-            match self.cache.poll_pending(cx) {
-                Poll::Ready(Ok(())) | Poll::Pending => break,
-                Poll::Ready(Err(failed)) => {
-                    tracing::debug!(endpoint = %failed.0, error = %failed.1, "endpoint failed");
-                }
-            }
-        }
-        // 4. Ready when a usable endpoint is ready; also when none could ever be (no
-        //    endpoints, all unhealthy or ejected): then `call` fails fast instead of leaving
-        //    the caller waiting.
-        //    (`called` is empty here, so every endpoint in the ready set has been polled.) The
-        //    endpoint of the last call, when it stayed ready and usable, answers at once: no
-        //    update came since, so it is still in the ready set.
-        let table = &self.table;
-        let shortcut = still_ready.is_some_and(|c| {
-            table
-                .slots
-                .get(c.slot)
-                .is_some_and(|s| s.address == c.address && s.healthy && !s.shared.ejected())
-        });
-        let ready = shortcut || self.cache.iter_ready().any(|(a, _)| table.usable(a));
-        if ready || !self.any_usable() {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
-        }
+        // The driver is gone only when every handle is, and this call holds one.
+        let _ = self.reports.send(Report::Broken { address, id });
+    }
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Balancer<S, B>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+{
+    type Response = http::Response<RB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B>;
+
+    /// Always ready: readiness is per endpoint and checked by the call, which waits when no
+    /// endpoint is ready yet.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let hash = req.extensions().get::<RequestHash>().map(|h| h.0);
-        let avoid = req.extensions().get::<AvoidEndpoints>();
-        let cache = &self.cache;
-        let called = &self.called;
-        // The ready-set index of the last endpoint found ready, to spare a second search.
-        let found = std::cell::Cell::new(None);
-        let ready = |s: &table::Slot| {
-            s.healthy
-                && !s.shared.ejected()
-                && !called.iter().any(|c| c.address == s.address)
-                && match cache.get_ready(&s.address) {
-                    Some((index, _, _)) => {
-                        found.set(Some((s.address, index)));
-                        true
-                    }
-                    None => false,
-                }
-        };
-        let mut input = PickInput {
-            hash,
-            rng: &mut self.rng,
-        };
-        let mut picked = None;
-        if let Some(avoid) = avoid.filter(|a| !a.0.is_empty()) {
-            picked = self
-                .table
-                .pick(&mut input, |s| ready(s) && !avoid.contains(&s.address));
-        }
-        if picked.is_none() {
-            picked = self.table.pick(&mut input, ready);
-        }
-        let Some(i) = picked else {
-            return ResponseFuture::failed(NoHealthyEndpoint {
-                known: self.table.slots.len(),
-            });
-        };
-        let slot = &self.table.slots[i];
-        let (address, shared) = (slot.address, slot.shared.clone());
-        let index = match found.get() {
-            Some((a, index)) if a == address => Some(index),
-            _ => self.cache.get_ready(&address).map(|(index, _, _)| index),
-        };
-        match index.and_then(|index| Some((index, self.cache.get_ready_index_mut(index)?.1))) {
-            Some((index, svc)) => {
-                let future = svc.call(req);
-                self.called.push(Called {
-                    address,
-                    index,
-                    slot: i,
-                });
-                ResponseFuture::new(future, shared, address)
-            }
-            None => ResponseFuture::failed(NoHealthyEndpoint {
-                known: self.table.slots.len(),
-            }),
-        }
+        let pick = self
+            .inner
+            .pick(hash, req.extensions().get::<AvoidEndpoints>());
+        ResponseFuture::new(pick, req, &self.inner)
     }
 }
 

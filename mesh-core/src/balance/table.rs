@@ -1,136 +1,65 @@
 //! The pick table built from one endpoint set: priorities, their load split, localities and
-//! the per-policy pickers. Built off the hot path (on an EDS update) and refreshed when
-//! ejections change; a pick touches only `&mut self` and atomics.
+//! the per-policy pickers. Built off the hot path (on an EDS update, and again when ejections
+//! change) and then immutable: a pick takes `&self` and touches only atomics (round-robin
+//! counters, the shared random source, the endpoints' load and ready flags).
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meshwork_xds::resource::ClusterLoadAssignment;
 use rand::Rng;
-use rand::rngs::SmallRng;
 
 use super::BalancePolicy;
+use super::endpoint::Endpoint;
 use super::error::ConfigError;
-use super::load::EndpointLoad;
 use super::ring::{Ring, RingKey};
-use crate::outlier::EndpointStats;
+use super::sched::{Schedule, SharedRng};
 
 /// Envoy's default overprovisioning factor, in percent.
 const OVERPROVISIONING: u64 = 140;
 /// gRFC A48 caps `choice_count` at 10.
 const MAX_CHOICE_COUNT: u32 = 10;
 
-/// State of one endpoint that outlives endpoint-set updates.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) load: EndpointLoad,
-    pub(crate) outlier: Option<Arc<EndpointStats>>,
-}
-
-impl Shared {
-    pub(crate) fn ejected(&self) -> bool {
-        self.outlier.as_ref().is_some_and(|o| o.is_ejected())
-    }
-}
-
 /// One endpoint in the table.
-#[derive(Debug)]
-pub(crate) struct Slot {
+pub(crate) struct Slot<S> {
     pub(crate) address: SocketAddr,
     pub(crate) healthy: bool,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) endpoint: Arc<Endpoint<S>>,
 }
 
-/// Earliest-deadline-first weighted round robin (as Envoy does it): O(log n) per pick.
-#[derive(Debug, Default)]
-pub(crate) struct Edf {
-    heap: BinaryHeap<Reverse<EdfEntry>>,
-    weights: Vec<f64>,
-    seq: u64,
-}
-
-#[derive(Debug)]
-struct EdfEntry {
-    deadline: f64,
-    seq: u64,
-    index: usize,
-}
-
-impl PartialEq for EdfEntry {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for EdfEntry {}
-impl PartialOrd for EdfEntry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for EdfEntry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.deadline
-            .total_cmp(&other.deadline)
-            .then(self.seq.cmp(&other.seq))
-    }
-}
-
-impl Edf {
-    /// Entries with a zero weight are never picked.
-    pub(crate) fn new(weights: Vec<f64>) -> Self {
-        let mut heap = BinaryHeap::with_capacity(weights.len());
-        for (index, &w) in weights.iter().enumerate() {
-            if w > 0.0 {
-                heap.push(Reverse(EdfEntry {
-                    deadline: 1.0 / w,
-                    seq: index as u64,
-                    index,
-                }));
-            }
+impl<S> Clone for Slot<S> {
+    fn clone(&self) -> Self {
+        Self {
+            address: self.address,
+            healthy: self.healthy,
+            endpoint: self.endpoint.clone(),
         }
-        let seq = weights.len() as u64;
-        Self { heap, weights, seq }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    pub(crate) fn next(&mut self) -> Option<usize> {
-        let Reverse(mut e) = self.heap.pop()?;
-        let index = e.index;
-        e.deadline += 1.0 / self.weights[index];
-        e.seq = self.seq;
-        self.seq += 1;
-        self.heap.push(Reverse(e));
-        Some(index)
     }
 }
 
-#[derive(Debug)]
-enum RoundRobin {
-    /// All weights equal: a counter, O(1).
-    Plain(usize),
-    /// Endpoint weights differ.
-    Weighted(Edf),
+impl<S> Slot<S> {
+    /// Healthy by EDS and not ejected: counts for priority health.
+    pub(crate) fn usable(&self) -> bool {
+        self.healthy && !self.endpoint.ejected()
+    }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Group {
     members: Vec<usize>,
     healthy: usize,
     weight: u32,
-    rr: RoundRobin,
+    /// Round robin over the members, weighted when their weights differ.
+    rr: Schedule,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Level {
     groups: Vec<Group>,
     /// Localities by effective weight.
-    edf: Edf,
-    ring: Option<Ring>,
+    localities: Schedule,
+    ring: Option<Arc<Ring>>,
     total: usize,
     healthy: usize,
 }
@@ -138,13 +67,12 @@ struct Level {
 /// What a pick may use beyond the table.
 pub(crate) struct PickInput<'a> {
     pub(crate) hash: Option<u64>,
-    pub(crate) rng: &'a mut SmallRng,
+    pub(crate) rng: &'a SharedRng,
 }
 
 /// The pick table.
-#[derive(Debug)]
-pub(crate) struct Table {
-    pub(crate) slots: Vec<Slot>,
+pub(crate) struct Table<S> {
+    pub(crate) slots: Vec<Slot<S>>,
     pub(crate) by_address: HashMap<SocketAddr, usize>,
     levels: Vec<Level>,
     /// Percent of the traffic per priority, summing to 100 (or empty).
@@ -152,7 +80,20 @@ pub(crate) struct Table {
     policy: BalancePolicy,
 }
 
-impl Table {
+impl<S> Clone for Table<S> {
+    /// A copy sharing the endpoints and rings, whose counters continue from this one's.
+    fn clone(&self) -> Self {
+        Self {
+            slots: self.slots.clone(),
+            by_address: self.by_address.clone(),
+            levels: self.levels.clone(),
+            loads: self.loads.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<S> Table<S> {
     pub(crate) fn empty(policy: BalancePolicy) -> Self {
         Table {
             slots: Vec::new(),
@@ -167,7 +108,7 @@ impl Table {
     pub(crate) fn build(
         cla: &ClusterLoadAssignment,
         policy: &BalancePolicy,
-        mut shared: impl FnMut(SocketAddr) -> Arc<Shared>,
+        mut endpoint: impl FnMut(SocketAddr) -> Arc<Endpoint<S>>,
     ) -> Result<Self, ConfigError> {
         let priorities = cla.priority_count() as usize;
         let mut levels: Vec<Vec<usize>> = vec![Vec::new(); priorities];
@@ -200,7 +141,7 @@ impl Table {
                     slots.push(Slot {
                         address: e.address,
                         healthy: e.health.is_usable(),
-                        shared: shared(e.address),
+                        endpoint: endpoint(e.address),
                     });
                     members.push(i);
                     if e.health.is_usable() {
@@ -215,11 +156,14 @@ impl Table {
                     }
                 }
                 let rr = if equal {
-                    RoundRobin::Plain(0)
+                    Schedule::new(&vec![1.0; l.endpoints.len()])
                 } else {
-                    RoundRobin::Weighted(Edf::new(
-                        l.endpoints.iter().map(|e| f64::from(e.weight)).collect(),
-                    ))
+                    Schedule::new(
+                        &l.endpoints
+                            .iter()
+                            .map(|e| f64::from(e.weight))
+                            .collect::<Vec<_>>(),
+                    )
                 };
                 groups.push(Group {
                     members,
@@ -232,12 +176,16 @@ impl Table {
                 BalancePolicy::RingHash {
                     min_ring_size,
                     max_ring_size,
-                } => Some(Ring::build(&ring_entries, *min_ring_size, *max_ring_size)),
+                } => Some(Arc::new(Ring::build(
+                    &ring_entries,
+                    *min_ring_size,
+                    *max_ring_size,
+                ))),
                 _ => None,
             };
             built.push(Level {
                 groups,
-                edf: Edf::default(),
+                localities: Schedule::default(),
                 ring,
                 total: 0,
                 healthy: 0,
@@ -259,18 +207,11 @@ impl Table {
         Ok(table)
     }
 
-    /// Whether the slot at `address` is healthy and not ejected.
-    pub(crate) fn usable(&self, address: &SocketAddr) -> bool {
-        self.by_address
-            .get(address)
-            .is_some_and(|&i| self.slots[i].healthy && !self.slots[i].shared.ejected())
-    }
-
     /// Recomputes healthy counts, locality weights and the priority load split (after an
     /// update or a change in ejections).
     pub(crate) fn refresh_health(&mut self) {
         let slots = &self.slots;
-        let usable = |i: usize| slots[i].healthy && !slots[i].shared.ejected();
+        let usable = |i: usize| slots[i].usable();
         let mut health = Vec::with_capacity(self.levels.len());
         for level in &mut self.levels {
             level.total = 0;
@@ -290,7 +231,7 @@ impl Table {
                 };
                 weights.push(f64::from(g.weight) * avail);
             }
-            level.edf = Edf::new(weights);
+            level.localities = Schedule::new(&weights);
             health.push(if level.total == 0 {
                 0
             } else {
@@ -310,9 +251,9 @@ impl Table {
     /// hash for ring hash, so a key sticks), then the policy's pick within it; another
     /// priority if that one has nothing usable.
     pub(crate) fn pick(
-        &mut self,
-        input: &mut PickInput<'_>,
-        usable: impl Fn(&Slot) -> bool,
+        &self,
+        input: &PickInput<'_>,
+        usable: impl Fn(&Slot<S>) -> bool,
     ) -> Option<usize> {
         if self.levels.is_empty() {
             return None;
@@ -328,27 +269,29 @@ impl Table {
         let ring_hash = matches!(policy, BalancePolicy::RingHash { .. });
         let hash = if ring_hash {
             // A42: no hash means a random one.
-            Some(input.hash.unwrap_or_else(|| input.rng.random()))
+            Some(input.hash.unwrap_or_else(|| input.rng.next_u64()))
         } else {
             None
         };
-        let r = match hash {
-            Some(h) => (h % 100) as u32,
-            None => input.rng.random_range(0..100),
-        };
         let mut chosen = 0;
-        let mut acc = 0;
-        for (p, &l) in loads.iter().enumerate() {
-            acc += l;
-            if r < acc {
-                chosen = p;
-                break;
+        if levels.len() > 1 {
+            let r = match hash {
+                Some(h) => (h % 100) as u32,
+                None => input.rng.rng().random_range(0..100),
+            };
+            let mut acc = 0;
+            for (p, &l) in loads.iter().enumerate() {
+                acc += l;
+                if r < acc {
+                    chosen = p;
+                    break;
+                }
             }
         }
         let order = std::iter::once(chosen).chain((0..levels.len()).filter(|&p| p != chosen));
         for p in order {
-            let level = &mut levels[p];
-            let found = match (&*policy, &level.ring) {
+            let level = &levels[p];
+            let found = match (policy, &level.ring) {
                 (BalancePolicy::RingHash { .. }, Some(ring)) => {
                     ring.pick(hash.unwrap_or_default(), ok)
                 }
@@ -390,16 +333,21 @@ pub(crate) fn priority_loads(health: &[u32]) -> Vec<u32> {
     loads
 }
 
-fn pick_in_level(
-    slots: &[Slot],
-    level: &mut Level,
+fn pick_in_level<S>(
+    slots: &[Slot<S>],
+    level: &Level,
     policy: &BalancePolicy,
-    rng: &mut SmallRng,
+    shared_rng: &SharedRng,
     ok: &impl Fn(usize) -> bool,
 ) -> Option<usize> {
-    for _ in 0..level.edf.len() {
-        let Some(g) = level.edf.next() else { break };
-        if let Some(i) = pick_in_group(slots, &mut level.groups[g], policy, rng, ok) {
+    if let [only] = &level.groups[..] {
+        return pick_in_group(slots, only, policy, shared_rng, ok);
+    }
+    for _ in 0..level.localities.len() {
+        let Some(g) = level.localities.next(shared_rng) else {
+            break;
+        };
+        if let Some(i) = pick_in_group(slots, &level.groups[g], policy, shared_rng, ok) {
             return Some(i);
         }
     }
@@ -407,15 +355,15 @@ fn pick_in_level(
     // take any locality that has something usable.
     level
         .groups
-        .iter_mut()
-        .find_map(|g| pick_in_group(slots, g, policy, rng, ok))
+        .iter()
+        .find_map(|g| pick_in_group(slots, g, policy, shared_rng, ok))
 }
 
-fn pick_in_group(
-    slots: &[Slot],
-    g: &mut Group,
+fn pick_in_group<S>(
+    slots: &[Slot<S>],
+    g: &Group,
     policy: &BalancePolicy,
-    rng: &mut SmallRng,
+    shared_rng: &SharedRng,
     ok: &impl Fn(usize) -> bool,
 ) -> Option<usize> {
     let n = g.members.len();
@@ -423,28 +371,19 @@ fn pick_in_group(
         return None;
     }
     let m = &g.members;
+    let rng = &mut shared_rng.rng();
     match policy {
-        BalancePolicy::RoundRobin => match &mut g.rr {
-            RoundRobin::Plain(next) => {
-                for _ in 0..n {
-                    let i = m[*next % n];
-                    *next = (*next + 1) % n;
-                    if ok(i) {
-                        return Some(i);
-                    }
+        // Every member tried takes a fresh value of the counter, so members that cannot
+        // take the call are passed over without doubling their neighbour's share.
+        BalancePolicy::RoundRobin => {
+            for _ in 0..g.rr.len() {
+                let i = m[g.rr.next(shared_rng)?];
+                if ok(i) {
+                    return Some(i);
                 }
-                None
             }
-            RoundRobin::Weighted(edf) => {
-                for _ in 0..edf.len() {
-                    let i = m[edf.next()?];
-                    if ok(i) {
-                        return Some(i);
-                    }
-                }
-                None
-            }
-        },
+            None
+        }
         BalancePolicy::P2cPeakEwma => {
             if n == 1 {
                 return ok(m[0]).then_some(m[0]);
@@ -457,7 +396,7 @@ fn pick_in_group(
             let (a, b) = (m[a], m[b]);
             match (ok(a), ok(b)) {
                 (true, true) => {
-                    let (ca, cb) = (slots[a].shared.load.cost(), slots[b].shared.load.cost());
+                    let (ca, cb) = (slots[a].endpoint.load.cost(), slots[b].endpoint.load.cost());
                     Some(if ca <= cb { a } else { b })
                 }
                 (true, false) => Some(a),
@@ -473,7 +412,7 @@ fn pick_in_group(
                 if !ok(i) {
                     continue;
                 }
-                let load = slots[i].shared.load.in_flight();
+                let load = slots[i].endpoint.load.in_flight();
                 if best.is_none_or(|(_, l)| load < l) {
                     best = Some((i, load));
                 }
@@ -486,7 +425,7 @@ fn pick_in_group(
 }
 
 /// Every member from a random start: the fallback when sampling found nothing usable.
-fn scan(m: &[usize], rng: &mut SmallRng, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+fn scan(m: &[usize], rng: &mut impl Rng, ok: &impl Fn(usize) -> bool) -> Option<usize> {
     let n = m.len();
     let start = rng.random_range(0..n);
     (0..n).map(|k| m[(start + k) % n]).find(|&i| ok(i))

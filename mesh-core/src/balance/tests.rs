@@ -1,6 +1,8 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use meshwork_xds::resource::{
     ConsecutiveEjection, Endpoint, HealthStatus, LocalityEndpoints, OutlierDetection,
 };
@@ -9,11 +11,30 @@ use tower::{Service, ServiceExt};
 use super::table::tests::{cla, endpoint, locality};
 use super::*;
 
-type Svc = tower::util::BoxService<http::Request<()>, http::Response<()>, BoxError>;
+type Svc = tower::util::BoxCloneSyncService<http::Request<()>, http::Response<()>, BoxError>;
+
+/// Yields to the driver task until `done` holds; fails after a bounded number of turns.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never happened: {what}");
+}
+
+impl<S, B> Balancer<S, B> {
+    /// The addresses of the current snapshot, in table order.
+    fn addresses(&self) -> Vec<SocketAddr> {
+        let snapshot = self.inner.published.snapshot.load();
+        snapshot.table.slots.iter().map(|s| s.address).collect()
+    }
+}
 
 /// Endpoints that answer with the status `status(addr)`.
 fn endpoints(
-    status: impl Fn(SocketAddr) -> u16 + Clone + Send + 'static,
+    status: impl Fn(SocketAddr) -> u16 + Clone + Send + Sync + 'static,
 ) -> impl FnMut(SocketAddr) -> Svc {
     move |addr| {
         let status = status.clone();
@@ -46,6 +67,22 @@ where
     Ok(resp.extensions().get::<ServedBy>().expect("ServedBy").0)
 }
 
+/// One call on a clone of `b`, for spawned callers. Boxed outside an `async` block: rustc
+/// cannot prove such a block `Send` when it holds a future whose bounds involve
+/// `BoxError`'s trait-object lifetime ("implementation of `From` is not general enough").
+fn served_by(
+    b: &Balancer<Svc, ()>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = SocketAddr> + Send>> {
+    use futures_util::FutureExt as _;
+    Box::pin(b.clone().oneshot(http::Request::new(())).map(|rsp| {
+        rsp.unwrap()
+            .extensions()
+            .get::<ServedBy>()
+            .expect("ServedBy")
+            .0
+    }))
+}
+
 async fn served<S>(b: &mut S) -> SocketAddr
 where
     S: Service<http::Request<()>, Response = http::Response<()>, Error = BoxError>,
@@ -56,7 +93,9 @@ where
 #[tokio::test]
 async fn follows_endpoint_updates() {
     let (tx, rx) = watch::channel(one_locality(healthy(2)));
-    let mut b = Balancer::new(BalancePolicy::RoundRobin, rx, endpoints(|_| 200)).with_seed(1);
+    let mut b = Balancer::builder(BalancePolicy::RoundRobin)
+        .seed(1)
+        .build(rx, endpoints(|_| 200));
     let mut seen = HashSet::new();
     for _ in 0..4 {
         seen.insert(served(&mut b).await);
@@ -68,6 +107,10 @@ async fn follows_endpoint_updates() {
         endpoint(2, 1, HealthStatus::Healthy),
     ]))
     .unwrap();
+    until("the update is applied", || {
+        b.addresses() == [addr(1), addr(2)]
+    })
+    .await;
     let mut seen = HashSet::new();
     for _ in 0..4 {
         seen.insert(served(&mut b).await);
@@ -86,9 +129,10 @@ async fn a_rejected_update_keeps_the_previous_set() {
         ..locality("z", 1, 0, healthy(3))
     }])))
     .unwrap();
+    until("the update is seen", || b.last_update_error().is_some()).await;
     assert_eq!(served(&mut b).await, addr(0));
     assert_eq!(
-        b.last_update_error().map(ToString::to_string).as_deref(),
+        b.last_update_error().map(|e| e.to_string()).as_deref(),
         Some("localities[0].weight: must not be zero")
     );
 }
@@ -119,7 +163,9 @@ async fn avoided_endpoints_are_skipped_when_another_exists() {
             max_ring_size: 1024,
         },
     ] {
-        let mut b = Balancer::new(policy.clone(), rx.clone(), endpoints(|_| 200)).with_seed(3);
+        let mut b = Balancer::builder(policy.clone())
+            .seed(3)
+            .build(rx.clone(), endpoints(|_| 200));
         for _ in 0..20 {
             let mut req = http::Request::new(());
             req.extensions_mut().insert(AvoidEndpoints(vec![addr(0)]));
@@ -170,20 +216,57 @@ async fn endpoints_that_are_not_ready_are_not_picked() {
     for _ in 0..5 {
         assert_eq!(served(&mut b).await, addr(1));
     }
+    assert_eq!(b.ready_count(), 1);
 }
 
-#[tokio::test]
-async fn waits_while_every_endpoint_is_connecting() {
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_becoming_ready_wakes_every_waiting_call() {
     let (_tx, rx) = watch::channel(one_locality(healthy(1)));
     let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
     handle.allow(0);
     let mut mock = Some(mock);
     let new = move |_| Svc::new(mock.take().unwrap().map_err(BoxError::from));
-    let mut b = tokio_test::task::spawn(Balancer::new(BalancePolicy::RoundRobin, rx, new));
-    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_pending());
-    handle.allow(1);
-    assert!(b.is_woken());
-    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_ready());
+    let b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
+    let mut calls: Vec<_> = (0..3)
+        .map(|_| tokio_test::task::spawn(b.clone().oneshot(http::Request::new(()))))
+        .collect();
+    for c in &mut calls {
+        assert!(c.poll().is_pending(), "nothing is ready yet");
+    }
+    assert_eq!(b.ready_count(), 0);
+    handle.allow(3);
+    until("the endpoint is published", || b.ready_count() == 1).await;
+    for c in &mut calls {
+        assert!(c.is_woken(), "a waiting call is woken by the publication");
+        assert!(c.poll().is_pending(), "called, waiting for the response");
+    }
+    for _ in 0..3 {
+        let (_req, send) = handle.next_request().await.unwrap();
+        send.send_response(http::Response::new(()));
+    }
+    for c in calls {
+        let rsp = c.await.unwrap();
+        assert_eq!(rsp.extensions().get::<ServedBy>(), Some(&ServedBy(addr(0))));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_ends_with_no_endpoint_when_the_set_empties() {
+    let (tx, rx) = watch::channel(one_locality(healthy(1)));
+    let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
+    handle.allow(0);
+    let mut mock = Some(mock);
+    let new = move |_| Svc::new(mock.take().unwrap().map_err(BoxError::from));
+    let b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
+    let mut call = tokio_test::task::spawn(b.clone().oneshot(http::Request::new(())));
+    assert!(call.poll().is_pending());
+    tx.send(Arc::new(cla(vec![]))).unwrap();
+    until("the update is applied", || b.endpoint_count() == 0).await;
+    assert!(call.is_woken());
+    match call.poll() {
+        Poll::Ready(Err(e)) => assert!(e.is::<NoHealthyEndpoint>(), "{e}"),
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -231,13 +314,10 @@ async fn ejected_endpoints_are_skipped_by_every_policy_and_return() {
         let (_tx, rx) = watch::channel(one_locality(healthy(2)));
         let detector = OutlierDetector::with_seed(consecutive_5xx(3), 1);
         let bad = addr(0);
-        let mut b = Balancer::new(
-            policy.clone(),
-            rx,
-            endpoints(move |a| if a == bad { 500 } else { 200 }),
-        )
-        .with_outlier_detector(detector.clone())
-        .with_seed(5);
+        let mut b = Balancer::builder(policy.clone())
+            .outlier_detector(detector.clone())
+            .seed(5)
+            .build(rx, endpoints(move |a| if a == bad { 500 } else { 200 }));
         for _ in 0..40 {
             let _ = served(&mut b).await;
         }
@@ -317,24 +397,27 @@ fn validate_endpoints_reports_zero_weights() {
 }
 
 #[tokio::test]
-async fn a_called_endpoint_is_polled_again_before_its_next_call() {
+async fn each_call_checks_its_handle_before_calling() {
     let (_tx, rx) = watch::channel(one_locality(healthy(1)));
     let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
+    // The mock takes one call.
     handle.allow(1);
     let mut mock = Some(mock);
     let new = move |_| Svc::new(mock.take().unwrap().map_err(BoxError::from));
-    let mut b = tokio_test::task::spawn(Balancer::new(BalancePolicy::RoundRobin, rx, new));
-    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_ready());
-    let first = b.call(http::Request::new(()));
-    // A second call without `poll_ready` must not reuse the endpoint unpolled.
-    let e = b.call(http::Request::new(())).await.unwrap_err();
-    assert!(e.is::<NoHealthyEndpoint>(), "{e}");
-    // The mock allowed one call only: the endpoint is not ready, so neither is the balancer.
-    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_pending());
+    let mut b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
+    until("the endpoint is published", || b.ready_count() == 1).await;
+    let mut first = tokio_test::task::spawn(b.call(http::Request::new(())));
+    assert!(
+        first.poll().is_pending(),
+        "called, waiting for the response"
+    );
+    // The endpoint takes no more calls for now: the second call waits on its own clone of
+    // the handle, without failing and without holding anything other calls need.
+    let mut second = tokio_test::task::spawn(b.call(http::Request::new(())));
+    assert!(second.poll().is_pending());
     handle.allow(1);
-    assert!(b.is_woken());
-    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_ready());
-    let second = b.call(http::Request::new(()));
+    assert!(second.is_woken());
+    assert!(second.poll().is_pending(), "called");
     for _ in 0..2 {
         let (_req, send) = handle.next_request().await.unwrap();
         send.send_response(http::Response::new(()));
@@ -348,11 +431,186 @@ async fn a_called_endpoint_is_polled_again_before_its_next_call() {
     }
 }
 
-#[tokio::test]
-async fn an_endpoint_failing_after_a_call_is_dropped() {
+/// An endpoint service whose readiness fails once `broken` is set, as a multiplexed
+/// connection's sender does once the connection is gone.
+#[derive(Clone)]
+struct Breakable {
+    broken: Arc<AtomicBool>,
+    address: SocketAddr,
+}
+
+impl Service<http::Request<()>> for Breakable {
+    type Response = http::Response<()>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<http::Response<()>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.broken.load(Ordering::SeqCst) {
+            Poll::Ready(Err(format!("connection to {} closed", self.address).into()))
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, _req: http::Request<()>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(())))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_handle_is_skipped_and_its_endpoint_reconnected() {
     let (_tx, rx) = watch::channel(one_locality(healthy(2)));
+    // Every service made for an endpoint, by address: the first of addr(0) breaks.
+    let made: Arc<Mutex<HashMap<SocketAddr, Vec<Arc<AtomicBool>>>>> = Arc::default();
+    let m = made.clone();
+    let new = move |address: SocketAddr| {
+        let broken = Arc::new(AtomicBool::new(false));
+        m.lock()
+            .unwrap()
+            .entry(address)
+            .or_default()
+            .push(broken.clone());
+        Breakable { broken, address }
+    };
+    let mut b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
+    let mut seen = HashSet::new();
+    for _ in 0..4 {
+        seen.insert(served(&mut b).await);
+    }
+    assert_eq!(seen.len(), 2);
+    made.lock().unwrap()[&addr(0)][0].store(true, Ordering::SeqCst);
+    // Calls that pick the broken handle go on to the other endpoint: none fails.
+    for _ in 0..4 {
+        assert_eq!(served(&mut b).await, addr(1));
+    }
+    // The driver reconnects it (at once: it had been working), and calls come back.
+    until("addr(0) is reconnected", || {
+        made.lock().unwrap()[&addr(0)].len() == 2 && b.ready_count() == 2
+    })
+    .await;
+    let mut seen = HashSet::new();
+    for _ in 0..4 {
+        seen.insert(served(&mut b).await);
+    }
+    assert!(seen.contains(&addr(0)), "{seen:?}");
+    assert_eq!(made.lock().unwrap()[&addr(1)].len(), 1);
+}
+
+/// An endpoint service that connects (its first readiness check, the driver's, passes) and
+/// then fails every call's check.
+#[derive(Clone)]
+struct Doomed {
+    checks: Arc<AtomicUsize>,
+    address: SocketAddr,
+}
+
+impl Service<http::Request<()>> for Doomed {
+    type Response = http::Response<()>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<http::Response<()>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.checks.fetch_add(1, Ordering::SeqCst) == 0 {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err(format!("connection to {} closed", self.address).into()))
+        }
+    }
+
+    fn call(&mut self, _req: http::Request<()>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(())))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handle_that_keeps_breaking_is_reconnected_with_backoff() {
+    let (_tx, rx) = watch::channel(one_locality(healthy(1)));
+    let made = Arc::new(AtomicUsize::new(0));
+    let m = made.clone();
+    let new = move |address: SocketAddr| {
+        m.fetch_add(1, Ordering::SeqCst);
+        Doomed {
+            checks: Arc::default(),
+            address,
+        }
+    };
+    let b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
+    let start = tokio::time::Instant::now();
+    let mut failures = 0;
+    for _ in 0..6 {
+        // A broken handle hides the endpoint; the call waits for the reconnect, finds it
+        // broken again, and gives up after a few tries with the endpoint's error.
+        let e = b.clone().oneshot(http::Request::new(())).await.unwrap_err();
+        if e.is::<EndpointError>() {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 6);
+    // Without backoff these 6 calls × 4 tries would have made ~24 services at once.
+    let n = made.load(Ordering::SeqCst);
+    assert!(n >= 3, "{n}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "reconnects waited: {:?}",
+        start.elapsed()
+    );
+}
+
+/// An endpoint service that cannot connect: its readiness fails.
+#[derive(Clone)]
+struct Unreachable(SocketAddr);
+
+impl Service<http::Request<()>> for Unreachable {
+    type Response = http::Response<()>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<http::Response<()>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Err(format!("connecting to {}: refused", self.0).into()))
+    }
+
+    fn call(&mut self, _req: http::Request<()>) -> Self::Future {
+        unreachable!("never ready")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_fail_at_once_while_every_endpoint_fails_to_connect_and_recover() {
+    let (_tx, rx) = watch::channel(one_locality(healthy(2)));
+    let reachable = Arc::new(AtomicBool::new(false));
+    let r = reachable.clone();
+    let new = move |a: SocketAddr| -> Svc {
+        if r.load(Ordering::SeqCst) {
+            endpoints(|_| 200)(a)
+        } else {
+            Svc::new(Unreachable(a))
+        }
+    };
+    let b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
+    let e = b.clone().oneshot(http::Request::new(())).await.unwrap_err();
+    let e = e.downcast::<EndpointError>().expect("an endpoint error");
+    assert!([addr(0), addr(1)].contains(&e.address()));
+    let source = e.into_source();
+    let failed = source
+        .downcast_ref::<ConnectFailed>()
+        .expect("ConnectFailed");
+    assert!(
+        failed.error().to_string().ends_with(": refused"),
+        "{failed:?}"
+    );
+    // The driver keeps trying with backoff; once an attempt connects, calls go through.
+    reachable.store(true, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    until("an endpoint reconnects", || b.ready_count() > 0).await;
+    let mut b = b;
+    served(&mut b).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn endpoint_removal_during_calls() {
+    let (tx, rx) = watch::channel(one_locality(healthy(1)));
     let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
-    handle.allow(1);
+    handle.allow(10);
     let mut mock = Some(mock);
     let new = move |a: SocketAddr| -> Svc {
         if a == addr(0) {
@@ -361,49 +619,95 @@ async fn an_endpoint_failing_after_a_call_is_dropped() {
             endpoints(|_| 200)(a)
         }
     };
-    let mut b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
-    // Round robin reaches the mock within two calls; answer it, then make it fail.
-    let mut mock_served = false;
-    for _ in 0..2 {
-        let f = b.ready().await.unwrap().call(http::Request::new(()));
-        if let Some((_req, send)) = handle.next_request().now_or_never().flatten() {
-            send.send_response(http::Response::new(()));
-            mock_served = true;
-        }
-        f.await.unwrap();
-        if mock_served {
-            break;
-        }
-    }
-    assert!(mock_served);
-    handle.send_error("connection lost");
-    for _ in 0..5 {
-        assert_eq!(served(&mut b).await, addr(1));
-    }
-    assert_eq!(b.cache.ready_len(), 1);
-    assert_eq!(b.cache.pending_len(), 0);
-}
-
-#[tokio::test]
-async fn an_update_after_a_call_is_honoured_by_the_next_poll_ready() {
-    let (tx, rx) = watch::channel(one_locality(healthy(1)));
-    let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
-    handle.allow(0);
-    let mut mock = Some(mock);
-    let new = move |a: SocketAddr| -> Svc {
-        if a == addr(1) {
-            Svc::new(mock.take().unwrap().map_err(BoxError::from))
-        } else {
-            endpoints(|_| 200)(a)
-        }
-    };
-    let mut b = tokio_test::task::spawn(Balancer::new(BalancePolicy::RoundRobin, rx, new));
-    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_ready());
-    b.call(http::Request::new(())).await.unwrap();
-    // The endpoint just called leaves; its replacement is still connecting.
+    let b = Balancer::new(BalancePolicy::RoundRobin, rx, new);
+    until("the endpoint is published", || b.ready_count() == 1).await;
+    let in_flight = tokio::spawn(b.clone().oneshot(http::Request::new(())));
+    let (_req, send) = handle.next_request().await.unwrap();
+    // The endpoint leaves while a call is on it; another takes its place.
     tx.send(one_locality(vec![endpoint(1, 1, HealthStatus::Healthy)]))
         .unwrap();
-    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_pending());
-    handle.allow(1);
-    assert!(b.enter(|cx, mut b| b.poll_ready(cx)).is_ready());
+    until("the update is applied", || b.addresses() == [addr(1)]).await;
+    for _ in 0..3 {
+        assert_eq!(served(&mut b.clone()).await, addr(1));
+    }
+    // The call in flight finishes on the handle it holds.
+    send.send_response(http::Response::new(()));
+    let rsp = in_flight.await.unwrap().unwrap();
+    assert_eq!(rsp.extensions().get::<ServedBy>(), Some(&ServedBy(addr(0))));
+    assert_eq!(b.ready_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_robin_is_exactly_even_across_concurrent_callers() {
+    let (_tx, rx) = watch::channel(one_locality(healthy(3)));
+    let b = Balancer::new(BalancePolicy::RoundRobin, rx, endpoints(|_| 200));
+    let counts: Arc<Mutex<HashMap<SocketAddr, usize>>> = Arc::default();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let b = b.clone();
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                for _ in 0..300 {
+                    let a = served_by(&b).await;
+                    *counts.lock().unwrap().entry(a).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    // A guard against a hang, not a synchronisation.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::try_join_all(tasks),
+    )
+    .await
+    .expect("every call completes")
+    .unwrap();
+    let counts = counts.lock().unwrap();
+    assert_eq!(counts.len(), 3);
+    assert!(counts.values().all(|&n| n == 800), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_callers_through_an_update_are_all_served_by_a_listed_endpoint() {
+    let (tx, rx) = watch::channel(one_locality(healthy(3)));
+    let b = Balancer::new(BalancePolicy::P2cPeakEwma, rx, endpoints(|_| 200));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let mut seen = HashSet::new();
+                for _ in 0..500 {
+                    seen.insert(served_by(&b).await);
+                }
+                seen
+            })
+        })
+        .collect();
+    // Endpoints 0-2 give way to 3-5 while the calls run.
+    tx.send(one_locality(
+        (3..6)
+            .map(|i| endpoint(i, 1, HealthStatus::Healthy))
+            .collect(),
+    ))
+    .unwrap();
+    let all = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::try_join_all(tasks),
+    )
+    .await
+    .expect("every call completes")
+    .unwrap();
+    let listed: HashSet<_> = (0..6).map(addr).collect();
+    for seen in all {
+        assert!(seen.is_subset(&listed), "{seen:?}");
+    }
+    let mut b = b;
+    until("the update is applied", || {
+        b.addresses() == [addr(3), addr(4), addr(5)]
+    })
+    .await;
+    for _ in 0..10 {
+        let a = served(&mut b).await;
+        assert!([addr(3), addr(4), addr(5)].contains(&a), "{a}");
+    }
 }

@@ -202,6 +202,8 @@ struct State {
 struct Inner {
     config: OutlierDetection,
     generation: AtomicU64,
+    /// Notified on every change of `generation`, for balancers' drivers.
+    changes: tokio::sync::Notify,
     state: Mutex<State>,
 }
 
@@ -227,6 +229,7 @@ impl OutlierDetector {
             inner: Arc::new(Inner {
                 config,
                 generation: AtomicU64::new(0),
+                changes: tokio::sync::Notify::new(),
                 state: Mutex::new(State {
                     endpoints: HashMap::new(),
                     rng,
@@ -270,7 +273,7 @@ impl OutlierDetector {
         let before = st.endpoints.len();
         st.endpoints.retain(|a, _| addresses.contains(a));
         if st.endpoints.len() != before {
-            self.inner.generation.fetch_add(1, Ordering::Release);
+            self.inner.bump();
         }
     }
 
@@ -278,6 +281,22 @@ impl OutlierDetector {
     /// it to know when to recompute priority health.
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Completes once [`generation`](Self::generation) differs from `seen`.
+    pub(crate) fn changed(&self, seen: u64) -> impl Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            loop {
+                let notified = inner.changes.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if inner.generation.load(Ordering::Acquire) != seen {
+                    return;
+                }
+                notified.await;
+            }
+        }
     }
 
     /// The addresses ejected now.
@@ -353,11 +372,16 @@ impl Inner {
         self.eject(t, now);
     }
 
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+        self.changes.notify_waiters();
+    }
+
     fn eject(&self, t: &mut Tracked, now: Instant) {
         t.times_ejected = t.times_ejected.saturating_add(1);
         t.ejected_at = Some(now);
         t.stats.ejected.store(true, Ordering::Release);
-        self.generation.fetch_add(1, Ordering::Release);
+        self.bump();
         // Bounded by max_ejection_percent and the interval: no flood to guard against.
         tracing::info!(
             address = %t.stats.address,
@@ -447,7 +471,7 @@ impl Inner {
             }
         }
         if changed {
-            self.generation.fetch_add(1, Ordering::Release);
+            self.bump();
         }
     }
 

@@ -4,6 +4,7 @@ use std::error::Error as StdError;
 use std::time::Duration;
 
 use rand::RngCore;
+use tower::BoxError;
 
 use crate::config::{GrpcCode, RetryOn, RetryPolicy};
 use crate::timeout::{TimeoutError, TimeoutKind};
@@ -52,14 +53,45 @@ pub fn grpc_condition(code: GrpcCode) -> RetryOn {
     }
 }
 
+/// The server refused an attempt's stream without processing it (an HTTP/2 `RST_STREAM`
+/// with `REFUSED_STREAM`), so the attempt is safe to retry.
+///
+/// meshwork-core does not see the transport's error types (h2's error is inside hyper's),
+/// so an adapter that detects the reset wraps its error in this (meshwork-grpc's endpoints
+/// do); [`error_conditions`] then meets `refused-stream`, and `reset` and `5xx` too, as
+/// Envoy counts it.
+#[derive(Debug, thiserror::Error)]
+#[error("the server refused the stream (HTTP/2 REFUSED_STREAM)")]
+pub struct RefusedStream {
+    #[source]
+    source: BoxError,
+}
+
+impl RefusedStream {
+    /// Wraps the transport's error.
+    pub fn new(source: impl Into<BoxError>) -> Self {
+        Self {
+            source: source.into(),
+        }
+    }
+
+    /// The transport's error.
+    pub fn into_source(self) -> BoxError {
+        self.source
+    }
+}
+
 /// The conditions an attempt that produced no response meets, from its error's source
-/// chain: a refused connection is a connect failure; a reset, aborted or broken connection
-/// or an early end of stream is a reset; a per-try timeout counts as a reset with a 504.
-/// All of these are also `5xx`, as in Envoy. Other errors meet no condition and are not
-/// retried.
+/// chain: a stream the server refused ([`RefusedStream`]) is `refused-stream` and a reset; a
+/// refused connection is a connect failure; a reset, aborted or broken connection or an
+/// early end of stream is a reset; a per-try timeout counts as a reset with a 504. All of
+/// these are also `5xx`, as in Envoy. Other errors meet no condition and are not retried.
 pub fn error_conditions(err: &(dyn StdError + 'static)) -> RetryOn {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
+        if e.is::<RefusedStream>() {
+            return RetryOn::REFUSED_STREAM | RetryOn::RESET | RetryOn::HTTP_5XX;
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
             match io.kind() {

@@ -6,9 +6,10 @@
 //! - retries an attempt whose outcome meets a `retry_on` condition the policy names: gRPC
 //!   `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`
 //!   (from `grpc-status`), HTTP `5xx`, `gateway-error`, `retriable-status-codes`, and, for
-//!   attempts with no response, `reset` and `connect-failure` (see [`error_conditions`]);
-//!   `refused-stream` is accepted but never met, since the HTTP/2 error code is not visible
-//!   through `tower` errors;
+//!   attempts with no response, `reset`, `connect-failure` and `refused-stream` (see
+//!   [`error_conditions`]; `refused-stream` is met when the adapter wraps the transport's
+//!   error in [`RefusedStream`], as meshwork-grpc's endpoints do for an HTTP/2 reset with
+//!   `REFUSED_STREAM`);
 //! - makes at most `num_retries + 1` attempts, capped by the layer (5 by default, gRFC
 //!   A44's cap);
 //! - waits between attempts with exponential backoff and full jitter between the policy's
@@ -61,7 +62,7 @@ mod layer;
 pub use body::RetryBody;
 pub use budget::RetryBudget;
 pub use classify::{
-    Pushback, backoff, error_conditions, grpc_condition, is_retriable, pushback,
+    Pushback, RefusedStream, backoff, error_conditions, grpc_condition, is_retriable, pushback,
     response_conditions,
 };
 pub use future::ResponseFuture;

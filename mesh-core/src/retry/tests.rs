@@ -224,6 +224,44 @@ fn error_conditions_follow_the_source_chain() {
 
 use crate::timeout::{TimeoutError, TimeoutKind};
 
+#[test]
+fn a_refused_stream_anywhere_in_the_chain_meets_refused_stream() {
+    let refused = EndpointError {
+        address: "10.0.0.1:80".parse().unwrap(),
+        source: Box::new(RefusedStream::new("stream error received: refused stream")),
+    };
+    assert_eq!(
+        error_conditions(&refused),
+        RetryOn::REFUSED_STREAM | RetryOn::RESET | RetryOn::HTTP_5XX
+    );
+    assert!(is_retriable(
+        error_conditions(&refused),
+        &policy(RetryOn::REFUSED_STREAM, 1)
+    ));
+    assert_eq!(
+        RefusedStream::new("h2").into_source().to_string(),
+        "h2",
+        "the transport's error is kept"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_streams_are_retried_under_refused_stream() {
+    let (svc, mut handle) = mock::pair::<Req, Rsp>();
+    let mut svc = layer().layer(svc);
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(grpc_req(Some(policy(RetryOn::REFUSED_STREAM, 1)), "x")),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(RefusedStream::new("stream error received: refused stream"));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(grpc_status(0));
+    assert!(call.await.unwrap().is_ok());
+}
+
 #[tokio::test(start_paused = true)]
 async fn connect_failures_are_retried_and_other_errors_are_not() {
     let (svc, mut handle) = mock::pair::<Req, Rsp>();

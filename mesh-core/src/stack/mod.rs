@@ -3,12 +3,12 @@
 //! [`outbound`] assembles, from a [`ConfigReceiver`]:
 //!
 //! ```text
-//! Router ─> per cluster: Timeout ─> Retry ─> CircuitBreaker ─> shared Balancer
-//!                                                            └─> endpoint services
+//! Router ─> per cluster: Timeout ─> Retry ─> CircuitBreaker ─> Balancer
+//!                                                            └─> endpoint handles
 //! ```
 //!
-//! The endpoint services are made by a user-supplied [`Connect`] (the adapters' connection
-//! pools plug in here; tests use closures).
+//! The endpoint services are made by a user-supplied [`Connect`] (the adapters' connectors
+//! plug in here; tests use closures).
 //!
 //! # Clusters across config updates
 //!
@@ -30,13 +30,13 @@
 //!
 //! # Sharing the balancer
 //!
-//! A [`Balancer`] is not `Clone` (it owns its endpoint table and ready cache), so each
-//! cluster's handles share it behind a mutex, held only while a call checks the balancer's
-//! readiness and picks (no I/O happens under it). A call waits in its own future when no
-//! endpoint is ready yet; every waiting call is woken when one becomes ready. This replaced
-//! a `tower::buffer::Buffer` worker task, whose channel hop cost about a microsecond per
-//! call. Everything above the balancer (timeout, retry, breaker) is cloned per call and
-//! shares its state through atomics.
+//! Every layer is cloned per call and shares its state through atomics, the balancer
+//! included: a [`Balancer`] is a handle to its cluster's published pick table, kept by a
+//! driver task off the calls' path (see [`crate::balance`]). A call loads the table, picks
+//! with atomics and calls a clone of the endpoint's handle: no lock and no task hop. A call
+//! waits in its own future only when no endpoint is connected yet, until the driver publishes
+//! one. This replaced a mutex around a balancer that owned a `ReadyCache`, itself the
+//! replacement of a `tower::buffer::Buffer` worker task.
 //!
 //! # Cluster kinds
 //!
@@ -79,20 +79,25 @@ use crate::timeout::{Timeout, TimeoutBody};
 use crate::xds::resource::{Cluster, ClusterKind};
 
 mod error;
-mod shared;
 
 pub use error::{StackError, error_codes};
 
 /// Makes the service for one endpoint of a cluster: the seam where an adapter's connection
 /// pool plugs in.
 ///
-/// Called when an endpoint appears in a cluster's endpoint set; making the service must be
-/// cheap, connecting belongs in the service itself. The cluster is passed so that a
-/// connector can honour its transport settings (TLS, SAN matchers, connect timeout).
-/// Implemented for closures `Fn(&Arc<Cluster>, SocketAddr) -> S`.
+/// Called when an endpoint appears in a cluster's endpoint set, and again to reconnect it
+/// after its service failed; making the service must be cheap, connecting belongs in the
+/// service's `poll_ready`, which the balancer's driver task drives (off the calls' path).
+/// Once ready, the service is a *handle* that every call clones, checks with `poll_ready`
+/// (a failure there means the connection is gone: the call picks another endpoint and the
+/// driver reconnects this one with backoff) and calls: so it must be cheap to clone and
+/// share one connection (or pool) among its clones, as a multiplexed HTTP/2 connection's
+/// sender does. The cluster is passed so that a connector can honour its transport
+/// settings (TLS, SAN matchers, connect timeout). Implemented for closures
+/// `Fn(&Arc<Cluster>, SocketAddr) -> S`.
 pub trait Connect<B>: Clone + Send + Sync + 'static {
-    /// The endpoint service.
-    type Service: Service<http::Request<RetryBody<B>>> + Send + 'static;
+    /// The endpoint service: a cheaply cloneable handle.
+    type Service: Service<http::Request<RetryBody<B>>> + Clone + Send + Sync + 'static;
 
     /// The service for `address`, an endpoint of `cluster`.
     fn connect(&self, cluster: &Arc<Cluster>, address: SocketAddr) -> Self::Service;
@@ -101,7 +106,7 @@ pub trait Connect<B>: Clone + Send + Sync + 'static {
 impl<B, F, S> Connect<B> for F
 where
     F: Fn(&Arc<Cluster>, SocketAddr) -> S + Clone + Send + Sync + 'static,
-    S: Service<http::Request<RetryBody<B>>> + Send + 'static,
+    S: Service<http::Request<RetryBody<B>>> + Clone + Send + Sync + 'static,
 {
     type Service = S;
 
@@ -110,7 +115,7 @@ where
     }
 }
 
-/// The service of one cluster: Timeout -> Retry -> CircuitBreaker -> shared Balancer,
+/// The service of one cluster: Timeout -> Retry -> CircuitBreaker -> Balancer,
 /// boxed.
 pub type ClusterService<B, RB> =
     BoxCloneSyncService<http::Request<B>, http::Response<TimeoutBody<RB>>, BoxError>;
@@ -386,13 +391,13 @@ where
     let connect = connect.clone();
     let for_endpoints = cluster.clone();
     let new_endpoint = move |addr: SocketAddr| connect.connect(&for_endpoints, addr);
-    let mut balancer = Balancer::new(policy, rx, new_endpoint);
+    let mut balancer = Balancer::builder(policy);
     if let Some(od) = &cluster.outlier_detection {
         let detector = OutlierDetector::new(od.clone());
         detector.spawn_sweeper();
-        balancer = balancer.with_outlier_detector(detector);
+        balancer = balancer.outlier_detector(detector);
     }
-    let breaker = CircuitBreaker::new(shared::Shared::new(balancer), cluster.circuit_breakers);
+    let breaker = CircuitBreaker::new(balancer.build(rx, new_endpoint), cluster.circuit_breakers);
     let service = Timeout::new(Retry::new(breaker)).map_err(Into::into);
     Built {
         service: BoxCloneSyncService::new(service),

@@ -19,7 +19,7 @@ use crate::config::{ClusterSpecifier, GrpcCode};
 use crate::timeout::TimeoutError;
 
 type Req = http::Request<Full<Bytes>>;
-type EndpointSvc = tower::util::BoxService<
+type EndpointSvc = tower::util::BoxCloneSyncService<
     http::Request<RetryBody<Full<Bytes>>>,
     http::Response<String>,
     BoxError,
@@ -126,7 +126,7 @@ impl Counting {
         move |_c: &Arc<Cluster>, a: SocketAddr| {
             *this.made.lock().unwrap().entry(a).or_default() += 1;
             let calls = this.calls.clone();
-            tower::util::BoxService::new(tower::service_fn(
+            tower::util::BoxCloneSyncService::new(tower::service_fn(
                 move |_req: http::Request<RetryBody<Full<Bytes>>>| {
                     calls.fetch_add(1, Ordering::Relaxed);
                     async move {

@@ -2,7 +2,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use meshwork_xds::resource::{Endpoint, HealthStatus, Locality, LocalityEndpoints};
-use rand::SeedableRng;
 
 use super::*;
 
@@ -44,25 +43,19 @@ pub(crate) fn cla(localities: Vec<LocalityEndpoints>) -> ClusterLoadAssignment {
     }
 }
 
-fn build(cla: &ClusterLoadAssignment, policy: BalancePolicy) -> Table {
-    Table::build(cla, &policy, |_| {
-        Arc::new(Shared {
-            load: EndpointLoad::new(),
-            outlier: None,
-        })
-    })
-    .unwrap()
+fn build(cla: &ClusterLoadAssignment, policy: BalancePolicy) -> Table<()> {
+    Table::build(cla, &policy, |_| Arc::new(super::Endpoint::new(None))).unwrap()
 }
 
-fn counts(t: &mut Table, picks: usize, seed: u64) -> HashMap<SocketAddr, usize> {
-    let mut rng = SmallRng::seed_from_u64(seed);
+fn counts(t: &Table<()>, picks: usize, seed: u64) -> HashMap<SocketAddr, usize> {
+    let rng = SharedRng::new(seed);
     let mut out = HashMap::new();
     for _ in 0..picks {
-        let mut input = PickInput {
+        let input = PickInput {
             hash: None,
-            rng: &mut rng,
+            rng: &rng,
         };
-        let i = t.pick(&mut input, |s| s.healthy).expect("a pick");
+        let i = t.pick(&input, |s| s.healthy).expect("a pick");
         *out.entry(t.slots[i].address).or_default() += 1;
     }
     out
@@ -96,10 +89,10 @@ fn failover_to_the_next_priority_and_back() {
         locality("a", 1, 0, vec![healthy(0), down(1), down(2), down(3)]),
         locality("b", 1, 1, vec![healthy(4), healthy(5)]),
     ]);
-    let mut t = build(&c, BalancePolicy::RoundRobin);
+    let t = build(&c, BalancePolicy::RoundRobin);
     assert_eq!(t.loads(), &[35, 65]);
     let n = 100_000;
-    let got = counts(&mut t, n, 1);
+    let got = counts(&t, n, 1);
     assert!((share(&got, 0, n) - 35.0).abs() < 2.0, "{got:?}");
     assert_eq!(
         share(&got, 1, n),
@@ -111,9 +104,9 @@ fn failover_to_the_next_priority_and_back() {
         locality("a", 1, 0, (0..4).map(healthy).collect()),
         locality("b", 1, 1, vec![healthy(4), healthy(5)]),
     ]);
-    let mut t = build(&c, BalancePolicy::RoundRobin);
+    let t = build(&c, BalancePolicy::RoundRobin);
     assert_eq!(t.loads(), &[100, 0]);
-    let got = counts(&mut t, 1000, 1);
+    let got = counts(&t, 1000, 1);
     assert_eq!(share(&got, 4, 1000) + share(&got, 5, 1000), 0.0);
 }
 
@@ -138,9 +131,9 @@ fn weighted_split_by_locality_and_endpoint_weights() {
         BalancePolicy::P2cPeakEwma,
         BalancePolicy::LeastRequest { choice_count: 2 },
     ] {
-        let mut t = build(&c, policy.clone());
+        let t = build(&c, policy.clone());
         let n = 100_000;
-        let got = counts(&mut t, n, 42);
+        let got = counts(&t, n, 42);
         let b = share(&got, 2, n);
         assert!((b - 75.0).abs() < 2.0, "{policy:?}: {got:?}");
         if policy == BalancePolicy::RoundRobin {
@@ -160,21 +153,19 @@ fn round_robin_equal_weights_cycles_and_skips_unusable() {
             .map(|i| endpoint(i, 1, HealthStatus::Healthy))
             .collect(),
     )]);
-    let mut t = build(&c, BalancePolicy::RoundRobin);
-    let mut rng = SmallRng::seed_from_u64(0);
-    let mut input = PickInput {
+    let t = build(&c, BalancePolicy::RoundRobin);
+    let rng = SharedRng::new(0);
+    let input = PickInput {
         hash: None,
-        rng: &mut rng,
+        rng: &rng,
     };
-    let seq: Vec<_> = (0..6)
-        .map(|_| t.pick(&mut input, |_| true).unwrap())
-        .collect();
+    let seq: Vec<_> = (0..6).map(|_| t.pick(&input, |_| true).unwrap()).collect();
     assert_eq!(seq, vec![0, 1, 2, 0, 1, 2]);
     let seq: Vec<_> = (0..4)
-        .map(|_| t.pick(&mut input, |s| s.address != t_addr(1)).unwrap())
+        .map(|_| t.pick(&input, |s| s.address != t_addr(1)).unwrap())
         .collect();
     assert_eq!(seq, vec![0, 2, 0, 2]);
-    assert_eq!(t.pick(&mut input, |_| false), None);
+    assert_eq!(t.pick(&input, |_| false), None);
 }
 
 fn t_addr(i: u32) -> SocketAddr {
@@ -191,20 +182,20 @@ async fn p2c_sends_less_traffic_to_a_slower_endpoint() {
             .map(|i| endpoint(i, 1, HealthStatus::Healthy))
             .collect(),
     )]);
-    let mut t = build(&c, BalancePolicy::P2cPeakEwma);
-    let mut rng = SmallRng::seed_from_u64(9);
+    let t = build(&c, BalancePolicy::P2cPeakEwma);
+    let rng = SharedRng::new(9);
     let mut got = [0usize; 4];
     let n = 20_000;
     for _ in 0..n {
-        let mut input = PickInput {
+        let input = PickInput {
             hash: None,
-            rng: &mut rng,
+            rng: &rng,
         };
-        let i = t.pick(&mut input, |_| true).unwrap();
+        let i = t.pick(&input, |_| true).unwrap();
         got[i] += 1;
         // Endpoint 3 takes 50 ms, the others 5 ms.
         let rtt = if i == 3 { 50 } else { 5 };
-        t.slots[i].shared.load.observe(Duration::from_millis(rtt));
+        t.slots[i].endpoint.load.observe(Duration::from_millis(rtt));
         tokio::time::advance(Duration::from_millis(1)).await;
     }
     let slow = got[3] as f64 / n as f64;
@@ -225,11 +216,11 @@ fn p2c_prefers_fewer_in_flight_at_equal_latency() {
             .map(|i| endpoint(i, 1, HealthStatus::Healthy))
             .collect(),
     )]);
-    let mut t = build(&c, BalancePolicy::P2cPeakEwma);
+    let t = build(&c, BalancePolicy::P2cPeakEwma);
     for _ in 0..5 {
-        t.slots[0].shared.load.start();
+        t.slots[0].endpoint.load.start();
     }
-    let got = counts(&mut t, 100, 3);
+    let got = counts(&t, 100, 3);
     assert_eq!(share(&got, 1, 100), 100.0);
 }
 
@@ -243,12 +234,12 @@ fn least_request_picks_the_least_loaded_of_its_choices() {
             .map(|i| endpoint(i, 1, HealthStatus::Healthy))
             .collect(),
     )]);
-    let mut t = build(&c, BalancePolicy::LeastRequest { choice_count: 10 });
+    let t = build(&c, BalancePolicy::LeastRequest { choice_count: 10 });
     for i in 0..9 {
-        t.slots[i].shared.load.start();
+        t.slots[i].endpoint.load.start();
     }
     let n = 10_000;
-    let got = counts(&mut t, n, 5);
+    let got = counts(&t, n, 5);
     // With 10 samples of 10, the idle endpoint is among them ~65 % of the time.
     let idle = share(&got, 9, n);
     assert!((idle - 65.1).abs() < 2.0, "{idle}");
@@ -264,28 +255,28 @@ fn ring_hash_is_sticky_and_uses_the_request_hash() {
             .map(|i| endpoint(i, 1, HealthStatus::Healthy))
             .collect(),
     )]);
-    let mut t = build(
+    let t = build(
         &c,
         BalancePolicy::RingHash {
             min_ring_size: 1024,
             max_ring_size: 4096,
         },
     );
-    let mut rng = SmallRng::seed_from_u64(1);
+    let rng = SharedRng::new(1);
     let mut first = Vec::new();
     for h in 0..100u64 {
-        let mut input = PickInput {
+        let input = PickInput {
             hash: Some(h.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            rng: &mut rng,
+            rng: &rng,
         };
-        first.push(t.pick(&mut input, |_| true).unwrap());
+        first.push(t.pick(&input, |_| true).unwrap());
     }
     for (h, &f) in (0..100u64).zip(&first) {
-        let mut input = PickInput {
+        let input = PickInput {
             hash: Some(h.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            rng: &mut rng,
+            rng: &rng,
         };
-        assert_eq!(t.pick(&mut input, |_| true), Some(f));
+        assert_eq!(t.pick(&input, |_| true), Some(f));
     }
     let distinct: std::collections::HashSet<_> = first.iter().collect();
     assert!(distinct.len() >= 8, "keys spread over the ring");
@@ -293,7 +284,7 @@ fn ring_hash_is_sticky_and_uses_the_request_hash() {
 
 #[test]
 fn zero_weights_are_rejected_with_the_field() {
-    let e = Table::build(
+    let e = Table::<()>::build(
         &cla(vec![locality(
             "a",
             0,
@@ -303,7 +294,8 @@ fn zero_weights_are_rejected_with_the_field() {
         &BalancePolicy::RoundRobin,
         |_| unreachable!("nothing built"),
     )
-    .unwrap_err();
+    .err()
+    .expect("rejected");
     assert_eq!(e.to_string(), "localities[0].weight: must not be zero");
     let e = Table::build(
         &cla(vec![
@@ -319,14 +311,10 @@ fn zero_weights_are_rejected_with_the_field() {
             ),
         ]),
         &BalancePolicy::RoundRobin,
-        |_| {
-            Arc::new(Shared {
-                load: EndpointLoad::new(),
-                outlier: None,
-            })
-        },
+        |_| Arc::new(super::Endpoint::<()>::new(None)),
     )
-    .unwrap_err();
+    .err()
+    .expect("rejected");
     assert_eq!(
         e.to_string(),
         "localities[1].endpoints[1].weight: must not be zero"
@@ -335,11 +323,11 @@ fn zero_weights_are_rejected_with_the_field() {
 
 #[test]
 fn empty_table_picks_nothing() {
-    let mut t = build(&cla(vec![]), BalancePolicy::P2cPeakEwma);
-    let mut rng = SmallRng::seed_from_u64(0);
-    let mut input = PickInput {
+    let t = build(&cla(vec![]), BalancePolicy::P2cPeakEwma);
+    let rng = SharedRng::new(0);
+    let input = PickInput {
         hash: None,
-        rng: &mut rng,
+        rng: &rng,
     };
-    assert_eq!(t.pick(&mut input, |_| true), None);
+    assert_eq!(t.pick(&input, |_| true), None);
 }

@@ -1,0 +1,345 @@
+//! A contestant's client: runs in its own child process of the harness, so the CPU time and
+//! peak memory it reports are its own. Builds the contestant's channel, warms it up, runs
+//! the closed-loop phase then the open-loop phase, and prints one JSON line of results.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use meshwork_core::identity::{MtlsConfig, StaticSource, Svid, TrustBundles};
+use meshwork_grpc::{MeshChannel, MeshChannelOptions};
+use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
+use meshwork_xds::client::XdsClient;
+use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tonic::client::{Grpc, GrpcService};
+
+use crate::echo::{self, CallError};
+use crate::{Contestant, procfs};
+
+/// A call that takes longer than this is an error (it would otherwise hold a phase open).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the harness tells a client process.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientArgs {
+    pub(crate) contestant: Contestant,
+    /// The server (bare tonic) or the sidecar's listener (`envoy-sidecar`).
+    pub(crate) addr: Option<SocketAddr>,
+    /// The control plane (`meshwork`, `meshwork-via-envoy`).
+    pub(crate) xds: Option<String>,
+    /// The xDS target.
+    pub(crate) target: Option<String>,
+    /// PEM files: `ca.pem`, `client.pem`, `client-key.pem`.
+    pub(crate) certs: PathBuf,
+    /// The sidecar's process, whose CPU time and memory count for this contestant.
+    pub(crate) sidecar_pid: Option<u32>,
+    pub(crate) warmup: Duration,
+    /// Each phase's length.
+    pub(crate) phase: Duration,
+    pub(crate) concurrency: usize,
+    pub(crate) rate: u32,
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The child's `main`: prints one JSON line with the results.
+pub(crate) fn main(args: ClientArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(async {
+        match args.contestant {
+            Contestant::TonicPlaintext | Contestant::EnvoySidecar => {
+                let addr = args.addr.ok_or("--addr is required")?;
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect()
+                    .await?;
+                run(Grpc::new(channel), &args).await
+            }
+            Contestant::TonicMtls => {
+                let addr = args.addr.ok_or("--addr is required")?;
+                let channel = tonic_mtls(addr, &args.certs).await?;
+                run(Grpc::new(channel), &args).await
+            }
+            Contestant::Meshwork | Contestant::MeshworkViaEnvoy => {
+                let xds = args.xds.as_deref().ok_or("--xds is required")?;
+                let target = args.target.as_deref().ok_or("--target is required")?;
+                let bootstrap = Bootstrap::builder()
+                    .node_id("meshwork-loadtest")
+                    .server(XdsServer::new(xds)?)
+                    .build()?;
+                let client = XdsClient::start(&bootstrap)?;
+                let mut options = MeshChannelOptions::new();
+                if args.contestant == Contestant::Meshwork {
+                    options = options.mtls(mesh_identity(&args.certs)?);
+                }
+                let channel = MeshChannel::from_xds(&client, target, options).await?;
+                let out = run(Grpc::new(channel), &args).await;
+                drop(client);
+                out
+            }
+        }
+    })?;
+    println!("{out}");
+    Ok(())
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()).into())
+}
+
+/// Bare tonic over rustls mTLS: tonic's channel with a connector doing TCP + tokio-rustls,
+/// the client SVID as the client certificate, and webpki's usual verification of the
+/// server (its certificate carries the DNS name `echo.mesh` besides its SPIFFE ID).
+async fn tonic_mtls(addr: SocketAddr, certs: &Path) -> Result<tonic::transport::Channel> {
+    let provider = meshwork_core::crypto::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&read(certs, "ca.pem")?) {
+        roots.add(c?)?;
+    }
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&read(certs, "client.pem")?)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&read(certs, "client-key.pem")?)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connect = tower::service_fn(move |_: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from("echo.mesh").expect("a valid DNS name");
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    // The scheme only names the :scheme pseudo-header here: the connector does the TLS.
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://echo.mesh:{}", addr.port()))?
+            .connect_with_connector(connect)
+            .await?,
+    )
+}
+
+/// meshwork's identity: the client SVID and the CA as the `example.org` bundle.
+fn mesh_identity(certs: &Path) -> Result<MtlsConfig> {
+    let svid = Svid::from_pem(&read(certs, "client.pem")?, &read(certs, "client-key.pem")?)?;
+    let bundles = TrustBundles::from_pem_any_domain(&read(certs, "ca.pem")?, "ca.pem")?;
+    Ok(MtlsConfig::new(Arc::new(StaticSource::new(
+        Some(svid),
+        bundles,
+    ))))
+}
+
+/// CPU seconds of this process plus the sidecar's.
+fn cpu_now(sidecar: Option<u32>) -> f64 {
+    let own = procfs::cpu_seconds("self").unwrap_or(f64::NAN);
+    own + sidecar.map_or(0.0, |p| {
+        procfs::cpu_seconds(&p.to_string()).unwrap_or(f64::NAN)
+    })
+}
+
+async fn run<T>(grpc: Grpc<T>, args: &ClientArgs) -> Result<serde_json::Value>
+where
+    T: GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let seq = Arc::new(AtomicU64::new(0));
+    // One call first: a channel that cannot call at all fails the contestant loudly.
+    echo::call(&mut grpc.clone(), seq.fetch_add(1, Ordering::Relaxed))
+        .await
+        .map_err(|e| format!("first call: {e:?}"))?;
+    let warmup = closed_loop(&grpc, &seq, args.concurrency, args.warmup).await;
+
+    let closed = closed_loop(&grpc, &seq, args.concurrency, args.phase).await;
+    let cpu_before = cpu_now(args.sidecar_pid);
+    let open = open_loop(&grpc, &seq, args.rate, args.phase).await;
+    let cpu = cpu_now(args.sidecar_pid) - cpu_before;
+
+    let client_rss = procfs::peak_rss_mib("self").unwrap_or(f64::NAN);
+    let sidecar_rss = args.sidecar_pid.map_or(0.0, |p| {
+        procfs::peak_rss_mib(&p.to_string()).unwrap_or(f64::NAN)
+    });
+    let pct = |q: f64| percentile(&open.latencies_us, q);
+    Ok(json!({
+        "name": args.contestant.name(),
+        "rps": closed.ok as f64 / closed.elapsed.as_secs_f64(),
+        "p50_us": pct(0.50),
+        "p99_us": pct(0.99),
+        "p999_us": pct(0.999),
+        "cpu_s_per_1k": cpu / (open.sent as f64 / 1000.0),
+        "rss_mb": client_rss + sidecar_rss,
+        "client_rss_mb": client_rss,
+        "sidecar_rss_mb": sidecar_rss,
+        "errors": closed.errors + open.errors,
+        "first_error": closed.first_error.or(open.first_error),
+        "warmup_calls": 1 + warmup.ok + warmup.errors,
+        "closed_calls": closed.ok + closed.errors,
+        "open_calls": open.sent,
+        "pacer_late_p50_us": percentile(&open.pacer_late_us, 0.50),
+        "pacer_late_p99_us": percentile(&open.pacer_late_us, 0.99),
+    }))
+}
+
+/// The `q` quantile (nearest rank) of unsorted samples, or 0 with none.
+fn percentile(samples: &[u64], q: f64) -> u64 {
+    if samples.is_empty() {
+        return 0;
+    }
+    let mut s = samples.to_vec();
+    s.sort_unstable();
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
+}
+
+struct Closed {
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    first_error: Option<String>,
+}
+
+async fn one<T>(grpc: &mut Grpc<T>, seq: u64) -> std::result::Result<(), String>
+where
+    T: GrpcService<tonic::body::Body>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError>,
+{
+    match tokio::time::timeout(CALL_TIMEOUT, echo::call(grpc, seq)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(CallError::Status(s))) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Ok(Err(CallError::Mismatch)) => Err("the echoed payload differs".into()),
+        Err(_) => Err(format!("no answer in {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// `concurrency` callers, each starting its next call when the last one ends, for `time`.
+async fn closed_loop<T>(
+    grpc: &Grpc<T>,
+    seq: &Arc<AtomicU64>,
+    concurrency: usize,
+    time: Duration,
+) -> Closed
+where
+    T: GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let start = Instant::now();
+    let deadline = start + time;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let mut grpc = grpc.clone();
+        let seq = seq.clone();
+        tasks.spawn(async move {
+            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+            while Instant::now() < deadline {
+                match one(&mut grpc, seq.fetch_add(1, Ordering::Relaxed)).await {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            (ok, errors, first_error)
+        });
+    }
+    let mut out = Closed {
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        first_error: None,
+    };
+    while let Some(r) = tasks.join_next().await {
+        let (ok, errors, first_error) = r.unwrap_or((0, 1, Some("a caller panicked".into())));
+        out.ok += ok;
+        out.errors += errors;
+        out.first_error = out.first_error.or(first_error);
+    }
+    out.elapsed = start.elapsed();
+    out
+}
+
+struct Open {
+    sent: u64,
+    errors: u64,
+    latencies_us: Vec<u64>,
+    pacer_late_us: Vec<u64>,
+    first_error: Option<String>,
+}
+
+/// Calls at a fixed `rate` for `time`, each started at its intended time whatever the
+/// previous calls are doing, and timed from that intended time: a stall delays every call
+/// behind it and they all count (no coordinated omission). A dedicated thread paces the
+/// sends with the OS's sleep, which is finer than tokio's 1 ms timer wheel; how late it
+/// woke is recorded too (`pacer_late_*`), as the harness's own noise floor.
+async fn open_loop<T>(grpc: &Grpc<T>, seq: &Arc<AtomicU64>, rate: u32, time: Duration) -> Open
+where
+    T: GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let n = (time.as_secs_f64() * f64::from(rate)).round() as u64;
+    let interval = Duration::from_secs(1) / rate.max(1);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handle = tokio::runtime::Handle::current();
+    let grpc = grpc.clone();
+    let seq = seq.clone();
+    let pacer = std::thread::spawn(move || {
+        let start = Instant::now() + Duration::from_millis(1);
+        let mut late = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let intended = start + interval * i as u32;
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            late.push(intended.elapsed().as_micros() as u64);
+            let mut grpc = grpc.clone();
+            let tx = tx.clone();
+            let s = seq.fetch_add(1, Ordering::Relaxed);
+            handle.spawn(async move {
+                let r = one(&mut grpc, s).await;
+                let _ = tx.send(r.map(|()| intended.elapsed().as_micros() as u64));
+            });
+        }
+        late
+    });
+    let mut out = Open {
+        sent: n,
+        errors: 0,
+        latencies_us: Vec::with_capacity(n as usize),
+        pacer_late_us: Vec::new(),
+        first_error: None,
+    };
+    // Every call ends within CALL_TIMEOUT of being sent, so this waits at most that long
+    // after the last send.
+    for _ in 0..n {
+        match rx.recv().await {
+            Some(Ok(us)) => out.latencies_us.push(us),
+            Some(Err(e)) => {
+                out.errors += 1;
+                out.first_error.get_or_insert(e);
+            }
+            None => break,
+        }
+    }
+    out.errors += n - out.latencies_us.len() as u64 - out.errors;
+    out.pacer_late_us = tokio::task::spawn_blocking(move || pacer.join().unwrap_or_default())
+        .await
+        .unwrap_or_default();
+    out
+}

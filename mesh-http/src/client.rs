@@ -1,0 +1,394 @@
+//! [`MeshClient`]: hosts resolved to mesh targets, requests sent through the outbound stack.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt as _;
+use meshwork_core::config::{self, ConfigReceiver, TargetConfig};
+use meshwork_core::identity::{CertificateProviders, MtlsConfig};
+use meshwork_core::stack::{self, StackOptions};
+use meshwork_core::xds::bootstrap::XdsTarget;
+use meshwork_core::xds::client::XdsClient;
+use meshwork_core::xds::resource::Cluster;
+use meshwork_core::xds::watch::TargetState;
+use tokio::sync::OnceCell;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceExt as _};
+
+use crate::connect::{ClusterIdentity, Endpoint};
+use crate::{Body, Error, ResolveError};
+
+/// Options of a [`MeshClient`].
+#[derive(Debug, Clone)]
+pub struct MeshClientOptions {
+    mtls: Option<MtlsConfig>,
+    certificate_providers: Option<Arc<CertificateProviders>>,
+    ready_timeout: Duration,
+    http2_prior_knowledge: bool,
+    stack: StackOptions,
+}
+
+impl Default for MeshClientOptions {
+    fn default() -> Self {
+        Self {
+            mtls: None,
+            certificate_providers: None,
+            ready_timeout: Duration::from_secs(10),
+            http2_prior_knowledge: false,
+            stack: StackOptions::default(),
+        }
+    }
+}
+
+impl MeshClientOptions {
+    /// Default options: the identity for TLS clusters comes from the bootstrap's
+    /// certificate providers with [`MeshClient::from_xds`] and is absent otherwise (TLS
+    /// clusters then fail to connect); a 10 s wait for a host's first xDS config; HTTP/1.1
+    /// to plaintext clusters; the stack's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One identity for every cluster that asks for TLS, in place of the certificate
+    /// provider instances the clusters name. Its authorizer is replaced per cluster by the
+    /// cluster's SAN matchers, and its ALPN by `h2`, `http/1.1` (only `h2` for clusters
+    /// that ask for HTTP/2).
+    pub fn mtls(mut self, mtls: MtlsConfig) -> Self {
+        self.mtls = Some(mtls);
+        self
+    }
+
+    /// The certificate provider instances that clusters' `UpstreamTlsContext`s name (gRFC
+    /// A29): each TLS cluster takes our SVID from its identity instance and its roots from
+    /// its root instance. [`MeshClient::from_xds`] makes them from the xDS client's
+    /// bootstrap when neither this nor [`mtls`](Self::mtls) is set; pass one shared set to
+    /// several clients (or channels) so that each file is watched once.
+    pub fn certificate_providers(mut self, providers: Arc<CertificateProviders>) -> Self {
+        self.certificate_providers = Some(providers);
+        self
+    }
+
+    /// How long the first request to a host waits for the host's xDS config (default
+    /// 10 s). Requests that find the config already there do not wait.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Speak HTTP/2 with prior knowledge ("h2c") to every plaintext cluster, not only to
+    /// those whose CDS resource sets `http2_protocol_options` (default: false, HTTP/1.1).
+    /// Over TLS, ALPN decides either way.
+    pub fn http2_prior_knowledge(mut self, enabled: bool) -> Self {
+        self.http2_prior_knowledge = enabled;
+        self
+    }
+
+    /// The per-cluster stack's options (default [`StackOptions::default`]).
+    pub fn stack(mut self, options: StackOptions) -> Self {
+        self.stack = options;
+        self
+    }
+}
+
+type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+enum Targets {
+    /// One config for every host; its virtual hosts are chosen by the request's authority.
+    One(Stack),
+    /// A target per host, watched on first use.
+    Xds(XdsTargets),
+}
+
+struct Inner {
+    targets: Targets,
+    options: MeshClientOptions,
+}
+
+/// An HTTP client into the mesh; see the [crate docs](crate). Cheap to clone; clones share
+/// the targets, clusters, connections and config.
+#[derive(Clone)]
+pub struct MeshClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for MeshClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("MeshClient");
+        if let Targets::Xds(x) = &self.inner.targets {
+            let mut hosts: Vec<String> = x.hosts.load().keys().cloned().collect();
+            hosts.sort();
+            d.field("hosts", &hosts);
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+impl MeshClient {
+    /// A client over a hand-written config, for every host: the config's virtual hosts are
+    /// matched against each request's authority. Must be called within a tokio runtime.
+    pub fn from_static(config: TargetConfig, options: MeshClientOptions) -> Self {
+        let (_tx, rx) = config::channel(config);
+        // With the sender gone the config never changes; the stack keeps the last one.
+        Self::from_config(rx, options)
+    }
+
+    /// A client following the configs published on `config`, for every host. Must be
+    /// called within a tokio runtime.
+    pub fn from_config(config: ConfigReceiver, options: MeshClientOptions) -> Self {
+        let stack = build_stack(config, &options);
+        Self {
+            inner: Arc::new(Inner {
+                targets: Targets::One(stack),
+                options,
+            }),
+        }
+    }
+
+    /// A client whose hosts are xDS targets of `client`: a request to `http://greeter/hi`
+    /// goes where `xds:///greeter` would (the listener named by the bootstrap's
+    /// `client_default_listener_resource_name_template`, the virtual host chosen by
+    /// `greeter`). The authority is the target name as written, port included
+    /// (`http://greeter:8080/` is `xds:///greeter:8080`).
+    ///
+    /// Hosts are watched on first use and kept for the client's lifetime: the first request
+    /// to a host waits, at most [`MeshClientOptions::ready_timeout`], for its first
+    /// complete config; later configs apply as they arrive, and if the host's config later
+    /// turns into an error the last good one keeps serving. A host that fails to resolve is
+    /// not remembered: the next request tries again. Must be called within a tokio runtime.
+    pub fn from_xds(client: XdsClient, mut options: MeshClientOptions) -> Self {
+        if options.mtls.is_none() && options.certificate_providers.is_none() {
+            options.certificate_providers = Some(Arc::new(CertificateProviders::from_bootstrap(
+                client.bootstrap(),
+            )));
+        }
+        Self {
+            inner: Arc::new(Inner {
+                targets: Targets::Xds(XdsTargets {
+                    client,
+                    hosts: ArcSwap::from_pointee(HashMap::new()),
+                    insert: Mutex::new(()),
+                }),
+                options,
+            }),
+        }
+    }
+
+    /// Resolves `host` (an authority: `greeter`, `greeter:8080`) ahead of its first
+    /// request, waiting for its config as that request would. With a static config this
+    /// does nothing.
+    pub async fn resolve(&self, host: &str) -> Result<(), Error> {
+        self.stack_for(&host.to_ascii_lowercase()).await.map(drop)
+    }
+
+    /// Sends a `GET` for `uri` (`http://host/path`) with an empty body.
+    pub async fn get<U>(&self, uri: U) -> Result<Response<Body>, Error>
+    where
+        U: TryInto<Uri>,
+        U::Error: Into<http::Error>,
+    {
+        let req = Request::get(uri)
+            .body(crate::empty())
+            .map_err(Error::invalid_request)?;
+        self.send(req).await
+    }
+
+    /// Sends `req` through the mesh. Its URI is `http://host/path` (or a path with a `Host`
+    /// header); the host picks the target, the target's routes pick the cluster, and the
+    /// cluster says whether the connection uses mTLS and which HTTP version it speaks. An
+    /// `https` URI is refused: the cluster, not the URI, decides on TLS.
+    pub async fn request<B>(&self, req: Request<B>) -> Result<Response<Body>, Error>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.send(req.map(|b| b.map_err(Into::into).boxed_unsync()))
+            .await
+    }
+
+    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, Error> {
+        let (req, host) = normalize(req)?;
+        let stack = self.stack_for(&host).await?;
+        // Boxed as a `dyn Future + Send`, so that the compiler need not prove the stack's
+        // future `Send` for every lifetime of the boxed errors inside it (a known
+        // limitation of async Send inference).
+        let call: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>> =
+            Box::pin(stack.oneshot(req));
+        call.await.map_err(Error::stack)
+    }
+
+    async fn stack_for(&self, host: &str) -> Result<Stack, Error> {
+        match &self.inner.targets {
+            Targets::One(stack) => Ok(stack.clone()),
+            Targets::Xds(x) => x
+                .stack(host, &self.inner.options)
+                .await
+                .map_err(Error::resolve),
+        }
+    }
+}
+
+impl Service<Request<Body>> for MeshClient {
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // Readiness belongs to each cluster's stack, reached once the request is routed.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.send(req).await })
+    }
+}
+
+/// Makes the URI absolute (`http://host/path`) and returns the host, lowercased.
+fn normalize(mut req: Request<Body>) -> Result<(Request<Body>, String), Error> {
+    let uri = req.uri();
+    if let Some(scheme) = uri.scheme()
+        && *scheme != Scheme::HTTP
+    {
+        return Err(Error::invalid_request(format!(
+            "{uri}: the scheme must be http (the cluster decides on TLS)"
+        )));
+    }
+    let authority = match uri.authority() {
+        Some(a) => a.clone(),
+        None => {
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .ok_or_else(|| Error::invalid_request(format!("{uri}: no host")))?;
+            host.parse::<Authority>()
+                .map_err(|e| Error::invalid_request(format!("host {host:?}: {e}")))?
+        }
+    };
+    if uri.scheme().is_none() {
+        let mut parts = uri.clone().into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts).map_err(Error::invalid_request)?;
+    }
+    Ok((req, authority.as_str().to_ascii_lowercase()))
+}
+
+fn build_stack(config: ConfigReceiver, options: &MeshClientOptions) -> Stack {
+    let identity = match (&options.mtls, &options.certificate_providers) {
+        (Some(mtls), _) => ClusterIdentity::Fixed(mtls.clone()),
+        (None, Some(providers)) => ClusterIdentity::Providers(providers.clone()),
+        (None, None) => ClusterIdentity::None,
+    };
+    let h2 = options.http2_prior_knowledge;
+    let connect =
+        move |cluster: &Arc<Cluster>, address| Endpoint::new(cluster, address, &identity, h2);
+    let router = stack::outbound(config, connect, options.stack.clone());
+    BoxCloneSyncService::new(router.map_response(|rsp: Response<_>| rsp.map(|b| b.boxed_unsync())))
+}
+
+/// The per-host targets of an xDS client. Lookups of known hosts take no lock (an
+/// `ArcSwap` load); the first request to a host inserts its cell under a mutex, and its
+/// `OnceCell` makes concurrent first requests share one resolution.
+struct XdsTargets {
+    client: XdsClient,
+    hosts: ArcSwap<HashMap<String, Arc<OnceCell<Stack>>>>,
+    insert: Mutex<()>,
+}
+
+impl XdsTargets {
+    async fn stack(&self, host: &str, options: &MeshClientOptions) -> Result<Stack, ResolveError> {
+        let cell = self.cell(host);
+        if let Some(stack) = cell.get() {
+            return Ok(stack.clone());
+        }
+        cell.get_or_try_init(|| self.resolve(host, options))
+            .await
+            .cloned()
+    }
+
+    fn cell(&self, host: &str) -> Arc<OnceCell<Stack>> {
+        if let Some(cell) = self.hosts.load().get(host) {
+            return cell.clone();
+        }
+        let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        let hosts = self.hosts.load();
+        if let Some(cell) = hosts.get(host) {
+            return cell.clone();
+        }
+        let cell = Arc::new(OnceCell::new());
+        let mut next = HashMap::clone(&hosts);
+        next.insert(host.to_owned(), cell.clone());
+        self.hosts.store(Arc::new(next));
+        cell
+    }
+
+    async fn resolve(
+        &self,
+        host: &str,
+        options: &MeshClientOptions,
+    ) -> Result<Stack, ResolveError> {
+        let parsed = XdsTarget::parse(&format!("xds:///{host}")).map_err(|source| {
+            ResolveError::InvalidTarget {
+                host: host.to_owned(),
+                source,
+            }
+        })?;
+        // The listener is named by the bootstrap's template (`%s` unless it says otherwise);
+        // the virtual host is chosen by the host itself.
+        let listener = self
+            .client
+            .bootstrap()
+            .listener_resource_name_for(&parsed)
+            .map_err(|source| ResolveError::ListenerName {
+                host: host.to_owned(),
+                source: Arc::new(source),
+            })?;
+        let mut watch = self
+            .client
+            .watch_target(&listener, parsed.data_plane_authority())
+            .await;
+        let first =
+            watch
+                .ready(options.ready_timeout)
+                .await
+                .map_err(|source| ResolveError::Xds {
+                    host: host.to_owned(),
+                    source,
+                })?;
+        let (tx, rx) = config::channel(TargetConfig::from_xds(&first));
+        let host = host.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let state = tokio::select! {
+                    s = watch.changed() => s,
+                    // The client and every stack clone are gone: stop watching.
+                    () = tx.closed() => return,
+                };
+                match state {
+                    Some(TargetState::Ready(cfg)) => {
+                        let _ = tx.send(Arc::new(TargetConfig::from_xds(&cfg)));
+                    }
+                    Some(TargetState::Error(e)) => {
+                        tracing::warn!(%host, error = %e, "xDS target in error; keeping the last config");
+                    }
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+        });
+        Ok(build_stack(rx, options))
+    }
+}

@@ -1,0 +1,264 @@
+//! [`Server`]: any hyper or axum service behind the inbound stack, over mTLS, with graceful
+//! shutdown.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use meshwork_core::identity::{IdentityError, MtlsConfig};
+use meshwork_core::inbound::{AuthorizationPolicy, ConnectionInfo, InboundLayer, MeshAcceptor};
+use pin_project_lite::pin_project;
+use tokio::net::TcpListener;
+use tower::{BoxError, Layer as _, Service, ServiceExt as _};
+
+/// Serves a hyper or axum service (a `tower::Service<http::Request<hyper::body::Incoming>>`)
+/// as a mesh workload: SPIFFE mTLS on every connection, the caller's
+/// [`PeerIdentity`](meshwork_core::identity::PeerIdentity) in each request's extensions, an
+/// optional [`AuthorizationPolicy`], HTTP/1.1 and HTTP/2 on the same port, and graceful
+/// shutdown.
+///
+/// Per connection: [`MeshAcceptor`] (TLS handshake with our SVID; the client's SVID is
+/// verified, and a failed handshake never reaches the service), then hyper-util's `auto`
+/// connection (HTTP/1.1 or HTTP/2 by the client's preface, upgrades allowed), then per
+/// request the connection's [`ConnectionInfo`] into the extensions, [`InboundLayer`]
+/// (the caller's `PeerIdentity`; a request the policy denies is answered `403 Forbidden`,
+/// or `grpc-status: 7` for gRPC, without calling the service), then the service.
+///
+/// ```no_run
+/// use meshwork_http::Server;
+/// use meshwork_http::core::inbound::{AuthorizationPolicy, Principal, Rule};
+/// # async fn run(mtls: meshwork_http::core::identity::MtlsConfig) -> Result<(), Box<dyn std::error::Error>> {
+/// let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+/// });
+/// let policy = AuthorizationPolicy::new().allow(
+///     Rule::any().principal(Principal::TrustDomain("example.org".parse()?)),
+/// );
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:8443").await?;
+/// Server::new().mtls(mtls).policy(policy).serve(listener, app).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct Server {
+    mtls: Option<MtlsConfig>,
+    policy: Option<AuthorizationPolicy>,
+    handshake_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("mtls", &self.mtls.is_some())
+            .field("policy", &self.policy)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
+}
+
+/// Why a [`Server`] could not serve.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The mTLS configuration could not be turned into a rustls server configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] IdentityError),
+}
+
+impl Server {
+    /// A server with no identity (plaintext; see [`Server::mtls`]), no authorization policy
+    /// (every request is allowed), and the acceptor's default 10 s handshake timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Accept only mTLS connections, presenting our SVID from `mtls` and requiring a client
+    /// SVID its verifier (its `Authorizer`) accepts. ALPN is set to `h2`, `http/1.1`.
+    /// Without this the server speaks plaintext and callers have no identity.
+    pub fn mtls(mut self, mtls: MtlsConfig) -> Self {
+        self.mtls = Some(mtls.alpn_protocols(vec![b"h2".to_vec(), b"http/1.1".to_vec()]));
+        self
+    }
+
+    /// Enforce `policy` on every request (default: none, every request is allowed).
+    pub fn policy(mut self, policy: AuthorizationPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Bounds each TLS handshake (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// Serves `service` on `listener` until the task is dropped.
+    pub async fn serve<S, B>(self, listener: TcpListener, service: S) -> Result<(), ServeError>
+    where
+        S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.serve_with_shutdown(listener, service, std::future::pending())
+            .await
+    }
+
+    /// Serves `service` on `listener` until `signal` completes, then shuts down gracefully:
+    /// the listener is closed, idle connections are closed, HTTP/2 connections get a GOAWAY,
+    /// and requests in flight finish; returns when the last connection has closed. To bound
+    /// the wait, wrap this future in a timeout.
+    pub async fn serve_with_shutdown<S, B, F>(
+        self,
+        listener: TcpListener,
+        service: S,
+        signal: F,
+    ) -> Result<(), ServeError>
+    where
+        S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
+        let mut acceptor = match &self.mtls {
+            Some(mtls) => MeshAcceptor::new(listener, mtls)?,
+            None => MeshAcceptor::plaintext(listener),
+        };
+        if let Some(timeout) = self.handshake_timeout {
+            acceptor = acceptor.handshake_timeout(timeout);
+        }
+        // The policy answers denials with a default body: the service's body wrapped so it
+        // has one, whatever the service's body type.
+        let app = InboundLayer::new(self.policy).layer(
+            service
+                .map_response(|rsp: http::Response<B>| rsp.map(ServerBody::inner))
+                .map_err(Into::<BoxError>::into),
+        );
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let graceful = GracefulShutdown::new();
+        let mut signal = std::pin::pin!(signal);
+        loop {
+            let stream = tokio::select! {
+                next = acceptor.next() => match next {
+                    Some(Ok(stream)) => stream,
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "accepting a connection failed");
+                        continue;
+                    }
+                    None => break,
+                },
+                () = &mut signal => break,
+            };
+            let svc = TowerToHyperService::new(WithConnectionInfo {
+                info: stream.info().clone(),
+                inner: app.clone(),
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            // Boxed here, outside any async block, so that the compiler need not prove the
+            // connection `Send` for every lifetime of the boxed errors in it (a known
+            // limitation of async Send inference).
+            let conn: Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> =
+                Box::pin(graceful.watch(conn));
+            tokio::spawn(async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(%error, "inbound connection ended with an error");
+                }
+            });
+        }
+        // Stop listening before waiting for the connections to drain.
+        drop(acceptor);
+        graceful.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Puts the connection's [`ConnectionInfo`] into every request's extensions.
+#[derive(Clone)]
+struct WithConnectionInfo<S> {
+    info: ConnectionInfo,
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for WithConnectionInfo<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> S::Future {
+        req.extensions_mut().insert(self.info.clone());
+        self.inner.call(req)
+    }
+}
+
+pin_project! {
+    /// The service's response body, or the empty body of a response the inbound layer
+    /// made itself (a denial).
+    #[project = ServerBodyProj]
+    #[derive(Default)]
+    enum ServerBody<B> {
+        #[default]
+        Empty,
+        Inner { #[pin] body: B },
+    }
+}
+
+impl<B> ServerBody<B> {
+    fn inner(body: B) -> Self {
+        ServerBody::Inner { body }
+    }
+}
+
+impl<B> HttpBody for ServerBody<B>
+where
+    B: HttpBody,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        match self.project() {
+            ServerBodyProj::Empty => Poll::Ready(None),
+            ServerBodyProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ServerBody::Empty => true,
+            ServerBody::Inner { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ServerBody::Empty => SizeHint::with_exact(0),
+            ServerBody::Inner { body } => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! `MeshClient` end to end: real hyper backends on loopback (HTTP/1.1 and HTTP/2, plaintext
+//! and SPIFFE mTLS), configured through an in-process xDS server or by hand.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::route::v3::{RetryPolicy, Route, retry_policy, route};
+use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+use meshwork_core::config::StaticConfig;
+use meshwork_core::identity::VerifyError;
+use meshwork_core::identity::testing::TestCa;
+use meshwork_core::xds::client::ReadyError;
+use meshwork_http::{ConnectError, MeshClient, MeshClientOptions, ResolveError};
+use meshwork_xds::server::{Snapshot, XdsTestServer, build};
+use support::{
+    Backend, Proto, body, h2c_cluster, identity, static_cluster, tls_cluster, xds_client,
+};
+
+const GREETER_SAN: &str = "spiffe://example.org/ns/default/sa/greeter";
+
+fn with_action(
+    mut route: Route,
+    f: impl FnOnce(&mut envoy_types::pb::envoy::config::route::v3::RouteAction),
+) -> Route {
+    if let Some(route::Action::Route(action)) = &mut route.action {
+        f(action);
+    }
+    route
+}
+
+/// One host, `greeter`, whose routes reach five clusters: mTLS to an HTTP/1.1-only and an
+/// HTTP/2-only backend, plaintext HTTP/1.1, plaintext h2c (the cluster sets
+/// `http2_protocol_options`), and a cluster whose SAN matcher names someone else. A second
+/// host, `other`, is served by the same xDS client.
+#[tokio::test]
+async fn xds_mtls_speaks_the_protocol_the_backend_and_cluster_ask_for() {
+    let ca = TestCa::new("example.org");
+    let greeter = identity(&ca, "/ns/default/sa/greeter");
+    let (tls_h1, _) = Backend::new("tls-h1", Proto::H1)
+        .tls(greeter.clone())
+        .start()
+        .await;
+    let (tls_h2, _) = Backend::new("tls-h2", Proto::H2).tls(greeter).start().await;
+    let (plain_h1, _) = Backend::new("plain-h1", Proto::H1).start().await;
+    let (plain_h2, _) = Backend::new("plain-h2", Proto::H2).start().await;
+    let (other, _) = Backend::new("other", Proto::H1).start().await;
+
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .listener(build::api_listener("greeter", "greeter-routes"))
+            .route(build::route_config(
+                "greeter-routes",
+                vec![build::virtual_host(
+                    "greeter",
+                    ["greeter"],
+                    vec![
+                        build::route_to("/tls-h1", "tls-h1"),
+                        build::route_to("/tls-h2", "tls-h2"),
+                        build::route_to("/plain-h2", "plain-h2"),
+                        build::route_to("/plain-h1", "plain-h1"),
+                        build::route_to("/wrong-san", "wrong-san"),
+                    ],
+                )],
+            ))
+            .cluster(tls_cluster("tls-h1", GREETER_SAN))
+            .cluster(tls_cluster("tls-h2", GREETER_SAN))
+            .cluster(build::eds_cluster("plain-h1"))
+            .cluster(h2c_cluster("plain-h2"))
+            .cluster(tls_cluster(
+                "wrong-san",
+                "spiffe://example.org/ns/default/sa/someone-else",
+            ))
+            .endpoints(build::endpoints("tls-h1", &[tls_h1]))
+            .endpoints(build::endpoints("tls-h2", &[tls_h2]))
+            .endpoints(build::endpoints("plain-h1", &[plain_h1]))
+            .endpoints(build::endpoints("plain-h2", &[plain_h2]))
+            .endpoints(build::endpoints("wrong-san", &[tls_h2]))
+            .listener(build::api_listener("other:8080", "other-routes"))
+            .route(build::route_config(
+                "other-routes",
+                vec![build::virtual_host(
+                    "other",
+                    ["other:8080"],
+                    vec![build::route_to("", "other")],
+                )],
+            ))
+            .cluster(build::eds_cluster("other"))
+            .endpoints(build::endpoints("other", &[other])),
+    );
+    let client = MeshClient::from_xds(
+        xds_client(&server, None),
+        MeshClientOptions::new().mtls(identity(&ca, "/ns/default/sa/client")),
+    );
+
+    for _ in 0..3 {
+        assert_eq!(
+            body(&client, "http://greeter/tls-h1").await.unwrap(),
+            "tls-h1:HTTP/1.1"
+        );
+        assert_eq!(
+            body(&client, "http://greeter/tls-h2").await.unwrap(),
+            "tls-h2:HTTP/2.0"
+        );
+        assert_eq!(
+            body(&client, "http://greeter/plain-h1").await.unwrap(),
+            "plain-h1:HTTP/1.1"
+        );
+        assert_eq!(
+            body(&client, "http://greeter/plain-h2").await.unwrap(),
+            "plain-h2:HTTP/2.0"
+        );
+        assert_eq!(
+            body(&client, "http://other:8080/").await.unwrap(),
+            "other:HTTP/1.1"
+        );
+    }
+    // A request with a path and a Host header goes to the same place.
+    let req = http::Request::get("/tls-h2")
+        .header(http::header::HOST, "greeter")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(client.request(req).await.unwrap().status(), 200);
+
+    // The server's SVID is not the one the cluster names: a typed connect error, 503.
+    let err = client.get("http://greeter/wrong-san").await.unwrap_err();
+    assert_eq!(err.status(), 503, "{err}");
+    assert!(err.is_connect(), "{err:?}");
+    let ce = err.connect_error().unwrap();
+    assert!(matches!(ce, ConnectError::PeerRejected { .. }), "{ce}");
+    match ce.verify_error() {
+        Some(VerifyError::Unauthorized { spiffe_id, .. }) => {
+            assert_eq!(spiffe_id.to_string(), GREETER_SAN);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Without a fixed identity, a client takes the one the cluster names from the bootstrap's
+    // certificate providers; this bootstrap has none, so the cluster cannot connect.
+    let anonymous = MeshClient::from_xds(xds_client(&server, None), MeshClientOptions::new());
+    let err = anonymous.get("http://greeter/tls-h1").await.unwrap_err();
+    let ce = err.connect_error();
+    assert!(
+        matches!(ce, Some(ConnectError::TlsConfig { .. })),
+        "{err:?}"
+    );
+    assert!(ce.unwrap().to_string().contains("\"default\""), "{ce:?}");
+}
+
+fn count(replies: &[String]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in replies {
+        let id = r.split(':').next().unwrap().to_owned();
+        *m.entry(id).or_insert(0) += 1;
+    }
+    m
+}
+
+#[tokio::test]
+async fn xds_weighted_split_over_mtls() {
+    let ca = TestCa::new("example.org");
+    let greeter = identity(&ca, "/ns/default/sa/greeter");
+    let (a, _) = Backend::new("A", Proto::H2)
+        .tls(greeter.clone())
+        .start()
+        .await;
+    let (b, _) = Backend::new("B", Proto::H1).tls(greeter).start().await;
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .listener(build::api_listener("greeter", "routes"))
+            .route(build::route_config(
+                "routes",
+                vec![build::virtual_host(
+                    "greeter",
+                    ["greeter"],
+                    vec![build::route_weighted("", &[("a", 75), ("b", 25)])],
+                )],
+            ))
+            .cluster(tls_cluster("a", GREETER_SAN))
+            .cluster(tls_cluster("b", GREETER_SAN))
+            .endpoints(build::endpoints("a", &[a]))
+            .endpoints(build::endpoints("b", &[b])),
+    );
+    let client = MeshClient::from_xds(
+        xds_client(&server, None),
+        MeshClientOptions::new().mtls(identity(&ca, "/ns/default/sa/client")),
+    );
+    let n = 400;
+    let mut replies = Vec::new();
+    for _ in 0..n {
+        replies.push(body(&client, "http://greeter/hello").await.unwrap());
+    }
+    let counts = count(&replies);
+    let to_a = counts.get("A").copied().unwrap_or(0);
+    assert_eq!(to_a + counts.get("B").copied().unwrap_or(0), n);
+    // 300 expected; the binomial standard deviation is about 8.7, so ±40 is over 4.5σ.
+    assert!((260..=340).contains(&to_a), "{counts:?}");
+}
+
+#[tokio::test]
+async fn xds_retries_hide_a_flaky_backend() {
+    let (flaky, seen) = Backend::new("flaky", Proto::H1).flaky().start().await;
+    let server = XdsTestServer::start().await.unwrap();
+    let retrying = with_action(build::route_to("/retry", "flaky"), |a| {
+        a.retry_policy = Some(RetryPolicy {
+            retry_on: "5xx".into(),
+            num_retries: Some(UInt32Value { value: 2 }),
+            retry_back_off: Some(retry_policy::RetryBackOff {
+                base_interval: Some(PbDuration {
+                    seconds: 0,
+                    nanos: 1_000_000,
+                }),
+                max_interval: None,
+            }),
+            ..Default::default()
+        });
+    });
+    server.set_snapshot(
+        Snapshot::new()
+            .listener(build::api_listener("flaky", "routes"))
+            .route(build::route_config(
+                "routes",
+                vec![build::virtual_host(
+                    "flaky",
+                    ["flaky"],
+                    vec![retrying, build::route_to("/", "flaky")],
+                )],
+            ))
+            .cluster(build::eds_cluster("flaky"))
+            .endpoints(build::endpoints("flaky", &[flaky])),
+    );
+    let client = MeshClient::from_xds(xds_client(&server, None), MeshClientOptions::new());
+    let n = 20;
+    for _ in 0..n {
+        assert_eq!(
+            body(&client, "http://flaky/retry").await.unwrap(),
+            "flaky:HTTP/1.1"
+        );
+    }
+    // Every other attempt failed and was retried.
+    assert_eq!(seen.load(Ordering::SeqCst), 2 * n);
+
+    // Without a retry policy the failures show: the 503 is the backend's own answer, a
+    // response, not an error.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(client.get("http://flaky/").await.unwrap().status().as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 503]);
+}
+
+#[tokio::test]
+async fn unknown_host_no_route_timeout_and_bad_uris_are_typed_errors() {
+    let (hang, _) = Backend::new("hang", Proto::H1).hang().start().await;
+    let server = XdsTestServer::start().await.unwrap();
+    let slow = with_action(build::route_to("/slow", "hang"), |a| {
+        a.timeout = Some(PbDuration {
+            seconds: 0,
+            nanos: 100_000_000,
+        });
+    });
+    server.set_snapshot(
+        Snapshot::new()
+            .listener(build::api_listener("greeter", "routes"))
+            .route(build::route_config(
+                "routes",
+                vec![build::virtual_host("greeter", ["greeter"], vec![slow])],
+            ))
+            .cluster(build::eds_cluster("hang"))
+            .endpoints(build::endpoints("hang", &[hang])),
+    );
+    let client = MeshClient::from_xds(
+        xds_client(&server, None),
+        MeshClientOptions::new().ready_timeout(Duration::from_secs(10)),
+    );
+
+    let err = client.get("http://nothing/").await.unwrap_err();
+    assert!(err.is_resolve(), "{err:?}");
+    assert_eq!(err.status(), 503);
+    match err.resolve_error() {
+        Some(ResolveError::Xds { host, source }) => {
+            assert_eq!(host, "nothing");
+            assert!(matches!(source, ReadyError::Target(_)), "{source:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(client.resolve("nothing").await.unwrap_err().is_resolve());
+    client.resolve("greeter").await.unwrap();
+
+    let err = client.get("http://greeter/elsewhere").await.unwrap_err();
+    assert!(err.is_no_route(), "{err:?}");
+    assert_eq!(err.status(), 404);
+
+    let err = client.get("http://greeter/slow").await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(err.status(), 504);
+
+    let err = client.get("https://greeter/").await.unwrap_err();
+    assert!(err.is_invalid_request(), "{err:?}");
+    assert_eq!(err.status(), 400);
+    let err = client.get("/no-host").await.unwrap_err();
+    assert!(err.is_invalid_request(), "{err:?}");
+}
+
+/// The listener is named by the bootstrap's `client_default_listener_resource_name_template`
+/// (gRFC A47), while the virtual host is still chosen by the host.
+#[tokio::test]
+async fn xds_listener_name_follows_the_bootstrap_template() {
+    let (a, _) = Backend::new("a", Proto::H1).start().await;
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .listener(build::api_listener("listeners.example/greeter", "routes"))
+            .route(build::route_config(
+                "routes",
+                vec![build::virtual_host(
+                    "greeter",
+                    ["greeter"],
+                    vec![build::route_to("", "a")],
+                )],
+            ))
+            .cluster(build::eds_cluster("a"))
+            .endpoints(build::endpoints("a", &[a])),
+    );
+    let client = MeshClient::from_xds(
+        xds_client(&server, Some("listeners.example/%s")),
+        MeshClientOptions::new(),
+    );
+    assert_eq!(
+        body(&client, "http://GREETER/x").await.unwrap(),
+        "a:HTTP/1.1"
+    );
+}
+
+#[tokio::test]
+async fn static_config_h2_prior_knowledge_and_no_endpoint() {
+    let (h2, _) = Backend::new("h2", Proto::H2).start().await;
+    let cfg = StaticConfig::new()
+        .route_all_to("h2")
+        .cluster("h2", static_cluster("h2", &[h2], None))
+        .build()
+        .unwrap();
+    let client = MeshClient::from_static(cfg, MeshClientOptions::new().http2_prior_knowledge(true));
+    assert_eq!(
+        body(&client, "http://anything/").await.unwrap(),
+        "h2:HTTP/2.0"
+    );
+
+    let cfg = StaticConfig::new()
+        .route_all_to("empty")
+        .cluster("empty", static_cluster("empty", &[], None))
+        .build()
+        .unwrap();
+    let client = MeshClient::from_static(cfg, MeshClientOptions::new());
+    let err = client.get("http://anything/").await.unwrap_err();
+    assert!(err.is_no_endpoint(), "{err:?}");
+    assert_eq!(err.status(), 503);
+}
