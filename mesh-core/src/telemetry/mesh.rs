@@ -145,53 +145,128 @@ impl MeshMetrics {
         }
     }
 
-    fn attrs(&self, cluster: &str) -> [KeyValue; 2] {
-        [
-            KeyValue::new("grpc.target", self.target.clone()),
-            KeyValue::new("grpc.lb.backend_service", cluster.to_owned()),
-        ]
+    /// The counters of `cluster`, with their attributes made once: recording through the
+    /// handle allocates nothing. Traffic layers hold one per cluster.
+    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+        let t = KeyValue::new("grpc.target", self.target.clone());
+        let c = KeyValue::new(
+            "grpc.lb.backend_service",
+            StringValue::from(Arc::<str>::from(cluster)),
+        );
+        let limit = |l: Limit| KeyValue::new("meshwork.circuit_breaker.limit", l.to_string());
+        ClusterMetrics {
+            inner: Some(Arc::new(ClusterInner {
+                counters: self.inner.clone(),
+                max_requests: [t.clone(), c.clone(), limit(Limit::MaxRequests)],
+                max_pending: [t.clone(), c.clone(), limit(Limit::MaxPendingRequests)],
+                attrs: [t, c],
+            })),
+        }
     }
 
     /// Outlier detection found an outlier in `cluster` by `reason`; `enforced` when it was
     /// ejected (the enforcement percentage and `max_ejection_percent` allowed it).
     pub fn ejection(&self, cluster: &str, reason: Ejection, enforced: bool) {
-        let attrs = self.attrs(cluster);
-        let c = &self.inner;
+        self.cluster(cluster).ejection(reason, enforced);
+    }
+
+    /// An ejection in `cluster` was skipped because `max_ejection_percent` was reached.
+    pub fn ejection_overflow(&self, cluster: &str) {
+        self.cluster(cluster).ejection_overflow();
+    }
+
+    /// A call to `cluster` was shed by the circuit breaker's `limit`.
+    pub fn breaker_overflow(&self, cluster: &str, limit: Limit) {
+        self.cluster(cluster).breaker_overflow(limit);
+    }
+
+    /// A retry was sent to `cluster`.
+    pub fn retry(&self, cluster: &str) {
+        self.cluster(cluster).retry();
+    }
+
+    /// A retry to `cluster` was refused by the retry budget.
+    pub fn retry_budget_exhausted(&self, cluster: &str) {
+        self.cluster(cluster).retry_budget_exhausted();
+    }
+}
+
+/// [`MeshMetrics`] for one cluster (from [`MeshMetrics::cluster`]): the attributes are made
+/// once, so recording is an atomic add per counter. Cheap to clone (an `Arc`); the
+/// [`Default`] records nothing and costs nothing.
+#[derive(Clone, Default)]
+pub struct ClusterMetrics {
+    inner: Option<Arc<ClusterInner>>,
+}
+
+struct ClusterInner {
+    counters: Arc<Counters>,
+    attrs: [KeyValue; 2],
+    max_requests: [KeyValue; 3],
+    max_pending: [KeyValue; 3],
+}
+
+impl std::fmt::Debug for ClusterMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("ClusterMetrics");
+        if let Some(i) = &self.inner {
+            d.field("target", &i.attrs[0].value.as_str())
+                .field("cluster", &i.attrs[1].value.as_str());
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+impl ClusterMetrics {
+    /// Outlier detection found an outlier by `reason`; `enforced` when it was ejected.
+    pub fn ejection(&self, reason: Ejection, enforced: bool) {
+        let Some(i) = &self.inner else { return };
+        let (c, attrs) = (&i.counters, &i.attrs);
         match reason {
-            Ejection::SuccessRate => c.ejections_detected_success_rate.add(1, &attrs),
-            Ejection::FailurePercentage => c.ejections_detected_failure_percentage.add(1, &attrs),
+            Ejection::SuccessRate => c.ejections_detected_success_rate.add(1, attrs),
+            Ejection::FailurePercentage => c.ejections_detected_failure_percentage.add(1, attrs),
             Ejection::Consecutive5xx | Ejection::ConsecutiveGatewayFailure => {}
         }
         if !enforced {
             return;
         }
-        c.ejections_enforced_total.add(1, &attrs);
+        c.ejections_enforced_total.add(1, attrs);
         match reason {
-            Ejection::SuccessRate => c.ejections_enforced_success_rate.add(1, &attrs),
-            Ejection::FailurePercentage => c.ejections_enforced_failure_percentage.add(1, &attrs),
+            Ejection::SuccessRate => c.ejections_enforced_success_rate.add(1, attrs),
+            Ejection::FailurePercentage => c.ejections_enforced_failure_percentage.add(1, attrs),
             Ejection::Consecutive5xx | Ejection::ConsecutiveGatewayFailure => {}
         }
     }
 
-    /// An ejection in `cluster` was skipped because `max_ejection_percent` was reached.
-    pub fn ejection_overflow(&self, cluster: &str) {
-        self.inner.ejections_overflow.add(1, &self.attrs(cluster));
+    /// An ejection was skipped because `max_ejection_percent` was reached.
+    pub fn ejection_overflow(&self) {
+        if let Some(i) = &self.inner {
+            i.counters.ejections_overflow.add(1, &i.attrs);
+        }
     }
 
-    /// A call to `cluster` was shed by the circuit breaker's `limit`.
-    pub fn breaker_overflow(&self, cluster: &str, limit: Limit) {
-        let [t, c] = self.attrs(cluster);
-        let limit = KeyValue::new("meshwork.circuit_breaker.limit", limit.to_string());
-        self.inner.breaker_overflow.add(1, &[t, c, limit]);
+    /// A call was shed by the circuit breaker's `limit`.
+    pub fn breaker_overflow(&self, limit: Limit) {
+        if let Some(i) = &self.inner {
+            let attrs = match limit {
+                Limit::MaxRequests => &i.max_requests,
+                Limit::MaxPendingRequests => &i.max_pending,
+            };
+            i.counters.breaker_overflow.add(1, attrs);
+        }
     }
 
-    /// A retry was sent to `cluster`.
-    pub fn retry(&self, cluster: &str) {
-        self.inner.retries.add(1, &self.attrs(cluster));
+    /// A retry was sent.
+    pub fn retry(&self) {
+        if let Some(i) = &self.inner {
+            i.counters.retries.add(1, &i.attrs);
+        }
     }
 
-    /// A retry to `cluster` was refused by the retry budget.
-    pub fn retry_budget_exhausted(&self, cluster: &str) {
-        self.inner.budget_exhausted.add(1, &self.attrs(cluster));
+    /// A retry was refused by the retry budget.
+    pub fn retry_budget_exhausted(&self) {
+        if let Some(i) = &self.inner {
+            i.counters.budget_exhausted.add(1, &i.attrs);
+        }
     }
 }

@@ -70,7 +70,7 @@ mod server;
 pub use attempt::{Attempt, AttemptFuture, AttemptLayer};
 pub use body::TelemetryBody;
 pub use call::{Call, CallFuture, CallLayer};
-pub use mesh::{Ejection, MeshMetrics};
+pub use mesh::{ClusterMetrics, Ejection, MeshMetrics};
 pub use server::{Server, ServerFuture, ServerLayer};
 
 /// The instrumentation scope meshwork's tracer and meter are named with.
