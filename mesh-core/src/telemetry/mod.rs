@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! client: CallLayer ─> Router ─> Timeout ─> Retry ─> AttemptLayer ─> CircuitBreaker ─> Balancer
-//! server: MeshAcceptor ─> InboundLayer ─> ServerLayer ─> the application
+//! server: MeshAcceptor ─> ServerLayer ─> InboundLayer ─> the application
 //! ```
 //!
 //! - [`CallLayer`] wraps a whole outbound stack: one client span per call
@@ -44,11 +44,17 @@
 //! no-op meter do nothing. `benches/benches/telemetry.rs` measures the three cases: tracing
 //! off, on without an exporter, and on with 1% sampling.
 //!
+//! [`stack::outbound`](crate::stack::outbound) puts an [`AttemptLayer`] in every cluster's
+//! stack; the adapters (meshwork-grpc's `MeshChannel` and `MeshServer`, meshwork-http's
+//! `MeshClient` and `Server`) put the [`CallLayer`] around their router and the
+//! [`ServerLayer`] outermost on their server (so denied requests are recorded too).
+//!
 //! # Mesh counters
 //!
 //! [`MeshMetrics`] (from [`Telemetry::mesh`]) counts what the traffic layers decide:
 //! circuit-breaker overflows, outlier ejections (gRFC A91's names), retries and retry
-//! budget exhaustion.
+//! budget exhaustion. The stack hands each cluster's breaker, outlier detector and retry
+//! layer one [`ClusterMetrics`] ([`MeshMetrics::cluster`]), whose attributes are made once.
 
 use std::borrow::Cow;
 use std::sync::Arc;
