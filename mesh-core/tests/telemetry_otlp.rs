@@ -86,12 +86,21 @@ impl Sink {
             if v["kind"] != "traces" {
                 continue;
             }
-            for rs in v["request"]["resourceSpans"].as_array().unwrap() {
+            for rs in v["request"]["resourceSpans"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 let service = attributes(&rs["resource"]["attributes"])
                     .remove("service.name")
                     .unwrap_or_default();
-                for ss in rs["scopeSpans"].as_array().unwrap() {
-                    for s in ss["spans"].as_array().unwrap() {
+                // Some receivers' protobuf JSON names the scope list by its pre-1.0 name.
+                let scopes = ["scopeSpans", "instrumentationLibrarySpans"]
+                    .into_iter()
+                    .filter_map(|k| rs[k].as_array())
+                    .flatten();
+                for ss in scopes {
+                    for s in ss["spans"].as_array().into_iter().flatten() {
                         spans.push(Span {
                             service: service.clone(),
                             name: s["name"].as_str().unwrap().to_owned(),
@@ -117,9 +126,17 @@ impl Sink {
             if v["kind"] != "metrics" {
                 continue;
             }
-            for rm in v["request"]["resourceMetrics"].as_array().unwrap() {
-                for sm in rm["scopeMetrics"].as_array().unwrap() {
-                    for m in sm["metrics"].as_array().unwrap() {
+            for rm in v["request"]["resourceMetrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let scopes = ["scopeMetrics", "instrumentationLibraryMetrics"]
+                    .into_iter()
+                    .filter_map(|k| rm[k].as_array())
+                    .flatten();
+                for sm in scopes {
+                    for m in sm["metrics"].as_array().into_iter().flatten() {
                         names.push(m["name"].as_str().unwrap().to_owned());
                     }
                 }

@@ -519,3 +519,94 @@ fn mesh_counters_use_the_grfc_a91_names() {
             .all(|p| p.unit == "{ejection}" || p.unit == "{call}" || p.unit == "{retry}")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_traffic_layers_count_at_their_sources() {
+    use crate::breaker::CircuitBreaker;
+    use crate::outlier::{Outcome, OutlierDetector};
+    use crate::retry::RetryBudget;
+    use crate::xds::resource::{CircuitBreakers, ConsecutiveEjection, OutlierDetection};
+
+    let sdk = Sdk::new();
+    let metrics = sdk.telemetry.mesh().cluster("backend");
+
+    // The breaker: no capacity at all, so the call is shed.
+    let endpoint = service_fn(|_req: http::Request<Full<Bytes>>| async {
+        Ok::<_, std::convert::Infallible>(grpc_response(None))
+    });
+    let limits = CircuitBreakers {
+        max_requests: 0,
+        max_pending_requests: None,
+    };
+    let mut breaker = CircuitBreaker::new(endpoint, limits).metrics(metrics.clone());
+    let shed = breaker.ready().await.unwrap().call(grpc_request()).await;
+    assert!(shed.is_err());
+
+    // The retry layer: a retry sent, then a retry the (tiny) budget refuses.
+    let fails_once = |n: usize| {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        service_fn(move |_req: http::Request<RetryBody<Full<Bytes>>>| {
+            let i = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok::<_, std::convert::Infallible>(grpc_response((i < n).then_some(14))) }
+        })
+    };
+    let mut retried = RetryLayer::new()
+        .seed(1)
+        .metrics(metrics.clone())
+        .layer(fails_once(1));
+    let rsp = retried.ready().await.unwrap().call(grpc_request()).await;
+    assert_eq!(rsp.unwrap().headers().get("grpc-status"), None);
+    let budget = std::sync::Arc::new(RetryBudget::new(1, 0.001).unwrap());
+    let mut refused = RetryLayer::new()
+        .seed(1)
+        .budget(budget)
+        .metrics(metrics.clone())
+        .layer(fails_once(usize::MAX));
+    let rsp = refused.ready().await.unwrap().call(grpc_request()).await;
+    assert_eq!(rsp.unwrap().headers()["grpc-status"], "14");
+
+    // Outlier detection: one failure ejects; with half the endpoints out, the next
+    // ejection overflows max_ejection_percent.
+    let od = OutlierDetection {
+        max_ejection_percent: 50,
+        success_rate: None,
+        failure_percentage: None,
+        consecutive_5xx: Some(ConsecutiveEjection {
+            consecutive: 1,
+            enforcement_percentage: 100,
+        }),
+        consecutive_gateway_failure: None,
+        interval: std::time::Duration::from_secs(10),
+        base_ejection_time: std::time::Duration::from_secs(30),
+        max_ejection_time: std::time::Duration::from_secs(300),
+    };
+    let detector = OutlierDetector::with_metrics(od, metrics);
+    let a = detector.endpoint("127.0.0.1:1".parse().unwrap());
+    let b = detector.endpoint("127.0.0.1:2".parse().unwrap());
+    a.record(Outcome::ServerError { gateway: false });
+    b.record(Outcome::ServerError { gateway: false });
+    assert!(a.is_ejected() && !b.is_ejected());
+
+    let value = |name: &str| -> f64 {
+        sdk.metric(name)
+            .iter()
+            .map(|p| {
+                assert_eq!(p.attrs["grpc.lb.backend_service"], "backend");
+                p.value
+            })
+            .sum()
+    };
+    assert_eq!(value("meshwork.client.circuit_breaker.overflow"), 1.0);
+    let overflow = sdk.metric("meshwork.client.circuit_breaker.overflow");
+    assert_eq!(
+        overflow[0].attrs["meshwork.circuit_breaker.limit"],
+        "max_requests"
+    );
+    assert_eq!(value("meshwork.client.retries"), 1.0);
+    assert_eq!(value("meshwork.client.retry_budget.exhausted"), 1.0);
+    assert_eq!(
+        value("grpc.lb.outlier_detection.ejections_enforced_total"),
+        1.0
+    );
+    assert_eq!(value("grpc.lb.outlier_detection.ejections_overflow"), 1.0);
+}
