@@ -7,7 +7,7 @@
 //!                                                                       └─> endpoint handles
 //! ```
 //!
-//! [`Attempt`](crate::telemetry::Attempt) (an OpenTelemetry span and metrics per attempt, and
+//! [`Attempt`] (an OpenTelemetry span and metrics per attempt, and
 //! the W3C trace headers) sits below the retry layer, so every retry is an attempt of its own;
 //! the retry layer copies the request's extensions onto every attempt, which is how the call
 //! span of a [`Call`](crate::telemetry::Call) above the router becomes the attempts' parent.
