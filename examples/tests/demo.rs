@@ -39,4 +39,47 @@ fn demo_runs_the_whole_story_in_under_a_minute() {
         .and_then(|s| s.lines().find(|l| l.contains("the caller saw")))
         .expect("section 4");
     assert!(flaky.ends_with("errors 0"), "{flaky}");
+
+    // Section 9: a retried call's trace, Sent -> Attempt -> Recv by indentation.
+    let traces = stdout.split("9. Traces").nth(1).expect("section 9");
+    let trace_line = traces
+        .lines()
+        .find_map(|l| l.split("trace ").nth(1))
+        .expect("a trace line");
+    let id = trace_line.trim_end_matches(':');
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "trace id {id:?}"
+    );
+    let tree: Vec<(usize, &str)> = traces
+        .lines()
+        .filter(|l| l.contains(".helloworld.Greeter.SayHello"))
+        .map(|l| {
+            let name = l.trim_start();
+            (l.len() - name.len(), name)
+        })
+        .collect();
+    let under = |child: &str, parent: &str| {
+        tree.iter().enumerate().any(|(i, (depth, name))| {
+            name.starts_with(child)
+                && tree[..i]
+                    .iter()
+                    .rev()
+                    .find(|(d, _)| d < depth)
+                    .is_some_and(|(_, p)| p.starts_with(parent))
+        })
+    };
+    assert!(
+        under("Attempt.", "Sent."),
+        "an Attempt under a Sent:\n{traces}"
+    );
+    assert!(
+        under("Recv.", "Attempt."),
+        "a Recv under an Attempt:\n{traces}"
+    );
+    let attempts = tree
+        .iter()
+        .filter(|(_, n)| n.starts_with("Attempt."))
+        .count();
+    assert!(attempts >= 2, "a retried call:\n{traces}");
 }

@@ -15,6 +15,8 @@ pub use meshwork_xds as xds;
 /// The workspace's TLS crypto provider (chosen by the `ring`, `aws-lc-rs` or `fips` feature).
 pub use meshwork_xds::crypto;
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod balance;
 pub mod breaker;
 pub mod config;
@@ -23,5 +25,6 @@ pub mod outlier;
 pub mod retry;
 pub mod route;
 pub mod stack;
+pub mod telemetry;
 pub mod timeout;
 pub mod upstream;

@@ -53,12 +53,13 @@ use std::time::Duration;
 use meshwork_core::config::{self, ConfigReceiver, TargetConfig};
 use meshwork_core::identity::{CertificateProviders, MtlsConfig};
 use meshwork_core::stack::{self, StackOptions};
+use meshwork_core::telemetry::{CallLayer, Telemetry};
 use meshwork_core::upstream::UpstreamIdentity;
 use meshwork_core::xds::bootstrap::XdsTarget;
 use meshwork_core::xds::client::{ReadyError, XdsClient};
 use meshwork_core::xds::watch::TargetState;
 use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Service, ServiceExt as _};
+use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 
 /// The transport-independent mesh layers this adapter is built on.
 pub use meshwork_core as core;
@@ -76,6 +77,7 @@ pub struct MeshChannelOptions {
     certificate_providers: Option<Arc<CertificateProviders>>,
     ready_timeout: Duration,
     stack: StackOptions,
+    telemetry: Option<Telemetry>,
 }
 
 impl Default for MeshChannelOptions {
@@ -85,6 +87,7 @@ impl Default for MeshChannelOptions {
             certificate_providers: None,
             ready_timeout: Duration::from_secs(10),
             stack: StackOptions::default(),
+            telemetry: None,
         }
     }
 }
@@ -125,6 +128,17 @@ impl MeshChannelOptions {
     /// The per-cluster stack's options (default [`StackOptions::default`]).
     pub fn stack(mut self, options: StackOptions) -> Self {
         self.stack = options;
+        self
+    }
+
+    /// Records the channel's calls (a `Sent.…` span and call metrics per call, an
+    /// `Attempt.…` span and attempt metrics per attempt, the traffic layers' counters)
+    /// through `telemetry`, with `grpc.target` set to the xDS target (or `static`); it
+    /// replaces any telemetry in [`stack`](Self::stack). Default: [`Telemetry::global`],
+    /// taken when the channel is built, so install the application's OpenTelemetry providers
+    /// first.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
         self
     }
 }
@@ -200,6 +214,14 @@ impl MeshChannel {
     /// A channel following the configs published on `config`. Must be called within a
     /// tokio runtime.
     pub fn from_config(config: ConfigReceiver, options: MeshChannelOptions) -> Self {
+        Self::build(config, options, "static")
+    }
+
+    fn build(config: ConfigReceiver, options: MeshChannelOptions, target: &str) -> Self {
+        let telemetry = options
+            .telemetry
+            .unwrap_or_else(Telemetry::global)
+            .with_target(target);
         let identity = match (&options.mtls, &options.certificate_providers) {
             (Some(mtls), _) => UpstreamIdentity::Fixed(mtls.clone()),
             (None, Some(providers)) => UpstreamIdentity::Providers(providers.clone()),
@@ -208,8 +230,9 @@ impl MeshChannel {
         let connect = move |cluster: &Arc<meshwork_core::xds::resource::Cluster>, address| {
             connect::Endpoint::new(cluster, address, &identity)
         };
-        let router = stack::outbound(config, connect, options.stack);
-        let svc = router
+        let router = stack::outbound(config, connect, options.stack.telemetry(telemetry.clone()));
+        let svc = CallLayer::new(telemetry)
+            .layer(router)
             .map_response(|rsp: http::Response<_>| rsp.map(tonic::body::Body::new))
             .map_err(to_status);
         Self {
@@ -264,7 +287,9 @@ impl MeshChannel {
                 })?;
         let (tx, rx) = config::channel(TargetConfig::from_xds(&first));
         let target = target.to_owned();
+        let for_task = target.clone();
         tokio::spawn(async move {
+            let target = for_task;
             loop {
                 let state = tokio::select! {
                     s = watch.changed() => s,
@@ -283,7 +308,7 @@ impl MeshChannel {
                 }
             }
         });
-        Ok(Self::from_config(rx, options))
+        Ok(Self::build(rx, options, &target))
     }
 }
 

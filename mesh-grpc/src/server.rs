@@ -13,6 +13,7 @@ use meshwork_core::identity::{IdentityError, MtlsConfig};
 use meshwork_core::inbound::{
     AuthorizationPolicy, ConnectionInfo, InboundLayer, InboundStream, MeshAcceptor,
 };
+use meshwork_core::telemetry::{ServerLayer, Telemetry};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tonic::body::Body;
@@ -31,6 +32,11 @@ use tonic::transport::server::Connected;
 /// (`request.extensions().get::<PeerIdentity>()`, and the whole [`ConnectionInfo`] beside
 /// it), and with a [`policy`](Self::policy) a request the policy denies is answered with
 /// PERMISSION_DENIED without reaching the service.
+///
+/// Every request is traced and measured first ([`ServerLayer`], outermost, so denied calls
+/// are recorded too): a `Recv.<service>.<method>` span that continues the caller's trace
+/// (W3C `traceparent`), current while the handler runs, and `grpc.server.call.*` metrics,
+/// through [`telemetry`](Self::telemetry).
 ///
 /// [`serve_with_shutdown`](Self::serve_with_shutdown) stops accepting when the signal fires
 /// and returns once the calls in flight have finished (tonic's graceful shutdown: HTTP/2
@@ -63,6 +69,7 @@ pub struct MeshServer {
     policy: Option<AuthorizationPolicy>,
     handshake_timeout: Duration,
     routes: Routes,
+    telemetry: Option<Telemetry>,
 }
 
 impl fmt::Debug for MeshServer {
@@ -105,7 +112,15 @@ impl MeshServer {
             policy: None,
             handshake_timeout: Duration::from_secs(10),
             routes: Routes::default(),
+            telemetry: None,
         }
+    }
+
+    /// Records every request through `telemetry`. Default: [`Telemetry::global`], taken when
+    /// serving starts, so install the application's OpenTelemetry providers first.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// Enforces `policy` on every request (see
@@ -169,7 +184,10 @@ impl MeshServer {
             tracing::debug!(%addr, mtls = self.mtls.is_some(), "meshwork gRPC server listening");
         }
         let incoming = acceptor.map(|conn| conn.map(TonicStream));
+        let telemetry = self.telemetry.unwrap_or_else(Telemetry::global);
         tonic::transport::Server::builder()
+            // The first layer is the outermost.
+            .layer(ServerLayer::new(telemetry))
             .layer(InboundLayer::new(self.policy))
             .add_routes(self.routes.prepare())
             .serve_with_incoming_shutdown(incoming, signal)

@@ -16,13 +16,14 @@ use http_body_util::BodyExt as _;
 use meshwork_core::config::{self, ConfigReceiver, TargetConfig};
 use meshwork_core::identity::{CertificateProviders, MtlsConfig};
 use meshwork_core::stack::{self, StackOptions};
+use meshwork_core::telemetry::{CallLayer, Telemetry};
 use meshwork_core::xds::bootstrap::XdsTarget;
 use meshwork_core::xds::client::XdsClient;
 use meshwork_core::xds::resource::Cluster;
 use meshwork_core::xds::watch::TargetState;
 use tokio::sync::OnceCell;
 use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Service, ServiceExt as _};
+use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 
 use crate::connect::Endpoint;
 use crate::{Body, Error, ResolveError};
@@ -36,6 +37,7 @@ pub struct MeshClientOptions {
     ready_timeout: Duration,
     http2_prior_knowledge: bool,
     stack: StackOptions,
+    telemetry: Option<Telemetry>,
 }
 
 impl Default for MeshClientOptions {
@@ -46,6 +48,7 @@ impl Default for MeshClientOptions {
             ready_timeout: Duration::from_secs(10),
             http2_prior_knowledge: false,
             stack: StackOptions::default(),
+            telemetry: None,
         }
     }
 }
@@ -98,6 +101,16 @@ impl MeshClientOptions {
         self.stack = options;
         self
     }
+
+    /// Records the client's requests (a client span and `http.client.request.duration` per
+    /// attempt under a span per request, the traffic layers' counters) through `telemetry`,
+    /// with `grpc.target` set to the host's xDS target (or `static`); it replaces any
+    /// telemetry in [`stack`](Self::stack). Default: [`Telemetry::global`], taken when the
+    /// client is built, so install the application's OpenTelemetry providers first.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
 }
 
 type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
@@ -144,8 +157,9 @@ impl MeshClient {
 
     /// A client following the configs published on `config`, for every host. Must be
     /// called within a tokio runtime.
-    pub fn from_config(config: ConfigReceiver, options: MeshClientOptions) -> Self {
-        let stack = build_stack(config, &options);
+    pub fn from_config(config: ConfigReceiver, mut options: MeshClientOptions) -> Self {
+        options.telemetry.get_or_insert_with(Telemetry::global);
+        let stack = build_stack(config, &options, "static");
         Self {
             inner: Arc::new(Inner {
                 targets: Targets::One(stack),
@@ -171,6 +185,7 @@ impl MeshClient {
                 client.bootstrap(),
             )));
         }
+        options.telemetry.get_or_insert_with(Telemetry::global);
         Self {
             inner: Arc::new(Inner {
                 targets: Targets::Xds(XdsTargets {
@@ -287,7 +302,12 @@ fn normalize(mut req: Request<Body>) -> Result<(Request<Body>, String), Error> {
     Ok((req, authority.as_str().to_ascii_lowercase()))
 }
 
-fn build_stack(config: ConfigReceiver, options: &MeshClientOptions) -> Stack {
+fn build_stack(config: ConfigReceiver, options: &MeshClientOptions, target: &str) -> Stack {
+    let telemetry = options
+        .telemetry
+        .clone()
+        .unwrap_or_else(Telemetry::global)
+        .with_target(target);
     let identity = match (&options.mtls, &options.certificate_providers) {
         (Some(mtls), _) => UpstreamIdentity::Fixed(mtls.clone()),
         (None, Some(providers)) => UpstreamIdentity::Providers(providers.clone()),
@@ -296,8 +316,10 @@ fn build_stack(config: ConfigReceiver, options: &MeshClientOptions) -> Stack {
     let h2 = options.http2_prior_knowledge;
     let connect =
         move |cluster: &Arc<Cluster>, address| Endpoint::new(cluster, address, &identity, h2);
-    let router = stack::outbound(config, connect, options.stack.clone());
-    BoxCloneSyncService::new(router.map_response(|rsp: Response<_>| rsp.map(|b| b.boxed_unsync())))
+    let stack_options = options.stack.clone().telemetry(telemetry.clone());
+    let router = stack::outbound(config, connect, stack_options);
+    let call = CallLayer::new(telemetry).layer(router);
+    BoxCloneSyncService::new(call.map_response(|rsp: Response<_>| rsp.map(|b| b.boxed_unsync())))
 }
 
 /// The per-host targets of an xDS client. Lookups of known hosts take no lock (an
@@ -370,6 +392,7 @@ impl XdsTargets {
                     source,
                 })?;
         let (tx, rx) = config::channel(TargetConfig::from_xds(&first));
+        let target = format!("xds:///{host}");
         let host = host.to_owned();
         tokio::spawn(async move {
             loop {
@@ -390,6 +413,6 @@ impl XdsTargets {
                 }
             }
         });
-        Ok(build_stack(rx, options))
+        Ok(build_stack(rx, options, &target))
     }
 }

@@ -16,6 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use meshwork_core::identity::{IdentityError, MtlsConfig};
 use meshwork_core::inbound::{AuthorizationPolicy, ConnectionInfo, InboundLayer, MeshAcceptor};
+use meshwork_core::telemetry::{ServerLayer, Telemetry};
 use pin_project_lite::pin_project;
 use tokio::net::TcpListener;
 use tower::{BoxError, Layer as _, Service, ServiceExt as _};
@@ -31,7 +32,10 @@ use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 /// connection (HTTP/1.1 or HTTP/2 by the client's preface, upgrades allowed), then per
 /// request the connection's [`ConnectionInfo`] into the extensions, [`InboundLayer`]
 /// (the caller's `PeerIdentity`; a request the policy denies is answered `403 Forbidden`,
-/// or `grpc-status: 7` for gRPC, without calling the service), then the service.
+/// or `grpc-status: 7` for gRPC, without calling the service), then the service. Outermost,
+/// [`ServerLayer`] traces and measures every request, denied ones included: a server span
+/// that continues the caller's trace (W3C `traceparent`), current while the service runs,
+/// and `http.server.request.duration` (the gRPC names for gRPC requests).
 ///
 /// ```no_run
 /// use meshwork_http::Server;
@@ -52,6 +56,7 @@ pub struct Server {
     mtls: Option<MtlsConfig>,
     policy: Option<AuthorizationPolicy>,
     handshake_timeout: Option<Duration>,
+    telemetry: Option<Telemetry>,
 }
 
 impl fmt::Debug for Server {
@@ -97,6 +102,13 @@ impl Server {
     /// Bounds each TLS handshake (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// Records every request through `telemetry`. Default: [`Telemetry::global`], taken when
+    /// serving starts, so install the application's OpenTelemetry providers first.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
         self
     }
 
@@ -147,6 +159,8 @@ impl Server {
                 .map_response(|rsp: http::Response<B>| rsp.map(ServerBody::inner))
                 .map_err(Into::<BoxError>::into),
         );
+        let telemetry = self.telemetry.unwrap_or_else(Telemetry::global);
+        let app = ServerLayer::new(telemetry).layer(app);
         let builder = auto::Builder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
         let mut signal = std::pin::pin!(signal);

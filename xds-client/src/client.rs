@@ -24,6 +24,9 @@ use crate::resource::{Resource, ResourceType};
 use crate::transport::{Backoff, CredentialsError, Dialer, open_stream};
 use crate::watch::{ResourceKey, TargetError, TargetState, XdsConfig, resolve};
 
+mod metrics;
+use metrics::XdsMetrics;
+
 /// What a watcher currently knows of one resource.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -206,9 +209,27 @@ pub struct XdsClientBuilder {
     servers: Vec<Dialer>,
     config: ProtocolConfig,
     backoff: Backoff,
+    meter: Option<opentelemetry::metrics::Meter>,
+    metrics_target: String,
 }
 
 impl XdsClientBuilder {
+    /// The meter for the client's metrics (gRFC A78: `grpc.xds_client.connected`,
+    /// `.server_failure`, `.resource_updates_valid`, `.resource_updates_invalid`,
+    /// `.resources`). Default: OpenTelemetry's global meter as it is when the client starts
+    /// (a no-op until the application installs a provider).
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// The `grpc.target` attribute of the client's metrics (gRFC A78 uses the channel
+    /// target, or `#server` for a server's client). Default: empty.
+    pub fn metrics_target(mut self, target: impl Into<String>) -> Self {
+        self.metrics_target = target.into();
+        self
+    }
+
     /// The resource-does-not-exist timeout (default 15 s, gRFC A57).
     pub fn does_not_exist_timeout(mut self, timeout: Duration) -> Self {
         self.config.does_not_exist_timeout = timeout;
@@ -235,7 +256,16 @@ impl XdsClientBuilder {
     pub fn start(self) -> XdsClient {
         let (commands, rx) = mpsc::unbounded_channel();
         let (connection_tx, connection) = watch::channel(Connection::Disconnected);
+        let meter = self.meter.unwrap_or_else(|| {
+            opentelemetry::global::meter_with_scope(
+                opentelemetry::InstrumentationScope::builder("meshwork")
+                    .with_version(env!("CARGO_PKG_VERSION"))
+                    .build(),
+            )
+        });
         let worker = Worker {
+            metrics: XdsMetrics::new(&meter, self.metrics_target),
+            server_uri: String::new(),
             ads: AdsState::new(self.config),
             servers: self.servers,
             backoff: self.backoff,
@@ -295,6 +325,8 @@ impl XdsClient {
             servers,
             config,
             backoff: Backoff::default(),
+            meter: None,
+            metrics_target: String::new(),
         })
     }
 
@@ -375,6 +407,9 @@ struct Worker {
     /// Holders of each subscription: resource watches and targets that need it.
     subscriptions: HashMap<ResourceKey, usize>,
     connection: watch::Sender<Connection>,
+    metrics: XdsMetrics,
+    /// The server of the current (or last) stream, for the metrics' `grpc.xds.server`.
+    server_uri: String,
 }
 
 /// Why a stream ended.
@@ -401,6 +436,7 @@ impl Worker {
             self.flush(&tx);
             let address = self.servers[server].clone();
             let uri = address.uri().to_string();
+            self.server_uri.clone_from(&uri);
             let attempt = async move {
                 let channel = address.connect().await.map_err(|e| e.to_string())?;
                 open_stream(channel, rx).await.map_err(|s| s.to_string())
@@ -421,6 +457,7 @@ impl Worker {
                 None => StreamEnd::Shutdown,
                 Some(Err(error)) => {
                     tracing::warn!(server = %uri, %error, "xDS server unreachable");
+                    self.metrics.server_failure(&uri);
                     StreamEnd::Closed { answered: false }
                 }
                 Some(Ok(responses)) => {
@@ -429,7 +466,13 @@ impl Worker {
                         server,
                         uri: uri.clone(),
                     });
-                    self.stream(sid, &tx, responses, server).await
+                    self.metrics.connected(&uri, true);
+                    let end = self.stream(sid, &tx, responses, server).await;
+                    self.metrics.connected(&uri, false);
+                    if matches!(end, StreamEnd::Closed { answered: false }) {
+                        self.metrics.server_failure(&uri);
+                    }
+                    end
                 }
             };
             self.ads.on_stream_closed(sid);
@@ -541,17 +584,27 @@ impl Worker {
     }
 
     fn deliver(&mut self) {
+        let mut any = false;
         while let Some(event) = self.ads.poll_event() {
+            any = true;
             let (key, state) = match event {
-                XdsEvent::Changed(resource) => (
-                    (resource.resource_type(), resource.name().to_string()),
-                    WatchState::Ready(resource),
-                ),
+                XdsEvent::Changed(resource) => {
+                    self.metrics
+                        .valid(&self.server_uri, resource.resource_type());
+                    self.metrics
+                        .accepted(resource.resource_type(), resource.name());
+                    (
+                        (resource.resource_type(), resource.name().to_string()),
+                        WatchState::Ready(resource),
+                    )
+                }
                 XdsEvent::Invalid {
                     resource_type,
                     name,
                     error,
                 } => {
+                    self.metrics
+                        .invalid(&self.server_uri, resource_type, &name, &error, now());
                     let last_good = self.ads.get(resource_type, &name).cloned();
                     (
                         (resource_type, name),
@@ -575,6 +628,9 @@ impl Worker {
             for target in affected {
                 self.resolve_target(&target);
             }
+        }
+        if any {
+            self.metrics.cache(self.ads.resources());
         }
     }
 

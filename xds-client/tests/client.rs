@@ -401,3 +401,126 @@ async fn dropping_the_last_watch_unsubscribes() {
         "the other watch is untouched"
     );
 }
+
+/// The client's metrics through an in-memory exporter: gRFC A78's names, units and
+/// attributes for a connected client that accepted a config and then NACKed a cluster.
+#[tokio::test]
+async fn metrics_follow_grfc_a78() {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(snapshot(&["a"], &[1001]));
+    let client = XdsClient::builder(&bootstrap(&[server.uri()]))
+        .unwrap()
+        .meter(provider.meter("meshwork"))
+        .metrics_target("xds:///greeter")
+        .start();
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+    watch.ready(Duration::from_secs(10)).await.unwrap();
+    server.update(|s| {
+        let mut bad = build::eds_cluster("a");
+        bad.cluster_discovery_type = None;
+        s.insert_cluster(bad);
+    });
+    within(5, server.wait_for_nack(type_url::CLUSTER)).await;
+    // The worker handled the response before it answered this.
+    client.dump().await;
+
+    provider.force_flush().unwrap();
+    let metrics = exporter.get_finished_metrics().unwrap();
+    let last = metrics.last().unwrap();
+    // (name, unit, attributes, value) of every u64 point.
+    let mut points = Vec::new();
+    for scope in last.scope_metrics() {
+        for m in scope.metrics() {
+            let mut push = |attrs: Vec<(String, String)>, v: u64| {
+                points.push((m.name().to_owned(), m.unit().to_owned(), attrs, v));
+            };
+            let kv = |it: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
+                let mut v: Vec<(String, String)> = it
+                    .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                    .collect();
+                v.sort();
+                v
+            };
+            match m.data() {
+                AggregatedMetrics::U64(MetricData::Sum(s)) => {
+                    for p in s.data_points() {
+                        push(kv(&mut p.attributes()), p.value());
+                    }
+                }
+                AggregatedMetrics::U64(MetricData::Gauge(g)) => {
+                    for p in g.data_points() {
+                        push(kv(&mut p.attributes()), p.value());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let find = |name: &str, want: &[(&str, &str)]| -> (String, u64) {
+        let hits: Vec<_> = points
+            .iter()
+            .filter(|(n, _, attrs, _)| {
+                n == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| attrs.iter().any(|(ak, av)| ak == k && av == v))
+            })
+            .collect();
+        assert_eq!(hits.len(), 1, "{name} {want:?} in {points:#?}");
+        (hits[0].1.clone(), hits[0].3)
+    };
+    let uri = server.uri();
+    let target = ("grpc.target", "xds:///greeter");
+    let on = ("grpc.xds.server", uri.as_str());
+    let cluster = ("grpc.xds.resource_type", type_url::CLUSTER);
+    let listener = ("grpc.xds.resource_type", type_url::LISTENER);
+    assert_eq!(
+        find("grpc.xds_client.connected", &[target, on]),
+        ("{bool}".into(), 1)
+    );
+    assert_eq!(
+        find(
+            "grpc.xds_client.resource_updates_valid",
+            &[target, on, cluster]
+        ),
+        ("{resource}".into(), 1)
+    );
+    assert_eq!(
+        find(
+            "grpc.xds_client.resource_updates_valid",
+            &[target, on, listener]
+        ),
+        ("{resource}".into(), 1)
+    );
+    assert_eq!(
+        find(
+            "grpc.xds_client.resource_updates_invalid",
+            &[target, on, cluster]
+        ),
+        ("{resource}".into(), 1)
+    );
+    let cached = |state: &'static str, ty| {
+        find(
+            "grpc.xds_client.resources",
+            &[
+                target,
+                ("grpc.xds.authority", "#old"),
+                ("grpc.xds.cache_state", state),
+                ty,
+            ],
+        )
+    };
+    assert_eq!(
+        cached("nacked_but_cached", cluster),
+        ("{resource}".into(), 1)
+    );
+    assert_eq!(cached("acked", listener), ("{resource}".into(), 1));
+}

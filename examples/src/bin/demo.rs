@@ -7,8 +7,13 @@
 //! spread, a 90/10 canary shifted live to 50/50, a flaky backend hidden by retries, a failing
 //! backend ejected and returning, the circuit breaker shedding load, an unauthorised caller
 //! refused, and the client's view of every xDS resource.
+//!
+//! Every call is traced (OpenTelemetry): with `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans and
+//! metrics are exported over OTLP/gRPC; otherwise spans are kept in memory and the demo ends
+//! by printing the trace of one retried call (`Sent` -> `Attempt`s -> `Recv`).
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +35,10 @@ use meshwork_grpc::{MeshChannel, MeshChannelOptions, MeshServer};
 use meshwork_xds::bootstrap::Bootstrap;
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
+use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -183,9 +192,164 @@ fn calls_to(g: &Greeter) -> u64 {
     g.calls().0
 }
 
+/// Where the demo's spans and metrics go: the global OpenTelemetry providers, installed
+/// before any channel or server is built (meshwork takes them when it builds one).
+enum Otel {
+    /// OTLP/gRPC to `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    Otlp {
+        traces: SdkTracerProvider,
+        metrics: SdkMeterProvider,
+    },
+    /// Spans in memory, for section 9.
+    Memory {
+        traces: SdkTracerProvider,
+        spans: InMemorySpanExporter,
+    },
+}
+
+impl Otel {
+    fn install() -> Result<Self, Error> {
+        let resource = Resource::builder()
+            .with_service_name("meshwork-demo")
+            .build();
+        let otel = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+            // The exporters read the endpoint (and headers) from the environment.
+            let spans = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()?;
+            let traces = SdkTracerProvider::builder()
+                .with_resource(resource.clone())
+                .with_batch_exporter(spans)
+                .build();
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()?;
+            let metrics = SdkMeterProvider::builder()
+                .with_resource(resource)
+                .with_reader(PeriodicReader::builder(exporter).build())
+                .build();
+            opentelemetry::global::set_meter_provider(metrics.clone());
+            Otel::Otlp { traces, metrics }
+        } else {
+            let spans = InMemorySpanExporter::default();
+            let traces = SdkTracerProvider::builder()
+                .with_resource(resource)
+                .with_simple_exporter(spans.clone())
+                .build();
+            Otel::Memory { traces, spans }
+        };
+        let traces = match &otel {
+            Otel::Otlp { traces, .. } | Otel::Memory { traces, .. } => traces.clone(),
+        };
+        opentelemetry::global::set_tracer_provider(traces);
+        Ok(otel)
+    }
+
+    /// Section 9 (in memory) or the exporters' final flush (OTLP).
+    async fn finish(self) -> Result<(), Error> {
+        match self {
+            Otel::Otlp { traces, metrics } => {
+                // The SDK's flush blocks: off the runtime's threads.
+                let flushed = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+                    traces.shutdown()?;
+                    metrics.shutdown()?;
+                    Ok(())
+                })
+                .await?;
+                match flushed {
+                    Ok(()) => println!("\n9. Traces and metrics were exported over OTLP."),
+                    // The demo's story does not depend on the collector being there.
+                    Err(e) => println!("\n9. Exporting over OTLP failed: {e}"),
+                }
+            }
+            Otel::Memory { traces, spans } => {
+                traces.force_flush()?;
+                print_traces(&spans.get_finished_spans()?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The spans of a run, by parent.
+struct Tree<'a> {
+    children: HashMap<(TraceId, SpanId), Vec<&'a SpanData>>,
+}
+
+impl<'a> Tree<'a> {
+    fn new(spans: &'a [SpanData]) -> Self {
+        let mut children: HashMap<(TraceId, SpanId), Vec<&'a SpanData>> = HashMap::new();
+        for s in spans {
+            children
+                .entry((s.span_context.trace_id(), s.parent_span_id))
+                .or_default()
+                .push(s);
+        }
+        for list in children.values_mut() {
+            list.sort_by_key(|s| s.start_time);
+        }
+        Self { children }
+    }
+
+    fn kids(&self, s: &SpanData) -> &[&'a SpanData] {
+        self.children
+            .get(&(s.span_context.trace_id(), s.span_context.span_id()))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn print(&self, span: &SpanData, depth: usize) {
+        let status = span
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "rpc.grpc.status_code")
+            .map(|kv| format!(", grpc-status {}", kv.value))
+            .unwrap_or_default();
+        let took = span
+            .end_time
+            .duration_since(span.start_time)
+            .unwrap_or_default();
+        println!(
+            "   {:indent$}{} ({:?}{status}, {took:.1?})",
+            "",
+            span.name,
+            span.span_kind,
+            indent = 2 * depth + 2
+        );
+        for child in self.kids(span) {
+            self.print(child, depth + 1);
+        }
+    }
+}
+
+/// Section 9: how much was traced, and the tree of one retried call.
+fn print_traces(spans: &[SpanData]) {
+    let tree = Tree::new(spans);
+    let traces: std::collections::HashSet<TraceId> =
+        spans.iter().map(|s| s.span_context.trace_id()).collect();
+    println!(
+        "\n9. Traces (OpenTelemetry, kept in memory; set OTEL_EXPORTER_OTLP_ENDPOINT to export):"
+    );
+    println!("   {} traces, {} spans", traces.len(), spans.len());
+    // A call whose first attempt failed and whose every attempt reached a server.
+    let retried = spans
+        .iter()
+        .filter(|s| s.name.starts_with("Sent."))
+        .find(|s| {
+            let attempts = tree.kids(s);
+            attempts.len() >= 2 && attempts.iter().all(|a| !tree.kids(a).is_empty())
+        });
+    let Some(call) = retried else {
+        println!("   (no retried call was traced)");
+        return;
+    };
+    println!("   a retried call, trace {}:", call.span_context.trace_id());
+    tree.print(call, 0);
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let started = Instant::now();
+    let otel = Otel::install()?;
     println!("meshwork demo: a service mesh inside the process, no sidecar");
     println!(
         "  TLS provider: {} (fips mode: {})",
@@ -369,6 +533,7 @@ async fn main() -> Result<(), Error> {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    otel.finish().await?;
     println!("\ndone in {:.1?}", started.elapsed());
     Ok(())
 }

@@ -6,12 +6,14 @@ use meshwork_xds::resource::CircuitBreakers;
 use tower::Layer;
 
 use super::{CircuitBreaker, Limits};
+use crate::telemetry::ClusterMetrics;
 
 /// Wraps services in a [`CircuitBreaker`]; every service it wraps shares one [`Limits`], so
 /// use one layer per cluster.
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerLayer {
     limits: Arc<Limits>,
+    metrics: ClusterMetrics,
 }
 
 impl CircuitBreakerLayer {
@@ -19,7 +21,14 @@ impl CircuitBreakerLayer {
     pub fn new(config: CircuitBreakers) -> Self {
         Self {
             limits: Limits::new(config),
+            metrics: ClusterMetrics::default(),
         }
+    }
+
+    /// Counts the calls the breakers shed (see [`CircuitBreaker::metrics`]).
+    pub fn metrics(mut self, metrics: ClusterMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The shared limits.
@@ -32,6 +41,6 @@ impl<S> Layer<S> for CircuitBreakerLayer {
     type Service = CircuitBreaker<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::with_limits(inner, self.limits.clone())
+        CircuitBreaker::with_limits(inner, self.limits.clone()).metrics(self.metrics.clone())
     }
 }

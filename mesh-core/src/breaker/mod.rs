@@ -33,6 +33,7 @@ use tower::BoxError;
 pub use self::error::{Limit, Overloaded};
 pub use self::future::ResponseFuture;
 pub use self::layer::CircuitBreakerLayer;
+use crate::telemetry::ClusterMetrics;
 
 /// A cluster's limits and its counters, shared by all its services.
 #[derive(Debug)]
@@ -99,12 +100,13 @@ pub struct CircuitBreaker<S> {
     request: Option<Slot>,
     pending: Option<Slot>,
     refused: Option<Overloaded>,
+    metrics: ClusterMetrics,
 }
 
 impl<S: Clone> Clone for CircuitBreaker<S> {
     fn clone(&self) -> Self {
         // A reserved slot belongs to the service that reserved it.
-        Self::with_limits(self.inner.clone(), self.limits.clone())
+        Self::with_limits(self.inner.clone(), self.limits.clone()).metrics(self.metrics.clone())
     }
 }
 
@@ -122,7 +124,15 @@ impl<S> CircuitBreaker<S> {
             request: None,
             pending: None,
             refused: None,
+            metrics: ClusterMetrics::default(),
         }
+    }
+
+    /// Counts the calls this breaker sheds (`meshwork.client.circuit_breaker.overflow`).
+    /// Default: not counted.
+    pub fn metrics(mut self, metrics: ClusterMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The shared limits.
@@ -204,16 +214,20 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         if let Some(e) = self.refused.take() {
+            self.metrics.breaker_overflow(e.limit());
             return ResponseFuture::refused(e);
         }
         match self.request.take() {
             Some(slot) => ResponseFuture::new(self.inner.call(req), slot),
             // `call` without a successful `poll_ready` breaks the Service contract; refusing
             // is kinder than going over the limit or panicking.
-            None => ResponseFuture::refused(Overloaded::new(
-                Limit::MaxRequests,
-                self.limits.max_requests,
-            )),
+            None => {
+                self.metrics.breaker_overflow(Limit::MaxRequests);
+                ResponseFuture::refused(Overloaded::new(
+                    Limit::MaxRequests,
+                    self.limits.max_requests,
+                ))
+            }
         }
     }
 }

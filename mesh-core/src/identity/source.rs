@@ -72,6 +72,14 @@ impl Publisher {
     }
 
     pub(crate) fn publish(&self, next: IdentitySnapshot) {
+        match &next.svid {
+            Some(svid) => tracing::info!(
+                spiffe_id = %svid.spiffe_id(),
+                not_after = svid.not_after(),
+                "SVID rotated"
+            ),
+            None => tracing::info!("identity updated (no SVID)"),
+        }
         self.current.store(Arc::new(next));
         self.status.send_modify(|s| {
             s.generation += 1;

@@ -44,6 +44,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
+use crate::telemetry::{ClusterMetrics, Ejection};
+
 /// The outcome of one call to an endpoint, as outlier detection sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -170,15 +172,15 @@ impl EndpointStats {
         };
         // `==` rather than `>=`: only the call that reaches the threshold tries to eject, so
         // the slow path (a lock) runs once per streak, not on every later failure.
-        for (reached, enforcement) in [
-            hit(c5, &cfg.consecutive_5xx),
-            hit(cg, &cfg.consecutive_gateway_failure),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if reached {
-                inner.eject_now(self.address, enforcement);
+        for (reason, hit) in [
+            (Ejection::Consecutive5xx, hit(c5, &cfg.consecutive_5xx)),
+            (
+                Ejection::ConsecutiveGatewayFailure,
+                hit(cg, &cfg.consecutive_gateway_failure),
+            ),
+        ] {
+            if let Some((true, enforcement)) = hit {
+                inner.eject_now(self.address, enforcement, reason);
                 return;
             }
         }
@@ -205,6 +207,7 @@ struct Inner {
     /// Notified on every change of `generation`, for balancers' drivers.
     changes: tokio::sync::Notify,
     state: Mutex<State>,
+    metrics: ClusterMetrics,
 }
 
 /// Outlier detection for one cluster. Cheap to clone (an `Arc`).
@@ -216,15 +219,24 @@ pub struct OutlierDetector {
 impl OutlierDetector {
     /// A detector with this configuration.
     pub fn new(config: OutlierDetection) -> Self {
-        Self::with_rng(config, SmallRng::from_os_rng())
+        Self::with_rng(config, SmallRng::from_os_rng(), ClusterMetrics::default())
+    }
+
+    /// A detector that counts its ejections and overflows (gRFC A91) in `metrics`.
+    pub fn with_metrics(config: OutlierDetection, metrics: ClusterMetrics) -> Self {
+        Self::with_rng(config, SmallRng::from_os_rng(), metrics)
     }
 
     /// A detector whose enforcement-percentage draws come from a seeded RNG (for tests).
     pub fn with_seed(config: OutlierDetection, seed: u64) -> Self {
-        Self::with_rng(config, SmallRng::seed_from_u64(seed))
+        Self::with_rng(
+            config,
+            SmallRng::seed_from_u64(seed),
+            ClusterMetrics::default(),
+        )
     }
 
-    fn with_rng(config: OutlierDetection, rng: SmallRng) -> Self {
+    fn with_rng(config: OutlierDetection, rng: SmallRng, metrics: ClusterMetrics) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -234,6 +246,7 @@ impl OutlierDetector {
                     endpoints: HashMap::new(),
                     rng,
                 }),
+                metrics,
             }),
         }
     }
@@ -358,18 +371,9 @@ impl Inner {
         ejected * 100 / total < u64::from(self.config.max_ejection_percent)
     }
 
-    fn eject_now(&self, address: SocketAddr, enforcement: u32) {
+    fn eject_now(&self, address: SocketAddr, enforcement: u32, reason: Ejection) {
         let mut st = self.lock();
-        let now = Instant::now();
-        let allowed = self.ejection_allowed(&st);
-        let State { endpoints, rng } = &mut *st;
-        let Some(t) = endpoints.get_mut(&address) else {
-            return;
-        };
-        if t.stats.is_ejected() || !allowed || !enforced(rng, enforcement) {
-            return;
-        }
-        self.eject(t, now);
+        self.try_eject(&mut st, address, enforcement, reason, Instant::now());
     }
 
     fn bump(&self) {
@@ -382,7 +386,12 @@ impl Inner {
         t.ejected_at = Some(now);
         t.stats.ejected.store(true, Ordering::Release);
         self.bump();
-        tracing::debug!(address = %t.stats.address, times = t.times_ejected, "outlier ejected");
+        // Bounded by max_ejection_percent and the interval: no flood to guard against.
+        tracing::info!(
+            address = %t.stats.address,
+            times = t.times_ejected,
+            "outlier detection ejected an endpoint"
+        );
     }
 
     fn sweep(&self, now: Instant) {
@@ -414,8 +423,14 @@ impl Inner {
                 let threshold = mean - var.sqrt() * (f64::from(sr.stdev_factor) / 1000.0);
                 for (addr, rate) in cands {
                     if rate < threshold {
-                        self.try_eject(&mut st, addr, sr.enforcement_percentage, now)
-                            .then(|| ejected_now.push(addr));
+                        self.try_eject(
+                            &mut st,
+                            addr,
+                            sr.enforcement_percentage,
+                            Ejection::SuccessRate,
+                            now,
+                        )
+                        .then(|| ejected_now.push(addr));
                     }
                 }
             }
@@ -431,8 +446,14 @@ impl Inner {
             if !cands.is_empty() && cands.len() >= fp.minimum_hosts as usize {
                 for (addr, s, f) in cands {
                     if f * 100 > u64::from(fp.threshold) * (s + f) {
-                        self.try_eject(&mut st, addr, fp.enforcement_percentage, now)
-                            .then(|| ejected_now.push(addr));
+                        self.try_eject(
+                            &mut st,
+                            addr,
+                            fp.enforcement_percentage,
+                            Ejection::FailurePercentage,
+                            now,
+                        )
+                        .then(|| ejected_now.push(addr));
                     }
                 }
             }
@@ -470,13 +491,32 @@ impl Inner {
         }
     }
 
-    fn try_eject(&self, st: &mut State, addr: SocketAddr, enforcement: u32, now: Instant) -> bool {
+    /// Ejects `addr`, an outlier by `reason`, if `max_ejection_percent` and the enforcement
+    /// percentage allow it; counts the detection, the ejection or the overflow.
+    fn try_eject(
+        &self,
+        st: &mut State,
+        addr: SocketAddr,
+        enforcement: u32,
+        reason: Ejection,
+        now: Instant,
+    ) -> bool {
         let allowed = self.ejection_allowed(st);
         let State { endpoints, rng } = st;
         let Some(t) = endpoints.get_mut(&addr) else {
             return false;
         };
-        if t.stats.is_ejected() || !allowed || !enforced(rng, enforcement) {
+        if t.stats.is_ejected() {
+            return false;
+        }
+        if !allowed {
+            self.metrics.ejection(reason, false);
+            self.metrics.ejection_overflow();
+            return false;
+        }
+        let enforce = enforced(rng, enforcement);
+        self.metrics.ejection(reason, enforce);
+        if !enforce {
             return false;
         }
         self.eject(t, now);

@@ -255,9 +255,11 @@ where
                     }
                     budget.withdraw();
                     r.attempts += 1;
-                    let can_retry = r.attempts < r.max_attempts
-                        && r.request.replay.is_some()
-                        && budget.can_retry();
+                    let mut can_retry = r.attempts < r.max_attempts && r.request.replay.is_some();
+                    if can_retry && !budget.can_retry() {
+                        r.settings.metrics.retry_budget_exhausted();
+                        can_retry = false;
+                    }
                     let delay = match push {
                         _ if !can_retry => return Poll::Ready(result),
                         Pushback::Stop => return Poll::Ready(result),
@@ -289,6 +291,7 @@ where
                     if let Err(e) = ready!(r.service.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
+                    r.settings.metrics.retry();
                     let head = r.request.head(r.attempts, &r.avoid);
                     let body = RetryBody::replay(r.request.replay.clone().unwrap_or_default());
                     this.call

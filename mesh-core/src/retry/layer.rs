@@ -7,6 +7,7 @@ use super::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_REPLAY_BYTES, Retry, RetryBudget, RetryConfigError, Settings,
 };
 use crate::config::RetryPolicy;
+use crate::telemetry::ClusterMetrics;
 
 /// Applies [`Retry`] to a service. Services made by one layer (and their clones) share its
 /// [`RetryBudget`]: make one layer per cluster.
@@ -17,6 +18,7 @@ pub struct RetryLayer {
     max_replay_bytes: usize,
     default_policy: Option<Arc<RetryPolicy>>,
     seed: u64,
+    metrics: ClusterMetrics,
 }
 
 impl Default for RetryLayer {
@@ -39,7 +41,16 @@ impl RetryLayer {
                 use rand::{RngCore, SeedableRng};
                 rand::rngs::SmallRng::from_os_rng().next_u64()
             },
+            metrics: ClusterMetrics::default(),
         }
+    }
+
+    /// Counts the retries sent and the retries the budget refused
+    /// (`meshwork.client.retries`, `meshwork.client.retry_budget.exhausted`). Default: not
+    /// counted.
+    pub fn metrics(mut self, metrics: ClusterMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Shares `budget` (e.g. among the layers of one cluster).
@@ -92,6 +103,7 @@ impl<S> Layer<S> for RetryLayer {
                 max_replay_bytes: self.max_replay_bytes,
                 default_policy: self.default_policy.clone(),
                 seeds: AtomicU64::new(self.seed),
+                metrics: self.metrics.clone(),
             }),
         }
     }

@@ -52,6 +52,7 @@ use crate::balance::AvoidEndpoints;
 use crate::balance::{EndpointError, ServedBy};
 use crate::config::{ConfigError, RetryPolicy};
 use crate::route::RoutePolicy;
+use crate::telemetry::ClusterMetrics;
 
 mod body;
 mod budget;
@@ -103,6 +104,7 @@ pub(crate) struct Settings {
     pub(crate) max_replay_bytes: usize,
     pub(crate) default_policy: Option<Arc<RetryPolicy>>,
     pub(crate) seeds: AtomicU64,
+    pub(crate) metrics: ClusterMetrics,
 }
 
 impl<S: Clone> Clone for Retry<S> {

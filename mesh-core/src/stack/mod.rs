@@ -3,9 +3,16 @@
 //! [`outbound`] assembles, from a [`ConfigReceiver`]:
 //!
 //! ```text
-//! Router ─> per cluster: Timeout ─> Retry ─> CircuitBreaker ─> Balancer
-//!                                                            └─> endpoint handles
+//! Router ─> per cluster: Timeout ─> Retry ─> Attempt ─> CircuitBreaker ─> Balancer
+//!                                                                       └─> endpoint handles
 //! ```
+//!
+//! [`Attempt`] (an OpenTelemetry span and metrics per attempt, and
+//! the W3C trace headers) sits below the retry layer, so every retry is an attempt of its own;
+//! the retry layer copies the request's extensions onto every attempt, which is how the call
+//! span of a [`Call`](crate::telemetry::Call) above the router becomes the attempts' parent.
+//! The breaker, the outlier detector and the retry layer count their decisions through the
+//! cluster's [`ClusterMetrics`](crate::telemetry::ClusterMetrics).
 //!
 //! The endpoint services are made by a user-supplied [`Connect`] (the adapters' connectors
 //! plug in here; tests use closures).
@@ -67,14 +74,15 @@ use arc_swap::ArcSwap;
 use http_body::Body;
 use tokio::sync::{oneshot, watch};
 use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Service, ServiceExt as _};
+use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 
 use crate::balance::{BalancePolicy, Balancer};
 use crate::breaker::CircuitBreaker;
 use crate::config::{ClusterChildren, ClusterLoadAssignment, ClusterState, ConfigReceiver};
 use crate::outlier::OutlierDetector;
-use crate::retry::{Retry, RetryBody};
+use crate::retry::{RetryBody, RetryLayer};
 use crate::route::{Clusters, Router};
+use crate::telemetry::{Attempt, Telemetry, TelemetryBody};
 use crate::timeout::{Timeout, TimeoutBody};
 use crate::xds::resource::{Cluster, ClusterKind};
 
@@ -115,20 +123,30 @@ where
     }
 }
 
-/// The service of one cluster: Timeout -> Retry -> CircuitBreaker -> Balancer,
+/// The service of one cluster: Timeout -> Retry -> Attempt -> CircuitBreaker -> Balancer,
 /// boxed.
 pub type ClusterService<B, RB> =
-    BoxCloneSyncService<http::Request<B>, http::Response<TimeoutBody<RB>>, BoxError>;
+    BoxCloneSyncService<http::Request<B>, http::Response<TimeoutBody<TelemetryBody<RB>>>, BoxError>;
 
 /// The outbound stack: a [`Router`] over a [`ClusterSet`].
 pub type OutboundStack<B, RB> = Router<ClusterSet<B, RB>>;
 
-/// Settings of the per-cluster stacks. None yet: the defaults come from the config itself
-/// (limits from the cluster's circuit breakers, policies from routes and clusters); the type
-/// exists so options can be added without breaking callers.
+/// Settings of the per-cluster stacks. Traffic policy comes from the config itself (limits
+/// from the cluster's circuit breakers, policies from routes and clusters).
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
-pub struct StackOptions {}
+pub struct StackOptions {
+    telemetry: Option<Telemetry>,
+}
+
+impl StackOptions {
+    /// Records attempt spans and metrics, and the traffic layers' counters, through
+    /// `telemetry`. Default: [`Telemetry::global`], taken once when the stack is built.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+}
 
 /// Builds the outbound stack over `config`, making endpoint services with `connect`.
 ///
@@ -147,7 +165,7 @@ where
     <C::Service as Service<http::Request<RetryBody<B>>>>::Future: Send + 'static,
     B: Body + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
-    RB: Send + 'static,
+    RB: Body + Send + 'static,
 {
     let set = ClusterSet::new(config.clone(), connect, options);
     Router::new(config, set)
@@ -213,10 +231,11 @@ impl<B, RB> ClusterSet<B, RB> {
         <C::Service as Service<http::Request<RetryBody<B>>>>::Future: Send + 'static,
         B: Body + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
-        RB: Send + 'static,
+        RB: Body + Send + 'static,
     {
+        let telemetry = options.telemetry.unwrap_or_else(Telemetry::global);
         let build: Box<Builder<B, RB>> =
-            Box::new(move |cluster, cla| build_cluster(cluster, cla, &connect, &options));
+            Box::new(move |cluster, cla| build_cluster(cluster, cla, &connect, &telemetry));
         let (shutdown, mut stopped) = oneshot::channel::<()>();
         let mut follow = config.clone();
         let inner = Arc::new(Inner {
@@ -340,11 +359,11 @@ fn empty_assignment(name: &str) -> Arc<ClusterLoadAssignment> {
 fn failing<B, RB>(err: StackError) -> Built<B, RB>
 where
     B: Send + 'static,
-    RB: Send + 'static,
+    RB: Body + Send + 'static,
 {
     let service = tower::service_fn(move |_req: http::Request<B>| {
         let err = err.clone();
-        async move { Err::<http::Response<TimeoutBody<RB>>, BoxError>(Box::new(err)) }
+        async move { Err::<http::Response<TimeoutBody<TelemetryBody<RB>>>, BoxError>(Box::new(err)) }
     });
     Built {
         service: BoxCloneSyncService::new(service),
@@ -356,7 +375,7 @@ fn build_cluster<B, RB, C>(
     cluster: &Arc<Cluster>,
     cla: Option<Arc<ClusterLoadAssignment>>,
     connect: &C,
-    _options: &StackOptions,
+    telemetry: &Telemetry,
 ) -> Built<B, RB>
 where
     C: Connect<B>,
@@ -365,7 +384,7 @@ where
     <C::Service as Service<http::Request<RetryBody<B>>>>::Future: Send + 'static,
     B: Body + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
-    RB: Send + 'static,
+    RB: Body + Send + 'static,
 {
     let kind = match &cluster.kind {
         ClusterKind::Eds { .. } => None,
@@ -391,14 +410,18 @@ where
     let connect = connect.clone();
     let for_endpoints = cluster.clone();
     let new_endpoint = move |addr: SocketAddr| connect.connect(&for_endpoints, addr);
+    let metrics = telemetry.mesh().cluster(&cluster.name);
     let mut balancer = Balancer::builder(policy);
     if let Some(od) = &cluster.outlier_detection {
-        let detector = OutlierDetector::new(od.clone());
+        let detector = OutlierDetector::with_metrics(od.clone(), metrics.clone());
         detector.spawn_sweeper();
         balancer = balancer.outlier_detector(detector);
     }
-    let breaker = CircuitBreaker::new(balancer.build(rx, new_endpoint), cluster.circuit_breakers);
-    let service = Timeout::new(Retry::new(breaker)).map_err(Into::into);
+    let breaker = CircuitBreaker::new(balancer.build(rx, new_endpoint), cluster.circuit_breakers)
+        .metrics(metrics.clone());
+    let attempt = Attempt::new(breaker, telemetry.clone());
+    let retry = RetryLayer::new().metrics(metrics).layer(attempt);
+    let service = Timeout::new(retry).map_err(Into::into);
     Built {
         service: BoxCloneSyncService::new(service),
         endpoints: Some(tx),

@@ -9,9 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use meshwork_core::identity::{MtlsConfig, StaticSource, Svid, TrustBundles};
+use meshwork_core::telemetry::Telemetry;
 use meshwork_grpc::{MeshChannel, MeshChannelOptions};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
@@ -74,13 +77,22 @@ pub(crate) fn main(args: ClientArgs) -> Result<()> {
                     .server(XdsServer::new(xds)?)
                     .build()?;
                 let client = XdsClient::start(&bootstrap)?;
-                let mut options = MeshChannelOptions::new();
+                // Tracing on, as a traced service runs: the SDK's provider with its default
+                // always-on sampler, every span recorded, but no exporter (the cost of
+                // exporting belongs to the collector pipeline, not to the mesh).
+                let traces = SdkTracerProvider::builder().build();
+                let telemetry = Telemetry::new(
+                    traces.tracer("meshwork"),
+                    &opentelemetry::global::meter("meshwork"),
+                );
+                let mut options = MeshChannelOptions::new().telemetry(telemetry);
                 if args.contestant == Contestant::Meshwork {
                     options = options.mtls(mesh_identity(&args.certs)?);
                 }
                 let channel = MeshChannel::from_xds(&client, target, options).await?;
                 let out = run(Grpc::new(channel), &args).await;
                 drop(client);
+                drop(traces);
                 out
             }
         }

@@ -1,0 +1,193 @@
+//! One span per attempt, attempt metrics, and the W3C trace headers on the request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context as TaskContext, Poll};
+
+use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
+use pin_project_lite::pin_project;
+use tower::{BoxError, Layer, Service};
+
+use super::body::{Record, Side, start_span};
+use super::call::{CallContext, finish_head};
+use super::{Rpc, Telemetry, TelemetryBody, propagation};
+use crate::balance::ServedBy;
+use crate::identity::PeerIdentity;
+
+/// Makes [`Attempt`]s.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptLayer {
+    telemetry: Telemetry,
+}
+
+impl AttemptLayer {
+    /// A layer recording through `telemetry`.
+    pub fn new(telemetry: Telemetry) -> Self {
+        Self { telemetry }
+    }
+}
+
+impl<S> Layer<S> for AttemptLayer {
+    type Service = Attempt<S>;
+
+    fn layer(&self, inner: S) -> Attempt<S> {
+        Attempt::new(inner, self.telemetry.clone())
+    }
+}
+
+/// One attempt of a call, below the retry layer: a span `Attempt.<service>.<method>`
+/// (gRFC A72) under the [`Call`](super::Call) span (or the current context without one),
+/// with `previous-rpc-attempts`; `grpc.client.attempt.started` and
+/// `grpc.client.attempt.duration` (or `http.client.request.duration`); and the attempt
+/// span's `traceparent`/`tracestate` written on the request. See the [module docs](super).
+#[derive(Debug, Clone)]
+pub struct Attempt<S> {
+    inner: S,
+    telemetry: Telemetry,
+}
+
+impl<S> Attempt<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, telemetry: Telemetry) -> Self {
+        Self { inner, telemetry }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// `server.address` and `server.port` from a request URI's authority.
+pub(crate) fn server_attributes(uri: &http::Uri, attrs: &mut Vec<KeyValue>) {
+    if let Some(host) = uri.host() {
+        attrs.push(KeyValue::new("server.address", host.to_owned()));
+    }
+    let port = uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    });
+    if let Some(port) = port {
+        attrs.push(KeyValue::new("server.port", i64::from(port)));
+    }
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Attempt<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: http_body::Body,
+{
+    type Response = http::Response<TelemetryBody<RB>>;
+    type Error = BoxError;
+    type Future = AttemptFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let rpc = Rpc::of(&req);
+        let call = req.extensions().get::<CallContext>();
+        let previous = match call {
+            Some(c) => i64::from(c.attempts.fetch_add(1, Ordering::Relaxed)),
+            None => req
+                .headers()
+                .get("grpc-previous-rpc-attempts")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0),
+        };
+        let parent = match call {
+            Some(c) => c.cx.clone(),
+            None => Context::current(),
+        };
+        let span = start_span(
+            &self.telemetry,
+            &parent,
+            SpanKind::Internal,
+            || rpc.span_name("Attempt"),
+            |attrs| {
+                rpc.span_attributes(attrs);
+                server_attributes(req.uri(), attrs);
+                attrs.push(KeyValue::new("previous-rpc-attempts", previous));
+                attrs.push(KeyValue::new("transparent-retry", false));
+            },
+        );
+        let propagate = span.as_ref().unwrap_or(&parent);
+        if propagate.span().span_context().is_valid() {
+            propagation::inject(propagate, req.headers_mut());
+        }
+        if rpc.is_grpc() {
+            self.telemetry
+                .instruments()
+                .client_attempt_started
+                .add(1, &[rpc.method_kv(), self.telemetry.target_kv()]);
+        }
+        let record = Record::new(Side::Attempt, self.telemetry.clone(), rpc, span, None);
+        AttemptFuture {
+            inner: self.inner.call(req),
+            record: Some(record),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of an [`Attempt`].
+    #[derive(Debug)]
+    pub struct AttemptFuture<F> {
+        #[pin]
+        inner: F,
+        record: Option<Record>,
+    }
+}
+
+impl<F, RB, E> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+    E: Into<BoxError>,
+    RB: http_body::Body,
+{
+    type Output = Result<http::Response<TelemetryBody<RB>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        let record = this.record.take();
+        if let Some(span) = record.as_ref().and_then(Record::span_context) {
+            let served_by = match &result {
+                Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.0),
+                Err(_) => None,
+            };
+            let span = span.span();
+            if let Some(addr) = served_by {
+                span.set_attribute(KeyValue::new("network.peer.address", addr.ip().to_string()));
+                span.set_attribute(KeyValue::new("network.peer.port", i64::from(addr.port())));
+            }
+            // An endpoint connector may report the server's verified identity.
+            if let Some(peer) = result
+                .as_ref()
+                .ok()
+                .and_then(|rsp| rsp.extensions().get::<PeerIdentity>())
+            {
+                span.set_attribute(KeyValue::new(
+                    super::PEER_SPIFFE_ID,
+                    peer.spiffe_id().to_string(),
+                ));
+            }
+        }
+        Poll::Ready(finish_head(record, result))
+    }
+}

@@ -1,0 +1,345 @@
+//! The response body that ends a call's span and records its duration when the call ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context as TaskContext, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::{Rpc, Telemetry, status_name};
+use crate::config::GrpcCode;
+
+/// Which layer a record belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Call,
+    Attempt,
+    Server,
+}
+
+/// How a call ended.
+pub(crate) enum Outcome<'a> {
+    /// A gRPC status (trailers, a trailers-only head, or mapped from a non-200 head).
+    Grpc(GrpcCode),
+    /// The end of a non-gRPC response body, or of a gRPC body without a status.
+    End,
+    /// A failure before or while the response came.
+    Error(&'a (dyn std::error::Error + 'static)),
+    /// The body failed mid-stream.
+    BodyError,
+    /// The caller dropped the call or the body before its end.
+    Cancelled,
+}
+
+/// Starts a span named `name()` under `parent`, with the attributes `attrs` writes; `None`
+/// when the tracer does not record it (then neither the name nor the attributes are made).
+pub(crate) fn start_span(
+    telemetry: &Telemetry,
+    parent: &Context,
+    kind: SpanKind,
+    name: impl FnOnce() -> std::borrow::Cow<'static, str>,
+    attrs: impl FnOnce(&mut Vec<KeyValue>),
+) -> Option<Context> {
+    let builder = SpanBuilder::from_name("meshwork").with_kind(kind);
+    let mut span = telemetry.tracer().build_with_context(builder, parent);
+    if !span.is_recording() {
+        return None;
+    }
+    span.update_name(name());
+    let mut list = Vec::with_capacity(10);
+    attrs(&mut list);
+    span.set_attributes(list);
+    Some(parent.with_span(span))
+}
+
+/// The state of one call, attempt or server request until it ends; ends it on drop
+/// (as cancelled) if nothing ended it before.
+pub(crate) struct Record {
+    side: Side,
+    telemetry: Telemetry,
+    rpc: Rpc,
+    start: Instant,
+    cx: Option<Context>,
+    attempts: Option<Arc<AtomicU32>>,
+    http_status: Option<http::StatusCode>,
+    done: bool,
+}
+
+impl Record {
+    pub(crate) fn new(
+        side: Side,
+        telemetry: Telemetry,
+        rpc: Rpc,
+        cx: Option<Context>,
+        attempts: Option<Arc<AtomicU32>>,
+    ) -> Self {
+        Self {
+            side,
+            telemetry,
+            rpc,
+            start: Instant::now(),
+            cx,
+            attempts,
+            http_status: None,
+            done: false,
+        }
+    }
+
+    /// The span's context, when it is recorded.
+    pub(crate) fn span_context(&self) -> Option<&Context> {
+        self.cx.as_ref()
+    }
+
+    /// Reads the response head; returns the record when the call goes on in the body.
+    pub(crate) fn on_head<B: Body>(mut self, rsp: &http::Response<B>) -> Option<Self> {
+        let status = rsp.status();
+        self.http_status = Some(status);
+        if let Some(cx) = &self.cx {
+            cx.span().set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status.as_u16()),
+            ));
+        }
+        if self.rpc.is_grpc() {
+            if let Some(code) = rsp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| GrpcCode::from_header(v.as_bytes()))
+            {
+                self.finish(Outcome::Grpc(code));
+                return None;
+            }
+            if status != http::StatusCode::OK {
+                self.finish(Outcome::Grpc(GrpcCode::from_http_status(status)));
+                return None;
+            }
+        }
+        if rsp.body().is_end_stream() {
+            self.finish(Outcome::End);
+            return None;
+        }
+        Some(self)
+    }
+
+    pub(crate) fn finish(mut self, outcome: Outcome<'_>) {
+        self.end(outcome);
+    }
+
+    fn end(&mut self, outcome: Outcome<'_>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let seconds = self.start.elapsed().as_secs_f64();
+        let ins = self.telemetry.instruments();
+        let span = self.cx.take();
+        match &self.rpc {
+            Rpc::Grpc { .. } => {
+                let code = match outcome {
+                    Outcome::Grpc(code) => code,
+                    // A gRPC response must end with a status.
+                    Outcome::End | Outcome::BodyError => GrpcCode::Unknown,
+                    Outcome::Error(e) => crate::stack::error_codes(e).0,
+                    Outcome::Cancelled => GrpcCode::Cancelled,
+                };
+                let status = KeyValue::new("grpc.status", status_name(code));
+                match self.side {
+                    Side::Call => {
+                        let attrs = [self.rpc.method_kv(), self.telemetry.target_kv(), status];
+                        ins.client_call_duration.record(seconds, &attrs);
+                        if let Some(n) = &self.attempts {
+                            let n = n.load(Ordering::Relaxed);
+                            if n > 0 {
+                                ins.client_call_retries
+                                    .record(u64::from(n - 1), &attrs[..2]);
+                            }
+                        }
+                    }
+                    Side::Attempt => {
+                        let attrs = [self.rpc.method_kv(), self.telemetry.target_kv(), status];
+                        ins.client_attempt_duration.record(seconds, &attrs);
+                    }
+                    Side::Server => {
+                        let attrs = [self.rpc.method_kv(), status];
+                        ins.server_call_duration.record(seconds, &attrs);
+                    }
+                }
+                if let Some(cx) = span {
+                    let span = cx.span();
+                    span.set_attribute(KeyValue::new(
+                        "rpc.grpc.status_code",
+                        i64::from(code.as_u8()),
+                    ));
+                    if is_error(self.side, code) {
+                        span.set_status(Status::error(status_name(code)));
+                    }
+                    span.end();
+                }
+            }
+            Rpc::Http { .. } => {
+                let error = match outcome {
+                    Outcome::Error(e) => Some(status_name(crate::stack::error_codes(e).0)),
+                    Outcome::BodyError => Some("body"),
+                    Outcome::Cancelled => Some("cancelled"),
+                    Outcome::Grpc(_) | Outcome::End => None,
+                };
+                let code = self.http_status.map(|s| s.as_u16());
+                let failed = error.is_some()
+                    || code.is_some_and(|c| c >= if self.side == Side::Server { 500 } else { 400 });
+                let mut attrs = Vec::with_capacity(3);
+                attrs.push(self.rpc.method_kv());
+                if let Some(c) = code {
+                    attrs.push(KeyValue::new("http.response.status_code", i64::from(c)));
+                }
+                if let Some(e) = error {
+                    attrs.push(KeyValue::new("error.type", e));
+                } else if failed {
+                    attrs.push(KeyValue::new(
+                        "error.type",
+                        code.map(|c| c.to_string()).unwrap_or_default(),
+                    ));
+                }
+                match self.side {
+                    Side::Call => {}
+                    Side::Attempt => ins.http_client_duration.record(seconds, &attrs),
+                    Side::Server => ins.http_server_duration.record(seconds, &attrs),
+                }
+                if let Some(cx) = span {
+                    let span = cx.span();
+                    if failed {
+                        if let Some(e) = error {
+                            span.set_attribute(KeyValue::new("error.type", e));
+                        }
+                        span.set_status(Status::error(""));
+                    }
+                    span.end();
+                }
+            }
+        }
+    }
+}
+
+/// Whether a gRPC code marks the span as failed: every non-OK code on the client; on the
+/// server only the codes that are the server's fault (the RPC semantic conventions).
+fn is_error(side: Side, code: GrpcCode) -> bool {
+    match side {
+        Side::Call | Side::Attempt => code != GrpcCode::Ok,
+        Side::Server => matches!(
+            code,
+            GrpcCode::Unknown
+                | GrpcCode::DeadlineExceeded
+                | GrpcCode::Unimplemented
+                | GrpcCode::Internal
+                | GrpcCode::Unavailable
+                | GrpcCode::DataLoss
+        ),
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.end(Outcome::Cancelled);
+    }
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("side", &self.side)
+            .field("rpc", &self.rpc)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// A response body that ends its call's span and records the call's duration when the
+    /// body ends (at the trailers' `grpc-status`, at its end, or when it is dropped).
+    #[derive(Debug)]
+    pub struct TelemetryBody<B> {
+        #[pin]
+        inner: B,
+        record: Option<Record>,
+    }
+}
+
+impl<B> TelemetryBody<B> {
+    pub(crate) fn new(inner: B, record: Option<Record>) -> Self {
+        Self { inner, record }
+    }
+
+    /// A body that records nothing.
+    pub fn untracked(inner: B) -> Self {
+        Self {
+            inner,
+            record: None,
+        }
+    }
+
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The wrapped body, mutably.
+    pub fn get_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+}
+
+impl<B: Body> Body for TelemetryBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        if this.record.is_none() {
+            return polled;
+        }
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = trailers
+                        .get("grpc-status")
+                        .and_then(|v| GrpcCode::from_header(v.as_bytes()));
+                    if let Some(record) = this.record.take() {
+                        record.finish(code.map_or(Outcome::End, Outcome::Grpc));
+                    }
+                } else if this.inner.is_end_stream() {
+                    // Callers stop polling a body that says it has ended.
+                    if let Some(record) = this.record.take() {
+                        record.finish(Outcome::End);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(record) = this.record.take() {
+                    record.finish(Outcome::BodyError);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(record) = this.record.take() {
+                    record.finish(Outcome::End);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,169 @@
+//! The client call span and call metrics, around a whole outbound stack.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::task::{Context as TaskContext, Poll};
+
+use opentelemetry::Context;
+use opentelemetry::trace::SpanKind;
+use pin_project_lite::pin_project;
+use tower::{BoxError, Layer, Service};
+
+use super::body::{Outcome, Record, Side, start_span};
+use super::{Rpc, Telemetry, TelemetryBody};
+
+/// What a [`Call`] hands the [`Attempt`](super::Attempt)s below it, in the request's
+/// extensions (the retry layer copies them onto every attempt).
+#[derive(Clone, Debug)]
+pub(crate) struct CallContext {
+    /// The parent of the attempt spans: the call span's context, or the caller's.
+    pub(crate) cx: Context,
+    /// Attempts started so far.
+    pub(crate) attempts: Arc<AtomicU32>,
+}
+
+/// Makes [`Call`]s.
+#[derive(Debug, Clone, Default)]
+pub struct CallLayer {
+    telemetry: Telemetry,
+}
+
+impl CallLayer {
+    /// A layer recording through `telemetry`.
+    pub fn new(telemetry: Telemetry) -> Self {
+        Self { telemetry }
+    }
+}
+
+impl<S> Layer<S> for CallLayer {
+    type Service = Call<S>;
+
+    fn layer(&self, inner: S) -> Call<S> {
+        Call::new(inner, self.telemetry.clone())
+    }
+}
+
+/// The client side of a call as the application sees it: a `CLIENT` span
+/// (`Sent.<service>.<method>`) under the current OpenTelemetry context, parent of the
+/// attempt spans below; `grpc.client.call.duration` and `grpc.client.call.retries` when it
+/// ends. See the [module docs](super).
+#[derive(Debug, Clone)]
+pub struct Call<S> {
+    inner: S,
+    telemetry: Telemetry,
+}
+
+impl<S> Call<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, telemetry: Telemetry) -> Self {
+        Self { inner, telemetry }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Call<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: http_body::Body,
+{
+    type Response = http::Response<TelemetryBody<RB>>;
+    type Error = BoxError;
+    type Future = CallFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let rpc = Rpc::of(&req);
+        let parent = Context::current();
+        let span = start_span(
+            &self.telemetry,
+            &parent,
+            SpanKind::Client,
+            || rpc.span_name("Sent"),
+            |attrs| {
+                rpc.span_attributes(attrs);
+                super::attempt::server_attributes(req.uri(), attrs);
+            },
+        );
+        let attempts = Arc::new(AtomicU32::new(0));
+        req.extensions_mut().insert(CallContext {
+            cx: span.clone().unwrap_or(parent),
+            attempts: attempts.clone(),
+        });
+        let record = Record::new(
+            Side::Call,
+            self.telemetry.clone(),
+            rpc,
+            span,
+            Some(attempts),
+        );
+        CallFuture {
+            inner: self.inner.call(req),
+            record: Some(record),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`Call`].
+    #[derive(Debug)]
+    pub struct CallFuture<F> {
+        #[pin]
+        inner: F,
+        record: Option<Record>,
+    }
+}
+
+impl<F, RB, E> Future for CallFuture<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+    E: Into<BoxError>,
+    RB: http_body::Body,
+{
+    type Output = Result<http::Response<TelemetryBody<RB>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(finish_head(this.record.take(), result))
+    }
+}
+
+/// Ends `record` on a failure or a finished head; otherwise moves it into the body.
+pub(crate) fn finish_head<RB: http_body::Body, E: Into<BoxError>>(
+    record: Option<Record>,
+    result: Result<http::Response<RB>, E>,
+) -> Result<http::Response<TelemetryBody<RB>>, BoxError> {
+    match result {
+        Ok(rsp) => {
+            let record = record.and_then(|r| r.on_head(&rsp));
+            Ok(rsp.map(|body| TelemetryBody::new(body, record)))
+        }
+        Err(e) => {
+            let e: BoxError = e.into();
+            if let Some(record) = record {
+                record.finish(Outcome::Error(&*e));
+            }
+            Err(e)
+        }
+    }
+}

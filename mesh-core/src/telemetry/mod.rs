@@ -1,0 +1,391 @@
+//! Telemetry: OpenTelemetry traces and metrics for calls in and out, named as gRPC's
+//! OpenTelemetry plugin names them.
+//!
+//! Three layers, each usable on its own:
+//!
+//! ```text
+//! client: CallLayer ─> Router ─> Timeout ─> Retry ─> AttemptLayer ─> CircuitBreaker ─> Balancer
+//! server: MeshAcceptor ─> ServerLayer ─> InboundLayer ─> the application
+//! ```
+//!
+//! - [`CallLayer`] wraps a whole outbound stack: one client span per call
+//!   (`Sent.<service>.<method>`, kind `CLIENT`), the call's duration
+//!   (`grpc.client.call.duration`) and its retry count (`grpc.client.call.retries`, gRFC A96).
+//! - [`AttemptLayer`] sits below the retry layer: one child span per attempt
+//!   (`Attempt.<service>.<method>`, gRFC A72, with `previous-rpc-attempts`), so retries are
+//!   visible in a trace; `grpc.client.attempt.started` and `grpc.client.attempt.duration`;
+//!   and the W3C `traceparent`/`tracestate` headers of the attempt span on the request.
+//! - [`ServerLayer`] extracts `traceparent`/`tracestate`, opens the server span
+//!   (`Recv.<service>.<method>`, kind `SERVER`) as a child of the caller's attempt span,
+//!   makes it the current context while the application handles the request (so the
+//!   application's own outbound calls join the trace), and records
+//!   `grpc.server.call.started` and `grpc.server.call.duration`.
+//!
+//! A request that is not gRPC (no `application/grpc` content type) follows the HTTP semantic
+//! conventions instead: spans named by the HTTP method, `http.client.request.duration` per
+//! attempt and `http.server.request.duration`.
+//!
+//! Spans carry the semantic-convention attributes `rpc.system`, `rpc.service`,
+//! `rpc.method`, `rpc.grpc.status_code`, `server.address`, `server.port`,
+//! `http.request.method`, `http.response.status_code`, the endpoint that served an attempt
+//! (`network.peer.address`, `network.peer.port`) and, on the server, the caller's SPIFFE ID
+//! (`meshwork.peer.spiffe_id`, from the mTLS handshake).
+//!
+//! A call ends when its response body ends: a gRPC status in the trailers (or in a
+//! trailers-only response head) is the call's status; a failure before a response maps to
+//! a code through [`error_codes`](crate::stack::error_codes); a body dropped before its end
+//! is `CANCELLED`.
+//!
+//! # What it costs
+//!
+//! The layers read one [`Telemetry`] handle: a tracer and the instruments, made once. With
+//! no tracer provider installed (OpenTelemetry's no-op default) a span is built, found not
+//! to be recording and dropped before any attribute is made; the metric instruments of a
+//! no-op meter do nothing. `benches/benches/telemetry.rs` measures the three cases: tracing
+//! off, on without an exporter, and on with 1% sampling.
+//!
+//! [`stack::outbound`](crate::stack::outbound) puts an [`AttemptLayer`] in every cluster's
+//! stack; the adapters (meshwork-grpc's `MeshChannel` and `MeshServer`, meshwork-http's
+//! `MeshClient` and `Server`) put the [`CallLayer`] around their router and the
+//! [`ServerLayer`] outermost on their server (so denied requests are recorded too).
+//!
+//! # Mesh counters
+//!
+//! [`MeshMetrics`] (from [`Telemetry::mesh`]) counts what the traffic layers decide:
+//! circuit-breaker overflows, outlier ejections (gRFC A91's names), retries and retry
+//! budget exhaustion. The stack hands each cluster's breaker, outlier detector and retry
+//! layer one [`ClusterMetrics`] ([`MeshMetrics::cluster`]), whose attributes are made once.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::trace::Tracer;
+use opentelemetry::{InstrumentationScope, KeyValue, StringValue};
+
+use crate::config::GrpcCode;
+
+mod attempt;
+mod body;
+mod call;
+mod mesh;
+pub mod propagation;
+mod server;
+
+pub use attempt::{Attempt, AttemptFuture, AttemptLayer};
+pub use body::TelemetryBody;
+pub use call::{Call, CallFuture, CallLayer};
+pub use mesh::{ClusterMetrics, Ejection, MeshMetrics};
+pub use server::{Server, ServerFuture, ServerLayer};
+
+/// The instrumentation scope meshwork's tracer and meter are named with.
+pub const SCOPE: &str = "meshwork";
+
+/// The span attribute that carries the peer's SPIFFE ID (from the mTLS handshake).
+pub const PEER_SPIFFE_ID: &str = "meshwork.peer.spiffe_id";
+
+/// gRFC A66's latency buckets, in seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005,
+    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13, 0.16,
+    0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+];
+
+/// gRFC A66's count buckets.
+const COUNT_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// The tracer and metric instruments the telemetry layers share. Cheap to clone.
+///
+/// Made once (per channel, server or process), never per call: [`Telemetry::global`] takes
+/// the global providers as they are when it is called, so install the application's
+/// providers first.
+#[derive(Clone)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    tracer: Arc<BoxedTracer>,
+    target: StringValue,
+    instruments: Instruments,
+    mesh: MeshMetrics,
+}
+
+pub(crate) struct Instruments {
+    pub(crate) client_attempt_started: Counter<u64>,
+    pub(crate) client_attempt_duration: Histogram<f64>,
+    pub(crate) client_call_duration: Histogram<f64>,
+    pub(crate) client_call_retries: Histogram<u64>,
+    pub(crate) server_call_started: Counter<u64>,
+    pub(crate) server_call_duration: Histogram<f64>,
+    pub(crate) http_client_duration: Histogram<f64>,
+    pub(crate) http_server_duration: Histogram<f64>,
+}
+
+impl Instruments {
+    fn new(meter: &Meter) -> Self {
+        let seconds = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(LATENCY_BUCKETS.to_vec())
+                .build()
+        };
+        Self {
+            client_attempt_started: meter
+                .u64_counter("grpc.client.attempt.started")
+                .with_unit("{attempt}")
+                .with_description("Number of client call attempts started.")
+                .build(),
+            client_attempt_duration: seconds(
+                "grpc.client.attempt.duration",
+                "Time taken to complete a client call attempt.",
+            ),
+            client_call_duration: seconds(
+                "grpc.client.call.duration",
+                "Time taken by gRPC to complete an RPC from the application's perspective.",
+            ),
+            client_call_retries: meter
+                .u64_histogram("grpc.client.call.retries")
+                .with_unit("{retry}")
+                .with_description(
+                    "Number of retry attempts made during the client call (the original attempt is not counted).",
+                )
+                .with_boundaries(COUNT_BUCKETS.to_vec())
+                .build(),
+            server_call_started: meter
+                .u64_counter("grpc.server.call.started")
+                .with_unit("{call}")
+                .with_description("Number of server calls started.")
+                .build(),
+            server_call_duration: seconds(
+                "grpc.server.call.duration",
+                "Time taken to complete a call from the server transport's perspective.",
+            ),
+            http_client_duration: seconds(
+                "http.client.request.duration",
+                "Duration of HTTP client requests.",
+            ),
+            http_server_duration: seconds(
+                "http.server.request.duration",
+                "Duration of HTTP server requests.",
+            ),
+        }
+    }
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("target", &self.inner.target.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::global()
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder(SCOPE)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+impl Telemetry {
+    /// The tracer and meter of OpenTelemetry's global providers, as they are now (no-op
+    /// until the application installs its own).
+    pub fn global() -> Self {
+        let tracer = global::tracer_with_scope(scope());
+        let meter = global::meter_with_scope(scope());
+        Self::build(tracer, &meter)
+    }
+
+    /// Telemetry through `tracer` and `meter` (for instance from an SDK provider's
+    /// `tracer_with_scope` / `meter_with_scope`).
+    pub fn new<T>(tracer: T, meter: &Meter) -> Self
+    where
+        T: Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+    {
+        Self::build(BoxedTracer::new(Box::new(tracer)), meter)
+    }
+
+    fn build(tracer: BoxedTracer, meter: &Meter) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                tracer: Arc::new(tracer),
+                target: StringValue::from(""),
+                instruments: Instruments::new(meter),
+                mesh: MeshMetrics::new(meter, StringValue::from("")),
+            }),
+        }
+    }
+
+    /// The `grpc.target` attribute of the client metrics: the target the channel was made
+    /// for (e.g. `xds:///greeter`). Empty by default.
+    pub fn with_target(self, target: impl Into<String>) -> Self {
+        let target = StringValue::from(Arc::<str>::from(target.into()));
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.mesh = inner.mesh.with_target(target.clone());
+        inner.target = target;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The `grpc.target` this handle records.
+    pub fn target(&self) -> &str {
+        self.inner.target.as_str()
+    }
+
+    /// The counters of the traffic layers (breaker, outlier detection, retries), with this
+    /// handle's meter and target.
+    pub fn mesh(&self) -> &MeshMetrics {
+        &self.inner.mesh
+    }
+
+    pub(crate) fn tracer(&self) -> &BoxedTracer {
+        &self.inner.tracer
+    }
+
+    pub(crate) fn instruments(&self) -> &Instruments {
+        &self.inner.instruments
+    }
+
+    pub(crate) fn target_kv(&self) -> KeyValue {
+        KeyValue::new("grpc.target", self.inner.target.clone())
+    }
+}
+
+impl Clone for Instruments {
+    fn clone(&self) -> Self {
+        Self {
+            client_attempt_started: self.client_attempt_started.clone(),
+            client_attempt_duration: self.client_attempt_duration.clone(),
+            client_call_duration: self.client_call_duration.clone(),
+            client_call_retries: self.client_call_retries.clone(),
+            server_call_started: self.server_call_started.clone(),
+            server_call_duration: self.server_call_duration.clone(),
+            http_client_duration: self.http_client_duration.clone(),
+            http_server_duration: self.http_server_duration.clone(),
+        }
+    }
+}
+
+/// What a request is, for naming its span and metrics.
+#[derive(Debug, Clone)]
+pub(crate) enum Rpc {
+    /// A gRPC call; `method` is the full method name, `package.Service/Method`.
+    Grpc { method: Arc<str> },
+    /// Any other HTTP request.
+    Http { method: http::Method },
+}
+
+impl Rpc {
+    pub(crate) fn of<B>(req: &http::Request<B>) -> Self {
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let path = req.uri().path();
+        match path.strip_prefix('/') {
+            Some(full) if grpc && full.contains('/') => Rpc::Grpc {
+                method: Arc::from(full),
+            },
+            _ => Rpc::Http {
+                method: req.method().clone(),
+            },
+        }
+    }
+
+    pub(crate) fn is_grpc(&self) -> bool {
+        matches!(self, Rpc::Grpc { .. })
+    }
+
+    /// The span name: `<prefix>.<package.Service>.<Method>` (gRFC A72) or the HTTP method.
+    pub(crate) fn span_name(&self, prefix: &str) -> Cow<'static, str> {
+        match self {
+            Rpc::Grpc { method } => {
+                let mut name = String::with_capacity(prefix.len() + 1 + method.len());
+                name.push_str(prefix);
+                name.push('.');
+                name.extend(method.chars().map(|c| if c == '/' { '.' } else { c }));
+                Cow::Owned(name)
+            }
+            Rpc::Http { method } => Cow::Owned(method.as_str().to_owned()),
+        }
+    }
+
+    /// `rpc.*` or `http.request.method` span attributes.
+    pub(crate) fn span_attributes(&self, out: &mut Vec<KeyValue>) {
+        match self {
+            Rpc::Grpc { method } => {
+                let (service, name) = method.split_once('/').unwrap_or(("", method));
+                out.push(KeyValue::new("rpc.system", "grpc"));
+                out.push(KeyValue::new("rpc.service", service.to_owned()));
+                out.push(KeyValue::new("rpc.method", name.to_owned()));
+                out.push(KeyValue::new("http.request.method", "POST"));
+            }
+            Rpc::Http { method } => {
+                out.push(KeyValue::new("http.request.method", method_value(method)));
+            }
+        }
+    }
+
+    pub(crate) fn method_kv(&self) -> KeyValue {
+        match self {
+            Rpc::Grpc { method } => KeyValue::new("grpc.method", method.clone()),
+            Rpc::Http { method } => KeyValue::new("http.request.method", method_value(method)),
+        }
+    }
+}
+
+fn method_value(method: &http::Method) -> StringValue {
+    match *method {
+        http::Method::GET => "GET".into(),
+        http::Method::POST => "POST".into(),
+        http::Method::PUT => "PUT".into(),
+        http::Method::DELETE => "DELETE".into(),
+        http::Method::HEAD => "HEAD".into(),
+        http::Method::PATCH => "PATCH".into(),
+        http::Method::OPTIONS => "OPTIONS".into(),
+        http::Method::CONNECT => "CONNECT".into(),
+        http::Method::TRACE => "TRACE".into(),
+        // The semantic conventions fold unknown methods into one value.
+        _ => "_OTHER".into(),
+    }
+}
+
+/// The name gRPC gives a status code in `grpc.status` (`"OK"`, `"UNAVAILABLE"`, …).
+pub fn status_name(code: GrpcCode) -> &'static str {
+    match code {
+        GrpcCode::Ok => "OK",
+        GrpcCode::Cancelled => "CANCELLED",
+        GrpcCode::Unknown => "UNKNOWN",
+        GrpcCode::InvalidArgument => "INVALID_ARGUMENT",
+        GrpcCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        GrpcCode::NotFound => "NOT_FOUND",
+        GrpcCode::AlreadyExists => "ALREADY_EXISTS",
+        GrpcCode::PermissionDenied => "PERMISSION_DENIED",
+        GrpcCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        GrpcCode::FailedPrecondition => "FAILED_PRECONDITION",
+        GrpcCode::Aborted => "ABORTED",
+        GrpcCode::OutOfRange => "OUT_OF_RANGE",
+        GrpcCode::Unimplemented => "UNIMPLEMENTED",
+        GrpcCode::Internal => "INTERNAL",
+        GrpcCode::Unavailable => "UNAVAILABLE",
+        GrpcCode::DataLoss => "DATA_LOSS",
+        GrpcCode::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests;

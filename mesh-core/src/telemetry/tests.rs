@@ -1,0 +1,612 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::{SpanKind, TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, Value};
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+use super::*;
+use crate::config::{ClusterSpecifier, ForwardAction, RetryOn, RetryPolicy};
+use crate::retry::{RetryBody, RetryLayer};
+use crate::route::RoutePolicy;
+
+/// An SDK pipeline into memory: the spans and metrics the layers recorded.
+pub(crate) struct Sdk {
+    pub(crate) spans: InMemorySpanExporter,
+    metrics: InMemoryMetricExporter,
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+    pub(crate) telemetry: Telemetry,
+}
+
+/// One data point, flattened: its metric's name and unit, its attributes, and its value
+/// (a sum's value, a histogram's count and sum).
+#[derive(Debug, Clone)]
+pub(crate) struct Point {
+    pub(crate) name: String,
+    pub(crate) unit: String,
+    pub(crate) attrs: BTreeMap<String, String>,
+    pub(crate) value: f64,
+    pub(crate) sum: f64,
+}
+
+impl Sdk {
+    pub(crate) fn new() -> Self {
+        let spans = InMemorySpanExporter::default();
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        let metrics = InMemoryMetricExporter::default();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(metrics.clone()).build())
+            .build();
+        let telemetry = Telemetry::new(
+            tracer_provider.tracer("meshwork"),
+            &meter_provider.meter("meshwork"),
+        )
+        .with_target("xds:///greeter");
+        Self {
+            spans,
+            metrics,
+            tracer_provider,
+            meter_provider,
+            telemetry,
+        }
+    }
+
+    pub(crate) fn spans(&self) -> Vec<SpanData> {
+        self.tracer_provider.force_flush().unwrap();
+        self.spans.get_finished_spans().unwrap()
+    }
+
+    pub(crate) fn points(&self) -> Vec<Point> {
+        self.meter_provider.force_flush().unwrap();
+        let mut out = Vec::new();
+        let Some(last) = self.metrics.get_finished_metrics().unwrap().pop() else {
+            return out;
+        };
+        for scope in last.scope_metrics() {
+            for m in scope.metrics() {
+                let mut push = |attrs: &mut dyn Iterator<Item = &opentelemetry::KeyValue>,
+                                value: f64,
+                                sum: f64| {
+                    out.push(Point {
+                        name: m.name().to_owned(),
+                        unit: m.unit().to_owned(),
+                        attrs: attrs
+                            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                            .collect(),
+                        value,
+                        sum,
+                    });
+                };
+                match m.data() {
+                    AggregatedMetrics::U64(MetricData::Sum(s)) => {
+                        for p in s.data_points() {
+                            push(&mut p.attributes(), p.value() as f64, 0.0);
+                        }
+                    }
+                    AggregatedMetrics::U64(MetricData::Histogram(h)) => {
+                        for p in h.data_points() {
+                            push(&mut p.attributes(), p.count() as f64, p.sum() as f64);
+                        }
+                    }
+                    AggregatedMetrics::F64(MetricData::Histogram(h)) => {
+                        for p in h.data_points() {
+                            push(&mut p.attributes(), p.count() as f64, p.sum());
+                        }
+                    }
+                    AggregatedMetrics::U64(MetricData::Gauge(g)) => {
+                        for p in g.data_points() {
+                            push(&mut p.attributes(), p.value() as f64, 0.0);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// The points of metric `name`.
+    pub(crate) fn metric(&self, name: &str) -> Vec<Point> {
+        self.points()
+            .into_iter()
+            .filter(|p| p.name == name)
+            .collect()
+    }
+}
+
+fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: RetryOn::UNAVAILABLE,
+        num_retries: 2,
+        base_interval: Duration::from_millis(25),
+        max_interval: Duration::from_millis(250),
+        per_try_timeout: None,
+        retriable_status_codes: Vec::new(),
+        avoid_previous_hosts: false,
+        host_selection_max_attempts: 1,
+    }
+}
+
+fn grpc_request() -> http::Request<Full<Bytes>> {
+    let mut req = http::Request::post("http://greeter:50051/helloworld.Greeter/SayHello")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"hello")))
+        .unwrap();
+    let rp = RoutePolicy::from_action(ForwardAction {
+        clusters: ClusterSpecifier::Cluster("c".into()),
+        timeout: None,
+        max_stream_duration: None,
+        retry_policy: Some(retry_policy()),
+        hash_policies: Vec::new(),
+    })
+    .unwrap();
+    req.extensions_mut().insert(rp);
+    req
+}
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// A gRPC response: trailers-only with `code`, or a body with `grpc-status: 0` trailers.
+fn grpc_response(code: Option<u8>) -> http::Response<Body> {
+    match code {
+        Some(code) => http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", code.to_string())
+            .body(Full::new(Bytes::new()).boxed_unsync())
+            .unwrap(),
+        None => {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let body = Full::new(Bytes::from_static(b"world"))
+                .with_trailers(async move { Some(Ok(trailers)) })
+                .boxed_unsync();
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body)
+                .unwrap()
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_call_has_a_call_span_with_one_attempt_span_per_attempt() {
+    let sdk = Sdk::new();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let endpoint = service_fn(move |req: http::Request<RetryBody<Full<Bytes>>>| {
+        let mut log = log.lock().unwrap();
+        log.push(req.headers().get("traceparent").cloned());
+        let fail = log.len() == 1;
+        async move { Ok::<_, std::convert::Infallible>(grpc_response(fail.then_some(14))) }
+    });
+    let stack = AttemptLayer::new(sdk.telemetry.clone()).layer(endpoint);
+    let stack = RetryLayer::new().seed(1).layer(stack);
+    let mut client = CallLayer::new(sdk.telemetry.clone()).layer(stack);
+
+    let rsp = client
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
+    let body = rsp.into_body().collect().await.unwrap();
+    assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
+
+    let spans = sdk.spans();
+    let call = spans
+        .iter()
+        .find(|s| s.name == "Sent.helloworld.Greeter.SayHello")
+        .expect("a call span");
+    assert_eq!(call.span_kind, SpanKind::Client);
+    assert_eq!(attr(call, "rpc.system"), Some(&Value::from("grpc")));
+    assert_eq!(
+        attr(call, "rpc.service"),
+        Some(&Value::from("helloworld.Greeter"))
+    );
+    assert_eq!(attr(call, "rpc.method"), Some(&Value::from("SayHello")));
+    assert_eq!(attr(call, "rpc.grpc.status_code"), Some(&Value::I64(0)));
+    assert_eq!(attr(call, "server.address"), Some(&Value::from("greeter")));
+    assert_eq!(attr(call, "server.port"), Some(&Value::I64(50051)));
+    let mut attempts: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "Attempt.helloworld.Greeter.SayHello")
+        .collect();
+    attempts.sort_by_key(|s| match attr(s, "previous-rpc-attempts") {
+        Some(Value::I64(n)) => *n,
+        _ => -1,
+    });
+    assert_eq!(attempts.len(), 2, "one span per attempt: {spans:#?}");
+    for (i, a) in attempts.iter().enumerate() {
+        assert_eq!(a.parent_span_id, call.span_context.span_id());
+        assert_eq!(a.span_context.trace_id(), call.span_context.trace_id());
+        assert_eq!(
+            attr(a, "previous-rpc-attempts"),
+            Some(&Value::I64(i as i64))
+        );
+        // The attempt's own context went out on the wire.
+        let sent = seen.lock().unwrap()[i].clone().expect("traceparent sent");
+        let (trace, span, _) = propagation::parse_traceparent(sent.to_str().unwrap()).unwrap();
+        assert_eq!(trace, a.span_context.trace_id());
+        assert_eq!(span, a.span_context.span_id());
+    }
+    assert_eq!(
+        attr(attempts[0], "rpc.grpc.status_code"),
+        Some(&Value::I64(14))
+    );
+    assert_eq!(
+        attr(attempts[1], "rpc.grpc.status_code"),
+        Some(&Value::I64(0))
+    );
+
+    // Metrics: gRFC A66 names, units and attributes; A96 retries.
+    let started = sdk.metric("grpc.client.attempt.started");
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].unit, "{attempt}");
+    assert_eq!(started[0].value, 2.0);
+    assert_eq!(
+        started[0].attrs["grpc.method"],
+        "helloworld.Greeter/SayHello"
+    );
+    assert_eq!(started[0].attrs["grpc.target"], "xds:///greeter");
+    let mut durations = sdk.metric("grpc.client.attempt.duration");
+    durations.sort_by(|a, b| a.attrs["grpc.status"].cmp(&b.attrs["grpc.status"]));
+    assert_eq!(durations.len(), 2);
+    assert_eq!(durations[0].attrs["grpc.status"], "OK");
+    assert_eq!(durations[1].attrs["grpc.status"], "UNAVAILABLE");
+    assert!(durations.iter().all(|p| p.unit == "s" && p.value == 1.0));
+    let call_duration = sdk.metric("grpc.client.call.duration");
+    assert_eq!(call_duration.len(), 1);
+    assert_eq!(call_duration[0].unit, "s");
+    assert_eq!(call_duration[0].attrs["grpc.status"], "OK");
+    assert_eq!(call_duration[0].attrs["grpc.target"], "xds:///greeter");
+    // The backoff (paused clock) is inside the call, outside the attempts.
+    assert!(call_duration[0].sum > 0.0);
+    let retries = sdk.metric("grpc.client.call.retries");
+    assert_eq!(retries.len(), 1);
+    assert_eq!(retries[0].unit, "{retry}");
+    assert_eq!((retries[0].value, retries[0].sum), (1.0, 1.0));
+    assert!(!retries[0].attrs.contains_key("grpc.status"));
+}
+
+#[tokio::test]
+async fn the_server_span_continues_the_callers_trace_and_is_current_for_the_handler() {
+    let sdk = Sdk::new();
+    let handler = service_fn(|_req: http::Request<Full<Bytes>>| async move {
+        // The application sees the server span as its current context.
+        let cx = Context::current();
+        let current = cx.span().span_context().clone();
+        let mut rsp = grpc_response(None);
+        rsp.extensions_mut().insert(current);
+        Ok::<_, std::convert::Infallible>(rsp)
+    });
+    let mut server = ServerLayer::new(sdk.telemetry.clone()).layer(handler);
+    let mut req = grpc_request();
+    req.headers_mut().insert(
+        "traceparent",
+        http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    let rsp = server.ready().await.unwrap().call(req).await.unwrap();
+    let current = rsp
+        .extensions()
+        .get::<opentelemetry::trace::SpanContext>()
+        .cloned()
+        .unwrap();
+    rsp.into_body().collect().await.unwrap();
+
+    let spans = sdk.spans();
+    assert_eq!(spans.len(), 1);
+    let span = &spans[0];
+    assert_eq!(span.name, "Recv.helloworld.Greeter.SayHello");
+    assert_eq!(span.span_kind, SpanKind::Server);
+    assert_eq!(
+        format!("{:032x}", span.span_context.trace_id()),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(format!("{:016x}", span.parent_span_id), "00f067aa0ba902b7");
+    assert!(span.parent_span_is_remote);
+    assert_eq!(current.span_id(), span.span_context.span_id());
+    assert_eq!(attr(span, "rpc.grpc.status_code"), Some(&Value::I64(0)));
+
+    let started = sdk.metric("grpc.server.call.started");
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].unit, "{call}");
+    assert_eq!(
+        started[0].attrs,
+        BTreeMap::from([("grpc.method".into(), "helloworld.Greeter/SayHello".into())])
+    );
+    let duration = sdk.metric("grpc.server.call.duration");
+    assert_eq!(duration.len(), 1);
+    assert_eq!(duration[0].unit, "s");
+    assert_eq!(duration[0].attrs["grpc.status"], "OK");
+    assert!(!duration[0].attrs.contains_key("grpc.target"));
+}
+
+#[tokio::test]
+async fn without_a_tracer_provider_nothing_is_recorded_but_the_callers_trace_passes_through() {
+    // The global provider is OpenTelemetry's no-op default in this test binary.
+    let telemetry = Telemetry::global();
+    let endpoint = service_fn(|req: http::Request<Full<Bytes>>| async move {
+        let sent = req.headers().get("traceparent").cloned();
+        let mut rsp = grpc_response(None);
+        rsp.extensions_mut().insert(sent);
+        Ok::<_, std::convert::Infallible>(rsp)
+    });
+    let mut client =
+        CallLayer::new(telemetry.clone()).layer(AttemptLayer::new(telemetry).layer(endpoint));
+
+    // No trace around the call: no header.
+    let rsp = client
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
+    assert_eq!(
+        rsp.extensions().get::<Option<http::HeaderValue>>(),
+        Some(&None)
+    );
+
+    // A caller's remote context: forwarded unchanged.
+    let (t, s, f) =
+        propagation::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .unwrap();
+    let parent = Context::new().with_remote_span_context(opentelemetry::trace::SpanContext::new(
+        t,
+        s,
+        f,
+        true,
+        Default::default(),
+    ));
+    let _guard = parent.attach();
+    let rsp = client
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
+    let sent = rsp.extensions().get::<Option<http::HeaderValue>>().unwrap();
+    assert_eq!(
+        sent.as_ref().unwrap(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+}
+
+#[tokio::test]
+async fn http_requests_follow_the_http_semantic_conventions() {
+    let sdk = Sdk::new();
+    let endpoint = service_fn(|_req: http::Request<Full<Bytes>>| async move {
+        Ok::<_, std::convert::Infallible>(
+            http::Response::builder()
+                .status(503)
+                .body(Full::new(Bytes::from_static(b"busy")))
+                .unwrap(),
+        )
+    });
+    let mut client = CallLayer::new(sdk.telemetry.clone())
+        .layer(AttemptLayer::new(sdk.telemetry.clone()).layer(endpoint));
+    let req = http::Request::get("http://shop/cart")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let rsp = client.ready().await.unwrap().call(req).await.unwrap();
+    rsp.into_body().collect().await.unwrap();
+
+    let spans = sdk.spans();
+    assert_eq!(spans.len(), 2);
+    assert!(spans.iter().all(|s| s.name == "GET"));
+    for s in &spans {
+        assert_eq!(attr(s, "http.request.method"), Some(&Value::from("GET")));
+        assert_eq!(attr(s, "http.response.status_code"), Some(&Value::I64(503)));
+        assert!(matches!(
+            s.status,
+            opentelemetry::trace::Status::Error { .. }
+        ));
+    }
+    let points = sdk.metric("http.client.request.duration");
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0].unit, "s");
+    assert_eq!(points[0].attrs["http.request.method"], "GET");
+    assert_eq!(points[0].attrs["http.response.status_code"], "503");
+    assert_eq!(points[0].attrs["error.type"], "503");
+    assert!(sdk.metric("grpc.client.call.duration").is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_call_and_a_dropped_body_end_their_spans() {
+    let sdk = Sdk::new();
+    let failing = service_fn(|_req: http::Request<Full<Bytes>>| async move {
+        Err::<http::Response<Body>, BoxErr>(Box::new(crate::breaker::Overloaded::new(
+            crate::breaker::Limit::MaxRequests,
+            1,
+        )))
+    });
+    let mut client = CallLayer::new(sdk.telemetry.clone()).layer(failing);
+    let err = client.ready().await.unwrap().call(grpc_request()).await;
+    assert!(err.is_err());
+
+    let ok = service_fn(|_req: http::Request<Full<Bytes>>| async move {
+        Ok::<_, std::convert::Infallible>(grpc_response(None))
+    });
+    let mut client = CallLayer::new(sdk.telemetry.clone()).layer(ok);
+    let rsp = client
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
+    drop(rsp);
+
+    let mut codes: Vec<String> = sdk
+        .metric("grpc.client.call.duration")
+        .into_iter()
+        .map(|p| p.attrs["grpc.status"].clone())
+        .collect();
+    codes.sort();
+    assert_eq!(codes, ["CANCELLED", "UNAVAILABLE"]);
+    assert_eq!(sdk.spans().len(), 2);
+}
+
+type BoxErr = Box<dyn std::error::Error + Send + Sync>;
+
+#[test]
+fn mesh_counters_use_the_grfc_a91_names() {
+    let sdk = Sdk::new();
+    let mesh = sdk.telemetry.mesh();
+    mesh.ejection("backend", Ejection::FailurePercentage, true);
+    mesh.ejection("backend", Ejection::SuccessRate, false);
+    mesh.ejection_overflow("backend");
+    mesh.breaker_overflow("backend", crate::breaker::Limit::MaxRequests);
+    mesh.retry("backend");
+    mesh.retry_budget_exhausted("backend");
+    let points = sdk.points();
+    let value = |name: &str| -> f64 {
+        points
+            .iter()
+            .filter(|p| p.name == name)
+            .map(|p| {
+                assert_eq!(p.attrs["grpc.target"], "xds:///greeter");
+                assert_eq!(p.attrs["grpc.lb.backend_service"], "backend");
+                p.value
+            })
+            .sum()
+    };
+    assert_eq!(
+        value("grpc.lb.outlier_detection.ejections_enforced_total"),
+        1.0
+    );
+    assert_eq!(
+        value("grpc.lb.outlier_detection.ejections_enforced_failure_percentage"),
+        1.0
+    );
+    assert_eq!(
+        value("grpc.lb.outlier_detection.ejections_detected_failure_percentage"),
+        1.0
+    );
+    assert_eq!(
+        value("grpc.lb.outlier_detection.ejections_detected_success_rate"),
+        1.0
+    );
+    assert_eq!(
+        value("grpc.lb.outlier_detection.ejections_enforced_success_rate"),
+        0.0
+    );
+    assert_eq!(value("grpc.lb.outlier_detection.ejections_overflow"), 1.0);
+    assert_eq!(value("meshwork.client.circuit_breaker.overflow"), 1.0);
+    assert_eq!(value("meshwork.client.retries"), 1.0);
+    assert_eq!(value("meshwork.client.retry_budget.exhausted"), 1.0);
+    assert!(
+        points
+            .iter()
+            .all(|p| p.unit == "{ejection}" || p.unit == "{call}" || p.unit == "{retry}")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_traffic_layers_count_at_their_sources() {
+    use crate::breaker::CircuitBreaker;
+    use crate::outlier::{Outcome, OutlierDetector};
+    use crate::retry::RetryBudget;
+    use crate::xds::resource::{CircuitBreakers, ConsecutiveEjection, OutlierDetection};
+
+    let sdk = Sdk::new();
+    let metrics = sdk.telemetry.mesh().cluster("backend");
+
+    // The breaker: no capacity at all, so the call is shed.
+    let endpoint = service_fn(|_req: http::Request<Full<Bytes>>| async {
+        Ok::<_, std::convert::Infallible>(grpc_response(None))
+    });
+    let limits = CircuitBreakers {
+        max_requests: 0,
+        max_pending_requests: None,
+    };
+    let mut breaker = CircuitBreaker::new(endpoint, limits).metrics(metrics.clone());
+    let shed = breaker.ready().await.unwrap().call(grpc_request()).await;
+    assert!(shed.is_err());
+
+    // The retry layer: a retry sent, then a retry the (tiny) budget refuses.
+    let fails_once = |n: usize| {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        service_fn(move |_req: http::Request<RetryBody<Full<Bytes>>>| {
+            let i = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok::<_, std::convert::Infallible>(grpc_response((i < n).then_some(14))) }
+        })
+    };
+    let mut retried = RetryLayer::new()
+        .seed(1)
+        .metrics(metrics.clone())
+        .layer(fails_once(1));
+    let rsp = retried.ready().await.unwrap().call(grpc_request()).await;
+    assert_eq!(rsp.unwrap().headers().get("grpc-status"), None);
+    let budget = std::sync::Arc::new(RetryBudget::new(1, 0.001).unwrap());
+    let mut refused = RetryLayer::new()
+        .seed(1)
+        .budget(budget)
+        .metrics(metrics.clone())
+        .layer(fails_once(usize::MAX));
+    let rsp = refused.ready().await.unwrap().call(grpc_request()).await;
+    assert_eq!(rsp.unwrap().headers()["grpc-status"], "14");
+
+    // Outlier detection: one failure ejects; with half the endpoints out, the next
+    // ejection overflows max_ejection_percent.
+    let od = OutlierDetection {
+        max_ejection_percent: 50,
+        success_rate: None,
+        failure_percentage: None,
+        consecutive_5xx: Some(ConsecutiveEjection {
+            consecutive: 1,
+            enforcement_percentage: 100,
+        }),
+        consecutive_gateway_failure: None,
+        interval: std::time::Duration::from_secs(10),
+        base_ejection_time: std::time::Duration::from_secs(30),
+        max_ejection_time: std::time::Duration::from_secs(300),
+    };
+    let detector = OutlierDetector::with_metrics(od, metrics);
+    let a = detector.endpoint("127.0.0.1:1".parse().unwrap());
+    let b = detector.endpoint("127.0.0.1:2".parse().unwrap());
+    a.record(Outcome::ServerError { gateway: false });
+    b.record(Outcome::ServerError { gateway: false });
+    assert!(a.is_ejected() && !b.is_ejected());
+
+    let value = |name: &str| -> f64 {
+        sdk.metric(name)
+            .iter()
+            .map(|p| {
+                assert_eq!(p.attrs["grpc.lb.backend_service"], "backend");
+                p.value
+            })
+            .sum()
+    };
+    assert_eq!(value("meshwork.client.circuit_breaker.overflow"), 1.0);
+    let overflow = sdk.metric("meshwork.client.circuit_breaker.overflow");
+    assert_eq!(
+        overflow[0].attrs["meshwork.circuit_breaker.limit"],
+        "max_requests"
+    );
+    assert_eq!(value("meshwork.client.retries"), 1.0);
+    assert_eq!(value("meshwork.client.retry_budget.exhausted"), 1.0);
+    assert_eq!(
+        value("grpc.lb.outlier_detection.ejections_enforced_total"),
+        1.0
+    );
+    assert_eq!(value("grpc.lb.outlier_detection.ejections_overflow"), 1.0);
+}

@@ -1,0 +1,179 @@
+//! The xDS client's OpenTelemetry metrics (gRFC A78) and its NACK log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use opentelemetry::metrics::{Counter, Gauge, Meter};
+use opentelemetry::{KeyValue, StringValue};
+
+use crate::protocol::{ResourceFailure, ResourceStatus, ResourceView};
+use crate::resource::ResourceType;
+
+/// How often the same resource's NACK is logged again while its reason stays the same.
+const NACK_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The instruments of gRFC A78, with the client's `grpc.target`.
+pub(super) struct XdsMetrics {
+    target: StringValue,
+    connected: Gauge<u64>,
+    server_failure: Counter<u64>,
+    updates_valid: Counter<u64>,
+    updates_invalid: Counter<u64>,
+    resources: Gauge<u64>,
+    /// Every (authority, cache state, type) recorded so far, so a count that drops to zero
+    /// is recorded as zero.
+    seen: BTreeMap<(String, &'static str, &'static str), u64>,
+    /// The last NACK logged per resource: when, and its reason.
+    nack_log: HashMap<(ResourceType, String), (Instant, String)>,
+}
+
+impl XdsMetrics {
+    pub(super) fn new(meter: &Meter, target: String) -> Self {
+        Self {
+            target: StringValue::from(target),
+            connected: meter
+                .u64_gauge("grpc.xds_client.connected")
+                .with_unit("{bool}")
+                .with_description(
+                    "Whether the xDS client has a working ADS stream to the xDS server.",
+                )
+                .build(),
+            server_failure: meter
+                .u64_counter("grpc.xds_client.server_failure")
+                .with_unit("{failure}")
+                .with_description("A counter of xDS servers going from healthy to unhealthy.")
+                .build(),
+            updates_valid: meter
+                .u64_counter("grpc.xds_client.resource_updates_valid")
+                .with_unit("{resource}")
+                .with_description("A counter of resources received that were considered valid.")
+                .build(),
+            updates_invalid: meter
+                .u64_counter("grpc.xds_client.resource_updates_invalid")
+                .with_unit("{resource}")
+                .with_description("A counter of resources received that were considered invalid.")
+                .build(),
+            resources: meter
+                .u64_gauge("grpc.xds_client.resources")
+                .with_unit("{resource}")
+                .with_description("Number of xDS resources.")
+                .build(),
+            seen: BTreeMap::new(),
+            nack_log: HashMap::new(),
+        }
+    }
+
+    fn server_attrs(&self, server: &str) -> [KeyValue; 2] {
+        [
+            KeyValue::new("grpc.target", self.target.clone()),
+            KeyValue::new("grpc.xds.server", server.to_owned()),
+        ]
+    }
+
+    pub(super) fn connected(&self, server: &str, up: bool) {
+        self.connected
+            .record(u64::from(up), &self.server_attrs(server));
+    }
+
+    pub(super) fn server_failure(&self, server: &str) {
+        self.server_failure.add(1, &self.server_attrs(server));
+    }
+
+    pub(super) fn valid(&self, server: &str, resource_type: ResourceType) {
+        let [t, s] = self.server_attrs(server);
+        let ty = KeyValue::new("grpc.xds.resource_type", resource_type.type_url());
+        self.updates_valid.add(1, &[t, s, ty]);
+    }
+
+    /// Counts a rejected resource and logs the NACK, at most once per
+    /// [`NACK_LOG_INTERVAL`] per resource while its reason stays the same.
+    pub(super) fn invalid(
+        &mut self,
+        server: &str,
+        resource_type: ResourceType,
+        name: &str,
+        error: &ResourceFailure,
+        now: Instant,
+    ) {
+        let server_reported = matches!(error, ResourceFailure::ServerReported { .. });
+        if !server_reported {
+            let [t, s] = self.server_attrs(server);
+            let ty = KeyValue::new("grpc.xds.resource_type", resource_type.type_url());
+            self.updates_invalid.add(1, &[t, s, ty]);
+        }
+        let reason = error.to_string();
+        let key = (resource_type, name.to_owned());
+        let repeat = self.nack_log.get(&key).is_some_and(|(at, last)| {
+            *last == reason && now.saturating_duration_since(*at) < NACK_LOG_INTERVAL
+        });
+        if repeat {
+            return;
+        }
+        if server_reported {
+            tracing::warn!(
+                server,
+                resource_type = resource_type.type_url(),
+                resource = name,
+                reason = %reason,
+                "xDS server reported an error for a resource"
+            );
+        } else {
+            tracing::warn!(
+                server,
+                resource_type = resource_type.type_url(),
+                resource = name,
+                reason = %reason,
+                "xDS resource rejected (NACK)"
+            );
+        }
+        self.nack_log.insert(key, (now, reason));
+    }
+
+    /// Forgets the NACK log entry of a resource that became valid again.
+    pub(super) fn accepted(&mut self, resource_type: ResourceType, name: &str) {
+        if !self.nack_log.is_empty() {
+            self.nack_log.remove(&(resource_type, name.to_owned()));
+        }
+    }
+
+    /// Records `grpc.xds_client.resources` from the cache's view.
+    pub(super) fn cache<'a>(&mut self, views: impl Iterator<Item = ResourceView<'a>>) {
+        for count in self.seen.values_mut() {
+            *count = 0;
+        }
+        for view in views {
+            let state = match (view.status, view.value.is_some()) {
+                (ResourceStatus::Requested, _) => "requested",
+                (ResourceStatus::Acked, _) => "acked",
+                (ResourceStatus::Nacked, true) => "nacked_but_cached",
+                (ResourceStatus::Nacked, false) => "nacked",
+                (ResourceStatus::DoesNotExist, _) => "does_not_exist",
+            };
+            let authority = authority_of(view.name);
+            *self
+                .seen
+                .entry((authority, state, view.resource_type.type_url()))
+                .or_default() += 1;
+        }
+        for ((authority, state, ty), count) in &self.seen {
+            self.resources.record(
+                *count,
+                &[
+                    KeyValue::new("grpc.target", self.target.clone()),
+                    KeyValue::new("grpc.xds.authority", authority.clone()),
+                    KeyValue::new("grpc.xds.cache_state", *state),
+                    KeyValue::new("grpc.xds.resource_type", *ty),
+                ],
+            );
+        }
+    }
+}
+
+/// The authority of a resource name: the one of an `xdstp://` name, `#old` otherwise
+/// (gRFC A78).
+fn authority_of(name: &str) -> String {
+    name.strip_prefix("xdstp://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("#old")
+        .to_owned()
+}
