@@ -256,9 +256,14 @@ impl RoutePolicy {
         self.action().max_stream_duration.as_ref()
     }
 
-    /// The retry policy (the route's, else the virtual host's).
+    /// The retry policy: the route's, else the virtual host's (a route's policy replaces
+    /// its virtual host's, as in Envoy). Configs from xDS already carry the virtual host's
+    /// policy on each route; hand-written ones may set it on the virtual host only.
     pub fn retry_policy(&self) -> Option<&RetryPolicy> {
-        self.action().retry_policy.as_ref()
+        self.action()
+            .retry_policy
+            .as_ref()
+            .or(self.virtual_host().retry_policy.as_ref())
     }
 
     /// The route's hash policies.

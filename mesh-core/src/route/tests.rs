@@ -8,7 +8,8 @@ use tower::ServiceExt;
 use super::*;
 use crate::config::{
     self, ClusterState, HashPolicyKind, HeaderMatchKind, HeaderMatcher, QueryParameterMatcher,
-    SafeRegex, StaticConfig, StringMatchKind, StringMatcher, UnsupportedAction, WeightedCluster,
+    RetryOn, SafeRegex, StaticConfig, StringMatchKind, StringMatcher, UnsupportedAction,
+    WeightedCluster,
 };
 
 fn matcher(path: PathMatch) -> RouteMatch {
@@ -668,4 +669,61 @@ async fn the_request_hash_reaches_the_balancer() {
         .await
         .unwrap();
     assert_eq!(unhashed, None);
+}
+
+#[test]
+fn a_route_without_a_retry_policy_takes_its_virtual_hosts() {
+    let vh_policy = RetryPolicy {
+        retry_on: RetryOn::UNAVAILABLE,
+        num_retries: 4,
+        base_interval: Duration::from_millis(25),
+        max_interval: Duration::from_millis(250),
+        per_try_timeout: None,
+        retriable_status_codes: Vec::new(),
+        avoid_previous_hosts: false,
+        host_selection_max_attempts: 1,
+    };
+    let route_policy = RetryPolicy {
+        num_retries: 1,
+        ..vh_policy.clone()
+    };
+    let mut own = fwd("b");
+    if let RouteAction::Forward(fa) = &mut own {
+        fa.retry_policy = Some(route_policy.clone());
+    }
+    let c = Arc::new(
+        StaticConfig::new()
+            .virtual_host(VirtualHost {
+                name: "vh".into(),
+                domains: vec!["*".into()],
+                routes: vec![
+                    route_to("own", matcher(PathMatch::Prefix("/own".into())), own),
+                    route_to(
+                        "inherits",
+                        matcher(PathMatch::Prefix(String::new())),
+                        fwd("a"),
+                    ),
+                ],
+                retry_policy: Some(vh_policy.clone()),
+            })
+            .build()
+            .unwrap(),
+    );
+    let inherited = route(&c, &req("/x", &[]), &mut rng(), 0).unwrap();
+    assert_eq!(inherited.retry_policy(), Some(&vh_policy));
+    let replaced = route(&c, &req("/own", &[]), &mut rng(), 0).unwrap();
+    assert_eq!(replaced.retry_policy(), Some(&route_policy));
+    // No policy anywhere: none.
+    let none = route(
+        &cfg(vec![route_to(
+            "r",
+            matcher(PathMatch::Prefix(String::new())),
+            fwd("a"),
+        )]),
+        &req("/x", &[]),
+        &mut rng(),
+        0,
+    )
+    .unwrap();
+    assert_eq!(none.retry_policy(), None);
 }
