@@ -222,11 +222,10 @@ impl MeshChannel {
             .telemetry
             .unwrap_or_else(Telemetry::global)
             .with_target(target);
-        let identity = match (&options.mtls, &options.certificate_providers) {
-            (Some(mtls), _) => UpstreamIdentity::Fixed(mtls.clone()),
-            (None, Some(providers)) => UpstreamIdentity::Providers(providers.clone()),
-            (None, None) => UpstreamIdentity::None,
-        };
+        let identity = UpstreamIdentity::choose(
+            options.mtls.as_ref(),
+            options.certificate_providers.as_ref(),
+        );
         let connect = move |cluster: &Arc<meshwork_core::xds::resource::Cluster>, address| {
             connect::Endpoint::new(cluster, address, &identity)
         };

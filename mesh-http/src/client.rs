@@ -308,11 +308,10 @@ fn build_stack(config: ConfigReceiver, options: &MeshClientOptions, target: &str
         .clone()
         .unwrap_or_else(Telemetry::global)
         .with_target(target);
-    let identity = match (&options.mtls, &options.certificate_providers) {
-        (Some(mtls), _) => UpstreamIdentity::Fixed(mtls.clone()),
-        (None, Some(providers)) => UpstreamIdentity::Providers(providers.clone()),
-        (None, None) => UpstreamIdentity::None,
-    };
+    let identity = UpstreamIdentity::choose(
+        options.mtls.as_ref(),
+        options.certificate_providers.as_ref(),
+    );
     let h2 = options.http2_prior_knowledge;
     let connect =
         move |cluster: &Arc<Cluster>, address| Endpoint::new(cluster, address, &identity, h2);
