@@ -48,19 +48,21 @@ use tonic::transport::server::Connected;
 /// # use meshwork_grpc::MeshServer;
 /// # use meshwork_grpc::core::identity::MtlsConfig;
 /// # use meshwork_grpc::core::inbound::{AuthorizationPolicy, Principal, Rule};
-/// # async fn run<S>(greeter: S, mtls: MtlsConfig) -> Result<(), Box<dyn std::error::Error>>
+/// # async fn run<S>(greeter: S, mtls: MtlsConfig, shutdown: impl std::future::Future<Output = ()>)
+/// #     -> Result<(), Box<dyn std::error::Error>>
 /// # where S: tower::Service<http::Request<tonic::body::Body>,
 /// #     Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>
 /// #     + tonic::server::NamedService + Clone + Send + Sync + 'static, S::Future: Send + 'static,
 /// # {
-/// // `greeter` would be `GreeterServer::new(MyGreeter)` from tonic's generated code.
+/// // `greeter` would be `GreeterServer::new(MyGreeter)` from tonic's generated code, and
+/// // `shutdown` a future that completes on SIGTERM or Ctrl-C (`tokio::signal`).
 /// let listener = tokio::net::TcpListener::bind("0.0.0.0:50051").await?;
 /// MeshServer::new(mtls)
 ///     .policy(AuthorizationPolicy::new().allow(
 ///         Rule::any().principal(Principal::TrustDomain("example.org".parse()?)),
 ///     ))
 ///     .add_service(greeter)
-///     .serve_with_shutdown(listener, async { tokio::signal::ctrl_c().await.unwrap() })
+///     .serve_with_shutdown(listener, shutdown)
 ///     .await?;
 /// # Ok(()) }
 /// ```
