@@ -1,6 +1,10 @@
 //! `MeshChannel` end to end: a real tonic unary service (hand-written, no codegen) on
 //! loopback, called through tonic's client over the mesh channel.
 
+mod support;
+
+use support::*;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,37 +13,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::PathAndQuery;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState, StaticConfig};
 use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{MtlsConfig, StaticSource, VerifyError};
 use meshwork_grpc::{ChannelError, MeshChannel, MeshChannelOptions, connect_error};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::{ReadyError, XdsClient};
-use meshwork_xds::resource::{
-    CertProviderInstance, CircuitBreakers, Cluster, ClusterKind, ClusterLoadAssignment,
-    DEFAULT_CONNECT_TIMEOUT, Endpoint, HealthStatus, LbPolicy, LocalityEndpoints, StringMatchKind,
-    StringMatcher, UpstreamTls,
-};
+use meshwork_xds::resource::{CertProviderInstance, StringMatchKind, StringMatcher, UpstreamTls};
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use tokio::net::TcpListener;
 use tonic::Status;
-use tonic_prost::ProstCodec;
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloRequest {
-    #[prost(string, tag = "1")]
-    name: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloReply {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 
 /// The unary method: answers with the backend's id.
 struct SayHello(String);
@@ -71,17 +54,8 @@ async fn backend(id: &str, tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let id = id.clone();
                         async move {
-                            let rsp = if req.uri().path() == SAY_HELLO {
-                                let mut grpc =
-                                    tonic::server::Grpc::new(
-                                        ProstCodec::<HelloReply, HelloRequest>::default(),
-                                    );
-                                grpc.unary(SayHello(id), req.map(tonic::body::Body::new))
-                                    .await
-                            } else {
-                                Status::unimplemented("no such method").into_http()
-                            };
-                            Ok::<_, Infallible>(rsp)
+                            let rsp = dispatch(req.map(tonic::body::Body::new), SayHello(id));
+                            Ok::<_, Infallible>(rsp.await)
                         }
                     });
                 let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -100,76 +74,6 @@ async fn backend(id: &str, tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr
         }
     });
     addr
-}
-
-async fn say_hello(channel: &MeshChannel) -> Result<String, Status> {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.map_err(Status::from_error)?;
-    let rsp = grpc
-        .unary(
-            tonic::Request::new(HelloRequest { name: "hi".into() }),
-            PathAndQuery::from_static(SAY_HELLO),
-            ProstCodec::<HelloRequest, HelloReply>::default(),
-        )
-        .await?;
-    Ok(rsp.into_inner().message)
-}
-
-fn cluster(name: &str, tls: Option<UpstreamTls>) -> Arc<Cluster> {
-    Arc::new(Cluster {
-        name: name.into(),
-        kind: ClusterKind::Eds { service_name: None },
-        lb_policy: LbPolicy::RoundRobin,
-        circuit_breakers: CircuitBreakers::default(),
-        outlier_detection: None,
-        tls,
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        unsupported_fields: Vec::new(),
-    })
-}
-
-fn endpoints(name: &str, addrs: &[SocketAddr]) -> Arc<ClusterLoadAssignment> {
-    Arc::new(ClusterLoadAssignment {
-        cluster_name: name.into(),
-        localities: vec![LocalityEndpoints {
-            locality: Default::default(),
-            weight: 1,
-            priority: 0,
-            endpoints: addrs
-                .iter()
-                .map(|&address| Endpoint {
-                    address,
-                    additional_addresses: Vec::new(),
-                    health: HealthStatus::Healthy,
-                    weight: 1,
-                    hostname: None,
-                    hash_key: None,
-                })
-                .collect(),
-        }],
-        drop_overloads: Vec::new(),
-        unsupported_fields: Vec::new(),
-    })
-}
-
-fn static_channel(
-    c: Arc<Cluster>,
-    addrs: &[SocketAddr],
-    options: MeshChannelOptions,
-) -> MeshChannel {
-    let name = c.name.clone();
-    let cfg = StaticConfig::new()
-        .route_all_to(&name)
-        .cluster(
-            &name,
-            ClusterState::Ready(ClusterConfig {
-                cluster: c,
-                children: ClusterChildren::Endpoints(Ok(endpoints(&name, addrs))),
-            }),
-        )
-        .build()
-        .unwrap();
-    MeshChannel::from_static(cfg, options)
 }
 
 fn count(replies: &[String]) -> HashMap<String, usize> {

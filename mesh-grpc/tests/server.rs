@@ -2,6 +2,10 @@
 //! client is a `MeshChannel`, configured through our xDS test server with the identity from
 //! the bootstrap's certificate provider (as Istio configures proxyless gRPC).
 
+mod support;
+
+use support::*;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,8 +15,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::PathAndQuery;
-use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState, StaticConfig};
 use meshwork_core::identity::testing::{Flaw, TestCa};
 use meshwork_core::identity::{MtlsConfig, PeerIdentity, StaticSource, VerifyError};
 use meshwork_core::inbound::{AuthorizationPolicy, Operation, Principal, Rule};
@@ -20,30 +22,13 @@ use meshwork_grpc::{MeshChannel, MeshChannelOptions, MeshServer, connect_error};
 use meshwork_xds::bootstrap::Bootstrap;
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::resource::{
-    CertProviderInstance, CircuitBreakers, Cluster, ClusterKind, ClusterLoadAssignment,
-    DEFAULT_CONNECT_TIMEOUT, Endpoint, HealthStatus, LbPolicy, LocalityEndpoints, StringMatchKind,
-    StringMatcher, UpstreamTls,
+    CertProviderInstance, Cluster, StringMatchKind, StringMatcher, UpstreamTls,
 };
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 use tonic::body::Body;
-use tonic_prost::ProstCodec;
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloRequest {
-    #[prost(string, tag = "1")]
-    name: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloReply {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 
 /// Lets a test hold a call inside its handler.
 #[derive(Default)]
@@ -100,30 +85,9 @@ impl tower::Service<http::Request<Body>> for Greeter {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            Ok(if req.uri().path() == SAY_HELLO {
-                let mut grpc =
-                    tonic::server::Grpc::new(ProstCodec::<HelloReply, HelloRequest>::default());
-                grpc.unary(SayHello(this), req).await
-            } else {
-                Status::unimplemented("no such method").into_http()
-            })
-        })
+        let method = SayHello(self.clone());
+        Box::pin(async move { Ok(dispatch(req, method).await) })
     }
-}
-
-async fn say_hello(channel: &MeshChannel) -> Result<String, Status> {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.map_err(Status::from_error)?;
-    let rsp = grpc
-        .unary(
-            tonic::Request::new(HelloRequest { name: "hi".into() }),
-            PathAndQuery::from_static(SAY_HELLO),
-            ProstCodec::<HelloRequest, HelloReply>::default(),
-        )
-        .await?;
-    Ok(rsp.into_inner().message)
 }
 
 fn mtls(ca: &TestCa, path: &str) -> MtlsConfig {
@@ -262,13 +226,9 @@ fn tls_cluster(name: &str, san: &str) -> Arc<Cluster> {
         instance_name: "default".into(),
         certificate_name: "default".into(),
     };
-    Arc::new(Cluster {
-        name: name.into(),
-        kind: ClusterKind::Eds { service_name: None },
-        lb_policy: LbPolicy::RoundRobin,
-        circuit_breakers: CircuitBreakers::default(),
-        outlier_detection: None,
-        tls: Some(UpstreamTls {
+    cluster(
+        name,
+        Some(UpstreamTls {
             identity: Some(instance.clone()),
             root: instance,
             san_matchers: vec![StringMatcher {
@@ -276,43 +236,16 @@ fn tls_cluster(name: &str, san: &str) -> Arc<Cluster> {
                 ignore_case: false,
             }],
         }),
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        unsupported_fields: Vec::new(),
-    })
+    )
 }
 
-fn static_channel(addr: SocketAddr, client: MtlsConfig) -> MeshChannel {
-    let cluster = tls_cluster("greeter", GREETER_ID);
-    let endpoints = Arc::new(ClusterLoadAssignment {
-        cluster_name: "greeter".into(),
-        localities: vec![LocalityEndpoints {
-            locality: Default::default(),
-            weight: 1,
-            priority: 0,
-            endpoints: vec![Endpoint {
-                address: addr,
-                additional_addresses: Vec::new(),
-                health: HealthStatus::Healthy,
-                weight: 1,
-                hostname: None,
-                hash_key: None,
-            }],
-        }],
-        drop_overloads: Vec::new(),
-        unsupported_fields: Vec::new(),
-    });
-    let cfg = StaticConfig::new()
-        .route_all_to("greeter")
-        .cluster(
-            "greeter",
-            ClusterState::Ready(ClusterConfig {
-                cluster,
-                children: ClusterChildren::Endpoints(Ok(endpoints)),
-            }),
-        )
-        .build()
-        .unwrap();
-    MeshChannel::from_static(cfg, MeshChannelOptions::new().mtls(client))
+/// A channel to the greeter at `addr` over mTLS as `client`.
+fn mtls_channel(addr: SocketAddr, client: MtlsConfig) -> MeshChannel {
+    static_channel(
+        tls_cluster("greeter", GREETER_ID),
+        &[addr],
+        MeshChannelOptions::new().mtls(client),
+    )
 }
 
 #[tokio::test]
@@ -334,13 +267,13 @@ async fn the_policy_denies_with_permission_denied_and_allows_what_it_names() {
     )
     .await;
 
-    let allowed = static_channel(addr, mtls(&ca, "/ns/default/sa/client"));
+    let allowed = mtls_channel(addr, mtls(&ca, "/ns/default/sa/client"));
     assert_eq!(
         say_hello(&allowed).await.unwrap(),
         format!("A: hello hi from {CLIENT_ID}")
     );
     for denied in ["/ns/default/sa/other", "/ns/default/sa/banned"] {
-        let channel = static_channel(addr, mtls(&ca, denied));
+        let channel = mtls_channel(addr, mtls(&ca, denied));
         let status = say_hello(&channel).await.unwrap_err();
         assert_eq!(
             status.code(),
@@ -358,9 +291,7 @@ async fn the_policy_denies_with_permission_denied_and_allows_what_it_names() {
         Some(other.svid("/ns/default/sa/client")),
         ca.bundles(),
     )));
-    let status = say_hello(&static_channel(addr, stranger))
-        .await
-        .unwrap_err();
+    let status = say_hello(&mtls_channel(addr, stranger)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }
 
@@ -379,7 +310,7 @@ async fn graceful_shutdown_lets_the_call_in_flight_finish() {
         }),
     )
     .await;
-    let channel = static_channel(addr, mtls(&ca, "/ns/default/sa/client"));
+    let channel = mtls_channel(addr, mtls(&ca, "/ns/default/sa/client"));
     let call = tokio::spawn({
         let channel = channel.clone();
         async move { say_hello(&channel).await }

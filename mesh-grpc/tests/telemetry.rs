@@ -2,6 +2,10 @@
 //! recording into in-memory exporters, makes one trace `Sent -> Attempt -> Recv`, a retried
 //! call shows an attempt span per attempt, and the retry layer's counter is recorded.
 
+mod support;
+
+use support::*;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,17 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::PathAndQuery;
 use meshwork_core::config::{
-    ClusterChildren, ClusterConfig, ClusterSpecifier, ClusterState, ForwardAction, PathMatch,
-    RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, StaticConfig, VirtualHost,
+    ClusterSpecifier, ForwardAction, PathMatch, RetryOn, RetryPolicy, Route, RouteAction,
+    RouteMatch, StaticConfig, VirtualHost,
 };
 use meshwork_core::telemetry::Telemetry;
 use meshwork_grpc::{MeshChannel, MeshChannelOptions, MeshServer};
-use meshwork_xds::resource::{
-    CircuitBreakers, Cluster, ClusterKind, ClusterLoadAssignment, DEFAULT_CONNECT_TIMEOUT,
-    Endpoint, HealthStatus, LbPolicy, LocalityEndpoints,
-};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::{SpanId, SpanKind, TracerProvider as _};
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
@@ -30,21 +29,6 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData
 use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::body::Body;
-use tonic_prost::ProstCodec;
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloRequest {
-    #[prost(string, tag = "1")]
-    name: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloReply {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 
 /// `helloworld.Greeter` whose first `fail_first` calls answer UNAVAILABLE.
 #[derive(Clone)]
@@ -86,16 +70,8 @@ impl tower::Service<http::Request<Body>> for Greeter {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            Ok(if req.uri().path() == SAY_HELLO {
-                let mut grpc =
-                    tonic::server::Grpc::new(ProstCodec::<HelloReply, HelloRequest>::default());
-                grpc.unary(SayHello(this), req).await
-            } else {
-                Status::unimplemented("no such method").into_http()
-            })
-        })
+        let method = SayHello(self.clone());
+        Box::pin(async move { Ok(dispatch(req, method).await) })
     }
 }
 
@@ -174,34 +150,6 @@ async fn server(greeter: Greeter, telemetry: Telemetry) -> SocketAddr {
 }
 
 fn channel(addr: SocketAddr, telemetry: Telemetry) -> MeshChannel {
-    let cluster = Arc::new(Cluster {
-        name: "greeter".into(),
-        kind: ClusterKind::Eds { service_name: None },
-        lb_policy: LbPolicy::RoundRobin,
-        circuit_breakers: CircuitBreakers::default(),
-        outlier_detection: None,
-        tls: None,
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        unsupported_fields: Vec::new(),
-    });
-    let cla = Arc::new(ClusterLoadAssignment {
-        cluster_name: "greeter".into(),
-        localities: vec![LocalityEndpoints {
-            locality: Default::default(),
-            weight: 1,
-            priority: 0,
-            endpoints: vec![Endpoint {
-                address: addr,
-                additional_addresses: Vec::new(),
-                health: HealthStatus::Healthy,
-                weight: 1,
-                hostname: None,
-                hash_key: None,
-            }],
-        }],
-        drop_overloads: Vec::new(),
-        unsupported_fields: Vec::new(),
-    });
     let route = Route {
         name: "all".into(),
         matcher: RouteMatch {
@@ -235,29 +183,10 @@ fn channel(addr: SocketAddr, telemetry: Telemetry) -> MeshChannel {
             routes: vec![route],
             retry_policy: None,
         })
-        .cluster(
-            "greeter",
-            ClusterState::Ready(ClusterConfig {
-                cluster,
-                children: ClusterChildren::Endpoints(Ok(cla)),
-            }),
-        )
+        .cluster("greeter", ready(cluster("greeter", None), &[addr]))
         .build()
         .unwrap();
     MeshChannel::from_static(cfg, MeshChannelOptions::new().telemetry(telemetry))
-}
-
-async fn say_hello(channel: &MeshChannel) -> Result<String, Status> {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.map_err(Status::from_error)?;
-    let rsp = grpc
-        .unary(
-            tonic::Request::new(HelloRequest { name: "hi".into() }),
-            PathAndQuery::from_static(SAY_HELLO),
-            ProstCodec::<HelloRequest, HelloReply>::default(),
-        )
-        .await?;
-    Ok(rsp.into_inner().message)
 }
 
 fn children<'a>(spans: &'a [SpanData], parent: &SpanData) -> Vec<&'a SpanData> {

@@ -1,0 +1,122 @@
+//! What meshwork-grpc's integration tests share: the `helloworld.Greeter` messages written
+//! by hand (no codegen), a client call, a server-side dispatch, and static cluster configs.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::uri::PathAndQuery;
+use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState, StaticConfig};
+use meshwork_grpc::{MeshChannel, MeshChannelOptions};
+use meshwork_xds::resource::{
+    CircuitBreakers, Cluster, ClusterKind, ClusterLoadAssignment, DEFAULT_CONNECT_TIMEOUT,
+    Endpoint, HealthStatus, LbPolicy, LocalityEndpoints, UpstreamTls,
+};
+use tonic::Status;
+use tonic::body::Body;
+use tonic_prost::ProstCodec;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HelloRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HelloReply {
+    #[prost(string, tag = "1")]
+    pub message: String,
+}
+
+pub const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
+
+/// One `SayHello("hi")` through `channel`; the reply's message.
+pub async fn say_hello(channel: &MeshChannel) -> Result<String, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.map_err(Status::from_error)?;
+    let rsp = grpc
+        .unary(
+            tonic::Request::new(HelloRequest { name: "hi".into() }),
+            PathAndQuery::from_static(SAY_HELLO),
+            ProstCodec::<HelloRequest, HelloReply>::default(),
+        )
+        .await?;
+    Ok(rsp.into_inner().message)
+}
+
+/// The server side of one request: `SayHello` goes to `method`, anything else is
+/// UNIMPLEMENTED.
+pub async fn dispatch<M>(req: http::Request<Body>, method: M) -> http::Response<Body>
+where
+    M: tonic::server::UnaryService<HelloRequest, Response = HelloReply>,
+{
+    if req.uri().path() == SAY_HELLO {
+        let mut grpc = tonic::server::Grpc::new(ProstCodec::<HelloReply, HelloRequest>::default());
+        grpc.unary(method, req).await
+    } else {
+        Status::unimplemented("no such method").into_http()
+    }
+}
+
+/// An EDS cluster named `name`, round robin, with `tls` when given.
+pub fn cluster(name: &str, tls: Option<UpstreamTls>) -> Arc<Cluster> {
+    Arc::new(Cluster {
+        name: name.into(),
+        kind: ClusterKind::Eds { service_name: None },
+        lb_policy: LbPolicy::RoundRobin,
+        circuit_breakers: CircuitBreakers::default(),
+        outlier_detection: None,
+        tls,
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        unsupported_fields: Vec::new(),
+    })
+}
+
+/// `addrs` as the endpoints of `name`: healthy, weight 1, one locality at priority 0.
+pub fn endpoints(name: &str, addrs: &[SocketAddr]) -> Arc<ClusterLoadAssignment> {
+    Arc::new(ClusterLoadAssignment {
+        cluster_name: name.into(),
+        localities: vec![LocalityEndpoints {
+            locality: Default::default(),
+            weight: 1,
+            priority: 0,
+            endpoints: addrs
+                .iter()
+                .map(|&address| Endpoint {
+                    address,
+                    additional_addresses: Vec::new(),
+                    health: HealthStatus::Healthy,
+                    weight: 1,
+                    hostname: None,
+                    hash_key: None,
+                })
+                .collect(),
+        }],
+        drop_overloads: Vec::new(),
+        unsupported_fields: Vec::new(),
+    })
+}
+
+/// The `ClusterState` of cluster `c` with endpoints `addrs`.
+pub fn ready(c: Arc<Cluster>, addrs: &[SocketAddr]) -> ClusterState {
+    let name = c.name.clone();
+    ClusterState::Ready(ClusterConfig {
+        cluster: c,
+        children: ClusterChildren::Endpoints(Ok(endpoints(&name, addrs))),
+    })
+}
+
+/// A channel that sends every call to cluster `c`, whose endpoints are `addrs`.
+pub fn static_channel(
+    c: Arc<Cluster>,
+    addrs: &[SocketAddr],
+    options: MeshChannelOptions,
+) -> MeshChannel {
+    let name = c.name.clone();
+    let cfg = StaticConfig::new()
+        .route_all_to(&name)
+        .cluster(&name, ready(c, addrs))
+        .build()
+        .unwrap();
+    MeshChannel::from_static(cfg, options)
+}
