@@ -4,7 +4,9 @@
 //! the same services bare.
 //!
 //! - `bare`: no telemetry layers;
-//! - `off`: the layers with OpenTelemetry's no-op global providers (nothing installed);
+//! - `disabled`: the layers with [`Telemetry::disabled`] (they only pass a trace context on);
+//! - `off`: the layers with OpenTelemetry's no-op global providers (nothing installed): no
+//!   span is built, the metric calls go to the no-op meter;
 //! - `on_no_exporter`: SDK tracer and meter providers that record every span and metric
 //!   but export nowhere (no span processor; metrics aggregated for a periodic reader
 //!   that exports once a minute into memory);
@@ -103,6 +105,11 @@ fn telemetry(c: &mut Criterion) {
         let server = ServerLayer::new(t).layer(app());
         (client, server)
     };
+
+    group.bench_function("disabled", |b| {
+        let (mut client, mut server) = layered(Telemetry::disabled());
+        b.iter(|| rt.block_on(roundtrip(&mut client, &mut server)))
+    });
 
     group.bench_function("off", |b| {
         let (mut client, mut server) = layered(Telemetry::global());

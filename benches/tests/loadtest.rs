@@ -6,10 +6,11 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 6] = [
     "tonic-plaintext",
     "tonic-mtls",
     "meshwork",
+    "meshwork-untraced",
     "envoy-sidecar",
     "meshwork-via-envoy",
 ];

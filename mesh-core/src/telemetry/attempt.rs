@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context as TaskContext, Poll};
 
@@ -15,6 +16,10 @@ use super::call::{CallContext, finish_head};
 use super::{Rpc, Telemetry, TelemetryBody, propagation};
 use crate::balance::ServedBy;
 use crate::identity::PeerIdentity;
+
+/// Parsed once: a lookup by a `&str` name parses it every time.
+static PREVIOUS_RPC_ATTEMPTS: http::HeaderName =
+    http::HeaderName::from_static("grpc-previous-rpc-attempts");
 
 /// Makes [`Attempt`]s.
 #[derive(Debug, Clone, Default)]
@@ -100,13 +105,27 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let rpc = Rpc::of(&req);
-        let call = req.extensions().get::<CallContext>();
+        if !self.telemetry.is_enabled() {
+            // Nothing recorded; a caller's trace context still goes on.
+            let current = Context::current();
+            if current.span().span_context().is_valid() {
+                propagation::inject(&current, req.headers_mut());
+            }
+            return AttemptFuture {
+                inner: self.inner.call(req),
+                record: None,
+            };
+        }
+        let call = req.extensions().get::<Arc<CallContext>>();
+        let rpc = match call {
+            Some(c) => c.rpc.clone(),
+            None => Rpc::of(&self.telemetry, &req),
+        };
         let previous = match call {
             Some(c) => i64::from(c.attempts.fetch_add(1, Ordering::Relaxed)),
             None => req
                 .headers()
-                .get("grpc-previous-rpc-attempts")
+                .get(&PREVIOUS_RPC_ATTEMPTS)
                 .and_then(|v| v.to_str().ok()?.parse().ok())
                 .unwrap_or(0),
         };
@@ -114,9 +133,9 @@ where
             Some(c) => c.cx.clone(),
             None => Context::current(),
         };
-        let span = start_span(
+        let started = start_span(
             &self.telemetry,
-            &parent,
+            parent,
             SpanKind::Internal,
             || rpc.span_name("Attempt"),
             |attrs| {
@@ -126,10 +145,12 @@ where
                 attrs.push(KeyValue::new("transparent-retry", false));
             },
         );
-        let propagate = span.as_ref().unwrap_or(&parent);
-        if propagate.span().span_context().is_valid() {
-            propagation::inject(propagate, req.headers_mut());
+        // The attempt's context goes downstream even when it is not sampled, so the next
+        // service keeps the trace ID and the sampling decision.
+        if started.cx.span().span_context().is_valid() {
+            propagation::inject(&started.cx, req.headers_mut());
         }
+        let span = started.recorded();
         if rpc.is_grpc() {
             self.telemetry
                 .instruments()

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context as TaskContext, Poll};
 
 use http_body::{Body, Frame, SizeHint};
@@ -11,8 +11,12 @@ use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
+use super::call::CallContext;
 use super::{Rpc, Telemetry, status_name};
 use crate::config::GrpcCode;
+
+/// Parsed once: a lookup by a `&str` name parses it every time.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// Which layer a record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,25 +40,61 @@ pub(crate) enum Outcome<'a> {
     Cancelled,
 }
 
-/// Starts a span named `name()` under `parent`, with the attributes `attrs` writes; `None`
-/// when the tracer does not record it (then neither the name nor the attributes are made).
+/// A span started by [`start_span`].
+pub(crate) struct Started {
+    /// The context below this span: the parent with the new span in it, or the parent
+    /// alone when the tracer made none. What children are made under and what is
+    /// propagated, whether or not the span is recorded: a span that was not sampled still
+    /// carries its trace ID and its "not sampled" decision to its children and downstream.
+    pub(crate) cx: Context,
+    /// Whether the span is recorded (then the [`Record`] ends it).
+    pub(crate) recording: bool,
+}
+
+impl Started {
+    /// The context to end the span in, when it is recorded.
+    pub(crate) fn recorded(&self) -> Option<Context> {
+        self.recording.then(|| self.cx.clone())
+    }
+}
+
+/// Starts a span named `name()` under `parent`, with the attributes `attrs` writes. The
+/// name and attributes are made only when the tracer records the span; nothing at all is
+/// built when the tracer makes no spans.
 pub(crate) fn start_span(
     telemetry: &Telemetry,
-    parent: &Context,
+    parent: Context,
     kind: SpanKind,
     name: impl FnOnce() -> std::borrow::Cow<'static, str>,
     attrs: impl FnOnce(&mut Vec<KeyValue>),
-) -> Option<Context> {
+) -> Started {
+    if !telemetry.traces() {
+        return Started {
+            cx: parent,
+            recording: false,
+        };
+    }
     let builder = SpanBuilder::from_name("meshwork").with_kind(kind);
-    let mut span = telemetry.tracer().build_with_context(builder, parent);
+    let mut span = telemetry.tracer().build_with_context(builder, &parent);
     if !span.is_recording() {
-        return None;
+        let cx = if span.span_context().is_valid() {
+            parent.with_span(span)
+        } else {
+            parent
+        };
+        return Started {
+            cx,
+            recording: false,
+        };
     }
     span.update_name(name());
     let mut list = Vec::with_capacity(10);
     attrs(&mut list);
     span.set_attributes(list);
-    Some(parent.with_span(span))
+    Started {
+        cx: parent.with_span(span),
+        recording: true,
+    }
 }
 
 /// The state of one call, attempt or server request until it ends; ends it on drop
@@ -65,7 +105,8 @@ pub(crate) struct Record {
     rpc: Rpc,
     start: Instant,
     cx: Option<Context>,
-    attempts: Option<Arc<AtomicU32>>,
+    /// A call's context, whose attempt count the call's end records.
+    call: Option<Arc<CallContext>>,
     http_status: Option<http::StatusCode>,
     done: bool,
 }
@@ -76,7 +117,7 @@ impl Record {
         telemetry: Telemetry,
         rpc: Rpc,
         cx: Option<Context>,
-        attempts: Option<Arc<AtomicU32>>,
+        call: Option<Arc<CallContext>>,
     ) -> Self {
         Self {
             side,
@@ -84,7 +125,7 @@ impl Record {
             rpc,
             start: Instant::now(),
             cx,
-            attempts,
+            call,
             http_status: None,
             done: false,
         }
@@ -108,7 +149,7 @@ impl Record {
         if self.rpc.is_grpc() {
             if let Some(code) = rsp
                 .headers()
-                .get("grpc-status")
+                .get(&GRPC_STATUS)
                 .and_then(|v| GrpcCode::from_header(v.as_bytes()))
             {
                 self.finish(Outcome::Grpc(code));
@@ -152,8 +193,8 @@ impl Record {
                     Side::Call => {
                         let attrs = [self.rpc.method_kv(), self.telemetry.target_kv(), status];
                         ins.client_call_duration.record(seconds, &attrs);
-                        if let Some(n) = &self.attempts {
-                            let n = n.load(Ordering::Relaxed);
+                        if let Some(call) = &self.call {
+                            let n = call.attempts.load(Ordering::Relaxed);
                             if n > 0 {
                                 ins.client_call_retries
                                     .record(u64::from(n - 1), &attrs[..2]);
@@ -308,7 +349,7 @@ impl<B: Body> Body for TelemetryBody<B> {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = trailers
-                        .get("grpc-status")
+                        .get(&GRPC_STATUS)
                         .and_then(|v| GrpcCode::from_header(v.as_bytes()));
                     if let Some(record) = this.record.take() {
                         record.finish(code.map_or(Outcome::End, Outcome::Grpc));

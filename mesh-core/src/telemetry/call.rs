@@ -14,14 +14,17 @@ use tower::{BoxError, Layer, Service};
 use super::body::{Outcome, Record, Side, start_span};
 use super::{Rpc, Telemetry, TelemetryBody};
 
-/// What a [`Call`] hands the [`Attempt`](super::Attempt)s below it, in the request's
-/// extensions (the retry layer copies them onto every attempt).
-#[derive(Clone, Debug)]
+/// What a [`Call`] hands the [`Attempt`](super::Attempt)s below it, as an
+/// `Arc<CallContext>` in the request's extensions (the retry layer copies them onto every
+/// attempt).
+#[derive(Debug)]
 pub(crate) struct CallContext {
     /// The parent of the attempt spans: the call span's context, or the caller's.
     pub(crate) cx: Context,
     /// Attempts started so far.
-    pub(crate) attempts: Arc<AtomicU32>,
+    pub(crate) attempts: AtomicU32,
+    /// What the call is (so attempts need not work it out again).
+    pub(crate) rpc: Rpc,
 }
 
 /// Makes [`Call`]s.
@@ -92,11 +95,16 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let rpc = Rpc::of(&req);
-        let parent = Context::current();
-        let span = start_span(
+        if !self.telemetry.is_enabled() {
+            return CallFuture {
+                inner: self.inner.call(req),
+                record: None,
+            };
+        }
+        let rpc = Rpc::of(&self.telemetry, &req);
+        let started = start_span(
             &self.telemetry,
-            &parent,
+            Context::current(),
             SpanKind::Client,
             || rpc.span_name("Sent"),
             |attrs| {
@@ -104,18 +112,14 @@ where
                 super::attempt::server_attributes(req.uri(), attrs);
             },
         );
-        let attempts = Arc::new(AtomicU32::new(0));
-        req.extensions_mut().insert(CallContext {
-            cx: span.clone().unwrap_or(parent),
-            attempts: attempts.clone(),
+        let span = started.recorded();
+        let call = Arc::new(CallContext {
+            cx: started.cx,
+            attempts: AtomicU32::new(0),
+            rpc: rpc.clone(),
         });
-        let record = Record::new(
-            Side::Call,
-            self.telemetry.clone(),
-            rpc,
-            span,
-            Some(attempts),
-        );
+        req.extensions_mut().insert(call.clone());
+        let record = Record::new(Side::Call, self.telemetry.clone(), rpc, span, Some(call));
         CallFuture {
             inner: self.inner.call(req),
             record: Some(record),

@@ -38,11 +38,21 @@
 //!
 //! # What it costs
 //!
-//! The layers read one [`Telemetry`] handle: a tracer and the instruments, made once. With
-//! no tracer provider installed (OpenTelemetry's no-op default) a span is built, found not
-//! to be recording and dropped before any attribute is made; the metric instruments of a
-//! no-op meter do nothing. `benches/benches/telemetry.rs` measures the three cases: tracing
-//! off, on without an exporter, and on with 1% sampling.
+//! The layers read one [`Telemetry`] handle: a tracer, the instruments and the interned
+//! gRPC method names, made once. [`Telemetry`] probes its tracer when it is made: with no
+//! tracer provider installed (OpenTelemetry's no-op default) no span is ever built, and a
+//! call costs its metric calls (into the no-op meter when no meter provider is installed
+//! either), two clock reads per layer and the bookkeeping that ends the call with its
+//! response body. A tracer that does make spans but does not sample one (a ratio sampler)
+//! costs the span's construction, not its attributes. [`Telemetry::disabled`] records
+//! nothing whatever is installed; then the layers only pass a caller's trace context on.
+//! `benches/benches/telemetry.rs` measures each case: disabled, tracing off, on without an
+//! exporter, and on with 1% sampling.
+//!
+//! A call's `grpc.method` is interned per handle and bounded: past
+//! [`MAX_METHOD_NAMES`] distinct methods, new ones are recorded as `other` in metrics
+//! (spans keep the name), so a peer calling random paths cannot grow a server's metric
+//! cardinality.
 //!
 //! [`stack::outbound`](crate::stack::outbound) puts an [`AttemptLayer`] in every cluster's
 //! stack; the adapters (meshwork-grpc's `MeshChannel` and `MeshServer`, meshwork-http's
@@ -60,9 +70,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use opentelemetry::global::{self, BoxedTracer};
-use opentelemetry::metrics::{Counter, Histogram, Meter};
-use opentelemetry::trace::Tracer;
-use opentelemetry::{InstrumentationScope, KeyValue, StringValue};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanContext, TraceContextExt as _, TraceFlags, TraceState, Tracer,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue, SpanId, StringValue, TraceId};
 
 use crate::config::GrpcCode;
 
@@ -70,6 +82,7 @@ mod attempt;
 mod body;
 mod call;
 mod mesh;
+mod names;
 pub mod propagation;
 mod server;
 
@@ -77,6 +90,7 @@ pub use attempt::{Attempt, AttemptFuture, AttemptLayer};
 pub use body::TelemetryBody;
 pub use call::{Call, CallFuture, CallLayer};
 pub use mesh::{ClusterMetrics, Ejection, MeshMetrics};
+pub use names::MAX_METHOD_NAMES;
 pub use server::{Server, ServerFuture, ServerLayer};
 
 /// The instrumentation scope meshwork's tracer and meter are named with.
@@ -110,6 +124,11 @@ pub struct Telemetry {
 #[derive(Clone)]
 struct Inner {
     tracer: Arc<BoxedTracer>,
+    /// Whether the tracer makes spans at all (false for OpenTelemetry's no-op tracer).
+    tracing: bool,
+    /// False for [`Telemetry::disabled`]: nothing is recorded, calls pass straight through.
+    enabled: bool,
+    methods: Arc<names::MethodNames>,
     target: StringValue,
     instruments: Instruments,
     mesh: MeshMetrics,
@@ -208,6 +227,25 @@ impl Telemetry {
         Self::build(tracer, &meter)
     }
 
+    /// Telemetry that records nothing, neither spans nor metrics, whatever providers are
+    /// installed. The layers then cost next to nothing: they pass calls straight through
+    /// and only carry a caller's W3C trace context on (so a trace still crosses this
+    /// service into the next one).
+    pub fn disabled() -> Self {
+        let tracer = BoxedTracer::new(Box::new(opentelemetry::trace::noop::NoopTracer::new()));
+        let meter = opentelemetry::metrics::NoopMeterProvider::new().meter_with_scope(scope());
+        let mut telemetry = Self::build(tracer, &meter);
+        Arc::get_mut(&mut telemetry.inner)
+            .expect("a handle just made has no other owner")
+            .enabled = false;
+        telemetry
+    }
+
+    /// False for [`Telemetry::disabled`].
+    pub fn is_enabled(&self) -> bool {
+        self.inner.enabled
+    }
+
     /// Telemetry through `tracer` and `meter` (for instance from an SDK provider's
     /// `tracer_with_scope` / `meter_with_scope`).
     pub fn new<T>(tracer: T, meter: &Meter) -> Self
@@ -221,7 +259,10 @@ impl Telemetry {
     fn build(tracer: BoxedTracer, meter: &Meter) -> Self {
         Self {
             inner: Arc::new(Inner {
+                tracing: makes_spans(&tracer),
+                enabled: true,
                 tracer: Arc::new(tracer),
+                methods: Arc::default(),
                 target: StringValue::from(""),
                 instruments: Instruments::new(meter),
                 mesh: MeshMetrics::new(meter, StringValue::from("")),
@@ -256,6 +297,12 @@ impl Telemetry {
         &self.inner.tracer
     }
 
+    /// Whether spans are made at all; false when the tracer is OpenTelemetry's no-op one,
+    /// and then the layers skip span work entirely.
+    pub fn traces(&self) -> bool {
+        self.inner.tracing
+    }
+
     pub(crate) fn instruments(&self) -> &Instruments {
         &self.inner.instruments
     }
@@ -263,6 +310,26 @@ impl Telemetry {
     pub(crate) fn target_kv(&self) -> KeyValue {
         KeyValue::new("grpc.target", self.inner.target.clone())
     }
+}
+
+/// Whether `tracer` makes spans of its own. A no-op tracer hands back its parent's span
+/// context as the new span's; a real one makes a new span, or, under the suppressed parent
+/// used here, an empty one, and records nothing either way (so the probe is never exported).
+fn makes_spans(tracer: &BoxedTracer) -> bool {
+    let parent = SpanContext::new(
+        TraceId::from(0x6d65_7368_776f_726b_u128),
+        SpanId::from(0x0070_726f_6265_u64),
+        TraceFlags::default(),
+        true,
+        TraceState::default(),
+    );
+    let cx = Context::new()
+        .with_remote_span_context(parent.clone())
+        .with_telemetry_suppressed();
+    let mut span = tracer.build_with_context(SpanBuilder::from_name("meshwork.probe"), &cx);
+    let own = span.span_context() != &parent;
+    span.end();
+    own
 }
 
 impl Clone for Instruments {
@@ -283,24 +350,23 @@ impl Clone for Instruments {
 /// What a request is, for naming its span and metrics.
 #[derive(Debug, Clone)]
 pub(crate) enum Rpc {
-    /// A gRPC call; `method` is the full method name, `package.Service/Method`.
-    Grpc { method: Arc<str> },
+    /// A gRPC call, by its full method name, `package.Service/Method`.
+    Grpc { method: names::MethodName },
     /// Any other HTTP request.
     Http { method: http::Method },
 }
 
 impl Rpc {
-    pub(crate) fn of<B>(req: &http::Request<B>) -> Self {
+    /// What `req` is, with its gRPC method name interned in `telemetry`.
+    pub(crate) fn of<B>(telemetry: &Telemetry, req: &http::Request<B>) -> Self {
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let path = req.uri().path();
-        match path.strip_prefix('/') {
-            Some(full) if grpc && full.contains('/') => Rpc::Grpc {
-                method: Arc::from(full),
-            },
-            _ => Rpc::Http {
+        let full = req.uri().path().strip_prefix('/').filter(|_| grpc);
+        match full.and_then(|full| telemetry.inner.methods.get(full)) {
+            Some(method) => Rpc::Grpc { method },
+            None => Rpc::Http {
                 method: req.method().clone(),
             },
         }
@@ -314,6 +380,7 @@ impl Rpc {
     pub(crate) fn span_name(&self, prefix: &str) -> Cow<'static, str> {
         match self {
             Rpc::Grpc { method } => {
+                let method = &method.full;
                 let mut name = String::with_capacity(prefix.len() + 1 + method.len());
                 name.push_str(prefix);
                 name.push('.');
@@ -328,6 +395,7 @@ impl Rpc {
     pub(crate) fn span_attributes(&self, out: &mut Vec<KeyValue>) {
         match self {
             Rpc::Grpc { method } => {
+                let method = &*method.full;
                 let (service, name) = method.split_once('/').unwrap_or(("", method));
                 out.push(KeyValue::new("rpc.system", "grpc"));
                 out.push(KeyValue::new("rpc.service", service.to_owned()));
@@ -342,7 +410,10 @@ impl Rpc {
 
     pub(crate) fn method_kv(&self) -> KeyValue {
         match self {
-            Rpc::Grpc { method } => KeyValue::new("grpc.method", method.clone()),
+            Rpc::Grpc { method } if method.named => {
+                KeyValue::new("grpc.method", method.full.clone())
+            }
+            Rpc::Grpc { .. } => KeyValue::new("grpc.method", "other"),
             Rpc::Http { method } => KeyValue::new("http.request.method", method_value(method)),
         }
     }

@@ -15,6 +15,10 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The `tracestate` header.
 pub const TRACESTATE: &str = "tracestate";
 
+/// The header names, parsed once (a lookup by a `&str` name parses it every time).
+static TRACEPARENT_NAME: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
+static TRACESTATE_NAME: http::HeaderName = http::HeaderName::from_static(TRACESTATE);
+
 /// Writes the span context of `cx`'s span into `headers` (replacing any earlier values).
 /// Writes nothing when `cx` has no valid span context.
 pub fn inject(cx: &Context, headers: &mut HeaderMap) {
@@ -23,24 +27,25 @@ pub fn inject(cx: &Context, headers: &mut HeaderMap) {
     if !sc.is_valid() {
         return;
     }
-    if let Ok(value) = HeaderValue::from_str(&traceparent(sc)) {
-        headers.insert(TRACEPARENT, value);
+    // Lowercase hex of fixed length is always a valid header value.
+    if let Ok(value) = HeaderValue::from_bytes(&traceparent_bytes(sc)) {
+        headers.insert(TRACEPARENT_NAME.clone(), value);
     }
     let state = sc.trace_state().header();
     if state.is_empty() {
-        headers.remove(TRACESTATE);
+        headers.remove(&TRACESTATE_NAME);
     } else if let Ok(value) = HeaderValue::from_str(&state) {
-        headers.insert(TRACESTATE, value);
+        headers.insert(TRACESTATE_NAME.clone(), value);
     }
 }
 
 /// The remote span context in `headers`, if they carry a valid `traceparent`. A malformed
 /// `tracestate` is dropped, the `traceparent` kept (as the W3C recommendation says).
 pub fn extract(headers: &HeaderMap) -> Option<SpanContext> {
-    let parent = headers.get(TRACEPARENT)?.to_str().ok()?;
+    let parent = headers.get(&TRACEPARENT_NAME)?.to_str().ok()?;
     let (trace_id, span_id, flags) = parse_traceparent(parent)?;
     let state = headers
-        .get_all(TRACESTATE)
+        .get_all(&TRACESTATE_NAME)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
@@ -51,12 +56,27 @@ pub fn extract(headers: &HeaderMap) -> Option<SpanContext> {
 
 /// The `traceparent` value of `sc`: `00-<trace id>-<span id>-<flags>`.
 pub fn traceparent(sc: &SpanContext) -> String {
-    format!(
-        "00-{:032x}-{:016x}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags() & TraceFlags::SAMPLED
-    )
+    String::from_utf8_lossy(&traceparent_bytes(sc)).into_owned()
+}
+
+/// The `traceparent` value of `sc`, written on the stack (it goes on every attempt).
+fn traceparent_bytes(sc: &SpanContext) -> [u8; 55] {
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
+        }
+    }
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    hex(&mut out[3..35], &sc.trace_id().to_bytes());
+    hex(&mut out[36..52], &sc.span_id().to_bytes());
+    hex(
+        &mut out[53..55],
+        &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+    );
+    out
 }
 
 /// Parses a `traceparent` value: version 00 exactly, a later version by its version-00

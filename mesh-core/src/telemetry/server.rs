@@ -4,8 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use opentelemetry::trace::FutureExt as _;
-use opentelemetry::trace::{SpanKind, TraceContextExt, WithContext};
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
@@ -105,38 +104,59 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let rpc = Rpc::of(&req);
         let remote = propagation::extract(req.headers());
-        let parent = match remote {
-            Some(sc) => Context::current().with_remote_span_context(sc),
-            None => Context::current(),
+        if !self.telemetry.is_enabled() {
+            // Nothing recorded; the application's own calls still carry the caller's trace.
+            let run = remote.map(|sc| Context::current().with_remote_span_context(sc));
+            let inner = {
+                let _current = run.clone().map(Context::attach);
+                self.inner.call(req)
+            };
+            return ServerFuture {
+                inner,
+                cx: run,
+                record: None,
+            };
+        }
+        let rpc = Rpc::of(&self.telemetry, &req);
+        let (span, run) = if self.telemetry.traces() {
+            let parent = match remote {
+                Some(sc) => Context::current().with_remote_span_context(sc),
+                None => Context::current(),
+            };
+            let started = start_span(
+                &self.telemetry,
+                parent,
+                SpanKind::Server,
+                || rpc.span_name("Recv"),
+                |attrs| {
+                    rpc.span_attributes(attrs);
+                    connection_attributes(&req, attrs);
+                },
+            );
+            // The application runs in the server span's context (recorded or not), so its
+            // own calls join the trace and follow its sampling decision.
+            (started.recorded(), Some(started.cx))
+        } else {
+            // No spans: only a caller's trace context needs passing on to the application's
+            // own calls; without one the current context stays as it is.
+            let run = remote.map(|sc| Context::current().with_remote_span_context(sc));
+            (None, run)
         };
-        let span = start_span(
-            &self.telemetry,
-            &parent,
-            SpanKind::Server,
-            || rpc.span_name("Recv"),
-            |attrs| {
-                rpc.span_attributes(attrs);
-                connection_attributes(&req, attrs);
-            },
-        );
         if rpc.is_grpc() {
             self.telemetry
                 .instruments()
                 .server_call_started
                 .add(1, &[rpc.method_kv()]);
         }
-        // The application runs in the server span's context (or the caller's, when the span
-        // is not recorded), so its own calls join the trace.
-        let run = span.clone().unwrap_or(parent);
         let inner = {
-            let _current = run.clone().attach();
+            let _current = run.clone().map(Context::attach);
             self.inner.call(req)
         };
         let record = Record::new(Side::Server, self.telemetry.clone(), rpc, span, None);
         ServerFuture {
-            inner: inner.with_context(run),
+            inner,
+            cx: run,
             record: Some(record),
         }
     }
@@ -147,7 +167,9 @@ pin_project! {
     #[derive(Debug)]
     pub struct ServerFuture<F> {
         #[pin]
-        inner: WithContext<F>,
+        inner: F,
+        // The context the application's future runs in, when it differs from the current.
+        cx: Option<Context>,
         record: Option<Record>,
     }
 }
@@ -162,7 +184,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
+        let result = {
+            let _current = this.cx.clone().map(Context::attach);
+            std::task::ready!(this.inner.poll(cx))
+        };
         Poll::Ready(finish_head(this.record.take(), result))
     }
 }

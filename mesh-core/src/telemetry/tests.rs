@@ -610,3 +610,209 @@ async fn the_traffic_layers_count_at_their_sources() {
     );
     assert_eq!(value("grpc.lb.outlier_detection.ejections_overflow"), 1.0);
 }
+
+#[test]
+fn the_tracer_is_probed_without_exporting_anything() {
+    let sdk = Sdk::new();
+    assert!(sdk.telemetry.traces(), "an SDK tracer makes spans");
+    assert!(sdk.spans().is_empty(), "the probe span is never exported");
+    // The global provider is OpenTelemetry's no-op default in this test binary.
+    assert!(!Telemetry::global().traces());
+    assert!(Telemetry::global().is_enabled());
+    let disabled = Telemetry::disabled();
+    assert!(!disabled.traces() && !disabled.is_enabled());
+    assert!(!disabled.with_target("xds:///x").is_enabled());
+}
+
+#[tokio::test]
+async fn disabled_telemetry_records_nothing_but_passes_the_callers_trace_on() {
+    let telemetry = Telemetry::disabled();
+    // Client side: the current context's traceparent goes out unchanged.
+    let endpoint = service_fn(|req: http::Request<Full<Bytes>>| async move {
+        let sent = req.headers().get("traceparent").cloned();
+        let mut rsp = grpc_response(None);
+        rsp.extensions_mut().insert(sent);
+        Ok::<_, std::convert::Infallible>(rsp)
+    });
+    let mut client = CallLayer::new(telemetry.clone())
+        .layer(AttemptLayer::new(telemetry.clone()).layer(endpoint));
+    let rsp = client
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
+    assert_eq!(
+        rsp.extensions().get::<Option<http::HeaderValue>>(),
+        Some(&None)
+    );
+    let body = rsp.into_body().collect().await.unwrap();
+    assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (t, s, f) = propagation::parse_traceparent(PARENT).unwrap();
+    let remote = opentelemetry::trace::SpanContext::new(t, s, f, true, Default::default());
+    {
+        let _guard = Context::new()
+            .with_remote_span_context(remote.clone())
+            .attach();
+        let rsp = client
+            .ready()
+            .await
+            .unwrap()
+            .call(grpc_request())
+            .await
+            .unwrap();
+        let sent = rsp.extensions().get::<Option<http::HeaderValue>>().unwrap();
+        assert_eq!(sent.as_ref().unwrap(), PARENT);
+    }
+
+    // Server side: the handler runs in the caller's context, so its own calls join the
+    // trace; without a traceparent the context is left as it was.
+    let handler = service_fn(|_req: http::Request<Full<Bytes>>| async move {
+        let current = Context::current().span().span_context().clone();
+        let mut rsp = grpc_response(None);
+        rsp.extensions_mut().insert(current);
+        Ok::<_, std::convert::Infallible>(rsp)
+    });
+    let mut server = ServerLayer::new(telemetry).layer(handler);
+    let mut req = grpc_request();
+    req.headers_mut()
+        .insert("traceparent", http::HeaderValue::from_static(PARENT));
+    let rsp = server.ready().await.unwrap().call(req).await.unwrap();
+    let seen = rsp.extensions().get::<opentelemetry::trace::SpanContext>();
+    assert_eq!(seen, Some(&remote));
+    let rsp = server
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
+    let seen = rsp.extensions().get::<opentelemetry::trace::SpanContext>();
+    assert!(!seen.unwrap().is_valid());
+}
+
+#[tokio::test]
+async fn a_server_names_a_bounded_number_of_methods_in_its_metrics() {
+    let sdk = Sdk::new();
+    let handler = service_fn(|_req: http::Request<Full<Bytes>>| async move {
+        Ok::<_, std::convert::Infallible>(grpc_response(Some(12)))
+    });
+    let mut server = ServerLayer::new(sdk.telemetry.clone()).layer(handler);
+    // A peer scanning random paths: one more method than the table holds.
+    for i in 0..=MAX_METHOD_NAMES {
+        let req = http::Request::post(format!("http://greeter/scan.Service/M{i}"))
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let rsp = server.ready().await.unwrap().call(req).await.unwrap();
+        rsp.into_body().collect().await.unwrap();
+    }
+    let started = sdk.metric("grpc.server.call.started");
+    assert_eq!(started.len(), MAX_METHOD_NAMES + 1);
+    let other: Vec<_> = started
+        .iter()
+        .filter(|p| p.attrs["grpc.method"] == "other")
+        .collect();
+    assert_eq!(other.len(), 1, "the method past the cap is `other`");
+    assert_eq!(other[0].value, 1.0);
+    // The span still names it.
+    let spans = sdk.spans();
+    let last = format!("M{MAX_METHOD_NAMES}");
+    assert!(
+        spans
+            .iter()
+            .any(|s| attr(s, "rpc.method") == Some(&Value::from(last.clone())))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unsampled_call_still_carries_its_trace_and_decision_downstream() {
+    // A tracer that samples nothing (as a ratio sampler does for most calls): no span is
+    // recorded, but the call's trace ID and its "not sampled" flag go to every attempt and
+    // from there to the server, so a ratio sampler decides once per trace, not per hop.
+    let spans = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
+        .with_simple_exporter(spans.clone())
+        .build();
+    let meters = SdkMeterProvider::builder().build();
+    let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let endpoint = service_fn(move |req: http::Request<RetryBody<Full<Bytes>>>| {
+        let mut log = log.lock().unwrap();
+        log.push(req.headers().get("traceparent").cloned());
+        let fail = log.len() == 1;
+        async move { Ok::<_, std::convert::Infallible>(grpc_response(fail.then_some(14))) }
+    });
+    let stack = AttemptLayer::new(telemetry.clone()).layer(endpoint);
+    let stack = RetryLayer::new().seed(1).layer(stack);
+    let mut client = CallLayer::new(telemetry.clone()).layer(stack);
+    let rsp = client
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap();
+    rsp.into_body().collect().await.unwrap();
+
+    let sent: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v.as_ref()
+                .expect("a traceparent on every attempt")
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(sent.len(), 2);
+    let parsed: Vec<_> = sent
+        .iter()
+        .map(|v| propagation::parse_traceparent(v).unwrap())
+        .collect();
+    assert_eq!(
+        parsed[0].0, parsed[1].0,
+        "both attempts are in the call's trace"
+    );
+    assert_ne!(parsed[0].1, parsed[1].1, "each attempt is its own span");
+    assert!(
+        sent.iter().all(|v| v.ends_with("-00")),
+        "not sampled: {sent:?}"
+    );
+
+    // The server (default parent-based sampler) follows the caller's decision, and its
+    // handler runs in the caller's trace.
+    let sdk = Sdk::new();
+    let handler = service_fn(|_req: http::Request<Full<Bytes>>| async move {
+        let current = Context::current().span().span_context().clone();
+        let mut rsp = grpc_response(None);
+        rsp.extensions_mut().insert(current);
+        Ok::<_, std::convert::Infallible>(rsp)
+    });
+    let mut server = ServerLayer::new(sdk.telemetry.clone()).layer(handler);
+    let mut req = grpc_request();
+    req.headers_mut().insert(
+        "traceparent",
+        http::HeaderValue::from_str(&sent[1]).unwrap(),
+    );
+    let rsp = server.ready().await.unwrap().call(req).await.unwrap();
+    let current = rsp
+        .extensions()
+        .get::<opentelemetry::trace::SpanContext>()
+        .cloned()
+        .unwrap();
+    rsp.into_body().collect().await.unwrap();
+    assert_eq!(current.trace_id(), parsed[1].0);
+    assert!(!current.is_sampled());
+    assert!(sdk.spans().is_empty(), "nothing recorded downstream either");
+    provider.force_flush().unwrap();
+    assert!(spans.get_finished_spans().unwrap().is_empty());
+}

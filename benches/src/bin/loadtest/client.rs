@@ -69,7 +69,7 @@ pub(crate) fn main(args: ClientArgs) -> Result<()> {
                 let channel = tonic_mtls(addr, &args.certs).await?;
                 run(Grpc::new(channel), &args).await
             }
-            Contestant::Meshwork | Contestant::MeshworkViaEnvoy => {
+            Contestant::Meshwork | Contestant::MeshworkUntraced | Contestant::MeshworkViaEnvoy => {
                 let xds = args.xds.as_deref().ok_or("--xds is required")?;
                 let target = args.target.as_deref().ok_or("--target is required")?;
                 let bootstrap = Bootstrap::builder()
@@ -80,13 +80,18 @@ pub(crate) fn main(args: ClientArgs) -> Result<()> {
                 // Tracing on, as a traced service runs: the SDK's provider with its default
                 // always-on sampler, every span recorded, but no exporter (the cost of
                 // exporting belongs to the collector pipeline, not to the mesh).
+                // `meshwork-untraced` is the service that installs no OpenTelemetry provider
+                // at all: the default global (no-op) ones.
                 let traces = SdkTracerProvider::builder().build();
-                let telemetry = Telemetry::new(
-                    traces.tracer("meshwork"),
-                    &opentelemetry::global::meter("meshwork"),
-                );
+                let telemetry = match args.contestant {
+                    Contestant::MeshworkUntraced => Telemetry::global(),
+                    _ => Telemetry::new(
+                        traces.tracer("meshwork"),
+                        &opentelemetry::global::meter("meshwork"),
+                    ),
+                };
                 let mut options = MeshChannelOptions::new().telemetry(telemetry);
-                if args.contestant == Contestant::Meshwork {
+                if args.contestant != Contestant::MeshworkViaEnvoy {
                     options = options.mtls(mesh_identity(&args.certs)?);
                 }
                 let channel = MeshChannel::from_xds(&client, target, options).await?;

@@ -36,14 +36,16 @@ enum Contestant {
     TonicPlaintext,
     TonicMtls,
     Meshwork,
+    MeshworkUntraced,
     EnvoySidecar,
     MeshworkViaEnvoy,
 }
 
-const ALL: [Contestant; 5] = [
+const ALL: [Contestant; 6] = [
     Contestant::TonicPlaintext,
     Contestant::TonicMtls,
     Contestant::Meshwork,
+    Contestant::MeshworkUntraced,
     Contestant::EnvoySidecar,
     Contestant::MeshworkViaEnvoy,
 ];
@@ -57,6 +59,7 @@ impl Contestant {
             Contestant::TonicPlaintext => "tonic-plaintext",
             Contestant::TonicMtls => "tonic-mtls",
             Contestant::Meshwork => "meshwork",
+            Contestant::MeshworkUntraced => "meshwork-untraced",
             Contestant::EnvoySidecar => "envoy-sidecar",
             Contestant::MeshworkViaEnvoy => "meshwork-via-envoy",
         }
@@ -120,7 +123,8 @@ usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
   --concurrency N       callers in the closed-loop phase
   --rate R              calls per second in the open-loop phase
   --only NAMES          a comma-separated subset of: tonic-plaintext, tonic-mtls,
-                        meshwork, envoy-sidecar, meshwork-via-envoy
+                        meshwork, meshwork-untraced, envoy-sidecar,
+                        meshwork-via-envoy
   --envoy-concurrency N worker threads of each Envoy sidecar (Istio's default is 2)
   --json FILE           also write the results as JSON
 
@@ -431,7 +435,7 @@ async fn run_client(c: Contestant, s: &Settings, f: &Fixture) -> Result<Value, E
         Contestant::TonicMtls => {
             cmd.args(["--addr", &f.mtls.to_string()]);
         }
-        Contestant::Meshwork => {
+        Contestant::Meshwork | Contestant::MeshworkUntraced => {
             cmd.args(["--xds", &f.xds.uri(), "--target", xds::DIRECT_TARGET]);
         }
         Contestant::EnvoySidecar | Contestant::MeshworkViaEnvoy => {
