@@ -121,9 +121,12 @@ fn main() {
             let mut client =
                 CallLayer::new(t.clone()).layer(AttemptLayer::new(t.clone()).layer(app()));
             let mut server = ServerLayer::new(t).layer(app());
+            let sampled = case == "sampled";
             for _ in 0..n {
                 rt.block_on(roundtrip(&mut client, &mut server));
-                spans.reset();
+                if sampled {
+                    spans.reset();
+                }
             }
         }
     }

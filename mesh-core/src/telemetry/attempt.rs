@@ -106,10 +106,10 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if !self.telemetry.is_enabled() {
-            // Nothing recorded; a caller's trace context still goes on.
-            let current = Context::current();
-            if current.span().span_context().is_valid() {
-                propagation::inject(&current, req.headers_mut());
+            // Nothing recorded; a caller's trace context still goes on: the one a disabled
+            // `Call` above wrote, else the current one.
+            if !req.headers().contains_key(propagation::TRACEPARENT) {
+                propagation::inject(&Context::current(), req.headers_mut());
             }
             return AttemptFuture {
                 inner: self.inner.call(req),

@@ -208,6 +208,7 @@ impl Record {
                     Side::Server => {
                         let attrs = [self.rpc.method_kv(), status];
                         ins.server_call_duration.record(seconds, &attrs);
+                        self.telemetry.learn_server_method(&self.rpc, code);
                     }
                 }
                 if let Some(cx) = span {

@@ -96,6 +96,10 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if !self.telemetry.is_enabled() {
+            // Nothing recorded; the caller's trace context goes on, taken now (attempts may
+            // start later, in another context), and the retry layer copies it onto every
+            // attempt.
+            super::propagation::inject(&Context::current(), req.headers_mut());
             return CallFuture {
                 inner: self.inner.call(req),
                 record: None,

@@ -49,10 +49,11 @@
 //! `benches/benches/telemetry.rs` measures each case: disabled, tracing off, on without an
 //! exporter, and on with 1% sampling.
 //!
-//! A call's `grpc.method` is interned per handle and bounded: past
-//! [`MAX_METHOD_NAMES`] distinct methods, new ones are recorded as `other` in metrics
-//! (spans keep the name), so a peer calling random paths cannot grow a server's metric
-//! cardinality.
+//! A call's `grpc.method` is interned per handle and bounded: a client names up to
+//! [`MAX_METHOD_NAMES`] methods; a server names a method only once it has answered a call to
+//! it as a method it serves and allows (not `UNIMPLEMENTED`, `PERMISSION_DENIED` or
+//! `UNAUTHENTICATED`), so its first call and whatever a scan finds are `other` in metrics
+//! (spans keep the name); see `names.rs`.
 //!
 //! [`stack::outbound`](crate::stack::outbound) puts an [`AttemptLayer`] in every cluster's
 //! stack; the adapters (meshwork-grpc's `MeshChannel` and `MeshServer`, meshwork-http's
@@ -90,7 +91,7 @@ pub use attempt::{Attempt, AttemptFuture, AttemptLayer};
 pub use body::TelemetryBody;
 pub use call::{Call, CallFuture, CallLayer};
 pub use mesh::{ClusterMetrics, Ejection, MeshMetrics};
-pub use names::MAX_METHOD_NAMES;
+pub use names::{MAX_METHOD_NAME_LEN, MAX_METHOD_NAMES};
 pub use server::{Server, ServerFuture, ServerLayer};
 
 /// The instrumentation scope meshwork's tracer and meter are named with.
@@ -128,7 +129,8 @@ struct Inner {
     tracing: bool,
     /// False for [`Telemetry::disabled`]: nothing is recorded, calls pass straight through.
     enabled: bool,
-    methods: Arc<names::MethodNames>,
+    client_methods: Arc<names::MethodNames>,
+    server_methods: Arc<names::MethodNames>,
     target: StringValue,
     instruments: Instruments,
     mesh: MeshMetrics,
@@ -262,7 +264,8 @@ impl Telemetry {
                 tracing: makes_spans(&tracer),
                 enabled: true,
                 tracer: Arc::new(tracer),
-                methods: Arc::default(),
+                client_methods: Arc::default(),
+                server_methods: Arc::default(),
                 target: StringValue::from(""),
                 instruments: Instruments::new(meter),
                 mesh: MeshMetrics::new(meter, StringValue::from("")),
@@ -307,14 +310,31 @@ impl Telemetry {
         &self.inner.instruments
     }
 
+    /// A server answered a call to `rpc` with `code`: a method it serves and allows is named
+    /// in its metrics from now on (see `names.rs`).
+    pub(crate) fn learn_server_method(&self, rpc: &Rpc, code: GrpcCode) {
+        if let Rpc::Grpc { method } = rpc
+            && !method.named
+            && !matches!(
+                code,
+                GrpcCode::Unimplemented | GrpcCode::PermissionDenied | GrpcCode::Unauthenticated
+            )
+        {
+            self.inner.server_methods.learn(&method.full);
+        }
+    }
+
     pub(crate) fn target_kv(&self) -> KeyValue {
         KeyValue::new("grpc.target", self.inner.target.clone())
     }
 }
 
 /// Whether `tracer` makes spans of its own. A no-op tracer hands back its parent's span
-/// context as the new span's; a real one makes a new span, or, under the suppressed parent
-/// used here, an empty one, and records nothing either way (so the probe is never exported).
+/// context as the new span's; the SDK's, under the suppressed parent used here, hands back
+/// an empty one and runs no span processor (so the probe is never exported). Relies on
+/// that SDK behaviour (checked by the `the_tracer_is_probed_without_exporting_anything`
+/// test on every upgrade); a third-party tracer that ignores suppression and samples
+/// regardless of its unsampled parent would export one `meshwork.probe` span per handle.
 fn makes_spans(tracer: &BoxedTracer) -> bool {
     let parent = SpanContext::new(
         TraceId::from(0x6d65_7368_776f_726b_u128),
@@ -357,14 +377,28 @@ pub(crate) enum Rpc {
 }
 
 impl Rpc {
-    /// What `req` is, with its gRPC method name interned in `telemetry`.
+    /// What an outbound `req` is, with its gRPC method name interned in `telemetry`'s
+    /// client table.
     pub(crate) fn of<B>(telemetry: &Telemetry, req: &http::Request<B>) -> Self {
+        Self::with(req, |full| telemetry.inner.client_methods.get(full))
+    }
+
+    /// What an inbound `req` is: its gRPC method is named only if the server has learned it
+    /// (see [`Telemetry::learn_server_method`]).
+    pub(crate) fn of_server<B>(telemetry: &Telemetry, req: &http::Request<B>) -> Self {
+        Self::with(req, |full| telemetry.inner.server_methods.known(full))
+    }
+
+    fn with<B>(
+        req: &http::Request<B>,
+        name: impl FnOnce(&str) -> Option<names::MethodName>,
+    ) -> Self {
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let full = req.uri().path().strip_prefix('/').filter(|_| grpc);
-        match full.and_then(|full| telemetry.inner.methods.get(full)) {
+        match full.and_then(name) {
             Some(method) => Rpc::Grpc { method },
             None => Rpc::Http {
                 method: req.method().clone(),

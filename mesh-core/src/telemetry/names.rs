@@ -1,80 +1,118 @@
 //! gRPC method names, interned once per [`Telemetry`](super::Telemetry) and bounded.
 //!
 //! A call's `grpc.method` attribute is then a reference count, not an allocation, and the
-//! number of distinct values a [`Telemetry`](super::Telemetry) records is capped: past
-//! [`MAX_METHOD_NAMES`] distinct methods, new ones are recorded as `other` in metrics (gRFC
-//! A66 does the same for methods a server has not registered), so a peer sending random
-//! paths cannot grow a server's metric cardinality without bound. Spans always carry the
-//! real name.
+//! number of distinct values a handle records is capped, so a peer sending random paths
+//! cannot make a server's metrics grow without bound:
+//!
+//! - a client names the methods its application calls, up to [`MAX_METHOD_NAMES`]; past
+//!   that (or past [`MAX_METHOD_NAME_LEN`] bytes) a method is `other` in metrics;
+//! - a server names a method only once it has answered a call to it with a status other
+//!   than `UNIMPLEMENTED` (what gRPC servers answer for a method they do not serve),
+//!   `PERMISSION_DENIED` or `UNAUTHENTICATED`: until then, and for anything a scan finds,
+//!   the method is `other` (gRFC A66 does the same for methods a server has not registered;
+//!   a generic layer cannot see the registrations, so it learns them from the answers). A
+//!   method's first call is therefore `other` too.
+//!
+//! Spans always carry the real name. Client and server names live in separate tables, so
+//! one handle shared by a channel and a server keeps the client's names whatever peers send.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-/// How many distinct gRPC methods one [`Telemetry`](super::Telemetry) names in its metrics.
+/// How many distinct gRPC methods one [`Telemetry`](super::Telemetry) names in its client
+/// metrics, and again in its server metrics.
 pub const MAX_METHOD_NAMES: usize = 1024;
+
+/// Longer method names are never stored: they are `other` in metrics.
+pub const MAX_METHOD_NAME_LEN: usize = 256;
 
 /// A gRPC method's full name (`package.Service/Method`) and whether metrics may carry it.
 #[derive(Debug, Clone)]
 pub(crate) struct MethodName {
     pub(crate) full: Arc<str>,
-    /// False past the cap: metrics record `other`.
+    /// False when the name is not (yet) in the table: metrics record `other`.
     pub(crate) named: bool,
 }
 
-/// The interned names: read lock-free, copied on the rare insert.
+/// The interned names: read lock-free, copied on the rare insert (a copy clones `Arc`s, not
+/// strings).
 #[derive(Default)]
 pub(crate) struct MethodNames {
     names: ArcSwap<Names>,
 }
 
 /// foldhash: a lookup per call, and the table is bounded, so a fast seeded hash is enough.
-type Names = HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>;
+type Names = HashSet<Arc<str>, foldhash::fast::RandomState>;
+
+/// Whether `full` looks like a gRPC method name (`service/method`).
+fn is_method(full: &str) -> bool {
+    full.contains('/')
+}
 
 impl MethodNames {
-    /// The name for `full` (`package.Service/Method`), interned if there is room; `None`
-    /// when `full` is not a gRPC method name (no `/` between service and method).
+    /// The name for `full`, interned if there is room (the client side); `None` when `full`
+    /// is not a gRPC method name.
     pub(crate) fn get(&self, full: &str) -> Option<MethodName> {
-        let names = self.names.load();
-        if let Some(name) = names.get(full) {
+        if let Some(name) = self.names.load().get(full) {
             return Some(MethodName {
                 full: name.clone(),
                 named: true,
             });
         }
-        if !full.contains('/') {
+        if !is_method(full) {
             return None;
         }
-        if names.len() >= MAX_METHOD_NAMES {
-            return Some(MethodName {
-                full: Arc::from(full),
-                named: false,
-            });
-        }
-        drop(names);
-        Some(self.insert(full))
+        let name: Arc<str> = Arc::from(full);
+        let named = self.learn(&name);
+        Some(MethodName { full: name, named })
     }
 
-    fn insert(&self, full: &str) -> MethodName {
-        let mut found = None;
+    /// The name for `full` if it is in the table, else an unnamed one (the server side: see
+    /// [`learn`](Self::learn)); `None` when `full` is not a gRPC method name.
+    pub(crate) fn known(&self, full: &str) -> Option<MethodName> {
+        if let Some(name) = self.names.load().get(full) {
+            return Some(MethodName {
+                full: name.clone(),
+                named: true,
+            });
+        }
+        is_method(full).then(|| MethodName {
+            full: Arc::from(full),
+            named: false,
+        })
+    }
+
+    /// Puts `name` in the table if there is room; whether it is there now.
+    pub(crate) fn learn(&self, name: &Arc<str>) -> bool {
+        if name.len() > MAX_METHOD_NAME_LEN {
+            return false;
+        }
+        let names = self.names.load();
+        if names.contains(name) {
+            return true;
+        }
+        if names.len() >= MAX_METHOD_NAMES {
+            return false;
+        }
+        drop(names);
+        let mut there = false;
         self.names.rcu(|names| {
-            if let Some(name) = names.get(full) {
-                found = Some((name.clone(), true));
+            if names.contains(name) {
+                there = true;
                 return Arc::clone(names);
             }
-            let name: Arc<str> = Arc::from(full);
             if names.len() >= MAX_METHOD_NAMES {
-                found = Some((name, false));
+                there = false;
                 return Arc::clone(names);
             }
-            let mut more = HashMap::clone(names);
-            more.insert(Box::from(full), name.clone());
-            found = Some((name, true));
+            let mut more = Names::clone(names);
+            more.insert(name.clone());
+            there = true;
             Arc::new(more)
         });
-        let (full, named) = found.expect("rcu runs its closure at least once");
-        MethodName { full, named }
+        there
     }
 }
 
@@ -83,7 +121,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_name_is_interned_once_and_the_table_is_bounded() {
+    fn a_client_name_is_interned_once_and_the_table_is_bounded() {
         let names = MethodNames::default();
         assert!(names.get("not-a-method").is_none());
         let a = names.get("helloworld.Greeter/SayHello").unwrap();
@@ -93,6 +131,9 @@ mod tests {
             Arc::ptr_eq(&a.full, &b.full),
             "the second lookup shares the first"
         );
+
+        let long = format!("svc/{}", "m".repeat(MAX_METHOD_NAME_LEN));
+        assert!(!names.get(&long).unwrap().named, "too long to be named");
 
         for i in 1..MAX_METHOD_NAMES {
             assert!(names.get(&format!("scan.Svc/M{i}")).unwrap().named);
@@ -105,5 +146,15 @@ mod tests {
         );
         let known = names.get("helloworld.Greeter/SayHello").unwrap();
         assert!(known.named, "known names stay");
+    }
+
+    #[test]
+    fn a_server_name_is_known_only_once_learned() {
+        let names = MethodNames::default();
+        assert!(names.known("not-a-method").is_none());
+        let first = names.known("helloworld.Greeter/SayHello").unwrap();
+        assert!(!first.named);
+        assert!(names.learn(&first.full));
+        assert!(names.known("helloworld.Greeter/SayHello").unwrap().named);
     }
 }

@@ -118,7 +118,7 @@ where
                 record: None,
             };
         }
-        let rpc = Rpc::of(&self.telemetry, &req);
+        let rpc = Rpc::of_server(&self.telemetry, &req);
         let (span, run) = if self.telemetry.traces() {
             let parent = match remote {
                 Some(sc) => Context::current().with_remote_span_context(sc),
@@ -139,7 +139,8 @@ where
             (started.recorded(), Some(started.cx))
         } else {
             // No spans: only a caller's trace context needs passing on to the application's
-            // own calls; without one the current context stays as it is.
+            // own calls; without one nothing is attached, and the application's future runs
+            // in whatever context is current when it is polled (under hyper, the empty one).
             let run = remote.map(|sc| Context::current().with_remote_span_context(sc));
             (None, run)
         };
