@@ -39,6 +39,7 @@ fn cluster() -> Arc<Cluster> {
         outlier_detection: None,
         tls: None,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        protocol: Default::default(),
         unsupported_fields: Vec::new(),
     })
 }

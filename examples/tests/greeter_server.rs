@@ -58,6 +58,7 @@ fn channel(ca: &TestCa, client: &str, addr: SocketAddr) -> MeshChannel {
             san_matchers: vec![],
         }),
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        protocol: Default::default(),
         unsupported_fields: Vec::new(),
     });
     let endpoints = Arc::new(ClusterLoadAssignment {

@@ -187,6 +187,7 @@ mod tests {
             outlier_detection: None,
             tls: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            protocol: Default::default(),
             unsupported_fields: Vec::new(),
         }
     }

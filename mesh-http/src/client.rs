@@ -88,9 +88,10 @@ impl MeshClientOptions {
         self
     }
 
-    /// Speak HTTP/2 with prior knowledge ("h2c") to every plaintext cluster, not only to
-    /// those whose CDS resource sets `http2_protocol_options` (default: false, HTTP/1.1).
-    /// Over TLS, ALPN decides either way.
+    /// Speak HTTP/2 to every cluster, not only to those whose CDS resource asks for it
+    /// (`HttpProtocolOptions` with `explicit_http_config.http2_protocol_options`, or the
+    /// deprecated `http2_protocol_options`): with prior knowledge ("h2c") in plaintext,
+    /// offering only `h2` by ALPN over TLS. Default: false, each cluster's own setting.
     pub fn http2_prior_knowledge(mut self, enabled: bool) -> Self {
         self.http2_prior_knowledge = enabled;
         self

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::retry::RetryBody;
 use meshwork_core::upstream::{ConnectError, Dialer, UpstreamIdentity, UpstreamStream};
-use meshwork_core::xds::resource::Cluster;
+use meshwork_core::xds::resource::{Cluster, UpstreamProtocol};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::BoxError;
 
@@ -26,42 +26,45 @@ use crate::Body;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The HTTP version spoken to a cluster's endpoints.
+/// The HTTP version spoken to a cluster's endpoints, from the cluster's
+/// [`UpstreamProtocol`] (Envoy's `HttpProtocolOptions`, or the deprecated
+/// `http2_protocol_options`):
 ///
-/// Over TLS the server chooses by ALPN among what we offer: `h2` and `http/1.1`, or only
-/// `h2` when the cluster asks for HTTP/2. In plaintext there is no negotiation: HTTP/1.1,
-/// unless the cluster asks for HTTP/2 (then HTTP/2 with prior knowledge, "h2c").
+/// | the cluster says | over TLS (ALPN offered) | in plaintext |
+/// |---|---|---|
+/// | HTTP/2 | `h2` | HTTP/2 with prior knowledge ("h2c") |
+/// | HTTP/1.1 | `http/1.1` | HTTP/1.1 |
+/// | auto, downstream or nothing | `h2`, `http/1.1`: the server chooses | HTTP/1.1 |
 ///
-/// A cluster asks for HTTP/2 when its CDS resource sets `http2_protocol_options`, or when
-/// the client is told to ([`MeshClientOptions::http2_prior_knowledge`](crate::MeshClientOptions::http2_prior_knowledge)).
-/// `typed_extension_protocol_options` (Envoy's newer `HttpProtocolOptions`) is not decoded
-/// by meshwork-xds yet, so it does not count.
+/// [`MeshClientOptions::http2_prior_knowledge`](crate::MeshClientOptions::http2_prior_knowledge)
+/// makes every cluster HTTP/2. "Downstream" (use the caller's version) is taken as auto: an
+/// in-process client has no downstream connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {
     /// HTTP/1.1 in plaintext; ALPN `h2`, `http/1.1` over TLS.
     Negotiate,
+    /// HTTP/1.1 only.
+    Http1,
     /// HTTP/2 only.
     Http2,
 }
 
 impl Protocol {
     pub(crate) fn for_cluster(cluster: &Cluster, http2_prior_knowledge: bool) -> Self {
-        // meshwork-xds lists `http2_protocol_options` among the cluster's set-but-unused
-        // fields; for an HTTP client it is the cluster saying "speak HTTP/2".
-        let cluster_says_h2 = cluster
-            .unsupported_fields
-            .iter()
-            .any(|f| f == "http2_protocol_options");
-        if cluster_says_h2 || http2_prior_knowledge {
-            Protocol::Http2
-        } else {
-            Protocol::Negotiate
+        if http2_prior_knowledge {
+            return Protocol::Http2;
+        }
+        match cluster.protocol {
+            UpstreamProtocol::Http2 => Protocol::Http2,
+            UpstreamProtocol::Http1 => Protocol::Http1,
+            _ => Protocol::Negotiate,
         }
     }
 
     fn alpn(self) -> Vec<Vec<u8>> {
         match self {
             Protocol::Negotiate => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Protocol::Http1 => vec![b"http/1.1".to_vec()],
             Protocol::Http2 => vec![b"h2".to_vec()],
         }
     }

@@ -16,9 +16,11 @@
 //! cluster asks for TLS (`Cluster::tls`), connections use SPIFFE mTLS with the server's SVID
 //! checked against the cluster's SAN matchers; our SVID and the roots come from the
 //! certificate provider instances the cluster names in the bootstrap (gRFC A29), or from one
-//! identity for every cluster ([`MeshClientOptions::mtls`]). Over TLS, ALPN picks HTTP/2 or HTTP/1.1; plaintext clusters get HTTP/1.1
-//! unless they ask for HTTP/2 (`http2_protocol_options`, or
-//! [`MeshClientOptions::http2_prior_knowledge`]).
+//! identity for every cluster ([`MeshClientOptions::mtls`]). The HTTP version is the
+//! cluster's (Envoy's `HttpProtocolOptions` in `typed_extension_protocol_options`, or the
+//! deprecated `http2_protocol_options`): HTTP/2 clusters get HTTP/2 (with prior knowledge in
+//! plaintext), HTTP/1.1 clusters HTTP/1.1; otherwise ALPN picks over TLS and plaintext is
+//! HTTP/1.1 ([`MeshClientOptions::http2_prior_knowledge`] makes every cluster HTTP/2).
 //!
 //! A request that fails in the mesh returns an [`Error`], never a synthesized response;
 //! [`Error::status`] is the status a proxy would have answered with (404 no route, 503 no

@@ -14,6 +14,7 @@ use meshwork_core::identity::VerifyError;
 use meshwork_core::identity::testing::TestCa;
 use meshwork_core::xds::client::ReadyError;
 use meshwork_http::{ConnectError, MeshClient, MeshClientOptions, ResolveError};
+use meshwork_xds::resource::UpstreamProtocol;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use support::{
     Backend, Proto, body, h2c_cluster, identity, static_cluster, tls_cluster, xds_client,
@@ -31,10 +32,12 @@ fn with_action(
     route
 }
 
-/// One host, `greeter`, whose routes reach five clusters: mTLS to an HTTP/1.1-only and an
-/// HTTP/2-only backend, plaintext HTTP/1.1, plaintext h2c (the cluster sets
-/// `http2_protocol_options`), and a cluster whose SAN matcher names someone else. A second
-/// host, `other`, is served by the same xDS client.
+/// One host, `greeter`, whose routes reach: mTLS to an HTTP/1.1-only and an HTTP/2-only
+/// backend; mTLS to a backend that speaks either, through clusters that say HTTP/1.1,
+/// HTTP/2 or nothing (Envoy's `HttpProtocolOptions`); plaintext HTTP/1.1; plaintext h2c
+/// (one cluster by the deprecated `http2_protocol_options`, one by `HttpProtocolOptions`);
+/// and a cluster whose SAN matcher names someone else. A second host, `other`, is served by
+/// the same xDS client.
 #[tokio::test]
 async fn xds_mtls_speaks_the_protocol_the_backend_and_cluster_ask_for() {
     let ca = TestCa::new("example.org");
@@ -43,7 +46,14 @@ async fn xds_mtls_speaks_the_protocol_the_backend_and_cluster_ask_for() {
         .tls(greeter.clone())
         .start()
         .await;
-    let (tls_h2, _) = Backend::new("tls-h2", Proto::H2).tls(greeter).start().await;
+    let (tls_h2, _) = Backend::new("tls-h2", Proto::H2)
+        .tls(greeter.clone())
+        .start()
+        .await;
+    let (tls_both, _) = Backend::new("tls-both", Proto::Both)
+        .tls(greeter)
+        .start()
+        .await;
     let (plain_h1, _) = Backend::new("plain-h1", Proto::H1).start().await;
     let (plain_h2, _) = Backend::new("plain-h2", Proto::H2).start().await;
     let (other, _) = Backend::new("other", Proto::H1).start().await;
@@ -61,6 +71,10 @@ async fn xds_mtls_speaks_the_protocol_the_backend_and_cluster_ask_for() {
                         build::route_to("/tls-h1", "tls-h1"),
                         build::route_to("/tls-h2", "tls-h2"),
                         build::route_to("/plain-h2", "plain-h2"),
+                        build::route_to("/typed-h2c", "typed-h2c"),
+                        build::route_to("/both-h1", "both-h1"),
+                        build::route_to("/both-h2", "both-h2"),
+                        build::route_to("/both-auto", "both-auto"),
                         build::route_to("/plain-h1", "plain-h1"),
                         build::route_to("/wrong-san", "wrong-san"),
                     ],
@@ -70,6 +84,22 @@ async fn xds_mtls_speaks_the_protocol_the_backend_and_cluster_ask_for() {
             .cluster(tls_cluster("tls-h2", GREETER_SAN))
             .cluster(build::eds_cluster("plain-h1"))
             .cluster(h2c_cluster("plain-h2"))
+            .cluster(build::with_http_protocol(
+                build::eds_cluster("typed-h2c"),
+                UpstreamProtocol::Http2,
+            ))
+            .cluster(build::with_http_protocol(
+                tls_cluster("both-h1", GREETER_SAN),
+                UpstreamProtocol::Http1,
+            ))
+            .cluster(build::with_http_protocol(
+                tls_cluster("both-h2", GREETER_SAN),
+                UpstreamProtocol::Http2,
+            ))
+            .cluster(build::with_http_protocol(
+                tls_cluster("both-auto", GREETER_SAN),
+                UpstreamProtocol::Auto,
+            ))
             .cluster(tls_cluster(
                 "wrong-san",
                 "spiffe://example.org/ns/default/sa/someone-else",
@@ -78,6 +108,10 @@ async fn xds_mtls_speaks_the_protocol_the_backend_and_cluster_ask_for() {
             .endpoints(build::endpoints("tls-h2", &[tls_h2]))
             .endpoints(build::endpoints("plain-h1", &[plain_h1]))
             .endpoints(build::endpoints("plain-h2", &[plain_h2]))
+            .endpoints(build::endpoints("typed-h2c", &[plain_h2]))
+            .endpoints(build::endpoints("both-h1", &[tls_both]))
+            .endpoints(build::endpoints("both-h2", &[tls_both]))
+            .endpoints(build::endpoints("both-auto", &[tls_both]))
             .endpoints(build::endpoints("wrong-san", &[tls_h2]))
             .listener(build::api_listener("other:8080", "other-routes"))
             .route(build::route_config(
@@ -112,6 +146,23 @@ async fn xds_mtls_speaks_the_protocol_the_backend_and_cluster_ask_for() {
         assert_eq!(
             body(&client, "http://greeter/plain-h2").await.unwrap(),
             "plain-h2:HTTP/2.0"
+        );
+        assert_eq!(
+            body(&client, "http://greeter/typed-h2c").await.unwrap(),
+            "plain-h2:HTTP/2.0"
+        );
+        // One backend, three clusters: each gets the version its cluster asks for.
+        assert_eq!(
+            body(&client, "http://greeter/both-h1").await.unwrap(),
+            "tls-both:HTTP/1.1"
+        );
+        assert_eq!(
+            body(&client, "http://greeter/both-h2").await.unwrap(),
+            "tls-both:HTTP/2.0"
+        );
+        assert_eq!(
+            body(&client, "http://greeter/both-auto").await.unwrap(),
+            "tls-both:HTTP/2.0"
         );
         assert_eq!(
             body(&client, "http://other:8080/").await.unwrap(),

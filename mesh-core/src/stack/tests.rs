@@ -34,6 +34,7 @@ fn cluster(name: &str, lb: LbPolicy) -> Arc<Cluster> {
         outlier_detection: None,
         tls: None,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        protocol: Default::default(),
         unsupported_fields: Vec::new(),
     })
 }

@@ -68,6 +68,7 @@ pub fn cluster(name: &str, tls: Option<UpstreamTls>) -> Arc<Cluster> {
         outlier_detection: None,
         tls,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        protocol: Default::default(),
         unsupported_fields: Vec::new(),
     })
 }

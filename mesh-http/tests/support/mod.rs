@@ -42,6 +42,8 @@ pub enum Proto {
     H1,
     /// HTTP/2 only (ALPN `h2` over TLS; prior knowledge in plaintext).
     H2,
+    /// Over TLS, either, by ALPN (`h2` preferred); HTTP/1.1 in plaintext.
+    Both,
 }
 
 /// A backend's behaviour.
@@ -89,11 +91,12 @@ impl Backend {
         let seen = Arc::new(AtomicUsize::new(0));
         let tls = self.tls.clone().map(|m| {
             let alpn = match self.proto {
-                Proto::H1 => b"http/1.1".to_vec(),
-                Proto::H2 => b"h2".to_vec(),
+                Proto::H1 => vec![b"http/1.1".to_vec()],
+                Proto::H2 => vec![b"h2".to_vec()],
+                Proto::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             };
             tokio_rustls::TlsAcceptor::from(Arc::new(
-                m.alpn_protocols(vec![alpn]).server_config().unwrap(),
+                m.alpn_protocols(alpn).server_config().unwrap(),
             ))
         });
         let counter = seen.clone();
@@ -131,6 +134,10 @@ impl Backend {
                         None => serve(proto, TokioIo::new(tcp), svc).await,
                         Some(acceptor) => {
                             if let Ok(s) = acceptor.accept(tcp).await {
+                                let proto = match s.get_ref().1.alpn_protocol() {
+                                    Some(b"h2") => Proto::H2,
+                                    _ => Proto::H1,
+                                };
                                 serve(proto, TokioIo::new(s), svc).await;
                             }
                         }
@@ -154,7 +161,7 @@ where
     S::Future: Send + 'static,
 {
     let _ = match proto {
-        Proto::H1 => {
+        Proto::H1 | Proto::Both => {
             hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, svc)
                 .await
@@ -223,9 +230,8 @@ pub fn cert_dir(ca: &TestCa, path: &str) -> (std::path::PathBuf, String) {
     (dir, providers)
 }
 
-/// A plaintext EDS cluster that asks for HTTP/2 (`http2_protocol_options`).
-// Deprecated in Envoy for `typed_extension_protocol_options`, which meshwork-xds does not
-// decode yet; the deprecated field is the one meshwork reads.
+/// A plaintext EDS cluster that asks for HTTP/2 by the deprecated `http2_protocol_options`
+/// (control planes still send it; `build::with_http_protocol` writes the current form).
 #[allow(deprecated)]
 pub fn h2c_cluster(name: &str) -> ClusterPb {
     let mut c = build::eds_cluster(name);
@@ -257,6 +263,7 @@ pub fn static_cluster(name: &str, addrs: &[SocketAddr], san: Option<&str>) -> Cl
             outlier_detection: None,
             tls,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            protocol: Default::default(),
             unsupported_fields: Vec::new(),
         }),
         children: ClusterChildren::Endpoints(Ok(Arc::new(ClusterLoadAssignment {

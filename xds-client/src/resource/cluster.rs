@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::extensions::clusters::aggregate::v3 as aggregate_pb;
 use envoy_types::pb::envoy::extensions::load_balancing_policies as lb_pb;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as http_pb;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use prost::Message as _;
 
@@ -39,12 +40,42 @@ pub struct Cluster {
     /// `connect_timeout`, default 5 s (Envoy's default; gRPC ignores the field). Zero also
     /// means the default, since gRPC accepts it.
     pub connect_timeout: Duration,
+    /// The HTTP version the cluster's connections speak, as the resource says. gRPC
+    /// clients speak HTTP/2 whatever it says (gRPC ignores these fields); an HTTP client
+    /// follows it.
+    pub protocol: UpstreamProtocol,
     /// Set-but-unimplemented field paths (see [`super::Resource::unsupported_fields`]).
     pub unsupported_fields: Vec<String>,
 }
 
 /// The default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The key (and type) of Envoy's HTTP protocol options in a cluster's
+/// `typed_extension_protocol_options`.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const HTTP_PROTOCOL_OPTIONS_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// The HTTP version of a cluster's upstream connections: Envoy's
+/// `typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]`
+/// (`upstream_protocol_options`), or the deprecated `http2_protocol_options` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UpstreamProtocol {
+    /// Nothing said: Envoy speaks HTTP/1.1 to such a cluster.
+    #[default]
+    Unspecified,
+    /// `explicit_http_config.http_protocol_options`: HTTP/1.1.
+    Http1,
+    /// `explicit_http_config.http2_protocol_options` (or the deprecated
+    /// `http2_protocol_options` field): HTTP/2, with prior knowledge in plaintext.
+    Http2,
+    /// `auto_config`: chosen by ALPN over TLS (HTTP/2 preferred), HTTP/1.1 in plaintext.
+    Auto,
+    /// `use_downstream_protocol_config`: the version the caller used.
+    Downstream,
+}
 
 /// How a cluster's endpoints are found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,16 +323,7 @@ fn validate(c: &cluster_pb::Cluster) -> Result<Cluster> {
         &root,
         "common_http_protocol_options",
     );
-    uns.field_if(
-        c.http2_protocol_options.is_some(),
-        &root,
-        "http2_protocol_options",
-    );
-    uns.field_if(
-        !c.typed_extension_protocol_options.is_empty(),
-        &root,
-        "typed_extension_protocol_options",
-    );
+    let protocol = upstream_protocol(c, &root, &mut uns)?;
     uns.field_if(c.lb_subset_config.is_some(), &root, "lb_subset_config");
     uns.field_if(!c.filters.is_empty(), &root, "filters");
     uns.field_if(
@@ -350,8 +372,73 @@ fn validate(c: &cluster_pb::Cluster) -> Result<Cluster> {
         outlier_detection,
         tls,
         connect_timeout,
+        protocol,
         unsupported_fields: uns.into_vec(),
     })
+}
+
+/// The cluster's HTTP version: the typed `HttpProtocolOptions` if present, else the
+/// deprecated `http2_protocol_options`. Other protocol-options extensions, and the parts of
+/// `HttpProtocolOptions` that are not the version, are listed as unsupported; an
+/// `HttpProtocolOptions` that does not decode is an error (Envoy rejects it too).
+fn upstream_protocol(
+    c: &cluster_pb::Cluster,
+    root: &FieldPath<'_>,
+    uns: &mut Unsupported,
+) -> Result<UpstreamProtocol> {
+    use http_pb::http_protocol_options::{
+        UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    };
+    let mut protocol = if c.http2_protocol_options.is_some() {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Unspecified
+    };
+    let mut keys: Vec<&String> = c.typed_extension_protocol_options.keys().collect();
+    keys.sort();
+    for key in keys {
+        let any = &c.typed_extension_protocol_options[key];
+        if key != HTTP_PROTOCOL_OPTIONS && any.type_url != HTTP_PROTOCOL_OPTIONS_TYPE_URL {
+            uns.note(format!("typed_extension_protocol_options[{key}]"));
+            continue;
+        }
+        let path = root.field("typed_extension_protocol_options[HttpProtocolOptions]");
+        let opts: http_pb::HttpProtocolOptions =
+            decode_any(&path, any, HTTP_PROTOCOL_OPTIONS_TYPE_URL)?;
+        match &opts.upstream_protocol_options {
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
+                Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = UpstreamProtocol::Http1,
+                Some(ProtocolConfig::Http2ProtocolOptions(_)) => protocol = UpstreamProtocol::Http2,
+                Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                    // QUIC is not spoken here: the cluster keeps the default.
+                    uns.field(&path, "explicit_http_config.http3_protocol_options");
+                }
+                None => {
+                    return Err(ResourceErrorKind::invalid(
+                        path.field("explicit_http_config"),
+                        "no protocol_config",
+                    ));
+                }
+            },
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
+                protocol = UpstreamProtocol::Downstream;
+            }
+            Some(UpstreamProtocolOptions::AutoConfig(_)) => protocol = UpstreamProtocol::Auto,
+            None => {}
+        }
+        uns.field_if(
+            opts.common_http_protocol_options.is_some(),
+            &path,
+            "common_http_protocol_options",
+        );
+        uns.field_if(
+            opts.upstream_http_protocol_options.is_some(),
+            &path,
+            "upstream_http_protocol_options",
+        );
+        uns.field_if(!opts.http_filters.is_empty(), &path, "http_filters");
+    }
+    Ok(protocol)
 }
 
 fn cluster_kind(c: &cluster_pb::Cluster, root: &FieldPath<'_>) -> Result<ClusterKind> {

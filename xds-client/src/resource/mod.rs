@@ -39,8 +39,8 @@ mod testing;
 
 pub use cluster::{
     CertProviderInstance, CircuitBreakers, Cluster, ClusterKind, ConsecutiveEjection,
-    DEFAULT_CONNECT_TIMEOUT, FailurePercentageEjection, LbPolicy, OutlierDetection,
-    SuccessRateEjection, UpstreamTls,
+    DEFAULT_CONNECT_TIMEOUT, FailurePercentageEjection, HTTP_PROTOCOL_OPTIONS, LbPolicy,
+    OutlierDetection, SuccessRateEjection, UpstreamProtocol, UpstreamTls,
 };
 pub use endpoint::{
     ClusterLoadAssignment, DropOverload, Endpoint, HealthStatus, Locality, LocalityEndpoints,

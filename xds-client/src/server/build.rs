@@ -40,9 +40,12 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as http_pb;
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use prost::{Message, Name};
+
+use crate::resource::{HTTP_PROTOCOL_OPTIONS, UpstreamProtocol};
 
 /// Pack a message into an `Any` with its canonical type URL.
 pub fn pack<M: Message + Name>(message: &M) -> Any {
@@ -245,6 +248,47 @@ pub fn with_upstream_tls(mut cluster: Cluster, instance: &str, san_exact: &[&str
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&context))),
     });
+    cluster
+}
+
+/// `cluster` with Envoy's `HttpProtocolOptions` under
+/// `typed_extension_protocol_options`, asking for `protocol` (explicit HTTP/1.1 or HTTP/2,
+/// auto, or downstream); [`UpstreamProtocol::Unspecified`] removes the options.
+pub fn with_http_protocol(mut cluster: Cluster, protocol: UpstreamProtocol) -> Cluster {
+    use http_pb::http_protocol_options::{
+        AutoHttpConfig, ExplicitHttpConfig, UpstreamProtocolOptions as Upo,
+        UseDownstreamHttpConfig, explicit_http_config::ProtocolConfig,
+    };
+    let explicit = |config| {
+        Some(Upo::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(config),
+        }))
+    };
+    let options = match protocol {
+        UpstreamProtocol::Http1 => {
+            explicit(ProtocolConfig::HttpProtocolOptions(Default::default()))
+        }
+        UpstreamProtocol::Http2 => {
+            explicit(ProtocolConfig::Http2ProtocolOptions(Default::default()))
+        }
+        UpstreamProtocol::Auto => Some(Upo::AutoConfig(AutoHttpConfig::default())),
+        UpstreamProtocol::Downstream => Some(Upo::UseDownstreamProtocolConfig(
+            UseDownstreamHttpConfig::default(),
+        )),
+        _ => {
+            cluster
+                .typed_extension_protocol_options
+                .remove(HTTP_PROTOCOL_OPTIONS);
+            return cluster;
+        }
+    };
+    let message = http_pb::HttpProtocolOptions {
+        upstream_protocol_options: options,
+        ..Default::default()
+    };
+    cluster
+        .typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.into(), pack(&message));
     cluster
 }
 

@@ -5,6 +5,7 @@ use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     self as tls_pb, common_tls_context as ctc,
 };
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as http_pb;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
 use envoy_types::pb::google::protobuf::{Any, UInt64Value};
 
@@ -855,4 +856,149 @@ fn harmless_fields_are_listed_not_rejected() {
             c.unsupported_fields
         );
     }
+}
+
+fn with_http_options(
+    mut c: cluster_pb::Cluster,
+    options: Option<http_pb::http_protocol_options::UpstreamProtocolOptions>,
+) -> cluster_pb::Cluster {
+    let message = http_pb::HttpProtocolOptions {
+        upstream_protocol_options: options,
+        ..Default::default()
+    };
+    c.typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.into(), any(&message));
+    c
+}
+
+#[test]
+fn the_upstream_http_version_is_read_from_either_field() {
+    use http_pb::http_protocol_options::{
+        AutoHttpConfig, ExplicitHttpConfig, UpstreamProtocolOptions as Upo,
+        UseDownstreamHttpConfig, explicit_http_config::ProtocolConfig as Pc,
+    };
+    let explicit = |pc| {
+        Some(Upo::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(pc),
+        }))
+    };
+    // Nothing said.
+    let c = cds(&eds_cluster("c"));
+    assert_eq!(c.protocol, UpstreamProtocol::Unspecified);
+    // The deprecated field, which is supported (not listed) now.
+    let mut pb = eds_cluster("c");
+    pb.http2_protocol_options = Some(Default::default());
+    let c = cds(&pb);
+    assert_eq!(c.protocol, UpstreamProtocol::Http2);
+    assert!(
+        c.unsupported_fields.is_empty(),
+        "{:?}",
+        c.unsupported_fields
+    );
+    // The typed options, as Istio and go-control-plane write them.
+    for (options, want) in [
+        (
+            explicit(Pc::Http2ProtocolOptions(Default::default())),
+            UpstreamProtocol::Http2,
+        ),
+        (
+            explicit(Pc::HttpProtocolOptions(Default::default())),
+            UpstreamProtocol::Http1,
+        ),
+        (
+            Some(Upo::AutoConfig(AutoHttpConfig::default())),
+            UpstreamProtocol::Auto,
+        ),
+        (
+            Some(Upo::UseDownstreamProtocolConfig(
+                UseDownstreamHttpConfig::default(),
+            )),
+            UpstreamProtocol::Downstream,
+        ),
+        (None, UpstreamProtocol::Unspecified),
+    ] {
+        let c = cds(&with_http_options(eds_cluster("c"), options));
+        assert_eq!(c.protocol, want);
+        assert!(
+            c.unsupported_fields.is_empty(),
+            "{:?}",
+            c.unsupported_fields
+        );
+    }
+    // The typed options win over the deprecated field.
+    let mut pb = with_http_options(
+        eds_cluster("c"),
+        explicit(Pc::HttpProtocolOptions(Default::default())),
+    );
+    pb.http2_protocol_options = Some(Default::default());
+    assert_eq!(cds(&pb).protocol, UpstreamProtocol::Http1);
+    // HTTP/3 is not spoken here: listed, and the cluster keeps the default.
+    let c = cds(&with_http_options(
+        eds_cluster("c"),
+        explicit(Pc::Http3ProtocolOptions(Default::default())),
+    ));
+    assert_eq!(c.protocol, UpstreamProtocol::Unspecified);
+    assert_eq!(
+        c.unsupported_fields,
+        vec![
+            "typed_extension_protocol_options[HttpProtocolOptions].explicit_http_config.http3_protocol_options"
+        ]
+    );
+    // Another extension's protocol options are listed, not applied.
+    let mut pb = eds_cluster("c");
+    pb.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions".into(),
+        Any {
+            type_url: "type.googleapis.com/envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions"
+                .into(),
+            value: Vec::new(),
+        },
+    );
+    let c = cds(&pb);
+    assert_eq!(c.protocol, UpstreamProtocol::Unspecified);
+    assert_eq!(
+        c.unsupported_fields,
+        vec![
+            "typed_extension_protocol_options[envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions]"
+        ]
+    );
+}
+
+#[test]
+fn broken_http_protocol_options_are_rejected() {
+    use http_pb::http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions as Upo};
+    // An explicit config that names no version.
+    let err = cds_err(&with_http_options(
+        eds_cluster("c"),
+        Some(Upo::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: None,
+        })),
+    ));
+    assert!(
+        err.to_string()
+            .contains("typed_extension_protocol_options[HttpProtocolOptions].explicit_http_config"),
+        "{err}"
+    );
+    // Bytes that are not an HttpProtocolOptions.
+    let mut pb = eds_cluster("c");
+    pb.typed_extension_protocol_options.insert(
+        HTTP_PROTOCOL_OPTIONS.into(),
+        Any {
+            type_url: format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}"),
+            value: vec![0xff, 0xff, 0xff],
+        },
+    );
+    let err = cds_err(&pb);
+    assert_eq!(err.name.as_deref(), Some("c"), "{err}");
+    // The key of the HTTP options with another message's type.
+    let mut pb = eds_cluster("c");
+    pb.typed_extension_protocol_options.insert(
+        HTTP_PROTOCOL_OPTIONS.into(),
+        Any {
+            type_url: "type.googleapis.com/google.protobuf.Empty".into(),
+            value: Vec::new(),
+        },
+    );
+    let err = cds_err(&pb);
+    assert!(err.to_string().contains("unexpected type URL"), "{err}");
 }
