@@ -6,7 +6,10 @@ in-process CSDS service (grpcio-csds) and prints it as one JSON array:
 [{"type": TYPE_URL, "name": NAME, "version": V, "status": "ACKED"|"NACKED"|...}].
 
 usage: grpcio_csds_dump.py --targets a,b,c [--wait SECONDS]
-It polls until no resource is REQUESTED (or --wait passes), so it reports a settled view.
+It polls until no resource is REQUESTED and the view has not changed for --quiet seconds
+(or --wait passes), so it reports a settled view: between a Listener's ACK and the
+subscription to its RouteConfiguration (and from there to clusters and endpoints) there are
+moments with nothing REQUESTED, which a busy machine can stretch.
 """
 import argparse
 import json
@@ -26,6 +29,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--targets", required=True)
     ap.add_argument("--wait", type=float, default=20.0)
+    ap.add_argument("--quiet", type=float, default=1.0)
     a = ap.parse_args()
 
     channels = []
@@ -43,6 +47,7 @@ def main():
 
     deadline = time.time() + a.wait
     rows = []
+    last, same_since = None, time.time()
     while True:
         resp = stub.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=5)
         rows = []
@@ -55,8 +60,12 @@ def main():
                     "status": STATUS.get(gc.client_status, str(gc.client_status)),
                     "error": gc.error_state.details if gc.HasField("error_state") else None,
                 })
+        now = time.time()
+        view = sorted((r["type"], r["name"], r["version"], r["status"]) for r in rows)
+        if view != last:
+            last, same_since = view, now
         settled = rows and all(r["status"] != "REQUESTED" for r in rows)
-        if settled or time.time() > deadline:
+        if (settled and now - same_since >= a.quiet) or now > deadline:
             break
         time.sleep(0.1)
     json.dump(rows, sys.stdout)
