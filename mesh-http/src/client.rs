@@ -13,9 +13,11 @@ use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use meshwork_core::config::{self, ConfigReceiver, TargetConfig};
 use meshwork_core::identity::{CertificateProviders, MtlsConfig};
-use meshwork_core::stack::{self, StackOptions};
+use meshwork_core::route::Router;
+use meshwork_core::stack::{ClusterSet, SharedClusters, StackOptions};
 use meshwork_core::telemetry::{CallLayer, Telemetry};
 use meshwork_core::xds::bootstrap::XdsTarget;
 use meshwork_core::xds::client::XdsClient;
@@ -160,7 +162,7 @@ impl MeshClient {
     /// called within a tokio runtime.
     pub fn from_config(config: ConfigReceiver, mut options: MeshClientOptions) -> Self {
         options.telemetry.get_or_insert_with(Telemetry::global);
-        let stack = build_stack(config, &options, "static");
+        let stack = build_stack(config, &options, "static", None);
         Self {
             inner: Arc::new(Inner {
                 targets: Targets::One(stack),
@@ -193,6 +195,7 @@ impl MeshClient {
                     client,
                     hosts: ArcSwap::from_pointee(HashMap::new()),
                     insert: Mutex::new(()),
+                    clusters: SharedClusters::new(),
                 }),
                 options,
             }),
@@ -303,7 +306,14 @@ fn normalize(mut req: Request<Body>) -> Result<(Request<Body>, String), Error> {
     Ok((req, authority.as_str().to_ascii_lowercase()))
 }
 
-fn build_stack(config: ConfigReceiver, options: &MeshClientOptions, target: &str) -> Stack {
+/// The stack of one target; with `shared`, its clusters are shared with the other hosts'
+/// (two hosts that route to one cluster get one balancer, one connection pool, one breaker).
+fn build_stack(
+    config: ConfigReceiver,
+    options: &MeshClientOptions,
+    target: &str,
+    shared: Option<&SharedClusters<Body, Incoming>>,
+) -> Stack {
     let telemetry = options
         .telemetry
         .clone()
@@ -317,7 +327,13 @@ fn build_stack(config: ConfigReceiver, options: &MeshClientOptions, target: &str
     let connect =
         move |cluster: &Arc<Cluster>, address| Endpoint::new(cluster, address, &identity, h2);
     let stack_options = options.stack.clone().telemetry(telemetry.clone());
-    let router = stack::outbound(config, connect, stack_options);
+    let clusters = match shared {
+        Some(shared) => {
+            ClusterSet::with_shared(config.clone(), connect, stack_options, shared.clone())
+        }
+        None => ClusterSet::new(config.clone(), connect, stack_options),
+    };
+    let router = Router::new(config, clusters);
     let call = CallLayer::new(telemetry).layer(router);
     BoxCloneSyncService::new(call.map_response(|rsp: Response<_>| rsp.map(|b| b.boxed_unsync())))
 }
@@ -329,6 +345,8 @@ struct XdsTargets {
     client: XdsClient,
     hosts: ArcSwap<HashMap<String, Arc<OnceCell<Stack>>>>,
     insert: Mutex<()>,
+    /// The cluster stacks, shared by every host's stack.
+    clusters: SharedClusters<Body, Incoming>,
 }
 
 impl XdsTargets {
@@ -413,6 +431,6 @@ impl XdsTargets {
                 }
             }
         });
-        Ok(build_stack(rx, options, &target))
+        Ok(build_stack(rx, options, &target, Some(&self.clusters)))
     }
 }

@@ -412,3 +412,92 @@ async fn static_config_h2_prior_knowledge_and_no_endpoint() {
     assert!(err.is_no_endpoint(), "{err:?}");
     assert_eq!(err.status(), 503);
 }
+
+/// Two host names of one service (`greeter` and `greeter.default.svc`), each its own xDS
+/// listener and route, both routing to the cluster `greeter`: one cluster stack serves both,
+/// as Envoy shares a cluster among listeners. Its circuit breaker allows one request at a
+/// time; with a request from the first host in flight, the second host's request is refused
+/// by the same breaker at once (503), where separate stacks would send it on to hang until
+/// the route's timeout (504).
+#[tokio::test]
+async fn hosts_that_route_to_one_cluster_share_its_stack() {
+    use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+    let (hang, seen) = Backend::new("hang", Proto::H2).hang().start().await;
+    let timeout = |route| {
+        with_action(route, |a| {
+            a.timeout = Some(PbDuration {
+                seconds: 5,
+                nanos: 0,
+            });
+        })
+    };
+    let mut cluster = h2c_cluster("greeter");
+    cluster.circuit_breakers = Some(
+        envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_requests: Some(UInt32Value { value: 1 }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .listener(build::api_listener("greeter", "short"))
+            .route(build::route_config(
+                "short",
+                vec![build::virtual_host(
+                    "short",
+                    ["greeter"],
+                    vec![timeout(build::route_to("", "greeter"))],
+                )],
+            ))
+            .listener(build::api_listener("greeter.default.svc", "long"))
+            .route(build::route_config(
+                "long",
+                vec![build::virtual_host(
+                    "long",
+                    ["greeter.default.svc"],
+                    vec![timeout(build::route_to("", "greeter"))],
+                )],
+            ))
+            .cluster(cluster)
+            .endpoints(build::endpoints("greeter", &[hang])),
+    );
+    let client = MeshClient::from_xds(xds_client(&server, None), MeshClientOptions::new());
+
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("http://greeter/").await }
+    });
+    // Wait (bounded) until the first request holds the breaker's slot at the backend.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while seen.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the first request reaches the backend");
+
+    let started = std::time::Instant::now();
+    let err = client
+        .get("http://greeter.default.svc/")
+        .await
+        .expect_err("the breaker is full");
+    assert!(
+        err.is_no_endpoint(),
+        "refused by the shared breaker: {err:?}"
+    );
+    assert_eq!(err.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after the route timeout"
+    );
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "the second never reached the backend"
+    );
+    first.abort();
+}

@@ -35,6 +35,17 @@
 //! applies it on the spot, under the set's lock, when its cluster is missing; lookups of
 //! known clusters take no lock (an [`ArcSwap`] load and an `Arc` clone).
 //!
+//! # Sharing clusters between targets
+//!
+//! A [`ClusterSet`] follows one target's config. Sets made [`with_shared`](ClusterSet::with_shared)
+//! one [`SharedClusters`] registry share the stacks of the clusters they have in common
+//! (same name, same `Cluster` resource), as Envoy shares a cluster among its listeners:
+//! meshwork-http's `MeshClient` makes a set per host name and shares its clusters this way,
+//! so two names of one service get one balancer, one connection pool, one breaker and one
+//! outlier detector. A shared cluster is built by the first set that needs it (with that
+//! set's connector and telemetry, so its attempt metrics carry that target) and dropped
+//! with the last one that routes to it.
+//!
 //! # Sharing the balancer
 //!
 //! Every layer is cloned per call and shares its state through atomics, the balancer
@@ -179,21 +190,127 @@ struct Built<B, RB> {
     endpoints: Option<watch::Sender<Arc<ClusterLoadAssignment>>>,
 }
 
+/// One cluster's stack, kept while a [`ClusterSet`] (or several, through
+/// [`SharedClusters`]) routes to it.
 struct Entry<B, RB> {
     cluster: Arc<Cluster>,
     service: ClusterService<B, RB>,
     endpoints: Option<watch::Sender<Arc<ClusterLoadAssignment>>>,
 }
 
+impl<B, RB> Entry<B, RB> {
+    fn new(cluster: &Arc<Cluster>, built: Built<B, RB>) -> Self {
+        Self {
+            cluster: cluster.clone(),
+            service: built.service,
+            endpoints: built.endpoints,
+        }
+    }
+
+    /// Sends a new endpoint set to the cluster's balancer, if it is new.
+    fn update(&self, cla: Option<Arc<ClusterLoadAssignment>>) {
+        if let (Some(tx), Some(cla)) = (&self.endpoints, cla) {
+            tx.send_if_modified(|cur| {
+                if Arc::ptr_eq(cur, &cla) || **cur == *cla {
+                    false
+                } else {
+                    *cur = cla;
+                    true
+                }
+            });
+        }
+    }
+}
+
+/// Cluster stacks shared by several [`ClusterSet`]s, as Envoy shares a cluster among its
+/// listeners: a cluster that more than one target routes to (two host names of one
+/// service, in an HTTP client) gets one stack, with one balancer, one set of connections,
+/// one breaker and one outlier detector, instead of one per target.
+///
+/// The first set to need a cluster builds it, with its own connector and telemetry; the
+/// others reuse it while their `Cluster` resource is the same (a set whose resource differs
+/// builds its own, which later sets then share). A cluster is dropped with the last set
+/// that routes to it. Cheap to clone.
+pub struct SharedClusters<B, RB> {
+    entries: Arc<Mutex<HashMap<String, std::sync::Weak<Entry<B, RB>>>>>,
+}
+
+impl<B, RB> SharedClusters<B, RB> {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            entries: Arc::default(),
+        }
+    }
+
+    /// The names of the clusters alive in the registry, sorted.
+    pub fn cluster_names(&self) -> Vec<String> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = entries
+            .iter()
+            .filter(|(_, e)| e.strong_count() > 0)
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The stack of `cluster`: the registry's if it has one for the same resource, else one
+    /// made by `build` (and registered).
+    fn get_or_build(
+        &self,
+        cluster: &Arc<Cluster>,
+        cla: Option<Arc<ClusterLoadAssignment>>,
+        build: &Builder<B, RB>,
+    ) -> Arc<Entry<B, RB>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries
+            .get(&cluster.name)
+            .and_then(std::sync::Weak::upgrade)
+            && *entry.cluster == **cluster
+        {
+            entry.update(cla);
+            return entry;
+        }
+        let entry = Arc::new(Entry::new(cluster, build(cluster, cla)));
+        entries.retain(|_, e| e.strong_count() > 0);
+        entries.insert(cluster.name.clone(), Arc::downgrade(&entry));
+        entry
+    }
+}
+
+impl<B, RB> Default for SharedClusters<B, RB> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B, RB> Clone for SharedClusters<B, RB> {
+    fn clone(&self) -> Self {
+        Self {
+            entries: self.entries.clone(),
+        }
+    }
+}
+
+impl<B, RB> fmt::Debug for SharedClusters<B, RB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedClusters")
+            .field("clusters", &self.cluster_names())
+            .finish()
+    }
+}
+
 struct State<B, RB> {
     config: ConfigReceiver,
-    entries: HashMap<String, Entry<B, RB>>,
+    entries: HashMap<String, Arc<Entry<B, RB>>>,
 }
 
 struct Inner<B, RB> {
     services: ArcSwap<HashMap<String, ClusterService<B, RB>>>,
     state: Mutex<State<B, RB>>,
     build: Box<Builder<B, RB>>,
+    shared: Option<SharedClusters<B, RB>>,
     // Dropped with the last handle: ends the task that follows the config.
     _shutdown: oneshot::Sender<()>,
 }
@@ -233,6 +350,44 @@ impl<B, RB> ClusterSet<B, RB> {
         B::Error: Into<BoxError>,
         RB: Body + Send + 'static,
     {
+        Self::build(config, connect, options, None)
+    }
+
+    /// Like [`new`](Self::new), with the cluster stacks taken from (and put in) `shared`, so
+    /// that sets for several targets share the clusters they have in common.
+    pub fn with_shared<C>(
+        config: ConfigReceiver,
+        connect: C,
+        options: StackOptions,
+        shared: SharedClusters<B, RB>,
+    ) -> Self
+    where
+        C: Connect<B>,
+        C::Service: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
+        <C::Service as Service<http::Request<RetryBody<B>>>>::Error: Into<BoxError>,
+        <C::Service as Service<http::Request<RetryBody<B>>>>::Future: Send + 'static,
+        B: Body + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+        RB: Body + Send + 'static,
+    {
+        Self::build(config, connect, options, Some(shared))
+    }
+
+    fn build<C>(
+        config: ConfigReceiver,
+        connect: C,
+        options: StackOptions,
+        shared: Option<SharedClusters<B, RB>>,
+    ) -> Self
+    where
+        C: Connect<B>,
+        C::Service: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
+        <C::Service as Service<http::Request<RetryBody<B>>>>::Error: Into<BoxError>,
+        <C::Service as Service<http::Request<RetryBody<B>>>>::Future: Send + 'static,
+        B: Body + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+        RB: Body + Send + 'static,
+    {
         let telemetry = options.telemetry.unwrap_or_else(Telemetry::global);
         let build: Box<Builder<B, RB>> =
             Box::new(move |cluster, cla| build_cluster(cluster, cla, &connect, &telemetry));
@@ -245,6 +400,7 @@ impl<B, RB> ClusterSet<B, RB> {
                 entries: HashMap::new(),
             }),
             build,
+            shared,
             _shutdown: shutdown,
         });
         inner.sync(true);
@@ -295,32 +451,17 @@ impl<B, RB> Inner<B, RB> {
                 ClusterChildren::Endpoints(Ok(cla)) => Some(cla.clone()),
                 _ => None,
             };
-            match old.remove(name) {
+            let entry = match old.remove(name) {
                 Some(entry) if *entry.cluster == *cc.cluster => {
-                    if let (Some(tx), Some(cla)) = (&entry.endpoints, cla) {
-                        tx.send_if_modified(|cur| {
-                            if Arc::ptr_eq(cur, &cla) || **cur == *cla {
-                                false
-                            } else {
-                                *cur = cla;
-                                true
-                            }
-                        });
-                    }
-                    next.insert(name.clone(), entry);
+                    entry.update(cla);
+                    entry
                 }
-                _ => {
-                    let built = (self.build)(&cc.cluster, cla);
-                    next.insert(
-                        name.clone(),
-                        Entry {
-                            cluster: cc.cluster.clone(),
-                            service: built.service,
-                            endpoints: built.endpoints,
-                        },
-                    );
-                }
-            }
+                _ => match &self.shared {
+                    Some(shared) => shared.get_or_build(&cc.cluster, cla, &*self.build),
+                    None => Arc::new(Entry::new(&cc.cluster, (self.build)(&cc.cluster, cla))),
+                },
+            };
+            next.insert(name.clone(), entry);
         }
         let services = next
             .iter()

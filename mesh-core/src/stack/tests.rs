@@ -499,3 +499,61 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
     assert_eq!(failures, 2, "ejected after two consecutive 5xx");
     assert!(last[6..].iter().all(|a| *a == addr(2)), "{last:?}");
 }
+
+#[tokio::test]
+async fn sets_sharing_a_registry_share_their_common_clusters() {
+    let shared = SharedClusters::new();
+    let conn = Counting::default();
+    let a = cluster("a", LbPolicy::RoundRobin);
+    let b = cluster("b", LbPolicy::RoundRobin);
+    let set = |cfg: TargetConfig| {
+        let (tx, rx) = crate::config::channel(cfg);
+        let set = ClusterSet::with_shared(
+            rx.clone(),
+            conn.connector(),
+            StackOptions::default(),
+            shared.clone(),
+        );
+        (tx, Router::new(rx, set))
+    };
+    // Two targets routing to `a`; the second also has `b`.
+    let (_tx1, mut one) = set(config(
+        vec![route("/", "a", None)],
+        vec![("a", ready(&a, assignment("a", &[1])))],
+    ));
+    let (tx2, mut two) = set(config(
+        vec![route("/a", "a", None), route("/b", "b", None)],
+        vec![
+            ("a", ready(&a, assignment("a", &[1]))),
+            ("b", ready(&b, assignment("b", &[2]))),
+        ],
+    ));
+    assert_eq!(call(&mut one, "/x").await.unwrap(), addr(1));
+    assert_eq!(call(&mut two, "/a").await.unwrap(), addr(1));
+    assert_eq!(call(&mut two, "/b").await.unwrap(), addr(2));
+    assert_eq!(conn.made(addr(1)), 1, "one balancer for `a`, shared");
+    assert_eq!(shared.cluster_names(), ["a", "b"]);
+
+    // The second target's `a` changes (another policy): it gets its own stack, the first
+    // keeps the one it has.
+    let a2 = cluster("a", LbPolicy::LeastRequest { choice_count: 2 });
+    tx2.send(Arc::new(config(
+        vec![route("/a", "a", None)],
+        vec![("a", ready(&a2, assignment("a", &[1])))],
+    )))
+    .unwrap();
+    settle().await;
+    assert_eq!(call(&mut two, "/a").await.unwrap(), addr(1));
+    assert_eq!(call(&mut one, "/x").await.unwrap(), addr(1));
+    assert_eq!(
+        conn.made(addr(1)),
+        2,
+        "a second stack for the changed resource"
+    );
+    assert_eq!(shared.cluster_names(), ["a"], "`b` went with its last user");
+
+    // Gone with their sets.
+    drop((one, two, tx2));
+    settle().await;
+    assert!(shared.cluster_names().is_empty());
+}
