@@ -232,8 +232,11 @@ impl<B, RB> Entry<B, RB> {
 /// builds its own, which later sets then share). A cluster is dropped with the last set
 /// that routes to it. Cheap to clone.
 pub struct SharedClusters<B, RB> {
-    entries: Arc<Mutex<HashMap<String, std::sync::Weak<Entry<B, RB>>>>>,
+    entries: Arc<Mutex<Registry<B, RB>>>,
 }
+
+/// Cluster name -> the stack, alive while some set holds it.
+type Registry<B, RB> = HashMap<String, std::sync::Weak<Entry<B, RB>>>;
 
 impl<B, RB> SharedClusters<B, RB> {
     /// An empty registry.
