@@ -320,7 +320,7 @@ impl Telemetry {
                 GrpcCode::Unimplemented | GrpcCode::PermissionDenied | GrpcCode::Unauthenticated
             )
         {
-            self.inner.server_methods.learn(&method.full);
+            self.inner.server_methods.learn(&method.info);
         }
     }
 
@@ -413,14 +413,7 @@ impl Rpc {
     /// The span name: `<prefix>.<package.Service>.<Method>` (gRFC A72) or the HTTP method.
     pub(crate) fn span_name(&self, prefix: &str) -> Cow<'static, str> {
         match self {
-            Rpc::Grpc { method } => {
-                let method = &method.full;
-                let mut name = String::with_capacity(prefix.len() + 1 + method.len());
-                name.push_str(prefix);
-                name.push('.');
-                name.extend(method.chars().map(|c| if c == '/' { '.' } else { c }));
-                Cow::Owned(name)
-            }
+            Rpc::Grpc { method } => Cow::Owned(method.info.span_name(prefix)),
             Rpc::Http { method } => Cow::Owned(method.as_str().to_owned()),
         }
     }
@@ -429,11 +422,9 @@ impl Rpc {
     pub(crate) fn span_attributes(&self, out: &mut Vec<KeyValue>) {
         match self {
             Rpc::Grpc { method } => {
-                let method = &*method.full;
-                let (service, name) = method.split_once('/').unwrap_or(("", method));
                 out.push(KeyValue::new("rpc.system", "grpc"));
-                out.push(KeyValue::new("rpc.service", service.to_owned()));
-                out.push(KeyValue::new("rpc.method", name.to_owned()));
+                out.push(KeyValue::new("rpc.service", method.info.service.clone()));
+                out.push(KeyValue::new("rpc.method", method.info.method.clone()));
                 out.push(KeyValue::new("http.request.method", "POST"));
             }
             Rpc::Http { method } => {
@@ -445,7 +436,7 @@ impl Rpc {
     pub(crate) fn method_kv(&self) -> KeyValue {
         match self {
             Rpc::Grpc { method } if method.named => {
-                KeyValue::new("grpc.method", method.full.clone())
+                KeyValue::new("grpc.method", method.info.full.clone())
             }
             Rpc::Grpc { .. } => KeyValue::new("grpc.method", "other"),
             Rpc::Http { method } => KeyValue::new("http.request.method", method_value(method)),

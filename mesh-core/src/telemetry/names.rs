@@ -16,10 +16,11 @@
 //! Spans always carry the real name. Client and server names live in separate tables, so
 //! one handle shared by a channel and a server keeps the client's names whatever peers send.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use opentelemetry::StringValue;
 
 /// How many distinct gRPC methods one [`Telemetry`](super::Telemetry) names in its client
 /// metrics, and again in its server metrics.
@@ -31,9 +32,45 @@ pub const MAX_METHOD_NAME_LEN: usize = 256;
 /// A gRPC method's full name (`package.Service/Method`) and whether metrics may carry it.
 #[derive(Debug, Clone)]
 pub(crate) struct MethodName {
-    pub(crate) full: Arc<str>,
+    pub(crate) info: Arc<MethodInfo>,
     /// False when the name is not (yet) in the table: metrics record `other`.
     pub(crate) named: bool,
+}
+
+/// A method's name and its parts, made once per interned method: the attribute values and
+/// span names of its calls are then reference counts and one copy, not a parse and three
+/// allocations.
+#[derive(Debug)]
+pub(crate) struct MethodInfo {
+    /// `package.Service/Method`.
+    pub(crate) full: StringValue,
+    /// `package.Service`.
+    pub(crate) service: StringValue,
+    /// `Method`.
+    pub(crate) method: StringValue,
+}
+
+impl MethodInfo {
+    fn new(full: &str) -> Self {
+        let (service, method) = full.split_once('/').unwrap_or(("", full));
+        Self {
+            full: StringValue::from(Arc::<str>::from(full)),
+            service: StringValue::from(Arc::<str>::from(service)),
+            method: StringValue::from(Arc::<str>::from(method)),
+        }
+    }
+
+    /// `<prefix>.<package.Service>.<Method>` (gRFC A72's span names).
+    pub(crate) fn span_name(&self, prefix: &str) -> String {
+        let (service, method) = (self.service.as_str(), self.method.as_str());
+        let mut name = String::with_capacity(prefix.len() + service.len() + method.len() + 2);
+        name.push_str(prefix);
+        name.push('.');
+        name.push_str(service);
+        name.push('.');
+        name.push_str(method);
+        name
+    }
 }
 
 /// The interned names: read lock-free, copied on the rare insert (a copy clones `Arc`s, not
@@ -44,7 +81,7 @@ pub(crate) struct MethodNames {
 }
 
 /// foldhash: a lookup per call, and the table is bounded, so a fast seeded hash is enough.
-type Names = HashSet<Arc<str>, foldhash::fast::RandomState>;
+type Names = HashMap<Box<str>, Arc<MethodInfo>, foldhash::fast::RandomState>;
 
 /// Whether `full` looks like a gRPC method name (`service/method`).
 fn is_method(full: &str) -> bool {
@@ -55,42 +92,43 @@ impl MethodNames {
     /// The name for `full`, interned if there is room (the client side); `None` when `full`
     /// is not a gRPC method name.
     pub(crate) fn get(&self, full: &str) -> Option<MethodName> {
-        if let Some(name) = self.names.load().get(full) {
+        if let Some(info) = self.names.load().get(full) {
             return Some(MethodName {
-                full: name.clone(),
+                info: info.clone(),
                 named: true,
             });
         }
         if !is_method(full) {
             return None;
         }
-        let name: Arc<str> = Arc::from(full);
-        let named = self.learn(&name);
-        Some(MethodName { full: name, named })
+        let info = Arc::new(MethodInfo::new(full));
+        let named = self.learn(&info);
+        Some(MethodName { info, named })
     }
 
     /// The name for `full` if it is in the table, else an unnamed one (the server side: see
     /// [`learn`](Self::learn)); `None` when `full` is not a gRPC method name.
     pub(crate) fn known(&self, full: &str) -> Option<MethodName> {
-        if let Some(name) = self.names.load().get(full) {
+        if let Some(info) = self.names.load().get(full) {
             return Some(MethodName {
-                full: name.clone(),
+                info: info.clone(),
                 named: true,
             });
         }
         is_method(full).then(|| MethodName {
-            full: Arc::from(full),
+            info: Arc::new(MethodInfo::new(full)),
             named: false,
         })
     }
 
-    /// Puts `name` in the table if there is room; whether it is there now.
-    pub(crate) fn learn(&self, name: &Arc<str>) -> bool {
+    /// Puts `info` in the table if there is room; whether its name is there now.
+    pub(crate) fn learn(&self, info: &Arc<MethodInfo>) -> bool {
+        let name = info.full.as_str();
         if name.len() > MAX_METHOD_NAME_LEN {
             return false;
         }
         let names = self.names.load();
-        if names.contains(name) {
+        if names.contains_key(name) {
             return true;
         }
         if names.len() >= MAX_METHOD_NAMES {
@@ -99,7 +137,7 @@ impl MethodNames {
         drop(names);
         let mut there = false;
         self.names.rcu(|names| {
-            if names.contains(name) {
+            if names.contains_key(name) {
                 there = true;
                 return Arc::clone(names);
             }
@@ -107,8 +145,9 @@ impl MethodNames {
                 there = false;
                 return Arc::clone(names);
             }
+            // The copy clones `Arc`s and at most 1024 short keys; inserts are rare.
             let mut more = Names::clone(names);
-            more.insert(name.clone());
+            more.insert(Box::from(name), info.clone());
             there = true;
             Arc::new(more)
         });
@@ -128,9 +167,12 @@ mod tests {
         let b = names.get("helloworld.Greeter/SayHello").unwrap();
         assert!(a.named && b.named);
         assert!(
-            Arc::ptr_eq(&a.full, &b.full),
+            Arc::ptr_eq(&a.info, &b.info),
             "the second lookup shares the first"
         );
+        assert_eq!(a.info.service.as_str(), "helloworld.Greeter");
+        assert_eq!(a.info.method.as_str(), "SayHello");
+        assert_eq!(a.info.span_name("Sent"), "Sent.helloworld.Greeter.SayHello");
 
         let long = format!("svc/{}", "m".repeat(MAX_METHOD_NAME_LEN));
         assert!(!names.get(&long).unwrap().named, "too long to be named");
@@ -141,8 +183,9 @@ mod tests {
         let past = names.get("scan.Svc/OneTooMany").unwrap();
         assert!(!past.named, "past the cap a method is not named in metrics");
         assert_eq!(
-            &*past.full, "scan.Svc/OneTooMany",
-            "but keeps its name for spans"
+            past.info.full.as_str(),
+            "scan.Svc/OneTooMany",
+            "keeps its name for spans"
         );
         let known = names.get("helloworld.Greeter/SayHello").unwrap();
         assert!(known.named, "known names stay");
@@ -154,7 +197,7 @@ mod tests {
         assert!(names.known("not-a-method").is_none());
         let first = names.known("helloworld.Greeter/SayHello").unwrap();
         assert!(!first.named);
-        assert!(names.learn(&first.full));
+        assert!(names.learn(&first.info));
         assert!(names.known("helloworld.Greeter/SayHello").unwrap().named);
     }
 }
