@@ -72,6 +72,8 @@ pub struct MeshServer {
     handshake_timeout: Duration,
     routes: Routes,
     telemetry: Option<Telemetry>,
+    /// The names of the services added one by one (for telemetry's method names).
+    services: Vec<&'static str>,
 }
 
 impl fmt::Debug for MeshServer {
@@ -115,6 +117,7 @@ impl MeshServer {
             handshake_timeout: Duration::from_secs(10),
             routes: Routes::default(),
             telemetry: None,
+            services: Vec::new(),
         }
     }
 
@@ -151,6 +154,7 @@ impl MeshServer {
         S::Future: Send + 'static,
     {
         self.routes = self.routes.add_service(service);
+        self.services.push(S::NAME);
         self
     }
 
@@ -187,6 +191,9 @@ impl MeshServer {
         }
         let incoming = acceptor.map(|conn| conn.map(TonicStream));
         let telemetry = self.telemetry.unwrap_or_else(Telemetry::global);
+        for service in &self.services {
+            telemetry.serve_service(service);
+        }
         tonic::transport::Server::builder()
             // The first layer is the outermost.
             .layer(ServerLayer::new(telemetry))

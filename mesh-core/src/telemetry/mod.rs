@@ -53,7 +53,8 @@
 //! [`MAX_METHOD_NAMES`] methods; a server names a method only once it has answered a call to
 //! it as a method it serves and allows (not `UNIMPLEMENTED`, `PERMISSION_DENIED` or
 //! `UNAUTHENTICATED`), so its first call and whatever a scan finds are `other` in metrics
-//! (spans keep the name); see `names.rs`.
+//! (spans keep the name), except for the methods of services the adapter registered with
+//! [`Telemetry::serve_service`], named from their first call; see `names.rs`.
 //!
 //! [`stack::outbound`](crate::stack::outbound) puts an [`AttemptLayer`] in every cluster's
 //! stack; the adapters (meshwork-grpc's `MeshChannel` and `MeshServer`, meshwork-http's
@@ -308,6 +309,14 @@ impl Telemetry {
 
     pub(crate) fn instruments(&self) -> &Instruments {
         &self.inner.instruments
+    }
+
+    /// Tells the server side that `service` (`package.Service`, e.g. tonic's
+    /// `NamedService::NAME`) is served here: its methods are named in server metrics from
+    /// their first call (within [`MAX_METHOD_NAMES`]), rather than once they have answered.
+    /// `MeshServer` calls this for every service added to it.
+    pub fn serve_service(&self, service: &str) {
+        self.inner.server_methods.serve(service);
     }
 
     /// A server answered a call to `rpc` with `code`: a method it serves and allows is named

@@ -11,7 +11,10 @@
 //!   `PERMISSION_DENIED` or `UNAUTHENTICATED`: until then, and for anything a scan finds,
 //!   the method is `other` (gRFC A66 does the same for methods a server has not registered;
 //!   a generic layer cannot see the registrations, so it learns them from the answers). A
-//!   method's first call is therefore `other` too.
+//!   method's first call is therefore `other` too, unless the adapter said its service is
+//!   served ([`Telemetry::serve_service`](super::Telemetry::serve_service); `MeshServer`
+//!   does for every service added to it): those methods are named from the first call,
+//!   within the cap.
 //!
 //! Spans always carry the real name. Client and server names live in separate tables, so
 //! one handle shared by a channel and a server keeps the client's names whatever peers send.
@@ -78,6 +81,9 @@ impl MethodInfo {
 #[derive(Default)]
 pub(crate) struct MethodNames {
     names: ArcSwap<Names>,
+    /// Services the server is known to serve (told by the adapter, e.g. tonic's
+    /// `NamedService::NAME`): their methods are named from the first call, within the cap.
+    services: ArcSwap<HashMap<Box<str>, (), foldhash::fast::RandomState>>,
 }
 
 /// foldhash: a lookup per call, and the table is bounded, so a fast seeded hash is enough.
@@ -115,10 +121,22 @@ impl MethodNames {
                 named: true,
             });
         }
-        is_method(full).then(|| MethodName {
-            info: Arc::new(MethodInfo::new(full)),
-            named: false,
-        })
+        if !is_method(full) {
+            return None;
+        }
+        let info = Arc::new(MethodInfo::new(full));
+        let named = self.services.load().contains_key(info.service.as_str()) && self.learn(&info);
+        Some(MethodName { info, named })
+    }
+
+    /// Marks `service` (`package.Service`) as served: [`known`](Self::known) names its
+    /// methods at once.
+    pub(crate) fn serve(&self, service: &str) {
+        self.services.rcu(|services| {
+            let mut more = HashMap::clone(services);
+            more.insert(Box::from(service), ());
+            more
+        });
     }
 
     /// Puts `info` in the table if there is room; whether its name is there now.
@@ -189,6 +207,14 @@ mod tests {
         );
         let known = names.get("helloworld.Greeter/SayHello").unwrap();
         assert!(known.named, "known names stay");
+    }
+
+    #[test]
+    fn a_served_services_methods_are_known_at_once() {
+        let names = MethodNames::default();
+        names.serve("helloworld.Greeter");
+        assert!(names.known("helloworld.Greeter/SayHello").unwrap().named);
+        assert!(!names.known("other.Service/M").unwrap().named);
     }
 
     #[test]
