@@ -16,7 +16,10 @@
 //! cluster asks for TLS (`Cluster::tls`), connections use SPIFFE mTLS with the server's SVID
 //! checked against the cluster's SAN matchers; our SVID and the roots come from the
 //! certificate provider instances the cluster names in the bootstrap (gRFC A29), or from one
-//! identity for every cluster ([`MeshClientOptions::mtls`]). The HTTP version is the
+//! identity for every cluster ([`MeshClientOptions::mtls`]). Host names whose routes reach
+//! the same cluster share that cluster's stack (balancer, connections, breaker, outlier
+//! detection), whose attempt telemetry carries the target of the host that built it. The
+//! HTTP version is the
 //! cluster's (Envoy's `HttpProtocolOptions` in `typed_extension_protocol_options`, or the
 //! deprecated `http2_protocol_options`): HTTP/2 clusters get HTTP/2 (with prior knowledge in
 //! plaintext), HTTP/1.1 clusters HTTP/1.1; otherwise ALPN picks over TLS and plaintext is

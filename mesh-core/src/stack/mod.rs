@@ -44,7 +44,9 @@
 //! so two names of one service get one balancer, one connection pool, one breaker and one
 //! outlier detector. A shared cluster is built by the first set that needs it (with that
 //! set's connector and telemetry, so its attempt metrics carry that target) and dropped
-//! with the last one that routes to it.
+//! with the last one that routes to it. Each set feeds the shared cluster the endpoints of
+//! its own config; the configs come from one xDS cache, but a set that applies an update
+//! later than another can send the older endpoint set once more before it catches up.
 //!
 //! # Sharing the balancer
 //!
@@ -235,8 +237,10 @@ pub struct SharedClusters<B, RB> {
     entries: Arc<Mutex<Registry<B, RB>>>,
 }
 
-/// Cluster name -> the stack, alive while some set holds it.
-type Registry<B, RB> = HashMap<String, std::sync::Weak<Entry<B, RB>>>;
+/// Cluster name -> its stacks, one per distinct `Cluster` resource in use (while targets
+/// move from one version of a cluster to the next, both may be live), each alive while some
+/// set holds it.
+type Registry<B, RB> = HashMap<String, Vec<std::sync::Weak<Entry<B, RB>>>>;
 
 impl<B, RB> SharedClusters<B, RB> {
     /// An empty registry.
@@ -251,7 +255,7 @@ impl<B, RB> SharedClusters<B, RB> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<String> = entries
             .iter()
-            .filter(|(_, e)| e.strong_count() > 0)
+            .filter(|(_, stacks)| stacks.iter().any(|e| e.strong_count() > 0))
             .map(|(name, _)| name.clone())
             .collect();
         names.sort();
@@ -267,17 +271,19 @@ impl<B, RB> SharedClusters<B, RB> {
         build: &Builder<B, RB>,
     ) -> Arc<Entry<B, RB>> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = entries
-            .get(&cluster.name)
-            .and_then(std::sync::Weak::upgrade)
-            && *entry.cluster == **cluster
+        let stacks = entries.entry(cluster.name.clone()).or_default();
+        stacks.retain(|e| e.strong_count() > 0);
+        if let Some(entry) = stacks
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|e| *e.cluster == **cluster)
         {
             entry.update(cla);
             return entry;
         }
         let entry = Arc::new(Entry::new(cluster, build(cluster, cla)));
-        entries.retain(|_, e| e.strong_count() > 0);
-        entries.insert(cluster.name.clone(), Arc::downgrade(&entry));
+        stacks.push(Arc::downgrade(&entry));
+        entries.retain(|_, stacks| stacks.iter().any(|e| e.strong_count() > 0));
         entry
     }
 }

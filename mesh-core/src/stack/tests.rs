@@ -552,6 +552,21 @@ async fn sets_sharing_a_registry_share_their_common_clusters() {
     );
     assert_eq!(shared.cluster_names(), ["a"], "`b` went with its last user");
 
+    // And back to the first resource: it finds the stack the first target still uses,
+    // rather than a third one.
+    tx2.send(Arc::new(config(
+        vec![route("/a", "a", None)],
+        vec![("a", ready(&a, assignment("a", &[1])))],
+    )))
+    .unwrap();
+    settle().await;
+    assert_eq!(call(&mut two, "/a").await.unwrap(), addr(1));
+    assert_eq!(
+        conn.made(addr(1)),
+        2,
+        "the shared stack again, not a new one"
+    );
+
     // Gone with their sets.
     drop((one, two, tx2));
     settle().await;

@@ -71,7 +71,7 @@ pub enum UpstreamProtocol {
     /// `explicit_http_config.http2_protocol_options` (or the deprecated
     /// `http2_protocol_options` field): HTTP/2, with prior knowledge in plaintext.
     Http2,
-    /// `auto_config`: chosen by ALPN over TLS (HTTP/2 preferred), HTTP/1.1 in plaintext.
+    /// `auto_config`: chosen by ALPN (HTTP/2 preferred); only valid on a TLS cluster.
     Auto,
     /// `use_downstream_protocol_config`: the version the caller used.
     Downstream,
@@ -377,10 +377,13 @@ fn validate(c: &cluster_pb::Cluster) -> Result<Cluster> {
     })
 }
 
-/// The cluster's HTTP version: the typed `HttpProtocolOptions` if present, else the
-/// deprecated `http2_protocol_options`. Other protocol-options extensions, and the parts of
-/// `HttpProtocolOptions` that are not the version, are listed as unsupported; an
-/// `HttpProtocolOptions` that does not decode is an error (Envoy rejects it too).
+/// The cluster's HTTP version, as Envoy reads it: the typed `HttpProtocolOptions` (under its
+/// own key in `typed_extension_protocol_options`) if present, and then the deprecated
+/// cluster fields do not count; else the deprecated `http2_protocol_options`. An
+/// `HttpProtocolOptions` that does not decode, or that names no version (the oneof is
+/// required), or `auto_config` on a cluster without TLS (no ALPN to choose with) is an
+/// error, as Envoy rejects them; other extensions' options and the parts of
+/// `HttpProtocolOptions` that are not the version are listed as unsupported.
 fn upstream_protocol(
     c: &cluster_pb::Cluster,
     root: &FieldPath<'_>,
@@ -389,55 +392,94 @@ fn upstream_protocol(
     use http_pb::http_protocol_options::{
         UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
     };
-    let mut protocol = if c.http2_protocol_options.is_some() {
-        UpstreamProtocol::Http2
-    } else {
-        UpstreamProtocol::Unspecified
-    };
+    uns.field_if(
+        c.http_protocol_options.is_some(),
+        root,
+        "http_protocol_options",
+    );
+    uns.field_if(c.protocol_selection != 0, root, "protocol_selection");
     let mut keys: Vec<&String> = c.typed_extension_protocol_options.keys().collect();
     keys.sort();
-    for key in keys {
-        let any = &c.typed_extension_protocol_options[key];
-        if key != HTTP_PROTOCOL_OPTIONS && any.type_url != HTTP_PROTOCOL_OPTIONS_TYPE_URL {
-            uns.note(format!("typed_extension_protocol_options[{key}]"));
-            continue;
-        }
-        let path = root.field("typed_extension_protocol_options[HttpProtocolOptions]");
-        let opts: http_pb::HttpProtocolOptions =
-            decode_any(&path, any, HTTP_PROTOCOL_OPTIONS_TYPE_URL)?;
-        match &opts.upstream_protocol_options {
-            Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
-                Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = UpstreamProtocol::Http1,
-                Some(ProtocolConfig::Http2ProtocolOptions(_)) => protocol = UpstreamProtocol::Http2,
-                Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
-                    // QUIC is not spoken here: the cluster keeps the default.
-                    uns.field(&path, "explicit_http_config.http3_protocol_options");
-                }
-                None => {
-                    return Err(ResourceErrorKind::invalid(
-                        path.field("explicit_http_config"),
-                        "no protocol_config",
-                    ));
-                }
-            },
-            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
-                protocol = UpstreamProtocol::Downstream;
-            }
-            Some(UpstreamProtocolOptions::AutoConfig(_)) => protocol = UpstreamProtocol::Auto,
-            None => {}
-        }
-        uns.field_if(
-            opts.common_http_protocol_options.is_some(),
-            &path,
-            "common_http_protocol_options",
-        );
-        uns.field_if(
-            opts.upstream_http_protocol_options.is_some(),
-            &path,
-            "upstream_http_protocol_options",
-        );
-        uns.field_if(!opts.http_filters.is_empty(), &path, "http_filters");
+    for key in keys.iter().filter(|k| k.as_str() != HTTP_PROTOCOL_OPTIONS) {
+        uns.note(format!("typed_extension_protocol_options[{key}]"));
     }
+    let Some(any) = c
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+    else {
+        return Ok(if c.http2_protocol_options.is_some() {
+            UpstreamProtocol::Http2
+        } else {
+            UpstreamProtocol::Unspecified
+        });
+    };
+    uns.field_if(
+        c.http2_protocol_options.is_some(),
+        root,
+        "http2_protocol_options (overridden by HttpProtocolOptions)",
+    );
+    let path = root.field("typed_extension_protocol_options[HttpProtocolOptions]");
+    let opts: http_pb::HttpProtocolOptions =
+        decode_any(&path, any, HTTP_PROTOCOL_OPTIONS_TYPE_URL)?;
+    let protocol = match &opts.upstream_protocol_options {
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
+            Some(ProtocolConfig::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
+            Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+            Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                // QUIC is not spoken here: the cluster keeps the default.
+                uns.field(&path, "explicit_http_config.http3_protocol_options");
+                UpstreamProtocol::Unspecified
+            }
+            None => {
+                return Err(ResourceErrorKind::invalid(
+                    path.field("explicit_http_config"),
+                    "no protocol_config",
+                ));
+            }
+        },
+        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
+            UpstreamProtocol::Downstream
+        }
+        Some(UpstreamProtocolOptions::AutoConfig(_)) => {
+            if c.transport_socket.is_none() && c.transport_socket_matches.is_empty() {
+                return Err(ResourceErrorKind::invalid(
+                    path.field("auto_config"),
+                    "needs a TLS transport socket (the version is chosen by ALPN)",
+                ));
+            }
+            UpstreamProtocol::Auto
+        }
+        None => {
+            return Err(ResourceErrorKind::invalid(
+                path.field("upstream_protocol_options"),
+                "is required",
+            ));
+        }
+    };
+    uns.field_if(
+        opts.common_http_protocol_options.is_some(),
+        &path,
+        "common_http_protocol_options",
+    );
+    uns.field_if(
+        opts.upstream_http_protocol_options.is_some(),
+        &path,
+        "upstream_http_protocol_options",
+    );
+    uns.field_if(!opts.http_filters.is_empty(), &path, "http_filters");
+    uns.field_if(
+        opts.header_validation_config.is_some(),
+        &path,
+        "header_validation_config",
+    );
+    uns.field_if(opts.outlier_detection.is_some(), &path, "outlier_detection");
+    uns.field_if(
+        !opts.request_mirror_policies.is_empty(),
+        &path,
+        "request_mirror_policies",
+    );
+    uns.field_if(!opts.hash_policy.is_empty(), &path, "hash_policy");
+    uns.field_if(opts.retry_policy.is_some(), &path, "retry_policy");
     Ok(protocol)
 }
 

@@ -895,7 +895,8 @@ fn the_upstream_http_version_is_read_from_either_field() {
         "{:?}",
         c.unsupported_fields
     );
-    // The typed options, as Istio and go-control-plane write them.
+    // The typed options, as Istio and go-control-plane write them (auto on a TLS cluster,
+    // below).
     for (options, want) in [
         (
             explicit(Pc::Http2ProtocolOptions(Default::default())),
@@ -906,16 +907,11 @@ fn the_upstream_http_version_is_read_from_either_field() {
             UpstreamProtocol::Http1,
         ),
         (
-            Some(Upo::AutoConfig(AutoHttpConfig::default())),
-            UpstreamProtocol::Auto,
-        ),
-        (
             Some(Upo::UseDownstreamProtocolConfig(
                 UseDownstreamHttpConfig::default(),
             )),
             UpstreamProtocol::Downstream,
         ),
-        (None, UpstreamProtocol::Unspecified),
     ] {
         let c = cds(&with_http_options(eds_cluster("c"), options));
         assert_eq!(c.protocol, want);
@@ -925,13 +921,47 @@ fn the_upstream_http_version_is_read_from_either_field() {
             c.unsupported_fields
         );
     }
-    // The typed options win over the deprecated field.
+    // Auto needs ALPN, so TLS.
+    let mut tls = eds_cluster("c");
+    tls.transport_socket = Some(core_pb::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core_pb::transport_socket::ConfigType::TypedConfig(any(
+            &tls_ctx(tls_pb::CommonTlsContext {
+                tls_certificate_provider_instance: provider("default", "default"),
+                validation_context_type: Some(ctc::ValidationContextType::ValidationContext(
+                    tls_pb::CertificateValidationContext {
+                        ca_certificate_provider_instance: provider("default", "ROOTCA"),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+        ))),
+    });
+    let auto = Some(Upo::AutoConfig(AutoHttpConfig::default()));
+    let c = cds(&with_http_options(tls, auto.clone()));
+    assert_eq!(c.protocol, UpstreamProtocol::Auto);
+    assert!(
+        c.unsupported_fields.is_empty(),
+        "{:?}",
+        c.unsupported_fields
+    );
+    let err = cds_err(&with_http_options(eds_cluster("c"), auto));
+    assert!(err.to_string().contains("auto_config"), "{err}");
+    // The typed options replace the deprecated field entirely, as in Envoy: with them
+    // present the deprecated HTTP/2 field does not count, even when they name HTTP/3.
     let mut pb = with_http_options(
         eds_cluster("c"),
         explicit(Pc::HttpProtocolOptions(Default::default())),
     );
     pb.http2_protocol_options = Some(Default::default());
     assert_eq!(cds(&pb).protocol, UpstreamProtocol::Http1);
+    let mut pb = with_http_options(
+        eds_cluster("c"),
+        explicit(Pc::Http3ProtocolOptions(Default::default())),
+    );
+    pb.http2_protocol_options = Some(Default::default());
+    assert_eq!(cds(&pb).protocol, UpstreamProtocol::Unspecified);
     // HTTP/3 is not spoken here: listed, and the cluster keeps the default.
     let c = cds(&with_http_options(
         eds_cluster("c"),
@@ -944,15 +974,15 @@ fn the_upstream_http_version_is_read_from_either_field() {
             "typed_extension_protocol_options[HttpProtocolOptions].explicit_http_config.http3_protocol_options"
         ]
     );
-    // Another extension's protocol options are listed, not applied.
+    // Another extension's protocol options are listed, not applied, and an
+    // HttpProtocolOptions only counts under its own key (as Envoy finds it).
     let mut pb = eds_cluster("c");
     pb.typed_extension_protocol_options.insert(
         "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions".into(),
-        Any {
-            type_url: "type.googleapis.com/envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions"
-                .into(),
-            value: Vec::new(),
-        },
+        any(&http_pb::HttpProtocolOptions {
+            upstream_protocol_options: explicit(Pc::Http2ProtocolOptions(Default::default())),
+            ..Default::default()
+        }),
     );
     let c = cds(&pb);
     assert_eq!(c.protocol, UpstreamProtocol::Unspecified);
@@ -965,8 +995,47 @@ fn the_upstream_http_version_is_read_from_either_field() {
 }
 
 #[test]
+fn the_rest_of_http_protocol_options_is_listed() {
+    use http_pb::http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions as Upo, explicit_http_config::ProtocolConfig,
+    };
+    let mut pb = eds_cluster("c");
+    let message = http_pb::HttpProtocolOptions {
+        upstream_protocol_options: Some(Upo::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Default::default())),
+        })),
+        common_http_protocol_options: Some(Default::default()),
+        retry_policy: Some(Default::default()),
+        hash_policy: vec![Default::default()],
+        ..Default::default()
+    };
+    pb.typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.into(), any(&message));
+    let c = cds(&pb);
+    assert_eq!(c.protocol, UpstreamProtocol::Http2);
+    for f in [
+        "common_http_protocol_options",
+        "retry_policy",
+        "hash_policy",
+    ] {
+        let want = format!("typed_extension_protocol_options[HttpProtocolOptions].{f}");
+        assert!(
+            c.unsupported_fields.contains(&want),
+            "{want}: {:?}",
+            c.unsupported_fields
+        );
+    }
+}
+
+#[test]
 fn broken_http_protocol_options_are_rejected() {
     use http_pb::http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions as Upo};
+    // No version at all (the oneof is required).
+    let err = cds_err(&with_http_options(eds_cluster("c"), None));
+    assert!(
+        err.to_string().contains("upstream_protocol_options"),
+        "{err}"
+    );
     // An explicit config that names no version.
     let err = cds_err(&with_http_options(
         eds_cluster("c"),
