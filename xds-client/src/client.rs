@@ -36,7 +36,8 @@ pub enum WatchState {
     Pending,
     /// The current valid value.
     Ready(Resource),
-    /// The latest value was rejected; `last_good` is still the one to use.
+    /// The latest value was rejected; `last_good` is still the one to use (`None` when there
+    /// was none, or when the server's `fail_on_data_errors` feature dropped it).
     Invalid {
         /// The last valid value, if there ever was one.
         last_good: Option<Resource>,
@@ -243,6 +244,15 @@ impl XdsClientBuilder {
         self
     }
 
+    /// Drop a cached resource when an update of it is rejected (NACKed, or reported
+    /// `PERMISSION_DENIED` by the server), so the calls that depend on it fail at once (the
+    /// server feature `fail_on_data_errors`, gRFC A88). Default: the last good value stays in
+    /// use.
+    pub fn fail_on_data_errors(mut self, fail: bool) -> Self {
+        self.config.fail_on_data_errors = fail;
+        self
+    }
+
     /// Reconnect backoff (default: 1 s growing by 1.6x to 60 s, plus up to 100% jitter).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
@@ -310,8 +320,8 @@ enum Command {
 
 impl XdsClient {
     /// A builder for a client configured by `bootstrap`: its top-level `xds_servers` in
-    /// fallback order, its node, and the primary server's `ignore_resource_deletion`
-    /// feature. Fails if a server's TLS credential files cannot be loaded.
+    /// fallback order, its node, and the primary server's `ignore_resource_deletion` and
+    /// `fail_on_data_errors` features. Fails if a server's TLS credential files cannot be loaded.
     pub fn builder(bootstrap: &Bootstrap) -> Result<XdsClientBuilder, CredentialsError> {
         let servers = bootstrap
             .xds_servers()
@@ -320,6 +330,7 @@ impl XdsClient {
             .collect::<Result<Vec<_>, _>>()?;
         let mut config = ProtocolConfig::new(bootstrap.node().to_proto());
         config.ignore_resource_deletion = bootstrap.xds_servers()[0].ignore_resource_deletion();
+        config.fail_on_data_errors = bootstrap.xds_servers()[0].fail_on_data_errors();
         Ok(XdsClientBuilder {
             bootstrap: Arc::new(bootstrap.clone()),
             servers,

@@ -30,6 +30,11 @@
 //!   arrive on a stream that is no longer current are dropped.
 //! - **Server-reported errors** (gRFC A88): `resource_errors` in a response mark the named
 //!   resources: `NOT_FOUND` as does-not-exist, anything else as an error that keeps the cache.
+//! - **Data errors on a cached resource** (gRFC A88): a rejected update (ours or the
+//!   server's) keeps the last good value in use, unless the server has the
+//!   `fail_on_data_errors` feature: then a NACKed resource, or one the server reports
+//!   `PERMISSION_DENIED`, loses its cached value and its watchers fail, so a bad config
+//!   shows at once instead of when clients restart.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -48,6 +53,9 @@ pub const DEFAULT_DOES_NOT_EXIST_TIMEOUT: Duration = Duration::from_secs(15);
 const INVALID_ARGUMENT: i32 = 3;
 /// gRPC status code `NOT_FOUND`, a server's way to say a resource does not exist (A88).
 const NOT_FOUND: i32 = 5;
+/// gRPC status code `PERMISSION_DENIED`: with `fail_on_data_errors`, drops a cached value
+/// (A88).
+const PERMISSION_DENIED: i32 = 7;
 
 /// How the protocol state machine behaves; built from the bootstrap.
 #[derive(Debug, Clone)]
@@ -59,6 +67,9 @@ pub struct ProtocolConfig {
     /// The server's `ignore_resource_deletion` feature (gRFC A53): LDS/CDS deletions are
     /// logged and ignored, the last value keeps serving.
     pub ignore_resource_deletion: bool,
+    /// The server's `fail_on_data_errors` feature (gRFC A88): a rejected update of a cached
+    /// resource drops the cached value instead of keeping it in use.
+    pub fail_on_data_errors: bool,
 }
 
 impl ProtocolConfig {
@@ -69,6 +80,7 @@ impl ProtocolConfig {
             node,
             does_not_exist_timeout: DEFAULT_DOES_NOT_EXIST_TIMEOUT,
             ignore_resource_deletion: false,
+            fail_on_data_errors: false,
         }
     }
 }
@@ -111,7 +123,8 @@ pub enum XdsEvent {
     /// A resource was received (or changed) and is valid.
     Changed(Resource),
     /// A new value of the resource was rejected. The last good value, if any, is still in
-    /// the cache and still in use.
+    /// the cache and still in use, unless the server has `fail_on_data_errors` (gRFC A88),
+    /// when it was dropped.
     Invalid {
         /// The resource's type.
         resource_type: ResourceType,
@@ -392,6 +405,7 @@ impl AdsState {
             return;
         };
         let ignore_deletion = self.config.ignore_resource_deletion;
+        let fail_on_data_errors = self.config.fail_on_data_errors;
         let Some(ts) = self
             .types
             .get_mut(&resource_type)
@@ -464,6 +478,13 @@ impl AdsState {
             rs.status = Some(ResourceStatus::Nacked);
             rs.error = Some(failure.clone());
             rs.last_updated = Some(now);
+            if fail_on_data_errors && rs.value.take().is_some() {
+                rs.version = None;
+                tracing::warn!(
+                    %name, r#type = resource_type.short_name(),
+                    "dropping the cached value of a rejected resource (fail_on_data_errors)"
+                );
+            }
             self.events.push_back(XdsEvent::Invalid {
                 resource_type,
                 name,
@@ -496,6 +517,16 @@ impl AdsState {
                 };
                 rs.status = Some(ResourceStatus::Nacked);
                 rs.error = Some(failure.clone());
+                if fail_on_data_errors
+                    && detail.code == PERMISSION_DENIED
+                    && rs.value.take().is_some()
+                {
+                    rs.version = None;
+                    tracing::warn!(
+                        %name, r#type = resource_type.short_name(),
+                        "the server denies a cached resource; dropping it (fail_on_data_errors)"
+                    );
+                }
                 self.events.push_back(XdsEvent::Invalid {
                     resource_type,
                     name,
@@ -1308,6 +1339,71 @@ mod tests {
             "a server error keeps the cache"
         );
         assert_eq!(h.ads.status(CDS, "b"), Some(ResourceStatus::Nacked));
+    }
+
+    #[test]
+    fn fail_on_data_errors_drops_a_rejected_cached_value() {
+        let denied = |name: &str| ServerError {
+            resource_name: Some(ResourceName {
+                name: name.into(),
+                ..Default::default()
+            }),
+            error_detail: Some(Status {
+                code: PERMISSION_DENIED,
+                message: "no".into(),
+                details: vec![],
+            }),
+        };
+        for fail in [false, true] {
+            let mut config = ProtocolConfig::new(node());
+            config.fail_on_data_errors = fail;
+            let mut h = Harness::with(config);
+            for n in ["a", "b", "c"] {
+                h.ads.subscribe(CDS, n);
+            }
+            h.requests();
+            h.respond(response(
+                CDS,
+                "1",
+                "n1",
+                vec![eds_cluster("a"), eds_cluster("b"), eds_cluster("c")],
+            ));
+            h.requests();
+            h.events();
+            // b turns invalid; the server denies c; a stays.
+            let mut r = response(
+                CDS,
+                "2",
+                "n2",
+                vec![eds_cluster("a"), static_cluster("b"), eds_cluster("c")],
+            );
+            r.resources.pop();
+            r.resource_errors.push(denied("c"));
+            h.respond(r);
+            assert_eq!(names(&h.events()), ["invalid:b", "invalid:c"]);
+            assert_eq!(h.ads.status(CDS, "b"), Some(ResourceStatus::Nacked));
+            assert_eq!(h.ads.status(CDS, "c"), Some(ResourceStatus::Nacked));
+            assert!(h.ads.get(CDS, "a").is_some());
+            assert_eq!(
+                h.ads.get(CDS, "b").is_some(),
+                !fail,
+                "fail_on_data_errors={fail}"
+            );
+            assert_eq!(
+                h.ads.get(CDS, "c").is_some(),
+                !fail,
+                "fail_on_data_errors={fail}"
+            );
+            // A valid value later is accepted either way.
+            h.respond(response(
+                CDS,
+                "3",
+                "n3",
+                vec![eds_cluster("a"), eds_cluster("b"), eds_cluster("c")],
+            ));
+            assert!(h.ads.get(CDS, "b").is_some());
+            assert_eq!(h.ads.status(CDS, "b"), Some(ResourceStatus::Acked));
+        }
     }
 
     #[test]

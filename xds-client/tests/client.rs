@@ -249,6 +249,68 @@ async fn an_invalid_update_is_nacked_and_the_last_good_config_keeps_serving() {
     }
 }
 
+/// With the server feature `fail_on_data_errors` (gRFC A88, from the bootstrap), a rejected
+/// update drops the cached cluster: the target turns that cluster into an error at once
+/// (its calls fail) instead of serving the last good value; a valid update restores it.
+#[tokio::test]
+async fn fail_on_data_errors_from_the_bootstrap_drops_a_rejected_cluster() {
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(snapshot(&["a"], &[1001, 1002]));
+    let bootstrap = Bootstrap::builder()
+        .node_id("meshwork-client-test")
+        .server(
+            XdsServer::new(server.uri())
+                .unwrap()
+                .with_server_feature("fail_on_data_errors"),
+        )
+        .build()
+        .unwrap();
+    let client = XdsClient::builder(&bootstrap).unwrap().start();
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+    let config = watch.ready(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(endpoint_count(&config, "a"), 2);
+
+    server.update(|s| {
+        let mut bad = build::eds_cluster("a");
+        bad.cluster_discovery_type = None;
+        s.insert_cluster(bad);
+    });
+    within(5, server.wait_for_nack(type_url::CLUSTER)).await;
+    let failed = within(5, async {
+        loop {
+            if let TargetState::Ready(config) = watch.current()
+                && let Some(ClusterState::Error(e)) = config.clusters.get("a")
+            {
+                return e.clone();
+            }
+            watch.changed().await;
+        }
+    })
+    .await;
+    assert!(failed.contains("cluster a"), "{failed}");
+    let dump = client.dump().await;
+    let a = dump
+        .iter()
+        .find(|r| r.name == "a" && r.type_url == type_url::CLUSTER)
+        .unwrap();
+    assert_eq!(a.status, ResourceStatus::Nacked);
+
+    // Fixed upstream: served again.
+    server.set_snapshot(snapshot(&["a"], &[1001, 1002]));
+    let config = within(5, async {
+        loop {
+            if let TargetState::Ready(config) = watch.current()
+                && matches!(config.clusters.get("a"), Some(ClusterState::Ready(_)))
+            {
+                return config;
+            }
+            watch.changed().await;
+        }
+    })
+    .await;
+    assert_eq!(endpoint_count(&config, "a"), 2);
+}
+
 #[tokio::test]
 async fn reconnect_resubscribes_with_the_last_acked_versions() {
     let server = XdsTestServer::start().await.unwrap();

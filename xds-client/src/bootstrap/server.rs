@@ -136,12 +136,15 @@ impl XdsServer {
         self.has_server_feature(SERVER_FEATURE_TRUSTED_XDS_SERVER)
     }
 
-    /// `fail_on_data_errors` (gRFC A88).
+    /// `fail_on_data_errors` (gRFC A88): the client drops a cached resource whose update it
+    /// rejects (see `XdsClientBuilder::fail_on_data_errors`; the primary server's feature
+    /// applies).
     pub fn fail_on_data_errors(&self) -> bool {
         self.has_server_feature(SERVER_FEATURE_FAIL_ON_DATA_ERRORS)
     }
 
-    /// `resource_timer_is_transient_failure` (gRFC A88).
+    /// `resource_timer_is_transient_failure` (gRFC A88). Parsed, not yet acted on: the
+    /// does-not-exist timer still reports absence after 15 s.
     pub fn resource_timer_is_transient_failure(&self) -> bool {
         self.has_server_feature(SERVER_FEATURE_RESOURCE_TIMER_IS_TRANSIENT_FAILURE)
     }
