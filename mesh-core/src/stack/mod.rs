@@ -44,9 +44,10 @@
 //! so two names of one service get one balancer, one connection pool, one breaker and one
 //! outlier detector. A shared cluster is built by the first set that needs it (with that
 //! set's connector and telemetry, so its attempt metrics carry that target) and dropped
-//! with the last one that routes to it. Each set feeds the shared cluster the endpoints of
-//! its own config; the configs come from one xDS cache, but a set that applies an update
-//! later than another can send the older endpoint set once more before it catches up.
+//! with the last one that routes to it. Its endpoints follow one set at a time (the one
+//! that built it, then whichever set claims it once that one stops routing to it): every
+//! set's config comes from the same xDS cache, but in its own time, and a set that applied
+//! an update late would otherwise send the older endpoints again.
 //!
 //! # Sharing the balancer
 //!
@@ -198,20 +199,40 @@ struct Entry<B, RB> {
     cluster: Arc<Cluster>,
     service: ClusterService<B, RB>,
     endpoints: Option<watch::Sender<Arc<ClusterLoadAssignment>>>,
+    /// The set whose endpoint updates the cluster follows (see [`Entry::update`]).
+    feeder: Mutex<Option<u64>>,
 }
 
+/// Numbers the sets, to tell a shared cluster's feeder from the others.
+static NEXT_SET_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl<B, RB> Entry<B, RB> {
-    fn new(cluster: &Arc<Cluster>, built: Built<B, RB>) -> Self {
+    fn new(cluster: &Arc<Cluster>, built: Built<B, RB>, set: u64) -> Self {
         Self {
             cluster: cluster.clone(),
             service: built.service,
             endpoints: built.endpoints,
+            feeder: Mutex::new(Some(set)),
         }
     }
 
-    /// Sends a new endpoint set to the cluster's balancer, if it is new.
-    fn update(&self, cla: Option<Arc<ClusterLoadAssignment>>) {
-        if let (Some(tx), Some(cla)) = (&self.endpoints, cla) {
+    /// Sends `set`'s endpoint set to the cluster's balancer, if it is new. A shared cluster
+    /// follows one set's updates at a time (the one that built it, then whichever claims it
+    /// after that one lets go): every set's config comes from the same xDS cache, but in
+    /// its own time, and a set that applies an update late would otherwise send the older
+    /// endpoints again after a newer set.
+    fn update(&self, cla: Option<Arc<ClusterLoadAssignment>>, set: u64) {
+        let Some(cla) = cla else {
+            return;
+        };
+        {
+            let mut feeder = self.feeder.lock().unwrap_or_else(|e| e.into_inner());
+            match *feeder {
+                Some(other) if other != set => return,
+                _ => *feeder = Some(set),
+            }
+        }
+        if let Some(tx) = &self.endpoints {
             tx.send_if_modified(|cur| {
                 if Arc::ptr_eq(cur, &cla) || **cur == *cla {
                     false
@@ -220,6 +241,14 @@ impl<B, RB> Entry<B, RB> {
                     true
                 }
             });
+        }
+    }
+
+    /// `set` no longer routes to this cluster: another set may feed it from now on.
+    fn release(&self, set: u64) {
+        let mut feeder = self.feeder.lock().unwrap_or_else(|e| e.into_inner());
+        if *feeder == Some(set) {
+            *feeder = None;
         }
     }
 }
@@ -269,6 +298,7 @@ impl<B, RB> SharedClusters<B, RB> {
         cluster: &Arc<Cluster>,
         cla: Option<Arc<ClusterLoadAssignment>>,
         build: &Builder<B, RB>,
+        set: u64,
     ) -> Arc<Entry<B, RB>> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let stacks = entries.entry(cluster.name.clone()).or_default();
@@ -278,10 +308,10 @@ impl<B, RB> SharedClusters<B, RB> {
             .filter_map(std::sync::Weak::upgrade)
             .find(|e| *e.cluster == **cluster)
         {
-            entry.update(cla);
+            entry.update(cla, set);
             return entry;
         }
-        let entry = Arc::new(Entry::new(cluster, build(cluster, cla)));
+        let entry = Arc::new(Entry::new(cluster, build(cluster, cla), set));
         stacks.push(Arc::downgrade(&entry));
         entries.retain(|_, stacks| stacks.iter().any(|e| e.strong_count() > 0));
         entry
@@ -320,6 +350,8 @@ struct Inner<B, RB> {
     state: Mutex<State<B, RB>>,
     build: Box<Builder<B, RB>>,
     shared: Option<SharedClusters<B, RB>>,
+    /// This set's number, as a shared cluster's feeder.
+    id: u64,
     // Dropped with the last handle: ends the task that follows the config.
     _shutdown: oneshot::Sender<()>,
 }
@@ -410,6 +442,7 @@ impl<B, RB> ClusterSet<B, RB> {
             }),
             build,
             shared,
+            id: NEXT_SET_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             _shutdown: shutdown,
         });
         inner.sync(true);
@@ -462,15 +495,29 @@ impl<B, RB> Inner<B, RB> {
             };
             let entry = match old.remove(name) {
                 Some(entry) if *entry.cluster == *cc.cluster => {
-                    entry.update(cla);
+                    entry.update(cla, self.id);
                     entry
                 }
-                _ => match &self.shared {
-                    Some(shared) => shared.get_or_build(&cc.cluster, cla, &*self.build),
-                    None => Arc::new(Entry::new(&cc.cluster, (self.build)(&cc.cluster, cla))),
-                },
+                replaced => {
+                    if let Some(entry) = replaced {
+                        entry.release(self.id);
+                    }
+                    match &self.shared {
+                        Some(shared) => {
+                            shared.get_or_build(&cc.cluster, cla, &*self.build, self.id)
+                        }
+                        None => Arc::new(Entry::new(
+                            &cc.cluster,
+                            (self.build)(&cc.cluster, cla),
+                            self.id,
+                        )),
+                    }
+                }
             };
             next.insert(name.clone(), entry);
+        }
+        for entry in old.values() {
+            entry.release(self.id);
         }
         let services = next
             .iter()
@@ -481,6 +528,16 @@ impl<B, RB> Inner<B, RB> {
         // `old` now holds the removed clusters: dropping it drops their handles, and each
         // balancer ends with its last handle.
         drop(old);
+    }
+}
+
+impl<B, RB> Drop for Inner<B, RB> {
+    fn drop(&mut self) {
+        // Shared clusters this set fed can be fed by the sets still using them.
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        for entry in st.entries.values() {
+            entry.release(self.id);
+        }
     }
 }
 

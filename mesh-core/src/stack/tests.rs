@@ -572,3 +572,54 @@ async fn sets_sharing_a_registry_share_their_common_clusters() {
     settle().await;
     assert!(shared.cluster_names().is_empty());
 }
+
+#[tokio::test]
+async fn a_shared_cluster_follows_one_sets_endpoints_at_a_time() {
+    let shared = SharedClusters::new();
+    let conn = Counting::default();
+    let a = cluster("a", LbPolicy::RoundRobin);
+    let b = cluster("b", LbPolicy::RoundRobin);
+    let to_a = |ports: &[u16]| {
+        config(
+            vec![route("/", "a", None)],
+            vec![("a", ready(&a, assignment("a", ports)))],
+        )
+    };
+    let set = |cfg: TargetConfig| {
+        let (tx, rx) = crate::config::channel(cfg);
+        let set = ClusterSet::with_shared(
+            rx.clone(),
+            conn.connector(),
+            StackOptions::default(),
+            shared.clone(),
+        );
+        (tx, Router::new(rx, set))
+    };
+    let (tx1, mut one) = set(to_a(&[1]));
+    let (tx2, mut two) = set(to_a(&[1]));
+    assert_eq!(call(&mut two, "/x").await.unwrap(), addr(1));
+
+    // The first set (which built the cluster) moves it to endpoint 2, for both.
+    tx1.send(Arc::new(to_a(&[2]))).unwrap();
+    settle().await;
+    assert_eq!(call(&mut one, "/x").await.unwrap(), addr(2));
+    assert_eq!(call(&mut two, "/x").await.unwrap(), addr(2));
+
+    // The second applies an older update late: its endpoints do not go back.
+    tx2.send(Arc::new(to_a(&[1]))).unwrap();
+    settle().await;
+    assert_eq!(call(&mut two, "/x").await.unwrap(), addr(2));
+    assert_eq!(call(&mut one, "/x").await.unwrap(), addr(2));
+
+    // Once the first no longer routes to `a`, the second feeds it.
+    tx1.send(Arc::new(config(
+        vec![route("/", "b", None)],
+        vec![("b", ready(&b, assignment("b", &[5])))],
+    )))
+    .unwrap();
+    settle().await;
+    assert_eq!(call(&mut one, "/x").await.unwrap(), addr(5));
+    tx2.send(Arc::new(to_a(&[3]))).unwrap();
+    settle().await;
+    assert_eq!(call(&mut two, "/x").await.unwrap(), addr(3));
+}
