@@ -15,22 +15,20 @@
 //!
 //! Run: `cargo bench -p meshwork-benches --bench telemetry`.
 
-use std::convert::Infallible;
 use std::hint::black_box;
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
 use meshwork_grpc::core::telemetry::{AttemptLayer, CallLayer, ServerLayer, Telemetry};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tower::Layer;
 
-type Body = UnsyncBoxBody<Bytes, Infallible>;
+#[path = "support/telemetry.rs"]
+mod fixture;
+use fixture::{app, roundtrip};
 
 /// A span exporter that drops what it gets.
 #[derive(Debug)]
@@ -41,50 +39,6 @@ impl SpanExporter for Discard {
         black_box(batch);
         Ok(())
     }
-}
-
-fn response() -> http::Response<Body> {
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let body = Full::new(Bytes::from_static(b"world"))
-        .with_trailers(async move { Some(Ok(trailers)) })
-        .boxed_unsync();
-    http::Response::builder()
-        .header("content-type", "application/grpc")
-        .body(body)
-        .expect("a valid response")
-}
-
-fn request() -> http::Request<Full<Bytes>> {
-    http::Request::post("http://greeter:50051/helloworld.Greeter/SayHello")
-        .header("content-type", "application/grpc")
-        .body(Full::new(Bytes::from_static(b"hello")))
-        .expect("a valid request")
-}
-
-/// The application's service: answers at once.
-fn app()
--> impl Service<http::Request<Full<Bytes>>, Response = http::Response<Body>, Error = Infallible> + Clone
-{
-    service_fn(|_req: http::Request<Full<Bytes>>| async { Ok::<_, Infallible>(response()) })
-}
-
-/// One client call and one server request, bodies read to their end.
-async fn roundtrip<C, S, CB, SB>(client: &mut C, server: &mut S)
-where
-    C: Service<http::Request<Full<Bytes>>, Response = http::Response<CB>>,
-    C::Error: std::fmt::Debug,
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<SB>>,
-    S::Error: std::fmt::Debug,
-    CB: http_body::Body,
-    CB::Error: std::fmt::Debug,
-    SB: http_body::Body,
-    SB::Error: std::fmt::Debug,
-{
-    let rsp = client.ready().await.unwrap().call(request()).await.unwrap();
-    black_box(rsp.into_body().collect().await.unwrap());
-    let rsp = server.ready().await.unwrap().call(request()).await.unwrap();
-    black_box(rsp.into_body().collect().await.unwrap());
 }
 
 fn telemetry(c: &mut Criterion) {

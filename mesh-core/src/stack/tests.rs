@@ -500,22 +500,29 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
     assert!(last[6..].iter().all(|a| *a == addr(2)), "{last:?}");
 }
 
+/// A stack over `cfg` whose clusters come from (and go into) `shared`.
+fn shared_set(
+    shared: &SharedClusters<Full<Bytes>, String>,
+    conn: &Counting,
+    cfg: TargetConfig,
+) -> (ConfigSender, OutboundStack<Full<Bytes>, String>) {
+    let (tx, rx) = crate::config::channel(cfg);
+    let set = ClusterSet::with_shared(
+        rx.clone(),
+        conn.connector(),
+        StackOptions::default(),
+        shared.clone(),
+    );
+    (tx, Router::new(rx, set))
+}
+
 #[tokio::test]
 async fn sets_sharing_a_registry_share_their_common_clusters() {
     let shared = SharedClusters::new();
     let conn = Counting::default();
     let a = cluster("a", LbPolicy::RoundRobin);
     let b = cluster("b", LbPolicy::RoundRobin);
-    let set = |cfg: TargetConfig| {
-        let (tx, rx) = crate::config::channel(cfg);
-        let set = ClusterSet::with_shared(
-            rx.clone(),
-            conn.connector(),
-            StackOptions::default(),
-            shared.clone(),
-        );
-        (tx, Router::new(rx, set))
-    };
+    let set = |cfg| shared_set(&shared, &conn, cfg);
     // Two targets routing to `a`; the second also has `b`.
     let (_tx1, mut one) = set(config(
         vec![route("/", "a", None)],
@@ -585,16 +592,7 @@ async fn a_shared_cluster_follows_one_sets_endpoints_at_a_time() {
             vec![("a", ready(&a, assignment("a", ports)))],
         )
     };
-    let set = |cfg: TargetConfig| {
-        let (tx, rx) = crate::config::channel(cfg);
-        let set = ClusterSet::with_shared(
-            rx.clone(),
-            conn.connector(),
-            StackOptions::default(),
-            shared.clone(),
-        );
-        (tx, Router::new(rx, set))
-    };
+    let set = |cfg| shared_set(&shared, &conn, cfg);
     let (tx1, mut one) = set(to_a(&[1]));
     let (tx2, mut two) = set(to_a(&[1]));
     assert_eq!(call(&mut two, "/x").await.unwrap(), addr(1));

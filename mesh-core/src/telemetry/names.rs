@@ -98,23 +98,25 @@ impl MethodNames {
     /// The name for `full`, interned if there is room (the client side); `None` when `full`
     /// is not a gRPC method name.
     pub(crate) fn get(&self, full: &str) -> Option<MethodName> {
-        if let Some(info) = self.names.load().get(full) {
-            return Some(MethodName {
-                info: info.clone(),
-                named: true,
-            });
-        }
-        if !is_method(full) {
-            return None;
-        }
-        let info = Arc::new(MethodInfo::new(full));
-        let named = self.learn(&info);
-        Some(MethodName { info, named })
+        self.lookup(full, |info| self.learn(info))
     }
 
     /// The name for `full` if it is in the table, else an unnamed one (the server side: see
-    /// [`learn`](Self::learn)); `None` when `full` is not a gRPC method name.
+    /// [`learn`](Self::learn)), unless its service is [served](Self::serve); `None` when
+    /// `full` is not a gRPC method name.
     pub(crate) fn known(&self, full: &str) -> Option<MethodName> {
+        self.lookup(full, |info| {
+            self.services.load().contains_key(info.service.as_str()) && self.learn(info)
+        })
+    }
+
+    /// The interned name for `full`, or a new one that `name_it` may intern (and says
+    /// whether metrics may carry it).
+    fn lookup(
+        &self,
+        full: &str,
+        name_it: impl FnOnce(&Arc<MethodInfo>) -> bool,
+    ) -> Option<MethodName> {
         if let Some(info) = self.names.load().get(full) {
             return Some(MethodName {
                 info: info.clone(),
@@ -125,7 +127,7 @@ impl MethodNames {
             return None;
         }
         let info = Arc::new(MethodInfo::new(full));
-        let named = self.services.load().contains_key(info.service.as_str()) && self.learn(&info);
+        let named = name_it(&info);
         Some(MethodName { info, named })
     }
 

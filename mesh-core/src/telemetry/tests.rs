@@ -184,10 +184,37 @@ fn grpc_response(code: Option<u8>) -> http::Response<Body> {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_retried_call_has_a_call_span_with_one_attempt_span_per_attempt() {
-    let sdk = Sdk::new();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+/// An application that answers with the span context current while it ran, in the
+/// response's extensions.
+fn context_echo() -> impl Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<Body>,
+    Error = std::convert::Infallible,
+> + Clone {
+    service_fn(|_req: http::Request<Full<Bytes>>| async move {
+        let current = Context::current().span().span_context().clone();
+        let mut rsp = grpc_response(None);
+        rsp.extensions_mut().insert(current);
+        Ok::<_, std::convert::Infallible>(rsp)
+    })
+}
+
+/// The `traceparent` each attempt carried.
+type SentHeaders = std::sync::Arc<std::sync::Mutex<Vec<Option<http::HeaderValue>>>>;
+
+/// Call -> Retry -> Attempt -> an endpoint that fails the first attempt with UNAVAILABLE and
+/// answers the next, logging the `traceparent` of every attempt.
+fn retried_client(
+    telemetry: Telemetry,
+) -> (
+    SentHeaders,
+    impl Service<
+        http::Request<Full<Bytes>>,
+        Response = http::Response<impl http_body::Body<Error = impl std::fmt::Debug>>,
+        Error = tower::BoxError,
+    >,
+) {
+    let seen = SentHeaders::default();
     let log = seen.clone();
     let endpoint = service_fn(move |req: http::Request<RetryBody<Full<Bytes>>>| {
         let mut log = log.lock().unwrap();
@@ -195,9 +222,15 @@ async fn a_retried_call_has_a_call_span_with_one_attempt_span_per_attempt() {
         let fail = log.len() == 1;
         async move { Ok::<_, std::convert::Infallible>(grpc_response(fail.then_some(14))) }
     });
-    let stack = AttemptLayer::new(sdk.telemetry.clone()).layer(endpoint);
+    let stack = AttemptLayer::new(telemetry.clone()).layer(endpoint);
     let stack = RetryLayer::new().seed(1).layer(stack);
-    let mut client = CallLayer::new(sdk.telemetry.clone()).layer(stack);
+    (seen, CallLayer::new(telemetry).layer(stack))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_call_has_a_call_span_with_one_attempt_span_per_attempt() {
+    let sdk = Sdk::new();
+    let (seen, mut client) = retried_client(sdk.telemetry.clone());
 
     let rsp = client
         .ready()
@@ -288,15 +321,8 @@ async fn a_retried_call_has_a_call_span_with_one_attempt_span_per_attempt() {
 #[tokio::test]
 async fn the_server_span_continues_the_callers_trace_and_is_current_for_the_handler() {
     let sdk = Sdk::new();
-    let handler = service_fn(|_req: http::Request<Full<Bytes>>| async move {
-        // The application sees the server span as its current context.
-        let cx = Context::current();
-        let current = cx.span().span_context().clone();
-        let mut rsp = grpc_response(None);
-        rsp.extensions_mut().insert(current);
-        Ok::<_, std::convert::Infallible>(rsp)
-    });
-    let mut server = ServerLayer::new(sdk.telemetry.clone()).layer(handler);
+    // The application sees the server span as its current context.
+    let mut server = ServerLayer::new(sdk.telemetry.clone()).layer(context_echo());
     let mut req = grpc_request();
     req.headers_mut().insert(
         "traceparent",
@@ -690,17 +716,7 @@ async fn disabled_telemetry_records_nothing_but_passes_the_callers_trace_on() {
 
     // Through a retry layer, with the caller's context attached only while the call is
     // made (attempts run later, when the future is polled): every attempt carries it.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let endpoint = service_fn(move |req: http::Request<RetryBody<Full<Bytes>>>| {
-        let mut log = log.lock().unwrap();
-        log.push(req.headers().get("traceparent").cloned());
-        let fail = log.len() == 1;
-        async move { Ok::<_, std::convert::Infallible>(grpc_response(fail.then_some(14))) }
-    });
-    let stack = AttemptLayer::new(telemetry.clone()).layer(endpoint);
-    let stack = RetryLayer::new().seed(1).layer(stack);
-    let mut retried = CallLayer::new(telemetry.clone()).layer(stack);
+    let (seen, mut retried) = retried_client(telemetry.clone());
     retried.ready().await.unwrap();
     let call = {
         let _guard = Context::new()
@@ -717,13 +733,7 @@ async fn disabled_telemetry_records_nothing_but_passes_the_callers_trace_on() {
 
     // Server side: the handler runs in the caller's context, so its own calls join the
     // trace; without a traceparent the context is left as it was.
-    let handler = service_fn(|_req: http::Request<Full<Bytes>>| async move {
-        let current = Context::current().span().span_context().clone();
-        let mut rsp = grpc_response(None);
-        rsp.extensions_mut().insert(current);
-        Ok::<_, std::convert::Infallible>(rsp)
-    });
-    let mut server = ServerLayer::new(telemetry).layer(handler);
+    let mut server = ServerLayer::new(telemetry).layer(context_echo());
     let mut req = grpc_request();
     req.headers_mut()
         .insert("traceparent", http::HeaderValue::from_static(PARENT));
@@ -812,17 +822,7 @@ async fn an_unsampled_call_still_carries_its_trace_and_decision_downstream() {
     let meters = SdkMeterProvider::builder().build();
     let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
 
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let endpoint = service_fn(move |req: http::Request<RetryBody<Full<Bytes>>>| {
-        let mut log = log.lock().unwrap();
-        log.push(req.headers().get("traceparent").cloned());
-        let fail = log.len() == 1;
-        async move { Ok::<_, std::convert::Infallible>(grpc_response(fail.then_some(14))) }
-    });
-    let stack = AttemptLayer::new(telemetry.clone()).layer(endpoint);
-    let stack = RetryLayer::new().seed(1).layer(stack);
-    let mut client = CallLayer::new(telemetry.clone()).layer(stack);
+    let (seen, mut client) = retried_client(telemetry.clone());
     let rsp = client
         .ready()
         .await
@@ -862,13 +862,7 @@ async fn an_unsampled_call_still_carries_its_trace_and_decision_downstream() {
     // The server (default parent-based sampler) follows the caller's decision, and its
     // handler runs in the caller's trace.
     let sdk = Sdk::new();
-    let handler = service_fn(|_req: http::Request<Full<Bytes>>| async move {
-        let current = Context::current().span().span_context().clone();
-        let mut rsp = grpc_response(None);
-        rsp.extensions_mut().insert(current);
-        Ok::<_, std::convert::Infallible>(rsp)
-    });
-    let mut server = ServerLayer::new(sdk.telemetry.clone()).layer(handler);
+    let mut server = ServerLayer::new(sdk.telemetry.clone()).layer(context_echo());
     let mut req = grpc_request();
     req.headers_mut().insert(
         "traceparent",
