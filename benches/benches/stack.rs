@@ -24,50 +24,17 @@ use meshwork_grpc::core::config::{
 };
 use meshwork_grpc::core::retry::RetryBody;
 use meshwork_grpc::core::stack::{StackOptions, outbound};
-use meshwork_grpc::core::xds::resource::{
-    CircuitBreakers, ClusterKind, DEFAULT_CONNECT_TIMEOUT, Endpoint, HealthStatus, LbPolicy,
-    LocalityEndpoints,
-};
 use tower::{Service, ServiceExt, service_fn};
 
 fn cluster() -> Arc<Cluster> {
-    Arc::new(Cluster {
-        name: "echo".into(),
-        kind: ClusterKind::Eds { service_name: None },
-        lb_policy: LbPolicy::RoundRobin,
-        circuit_breakers: CircuitBreakers::default(),
-        outlier_detection: None,
-        tls: None,
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        protocol: Default::default(),
-        unsupported_fields: Vec::new(),
-    })
+    Arc::new(Cluster::eds("echo"))
 }
 
 fn endpoints(n: u32) -> Arc<ClusterLoadAssignment> {
-    Arc::new(ClusterLoadAssignment {
-        cluster_name: "echo".into(),
-        localities: vec![LocalityEndpoints {
-            locality: Default::default(),
-            weight: 1,
-            priority: 0,
-            endpoints: (0..n)
-                .map(|i| Endpoint {
-                    address: SocketAddr::from((
-                        std::net::Ipv4Addr::from(0x0a00_0000 + i + 1),
-                        8080,
-                    )),
-                    additional_addresses: Vec::new(),
-                    health: HealthStatus::Healthy,
-                    weight: 1,
-                    hostname: None,
-                    hash_key: None,
-                })
-                .collect(),
-        }],
-        drop_overloads: Vec::new(),
-        unsupported_fields: Vec::new(),
-    })
+    let addrs: Vec<SocketAddr> = (0..n)
+        .map(|i| SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i + 1), 8080)))
+        .collect();
+    Arc::new(ClusterLoadAssignment::from_addresses("echo", &addrs))
 }
 
 /// The mesh-default retry policy istiod puts on every route.

@@ -12,10 +12,7 @@ use meshwork_core::identity::{MtlsConfig, StaticSource};
 use meshwork_examples::helloworld::HelloRequest;
 use meshwork_examples::helloworld::greeter_client::GreeterClient;
 use meshwork_grpc::{MeshChannel, MeshChannelOptions};
-use meshwork_xds::resource::{
-    CertProviderInstance, CircuitBreakers, Cluster, ClusterKind, ClusterLoadAssignment,
-    DEFAULT_CONNECT_TIMEOUT, Endpoint, HealthStatus, LbPolicy, LocalityEndpoints, UpstreamTls,
-};
+use meshwork_xds::resource::{CertProviderInstance, Cluster, ClusterLoadAssignment, UpstreamTls};
 use tokio::io::AsyncBufReadExt as _;
 
 const SERVER: &str = "/ns/default/sa/greeter";
@@ -47,38 +44,14 @@ fn channel(ca: &TestCa, client: &str, addr: SocketAddr) -> MeshChannel {
         certificate_name: "default".into(),
     };
     let cluster = Arc::new(Cluster {
-        name: "greeter".into(),
-        kind: ClusterKind::Eds { service_name: None },
-        lb_policy: LbPolicy::RoundRobin,
-        circuit_breakers: CircuitBreakers::default(),
-        outlier_detection: None,
         tls: Some(UpstreamTls {
             identity: Some(instance.clone()),
             root: instance,
             san_matchers: vec![],
         }),
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        protocol: Default::default(),
-        unsupported_fields: Vec::new(),
+        ..Cluster::eds("greeter")
     });
-    let endpoints = Arc::new(ClusterLoadAssignment {
-        cluster_name: "greeter".into(),
-        localities: vec![LocalityEndpoints {
-            locality: Default::default(),
-            weight: 1,
-            priority: 0,
-            endpoints: vec![Endpoint {
-                address: addr,
-                additional_addresses: Vec::new(),
-                health: HealthStatus::Healthy,
-                weight: 1,
-                hostname: None,
-                hash_key: None,
-            }],
-        }],
-        drop_overloads: Vec::new(),
-        unsupported_fields: Vec::new(),
-    });
+    let endpoints = Arc::new(ClusterLoadAssignment::from_addresses("greeter", &[addr]));
     let config = StaticConfig::new()
         .route_all_to("greeter")
         .cluster(

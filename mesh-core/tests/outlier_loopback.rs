@@ -18,8 +18,7 @@ use meshwork_core::balance::{BalancePolicy, Balancer, ServedBy};
 use meshwork_core::breaker::{CircuitBreaker, Overloaded};
 use meshwork_core::outlier::OutlierDetector;
 use meshwork_core::xds::resource::{
-    CircuitBreakers, ClusterLoadAssignment, Endpoint, FailurePercentageEjection, HealthStatus,
-    Locality, LocalityEndpoints, OutlierDetection,
+    CircuitBreakers, ClusterLoadAssignment, FailurePercentageEjection, OutlierDetection,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -86,27 +85,7 @@ fn new_endpoint() -> impl FnMut(SocketAddr) -> BoxCloneSyncService<Req, Resp, Bo
 }
 
 fn endpoints(addrs: &[SocketAddr]) -> Arc<ClusterLoadAssignment> {
-    Arc::new(ClusterLoadAssignment {
-        cluster_name: "backends".into(),
-        localities: vec![LocalityEndpoints {
-            locality: Locality::default(),
-            weight: 1,
-            priority: 0,
-            endpoints: addrs
-                .iter()
-                .map(|&address| Endpoint {
-                    address,
-                    additional_addresses: vec![],
-                    health: HealthStatus::Healthy,
-                    weight: 1,
-                    hostname: None,
-                    hash_key: None,
-                })
-                .collect(),
-        }],
-        drop_overloads: vec![],
-        unsupported_fields: vec![],
-    })
+    Arc::new(ClusterLoadAssignment::from_addresses("backends", addrs))
 }
 
 async fn call<S>(svc: &mut S) -> (SocketAddr, u16)

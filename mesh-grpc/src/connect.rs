@@ -152,9 +152,6 @@ fn refused_stream(err: &(dyn std::error::Error + 'static)) -> bool {
 mod tests {
     use meshwork_core::config::RetryOn;
     use meshwork_core::retry::error_conditions;
-    use meshwork_core::xds::resource::{
-        CircuitBreakers, ClusterKind, DEFAULT_CONNECT_TIMEOUT, LbPolicy,
-    };
     use tokio::net::TcpListener;
     use tower::{Service as _, ServiceExt as _};
 
@@ -179,17 +176,7 @@ mod tests {
     }
 
     fn cluster() -> Cluster {
-        Cluster {
-            name: "c".into(),
-            kind: ClusterKind::Eds { service_name: None },
-            lb_policy: LbPolicy::RoundRobin,
-            circuit_breakers: CircuitBreakers::default(),
-            outlier_detection: None,
-            tls: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            protocol: Default::default(),
-            unsupported_fields: Vec::new(),
-        }
+        Cluster::eds("c")
     }
 
     async fn call(address: SocketAddr) -> BoxError {

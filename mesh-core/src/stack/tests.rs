@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use meshwork_xds::resource::{
-    CircuitBreakers, DEFAULT_CONNECT_TIMEOUT, Endpoint, HealthStatus, LbPolicy, LocalityEndpoints,
-};
+use meshwork_xds::resource::{CircuitBreakers, LbPolicy};
 use tower::{Service, ServiceExt};
 
 use super::*;
@@ -27,15 +25,8 @@ type EndpointSvc = tower::util::BoxCloneSyncService<
 
 fn cluster(name: &str, lb: LbPolicy) -> Arc<Cluster> {
     Arc::new(Cluster {
-        name: name.into(),
-        kind: ClusterKind::Eds { service_name: None },
         lb_policy: lb,
-        circuit_breakers: CircuitBreakers::default(),
-        outlier_detection: None,
-        tls: None,
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        protocol: Default::default(),
-        unsupported_fields: Vec::new(),
+        ..Cluster::eds(name)
     })
 }
 
@@ -44,27 +35,8 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 fn assignment(name: &str, ports: &[u16]) -> Arc<ClusterLoadAssignment> {
-    Arc::new(ClusterLoadAssignment {
-        cluster_name: name.into(),
-        localities: vec![LocalityEndpoints {
-            locality: Default::default(),
-            weight: 1,
-            priority: 0,
-            endpoints: ports
-                .iter()
-                .map(|&p| Endpoint {
-                    address: addr(p),
-                    additional_addresses: Vec::new(),
-                    health: HealthStatus::Healthy,
-                    weight: 1,
-                    hostname: None,
-                    hash_key: None,
-                })
-                .collect(),
-        }],
-        drop_overloads: Vec::new(),
-        unsupported_fields: Vec::new(),
-    })
+    let addrs: Vec<SocketAddr> = ports.iter().map(|&p| addr(p)).collect();
+    Arc::new(ClusterLoadAssignment::from_addresses(name, &addrs))
 }
 
 fn ready(c: &Arc<Cluster>, cla: Arc<ClusterLoadAssignment>) -> ClusterState {

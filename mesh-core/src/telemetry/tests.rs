@@ -184,6 +184,52 @@ fn grpc_response(code: Option<u8>) -> http::Response<Body> {
     }
 }
 
+/// One unary gRPC call (`grpc_request`) through `svc`, expected to succeed.
+async fn send<S, B>(svc: &mut S) -> http::Response<B>
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    svc.ready()
+        .await
+        .unwrap()
+        .call(grpc_request())
+        .await
+        .unwrap()
+}
+
+/// W3C's example `traceparent`, sampled.
+const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// [`PARENT`] as a caller's remote span context.
+fn remote_parent() -> opentelemetry::trace::SpanContext {
+    let (t, s, f) = propagation::parse_traceparent(PARENT).unwrap();
+    opentelemetry::trace::SpanContext::new(t, s, f, true, Default::default())
+}
+
+/// An endpoint that answers with the `traceparent` it received, in the response's
+/// extensions (see [`sent`]).
+fn traceparent_echo() -> impl Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<Body>,
+    Error = std::convert::Infallible,
+> + Clone {
+    service_fn(|req: http::Request<Full<Bytes>>| async move {
+        let sent = req.headers().get("traceparent").cloned();
+        let mut rsp = grpc_response(None);
+        rsp.extensions_mut().insert(sent);
+        Ok::<_, std::convert::Infallible>(rsp)
+    })
+}
+
+/// The `traceparent` a [`traceparent_echo`] endpoint received.
+fn sent<B>(rsp: &http::Response<B>) -> Option<&http::HeaderValue> {
+    rsp.extensions()
+        .get::<Option<http::HeaderValue>>()
+        .expect("a traceparent_echo response")
+        .as_ref()
+}
+
 /// An application that answers with the span context current while it ran, in the
 /// response's extensions.
 fn context_echo() -> impl Service<
@@ -232,13 +278,7 @@ async fn a_retried_call_has_a_call_span_with_one_attempt_span_per_attempt() {
     let sdk = Sdk::new();
     let (seen, mut client) = retried_client(sdk.telemetry.clone());
 
-    let rsp = client
-        .ready()
-        .await
-        .unwrap()
-        .call(grpc_request())
-        .await
-        .unwrap();
+    let rsp = send(&mut client).await;
     let body = rsp.into_body().collect().await.unwrap();
     assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
 
@@ -359,13 +399,7 @@ async fn the_server_span_continues_the_callers_trace_and_is_current_for_the_hand
         started[0].attrs,
         BTreeMap::from([("grpc.method".into(), "other".into())])
     );
-    let rsp = server
-        .ready()
-        .await
-        .unwrap()
-        .call(grpc_request())
-        .await
-        .unwrap();
+    let rsp = send(&mut server).await;
     rsp.into_body().collect().await.unwrap();
     let mut started = sdk.metric("grpc.server.call.started");
     started.sort_by(|a, b| a.attrs["grpc.method"].cmp(&b.attrs["grpc.method"]));
@@ -388,52 +422,20 @@ async fn the_server_span_continues_the_callers_trace_and_is_current_for_the_hand
 async fn without_a_tracer_provider_nothing_is_recorded_but_the_callers_trace_passes_through() {
     // The global provider is OpenTelemetry's no-op default in this test binary.
     let telemetry = Telemetry::global();
-    let endpoint = service_fn(|req: http::Request<Full<Bytes>>| async move {
-        let sent = req.headers().get("traceparent").cloned();
-        let mut rsp = grpc_response(None);
-        rsp.extensions_mut().insert(sent);
-        Ok::<_, std::convert::Infallible>(rsp)
-    });
+    let endpoint = traceparent_echo();
     let mut client =
         CallLayer::new(telemetry.clone()).layer(AttemptLayer::new(telemetry).layer(endpoint));
 
     // No trace around the call: no header.
-    let rsp = client
-        .ready()
-        .await
-        .unwrap()
-        .call(grpc_request())
-        .await
-        .unwrap();
-    assert_eq!(
-        rsp.extensions().get::<Option<http::HeaderValue>>(),
-        Some(&None)
-    );
+    let rsp = send(&mut client).await;
+    assert_eq!(sent(&rsp), None);
 
     // A caller's remote context: forwarded unchanged.
-    let (t, s, f) =
-        propagation::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-            .unwrap();
-    let parent = Context::new().with_remote_span_context(opentelemetry::trace::SpanContext::new(
-        t,
-        s,
-        f,
-        true,
-        Default::default(),
-    ));
-    let _guard = parent.attach();
-    let rsp = client
-        .ready()
-        .await
-        .unwrap()
-        .call(grpc_request())
-        .await
-        .unwrap();
-    let sent = rsp.extensions().get::<Option<http::HeaderValue>>().unwrap();
-    assert_eq!(
-        sent.as_ref().unwrap(),
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    );
+    let _guard = Context::new()
+        .with_remote_span_context(remote_parent())
+        .attach();
+    let rsp = send(&mut client).await;
+    assert_eq!(sent(&rsp).unwrap(), PARENT);
 }
 
 #[tokio::test]
@@ -492,13 +494,7 @@ async fn a_failed_call_and_a_dropped_body_end_their_spans() {
         Ok::<_, std::convert::Infallible>(grpc_response(None))
     });
     let mut client = CallLayer::new(sdk.telemetry.clone()).layer(ok);
-    let rsp = client
-        .ready()
-        .await
-        .unwrap()
-        .call(grpc_request())
-        .await
-        .unwrap();
+    let rsp = send(&mut client).await;
     drop(rsp);
 
     let mut codes: Vec<String> = sdk
@@ -674,44 +670,21 @@ fn the_tracer_is_probed_without_exporting_anything() {
 async fn disabled_telemetry_records_nothing_but_passes_the_callers_trace_on() {
     let telemetry = Telemetry::disabled();
     // Client side: the current context's traceparent goes out unchanged.
-    let endpoint = service_fn(|req: http::Request<Full<Bytes>>| async move {
-        let sent = req.headers().get("traceparent").cloned();
-        let mut rsp = grpc_response(None);
-        rsp.extensions_mut().insert(sent);
-        Ok::<_, std::convert::Infallible>(rsp)
-    });
+    let endpoint = traceparent_echo();
     let mut client = CallLayer::new(telemetry.clone())
         .layer(AttemptLayer::new(telemetry.clone()).layer(endpoint));
-    let rsp = client
-        .ready()
-        .await
-        .unwrap()
-        .call(grpc_request())
-        .await
-        .unwrap();
-    assert_eq!(
-        rsp.extensions().get::<Option<http::HeaderValue>>(),
-        Some(&None)
-    );
+    let rsp = send(&mut client).await;
+    assert_eq!(sent(&rsp), None);
     let body = rsp.into_body().collect().await.unwrap();
     assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
 
-    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let (t, s, f) = propagation::parse_traceparent(PARENT).unwrap();
-    let remote = opentelemetry::trace::SpanContext::new(t, s, f, true, Default::default());
+    let remote = remote_parent();
     {
         let _guard = Context::new()
             .with_remote_span_context(remote.clone())
             .attach();
-        let rsp = client
-            .ready()
-            .await
-            .unwrap()
-            .call(grpc_request())
-            .await
-            .unwrap();
-        let sent = rsp.extensions().get::<Option<http::HeaderValue>>().unwrap();
-        assert_eq!(sent.as_ref().unwrap(), PARENT);
+        let rsp = send(&mut client).await;
+        assert_eq!(sent(&rsp).unwrap(), PARENT);
     }
 
     // Through a retry layer, with the caller's context attached only while the call is
@@ -740,13 +713,7 @@ async fn disabled_telemetry_records_nothing_but_passes_the_callers_trace_on() {
     let rsp = server.ready().await.unwrap().call(req).await.unwrap();
     let seen = rsp.extensions().get::<opentelemetry::trace::SpanContext>();
     assert_eq!(seen, Some(&remote));
-    let rsp = server
-        .ready()
-        .await
-        .unwrap()
-        .call(grpc_request())
-        .await
-        .unwrap();
+    let rsp = send(&mut server).await;
     let seen = rsp.extensions().get::<opentelemetry::trace::SpanContext>();
     assert!(!seen.unwrap().is_valid());
 }
@@ -823,13 +790,7 @@ async fn an_unsampled_call_still_carries_its_trace_and_decision_downstream() {
     let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
 
     let (seen, mut client) = retried_client(telemetry.clone());
-    let rsp = client
-        .ready()
-        .await
-        .unwrap()
-        .call(grpc_request())
-        .await
-        .unwrap();
+    let rsp = send(&mut client).await;
     rsp.into_body().collect().await.unwrap();
 
     let sent: Vec<String> = seen

@@ -8,10 +8,7 @@ use std::sync::Arc;
 use http::uri::PathAndQuery;
 use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState, StaticConfig};
 use meshwork_grpc::{MeshChannel, MeshChannelOptions};
-use meshwork_xds::resource::{
-    CircuitBreakers, Cluster, ClusterKind, ClusterLoadAssignment, DEFAULT_CONNECT_TIMEOUT,
-    Endpoint, HealthStatus, LbPolicy, LocalityEndpoints, UpstreamTls,
-};
+use meshwork_xds::resource::{Cluster, ClusterLoadAssignment, UpstreamTls};
 use tonic::Status;
 use tonic::body::Body;
 use tonic_prost::ProstCodec;
@@ -61,41 +58,14 @@ where
 /// An EDS cluster named `name`, round robin, with `tls` when given.
 pub fn cluster(name: &str, tls: Option<UpstreamTls>) -> Arc<Cluster> {
     Arc::new(Cluster {
-        name: name.into(),
-        kind: ClusterKind::Eds { service_name: None },
-        lb_policy: LbPolicy::RoundRobin,
-        circuit_breakers: CircuitBreakers::default(),
-        outlier_detection: None,
         tls,
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        protocol: Default::default(),
-        unsupported_fields: Vec::new(),
+        ..Cluster::eds(name)
     })
 }
 
 /// `addrs` as the endpoints of `name`: healthy, weight 1, one locality at priority 0.
 pub fn endpoints(name: &str, addrs: &[SocketAddr]) -> Arc<ClusterLoadAssignment> {
-    Arc::new(ClusterLoadAssignment {
-        cluster_name: name.into(),
-        localities: vec![LocalityEndpoints {
-            locality: Default::default(),
-            weight: 1,
-            priority: 0,
-            endpoints: addrs
-                .iter()
-                .map(|&address| Endpoint {
-                    address,
-                    additional_addresses: Vec::new(),
-                    health: HealthStatus::Healthy,
-                    weight: 1,
-                    hostname: None,
-                    hash_key: None,
-                })
-                .collect(),
-        }],
-        drop_overloads: Vec::new(),
-        unsupported_fields: Vec::new(),
-    })
+    Arc::new(ClusterLoadAssignment::from_addresses(name, addrs))
 }
 
 /// The `ClusterState` of cluster `c` with endpoints `addrs`.

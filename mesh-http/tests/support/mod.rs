@@ -18,9 +18,7 @@ use meshwork_http::{Error, MeshClient};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::resource::{
-    CertProviderInstance, CircuitBreakers, Cluster, ClusterKind, ClusterLoadAssignment,
-    DEFAULT_CONNECT_TIMEOUT, Endpoint, HealthStatus, LbPolicy, LocalityEndpoints, StringMatchKind,
-    UpstreamTls,
+    CertProviderInstance, Cluster, ClusterLoadAssignment, StringMatchKind, UpstreamTls,
 };
 use meshwork_xds::server::{XdsTestServer, build};
 use tokio::net::TcpListener;
@@ -256,36 +254,11 @@ pub fn static_cluster(name: &str, addrs: &[SocketAddr], san: Option<&str>) -> Cl
     });
     ClusterState::Ready(ClusterConfig {
         cluster: Arc::new(Cluster {
-            name: name.into(),
-            kind: ClusterKind::Eds { service_name: None },
-            lb_policy: LbPolicy::RoundRobin,
-            circuit_breakers: CircuitBreakers::default(),
-            outlier_detection: None,
             tls,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            protocol: Default::default(),
-            unsupported_fields: Vec::new(),
+            ..Cluster::eds(name)
         }),
-        children: ClusterChildren::Endpoints(Ok(Arc::new(ClusterLoadAssignment {
-            cluster_name: name.into(),
-            localities: vec![LocalityEndpoints {
-                locality: Default::default(),
-                weight: 1,
-                priority: 0,
-                endpoints: addrs
-                    .iter()
-                    .map(|&address| Endpoint {
-                        address,
-                        additional_addresses: Vec::new(),
-                        health: HealthStatus::Healthy,
-                        weight: 1,
-                        hostname: None,
-                        hash_key: None,
-                    })
-                    .collect(),
-            }],
-            drop_overloads: Vec::new(),
-            unsupported_fields: Vec::new(),
-        }))),
+        children: ClusterChildren::Endpoints(Ok(Arc::new(ClusterLoadAssignment::from_addresses(
+            name, addrs,
+        )))),
     })
 }

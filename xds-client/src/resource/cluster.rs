@@ -51,6 +51,27 @@ pub struct Cluster {
 /// The default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+impl Cluster {
+    /// An EDS cluster named `name` (its EDS resource has the same name) with what a
+    /// resource that sets nothing else decodes to: round robin, the default circuit
+    /// breakers, no outlier detection, plaintext, [`DEFAULT_CONNECT_TIMEOUT`], no HTTP
+    /// version. For hand-written configs and tests; set other fields with struct update
+    /// syntax (`Cluster { tls, ..Cluster::eds("greeter") }`).
+    pub fn eds(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: ClusterKind::Eds { service_name: None },
+            lb_policy: LbPolicy::RoundRobin,
+            circuit_breakers: CircuitBreakers::default(),
+            outlier_detection: None,
+            tls: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            protocol: UpstreamProtocol::Unspecified,
+            unsupported_fields: Vec::new(),
+        }
+    }
+}
+
 /// The key (and type) of Envoy's HTTP protocol options in a cluster's
 /// `typed_extension_protocol_options`.
 pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";

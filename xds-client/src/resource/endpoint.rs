@@ -28,6 +28,33 @@ pub struct ClusterLoadAssignment {
 }
 
 impl ClusterLoadAssignment {
+    /// `addresses` as the endpoints of `cluster_name`: healthy, weight 1, in one locality
+    /// (the empty one) of weight 1 at priority 0. For hand-written configs and tests; the
+    /// counterpart of the `server::build::endpoints` proto builder.
+    pub fn from_addresses(cluster_name: impl Into<String>, addresses: &[SocketAddr]) -> Self {
+        Self {
+            cluster_name: cluster_name.into(),
+            localities: vec![LocalityEndpoints {
+                locality: Locality::default(),
+                weight: 1,
+                priority: 0,
+                endpoints: addresses
+                    .iter()
+                    .map(|&address| Endpoint {
+                        address,
+                        additional_addresses: Vec::new(),
+                        health: HealthStatus::Healthy,
+                        weight: 1,
+                        hostname: None,
+                        hash_key: None,
+                    })
+                    .collect(),
+            }],
+            drop_overloads: Vec::new(),
+            unsupported_fields: Vec::new(),
+        }
+    }
+
     /// The number of priorities (highest priority is 0).
     pub fn priority_count(&self) -> u32 {
         self.localities

@@ -1071,3 +1071,8 @@ fn broken_http_protocol_options_are_rejected() {
     let err = cds_err(&pb);
     assert!(err.to_string().contains("unexpected type URL"), "{err}");
 }
+
+#[test]
+fn the_eds_constructor_is_what_a_bare_eds_cluster_decodes_to() {
+    assert_eq!(cds(&eds_cluster("c")), Cluster::eds("c"));
+}
