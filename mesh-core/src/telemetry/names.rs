@@ -19,7 +19,7 @@
 //! Spans always carry the real name. Client and server names live in separate tables, so
 //! one handle shared by a channel and a server keeps the client's names whatever peers send.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -83,7 +83,7 @@ pub(crate) struct MethodNames {
     names: ArcSwap<Names>,
     /// Services the server is known to serve (told by the adapter, e.g. tonic's
     /// `NamedService::NAME`): their methods are named from the first call, within the cap.
-    services: ArcSwap<HashMap<Box<str>, (), foldhash::fast::RandomState>>,
+    services: ArcSwap<HashSet<Box<str>, foldhash::fast::RandomState>>,
 }
 
 /// foldhash: a lookup per call, and the table is bounded, so a fast seeded hash is enough.
@@ -106,7 +106,7 @@ impl MethodNames {
     /// `full` is not a gRPC method name.
     pub(crate) fn known(&self, full: &str) -> Option<MethodName> {
         self.lookup(full, |info| {
-            self.services.load().contains_key(info.service.as_str()) && self.learn(info)
+            self.services.load().contains(info.service.as_str()) && self.learn(info)
         })
     }
 
@@ -135,8 +135,8 @@ impl MethodNames {
     /// methods at once.
     pub(crate) fn serve(&self, service: &str) {
         self.services.rcu(|services| {
-            let mut more = HashMap::clone(services);
-            more.insert(Box::from(service), ());
+            let mut more = HashSet::clone(services);
+            more.insert(Box::from(service));
             more
         });
     }
