@@ -16,7 +16,7 @@
 //!
 //! The walk runs on the client's task for every change of a resource a target needs, so its
 //! cost is bounded by the graph, not by what a control plane makes of it: a walk enters each
-//! cluster once, whatever became of it, and its aggregate work has a cap (65 536 edges and
+//! cluster once, whatever became of it, and its aggregate work has a cap (16 384 edges and
 //! leaf names; aggregates past it are errors of their own).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -34,11 +34,12 @@ const MAX_AGGREGATE_DEPTH: usize = 16;
 /// How much aggregate work one walk of a target may do: aggregate-to-child edges followed
 /// plus leaf names copied into aggregates' priority lists. Memoised, a walk is linear in
 /// the graph's size, but a flattened list can still be as long as the number of distinct
-/// leaves for every aggregate (quadratic). gRPC sets no limit; this one is far above any
-/// real aggregate graph (gRFC A37's are a few clusters) and keeps a hostile one to a few
-/// milliseconds on the client's task. Aggregates met after it is spent are errors of their
-/// own, so the rest of the target keeps working.
-const MAX_AGGREGATE_WORK: usize = 1 << 16;
+/// leaves for every aggregate (quadratic). gRPC sets no limit. This one leaves room for
+/// thousands of real aggregates per target (gRFC A37's have a few children each) and keeps
+/// a hostile graph to tens of milliseconds of the client's task in a debug build.
+/// Aggregates met after it is spent are errors of their own, so the rest of the target
+/// keeps working.
+const MAX_AGGREGATE_WORK: usize = 1 << 14;
 
 /// A resource key: its type and name.
 pub type ResourceKey = (ResourceType, String);
@@ -259,6 +260,7 @@ fn walk(
         needs,
         out: BTreeMap::new(),
         marks: HashMap::new(),
+        leaves: HashMap::new(),
         work: 0,
         nacked: None,
     };
@@ -310,6 +312,9 @@ struct ClusterWalker<'a, 'n> {
     needs: &'n mut BTreeSet<ResourceKey>,
     out: BTreeMap<String, ClusterState>,
     marks: HashMap<&'a str, Mark>,
+    /// The leaf lists of the usable aggregates so far, borrowed from the cache: flattening a
+    /// parent copies no strings.
+    leaves: HashMap<&'a str, Vec<&'a str>>,
     /// Aggregate edges followed plus leaf names copied so far.
     work: usize,
     /// Why each rejected resource was rejected, once one is met.
@@ -422,7 +427,7 @@ impl<'a> ClusterWalker<'a, '_> {
     ) -> Result<Vec<String>, Walk> {
         self.marks.insert(name, Mark::OnStack);
         let mut walk = Walk::Done;
-        let mut leaves = Vec::new();
+        let mut leaves: Vec<&'a str> = Vec::new();
         let mut seen = HashSet::new();
         let mut too_large = false;
         for child in children {
@@ -436,10 +441,25 @@ impl<'a> ClusterWalker<'a, '_> {
                 Walk::Pending if walk == Walk::Done => walk = Walk::Pending,
                 _ => {}
             }
-            if walk == Walk::Done {
-                too_large = !self.collect_leaves(child, &mut seen, &mut leaves);
-                if too_large {
-                    break;
+            if walk != Walk::Done {
+                // Only a complete aggregate has a leaf list: keep walking for `needs`.
+                continue;
+            }
+            match self.leaves.get(child.as_str()) {
+                // A usable aggregate: its leaves in its priority order.
+                Some(sub) => {
+                    self.work += sub.len();
+                    if self.work > MAX_AGGREGATE_WORK {
+                        too_large = true;
+                        break;
+                    }
+                    leaves.extend(sub.iter().filter(|leaf| seen.insert(**leaf)));
+                }
+                // Anything else that is done (an EDS or DNS cluster, an error) is a leaf.
+                None => {
+                    if seen.insert(child) {
+                        leaves.push(child);
+                    }
                 }
             }
         }
@@ -458,41 +478,12 @@ impl<'a> ClusterWalker<'a, '_> {
                 self.finish(name, ClusterState::Error(error));
                 Err(Walk::Cycle)
             }
-            Walk::Done => Ok(leaves),
-        }
-    }
-
-    /// Append the leaf (non-aggregate) clusters under `name` that are not in `seen` yet;
-    /// `false` if that would spend more than the work budget.
-    fn collect_leaves(
-        &mut self,
-        name: &str,
-        seen: &mut HashSet<String>,
-        leaves: &mut Vec<String>,
-    ) -> bool {
-        match self.out.get(name) {
-            Some(ClusterState::Ready(ClusterConfig {
-                children: ClusterChildren::Aggregate(sub),
-                ..
-            })) => {
-                self.work += sub.len();
-                if self.work > MAX_AGGREGATE_WORK {
-                    return false;
-                }
-                for leaf in sub {
-                    push_once(leaf, seen, leaves);
-                }
+            Walk::Done => {
+                let owned = leaves.iter().map(|leaf| leaf.to_string()).collect();
+                self.leaves.insert(name, leaves);
+                Ok(owned)
             }
-            Some(_) => push_once(name, seen, leaves),
-            None => {}
         }
-        true
-    }
-}
-
-fn push_once(leaf: &str, seen: &mut HashSet<String>, leaves: &mut Vec<String>) {
-    if seen.insert(leaf.to_string()) {
-        leaves.push(leaf.to_string());
     }
 }
 
