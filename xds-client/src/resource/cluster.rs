@@ -343,6 +343,16 @@ fn validate(c: &cluster_pb::Cluster) -> Result<Cluster> {
         }
         uns.field(&root, "lrs_server");
     }
+    if let Some(upstream) = &c.upstream_config {
+        // grpc core NACKs anything but a decodable HttpProtocolOptions here; the one field
+        // it reads (the connection idle timeout) is not implemented: listed.
+        let p = root.field("upstream_config.typed_config");
+        let Some(any) = &upstream.typed_config else {
+            return Err(ResourceErrorKind::invalid(p, "must be set"));
+        };
+        let _: http_pb::HttpProtocolOptions = decode_any(&p, any, HTTP_PROTOCOL_OPTIONS_TYPE_URL)?;
+        uns.field(&root, "upstream_config");
+    }
     uns.field_if(c.dns_lookup_family != 0, &root, "dns_lookup_family");
     uns.field_if(!c.health_checks.is_empty(), &root, "health_checks");
     uns.field_if(

@@ -902,6 +902,30 @@ fn deprecated_only_tls_fields() {
     assert!(tls.san_matchers.is_empty());
 }
 
+/// grpc core (`xds_cluster_parser.cc`): `upstream_config` must hold `HttpProtocolOptions`.
+/// Its one field gRPC reads (the idle timeout) is not implemented here: listed.
+#[test]
+fn upstream_config_must_be_http_protocol_options() {
+    let with = |typed_config: Option<Any>| {
+        let mut pb = eds_cluster("c");
+        pb.upstream_config = Some(core_pb::TypedExtensionConfig {
+            name: "envoy.upstreams.http.generic".into(),
+            typed_config,
+        });
+        pb
+    };
+    let err = cds_err(&with(Some(any(&tls_pb::UpstreamTlsContext::default()))));
+    assert_eq!(err.kind().path(), Some("upstream_config.typed_config"));
+    let err = cds_err(&with(None));
+    assert_eq!(err.kind().path(), Some("upstream_config.typed_config"));
+    let c = cds(&with(Some(any(&http_pb::HttpProtocolOptions::default()))));
+    assert!(
+        c.unsupported_fields.contains(&"upstream_config".to_owned()),
+        "{:?}",
+        c.unsupported_fields
+    );
+}
+
 #[test]
 fn harmless_fields_are_listed_not_rejected() {
     let mut pb = eds_cluster("c");
