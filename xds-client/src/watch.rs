@@ -13,8 +13,13 @@
 //! carries its error (calls routed to it fail) while the rest of the config is used. A
 //! missing listener or route configuration, or no virtual host for the authority, is an
 //! error for the whole target.
+//!
+//! The walk runs on the client's task for every change of a resource a target needs, so its
+//! cost is bounded by the graph, not by what a control plane makes of it: a walk enters each
+//! cluster once, whatever became of it, and its aggregate work has a cap (16 384 edges and
+//! leaf names; aggregates past it are errors of their own).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::protocol::{AdsState, ResourceStatus};
@@ -25,6 +30,16 @@ use crate::resource::{
 
 /// How deep aggregate clusters may nest (gRPC's limit).
 const MAX_AGGREGATE_DEPTH: usize = 16;
+
+/// How much aggregate work one walk of a target may do: aggregate-to-child edges followed
+/// plus leaf names copied into aggregates' priority lists. Memoised, a walk is linear in
+/// the graph's size, but a flattened list can still be as long as the number of distinct
+/// leaves for every aggregate (quadratic). gRPC sets no limit. This one leaves room for
+/// thousands of real aggregates per target (gRFC A37's have a few children each) and keeps
+/// a hostile graph to tens of milliseconds of the client's task in a debug build.
+/// Aggregates met after it is spent are errors of their own, so the rest of the target
+/// keeps working.
+const MAX_AGGREGATE_WORK: usize = 1 << 14;
 
 /// A resource key: its type and name.
 pub type ResourceKey = (ResourceType, String);
@@ -143,23 +158,24 @@ enum Lookup<'a> {
     Found(&'a Resource),
     DoesNotExist,
     /// Rejected, with no last good value.
-    Invalid(String),
+    Invalid,
 }
 
 fn lookup<'a>(ads: &'a AdsState, t: ResourceType, name: &str) -> Lookup<'a> {
     match (ads.get(t, name), ads.status(t, name)) {
         (Some(r), _) => Lookup::Found(r),
         (None, Some(ResourceStatus::DoesNotExist)) => Lookup::DoesNotExist,
-        (None, Some(ResourceStatus::Nacked)) => {
-            let error = ads
-                .resources()
-                .find(|v| v.resource_type == t && v.name == name)
-                .and_then(|v| v.error.map(|e| e.to_string()))
-                .unwrap_or_else(|| "invalid".into());
-            Lookup::Invalid(error)
-        }
+        (None, Some(ResourceStatus::Nacked)) => Lookup::Invalid,
         _ => Lookup::Pending,
     }
+}
+
+/// Why a rejected resource was rejected (a scan of the cache: for one-off lookups).
+fn nack_reason(ads: &AdsState, t: ResourceType, name: &str) -> String {
+    ads.resources()
+        .find(|v| v.resource_type == t && v.name == name)
+        .and_then(|v| v.error.map(|e| e.to_string()))
+        .unwrap_or_else(|| "invalid".into())
 }
 
 /// Walk the graph of `listener` for `authority` through the cache of `ads`.
@@ -181,10 +197,10 @@ fn walk(
         Lookup::DoesNotExist => {
             return Err(TargetError::ListenerDoesNotExist(listener_name.to_string()));
         }
-        Lookup::Invalid(error) => {
+        Lookup::Invalid => {
             return Err(TargetError::ListenerInvalid {
                 name: listener_name.to_string(),
-                error,
+                error: nack_reason(ads, ResourceType::Listener, listener_name),
             });
         }
         Lookup::Found(Resource::Listener(l)) => l.clone(),
@@ -201,8 +217,9 @@ fn walk(
                         route_config_name.clone(),
                     ));
                 }
-                Lookup::Invalid(error) => {
+                Lookup::Invalid => {
                     let name = route_config_name.clone();
+                    let error = nack_reason(ads, ResourceType::RouteConfiguration, &name);
                     return Err(TargetError::RouteConfigInvalid { name, error });
                 }
                 Lookup::Found(Resource::RouteConfiguration(rc)) => rc.clone(),
@@ -238,15 +255,23 @@ fn walk(
         }
     }
 
-    let mut clusters = BTreeMap::new();
+    let mut walker = ClusterWalker {
+        ads,
+        needs,
+        out: BTreeMap::new(),
+        marks: HashMap::new(),
+        leaves: HashMap::new(),
+        work: 0,
+        nacked: None,
+    };
     let mut complete = true;
     for root in roots {
-        let mut stack = Vec::new();
-        complete &= walk_cluster(ads, root, 0, &mut stack, &mut clusters, needs) != Walk::Pending;
+        complete &= walker.visit(root, 0) != Walk::Pending;
     }
     if !complete {
         return Ok(None);
     }
+    let clusters = walker.into_clusters();
     Ok(Some(XdsConfig {
         listener,
         route_config,
@@ -267,113 +292,198 @@ enum Walk {
     Cycle,
 }
 
-/// Add `name` and everything below it to `out`.
-fn walk_cluster(
-    ads: &AdsState,
-    name: &str,
-    depth: usize,
-    stack: &mut Vec<String>,
-    out: &mut BTreeMap<String, ClusterState>,
-    needs: &mut BTreeSet<ResourceKey>,
-) -> Walk {
-    if stack.iter().any(|s| s == name) {
-        return Walk::Cycle;
-    }
-    if out.contains_key(name) {
-        return Walk::Done;
-    }
-    needs.insert((ResourceType::Cluster, name.to_string()));
-    let cluster = match lookup(ads, ResourceType::Cluster, name) {
-        Lookup::Pending => return Walk::Pending,
-        Lookup::DoesNotExist => {
-            let error = format!("cluster {name} does not exist");
-            out.insert(name.to_string(), ClusterState::Error(error));
-            return Walk::Done;
-        }
-        Lookup::Invalid(error) => {
-            out.insert(
-                name.to_string(),
-                ClusterState::Error(format!("cluster {name}: {error}")),
-            );
-            return Walk::Done;
-        }
-        Lookup::Found(Resource::Cluster(c)) => c.clone(),
-        Lookup::Found(_) => return Walk::Pending,
-    };
-    let children = match &cluster.kind {
-        ClusterKind::Eds { service_name } => {
-            let eds_name = service_name.as_deref().unwrap_or(name);
-            needs.insert((ResourceType::ClusterLoadAssignment, eds_name.to_string()));
-            match lookup(ads, ResourceType::ClusterLoadAssignment, eds_name) {
-                Lookup::Pending => return Walk::Pending,
-                Lookup::DoesNotExist => {
-                    ClusterChildren::Endpoints(Err(format!("endpoints {eds_name} do not exist")))
-                }
-                Lookup::Invalid(error) => {
-                    ClusterChildren::Endpoints(Err(format!("endpoints {eds_name}: {error}")))
-                }
-                Lookup::Found(Resource::ClusterLoadAssignment(cla)) => {
-                    ClusterChildren::Endpoints(Ok(cla.clone()))
-                }
-                Lookup::Found(_) => return Walk::Pending,
-            }
-        }
-        ClusterKind::LogicalDns { .. } => ClusterChildren::LogicalDns,
-        ClusterKind::Aggregate { clusters: children } => {
-            if depth >= MAX_AGGREGATE_DEPTH {
-                out.insert(
-                    name.to_string(),
-                    ClusterState::Error(format!(
-                        "aggregate cluster {name} nests deeper than {MAX_AGGREGATE_DEPTH}"
-                    )),
-                );
-                return Walk::Done;
-            }
-            stack.push(name.to_string());
-            let mut walk = Walk::Done;
-            let mut leaves = Vec::new();
-            for child in children {
-                match walk_cluster(ads, child, depth + 1, stack, out, needs) {
-                    Walk::Cycle => walk = Walk::Cycle,
-                    Walk::Pending if walk == Walk::Done => walk = Walk::Pending,
-                    _ => {}
-                }
-                collect_leaves(child, out, &mut leaves);
-            }
-            stack.pop();
-            match walk {
-                Walk::Pending => return Walk::Pending,
-                Walk::Cycle => {
-                    let error = format!("aggregate cluster {name} is part of a cycle");
-                    out.insert(name.to_string(), ClusterState::Error(error));
-                    return Walk::Cycle;
-                }
-                Walk::Done => ClusterChildren::Aggregate(leaves),
-            }
-        }
-    };
-    out.insert(
-        name.to_string(),
-        ClusterState::Ready(ClusterConfig { cluster, children }),
-    );
-    Walk::Done
+/// What one walk knows of a cluster it has entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// An aggregate whose children are being walked: reaching it again is a cycle.
+    OnStack,
+    /// Something below it has not arrived yet.
+    Pending,
+    /// In `out`.
+    Done,
 }
 
-/// Append the leaf (non-aggregate) clusters under `name`, depth-first, without repeats.
-fn collect_leaves(name: &str, out: &BTreeMap<String, ClusterState>, leaves: &mut Vec<String>) {
-    match out.get(name) {
-        Some(ClusterState::Ready(ClusterConfig {
-            children: ClusterChildren::Aggregate(sub),
-            ..
-        })) => {
-            for leaf in sub {
-                if !leaves.contains(leaf) {
-                    leaves.push(leaf.clone());
+/// One walk of a target's clusters. Every cluster is entered at most once per walk,
+/// whatever its outcome (`marks`), so a DAG of aggregates costs what its distinct clusters
+/// and edges cost, not what its paths cost; and the aggregate part of the walk is capped
+/// by [`MAX_AGGREGATE_WORK`].
+struct ClusterWalker<'a, 'n> {
+    ads: &'a AdsState,
+    needs: &'n mut BTreeSet<ResourceKey>,
+    out: BTreeMap<String, ClusterState>,
+    marks: HashMap<&'a str, Mark>,
+    /// The leaf lists of the usable aggregates so far, borrowed from the cache: flattening a
+    /// parent copies no strings.
+    leaves: HashMap<&'a str, Vec<&'a str>>,
+    /// Aggregate edges followed plus leaf names copied so far.
+    work: usize,
+    /// Why each rejected resource was rejected, once one is met.
+    nacked: Option<HashMap<(ResourceType, &'a str), String>>,
+}
+
+impl<'a> ClusterWalker<'a, '_> {
+    fn into_clusters(self) -> BTreeMap<String, ClusterState> {
+        self.out
+    }
+
+    /// [`nack_reason`], from a map of every rejected resource made on the first one met, so
+    /// that a graph of rejected clusters does not scan the whole cache once per cluster.
+    fn nack_reason(&mut self, t: ResourceType, name: &str) -> String {
+        let ads = self.ads;
+        self.nacked
+            .get_or_insert_with(|| {
+                ads.resources()
+                    .filter_map(|v| Some(((v.resource_type, v.name), v.error?.to_string())))
+                    .collect()
+            })
+            .get(&(t, name))
+            .cloned()
+            .unwrap_or_else(|| "invalid".into())
+    }
+
+    fn finish(&mut self, name: &'a str, state: ClusterState) -> Walk {
+        self.out.insert(name.to_string(), state);
+        self.marks.insert(name, Mark::Done);
+        Walk::Done
+    }
+
+    /// Add `name` and everything below it to `out`. A cluster met again ends as it ended the
+    /// first time (the first visit in depth-first order decides, also where the depth limit
+    /// falls), so the walk never descends twice into one subgraph.
+    fn visit(&mut self, name: &'a str, depth: usize) -> Walk {
+        match self.marks.get(name) {
+            Some(Mark::OnStack) => return Walk::Cycle,
+            Some(Mark::Pending) => return Walk::Pending,
+            Some(Mark::Done) => return Walk::Done,
+            None => {}
+        }
+        self.needs.insert((ResourceType::Cluster, name.to_string()));
+        let cluster = match lookup(self.ads, ResourceType::Cluster, name) {
+            Lookup::Pending => return self.pending(name),
+            Lookup::DoesNotExist => {
+                let error = format!("cluster {name} does not exist");
+                return self.finish(name, ClusterState::Error(error));
+            }
+            Lookup::Invalid => {
+                let error = self.nack_reason(ResourceType::Cluster, name);
+                let error = format!("cluster {name}: {error}");
+                return self.finish(name, ClusterState::Error(error));
+            }
+            Lookup::Found(Resource::Cluster(c)) => c,
+            Lookup::Found(_) => return self.pending(name),
+        };
+        let children = match &cluster.kind {
+            ClusterKind::Eds { service_name } => {
+                let eds_name = service_name.as_deref().unwrap_or(name);
+                self.needs
+                    .insert((ResourceType::ClusterLoadAssignment, eds_name.to_string()));
+                match lookup(self.ads, ResourceType::ClusterLoadAssignment, eds_name) {
+                    Lookup::Pending => return self.pending(name),
+                    Lookup::DoesNotExist => ClusterChildren::Endpoints(Err(format!(
+                        "endpoints {eds_name} do not exist"
+                    ))),
+                    Lookup::Invalid => {
+                        let error = self.nack_reason(ResourceType::ClusterLoadAssignment, eds_name);
+                        ClusterChildren::Endpoints(Err(format!("endpoints {eds_name}: {error}")))
+                    }
+                    Lookup::Found(Resource::ClusterLoadAssignment(cla)) => {
+                        ClusterChildren::Endpoints(Ok(cla.clone()))
+                    }
+                    Lookup::Found(_) => return self.pending(name),
+                }
+            }
+            ClusterKind::LogicalDns { .. } => ClusterChildren::LogicalDns,
+            ClusterKind::Aggregate { clusters: children } => {
+                if depth >= MAX_AGGREGATE_DEPTH {
+                    let error =
+                        format!("aggregate cluster {name} nests deeper than {MAX_AGGREGATE_DEPTH}");
+                    return self.finish(name, ClusterState::Error(error));
+                }
+                match self.aggregate(name, children, depth) {
+                    Ok(leaves) => ClusterChildren::Aggregate(leaves),
+                    Err(walk) => return walk,
+                }
+            }
+        };
+        let state = ClusterState::Ready(ClusterConfig {
+            cluster: cluster.clone(),
+            children,
+        });
+        self.finish(name, state)
+    }
+
+    fn pending(&mut self, name: &'a str) -> Walk {
+        self.marks.insert(name, Mark::Pending);
+        Walk::Pending
+    }
+
+    /// Walk an aggregate's children and flatten their leaves (depth-first, without
+    /// repeats); `Err` is how the aggregate's own walk ended when it has no leaf list.
+    fn aggregate(
+        &mut self,
+        name: &'a str,
+        children: &'a [String],
+        depth: usize,
+    ) -> Result<Vec<String>, Walk> {
+        self.marks.insert(name, Mark::OnStack);
+        let mut walk = Walk::Done;
+        let mut leaves: Vec<&'a str> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut too_large = false;
+        for child in children {
+            self.work += 1;
+            if self.work > MAX_AGGREGATE_WORK {
+                too_large = true;
+                break;
+            }
+            match self.visit(child, depth + 1) {
+                Walk::Cycle => walk = Walk::Cycle,
+                Walk::Pending if walk == Walk::Done => walk = Walk::Pending,
+                _ => {}
+            }
+            if walk != Walk::Done {
+                // Only a complete aggregate has a leaf list: keep walking for `needs`.
+                continue;
+            }
+            match self.leaves.get(child.as_str()) {
+                // A usable aggregate: its leaves in its priority order.
+                Some(sub) => {
+                    self.work += sub.len();
+                    if self.work > MAX_AGGREGATE_WORK {
+                        too_large = true;
+                        break;
+                    }
+                    leaves.extend(sub.iter().filter(|leaf| seen.insert(**leaf)));
+                }
+                // Anything else that is done (an EDS or DNS cluster, an error) is a leaf.
+                None => {
+                    if seen.insert(child) {
+                        leaves.push(child);
+                    }
                 }
             }
         }
-        Some(_) if !leaves.iter().any(|l| l == name) => leaves.push(name.to_string()),
-        _ => {}
+        if too_large {
+            let error = format!(
+                "aggregate cluster {name}: the target's aggregate graph is larger than \
+                 {MAX_AGGREGATE_WORK} edges and leaves"
+            );
+            self.finish(name, ClusterState::Error(error));
+            return Err(Walk::Done);
+        }
+        match walk {
+            Walk::Pending => Err(self.pending(name)),
+            Walk::Cycle => {
+                let error = format!("aggregate cluster {name} is part of a cycle");
+                self.finish(name, ClusterState::Error(error));
+                Err(Walk::Cycle)
+            }
+            Walk::Done => {
+                let owned = leaves.iter().map(|leaf| leaf.to_string()).collect();
+                self.leaves.insert(name, leaves);
+                Ok(owned)
+            }
+        }
     }
 }
 
@@ -387,7 +497,7 @@ mod tests {
     use envoy_types::pb::google::protobuf::Any;
 
     use super::*;
-    use crate::protocol::ProtocolConfig;
+    use crate::protocol::{ProtocolConfig, StreamId};
     use crate::server::build;
 
     /// A control plane in a map: (type, name) -> Any.
@@ -402,52 +512,96 @@ mod tests {
         /// Subscribe to what `resolve` needs and answer from the map, until nothing changes;
         /// then let the does-not-exist timers fire for what the map lacks.
         fn settle(&self, listener: &str, authority: &str) -> Resolution {
+            Feed::new().run(self, listener, authority, true)
+        }
+    }
+
+    /// A client's cache fed from a [`World`], as a server would.
+    struct Feed {
+        ads: AdsState,
+        stream: StreamId,
+        now: Instant,
+        version: u64,
+        /// What each type's last answered request named: answer a request only when its
+        /// names change, as a server does (an ACK is not answered).
+        answered: BTreeMap<String, Vec<String>>,
+    }
+
+    impl Feed {
+        fn new() -> Self {
             let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
             let stream = ads.on_stream_open();
-            let mut now = Instant::now();
-            let mut version = 0;
-            // What each type's last answered request named: answer a request only when its
-            // names change, as a server does (an ACK is not answered).
-            let mut answered: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            Self {
+                ads,
+                stream,
+                now: Instant::now(),
+                version: 0,
+                answered: BTreeMap::new(),
+            }
+        }
+
+        /// Send what `world` has of `names`.
+        fn respond(&mut self, world: &World, t: ResourceType, names: &[String]) {
+            self.version += 1;
+            let resources = names
+                .iter()
+                .filter_map(|n| world.0.get(&(t, n.clone())).cloned())
+                .collect();
+            let response = DiscoveryResponse {
+                version_info: self.version.to_string(),
+                resources,
+                type_url: t.type_url().into(),
+                nonce: format!("n{}", self.version),
+                ..Default::default()
+            };
+            self.ads.on_response(self.stream, response, self.now);
+            while self.ads.poll_event().is_some() {}
+        }
+
+        /// Send what `world` has now of every subscribed resource of type `t`.
+        fn push(&mut self, world: &World, t: ResourceType) {
+            let names: Vec<String> = self
+                .ads
+                .resources()
+                .filter(|v| v.resource_type == t && v.subscribed)
+                .map(|v| v.name.to_string())
+                .collect();
+            self.respond(world, t, &names);
+        }
+
+        /// Resolve, subscribe and answer until nothing changes; with `fire_timers`, then
+        /// let the does-not-exist timers fire for what the world lacks.
+        fn run(
+            &mut self,
+            world: &World,
+            listener: &str,
+            authority: &str,
+            fire_timers: bool,
+        ) -> Resolution {
             for _round in 0..100 {
-                let resolution = resolve(&ads, listener, authority);
+                let resolution = resolve(&self.ads, listener, authority);
                 let mut asked = false;
                 for (t, name) in &resolution.needs {
-                    if ads.status(*t, name).is_none() {
-                        ads.subscribe(*t, name);
+                    if self.ads.status(*t, name).is_none() {
+                        self.ads.subscribe(*t, name);
                         asked = true;
                     }
                 }
-                while let Some(request) = ads.poll_request(now) {
-                    version += 1;
+                while let Some(request) = self.ads.poll_request(self.now) {
                     let t = ResourceType::from_type_url(&request.type_url).unwrap();
-                    let resources = request
-                        .resource_names
-                        .iter()
-                        .filter_map(|n| self.0.get(&(t, n.clone())).cloned())
-                        .collect();
-                    if answered.get(&request.type_url) != Some(&request.resource_names) {
-                        answered.insert(request.type_url.clone(), request.resource_names.clone());
-                        ads.on_response(
-                            stream,
-                            DiscoveryResponse {
-                                version_info: version.to_string(),
-                                resources,
-                                type_url: request.type_url.clone(),
-                                nonce: format!("n{version}"),
-                                ..Default::default()
-                            },
-                            now,
-                        );
+                    if self.answered.get(&request.type_url) != Some(&request.resource_names) {
+                        self.answered
+                            .insert(request.type_url.clone(), request.resource_names.clone());
+                        self.respond(world, t, &request.resource_names);
                     }
                 }
-                while ads.poll_event().is_some() {}
                 if !asked {
-                    if resolution.state.as_ref().is_ok_and(|s| s.is_none())
-                        && ads.poll_timeout().is_some()
+                    if fire_timers
+                        && resolution.state.as_ref().is_ok_and(|s| s.is_none())
+                        && self.ads.poll_timeout().is_some()
                     {
-                        now += Duration::from_secs(16);
-                        ads.handle_timeout(now);
+                        self.now += Duration::from_secs(16);
+                        self.ads.handle_timeout(self.now);
                         continue;
                     }
                     return resolution;
@@ -579,6 +733,139 @@ mod tests {
             ClusterState::Error(e) => assert!(e.contains("deeper"), "{e}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A root aggregate over `depth` layers of `width` aggregates, each over every cluster
+    /// of the next layer, the last layer over `width` EDS leaves: `width * depth + 1`
+    /// aggregates and `width ^ (depth + 1)` root-to-leaf paths.
+    fn layered_dag(width: usize, depth: usize) -> (Vec<PbCluster>, Vec<String>) {
+        let layer = |d: usize| -> Vec<String> {
+            (0..width)
+                .map(|i| {
+                    if d == depth {
+                        format!("leaf{i}")
+                    } else {
+                        format!("agg{d}-{i}")
+                    }
+                })
+                .collect()
+        };
+        let first = layer(0);
+        let mut clusters = vec![aggregate(
+            "root",
+            &first.iter().map(String::as_str).collect::<Vec<_>>(),
+        )];
+        for d in 0..depth {
+            let next = layer(d + 1);
+            let next: Vec<&str> = next.iter().map(String::as_str).collect();
+            clusters.extend(layer(d).iter().map(|name| aggregate(name, &next)));
+        }
+        (clusters, layer(depth))
+    }
+
+    /// Run `f` on its own thread and fail if it takes longer than `limit` (the thread is left
+    /// behind: a walk cannot be interrupted).
+    fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(value) => value,
+            Err(e) => panic!("not done within {limit:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn aggregate_dag_with_missing_leaves_is_walked_once_per_cluster() {
+        // 3^15 (14 million) paths from the root to each missing leaf: a walk that descends
+        // once per path does not finish.
+        let (width, depth) = (3, 14);
+        let (aggregates, leaves) = layered_dag(width, depth);
+        let timings = within(Duration::from_secs(20), move || {
+            let mut w = world("root", &aggregates, &[]);
+            let mut feed = Feed::new();
+            let started = Instant::now();
+            let r = feed.run(&w, T, T, false);
+            let pending = started.elapsed();
+            assert!(matches!(r.state, Ok(None)), "leaves missing: {:?}", r.state);
+            for leaf in &leaves {
+                assert!(r.needs.contains(&(ResourceType::Cluster, leaf.to_string())));
+            }
+            assert_eq!(r.needs.len(), 2 + 1 + width * depth + width);
+
+            for leaf in &leaves {
+                w.put(ResourceType::Cluster, leaf, &build::eds_cluster(leaf));
+                w.put(
+                    ResourceType::ClusterLoadAssignment,
+                    leaf,
+                    &build::endpoints(leaf, &["127.0.0.1:1".parse().unwrap()]),
+                );
+            }
+            feed.push(&w, ResourceType::Cluster);
+            let started = Instant::now();
+            let r = feed.run(&w, T, T, false);
+            let ready = started.elapsed();
+            let c = config(&r);
+            assert_eq!(c.clusters.len(), 1 + width * depth + width);
+            match &c.clusters["root"] {
+                ClusterState::Ready(ClusterConfig {
+                    children: ClusterChildren::Aggregate(l),
+                    ..
+                }) => assert_eq!(l, &leaves),
+                other => panic!("{other:?}"),
+            }
+            let started = Instant::now();
+            let _ = resolve(&feed.ads, T, T);
+            (pending, ready, started.elapsed())
+        });
+        println!(
+            "width {width}, depth {depth}: settled pending in {:?}, ready in {:?}; one walk {:?}",
+            timings.0, timings.1, timings.2
+        );
+    }
+
+    #[test]
+    fn aggregate_work_is_bounded_and_what_exceeds_it_is_an_error_of_its_own() {
+        // 300 aggregates over the same 300 leaves: 90 000 edges and as many leaf copies.
+        let n = 300;
+        let leaves: Vec<String> = (0..n).map(|i| format!("leaf{i}")).collect();
+        let leaf_refs: Vec<&str> = leaves.iter().map(String::as_str).collect();
+        let aggs: Vec<String> = (0..n).map(|i| format!("agg{i}")).collect();
+        let agg_refs: Vec<&str> = aggs.iter().map(String::as_str).collect();
+        let mut clusters = vec![aggregate("root", &agg_refs)];
+        clusters.extend(aggs.iter().map(|a| aggregate(a, &leaf_refs)));
+        clusters.extend(leaves.iter().map(|l| build::eds_cluster(l)));
+        let w = world("root", &clusters, &leaf_refs);
+        let (r, one_walk) = within(Duration::from_secs(20), move || {
+            let mut feed = Feed::new();
+            let r = feed.run(&w, T, T, true);
+            let started = Instant::now();
+            let _ = resolve(&feed.ads, T, T);
+            (r, started.elapsed())
+        });
+        println!("a walk that spends the whole aggregate budget: {one_walk:?}");
+        let c = config(&r);
+        match &c.clusters["agg0"] {
+            ClusterState::Ready(ClusterConfig {
+                children: ClusterChildren::Aggregate(l),
+                ..
+            }) => assert_eq!(l, &leaves),
+            other => panic!("{other:?}"),
+        }
+        let too_large = |name: &str| matches!(&c.clusters.get(name), Some(ClusterState::Error(e)) if e.contains("larger than"));
+        assert!(too_large("root"), "the root ran out too");
+        assert_eq!(
+            aggs.iter().filter(|a| too_large(a)).count(),
+            1,
+            "the aggregate that ran out"
+        );
+        assert!(!c.clusters.contains_key("agg299"));
+        assert!(
+            !r.needs
+                .contains(&(ResourceType::Cluster, "agg299".to_string())),
+            "what the budget did not reach is not subscribed"
+        );
     }
 
     #[test]

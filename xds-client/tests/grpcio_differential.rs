@@ -12,10 +12,13 @@ use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster;
 use envoy_types::pb::envoy::config::core::v3::{SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint;
+use envoy_types::pb::envoy::config::endpoint::v3::{cluster_load_assignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route_match};
+use envoy_types::pb::envoy::config::route::v3::{
+    RouteConfiguration, route, route_action, route_match,
+};
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
@@ -177,6 +180,45 @@ fn corpus() -> Vec<(&'static str, Spoil)> {
             "priority gap",
             Box::new(|c| {
                 c.endpoints.endpoints[0].priority = 1;
+            }),
+        ),
+        (
+            "EDS cluster without eds_config",
+            Box::new(|c| {
+                c.cluster.eds_cluster_config.as_mut().unwrap().eds_config = None;
+            }),
+        ),
+        (
+            "lrs_server other than self",
+            Box::new(|c| {
+                c.cluster.lrs_server = Some(build::ads());
+            }),
+        ),
+        (
+            "drop overload without a category",
+            Box::new(|c| {
+                c.endpoints.policy = Some(cluster_load_assignment::Policy {
+                    drop_overloads: vec![cluster_load_assignment::policy::DropOverload {
+                        category: String::new(),
+                        drop_percentage: Some(FractionalPercent {
+                            numerator: 1,
+                            denominator: 0,
+                        }),
+                    }],
+                    ..Default::default()
+                });
+            }),
+        ),
+        (
+            "undeclared cluster specifier plugin",
+            Box::new(|c| {
+                let action = match &mut c.routes.virtual_hosts[0].routes[0].action {
+                    Some(route::Action::Route(action)) => action,
+                    _ => unreachable!("build::route_to makes a route action"),
+                };
+                action.cluster_specifier = Some(
+                    route_action::ClusterSpecifier::ClusterSpecifierPlugin("rls".into()),
+                );
             }),
         ),
     ]

@@ -101,7 +101,9 @@ pub enum UpstreamProtocol {
 /// How a cluster's endpoints are found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterKind {
-    /// Endpoints come over EDS, named `service_name` or else the cluster's name.
+    /// Endpoints come over EDS, named `service_name` or else the cluster's name. The
+    /// resource must have an `eds_cluster_config` whose `eds_config` is `ads` or `self`, and
+    /// a cluster with an `xdstp:` name must set `service_name` (grpc-go, grpc core).
     Eds {
         /// `eds_cluster_config.service_name`, when set.
         service_name: Option<String>,
@@ -326,7 +328,31 @@ fn validate(c: &cluster_pb::Cluster) -> Result<Cluster> {
 
     uns.field_if(!c.alt_stat_name.is_empty(), &root, "alt_stat_name");
     uns.field_if(c.metadata.is_some(), &root, "metadata");
-    uns.field_if(c.lrs_server.is_some(), &root, "lrs_server");
+    if let Some(lrs) = &c.lrs_server {
+        // Load reports go to the server that sent the cluster; grpc-go and grpc core NACK
+        // any other config source. Reporting itself is not implemented: listed.
+        use core_pb::config_source::ConfigSourceSpecifier;
+        if !matches!(
+            lrs.config_source_specifier,
+            Some(ConfigSourceSpecifier::Self_(_))
+        ) {
+            return Err(ResourceErrorKind::unsupported(
+                root.field("lrs_server"),
+                "an LRS server other than `self`",
+            ));
+        }
+        uns.field(&root, "lrs_server");
+    }
+    if let Some(upstream) = &c.upstream_config {
+        // grpc core NACKs anything but a decodable HttpProtocolOptions here; the one field
+        // it reads (the connection idle timeout) is not implemented: listed.
+        let p = root.field("upstream_config.typed_config");
+        let Some(any) = &upstream.typed_config else {
+            return Err(ResourceErrorKind::invalid(p, "must be set"));
+        };
+        let _: http_pb::HttpProtocolOptions = decode_any(&p, any, HTTP_PROTOCOL_OPTIONS_TYPE_URL)?;
+        uns.field(&root, "upstream_config");
+    }
     uns.field_if(c.dns_lookup_family != 0, &root, "dns_lookup_family");
     uns.field_if(!c.health_checks.is_empty(), &root, "health_checks");
     uns.field_if(
@@ -538,16 +564,22 @@ fn cluster_kind(c: &cluster_pb::Cluster, root: &FieldPath<'_>) -> Result<Cluster
         }
         Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(*t) {
             Ok(DiscoveryType::Eds) => {
-                let service_name = match &c.eds_cluster_config {
-                    Some(eds) => {
-                        let p = root.field("eds_cluster_config");
-                        if eds.eds_config.is_some() {
-                            check_ads_or_self(&p.field("eds_config"), eds.eds_config.as_ref())?;
-                        }
-                        (!eds.service_name.is_empty()).then(|| eds.service_name.clone())
-                    }
-                    None => None,
+                let p = root.field("eds_cluster_config");
+                let Some(eds) = &c.eds_cluster_config else {
+                    return Err(ResourceErrorKind::invalid(
+                        p,
+                        "must be set for an EDS cluster",
+                    ));
                 };
+                check_ads_or_self(&p.field("eds_config"), eds.eds_config.as_ref())?;
+                if eds.service_name.is_empty() && c.name.starts_with("xdstp:") {
+                    // An xdstp name holds the authority: the EDS name must say its own.
+                    return Err(ResourceErrorKind::invalid(
+                        p.field("service_name"),
+                        "must be set when the cluster has an xdstp: name",
+                    ));
+                }
+                let service_name = (!eds.service_name.is_empty()).then(|| eds.service_name.clone());
                 Ok(ClusterKind::Eds { service_name })
             }
             Ok(DiscoveryType::LogicalDns) => logical_dns(c, root),

@@ -99,7 +99,8 @@ pub struct Endpoint {
     pub additional_addresses: Vec<SocketAddr>,
     /// Health reported by the control plane.
     pub health: HealthStatus,
-    /// `load_balancing_weight`, default 1, never 0.
+    /// `load_balancing_weight`, default 1, never 0. The weights of a locality's endpoints
+    /// sum to at most `u32::MAX` (grpc-go NACKs more; so do we).
     pub weight: u32,
     /// `hostname`, when set.
     pub hostname: Option<String>,
@@ -147,7 +148,8 @@ impl HealthStatus {
     }
 }
 
-/// A drop category: drop `per_million` of the requests.
+/// A drop category: drop `per_million` of the requests. The category must be named and
+/// `drop_percentage` set (grpc core NACKs either missing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DropOverload {
     /// The category, for load reports.
@@ -178,9 +180,21 @@ fn validate(cla: &endpoint_pb::ClusterLoadAssignment) -> Result<ClusterLoadAssig
         let pp = root.field("policy");
         for (i, d) in policy.drop_overloads.iter().enumerate() {
             let dp = pp.at("drop_overloads", i);
+            // grpc core NACKs both; a nameless category could not be reported.
+            if d.category.is_empty() {
+                return Err(ResourceErrorKind::invalid(
+                    dp.field("category"),
+                    "must not be empty",
+                ));
+            }
             let per_million = match &d.drop_percentage {
                 Some(f) => per_million(&dp.field("drop_percentage"), f)?,
-                None => 0,
+                None => {
+                    return Err(ResourceErrorKind::invalid(
+                        dp.field("drop_percentage"),
+                        "must be set",
+                    ));
+                }
             };
             drop_overloads.push(DropOverload {
                 category: d.category.clone(),
@@ -251,9 +265,21 @@ fn validate(cla: &endpoint_pb::ClusterLoadAssignment) -> Result<ClusterLoadAssig
         }
 
         let mut endpoints = Vec::with_capacity(l.lb_endpoints.len());
+        // grpc-go NACKs a locality whose endpoint weights overflow a u32: balancers divide by
+        // the sum.
+        let mut endpoint_weights: u32 = 0;
         for (j, e) in l.lb_endpoints.iter().enumerate() {
             let ep = lp.at("lb_endpoints", j);
-            endpoints.push(endpoint(e, &ep, &mut seen_addresses, &mut uns)?);
+            let endpoint = endpoint(e, &ep, &mut seen_addresses, &mut uns)?;
+            endpoint_weights = endpoint_weights
+                .checked_add(endpoint.weight)
+                .ok_or_else(|| {
+                    ResourceErrorKind::invalid(
+                        ep.field("load_balancing_weight"),
+                        "the endpoint weights of the locality overflow a u32",
+                    )
+                })?;
+            endpoints.push(endpoint);
         }
         localities.push(LocalityEndpoints {
             locality: Locality {

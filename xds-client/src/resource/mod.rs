@@ -9,6 +9,11 @@
 //! cheap to clone (behind [`Arc`]) and comparable, so the protocol layer can skip updates that
 //! change nothing.
 //!
+//! Every `ConfigSource` must point back at the ADS stream the resource came on, as grpc-go
+//! and grpc core require (gRFC A27): an HCM's `rds.config_source` and an EDS cluster's
+//! `eds_cluster_config.eds_config` must be set and be `ads` or `self`, a cluster's
+//! `lrs_server`, when set, must be `self`. Anything else is a NACK naming the field.
+//!
 //! Fields that a control plane set but that meshwork does not implement are not dropped
 //! silently: each resource lists their field paths in
 //! [`unsupported_fields`](Resource::unsupported_fields), for the config dump.
@@ -516,15 +521,21 @@ pub(crate) fn nonzero_duration(
     }
 }
 
-/// A `ConfigSource` that gRPC accepts for RDS and EDS: `ads` or `self`.
+/// A `ConfigSource` that gRPC accepts for RDS and EDS (gRFC A27): `ads` or `self`, both
+/// meaning the ADS stream the resource came on. It is required: grpc-go and grpc core NACK
+/// a missing one as well as any other kind.
 pub(crate) fn check_ads_or_self(
     path: &FieldPath<'_>,
     source: Option<&core_pb::ConfigSource>,
 ) -> Result<()> {
     use core_pb::config_source::ConfigSourceSpecifier;
-    match source.and_then(|s| s.config_source_specifier.as_ref()) {
-        Some(ConfigSourceSpecifier::Ads(_)) | Some(ConfigSourceSpecifier::Self_(_)) => Ok(()),
-        _ => Err(ResourceErrorKind::unsupported(
+    match source.map(|s| s.config_source_specifier.as_ref()) {
+        None => Err(ResourceErrorKind::invalid(
+            path,
+            "must be set (a config source: `ads` or `self`)",
+        )),
+        Some(Some(ConfigSourceSpecifier::Ads(_)) | Some(ConfigSourceSpecifier::Self_(_))) => Ok(()),
+        Some(_) => Err(ResourceErrorKind::unsupported(
             path,
             "config source other than `ads` or `self`",
         )),

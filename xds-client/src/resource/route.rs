@@ -4,6 +4,7 @@
 // ones), so reading them is deliberate.
 #![allow(deprecated)]
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
@@ -222,7 +223,10 @@ pub struct ForwardAction {
     pub hash_policies: Vec<HashPolicy>,
 }
 
-/// Where to forward.
+/// Where to forward. Cluster specifier plugins are not implemented: a route using one is
+/// left out (gRFC A28), but one naming a plugin that `cluster_specifier_plugins` does not
+/// declare is a NACK (grpc-go, grpc core), as are two declared plugins with one name (grpc
+/// core).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClusterSpecifier {
     /// One cluster.
@@ -468,6 +472,7 @@ pub(crate) fn validate(
         path,
         "cluster_specifier_plugins",
     );
+    let plugins = cluster_specifier_plugins(rc, path)?;
     uns.field_if(
         !rc.request_mirror_policies.is_empty(),
         path,
@@ -489,7 +494,7 @@ pub(crate) fn validate(
     let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let p = path.at("virtual_hosts", i);
-        virtual_hosts.push(virtual_host(vh, &p, &mut uns)?);
+        virtual_hosts.push(virtual_host(vh, &p, &plugins, &mut uns)?);
     }
     Ok(RouteConfiguration {
         name: rc.name.clone(),
@@ -498,9 +503,42 @@ pub(crate) fn validate(
     })
 }
 
+/// The names of the declared cluster specifier plugins. gRPC core NACKs a plugin without
+/// an extension or a typed config, and two with one name. Plugins themselves are not
+/// implemented (routes using one are ignored, gRFC A28), so their types are not checked:
+/// grpc core NACKs a non-optional plugin of a type it does not know, but it knows RLS,
+/// which a control plane may rightly send.
+fn cluster_specifier_plugins<'a>(
+    rc: &'a route_pb::RouteConfiguration,
+    path: &FieldPath<'_>,
+) -> Result<HashSet<&'a str>> {
+    let mut names = HashSet::with_capacity(rc.cluster_specifier_plugins.len());
+    for (i, plugin) in rc.cluster_specifier_plugins.iter().enumerate() {
+        let ep = path.at("cluster_specifier_plugins", i);
+        let ep = ep.field("extension");
+        let Some(extension) = &plugin.extension else {
+            return Err(ResourceErrorKind::invalid(ep, "must be set"));
+        };
+        if extension.typed_config.is_none() {
+            return Err(ResourceErrorKind::invalid(
+                ep.field("typed_config"),
+                "must be set",
+            ));
+        }
+        if !names.insert(extension.name.as_str()) {
+            return Err(ResourceErrorKind::invalid(
+                ep.field("name"),
+                format!("duplicate cluster specifier plugin {:?}", extension.name),
+            ));
+        }
+    }
+    Ok(names)
+}
+
 fn virtual_host(
     vh: &route_pb::VirtualHost,
     p: &FieldPath<'_>,
+    plugins: &HashSet<&str>,
     uns: &mut Unsupported,
 ) -> Result<VirtualHost> {
     uns.field_if(vh.matcher.is_some(), p, "matcher");
@@ -552,7 +590,7 @@ fn virtual_host(
     let mut routes = Vec::with_capacity(vh.routes.len());
     for (i, r) in vh.routes.iter().enumerate() {
         let rp = p.at("routes", i);
-        if let Some(route) = route(r, &rp, retry_policy.as_ref(), uns)? {
+        if let Some(route) = route(r, &rp, retry_policy.as_ref(), plugins, uns)? {
             routes.push(route);
         }
     }
@@ -569,6 +607,7 @@ fn route(
     r: &route_pb::Route,
     p: &FieldPath<'_>,
     vh_retry: Option<&RetryPolicy>,
+    plugins: &HashSet<&str>,
     uns: &mut Unsupported,
 ) -> Result<Option<Route>> {
     let mp = p.field("match");
@@ -608,10 +647,12 @@ fn route(
 
     use route_pb::route::Action;
     let action = match &r.action {
-        Some(Action::Route(ra)) => match forward_action(ra, &p.field("route"), vh_retry, uns)? {
-            Some(fa) => RouteAction::Forward(fa),
-            None => return Ok(None),
-        },
+        Some(Action::Route(ra)) => {
+            match forward_action(ra, &p.field("route"), vh_retry, plugins, uns)? {
+                Some(fa) => RouteAction::Forward(fa),
+                None => return Ok(None),
+            }
+        }
         Some(Action::NonForwardingAction(_)) => RouteAction::NonForwarding,
         Some(Action::Redirect(_)) => RouteAction::Unsupported(UnsupportedAction::Redirect),
         Some(Action::DirectResponse(_)) => {
@@ -785,6 +826,7 @@ fn forward_action(
     ra: &route_pb::RouteAction,
     p: &FieldPath<'_>,
     vh_retry: Option<&RetryPolicy>,
+    plugins: &HashSet<&str>,
     uns: &mut Unsupported,
 ) -> Result<Option<ForwardAction>> {
     use route_pb::route_action::ClusterSpecifier as S;
@@ -808,6 +850,14 @@ fn forward_action(
             ClusterSpecifier::ClusterHeader(h.to_ascii_lowercase())
         }
         Some(S::WeightedClusters(wc)) => weighted_clusters(wc, &p.field("weighted_clusters"), uns)?,
+        // grpc-go and grpc core: naming a plugin the configuration does not declare is an
+        // error, not an unsupported feature.
+        Some(S::ClusterSpecifierPlugin(name)) if !plugins.contains(name.as_str()) => {
+            return Err(ResourceErrorKind::invalid(
+                p.field("cluster_specifier_plugin"),
+                format!("{name:?} is not in cluster_specifier_plugins"),
+            ));
+        }
         // gRFC A28: a route whose cluster specifier is unset or unsupported is ignored.
         Some(S::ClusterSpecifierPlugin(_)) | Some(S::InlineClusterSpecifierPlugin(_)) => {
             uns.note(format!("{p} (cluster specifier plugin: route ignored)"));

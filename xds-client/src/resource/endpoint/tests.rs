@@ -193,6 +193,42 @@ fn locality_weights_must_not_overflow() {
     ));
 }
 
+/// grpc-go `unmarshal_eds.go`: the endpoint weights of one locality must sum to at most
+/// u32::MAX (the balancer normalises by that sum).
+#[test]
+fn endpoint_weights_of_a_locality_must_not_overflow() {
+    let weighted = |address: &str, w: u32| {
+        let mut e = lb_endpoint(address, 80);
+        e.load_balancing_weight = u32v(w);
+        e
+    };
+    let err = eds_err(&cla(
+        "svc",
+        vec![locality(
+            "a",
+            0,
+            Some(1),
+            vec![
+                weighted("10.0.0.1", u32::MAX - 1),
+                weighted("10.0.0.2", 1),
+                weighted("10.0.0.3", 1),
+            ],
+        )],
+    ));
+    assert_eq!(
+        err.kind().path(),
+        Some("endpoints[0].lb_endpoints[2].load_balancing_weight")
+    );
+    // Each locality has its own sum.
+    eds(&cla(
+        "svc",
+        vec![
+            locality("a", 0, Some(1), vec![weighted("10.0.0.1", u32::MAX)]),
+            locality("b", 0, Some(1), vec![weighted("10.0.0.2", u32::MAX)]),
+        ],
+    ));
+}
+
 #[test]
 fn endpoint_errors() {
     let one = |e: endpoint_pb::LbEndpoint| cla("svc", vec![locality("a", 0, Some(1), vec![e])]);
@@ -335,6 +371,37 @@ fn drop_overloads() {
                 per_million: 3_000
             },
         ]
+    );
+}
+
+/// grpc core (`xds_endpoint_parser.cc`): a drop category needs a name and a percentage.
+#[test]
+fn drop_overloads_need_a_category_and_a_percentage() {
+    use endpoint_pb::cluster_load_assignment::{Policy, policy::DropOverload as Pb};
+    let with = |drop: Pb| {
+        let mut c = cla("svc", vec![]);
+        c.policy = Some(Policy {
+            drop_overloads: vec![drop],
+            ..Default::default()
+        });
+        c
+    };
+    let percent = Some(FractionalPercent {
+        numerator: 5,
+        denominator: 0,
+    });
+    let err = eds_err(&with(Pb {
+        category: String::new(),
+        drop_percentage: percent,
+    }));
+    assert_eq!(err.kind().path(), Some("policy.drop_overloads[0].category"));
+    let err = eds_err(&with(Pb {
+        category: "lb".into(),
+        drop_percentage: None,
+    }));
+    assert_eq!(
+        err.kind().path(),
+        Some("policy.drop_overloads[0].drop_percentage")
     );
 }
 

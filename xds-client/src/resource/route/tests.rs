@@ -379,7 +379,7 @@ fn cluster_specifiers() {
 
     // gRFC A28: a route with a cluster specifier plugin we do not support is ignored (and
     // listed), the rest of the virtual host is kept.
-    let rc = rds(&route_config(
+    let mut pb = route_config(
         "rc",
         vec![vhost(
             &["*"],
@@ -388,12 +388,59 @@ fn cluster_specifiers() {
                 route_to("/", cluster_action("c")),
             ],
         )],
-    ));
+    );
+    pb.cluster_specifier_plugins = vec![plugin("rls")];
+    let rc = rds(&pb);
     assert_eq!(rc.virtual_hosts[0].routes.len(), 1);
     assert!(
         rc.unsupported_fields
             .iter()
             .any(|f| f.starts_with("virtual_hosts[0].routes[0].route"))
+    );
+}
+
+fn plugin(name: &str) -> route_pb::ClusterSpecifierPlugin {
+    route_pb::ClusterSpecifierPlugin {
+        extension: Some(core_pb::TypedExtensionConfig {
+            name: name.into(),
+            typed_config: Some(Any {
+                type_url: "type.googleapis.com/grpc.lookup.v1.RouteLookupClusterSpecifier".into(),
+                value: vec![],
+            }),
+        }),
+        is_optional: false,
+    }
+}
+
+/// grpc-go (`unmarshal_rds.go`) and grpc core (`xds_route_config_parser.cc`): a route
+/// naming a cluster specifier plugin the configuration does not declare is a NACK, and so
+/// are two plugins with one name (core).
+#[test]
+fn cluster_specifier_plugins_must_be_declared_once() {
+    use route_pb::route_action::ClusterSpecifier as S;
+    let rls = route_pb::RouteAction {
+        cluster_specifier: Some(S::ClusterSpecifierPlugin("rls".into())),
+        ..Default::default()
+    };
+    let pb = one_route(route_to("/", rls.clone()));
+    let err = rds_err(&pb);
+    assert_eq!(
+        err.kind().path(),
+        Some("virtual_hosts[0].routes[0].route.cluster_specifier_plugin")
+    );
+
+    let mut pb = one_route(route_to("/", rls));
+    pb.cluster_specifier_plugins = vec![plugin("rls"), plugin("rls")];
+    assert_eq!(
+        rds_err(&pb).kind().path(),
+        Some("cluster_specifier_plugins[1].extension.name")
+    );
+    pb.cluster_specifier_plugins = vec![plugin("other"), plugin("rls")];
+    rds(&pb);
+    pb.cluster_specifier_plugins[0].extension = None;
+    assert_eq!(
+        rds_err(&pb).kind().path(),
+        Some("cluster_specifier_plugins[0].extension")
     );
 }
 
