@@ -462,24 +462,58 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
 
 /// Whether a byte may stand for itself in a normal path: RFC 3986's `pchar` without `%`
 /// (unreserved, sub-delims, `:` and `@`), and the `/` between segments.
+const RAW: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+            );
+        byte += 1;
+    }
+    table
+};
+
 fn is_raw(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&byte)
+    RAW[usize::from(byte)]
 }
 
 /// Whether `rest` (a path after its leading `/`) is already normal: no escape, no byte
 /// needing one, no empty, `.` or `..` segment except a final empty one (a trailing `/`).
 fn is_normal(rest: &str) -> bool {
-    if !rest.bytes().all(is_raw) {
-        return false;
-    }
-    let mut segments = rest.split('/').peekable();
-    while let Some(segment) = segments.next() {
-        let last = segments.peek().is_none();
-        if segment == "." || segment == ".." || (segment.is_empty() && !last) {
+    let bytes = rest.as_bytes();
+    let mut segment_start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        if !is_raw(byte) {
             return false;
         }
+        if byte == b'/' {
+            if matches!(&bytes[segment_start..i], b"" | b"." | b"..") {
+                return false;
+            }
+            segment_start = i + 1;
+        }
     }
-    true
+    !matches!(&bytes[segment_start..], b"." | b"..")
 }
 
 /// `rest` with every character spelled one way: unreserved escapes decoded, other escapes
