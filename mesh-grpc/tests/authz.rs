@@ -21,6 +21,7 @@ use meshwork_core::identity::{MtlsConfig, StaticSource};
 use meshwork_core::inbound::{AuthorizationPolicy, Operation, Principal, Rule};
 use meshwork_grpc::MeshServer;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Status;
 use tonic::body::Body;
@@ -290,4 +291,87 @@ async fn unnormalisable_paths_are_refused_for_everyone() {
         "the handler never ran"
     );
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+/// One HTTP/2 frame: its header (length, type, flags, stream) and payload.
+fn frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, stream];
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Sends `SayHello("hi")` on stream 1 of a new connection with exactly this `:path`
+/// (written by hand: http's `Uri` cannot carry a `:path` that is not origin form), and
+/// returns the type of the first frame the server sends on stream 1 (1: HEADERS, the
+/// request was processed; 3: RST_STREAM, it was refused as malformed).
+async fn raw_h2(ca: &TestCa, who: &str, addr: SocketAddr, path: &str) -> u8 {
+    let tls = mtls(ca, who)
+        .alpn_protocols(vec![b"h2".to_vec()])
+        .client_config()
+        .unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    // HPACK literal header fields without indexing, new names, no Huffman coding.
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", path),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.push(0);
+        block.push(u8::try_from(name.len()).unwrap());
+        block.extend_from_slice(name.as_bytes());
+        block.push(u8::try_from(value.len()).unwrap());
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[])); // SETTINGS, all defaults
+    out.extend(frame(1, 0x4, 1, &block)); // HEADERS, END_HEADERS
+    out.extend(frame(0, 0x1, 1, b"\0\0\0\0\x04\x0a\x02hi")); // DATA, END_STREAM
+    stream.write_all(&out).await.unwrap();
+    loop {
+        let mut header = [0u8; 9];
+        stream.read_exact(&mut header).await.unwrap();
+        let len =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let mut payload = vec![0; len];
+        stream.read_exact(&mut payload).await.unwrap();
+        let stream_id =
+            u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & !(1 << 31);
+        if stream_id == 1 {
+            return header[3];
+        }
+        // GOAWAY: the connection refused the stream.
+        if header[3] == 7 {
+            return 7;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http2_path_in_absolute_form_never_reaches_the_handler() {
+    let ca = TestCa::new("example.org");
+    let said_hello = Arc::new(AtomicUsize::new(0));
+    let addr = start(&ca, said_hello.clone()).await;
+    // The hand-written request works in origin form (the control)...
+    assert_eq!(raw_h2(&ca, FRIEND, addr, SAY_HELLO).await, 1);
+    assert_eq!(said_hello.load(Ordering::SeqCst), 1);
+    // ...and in absolute form is refused before any policy or service sees it (http's
+    // `PathAndQuery` accepts only `/…`, `?…`, `#…` and `*`, so h2 resets the stream).
+    for who in [INTRUDER, FRIEND] {
+        for path in [
+            "https://localhost/helloworld.Greeter/SayHello",
+            "localhost/helloworld.Greeter/SayHello",
+        ] {
+            assert_eq!(raw_h2(&ca, who, addr, path).await, 3, "{who} {path}");
+        }
+    }
+    assert_eq!(said_hello.load(Ordering::SeqCst), 1);
 }
