@@ -69,13 +69,14 @@ pub struct Inbound<S> {
 
 /// Put into a denied response's extensions: who was denied what, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} is not allowed to call {path}: {reason}", caller(.peer))]
+#[error("{} is not allowed to call {path}", caller(.peer))]
 pub struct AuthorizationDenied {
     /// The caller's SPIFFE ID (`None`: plaintext).
     pub peer: Option<SpiffeId>,
     /// The request path.
     pub path: String,
-    /// Why.
+    /// Why (also the error's `source()`, with a [`PathError`] beneath it when the path
+    /// could not be normalised).
     #[source]
     pub reason: DenyReason,
 }
@@ -127,7 +128,7 @@ where
                     path: req.uri().path().to_owned(),
                     reason,
                 };
-                tracing::debug!(%denied, "request denied by the authorization policy");
+                tracing::debug!(%denied, reason = %denied.reason, "request denied by the authorization policy");
                 return InboundFuture::denied(denial(is_grpc(req.headers()), denied));
             }
         }

@@ -613,7 +613,11 @@ async fn the_layer_gives_handlers_the_peer_and_answers_denials_itself() {
     assert_eq!(why.reason, DenyReason::NotAllowed);
     assert_eq!(
         why.to_string(),
-        "spiffe://example.org/foe is not allowed to call /a.B/C: no allow rule matched"
+        "spiffe://example.org/foe is not allowed to call /a.B/C"
+    );
+    assert_eq!(
+        std::error::Error::source(why).unwrap().to_string(),
+        "no allow rule matched"
     );
 
     let http_denied = svc
