@@ -393,9 +393,11 @@ pub enum PathError {
 /// 1. percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986 section 2.3)
 ///    are decoded (`%53ayHello` is `SayHello`, `%2e` is `.`); every other escape is kept,
 ///    with upper-case hex digits (`%c3%a9` is `%C3%A9`), and a byte that may not appear raw
-///    in a path (non-ASCII, `"`, `<`, `>`, `[`, `\`, `]`, `^`, `` ` ``, `{`, `|`, `}`, a
-///    space, a control character, `?`, `#`) is escaped the same way, so each character has
-///    one spelling;
+///    in a path (non-ASCII, `"`, `<`, `>`, `[`, `]`, `^`, `` ` ``, `{`, `|`, `}`, a space, a
+///    control character, `?`, `#`) is escaped the same way, so each character has one
+///    spelling. An escaped reserved character stays escaped (`%3B` is not `;`, RFC 3986
+///    section 2.2): a service that decodes those before routing must not rely on exact path
+///    rules that contain them;
 /// 2. empty segments are dropped (`//a///b` is `/a/b`, Envoy's `merge_slashes`);
 /// 3. `.` and `..` segments are resolved (RFC 3986 section 5.2.4: `/a/./b/../c` is `/a/c`,
 ///    and a path ending in one keeps a trailing `/`).
@@ -405,10 +407,10 @@ pub enum PathError {
 ///
 /// What cannot be normalised safely is an error ([`PathError`]), and the layer refuses the
 /// request (400, or `grpc-status: 13` INTERNAL for gRPC, as Envoy answers a request it
-/// rejects for its path): a target that is not `/…` (Envoy and http's `Uri` accept only
-/// origin form, `*` aside), an escaped `/` or `\` (`%2F`, `%5C`), a raw `\`, a NUL
-/// (`%00`), an invalid escape (`%`, `%4`, `%zz`), and a `..` that climbs above the root
-/// (RFC 3986 would clamp it; a request doing so is an attack, not a typo).
+/// rejects for its path): a target that is not `/…` (`*`, an authority; HTTP/1.1's
+/// absolute form reaches the layer as its path), an escaped `/` or `\` (`%2F`, `%5C`), a raw
+/// `\`, a NUL (`%00`), an invalid escape (`%`, `%4`, `%zz`), and a `..` that climbs above
+/// the root (RFC 3986 would clamp it; a request doing so is an attack, not a typo).
 ///
 /// The result borrows `path` when it is already normal (the common case costs one scan).
 ///
