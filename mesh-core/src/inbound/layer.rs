@@ -10,7 +10,9 @@ use pin_project_lite::pin_project;
 use spiffe::SpiffeId;
 
 use super::acceptor::ConnectionInfo;
-use super::policy::{AuthorizationPolicy, Decision, DenyReason, RequestAttributes, is_grpc};
+use super::policy::{
+    AuthorizationPolicy, Decision, DenyReason, PathError, RequestAttributes, is_grpc,
+};
 use crate::identity::PeerIdentity;
 
 /// The per-request inbound layer: gives handlers the caller's [`PeerIdentity`] and enforces
@@ -20,12 +22,19 @@ use crate::identity::PeerIdentity;
 /// 1. reads the [`ConnectionInfo`] the server put into the request's extensions (a
 ///    [`PeerIdentity`] already there is used when there is none) and inserts the caller's
 ///    [`PeerIdentity`] for handlers (`request.extensions().get::<PeerIdentity>()`);
-/// 2. with a policy, decides; a denied request never reaches the service: a gRPC request
-///    gets a trailers-only response with `grpc-status: 7` (PERMISSION_DENIED), any other
-///    request `403 Forbidden`, both with an empty body and an [`AuthorizationDenied`] in the
-///    response's extensions. Denials are logged at debug level.
+/// 2. with a policy, normalises the request's path
+///    ([`normalize_path`](super::normalize_path)) and decides on it
+///    ([`AuthorizationPolicy::evaluate`]); an allowed request reaches the service with its
+///    path replaced by the normal form (query kept), so the service executes exactly what
+///    the policy judged. A denied request never reaches the service: a gRPC request (by its
+///    content type) gets a trailers-only response with `grpc-status: 7`
+///    (PERMISSION_DENIED), any other request `403 Forbidden`; a request whose path cannot be
+///    normalised gets `grpc-status: 13` (INTERNAL) or `400 Bad Request` instead, as Envoy
+///    answers a path it rejects. Each has an empty body and an [`AuthorizationDenied`] in
+///    the response's extensions. Denials are logged at debug level.
 ///
-/// Without a policy every request passes (the TLS handshake already verified the caller).
+/// Without a policy every request passes unchanged (the TLS handshake already verified the
+/// caller).
 #[derive(Debug, Clone, Default)]
 pub struct InboundLayer {
     policy: Option<Arc<AuthorizationPolicy>>,
@@ -60,13 +69,15 @@ pub struct Inbound<S> {
 
 /// Put into a denied response's extensions: who was denied what, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} is not allowed to call {path}: {reason}", caller(.peer))]
+#[error("{} is not allowed to call {path}", caller(.peer))]
 pub struct AuthorizationDenied {
     /// The caller's SPIFFE ID (`None`: plaintext).
     pub peer: Option<SpiffeId>,
     /// The request path.
     pub path: String,
-    /// Why.
+    /// Why (also the error's `source()`, with a [`PathError`] beneath it when the path
+    /// could not be normalised).
+    #[source]
     pub reason: DenyReason,
 }
 
@@ -96,17 +107,30 @@ where
             .get::<ConnectionInfo>()
             .and_then(|c| c.peer().cloned())
             .or_else(|| req.extensions().get::<PeerIdentity>().cloned());
-        if let Some(policy) = &self.policy
-            && let Decision::Deny(reason) =
-                policy.decide(&RequestAttributes::of(&req, peer.as_ref()))
-        {
-            let denied = AuthorizationDenied {
-                peer: peer.map(|p| p.spiffe_id().clone()),
-                path: req.uri().path().to_owned(),
-                reason,
+        if let Some(policy) = &self.policy {
+            let verdict = match RequestAttributes::of(&req, peer.as_ref()) {
+                Err(error) => Err(DenyReason::InvalidPath(error)),
+                Ok(attributes) => match policy.decide(&attributes) {
+                    Decision::Deny(reason) => Err(reason),
+                    Decision::Allow(_) => Ok(attributes.into_changed_path()),
+                },
             };
-            tracing::debug!(%denied, "request denied by the authorization policy");
-            return InboundFuture::denied(denial(is_grpc(req.headers()), denied));
+            let verdict = match verdict {
+                // The service gets the path the policy judged, or an encoding the service's
+                // router reads differently could reach a handler no rule was asked about.
+                Ok(Some(path)) => set_path(&mut req, &path),
+                Ok(None) => Ok(()),
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = verdict {
+                let denied = AuthorizationDenied {
+                    peer: peer.map(|p| p.spiffe_id().clone()),
+                    path: req.uri().path().to_owned(),
+                    reason,
+                };
+                tracing::debug!(%denied, reason = %denied.reason, "request denied by the authorization policy");
+                return InboundFuture::denied(denial(is_grpc(req.headers()), denied));
+            }
         }
         if let Some(peer) = peer {
             req.extensions_mut().insert(peer);
@@ -115,21 +139,42 @@ where
     }
 }
 
-/// The response to a denied request.
+/// Replaces `req`'s path with `path` (normal, so it parses), keeping its query.
+fn set_path<B>(req: &mut http::Request<B>, path: &str) -> Result<(), DenyReason> {
+    let path_and_query = match req.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = http::uri::PathAndQuery::try_from(path_and_query).ok();
+    // Unreachable with a normal path and a URI that parsed with one; refused all the same
+    // rather than serving a path the policy did not judge.
+    let uri = http::Uri::from_parts(parts)
+        .map_err(|_| DenyReason::InvalidPath(PathError::NotOriginForm))?;
+    *req.uri_mut() = uri;
+    Ok(())
+}
+
+/// The response to a denied request: 403 or PERMISSION_DENIED when a rule denied it, 400 or
+/// INTERNAL when its path could not be normalised (Envoy's answers to both).
 fn denial<RB: Default>(grpc: bool, denied: AuthorizationDenied) -> http::Response<RB> {
     let mut response = http::Response::new(RB::default());
+    let invalid = matches!(denied.reason, DenyReason::InvalidPath(_));
     if grpc {
         let headers = response.headers_mut();
         headers.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/grpc"),
         );
-        headers.insert("grpc-status", http::HeaderValue::from_static("7"));
+        let status = if invalid { "13" } else { "7" };
+        headers.insert("grpc-status", http::HeaderValue::from_static(status));
         // grpc-message is percent-encoded; the message below is plain ASCII without '%'.
         let message = format!("meshwork: {}", denied.reason);
         if let Ok(value) = http::HeaderValue::from_str(&message) {
             headers.insert("grpc-message", value);
         }
+    } else if invalid {
+        *response.status_mut() = http::StatusCode::BAD_REQUEST;
     } else {
         *response.status_mut() = http::StatusCode::FORBIDDEN;
     }

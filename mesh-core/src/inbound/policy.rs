@@ -1,7 +1,23 @@
 //! The authorization policy: allow and deny rules over who calls (SPIFFE ID, trust domain)
 //! and what they call (gRPC service and method, HTTP path and method).
+//!
+//! Rules judge what the service will execute, not how the caller spelled it. Every rule
+//! about a target (gRPC service, gRPC method, path, path prefix) is matched against one
+//! string, the request's path in its normal form ([`normalize_path`]: unreserved escapes
+//! decoded, slashes merged, dot segments resolved), and [`InboundLayer`](super::InboundLayer)
+//! hands the service the request with that same path, so a deny rule holds for every
+//! spelling that reaches the handler and an allow rule admits no other. A path that cannot be
+//! normalised safely (an escaped `/`, a `..` above the root, an invalid escape, a target
+//! that is not `/…`) is refused before any rule is consulted.
+//!
+//! gRPC rules do not look at the content type: tonic and grpc-go dispatch a request on its
+//! path whatever its `content-type` says, so `/helloworld.Greeter/SayHello` sent as
+//! `application/octet-stream`, `Application/grpc` or with no content type is still a call to
+//! `SayHello`. A gRPC method is the path `/package.Service/Method`, compared case-sensitively
+//! (as tonic's router and generated code compare it); a gRPC service is every path
+//! `/package.Service/…`, the routes tonic hands that service.
 
-use std::fmt;
+use std::borrow::Cow;
 
 use spiffe::{SpiffeId, TrustDomain};
 
@@ -58,7 +74,36 @@ impl AuthorizationPolicy {
         self
     }
 
-    /// The decision for one request.
+    /// The decision for `request` from `peer` (`None`: a plaintext caller): its path is
+    /// normalised ([`normalize_path`]) and a path that cannot be is denied
+    /// ([`DenyReason::InvalidPath`]), then [`decide`](Self::decide).
+    ///
+    /// This is the whole of [`InboundLayer`](super::InboundLayer)'s judgement, minus the
+    /// response; it never panics, whatever the request.
+    ///
+    /// ```
+    /// use meshwork_core::inbound::{AuthorizationPolicy, Decision, DenyReason, Operation, Rule};
+    ///
+    /// let policy = AuthorizationPolicy::new()
+    ///     .allow(Rule::any())
+    ///     .deny(Rule::any().operation(Operation::grpc_method("helloworld.Greeter", "SayHello")));
+    /// // Not gRPC by its content type, and spelled differently: still that method.
+    /// let sneaky = http::Request::post("/helloworld.Greeter//%53ayHello").body(()).unwrap();
+    /// assert_eq!(policy.evaluate(&sneaky, None), Decision::Deny(DenyReason::DenyRule(0)));
+    /// let escaped = http::Request::get("/a%2Fb").body(()).unwrap();
+    /// assert!(matches!(
+    ///     policy.evaluate(&escaped, None),
+    ///     Decision::Deny(DenyReason::InvalidPath(_))
+    /// ));
+    /// ```
+    pub fn evaluate<B>(&self, request: &http::Request<B>, peer: Option<&PeerIdentity>) -> Decision {
+        match RequestAttributes::of(request, peer) {
+            Ok(attributes) => self.decide(&attributes),
+            Err(error) => Decision::Deny(DenyReason::InvalidPath(error)),
+        }
+    }
+
+    /// The decision for one request whose attributes are already known.
     pub fn decide(&self, request: &RequestAttributes<'_>) -> Decision {
         if let Some(index) = self.deny.iter().position(|r| r.matches(request)) {
             return Decision::Deny(DenyReason::DenyRule(index));
@@ -70,51 +115,98 @@ impl AuthorizationPolicy {
     }
 }
 
-/// What one request is judged on.
-#[derive(Debug, Clone, Copy)]
+/// What one request is judged on: the caller and the request's method and normalised path.
+///
+/// The path is always the normalised one (see [`normalize_path`]): rules never see a raw
+/// path, so no spelling of a path can match a rule that its normal form does not.
+#[derive(Debug, Clone)]
 pub struct RequestAttributes<'a> {
-    /// The caller's verified identity (`None` on a plaintext connection).
-    pub peer: Option<&'a PeerIdentity>,
-    /// The request's method.
-    pub method: &'a http::Method,
-    /// The request's path (without the query).
-    pub path: &'a str,
-    /// Whether this is a gRPC request (`content-type: application/grpc…`).
-    pub grpc: bool,
+    peer: Option<&'a PeerIdentity>,
+    method: &'a http::Method,
+    path: Cow<'a, str>,
 }
 
 impl<'a> RequestAttributes<'a> {
-    /// The attributes of `request`, with the connection's peer.
-    pub fn of<B>(request: &'a http::Request<B>, peer: Option<&'a PeerIdentity>) -> Self {
-        Self {
+    /// The attributes of a request for `path` (without its query) with `method`, from
+    /// `peer` (`None`: a plaintext caller); `path` is normalised first.
+    pub fn new(
+        peer: Option<&'a PeerIdentity>,
+        method: &'a http::Method,
+        path: &'a str,
+    ) -> Result<Self, PathError> {
+        Ok(Self {
             peer,
-            method: request.method(),
-            path: request.uri().path(),
-            grpc: is_grpc(request.headers()),
-        }
+            method,
+            path: normalize_path(path)?,
+        })
     }
 
-    /// The gRPC service and method, from a `/package.Service/Method` path.
-    pub fn grpc_method(&self) -> Option<(&'a str, &'a str)> {
-        if !self.grpc {
-            return None;
-        }
+    /// The attributes of `request`, with the connection's peer. Its content type plays no
+    /// part: gRPC rules apply to every request whose path names the method, because a gRPC
+    /// server (tonic, grpc-go) dispatches on the path alone.
+    pub fn of<B>(
+        request: &'a http::Request<B>,
+        peer: Option<&'a PeerIdentity>,
+    ) -> Result<Self, PathError> {
+        Self::new(peer, request.method(), request.uri().path())
+    }
+
+    /// The caller's verified identity (`None` on a plaintext connection).
+    pub fn peer(&self) -> Option<&'a PeerIdentity> {
+        self.peer
+    }
+
+    /// The request's method.
+    pub fn method(&self) -> &'a http::Method {
+        self.method
+    }
+
+    /// The request's normalised path (without the query).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The gRPC service and method, from a `/package.Service/Method` path, whatever the
+    /// request's content type.
+    pub fn grpc_method(&self) -> Option<(&str, &str)> {
         let rest = self.path.strip_prefix('/')?;
         let (service, method) = rest.split_once('/')?;
         (!service.is_empty() && !method.is_empty() && !method.contains('/'))
             .then_some((service, method))
     }
+
+    /// The normalised path, when it differs from the request's own: the path the service
+    /// must be handed so that it executes what the policy judged.
+    pub(crate) fn into_changed_path(self) -> Option<String> {
+        match self.path {
+            Cow::Owned(path) => Some(path),
+            Cow::Borrowed(_) => None,
+        }
+    }
+
+    /// Whether the path is one that a gRPC server routes to `service`: `/service/…` (tonic
+    /// registers each service as the route `/{service}/{*rest}`).
+    fn is_under_grpc_service(&self, service: &str) -> bool {
+        self.path
+            .strip_prefix('/')
+            .and_then(|rest| rest.strip_prefix(service))
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|method| !method.is_empty())
+    }
 }
 
-/// Whether `headers` say gRPC (`application/grpc`, `application/grpc+proto`, …).
+/// Whether `headers` say gRPC (`application/grpc`, `application/grpc+proto`, …; media types
+/// are case-insensitive). This only picks the form of a refusal (a gRPC status or an HTTP
+/// status); it never decides whether a rule applies.
 pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    const GRPC: &str = "application/grpc";
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.strip_prefix("application/grpc").is_some_and(|rest| {
-                rest.is_empty() || rest.starts_with('+') || rest.starts_with(';')
-            })
+            v.get(..GRPC.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(GRPC))
+                && matches!(v.as_bytes().get(GRPC.len()), None | Some(b'+' | b';'))
         })
 }
 
@@ -191,11 +283,14 @@ pub enum Operation {
         /// `Method`.
         method: String,
     },
-    /// A request whose path is exactly this.
+    /// A request whose normalised path ([`normalize_path`]) is exactly this; write it in
+    /// normal form (a rule such as `/a/./b` or `/%61` matches no request).
     Path(String),
-    /// A request whose path starts with this.
+    /// A request whose normalised path starts with this (a plain string prefix: `/admin`
+    /// also matches `/administrator`; end it with `/` to mean a directory).
     PathPrefix(String),
-    /// A request with this HTTP method.
+    /// A request with this HTTP method; `GET` also matches `HEAD`, which axum and tonic
+    /// route to the `GET` handler.
     HttpMethod(http::Method),
 }
 
@@ -220,13 +315,18 @@ impl Operation {
 
     fn matches(&self, request: &RequestAttributes<'_>) -> bool {
         match self {
-            Self::GrpcService(want) => request.grpc_method().is_some_and(|(s, _)| s == want),
+            Self::GrpcService(want) => request.is_under_grpc_service(want),
             Self::GrpcMethod { service, method } => request
                 .grpc_method()
                 .is_some_and(|(s, m)| s == service && m == method),
-            Self::Path(path) => request.path == path,
-            Self::PathPrefix(prefix) => request.path.starts_with(prefix.as_str()),
-            Self::HttpMethod(method) => request.method == method,
+            Self::Path(path) => request.path() == path,
+            Self::PathPrefix(prefix) => request.path().starts_with(prefix.as_str()),
+            // axum (and so tonic's router) serves HEAD with the GET handler, so a rule about
+            // GET is about HEAD too; nothing routes GET to a HEAD-only handler.
+            Self::HttpMethod(method) => {
+                request.method == method
+                    || (method == http::Method::GET && request.method == http::Method::HEAD)
+            }
         }
     }
 }
@@ -241,19 +341,224 @@ pub enum Decision {
 }
 
 /// Why a request was denied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DenyReason {
     /// It matched the deny rule at this index.
+    #[error("matched deny rule {0}")]
     DenyRule(usize),
     /// No allow rule matched.
+    #[error("no allow rule matched")]
     NotAllowed,
+    /// Its path cannot be normalised, so no rule can be trusted to see what the service
+    /// would execute.
+    #[error("the request path cannot be normalised")]
+    InvalidPath(#[source] PathError),
 }
 
-impl fmt::Display for DenyReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::DenyRule(i) => write!(f, "matched deny rule {i}"),
-            Self::NotAllowed => f.write_str("no allow rule matched"),
+/// Why a request path cannot be normalised (see [`normalize_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// The request target is not in origin form (`/…`): `*`, an authority (`CONNECT`), or
+    /// anything else that does not start with `/`.
+    #[error("the request target is not an absolute path")]
+    NotOriginForm,
+    /// An escaped slash or backslash (`%2F`, `%5C`): whether it separates segments depends
+    /// on who decodes it, so no rule could be sure which resource it names.
+    #[error("the path contains an escaped slash or backslash")]
+    EscapedSlash,
+    /// A backslash, which some servers and frameworks take for a slash.
+    #[error("the path contains a backslash")]
+    Backslash,
+    /// A NUL byte (`%00`), which ends strings in some consumers.
+    #[error("the path contains a NUL byte")]
+    Nul,
+    /// A `%` not followed by two hex digits.
+    #[error("the path contains an invalid percent-encoding")]
+    InvalidPercentEncoding,
+    /// A `..` segment that would climb above `/`.
+    #[error("the path climbs above the root")]
+    EscapesRoot,
+}
+
+/// The normal form of a request path, the one authorization rules are matched against and,
+/// through [`InboundLayer`](super::InboundLayer), the one the service receives: what the
+/// policy judged is what runs.
+///
+/// Anchored on Envoy's path normalisation (`normalize_path`, RFC 3986 section 6, with
+/// `merge_slashes`), with its `path_with_escaped_slashes_action: REJECT_REQUEST`; Istio's
+/// `MERGE_SLASHES` path normalisation is the closest of its options:
+///
+/// 1. percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986 section 2.3)
+///    are decoded (`%53ayHello` is `SayHello`, `%2e` is `.`); every other escape is kept,
+///    with upper-case hex digits (`%c3%a9` is `%C3%A9`), and a byte that may not appear raw
+///    in a path (non-ASCII, `"`, `<`, `>`, `[`, `]`, `^`, `` ` ``, `{`, `|`, `}`, a space, a
+///    control character, `?`, `#`) is escaped the same way, so each character has one
+///    spelling. An escaped reserved character stays escaped (`%3B` is not `;`, RFC 3986
+///    section 2.2): a service that decodes those before routing must not rely on exact path
+///    rules that contain them;
+/// 2. empty segments are dropped (`//a///b` is `/a/b`, Envoy's `merge_slashes`);
+/// 3. `.` and `..` segments are resolved (RFC 3986 section 5.2.4: `/a/./b/../c` is `/a/c`,
+///    and a path ending in one keeps a trailing `/`).
+///
+/// Case is kept: paths, and gRPC service and method names, are case-sensitive, as tonic's
+/// router and its generated code compare them.
+///
+/// What cannot be normalised safely is an error ([`PathError`]), and the layer refuses the
+/// request (400, or `grpc-status: 13` INTERNAL for gRPC, as Envoy answers a request it
+/// rejects for its path): a target that is not `/…` (`*`, an authority; HTTP/1.1's
+/// absolute form reaches the layer as its path), an escaped `/` or `\` (`%2F`, `%5C`), a raw
+/// `\`, a NUL (`%00`), an invalid escape (`%`, `%4`, `%zz`), and a `..` that climbs above
+/// the root (RFC 3986 would clamp it; a request doing so is an attack, not a typo).
+///
+/// The result borrows `path` when it is already normal (the common case costs one scan).
+///
+/// ```
+/// use meshwork_core::inbound::{PathError, normalize_path};
+///
+/// assert_eq!(normalize_path("/pkg.Svc//./%4Dethod").unwrap(), "/pkg.Svc/Method");
+/// assert_eq!(normalize_path("/a/b/../c/").unwrap(), "/a/c/");
+/// assert_eq!(normalize_path("/a%2Fb"), Err(PathError::EscapedSlash));
+/// assert_eq!(normalize_path("/../etc"), Err(PathError::EscapesRoot));
+/// ```
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(PathError::NotOriginForm);
+    };
+    if is_normal(rest) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = canonical_escapes(rest)?;
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in decoded.split('/') {
+        trailing_slash = true;
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::EscapesRoot);
+                }
+            }
+            segment => {
+                segments.push(segment);
+                trailing_slash = false;
+            }
         }
     }
+    let mut normal = String::with_capacity(decoded.len() + 1);
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if trailing_slash || segments.is_empty() {
+        normal.push('/');
+    }
+    Ok(if normal == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(normal)
+    })
+}
+
+/// Whether a byte may stand for itself in a normal path: RFC 3986's `pchar` without `%`
+/// (unreserved, sub-delims, `:` and `@`), and the `/` between segments.
+const RAW: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+            );
+        byte += 1;
+    }
+    table
+};
+
+fn is_raw(byte: u8) -> bool {
+    RAW[usize::from(byte)]
+}
+
+/// Whether `rest` (a path after its leading `/`) is already normal: no escape, no byte
+/// needing one, no empty, `.` or `..` segment except a final empty one (a trailing `/`).
+fn is_normal(rest: &str) -> bool {
+    let bytes = rest.as_bytes();
+    let mut segment_start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        if !is_raw(byte) {
+            return false;
+        }
+        if byte == b'/' {
+            if matches!(&bytes[segment_start..i], b"" | b"." | b"..") {
+                return false;
+            }
+            segment_start = i + 1;
+        }
+    }
+    !matches!(&bytes[segment_start..], b"." | b"..")
+}
+
+/// `rest` with every character spelled one way: unreserved escapes decoded, other escapes
+/// and the bytes that need one as upper-case `%XX`. Escapes that would become a separator
+/// (or a NUL) are errors; the decoding never creates a `/`, so segments stay where they were.
+fn canonical_escapes(rest: &str) -> Result<String, PathError> {
+    fn hex(digit: u8) -> Option<u8> {
+        char::from(digit).to_digit(16).map(|d| d as u8)
+    }
+    fn push_escaped(out: &mut String, byte: u8) {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        out.push('%');
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    let bytes = rest.as_bytes();
+    let mut out = String::with_capacity(rest.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        i += 1;
+        match byte {
+            b'%' => {
+                let high = bytes.get(i).copied().and_then(hex);
+                let low = bytes.get(i + 1).copied().and_then(hex);
+                let (Some(high), Some(low)) = (high, low) else {
+                    return Err(PathError::InvalidPercentEncoding);
+                };
+                i += 2;
+                match high << 4 | low {
+                    b'/' | b'\\' => return Err(PathError::EscapedSlash),
+                    0 => return Err(PathError::Nul),
+                    b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
+                        out.push(char::from(b));
+                    }
+                    b => push_escaped(&mut out, b),
+                }
+            }
+            b'\\' => return Err(PathError::Backslash),
+            0 => return Err(PathError::Nul),
+            b if is_raw(b) => out.push(char::from(b)),
+            b => push_escaped(&mut out, b),
+        }
+    }
+    Ok(out)
 }

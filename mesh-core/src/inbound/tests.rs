@@ -24,7 +24,7 @@ fn grpc_request(path: &str) -> http::Request<()> {
 }
 
 fn attrs<'a>(req: &'a http::Request<()>, peer: Option<&'a PeerIdentity>) -> RequestAttributes<'a> {
-    RequestAttributes::of(req, peer)
+    RequestAttributes::of(req, peer).unwrap()
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn principals_cover_authenticated_and_plaintext_callers() {
 }
 
 #[test]
-fn grpc_methods_are_parsed_only_from_grpc_requests() {
+fn grpc_rules_match_the_path_whatever_the_content_type() {
     let method = Operation::grpc_method("helloworld.Greeter", "SayHello");
     let policy = AuthorizationPolicy::new().allow(Rule::any().operation(method));
     let ok = grpc_request("/helloworld.Greeter/SayHello");
@@ -119,25 +119,414 @@ fn grpc_methods_are_parsed_only_from_grpc_requests() {
             "{path}"
         );
     }
-    // The same path without a gRPC content type is not a gRPC call.
+    // tonic serves the method whatever the content type says, so the rule applies too.
     let plain = http::Request::post("/helloworld.Greeter/SayHello")
         .body(())
         .unwrap();
-    assert!(matches!(
-        policy.decide(&attrs(&plain, None)),
-        Decision::Deny(_)
-    ));
+    assert_eq!(policy.decide(&attrs(&plain, None)), Decision::Allow(0));
+    // The content type only picks the form of a refusal.
     for (ct, grpc) in [
         ("application/grpc", true),
         ("application/grpc+proto", true),
         ("application/grpc;charset=utf-8", true),
+        ("Application/GRPC", true),
         ("application/grpc-web", false),
+        ("application/grp", false),
         ("application/json", false),
     ] {
         let mut headers = http::HeaderMap::new();
         headers.insert("content-type", ct.parse().unwrap());
         assert_eq!(policy::is_grpc(&headers), grpc, "{ct}");
     }
+}
+
+/// The forms an attacker with a valid SVID might try, each with the decision a policy that
+/// allows everything but `helloworld.Greeter/SayHello`, the service `admin.Admin`, the path
+/// `/admin` and the paths under `/private/` must reach: `None` for allowed, `Some(true)` for
+/// denied by a rule, `Some(false)` for refused as unnormalisable.
+const ATTACKS: &[(&str, Option<&str>, Option<bool>)] = &[
+    // The plain forms.
+    (
+        "/helloworld.Greeter/SayHello",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    (
+        "/helloworld.Greeter/SayHelloAgain",
+        Some("application/grpc"),
+        None,
+    ),
+    // Content types tonic ignores.
+    (
+        "/helloworld.Greeter/SayHello",
+        Some("application/octet-stream"),
+        Some(true),
+    ),
+    (
+        "/helloworld.Greeter/SayHello",
+        Some("Application/grpc"),
+        Some(true),
+    ),
+    (
+        "/helloworld.Greeter/SayHello",
+        Some("application/grpc-web"),
+        Some(true),
+    ),
+    ("/helloworld.Greeter/SayHello", None, Some(true)),
+    // Spellings of the same method.
+    (
+        "//helloworld.Greeter/SayHello",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    (
+        "/helloworld.Greeter//SayHello",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    (
+        "/helloworld.Greeter/./SayHello",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    (
+        "/./helloworld.Greeter/SayHello",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    (
+        "/x/../helloworld.Greeter/SayHello",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    (
+        "/helloworld.Greeter/%53ayHello",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    (
+        "/helloworld.Greeter/%53%61%79%48%65%6c%6c%6f",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    (
+        "/helloworld%2EGreeter/SayHello",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    (
+        "/helloworld.Greeter/%2e/SayHello",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    (
+        "/helloworld.Greeter/x/%2E%2E/SayHello",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    (
+        "/helloworld.Greeter/SayHello?x=1",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    // Spellings that cannot be normalised.
+    (
+        "/helloworld.Greeter%2FSayHello",
+        Some("application/grpc"),
+        Some(false),
+    ),
+    (
+        "/helloworld.Greeter%2fSayHello",
+        Some("application/grpc"),
+        Some(false),
+    ),
+    (
+        "/helloworld.Greeter%5CSayHello",
+        Some("application/grpc"),
+        Some(false),
+    ),
+    (
+        "/helloworld.Greeter\\SayHello",
+        Some("application/grpc"),
+        Some(false),
+    ),
+    (
+        "/helloworld.Greeter/SayHello%00",
+        Some("application/grpc"),
+        Some(false),
+    ),
+    (
+        "/helloworld.Greeter/SayHello%",
+        Some("application/grpc"),
+        Some(false),
+    ),
+    (
+        "/helloworld.Greeter/%5",
+        Some("application/grpc"),
+        Some(false),
+    ),
+    (
+        "/helloworld.Greeter/%zzSayHello",
+        Some("application/grpc"),
+        Some(false),
+    ),
+    (
+        "/../helloworld.Greeter/SayHello",
+        Some("application/grpc"),
+        Some(false),
+    ),
+    (
+        "/%2e%2e/helloworld.Greeter/SayHello",
+        Some("application/grpc"),
+        Some(false),
+    ),
+    ("*", None, Some(false)),
+    // Case is significant (tonic routes case-sensitively): other methods, allowed.
+    (
+        "/helloworld.Greeter/sayhello",
+        Some("application/grpc"),
+        None,
+    ),
+    (
+        "/Helloworld.greeter/SayHello",
+        Some("application/grpc"),
+        None,
+    ),
+    // A trailing segment is another method to tonic's generated code.
+    (
+        "/helloworld.Greeter/SayHello/",
+        Some("application/grpc"),
+        None,
+    ),
+    // Every method of a denied service, however spelled.
+    (
+        "/admin.Admin/Shutdown",
+        Some("application/grpc"),
+        Some(true),
+    ),
+    ("/admin.Admin/Shutdown/again", None, Some(true)),
+    ("//admin.Admin//Shutdown", None, Some(true)),
+    ("/%61dmin.Admin/Shutdown", Some("text/plain"), Some(true)),
+    ("/admin.Admin", Some("application/grpc"), None),
+    ("/admin.Admin/", Some("application/grpc"), None),
+    (
+        "/admin.Administrator/Shutdown",
+        Some("application/grpc"),
+        None,
+    ),
+    // Paths.
+    ("/admin", None, Some(true)),
+    ("//admin", None, Some(true)),
+    ("/./admin", None, Some(true)),
+    ("/public/../admin", None, Some(true)),
+    ("/%61dmin", None, Some(true)),
+    ("/%61%64%6D%69%6E", None, Some(true)),
+    ("/admin?debug=1", None, Some(true)),
+    ("/admin/", None, None),
+    ("/Admin", None, None),
+    ("/private/keys", None, Some(true)),
+    ("/private//keys", None, Some(true)),
+    ("//private/keys", None, Some(true)),
+    ("/public/../private/keys", None, Some(true)),
+    ("/private/x/../keys", None, Some(true)),
+    ("/private/.", None, Some(true)),
+    ("/private/x/..", None, Some(true)),
+    ("/private", None, None),
+    ("/%70rivate/keys", None, Some(true)),
+    ("/public%2F..%2Fprivate/keys", None, Some(false)),
+    ("/public%5C..%5Cprivate/keys", None, Some(false)),
+    ("/public/..%2Fprivate/keys", None, Some(false)),
+    ("/public/%2e%2e/%2e%2e/private/keys", None, Some(false)),
+    ("/public/file", None, None),
+];
+
+fn attack_policy() -> AuthorizationPolicy {
+    AuthorizationPolicy::new()
+        .allow(Rule::any())
+        .deny(Rule::any().operation(Operation::grpc_method("helloworld.Greeter", "SayHello")))
+        .deny(Rule::any().operation(Operation::grpc_service("admin.Admin")))
+        .deny(Rule::any().operation(Operation::Path("/admin".into())))
+        .deny(Rule::any().operation(Operation::path_prefix("/private/")))
+}
+
+fn attack_request(path: &str, content_type: Option<&str>) -> http::Request<()> {
+    let mut req = http::Request::post(path);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    req.body(()).unwrap()
+}
+
+#[test]
+fn deny_rules_hold_for_every_spelling_that_reaches_the_handler() {
+    let policy = attack_policy();
+    let caller = peer("spiffe://example.org/ns/default/sa/attacker");
+    let mut wrong = Vec::new();
+    for &(path, ct, want) in ATTACKS {
+        let got = policy.evaluate(&attack_request(path, ct), Some(&caller));
+        let got = match got {
+            Decision::Allow(_) => None,
+            Decision::Deny(DenyReason::InvalidPath(_)) => Some(false),
+            Decision::Deny(_) => Some(true),
+        };
+        if got != want {
+            wrong.push(format!("{path} ({ct:?}): {got:?}, want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn allow_rules_are_not_widened() {
+    let policy = AuthorizationPolicy::new()
+        .allow(Rule::any().operation(Operation::grpc_method("helloworld.Greeter", "SayHello")))
+        .allow(Rule::any().operation(Operation::path_prefix("/public/")));
+    for path in [
+        "/helloworld.Greeter/SayHelloAgain",
+        "/helloworld.Greeter/sayhello",
+        "/helloworld.greeter/SayHello",
+        "/helloworld.Greeter/SayHello/",
+        "/helloworld.Greeter/SayHello/x",
+        "/helloworld.Greeter/SayHello/..",
+        "/helloworld.Greeter/SayHello%2F..%2FOther",
+        "/helloworld.Greeter/SayHello%2Fx",
+        "/public/../private",
+        "/public/%2e%2e/private",
+        "/public/..",
+        "/public%2F../private",
+        "/public",
+        "/publicity",
+    ] {
+        let got = policy.evaluate(&grpc_request(path), None);
+        assert!(matches!(got, Decision::Deny(_)), "{path}: {got:?}");
+    }
+    for path in [
+        "/helloworld.Greeter/SayHello",
+        "/x/../helloworld.Greeter/SayHello",
+        "/public/a/../b",
+    ] {
+        let got = policy.evaluate(&grpc_request(path), None);
+        assert!(matches!(got, Decision::Allow(_)), "{path}: {got:?}");
+    }
+}
+
+#[test]
+fn paths_normalise_as_documented() {
+    for (raw, normal) in [
+        ("/", "/"),
+        ("/a/b", "/a/b"),
+        ("/a/b/", "/a/b/"),
+        ("//", "/"),
+        ("///a//b///", "/a/b/"),
+        ("/.", "/"),
+        ("/./", "/"),
+        ("/a/.", "/a/"),
+        ("/a/..", "/"),
+        ("/a/b/..", "/a/"),
+        ("/a/./b/../c", "/a/c"),
+        ("/a//../b", "/b"),
+        ("/a/.../b", "/a/.../b"),
+        ("/a/..b/.c", "/a/..b/.c"),
+        ("/%41%5a%61%7A%30%39%2D%2E%5F%7E", "/AZaz09-._~"),
+        ("/a/%2e%2E/b", "/b"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+        ("/caf\u{e9}", "/caf%C3%A9"),
+        ("/a%20b%3f%23%25", "/a%20b%3F%23%25"),
+        ("/a b\"<>[]^`{|}", "/a%20b%22%3C%3E%5B%5D%5E%60%7B%7C%7D"),
+        ("/a?b#c", "/a%3Fb%23c"),
+        ("/!$&'()*+,;=:@", "/!$&'()*+,;=:@"),
+        ("/%21%3B%3D%40", "/%21%3B%3D%40"),
+        ("/Pkg.Svc/Method", "/Pkg.Svc/Method"),
+    ] {
+        assert_eq!(normalize_path(raw).as_deref(), Ok(normal), "{raw}");
+    }
+    for (raw, error) in [
+        ("", PathError::NotOriginForm),
+        ("*", PathError::NotOriginForm),
+        ("a/b", PathError::NotOriginForm),
+        ("http://host/a", PathError::NotOriginForm),
+        ("/a%2Fb", PathError::EscapedSlash),
+        ("/a%2fb", PathError::EscapedSlash),
+        ("/a%5Cb", PathError::EscapedSlash),
+        ("/a%5cb", PathError::EscapedSlash),
+        ("/a\\b", PathError::Backslash),
+        ("/a%00", PathError::Nul),
+        ("/a\0", PathError::Nul),
+        ("/a%", PathError::InvalidPercentEncoding),
+        ("/a%4", PathError::InvalidPercentEncoding),
+        ("/a%g0", PathError::InvalidPercentEncoding),
+        ("/a%+1", PathError::InvalidPercentEncoding),
+        ("/a%\u{e9}", PathError::InvalidPercentEncoding),
+        ("/..", PathError::EscapesRoot),
+        ("/a/../..", PathError::EscapesRoot),
+        ("/a/../../b", PathError::EscapesRoot),
+        ("/%2e%2e", PathError::EscapesRoot),
+        ("/.%2e/", PathError::EscapesRoot),
+    ] {
+        assert_eq!(normalize_path(raw), Err(error), "{raw:?}");
+    }
+    // Normal paths cost no allocation.
+    for raw in ["/", "/a/b/", "/helloworld.Greeter/SayHello", "/%C3%A9"] {
+        assert!(
+            matches!(normalize_path(raw), Ok(std::borrow::Cow::Borrowed(_))),
+            "{raw}"
+        );
+    }
+}
+
+/// Every path up to five bytes over an alphabet of the characters that matter: the normal
+/// form never panics, is a fixed point (borrowed when normalised again), starts with `/`,
+/// and has no empty, `.` or `..` segment before its end.
+#[test]
+fn normalisation_is_total_and_idempotent_on_small_paths() {
+    const ALPHABET: &[u8] = b"/.%2eFa\\";
+    let mut paths = vec![String::from("/")];
+    let mut frontier = paths.clone();
+    for _ in 0..5 {
+        let mut next = Vec::new();
+        for path in &frontier {
+            for &b in ALPHABET {
+                let mut p = path.clone();
+                p.push(char::from(b));
+                next.push(p);
+            }
+        }
+        paths.extend(next.iter().cloned());
+        frontier = next;
+    }
+    assert!(paths.len() > 30_000);
+    for path in &paths {
+        let Ok(normal) = normalize_path(path) else {
+            continue;
+        };
+        assert!(
+            matches!(normalize_path(&normal), Ok(std::borrow::Cow::Borrowed(_))),
+            "{path} -> {normal}"
+        );
+        assert!(normal.starts_with('/'), "{path} -> {normal}");
+        let segments: Vec<&str> = normal[1..].split('/').collect();
+        for (i, segment) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            assert!(
+                (last || !segment.is_empty()) && *segment != "." && *segment != "..",
+                "{path} -> {normal}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_get_rule_covers_head_which_routers_serve_with_the_get_handler() {
+    let policy = AuthorizationPolicy::new()
+        .allow(Rule::any())
+        .deny(Rule::any().operation(Operation::HttpMethod(http::Method::GET)));
+    let head = http::Request::head("/x").body(()).unwrap();
+    assert_eq!(
+        policy.evaluate(&head, None),
+        Decision::Deny(DenyReason::DenyRule(0))
+    );
+    let post = http::Request::post("/x").body(()).unwrap();
+    assert_eq!(policy.evaluate(&post, None), Decision::Allow(0));
 }
 
 #[test]
@@ -224,7 +613,11 @@ async fn the_layer_gives_handlers_the_peer_and_answers_denials_itself() {
     assert_eq!(why.reason, DenyReason::NotAllowed);
     assert_eq!(
         why.to_string(),
-        "spiffe://example.org/foe is not allowed to call /a.B/C: no allow rule matched"
+        "spiffe://example.org/foe is not allowed to call /a.B/C"
+    );
+    assert_eq!(
+        std::error::Error::source(why).unwrap().to_string(),
+        "no allow rule matched"
     );
 
     let http_denied = svc
@@ -237,6 +630,78 @@ async fn the_layer_gives_handlers_the_peer_and_answers_denials_itself() {
         .unwrap();
     assert_eq!(http_denied.status(), http::StatusCode::FORBIDDEN);
     assert!(http_denied.headers().get("grpc-status").is_none());
+}
+
+/// A service answering with the request's URI as it received it.
+fn echo_uri() -> impl tower::Service<
+    http::Request<()>,
+    Response = http::Response<String>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(|req: http::Request<()>| async move {
+        Ok::<_, Infallible>(http::Response::new(req.uri().to_string()))
+    })
+}
+
+#[tokio::test]
+async fn the_service_receives_the_path_the_policy_judged() {
+    let svc = InboundLayer::new(Some(attack_policy())).layer(echo_uri());
+    for (uri, seen) in [
+        ("/a/./b//c?x=1&y=%2F", "/a/b/c?x=1&y=%2F"),
+        (
+            "/helloworld.Greeter/%53ayBy%65",
+            "/helloworld.Greeter/SayBye",
+        ),
+        ("/public/../other", "/other"),
+        ("/already/normal?q", "/already/normal?q"),
+        ("https://greeter/a//b", "https://greeter/a/b"),
+    ] {
+        let req = with_connection(
+            http::Request::get(uri).body(()).unwrap(),
+            Some(peer("spiffe://example.org/ns/default/sa/friend")),
+        );
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), http::StatusCode::OK, "{uri}");
+        assert_eq!(res.body(), seen, "{uri}");
+    }
+    // Without a policy nothing is judged, so nothing is rewritten.
+    let open = InboundLayer::new(None).layer(echo_uri());
+    let res = open
+        .oneshot(http::Request::get("/a//b").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.body(), "/a//b");
+}
+
+#[tokio::test]
+async fn an_unnormalisable_path_is_refused_with_400_or_internal() {
+    let svc =
+        InboundLayer::new(Some(AuthorizationPolicy::new().allow(Rule::any()))).layer(echo_uri());
+    let res = svc
+        .clone()
+        .oneshot(http::Request::get("/a%2Fb").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), http::StatusCode::BAD_REQUEST);
+    assert_eq!(res.body(), "", "the service never ran");
+    let why = res.extensions().get::<AuthorizationDenied>().unwrap();
+    assert_eq!(why.reason, DenyReason::InvalidPath(PathError::EscapedSlash));
+    let source = std::error::Error::source(why).unwrap();
+    assert_eq!(
+        std::error::Error::source(source).unwrap().to_string(),
+        PathError::EscapedSlash.to_string()
+    );
+
+    let grpc = http::Request::post("/../pkg.Svc/M")
+        .header("content-type", "Application/grpc+proto")
+        .body(())
+        .unwrap();
+    let res = svc.oneshot(grpc).await.unwrap();
+    assert_eq!(res.status(), http::StatusCode::OK);
+    assert_eq!(res.headers()["grpc-status"], "13");
+    assert_eq!(res.headers()["content-type"], "application/grpc");
+    assert_eq!(res.body(), "");
 }
 
 #[tokio::test]
