@@ -171,6 +171,26 @@ async fn the_does_not_exist_timer_waits_for_the_connection() {
     );
 }
 
+/// A server that is up at HTTP/2 but never answers the stream (not even its response
+/// headers, as a grpc-go server with nothing to send) is left to the does-not-exist timer,
+/// as in gRPC: the resource is declared missing on time, not waited for forever.
+#[tokio::test]
+async fn a_server_that_never_answers_the_stream_leaves_it_to_the_timer() {
+    let mut script = Script::new(|_| Vec::new());
+    script.headers_delay = Duration::from_secs(3600);
+    let fake = FakeAds::start(script).await;
+    let client = builder(&[fake.uri()])
+        .does_not_exist_timeout(Duration::from_millis(300))
+        .start();
+    let mut watch = client.watch(ResourceType::Cluster, "a").await;
+    let settled = within(10, watch.settled()).await;
+    assert!(
+        matches!(settled, Some(WatchState::DoesNotExist)),
+        "{settled:?}"
+    );
+    assert_eq!(fake.streams(), 1, "the stream is kept, not churned");
+}
+
 /// A server that answers and then closes every stream sees one stream per backoff step:
 /// an answered stream resets the backoff but the reconnect still waits its first step.
 #[tokio::test]
