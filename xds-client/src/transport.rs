@@ -52,7 +52,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// Why the client could not reach an xDS server, or lost its ADS stream. The latest one is
-/// [`XdsClient::last_error`](crate::client::XdsClient::last_error).
+/// [`XdsClient::last_error`](crate::client::XdsClient::last_error). Its `source()` is the
+/// underlying connect error or the stream's gRPC status, when there is one.
 #[derive(Debug, Clone)]
 pub struct TransportError {
     uri: String,
@@ -103,15 +104,6 @@ impl TransportError {
             self.kind,
             ErrorKind::Connect(_) | ErrorKind::ConnectTimeout(_) | ErrorKind::Silent
         )
-    }
-
-    /// The ADS stream ended with a status (the server's, or the client's own, such as a
-    /// message over the limit), if it did.
-    pub fn status(&self) -> Option<&tonic::Status> {
-        match &self.kind {
-            ErrorKind::Stream(status) | ErrorKind::MessageTooLarge { status, .. } => Some(status),
-            _ => None,
-        }
     }
 
     /// Classify the status an ADS stream failed with.

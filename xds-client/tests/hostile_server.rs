@@ -80,10 +80,10 @@ async fn an_oversized_response_fails_the_stream_and_the_cache_keeps_serving() {
     assert!(error.is_message_too_large(), "{error}");
     assert_eq!(error.uri(), fake.uri());
     assert!(error.to_string().contains("4194304"), "{error}");
-    assert_eq!(
-        error.status().map(|s| s.code()),
-        Some(tonic::Code::OutOfRange)
-    );
+    let status = std::error::Error::source(&error)
+        .and_then(|e| e.downcast_ref::<tonic::Status>())
+        .expect("the status is the source");
+    assert_eq!(status.code(), tonic::Code::OutOfRange);
 
     assert!(matches!(watch.current(), WatchState::Ready(_)));
     let dump = client.dump().await;
