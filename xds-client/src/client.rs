@@ -9,6 +9,13 @@
 //! probes the primary at each backoff step, and moves back as soon as the primary answers.
 //! Through all of it the cache keeps serving: nothing a watcher has is withdrawn because a
 //! server went away.
+//!
+//! A server that cannot be reached within the connect deadline, or whose HTTP/2 connection
+//! never starts, counts as failed for fallback like a refused connection; every reconnect,
+//! including one after a stream that got responses, waits its backoff step (the rules are
+//! in [`transport`](crate::transport)). The latest failure is
+//! [`XdsClient::last_error`], besides a warning in the log and A78's
+//! `grpc.xds_client.server_failure`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,7 +28,10 @@ use tokio::time::Instant as TokioInstant;
 use crate::bootstrap::Bootstrap;
 use crate::protocol::{AdsState, ProtocolConfig, ResourceFailure, ResourceStatus, XdsEvent};
 use crate::resource::{Resource, ResourceType};
-use crate::transport::{Backoff, CredentialsError, Dialer, open_stream};
+use crate::transport::{
+    Backoff, CredentialsError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, Dialer,
+    TransportError, open_stream,
+};
 use crate::watch::{ResourceKey, TargetError, TargetState, XdsConfig, resolve};
 
 mod metrics;
@@ -210,6 +220,8 @@ pub struct XdsClientBuilder {
     servers: Vec<Dialer>,
     config: ProtocolConfig,
     backoff: Backoff,
+    connect_timeout: Duration,
+    max_message_size: usize,
     meter: Option<opentelemetry::metrics::Meter>,
     metrics_target: String,
 }
@@ -254,8 +266,28 @@ impl XdsClientBuilder {
     }
 
     /// Reconnect backoff (default: 1 s growing by 1.6x to 60 s, plus up to 100% jitter).
+    /// A stream that got a response resets it, and the reconnect still waits its first step.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// How long reaching a server may take: dialing, TLS, and the first bytes of its HTTP/2
+    /// connection. A server that misses it counts as unreachable, and the client moves on
+    /// to the next server when it may fall back (gRFC A71). Default: 20 s, gRPC's minimum
+    /// connect timeout ([`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest ADS response accepted, in bytes. A response announcing more is refused
+    /// from its length prefix, before any of it is buffered; the stream fails and the
+    /// client reconnects with backoff while its cache keeps serving. Default: 4 MiB
+    /// ([`DEFAULT_MAX_MESSAGE_SIZE`]), the limit of gRPC's xDS clients (gRFC A70); raise it
+    /// for a control plane that sends larger responses.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
         self
     }
 
@@ -266,6 +298,7 @@ impl XdsClientBuilder {
     pub fn start(self) -> XdsClient {
         let (commands, rx) = mpsc::unbounded_channel();
         let (connection_tx, connection) = watch::channel(Connection::Disconnected);
+        let (last_error_tx, last_error) = watch::channel(None);
         let meter = self.meter.unwrap_or_else(|| {
             opentelemetry::global::meter_with_scope(
                 opentelemetry::InstrumentationScope::builder("meshwork")
@@ -279,6 +312,9 @@ impl XdsClientBuilder {
             ads: AdsState::new(self.config),
             servers: self.servers,
             backoff: self.backoff,
+            connect_timeout: self.connect_timeout,
+            max_message_size: self.max_message_size,
+            last_error: last_error_tx,
             commands: rx,
             watchers: HashMap::new(),
             targets: HashMap::new(),
@@ -289,6 +325,7 @@ impl XdsClientBuilder {
         XdsClient {
             commands,
             connection,
+            last_error,
             bootstrap: self.bootstrap,
         }
     }
@@ -300,6 +337,7 @@ impl XdsClientBuilder {
 pub struct XdsClient {
     commands: mpsc::UnboundedSender<Command>,
     connection: watch::Receiver<Connection>,
+    last_error: watch::Receiver<Option<TransportError>>,
     bootstrap: Arc<Bootstrap>,
 }
 
@@ -336,6 +374,8 @@ impl XdsClient {
             servers,
             config,
             backoff: Backoff::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             meter: None,
             metrics_target: String::new(),
         })
@@ -395,6 +435,12 @@ impl XdsClient {
     pub fn connection(&self) -> watch::Receiver<Connection> {
         self.connection.clone()
     }
+
+    /// The latest failure to reach a server or to keep an ADS stream, if there was one. It
+    /// stays until the next failure: a later healthy stream does not clear it.
+    pub fn last_error(&self) -> Option<TransportError> {
+        self.last_error.borrow().clone()
+    }
 }
 
 struct Watcher {
@@ -412,6 +458,9 @@ struct Worker {
     ads: AdsState,
     servers: Vec<Dialer>,
     backoff: Backoff,
+    connect_timeout: Duration,
+    max_message_size: usize,
+    last_error: watch::Sender<Option<TransportError>>,
     commands: mpsc::UnboundedReceiver<Command>,
     watchers: HashMap<ResourceKey, Watcher>,
     targets: HashMap<(String, String), Target>,
@@ -443,47 +492,44 @@ impl Worker {
         let mut server = 0;
         loop {
             let (tx, rx) = mpsc::unbounded_channel();
-            let sid = self.ads.on_stream_open();
+            let sid = self.ads.on_stream_connecting();
             self.flush(&tx);
             let address = self.servers[server].clone();
             let uri = address.uri().to_string();
             self.server_uri.clone_from(&uri);
-            let attempt = async move {
-                let channel = address.connect().await.map_err(|e| e.to_string())?;
-                open_stream(channel, rx).await.map_err(|s| s.to_string())
-            };
-            let outcome = {
-                tokio::pin!(attempt);
-                loop {
-                    tokio::select! {
-                        r = &mut attempt => break Some(r),
-                        cmd = self.commands.recv() => match cmd {
-                            Some(cmd) => self.command(cmd, Some(&tx)),
-                            None => break None,
-                        },
-                    }
-                }
-            };
-            let end = match outcome {
+            let (connect_timeout, limit) = (self.connect_timeout, self.max_message_size);
+            let end = match self.serve(address.connect(connect_timeout), &tx).await {
                 None => StreamEnd::Shutdown,
                 Some(Err(error)) => {
-                    tracing::warn!(server = %uri, %error, "xDS server unreachable");
+                    self.failed(error);
                     self.metrics.server_failure(&uri);
                     StreamEnd::Closed { answered: false }
                 }
-                Some(Ok(responses)) => {
-                    tracing::info!(server = %uri, "ADS stream open");
-                    self.connection.send_replace(Connection::Connected {
-                        server,
-                        uri: uri.clone(),
-                    });
-                    self.metrics.connected(&uri, true);
-                    let end = self.stream(sid, &tx, responses, server).await;
-                    self.metrics.connected(&uri, false);
-                    if matches!(end, StreamEnd::Closed { answered: false }) {
-                        self.metrics.server_failure(&uri);
+                Some(Ok(channel)) => {
+                    // The requests queued so far go out now: their timers start (gRFC A57).
+                    self.ads.on_stream_connected(sid, now());
+                    match self.serve(open_stream(channel, rx, limit), &tx).await {
+                        None => StreamEnd::Shutdown,
+                        Some(Err(status)) => {
+                            self.failed(TransportError::stream(&uri, status, limit));
+                            self.metrics.server_failure(&uri);
+                            StreamEnd::Closed { answered: false }
+                        }
+                        Some(Ok(responses)) => {
+                            tracing::info!(server = %uri, "ADS stream open");
+                            self.connection.send_replace(Connection::Connected {
+                                server,
+                                uri: uri.clone(),
+                            });
+                            self.metrics.connected(&uri, true);
+                            let end = self.stream(sid, &tx, responses, server).await;
+                            self.metrics.connected(&uri, false);
+                            if matches!(end, StreamEnd::Closed { answered: false }) {
+                                self.metrics.server_failure(&uri);
+                            }
+                            end
+                        }
                     }
-                    end
                 }
             };
             self.ads.on_stream_closed(sid);
@@ -497,23 +543,56 @@ impl Worker {
                     continue;
                 }
                 StreamEnd::Closed { answered: true } => {
-                    // A server that answered is healthy; reconnect at once, primary first.
+                    // A server that answered was healthy: the backoff starts over, primary
+                    // first, but the reconnect still waits its first step (grpc core's
+                    // XdsClient), so a server that answers and closes cannot make us spin.
                     delays = self.backoff.delays();
                     server = 0;
-                    continue;
                 }
-                StreamEnd::Closed { answered: false } => {}
+                StreamEnd::Closed { answered: false } => {
+                    // Fall back only while something watched was never received (gRFC A71).
+                    let next = server + 1;
+                    if next < self.servers.len() && self.ads.has_missing_resources() {
+                        server = next;
+                        continue;
+                    }
+                    server = 0;
+                }
             }
-            // Fall back only while something watched was never received (gRFC A71).
-            let next = server + 1;
-            if next < self.servers.len() && self.ads.has_missing_resources() {
-                server = next;
-                continue;
-            }
-            server = 0;
             let delay = delays.next().unwrap_or(self.backoff.max);
             if !self.idle(delay).await {
                 return;
+            }
+        }
+    }
+
+    /// Record and log why a server could not be reached or its stream ended.
+    fn failed(&mut self, error: TransportError) {
+        tracing::warn!(server = %error.uri(), error = %crate::transport::ErrorChain(&error), "xDS server failed");
+        self.last_error.send_replace(Some(error));
+    }
+
+    /// Drive `attempt` while serving commands and the does-not-exist timers. `None` on
+    /// shutdown.
+    async fn serve<F: std::future::Future>(
+        &mut self,
+        attempt: F,
+        tx: &mpsc::UnboundedSender<DiscoveryRequest>,
+    ) -> Option<F::Output> {
+        tokio::pin!(attempt);
+        loop {
+            let timer = self.ads.poll_timeout().map(TokioInstant::from_std);
+            tokio::select! {
+                r = &mut attempt => return Some(r),
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd, Some(tx)),
+                    None => return None,
+                },
+                _ = sleep_until_opt(timer) => {
+                    self.ads.handle_timeout(now());
+                    self.deliver();
+                    self.flush(tx);
+                }
             }
         }
     }
@@ -555,11 +634,12 @@ impl Worker {
                         self.ads.on_response(sid, response, now());
                     }
                     Ok(None) => {
-                        tracing::warn!("ADS stream closed by the server");
+                        self.failed(TransportError::closed(&self.server_uri));
                         return StreamEnd::Closed { answered };
                     }
                     Err(status) => {
-                        tracing::warn!(code = ?status.code(), message = status.message(), "ADS stream failed");
+                        let error = TransportError::stream(&self.server_uri, status, self.max_message_size);
+                        self.failed(error);
                         return StreamEnd::Closed { answered };
                     }
                 },
@@ -570,7 +650,8 @@ impl Worker {
                 _ = sleep_until_opt(timer) => self.ads.handle_timeout(now()),
                 _ = tokio::time::sleep_until(probe_at), if server > 0 && probe.is_none() => {
                     let primary = self.servers[0].clone();
-                    probe = Some(tokio::spawn(async move { primary.connect().await.is_ok() }));
+                    let timeout = self.connect_timeout;
+                    probe = Some(tokio::spawn(async move { primary.connect(timeout).await.is_ok() }));
                 }
                 reachable = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
                     probe = None;

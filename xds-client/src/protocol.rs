@@ -19,8 +19,12 @@
 //!   (gRFC A53), when it is kept and the deletion is only logged. RDS/EDS responses are never
 //!   read as deletions.
 //! - **Does-not-exist timer** (gRFC A57): a subscribed resource with no value starts a timer
-//!   (15 s by default) when the request naming it is sent on a live stream; the timer stops
-//!   while disconnected and restarts on the next stream.
+//!   (15 s by default) when the request naming it is sent on a *connected* stream, as
+//!   grpc-go starts it after the write: a driver that queues requests while the connection
+//!   is still being made ([`AdsState::on_stream_connecting`]) starts their timers only when
+//!   it reports the connection up ([`AdsState::on_stream_connected`]), so a slow or silent
+//!   server cannot make a resource "not exist". The timer stops while disconnected and
+//!   restarts in full on the next connected stream.
 //! - **Wildcard**: legacy (empty `resource_names` on the first request of a stream, LDS/CDS
 //!   only) and explicit (`"*"`, possibly with names). Once a stream has named resources for a
 //!   type, an empty list means "unsubscribe from all", so a request is only sent empty when
@@ -207,11 +211,25 @@ struct ResourceState {
     error: Option<ResourceFailure>,
     last_updated: Option<Instant>,
     does_not_exist_at: Option<Instant>,
+    /// Named by a request polled on the current stream (its timer starts once connected).
+    requested_on_stream: bool,
 }
 
 impl ResourceState {
     fn status(&self) -> ResourceStatus {
         self.status.unwrap_or(ResourceStatus::Requested)
+    }
+
+    /// Start the does-not-exist timer of a resource still waited for, unless it runs. No
+    /// deadline (a timeout too large for the clock) means it never fires.
+    fn start_timer(&mut self, deadline: Option<Instant>) {
+        if let Some(deadline) = deadline
+            && self.value.is_none()
+            && self.does_not_exist_at.is_none()
+            && self.status() == ResourceStatus::Requested
+        {
+            self.does_not_exist_at = Some(deadline);
+        }
     }
 }
 
@@ -263,6 +281,9 @@ pub struct AdsState {
     config: ProtocolConfig,
     types: BTreeMap<ResourceType, TypeState>,
     stream: Option<StreamId>,
+    /// Whether the current stream's connection is up: requests polled before that start no
+    /// timer until [`AdsState::on_stream_connected`].
+    connected: bool,
     next_stream: u64,
     /// ACKs and NACKs waiting to be sent, in order.
     outbox: VecDeque<DiscoveryRequest>,
@@ -276,6 +297,7 @@ impl AdsState {
             config,
             types: BTreeMap::new(),
             stream: None,
+            connected: false,
             next_stream: 0,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -348,20 +370,54 @@ impl AdsState {
         }
     }
 
-    /// A new ADS stream is open. Every subscription is re-sent (with the last accepted
-    /// version, so an unchanged server sends nothing new) and nonces start afresh.
+    /// A new ADS stream is open on a connected transport. Every subscription is re-sent
+    /// (with the last accepted version, so an unchanged server sends nothing new) and nonces
+    /// start afresh. The same as [`on_stream_connecting`](Self::on_stream_connecting)
+    /// followed at once by [`on_stream_connected`](Self::on_stream_connected).
     pub fn on_stream_open(&mut self) -> StreamId {
+        let id = self.on_stream_connecting();
+        self.connected = true;
+        id
+    }
+
+    /// A new ADS stream is being opened while its connection is still being made. Requests
+    /// can be polled at once (so the server sees them with the stream), but the
+    /// does-not-exist timers of the names they carry start only at
+    /// [`on_stream_connected`](Self::on_stream_connected) (gRFC A57).
+    pub fn on_stream_connecting(&mut self) -> StreamId {
         self.next_stream += 1;
         let id = StreamId(self.next_stream);
         self.stream = Some(id);
+        self.connected = false;
         self.outbox.clear();
         for ts in self.types.values_mut() {
             ts.nonce.clear();
             ts.sent_on_stream = false;
             ts.sent_names = false;
             ts.dirty = ts.is_subscribed();
+            for rs in ts.resources.values_mut() {
+                rs.requested_on_stream = false;
+                rs.does_not_exist_at = None;
+            }
         }
         id
+    }
+
+    /// The connection of `stream` is up at `now`: the requests polled so far are on the
+    /// wire, so the does-not-exist timers of the names they carried start now.
+    pub fn on_stream_connected(&mut self, stream: StreamId, now: Instant) {
+        if self.stream != Some(stream) || self.connected {
+            return;
+        }
+        self.connected = true;
+        let deadline = now.checked_add(self.config.does_not_exist_timeout);
+        for ts in self.types.values_mut() {
+            for rs in ts.resources.values_mut() {
+                if rs.requested_on_stream {
+                    rs.start_timer(deadline);
+                }
+            }
+        }
     }
 
     /// The stream ended. Timers stop until the next stream (gRFC A57); the cache keeps
@@ -371,15 +427,17 @@ impl AdsState {
             return;
         }
         self.stream = None;
+        self.connected = false;
         self.outbox.clear();
         for ts in self.types.values_mut() {
             for rs in ts.resources.values_mut() {
                 rs.does_not_exist_at = None;
+                rs.requested_on_stream = false;
             }
         }
     }
 
-    /// Whether a stream is open.
+    /// Whether a stream is open (connected or still connecting).
     pub fn is_connected(&self) -> bool {
         self.stream.is_some()
     }
@@ -624,15 +682,14 @@ impl AdsState {
             request.node = Some(self.config.node.clone());
         }
         if let Some(resource_type) = ResourceType::from_type_url(&request.type_url) {
-            let deadline = now + self.config.does_not_exist_timeout;
+            let deadline = now.checked_add(self.config.does_not_exist_timeout);
             if let Some(ts) = self.types.get_mut(&resource_type) {
                 for name in &request.resource_names {
-                    if let Some(rs) = ts.resources.get_mut(name)
-                        && rs.value.is_none()
-                        && rs.does_not_exist_at.is_none()
-                        && rs.status() == ResourceStatus::Requested
-                    {
-                        rs.does_not_exist_at = Some(deadline);
+                    if let Some(rs) = ts.resources.get_mut(name) {
+                        rs.requested_on_stream = true;
+                        if self.connected {
+                            rs.start_timer(deadline);
+                        }
                     }
                 }
             }
@@ -1096,6 +1153,56 @@ mod tests {
         // It may still arrive later.
         h.respond(response(CDS, "1", "n1", vec![eds_cluster("missing")]));
         assert_eq!(names(&h.events()), ["changed:missing"]);
+    }
+
+    /// gRFC A57: the timer starts when the request is on a connected stream, not when it is
+    /// queued while the connection is still being made.
+    #[test]
+    fn does_not_exist_timer_starts_when_the_stream_is_connected() {
+        let mut h = Harness::new();
+        h.ads.on_stream_closed(h.stream);
+        h.stream = h.ads.on_stream_connecting();
+        h.ads.subscribe(CDS, "missing");
+        assert_eq!(h.requests().len(), 1, "queued for the stream being opened");
+        assert!(
+            h.ads.poll_timeout().is_none(),
+            "no timer while the connection is being made"
+        );
+        h.advance(Duration::from_secs(60));
+        assert!(h.events().is_empty());
+
+        h.ads.on_stream_connected(h.stream, h.now);
+        assert_eq!(
+            h.ads.poll_timeout(),
+            Some(h.now + DEFAULT_DOES_NOT_EXIST_TIMEOUT)
+        );
+        // A name subscribed once connected starts its own timer when its request goes out.
+        h.advance(Duration::from_secs(5));
+        h.ads.subscribe(CDS, "later");
+        h.requests();
+        h.advance(Duration::from_secs(10));
+        assert_eq!(names(&h.events()), ["gone:missing"]);
+        h.advance(Duration::from_secs(5));
+        assert_eq!(names(&h.events()), ["gone:later"]);
+
+        // A connection that never comes up starts nothing, and a stale report is ignored.
+        h.ads.subscribe(EDS, "e");
+        let old = h.stream;
+        h.ads.on_stream_closed(old);
+        h.stream = h.ads.on_stream_connecting();
+        h.requests();
+        h.ads.on_stream_connected(old, h.now);
+        assert!(h.ads.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn a_timeout_too_large_for_the_clock_never_fires() {
+        let mut config = ProtocolConfig::new(node());
+        config.does_not_exist_timeout = Duration::MAX;
+        let mut h = Harness::with(config);
+        h.ads.subscribe(CDS, "a");
+        h.requests();
+        assert!(h.ads.poll_timeout().is_none());
     }
 
     #[test]

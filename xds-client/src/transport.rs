@@ -1,8 +1,31 @@
 //! Reaching an xDS server: dialing (TCP, unix socket, TLS), the ADS stream, and the
 //! reconnect backoff.
+//!
+//! Rules, each bounding what a hostile or broken server can cost the client:
+//! - **Connect deadline** ([`DEFAULT_CONNECT_TIMEOUT`], 20 s, gRPC's minimum connect timeout
+//!   from its connection-backoff spec): dialing, the TLS handshake and the first bytes of
+//!   the server's HTTP/2 connection (the SETTINGS frame every server sends first) must all
+//!   happen within it. hyper's handshake returns before the server has said anything, so
+//!   without waiting for those bytes a server that accepts TCP and stays silent would hold
+//!   the client, and gRFC A71 fallback, forever. A server that is up at HTTP/2 but never
+//!   answers on the stream is left to the does-not-exist timers (gRFC A57), as in gRPC.
+//! - **Message limit** ([`DEFAULT_MAX_MESSAGE_SIZE`], 4 MiB, the limit gRPC's xDS clients
+//!   run with: they leave the channel's default receive limit in place, gRFC A70): a
+//!   response whose gRPC length prefix announces more is refused from its 5-byte header,
+//!   before anything is reserved or buffered (tonic checks the prefix against the limit
+//!   before it reserves), the stream fails, and the client backs off and reconnects while
+//!   its cache keeps serving.
+//! - **Backoff** ([`Backoff`]): the only reconnects that do not wait are the move to the
+//!   next server in a fallback round and the move back to a primary that a probe found up;
+//!   every other one waits a step. A stream that got a response resets the backoff but
+//!   still waits its first step (grpc core's XdsClient; grpc-go reconnects at once), so a
+//!   server that answers and then closes every stream sees at most one stream per first
+//!   step, not a spin.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -11,14 +34,130 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::bootstrap::{ChannelCredentials, ServerAddress, TlsCredentials, XdsServer};
 
-/// How long one connection attempt may take before it counts as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long dialing a server, its TLS handshake and the start of its HTTP/2 connection may
+/// take before the attempt counts as failed: gRPC's 20 s minimum connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The largest ADS response accepted by default: 4 MiB, gRPC's default receive limit, which
+/// gRPC's own xDS clients keep for their xDS channel (gRFC A70). Raise it with
+/// [`XdsClientBuilder::max_message_size`](crate::client::XdsClientBuilder::max_message_size)
+/// for a control plane that sends larger responses.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// Why the client could not reach an xDS server, or lost its ADS stream. The latest one is
+/// [`XdsClient::last_error`](crate::client::XdsClient::last_error). Its `source()` is the
+/// underlying connect error or the stream's gRPC status, when there is one.
+#[derive(Debug, Clone)]
+pub struct TransportError {
+    uri: String,
+    kind: ErrorKind,
+}
+
+#[derive(Debug, Clone)]
+enum ErrorKind {
+    Connect(Arc<tonic::transport::Error>),
+    ConnectTimeout(Duration),
+    /// The connection closed before the server said anything.
+    Silent,
+    Stream(tonic::Status),
+    MessageTooLarge {
+        limit: usize,
+        status: tonic::Status,
+    },
+    Closed,
+}
+
+impl TransportError {
+    fn new(uri: &str, kind: ErrorKind) -> Self {
+        Self {
+            uri: uri.to_string(),
+            kind,
+        }
+    }
+
+    /// The server's URI as configured.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The server did not start its HTTP/2 connection within the connect deadline.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, ErrorKind::ConnectTimeout(_))
+    }
+
+    /// The server announced a response larger than the message limit.
+    pub fn is_message_too_large(&self) -> bool {
+        matches!(self.kind, ErrorKind::MessageTooLarge { .. })
+    }
+
+    /// The server could not be reached (dial, TLS, HTTP/2 or the deadline), as opposed to
+    /// an ADS stream that was open and then failed.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Connect(_) | ErrorKind::ConnectTimeout(_) | ErrorKind::Silent
+        )
+    }
+
+    /// Classify the status an ADS stream failed with.
+    pub(crate) fn stream(uri: &str, status: tonic::Status, limit: usize) -> Self {
+        // tonic's own refusal of an oversized length prefix; a server's OUT_OF_RANGE carries
+        // its own message.
+        let too_large = status.code() == tonic::Code::OutOfRange
+            && status.message().contains("message length too large");
+        let kind = if too_large {
+            ErrorKind::MessageTooLarge { limit, status }
+        } else {
+            ErrorKind::Stream(status)
+        };
+        Self::new(uri, kind)
+    }
+
+    /// The server ended the stream without an error.
+    pub(crate) fn closed(uri: &str) -> Self {
+        Self::new(uri, ErrorKind::Closed)
+    }
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uri = &self.uri;
+        match &self.kind {
+            ErrorKind::Connect(_) => write!(f, "xDS server {uri}: cannot connect"),
+            ErrorKind::ConnectTimeout(t) => write!(
+                f,
+                "xDS server {uri}: no HTTP/2 connection within the {t:?} connect deadline"
+            ),
+            ErrorKind::Silent => write!(
+                f,
+                "xDS server {uri}: the connection closed before the server said anything"
+            ),
+            ErrorKind::Stream(_) => write!(f, "xDS server {uri}: the ADS stream failed"),
+            ErrorKind::MessageTooLarge { limit, .. } => write!(
+                f,
+                "xDS server {uri}: a response is larger than the {limit}-byte message limit"
+            ),
+            ErrorKind::Closed => write!(f, "xDS server {uri}: the server closed the ADS stream"),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ErrorKind::Connect(e) => Some(&**e),
+            ErrorKind::Stream(status) | ErrorKind::MessageTooLarge { status, .. } => Some(status),
+            ErrorKind::ConnectTimeout(_) | ErrorKind::Silent | ErrorKind::Closed => None,
+        }
+    }
+}
 
 /// How to dial one configured xDS server: its address and, for `tls` channel credentials,
 /// the rustls config built from the credential files.
@@ -96,19 +235,38 @@ impl Dialer {
         &self.uri
     }
 
-    /// Open an HTTP/2 channel to the server.
-    pub(crate) async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.address.authority()))?
-            .connect_timeout(CONNECT_TIMEOUT)
+    /// Open an HTTP/2 channel to the server: dial, TLS, and the server's first HTTP/2
+    /// bytes, all within `timeout`.
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Channel, TransportError> {
+        let err = |kind| TransportError::new(&self.uri, kind);
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.address.authority()))
+            .map_err(|e| err(ErrorKind::Connect(Arc::new(e))))?
+            .connect_timeout(timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         let address = self.address.clone();
         let tls = self.tls.clone();
-        endpoint
-            .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-                dial_io(address.clone(), tls.clone())
-            }))
-            .await
+        let (heard_tx, mut heard) = watch::channel(false);
+        let heard_tx = Arc::new(heard_tx);
+        let attempt = async move {
+            let channel = endpoint
+                .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                    dial_io(address.clone(), tls.clone(), heard_tx.clone())
+                }))
+                .await
+                .map_err(|e| ErrorKind::Connect(Arc::new(e)))?;
+            // hyper's handshake completes without a word from the server; its first bytes
+            // (the SETTINGS frame that opens every HTTP/2 server connection) show it is up.
+            heard
+                .wait_for(|heard| *heard)
+                .await
+                .map_err(|_| ErrorKind::Silent)?;
+            Ok::<_, ErrorKind>(channel)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result.map_err(err),
+            Err(_) => Err(err(ErrorKind::ConnectTimeout(timeout))),
+        }
     }
 }
 
@@ -166,10 +324,80 @@ type BoxIo = Box<dyn IoStream>;
 trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> IoStream for T {}
 
+/// An error and its `source()` chain, `: `-separated, for logs.
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// The connection's IO, which reports the first bytes read from the server.
+struct Heard {
+    io: BoxIo,
+    heard: Option<Arc<watch::Sender<bool>>>,
+}
+
+impl AsyncRead for Heard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before
+            && let Some(heard) = self.heard.take()
+        {
+            heard.send_replace(true);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Heard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 async fn dial_io(
     address: ServerAddress,
     tls: Option<Arc<rustls::ClientConfig>>,
-) -> Result<TokioIo<BoxIo>, std::io::Error> {
+    heard: Arc<watch::Sender<bool>>,
+) -> Result<TokioIo<Heard>, std::io::Error> {
+    let heard = Some(heard);
     let (io, host): (BoxIo, String) = match address {
         ServerAddress::Tcp { host, port } => {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
@@ -190,24 +418,30 @@ async fn dial_io(
         }
     };
     let Some(tls) = tls else {
-        return Ok(TokioIo::new(io));
+        return Ok(TokioIo::new(Heard { io, heard }));
     };
     let name = ServerName::try_from(host)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, io)
         .await?;
-    Ok(TokioIo::new(Box::new(stream)))
+    Ok(TokioIo::new(Heard {
+        io: Box::new(stream),
+        heard,
+    }))
 }
 
 /// Open `StreamAggregatedResources` on a channel, sending what `requests` carries. Queue
-/// the first requests before awaiting this, so the server sees them with the stream.
+/// the first requests before awaiting this, so the server sees them with the stream. A
+/// response announcing more than `max_message_size` bytes fails the stream.
 pub(crate) async fn open_stream(
     channel: Channel,
     requests: mpsc::UnboundedReceiver<DiscoveryRequest>,
+    max_message_size: usize,
 ) -> Result<tonic::Streaming<DiscoveryResponse>, tonic::Status> {
+    // Requests are ours (subscriptions and ACKs), so only responses are limited.
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
+        .max_decoding_message_size(max_message_size)
         .max_encoding_message_size(usize::MAX);
     Ok(client
         .stream_aggregated_resources(UnboundedReceiverStream::new(requests))

@@ -263,7 +263,13 @@ where
                     let delay = match push {
                         _ if !can_retry => return Poll::Ready(result),
                         Pushback::Stop => return Poll::Ready(result),
-                        Pushback::After(d) => d,
+                        // The server's delay replaces the backoff (gRFC A6) within the
+                        // policy's bounds, as Envoy bounds server-set retry delays by its
+                        // back-off's max_interval: one header can neither hold the call for
+                        // years nor make its retries immediate.
+                        Pushback::After(d) => d
+                            .min(policy.max_interval)
+                            .max(policy.base_interval.min(policy.max_interval)),
                         Pushback::None => super::backoff(policy, r.attempts, &mut r.rng),
                     };
                     // The endpoint that failed, for the balancer to avoid on the retry.

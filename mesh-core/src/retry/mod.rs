@@ -14,7 +14,8 @@
 //!   A44's cap);
 //! - waits between attempts with exponential backoff and full jitter between the policy's
 //!   `base_interval` and `max_interval` ([`backoff`]), or as long as the server's
-//!   `grpc-retry-pushback-ms` says (a malformed or negative pushback stops retries);
+//!   `grpc-retry-pushback-ms` says, kept within `base_interval..=max_interval` (a malformed
+//!   or negative pushback stops retries);
 //! - bounds each attempt's wait for a response head by the policy's `per_try_timeout`
 //!   (an expired attempt counts as a reset with a 504, and is retried under `5xx`,
 //!   `gateway-error` or `reset`);

@@ -442,11 +442,43 @@ async fn pushback_sets_the_delay_or_stops_retries() {
             .call(grpc_req(Some(policy(RetryOn::UNAVAILABLE, 2)), "x")),
     );
     let (_, send) = handle.next_request().await.unwrap();
-    send.send_response(pushed("700"));
+    send.send_response(pushed("200"));
     let (_, send) = handle.next_request().await.unwrap();
-    assert_eq!(start.elapsed(), Duration::from_millis(700));
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
     send.send_response(pushed("-1"));
     assert_eq!(call.await.unwrap().unwrap().headers()["grpc-status"], "14");
+}
+
+/// A pushback outside the policy's intervals (25 ms to 250 ms here) is brought within
+/// them: the largest value cannot hold the call for years, 0 cannot make it spin.
+#[tokio::test(start_paused = true)]
+async fn pushback_is_bounded_by_the_policy_intervals() {
+    let (svc, mut handle) = mock::pair::<Req, Rsp>();
+    let mut svc = layer().layer(svc);
+    let pushed = |v: &str| {
+        http::Response::builder()
+            .header("grpc-status", "14")
+            .header("grpc-retry-pushback-ms", v)
+            .body(())
+            .unwrap()
+    };
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(grpc_req(Some(policy(RetryOn::UNAVAILABLE, 2)), "x")),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    let start = Instant::now();
+    send.send_response(pushed(&u64::MAX.to_string()));
+    let (_, send) = handle.next_request().await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+    let start = Instant::now();
+    send.send_response(pushed("0"));
+    let (_, send) = handle.next_request().await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(25));
+    send.send_response(http::Response::new(()));
+    assert!(call.await.unwrap().is_ok());
 }
 
 #[test]

@@ -1,0 +1,215 @@
+//! The client against control planes that misbehave on the wire: a response announcing
+//! 4 GiB, a server that accepts TCP and never speaks, one slow to start its HTTP/2
+//! connection, and one that answers and closes every stream. Each bound is checked on
+//! loopback over real HTTP/2.
+
+mod fake_ads;
+mod support;
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use fake_ads::{FakeAds, Script, Step};
+use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
+use meshwork_xds::client::{Connection, WatchState, XdsClient, XdsClientBuilder};
+use meshwork_xds::protocol::ResourceStatus;
+use meshwork_xds::resource::ResourceType;
+use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
+use meshwork_xds::transport::Backoff;
+use meshwork_xds::watch::TargetState;
+use support::within;
+
+const TARGET: &str = "greeter:50051";
+
+fn builder(servers: &[String]) -> XdsClientBuilder {
+    let mut b = Bootstrap::builder().node_id("hostile-server-test");
+    for uri in servers {
+        b = b.server(XdsServer::new(uri.clone()).unwrap());
+    }
+    XdsClient::builder(&b.build().unwrap())
+        .unwrap()
+        .backoff(Backoff {
+            min: Duration::from_millis(200),
+            max: Duration::from_secs(1),
+        })
+}
+
+/// A CDS response carrying cluster `a`.
+fn cluster_a() -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: "1".into(),
+        type_url: type_url::CLUSTER.into(),
+        nonce: "n1".into(),
+        resources: vec![build::pack(&build::eds_cluster("a"))],
+        ..Default::default()
+    }
+}
+
+const FOUR_GIB: u32 = u32::MAX - 15;
+
+/// A response whose length prefix announces ~4 GiB is refused from its header: the stream
+/// fails with a typed error, the client reconnects with backoff, and the cluster it had
+/// keeps serving (watch and dump).
+#[tokio::test]
+async fn an_oversized_response_fails_the_stream_and_the_cache_keeps_serving() {
+    let fake = FakeAds::start(Script::new(|n| match n {
+        0 => vec![
+            Step::Message(cluster_a()),
+            Step::Wait(Duration::from_millis(100)),
+            Step::Announce(FOUR_GIB),
+        ],
+        _ => vec![Step::Announce(FOUR_GIB)],
+    }))
+    .await;
+    let client = builder(&[fake.uri()]).start();
+    let mut watch = client.watch(ResourceType::Cluster, "a").await;
+    assert!(matches!(
+        within(10, watch.settled()).await,
+        Some(WatchState::Ready(_))
+    ));
+
+    // The client gives up on the stream and comes back, more than once.
+    let starts = within(10, fake.wait_for(|s| s.streams.len() >= 3)).await;
+    for pair in starts.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(150),
+            "reconnects wait out the backoff: {starts:?}"
+        );
+    }
+    let error = client.last_error().expect("the failure is reported");
+    assert!(error.is_message_too_large(), "{error}");
+    assert_eq!(error.uri(), fake.uri());
+    assert!(error.to_string().contains("4194304"), "{error}");
+    let status = std::error::Error::source(&error)
+        .and_then(|e| e.downcast_ref::<tonic::Status>())
+        .expect("the status is the source");
+    assert_eq!(status.code(), tonic::Code::OutOfRange);
+
+    assert!(matches!(watch.current(), WatchState::Ready(_)));
+    let dump = client.dump().await;
+    let a = dump.iter().find(|r| r.name == "a").unwrap();
+    assert_eq!(a.status, ResourceStatus::Acked);
+}
+
+/// The limit is configurable: a response the default takes (the test above) is refused
+/// under a lowered limit.
+#[tokio::test]
+async fn the_message_limit_is_configurable() {
+    let fake = FakeAds::start(Script::new(|_| vec![Step::Message(cluster_a())])).await;
+    let client = builder(&[fake.uri()]).max_message_size(16).start();
+    let _watch = client.watch(ResourceType::Cluster, "a").await;
+    within(10, fake.wait_for(|s| s.streams.len() >= 2)).await;
+    let error = client.last_error().expect("the failure is reported");
+    assert!(error.is_message_too_large(), "{error}");
+}
+
+/// A primary that accepts TCP and never says a word counts as unreachable after the
+/// connect deadline, and the client falls back to the next server (gRFC A71).
+#[tokio::test]
+async fn a_silent_primary_times_out_and_the_client_falls_back() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_uri = format!("http://{}", silent.local_addr().unwrap());
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let fallback = XdsTestServer::start().await.unwrap();
+    fallback.set_snapshot(
+        Snapshot::new()
+            .listener(build::api_listener(TARGET, "routes"))
+            .route(build::route_config(
+                "routes",
+                vec![build::virtual_host(
+                    "vh",
+                    ["*"],
+                    vec![build::route_to("", "c")],
+                )],
+            ))
+            .cluster(build::eds_cluster("c"))
+            .endpoints(build::endpoints("c", &["127.0.0.1:1".parse().unwrap()])),
+    );
+    let client = builder(&[silent_uri.clone(), fallback.uri()])
+        .connect_timeout(Duration::from_secs(1))
+        .start();
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+    let config = watch.ready(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(config.clusters.len(), 1);
+    assert!(matches!(
+        *client.connection().borrow(),
+        Connection::Connected { server: 1, .. }
+    ));
+    let error = client.last_error().expect("the timeout is reported");
+    assert!(error.is_timeout() && error.is_connect(), "{error}");
+    assert_eq!(error.uri(), silent_uri);
+    assert!(matches!(watch.current(), TargetState::Ready(_)));
+}
+
+/// gRFC A57: the does-not-exist timer starts when the request is on a connected stream.
+/// The server takes 2 s to start its HTTP/2 connection and answers 200 ms after that;
+/// with a 1 s timer counted from when the request was queued, the resource would be
+/// declared missing before the answer.
+#[tokio::test]
+async fn the_does_not_exist_timer_waits_for_the_connection() {
+    let mut script = Script::new(|_| {
+        vec![
+            Step::Wait(Duration::from_millis(200)),
+            Step::Message(cluster_a()),
+        ]
+    });
+    script.accept_delay = Duration::from_secs(2);
+    let fake = FakeAds::start(script).await;
+    let client = builder(&[fake.uri()])
+        .does_not_exist_timeout(Duration::from_secs(1))
+        .start();
+    let mut watch = client.watch(ResourceType::Cluster, "a").await;
+    let settled = within(10, watch.settled()).await;
+    assert!(
+        matches!(settled, Some(WatchState::Ready(_))),
+        "declared missing before the connection was up: {settled:?}"
+    );
+}
+
+/// A server that is up at HTTP/2 but never answers the stream (not even its response
+/// headers, as a grpc-go server with nothing to send) is left to the does-not-exist timer,
+/// as in gRPC: the resource is declared missing on time, not waited for forever.
+#[tokio::test]
+async fn a_server_that_never_answers_the_stream_leaves_it_to_the_timer() {
+    let mut script = Script::new(|_| Vec::new());
+    script.headers_delay = Duration::from_secs(3600);
+    let fake = FakeAds::start(script).await;
+    let client = builder(&[fake.uri()])
+        .does_not_exist_timeout(Duration::from_millis(300))
+        .start();
+    let mut watch = client.watch(ResourceType::Cluster, "a").await;
+    let settled = within(10, watch.settled()).await;
+    assert!(
+        matches!(settled, Some(WatchState::DoesNotExist)),
+        "{settled:?}"
+    );
+    assert_eq!(fake.streams(), 1, "the stream is kept, not churned");
+}
+
+/// A server that answers and then closes every stream sees one stream per backoff step:
+/// an answered stream resets the backoff but the reconnect still waits its first step.
+#[tokio::test]
+async fn a_flapping_server_sees_a_bounded_connection_rate() {
+    let fake = FakeAds::start(Script::new(|_| {
+        vec![Step::Message(cluster_a()), Step::Close]
+    }))
+    .await;
+    let client = builder(&[fake.uri()]).start();
+    let _watch = client.watch(ResourceType::Cluster, "a").await;
+    let starts = within(10, fake.wait_for(|s| s.streams.len() >= 4)).await;
+    for pair in starts.windows(2) {
+        // The backoff's first step is 200 ms plus jitter; allow for timer slack.
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(150),
+            "streams came back to back: {:?}",
+            starts.windows(2).map(|p| p[1] - p[0]).collect::<Vec<_>>()
+        );
+    }
+    let error = client.last_error().expect("the closes are reported");
+    assert!(!error.is_connect(), "{error}");
+}
