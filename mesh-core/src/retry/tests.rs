@@ -661,3 +661,67 @@ async fn a_request_body_error_fails_the_call_without_sending() {
     assert_eq!(err.to_string(), "body broke");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+/// A request body of known length whose first chunk is ready and whose rest is not yet (a
+/// body still arriving from the caller's client): it wakes itself once and then continues.
+struct StallsAfterFirstChunk {
+    chunks: std::collections::VecDeque<Bytes>,
+    stalled: bool,
+}
+
+impl http_body::Body for StallsAfterFirstChunk {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.chunks.len() == 1 && !self.stalled {
+            self.stalled = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(
+            self.chunks
+                .pop_front()
+                .map(|c| Ok(http_body::Frame::data(c))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
+    }
+}
+
+/// The retry layer reads the first chunk, finds the body stalled and sends it once: the
+/// attempt's body is that chunk then the rest. hyper asks its size hint (to choose
+/// `content-length`); it must be the whole body's, not a panic in `SizeHint::set_lower`.
+#[tokio::test(start_paused = true)]
+async fn a_partly_buffered_stalled_body_reports_its_whole_length() {
+    type SReq = http::Request<RetryBody<StallsAfterFirstChunk>>;
+    let mut svc = layer().layer(service_fn(|req: SReq| async move {
+        assert!(!req.body().is_replay());
+        assert_eq!(req.body().size_hint().exact(), Some(7));
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "abcdefg");
+        Ok::<_, Infallible>(grpc_status(0))
+    }));
+    let (parts, _) = grpc_req(Some(policy(RetryOn::UNAVAILABLE, 1)), "").into_parts();
+    let body = StallsAfterFirstChunk {
+        chunks: [Bytes::from("abcd"), Bytes::from("efg")].into(),
+        stalled: false,
+    };
+    let rsp = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::from_parts(parts, body))
+        .await
+        .unwrap();
+    assert_eq!(rsp.headers()["grpc-status"], "0");
+}
