@@ -23,15 +23,16 @@
 //! An attempt is retried when its outcome meets a condition of the policy's `retry_on`
 //! (Envoy's `x-envoy-retry-on` and `x-envoy-retry-grpc-on` values) **and** sending the
 //! request again cannot run it twice unasked: an outcome that leaves the request possibly
-//! half done on the server (the last two rows of the first table) is retried only for a
-//! request that may run more than once, one with an idempotent method (`GET`, `HEAD`,
+//! half done on the server (a reset after sending, a per-try timeout) is retried only for
+//! a request that may run more than once, one with an idempotent method (`GET`, `HEAD`,
 //! `OPTIONS`, `TRACE`, `PUT`, `DELETE`) or marked [`Idempotent`] by the caller. RFC 9110
 //! §9.2.2 anchors this: a client "SHOULD NOT automatically retry a request with a
 //! non-idempotent method unless it has some means to know that the request semantics are
 //! actually idempotent \[...\] or some means to detect that the original request was never
-//! applied". Envoy retries these for every method; gRPC never does (gRFC A6 commits a call
-//! once the server may have seen it, and gRFC A44 ignores `per_try_timeout`), so a `POST`
-//! or a gRPC call is not sent twice because a reset or a timeout hid its outcome.
+//! applied". Envoy retries these for every method. gRPC has no per-try timeout (gRFC A44
+//! ignores `per_try_timeout`), and a reset reaches its retry policy only as the status
+//! `UNAVAILABLE`, while meshwork, like Envoy, reads gRPC conditions from responses only. So
+//! a `POST` or a gRPC call is not sent twice because a reset or a timeout hid its outcome.
 //!
 //! Attempts that failed without a response ([`error_conditions`]):
 //!
