@@ -645,3 +645,26 @@ async fn an_unknown_host_fails_at_once_until_its_negative_ttl_passes() {
     assert_eq!(body(&client, "http://late/").await.unwrap(), "a:HTTP/1.1");
     ticker.abort();
 }
+
+/// Unknown hosts beyond the cap evict each other, not a resolved host: a flood of bogus
+/// `Host` headers does not push the real hosts out.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_unknown_hosts_does_not_evict_a_resolved_one() {
+    let ticker = crawl_clock();
+    let (backend, _) = Backend::new("a", Proto::H1).start().await;
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(listeners_to(backend, ["known".to_string()]));
+    let client = MeshClient::from_xds(
+        xds_client(&server, None),
+        MeshClientOptions::new().max_hosts(2),
+    );
+    assert_eq!(body(&client, "http://known/").await.unwrap(), "a:HTTP/1.1");
+    for i in 0..20 {
+        assert!(client.resolve(&format!("bogus{i}")).await.is_err());
+        let kept = format!("{client:?}");
+        assert!(kept.contains("\"known\""), "{i}: {kept}");
+        assert_eq!(kept_hosts(&client), 2, "{kept}");
+    }
+    assert_eq!(body(&client, "http://known/").await.unwrap(), "a:HTTP/1.1");
+    ticker.abort();
+}
