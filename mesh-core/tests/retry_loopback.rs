@@ -279,3 +279,160 @@ async fn no_route_is_a_typed_404() {
     let err = err.downcast::<RouteError>().unwrap();
     assert_eq!(err.http_status(), http::StatusCode::NOT_FOUND);
 }
+
+/// An HTTP/1.1 server that counts each request it receives (its head), then, per `reset`,
+/// resets the connection with the body half read, or never answers.
+async fn server_that_fails_after_receiving(reset: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let c = c.clone();
+            tokio::spawn(async move {
+                // Byte by byte to the end of the head, so that the body stays unread.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+                if reset {
+                    // Wait for the body's first byte: closing with unread data, and no
+                    // linger, makes the kernel send RST.
+                    let _ = stream.read(&mut byte).await;
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// The outbound stack with one route to `addr` under `retry`.
+fn stack_to(
+    addr: SocketAddr,
+    retry: RetryPolicy,
+) -> impl Service<http::Request<Full<Bytes>>, Error = BoxError> {
+    let cfg = StaticConfig::new()
+        .virtual_host(vhost(vec![route(
+            ClusterSpecifier::Cluster("c".into()),
+            Some(Duration::from_secs(30)),
+            Some(retry),
+        )]))
+        .build()
+        .unwrap();
+    // With the sender gone the config never changes.
+    let (_, rx) = config::channel(cfg);
+    let stack = TimeoutLayer::new().layer(RetryLayer::new().layer(endpoint(addr)));
+    Router::new(rx, HashMap::from([("c".to_string(), stack)]))
+}
+
+fn method_request(
+    method: http::Method,
+    grpc: bool,
+    idempotent: bool,
+) -> http::Request<Full<Bytes>> {
+    // A body larger than one read, so that the resetting server leaves some unread.
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri("http://backend/pkg.Svc/Do")
+        .body(Full::new(Bytes::from(vec![b'x'; 16 * 1024])))
+        .unwrap();
+    if grpc {
+        req.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+    }
+    if idempotent {
+        req.extensions_mut()
+            .insert(meshwork_core::retry::Idempotent);
+    }
+    req
+}
+
+/// Sends `req` through a fresh stack to a fresh server; returns how many times the server
+/// received it, and the call's error.
+async fn runs(
+    reset: bool,
+    retry: RetryPolicy,
+    req: http::Request<Full<Bytes>>,
+) -> (usize, BoxError) {
+    let (addr, count) = server_that_fails_after_receiving(reset).await;
+    let mut stack = stack_to(addr, retry);
+    let Err(err) = stack.ready().await.unwrap().call(req).await else {
+        panic!("the server never answers");
+    };
+    (count.load(Ordering::SeqCst), err)
+}
+
+/// A per-try timeout leaves the request's fate unknown: it may be running on the server. A
+/// `POST` (a gRPC call too) is not sent again, whatever the policy's conditions; an
+/// idempotent method, or a request marked `Idempotent`, is, under `5xx`, `reset` and
+/// `gateway-error` as in Envoy. A gRPC condition alone never retries a timeout.
+#[tokio::test]
+async fn a_request_that_timed_out_per_try_is_sent_again_only_if_idempotent() {
+    use http::Method;
+    let per_try = |on: RetryOn| RetryPolicy {
+        retry_on: on,
+        per_try_timeout: Some(Duration::from_millis(200)),
+        ..retry_5xx(2)
+    };
+    let envoy = RetryOn::HTTP_5XX | RetryOn::RESET | RetryOn::GATEWAY_ERROR;
+    for (on, method, grpc, idempotent, want) in [
+        (envoy, Method::POST, false, false, 1),
+        (envoy, Method::POST, true, false, 1),
+        (RetryOn::UNAVAILABLE, Method::POST, true, false, 1),
+        (RetryOn::HTTP_5XX, Method::GET, false, false, 3),
+        (RetryOn::GATEWAY_ERROR, Method::PUT, false, false, 3),
+        (RetryOn::RESET, Method::POST, true, true, 3),
+    ] {
+        let (n, err) = runs(
+            false,
+            per_try(on),
+            method_request(method.clone(), grpc, idempotent),
+        )
+        .await;
+        assert_eq!(
+            n, want,
+            "{method} grpc={grpc} idempotent={idempotent} {on:?}"
+        );
+        let timeout = err
+            .downcast_ref::<TimeoutError>()
+            .expect("a per-try timeout");
+        assert_eq!(timeout.kind(), meshwork_core::timeout::TimeoutKind::PerTry);
+    }
+}
+
+/// A connection reset after the server received the request: the same rule.
+#[tokio::test]
+async fn a_request_reset_after_it_was_received_is_sent_again_only_if_idempotent() {
+    use http::Method;
+    let reset = RetryPolicy {
+        retry_on: RetryOn::RESET | RetryOn::HTTP_5XX,
+        ..retry_5xx(1)
+    };
+    for (method, idempotent, want) in [
+        (Method::POST, false, 1),
+        (Method::DELETE, false, 2),
+        (Method::POST, true, 2),
+    ] {
+        let (n, err) = runs(
+            true,
+            reset.clone(),
+            method_request(method.clone(), false, idempotent),
+        )
+        .await;
+        assert_eq!(n, want, "{method} idempotent={idempotent}: {err}");
+    }
+}

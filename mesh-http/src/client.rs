@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,6 +25,7 @@ use meshwork_core::xds::client::XdsClient;
 use meshwork_core::xds::resource::Cluster;
 use meshwork_core::xds::watch::TargetState;
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 
@@ -40,6 +42,8 @@ pub struct MeshClientOptions {
     http2_prior_knowledge: bool,
     stack: StackOptions,
     telemetry: Option<Telemetry>,
+    max_hosts: usize,
+    negative_ttl: Duration,
 }
 
 impl Default for MeshClientOptions {
@@ -51,9 +55,18 @@ impl Default for MeshClientOptions {
             http2_prior_knowledge: false,
             stack: StackOptions::default(),
             telemetry: None,
+            max_hosts: DEFAULT_MAX_HOSTS,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
         }
     }
 }
+
+/// Envoy's dynamic forward proxy keeps at most 1024 hosts (`dns_cache_config.max_hosts`).
+const DEFAULT_MAX_HOSTS: usize = 1024;
+
+/// Envoy re-resolves a failing name every `dns_refresh_rate` (5 s for clusters) unless
+/// `dns_failure_refresh_rate` says otherwise.
+const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
 impl MeshClientOptions {
     /// Default options: the identity for TLS clusters comes from the bootstrap's
@@ -112,6 +125,27 @@ impl MeshClientOptions {
     /// client is built, so install the application's OpenTelemetry providers first.
     pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
         self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// How many hosts a [`MeshClient::from_xds`] client keeps (default 1024, as Envoy's
+    /// dynamic forward proxy): each kept host holds its xDS watch and its stack. A new host
+    /// beyond the limit evicts one: a host whose resolution failed or is under way first,
+    /// then the least recently used one, whose xDS resources are unwatched once its last
+    /// request ends; a request to an evicted host resolves it again. Zero counts as one.
+    pub fn max_hosts(mut self, max: usize) -> Self {
+        self.max_hosts = max.max(1);
+        self
+    }
+
+    /// How long a host that failed to resolve keeps failing at once, with the same
+    /// [`ResolveError`], before a request resolves it again (default 5 s, Envoy's
+    /// `dns_refresh_rate`; like a DNS negative cache). This covers the control plane's
+    /// answer that the host's listener does not exist or is invalid, and
+    /// [`ready_timeout`](Self::ready_timeout) passing with no answer. Zero remembers no
+    /// failure.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
         self
     }
 }
@@ -177,11 +211,13 @@ impl MeshClient {
     /// `greeter`). The authority is the target name as written, port included
     /// (`http://greeter:8080/` is `xds:///greeter:8080`).
     ///
-    /// Hosts are watched on first use and kept for the client's lifetime: the first request
-    /// to a host waits, at most [`MeshClientOptions::ready_timeout`], for its first
-    /// complete config; later configs apply as they arrive, and if the host's config later
-    /// turns into an error the last good one keeps serving. A host that fails to resolve is
-    /// not remembered: the next request tries again. Must be called within a tokio runtime.
+    /// Hosts are watched on first use and kept while they are used, up to
+    /// [`MeshClientOptions::max_hosts`]: the first request to a host waits, at most
+    /// [`MeshClientOptions::ready_timeout`], for its first complete config; later configs
+    /// apply as they arrive, and if the host's config later turns into an error the last
+    /// good one keeps serving. A host that fails to resolve fails at once for
+    /// [`MeshClientOptions::negative_ttl`], then the next request tries again. Must be
+    /// called within a tokio runtime.
     pub fn from_xds(client: XdsClient, mut options: MeshClientOptions) -> Self {
         if options.mtls.is_none() && options.certificate_providers.is_none() {
             options.certificate_providers = Some(Arc::new(CertificateProviders::from_bootstrap(
@@ -196,6 +232,7 @@ impl MeshClient {
                     hosts: ArcSwap::from_pointee(HashMap::new()),
                     insert: Mutex::new(()),
                     clusters: SharedClusters::new(),
+                    epoch: Instant::now(),
                 }),
                 options,
             }),
@@ -339,41 +376,107 @@ fn build_stack(
 }
 
 /// The per-host targets of an xDS client. Lookups of known hosts take no lock (an
-/// `ArcSwap` load); the first request to a host inserts its cell under a mutex, and its
-/// `OnceCell` makes concurrent first requests share one resolution.
+/// `ArcSwap` load); a new host is inserted under a mutex, evicting one when the map is full,
+/// and its `OnceCell` makes concurrent first requests share one resolution.
 struct XdsTargets {
     client: XdsClient,
-    hosts: ArcSwap<HashMap<String, Arc<OnceCell<Stack>>>>,
+    hosts: ArcSwap<HashMap<String, Arc<Host>>>,
     insert: Mutex<()>,
     /// The cluster stacks, shared by every host's stack.
     clusters: SharedClusters<Body, Incoming>,
+    /// The origin of [`Host::last_used`].
+    epoch: Instant,
+}
+
+/// One host of an xDS client: its stack once resolved, or its last failure.
+struct Host {
+    stack: OnceCell<Stack>,
+    /// The last failure, and until when it answers for the host.
+    failed: Mutex<Option<(Instant, ResolveError)>>,
+    /// When a request last asked for the host, in milliseconds since the targets' epoch.
+    last_used: AtomicU64,
+}
+
+impl Host {
+    fn touch(&self, now: u64) {
+        // At most one write per millisecond: a hot host's cache line is not bounced
+        // between cores by every request.
+        if self.last_used.load(Ordering::Relaxed) != now {
+            self.last_used.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn failure(&self, now: Instant) -> Option<ResolveError> {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed
+            .as_ref()
+            .filter(|(until, _)| now < *until)
+            .map(|(_, e)| e.clone())
+    }
+
+    fn remember(&self, until: Instant, error: ResolveError) {
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some((until, error));
+    }
 }
 
 impl XdsTargets {
     async fn stack(&self, host: &str, options: &MeshClientOptions) -> Result<Stack, ResolveError> {
-        let cell = self.cell(host);
-        if let Some(stack) = cell.get() {
+        let entry = self.host(host, options.max_hosts);
+        if let Some(stack) = entry.stack.get() {
             return Ok(stack.clone());
         }
-        cell.get_or_try_init(|| self.resolve(host, options))
+        // A failed init leaves the cell empty for the next waiter, which then finds the
+        // failure remembered rather than resolving again.
+        entry
+            .stack
+            .get_or_try_init(|| async {
+                if let Some(error) = entry.failure(Instant::now()) {
+                    return Err(error);
+                }
+                let resolved = self.resolve(host, options).await;
+                if let Err(error) = &resolved
+                    && !options.negative_ttl.is_zero()
+                {
+                    entry.remember(Instant::now() + options.negative_ttl, error.clone());
+                }
+                resolved
+            })
             .await
             .cloned()
     }
 
-    fn cell(&self, host: &str) -> Arc<OnceCell<Stack>> {
-        if let Some(cell) = self.hosts.load().get(host) {
-            return cell.clone();
+    /// The entry of `host`, made (and another evicted, if `max` are kept) on first use.
+    fn host(&self, host: &str, max: usize) -> Arc<Host> {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let Some(entry) = self.hosts.load().get(host) {
+            entry.touch(now);
+            return entry.clone();
         }
         let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
         let hosts = self.hosts.load();
-        if let Some(cell) = hosts.get(host) {
-            return cell.clone();
+        if let Some(entry) = hosts.get(host) {
+            entry.touch(now);
+            return entry.clone();
         }
-        let cell = Arc::new(OnceCell::new());
         let mut next = HashMap::clone(&hosts);
-        next.insert(host.to_owned(), cell.clone());
+        while next.len() >= max.max(1) {
+            // Hosts without a stack (failed, or resolving) go first: they cost only a
+            // resolution to make again, and a flood of unknown hosts then evicts itself.
+            let victim = next
+                .iter()
+                .min_by_key(|(_, h)| (h.stack.initialized(), h.last_used.load(Ordering::Relaxed)))
+                .map(|(name, _)| name.clone());
+            let Some(name) = victim else { break };
+            next.remove(&name);
+        }
+        let entry = Arc::new(Host {
+            stack: OnceCell::new(),
+            failed: Mutex::new(None),
+            last_used: AtomicU64::new(now),
+        });
+        next.insert(host.to_owned(), entry.clone());
         self.hosts.store(Arc::new(next));
-        cell
+        entry
     }
 
     async fn resolve(

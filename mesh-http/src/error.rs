@@ -81,6 +81,8 @@ impl Error {
 
     /// The host could not be resolved: the control plane has no listener for it, its
     /// config is invalid, or it did not arrive in time ([`Error::resolve_error`] says which).
+    /// The client answers the host's requests with the same failure, at once, for
+    /// [`MeshClientOptions::negative_ttl`](crate::MeshClientOptions::negative_ttl).
     pub fn is_resolve(&self) -> bool {
         self.kind == Kind::Resolve
     }

@@ -501,3 +501,170 @@ async fn hosts_that_route_to_one_cluster_share_its_stack() {
     );
     first.abort();
 }
+
+/// A snapshot whose listeners `names` all route every authority to cluster `a` at `addr`.
+fn listeners_to(addr: std::net::SocketAddr, names: impl IntoIterator<Item = String>) -> Snapshot {
+    let mut snapshot = Snapshot::new()
+        .route(build::route_config(
+            "any",
+            vec![build::virtual_host(
+                "any",
+                ["*"],
+                vec![build::route_to("", "a")],
+            )],
+        ))
+        .cluster(build::eds_cluster("a"))
+        .endpoints(build::endpoints("a", &[addr]));
+    for name in names {
+        snapshot = snapshot.listener(build::api_listener(&name, "any"));
+    }
+    snapshot
+}
+
+/// The hosts a client keeps, from its `Debug` output.
+fn kept_hosts(client: &MeshClient) -> usize {
+    format!("{client:?}").matches('"').count() / 2
+}
+
+/// A proxy forwarding arbitrary `Host` headers meets any number of hosts: the client keeps
+/// at most `max_hosts` of them, and the evicted ones release their xDS subscriptions, so the
+/// listeners it asks the control plane for stay within the cap too. An evicted host still
+/// resolves again.
+#[tokio::test]
+async fn ten_thousand_hosts_stay_within_max_hosts_and_unwatch_the_evicted() {
+    use meshwork_xds::server::type_url::LISTENER;
+    const HOSTS: usize = 10_000;
+    const MAX: usize = 8;
+    let (backend, _) = Backend::new("a", Proto::H1).start().await;
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(listeners_to(backend, (0..HOSTS).map(|i| format!("h{i}"))));
+    let client = MeshClient::from_xds(
+        xds_client(&server, None),
+        MeshClientOptions::new().max_hosts(MAX),
+    );
+    for i in 0..HOSTS {
+        client.resolve(&format!("h{i}")).await.unwrap();
+        assert!(kept_hosts(&client) <= MAX, "{i}: {client:?}");
+    }
+    // The evicted hosts' watches end as their stacks go: the last LDS request names at
+    // most the kept hosts.
+    let subscribed = |reqs: &[meshwork_xds::server::RecordedRequest]| {
+        reqs.iter()
+            .rev()
+            .find(|r| r.type_url() == LISTENER)
+            .map(|r| r.request.resource_names.len())
+    };
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        server.wait_for(|reqs| subscribed(reqs).is_some_and(|n| n <= MAX)),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "LDS still subscribes to {:?}",
+            subscribed(&server.requests())
+        )
+    });
+    assert_eq!(body(&client, "http://h0/").await.unwrap(), "a:HTTP/1.1");
+    assert_eq!(
+        body(&client, &format!("http://h{}/", HOSTS - 1))
+            .await
+            .unwrap(),
+        "a:HTTP/1.1"
+    );
+    assert!(kept_hosts(&client) <= MAX);
+}
+
+/// Under paused time tokio moves the clock to the next timer whenever every task waits,
+/// even while loopback IO is in flight, which would fire the xDS client's timers before the
+/// server's answer is read. A 1 ms ticker makes the clock crawl instead.
+fn crawl_clock() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+        }
+    })
+}
+
+/// A host whose listener does not exist fails its first request once the control plane
+/// says so (here the 500 ms does-not-exist timer), and later requests at once with the same
+/// error, for the negative TTL, even after the listener appears; then it resolves.
+#[tokio::test(start_paused = true)]
+async fn an_unknown_host_fails_at_once_until_its_negative_ttl_passes() {
+    use tokio::time::Instant;
+    let ticker = crawl_clock();
+    let (backend, _) = Backend::new("a", Proto::H1).start().await;
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(listeners_to(backend, ["known".to_string()]));
+    let client = MeshClient::from_xds(
+        xds_client(&server, None),
+        MeshClientOptions::new()
+            .ready_timeout(Duration::from_secs(10))
+            .negative_ttl(Duration::from_secs(5)),
+    );
+    assert_eq!(body(&client, "http://known/").await.unwrap(), "a:HTTP/1.1");
+
+    let start = Instant::now();
+    let first = client.get("http://late/").await.unwrap_err();
+    assert!(start.elapsed() >= Duration::from_millis(500), "{first}");
+    let is_missing = |e: &meshwork_http::Error| {
+        matches!(
+            e.resolve_error(),
+            Some(ResolveError::Xds {
+                source: ReadyError::Target(meshwork_xds::watch::TargetError::ListenerDoesNotExist(
+                    _
+                )),
+                ..
+            })
+        )
+    };
+    assert!(is_missing(&first), "{first:?}");
+
+    let again = Instant::now();
+    let second = client.get("http://late/").await.unwrap_err();
+    assert!(
+        again.elapsed() < Duration::from_millis(50),
+        "the second request waited {:?}",
+        again.elapsed()
+    );
+    assert!(is_missing(&second), "{second:?}");
+    assert_eq!(second.status(), 503);
+
+    // The listener appears; the failure stays remembered for the rest of its TTL.
+    server.update(|s| {
+        s.insert_listener(build::api_listener("late", "any"));
+    });
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let within = Instant::now();
+    assert!(client.resolve("late").await.unwrap_err().is_resolve());
+    assert!(within.elapsed() < Duration::from_millis(50));
+
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert_eq!(body(&client, "http://late/").await.unwrap(), "a:HTTP/1.1");
+    ticker.abort();
+}
+
+/// Unknown hosts beyond the cap evict each other, not a resolved host: a flood of bogus
+/// `Host` headers does not push the real hosts out.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_unknown_hosts_does_not_evict_a_resolved_one() {
+    let ticker = crawl_clock();
+    let (backend, _) = Backend::new("a", Proto::H1).start().await;
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(listeners_to(backend, ["known".to_string()]));
+    let client = MeshClient::from_xds(
+        xds_client(&server, None),
+        MeshClientOptions::new().max_hosts(2),
+    );
+    assert_eq!(body(&client, "http://known/").await.unwrap(), "a:HTTP/1.1");
+    for i in 0..20 {
+        assert!(client.resolve(&format!("bogus{i}")).await.is_err());
+        let kept = format!("{client:?}");
+        assert!(kept.contains("\"known\""), "{i}: {kept}");
+        assert_eq!(kept_hosts(&client), 2, "{kept}");
+    }
+    assert_eq!(body(&client, "http://known/").await.unwrap(), "a:HTTP/1.1");
+    ticker.abort();
+}

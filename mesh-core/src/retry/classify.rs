@@ -81,26 +81,71 @@ impl RefusedStream {
     }
 }
 
+/// Whether the request of an attempt that failed without a response may have run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// It never reached the server's application: the connection was never made, or the
+    /// server refused the stream unprocessed (RFC 9113 §8.7).
+    NotProcessed,
+    /// It may have been received and acted on: the connection was reset or the attempt
+    /// timed out after the request was sent (or while it was being sent).
+    MaybeProcessed,
+}
+
+/// Every failure Envoy treats as a reset meets `reset`, `5xx` and `gateway-error` (its
+/// `wouldRetryFromReset`: an upstream reset results in a 503 or 504).
+const ANY_RESET: RetryOn = RetryOn::RESET
+    .union(RetryOn::HTTP_5XX)
+    .union(RetryOn::GATEWAY_ERROR);
+
 /// The conditions an attempt that produced no response meets, from its error's source
-/// chain: a stream the server refused ([`RefusedStream`]) is `refused-stream` and a reset; a
-/// refused connection is a connect failure; a reset, aborted or broken connection or an
-/// early end of stream is a reset; a per-try timeout counts as a reset with a 504. All of
-/// these are also `5xx`, as in Envoy. Other errors meet no condition and are not retried.
+/// chain, as Envoy's router counts them (every such failure is a reset to Envoy, and meets
+/// `reset`, `5xx` and `gateway-error`):
+///
+/// - a stream the server refused ([`RefusedStream`]) also meets `refused-stream`;
+/// - a connection that could not be made (refused, unreachable, meshwork's
+///   [`ConnectError`](crate::upstream::ConnectError) for TCP, TLS and the connect timeout)
+///   also meets `connect-failure`;
+/// - a reset, aborted or broken connection, an early end of stream and a per-try timeout
+///   meet only those three. A per-try timeout is never a gRPC status: Envoy's gRPC
+///   conditions read `grpc-status` from a response, and gRPC has no per-try timeout (gRFC
+///   A44 ignores `per_try_timeout`).
+///
+/// Other errors meet no condition and are not retried. Meeting a condition is not enough
+/// for a request that may already have run; see the [module docs](super#what-is-retried).
 pub fn error_conditions(err: &(dyn StdError + 'static)) -> RetryOn {
+    error_outcome(err).map_or(RetryOn::empty(), |(on, _)| on)
+}
+
+/// The conditions an error meets and whether its request may have run; `None` for errors
+/// that are never retried.
+pub(crate) fn error_outcome(err: &(dyn StdError + 'static)) -> Option<(RetryOn, Delivery)> {
+    use crate::upstream::ConnectError;
+    let connect_failure = Some((ANY_RESET | RetryOn::CONNECT_FAILURE, Delivery::NotProcessed));
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if e.is::<RefusedStream>() {
-            return RetryOn::REFUSED_STREAM | RetryOn::RESET | RetryOn::HTTP_5XX;
+            return Some((ANY_RESET | RetryOn::REFUSED_STREAM, Delivery::NotProcessed));
+        }
+        // Before the io errors: a TLS handshake's reset is a connect failure, not a reset
+        // of a request that was sent.
+        if let Some(c) = e.downcast_ref::<ConnectError>() {
+            return match c {
+                ConnectError::Tcp { .. }
+                | ConnectError::Timeout { .. }
+                | ConnectError::PeerRejected { .. }
+                | ConnectError::Tls { .. } => connect_failure,
+                // The client's own TLS configuration: another attempt fails the same way.
+                _ => None,
+            };
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
             match io.kind() {
                 ConnectionRefused | NotConnected | AddrNotAvailable | HostUnreachable
-                | NetworkUnreachable => {
-                    return RetryOn::CONNECT_FAILURE | RetryOn::HTTP_5XX;
-                }
+                | NetworkUnreachable => return connect_failure,
                 ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
-                    return RetryOn::RESET | RetryOn::HTTP_5XX;
+                    return Some((ANY_RESET, Delivery::MaybeProcessed));
                 }
                 _ => {}
             }
@@ -108,11 +153,36 @@ pub fn error_conditions(err: &(dyn StdError + 'static)) -> RetryOn {
         if let Some(t) = e.downcast_ref::<TimeoutError>()
             && t.kind() == TimeoutKind::PerTry
         {
-            return RetryOn::RESET | RetryOn::HTTP_5XX | RetryOn::GATEWAY_ERROR;
+            return Some((ANY_RESET, Delivery::MaybeProcessed));
         }
         cur = e.source();
     }
-    RetryOn::empty()
+    None
+}
+
+/// A request extension that says the request may run more than once: a retry policy may
+/// then send it again after a reset or a per-try timeout, which may have left it half done
+/// on the server, as it does for idempotent methods (RFC 9110 §9.2.2: `GET`, `HEAD`,
+/// `OPTIONS`, `TRACE`, `PUT`, `DELETE`). Mark a `POST` (and gRPC calls, which are all
+/// `POST`) with it when the operation is idempotent, e.g. a gRPC method declared
+/// `idempotency_level = IDEMPOTENT`, or a request carrying an idempotency key the server
+/// honours.
+///
+/// ```
+/// let mut req = http::Request::post("http://svc/pkg.Svc/Set").body(()).unwrap();
+/// req.extensions_mut().insert(meshwork_core::retry::Idempotent);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Idempotent;
+
+/// Whether a request may run more than once: its method is idempotent (RFC 9110 §9.2.2) or
+/// the caller said so with [`Idempotent`].
+pub(crate) fn is_idempotent<B>(req: &http::Request<B>) -> bool {
+    use http::Method;
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || req.extensions().get::<Idempotent>().is_some()
 }
 
 /// Whether `met` (an outcome's conditions) is something `policy` retries.

@@ -14,7 +14,9 @@ use tokio::time::Sleep;
 use tower::{BoxError, Service};
 
 use super::body::Buffered;
-use super::classify::{Pushback, error_conditions, is_retriable, pushback, response_conditions};
+use super::classify::{
+    Delivery, Pushback, error_outcome, is_retriable, pushback, response_conditions,
+};
 use super::{PolicySource, RetryBody, Settings};
 use crate::balance::{AvoidEndpoints, EndpointError, ServedBy};
 use crate::timeout::{TimeoutError, TimeoutKind};
@@ -27,6 +29,8 @@ pub(crate) struct Retrying<S, B> {
     pub(crate) max_attempts: u32,
     pub(crate) per_try: Option<Duration>,
     pub(crate) grpc: bool,
+    /// Whether the request may run twice (see [`is_idempotent`](super::classify::is_idempotent)).
+    pub(crate) idempotent: bool,
     pub(crate) rng: SmallRng,
     pub(crate) avoid: AvoidEndpoints,
     pub(crate) attempts: u32,
@@ -244,18 +248,29 @@ where
                         return Poll::Ready(result);
                     };
                     let policy = r.policy.get();
-                    let (met, push) = match &result {
-                        Ok(rsp) => (response_conditions(rsp, r.grpc, policy), pushback(rsp)),
-                        Err(e) => (error_conditions(&**e), Pushback::None),
+                    let (met, push, delivery) = match &result {
+                        Ok(rsp) => (
+                            response_conditions(rsp, r.grpc, policy),
+                            pushback(rsp),
+                            None,
+                        ),
+                        Err(e) => {
+                            let (met, delivery) = error_outcome(&**e).unzip();
+                            (met.unwrap_or_default(), Pushback::None, delivery)
+                        }
                     };
                     let budget = &r.settings.budget;
                     if !is_retriable(met, policy) {
                         budget.deposit();
                         return Poll::Ready(result);
                     }
+                    // A failure the policy names still costs a token, sent again or not.
                     budget.withdraw();
                     r.attempts += 1;
-                    let mut can_retry = r.attempts < r.max_attempts && r.request.replay.is_some();
+                    let may_run_twice = delivery == Some(Delivery::MaybeProcessed);
+                    let mut can_retry = r.attempts < r.max_attempts
+                        && r.request.replay.is_some()
+                        && (r.idempotent || !may_run_twice);
                     if can_retry && !budget.can_retry() {
                         r.settings.metrics.retry_budget_exhausted();
                         can_retry = false;

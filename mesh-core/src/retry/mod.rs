@@ -3,28 +3,59 @@
 //! [`Retry`] reads the retry policy of the route the request took (the [`RoutePolicy`] the
 //! router attached; or the layer's default policy for requests without one) and:
 //!
-//! - retries an attempt whose outcome meets a `retry_on` condition the policy names: gRPC
-//!   `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`
-//!   (from `grpc-status`), HTTP `5xx`, `gateway-error`, `retriable-status-codes`, and, for
-//!   attempts with no response, `reset`, `connect-failure` and `refused-stream` (see
-//!   [`error_conditions`]; `refused-stream` is met when the adapter wraps the transport's
-//!   error in [`RefusedStream`], as meshwork-grpc's endpoints do for an HTTP/2 reset with
-//!   `REFUSED_STREAM`);
+//! - retries an attempt whose outcome meets a `retry_on` condition the policy names (see
+//!   [What is retried](#what-is-retried));
 //! - makes at most `num_retries + 1` attempts, capped by the layer (5 by default, gRFC
 //!   A44's cap);
 //! - waits between attempts with exponential backoff and full jitter between the policy's
 //!   `base_interval` and `max_interval` ([`backoff`]), or as long as the server's
 //!   `grpc-retry-pushback-ms` says, kept within `base_interval..=max_interval` (a malformed
 //!   or negative pushback stops retries);
-//! - bounds each attempt's wait for a response head by the policy's `per_try_timeout`
-//!   (an expired attempt counts as a reset with a 504, and is retried under `5xx`,
-//!   `gateway-error` or `reset`);
+//! - bounds each attempt's wait for a response head by the policy's `per_try_timeout`;
 //! - asks a shared [`RetryBudget`] first, so retries cannot multiply an outage;
 //! - sets `grpc-previous-rpc-attempts` on every retry;
 //! - sends a retry elsewhere when it can: the endpoints of earlier attempts (the balancer's
 //!   [`ServedBy`] on a response, [`EndpointError::address`] on a failure) are listed in the
 //!   retry's [`AvoidEndpoints`] extension, which the balancer honours when another endpoint
 //!   can take the call.
+//!
+//! # What is retried
+//!
+//! An attempt is retried when its outcome meets a condition of the policy's `retry_on`
+//! (Envoy's `x-envoy-retry-on` and `x-envoy-retry-grpc-on` values) **and** sending the
+//! request again cannot run it twice unasked: an outcome that leaves the request possibly
+//! half done on the server (a reset after sending, a per-try timeout) is retried only for
+//! a request that may run more than once, one with an idempotent method (`GET`, `HEAD`,
+//! `OPTIONS`, `TRACE`, `PUT`, `DELETE`) or marked [`Idempotent`] by the caller. RFC 9110
+//! §9.2.2 anchors this: a client "SHOULD NOT automatically retry a request with a
+//! non-idempotent method unless it has some means to know that the request semantics are
+//! actually idempotent \[...\] or some means to detect that the original request was never
+//! applied". Envoy retries these for every method. gRPC has no per-try timeout (gRFC A44
+//! ignores `per_try_timeout`), and a reset reaches its retry policy only as the status
+//! `UNAVAILABLE`, while meshwork, like Envoy, reads gRPC conditions from responses only. So
+//! a `POST` or a gRPC call is not sent twice because a reset or a timeout hid its outcome.
+//!
+//! Attempts that failed without a response ([`error_conditions`]):
+//!
+//! | what happened | conditions met | sent again for | anchor |
+//! |---|---|---|---|
+//! | connect failure: refused, unreachable, TLS handshake failed or rejected the server, connect timeout | `connect-failure`, `reset`, `5xx`, `gateway-error` | every request | Envoy `wouldRetryFromReset` (a connection failure is a reset); never reached the server |
+//! | stream refused: HTTP/2 `REFUSED_STREAM` ([`RefusedStream`]) | `refused-stream`, `reset`, `5xx`, `gateway-error` | every request | Envoy; RFC 9113 §8.7 (not processed); gRPC retries it transparently |
+//! | reset, aborted or broken connection, early end of stream, after the request was sent | `reset`, `5xx`, `gateway-error` | idempotent requests | Envoy ("disconnect/reset/read timeout"); RFC 9110 §9.2.2 |
+//! | per-try timeout (no response head within `per_try_timeout`) | `reset`, `5xx`, `gateway-error`; never a gRPC status | idempotent requests | Envoy (`5xx`, `gateway-error` and `reset` retry per-try timeouts; its gRPC conditions read response headers only); RFC 9110 §9.2.2 |
+//! | any other error (route timeout, no endpoint, breaker open, the client's own TLS configuration, a request body error) | none | never | |
+//!
+//! Attempts that got a response head ([`response_conditions`]): the server answered, so the
+//! policy's conditions apply to every request, as in Envoy and gRPC (the operator asked for
+//! the retry by naming the status).
+//!
+//! | response | conditions met | anchor |
+//! |---|---|---|
+//! | HTTP 5xx | `5xx`; 502, 503, 504 also `gateway-error` | Envoy |
+//! | a status listed in `retriable_status_codes` | `retriable-status-codes` | Envoy |
+//! | gRPC call, `grpc-status` in the head (trailers-only) | `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable` by the code | gRFC A6 and A44; Envoy `x-envoy-retry-grpc-on` |
+//! | gRPC call, non-200 head without `grpc-status` | the gRPC code of the HTTP status (429, 502, 503, 504: `unavailable`) | gRPC's HTTP-to-status mapping; gRFC A6 (not committed) |
+//! | gRPC call, 200 head without `grpc-status` | none: the call is committed, its trailers are the caller's | gRFC A6 |
 //!
 //! # What can be retried
 //!
@@ -64,8 +95,8 @@ mod layer;
 pub use body::RetryBody;
 pub use budget::RetryBudget;
 pub use classify::{
-    Pushback, RefusedStream, backoff, error_conditions, grpc_condition, is_retriable, pushback,
-    response_conditions,
+    Idempotent, Pushback, RefusedStream, backoff, error_conditions, grpc_condition, is_retriable,
+    pushback, response_conditions,
 };
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
@@ -212,6 +243,7 @@ where
                 let ready = std::mem::replace(&mut self.inner, clone);
                 let seed = self.settings.seeds.fetch_add(1, Ordering::Relaxed);
                 let grpc = is_grpc(&req);
+                let idempotent = classify::is_idempotent(&req);
                 ResponseFuture::retrying(future::Retrying {
                     service: ready,
                     policy,
@@ -219,6 +251,7 @@ where
                     max_attempts,
                     per_try,
                     grpc,
+                    idempotent,
                     rng: SmallRng::seed_from_u64(seed),
                     avoid: AvoidEndpoints::default(),
                     attempts: 0,

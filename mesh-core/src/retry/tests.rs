@@ -56,6 +56,12 @@ fn status(code: u16) -> Rsp {
     http::Response::builder().status(code).body(()).unwrap()
 }
 
+/// `req`, marked safe to run twice.
+fn idempotent<B>(mut req: http::Request<B>) -> http::Request<B> {
+    req.extensions_mut().insert(Idempotent);
+    req
+}
+
 fn layer() -> RetryLayer {
     RetryLayer::new().seed(1)
 }
@@ -115,7 +121,7 @@ async fn a_failed_endpoint_is_avoided_on_the_retry() {
         svc.ready()
             .await
             .unwrap()
-            .call(grpc_req(Some(policy(RetryOn::RESET, 1)), "x")),
+            .call(idempotent(grpc_req(Some(policy(RetryOn::RESET, 1)), "x"))),
     );
     let (req, send) = handle.next_request().await.unwrap();
     assert!(req.extensions().get::<AvoidEndpoints>().is_none());
@@ -207,19 +213,108 @@ fn error_conditions_follow_the_source_chain() {
     #[derive(Debug, thiserror::Error)]
     #[error("wrapped")]
     struct Wrapped(#[source] std::io::Error);
+    // Envoy counts every reset, connect failures included, as `reset`, `5xx` and
+    // `gateway-error`.
+    let any_reset = RetryOn::RESET | RetryOn::HTTP_5XX | RetryOn::GATEWAY_ERROR;
     let refused = Wrapped(std::io::ErrorKind::ConnectionRefused.into());
     assert_eq!(
         error_conditions(&refused),
-        RetryOn::CONNECT_FAILURE | RetryOn::HTTP_5XX
+        any_reset | RetryOn::CONNECT_FAILURE
     );
     let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-    assert_eq!(error_conditions(&reset), RetryOn::RESET | RetryOn::HTTP_5XX);
+    assert_eq!(error_conditions(&reset), any_reset);
     let other = std::io::Error::other("???");
     assert!(error_conditions(&other).is_empty());
+    // A per-try timeout is a reset, never a gRPC status.
     let per_try = TimeoutError::new(TimeoutKind::PerTry, Duration::from_secs(1));
-    assert!(error_conditions(&per_try).contains(RetryOn::GATEWAY_ERROR));
+    assert_eq!(error_conditions(&per_try), any_reset);
     let route = TimeoutError::new(TimeoutKind::Route, Duration::from_secs(1));
     assert!(error_conditions(&route).is_empty());
+    // A TLS handshake reset is a connect failure (nothing was sent), found before the io
+    // error inside it.
+    let address = "10.0.0.1:443".parse().unwrap();
+    let tls = ConnectError::Tls {
+        address,
+        source: std::io::ErrorKind::ConnectionReset.into(),
+    };
+    assert_eq!(error_conditions(&tls), any_reset | RetryOn::CONNECT_FAILURE);
+    let timeout = ConnectError::Timeout {
+        address,
+        timeout: Duration::from_secs(1),
+    };
+    assert!(error_conditions(&timeout).contains(RetryOn::CONNECT_FAILURE));
+    let config = ConnectError::NoIdentity {
+        cluster: "c".into(),
+    };
+    assert!(error_conditions(&config).is_empty());
+}
+
+use crate::upstream::ConnectError;
+
+/// A `POST` that failed after it was sent is not sent again; one that never reached the
+/// server (connect failure, refused stream) is, and so is a `GET` or a `POST` marked
+/// [`Idempotent`].
+#[tokio::test(start_paused = true)]
+async fn only_requests_that_may_run_twice_are_sent_again_after_a_reset() {
+    type Fail = fn() -> BoxError;
+    let cases: [(Fail, &str, bool, usize); 6] = [
+        (
+            || std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+            "POST",
+            false,
+            1,
+        ),
+        (
+            || std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into(),
+            "POST",
+            false,
+            1,
+        ),
+        (
+            || std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+            "GET",
+            false,
+            2,
+        ),
+        (
+            || std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+            "POST",
+            true,
+            2,
+        ),
+        (
+            || std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+            "POST",
+            false,
+            2,
+        ),
+        (|| RefusedStream::new("refused").into(), "POST", false, 2),
+    ];
+    for (fail, method, marked, want) in cases {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let mut svc = layer().layer(service_fn(move |_req: Req| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Err(fail())
+                } else {
+                    Ok::<_, BoxError>(grpc_status(0))
+                }
+            }
+        }));
+        let mut req = grpc_req(Some(policy(RetryOn::RESET, 1)), "x");
+        *req.method_mut() = method.parse().unwrap();
+        if marked {
+            req = idempotent(req);
+        }
+        let _ = svc.ready().await.unwrap().call(req).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            want,
+            "{method} marked={marked}"
+        );
+    }
 }
 
 use crate::timeout::{TimeoutError, TimeoutKind};
@@ -232,7 +327,7 @@ fn a_refused_stream_anywhere_in_the_chain_meets_refused_stream() {
     };
     assert_eq!(
         error_conditions(&refused),
-        RetryOn::REFUSED_STREAM | RetryOn::RESET | RetryOn::HTTP_5XX
+        RetryOn::REFUSED_STREAM | RetryOn::RESET | RetryOn::HTTP_5XX | RetryOn::GATEWAY_ERROR
     );
     assert!(is_retriable(
         error_conditions(&refused),
@@ -378,7 +473,7 @@ async fn per_try_timeout_bounds_each_attempt() {
         svc.ready()
             .await
             .unwrap()
-            .call(grpc_req(Some(p.clone()), "x")),
+            .call(idempotent(grpc_req(Some(p.clone()), "x"))),
     );
     let (_, _hang) = handle.next_request().await.unwrap();
     let (_, send) = handle.next_request().await.unwrap();
@@ -392,7 +487,12 @@ async fn per_try_timeout_bounds_each_attempt() {
     assert!(call.await.unwrap().is_ok());
 
     // When the last attempt times out, the caller sees the per-try timeout.
-    let call = tokio::spawn(svc.ready().await.unwrap().call(grpc_req(Some(p), "x")));
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(idempotent(grpc_req(Some(p), "x"))),
+    );
     let _a = handle.next_request().await.unwrap();
     let _b = handle.next_request().await.unwrap();
     let err = call.await.unwrap().unwrap_err();
@@ -692,4 +792,68 @@ async fn a_request_body_error_fails_the_call_without_sending() {
     let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
     assert_eq!(err.to_string(), "body broke");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// A request body of known length whose first chunk is ready and whose rest is not yet (a
+/// body still arriving from the caller's client): it wakes itself once and then continues.
+struct StallsAfterFirstChunk {
+    chunks: std::collections::VecDeque<Bytes>,
+    stalled: bool,
+}
+
+impl http_body::Body for StallsAfterFirstChunk {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.chunks.len() == 1 && !self.stalled {
+            self.stalled = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(
+            self.chunks
+                .pop_front()
+                .map(|c| Ok(http_body::Frame::data(c))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
+    }
+}
+
+/// The retry layer reads the first chunk, finds the body stalled and sends it once: the
+/// attempt's body is that chunk then the rest. hyper asks its size hint (to choose
+/// `content-length`); it must be the whole body's, not a panic in `SizeHint::set_lower`.
+#[tokio::test(start_paused = true)]
+async fn a_partly_buffered_stalled_body_reports_its_whole_length() {
+    type SReq = http::Request<RetryBody<StallsAfterFirstChunk>>;
+    let mut svc = layer().layer(service_fn(|req: SReq| async move {
+        assert!(!req.body().is_replay());
+        assert_eq!(req.body().size_hint().exact(), Some(7));
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "abcdefg");
+        Ok::<_, Infallible>(grpc_status(0))
+    }));
+    let (parts, _) = grpc_req(Some(policy(RetryOn::UNAVAILABLE, 1)), "").into_parts();
+    let body = StallsAfterFirstChunk {
+        chunks: [Bytes::from("abcd"), Bytes::from("efg")].into(),
+        stalled: false,
+    };
+    let rsp = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::from_parts(parts, body))
+        .await
+        .unwrap();
+    assert_eq!(rsp.headers()["grpc-status"], "0");
 }
