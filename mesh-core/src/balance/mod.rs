@@ -320,7 +320,8 @@ impl BalancerBuilder {
     /// policy asks for (as gRPC's ring size cap does); `cap` is taken between 1 and
     /// [`MAX_RING_SIZE`]. A ring costs 12 bytes an entry. Default: [`DEFAULT_RING_SIZE_CAP`]
     /// (4096, gRPC's default). A larger ring spreads keys more evenly over endpoints of
-    /// very different weights or over more than a few hundred endpoints.
+    /// very different weights or over more than a few hundred endpoints; with more endpoints
+    /// than entries, some endpoints get no entry (and no keys), as in gRPC and Envoy.
     pub fn ring_size_cap(mut self, cap: u64) -> Self {
         self.ring_size_cap = cap.clamp(1, MAX_RING_SIZE);
         self
