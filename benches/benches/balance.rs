@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench -p meshwork-benches --bench balance`. Targets (issue 5): O(1) picks for
 //! P2C and round robin, O(log n) for weighted round robin and ring hash, no lock on a pick.
+//! The ring-hash case asks for up to 8M entries; the balancer's default cap (gRPC's, 4096
+//! entries) decides its ring's size.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -176,7 +176,8 @@ where
         let mut created: HashMap<SocketAddr, Arc<Endpoint<S>>> = HashMap::new();
         let endpoints = &self.endpoints;
         let outlier = &self.outlier;
-        let built = Table::build(cla, &self.policy, |address| {
+        let current = self.published.snapshot.load_full();
+        let built = Table::build_after(Some(&current.table), cla, &self.policy, |address| {
             used.insert(address);
             if let Some(t) = endpoints.get(&address) {
                 return t.endpoint.clone();
@@ -192,7 +193,6 @@ where
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(cluster = %cla.cluster_name, error = %e, "endpoint update rejected");
-                let current = self.published.snapshot.load_full();
                 self.published.snapshot.store(Arc::new(Snapshot {
                     table: current.table.clone(),
                     error: Some(e),

@@ -58,6 +58,11 @@ impl<S> Endpoint<S> {
         self.failure.load_full()
     }
 
+    /// Whether the last connection attempt failed (and none succeeded since).
+    pub(crate) fn is_failing(&self) -> bool {
+        self.failure.load().is_some()
+    }
+
     /// Records a failed connection attempt (driver only).
     pub(crate) fn fail(&self, error: BoxError) {
         self.failure.store(Some(Arc::new(error)));

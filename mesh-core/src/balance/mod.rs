@@ -64,12 +64,21 @@
 //!      concurrent callers share one rotation; when endpoint weights differ, weighted;
 //!    - [`BalancePolicy::LeastRequest`] (gRFC A48): `choice_count` random endpoints (capped
 //!      at 10), the fewest in flight wins;
-//!    - [`BalancePolicy::RingHash`] (gRFC A42): one ring per priority over the healthy
+//!    - [`BalancePolicy::RingHash`] (gRFC A42): one ring per priority over all its
 //!      endpoints, built from xxHash64 of `"<ip:port>_<n>"` with `locality weight × endpoint
-//!      weight` entries scaled between `min_ring_size` and `max_ring_size`; the request's
-//!      [`RequestHash`] (or a random hash when there is none, as A42 says) finds the first
-//!      entry clockwise, walking on past endpoints that cannot take the call. The hash also
-//!      picks the priority, so a key sticks to one.
+//!      weight` entries scaled between `min_ring_size` and `max_ring_size`, both capped at
+//!      [`BalancerBuilder::ring_size_cap`] (default [`DEFAULT_RING_SIZE_CAP`], 4096, as gRPC);
+//!      the request's [`RequestHash`] (or a random hash when there is none, as A42 says)
+//!      finds the first entry clockwise. A42's picker decides from there: the endpoint found
+//!      takes the call when connected; while it is connecting the call **waits** for it, so
+//!      a key's first call lands where its next ones will; when it is failing to connect,
+//!      the next distinct endpoint decides the same way, and when that one fails too, the
+//!      first connected endpoint further on takes the call. Unhealthy, ejected and (first)
+//!      avoided endpoints are passed over as if they were not on the ring; a call without a
+//!      request hash never waits (gRFC A76). The hash also picks the priority, so a key
+//!      sticks to one. A ring is made when its priority first takes traffic, and a new
+//!      endpoint set keeps the ring of a priority whose endpoints and weights did not change
+//!      (health alone does not change a ring).
 //!
 //! Weighted round robin (localities, and endpoints of unequal weight) is gRPC's static stride
 //! scheduler (gRFC A58) on one atomic sequence: every entry comes in proportion to its weight,
@@ -112,8 +121,9 @@ use self::endpoint::Endpoint;
 pub use self::error::{ConfigError, ConnectFailed, EndpointError, NoHealthyEndpoint};
 pub use self::future::ResponseFuture;
 use self::future::{InFlight, Picked};
+use self::ring::Reach;
 use self::sched::SharedRng;
-use self::table::{PickInput, Slot, Table};
+use self::table::{Choice, PickInput, Slot, Table};
 use crate::outlier::OutlierDetector;
 
 /// The request hash ring hash uses: a request extension. The router computes it from the
@@ -161,7 +171,8 @@ pub enum BalancePolicy {
         /// Random endpoints compared per pick, 2 to 10.
         choice_count: u32,
     },
-    /// Ring hash (gRFC A42).
+    /// Ring hash (gRFC A42). Both sizes are capped by the balancer's
+    /// [`ring_size_cap`](BalancerBuilder::ring_size_cap) (default 4096).
     RingHash {
         /// Minimum ring size, at least 1.
         min_ring_size: u64,
@@ -172,6 +183,12 @@ pub enum BalancePolicy {
 
 /// The largest ring A42 allows.
 pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+
+/// The default cap on a ring's size: a cluster asking for more entries gets this many. gRPC's
+/// default (gRFC A42's ring size cap: C-core's `grpc.lb.ring_hash.ring_size_cap`, grpc-go's
+/// `GRPC_RING_HASH_CAP`), so that a control plane asking for 8M entries costs 48 KiB of ring
+/// per priority rather than 96 MiB.
+pub const DEFAULT_RING_SIZE_CAP: u64 = 4096;
 
 impl BalancePolicy {
     /// The policy for a cluster's `lb_policy`. `WRR_LOCALITY` is what every policy does across
@@ -284,16 +301,30 @@ pub struct BalancerBuilder {
     policy: BalancePolicy,
     outlier: Option<OutlierDetector>,
     seed: Option<u64>,
+    ring_size_cap: u64,
 }
 
 impl BalancerBuilder {
-    /// A builder for a balancer with `policy`, no outlier detection, seeded from the OS.
+    /// A builder for a balancer with `policy`, no outlier detection, seeded from the OS, and
+    /// rings capped at [`DEFAULT_RING_SIZE_CAP`].
     pub fn new(policy: BalancePolicy) -> Self {
         Self {
             policy,
             outlier: None,
             seed: None,
+            ring_size_cap: DEFAULT_RING_SIZE_CAP,
         }
+    }
+
+    /// Caps ring hash's `min_ring_size` and `max_ring_size` at `cap` entries, whatever the
+    /// policy asks for (as gRPC's ring size cap does); `cap` is taken between 1 and
+    /// [`MAX_RING_SIZE`]. A ring costs 12 bytes an entry. Default: [`DEFAULT_RING_SIZE_CAP`]
+    /// (4096, gRPC's default). A larger ring spreads keys more evenly over endpoints of
+    /// very different weights or over more than a few hundred endpoints; with more endpoints
+    /// than entries, some endpoints get no entry (and no keys), as in gRPC and Envoy.
+    pub fn ring_size_cap(mut self, cap: u64) -> Self {
+        self.ring_size_cap = cap.clamp(1, MAX_RING_SIZE);
+        self
     }
 
     /// Skips endpoints `detector` ejects, and feeds it every response (default: no
@@ -325,9 +356,19 @@ impl BalancerBuilder {
         F: FnMut(SocketAddr) -> S + Send + 'static,
         B: 'static,
     {
+        let policy = match self.policy {
+            BalancePolicy::RingHash {
+                min_ring_size,
+                max_ring_size,
+            } => BalancePolicy::RingHash {
+                min_ring_size: min_ring_size.min(self.ring_size_cap),
+                max_ring_size: max_ring_size.min(self.ring_size_cap),
+            },
+            p => p,
+        };
         let published = Arc::new(Published {
             snapshot: ArcSwap::from_pointee(Snapshot {
-                table: Arc::new(Table::empty(self.policy.clone())),
+                table: Arc::new(Table::empty(policy.clone())),
                 error: None,
             }),
             notify: Notify::new(),
@@ -336,7 +377,7 @@ impl BalancerBuilder {
                 .map_or_else(SharedRng::from_os_rng, SharedRng::new),
         });
         let mut driver: Driver<S, F, http::Request<B>> =
-            Driver::new(published.clone(), self.policy, new_endpoint, self.outlier);
+            Driver::new(published.clone(), policy, new_endpoint, self.outlier);
         let mut endpoints = endpoints;
         let first = endpoints.borrow_and_update().clone();
         driver.apply(&first);
@@ -424,18 +465,40 @@ impl<S: Clone> Inner<S> {
             hash,
             rng: &self.published.rng,
         };
-        let ready = |s: &Slot<S>| s.healthy && s.endpoint.is_ready() && !s.endpoint.ejected();
+        let state = |s: &Slot<S>| {
+            if !s.healthy || s.endpoint.ejected() {
+                Reach::Absent
+            } else if s.endpoint.is_ready() {
+                Reach::Ready
+            } else if s.endpoint.is_failing() {
+                Reach::Failing
+            } else {
+                Reach::Connecting
+            }
+        };
         // A handle withdrawn between the flag check and its load makes another pick; twice
         // in a row is already unlikely.
         for _ in 0..3 {
-            let mut picked = None;
+            let mut picked = Choice::Nothing;
             if let Some(avoid) = avoid.filter(|a| !a.0.is_empty()) {
-                picked = table.pick(&input, |s| ready(s) && !avoid.contains(&s.address));
+                let elsewhere = |s: &Slot<S>| {
+                    if avoid.contains(&s.address) {
+                        Reach::Absent
+                    } else {
+                        state(s)
+                    }
+                };
+                picked = table.choose(&input, elsewhere);
             }
-            if picked.is_none() {
-                picked = table.pick(&input, ready);
+            // Avoiding the endpoints listed found none ready: any ready one will do.
+            if !matches!(picked, Choice::Slot(_)) {
+                picked = table.choose(&input, state);
             }
-            let Some(i) = picked else { break };
+            let i = match picked {
+                Choice::Slot(i) => i,
+                Choice::Queue => return Pick::NotReady,
+                Choice::Nothing => break,
+            };
             let slot = &table.slots[i];
             if let Some((id, service)) = slot.endpoint.handle() {
                 return Pick::Found(Picked {

@@ -1,7 +1,14 @@
 //! The pick table built from one endpoint set: priorities, their load split, localities and
 //! the per-policy pickers. Built off the hot path (on an EDS update, and again when ejections
 //! change) and then immutable: a pick takes `&self` and touches only atomics (round-robin
-//! counters, the shared random source, the endpoints' load and ready flags).
+//! counters, the shared random source, the endpoints' load and ready flags, a ring's
+//! once-cell).
+//!
+//! Ring hash keeps every endpoint of a priority on its ring, whatever its health, and passes
+//! over the unusable ones at pick time (as gRFC A42's picker passes over failed
+//! subchannels): a change of health alone leaves the ring as it is, and a new table whose
+//! priority has the same endpoints and weights shares the previous table's ring. A ring is
+//! made when its priority first takes traffic (see [`LazyRing`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,7 +20,7 @@ use rand::Rng;
 use super::BalancePolicy;
 use super::endpoint::Endpoint;
 use super::error::ConfigError;
-use super::ring::{Ring, RingKey};
+use super::ring::{LazyRing, Reach, RingKey, RingPick, RingSpec};
 use super::sched::{Schedule, SharedRng};
 
 /// Envoy's default overprovisioning factor, in percent.
@@ -59,9 +66,24 @@ struct Level {
     groups: Vec<Group>,
     /// Localities by effective weight.
     localities: Schedule,
-    ring: Option<Arc<Ring>>,
+    /// Where this priority's endpoints start in the table's slots (they are contiguous);
+    /// the ring's indices are relative to it.
+    base: usize,
+    ring: Option<Arc<LazyRing>>,
     total: usize,
     healthy: usize,
+}
+
+/// What a pick decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Choice {
+    /// This slot takes the call.
+    Slot(usize),
+    /// Wait for the next publication, then pick again: ring hash's endpoint for the
+    /// request's hash is connecting.
+    Queue,
+    /// Nothing ready.
+    Nothing,
 }
 
 /// What a pick may use beyond the table.
@@ -108,6 +130,17 @@ impl<S> Table<S> {
     pub(crate) fn build(
         cla: &ClusterLoadAssignment,
         policy: &BalancePolicy,
+        endpoint: impl FnMut(SocketAddr) -> Arc<Endpoint<S>>,
+    ) -> Result<Self, ConfigError> {
+        Self::build_after(None, cla, policy, endpoint)
+    }
+
+    /// Builds the table that follows `previous`: a priority whose ring would be made from
+    /// the same endpoints, weights and sizes shares the ring of `previous`.
+    pub(crate) fn build_after(
+        previous: Option<&Table<S>>,
+        cla: &ClusterLoadAssignment,
+        policy: &BalancePolicy,
         mut endpoint: impl FnMut(SocketAddr) -> Arc<Endpoint<S>>,
     ) -> Result<Self, ConfigError> {
         let priorities = cla.priority_count() as usize;
@@ -129,7 +162,8 @@ impl<S> Table<S> {
         }
         let mut slots = Vec::new();
         let mut built = Vec::with_capacity(priorities);
-        for locs in levels {
+        for (p, locs) in levels.into_iter().enumerate() {
+            let base = slots.len();
             let mut groups = Vec::with_capacity(locs.len());
             let mut ring_entries = Vec::new();
             for li in locs {
@@ -144,14 +178,13 @@ impl<S> Table<S> {
                         endpoint: endpoint(e.address),
                     });
                     members.push(i);
-                    if e.health.is_usable() {
+                    if matches!(policy, BalancePolicy::RingHash { .. }) {
                         ring_entries.push((
                             match &e.hash_key {
-                                Some(k) => RingKey::HashKey(k),
+                                Some(k) => RingKey::HashKey(k.as_str().into()),
                                 None => RingKey::Address(e.address),
                             },
                             u64::from(l.weight) * u64::from(e.weight),
-                            i,
                         ));
                     }
                 }
@@ -176,16 +209,27 @@ impl<S> Table<S> {
                 BalancePolicy::RingHash {
                     min_ring_size,
                     max_ring_size,
-                } => Some(Arc::new(Ring::build(
-                    &ring_entries,
-                    *min_ring_size,
-                    *max_ring_size,
-                ))),
+                } => {
+                    let spec = RingSpec {
+                        entries: ring_entries,
+                        min_size: *min_ring_size,
+                        max_size: *max_ring_size,
+                    };
+                    let same = previous
+                        .and_then(|t| t.levels.get(p))
+                        .and_then(|l| l.ring.as_ref())
+                        .filter(|r| *r.spec() == spec);
+                    Some(match same {
+                        Some(r) => r.clone(),
+                        None => Arc::new(LazyRing::new(spec)),
+                    })
+                }
                 _ => None,
             };
             built.push(Level {
                 groups,
                 localities: Schedule::default(),
+                base,
                 ring,
                 total: 0,
                 healthy: 0,
@@ -208,7 +252,8 @@ impl<S> Table<S> {
     }
 
     /// Recomputes healthy counts, locality weights and the priority load split (after an
-    /// update or a change in ejections).
+    /// update or a change in ejections), and makes the rings of the priorities that now take
+    /// traffic (this runs on the driver, so picks rarely make one).
     pub(crate) fn refresh_health(&mut self) {
         let slots = &self.slots;
         let usable = |i: usize| slots[i].usable();
@@ -239,6 +284,21 @@ impl<S> Table<S> {
             });
         }
         self.loads = priority_loads(&health);
+        for (level, &load) in self.levels.iter().zip(&self.loads) {
+            if let (Some(ring), true) = (&level.ring, load > 0) {
+                ring.get();
+            }
+        }
+    }
+
+    /// Ring entries made so far, over every priority.
+    #[cfg(test)]
+    pub(crate) fn ring_entries_built(&self) -> usize {
+        self.levels
+            .iter()
+            .filter_map(|l| l.ring.as_ref())
+            .map(|r| r.built_len())
+            .sum()
     }
 
     /// The percent of the traffic each priority gets.
@@ -247,16 +307,38 @@ impl<S> Table<S> {
         &self.loads
     }
 
-    /// Picks a slot for which `usable` holds: a priority by the load split (by the request
-    /// hash for ring hash, so a key sticks), then the policy's pick within it; another
-    /// priority if that one has nothing usable.
+    /// Picks a slot for which `usable` holds (see [`choose`](Self::choose), where every
+    /// other slot is absent).
+    #[cfg(test)]
     pub(crate) fn pick(
         &self,
         input: &PickInput<'_>,
         usable: impl Fn(&Slot<S>) -> bool,
     ) -> Option<usize> {
+        let state = |s: &Slot<S>| {
+            if usable(s) {
+                Reach::Ready
+            } else {
+                Reach::Absent
+            }
+        };
+        match self.choose(input, state) {
+            Choice::Slot(i) => Some(i),
+            Choice::Queue | Choice::Nothing => None,
+        }
+    }
+
+    /// Picks a ready slot: a priority by the load split (by the request hash for ring hash,
+    /// so a key sticks), then the policy's pick within it; another priority if that one has
+    /// nothing ready. Ring hash may queue instead: the endpoint a request's hash belongs to
+    /// is connecting (gRFC A42).
+    pub(crate) fn choose(
+        &self,
+        input: &PickInput<'_>,
+        state: impl Fn(&Slot<S>) -> Reach,
+    ) -> Choice {
         if self.levels.is_empty() {
-            return None;
+            return Choice::Nothing;
         }
         let Table {
             slots,
@@ -265,7 +347,7 @@ impl<S> Table<S> {
             loads,
             policy,
         } = self;
-        let ok = |i: usize| usable(&slots[i]);
+        let ok = |i: usize| state(&slots[i]) == Reach::Ready;
         let ring_hash = matches!(policy, BalancePolicy::RingHash { .. });
         let hash = if ring_hash {
             // A42: no hash means a random one.
@@ -291,17 +373,27 @@ impl<S> Table<S> {
         let order = std::iter::once(chosen).chain((0..levels.len()).filter(|&p| p != chosen));
         for p in order {
             let level = &levels[p];
-            let found = match (policy, &level.ring) {
-                (BalancePolicy::RingHash { .. }, Some(ring)) => {
-                    ring.pick(hash.unwrap_or_default(), ok)
+            let found = match &level.ring {
+                Some(ring) => {
+                    let base = level.base;
+                    let ring_state = |i: usize| state(&slots[base + i]);
+                    match ring.get().pick(
+                        hash.unwrap_or_default(),
+                        input.hash.is_some(),
+                        ring_state,
+                    ) {
+                        RingPick::Slot(i) => Some(base + i),
+                        RingPick::Queue => return Choice::Queue,
+                        RingPick::Exhausted => None,
+                    }
                 }
-                _ => pick_in_level(slots, level, policy, input.rng, &ok),
+                None => pick_in_level(slots, level, policy, input.rng, &ok),
             };
-            if found.is_some() {
-                return found;
+            if let Some(i) = found {
+                return Choice::Slot(i);
             }
         }
-        None
+        Choice::Nothing
     }
 }
 
@@ -419,7 +511,7 @@ fn pick_in_group<S>(
             }
             best.map(|b| b.0).or_else(|| scan(m, rng, ok))
         }
-        // Ring hash picks from the level's ring; this is only reached with an empty ring.
+        // Ring hash picks from the level's ring, never here.
         BalancePolicy::RingHash { .. } => scan(m, rng, ok),
     }
 }

@@ -748,3 +748,186 @@ async fn a_priority_that_cannot_connect_fails_over_and_comes_back() {
         assert_eq!(served(&mut b).await, addr(0), "priority 0 is back");
     }
 }
+
+/// The process's peak resident set so far (`VmHWM`), in KiB (Linux; 0 elsewhere).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A cluster may ask for A42's largest ring (8M entries) on every priority; gRPC caps a ring
+/// at 4096 entries by default. Only the priority that takes traffic needs its ring.
+#[tokio::test]
+async fn ring_hash_asking_for_8m_entries_builds_at_most_the_cap() {
+    let before = peak_rss_kib();
+    let (_tx, rx) = watch::channel(Arc::new(cla(vec![
+        locality(
+            "p0",
+            1,
+            0,
+            (0..3)
+                .map(|i| endpoint(i, 1, HealthStatus::Healthy))
+                .collect(),
+        ),
+        locality(
+            "p1",
+            1,
+            1,
+            (3..6)
+                .map(|i| endpoint(i, 1, HealthStatus::Healthy))
+                .collect(),
+        ),
+        locality(
+            "p2",
+            1,
+            2,
+            (6..9)
+                .map(|i| endpoint(i, 1, HealthStatus::Healthy))
+                .collect(),
+        ),
+    ])));
+    let policy = BalancePolicy::RingHash {
+        min_ring_size: MAX_RING_SIZE,
+        max_ring_size: MAX_RING_SIZE,
+    };
+    let mut b = Balancer::builder(policy)
+        .seed(1)
+        .build(rx, endpoints(|_| 200));
+    for h in 0..20u64 {
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(RequestHash(h << 40));
+        send(&mut b, req).await.unwrap();
+    }
+    let built = b.inner.published.snapshot.load().table.ring_entries_built();
+    let after = peak_rss_kib();
+    eprintln!(
+        "ring entries built: {built} ({} KiB of hashes and slots); VmHWM {before} KiB -> {after} KiB",
+        built * 12 / 1024
+    );
+    assert_eq!(
+        built as u64, DEFAULT_RING_SIZE_CAP,
+        "one priority's ring, capped"
+    );
+
+    // The cap is the balancer's to choose.
+    let (_tx, rx) = watch::channel(one_locality(healthy(3)));
+    let b: Balancer<Svc, ()> = Balancer::builder(BalancePolicy::RingHash {
+        min_ring_size: 1024,
+        max_ring_size: MAX_RING_SIZE,
+    })
+    .ring_size_cap(512)
+    .build(rx, endpoints(|_| 200));
+    assert_eq!(
+        b.inner.published.snapshot.load().table.ring_entries_built(),
+        512
+    );
+}
+
+/// gRFC A42: while the endpoint a request's hash belongs to is connecting, the call waits for
+/// it rather than going to the next endpoint on the ring, so a key's first call lands where
+/// its next ones will.
+#[tokio::test(start_paused = true)]
+async fn ring_hash_waits_for_the_endpoint_of_the_key_while_it_connects() {
+    let policy = BalancePolicy::RingHash {
+        min_ring_size: 64,
+        max_ring_size: 1024,
+    };
+    let set = one_locality(healthy(3));
+    let key = 0x5eed_u64 << 32;
+    let home = {
+        let t =
+            Table::<()>::build(&set, &policy, |_| Arc::new(endpoint::Endpoint::new(None))).unwrap();
+        let rng = SharedRng::new(0);
+        let input = PickInput {
+            hash: Some(key),
+            rng: &rng,
+        };
+        t.slots[t.pick(&input, |_| true).unwrap()].address
+    };
+    let (_tx, rx) = watch::channel(set);
+    let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
+    handle.allow(0);
+    let mut mock = Some(mock);
+    let new = move |a: SocketAddr| -> Svc {
+        if a == home {
+            Svc::new(mock.take().unwrap().map_err(BoxError::from))
+        } else {
+            endpoints(|_| 200)(a)
+        }
+    };
+    let b = Balancer::builder(policy).seed(1).build(rx, new);
+    assert_eq!(b.ready_count(), 2, "the other endpoints are connected");
+    let keyed = || {
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(RequestHash(key));
+        req
+    };
+    let mut first = tokio_test::task::spawn(b.clone().oneshot(keyed()));
+    assert!(first.poll().is_pending(), "the key's first call waits");
+    handle.allow(10);
+    until("the key's endpoint connects", || b.ready_count() == 3).await;
+    assert!(first.is_woken());
+    assert!(
+        first.poll().is_pending(),
+        "called, waiting for the response"
+    );
+    let (_req, send) = handle.next_request().await.unwrap();
+    send.send_response(http::Response::new(()));
+    let rsp = first.await.unwrap();
+    assert_eq!(rsp.extensions().get::<ServedBy>(), Some(&ServedBy(home)));
+
+    // A call without a request hash does not wait for anyone.
+    let (_tx, rx) = watch::channel(one_locality(healthy(3)));
+    let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
+    handle.allow(0);
+    let mut mock = Some(mock);
+    let new = move |a: SocketAddr| -> Svc {
+        if a == home {
+            Svc::new(mock.take().unwrap().map_err(BoxError::from))
+        } else {
+            endpoints(|_| 200)(a)
+        }
+    };
+    let mut b = Balancer::builder(BalancePolicy::RingHash {
+        min_ring_size: 64,
+        max_ring_size: 1024,
+    })
+    .seed(1)
+    .build(rx, new);
+    for _ in 0..20 {
+        assert_ne!(served(&mut b).await, home);
+    }
+}
+
+/// A42: an endpoint failing to connect hands its keys to the next endpoint on the ring.
+#[tokio::test(start_paused = true)]
+async fn ring_hash_passes_a_key_on_when_its_endpoint_fails_to_connect() {
+    let policy = BalancePolicy::RingHash {
+        min_ring_size: 64,
+        max_ring_size: 1024,
+    };
+    let (_tx, rx) = watch::channel(one_locality(healthy(3)));
+    let down = addr(1);
+    let new = move |a: SocketAddr| -> Svc {
+        if a == down {
+            Svc::new(Unreachable(a))
+        } else {
+            endpoints(|_| 200)(a)
+        }
+    };
+    let mut b = Balancer::builder(policy).seed(1).build(rx, new);
+    let mut seen = HashSet::new();
+    for h in 0..64u64 {
+        let mut req = http::Request::new(());
+        req.extensions_mut()
+            .insert(RequestHash(h.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        seen.insert(send(&mut b, req).await.unwrap());
+    }
+    assert_eq!(seen, HashSet::from([addr(0), addr(2)]));
+}

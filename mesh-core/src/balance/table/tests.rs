@@ -331,3 +331,62 @@ fn empty_table_picks_nothing() {
     };
     assert_eq!(t.pick(&input, |_| true), None);
 }
+
+#[test]
+fn ring_hash_makes_only_the_rings_in_use_and_keeps_them_through_health_changes() {
+    let policy = BalancePolicy::RingHash {
+        min_ring_size: 1024,
+        max_ring_size: 4096,
+    };
+    let set = |first: HealthStatus, weight: u32| {
+        cla(vec![
+            locality(
+                "a",
+                1,
+                0,
+                vec![
+                    endpoint(0, 1, first),
+                    endpoint(1, weight, HealthStatus::Healthy),
+                    endpoint(2, 1, HealthStatus::Healthy),
+                    endpoint(3, 1, HealthStatus::Healthy),
+                ],
+            ),
+            locality("b", 1, 1, vec![endpoint(4, 1, HealthStatus::Healthy)]),
+        ])
+    };
+    let new = |_| Arc::new(super::Endpoint::<()>::new(None));
+    let t = build(&set(HealthStatus::Healthy, 1), policy.clone());
+    let ring = |t: &Table<()>, p: usize| t.levels[p].ring.clone().unwrap();
+    // Priority 1 takes no traffic: its ring is not made.
+    assert_eq!(ring(&t, 0).built_len(), 1024);
+    assert_eq!(ring(&t, 1).built_len(), 0);
+
+    // Endpoint 0 turns unhealthy (priority 0 keeps all the traffic: 1.4 × 3/4 > 1): the same
+    // ring; its keys move on, no other key moves.
+    let t2 = Table::build_after(Some(&t), &set(HealthStatus::Unhealthy, 1), &policy, new).unwrap();
+    assert!(Arc::ptr_eq(&ring(&t, 0), &ring(&t2, 0)));
+    assert!(Arc::ptr_eq(&ring(&t, 1), &ring(&t2, 1)));
+    let rng = SharedRng::new(1);
+    let (mut moved, mut kept) = (0, 0);
+    for h in 0..1000u64 {
+        let input = PickInput {
+            hash: Some(h.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            rng: &rng,
+        };
+        let before = t.pick(&input, |s| s.healthy).unwrap();
+        let after = t2.pick(&input, |s| s.healthy).unwrap();
+        if before == 0 {
+            assert_ne!(after, 0);
+            moved += 1;
+        } else {
+            assert_eq!(before, after);
+            kept += 1;
+        }
+    }
+    assert!(moved > 150 && kept > 600, "{moved} moved, {kept} kept");
+
+    // A weight change makes a new ring for its priority only.
+    let t3 = Table::build_after(Some(&t2), &set(HealthStatus::Unhealthy, 2), &policy, new).unwrap();
+    assert!(!Arc::ptr_eq(&ring(&t2, 0), &ring(&t3, 0)));
+    assert!(Arc::ptr_eq(&ring(&t2, 1), &ring(&t3, 1)));
+}
