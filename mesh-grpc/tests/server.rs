@@ -333,3 +333,56 @@ async fn graceful_shutdown_lets_the_call_in_flight_finish() {
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn silent_and_quiet_connections_neither_starve_a_call_nor_stay_open() {
+    use meshwork_core::identity::Authorizer;
+    use meshwork_core::inbound::ServerLimits;
+    use meshwork_core::inbound::testing::{closed_within, silent, tls_silent};
+
+    let ca = TestCa::new("example.org");
+    let limits = ServerLimits::new()
+        .handshake_timeout(Duration::from_secs(2))
+        .max_concurrent_handshakes(4)
+        .idle_timeout(Some(Duration::from_millis(800)))
+        .drain_grace(Duration::from_millis(300));
+    let (addr, _stop, _task) = start(
+        MeshServer::new(mtls(&ca, "/ns/default/sa/greeter"))
+            .limits(limits)
+            .add_service(greeter("A")),
+    )
+    .await;
+
+    // Clients that complete TLS and then never send the HTTP/2 preface...
+    let h2 = Arc::new(
+        mtls(&ca, "/ns/default/sa/quiet")
+            .authorizer(Authorizer::Any)
+            .alpn_protocols(vec![b"h2".to_vec()])
+            .client_config()
+            .unwrap(),
+    );
+    let mut quiet = Vec::new();
+    for _ in 0..3 {
+        quiet.push(tls_silent(addr, h2.clone()).await.unwrap());
+    }
+    // ...and more silent TCP connections than there are handshake slots.
+    let flood = silent(addr, 32).await.unwrap();
+
+    let channel = mtls_channel(addr, mtls(&ca, "/ns/default/sa/client"));
+    let reply = tokio::time::timeout(Duration::from_secs(2), say_hello(&channel))
+        .await
+        .expect("the real call was starved");
+    assert_eq!(reply.unwrap(), format!("A: hello hi from {CLIENT_ID}"));
+
+    let bound = Duration::from_secs(5);
+    let (quiet, flood) = futures_util::future::join(
+        futures_util::future::join_all(quiet.into_iter().map(|c| closed_within(c, bound))),
+        futures_util::future::join_all(flood.into_iter().map(|c| closed_within(c, bound))),
+    )
+    .await;
+    assert!(
+        quiet.iter().all(|c| *c),
+        "quiet HTTP/2 still open: {quiet:?}"
+    );
+    assert!(flood.iter().all(|c| *c), "silent TCP still open: {flood:?}");
+}
