@@ -203,7 +203,8 @@ impl Listener {
 
 /// Accepts connections on a listener and yields them once their TLS handshake verified the
 /// client's SVID: a `Stream` of [`InboundStream`]s for a server's accept loop (hyper-util's
-/// connection builders; [`serve`](super::serve) is the loop meshwork's servers use).
+/// connection builders; `inbound::serve`, feature `server`, is the loop meshwork's servers
+/// use).
 ///
 /// Handshakes run concurrently while the stream is polled, within the acceptor's
 /// [`ServerLimits`]: each bounded by its `handshake_timeout` (10 s by default), at most
@@ -420,8 +421,79 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use futures_util::StreamExt as _;
+    use tokio::io::AsyncReadExt as _;
 
     use super::*;
+
+    async fn listen() -> (TcpListener, SocketAddr) {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    /// Whether the acceptor side closes `conn` within `bound`.
+    async fn closed_within(mut conn: TcpStream, bound: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(bound, conn.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_on_arrival_until_a_slot_frees() {
+        let (listener, addr) = listen().await;
+        let mut acceptor =
+            MeshAcceptor::plaintext(listener).limits(ServerLimits::new().max_connections(Some(2)));
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let first = acceptor.next().await.unwrap().unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        let _second = acceptor.next().await.unwrap().unwrap();
+
+        let third = TcpStream::connect(addr).await.unwrap();
+        let closed = tokio::select! {
+            _ = acceptor.next() => panic!("a connection beyond the limit was yielded"),
+            closed = closed_within(third, Duration::from_secs(5)) => closed,
+        };
+        assert!(closed, "a connection beyond the limit stayed open");
+
+        drop(first);
+        let _d = TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), acceptor.next())
+            .await
+            .expect("a freed slot admits the next connection")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn a_full_handshake_table_drops_its_oldest_handshake_for_a_newcomer() {
+        use crate::identity::StaticSource;
+        use crate::identity::testing::TestCa;
+
+        let ca = TestCa::new("example.org");
+        let mtls = MtlsConfig::new(Arc::new(StaticSource::new(
+            Some(ca.svid("/ns/default/sa/server")),
+            ca.bundles(),
+        )));
+        let (listener, addr) = listen().await;
+        let limits = ServerLimits::new()
+            .max_concurrent_handshakes(2)
+            .handshake_timeout(Duration::from_secs(60));
+        let mut acceptor = MeshAcceptor::new(listener, &mtls).unwrap().limits(limits);
+        tokio::spawn(async move { while acceptor.next().await.is_some() {} });
+
+        let oldest = TcpStream::connect(addr).await.unwrap();
+        let second = TcpStream::connect(addr).await.unwrap();
+        let _newcomer = TcpStream::connect(addr).await.unwrap();
+        // Dropped long before its 60 s handshake timeout...
+        assert!(closed_within(oldest, Duration::from_secs(5)).await);
+        // ...while the younger one keeps its slot.
+        assert!(!closed_within(second, Duration::from_millis(300)).await);
+    }
 
     /// An accept loop that keeps failing (EMFILE) tries once per pause, not in a spin.
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The adapters use these pieces: `meshwork-grpc`'s server and `meshwork-http`'s both run
-//! [`serve`] (feature `server`: hyper-util connections over a [`MeshAcceptor`]), the first
+//! `serve` (feature `server`: hyper-util connections over a [`MeshAcceptor`]), the first
 //! with tonic's routes as the service, HTTP/2 only. [`ServerLimits`] bounds what each client
 //! may hold: handshakes, connections, streams, and how long a connection lives. Both answer
 //! a denied request without calling the application: `grpc-status: 7` (PERMISSION_DENIED)
