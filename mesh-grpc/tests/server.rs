@@ -386,3 +386,67 @@ async fn silent_and_quiet_connections_neither_starve_a_call_nor_stay_open() {
     );
     assert!(flood.iter().all(|c| *c), "silent TCP still open: {flood:?}");
 }
+
+/// The server's first SETTINGS frame, as (identifier, value) pairs, read off a raw h2c
+/// connection.
+async fn server_settings(addr: SocketAddr) -> Vec<(u16, u32)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The client preface, then an empty SETTINGS frame.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut header = [0u8; 9];
+    tcp.read_exact(&mut header).await.unwrap();
+    assert_eq!(header[3], 0x4, "the server speaks first with SETTINGS");
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_server_advertises_its_stream_and_header_limits() {
+    use meshwork_core::inbound::ServerLimits;
+
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+    let (addr, _stop, _task) = start(MeshServer::plaintext().add_service(greeter("A"))).await;
+    let settings = server_settings(addr).await;
+    assert!(
+        settings.contains(&(MAX_CONCURRENT_STREAMS, 1024)),
+        "{settings:?}"
+    );
+    assert!(
+        settings.contains(&(MAX_HEADER_LIST_SIZE, 60 * 1024)),
+        "{settings:?}"
+    );
+
+    let limits = ServerLimits::new()
+        .max_concurrent_streams(7)
+        .max_header_list_size(8 * 1024);
+    let (addr, _stop, _task) = start(
+        MeshServer::plaintext()
+            .limits(limits)
+            .add_service(greeter("A")),
+    )
+    .await;
+    let settings = server_settings(addr).await;
+    assert!(
+        settings.contains(&(MAX_CONCURRENT_STREAMS, 7)),
+        "{settings:?}"
+    );
+    assert!(
+        settings.contains(&(MAX_HEADER_LIST_SIZE, 8 * 1024)),
+        "{settings:?}"
+    );
+}
