@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::identity::SvidSource;
+use crate::inbound::{HttpVersions, MeshAcceptor, ServerLimits};
 use crate::xds::client::XdsClient;
 
 /// The address [`Admin::bind`] uses by default: loopback only.
@@ -63,6 +63,7 @@ pub struct Admin {
     xds: Option<XdsClient>,
     svid: Option<Arc<dyn SvidSource>>,
     ready: Readiness,
+    limits: ServerLimits,
 }
 
 impl std::fmt::Debug for Admin {
@@ -71,11 +72,13 @@ impl std::fmt::Debug for Admin {
             .field("xds", &self.xds.is_some())
             .field("svid", &self.svid.is_some())
             .field("ready", &self.ready.get())
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
-/// A running admin endpoint; stops when dropped.
+/// A running admin endpoint; stops accepting when dropped (connections already open
+/// finish their requests and close at their limits).
 #[derive(Debug)]
 pub struct AdminHandle {
     local_addr: SocketAddr,
@@ -119,6 +122,14 @@ impl Admin {
         self
     }
 
+    /// Bounds what clients may hold (default [`ServerLimits::default`]: among others a 30 s
+    /// header-read timeout, a 1 h idle timeout and 10 000 connections). The endpoint speaks
+    /// HTTP/1.1 only, so the HTTP/2 limits do not apply.
+    pub fn limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Listens on `address` ([`DEFAULT_ADDRESS`], loopback, when `None`) and serves in a
     /// task on the current runtime.
     pub async fn bind(self, address: Option<SocketAddr>) -> std::io::Result<AdminHandle> {
@@ -131,24 +142,18 @@ impl Admin {
         let local_addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let acceptor = MeshAcceptor::plaintext(listener).limits(self.limits.clone());
         let admin = Arc::new(self);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let admin = admin.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.answer(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        let svc = tower::service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.answer(req).await) }
         });
+        let task = tokio::spawn(crate::inbound::serve(
+            acceptor,
+            HttpVersions::Http1,
+            svc,
+            std::future::pending(),
+        ));
         AdminHandle { local_addr, task }
     }
 
@@ -261,5 +266,44 @@ mod tests {
         assert!(v["not_after"].as_i64().unwrap() > v["not_before"].as_i64().unwrap());
         assert_eq!(get(addr, "/config_dump").await, (200, "[]".into()));
         assert_eq!(get(addr, "/nope").await.0, 404);
+    }
+
+    #[tokio::test]
+    async fn silent_and_slow_clients_neither_starve_the_endpoint_nor_stay_connected() {
+        use std::time::Duration;
+
+        use crate::inbound::testing::{closed_within, silent, slowloris};
+
+        let limits = ServerLimits::new()
+            .header_read_timeout(Duration::from_millis(800))
+            .idle_timeout(Some(Duration::from_millis(800)))
+            .drain_grace(Duration::from_millis(300));
+        let admin = Admin::new()
+            .limits(limits)
+            .bind(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+            .await
+            .unwrap();
+        let addr = admin.local_addr();
+        let mut slow = Vec::new();
+        for _ in 0..3 {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            slow.push(slowloris(tcp, Duration::from_millis(50)));
+        }
+        let flood = silent(addr, 32).await.unwrap();
+
+        let answered = tokio::time::timeout(Duration::from_secs(2), get(addr, "/ready")).await;
+        assert_eq!(answered.expect("the admin endpoint was starved").0, 503);
+
+        let bound = Duration::from_secs(5);
+        let (slow, flood) = futures_util::future::join(
+            futures_util::future::join_all(slow.into_iter().map(|c| closed_within(c, bound))),
+            futures_util::future::join_all(flood.into_iter().map(|c| closed_within(c, bound))),
+        )
+        .await;
+        assert!(slow.iter().all(|c| *c), "slowloris still open: {slow:?}");
+        assert!(
+            flood.iter().all(|c| *c),
+            "silent connections still open: {flood:?}"
+        );
     }
 }

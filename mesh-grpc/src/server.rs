@@ -3,23 +3,18 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use meshwork_core::identity::{IdentityError, MtlsConfig};
 use meshwork_core::inbound::{
-    AuthorizationPolicy, ConnectionInfo, InboundLayer, InboundStream, MeshAcceptor,
+    AuthorizationPolicy, HttpVersions, InboundLayer, MeshAcceptor, ServerLimits,
 };
 use meshwork_core::telemetry::{ServerLayer, Telemetry};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic::transport::server::Connected;
+use tower::Layer as _;
 
 /// Serves tonic services over SPIFFE mTLS with an authorization policy: the server half of
 /// joining the mesh.
@@ -39,8 +34,18 @@ use tonic::transport::server::Connected;
 /// through [`telemetry`](Self::telemetry).
 ///
 /// [`serve_with_shutdown`](Self::serve_with_shutdown) stops accepting when the signal fires
-/// and returns once the calls in flight have finished (tonic's graceful shutdown: HTTP/2
-/// GOAWAY, then drain).
+/// and returns once the calls in flight have finished (HTTP/2 GOAWAY, then drain).
+///
+/// Connections are served by meshwork-core's [`serve`](meshwork_core::inbound::serve)
+/// (hyper's HTTP/2 server, as in tonic's own), within [`ServerLimits`]
+/// ([`limits`](Self::limits)): by default 10 s per TLS handshake, 1024 handshakes in
+/// progress (the oldest dropped for a newcomer), 10 000 connections, 60 KiB of headers, 1024
+/// concurrent streams per connection (tonic's default is unlimited), gRFC A8's keepalive
+/// (ping after 2 h, 20 s to answer), a 1 h idle timeout (gRFC A9's `max_connection_idle`,
+/// off in gRPC, on in Envoy), and a graceful close (GOAWAY, 30 s to drain) when the
+/// client's certificate expires; gRFC A9's `max_connection_age` is off unless set. The
+/// table in [`ServerLimits`] names the anchor of each. The caller's `grpc-timeout` is not
+/// enforced here: the caller cancels the call at its deadline, which drops the handler.
 ///
 /// [`Authorizer`]: meshwork_core::identity::Authorizer
 ///
@@ -69,7 +74,7 @@ use tonic::transport::server::Connected;
 pub struct MeshServer {
     mtls: Option<MtlsConfig>,
     policy: Option<AuthorizationPolicy>,
-    handshake_timeout: Duration,
+    limits: ServerLimits,
     routes: Routes,
     telemetry: Option<Telemetry>,
     /// The names of the services added one by one (for telemetry's method names).
@@ -81,7 +86,7 @@ impl fmt::Debug for MeshServer {
         f.debug_struct("MeshServer")
             .field("mtls", &self.mtls)
             .field("policy", &self.policy)
-            .field("handshake_timeout", &self.handshake_timeout)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -93,7 +98,8 @@ pub enum ServerError {
     /// The TLS server configuration could not be built from the identity.
     #[error("the server's TLS configuration: {0}")]
     Identity(#[from] IdentityError),
-    /// tonic's server failed.
+    /// tonic's server failed (not returned since meshwork serves connections itself; kept
+    /// so that matching code keeps compiling).
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -114,7 +120,7 @@ impl MeshServer {
         Self {
             mtls,
             policy: None,
-            handshake_timeout: Duration::from_secs(10),
+            limits: ServerLimits::default(),
             routes: Routes::default(),
             telemetry: None,
             services: Vec::new(),
@@ -136,9 +142,18 @@ impl MeshServer {
         self
     }
 
-    /// Bounds each TLS handshake (10 s by default).
+    /// Bounds each TLS handshake (10 s by default); the same as setting
+    /// [`ServerLimits::handshake_timeout`].
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.limits = self.limits.handshake_timeout(timeout);
+        self
+    }
+
+    /// Bounds what clients may hold: handshakes, connections, header sizes, streams,
+    /// keepalive, idle time and connection age (default [`ServerLimits::default`]; see the
+    /// [type docs](Self) for the values).
+    pub fn limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -185,74 +200,18 @@ impl MeshServer {
             Some(mtls) => MeshAcceptor::new(listener, mtls)?,
             None => MeshAcceptor::plaintext(listener),
         }
-        .handshake_timeout(self.handshake_timeout);
+        .limits(self.limits);
         if let Ok(addr) = acceptor.local_addr() {
             tracing::debug!(%addr, mtls = self.mtls.is_some(), "meshwork gRPC server listening");
         }
-        let incoming = acceptor.map(|conn| conn.map(TonicStream));
         let telemetry = self.telemetry.unwrap_or_else(Telemetry::global);
         for service in &self.services {
             telemetry.serve_service(service);
         }
-        tonic::transport::Server::builder()
-            // The first layer is the outermost.
-            .layer(ServerLayer::new(telemetry))
-            .layer(InboundLayer::new(self.policy))
-            .add_routes(self.routes.prepare())
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await?;
+        // The first layer is the outermost.
+        let app = ServerLayer::new(telemetry)
+            .layer(InboundLayer::new(self.policy).layer(self.routes.prepare()));
+        meshwork_core::inbound::serve(acceptor, HttpVersions::Http2, app, signal).await;
         Ok(())
-    }
-}
-
-/// An accepted connection as tonic's server wants it: tonic puts its [`ConnectionInfo`]
-/// into every request's extensions, where [`InboundLayer`] finds the caller.
-struct TonicStream(InboundStream);
-
-impl Connected for TonicStream {
-    type ConnectInfo = ConnectionInfo;
-
-    fn connect_info(&self) -> ConnectionInfo {
-        self.0.info().clone()
-    }
-}
-
-impl AsyncRead for TonicStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TonicStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }

@@ -333,3 +333,120 @@ async fn graceful_shutdown_lets_the_call_in_flight_finish() {
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn silent_and_quiet_connections_neither_starve_a_call_nor_stay_open() {
+    use meshwork_core::identity::Authorizer;
+    use meshwork_core::inbound::ServerLimits;
+    use meshwork_core::inbound::testing::{closed_within, silent, tls_silent};
+
+    let ca = TestCa::new("example.org");
+    let limits = ServerLimits::new()
+        .handshake_timeout(Duration::from_secs(2))
+        .max_concurrent_handshakes(4)
+        .idle_timeout(Some(Duration::from_millis(800)))
+        .drain_grace(Duration::from_millis(300));
+    let (addr, _stop, _task) = start(
+        MeshServer::new(mtls(&ca, "/ns/default/sa/greeter"))
+            .limits(limits)
+            .add_service(greeter("A")),
+    )
+    .await;
+
+    // Clients that complete TLS and then never send the HTTP/2 preface...
+    let h2 = Arc::new(
+        mtls(&ca, "/ns/default/sa/quiet")
+            .authorizer(Authorizer::Any)
+            .alpn_protocols(vec![b"h2".to_vec()])
+            .client_config()
+            .unwrap(),
+    );
+    let mut quiet = Vec::new();
+    for _ in 0..3 {
+        quiet.push(tls_silent(addr, h2.clone()).await.unwrap());
+    }
+    // ...and more silent TCP connections than there are handshake slots.
+    let flood = silent(addr, 32).await.unwrap();
+
+    let channel = mtls_channel(addr, mtls(&ca, "/ns/default/sa/client"));
+    let reply = tokio::time::timeout(Duration::from_secs(2), say_hello(&channel))
+        .await
+        .expect("the real call was starved");
+    assert_eq!(reply.unwrap(), format!("A: hello hi from {CLIENT_ID}"));
+
+    let bound = Duration::from_secs(5);
+    let (quiet, flood) = futures_util::future::join(
+        futures_util::future::join_all(quiet.into_iter().map(|c| closed_within(c, bound))),
+        futures_util::future::join_all(flood.into_iter().map(|c| closed_within(c, bound))),
+    )
+    .await;
+    assert!(
+        quiet.iter().all(|c| *c),
+        "quiet HTTP/2 still open: {quiet:?}"
+    );
+    assert!(flood.iter().all(|c| *c), "silent TCP still open: {flood:?}");
+}
+
+/// The server's first SETTINGS frame, as (identifier, value) pairs, read off a raw h2c
+/// connection.
+async fn server_settings(addr: SocketAddr) -> Vec<(u16, u32)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The client preface, then an empty SETTINGS frame.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut header = [0u8; 9];
+    tcp.read_exact(&mut header).await.unwrap();
+    assert_eq!(header[3], 0x4, "the server speaks first with SETTINGS");
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_server_advertises_its_stream_and_header_limits() {
+    use meshwork_core::inbound::ServerLimits;
+
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+    let (addr, _stop, _task) = start(MeshServer::plaintext().add_service(greeter("A"))).await;
+    let settings = server_settings(addr).await;
+    assert!(
+        settings.contains(&(MAX_CONCURRENT_STREAMS, 1024)),
+        "{settings:?}"
+    );
+    assert!(
+        settings.contains(&(MAX_HEADER_LIST_SIZE, 60 * 1024)),
+        "{settings:?}"
+    );
+
+    let limits = ServerLimits::new()
+        .max_concurrent_streams(7)
+        .max_header_list_size(8 * 1024);
+    let (addr, _stop, _task) = start(
+        MeshServer::plaintext()
+            .limits(limits)
+            .add_service(greeter("A")),
+    )
+    .await;
+    let settings = server_settings(addr).await;
+    assert!(
+        settings.contains(&(MAX_CONCURRENT_STREAMS, 7)),
+        "{settings:?}"
+    );
+    assert!(
+        settings.contains(&(MAX_HEADER_LIST_SIZE, 8 * 1024)),
+        "{settings:?}"
+    );
+}

@@ -7,15 +7,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use meshwork_core::identity::{IdentityError, MtlsConfig};
-use meshwork_core::inbound::{AuthorizationPolicy, ConnectionInfo, InboundLayer, MeshAcceptor};
+use meshwork_core::inbound::{
+    AuthorizationPolicy, HttpVersions, InboundLayer, MeshAcceptor, ServerLimits,
+};
 use meshwork_core::telemetry::{ServerLayer, Telemetry};
 use pin_project_lite::pin_project;
 use tokio::net::TcpListener;
@@ -30,12 +27,20 @@ use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 /// Per connection: [`MeshAcceptor`] (TLS handshake with our SVID; the client's SVID is
 /// verified, and a failed handshake never reaches the service), then hyper-util's `auto`
 /// connection (HTTP/1.1 or HTTP/2 by the client's preface, upgrades allowed), then per
-/// request the connection's [`ConnectionInfo`] into the extensions, [`InboundLayer`]
+/// request the connection's [`ConnectionInfo`](meshwork_core::inbound::ConnectionInfo) into the extensions, [`InboundLayer`]
 /// (the caller's `PeerIdentity`; a request the policy denies is answered `403 Forbidden`,
 /// or `grpc-status: 7` for gRPC, without calling the service), then the service. Outermost,
 /// [`ServerLayer`] traces and measures every request, denied ones included: a server span
 /// that continues the caller's trace (W3C `traceparent`), current while the service runs,
 /// and `http.server.request.duration` (the gRPC names for gRPC requests).
+///
+/// What a client may hold is bounded by [`ServerLimits`] ([`limits`](Self::limits)): by
+/// default 10 s per TLS handshake, 1024 handshakes in progress (the oldest dropped for a
+/// newcomer), 10 000 connections, 30 s to send an HTTP/1 request head, 60 KiB of HTTP/2
+/// headers, 1024 HTTP/2 streams per connection, gRFC A8's keepalive (ping after 2 h, 20 s to
+/// answer), a 1 h idle timeout, and a graceful close (30 s to drain) when the client's
+/// certificate expires; a maximum connection age is off unless set. The table in
+/// [`ServerLimits`] names the anchor of each.
 ///
 /// ```no_run
 /// use meshwork_http::Server;
@@ -55,7 +60,7 @@ use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 pub struct Server {
     mtls: Option<MtlsConfig>,
     policy: Option<AuthorizationPolicy>,
-    handshake_timeout: Option<Duration>,
+    limits: ServerLimits,
     telemetry: Option<Telemetry>,
 }
 
@@ -64,7 +69,7 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("mtls", &self.mtls.is_some())
             .field("policy", &self.policy)
-            .field("handshake_timeout", &self.handshake_timeout)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -80,7 +85,7 @@ pub enum ServeError {
 
 impl Server {
     /// A server with no identity (plaintext; see [`Server::mtls`]), no authorization policy
-    /// (every request is allowed), and the acceptor's default 10 s handshake timeout.
+    /// (every request is allowed), and the default [`ServerLimits`].
     pub fn new() -> Self {
         Self::default()
     }
@@ -99,9 +104,18 @@ impl Server {
         self
     }
 
-    /// Bounds each TLS handshake (default 10 s).
+    /// Bounds each TLS handshake (default 10 s); the same as setting
+    /// [`ServerLimits::handshake_timeout`].
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = Some(timeout);
+        self.limits = self.limits.handshake_timeout(timeout);
+        self
+    }
+
+    /// Bounds what clients may hold: handshakes, connections, header sizes and times,
+    /// streams, idle time and connection age (default [`ServerLimits::default`]; see the
+    /// [type docs](Self) for the values).
+    pub fn limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -130,6 +144,11 @@ impl Server {
     /// the listener is closed, idle connections are closed, HTTP/2 connections get a GOAWAY,
     /// and requests in flight finish; returns when the last connection has closed. To bound
     /// the wait, wrap this future in a timeout.
+    ///
+    /// # Errors
+    /// [`ServeError::Tls`] when the mTLS configuration cannot make a TLS server
+    /// configuration; serving itself does not fail (a failed accept pauses accepting for
+    /// 1 s, a failed connection is logged at debug level).
     pub async fn serve_with_shutdown<S, B, F>(
         self,
         listener: TcpListener,
@@ -145,13 +164,11 @@ impl Server {
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
-        let mut acceptor = match &self.mtls {
+        let acceptor = match &self.mtls {
             Some(mtls) => MeshAcceptor::new(listener, mtls)?,
             None => MeshAcceptor::plaintext(listener),
-        };
-        if let Some(timeout) = self.handshake_timeout {
-            acceptor = acceptor.handshake_timeout(timeout);
         }
+        .limits(self.limits);
         // The policy answers denials with a default body: the service's body wrapped so it
         // has one, whatever the service's body type.
         let app = InboundLayer::new(self.policy).layer(
@@ -161,68 +178,8 @@ impl Server {
         );
         let telemetry = self.telemetry.unwrap_or_else(Telemetry::global);
         let app = ServerLayer::new(telemetry).layer(app);
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let graceful = GracefulShutdown::new();
-        let mut signal = std::pin::pin!(signal);
-        loop {
-            let stream = tokio::select! {
-                next = acceptor.next() => match next {
-                    Some(Ok(stream)) => stream,
-                    Some(Err(error)) => {
-                        tracing::debug!(%error, "accepting a connection failed");
-                        continue;
-                    }
-                    None => break,
-                },
-                () = &mut signal => break,
-            };
-            let svc = TowerToHyperService::new(WithConnectionInfo {
-                info: stream.info().clone(),
-                inner: app.clone(),
-            });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned();
-            // Boxed here, outside any async block, so that the compiler need not prove the
-            // connection `Send` for every lifetime of the boxed errors in it (a known
-            // limitation of async Send inference).
-            let conn: Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> =
-                Box::pin(graceful.watch(conn));
-            tokio::spawn(async move {
-                if let Err(error) = conn.await {
-                    tracing::debug!(%error, "inbound connection ended with an error");
-                }
-            });
-        }
-        // Stop listening before waiting for the connections to drain.
-        drop(acceptor);
-        graceful.shutdown().await;
+        meshwork_core::inbound::serve(acceptor, HttpVersions::Any, app, signal).await;
         Ok(())
-    }
-}
-
-/// Puts the connection's [`ConnectionInfo`] into every request's extensions.
-#[derive(Clone)]
-struct WithConnectionInfo<S> {
-    info: ConnectionInfo,
-    inner: S,
-}
-
-impl<S, B> Service<http::Request<B>> for WithConnectionInfo<S>
-where
-    S: Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> S::Future {
-        req.extensions_mut().insert(self.info.clone());
-        self.inner.call(req)
     }
 }
 

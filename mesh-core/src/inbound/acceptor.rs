@@ -1,6 +1,7 @@
 //! Accepting connections: TCP, then a TLS handshake with our SVID that verifies the
 //! client's.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -8,15 +9,23 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
+use futures_util::future::{AbortHandle, abortable};
 use futures_util::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
+use super::limits::ServerLimits;
 use crate::identity::{IdentityError, MtlsConfig, PeerIdentity};
+
+/// How long accepting pauses after `accept` fails (out of file descriptors, mostly): the
+/// failure repeats until a connection closes, so retrying at once only burns a core. One
+/// second, as hyper 0.14's `AddrIncoming` and axum's `serve` pause.
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// What the server knows about one accepted connection; adapters put it into the extensions
 /// of every request that arrives on it.
@@ -62,6 +71,9 @@ impl ConnectionInfo {
 pub struct InboundStream {
     io: Io,
     info: ConnectionInfo,
+    peer_not_after: Option<SystemTime>,
+    /// The connection's slot under [`ServerLimits::max_connections`], freed on drop.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 enum Io {
@@ -73,6 +85,12 @@ impl InboundStream {
     /// What is known about this connection.
     pub fn info(&self) -> &ConnectionInfo {
         &self.info
+    }
+
+    /// When the client's certificate chain stops being valid: the earliest `notAfter` of
+    /// the certificates it presented (`None` on plaintext).
+    pub fn peer_not_after(&self) -> Option<SystemTime> {
+        self.peer_not_after
     }
 
     /// The ALPN protocol the TLS handshake agreed on (`None` on plaintext or without ALPN).
@@ -151,35 +169,73 @@ impl AsyncWrite for InboundStream {
     }
 }
 
-type Handshake = Pin<Box<dyn Future<Output = Option<InboundStream>> + Send>>;
+type Handshake = Pin<Box<dyn Future<Output = (u64, Option<InboundStream>)> + Send>>;
+
+/// Where connections come from: a TCP listener, or in tests a scripted source of accept
+/// results.
+enum Listener {
+    Tcp(TcpListener),
+    #[cfg(test)]
+    Failing(Arc<std::sync::atomic::AtomicUsize>),
+}
+
+impl Listener {
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+        match self {
+            Listener::Tcp(listener) => listener.poll_accept(cx),
+            #[cfg(test)]
+            Listener::Failing(attempts) => {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // EMFILE: what accept says when the process is out of file descriptors.
+                Poll::Ready(Err(io::Error::from_raw_os_error(24)))
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Listener::Tcp(listener) => listener.local_addr(),
+            #[cfg(test)]
+            Listener::Failing(_) => Ok(SocketAddr::from(([127, 0, 0, 1], 0))),
+        }
+    }
+}
 
 /// Accepts connections on a listener and yields them once their TLS handshake verified the
-/// client's SVID: a `Stream` of [`InboundStream`]s for a server's accept loop (tonic's
-/// `serve_with_incoming`, or hyper-util's connection builders).
+/// client's SVID: a `Stream` of [`InboundStream`]s for a server's accept loop (hyper-util's
+/// connection builders; `inbound::serve`, feature `server`, is the loop meshwork's servers
+/// use).
 ///
-/// Handshakes run concurrently while the stream is polled, each bounded by
-/// [`handshake_timeout`](Self::handshake_timeout) (10 s by default), so a slow or silent
-/// client cannot hold up the others. A failed handshake (no SVID, an SVID the
-/// [`MtlsConfig`]'s verifier rejects, a timeout) is logged at debug level with its reason and
-/// skipped; it never ends the stream. An error from `accept` itself (out of file
-/// descriptors) is logged, and accepting pauses for 50 ms so the loop does not spin.
+/// Handshakes run concurrently while the stream is polled, within the acceptor's
+/// [`ServerLimits`]: each bounded by its `handshake_timeout` (10 s by default), at most
+/// `max_concurrent_handshakes` at once (when full, the oldest is dropped for the newcomer),
+/// and at most `max_connections` connections alive, established ones included (more are
+/// closed as they arrive). A slow or silent client therefore cannot hold up the others. A
+/// failed handshake (no SVID, an SVID the [`MtlsConfig`]'s verifier rejects, a timeout) is
+/// logged at debug level with its reason and skipped; it never ends the stream. An error
+/// from `accept` itself (out of file descriptors) is logged, and accepting pauses for 1 s
+/// (hyper 0.14's and axum's pause) so the loop does not spin.
 ///
 /// The server configuration is built once, from the [`MtlsConfig`]; its certificate resolver
 /// and verifier read the SVID source on every handshake, so rotation needs no rebuild.
 pub struct MeshAcceptor {
-    listener: TcpListener,
+    listener: Listener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    handshake_timeout: Duration,
+    limits: ServerLimits,
     handshakes: FuturesUnordered<Handshake>,
+    /// The handshakes in progress by age (ids grow), to drop the oldest when full.
+    in_progress: BTreeMap<u64, AbortHandle>,
+    next_id: u64,
+    connections: Option<Arc<Semaphore>>,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl fmt::Debug for MeshAcceptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MeshAcceptor")
-            .field("listener", &self.listener)
+            .field("local_addr", &self.listener.local_addr().ok())
             .field("tls", &self.tls.is_some())
-            .field("handshake_timeout", &self.handshake_timeout)
+            .field("limits", &self.limits)
             .field("handshakes_in_progress", &self.handshakes.len())
             .finish()
     }
@@ -192,7 +248,7 @@ impl MeshAcceptor {
     pub fn new(listener: TcpListener, mtls: &MtlsConfig) -> Result<Self, IdentityError> {
         let config = Arc::new(mtls.server_config()?);
         Ok(Self::with_tls(
-            listener,
+            Listener::Tcp(listener),
             Some(tokio_rustls::TlsAcceptor::from(config)),
         ))
     }
@@ -200,22 +256,43 @@ impl MeshAcceptor {
     /// Accepts plaintext connections (no identity; an authorization policy that names
     /// principals denies their requests).
     pub fn plaintext(listener: TcpListener) -> Self {
-        Self::with_tls(listener, None)
+        Self::with_tls(Listener::Tcp(listener), None)
     }
 
-    fn with_tls(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    fn with_tls(listener: Listener, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         Self {
             listener,
             tls,
-            handshake_timeout: Duration::from_secs(10),
+            limits: ServerLimits::default(),
             handshakes: FuturesUnordered::new(),
+            in_progress: BTreeMap::new(),
+            next_id: 0,
+            connections: None,
             backoff: None,
         }
+        .limits(ServerLimits::default())
     }
 
-    /// Bounds each TLS handshake (10 s by default).
+    /// Accepts within `limits` (default: [`ServerLimits::default`]). Call it before the
+    /// first connection is accepted: connections already accepted keep the old count.
+    pub fn limits(mut self, limits: ServerLimits) -> Self {
+        self.connections = limits
+            .max_connections
+            .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))));
+        self.limits = limits;
+        self
+    }
+
+    /// The limits this acceptor applies, and that a server serving its connections applies
+    /// to them.
+    pub fn server_limits(&self) -> &ServerLimits {
+        &self.limits
+    }
+
+    /// Bounds each TLS handshake (10 s by default); the same as setting
+    /// [`ServerLimits::handshake_timeout`].
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.limits.handshake_timeout = timeout;
         self
     }
 
@@ -224,25 +301,56 @@ impl MeshAcceptor {
         self.listener.local_addr()
     }
 
-    fn start(&self, tcp: TcpStream, remote_addr: SocketAddr) -> Handshake {
+    fn start(&mut self, tcp: TcpStream, remote_addr: SocketAddr) {
+        let slot = match &self.connections {
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    tracing::debug!(%remote_addr, "connection limit reached; closing a new connection");
+                    return;
+                }
+            },
+            None => None,
+        };
+        if self.in_progress.len() >= self.limits.max_concurrent_handshakes
+            && let Some((_, oldest)) = self.in_progress.pop_first()
+        {
+            tracing::debug!("too many TLS handshakes in progress; dropping the oldest");
+            oldest.abort();
+        }
         let local_addr = tcp.local_addr().unwrap_or(remote_addr);
         let _ = tcp.set_nodelay(true);
+        let id = self.next_id;
+        self.next_id += 1;
         let Some(tls) = self.tls.clone() else {
             let info = ConnectionInfo::new(remote_addr, local_addr, None);
-            return Box::pin(std::future::ready(Some(InboundStream {
-                io: Io::Plain(tcp),
-                info,
-            })));
+            self.handshakes.push(Box::pin(std::future::ready((
+                id,
+                Some(InboundStream {
+                    io: Io::Plain(tcp),
+                    info,
+                    peer_not_after: None,
+                    _slot: slot,
+                }),
+            ))));
+            return;
         };
-        let timeout = self.handshake_timeout;
-        Box::pin(async move {
+        let timeout = self.limits.handshake_timeout;
+        let (handshake, abort) = abortable(async move {
             match tokio::time::timeout(timeout, tls.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let peer = PeerIdentity::from_server_stream(&stream);
+                    let peer_not_after = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(earliest_not_after);
                     let info = ConnectionInfo::new(remote_addr, local_addr, peer);
                     Some(InboundStream {
                         io: Io::Tls(Box::new(stream)),
                         info,
+                        peer_not_after,
+                        _slot: slot,
                     })
                 }
                 Ok(Err(error)) => {
@@ -254,8 +362,26 @@ impl MeshAcceptor {
                     None
                 }
             }
-        })
+        });
+        self.in_progress.insert(id, abort);
+        self.handshakes.push(Box::pin(
+            async move { (id, handshake.await.ok().flatten()) },
+        ));
     }
+}
+
+/// The earliest `notAfter` in a certificate chain; `None` if none parses (the verifier
+/// accepted the chain, so that does not happen for a verified peer).
+fn earliest_not_after(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<SystemTime> {
+    chain
+        .iter()
+        .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, cert)| cert.validity().not_after.timestamp())
+        .min()
+        .map(|secs| match u64::try_from(secs) {
+            Ok(secs) => SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            Err(_) => SystemTime::UNIX_EPOCH,
+        })
 }
 
 impl Stream for MeshAcceptor {
@@ -271,23 +397,116 @@ impl Stream for MeshAcceptor {
                 this.backoff = None;
             }
             match this.listener.poll_accept(cx) {
-                Poll::Ready(Ok((tcp, remote_addr))) => {
-                    let handshake = this.start(tcp, remote_addr);
-                    this.handshakes.push(handshake);
-                }
+                Poll::Ready(Ok((tcp, remote_addr))) => this.start(tcp, remote_addr),
                 Poll::Ready(Err(error)) => {
-                    tracing::warn!(%error, "accepting a connection failed; pausing 50 ms");
-                    this.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+                    tracing::warn!(%error, "accepting a connection failed; pausing 1 s");
+                    this.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_ERROR_PAUSE)));
                 }
                 Poll::Pending => break,
             }
         }
         // Bounded: each poll of the set completes at most the handshakes that are done.
-        while let Poll::Ready(Some(done)) = Pin::new(&mut this.handshakes).poll_next(cx) {
+        while let Poll::Ready(Some((id, done))) = Pin::new(&mut this.handshakes).poll_next(cx) {
+            this.in_progress.remove(&id);
             if let Some(stream) = done {
                 return Poll::Ready(Some(Ok(stream)));
             }
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    async fn listen() -> (TcpListener, SocketAddr) {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    /// Whether the acceptor side closes `conn` within `bound`.
+    async fn closed_within(mut conn: TcpStream, bound: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(bound, conn.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_on_arrival_until_a_slot_frees() {
+        let (listener, addr) = listen().await;
+        let mut acceptor =
+            MeshAcceptor::plaintext(listener).limits(ServerLimits::new().max_connections(Some(2)));
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let first = acceptor.next().await.unwrap().unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        let _second = acceptor.next().await.unwrap().unwrap();
+
+        let third = TcpStream::connect(addr).await.unwrap();
+        let closed = tokio::select! {
+            _ = acceptor.next() => panic!("a connection beyond the limit was yielded"),
+            closed = closed_within(third, Duration::from_secs(5)) => closed,
+        };
+        assert!(closed, "a connection beyond the limit stayed open");
+
+        drop(first);
+        let _d = TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), acceptor.next())
+            .await
+            .expect("a freed slot admits the next connection")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn a_full_handshake_table_drops_its_oldest_handshake_for_a_newcomer() {
+        use crate::identity::StaticSource;
+        use crate::identity::testing::TestCa;
+
+        let ca = TestCa::new("example.org");
+        let mtls = MtlsConfig::new(Arc::new(StaticSource::new(
+            Some(ca.svid("/ns/default/sa/server")),
+            ca.bundles(),
+        )));
+        let (listener, addr) = listen().await;
+        let limits = ServerLimits::new()
+            .max_concurrent_handshakes(2)
+            .handshake_timeout(Duration::from_secs(60));
+        let mut acceptor = MeshAcceptor::new(listener, &mtls).unwrap().limits(limits);
+        tokio::spawn(async move { while acceptor.next().await.is_some() {} });
+
+        let oldest = TcpStream::connect(addr).await.unwrap();
+        let second = TcpStream::connect(addr).await.unwrap();
+        let _newcomer = TcpStream::connect(addr).await.unwrap();
+        // Dropped long before its 60 s handshake timeout...
+        assert!(closed_within(oldest, Duration::from_secs(5)).await);
+        // ...while the younger one keeps its slot.
+        assert!(!closed_within(second, Duration::from_millis(300)).await);
+    }
+
+    /// An accept loop that keeps failing (EMFILE) tries once per pause, not in a spin.
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_pause_the_loop() {
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let mut acceptor = MeshAcceptor::with_tls(Listener::Failing(attempts.clone()), None);
+        let polled = tokio::time::timeout(Duration::from_secs(10), acceptor.next()).await;
+        assert!(polled.is_err(), "a failing listener yields nothing");
+        let attempts = attempts.load(Ordering::Relaxed);
+        // One attempt at 0 s and one after each 1 s pause: 11 in 10 s.
+        assert!(
+            (10..=11).contains(&attempts),
+            "{attempts} accept attempts in 10 s of errors"
+        );
     }
 }

@@ -9,8 +9,10 @@
 //!             ─> the application's service
 //! ```
 //!
-//! The adapters use these pieces: `meshwork-grpc`'s server builder hands the
-//! [`MeshAcceptor`] to tonic, `meshwork-http`'s serves any hyper service over it. Both answer
+//! The adapters use these pieces: `meshwork-grpc`'s server and `meshwork-http`'s both run
+//! `serve` (feature `server`: hyper-util connections over a [`MeshAcceptor`]), the first
+//! with tonic's routes as the service, HTTP/2 only. [`ServerLimits`] bounds what each client
+//! may hold: handshakes, connections, streams, and how long a connection lives. Both answer
 //! a denied request without calling the application: `grpc-status: 7` (PERMISSION_DENIED)
 //! for gRPC, `403 Forbidden` otherwise. With a policy, the path a service receives is the
 //! normalised path the policy judged ([`normalize_path`]), and a request whose path cannot
@@ -18,14 +20,22 @@
 
 mod acceptor;
 mod layer;
+mod limits;
 mod policy;
+#[cfg(feature = "server")]
+mod serve;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use acceptor::{ConnectionInfo, InboundStream, MeshAcceptor};
 pub use layer::{AuthorizationDenied, Inbound, InboundFuture, InboundLayer};
+pub use limits::ServerLimits;
 pub use policy::{
     AuthorizationPolicy, Decision, DenyReason, Operation, PathError, Principal, RequestAttributes,
     Rule, normalize_path,
 };
+#[cfg(feature = "server")]
+pub use serve::{HttpVersions, serve};
 
 #[cfg(test)]
 mod tests;
