@@ -65,6 +65,7 @@ use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 pub use meshwork_core as core;
 
 mod connect;
+mod deadline;
 mod server;
 
 pub use meshwork_core::upstream::ConnectError;

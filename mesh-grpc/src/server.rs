@@ -16,6 +16,8 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 use tower::Layer as _;
 
+use crate::deadline::Deadline;
+
 /// Serves tonic services over SPIFFE mTLS with an authorization policy: the server half of
 /// joining the mesh.
 ///
@@ -44,8 +46,9 @@ use tower::Layer as _;
 /// (ping after 2 h, 20 s to answer), a 1 h idle timeout (gRFC A9's `max_connection_idle`,
 /// off in gRPC, on in Envoy), and a graceful close (GOAWAY, 30 s to drain) when the
 /// client's certificate expires; gRFC A9's `max_connection_age` is off unless set. The
-/// table in [`ServerLimits`] names the anchor of each. The caller's `grpc-timeout` is not
-/// enforced here: the caller cancels the call at its deadline, which drops the handler.
+/// table in [`ServerLimits`] names the anchor of each. The caller's `grpc-timeout` is
+/// enforced as gRPC servers do: a handler that has not answered by then is dropped and the
+/// call answered `DEADLINE_EXCEEDED`.
 ///
 /// [`Authorizer`]: meshwork_core::identity::Authorizer
 ///
@@ -210,7 +213,7 @@ impl MeshServer {
         }
         // The first layer is the outermost.
         let app = ServerLayer::new(telemetry)
-            .layer(InboundLayer::new(self.policy).layer(self.routes.prepare()));
+            .layer(InboundLayer::new(self.policy).layer(Deadline::new(self.routes.prepare())));
         meshwork_core::inbound::serve(acceptor, HttpVersions::Http2, app, signal).await;
         Ok(())
     }
