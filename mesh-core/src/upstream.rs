@@ -229,7 +229,9 @@ impl UpstreamPolicy {
     /// new calls go to a new connection, calls in flight finish on the old one. Envoy's
     /// `max_connection_duration` in a cluster's `common_http_protocol_options` is the
     /// anchor. Whatever this says, a TLS connection is also retired when the server's
-    /// certificate expires.
+    /// certificate expires. A connection that served under a second before it retired
+    /// counts as a failed one for the balancer's reconnect backoff, so ages under a second
+    /// slow reconnection down.
     pub fn max_connection_age(mut self, age: Duration) -> Self {
         self.max_connection_age = Some(age);
         self
