@@ -1,5 +1,6 @@
 //! Endpoint connections: one hyper HTTP/2 connection per endpoint, dialled by
-//! [`meshwork_core::upstream::Dialer`] (TCP, with SPIFFE mTLS when the cluster asks for TLS).
+//! [`meshwork_core::upstream::Dialer`] (TCP, with SPIFFE mTLS when the cluster asks for TLS),
+//! ready once the server's preface arrives and retired at its deadline.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,26 +11,37 @@ use http::Uri;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::retry::{RefusedStream, RetryBody};
-use meshwork_core::upstream::{Dialer, UpstreamIdentity};
+use meshwork_core::upstream::{
+    ConnectError, ConnectionRetired, Dialer, ServerPreface, UpstreamIdentity, UpstreamPolicy,
+};
 use meshwork_core::xds::resource::Cluster;
+use tokio::time::Instant;
 use tower::BoxError;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 type Sender = hyper::client::conn::http2::SendRequest<RetryBody<tonic::body::Body>>;
 
+/// A made connection: its sender and when to retire it.
+#[derive(Clone)]
+struct Connection {
+    sender: Sender,
+    retire_at: Option<Instant>,
+}
+
 /// One endpoint: one HTTP/2 connection (TCP, or TLS with SPIFFE mTLS when the cluster asks
 /// for it), dialled in `poll_ready`. Connected, it is a cheap handle: clones share the
 /// connection and multiplex their calls on it. Its `poll_ready` fails once the connection
-/// is gone, which tells the balancer to make a new endpoint (with backoff) and to send calls
-/// elsewhere meanwhile.
+/// is gone, or once it is due to retire ([`ConnectionRetired`]: its maximum age or the
+/// server certificate's expiry), which tells the balancer to make a new endpoint and to
+/// send calls elsewhere meanwhile; calls already on the old connection finish there.
 pub(crate) struct Endpoint {
     address: SocketAddr,
     dialer: Dialer,
-    sender: Option<Sender>,
+    connection: Option<Connection>,
     // Only ever touched through `&mut self` (`get_mut`, no locking): the mutex is there to
     // make the endpoint `Sync`, which the dial future is not.
-    connecting: Option<std::sync::Mutex<BoxFuture<Result<Sender, BoxError>>>>,
+    connecting: Option<std::sync::Mutex<BoxFuture<Result<Connection, BoxError>>>>,
 }
 
 impl Clone for Endpoint {
@@ -39,37 +51,68 @@ impl Clone for Endpoint {
         Self {
             address: self.address,
             dialer: self.dialer.clone(),
-            sender: self.sender.clone(),
+            connection: self.connection.clone(),
             connecting: None,
         }
     }
 }
 
 impl Endpoint {
-    pub(crate) fn new(cluster: &Cluster, address: SocketAddr, identity: &UpstreamIdentity) -> Self {
+    pub(crate) fn new(
+        cluster: &Cluster,
+        address: SocketAddr,
+        identity: &UpstreamIdentity,
+        policy: &UpstreamPolicy,
+    ) -> Self {
         Self {
             address,
-            dialer: Dialer::new(cluster, address, identity, vec![b"h2".to_vec()]),
-            sender: None,
+            dialer: Dialer::with_policy(cluster, address, identity, policy, vec![b"h2".to_vec()]),
+            connection: None,
             connecting: None,
         }
     }
 }
 
-/// Dials (within the cluster's connect timeout) and runs the HTTP/2 handshake; the
-/// connection is driven by a task of its own until it closes.
-async fn connect(dialer: Dialer) -> Result<Sender, BoxError> {
-    let address = dialer.address();
-    let io = TokioIo::new(dialer.dial().await?);
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(io)
-        .await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(endpoint = %address, %error, "HTTP/2 connection ended");
+/// Aborts the connection's task unless disarmed: a connect that fails or times out after
+/// the HTTP/2 handshake leaves nothing running.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
         }
-    });
-    Ok(sender)
+    }
+}
+
+/// Dials, runs the HTTP/2 handshake and waits for the server's preface, all within the
+/// cluster's connect timeout (as grpc-go's transport counts as ready only once the server's
+/// SETTINGS arrived); the connection is then driven by a task of its own until it closes.
+async fn connect(dialer: Dialer) -> Result<Connection, BoxError> {
+    let address = dialer.address();
+    let timeout = dialer.timeout();
+    let deadline = Instant::now() + timeout;
+    let stream = dialer.dial().await?;
+    let retire_at = dialer.retire_at(&stream);
+    let (io, preface) = ServerPreface::watch(address, stream);
+    let ready = async move {
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(io))
+            .await?;
+        let mut task = AbortOnDrop(Some(tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(endpoint = %address, %error, "HTTP/2 connection ended");
+            }
+        })));
+        preface.wait().await?;
+        task.0 = None;
+        Ok::<_, BoxError>(sender)
+    };
+    let sender = match tokio::time::timeout_at(deadline, ready).await {
+        Ok(r) => r?,
+        Err(_) => return Err(ConnectError::Timeout { address, timeout }.into()),
+    };
+    Ok(Connection { sender, retire_at })
 }
 
 impl tower::Service<http::Request<RetryBody<tonic::body::Body>>> for Endpoint {
@@ -78,7 +121,7 @@ impl tower::Service<http::Request<RetryBody<tonic::body::Body>>> for Endpoint {
     type Future = BoxFuture<Result<http::Response<Incoming>, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.sender.is_none() {
+        if self.connection.is_none() {
             let dialer = self.dialer.clone();
             let connecting = self
                 .connecting
@@ -87,10 +130,13 @@ impl tower::Service<http::Request<RetryBody<tonic::body::Body>>> for Endpoint {
                 .unwrap_or_else(|e| e.into_inner());
             let result = std::task::ready!(connecting.as_mut().poll(cx));
             self.connecting = None;
-            self.sender = Some(result?);
+            self.connection = Some(result?);
         }
-        match &mut self.sender {
-            Some(sender) => sender.poll_ready(cx).map_err(Into::into),
+        match &mut self.connection {
+            Some(c) if c.retire_at.is_some_and(|t| t <= Instant::now()) => {
+                Poll::Ready(Err(ConnectionRetired::new(self.address).into()))
+            }
+            Some(c) => c.sender.poll_ready(cx).map_err(Into::into),
             None => Poll::Pending,
         }
     }
@@ -116,7 +162,7 @@ impl tower::Service<http::Request<RetryBody<tonic::body::Body>>> for Endpoint {
             Ok(uri) => *req.uri_mut() = uri,
             Err(e) => return Box::pin(async move { Err(e.into()) }),
         }
-        let Some(sender) = &mut self.sender else {
+        let Some(Connection { sender, .. }) = &mut self.connection else {
             return Box::pin(async { Err("endpoint called before it was ready".into()) });
         };
         let fut = sender.send_request(req);
@@ -184,10 +230,15 @@ mod tests {
         let req = http::Request::post("/svc/Method")
             .body(RetryBody::passthrough(tonic::body::Body::empty()))
             .unwrap();
-        Endpoint::new(&cluster, address, &UpstreamIdentity::None)
-            .oneshot(req)
-            .await
-            .expect_err("the stream is reset")
+        Endpoint::new(
+            &cluster,
+            address,
+            &UpstreamIdentity::None,
+            &UpstreamPolicy::new(),
+        )
+        .oneshot(req)
+        .await
+        .expect_err("the stream is reset")
     }
 
     #[tokio::test]
@@ -216,7 +267,12 @@ mod tests {
                 .body(RetryBody::passthrough(tonic::body::Body::empty()))
                 .unwrap()
         };
-        let mut endpoint = Endpoint::new(&cluster(), address, &UpstreamIdentity::None);
+        let mut endpoint = Endpoint::new(
+            &cluster(),
+            address,
+            &UpstreamIdentity::None,
+            &UpstreamPolicy::new(),
+        );
         endpoint.ready().await.unwrap();
         let mut clone = endpoint.clone();
         let rsp = clone.ready().await.unwrap().call(req()).await.unwrap();

@@ -68,7 +68,7 @@ mod connect;
 mod deadline;
 mod server;
 
-pub use meshwork_core::upstream::ConnectError;
+pub use meshwork_core::upstream::{ConnectError, UpstreamPolicy};
 pub use server::{MeshServer, ServerError};
 
 /// Options of a [`MeshChannel`].
@@ -76,6 +76,7 @@ pub use server::{MeshServer, ServerError};
 pub struct MeshChannelOptions {
     mtls: Option<MtlsConfig>,
     certificate_providers: Option<Arc<CertificateProviders>>,
+    upstream_policy: UpstreamPolicy,
     ready_timeout: Duration,
     stack: StackOptions,
     telemetry: Option<Telemetry>,
@@ -86,6 +87,7 @@ impl Default for MeshChannelOptions {
         Self {
             mtls: None,
             certificate_providers: None,
+            upstream_policy: UpstreamPolicy::default(),
             ready_timeout: Duration::from_secs(10),
             stack: StackOptions::default(),
             telemetry: None,
@@ -117,6 +119,16 @@ impl MeshChannelOptions {
     /// channels so that each file is watched once.
     pub fn certificate_providers(mut self, providers: Arc<CertificateProviders>) -> Self {
         self.certificate_providers = Some(providers);
+        self
+    }
+
+    /// The application's floor under what the control plane says about upstream security,
+    /// and the maximum connection age: refuse clusters without TLS, pin which servers may
+    /// answer whatever the SAN matchers say, retire connections after an age (see
+    /// [`UpstreamPolicy`]). Default: no floor and no age limit, gRFC A29's behaviour.
+    /// Connections are retired when the server's certificate expires in any case.
+    pub fn upstream_policy(mut self, policy: UpstreamPolicy) -> Self {
+        self.upstream_policy = policy;
         self
     }
 
@@ -227,8 +239,9 @@ impl MeshChannel {
             options.mtls.as_ref(),
             options.certificate_providers.as_ref(),
         );
+        let policy = options.upstream_policy;
         let connect = move |cluster: &Arc<meshwork_core::xds::resource::Cluster>, address| {
-            connect::Endpoint::new(cluster, address, &identity)
+            connect::Endpoint::new(cluster, address, &identity, &policy)
         };
         let router = stack::outbound(config, connect, options.stack.telemetry(telemetry.clone()));
         let svc = CallLayer::new(telemetry)
@@ -313,16 +326,34 @@ impl MeshChannel {
 }
 
 /// Turns a stack error into a `tonic::Status` with meshwork's code, keeping the error as its
-/// source.
+/// source. The message is the error's chain, so that it names the cause (a TLS alert, a
+/// refused certificate) as grpc-go's `connection error: desc = ...` does.
 fn to_status(err: BoxError) -> BoxError {
     if err.is::<tonic::Status>() {
         return err;
     }
     let (code, _) = stack::error_codes(err.as_ref());
     let code = tonic::Code::from_i32(i32::from(code.as_u8()));
-    let mut status = tonic::Status::new(code, err.to_string());
+    let mut status = tonic::Status::new(code, chain_message(err.as_ref()));
     status.set_source(Arc::from(err));
     Box::new(status)
+}
+
+/// `err`'s message followed by its sources' (those it does not already include), `: `
+/// between them; at most 16 levels, in case a chain is cyclic.
+fn chain_message(err: &(dyn StdError + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut cur = err.source();
+    for _ in 0..16 {
+        let Some(e) = cur else { break };
+        let next = e.to_string();
+        if !message.contains(&next) {
+            message.push_str(": ");
+            message.push_str(&next);
+        }
+        cur = e.source();
+    }
+    message
 }
 
 /// The [`ConnectError`] in an error's source chain (e.g. a `tonic::Status` from a

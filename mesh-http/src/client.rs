@@ -31,13 +31,14 @@ use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 
 use crate::connect::Endpoint;
 use crate::{Body, Error, ResolveError};
-use meshwork_core::upstream::UpstreamIdentity;
+use meshwork_core::upstream::{UpstreamIdentity, UpstreamPolicy};
 
 /// Options of a [`MeshClient`].
 #[derive(Debug, Clone)]
 pub struct MeshClientOptions {
     mtls: Option<MtlsConfig>,
     certificate_providers: Option<Arc<CertificateProviders>>,
+    upstream_policy: UpstreamPolicy,
     ready_timeout: Duration,
     http2_prior_knowledge: bool,
     stack: StackOptions,
@@ -51,6 +52,7 @@ impl Default for MeshClientOptions {
         Self {
             mtls: None,
             certificate_providers: None,
+            upstream_policy: UpstreamPolicy::default(),
             ready_timeout: Duration::from_secs(10),
             http2_prior_knowledge: false,
             stack: StackOptions::default(),
@@ -93,6 +95,16 @@ impl MeshClientOptions {
     /// several clients (or channels) so that each file is watched once.
     pub fn certificate_providers(mut self, providers: Arc<CertificateProviders>) -> Self {
         self.certificate_providers = Some(providers);
+        self
+    }
+
+    /// The application's floor under what the control plane says about upstream security,
+    /// and the maximum connection age: refuse clusters without TLS, pin which servers may
+    /// answer whatever the SAN matchers say, retire connections after an age (see
+    /// [`UpstreamPolicy`]). Default: no floor and no age limit, gRFC A29's behaviour.
+    /// Connections are retired when the server's certificate expires in any case.
+    pub fn upstream_policy(mut self, policy: UpstreamPolicy) -> Self {
+        self.upstream_policy = policy;
         self
     }
 
@@ -361,8 +373,10 @@ fn build_stack(
         options.certificate_providers.as_ref(),
     );
     let h2 = options.http2_prior_knowledge;
-    let connect =
-        move |cluster: &Arc<Cluster>, address| Endpoint::new(cluster, address, &identity, h2);
+    let policy = options.upstream_policy.clone();
+    let connect = move |cluster: &Arc<Cluster>, address| {
+        Endpoint::new(cluster, address, &identity, &policy, h2)
+    };
     let stack_options = options.stack.clone().telemetry(telemetry.clone());
     let clusters = match shared {
         Some(shared) => {

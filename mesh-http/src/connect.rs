@@ -2,6 +2,17 @@
 //! [`meshwork_core::upstream::Dialer`] (TCP, with SPIFFE mTLS when the cluster asks for TLS),
 //! speaking HTTP/2 or HTTP/1.1 (see [`Protocol`]).
 //!
+//! An HTTP/2 connection counts as made only once the server's first bytes (its preface, a
+//! SETTINGS frame) arrived, within the cluster's connect timeout, as gRPC does: over TLS 1.3
+//! a server that refuses our certificate says so only then, and a server that never speaks
+//! fails the connect instead of hanging the request. HTTP/1.1 has no server preface (the
+//! server speaks only to answer), so an HTTP/1.1 connection is made when TLS is; a refusal
+//! arriving later fails the request that found it, at once.
+//!
+//! A connection is retired at the earlier of the policy's maximum age and the expiry of the
+//! server's certificate: the pool stops handing it out (new requests get a new connection)
+//! and requests already on it finish.
+//!
 //! Everything the outbound stack needs from this module is [`Endpoint::new`], called by the
 //! stack's `Connect` seam; the rest is private to keep the seam easy to adapt.
 
@@ -9,17 +20,23 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
+use bytes::{Buf as _, Bytes};
 use http::Uri;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::connect::{Connected, Connection, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::retry::RetryBody;
-use meshwork_core::upstream::{ConnectError, Dialer, UpstreamIdentity, UpstreamStream};
+use meshwork_core::upstream::{
+    ConnectError, Dialer, UpstreamIdentity, UpstreamPolicy, UpstreamStream,
+};
 use meshwork_core::xds::resource::{Cluster, UpstreamProtocol};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::time::Instant;
 use tower::BoxError;
 
 use crate::Body;
@@ -70,9 +87,17 @@ impl Protocol {
     }
 }
 
+/// The client connection preface (RFC 9113 §3.4), which hyper writes first on an HTTP/2
+/// connection.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// hyper-util's connector for one endpoint: dials it, whatever URI hyper asks for.
 #[derive(Clone)]
-struct Connector(Dialer);
+struct Connector {
+    dialer: Dialer,
+    /// HTTP/2 without ALPN (prior knowledge in plaintext).
+    http2_only: bool,
+}
 
 impl tower::Service<Uri> for Connector {
     type Response = TokioIo<Conn>;
@@ -84,20 +109,109 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let dialer = self.0.clone();
-        Box::pin(async move { dialer.dial().await.map(|s| TokioIo::new(Conn(s))) })
+        let (dialer, http2_only) = (self.dialer.clone(), self.http2_only);
+        Box::pin(async move { connect(dialer, http2_only).await.map(TokioIo::new) })
     }
 }
 
+/// Dials; for HTTP/2, also writes the client preface and reads the server's first bytes,
+/// all within the cluster's connect timeout. hyper-util runs the HTTP/2 handshake itself
+/// once the connector returns, so the preface written here is taken out of hyper's writes
+/// and the bytes read are replayed to it.
+async fn connect(dialer: Dialer, http2_only: bool) -> Result<Conn, ConnectError> {
+    let (address, timeout) = (dialer.address(), dialer.timeout());
+    let deadline = Instant::now() + timeout;
+    let mut stream = dialer.dial().await?;
+    let retire_at = dialer.retire_at(&stream).map(|at| RetireAt {
+        at,
+        armed: Arc::new(AtomicBool::new(false)),
+    });
+    let h2 = http2_only || stream.alpn_protocol() == Some(b"h2");
+    if !h2 {
+        return Ok(Conn::new(stream, retire_at));
+    }
+    let preface = async {
+        stream.write_all(PREFACE).await?;
+        stream.flush().await?;
+        let mut first = vec![0; 4096];
+        let n = stream.read(&mut first).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the server's preface",
+            ));
+        }
+        first.truncate(n);
+        Ok(first)
+    };
+    match tokio::time::timeout_at(deadline, preface).await {
+        Err(_) => Err(ConnectError::Timeout { address, timeout }),
+        Ok(Err(source)) => Err(ConnectError::Preface { address, source }),
+        Ok(Ok(first)) => {
+            let mut conn = Conn::new(stream, retire_at);
+            conn.replay = Bytes::from(first);
+            conn.preface_sent = PREFACE.len();
+            Ok(conn)
+        }
+    }
+}
+
+/// When a connection retires, carried in its [`Connected`] extras; `armed` once a task
+/// waits to poison it then.
+#[derive(Clone)]
+struct RetireAt {
+    at: Instant,
+    armed: Arc<AtomicBool>,
+}
+
 /// A connection to an endpoint, telling hyper-util whether ALPN chose HTTP/2.
-struct Conn(UpstreamStream);
+struct Conn {
+    stream: UpstreamStream,
+    retire_at: Option<RetireAt>,
+    /// The server's first bytes, read while connecting, for hyper to read first.
+    replay: Bytes,
+    /// How much of hyper's client preface was already sent while connecting.
+    preface_sent: usize,
+}
+
+impl Conn {
+    fn new(stream: UpstreamStream, retire_at: Option<RetireAt>) -> Self {
+        Self {
+            stream,
+            retire_at,
+            replay: Bytes::new(),
+            preface_sent: 0,
+        }
+    }
+
+    /// Takes the start of `buf`, hyper's write, as far as it repeats the part of the
+    /// preface already sent; `None` once all of it was taken.
+    fn skip_preface(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
+        if self.preface_sent == 0 || buf.is_empty() {
+            return None;
+        }
+        let sent = PREFACE.len() - self.preface_sent;
+        let n = self.preface_sent.min(buf.len());
+        if buf[..n] != PREFACE[sent..sent + n] {
+            return Some(Err(io::Error::other(
+                "the HTTP/2 client did not start with the connection preface",
+            )));
+        }
+        self.preface_sent -= n;
+        Some(Ok(n))
+    }
+}
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        if self.0.alpn_protocol() == Some(b"h2") {
-            Connected::new().negotiated_h2()
+        let mut connected = Connected::new();
+        if let Some(r) = &self.retire_at {
+            connected = connected.extra(r.clone());
+        }
+        if self.stream.alpn_protocol() == Some(b"h2") {
+            connected.negotiated_h2()
         } else {
-            Connected::new()
+            connected
         }
     }
 }
@@ -108,7 +222,14 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        let this = self.get_mut();
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -118,7 +239,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Some(r) = this.skip_preface(buf) {
+            return Poll::Ready(r);
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -126,19 +251,29 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.preface_sent > 0 {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            if let Some(r) = this.skip_preface(first) {
+                return Poll::Ready(r);
+            }
+        }
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -154,17 +289,17 @@ impl Endpoint {
         cluster: &Cluster,
         address: SocketAddr,
         identity: &UpstreamIdentity,
+        policy: &UpstreamPolicy,
         http2_prior_knowledge: bool,
     ) -> Self {
         let protocol = Protocol::for_cluster(cluster, http2_prior_knowledge);
+        let http2_only = protocol == Protocol::Http2;
         let client = Client::builder(TokioExecutor::new())
-            .http2_only(protocol == Protocol::Http2)
-            .build(Connector(Dialer::new(
-                cluster,
-                address,
-                identity,
-                protocol.alpn(),
-            )));
+            .http2_only(http2_only)
+            .build(Connector {
+                dialer: Dialer::with_policy(cluster, address, identity, policy, protocol.alpn()),
+                http2_only,
+            });
         Self { client }
     }
 }
@@ -178,10 +313,28 @@ impl tower::Service<http::Request<RetryBody<Body>>> for Endpoint {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<RetryBody<Body>>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<RetryBody<Body>>) -> Self::Future {
         // The URI is absolute (`MeshClient` makes it so): hyper pools by its authority, sends
         // it as `Host` / `:authority`, and the dialer ignores it.
+        let capture = capture_connection(&mut req);
         let fut = self.client.request(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        Box::pin(async move {
+            let rsp = fut.await?;
+            if let Some(retire) = rsp.extensions().get::<RetireAt>()
+                && !retire.armed.swap(true, Ordering::AcqRel)
+            {
+                // The first response on a connection that has a deadline arms its
+                // retirement: from then on the pool hands it out no more (requests on it
+                // finish) and new requests get a new connection.
+                let at = retire.at;
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    if let Some(connected) = &*capture.connection_metadata() {
+                        connected.poison();
+                    }
+                });
+            }
+            Ok::<_, BoxError>(rsp)
+        })
     }
 }

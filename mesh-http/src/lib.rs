@@ -68,7 +68,7 @@ mod server;
 
 pub use client::{MeshClient, MeshClientOptions};
 pub use error::{Error, ResolveError};
-pub use meshwork_core::upstream::ConnectError;
+pub use meshwork_core::upstream::{ConnectError, UpstreamPolicy};
 pub use server::{ServeError, Server};
 
 /// The body of requests sent and responses received through a [`MeshClient`]: any

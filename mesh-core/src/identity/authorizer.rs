@@ -26,6 +26,10 @@ pub enum Authorizer {
     /// the leaf's subject alternative names (URI, DNS, email, IP). An empty list allows
     /// every peer, as in xDS.
     SanMatchers(Vec<StringMatcher>),
+    /// Every one of these (none: any peer); a rejection names the first that refused.
+    /// How an application's pinned policy is added to what xDS configures
+    /// ([`UpstreamPolicy::pin`](crate::upstream::UpstreamPolicy::pin)).
+    AllOf(Vec<Authorizer>),
 }
 
 impl Authorizer {
@@ -35,6 +39,9 @@ impl Authorizer {
     }
 
     pub(crate) fn check(&self, leaf: &LeafInfo) -> Result<(), VerifyError> {
+        if let Self::AllOf(all) = self {
+            return all.iter().try_for_each(|a| a.check(leaf));
+        }
         let id = &leaf.spiffe_id;
         let ok = match self {
             Self::Any => true,
@@ -44,6 +51,7 @@ impl Authorizer {
             Self::SanMatchers(ms) => {
                 ms.is_empty() || ms.iter().any(|m| leaf.sans.iter().any(|s| m.matches(s)))
             }
+            Self::AllOf(_) => true,
         };
         if ok {
             Ok(())
@@ -73,6 +81,16 @@ impl fmt::Display for Authorizer {
             }
             Self::MemberOf(td) => write!(f, "ID must be in trust domain {td}"),
             Self::SanMatchers(ms) => write!(f, "no SAN matches any of {ms:?}"),
+            Self::AllOf(all) => {
+                f.write_str("all of [")?;
+                for (i, a) in all.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                f.write_str("]")
+            }
         }
     }
 }

@@ -88,6 +88,14 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafInfo, VerifyError> {
     })
 }
 
+/// When a peer's leaf certificate expires; `None` when it does not parse.
+pub(crate) fn leaf_not_after(der: &[u8]) -> Option<std::time::SystemTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let secs = cert.validity().not_after.timestamp();
+    let secs = u64::try_from(secs).unwrap_or(0);
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+}
+
 /// Our X.509-SVID: a SPIFFE ID, its certificate chain (leaf first) and private key, loaded
 /// into the crypto provider so handshakes can sign with it.
 ///

@@ -183,6 +183,16 @@ impl TestCa {
     /// # Panics
     /// As [`TestCa::mint`], or if a name is not a valid DNS name.
     pub fn mint_with_dns_names(&self, path: &str, flaw: Flaw, dns_names: &[&str]) -> MintedSvid {
+        self.mint_validity(path, flaw, dns_names, None)
+    }
+
+    fn mint_validity(
+        &self,
+        path: &str,
+        flaw: Flaw,
+        dns_names: &[&str],
+        until: Option<OffsetDateTime>,
+    ) -> MintedSvid {
         let key = KeyPair::generate().expect("key generation");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         let id = format!("{}{path}", self.trust_domain.id_string());
@@ -224,12 +234,24 @@ impl TestCa {
             _ => (now - Duration::hours(1), now + Duration::days(1)),
         };
         params.not_before = from;
-        params.not_after = to;
+        params.not_after = until.unwrap_or(to);
         let cert = params.signed_by(&key, &self.issuer).expect("signing");
         MintedSvid {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         }
+    }
+
+    /// Mints a valid SVID for `spiffe://<trust domain><path>` that expires `valid_for`
+    /// from now (valid since an hour ago), for tests of what happens at expiry.
+    ///
+    /// # Panics
+    /// As [`TestCa::mint`].
+    pub fn svid_valid_for(&self, path: &str, valid_for: std::time::Duration) -> Svid {
+        let until = OffsetDateTime::now_utc() + valid_for;
+        self.mint_validity(path, Flaw::None, &[], Some(until))
+            .svid()
+            .expect("a minted SVID is valid")
     }
 
     /// Mints a valid SVID for `spiffe://<trust domain><path>`.

@@ -289,6 +289,42 @@ fn authorizer_san_matchers_follow_grfc_a29() {
 }
 
 #[test]
+fn authorizer_all_of_needs_every_one_and_names_the_first_refusal() {
+    use meshwork_xds::resource::{StringMatchKind, StringMatcher};
+    let leaf = svid::inspect_leaf(&TestCa::new("td.io").mint("/ns/a/sa/b", Flaw::None).chain()[0])
+        .unwrap();
+    let any_san = Authorizer::SanMatchers(vec![]);
+    let exact_san = |id: &str| {
+        Authorizer::SanMatchers(vec![StringMatcher {
+            kind: StringMatchKind::Exact(id.into()),
+            ignore_case: false,
+        }])
+    };
+    let pinned = Authorizer::MemberOf("other.io".parse().unwrap());
+    // An empty SAN list allows anyone; the pin still refuses, and the error names it.
+    let e = Authorizer::AllOf(vec![pinned.clone(), any_san.clone()])
+        .check(&leaf)
+        .unwrap_err();
+    assert!(e.to_string().contains("trust domain other.io"), "{e}");
+    let e = Authorizer::AllOf(vec![pinned, exact_san("spiffe://td.io/ns/a/sa/b")])
+        .check(&leaf)
+        .unwrap_err();
+    assert!(e.to_string().contains("trust domain other.io"), "{e}");
+    let pinned = Authorizer::MemberOf("td.io".parse().unwrap());
+    assert!(
+        Authorizer::AllOf(vec![pinned.clone(), any_san])
+            .check(&leaf)
+            .is_ok()
+    );
+    assert!(
+        Authorizer::AllOf(vec![pinned, exact_san("spiffe://td.io/ns/a/sa/c")])
+            .check(&leaf)
+            .is_err()
+    );
+    assert!(Authorizer::AllOf(vec![]).check(&leaf).is_ok());
+}
+
+#[test]
 fn loading_rejects_malformed_pem_and_invalid_svids() {
     let ca = TestCa::new("example.org");
     let good = ca.mint("/w", Flaw::None);
