@@ -439,10 +439,17 @@ pub(crate) async fn open_stream(
     requests: mpsc::UnboundedReceiver<DiscoveryRequest>,
     max_message_size: usize,
 ) -> Result<tonic::Streaming<DiscoveryResponse>, tonic::Status> {
-    // Requests are ours (subscriptions and ACKs), so only responses are limited.
+    // Requests are ours: the names of one type, which come from the user's watches and from
+    // one full-state response (each under the limit), an ACK's version and nonce, and a
+    // NACK text bounded by MAX_NACK_DETAIL. The encoding limit is a backstop with room to
+    // spare, so a bug that bloats a request fails the stream instead of sending it.
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(max_message_size)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(
+            max_message_size
+                .max(DEFAULT_MAX_MESSAGE_SIZE)
+                .saturating_mul(4),
+        );
     Ok(client
         .stream_aggregated_resources(UnboundedReceiverStream::new(requests))
         .await?
