@@ -246,7 +246,7 @@ impl Dialer {
             .keep_alive_while_idle(true);
         let address = self.address.clone();
         let tls = self.tls.clone();
-        let (heard_tx, mut heard) = watch::channel(false);
+        let (heard_tx, mut heard) = watch::channel(Hearing::Pending);
         let heard_tx = Arc::new(heard_tx);
         let attempt = async move {
             let channel = endpoint
@@ -257,11 +257,16 @@ impl Dialer {
                 .map_err(|e| ErrorKind::Connect(Arc::new(e)))?;
             // hyper's handshake completes without a word from the server; its first bytes
             // (the SETTINGS frame that opens every HTTP/2 server connection) show it is up.
-            heard
-                .wait_for(|heard| *heard)
+            // The connector (and so the sender) lives as long as the channel: the IO itself
+            // reports a connection that ended before the server spoke.
+            let hearing = *heard
+                .wait_for(|h| *h != Hearing::Pending)
                 .await
                 .map_err(|_| ErrorKind::Silent)?;
-            Ok::<_, ErrorKind>(channel)
+            match hearing {
+                Hearing::Heard => Ok(channel),
+                Hearing::Pending | Hearing::Closed => Err(ErrorKind::Silent),
+            }
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result.map_err(err),
@@ -339,10 +344,44 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// The connection's IO, which reports the first bytes read from the server.
+/// What a new connection has had from the server so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hearing {
+    /// Nothing yet.
+    Pending,
+    /// Its first bytes.
+    Heard,
+    /// Its end (EOF, a read error, or the connection dropped) before any byte.
+    Closed,
+}
+
+/// The connection's IO, which reports the first bytes read from the server, or its end
+/// before them.
 struct Heard {
     io: BoxIo,
-    heard: Option<Arc<watch::Sender<bool>>>,
+    heard: Option<Arc<watch::Sender<Hearing>>>,
+}
+
+impl Heard {
+    fn report(&mut self, hearing: Hearing) {
+        if let Some(heard) = self.heard.take() {
+            // Only the first connection's news counts: a later one the channel makes on its
+            // own must not overwrite it.
+            heard.send_if_modified(|h| {
+                let first = *h == Hearing::Pending;
+                if first {
+                    *h = hearing;
+                }
+                first
+            });
+        }
+    }
+}
+
+impl Drop for Heard {
+    fn drop(&mut self) {
+        self.report(Hearing::Closed);
+    }
 }
 
 impl AsyncRead for Heard {
@@ -353,10 +392,12 @@ impl AsyncRead for Heard {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before
-            && let Some(heard) = self.heard.take()
-        {
-            heard.send_replace(true);
+        match &polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.report(Hearing::Heard),
+            // A read that fills nothing into a buffer with room is the end of the stream.
+            Poll::Ready(Ok(())) if buf.remaining() > 0 => self.report(Hearing::Closed),
+            Poll::Ready(Err(_)) => self.report(Hearing::Closed),
+            _ => {}
         }
         polled
     }
@@ -395,7 +436,7 @@ impl AsyncWrite for Heard {
 async fn dial_io(
     address: ServerAddress,
     tls: Option<Arc<rustls::ClientConfig>>,
-    heard: Arc<watch::Sender<bool>>,
+    heard: Arc<watch::Sender<Hearing>>,
 ) -> Result<TokioIo<Heard>, std::io::Error> {
     let heard = Some(heard);
     let (io, host): (BoxIo, String) = match address {
@@ -492,6 +533,40 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that accepts and at once closes every connection fails the connect at
+    /// once, as one that closed before saying anything, not after the 20 s deadline (which
+    /// would hold back gRFC A71's fallback).
+    #[tokio::test]
+    async fn a_server_that_closes_at_once_fails_the_connect_fast() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}", listener.local_addr().unwrap());
+        let _accept = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                drop(tcp);
+            }
+        });
+        let dialer = Dialer::new(&XdsServer::new(uri).unwrap()).unwrap();
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            dialer.connect(DEFAULT_CONNECT_TIMEOUT),
+        )
+        .await
+        .expect("the connect waited for its deadline");
+        let error = result.expect_err("nobody is there");
+        assert!(
+            matches!(error.kind, ErrorKind::Silent),
+            "{}",
+            ErrorChain(&error)
+        );
+        assert!(error.is_connect() && !error.is_timeout());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
