@@ -479,7 +479,8 @@ struct Worker {
 
 /// Why a stream ended.
 enum StreamEnd {
-    /// The server closed it or it broke; `answered` says whether any response came.
+    /// The server closed it or it broke; `answered` says whether any response came and
+    /// the stream did not end on one too large to take (which resets the backoff).
     Closed { answered: bool },
     /// A higher-priority server is reachable again.
     SwitchTo(usize),
@@ -644,6 +645,11 @@ impl Worker {
                     }
                     Err(status) => {
                         let error = TransportError::stream(&self.server_uri, status, self.max_message_size);
+                        // The server will send the same oversized response on the next stream:
+                        // the responses before it do not make the server healthy, or the
+                        // backoff would start over on every stream and the client reconnect
+                        // at its first step forever.
+                        let answered = answered && !error.is_message_too_large();
                         self.failed(error);
                         return StreamEnd::Closed { answered };
                     }

@@ -20,7 +20,9 @@
 //!   every other one waits a step. A stream that got a response resets the backoff but
 //!   still waits its first step (grpc core's XdsClient; grpc-go reconnects at once), so a
 //!   server that answers and then closes every stream sees at most one stream per first
-//!   step, not a spin.
+//!   step, not a spin. A stream that ended on a response over the message limit does not
+//!   reset it, whatever came before: the server will send that response again, and it is
+//!   failing as surely as one that cannot be reached (for fallback too).
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
