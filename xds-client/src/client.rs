@@ -265,8 +265,10 @@ impl XdsClientBuilder {
         self
     }
 
-    /// Reconnect backoff (default: 1 s growing by 1.6x to 60 s, plus up to 100% jitter).
-    /// A stream that got a response resets it, and the reconnect still waits its first step.
+    /// Reconnect backoff (default: 1 s growing by 1.6x to 60 s, plus up to 100% jitter;
+    /// `min` is raised to 100 ms and `max` kept within `min..=60 s`). A stream that got a
+    /// response resets it, unless it ended on a response over the message limit, and the
+    /// reconnect still waits its first step.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
@@ -311,7 +313,7 @@ impl XdsClientBuilder {
             server_uri: String::new(),
             ads: AdsState::new(self.config),
             servers: self.servers,
-            backoff: self.backoff,
+            backoff: self.backoff.clamped(),
             connect_timeout: self.connect_timeout,
             max_message_size: self.max_message_size,
             last_error: last_error_tx,
@@ -492,6 +494,14 @@ fn now() -> Instant {
     TokioInstant::now().into_std()
 }
 
+/// `delay` from now. Delays are clamped ([`Backoff`]), but a panic here would end the
+/// client's task without a word, so an overflow waits a day instead.
+fn after(delay: Duration) -> TokioInstant {
+    let now = TokioInstant::now();
+    now.checked_add(delay)
+        .unwrap_or_else(|| now + Duration::from_secs(24 * 60 * 60))
+}
+
 impl Worker {
     async fn run(mut self) {
         let mut delays = self.backoff.delays();
@@ -605,7 +615,7 @@ impl Worker {
 
     /// Wait out a backoff delay while still serving commands. False on shutdown.
     async fn idle(&mut self, delay: Duration) -> bool {
-        let until = TokioInstant::now() + delay;
+        let until = after(delay);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,
@@ -629,7 +639,7 @@ impl Worker {
         let mut answered = false;
         // On a fallback server, probe the primary in the background at backoff intervals.
         let mut probe_delays = self.backoff.delays();
-        let mut probe_at = TokioInstant::now() + probe_delays.next().unwrap_or(self.backoff.max);
+        let mut probe_at = after(probe_delays.next().unwrap_or(self.backoff.max));
         let mut probe: Option<tokio::task::JoinHandle<bool>> = None;
         loop {
             let timer = self.ads.poll_timeout().map(TokioInstant::from_std);
@@ -669,7 +679,7 @@ impl Worker {
                     if reachable.unwrap_or(false) {
                         return StreamEnd::SwitchTo(0);
                     }
-                    probe_at = TokioInstant::now() + probe_delays.next().unwrap_or(self.backoff.max);
+                    probe_at = after(probe_delays.next().unwrap_or(self.backoff.max));
                 }
             }
             self.deliver();

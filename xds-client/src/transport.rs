@@ -502,13 +502,23 @@ pub(crate) async fn open_stream(
 /// Reconnect delays: exponential from `min` by 1.6x up to `max`, and each delay gets up to
 /// 100% random jitter on top (backon's jitter), so a delay `d` is drawn from `[d, 2d)` and
 /// clients that lost the same server do not come back in lockstep.
+///
+/// The fields are kept in range when used: `min` is at least 100 ms, so a server that
+/// answers and closes every stream sees at most ten streams a second, never a spin; `max`
+/// is at most 60 s, so with jitter no delay exceeds gRPC's 120 s cap (its connection-backoff
+/// spec's `MAX_BACKOFF`), and at least `min`.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
-    /// The first delay.
+    /// The first delay (at least 100 ms).
     pub min: Duration,
-    /// The largest delay.
+    /// The largest delay before jitter (between `min` and 60 s).
     pub max: Duration,
 }
+
+/// The least first delay a [`Backoff`] uses.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The largest delay before jitter a [`Backoff`] uses: 120 s with jitter (gRPC's cap).
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 impl Default for Backoff {
     /// 1 s growing to 60 s before jitter, so no delay exceeds gRPC's 120 s cap.
@@ -521,10 +531,20 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The delays in force: `min` and `max` clamped as the type's docs say.
+    pub(crate) fn clamped(&self) -> Self {
+        let min = self.min.clamp(MIN_BACKOFF, MAX_BACKOFF);
+        Self {
+            min,
+            max: self.max.clamp(min, MAX_BACKOFF),
+        }
+    }
+
     pub(crate) fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+        let Self { min, max } = self.clamped();
         backon::ExponentialBuilder::default()
-            .with_min_delay(self.min)
-            .with_max_delay(self.max)
+            .with_min_delay(min)
+            .with_max_delay(max)
             .with_factor(1.6)
             .with_jitter()
             .without_max_times()
@@ -568,6 +588,34 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// A zero `min` would let a server that answers and closes make the client spin; a
+    /// huge `max` would overflow `Instant + delay` and kill the client's task.
+    #[test]
+    fn backoff_fields_are_kept_in_range() {
+        let zero = Backoff {
+            min: Duration::ZERO,
+            max: Duration::ZERO,
+        };
+        for d in zero.delays().take(20) {
+            assert!(d >= MIN_BACKOFF && d < 2 * MIN_BACKOFF, "{d:?}");
+        }
+        let huge = Backoff {
+            min: Duration::MAX,
+            max: Duration::MAX,
+        };
+        let now = tokio::time::Instant::now();
+        for d in huge.delays().take(20) {
+            assert!(d >= MAX_BACKOFF && d < 2 * MAX_BACKOFF, "{d:?}");
+            assert!(now.checked_add(d).is_some());
+        }
+        let inverted = Backoff {
+            min: Duration::from_secs(5),
+            max: Duration::from_secs(1),
+        }
+        .clamped();
+        assert_eq!(inverted.max, Duration::from_secs(5));
     }
 
     #[test]
