@@ -110,10 +110,18 @@ impl TransportError {
 
     /// Classify the status an ADS stream failed with.
     pub(crate) fn stream(uri: &str, status: tonic::Status, limit: usize) -> Self {
-        // tonic's own refusal of an oversized length prefix; a server's OUT_OF_RANGE carries
-        // its own message.
+        // tonic's decoder refuses an oversized length prefix with OUT_OF_RANGE and a text
+        // naming the limit; it gives nothing more structural. Matching its decode-side text
+        // and our own limit keeps out its encode-side twin (a request of ours too large) and
+        // a server's OUT_OF_RANGE. hostile_server.rs's oversized-response test drives tonic's
+        // real decoder, so a rewording in a tonic upgrade fails it.
         let too_large = status.code() == tonic::Code::OutOfRange
-            && status.message().contains("message length too large");
+            && status
+                .message()
+                .starts_with("Error, decoded message length too large")
+            && status
+                .message()
+                .ends_with(&format!("the limit is: {limit} bytes"));
         let kind = if too_large {
             ErrorKind::MessageTooLarge { limit, status }
         } else {
@@ -587,6 +595,28 @@ mod tests {
             started.elapsed() < Duration::from_secs(1),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    /// Only tonic's decode-side refusal under our limit is a message too large.
+    #[test]
+    fn message_too_large_is_the_decoders_refusal_of_our_limit() {
+        let status = |m: &str| tonic::Status::out_of_range(m.to_string());
+        let decoded = "Error, decoded message length too large: found 4294967280 bytes, \
+                       the limit is: 4194304 bytes";
+        let encoded = "Error, encoded message length too large: found 9 bytes, the limit is: \
+                       4194304 bytes";
+        let too_large = |s| TransportError::stream("x", s, 4194304).is_message_too_large();
+        assert!(too_large(status(decoded)));
+        assert!(!too_large(status(encoded)), "a request of ours");
+        assert!(
+            !too_large(status("message length too large")),
+            "a server's own"
+        );
+        assert!(!too_large(tonic::Status::internal(decoded)));
+        assert!(
+            !TransportError::stream("x", status(decoded), 16).is_message_too_large(),
+            "not our limit"
         );
     }
 
