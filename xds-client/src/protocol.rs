@@ -13,7 +13,13 @@
 //! - **Partial acceptance** (gRFC A46): one response may mix valid and invalid resources. The
 //!   valid ones are applied; the response is NACKed with the reason of every invalid one. An
 //!   invalid resource whose name could be read keeps its last good value and is marked
-//!   `NACKED` with the error, and its watchers are told.
+//!   `NACKED` with the error, and its watchers are told. The NACK's text (and its log line)
+//!   is bounded: the first errors up to [`MAX_NACK_DETAIL`] bytes, then how many more there
+//!   were. grpc-go and grpc core join every error; a 4 MiB response of ~2 million empty
+//!   resources would make that a ~200 MB request, which a control plane refuses (then the
+//!   stream fails and the same response comes again). The resources in a response are
+//!   bounded only by the message limit (4 MiB by default, a few bytes each at least), and
+//!   validating them is linear, so no separate count limit is applied.
 //! - **Deletion**: for the full-state types (LDS, CDS) a cached resource that a response
 //!   leaves out is deleted — unless the server has the `ignore_resource_deletion` feature
 //!   (gRFC A53), when it is kept and the deletion is only logged. RDS/EDS responses are never
@@ -60,6 +66,58 @@ const NOT_FOUND: i32 = 5;
 /// gRPC status code `PERMISSION_DENIED`: with `fail_on_data_errors`, drops a cached value
 /// (A88).
 const PERMISSION_DENIED: i32 = 7;
+
+/// The most bytes of error text a NACK carries in its `error_detail` (and its log line):
+/// the first errors, then "and N more". 16 KiB holds a hundred typical reasons, which is
+/// what an operator reads; the count says the rest.
+pub const MAX_NACK_DETAIL: usize = 16 * 1024;
+
+/// A NACK's error text under construction, bounded by [`MAX_NACK_DETAIL`].
+#[derive(Debug, Default)]
+struct NackDetail {
+    text: String,
+    count: usize,
+    left_out: usize,
+}
+
+impl NackDetail {
+    fn push(&mut self, error: impl fmt::Display) {
+        use fmt::Write as _;
+        self.count += 1;
+        if self.text.len() >= MAX_NACK_DETAIL {
+            self.left_out += 1;
+            return;
+        }
+        if !self.text.is_empty() {
+            self.text.push_str("; ");
+        }
+        let _ = write!(self.text, "{error}");
+        truncate(&mut self.text, MAX_NACK_DETAIL);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn finish(mut self) -> String {
+        if self.left_out > 0 {
+            use fmt::Write as _;
+            let _ = write!(self.text, "; and {} more", self.left_out);
+        }
+        self.text
+    }
+}
+
+/// Cut `text` to at most `max` bytes, at a character boundary.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+}
 
 /// How the protocol state machine behaves; built from the bootstrap.
 #[derive(Debug, Clone)]
@@ -449,13 +507,15 @@ impl AdsState {
             return;
         }
         let Some(resource_type) = ResourceType::from_type_url(&response.type_url) else {
-            tracing::warn!(type_url = %response.type_url, "NACK: response of an unknown type");
+            let mut type_url = response.type_url.clone();
+            truncate(&mut type_url, MAX_NACK_DETAIL);
+            tracing::warn!(%type_url, "NACK: response of an unknown type");
             self.outbox.push_back(DiscoveryRequest {
-                type_url: response.type_url.clone(),
+                type_url: response.type_url,
                 response_nonce: response.nonce,
                 error_detail: Some(Status {
                     code: INVALID_ARGUMENT,
-                    message: format!("unknown resource type {}", response.type_url),
+                    message: format!("unknown resource type {type_url}"),
                     details: Vec::new(),
                 }),
                 ..Default::default()
@@ -478,7 +538,7 @@ impl AdsState {
         };
         ts.nonce = response.nonce.clone();
 
-        let mut errors: Vec<String> = Vec::new();
+        let mut errors = NackDetail::default();
         let mut valid: BTreeMap<String, Resource> = BTreeMap::new();
         let mut invalid: BTreeMap<String, ResourceFailure> = BTreeMap::new();
         let mut seen: BTreeSet<String> = BTreeSet::new();
@@ -488,7 +548,7 @@ impl AdsState {
                 Err(err) => match err.name() {
                     Some(name) => (name.to_string(), Err(ResourceFailure::from(err))),
                     None => {
-                        errors.push(err.to_string());
+                        errors.push(err);
                         continue;
                     }
                 },
@@ -496,7 +556,7 @@ impl AdsState {
             if !seen.insert(name.clone()) {
                 valid.remove(&name);
                 let dup = ResourceFailure::Duplicate { name: name.clone() };
-                errors.push(dup.to_string());
+                errors.push(&dup);
                 invalid.insert(name, dup);
                 continue;
             }
@@ -505,7 +565,7 @@ impl AdsState {
                     valid.insert(name, res);
                 }
                 Err(failure) => {
-                    errors.push(failure.to_string());
+                    errors.push(&failure);
                     invalid.insert(name, failure);
                 }
             }
@@ -625,15 +685,17 @@ impl AdsState {
             ts.version = response.version_info.clone();
             None
         } else {
+            let count = errors.count;
+            let message = errors.finish();
             tracing::warn!(
                 r#type = resource_type.short_name(),
                 version = %response.version_info,
-                "NACK: {}",
-                errors.join("; ")
+                errors = count,
+                "NACK: {message}"
             );
             Some(Status {
                 code: INVALID_ARGUMENT,
-                message: errors.join("; "),
+                message,
                 details: Vec::new(),
             })
         };
@@ -957,6 +1019,57 @@ mod tests {
         assert_eq!(names(&h.events()), ["changed:a", "changed:b"]);
         assert_eq!(h.ads.status(CDS, "a"), Some(ResourceStatus::Acked));
         assert_eq!(h.ads.version(CDS), "v1");
+    }
+
+    /// A response of 200,000 empty resources (2 bytes each on the wire, so 400 KB: ten
+    /// times that still fits the 4 MiB limit) is NACKed with a bounded text that says how
+    /// many reasons it left out, not with every reason joined (~14 MB here, ~150 MB at
+    /// 2 million), and the resource that was valid before keeps its value.
+    #[test]
+    fn the_nack_text_is_bounded() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.requests();
+        h.respond(response(CDS, "v1", "n1", vec![eds_cluster("a")]));
+        h.requests();
+        h.events();
+
+        let mut resources = vec![Any::default(); 200_000];
+        resources.push(eds_cluster("a"));
+        h.respond(response(CDS, "v2", "n2", resources));
+        let nack = h.requests();
+        assert_eq!(nack.len(), 1);
+        let detail = nack[0].error_detail.as_ref().expect("NACK");
+        assert!(
+            detail.message.len() < 64 * 1024,
+            "{} bytes of NACK text",
+            detail.message.len()
+        );
+        assert!(
+            detail.message.len() > MAX_NACK_DETAIL / 2,
+            "as many reasons as fit"
+        );
+        let more = detail.message.rsplit("; and ").next().unwrap();
+        let left_out: usize = more.strip_suffix(" more").unwrap().parse().unwrap();
+        let kept = detail.message.matches("; ").count();
+        assert_eq!(kept + left_out, 200_000, "{}", &detail.message[..200]);
+        assert_eq!(h.ads.status(CDS, "a"), Some(ResourceStatus::Acked));
+    }
+
+    /// One reason longer than the whole budget is cut at a character boundary.
+    #[test]
+    fn a_long_reason_is_cut_at_a_char_boundary() {
+        let mut detail = NackDetail::default();
+        detail.push("é".repeat(MAX_NACK_DETAIL));
+        detail.push("next");
+        let text = detail.finish();
+        assert!(text.starts_with('é'));
+        assert!(
+            text.ends_with("; and 1 more"),
+            "{}",
+            &text[text.len() - 20..]
+        );
+        assert!(text.len() <= MAX_NACK_DETAIL + 16);
     }
 
     #[test]

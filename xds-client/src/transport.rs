@@ -20,7 +20,9 @@
 //!   every other one waits a step. A stream that got a response resets the backoff but
 //!   still waits its first step (grpc core's XdsClient; grpc-go reconnects at once), so a
 //!   server that answers and then closes every stream sees at most one stream per first
-//!   step, not a spin.
+//!   step, not a spin. A stream that ended on a response over the message limit does not
+//!   reset it, whatever came before: the server will send that response again, and it is
+//!   failing as surely as one that cannot be reached (for fallback too).
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -108,10 +110,18 @@ impl TransportError {
 
     /// Classify the status an ADS stream failed with.
     pub(crate) fn stream(uri: &str, status: tonic::Status, limit: usize) -> Self {
-        // tonic's own refusal of an oversized length prefix; a server's OUT_OF_RANGE carries
-        // its own message.
+        // tonic's decoder refuses an oversized length prefix with OUT_OF_RANGE and a text
+        // naming the limit; it gives nothing more structural. Matching its decode-side text
+        // and our own limit keeps out its encode-side twin (a request of ours too large) and
+        // a server's OUT_OF_RANGE. hostile_server.rs's oversized-response test drives tonic's
+        // real decoder, so a rewording in a tonic upgrade fails it.
         let too_large = status.code() == tonic::Code::OutOfRange
-            && status.message().contains("message length too large");
+            && status
+                .message()
+                .starts_with("Error, decoded message length too large")
+            && status
+                .message()
+                .ends_with(&format!("the limit is: {limit} bytes"));
         let kind = if too_large {
             ErrorKind::MessageTooLarge { limit, status }
         } else {
@@ -246,7 +256,7 @@ impl Dialer {
             .keep_alive_while_idle(true);
         let address = self.address.clone();
         let tls = self.tls.clone();
-        let (heard_tx, mut heard) = watch::channel(false);
+        let (heard_tx, mut heard) = watch::channel(Hearing::Pending);
         let heard_tx = Arc::new(heard_tx);
         let attempt = async move {
             let channel = endpoint
@@ -257,11 +267,16 @@ impl Dialer {
                 .map_err(|e| ErrorKind::Connect(Arc::new(e)))?;
             // hyper's handshake completes without a word from the server; its first bytes
             // (the SETTINGS frame that opens every HTTP/2 server connection) show it is up.
-            heard
-                .wait_for(|heard| *heard)
+            // The connector (and so the sender) lives as long as the channel: the IO itself
+            // reports a connection that ended before the server spoke.
+            let hearing = *heard
+                .wait_for(|h| *h != Hearing::Pending)
                 .await
                 .map_err(|_| ErrorKind::Silent)?;
-            Ok::<_, ErrorKind>(channel)
+            match hearing {
+                Hearing::Heard => Ok(channel),
+                Hearing::Pending | Hearing::Closed => Err(ErrorKind::Silent),
+            }
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result.map_err(err),
@@ -339,10 +354,44 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// The connection's IO, which reports the first bytes read from the server.
+/// What a new connection has had from the server so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hearing {
+    /// Nothing yet.
+    Pending,
+    /// Its first bytes.
+    Heard,
+    /// Its end (EOF, a read error, or the connection dropped) before any byte.
+    Closed,
+}
+
+/// The connection's IO, which reports the first bytes read from the server, or its end
+/// before them.
 struct Heard {
     io: BoxIo,
-    heard: Option<Arc<watch::Sender<bool>>>,
+    heard: Option<Arc<watch::Sender<Hearing>>>,
+}
+
+impl Heard {
+    fn report(&mut self, hearing: Hearing) {
+        if let Some(heard) = self.heard.take() {
+            // Only the first connection's news counts: a later one the channel makes on its
+            // own must not overwrite it.
+            heard.send_if_modified(|h| {
+                let first = *h == Hearing::Pending;
+                if first {
+                    *h = hearing;
+                }
+                first
+            });
+        }
+    }
+}
+
+impl Drop for Heard {
+    fn drop(&mut self) {
+        self.report(Hearing::Closed);
+    }
 }
 
 impl AsyncRead for Heard {
@@ -353,10 +402,12 @@ impl AsyncRead for Heard {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before
-            && let Some(heard) = self.heard.take()
-        {
-            heard.send_replace(true);
+        match &polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.report(Hearing::Heard),
+            // A read that fills nothing into a buffer with room is the end of the stream.
+            Poll::Ready(Ok(())) if buf.remaining() > 0 => self.report(Hearing::Closed),
+            Poll::Ready(Err(_)) => self.report(Hearing::Closed),
+            _ => {}
         }
         polled
     }
@@ -395,7 +446,7 @@ impl AsyncWrite for Heard {
 async fn dial_io(
     address: ServerAddress,
     tls: Option<Arc<rustls::ClientConfig>>,
-    heard: Arc<watch::Sender<bool>>,
+    heard: Arc<watch::Sender<Hearing>>,
 ) -> Result<TokioIo<Heard>, std::io::Error> {
     let heard = Some(heard);
     let (io, host): (BoxIo, String) = match address {
@@ -439,10 +490,17 @@ pub(crate) async fn open_stream(
     requests: mpsc::UnboundedReceiver<DiscoveryRequest>,
     max_message_size: usize,
 ) -> Result<tonic::Streaming<DiscoveryResponse>, tonic::Status> {
-    // Requests are ours (subscriptions and ACKs), so only responses are limited.
+    // Requests are ours: the names of one type, which come from the user's watches and from
+    // one full-state response (each under the limit), an ACK's version and nonce, and a
+    // NACK text bounded by MAX_NACK_DETAIL. The encoding limit is a backstop with room to
+    // spare, so a bug that bloats a request fails the stream instead of sending it.
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(max_message_size)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(
+            max_message_size
+                .max(DEFAULT_MAX_MESSAGE_SIZE)
+                .saturating_mul(4),
+        );
     Ok(client
         .stream_aggregated_resources(UnboundedReceiverStream::new(requests))
         .await?
@@ -452,13 +510,23 @@ pub(crate) async fn open_stream(
 /// Reconnect delays: exponential from `min` by 1.6x up to `max`, and each delay gets up to
 /// 100% random jitter on top (backon's jitter), so a delay `d` is drawn from `[d, 2d)` and
 /// clients that lost the same server do not come back in lockstep.
+///
+/// The fields are kept in range when used: `min` is at least 100 ms, so a server that
+/// answers and closes every stream sees at most ten streams a second, never a spin; `max`
+/// is at most 60 s, so with jitter no delay exceeds gRPC's 120 s cap (its connection-backoff
+/// spec's `MAX_BACKOFF`), and at least `min`.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
-    /// The first delay.
+    /// The first delay (at least 100 ms).
     pub min: Duration,
-    /// The largest delay.
+    /// The largest delay before jitter (between `min` and 60 s).
     pub max: Duration,
 }
+
+/// The least first delay a [`Backoff`] uses.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The largest delay before jitter a [`Backoff`] uses: 120 s with jitter (gRPC's cap).
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 impl Default for Backoff {
     /// 1 s growing to 60 s before jitter, so no delay exceeds gRPC's 120 s cap.
@@ -471,10 +539,20 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The delays in force: `min` and `max` clamped as the type's docs say.
+    pub(crate) fn clamped(&self) -> Self {
+        let min = self.min.clamp(MIN_BACKOFF, MAX_BACKOFF);
+        Self {
+            min,
+            max: self.max.clamp(min, MAX_BACKOFF),
+        }
+    }
+
     pub(crate) fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+        let Self { min, max } = self.clamped();
         backon::ExponentialBuilder::default()
-            .with_min_delay(self.min)
-            .with_max_delay(self.max)
+            .with_min_delay(min)
+            .with_max_delay(max)
             .with_factor(1.6)
             .with_jitter()
             .without_max_times()
@@ -485,6 +563,90 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that accepts and at once closes every connection fails the connect at
+    /// once, as one that closed before saying anything, not after the 20 s deadline (which
+    /// would hold back gRFC A71's fallback).
+    #[tokio::test]
+    async fn a_server_that_closes_at_once_fails_the_connect_fast() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}", listener.local_addr().unwrap());
+        let _accept = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                drop(tcp);
+            }
+        });
+        let dialer = Dialer::new(&XdsServer::new(uri).unwrap()).unwrap();
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            dialer.connect(DEFAULT_CONNECT_TIMEOUT),
+        )
+        .await
+        .expect("the connect waited for its deadline");
+        let error = result.expect_err("nobody is there");
+        assert!(
+            matches!(error.kind, ErrorKind::Silent),
+            "{}",
+            ErrorChain(&error)
+        );
+        assert!(error.is_connect() && !error.is_timeout());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Only tonic's decode-side refusal under our limit is a message too large.
+    #[test]
+    fn message_too_large_is_the_decoders_refusal_of_our_limit() {
+        let status = |m: &str| tonic::Status::out_of_range(m.to_string());
+        let decoded = "Error, decoded message length too large: found 4294967280 bytes, \
+                       the limit is: 4194304 bytes";
+        let encoded = "Error, encoded message length too large: found 9 bytes, the limit is: \
+                       4194304 bytes";
+        let too_large = |s| TransportError::stream("x", s, 4194304).is_message_too_large();
+        assert!(too_large(status(decoded)));
+        assert!(!too_large(status(encoded)), "a request of ours");
+        assert!(
+            !too_large(status("message length too large")),
+            "a server's own"
+        );
+        assert!(!too_large(tonic::Status::internal(decoded)));
+        assert!(
+            !TransportError::stream("x", status(decoded), 16).is_message_too_large(),
+            "not our limit"
+        );
+    }
+
+    /// A zero `min` would let a server that answers and closes make the client spin; a
+    /// huge `max` would overflow `Instant + delay` and kill the client's task.
+    #[test]
+    fn backoff_fields_are_kept_in_range() {
+        let zero = Backoff {
+            min: Duration::ZERO,
+            max: Duration::ZERO,
+        };
+        for d in zero.delays().take(20) {
+            assert!(d >= MIN_BACKOFF && d < 2 * MIN_BACKOFF, "{d:?}");
+        }
+        let huge = Backoff {
+            min: Duration::MAX,
+            max: Duration::MAX,
+        };
+        let now = tokio::time::Instant::now();
+        for d in huge.delays().take(20) {
+            assert!(d >= MAX_BACKOFF && d < 2 * MAX_BACKOFF, "{d:?}");
+            assert!(now.checked_add(d).is_some());
+        }
+        let inverted = Backoff {
+            min: Duration::from_secs(5),
+            max: Duration::from_secs(1),
+        }
+        .clamped();
+        assert_eq!(inverted.max, Duration::from_secs(5));
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {

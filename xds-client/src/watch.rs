@@ -17,7 +17,8 @@
 //! The walk runs on the client's task for every change of a resource a target needs, so its
 //! cost is bounded by the graph, not by what a control plane makes of it: a walk enters each
 //! cluster once, whatever became of it, and its aggregate work has a cap (16 384 edges and
-//! leaf names; aggregates past it are errors of their own).
+//! leaf names, a long name counting once per 256 bytes; aggregates past it are errors of
+//! their own), which bounds the leaf names the config holds to a few MiB.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -32,15 +33,26 @@ use crate::resource::{
 const MAX_AGGREGATE_DEPTH: usize = 16;
 
 /// How much aggregate work one walk of a target may do: aggregate-to-child edges followed
-/// plus leaf names copied into aggregates' priority lists. Memoised, a walk is linear in
-/// the graph's size, but a flattened list can still be as long as the number of distinct
-/// leaves for every aggregate (quadratic). gRPC sets no limit. This one leaves room for
+/// plus leaf names copied into aggregates' priority lists, a name costing one unit plus one
+/// per [`NAME_BYTES_PER_UNIT`] of its bytes. Memoised, a walk is linear in the graph's
+/// size, but a flattened list can still be as long as the number of distinct leaves for
+/// every aggregate (quadratic), and each aggregate owns a copy of its leaves' names: the
+/// budget bounds the bytes copied as well as the count. gRPC sets no limit. This one leaves room for
 /// thousands of real aggregates per target (gRFC A37's have a few children each) and keeps
 /// a hostile graph to tens of milliseconds of the client's task in a debug build.
 /// Aggregates met after it is spent are errors of their own, so the rest of the target
 /// keeps working.
 const MAX_AGGREGATE_WORK: usize = 1 << 14;
 
+/// Leaf-name bytes that cost one more unit of [`MAX_AGGREGATE_WORK`] when copied: a walk
+/// copies at most about 4 MiB of names into aggregates' lists (16 384 x 256), and names of
+/// ordinary length (xdstp names included) cost one unit as before.
+const NAME_BYTES_PER_UNIT: usize = 256;
+
+/// What copying `name` into an aggregate's leaf list costs of [`MAX_AGGREGATE_WORK`].
+fn copy_cost(name: &str) -> usize {
+    1 + name.len() / NAME_BYTES_PER_UNIT
+}
 /// A resource key: its type and name.
 pub type ResourceKey = (ResourceType, String);
 
@@ -312,10 +324,10 @@ struct ClusterWalker<'a, 'n> {
     needs: &'n mut BTreeSet<ResourceKey>,
     out: BTreeMap<String, ClusterState>,
     marks: HashMap<&'a str, Mark>,
-    /// The leaf lists of the usable aggregates so far, borrowed from the cache: flattening a
-    /// parent copies no strings.
-    leaves: HashMap<&'a str, Vec<&'a str>>,
-    /// Aggregate edges followed plus leaf names copied so far.
+    /// The leaf lists of the usable aggregates so far, borrowed from the cache (flattening a
+    /// parent copies no strings), with what copying each list costs.
+    leaves: HashMap<&'a str, (Vec<&'a str>, usize)>,
+    /// Aggregate edges followed plus leaf names copied so far (see [`copy_cost`]).
     work: usize,
     /// Why each rejected resource was rejected, once one is met.
     nacked: Option<HashMap<(ResourceType, &'a str), String>>,
@@ -428,6 +440,7 @@ impl<'a> ClusterWalker<'a, '_> {
         self.marks.insert(name, Mark::OnStack);
         let mut walk = Walk::Done;
         let mut leaves: Vec<&'a str> = Vec::new();
+        let mut cost = 0;
         let mut seen = HashSet::new();
         let mut too_large = false;
         for child in children {
@@ -447,18 +460,30 @@ impl<'a> ClusterWalker<'a, '_> {
             }
             match self.leaves.get(child.as_str()) {
                 // A usable aggregate: its leaves in its priority order.
-                Some(sub) => {
-                    self.work += sub.len();
+                Some((sub, sub_cost)) => {
+                    self.work += *sub_cost;
                     if self.work > MAX_AGGREGATE_WORK {
                         too_large = true;
                         break;
                     }
-                    leaves.extend(sub.iter().filter(|leaf| seen.insert(**leaf)));
+                    for &leaf in sub {
+                        if seen.insert(leaf) {
+                            leaves.push(leaf);
+                            cost += copy_cost(leaf);
+                        }
+                    }
                 }
-                // Anything else that is done (an EDS or DNS cluster, an error) is a leaf.
+                // Anything else that is done (an EDS or DNS cluster, an error) is a leaf; the
+                // edge paid its first unit.
                 None => {
+                    self.work += copy_cost(child) - 1;
+                    if self.work > MAX_AGGREGATE_WORK {
+                        too_large = true;
+                        break;
+                    }
                     if seen.insert(child) {
                         leaves.push(child);
+                        cost += copy_cost(child);
                     }
                 }
             }
@@ -480,7 +505,7 @@ impl<'a> ClusterWalker<'a, '_> {
             }
             Walk::Done => {
                 let owned = leaves.iter().map(|leaf| leaf.to_string()).collect();
-                self.leaves.insert(name, leaves);
+                self.leaves.insert(name, (leaves, cost));
                 Ok(owned)
             }
         }
@@ -865,6 +890,47 @@ mod tests {
             !r.needs
                 .contains(&(ResourceType::Cluster, "agg299".to_string())),
             "what the budget did not reach is not subscribed"
+        );
+    }
+
+    /// Each aggregate owns a copy of its leaves' names, so the budget counts their bytes: a
+    /// 1 MiB leaf name under one aggregate under 200 others (a few MiB on the wire, and
+    /// well within the count budget) must not become 200 MiB of copies in one config.
+    #[test]
+    fn aggregate_work_counts_the_bytes_of_leaf_names() {
+        let long = "l".repeat(1 << 20);
+        let outer: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
+        let outer_refs: Vec<&str> = outer.iter().map(String::as_str).collect();
+        let mut clusters = vec![
+            aggregate("root", &outer_refs),
+            aggregate("b", &[long.as_str()]),
+            build::eds_cluster(&long),
+        ];
+        clusters.extend(outer.iter().map(|c| aggregate(c, &["b"])));
+        let w = world("root", &clusters, &[long.as_str()]);
+        let r = w.settle(T, T);
+        let c = config(&r);
+        let held: usize = c
+            .clusters
+            .values()
+            .map(|state| match state {
+                ClusterState::Ready(ClusterConfig {
+                    children: ClusterChildren::Aggregate(leaves),
+                    ..
+                }) => leaves.iter().map(String::len).sum(),
+                _ => 0,
+            })
+            .sum();
+        assert!(
+            held < 64 << 20,
+            "{} MiB of leaf names held by the config",
+            held >> 20
+        );
+        let too_large = |name: &str| matches!(&c.clusters.get(name), Some(ClusterState::Error(e)) if e.contains("larger than"));
+        assert!(too_large("root"), "the root ran out");
+        assert!(
+            matches!(&c.clusters["b"], ClusterState::Ready(_)),
+            "what fits is served"
         );
     }
 

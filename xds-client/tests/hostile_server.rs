@@ -91,6 +91,30 @@ async fn an_oversized_response_fails_the_stream_and_the_cache_keeps_serving() {
     assert_eq!(a.status, ResourceStatus::Acked);
 }
 
+/// A server that answers something small and then announces 4 GiB on every stream is not
+/// healthy: the oversized response will come again, so the backoff keeps growing instead of
+/// starting over at its first step on every stream.
+#[tokio::test]
+async fn an_oversized_response_after_an_answer_does_not_reset_the_backoff() {
+    let fake = FakeAds::start(Script::new(|_| {
+        vec![Step::Message(cluster_a()), Step::Announce(FOUR_GIB)]
+    }))
+    .await;
+    let client = builder(&[fake.uri()])
+        .backoff(Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        })
+        .start();
+    let _watch = client.watch(ResourceType::Cluster, "a").await;
+    let starts = within(20, fake.wait_for(|s| s.streams.len() >= 6)).await;
+    let gaps: Vec<Duration> = starts.windows(2).map(|p| p[1] - p[0]).collect();
+    // Delays are drawn from [d, 2d) with d growing 1.6x a step: the 5th is at least
+    // 100 ms x 1.6^4 = 655 ms, the 1st at most 200 ms (plus a connect).
+    assert!(gaps[4] > 2 * gaps[0], "the backoff did not grow: {gaps:?}");
+    assert!(client.last_error().unwrap().is_message_too_large());
+}
+
 /// The limit is configurable: a response the default takes (the test above) is refused
 /// under a lowered limit.
 #[tokio::test]
