@@ -23,8 +23,8 @@ mod policy;
 pub use acceptor::{ConnectionInfo, InboundStream, MeshAcceptor};
 pub use layer::{AuthorizationDenied, Inbound, InboundFuture, InboundLayer};
 pub use policy::{
-    AuthorizationPolicy, Decision, DenyReason, Operation, PathError, Principal, RequestAttributes,
-    Rule, normalize_path,
+    AuthorizationPolicy, Decision, DenyReason, InvalidOperation, Operation, PathError, Principal,
+    RequestAttributes, Rule, normalize_path,
 };
 
 #[cfg(test)]
