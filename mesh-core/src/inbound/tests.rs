@@ -707,6 +707,49 @@ fn an_unnormalisable_rule_path_denies_more_and_allows_nothing() {
 }
 
 #[test]
+fn try_operation_names_the_operation_that_has_no_normal_form() {
+    for (operation, error) in [
+        (
+            Operation::Path("/a%2Fb".into()),
+            Some(PathError::EscapedSlash),
+        ),
+        (
+            Operation::Path("/../a".into()),
+            Some(PathError::EscapesRoot),
+        ),
+        (
+            Operation::path_prefix("admin"),
+            Some(PathError::NotOriginForm),
+        ),
+        (
+            Operation::path_prefix("/x%"),
+            Some(PathError::InvalidPercentEncoding),
+        ),
+        (Operation::grpc_service("a/b"), None),
+        (Operation::grpc_service(""), None),
+        (Operation::grpc_service("%2E"), None),
+        (Operation::grpc_method("pkg.Svc", ""), None),
+        (Operation::grpc_method("pkg.Svc", "."), None),
+    ] {
+        let invalid = Rule::any().try_operation(operation.clone()).unwrap_err();
+        assert_eq!(invalid.operation(), &operation);
+        assert_eq!(invalid.path_error(), error, "{operation:?}");
+        assert_eq!(
+            std::error::Error::source(&invalid).map(|e| e.to_string()),
+            error.map(|e| e.to_string())
+        );
+    }
+    let rule = Rule::any()
+        .try_operation(Operation::grpc_method("pkg.Svc", "M%65thod"))
+        .unwrap()
+        .try_operation(Operation::HttpMethod(http::Method::POST))
+        .unwrap();
+    let policy = AuthorizationPolicy::new().allow(rule);
+    let call = http::Request::post("/pkg.Svc/Method").body(()).unwrap();
+    assert_eq!(policy.evaluate(&call, None), Decision::Allow(0));
+}
+
+#[test]
 fn escaped_sub_delims_are_decoded_as_the_handler_sees_them() {
     let policy = AuthorizationPolicy::new()
         .allow(Rule::any())
