@@ -36,6 +36,11 @@ async fn start(ca: &TestCa) -> (SocketAddr, Seen) {
             .operation(Operation::Path("/admin".into()))
             .operation(Operation::path_prefix("/admin/")),
     );
+    start_with(ca, policy).await
+}
+
+/// A `Server` enforcing `policy`; the service records each path it gets and answers 200.
+async fn start_with(ca: &TestCa, policy: AuthorizationPolicy) -> (SocketAddr, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Seen::default();
@@ -192,4 +197,50 @@ async fn the_service_gets_the_normalised_path_the_policy_judged() {
     for path in seen.iter() {
         assert!(path == "/admin" || path == "/admin/keys", "{path}");
     }
+}
+
+/// Rules mean what they say, whatever their spelling: a rule path is normalised as request
+/// paths are (so `/users/josé` is the `/users/jos%C3%A9` a router decodes back to josé), a
+/// GET allow rule does not admit HEAD, and a path and a method in one rule both apply.
+#[tokio::test]
+async fn rules_hold_as_written_over_http1_and_http2() {
+    let ca = TestCa::new("example.org");
+    let policy = AuthorizationPolicy::new()
+        .allow(
+            Rule::any()
+                .operation(Operation::path_prefix("/public/"))
+                .operation(Operation::HttpMethod(http::Method::GET)),
+        )
+        .allow(Rule::any().operation(Operation::path_prefix("/users/")))
+        .deny(Rule::any().operation(Operation::Path("/users/jos\u{e9}".into())))
+        .deny(Rule::any().operation(Operation::path_prefix("/users/%7eroot")))
+        .deny(Rule::any().operation(Operation::Path("/users/a+b".into())));
+    let (addr, seen) = start_with(&ca, policy).await;
+    let mut wrong = Vec::new();
+    for (line, want) in [
+        ("GET /users/jos%c3%a9 HTTP/1.1", 403),
+        ("GET /users/jos%C3%A9 HTTP/1.1", 403),
+        ("GET /users/~root/keys HTTP/1.1", 403),
+        ("GET /users/%7Eroot HTTP/1.1", 403),
+        ("GET /users/a%2Bb HTTP/1.1", 403),
+        ("GET /users/a+b HTTP/1.1", 403),
+        ("GET /users/jose HTTP/1.1", 200),
+        ("GET /public/x HTTP/1.1", 200),
+        ("HEAD /public/x HTTP/1.1", 403),
+        ("POST /public/x HTTP/1.1", 403),
+        ("GET /private HTTP/1.1", 403),
+    ] {
+        let got = h1(&ca, FRIEND, addr, line).await;
+        if got != want {
+            wrong.push(format!("{line}: {got}, want {want}"));
+        }
+    }
+    for (path, want) in [("/users/jos%c3%a9", 403), ("/users/%7eroot/x", 403)] {
+        let got = h2(&ca, FRIEND, addr, path).await;
+        if got != want {
+            wrong.push(format!("h2 GET {path}: {got}, want {want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    assert_eq!(*seen.lock().unwrap(), ["/users/jose", "/public/x"]);
 }

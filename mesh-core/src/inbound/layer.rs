@@ -145,12 +145,14 @@ fn set_path<B>(req: &mut http::Request<B>, path: &str) -> Result<(), DenyReason>
         Some(query) => format!("{path}?{query}"),
         None => path.to_owned(),
     };
+    // Unreachable with a normal path and a query that parsed; refused all the same, since
+    // `Uri::from_parts` takes a missing path for an empty one and would serve a path the
+    // policy did not judge.
+    const REFUSED: DenyReason = DenyReason::InvalidPath(PathError::NotOriginForm);
     let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = http::uri::PathAndQuery::try_from(path_and_query).ok();
-    // Unreachable with a normal path and a URI that parsed with one; refused all the same
-    // rather than serving a path the policy did not judge.
-    let uri = http::Uri::from_parts(parts)
-        .map_err(|_| DenyReason::InvalidPath(PathError::NotOriginForm))?;
+    let path_and_query = http::uri::PathAndQuery::try_from(path_and_query).map_err(|_| REFUSED)?;
+    parts.path_and_query = Some(path_and_query);
+    let uri = http::Uri::from_parts(parts).map_err(|_| REFUSED)?;
     *req.uri_mut() = uri;
     Ok(())
 }
@@ -237,5 +239,24 @@ where
                 Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `set_path` is only handed normal paths, which always parse; one that did not must
+    /// refuse the request, not serve it with an empty path no rule judged.
+    #[test]
+    fn a_path_that_does_not_parse_is_refused_not_emptied() {
+        let mut req = http::Request::get("/x?q=1").body(()).unwrap();
+        assert_eq!(
+            set_path(&mut req, "/a b"),
+            Err(DenyReason::InvalidPath(PathError::NotOriginForm))
+        );
+        assert_eq!(req.uri(), "/x?q=1");
+        assert_eq!(set_path(&mut req, "/a/b"), Ok(()));
+        assert_eq!(req.uri(), "/a/b?q=1");
     }
 }

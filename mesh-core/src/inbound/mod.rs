@@ -31,8 +31,8 @@ pub use acceptor::{ConnectionInfo, InboundStream, MeshAcceptor};
 pub use layer::{AuthorizationDenied, Inbound, InboundFuture, InboundLayer};
 pub use limits::ServerLimits;
 pub use policy::{
-    AuthorizationPolicy, Decision, DenyReason, Operation, PathError, Principal, RequestAttributes,
-    Rule, normalize_path,
+    AuthorizationPolicy, Decision, DenyReason, InvalidOperation, Operation, PathError, Principal,
+    RequestAttributes, Rule, normalize_path,
 };
 #[cfg(feature = "server")]
 pub use serve::{HttpVersions, serve};

@@ -3,12 +3,21 @@
 //!
 //! Rules judge what the service will execute, not how the caller spelled it. Every rule
 //! about a target (gRPC service, gRPC method, path, path prefix) is matched against one
-//! string, the request's path in its normal form ([`normalize_path`]: unreserved escapes
-//! decoded, slashes merged, dot segments resolved), and [`InboundLayer`](super::InboundLayer)
-//! hands the service the request with that same path, so a deny rule holds for every
-//! spelling that reaches the handler and an allow rule admits no other. A path that cannot be
+//! string, the request's path in its normal form ([`normalize_path`]: escapes of characters
+//! allowed raw decoded, slashes merged, dot segments resolved), and
+//! [`InboundLayer`](super::InboundLayer) hands the service the request with that same path,
+//! so a deny rule holds for every spelling that reaches the handler and an allow rule admits
+//! no other. A path that cannot be
 //! normalised safely (an escaped `/`, a `..` above the root, an invalid escape, a target
 //! that is not `/…`) is refused before any rule is consulted.
+//!
+//! Rule strings are put in that same normal form when an operation is added to a
+//! [`Rule`], so a rule may be written as a person writes a path (`/users/josé`, `/%7Euser`,
+//! `/a|b`) and still match the requests a router serves for it. A rule string that has no
+//! normal form (`/a%2Fb`, `/x%`, `../x`, a gRPC name with a `/`) fails closed:
+//! [`Rule::try_operation`] returns it as an [`InvalidOperation`], and [`Rule::operation`]
+//! keeps a marker that makes a **deny** rule match every path and an **allow** rule match
+//! none, so a typo never turns into a rule that silently matches nothing.
 //!
 //! gRPC rules do not look at the content type: tonic and grpc-go dispatch a request on its
 //! path whatever its `content-type` says, so `/helloworld.Greeter/SayHello` sent as
@@ -105,10 +114,10 @@ impl AuthorizationPolicy {
 
     /// The decision for one request whose attributes are already known.
     pub fn decide(&self, request: &RequestAttributes<'_>) -> Decision {
-        if let Some(index) = self.deny.iter().position(|r| r.matches(request)) {
+        if let Some(index) = self.deny.iter().position(|r| r.matches(request, true)) {
             return Decision::Deny(DenyReason::DenyRule(index));
         }
-        match self.allow.iter().position(|r| r.matches(request)) {
+        match self.allow.iter().position(|r| r.matches(request, false)) {
             Some(index) => Decision::Allow(index),
             None => Decision::Deny(DenyReason::NotAllowed),
         }
@@ -183,16 +192,6 @@ impl<'a> RequestAttributes<'a> {
             Cow::Borrowed(_) => None,
         }
     }
-
-    /// Whether the path is one that a gRPC server routes to `service`: `/service/…` (tonic
-    /// registers each service as the route `/{service}/{*rest}`).
-    fn is_under_grpc_service(&self, service: &str) -> bool {
-        self.path
-            .strip_prefix('/')
-            .and_then(|rest| rest.strip_prefix(service))
-            .and_then(|rest| rest.strip_prefix('/'))
-            .is_some_and(|method| !method.is_empty())
-    }
 }
 
 /// Whether `headers` say gRPC (`application/grpc`, `application/grpc+proto`, …; media types
@@ -210,13 +209,46 @@ pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
         })
 }
 
-/// One rule: it matches a request whose caller matches any of its principals and whose
-/// target matches any of its operations. An empty list matches anything, so `Rule::any()`
-/// matches every request.
+/// One rule, read as one entry of an Istio `AuthorizationPolicy` rule reads: it matches a
+/// request when **all** of these hold:
+///
+/// - its caller matches **any** of the rule's principals (Istio's `from.source.principals`);
+/// - its path matches **any** of the rule's path operations: [`Operation::GrpcService`],
+///   [`Operation::GrpcMethod`], [`Operation::Path`] and [`Operation::PathPrefix`] (Istio's
+///   `to.operation.paths`, where gRPC methods are paths too);
+/// - its HTTP method is **any** of the rule's [`Operation::HttpMethod`]s (Istio's
+///   `to.operation.methods`).
+///
+/// So operations of one kind are alternatives and operations of different kinds all apply:
+/// a rule with the operations `Path("/status")` and `HttpMethod(GET)` is `GET /status`, not
+/// "any GET, and `/status` by any method". To allow either, write two rules. A kind with no
+/// entry matches anything, so `Rule::any()` matches every request.
+///
+/// Path strings are normalised ([`normalize_path`]) when the operation is added; see
+/// [`operation`](Self::operation) for what happens to one that cannot be.
+///
+/// ```
+/// use http::Method;
+/// use meshwork_core::inbound::{AuthorizationPolicy, Decision, DenyReason, Operation, Rule};
+///
+/// let policy = AuthorizationPolicy::new().allow(
+///     Rule::any()
+///         .operation(Operation::Path("/status".into()))
+///         .operation(Operation::path_prefix("/health/"))
+///         .operation(Operation::HttpMethod(Method::GET)),
+/// );
+/// let get = |path| http::Request::get(path).body(()).unwrap();
+/// assert_eq!(policy.evaluate(&get("/status"), None), Decision::Allow(0));
+/// assert_eq!(policy.evaluate(&get("/health/db"), None), Decision::Allow(0));
+/// let delete = http::Request::delete("/status").body(()).unwrap();
+/// assert_eq!(policy.evaluate(&delete, None), Decision::Deny(DenyReason::NotAllowed));
+/// assert_eq!(policy.evaluate(&get("/other"), None), Decision::Deny(DenyReason::NotAllowed));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rule {
     principals: Vec<Principal>,
-    operations: Vec<Operation>,
+    targets: Vec<Target>,
+    methods: Vec<http::Method>,
 }
 
 impl Rule {
@@ -232,16 +264,100 @@ impl Rule {
         self
     }
 
-    /// Adds an operation (the rule matches requests that match any of its operations).
+    /// Adds an operation: an alternative to the rule's operations of the same kind (path
+    /// operations, or HTTP methods), a further condition with those of the other kind (see
+    /// [`Rule`]).
+    ///
+    /// A path string is put in normal form ([`normalize_path`]; for a prefix, its last
+    /// segment is a prefix of a segment, so only its escapes are normalised). One that has
+    /// none fails closed, since a rule that cannot be read must deny more, not less: in a
+    /// deny rule it matches **every** path (the rule still needs its principals and
+    /// methods), in an allow rule **no** path. Use [`try_operation`](Self::try_operation) to
+    /// get the error instead.
     pub fn operation(mut self, operation: Operation) -> Self {
-        self.operations.push(operation);
+        match operation.compile() {
+            Ok(Compiled::Method(method)) => self.methods.push(method),
+            Ok(Compiled::Target(target)) => self.targets.push(target),
+            Err(invalid) => self.targets.push(Target::Invalid(Box::new(invalid))),
+        }
         self
     }
 
-    fn matches(&self, request: &RequestAttributes<'_>) -> bool {
-        (self.principals.is_empty() || self.principals.iter().any(|p| p.matches(request.peer)))
-            && (self.operations.is_empty() || self.operations.iter().any(|o| o.matches(request)))
+    /// [`operation`](Self::operation), or the error when the operation's path has no
+    /// normal form.
+    ///
+    /// ```
+    /// use meshwork_core::inbound::{Operation, PathError, Rule};
+    ///
+    /// let rule = Rule::any().try_operation(Operation::Path("/users/josé".into()));
+    /// assert!(rule.is_ok());
+    /// let invalid = Rule::any()
+    ///     .try_operation(Operation::Path("/a%2Fb".into()))
+    ///     .unwrap_err();
+    /// assert_eq!(invalid.path_error(), Some(PathError::EscapedSlash));
+    /// ```
+    pub fn try_operation(mut self, operation: Operation) -> Result<Self, InvalidOperation> {
+        match operation.compile()? {
+            Compiled::Method(method) => self.methods.push(method),
+            Compiled::Target(target) => self.targets.push(target),
+        }
+        Ok(self)
     }
+
+    /// Whether the rule matches `request`; `deny` says which list the rule is in, since a
+    /// rule that cannot be trusted must widen a deny and narrow an allow.
+    fn matches(&self, request: &RequestAttributes<'_>, deny: bool) -> bool {
+        (self.principals.is_empty() || self.principals.iter().any(|p| p.matches(request.peer)))
+            && (self.targets.is_empty() || self.targets.iter().any(|t| t.matches(request, deny)))
+            && (self.methods.is_empty()
+                || self
+                    .methods
+                    .iter()
+                    .any(|m| method_matches(m, request.method, deny)))
+    }
+}
+
+/// Whether `method` in a rule matches a request's `got`. In a deny rule `GET` also matches
+/// `HEAD`, which axum (and tonic's router) serve with the `GET` handler, so denying GET
+/// denies what that handler would run. An allow rule matches exactly what it names, as
+/// Istio's `methods` and Envoy's RBAC `:method` matcher do: `GET` does not admit `HEAD`,
+/// which may reach an explicit HEAD handler.
+fn method_matches(method: &http::Method, got: &http::Method, deny: bool) -> bool {
+    got == method || (deny && method == http::Method::GET && got == http::Method::HEAD)
+}
+
+/// A path operation in the form it is matched in: strings in normal form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// Paths `{0}…` with a non-empty rest; `{0}` is `/package.Service/`.
+    GrpcService(String),
+    /// Exactly this normal path (also a gRPC method, `/package.Service/Method`).
+    Path(String),
+    /// Normal paths starting with this.
+    PathPrefix(String),
+    /// An operation whose path has no normal form: every path in a deny rule, none in an
+    /// allow rule.
+    Invalid(Box<InvalidOperation>),
+}
+
+impl Target {
+    fn matches(&self, request: &RequestAttributes<'_>, deny: bool) -> bool {
+        match self {
+            Self::GrpcService(prefix) => request
+                .path()
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|method| !method.is_empty()),
+            Self::Path(path) => request.path() == path,
+            Self::PathPrefix(prefix) => request.path().starts_with(prefix.as_str()),
+            Self::Invalid(_) => deny,
+        }
+    }
+}
+
+/// What an [`Operation`] becomes in a [`Rule`].
+enum Compiled {
+    Target(Target),
+    Method(http::Method),
 }
 
 /// Who a rule is about.
@@ -270,27 +386,36 @@ impl Principal {
     }
 }
 
-/// What a rule is about.
+/// What a rule is about: a path operation (gRPC service or method, path, path prefix) or
+/// an HTTP method. A [`Rule`] ORs operations of one kind and ANDs the two kinds.
+///
+/// Every string is normalised ([`normalize_path`]) when the operation is added to a rule,
+/// so it may be written in any spelling that normalises to what the service serves; one
+/// that cannot be normalised fails closed ([`Rule::operation`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Operation {
-    /// Any method of a gRPC service (`package.Service`).
+    /// Any method of a gRPC service (`package.Service`, no `/`): every path
+    /// `/package.Service/…`, the routes tonic hands that service.
     GrpcService(String),
-    /// One method of a gRPC service.
+    /// One method of a gRPC service: exactly the path `/package.Service/Method`.
     GrpcMethod {
         /// `package.Service`.
         service: String,
         /// `Method`.
         method: String,
     },
-    /// A request whose normalised path ([`normalize_path`]) is exactly this; write it in
-    /// normal form (a rule such as `/a/./b` or `/%61` matches no request).
+    /// A request whose normalised path is exactly this path's normal form (`/users/josé`,
+    /// `/users/jos%c3%a9` and `/users/./jos%C3%A9` are one rule).
     Path(String),
-    /// A request whose normalised path starts with this (a plain string prefix: `/admin`
-    /// also matches `/administrator`; end it with `/` to mean a directory).
+    /// A request whose normalised path starts with this prefix's normal form (a plain
+    /// string prefix: `/admin` also matches `/administrator`; end it with `/` to mean a
+    /// directory). Its last segment is a prefix of a segment, so a final `.` or `..` is
+    /// kept as written (`/docs/.` matches `/docs/.env`).
     PathPrefix(String),
-    /// A request with this HTTP method; `GET` also matches `HEAD`, which axum and tonic
-    /// route to the `GET` handler.
+    /// A request with this HTTP method. In a deny rule `GET` also matches `HEAD`, which
+    /// axum and tonic route to the `GET` handler; in an allow rule it does not (as Istio's
+    /// `methods` and Envoy's RBAC read it), so allow `HEAD` explicitly where it is wanted.
     HttpMethod(http::Method),
 }
 
@@ -313,21 +438,90 @@ impl Operation {
         Self::PathPrefix(prefix.into())
     }
 
-    fn matches(&self, request: &RequestAttributes<'_>) -> bool {
-        match self {
-            Self::GrpcService(want) => request.is_under_grpc_service(want),
-            Self::GrpcMethod { service, method } => request
-                .grpc_method()
-                .is_some_and(|(s, m)| s == service && m == method),
-            Self::Path(path) => request.path() == path,
-            Self::PathPrefix(prefix) => request.path().starts_with(prefix.as_str()),
-            // axum (and so tonic's router) serves HEAD with the GET handler, so a rule about
-            // GET is about HEAD too; nothing routes GET to a HEAD-only handler.
-            Self::HttpMethod(method) => {
-                request.method == method
-                    || (method == http::Method::GET && request.method == http::Method::HEAD)
+    /// The operation with its strings in normal form, as a rule matches it.
+    fn compile(self) -> Result<Compiled, InvalidOperation> {
+        let target = match &self {
+            Self::HttpMethod(method) => return Ok(Compiled::Method(method.clone())),
+            Self::GrpcService(service) => grpc_path(service, None).map(Target::GrpcService),
+            Self::GrpcMethod { service, method } => {
+                grpc_path(service, Some(method)).map(Target::Path)
             }
+            Self::Path(path) => normalize_path(path)
+                .map(|normal| Target::Path(normal.into_owned()))
+                .map_err(Some),
+            Self::PathPrefix(prefix) => normalize_prefix(prefix)
+                .map(Target::PathPrefix)
+                .map_err(Some),
+        };
+        target
+            .map(Compiled::Target)
+            .map_err(|error| InvalidOperation {
+                operation: self,
+                error,
+            })
+    }
+}
+
+/// The normal path of a gRPC service's routes (`/package.Service/`) or of one method
+/// (`/package.Service/Method`); `Err(None)` when a name is empty or holds a `/`, so that
+/// it is not one path segment.
+fn grpc_path(service: &str, method: Option<&str>) -> Result<String, Option<PathError>> {
+    let names = [Some(service), method];
+    let mut raw = String::new();
+    for name in names.into_iter().flatten() {
+        if name.is_empty() || name.contains('/') {
+            return Err(None);
         }
+        raw.push('/');
+        raw.push_str(name);
+    }
+    if method.is_none() {
+        raw.push('/');
+    }
+    let normal = normalize_path(&raw)?;
+    // A name that normalised away (`.`, `%2E`) leaves fewer segments than were written.
+    let segments = normal.trim_matches('/').split('/');
+    if segments.clone().count() != names.iter().flatten().count()
+        || segments.into_iter().any(str::is_empty)
+    {
+        return Err(None);
+    }
+    Ok(normal.into_owned())
+}
+
+/// The normal form of a path prefix: its directory part (up to its last `/`) normalised as a
+/// path, and its last, partial segment with its escapes normalised but no `.`/`..` meaning
+/// (`/docs/..` as a prefix is about `/docs/..x`, not about `/`).
+fn normalize_prefix(prefix: &str) -> Result<String, PathError> {
+    let Some(cut) = prefix.rfind('/') else {
+        return Err(PathError::NotOriginForm);
+    };
+    let (directory, partial) = prefix.split_at(cut + 1);
+    let mut normal = normalize_path(directory)?.into_owned();
+    normal.push_str(&canonical_escapes(partial)?);
+    Ok(normal)
+}
+
+/// An [`Operation`] whose path has no normal form, so no request path could be compared
+/// with it ([`Rule::try_operation`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the rule operation {operation:?} has no normalised path")]
+pub struct InvalidOperation {
+    operation: Operation,
+    #[source]
+    error: Option<PathError>,
+}
+
+impl InvalidOperation {
+    /// The operation as it was written.
+    pub fn operation(&self) -> &Operation {
+        &self.operation
+    }
+
+    /// Why its path cannot be normalised (`None`: a gRPC service or method name that is
+    /// empty, holds a `/` or normalises away, so is not one path segment).
+    pub fn path_error(&self) -> Option<PathError> {
+        self.error
     }
 }
 
@@ -390,14 +584,23 @@ pub enum PathError {
 /// `merge_slashes`), with its `path_with_escaped_slashes_action: REJECT_REQUEST`; Istio's
 /// `MERGE_SLASHES` path normalisation is the closest of its options:
 ///
-/// 1. percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986 section 2.3)
-///    are decoded (`%53ayHello` is `SayHello`, `%2e` is `.`); every other escape is kept,
+/// 1. an escaped character that may appear raw in a path segment is decoded: the
+///    unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986 section 2.3; `%53ayHello` is
+///    `SayHello`, `%2e` is `.`), and also the sub-delimiters and `:` `@`
+///    (`! $ & ' ( ) * + , ; = : @`, section 3.3; `%2B` is `+`). Every other escape is kept,
 ///    with upper-case hex digits (`%c3%a9` is `%C3%A9`), and a byte that may not appear raw
 ///    in a path (non-ASCII, `"`, `<`, `>`, `[`, `]`, `^`, `` ` ``, `{`, `|`, `}`, a space, a
 ///    control character, `?`, `#`) is escaped the same way, so each character has one
-///    spelling. An escaped reserved character stays escaped (`%3B` is not `;`, RFC 3986
-///    section 2.2): a service that decodes those before routing must not rely on exact path
-///    rules that contain them;
+///    spelling;
+///
+///    decoding the sub-delimiters is where this departs from Envoy, which keeps them escaped
+///    because RFC 3986 (section 2.2) does not make `%2B` and `+` equivalent in general. For
+///    an authorization decision the handler's view is what counts, and the handlers behind
+///    this layer see them decoded: axum's `Path` extractor (and so a tonic or axum service)
+///    percent-decodes a segment after routing, so with Envoy's rule a deny on `/f/a+b`
+///    would let `/f/a%2Bb` reach the `/f/{name}` handler as `a+b`. Since the service is
+///    handed the normal form, a router matching literal routes sees the decoded character
+///    too;
 /// 2. empty segments are dropped (`//a///b` is `/a/b`, Envoy's `merge_slashes`);
 /// 3. `.` and `..` segments are resolved (RFC 3986 section 5.2.4: `/a/./b/../c` is `/a/c`,
 ///    and a path ending in one keeps a trailing `/`).
@@ -518,8 +721,8 @@ fn is_normal(rest: &str) -> bool {
     !matches!(&bytes[segment_start..], b"." | b"..")
 }
 
-/// `rest` with every character spelled one way: unreserved escapes decoded, other escapes
-/// and the bytes that need one as upper-case `%XX`. Escapes that would become a separator
+/// `rest` with every character spelled one way: escapes of bytes allowed raw decoded, other
+/// escapes and the bytes that need one as upper-case `%XX`. Escapes that would become a separator
 /// (or a NUL) are errors; the decoding never creates a `/`, so segments stay where they were.
 fn canonical_escapes(rest: &str) -> Result<String, PathError> {
     fn hex(digit: u8) -> Option<u8> {
@@ -548,9 +751,8 @@ fn canonical_escapes(rest: &str) -> Result<String, PathError> {
                 match high << 4 | low {
                     b'/' | b'\\' => return Err(PathError::EscapedSlash),
                     0 => return Err(PathError::Nul),
-                    b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
-                        out.push(char::from(b));
-                    }
+                    // The escapes that cannot become a separator, decoded as handlers decode them.
+                    b if is_raw(b) => out.push(char::from(b)),
                     b => push_escaped(&mut out, b),
                 }
             }

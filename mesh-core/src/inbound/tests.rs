@@ -435,7 +435,8 @@ fn paths_normalise_as_documented() {
         ("/a b\"<>[]^`{|}", "/a%20b%22%3C%3E%5B%5D%5E%60%7B%7C%7D"),
         ("/a?b#c", "/a%3Fb%23c"),
         ("/!$&'()*+,;=:@", "/!$&'()*+,;=:@"),
-        ("/%21%3B%3D%40", "/%21%3B%3D%40"),
+        ("/%21%3B%3D%40%2b%3a", "/!;=@+:"),
+        ("/%3F%23%5B%5D%25", "/%3F%23%5B%5D%25"),
         ("/Pkg.Svc/Method", "/Pkg.Svc/Method"),
     ] {
         assert_eq!(normalize_path(raw).as_deref(), Ok(normal), "{raw}");
@@ -543,16 +544,225 @@ fn http_operations_match_paths_and_methods() {
         policy.decide(&attrs(&get("/public/a"), None)),
         Decision::Allow(0)
     );
+    let head = |p: &str| http::Request::head(p).body(()).unwrap();
     assert_eq!(
-        policy.decide(&attrs(&get("/status"), None)),
+        policy.decide(&attrs(&head("/status"), None)),
         Decision::Allow(1)
     );
-    assert!(matches!(
-        policy.decide(&attrs(&get("/status/x"), None)),
-        Decision::Deny(_)
-    ));
-    let head = http::Request::head("/anything").body(()).unwrap();
-    assert_eq!(policy.decide(&attrs(&head, None)), Decision::Allow(1));
+    // A path and a method in one rule both apply: GET /status is not HEAD, HEAD /anything
+    // neither `/status` nor under `/public/`.
+    for req in [get("/status"), get("/status/x"), head("/anything")] {
+        assert_eq!(
+            policy.decide(&attrs(&req, None)),
+            Decision::Deny(DenyReason::NotAllowed),
+            "{} {}",
+            req.method(),
+            req.uri()
+        );
+    }
+}
+
+fn request(method: http::Method, path: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method(method)
+        .uri(path)
+        .body(())
+        .unwrap()
+}
+
+#[test]
+fn operations_of_different_kinds_all_apply_and_of_one_kind_any() {
+    use http::Method;
+    let policy = AuthorizationPolicy::new().allow(
+        Rule::any()
+            .operation(Operation::Path("/status".into()))
+            .operation(Operation::path_prefix("/health/"))
+            .operation(Operation::HttpMethod(Method::GET))
+            .operation(Operation::HttpMethod(Method::POST)),
+    );
+    for (method, path, want) in [
+        (Method::GET, "/status", Decision::Allow(0)),
+        (Method::POST, "/health/x", Decision::Allow(0)),
+        (
+            Method::GET,
+            "/anything",
+            Decision::Deny(DenyReason::NotAllowed),
+        ),
+        (
+            Method::DELETE,
+            "/status",
+            Decision::Deny(DenyReason::NotAllowed),
+        ),
+        (
+            Method::PUT,
+            "/health/x",
+            Decision::Deny(DenyReason::NotAllowed),
+        ),
+    ] {
+        let got = policy.evaluate(&request(method.clone(), path), None);
+        assert_eq!(got, want, "{method} {path}");
+    }
+    // The same for a deny rule: it denies DELETE on /admin, not every DELETE nor every
+    // request for /admin.
+    let policy = AuthorizationPolicy::new().allow(Rule::any()).deny(
+        Rule::any()
+            .operation(Operation::Path("/admin".into()))
+            .operation(Operation::HttpMethod(Method::DELETE)),
+    );
+    for (method, path, want) in [
+        (
+            Method::DELETE,
+            "/admin",
+            Decision::Deny(DenyReason::DenyRule(0)),
+        ),
+        (
+            Method::DELETE,
+            "//admin",
+            Decision::Deny(DenyReason::DenyRule(0)),
+        ),
+        (Method::GET, "/admin", Decision::Allow(0)),
+        (Method::DELETE, "/other", Decision::Allow(0)),
+    ] {
+        let got = policy.evaluate(&request(method.clone(), path), None);
+        assert_eq!(got, want, "{method} {path}");
+    }
+}
+
+#[test]
+fn a_get_allow_rule_does_not_admit_head() {
+    let policy = AuthorizationPolicy::new()
+        .allow(Rule::any().operation(Operation::HttpMethod(http::Method::GET)));
+    let head = http::Request::head("/x").body(()).unwrap();
+    assert_eq!(
+        policy.evaluate(&head, None),
+        Decision::Deny(DenyReason::NotAllowed)
+    );
+    let get = http::Request::get("/x").body(()).unwrap();
+    assert_eq!(policy.evaluate(&get, None), Decision::Allow(0));
+}
+
+#[test]
+fn rule_paths_are_normalised_as_request_paths_are() {
+    let policy = AuthorizationPolicy::new()
+        .allow(Rule::any())
+        .deny(Rule::any().operation(Operation::Path("/users/jos\u{e9}".into())))
+        .deny(Rule::any().operation(Operation::path_prefix("/%7euser")))
+        .deny(Rule::any().operation(Operation::Path("/a|b".into())))
+        .deny(Rule::any().operation(Operation::Path("/f/./x//y/../z".into())))
+        .deny(Rule::any().operation(Operation::path_prefix("/docs/.")))
+        .deny(Rule::any().operation(Operation::grpc_method("pkg.Svc", "M%C3%A9thod")));
+    for (path, want) in [
+        ("/users/jos%c3%a9", Some(0)),
+        ("/users/jos%C3%A9", Some(0)),
+        ("/users/jose", None),
+        ("/~user/x", Some(1)),
+        ("/%7Euser", Some(1)),
+        ("/~username", Some(1)),
+        ("/a%7cb", Some(2)),
+        ("/a%7Cb", Some(2)),
+        ("/f/x/z", Some(3)),
+        ("/f/x/y/z", None),
+        // A prefix's last segment is a prefix of a segment, not a `.` segment to resolve.
+        ("/docs/.env", Some(4)),
+        ("/docs/x", None),
+        ("/pkg.Svc/M%c3%a9thod", Some(5)),
+    ] {
+        let want = match want {
+            Some(index) => Decision::Deny(DenyReason::DenyRule(index)),
+            None => Decision::Allow(0),
+        };
+        let got = policy.evaluate(&http::Request::get(path).body(()).unwrap(), None);
+        assert_eq!(got, want, "{path}");
+    }
+}
+
+#[test]
+fn an_unnormalisable_rule_path_denies_more_and_allows_nothing() {
+    // A deny rule whose path cannot be normalised denies every request it could be about...
+    let policy = AuthorizationPolicy::new().allow(Rule::any()).deny(
+        Rule::any()
+            .principal(Principal::Unauthenticated)
+            .operation(Operation::Path("/a%2Fb".into())),
+    );
+    let any = http::Request::get("/x").body(()).unwrap();
+    assert_eq!(
+        policy.evaluate(&any, None),
+        Decision::Deny(DenyReason::DenyRule(0))
+    );
+    // ...still only for its principals.
+    let id = peer("spiffe://example.org/x");
+    assert_eq!(policy.evaluate(&any, Some(&id)), Decision::Allow(0));
+    // An allow rule whose path cannot be normalised allows nothing.
+    let policy = AuthorizationPolicy::new()
+        .allow(Rule::any().operation(Operation::path_prefix("/x%")))
+        .allow(Rule::any().operation(Operation::grpc_method("pkg.Svc", "a/b")));
+    for path in ["/x%25", "/x%2541", "/pkg.Svc/a/b"] {
+        let req = http::Request::get(path).body(()).unwrap();
+        assert_eq!(
+            policy.evaluate(&req, None),
+            Decision::Deny(DenyReason::NotAllowed),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn try_operation_names_the_operation_that_has_no_normal_form() {
+    for (operation, error) in [
+        (
+            Operation::Path("/a%2Fb".into()),
+            Some(PathError::EscapedSlash),
+        ),
+        (
+            Operation::Path("/../a".into()),
+            Some(PathError::EscapesRoot),
+        ),
+        (
+            Operation::path_prefix("admin"),
+            Some(PathError::NotOriginForm),
+        ),
+        (
+            Operation::path_prefix("/x%"),
+            Some(PathError::InvalidPercentEncoding),
+        ),
+        (Operation::grpc_service("a/b"), None),
+        (Operation::grpc_service(""), None),
+        (Operation::grpc_service("%2E"), None),
+        (Operation::grpc_method("pkg.Svc", ""), None),
+        (Operation::grpc_method("pkg.Svc", "."), None),
+    ] {
+        let invalid = Rule::any().try_operation(operation.clone()).unwrap_err();
+        assert_eq!(invalid.operation(), &operation);
+        assert_eq!(invalid.path_error(), error, "{operation:?}");
+        assert_eq!(
+            std::error::Error::source(&invalid).map(|e| e.to_string()),
+            error.map(|e| e.to_string())
+        );
+    }
+    let rule = Rule::any()
+        .try_operation(Operation::grpc_method("pkg.Svc", "M%65thod"))
+        .unwrap()
+        .try_operation(Operation::HttpMethod(http::Method::POST))
+        .unwrap();
+    let policy = AuthorizationPolicy::new().allow(rule);
+    let call = http::Request::post("/pkg.Svc/Method").body(()).unwrap();
+    assert_eq!(policy.evaluate(&call, None), Decision::Allow(0));
+}
+
+#[test]
+fn escaped_sub_delims_are_decoded_as_the_handler_sees_them() {
+    let policy = AuthorizationPolicy::new()
+        .allow(Rule::any())
+        .deny(Rule::any().operation(Operation::Path("/f/a+b".into())))
+        .deny(Rule::any().operation(Operation::Path("/g/:x@y=z;!$&'()*,".into())));
+    for (path, want) in [
+        ("/f/a%2Bb", 0),
+        ("/f/a%2bb", 0),
+        ("/g/%3Ax%40y%3Dz%3B%21%24%26%27%28%29%2A%2C", 1),
+    ] {
+        let got = policy.evaluate(&http::Request::get(path).body(()).unwrap(), None);
+        assert_eq!(got, Decision::Deny(DenyReason::DenyRule(want)), "{path}");
+    }
 }
 
 /// A service answering with the caller's SPIFFE ID as seen in the extensions.
