@@ -26,7 +26,8 @@ use crate::deadline::Deadline;
 /// connect at all); handshakes run concurrently and a failed one is logged and dropped. Every
 /// request then passes [`InboundLayer`]: handlers find the caller's
 /// [`PeerIdentity`](meshwork_core::identity::PeerIdentity) in the request's extensions
-/// (`request.extensions().get::<PeerIdentity>()`, and the whole [`ConnectionInfo`] beside
+/// (`request.extensions().get::<PeerIdentity>()`, and the whole
+/// [`ConnectionInfo`](meshwork_core::inbound::ConnectionInfo) beside
 /// it), and with a [`policy`](Self::policy) a request the policy denies is answered with
 /// PERMISSION_DENIED without reaching the service.
 ///
