@@ -197,6 +197,54 @@ impl ShortCa {
 }
 
 /// An HTTP/2 request over `send` that must answer 200 with `body`.
+/// With the default idle timeout (1 h), a client that completes TLS and then says nothing (an
+/// HTTP/2 client that never sends its preface) is closed after the header-read timeout, not
+/// kept for the hour: otherwise `max_connections` such clients lock everyone out for that
+/// long. A client that has spoken is not.
+#[tokio::test]
+async fn a_client_silent_after_its_handshake_is_closed_at_the_header_read_timeout() {
+    let ca = TestCa::new("example.org");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = ServerLimits::new().header_read_timeout(Duration::from_millis(500));
+    let server = Server::new()
+        .mtls(identity(&ca, "/ns/default/sa/greeter"))
+        .limits(limits);
+    tokio::spawn(server.serve(listener, tower::service_fn(hello)));
+
+    let quiet = tls_silent(
+        addr,
+        tls_client(identity(&ca, "/ns/default/sa/quiet"), b"h2"),
+    )
+    .await
+    .unwrap();
+    // A client that spoke and then idles (an HTTP/2 connection kept for later calls) stays.
+    let tls = tls_silent(
+        addr,
+        tls_client(identity(&ca, "/ns/default/sa/idle"), b"h2"),
+    )
+    .await
+    .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let mut conn = tokio::spawn(conn);
+    get_ok(&mut send, "hello").await;
+
+    assert!(
+        closed_within(quiet, Duration::from_secs(5)).await,
+        "a client silent after its handshake was kept open"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut conn)
+            .await
+            .is_err(),
+        "a client that spoke was closed"
+    );
+    get_ok(&mut send, "hello").await;
+}
+
 async fn get_ok(send: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>, body: &str) {
     let req = http::Request::get("http://greeter/")
         .body(Empty::<Bytes>::new())

@@ -16,7 +16,7 @@ use std::time::Duration;
 /// | [`handshake_timeout`](Self::handshake_timeout) | 10 s | Envoy `transport_socket_connect_timeout`; gRPC's connection deadline is 120 s |
 /// | [`max_concurrent_handshakes`](Self::max_concurrent_handshakes) | 1024, oldest dropped when full | none (neither bounds it); keeps a flood from starving real clients |
 /// | [`max_connections`](Self::max_connections) | 10 000 | Envoy overload manager `global_downstream_max_connections` (Envoy's has no default) |
-/// | [`header_read_timeout`](Self::header_read_timeout) | 30 s | hyper's `header_read_timeout` (HTTP/1) |
+/// | [`header_read_timeout`](Self::header_read_timeout) | 30 s | hyper's `header_read_timeout` (HTTP/1); also the wait for a client's first bytes after its handshake (grpc-go bounds the wait for the preface by its connection timeout) |
 /// | [`max_header_list_size`](Self::max_header_list_size) | 60 KiB | Envoy `max_request_headers_kb` (HTTP/2) |
 /// | [`max_concurrent_streams`](Self::max_concurrent_streams) | 1024 | see the setter |
 /// | [`keepalive`](Self::keepalive) | ping after 2 h idle, 20 s to answer | gRFC A8 server defaults |
@@ -104,7 +104,9 @@ impl ServerLimits {
 
     /// How long an HTTP/1 client may take to send a complete request head (30 s by default,
     /// hyper's own default, which hyper applies only when it has a timer; meshwork always
-    /// gives it one). The connection is closed when it elapses.
+    /// gives it one), and how long any client may stay silent after its TLS handshake (an
+    /// HTTP/2 client that never sends its preface; grpc-go bounds that wait by its
+    /// connection timeout). The connection is closed when it elapses.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
         self

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,7 +17,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use pin_project_lite::pin_project;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tower::{BoxError, Service};
 
@@ -92,9 +94,14 @@ pub async fn serve<S, B, F>(
             (a, b) => a.or(b),
         };
         let (active, active_rx) = watch::channel(0);
+        let (heard_tx, heard) = oneshot::channel();
+        let stream = Heard {
+            io: stream,
+            heard: Some(heard_tx),
+        };
         let svc = Tracked {
             inner: service.clone(),
-            info: stream.info().clone(),
+            info: stream.io.info().clone(),
             active: Arc::new(active),
         };
         let conn = builder
@@ -106,6 +113,7 @@ pub async fn serve<S, B, F>(
                 close_at,
                 idle_timeout: limits.idle_timeout,
                 grace: limits.drain_grace,
+                silence: (heard, limits.header_read_timeout),
             },
             active_rx,
             shutdown_rx.clone(),
@@ -161,6 +169,8 @@ struct Plan {
     close_at: Option<(Instant, CloseReason)>,
     idle_timeout: Option<Duration>,
     grace: Duration,
+    /// The client's first bytes after the handshake, and how long to wait for them.
+    silence: (oneshot::Receiver<()>, Duration),
 }
 
 // A function of its own, generic over the connection, so that the spawned future's `Send`
@@ -186,6 +196,12 @@ fn spawn_connection<C>(
             }
         });
         let mut idle = pin!(idle(active, plan.idle_timeout));
+        let (heard, silence) = plan.silence;
+        let mut silent = pin!(async move {
+            if tokio::time::timeout(silence, heard).await.is_ok() {
+                std::future::pending::<()>().await;
+            }
+        });
         // Armed when a drain starts; until then far enough away never to fire.
         let mut grace = pin!(tokio::time::sleep(Duration::from_secs(365 * 24 * 60 * 60)));
         let mut draining = false;
@@ -203,6 +219,12 @@ fn spawn_connection<C>(
                     conn.as_mut().graceful_shutdown();
                     draining = true;
                     grace.as_mut().reset(Instant::now() + plan.grace);
+                }
+                // Nothing to drain: the client never sent a byte (an HTTP/2 client that
+                // never sends its preface holds a connection slot until then).
+                () = &mut silent, if !draining => {
+                    tracing::debug!(?silence, "closing an inbound connection whose client sent nothing after its handshake");
+                    break;
                 }
                 () = &mut idle, if !draining => {
                     tracing::debug!("closing an idle inbound connection");
@@ -225,6 +247,66 @@ fn spawn_connection<C>(
         }
         drop(shutdown);
     });
+}
+
+pin_project! {
+    /// A connection's stream that reports the client's first bytes: a connection that never
+    /// speaks after its handshake is closed after `header_read_timeout`, as grpc-go bounds
+    /// the wait for the client's preface by its connection timeout, instead of holding a
+    /// connection slot until the idle timeout.
+    struct Heard<IO> {
+        #[pin]
+        io: IO,
+        heard: Option<oneshot::Sender<()>>,
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for Heard<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let read = this.io.poll_read(cx, buf);
+        if buf.filled().len() > before
+            && let Some(heard) = this.heard.take()
+        {
+            let _ = heard.send(());
+        }
+        read
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Heard<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
 }
 
 /// Completes once no request has been in progress for `timeout`.
