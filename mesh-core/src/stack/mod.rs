@@ -151,6 +151,7 @@ pub type OutboundStack<B, RB> = Router<ClusterSet<B, RB>>;
 #[non_exhaustive]
 pub struct StackOptions {
     telemetry: Option<Telemetry>,
+    ring_size_cap: Option<u64>,
 }
 
 impl StackOptions {
@@ -158,6 +159,15 @@ impl StackOptions {
     /// `telemetry`. Default: [`Telemetry::global`], taken once when the stack is built.
     pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
         self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Caps every ring-hash cluster's ring at `cap` entries, whatever its CDS resource asks
+    /// for (gRPC's ring size cap). Default:
+    /// [`DEFAULT_RING_SIZE_CAP`](crate::balance::DEFAULT_RING_SIZE_CAP) (4096, gRPC's
+    /// default); see [`BalancerBuilder::ring_size_cap`](crate::balance::BalancerBuilder::ring_size_cap).
+    pub fn ring_size_cap(mut self, cap: u64) -> Self {
+        self.ring_size_cap = Some(cap);
         self
     }
 }
@@ -430,8 +440,10 @@ impl<B, RB> ClusterSet<B, RB> {
         RB: Body + Send + 'static,
     {
         let telemetry = options.telemetry.unwrap_or_else(Telemetry::global);
-        let build: Box<Builder<B, RB>> =
-            Box::new(move |cluster, cla| build_cluster(cluster, cla, &connect, &telemetry));
+        let ring_size_cap = options.ring_size_cap;
+        let build: Box<Builder<B, RB>> = Box::new(move |cluster, cla| {
+            build_cluster(cluster, cla, &connect, &telemetry, ring_size_cap)
+        });
         let (shutdown, mut stopped) = oneshot::channel::<()>();
         let mut follow = config.clone();
         let inner = Arc::new(Inner {
@@ -583,6 +595,7 @@ fn build_cluster<B, RB, C>(
     cla: Option<Arc<ClusterLoadAssignment>>,
     connect: &C,
     telemetry: &Telemetry,
+    ring_size_cap: Option<u64>,
 ) -> Built<B, RB>
 where
     C: Connect<B>,
@@ -619,6 +632,9 @@ where
     let new_endpoint = move |addr: SocketAddr| connect.connect(&for_endpoints, addr);
     let metrics = telemetry.mesh().cluster(&cluster.name);
     let mut balancer = Balancer::builder(policy);
+    if let Some(cap) = ring_size_cap {
+        balancer = balancer.ring_size_cap(cap);
+    }
     if let Some(od) = &cluster.outlier_detection {
         let detector = OutlierDetector::with_metrics(od.clone(), metrics.clone());
         detector.spawn_sweeper();
