@@ -42,13 +42,13 @@ mod target;
 pub use certs::{
     CertificateProviderConfig, DEFAULT_REFRESH_INTERVAL, FILE_WATCHER_PLUGIN, FileWatcherConfig,
 };
-pub use error::{BootstrapError, FieldErrorKind};
+pub use error::{BootstrapError, FieldErrorKind, ServerUriError};
 pub use node::{CLIENT_FEATURES, Locality, Node, USER_AGENT_NAME, USER_AGENT_VERSION};
 pub use server::{
     ChannelCredentials, SERVER_FEATURE_FAIL_ON_DATA_ERRORS,
     SERVER_FEATURE_IGNORE_RESOURCE_DELETION, SERVER_FEATURE_RESOURCE_TIMER_IS_TRANSIENT_FAILURE,
-    SERVER_FEATURE_TRUSTED_XDS_SERVER, SERVER_FEATURE_XDS_V3, ServerAddress, ServerUriError,
-    TlsCredentials, XdsServer,
+    SERVER_FEATURE_TRUSTED_XDS_SERVER, SERVER_FEATURE_XDS_V3, ServerAddress, TlsCredentials,
+    XdsServer,
 };
 pub use target::{TargetError, XdsTarget, xdstp_authority};
 

@@ -3,7 +3,6 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::server::ServerUriError;
 use super::target::TargetError;
 
 /// Why a bootstrap could not be loaded, or a name could not be resolved with it.
@@ -159,5 +158,94 @@ pub enum FieldErrorKind {
         prefix: String,
         /// The template found.
         template: String,
+    },
+}
+
+/// A `server_uri` meshwork cannot dial.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerUriError {
+    /// The URI is empty.
+    #[error("invalid server URI: it is empty")]
+    Empty,
+    /// The scheme is not one meshwork dials.
+    #[error(
+        "invalid server URI {uri:?}: unsupported scheme {scheme:?} \
+         (use host:port, dns:///host:port, unix:path, unix:///path or http://host:port)"
+    )]
+    UnsupportedScheme {
+        /// The URI.
+        uri: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// `https://` was used; TLS is chosen by `channel_creds`, not by the URI.
+    #[error(
+        "invalid server URI {uri:?}: https:// does not select TLS; write host:port and \
+         list {{\"type\": \"tls\"}} in channel_creds"
+    )]
+    Https {
+        /// The URI.
+        uri: String,
+    },
+    /// The host is empty.
+    #[error("invalid server URI {uri:?}: the host is empty")]
+    EmptyHost {
+        /// The URI.
+        uri: String,
+    },
+    /// The host is not a DNS name or IP literal (IPv6 literals need brackets).
+    #[error("invalid server URI {uri:?}: invalid host {host:?}")]
+    InvalidHost {
+        /// The URI.
+        uri: String,
+        /// The host as found.
+        host: String,
+    },
+    /// The port is not a number from 1 to 65535.
+    #[error("invalid server URI {uri:?}: invalid port {port:?}")]
+    InvalidPort {
+        /// The URI.
+        uri: String,
+        /// The port as found.
+        port: String,
+    },
+    /// An `http://` URI has a path.
+    #[error("invalid server URI {uri:?}: unexpected path {path:?}")]
+    UnexpectedPath {
+        /// The URI.
+        uri: String,
+        /// The path.
+        path: String,
+    },
+    /// A `dns:` URI names a DNS server (`dns://8.8.8.8/host:port`), which meshwork does not
+    /// support.
+    #[error(
+        "invalid server URI {uri:?}: a DNS server authority ({authority:?}) is not supported; \
+         use dns:///host:port"
+    )]
+    DnsAuthority {
+        /// The URI.
+        uri: String,
+        /// The DNS server named.
+        authority: String,
+    },
+    /// A `unix:` URI has no path.
+    #[error("invalid server URI {uri:?}: the socket path is empty")]
+    EmptyUnixPath {
+        /// The URI.
+        uri: String,
+    },
+    /// A `unix://` URI has an authority (`unix://host/path`); the absolute form is
+    /// `unix:///path`.
+    #[error(
+        "invalid server URI {uri:?}: unix:// must be followed by an absolute path \
+         (unix:///path), found authority {authority:?}"
+    )]
+    UnixAuthority {
+        /// The URI.
+        uri: String,
+        /// The authority found.
+        authority: String,
     },
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::certs::{FileWatcherConfig, parse_cert_files};
-use super::error::{BootstrapError, FieldErrorKind};
+use super::error::{BootstrapError, FieldErrorKind, ServerUriError};
 use super::json::{as_array, as_object, child, get, index, opt_str_list, record_unknown, req_str};
 
 /// Server feature (gRFC A53): keep a resource the server deleted, instead of reporting it
@@ -260,95 +260,6 @@ impl TlsCredentials {
     pub fn private_key_file(&self) -> Option<&Path> {
         self.files.as_ref()?.private_key_file()
     }
-}
-
-/// A `server_uri` meshwork cannot dial.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerUriError {
-    /// The URI is empty.
-    #[error("invalid server URI: it is empty")]
-    Empty,
-    /// The scheme is not one meshwork dials.
-    #[error(
-        "invalid server URI {uri:?}: unsupported scheme {scheme:?} \
-         (use host:port, dns:///host:port, unix:path, unix:///path or http://host:port)"
-    )]
-    UnsupportedScheme {
-        /// The URI.
-        uri: String,
-        /// Its scheme.
-        scheme: String,
-    },
-    /// `https://` was used; TLS is chosen by `channel_creds`, not by the URI.
-    #[error(
-        "invalid server URI {uri:?}: https:// does not select TLS; write host:port and \
-         list {{\"type\": \"tls\"}} in channel_creds"
-    )]
-    Https {
-        /// The URI.
-        uri: String,
-    },
-    /// The host is empty.
-    #[error("invalid server URI {uri:?}: the host is empty")]
-    EmptyHost {
-        /// The URI.
-        uri: String,
-    },
-    /// The host is not a DNS name or IP literal (IPv6 literals need brackets).
-    #[error("invalid server URI {uri:?}: invalid host {host:?}")]
-    InvalidHost {
-        /// The URI.
-        uri: String,
-        /// The host as found.
-        host: String,
-    },
-    /// The port is not a number from 1 to 65535.
-    #[error("invalid server URI {uri:?}: invalid port {port:?}")]
-    InvalidPort {
-        /// The URI.
-        uri: String,
-        /// The port as found.
-        port: String,
-    },
-    /// An `http://` URI has a path.
-    #[error("invalid server URI {uri:?}: unexpected path {path:?}")]
-    UnexpectedPath {
-        /// The URI.
-        uri: String,
-        /// The path.
-        path: String,
-    },
-    /// A `dns:` URI names a DNS server (`dns://8.8.8.8/host:port`), which meshwork does not
-    /// support.
-    #[error(
-        "invalid server URI {uri:?}: a DNS server authority ({authority:?}) is not supported; \
-         use dns:///host:port"
-    )]
-    DnsAuthority {
-        /// The URI.
-        uri: String,
-        /// The DNS server named.
-        authority: String,
-    },
-    /// A `unix:` URI has no path.
-    #[error("invalid server URI {uri:?}: the socket path is empty")]
-    EmptyUnixPath {
-        /// The URI.
-        uri: String,
-    },
-    /// A `unix://` URI has an authority (`unix://host/path`); the absolute form is
-    /// `unix:///path`.
-    #[error(
-        "invalid server URI {uri:?}: unix:// must be followed by an absolute path \
-         (unix:///path), found authority {authority:?}"
-    )]
-    UnixAuthority {
-        /// The URI.
-        uri: String,
-        /// The authority found.
-        authority: String,
-    },
 }
 
 /// Strips an ASCII prefix, ignoring case (URI schemes are case-insensitive).
