@@ -18,7 +18,7 @@ async fn backend(id: &'static str) -> SocketAddr {
             Ok::<_, Infallible>(http::Response::new(format!("{id}:hello")))
         },
     );
-    tokio::spawn(Server::new().serve(listener, app));
+    tokio::spawn(Server::plaintext().serve(listener, app));
     addr
 }
 

@@ -22,6 +22,7 @@ pub mod breaker;
 pub mod config;
 pub mod inbound;
 pub mod outlier;
+pub mod prelude;
 pub mod retry;
 pub mod route;
 pub mod stack;

@@ -30,8 +30,7 @@
 //! find, for example, a [`ConnectError`]; [`connect_error`] does that).
 //!
 //! ```
-//! use meshwork_grpc::{MeshChannel, MeshChannelOptions};
-//! use meshwork_grpc::core::config::StaticConfig;
+//! use meshwork_grpc::{MeshChannel, MeshChannelOptions, StaticConfig};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! // Every call to the cluster "greeter" (its endpoints would be added with
@@ -50,13 +49,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use meshwork_core::config::{self, ConfigReceiver, TargetConfig};
-use meshwork_core::identity::{CertificateProviders, MtlsConfig};
-use meshwork_core::stack::{self, StackOptions};
-use meshwork_core::telemetry::{CallLayer, Telemetry};
+use meshwork_core::config::{self, ConfigReceiver};
+use meshwork_core::stack;
+use meshwork_core::telemetry::CallLayer;
 use meshwork_core::upstream::UpstreamIdentity;
 use meshwork_core::xds::bootstrap::XdsTarget;
-use meshwork_core::xds::client::{ReadyError, XdsClient};
+use meshwork_core::xds::client::ReadyError;
 use meshwork_core::xds::watch::TargetState;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Layer as _, Service, ServiceExt as _};
@@ -68,8 +66,10 @@ mod connect;
 mod deadline;
 mod server;
 
-pub use meshwork_core::upstream::{ConnectError, UpstreamPolicy};
-pub use server::{MeshServer, ServerError};
+pub use meshwork_core::inbound::ServeError;
+/// The types a service needs besides this crate's own (see [`meshwork_core::prelude`]).
+pub use meshwork_core::prelude::*;
+pub use server::MeshServer;
 
 /// Options of a [`MeshChannel`].
 #[derive(Debug, Clone)]

@@ -5,9 +5,9 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use meshwork_core::identity::{IdentityError, MtlsConfig};
+use meshwork_core::identity::MtlsConfig;
 use meshwork_core::inbound::{
-    AuthorizationPolicy, HttpVersions, InboundLayer, MeshAcceptor, ServerLimits,
+    AuthorizationPolicy, HttpVersions, InboundLayer, MeshAcceptor, ServeError, ServerLimits,
 };
 use meshwork_core::telemetry::{ServerLayer, Telemetry};
 use tokio::net::TcpListener;
@@ -54,9 +54,7 @@ use crate::deadline::Deadline;
 /// [`Authorizer`]: meshwork_core::identity::Authorizer
 ///
 /// ```no_run
-/// # use meshwork_grpc::MeshServer;
-/// # use meshwork_grpc::core::identity::MtlsConfig;
-/// # use meshwork_grpc::core::inbound::{AuthorizationPolicy, Principal, Rule};
+/// # use meshwork_grpc::{AuthorizationPolicy, MeshServer, MtlsConfig, Principal, Rule};
 /// # async fn run<S>(greeter: S, mtls: MtlsConfig, shutdown: impl std::future::Future<Output = ()>)
 /// #     -> Result<(), Box<dyn std::error::Error>>
 /// # where S: tower::Service<http::Request<tonic::body::Body>,
@@ -93,19 +91,6 @@ impl fmt::Debug for MeshServer {
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
-}
-
-/// Why a [`MeshServer`] could not serve.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// The TLS server configuration could not be built from the identity.
-    #[error("the server's TLS configuration: {0}")]
-    Identity(#[from] IdentityError),
-    /// tonic's server failed (not returned since meshwork serves connections itself; kept
-    /// so that matching code keeps compiling).
-    #[error("serving: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 impl MeshServer {
@@ -185,7 +170,7 @@ impl MeshServer {
     }
 
     /// Serves on `listener` until the process ends or serving fails.
-    pub async fn serve(self, listener: TcpListener) -> Result<(), ServerError> {
+    pub async fn serve(self, listener: TcpListener) -> Result<(), ServeError> {
         self.serve_with_shutdown(listener, std::future::pending())
             .await
     }
@@ -196,7 +181,7 @@ impl MeshServer {
         self,
         listener: TcpListener,
         signal: F,
-    ) -> Result<(), ServerError>
+    ) -> Result<(), ServeError>
     where
         F: Future<Output = ()>,
     {

@@ -104,7 +104,7 @@ async fn start(
 ) -> (
     SocketAddr,
     tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), meshwork_grpc::ServerError>>,
+    tokio::task::JoinHandle<Result<(), meshwork_grpc::ServeError>>,
 ) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

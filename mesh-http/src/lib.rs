@@ -30,8 +30,7 @@
 //! endpoint or breaker open or connection failed, 504 timeout).
 //!
 //! ```no_run
-//! use meshwork_http::{MeshClient, MeshClientOptions};
-//! use meshwork_http::core::xds::{bootstrap::Bootstrap, client::XdsClient};
+//! use meshwork_http::{Bootstrap, MeshClient, MeshClientOptions, XdsClient};
 //! use http_body_util::BodyExt as _;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -68,8 +67,10 @@ mod server;
 
 pub use client::{MeshClient, MeshClientOptions};
 pub use error::{Error, ResolveError};
-pub use meshwork_core::upstream::{ConnectError, UpstreamPolicy};
-pub use server::{ServeError, Server};
+pub use meshwork_core::inbound::ServeError;
+/// The types a service needs besides this crate's own (see [`meshwork_core::prelude`]).
+pub use meshwork_core::prelude::*;
+pub use server::Server;
 
 /// The body of requests sent and responses received through a [`MeshClient`]: any
 /// `http_body::Body` of [`Bytes`], boxed.

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use meshwork_core::identity::{IdentityError, MtlsConfig};
+use meshwork_core::identity::MtlsConfig;
 use meshwork_core::inbound::{
-    AuthorizationPolicy, HttpVersions, InboundLayer, MeshAcceptor, ServerLimits,
+    AuthorizationPolicy, HttpVersions, InboundLayer, MeshAcceptor, ServeError, ServerLimits,
 };
 use meshwork_core::telemetry::{ServerLayer, Telemetry};
 use pin_project_lite::pin_project;
@@ -43,9 +43,8 @@ use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 /// [`ServerLimits`] names the anchor of each.
 ///
 /// ```no_run
-/// use meshwork_http::Server;
-/// use meshwork_http::core::inbound::{AuthorizationPolicy, Principal, Rule};
-/// # async fn run(mtls: meshwork_http::core::identity::MtlsConfig) -> Result<(), Box<dyn std::error::Error>> {
+/// use meshwork_http::{AuthorizationPolicy, Principal, Rule, Server};
+/// # async fn run(mtls: meshwork_http::MtlsConfig) -> Result<(), Box<dyn std::error::Error>> {
 /// let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
 /// });
@@ -53,10 +52,10 @@ use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 ///     Rule::any().principal(Principal::TrustDomain("example.org".parse()?)),
 /// );
 /// let listener = tokio::net::TcpListener::bind("0.0.0.0:8443").await?;
-/// Server::new().mtls(mtls).policy(policy).serve(listener, app).await?;
+/// Server::new(mtls).policy(policy).serve(listener, app).await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Server {
     mtls: Option<MtlsConfig>,
     policy: Option<AuthorizationPolicy>,
@@ -74,28 +73,31 @@ impl fmt::Debug for Server {
     }
 }
 
-/// Why a [`Server`] could not serve.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServeError {
-    /// The mTLS configuration could not be turned into a rustls server configuration.
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] IdentityError),
-}
-
 impl Server {
-    /// A server with no identity (plaintext; see [`Server::mtls`]), no authorization policy
-    /// (every request is allowed), and the default [`ServerLimits`].
-    pub fn new() -> Self {
-        Self::default()
+    /// A server over SPIFFE mTLS: it presents our SVID from `mtls` and accepts only clients
+    /// whose SVID `mtls`' verifier (its `Authorizer`) accepts; the caller's identity is in
+    /// each request. ALPN is set to `h2`, `http/1.1`. No authorization policy (every
+    /// authenticated caller is allowed) and the default [`ServerLimits`].
+    pub fn new(mtls: MtlsConfig) -> Self {
+        Self::with(Some(
+            mtls.alpn_protocols(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
+        ))
     }
 
-    /// Accept only mTLS connections, presenting our SVID from `mtls` and requiring a client
-    /// SVID its verifier (its `Authorizer`) accepts. ALPN is set to `h2`, `http/1.1`.
-    /// Without this the server speaks plaintext and callers have no identity.
-    pub fn mtls(mut self, mtls: MtlsConfig) -> Self {
-        self.mtls = Some(mtls.alpn_protocols(vec![b"h2".to_vec(), b"http/1.1".to_vec()]));
-        self
+    /// A plaintext server (HTTP/1.1 and h2c): callers have no identity, so a policy that
+    /// names principals denies them. For local development and for running behind a
+    /// sidecar; a mesh workload serves with [`Server::new`].
+    pub fn plaintext() -> Self {
+        Self::with(None)
+    }
+
+    fn with(mtls: Option<MtlsConfig>) -> Self {
+        Self {
+            mtls,
+            policy: None,
+            limits: ServerLimits::default(),
+            telemetry: None,
+        }
     }
 
     /// Enforce `policy` on every request (default: none, every request is allowed).

@@ -49,9 +49,7 @@ async fn start_with(ca: &TestCa, policy: AuthorizationPolicy) -> (SocketAddr, Se
         record.lock().unwrap().push(req.uri().path().to_owned());
         async { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok")))) }
     });
-    let server = Server::new()
-        .mtls(identity(ca, "/ns/default/sa/server"))
-        .policy(policy);
+    let server = Server::new(identity(ca, "/ns/default/sa/server")).policy(policy);
     tokio::spawn(server.serve(listener, service));
     (addr, seen)
 }

@@ -64,9 +64,7 @@ async fn policy_denies_with_403_and_allowed_callers_see_their_identity() {
     let addr = listener.local_addr().unwrap();
     let policy = AuthorizationPolicy::new()
         .allow(Rule::any().principal(Principal::Id(GOOD_ID.parse().unwrap())));
-    let server = Server::new()
-        .mtls(identity(&ca, "/ns/default/sa/greeter"))
-        .policy(policy);
+    let server = Server::new(identity(&ca, "/ns/default/sa/greeter")).policy(policy);
     tokio::spawn(server.serve(listener, tower::service_fn(whoami)));
 
     // Allowed, over HTTP/2 (ALPN): the handler sees the caller's identity.
@@ -120,7 +118,7 @@ async fn a_client_without_a_trusted_svid_never_reaches_the_service() {
     let other_ca = TestCa::new("example.org");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = Server::new().mtls(identity(&ca, "/ns/default/sa/greeter"));
+    let server = Server::new(identity(&ca, "/ns/default/sa/greeter"));
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let service = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
@@ -167,11 +165,13 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish() {
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(
-        Server::new()
-            .mtls(identity(&ca, "/ns/default/sa/greeter"))
-            .serve_with_shutdown(listener, service, async {
+        Server::new(identity(&ca, "/ns/default/sa/greeter")).serve_with_shutdown(
+            listener,
+            service,
+            async {
                 let _ = stopped.await;
-            }),
+            },
+        ),
     );
 
     let client = client(&ca, "/ns/default/sa/good", addr);
@@ -213,7 +213,7 @@ async fn xds_managed_mtls_from_certificate_providers_reaches_the_server() {
     let ca = TestCa::new("example.org");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = Server::new().mtls(identity(&ca, "/ns/default/sa/greeter"));
+    let server = Server::new(identity(&ca, "/ns/default/sa/greeter"));
     tokio::spawn(server.serve(listener, tower::service_fn(whoami)));
 
     let xds = XdsTestServer::start().await.unwrap();

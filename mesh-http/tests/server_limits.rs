@@ -67,9 +67,7 @@ async fn silent_and_slow_connections_neither_starve_a_real_client_nor_stay_open(
         .header_read_timeout(Duration::from_millis(800))
         .idle_timeout(Some(Duration::from_millis(800)))
         .drain_grace(Duration::from_millis(300));
-    let server = Server::new()
-        .mtls(identity(&ca, "/ns/default/sa/greeter"))
-        .limits(limits);
+    let server = Server::new(identity(&ca, "/ns/default/sa/greeter")).limits(limits);
     tokio::spawn(server.serve(listener, tower::service_fn(hello)));
 
     // Slow clients that got through TLS: HTTP/1 heads trickled a byte at a time, and HTTP/2
@@ -207,9 +205,7 @@ async fn a_client_silent_after_its_handshake_is_closed_at_the_header_read_timeou
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let limits = ServerLimits::new().header_read_timeout(Duration::from_millis(500));
-    let server = Server::new()
-        .mtls(identity(&ca, "/ns/default/sa/greeter"))
-        .limits(limits);
+    let server = Server::new(identity(&ca, "/ns/default/sa/greeter")).limits(limits);
     tokio::spawn(server.serve(listener, tower::service_fn(hello)));
 
     let quiet = tls_silent(
@@ -260,7 +256,7 @@ async fn a_connection_closes_when_the_client_certificate_expires() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let far = time::OffsetDateTime::now_utc() + time::Duration::days(1);
-    let server = Server::new().mtls(ca.mtls(ca.svid("/ns/default/sa/greeter", far)));
+    let server = Server::new(ca.mtls(ca.svid("/ns/default/sa/greeter", far)));
     tokio::spawn(server.serve(listener, tower::service_fn(hello)));
 
     // X.509 times are whole seconds: the client's SVID expires 3 to 4 s from now.
@@ -336,7 +332,7 @@ async fn max_connection_age_lets_the_request_in_flight_finish_then_closes() {
         .max_connection_age(Some(age))
         .drain_grace(Duration::from_secs(30));
     tokio::spawn(
-        Server::new()
+        Server::plaintext()
             .limits(limits)
             .serve(listener, gated(entered_tx, release.clone())),
     );
@@ -369,7 +365,7 @@ async fn the_drain_grace_bounds_a_request_that_never_finishes() {
         .max_connection_age(Some(Duration::from_millis(300)))
         .drain_grace(Duration::from_millis(300));
     tokio::spawn(
-        Server::new()
+        Server::plaintext()
             .limits(limits)
             .serve(listener, gated(entered_tx, Arc::new(Notify::new()))),
     );

@@ -35,7 +35,7 @@ pub use policy::{
     RequestAttributes, Rule, normalize_path,
 };
 #[cfg(feature = "server")]
-pub use serve::{HttpVersions, serve};
+pub use serve::{HttpVersions, ServeError, serve};
 
 #[cfg(test)]
 mod tests;

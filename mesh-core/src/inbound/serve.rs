@@ -23,6 +23,18 @@ use tokio::time::Instant;
 use tower::{BoxError, Service};
 
 use super::{ConnectionInfo, MeshAcceptor, ServerLimits};
+use crate::identity::IdentityError;
+
+/// Why a meshwork server (meshwork-grpc's `MeshServer`, meshwork-http's `Server`) could not
+/// serve. Serving itself does not fail: a failed accept pauses accepting, a failed
+/// connection is logged; what can fail is the setup before the first accept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The server's TLS configuration could not be built from its identity.
+    #[error("the server's TLS configuration: {0}")]
+    Tls(#[from] IdentityError),
+}
 
 /// Which HTTP versions a server speaks on its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
