@@ -197,7 +197,9 @@ class Api:
             if im.get("trait"):
                 neg = "!" if im.get("is_negative", im.get("negative")) else ""
                 # Only the trait's name and the impl's generics: the items follow the trait.
-                self.add(f"impl{self.generics(im.get('generics'))} {neg}{self.path_name(im['trait'])} for {self.ty(im['for'])}")
+                for_ = im["for"]
+                args = self.args(for_["resolved_path"].get("args")) if "resolved_path" in for_ else ""
+                self.add(f"impl{self.generics(im.get('generics'))} {neg}{self.path_name(im['trait'])} for {path}{args}")
                 continue
             for mid in im.get("items", []):
                 m = self.item(mid)
