@@ -41,6 +41,8 @@ mod matcher;
 mod route;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod unsupported_tests;
 
 pub use cluster::{
     CertProviderInstance, CircuitBreakers, Cluster, ClusterKind, ConsecutiveEjection,
