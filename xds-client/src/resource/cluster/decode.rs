@@ -19,7 +19,7 @@ use super::types::*;
 use crate::resource::matcher::StringMatcher;
 use crate::resource::{
     FieldPath, ResourceError, ResourceErrorKind, Result, Unsupported, check_ads_or_self,
-    decode_any, duration,
+    decode_any, duration, unsupported_fields,
 };
 
 const HTTP_PROTOCOL_OPTIONS_TYPE_URL: &str =
@@ -66,10 +66,9 @@ fn validate(c: &cluster_pb::Cluster) -> Result<Cluster> {
         )?),
         None => None,
     };
-    if !c.transport_socket_matches.is_empty() {
-        // gRPC NACKs these; Istio only uses them for sidecars, so we list and ignore them.
-        uns.field(&root, "transport_socket_matches");
-    }
+    // gRPC NACKs transport_socket_matches; Istio only uses them for sidecars, so we list
+    // and ignore them.
+    unsupported_fields!(uns, &root, c, { transport_socket_matches })?;
     let tls = match &c.transport_socket {
         Some(ts) => upstream_tls(ts, &root.field("transport_socket"), &mut uns)?,
         None => None,
@@ -86,8 +85,7 @@ fn validate(c: &cluster_pb::Cluster) -> Result<Cluster> {
         None => DEFAULT_CONNECT_TIMEOUT,
     };
 
-    uns.field_if(!c.alt_stat_name.is_empty(), &root, "alt_stat_name");
-    uns.field_if(c.metadata.is_some(), &root, "metadata");
+    unsupported_fields!(uns, &root, c, { alt_stat_name, metadata })?;
     if let Some(lrs) = &c.lrs_server {
         // Load reports go to the server that sent the cluster; grpc-go and grpc core NACK
         // any other config source. Reporting itself is not implemented: listed.
@@ -113,62 +111,33 @@ fn validate(c: &cluster_pb::Cluster) -> Result<Cluster> {
         let _: http_pb::HttpProtocolOptions = decode_any(&p, any, HTTP_PROTOCOL_OPTIONS_TYPE_URL)?;
         uns.field(&root, "upstream_config");
     }
-    uns.field_if(c.dns_lookup_family != 0, &root, "dns_lookup_family");
-    uns.field_if(!c.health_checks.is_empty(), &root, "health_checks");
-    uns.field_if(
-        c.max_requests_per_connection.is_some(),
-        &root,
-        "max_requests_per_connection",
-    );
-    uns.field_if(
-        c.upstream_http_protocol_options.is_some(),
-        &root,
-        "upstream_http_protocol_options",
-    );
-    uns.field_if(
-        c.common_http_protocol_options.is_some(),
-        &root,
-        "common_http_protocol_options",
-    );
+    unsupported_fields!(uns, &root, c, {
+        dns_lookup_family,
+        health_checks,
+        max_requests_per_connection,
+        upstream_http_protocol_options,
+        common_http_protocol_options,
+    })?;
     let protocol = upstream_protocol(c, &root, &mut uns)?;
-    uns.field_if(c.lb_subset_config.is_some(), &root, "lb_subset_config");
-    uns.field_if(!c.filters.is_empty(), &root, "filters");
-    uns.field_if(
-        c.upstream_connection_options.is_some(),
-        &root,
-        "upstream_connection_options",
-    );
-    uns.field_if(c.preconnect_policy.is_some(), &root, "preconnect_policy");
-    uns.field_if(c.dns_refresh_rate.is_some(), &root, "dns_refresh_rate");
+    unsupported_fields!(uns, &root, c, {
+        lb_subset_config,
+        filters,
+        upstream_connection_options,
+        preconnect_policy,
+        dns_refresh_rate,
+    })?;
     if let Some(cl) = &c.common_lb_config {
-        let p = root.field("common_lb_config");
-        uns.field_if(
-            cl.override_host_status.is_some(),
-            &p,
-            "override_host_status",
-        );
-        uns.field_if(
-            cl.healthy_panic_threshold.is_some(),
-            &p,
-            "healthy_panic_threshold",
-        );
-        uns.field_if(
-            cl.locality_config_specifier.is_some(),
-            &p,
-            "locality_config_specifier",
-        );
-        uns.field_if(
-            cl.consistent_hashing_lb_config.is_some(),
-            &p,
-            "consistent_hashing_lb_config",
-        );
+        unsupported_fields!(uns, &root.field("common_lb_config"), cl, {
+            override_host_status,
+            healthy_panic_threshold,
+            locality_config_specifier,
+            consistent_hashing_lb_config,
+        })?;
     }
     if let Some(cb) = &c.circuit_breakers {
-        uns.field_if(
-            !cb.per_host_thresholds.is_empty(),
-            &root.field("circuit_breakers"),
-            "per_host_thresholds",
-        );
+        unsupported_fields!(uns, &root.field("circuit_breakers"), cb, {
+            per_host_thresholds
+        })?;
     }
 
     Ok(Cluster {
@@ -199,12 +168,7 @@ fn upstream_protocol(
     use http_pb::http_protocol_options::{
         UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
     };
-    uns.field_if(
-        c.http_protocol_options.is_some(),
-        root,
-        "http_protocol_options",
-    );
-    uns.field_if(c.protocol_selection != 0, root, "protocol_selection");
+    unsupported_fields!(uns, root, c, { http_protocol_options, protocol_selection })?;
     let mut keys: Vec<&String> = c.typed_extension_protocol_options.keys().collect();
     keys.sort();
     for key in keys.iter().filter(|k| k.as_str() != HTTP_PROTOCOL_OPTIONS) {
@@ -220,11 +184,10 @@ fn upstream_protocol(
             UpstreamProtocol::Unspecified
         });
     };
-    uns.field_if(
-        c.http2_protocol_options.is_some(),
-        root,
-        "http2_protocol_options (overridden by HttpProtocolOptions)",
-    );
+    unsupported_fields!(uns, root, c, {
+        "http2_protocol_options (overridden by HttpProtocolOptions)" =
+            c.http2_protocol_options.is_some(),
+    })?;
     let path = root.field("typed_extension_protocol_options[HttpProtocolOptions]");
     let opts: http_pb::HttpProtocolOptions =
         decode_any(&path, any, HTTP_PROTOCOL_OPTIONS_TYPE_URL)?;
@@ -263,30 +226,16 @@ fn upstream_protocol(
             ));
         }
     };
-    uns.field_if(
-        opts.common_http_protocol_options.is_some(),
-        &path,
-        "common_http_protocol_options",
-    );
-    uns.field_if(
-        opts.upstream_http_protocol_options.is_some(),
-        &path,
-        "upstream_http_protocol_options",
-    );
-    uns.field_if(!opts.http_filters.is_empty(), &path, "http_filters");
-    uns.field_if(
-        opts.header_validation_config.is_some(),
-        &path,
-        "header_validation_config",
-    );
-    uns.field_if(opts.outlier_detection.is_some(), &path, "outlier_detection");
-    uns.field_if(
-        !opts.request_mirror_policies.is_empty(),
-        &path,
-        "request_mirror_policies",
-    );
-    uns.field_if(!opts.hash_policy.is_empty(), &path, "hash_policy");
-    uns.field_if(opts.retry_policy.is_some(), &path, "retry_policy");
+    unsupported_fields!(uns, &path, opts, {
+        common_http_protocol_options,
+        upstream_http_protocol_options,
+        http_filters,
+        header_validation_config,
+        outlier_detection,
+        request_mirror_policies,
+        hash_policy,
+        retry_policy,
+    })?;
     Ok(protocol)
 }
 
@@ -697,47 +646,17 @@ fn outlier_detection(
         enforcement_percentage: enforcing_gw,
     });
 
-    uns.field_if(
-        od.split_external_local_origin_errors,
-        p,
-        "split_external_local_origin_errors",
-    );
-    uns.field_if(
-        od.consecutive_local_origin_failure.is_some(),
-        p,
-        "consecutive_local_origin_failure",
-    );
-    uns.field_if(
-        od.enforcing_local_origin_success_rate.is_some(),
-        p,
-        "enforcing_local_origin_success_rate",
-    );
-    uns.field_if(
-        od.enforcing_failure_percentage_local_origin.is_some(),
-        p,
-        "enforcing_failure_percentage_local_origin",
-    );
-    uns.field_if(
-        od.max_ejection_time_jitter.is_some(),
-        p,
-        "max_ejection_time_jitter",
-    );
-    uns.field_if(
-        od.successful_active_health_check_uneject_host.is_some(),
-        p,
-        "successful_active_health_check_uneject_host",
-    );
-    uns.field_if(!od.monitors.is_empty(), p, "monitors");
-    uns.field_if(
-        od.always_eject_one_host.is_some(),
-        p,
-        "always_eject_one_host",
-    );
-    uns.field_if(
-        od.detect_degraded_hosts.is_some(),
-        p,
-        "detect_degraded_hosts",
-    );
+    unsupported_fields!(uns, p, od, {
+        split_external_local_origin_errors,
+        consecutive_local_origin_failure,
+        enforcing_local_origin_success_rate,
+        enforcing_failure_percentage_local_origin,
+        max_ejection_time_jitter,
+        successful_active_health_check_uneject_host,
+        monitors,
+        always_eject_one_host,
+        detect_degraded_hosts,
+    })?;
 
     Ok(OutlierDetection {
         interval,
@@ -780,53 +699,29 @@ fn upstream_tls(
         uns.note(format!("{} ({:?})", p.field("name"), ts.name));
     }
     let ctx: tls_pb::UpstreamTlsContext = decode_any(&tp, any, UPSTREAM_TLS_CONTEXT_TYPE_URL)?;
-    uns.field_if(!ctx.sni.is_empty(), &tp, "sni");
-    uns.field_if(ctx.auto_host_sni, &tp, "auto_host_sni");
-    uns.field_if(ctx.auto_sni_san_validation, &tp, "auto_sni_san_validation");
-    uns.field_if(ctx.allow_renegotiation, &tp, "allow_renegotiation");
-    uns.field_if(ctx.max_session_keys.is_some(), &tp, "max_session_keys");
+    unsupported_fields!(uns, &tp, ctx, {
+        sni,
+        auto_host_sni,
+        auto_sni_san_validation,
+        allow_renegotiation,
+        max_session_keys,
+    })?;
 
     let cp = tp.field("common_tls_context");
     let Some(common) = &ctx.common_tls_context else {
         return Err(ResourceErrorKind::invalid(cp, "must be set"));
     };
-    if common.tls_params.is_some() {
-        return Err(ResourceErrorKind::unsupported(
-            cp.field("tls_params"),
-            "TLS parameters",
-        ));
-    }
-    if common.custom_handshaker.is_some() {
-        return Err(ResourceErrorKind::unsupported(
-            cp.field("custom_handshaker"),
-            "custom handshakers",
-        ));
-    }
-    if !common.tls_certificates.is_empty() {
-        return Err(ResourceErrorKind::unsupported(
-            cp.field("tls_certificates"),
-            "inline certificates (use a certificate provider instance)",
-        ));
-    }
-    if !common.tls_certificate_sds_secret_configs.is_empty() {
-        return Err(ResourceErrorKind::unsupported(
-            cp.field("tls_certificate_sds_secret_configs"),
-            "SDS (use a certificate provider instance)",
-        ));
-    }
-    if common.tls_certificate_certificate_provider.is_some() {
-        return Err(ResourceErrorKind::unsupported(
-            cp.field("tls_certificate_certificate_provider"),
-            "certificate provider plugins (use a certificate provider instance)",
-        ));
-    }
-    uns.field_if(
-        common.custom_tls_certificate_selector.is_some(),
-        &cp,
-        "custom_tls_certificate_selector",
-    );
-    uns.field_if(!common.alpn_protocols.is_empty(), &cp, "alpn_protocols");
-    uns.field_if(common.key_log.is_some(), &cp, "key_log");
+    unsupported_fields!(uns, &cp, common, {
+        tls_params => reject("TLS parameters"),
+        custom_handshaker => reject("custom handshakers"),
+        tls_certificates => reject("inline certificates (use a certificate provider instance)"),
+        tls_certificate_sds_secret_configs => reject("SDS (use a certificate provider instance)"),
+        tls_certificate_certificate_provider =>
+            reject("certificate provider plugins (use a certificate provider instance)"),
+        custom_tls_certificate_selector,
+        alpn_protocols,
+        key_log,
+    })?;
 
     // The current field wins; Istio also fills the deprecated one, identically.
     let identity = match (
@@ -957,41 +852,22 @@ fn validation_context(
     san_matchers: &mut Vec<StringMatcher>,
     uns: &mut Unsupported,
 ) -> Result<Option<CertProviderInstance>> {
-    let reject = |set: bool, field: &'static str, what: &str| {
-        if set {
-            Err(ResourceErrorKind::unsupported(p.field(field), what))
-        } else {
-            Ok(())
-        }
-    };
-    reject(
-        !vc.verify_certificate_spki.is_empty(),
-        "verify_certificate_spki",
-        "SPKI pinning",
-    )?;
-    reject(
-        !vc.verify_certificate_hash.is_empty(),
-        "verify_certificate_hash",
-        "certificate hash pinning",
-    )?;
-    reject(
-        vc.require_signed_certificate_timestamp
+    unsupported_fields!(uns, p, vc, {
+        verify_certificate_spki => reject("SPKI pinning"),
+        verify_certificate_hash => reject("certificate hash pinning"),
+        // An explicit `false` asks for nothing.
+        require_signed_certificate_timestamp = vc
+            .require_signed_certificate_timestamp
             .as_ref()
-            .is_some_and(|b| b.value),
-        "require_signed_certificate_timestamp",
-        "signed certificate timestamps",
-    )?;
-    reject(vc.crl.is_some(), "crl", "certificate revocation lists")?;
-    reject(
-        vc.custom_validator_config.is_some(),
-        "custom_validator_config",
-        "custom certificate validators",
-    )?;
-    uns.field_if(vc.trusted_ca.is_some(), p, "trusted_ca");
-    uns.field_if(vc.watched_directory.is_some(), p, "watched_directory");
-    uns.field_if(vc.system_root_certs.is_some(), p, "system_root_certs");
-    uns.field_if(vc.allow_expired_certificate, p, "allow_expired_certificate");
-    uns.field_if(vc.max_verify_depth.is_some(), p, "max_verify_depth");
+            .is_some_and(|b| b.value) => reject("signed certificate timestamps"),
+        crl => reject("certificate revocation lists"),
+        custom_validator_config => reject("custom certificate validators"),
+        trusted_ca,
+        watched_directory,
+        system_root_certs,
+        allow_expired_certificate,
+        max_verify_depth,
+    })?;
 
     for (i, m) in vc.match_subject_alt_names.iter().enumerate() {
         let m = StringMatcher::from_proto(&p.at("match_subject_alt_names", i), m)?;

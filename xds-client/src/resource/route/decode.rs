@@ -16,7 +16,7 @@ use super::types::*;
 use crate::resource::matcher::{SafeRegex, StringMatcher, full_match_regex};
 use crate::resource::{
     FieldPath, ResourceError, ResourceErrorKind, Result, Unsupported, duration, nonzero_duration,
-    per_million,
+    per_million, unsupported_fields,
 };
 
 const PREVIOUS_HOSTS_PREDICATE: &str = "envoy.retry_host_predicates.previous_hosts";
@@ -42,55 +42,23 @@ pub(crate) fn validate(
     path: &FieldPath<'_>,
 ) -> Result<RouteConfiguration> {
     let mut uns = Unsupported::default();
-    uns.field_if(rc.vhds.is_some(), path, "vhds");
-    uns.field_if(
-        !rc.internal_only_headers.is_empty(),
-        path,
-        "internal_only_headers",
-    );
-    uns.field_if(
-        !rc.request_headers_to_add.is_empty(),
-        path,
-        "request_headers_to_add",
-    );
-    uns.field_if(
-        !rc.request_headers_to_remove.is_empty(),
-        path,
-        "request_headers_to_remove",
-    );
-    uns.field_if(
-        !rc.response_headers_to_add.is_empty(),
-        path,
-        "response_headers_to_add",
-    );
-    uns.field_if(
-        !rc.response_headers_to_remove.is_empty(),
-        path,
-        "response_headers_to_remove",
-    );
-    uns.field_if(
-        !rc.cluster_specifier_plugins.is_empty(),
-        path,
-        "cluster_specifier_plugins",
-    );
+    unsupported_fields!(uns, path, rc, {
+        vhds,
+        internal_only_headers,
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        cluster_specifier_plugins,
+    })?;
     let plugins = cluster_specifier_plugins(rc, path)?;
-    uns.field_if(
-        !rc.request_mirror_policies.is_empty(),
-        path,
-        "request_mirror_policies",
-    );
-    uns.field_if(
-        !rc.typed_per_filter_config.is_empty(),
-        path,
-        "typed_per_filter_config",
-    );
-    uns.field_if(!rc.vhost_header.is_empty(), path, "vhost_header");
-    uns.field_if(
-        rc.ignore_port_in_host_matching,
-        path,
-        "ignore_port_in_host_matching",
-    );
-    uns.field_if(!rc.route_specifiers.is_empty(), path, "route_specifiers");
+    unsupported_fields!(uns, path, rc, {
+        request_mirror_policies,
+        typed_per_filter_config,
+        vhost_header,
+        ignore_port_in_host_matching,
+        route_specifiers,
+    })?;
 
     let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
@@ -142,47 +110,21 @@ fn virtual_host(
     plugins: &HashSet<&str>,
     uns: &mut Unsupported,
 ) -> Result<VirtualHost> {
-    uns.field_if(vh.matcher.is_some(), p, "matcher");
-    uns.field_if(vh.require_tls != 0, p, "require_tls");
-    uns.field_if(!vh.virtual_clusters.is_empty(), p, "virtual_clusters");
-    uns.field_if(!vh.rate_limits.is_empty(), p, "rate_limits");
-    uns.field_if(
-        !vh.request_headers_to_add.is_empty(),
-        p,
-        "request_headers_to_add",
-    );
-    uns.field_if(
-        !vh.request_headers_to_remove.is_empty(),
-        p,
-        "request_headers_to_remove",
-    );
-    uns.field_if(
-        !vh.response_headers_to_add.is_empty(),
-        p,
-        "response_headers_to_add",
-    );
-    uns.field_if(
-        !vh.response_headers_to_remove.is_empty(),
-        p,
-        "response_headers_to_remove",
-    );
-    uns.field_if(vh.cors.is_some(), p, "cors");
-    uns.field_if(
-        !vh.typed_per_filter_config.is_empty(),
-        p,
-        "typed_per_filter_config",
-    );
-    uns.field_if(
-        vh.retry_policy_typed_config.is_some(),
-        p,
-        "retry_policy_typed_config",
-    );
-    uns.field_if(vh.hedge_policy.is_some(), p, "hedge_policy");
-    uns.field_if(
-        !vh.request_mirror_policies.is_empty(),
-        p,
-        "request_mirror_policies",
-    );
+    unsupported_fields!(uns, p, vh, {
+        matcher,
+        require_tls,
+        virtual_clusters,
+        rate_limits,
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        cors,
+        typed_per_filter_config,
+        retry_policy_typed_config,
+        hedge_policy,
+        request_mirror_policies,
+    })?;
 
     let retry_policy = match &vh.retry_policy {
         Some(rp) => Some(retry_policy(rp, &p.field("retry_policy"), uns)?),
@@ -217,34 +159,16 @@ fn route(
     };
     let matcher = route_match(m, &mp, uns)?;
 
-    uns.field_if(
-        !r.typed_per_filter_config.is_empty(),
-        p,
-        "typed_per_filter_config",
-    );
-    uns.field_if(
-        !r.request_headers_to_add.is_empty(),
-        p,
-        "request_headers_to_add",
-    );
-    uns.field_if(
-        !r.request_headers_to_remove.is_empty(),
-        p,
-        "request_headers_to_remove",
-    );
-    uns.field_if(
-        !r.response_headers_to_add.is_empty(),
-        p,
-        "response_headers_to_add",
-    );
-    uns.field_if(
-        !r.response_headers_to_remove.is_empty(),
-        p,
-        "response_headers_to_remove",
-    );
-    uns.field_if(r.decorator.is_some(), p, "decorator");
-    uns.field_if(r.tracing.is_some(), p, "tracing");
-    uns.field_if(!r.route_specifiers.is_empty(), p, "route_specifiers");
+    unsupported_fields!(uns, p, r, {
+        typed_per_filter_config,
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        decorator,
+        tracing,
+        route_specifiers,
+    })?;
 
     use route_pb::route::Action;
     let action = match &r.action {
@@ -330,11 +254,13 @@ fn route_match(
         None => None,
     };
     // Matching conditions we cannot evaluate: listed, and the route matches more widely.
-    uns.field_if(!m.cookies.is_empty(), p, "cookies");
-    uns.field_if(m.grpc.is_some(), p, "grpc");
-    uns.field_if(m.tls_context.is_some(), p, "tls_context");
-    uns.field_if(!m.dynamic_metadata.is_empty(), p, "dynamic_metadata");
-    uns.field_if(!m.filter_state.is_empty(), p, "filter_state");
+    unsupported_fields!(uns, p, m, {
+        cookies,
+        grpc,
+        tls_context,
+        dynamic_metadata,
+        filter_state,
+    })?;
 
     Ok(RouteMatch {
         path,
@@ -380,11 +306,7 @@ fn header_matcher(
             ));
         }
     };
-    uns.field_if(
-        h.treat_missing_header_as_empty,
-        p,
-        "treat_missing_header_as_empty",
-    );
+    unsupported_fields!(uns, p, h, { treat_missing_header_as_empty })?;
     Ok(HeaderMatcher {
         name: h.name.to_ascii_lowercase(),
         kind,
@@ -510,36 +432,22 @@ fn forward_action(
         }
     }
 
-    uns.field_if(!ra.prefix_rewrite.is_empty(), p, "prefix_rewrite");
-    uns.field_if(ra.regex_rewrite.is_some(), p, "regex_rewrite");
-    uns.field_if(ra.path_rewrite_policy.is_some(), p, "path_rewrite_policy");
-    uns.field_if(!ra.path_rewrite.is_empty(), p, "path_rewrite");
-    uns.field_if(
-        ra.host_rewrite_specifier.is_some(),
-        p,
-        "host_rewrite_specifier",
-    );
-    uns.field_if(ra.metadata_match.is_some(), p, "metadata_match");
-    uns.field_if(ra.idle_timeout.is_some(), p, "idle_timeout");
-    uns.field_if(
-        ra.retry_policy_typed_config.is_some(),
-        p,
-        "retry_policy_typed_config",
-    );
-    uns.field_if(
-        !ra.request_mirror_policies.is_empty(),
-        p,
-        "request_mirror_policies",
-    );
-    uns.field_if(!ra.rate_limits.is_empty(), p, "rate_limits");
-    uns.field_if(ra.cors.is_some(), p, "cors");
-    uns.field_if(!ra.upgrade_configs.is_empty(), p, "upgrade_configs");
-    uns.field_if(
-        ra.internal_redirect_policy.is_some(),
-        p,
-        "internal_redirect_policy",
-    );
-    uns.field_if(ra.hedge_policy.is_some(), p, "hedge_policy");
+    unsupported_fields!(uns, p, ra, {
+        prefix_rewrite,
+        regex_rewrite,
+        path_rewrite_policy,
+        path_rewrite,
+        host_rewrite_specifier,
+        metadata_match,
+        idle_timeout,
+        retry_policy_typed_config,
+        request_mirror_policies,
+        rate_limits,
+        cors,
+        upgrade_configs,
+        internal_redirect_policy,
+        hedge_policy,
+    })?;
 
     Ok(Some(ForwardAction {
         clusters,
@@ -572,26 +480,12 @@ fn weighted_clusters(
         total = total.checked_add(weight).ok_or_else(|| {
             ResourceErrorKind::invalid(p, "the sum of the cluster weights overflows a u32")
         })?;
-        uns.field_if(
-            !c.typed_per_filter_config.is_empty(),
-            &cp,
-            "typed_per_filter_config",
-        );
-        uns.field_if(
-            !c.request_headers_to_add.is_empty(),
-            &cp,
-            "request_headers_to_add",
-        );
-        uns.field_if(
-            !c.response_headers_to_add.is_empty(),
-            &cp,
-            "response_headers_to_add",
-        );
-        uns.field_if(
-            c.host_rewrite_specifier.is_some(),
-            &cp,
-            "host_rewrite_specifier",
-        );
+        unsupported_fields!(uns, &cp, c, {
+            typed_per_filter_config,
+            request_headers_to_add,
+            response_headers_to_add,
+            host_rewrite_specifier,
+        })?;
         out.push(WeightedCluster {
             name: c.name.clone(),
             weight,
@@ -603,12 +497,10 @@ fn weighted_clusters(
             "the cluster weights sum to zero",
         ));
     }
-    uns.field_if(!wc.runtime_key_prefix.is_empty(), p, "runtime_key_prefix");
-    uns.field_if(
-        wc.random_value_specifier.is_some(),
-        p,
-        "random_value_specifier",
-    );
+    unsupported_fields!(uns, p, wc, {
+        runtime_key_prefix,
+        random_value_specifier,
+    })?;
     Ok(ClusterSpecifier::Weighted(out))
 }
 
@@ -689,24 +581,14 @@ fn retry_policy(
         n if n <= 1 => 1,
         n => u32::try_from(n).unwrap_or(u32::MAX),
     };
-    uns.field_if(rp.per_try_idle_timeout.is_some(), p, "per_try_idle_timeout");
-    uns.field_if(rp.retry_priority.is_some(), p, "retry_priority");
-    uns.field_if(
-        !rp.retry_options_predicates.is_empty(),
-        p,
-        "retry_options_predicates",
-    );
-    uns.field_if(
-        rp.rate_limited_retry_back_off.is_some(),
-        p,
-        "rate_limited_retry_back_off",
-    );
-    uns.field_if(!rp.retriable_headers.is_empty(), p, "retriable_headers");
-    uns.field_if(
-        !rp.retriable_request_headers.is_empty(),
-        p,
-        "retriable_request_headers",
-    );
+    unsupported_fields!(uns, p, rp, {
+        per_try_idle_timeout,
+        retry_priority,
+        retry_options_predicates,
+        rate_limited_retry_back_off,
+        retriable_headers,
+        retriable_request_headers,
+    })?;
     Ok(RetryPolicy {
         retry_on,
         num_retries,
