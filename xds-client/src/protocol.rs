@@ -7,6 +7,12 @@
 //! ([`AdsState::poll_request`]), events ([`AdsState::poll_event`]) and the next deadline
 //! ([`AdsState::poll_timeout`]). Every rule below is unit-tested without sockets.
 //!
+//! A response is handled in two steps: decoding (`response`) validates every resource and
+//! decides, from the response alone, what it says about each named resource and whether it
+//! is ACKed; applying moves each wanted resource through one transition of its status
+//! (`state`: accepted, rejected, not found, deleted), the one place a resource's status,
+//! value, version or error changes.
+//!
 //! Rules, with the gRFC or xDS-spec clause each follows:
 //! - **ACK/NACK** (xDS spec): an ACK carries the response's `version_info` and nonce; a NACK
 //!   carries the *previously accepted* version, the response's nonce and `error_detail`.
@@ -46,7 +52,7 @@
 //!   `PERMISSION_DENIED`, loses its cached value and its watchers fail, so a bad config
 //!   shows at once instead of when clients restart.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -54,7 +60,15 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
 
-use crate::resource::{self, Resource, ResourceError, ResourceType};
+use crate::resource::{Resource, ResourceError, ResourceType};
+
+mod response;
+mod state;
+
+#[cfg(test)]
+use response::NackDetail;
+use response::{Decoded, Outcome};
+use state::{ResourceState, Transition};
 
 /// The default resource-does-not-exist timeout (gRFC A57).
 pub const DEFAULT_DOES_NOT_EXIST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -71,42 +85,6 @@ const PERMISSION_DENIED: i32 = 7;
 /// the first errors, then "and N more". 16 KiB holds a hundred typical reasons, which is
 /// what an operator reads; the count says the rest.
 pub const MAX_NACK_DETAIL: usize = 16 * 1024;
-
-/// A NACK's error text under construction, bounded by [`MAX_NACK_DETAIL`].
-#[derive(Debug, Default)]
-struct NackDetail {
-    text: String,
-    count: usize,
-    left_out: usize,
-}
-
-impl NackDetail {
-    fn push(&mut self, error: impl fmt::Display) {
-        use fmt::Write as _;
-        self.count += 1;
-        if self.text.len() >= MAX_NACK_DETAIL {
-            self.left_out += 1;
-            return;
-        }
-        if !self.text.is_empty() {
-            self.text.push_str("; ");
-        }
-        let _ = write!(self.text, "{error}");
-        truncate(&mut self.text, MAX_NACK_DETAIL);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    fn finish(mut self) -> String {
-        if self.left_out > 0 {
-            use fmt::Write as _;
-            let _ = write!(self.text, "; and {} more", self.left_out);
-        }
-        self.text
-    }
-}
 
 /// Cut `text` to at most `max` bytes, at a character boundary.
 fn truncate(text: &mut String, max: usize) {
@@ -228,6 +206,18 @@ pub enum ResourceFailure {
     },
 }
 
+impl ResourceFailure {
+    /// Whether, under the server's `fail_on_data_errors` (gRFC A88), this failure drops the
+    /// resource's cached value: any rejection of ours, and of the server's only
+    /// `PERMISSION_DENIED`.
+    fn drops_cached_value(&self) -> bool {
+        match self {
+            ResourceFailure::Validation(_) | ResourceFailure::Duplicate { .. } => true,
+            ResourceFailure::ServerReported { code, .. } => *code == PERMISSION_DENIED,
+        }
+    }
+}
+
 /// One row of the config dump: the client's view of one resource.
 #[derive(Debug, Clone)]
 pub struct ResourceView<'a> {
@@ -258,37 +248,6 @@ enum Wildcard {
     Legacy,
     /// `"*"` in `resource_names`.
     Explicit,
-}
-
-#[derive(Debug, Default)]
-struct ResourceState {
-    subscribed: bool,
-    value: Option<Resource>,
-    version: Option<String>,
-    status: Option<ResourceStatus>,
-    error: Option<ResourceFailure>,
-    last_updated: Option<Instant>,
-    does_not_exist_at: Option<Instant>,
-    /// Named by a request polled on the current stream (its timer starts once connected).
-    requested_on_stream: bool,
-}
-
-impl ResourceState {
-    fn status(&self) -> ResourceStatus {
-        self.status.unwrap_or(ResourceStatus::Requested)
-    }
-
-    /// Start the does-not-exist timer of a resource still waited for, unless it runs. No
-    /// deadline (a timeout too large for the clock) means it never fires.
-    fn start_timer(&mut self, deadline: Option<Instant>) {
-        if let Some(deadline) = deadline
-            && self.value.is_none()
-            && self.does_not_exist_at.is_none()
-            && self.status() == ResourceStatus::Requested
-        {
-            self.does_not_exist_at = Some(deadline);
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -500,7 +459,8 @@ impl AdsState {
         self.stream.is_some()
     }
 
-    /// Apply a response received on `stream` at `now`.
+    /// Apply a response received on `stream` at `now`: decode it, apply it, and queue its
+    /// ACK or NACK.
     pub fn on_response(&mut self, stream: StreamId, response: DiscoveryResponse, now: Instant) {
         if self.stream != Some(stream) {
             tracing::debug!(nonce = %response.nonce, "dropping a response from an old stream");
@@ -522,8 +482,6 @@ impl AdsState {
             });
             return;
         };
-        let ignore_deletion = self.config.ignore_resource_deletion;
-        let fail_on_data_errors = self.config.fail_on_data_errors;
         let Some(ts) = self
             .types
             .get_mut(&resource_type)
@@ -537,171 +495,109 @@ impl AdsState {
             return;
         };
         ts.nonce = response.nonce.clone();
+        let decoded = response::decode(resource_type, &response);
+        let error_detail = Self::apply(
+            ts,
+            &mut self.events,
+            &self.config,
+            resource_type,
+            decoded,
+            &response.version_info,
+            now,
+        );
+        let request = Self::request(ts, resource_type, None, error_detail);
+        ts.dirty = false;
+        self.outbox.push_back(request);
+    }
 
-        let mut errors = NackDetail::default();
-        let mut valid: BTreeMap<String, Resource> = BTreeMap::new();
-        let mut invalid: BTreeMap<String, ResourceFailure> = BTreeMap::new();
-        let mut seen: BTreeSet<String> = BTreeSet::new();
-        for any in &response.resources {
-            let (name, outcome) = match resource::decode(resource_type, any) {
-                Ok(res) => (res.name().to_string(), Ok(res)),
-                Err(err) => match err.name() {
-                    Some(name) => (name.to_string(), Err(ResourceFailure::from(err))),
-                    None => {
-                        errors.push(err);
-                        continue;
-                    }
+    /// Applies a decoded response of `version` to the resources of `ts`: each outcome for a
+    /// name the client wants becomes its resource's transition (other names are ignored),
+    /// a full-state type's cached resources that the response leaves out are deleted, and
+    /// an ACK moves the type's version. Returns the NACK's `error_detail`, if it is one.
+    fn apply(
+        ts: &mut TypeState,
+        events: &mut VecDeque<XdsEvent>,
+        config: &ProtocolConfig,
+        resource_type: ResourceType,
+        decoded: Decoded,
+        version: &str,
+        now: Instant,
+    ) -> Option<Status> {
+        for (name, outcome) in decoded.outcomes {
+            if !ts.wants(&name) {
+                continue;
+            }
+            let rs = ts.resources.entry(name.clone()).or_default();
+            let transition = match outcome {
+                Outcome::Accepted(value) => Transition::Accept {
+                    value,
+                    version: version.to_owned(),
                 },
+                Outcome::Invalid(failure) => {
+                    let drop_cached = config.fail_on_data_errors
+                        && failure.drops_cached_value()
+                        && rs.value.is_some();
+                    if drop_cached {
+                        tracing::warn!(
+                            %name, r#type = resource_type.short_name(), error = %failure,
+                            "dropping the cached value of a rejected resource (fail_on_data_errors)"
+                        );
+                    }
+                    Transition::Reject {
+                        failure,
+                        drop_cached,
+                    }
+                }
+                Outcome::NotFound => Transition::NotFound,
             };
-            if !seen.insert(name.clone()) {
-                valid.remove(&name);
-                let dup = ResourceFailure::Duplicate { name: name.clone() };
-                errors.push(&dup);
-                invalid.insert(name, dup);
-                continue;
-            }
-            match outcome {
-                Ok(res) => {
-                    valid.insert(name, res);
-                }
-                Err(failure) => {
-                    errors.push(&failure);
-                    invalid.insert(name, failure);
-                }
-            }
-        }
-
-        for (name, res) in valid {
-            if !ts.wants(&name) {
-                continue;
-            }
-            let rs = ts.resources.entry(name).or_default();
-            rs.does_not_exist_at = None;
-            rs.version = Some(response.version_info.clone());
-            rs.error = None;
-            let changed = rs.value.as_ref() != Some(&res) || rs.status() != ResourceStatus::Acked;
-            rs.status = Some(ResourceStatus::Acked);
-            if changed {
-                rs.last_updated = Some(now);
-                rs.value = Some(res.clone());
-                self.events.push_back(XdsEvent::Changed(res));
-            }
-        }
-        for (name, failure) in invalid {
-            if !ts.wants(&name) {
-                continue;
-            }
-            let rs = ts.resources.entry(name.clone()).or_default();
-            rs.does_not_exist_at = None;
-            rs.status = Some(ResourceStatus::Nacked);
-            rs.error = Some(failure.clone());
-            rs.last_updated = Some(now);
-            if fail_on_data_errors && rs.value.take().is_some() {
-                rs.version = None;
-                tracing::warn!(
-                    %name, r#type = resource_type.short_name(),
-                    "dropping the cached value of a rejected resource (fail_on_data_errors)"
-                );
-            }
-            self.events.push_back(XdsEvent::Invalid {
-                resource_type,
-                name,
-                error: failure,
-            });
-        }
-        for server_error in &response.resource_errors {
-            let Some(name) = server_error.resource_name.as_ref().map(|n| n.name.clone()) else {
-                continue;
-            };
-            if !ts.wants(&name) || !seen.insert(name.clone()) {
-                continue;
-            }
-            let detail = server_error.error_detail.clone().unwrap_or_default();
-            let rs = ts.resources.entry(name.clone()).or_default();
-            rs.does_not_exist_at = None;
-            rs.last_updated = Some(now);
-            if detail.code == NOT_FOUND {
-                rs.value = None;
-                rs.status = Some(ResourceStatus::DoesNotExist);
-                rs.error = None;
-                self.events.push_back(XdsEvent::DoesNotExist {
-                    resource_type,
-                    name,
-                });
-            } else {
-                let failure = ResourceFailure::ServerReported {
-                    code: detail.code,
-                    message: detail.message,
-                };
-                rs.status = Some(ResourceStatus::Nacked);
-                rs.error = Some(failure.clone());
-                if fail_on_data_errors
-                    && detail.code == PERMISSION_DENIED
-                    && rs.value.take().is_some()
-                {
-                    rs.version = None;
-                    tracing::warn!(
-                        %name, r#type = resource_type.short_name(),
-                        "the server denies a cached resource; dropping it (fail_on_data_errors)"
-                    );
-                }
-                self.events.push_back(XdsEvent::Invalid {
-                    resource_type,
-                    name,
-                    error: failure,
-                });
+            if let Some(notice) = rs.transition(transition, now) {
+                events.push_back(notice.into_event(resource_type, name));
             }
         }
         if resource_type.is_full_state() {
             for (name, rs) in ts.resources.iter_mut() {
-                if seen.contains(name) || rs.value.is_none() {
+                if decoded.present.contains(name) || rs.value.is_none() {
                     continue;
                 }
-                if ignore_deletion {
+                if config.ignore_resource_deletion {
                     tracing::warn!(
                         %name, r#type = resource_type.short_name(),
                         "the server left a resource out; keeping it (ignore_resource_deletion)"
                     );
                     continue;
                 }
-                rs.value = None;
-                rs.version = None;
-                rs.error = None;
-                rs.status = Some(ResourceStatus::DoesNotExist);
-                rs.last_updated = Some(now);
-                self.events.push_back(XdsEvent::DoesNotExist {
-                    resource_type,
-                    name: name.clone(),
-                });
+                if let Some(notice) = rs.transition(Transition::Deleted, now) {
+                    events.push_back(notice.into_event(resource_type, name.clone()));
+                }
             }
             if ts.wildcard != Wildcard::None {
                 // Wildcard-only entries that are gone need no tombstone.
-                ts.resources
-                    .retain(|name, rs| rs.subscribed || seen.contains(name) || rs.value.is_some());
+                ts.resources.retain(|name, rs| {
+                    rs.subscribed || decoded.present.contains(name) || rs.value.is_some()
+                });
             }
         }
 
-        let error_detail = if errors.is_empty() {
-            ts.version = response.version_info.clone();
-            None
-        } else {
-            let count = errors.count;
-            let message = errors.finish();
-            tracing::warn!(
-                r#type = resource_type.short_name(),
-                version = %response.version_info,
-                errors = count,
-                "NACK: {message}"
-            );
-            Some(Status {
-                code: INVALID_ARGUMENT,
-                message,
-                details: Vec::new(),
-            })
-        };
-        let request = Self::request(ts, resource_type, None, error_detail);
-        ts.dirty = false;
-        self.outbox.push_back(request);
+        match decoded.nack {
+            None => {
+                ts.version = version.to_owned();
+                None
+            }
+            Some(nack) => {
+                tracing::warn!(
+                    r#type = resource_type.short_name(),
+                    version = %version,
+                    errors = nack.errors,
+                    "NACK: {}",
+                    nack.message
+                );
+                Some(Status {
+                    code: INVALID_ARGUMENT,
+                    message: nack.message,
+                    details: Vec::new(),
+                })
+            }
+        }
     }
 
     fn request(
@@ -778,17 +674,14 @@ impl AdsState {
         for (&resource_type, ts) in self.types.iter_mut() {
             for (name, rs) in ts.resources.iter_mut() {
                 if rs.does_not_exist_at.is_some_and(|at| at <= now) {
-                    rs.does_not_exist_at = None;
-                    rs.status = Some(ResourceStatus::DoesNotExist);
-                    rs.last_updated = Some(now);
                     tracing::warn!(
                         %name, r#type = resource_type.short_name(),
                         "resource not received within the does-not-exist timeout"
                     );
-                    self.events.push_back(XdsEvent::DoesNotExist {
-                        resource_type,
-                        name: name.clone(),
-                    });
+                    if let Some(notice) = rs.transition(Transition::NotFound, now) {
+                        self.events
+                            .push_back(notice.into_event(resource_type, name.clone()));
+                    }
                 }
             }
         }

@@ -11,7 +11,10 @@ use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
 use prost::Message as _;
 
-use super::{FieldPath, ResourceError, ResourceErrorKind, Result, Unsupported, per_million};
+use super::{
+    FieldPath, ResourceError, ResourceErrorKind, Result, Unsupported, per_million,
+    unsupported_fields,
+};
 
 /// A validated `envoy.config.endpoint.v3.ClusterLoadAssignment`.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,7 +176,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<ClusterLoadAssignment,
 fn validate(cla: &endpoint_pb::ClusterLoadAssignment) -> Result<ClusterLoadAssignment> {
     let root = FieldPath::ROOT;
     let mut uns = Unsupported::default();
-    uns.field_if(!cla.named_endpoints.is_empty(), &root, "named_endpoints");
+    unsupported_fields!(uns, &root, cla, { named_endpoints })?;
 
     let mut drop_overloads = Vec::new();
     if let Some(policy) = &cla.policy {
@@ -201,21 +204,11 @@ fn validate(cla: &endpoint_pb::ClusterLoadAssignment) -> Result<ClusterLoadAssig
                 per_million,
             });
         }
-        uns.field_if(
-            policy.overprovisioning_factor.is_some(),
-            &pp,
-            "overprovisioning_factor",
-        );
-        uns.field_if(
-            policy.endpoint_stale_after.is_some(),
-            &pp,
-            "endpoint_stale_after",
-        );
-        uns.field_if(
-            policy.weighted_priority_health,
-            &pp,
-            "weighted_priority_health",
-        );
+        unsupported_fields!(uns, &pp, policy, {
+            overprovisioning_factor,
+            endpoint_stale_after,
+            weighted_priority_health,
+        })?;
     }
 
     let total_endpoints: usize = cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();

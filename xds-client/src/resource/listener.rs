@@ -16,7 +16,7 @@ use prost::Message as _;
 use super::route::{self, RouteConfiguration};
 use super::{
     FieldPath, ResourceError, ResourceErrorKind, Result, Unsupported, check_ads_or_self,
-    decode_any, nonzero_duration,
+    decode_any, nonzero_duration, unsupported_fields,
 };
 
 /// The type URL of the `HttpConnectionManager` an API listener must hold.
@@ -145,28 +145,18 @@ fn validate(l: &listener_pb::Listener) -> Result<Listener> {
         decode_any(&ap, any, HTTP_CONNECTION_MANAGER_TYPE_URL)?;
 
     let mut uns = Unsupported::default();
-    uns.field_if(!l.filter_chains.is_empty(), &root, "filter_chains");
-    uns.field_if(
-        l.default_filter_chain.is_some(),
-        &root,
-        "default_filter_chain",
-    );
-    uns.field_if(!l.listener_filters.is_empty(), &root, "listener_filters");
-    uns.field_if(!l.access_log.is_empty(), &root, "access_log");
+    unsupported_fields!(uns, &root, l, {
+        filter_chains,
+        default_filter_chain,
+        listener_filters,
+        access_log,
+    })?;
 
     // gRFC A41: these must be unset, else NACK.
-    if hcm.xff_num_trusted_hops != 0 {
-        return Err(ResourceErrorKind::unsupported(
-            ap.field("xff_num_trusted_hops"),
-            "trusting X-Forwarded-For hops",
-        ));
-    }
-    if !hcm.original_ip_detection_extensions.is_empty() {
-        return Err(ResourceErrorKind::unsupported(
-            ap.field("original_ip_detection_extensions"),
-            "original IP detection extensions",
-        ));
-    }
+    unsupported_fields!(uns, &ap, hcm, {
+        xff_num_trusted_hops => reject("trusting X-Forwarded-For hops"),
+        original_ip_detection_extensions => reject("original IP detection extensions"),
+    })?;
 
     use hcm_pb::http_connection_manager::RouteSpecifier;
     let route = match &hcm.route_specifier {
@@ -210,13 +200,11 @@ fn validate(l: &listener_pb::Listener) -> Result<Listener> {
     let max_stream_duration = match &hcm.common_http_protocol_options {
         Some(o) => {
             let op = ap.field("common_http_protocol_options");
-            uns.field_if(o.idle_timeout.is_some(), &op, "idle_timeout");
-            uns.field_if(
-                o.max_connection_duration.is_some(),
-                &op,
-                "max_connection_duration",
-            );
-            uns.field_if(o.max_headers_count.is_some(), &op, "max_headers_count");
+            unsupported_fields!(uns, &op, o, {
+                idle_timeout,
+                max_connection_duration,
+                max_headers_count,
+            })?;
             nonzero_duration(
                 &op.field("max_stream_duration"),
                 o.max_stream_duration.as_ref(),
@@ -224,21 +212,15 @@ fn validate(l: &listener_pb::Listener) -> Result<Listener> {
         }
         None => None,
     };
-    uns.field_if(hcm.tracing.is_some(), &ap, "tracing");
-    uns.field_if(!hcm.access_log.is_empty(), &ap, "access_log");
-    uns.field_if(!hcm.upgrade_configs.is_empty(), &ap, "upgrade_configs");
-    uns.field_if(
-        hcm.stream_idle_timeout.is_some(),
-        &ap,
-        "stream_idle_timeout",
-    );
-    uns.field_if(hcm.request_timeout.is_some(), &ap, "request_timeout");
-    uns.field_if(hcm.local_reply_config.is_some(), &ap, "local_reply_config");
-    uns.field_if(
-        hcm.request_id_extension.is_some(),
-        &ap,
-        "request_id_extension",
-    );
+    unsupported_fields!(uns, &ap, hcm, {
+        tracing,
+        access_log,
+        upgrade_configs,
+        stream_idle_timeout,
+        request_timeout,
+        local_reply_config,
+        request_id_extension,
+    })?;
 
     Ok(Listener {
         name: l.name.clone(),
@@ -303,7 +285,7 @@ fn http_filters(
                 f.name
             ));
         }
-        uns.field_if(f.disabled, &fp, "disabled");
+        unsupported_fields!(uns, &fp, f, { disabled })?;
         out.push(HttpFilter {
             name: f.name.clone(),
             type_url,

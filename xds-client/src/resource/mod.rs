@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::google::protobuf::Any;
+use unsupported::{Unsupported, unsupported_fields};
 
 mod cluster;
 mod endpoint;
@@ -41,6 +42,9 @@ mod matcher;
 mod route;
 #[cfg(test)]
 mod testing;
+mod unsupported;
+#[cfg(test)]
+mod unsupported_tests;
 
 pub use cluster::{
     CertProviderInstance, CircuitBreakers, Cluster, ClusterKind, ConsecutiveEjection,
@@ -440,40 +444,6 @@ impl<'a> FieldPath<'a> {
 impl fmt::Display for FieldPath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.write(f).map(|_| ())
-    }
-}
-
-/// Collects the paths of set-but-unimplemented fields while a resource is validated.
-#[derive(Default)]
-pub(crate) struct Unsupported(Vec<String>);
-
-impl Unsupported {
-    /// Records `path.field`.
-    pub(crate) fn field(&mut self, path: &FieldPath<'_>, field: &str) {
-        let rendered = path.to_string();
-        self.0.push(if rendered.is_empty() {
-            field.to_owned()
-        } else {
-            format!("{rendered}.{field}")
-        });
-    }
-
-    /// Records `path.field` when `set`.
-    pub(crate) fn field_if(&mut self, set: bool, path: &FieldPath<'_>, field: &str) {
-        if set {
-            self.field(path, field);
-        }
-    }
-
-    /// Records a free-form entry (e.g. `"http_filters[2] (envoy.filters.http.foo)"`) once.
-    pub(crate) fn note(&mut self, entry: String) {
-        if !self.0.contains(&entry) {
-            self.0.push(entry);
-        }
-    }
-
-    pub(crate) fn into_vec(self) -> Vec<String> {
-        self.0
     }
 }
 

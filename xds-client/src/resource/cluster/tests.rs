@@ -2,6 +2,8 @@ use std::time::Duration as StdDuration;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
+use envoy_types::pb::envoy::extensions::clusters::aggregate::v3 as aggregate_pb;
+use envoy_types::pb::envoy::extensions::load_balancing_policies as lb_pb;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     self as tls_pb, common_tls_context as ctc,
 };
@@ -11,7 +13,7 @@ use envoy_types::pb::google::protobuf::{Any, UInt64Value};
 
 use super::*;
 use crate::resource::testing::*;
-use crate::resource::{Resource, ResourceType, StringMatchKind};
+use crate::resource::{Resource, ResourceError, ResourceErrorKind, ResourceType, StringMatchKind};
 
 fn cds(c: &cluster_pb::Cluster) -> Cluster {
     match decode_ok(ResourceType::Cluster, c) {

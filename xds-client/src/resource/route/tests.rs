@@ -8,7 +8,7 @@ use envoy_types::pb::google::protobuf::Any;
 
 use super::*;
 use crate::resource::testing::*;
-use crate::resource::{Resource, ResourceType, StringMatchKind};
+use crate::resource::{Resource, ResourceError, ResourceErrorKind, ResourceType, StringMatchKind};
 
 fn rds(rc: &route_pb::RouteConfiguration) -> RouteConfiguration {
     match decode_ok(ResourceType::RouteConfiguration, rc) {

@@ -1,0 +1,301 @@
+//! What one `DiscoveryResponse` says, decided before it touches any state: per named
+//! resource an [`Outcome`], the names it mentions, and whether to ACK or NACK it.
+//!
+//! The rules are those of grpc-go's `xdsresource` unmarshalling and gRFC A46/A88: every
+//! `Any` is validated on its own; a rejected resource whose name could be read is NACKed by
+//! name (its last good value stays), one whose name could not be read only adds its reason
+//! to the NACK; a name given twice in one response is rejected (every copy); a server error
+//! (`resource_errors`) counts only for a name the resources do not carry, first one wins.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+
+use super::{MAX_NACK_DETAIL, NOT_FOUND, ResourceFailure, truncate};
+use crate::resource::{self, Resource, ResourceType};
+
+/// What a response says about one named resource.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// A valid value.
+    Accepted(Resource),
+    /// A value we rejected, or an error the server reported for the name (gRFC A88).
+    Invalid(ResourceFailure),
+    /// The server reports that the resource does not exist (`NOT_FOUND`, gRFC A88).
+    NotFound,
+}
+
+/// A decoded response.
+#[derive(Debug)]
+pub(super) struct Decoded {
+    /// Per named resource, in the order they are applied (and their watchers told): the
+    /// valid ones by name, the rejected ones by name, then the server's errors as sent.
+    pub(super) outcomes: Vec<(String, Outcome)>,
+    /// Every name the response mentions, valid or not: for a full-state type (LDS, CDS) a
+    /// cached resource missing here was deleted.
+    pub(super) present: BTreeSet<String>,
+    /// `None` to ACK; else the NACK.
+    pub(super) nack: Option<Nack>,
+}
+
+/// Why a response is NACKed.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Nack {
+    /// The `error_detail` text, bounded by [`MAX_NACK_DETAIL`].
+    pub(super) message: String,
+    /// How many errors it covers (some may be only counted).
+    pub(super) errors: usize,
+}
+
+/// Decodes and validates every resource of a response of type `resource_type`.
+pub(super) fn decode(resource_type: ResourceType, response: &DiscoveryResponse) -> Decoded {
+    let mut errors = NackDetail::default();
+    let mut valid: BTreeMap<String, Resource> = BTreeMap::new();
+    let mut invalid: BTreeMap<String, ResourceFailure> = BTreeMap::new();
+    let mut present: BTreeSet<String> = BTreeSet::new();
+    for any in &response.resources {
+        let (name, outcome) = match resource::decode(resource_type, any) {
+            Ok(res) => (res.name().to_string(), Ok(res)),
+            Err(err) => match err.name() {
+                Some(name) => (name.to_string(), Err(ResourceFailure::from(err))),
+                None => {
+                    errors.push(err);
+                    continue;
+                }
+            },
+        };
+        if !present.insert(name.clone()) {
+            valid.remove(&name);
+            let dup = ResourceFailure::Duplicate { name: name.clone() };
+            errors.push(&dup);
+            invalid.insert(name, dup);
+            continue;
+        }
+        match outcome {
+            Ok(res) => {
+                valid.insert(name, res);
+            }
+            Err(failure) => {
+                errors.push(&failure);
+                invalid.insert(name, failure);
+            }
+        }
+    }
+
+    let mut outcomes: Vec<(String, Outcome)> = valid
+        .into_iter()
+        .map(|(name, res)| (name, Outcome::Accepted(res)))
+        .chain(
+            invalid
+                .into_iter()
+                .map(|(name, failure)| (name, Outcome::Invalid(failure))),
+        )
+        .collect();
+    for server_error in &response.resource_errors {
+        let Some(name) = server_error.resource_name.as_ref().map(|n| n.name.clone()) else {
+            continue;
+        };
+        if !present.insert(name.clone()) {
+            continue;
+        }
+        let detail = server_error.error_detail.clone().unwrap_or_default();
+        let outcome = if detail.code == NOT_FOUND {
+            Outcome::NotFound
+        } else {
+            Outcome::Invalid(ResourceFailure::ServerReported {
+                code: detail.code,
+                message: detail.message,
+            })
+        };
+        outcomes.push((name, outcome));
+    }
+
+    let nack = (!errors.is_empty()).then(|| Nack {
+        errors: errors.count,
+        message: errors.finish(),
+    });
+    Decoded {
+        outcomes,
+        present,
+        nack,
+    }
+}
+
+/// A NACK's error text under construction, bounded by [`MAX_NACK_DETAIL`].
+#[derive(Debug, Default)]
+pub(super) struct NackDetail {
+    text: String,
+    count: usize,
+    left_out: usize,
+}
+
+impl NackDetail {
+    pub(super) fn push(&mut self, error: impl fmt::Display) {
+        use fmt::Write as _;
+        self.count += 1;
+        if self.text.len() >= MAX_NACK_DETAIL {
+            self.left_out += 1;
+            return;
+        }
+        if !self.text.is_empty() {
+            self.text.push_str("; ");
+        }
+        let _ = write!(self.text, "{error}");
+        truncate(&mut self.text, MAX_NACK_DETAIL);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub(super) fn finish(mut self) -> String {
+        if self.left_out > 0 {
+            use fmt::Write as _;
+            let _ = write!(self.text, "; and {} more", self.left_out);
+        }
+        self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        ResourceError as ServerError, ResourceName,
+    };
+    use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+    use envoy_types::pb::google::rpc::Status;
+    use prost::{Message, Name};
+
+    use super::*;
+
+    const EDS: ResourceType = ResourceType::ClusterLoadAssignment;
+
+    fn cla(name: &str) -> Any {
+        Any {
+            type_url: ClusterLoadAssignment::type_url(),
+            value: ClusterLoadAssignment {
+                cluster_name: name.into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        }
+    }
+
+    fn server_error(name: Option<&str>, code: i32) -> ServerError {
+        ServerError {
+            resource_name: name.map(|name| ResourceName {
+                name: name.into(),
+                ..Default::default()
+            }),
+            error_detail: Some(Status {
+                code,
+                message: "server says".into(),
+                details: vec![],
+            }),
+        }
+    }
+
+    fn response(resources: Vec<Any>, resource_errors: Vec<ServerError>) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: "1".into(),
+            type_url: EDS.type_url().into(),
+            nonce: "n".into(),
+            resources,
+            resource_errors,
+            ..Default::default()
+        }
+    }
+
+    /// The outcomes as `name:kind` strings, in order.
+    fn outcomes(d: &Decoded) -> Vec<String> {
+        d.outcomes
+            .iter()
+            .map(|(name, o)| match o {
+                Outcome::Accepted(r) => format!("{name}:accepted:{}", r.name()),
+                Outcome::Invalid(ResourceFailure::Duplicate { .. }) => format!("{name}:duplicate"),
+                Outcome::Invalid(ResourceFailure::ServerReported { code, .. }) => {
+                    format!("{name}:server:{code}")
+                }
+                Outcome::Invalid(ResourceFailure::Validation(_)) => format!("{name}:invalid"),
+                Outcome::NotFound => format!("{name}:not-found"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn valid_resources_are_accepted_by_name_and_acked() {
+        let d = decode(EDS, &response(vec![cla("b"), cla("a")], vec![]));
+        assert_eq!(outcomes(&d), ["a:accepted:a", "b:accepted:b"]);
+        assert_eq!(d.present, BTreeSet::from(["a".into(), "b".into()]));
+        assert_eq!(d.nack, None);
+    }
+
+    #[test]
+    fn a_name_given_twice_is_rejected_once_and_nacked() {
+        let d = decode(EDS, &response(vec![cla("a"), cla("b"), cla("a")], vec![]));
+        assert_eq!(outcomes(&d), ["b:accepted:b", "a:duplicate"]);
+        let nack = d.nack.expect("NACK");
+        assert_eq!(nack.errors, 1);
+        assert_eq!(
+            nack.message,
+            "resource a appears more than once in one response"
+        );
+    }
+
+    /// A resource whose name cannot be read has no outcome (nothing to mark), only its
+    /// reason in the NACK; one whose name can be read is invalid by name, after the valid.
+    #[test]
+    fn rejected_resources_are_invalid_by_name_or_only_in_the_nack() {
+        let nameless = Any {
+            type_url: EDS.type_url().into(),
+            value: vec![0xff, 0xff],
+        };
+        let mut bad = ClusterLoadAssignment {
+            cluster_name: "a".into(),
+            ..Default::default()
+        };
+        bad.endpoints.push(Default::default());
+        bad.endpoints[0].load_balancing_weight = Some(UInt32Value { value: 1 });
+        bad.endpoints[0].priority = 1;
+        let bad = Any {
+            type_url: ClusterLoadAssignment::type_url(),
+            value: bad.encode_to_vec(),
+        };
+        let d = decode(EDS, &response(vec![nameless, bad, cla("z")], vec![]));
+        assert_eq!(outcomes(&d), ["z:accepted:z", "a:invalid"]);
+        let nack = d.nack.expect("NACK");
+        assert_eq!(nack.errors, 2);
+        assert!(
+            nack.message.contains("; resource \"a\": "),
+            "{}",
+            nack.message
+        );
+    }
+
+    /// gRFC A88: a server error counts for a name the resources do not carry, the first one
+    /// per name; it is not ours to NACK.
+    #[test]
+    fn server_errors_count_once_for_names_not_among_the_resources() {
+        let d = decode(
+            EDS,
+            &response(
+                vec![cla("a")],
+                vec![
+                    server_error(Some("a"), NOT_FOUND),
+                    server_error(Some("b"), 13),
+                    server_error(Some("b"), NOT_FOUND),
+                    server_error(Some("c"), NOT_FOUND),
+                    server_error(None, 13),
+                ],
+            ),
+        );
+        assert_eq!(outcomes(&d), ["a:accepted:a", "b:server:13", "c:not-found"]);
+        assert_eq!(
+            d.present,
+            BTreeSet::from(["a".into(), "b".into(), "c".into()])
+        );
+        assert_eq!(d.nack, None);
+    }
+}
