@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser as _;
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection, circuit_breakers,
 };
@@ -41,6 +42,26 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The meshwork demo: a service mesh inside the process, no sidecar.
+///
+/// With no outside services, it starts an embedded xDS control plane, a CA that issues
+/// SPIFFE SVIDs, three helloworld.Greeter backends behind SPIFFE mTLS and an authorization
+/// policy, and a client following xds:///greeter; then it narrates what the mesh does: the
+/// load spread, a canary shifted live, retries, ejection, circuit breaking, an unauthorised
+/// caller refused, the config dump and the trace of one retried call. It has no options of its own.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "demo",
+    version,
+    after_help = "\
+Environment:
+  OTEL_EXPORTER_OTLP_ENDPOINT  export the traces and metrics over OTLP/gRPC to this
+                               endpoint (the exporter reads the other OTEL_EXPORTER_OTLP_*
+                               variables too); unset, the spans are kept in memory and the
+                               demo ends by printing one retried call's trace"
+)]
+struct Cli {}
 
 const TARGET: &str = "greeter";
 const TRUST_DOMAIN: &str = "demo.local";
@@ -348,6 +369,7 @@ fn print_traces(spans: &[SpanData]) {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    Cli::parse();
     let started = Instant::now();
     let otel = Otel::install()?;
     println!("meshwork demo: a service mesh inside the process, no sidecar");
@@ -536,4 +558,18 @@ async fn main() -> Result<(), Error> {
     otel.finish().await?;
     println!("\ndone in {:.1?}", started.elapsed());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn command_line() {
+        Cli::command().debug_assert();
+        assert!(Cli::try_parse_from(["demo"]).is_ok());
+        assert!(Cli::try_parse_from(["demo", "--fast"]).is_err());
+    }
 }

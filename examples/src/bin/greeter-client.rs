@@ -1,4 +1,5 @@
-//! `greeter-client --target xds:///greeter --calls N [--header k:v]... [--name NAME] [--json]`
+//! `greeter-client --target xds:///greeter [--calls N] [--header k:v]... [--wait-secs S]
+//! [--name NAME] [--json]` (`--help` explains each flag)
 //!
 //! Makes N unary `helloworld.Greeter/SayHello` calls through a `MeshChannel` and prints how
 //! many each backend answered (the ID before the colon in each reply) and how many failed;
@@ -10,37 +11,83 @@
 
 use std::process::ExitCode;
 
-use meshwork_examples::args::{Args, CallArgs, Error, exit_code};
+use clap::{CommandFactory as _, Parser as _};
+use meshwork_examples::args::{self, CallArgs, Error, Header, exit_code};
 use meshwork_examples::helloworld::HelloRequest;
 use meshwork_examples::helloworld::greeter_client::GreeterClient;
 use meshwork_examples::tally::Tally;
 use meshwork_grpc::core::xds::bootstrap::Bootstrap;
 use meshwork_grpc::core::xds::client::XdsClient;
 use meshwork_grpc::{MeshChannel, MeshChannelOptions};
-use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
+
+/// Makes N unary helloworld.Greeter/SayHello calls through a meshwork MeshChannel and prints
+/// how many each backend answered (the ID before the colon in each reply) and how many
+/// failed.
+///
+/// Works against any helloworld server, ours or gRPC's. The target resolves through the xDS
+/// control plane the gRPC bootstrap names; TLS clusters take their identity from its
+/// certificate providers, as gRPC's own xDS client does.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "greeter-client",
+    version,
+    args_override_self = true,
+    after_help = args::XDS_ENVIRONMENT
+)]
+struct Cli {
+    /// The xDS target to call, xds:///NAME (NAME is the Listener's name).
+    #[arg(long, value_name = "TARGET")]
+    target: String,
+
+    #[command(flatten)]
+    call: CallArgs,
+
+    /// The name to send in each HelloRequest.
+    #[arg(long, default_value = "meshwork", allow_hyphen_values = true)]
+    name: String,
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    exit_code("greeter-client", run().await)
+    let cli = Cli::parse();
+    let mut metadata = Vec::new();
+    for header in &cli.call.headers {
+        match grpc_metadata(header) {
+            Ok(m) => metadata.push(m),
+            Err(e) => Cli::command()
+                .error(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!(
+                        "invalid value '{}' for '--header <KEY:VALUE>': {e}",
+                        header.name
+                    ),
+                )
+                .exit(),
+        }
+    }
+    exit_code("greeter-client", run(cli, metadata).await)
 }
 
-async fn run() -> Result<(), Error> {
-    let mut args = Args::from_env();
-    let CallArgs {
+/// A header as gRPC ASCII metadata, which refuses the binary metadata keys (`-bin`).
+fn grpc_metadata(header: &Header) -> Result<(MetadataKey<Ascii>, MetadataValue<Ascii>), Error> {
+    let key = MetadataKey::from_bytes(header.name.as_str().as_bytes())?;
+    // A value parsed from a string is UTF-8.
+    let value = std::str::from_utf8(header.value.as_bytes())?.parse()?;
+    Ok((key, value))
+}
+
+async fn run(
+    cli: Cli,
+    metadata: Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>,
+) -> Result<(), Error> {
+    let Cli {
         target,
-        calls,
-        wait,
-        json,
-        headers,
-    } = CallArgs::parse(&mut args, "xds:///NAME")?;
-    let name: String = args.value("--name")?.unwrap_or_else(|| "meshwork".into());
-    args.finish()?;
-    let mut metadata = Vec::new();
-    for (k, v) in headers {
-        let key: MetadataKey<_> = k.to_ascii_lowercase().parse()?;
-        let value: MetadataValue<_> = v.parse()?;
-        metadata.push((key, value));
-    }
+        call: CallArgs {
+            calls, wait, json, ..
+        },
+        name,
+    } = cli;
 
     let bootstrap = Bootstrap::from_env()?;
     let client = XdsClient::builder(&bootstrap)?.start();
@@ -65,4 +112,39 @@ async fn run() -> Result<(), Error> {
         print!("{}", tally.to_text());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn command_line() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["greeter-client", "--target", "xds:///g"]).unwrap();
+        assert_eq!(cli.target, "xds:///g");
+        assert_eq!(cli.name, "meshwork");
+        assert_eq!(cli.call.calls, 10);
+
+        let cli = Cli::try_parse_from([
+            "greeter-client",
+            "--target=xds:///a",
+            "--target",
+            "xds:///b",
+            "--name",
+            "-me",
+            "--header=x-a: 1",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(cli.target, "xds:///b");
+        assert_eq!(cli.name, "-me");
+        assert!(cli.call.json);
+        let (key, value) = grpc_metadata(&cli.call.headers[0]).unwrap();
+        assert_eq!((key.as_str(), value.to_str().unwrap()), ("x-a", "1"));
+        let binary: Header = "x-b-bin:AAAA".parse().unwrap();
+        assert!(grpc_metadata(&binary).is_err());
+    }
 }

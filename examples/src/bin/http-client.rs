@@ -1,4 +1,5 @@
-//! `http-client --target http://greeter/hello --calls N [--header k:v]... [--json]`
+//! `http-client --target http://greeter/hello [--calls N] [--header k:v]... [--wait-secs S]
+//! [--json]` (`--help` explains each flag)
 //!
 //! Makes N GETs through a `MeshClient` and prints how many each backend answered (the ID
 //! before the colon in each response body) and how many failed (an error, or a status other
@@ -10,34 +11,54 @@
 
 use std::process::ExitCode;
 
+use clap::Parser as _;
 use http_body_util::{BodyExt as _, Empty};
-use meshwork_examples::args::{Args, CallArgs, Error, exit_code};
+use meshwork_examples::args::{self, CallArgs, Error, exit_code};
 use meshwork_examples::tally::Tally;
 use meshwork_http::core::xds::bootstrap::Bootstrap;
 use meshwork_http::core::xds::client::XdsClient;
 use meshwork_http::{MeshClient, MeshClientOptions};
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    exit_code("http-client", run().await)
+/// Makes N GETs through a meshwork MeshClient and prints how many each backend answered
+/// (the ID before the colon in each response body) and how many failed (an error, or a
+/// status other than 2xx).
+///
+/// The URL's host resolves as an xDS target through the control plane the gRPC bootstrap
+/// names; TLS clusters take their identity from its certificate providers.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "http-client",
+    version,
+    args_override_self = true,
+    after_help = args::XDS_ENVIRONMENT
+)]
+struct Cli {
+    /// The URL to GET, http://HOST/PATH; HOST is resolved as the xDS target xds:///HOST.
+    #[arg(long, value_name = "URL")]
+    target: http::Uri,
+
+    #[command(flatten)]
+    call: CallArgs,
 }
 
-async fn run() -> Result<(), Error> {
-    let mut args = Args::from_env();
-    let CallArgs {
+#[tokio::main]
+async fn main() -> ExitCode {
+    exit_code("http-client", run(Cli::parse()).await)
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let Cli {
         target,
-        calls,
-        wait,
-        json,
-        headers: raw_headers,
-    } = CallArgs::parse(&mut args, "http://HOST/PATH")?;
-    args.finish()?;
-    let mut headers = Vec::new();
-    for (k, v) in raw_headers {
-        let key: http::HeaderName = k.parse()?;
-        let value: http::HeaderValue = v.parse()?;
-        headers.push((key, value));
-    }
+        call:
+            CallArgs {
+                calls,
+                headers,
+                wait,
+                json,
+            },
+    } = cli;
+    let headers: Vec<(http::HeaderName, http::HeaderValue)> =
+        headers.into_iter().map(|h| (h.name, h.value)).collect();
 
     let bootstrap = Bootstrap::from_env()?;
     let options = MeshClientOptions::new().ready_timeout(wait);
@@ -45,7 +66,7 @@ async fn run() -> Result<(), Error> {
 
     let mut tally = Tally::default();
     for _ in 0..calls {
-        let mut request = http::Request::get(target.as_str()).body(Empty::<bytes::Bytes>::new())?;
+        let mut request = http::Request::get(target.clone()).body(Empty::<bytes::Bytes>::new())?;
         request.headers_mut().extend(headers.iter().cloned());
         match get(&client, request).await {
             Ok(body) => tally.reply(&body),
@@ -86,4 +107,20 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         cur = e.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn command_line() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["http-client", "--target", "http://greeter/hello"]).unwrap();
+        assert_eq!(cli.target, "http://greeter/hello");
+        assert_eq!(cli.call.calls, 10);
+        assert!(Cli::try_parse_from(["http-client", "--target", "http://a b/"]).is_err());
+    }
 }

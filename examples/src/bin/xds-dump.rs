@@ -16,48 +16,50 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser as _;
+use meshwork_examples::args::{self, parse_seconds};
 use meshwork_xds::bootstrap::{Bootstrap, XdsTarget};
 use meshwork_xds::client::XdsClient;
 
-struct Args {
+/// Watches one target through the xDS control plane the gRPC bootstrap names and prints the
+/// client's view of every resource as a JSON array.
+///
+/// One object per resource, with "type", "name", "version", "status" (REQUESTED, ACKED,
+/// NACKED, DOES_NOT_EXIST), "error", and "unsupported_fields" (fields the control plane set
+/// that meshwork does not implement yet).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "xds-dump",
+    version,
+    args_override_self = true,
+    after_help = format!(
+        "{}\n\nExit status: 0 once the target's config is complete, 1 if it never became \
+         complete within --seconds or resolved to an error (the dump says why), 2 for bad \
+         arguments or a bad bootstrap.",
+        args::XDS_ENVIRONMENT
+    )
+)]
+struct Cli {
+    /// The target to watch, xds:///NAME (a bare NAME means xds:///NAME).
+    #[arg(long, value_name = "TARGET")]
     target: String,
-    seconds: f64,
-}
 
-fn parse_args() -> Result<Args, String> {
-    let mut target = None;
-    let mut seconds = 10.0;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--target" => target = Some(args.next().ok_or("--target needs a value")?),
-            "--seconds" => {
-                let v = args.next().ok_or("--seconds needs a value")?;
-                seconds = v
-                    .parse()
-                    .map_err(|_| format!("--seconds: not a number: {v}"))?;
-            }
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    let target = target.ok_or("--target is required")?;
-    Ok(Args { target, seconds })
+    /// How long to wait for the target's config to become complete, in seconds (a fraction
+    /// is allowed); the dump is printed then, complete or not.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "10",
+        value_parser = parse_seconds,
+        allow_negative_numbers = true
+    )]
+    seconds: Duration,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("xds-dump: {e}");
-            }
-            eprintln!("usage: xds-dump --target xds:///NAME [--seconds S]");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args).await {
+    let cli = Cli::parse();
+    match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -67,12 +69,12 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
+async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
     let bootstrap = Bootstrap::from_env()?;
-    let spec = if args.target.contains("://") {
-        args.target.clone()
+    let spec = if cli.target.contains("://") {
+        cli.target.clone()
     } else {
-        format!("xds:///{}", args.target)
+        format!("xds:///{}", cli.target)
     };
     let target = XdsTarget::parse(&spec)?;
     let listener = bootstrap.listener_resource_name_for(&target)?;
@@ -80,7 +82,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut watch = client
         .watch_target(&listener, target.data_plane_authority())
         .await;
-    let outcome = watch.ready(Duration::from_secs_f64(args.seconds)).await;
+    let outcome = watch.ready(cli.seconds).await;
 
     let rows: Vec<serde_json::Value> = client
         .dump()
@@ -101,8 +103,25 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     match outcome {
         Ok(_) => Ok(true),
         Err(e) => {
-            eprintln!("xds-dump: target {} is not complete: {e}", args.target);
+            eprintln!("xds-dump: target {} is not complete: {e}", cli.target);
             Ok(false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn command_line() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["xds-dump", "--target", "g"]).unwrap();
+        assert_eq!(cli.target, "g");
+        assert_eq!(cli.seconds, Duration::from_secs(10));
+        let cli = Cli::try_parse_from(["xds-dump", "--target=g", "--seconds", "0.5"]).unwrap();
+        assert_eq!(cli.seconds, Duration::from_millis(500));
     }
 }
