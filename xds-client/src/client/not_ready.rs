@@ -11,7 +11,7 @@ use std::fmt;
 
 use crate::protocol::{AdsState, ResourceFailure, ResourceStatus};
 use crate::resource::ResourceType;
-use crate::transport::TransportError;
+use crate::transport::{ErrorChain, TransportError};
 use crate::watch::ResourceKey;
 
 /// How many missing resources a [`NotReady`] names; the rest are counted ("and N more"), so
@@ -180,28 +180,10 @@ impl fmt::Display for Unreachable<'_> {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            f.write_str(&chain(error))?;
+            write!(f, "{}", ErrorChain(error))?;
         }
         Ok(())
     }
-}
-
-/// `error`'s message and its sources', `: ` between them, leaving out a source whose
-/// message is already there (tonic's transport error and the connect error inside it both
-/// say "Connection refused"); at most 16 levels, in case a chain is cyclic.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    for _ in 0..16 {
-        let Some(e) = source else { break };
-        let next = e.to_string();
-        if !message.contains(&next) {
-            message.push_str(": ");
-            message.push_str(&next);
-        }
-        source = e.source();
-    }
-    message
 }
 
 impl fmt::Display for NotReady {
@@ -242,7 +224,7 @@ impl std::error::Error for NotReady {
 impl PartialEq for NotReady {
     fn eq(&self, other: &Self) -> bool {
         let chains = |errors: &[TransportError]| -> Vec<String> {
-            errors.iter().map(|e| chain(e)).collect()
+            errors.iter().map(|e| ErrorChain(e).to_string()).collect()
         };
         chains(&self.unreachable) == chains(&other.unreachable)
             && self.connecting == other.connecting
