@@ -138,6 +138,47 @@ async fn a_control_plane_that_refuses_connections_is_named_with_the_error() {
     assert_eq!(json[0]["transport_error"], transport_error);
 }
 
+/// A control plane that accepts TCP and never speaks: before the connect deadline the cause
+/// says the client is still connecting to it, after it the deadline is named.
+#[tokio::test(start_paused = true)]
+async fn a_silent_control_plane_is_named_while_connecting_and_after_the_deadline() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("http://{}", silent.local_addr().unwrap());
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let client = client(&uri);
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+
+    let err = watch.ready(Duration::from_secs(3)).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "no complete xDS config for {TARGET} within 3s: xDS server {uri}: still connecting"
+        )
+    );
+    let ReadyError::Timeout { cause, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(cause.is_unreachable() && cause.unreachable().is_empty());
+
+    // Past the 20 s connect deadline (and into the next attempt).
+    let err = watch.ready(Duration::from_secs(30)).await.unwrap_err();
+    let ReadyError::Timeout { cause, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(cause.unreachable()[0].is_timeout(), "{err}");
+    assert!(
+        err.to_string().ends_with(&format!(
+            "within 30s: xDS server {uri}: no HTTP/2 connection within the 20s connect deadline"
+        )),
+        "{err}"
+    );
+}
+
 /// The server answers, but the target still misses resources: the timeout names each one
 /// with its state, what the target waits for first: endpoints never answered, a cluster
 /// NACKed (with the NACK's detail), a cluster that no longer exists. While connected, the
