@@ -27,7 +27,7 @@ const MAX_MISSING: usize = 8;
 /// no usable value ([`missing`](Self::missing): each with its status). Its `Display` names
 /// them; its `source()` is the first unreachable server's [`TransportError`], whose own
 /// chain ends at the cause (connection refused, a TLS alert, the connect deadline).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NotReady {
     unreachable: Vec<TransportError>,
     connecting: Option<String>,
