@@ -186,7 +186,8 @@ pub enum ChannelError {
         source: meshwork_core::xds::bootstrap::BootstrapError,
     },
     /// No usable config for the target: it does not exist, is invalid, or did not arrive
-    /// in time.
+    /// in time; for the last, [`ReadyError::Timeout`] says why (the xDS servers that cannot
+    /// be reached and their errors, or the resources still missing and their states).
     #[error("target {target:?}: {source}")]
     Xds {
         /// The target.

@@ -184,7 +184,8 @@ pub enum ResolveError {
         source: std::sync::Arc<BootstrapError>,
     },
     /// No usable config for the host: its listener does not exist, is invalid, or did not
-    /// arrive in time.
+    /// arrive in time; for the last, [`ReadyError::Timeout`] says why (the xDS servers that
+    /// cannot be reached and their errors, or the resources still missing and their states).
     #[error("host {host:?}: {source}")]
     Xds {
         /// The host.

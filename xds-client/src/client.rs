@@ -15,7 +15,9 @@
 //! including one after a stream that got responses, waits its backoff step (the rules are
 //! in [`transport`](crate::transport)). The latest failure is
 //! [`XdsClient::last_error`], besides a warning in the log and A78's
-//! `grpc.xds_client.server_failure`.
+//! `grpc.xds_client.server_failure`. A target not ready by its deadline says why
+//! ([`NotReady`]): the servers' failures while none is reachable, else the resources it
+//! still misses.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -35,7 +37,9 @@ use crate::transport::{
 use crate::watch::{ResourceKey, TargetError, TargetState, XdsConfig, resolve};
 
 mod metrics;
+mod not_ready;
 use metrics::XdsMetrics;
+pub use not_ready::{MissingResource, NotReady};
 
 /// What a watcher currently knows of one resource.
 #[derive(Debug, Clone, Default)]
@@ -124,13 +128,17 @@ pub enum ReadyError {
     /// The target resolved to an error (it does not exist, or is invalid).
     #[error(transparent)]
     Target(#[from] TargetError),
-    /// No complete config arrived within the deadline.
-    #[error("no complete xDS config for {listener} within {timeout:?}")]
+    /// No complete config arrived within the deadline; `cause` says why: the xDS servers
+    /// could not be reached, or which resources are missing.
+    #[error("no complete xDS config for {listener} within {timeout:?}: {cause}")]
     Timeout {
         /// The listener watched.
         listener: String,
         /// How long we waited.
         timeout: Duration,
+        /// Why the config was not complete.
+        #[source]
+        cause: NotReady,
     },
     /// The client stopped.
     #[error("the xDS client stopped")]
@@ -149,27 +157,48 @@ impl TargetWatch {
         Some(self.rx.borrow_and_update().clone())
     }
 
-    /// Wait, at most `timeout`, for the first complete config or an error.
+    /// Wait, at most `timeout`, for the first complete config or an error. After the
+    /// timeout, the error says why the config is not complete ([`NotReady`]).
     pub async fn ready(&mut self, timeout: Duration) -> Result<Arc<XdsConfig>, ReadyError> {
-        let settled = tokio::time::timeout(
+        // The state is read out before the next await: its borrow of the watch is not Send.
+        let settled = match tokio::time::timeout(
             timeout,
             self.rx.wait_for(|s| !matches!(s, TargetState::Pending)),
         )
-        .await;
-        match settled {
-            Err(_) => Err(ReadyError::Timeout {
-                listener: self.key.0.clone(),
-                timeout,
-            }),
-            Ok(Err(_)) => Err(ReadyError::Stopped),
-            Ok(Ok(state)) => match &*state {
+        .await
+        {
+            Err(_) => None,
+            Ok(Err(_)) => Some(Err(ReadyError::Stopped)),
+            Ok(Ok(state)) => Some(match &*state {
                 TargetState::Ready(config) => Ok(config.clone()),
                 TargetState::Error(e) => Err(e.clone().into()),
                 TargetState::Pending => unreachable!("waited for a settled state"),
-            },
+            }),
+        };
+        if let Some(settled) = settled {
+            return settled;
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::NotReady(self.key.clone(), tx));
+        match rx.await {
+            Ok(cause) => Err(ReadyError::Timeout {
+                listener: self.key.0.clone(),
+                timeout,
+                cause,
+            }),
+            Err(_) => Err(ReadyError::Stopped),
         }
     }
 }
+
+/// Adapters await [`TargetWatch::ready`] inside tasks and boxed `Send` futures.
+const _: () = {
+    fn send<T: Send>(_: T) {}
+    #[allow(dead_code)]
+    fn ready_is_send(watch: &mut TargetWatch) {
+        send(watch.ready(Duration::ZERO));
+    }
+};
 
 impl Drop for TargetWatch {
     fn drop(&mut self) {
@@ -191,6 +220,12 @@ pub struct ResourceDump {
     pub status: ResourceStatus,
     /// Why the last value was rejected, if it was.
     pub error: Option<String>,
+    /// For a resource requested and never answered while no xDS server has an ADS stream
+    /// open: each server's latest failure, with its cause (connection refused, a TLS
+    /// alert, ...). Not a CSDS field (CSDS's `error_state` is for NACKs only); left out of
+    /// the JSON when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport_error: Option<String>,
     /// When the status last changed, as seconds since the Unix epoch.
     pub last_updated: Option<f64>,
     /// Fields set in the resource that meshwork does not implement yet.
@@ -308,6 +343,7 @@ impl XdsClientBuilder {
                     .build(),
             )
         });
+        let server_errors = vec![None; self.servers.len()];
         let worker = Worker {
             metrics: XdsMetrics::new(&meter, self.metrics_target),
             server_uri: String::new(),
@@ -317,6 +353,7 @@ impl XdsClientBuilder {
             connect_timeout: self.connect_timeout,
             max_message_size: self.max_message_size,
             last_error: last_error_tx,
+            server_errors,
             commands: rx,
             watchers: HashMap::new(),
             targets: HashMap::new(),
@@ -357,6 +394,8 @@ enum Command {
         oneshot::Sender<watch::Receiver<TargetState>>,
     ),
     UnwatchTarget((String, String)),
+    /// Why the target is not complete.
+    NotReady((String, String), oneshot::Sender<NotReady>),
     Dump(oneshot::Sender<Vec<ResourceDump>>),
 }
 
@@ -465,6 +504,8 @@ struct Worker {
     connect_timeout: Duration,
     max_message_size: usize,
     last_error: watch::Sender<Option<TransportError>>,
+    /// Each server's latest failure since a stream to it last opened.
+    server_errors: Vec<Option<TransportError>>,
     commands: mpsc::UnboundedReceiver<Command>,
     watchers: HashMap<ResourceKey, Watcher>,
     targets: HashMap<(String, String), Target>,
@@ -517,7 +558,7 @@ impl Worker {
             let end = match self.serve(address.connect(connect_timeout), &tx).await {
                 None => StreamEnd::Shutdown,
                 Some(Err(error)) => {
-                    self.failed(error);
+                    self.failed(server, error);
                     self.metrics.server_failure(&uri);
                     StreamEnd::Closed { answered: false }
                 }
@@ -527,12 +568,15 @@ impl Worker {
                     match self.serve(open_stream(channel, rx, limit), &tx).await {
                         None => StreamEnd::Shutdown,
                         Some(Err(status)) => {
-                            self.failed(TransportError::stream(&uri, status, limit));
+                            self.failed(server, TransportError::stream(&uri, status, limit));
                             self.metrics.server_failure(&uri);
                             StreamEnd::Closed { answered: false }
                         }
                         Some(Ok(responses)) => {
                             tracing::info!(server = %uri, "ADS stream open");
+                            if let Some(error) = self.server_errors.get_mut(server) {
+                                *error = None;
+                            }
                             self.connection.send_replace(Connection::Connected {
                                 server,
                                 uri: uri.clone(),
@@ -582,10 +626,19 @@ impl Worker {
         }
     }
 
-    /// Record and log why a server could not be reached or its stream ended.
-    fn failed(&mut self, error: TransportError) {
+    /// Record and log why the server at `server` could not be reached or its stream ended.
+    fn failed(&mut self, server: usize, error: TransportError) {
         tracing::warn!(server = %error.uri(), error = %crate::transport::ErrorChain(&error), "xDS server failed");
+        if let Some(slot) = self.server_errors.get_mut(server) {
+            *slot = Some(error.clone());
+        }
         self.last_error.send_replace(Some(error));
+    }
+
+    /// The servers' latest failures while no ADS stream is open; `None` while one is.
+    fn unreachable(&self) -> Option<Vec<TransportError>> {
+        matches!(*self.connection.borrow(), Connection::Disconnected)
+            .then(|| self.server_errors.iter().flatten().cloned().collect())
     }
 
     /// Drive `attempt` while serving commands and the does-not-exist timers. `None` on
@@ -650,7 +703,7 @@ impl Worker {
                         self.ads.on_response(sid, response, now());
                     }
                     Ok(None) => {
-                        self.failed(TransportError::closed(&self.server_uri));
+                        self.failed(server, TransportError::closed(&self.server_uri));
                         return StreamEnd::Closed { answered };
                     }
                     Err(status) => {
@@ -660,7 +713,7 @@ impl Worker {
                         // backoff would start over on every stream and the client reconnect
                         // at its first step forever.
                         let answered = answered && !error.is_message_too_large();
-                        self.failed(error);
+                        self.failed(server, error);
                         return StreamEnd::Closed { answered };
                     }
                 },
@@ -864,6 +917,16 @@ impl Worker {
                     }
                 }
             }
+            Command::NotReady(key, reply) => {
+                let needs = self.targets.get(&key).map(|t| &t.needs);
+                let cause = NotReady::new(
+                    &self.ads,
+                    self.unreachable(),
+                    &self.server_uri,
+                    needs.unwrap_or(&BTreeSet::new()),
+                );
+                let _ = reply.send(cause);
+            }
             Command::Dump(reply) => {
                 let _ = reply.send(self.dump());
             }
@@ -876,6 +939,9 @@ impl Worker {
 
     fn dump(&self) -> Vec<ResourceDump> {
         let (now_std, now_wall) = (now(), SystemTime::now());
+        let transport_error = self
+            .unreachable()
+            .and_then(|errors| NotReady::transport_error(&errors));
         self.ads
             .resources()
             .map(|view| ResourceDump {
@@ -884,6 +950,9 @@ impl Worker {
                 version: view.version.map(str::to_string),
                 status: view.status,
                 error: view.error.map(|e| e.to_string()),
+                transport_error: (view.status == ResourceStatus::Requested && view.value.is_none())
+                    .then(|| transport_error.clone())
+                    .flatten(),
                 last_updated: view.last_updated.and_then(|t| {
                     let wall = now_wall.checked_sub(now_std.saturating_duration_since(t))?;
                     Some(
@@ -936,6 +1005,7 @@ mod tests {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             last_error: watch::channel(None).0,
+            server_errors: Vec::new(),
             commands: rx,
             watchers: HashMap::new(),
             targets: HashMap::new(),

@@ -339,18 +339,26 @@ type BoxIo = Box<dyn IoStream>;
 trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> IoStream for T {}
 
-/// An error and its `source()` chain, `: `-separated, for logs.
+/// An error and its `source()` chain, `: `-separated, for logs and for the errors that
+/// report a server's failure. A source whose message is already there is left out (tonic's
+/// transport error and the connect error inside it both say "Connection refused"); at most
+/// 16 levels, in case a chain is cyclic.
 pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut message = self.0.to_string();
         let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
+        for _ in 0..16 {
+            let Some(e) = source else { break };
+            let next = e.to_string();
+            if !message.contains(&next) {
+                message.push_str(": ");
+                message.push_str(&next);
+            }
             source = e.source();
         }
-        Ok(())
+        f.write_str(&message)
     }
 }
 

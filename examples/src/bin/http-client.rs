@@ -97,13 +97,17 @@ async fn get(
 }
 
 /// An error and its causes, `: `-separated (the mesh's errors say what failed at the top
-/// and why further down).
+/// and why further down), leaving out a cause whose message is already there (the mesh's
+/// errors include their source's message).
 fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
+        let next = e.to_string();
+        if !out.contains(&next) {
+            out.push_str(": ");
+            out.push_str(&next);
+        }
         cur = e.source();
     }
     out

@@ -2,7 +2,8 @@
 //! (`GRPC_XDS_BOOTSTRAP` or `GRPC_XDS_BOOTSTRAP_CONFIG`) and print the client's view of every
 //! resource as a JSON array — one object per resource with `type`, `name`, `version`,
 //! `status` (REQUESTED, ACKED, NACKED, DOES_NOT_EXIST), `error`, and `unsupported_fields`
-//! (fields the control plane set that meshwork does not implement yet).
+//! (fields the control plane set that meshwork does not implement yet); a REQUESTED resource
+//! has `transport_error` too while no xDS server can be reached (which server, and why).
 //!
 //! ```text
 //! xds-dump --target xds:///greeter:50051 [--seconds 10]
@@ -89,14 +90,19 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
         .await
         .into_iter()
         .map(|r| {
-            serde_json::json!({
+            let mut row = serde_json::json!({
                 "type": r.type_url,
                 "name": r.name,
                 "version": r.version,
                 "status": r.status,
                 "error": r.error,
                 "unsupported_fields": r.unsupported_fields,
-            })
+            });
+            // Only while the control plane is unreachable: other rows stay as they were.
+            if let Some(e) = r.transport_error {
+                row["transport_error"] = e.into();
+            }
+            row
         })
         .collect();
     println!("{}", serde_json::to_string_pretty(&rows)?);

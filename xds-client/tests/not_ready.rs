@@ -1,0 +1,320 @@
+//! A target that is not ready says why: the xDS server it cannot reach (and the transport
+//! error), or each resource it still misses with its state (not answered, NACKed with the
+//! detail, does not exist). On loopback: a real refused port, a real ADS stream.
+
+mod support;
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
+use meshwork_xds::client::{ReadyError, XdsClient};
+use meshwork_xds::protocol::ResourceStatus;
+use meshwork_xds::resource::ResourceType;
+use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
+use meshwork_xds::transport::{Backoff, TransportError};
+use meshwork_xds::watch::TargetError;
+use support::within;
+
+const TARGET: &str = "greeter:50051";
+
+/// A client of `uri` whose does-not-exist timer never fires within these tests.
+fn client(uri: &str) -> XdsClient {
+    let bootstrap = Bootstrap::builder()
+        .node_id("not-ready-test")
+        .server(XdsServer::new(uri).unwrap())
+        .build()
+        .unwrap();
+    XdsClient::builder(&bootstrap)
+        .unwrap()
+        .backoff(Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_millis(200),
+        })
+        .does_not_exist_timeout(Duration::from_secs(600))
+        .start()
+}
+
+/// Listener -> routes -> `clusters`, weighted equally.
+fn routes_to(clusters: &[&str]) -> Snapshot {
+    let weights: Vec<(&str, u32)> = clusters.iter().map(|c| (*c, 1)).collect();
+    Snapshot::new()
+        .listener(build::api_listener(TARGET, "routes"))
+        .route(build::route_config(
+            "routes",
+            vec![build::virtual_host(
+                "vh",
+                [TARGET],
+                vec![build::route_weighted("", &weights)],
+            )],
+        ))
+}
+
+/// A port nothing listens on: bound, then closed, so connecting to it is refused.
+fn refused_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The control plane is down: the timeout names the server and the connection error, the
+/// source chain reaches the typed transport error, and the dump shows the error beside the
+/// listener that was requested and never answered.
+#[tokio::test(start_paused = true)]
+async fn a_control_plane_that_refuses_connections_is_named_with_the_error() {
+    let uri = format!("http://127.0.0.1:{}", refused_port());
+    let client = client(&uri);
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+    // Paused time could pass a deadline before the refusal is read from the socket: the
+    // cause then says the client is still connecting (or names the connect deadline). The
+    // next deadline finds the refusal.
+    let mut rounds = 0;
+    let err = loop {
+        let err = watch.ready(Duration::from_secs(3)).await.unwrap_err();
+        let ReadyError::Timeout { cause, .. } = &err else {
+            panic!("{err}")
+        };
+        assert!(cause.is_unreachable(), "{err}");
+        if err.to_string().to_lowercase().contains("refused") {
+            break err;
+        }
+        rounds += 1;
+        assert!(rounds < 20, "no connect attempt was refused: {err}");
+    };
+
+    let message = err.to_string();
+    let prefix = format!("no complete xDS config for {TARGET} within 3s: xDS server {uri}: ");
+    assert!(message.starts_with(&prefix), "{message}");
+    // Once: tonic's transport error and the connect error inside it say the same.
+    assert_eq!(
+        message.to_lowercase().matches("connection refused").count(),
+        1,
+        "{message}"
+    );
+    let ReadyError::Timeout { cause, .. } = &err else {
+        unreachable!()
+    };
+    assert_eq!(cause.unreachable().len(), 1);
+    assert_eq!(cause.unreachable()[0].uri(), uri);
+    assert!(cause.unreachable()[0].is_connect());
+    // The listener waits for the server: it is the one resource named.
+    assert_eq!(cause.missing().len(), 1);
+    assert_eq!(cause.missing()[0].resource_type(), ResourceType::Listener);
+    assert_eq!(cause.missing()[0].name(), TARGET);
+    assert_eq!(cause.missing()[0].status(), ResourceStatus::Requested);
+
+    // The source chain: ReadyError -> NotReady -> TransportError -> ... -> the io error.
+    let mut chain = err.source();
+    let mut transport = None;
+    let mut refused = false;
+    while let Some(e) = chain {
+        if let Some(t) = e.downcast_ref::<TransportError>() {
+            transport = Some(t);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        chain = e.source();
+    }
+    assert_eq!(transport.expect("a TransportError in the chain").uri(), uri);
+    assert!(
+        refused,
+        "an io::Error ConnectionRefused in the chain: {err:?}"
+    );
+
+    let dump = client.dump().await;
+    assert_eq!(dump.len(), 1, "{dump:#?}");
+    assert_eq!(dump[0].status, ResourceStatus::Requested);
+    assert!(dump[0].error.is_none());
+    let transport_error = dump[0].transport_error.as_deref().expect("transport_error");
+    assert!(transport_error.starts_with(&format!("xDS server {uri}: ")));
+    assert!(
+        transport_error
+            .to_lowercase()
+            .contains("connection refused"),
+        "{transport_error}"
+    );
+    let json = serde_json::to_value(&dump).unwrap();
+    assert_eq!(json[0]["transport_error"], transport_error);
+}
+
+/// A control plane that accepts TCP and never speaks: before the connect deadline the cause
+/// says the client is still connecting to it, after it the deadline is named.
+#[tokio::test(start_paused = true)]
+async fn a_silent_control_plane_is_named_while_connecting_and_after_the_deadline() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("http://{}", silent.local_addr().unwrap());
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let client = client(&uri);
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+
+    let err = watch.ready(Duration::from_secs(3)).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "no complete xDS config for {TARGET} within 3s: xDS server {uri}: still connecting"
+        )
+    );
+    let ReadyError::Timeout { cause, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(cause.is_unreachable() && cause.unreachable().is_empty());
+
+    // Past the 20 s connect deadline (and into the next attempt).
+    let err = watch.ready(Duration::from_secs(30)).await.unwrap_err();
+    let ReadyError::Timeout { cause, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(cause.unreachable()[0].is_timeout(), "{err}");
+    assert!(
+        err.to_string().ends_with(&format!(
+            "within 30s: xDS server {uri}: no HTTP/2 connection within the 20s connect deadline"
+        )),
+        "{err}"
+    );
+}
+
+/// The server answers, but the target still misses resources: the timeout names each one
+/// with its state, what the target waits for first: endpoints never answered, a cluster
+/// NACKed (with the NACK's detail), a cluster that no longer exists. While connected, the
+/// dump has no `transport_error` at all.
+#[tokio::test]
+async fn missing_resources_are_named_with_their_state() {
+    let server = XdsTestServer::start().await.unwrap();
+    let mut bad = build::eds_cluster("bad");
+    // A STATIC cluster is not something a gRPC-style client accepts.
+    bad.cluster_discovery_type = None;
+    server.set_snapshot(
+        routes_to(&["a", "bad", "ghost"])
+            // No endpoints for `a`: its EDS resource is requested and never answered.
+            .cluster(build::eds_cluster("a"))
+            .cluster(bad)
+            .cluster(build::eds_cluster("ghost"))
+            .endpoints(build::endpoints("ghost", &["127.0.0.1:1".parse().unwrap()])),
+    );
+    let client = client(&server.uri());
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+    within(10, server.wait_for_nack(type_url::CLUSTER)).await;
+    // Gone from the next state of the world: it does not exist.
+    server.update(|s| {
+        s.remove(type_url::CLUSTER, "ghost");
+    });
+    within(10, server.wait_for_nack(type_url::CLUSTER)).await;
+
+    tokio::time::pause();
+    let err = watch.ready(Duration::from_secs(3)).await.unwrap_err();
+    let dump = client.dump().await;
+    let bad_error = dump
+        .iter()
+        .find(|r| r.name == "bad")
+        .and_then(|r| r.error.clone())
+        .expect("bad is NACKed");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "no complete xDS config for {TARGET} within 3s: ClusterLoadAssignment a requested, \
+             not answered yet, Cluster bad NACKed: {bad_error}, Cluster ghost does not exist"
+        )
+    );
+    let ReadyError::Timeout { cause, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(!cause.is_unreachable());
+    assert!(
+        cause.source().is_none(),
+        "no transport error while connected"
+    );
+    let states: Vec<_> = cause
+        .missing()
+        .iter()
+        .map(|m| (m.resource_type(), m.name(), m.status(), m.error().is_some()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (
+                ResourceType::ClusterLoadAssignment,
+                "a",
+                ResourceStatus::Requested,
+                false
+            ),
+            (ResourceType::Cluster, "bad", ResourceStatus::Nacked, true),
+            (
+                ResourceType::Cluster,
+                "ghost",
+                ResourceStatus::DoesNotExist,
+                false
+            ),
+        ]
+    );
+    assert_eq!(cause.more_missing(), 0);
+    assert!(dump.iter().all(|r| r.transport_error.is_none()));
+    let json = serde_json::to_value(&dump).unwrap();
+    for row in json.as_array().unwrap() {
+        assert!(row.get("transport_error").is_none(), "{row}");
+    }
+}
+
+/// A target routing to many clusters that never get endpoints names the first eight and
+/// counts the rest: the error stays small whatever the config.
+#[tokio::test]
+async fn the_list_of_missing_resources_is_capped() {
+    let names: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut snapshot = routes_to(&refs);
+    for name in &names {
+        snapshot = snapshot.cluster(build::eds_cluster(name));
+    }
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(snapshot);
+    let client = client(&server.uri());
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+    within(10, server.wait_for_ack(type_url::CLUSTER, "1")).await;
+
+    tokio::time::pause();
+    let err = watch.ready(Duration::from_secs(3)).await.unwrap_err();
+    let ReadyError::Timeout { cause, .. } = &err else {
+        panic!("{err}")
+    };
+    let shown: Vec<&str> = cause.missing().iter().map(|m| m.name()).collect();
+    assert_eq!(shown, &refs[..8]);
+    assert_eq!(cause.more_missing(), 12);
+    assert!(
+        err.to_string()
+            .ends_with("ClusterLoadAssignment c07 requested, not answered yet, and 12 more")
+    );
+}
+
+/// A NACKed listener with no earlier value fails the target at once, naming the listener
+/// and the NACK's detail.
+#[tokio::test]
+async fn a_nacked_listener_is_named_with_the_detail() {
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(Snapshot::new().listener(Listener {
+        // No api_listener: a server-side listener, which a client cannot use.
+        name: TARGET.into(),
+        ..Default::default()
+    }));
+    let client = client(&server.uri());
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+    let err = watch.ready(Duration::from_secs(10)).await.unwrap_err();
+    let dump = client.dump().await;
+    let detail = dump[0].error.clone().expect("the listener is NACKed");
+    assert!(detail.contains("api_listener"), "{detail}");
+    assert_eq!(
+        err,
+        ReadyError::Target(TargetError::ListenerInvalid {
+            name: TARGET.into(),
+            error: detail.clone(),
+        })
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("listener {TARGET} is invalid: {detail}")
+    );
+}
