@@ -25,6 +25,7 @@ pub mod outlier;
 pub mod retry;
 pub mod route;
 pub mod stack;
+mod status;
 pub mod telemetry;
 pub mod timeout;
 pub mod upstream;

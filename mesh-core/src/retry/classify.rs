@@ -6,7 +6,8 @@ use std::time::Duration;
 use rand::RngCore;
 use tower::BoxError;
 
-use crate::config::{GrpcCode, RetryOn, RetryPolicy};
+use crate::config::{RetryOn, RetryPolicy};
+use crate::status::GrpcCode;
 use crate::timeout::{TimeoutError, TimeoutKind};
 
 /// The conditions a response meets. For a gRPC call the status comes from `grpc-status` in

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::balance::{self, EndpointError, NoHealthyEndpoint};
 use crate::breaker::Overloaded;
-use crate::config::GrpcCode;
 use crate::route::RouteError;
+use crate::status::GrpcCode;
 use crate::timeout::TimeoutError;
 
 /// A cluster the stack cannot build a service for; calls routed to it fail with this.

@@ -12,8 +12,8 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::call::CallContext;
-use super::{Rpc, Telemetry, status_name};
-use crate::config::GrpcCode;
+use super::{Rpc, Telemetry};
+use crate::status::{GrpcCode, status_name};
 
 /// Parsed once: a lookup by a `&str` name parses it every time.
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");

@@ -78,7 +78,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue, SpanId, StringValue, TraceId};
 
-use crate::config::GrpcCode;
+use crate::status::GrpcCode;
 
 mod attempt;
 mod body;
@@ -94,6 +94,8 @@ pub use call::{Call, CallFuture, CallLayer};
 pub use mesh::{ClusterMetrics, Ejection, MeshMetrics};
 pub use names::{MAX_METHOD_NAME_LEN, MAX_METHOD_NAMES};
 pub use server::{Server, ServerFuture, ServerLayer};
+
+pub use crate::status::status_name;
 
 /// The instrumentation scope meshwork's tracer and meter are named with.
 pub const SCOPE: &str = "meshwork";
@@ -466,29 +468,6 @@ fn method_value(method: &http::Method) -> StringValue {
         http::Method::TRACE => "TRACE".into(),
         // The semantic conventions fold unknown methods into one value.
         _ => "_OTHER".into(),
-    }
-}
-
-/// The name gRPC gives a status code in `grpc.status` (`"OK"`, `"UNAVAILABLE"`, …).
-pub fn status_name(code: GrpcCode) -> &'static str {
-    match code {
-        GrpcCode::Ok => "OK",
-        GrpcCode::Cancelled => "CANCELLED",
-        GrpcCode::Unknown => "UNKNOWN",
-        GrpcCode::InvalidArgument => "INVALID_ARGUMENT",
-        GrpcCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        GrpcCode::NotFound => "NOT_FOUND",
-        GrpcCode::AlreadyExists => "ALREADY_EXISTS",
-        GrpcCode::PermissionDenied => "PERMISSION_DENIED",
-        GrpcCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        GrpcCode::FailedPrecondition => "FAILED_PRECONDITION",
-        GrpcCode::Aborted => "ABORTED",
-        GrpcCode::OutOfRange => "OUT_OF_RANGE",
-        GrpcCode::Unimplemented => "UNIMPLEMENTED",
-        GrpcCode::Internal => "INTERNAL",
-        GrpcCode::Unavailable => "UNAVAILABLE",
-        GrpcCode::DataLoss => "DATA_LOSS",
-        GrpcCode::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
