@@ -79,10 +79,10 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tower::{BoxError, Service};
 
-use crate::balance::AvoidEndpoints;
 #[cfg(doc)]
 use crate::balance::{EndpointError, ServedBy};
 use crate::config::{ConfigError, RetryPolicy};
+use crate::extensions::AvoidEndpoints;
 use crate::route::RoutePolicy;
 use crate::telemetry::ClusterMetrics;
 

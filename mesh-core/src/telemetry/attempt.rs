@@ -14,7 +14,7 @@ use tower::{BoxError, Layer, Service};
 use super::body::{Record, Side, start_span};
 use super::call::{CallContext, finish_head};
 use super::{Rpc, Telemetry, TelemetryBody, propagation};
-use crate::balance::ServedBy;
+use crate::extensions::ServedBy;
 use crate::identity::PeerIdentity;
 
 /// Parsed once: a lookup by a `&str` name parses it every time.
@@ -189,7 +189,7 @@ where
         let record = this.record.take();
         if let Some(span) = record.as_ref().and_then(Record::span_context) {
             let served_by = match &result {
-                Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.0),
+                Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.address()),
                 Err(_) => None,
             };
             let span = span.span();
