@@ -22,6 +22,7 @@ pub mod breaker;
 pub mod config;
 mod extensions;
 pub mod inbound;
+mod metrics;
 pub mod outlier;
 pub mod retry;
 pub mod route;

@@ -83,8 +83,8 @@ use tower::{BoxError, Service};
 use crate::balance::{EndpointError, ServedBy};
 use crate::config::{ConfigError, RetryPolicy};
 use crate::extensions::AvoidEndpoints;
+use crate::metrics::ClusterMetrics;
 use crate::route::RoutePolicy;
-use crate::telemetry::ClusterMetrics;
 
 mod body;
 mod budget;

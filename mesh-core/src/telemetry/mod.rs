@@ -83,7 +83,6 @@ use crate::status::GrpcCode;
 mod attempt;
 mod body;
 mod call;
-mod mesh;
 mod names;
 pub mod propagation;
 mod server;
@@ -91,14 +90,11 @@ mod server;
 pub use attempt::{Attempt, AttemptFuture, AttemptLayer};
 pub use body::TelemetryBody;
 pub use call::{Call, CallFuture, CallLayer};
-pub use mesh::{ClusterMetrics, Ejection, MeshMetrics};
 pub use names::{MAX_METHOD_NAME_LEN, MAX_METHOD_NAMES};
 pub use server::{Server, ServerFuture, ServerLayer};
 
+pub use crate::metrics::{ClusterMetrics, Ejection, MeshMetrics, SCOPE};
 pub use crate::status::status_name;
-
-/// The instrumentation scope meshwork's tracer and meter are named with.
-pub const SCOPE: &str = "meshwork";
 
 /// The span attribute that carries the peer's SPIFFE ID (from the mTLS handshake).
 pub const PEER_SPIFFE_ID: &str = "meshwork.peer.spiffe_id";
