@@ -20,6 +20,7 @@ pub mod admin;
 pub mod balance;
 pub mod breaker;
 pub mod config;
+mod errors;
 mod extensions;
 pub mod inbound;
 mod metrics;

@@ -19,6 +19,7 @@ use super::classify::{
 };
 use super::{PolicySource, RetryBody, Settings};
 use crate::balance::EndpointError;
+use crate::errors;
 use crate::extensions::{AvoidEndpoints, ServedBy};
 use crate::timeout::{TimeoutError, TimeoutKind};
 
@@ -328,14 +329,7 @@ where
 
 /// The address in an [`EndpointError`] in the source chain of `err`, if any.
 fn endpoint_of(err: &(dyn std::error::Error + 'static)) -> Option<std::net::SocketAddr> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(ee) = e.downcast_ref::<EndpointError>() {
-            return Some(ee.address());
-        }
-        cur = e.source();
-    }
-    None
+    errors::find::<EndpointError>(err).map(EndpointError::address)
 }
 
 impl<S, B> std::fmt::Debug for ResponseFuture<S, B>

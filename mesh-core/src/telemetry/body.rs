@@ -185,7 +185,7 @@ impl Record {
                     Outcome::Grpc(code) => code,
                     // A gRPC response must end with a status.
                     Outcome::End | Outcome::BodyError => GrpcCode::Unknown,
-                    Outcome::Error(e) => crate::stack::error_codes(e).0,
+                    Outcome::Error(e) => crate::errors::error_codes(e).0,
                     Outcome::Cancelled => GrpcCode::Cancelled,
                 };
                 let status = KeyValue::new("grpc.status", status_name(code));
@@ -225,7 +225,7 @@ impl Record {
             }
             Rpc::Http { .. } => {
                 let error = match outcome {
-                    Outcome::Error(e) => Some(status_name(crate::stack::error_codes(e).0)),
+                    Outcome::Error(e) => Some(status_name(crate::errors::error_codes(e).0)),
                     Outcome::BodyError => Some("body"),
                     Outcome::Cancelled => Some("cancelled"),
                     Outcome::Grpc(_) | Outcome::End => None,
