@@ -85,6 +85,7 @@ mod body;
 mod call;
 mod names;
 pub mod propagation;
+mod record;
 mod server;
 
 pub use attempt::{Attempt, AttemptFuture, AttemptLayer};
