@@ -118,7 +118,7 @@ fn pick(c: &mut Criterion) {
             b.iter(|| {
                 h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
                 let mut req = http::Request::new(());
-                req.extensions_mut().insert(RequestHash(h));
+                req.extensions_mut().insert(RequestHash::new(h));
                 lb.ready().now_or_never().unwrap().unwrap();
                 lb.call(req).now_or_never().unwrap().unwrap()
             })

@@ -99,7 +99,7 @@ where
         .call(http::Request::new(Empty::new()))
         .await
         .unwrap();
-    let served = resp.extensions().get::<ServedBy>().unwrap().0;
+    let served = resp.extensions().get::<ServedBy>().unwrap().address();
     let status = resp.status().as_u16();
     resp.into_body().collect().await.unwrap();
     (served, status)

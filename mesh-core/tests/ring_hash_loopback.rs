@@ -231,7 +231,7 @@ async fn served_by(
     fut: impl Future<Output = Result<http::Response<Incoming>, BoxError>>,
 ) -> SocketAddr {
     let rsp = fut.await.unwrap();
-    let by = rsp.extensions().get::<ServedBy>().unwrap().0;
+    let by = rsp.extensions().get::<ServedBy>().unwrap().address();
     rsp.into_body().collect().await.unwrap();
     by
 }

@@ -128,7 +128,7 @@ where
             picked: Some(picked),
         },
         Pick::NotReady => {
-            let hash = request.extensions().get::<RequestHash>().map(|h| h.0);
+            let hash = request.extensions().get::<RequestHash>().map(|h| h.value());
             let avoid = request.extensions().get::<AvoidEndpoints>().cloned();
             State::Waiting {
                 request: Some(request),
@@ -216,7 +216,7 @@ where
                             inner.report_broken(address, id);
                             if *this.repicks < MAX_REPICKS {
                                 *this.repicks += 1;
-                                let hash = req.extensions().get::<RequestHash>().map(|h| h.0);
+                                let hash = req.extensions().get::<RequestHash>().map(|h| h.value());
                                 let pick =
                                     inner.pick(hash, req.extensions().get::<AvoidEndpoints>());
                                 state(pick, req, inner)
@@ -246,7 +246,7 @@ where
                             if let Some(o) = &f.endpoint.outlier {
                                 o.record(Outcome::from_response(&response));
                             }
-                            response.extensions_mut().insert(ServedBy(f.address));
+                            response.extensions_mut().insert(ServedBy::new(f.address));
                             Ok(response)
                         }
                         Err(e) => {

@@ -124,38 +124,8 @@ use self::future::{InFlight, Picked};
 use self::ring::Reach;
 use self::sched::SharedRng;
 use self::table::{Choice, PickInput, Slot, Table};
+pub use crate::extensions::{AvoidEndpoints, RequestHash, ServedBy};
 use crate::outlier::OutlierDetector;
-
-/// The request hash ring hash uses: a request extension. The router computes it from the
-/// route's hash policies (headers, channel id, source IP; terminal policies stop the chain);
-/// ring hash picks a random hash for a request without one, and other policies ignore it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestHash(pub u64);
-
-/// Endpoints a request should not go to if another can take it: a request extension. The
-/// retry layer lists the endpoints of earlier attempts (from [`ServedBy`] and
-/// [`EndpointError::address`]) so that a retry goes to a different endpoint when one exists;
-/// when every usable endpoint is listed, the balancer picks among them anyway.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AvoidEndpoints(pub Vec<SocketAddr>);
-
-impl AvoidEndpoints {
-    /// Whether `address` is listed.
-    pub fn contains(&self, address: &SocketAddr) -> bool {
-        self.0.contains(address)
-    }
-
-    /// Adds `address`.
-    pub fn push(&mut self, address: SocketAddr) {
-        if !self.contains(&address) {
-            self.0.push(address);
-        }
-    }
-}
-
-/// The endpoint that served a response: a response extension the balancer sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ServedBy(pub SocketAddr);
 
 /// How a [`Balancer`] picks an endpoint (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -480,7 +450,7 @@ impl<S: Clone> Inner<S> {
         // in a row is already unlikely.
         for _ in 0..3 {
             let mut picked = Choice::Nothing;
-            if let Some(avoid) = avoid.filter(|a| !a.0.is_empty()) {
+            if let Some(avoid) = avoid.filter(|a| !a.is_empty()) {
                 let elsewhere = |s: &Slot<S>| {
                     if avoid.contains(&s.address) {
                         Reach::Absent
@@ -561,7 +531,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let hash = req.extensions().get::<RequestHash>().map(|h| h.0);
+        let hash = req.extensions().get::<RequestHash>().map(|h| h.value());
         let pick = self
             .inner
             .pick(hash, req.extensions().get::<AvoidEndpoints>());

@@ -64,7 +64,11 @@ where
     S: Service<http::Request<()>, Response = http::Response<()>, Error = BoxError>,
 {
     let resp = b.ready().await?.call(req).await?;
-    Ok(resp.extensions().get::<ServedBy>().expect("ServedBy").0)
+    Ok(resp
+        .extensions()
+        .get::<ServedBy>()
+        .expect("ServedBy")
+        .address())
 }
 
 /// One call on a clone of `b`, for spawned callers. Boxed outside an `async` block: rustc
@@ -79,7 +83,7 @@ fn served_by(
             .extensions()
             .get::<ServedBy>()
             .expect("ServedBy")
-            .0
+            .address()
     }))
 }
 
@@ -168,13 +172,14 @@ async fn avoided_endpoints_are_skipped_when_another_exists() {
             .build(rx.clone(), endpoints(|_| 200));
         for _ in 0..20 {
             let mut req = http::Request::new(());
-            req.extensions_mut().insert(AvoidEndpoints(vec![addr(0)]));
+            req.extensions_mut()
+                .insert(AvoidEndpoints::from_iter([addr(0)]));
             assert_eq!(send(&mut b, req).await.unwrap(), addr(1), "{policy:?}");
         }
         // Everything avoided: still served.
         let mut req = http::Request::new(());
         req.extensions_mut()
-            .insert(AvoidEndpoints(vec![addr(0), addr(1)]));
+            .insert(AvoidEndpoints::from_iter([addr(0), addr(1)]));
         assert!(send(&mut b, req).await.is_ok());
     }
 }
@@ -189,11 +194,11 @@ async fn ring_hash_uses_the_request_hash() {
     let mut b = Balancer::new(policy, rx, endpoints(|_| 200));
     for h in [1u64, 77, 1 << 40, u64::MAX] {
         let mut req = http::Request::new(());
-        req.extensions_mut().insert(RequestHash(h));
+        req.extensions_mut().insert(RequestHash::new(h));
         let first = send(&mut b, req).await.unwrap();
         for _ in 0..5 {
             let mut req = http::Request::new(());
-            req.extensions_mut().insert(RequestHash(h));
+            req.extensions_mut().insert(RequestHash::new(h));
             assert_eq!(send(&mut b, req).await.unwrap(), first);
         }
     }
@@ -246,7 +251,10 @@ async fn an_endpoint_becoming_ready_wakes_every_waiting_call() {
     }
     for c in calls {
         let rsp = c.await.unwrap();
-        assert_eq!(rsp.extensions().get::<ServedBy>(), Some(&ServedBy(addr(0))));
+        assert_eq!(
+            rsp.extensions().get::<ServedBy>(),
+            Some(&ServedBy::new(addr(0)))
+        );
     }
 }
 
@@ -426,7 +434,7 @@ async fn each_call_checks_its_handle_before_calling() {
         let resp = f.await.unwrap();
         assert_eq!(
             resp.extensions().get::<ServedBy>(),
-            Some(&ServedBy(addr(0)))
+            Some(&ServedBy::new(addr(0)))
         );
     }
 }
@@ -633,7 +641,10 @@ async fn endpoint_removal_during_calls() {
     // The call in flight finishes on the handle it holds.
     send.send_response(http::Response::new(()));
     let rsp = in_flight.await.unwrap().unwrap();
-    assert_eq!(rsp.extensions().get::<ServedBy>(), Some(&ServedBy(addr(0))));
+    assert_eq!(
+        rsp.extensions().get::<ServedBy>(),
+        Some(&ServedBy::new(addr(0)))
+    );
     assert_eq!(b.ready_count(), 1);
 }
 
@@ -801,7 +812,7 @@ async fn ring_hash_asking_for_8m_entries_builds_at_most_the_cap() {
         .build(rx, endpoints(|_| 200));
     for h in 0..20u64 {
         let mut req = http::Request::new(());
-        req.extensions_mut().insert(RequestHash(h << 40));
+        req.extensions_mut().insert(RequestHash::new(h << 40));
         send(&mut b, req).await.unwrap();
     }
     let built = b.inner.published.snapshot.load().table.ring_entries_built();
@@ -865,7 +876,7 @@ async fn ring_hash_waits_for_the_endpoint_of_the_key_while_it_connects() {
     assert_eq!(b.ready_count(), 2, "the other endpoints are connected");
     let keyed = || {
         let mut req = http::Request::new(());
-        req.extensions_mut().insert(RequestHash(key));
+        req.extensions_mut().insert(RequestHash::new(key));
         req
     };
     let mut first = tokio_test::task::spawn(b.clone().oneshot(keyed()));
@@ -880,7 +891,10 @@ async fn ring_hash_waits_for_the_endpoint_of_the_key_while_it_connects() {
     let (_req, send) = handle.next_request().await.unwrap();
     send.send_response(http::Response::new(()));
     let rsp = first.await.unwrap();
-    assert_eq!(rsp.extensions().get::<ServedBy>(), Some(&ServedBy(home)));
+    assert_eq!(
+        rsp.extensions().get::<ServedBy>(),
+        Some(&ServedBy::new(home))
+    );
 
     // A call without a request hash does not wait for anyone.
     let (_tx, rx) = watch::channel(one_locality(healthy(3)));
@@ -926,7 +940,7 @@ async fn ring_hash_passes_a_key_on_when_its_endpoint_fails_to_connect() {
     for h in 0..64u64 {
         let mut req = http::Request::new(());
         req.extensions_mut()
-            .insert(RequestHash(h.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            .insert(RequestHash::new(h.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         seen.insert(send(&mut b, req).await.unwrap());
     }
     assert_eq!(seen, HashSet::from([addr(0), addr(2)]));

@@ -1,25 +1,6 @@
 //! The breaker's error.
 
-use std::fmt;
-
-/// Which limit refused a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Limit {
-    /// `circuit_breakers.thresholds.max_requests`.
-    MaxRequests,
-    /// `circuit_breakers.thresholds.max_pending_requests`.
-    MaxPendingRequests,
-}
-
-impl fmt::Display for Limit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Limit::MaxRequests => "max_requests",
-            Limit::MaxPendingRequests => "max_pending_requests",
-        })
-    }
-}
+use crate::metrics::Limit;
 
 /// A call refused by the circuit breaker: adapters map it to `UNAVAILABLE` / 503.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,7 +6,7 @@ use meshwork_xds::resource::CircuitBreakers;
 use tower::Layer;
 
 use super::{CircuitBreaker, Limits};
-use crate::telemetry::ClusterMetrics;
+use crate::metrics::ClusterMetrics;
 
 /// Wraps services in a [`CircuitBreaker`]; every service it wraps shares one [`Limits`], so
 /// use one layer per cluster.

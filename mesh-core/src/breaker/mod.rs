@@ -30,10 +30,11 @@ use std::task::{Context, Poll};
 use meshwork_xds::resource::CircuitBreakers;
 use tower::BoxError;
 
-pub use self::error::{Limit, Overloaded};
+pub use self::error::Overloaded;
 pub use self::future::ResponseFuture;
 pub use self::layer::CircuitBreakerLayer;
-use crate::telemetry::ClusterMetrics;
+use crate::metrics::ClusterMetrics;
+pub use crate::metrics::Limit;
 
 /// A cluster's limits and its counters, shared by all its services.
 #[derive(Debug)]

@@ -32,11 +32,9 @@ use std::sync::Arc;
 use meshwork_xds::watch::XdsConfig;
 
 mod error;
-mod grpc;
 pub(crate) mod validate;
 
 pub use error::ConfigError;
-pub use grpc::GrpcCode;
 pub use meshwork_xds::resource::{
     Cluster, ClusterLoadAssignment, ClusterSpecifier, ForwardAction, HashPolicy, HashPolicyKind,
     HeaderMatchKind, HeaderMatcher, MaxStreamDuration, PathMatch, QueryParameterMatcher, RetryOn,
@@ -44,6 +42,8 @@ pub use meshwork_xds::resource::{
     StringMatcher, UnsupportedAction, VirtualHost, WeightedCluster,
 };
 pub use meshwork_xds::watch::{ClusterChildren, ClusterConfig, ClusterState};
+
+pub use crate::status::GrpcCode;
 
 /// A published target configuration: the hot path loads only the `Arc`.
 pub type ConfigReceiver = tokio::sync::watch::Receiver<Arc<TargetConfig>>;

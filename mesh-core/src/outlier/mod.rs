@@ -44,7 +44,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::telemetry::{ClusterMetrics, Ejection};
+use crate::metrics::{ClusterMetrics, Ejection};
 
 /// The outcome of one call to an endpoint, as outlier detection sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

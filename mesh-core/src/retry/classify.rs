@@ -6,7 +6,8 @@ use std::time::Duration;
 use rand::RngCore;
 use tower::BoxError;
 
-use crate::config::{GrpcCode, RetryOn, RetryPolicy};
+use crate::config::{RetryOn, RetryPolicy};
+use crate::status::GrpcCode;
 use crate::timeout::{TimeoutError, TimeoutKind};
 
 /// The conditions a response meets. For a gRPC call the status comes from `grpc-status` in
@@ -122,8 +123,7 @@ pub fn error_conditions(err: &(dyn StdError + 'static)) -> RetryOn {
 pub(crate) fn error_outcome(err: &(dyn StdError + 'static)) -> Option<(RetryOn, Delivery)> {
     use crate::upstream::ConnectError;
     let connect_failure = Some((ANY_RESET | RetryOn::CONNECT_FAILURE, Delivery::NotProcessed));
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
+    for e in crate::errors::chain(err) {
         if e.is::<RefusedStream>() {
             return Some((ANY_RESET | RetryOn::REFUSED_STREAM, Delivery::NotProcessed));
         }
@@ -155,7 +155,6 @@ pub(crate) fn error_outcome(err: &(dyn StdError + 'static)) -> Option<(RetryOn, 
         {
             return Some((ANY_RESET, Delivery::MaybeProcessed));
         }
-        cur = e.source();
     }
     None
 }

@@ -18,7 +18,9 @@ use super::classify::{
     Delivery, Pushback, error_outcome, is_retriable, pushback, response_conditions,
 };
 use super::{PolicySource, RetryBody, Settings};
-use crate::balance::{AvoidEndpoints, EndpointError, ServedBy};
+use crate::balance::EndpointError;
+use crate::errors;
+use crate::extensions::{AvoidEndpoints, ServedBy};
 use crate::timeout::{TimeoutError, TimeoutKind};
 
 /// What a retriable call keeps between attempts.
@@ -70,7 +72,7 @@ impl<B> Pending<B> {
             req.headers_mut()
                 .insert("grpc-previous-rpc-attempts", HeaderValue::from(attempt));
         }
-        if !avoid.0.is_empty() {
+        if !avoid.is_empty() {
             req.extensions_mut().insert(avoid.clone());
         }
         req.into_parts().0
@@ -289,7 +291,7 @@ where
                     };
                     // The endpoint that failed, for the balancer to avoid on the retry.
                     let served_by = match &result {
-                        Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.0),
+                        Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.address()),
                         Err(e) => endpoint_of(&**e),
                     };
                     if let Some(address) = served_by {
@@ -327,14 +329,7 @@ where
 
 /// The address in an [`EndpointError`] in the source chain of `err`, if any.
 fn endpoint_of(err: &(dyn std::error::Error + 'static)) -> Option<std::net::SocketAddr> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(ee) = e.downcast_ref::<EndpointError>() {
-            return Some(ee.address());
-        }
-        cur = e.source();
-    }
-    None
+    errors::find::<EndpointError>(err).map(EndpointError::address)
 }
 
 impl<S, B> std::fmt::Debug for ResponseFuture<S, B>

@@ -7,7 +7,7 @@ use super::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_REPLAY_BYTES, Retry, RetryBudget, RetryConfigError, Settings,
 };
 use crate::config::RetryPolicy;
-use crate::telemetry::ClusterMetrics;
+use crate::metrics::ClusterMetrics;
 
 /// Applies [`Retry`] to a service. Services made by one layer (and their clones) share its
 /// [`RetryBudget`]: make one layer per cluster.

@@ -79,12 +79,12 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tower::{BoxError, Service};
 
-use crate::balance::AvoidEndpoints;
 #[cfg(doc)]
 use crate::balance::{EndpointError, ServedBy};
 use crate::config::{ConfigError, RetryPolicy};
+use crate::extensions::AvoidEndpoints;
+use crate::metrics::ClusterMetrics;
 use crate::route::RoutePolicy;
-use crate::telemetry::ClusterMetrics;
 
 mod body;
 mod budget;

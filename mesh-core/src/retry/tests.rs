@@ -94,11 +94,11 @@ async fn unavailable_is_retried_with_replayed_body_and_attempt_headers() {
             .get::<AvoidEndpoints>()
             .cloned()
             .unwrap_or_default();
-        assert_eq!(avoid.0, (0..i).map(addr).collect::<Vec<_>>());
+        assert_eq!(avoid.addresses(), (0..i).map(addr).collect::<Vec<_>>());
         assert!(req.body().is_replay());
         seen.push((attempts, body_of(req).await));
         // The balancer says which endpoint served the attempt.
-        rsp.extensions_mut().insert(ServedBy(addr(i)));
+        rsp.extensions_mut().insert(ServedBy::new(addr(i)));
         send.send_response(rsp);
     }
     let rsp = call.await.unwrap().unwrap();
@@ -133,7 +133,7 @@ async fn a_failed_endpoint_is_avoided_on_the_retry() {
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(
         req.extensions().get::<AvoidEndpoints>(),
-        Some(&AvoidEndpoints(vec![address]))
+        Some(&AvoidEndpoints::from_iter([address]))
     );
     send.send_response(grpc_status(0));
     assert!(call.await.unwrap().is_ok());

@@ -1,4 +1,5 @@
-use crate::config::{GrpcCode, UnsupportedAction};
+use crate::config::UnsupportedAction;
+use crate::status::GrpcCode;
 
 /// Why the router could not hand a request to a cluster.
 ///

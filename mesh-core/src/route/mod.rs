@@ -69,11 +69,11 @@ use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use tower::{BoxError, Service};
 
-use crate::balance::RequestHash;
 use crate::config::{
     ClusterSpecifier, ClusterState, ConfigReceiver, ForwardAction, HashPolicy, MaxStreamDuration,
     PathMatch, RetryPolicy, Route, RouteAction, RouteMatch, TargetConfig, VirtualHost,
 };
+use crate::extensions::RequestHash;
 
 mod error;
 mod future;
@@ -434,7 +434,7 @@ where
             });
         };
         if let Some(hash) = policy.request_hash() {
-            req.extensions_mut().insert(RequestHash(hash));
+            req.extensions_mut().insert(RequestHash::new(hash));
         }
         req.extensions_mut().insert(policy);
         ResponseFuture::call(svc, req)

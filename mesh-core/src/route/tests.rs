@@ -659,7 +659,7 @@ async fn the_request_hash_reaches_the_balancer() {
         .unwrap();
     assert_eq!(
         hashed,
-        Some(RequestHash(xxhash_rust::xxh64::xxh64(b"alice", 0)))
+        Some(RequestHash::new(xxhash_rust::xxh64::xxh64(b"alice", 0)))
     );
     let unhashed = router
         .ready()

@@ -100,9 +100,7 @@ use crate::telemetry::{Attempt, Telemetry, TelemetryBody};
 use crate::timeout::{Timeout, TimeoutBody};
 use crate::xds::resource::{Cluster, ClusterKind};
 
-mod error;
-
-pub use error::{StackError, error_codes};
+pub use crate::errors::{StackError, error_codes};
 
 /// Makes the service for one endpoint of a cluster: the seam where an adapter's connection
 /// pool plugs in.

@@ -129,7 +129,11 @@ async fn call(
     path: &str,
 ) -> Result<SocketAddr, BoxError> {
     let rsp = stack.ready().await?.call(req(path)).await?;
-    Ok(rsp.extensions().get::<ServedBy>().expect("ServedBy").0)
+    Ok(rsp
+        .extensions()
+        .get::<ServedBy>()
+        .expect("ServedBy")
+        .address())
 }
 
 async fn settle() {
@@ -431,7 +435,10 @@ async fn retries_go_to_another_endpoint() {
     for _ in 0..6 {
         let rsp = stack.ready().await.unwrap().call(req("/x")).await.unwrap();
         assert_eq!(rsp.status(), http::StatusCode::OK);
-        assert_eq!(rsp.extensions().get::<ServedBy>().unwrap().0, addr(2));
+        assert_eq!(
+            rsp.extensions().get::<ServedBy>().unwrap().address(),
+            addr(2)
+        );
     }
     // Round robin sent some first attempts to the failing endpoint; they were retried.
     assert!(conn.calls.load(Ordering::Relaxed) > 6);
@@ -466,7 +473,7 @@ async fn outlier_detection_ejects_a_failing_endpoint() {
         if rsp.status() != http::StatusCode::OK {
             failures += 1;
         }
-        last.push(rsp.extensions().get::<ServedBy>().unwrap().0);
+        last.push(rsp.extensions().get::<ServedBy>().unwrap().address());
     }
     assert_eq!(failures, 2, "ejected after two consecutive 5xx");
     assert!(last[6..].iter().all(|a| *a == addr(2)), "{last:?}");

@@ -11,10 +11,10 @@ use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
-use super::body::{Record, Side, start_span};
-use super::call::{CallContext, finish_head};
+use super::body::finish_head;
+use super::record::{CallContext, Record, Side, server_attributes, start_span};
 use super::{Rpc, Telemetry, TelemetryBody, propagation};
-use crate::balance::ServedBy;
+use crate::extensions::ServedBy;
 use crate::identity::PeerIdentity;
 
 /// Parsed once: a lookup by a `&str` name parses it every time.
@@ -72,21 +72,6 @@ impl<S> Attempt<S> {
     /// The wrapped service.
     pub fn into_inner(self) -> S {
         self.inner
-    }
-}
-
-/// `server.address` and `server.port` from a request URI's authority.
-pub(crate) fn server_attributes(uri: &http::Uri, attrs: &mut Vec<KeyValue>) {
-    if let Some(host) = uri.host() {
-        attrs.push(KeyValue::new("server.address", host.to_owned()));
-    }
-    let port = uri.port_u16().or(match uri.scheme_str() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
-        _ => None,
-    });
-    if let Some(port) = port {
-        attrs.push(KeyValue::new("server.port", i64::from(port)));
     }
 }
 
@@ -189,7 +174,7 @@ where
         let record = this.record.take();
         if let Some(span) = record.as_ref().and_then(Record::span_context) {
             let served_by = match &result {
-                Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.0),
+                Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.address()),
                 Err(_) => None,
             };
             let span = span.span();

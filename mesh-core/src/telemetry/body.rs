@@ -1,302 +1,14 @@
-//! The response body that ends a call's span and records its duration when the call ends.
+//! The response body that ends a call's record when the call ends.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context as TaskContext, Poll};
 
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use tower::BoxError;
 
-use super::call::CallContext;
-use super::{Rpc, Telemetry, status_name};
-use crate::config::GrpcCode;
-
-/// Parsed once: a lookup by a `&str` name parses it every time.
-static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-
-/// Which layer a record belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    Call,
-    Attempt,
-    Server,
-}
-
-/// How a call ended.
-pub(crate) enum Outcome<'a> {
-    /// A gRPC status (trailers, a trailers-only head, or mapped from a non-200 head).
-    Grpc(GrpcCode),
-    /// The end of a non-gRPC response body, or of a gRPC body without a status.
-    End,
-    /// A failure before or while the response came.
-    Error(&'a (dyn std::error::Error + 'static)),
-    /// The body failed mid-stream.
-    BodyError,
-    /// The caller dropped the call or the body before its end.
-    Cancelled,
-}
-
-/// A span started by [`start_span`].
-pub(crate) struct Started {
-    /// The context below this span: the parent with the new span in it, or the parent
-    /// alone when the tracer made none. What children are made under and what is
-    /// propagated, whether or not the span is recorded: a span that was not sampled still
-    /// carries its trace ID and its "not sampled" decision to its children and downstream.
-    pub(crate) cx: Context,
-    /// Whether the span is recorded (then the [`Record`] ends it).
-    pub(crate) recording: bool,
-}
-
-impl Started {
-    /// The context to end the span in, when it is recorded.
-    pub(crate) fn recorded(&self) -> Option<Context> {
-        self.recording.then(|| self.cx.clone())
-    }
-}
-
-/// Starts a span named `name()` under `parent`, with the attributes `attrs` writes. The
-/// name and attributes are made only when the tracer records the span; nothing at all is
-/// built when the tracer makes no spans.
-pub(crate) fn start_span(
-    telemetry: &Telemetry,
-    parent: Context,
-    kind: SpanKind,
-    name: impl FnOnce() -> std::borrow::Cow<'static, str>,
-    attrs: impl FnOnce(&mut Vec<KeyValue>),
-) -> Started {
-    if !telemetry.traces() {
-        return Started {
-            cx: parent,
-            recording: false,
-        };
-    }
-    let builder = SpanBuilder::from_name("meshwork").with_kind(kind);
-    let mut span = telemetry.tracer().build_with_context(builder, &parent);
-    if !span.is_recording() {
-        let cx = if span.span_context().is_valid() {
-            parent.with_span(span)
-        } else {
-            parent
-        };
-        return Started {
-            cx,
-            recording: false,
-        };
-    }
-    span.update_name(name());
-    let mut list = Vec::with_capacity(10);
-    attrs(&mut list);
-    span.set_attributes(list);
-    Started {
-        cx: parent.with_span(span),
-        recording: true,
-    }
-}
-
-/// The state of one call, attempt or server request until it ends; ends it on drop
-/// (as cancelled) if nothing ended it before.
-pub(crate) struct Record {
-    side: Side,
-    telemetry: Telemetry,
-    rpc: Rpc,
-    start: Instant,
-    cx: Option<Context>,
-    /// A call's context, whose attempt count the call's end records.
-    call: Option<Arc<CallContext>>,
-    http_status: Option<http::StatusCode>,
-    done: bool,
-}
-
-impl Record {
-    pub(crate) fn new(
-        side: Side,
-        telemetry: Telemetry,
-        rpc: Rpc,
-        cx: Option<Context>,
-        call: Option<Arc<CallContext>>,
-    ) -> Self {
-        Self {
-            side,
-            telemetry,
-            rpc,
-            start: Instant::now(),
-            cx,
-            call,
-            http_status: None,
-            done: false,
-        }
-    }
-
-    /// The span's context, when it is recorded.
-    pub(crate) fn span_context(&self) -> Option<&Context> {
-        self.cx.as_ref()
-    }
-
-    /// Reads the response head; returns the record when the call goes on in the body.
-    pub(crate) fn on_head<B: Body>(mut self, rsp: &http::Response<B>) -> Option<Self> {
-        let status = rsp.status();
-        self.http_status = Some(status);
-        if let Some(cx) = &self.cx {
-            cx.span().set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status.as_u16()),
-            ));
-        }
-        if self.rpc.is_grpc() {
-            if let Some(code) = rsp
-                .headers()
-                .get(&GRPC_STATUS)
-                .and_then(|v| GrpcCode::from_header(v.as_bytes()))
-            {
-                self.finish(Outcome::Grpc(code));
-                return None;
-            }
-            if status != http::StatusCode::OK {
-                self.finish(Outcome::Grpc(GrpcCode::from_http_status(status)));
-                return None;
-            }
-        }
-        if rsp.body().is_end_stream() {
-            self.finish(Outcome::End);
-            return None;
-        }
-        Some(self)
-    }
-
-    pub(crate) fn finish(mut self, outcome: Outcome<'_>) {
-        self.end(outcome);
-    }
-
-    fn end(&mut self, outcome: Outcome<'_>) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        let seconds = self.start.elapsed().as_secs_f64();
-        let ins = self.telemetry.instruments();
-        let span = self.cx.take();
-        match &self.rpc {
-            Rpc::Grpc { .. } => {
-                let code = match outcome {
-                    Outcome::Grpc(code) => code,
-                    // A gRPC response must end with a status.
-                    Outcome::End | Outcome::BodyError => GrpcCode::Unknown,
-                    Outcome::Error(e) => crate::stack::error_codes(e).0,
-                    Outcome::Cancelled => GrpcCode::Cancelled,
-                };
-                let status = KeyValue::new("grpc.status", status_name(code));
-                match self.side {
-                    Side::Call => {
-                        let attrs = [self.rpc.method_kv(), self.telemetry.target_kv(), status];
-                        ins.client_call_duration.record(seconds, &attrs);
-                        if let Some(call) = &self.call {
-                            let n = call.attempts.load(Ordering::Relaxed);
-                            if n > 0 {
-                                ins.client_call_retries
-                                    .record(u64::from(n - 1), &attrs[..2]);
-                            }
-                        }
-                    }
-                    Side::Attempt => {
-                        let attrs = [self.rpc.method_kv(), self.telemetry.target_kv(), status];
-                        ins.client_attempt_duration.record(seconds, &attrs);
-                    }
-                    Side::Server => {
-                        let attrs = [self.rpc.method_kv(), status];
-                        ins.server_call_duration.record(seconds, &attrs);
-                        self.telemetry.learn_server_method(&self.rpc, code);
-                    }
-                }
-                if let Some(cx) = span {
-                    let span = cx.span();
-                    span.set_attribute(KeyValue::new(
-                        "rpc.grpc.status_code",
-                        i64::from(code.as_u8()),
-                    ));
-                    if is_error(self.side, code) {
-                        span.set_status(Status::error(status_name(code)));
-                    }
-                    span.end();
-                }
-            }
-            Rpc::Http { .. } => {
-                let error = match outcome {
-                    Outcome::Error(e) => Some(status_name(crate::stack::error_codes(e).0)),
-                    Outcome::BodyError => Some("body"),
-                    Outcome::Cancelled => Some("cancelled"),
-                    Outcome::Grpc(_) | Outcome::End => None,
-                };
-                let code = self.http_status.map(|s| s.as_u16());
-                let failed = error.is_some()
-                    || code.is_some_and(|c| c >= if self.side == Side::Server { 500 } else { 400 });
-                let mut attrs = Vec::with_capacity(3);
-                attrs.push(self.rpc.method_kv());
-                if let Some(c) = code {
-                    attrs.push(KeyValue::new("http.response.status_code", i64::from(c)));
-                }
-                if let Some(e) = error {
-                    attrs.push(KeyValue::new("error.type", e));
-                } else if failed {
-                    attrs.push(KeyValue::new(
-                        "error.type",
-                        code.map(|c| c.to_string()).unwrap_or_default(),
-                    ));
-                }
-                match self.side {
-                    Side::Call => {}
-                    Side::Attempt => ins.http_client_duration.record(seconds, &attrs),
-                    Side::Server => ins.http_server_duration.record(seconds, &attrs),
-                }
-                if let Some(cx) = span {
-                    let span = cx.span();
-                    if failed {
-                        if let Some(e) = error {
-                            span.set_attribute(KeyValue::new("error.type", e));
-                        }
-                        span.set_status(Status::error(""));
-                    }
-                    span.end();
-                }
-            }
-        }
-    }
-}
-
-/// Whether a gRPC code marks the span as failed: every non-OK code on the client; on the
-/// server only the codes that are the server's fault (the RPC semantic conventions).
-fn is_error(side: Side, code: GrpcCode) -> bool {
-    match side {
-        Side::Call | Side::Attempt => code != GrpcCode::Ok,
-        Side::Server => matches!(
-            code,
-            GrpcCode::Unknown
-                | GrpcCode::DeadlineExceeded
-                | GrpcCode::Unimplemented
-                | GrpcCode::Internal
-                | GrpcCode::Unavailable
-                | GrpcCode::DataLoss
-        ),
-    }
-}
-
-impl Drop for Record {
-    fn drop(&mut self) {
-        self.end(Outcome::Cancelled);
-    }
-}
-
-impl std::fmt::Debug for Record {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Record")
-            .field("side", &self.side)
-            .field("rpc", &self.rpc)
-            .finish_non_exhaustive()
-    }
-}
+use super::record::{GRPC_STATUS, Outcome, Record};
+use crate::status::GrpcCode;
 
 pin_project! {
     /// A response body that ends its call's span and records the call's duration when the
@@ -383,5 +95,25 @@ impl<B: Body> Body for TelemetryBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Ends `record` on a failure or a finished head; otherwise moves it into the body.
+pub(crate) fn finish_head<RB: http_body::Body, E: Into<BoxError>>(
+    record: Option<Record>,
+    result: Result<http::Response<RB>, E>,
+) -> Result<http::Response<TelemetryBody<RB>>, BoxError> {
+    match result {
+        Ok(rsp) => {
+            let record = record.and_then(|r| r.on_head(&rsp));
+            Ok(rsp.map(|body| TelemetryBody::new(body, record)))
+        }
+        Err(e) => {
+            let e: BoxError = e.into();
+            if let Some(record) = record {
+                record.finish(Outcome::Error(&*e));
+            }
+            Err(e)
+        }
     }
 }

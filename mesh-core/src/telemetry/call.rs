@@ -11,21 +11,9 @@ use opentelemetry::trace::SpanKind;
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
-use super::body::{Outcome, Record, Side, start_span};
+use super::body::finish_head;
+use super::record::{CallContext, Record, Side, server_attributes, start_span};
 use super::{Rpc, Telemetry, TelemetryBody};
-
-/// What a [`Call`] hands the [`Attempt`](super::Attempt)s below it, as an
-/// `Arc<CallContext>` in the request's extensions (the retry layer copies them onto every
-/// attempt).
-#[derive(Debug)]
-pub(crate) struct CallContext {
-    /// The parent of the attempt spans: the call span's context, or the caller's.
-    pub(crate) cx: Context,
-    /// Attempts started so far.
-    pub(crate) attempts: AtomicU32,
-    /// What the call is (so attempts need not work it out again).
-    pub(crate) rpc: Rpc,
-}
 
 /// Makes [`Call`]s.
 #[derive(Debug, Clone, Default)]
@@ -113,7 +101,7 @@ where
             || rpc.span_name("Sent"),
             |attrs| {
                 rpc.span_attributes(attrs);
-                super::attempt::server_attributes(req.uri(), attrs);
+                server_attributes(req.uri(), attrs);
             },
         );
         let span = started.recorded();
@@ -153,25 +141,5 @@ where
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         Poll::Ready(finish_head(this.record.take(), result))
-    }
-}
-
-/// Ends `record` on a failure or a finished head; otherwise moves it into the body.
-pub(crate) fn finish_head<RB: http_body::Body, E: Into<BoxError>>(
-    record: Option<Record>,
-    result: Result<http::Response<RB>, E>,
-) -> Result<http::Response<TelemetryBody<RB>>, BoxError> {
-    match result {
-        Ok(rsp) => {
-            let record = record.and_then(|r| r.on_head(&rsp));
-            Ok(rsp.map(|body| TelemetryBody::new(body, record)))
-        }
-        Err(e) => {
-            let e: BoxError = e.into();
-            if let Some(record) = record {
-                record.finish(Outcome::Error(&*e));
-            }
-            Err(e)
-        }
     }
 }

@@ -78,25 +78,24 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue, SpanId, StringValue, TraceId};
 
-use crate::config::GrpcCode;
+use crate::status::GrpcCode;
 
 mod attempt;
 mod body;
 mod call;
-mod mesh;
 mod names;
 pub mod propagation;
+mod record;
 mod server;
 
 pub use attempt::{Attempt, AttemptFuture, AttemptLayer};
 pub use body::TelemetryBody;
 pub use call::{Call, CallFuture, CallLayer};
-pub use mesh::{ClusterMetrics, Ejection, MeshMetrics};
 pub use names::{MAX_METHOD_NAME_LEN, MAX_METHOD_NAMES};
 pub use server::{Server, ServerFuture, ServerLayer};
 
-/// The instrumentation scope meshwork's tracer and meter are named with.
-pub const SCOPE: &str = "meshwork";
+pub use crate::metrics::{ClusterMetrics, Ejection, MeshMetrics, SCOPE};
+pub use crate::status::status_name;
 
 /// The span attribute that carries the peer's SPIFFE ID (from the mTLS handshake).
 pub const PEER_SPIFFE_ID: &str = "meshwork.peer.spiffe_id";
@@ -466,29 +465,6 @@ fn method_value(method: &http::Method) -> StringValue {
         http::Method::TRACE => "TRACE".into(),
         // The semantic conventions fold unknown methods into one value.
         _ => "_OTHER".into(),
-    }
-}
-
-/// The name gRPC gives a status code in `grpc.status` (`"OK"`, `"UNAVAILABLE"`, …).
-pub fn status_name(code: GrpcCode) -> &'static str {
-    match code {
-        GrpcCode::Ok => "OK",
-        GrpcCode::Cancelled => "CANCELLED",
-        GrpcCode::Unknown => "UNKNOWN",
-        GrpcCode::InvalidArgument => "INVALID_ARGUMENT",
-        GrpcCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        GrpcCode::NotFound => "NOT_FOUND",
-        GrpcCode::AlreadyExists => "ALREADY_EXISTS",
-        GrpcCode::PermissionDenied => "PERMISSION_DENIED",
-        GrpcCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        GrpcCode::FailedPrecondition => "FAILED_PRECONDITION",
-        GrpcCode::Aborted => "ABORTED",
-        GrpcCode::OutOfRange => "OUT_OF_RANGE",
-        GrpcCode::Unimplemented => "UNIMPLEMENTED",
-        GrpcCode::Internal => "INTERNAL",
-        GrpcCode::Unavailable => "UNAVAILABLE",
-        GrpcCode::DataLoss => "DATA_LOSS",
-        GrpcCode::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

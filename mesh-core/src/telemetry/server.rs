@@ -9,8 +9,8 @@ use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
-use super::body::{Record, Side, start_span};
-use super::call::finish_head;
+use super::body::finish_head;
+use super::record::{Record, Side, start_span};
 use super::{PEER_SPIFFE_ID, Rpc, Telemetry, TelemetryBody, propagation};
 use crate::identity::PeerIdentity;
 use crate::inbound::ConnectionInfo;

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::config::GrpcCode;
+use crate::status::GrpcCode;
 
 /// Which rule set the deadline that expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,11 +1,35 @@
-//! Counters for what the traffic layers decide: breaker overflows, ejections, retries.
+//! Counters for what the traffic layers decide: breaker overflows, ejections, retries, and
+//! the names of those decisions ([`Limit`], [`Ejection`]). The breaker, the outlier detector
+//! and the retry layer record into it, and the telemetry hands it out; it depends on nothing
+//! else in the crate, so neither side depends on the other.
 
+use std::fmt;
 use std::sync::Arc;
 
 use opentelemetry::metrics::{Counter, Meter, MeterProvider as _};
 use opentelemetry::{KeyValue, StringValue};
 
-use crate::breaker::Limit;
+/// The instrumentation scope meshwork's tracer and meter are named with.
+pub const SCOPE: &str = "meshwork";
+
+/// Which circuit-breaker limit refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// `circuit_breakers.thresholds.max_requests`.
+    MaxRequests,
+    /// `circuit_breakers.thresholds.max_pending_requests`.
+    MaxPendingRequests,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Limit::MaxRequests => "max_requests",
+            Limit::MaxPendingRequests => "max_pending_requests",
+        })
+    }
+}
 
 /// Why outlier detection ejected (or would have ejected) an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +78,8 @@ struct Counters {
     budget_exhausted: Counter<u64>,
 }
 
-impl std::fmt::Debug for MeshMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for MeshMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MeshMetrics")
             .field("target", &self.target.as_str())
             .finish_non_exhaustive()
@@ -134,7 +158,7 @@ impl MeshMetrics {
 
     /// Counters that record nothing.
     pub fn noop() -> Self {
-        let meter = opentelemetry::metrics::noop::NoopMeterProvider::new().meter(super::SCOPE);
+        let meter = opentelemetry::metrics::noop::NoopMeterProvider::new().meter(SCOPE);
         Self::new(&meter, "")
     }
 
@@ -206,8 +230,8 @@ struct ClusterInner {
     max_pending: [KeyValue; 3],
 }
 
-impl std::fmt::Debug for ClusterMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for ClusterMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ClusterMetrics");
         if let Some(i) = &self.inner {
             d.field("target", &i.attrs[0].value.as_str())

@@ -1,3 +1,8 @@
+//! gRPC status codes: the `grpc-status` values, their names, and the mapping from an HTTP
+//! status. Shared vocabulary of the layers (each error says which code it is) and of the
+//! telemetry (which records the code a call ended with), so it depends on nothing else in
+//! the crate.
+
 /// A gRPC status code (the `grpc-status` values of the gRPC spec).
 ///
 /// The layers' errors say which code a gRPC adapter should report for them; the retry layer
@@ -97,6 +102,29 @@ impl GrpcCode {
             429 | 502..=504 => GrpcCode::Unavailable,
             _ => GrpcCode::Unknown,
         }
+    }
+}
+
+/// The name gRPC gives a status code in `grpc.status` (`"OK"`, `"UNAVAILABLE"`, …).
+pub fn status_name(code: GrpcCode) -> &'static str {
+    match code {
+        GrpcCode::Ok => "OK",
+        GrpcCode::Cancelled => "CANCELLED",
+        GrpcCode::Unknown => "UNKNOWN",
+        GrpcCode::InvalidArgument => "INVALID_ARGUMENT",
+        GrpcCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        GrpcCode::NotFound => "NOT_FOUND",
+        GrpcCode::AlreadyExists => "ALREADY_EXISTS",
+        GrpcCode::PermissionDenied => "PERMISSION_DENIED",
+        GrpcCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        GrpcCode::FailedPrecondition => "FAILED_PRECONDITION",
+        GrpcCode::Aborted => "ABORTED",
+        GrpcCode::OutOfRange => "OUT_OF_RANGE",
+        GrpcCode::Unimplemented => "UNIMPLEMENTED",
+        GrpcCode::Internal => "INTERNAL",
+        GrpcCode::Unavailable => "UNAVAILABLE",
+        GrpcCode::DataLoss => "DATA_LOSS",
+        GrpcCode::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
