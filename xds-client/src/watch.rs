@@ -82,7 +82,72 @@ pub enum ClusterState {
     /// The cluster and what it resolves to.
     Ready(ClusterConfig),
     /// The cluster cannot be used; calls routed to it fail with this reason.
-    Error(String),
+    Error(ClusterError),
+}
+
+/// Why a cluster of a snapshot cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The control plane says the cluster does not exist.
+    #[error("cluster {name} does not exist")]
+    DoesNotExist {
+        /// The cluster's name.
+        name: String,
+    },
+    /// The cluster was rejected (NACKed) and there is no last good value.
+    #[error("cluster {name}: {detail}")]
+    Invalid {
+        /// The cluster's name.
+        name: String,
+        /// Why it was rejected: the validation error sent in the NACK.
+        detail: String,
+    },
+    /// An aggregate cluster nests other aggregates more than `max` deep (gRFC A37).
+    #[error("aggregate cluster {name} nests deeper than {max}")]
+    TooDeep {
+        /// The aggregate cluster's name.
+        name: String,
+        /// The depth limit.
+        max: usize,
+    },
+    /// The target's aggregate graph needs more than `max` units of work (edges followed
+    /// plus leaf-name bytes copied) to walk.
+    #[error(
+        "aggregate cluster {name}: the target's aggregate graph is larger than {max} edges and leaves"
+    )]
+    TooLarge {
+        /// The aggregate cluster's name.
+        name: String,
+        /// The work limit.
+        max: usize,
+    },
+    /// An aggregate cluster reaches itself.
+    #[error("aggregate cluster {name} is part of a cycle")]
+    Cycle {
+        /// The aggregate cluster's name.
+        name: String,
+    },
+}
+
+/// Why an EDS cluster has no endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointsError {
+    /// The control plane says the assignment does not exist.
+    #[error("endpoints {name} do not exist")]
+    DoesNotExist {
+        /// The assignment's (EDS service) name.
+        name: String,
+    },
+    /// The assignment was rejected (NACKed) and there is no last good value.
+    #[error("endpoints {name}: {detail}")]
+    Invalid {
+        /// The assignment's name.
+        name: String,
+        /// Why it was rejected: the validation error sent in the NACK.
+        detail: String,
+    },
 }
 
 /// A usable cluster.
@@ -100,7 +165,7 @@ pub struct ClusterConfig {
 pub enum ClusterChildren {
     /// An EDS cluster's endpoints; `Err` if the assignment does not exist or is invalid with
     /// no last good value.
-    Endpoints(Result<Arc<ClusterLoadAssignment>, String>),
+    Endpoints(Result<Arc<ClusterLoadAssignment>, EndpointsError>),
     /// An aggregate cluster's leaf clusters in priority order (depth-first, deduplicated).
     Aggregate(Vec<String>),
     /// A LOGICAL_DNS cluster: resolved by the data plane.
@@ -373,12 +438,16 @@ impl<'a> ClusterWalker<'a, '_> {
         let cluster = match lookup(self.ads, ResourceType::Cluster, name) {
             Lookup::Pending => return self.pending(name),
             Lookup::DoesNotExist => {
-                let error = format!("cluster {name} does not exist");
+                let error = ClusterError::DoesNotExist {
+                    name: name.to_owned(),
+                };
                 return self.finish(name, ClusterState::Error(error));
             }
             Lookup::Invalid => {
-                let error = self.nack_reason(ResourceType::Cluster, name);
-                let error = format!("cluster {name}: {error}");
+                let error = ClusterError::Invalid {
+                    name: name.to_owned(),
+                    detail: self.nack_reason(ResourceType::Cluster, name),
+                };
                 return self.finish(name, ClusterState::Error(error));
             }
             Lookup::Found(Resource::Cluster(c)) => c,
@@ -391,13 +460,15 @@ impl<'a> ClusterWalker<'a, '_> {
                     .insert((ResourceType::ClusterLoadAssignment, eds_name.to_string()));
                 match lookup(self.ads, ResourceType::ClusterLoadAssignment, eds_name) {
                     Lookup::Pending => return self.pending(name),
-                    Lookup::DoesNotExist => ClusterChildren::Endpoints(Err(format!(
-                        "endpoints {eds_name} do not exist"
-                    ))),
-                    Lookup::Invalid => {
-                        let error = self.nack_reason(ResourceType::ClusterLoadAssignment, eds_name);
-                        ClusterChildren::Endpoints(Err(format!("endpoints {eds_name}: {error}")))
+                    Lookup::DoesNotExist => {
+                        ClusterChildren::Endpoints(Err(EndpointsError::DoesNotExist {
+                            name: eds_name.to_owned(),
+                        }))
                     }
+                    Lookup::Invalid => ClusterChildren::Endpoints(Err(EndpointsError::Invalid {
+                        name: eds_name.to_owned(),
+                        detail: self.nack_reason(ResourceType::ClusterLoadAssignment, eds_name),
+                    })),
                     Lookup::Found(Resource::ClusterLoadAssignment(cla)) => {
                         ClusterChildren::Endpoints(Ok(cla.clone()))
                     }
@@ -407,8 +478,10 @@ impl<'a> ClusterWalker<'a, '_> {
             ClusterKind::LogicalDns { .. } => ClusterChildren::LogicalDns,
             ClusterKind::Aggregate { clusters: children } => {
                 if depth >= MAX_AGGREGATE_DEPTH {
-                    let error =
-                        format!("aggregate cluster {name} nests deeper than {MAX_AGGREGATE_DEPTH}");
+                    let error = ClusterError::TooDeep {
+                        name: name.to_owned(),
+                        max: MAX_AGGREGATE_DEPTH,
+                    };
                     return self.finish(name, ClusterState::Error(error));
                 }
                 match self.aggregate(name, children, depth) {
@@ -489,17 +562,19 @@ impl<'a> ClusterWalker<'a, '_> {
             }
         }
         if too_large {
-            let error = format!(
-                "aggregate cluster {name}: the target's aggregate graph is larger than \
-                 {MAX_AGGREGATE_WORK} edges and leaves"
-            );
+            let error = ClusterError::TooLarge {
+                name: name.to_owned(),
+                max: MAX_AGGREGATE_WORK,
+            };
             self.finish(name, ClusterState::Error(error));
             return Err(Walk::Done);
         }
         match walk {
             Walk::Pending => Err(self.pending(name)),
             Walk::Cycle => {
-                let error = format!("aggregate cluster {name} is part of a cycle");
+                let error = ClusterError::Cycle {
+                    name: name.to_owned(),
+                };
                 self.finish(name, ClusterState::Error(error));
                 Err(Walk::Cycle)
             }
@@ -734,7 +809,7 @@ mod tests {
         let c = config(&r);
         for name in ["x", "y"] {
             match &c.clusters[name] {
-                ClusterState::Error(e) => assert!(e.contains("cycle"), "{e}"),
+                ClusterState::Error(e) => assert!(matches!(e, ClusterError::Cycle { .. }), "{e}"),
                 other => panic!("{name}: {other:?}"),
             }
         }
@@ -755,7 +830,7 @@ mod tests {
         let r = w.settle(T, T);
         let deepest = format!("n{MAX_AGGREGATE_DEPTH}");
         match &config(&r).clusters[&deepest] {
-            ClusterState::Error(e) => assert!(e.contains("deeper"), "{e}"),
+            ClusterState::Error(e) => assert!(e.to_string().contains("deeper"), "{e}"),
             other => panic!("{other:?}"),
         }
     }
@@ -878,7 +953,7 @@ mod tests {
             }) => assert_eq!(l, &leaves),
             other => panic!("{other:?}"),
         }
-        let too_large = |name: &str| matches!(&c.clusters.get(name), Some(ClusterState::Error(e)) if e.contains("larger than"));
+        let too_large = |name: &str| matches!(&c.clusters.get(name), Some(ClusterState::Error(e)) if e.to_string().contains("larger than"));
         assert!(too_large("root"), "the root ran out too");
         assert_eq!(
             aggs.iter().filter(|a| too_large(a)).count(),
@@ -926,7 +1001,7 @@ mod tests {
             "{} MiB of leaf names held by the config",
             held >> 20
         );
-        let too_large = |name: &str| matches!(&c.clusters.get(name), Some(ClusterState::Error(e)) if e.contains("larger than"));
+        let too_large = |name: &str| matches!(&c.clusters.get(name), Some(ClusterState::Error(e)) if e.to_string().contains("larger than"));
         assert!(too_large("root"), "the root ran out");
         assert!(
             matches!(&c.clusters["b"], ClusterState::Ready(_)),
@@ -943,7 +1018,7 @@ mod tests {
                 children: ClusterChildren::Endpoints(Err(e)),
                 ..
             }) => {
-                assert!(e.contains("do not exist"), "{e}");
+                assert!(matches!(e, EndpointsError::DoesNotExist { .. }), "{e}");
             }
             other => panic!("{other:?}"),
         }

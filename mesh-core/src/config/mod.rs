@@ -41,7 +41,9 @@ pub use meshwork_xds::resource::{
     RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, SafeRegex, StringMatchKind,
     StringMatcher, UnsupportedAction, VirtualHost, WeightedCluster,
 };
-pub use meshwork_xds::watch::{ClusterChildren, ClusterConfig, ClusterState};
+pub use meshwork_xds::watch::{
+    ClusterChildren, ClusterConfig, ClusterError, ClusterState, EndpointsError,
+};
 
 pub use crate::status::GrpcCode;
 

@@ -25,15 +25,11 @@ impl RetryBudget {
     /// in thousandths) per success.
     pub fn new(max_tokens: u32, token_ratio: f64) -> Result<Self, RetryConfigError> {
         if !(1..=1000).contains(&max_tokens) {
-            return Err(RetryConfigError::Budget(format!(
-                "max_tokens {max_tokens} is not in 1..=1000"
-            )));
+            return Err(RetryConfigError::BudgetMaxTokens(max_tokens));
         }
         let ratio_milli = (token_ratio * 1000.0).round();
         if !(1.0..=1_000_000.0).contains(&ratio_milli) {
-            return Err(RetryConfigError::Budget(format!(
-                "token_ratio {token_ratio} is not in 0.001..=1000"
-            )));
+            return Err(RetryConfigError::BudgetTokenRatio(token_ratio));
         }
         let max_milli = max_tokens * 1000;
         Ok(Self {

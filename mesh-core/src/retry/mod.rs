@@ -108,15 +108,19 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_MAX_REPLAY_BYTES: usize = 64 * 1024;
 
 /// A retry layer that cannot be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RetryConfigError {
     /// `max_attempts` was zero: a call needs at least one attempt.
     #[error("max_attempts: must be at least 1 (a call needs one attempt)")]
     ZeroAttempts,
-    /// The retry budget's parameters are out of range.
-    #[error("retry budget: {0}")]
-    Budget(String),
+    /// The retry budget's `max_tokens` is not in 1..=1000 (gRFC A6's range).
+    #[error("retry budget: max_tokens {0} is not in 1..=1000")]
+    BudgetMaxTokens(u32),
+    /// The retry budget's `token_ratio` is not in 0.001..=1000 (gRFC A6's range, in
+    /// thousandths).
+    #[error("retry budget: token_ratio {0} is not in 0.001..=1000")]
+    BudgetTokenRatio(f64),
     /// The default retry policy is invalid.
     #[error(transparent)]
     Policy(#[from] ConfigError),

@@ -585,11 +585,20 @@ async fn pushback_is_bounded_by_the_policy_intervals() {
 fn budget_bounds_and_arithmetic() {
     assert!(matches!(
         RetryBudget::new(0, 1.0),
-        Err(RetryConfigError::Budget(_))
+        Err(RetryConfigError::BudgetMaxTokens(0))
     ));
-    assert!(RetryBudget::new(1001, 1.0).is_err());
-    assert!(RetryBudget::new(10, 0.0).is_err());
-    assert!(RetryBudget::new(10, f64::NAN).is_err());
+    assert!(matches!(
+        RetryBudget::new(1001, 1.0),
+        Err(RetryConfigError::BudgetMaxTokens(1001))
+    ));
+    assert!(matches!(
+        RetryBudget::new(10, 0.0),
+        Err(RetryConfigError::BudgetTokenRatio(r)) if r == 0.0
+    ));
+    assert!(matches!(
+        RetryBudget::new(10, f64::NAN),
+        Err(RetryConfigError::BudgetTokenRatio(r)) if r.is_nan()
+    ));
     let b = RetryBudget::new(10, 0.5).unwrap();
     assert!(b.can_retry());
     for _ in 0..5 {

@@ -1,4 +1,4 @@
-use crate::config::UnsupportedAction;
+use crate::config::{ClusterError, UnsupportedAction};
 use crate::status::GrpcCode;
 
 /// Why the router could not hand a request to a cluster.
@@ -55,7 +55,8 @@ pub enum RouteError {
         /// The cluster's name.
         cluster: String,
         /// Why (from the control plane's view).
-        reason: String,
+        #[source]
+        reason: ClusterError,
     },
 }
 

@@ -7,9 +7,9 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::config::{
-    self, ClusterState, HashPolicyKind, HeaderMatchKind, HeaderMatcher, QueryParameterMatcher,
-    RetryOn, SafeRegex, StaticConfig, StringMatchKind, StringMatcher, UnsupportedAction,
-    WeightedCluster,
+    self, ClusterError, ClusterState, HashPolicyKind, HeaderMatchKind, HeaderMatcher,
+    QueryParameterMatcher, RetryOn, SafeRegex, StaticConfig, StringMatchKind, StringMatcher,
+    UnsupportedAction, WeightedCluster,
 };
 
 fn matcher(path: PathMatch) -> RouteMatch {
@@ -489,7 +489,12 @@ async fn router_calls_the_cluster_with_the_policy_attached_and_follows_updates()
     let (tx, rx) = config::channel(
         StaticConfig::new()
             .route_all_to("a")
-            .cluster("broken", ClusterState::Error("no endpoints".into()))
+            .cluster(
+                "broken",
+                ClusterState::Error(ClusterError::DoesNotExist {
+                    name: "broken".into(),
+                }),
+            )
             .build()
             .unwrap(),
     );
@@ -539,7 +544,12 @@ async fn router_calls_the_cluster_with_the_policy_attached_and_follows_updates()
     tx.send(Arc::new(
         StaticConfig::new()
             .route_all_to("broken")
-            .cluster("broken", ClusterState::Error("no endpoints".into()))
+            .cluster(
+                "broken",
+                ClusterState::Error(ClusterError::DoesNotExist {
+                    name: "broken".into(),
+                }),
+            )
             .build()
             .unwrap(),
     ))
@@ -551,7 +561,10 @@ async fn router_calls_the_cluster_with_the_policy_attached_and_follows_updates()
         .call(req("http://x/p", &[]))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("no endpoints"), "{err}");
+    assert!(
+        err.to_string().contains("cluster broken does not exist"),
+        "{err}"
+    );
 
     // A closed channel keeps the last config.
     drop(tx);

@@ -13,7 +13,7 @@ use crate::config::{
     ClusterConfig, ConfigSender, ForwardAction, PathMatch, Route, RouteAction, RouteMatch,
     StaticConfig, TargetConfig, VirtualHost,
 };
-use crate::config::{ClusterSpecifier, GrpcCode};
+use crate::config::{ClusterError, ClusterSpecifier, EndpointsError, GrpcCode};
 use crate::timeout::TimeoutError;
 
 type Req = http::Request<Full<Bytes>>;
@@ -302,7 +302,9 @@ async fn errors_map_to_codes() {
                 "empty",
                 ClusterState::Ready(ClusterConfig {
                     cluster: empty.clone(),
-                    children: ClusterChildren::Endpoints(Err("not found".into())),
+                    children: ClusterChildren::Endpoints(Err(EndpointsError::DoesNotExist {
+                        name: "err".into(),
+                    })),
                 }),
             ),
             (
@@ -313,7 +315,10 @@ async fn errors_map_to_codes() {
                 }),
             ),
             ("pf", ready(&pf, assignment("pf", &[1]))),
-            ("err", ClusterState::Error("boom".into())),
+            (
+                "err",
+                ClusterState::Error(ClusterError::Cycle { name: "err".into() }),
+            ),
         ],
     );
     let (_tx, _conn, mut stack) = setup(cfg);
