@@ -104,7 +104,7 @@ async fn a_refused_control_plane_is_named_with_the_error() {
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains(&format!(
-            "cannot resolve host (503): host \"greeter\": no complete xDS config for greeter \
+            "cannot resolve host (503): target \"xds:///greeter\": no complete xDS config for greeter \
              within 2s: xDS server {server}: "
         )),
         "{stdout}"

@@ -19,6 +19,7 @@ pub use meshwork_xds::crypto;
 pub mod admin;
 pub mod balance;
 pub mod breaker;
+pub mod client;
 pub mod config;
 mod errors;
 mod extensions;

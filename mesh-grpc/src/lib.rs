@@ -49,13 +49,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use meshwork_core::client::resolve_xds;
 use meshwork_core::config::{self, ConfigReceiver};
 use meshwork_core::stack;
 use meshwork_core::telemetry::CallLayer;
 use meshwork_core::upstream::UpstreamIdentity;
-use meshwork_core::xds::bootstrap::XdsTarget;
-use meshwork_core::xds::client::ReadyError;
-use meshwork_core::xds::watch::TargetState;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 
@@ -66,6 +64,7 @@ mod connect;
 mod deadline;
 mod server;
 
+pub use meshwork_core::client::ResolveError;
 pub use meshwork_core::inbound::ServeError;
 /// The types a service needs besides this crate's own (see [`meshwork_core::prelude`]).
 pub use meshwork_core::prelude::*;
@@ -156,48 +155,6 @@ impl MeshChannelOptions {
     }
 }
 
-/// Why a [`MeshChannel`] could not be built.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ChannelError {
-    /// The target is not a valid `xds:` target.
-    #[error("invalid target {target:?}: {source}")]
-    InvalidTarget {
-        /// The target.
-        target: String,
-        /// Why.
-        #[source]
-        source: meshwork_core::xds::bootstrap::TargetError,
-    },
-    /// `xds://authority/name` targets (federation, gRFC A47): the client does not send an
-    /// authority's resources to that authority's own servers yet; use `xds:///name`.
-    #[error("target {target:?}: targets with an authority are not supported yet")]
-    AuthorityNotSupported {
-        /// The target.
-        target: String,
-    },
-    /// The bootstrap's listener name template could not be applied to the target.
-    #[error("target {target:?}: {source}")]
-    ListenerName {
-        /// The target.
-        target: String,
-        /// Why.
-        #[source]
-        source: meshwork_core::xds::bootstrap::BootstrapError,
-    },
-    /// No usable config for the target: it does not exist, is invalid, or did not arrive
-    /// in time; for the last, [`ReadyError::Timeout`] says why (the xDS servers that cannot
-    /// be reached and their errors, or the resources still missing and their states).
-    #[error("target {target:?}: {source}")]
-    Xds {
-        /// The target.
-        target: String,
-        /// Why.
-        #[source]
-        source: ReadyError,
-    },
-}
-
 type Inner = BoxCloneSyncService<
     http::Request<tonic::body::Body>,
     http::Response<tonic::body::Body>,
@@ -264,65 +221,14 @@ impl MeshChannel {
         client: &XdsClient,
         target: &str,
         mut options: MeshChannelOptions,
-    ) -> Result<Self, ChannelError> {
+    ) -> Result<Self, ResolveError> {
         if options.mtls.is_none() && options.certificate_providers.is_none() {
             options.certificate_providers = Some(Arc::new(CertificateProviders::from_bootstrap(
                 client.bootstrap(),
             )));
         }
-        let parsed = XdsTarget::parse(target).map_err(|source| ChannelError::InvalidTarget {
-            target: target.to_owned(),
-            source,
-        })?;
-        if parsed.authority().is_some() {
-            return Err(ChannelError::AuthorityNotSupported {
-                target: target.to_owned(),
-            });
-        }
-        // The listener is named by the bootstrap's template (`%s` unless it says otherwise);
-        // the virtual host is chosen by the target's own name.
-        let listener = client
-            .bootstrap()
-            .listener_resource_name_for(&parsed)
-            .map_err(|source| ChannelError::ListenerName {
-                target: target.to_owned(),
-                source,
-            })?;
-        let mut watch = client
-            .watch_target(&listener, parsed.data_plane_authority())
-            .await;
-        let first =
-            watch
-                .ready(options.ready_timeout)
-                .await
-                .map_err(|source| ChannelError::Xds {
-                    target: target.to_owned(),
-                    source,
-                })?;
-        let (tx, rx) = config::channel(TargetConfig::from_xds(&first));
-        let target = target.to_owned();
-        let for_task = target.clone();
-        tokio::spawn(async move {
-            let target = for_task;
-            loop {
-                let state = tokio::select! {
-                    s = watch.changed() => s,
-                    // Every channel clone is gone: stop watching.
-                    () = tx.closed() => return,
-                };
-                match state {
-                    Some(TargetState::Ready(cfg)) => {
-                        let _ = tx.send(Arc::new(TargetConfig::from_xds(&cfg)));
-                    }
-                    Some(TargetState::Error(e)) => {
-                        tracing::warn!(%target, error = %e, "xDS target in error; keeping the last config");
-                    }
-                    Some(_) => {}
-                    None => return,
-                }
-            }
-        });
-        Ok(Self::build(rx, options, &target))
+        let rx = resolve_xds(client, target, options.ready_timeout).await?;
+        Ok(Self::build(rx, options, target))
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{MtlsConfig, StaticSource, VerifyError};
-use meshwork_grpc::{ChannelError, MeshChannel, MeshChannelOptions, connect_error};
+use meshwork_grpc::{MeshChannel, MeshChannelOptions, ResolveError, connect_error};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::{ReadyError, XdsClient};
 use meshwork_xds::resource::{CertProviderInstance, StringMatchKind, StringMatcher, UpstreamTls};
@@ -189,7 +189,7 @@ async fn xds_missing_target_is_a_clear_error() {
     .await
     .unwrap_err();
     match &err {
-        ChannelError::Xds { target, source } => {
+        ResolveError::Xds { target, source } => {
             assert_eq!(target, "xds:///nothing:80");
             assert!(matches!(source, ReadyError::Target(_)), "{source:?}");
         }
@@ -198,7 +198,7 @@ async fn xds_missing_target_is_a_clear_error() {
     let err = MeshChannel::from_xds(&client, "dns:///x", MeshChannelOptions::new())
         .await
         .unwrap_err();
-    assert!(matches!(err, ChannelError::InvalidTarget { .. }), "{err}");
+    assert!(matches!(err, ResolveError::InvalidTarget { .. }), "{err}");
 }
 
 fn upstream_tls(san: StringMatchKind) -> UpstreamTls {
@@ -399,7 +399,7 @@ async fn xds_listener_name_follows_the_bootstrap_template() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, ChannelError::AuthorityNotSupported { .. }),
+        matches!(err, ResolveError::AuthorityNotSupported { .. }),
         "{err}"
     );
 }

@@ -15,15 +15,14 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use meshwork_core::client::resolve_xds;
 use meshwork_core::config::{self, ConfigReceiver, TargetConfig};
 use meshwork_core::identity::{CertificateProviders, MtlsConfig};
 use meshwork_core::route::Router;
 use meshwork_core::stack::{ClusterSet, SharedClusters, StackOptions};
 use meshwork_core::telemetry::{CallLayer, Telemetry};
-use meshwork_core::xds::bootstrap::XdsTarget;
 use meshwork_core::xds::client::XdsClient;
 use meshwork_core::xds::resource::Cluster;
-use meshwork_core::xds::watch::TargetState;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
@@ -498,56 +497,8 @@ impl XdsTargets {
         host: &str,
         options: &MeshClientOptions,
     ) -> Result<Stack, ResolveError> {
-        let parsed = XdsTarget::parse(&format!("xds:///{host}")).map_err(|source| {
-            ResolveError::InvalidTarget {
-                host: host.to_owned(),
-                source,
-            }
-        })?;
-        // The listener is named by the bootstrap's template (`%s` unless it says otherwise);
-        // the virtual host is chosen by the host itself.
-        let listener = self
-            .client
-            .bootstrap()
-            .listener_resource_name_for(&parsed)
-            .map_err(|source| ResolveError::ListenerName {
-                host: host.to_owned(),
-                source: Arc::new(source),
-            })?;
-        let mut watch = self
-            .client
-            .watch_target(&listener, parsed.data_plane_authority())
-            .await;
-        let first =
-            watch
-                .ready(options.ready_timeout)
-                .await
-                .map_err(|source| ResolveError::Xds {
-                    host: host.to_owned(),
-                    source,
-                })?;
-        let (tx, rx) = config::channel(TargetConfig::from_xds(&first));
         let target = format!("xds:///{host}");
-        let host = host.to_owned();
-        tokio::spawn(async move {
-            loop {
-                let state = tokio::select! {
-                    s = watch.changed() => s,
-                    // The client and every stack clone are gone: stop watching.
-                    () = tx.closed() => return,
-                };
-                match state {
-                    Some(TargetState::Ready(cfg)) => {
-                        let _ = tx.send(Arc::new(TargetConfig::from_xds(&cfg)));
-                    }
-                    Some(TargetState::Error(e)) => {
-                        tracing::warn!(%host, error = %e, "xDS target in error; keeping the last config");
-                    }
-                    Some(_) => {}
-                    None => return,
-                }
-            }
-        });
+        let rx = resolve_xds(&self.client, &target, options.ready_timeout).await?;
         Ok(build_stack(rx, options, &target, Some(&self.clusters)))
     }
 }

@@ -7,11 +7,10 @@ use std::fmt;
 use http::StatusCode;
 use meshwork_core::balance::NoHealthyEndpoint;
 use meshwork_core::breaker::Overloaded;
+use meshwork_core::client::ResolveError;
 use meshwork_core::route::RouteError;
 use meshwork_core::stack;
 use meshwork_core::timeout::TimeoutError;
-use meshwork_core::xds::bootstrap::{BootstrapError, TargetError};
-use meshwork_core::xds::client::ReadyError;
 use tower::BoxError;
 
 use crate::ConnectError;
@@ -158,51 +157,5 @@ impl fmt::Display for Error {
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         Some(self.source.as_ref())
-    }
-}
-
-/// Why a host could not be resolved through xDS.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum ResolveError {
-    /// The host does not make a valid `xds:///host` target.
-    #[error("host {host:?}: {source}")]
-    InvalidTarget {
-        /// The host (the request's authority).
-        host: String,
-        /// Why.
-        #[source]
-        source: TargetError,
-    },
-    /// The bootstrap's listener name template could not be applied to the host.
-    #[error("host {host:?}: {source}")]
-    ListenerName {
-        /// The host.
-        host: String,
-        /// Why.
-        #[source]
-        source: std::sync::Arc<BootstrapError>,
-    },
-    /// No usable config for the host: its listener does not exist, is invalid, or did not
-    /// arrive in time; for the last, [`ReadyError::Timeout`] says why (the xDS servers that
-    /// cannot be reached and their errors, or the resources still missing and their states).
-    #[error("host {host:?}: {source}")]
-    Xds {
-        /// The host.
-        host: String,
-        /// Why.
-        #[source]
-        source: ReadyError,
-    },
-}
-
-impl ResolveError {
-    /// The host that could not be resolved.
-    pub fn host(&self) -> &str {
-        match self {
-            ResolveError::InvalidTarget { host, .. }
-            | ResolveError::ListenerName { host, .. }
-            | ResolveError::Xds { host, .. } => host,
-        }
     }
 }

@@ -66,7 +66,8 @@ mod error;
 mod server;
 
 pub use client::{MeshClient, MeshClientOptions};
-pub use error::{Error, ResolveError};
+pub use error::Error;
+pub use meshwork_core::client::ResolveError;
 pub use meshwork_core::inbound::ServeError;
 /// The types a service needs besides this crate's own (see [`meshwork_core::prelude`]).
 pub use meshwork_core::prelude::*;

@@ -334,8 +334,8 @@ async fn unknown_host_no_route_timeout_and_bad_uris_are_typed_errors() {
     assert!(err.is_resolve(), "{err:?}");
     assert_eq!(err.status(), 503);
     match err.resolve_error() {
-        Some(ResolveError::Xds { host, source }) => {
-            assert_eq!(host, "nothing");
+        Some(ResolveError::Xds { target, source }) => {
+            assert_eq!(target, "xds:///nothing");
             assert!(matches!(source, ReadyError::Target(_)), "{source:?}");
         }
         other => panic!("{other:?}"),
