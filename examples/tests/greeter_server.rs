@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState, StaticConfig};
+use meshwork_core::config::StaticConfig;
 use meshwork_core::identity::testing::{Flaw, TestCa};
 use meshwork_core::identity::{MtlsConfig, StaticSource};
 use meshwork_examples::helloworld::HelloRequest;
 use meshwork_examples::helloworld::greeter_client::GreeterClient;
 use meshwork_grpc::{MeshChannel, MeshChannelOptions};
-use meshwork_xds::resource::{CertProviderInstance, Cluster, ClusterLoadAssignment, UpstreamTls};
+use meshwork_xds::resource::{CertProviderInstance, Cluster, UpstreamTls};
 use tokio::io::AsyncBufReadExt as _;
 
 const SERVER: &str = "/ns/default/sa/greeter";
@@ -43,24 +43,17 @@ fn channel(ca: &TestCa, client: &str, addr: SocketAddr) -> MeshChannel {
         instance_name: "default".into(),
         certificate_name: "default".into(),
     };
-    let cluster = Arc::new(Cluster {
+    let cluster = Cluster {
         tls: Some(UpstreamTls {
             identity: Some(instance.clone()),
             root: instance,
             san_matchers: vec![],
         }),
         ..Cluster::eds("greeter")
-    });
-    let endpoints = Arc::new(ClusterLoadAssignment::from_addresses("greeter", &[addr]));
+    };
     let config = StaticConfig::new()
         .route_all_to("greeter")
-        .cluster(
-            "greeter",
-            ClusterState::Ready(ClusterConfig {
-                cluster,
-                children: ClusterChildren::Endpoints(Ok(endpoints)),
-            }),
-        )
+        .cluster_with_endpoints(cluster, [addr])
         .build()
         .unwrap();
     let identity = MtlsConfig::new(Arc::new(StaticSource::new(

@@ -33,9 +33,13 @@
 //! use meshwork_grpc::{MeshChannel, MeshChannelOptions, StaticConfig};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! // Every call to the cluster "greeter" (its endpoints would be added with
-//! // `StaticConfig::cluster`; with none, calls fail with UNAVAILABLE).
-//! let cfg = StaticConfig::new().route_all_to("greeter").build().unwrap();
+//! // Every call to the cluster "greeter", whose one endpoint is 127.0.0.1:50051 (plaintext;
+//! // `StaticConfig::cluster_with_endpoints` takes a `Cluster` with TLS or another policy).
+//! let cfg = StaticConfig::new()
+//!     .route_all_to("greeter")
+//!     .endpoints("greeter", ["127.0.0.1:50051".parse().unwrap()])
+//!     .build()
+//!     .unwrap();
 //! let channel = MeshChannel::from_static(cfg, MeshChannelOptions::new());
 //! // `GreeterClient::new(channel.clone())` for a generated client, or:
 //! let _grpc = tonic::client::Grpc::new(channel);

@@ -13,13 +13,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState, StaticConfig};
+use meshwork_core::config::StaticConfig;
 use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{Authorizer, MtlsConfig, StaticSource, VerifyError};
 use meshwork_http::{ConnectError, MeshClient, MeshClientOptions, UpstreamPolicy};
 use meshwork_xds::resource::{
-    CertProviderInstance, Cluster, ClusterLoadAssignment, StringMatchKind, StringMatcher,
-    UpstreamProtocol, UpstreamTls,
+    CertProviderInstance, Cluster, StringMatchKind, StringMatcher, UpstreamProtocol, UpstreamTls,
 };
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
@@ -144,22 +143,15 @@ fn client_with(
             })
             .collect(),
     });
-    let cluster = Arc::new(Cluster {
+    let cluster = Cluster {
         tls,
         connect_timeout,
         protocol: UpstreamProtocol::Http2,
         ..Cluster::eds("greeter")
-    });
-    let state = ClusterState::Ready(ClusterConfig {
-        cluster,
-        children: ClusterChildren::Endpoints(Ok(Arc::new(ClusterLoadAssignment::from_addresses(
-            "greeter",
-            &[addr],
-        )))),
-    });
+    };
     let cfg = StaticConfig::new()
         .route_all_to("greeter")
-        .cluster("greeter", state)
+        .cluster_with_endpoints(cluster, [addr])
         .build()
         .unwrap();
     MeshClient::from_static(cfg, options)

@@ -27,6 +27,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meshwork_xds::watch::XdsConfig;
@@ -197,6 +198,48 @@ impl StaticConfig {
     pub fn cluster(mut self, name: impl Into<String>, state: ClusterState) -> Self {
         self.clusters.insert(name.into(), state);
         self
+    }
+
+    /// Adds (or replaces) the cluster `name` with these endpoints, in one locality, each of
+    /// weight 1: what an EDS cluster that sets nothing else decodes to ([`Cluster::eds`]:
+    /// round robin, default circuit breakers, plaintext). For a cluster with TLS or another
+    /// policy, see [`cluster_with_endpoints`](Self::cluster_with_endpoints).
+    ///
+    /// ```
+    /// # use meshwork_core::config::StaticConfig;
+    /// let addr = "127.0.0.1:50051".parse().unwrap();
+    /// let config = StaticConfig::new()
+    ///     .route_all_to("greeter")
+    ///     .endpoints("greeter", [addr])
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(config.cluster("greeter").is_some());
+    /// ```
+    pub fn endpoints(
+        self,
+        name: impl Into<String>,
+        addresses: impl IntoIterator<Item = SocketAddr>,
+    ) -> Self {
+        self.cluster_with_endpoints(Cluster::eds(name), addresses)
+    }
+
+    /// Adds (or replaces) `cluster`, under its name, with these endpoints (one locality,
+    /// weight 1 each).
+    pub fn cluster_with_endpoints(
+        self,
+        cluster: Cluster,
+        addresses: impl IntoIterator<Item = SocketAddr>,
+    ) -> Self {
+        let addresses: Vec<SocketAddr> = addresses.into_iter().collect();
+        let name = cluster.name.clone();
+        let endpoints = ClusterLoadAssignment::from_addresses(name.clone(), &addresses);
+        self.cluster(
+            name,
+            ClusterState::Ready(ClusterConfig {
+                cluster: Arc::new(cluster),
+                children: ClusterChildren::Endpoints(Ok(Arc::new(endpoints))),
+            }),
+        )
     }
 
     /// Checks the config and builds the snapshot.
