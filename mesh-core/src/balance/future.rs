@@ -29,6 +29,8 @@ pub(crate) struct InFlight<S> {
     /// The handle's id, for a failure report.
     pub(crate) id: u64,
     start: Instant,
+    /// Whether the response (or the error) arrived and was recorded.
+    answered: bool,
 }
 
 impl<S> InFlight<S> {
@@ -39,12 +41,26 @@ impl<S> InFlight<S> {
             address,
             id,
             start: Instant::now(),
+            answered: false,
         }
+    }
+
+    /// Records the response's latency; the call is no longer in flight once this drops.
+    fn answered(&mut self) {
+        self.endpoint.load.observe(self.start.elapsed());
+        self.answered = true;
     }
 }
 
 impl<S> Drop for InFlight<S> {
     fn drop(&mut self) {
+        if !self.answered {
+            // Given up on before the endpoint answered (a timeout, a cancelled call): its
+            // latency is at least this long. tower's PeakEwma likewise records the time when
+            // its handle drops; without it, an endpoint that never answers looks as fast as
+            // its first guess once its callers give up, and keeps its share of calls.
+            self.endpoint.load.observe_at_least(self.start.elapsed());
+        }
         self.endpoint.load.end();
     }
 }
@@ -236,11 +252,11 @@ where
                 }
                 StateProj::Called { future, in_flight } => {
                     let result = ready!(future.poll(cx));
-                    let Some(f) = in_flight.take() else {
+                    let Some(mut f) = in_flight.take() else {
                         // Polled after completion: the inner future decides what that means.
                         return Poll::Ready(result.map_err(Into::into));
                     };
-                    f.endpoint.load.observe(f.start.elapsed());
+                    f.answered();
                     return Poll::Ready(match result {
                         Ok(mut response) => {
                             if let Some(o) = &f.endpoint.outlier {

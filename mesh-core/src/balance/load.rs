@@ -57,6 +57,18 @@ impl EndpointLoad {
         ewma * (-elapsed / DECAY.as_nanos() as f64).exp()
     }
 
+    /// Records that a call took at least `rtt` (it was given up on before an answer): it
+    /// raises the estimate to `rtt` when that is above it, and otherwise says nothing (the
+    /// answer might have come later).
+    pub(crate) fn observe_at_least(&self, rtt: Duration) {
+        let now = self.now_ns();
+        let sample = rtt.as_nanos() as f64;
+        if sample > self.estimate_ns(now) {
+            self.ewma_ns.store(sample.to_bits(), Ordering::Relaxed);
+            self.stamp_ns.store(now, Ordering::Relaxed);
+        }
+    }
+
     /// Records one latency sample: a sample above the estimate replaces it (the "peak"), a
     /// lower one is averaged in with a weight that grows with the time since the last one.
     pub(crate) fn observe(&self, rtt: Duration) {
@@ -85,6 +97,16 @@ impl EndpointLoad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_given_up_on_raises_the_estimate_but_never_lowers_it() {
+        let l = EndpointLoad::new();
+        let base = l.cost();
+        l.observe_at_least(Duration::from_millis(1));
+        assert_eq!(l.cost(), base, "a short wait says nothing");
+        l.observe_at_least(Duration::from_secs(1));
+        assert!(l.cost() > base * 30.0, "a long wait is a peak");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn peak_then_decay() {

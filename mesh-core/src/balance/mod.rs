@@ -56,7 +56,10 @@
 //! 2. **Locality** (all policies but ring hash): weighted round robin over the localities,
 //!    each weighted by its `load_balancing_weight` scaled by its health (`wrr_locality`).
 //! 3. **Endpoint**, by policy:
-//!    - [`BalancePolicy::P2cPeakEwma`], **the default**: two distinct random endpoints, the one
+//!    - [`BalancePolicy::P2cPeakEwma`] (`BalancePolicy`'s default for a balancer built by
+//!      hand; for xDS clusters, meshwork's A52 custom policy [`LbPolicy::PeakEwma`] or the
+//!      stack's `default_balancer` for clusters that name none, which are otherwise round
+//!      robin as in gRPC and Envoy): two distinct random endpoints, the one
 //!      with the lower cost wins, where cost is a peak-EWMA of its latency (decay 10 s, first
 //!      guess 30 ms) times its requests in flight plus one; both are kept in atomics per
 //!      endpoint, shared by every caller;
@@ -162,12 +165,15 @@ pub const DEFAULT_RING_SIZE_CAP: u64 = 4096;
 
 impl BalancePolicy {
     /// The policy for a cluster's `lb_policy`. `WRR_LOCALITY` is what every policy does across
-    /// localities, so its child decides. `ROUND_ROBIN` (also what CDS means when it names no
-    /// policy) is round robin; P2C has no xDS name and is the default for hand-written
-    /// configuration. Pick-first is not supported.
+    /// localities, so its child decides. A cluster that names no policy
+    /// ([`LbPolicy::Unspecified`]) is round robin here, as in gRPC and Envoy (the stack's
+    /// [`StackOptions::default_balancer`](crate::stack::StackOptions::default_balancer) can
+    /// choose otherwise); P2C peak-EWMA is meshwork's A52 custom policy
+    /// ([`LbPolicy::PeakEwma`]). Pick-first is not supported.
     pub fn from_lb_policy(policy: &LbPolicy) -> Result<Self, ConfigError> {
         let p = match policy {
-            LbPolicy::RoundRobin => BalancePolicy::RoundRobin,
+            LbPolicy::Unspecified | LbPolicy::RoundRobin => BalancePolicy::RoundRobin,
+            LbPolicy::PeakEwma => BalancePolicy::P2cPeakEwma,
             LbPolicy::LeastRequest { choice_count } => BalancePolicy::LeastRequest {
                 choice_count: (*choice_count).min(10),
             },

@@ -98,7 +98,7 @@ use crate::retry::{RetryBody, RetryLayer};
 use crate::route::{Clusters, Router};
 use crate::telemetry::{Attempt, Telemetry, TelemetryBody};
 use crate::timeout::{Timeout, TimeoutBody};
-use crate::xds::resource::{Cluster, ClusterKind};
+use crate::xds::resource::{Cluster, ClusterKind, LbPolicy};
 
 pub use crate::errors::{StackError, error_codes};
 
@@ -149,7 +149,15 @@ pub type OutboundStack<B, RB> = Router<ClusterSet<B, RB>>;
 #[non_exhaustive]
 pub struct StackOptions {
     telemetry: Option<Telemetry>,
+    balancing: Balancing,
+}
+
+/// The balancer settings the application chooses for every cluster.
+#[derive(Debug, Clone, Default)]
+struct Balancing {
     ring_size_cap: Option<u64>,
+    /// For clusters that name no policy ([`LbPolicy::Unspecified`]); round robin if unset.
+    unspecified: Option<BalancePolicy>,
 }
 
 impl StackOptions {
@@ -165,8 +173,27 @@ impl StackOptions {
     /// [`DEFAULT_RING_SIZE_CAP`](crate::balance::DEFAULT_RING_SIZE_CAP) (4096, gRPC's
     /// default); see [`BalancerBuilder::ring_size_cap`](crate::balance::BalancerBuilder::ring_size_cap).
     pub fn ring_size_cap(mut self, cap: u64) -> Self {
-        self.ring_size_cap = Some(cap);
+        self.balancing.ring_size_cap = Some(cap);
         self
+    }
+
+    /// The balancer for clusters that name no load-balancing policy
+    /// ([`LbPolicy::Unspecified`]: what Istio sends for a service without a
+    /// `DestinationRule`, and what a hand-written [`Cluster::eds`] has). Default: round robin,
+    /// as gRPC and Envoy balance such clusters; [`BalancePolicy::P2cPeakEwma`] is Linkerd's
+    /// choice (latency-aware, and it avoids a slow endpoint). A cluster that names a policy
+    /// gets that policy whatever this says.
+    ///
+    /// # Errors
+    /// [`ConfigError`](crate::balance::ConfigError) when the policy's parameters are out of
+    /// range ([`BalancePolicy::validate`]).
+    pub fn default_balancer(
+        mut self,
+        policy: BalancePolicy,
+    ) -> Result<Self, crate::balance::ConfigError> {
+        policy.validate()?;
+        self.balancing.unspecified = Some(policy);
+        Ok(self)
     }
 }
 
@@ -438,9 +465,9 @@ impl<B, RB> ClusterSet<B, RB> {
         RB: Body + Send + 'static,
     {
         let telemetry = options.telemetry.unwrap_or_else(Telemetry::global);
-        let ring_size_cap = options.ring_size_cap;
+        let balancing = options.balancing;
         let build: Box<Builder<B, RB>> = Box::new(move |cluster, cla| {
-            build_cluster(cluster, cla, &connect, &telemetry, ring_size_cap)
+            build_cluster(cluster, cla, &connect, &telemetry, &balancing)
         });
         let (shutdown, mut stopped) = oneshot::channel::<()>();
         let mut follow = config.clone();
@@ -593,7 +620,7 @@ fn build_cluster<B, RB, C>(
     cla: Option<Arc<ClusterLoadAssignment>>,
     connect: &C,
     telemetry: &Telemetry,
-    ring_size_cap: Option<u64>,
+    balancing: &Balancing,
 ) -> Built<B, RB>
 where
     C: Connect<B>,
@@ -615,7 +642,11 @@ where
             kind,
         });
     }
-    let policy = match BalancePolicy::from_lb_policy(&cluster.lb_policy) {
+    let policy = match (&cluster.lb_policy, &balancing.unspecified) {
+        (LbPolicy::Unspecified, Some(chosen)) => Ok(chosen.clone()),
+        (named, _) => BalancePolicy::from_lb_policy(named),
+    };
+    let policy = match policy {
         Ok(p) => p,
         Err(source) => {
             return failing(StackError::Balancer {
@@ -630,7 +661,7 @@ where
     let new_endpoint = move |addr: SocketAddr| connect.connect(&for_endpoints, addr);
     let metrics = telemetry.mesh().cluster(&cluster.name);
     let mut balancer = Balancer::builder(policy);
-    if let Some(cap) = ring_size_cap {
+    if let Some(cap) = balancing.ring_size_cap {
         balancer = balancer.ring_size_cap(cap);
     }
     if let Some(od) = &cluster.outlier_detection {

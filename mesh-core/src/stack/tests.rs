@@ -605,3 +605,63 @@ async fn a_shared_cluster_follows_one_sets_endpoints_at_a_time() {
     settle().await;
     assert_eq!(call(&mut two, "/x").await.unwrap(), addr(3));
 }
+
+/// How many of `n` calls do not finish within a second (paused time): the ones sent to the
+/// endpoint on port 999, which never answers.
+async fn stuck_calls(stack: &mut OutboundStack<Full<Bytes>, String>, n: usize) -> usize {
+    let mut stuck = 0;
+    for _ in 0..n {
+        match tokio::time::timeout(Duration::from_secs(1), call(stack, "/")).await {
+            Ok(served) => assert_eq!(served.unwrap(), addr(1)),
+            Err(_) => stuck += 1,
+        }
+    }
+    stuck
+}
+
+#[tokio::test(start_paused = true)]
+async fn clusters_that_name_no_policy_take_the_default_balancer() {
+    // One endpoint never answers. Round robin sends it every other call; P2C peak-EWMA
+    // prefers the endpoint that answers (lower latency estimate) once it has answered once.
+    let cfg = |lb: LbPolicy| {
+        let c = cluster("a", lb);
+        config(
+            vec![route("/", "a", None)],
+            vec![("a", ready(&c, assignment("a", &[999, 1])))],
+        )
+    };
+    let p2c = || {
+        StackOptions::default()
+            .default_balancer(BalancePolicy::P2cPeakEwma)
+            .unwrap()
+    };
+    let build = |cfg: TargetConfig, options: StackOptions| {
+        let (tx, rx) = crate::config::channel(cfg);
+        std::mem::forget(tx);
+        outbound(rx, Counting::default().connector(), options)
+    };
+
+    // No policy named, no default chosen: round robin, as gRPC.
+    let mut stack = build(cfg(LbPolicy::Unspecified), StackOptions::default());
+    assert_eq!(stuck_calls(&mut stack, 20).await, 10);
+
+    // No policy named, P2C chosen by the application.
+    let mut stack = build(cfg(LbPolicy::Unspecified), p2c());
+    let n = stuck_calls(&mut stack, 20).await;
+    assert!(n <= 1, "{n}");
+
+    // A named policy wins over the application's default.
+    let mut stack = build(cfg(LbPolicy::RoundRobin), p2c());
+    assert_eq!(stuck_calls(&mut stack, 20).await, 10);
+
+    // P2C named by the control plane (the A52 custom policy).
+    let mut stack = build(cfg(LbPolicy::PeakEwma), StackOptions::default());
+    assert!(stuck_calls(&mut stack, 20).await <= 1);
+
+    // A default with parameters out of range is refused.
+    assert!(
+        StackOptions::default()
+            .default_balancer(BalancePolicy::LeastRequest { choice_count: 1 })
+            .is_err()
+    );
+}

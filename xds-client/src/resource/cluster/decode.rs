@@ -39,6 +39,18 @@ const AGGREGATE_CLUSTER_TYPE: &str = "envoy.clusters.aggregate";
 const AGGREGATE_CONFIG_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig";
 const LB_TYPE_PREFIX: &str = "type.googleapis.com/envoy.extensions.load_balancing_policies.";
+pub(super) const XDS_TYPED_STRUCT: &str = "type.googleapis.com/xds.type.v3.TypedStruct";
+pub(super) const UDPA_TYPED_STRUCT: &str = "type.googleapis.com/udpa.type.v1.TypedStruct";
+
+/// `xds.type.v3.TypedStruct` (the same wire shape as `udpa.type.v1.TypedStruct`), which
+/// envoy-types does not generate: a type URL and a JSON-like config.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct TypedStruct {
+    #[prost(string, tag = "1")]
+    pub(super) type_url: String,
+    #[prost(message, optional, tag = "2")]
+    pub(super) value: Option<envoy_types::pb::google::protobuf::Struct>,
+}
 
 pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Cluster, ResourceError> {
     let c = cluster_pb::Cluster::decode(bytes)
@@ -390,7 +402,8 @@ fn lb_policy(c: &cluster_pb::Cluster, root: &FieldPath<'_>) -> Result<LbPolicy> 
     }
     let p = root.field("lb_policy");
     match Legacy::try_from(c.lb_policy) {
-        Ok(Legacy::RoundRobin) => Ok(LbPolicy::RoundRobin),
+        // ROUND_ROBIN is the field's proto3 default: no policy named.
+        Ok(Legacy::RoundRobin) => Ok(LbPolicy::Unspecified),
         Ok(Legacy::LeastRequest) => {
             let choice_count = match &c.lb_config {
                 Some(LbConfig::LeastRequestLbConfig(cfg)) => cfg.choice_count.as_ref(),
@@ -497,6 +510,14 @@ fn lb_policy_list(
         else {
             continue;
         };
+        if any.type_url == XDS_TYPED_STRUCT || any.type_url == UDPA_TYPED_STRUCT {
+            // A custom policy (gRFC A52): the struct's own type URL names it.
+            let ts: TypedStruct = decode_any(&tp, any, &any.type_url)?;
+            if ts.type_url == PEAK_EWMA_POLICY_TYPE_URL {
+                return Ok(LbPolicy::PeakEwma);
+            }
+            continue;
+        }
         let Some(kind) = any.type_url.strip_prefix(LB_TYPE_PREFIX) else {
             continue;
         };

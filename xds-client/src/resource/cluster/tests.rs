@@ -39,7 +39,7 @@ fn eds_cluster_defaults() {
     let c = cds(&eds_cluster("c"));
     assert_eq!(c.kind, ClusterKind::Eds { service_name: None });
     assert_eq!(c.kind.eds_service_name("c"), Some("c"));
-    assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(c.lb_policy, LbPolicy::Unspecified, "no policy named");
     assert_eq!(
         c.circuit_breakers,
         CircuitBreakers {
@@ -1163,4 +1163,50 @@ fn broken_http_protocol_options_are_rejected() {
 #[test]
 fn the_eds_constructor_is_what_a_bare_eds_cluster_decodes_to() {
     assert_eq!(cds(&eds_cluster("c")), Cluster::eds("c"));
+}
+
+#[test]
+fn peak_ewma_is_a_custom_policy_named_by_a_typed_struct() {
+    use super::decode::{TypedStruct, UDPA_TYPED_STRUCT, XDS_TYPED_STRUCT};
+    use lb_pb::round_robin::v3::RoundRobin;
+    use prost::Message as _;
+    let typed_struct = |outer: &str, inner: &str| Any {
+        type_url: outer.into(),
+        value: TypedStruct {
+            type_url: inner.into(),
+            value: None,
+        }
+        .encode_to_vec(),
+    };
+    let mut pb = eds_cluster("c");
+    for outer in [XDS_TYPED_STRUCT, UDPA_TYPED_STRUCT] {
+        // Offered first, with round robin after it for clients that do not know it (A52).
+        pb.load_balancing_policy = Some(cluster_pb::LoadBalancingPolicy {
+            policies: vec![
+                policy(typed_struct(outer, PEAK_EWMA_POLICY_TYPE_URL)),
+                policy(any(&RoundRobin::default())),
+            ],
+        });
+        assert_eq!(cds(&pb).lb_policy, LbPolicy::PeakEwma, "{outer}");
+    }
+    // Another custom policy is skipped like any unknown one.
+    pb.load_balancing_policy = Some(cluster_pb::LoadBalancingPolicy {
+        policies: vec![
+            policy(typed_struct(
+                XDS_TYPED_STRUCT,
+                "type.googleapis.com/example.Custom",
+            )),
+            policy(any(&RoundRobin::default())),
+        ],
+    });
+    assert_eq!(cds(&pb).lb_policy, LbPolicy::RoundRobin);
+    // A TypedStruct that does not decode is NACKed, naming the field.
+    pb.load_balancing_policy = Some(cluster_pb::LoadBalancingPolicy {
+        policies: vec![policy(Any {
+            type_url: XDS_TYPED_STRUCT.into(),
+            value: vec![0xff, 0xff],
+        })],
+    });
+    let err = cds_err(&pb).to_string();
+    assert!(err.contains("load_balancing_policy.policies[0]"), "{err}");
 }

@@ -35,9 +35,13 @@ pub struct Cluster {
 /// The default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The `type_url` inside a `TypedStruct` that names meshwork's P2C peak-EWMA balancer as a
+/// gRFC A52 custom load-balancing policy ([`LbPolicy::PeakEwma`]).
+pub const PEAK_EWMA_POLICY_TYPE_URL: &str = "type.googleapis.com/meshwork.lb.PeakEwma";
+
 impl Cluster {
     /// An EDS cluster named `name` (its EDS resource has the same name) with what a
-    /// resource that sets nothing else decodes to: round robin, the default circuit
+    /// resource that sets nothing else decodes to: no load-balancing policy (round robin), the default circuit
     /// breakers, no outlier detection, plaintext, [`DEFAULT_CONNECT_TIMEOUT`], no HTTP
     /// version. For hand-written configs and tests; set other fields with struct update
     /// syntax (`Cluster { tls, ..Cluster::eds("greeter") }`).
@@ -45,7 +49,7 @@ impl Cluster {
         Self {
             name: name.into(),
             kind: ClusterKind::Eds { service_name: None },
-            lb_policy: LbPolicy::RoundRobin,
+            lb_policy: LbPolicy::Unspecified,
             circuit_breakers: CircuitBreakers::default(),
             outlier_detection: None,
             tls: None,
@@ -119,9 +123,23 @@ impl ClusterKind {
 /// A load-balancing policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LbPolicy {
-    /// Round robin (the legacy `ROUND_ROBIN`, also when no policy is given; gRPC wraps it in
-    /// `WrrLocality`, which the balancer does in any case across localities).
+    /// The cluster names no policy: the legacy `lb_policy` is at its proto3 default
+    /// (`ROUND_ROBIN`) and there is no `load_balancing_policy`. Balanced with round robin, as
+    /// gRPC and Envoy do, unless the client names another default balancer (meshwork-core's
+    /// `StackOptions::default_balancer`). Proto3 cannot tell an explicit `ROUND_ROBIN` in the
+    /// legacy field from an absent one; a control plane that wants round robin whatever the
+    /// client's default names it in `load_balancing_policy`.
+    Unspecified,
+    /// Round robin (named in `load_balancing_policy`; gRPC wraps it in `WrrLocality`, which
+    /// the balancer does in any case across localities).
     RoundRobin,
+    /// Power of two choices over the endpoints' peak-EWMA latency times their outstanding
+    /// requests (Linkerd's balancer): meshwork's gRFC A52 custom policy, named by an
+    /// `xds.type.v3.TypedStruct` (or `udpa.type.v1.TypedStruct`) whose `type_url` is
+    /// [`PEAK_EWMA_POLICY_TYPE_URL`]. Its config has no fields (any given are ignored).
+    /// Clients that do not know it skip to the next policy of the list (A52), so a control
+    /// plane can list it first and round robin after it for grpc-go and Envoy.
+    PeakEwma,
     /// Least request over `choice_count` random picks (default 2, at least 2; gRFC A48 caps
     /// it at 10 when applied).
     LeastRequest {
