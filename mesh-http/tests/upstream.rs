@@ -13,12 +13,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshwork_core::config::StaticConfig;
+use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState, StaticConfig};
 use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{Authorizer, MtlsConfig, StaticSource, VerifyError};
 use meshwork_http::{ConnectError, MeshClient, MeshClientOptions, UpstreamPolicy};
-use meshwork_test_support::cluster;
-use meshwork_xds::resource::{Cluster, UpstreamProtocol};
+use meshwork_xds::resource::{
+    CertProviderInstance, Cluster, ClusterLoadAssignment, StringMatchKind, StringMatcher,
+    UpstreamProtocol, UpstreamTls,
+};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -127,13 +129,34 @@ fn client_with(
     connect_timeout: Duration,
     options: MeshClientOptions,
 ) -> MeshClient {
-    let greeter = Arc::new(Cluster {
-        tls: sans.map(cluster::upstream_tls),
+    let instance = CertProviderInstance {
+        instance_name: "default".into(),
+        certificate_name: "default".into(),
+    };
+    let tls = sans.map(|sans| UpstreamTls {
+        identity: Some(instance.clone()),
+        root: instance,
+        san_matchers: sans
+            .iter()
+            .map(|s| StringMatcher {
+                kind: StringMatchKind::Exact((*s).into()),
+                ignore_case: false,
+            })
+            .collect(),
+    });
+    let cluster = Arc::new(Cluster {
+        tls,
         connect_timeout,
         protocol: UpstreamProtocol::Http2,
         ..Cluster::eds("greeter")
     });
-    let state = cluster::ready(greeter, &[addr]);
+    let state = ClusterState::Ready(ClusterConfig {
+        cluster,
+        children: ClusterChildren::Endpoints(Ok(Arc::new(ClusterLoadAssignment::from_addresses(
+            "greeter",
+            &[addr],
+        )))),
+    });
     let cfg = StaticConfig::new()
         .route_all_to("greeter")
         .cluster("greeter", state)
