@@ -5,8 +5,7 @@
 //! failover, and xDS-managed mTLS (a backend whose SVID the cluster's SAN matcher accepts,
 //! and one it does not). Both also call gRPC's reference server (grpcio) besides ours.
 //!
-//! Needs the interop venv (`MESHWORK_PEERS_VENV`, made by `scripts/test`); without it the test
-//! is skipped by hand and fails under `CI`.
+//! Needs the interop venv (`MESHWORK_PEERS_VENV`, made by `scripts/test`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,22 +19,10 @@ use meshwork_core::identity::testing::{Flaw, TestCa};
 use meshwork_examples::greeter::Greeter;
 use meshwork_grpc::MeshServer;
 use meshwork_grpc::core::identity::{MtlsConfig, StaticSource};
+use meshwork_test_support::peers;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use serde_json::Value;
 use tokio::net::TcpListener;
-
-fn peers_venv() -> Option<PathBuf> {
-    match std::env::var_os("MESHWORK_PEERS_VENV") {
-        Some(v) => Some(v.into()),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("MESHWORK_PEERS_VENV is not set under CI; run scripts/test")
-        }
-        None => {
-            eprintln!("skipped: MESHWORK_PEERS_VENV is not set (scripts/test sets it)");
-            None
-        }
-    }
-}
 
 /// Serves `greeter` on 127.0.0.1:0, plaintext or with `mtls`.
 async fn serve(greeter: &Greeter, mtls: Option<MtlsConfig>) -> SocketAddr {
@@ -212,8 +199,9 @@ fn write_bootstrap(dir: &Path, xds: &XdsTestServer, ca: &TestCa) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
 async fn greeter_client_and_grpcio_agree() {
-    let Some(venv) = peers_venv() else { return };
+    let venv = peers::venv();
     let dir = std::env::temp_dir().join(format!("meshwork-differential-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 

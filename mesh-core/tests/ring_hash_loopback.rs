@@ -2,7 +2,6 @@
 //! HTTP/2 (hyper), a header hash policy through the router. The endpoint a key hashes to is
 //! slow to connect (its server holds the TLS handshake); gRFC A42 queues the key's calls
 //! while that endpoint connects, so the first call lands where the following ones do.
-#![cfg(feature = "testing")]
 
 use std::collections::HashMap;
 use std::convert::Infallible;

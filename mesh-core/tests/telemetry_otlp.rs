@@ -9,8 +9,6 @@
 //! Every process-side piece is meshwork's: the W3C context crosses both hops, the retry
 //! shows as a second attempt span, and each service exports under its own `service.name`.
 
-mod support;
-
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write as _};
@@ -50,8 +48,7 @@ struct Sink {
 
 impl Sink {
     fn start(venv: &std::path::Path) -> Self {
-        let dir = std::env::temp_dir().join(format!("meshwork-otlp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = meshwork_test_support::temp_dir("otlp");
         let out = dir.join("received.jsonl");
         let _ = std::fs::remove_file(&out);
         // A free port (below the receiver's own choice of nothing: it takes what we give).
@@ -289,10 +286,9 @@ fn grpc_request(addr: SocketAddr) -> http::Request<Full<Bytes>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
 async fn one_trace_crosses_two_meshwork_services_and_reaches_a_real_otlp_receiver() {
-    let Some(venv) = support::peers_venv() else {
-        return;
-    };
+    let venv = meshwork_test_support::peers::venv();
     let sink = Sink::start(&venv);
     let client_side = Pipeline::new("client", sink.port);
     let frontend_side = Pipeline::new("frontend", sink.port);

@@ -19,7 +19,7 @@ use meshwork_core::identity::{MtlsConfig, StaticSource, VerifyError};
 use meshwork_grpc::{MeshChannel, MeshChannelOptions, ResolveError, connect_error};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::{ReadyError, XdsClient};
-use meshwork_xds::resource::{CertProviderInstance, StringMatchKind, StringMatcher, UpstreamTls};
+use meshwork_xds::resource::{StringMatchKind, UpstreamTls};
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use tokio::net::TcpListener;
 use tonic::Status;
@@ -202,18 +202,7 @@ async fn xds_missing_target_is_a_clear_error() {
 }
 
 fn upstream_tls(san: StringMatchKind) -> UpstreamTls {
-    let instance = CertProviderInstance {
-        instance_name: "default".into(),
-        certificate_name: "default".into(),
-    };
-    UpstreamTls {
-        identity: Some(instance.clone()),
-        root: instance,
-        san_matchers: vec![StringMatcher {
-            kind: san,
-            ignore_case: false,
-        }],
-    }
+    upstream_tls_matching([san])
 }
 
 #[tokio::test]

@@ -9,21 +9,19 @@ use support::*;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use meshwork_core::identity::testing::{Flaw, TestCa};
+use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{MtlsConfig, PeerIdentity, StaticSource, VerifyError};
 use meshwork_core::inbound::{AuthorizationPolicy, Operation, Principal, Rule};
 use meshwork_grpc::{MeshChannel, MeshChannelOptions, MeshServer, connect_error};
+use meshwork_test_support::certs;
 use meshwork_xds::bootstrap::Bootstrap;
 use meshwork_xds::client::XdsClient;
-use meshwork_xds::resource::{
-    CertProviderInstance, Cluster, StringMatchKind, StringMatcher, UpstreamTls,
-};
+use meshwork_xds::resource::Cluster;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
@@ -122,24 +120,6 @@ fn greeter(id: &str) -> Greeter {
     }
 }
 
-/// A directory with the client's SVID, key and the CA's root, as Istio's agent writes them.
-fn cert_dir(ca: &TestCa, path: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "meshwork-grpc-server-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let minted = ca.mint(path, Flaw::None);
-    std::fs::write(dir.join("cert-chain.pem"), &minted.cert_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), &minted.key_pem).unwrap();
-    std::fs::write(dir.join("root-cert.pem"), ca.root_pem()).unwrap();
-    dir
-}
-
 const TARGET: &str = "greeter:50051";
 const GREETER_ID: &str = "spiffe://example.org/ns/default/sa/greeter";
 const CLIENT_ID: &str = "spiffe://example.org/ns/default/sa/client";
@@ -171,15 +151,13 @@ async fn xds_managed_mtls_from_certificate_providers_reaches_a_mesh_server() {
     };
     xds.set_snapshot(snapshot(GREETER_ID));
 
-    let dir = cert_dir(&ca, "/ns/default/sa/client");
-    let d = dir.display();
+    let dir = certs::istio_dir(&ca, "/ns/default/sa/client");
+    let providers = certs::file_watcher_providers(&dir);
     let bootstrap = Bootstrap::from_json_str(&format!(
         r#"{{
           "xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}]}}],
           "node": {{"id": "meshwork-grpc-server-test"}},
-          "certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{
-            "certificate_file": "{d}/cert-chain.pem", "private_key_file": "{d}/key.pem",
-            "ca_certificate_file": "{d}/root-cert.pem", "refresh_interval": "900s"}}}}}}
+          {providers}
         }}"#,
         xds.uri().trim_start_matches("http://")
     ))
@@ -222,21 +200,7 @@ async fn xds_managed_mtls_from_certificate_providers_reaches_a_mesh_server() {
 }
 
 fn tls_cluster(name: &str, san: &str) -> Arc<Cluster> {
-    let instance = CertProviderInstance {
-        instance_name: "default".into(),
-        certificate_name: "default".into(),
-    };
-    cluster(
-        name,
-        Some(UpstreamTls {
-            identity: Some(instance.clone()),
-            root: instance,
-            san_matchers: vec![StringMatcher {
-                kind: StringMatchKind::Exact(san.into()),
-                ignore_case: false,
-            }],
-        }),
-    )
+    cluster(name, Some(upstream_tls(&[san])))
 }
 
 /// A channel to the greeter at `addr` over mTLS as `client`.

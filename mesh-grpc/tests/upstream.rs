@@ -19,9 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{Authorizer, MtlsConfig, StaticSource, VerifyError};
 use meshwork_grpc::{ConnectError, MeshChannel, MeshChannelOptions, UpstreamPolicy, connect_error};
-use meshwork_xds::resource::{
-    CertProviderInstance, Cluster, StringMatchKind, StringMatcher, UpstreamTls,
-};
+use meshwork_xds::resource::Cluster;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -160,25 +158,6 @@ fn client_mtls(ca: &TestCa) -> MtlsConfig {
         Some(ca.svid("/ns/default/sa/client")),
         ca.bundles(),
     )))
-}
-
-/// An `UpstreamTlsContext` whose SAN matchers are `sans` (exact).
-fn upstream_tls(sans: &[&str]) -> UpstreamTls {
-    let instance = CertProviderInstance {
-        instance_name: "default".into(),
-        certificate_name: "default".into(),
-    };
-    UpstreamTls {
-        identity: Some(instance.clone()),
-        root: instance,
-        san_matchers: sans
-            .iter()
-            .map(|s| StringMatcher {
-                kind: StringMatchKind::Exact((*s).into()),
-                ignore_case: false,
-            })
-            .collect(),
-    }
 }
 
 fn tls_cluster(sans: &[&str]) -> Arc<Cluster> {

@@ -3,19 +3,17 @@
 //! must stay linear in the graph (gRFC A37 aggregates, A74 dependency walk), or the client's
 //! task never comes back to serve its watchers.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig;
+use meshwork_test_support::within;
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
 use meshwork_xds::watch::{ClusterChildren, ClusterState, TargetState};
-use support::within;
 
 const TARGET: &str = "dag:80";
 

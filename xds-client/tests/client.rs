@@ -1,12 +1,11 @@
 //! The xDS client against our ADS test server on loopback: a real tonic ADS stream, real
 //! HTTP/2, the full Listener -> RouteConfiguration -> Cluster -> Endpoints chain.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshwork_test_support::within;
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::{Connection, ReadyError, XdsClient};
 use meshwork_xds::protocol::ResourceStatus;
@@ -14,7 +13,6 @@ use meshwork_xds::resource::{ClusterLoadAssignment, ResourceType};
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
 use meshwork_xds::transport::Backoff;
 use meshwork_xds::watch::{ClusterChildren, ClusterState, TargetError, TargetState, XdsConfig};
-use support::within;
 
 const TARGET: &str = "greeter:50051";
 

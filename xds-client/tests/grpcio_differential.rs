@@ -6,7 +6,7 @@
 //! and endpoints, all served by one of our test servers; grpcio resolves every target at
 //! once in one process (`tests/peers/grpcio_csds_dump.py`) and so does our client.
 
-mod support;
+use meshwork_test_support as support;
 
 use std::collections::BTreeMap;
 
@@ -225,10 +225,9 @@ fn corpus() -> Vec<(&'static str, Spoil)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
 async fn grpcio_and_meshwork_agree_on_acked_and_nacked() {
-    let Some(venv) = support::peers_venv("grpcio_and_meshwork_agree_on_acked_and_nacked") else {
-        return;
-    };
+    let venv = support::peers::venv();
     let server = XdsTestServer::start().await.unwrap();
     let mut snapshot = Snapshot::new();
     let cases = corpus();

@@ -4,12 +4,11 @@
 //! loopback over real HTTP/2.
 
 mod fake_ads;
-mod support;
-
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use fake_ads::{FakeAds, Script, Step};
+use meshwork_test_support::within;
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::{Connection, WatchState, XdsClient, XdsClientBuilder};
 use meshwork_xds::protocol::ResourceStatus;
@@ -17,7 +16,6 @@ use meshwork_xds::resource::ResourceType;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
 use meshwork_xds::transport::Backoff;
 use meshwork_xds::watch::TargetState;
-use support::within;
 
 const TARGET: &str = "greeter:50051";
 

@@ -4,18 +4,16 @@
 #![cfg(target_os = "linux")]
 
 mod fake_ads;
-mod support;
-
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use fake_ads::{FakeAds, Script, Step};
+use meshwork_test_support::within;
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::{WatchState, XdsClient};
 use meshwork_xds::resource::ResourceType;
 use meshwork_xds::server::{build, type_url};
 use meshwork_xds::transport::Backoff;
-use support::within;
 
 const PUSHED_MIB: usize = 256;
 

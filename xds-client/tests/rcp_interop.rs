@@ -4,7 +4,7 @@
 //! own test server must give our client the same complete config, and an update pushed
 //! through it must arrive.
 
-mod support;
+use meshwork_test_support as support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,19 +21,6 @@ use meshwork_xds::watch::{ClusterChildren, ClusterState, TargetState};
 use prost::Message;
 
 const TARGET: &str = "greeter:50051";
-
-fn rcp_peer() -> Option<PathBuf> {
-    match std::env::var_os("MESHWORK_RCP_PEER") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("MESHWORK_RCP_PEER is not set under CI; run scripts/test")
-        }
-        None => {
-            eprintln!("skipped: MESHWORK_RCP_PEER is not set (scripts/test builds the peer)");
-            None
-        }
-    }
-}
 
 fn resources(endpoint_ports: &[u16]) -> Vec<Any> {
     let addrs: Vec<_> = endpoint_ports
@@ -128,8 +115,9 @@ fn client(uri: String, node_id: &str) -> XdsClient {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the rust-control-plane peer: scripts/test provides it (MESHWORK_RCP_PEER)"]
 async fn rust_control_plane_gives_the_same_config_as_our_server() {
-    let Some(binary) = rcp_peer() else { return };
+    let binary = support::peers::rcp();
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("rcp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -1,9 +1,5 @@
 //! The ADS test server over real loopback connections, driven by the raw tonic ADS client
 //! stub of envoy-types.
-#![cfg(feature = "server")]
-
-mod support;
-
 use std::future::Future;
 use std::time::Duration;
 
@@ -632,12 +628,11 @@ fn greeter_snapshot(endpoint: std::net::SocketAddr) -> Snapshot {
 
 /// gRPC's reference client (grpcio, C-core) resolves `xds:///greeter:50051` through the
 /// server and connects to the endpoint (the server itself, which speaks HTTP/2). Needs the
-/// interop venv that `scripts/test` sets up (`MESHWORK_PEERS_VENV`); skipped without it.
+/// interop venv that `scripts/test` sets up (`MESHWORK_PEERS_VENV`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
 async fn grpcio_reference_client_acks_every_resource() {
-    let Some(venv) = support::peers_venv("grpcio_reference_client_acks_every_resource") else {
-        return;
-    };
+    let venv = meshwork_test_support::peers::venv();
     let server = XdsTestServer::start().await.unwrap();
     server.set_snapshot(greeter_snapshot(server.addr()));
     let bootstrap = serde_json::json!({

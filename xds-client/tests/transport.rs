@@ -2,8 +2,6 @@
 //! and without a client certificate, and with the wrong CA), a unix socket, and credential
 //! files that cannot be loaded.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;

@@ -1,28 +1,11 @@
-//! Shared pieces of meshwork-core's identity integration tests.
+//! The TLS call meshwork-core's identity integration tests share; what every package's tests
+//! share is in the `meshwork-test-support` crate.
 #![allow(dead_code, unreachable_pub)]
-
-use std::path::PathBuf;
 
 use meshwork_core::identity::PeerIdentity;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-
-/// The interop venv `scripts/test` builds (`MESHWORK_PEERS_VENV`). Without it a test is
-/// skipped locally, but fails under CI (where `CI` is set), so CI cannot pass a peer test
-/// by not running it.
-pub fn peers_venv() -> Option<PathBuf> {
-    match std::env::var_os("MESHWORK_PEERS_VENV") {
-        Some(v) => Some(PathBuf::from(v)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("MESHWORK_PEERS_VENV is not set (scripts/test makes it); CI must run this test")
-        }
-        None => {
-            eprintln!("skipping: MESHWORK_PEERS_VENV is not set (run scripts/test)");
-            None
-        }
-    }
-}
 
 /// One call: handshake + echo over an in-memory stream; returns the server leaf the client
 /// saw and the client identity the server saw.

@@ -1,17 +1,22 @@
 //! What meshwork-grpc's integration tests share: the `helloworld.Greeter` messages written
-//! by hand (no codegen), a client call, a server-side dispatch, and static cluster configs.
+//! by hand (no codegen), a client call, a server-side dispatch, and static cluster configs
+//! (the package-independent pieces come from `meshwork-test-support`).
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::uri::PathAndQuery;
-use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState, StaticConfig};
+use meshwork_core::config::StaticConfig;
 use meshwork_grpc::{MeshChannel, MeshChannelOptions};
-use meshwork_xds::resource::{Cluster, ClusterLoadAssignment, UpstreamTls};
+use meshwork_xds::resource::{Cluster, UpstreamTls};
 use tonic::Status;
 use tonic::body::Body;
 use tonic_prost::ProstCodec;
+
+// Each test file uses some of these through `use support::*`.
+#[allow(unused_imports)]
+pub use meshwork_test_support::cluster::{ready, upstream_tls, upstream_tls_matching};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HelloRequest {
@@ -60,20 +65,6 @@ pub fn cluster(name: &str, tls: Option<UpstreamTls>) -> Arc<Cluster> {
     Arc::new(Cluster {
         tls,
         ..Cluster::eds(name)
-    })
-}
-
-/// `addrs` as the endpoints of `name`: healthy, weight 1, one locality at priority 0.
-pub fn endpoints(name: &str, addrs: &[SocketAddr]) -> Arc<ClusterLoadAssignment> {
-    Arc::new(ClusterLoadAssignment::from_addresses(name, addrs))
-}
-
-/// The `ClusterState` of cluster `c` with endpoints `addrs`.
-pub fn ready(c: Arc<Cluster>, addrs: &[SocketAddr]) -> ClusterState {
-    let name = c.name.clone();
-    ClusterState::Ready(ClusterConfig {
-        cluster: c,
-        children: ClusterChildren::Endpoints(Ok(endpoints(&name, addrs))),
     })
 }
 

@@ -11,15 +11,14 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterPb;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshwork_core::config::{ClusterChildren, ClusterConfig, ClusterState};
-use meshwork_core::identity::testing::{Flaw, TestCa};
+use meshwork_core::config::ClusterState;
+use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{MtlsConfig, StaticSource};
 use meshwork_http::{Error, MeshClient};
+use meshwork_test_support::{certs, cluster};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
-use meshwork_xds::resource::{
-    CertProviderInstance, Cluster, ClusterLoadAssignment, StringMatchKind, UpstreamTls,
-};
+use meshwork_xds::resource::Cluster;
 use meshwork_xds::server::{XdsTestServer, build};
 use tokio::net::TcpListener;
 
@@ -206,25 +205,8 @@ pub fn tls_cluster(name: &str, san: &str) -> ClusterPb {
 /// A directory with the SVID `path`'s certificate, key and the CA's root, as Istio's agent
 /// writes them, and the bootstrap JSON fragment of a `default` file_watcher over it.
 pub fn cert_dir(ca: &TestCa, path: &str) -> (std::path::PathBuf, String) {
-    let dir = std::env::temp_dir().join(format!(
-        "meshwork-http-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let minted = ca.mint(path, Flaw::None);
-    std::fs::write(dir.join("cert-chain.pem"), &minted.cert_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), &minted.key_pem).unwrap();
-    std::fs::write(dir.join("root-cert.pem"), ca.root_pem()).unwrap();
-    let d = dir.display();
-    let providers = format!(
-        r#""certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{
-            "certificate_file": "{d}/cert-chain.pem", "private_key_file": "{d}/key.pem",
-            "ca_certificate_file": "{d}/root-cert.pem", "refresh_interval": "900s"}}}}}}"#
-    );
+    let dir = certs::istio_dir(ca, path);
+    let providers = certs::file_watcher_providers(&dir);
     (dir, providers)
 }
 
@@ -240,25 +222,9 @@ pub fn h2c_cluster(name: &str) -> ClusterPb {
 /// A hand-written EDS cluster with `addrs`, round robin; with `san`, its endpoints require
 /// mTLS and must present that SPIFFE ID.
 pub fn static_cluster(name: &str, addrs: &[SocketAddr], san: Option<&str>) -> ClusterState {
-    let instance = CertProviderInstance {
-        instance_name: "default".into(),
-        certificate_name: "default".into(),
+    let cluster = Cluster {
+        tls: san.map(|san| cluster::upstream_tls(&[san])),
+        ..Cluster::eds(name)
     };
-    let tls = san.map(|san| UpstreamTls {
-        identity: Some(instance.clone()),
-        root: instance,
-        san_matchers: vec![meshwork_xds::resource::StringMatcher {
-            kind: StringMatchKind::Exact(san.into()),
-            ignore_case: false,
-        }],
-    });
-    ClusterState::Ready(ClusterConfig {
-        cluster: Arc::new(Cluster {
-            tls,
-            ..Cluster::eds(name)
-        }),
-        children: ClusterChildren::Endpoints(Ok(Arc::new(ClusterLoadAssignment::from_addresses(
-            name, addrs,
-        )))),
-    })
+    cluster::ready(Arc::new(cluster), addrs)
 }
