@@ -31,6 +31,8 @@ class Api:
         self.paths = doc.get("paths", {})
         self.lines = set()
         self.seen = set()
+        # Distinct public items (an item re-exported under two paths counts once).
+        self.items = set()
 
     def item(self, id_):
         return self.index.get(str(id_))
@@ -208,6 +210,7 @@ class Api:
                 self.member(f"{path}::{m['name']}", m)
 
     def member(self, path, m):
+        self.items.add(m["id"])
         (k, v), = m["inner"].items()
         if k == "function":
             self.function(path, v)
@@ -228,6 +231,7 @@ class Api:
             if not f or f.get("visibility") != "public":
                 continue
             name = str(n) if tuple_ else f["name"]
+            self.items.add(fid)
             self.add(f"pub {path}::{name}: {self.ty(f['inner']['struct_field'])}")
 
     def walk(self, path, it):
@@ -236,6 +240,7 @@ class Api:
         if key in self.seen:
             return
         self.seen.add(key)
+        self.items.add(it["id"])
         if k == "module":
             self.add(f"pub mod {path}")
             for cid in v.get("items", []):
@@ -256,6 +261,7 @@ class Api:
                 var = self.item(vid)
                 if not var:
                     continue
+                self.items.add(vid)
                 vk = var["inner"]["variant"].get("kind")
                 vpath = f"{path}::{var['name']}"
                 if isinstance(vk, dict) and "tuple" in vk:
@@ -336,6 +342,8 @@ def main(argv):
         api.child(name, cid)
     for line in sorted(api.lines):
         print(line)
+    print(f"{name}: {len(api.items)} distinct public items, {len(api.lines)} lines",
+          file=sys.stderr)
     return 0
 
 

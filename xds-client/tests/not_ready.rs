@@ -2,12 +2,11 @@
 //! error), or each resource it still misses with its state (not answered, NACKed with the
 //! detail, does not exist). On loopback: a real refused port, a real ADS stream.
 
-mod support;
-
 use std::error::Error as _;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use meshwork_test_support::within;
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::{ReadyError, XdsClient};
 use meshwork_xds::protocol::ResourceStatus;
@@ -15,7 +14,6 @@ use meshwork_xds::resource::ResourceType;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
 use meshwork_xds::transport::{Backoff, TransportError};
 use meshwork_xds::watch::TargetError;
-use support::within;
 
 const TARGET: &str = "greeter:50051";
 
