@@ -33,6 +33,19 @@ class Api:
         self.seen = set()
         # Distinct public items (an item re-exported under two paths counts once).
         self.items = set()
+        # id -> the path of an item declared in a public module (see find_direct).
+        self.direct = {}
+
+    def find_direct(self, prefix, module):
+        """Items declared in public modules, by id: their own path (re-exports aside)."""
+        for cid in module.get("items", []):
+            it = self.item(cid)
+            if not it or it.get("visibility") != "public" or "use" in it["inner"]:
+                continue
+            path = f"{prefix}::{it['name']}"
+            self.direct.setdefault(it["id"], path)
+            if "module" in it["inner"]:
+                self.find_direct(path, it["inner"]["module"])
 
     def item(self, id_):
         return self.index.get(str(id_))
@@ -123,7 +136,7 @@ class Api:
         if k == "qualified_path":
             trait = v.get("trait")
             self_ty = self.ty(v["self_type"])
-            if trait:
+            if trait and (trait.get("path") or trait.get("name")):
                 return f"<{self_ty} as {self.path_name(trait)}>::{v['name']}"
             return f"{self_ty}::{v['name']}"
         if k == "function_pointer":
@@ -313,7 +326,13 @@ class Api:
                     self.add(f"pub use {prefix}::* = {u['source']}::*")
                 return
             name = u["name"]
-            if target and target.get("crate_id") == 0:
+            canonical = self.direct.get(u.get("id"))
+            if canonical is not None and canonical != f"{prefix}::{name}":
+                # A second path to an item listed under its own: one line, not a copy.
+                self.add(f"pub use {prefix}::{name} = {canonical}")
+            elif target and target.get("crate_id") == 0:
+                # The first path met is the item's listing; later ones are aliases of it.
+                self.direct.setdefault(u["id"], f"{prefix}::{name}")
                 self.walk(f"{prefix}::{name}", target)
             else:
                 self.add(f"pub use {prefix}::{name} = {u['source']}")
@@ -337,6 +356,7 @@ def main(argv):
     api = Api(doc)
     root = api.item(doc["root"])
     name = root["name"]
+    api.find_direct(name, root["inner"]["module"])
     api.lines.add(f"pub mod {name}")
     for cid in root["inner"]["module"].get("items", []):
         api.child(name, cid)

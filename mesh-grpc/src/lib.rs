@@ -58,6 +58,7 @@ use meshwork_core::config::{self, ConfigReceiver};
 use meshwork_core::stack;
 use meshwork_core::telemetry::CallLayer;
 use meshwork_core::upstream::UpstreamIdentity;
+use meshwork_core::xds::ErrorChain;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 
@@ -70,8 +71,14 @@ mod server;
 
 pub use meshwork_core::client::ResolveError;
 pub use meshwork_core::inbound::ServeError;
-/// The types a service needs besides this crate's own (see [`meshwork_core::prelude`]).
-pub use meshwork_core::prelude::*;
+// The types a service needs besides this crate's own (`meshwork_core::prelude`), named
+// one by one so that the API listing (api/*.txt) shows each.
+pub use meshwork_core::prelude::{
+    AuthorizationPolicy, Bootstrap, CertificateProviders, ConnectError, FileWatcherSource,
+    MtlsConfig, Operation, PeerIdentity, Principal, Rule, ServerLimits, SpiffeId, StackOptions,
+    StaticConfig, StaticSource, SvidSource, TargetConfig, Telemetry, TrustDomain, UpstreamPolicy,
+    WorkloadApiSource, XdsClient,
+};
 pub use server::MeshServer;
 
 /// Options of a [`MeshChannel`].
@@ -245,26 +252,10 @@ fn to_status(err: BoxError) -> BoxError {
     }
     let (code, _) = stack::error_codes(err.as_ref());
     let code = tonic::Code::from_i32(i32::from(code.as_u8()));
-    let mut status = tonic::Status::new(code, chain_message(err.as_ref()));
+    let message = ErrorChain(err.as_ref()).to_string();
+    let mut status = tonic::Status::new(code, message);
     status.set_source(Arc::from(err));
     Box::new(status)
-}
-
-/// `err`'s message followed by its sources' (those it does not already include), `: `
-/// between them; at most 16 levels, in case a chain is cyclic.
-fn chain_message(err: &(dyn StdError + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut cur = err.source();
-    for _ in 0..16 {
-        let Some(e) = cur else { break };
-        let next = e.to_string();
-        if !message.contains(&next) {
-            message.push_str(": ");
-            message.push_str(&next);
-        }
-        cur = e.source();
-    }
-    message
 }
 
 /// The [`ConnectError`] in an error's source chain (e.g. a `tonic::Status` from a

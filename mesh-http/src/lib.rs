@@ -69,8 +69,14 @@ pub use client::{MeshClient, MeshClientOptions};
 pub use error::Error;
 pub use meshwork_core::client::ResolveError;
 pub use meshwork_core::inbound::ServeError;
-/// The types a service needs besides this crate's own (see [`meshwork_core::prelude`]).
-pub use meshwork_core::prelude::*;
+// The types a service needs besides this crate's own (`meshwork_core::prelude`), named
+// one by one so that the API listing (api/*.txt) shows each.
+pub use meshwork_core::prelude::{
+    AuthorizationPolicy, Bootstrap, CertificateProviders, ConnectError, FileWatcherSource,
+    MtlsConfig, Operation, PeerIdentity, Principal, Rule, ServerLimits, SpiffeId, StackOptions,
+    StaticConfig, StaticSource, SvidSource, TargetConfig, Telemetry, TrustDomain, UpstreamPolicy,
+    WorkloadApiSource, XdsClient,
+};
 pub use server::Server;
 
 /// The body of requests sent and responses received through a [`MeshClient`]: any

@@ -42,3 +42,5 @@ pub mod resource;
 pub mod server;
 pub mod transport;
 pub mod watch;
+
+pub use transport::ErrorChain;

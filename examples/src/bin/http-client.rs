@@ -15,9 +15,8 @@ use clap::Parser as _;
 use http_body_util::{BodyExt as _, Empty};
 use meshwork_examples::args::{self, CallArgs, Error, exit_code};
 use meshwork_examples::tally::Tally;
-use meshwork_http::core::xds::bootstrap::Bootstrap;
-use meshwork_http::core::xds::client::XdsClient;
-use meshwork_http::{MeshClient, MeshClientOptions};
+use meshwork_http::core::xds::ErrorChain;
+use meshwork_http::{Bootstrap, MeshClient, MeshClientOptions, XdsClient};
 
 /// Makes N GETs through a meshwork MeshClient and prints how many each backend answered
 /// (the ID before the colon in each response body) and how many failed (an error, or a
@@ -70,7 +69,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         request.headers_mut().extend(headers.iter().cloned());
         match get(&client, request).await {
             Ok(body) => tally.reply(&body),
-            Err(e) => tally.error(chain(e.as_ref())),
+            Err(e) => tally.error(ErrorChain(e.as_ref()).to_string()),
         }
     }
     if json {
@@ -94,23 +93,6 @@ async fn get(
         return Err(format!("{status}: {body}").into());
     }
     Ok(body)
-}
-
-/// An error and its causes, `: `-separated (the mesh's errors say what failed at the top
-/// and why further down), leaving out a cause whose message is already there (the mesh's
-/// errors include their source's message).
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let next = e.to_string();
-        if !out.contains(&next) {
-            out.push_str(": ");
-            out.push_str(&next);
-        }
-        cur = e.source();
-    }
-    out
 }
 
 #[cfg(test)]

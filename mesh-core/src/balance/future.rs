@@ -45,6 +45,12 @@ impl<S> InFlight<S> {
         }
     }
 
+    /// The call never reached the endpoint (its handle turned out broken): it says nothing
+    /// about the endpoint's latency.
+    fn discard(&mut self) {
+        self.answered = true;
+    }
+
     /// Records the response's latency; the call is no longer in flight once this drops.
     fn answered(&mut self) {
         self.endpoint.load.observe(self.start.elapsed());
@@ -227,6 +233,8 @@ where
                             let error: BoxError = e.into();
                             let (address, id) = (p.in_flight.address, p.in_flight.id);
                             tracing::debug!(endpoint = %address, %error, "endpoint handle broken");
+                            // Not a call the endpoint was slow to answer: no latency sample.
+                            p.in_flight.discard();
                             drop(p);
                             let inner = &*this.inner;
                             inner.report_broken(address, id);

@@ -191,6 +191,13 @@ impl BalancePolicy {
                     policy: "pick_first".into(),
                 });
             }
+            // A policy a newer meshwork-xds decodes and this balancer does not know.
+            other => {
+                return Err(ConfigError::Unsupported {
+                    field: "lb_policy".into(),
+                    policy: format!("{other:?}"),
+                });
+            }
         };
         p.validate()?;
         Ok(p)

@@ -19,6 +19,9 @@ use crate::watch::ResourceKey;
 /// megabytes.
 const MAX_MISSING: usize = 8;
 
+/// The longest one missing resource's entry may be in the message, in bytes.
+const MAX_ENTRY: usize = 2048;
+
 /// Why a target had no complete config when [`TargetWatch::ready`](super::TargetWatch::ready)
 /// stopped waiting.
 ///
@@ -201,7 +204,18 @@ impl fmt::Display for NotReady {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{missing}")?;
+            // A name or a NACK detail can be long (a resource name is bounded only by the
+            // message size): each entry is cut, so the whole stays a readable error.
+            let mut entry = missing.to_string();
+            if entry.len() > MAX_ENTRY {
+                let mut at = MAX_ENTRY;
+                while !entry.is_char_boundary(at) {
+                    at -= 1;
+                }
+                entry.truncate(at);
+                entry.push('…');
+            }
+            f.write_str(&entry)?;
         }
         if self.more_missing > 0 {
             write!(f, ", and {} more", self.more_missing)?;

@@ -103,9 +103,13 @@ pub(super) fn decode(resource_type: ResourceType, response: &DiscoveryResponse) 
         let outcome = if detail.code == NOT_FOUND {
             Outcome::NotFound
         } else {
+            // The server's text is kept in the dump and repeated in errors: bounded like
+            // our own NACK detail.
+            let mut message = detail.message;
+            truncate(&mut message, MAX_NACK_DETAIL);
             Outcome::Invalid(ResourceFailure::ServerReported {
                 code: detail.code,
-                message: detail.message,
+                message,
             })
         };
         outcomes.push((name, outcome));
@@ -297,5 +301,21 @@ mod tests {
             BTreeSet::from(["a".into(), "b".into(), "c".into()])
         );
         assert_eq!(d.nack, None);
+    }
+
+    #[test]
+    fn a_server_error_text_is_bounded_like_our_own() {
+        let mut huge = server_error(Some("a"), 13);
+        if let Some(detail) = huge.error_detail.as_mut() {
+            detail.message = "é".repeat(MAX_NACK_DETAIL);
+        }
+        let d = decode(EDS, &response(vec![], vec![huge]));
+        match &d.outcomes[..] {
+            [(_, Outcome::Invalid(ResourceFailure::ServerReported { message, .. }))] => {
+                assert!(message.len() <= MAX_NACK_DETAIL, "{}", message.len());
+                assert!(message.len() > MAX_NACK_DETAIL - 4);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -49,8 +49,8 @@ mod unsupported_tests;
 pub use cluster::{
     CertProviderInstance, CircuitBreakers, Cluster, ClusterKind, ConsecutiveEjection,
     DEFAULT_CONNECT_TIMEOUT, FailurePercentageEjection, HTTP_PROTOCOL_OPTIONS, LbPolicy,
-    OutlierDetection, PEAK_EWMA_POLICY_TYPE_URL, SuccessRateEjection, UpstreamProtocol,
-    UpstreamTls,
+    OutlierDetection, PEAK_EWMA_POLICY_NAME, PEAK_EWMA_POLICY_TYPE_URL, SuccessRateEjection,
+    UpstreamProtocol, UpstreamTls,
 };
 pub use endpoint::{
     ClusterLoadAssignment, DropOverload, Endpoint, HealthStatus, Locality, LocalityEndpoints,

@@ -513,7 +513,9 @@ fn lb_policy_list(
         if any.type_url == XDS_TYPED_STRUCT || any.type_url == UDPA_TYPED_STRUCT {
             // A custom policy (gRFC A52): the struct's own type URL names it.
             let ts: TypedStruct = decode_any(&tp, any, &any.type_url)?;
-            if ts.type_url == PEAK_EWMA_POLICY_TYPE_URL {
+            // A52: the registry name is what follows the type URL's last '/'.
+            let name = ts.type_url.rsplit('/').next().unwrap_or_default();
+            if name == PEAK_EWMA_POLICY_NAME {
                 return Ok(LbPolicy::PeakEwma);
             }
             continue;

@@ -1189,6 +1189,14 @@ fn peak_ewma_is_a_custom_policy_named_by_a_typed_struct() {
         });
         assert_eq!(cds(&pb).lb_policy, LbPolicy::PeakEwma, "{outer}");
     }
+    // A52 names the policy by the type URL's last segment, whatever its prefix.
+    pb.load_balancing_policy = Some(cluster_pb::LoadBalancingPolicy {
+        policies: vec![policy(typed_struct(
+            XDS_TYPED_STRUCT,
+            "example.com/policies/meshwork.lb.PeakEwma",
+        ))],
+    });
+    assert_eq!(cds(&pb).lb_policy, LbPolicy::PeakEwma);
     // Another custom policy is skipped like any unknown one.
     pb.load_balancing_policy = Some(cluster_pb::LoadBalancingPolicy {
         policies: vec![

@@ -36,8 +36,12 @@ pub struct Cluster {
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `type_url` inside a `TypedStruct` that names meshwork's P2C peak-EWMA balancer as a
-/// gRFC A52 custom load-balancing policy ([`LbPolicy::PeakEwma`]).
+/// gRFC A52 custom load-balancing policy ([`LbPolicy::PeakEwma`]). As A52 says, the policy
+/// is named by what follows the last `/` ([`PEAK_EWMA_POLICY_NAME`]), whatever the prefix.
 pub const PEAK_EWMA_POLICY_TYPE_URL: &str = "type.googleapis.com/meshwork.lb.PeakEwma";
+
+/// The name of meshwork's P2C peak-EWMA custom policy (gRFC A52's registry name).
+pub const PEAK_EWMA_POLICY_NAME: &str = "meshwork.lb.PeakEwma";
 
 impl Cluster {
     /// An EDS cluster named `name` (its EDS resource has the same name) with what a
@@ -122,6 +126,7 @@ impl ClusterKind {
 
 /// A load-balancing policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LbPolicy {
     /// The cluster names no policy: the legacy `lb_policy` is at its proto3 default
     /// (`ROUND_ROBIN`) and there is no `load_balancing_policy`. Balanced with round robin, as
