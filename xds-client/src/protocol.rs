@@ -87,7 +87,7 @@ const PERMISSION_DENIED: i32 = 7;
 pub const MAX_NACK_DETAIL: usize = 16 * 1024;
 
 /// Cut `text` to at most `max` bytes, at a character boundary.
-fn truncate(text: &mut String, max: usize) {
+pub(crate) fn truncate(text: &mut String, max: usize) {
     if text.len() > max {
         let mut at = max;
         while !text.is_char_boundary(at) {

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::protocol::{AdsState, ResourceFailure, ResourceStatus};
+use crate::protocol::{AdsState, ResourceFailure, ResourceStatus, truncate};
 use crate::resource::ResourceType;
 use crate::transport::{ErrorChain, TransportError};
 use crate::watch::ResourceKey;
@@ -208,11 +208,7 @@ impl fmt::Display for NotReady {
             // message size): each entry is cut, so the whole stays a readable error.
             let mut entry = missing.to_string();
             if entry.len() > MAX_ENTRY {
-                let mut at = MAX_ENTRY;
-                while !entry.is_char_boundary(at) {
-                    at -= 1;
-                }
-                entry.truncate(at);
+                truncate(&mut entry, MAX_ENTRY);
                 entry.push('…');
             }
             f.write_str(&entry)?;
