@@ -1,5 +1,6 @@
-//! The whole outbound stack per call — Router -> Timeout -> Retry -> CircuitBreaker ->
-//! Balancer -> endpoint — against the bare endpoint service, both driven the same way (one
+//! The whole outbound stack per call — one target's `client::Outbound` from the client engine
+//! both adapters use: Call telemetry -> Router -> Timeout -> Retry -> Attempt telemetry ->
+//! CircuitBreaker -> Balancer -> endpoint — against the bare endpoint service, both driven the same way (one
 //! `block_on` per call on a current-thread runtime), so the difference is what meshwork adds
 //! in-process. The route carries a timeout and istiod's default retry policy; the cluster
 //! has 3 or 10,000 endpoints, round robin (what CDS means with no policy).
@@ -18,12 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use meshwork_grpc::core::client::{ClientOptions, Engine, Outbound};
 use meshwork_grpc::core::config::{
     self, Cluster, ClusterChildren, ClusterConfig, ClusterLoadAssignment, ClusterState, RetryOn,
     RetryPolicy, StaticConfig,
 };
 use meshwork_grpc::core::retry::RetryBody;
-use meshwork_grpc::core::stack::{StackOptions, outbound};
 use tower::{Service, ServiceExt, service_fn};
 
 fn cluster() -> Arc<Cluster> {
@@ -58,7 +59,7 @@ fn request() -> http::Request<String> {
         .expect("a valid request")
 }
 
-type Stack = meshwork_grpc::core::stack::OutboundStack<String, String>;
+type Stack = Outbound<String, String>;
 
 /// The outbound stack over `n` always-ready endpoints; built within the current runtime.
 fn build_stack(n: u32) -> Stack {
@@ -87,15 +88,16 @@ fn build_stack(n: u32) -> Stack {
         .expect("valid");
     let (tx, rx) = config::channel(cfg);
     std::mem::forget(tx); // the config never changes during the bench
-    outbound::<String, String, _>(
-        rx,
+    // The application's telemetry (OpenTelemetry's global providers, no-op here), as a
+    // `MeshChannel` gets by default.
+    let engine = Engine::new(ClientOptions::new(), None, |_upstream| {
         |_c: &Arc<Cluster>, _a: SocketAddr| {
             service_fn(|_req: http::Request<RetryBody<String>>| async {
                 Ok::<_, Infallible>(http::Response::new(String::new()))
             })
-        },
-        StackOptions::default(),
-    )
+        }
+    });
+    engine.outbound(rx, "static")
 }
 
 /// `iters` calls split over `CALLERS` threads, each calling its own clone of `svc` from its

@@ -46,7 +46,7 @@ pub enum StackError {
         cluster: String,
         /// The balancer's error (it names the field).
         #[source]
-        source: Arc<balance::ConfigError>,
+        source: Arc<balance::BalancerConfigError>,
     },
 }
 

@@ -9,7 +9,6 @@ pub use crate::identity::{
     SvidSource, TrustDomain, WorkloadApiSource,
 };
 pub use crate::inbound::{AuthorizationPolicy, Operation, Principal, Rule, ServerLimits};
-pub use crate::stack::StackOptions;
 pub use crate::telemetry::Telemetry;
 pub use crate::upstream::{ConnectError, UpstreamPolicy};
 pub use meshwork_xds::bootstrap::Bootstrap;

@@ -106,7 +106,7 @@ impl GrpcCode {
 }
 
 /// The name gRPC gives a status code in `grpc.status` (`"OK"`, `"UNAVAILABLE"`, …).
-pub fn status_name(code: GrpcCode) -> &'static str {
+pub(crate) fn status_name(code: GrpcCode) -> &'static str {
     match code {
         GrpcCode::Ok => "OK",
         GrpcCode::Cancelled => "CANCELLED",

@@ -230,8 +230,7 @@ async fn weighted_clusters_split_real_traffic_and_timeouts_fire() {
         ),
     ]);
     // A fixed seed: the split is the same on every run.
-    let rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(5);
-    let mut router = Router::with_rng(rx, clusters, rng);
+    let mut router = Router::with_seed(rx, clusters, 5);
     let mut timeouts = 0;
     let calls = 40;
     let mut pending = Vec::new();

@@ -253,8 +253,7 @@ async fn istio_routes_from_xds_drive_the_router() {
         (V1.to_string(), cluster("v1")),
         (V2.to_string(), cluster("v2")),
     ]);
-    let rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(11);
-    let mut router = Router::with_rng(rx, clusters, rng);
+    let mut router = Router::with_seed(rx, clusters, 11);
     let call = |uri: &str, canary: bool| {
         let mut b = http::Request::post(uri).header("content-type", "application/grpc");
         if canary {

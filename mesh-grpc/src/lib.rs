@@ -51,16 +51,14 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use meshwork_core::client::resolve_xds;
-use meshwork_core::config::{self, ConfigReceiver};
+use hyper::body::Incoming;
+use meshwork_core::client::{self, Outbound, OutboundBody};
+use meshwork_core::config::ConfigReceiver;
 use meshwork_core::stack;
-use meshwork_core::telemetry::CallLayer;
-use meshwork_core::upstream::UpstreamIdentity;
 use meshwork_core::xds::ErrorChain;
-use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Layer as _, Service, ServiceExt as _};
+use tower::util::{MapErr, MapResponse};
+use tower::{BoxError, Service, ServiceExt as _};
 
 /// The transport-independent mesh layers this adapter is built on.
 pub use meshwork_core as core;
@@ -69,108 +67,29 @@ mod connect;
 mod deadline;
 mod server;
 
-pub use meshwork_core::client::ResolveError;
+pub use meshwork_core::client::{ClientIdentity, ClientOptions, ResolveError};
 pub use meshwork_core::inbound::ServeError;
 // The types a service needs besides this crate's own (`meshwork_core::prelude`), named
 // one by one so that the API listing (api/*.txt) shows each.
 pub use meshwork_core::prelude::{
     AuthorizationPolicy, Bootstrap, CertificateProviders, ConnectError, FileWatcherSource,
-    MtlsConfig, Operation, PeerIdentity, Principal, Rule, ServerLimits, SpiffeId, StackOptions,
-    StaticConfig, StaticSource, SvidSource, TargetConfig, Telemetry, TrustDomain, UpstreamPolicy,
+    MtlsConfig, Operation, PeerIdentity, Principal, Rule, ServerLimits, SpiffeId, StaticConfig,
+    StaticSource, SvidSource, TargetConfig, Telemetry, TrustDomain, UpstreamPolicy,
     WorkloadApiSource, XdsClient,
 };
 pub use server::MeshServer;
 
-/// Options of a [`MeshChannel`].
-#[derive(Debug, Clone)]
-pub struct MeshChannelOptions {
-    mtls: Option<MtlsConfig>,
-    certificate_providers: Option<Arc<CertificateProviders>>,
-    upstream_policy: UpstreamPolicy,
-    ready_timeout: Duration,
-    stack: StackOptions,
-    telemetry: Option<Telemetry>,
-}
+/// Options of a [`MeshChannel`]: the engine's [`ClientOptions`] (identity, upstream policy,
+/// the wait for the first xDS config, telemetry, balancer defaults), the same type
+/// meshwork-http's client takes.
+pub type MeshChannelOptions = ClientOptions;
 
-impl Default for MeshChannelOptions {
-    fn default() -> Self {
-        Self {
-            mtls: None,
-            certificate_providers: None,
-            upstream_policy: UpstreamPolicy::default(),
-            ready_timeout: Duration::from_secs(10),
-            stack: StackOptions::default(),
-            telemetry: None,
-        }
-    }
-}
+type Engine = client::Engine<tonic::body::Body, Incoming>;
 
-impl MeshChannelOptions {
-    /// Default options: the identity for TLS clusters comes from the bootstrap's
-    /// certificate providers with [`MeshChannel::from_xds`] and is absent otherwise (TLS
-    /// clusters then fail to connect); a 10 s wait for the first xDS config; the stack's
-    /// defaults.
-    pub fn new() -> Self {
-        Self::default()
-    }
+type ToTonic = fn(http::Response<OutboundBody<Incoming>>) -> http::Response<tonic::body::Body>;
 
-    /// One identity for every cluster that asks for TLS, in place of the certificate
-    /// provider instances the clusters name. Its authorizer is replaced per cluster by the
-    /// cluster's SAN matchers, and ALPN is set to `h2`.
-    pub fn mtls(mut self, mtls: MtlsConfig) -> Self {
-        self.mtls = Some(mtls);
-        self
-    }
-
-    /// The certificate provider instances that clusters' `UpstreamTlsContext`s name (gRFC
-    /// A29): each TLS cluster takes our SVID from its identity instance and its roots from
-    /// its root instance. [`MeshChannel::from_xds`] makes them from the client's bootstrap
-    /// when neither this nor [`mtls`](Self::mtls) is set; pass one shared set to several
-    /// channels so that each file is watched once.
-    pub fn certificate_providers(mut self, providers: Arc<CertificateProviders>) -> Self {
-        self.certificate_providers = Some(providers);
-        self
-    }
-
-    /// The application's floor under what the control plane says about upstream security,
-    /// and the maximum connection age: refuse clusters without TLS, pin which servers may
-    /// answer whatever the SAN matchers say, retire connections after an age (see
-    /// [`UpstreamPolicy`]). Default: no floor and no age limit, gRFC A29's behaviour.
-    /// Connections are retired when the server's certificate expires in any case.
-    pub fn upstream_policy(mut self, policy: UpstreamPolicy) -> Self {
-        self.upstream_policy = policy;
-        self
-    }
-
-    /// How long [`MeshChannel::from_xds`] waits for the first complete config (default 10 s).
-    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
-        self.ready_timeout = timeout;
-        self
-    }
-
-    /// The per-cluster stack's options (default [`StackOptions::default`]).
-    pub fn stack(mut self, options: StackOptions) -> Self {
-        self.stack = options;
-        self
-    }
-
-    /// Records the channel's calls (a `Sent.…` span and call metrics per call, an
-    /// `Attempt.…` span and attempt metrics per attempt, the traffic layers' counters)
-    /// through `telemetry`, with `grpc.target` set to the xDS target (or `static`); it
-    /// replaces any telemetry in [`stack`](Self::stack). Default: [`Telemetry::global`],
-    /// taken when the channel is built, so install the application's OpenTelemetry providers
-    /// first.
-    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
-        self.telemetry = Some(telemetry);
-        self
-    }
-}
-
-type Inner = BoxCloneSyncService<
-    http::Request<tonic::body::Body>,
-    http::Response<tonic::body::Body>,
-    BoxError,
->;
+type Inner =
+    MapErr<MapResponse<Outbound<tonic::body::Body, Incoming>, ToTonic>, fn(BoxError) -> BoxError>;
 
 /// A tonic channel into the mesh; see the [crate docs](crate). Cheap to clone; clones share
 /// the clusters, connections and config.
@@ -188,59 +107,94 @@ impl fmt::Debug for MeshChannel {
 impl MeshChannel {
     /// A channel over a hand-written config. Must be called within a tokio runtime.
     pub fn from_static(config: TargetConfig, options: MeshChannelOptions) -> Self {
-        let (_tx, rx) = config::channel(config);
-        // With the sender gone the config never changes; the stack keeps the last one.
-        Self::from_config(rx, options)
+        Self::new(engine(options, None).outbound_static(config))
     }
 
     /// A channel following the configs published on `config`. Must be called within a
     /// tokio runtime.
     pub fn from_config(config: ConfigReceiver, options: MeshChannelOptions) -> Self {
-        Self::build(config, options, "static")
-    }
-
-    fn build(config: ConfigReceiver, options: MeshChannelOptions, target: &str) -> Self {
-        let telemetry = options
-            .telemetry
-            .unwrap_or_else(Telemetry::global)
-            .with_target(target);
-        let identity = UpstreamIdentity::choose(
-            options.mtls.as_ref(),
-            options.certificate_providers.as_ref(),
-        );
-        let policy = options.upstream_policy;
-        let connect = move |cluster: &Arc<meshwork_core::xds::resource::Cluster>, address| {
-            connect::Endpoint::new(cluster, address, &identity, &policy)
-        };
-        let router = stack::outbound(config, connect, options.stack.telemetry(telemetry.clone()));
-        let svc = CallLayer::new(telemetry)
-            .layer(router)
-            .map_response(|rsp: http::Response<_>| rsp.map(tonic::body::Body::new))
-            .map_err(to_status);
-        Self {
-            inner: BoxCloneSyncService::new(svc),
-        }
+        Self::new(engine(options, None).outbound(config, "static"))
     }
 
     /// A channel for the xDS target `target` (`xds:///name:port`), configured by `client`.
     ///
     /// Waits for the first complete config, at most
-    /// [`MeshChannelOptions::ready_timeout`]; a target the control plane says does not exist
+    /// [`ClientOptions::ready_timeout`]; a target the control plane says does not exist
     /// fails at once. Later configs apply as they arrive; if the target later turns into an
     /// error, the last good config keeps serving. Must be called within a tokio runtime.
+    ///
+    /// Each call makes its own engine (its own connections and certificate watches); a
+    /// service that calls several targets makes them from one [`MeshChannels`] instead.
     pub async fn from_xds(
         client: &XdsClient,
         target: &str,
-        mut options: MeshChannelOptions,
+        options: MeshChannelOptions,
     ) -> Result<Self, ResolveError> {
-        if options.mtls.is_none() && options.certificate_providers.is_none() {
-            options.certificate_providers = Some(Arc::new(CertificateProviders::from_bootstrap(
-                client.bootstrap(),
-            )));
-        }
-        let rx = resolve_xds(client, target, options.ready_timeout).await?;
-        Ok(Self::build(rx, options, target))
+        MeshChannels::new(client, options).channel(target).await
     }
+
+    fn new(outbound: Outbound<tonic::body::Body, Incoming>) -> Self {
+        let to_tonic: ToTonic = |rsp| rsp.map(tonic::body::Body::new);
+        let to_status: fn(BoxError) -> BoxError = to_status;
+        Self {
+            inner: outbound.map_response(to_tonic).map_err(to_status),
+        }
+    }
+}
+
+/// The channels of one xDS client, made with one set of options: a target is resolved once
+/// and its channels share its stack, and targets that route to the same cluster share that
+/// cluster's balancer, connections, breaker and outlier detector, as they would behind one
+/// sidecar. The certificate provider instances (from the bootstrap, by default) are made
+/// once, so each certificate file is watched once. Cheap to clone.
+///
+/// Targets are kept up to [`ClientOptions::max_targets`]; one that fails to resolve fails
+/// at once for [`ClientOptions::negative_ttl`].
+///
+/// ```no_run
+/// use meshwork_grpc::{Bootstrap, MeshChannels, MeshChannelOptions, XdsClient};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let xds = XdsClient::start(&Bootstrap::from_env()?)?;
+/// let channels = MeshChannels::new(&xds, MeshChannelOptions::new());
+/// let greeter = channels.channel("xds:///greeter:50051").await?;
+/// let billing = channels.channel("xds:///billing:50051").await?;
+/// # drop((greeter, billing)); Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct MeshChannels {
+    engine: Engine,
+}
+
+impl MeshChannels {
+    /// Channels of `client` with `options`. Must be called within a tokio runtime.
+    pub fn new(client: &XdsClient, options: MeshChannelOptions) -> Self {
+        Self {
+            engine: engine(options, Some(client.clone())),
+        }
+    }
+
+    /// A channel for the xDS target `target` (`xds:///name:port`): as
+    /// [`MeshChannel::from_xds`], except that a target resolved before (and still kept)
+    /// answers at once with a channel sharing its stack.
+    pub async fn channel(&self, target: &str) -> Result<MeshChannel, ResolveError> {
+        Ok(MeshChannel::new(self.engine.resolve(target).await?))
+    }
+
+    /// The targets resolved and kept now, sorted.
+    pub fn targets(&self) -> Vec<String> {
+        self.engine.targets()
+    }
+}
+
+/// The engine of a channel: its connections are tonic-free HTTP/2 over TCP or SPIFFE mTLS.
+fn engine(options: ClientOptions, xds: Option<XdsClient>) -> Engine {
+    Engine::new(options, xds, |upstream| {
+        move |cluster: &Arc<meshwork_core::xds::resource::Cluster>, address| {
+            connect::Endpoint::new(cluster, address, upstream.identity(), upstream.policy())
+        }
+    })
 }
 
 /// Turns a stack error into a `tonic::Status` with meshwork's code, keeping the error as its

@@ -36,7 +36,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let bootstrap = Bootstrap::from_env()?; // GRPC_XDS_BOOTSTRAP
-//! let client = MeshClient::from_xds(XdsClient::start(&bootstrap)?, MeshClientOptions::new());
+//! let client = MeshClient::from_xds(&XdsClient::start(&bootstrap)?, MeshClientOptions::new());
 //! let rsp = client.get("http://greeter/hello").await?;
 //! let body = rsp.into_body().collect().await?.to_bytes();
 //! println!("{}", String::from_utf8_lossy(&body));
@@ -67,14 +67,14 @@ mod server;
 
 pub use client::{MeshClient, MeshClientOptions};
 pub use error::Error;
-pub use meshwork_core::client::ResolveError;
+pub use meshwork_core::client::{ClientIdentity, ClientOptions, ResolveError};
 pub use meshwork_core::inbound::ServeError;
 // The types a service needs besides this crate's own (`meshwork_core::prelude`), named
 // one by one so that the API listing (api/*.txt) shows each.
 pub use meshwork_core::prelude::{
     AuthorizationPolicy, Bootstrap, CertificateProviders, ConnectError, FileWatcherSource,
-    MtlsConfig, Operation, PeerIdentity, Principal, Rule, ServerLimits, SpiffeId, StackOptions,
-    StaticConfig, StaticSource, SvidSource, TargetConfig, Telemetry, TrustDomain, UpstreamPolicy,
+    MtlsConfig, Operation, PeerIdentity, Principal, Rule, ServerLimits, SpiffeId, StaticConfig,
+    StaticSource, SvidSource, TargetConfig, Telemetry, TrustDomain, UpstreamPolicy,
     WorkloadApiSource, XdsClient,
 };
 pub use server::Server;

@@ -126,7 +126,7 @@ async fn xds_mtls_speaks_the_protocol_the_backend_and_cluster_ask_for() {
             .endpoints(build::endpoints("other", &[other])),
     );
     let client = MeshClient::from_xds(
-        xds_client(&server, None),
+        &xds_client(&server, None),
         MeshClientOptions::new().mtls(identity(&ca, "/ns/default/sa/client")),
     );
 
@@ -191,7 +191,7 @@ async fn xds_mtls_speaks_the_protocol_the_backend_and_cluster_ask_for() {
 
     // Without a fixed identity, a client takes the one the cluster names from the bootstrap's
     // certificate providers; this bootstrap has none, so the cluster cannot connect.
-    let anonymous = MeshClient::from_xds(xds_client(&server, None), MeshClientOptions::new());
+    let anonymous = MeshClient::from_xds(&xds_client(&server, None), MeshClientOptions::new());
     let err = anonymous.get("http://greeter/tls-h1").await.unwrap_err();
     let ce = err.connect_error();
     assert!(
@@ -237,7 +237,7 @@ async fn xds_weighted_split_over_mtls() {
             .endpoints(build::endpoints("b", &[b])),
     );
     let client = MeshClient::from_xds(
-        xds_client(&server, None),
+        &xds_client(&server, None),
         MeshClientOptions::new().mtls(identity(&ca, "/ns/default/sa/client")),
     );
     let n = 400;
@@ -284,7 +284,7 @@ async fn xds_retries_hide_a_flaky_backend() {
             .cluster(build::eds_cluster("flaky"))
             .endpoints(build::endpoints("flaky", &[flaky])),
     );
-    let client = MeshClient::from_xds(xds_client(&server, None), MeshClientOptions::new());
+    let client = MeshClient::from_xds(&xds_client(&server, None), MeshClientOptions::new());
     let n = 20;
     for _ in 0..n {
         assert_eq!(
@@ -326,7 +326,7 @@ async fn unknown_host_no_route_timeout_and_bad_uris_are_typed_errors() {
             .endpoints(build::endpoints("hang", &[hang])),
     );
     let client = MeshClient::from_xds(
-        xds_client(&server, None),
+        &xds_client(&server, None),
         MeshClientOptions::new().ready_timeout(Duration::from_secs(10)),
     );
 
@@ -379,7 +379,7 @@ async fn xds_listener_name_follows_the_bootstrap_template() {
             .endpoints(build::endpoints("a", &[a])),
     );
     let client = MeshClient::from_xds(
-        xds_client(&server, Some("listeners.example/%s")),
+        &xds_client(&server, Some("listeners.example/%s")),
         MeshClientOptions::new(),
     );
     assert_eq!(
@@ -465,7 +465,7 @@ async fn hosts_that_route_to_one_cluster_share_its_stack() {
             .cluster(cluster)
             .endpoints(build::endpoints("greeter", &[hang])),
     );
-    let client = MeshClient::from_xds(xds_client(&server, None), MeshClientOptions::new());
+    let client = MeshClient::from_xds(&xds_client(&server, None), MeshClientOptions::new());
 
     let first = tokio::spawn({
         let client = client.clone();
@@ -539,8 +539,8 @@ async fn ten_thousand_hosts_stay_within_max_hosts_and_unwatch_the_evicted() {
     let server = XdsTestServer::start().await.unwrap();
     server.set_snapshot(listeners_to(backend, (0..HOSTS).map(|i| format!("h{i}"))));
     let client = MeshClient::from_xds(
-        xds_client(&server, None),
-        MeshClientOptions::new().max_hosts(MAX),
+        &xds_client(&server, None),
+        MeshClientOptions::new().max_targets(MAX),
     );
     for i in 0..HOSTS {
         client.resolve(&format!("h{i}")).await.unwrap();
@@ -599,7 +599,7 @@ async fn an_unknown_host_fails_at_once_until_its_negative_ttl_passes() {
     let server = XdsTestServer::start().await.unwrap();
     server.set_snapshot(listeners_to(backend, ["known".to_string()]));
     let client = MeshClient::from_xds(
-        xds_client(&server, None),
+        &xds_client(&server, None),
         MeshClientOptions::new()
             .ready_timeout(Duration::from_secs(10))
             .negative_ttl(Duration::from_secs(5)),
@@ -655,8 +655,8 @@ async fn a_flood_of_unknown_hosts_does_not_evict_a_resolved_one() {
     let server = XdsTestServer::start().await.unwrap();
     server.set_snapshot(listeners_to(backend, ["known".to_string()]));
     let client = MeshClient::from_xds(
-        xds_client(&server, None),
-        MeshClientOptions::new().max_hosts(2),
+        &xds_client(&server, None),
+        MeshClientOptions::new().max_targets(2),
     );
     assert_eq!(body(&client, "http://known/").await.unwrap(), "a:HTTP/1.1");
     for i in 0..20 {

@@ -242,7 +242,7 @@ async fn xds_managed_mtls_from_certificate_providers_reaches_the_server() {
     ))
     .unwrap();
     let client = MeshClient::from_xds(
-        XdsClient::builder(&bootstrap).unwrap().start(),
+        &XdsClient::builder(&bootstrap).unwrap().start(),
         MeshClientOptions::new(),
     );
     let rsp = client.get("http://greeter/").await.unwrap();

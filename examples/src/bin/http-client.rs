@@ -61,7 +61,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
 
     let bootstrap = Bootstrap::from_env()?;
     let options = MeshClientOptions::new().ready_timeout(wait);
-    let client = MeshClient::from_xds(XdsClient::builder(&bootstrap)?.start(), options);
+    let client = MeshClient::from_xds(&XdsClient::builder(&bootstrap)?.start(), options);
 
     let mut tally = Tally::default();
     for _ in 0..calls {

@@ -27,7 +27,7 @@ use tower::{BoxError, Service, ServiceExt as _};
 
 use super::BalancePolicy;
 use super::endpoint::{Endpoint, Handle};
-use super::error::ConfigError;
+use super::error::BalancerConfigError;
 use super::sched::SharedRng;
 use super::table::Table;
 use crate::outlier::OutlierDetector;
@@ -45,7 +45,7 @@ pub(crate) struct Published<S> {
 /// ready flag, handle, load and ejection) and the last update's error.
 pub(crate) struct Snapshot<S> {
     pub(crate) table: Arc<Table<S>>,
-    pub(crate) error: Option<ConfigError>,
+    pub(crate) error: Option<BalancerConfigError>,
 }
 
 /// A call's report to the driver.
@@ -231,7 +231,7 @@ where
         }
     }
 
-    fn publish(&mut self, table: Table<S>, error: Option<ConfigError>) {
+    fn publish(&mut self, table: Table<S>, error: Option<BalancerConfigError>) {
         self.published.snapshot.store(Arc::new(Snapshot {
             table: Arc::new(table),
             error,

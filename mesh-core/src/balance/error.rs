@@ -7,7 +7,7 @@ use tower::BoxError;
 /// A policy or an endpoint set the balancer cannot use. The message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum BalancerConfigError {
     /// A field has a value the balancer rejects.
     #[error("{field}: {reason}")]
     Invalid {
@@ -26,9 +26,9 @@ pub enum ConfigError {
     },
 }
 
-impl ConfigError {
+impl BalancerConfigError {
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
+        BalancerConfigError::Invalid {
             field: field.into(),
             reason: reason.into(),
         }

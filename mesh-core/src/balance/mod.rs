@@ -121,7 +121,7 @@ use tower::BoxError;
 
 use self::driver::{Driver, Published, Report, Snapshot};
 use self::endpoint::Endpoint;
-pub use self::error::{ConfigError, ConnectFailed, EndpointError, NoHealthyEndpoint};
+pub use self::error::{BalancerConfigError, ConnectFailed, EndpointError, NoHealthyEndpoint};
 pub use self::future::ResponseFuture;
 use self::future::{InFlight, Picked};
 use self::ring::Reach;
@@ -167,10 +167,10 @@ impl BalancePolicy {
     /// The policy for a cluster's `lb_policy`. `WRR_LOCALITY` is what every policy does across
     /// localities, so its child decides. A cluster that names no policy
     /// ([`LbPolicy::Unspecified`]) is round robin here, as in gRPC and Envoy (the stack's
-    /// [`StackOptions::default_balancer`](crate::stack::StackOptions::default_balancer) can
+    /// [`ClientOptions::default_balancer`](crate::client::ClientOptions::default_balancer) can
     /// choose otherwise); P2C peak-EWMA is meshwork's A52 custom policy
     /// ([`LbPolicy::PeakEwma`]). Pick-first is not supported.
-    pub fn from_lb_policy(policy: &LbPolicy) -> Result<Self, ConfigError> {
+    pub fn from_lb_policy(policy: &LbPolicy) -> Result<Self, BalancerConfigError> {
         let p = match policy {
             LbPolicy::Unspecified | LbPolicy::RoundRobin => BalancePolicy::RoundRobin,
             LbPolicy::PeakEwma => BalancePolicy::P2cPeakEwma,
@@ -186,14 +186,14 @@ impl BalancePolicy {
             },
             LbPolicy::WrrLocality { child } => return Self::from_lb_policy(child),
             LbPolicy::PickFirst { .. } => {
-                return Err(ConfigError::Unsupported {
+                return Err(BalancerConfigError::Unsupported {
                     field: "lb_policy".into(),
                     policy: "pick_first".into(),
                 });
             }
             // A policy a newer meshwork-xds decodes and this balancer does not know.
             other => {
-                return Err(ConfigError::Unsupported {
+                return Err(BalancerConfigError::Unsupported {
                     field: "lb_policy".into(),
                     policy: format!("{other:?}"),
                 });
@@ -204,17 +204,17 @@ impl BalancePolicy {
     }
 
     /// Checks the parameters (for a hand-written policy).
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), BalancerConfigError> {
         match *self {
             BalancePolicy::LeastRequest { choice_count } if !(2..=10).contains(&choice_count) => {
-                Err(ConfigError::invalid(
+                Err(BalancerConfigError::invalid(
                     "lb_policy.least_request.choice_count",
                     format!("{choice_count} is not between 2 and 10"),
                 ))
             }
             BalancePolicy::RingHash {
                 min_ring_size: 0, ..
-            } => Err(ConfigError::invalid(
+            } => Err(BalancerConfigError::invalid(
                 "lb_policy.ring_hash.min_ring_size",
                 "must not be zero",
             )),
@@ -222,7 +222,7 @@ impl BalancePolicy {
                 min_ring_size,
                 max_ring_size,
             } if max_ring_size < min_ring_size || max_ring_size > MAX_RING_SIZE => {
-                Err(ConfigError::invalid(
+                Err(BalancerConfigError::invalid(
                     "lb_policy.ring_hash.max_ring_size",
                     format!(
                         "{max_ring_size} is not between min_ring_size ({min_ring_size}) and {MAX_RING_SIZE}"
@@ -236,7 +236,7 @@ impl BalancePolicy {
 
 /// Checks an endpoint set the way the balancer does before using it: every locality and
 /// endpoint weight must be non-zero.
-pub fn validate_endpoints(cla: &ClusterLoadAssignment) -> Result<(), ConfigError> {
+pub fn validate_endpoints(cla: &ClusterLoadAssignment) -> Result<(), BalancerConfigError> {
     Table::<()>::build(cla, &BalancePolicy::RoundRobin, |_| {
         Arc::new(Endpoint::new(None))
     })
@@ -404,7 +404,7 @@ impl Balancer<(), ()> {
 
 impl<S, B> Balancer<S, B> {
     /// The error of the last endpoint-set update that was rejected, if the last one was.
-    pub fn last_update_error(&self) -> Option<ConfigError> {
+    pub fn last_update_error(&self) -> Option<BalancerConfigError> {
         self.inner.published.snapshot.load().error.clone()
     }
 

@@ -19,7 +19,7 @@ use rand::Rng;
 
 use super::BalancePolicy;
 use super::endpoint::Endpoint;
-use super::error::ConfigError;
+use super::error::BalancerConfigError;
 use super::ring::{LazyRing, Reach, RingKey, RingPick, RingSpec};
 use super::sched::{Schedule, SharedRng};
 
@@ -131,7 +131,7 @@ impl<S> Table<S> {
         cla: &ClusterLoadAssignment,
         policy: &BalancePolicy,
         endpoint: impl FnMut(SocketAddr) -> Arc<Endpoint<S>>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, BalancerConfigError> {
         Self::build_after(None, cla, policy, endpoint)
     }
 
@@ -142,18 +142,18 @@ impl<S> Table<S> {
         cla: &ClusterLoadAssignment,
         policy: &BalancePolicy,
         mut endpoint: impl FnMut(SocketAddr) -> Arc<Endpoint<S>>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, BalancerConfigError> {
         let priorities = cla.priority_count() as usize;
         let mut levels: Vec<Vec<usize>> = vec![Vec::new(); priorities];
         for (li, l) in cla.localities.iter().enumerate() {
             if l.weight == 0 {
-                return Err(ConfigError::invalid(
+                return Err(BalancerConfigError::invalid(
                     format!("localities[{li}].weight"),
                     "must not be zero",
                 ));
             }
             if let Some(ei) = l.endpoints.iter().position(|e| e.weight == 0) {
-                return Err(ConfigError::invalid(
+                return Err(BalancerConfigError::invalid(
                     format!("localities[{li}].endpoints[{ei}].weight"),
                     "must not be zero",
                 ));

@@ -38,6 +38,12 @@ pub enum ResolveError {
         #[source]
         source: Arc<BootstrapError>,
     },
+    /// The client was made without an xDS client, so it cannot resolve `xds:` targets.
+    #[error("target {target:?}: no xDS client to resolve it with")]
+    NoXdsClient {
+        /// The target as given.
+        target: String,
+    },
     /// No usable config for the target: its listener does not exist, is invalid, or did
     /// not arrive in time; for the last, [`ReadyError::Timeout`] says why (the xDS servers
     /// that cannot be reached and their errors, or the resources still missing and their
@@ -58,6 +64,7 @@ impl ResolveError {
         match self {
             ResolveError::InvalidTarget { target, .. }
             | ResolveError::AuthorityNotSupported { target }
+            | ResolveError::NoXdsClient { target }
             | ResolveError::ListenerName { target, .. }
             | ResolveError::Xds { target, .. } => target,
         }

@@ -294,11 +294,11 @@ impl fmt::Debug for RoutePolicy {
 }
 
 /// Routes requests to clusters; see the [module docs](self).
-pub struct Router<C, R = SmallRng> {
+pub struct Router<C> {
     config: ConfigReceiver,
     current: Arc<TargetConfig>,
     clusters: C,
-    rng: R,
+    rng: SmallRng,
     // Seeds for the RNGs of clones, and the channel id of the channel-id hash policy:
     // shared by a router and its clones.
     shared: Arc<Shared>,
@@ -311,17 +311,17 @@ struct Shared {
 
 impl<C> Router<C> {
     /// A router over the configs published on `config`, reaching clusters through
-    /// `clusters`, with an RNG seeded from the OS.
+    /// `clusters`, with its random choices (weighted clusters, fractions) seeded from the OS.
     pub fn new(config: ConfigReceiver, clusters: C) -> Self {
         let mut seed = SmallRng::from_os_rng();
-        Self::with_rng(config, clusters, SmallRng::seed_from_u64(seed.next_u64()))
-            .channel_id(seed.next_u64())
+        Self::with_seed(config, clusters, seed.next_u64()).channel_id(seed.next_u64())
     }
-}
 
-impl<C, R: RngCore> Router<C, R> {
-    /// A router with the given RNG (a fixed seed makes weighted choices reproducible).
-    pub fn with_rng(config: ConfigReceiver, clusters: C, mut rng: R) -> Self {
+    /// A router whose random choices follow from `seed`: the same requests in the same
+    /// order choose the same clusters, which makes weighted splits reproducible in tests.
+    /// Its clones draw their own seeds from it.
+    pub fn with_seed(config: ConfigReceiver, clusters: C, seed: u64) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed);
         let current = config.borrow().clone();
         let shared = Arc::new(Shared {
             next_seed: AtomicU64::new(rng.next_u64()),
@@ -337,7 +337,7 @@ impl<C, R: RngCore> Router<C, R> {
     }
 }
 
-impl<C, R> Router<C, R> {
+impl<C> Router<C> {
     /// Sets the channel id hashed by the channel-id hash policy (default: random per router
     /// and shared by its clones).
     pub fn channel_id(mut self, id: u64) -> Self {
@@ -370,6 +370,17 @@ impl<C, R> Router<C, R> {
         &self.current
     }
 
+    /// Routes `req` without calling anything: the route, cluster and hash this router
+    /// would choose for it now (its random choices advance as a call's would). For tests,
+    /// benchmarks and tools.
+    ///
+    /// # Errors
+    /// [`RouteError`] when no virtual host or route matches.
+    pub fn route<B>(&mut self, req: &http::Request<B>) -> Result<RoutePolicy, RouteError> {
+        self.refresh();
+        route(&self.current, req, &mut self.rng, self.shared.channel_id)
+    }
+
     fn refresh(&mut self) {
         // `has_changed` reads the channel's version atomically; the channel's lock is taken
         // only when there is something new. A closed channel keeps the last config.
@@ -379,20 +390,20 @@ impl<C, R> Router<C, R> {
     }
 }
 
-impl<C: Clone, R: SeedableRng> Clone for Router<C, R> {
+impl<C: Clone> Clone for Router<C> {
     fn clone(&self) -> Self {
         let seed = self.shared.next_seed.fetch_add(1, Ordering::Relaxed);
         Self {
             config: self.config.clone(),
             current: self.current.clone(),
             clusters: self.clusters.clone(),
-            rng: R::seed_from_u64(seed),
+            rng: SmallRng::seed_from_u64(seed),
             shared: self.shared.clone(),
         }
     }
 }
 
-impl<C: fmt::Debug, R> fmt::Debug for Router<C, R> {
+impl<C: fmt::Debug> fmt::Debug for Router<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Router")
             .field("config", &self.current.route_config().name)
@@ -401,11 +412,10 @@ impl<C: fmt::Debug, R> fmt::Debug for Router<C, R> {
     }
 }
 
-impl<C, R, B> Service<http::Request<B>> for Router<C, R>
+impl<C, B> Service<http::Request<B>> for Router<C>
 where
     C: Clusters<http::Request<B>>,
     <C::Service as Service<http::Request<B>>>::Error: Into<BoxError>,
-    R: RngCore,
 {
     type Response = <C::Service as Service<http::Request<B>>>::Response;
     type Error = BoxError;
@@ -442,8 +452,8 @@ where
 }
 
 /// Routes one request against `cfg` without calling anything: the route, cluster and hash
-/// the [`Router`] would choose. For tests, benchmarks and tools.
-pub fn route<B>(
+/// the [`Router`] would choose.
+pub(crate) fn route<B>(
     cfg: &Arc<TargetConfig>,
     req: &http::Request<B>,
     rng: &mut impl RngCore,

@@ -503,7 +503,7 @@ async fn router_calls_the_cluster_with_the_policy_attached_and_follows_updates()
     let (b, mut b_handle) =
         tower_test::mock::pair::<http::Request<()>, http::Response<&'static str>>();
     let clusters: HashMap<String, Mock> = HashMap::from([("a".into(), a), ("b".into(), b)]);
-    let mut router = Router::with_rng(rx, clusters, rng());
+    let mut router = Router::with_seed(rx, clusters, 7);
 
     let call = tokio::spawn(router.ready().await.unwrap().call(req("http://x/p", &[])));
     let (got, send) = a_handle.next_request().await.unwrap();
@@ -613,7 +613,7 @@ fn clones_draw_different_random_streams() {
         action,
     )]);
     let (_tx, rx) = tokio::sync::watch::channel(c);
-    let router = Router::with_rng(rx, clusters_fn(|_: &str| None::<Mock>), rng());
+    let router = Router::with_seed(rx, clusters_fn(|_: &str| None::<Mock>), 7);
     // The first pick of each of 64 fresh clones: with shared streams they would all agree.
     let mut firsts = std::collections::HashSet::new();
     for _ in 0..64 {
@@ -662,7 +662,7 @@ async fn the_request_hash_reaches_the_balancer() {
     let echo = tower::service_fn(|req: http::Request<()>| async move {
         Ok::<_, std::convert::Infallible>(req.extensions().get::<RequestHash>().copied())
     });
-    let mut router = Router::with_rng(rx, HashMap::from([("c".to_string(), echo)]), rng());
+    let mut router = Router::with_seed(rx, HashMap::from([("c".to_string(), echo)]), 7);
     let hashed = router
         .ready()
         .await

@@ -1,13 +1,14 @@
 //! The outbound stack: everything between a client call and an endpoint connection.
 //!
-//! [`outbound`] assembles, from a [`ConfigReceiver`]:
+//! The client [`Engine`](crate::client::Engine) assembles it per target, from the target's
+//! [`ConfigReceiver`], below the call's telemetry layer:
 //!
 //! ```text
 //! Router ─> per cluster: Timeout ─> Retry ─> Attempt ─> CircuitBreaker ─> Balancer
 //!                                                                       └─> endpoint handles
 //! ```
 //!
-//! [`Attempt`] (an OpenTelemetry span and metrics per attempt, and
+//! [`Attempt`](crate::telemetry::Attempt) (an OpenTelemetry span and metrics per attempt, and
 //! the W3C trace headers) sits below the retry layer, so every retry is an attempt of its own;
 //! the retry layer copies the request's extensions onto every attempt, which is how the call
 //! span of a [`Call`](crate::telemetry::Call) above the router becomes the attempts' parent.
@@ -19,7 +20,7 @@
 //!
 //! # Clusters across config updates
 //!
-//! Per-cluster stacks live in a [`ClusterSet`] and persist across config updates. A task
+//! Per-cluster stacks live in a `ClusterSet` and persist across config updates. A task
 //! spawned on the current tokio runtime follows the config channel and, for each new config:
 //!
 //! - a cluster whose `Cluster` resource is unchanged keeps its stack: its balancer, its
@@ -37,11 +38,12 @@
 //!
 //! # Sharing clusters between targets
 //!
-//! A [`ClusterSet`] follows one target's config. Sets made [`with_shared`](ClusterSet::with_shared)
-//! one [`SharedClusters`] registry share the stacks of the clusters they have in common
-//! (same name, same `Cluster` resource), as Envoy shares a cluster among its listeners:
-//! meshwork-http's `MeshClient` makes a set per host name and shares its clusters this way,
-//! so two names of one service get one balancer, one connection pool, one breaker and one
+//! A `ClusterSet` follows one target's config. Sets made `with_shared` one `SharedClusters`
+//! registry share the stacks of the clusters they have in common (same name, same `Cluster`
+//! resource), as Envoy shares a cluster among its listeners: an
+//! [`Engine`](crate::client::Engine) makes a set per target (meshwork-http's `MeshClient` a
+//! target per host name) and shares its clusters this way, so two names of one service get
+//! one balancer, one connection pool, one breaker and one
 //! outlier detector. A shared cluster is built by the first set that needs it (with that
 //! set's connector and telemetry, so its attempt metrics carry that target) and dropped
 //! with the last one that routes to it. Its endpoints follow one set at a time (the one
@@ -88,16 +90,18 @@ use arc_swap::ArcSwap;
 use http_body::Body;
 use tokio::sync::{oneshot, watch};
 use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Layer as _, Service, ServiceExt as _};
+use tower::{BoxError, Service, ServiceBuilder};
 
 use crate::balance::{BalancePolicy, Balancer};
-use crate::breaker::CircuitBreaker;
+use crate::breaker::CircuitBreakerLayer;
 use crate::config::{ClusterChildren, ClusterLoadAssignment, ClusterState, ConfigReceiver};
 use crate::outlier::OutlierDetector;
 use crate::retry::{RetryBody, RetryLayer};
-use crate::route::{Clusters, Router};
-use crate::telemetry::{Attempt, Telemetry, TelemetryBody};
-use crate::timeout::{Timeout, TimeoutBody};
+use crate::route::Clusters;
+#[cfg(test)]
+use crate::route::Router;
+use crate::telemetry::{AttemptLayer, Telemetry, TelemetryBody};
+use crate::timeout::{TimeoutBody, TimeoutLayer};
 use crate::xds::resource::{Cluster, ClusterKind, LbPolicy};
 
 pub use crate::errors::{StackError, error_codes};
@@ -137,17 +141,17 @@ where
 
 /// The service of one cluster: Timeout -> Retry -> Attempt -> CircuitBreaker -> Balancer,
 /// boxed.
-pub type ClusterService<B, RB> =
+pub(crate) type ClusterService<B, RB> =
     BoxCloneSyncService<http::Request<B>, http::Response<TimeoutBody<TelemetryBody<RB>>>, BoxError>;
 
 /// The outbound stack: a [`Router`] over a [`ClusterSet`].
-pub type OutboundStack<B, RB> = Router<ClusterSet<B, RB>>;
+#[cfg(test)]
+pub(crate) type OutboundStack<B, RB> = Router<ClusterSet<B, RB>>;
 
 /// Settings of the per-cluster stacks. Traffic policy comes from the config itself (limits
 /// from the cluster's circuit breakers, policies from routes and clusters).
 #[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct StackOptions {
+pub(crate) struct StackOptions {
     telemetry: Option<Telemetry>,
     balancing: Balancing,
 }
@@ -163,7 +167,7 @@ struct Balancing {
 impl StackOptions {
     /// Records attempt spans and metrics, and the traffic layers' counters, through
     /// `telemetry`. Default: [`Telemetry::global`], taken once when the stack is built.
-    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+    pub(crate) fn telemetry(mut self, telemetry: Telemetry) -> Self {
         self.telemetry = Some(telemetry);
         self
     }
@@ -172,7 +176,7 @@ impl StackOptions {
     /// for (gRPC's ring size cap). Default:
     /// [`DEFAULT_RING_SIZE_CAP`](crate::balance::DEFAULT_RING_SIZE_CAP) (4096, gRPC's
     /// default); see [`BalancerBuilder::ring_size_cap`](crate::balance::BalancerBuilder::ring_size_cap).
-    pub fn ring_size_cap(mut self, cap: u64) -> Self {
+    pub(crate) fn ring_size_cap(mut self, cap: u64) -> Self {
         self.balancing.ring_size_cap = Some(cap);
         self
     }
@@ -185,12 +189,12 @@ impl StackOptions {
     /// gets that policy whatever this says.
     ///
     /// # Errors
-    /// [`ConfigError`](crate::balance::ConfigError) when the policy's parameters are out of
+    /// [`BalancerConfigError`](crate::balance::BalancerConfigError) when the policy's parameters are out of
     /// range ([`BalancePolicy::validate`]).
-    pub fn default_balancer(
+    pub(crate) fn default_balancer(
         mut self,
         policy: BalancePolicy,
-    ) -> Result<Self, crate::balance::ConfigError> {
+    ) -> Result<Self, crate::balance::BalancerConfigError> {
         policy.validate()?;
         self.balancing.unspecified = Some(policy);
         Ok(self)
@@ -202,7 +206,8 @@ impl StackOptions {
 /// Must be called within a tokio runtime: it spawns the task that follows the config (it
 /// ends when the last clone of the stack is dropped) and, per cluster with outlier
 /// detection, the sweeper.
-pub fn outbound<B, RB, C>(
+#[cfg(test)]
+pub(crate) fn outbound<B, RB, C>(
     config: ConfigReceiver,
     connect: C,
     options: StackOptions,
@@ -297,7 +302,7 @@ impl<B, RB> Entry<B, RB> {
 /// others reuse it while their `Cluster` resource is the same (a set whose resource differs
 /// builds its own, which later sets then share). A cluster is dropped with the last set
 /// that routes to it. Cheap to clone.
-pub struct SharedClusters<B, RB> {
+pub(crate) struct SharedClusters<B, RB> {
     entries: Arc<Mutex<Registry<B, RB>>>,
 }
 
@@ -308,14 +313,14 @@ type Registry<B, RB> = HashMap<String, Vec<std::sync::Weak<Entry<B, RB>>>>;
 
 impl<B, RB> SharedClusters<B, RB> {
     /// An empty registry.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             entries: Arc::default(),
         }
     }
 
     /// The names of the clusters alive in the registry, sorted.
-    pub fn cluster_names(&self) -> Vec<String> {
+    pub(crate) fn cluster_names(&self) -> Vec<String> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<String> = entries
             .iter()
@@ -393,7 +398,7 @@ struct Inner<B, RB> {
 
 /// The per-cluster stacks of one target, kept in step with its config (see the
 /// [module docs](self)). Cheap to clone; the [`Router`]'s [`Clusters`] lookup.
-pub struct ClusterSet<B, RB> {
+pub(crate) struct ClusterSet<B, RB> {
     inner: Arc<Inner<B, RB>>,
 }
 
@@ -416,7 +421,8 @@ impl<B, RB> fmt::Debug for ClusterSet<B, RB> {
 impl<B, RB> ClusterSet<B, RB> {
     /// The cluster stacks for the configs on `config`; see [`outbound`]. Must be called
     /// within a tokio runtime.
-    pub fn new<C>(config: ConfigReceiver, connect: C, options: StackOptions) -> Self
+    #[cfg(test)]
+    pub(crate) fn new<C>(config: ConfigReceiver, connect: C, options: StackOptions) -> Self
     where
         C: Connect<B>,
         C::Service: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
@@ -431,7 +437,7 @@ impl<B, RB> ClusterSet<B, RB> {
 
     /// Like [`new`](Self::new), with the cluster stacks taken from (and put in) `shared`, so
     /// that sets for several targets share the clusters they have in common.
-    pub fn with_shared<C>(
+    pub(crate) fn with_shared<C>(
         config: ConfigReceiver,
         connect: C,
         options: StackOptions,
@@ -504,7 +510,7 @@ impl<B, RB> ClusterSet<B, RB> {
     }
 
     /// The names of the clusters that have a stack now, sorted.
-    pub fn cluster_names(&self) -> Vec<String> {
+    pub(crate) fn cluster_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.inner.services.load().keys().cloned().collect();
         names.sort();
         names
@@ -669,11 +675,14 @@ where
         detector.spawn_sweeper();
         balancer = balancer.outlier_detector(detector);
     }
-    let breaker = CircuitBreaker::new(balancer.build(rx, new_endpoint), cluster.circuit_breakers)
-        .metrics(metrics.clone());
-    let attempt = Attempt::new(breaker, telemetry.clone());
-    let retry = RetryLayer::new().metrics(metrics).layer(attempt);
-    let service = Timeout::new(retry).map_err(Into::into);
+    // Read top-down: a call meets the layers in this order.
+    let service = ServiceBuilder::new()
+        .layer(TimeoutLayer::new())
+        .map_err(Into::<BoxError>::into)
+        .layer(RetryLayer::new().metrics(metrics.clone()))
+        .layer(AttemptLayer::new(telemetry.clone()))
+        .layer(CircuitBreakerLayer::new(cluster.circuit_breakers).metrics(metrics))
+        .service(balancer.build(rx, new_endpoint));
     Built {
         service: BoxCloneSyncService::new(service),
         endpoints: Some(tx),

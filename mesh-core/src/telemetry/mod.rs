@@ -95,7 +95,6 @@ pub use names::{MAX_METHOD_NAME_LEN, MAX_METHOD_NAMES};
 pub use server::{Server, ServerFuture, ServerLayer};
 
 pub use crate::metrics::{ClusterMetrics, Ejection, MeshMetrics, SCOPE};
-pub use crate::status::status_name;
 
 /// The span attribute that carries the peer's SPIFFE ID (from the mTLS handshake).
 pub const PEER_SPIFFE_ID: &str = "meshwork.peer.spiffe_id";

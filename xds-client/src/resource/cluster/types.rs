@@ -131,7 +131,7 @@ pub enum LbPolicy {
     /// The cluster names no policy: the legacy `lb_policy` is at its proto3 default
     /// (`ROUND_ROBIN`) and there is no `load_balancing_policy`. Balanced with round robin, as
     /// gRPC and Envoy do, unless the client names another default balancer (meshwork-core's
-    /// `StackOptions::default_balancer`). Proto3 cannot tell an explicit `ROUND_ROBIN` in the
+    /// `ClientOptions::default_balancer`). Proto3 cannot tell an explicit `ROUND_ROBIN` in the
     /// legacy field from an absent one; a control plane that wants round robin whatever the
     /// client's default names it in `load_balancing_policy`.
     Unspecified,
