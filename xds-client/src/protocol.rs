@@ -206,6 +206,34 @@ pub enum ResourceFailure {
     },
 }
 
+/// Two failures are equal when a watcher could not tell them apart: the same kind with the
+/// same text. [`ResourceError`] compares by its text, as its sources (protobuf and regex
+/// errors) are other crates' types; a watch republishes a target only when its state is
+/// unequal to the last one, so a rejection repeated word for word wakes no one.
+impl PartialEq for ResourceFailure {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ResourceFailure::Validation(a), ResourceFailure::Validation(b)) => {
+                a.to_string() == b.to_string()
+            }
+            (
+                ResourceFailure::ServerReported { code, message },
+                ResourceFailure::ServerReported {
+                    code: other_code,
+                    message: other_message,
+                },
+            ) => code == other_code && message == other_message,
+            (
+                ResourceFailure::Duplicate { name },
+                ResourceFailure::Duplicate { name: other_name },
+            ) => name == other_name,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ResourceFailure {}
+
 impl ResourceFailure {
     /// Whether, under the server's `fail_on_data_errors` (gRFC A88), this failure drops the
     /// resource's cached value: any rejection of ours, and of the server's only
@@ -717,6 +745,20 @@ impl AdsState {
                 .get(name)?
                 .status(),
         )
+    }
+
+    /// Why a resource's latest value was rejected, while it is NACKED.
+    pub(crate) fn failure(
+        &self,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> Option<&ResourceFailure> {
+        self.types
+            .get(&resource_type)?
+            .resources
+            .get(name)?
+            .error
+            .as_ref()
     }
 
     /// The accepted version of a type (empty before the first ACK).
