@@ -20,7 +20,7 @@
 //!   valid ones are applied; the response is NACKed with the reason of every invalid one. An
 //!   invalid resource whose name could be read keeps its last good value and is marked
 //!   `NACKED` with the error, and its watchers are told. The NACK's text (and its log line)
-//!   is bounded: the first errors up to [`MAX_NACK_DETAIL`] bytes, then how many more there
+//!   is bounded: the first errors up to 16 KiB, then how many more there
 //!   were. grpc-go and grpc core join every error; a 4 MiB response of ~2 million empty
 //!   resources would make that a ~200 MB request, which a control plane refuses (then the
 //!   stream fails and the same response comes again). The resources in a response are
@@ -71,7 +71,7 @@ use response::{Decoded, Outcome};
 use state::{ResourceState, Transition};
 
 /// The default resource-does-not-exist timeout (gRFC A57).
-pub const DEFAULT_DOES_NOT_EXIST_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_DOES_NOT_EXIST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// gRPC status code `INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
 const INVALID_ARGUMENT: i32 = 3;
@@ -84,7 +84,7 @@ const PERMISSION_DENIED: i32 = 7;
 /// The most bytes of error text a NACK carries in its `error_detail` (and its log line):
 /// the first errors, then "and N more". 16 KiB holds a hundred typical reasons, which is
 /// what an operator reads; the count says the rest.
-pub const MAX_NACK_DETAIL: usize = 16 * 1024;
+pub(crate) const MAX_NACK_DETAIL: usize = 16 * 1024;
 
 /// Cut `text` to at most `max` bytes, at a character boundary.
 pub(crate) fn truncate(text: &mut String, max: usize) {

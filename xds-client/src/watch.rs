@@ -2,7 +2,7 @@
 //! Clusters (through aggregates) -> Endpoints, and publishing only complete, consistent
 //! snapshots.
 //!
-//! [`resolve`] is a pure function of the cache: it walks the graph from a listener and
+//! The walk is a pure function of the cache: it goes through the graph from a listener and
 //! returns either a complete [`XdsConfig`] or "still waiting", plus the set of resources the
 //! walk needed. The client subscribes to exactly that set, and re-resolves a target only
 //! when one of the resources in its set changes — so an EDS update for one cluster touches
@@ -54,6 +54,7 @@ fn copy_cost(name: &str) -> usize {
     1 + name.len() / NAME_BYTES_PER_UNIT
 }
 /// A resource key: its type and name.
+#[doc(hidden)]
 pub type ResourceKey = (ResourceType, String);
 
 /// A complete, consistent configuration for one target.
@@ -230,6 +231,7 @@ pub enum TargetState {
 }
 
 /// The outcome of a walk, and every resource it looked at.
+#[doc(hidden)]
 #[derive(Debug)]
 pub struct Resolution {
     /// The target's state by this walk.
@@ -261,6 +263,9 @@ fn lookup<'a>(ads: &'a AdsState, t: ResourceType, name: &str) -> Lookup<'a> {
 }
 
 /// Walk the graph of `listener` for `authority` through the cache of `ads`.
+// Hidden: the client's own step, public only for meshwork-core's tests that route real
+// xDS resources through a sans-io `AdsState` (tests/route_xds.rs).
+#[doc(hidden)]
 pub fn resolve(ads: &AdsState, listener: &str, authority: &str) -> Resolution {
     let mut needs = BTreeSet::new();
     let state = walk(ads, listener, authority, &mut needs);
