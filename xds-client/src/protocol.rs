@@ -1577,4 +1577,32 @@ mod tests {
         assert_eq!(r[0].resource_names, ["a", "b"]);
         assert!(h.ads.poll_timeout().is_some(), "b's timer started");
     }
+
+    /// A target's state is republished only when unequal to the last, so two failures are
+    /// equal exactly when their kind and text are: the same rejection again is no news.
+    #[test]
+    fn failures_compare_by_kind_and_text() {
+        use crate::resource::ResourceErrorKind;
+
+        let invalid = |reason: &str| {
+            ResourceFailure::Validation(ResourceError::new(
+                Some("a".into()),
+                ResourceErrorKind::invalid("name", reason),
+            ))
+        };
+        let reported = |code, message: &str| ResourceFailure::ServerReported {
+            code,
+            message: message.into(),
+        };
+        let duplicate = |name: &str| ResourceFailure::Duplicate { name: name.into() };
+        assert_eq!(invalid("bad"), invalid("bad"));
+        assert_ne!(invalid("bad"), invalid("worse"));
+        assert_eq!(reported(7, "no"), reported(7, "no"));
+        assert_ne!(reported(7, "no"), reported(3, "no"));
+        assert_ne!(reported(7, "no"), reported(7, "never"));
+        assert_eq!(duplicate("a"), duplicate("a"));
+        assert_ne!(duplicate("a"), duplicate("b"));
+        assert_ne!(invalid("a"), duplicate("a"));
+        assert_ne!(reported(7, "a"), duplicate("a"));
+    }
 }
