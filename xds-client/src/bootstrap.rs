@@ -43,17 +43,17 @@ pub use certs::{
     CertificateProviderConfig, DEFAULT_REFRESH_INTERVAL, FILE_WATCHER_PLUGIN, FileWatcherConfig,
 };
 pub use error::{BootstrapError, FieldErrorKind, ServerUriError};
-pub use node::{CLIENT_FEATURES, Locality, Node, USER_AGENT_NAME, USER_AGENT_VERSION};
+pub use node::{Locality, Node};
 pub use server::{
     ChannelCredentials, SERVER_FEATURE_FAIL_ON_DATA_ERRORS,
     SERVER_FEATURE_IGNORE_RESOURCE_DELETION, SERVER_FEATURE_RESOURCE_TIMER_IS_TRANSIENT_FAILURE,
     SERVER_FEATURE_TRUSTED_XDS_SERVER, SERVER_FEATURE_XDS_V3, ServerAddress, TlsCredentials,
     XdsServer,
 };
-pub use target::{TargetError, XdsTarget, xdstp_authority};
+pub use target::{TargetError, XdsTarget};
 
 use json::{ROOT, as_array, as_object, child, get, index, opt_str, record_unknown};
-use target::{authority_prefix, expand_template};
+use target::{authority_prefix, expand_template, xdstp_authority};
 
 /// The environment variable holding the path of the bootstrap file.
 pub const BOOTSTRAP_FILE_ENV: &str = "GRPC_XDS_BOOTSTRAP";
@@ -63,7 +63,7 @@ pub const BOOTSTRAP_FILE_ENV: &str = "GRPC_XDS_BOOTSTRAP";
 pub const BOOTSTRAP_CONFIG_ENV: &str = "GRPC_XDS_BOOTSTRAP_CONFIG";
 
 /// The default `client_default_listener_resource_name_template`: the target's name as is.
-pub const DEFAULT_CLIENT_LISTENER_TEMPLATE: &str = "%s";
+const DEFAULT_CLIENT_LISTENER_TEMPLATE: &str = "%s";
 
 const TOP_LEVEL_KEYS: &[&str] = &[
     "xds_servers",
@@ -241,8 +241,8 @@ impl Bootstrap {
         self.server_listener_resource_name_template.as_deref()
     }
 
-    /// The template of the Listener name for an `xds:` target without authority;
-    /// [`DEFAULT_CLIENT_LISTENER_TEMPLATE`] unless configured.
+    /// The template of the Listener name for an `xds:` target without authority; `%s` (the
+    /// target's name as is) unless configured.
     pub fn client_default_listener_resource_name_template(&self) -> &str {
         &self.client_default_listener_resource_name_template
     }

@@ -304,6 +304,8 @@ impl XdsClientBuilder {
     /// `min` is raised to 100 ms and `max` kept within `min..=60 s`). A stream that got a
     /// response resets it, unless it ended on a response over the message limit, and the
     /// reconnect still waits its first step.
+    // Hidden with `Backoff`: for tests that must reconnect fast.
+    #[doc(hidden)]
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
@@ -312,7 +314,7 @@ impl XdsClientBuilder {
     /// How long reaching a server may take: dialing, TLS, and the first bytes of its HTTP/2
     /// connection. A server that misses it counts as unreachable, and the client moves on
     /// to the next server when it may fall back (gRFC A71). Default: 20 s, gRPC's minimum
-    /// connect timeout ([`DEFAULT_CONNECT_TIMEOUT`]).
+    /// connect timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -320,8 +322,8 @@ impl XdsClientBuilder {
 
     /// The largest ADS response accepted, in bytes. A response announcing more is refused
     /// from its length prefix, before any of it is buffered; the stream fails and the
-    /// client reconnects with backoff while its cache keeps serving. Default: 4 MiB
-    /// ([`DEFAULT_MAX_MESSAGE_SIZE`]), the limit of gRPC's xDS clients (gRFC A70); raise it
+    /// client reconnects with backoff while its cache keeps serving. Default: 4 MiB, the
+    /// limit of gRPC's xDS clients (gRFC A70); raise it
     /// for a control plane that sends larger responses.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
@@ -628,7 +630,7 @@ impl Worker {
 
     /// Record and log why the server at `server` could not be reached or its stream ended.
     fn failed(&mut self, server: usize, error: TransportError) {
-        tracing::warn!(server = %error.uri(), error = %crate::transport::ErrorChain(&error), "xDS server failed");
+        tracing::warn!(server = %error.uri(), error = %crate::ErrorChain(&error), "xDS server failed");
         if let Some(slot) = self.server_errors.get_mut(server) {
             *slot = Some(error.clone());
         }

@@ -23,9 +23,10 @@
 //! ```
 //!
 //! The modules, bottom up: [`bootstrap`] (the gRPC bootstrap file), [`resource`] (validated
-//! xDS resources), [`protocol`] (the sans-io ADS state machine), [`transport`] (dialing and
-//! backoff), [`client`] (the task that drives it all), [`watch`] (complete per-target
-//! snapshots), and, with the `server` feature, an in-process ADS server for tests.
+//! xDS resources), [`protocol`] (the sans-io ADS state machine), [`transport`] (the errors
+//! of reaching a server), [`client`] (the task that drives it all), [`watch`] (complete
+//! per-target snapshots), and, with the `server` feature, an in-process ADS server for
+//! tests. [`ErrorChain`] prints any of their errors with its causes.
 //!
 //! This crate also owns the workspace's choice of TLS crypto provider (see [`crypto`]),
 //! because it is the lowest crate that opens TLS connections (to the control plane).
@@ -35,6 +36,7 @@
 pub mod bootstrap;
 pub mod client;
 pub mod crypto;
+mod error_chain;
 pub mod protocol;
 pub mod resource;
 #[cfg(feature = "server")]
@@ -43,4 +45,4 @@ pub mod server;
 pub mod transport;
 pub mod watch;
 
-pub use transport::ErrorChain;
+pub use error_chain::ErrorChain;

@@ -20,7 +20,7 @@
 //!   valid ones are applied; the response is NACKed with the reason of every invalid one. An
 //!   invalid resource whose name could be read keeps its last good value and is marked
 //!   `NACKED` with the error, and its watchers are told. The NACK's text (and its log line)
-//!   is bounded: the first errors up to [`MAX_NACK_DETAIL`] bytes, then how many more there
+//!   is bounded: the first errors up to 16 KiB, then how many more there
 //!   were. grpc-go and grpc core join every error; a 4 MiB response of ~2 million empty
 //!   resources would make that a ~200 MB request, which a control plane refuses (then the
 //!   stream fails and the same response comes again). The resources in a response are
@@ -71,7 +71,7 @@ use response::{Decoded, Outcome};
 use state::{ResourceState, Transition};
 
 /// The default resource-does-not-exist timeout (gRFC A57).
-pub const DEFAULT_DOES_NOT_EXIST_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_DOES_NOT_EXIST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// gRPC status code `INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
 const INVALID_ARGUMENT: i32 = 3;
@@ -84,7 +84,7 @@ const PERMISSION_DENIED: i32 = 7;
 /// The most bytes of error text a NACK carries in its `error_detail` (and its log line):
 /// the first errors, then "and N more". 16 KiB holds a hundred typical reasons, which is
 /// what an operator reads; the count says the rest.
-pub const MAX_NACK_DETAIL: usize = 16 * 1024;
+pub(crate) const MAX_NACK_DETAIL: usize = 16 * 1024;
 
 /// Cut `text` to at most `max` bytes, at a character boundary.
 pub(crate) fn truncate(text: &mut String, max: usize) {
@@ -205,6 +205,34 @@ pub enum ResourceFailure {
         name: String,
     },
 }
+
+/// Two failures are equal when a watcher could not tell them apart: the same kind with the
+/// same text. [`ResourceError`] compares by its text, as its sources (protobuf and regex
+/// errors) are other crates' types; a watch republishes a target only when its state is
+/// unequal to the last one, so a rejection repeated word for word wakes no one.
+impl PartialEq for ResourceFailure {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ResourceFailure::Validation(a), ResourceFailure::Validation(b)) => {
+                a.to_string() == b.to_string()
+            }
+            (
+                ResourceFailure::ServerReported { code, message },
+                ResourceFailure::ServerReported {
+                    code: other_code,
+                    message: other_message,
+                },
+            ) => code == other_code && message == other_message,
+            (
+                ResourceFailure::Duplicate { name },
+                ResourceFailure::Duplicate { name: other_name },
+            ) => name == other_name,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ResourceFailure {}
 
 impl ResourceFailure {
     /// Whether, under the server's `fail_on_data_errors` (gRFC A88), this failure drops the
@@ -717,6 +745,20 @@ impl AdsState {
                 .get(name)?
                 .status(),
         )
+    }
+
+    /// Why a resource's latest value was rejected, while it is NACKED.
+    pub(crate) fn failure(
+        &self,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> Option<&ResourceFailure> {
+        self.types
+            .get(&resource_type)?
+            .resources
+            .get(name)?
+            .error
+            .as_ref()
     }
 
     /// The accepted version of a type (empty before the first ACK).
@@ -1534,5 +1576,33 @@ mod tests {
         );
         assert_eq!(r[0].resource_names, ["a", "b"]);
         assert!(h.ads.poll_timeout().is_some(), "b's timer started");
+    }
+
+    /// A target's state is republished only when unequal to the last, so two failures are
+    /// equal exactly when their kind and text are: the same rejection again is no news.
+    #[test]
+    fn failures_compare_by_kind_and_text() {
+        use crate::resource::ResourceErrorKind;
+
+        let invalid = |reason: &str| {
+            ResourceFailure::Validation(ResourceError::new(
+                Some("a".into()),
+                ResourceErrorKind::invalid("name", reason),
+            ))
+        };
+        let reported = |code, message: &str| ResourceFailure::ServerReported {
+            code,
+            message: message.into(),
+        };
+        let duplicate = |name: &str| ResourceFailure::Duplicate { name: name.into() };
+        assert_eq!(invalid("bad"), invalid("bad"));
+        assert_ne!(invalid("bad"), invalid("worse"));
+        assert_eq!(reported(7, "no"), reported(7, "no"));
+        assert_ne!(reported(7, "no"), reported(3, "no"));
+        assert_ne!(reported(7, "no"), reported(7, "never"));
+        assert_eq!(duplicate("a"), duplicate("a"));
+        assert_ne!(duplicate("a"), duplicate("b"));
+        assert_ne!(invalid("a"), duplicate("a"));
+        assert_ne!(reported(7, "a"), duplicate("a"));
     }
 }

@@ -1,21 +1,22 @@
 //! Reaching an xDS server: dialing (TCP, unix socket, TLS), the ADS stream, and the
-//! reconnect backoff.
+//! reconnect backoff. Public are the errors of this part, [`TransportError`] and
+//! [`CredentialsError`]; the rest is the client's.
 //!
 //! Rules, each bounding what a hostile or broken server can cost the client:
-//! - **Connect deadline** ([`DEFAULT_CONNECT_TIMEOUT`], 20 s, gRPC's minimum connect timeout
+//! - **Connect deadline** (20 s by default, gRPC's minimum connect timeout
 //!   from its connection-backoff spec): dialing, the TLS handshake and the first bytes of
 //!   the server's HTTP/2 connection (the SETTINGS frame every server sends first) must all
 //!   happen within it. hyper's handshake returns before the server has said anything, so
 //!   without waiting for those bytes a server that accepts TCP and stays silent would hold
 //!   the client, and gRFC A71 fallback, forever. A server that is up at HTTP/2 but never
 //!   answers on the stream is left to the does-not-exist timers (gRFC A57), as in gRPC.
-//! - **Message limit** ([`DEFAULT_MAX_MESSAGE_SIZE`], 4 MiB, the limit gRPC's xDS clients
+//! - **Message limit** (4 MiB by default, the limit gRPC's xDS clients
 //!   run with: they leave the channel's default receive limit in place, gRFC A70): a
 //!   response whose gRPC length prefix announces more is refused from its 5-byte header,
 //!   before anything is reserved or buffered (tonic checks the prefix against the limit
 //!   before it reserves), the stream fails, and the client backs off and reconnects while
 //!   its cache keeps serving.
-//! - **Backoff** ([`Backoff`]): the only reconnects that do not wait are the move to the
+//! - **Backoff** (1 s growing to 60 s, with jitter): the only reconnects that do not wait are the move to the
 //!   next server in a fallback round and the move back to a primary that a probe found up;
 //!   every other one waits a step. A stream that got a response resets the backoff but
 //!   still waits its first step (grpc core's XdsClient; grpc-go reconnects at once), so a
@@ -42,16 +43,18 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::bootstrap::{ChannelCredentials, ServerAddress, TlsCredentials, XdsServer};
+// The path `client::not_ready` names it by.
+pub(crate) use crate::error_chain::ErrorChain;
 
 /// How long dialing a server, its TLS handshake and the start of its HTTP/2 connection may
 /// take before the attempt counts as failed: gRPC's 20 s minimum connect timeout.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The largest ADS response accepted by default: 4 MiB, gRPC's default receive limit, which
 /// gRPC's own xDS clients keep for their xDS channel (gRFC A70). Raise it with
 /// [`XdsClientBuilder::max_message_size`](crate::client::XdsClientBuilder::max_message_size)
 /// for a control plane that sends larger responses.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// Why the client could not reach an xDS server, or lost its ADS stream. The latest one is
 /// [`XdsClient::last_error`](crate::client::XdsClient::last_error). Its `source()` is the
@@ -339,44 +342,6 @@ type BoxIo = Box<dyn IoStream>;
 trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> IoStream for T {}
 
-/// Displays an error and its `source()` chain, `: `-separated, as grpc-go's `connection
-/// error: desc = ...` names the cause: for logs, and for the messages that report a failure
-/// (a `tonic::Status` made from a stack error, an xDS server's failure). A source whose
-/// message is already there is left out (tonic's transport error and the connect error
-/// inside it both say "Connection refused"); at most 16 levels, in case a chain is cyclic.
-///
-/// ```
-/// use meshwork_xds::ErrorChain;
-/// let io = std::io::Error::other("connection refused");
-/// let err = std::io::Error::new(std::io::ErrorKind::Other, io);
-/// assert_eq!(ErrorChain(&err).to_string(), "connection refused");
-/// ```
-#[derive(Clone, Copy)]
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Debug for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
-}
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut message = self.0.to_string();
-        let mut source = self.0.source();
-        for _ in 0..16 {
-            let Some(e) = source else { break };
-            let next = e.to_string();
-            if !message.contains(&next) {
-                message.push_str(": ");
-                message.push_str(&next);
-            }
-            source = e.source();
-        }
-        f.write_str(&message)
-    }
-}
-
 /// What a new connection has had from the server so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hearing {
@@ -538,6 +503,9 @@ pub(crate) async fn open_stream(
 /// answers and closes every stream sees at most ten streams a second, never a spin; `max`
 /// is at most 60 s, so with jitter no delay exceeds gRPC's 120 s cap (its connection-backoff
 /// spec's `MAX_BACKOFF`), and at least `min`.
+// Hidden: public only so that integration tests reconnect in milliseconds (through
+// `XdsClientBuilder::backoff`); gRPC's xDS clients do not let users tune this either.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     /// The first delay (at least 100 ms).

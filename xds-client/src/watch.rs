@@ -2,7 +2,7 @@
 //! Clusters (through aggregates) -> Endpoints, and publishing only complete, consistent
 //! snapshots.
 //!
-//! [`resolve`] is a pure function of the cache: it walks the graph from a listener and
+//! The walk is a pure function of the cache: it goes through the graph from a listener and
 //! returns either a complete [`XdsConfig`] or "still waiting", plus the set of resources the
 //! walk needed. The client subscribes to exactly that set, and re-resolves a target only
 //! when one of the resources in its set changes — so an EDS update for one cluster touches
@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::protocol::{AdsState, ResourceStatus};
+use crate::protocol::{AdsState, ResourceFailure, ResourceStatus};
 use crate::resource::{
     Cluster, ClusterKind, ClusterLoadAssignment, ClusterSpecifier, Listener, Resource,
     ResourceType, RouteAction, RouteConfiguration, RouteSource, VirtualHost,
@@ -54,6 +54,7 @@ fn copy_cost(name: &str) -> usize {
     1 + name.len() / NAME_BYTES_PER_UNIT
 }
 /// A resource key: its type and name.
+#[doc(hidden)]
 pub type ResourceKey = (ResourceType, String);
 
 /// A complete, consistent configuration for one target.
@@ -96,12 +97,14 @@ pub enum ClusterError {
         name: String,
     },
     /// The cluster was rejected (NACKed) and there is no last good value.
-    #[error("cluster {name}: {detail}")]
+    #[error("cluster {name}: {error}")]
     Invalid {
         /// The cluster's name.
         name: String,
-        /// Why it was rejected: the validation error sent in the NACK.
-        detail: String,
+        /// Why it was rejected: our validation error (the NACK's reason) or the control
+        /// plane's.
+        #[source]
+        error: ResourceFailure,
     },
     /// An aggregate cluster nests other aggregates more than `max` deep (gRFC A37).
     #[error("aggregate cluster {name} nests deeper than {max}")]
@@ -141,12 +144,14 @@ pub enum EndpointsError {
         name: String,
     },
     /// The assignment was rejected (NACKed) and there is no last good value.
-    #[error("endpoints {name}: {detail}")]
+    #[error("endpoints {name}: {error}")]
     Invalid {
         /// The assignment's name.
         name: String,
-        /// Why it was rejected: the validation error sent in the NACK.
-        detail: String,
+        /// Why it was rejected: our validation error (the NACK's reason) or the control
+        /// plane's.
+        #[source]
+        error: ResourceFailure,
     },
 }
 
@@ -184,8 +189,10 @@ pub enum TargetError {
     ListenerInvalid {
         /// The listener's name.
         name: String,
-        /// Why.
-        error: String,
+        /// Why it was rejected: our validation error (the NACK's reason) or the control
+        /// plane's.
+        #[source]
+        error: ResourceFailure,
     },
     /// The route configuration does not exist.
     #[error("route configuration {0} does not exist")]
@@ -195,8 +202,10 @@ pub enum TargetError {
     RouteConfigInvalid {
         /// The route configuration's name.
         name: String,
-        /// Why.
-        error: String,
+        /// Why it was rejected: our validation error (the NACK's reason) or the control
+        /// plane's.
+        #[source]
+        error: ResourceFailure,
     },
     /// No virtual host matches the authority.
     #[error("no virtual host in route configuration {route_config} matches {authority}")]
@@ -222,6 +231,7 @@ pub enum TargetState {
 }
 
 /// The outcome of a walk, and every resource it looked at.
+#[doc(hidden)]
 #[derive(Debug)]
 pub struct Resolution {
     /// The target's state by this walk.
@@ -235,27 +245,27 @@ enum Lookup<'a> {
     Found(&'a Resource),
     DoesNotExist,
     /// Rejected, with no last good value.
-    Invalid,
+    Invalid(&'a ResourceFailure),
 }
 
 fn lookup<'a>(ads: &'a AdsState, t: ResourceType, name: &str) -> Lookup<'a> {
     match (ads.get(t, name), ads.status(t, name)) {
         (Some(r), _) => Lookup::Found(r),
         (None, Some(ResourceStatus::DoesNotExist)) => Lookup::DoesNotExist,
-        (None, Some(ResourceStatus::Nacked)) => Lookup::Invalid,
+        (None, Some(ResourceStatus::Nacked)) => match ads.failure(t, name) {
+            Some(failure) => Lookup::Invalid(failure),
+            // A NACKED resource always has its failure; without one there is nothing to
+            // report, and waiting is the safe reading.
+            None => Lookup::Pending,
+        },
         _ => Lookup::Pending,
     }
 }
 
-/// Why a rejected resource was rejected (a scan of the cache: for one-off lookups).
-fn nack_reason(ads: &AdsState, t: ResourceType, name: &str) -> String {
-    ads.resources()
-        .find(|v| v.resource_type == t && v.name == name)
-        .and_then(|v| v.error.map(|e| e.to_string()))
-        .unwrap_or_else(|| "invalid".into())
-}
-
 /// Walk the graph of `listener` for `authority` through the cache of `ads`.
+// Hidden: the client's own step, public only for meshwork-core's tests that route real
+// xDS resources through a sans-io `AdsState` (tests/route_xds.rs).
+#[doc(hidden)]
 pub fn resolve(ads: &AdsState, listener: &str, authority: &str) -> Resolution {
     let mut needs = BTreeSet::new();
     let state = walk(ads, listener, authority, &mut needs);
@@ -274,10 +284,10 @@ fn walk(
         Lookup::DoesNotExist => {
             return Err(TargetError::ListenerDoesNotExist(listener_name.to_string()));
         }
-        Lookup::Invalid => {
+        Lookup::Invalid(failure) => {
             return Err(TargetError::ListenerInvalid {
                 name: listener_name.to_string(),
-                error: nack_reason(ads, ResourceType::Listener, listener_name),
+                error: failure.clone(),
             });
         }
         Lookup::Found(Resource::Listener(l)) => l.clone(),
@@ -294,10 +304,11 @@ fn walk(
                         route_config_name.clone(),
                     ));
                 }
-                Lookup::Invalid => {
-                    let name = route_config_name.clone();
-                    let error = nack_reason(ads, ResourceType::RouteConfiguration, &name);
-                    return Err(TargetError::RouteConfigInvalid { name, error });
+                Lookup::Invalid(failure) => {
+                    return Err(TargetError::RouteConfigInvalid {
+                        name: route_config_name.clone(),
+                        error: failure.clone(),
+                    });
                 }
                 Lookup::Found(Resource::RouteConfiguration(rc)) => rc.clone(),
                 Lookup::Found(_) => return Ok(None),
@@ -339,7 +350,6 @@ fn walk(
         marks: HashMap::new(),
         leaves: HashMap::new(),
         work: 0,
-        nacked: None,
     };
     let mut complete = true;
     for root in roots {
@@ -394,28 +404,11 @@ struct ClusterWalker<'a, 'n> {
     leaves: HashMap<&'a str, (Vec<&'a str>, usize)>,
     /// Aggregate edges followed plus leaf names copied so far (see [`copy_cost`]).
     work: usize,
-    /// Why each rejected resource was rejected, once one is met.
-    nacked: Option<HashMap<(ResourceType, &'a str), String>>,
 }
 
 impl<'a> ClusterWalker<'a, '_> {
     fn into_clusters(self) -> BTreeMap<String, ClusterState> {
         self.out
-    }
-
-    /// [`nack_reason`], from a map of every rejected resource made on the first one met, so
-    /// that a graph of rejected clusters does not scan the whole cache once per cluster.
-    fn nack_reason(&mut self, t: ResourceType, name: &str) -> String {
-        let ads = self.ads;
-        self.nacked
-            .get_or_insert_with(|| {
-                ads.resources()
-                    .filter_map(|v| Some(((v.resource_type, v.name), v.error?.to_string())))
-                    .collect()
-            })
-            .get(&(t, name))
-            .cloned()
-            .unwrap_or_else(|| "invalid".into())
     }
 
     fn finish(&mut self, name: &'a str, state: ClusterState) -> Walk {
@@ -443,10 +436,10 @@ impl<'a> ClusterWalker<'a, '_> {
                 };
                 return self.finish(name, ClusterState::Error(error));
             }
-            Lookup::Invalid => {
+            Lookup::Invalid(failure) => {
                 let error = ClusterError::Invalid {
                     name: name.to_owned(),
-                    detail: self.nack_reason(ResourceType::Cluster, name),
+                    error: failure.clone(),
                 };
                 return self.finish(name, ClusterState::Error(error));
             }
@@ -465,10 +458,12 @@ impl<'a> ClusterWalker<'a, '_> {
                             name: eds_name.to_owned(),
                         }))
                     }
-                    Lookup::Invalid => ClusterChildren::Endpoints(Err(EndpointsError::Invalid {
-                        name: eds_name.to_owned(),
-                        detail: self.nack_reason(ResourceType::ClusterLoadAssignment, eds_name),
-                    })),
+                    Lookup::Invalid(failure) => {
+                        ClusterChildren::Endpoints(Err(EndpointsError::Invalid {
+                            name: eds_name.to_owned(),
+                            error: failure.clone(),
+                        }))
+                    }
                     Lookup::Found(Resource::ClusterLoadAssignment(cla)) => {
                         ClusterChildren::Endpoints(Ok(cla.clone()))
                     }
@@ -1022,6 +1017,81 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A rejected resource with no last good value carries the typed failure it was NACKed
+    /// for, as its error's source, with the text the NACK sent.
+    #[test]
+    fn rejected_resources_carry_their_typed_failure() {
+        let reason = |e: &dyn std::error::Error| {
+            let failure = e.source().expect("the failure is the source");
+            let failure = failure.downcast_ref::<ResourceFailure>().expect("typed");
+            assert!(
+                matches!(failure, ResourceFailure::Validation(_)),
+                "{failure:?}"
+            );
+            assert!(e.to_string().ends_with(&failure.to_string()), "{e}");
+            failure.to_string()
+        };
+
+        let mut no_eds_config = build::eds_cluster("bad");
+        no_eds_config.eds_cluster_config = None;
+        let mut w = world(
+            "agg",
+            &[
+                aggregate("agg", &["bad", "good"]),
+                no_eds_config,
+                build::eds_cluster("good"),
+            ],
+            &[],
+        );
+        let mut no_address = build::endpoints("good", &["127.0.0.1:1".parse().unwrap()]);
+        no_address.endpoints[0].lb_endpoints[0].host_identifier = None;
+        w.put(ResourceType::ClusterLoadAssignment, "good", &no_address);
+        let r = w.settle(T, T);
+        match &config(&r).clusters["bad"] {
+            ClusterState::Error(e @ ClusterError::Invalid { name, .. }) => {
+                assert_eq!(name, "bad");
+                assert!(reason(e).contains("eds_cluster_config"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &config(&r).clusters["good"] {
+            ClusterState::Ready(ClusterConfig {
+                children: ClusterChildren::Endpoints(Err(e @ EndpointsError::Invalid { name, .. })),
+                ..
+            }) => {
+                assert_eq!(name, "good");
+                reason(e);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let mut w = World::default();
+        w.put(
+            ResourceType::Listener,
+            T,
+            &envoy_types::pb::envoy::config::listener::v3::Listener {
+                name: T.into(),
+                ..Default::default()
+            },
+        );
+        let e = w.settle(T, T).state.unwrap_err();
+        assert!(matches!(e, TargetError::ListenerInvalid { .. }), "{e}");
+        assert!(reason(&e).contains("api_listener"), "{e}");
+
+        let mut w = World::default();
+        w.put(ResourceType::Listener, T, &build::api_listener(T, "rc"));
+        let mut no_match = build::route_to("", "a");
+        no_match.r#match = None;
+        w.put(
+            ResourceType::RouteConfiguration,
+            "rc",
+            &build::route_config("rc", vec![build::virtual_host("vh", [T], vec![no_match])]),
+        );
+        let e = w.settle(T, T).state.unwrap_err();
+        assert!(matches!(e, TargetError::RouteConfigInvalid { .. }), "{e}");
+        assert!(reason(&e).contains("match"), "{e}");
     }
 
     #[test]

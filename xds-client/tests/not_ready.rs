@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use meshwork_test_support::within;
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::{ReadyError, XdsClient};
-use meshwork_xds::protocol::ResourceStatus;
+use meshwork_xds::protocol::{ResourceFailure, ResourceStatus};
 use meshwork_xds::resource::ResourceType;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
 use meshwork_xds::transport::{Backoff, TransportError};
@@ -304,13 +304,19 @@ async fn a_nacked_listener_is_named_with_the_detail() {
     let dump = client.dump().await;
     let detail = dump[0].error.clone().expect("the listener is NACKed");
     assert!(detail.contains("api_listener"), "{detail}");
-    assert_eq!(
-        err,
-        ReadyError::Target(TargetError::ListenerInvalid {
-            name: TARGET.into(),
-            error: detail.clone(),
-        })
-    );
+    match &err {
+        ReadyError::Target(target @ TargetError::ListenerInvalid { name, error }) => {
+            assert_eq!(name, TARGET);
+            assert_eq!(error.to_string(), detail);
+            // The NACK's reason is our typed validation error, and the error's source.
+            assert!(matches!(error, ResourceFailure::Validation(_)), "{error:?}");
+            assert_eq!(
+                target.source().map(ToString::to_string),
+                Some(detail.clone())
+            );
+        }
+        other => panic!("expected ListenerInvalid, got {other:?}"),
+    }
     assert_eq!(
         err.to_string(),
         format!("listener {TARGET} is invalid: {detail}")

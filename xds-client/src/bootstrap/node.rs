@@ -12,10 +12,10 @@ use super::error::BootstrapError;
 use super::json::{as_object, child, get, opt_str, record_unknown, wrong_type};
 
 /// The `user_agent_name` meshwork sends.
-pub const USER_AGENT_NAME: &str = "meshwork";
+const USER_AGENT_NAME: &str = "meshwork";
 
 /// The `user_agent_version` meshwork sends: this crate's version.
-pub const USER_AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+const USER_AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The `client_features` meshwork sends (Envoy's list of well-known client features).
 ///
@@ -25,13 +25,13 @@ pub const USER_AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Deliberately absent: `envoy.lb.does_not_support_overprovisioning` (meshwork honours the
 /// overprovisioning factor) and `envoy.lrs.supports_send_all_clusters` (meshwork has no load
 /// reporting yet).
-pub const CLIENT_FEATURES: &[&str] = &["xds.config.resource-in-sotw"];
+const CLIENT_FEATURES: &[&str] = &["xds.config.resource-in-sotw"];
 
 /// The `node` of the bootstrap: identifies this client to the control plane.
 ///
 /// `user_agent_name`, `user_agent_version` and `client_features` are not configured: they
-/// are meshwork's own ([`USER_AGENT_NAME`], [`USER_AGENT_VERSION`], [`CLIENT_FEATURES`]) and
-/// added by [`Node::to_proto`].
+/// are meshwork's own (`meshwork`, this crate's version, and the well-known client features
+/// meshwork implements) and added by [`Node::to_proto`].
 #[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
 pub struct Node {

@@ -217,18 +217,7 @@ pub(super) fn expand_template(template: &str, replacement: &str) -> String {
 
 /// The authority of a new-style (`xdstp:`) resource name, percent-decoded; the empty string
 /// for `xdstp:` names without one; `None` for old-style names.
-///
-/// ```
-/// use meshwork_xds::bootstrap::xdstp_authority;
-///
-/// assert_eq!(
-///     xdstp_authority("xdstp://xds.example.com/envoy.config.listener.v3.Listener/greeter").as_deref(),
-///     Some("xds.example.com")
-/// );
-/// assert_eq!(xdstp_authority("xdstp:///envoy.config.listener.v3.Listener/x").as_deref(), Some(""));
-/// assert_eq!(xdstp_authority("greeter:50051"), None);
-/// ```
-pub fn xdstp_authority(resource_name: &str) -> Option<String> {
+pub(super) fn xdstp_authority(resource_name: &str) -> Option<String> {
     let rest = resource_name.strip_prefix("xdstp:")?;
     let Some(after) = rest.strip_prefix("//") else {
         return Some(String::new());
@@ -365,6 +354,16 @@ mod tests {
         assert_eq!(xdstp_authority("xdstp:t/x").as_deref(), Some(""));
         assert_eq!(xdstp_authority("xds://a/b"), None);
         assert_eq!(xdstp_authority("outbound|80||svc"), None);
+        assert_eq!(
+            xdstp_authority("xdstp://xds.example.com/envoy.config.listener.v3.Listener/greeter")
+                .as_deref(),
+            Some("xds.example.com")
+        );
+        assert_eq!(
+            xdstp_authority("xdstp:///envoy.config.listener.v3.Listener/x").as_deref(),
+            Some("")
+        );
+        assert_eq!(xdstp_authority("greeter:50051"), None);
     }
 
     proptest::proptest! {
