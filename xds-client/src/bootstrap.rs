@@ -50,7 +50,7 @@ pub use server::{
     SERVER_FEATURE_TRUSTED_XDS_SERVER, SERVER_FEATURE_XDS_V3, ServerAddress, TlsCredentials,
     XdsServer,
 };
-pub use target::{TargetError, XdsTarget};
+pub use target::{TargetParseError, XdsTarget};
 
 use json::{ROOT, as_array, as_object, child, get, index, opt_str, record_unknown};
 use target::{authority_prefix, expand_template, xdstp_authority};
@@ -1076,13 +1076,13 @@ mod tests {
         );
         let e = b.listener_resource_name("dns:///greeter").unwrap_err();
         assert!(
-            matches!(e, BootstrapError::Target(TargetError::NotXds { .. })),
+            matches!(e, BootstrapError::Target(TargetParseError::NotXds { .. })),
             "{e:?}"
         );
         let e = b.listener_resource_name("xds:///").unwrap_err();
         assert!(matches!(
             e,
-            BootstrapError::Target(TargetError::EmptyName { .. })
+            BootstrapError::Target(TargetParseError::EmptyName { .. })
         ));
     }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshwork_xds::bootstrap::{BootstrapError, TargetError, XdsTarget};
+use meshwork_xds::bootstrap::{BootstrapError, TargetParseError, XdsTarget};
 use meshwork_xds::client::{ReadyError, XdsClient};
 use meshwork_xds::watch::TargetState;
 
@@ -20,7 +20,7 @@ pub enum ResolveError {
         target: String,
         /// Why.
         #[source]
-        source: TargetError,
+        source: TargetParseError,
     },
     /// `xds://authority/name` targets (federation, gRFC A47): the client does not send an
     /// authority's resources to that authority's own servers yet; use `xds:///name`.

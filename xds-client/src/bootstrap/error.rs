@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::target::TargetError;
+use super::target::TargetParseError;
 
 /// Why a bootstrap could not be loaded, or a name could not be resolved with it.
 ///
@@ -51,7 +51,7 @@ pub enum BootstrapError {
     ServerUri(#[from] ServerUriError),
     /// An `xds:` target could not be parsed.
     #[error(transparent)]
-    Target(#[from] TargetError),
+    Target(#[from] TargetParseError),
     /// A target or resource name uses an authority the bootstrap does not list (gRFC A47).
     #[error("authority {authority:?} of {name:?} is not in the bootstrap's authorities")]
     UnknownAuthority {

@@ -16,7 +16,7 @@ use std::str::FromStr;
 /// let t: XdsTarget = "xds:///echo.default.svc.cluster.local:7070".parse()?;
 /// assert_eq!(t.authority(), None);
 /// assert_eq!(t.name(), "echo.default.svc.cluster.local:7070");
-/// # Ok::<(), meshwork_xds::bootstrap::TargetError>(())
+/// # Ok::<(), meshwork_xds::bootstrap::TargetParseError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct XdsTarget {
@@ -28,14 +28,14 @@ pub struct XdsTarget {
 impl XdsTarget {
     /// Parses an `xds:` target. The scheme is case-insensitive; the path is percent-decoded;
     /// a query or fragment is ignored, as gRPC does.
-    pub fn parse(target: &str) -> Result<Self, TargetError> {
+    pub fn parse(target: &str) -> Result<Self, TargetParseError> {
         let Some((scheme, rest)) = target.split_once(':') else {
-            return Err(TargetError::MissingScheme {
+            return Err(TargetParseError::MissingScheme {
                 target: target.to_owned(),
             });
         };
         if !scheme.eq_ignore_ascii_case("xds") {
-            return Err(TargetError::NotXds {
+            return Err(TargetParseError::NotXds {
                 target: target.to_owned(),
                 scheme: scheme.to_owned(),
             });
@@ -49,12 +49,12 @@ impl XdsTarget {
             None => ("", rest),
         };
         let path = path.strip_prefix('/').unwrap_or(path);
-        let invalid = || TargetError::InvalidPercentEncoding {
+        let invalid = || TargetParseError::InvalidPercentEncoding {
             target: target.to_owned(),
         };
         let name = percent_decode(path).ok_or_else(invalid)?;
         if name.is_empty() {
-            return Err(TargetError::EmptyName {
+            return Err(TargetParseError::EmptyName {
                 target: target.to_owned(),
             });
         }
@@ -90,7 +90,7 @@ impl XdsTarget {
 }
 
 impl FromStr for XdsTarget {
-    type Err = TargetError;
+    type Err = TargetParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
@@ -106,7 +106,7 @@ impl fmt::Display for XdsTarget {
 /// Why a string is not an `xds:` target.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum TargetError {
+pub enum TargetParseError {
     /// No `scheme:` at all.
     #[error(
         "{target:?} is not an xds target: no scheme (expected xds:///name or xds://authority/name)"
@@ -271,19 +271,22 @@ mod tests {
     fn bad_targets() {
         assert!(matches!(
             XdsTarget::parse("greeter"),
-            Err(TargetError::MissingScheme { .. })
+            Err(TargetParseError::MissingScheme { .. })
         ));
         assert!(matches!(
             XdsTarget::parse("dns:///greeter:50051"),
-            Err(TargetError::NotXds { scheme, .. }) if scheme == "dns"
+            Err(TargetParseError::NotXds { scheme, .. }) if scheme == "dns"
         ));
         assert!(matches!(
             XdsTarget::parse("greeter:50051"),
-            Err(TargetError::NotXds { scheme, .. }) if scheme == "greeter"
+            Err(TargetParseError::NotXds { scheme, .. }) if scheme == "greeter"
         ));
         for empty in ["xds:", "xds:///", "xds://auth", "xds://auth/", "xds:///?q"] {
             assert!(
-                matches!(XdsTarget::parse(empty), Err(TargetError::EmptyName { .. })),
+                matches!(
+                    XdsTarget::parse(empty),
+                    Err(TargetParseError::EmptyName { .. })
+                ),
                 "{empty}"
             );
         }
@@ -291,7 +294,7 @@ mod tests {
             assert!(
                 matches!(
                     XdsTarget::parse(bad),
-                    Err(TargetError::InvalidPercentEncoding { .. })
+                    Err(TargetParseError::InvalidPercentEncoding { .. })
                 ),
                 "{bad}"
             );
