@@ -864,6 +864,13 @@ fn hand_built_configs_are_refused_like_decoded_ones() {
     fn set_action(r: &mut route_pb::Route, a: route_pb::RouteAction) {
         r.action = Some(route_pb::route::Action::Route(a));
     }
+    fn weights(list: &[(&str, u32)]) -> ClusterSpecifier {
+        let list = list.iter().map(|&(name, weight)| WeightedCluster {
+            name: name.into(),
+            weight,
+        });
+        ClusterSpecifier::Weighted(list.collect())
+    }
     fn forward_mut(r: &mut Route) -> &mut ForwardAction {
         match &mut r.action {
             RouteAction::Forward(fa) => fa,
@@ -879,44 +886,17 @@ fn hand_built_configs_are_refused_like_decoded_ones() {
     case(
         "zero weights",
         &|r| set_action(r, weighted(&[("a", Some(0)), ("b", None)])),
-        &|r| {
-            forward_mut(r).clusters = ClusterSpecifier::Weighted(vec![WeightedCluster {
-                name: "a".into(),
-                weight: 0,
-            }])
-        },
+        &|r| forward_mut(r).clusters = weights(&[("a", 0)]),
     );
     case(
         "weights overflow",
         &|r| set_action(r, weighted(&[("a", Some(u32::MAX)), ("b", Some(1))])),
-        &|r| {
-            forward_mut(r).clusters = ClusterSpecifier::Weighted(vec![
-                WeightedCluster {
-                    name: "a".into(),
-                    weight: u32::MAX,
-                },
-                WeightedCluster {
-                    name: "b".into(),
-                    weight: 1,
-                },
-            ])
-        },
+        &|r| forward_mut(r).clusters = weights(&[("a", u32::MAX), ("b", 1)]),
     );
     case(
         "empty weighted cluster name",
         &|r| set_action(r, weighted(&[("a", Some(1)), ("", Some(1))])),
-        &|r| {
-            forward_mut(r).clusters = ClusterSpecifier::Weighted(vec![
-                WeightedCluster {
-                    name: "a".into(),
-                    weight: 1,
-                },
-                WeightedCluster {
-                    name: String::new(),
-                    weight: 1,
-                },
-            ])
-        },
+        &|r| forward_mut(r).clusters = weights(&[("a", 1), ("", 1)]),
     );
     case(
         "empty header name",
