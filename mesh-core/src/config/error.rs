@@ -1,5 +1,8 @@
-/// A hand-built configuration that cannot be used. Each variant names the field path, in the
-/// same form as `meshwork-xds` errors (`virtual_hosts[0].routes[2].route.weighted_clusters`).
+use meshwork_xds::resource::ValidationError;
+
+/// A hand-built configuration that cannot be used: it breaks a rule an xDS resource is
+/// NACKed for. Each variant names the field path, in the same form and with the same words
+/// as `meshwork-xds` errors (`virtual_hosts[0].routes[2].route.weighted_clusters`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -17,15 +20,6 @@ pub enum ConfigError {
         /// The path of the `weighted_clusters` field.
         path: String,
     },
-    /// A hash policy meshwork cannot evaluate (gRPC ignores it when it comes from xDS; a
-    /// hand-written config that asks for it is a mistake).
-    #[error("{path}: unsupported hash policy {policy}")]
-    UnsupportedHashPolicy {
-        /// The path of the hash policy.
-        path: String,
-        /// Its kind, e.g. `source_ip`.
-        policy: &'static str,
-    },
 }
 
 impl ConfigError {
@@ -33,6 +27,29 @@ impl ConfigError {
         ConfigError::Invalid {
             path: path.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// The same error for a value found at `prefix` (`retry_policy`) rather than at the root.
+    pub(crate) fn within(self, prefix: &str) -> Self {
+        match self {
+            ConfigError::Invalid { path, reason } => ConfigError::Invalid {
+                path: format!("{prefix}.{path}"),
+                reason,
+            },
+            ConfigError::ZeroTotalWeight { path } => ConfigError::ZeroTotalWeight {
+                path: format!("{prefix}.{path}"),
+            },
+        }
+    }
+}
+
+impl From<ValidationError> for ConfigError {
+    fn from(e: ValidationError) -> Self {
+        match e {
+            ValidationError::ZeroTotalWeight { path } => ConfigError::ZeroTotalWeight { path },
+            ValidationError::Invalid { path, reason } => ConfigError::Invalid { path, reason },
+            other => ConfigError::invalid(other.path(), other.reason()),
         }
     }
 }

@@ -33,7 +33,6 @@ use std::sync::Arc;
 use meshwork_xds::watch::XdsConfig;
 
 mod error;
-pub(crate) mod validate;
 
 pub use error::ConfigError;
 pub use meshwork_xds::resource::{
@@ -57,6 +56,13 @@ pub type ConfigSender = tokio::sync::watch::Sender<Arc<TargetConfig>>;
 /// Publishes `initial` on a new watch channel.
 pub fn channel(initial: TargetConfig) -> (ConfigSender, ConfigReceiver) {
     tokio::sync::watch::channel(Arc::new(initial))
+}
+
+/// Checks a retry policy used outside a route configuration, such as a layer's default:
+/// the rules of [`RetryPolicy::validate`], with paths under `retry_policy`.
+pub(crate) fn check_retry_policy(rp: &RetryPolicy) -> Result<(), ConfigError> {
+    rp.validate()
+        .map_err(|e| ConfigError::from(e).within("retry_policy"))
 }
 
 /// A complete, consistent configuration for one target: what a router needs to route a call.
@@ -129,10 +135,11 @@ impl TargetConfig {
 
 /// Builds a [`TargetConfig`] by hand, with no control plane.
 ///
-/// The routes and clusters are the same types xDS produces; [`StaticConfig::build`] applies
-/// the checks `meshwork-xds` applies to xDS resources that the types alone cannot enforce
-/// (non-zero total weight, valid backoff intervals, supported hash policies, …), with errors
-/// that name the field path. Virtual hosts are chosen per request by authority.
+/// The routes and clusters are the same types xDS produces; [`StaticConfig::build`] refuses
+/// a route configuration for the reasons `meshwork-xds` NACKs one
+/// ([`RouteConfiguration::validate`]: a non-zero total weight, valid backoff intervals, …),
+/// with errors that name the same field path. Virtual hosts are chosen per request by
+/// authority.
 ///
 /// Clusters need not be listed: a router reaches clusters by name through its
 /// [`Clusters`](crate::route::Clusters) lookup; listing them here makes their policy (load
@@ -249,7 +256,7 @@ impl StaticConfig {
             virtual_hosts: self.virtual_hosts,
             unsupported_fields: Vec::new(),
         };
-        validate::route_configuration(&rc)?;
+        rc.validate()?;
         Ok(TargetConfig {
             route_config: Arc::new(rc),
             virtual_host: None,
@@ -264,7 +271,7 @@ impl TryFrom<RouteConfiguration> for TargetConfig {
     type Error = ConfigError;
 
     fn try_from(rc: RouteConfiguration) -> Result<Self, ConfigError> {
-        validate::route_configuration(&rc)?;
+        rc.validate()?;
         Ok(TargetConfig {
             route_config: Arc::new(rc),
             virtual_host: None,

@@ -94,8 +94,10 @@ fn zero_total_weight_is_rejected_with_its_path() {
     );
 }
 
+/// A `source_ip` hash policy is accepted and ignored, as grpc-go does with one from xDS
+/// (it hashes nothing: the next policy, or a random hash, decides).
 #[test]
-fn unsupported_hash_policy_is_rejected() {
+fn source_ip_hash_policy_is_accepted_as_from_xds() {
     let mut fa = forward(ClusterSpecifier::Cluster("a".into()));
     fa.hash_policies.push(HashPolicy {
         kind: HashPolicyKind::ChannelId,
@@ -105,10 +107,22 @@ fn unsupported_hash_policy_is_rejected() {
         kind: HashPolicyKind::SourceIp,
         terminal: false,
     });
-    let err = with_route(fa).build().unwrap_err();
+    let cfg = with_route(fa.clone()).build().unwrap();
+    let RouteAction::Forward(built) = &cfg.route_config().virtual_hosts[0].routes[1].action else {
+        panic!("not a forwarding route");
+    };
+    assert_eq!(built.hash_policies, fa.hash_policies);
+
+    fa.hash_policies.push(HashPolicy {
+        kind: HashPolicyKind::Header {
+            name: String::new(),
+            regex_rewrite: None,
+        },
+        terminal: false,
+    });
     assert_eq!(
-        err.to_string(),
-        "virtual_hosts[0].routes[1].route.hash_policy[1]: unsupported hash policy source_ip"
+        with_route(fa).build().unwrap_err().to_string(),
+        "virtual_hosts[0].routes[1].route.hash_policy[2].header.header_name: must not be empty"
     );
 }
 
@@ -132,19 +146,70 @@ fn bad_retry_policies_are_rejected() {
     let mut rp = retry();
     rp.retriable_status_codes = vec![503, 700];
     fa.retry_policy = Some(rp);
-    assert!(
-        with_route(fa.clone())
-            .build()
-            .unwrap_err()
-            .to_string()
-            .contains("700")
+    assert_eq!(
+        with_route(fa.clone()).build().unwrap_err().to_string(),
+        "virtual_hosts[0].routes[1].route.retry_policy.retriable_status_codes[1]: \
+         700 is not an HTTP status code"
     );
     fa.retry_policy = Some(retry());
     assert!(with_route(fa).build().is_ok());
 }
 
 #[test]
-fn bad_matchers_and_hosts_are_rejected() {
+fn bad_matchers_are_rejected() {
+    let header = |name: &str| HeaderMatcher {
+        name: name.into(),
+        kind: HeaderMatchKind::Present(true),
+        invert: false,
+    };
+    let mut cfg = with_route(forward(ClusterSpecifier::Cluster("a".into())));
+    let m = &mut cfg.virtual_hosts[0].routes[1].matcher;
+    m.headers = vec![header("x"), header("")];
+    assert_eq!(
+        cfg.clone().build().unwrap_err().to_string(),
+        "virtual_hosts[0].routes[1].match.headers[1].name: must not be empty"
+    );
+    cfg.virtual_hosts[0].routes[1].matcher.headers = vec![header("X-Upper")];
+    assert_eq!(
+        cfg.build().unwrap_err().to_string(),
+        "virtual_hosts[0].routes[1].match.headers[0].name: must be lower case"
+    );
+    let mut cfg = with_route(forward(ClusterSpecifier::Cluster("a".into())));
+    cfg.virtual_hosts[0].routes[1]
+        .matcher
+        .query_parameters
+        .push(QueryParameterMatcher {
+            name: String::new(),
+            string_match: None,
+            present: Some(true),
+        });
+    assert_eq!(
+        cfg.build().unwrap_err().to_string(),
+        "virtual_hosts[0].routes[1].match.query_parameters[0].name: must not be empty"
+    );
+    let mut cfg = with_route(forward(ClusterSpecifier::Cluster("a".into())));
+    cfg.virtual_hosts[0].routes[1].matcher.runtime_fraction = Some(1_000_001);
+    assert_eq!(
+        cfg.build().unwrap_err().to_string(),
+        "virtual_hosts[0].routes[1].match.runtime_fraction: \
+         1000001 parts per million is more than one million"
+    );
+    let cfg = with_route(forward(ClusterSpecifier::Cluster(String::new())));
+    assert_eq!(
+        cfg.build().unwrap_err().to_string(),
+        "virtual_hosts[0].routes[1].route.cluster: must not be empty"
+    );
+    let cfg = with_route(forward(ClusterSpecifier::ClusterHeader(String::new())));
+    assert_eq!(
+        cfg.build().unwrap_err().to_string(),
+        "virtual_hosts[0].routes[1].route.cluster_header: must not be empty"
+    );
+}
+
+/// What grpc-go accepts from xDS, a hand-built config may hold too: a virtual host with no
+/// (or an empty) domain, which no authority reaches, and a header range that is empty.
+#[test]
+fn unmatchable_hosts_and_ranges_are_accepted_as_from_xds() {
     let mut cfg = with_route(forward(ClusterSpecifier::Cluster("a".into())));
     cfg.virtual_hosts[0].routes[1]
         .matcher
@@ -154,27 +219,12 @@ fn bad_matchers_and_hosts_are_rejected() {
             kind: HeaderMatchKind::Range { start: 5, end: 1 },
             invert: false,
         });
-    assert!(
-        cfg.build()
-            .unwrap_err()
-            .to_string()
-            .contains("routes[1].match.headers[0].range_match")
-    );
-    let mut cfg = with_route(forward(ClusterSpecifier::Cluster("a".into())));
-    cfg.virtual_hosts[0].routes[1].matcher.runtime_fraction = Some(1_000_001);
-    assert!(cfg.build().is_err());
-    let mut cfg = with_route(forward(ClusterSpecifier::Cluster(String::new())));
-    assert_eq!(
-        cfg.clone().build().unwrap_err().to_string(),
-        "virtual_hosts[0].routes[1].route.cluster: must not be empty"
-    );
     cfg.virtual_hosts[0].domains.clear();
-    assert!(
-        cfg.build()
-            .unwrap_err()
-            .to_string()
-            .starts_with("virtual_hosts[0].domains")
-    );
+    let mut empty = cfg.virtual_hosts[0].clone();
+    empty.domains = vec![String::new()];
+    let built = cfg.virtual_host(empty).build().unwrap();
+    assert!(built.virtual_host_for(Some("a.example")).is_none());
+    assert!(built.virtual_host_for(None).is_none());
 }
 
 #[test]

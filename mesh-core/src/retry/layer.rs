@@ -79,7 +79,7 @@ impl RetryLayer {
     /// The policy for requests that carry no route policy (checked like a hand-built
     /// route's: `retry_policy.retry_back_off.base_interval` must be positive, …).
     pub fn default_policy(mut self, policy: RetryPolicy) -> Result<Self, RetryConfigError> {
-        crate::config::validate::retry_policy(&policy, "retry_policy")?;
+        crate::config::check_retry_policy(&policy)?;
         self.default_policy = Some(Arc::new(policy));
         Ok(self)
     }

@@ -64,7 +64,7 @@ pub use route::{
     CHANNEL_ID_FILTER_STATE_KEY, ClusterSpecifier, ForwardAction, HashPolicy, HashPolicyKind,
     HeaderMatchKind, HeaderMatcher, MaxStreamDuration, PathMatch, QueryParameterMatcher, RetryOn,
     RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, UnsupportedAction,
-    VirtualHost, WeightedCluster,
+    ValidationError, VirtualHost, WeightedCluster,
 };
 
 /// The type URL of the `envoy.service.discovery.v3.Resource` wrapper a server may put around
@@ -382,6 +382,14 @@ impl ResourceErrorKind {
             path: path.to_string(),
             source: Arc::new(source),
         }
+    }
+}
+
+/// A broken rule of the route types is an invalid field of the resource, with the same
+/// path and words.
+impl From<ValidationError> for ResourceErrorKind {
+    fn from(e: ValidationError) -> Self {
+        ResourceErrorKind::invalid(e.path(), e.reason())
     }
 }
 

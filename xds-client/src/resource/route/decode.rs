@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::config::route::v3 as route_pb;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
 use prost::Message as _;
 
+use super::rules::{self, WeightSum};
 use super::types::*;
 use crate::resource::matcher::{SafeRegex, StringMatcher, full_match_regex};
 use crate::resource::{
@@ -277,12 +278,8 @@ fn header_matcher(
     uns: &mut Unsupported,
 ) -> Result<HeaderMatcher> {
     use route_pb::header_matcher::HeaderMatchSpecifier as S;
-    if h.name.is_empty() {
-        return Err(ResourceErrorKind::invalid(
-            p.field("name"),
-            "must not be empty",
-        ));
-    }
+    let name = h.name.to_ascii_lowercase();
+    rules::header_name(&name, p.field("name"))?;
     let kind = match &h.header_match_specifier {
         Some(S::ExactMatch(s)) => HeaderMatchKind::Exact(s.clone()),
         Some(S::PrefixMatch(s)) => HeaderMatchKind::Prefix(s.clone()),
@@ -308,7 +305,7 @@ fn header_matcher(
     };
     unsupported_fields!(uns, p, h, { treat_missing_header_as_empty })?;
     Ok(HeaderMatcher {
-        name: h.name.to_ascii_lowercase(),
+        name,
         kind,
         invert: h.invert_match,
     })
@@ -319,12 +316,7 @@ fn query_matcher(
     p: &FieldPath<'_>,
 ) -> Result<QueryParameterMatcher> {
     use route_pb::query_parameter_matcher::QueryParameterMatchSpecifier as S;
-    if q.name.is_empty() {
-        return Err(ResourceErrorKind::invalid(
-            p.field("name"),
-            "must not be empty",
-        ));
-    }
+    rules::not_empty(&q.name, p.field("name"))?;
     let (string_match, present) = match &q.query_parameter_match_specifier {
         Some(S::StringMatch(sm)) => (
             Some(StringMatcher::from_proto(&p.field("string_match"), sm)?),
@@ -355,21 +347,11 @@ fn forward_action(
     use route_pb::route_action::ClusterSpecifier as S;
     let clusters = match &ra.cluster_specifier {
         Some(S::Cluster(name)) => {
-            if name.is_empty() {
-                return Err(ResourceErrorKind::invalid(
-                    p.field("cluster"),
-                    "must not be empty",
-                ));
-            }
+            rules::not_empty(name, p.field("cluster"))?;
             ClusterSpecifier::Cluster(name.clone())
         }
         Some(S::ClusterHeader(h)) => {
-            if h.is_empty() {
-                return Err(ResourceErrorKind::invalid(
-                    p.field("cluster_header"),
-                    "must not be empty",
-                ));
-            }
+            rules::not_empty(h, p.field("cluster_header"))?;
             ClusterSpecifier::ClusterHeader(h.to_ascii_lowercase())
         }
         Some(S::WeightedClusters(wc)) => weighted_clusters(wc, &p.field("weighted_clusters"), uns)?,
@@ -464,22 +446,14 @@ fn weighted_clusters(
     uns: &mut Unsupported,
 ) -> Result<ClusterSpecifier> {
     let mut out = Vec::with_capacity(wc.clusters.len());
-    let mut total: u32 = 0;
+    let mut sum = WeightSum::default();
     for (i, c) in wc.clusters.iter().enumerate() {
         let cp = p.at("clusters", i);
-        if c.name.is_empty() {
-            return Err(ResourceErrorKind::invalid(
-                cp.field("name"),
-                "must not be empty",
-            ));
-        }
         let weight = c.weight.as_ref().map_or(0, |w| w.value);
+        sum.add(&c.name, weight, &cp, p)?;
         if weight == 0 {
             continue;
         }
-        total = total.checked_add(weight).ok_or_else(|| {
-            ResourceErrorKind::invalid(p, "the sum of the cluster weights overflows a u32")
-        })?;
         unsupported_fields!(uns, &cp, c, {
             typed_per_filter_config,
             request_headers_to_add,
@@ -491,12 +465,7 @@ fn weighted_clusters(
             weight,
         });
     }
-    if total == 0 {
-        return Err(ResourceErrorKind::invalid(
-            p,
-            "the cluster weights sum to zero",
-        ));
-    }
+    sum.finish(p)?;
     unsupported_fields!(uns, p, wc, {
         runtime_key_prefix,
         random_value_specifier,
@@ -530,19 +499,12 @@ fn retry_policy(
                 Some(d) => duration(&bp, d)?,
                 None => return Err(ResourceErrorKind::invalid(bp, "must be set")),
             };
-            if base.is_zero() {
-                return Err(ResourceErrorKind::invalid(bp, "must be greater than zero"));
-            }
+            rules::backoff_base(base, bp)?;
             let max = match &b.max_interval {
                 Some(d) => {
                     let mp = p.field("retry_back_off.max_interval");
                     let max = duration(&mp, d)?;
-                    if max < base {
-                        return Err(ResourceErrorKind::invalid(
-                            mp,
-                            format!("{max:?} is less than base_interval {base:?}"),
-                        ));
-                    }
+                    rules::backoff_max(max, base, mp)?;
                     max
                 }
                 None => base.saturating_mul(10),
@@ -554,15 +516,7 @@ fn retry_policy(
         nonzero_duration(&p.field("per_try_timeout"), rp.per_try_timeout.as_ref())?;
     let mut retriable_status_codes = Vec::with_capacity(rp.retriable_status_codes.len());
     for (i, &code) in rp.retriable_status_codes.iter().enumerate() {
-        match u16::try_from(code) {
-            Ok(c) if (100..=599).contains(&c) => retriable_status_codes.push(c),
-            _ => {
-                return Err(ResourceErrorKind::invalid(
-                    p.at("retriable_status_codes", i),
-                    format!("{code} is not an HTTP status code"),
-                ));
-            }
-        }
+        retriable_status_codes.push(rules::status_code(code, p.at("retriable_status_codes", i))?);
     }
     let mut avoid_previous_hosts = false;
     for (i, pred) in rp.retry_host_predicate.iter().enumerate() {
@@ -610,12 +564,7 @@ fn hash_policy(
     let kind = match &hp.policy_specifier {
         Some(S::Header(h)) => {
             let hp_path = p.field("header");
-            if h.header_name.is_empty() {
-                return Err(ResourceErrorKind::invalid(
-                    hp_path.field("header_name"),
-                    "must not be empty",
-                ));
-            }
+            rules::not_empty(&h.header_name, hp_path.field("header_name"))?;
             let regex_rewrite = match &h.regex_rewrite {
                 Some(rr) => Some(regex_rewrite(rr, &hp_path.field("regex_rewrite"))?),
                 None => None,

@@ -10,9 +10,16 @@ use super::*;
 use crate::resource::testing::*;
 use crate::resource::{Resource, ResourceError, ResourceErrorKind, ResourceType, StringMatchKind};
 
+/// Decodes a config that must be accepted; what the decoder builds obeys the rules a
+/// hand-built config is checked against.
 fn rds(rc: &route_pb::RouteConfiguration) -> RouteConfiguration {
     match decode_ok(ResourceType::RouteConfiguration, rc) {
-        Resource::RouteConfiguration(rc) => (*rc).clone(),
+        Resource::RouteConfiguration(rc) => {
+            if let Err(e) = rc.validate() {
+                panic!("a decoded config breaks a rule: {e}");
+            }
+            (*rc).clone()
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -823,4 +830,191 @@ fn istio_shaped_route_configuration() {
     assert!(rp.avoid_previous_hosts);
     assert_eq!(rp.host_selection_max_attempts, 5);
     assert!(rc.virtual_host_for("other:7070").is_none());
+}
+
+/// One rule, two inputs: a value that breaks it is refused with the same words and field
+/// path whether a control plane sent it (a NACK) or it was built by hand
+/// (`RouteConfiguration::validate`, which `StaticConfig` calls).
+#[test]
+fn hand_built_configs_are_refused_like_decoded_ones() {
+    use route_pb::route_action::hash_policy::{Header, PolicySpecifier};
+    // Breaks the decoded form of `good` the way `break_pb` breaks the proto.
+    let case =
+        |name: &str, break_pb: &dyn Fn(&mut route_pb::Route), break_rc: &dyn Fn(&mut Route)| {
+            let mut good = route_to("/", cluster_action("c"));
+            good.r#match.as_mut().unwrap().headers = vec![route_pb::HeaderMatcher {
+                name: "x".into(),
+                header_match_specifier: Some(
+                    route_pb::header_matcher::HeaderMatchSpecifier::PresentMatch(true),
+                ),
+                ..Default::default()
+            }];
+            let mut rc = rds(&one_route(good.clone()));
+            break_rc(&mut rc.virtual_hosts[0].routes[0]);
+            let hand = rc.validate().expect_err(name);
+            break_pb(&mut good);
+            let nack = rds_err(&one_route(good));
+            assert_eq!(
+                ResourceErrorKind::from(hand.clone()).to_string(),
+                nack.kind().to_string(),
+                "{name}"
+            );
+            assert_eq!(Some(hand.path()), nack.kind().path(), "{name}");
+        };
+    fn set_action(r: &mut route_pb::Route, a: route_pb::RouteAction) {
+        r.action = Some(route_pb::route::Action::Route(a));
+    }
+    fn weights(list: &[(&str, u32)]) -> ClusterSpecifier {
+        let list = list.iter().map(|&(name, weight)| WeightedCluster {
+            name: name.into(),
+            weight,
+        });
+        ClusterSpecifier::Weighted(list.collect())
+    }
+    fn forward_mut(r: &mut Route) -> &mut ForwardAction {
+        match &mut r.action {
+            RouteAction::Forward(fa) => fa,
+            other => panic!("not a forward action: {other:?}"),
+        }
+    }
+
+    case(
+        "empty cluster",
+        &|r| set_action(r, cluster_action("")),
+        &|r| forward_mut(r).clusters = ClusterSpecifier::Cluster(String::new()),
+    );
+    case(
+        "zero weights",
+        &|r| set_action(r, weighted(&[("a", Some(0)), ("b", None)])),
+        &|r| forward_mut(r).clusters = weights(&[("a", 0)]),
+    );
+    case(
+        "weights overflow",
+        &|r| set_action(r, weighted(&[("a", Some(u32::MAX)), ("b", Some(1))])),
+        &|r| forward_mut(r).clusters = weights(&[("a", u32::MAX), ("b", 1)]),
+    );
+    case(
+        "empty weighted cluster name",
+        &|r| set_action(r, weighted(&[("a", Some(1)), ("", Some(1))])),
+        &|r| forward_mut(r).clusters = weights(&[("a", 1), ("", 1)]),
+    );
+    case(
+        "empty header name",
+        &|r| r.r#match.as_mut().unwrap().headers[0].name.clear(),
+        &|r| r.matcher.headers[0].name.clear(),
+    );
+    case(
+        "empty query parameter name",
+        &|r| {
+            r.r#match.as_mut().unwrap().query_parameters = vec![route_pb::QueryParameterMatcher {
+                name: String::new(),
+                query_parameter_match_specifier: Some(
+                    route_pb::query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(
+                        true,
+                    ),
+                ),
+            }]
+        },
+        &|r| {
+            r.matcher.query_parameters = vec![QueryParameterMatcher {
+                name: String::new(),
+                string_match: None,
+                present: Some(true),
+            }]
+        },
+    );
+    case(
+        "empty hash header",
+        &|r| {
+            let mut a = cluster_action("c");
+            a.hash_policy = vec![route_pb::route_action::HashPolicy {
+                policy_specifier: Some(PolicySpecifier::Header(Header::default())),
+                terminal: false,
+            }];
+            set_action(r, a)
+        },
+        &|r| {
+            forward_mut(r).hash_policies = vec![HashPolicy {
+                kind: HashPolicyKind::Header {
+                    name: String::new(),
+                    regex_rewrite: None,
+                },
+                terminal: false,
+            }]
+        },
+    );
+    let with_retry = |r: &mut route_pb::Route, f: &dyn Fn(&mut route_pb::RetryPolicy)| {
+        let mut p = retry("5xx");
+        p.retry_back_off = Some(route_pb::retry_policy::RetryBackOff {
+            base_interval: dur(0, 100_000_000),
+            max_interval: dur(1, 0),
+        });
+        f(&mut p);
+        let mut a = cluster_action("c");
+        a.retry_policy = Some(p);
+        set_action(r, a);
+    };
+    fn retry_mut(r: &mut Route) -> &mut RetryPolicy {
+        forward_mut(r).retry_policy.get_or_insert(RetryPolicy {
+            retry_on: RetryOn::HTTP_5XX,
+            num_retries: 1,
+            base_interval: StdDuration::from_millis(100),
+            max_interval: StdDuration::from_secs(1),
+            per_try_timeout: None,
+            retriable_status_codes: Vec::new(),
+            avoid_previous_hosts: false,
+            host_selection_max_attempts: 1,
+        })
+    }
+    case(
+        "zero base interval",
+        &|r| {
+            with_retry(r, &|p| {
+                p.retry_back_off.as_mut().unwrap().base_interval = dur(0, 0);
+                p.retry_back_off.as_mut().unwrap().max_interval = None;
+            })
+        },
+        &|r| {
+            let p = retry_mut(r);
+            p.base_interval = StdDuration::ZERO;
+            p.max_interval = StdDuration::ZERO;
+        },
+    );
+    case(
+        "max interval below base",
+        &|r| {
+            with_retry(r, &|p| {
+                p.retry_back_off.as_mut().unwrap().max_interval = dur(0, 1_000)
+            })
+        },
+        &|r| retry_mut(r).max_interval = StdDuration::from_micros(1),
+    );
+    case(
+        "not an HTTP status",
+        &|r| with_retry(r, &|p| p.retriable_status_codes = vec![503, 700]),
+        &|r| retry_mut(r).retriable_status_codes = vec![503, 700],
+    );
+}
+
+/// The decoder checks each value where it stands in the proto: a route it leaves out (a
+/// cluster specifier plugin) does not shift the path of an error in a later route.
+#[test]
+fn errors_name_the_proto_position_after_a_skipped_route() {
+    use route_pb::route_action::ClusterSpecifier as S;
+    let rls = route_pb::RouteAction {
+        cluster_specifier: Some(S::ClusterSpecifierPlugin("rls".into())),
+        ..Default::default()
+    };
+    let mut pb = route_config(
+        "rc",
+        vec![vhost(
+            &["*"],
+            vec![route_to("/a", rls), route_to("/b", cluster_action(""))],
+        )],
+    );
+    pb.cluster_specifier_plugins = vec![plugin("rls")];
+    assert_eq!(
+        rds_err(&pb).kind().to_string(),
+        "virtual_hosts[0].routes[1].route.cluster: must not be empty"
+    );
 }
