@@ -8,10 +8,14 @@
 //! - [`temp_dir`]: a fresh directory per call.
 //! - `certs` and `cluster` (feature `core`): SVID files as Istio's agent writes them and
 //!   the bootstrap fragment that reads them; static cluster states.
+//! - `backend` (feature `backend`): a loopback HTTP/2 server that numbers its connections
+//!   and can hold a request, serving a handler the test gives it.
 //!
 //! Not published: it is a dev-dependency of the workspace's packages only.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "backend")]
+pub mod backend;
 #[cfg(feature = "core")]
 pub mod certs;
 #[cfg(feature = "core")]
