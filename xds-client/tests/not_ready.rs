@@ -278,3 +278,78 @@ async fn a_nacked_listener_is_named_with_the_detail() {
         format!("listener {TARGET} is invalid: {detail}")
     );
 }
+
+/// The longest prefix of `entry` that is at most 2 KiB and ends on a char boundary, and the
+/// marker of the cut.
+fn cut_at_2_kib(entry: &str) -> String {
+    let end = (0..=2048)
+        .rev()
+        .find(|&i| entry.is_char_boundary(i))
+        .unwrap();
+    format!("{}…", &entry[..end])
+}
+
+/// A missing resource's entry over 2 KiB (a NACK detail of ~10 KiB, a name of ~10 KiB) is
+/// cut to 2 KiB plus a marker, on a char boundary (a 3-byte char straddles the 2 KiB mark),
+/// so a hostile control plane cannot make the error megabytes long.
+#[tokio::test]
+async fn an_entry_over_2_kib_is_cut_on_a_char_boundary() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster;
+
+    // 3,500 three-byte chars, 10.5 KB.
+    let long = "€".repeat(3500);
+    let mut nacked = build::eds_cluster("nacked");
+    // An unsupported custom cluster type: its name (quoted) is the NACK detail.
+    nacked.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::ClusterType(
+        cluster::CustomClusterType {
+            name: long.clone(),
+            typed_config: None,
+        },
+    ));
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        routes_to(TARGET, &["nacked", &long])
+            .cluster(nacked)
+            // No endpoints for it: its EDS resource, named by 10 KiB, is never answered.
+            .cluster(build::eds_cluster(&long)),
+    );
+    let client = client(&server.uri());
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+    within(10, server.wait_for_nack(type_url::CLUSTER)).await;
+
+    tokio::time::pause();
+    let err = watch.ready(Duration::from_secs(3)).await.unwrap_err();
+    let ReadyError::Timeout { cause, .. } = &err else {
+        panic!("{err}")
+    };
+    let entries: Vec<String> = cause.missing().iter().map(ToString::to_string).collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let nack = cause
+        .missing()
+        .iter()
+        .find(|m| m.name() == "nacked")
+        .expect("the NACKed cluster is named");
+    assert_eq!(nack.status(), ResourceStatus::Nacked);
+    let detail = nack.error().expect("the NACK detail").to_string();
+    assert!(detail.len() > 10_000, "{}", detail.len());
+    let unanswered = format!("ClusterLoadAssignment {long} requested, not answered yet");
+    assert!(entries.contains(&unanswered));
+    // The 2 KiB mark falls inside a char of the unanswered entry.
+    assert!(!unanswered.is_char_boundary(2048));
+
+    let message = err.to_string();
+    let cut: Vec<String> = entries.iter().map(|e| cut_at_2_kib(e)).collect();
+    assert_eq!(
+        message,
+        format!(
+            "no complete xDS config for {TARGET} within 3s: {}",
+            cut.join(", ")
+        )
+    );
+    for c in &cut {
+        assert!(c.len() <= 2048 + '…'.len_utf8(), "{}", c.len());
+        assert!(c.len() > 2048 - 4, "{}", c.len());
+    }
+    // "ClusterLoadAssignment " is 22 bytes, then 675 whole chars: 2,047 bytes.
+    assert_eq!(cut_at_2_kib(&unanswered).len(), 2047 + '…'.len_utf8());
+}
