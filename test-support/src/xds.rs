@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::route::v3::Route;
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::{XdsClient, XdsClientBuilder};
 use meshwork_xds::server::{Snapshot, build};
@@ -49,15 +49,17 @@ pub async fn silent_control_plane() -> String {
     uri
 }
 
-/// Listener `target` -> RouteConfiguration `routes` -> a virtual host `vh` for the domain
-/// `target` with `routes` alone.
+/// Listener `target` -> [`route_config_for`]`(target, routes)`.
 pub fn target_routes(target: &str, routes: Vec<Route>) -> Snapshot {
     Snapshot::new()
         .listener(build::api_listener(target, "routes"))
-        .route(build::route_config(
-            "routes",
-            vec![build::virtual_host("vh", [target], routes)],
-        ))
+        .route(route_config_for(target, routes))
+}
+
+/// RouteConfiguration `routes`: one virtual host, `vh`, for the domain `target`, with
+/// `routes` alone. Also what replaces the routes of a [`target_routes`] snapshot.
+pub fn route_config_for(target: &str, routes: Vec<Route>) -> RouteConfiguration {
+    build::route_config("routes", vec![build::virtual_host("vh", [target], routes)])
 }
 
 /// [`target_routes`] with one route (every path) to `clusters`, weighted equally; the
