@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{MtlsConfig, StaticSource, VerifyError};
 use meshwork_grpc::{MeshChannel, MeshChannelOptions, ResolveError, connect_error};
+use meshwork_test_support::xds::{route_config_for, target_routes};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::{ReadyError, XdsClient};
 use meshwork_xds::resource::{StringMatchKind, UpstreamTls};
@@ -141,20 +142,14 @@ async fn xds_weighted_split_70_30() {
     let b = backend("b", None).await;
     let server = XdsTestServer::start().await.unwrap();
     server.set_snapshot(
-        Snapshot::new()
-            .listener(build::api_listener(TARGET, "greeter-routes"))
-            .route(build::route_config(
-                "greeter-routes",
-                vec![build::virtual_host(
-                    "greeter",
-                    [TARGET],
-                    vec![build::route_weighted("", &[("a", 70), ("b", 30)])],
-                )],
-            ))
-            .cluster(build::eds_cluster("a"))
-            .cluster(build::eds_cluster("b"))
-            .endpoints(build::endpoints("a", &[a]))
-            .endpoints(build::endpoints("b", &[b])),
+        target_routes(
+            TARGET,
+            vec![build::route_weighted("", &[("a", 70), ("b", 30)])],
+        )
+        .cluster(build::eds_cluster("a"))
+        .cluster(build::eds_cluster("b"))
+        .endpoints(build::endpoints("a", &[a]))
+        .endpoints(build::endpoints("b", &[b])),
     );
     let client = xds_client(&server);
     let channel = MeshChannel::from_xds(
@@ -281,19 +276,10 @@ async fn xds_updates_apply_to_a_live_channel() {
     let a = backend("a", None).await;
     let b = backend("b", None).await;
     let server = XdsTestServer::start().await.unwrap();
-    let routes = |cluster: &str| {
-        build::route_config(
-            "greeter-routes",
-            vec![build::virtual_host(
-                "greeter",
-                [TARGET],
-                vec![build::route_to("", cluster)],
-            )],
-        )
-    };
+    let routes = |cluster: &str| route_config_for(TARGET, vec![build::route_to("", cluster)]);
     server.set_snapshot(
         Snapshot::new()
-            .listener(build::api_listener(TARGET, "greeter-routes"))
+            .listener(build::api_listener(TARGET, "routes"))
             .route(routes("a"))
             .cluster(build::eds_cluster("a"))
             .endpoints(build::endpoints("a", &[a])),

@@ -19,10 +19,11 @@ use meshwork_core::identity::{MtlsConfig, PeerIdentity, StaticSource, VerifyErro
 use meshwork_core::inbound::{AuthorizationPolicy, Operation, Principal, Rule};
 use meshwork_grpc::{MeshChannel, MeshChannelOptions, MeshServer, connect_error};
 use meshwork_test_support::certs;
+use meshwork_test_support::xds::target_routes;
 use meshwork_xds::bootstrap::Bootstrap;
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::resource::Cluster;
-use meshwork_xds::server::{Snapshot, XdsTestServer, build};
+use meshwork_xds::server::{XdsTestServer, build};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tonic::Status;
@@ -132,16 +133,7 @@ async fn xds_managed_mtls_from_certificate_providers_reaches_a_mesh_server() {
 
     let xds = XdsTestServer::start().await.unwrap();
     let snapshot = |san: &str| {
-        Snapshot::new()
-            .listener(build::api_listener(TARGET, "routes"))
-            .route(build::route_config(
-                "routes",
-                vec![build::virtual_host(
-                    "greeter",
-                    [TARGET],
-                    vec![build::route_to("", "greeter")],
-                )],
-            ))
+        target_routes(TARGET, vec![build::route_to("", "greeter")])
             .cluster(build::with_upstream_tls(
                 build::eds_cluster("greeter"),
                 "default",

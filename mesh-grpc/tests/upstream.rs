@@ -7,33 +7,27 @@ mod support;
 
 use support::*;
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::PathAndQuery;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::identity::testing::TestCa;
-use meshwork_core::identity::{Authorizer, MtlsConfig, StaticSource, VerifyError};
-use meshwork_grpc::{ConnectError, MeshChannel, MeshChannelOptions, UpstreamPolicy, connect_error};
+use meshwork_core::identity::{Authorizer, StaticSource, VerifyError};
+use meshwork_grpc::{ConnectError, MeshChannelOptions, UpstreamPolicy, connect_error};
+use meshwork_test_support::backend::{
+    Backend, Conn, client_mtls, server_tls, silent_tls, skip, source,
+};
 use meshwork_xds::resource::Cluster;
-use tokio::io::AsyncReadExt as _;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::net::TcpStream;
 use tonic::Status;
-use tonic_prost::ProstCodec;
 
 const GREETER: &str = "spiffe://example.org/ns/default/sa/greeter";
 
-/// Answers `<name> from conn-<n>`, `n` counting the server's connections from 1; a request
-/// named `wait` is announced on `arrived` and answered once `release` is notified.
+/// Answers `<name> from conn-<n>`, `n` the number of its connection; a request named
+/// `wait` is held until the test releases it.
 struct SayHello {
-    conn: usize,
-    arrived: mpsc::UnboundedSender<()>,
-    release: Arc<Notify>,
+    conn: Conn,
 }
 
 impl tonic::server::UnaryService<HelloRequest> for SayHello {
@@ -42,122 +36,23 @@ impl tonic::server::UnaryService<HelloRequest> for SayHello {
 
     fn call(&mut self, req: tonic::Request<HelloRequest>) -> Self::Future {
         let name = req.into_inner().name;
-        let message = format!("{name} from conn-{}", self.conn);
-        let (arrived, release) = (self.arrived.clone(), self.release.clone());
+        let message = format!("{name} from conn-{}", self.conn.number());
+        let conn = self.conn.clone();
         Box::pin(async move {
             if name == "wait" {
-                let released = release.notified();
-                let _ = arrived.send(());
-                released.await;
+                conn.hold().await;
             }
             Ok(tonic::Response::new(HelloReply { message }))
         })
     }
 }
 
-/// A Greeter on 127.0.0.1:0, over h2c or, with `tls`, over TLS; it records the peer address
-/// of every TCP connection it accepts.
-struct Backend {
-    addr: SocketAddr,
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
-    arrived: mpsc::UnboundedReceiver<()>,
-    release: Arc<Notify>,
-}
-
+/// A Greeter on 127.0.0.1:0, over h2c or, with `tls`, over TLS.
 async fn backend(tls: Option<Arc<rustls::ServerConfig>>) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let peers = Arc::new(Mutex::new(Vec::new()));
-    let (arrived_tx, arrived) = mpsc::unbounded_channel();
-    let release = Arc::new(Notify::new());
-    let (seen, rel) = (peers.clone(), release.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                return;
-            };
-            let conn = {
-                let mut seen = seen.lock().unwrap();
-                seen.push(peer);
-                seen.len()
-            };
-            let (tls, arrived, release) = (tls.clone(), arrived_tx.clone(), rel.clone());
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let method = SayHello {
-                            conn,
-                            arrived: arrived.clone(),
-                            release: release.clone(),
-                        };
-                        async move {
-                            let rsp = dispatch(req.map(tonic::body::Body::new), method);
-                            Ok::<_, Infallible>(rsp.await)
-                        }
-                    });
-                let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                match tls {
-                    None => {
-                        let _ = h2.serve_connection(TokioIo::new(tcp), svc).await;
-                    }
-                    Some(cfg) => {
-                        if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
-                            let _ = h2.serve_connection(TokioIo::new(s), svc).await;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Backend {
-        addr,
-        peers,
-        arrived,
-        release,
-    }
-}
-
-impl Backend {
-    fn connections(&self) -> usize {
-        self.peers.lock().unwrap().len()
-    }
-}
-
-/// One `SayHello(name)` through `channel`.
-async fn hello(channel: &MeshChannel, name: &str) -> Result<String, Status> {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.map_err(Status::from_error)?;
-    let rsp = grpc
-        .unary(
-            tonic::Request::new(HelloRequest { name: name.into() }),
-            PathAndQuery::from_static(SAY_HELLO),
-            ProstCodec::<HelloRequest, HelloReply>::default(),
-        )
-        .await?;
-    Ok(rsp.into_inner().message)
-}
-
-/// A server configuration presenting `source`'s SVID and accepting clients that
-/// `authorizer` allows; h2 by ALPN.
-fn server_tls(source: Arc<StaticSource>, authorizer: Authorizer) -> Arc<rustls::ServerConfig> {
-    Arc::new(
-        MtlsConfig::new(source)
-            .authorizer(authorizer)
-            .alpn_protocols(vec![b"h2".to_vec()])
-            .server_config()
-            .unwrap(),
-    )
-}
-
-fn server_source(ca: &TestCa, path: &str) -> Arc<StaticSource> {
-    Arc::new(StaticSource::new(Some(ca.svid(path)), ca.bundles()))
-}
-
-fn client_mtls(ca: &TestCa) -> MtlsConfig {
-    MtlsConfig::new(Arc::new(StaticSource::new(
-        Some(ca.svid("/ns/default/sa/client")),
-        ca.bundles(),
-    )))
+    Backend::start(tls, |conn, req: http::Request<hyper::body::Incoming>| {
+        dispatch(req.map(tonic::body::Body::new), SayHello { conn })
+    })
+    .await
 }
 
 fn tls_cluster(sans: &[&str]) -> Arc<Cluster> {
@@ -177,7 +72,7 @@ async fn a_server_refusing_our_certificate_fails_every_call_fast_with_unavailabl
             .unwrap(),
     );
     let server = backend(Some(server_tls(
-        server_source(&ca, "/ns/default/sa/greeter"),
+        source(&ca, "/ns/default/sa/greeter"),
         refusing,
     )))
     .await;
@@ -212,28 +107,8 @@ async fn a_server_refusing_our_certificate_fails_every_call_fast_with_unavailabl
 #[tokio::test]
 async fn a_server_that_never_sends_settings_fails_the_connect_at_the_connect_timeout() {
     let ca = TestCa::new("example.org");
-    let config = server_tls(
-        server_source(&ca, "/ns/default/sa/greeter"),
-        Authorizer::Any,
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-            tokio::spawn(async move {
-                // Completes TLS, then reads whatever comes and never says a word.
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let mut sink = vec![0; 4096];
-                    while let Ok(n) = tls.read(&mut sink).await {
-                        if n == 0 {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
+    let config = server_tls(source(&ca, "/ns/default/sa/greeter"), Authorizer::Any);
+    let addr = silent_tls(config).await;
     let c = Arc::new(Cluster {
         connect_timeout: Duration::from_millis(500),
         ..Cluster::clone(&tls_cluster(&[]))
@@ -274,7 +149,7 @@ async fn require_mtls_refuses_a_plaintext_cluster_without_opening_a_connection()
         tokio::task::yield_now().await;
     }
     assert_eq!(
-        server.peers.lock().unwrap()[0],
+        server.peers()[0],
         probe_addr,
         "a plaintext connection was opened"
     );
@@ -293,12 +168,12 @@ async fn a_pinned_authorizer_refuses_servers_the_san_matchers_allow() {
     let ca = TestCa::new("example.org");
     let intruder_id = "spiffe://example.org/ns/default/sa/intruder";
     let intruder = backend(Some(server_tls(
-        server_source(&ca, "/ns/default/sa/intruder"),
+        source(&ca, "/ns/default/sa/intruder"),
         Authorizer::Any,
     )))
     .await;
     let greeter = backend(Some(server_tls(
-        server_source(&ca, "/ns/default/sa/greeter"),
+        source(&ca, "/ns/default/sa/greeter"),
         Authorizer::Any,
     )))
     .await;
@@ -341,13 +216,6 @@ async fn a_pinned_authorizer_refuses_servers_the_san_matchers_allow() {
 
 // Hole 12: long-lived connections.
 
-/// Moves tokio's clock forward by `by` (the runtime's timers fire), then lets it run on.
-async fn skip(by: Duration) {
-    tokio::time::pause();
-    tokio::time::advance(by).await;
-    tokio::time::resume();
-}
-
 #[tokio::test]
 async fn a_connection_is_retired_when_the_server_certificate_expires() {
     let ca = TestCa::new("example.org");
@@ -376,7 +244,7 @@ async fn a_connection_is_retired_when_the_server_certificate_expires() {
 async fn a_maximum_age_moves_new_calls_to_a_new_connection_and_in_flight_calls_finish() {
     let ca = TestCa::new("example.org");
     let mut server = backend(Some(server_tls(
-        server_source(&ca, "/ns/default/sa/greeter"),
+        source(&ca, "/ns/default/sa/greeter"),
         Authorizer::Any,
     )))
     .await;
@@ -390,12 +258,12 @@ async fn a_maximum_age_moves_new_calls_to_a_new_connection_and_in_flight_calls_f
         let channel = channel.clone();
         async move { hello(&channel, "wait").await }
     });
-    server.arrived.recv().await.unwrap();
+    server.held().await;
     skip(Duration::from_secs(31)).await;
     assert_eq!(hello(&channel, "hi").await.unwrap(), "hi from conn-2");
     assert_eq!(server.connections(), 2);
     // The old connection still carries the call that was on it when it retired.
-    server.release.notify_one();
+    server.release();
     assert_eq!(in_flight.await.unwrap().unwrap(), "wait from conn-1");
 
     // Without a maximum age the connection stays.

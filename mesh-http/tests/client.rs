@@ -14,6 +14,7 @@ use meshwork_core::identity::VerifyError;
 use meshwork_core::identity::testing::TestCa;
 use meshwork_core::xds::client::ReadyError;
 use meshwork_http::{ConnectError, MeshClient, MeshClientOptions, ResolveError};
+use meshwork_test_support::xds::target_routes;
 use meshwork_xds::resource::UpstreamProtocol;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use support::{
@@ -60,70 +61,64 @@ async fn xds_mtls_speaks_the_protocol_the_backend_and_cluster_ask_for() {
 
     let server = XdsTestServer::start().await.unwrap();
     server.set_snapshot(
-        Snapshot::new()
-            .listener(build::api_listener("greeter", "greeter-routes"))
-            .route(build::route_config(
-                "greeter-routes",
-                vec![build::virtual_host(
-                    "greeter",
-                    ["greeter"],
-                    vec![
-                        build::route_to("/tls-h1", "tls-h1"),
-                        build::route_to("/tls-h2", "tls-h2"),
-                        build::route_to("/plain-h2", "plain-h2"),
-                        build::route_to("/typed-h2c", "typed-h2c"),
-                        build::route_to("/both-h1", "both-h1"),
-                        build::route_to("/both-h2", "both-h2"),
-                        build::route_to("/both-auto", "both-auto"),
-                        build::route_to("/plain-h1", "plain-h1"),
-                        build::route_to("/wrong-san", "wrong-san"),
-                    ],
-                )],
-            ))
-            .cluster(tls_cluster("tls-h1", GREETER_SAN))
-            .cluster(tls_cluster("tls-h2", GREETER_SAN))
-            .cluster(build::eds_cluster("plain-h1"))
-            .cluster(h2c_cluster("plain-h2"))
-            .cluster(build::with_http_protocol(
-                build::eds_cluster("typed-h2c"),
-                UpstreamProtocol::Http2,
-            ))
-            .cluster(build::with_http_protocol(
-                tls_cluster("both-h1", GREETER_SAN),
-                UpstreamProtocol::Http1,
-            ))
-            .cluster(build::with_http_protocol(
-                tls_cluster("both-h2", GREETER_SAN),
-                UpstreamProtocol::Http2,
-            ))
-            .cluster(build::with_http_protocol(
-                tls_cluster("both-auto", GREETER_SAN),
-                UpstreamProtocol::Auto,
-            ))
-            .cluster(tls_cluster(
-                "wrong-san",
-                "spiffe://example.org/ns/default/sa/someone-else",
-            ))
-            .endpoints(build::endpoints("tls-h1", &[tls_h1]))
-            .endpoints(build::endpoints("tls-h2", &[tls_h2]))
-            .endpoints(build::endpoints("plain-h1", &[plain_h1]))
-            .endpoints(build::endpoints("plain-h2", &[plain_h2]))
-            .endpoints(build::endpoints("typed-h2c", &[plain_h2]))
-            .endpoints(build::endpoints("both-h1", &[tls_both]))
-            .endpoints(build::endpoints("both-h2", &[tls_both]))
-            .endpoints(build::endpoints("both-auto", &[tls_both]))
-            .endpoints(build::endpoints("wrong-san", &[tls_h2]))
-            .listener(build::api_listener("other:8080", "other-routes"))
-            .route(build::route_config(
-                "other-routes",
-                vec![build::virtual_host(
-                    "other",
-                    ["other:8080"],
-                    vec![build::route_to("", "other")],
-                )],
-            ))
-            .cluster(build::eds_cluster("other"))
-            .endpoints(build::endpoints("other", &[other])),
+        target_routes(
+            "greeter",
+            vec![
+                build::route_to("/tls-h1", "tls-h1"),
+                build::route_to("/tls-h2", "tls-h2"),
+                build::route_to("/plain-h2", "plain-h2"),
+                build::route_to("/typed-h2c", "typed-h2c"),
+                build::route_to("/both-h1", "both-h1"),
+                build::route_to("/both-h2", "both-h2"),
+                build::route_to("/both-auto", "both-auto"),
+                build::route_to("/plain-h1", "plain-h1"),
+                build::route_to("/wrong-san", "wrong-san"),
+            ],
+        )
+        .cluster(tls_cluster("tls-h1", GREETER_SAN))
+        .cluster(tls_cluster("tls-h2", GREETER_SAN))
+        .cluster(build::eds_cluster("plain-h1"))
+        .cluster(h2c_cluster("plain-h2"))
+        .cluster(build::with_http_protocol(
+            build::eds_cluster("typed-h2c"),
+            UpstreamProtocol::Http2,
+        ))
+        .cluster(build::with_http_protocol(
+            tls_cluster("both-h1", GREETER_SAN),
+            UpstreamProtocol::Http1,
+        ))
+        .cluster(build::with_http_protocol(
+            tls_cluster("both-h2", GREETER_SAN),
+            UpstreamProtocol::Http2,
+        ))
+        .cluster(build::with_http_protocol(
+            tls_cluster("both-auto", GREETER_SAN),
+            UpstreamProtocol::Auto,
+        ))
+        .cluster(tls_cluster(
+            "wrong-san",
+            "spiffe://example.org/ns/default/sa/someone-else",
+        ))
+        .endpoints(build::endpoints("tls-h1", &[tls_h1]))
+        .endpoints(build::endpoints("tls-h2", &[tls_h2]))
+        .endpoints(build::endpoints("plain-h1", &[plain_h1]))
+        .endpoints(build::endpoints("plain-h2", &[plain_h2]))
+        .endpoints(build::endpoints("typed-h2c", &[plain_h2]))
+        .endpoints(build::endpoints("both-h1", &[tls_both]))
+        .endpoints(build::endpoints("both-h2", &[tls_both]))
+        .endpoints(build::endpoints("both-auto", &[tls_both]))
+        .endpoints(build::endpoints("wrong-san", &[tls_h2]))
+        .listener(build::api_listener("other:8080", "other-routes"))
+        .route(build::route_config(
+            "other-routes",
+            vec![build::virtual_host(
+                "other",
+                ["other:8080"],
+                vec![build::route_to("", "other")],
+            )],
+        ))
+        .cluster(build::eds_cluster("other"))
+        .endpoints(build::endpoints("other", &[other])),
     );
     let client = MeshClient::from_xds(
         &xds_client(&server, None),
@@ -221,20 +216,14 @@ async fn xds_weighted_split_over_mtls() {
     let (b, _) = Backend::new("B", Proto::H1).tls(greeter).start().await;
     let server = XdsTestServer::start().await.unwrap();
     server.set_snapshot(
-        Snapshot::new()
-            .listener(build::api_listener("greeter", "routes"))
-            .route(build::route_config(
-                "routes",
-                vec![build::virtual_host(
-                    "greeter",
-                    ["greeter"],
-                    vec![build::route_weighted("", &[("a", 75), ("b", 25)])],
-                )],
-            ))
-            .cluster(tls_cluster("a", GREETER_SAN))
-            .cluster(tls_cluster("b", GREETER_SAN))
-            .endpoints(build::endpoints("a", &[a]))
-            .endpoints(build::endpoints("b", &[b])),
+        target_routes(
+            "greeter",
+            vec![build::route_weighted("", &[("a", 75), ("b", 25)])],
+        )
+        .cluster(tls_cluster("a", GREETER_SAN))
+        .cluster(tls_cluster("b", GREETER_SAN))
+        .endpoints(build::endpoints("a", &[a]))
+        .endpoints(build::endpoints("b", &[b])),
     );
     let client = MeshClient::from_xds(
         &xds_client(&server, None),
@@ -271,16 +260,7 @@ async fn xds_retries_hide_a_flaky_backend() {
         });
     });
     server.set_snapshot(
-        Snapshot::new()
-            .listener(build::api_listener("flaky", "routes"))
-            .route(build::route_config(
-                "routes",
-                vec![build::virtual_host(
-                    "flaky",
-                    ["flaky"],
-                    vec![retrying, build::route_to("/", "flaky")],
-                )],
-            ))
+        target_routes("flaky", vec![retrying, build::route_to("/", "flaky")])
             .cluster(build::eds_cluster("flaky"))
             .endpoints(build::endpoints("flaky", &[flaky])),
     );
@@ -316,12 +296,7 @@ async fn unknown_host_no_route_timeout_and_bad_uris_are_typed_errors() {
         });
     });
     server.set_snapshot(
-        Snapshot::new()
-            .listener(build::api_listener("greeter", "routes"))
-            .route(build::route_config(
-                "routes",
-                vec![build::virtual_host("greeter", ["greeter"], vec![slow])],
-            ))
+        target_routes("greeter", vec![slow])
             .cluster(build::eds_cluster("hang"))
             .endpoints(build::endpoints("hang", &[hang])),
     );
@@ -443,16 +418,7 @@ async fn hosts_that_route_to_one_cluster_share_its_stack() {
     );
     let server = XdsTestServer::start().await.unwrap();
     server.set_snapshot(
-        Snapshot::new()
-            .listener(build::api_listener("greeter", "short"))
-            .route(build::route_config(
-                "short",
-                vec![build::virtual_host(
-                    "short",
-                    ["greeter"],
-                    vec![timeout(build::route_to("", "greeter"))],
-                )],
-            ))
+        target_routes("greeter", vec![timeout(build::route_to("", "greeter"))])
             .listener(build::api_listener("greeter.default.svc", "long"))
             .route(build::route_config(
                 "long",

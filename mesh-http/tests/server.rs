@@ -16,9 +16,10 @@ use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{Authorizer, PeerIdentity};
 use meshwork_core::inbound::{AuthorizationPolicy, ConnectionInfo, Principal, Rule};
 use meshwork_http::{MeshClient, MeshClientOptions, Server};
+use meshwork_test_support::xds::target_routes;
 use meshwork_xds::bootstrap::Bootstrap;
 use meshwork_xds::client::XdsClient;
-use meshwork_xds::server::{Snapshot, XdsTestServer, build};
+use meshwork_xds::server::{XdsTestServer, build};
 use rustls_pki_types::ServerName;
 use support::{cert_dir, identity, static_cluster, tls_cluster};
 use tokio::net::{TcpListener, TcpStream};
@@ -218,16 +219,7 @@ async fn xds_managed_mtls_from_certificate_providers_reaches_the_server() {
 
     let xds = XdsTestServer::start().await.unwrap();
     xds.set_snapshot(
-        Snapshot::new()
-            .listener(build::api_listener("greeter", "routes"))
-            .route(build::route_config(
-                "routes",
-                vec![build::virtual_host(
-                    "greeter",
-                    ["greeter"],
-                    vec![build::route_to("", "greeter")],
-                )],
-            ))
+        target_routes("greeter", vec![build::route_to("", "greeter")])
             .cluster(tls_cluster("greeter", SERVER_ID))
             .endpoints(build::endpoints("greeter", &[addr])),
     );

@@ -5,115 +5,34 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::config::StaticConfig;
 use meshwork_core::identity::testing::TestCa;
-use meshwork_core::identity::{Authorizer, MtlsConfig, StaticSource, VerifyError};
+use meshwork_core::identity::{Authorizer, VerifyError};
 use meshwork_http::{ConnectError, MeshClient, MeshClientOptions, UpstreamPolicy};
-use meshwork_xds::resource::{
-    CertProviderInstance, Cluster, StringMatchKind, StringMatcher, UpstreamProtocol, UpstreamTls,
-};
-use tokio::io::AsyncReadExt as _;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use meshwork_test_support::backend::{Backend, client_mtls, server_tls, silent_tls, skip, source};
+use meshwork_test_support::cluster::upstream_tls;
+use meshwork_xds::resource::{Cluster, UpstreamProtocol};
+use tokio::net::TcpStream;
 
 const GREETER: &str = "spiffe://example.org/ns/default/sa/greeter";
 
 /// An HTTP/2 server on 127.0.0.1:0 (h2 by ALPN over TLS, prior knowledge without) answering
-/// `conn-<n>`, `n` counting its TCP connections from 1, whose peers it records; a request
-/// for `/wait` is announced on `arrived` and answered once `release` is notified.
-struct Backend {
-    addr: SocketAddr,
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
-    arrived: mpsc::UnboundedReceiver<()>,
-    release: Arc<Notify>,
-}
-
+/// `conn-<n>`, `n` the number of its connection; a request for `/wait` is held until the
+/// test releases it.
 async fn backend(tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let peers = Arc::new(Mutex::new(Vec::new()));
-    let (arrived_tx, arrived) = mpsc::unbounded_channel();
-    let release = Arc::new(Notify::new());
-    let (seen, rel) = (peers.clone(), release.clone());
-    tokio::spawn(async move {
-        while let Ok((tcp, peer)) = listener.accept().await {
-            let conn = {
-                let mut seen = seen.lock().unwrap();
-                seen.push(peer);
-                seen.len()
-            };
-            let (tls, arrived, release) = (tls.clone(), arrived_tx.clone(), rel.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<_>| {
-                    let (arrived, release) = (arrived.clone(), release.clone());
-                    async move {
-                        if req.uri().path() == "/wait" {
-                            let released = release.notified();
-                            let _ = arrived.send(());
-                            released.await;
-                        }
-                        let body = Full::new(Bytes::from(format!("conn-{conn}")));
-                        Ok::<_, Infallible>(http::Response::new(body))
-                    }
-                });
-                let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                match tls {
-                    None => {
-                        let _ = h2.serve_connection(TokioIo::new(tcp), svc).await;
-                    }
-                    Some(cfg) => {
-                        if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
-                            let _ = h2.serve_connection(TokioIo::new(s), svc).await;
-                        }
-                    }
-                }
-            });
+    Backend::start(tls, |conn, req: http::Request<_>| async move {
+        if req.uri().path() == "/wait" {
+            conn.hold().await;
         }
-    });
-    Backend {
-        addr,
-        peers,
-        arrived,
-        release,
-    }
-}
-
-impl Backend {
-    fn connections(&self) -> usize {
-        self.peers.lock().unwrap().len()
-    }
-}
-
-fn server_tls(
-    source: Arc<StaticSource>,
-    authorizer: Authorizer,
-) -> Arc<tokio_rustls::rustls::ServerConfig> {
-    Arc::new(
-        MtlsConfig::new(source)
-            .authorizer(authorizer)
-            .alpn_protocols(vec![b"h2".to_vec()])
-            .server_config()
-            .unwrap(),
-    )
-}
-
-fn server_source(ca: &TestCa, path: &str) -> Arc<StaticSource> {
-    Arc::new(StaticSource::new(Some(ca.svid(path)), ca.bundles()))
-}
-
-fn client_mtls(ca: &TestCa) -> MtlsConfig {
-    MtlsConfig::new(Arc::new(StaticSource::new(
-        Some(ca.svid("/ns/default/sa/client")),
-        ca.bundles(),
-    )))
+        http::Response::new(Full::new(Bytes::from(format!("conn-{}", conn.number()))))
+    })
+    .await
 }
 
 /// A client sending every request to `cluster` (HTTP/2), whose endpoint is `addr`; TLS
@@ -128,21 +47,7 @@ fn client_with(
     connect_timeout: Duration,
     options: MeshClientOptions,
 ) -> MeshClient {
-    let instance = CertProviderInstance {
-        instance_name: "default".into(),
-        certificate_name: "default".into(),
-    };
-    let tls = sans.map(|sans| UpstreamTls {
-        identity: Some(instance.clone()),
-        root: instance,
-        san_matchers: sans
-            .iter()
-            .map(|s| StringMatcher {
-                kind: StringMatchKind::Exact((*s).into()),
-                ignore_case: false,
-            })
-            .collect(),
-    });
+    let tls = sans.map(upstream_tls);
     let cluster = Cluster {
         tls,
         connect_timeout,
@@ -173,7 +78,7 @@ async fn a_server_refusing_our_certificate_fails_the_connect_with_the_tls_alert(
             .unwrap(),
     );
     let server = backend(Some(server_tls(
-        server_source(&ca, "/ns/default/sa/greeter"),
+        source(&ca, "/ns/default/sa/greeter"),
         refusing,
     )))
     .await;
@@ -201,27 +106,8 @@ async fn a_server_refusing_our_certificate_fails_the_connect_with_the_tls_alert(
 #[tokio::test]
 async fn an_http2_server_that_never_sends_settings_fails_the_connect_at_the_connect_timeout() {
     let ca = TestCa::new("example.org");
-    let config = server_tls(
-        server_source(&ca, "/ns/default/sa/greeter"),
-        Authorizer::Any,
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let mut sink = vec![0; 4096];
-                    while let Ok(n) = tls.read(&mut sink).await {
-                        if n == 0 {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
+    let config = server_tls(source(&ca, "/ns/default/sa/greeter"), Authorizer::Any);
+    let addr = silent_tls(config).await;
     let client = client_with(
         addr,
         Some(&[]),
@@ -259,7 +145,7 @@ async fn require_mtls_refuses_a_plaintext_cluster_without_opening_a_connection()
         tokio::task::yield_now().await;
     }
     assert_eq!(
-        server.peers.lock().unwrap()[0],
+        server.peers()[0],
         probe_addr,
         "a plaintext connection was opened"
     );
@@ -272,7 +158,7 @@ async fn require_mtls_refuses_a_plaintext_cluster_without_opening_a_connection()
 async fn a_pinned_authorizer_refuses_servers_the_san_matchers_allow() {
     let ca = TestCa::new("example.org");
     let server = backend(Some(server_tls(
-        server_source(&ca, "/ns/default/sa/intruder"),
+        source(&ca, "/ns/default/sa/intruder"),
         Authorizer::Any,
     )))
     .await;
@@ -298,18 +184,11 @@ async fn a_pinned_authorizer_refuses_servers_the_san_matchers_allow() {
     );
 }
 
-/// Moves tokio's clock forward by `by` (the runtime's timers fire), then lets it run on.
-async fn skip(by: Duration) {
-    tokio::time::pause();
-    tokio::time::advance(by).await;
-    tokio::time::resume();
-}
-
 #[tokio::test]
 async fn a_maximum_age_moves_new_requests_to_a_new_connection_and_in_flight_ones_finish() {
     let ca = TestCa::new("example.org");
     let mut server = backend(Some(server_tls(
-        server_source(&ca, "/ns/default/sa/greeter"),
+        source(&ca, "/ns/default/sa/greeter"),
         Authorizer::Any,
     )))
     .await;
@@ -322,13 +201,13 @@ async fn a_maximum_age_moves_new_requests_to_a_new_connection_and_in_flight_ones
         let client = client.clone();
         async move { get(&client, "/wait").await }
     });
-    server.arrived.recv().await.unwrap();
+    server.held().await;
     skip(Duration::from_secs(31)).await;
     // The retirement timer fired during the skip; let its task run (poisoning the pooled
     // connection) before the next request looks for one.
     tokio::task::yield_now().await;
     assert_eq!(get(&client, "/").await.unwrap(), "conn-2");
     assert_eq!(server.connections(), 2);
-    server.release.notify_one();
+    server.release();
     assert_eq!(in_flight.await.unwrap().unwrap(), "conn-1");
 }

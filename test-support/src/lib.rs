@@ -8,17 +8,26 @@
 //! - [`temp_dir`]: a fresh directory per call.
 //! - `certs` and `cluster` (feature `core`): SVID files as Istio's agent writes them and
 //!   the bootstrap fragment that reads them; static cluster states.
+//! - `backend` (feature `backend`): a loopback HTTP/2 server that numbers its connections
+//!   and can hold a request, serving a handler the test gives it.
+//! - `xds` (feature `xds`): xDS clients, a control plane that never answers, snapshots.
+//! - [`refused_addr`]: an address where connecting is refused.
 //!
 //! Not published: it is a dev-dependency of the workspace's packages only.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "backend")]
+pub mod backend;
 #[cfg(feature = "core")]
 pub mod certs;
 #[cfg(feature = "core")]
 pub mod cluster;
 pub mod peers;
+#[cfg(feature = "xds")]
+pub mod xds;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -48,6 +57,14 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A loopback address nothing listens on: bound, then closed, so connecting to it is
+/// refused (until something binds it again, as a test may on purpose).
+pub fn refused_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("binding 127.0.0.1:0: {e}"));
+    listener.local_addr().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +76,13 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.is_dir() && b.is_dir());
         assert_eq!(std::fs::read_dir(&a).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_refused_addr_refuses() {
+        let addr = refused_addr();
+        let err = std::net::TcpStream::connect(addr).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 
     #[tokio::test(start_paused = true)]

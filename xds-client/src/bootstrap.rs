@@ -50,7 +50,7 @@ pub use server::{
     SERVER_FEATURE_TRUSTED_XDS_SERVER, SERVER_FEATURE_XDS_V3, ServerAddress, TlsCredentials,
     XdsServer,
 };
-pub use target::{TargetParseError, XdsTarget};
+pub use target::{TargetParseError, XdsTarget, is_path_byte};
 
 use json::{ROOT, as_array, as_object, child, get, index, opt_str, record_unknown};
 use target::{authority_prefix, expand_template, xdstp_authority};

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig;
 use meshwork_test_support::within;
-use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
+use meshwork_test_support::xds::{bootstrap, target_routes};
 use meshwork_xds::client::XdsClient;
-use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
+use meshwork_xds::server::{XdsTestServer, build, type_url};
 use meshwork_xds::watch::{ClusterChildren, ClusterState, TargetState};
 
 const TARGET: &str = "dag:80";
@@ -59,26 +59,13 @@ fn dag(width: usize, depth: usize) -> (Vec<Cluster>, Vec<String>) {
 async fn leaves_missing_then_present() -> Duration {
     let (aggregates, leaves) = dag(3, 14);
     let server = XdsTestServer::start().await.unwrap();
-    let mut snapshot = Snapshot::new()
-        .listener(build::api_listener(TARGET, "routes"))
-        .route(build::route_config(
-            "routes",
-            vec![build::virtual_host(
-                "vh",
-                [TARGET],
-                vec![build::route_to("", "root")],
-            )],
-        ));
+    let mut snapshot = target_routes(TARGET, vec![build::route_to("", "root")]);
     for c in aggregates {
         snapshot = snapshot.cluster(c);
     }
     server.set_snapshot(snapshot);
 
-    let bootstrap = Bootstrap::builder()
-        .server(XdsServer::new(server.uri()).unwrap())
-        .node_id("aggregate-walk")
-        .build()
-        .unwrap();
+    let bootstrap = bootstrap("aggregate-walk", &[server.uri()]);
     // The leaves must stay pending, not be declared missing, while the graph is walked.
     let client = XdsClient::builder(&bootstrap)
         .unwrap()

@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshwork_test_support::within;
+use meshwork_test_support::xds::{bootstrap, routes_to, static_cluster};
+use meshwork_test_support::{refused_addr, within};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::{Connection, ReadyError, XdsClient};
 use meshwork_xds::protocol::ResourceStatus;
 use meshwork_xds::resource::{ClusterLoadAssignment, ResourceType};
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
-use meshwork_xds::transport::Backoff;
 use meshwork_xds::watch::{ClusterChildren, ClusterState, TargetError, TargetState, XdsConfig};
 
 const TARGET: &str = "greeter:50051";
@@ -25,17 +25,7 @@ fn addrs(ports: &[u16]) -> Vec<SocketAddr> {
 
 /// Listener -> routes -> `clusters` (weighted equally), each with endpoints on `ports`.
 fn snapshot(clusters: &[&str], ports: &[u16]) -> Snapshot {
-    let weights: Vec<(&str, u32)> = clusters.iter().map(|c| (*c, 1)).collect();
-    let mut snapshot = Snapshot::new()
-        .listener(build::api_listener(TARGET, "greeter-routes"))
-        .route(build::route_config(
-            "greeter-routes",
-            vec![build::virtual_host(
-                "greeter",
-                [TARGET],
-                vec![build::route_weighted("", &weights)],
-            )],
-        ));
+    let mut snapshot = routes_to(TARGET, clusters);
     for cluster in clusters {
         snapshot = snapshot
             .cluster(build::eds_cluster(cluster))
@@ -44,21 +34,11 @@ fn snapshot(clusters: &[&str], ports: &[u16]) -> Snapshot {
     snapshot
 }
 
-fn bootstrap(servers: &[String]) -> Bootstrap {
-    let mut b = Bootstrap::builder().node_id("meshwork-client-test");
-    for uri in servers {
-        b = b.server(XdsServer::new(uri.clone()).unwrap());
-    }
-    b.build().unwrap()
-}
+const NODE: &str = "meshwork-client-test";
 
 fn client(servers: &[String]) -> XdsClient {
-    XdsClient::builder(&bootstrap(servers))
-        .unwrap()
-        .backoff(Backoff {
-            min: Duration::from_millis(20),
-            max: Duration::from_millis(100),
-        })
+    let (min, max) = (Duration::from_millis(20), Duration::from_millis(100));
+    meshwork_test_support::xds::builder(NODE, servers, min, max)
         .does_not_exist_timeout(Duration::from_millis(500))
         .start()
 }
@@ -100,7 +80,7 @@ async fn complete_config_arrives_through_the_whole_chain() {
     let config = watch.ready(Duration::from_secs(10)).await.unwrap();
 
     assert_eq!(config.listener.name, TARGET);
-    assert_eq!(config.route_config.name, "greeter-routes");
+    assert_eq!(config.route_config.name, "routes");
     assert_eq!(config.virtual_host().domains, [TARGET]);
     assert_eq!(config.clusters.len(), 2);
     assert_eq!(endpoint_count(&config, "a"), 2);
@@ -158,16 +138,10 @@ async fn an_eds_update_touches_only_its_cluster() {
 #[tokio::test]
 async fn a_cluster_that_never_arrives_is_an_error_for_that_cluster_only() {
     let server = XdsTestServer::start().await.unwrap();
-    let mut snap = snapshot(&["a"], &[1001]);
     // The route also sends traffic to "ghost", which the control plane never defines.
-    snap.insert_route(build::route_config(
-        "greeter-routes",
-        vec![build::virtual_host(
-            "greeter",
-            [TARGET],
-            vec![build::route_weighted("", &[("a", 1), ("ghost", 1)])],
-        )],
-    ));
+    let snap = routes_to(TARGET, &["a", "ghost"])
+        .cluster(build::eds_cluster("a"))
+        .endpoints(build::endpoints("a", &addrs(&[1001])));
     server.set_snapshot(snap);
     let client = client(&[server.uri()]);
     let mut watch = client.watch_target(TARGET, TARGET).await;
@@ -219,9 +193,7 @@ async fn an_invalid_update_is_nacked_and_the_last_good_config_keeps_serving() {
 
     // A STATIC cluster is not something a gRPC-style client accepts.
     server.update(|s| {
-        let mut bad = build::eds_cluster("a");
-        bad.cluster_discovery_type = None;
-        s.insert_cluster(bad);
+        s.insert_cluster(static_cluster("a"));
     });
     let reason = within(5, server.wait_for_nack(type_url::CLUSTER)).await;
     assert!(
@@ -255,7 +227,7 @@ async fn fail_on_data_errors_from_the_bootstrap_drops_a_rejected_cluster() {
     let server = XdsTestServer::start().await.unwrap();
     server.set_snapshot(snapshot(&["a"], &[1001, 1002]));
     let bootstrap = Bootstrap::builder()
-        .node_id("meshwork-client-test")
+        .node_id(NODE)
         .server(
             XdsServer::new(server.uri())
                 .unwrap()
@@ -269,9 +241,7 @@ async fn fail_on_data_errors_from_the_bootstrap_drops_a_rejected_cluster() {
     assert_eq!(endpoint_count(&config, "a"), 2);
 
     server.update(|s| {
-        let mut bad = build::eds_cluster("a");
-        bad.cluster_discovery_type = None;
-        s.insert_cluster(bad);
+        s.insert_cluster(static_cluster("a"));
     });
     within(5, server.wait_for_nack(type_url::CLUSTER)).await;
     let failed = within(5, async {
@@ -371,11 +341,7 @@ async fn the_cache_keeps_serving_while_the_control_plane_is_away() {
 
 #[tokio::test]
 async fn falls_back_while_resources_are_missing_and_returns_to_the_primary() {
-    // A port with nothing listening: bind, note it, drop.
-    let primary_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let primary_addr = refused_addr();
     let secondary = XdsTestServer::start().await.unwrap();
     secondary.set_snapshot(snapshot(&["a"], &[2001]));
     let client = client(&[format!("http://{primary_addr}"), secondary.uri()]);
@@ -476,7 +442,7 @@ async fn metrics_follow_grfc_a78() {
         .build();
     let server = XdsTestServer::start().await.unwrap();
     server.set_snapshot(snapshot(&["a"], &[1001]));
-    let client = XdsClient::builder(&bootstrap(&[server.uri()]))
+    let client = XdsClient::builder(&bootstrap(NODE, &[server.uri()]))
         .unwrap()
         .meter(provider.meter("meshwork"))
         .metrics_target("xds:///greeter")
@@ -484,9 +450,7 @@ async fn metrics_follow_grfc_a78() {
     let mut watch = client.watch_target(TARGET, TARGET).await;
     watch.ready(Duration::from_secs(10)).await.unwrap();
     server.update(|s| {
-        let mut bad = build::eds_cluster("a");
-        bad.cluster_discovery_type = None;
-        s.insert_cluster(bad);
+        s.insert_cluster(static_cluster("a"));
     });
     within(5, server.wait_for_nack(type_url::CLUSTER)).await;
     // The worker handled the response before it answered this.

@@ -7,6 +7,7 @@
 //! once in one process (`tests/peers/grpcio_csds_dump.py`) and so does our client.
 
 use meshwork_test_support as support;
+use meshwork_test_support::xds::bootstrap;
 
 use std::collections::BTreeMap;
 
@@ -19,7 +20,6 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
-use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use meshwork_xds::watch::TargetState;
@@ -262,11 +262,7 @@ async fn grpcio_and_meshwork_agree_on_acked_and_nacked() {
         .output();
 
     // Ours, at the same time.
-    let bootstrap = Bootstrap::builder()
-        .server(XdsServer::new(server.uri()).unwrap())
-        .node_id("meshwork-differential")
-        .build()
-        .unwrap();
+    let bootstrap = bootstrap("meshwork-differential", &[server.uri()]);
     let client = XdsClient::start(&bootstrap).unwrap();
     let mut watches = Vec::new();
     for t in &targets {

@@ -9,27 +9,19 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use fake_ads::{FakeAds, Script, Step};
 use meshwork_test_support::within;
-use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
-use meshwork_xds::client::{Connection, WatchState, XdsClient, XdsClientBuilder};
+use meshwork_test_support::xds::{one_cluster, silent_control_plane};
+use meshwork_xds::client::{Connection, WatchState, XdsClientBuilder};
 use meshwork_xds::protocol::ResourceStatus;
 use meshwork_xds::resource::ResourceType;
-use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
+use meshwork_xds::server::{XdsTestServer, build, type_url};
 use meshwork_xds::transport::Backoff;
 use meshwork_xds::watch::TargetState;
 
 const TARGET: &str = "greeter:50051";
 
 fn builder(servers: &[String]) -> XdsClientBuilder {
-    let mut b = Bootstrap::builder().node_id("hostile-server-test");
-    for uri in servers {
-        b = b.server(XdsServer::new(uri.clone()).unwrap());
-    }
-    XdsClient::builder(&b.build().unwrap())
-        .unwrap()
-        .backoff(Backoff {
-            min: Duration::from_millis(200),
-            max: Duration::from_secs(1),
-        })
+    let (min, max) = (Duration::from_millis(200), Duration::from_secs(1));
+    meshwork_test_support::xds::builder("hostile-server-test", servers, min, max)
 }
 
 /// A CDS response carrying cluster `a`.
@@ -129,29 +121,9 @@ async fn the_message_limit_is_configurable() {
 /// connect deadline, and the client falls back to the next server (gRFC A71).
 #[tokio::test]
 async fn a_silent_primary_times_out_and_the_client_falls_back() {
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_uri = format!("http://{}", silent.local_addr().unwrap());
-    let _hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = silent.accept().await {
-            held.push(tcp);
-        }
-    });
+    let silent_uri = silent_control_plane().await;
     let fallback = XdsTestServer::start().await.unwrap();
-    fallback.set_snapshot(
-        Snapshot::new()
-            .listener(build::api_listener(TARGET, "routes"))
-            .route(build::route_config(
-                "routes",
-                vec![build::virtual_host(
-                    "vh",
-                    ["*"],
-                    vec![build::route_to("", "c")],
-                )],
-            ))
-            .cluster(build::eds_cluster("c"))
-            .endpoints(build::endpoints("c", &["127.0.0.1:1".parse().unwrap()])),
-    );
+    fallback.set_snapshot(one_cluster(TARGET, "c", "127.0.0.1:1".parse().unwrap()));
     let client = builder(&[silent_uri.clone(), fallback.uri()])
         .connect_timeout(Duration::from_secs(1))
         .start();

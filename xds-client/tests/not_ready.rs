@@ -6,53 +6,23 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use meshwork_test_support::within;
-use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
+use meshwork_test_support::xds::{builder, routes_to, silent_control_plane, static_cluster};
+use meshwork_test_support::{refused_addr, within};
 use meshwork_xds::client::{ReadyError, XdsClient};
 use meshwork_xds::protocol::{ResourceFailure, ResourceStatus};
 use meshwork_xds::resource::ResourceType;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
-use meshwork_xds::transport::{Backoff, TransportError};
+use meshwork_xds::transport::TransportError;
 use meshwork_xds::watch::TargetError;
 
 const TARGET: &str = "greeter:50051";
 
 /// A client of `uri` whose does-not-exist timer never fires within these tests.
 fn client(uri: &str) -> XdsClient {
-    let bootstrap = Bootstrap::builder()
-        .node_id("not-ready-test")
-        .server(XdsServer::new(uri).unwrap())
-        .build()
-        .unwrap();
-    XdsClient::builder(&bootstrap)
-        .unwrap()
-        .backoff(Backoff {
-            min: Duration::from_millis(100),
-            max: Duration::from_millis(200),
-        })
+    let (min, max) = (Duration::from_millis(100), Duration::from_millis(200));
+    builder("not-ready-test", &[uri], min, max)
         .does_not_exist_timeout(Duration::from_secs(600))
         .start()
-}
-
-/// Listener -> routes -> `clusters`, weighted equally.
-fn routes_to(clusters: &[&str]) -> Snapshot {
-    let weights: Vec<(&str, u32)> = clusters.iter().map(|c| (*c, 1)).collect();
-    Snapshot::new()
-        .listener(build::api_listener(TARGET, "routes"))
-        .route(build::route_config(
-            "routes",
-            vec![build::virtual_host(
-                "vh",
-                [TARGET],
-                vec![build::route_weighted("", &weights)],
-            )],
-        ))
-}
-
-/// A port nothing listens on: bound, then closed, so connecting to it is refused.
-fn refused_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// The control plane is down: the timeout names the server and the connection error, the
@@ -60,7 +30,7 @@ fn refused_port() -> u16 {
 /// listener that was requested and never answered.
 #[tokio::test(start_paused = true)]
 async fn a_control_plane_that_refuses_connections_is_named_with_the_error() {
-    let uri = format!("http://127.0.0.1:{}", refused_port());
+    let uri = format!("http://127.0.0.1:{}", refused_addr().port());
     let client = client(&uri);
     let mut watch = client.watch_target(TARGET, TARGET).await;
     // Paused time could pass a deadline before the refusal is read from the socket: the
@@ -140,14 +110,7 @@ async fn a_control_plane_that_refuses_connections_is_named_with_the_error() {
 /// says the client is still connecting to it, after it the deadline is named.
 #[tokio::test(start_paused = true)]
 async fn a_silent_control_plane_is_named_while_connecting_and_after_the_deadline() {
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!("http://{}", silent.local_addr().unwrap());
-    let _hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = silent.accept().await {
-            held.push(tcp);
-        }
-    });
+    let uri = silent_control_plane().await;
     let client = client(&uri);
     let mut watch = client.watch_target(TARGET, TARGET).await;
 
@@ -184,11 +147,10 @@ async fn a_silent_control_plane_is_named_while_connecting_and_after_the_deadline
 #[tokio::test]
 async fn missing_resources_are_named_with_their_state() {
     let server = XdsTestServer::start().await.unwrap();
-    let mut bad = build::eds_cluster("bad");
     // A STATIC cluster is not something a gRPC-style client accepts.
-    bad.cluster_discovery_type = None;
+    let bad = static_cluster("bad");
     server.set_snapshot(
-        routes_to(&["a", "bad", "ghost"])
+        routes_to(TARGET, &["a", "bad", "ghost"])
             // No endpoints for `a`: its EDS resource is requested and never answered.
             .cluster(build::eds_cluster("a"))
             .cluster(bad)
@@ -264,7 +226,7 @@ async fn missing_resources_are_named_with_their_state() {
 async fn the_list_of_missing_resources_is_capped() {
     let names: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut snapshot = routes_to(&refs);
+    let mut snapshot = routes_to(TARGET, &refs);
     for name in &names {
         snapshot = snapshot.cluster(build::eds_cluster(name));
     }
@@ -321,4 +283,79 @@ async fn a_nacked_listener_is_named_with_the_detail() {
         err.to_string(),
         format!("listener {TARGET} is invalid: {detail}")
     );
+}
+
+/// The longest prefix of `entry` that is at most 2 KiB and ends on a char boundary, and the
+/// marker of the cut.
+fn cut_at_2_kib(entry: &str) -> String {
+    let end = (0..=2048)
+        .rev()
+        .find(|&i| entry.is_char_boundary(i))
+        .unwrap();
+    format!("{}…", &entry[..end])
+}
+
+/// A missing resource's entry over 2 KiB (a NACK detail of ~10 KiB, a name of ~10 KiB) is
+/// cut to 2 KiB plus a marker, on a char boundary (a 3-byte char straddles the 2 KiB mark),
+/// so a hostile control plane cannot make the error megabytes long.
+#[tokio::test]
+async fn an_entry_over_2_kib_is_cut_on_a_char_boundary() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster;
+
+    // 3,500 three-byte chars, 10.5 KB.
+    let long = "€".repeat(3500);
+    let mut nacked = build::eds_cluster("nacked");
+    // An unsupported custom cluster type: its name (quoted) is the NACK detail.
+    nacked.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::ClusterType(
+        cluster::CustomClusterType {
+            name: long.clone(),
+            typed_config: None,
+        },
+    ));
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        routes_to(TARGET, &["nacked", &long])
+            .cluster(nacked)
+            // No endpoints for it: its EDS resource, named by 10 KiB, is never answered.
+            .cluster(build::eds_cluster(&long)),
+    );
+    let client = client(&server.uri());
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+    within(10, server.wait_for_nack(type_url::CLUSTER)).await;
+
+    tokio::time::pause();
+    let err = watch.ready(Duration::from_secs(3)).await.unwrap_err();
+    let ReadyError::Timeout { cause, .. } = &err else {
+        panic!("{err}")
+    };
+    let entries: Vec<String> = cause.missing().iter().map(ToString::to_string).collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let nack = cause
+        .missing()
+        .iter()
+        .find(|m| m.name() == "nacked")
+        .expect("the NACKed cluster is named");
+    assert_eq!(nack.status(), ResourceStatus::Nacked);
+    let detail = nack.error().expect("the NACK detail").to_string();
+    assert!(detail.len() > 10_000, "{}", detail.len());
+    let unanswered = format!("ClusterLoadAssignment {long} requested, not answered yet");
+    assert!(entries.contains(&unanswered));
+    // The 2 KiB mark falls inside a char of the unanswered entry.
+    assert!(!unanswered.is_char_boundary(2048));
+
+    let message = err.to_string();
+    let cut: Vec<String> = entries.iter().map(|e| cut_at_2_kib(e)).collect();
+    assert_eq!(
+        message,
+        format!(
+            "no complete xDS config for {TARGET} within 3s: {}",
+            cut.join(", ")
+        )
+    );
+    for c in &cut {
+        assert!(c.len() <= 2048 + '…'.len_utf8(), "{}", c.len());
+        assert!(c.len() > 2048 - 4, "{}", c.len());
+    }
+    // "ClusterLoadAssignment " is 22 bytes, then 675 whole chars: 2,047 bytes.
+    assert_eq!(cut_at_2_kib(&unanswered).len(), 2047 + '…'.len_utf8());
 }

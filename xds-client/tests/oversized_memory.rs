@@ -9,11 +9,10 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use fake_ads::{FakeAds, Script, Step};
 use meshwork_test_support::within;
-use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
-use meshwork_xds::client::{WatchState, XdsClient};
+use meshwork_test_support::xds::builder;
+use meshwork_xds::client::WatchState;
 use meshwork_xds::resource::ResourceType;
 use meshwork_xds::server::{build, type_url};
-use meshwork_xds::transport::Backoff;
 
 const PUSHED_MIB: usize = 256;
 
@@ -47,18 +46,8 @@ async fn an_announced_4_gib_response_does_not_grow_the_client() {
         steps
     };
     let fake = FakeAds::start(Script::new(push)).await;
-    let bootstrap = Bootstrap::builder()
-        .node_id("oversized-memory-test")
-        .server(XdsServer::new(fake.uri()).unwrap())
-        .build()
-        .unwrap();
-    let client = XdsClient::builder(&bootstrap)
-        .unwrap()
-        .backoff(Backoff {
-            min: Duration::from_millis(100),
-            max: Duration::from_millis(500),
-        })
-        .start();
+    let (min, max) = (Duration::from_millis(100), Duration::from_millis(500));
+    let client = builder("oversized-memory-test", &[fake.uri()], min, max).start();
     let mut watch = client.watch(ResourceType::Cluster, "a").await;
     assert!(matches!(
         within(10, watch.settled()).await,

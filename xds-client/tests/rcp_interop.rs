@@ -5,6 +5,7 @@
 //! through it must arrive.
 
 use meshwork_test_support as support;
+use meshwork_test_support::xds::builder;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,10 +14,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::Any;
-use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
-use meshwork_xds::transport::Backoff;
 use meshwork_xds::watch::{ClusterChildren, ClusterState, TargetState};
 use prost::Message;
 
@@ -100,18 +99,8 @@ fn start_peer(binary: &Path, resources: &Path, node_id: &str) -> Peer {
 }
 
 fn client(uri: String, node_id: &str) -> XdsClient {
-    let bootstrap = Bootstrap::builder()
-        .server(XdsServer::new(uri).unwrap())
-        .node_id(node_id)
-        .build()
-        .unwrap();
-    XdsClient::builder(&bootstrap)
-        .unwrap()
-        .backoff(Backoff {
-            min: Duration::from_millis(50),
-            max: Duration::from_millis(200),
-        })
-        .start()
+    let (min, max) = (Duration::from_millis(50), Duration::from_millis(200));
+    builder(node_id, &[uri], min, max).start()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,11 +9,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use meshwork_test_support::xds::one_cluster;
 use meshwork_xds::bootstrap::{
     Bootstrap, ChannelCredentials, FileWatcherConfig, TlsCredentials, XdsServer,
 };
 use meshwork_xds::client::{ReadyError, XdsClient};
-use meshwork_xds::server::{Snapshot, XdsTestServer, build};
+use meshwork_xds::server::{Snapshot, XdsTestServer};
 use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,18 +24,7 @@ use tonic::transport::server::Connected;
 const TARGET: &str = "greeter:50051";
 
 fn snapshot() -> Snapshot {
-    Snapshot::new()
-        .listener(build::api_listener(TARGET, "routes"))
-        .route(build::route_config(
-            "routes",
-            vec![build::virtual_host(
-                "vh",
-                ["*"],
-                vec![build::route_to("", "c")],
-            )],
-        ))
-        .cluster(build::eds_cluster("c"))
-        .endpoints(build::endpoints("c", &["127.0.0.1:1".parse().unwrap()]))
+    one_cluster(TARGET, "c", "127.0.0.1:1".parse().unwrap())
 }
 
 fn dir(name: &str) -> PathBuf {

@@ -28,6 +28,7 @@
 
 use std::borrow::Cow;
 
+use meshwork_xds::bootstrap::is_path_byte;
 use spiffe::{SpiffeId, TrustDomain};
 
 use crate::identity::PeerIdentity;
@@ -665,50 +666,13 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     })
 }
 
-/// Whether a byte may stand for itself in a normal path: RFC 3986's `pchar` without `%`
-/// (unreserved, sub-delims, `:` and `@`), and the `/` between segments.
-const RAW: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        let b = byte as u8;
-        table[byte] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-                    | b'/'
-            );
-        byte += 1;
-    }
-    table
-};
-
-fn is_raw(byte: u8) -> bool {
-    RAW[usize::from(byte)]
-}
-
 /// Whether `rest` (a path after its leading `/`) is already normal: no escape, no byte
 /// needing one, no empty, `.` or `..` segment except a final empty one (a trailing `/`).
 fn is_normal(rest: &str) -> bool {
     let bytes = rest.as_bytes();
     let mut segment_start = 0;
     for (i, &byte) in bytes.iter().enumerate() {
-        if !is_raw(byte) {
+        if !is_path_byte(byte) {
             return false;
         }
         if byte == b'/' {
@@ -752,13 +716,13 @@ fn canonical_escapes(rest: &str) -> Result<String, PathError> {
                     b'/' | b'\\' => return Err(PathError::EscapedSlash),
                     0 => return Err(PathError::Nul),
                     // The escapes that cannot become a separator, decoded as handlers decode them.
-                    b if is_raw(b) => out.push(char::from(b)),
+                    b if is_path_byte(b) => out.push(char::from(b)),
                     b => push_escaped(&mut out, b),
                 }
             }
             b'\\' => return Err(PathError::Backslash),
             0 => return Err(PathError::Nul),
-            b if is_raw(b) => out.push(char::from(b)),
+            b if is_path_byte(b) => out.push(char::from(b)),
             b => push_escaped(&mut out, b),
         }
     }

@@ -34,11 +34,16 @@ pub const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 
 /// One `SayHello("hi")` through `channel`; the reply's message.
 pub async fn say_hello(channel: &MeshChannel) -> Result<String, Status> {
+    hello(channel, "hi").await
+}
+
+/// One `SayHello(name)` through `channel`; the reply's message.
+pub async fn hello(channel: &MeshChannel, name: &str) -> Result<String, Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.map_err(Status::from_error)?;
     let rsp = grpc
         .unary(
-            tonic::Request::new(HelloRequest { name: "hi".into() }),
+            tonic::Request::new(HelloRequest { name: name.into() }),
             PathAndQuery::from_static(SAY_HELLO),
             ProstCodec::<HelloRequest, HelloReply>::default(),
         )

@@ -137,9 +137,20 @@ pub enum TargetParseError {
     },
 }
 
-/// Whether a byte may appear unescaped in a URI path (RFC 3986 section 3.3: unreserved,
-/// sub-delims, `:`, `@`, and `/`).
-fn is_path_byte(b: u8) -> bool {
+/// Whether a byte may stand for itself, unescaped, in a URI path: RFC 3986's `pchar`
+/// without `%` (unreserved, sub-delims, `:` and `@`; section 3.3), and the `/` between
+/// segments.
+///
+/// The set xDS resource names from a target are escaped to (gRFC A47) and that
+/// meshwork-core's inbound authorization reads a normal request path in.
+///
+/// ```
+/// use meshwork_xds::bootstrap::is_path_byte;
+///
+/// assert!(is_path_byte(b'a') && is_path_byte(b'/') && is_path_byte(b'@'));
+/// assert!(!is_path_byte(b'%') && !is_path_byte(b'?') && !is_path_byte(b' '));
+/// ```
+pub const fn is_path_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,

@@ -19,7 +19,8 @@ use crate::watch::ResourceKey;
 /// megabytes.
 const MAX_MISSING: usize = 8;
 
-/// The longest one missing resource's entry may be in the message, in bytes.
+/// The longest one entry (a missing resource, an unreachable server) may be in the message,
+/// in bytes.
 const MAX_ENTRY: usize = 2048;
 
 /// Why a target had no complete config when [`TargetWatch::ready`](super::TargetWatch::ready)
@@ -183,7 +184,7 @@ impl fmt::Display for Unreachable<'_> {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            write!(f, "{}", ErrorChain(error))?;
+            write_entry(f, ErrorChain(error).to_string())?;
         }
         Ok(())
     }
@@ -204,20 +205,24 @@ impl fmt::Display for NotReady {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            // A name or a NACK detail can be long (a resource name is bounded only by the
-            // message size): each entry is cut, so the whole stays a readable error.
-            let mut entry = missing.to_string();
-            if entry.len() > MAX_ENTRY {
-                truncate(&mut entry, MAX_ENTRY);
-                entry.push('…');
-            }
-            f.write_str(&entry)?;
+            write_entry(f, missing.to_string())?;
         }
         if self.more_missing > 0 {
             write!(f, ", and {} more", self.more_missing)?;
         }
         Ok(())
     }
+}
+
+/// Writes `entry` cut to [`MAX_ENTRY`] bytes on a char boundary, marked `…` when cut: a
+/// resource name (bounded only by the message size), a NACK detail or a server's status
+/// message can be long, and the whole must stay a readable error.
+fn write_entry(f: &mut fmt::Formatter<'_>, mut entry: String) -> fmt::Result {
+    if entry.len() > MAX_ENTRY {
+        truncate(&mut entry, MAX_ENTRY);
+        entry.push('…');
+    }
+    f.write_str(&entry)
 }
 
 impl std::error::Error for NotReady {
@@ -250,5 +255,64 @@ impl PartialEq for MissingResource {
             && self.status == other.status
             && self.error.as_ref().map(ToString::to_string)
                 == other.error.as_ref().map(ToString::to_string)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProtocolConfig;
+    use envoy_types::pb::envoy::config::core::v3::Node;
+
+    /// A server's status message of ~10 KiB (a hostile or broken control plane) comes out
+    /// cut to 2 KiB and the marker, on a char boundary, in the error and in the dump's
+    /// `transport_error`.
+    #[test]
+    fn a_transport_error_over_2_kib_is_cut_on_a_char_boundary() {
+        let ads = AdsState::new(ProtocolConfig::new(Node::default()));
+        // Three-byte chars after one ASCII byte: the 2 KiB mark falls inside a char.
+        let status = tonic::Status::unavailable(format!("!{}", "€".repeat(3500)));
+        let error = TransportError::stream("http://xds:1", status, 4 << 20);
+        let full = ErrorChain(&error).to_string();
+        assert!(full.len() > 10_000);
+        assert!(
+            !full.is_char_boundary(MAX_ENTRY),
+            "the mark falls inside a char"
+        );
+        let cause = NotReady::new(&ads, Some(vec![error.clone()]), "", &BTreeSet::new());
+
+        let message = cause.to_string();
+        assert!(
+            message.len() <= MAX_ENTRY + '…'.len_utf8(),
+            "{}",
+            message.len()
+        );
+        assert!(
+            message.len() > MAX_ENTRY - 4 + '…'.len_utf8(),
+            "{}",
+            message.len()
+        );
+        let kept = message.strip_suffix('…').expect("the cut is marked");
+        assert!(full.starts_with(kept));
+        assert_eq!(NotReady::transport_error(&[error]), Some(message));
+    }
+
+    /// Two servers: each one's entry is cut on its own.
+    #[test]
+    fn each_unreachable_server_is_cut_on_its_own() {
+        let ads = AdsState::new(ProtocolConfig::new(Node::default()));
+        let long = |uri| {
+            TransportError::stream(uri, tonic::Status::unavailable("x".repeat(9000)), 4 << 20)
+        };
+        let errors = vec![long("http://a:1"), long("http://b:1")];
+        let cause = NotReady::new(&ads, Some(errors), "", &BTreeSet::new());
+        let message = cause.to_string();
+        let entries: Vec<&str> = message.split("; ").collect();
+        assert_eq!(entries.len(), 2, "{message}");
+        assert!(entries[0].starts_with("xDS server http://a:1: "));
+        assert!(entries[1].starts_with("xDS server http://b:1: "));
+        for entry in entries {
+            assert_eq!(entry.len(), MAX_ENTRY + '…'.len_utf8());
+        }
     }
 }
