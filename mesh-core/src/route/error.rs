@@ -54,9 +54,10 @@ pub enum RouteError {
     ClusterUnavailable {
         /// The cluster's name.
         cluster: String,
-        /// Why (from the control plane's view).
+        /// Why (from the control plane's view); boxed, so that a route's `Result` stays
+        /// small on the hot path.
         #[source]
-        reason: ClusterError,
+        reason: Box<ClusterError>,
     },
 }
 

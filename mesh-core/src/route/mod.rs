@@ -435,7 +435,7 @@ where
         if let Some(ClusterState::Error(reason)) = policy.config.cluster(cluster) {
             return ResponseFuture::failed(RouteError::ClusterUnavailable {
                 cluster: cluster.to_owned(),
-                reason: reason.clone(),
+                reason: Box::new(reason.clone()),
             });
         }
         let Some(svc) = self.clusters.get(cluster) else {
