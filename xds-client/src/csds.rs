@@ -5,8 +5,9 @@
 //!
 //! The service answers from [`XdsClient::dump`]: one `ClientConfig` per client, with the
 //! client's `node` and a `GenericXdsConfig` per resource (type URL, name, the version of the
-//! response that last delivered a valid value, when its status last changed, its
-//! `client_status` and, for a NACKed resource, the rejection in `error_state`). Like
+//! response that last delivered a valid value, that value as the server sent it
+//! (`xds_config`), when its status last changed, its `client_status` and, for a NACKed
+//! resource, the rejection in `error_state`). Like
 //! grpc-go's, it rejects a request with `node_matchers` (`INVALID_ARGUMENT`): a process has
 //! one node per client, so there is nothing to match (A40, "Node matching").
 //!
@@ -112,12 +113,12 @@ fn generic(row: ResourceDump) -> GenericXdsConfig {
         type_url: row.type_url.to_owned(),
         name: row.name,
         version_info: row.version.unwrap_or_default(),
+        xds_config: row.resource,
         last_updated,
         config_status: 0,
         client_status: client_status(row.status) as i32,
         error_state,
         is_static_resource: false,
-        ..GenericXdsConfig::default()
     }
 }
 
@@ -206,6 +207,7 @@ mod tests {
             transport_error: None,
             last_updated: Some(10.5),
             unsupported_fields: Vec::new(),
+            resource: None,
         };
         let nacked = generic(row(ResourceStatus::Nacked, Some("bad cluster")));
         assert_eq!(nacked.client_status, ClientResourceStatus::Nacked as i32);

@@ -175,6 +175,16 @@ async fn fetch_client_status_shows_acked_nacked_and_missing_resources() {
         ClientResourceStatus::DoesNotExist
     );
 
+    // xds_config: the value in use, byte for byte as the server sent it; none without one.
+    let snapshot = server.snapshot();
+    for c in &config.generic_xds_configs {
+        let in_use = match ClientResourceStatus::try_from(c.client_status).unwrap() {
+            ClientResourceStatus::Acked => snapshot.get(&c.type_url, &c.name),
+            _ => None,
+        };
+        assert_eq!(c.xds_config.as_ref(), in_use, "{} {}", c.type_url, c.name);
+    }
+
     let every = &config.generic_xds_configs;
     assert!(every.iter().all(|c| !c.is_static_resource));
     assert!(
@@ -339,7 +349,7 @@ async fn grpcio_reads_our_csds() {
     );
     let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(theirs["node"], "meshwork-csds-test");
-    let view: BTreeMap<(String, String), (String, String)> = theirs["resources"]
+    let view: BTreeMap<(String, String), (String, String, String)> = theirs["resources"]
         .as_array()
         .unwrap()
         .iter()
@@ -352,6 +362,7 @@ async fn grpcio_reads_our_csds() {
                 (
                     r["status"].as_str().unwrap().to_owned(),
                     r["error"].as_str().unwrap_or("").to_owned(),
+                    r["config_type"].as_str().unwrap_or("").to_owned(),
                 ),
             )
         })
@@ -367,12 +378,14 @@ async fn grpcio_reads_our_csds() {
         (type_url::LISTENER, MISSING, "DOES_NOT_EXIST"),
     ];
     for (t, name, status) in expected {
-        let (theirs, _) = view
+        let (theirs, _, config_type) = view
             .get(&(t.to_owned(), name.to_owned()))
             .unwrap_or_else(|| panic!("grpcio does not see {t} {name}: {view:#?}"));
         assert_eq!(theirs, status, "{t} {name}");
+        let with_config = if status == "ACKED" { t } else { "" };
+        assert_eq!(config_type, with_config, "{t} {name}: xds_config");
     }
-    let (_, error) = &view[&(type_url::CLUSTER.to_owned(), "bad".to_owned())];
+    let (_, error, _) = &view[&(type_url::CLUSTER.to_owned(), "bad".to_owned())];
     assert!(
         error.contains("bad"),
         "grpcio reads the NACK's detail: {error}"
