@@ -84,6 +84,16 @@ async fn csds_client(addr: SocketAddr) -> ClientStatusDiscoveryServiceClient<Cha
         .unwrap()
 }
 
+/// One FetchClientStatus with an empty request.
+async fn fetch(addr: SocketAddr) -> ClientStatusResponse {
+    csds_client(addr)
+        .await
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// One row of a response: (type URL, name) -> (status, version, error details).
 type Rows = BTreeMap<(String, String), (ClientResourceStatus, String, Option<String>)>;
 
@@ -140,12 +150,7 @@ async fn fetch_client_status_shows_acked_nacked_and_missing_resources() {
     let (client, _watches) = settled_client(&server).await;
     let addr = serve(CsdsService::new(client)).await;
 
-    let response = csds_client(addr)
-        .await
-        .fetch_client_status(ClientStatusRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let response = fetch(addr).await;
     let config = &response.config[0];
     let node = config.node.as_ref().unwrap();
     assert_eq!(node.id, "meshwork-csds-test");
@@ -204,12 +209,7 @@ async fn a_resource_the_server_has_not_answered_is_requested() {
     let (_connection, _) = within(10, silent.accept()).await.unwrap();
     let addr = serve(CsdsService::new(client)).await;
 
-    let response = csds_client(addr)
-        .await
-        .fetch_client_status(ClientStatusRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let response = fetch(addr).await;
     let rows = rows(&response);
     assert_eq!(rows.len(), 1, "{rows:#?}");
     let (status, version, error) = &rows[&(type_url::LISTENER.to_owned(), GOOD.to_owned())];
@@ -306,12 +306,7 @@ async fn each_client_is_a_client_config_with_its_scope() {
         .await
         .unwrap();
     let addr = serve(CsdsService::new(first).with_client("xds:///good:80", second.clone())).await;
-    let response = csds_client(addr)
-        .await
-        .fetch_client_status(ClientStatusRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let response = fetch(addr).await;
     let scopes: Vec<(&str, usize)> = response
         .config
         .iter()
