@@ -52,7 +52,7 @@ fn snapshot() -> Snapshot {
     snapshot
 }
 
-/// A client whose unanswered resources are declared missing after 2 s (a listener that a
+/// A client whose unanswered resources are declared missing after 5 s (a listener that a
 /// full-state response leaves out waits for that timer, as in grpc-go), not 15.
 fn client(server_uri: String) -> XdsClient {
     let bootstrap = Bootstrap::builder()
@@ -62,7 +62,7 @@ fn client(server_uri: String) -> XdsClient {
         .unwrap();
     XdsClient::builder(&bootstrap)
         .unwrap()
-        .does_not_exist_timeout(Duration::from_secs(2))
+        .does_not_exist_timeout(Duration::from_secs(5))
         .start()
 }
 
@@ -133,7 +133,7 @@ async fn settled_client(server: &XdsTestServer) -> (XdsClient, [TargetWatch; 3])
     let bad = client.watch_target(BAD, BAD).await;
     within(10, server.wait_for_nack(type_url::CLUSTER)).await;
     let mut missing = client.watch_target(MISSING, MISSING).await;
-    let err = within(10, missing.ready(Duration::from_secs(10)))
+    let err = within(20, missing.ready(Duration::from_secs(15)))
         .await
         .unwrap_err();
     assert_eq!(
