@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
 
@@ -230,6 +231,10 @@ pub struct ResourceDump {
     pub last_updated: Option<f64>,
     /// Fields set in the resource that meshwork does not implement yet.
     pub unsupported_fields: Vec<String>,
+    /// The valid value in use, as the server sent it (CSDS's `xds_config`). Not in the JSON:
+    /// the fields above say what it means to meshwork.
+    #[serde(skip)]
+    pub resource: Option<Any>,
 }
 
 /// Which server the client is talking to.
@@ -967,6 +972,7 @@ impl Worker {
                     .value
                     .map(|v| v.unsupported_fields().to_vec())
                     .unwrap_or_default(),
+                resource: view.raw.cloned(),
             })
             .collect()
     }

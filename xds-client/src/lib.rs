@@ -25,7 +25,8 @@
 //! The modules, bottom up: [`bootstrap`] (the gRPC bootstrap file), [`resource`] (validated
 //! xDS resources), [`protocol`] (the sans-io ADS state machine), [`transport`] (the errors
 //! of reaching a server), [`client`] (the task that drives it all), [`watch`] (complete
-//! per-target snapshots), and, with the `server` feature, an in-process ADS server for
+//! per-target snapshots), with the `csds` feature the client's view served over CSDS
+//! ([`csds`], gRFC A40), and, with the `server` feature, an in-process ADS server for
 //! tests. [`ErrorChain`] prints any of their errors with its causes.
 //!
 //! This crate also owns the workspace's choice of TLS crypto provider (see [`crypto`]),
@@ -36,6 +37,9 @@
 pub mod bootstrap;
 pub mod client;
 pub mod crypto;
+#[cfg(feature = "csds")]
+#[cfg_attr(docsrs, doc(cfg(feature = "csds")))]
+pub mod csds;
 mod error_chain;
 pub mod protocol;
 pub mod resource;

@@ -58,6 +58,7 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 
 use crate::resource::{Resource, ResourceError, ResourceType};
@@ -259,6 +260,8 @@ pub struct ResourceView<'a> {
     pub status: ResourceStatus,
     /// The current valid value, if any.
     pub value: Option<&'a Resource>,
+    /// The current valid value as the server sent it (CSDS's `xds_config`).
+    pub raw: Option<&'a Any>,
     /// Why the last value was rejected, if it was.
     pub error: Option<&'a ResourceFailure>,
     /// When the status last changed, in the protocol's clock.
@@ -557,8 +560,9 @@ impl AdsState {
             }
             let rs = ts.resources.entry(name.clone()).or_default();
             let transition = match outcome {
-                Outcome::Accepted(value) => Transition::Accept {
+                Outcome::Accepted(value, raw) => Transition::Accept {
                     value,
+                    raw,
                     version: version.to_owned(),
                 },
                 Outcome::Invalid(failure) => {
@@ -777,6 +781,7 @@ impl AdsState {
                 version: rs.version.as_deref(),
                 status: rs.status(),
                 value: rs.value.as_ref(),
+                raw: rs.raw.as_ref(),
                 error: rs.error.as_ref(),
                 last_updated: rs.last_updated,
                 subscribed: rs.subscribed,

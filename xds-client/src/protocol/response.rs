@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::google::protobuf::Any;
 
 use super::{MAX_NACK_DETAIL, NOT_FOUND, ResourceFailure, truncate};
 use crate::resource::{self, Resource, ResourceType};
@@ -18,8 +19,8 @@ use crate::resource::{self, Resource, ResourceType};
 /// What a response says about one named resource.
 #[derive(Debug)]
 pub(super) enum Outcome {
-    /// A valid value.
-    Accepted(Resource),
+    /// A valid value, and the resource as the server sent it (for CSDS).
+    Accepted(Resource, Any),
     /// A value we rejected, or an error the server reported for the name (gRFC A88).
     Invalid(ResourceFailure),
     /// The server reports that the resource does not exist (`NOT_FOUND`, gRFC A88).
@@ -51,7 +52,7 @@ pub(super) struct Nack {
 /// Decodes and validates every resource of a response of type `resource_type`.
 pub(super) fn decode(resource_type: ResourceType, response: &DiscoveryResponse) -> Decoded {
     let mut errors = NackDetail::default();
-    let mut valid: BTreeMap<String, Resource> = BTreeMap::new();
+    let mut valid: BTreeMap<String, (Resource, Any)> = BTreeMap::new();
     let mut invalid: BTreeMap<String, ResourceFailure> = BTreeMap::new();
     let mut present: BTreeSet<String> = BTreeSet::new();
     for any in &response.resources {
@@ -74,7 +75,7 @@ pub(super) fn decode(resource_type: ResourceType, response: &DiscoveryResponse) 
         }
         match outcome {
             Ok(res) => {
-                valid.insert(name, res);
+                valid.insert(name, (res, any.clone()));
             }
             Err(failure) => {
                 errors.push(&failure);
@@ -85,7 +86,7 @@ pub(super) fn decode(resource_type: ResourceType, response: &DiscoveryResponse) 
 
     let mut outcomes: Vec<(String, Outcome)> = valid
         .into_iter()
-        .map(|(name, res)| (name, Outcome::Accepted(res)))
+        .map(|(name, (res, raw))| (name, Outcome::Accepted(res, raw)))
         .chain(
             invalid
                 .into_iter()
@@ -217,7 +218,7 @@ mod tests {
         d.outcomes
             .iter()
             .map(|(name, o)| match o {
-                Outcome::Accepted(r) => format!("{name}:accepted:{}", r.name()),
+                Outcome::Accepted(r, _) => format!("{name}:accepted:{}", r.name()),
                 Outcome::Invalid(ResourceFailure::Duplicate { .. }) => format!("{name}:duplicate"),
                 Outcome::Invalid(ResourceFailure::ServerReported { code, .. }) => {
                     format!("{name}:server:{code}")

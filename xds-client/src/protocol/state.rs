@@ -11,6 +11,8 @@
 
 use std::time::Instant;
 
+use envoy_types::pb::google::protobuf::Any;
+
 use super::{ResourceFailure, ResourceStatus, XdsEvent};
 use crate::resource::{Resource, ResourceType};
 
@@ -19,6 +21,9 @@ use crate::resource::{Resource, ResourceType};
 pub(super) struct ResourceState {
     pub(super) subscribed: bool,
     pub(super) value: Option<Resource>,
+    /// `value` as the server sent it: CSDS shows it (gRFC A40's `xds_config`), as grpc-go
+    /// keeps it. Present exactly when `value` is.
+    pub(super) raw: Option<Any>,
     pub(super) version: Option<String>,
     status: Option<ResourceStatus>,
     pub(super) error: Option<ResourceFailure>,
@@ -35,6 +40,8 @@ pub(super) enum Transition {
     Accept {
         /// The value.
         value: Resource,
+        /// The value as the server sent it.
+        raw: Any,
         /// The response's `version_info`.
         version: String,
     },
@@ -93,9 +100,16 @@ impl ResourceState {
     pub(super) fn transition(&mut self, transition: Transition, now: Instant) -> Option<Notice> {
         self.does_not_exist_at = None;
         match transition {
-            Transition::Accept { value, version } => {
+            Transition::Accept {
+                value,
+                raw,
+                version,
+            } => {
                 self.version = Some(version);
                 self.error = None;
+                // Even when the value decodes the same, the bytes may differ (a field
+                // meshwork ignores): the dump shows what the server sent last.
+                self.raw = Some(raw);
                 let changed =
                     self.value.as_ref() != Some(&value) || self.status() != ResourceStatus::Acked;
                 self.status = Some(ResourceStatus::Acked);
@@ -114,12 +128,14 @@ impl ResourceState {
                 self.error = Some(failure.clone());
                 self.last_updated = Some(now);
                 if drop_cached && self.value.take().is_some() {
+                    self.raw = None;
                     self.version = None;
                 }
                 Some(Notice::Invalid(failure))
             }
             Transition::NotFound => {
                 self.value = None;
+                self.raw = None;
                 self.error = None;
                 self.status = Some(ResourceStatus::DoesNotExist);
                 self.last_updated = Some(now);
@@ -127,6 +143,7 @@ impl ResourceState {
             }
             Transition::Deleted => {
                 self.value = None;
+                self.raw = None;
                 self.version = None;
                 self.error = None;
                 self.status = Some(ResourceStatus::DoesNotExist);
@@ -167,7 +184,16 @@ mod tests {
     fn accept(value: &Resource, version: &str) -> Transition {
         Transition::Accept {
             value: value.clone(),
+            raw: raw(version),
             version: version.into(),
+        }
+    }
+
+    /// Stands in for the bytes of the response of `version`.
+    fn raw(version: &str) -> Any {
+        Any {
+            type_url: "test".into(),
+            value: version.as_bytes().to_vec(),
         }
     }
 
@@ -200,6 +226,7 @@ mod tests {
         assert!(matches!(notice, Some(Notice::Changed(v)) if v == a));
         assert_eq!(rs.status(), ResourceStatus::Acked);
         assert_eq!(rs.value, Some(a));
+        assert_eq!(rs.raw, Some(raw("1")));
         assert_eq!(rs.version.as_deref(), Some("1"));
         assert_eq!(rs.last_updated, Some(t0));
         assert!(rs.error.is_none());
@@ -215,6 +242,7 @@ mod tests {
         assert!(notice.is_none());
         assert_eq!(rs.status(), ResourceStatus::Acked);
         assert_eq!(rs.version.as_deref(), Some("2"));
+        assert_eq!(rs.raw, Some(raw("2")), "the bytes the server sent last");
         assert_eq!(rs.last_updated, Some(t0), "nothing changed");
     }
 
@@ -246,6 +274,7 @@ mod tests {
         ));
         assert_eq!(rs.status(), ResourceStatus::Nacked);
         assert_eq!(rs.value, Some(a), "the last good value stays in use");
+        assert_eq!(rs.raw, Some(raw("1")));
         assert_eq!(rs.version.as_deref(), Some("1"));
         assert!(rs.error.is_some());
         assert_eq!(rs.last_updated, Some(t1));
@@ -258,6 +287,7 @@ mod tests {
         assert!(rs.transition(reject(true), t0).is_some());
         assert_eq!(rs.status(), ResourceStatus::Nacked);
         assert_eq!(rs.value, None);
+        assert_eq!(rs.raw, None);
         assert_eq!(rs.version, None);
         assert!(rs.error.is_some());
     }
@@ -298,6 +328,7 @@ mod tests {
         assert!(matches!(notice, Some(Notice::DoesNotExist)));
         assert_eq!(rs.status(), ResourceStatus::DoesNotExist);
         assert_eq!(rs.value, None);
+        assert_eq!(rs.raw, None);
         assert!(rs.error.is_none());
         assert_eq!(rs.version.as_deref(), Some("1"));
     }
@@ -329,6 +360,7 @@ mod tests {
         assert!(matches!(notice, Some(Notice::DoesNotExist)));
         assert_eq!(rs.status(), ResourceStatus::DoesNotExist);
         assert_eq!(rs.value, None);
+        assert_eq!(rs.raw, None);
         assert_eq!(rs.version, None);
         assert!(rs.error.is_none());
     }
