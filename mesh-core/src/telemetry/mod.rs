@@ -56,10 +56,11 @@
 //! (spans keep the name), except for the methods of services the adapter registered with
 //! [`Telemetry::serve_service`], named from their first call; see `names.rs`.
 //!
-//! [`stack::outbound`](crate::stack::outbound) puts an [`AttemptLayer`] in every cluster's
-//! stack; the adapters (meshwork-grpc's `MeshChannel` and `MeshServer`, meshwork-http's
-//! `MeshClient` and `Server`) put the [`CallLayer`] around their router and the
-//! [`ServerLayer`] outermost on their server (so denied requests are recorded too).
+//! The client [`Engine`](crate::client::Engine) puts an [`AttemptLayer`] in every cluster's
+//! stack and the [`CallLayer`] around each target's router (for meshwork-grpc's
+//! `MeshChannel` and meshwork-http's `MeshClient` alike); the servers (`MeshServer`,
+//! meshwork-http's `Server`) put the [`ServerLayer`] outermost (so denied requests are
+//! recorded too).
 //!
 //! # Mesh counters
 //!
