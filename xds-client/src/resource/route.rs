@@ -4,7 +4,7 @@
 mod decode;
 mod types;
 
-pub(crate) use decode::{decode, validate};
+pub(crate) use decode::{decode, header_matcher, validate};
 pub use types::*;
 
 // The tests build resources with the deprecated fields control planes still send.
