@@ -67,7 +67,6 @@ impl<'a> RbacAttributes<'a> {
     ) -> Self {
         let principal = connection
             .peer()
-            .filter(|_| tls)
             .map(|peer: &PeerIdentity| peer.spiffe_id().to_string());
         Self {
             method,
