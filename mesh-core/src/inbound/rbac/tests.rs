@@ -634,3 +634,39 @@ fn addresses_and_fixed_kinds() {
     assert!(!allows(&allow_from(or_ids(vec![])), &req("/x")));
     assert!(allows(&allow_from(and_ids(vec![])), &req("/x")));
 }
+
+#[test]
+fn per_route_override_replaces_or_disables_the_filter() {
+    use meshwork_xds::resource::RbacPerRoute;
+    let request = req("/echo.Echo/Get").from(SLEEP);
+    // No `rbac` in the override: the filter is off on this route.
+    let off = RbacPerRoute::from_proto(&filter_pb::RbacPerRoute::default()).unwrap();
+    let off = RbacEngine::new(&off.rbac);
+    assert!(off.is_noop());
+    assert!(request.with(|a| off.decide(a)).is_allowed());
+    // An override with rules replaces the filter's: here one that allows only `foo`.
+    let only_foo = filter_pb::RbacPerRoute {
+        rbac: Some(filter_pb::Rbac {
+            rules: Some(rbac_pb::Rbac {
+                action: Action::Allow as i32,
+                policies: HashMap::from([(
+                    "foo".to_owned(),
+                    policy(
+                        vec![perm(Rule::Any(true))],
+                        vec![principal_name(prefix("spiffe://cluster.local/ns/foo/"))],
+                    ),
+                )]),
+                audit_logging_options: None,
+            }),
+            ..Default::default()
+        }),
+    };
+    let route_engine = RbacEngine::new(&RbacPerRoute::from_proto(&only_foo).unwrap().rbac);
+    assert_eq!(request.with(|a| route_engine.decide(a)), NOT_ALLOWED);
+    assert_eq!(
+        req("/echo.Echo/Get")
+            .from(FOO)
+            .with(|a| route_engine.decide(a)),
+        allow("foo")
+    );
+}
