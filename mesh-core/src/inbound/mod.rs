@@ -22,6 +22,7 @@ mod acceptor;
 mod layer;
 mod limits;
 mod policy;
+mod rbac;
 #[cfg(feature = "server")]
 mod serve;
 #[cfg(feature = "testing")]
@@ -34,6 +35,7 @@ pub use policy::{
     AuthorizationPolicy, Decision, DenyReason, InvalidOperation, Operation, PathError, Principal,
     RequestAttributes, Rule, normalize_path,
 };
+pub use rbac::{RbacAttributes, RbacDecision, RbacEngine};
 #[cfg(feature = "server")]
 pub use serve::{HttpVersions, ServeError, serve};
 

@@ -160,6 +160,12 @@ pub(crate) fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<Cow
     if name.ends_with("-bin") {
         return None;
     }
+    joined_header_value(headers, name)
+}
+
+/// Every value of a header joined with `,`, binary ones included; `None` when the header is
+/// absent or a value is not UTF-8.
+pub(crate) fn joined_header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<Cow<'a, str>> {
     let mut values = headers.get_all(name).iter();
     let first = std::str::from_utf8(values.next()?.as_bytes()).ok()?;
     let Some(second) = values.next() else {
@@ -177,15 +183,19 @@ pub(crate) fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<Cow
 /// A header condition (gRPC semantics, gRFC A28): a missing header fails every condition
 /// except `present: false`, whatever `invert` says; otherwise `invert` flips the result.
 pub(crate) fn header_matches(h: &HeaderMatcher, headers: &HeaderMap) -> bool {
-    let value = header_value(headers, &h.name);
-    let Some(value) = value else {
+    header_value_matches(h, header_value(headers, &h.name).as_deref())
+}
+
+/// [`header_matches`] on a value already looked up (`None`: the header is absent), for
+/// callers that see headers differently (RBAC, gRFC A41).
+pub(crate) fn header_value_matches(h: &HeaderMatcher, value: Option<&str>) -> bool {
+    let Some(v) = value else {
         return match h.kind {
             // Absent: `present: false` holds, inverted or not by `invert`.
             HeaderMatchKind::Present(want) => want == h.invert,
             _ => false,
         };
     };
-    let v = value.as_ref();
     let hit = match &h.kind {
         HeaderMatchKind::Exact(s) => v == s,
         HeaderMatchKind::Prefix(s) => v.starts_with(s.as_str()),

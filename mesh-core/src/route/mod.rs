@@ -79,6 +79,8 @@ mod error;
 mod future;
 mod matching;
 
+pub(crate) use matching::{header_value_matches, joined_header_value};
+
 pub use error::RouteError;
 pub use future::ResponseFuture;
 use matching::{ClusterChoice, Selection};

@@ -39,6 +39,7 @@ mod cluster;
 mod endpoint;
 mod listener;
 mod matcher;
+mod rbac;
 mod route;
 #[cfg(test)]
 mod testing;
@@ -60,6 +61,10 @@ pub use listener::{
     RouteSource,
 };
 pub use matcher::{REGEX_SIZE_LIMIT, SafeRegex, StringMatchKind, StringMatcher};
+pub use rbac::{
+    CidrRange, MAX_RBAC_DEPTH, MAX_RBAC_MATCHERS, Permission, Policy, Principal,
+    RBAC_FILTER_TYPE_URL, RBAC_PER_ROUTE_TYPE_URL, RbacAction, RbacConfig, RbacPerRoute, RbacRules,
+};
 pub use route::{
     CHANNEL_ID_FILTER_STATE_KEY, ClusterSpecifier, ForwardAction, HashPolicy, HashPolicyKind,
     HeaderMatchKind, HeaderMatcher, MaxStreamDuration, PathMatch, QueryParameterMatcher, RetryOn,

@@ -272,7 +272,7 @@ fn route_match(
     })
 }
 
-fn header_matcher(
+pub(crate) fn header_matcher(
     h: &route_pb::HeaderMatcher,
     p: &FieldPath<'_>,
     uns: &mut Unsupported,
