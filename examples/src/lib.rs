@@ -1,9 +1,10 @@
 //! What the example binaries share: the `helloworld.Greeter` proto of gRPC's examples, a
 //! greeter whose behaviour can be changed live, the identity a process takes from its
-//! environment, and the per-backend tally the clients print.
+//! environment, the per-backend tally the clients print, and the CSDS port they can open.
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod csds;
 pub mod greeter;
 pub mod identity;
 pub mod tally;

@@ -20,6 +20,7 @@ const BINARIES: &[(&str, &str, &[&str])] = &[
             "--wait-secs",
             "--json",
             "--name",
+            "--csds-port",
         ],
     ),
     (

@@ -1,5 +1,5 @@
 //! `greeter-client --target xds:///greeter [--calls N] [--header k:v]... [--wait-secs S]
-//! [--name NAME] [--json]` (`--help` explains each flag)
+//! [--name NAME] [--json] [--csds-port PORT]` (`--help` explains each flag)
 //!
 //! Makes N unary `helloworld.Greeter/SayHello` calls through a `MeshChannel` and prints how
 //! many each backend answered (the ID before the colon in each reply) and how many failed;
@@ -46,6 +46,12 @@ struct Cli {
     /// The name to send in each HelloRequest.
     #[arg(long, default_value = "meshwork", allow_hyphen_values = true)]
     name: String,
+
+    /// Serve CSDS (gRFC A40: the xDS client's view of every resource, with its status) in
+    /// plaintext on 127.0.0.1:PORT while the client runs; 0 picks a free port. The address is
+    /// printed on stderr as "csds: serving on ADDRESS".
+    #[arg(long, value_name = "PORT")]
+    csds_port: Option<u16>,
 }
 
 #[tokio::main]
@@ -87,10 +93,14 @@ async fn run(
             calls, wait, json, ..
         },
         name,
+        csds_port,
     } = cli;
 
     let bootstrap = Bootstrap::from_env()?;
     let client = XdsClient::builder(&bootstrap)?.start();
+    if let Some(port) = csds_port {
+        meshwork_examples::csds::serve(client.clone(), port).await?;
+    }
     let options = MeshChannelOptions::new().ready_timeout(wait);
     let channel = MeshChannel::from_xds(&client, &target, options).await?;
     let mut greeter = GreeterClient::new(channel);
