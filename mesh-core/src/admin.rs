@@ -6,6 +6,10 @@
 //! | `GET /config_dump` | the xDS client's view of every resource, as JSON (the CSDS shape) |
 //! | `GET /svid` | the current SVID: `spiffe_id`, `serial` (hex), `not_before`, `not_after` (Unix seconds) |
 //! | `GET /ready` | `200 ready` once [`Readiness::set`] said so, `503 not ready` before |
+//! | gRPC `envoy.service.status.v3.ClientStatusDiscoveryService` | CSDS (gRFC A40) over the xDS client ([`meshwork_xds::csds`]), for `grpcdebug` and any CSDS client; `UNIMPLEMENTED` without an xDS client |
+//!
+//! The endpoint speaks HTTP/1.1 and HTTP/2 (told apart by the client's first bytes), so
+//! that gRPC's CSDS clients reach it on the same port as `curl`.
 //!
 //! ```no_run
 //! # async fn f(xds: meshwork_core::xds::client::XdsClient) -> std::io::Result<()> {
@@ -23,12 +27,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full};
 use tokio::net::TcpListener;
+use tower::{BoxError, ServiceExt as _};
 
 use crate::identity::SvidSource;
 use crate::inbound::{HttpVersions, MeshAcceptor, ServerLimits};
 use crate::xds::client::XdsClient;
+use crate::xds::csds::CsdsService;
+
+/// The path prefix of CSDS's gRPC methods.
+const CSDS_PREFIX: &str = "/envoy.service.status.v3.ClientStatusDiscoveryService/";
+
+/// A response body of either kind the endpoint answers with (text or JSON, gRPC).
+type AdminBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The address [`Admin::bind`] uses by default: loopback only.
 pub const DEFAULT_ADDRESS: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
@@ -123,8 +136,8 @@ impl Admin {
     }
 
     /// Bounds what clients may hold (default [`ServerLimits::default`]: among others a 30 s
-    /// header-read timeout, a 1 h idle timeout and 10 000 connections). The endpoint speaks
-    /// HTTP/1.1 only, so the HTTP/2 limits do not apply.
+    /// header-read timeout, a 1 h idle timeout and 10 000 connections; for CSDS's HTTP/2
+    /// connections, the HTTP/2 limits too).
     pub fn limits(mut self, limits: ServerLimits) -> Self {
         self.limits = limits;
         self
@@ -143,14 +156,30 @@ impl Admin {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let acceptor = MeshAcceptor::plaintext(listener).limits(self.limits.clone());
+        let csds = self
+            .xds
+            .clone()
+            .map(|xds| CsdsService::new(xds).into_server());
         let admin = Arc::new(self);
-        let svc = tower::service_fn(move |req| {
+        let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.answer(req).await) }
+            let csds = csds.clone();
+            async move {
+                if !req.uri().path().starts_with(CSDS_PREFIX) {
+                    return Ok::<_, Infallible>(admin.answer(req).await.map(boxed));
+                }
+                let Some(csds) = csds else {
+                    return Ok(grpc_unimplemented());
+                };
+                Ok(match csds.oneshot(req).await {
+                    Ok(rsp) => rsp.map(|b| b.map_err(BoxError::from).boxed_unsync()),
+                    Err(never) => match never {},
+                })
+            }
         });
         let task = tokio::spawn(crate::inbound::serve(
             acceptor,
-            HttpVersions::Http1,
+            HttpVersions::Any,
             svc,
             std::future::pending(),
         ));
@@ -190,6 +219,26 @@ impl Admin {
             _ => text(http::StatusCode::NOT_FOUND, "not found\n"),
         }
     }
+}
+
+fn boxed(body: Full<Bytes>) -> AdminBody {
+    body.map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A gRPC `UNIMPLEMENTED` answer: CSDS asked of an endpoint without an xDS client.
+fn grpc_unimplemented() -> http::Response<AdminBody> {
+    let mut rsp = http::Response::new(boxed(Full::new(Bytes::new())));
+    let headers = rsp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", http::HeaderValue::from_static("12"));
+    headers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("no xDS client on this admin endpoint"),
+    );
+    rsp
 }
 
 fn text(status: http::StatusCode, body: &'static str) -> http::Response<Full<Bytes>> {
@@ -235,6 +284,70 @@ mod tests {
         let status = rsp.status().as_u16();
         let body = rsp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// CSDS (gRPC over HTTP/2) on the same port as the HTTP/1.1 pages: with an xDS client
+    /// its view (here the node and the listener it asked for, not answered: the control
+    /// plane refuses connections), without one UNIMPLEMENTED.
+    #[tokio::test]
+    async fn serves_csds_over_http2_beside_the_pages() {
+        use envoy_types::pb::envoy::admin::v3::ClientResourceStatus;
+        use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
+        use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
+        use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
+
+        let refused = meshwork_test_support::refused_addr();
+        let bootstrap = Bootstrap::builder()
+            .node_id("admin-test")
+            .server(XdsServer::new(format!("http://{refused}")).unwrap())
+            .build()
+            .unwrap();
+        let xds = XdsClient::builder(&bootstrap).unwrap().start();
+        let _watch = xds.watch_target("greeter:50051", "greeter:50051").await;
+        let admin = Admin::new()
+            .xds(xds)
+            .bind(Some(([127, 0, 0, 1], 0).into()))
+            .await
+            .unwrap();
+        let addr = admin.local_addr();
+        let mut csds = ClientStatusDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let rsp = csds
+            .fetch_client_status(ClientStatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let config = &rsp.config[0];
+        assert_eq!(config.node.as_ref().unwrap().id, "admin-test");
+        let listener = config
+            .generic_xds_configs
+            .iter()
+            .find(|c| c.name == "greeter:50051")
+            .unwrap_or_else(|| panic!("{config:?}"));
+        assert_eq!(
+            listener.client_status,
+            ClientResourceStatus::Requested as i32
+        );
+        assert_eq!(
+            get(addr, "/ready").await.0,
+            503,
+            "HTTP/1.1 on the same port"
+        );
+
+        let bare = Admin::new()
+            .bind(Some(([127, 0, 0, 1], 0).into()))
+            .await
+            .unwrap();
+        let mut csds =
+            ClientStatusDiscoveryServiceClient::connect(format!("http://{}", bare.local_addr()))
+                .await
+                .unwrap();
+        let status = csds
+            .fetch_client_status(ClientStatusRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
     }
 
     #[tokio::test]
