@@ -4,7 +4,8 @@ use envoy_types::pb::envoy::admin::v3::ClientResourceStatus;
 use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
 use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
 use meshwork_test_support::within;
-use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
+use meshwork_test_support::xds::target_routes;
+use meshwork_xds::server::{XdsTestServer, build, type_url};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
 
@@ -12,21 +13,9 @@ use tokio::process::Command;
 async fn greeter_client_serves_its_xds_view_over_csds() {
     let xds = XdsTestServer::start().await.unwrap();
     // An endpoint nothing listens on: the calls fail fast, the client keeps calling.
-    let refused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = meshwork_test_support::refused_addr();
     xds.set_snapshot(
-        Snapshot::new()
-            .listener(build::api_listener("greeter:50051", "routes"))
-            .route(build::route_config(
-                "routes",
-                vec![build::virtual_host(
-                    "vh",
-                    ["*"],
-                    vec![build::route_to("", "greeter")],
-                )],
-            ))
+        target_routes("greeter:50051", vec![build::route_to("", "greeter")])
             .cluster(build::eds_cluster("greeter"))
             .endpoints(build::endpoints("greeter", &[refused])),
     );
