@@ -30,10 +30,10 @@ const DEFAULT_MIN_RING_SIZE: u64 = 1024;
 /// gRFC A52's recursion limit for nested LB policy configs.
 const MAX_LB_POLICY_DEPTH: usize = 16;
 
-const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+pub(crate) const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 const UPSTREAM_TLS_CONTEXT_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
-pub(super) const RAW_BUFFER_TYPE_URL: &str =
+pub(crate) const RAW_BUFFER_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 const AGGREGATE_CLUSTER_TYPE: &str = "envoy.clusters.aggregate";
 const AGGREGATE_CONFIG_TYPE_URL: &str =
@@ -734,7 +734,42 @@ fn upstream_tls(
     let Some(common) = &ctx.common_tls_context else {
         return Err(ResourceErrorKind::invalid(cp, "must be set"));
     };
-    unsupported_fields!(uns, &cp, common, {
+    let CommonTls {
+        identity,
+        root,
+        san_matchers,
+    } = common_tls(common, &cp, uns)?;
+    let root = root.ok_or_else(|| {
+        ResourceErrorKind::invalid(
+            cp.field("validation_context"),
+            "a client-side TLS context needs root certificates (ca_certificate_provider_instance)",
+        )
+    })?;
+    Ok(Some(UpstreamTls {
+        identity,
+        root,
+        san_matchers,
+    }))
+}
+
+/// What a `CommonTlsContext` names (gRFC A29), shared by the client (`UpstreamTlsContext`)
+/// and the server (`DownstreamTlsContext`) side.
+pub(crate) struct CommonTls {
+    /// `tls_certificate_provider_instance` (or its deprecated twin).
+    pub(crate) identity: Option<CertProviderInstance>,
+    /// The root provider; `None` only when no validation context is set at all.
+    pub(crate) root: Option<CertProviderInstance>,
+    /// The SAN matchers of the validation context.
+    pub(crate) san_matchers: Vec<StringMatcher>,
+}
+
+/// Reads a `CommonTlsContext` at `cp`, rejecting what gRPC rejects (A29).
+pub(crate) fn common_tls(
+    common: &tls_pb::CommonTlsContext,
+    cp: &FieldPath<'_>,
+    uns: &mut Unsupported,
+) -> Result<CommonTls> {
+    unsupported_fields!(uns, cp, common, {
         tls_params => reject("TLS parameters"),
         custom_handshaker => reject("custom handshakers"),
         tls_certificates => reject("inline certificates (use a certificate provider instance)"),
@@ -836,17 +871,18 @@ fn upstream_tls(
             ));
         }
         None => {
-            return Err(ResourceErrorKind::invalid(
-                cp.field("validation_context"),
-                "a client-side TLS context needs root certificates (ca_certificate_provider_instance)",
-            ));
+            return Ok(CommonTls {
+                identity,
+                root: None,
+                san_matchers,
+            });
         }
     };
-    Ok(Some(UpstreamTls {
+    Ok(CommonTls {
         identity,
-        root,
+        root: Some(root),
         san_matchers,
-    }))
+    })
 }
 
 fn instance(
