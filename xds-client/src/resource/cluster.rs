@@ -3,9 +3,7 @@
 mod decode;
 mod types;
 
-#[cfg(test)]
-use decode::RAW_BUFFER_TYPE_URL;
-pub(crate) use decode::decode;
+pub(crate) use decode::{CommonTls, RAW_BUFFER_TYPE_URL, TLS_TRANSPORT_SOCKET, common_tls, decode};
 pub use types::*;
 
 // The tests build resources with the deprecated fields control planes still send.
