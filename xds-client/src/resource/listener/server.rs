@@ -7,13 +7,23 @@
 //! chains), so one enum would make every client-side reader match on a kind it never sees.
 //! Which one a `Listener` proto is follows from `api_listener` being set.
 //!
-//! What is NACKed and what only makes a chain unusable follows grpc-go
-//! (`xdsresource/filter_chain.go`): a chain matching on `destination_port`, `server_names`,
-//! a `transport_protocol` other than `raw_buffer`, or `application_protocols` can never
-//! match a gRPC server's connection, so it is dropped (and listed in `unsupported_fields`);
-//! two usable chains with the same match criteria are a NACK, as is anything malformed.
+//! What is NACKed and what only makes a chain unusable follows A36 and grpc-go
+//! (`xdsresource/unmarshal_lds.go`, `filter_chain.go`): a chain matching on
+//! `destination_port`, `server_names`, a `transport_protocol` other than `raw_buffer`, or
+//! `application_protocols` can never match a gRPC server's connection, so it is dropped (and
+//! listed in `unsupported_fields`); on a destination prefix, a `raw_buffer` chain shadows
+//! the chains without a transport protocol; two chains with the same match criteria are a
+//! NACK, as is anything malformed, `listener_filters`, `use_original_dst`, and a Listener
+//! left with neither a usable chain nor a default one.
+//!
+//! Where meshwork is stricter than grpc-go: the address must be an IP (grpc-go keeps the
+//! string and compares it), ports must fit 16 bits, and a chain using a matcher meshwork
+//! does not evaluate (`direct_source_prefix_ranges`, `address_suffix`) is dropped rather
+//! than matched as if the matcher were absent. Like the cluster side, the transport socket
+//! is judged by its config type (`RawBuffer` is plaintext) and an unusual socket name is
+//! only listed, where grpc-go NACKs both.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -25,6 +35,7 @@ use prost::Message as _;
 
 use super::{
     ConnectionManager, HTTP_CONNECTION_MANAGER_TYPE_URL, RouteSource, Side, connection_manager,
+    http_filters,
 };
 use crate::resource::cluster::{
     CertProviderInstance, CommonTls, RAW_BUFFER_TYPE_URL, TLS_TRANSPORT_SOCKET, common_tls,
@@ -50,7 +61,7 @@ pub const MAX_FILTER_CHAIN_MATCHES: usize = 65_536;
 /// The type URL of the TLS context a server's transport socket may hold.
 const DOWNSTREAM_TLS_CONTEXT_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
-/// The only network filter a gRPC server runs.
+/// The only network filter a gRPC server runs, for the messages.
 const HTTP_CONNECTION_MANAGER_FILTER: &str = "envoy.filters.network.http_connection_manager";
 
 /// A validated server-side `envoy.config.listener.v3.Listener` (gRFC A36).
@@ -171,7 +182,9 @@ fn validate(l: &listener_pb::Listener) -> Result<ServerListener> {
     }
     let mut uns = Unsupported::default();
     unsupported_fields!(uns, &root, l, {
-        listener_filters,
+        listener_filters => reject("listener filters"),
+        use_original_dst = l.use_original_dst.as_ref().is_some_and(|b| b.value)
+            => reject("use_original_dst"),
         access_log,
         socket_options,
         additional_addresses,
@@ -179,29 +192,6 @@ fn validate(l: &listener_pb::Listener) -> Result<ServerListener> {
     })?;
     let address = address(&root.field("address"), l.address.as_ref())?;
 
-    if l.filter_chains.len() > MAX_FILTER_CHAINS {
-        return Err(ResourceErrorKind::invalid(
-            root.field("filter_chains"),
-            format!(
-                "{} filter chains, more than the {MAX_FILTER_CHAINS} allowed",
-                l.filter_chains.len()
-            ),
-        ));
-    }
-    let mut filter_chains = Vec::with_capacity(l.filter_chains.len());
-    let mut seen = MatchSet::default();
-    for (i, fc) in l.filter_chains.iter().enumerate() {
-        let fp = root.at("filter_chains", i);
-        let fcm = fc.filter_chain_match.clone().unwrap_or_default();
-        let mp = fp.field("filter_chain_match");
-        if let Some(reason) = unusable(&fcm) {
-            uns.note(format!("{fp} (dropped: matches on {reason})"));
-            continue;
-        }
-        let filter_match = filter_chain_match(&mp, &fcm)?;
-        seen.insert(&fp, i, &filter_match)?;
-        filter_chains.push(filter_chain(&fp, fc, filter_match, &mut uns)?);
-    }
     let default_filter_chain = match &l.default_filter_chain {
         Some(fc) => {
             let fp = root.field("default_filter_chain");
@@ -216,9 +206,56 @@ fn validate(l: &listener_pb::Listener) -> Result<ServerListener> {
         }
         None => None,
     };
+
+    if l.filter_chains.len() > MAX_FILTER_CHAINS {
+        return Err(ResourceErrorKind::invalid(
+            root.field("filter_chains"),
+            format!(
+                "{} filter chains, more than the {MAX_FILTER_CHAINS} allowed",
+                l.filter_chains.len()
+            ),
+        ));
+    }
+    let mut table = ChainTable::default();
+    let mut kept = Vec::with_capacity(l.filter_chains.len());
+    for (i, fc) in l.filter_chains.iter().enumerate() {
+        let fp = root.at("filter_chains", i);
+        if let Some(chain) = usable_chain(&fp, i, fc, &mut table, &mut uns)? {
+            kept.push((i, chain));
+        }
+    }
+    let live = table.live_destinations();
+    let mut filter_chains = Vec::with_capacity(kept.len());
+    for (i, mut chain) in kept {
+        let dsts = live.get(&i);
+        let is_live = |d: &Dst| dsts.is_some_and(|set| set.contains(d));
+        let prefix_ranges = &mut chain.filter_match.prefix_ranges;
+        if prefix_ranges.is_empty() {
+            if !is_live(&None) {
+                uns.note(format!(
+                    "{} (dropped: shadowed by a raw_buffer chain)",
+                    root.at("filter_chains", i)
+                ));
+                continue;
+            }
+        } else {
+            prefix_ranges.retain(|c| is_live(&Some(dst_key(*c))));
+            if prefix_ranges.is_empty() {
+                uns.note(format!(
+                    "{} (dropped: shadowed by a raw_buffer chain)",
+                    root.at("filter_chains", i)
+                ));
+                continue;
+            }
+        }
+        filter_chains.push(chain);
+    }
+
     if filter_chains.is_empty() && default_filter_chain.is_none() {
-        // Not a NACK in grpc-go either: the server then closes every connection.
-        uns.note("filter_chains (no usable filter chain and no default)".to_owned());
+        return Err(ResourceErrorKind::invalid(
+            root.field("filter_chains"),
+            "no usable filter chain and no default_filter_chain",
+        ));
     }
     Ok(ServerListener {
         name: l.name.clone(),
@@ -227,6 +264,58 @@ fn validate(l: &listener_pb::Listener) -> Result<ServerListener> {
         default_filter_chain,
         unsupported_fields: uns.into_vec(),
     })
+}
+
+/// Decodes chain `i` in grpc-go's order of checks (`buildFilterChainMap`), which decides
+/// which malformed fields of a chain that is dropped anyway still NACK: `None` when the
+/// chain can never match a gRPC connection. gRPC has no TLS inspector, so SNI, a transport
+/// protocol other than `raw_buffer` and ALPN are unknown when a chain is chosen, and the
+/// destination port is the listener's own.
+fn usable_chain(
+    fp: &FieldPath<'_>,
+    i: usize,
+    fc: &listener_pb::FilterChain,
+    table: &mut ChainTable,
+    uns: &mut Unsupported,
+) -> Result<Option<FilterChain>> {
+    let m = fc.filter_chain_match.clone().unwrap_or_default();
+    let mp = fp.field("filter_chain_match");
+    let mut drop = |why: &str| {
+        uns.note(format!("{fp} (dropped: matches on {why})"));
+        Ok(None)
+    };
+    if m.destination_port.as_ref().is_some_and(|p| p.value != 0) {
+        return drop("destination_port");
+    }
+    let prefix_ranges = cidrs(&mp, "prefix_ranges", &m.prefix_ranges)?;
+    if !m.server_names.is_empty() {
+        return drop("server_names");
+    }
+    let raw_buffer = match m.transport_protocol.as_str() {
+        "" => false,
+        "raw_buffer" => true,
+        _ => return drop("transport_protocol"),
+    };
+    // A raw_buffer chain claims its destination prefixes even when it is dropped below.
+    let dsts = table.transport(&prefix_ranges, raw_buffer);
+    if !m.application_protocols.is_empty() {
+        return drop("application_protocols");
+    }
+    // Matchers meshwork does not evaluate: the chain is dropped rather than matched more
+    // widely than it asks (grpc-go ignores them, which widens it).
+    if !m.direct_source_prefix_ranges.is_empty() {
+        return drop("direct_source_prefix_ranges");
+    }
+    if !m.address_suffix.is_empty() || m.suffix_len.is_some() {
+        return drop("address_suffix");
+    }
+    if dsts.is_empty() {
+        uns.note(format!("{fp} (dropped: shadowed by a raw_buffer chain)"));
+        return Ok(None);
+    }
+    let filter_match = filter_chain_match(&mp, &m, prefix_ranges)?;
+    table.insert(&mp, i, &dsts, &filter_match)?;
+    filter_chain(fp, fc, filter_match, uns).map(Some)
 }
 
 /// `address` must be a TCP socket address with an IP and a port number (A36).
@@ -281,32 +370,10 @@ fn address(p: &FieldPath<'_>, a: Option<&core_pb::Address>) -> Result<SocketAddr
     Ok(SocketAddr::new(ip, port))
 }
 
-/// Why a chain can never match a gRPC server's connection, if it cannot. gRPC has no TLS
-/// inspector, so SNI, transport protocol and ALPN are unknown when a chain is chosen; the
-/// destination port is the listener's own. The address-suffix and direct-source matchers
-/// are ones meshwork does not evaluate: a chain using them is dropped rather than matched
-/// more widely than it asks (grpc-go ignores them, which widens it).
-fn unusable(m: &listener_pb::FilterChainMatch) -> Option<&'static str> {
-    if m.destination_port.as_ref().is_some_and(|p| p.value != 0) {
-        Some("destination_port")
-    } else if !m.server_names.is_empty() {
-        Some("server_names")
-    } else if !m.transport_protocol.is_empty() && m.transport_protocol != "raw_buffer" {
-        Some("transport_protocol")
-    } else if !m.application_protocols.is_empty() {
-        Some("application_protocols")
-    } else if !m.direct_source_prefix_ranges.is_empty() {
-        Some("direct_source_prefix_ranges")
-    } else if !m.address_suffix.is_empty() || m.suffix_len.is_some() {
-        Some("address_suffix")
-    } else {
-        None
-    }
-}
-
 fn filter_chain_match(
     p: &FieldPath<'_>,
     m: &listener_pb::FilterChainMatch,
+    prefix_ranges: Vec<CidrRange>,
 ) -> Result<FilterChainMatch> {
     use listener_pb::filter_chain_match::ConnectionSourceType;
     let source_type = match ConnectionSourceType::try_from(m.source_type) {
@@ -320,24 +387,8 @@ fn filter_chain_match(
             ));
         }
     };
-    for (name, len) in [
-        ("prefix_ranges", m.prefix_ranges.len()),
-        ("source_prefix_ranges", m.source_prefix_ranges.len()),
-        ("source_ports", m.source_ports.len()),
-    ] {
-        if len > MAX_MATCH_LIST_LEN {
-            return Err(ResourceErrorKind::invalid(
-                p.field(name),
-                format!("{len} entries, more than the {MAX_MATCH_LIST_LEN} allowed"),
-            ));
-        }
-    }
-    let ranges = |name: &'static str, list: &[core_pb::CidrRange]| {
-        list.iter()
-            .enumerate()
-            .map(|(i, c)| cidr(&p.at(name, i), c))
-            .collect::<Result<Vec<_>>>()
-    };
+    let source_prefix_ranges = cidrs(p, "source_prefix_ranges", &m.source_prefix_ranges)?;
+    check_len(p, "source_ports", m.source_ports.len())?;
     let source_ports = m
         .source_ports
         .iter()
@@ -352,13 +403,37 @@ fn filter_chain_match(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(FilterChainMatch {
-        prefix_ranges: ranges("prefix_ranges", &m.prefix_ranges)?,
+        prefix_ranges,
         source_type,
-        source_prefix_ranges: ranges("source_prefix_ranges", &m.source_prefix_ranges)?,
+        source_prefix_ranges,
         source_ports,
     })
 }
 
+fn check_len(p: &FieldPath<'_>, name: &'static str, len: usize) -> Result<()> {
+    if len > MAX_MATCH_LIST_LEN {
+        return Err(ResourceErrorKind::invalid(
+            p.field(name),
+            format!("{len} entries, more than the {MAX_MATCH_LIST_LEN} allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn cidrs(
+    p: &FieldPath<'_>,
+    name: &'static str,
+    list: &[core_pb::CidrRange],
+) -> Result<Vec<CidrRange>> {
+    check_len(p, name, list.len())?;
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| cidr(&p.at(name, i), c))
+        .collect()
+}
+
+/// An IPv4-mapped IPv6 prefix is taken as the IPv4 one, as grpc-go does, so its length
+/// must fit IPv4.
 fn cidr(p: &FieldPath<'_>, c: &core_pb::CidrRange) -> Result<CidrRange> {
     let addr: IpAddr = c.address_prefix.parse().map_err(|_| {
         ResourceErrorKind::invalid(
@@ -366,6 +441,7 @@ fn cidr(p: &FieldPath<'_>, c: &core_pb::CidrRange) -> Result<CidrRange> {
             format!("{:?} is not an IP address", c.address_prefix),
         )
     })?;
+    let addr = addr.to_canonical();
     let len = c.prefix_len.as_ref().map_or(0, |l| l.value);
     u8::try_from(len)
         .ok()
@@ -378,22 +454,61 @@ fn cidr(p: &FieldPath<'_>, c: &core_pb::CidrRange) -> Result<CidrRange> {
         })
 }
 
-/// One point of the match space: destination prefix, source type, source prefix, source
-/// port (`None`: unspecified).
-type MatchKey = (
-    Option<(IpAddr, u8)>,
-    SourceType,
-    Option<(IpAddr, u8)>,
-    Option<u16>,
-);
+/// A destination prefix of the match space; `None` is a chain without `prefix_ranges`.
+type Dst = Option<(IpAddr, u8)>;
 
-/// The match criteria of the chains so far, expanded, with the chain holding each (A36: two
-/// chains with the same criteria are a NACK, as in grpc-go and Envoy).
+fn dst_key(c: CidrRange) -> (IpAddr, u8) {
+    (c.prefix(), c.prefix_len())
+}
+
+/// The rest of a point of the match space: source type, source prefix, source port
+/// (`None`: unspecified).
+type SourceKey = (SourceType, Option<(IpAddr, u8)>, Option<u16>);
+
+/// The match criteria of the chains so far, expanded point by point with the chain holding
+/// each, as grpc-go builds its lookup table: two points alike are a NACK (A36), and on a
+/// destination prefix a `raw_buffer` chain shadows the chains without a transport
+/// protocol, earlier and later ones.
 #[derive(Default)]
-struct MatchSet(HashMap<MatchKey, usize>);
+struct ChainTable {
+    /// The destination prefixes some `raw_buffer` chain has claimed.
+    raw_buffer: HashSet<Dst>,
+    points: HashMap<Dst, HashMap<SourceKey, usize>>,
+    /// Points ever inserted, removed ones included: what the cap bounds is the work.
+    inserted: usize,
+}
 
-impl MatchSet {
-    fn insert(&mut self, p: &FieldPath<'_>, chain: usize, m: &FilterChainMatch) -> Result<()> {
+impl ChainTable {
+    /// The destination prefixes (`prefix_ranges`, else unspecified) a chain with or
+    /// without `raw_buffer` applies to; a `raw_buffer` chain claiming a prefix removes the
+    /// chains without one from it.
+    fn transport(&mut self, prefix_ranges: &[CidrRange], raw_buffer: bool) -> Vec<Dst> {
+        let dsts: Vec<Dst> = if prefix_ranges.is_empty() {
+            vec![None]
+        } else {
+            prefix_ranges.iter().map(|c| Some(dst_key(*c))).collect()
+        };
+        dsts.into_iter()
+            .filter(|d| {
+                if raw_buffer {
+                    if self.raw_buffer.insert(*d) {
+                        self.points.remove(d);
+                    }
+                    true
+                } else {
+                    !self.raw_buffer.contains(d)
+                }
+            })
+            .collect()
+    }
+
+    fn insert(
+        &mut self,
+        p: &FieldPath<'_>,
+        chain: usize,
+        dsts: &[Dst],
+        m: &FilterChainMatch,
+    ) -> Result<()> {
         fn or_unspecified<T: Copy>(list: &[T]) -> Vec<Option<T>> {
             if list.is_empty() {
                 vec![None]
@@ -401,39 +516,50 @@ impl MatchSet {
                 list.iter().copied().map(Some).collect()
             }
         }
-        let key = |c: CidrRange| (c.prefix(), c.prefix_len());
-        let dst = or_unspecified(&m.prefix_ranges);
-        let src = or_unspecified(&m.source_prefix_ranges);
+        let src: Vec<_> = or_unspecified(&m.source_prefix_ranges)
+            .into_iter()
+            .map(|c| c.map(dst_key))
+            .collect();
         let ports = or_unspecified(&m.source_ports);
-        let combos = dst.len() * src.len() * ports.len();
-        if self.0.len() + combos > MAX_FILTER_CHAIN_MATCHES {
+        let combos = dsts.len() * src.len() * ports.len();
+        self.inserted += combos;
+        if self.inserted > MAX_FILTER_CHAIN_MATCHES {
             return Err(ResourceErrorKind::invalid(
-                p.field("filter_chain_match"),
+                p,
                 format!(
                     "the filter chains expand to more than {MAX_FILTER_CHAIN_MATCHES} match combinations"
                 ),
             ));
         }
-        for d in &dst {
+        for d in dsts {
+            let points = self.points.entry(*d).or_default();
             for s in &src {
                 for port in &ports {
-                    let k = (d.map(key), m.source_type, s.map(key), *port);
-                    match self.0.insert(k, chain) {
-                        Some(other) if other != chain => {
-                            return Err(ResourceErrorKind::invalid(
-                                p.field("filter_chain_match"),
-                                format!(
-                                    "matches the same connections as filter_chains[{other}] \
-                                     (overlapping filter chain match criteria)"
-                                ),
-                            ));
-                        }
-                        _ => {}
+                    if let Some(other) = points.insert((m.source_type, *s, *port), chain) {
+                        // As in grpc-go, a chain repeating one of its own points is one too.
+                        return Err(ResourceErrorKind::invalid(
+                            p,
+                            format!(
+                                "overlapping filter chain match criteria: filter_chains[{other}] \
+                                 matches the same connections"
+                            ),
+                        ));
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Per chain, the destination prefixes it still holds points on.
+    fn live_destinations(&self) -> HashMap<usize, HashSet<Dst>> {
+        let mut live: HashMap<usize, HashSet<Dst>> = HashMap::new();
+        for (d, points) in &self.points {
+            for chain in points.values() {
+                live.entry(*chain).or_default().insert(*d);
+            }
+        }
+        live
     }
 }
 
@@ -477,41 +603,65 @@ fn filter_chain(
     })
 }
 
-/// A36: the network filters are exactly one `HttpConnectionManager`; any other network
-/// filter is a NACK (gRPC runs no other; `envoy.config.listener.v3.Filter` has no
-/// `is_optional`).
+/// A36: the network filters are `HttpConnectionManager`s with distinct, non-empty names;
+/// any other network filter is a NACK (`envoy.config.listener.v3.Filter` has no
+/// `is_optional`). The first one serves; the later ones are never reached, but their HTTP
+/// filters must still be valid.
 fn network_filters(
     p: &FieldPath<'_>,
     filters: &[listener_pb::Filter],
     uns: &mut Unsupported,
 ) -> Result<ConnectionManager> {
     use listener_pb::filter::ConfigType;
-    let [f] = filters else {
-        return Err(ResourceErrorKind::invalid(
-            p.field("filters"),
-            format!(
-                "{} network filters; a gRPC server needs exactly one, the {HTTP_CONNECTION_MANAGER_FILTER}",
-                filters.len()
-            ),
-        ));
-    };
-    let fp = p.at("filters", 0);
-    let tp = fp.field("typed_config");
-    let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
-        return Err(ResourceErrorKind::invalid(tp, "must be set"));
-    };
-    if any.type_url != HTTP_CONNECTION_MANAGER_TYPE_URL {
-        return Err(ResourceErrorKind::unsupported(
-            tp,
-            format!(
-                "network filter {:?} with config type {:?}",
-                f.name, any.type_url
-            ),
-        ));
+    let mut names = HashSet::with_capacity(filters.len());
+    let mut first = None;
+    for (i, f) in filters.iter().enumerate() {
+        let fp = p.at("filters", i);
+        if f.name.is_empty() {
+            return Err(ResourceErrorKind::invalid(
+                fp.field("name"),
+                "must not be empty",
+            ));
+        }
+        if !names.insert(f.name.as_str()) {
+            return Err(ResourceErrorKind::invalid(
+                fp.field("name"),
+                format!("duplicate filter name {:?}", f.name),
+            ));
+        }
+        let tp = fp.field("typed_config");
+        let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+            return Err(ResourceErrorKind::invalid(tp, "must be set"));
+        };
+        if any.type_url != HTTP_CONNECTION_MANAGER_TYPE_URL {
+            return Err(ResourceErrorKind::unsupported(
+                tp,
+                format!(
+                    "network filter {:?} with config type {:?}",
+                    f.name, any.type_url
+                ),
+            ));
+        }
+        let hcm: hcm_pb::HttpConnectionManager =
+            decode_any(&tp, any, HTTP_CONNECTION_MANAGER_TYPE_URL)?;
+        if first.is_none() {
+            first = Some(connection_manager(&hcm, &tp, uns, Side::Server)?);
+        } else {
+            // Never used, so what it leaves out is not worth listing.
+            http_filters(
+                &hcm.http_filters,
+                &tp,
+                &mut Unsupported::default(),
+                Side::Server,
+            )?;
+        }
     }
-    let hcm: hcm_pb::HttpConnectionManager =
-        decode_any(&tp, any, HTTP_CONNECTION_MANAGER_TYPE_URL)?;
-    connection_manager(&hcm, &tp, uns, Side::Server)
+    first.ok_or_else(|| {
+        ResourceErrorKind::invalid(
+            p.field("filters"),
+            format!("no {HTTP_CONNECTION_MANAGER_FILTER} network filter"),
+        )
+    })
 }
 
 /// The transport socket: `DownstreamTlsContext` or `RawBuffer` (plaintext). As on the

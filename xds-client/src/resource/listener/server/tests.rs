@@ -411,14 +411,140 @@ fn overlapping_chains_are_nacked() {
         assert_eq!(path, "filter_chains[1].filter_chain_match", "{a:?} {b:?}");
         assert!(msg.contains("filter_chains[0]"), "{msg}");
     }
-    // Different criteria are fine, and a chain may repeat itself.
+    // As in grpc-go, a chain repeating one of its own points overlaps itself.
+    let mut l = istio_listener();
+    l.filter_chains = vec![chain("a", Some(fcm(vec![], vec![1, 1])))];
+    let (path, msg) = nack(&l);
+    assert_eq!(path, "filter_chains[0].filter_chain_match");
+    assert!(msg.contains("filter_chains[0]"), "{msg}");
+    // Different criteria are fine.
     let mut l = istio_listener();
     l.filter_chains = vec![
-        chain("a", Some(fcm(vec![cidr("10.0.0.0", 8)], vec![1, 1]))),
+        chain("a", Some(fcm(vec![cidr("10.0.0.0", 8)], vec![1]))),
         chain("b", Some(fcm(vec![cidr("10.0.0.0", 16)], vec![1]))),
         chain("c", Some(fcm(vec![cidr("10.0.0.0", 8)], vec![2]))),
     ];
     assert_eq!(ok(&l).filter_chains.len(), 3);
+}
+
+#[test]
+fn raw_buffer_chains_shadow_the_ones_without_a_transport_protocol() {
+    let fcm = |ranges: Vec<core_pb::CidrRange>, tp: &str| listener_pb::FilterChainMatch {
+        prefix_ranges: ranges,
+        transport_protocol: tp.into(),
+        ..Default::default()
+    };
+    // Same criteria but for the transport protocol: not an overlap; the raw_buffer chain
+    // wins on 10/8 whichever comes first, the other keeps 11/8.
+    for raw_first in [false, true] {
+        let plain = chain(
+            "plain",
+            Some(fcm(vec![cidr("10.0.0.0", 8), cidr("11.0.0.0", 8)], "")),
+        );
+        let raw = chain("raw", Some(fcm(vec![cidr("10.0.0.0", 8)], "raw_buffer")));
+        let mut l = istio_listener();
+        l.filter_chains = if raw_first {
+            vec![raw, plain]
+        } else {
+            vec![plain, raw]
+        };
+        let l = ok(&l);
+        let chains: Vec<_> = l
+            .filter_chains
+            .iter()
+            .map(|c| {
+                let ranges: Vec<_> = c
+                    .filter_match
+                    .prefix_ranges
+                    .iter()
+                    .map(|r| r.prefix().to_string())
+                    .collect();
+                (c.name.as_str(), ranges)
+            })
+            .collect();
+        let want_plain = ("plain", vec!["11.0.0.0".to_owned()]);
+        let want_raw = ("raw", vec!["10.0.0.0".to_owned()]);
+        let want = if raw_first {
+            vec![want_raw, want_plain]
+        } else {
+            vec![want_plain, want_raw]
+        };
+        assert_eq!(chains, want, "raw first: {raw_first}");
+    }
+    // A chain shadowed on every prefix is dropped, and a raw_buffer chain claims its
+    // prefixes even when it is itself dropped for matching on ALPN.
+    let mut raw_alpn = chain("raw-alpn", Some(fcm(vec![], "raw_buffer")));
+    raw_alpn
+        .filter_chain_match
+        .as_mut()
+        .unwrap()
+        .application_protocols = vec!["h2".into()];
+    let mut l = istio_listener();
+    l.filter_chains = vec![chain("plain", None), raw_alpn];
+    l.default_filter_chain = Some(chain("default", None));
+    let l = ok(&l);
+    assert!(l.filter_chains.is_empty(), "{:?}", l.filter_chains);
+    assert_eq!(
+        l.unsupported_fields,
+        [
+            "filter_chains[1] (dropped: matches on application_protocols)",
+            "filter_chains[0] (dropped: shadowed by a raw_buffer chain)",
+        ]
+    );
+}
+
+#[test]
+fn listener_level_nacks() {
+    // Nothing left to serve with.
+    let mut l = istio_listener();
+    l.filter_chains = vec![chain(
+        "sni",
+        Some(listener_pb::FilterChainMatch {
+            server_names: vec!["a.example".into()],
+            ..Default::default()
+        }),
+    )];
+    assert_eq!(nack(&l).0, "filter_chains");
+    // A default chain is enough.
+    l.default_filter_chain = Some(chain("default", None));
+    assert!(ok(&l).default_filter_chain.is_some());
+
+    let mut l = istio_listener();
+    l.listener_filters = vec![listener_pb::ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        ..Default::default()
+    }];
+    assert_eq!(nack(&l).0, "listener_filters");
+    let mut l = istio_listener();
+    l.use_original_dst = boolv(true);
+    assert_eq!(nack(&l).0, "use_original_dst");
+    l.use_original_dst = boolv(false);
+    ok(&l);
+}
+
+#[test]
+fn ipv4_mapped_prefixes_are_ipv4() {
+    let with_range = |c: core_pb::CidrRange| {
+        let mut l = istio_listener();
+        l.filter_chains = vec![chain(
+            "c",
+            Some(listener_pb::FilterChainMatch {
+                prefix_ranges: vec![c],
+                ..Default::default()
+            }),
+        )];
+        l
+    };
+    let l = ok(&with_range(cidr("::ffff:10.1.0.0", 16)));
+    let r = l.filter_chains[0].filter_match.prefix_ranges[0];
+    assert_eq!(
+        (r.prefix().to_string(), r.prefix_len()),
+        ("10.1.0.0".into(), 16)
+    );
+    assert_eq!(
+        nack(&with_range(cidr("::ffff:10.1.0.0", 112))).0,
+        "filter_chains[0].filter_chain_match.prefix_ranges[0].prefix_len"
+    );
 }
 
 #[test]
@@ -532,11 +658,21 @@ fn network_filter_nacks() {
             value: vec![],
         })),
     };
+    let named = |name: &str, hcm: &hcm_pb::HttpConnectionManager| listener_pb::Filter {
+        name: name.into(),
+        ..hcm_filter(hcm)
+    };
+    let mut bad_filters = istio_hcm();
+    bad_filters.http_filters.pop();
     let cases: Vec<(Vec<listener_pb::Filter>, &str)> = vec![
         (vec![], "filter_chains[0].filters"),
         (
             vec![hcm_filter(&istio_hcm()), hcm_filter(&istio_hcm())],
-            "filter_chains[0].filters",
+            "filter_chains[0].filters[1].name",
+        ),
+        (
+            vec![named("", &istio_hcm())],
+            "filter_chains[0].filters[0].name",
         ),
         (vec![other], "filter_chains[0].filters[0].typed_config"),
         (
@@ -546,6 +682,11 @@ fn network_filter_nacks() {
             }],
             "filter_chains[0].filters[0].typed_config",
         ),
+        // A later HCM is never used, but its HTTP filters must be valid (A36).
+        (
+            vec![named("a", &istio_hcm()), named("b", &bad_filters)],
+            "filter_chains[0].filters[1].typed_config.http_filters",
+        ),
     ];
     for (filters, want) in cases {
         let mut l = istio_listener();
@@ -553,6 +694,13 @@ fn network_filter_nacks() {
         l.filter_chains[0].filters = filters;
         assert_eq!(nack(&l).0, want);
     }
+    // The first HCM serves; a later valid one is accepted.
+    let mut l = istio_listener();
+    let mut rds = hcm_rds("later");
+    rds.http_filters = vec![router_filter()];
+    l.filter_chains[0].filters = vec![named("a", &istio_hcm()), named("b", &rds)];
+    let l = ok(&l);
+    assert!(matches!(l.filter_chains[0].route, RouteSource::Inline(_)));
 }
 
 #[test]
