@@ -3,7 +3,9 @@
 mod decode;
 mod types;
 
-pub(crate) use decode::{CommonTls, RAW_BUFFER_TYPE_URL, TLS_TRANSPORT_SOCKET, common_tls, decode};
+#[cfg(test)]
+pub(crate) use decode::RAW_BUFFER_TYPE_URL;
+pub(crate) use decode::{CommonTls, common_tls, decode, tls_transport_socket};
 pub use types::*;
 
 // The tests build resources with the deprecated fields control planes still send.

@@ -126,6 +126,14 @@ struct TypedStruct {
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Listener, ResourceError> {
+    decode_with(bytes, validate)
+}
+
+/// Decodes a named Listener and validates it with `validate`, whose errors carry the name.
+fn decode_with<T>(
+    bytes: &[u8],
+    validate: impl FnOnce(&listener_pb::Listener) -> Result<T>,
+) -> std::result::Result<T, ResourceError> {
     let l = listener_pb::Listener::decode(bytes)
         .map_err(|e| ResourceError::new(None, ResourceErrorKind::decode("", e)))?;
     if l.name.is_empty() {

@@ -30,7 +30,7 @@ const DEFAULT_MIN_RING_SIZE: u64 = 1024;
 /// gRFC A52's recursion limit for nested LB policy configs.
 const MAX_LB_POLICY_DEPTH: usize = 16;
 
-pub(crate) const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 const UPSTREAM_TLS_CONTEXT_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 pub(crate) const RAW_BUFFER_TYPE_URL: &str =
@@ -701,27 +701,16 @@ fn upstream_tls(
     p: &FieldPath<'_>,
     uns: &mut Unsupported,
 ) -> Result<Option<UpstreamTls>> {
-    use core_pb::transport_socket::ConfigType;
     let tp = p.field("typed_config");
-    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
-        return Err(ResourceErrorKind::invalid(tp, "must be set"));
-    };
-    if any.type_url == RAW_BUFFER_TYPE_URL {
+    let Some(ctx) = tls_transport_socket::<tls_pb::UpstreamTlsContext>(
+        ts,
+        p,
+        UPSTREAM_TLS_CONTEXT_TYPE_URL,
+        uns,
+    )?
+    else {
         return Ok(None);
-    }
-    if any.type_url != UPSTREAM_TLS_CONTEXT_TYPE_URL {
-        return Err(ResourceErrorKind::unsupported(
-            tp,
-            format!(
-                "transport socket {:?} with config type {:?}",
-                ts.name, any.type_url
-            ),
-        ));
-    }
-    if ts.name != TLS_TRANSPORT_SOCKET {
-        uns.note(format!("{} ({:?})", p.field("name"), ts.name));
-    }
-    let ctx: tls_pb::UpstreamTlsContext = decode_any(&tp, any, UPSTREAM_TLS_CONTEXT_TYPE_URL)?;
+    };
     unsupported_fields!(uns, &tp, ctx, {
         sni,
         auto_host_sni,
@@ -731,14 +720,11 @@ fn upstream_tls(
     })?;
 
     let cp = tp.field("common_tls_context");
-    let Some(common) = &ctx.common_tls_context else {
-        return Err(ResourceErrorKind::invalid(cp, "must be set"));
-    };
     let CommonTls {
         identity,
         root,
         san_matchers,
-    } = common_tls(common, &cp, uns)?;
+    } = common_tls(ctx.common_tls_context.as_ref(), &cp, uns)?;
     let root = root.ok_or_else(|| {
         ResourceErrorKind::invalid(
             cp.field("validation_context"),
@@ -752,6 +738,38 @@ fn upstream_tls(
     }))
 }
 
+/// A transport socket holding either the TLS context of type `tls_type_url`, decoded, or
+/// `RawBuffer` (plaintext, `None`). The config type decides, as in Envoy; a socket name
+/// other than `envoy.transport_sockets.tls`, which gRPC insists on, is only listed.
+pub(crate) fn tls_transport_socket<M: prost::Message + Default>(
+    ts: &core_pb::TransportSocket,
+    p: &FieldPath<'_>,
+    tls_type_url: &str,
+    uns: &mut Unsupported,
+) -> Result<Option<M>> {
+    use core_pb::transport_socket::ConfigType;
+    let tp = p.field("typed_config");
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Err(ResourceErrorKind::invalid(tp, "must be set"));
+    };
+    if any.type_url == RAW_BUFFER_TYPE_URL {
+        return Ok(None);
+    }
+    if any.type_url != tls_type_url {
+        return Err(ResourceErrorKind::unsupported(
+            tp,
+            format!(
+                "transport socket {:?} with config type {:?}",
+                ts.name, any.type_url
+            ),
+        ));
+    }
+    if ts.name != TLS_TRANSPORT_SOCKET {
+        uns.note(format!("{} ({:?})", p.field("name"), ts.name));
+    }
+    decode_any(&tp, any, tls_type_url).map(Some)
+}
+
 /// What a `CommonTlsContext` names (gRFC A29), shared by the client (`UpstreamTlsContext`)
 /// and the server (`DownstreamTlsContext`) side.
 pub(crate) struct CommonTls {
@@ -763,12 +781,15 @@ pub(crate) struct CommonTls {
     pub(crate) san_matchers: Vec<StringMatcher>,
 }
 
-/// Reads a `CommonTlsContext` at `cp`, rejecting what gRPC rejects (A29).
+/// Reads the (required) `CommonTlsContext` at `cp`, rejecting what gRPC rejects (A29).
 pub(crate) fn common_tls(
-    common: &tls_pb::CommonTlsContext,
+    common: Option<&tls_pb::CommonTlsContext>,
     cp: &FieldPath<'_>,
     uns: &mut Unsupported,
 ) -> Result<CommonTls> {
+    let Some(common) = common else {
+        return Err(ResourceErrorKind::invalid(cp, "must be set"));
+    };
     unsupported_fields!(uns, cp, common, {
         tls_params => reject("TLS parameters"),
         custom_handshaker => reject("custom handshakers"),

@@ -31,15 +31,12 @@ use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
-use prost::Message as _;
 
 use super::{
     ConnectionManager, HTTP_CONNECTION_MANAGER_TYPE_URL, RouteSource, Side, connection_manager,
-    http_filters,
+    decode_with, http_filters,
 };
-use crate::resource::cluster::{
-    CertProviderInstance, CommonTls, RAW_BUFFER_TYPE_URL, TLS_TRANSPORT_SOCKET, common_tls,
-};
+use crate::resource::cluster::{CertProviderInstance, CommonTls, common_tls, tls_transport_socket};
 use crate::resource::rbac::{CidrRange, RbacConfig};
 use crate::resource::{
     FieldPath, ResourceError, ResourceErrorKind, Result, Unsupported, decode_any,
@@ -160,15 +157,7 @@ impl ServerListener {
     /// Decodes and validates a server Listener's protobuf bytes; a Listener with an
     /// `api_listener` is a client one and is rejected.
     pub fn decode(bytes: &[u8]) -> std::result::Result<Self, ResourceError> {
-        let l = listener_pb::Listener::decode(bytes)
-            .map_err(|e| ResourceError::new(None, ResourceErrorKind::decode("", e)))?;
-        if l.name.is_empty() {
-            return Err(ResourceError::new(
-                None,
-                ResourceErrorKind::invalid("name", "must not be empty"),
-            ));
-        }
-        validate(&l).map_err(|kind| ResourceError::new(Some(l.name.clone()), kind))
+        decode_with(bytes, validate)
     }
 }
 
@@ -671,27 +660,16 @@ fn downstream_tls(
     ts: &core_pb::TransportSocket,
     uns: &mut Unsupported,
 ) -> Result<Option<DownstreamTls>> {
-    use core_pb::transport_socket::ConfigType;
     let tp = p.field("typed_config");
-    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
-        return Err(ResourceErrorKind::invalid(tp, "must be set"));
-    };
-    if any.type_url == RAW_BUFFER_TYPE_URL {
+    let Some(ctx) = tls_transport_socket::<tls_pb::DownstreamTlsContext>(
+        ts,
+        p,
+        DOWNSTREAM_TLS_CONTEXT_TYPE_URL,
+        uns,
+    )?
+    else {
         return Ok(None);
-    }
-    if any.type_url != DOWNSTREAM_TLS_CONTEXT_TYPE_URL {
-        return Err(ResourceErrorKind::unsupported(
-            tp,
-            format!(
-                "transport socket {:?} with config type {:?}",
-                ts.name, any.type_url
-            ),
-        ));
-    }
-    if ts.name != TLS_TRANSPORT_SOCKET {
-        uns.note(format!("{} ({:?})", p.field("name"), ts.name));
-    }
-    let ctx: tls_pb::DownstreamTlsContext = decode_any(&tp, any, DOWNSTREAM_TLS_CONTEXT_TYPE_URL)?;
+    };
     use tls_pb::downstream_tls_context::OcspStaplePolicy;
     unsupported_fields!(uns, &tp, ctx, {
         // A29: gRPC has no SNI on the server side.
@@ -706,14 +684,11 @@ fn downstream_tls(
         prefer_client_ciphers,
     })?;
     let cp = tp.field("common_tls_context");
-    let Some(common) = &ctx.common_tls_context else {
-        return Err(ResourceErrorKind::invalid(cp, "must be set"));
-    };
     let CommonTls {
         identity,
         root,
         san_matchers,
-    } = common_tls(common, &cp, uns)?;
+    } = common_tls(ctx.common_tls_context.as_ref(), &cp, uns)?;
     // A29: a server checks no SAN of its clients (authorization is RBAC's).
     if !san_matchers.is_empty() {
         return Err(ResourceErrorKind::unsupported(

@@ -11,6 +11,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message as _;
 
 use super::*;
+use crate::resource::cluster::RAW_BUFFER_TYPE_URL;
 use crate::resource::testing::*;
 use crate::resource::{Principal, RbacAction, RouteAction};
 
