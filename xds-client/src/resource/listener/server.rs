@@ -34,7 +34,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 
 use super::{
     ConnectionManager, HTTP_CONNECTION_MANAGER_TYPE_URL, RouteSource, Side, connection_manager,
-    decode_with, http_filters,
+    decode_with,
 };
 use crate::resource::cluster::{CertProviderInstance, CommonTls, common_tls, tls_transport_socket};
 use crate::resource::rbac::{CidrRange, RbacConfig};
@@ -49,10 +49,10 @@ pub const MAX_FILTER_CHAINS: usize = 1024;
 /// The most entries in each of a `FilterChainMatch`'s lists (`prefix_ranges`,
 /// `source_prefix_ranges`, `source_ports`); more is a NACK.
 pub const MAX_MATCH_LIST_LEN: usize = 1024;
-/// The most match combinations (destination prefix x source type x source prefix x source
-/// port) all the chains of one Listener expand to while checking that no two chains match
-/// the same connections; more is a NACK. It bounds the check's memory and time, which the
-/// per-list caps alone do not (their product is unbounded in practice).
+/// The most match combinations (the Cartesian product of each `FilterChainMatch`'s lists)
+/// all the chains of one Listener expand to while checking that no two chains match the
+/// same connections (A36); more is a NACK. It bounds the check's memory and time, which the
+/// per-list caps alone do not (their product is far too large).
 pub const MAX_FILTER_CHAIN_MATCHES: usize = 65_536;
 
 /// The type URL of the TLS context a server's transport socket may hold.
@@ -205,11 +205,12 @@ fn validate(l: &listener_pb::Listener) -> Result<ServerListener> {
             ),
         ));
     }
+    let mut unique = UniqueMatches::default();
     let mut table = ChainTable::default();
     let mut kept = Vec::with_capacity(l.filter_chains.len());
     for (i, fc) in l.filter_chains.iter().enumerate() {
         let fp = root.at("filter_chains", i);
-        if let Some(chain) = usable_chain(&fp, i, fc, &mut table, &mut uns)? {
+        if let Some(chain) = usable_chain(&fp, i, fc, &mut unique, &mut table, &mut uns)? {
             kept.push((i, chain));
         }
     }
@@ -255,20 +256,42 @@ fn validate(l: &listener_pb::Listener) -> Result<ServerListener> {
     })
 }
 
-/// Decodes chain `i` in grpc-go's order of checks (`buildFilterChainMap`), which decides
-/// which malformed fields of a chain that is dropped anyway still NACK: `None` when the
-/// chain can never match a gRPC connection. gRPC has no TLS inspector, so SNI, a transport
-/// protocol other than `raw_buffer` and ALPN are unknown when a chain is chosen, and the
-/// destination port is the listener's own.
-fn usable_chain(
+/// Decodes chain `i`: `None` when it can never match a gRPC connection. Every chain is
+/// validated whole and takes part in the uniqueness check, usable or not (A36: an invalid
+/// entry NACKs the Listener, and an always-failing matcher still counts when checking that
+/// matching has a unique result; grpc-go skips both for the chains it drops). gRPC has no
+/// TLS inspector, so SNI, a transport protocol other than `raw_buffer` and ALPN are unknown
+/// when a chain is chosen, and the destination port is the listener's own; the checks that
+/// drop a chain run in grpc-go's order, which decides what a `raw_buffer` chain shadows.
+fn usable_chain<'a>(
     fp: &FieldPath<'_>,
     i: usize,
-    fc: &listener_pb::FilterChain,
+    fc: &'a listener_pb::FilterChain,
+    unique: &mut UniqueMatches<'a>,
     table: &mut ChainTable,
     uns: &mut Unsupported,
 ) -> Result<Option<FilterChain>> {
-    let m = fc.filter_chain_match.clone().unwrap_or_default();
+    let default_match = listener_pb::FilterChainMatch::default();
+    let m = fc.filter_chain_match.as_ref().unwrap_or(&default_match);
     let mp = fp.field("filter_chain_match");
+    let prefix_ranges = cidrs(&mp, "prefix_ranges", &m.prefix_ranges)?;
+    let filter_match = filter_chain_match(&mp, m, prefix_ranges)?;
+    let direct_sources = cidrs(
+        &mp,
+        "direct_source_prefix_ranges",
+        &m.direct_source_prefix_ranges,
+    )?;
+    check_len(&mp, "server_names", m.server_names.len())?;
+    check_len(&mp, "application_protocols", m.application_protocols.len())?;
+    let chain = filter_chain(fp, fc, filter_match, uns)?;
+    unique.insert(
+        &mp,
+        i,
+        fc.filter_chain_match.as_ref(),
+        &chain.filter_match,
+        &direct_sources,
+    )?;
+
     let mut drop = |why: &str| {
         uns.note(format!("{fp} (dropped: matches on {why})"));
         Ok(None)
@@ -276,7 +299,6 @@ fn usable_chain(
     if m.destination_port.as_ref().is_some_and(|p| p.value != 0) {
         return drop("destination_port");
     }
-    let prefix_ranges = cidrs(&mp, "prefix_ranges", &m.prefix_ranges)?;
     if !m.server_names.is_empty() {
         return drop("server_names");
     }
@@ -286,7 +308,7 @@ fn usable_chain(
         _ => return drop("transport_protocol"),
     };
     // A raw_buffer chain claims its destination prefixes even when it is dropped below.
-    let dsts = table.transport(&prefix_ranges, raw_buffer);
+    let dsts = table.transport(&chain.filter_match.prefix_ranges, raw_buffer);
     if !m.application_protocols.is_empty() {
         return drop("application_protocols");
     }
@@ -302,9 +324,8 @@ fn usable_chain(
         uns.note(format!("{fp} (dropped: shadowed by a raw_buffer chain)"));
         return Ok(None);
     }
-    let filter_match = filter_chain_match(&mp, &m, prefix_ranges)?;
-    table.insert(&mp, i, &dsts, &filter_match)?;
-    filter_chain(fp, fc, filter_match, uns).map(Some)
+    table.insert(i, &dsts, &chain.filter_match);
+    Ok(Some(chain))
 }
 
 /// `address` must be a TCP socket address with an IP and a port number (A36).
@@ -443,6 +464,130 @@ fn cidr(p: &FieldPath<'_>, c: &core_pb::CidrRange) -> Result<CidrRange> {
         })
 }
 
+/// One point of A36's normalized match space: every `FilterChainMatch` field, each list
+/// replaced by one of its entries (`None`: the list is empty).
+#[derive(PartialEq, Eq, Hash)]
+struct MatchPoint<'a> {
+    destination_port: u32,
+    prefix: Dst,
+    server_name: Option<&'a str>,
+    transport_protocol: &'a str,
+    application_protocol: Option<&'a str>,
+    direct_source: Dst,
+    source_type: SourceType,
+    source: Dst,
+    source_port: Option<u16>,
+    address_suffix: (&'a str, Option<u32>),
+}
+
+/// A36's uniqueness rule: the chains' matchers, normalized to the Cartesian product of
+/// their fields, must differ point by point, else matching has no unique result and the
+/// Listener is NACKed.
+#[derive(Default)]
+struct UniqueMatches<'a> {
+    points: HashMap<MatchPoint<'a>, usize>,
+}
+
+impl<'a> UniqueMatches<'a> {
+    fn insert(
+        &mut self,
+        p: &FieldPath<'_>,
+        chain: usize,
+        m: Option<&'a listener_pb::FilterChainMatch>,
+        fm: &FilterChainMatch,
+        direct_sources: &[CidrRange],
+    ) -> Result<()> {
+        let strings =
+            |f: fn(&'a listener_pb::FilterChainMatch) -> &'a [String]| m.map_or(&[][..], f);
+        fn or_none<T: Copy>(list: impl ExactSizeIterator<Item = T>) -> Vec<Option<T>> {
+            if list.len() == 0 {
+                vec![None]
+            } else {
+                list.map(Some).collect()
+            }
+        }
+        let cidr = |c: &CidrRange| dst_key(*c);
+        let prefixes = or_none(fm.prefix_ranges.iter().map(cidr));
+        let sources = or_none(fm.source_prefix_ranges.iter().map(cidr));
+        let directs = or_none(direct_sources.iter().map(cidr));
+        let ports = or_none(fm.source_ports.iter().copied());
+        let names = or_none(strings(|m| &m.server_names).iter().map(String::as_str));
+        let alpns = or_none(
+            strings(|m| &m.application_protocols)
+                .iter()
+                .map(String::as_str),
+        );
+        let combos = [
+            prefixes.len(),
+            sources.len(),
+            directs.len(),
+            ports.len(),
+            names.len(),
+            alpns.len(),
+        ]
+        .into_iter()
+        .fold(1usize, usize::saturating_mul);
+        if combos > MAX_FILTER_CHAIN_MATCHES - self.points.len() {
+            return Err(ResourceErrorKind::invalid(
+                p,
+                format!(
+                    "the filter chains expand to more than {MAX_FILTER_CHAIN_MATCHES} match combinations"
+                ),
+            ));
+        }
+        let base = MatchPoint {
+            destination_port: m
+                .and_then(|m| m.destination_port.as_ref())
+                .map_or(0, |v| v.value),
+            prefix: None,
+            server_name: None,
+            transport_protocol: m.map_or("", |m| &m.transport_protocol),
+            application_protocol: None,
+            direct_source: None,
+            source_type: fm.source_type,
+            source: None,
+            source_port: None,
+            address_suffix: (
+                m.map_or("", |m| &m.address_suffix),
+                m.and_then(|m| m.suffix_len.as_ref()).map(|v| v.value),
+            ),
+        };
+        for &prefix in &prefixes {
+            for &server_name in &names {
+                for &application_protocol in &alpns {
+                    for &direct_source in &directs {
+                        for &source in &sources {
+                            for &source_port in &ports {
+                                let point = MatchPoint {
+                                    prefix,
+                                    server_name,
+                                    application_protocol,
+                                    direct_source,
+                                    source,
+                                    source_port,
+                                    ..base
+                                };
+                                if let Some(other) = self.points.insert(point, chain) {
+                                    // As in grpc-go, a chain repeating one of its own
+                                    // points is ambiguous too.
+                                    return Err(ResourceErrorKind::invalid(
+                                        p,
+                                        format!(
+                                            "overlapping filter chain match criteria: \
+                                             filter_chains[{other}] matches the same connections"
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A destination prefix of the match space; `None` is a chain without `prefix_ranges`.
 type Dst = Option<(IpAddr, u8)>;
 
@@ -454,17 +599,22 @@ fn dst_key(c: CidrRange) -> (IpAddr, u8) {
 /// (`None`: unspecified).
 type SourceKey = (SourceType, Option<(IpAddr, u8)>, Option<u16>);
 
-/// The match criteria of the chains so far, expanded point by point with the chain holding
-/// each, as grpc-go builds its lookup table: two points alike are a NACK (A36), and on a
-/// destination prefix a `raw_buffer` chain shadows the chains without a transport
-/// protocol, earlier and later ones.
+/// The usable chains' match criteria, expanded point by point with the chain holding each,
+/// as grpc-go builds its lookup table: on a destination prefix a `raw_buffer` chain shadows
+/// the chains without a transport protocol, earlier and later ones.
 #[derive(Default)]
 struct ChainTable {
     /// The destination prefixes some `raw_buffer` chain has claimed.
     raw_buffer: HashSet<Dst>,
     points: HashMap<Dst, HashMap<SourceKey, usize>>,
-    /// Points ever inserted, removed ones included: what the cap bounds is the work.
-    inserted: usize,
+}
+
+fn or_unspecified<T: Copy>(list: &[T]) -> Vec<Option<T>> {
+    if list.is_empty() {
+        vec![None]
+    } else {
+        list.iter().copied().map(Some).collect()
+    }
 }
 
 impl ChainTable {
@@ -491,53 +641,17 @@ impl ChainTable {
             .collect()
     }
 
-    fn insert(
-        &mut self,
-        p: &FieldPath<'_>,
-        chain: usize,
-        dsts: &[Dst],
-        m: &FilterChainMatch,
-    ) -> Result<()> {
-        fn or_unspecified<T: Copy>(list: &[T]) -> Vec<Option<T>> {
-            if list.is_empty() {
-                vec![None]
-            } else {
-                list.iter().copied().map(Some).collect()
-            }
-        }
-        let src: Vec<_> = or_unspecified(&m.source_prefix_ranges)
-            .into_iter()
-            .map(|c| c.map(dst_key))
-            .collect();
-        let ports = or_unspecified(&m.source_ports);
-        let combos = dsts.len() * src.len() * ports.len();
-        self.inserted += combos;
-        if self.inserted > MAX_FILTER_CHAIN_MATCHES {
-            return Err(ResourceErrorKind::invalid(
-                p,
-                format!(
-                    "the filter chains expand to more than {MAX_FILTER_CHAIN_MATCHES} match combinations"
-                ),
-            ));
-        }
+    /// Records the points of a usable chain; [`UniqueMatches`] has made sure no two chains
+    /// share one, so a point is only ever replaced by a `raw_buffer` chain's claim.
+    fn insert(&mut self, chain: usize, dsts: &[Dst], m: &FilterChainMatch) {
         for d in dsts {
             let points = self.points.entry(*d).or_default();
-            for s in &src {
-                for port in &ports {
-                    if let Some(other) = points.insert((m.source_type, *s, *port), chain) {
-                        // As in grpc-go, a chain repeating one of its own points is one too.
-                        return Err(ResourceErrorKind::invalid(
-                            p,
-                            format!(
-                                "overlapping filter chain match criteria: filter_chains[{other}] \
-                                 matches the same connections"
-                            ),
-                        ));
-                    }
+            for s in or_unspecified(&m.source_prefix_ranges) {
+                for port in or_unspecified(&m.source_ports) {
+                    points.insert((m.source_type, s.map(dst_key), port), chain);
                 }
             }
         }
-        Ok(())
     }
 
     /// Per chain, the destination prefixes it still holds points on.
@@ -592,10 +706,9 @@ fn filter_chain(
     })
 }
 
-/// A36: the network filters are `HttpConnectionManager`s with distinct, non-empty names;
-/// any other network filter is a NACK (`envoy.config.listener.v3.Filter` has no
-/// `is_optional`). The first one serves; the later ones are never reached, but their HTTP
-/// filters must still be valid.
+/// A36: the network filters have distinct, non-empty names, and are exactly one
+/// `HttpConnectionManager`: gRPC supports no other network filter, so any other is a NACK
+/// (`envoy.config.listener.v3.Filter` has no `is_optional`).
 fn network_filters(
     p: &FieldPath<'_>,
     filters: &[listener_pb::Filter],
@@ -631,19 +744,15 @@ fn network_filters(
                 ),
             ));
         }
+        if first.is_some() {
+            return Err(ResourceErrorKind::invalid(
+                fp,
+                "a second HttpConnectionManager (a filter chain has exactly one)",
+            ));
+        }
         let hcm: hcm_pb::HttpConnectionManager =
             decode_any(&tp, any, HTTP_CONNECTION_MANAGER_TYPE_URL)?;
-        if first.is_none() {
-            first = Some(connection_manager(&hcm, &tp, uns, Side::Server)?);
-        } else {
-            // Never used, so what it leaves out is not worth listing.
-            http_filters(
-                &hcm.http_filters,
-                &tp,
-                &mut Unsupported::default(),
-                Side::Server,
-            )?;
-        }
+        first = Some(connection_manager(&hcm, &tp, uns, Side::Server)?);
     }
     first.ok_or_else(|| {
         ResourceErrorKind::invalid(

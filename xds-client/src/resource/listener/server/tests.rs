@@ -472,6 +472,15 @@ fn raw_buffer_chains_shadow_the_ones_without_a_transport_protocol() {
         };
         assert_eq!(chains, want, "raw first: {raw_first}");
     }
+    // Two chains without a transport protocol on the same points are ambiguous, even where
+    // a raw_buffer chain shadows both.
+    let mut l = istio_listener();
+    l.filter_chains = vec![
+        chain("raw", Some(fcm(vec![], "raw_buffer"))),
+        chain("plain-1", None),
+        chain("plain-2", None),
+    ];
+    assert_eq!(nack(&l).0, "filter_chains[2].filter_chain_match");
     // A chain shadowed on every prefix is dropped, and a raw_buffer chain claims its
     // prefixes even when it is itself dropped for matching on ALPN.
     let mut raw_alpn = chain("raw-alpn", Some(fcm(vec![], "raw_buffer")));
@@ -683,10 +692,14 @@ fn network_filter_nacks() {
             }],
             "filter_chains[0].filters[0].typed_config",
         ),
-        // A later HCM is never used, but its HTTP filters must be valid (A36).
         (
-            vec![named("a", &istio_hcm()), named("b", &bad_filters)],
-            "filter_chains[0].filters[1].typed_config.http_filters",
+            vec![named("a", &bad_filters)],
+            "filter_chains[0].filters[0].typed_config.http_filters",
+        ),
+        // A36: exactly one HCM (grpc-go would serve with the first).
+        (
+            vec![named("a", &istio_hcm()), named("b", &istio_hcm())],
+            "filter_chains[0].filters[1]",
         ),
     ];
     for (filters, want) in cases {
@@ -695,13 +708,43 @@ fn network_filter_nacks() {
         l.filter_chains[0].filters = filters;
         assert_eq!(nack(&l).0, want);
     }
-    // The first HCM serves; a later valid one is accepted.
+}
+
+#[test]
+fn dropped_chains_are_still_validated_and_compared() {
+    let sni = |name: &str| {
+        Some(listener_pb::FilterChainMatch {
+            server_names: vec![name.into()],
+            ..Default::default()
+        })
+    };
+    // A36: any invalid entry NACKs, even one that can never match.
     let mut l = istio_listener();
-    let mut rds = hcm_rds("later");
-    rds.http_filters = vec![router_filter()];
-    l.filter_chains[0].filters = vec![named("a", &istio_hcm()), named("b", &rds)];
+    let mut broken = chain("sni", sni("a.example"));
+    broken.filters.clear();
+    l.filter_chains.push(broken);
+    assert_eq!(nack(&l).0, "filter_chains[2].filters");
+    // A36: always-failing matchers still count for uniqueness.
+    let mut l = istio_listener();
+    l.filter_chains = vec![
+        chain("a", None),
+        chain("sni-1", sni("a.example")),
+        chain("sni-2", sni("a.example")),
+    ];
+    let (path, msg) = nack(&l);
+    assert_eq!(path, "filter_chains[2].filter_chain_match");
+    assert!(msg.contains("filter_chains[1]"), "{msg}");
+    // Different server names differ.
+    l.filter_chains[2] = chain("sni-2", sni("b.example"));
     let l = ok(&l);
-    assert!(matches!(l.filter_chains[0].route, RouteSource::Inline(_)));
+    assert_eq!(l.filter_chains.len(), 1);
+    assert_eq!(
+        l.unsupported_fields,
+        [
+            "filter_chains[1] (dropped: matches on server_names)",
+            "filter_chains[2] (dropped: matches on server_names)",
+        ]
+    );
 }
 
 #[test]
