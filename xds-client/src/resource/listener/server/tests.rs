@@ -905,3 +905,127 @@ fn client_listener_decoding_keeps_rejecting_server_listeners() {
     let err = decode_err(crate::resource::ResourceType::Listener, &istio_listener());
     assert_eq!(err.kind().path(), Some("api_listener"));
 }
+
+/// A chain's normalized A36 match points, computed independently of the decoder, over the
+/// fields the property test varies.
+fn points(m: &listener_pb::FilterChainMatch) -> Vec<String> {
+    fn or_empty(list: Vec<String>) -> Vec<String> {
+        if list.is_empty() {
+            vec![String::new()]
+        } else {
+            list
+        }
+    }
+    let canonical = |c: &core_pb::CidrRange| {
+        let addr: std::net::IpAddr = c.address_prefix.parse().unwrap();
+        let len = c.prefix_len.as_ref().map_or(0, |l| l.value) as u8;
+        let r = CidrRange::new(addr.to_canonical(), len).unwrap();
+        format!("{}/{}", r.prefix(), r.prefix_len())
+    };
+    let dsts = or_empty(m.prefix_ranges.iter().map(canonical).collect());
+    let srcs = or_empty(m.source_prefix_ranges.iter().map(canonical).collect());
+    let ports = or_empty(m.source_ports.iter().map(u32::to_string).collect());
+    let names = or_empty(m.server_names.clone());
+    let mut out = Vec::new();
+    for d in &dsts {
+        for s in &srcs {
+            for p in &ports {
+                for n in &names {
+                    out.push(format!(
+                        "{:?}|{d}|{}|{n}|{}|{s}|{p}",
+                        m.destination_port.as_ref().map(|v| v.value),
+                        m.source_type,
+                        m.transport_protocol
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn arb_match() -> impl proptest::strategy::Strategy<Value = listener_pb::FilterChainMatch> {
+    use proptest::prelude::*;
+    let prefix = prop::sample::select(vec![
+        ("10.0.0.0", 8),
+        ("10.1.0.0", 8),
+        ("10.0.0.0", 16),
+        ("::ffff:10.0.0.0", 8),
+        ("fd00::", 8),
+    ]);
+    (
+        prop::collection::vec(prefix.clone(), 0..3),
+        0i32..3,
+        prop::collection::vec(prefix, 0..2),
+        prop::collection::vec(prop::sample::select(vec![1u32, 2, 3]), 0..3),
+        prop::sample::select(vec!["", "", "raw_buffer", "tls"]),
+        prop::option::weighted(0.2, Just(7070u32)),
+        prop::collection::vec(prop::sample::select(vec!["a", "b"]), 0..2),
+    )
+        .prop_map(|(dst, source_type, src, ports, tp, port, names)| {
+            listener_pb::FilterChainMatch {
+                prefix_ranges: dst.into_iter().map(|(a, l)| cidr(a, l)).collect(),
+                source_type,
+                source_prefix_ranges: src.into_iter().map(|(a, l)| cidr(a, l)).collect(),
+                source_ports: ports,
+                transport_protocol: tp.into(),
+                destination_port: port.and_then(u32v),
+                server_names: names.into_iter().map(String::from).collect(),
+                ..Default::default()
+            }
+        })
+}
+
+proptest::proptest! {
+    /// Random match criteria never panic the decoder, a Listener is accepted exactly when
+    /// no two match points coincide (or it has nothing to serve with), and what is kept is
+    /// a subset of the chains, in order, each still matching somewhere.
+    #[test]
+    fn random_filter_chain_matches(
+        matches in proptest::collection::vec(arb_match(), 0..6),
+        default in proptest::bool::ANY,
+    ) {
+        let mut l = istio_listener();
+        l.filter_chains = matches
+            .iter()
+            .enumerate()
+            .map(|(i, m)| chain(&format!("c{i}"), Some(m.clone())))
+            .collect();
+        if default {
+            l.default_filter_chain = Some(chain("default", None));
+        }
+        let mut all = Vec::new();
+        for m in &matches {
+            all.extend(points(m));
+        }
+        let unique = {
+            let mut sorted = all.clone();
+            sorted.sort();
+            sorted.dedup();
+            sorted.len() == all.len()
+        };
+        match decode_listener(&l) {
+            Ok(sl) => {
+                proptest::prop_assert!(unique);
+                proptest::prop_assert!(default || !sl.filter_chains.is_empty());
+                let mut names = sl.filter_chains.iter().map(|c| c.name[1..].parse::<usize>().unwrap());
+                let mut last = None;
+                for i in names.by_ref() {
+                    proptest::prop_assert!(last.is_none_or(|j| j < i));
+                    last = Some(i);
+                    let m = &matches[i];
+                    proptest::prop_assert!(m.destination_port.is_none() && m.server_names.is_empty());
+                    proptest::prop_assert!(m.transport_protocol != "tls");
+                }
+            }
+            Err(e) => {
+                let path = e.kind().path().unwrap_or_default().to_owned();
+                if path == "filter_chains" {
+                    proptest::prop_assert!(!default);
+                } else {
+                    proptest::prop_assert!(!unique, "{e}");
+                }
+            }
+        }
+    }
+}
