@@ -220,25 +220,20 @@ fn validate(l: &listener_pb::Listener) -> Result<ServerListener> {
         let dsts = live.get(&i);
         let is_live = |d: &Dst| dsts.is_some_and(|set| set.contains(d));
         let prefix_ranges = &mut chain.filter_match.prefix_ranges;
-        if prefix_ranges.is_empty() {
-            if !is_live(&None) {
-                uns.note(format!(
-                    "{} (dropped: shadowed by a raw_buffer chain)",
-                    root.at("filter_chains", i)
-                ));
-                continue;
-            }
+        let matches_somewhere = if prefix_ranges.is_empty() {
+            is_live(&None)
         } else {
             prefix_ranges.retain(|c| is_live(&Some(dst_key(*c))));
-            if prefix_ranges.is_empty() {
-                uns.note(format!(
-                    "{} (dropped: shadowed by a raw_buffer chain)",
-                    root.at("filter_chains", i)
-                ));
-                continue;
-            }
+            !prefix_ranges.is_empty()
+        };
+        if matches_somewhere {
+            filter_chains.push(chain);
+        } else {
+            uns.note(format!(
+                "{} (dropped: shadowed by a raw_buffer chain)",
+                root.at("filter_chains", i)
+            ));
         }
-        filter_chains.push(chain);
     }
 
     if filter_chains.is_empty() && default_filter_chain.is_none() {
