@@ -4,8 +4,8 @@ mod decode;
 mod types;
 
 #[cfg(test)]
-use decode::RAW_BUFFER_TYPE_URL;
-pub(crate) use decode::decode;
+pub(crate) use decode::RAW_BUFFER_TYPE_URL;
+pub(crate) use decode::{CommonTls, common_tls, decode, tls_transport_socket};
 pub use types::*;
 
 // The tests build resources with the deprecated fields control planes still send.

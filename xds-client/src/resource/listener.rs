@@ -1,4 +1,5 @@
-//! `Listener` (LDS): client-side API listeners holding an `HttpConnectionManager`.
+//! `Listener` (LDS): client-side API listeners holding an `HttpConnectionManager`, and
+//! server-side listeners with filter chains ([`ServerListener`], in `server`).
 
 // Control planes still send deprecated fields (Istio fills both the current and the deprecated
 // ones), so reading them is deliberate.
@@ -13,6 +14,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message as _;
 
+use super::rbac::{self, RbacConfig};
 use super::route::{self, RouteConfiguration};
 use super::{
     FieldPath, ResourceError, ResourceErrorKind, Result, Unsupported, check_ads_or_self,
@@ -104,6 +106,12 @@ impl HttpFilterKind {
         })
     }
 
+    /// Whether an xDS-enabled server runs this filter (gRFC A36): the router and RBAC; the
+    /// others are client-side filters.
+    pub fn runs_on_server(self) -> bool {
+        matches!(self, HttpFilterKind::Router | HttpFilterKind::Rbac)
+    }
+
     /// Whether meshwork applies this filter today.
     pub fn is_implemented(self) -> bool {
         matches!(self, HttpFilterKind::Router)
@@ -118,6 +126,14 @@ struct TypedStruct {
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Listener, ResourceError> {
+    decode_with(bytes, validate)
+}
+
+/// Decodes a named Listener and validates it with `validate`, whose errors carry the name.
+fn decode_with<T>(
+    bytes: &[u8],
+    validate: impl FnOnce(&listener_pb::Listener) -> Result<T>,
+) -> std::result::Result<T, ResourceError> {
     let l = listener_pb::Listener::decode(bytes)
         .map_err(|e| ResourceError::new(None, ResourceErrorKind::decode("", e)))?;
     if l.name.is_empty() {
@@ -152,8 +168,47 @@ fn validate(l: &listener_pb::Listener) -> Result<Listener> {
         access_log,
     })?;
 
+    let cm = connection_manager(&hcm, &ap, &mut uns, Side::Client)?;
+    Ok(Listener {
+        name: l.name.clone(),
+        route: cm.route,
+        http_filters: cm.http_filters.into_iter().map(|f| f.filter).collect(),
+        max_stream_duration: cm.max_stream_duration,
+        unsupported_fields: uns.into_vec(),
+    })
+}
+
+/// Which side a connection manager is decoded for: the HTTP filters each side runs differ
+/// (gRFC A39 for the client, A36 for the server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// An `HttpConnectionManager`, validated for one [`Side`].
+struct ConnectionManager {
+    route: RouteSource,
+    http_filters: Vec<DecodedFilter>,
+    max_stream_duration: Option<Duration>,
+}
+
+/// One HTTP filter with its decoded configuration, when the side uses it.
+struct DecodedFilter {
+    filter: HttpFilter,
+    /// The RBAC configuration, decoded on the server side only.
+    rbac: Option<RbacConfig>,
+}
+
+/// Validates an `HttpConnectionManager` at `ap`.
+fn connection_manager(
+    hcm: &hcm_pb::HttpConnectionManager,
+    ap: &FieldPath<'_>,
+    uns: &mut Unsupported,
+    side: Side,
+) -> Result<ConnectionManager> {
     // gRFC A41: these must be unset, else NACK.
-    unsupported_fields!(uns, &ap, hcm, {
+    unsupported_fields!(uns, ap, hcm, {
         xff_num_trusted_hops => reject("trusting X-Forwarded-For hops"),
         original_ip_detection_extensions => reject("original IP detection extensions"),
     })?;
@@ -195,7 +250,7 @@ fn validate(l: &listener_pb::Listener) -> Result<Listener> {
         }
     };
 
-    let http_filters = http_filters(&hcm.http_filters, &ap, &mut uns)?;
+    let http_filters = http_filters(&hcm.http_filters, ap, uns, side)?;
 
     let max_stream_duration = match &hcm.common_http_protocol_options {
         Some(o) => {
@@ -212,7 +267,7 @@ fn validate(l: &listener_pb::Listener) -> Result<Listener> {
         }
         None => None,
     };
-    unsupported_fields!(uns, &ap, hcm, {
+    unsupported_fields!(uns, ap, hcm, {
         tracing,
         access_log,
         upgrade_configs,
@@ -222,12 +277,10 @@ fn validate(l: &listener_pb::Listener) -> Result<Listener> {
         request_id_extension,
     })?;
 
-    Ok(Listener {
-        name: l.name.clone(),
+    Ok(ConnectionManager {
         route,
         http_filters,
         max_stream_duration,
-        unsupported_fields: uns.into_vec(),
     })
 }
 
@@ -243,11 +296,16 @@ fn filter_type_url(p: &FieldPath<'_>, any: &Any) -> Result<String> {
 
 /// gRPC's rules (A39): names are non-empty and unique; an unknown filter is an error unless
 /// `is_optional`, in which case it is skipped; the router must be last, and only last.
+///
+/// On the server side (A36) only the filters a server runs count as known (the router and
+/// RBAC, whose configuration is decoded here); the client-only ones follow the unknown
+/// filters' rule.
 fn http_filters(
     filters: &[hcm_pb::HttpFilter],
     ap: &FieldPath<'_>,
     uns: &mut Unsupported,
-) -> Result<Vec<HttpFilter>> {
+    side: Side,
+) -> Result<Vec<DecodedFilter>> {
     use hcm_pb::http_filter::ConfigType;
     let mut out = Vec::with_capacity(filters.len());
     let mut names = HashSet::with_capacity(filters.len());
@@ -265,11 +323,17 @@ fn http_filters(
                 format!("duplicate filter name {:?}", f.name),
             ));
         }
-        let type_url = match &f.config_type {
-            Some(ConfigType::TypedConfig(any)) => filter_type_url(&fp.field("typed_config"), any)?,
-            Some(ConfigType::ConfigDiscovery(_)) | None => String::new(),
+        let typed_config = match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => Some(any),
+            Some(ConfigType::ConfigDiscovery(_)) | None => None,
         };
-        let Some(kind) = HttpFilterKind::from_type_url(&type_url) else {
+        let type_url = match typed_config {
+            Some(any) => filter_type_url(&fp.field("typed_config"), any)?,
+            None => String::new(),
+        };
+        let kind = HttpFilterKind::from_type_url(&type_url)
+            .filter(|k| side == Side::Client || k.runs_on_server());
+        let Some(kind) = kind else {
             if f.is_optional {
                 uns.note(format!("{fp} ({}: optional filter skipped)", f.name));
                 continue;
@@ -279,20 +343,32 @@ fn http_filters(
                 format!("HTTP filter {:?} with config type {type_url:?}", f.name),
             ));
         };
-        if !kind.is_implemented() {
+        let rbac = match (side, kind, typed_config) {
+            (Side::Server, HttpFilterKind::Rbac, Some(any)) => {
+                Some(rbac::decode_filter(&fp.field("typed_config"), any, uns)?)
+            }
+            _ => None,
+        };
+        if !kind.is_implemented() && rbac.is_none() {
             uns.note(format!(
                 "{fp} ({}: {kind:?} filter not implemented)",
                 f.name
             ));
         }
         unsupported_fields!(uns, &fp, f, { disabled })?;
-        out.push(HttpFilter {
-            name: f.name.clone(),
-            type_url,
-            kind,
+        out.push(DecodedFilter {
+            filter: HttpFilter {
+                name: f.name.clone(),
+                type_url,
+                kind,
+            },
+            rbac,
         });
     }
-    match out.iter().position(|f| f.kind == HttpFilterKind::Router) {
+    match out
+        .iter()
+        .position(|f| f.filter.kind == HttpFilterKind::Router)
+    {
         None => Err(ResourceErrorKind::invalid(
             ap.field("http_filters"),
             "no router filter (envoy.extensions.filters.http.router.v3.Router)",
@@ -301,12 +377,19 @@ fn http_filters(
             ap.field("http_filters"),
             format!(
                 "the router filter {:?} is not the last filter",
-                out[pos].name
+                out[pos].filter.name
             ),
         )),
         Some(_) => Ok(out),
     }
 }
+
+mod server;
+
+pub use server::{
+    DownstreamTls, FilterChain, FilterChainMatch, MAX_FILTER_CHAIN_MATCHES, MAX_FILTER_CHAINS,
+    MAX_MATCH_LIST_LEN, ServerHttpFilter, ServerHttpFilterConfig, ServerListener, SourceType,
+};
 
 #[cfg(test)]
 mod tests;

@@ -57,8 +57,10 @@ pub use endpoint::{
     ClusterLoadAssignment, DropOverload, Endpoint, HealthStatus, Locality, LocalityEndpoints,
 };
 pub use listener::{
-    HTTP_CONNECTION_MANAGER_TYPE_URL, HttpFilter, HttpFilterKind, Listener, ROUTER_FILTER_TYPE_URL,
-    RouteSource,
+    DownstreamTls, FilterChain, FilterChainMatch, HTTP_CONNECTION_MANAGER_TYPE_URL, HttpFilter,
+    HttpFilterKind, Listener, MAX_FILTER_CHAIN_MATCHES, MAX_FILTER_CHAINS, MAX_MATCH_LIST_LEN,
+    ROUTER_FILTER_TYPE_URL, RouteSource, ServerHttpFilter, ServerHttpFilterConfig, ServerListener,
+    SourceType,
 };
 pub use matcher::{REGEX_SIZE_LIMIT, SafeRegex, StringMatchKind, StringMatcher};
 pub use rbac::{

@@ -260,8 +260,6 @@ impl RbacPerRoute {
 }
 
 /// Decodes and validates the `typed_config` of an RBAC HTTP filter at `path`.
-// The Listener's filter-chain decoding calls this once server-side listeners are decoded.
-#[allow(dead_code)]
 pub(crate) fn decode_filter(
     path: &FieldPath<'_>,
     any: &Any,

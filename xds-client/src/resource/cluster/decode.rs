@@ -33,7 +33,7 @@ const MAX_LB_POLICY_DEPTH: usize = 16;
 const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 const UPSTREAM_TLS_CONTEXT_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
-pub(super) const RAW_BUFFER_TYPE_URL: &str =
+pub(crate) const RAW_BUFFER_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 const AGGREGATE_CLUSTER_TYPE: &str = "envoy.clusters.aggregate";
 const AGGREGATE_CONFIG_TYPE_URL: &str =
@@ -701,6 +701,52 @@ fn upstream_tls(
     p: &FieldPath<'_>,
     uns: &mut Unsupported,
 ) -> Result<Option<UpstreamTls>> {
+    let tp = p.field("typed_config");
+    let Some(ctx) = tls_transport_socket::<tls_pb::UpstreamTlsContext>(
+        ts,
+        p,
+        UPSTREAM_TLS_CONTEXT_TYPE_URL,
+        uns,
+    )?
+    else {
+        return Ok(None);
+    };
+    unsupported_fields!(uns, &tp, ctx, {
+        sni,
+        auto_host_sni,
+        auto_sni_san_validation,
+        allow_renegotiation,
+        max_session_keys,
+    })?;
+
+    let cp = tp.field("common_tls_context");
+    let CommonTls {
+        identity,
+        root,
+        san_matchers,
+    } = common_tls(ctx.common_tls_context.as_ref(), &cp, uns)?;
+    let root = root.ok_or_else(|| {
+        ResourceErrorKind::invalid(
+            cp.field("validation_context"),
+            "a client-side TLS context needs root certificates (ca_certificate_provider_instance)",
+        )
+    })?;
+    Ok(Some(UpstreamTls {
+        identity,
+        root,
+        san_matchers,
+    }))
+}
+
+/// A transport socket holding either the TLS context of type `tls_type_url`, decoded, or
+/// `RawBuffer` (plaintext, `None`). The config type decides, as in Envoy; a socket name
+/// other than `envoy.transport_sockets.tls`, which gRPC insists on, is only listed.
+pub(crate) fn tls_transport_socket<M: prost::Message + Default>(
+    ts: &core_pb::TransportSocket,
+    p: &FieldPath<'_>,
+    tls_type_url: &str,
+    uns: &mut Unsupported,
+) -> Result<Option<M>> {
     use core_pb::transport_socket::ConfigType;
     let tp = p.field("typed_config");
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
@@ -709,7 +755,7 @@ fn upstream_tls(
     if any.type_url == RAW_BUFFER_TYPE_URL {
         return Ok(None);
     }
-    if any.type_url != UPSTREAM_TLS_CONTEXT_TYPE_URL {
+    if any.type_url != tls_type_url {
         return Err(ResourceErrorKind::unsupported(
             tp,
             format!(
@@ -721,20 +767,30 @@ fn upstream_tls(
     if ts.name != TLS_TRANSPORT_SOCKET {
         uns.note(format!("{} ({:?})", p.field("name"), ts.name));
     }
-    let ctx: tls_pb::UpstreamTlsContext = decode_any(&tp, any, UPSTREAM_TLS_CONTEXT_TYPE_URL)?;
-    unsupported_fields!(uns, &tp, ctx, {
-        sni,
-        auto_host_sni,
-        auto_sni_san_validation,
-        allow_renegotiation,
-        max_session_keys,
-    })?;
+    decode_any(&tp, any, tls_type_url).map(Some)
+}
 
-    let cp = tp.field("common_tls_context");
-    let Some(common) = &ctx.common_tls_context else {
+/// What a `CommonTlsContext` names (gRFC A29), shared by the client (`UpstreamTlsContext`)
+/// and the server (`DownstreamTlsContext`) side.
+pub(crate) struct CommonTls {
+    /// `tls_certificate_provider_instance` (or its deprecated twin).
+    pub(crate) identity: Option<CertProviderInstance>,
+    /// The root provider; `None` only when no validation context is set at all.
+    pub(crate) root: Option<CertProviderInstance>,
+    /// The SAN matchers of the validation context.
+    pub(crate) san_matchers: Vec<StringMatcher>,
+}
+
+/// Reads the (required) `CommonTlsContext` at `cp`, rejecting what gRPC rejects (A29).
+pub(crate) fn common_tls(
+    common: Option<&tls_pb::CommonTlsContext>,
+    cp: &FieldPath<'_>,
+    uns: &mut Unsupported,
+) -> Result<CommonTls> {
+    let Some(common) = common else {
         return Err(ResourceErrorKind::invalid(cp, "must be set"));
     };
-    unsupported_fields!(uns, &cp, common, {
+    unsupported_fields!(uns, cp, common, {
         tls_params => reject("TLS parameters"),
         custom_handshaker => reject("custom handshakers"),
         tls_certificates => reject("inline certificates (use a certificate provider instance)"),
@@ -836,17 +892,18 @@ fn upstream_tls(
             ));
         }
         None => {
-            return Err(ResourceErrorKind::invalid(
-                cp.field("validation_context"),
-                "a client-side TLS context needs root certificates (ca_certificate_provider_instance)",
-            ));
+            return Ok(CommonTls {
+                identity,
+                root: None,
+                san_matchers,
+            });
         }
     };
-    Ok(Some(UpstreamTls {
+    Ok(CommonTls {
         identity,
-        root,
+        root: Some(root),
         san_matchers,
-    }))
+    })
 }
 
 fn instance(
