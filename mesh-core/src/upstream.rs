@@ -148,19 +148,6 @@ pub enum UpstreamIdentity {
 }
 
 impl UpstreamIdentity {
-    /// A client's identity from its options: one fixed identity, when given, wins over the
-    /// certificate provider instances; neither means none.
-    pub fn choose(
-        fixed: Option<&MtlsConfig>,
-        providers: Option<&Arc<CertificateProviders>>,
-    ) -> Self {
-        match (fixed, providers) {
-            (Some(mtls), _) => UpstreamIdentity::Fixed(mtls.clone()),
-            (None, Some(providers)) => UpstreamIdentity::Providers(providers.clone()),
-            (None, None) => UpstreamIdentity::None,
-        }
-    }
-
     /// The identity for `cluster`; `Ok(None)` when the cluster asks for no TLS or there is
     /// no identity.
     fn for_cluster(&self, cluster: &Cluster) -> Result<Option<MtlsConfig>, IdentityError> {

@@ -15,7 +15,6 @@ use meshwork_core::client::{self, ClientOptions, Outbound, OutboundBody};
 use meshwork_core::config::{ConfigReceiver, TargetConfig};
 use meshwork_core::xds::client::XdsClient;
 use meshwork_core::xds::resource::Cluster;
-use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt as _};
 
 use crate::connect::Endpoint;
@@ -30,12 +29,10 @@ pub type MeshClientOptions = ClientOptions;
 
 type Engine = client::Engine<Body, Incoming>;
 
-type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
-
 #[derive(Clone)]
 enum Targets {
     /// One config for every host; its virtual hosts are chosen by the request's authority.
-    One(Stack),
+    One(Outbound<Body, Incoming>),
     /// A target per host, resolved on first use.
     Xds(Engine),
 }
@@ -66,21 +63,16 @@ impl MeshClient {
     /// A client over a hand-written config, for every host: the config's virtual hosts are
     /// matched against each request's authority. Must be called within a tokio runtime.
     pub fn from_static(config: TargetConfig, options: MeshClientOptions) -> Self {
-        let outbound = engine(options, None).outbound_static(config);
-        Self::one(outbound)
+        Self {
+            targets: Targets::One(engine(options, None).outbound_static(config)),
+        }
     }
 
     /// A client following the configs published on `config`, for every host. Must be
     /// called within a tokio runtime.
     pub fn from_config(config: ConfigReceiver, options: MeshClientOptions) -> Self {
-        let outbound = engine(options, None).outbound(config, "static");
-        Self::one(outbound)
-    }
-
-    fn one(outbound: Outbound<Body, Incoming>) -> Self {
-        let stack = BoxCloneSyncService::new(outbound.map_response(box_body));
         Self {
-            targets: Targets::One(stack),
+            targets: Targets::One(engine(options, None).outbound(config, "static")),
         }
     }
 
@@ -107,7 +99,7 @@ impl MeshClient {
     /// request, waiting for its config as that request would. With a static config this
     /// does nothing.
     pub async fn resolve(&self, host: &str) -> Result<(), Error> {
-        self.stack_for(&host.to_ascii_lowercase()).await.map(drop)
+        self.outbound_for(host).await.map(drop)
     }
 
     /// Sends a `GET` for `uri` (`http://host/path`) with an empty body.
@@ -136,33 +128,41 @@ impl MeshClient {
     }
 
     async fn send(&self, req: Request<Body>) -> Result<Response<Body>, Error> {
-        let (req, host) = normalize(req)?;
-        let stack = self.stack_for(&host).await?;
+        let (req, authority) = normalize(req)?;
+        let outbound = self.outbound_for(authority.as_str()).await?;
         // Boxed as a `dyn Future + Send`, so that the compiler need not prove the stack's
         // future `Send` for every lifetime of the boxed errors inside it (a known
         // limitation of async Send inference).
-        let call: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>> =
-            Box::pin(stack.oneshot(req));
-        call.await.map_err(Error::stack)
+        let call: OutboundCall = Box::pin(outbound.oneshot(req));
+        let rsp = call.await.map_err(Error::stack)?;
+        Ok(rsp.map(|b| b.boxed_unsync()))
     }
 
-    async fn stack_for(&self, host: &str) -> Result<Stack, Error> {
+    /// The outbound service of `host` (an authority, in any case).
+    async fn outbound_for(&self, host: &str) -> Result<Outbound<Body, Incoming>, Error> {
         match &self.targets {
-            Targets::One(stack) => Ok(stack.clone()),
+            Targets::One(outbound) => Ok(outbound.clone()),
             Targets::Xds(engine) => engine
-                .resolve(&format!("{XDS_PREFIX}{host}"))
+                .resolve(&xds_target(host))
                 .await
-                .map(|outbound| BoxCloneSyncService::new(outbound.map_response(box_body)))
                 .map_err(Error::resolve),
         }
     }
 }
 
+/// One call through an [`Outbound`], boxed as a `dyn Future + Send` (see `send`).
+type OutboundCall =
+    Pin<Box<dyn Future<Output = Result<Response<OutboundBody<Incoming>>, BoxError>> + Send>>;
+
 /// A host `h` is the xDS target `xds:///h`.
 const XDS_PREFIX: &str = "xds:///";
 
-fn box_body(rsp: Response<OutboundBody<Incoming>>) -> Response<Body> {
-    rsp.map(|b| b.boxed_unsync())
+/// `xds:///` and `host` lowercased, in one allocation.
+fn xds_target(host: &str) -> String {
+    let mut target = String::with_capacity(XDS_PREFIX.len() + host.len());
+    target.push_str(XDS_PREFIX);
+    target.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    target
 }
 
 /// The engine of a client: its connections are hyper-util clients over TCP or SPIFFE mTLS,
@@ -197,8 +197,8 @@ impl Service<Request<Body>> for MeshClient {
     }
 }
 
-/// Makes the URI absolute (`http://host/path`) and returns the host, lowercased.
-fn normalize(mut req: Request<Body>) -> Result<(Request<Body>, String), Error> {
+/// Makes the URI absolute (`http://host/path`) and returns its authority (the host).
+fn normalize(mut req: Request<Body>) -> Result<(Request<Body>, Authority), Error> {
     let uri = req.uri();
     if let Some(scheme) = uri.scheme()
         && *scheme != Scheme::HTTP
@@ -228,5 +228,5 @@ fn normalize(mut req: Request<Body>) -> Result<(Request<Body>, String), Error> {
         }
         *req.uri_mut() = Uri::from_parts(parts).map_err(Error::invalid_request)?;
     }
-    Ok((req, authority.as_str().to_ascii_lowercase()))
+    Ok((req, authority))
 }
