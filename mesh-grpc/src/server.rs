@@ -8,7 +8,10 @@ use std::time::Duration;
 use meshwork_core::identity::MtlsConfig;
 use meshwork_core::inbound::{
     AuthorizationPolicy, HttpVersions, InboundLayer, MeshAcceptor, ServeError, ServerLimits,
+    ServingCallback, ServingState, XdsInboundLayer, XdsServing,
 };
+use meshwork_core::xds::client::XdsClient;
+
 use meshwork_core::telemetry::{ServerLayer, Telemetry};
 use tokio::net::TcpListener;
 use tonic::body::Body;
@@ -74,7 +77,8 @@ use crate::deadline::Deadline;
 /// # Ok(()) }
 /// ```
 pub struct MeshServer {
-    mtls: Option<MtlsConfig>,
+    transport: Transport,
+    serving_callback: Option<ServingCallback>,
     policy: Option<AuthorizationPolicy>,
     limits: ServerLimits,
     routes: Routes,
@@ -86,28 +90,66 @@ pub struct MeshServer {
 impl fmt::Debug for MeshServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MeshServer")
-            .field("mtls", &self.mtls)
+            .field("transport", &self.transport)
             .field("policy", &self.policy)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
+/// Where a server's connections get their TLS.
+#[derive(Debug)]
+enum Transport {
+    Mtls(MtlsConfig),
+    Plaintext,
+    Xds(XdsClient),
+}
+
 impl MeshServer {
     /// A server over SPIFFE mTLS with `mtls`' identity (its ALPN is set to `h2`).
     pub fn new(mtls: MtlsConfig) -> Self {
-        Self::with(Some(mtls.alpn_protocols(vec![b"h2".to_vec()])))
+        Self::with(Transport::Mtls(mtls.alpn_protocols(vec![b"h2".to_vec()])))
     }
 
     /// A plaintext (h2c) server: callers have no identity, so a policy that names
     /// principals denies them. For local development and for running behind a sidecar.
     pub fn plaintext() -> Self {
-        Self::with(None)
+        Self::with(Transport::Plaintext)
     }
 
-    fn with(mtls: Option<MtlsConfig>) -> Self {
+    /// A server whose listener, mTLS and authorization come from the control plane, as
+    /// gRPC's xDS-enabled servers (gRFC A36, A29, A41): it serves with the Listener that
+    /// `xds`'s bootstrap names for its listening address
+    /// (`server_listener_resource_name_template`), each connection taking the TLS of the
+    /// filter chain that matches it (certificates from the bootstrap's certificate
+    /// providers; plaintext and mTLS chains side by side), each request the chain's routes
+    /// (`non_forwarding_action` only, else `UNAVAILABLE`) and RBAC filters (else
+    /// `PERMISSION_DENIED`). It does not serve (connections are closed) until the Listener
+    /// has come, or while it is deleted or rejected; see
+    /// [`XdsServing`] for updates and draining, and
+    /// [`on_serving_state`](Self::on_serving_state) to follow the state.
+    ///
+    /// A [`policy`](Self::policy) set in code applies as well: a request must pass the
+    /// xDS RBAC filters *and* the policy.
+    pub fn from_xds(xds: &XdsClient) -> Self {
+        Self::with(Transport::Xds(xds.clone()))
+    }
+
+    /// Calls `callback` on each change of an xDS-driven server's [`ServingState`] (the
+    /// change is also logged). Ignored by servers not made with
+    /// [`from_xds`](Self::from_xds).
+    pub fn on_serving_state(
+        mut self,
+        callback: impl Fn(&ServingState) + Send + Sync + 'static,
+    ) -> Self {
+        self.serving_callback = Some(std::sync::Arc::new(callback));
+        self
+    }
+
+    fn with(transport: Transport) -> Self {
         Self {
-            mtls,
+            transport,
+            serving_callback: None,
             policy: None,
             limits: ServerLimits::default(),
             routes: Routes::default(),
@@ -185,21 +227,32 @@ impl MeshServer {
     where
         F: Future<Output = ()>,
     {
-        let acceptor = match &self.mtls {
-            Some(mtls) => MeshAcceptor::new(listener, mtls)?,
-            None => MeshAcceptor::plaintext(listener),
-        }
-        .limits(self.limits);
+        let (acceptor, _serving) = match &self.transport {
+            Transport::Mtls(mtls) => (MeshAcceptor::new(listener, mtls)?, None),
+            Transport::Plaintext => (MeshAcceptor::plaintext(listener), None),
+            Transport::Xds(xds) => {
+                let (serving, acceptor) = XdsServing::bind(
+                    xds,
+                    listener,
+                    vec![b"h2".to_vec()],
+                    self.serving_callback.clone(),
+                )?;
+                (acceptor, Some(serving))
+            }
+        };
+        let acceptor = acceptor.limits(self.limits);
         if let Ok(addr) = acceptor.local_addr() {
-            tracing::debug!(%addr, mtls = self.mtls.is_some(), "meshwork gRPC server listening");
+            tracing::debug!(%addr, transport = ?self.transport, "meshwork gRPC server listening");
         }
         let telemetry = self.telemetry.unwrap_or_else(Telemetry::global);
         for service in &self.services {
             telemetry.serve_service(service);
         }
         // The first layer is the outermost.
-        let app = ServerLayer::new(telemetry)
-            .layer(InboundLayer::new(self.policy).layer(Deadline::new(self.routes.prepare())));
+        let app = ServerLayer::new(telemetry).layer(
+            XdsInboundLayer::new()
+                .layer(InboundLayer::new(self.policy).layer(Deadline::new(self.routes.prepare()))),
+        );
         meshwork_core::inbound::serve(acceptor, HttpVersions::Http2, app, signal).await;
         Ok(())
     }

@@ -68,7 +68,7 @@ mod server;
 pub use client::{MeshClient, MeshClientOptions};
 pub use error::Error;
 pub use meshwork_core::client::{ClientIdentity, ClientOptions, ResolveError};
-pub use meshwork_core::inbound::ServeError;
+pub use meshwork_core::inbound::{NotServing, ServeError, ServingState};
 // The types a service needs besides this crate's own (`meshwork_core::prelude`), named
 // one by one so that the API listing (api/*.txt) shows each.
 pub use meshwork_core::prelude::{

@@ -12,8 +12,10 @@ use hyper::body::Incoming;
 use meshwork_core::identity::MtlsConfig;
 use meshwork_core::inbound::{
     AuthorizationPolicy, HttpVersions, InboundLayer, MeshAcceptor, ServeError, ServerLimits,
+    ServingCallback, ServingState, XdsInboundLayer, XdsServing,
 };
 use meshwork_core::telemetry::{ServerLayer, Telemetry};
+use meshwork_core::xds::client::XdsClient;
 use pin_project_lite::pin_project;
 use tokio::net::TcpListener;
 use tower::{BoxError, Layer as _, Service, ServiceExt as _};
@@ -57,7 +59,8 @@ use tower::{BoxError, Layer as _, Service, ServiceExt as _};
 /// ```
 #[derive(Clone)]
 pub struct Server {
-    mtls: Option<MtlsConfig>,
+    transport: Transport,
+    serving_callback: Option<ServingCallback>,
     policy: Option<AuthorizationPolicy>,
     limits: ServerLimits,
     telemetry: Option<Telemetry>,
@@ -66,11 +69,24 @@ pub struct Server {
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("mtls", &self.mtls.is_some())
+            .field("transport", &self.transport)
             .field("policy", &self.policy)
             .field("limits", &self.limits)
-            .finish()
+            .finish_non_exhaustive()
     }
+}
+
+/// Where a server's connections get their TLS.
+#[derive(Debug, Clone)]
+enum Transport {
+    Mtls(MtlsConfig),
+    Plaintext,
+    Xds(XdsClient),
+}
+
+/// The protocols a meshwork-http server offers in ALPN.
+fn alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
 }
 
 impl Server {
@@ -79,21 +95,42 @@ impl Server {
     /// each request. ALPN is set to `h2`, `http/1.1`. No authorization policy (every
     /// authenticated caller is allowed) and the default [`ServerLimits`].
     pub fn new(mtls: MtlsConfig) -> Self {
-        Self::with(Some(
-            mtls.alpn_protocols(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
-        ))
+        Self::with(Transport::Mtls(mtls.alpn_protocols(alpn())))
     }
 
     /// A plaintext server (HTTP/1.1 and h2c): callers have no identity, so a policy that
     /// names principals denies them. For local development and for running behind a
     /// sidecar; a mesh workload serves with [`Server::new`].
     pub fn plaintext() -> Self {
-        Self::with(None)
+        Self::with(Transport::Plaintext)
     }
 
-    fn with(mtls: Option<MtlsConfig>) -> Self {
+    /// A server whose listener, TLS and authorization come from the control plane (gRFC
+    /// A36, A29, A41), as meshwork-grpc's `MeshServer::from_xds`: the Listener the bootstrap
+    /// names for the listening address decides each connection's filter chain (its TLS from
+    /// the bootstrap's certificate providers, or plaintext) and each request's route (only
+    /// `non_forwarding_action` routes are served, others get `503`) and RBAC (`403`). Until
+    /// the Listener has come, and while it is deleted or rejected, new connections are
+    /// closed ([`XdsServing`]). A [`policy`](Self::policy) set in code applies as well: both
+    /// must allow a request.
+    pub fn from_xds(xds: &XdsClient) -> Self {
+        Self::with(Transport::Xds(xds.clone()))
+    }
+
+    /// Calls `callback` on each change of an xDS-driven server's [`ServingState`] (also
+    /// logged). Ignored by servers not made with [`from_xds`](Self::from_xds).
+    pub fn on_serving_state(
+        mut self,
+        callback: impl Fn(&ServingState) + Send + Sync + 'static,
+    ) -> Self {
+        self.serving_callback = Some(std::sync::Arc::new(callback));
+        self
+    }
+
+    fn with(transport: Transport) -> Self {
         Self {
-            mtls,
+            transport,
+            serving_callback: None,
             policy: None,
             limits: ServerLimits::default(),
             telemetry: None,
@@ -166,17 +203,24 @@ impl Server {
         B::Error: Into<BoxError>,
         F: Future<Output = ()>,
     {
-        let acceptor = match &self.mtls {
-            Some(mtls) => MeshAcceptor::new(listener, mtls)?,
-            None => MeshAcceptor::plaintext(listener),
-        }
-        .limits(self.limits);
+        let (acceptor, _serving) = match &self.transport {
+            Transport::Mtls(mtls) => (MeshAcceptor::new(listener, mtls)?, None),
+            Transport::Plaintext => (MeshAcceptor::plaintext(listener), None),
+            Transport::Xds(xds) => {
+                let (serving, acceptor) =
+                    XdsServing::bind(xds, listener, alpn(), self.serving_callback.clone())?;
+                (acceptor, Some(serving))
+            }
+        };
+        let acceptor = acceptor.limits(self.limits);
         // The policy answers denials with a default body: the service's body wrapped so it
         // has one, whatever the service's body type.
-        let app = InboundLayer::new(self.policy).layer(
-            service
-                .map_response(|rsp: http::Response<B>| rsp.map(ServerBody::inner))
-                .map_err(Into::<BoxError>::into),
+        let app = XdsInboundLayer::new().layer(
+            InboundLayer::new(self.policy).layer(
+                service
+                    .map_response(|rsp: http::Response<B>| rsp.map(ServerBody::inner))
+                    .map_err(Into::<BoxError>::into),
+            ),
         );
         let telemetry = self.telemetry.unwrap_or_else(Telemetry::global);
         let app = ServerLayer::new(telemetry).layer(app);

@@ -1,12 +1,15 @@
 //! `greeter-server [--port P] [--id ID] [--host HOST] [--mtls] [--cert-provider NAME]
-//! [--allow SPIFFE_ID]...` (`--help` explains each flag)
+//! [--allow SPIFFE_ID]... [--xds] [--csds-port PORT]` (`--help` explains each flag)
 //!
 //! gRPC's standard `helloworld.Greeter`, replying `"<ID>: hello <name>"`, so reference
 //! clients (grpcio's, grpc-go's) and ours can call it. Plaintext by default; with `--mtls`
 //! it serves SPIFFE mTLS with the identity from `SPIFFE_ENDPOINT_SOCKET` (the Workload API)
 //! or from the certificate provider in `GRPC_XDS_BOOTSTRAP`, and verifies callers' SVIDs.
 //! `--allow` (repeatable) sets an authorization policy: only those SPIFFE IDs may call.
-//! Prints `listening on ADDR` once it accepts calls; stops gracefully on Ctrl-C or SIGTERM.
+//! With `--xds` the listener, mTLS and authorization come from the control plane of
+//! `GRPC_XDS_BOOTSTRAP` (gRFC A36: the Listener its `server_listener_resource_name_template`
+//! names for the listening address), each serving-state change printed on stderr.
+//! Prints `listening on ADDR` once it is bound; stops gracefully on Ctrl-C or SIGTERM.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -15,10 +18,10 @@ use clap::Parser as _;
 use meshwork_examples::args::{self, Error, MtlsArgs, exit_code};
 use meshwork_examples::greeter::Greeter;
 use meshwork_examples::identity::svid_source;
-use meshwork_grpc::MeshServer;
 use meshwork_grpc::core::identity::{MtlsConfig, SpiffeId};
 use meshwork_grpc::core::inbound::{AuthorizationPolicy, Principal, Rule};
 use meshwork_grpc::core::xds::bootstrap::Bootstrap;
+use meshwork_grpc::{MeshServer, XdsClient};
 
 /// Serves gRPC's standard helloworld.Greeter, replying "ID: hello NAME" (NAME from the
 /// request), so reference clients (grpcio's, grpc-go's) and ours can call it.
@@ -53,6 +56,20 @@ struct Cli {
     /// caller is allowed.
     #[arg(long, value_name = "SPIFFE_ID")]
     allow: Vec<SpiffeId>,
+
+    /// Take the listener, mTLS and authorization from the xDS control plane of the
+    /// bootstrap named by GRPC_XDS_BOOTSTRAP (the Listener its
+    /// server_listener_resource_name_template names for HOST:PORT). Serving-state changes
+    /// are printed on stderr as "xds: serving" / "xds: not serving: REASON". --allow still
+    /// applies on top (both must allow).
+    #[arg(long, conflicts_with = "mtls")]
+    xds: bool,
+
+    /// With --xds, serve CSDS (gRFC A40: the xDS client's view of every resource) in
+    /// plaintext on 127.0.0.1:PORT; 0 picks a free port. The address is printed on stderr as
+    /// "csds: serving on ADDRESS".
+    #[arg(long, value_name = "PORT", requires = "xds")]
+    csds_port: Option<u16>,
 }
 
 #[tokio::main]
@@ -70,11 +87,20 @@ async fn run(cli: Cli) -> Result<(), Error> {
             cert_provider,
         },
         allow,
+        xds,
+        csds_port,
     } = cli;
     let id = id.unwrap_or_else(|| format!("greeter-{port}"));
 
     let greeter = Greeter::new(&id);
-    let mut server = if mtls {
+    let mut server = if xds {
+        let bootstrap = Bootstrap::from_env()?;
+        let client = XdsClient::builder(&bootstrap)?.start();
+        if let Some(port) = csds_port {
+            meshwork_examples::csds::serve(client.clone(), port).await?;
+        }
+        MeshServer::from_xds(&client).on_serving_state(|state| eprintln!("xds: {state}"))
+    } else if mtls {
         let bootstrap = match std::env::var_os("GRPC_XDS_BOOTSTRAP") {
             Some(_) => Some(Bootstrap::from_env()?),
             None => None,
@@ -156,5 +182,13 @@ mod tests {
         assert_eq!(cli.mtls.cert_provider.as_deref(), Some("p"));
         let allow: Vec<String> = cli.allow.iter().map(ToString::to_string).collect();
         assert_eq!(allow, ["spiffe://a.org/b", "spiffe://a.org/c"]);
+        assert!(!cli.xds);
+
+        let cli = Cli::try_parse_from(["greeter-server", "--xds", "--csds-port", "0"]).unwrap();
+        assert!(cli.xds);
+        assert_eq!(cli.csds_port, Some(0));
+        // xDS brings its own TLS; CSDS needs the xDS client.
+        assert!(Cli::try_parse_from(["greeter-server", "--xds", "--mtls"]).is_err());
+        assert!(Cli::try_parse_from(["greeter-server", "--csds-port", "0"]).is_err());
     }
 }

@@ -21,6 +21,7 @@
 
 mod authorizer;
 mod bundle;
+mod downstream_stub;
 mod error;
 mod file_watcher;
 mod peer;

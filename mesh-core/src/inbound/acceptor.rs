@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
 use super::limits::ServerLimits;
+use super::xds::{ChainSlot, ListenerState};
 use crate::identity::{IdentityError, MtlsConfig, PeerIdentity};
 
 /// How long accepting pauses after `accept` fails (out of file descriptors, mostly): the
@@ -34,21 +35,36 @@ pub struct ConnectionInfo {
     remote_addr: SocketAddr,
     local_addr: SocketAddr,
     peer: Option<PeerIdentity>,
+    tls: bool,
 }
 
 impl ConnectionInfo {
     /// Information about a connection from `remote_addr` to `local_addr`, with the peer's
-    /// verified identity when it presented an SVID.
+    /// verified identity when it presented an SVID. A connection with a peer identity is a
+    /// TLS one; see [`tls`](Self::tls) for TLS without a client certificate.
     pub fn new(
         remote_addr: SocketAddr,
         local_addr: SocketAddr,
         peer: Option<PeerIdentity>,
     ) -> Self {
+        let tls = peer.is_some();
         Self {
             remote_addr,
             local_addr,
             peer,
+            tls,
         }
+    }
+
+    /// Marks the connection as TLS (or not), e.g. TLS whose client sent no certificate.
+    pub fn tls(mut self, tls: bool) -> Self {
+        self.tls = tls || self.peer.is_some();
+        self
+    }
+
+    /// Whether the connection is TLS, with or without a client certificate.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The client's address.
@@ -74,6 +90,8 @@ pub struct InboundStream {
     peer_not_after: Option<SystemTime>,
     /// The connection's slot under [`ServerLimits::max_connections`], freed on drop.
     _slot: Option<OwnedSemaphorePermit>,
+    /// The xDS filter chain that accepted it (xDS-driven servers only).
+    chain: Option<Arc<ChainSlot>>,
 }
 
 enum Io {
@@ -91,6 +109,11 @@ impl InboundStream {
     /// the certificates it presented (`None` on plaintext).
     pub fn peer_not_after(&self) -> Option<SystemTime> {
         self.peer_not_after
+    }
+
+    /// The xDS filter chain that accepted this connection.
+    pub(crate) fn chain(&self) -> Option<&Arc<ChainSlot>> {
+        self.chain.as_ref()
     }
 
     /// The ALPN protocol the TLS handshake agreed on (`None` on plaintext or without ALPN).
@@ -220,7 +243,7 @@ impl Listener {
 /// and verifier read the SVID source on every handshake, so rotation needs no rebuild.
 pub struct MeshAcceptor {
     listener: Listener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Tls,
     limits: ServerLimits,
     handshakes: FuturesUnordered<Handshake>,
     /// The handshakes in progress by age (ids grow), to drop the oldest when full.
@@ -234,7 +257,7 @@ impl fmt::Debug for MeshAcceptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MeshAcceptor")
             .field("local_addr", &self.listener.local_addr().ok())
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.tls)
             .field("limits", &self.limits)
             .field("handshakes_in_progress", &self.handshakes.len())
             .finish()
@@ -249,17 +272,24 @@ impl MeshAcceptor {
         let config = Arc::new(mtls.server_config()?);
         Ok(Self::with_tls(
             Listener::Tcp(listener),
-            Some(tokio_rustls::TlsAcceptor::from(config)),
+            Tls::Fixed(Some(tokio_rustls::TlsAcceptor::from(config))),
         ))
+    }
+
+    /// Accepts connections as the served xDS Listener's filter chains say: each connection
+    /// takes the TLS of the chain that matches it, and is closed when none does or while the
+    /// server is not serving.
+    pub(crate) fn xds(listener: TcpListener, state: Arc<ListenerState>) -> Self {
+        Self::with_tls(Listener::Tcp(listener), Tls::Xds(state))
     }
 
     /// Accepts plaintext connections (no identity; an authorization policy that names
     /// principals denies their requests).
     pub fn plaintext(listener: TcpListener) -> Self {
-        Self::with_tls(Listener::Tcp(listener), None)
+        Self::with_tls(Listener::Tcp(listener), Tls::Fixed(None))
     }
 
-    fn with_tls(listener: Listener, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    fn with_tls(listener: Listener, tls: Tls) -> Self {
         Self {
             listener,
             tls,
@@ -319,10 +349,20 @@ impl MeshAcceptor {
             oldest.abort();
         }
         let local_addr = tcp.local_addr().unwrap_or(remote_addr);
+        let (tls, chain) = match &self.tls {
+            Tls::Fixed(tls) => (tls.clone(), None),
+            Tls::Xds(state) => match state.choose(local_addr, remote_addr) {
+                Ok(chain) => (chain.tls().cloned(), Some(chain)),
+                Err(why) => {
+                    tracing::debug!(%remote_addr, %why, "closing a new connection");
+                    return;
+                }
+            },
+        };
         let _ = tcp.set_nodelay(true);
         let id = self.next_id;
         self.next_id += 1;
-        let Some(tls) = self.tls.clone() else {
+        let Some(tls) = tls else {
             let info = ConnectionInfo::new(remote_addr, local_addr, None);
             self.handshakes.push(Box::pin(std::future::ready((
                 id,
@@ -331,6 +371,7 @@ impl MeshAcceptor {
                     info,
                     peer_not_after: None,
                     _slot: slot,
+                    chain,
                 }),
             ))));
             return;
@@ -345,12 +386,13 @@ impl MeshAcceptor {
                         .1
                         .peer_certificates()
                         .and_then(earliest_not_after);
-                    let info = ConnectionInfo::new(remote_addr, local_addr, peer);
+                    let info = ConnectionInfo::new(remote_addr, local_addr, peer).tls(true);
                     Some(InboundStream {
                         io: Io::Tls(Box::new(stream)),
                         info,
                         peer_not_after,
                         _slot: slot,
+                        chain,
                     })
                 }
                 Ok(Err(error)) => {
@@ -367,6 +409,24 @@ impl MeshAcceptor {
         self.handshakes.push(Box::pin(
             async move { (id, handshake.await.ok().flatten()) },
         ));
+    }
+}
+
+/// Where a connection's TLS comes from.
+enum Tls {
+    /// One configuration for every connection (`None`: plaintext).
+    Fixed(Option<tokio_rustls::TlsAcceptor>),
+    /// The filter chain of the served xDS Listener that matches the connection.
+    Xds(Arc<ListenerState>),
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tls::Fixed(Some(_)) => "mtls",
+            Tls::Fixed(None) => "plaintext",
+            Tls::Xds(_) => "xds",
+        })
     }
 }
 
@@ -499,7 +559,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn accept_errors_pause_the_loop() {
         let attempts = Arc::new(AtomicUsize::new(0));
-        let mut acceptor = MeshAcceptor::with_tls(Listener::Failing(attempts.clone()), None);
+        let mut acceptor =
+            MeshAcceptor::with_tls(Listener::Failing(attempts.clone()), Tls::Fixed(None));
         let polled = tokio::time::timeout(Duration::from_secs(10), acceptor.next()).await;
         assert!(polled.is_err(), "a failing listener yields nothing");
         let attempts = attempts.load(Ordering::Relaxed);

@@ -201,13 +201,13 @@ pin_project! {
 }
 
 impl<F, RB> InboundFuture<F, RB> {
-    fn inner(future: F) -> Self {
+    pub(crate) fn inner(future: F) -> Self {
         Self {
             state: State::Inner { future },
         }
     }
 
-    fn denied(response: http::Response<RB>) -> Self {
+    pub(crate) fn denied(response: http::Response<RB>) -> Self {
         Self {
             state: State::Denied {
                 response: Some(response),

@@ -19,6 +19,7 @@
 //! be normalised is refused (`grpc-status: 13` or `400 Bad Request`).
 
 mod acceptor;
+mod chain_select;
 mod layer;
 mod limits;
 mod policy;
@@ -27,6 +28,7 @@ mod rbac;
 mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod xds;
 
 pub use acceptor::{ConnectionInfo, InboundStream, MeshAcceptor};
 pub use layer::{AuthorizationDenied, Inbound, InboundFuture, InboundLayer};
@@ -38,6 +40,9 @@ pub use policy::{
 pub use rbac::{RbacAttributes, RbacDecision, RbacEngine};
 #[cfg(feature = "server")]
 pub use serve::{HttpVersions, ServeError, serve};
+pub use xds::{
+    NotServing, ServingCallback, ServingState, XdsInbound, XdsInboundLayer, XdsRefusal, XdsServing,
+};
 
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tower::{BoxError, Service};
 
+use super::xds::ChainSlot;
 use super::{ConnectionInfo, MeshAcceptor, ServerLimits};
 use crate::identity::IdentityError;
 
@@ -34,6 +35,13 @@ pub enum ServeError {
     /// The server's TLS configuration could not be built from its identity.
     #[error("the server's TLS configuration: {0}")]
     Tls(#[from] IdentityError),
+    /// An xDS-driven server cannot name its Listener: the bootstrap has no
+    /// `server_listener_resource_name_template`, or the name it gives is invalid.
+    #[error("the server's xDS Listener name: {0}")]
+    XdsListenerName(#[from] meshwork_xds::bootstrap::BootstrapError),
+    /// The listening socket's address could not be read.
+    #[error("the listening socket: {0}")]
+    Listener(#[from] io::Error),
 }
 
 /// Which HTTP versions a server speaks on its connections.
@@ -107,6 +115,8 @@ pub async fn serve<S, B, F>(
         };
         let (active, active_rx) = watch::channel(0);
         let (heard_tx, heard) = oneshot::channel();
+        let chain = stream.chain().cloned();
+        let drain = chain.as_ref().map(|c| c.drained());
         let stream = Heard {
             io: stream,
             heard: Some(heard_tx),
@@ -114,6 +124,7 @@ pub async fn serve<S, B, F>(
         let svc = Tracked {
             inner: service.clone(),
             info: stream.io.info().clone(),
+            chain,
             active: Arc::new(active),
         };
         let conn = builder
@@ -126,6 +137,7 @@ pub async fn serve<S, B, F>(
                 idle_timeout: limits.idle_timeout,
                 grace: limits.drain_grace,
                 silence: (heard, limits.header_read_timeout),
+                drain,
             },
             active_rx,
             shutdown_rx.clone(),
@@ -183,6 +195,8 @@ struct Plan {
     grace: Duration,
     /// The client's first bytes after the handshake, and how long to wait for them.
     silence: (oneshot::Receiver<()>, Duration),
+    /// Set when the xDS filter chain that accepted the connection is replaced or removed.
+    drain: Option<watch::Receiver<bool>>,
 }
 
 // A function of its own, generic over the connection, so that the spawned future's `Send`
@@ -214,6 +228,15 @@ fn spawn_connection<C>(
                 std::future::pending::<()>().await;
             }
         });
+        let drain = plan.drain;
+        let mut replaced = pin!(async move {
+            if let Some(mut drain) = drain
+                && drain.wait_for(|d| *d).await.is_ok()
+            {
+                return;
+            }
+            std::future::pending::<()>().await;
+        });
         // Armed when a drain starts; until then far enough away never to fire.
         let mut grace = pin!(tokio::time::sleep(Duration::from_secs(365 * 24 * 60 * 60)));
         let mut draining = false;
@@ -237,6 +260,14 @@ fn spawn_connection<C>(
                 () = &mut silent, if !draining => {
                     tracing::debug!(?silence, "closing an inbound connection whose client sent nothing after its handshake");
                     break;
+                }
+                // A36: connections of a filter chain that a Listener update replaced or
+                // removed finish their requests and close; new connections take the new chains.
+                () = &mut replaced, if !draining => {
+                    tracing::debug!("draining an inbound connection whose xDS filter chain changed");
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                    grace.as_mut().reset(Instant::now() + plan.grace);
                 }
                 () = &mut idle, if !draining => {
                     tracing::debug!("closing an idle inbound connection");
@@ -364,6 +395,8 @@ impl Drop for Active {
 struct Tracked<S> {
     inner: S,
     info: ConnectionInfo,
+    /// The xDS filter chain of the connection, for the per-request xDS layer.
+    chain: Option<Arc<ChainSlot>>,
     active: Arc<watch::Sender<usize>>,
 }
 
@@ -381,6 +414,9 @@ where
 
     fn call(&mut self, mut req: http::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.info.clone());
+        if let Some(chain) = &self.chain {
+            req.extensions_mut().insert(chain.clone());
+        }
         TrackedFuture {
             active: Some(Active::new(&self.active)),
             inner: self.inner.call(req),

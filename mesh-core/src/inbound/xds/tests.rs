@@ -1,0 +1,319 @@
+//! The xDS-driven server over real connections: a Listener decoded from the protos a
+//! control plane sends, served by `serve` behind `XdsInboundLayer`, called with hyper.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3 as core_pb;
+use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
+use envoy_types::pb::envoy::config::rbac::v3 as rbac_pb;
+use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter_pb;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
+use envoy_types::pb::google::protobuf::Any;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::rt::TokioIo;
+use meshwork_xds::resource::ServerListener;
+use prost::{Message, Name};
+use tokio::net::{TcpListener, TcpStream};
+use tower::Layer as _;
+
+use super::XdsInboundLayer;
+use super::slot::ChainTls;
+use super::state::ListenerState;
+use super::watch_stub::ServerConfig;
+use crate::identity::CertificateProviders;
+use crate::inbound::{HttpVersions, MeshAcceptor, serve};
+
+fn pack<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// An RBAC filter that allows requests whose `x-allow` header is `value`.
+fn allow_header(value: &str) -> hcm_pb::HttpFilter {
+    let header = route_pb::HeaderMatcher {
+        name: "x-allow".into(),
+        header_match_specifier: Some(route_pb::header_matcher::HeaderMatchSpecifier::StringMatch(
+            matcher_pb::StringMatcher {
+                match_pattern: Some(matcher_pb::string_matcher::MatchPattern::Exact(
+                    value.into(),
+                )),
+                ignore_case: false,
+            },
+        )),
+        ..Default::default()
+    };
+    let policy = rbac_pb::Policy {
+        permissions: vec![rbac_pb::Permission {
+            rule: Some(rbac_pb::permission::Rule::Header(header)),
+        }],
+        principals: vec![rbac_pb::Principal {
+            identifier: Some(rbac_pb::principal::Identifier::Any(true)),
+        }],
+        ..Default::default()
+    };
+    let rbac = rbac_filter_pb::Rbac {
+        rules: Some(rbac_pb::Rbac {
+            action: rbac_pb::rbac::Action::Allow as i32,
+            policies: [("allow-header".to_owned(), policy)].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    hcm_pb::HttpFilter {
+        name: "envoy.filters.http.rbac".into(),
+        config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(pack(&rbac))),
+        ..Default::default()
+    }
+}
+
+/// A route for paths under `prefix`: non-forwarding, or to a cluster.
+fn route(prefix: &str, non_forwarding: bool) -> route_pb::Route {
+    route_pb::Route {
+        r#match: Some(route_pb::RouteMatch {
+            path_specifier: Some(route_pb::route_match::PathSpecifier::Prefix(prefix.into())),
+            ..Default::default()
+        }),
+        action: Some(if non_forwarding {
+            route_pb::route::Action::NonForwardingAction(route_pb::NonForwardingAction {})
+        } else {
+            route_pb::route::Action::Route(route_pb::RouteAction {
+                cluster_specifier: Some(route_pb::route_action::ClusterSpecifier::Cluster(
+                    "elsewhere".into(),
+                )),
+                ..Default::default()
+            })
+        }),
+        ..Default::default()
+    }
+}
+
+/// A plaintext Listener at `addr` with one chain (matching `source_ports`, if any): routes
+/// `/served` non-forwarding and `/forwarded` to a cluster, RBAC allowing `x-allow: value`.
+fn listener(addr: SocketAddr, value: &str, source_ports: Vec<u32>) -> ServerConfig {
+    let routes = route_pb::RouteConfiguration {
+        name: "inbound".into(),
+        virtual_hosts: vec![route_pb::VirtualHost {
+            name: "inbound|all".into(),
+            domains: vec!["*".into()],
+            routes: vec![route("/served", true), route("/forwarded", false)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let router = hcm_pb::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(pack(
+            &Router::default(),
+        ))),
+        ..Default::default()
+    };
+    let hcm = hcm_pb::HttpConnectionManager {
+        route_specifier: Some(hcm_pb::http_connection_manager::RouteSpecifier::RouteConfig(routes)),
+        http_filters: vec![allow_header(value), router],
+        ..Default::default()
+    };
+    let chain = listener_pb::FilterChain {
+        name: "inbound-plaintext".into(),
+        filter_chain_match: Some(listener_pb::FilterChainMatch {
+            source_ports,
+            ..Default::default()
+        }),
+        filters: vec![listener_pb::Filter {
+            name: "envoy.filters.network.http_connection_manager".into(),
+            config_type: Some(listener_pb::filter::ConfigType::TypedConfig(pack(&hcm))),
+        }],
+        ..Default::default()
+    };
+    let proto = listener_pb::Listener {
+        name: format!("inbound/{addr}"),
+        address: Some(core_pb::Address {
+            address: Some(core_pb::address::Address::SocketAddress(
+                core_pb::SocketAddress {
+                    address: addr.ip().to_string(),
+                    port_specifier: Some(core_pb::socket_address::PortSpecifier::PortValue(
+                        u32::from(addr.port()),
+                    )),
+                    ..Default::default()
+                },
+            )),
+        }),
+        filter_chains: vec![chain],
+        ..Default::default()
+    };
+    ServerConfig {
+        listener: Arc::new(ServerListener::decode(&proto.encode_to_vec()).unwrap()),
+        routes: BTreeMap::new(),
+    }
+}
+
+struct Fixture {
+    addr: SocketAddr,
+    state: Arc<ListenerState>,
+    providers: CertificateProviders,
+}
+
+impl Fixture {
+    /// A server on 127.0.0.1:0 whose application answers 200, not serving yet.
+    async fn start() -> Self {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let state = Arc::new(ListenerState::default());
+        let app = XdsInboundLayer::new().layer(tower::service_fn(
+            |_req: http::Request<hyper::body::Incoming>| async {
+                Ok::<_, Infallible>(http::Response::new(Empty::<bytes::Bytes>::new()))
+            },
+        ));
+        let acceptor = MeshAcceptor::xds(tcp, state.clone());
+        tokio::spawn(serve(
+            acceptor,
+            HttpVersions::Any,
+            app,
+            std::future::pending(),
+        ));
+        let bootstrap = meshwork_xds::bootstrap::Bootstrap::from_json_str(
+            r#"{"xds_servers": [{"server_uri": "localhost:1", "channel_creds": [{"type": "insecure"}]}], "node": {"id": "n"}}"#,
+        )
+        .unwrap();
+        Self {
+            addr,
+            state,
+            providers: CertificateProviders::from_bootstrap(&bootstrap),
+        }
+    }
+
+    fn serve(&self, config: &ServerConfig) {
+        let tls = ChainTls {
+            providers: &self.providers,
+            alpn: &[],
+        };
+        self.state.serve(config, &tls).unwrap();
+    }
+}
+
+/// An HTTP/1.1 connection to `addr`: its sender, and a handle that ends when the server
+/// closes the connection.
+async fn connect(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (sender, closed)
+}
+
+async fn get(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
+    path: &str,
+    allow: Option<&str>,
+) -> u16 {
+    let mut req = http::Request::get(path).header("host", "greeter");
+    if let Some(value) = allow {
+        req = req.header("x-allow", value);
+    }
+    sender.ready().await.unwrap();
+    let rsp = tokio::time::timeout(
+        Duration::from_secs(10),
+        sender.send_request(req.body(Empty::new()).unwrap()),
+    )
+    .await
+    .expect("answered within 10 s")
+    .unwrap();
+    let status = rsp.status().as_u16();
+    let _ = rsp.into_body().collect().await;
+    status
+}
+
+/// Whether the server closes a fresh TCP connection without a byte.
+async fn closed_on_arrival(addr: SocketAddr) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn routes_and_rbac_of_the_matched_chain_decide_each_request() {
+    let f = Fixture::start().await;
+    assert!(
+        closed_on_arrival(f.addr).await,
+        "not serving before a Listener"
+    );
+
+    f.serve(&listener(f.addr, "yes", vec![]));
+    let (mut conn, _closed) = connect(f.addr).await;
+    assert_eq!(get(&mut conn, "/served/x", Some("yes")).await, 200);
+    assert_eq!(get(&mut conn, "/served/x", Some("no")).await, 403);
+    assert_eq!(get(&mut conn, "/served/x", None).await, 403);
+    // A36: only non-forwarding routes are served; no route at all is the same.
+    assert_eq!(get(&mut conn, "/forwarded", Some("yes")).await, 503);
+    assert_eq!(get(&mut conn, "/nowhere", Some("yes")).await, 503);
+}
+
+#[tokio::test]
+async fn an_rbac_change_applies_to_the_next_request_on_the_same_connection() {
+    let f = Fixture::start().await;
+    f.serve(&listener(f.addr, "yes", vec![]));
+    let (mut conn, closed) = connect(f.addr).await;
+    assert_eq!(get(&mut conn, "/served", Some("yes")).await, 200);
+
+    // Same match, same TLS: the connection stays and sees the new policy.
+    f.serve(&listener(f.addr, "other", vec![]));
+    assert_eq!(get(&mut conn, "/served", Some("yes")).await, 403);
+    assert_eq!(get(&mut conn, "/served", Some("other")).await, 200);
+    assert!(!closed.is_finished());
+}
+
+#[tokio::test]
+async fn a_replaced_chain_drains_its_connections_and_new_ones_take_the_new_chain() {
+    let f = Fixture::start().await;
+    f.serve(&listener(f.addr, "yes", vec![]));
+    let (mut conn, closed) = connect(f.addr).await;
+    assert_eq!(get(&mut conn, "/served", Some("yes")).await, 200);
+
+    // A different match (that still takes loopback callers): the old chain's connections
+    // drain (HTTP/1.1: closed once idle).
+    let mut changed = listener(f.addr, "new", vec![]);
+    Arc::make_mut(&mut changed.listener).filter_chains[0]
+        .filter_match
+        .source_type = meshwork_xds::resource::SourceType::SameIpOrLoopback;
+    f.serve(&changed);
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the replaced chain's connection was closed")
+        .unwrap();
+    let (mut fresh, _closed) = connect(f.addr).await;
+    assert_eq!(get(&mut fresh, "/served", Some("new")).await, 200);
+}
+
+#[tokio::test]
+async fn not_serving_closes_new_connections_and_drains_the_old() {
+    let f = Fixture::start().await;
+    f.serve(&listener(f.addr, "yes", vec![]));
+    let (mut conn, closed) = connect(f.addr).await;
+    assert_eq!(get(&mut conn, "/served", Some("yes")).await, 200);
+    f.state.stop();
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("connections drain when the server stops serving")
+        .unwrap();
+    assert!(closed_on_arrival(f.addr).await);
+}
