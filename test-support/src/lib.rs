@@ -10,6 +10,8 @@
 //!   the bootstrap fragment that reads them; static cluster states.
 //! - `backend` (feature `backend`): a loopback HTTP/2 server that numbers its connections
 //!   and can hold a request, serving a handler the test gives it.
+//! - `envoy` (feature `envoy`): Envoy started from a test's bootstrap, killed on drop,
+//!   with the admin reads a test needs (a listener's bound port, counters).
 //! - `xds` (feature `xds`): xDS clients, a control plane that never answers, snapshots.
 //! - [`refused_addr`]: an address where connecting is refused.
 //!
@@ -22,6 +24,8 @@ pub mod backend;
 pub mod certs;
 #[cfg(feature = "core")]
 pub mod cluster;
+#[cfg(feature = "envoy")]
+pub mod envoy;
 pub mod peers;
 #[cfg(feature = "xds")]
 pub mod xds;
