@@ -19,6 +19,7 @@
 //! be normalised is refused (`grpc-status: 13` or `400 Bad Request`).
 
 mod acceptor;
+mod chain_select;
 mod layer;
 mod limits;
 mod policy;
