@@ -5,12 +5,13 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use meshwork_xds::bootstrap::{Bootstrap, CertificateProviderConfig};
-use meshwork_xds::resource::UpstreamTls;
+use meshwork_xds::resource::{DownstreamTls, UpstreamTls};
 use tokio::sync::watch;
 
 use super::error::IdentityError;
 use super::file_watcher::FileWatcherSource;
 use super::source::{IdentitySnapshot, SourceStatus, SvidSource};
+use super::tls::{ClientAuth, MtlsConfig};
 
 /// The certificate provider instances a bootstrap defines, by name, each started (a
 /// [`FileWatcherSource`]) the first time xDS security configuration refers to it and shared
@@ -18,7 +19,9 @@ use super::source::{IdentitySnapshot, SourceStatus, SvidSource};
 ///
 /// A cluster's `UpstreamTlsContext` names one instance for our identity and one for the
 /// roots (Istio: `default` and `ROOTCA`, often the same instance);
-/// [`for_upstream`](Self::for_upstream) gives the source that combines them. Starting an
+/// [`for_upstream`](Self::for_upstream) gives the source that combines them, and
+/// [`for_downstream`](Self::for_downstream) a server's TLS from a filter chain's
+/// `DownstreamTlsContext`. Starting an
 /// instance loads its files at once, so a missing or malformed file is an error there and
 /// then; later rotations that fail keep the last good material (see [`FileWatcherSource`]).
 /// A failed start is not cached: the next use tries again.
@@ -89,6 +92,52 @@ impl CertificateProviders {
                 roots,
             })),
         }
+    }
+}
+
+impl CertificateProviders {
+    /// A server's TLS from a filter chain's `DownstreamTlsContext` (gRFC A29): it presents
+    /// the identity instance's SVID and, with a root instance, verifies client SVIDs
+    /// against its bundles, requiring one when `require_client_certificate` is set and
+    /// accepting a client without one otherwise ([`ClientAuth`]); without a root instance
+    /// clients are not asked for a certificate. Any verified client is allowed
+    /// ([`Authorizer::Any`](super::Authorizer::Any)): the chain's RBAC filters authorize.
+    ///
+    /// The instances must provide what they are used for, else
+    /// [`IdentityError::IncompleteCertificateProvider`]: every handshake would fail.
+    /// Rotation needs nothing more: each handshake reads the instances' current material.
+    pub fn for_downstream(&self, tls: &DownstreamTls) -> Result<MtlsConfig, IdentityError> {
+        let identity = self.instance(&tls.identity.instance_name)?;
+        if identity.snapshot().svid.is_none() {
+            return Err(IdentityError::IncompleteCertificateProvider {
+                instance: tls.identity.instance_name.clone(),
+                missing: "identity certificate",
+            });
+        }
+        let Some(root) = &tls.root else {
+            return Ok(MtlsConfig::new(identity).client_auth(ClientAuth::None));
+        };
+        let roots = self.instance(&root.instance_name)?;
+        if roots.snapshot().bundles.is_empty() {
+            return Err(IdentityError::IncompleteCertificateProvider {
+                instance: root.instance_name.clone(),
+                missing: "root certificates",
+            });
+        }
+        let source = if root.instance_name == tls.identity.instance_name {
+            roots
+        } else {
+            Arc::new(Combined {
+                identity: Some(identity),
+                roots,
+            })
+        };
+        let client_auth = if tls.require_client_certificate {
+            ClientAuth::Required
+        } else {
+            ClientAuth::Optional
+        };
+        Ok(MtlsConfig::new(source).client_auth(client_auth))
     }
 }
 
@@ -219,6 +268,180 @@ mod tests {
                 .svid
                 .is_none()
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// One handshake over loopback TCP plus a one-byte echo; the server's result is the
+    /// client identity it saw, the client's whether the echo came back (in TLS 1.3 a client
+    /// learns that the server refused its certificate only when it reads).
+    async fn handshake(
+        server: rustls::ServerConfig,
+        client: rustls::ClientConfig,
+    ) -> (
+        Result<Option<crate::identity::PeerIdentity>, std::io::Error>,
+        Result<(), std::io::Error>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let server = async move {
+            let (tcp, _) = listener.accept().await?;
+            let mut tls = acceptor.accept(tcp).await?;
+            let peer = crate::identity::PeerIdentity::from_server_stream(&tls);
+            let mut b = [0u8; 1];
+            tls.read_exact(&mut b).await?;
+            tls.write_all(&b).await?;
+            tls.flush().await?;
+            Ok(peer)
+        };
+        let client = async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls_pki_types::ServerName::try_from("ignored.example").unwrap();
+            let mut tls = connector.connect(name, tcp).await?;
+            tls.write_all(b"x").await?;
+            tls.flush().await?;
+            let mut b = [0u8; 1];
+            tls.read_exact(&mut b).await?;
+            Ok(())
+        };
+        tokio::join!(server, client)
+    }
+
+    fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+        e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
+    }
+
+    /// A29's three server modes, each against a client with a good SVID, one from another
+    /// CA of the same trust domain, and one without a certificate.
+    #[tokio::test]
+    async fn downstream_tls_requires_accepts_or_skips_client_certificates() {
+        use crate::identity::testing::Flaw;
+        use crate::identity::{MtlsConfig, StaticSource, VerifyError};
+
+        let ca = TestCa::new("example.org");
+        let stranger = TestCa::new("example.org");
+        let (dir, bootstrap) = setup(&ca);
+        let providers = CertificateProviders::from_bootstrap(&bootstrap);
+        let client = |svid: Option<crate::identity::Svid>| {
+            MtlsConfig::new(Arc::new(StaticSource::new(svid, ca.bundles())))
+                .client_config()
+                .unwrap()
+        };
+        let good = || client(Some(ca.svid("/ns/default/sa/good")));
+        let other_ca = || {
+            client(Some(
+                stranger
+                    .mint("/ns/default/sa/good", Flaw::None)
+                    .svid()
+                    .unwrap(),
+            ))
+        };
+        let no_cert = || client(None);
+        let good_id = "spiffe://example.org/ns/default/sa/good";
+
+        // Istio's shape: identity and roots from one instance, client certificates required.
+        let required = providers
+            .for_downstream(&DownstreamTls {
+                identity: instance("both", "default"),
+                root: Some(instance("both", "ROOTCA")),
+                require_client_certificate: true,
+            })
+            .unwrap();
+        let server = || required.server_config().unwrap();
+        let (s, c) = handshake(server(), good()).await;
+        assert_eq!(s.unwrap().unwrap().spiffe_id().to_string(), good_id);
+        c.unwrap();
+        let (s, c) = handshake(server(), other_ca()).await;
+        assert!(
+            matches!(
+                VerifyError::from_io(s.as_ref().unwrap_err()),
+                Some(VerifyError::UntrustedRoot { .. })
+            ),
+            "{s:?}"
+        );
+        c.unwrap_err();
+        let (s, c) = handshake(server(), no_cert()).await;
+        assert!(
+            matches!(
+                rustls_error(s.as_ref().unwrap_err()),
+                Some(rustls::Error::NoCertificatesPresented)
+            ),
+            "{s:?}"
+        );
+        c.unwrap_err();
+
+        // Roots from their own instance, client certificates optional: one sent is verified.
+        let optional = providers
+            .for_downstream(&DownstreamTls {
+                identity: instance("identity", "default"),
+                root: Some(instance("roots", "ROOTCA")),
+                require_client_certificate: false,
+            })
+            .unwrap();
+        let server = || optional.server_config().unwrap();
+        let (s, c) = handshake(server(), good()).await;
+        assert_eq!(s.unwrap().unwrap().spiffe_id().to_string(), good_id);
+        c.unwrap();
+        let (s, c) = handshake(server(), other_ca()).await;
+        assert!(
+            matches!(
+                VerifyError::from_io(s.as_ref().unwrap_err()),
+                Some(VerifyError::UntrustedRoot { .. })
+            ),
+            "{s:?}"
+        );
+        c.unwrap_err();
+        let (s, c) = handshake(server(), no_cert()).await;
+        assert!(s.unwrap().is_none(), "no client certificate is fine");
+        c.unwrap();
+
+        // No roots: clients are not asked, whatever they hold.
+        let none = providers
+            .for_downstream(&DownstreamTls {
+                identity: instance("identity", "default"),
+                root: None,
+                require_client_certificate: false,
+            })
+            .unwrap();
+        let server = || none.server_config().unwrap();
+        for (what, client) in [
+            ("good", good()),
+            ("other CA", other_ca()),
+            ("none", no_cert()),
+        ] {
+            let (s, c) = handshake(server(), client).await;
+            assert!(s.unwrap().is_none(), "{what}: no certificate was asked for");
+            c.unwrap();
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn downstream_tls_needs_instances_that_provide_what_they_are_used_for() {
+        let ca = TestCa::new("example.org");
+        let (dir, bootstrap) = setup(&ca);
+        let providers = CertificateProviders::from_bootstrap(&bootstrap);
+        let tls = |identity: &str, root: Option<&str>| DownstreamTls {
+            identity: instance(identity, "default"),
+            root: root.map(|r| instance(r, "ROOTCA")),
+            require_client_certificate: root.is_some(),
+        };
+        assert!(matches!(
+            providers.for_downstream(&tls("roots", None)),
+            Err(IdentityError::IncompleteCertificateProvider { instance, missing: "identity certificate" })
+                if instance == "roots"
+        ));
+        assert!(matches!(
+            providers.for_downstream(&tls("both", Some("identity"))),
+            Err(IdentityError::IncompleteCertificateProvider { instance, missing: "root certificates" })
+                if instance == "identity"
+        ));
+        assert!(matches!(
+            providers.for_downstream(&tls("both", Some("nope"))),
+            Err(IdentityError::UnknownCertificateProvider { instance }) if instance == "nope"
+        ));
         let _ = std::fs::remove_dir_all(dir);
     }
 
