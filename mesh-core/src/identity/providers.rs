@@ -418,6 +418,71 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A server configuration built once follows its instance's rotated roots: the
+    /// verifier reads the current bundles at each handshake.
+    #[tokio::test]
+    async fn downstream_tls_follows_rotated_roots_without_a_rebuild() {
+        use crate::identity::{MtlsConfig, StaticSource};
+
+        let ca = TestCa::new("example.org");
+        let next = TestCa::new("example.org");
+        let (dir, _) = setup(&ca);
+        let d = dir.display();
+        let bootstrap = Bootstrap::from_json_str(&format!(
+            r#"{{
+              "xds_servers": [{{"server_uri": "localhost:1", "channel_creds": [{{"type": "insecure"}}]}}],
+              "node": {{"id": "n"}},
+              "certificate_providers": {{
+                "fast": {{"plugin_name": "file_watcher", "config": {{
+                    "certificate_file": "{d}/cert.pem", "private_key_file": "{d}/key.pem",
+                    "ca_certificate_file": "{d}/root.pem", "refresh_interval": "0.010s"}}}}
+              }}
+            }}"#
+        ))
+        .unwrap();
+        let providers = CertificateProviders::from_bootstrap(&bootstrap);
+        let server = providers
+            .for_downstream(&DownstreamTls {
+                identity: instance("fast", "default"),
+                root: Some(instance("fast", "ROOTCA")),
+                require_client_certificate: true,
+            })
+            .unwrap()
+            .server_config()
+            .unwrap();
+        // Clients trust the server's certificate, which does not change.
+        let client = |of: &TestCa| {
+            MtlsConfig::new(Arc::new(StaticSource::new(
+                Some(of.svid("/ns/default/sa/caller")),
+                ca.bundles(),
+            )))
+            .client_config()
+            .unwrap()
+        };
+        handshake(server.clone(), client(&ca)).await.0.unwrap();
+        handshake(server.clone(), client(&next))
+            .await
+            .0
+            .unwrap_err();
+
+        let mut status = providers.instance("fast").unwrap().status();
+        let first = status.borrow_and_update().generation;
+        // Renamed into place so the watcher never reads half a file.
+        std::fs::write(dir.join("root.pem.new"), next.root_pem()).unwrap();
+        std::fs::rename(dir.join("root.pem.new"), dir.join("root.pem")).unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            status.wait_for(|s| s.generation > first),
+        )
+        .await
+        .expect("the watcher publishes the new roots")
+        .unwrap();
+
+        handshake(server.clone(), client(&next)).await.0.unwrap();
+        handshake(server, client(&ca)).await.0.unwrap_err();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[tokio::test]
     async fn downstream_tls_needs_instances_that_provide_what_they_are_used_for() {
         let ca = TestCa::new("example.org");
