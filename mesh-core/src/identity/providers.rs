@@ -281,36 +281,25 @@ mod tests {
         Result<Option<crate::identity::PeerIdentity>, std::io::Error>,
         Result<(), std::io::Error>,
     ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let server = async move {
-            let (tcp, _) = listener.accept().await?;
-            let mut tls = acceptor.accept(tcp).await?;
-            let peer = crate::identity::PeerIdentity::from_server_stream(&tls);
-            let mut b = [0u8; 1];
-            tls.read_exact(&mut b).await?;
-            tls.write_all(&b).await?;
-            tls.flush().await?;
-            Ok(peer)
-        };
-        let client = async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let name = rustls_pki_types::ServerName::try_from("ignored.example").unwrap();
-            let mut tls = connector.connect(name, tcp).await?;
-            tls.write_all(b"x").await?;
-            tls.flush().await?;
-            let mut b = [0u8; 1];
-            tls.read_exact(&mut b).await?;
-            Ok(())
-        };
-        tokio::join!(server, client)
+        let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (c, s) =
+            super::super::tests::handshake_over(c.unwrap(), s.unwrap().0, client, server).await;
+        (s, c.map(drop))
     }
 
-    fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
-        e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
+    /// What a server makes of a client.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Outcome {
+        /// The handshake succeeds and the server saw the client's SVID.
+        Verified,
+        /// The handshake succeeds without a client identity.
+        Anonymous,
+        /// The server refuses the client's certificate (chain to an unknown root).
+        Untrusted,
+        /// The server refuses a client without a certificate.
+        NoCertificate,
     }
 
     /// A29's three server modes, each against a client with a good SVID, one from another
@@ -319,6 +308,7 @@ mod tests {
     async fn downstream_tls_requires_accepts_or_skips_client_certificates() {
         use crate::identity::testing::Flaw;
         use crate::identity::{MtlsConfig, StaticSource, VerifyError};
+        use Outcome::*;
 
         let ca = TestCa::new("example.org");
         let stranger = TestCa::new("example.org");
@@ -329,91 +319,69 @@ mod tests {
                 .client_config()
                 .unwrap()
         };
-        let good = || client(Some(ca.svid("/ns/default/sa/good")));
-        let other_ca = || {
-            client(Some(
-                stranger
-                    .mint("/ns/default/sa/good", Flaw::None)
-                    .svid()
-                    .unwrap(),
-            ))
+        let clients = || {
+            [
+                ("good", client(Some(ca.svid("/ns/default/sa/good")))),
+                (
+                    "other CA",
+                    client(Some(
+                        stranger
+                            .mint("/ns/default/sa/good", Flaw::None)
+                            .svid()
+                            .unwrap(),
+                    )),
+                ),
+                ("no certificate", client(None)),
+            ]
         };
-        let no_cert = || client(None);
-        let good_id = "spiffe://example.org/ns/default/sa/good";
-
-        // Istio's shape: identity and roots from one instance, client certificates required.
-        let required = providers
-            .for_downstream(&DownstreamTls {
-                identity: instance("both", "default"),
-                root: Some(instance("both", "ROOTCA")),
-                require_client_certificate: true,
-            })
-            .unwrap();
-        let server = || required.server_config().unwrap();
-        let (s, c) = handshake(server(), good()).await;
-        assert_eq!(s.unwrap().unwrap().spiffe_id().to_string(), good_id);
-        c.unwrap();
-        let (s, c) = handshake(server(), other_ca()).await;
-        assert!(
-            matches!(
-                VerifyError::from_io(s.as_ref().unwrap_err()),
-                Some(VerifyError::UntrustedRoot { .. })
+        let tls = |identity: &str, root: Option<&str>, required| DownstreamTls {
+            identity: instance(identity, "default"),
+            root: root.map(|r| instance(r, "ROOTCA")),
+            require_client_certificate: required,
+        };
+        let modes = [
+            // Istio's shape: identity and roots from one instance.
+            (
+                "required",
+                tls("both", Some("both"), true),
+                [Verified, Untrusted, NoCertificate],
             ),
-            "{s:?}"
-        );
-        c.unwrap_err();
-        let (s, c) = handshake(server(), no_cert()).await;
-        assert!(
-            matches!(
-                rustls_error(s.as_ref().unwrap_err()),
-                Some(rustls::Error::NoCertificatesPresented)
+            // Roots from their own instance; a certificate sent is still verified.
+            (
+                "optional",
+                tls("identity", Some("roots"), false),
+                [Verified, Untrusted, Anonymous],
             ),
-            "{s:?}"
-        );
-        c.unwrap_err();
-
-        // Roots from their own instance, client certificates optional: one sent is verified.
-        let optional = providers
-            .for_downstream(&DownstreamTls {
-                identity: instance("identity", "default"),
-                root: Some(instance("roots", "ROOTCA")),
-                require_client_certificate: false,
-            })
-            .unwrap();
-        let server = || optional.server_config().unwrap();
-        let (s, c) = handshake(server(), good()).await;
-        assert_eq!(s.unwrap().unwrap().spiffe_id().to_string(), good_id);
-        c.unwrap();
-        let (s, c) = handshake(server(), other_ca()).await;
-        assert!(
-            matches!(
-                VerifyError::from_io(s.as_ref().unwrap_err()),
-                Some(VerifyError::UntrustedRoot { .. })
-            ),
-            "{s:?}"
-        );
-        c.unwrap_err();
-        let (s, c) = handshake(server(), no_cert()).await;
-        assert!(s.unwrap().is_none(), "no client certificate is fine");
-        c.unwrap();
-
-        // No roots: clients are not asked, whatever they hold.
-        let none = providers
-            .for_downstream(&DownstreamTls {
-                identity: instance("identity", "default"),
-                root: None,
-                require_client_certificate: false,
-            })
-            .unwrap();
-        let server = || none.server_config().unwrap();
-        for (what, client) in [
-            ("good", good()),
-            ("other CA", other_ca()),
-            ("none", no_cert()),
-        ] {
-            let (s, c) = handshake(server(), client).await;
-            assert!(s.unwrap().is_none(), "{what}: no certificate was asked for");
-            c.unwrap();
+            ("none", tls("identity", None, false), [Anonymous; 3]),
+        ];
+        for (mode, tls, outcomes) in modes {
+            let config = providers.for_downstream(&tls).unwrap();
+            for ((who, client), want) in clients().into_iter().zip(outcomes) {
+                let (s, c) = handshake(config.server_config().unwrap(), client).await;
+                let got = match &s {
+                    Ok(Some(peer)) => {
+                        assert_eq!(
+                            peer.spiffe_id().to_string(),
+                            "spiffe://example.org/ns/default/sa/good"
+                        );
+                        Verified
+                    }
+                    Ok(None) => Anonymous,
+                    Err(e) => match VerifyError::from_io(e) {
+                        Some(VerifyError::UntrustedRoot { .. }) => Untrusted,
+                        _ if matches!(
+                            e.get_ref().and_then(|e| e.downcast_ref()),
+                            Some(rustls::Error::NoCertificatesPresented)
+                        ) =>
+                        {
+                            NoCertificate
+                        }
+                        _ => panic!("{mode}, {who}: {e}"),
+                    },
+                };
+                assert_eq!(got, want, "{mode}, {who}: {s:?}");
+                assert_eq!(c.is_ok(), s.is_ok(), "{mode}, {who}: the client saw {c:?}");
+            }
         }
         let _ = std::fs::remove_dir_all(dir);
     }
