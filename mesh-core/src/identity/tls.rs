@@ -17,9 +17,10 @@ use super::verifier::SpiffeVerifier;
 /// Builds rustls configurations for SPIFFE mTLS from an [`SvidSource`].
 ///
 /// Both sides present the source's current SVID and verify the peer with a
-/// [`SpiffeVerifier`] over the current bundles, so a rotation applies to the next handshake
-/// without rebuilding anything; connections already up are left alone. Session resumption
-/// is off: a resumed session would skip both the new certificate and the new bundles.
+/// [`SpiffeVerifier`] over the current bundles (a server asks clients for one as
+/// [`ClientAuth`] says), so a rotation applies to the next handshake without rebuilding
+/// anything; connections already up are left alone. Session resumption is off: a resumed
+/// session would skip both the new certificate and the new bundles.
 ///
 /// ```
 /// use std::sync::Arc;
