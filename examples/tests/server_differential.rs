@@ -6,11 +6,13 @@
 //! UNAVAILABLE, ...) is checked against a table written from A36 and A41, so the test fails
 //! when either server differs from the gRFCs, and therefore when they differ from each other.
 //!
-//! Each call is made twice, by gRPC's reference xDS client (`grpcio_greeter_client.py`) and
-//! by meshwork's `greeter-client`, resolving an `xds:///` target whose cluster points at the
+//! Each call is made by gRPC's reference xDS client (`grpcio_greeter_client.py`) and, when
+//! it calls SayHello (all it can call), by meshwork's `greeter-client`, both resolving an `xds:///` target whose cluster points at the
 //! server under test: in plaintext (a caller without any certificate), or with xDS-managed
 //! mTLS (gRFC A29: an `UpstreamTlsContext` with the caller's SVID from its bootstrap's
-//! `file_watcher` provider, and the server's SVID as SAN).
+//! `file_watcher` provider, and the server's SVID as SAN), or with TLS and no certificate.
+//! Each row of the table names the scenario, the caller, the client, the server, the method,
+//! the headers, the expected outcome and the one seen.
 //!
 //! Needs the interop venv (`MESHWORK_PEERS_VENV`, made by `scripts/test`).
 
@@ -21,14 +23,18 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::transport_socket;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
 use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use meshwork_core::identity::testing::TestCa;
 use meshwork_test_support::{peers, temp_dir, within};
 use meshwork_xds::bootstrap::Bootstrap;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
+use prost::Message as _;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt as _;
 
@@ -214,6 +220,8 @@ impl fmt::Display for Outcome {
 enum Caller {
     /// Plaintext: no TLS, no certificate.
     NoCert,
+    /// TLS that verifies the server but presents no certificate of its own.
+    TlsNoCert,
     /// `spiffe://example.org/ns/default/sa/client`: the exact principal the policies allow.
     Client,
     /// `spiffe://example.org/ns/team/sa/worker`: allowed by regex only.
@@ -227,7 +235,7 @@ impl Caller {
 
     fn svid_path(self) -> &'static str {
         match self {
-            Caller::NoCert => "",
+            Caller::NoCert | Caller::TlsNoCert => "",
             Caller::Client => "/ns/default/sa/client",
             Caller::Team => "/ns/team/sa/worker",
             Caller::Outsider => "/ns/default/sa/other",
@@ -278,21 +286,28 @@ struct Mesh {
 }
 
 impl Mesh {
-    /// The plaintext and mTLS `xds:///` targets of `server`.
-    fn targets(server: &Server) -> (String, String) {
-        let id = server.kind.id();
-        (format!("plain-{id}"), format!("mtls-{id}"))
+    /// The `xds:///` target through which `caller` reaches `server`: a cluster in plaintext,
+    /// with TLS and no client certificate, or with mTLS, the server's SVID as SAN either way.
+    fn target(server: &Server, caller: Caller) -> String {
+        let transport = match caller {
+            Caller::NoCert => "plain",
+            Caller::TlsNoCert => "tls",
+            _ => "mtls",
+        };
+        format!("{transport}-{}", server.kind.id())
     }
 
     fn add_targets(&mut self, server: &Server) {
-        let (plain, mtls) = Self::targets(server);
         let san = format!("spiffe://{TRUST_DOMAIN}{SERVER_SVID}");
-        for (target, secure) in [(plain, false), (mtls, true)] {
+        for caller in [Caller::NoCert, Caller::TlsNoCert, Caller::Client] {
+            let target = Self::target(server, caller);
             let cluster = build::eds_cluster(&target);
-            let cluster = if secure {
-                build::with_upstream_tls(cluster, "default", &[&san])
-            } else {
-                cluster
+            let cluster = match caller {
+                Caller::NoCert => cluster,
+                Caller::TlsNoCert => {
+                    without_identity(build::with_upstream_tls(cluster, "default", &[&san]))
+                }
+                _ => build::with_upstream_tls(cluster, "default", &[&san]),
             };
             let routes = format!("{target}-routes");
             self.base = std::mem::take(&mut self.base)
@@ -325,13 +340,12 @@ impl Mesh {
     /// One call by `row.caller` to `server` through `client`: its outcome, and the error's
     /// message; `None` when `client` cannot make this call.
     async fn call(&self, server: &Server, row: &Row, client: Client) -> Option<(Outcome, String)> {
-        let (plain, mtls) = Self::targets(server);
-        let (target, bootstrap) = match row.caller {
-            // Any bootstrap: a plaintext cluster presents no certificate.
-            Caller::NoCert => (plain, &self.bootstraps[Caller::Client.svid_path()]),
-            c => (mtls, &self.bootstraps[c.svid_path()]),
+        let bootstrap = match row.caller {
+            // Any bootstrap: their clusters present no certificate.
+            Caller::NoCert | Caller::TlsNoCert => &self.bootstraps[Caller::Client.svid_path()],
+            c => &self.bootstraps[c.svid_path()],
         };
-        let target = format!("xds:///{target}");
+        let target = format!("xds:///{}", Self::target(server, row.caller));
         let mut command = match client {
             Client::Grpcio => {
                 let mut c = tokio::process::Command::new(&self.python);
@@ -401,7 +415,7 @@ impl Mesh {
                 };
                 let Some(got) = got else { continue };
                 let line = format!(
-                    "{scenario:<28} {:<8} {:<8} {:<8} {:<14} {:<18} {:?}: {got} {message}",
+                    "{scenario:<31} {:<9} {:<8} {:<8} {:<13} {:<18} {:?}: {got} {message}",
                     format!("{:?}", row.caller),
                     format!("{client:?}"),
                     format!("{:?}", server.kind),
@@ -425,6 +439,23 @@ impl Mesh {
             }
         }
     }
+}
+
+/// `cluster` (with an `UpstreamTlsContext`) verifying the server but presenting no client
+/// certificate: its TLS context without `tls_certificate_provider_instance`.
+fn without_identity(mut cluster: Cluster) -> Cluster {
+    let socket = cluster.transport_socket.as_mut().expect("a TLS cluster");
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = &mut socket.config_type else {
+        panic!("a typed TLS context: {socket:?}")
+    };
+    let mut context = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    context
+        .common_tls_context
+        .as_mut()
+        .unwrap()
+        .tls_certificate_provider_instance = None;
+    *any = build::pack(&context);
+    cluster
 }
 
 /// The outcome grpcio_greeter_client.py printed (one JSON line).
@@ -608,6 +639,18 @@ async fn xds_servers_agree_with_grpcio_and_the_grfcs() {
         }
     }
 
+    // (0) No Listener yet: not serving (A36).
+    mesh.publish(&servers, None);
+    mesh.expect(
+        "(0) no Listener yet",
+        &mut servers,
+        &[
+            row(NoCert, SAY_HELLO, &[], Unavailable),
+            row(Client, SAY_HELLO, &[], Unavailable),
+        ],
+    )
+    .await;
+
     // (a) Plaintext chain, RBAC on a header and a path: alice may call SayHello, anyone with
     // x-role: ops may call anything.
     let header_and_path = |s: &Server| {
@@ -669,6 +712,37 @@ async fn xds_servers_agree_with_grpcio_and_the_grfcs() {
         &[
             row(Client, SAY_HELLO, &[], Ok),
             row(Team, SAY_HELLO, &[], Ok),
+            row(Outsider, SAY_HELLO, &[], PermissionDenied),
+            row(NoCert, SAY_HELLO, &[], Unavailable),
+            row(TlsNoCert, SAY_HELLO, &[], Unavailable),
+        ],
+    )
+    .await;
+
+    // (b') TLS with client certificates optional (require_client_certificate false): a
+    // caller without one gets through the handshake, and has no principal for RBAC (A41).
+    let optional = |s: &Server| {
+        let routes = inbound_routes(s, vec![build::non_forwarding_route("/")]);
+        listener(
+            s,
+            build::mtls_chain(
+                "inbound-tls",
+                build::server_hcm_inline(
+                    routes,
+                    vec![allow_principals(&[&spiffe(Client.svid_path())], &[])],
+                ),
+                "default",
+                false,
+            ),
+        )
+    };
+    mesh.publish(&servers, Some(&optional));
+    mesh.expect(
+        "(b') TLS, client cert optional",
+        &mut servers,
+        &[
+            row(Client, SAY_HELLO, &[], Ok),
+            row(TlsNoCert, SAY_HELLO, &[], PermissionDenied),
             row(Outsider, SAY_HELLO, &[], PermissionDenied),
             row(NoCert, SAY_HELLO, &[], Unavailable),
         ],
