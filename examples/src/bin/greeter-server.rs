@@ -20,8 +20,8 @@ use meshwork_examples::greeter::Greeter;
 use meshwork_examples::identity::svid_source;
 use meshwork_grpc::core::identity::{MtlsConfig, SpiffeId};
 use meshwork_grpc::core::inbound::{AuthorizationPolicy, Principal, Rule};
-use meshwork_grpc::core::xds::bootstrap::Bootstrap;
 use meshwork_grpc::core::xds::ErrorChain;
+use meshwork_grpc::core::xds::bootstrap::Bootstrap;
 use meshwork_grpc::{MeshServer, ServingState, XdsClient};
 
 /// Serves gRPC's standard helloworld.Greeter, replying "ID: hello NAME" (NAME from the

@@ -51,7 +51,7 @@ impl ChainSlot {
     ) -> Result<Self, IdentityError> {
         let acceptor = match (&chain.tls, reuse) {
             (None, _) => None,
-            (Some(dt), Some(old)) if old.downstream_tls.as_ref() == Some(dt) => old.tls.clone(),
+            (Some(_), Some(old)) if old.same_tls(chain) => old.tls.clone(),
             (Some(dt), _) => Some(tls.acceptor(dt)?),
         };
         let (drain, _) = watch::channel(false);
@@ -83,6 +83,11 @@ impl ChainSlot {
     /// Whether a connection this slot accepted is one `chain` would accept the same way.
     pub(crate) fn same_transport(&self, chain: &FilterChain) -> bool {
         self.filter_match == chain.filter_match && self.downstream_tls == chain.tls
+    }
+
+    /// Whether `chain` has this slot's TLS (so its acceptor can be shared).
+    pub(crate) fn same_tls(&self, chain: &FilterChain) -> bool {
+        self.downstream_tls == chain.tls
     }
 
     /// Takes `chain`'s HTTP configuration (routes and filters) for the next request.

@@ -96,9 +96,9 @@ fn route(prefix: &str, non_forwarding: bool) -> route_pb::Route {
     }
 }
 
-/// A plaintext Listener at `addr` with one chain (matching `source_ports`, if any): routes
-/// `/served` non-forwarding and `/forwarded` to a cluster, RBAC allowing `x-allow: value`.
-fn listener(addr: SocketAddr, value: &str, source_ports: Vec<u32>) -> ServerConfig {
+/// A plaintext Listener at `addr` with one chain matching every connection: routes `/served`
+/// non-forwarding and `/forwarded` to a cluster, RBAC allowing `x-allow: value`.
+fn listener(addr: SocketAddr, value: &str) -> ServerConfig {
     let routes = route_pb::RouteConfiguration {
         name: "inbound".into(),
         virtual_hosts: vec![route_pb::VirtualHost {
@@ -123,10 +123,6 @@ fn listener(addr: SocketAddr, value: &str, source_ports: Vec<u32>) -> ServerConf
     };
     let chain = listener_pb::FilterChain {
         name: "inbound-plaintext".into(),
-        filter_chain_match: Some(listener_pb::FilterChainMatch {
-            source_ports,
-            ..Default::default()
-        }),
         filters: vec![listener_pb::Filter {
             name: "envoy.filters.network.http_connection_manager".into(),
             config_type: Some(listener_pb::filter::ConfigType::TypedConfig(pack(&hcm))),
@@ -258,7 +254,7 @@ async fn routes_and_rbac_of_the_matched_chain_decide_each_request() {
         "not serving before a Listener"
     );
 
-    f.serve(&listener(f.addr, "yes", vec![]));
+    f.serve(&listener(f.addr, "yes"));
     let (mut conn, _closed) = connect(f.addr).await;
     assert_eq!(get(&mut conn, "/served/x", Some("yes")).await, 200);
     assert_eq!(get(&mut conn, "/served/x", Some("no")).await, 403);
@@ -271,12 +267,12 @@ async fn routes_and_rbac_of_the_matched_chain_decide_each_request() {
 #[tokio::test]
 async fn an_rbac_change_applies_to_the_next_request_on_the_same_connection() {
     let f = Fixture::start().await;
-    f.serve(&listener(f.addr, "yes", vec![]));
+    f.serve(&listener(f.addr, "yes"));
     let (mut conn, closed) = connect(f.addr).await;
     assert_eq!(get(&mut conn, "/served", Some("yes")).await, 200);
 
     // Same match, same TLS: the connection stays and sees the new policy.
-    f.serve(&listener(f.addr, "other", vec![]));
+    f.serve(&listener(f.addr, "other"));
     assert_eq!(get(&mut conn, "/served", Some("yes")).await, 403);
     assert_eq!(get(&mut conn, "/served", Some("other")).await, 200);
     assert!(!closed.is_finished());
@@ -285,13 +281,13 @@ async fn an_rbac_change_applies_to_the_next_request_on_the_same_connection() {
 #[tokio::test]
 async fn a_replaced_chain_drains_its_connections_and_new_ones_take_the_new_chain() {
     let f = Fixture::start().await;
-    f.serve(&listener(f.addr, "yes", vec![]));
+    f.serve(&listener(f.addr, "yes"));
     let (mut conn, closed) = connect(f.addr).await;
     assert_eq!(get(&mut conn, "/served", Some("yes")).await, 200);
 
     // A different match (that still takes loopback callers): the old chain's connections
     // drain (HTTP/1.1: closed once idle).
-    let mut changed = listener(f.addr, "new", vec![]);
+    let mut changed = listener(f.addr, "new");
     Arc::make_mut(&mut changed.listener).filter_chains[0]
         .filter_match
         .source_type = meshwork_xds::resource::SourceType::SameIpOrLoopback;
@@ -307,7 +303,7 @@ async fn a_replaced_chain_drains_its_connections_and_new_ones_take_the_new_chain
 #[tokio::test]
 async fn not_serving_closes_new_connections_and_drains_the_old() {
     let f = Fixture::start().await;
-    f.serve(&listener(f.addr, "yes", vec![]));
+    f.serve(&listener(f.addr, "yes"));
     let (mut conn, closed) = connect(f.addr).await;
     assert_eq!(get(&mut conn, "/served", Some("yes")).await, 200);
     f.state.stop();
