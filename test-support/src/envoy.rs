@@ -39,7 +39,8 @@ impl Envoy {
     /// When Envoy exits, or is not live within a minute.
     pub async fn start(binary: &Path, dir: &Path, bootstrap: &Value) -> Self {
         let config = dir.join("envoy.json");
-        write(&config, &bootstrap.to_string());
+        std::fs::write(&config, bootstrap.to_string())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
         let admin_path = dir.join("envoy-admin.addr");
         let log = dir.join("envoy.log");
         let log_file = std::fs::File::create(&log)
@@ -189,10 +190,6 @@ fn dechunk(mut rest: &str) -> String {
         rest = tail[n..].strip_prefix("\r\n").unwrap_or(&tail[n..]);
     }
     body
-}
-
-fn write(path: &Path, contents: &str) {
-    std::fs::write(path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 #[cfg(test)]
