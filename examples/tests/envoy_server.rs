@@ -344,17 +344,20 @@ fn case(
 /// One SayHello through Envoy's listener `name`: the reply, or the status Envoy returned.
 async fn call(envoy: &Envoy, name: &str) -> Result<String, tonic::Status> {
     let port = envoy.listener_port(name).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connecting to envoy's listener {name}: {e}"));
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
     let request = HelloRequest {
         name: "envoy".into(),
     };
-    within(30, GreeterClient::new(channel).say_hello(request))
-        .await
-        .map(|reply| reply.into_inner().message)
+    within(30, async {
+        let channel = endpoint
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connecting to envoy's listener {name}: {e}"));
+        GreeterClient::new(channel).say_hello(request).await
+    })
+    .await
+    .map(|reply| reply.into_inner().message)
 }
 
 /// Envoy's counter `cluster.CLUSTER.ssl.SSL` (`fail_verify_error`: certificates its
