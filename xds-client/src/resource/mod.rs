@@ -1,6 +1,6 @@
 //! Validated, owned Rust types for the four xDS resource types meshwork consumes over ADS:
-//! [`Listener`] (LDS), [`RouteConfiguration`] (RDS), [`Cluster`] (CDS) and
-//! [`ClusterLoadAssignment`] (EDS).
+//! [`Listener`] and [`ServerListener`] (LDS), [`RouteConfiguration`] (RDS), [`Cluster`] (CDS)
+//! and [`ClusterLoadAssignment`] (EDS).
 //!
 //! [`decode`] turns one `google.protobuf.Any` from a `DiscoveryResponse` into a [`Resource`],
 //! applying the same accept/reject rules as gRPC's xDS client (grpc-go's `xdsresource`
@@ -145,8 +145,11 @@ impl fmt::Display for ResourceType {
 /// A validated resource; cheap to clone.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
-    /// A client-side (API) listener.
+    /// A client-side (API) listener: a `Listener` with an `api_listener`.
     Listener(Arc<Listener>),
+    /// A server-side listener (gRFC A36): a `Listener` without an `api_listener`. It comes
+    /// on the same LDS watch as a client one.
+    ServerListener(Arc<ServerListener>),
     /// A route configuration.
     RouteConfiguration(Arc<RouteConfiguration>),
     /// A cluster.
@@ -160,6 +163,7 @@ impl Resource {
     pub fn name(&self) -> &str {
         match self {
             Resource::Listener(r) => &r.name,
+            Resource::ServerListener(r) => &r.name,
             Resource::RouteConfiguration(r) => &r.name,
             Resource::Cluster(r) => &r.name,
             Resource::ClusterLoadAssignment(r) => &r.cluster_name,
@@ -169,7 +173,7 @@ impl Resource {
     /// The type of this resource.
     pub fn resource_type(&self) -> ResourceType {
         match self {
-            Resource::Listener(_) => ResourceType::Listener,
+            Resource::Listener(_) | Resource::ServerListener(_) => ResourceType::Listener,
             Resource::RouteConfiguration(_) => ResourceType::RouteConfiguration,
             Resource::Cluster(_) => ResourceType::Cluster,
             Resource::ClusterLoadAssignment(_) => ResourceType::ClusterLoadAssignment,
@@ -181,6 +185,7 @@ impl Resource {
     pub fn unsupported_fields(&self) -> &[String] {
         match self {
             Resource::Listener(r) => &r.unsupported_fields,
+            Resource::ServerListener(r) => &r.unsupported_fields,
             Resource::RouteConfiguration(r) => &r.unsupported_fields,
             Resource::Cluster(r) => &r.unsupported_fields,
             Resource::ClusterLoadAssignment(r) => &r.unsupported_fields,
@@ -220,7 +225,7 @@ pub fn decode(expected: ResourceType, any: &Any) -> Result<Resource, ResourceErr
 
     let bytes = inner.value.as_slice();
     let result = match expected {
-        ResourceType::Listener => listener::decode(bytes).map(|r| Resource::Listener(Arc::new(r))),
+        ResourceType::Listener => listener::decode(bytes),
         ResourceType::RouteConfiguration => {
             route::decode(bytes).map(|r| Resource::RouteConfiguration(Arc::new(r)))
         }
