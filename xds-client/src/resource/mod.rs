@@ -68,10 +68,10 @@ pub use rbac::{
     RBAC_FILTER_TYPE_URL, RBAC_PER_ROUTE_TYPE_URL, RbacAction, RbacConfig, RbacPerRoute, RbacRules,
 };
 pub use route::{
-    CHANNEL_ID_FILTER_STATE_KEY, ClusterSpecifier, ForwardAction, HashPolicy, HashPolicyKind,
-    HeaderMatchKind, HeaderMatcher, MaxStreamDuration, PathMatch, QueryParameterMatcher, RetryOn,
-    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, UnsupportedAction,
-    ValidationError, VirtualHost, WeightedCluster,
+    CHANNEL_ID_FILTER_STATE_KEY, ClusterSpecifier, FILTER_CONFIG_TYPE_URL, FilterOverride,
+    ForwardAction, HashPolicy, HashPolicyKind, HeaderMatchKind, HeaderMatcher, MaxStreamDuration,
+    PathMatch, QueryParameterMatcher, RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration,
+    RouteMatch, UnsupportedAction, ValidationError, VirtualHost, WeightedCluster,
 };
 
 /// The type URL of the `envoy.service.discovery.v3.Resource` wrapper a server may put around
@@ -413,6 +413,8 @@ pub(crate) struct FieldPath<'a> {
     parent: Option<&'a FieldPath<'a>>,
     name: &'static str,
     index: Option<usize>,
+    /// The key of a map entry, rendered quoted (`name["key"]`).
+    key: Option<&'a str>,
 }
 
 impl FieldPath<'static> {
@@ -420,6 +422,7 @@ impl FieldPath<'static> {
         parent: None,
         name: "",
         index: None,
+        key: None,
     };
 }
 
@@ -430,6 +433,7 @@ impl<'a> FieldPath<'a> {
             parent: Some(self),
             name,
             index: None,
+            key: None,
         }
     }
 
@@ -439,6 +443,18 @@ impl<'a> FieldPath<'a> {
             parent: Some(self),
             name,
             index: Some(index),
+            key: None,
+        }
+    }
+
+    /// An entry of a map sub-field: `name["key"]` (the key escaped, as control planes
+    /// choose it).
+    pub(crate) fn key(&'a self, name: &'static str, key: &'a str) -> FieldPath<'a> {
+        FieldPath {
+            parent: Some(self),
+            name,
+            index: None,
+            key: Some(key),
         }
     }
 
@@ -456,6 +472,10 @@ impl<'a> FieldPath<'a> {
         }
         if let Some(i) = self.index {
             write!(f, "[{i}]")?;
+            wrote = true;
+        }
+        if let Some(key) = self.key {
+            write!(f, "[{key:?}]")?;
             wrote = true;
         }
         Ok(wrote)
