@@ -26,9 +26,9 @@ use tower::Layer as _;
 use super::XdsInboundLayer;
 use super::slot::ChainTls;
 use super::state::ListenerState;
-use super::watch_stub::ServerConfig;
 use crate::identity::CertificateProviders;
 use crate::inbound::{HttpVersions, MeshAcceptor, serve};
+use meshwork_xds::client::ServerConfig;
 
 fn pack<M: Message + Name>(m: &M) -> Any {
     Any {
