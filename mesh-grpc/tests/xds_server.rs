@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use meshwork_core::identity::testing::TestCa;
 use meshwork_core::identity::{MtlsConfig, PeerIdentity, StaticSource};
 use meshwork_grpc::{MeshChannel, MeshChannelOptions, MeshServer, ServingState};
@@ -170,9 +171,7 @@ impl Fixture {
 
 /// An RBAC ALLOW filter admitting exactly the SPIFFE IDs `allowed` (paths under
 /// spiffe://example.org).
-fn allow_only(
-    allowed: &[&str],
-) -> envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter {
+fn allow_only(allowed: &[&str]) -> HttpFilter {
     let principals = allowed
         .iter()
         .map(|p| build::principal_name(build::exact(&format!("spiffe://example.org{p}"))))
@@ -252,6 +251,8 @@ async fn a_strict_listener_with_rbac_serves_allowed_callers_and_denies_the_rest(
 
     f.publish(strict(&f, &[ALICE]));
     assert!(f.next_state().await.is_serving());
+    // The channel reconnects after its backoff.
+    until(&alice, Ok(())).await;
     assert_eq!(
         code(&alice).await.unwrap(),
         "hello x from spiffe://example.org/ns/default/sa/alice"
