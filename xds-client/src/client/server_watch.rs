@@ -7,8 +7,8 @@
 //! reads the cache through the same watches a user could hold. The task subscribes to
 //! every RDS name the current Listener's chains use (the default chain included) and
 //! drops a subscription once no chain names it, so it holds at most one RDS subscription
-//! per chain. It ends when the [`ServerWatch`] is dropped (taking every subscription with
-//! it) or when the client stops.
+//! per chain. It ends when the [`ServerWatch`] is dropped (its receiver closes; the task's
+//! watches, and so every subscription, go with it) or when the client stops.
 //!
 //! Like grpc-go's listener wrapper (`xds/internal/server/listener_wrapper.go`,
 //! `rds_handler.go`), a Listener counts only once each of its RDS names has settled: until
@@ -124,7 +124,6 @@ pub enum RouteUnavailable {
 pub struct ServerWatch {
     name: String,
     rx: watch::Receiver<ServerState>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl ServerWatch {
@@ -145,13 +144,6 @@ impl ServerWatch {
     }
 }
 
-impl Drop for ServerWatch {
-    fn drop(&mut self) {
-        // The task's ResourceWatches unsubscribe as they drop with it.
-        self.task.abort();
-    }
-}
-
 impl XdsClient {
     /// Watch the configuration of an xDS-enabled server listening on `addr` (gRFC A36):
     /// the Listener named by the bootstrap's `server_listener_resource_name_template`
@@ -161,8 +153,10 @@ impl XdsClient {
     pub fn watch_server(&self, addr: SocketAddr) -> Result<ServerWatch, BootstrapError> {
         let name = self.bootstrap.server_listener_resource_name(addr)?;
         let (tx, rx) = watch::channel(ServerState::Pending);
-        let task = self.runtime.spawn(run(self.clone(), name.clone(), tx));
-        Ok(ServerWatch { name, rx, task })
+        // Not aborted on drop: a task cancelled inside `XdsClient::watch` would leave the
+        // worker counting a watch nobody holds. It ends at its next wait instead.
+        self.runtime.spawn(run(self.clone(), name.clone(), tx));
+        Ok(ServerWatch { name, rx })
     }
 }
 
