@@ -9,9 +9,10 @@
 //! The server side (gRFC A36, A29, A41) is shaped as istiod sends it to a proxyless gRPC
 //! server: a [`server_listener`] named by the bootstrap's
 //! `server_listener_resource_name_template` (Istio: `xds.istio.io/grpc/lds/inbound/%s`),
-//! [`plaintext_chain`] and [`mtls_chain`] filter chains whose [`server_hcm`] runs RBAC
-//! filters ([`rbac_filter`], named `envoy.filters.http.rbac.DENY` and `...ALLOW`) before the
-//! router, over routes with a [`non_forwarding_route`]:
+//! [`plaintext_chain`] and [`mtls_chain`] filter chains whose connection manager
+//! ([`server_hcm_inline`], [`server_hcm_rds`]) runs RBAC filters ([`rbac_filter`], named
+//! `envoy.filters.http.rbac.DENY` and `...ALLOW`) before the router, over routes with a
+//! [`non_forwarding_route`]:
 //!
 //! ```
 //! use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
@@ -67,7 +68,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::config::listener::v3::{
     ApiListener, Filter, FilterChain, Listener, filter,
 };
-use envoy_types::pb::envoy::config::rbac::v3 as rbac_pb;
+use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
+use envoy_types::pb::envoy::config::rbac::v3::{self as rbac_pb, Permission, Policy, Principal};
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, NonForwardingAction, Route, RouteAction, RouteConfiguration, RouteMatch,
     VirtualHost, WeightedCluster, header_matcher, route, route_action, route_match,
@@ -502,8 +504,8 @@ fn server_hcm(
 /// istiod names them: `envoy.filters.http.rbac.ALLOW`, `...DENY` or `...LOG`. Istio sends
 /// the DENY filter before the ALLOW one.
 pub fn rbac_filter<'a>(
-    action: rbac_pb::rbac::Action,
-    policies: impl IntoIterator<Item = (&'a str, rbac_pb::Policy)>,
+    action: Action,
+    policies: impl IntoIterator<Item = (&'a str, Policy)>,
 ) -> HttpFilter {
     let config = rbac_filter_pb::Rbac {
         rules: Some(rbac_pb::Rbac {
@@ -525,11 +527,8 @@ pub fn rbac_filter<'a>(
 
 /// An RBAC policy: it matches a request when one of `permissions` (what it does) and one
 /// of `principals` (who sends it) match.
-pub fn rbac_policy(
-    permissions: Vec<rbac_pb::Permission>,
-    principals: Vec<rbac_pb::Principal>,
-) -> rbac_pb::Policy {
-    rbac_pb::Policy {
+pub fn rbac_policy(permissions: Vec<Permission>, principals: Vec<Principal>) -> Policy {
+    Policy {
         permissions,
         principals,
         ..Default::default()
@@ -537,23 +536,23 @@ pub fn rbac_policy(
 }
 
 /// The permission every request has.
-pub fn permission_any() -> rbac_pb::Permission {
-    rbac_pb::Permission {
+pub fn permission_any() -> Permission {
+    Permission {
         rule: Some(rbac_pb::permission::Rule::Any(true)),
     }
 }
 
 /// The permission of requests whose header `name` equals `value`.
-pub fn permission_header(name: &str, value: &str) -> rbac_pb::Permission {
-    rbac_pb::Permission {
+pub fn permission_header(name: &str, value: &str) -> Permission {
+    Permission {
         rule: Some(rbac_pb::permission::Rule::Header(header_exact(name, value))),
     }
 }
 
 /// The permission of requests whose path (for gRPC `/package.Service/Method`) `path`
 /// matches.
-pub fn permission_url_path(path: StringMatcher) -> rbac_pb::Permission {
-    rbac_pb::Permission {
+pub fn permission_url_path(path: StringMatcher) -> Permission {
+    Permission {
         rule: Some(rbac_pb::permission::Rule::UrlPath(PathMatcher {
             rule: Some(path_matcher::Rule::Path(path)),
         })),
@@ -561,16 +560,16 @@ pub fn permission_url_path(path: StringMatcher) -> rbac_pb::Permission {
 }
 
 /// Every caller.
-pub fn principal_any() -> rbac_pb::Principal {
-    rbac_pb::Principal {
+pub fn principal_any() -> Principal {
+    Principal {
         identifier: Some(rbac_pb::principal::Identifier::Any(true)),
     }
 }
 
 /// Callers over TLS whose certificate's identity (its SPIFFE URI SAN first, gRFC A41)
 /// `name` matches: `authenticated.principal_name`, as Istio writes a `principals` rule.
-pub fn principal_name(name: StringMatcher) -> rbac_pb::Principal {
-    rbac_pb::Principal {
+pub fn principal_name(name: StringMatcher) -> Principal {
+    Principal {
         identifier: Some(rbac_pb::principal::Identifier::Authenticated(
             rbac_pb::principal::Authenticated {
                 principal_name: Some(name),
@@ -580,8 +579,8 @@ pub fn principal_name(name: StringMatcher) -> rbac_pb::Principal {
 }
 
 /// Callers whose requests carry header `name` equal to `value`.
-pub fn principal_header(name: &str, value: &str) -> rbac_pb::Principal {
-    rbac_pb::Principal {
+pub fn principal_header(name: &str, value: &str) -> Principal {
+    Principal {
         identifier: Some(rbac_pb::principal::Identifier::Header(header_exact(
             name, value,
         ))),
@@ -612,7 +611,6 @@ pub fn safe_regex(regex: &str) -> StringMatcher {
 mod tests {
     use std::net::SocketAddr;
 
-    use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
     use prost::Message as _;
 
     use super::*;

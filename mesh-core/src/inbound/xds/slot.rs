@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use meshwork_xds::resource::{
-    DownstreamTls, FilterChain, FilterChainMatch, RbacPerRoute, Route, RouteConfiguration,
-    RouteSource, ServerHttpFilterConfig, VirtualHost,
+    DownstreamTls, FilterChain, FilterChainMatch, FilterOverride, RbacPerRoute, Route,
+    RouteConfiguration, RouteSource, ServerHttpFilterConfig, VirtualHost,
 };
 
-use super::watch_stub::{RouteUnavailable, ServerConfig};
+use meshwork_xds::client::{RouteUnavailable, ServerConfig};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -186,9 +186,16 @@ impl ChainHttp {
 /// The `RBACPerRoute` override of the filter named `filter` for `route`: the route's own,
 /// else its virtual host's (A41).
 fn rbac_override<'a>(
-    _vh: &'a VirtualHost,
-    _route: &'a Route,
-    _filter: &str,
+    vh: &'a VirtualHost,
+    route: &'a Route,
+    filter: &str,
 ) -> Option<&'a RbacPerRoute> {
-    None
+    route
+        .filter_overrides
+        .get(filter)
+        .or_else(|| vh.filter_overrides.get(filter))
+        .and_then(|o| match o {
+            FilterOverride::Rbac(per_route) => Some(per_route),
+            _ => None,
+        })
 }

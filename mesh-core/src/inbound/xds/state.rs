@@ -4,8 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::watch_stub::ServerConfig;
 use arc_swap::ArcSwapOption;
+use meshwork_xds::client::ServerConfig;
 
 use super::slot::{ChainSlot, ChainTls};
 use crate::identity::IdentityError;
