@@ -17,6 +17,7 @@
 //! | allowed | its SVID, in the policy | example.org | OK, the greeter's reply |
 //! | not_allowed | an SVID the policy does not name | example.org | PERMISSION_DENIED (the greeter's policy) |
 //! | foreign_ca | its SPIFFE ID, signed by another CA | example.org | UNAVAILABLE (the greeter refuses the handshake) |
+//! | no_certificate | no certificate | example.org | UNAVAILABLE (the greeter requires one) |
 //! | other_domain | its SVID; the greeter's is from other.org | example.org | UNAVAILABLE (Envoy refuses the greeter) |
 //! | other_domain_trusted | as other_domain | example.org and other.org | OK (the control for other_domain) |
 //!
@@ -262,14 +263,15 @@ impl Tls {
 }
 
 /// One case: Envoy's plaintext HTTP/2 listener `name` on 127.0.0.1:0 routing every request
-/// to cluster `name`, which reaches `greeter` over `tls` presenting `svid` and accepts the
+/// to cluster `name`, which reaches `greeter` over `tls` presenting `svid` (no certificate
+/// when `None`) and accepts the
 /// greeter's certificate when it is `greeter_id` and chains to the bundle of its trust domain
 /// in `trust` (`(trust domain, root file)`).
 fn case(
     name: &str,
     tls: Tls,
     greeter: SocketAddr,
-    svid: &EnvoySvid,
+    svid: Option<&EnvoySvid>,
     greeter_id: &str,
     trust: &[(&str, &Path)],
 ) -> (Value, Value) {
@@ -318,10 +320,10 @@ fn case(
                 "common_tls_context": {
                     "tls_params": tls.params(),
                     "alpn_protocols": ["h2"],
-                    "tls_certificates": [{
+                    "tls_certificates": svid.map(|svid| vec![json!({
                         "certificate_chain": {"filename": svid.cert},
                         "private_key": {"filename": svid.key},
-                    }],
+                    })]).unwrap_or_default(),
                     "validation_context": {
                         "match_typed_subject_alt_names": [
                             {"san_type": "URI", "matcher": {"exact": greeter_id}},
@@ -428,21 +430,36 @@ async fn both_ways_round(policy: Policy<'_>) {
     for tls in [Tls::V12, Tls::V13] {
         let name = |case: &str| format!("{case}_{}", tls.suffix());
         cases.extend([
-            case(&name("allowed"), tls, a.addr, &envoy_id, &a_id, &example),
+            case(
+                &name("allowed"),
+                tls,
+                a.addr,
+                Some(&envoy_id),
+                &a_id,
+                &example,
+            ),
             case(
                 &name("not_allowed"),
                 tls,
                 a.addr,
-                &stranger,
+                Some(&stranger),
                 &a_id,
                 &example,
             ),
-            case(&name("foreign_ca"), tls, a.addr, &impostor, &a_id, &example),
+            case(
+                &name("foreign_ca"),
+                tls,
+                a.addr,
+                Some(&impostor),
+                &a_id,
+                &example,
+            ),
+            case(&name("no_certificate"), tls, a.addr, None, &a_id, &example),
             case(
                 &name("other_domain"),
                 tls,
                 b.addr,
-                &envoy_id,
+                Some(&envoy_id),
                 &b_id,
                 &example,
             ),
@@ -450,7 +467,7 @@ async fn both_ways_round(policy: Policy<'_>) {
                 &name("other_domain_trusted"),
                 tls,
                 b.addr,
-                &envoy_id,
+                Some(&envoy_id),
                 &b_id,
                 &both,
             ),
@@ -514,6 +531,15 @@ async fn outcomes(envoy: &Envoy, tls: Tls) {
         assert_eq!(ssl("foreign_ca", "handshake").await, 0);
         assert!(ssl("foreign_ca", "connection_error").await >= 1);
     }
+
+    // STRICT: a caller without a certificate is refused at the handshake, before RBAC.
+    let status = call(envoy, &name("no_certificate")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{tls:?}: {status:?}");
+    assert_eq!(
+        ssl("no_certificate", "fail_verify_error").await,
+        0,
+        "{tls:?}"
+    );
 
     // (d) Envoy refuses the greeter's certificate: it has no bundle for other.org.
     let status = call(envoy, &name("other_domain")).await.unwrap_err();
