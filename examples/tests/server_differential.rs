@@ -66,6 +66,8 @@ struct Server {
     child: tokio::process::Child,
     /// Its stderr (grpcio logs its serving state there).
     log: PathBuf,
+    /// Where it serves CSDS (meshwork's `--csds-port`).
+    csds: Option<SocketAddr>,
 }
 
 impl Server {
@@ -115,7 +117,15 @@ impl ServerKind {
                     return None;
                 }
                 let mut c = tokio::process::Command::new(bin);
-                c.args(["--xds", "--port", "0", "--id", self.id()]);
+                c.args([
+                    "--xds",
+                    "--port",
+                    "0",
+                    "--id",
+                    self.id(),
+                    "--csds-port",
+                    "0",
+                ]);
                 c
             }
         };
@@ -148,14 +158,64 @@ impl ServerKind {
             .unwrap()
             .server_listener_resource_name(addr)
             .unwrap();
+        let csds = match self {
+            ServerKind::Grpcio => None,
+            ServerKind::Meshwork => Some(announced_csds(log).await),
+        };
         Some(Server {
             kind: self,
             addr,
             listener,
             child,
             log: log.to_owned(),
+            csds,
         })
     }
+}
+
+/// The address `greeter-server --csds-port 0` announces on stderr (`log`), within 30 s.
+async fn announced_csds(log: &Path) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("csds: serving on "))
+        {
+            return addr.trim().parse().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no CSDS address in {}:\n{text}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// gRPC's CSDS tooling (grpcio with xds-protos' stubs) reading the CSDS server at `addr`:
+/// `{"node", "resources": [{"type", "name", "status", ...}]}`.
+async fn csds_view(venv: &Path, addr: SocketAddr) -> Value {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../xds-client/tests/peers/csds_read.py"
+    );
+    let out = within(
+        60,
+        tokio::process::Command::new(venv.join("bin/python"))
+            .arg(script)
+            .arg(addr.to_string())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run csds_read.py");
+    assert!(
+        out.status.success(),
+        "csds_read.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Whether `greeter-server` has the `--xds` flag.
@@ -873,4 +933,25 @@ async fn xds_servers_agree_with_grpcio_and_the_grfcs() {
         &[row(Client, SAY_HELLO, &[], Ok)],
     )
     .await;
+
+    // gRPC's CSDS tooling reads our server's xDS view: its Listener, ACKED (gRFC A40).
+    for server in &servers {
+        let Some(csds) = server.csds else { continue };
+        let view = csds_view(&venv, csds).await;
+        let listener = view["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == server.listener.as_str())
+            .unwrap_or_else(|| panic!("{} not in the CSDS view {view}", server.listener));
+        assert_eq!(
+            listener["type"], "type.googleapis.com/envoy.config.listener.v3.Listener",
+            "{view}"
+        );
+        assert_eq!(listener["status"], "ACKED", "{view}");
+        assert_eq!(
+            listener["config_type"], "type.googleapis.com/envoy.config.listener.v3.Listener",
+            "the Listener as the server sent it: {view}"
+        );
+    }
 }

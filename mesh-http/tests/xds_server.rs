@@ -17,7 +17,9 @@ use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-async fn ok(_req: http::Request<hyper::body::Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
+async fn ok(
+    _req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
     Ok(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
 }
 
