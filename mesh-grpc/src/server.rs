@@ -241,6 +241,7 @@ impl MeshServer {
             }
         };
         let acceptor = acceptor.limits(self.limits);
+        let xds = matches!(self.transport, Transport::Xds(_));
         if let Ok(addr) = acceptor.local_addr() {
             tracing::debug!(%addr, transport = ?self.transport, "meshwork gRPC server listening");
         }
@@ -250,7 +251,7 @@ impl MeshServer {
         }
         // The first layer is the outermost.
         let app = ServerLayer::new(telemetry).layer(
-            XdsInboundLayer::new()
+            tower::util::option_layer(xds.then(XdsInboundLayer::new))
                 .layer(InboundLayer::new(self.policy).layer(Deadline::new(self.routes.prepare()))),
         );
         meshwork_core::inbound::serve(acceptor, HttpVersions::Http2, app, signal).await;

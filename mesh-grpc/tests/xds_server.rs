@@ -380,3 +380,66 @@ async fn a_code_policy_and_the_xds_policy_must_both_allow() {
     assert_eq!(code(&f.caller(ALICE)).await, Err(Code::PermissionDenied));
     assert!(code(&f.caller(BOB)).await.is_ok());
 }
+
+/// A36: a rejected update is an ambient error while a Listener is served, also while the
+/// Listener that replaces it waits for its RDS route configuration.
+#[tokio::test]
+async fn a_rejected_update_while_another_waits_for_its_routes_keeps_serving() {
+    let mut f = Fixture::start().await;
+    let routes = |name: &str| {
+        build::route_config(
+            name,
+            vec![build::virtual_host(
+                "inbound|http|50051",
+                ["*"],
+                vec![build::non_forwarding_route("/")],
+            )],
+        )
+    };
+    let over_rds = |f: &Fixture, rds: &str| {
+        let hcm = build::server_hcm_rds(rds, vec![allow_only(&[ALICE])]);
+        build::server_listener(
+            &f.name,
+            f.addr,
+            vec![build::mtls_chain("inbound-mtls", hcm, "default", true)],
+            None,
+        )
+    };
+    f.xds.set_snapshot(
+        Snapshot::new()
+            .listener(over_rds(&f, "a"))
+            .route(routes("a")),
+    );
+    assert!(f.next_state().await.is_serving());
+    let alice = f.caller(ALICE);
+    until(&alice, Ok(())).await;
+
+    // L2 names route configuration `b`, which never comes: still serving L1.
+    f.xds.set_snapshot(
+        Snapshot::new()
+            .listener(over_rds(&f, "b"))
+            .route(routes("a")),
+    );
+    // L3 is rejected.
+    f.xds.set_snapshot(
+        Snapshot::new()
+            .listener(build::server_listener(&f.name, f.addr, Vec::new(), None))
+            .route(routes("a")),
+    );
+    let mut nacked = false;
+    for _ in 0..500 {
+        if f.client
+            .dump()
+            .await
+            .iter()
+            .any(|r| r.name == f.name && r.error.is_some())
+        {
+            nacked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(nacked, "the empty Listener was not NACKed");
+    assert!(code(&alice).await.is_ok());
+    assert!(f.states.try_recv().is_err(), "no state change");
+}

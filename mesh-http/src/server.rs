@@ -213,9 +213,10 @@ impl Server {
             }
         };
         let acceptor = acceptor.limits(self.limits);
+        let xds = matches!(self.transport, Transport::Xds(_));
         // The policy answers denials with a default body: the service's body wrapped so it
         // has one, whatever the service's body type.
-        let app = XdsInboundLayer::new().layer(
+        let app = tower::util::option_layer(xds.then(XdsInboundLayer::new)).layer(
             InboundLayer::new(self.policy).layer(
                 service
                     .map_response(|rsp: http::Response<B>| rsp.map(ServerBody::inner))

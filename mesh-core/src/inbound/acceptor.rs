@@ -30,13 +30,32 @@ pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// What the server knows about one accepted connection; adapters put it into the extensions
 /// of every request that arrives on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     remote_addr: SocketAddr,
     local_addr: SocketAddr,
     peer: Option<PeerIdentity>,
     tls: bool,
+    /// The xDS filter chain that accepted the connection (xDS-driven servers only): its
+    /// requests are judged by the chain's routes and RBAC.
+    chain: Option<Arc<ChainSlot>>,
 }
+
+impl PartialEq for ConnectionInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.remote_addr == other.remote_addr
+            && self.local_addr == other.local_addr
+            && self.peer == other.peer
+            && self.tls == other.tls
+            && match (&self.chain, &other.chain) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for ConnectionInfo {}
 
 impl ConnectionInfo {
     /// Information about a connection from `remote_addr` to `local_addr`, with the peer's
@@ -53,7 +72,18 @@ impl ConnectionInfo {
             local_addr,
             peer,
             tls,
+            chain: None,
         }
+    }
+
+    fn with_chain(mut self, chain: Option<Arc<ChainSlot>>) -> Self {
+        self.chain = chain;
+        self
+    }
+
+    /// The xDS filter chain that accepted the connection.
+    pub(crate) fn chain(&self) -> Option<&Arc<ChainSlot>> {
+        self.chain.as_ref()
     }
 
     /// Marks the connection as TLS (or not), e.g. TLS whose client sent no certificate.
@@ -90,8 +120,8 @@ pub struct InboundStream {
     peer_not_after: Option<SystemTime>,
     /// The connection's slot under [`ServerLimits::max_connections`], freed on drop.
     _slot: Option<OwnedSemaphorePermit>,
-    /// The xDS filter chain that accepted it (xDS-driven servers only).
-    chain: Option<Arc<ChainSlot>>,
+    /// The served xDS Listener (xDS-driven servers only), which may replace its chain.
+    xds: Option<Arc<ListenerState>>,
 }
 
 enum Io {
@@ -111,9 +141,12 @@ impl InboundStream {
         self.peer_not_after
     }
 
-    /// The xDS filter chain that accepted this connection.
-    pub(crate) fn chain(&self) -> Option<&Arc<ChainSlot>> {
-        self.chain.as_ref()
+    /// Completes when the connection must drain because a Listener update gives its
+    /// address pair another filter chain or none (xDS-driven servers only).
+    pub(crate) fn replaced(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let state = self.xds.clone()?;
+        let chain = self.info.chain.clone()?;
+        Some(state.replaced(chain, self.info.local_addr, self.info.remote_addr))
     }
 
     /// The ALPN protocol the TLS handshake agreed on (`None` on plaintext or without ALPN).
@@ -332,6 +365,24 @@ impl MeshAcceptor {
     }
 
     fn start(&mut self, tcp: TcpStream, remote_addr: SocketAddr) {
+        let local_addr = match tcp.local_addr() {
+            Ok(addr) => addr,
+            Err(error) => {
+                tracing::debug!(%remote_addr, %error, "closing a new connection whose local address is unknown");
+                return;
+            }
+        };
+        // Chosen first: a connection no chain takes must not cost a handshake slot.
+        let (tls, chain, xds) = match &self.tls {
+            Tls::Fixed(tls) => (tls.clone(), None, None),
+            Tls::Xds(state) => match state.choose(local_addr, remote_addr) {
+                Ok(chain) => (chain.tls().cloned(), Some(chain), Some(state.clone())),
+                Err(why) => {
+                    tracing::debug!(%remote_addr, %why, "closing a new connection");
+                    return;
+                }
+            },
+        };
         let slot = match &self.connections {
             Some(slots) => match slots.clone().try_acquire_owned() {
                 Ok(slot) => Some(slot),
@@ -348,22 +399,11 @@ impl MeshAcceptor {
             tracing::debug!("too many TLS handshakes in progress; dropping the oldest");
             oldest.abort();
         }
-        let local_addr = tcp.local_addr().unwrap_or(remote_addr);
-        let (tls, chain) = match &self.tls {
-            Tls::Fixed(tls) => (tls.clone(), None),
-            Tls::Xds(state) => match state.choose(local_addr, remote_addr) {
-                Ok(chain) => (chain.tls().cloned(), Some(chain)),
-                Err(why) => {
-                    tracing::debug!(%remote_addr, %why, "closing a new connection");
-                    return;
-                }
-            },
-        };
         let _ = tcp.set_nodelay(true);
         let id = self.next_id;
         self.next_id += 1;
         let Some(tls) = tls else {
-            let info = ConnectionInfo::new(remote_addr, local_addr, None);
+            let info = ConnectionInfo::new(remote_addr, local_addr, None).with_chain(chain);
             self.handshakes.push(Box::pin(std::future::ready((
                 id,
                 Some(InboundStream {
@@ -371,7 +411,7 @@ impl MeshAcceptor {
                     info,
                     peer_not_after: None,
                     _slot: slot,
-                    chain,
+                    xds,
                 }),
             ))));
             return;
@@ -386,13 +426,15 @@ impl MeshAcceptor {
                         .1
                         .peer_certificates()
                         .and_then(earliest_not_after);
-                    let info = ConnectionInfo::new(remote_addr, local_addr, peer).tls(true);
+                    let info = ConnectionInfo::new(remote_addr, local_addr, peer)
+                        .tls(true)
+                        .with_chain(chain);
                     Some(InboundStream {
                         io: Io::Tls(Box::new(stream)),
                         info,
                         peer_not_after,
                         _slot: slot,
-                        chain,
+                        xds,
                     })
                 }
                 Ok(Err(error)) => {

@@ -140,7 +140,7 @@ where
 }
 
 /// Replaces `req`'s path with `path` (normal, so it parses), keeping its query.
-fn set_path<B>(req: &mut http::Request<B>, path: &str) -> Result<(), DenyReason> {
+pub(crate) fn set_path<B>(req: &mut http::Request<B>, path: &str) -> Result<(), DenyReason> {
     let path_and_query = match req.uri().query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_owned(),

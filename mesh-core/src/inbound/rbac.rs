@@ -21,6 +21,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::HeaderMap;
 use meshwork_xds::resource::{
@@ -165,8 +166,9 @@ impl RbacDecision<'_> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RbacEngine {
-    /// `None`: the filter enforces nothing (no `rules`, or action `LOG`).
-    rules: Option<RbacRules>,
+    /// `None`: the filter enforces nothing (no `rules`, or action `LOG`). Shared, so that
+    /// clones (one per filter chain using it) do not copy the policies.
+    rules: Option<Arc<RbacRules>>,
 }
 
 impl RbacEngine {
@@ -177,7 +179,8 @@ impl RbacEngine {
             .rules
             .as_ref()
             .filter(|r| r.action != RbacAction::Log)
-            .cloned();
+            .cloned()
+            .map(Arc::new);
         Self { rules }
     }
 
@@ -190,20 +193,22 @@ impl RbacEngine {
     /// refuses it when one does. Policies are tried in name order; the first match is the
     /// one reported.
     pub fn decide(&self, request: &RbacAttributes<'_>) -> RbacDecision<'_> {
-        let Some(rules) = &self.rules else {
-            return RbacDecision::Allow { policy: None };
-        };
-        let matched = rules
-            .policies
-            .iter()
-            .find(|(_, policy)| policy_matches(policy, request))
-            .map(|(name, _)| name.as_str());
-        match (rules.action, matched) {
-            (RbacAction::Deny, Some(name)) => RbacDecision::Deny { policy: Some(name) },
-            (RbacAction::Deny | RbacAction::Log, _) => RbacDecision::Allow { policy: None },
-            (RbacAction::Allow, Some(name)) => RbacDecision::Allow { policy: Some(name) },
-            (RbacAction::Allow, None) => RbacDecision::Deny { policy: None },
-        }
+        judge(self.rules.as_deref(), request)
+    }
+
+    /// Judges one request against `config` as an engine built from it would, without
+    /// building one (for a route's `RBACPerRoute` override, read in place per request).
+    pub fn decide_config<'c>(
+        config: &'c RbacConfig,
+        request: &RbacAttributes<'_>,
+    ) -> RbacDecision<'c> {
+        judge(
+            config
+                .rules
+                .as_ref()
+                .filter(|r| r.action != RbacAction::Log),
+            request,
+        )
     }
 
     /// Judges one request against a chain of RBAC filters in their order (Istio: DENY, then
@@ -221,6 +226,24 @@ impl RbacEngine {
             }
         }
         RbacDecision::Allow { policy: allowed_by }
+    }
+}
+
+/// An RBAC filter's judgement of one request; `None` rules admit everything.
+fn judge<'r>(rules: Option<&'r RbacRules>, request: &RbacAttributes<'_>) -> RbacDecision<'r> {
+    let Some(rules) = rules else {
+        return RbacDecision::Allow { policy: None };
+    };
+    let matched = rules
+        .policies
+        .iter()
+        .find(|(_, policy)| policy_matches(policy, request))
+        .map(|(name, _)| name.as_str());
+    match (rules.action, matched) {
+        (RbacAction::Deny, Some(name)) => RbacDecision::Deny { policy: Some(name) },
+        (RbacAction::Deny | RbacAction::Log, _) => RbacDecision::Allow { policy: None },
+        (RbacAction::Allow, Some(name)) => RbacDecision::Allow { policy: Some(name) },
+        (RbacAction::Allow, None) => RbacDecision::Deny { policy: None },
     }
 }
 

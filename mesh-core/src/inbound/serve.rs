@@ -22,7 +22,6 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tower::{BoxError, Service};
 
-use super::xds::ChainSlot;
 use super::{ConnectionInfo, MeshAcceptor, ServerLimits};
 use crate::identity::IdentityError;
 
@@ -115,8 +114,9 @@ pub async fn serve<S, B, F>(
         };
         let (active, active_rx) = watch::channel(0);
         let (heard_tx, heard) = oneshot::channel();
-        let chain = stream.chain().cloned();
-        let drain = chain.as_ref().map(|c| c.drained());
+        let replaced = stream
+            .replaced()
+            .map(|f| -> Pin<Box<dyn Future<Output = ()> + Send>> { Box::pin(f) });
         let stream = Heard {
             io: stream,
             heard: Some(heard_tx),
@@ -124,7 +124,6 @@ pub async fn serve<S, B, F>(
         let svc = Tracked {
             inner: service.clone(),
             info: stream.io.info().clone(),
-            chain,
             active: Arc::new(active),
         };
         let conn = builder
@@ -137,7 +136,7 @@ pub async fn serve<S, B, F>(
                 idle_timeout: limits.idle_timeout,
                 grace: limits.drain_grace,
                 silence: (heard, limits.header_read_timeout),
-                drain,
+                replaced,
             },
             active_rx,
             shutdown_rx.clone(),
@@ -195,8 +194,8 @@ struct Plan {
     grace: Duration,
     /// The client's first bytes after the handshake, and how long to wait for them.
     silence: (oneshot::Receiver<()>, Duration),
-    /// Set when the xDS filter chain that accepted the connection is replaced or removed.
-    drain: Option<watch::Receiver<bool>>,
+    /// Completes when a Listener update takes the connection's xDS filter chain away.
+    replaced: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 // A function of its own, generic over the connection, so that the spawned future's `Send`
@@ -228,14 +227,12 @@ fn spawn_connection<C>(
                 std::future::pending::<()>().await;
             }
         });
-        let drain = plan.drain;
+        let replaced = plan.replaced;
         let mut replaced = pin!(async move {
-            if let Some(mut drain) = drain
-                && drain.wait_for(|d| *d).await.is_ok()
-            {
-                return;
+            match replaced {
+                Some(replaced) => replaced.await,
+                None => std::future::pending().await,
             }
-            std::future::pending::<()>().await;
         });
         // Armed when a drain starts; until then far enough away never to fire.
         let mut grace = pin!(tokio::time::sleep(Duration::from_secs(365 * 24 * 60 * 60)));
@@ -395,8 +392,6 @@ impl Drop for Active {
 struct Tracked<S> {
     inner: S,
     info: ConnectionInfo,
-    /// The xDS filter chain of the connection, for the per-request xDS layer.
-    chain: Option<Arc<ChainSlot>>,
     active: Arc<watch::Sender<usize>>,
 }
 
@@ -414,9 +409,6 @@ where
 
     fn call(&mut self, mut req: http::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.info.clone());
-        if let Some(chain) = &self.chain {
-            req.extensions_mut().insert(chain.clone());
-        }
         TrackedFuture {
             active: Some(Active::new(&self.active)),
             inner: self.inner.call(req),

@@ -1,21 +1,37 @@
 //! What a request on an xDS-served connection meets before the application: its chain's
 //! route table (A36: only `non_forwarding_action` routes are served) and RBAC (A41).
 
+use meshwork_xds::client::RouteUnavailable;
+use meshwork_xds::resource::RouteAction;
 use rand::RngCore;
 
-use super::slot::ChainHttp;
-use crate::inbound::{ConnectionInfo, RbacAttributes, RbacDecision};
+use super::slot::{ChainHttp, rbac_override};
+use crate::inbound::{ConnectionInfo, PathError, RbacAttributes, RbacDecision, RbacEngine};
 use crate::route::route_matches;
 
 /// Why the xDS configuration refused a request, put into the refusal's response
-/// extensions.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// extensions. The caller is told only the kind of refusal (`grpc-message`), not the
+/// names of the server's policies or routes.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum XdsRefusal {
+    /// The request arrived on a connection no xDS filter chain accepted (the layer was used
+    /// outside an xDS-driven server's connection loop): refused, not let through. gRPC:
+    /// `UNAVAILABLE`.
+    #[error("the connection has no xDS filter chain")]
+    NoFilterChain,
+    /// The request has more than one `Host` header, so its authority is ambiguous (RFC 9112
+    /// §3.2 asks for a 400). gRPC: `INTERNAL`.
+    #[error("the request has more than one Host header")]
+    MultipleHosts,
+    /// The request path cannot be normalised, so no route or RBAC rule can be trusted to
+    /// see what the service would execute. gRPC: `INTERNAL`.
+    #[error("the request path cannot be normalised")]
+    InvalidPath(#[source] PathError),
     /// The chain's route configuration is unavailable (RDS said it does not exist, or
     /// rejected it before a good one came). gRPC: `UNAVAILABLE`.
-    #[error("the route configuration is unavailable: {0}")]
-    RoutesUnavailable(String),
+    #[error("the route configuration is unavailable")]
+    RoutesUnavailable(#[source] RouteUnavailable),
     /// No virtual host matches the request's authority. gRPC: `UNAVAILABLE`.
     #[error("no virtual host matches authority {authority:?}")]
     NoVirtualHost {
@@ -48,15 +64,41 @@ pub enum XdsRefusal {
 }
 
 impl XdsRefusal {
-    /// Whether it is an authorization denial (PERMISSION_DENIED, 403) rather than a
-    /// configuration one (UNAVAILABLE, 503).
+    /// Whether it is an authorization denial (PERMISSION_DENIED, 403).
     pub fn is_denial(&self) -> bool {
         matches!(self, XdsRefusal::Denied { .. })
+    }
+
+    /// The `grpc-status` and HTTP status the refusal is answered with.
+    pub(crate) fn statuses(&self) -> (&'static str, http::StatusCode) {
+        match self {
+            XdsRefusal::Denied { .. } => ("7", http::StatusCode::FORBIDDEN),
+            XdsRefusal::MultipleHosts | XdsRefusal::InvalidPath(_) => {
+                ("13", http::StatusCode::BAD_REQUEST)
+            }
+            _ => ("14", http::StatusCode::SERVICE_UNAVAILABLE),
+        }
+    }
+
+    /// What the caller is told (`grpc-message`): the kind of refusal, without the names of
+    /// the server's policies or routes (Envoy answers "RBAC: access denied").
+    pub(crate) fn caller_message(&self) -> &'static str {
+        match self {
+            XdsRefusal::Denied { .. } => "RBAC: access denied",
+            XdsRefusal::NoFilterChain => "no filter chain",
+            XdsRefusal::MultipleHosts => "more than one Host header",
+            XdsRefusal::InvalidPath(_) => "the request path cannot be normalised",
+            XdsRefusal::RoutesUnavailable(_) => "the route configuration is unavailable",
+            XdsRefusal::NoVirtualHost { .. } | XdsRefusal::NoRoute { .. } => "no matching route",
+            XdsRefusal::NotNonForwarding { .. } => "the matching route has an unsupported action",
+        }
     }
 }
 
 impl ChainHttp {
-    /// Judges `req` received on `connection`: `Ok` when it may reach the application.
+    /// Judges `req` received on `connection`: `Ok` when it may reach the application. The
+    /// path is the normalised one the application will see; the authority is the URI's or
+    /// the single `Host` header's, as RBAC reads it.
     pub(crate) fn decide<B>(
         &self,
         req: &http::Request<B>,
@@ -66,28 +108,19 @@ impl ChainHttp {
         let routes = self
             .routes
             .as_ref()
-            .map_err(|e| XdsRefusal::RoutesUnavailable(e.to_string()))?;
+            .map_err(|e| XdsRefusal::RoutesUnavailable(e.clone()))?;
         let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
             req.headers()
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
-        let Some((v, vh)) = routes
-            .virtual_host_for(authority.unwrap_or(""))
-            .and_then(|vh| {
-                let i = routes
-                    .virtual_hosts
-                    .iter()
-                    .position(|x| std::ptr::eq(x, vh))?;
-                Some((i, vh))
-            })
-        else {
+        let Some(vh) = routes.virtual_host_for(authority.unwrap_or("")) else {
             return Err(XdsRefusal::NoVirtualHost {
                 authority: authority.map(str::to_owned),
             });
         };
         let path = req.uri().path();
-        let Some((r, route)) = vh.routes.iter().enumerate().find(|(_, route)| {
+        let Some(route) = vh.routes.iter().find(|route| {
             route_matches(&route.matcher, path, req.uri().query(), req.headers(), rng)
         }) else {
             return Err(XdsRefusal::NoRoute {
@@ -95,10 +128,7 @@ impl ChainHttp {
                 path: path.to_owned(),
             });
         };
-        if !matches!(
-            route.action,
-            meshwork_xds::resource::RouteAction::NonForwarding
-        ) {
+        if !matches!(route.action, RouteAction::NonForwarding) {
             return Err(XdsRefusal::NotNonForwarding {
                 route: route.name.clone(),
             });
@@ -107,10 +137,12 @@ impl ChainHttp {
             return Ok(());
         }
         let attributes = RbacAttributes::new(req, connection, connection.is_tls());
-        let overridden = self.overridden.get(&(v, r));
-        for (i, (name, engine)) in self.rbac.iter().enumerate() {
-            let engine = overridden.and_then(|o| o.get(i)).unwrap_or(engine);
-            if let RbacDecision::Deny { policy } = engine.decide(&attributes) {
+        for (name, engine) in &self.rbac {
+            let decision = match rbac_override(vh, route, name) {
+                Some(per_route) => RbacEngine::decide_config(&per_route.rbac, &attributes),
+                None => engine.decide(&attributes),
+            };
+            if let RbacDecision::Deny { policy } = decision {
                 return Err(XdsRefusal::Denied {
                     filter: name.clone(),
                     policy: policy.map(str::to_owned),

@@ -1,15 +1,15 @@
 //! [`XdsInboundLayer`]: the per-request part of an xDS-driven server.
 
-use std::sync::Arc;
+use std::borrow::Cow;
 use std::task::{Context, Poll};
 
 use rand::SeedableRng as _;
 use rand::rngs::SmallRng;
 
 use super::decide::XdsRefusal;
-use super::slot::ChainSlot;
+use crate::inbound::layer::set_path;
 use crate::inbound::policy::is_grpc;
-use crate::inbound::{ConnectionInfo, InboundFuture};
+use crate::inbound::{ConnectionInfo, InboundFuture, PathError, normalize_path};
 
 /// Applies the served xDS Listener's HTTP configuration to each request: the filter
 /// chain's routes (A36: a request must match a route with `non_forwarding_action`, else it
@@ -17,11 +17,18 @@ use crate::inbound::{ConnectionInfo, InboundFuture};
 /// route's `RBACPerRoute` overrides. The chain's configuration is read per request, so an
 /// RDS or RBAC change applies to the next request on every connection.
 ///
+/// Routes and RBAC judge the path in the normal form of
+/// [`normalize_path`](crate::inbound::normalize_path), and the service receives that path,
+/// so a path spelled with escapes, `//` or `..` cannot match one rule and execute another; a
+/// path without a normal form, and a request with more than one `Host` header, are refused
+/// (`INTERNAL` / `400`).
+///
 /// A refused request never reaches the service: gRPC requests (by content type) get a
-/// trailers-only response with `grpc-status` 14 or 7, others `503` or `403`, each with the
-/// [`XdsRefusal`] in the response's extensions. Requests of connections that no xDS chain
-/// accepted (a server without xDS) pass unchanged. Place it outside the code's
-/// [`InboundLayer`](crate::inbound::InboundLayer): both must allow a request.
+/// trailers-only response with its `grpc-status`, others the HTTP status, each with the
+/// [`XdsRefusal`] in the response's extensions. It fails closed: a request whose connection
+/// no xDS filter chain accepted (the layer outside an xDS server's connection loop) is
+/// refused. Place it outside the code's [`InboundLayer`](crate::inbound::InboundLayer):
+/// both must allow a request.
 #[derive(Debug, Clone, Default)]
 pub struct XdsInboundLayer {
     _private: (),
@@ -46,11 +53,21 @@ impl<S> tower::Layer<S> for XdsInboundLayer {
 }
 
 /// The service made by [`XdsInboundLayer`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct XdsInbound<S> {
     inner: S,
     /// For routes matched on a runtime fraction.
     rng: SmallRng,
+}
+
+impl<S: Clone> Clone for XdsInbound<S> {
+    fn clone(&self) -> Self {
+        // Each clone (one per connection) draws its own numbers.
+        Self {
+            inner: self.inner.clone(),
+            rng: SmallRng::from_os_rng(),
+        }
+    }
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for XdsInbound<S>
@@ -66,17 +83,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let ext = req.extensions();
-        if let (Some(chain), Some(connection)) =
-            (ext.get::<Arc<ChainSlot>>(), ext.get::<ConnectionInfo>())
-            && let Err(refusal) = chain.http().decide(&req, connection, &mut self.rng)
-        {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if let Err(refusal) = self.judge(&mut req) {
+            let connection = req.extensions().get::<ConnectionInfo>();
             tracing::debug!(
-                %refusal,
-                chain = chain.name(),
+                refusal = %meshwork_xds::ErrorChain(&refusal),
+                chain = connection.and_then(|c| c.chain()).map(|c| c.name()),
                 path = req.uri().path(),
-                peer = ?connection.peer().map(|p| p.spiffe_id().to_string()),
+                peer = ?connection.and_then(|c| c.peer()).map(|p| p.spiffe_id().to_string()),
                 "request refused by the xDS configuration"
             );
             return InboundFuture::denied(refused(is_grpc(req.headers()), refusal));
@@ -85,31 +99,57 @@ where
     }
 }
 
+impl<S> XdsInbound<S> {
+    /// Normalises `req`'s path and judges it; `Ok` leaves the request as the service is to
+    /// see it.
+    fn judge<B>(&mut self, req: &mut http::Request<B>) -> Result<(), XdsRefusal> {
+        let Some(connection) = req.extensions().get::<ConnectionInfo>() else {
+            return Err(XdsRefusal::NoFilterChain);
+        };
+        let Some(chain) = connection.chain().cloned() else {
+            return Err(XdsRefusal::NoFilterChain);
+        };
+        if req
+            .headers()
+            .get_all(http::header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(XdsRefusal::MultipleHosts);
+        }
+        let normal = match normalize_path(req.uri().path()) {
+            Ok(Cow::Owned(path)) => Some(path),
+            Ok(Cow::Borrowed(_)) => None,
+            Err(error) => return Err(XdsRefusal::InvalidPath(error)),
+        };
+        if let Some(path) = normal {
+            set_path(req, &path).map_err(|_| XdsRefusal::InvalidPath(PathError::NotOriginForm))?;
+        }
+        let connection = req
+            .extensions()
+            .get::<ConnectionInfo>()
+            .ok_or(XdsRefusal::NoFilterChain)?;
+        chain.http().decide(req, connection, &mut self.rng)
+    }
+}
+
 fn refused<RB: Default>(grpc: bool, refusal: XdsRefusal) -> http::Response<RB> {
     let mut response = http::Response::new(RB::default());
-    let denial = refusal.is_denial();
+    let (grpc_status, http_status) = refusal.statuses();
     if grpc {
         let headers = response.headers_mut();
         headers.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/grpc"),
         );
-        let status = if denial { "7" } else { "14" };
-        headers.insert("grpc-status", http::HeaderValue::from_static(status));
-        // Names from the control plane may hold anything; grpc-message takes printable
-        // ASCII without '%' unescaped, so anything else is dropped rather than sent raw.
-        let message: String = format!("meshwork: {refusal}")
-            .chars()
-            .filter(|c| c.is_ascii_graphic() && *c != '%' || *c == ' ')
-            .take(512)
-            .collect();
-        if let Ok(value) = http::HeaderValue::from_str(&message) {
-            headers.insert("grpc-message", value);
-        }
-    } else if denial {
-        *response.status_mut() = http::StatusCode::FORBIDDEN;
+        headers.insert("grpc-status", http::HeaderValue::from_static(grpc_status));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(refusal.caller_message()),
+        );
     } else {
-        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        *response.status_mut() = http_status;
     }
     response.extensions_mut().insert(refusal);
     response

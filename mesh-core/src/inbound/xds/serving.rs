@@ -126,6 +126,8 @@ impl fmt::Debug for XdsServing {
 impl Drop for XdsServing {
     fn drop(&mut self) {
         self.task.abort();
+        // An acceptor that outlives it must not keep serving a Listener nobody updates.
+        self.state.stop();
     }
 }
 
@@ -224,6 +226,14 @@ impl Driver {
                 last_good: Some(config),
                 error,
             } => self.serve(&config, Some(error)),
+            // A36: a rejected update is an ambient error while a Listener is served, even
+            // one whose replacement is still waiting for its routes.
+            ServerState::Invalid {
+                last_good: None,
+                error,
+            } if self.state.is_serving() => {
+                tracing::warn!(listener = %self.name, error = %meshwork_xds::ErrorChain(&error), "xDS Listener update rejected; keeping the Listener being served");
+            }
             ServerState::Invalid {
                 last_good: None,
                 error,

@@ -1,19 +1,15 @@
-//! One filter chain of the served Listener, compiled: the TLS its connections take, the
-//! HTTP configuration their requests meet (routes and RBAC), and the signal that drains its
-//! connections when a Listener update replaces or removes it.
+//! One filter chain of the served Listener, compiled: the TLS its connections take and the
+//! HTTP configuration their requests meet (routes and RBAC).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use meshwork_xds::client::{RouteUnavailable, ServerConfig};
 use meshwork_xds::resource::{
     DownstreamTls, FilterChain, FilterChainMatch, FilterOverride, RbacPerRoute, Route,
     RouteConfiguration, RouteSource, ServerHttpFilterConfig, VirtualHost,
 };
-
-use meshwork_xds::client::{RouteUnavailable, ServerConfig};
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::identity::{CertificateProviders, IdentityError};
@@ -22,13 +18,12 @@ use crate::inbound::RbacEngine;
 /// One compiled filter chain, shared by the connections it accepted.
 pub(crate) struct ChainSlot {
     name: String,
-    /// What decides whether a connection can stay on this slot across an update: the same
-    /// match and the same TLS mean the connection is what the new chain would accept.
+    /// What decides whether the slot can be kept across an update: the same match and the
+    /// same TLS.
     filter_match: FilterChainMatch,
     downstream_tls: Option<DownstreamTls>,
     tls: Option<TlsAcceptor>,
     http: ArcSwap<ChainHttp>,
-    drain: watch::Sender<bool>,
 }
 
 impl fmt::Debug for ChainSlot {
@@ -42,7 +37,7 @@ impl fmt::Debug for ChainSlot {
 
 impl ChainSlot {
     /// Compiles `chain`, reusing `reuse`'s TLS acceptor when its TLS is the same (so an update
-    /// that leaves TLS alone does not restart certificate sources or rebuild rustls configs).
+    /// that leaves TLS alone does not rebuild rustls configurations).
     pub(crate) fn compile(
         chain: &FilterChain,
         config: &ServerConfig,
@@ -54,14 +49,12 @@ impl ChainSlot {
             (Some(_), Some(old)) if old.same_tls(chain) => old.tls.clone(),
             (Some(dt), _) => Some(tls.acceptor(dt)?),
         };
-        let (drain, _) = watch::channel(false);
         Ok(Self {
             name: chain.name.clone(),
             filter_match: chain.filter_match.clone(),
             downstream_tls: chain.tls.clone(),
             tls: acceptor,
             http: ArcSwap::from_pointee(ChainHttp::compile(chain, config)),
-            drain,
         })
     }
 
@@ -80,9 +73,9 @@ impl ChainSlot {
         self.http.load()
     }
 
-    /// Whether a connection this slot accepted is one `chain` would accept the same way.
+    /// Whether `chain` has this slot's match and TLS.
     pub(crate) fn same_transport(&self, chain: &FilterChain) -> bool {
-        self.filter_match == chain.filter_match && self.downstream_tls == chain.tls
+        self.filter_match == chain.filter_match && self.same_tls(chain)
     }
 
     /// Whether `chain` has this slot's TLS (so its acceptor can be shared).
@@ -93,16 +86,6 @@ impl ChainSlot {
     /// Takes `chain`'s HTTP configuration (routes and filters) for the next request.
     pub(crate) fn update_http(&self, chain: &FilterChain, config: &ServerConfig) {
         self.http.store(Arc::new(ChainHttp::compile(chain, config)));
-    }
-
-    /// Becomes `true` when the connections of this slot are to drain.
-    pub(crate) fn drained(&self) -> watch::Receiver<bool> {
-        self.drain.subscribe()
-    }
-
-    /// Drains every connection of this slot (graceful close).
-    pub(crate) fn drain(&self) {
-        self.drain.send_replace(true);
     }
 }
 
@@ -123,15 +106,13 @@ impl ChainTls<'_> {
     }
 }
 
-/// A chain's HTTP configuration: its route table and its RBAC filters.
+/// A chain's HTTP configuration: its route table and its RBAC filters. Route overrides are
+/// read in place per request, so a large route table costs nothing more per chain.
 #[derive(Debug)]
 pub(crate) struct ChainHttp {
     pub(crate) routes: Result<Arc<RouteConfiguration>, RouteUnavailable>,
     /// The RBAC filters in order, by instance name.
     pub(crate) rbac: Vec<(String, RbacEngine)>,
-    /// For routes with an `RBACPerRoute` override (on the route or its virtual host), the
-    /// filters as they apply there, keyed by (virtual host, route) index.
-    pub(crate) overridden: HashMap<(usize, usize), Vec<RbacEngine>>,
 }
 
 impl ChainHttp {
@@ -146,7 +127,7 @@ impl ChainHttp {
                 }),
             },
         };
-        let rbac: Vec<(String, RbacEngine)> = chain
+        let rbac = chain
             .http_filters
             .iter()
             .filter_map(|f| match &f.config {
@@ -156,36 +137,13 @@ impl ChainHttp {
                 _ => None,
             })
             .collect();
-        let mut overridden = HashMap::new();
-        if let Ok(rc) = &routes {
-            for (v, vh) in rc.virtual_hosts.iter().enumerate() {
-                for (r, route) in vh.routes.iter().enumerate() {
-                    let lookup = |name: &str| rbac_override(vh, route, name);
-                    if rbac.iter().all(|(name, _)| lookup(name).is_none()) {
-                        continue;
-                    }
-                    let engines = rbac
-                        .iter()
-                        .map(|(name, engine)| match lookup(name) {
-                            Some(per_route) => RbacEngine::new(&per_route.rbac),
-                            None => engine.clone(),
-                        })
-                        .collect();
-                    overridden.insert((v, r), engines);
-                }
-            }
-        }
-        Self {
-            routes,
-            rbac,
-            overridden,
-        }
+        Self { routes, rbac }
     }
 }
 
 /// The `RBACPerRoute` override of the filter named `filter` for `route`: the route's own,
 /// else its virtual host's (A41).
-fn rbac_override<'a>(
+pub(crate) fn rbac_override<'a>(
     vh: &'a VirtualHost,
     route: &'a Route,
     filter: &str,

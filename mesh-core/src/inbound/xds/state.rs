@@ -1,4 +1,5 @@
-//! The Listener a server serves with, as the acceptor reads it for each new connection.
+//! The Listener a server serves with, as the acceptor reads it for each new connection and
+//! each connection re-reads it after every update.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -6,15 +7,27 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use meshwork_xds::client::ServerConfig;
+use tokio::sync::watch;
 
 use super::slot::{ChainSlot, ChainTls};
 use crate::identity::IdentityError;
 use crate::inbound::chain_select::{ChainSelector, Selected};
 
 /// The compiled Listener being served, or none while the server is not serving.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ListenerState {
     current: ArcSwapOption<Serving>,
+    /// Bumped after every change of `current`, for the connections to look again.
+    updates: watch::Sender<u64>,
+}
+
+impl Default for ListenerState {
+    fn default() -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            updates: watch::Sender::new(0),
+        }
+    }
 }
 
 /// A compiled Listener: its chain selector and one slot per chain.
@@ -61,14 +74,37 @@ impl ListenerState {
         }
     }
 
+    /// Completes when a connection from `remote` to `local` that `slot` took must drain:
+    /// once the served Listener would give a new connection from there another chain (or
+    /// none). A36 drains the connections of changed chains; looking again per connection
+    /// also catches a kept chain that a new, more specific one now shadows.
+    pub(crate) async fn replaced(
+        self: Arc<Self>,
+        slot: Arc<ChainSlot>,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) {
+        let mut updates = self.updates.subscribe();
+        loop {
+            match self.choose(local, remote) {
+                Ok(now) if Arc::ptr_eq(&now, &slot) => {}
+                _ => return,
+            }
+            if updates.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Whether a Listener is being served.
     pub(crate) fn is_serving(&self) -> bool {
         self.current.load().is_some()
     }
 
     /// Serves with `config` from now on. A chain whose match and TLS are unchanged keeps its
-    /// connections, which see the new routes and RBAC from their next request; the
-    /// connections of every other old chain drain (A36). On error nothing changes.
+    /// slot: its connections that would still be given it stay, and see the new routes and
+    /// RBAC from their next request; every other connection drains (A36). On error nothing
+    /// changes.
     pub(crate) fn serve(
         &self,
         config: &ServerConfig,
@@ -77,36 +113,31 @@ impl ListenerState {
         let old = self.current.load_full();
         let listener = &config.listener;
         // Compile everything first, so a failure leaves the served Listener alone.
-        let mut reused = Vec::new();
+        let mut reused: Vec<Arc<ChainSlot>> = Vec::new();
         let mut compile = |chain, is_default: bool| -> Result<Arc<ChainSlot>, IdentityError> {
-            let previous = old.as_ref().and_then(|o| {
-                let candidates: Box<dyn Iterator<Item = &Arc<ChainSlot>>> = if is_default {
-                    Box::new(o.default.iter())
+            let candidates = old.as_ref().map(|o| {
+                if is_default {
+                    o.default.iter().collect::<Vec<_>>()
                 } else {
-                    Box::new(o.chains.iter())
-                };
-                candidates
-                    .filter(|slot| !reused.iter().any(|r| Arc::ptr_eq(r, slot)))
-                    .find(|slot| slot.same_transport(chain))
-                    .cloned()
+                    o.chains.iter().collect()
+                }
             });
-            match previous {
-                Some(slot) => {
-                    reused.push(slot.clone());
-                    Ok(slot)
-                }
-                None => {
-                    // A new match with a TLS an old chain had reuses its acceptor.
-                    let same_tls = old.as_ref().and_then(|o| {
-                        o.chains
-                            .iter()
-                            .chain(&o.default)
-                            .find(|slot| slot.same_tls(chain))
-                    });
-                    let same_tls = same_tls.map(|slot| &**slot);
-                    Ok(Arc::new(ChainSlot::compile(chain, config, tls, same_tls)?))
-                }
+            let previous = candidates.into_iter().flatten().find(|slot| {
+                !reused.iter().any(|r| Arc::ptr_eq(r, slot)) && slot.same_transport(chain)
+            });
+            if let Some(slot) = previous {
+                reused.push(slot.clone());
+                return Ok(slot.clone());
             }
+            // A new match with a TLS an old chain had shares its acceptor.
+            let same_tls = old.as_ref().and_then(|o| {
+                o.chains
+                    .iter()
+                    .chain(&o.default)
+                    .find(|slot| slot.same_tls(chain))
+            });
+            let same_tls = same_tls.map(|slot| &**slot);
+            Ok(Arc::new(ChainSlot::compile(chain, config, tls, same_tls)?))
         };
         let mut chains = Vec::with_capacity(listener.filter_chains.len());
         for chain in &listener.filter_chains {
@@ -116,42 +147,29 @@ impl ListenerState {
             Some(chain) => Some(compile(chain, true)?),
             None => None,
         };
-        // Reused slots take their new HTTP configuration only now that nothing can fail.
-        for (slot, chain) in chains.iter().zip(&listener.filter_chains) {
+        // Kept slots take their new HTTP configuration only now that nothing can fail.
+        let pairs = chains
+            .iter()
+            .zip(&listener.filter_chains)
+            .chain(default.iter().zip(&listener.default_filter_chain));
+        for (slot, chain) in pairs {
             if reused.iter().any(|r| Arc::ptr_eq(r, slot)) {
                 slot.update_http(chain, config);
             }
-        }
-        if let (Some(slot), Some(chain)) = (&default, &listener.default_filter_chain)
-            && reused.iter().any(|r| Arc::ptr_eq(r, slot))
-        {
-            slot.update_http(chain, config);
         }
         self.current.store(Some(Arc::new(Serving {
             selector: ChainSelector::new(listener),
             chains,
             default,
         })));
-        if let Some(old) = old {
-            for slot in old.chains.iter().chain(&old.default) {
-                if !reused.iter().any(|r| Arc::ptr_eq(r, slot)) {
-                    tracing::debug!(
-                        chain = slot.name(),
-                        "draining the connections of a replaced filter chain"
-                    );
-                    slot.drain();
-                }
-            }
-        }
+        self.updates.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 
     /// Stops serving: new connections are closed, existing ones drain (A36).
     pub(crate) fn stop(&self) {
-        if let Some(old) = self.current.swap(None) {
-            for slot in old.chains.iter().chain(&old.default) {
-                slot.drain();
-            }
+        if self.current.swap(None).is_some() {
+            self.updates.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 }

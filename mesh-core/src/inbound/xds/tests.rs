@@ -339,3 +339,88 @@ async fn not_serving_closes_new_connections_and_drains_the_old() {
         .unwrap();
     assert!(closed_on_arrival(f.addr).await);
 }
+
+/// Routes and RBAC judge the path the service will execute: escapes, `//` and `..` cannot
+/// reach a route's RBAC override from another route's path.
+#[tokio::test]
+async fn routes_and_rbac_judge_the_normalised_path() {
+    let f = Fixture::start().await;
+    f.serve(&listener(f.addr, "yes"));
+    let (mut conn, _closed) = connect(f.addr).await;
+    // Spelled as `/open/...`, executed as `/served/x`: judged by `/served`'s RBAC.
+    assert_eq!(get(&mut conn, "/open/../served/x", Some("open")).await, 403);
+    assert_eq!(get(&mut conn, "/open/../served/x", Some("yes")).await, 200);
+    assert_eq!(get(&mut conn, "/%6Fpen/x", Some("open")).await, 200);
+    assert_eq!(get(&mut conn, "//open/x", Some("open")).await, 200);
+    // No normal form: refused before any rule.
+    assert_eq!(get(&mut conn, "/open%2Fx", Some("open")).await, 400);
+}
+
+#[tokio::test]
+async fn a_request_with_two_host_headers_is_refused() {
+    let f = Fixture::start().await;
+    f.serve(&listener(f.addr, "yes"));
+    let (mut sender, _closed) = connect(f.addr).await;
+    let req = http::Request::get("/served")
+        .header("host", "a.example")
+        .header("host", "b.example")
+        .header("x-allow", "yes")
+        .body(Empty::new())
+        .unwrap();
+    sender.ready().await.unwrap();
+    let rsp = sender.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 400);
+}
+
+/// A kept chain whose connections a new, more specific chain would now take: they drain
+/// (grpc-go drains on every Listener change; meshwork keeps only what would be chosen again).
+#[tokio::test]
+async fn connections_of_a_kept_chain_that_a_new_chain_shadows_drain() {
+    let f = Fixture::start().await;
+    // Only a default chain.
+    let mut only_default = listener(f.addr, "yes");
+    {
+        let l = Arc::make_mut(&mut only_default.listener);
+        l.default_filter_chain = Some(l.filter_chains.remove(0));
+    }
+    f.serve(&only_default);
+    let (mut conn, closed) = connect(f.addr).await;
+    assert_eq!(get(&mut conn, "/served", Some("yes")).await, 200);
+
+    // The same default chain, and a chain matching every connection before it.
+    let mut both = listener(f.addr, "new");
+    {
+        let l = Arc::make_mut(&mut both.listener);
+        l.default_filter_chain = only_default.listener.default_filter_chain.clone();
+    }
+    f.serve(&both);
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the shadowed chain's connection was closed")
+        .unwrap();
+    let (mut fresh, _closed) = connect(f.addr).await;
+    assert_eq!(get(&mut fresh, "/served", Some("new")).await, 200);
+}
+
+/// The layer fails closed: a request that did not come through an xDS server's connection
+/// loop (no filter chain) is refused.
+#[tokio::test]
+async fn the_layer_refuses_requests_without_a_filter_chain() {
+    use tower::{Service as _, ServiceExt as _};
+    let mut svc =
+        XdsInboundLayer::new().layer(tower::service_fn(|_req: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(()))
+        }));
+    let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+    for info in [
+        None,
+        Some(crate::inbound::ConnectionInfo::new(addr, addr, None)),
+    ] {
+        let mut req = http::Request::get("/served").body(()).unwrap();
+        if let Some(info) = info {
+            req.extensions_mut().insert(info);
+        }
+        let rsp = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(rsp.status(), 503);
+    }
+}
