@@ -121,6 +121,7 @@ pub struct InboundStream {
     /// The connection's slot under [`ServerLimits::max_connections`], freed on drop.
     _slot: Option<OwnedSemaphorePermit>,
     /// The served xDS Listener (xDS-driven servers only), which may replace its chain.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     xds: Option<Arc<ListenerState>>,
 }
 
@@ -143,6 +144,7 @@ impl InboundStream {
 
     /// Completes when the connection must drain because a Listener update gives its
     /// address pair another filter chain or none (xDS-driven servers only).
+    #[cfg(feature = "server")]
     pub(crate) fn replaced(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
         let state = self.xds.clone()?;
         let chain = self.info.chain.clone()?;

@@ -25,5 +25,5 @@ pub use serving::{NotServing, ServingCallback, ServingState, XdsServing};
 pub(crate) use slot::ChainSlot;
 pub(crate) use state::ListenerState;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "server"))]
 mod tests;

@@ -78,6 +78,7 @@ impl ListenerState {
     /// once the served Listener would give a new connection from there another chain (or
     /// none). A36 drains the connections of changed chains; looking again per connection
     /// also catches a kept chain that a new, more specific one now shadows.
+    #[cfg(feature = "server")]
     pub(crate) async fn replaced(
         self: Arc<Self>,
         slot: Arc<ChainSlot>,
