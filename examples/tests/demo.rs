@@ -1,11 +1,18 @@
-//! The README's main command must keep working: run the demo binary and check its story.
+//! The README's main command must keep working: run the demo binary and check its story,
+//! and its OTLP export to a real receiver.
 
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 #[test]
 fn demo_runs_the_whole_story_in_under_a_minute() {
     let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+    let out = Command::new(env!("CARGO_BIN_EXE_demo"))
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .output()
         .expect("run demo");
     let elapsed = started.elapsed();
@@ -82,4 +89,185 @@ fn demo_runs_the_whole_story_in_under_a_minute() {
         .filter(|(_, n)| n.starts_with("Attempt."))
         .count();
     assert!(attempts >= 2, "a retried call:\n{traces}");
+
+    // Each simulated service records under its own service.name: the client's spans are the
+    // frontend's, the server's the backend's that answered.
+    let by_service = traces
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("spans by service.name: "))
+        .expect("spans by service");
+    let services: BTreeSet<&str> = by_service
+        .split(", ")
+        .filter_map(|s| s.rsplit_once(' ').map(|(name, _)| name))
+        .collect();
+    assert!(
+        services.len() >= 2 && services.contains("frontend"),
+        "{by_service}"
+    );
+    fn service_of(name: &str) -> &str {
+        name.rsplit_once(" service ")
+            .and_then(|(_, s)| s.split(' ').next())
+            .unwrap_or_else(|| panic!("no service in {name:?}"))
+    }
+    for (_, name) in &tree {
+        let service = service_of(name);
+        if name.starts_with("Recv.") {
+            assert!(
+                ["greeter-stable", "greeter-canary"].contains(&service),
+                "{name}"
+            );
+        } else {
+            assert_eq!(service, "frontend", "{name}");
+        }
+    }
+    assert!(
+        tree.iter().any(|(_, n)| n.starts_with("Recv.")),
+        "a Recv span:\n{traces}"
+    );
+}
+
+/// oteltest's OTLP/gRPC receiver (mesh-core's test peer), stopped on drop.
+struct Sink {
+    child: Child,
+    out: std::path::PathBuf,
+    port: u16,
+}
+
+impl Sink {
+    fn start() -> Self {
+        let venv = meshwork_test_support::peers::venv();
+        let out = meshwork_test_support::temp_dir("demo-otlp").join("received.jsonl");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../mesh-core/tests/peers/otlp_sink.py"
+        );
+        let mut child = Command::new(venv.join("bin/python"))
+            .arg(script)
+            .args(["--port", &port.to_string(), "--out"])
+            .arg(&out)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the OTLP sink");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the OTLP sink did not start");
+        Self { child, out, port }
+    }
+
+    /// The received export requests of `kind` ("traces", "metrics") as (service.name,
+    /// request's resource entry).
+    fn resources(&self, kind: &str, list: &str) -> Vec<(String, Value)> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            if v["kind"] != kind {
+                continue;
+            }
+            for r in v["request"][list].as_array().into_iter().flatten() {
+                let service = r["resource"]["attributes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|kv| kv["key"] == "service.name")
+                    .and_then(|kv| kv["value"]["stringValue"].as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                out.push((service, r.clone()));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A span as received: its service, name, ids.
+struct Span {
+    service: String,
+    name: String,
+    trace: String,
+    id: String,
+    parent: String,
+}
+
+#[test]
+#[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
+fn demo_exports_each_service_under_its_own_name_over_otlp() {
+    let sink = Sink::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_demo"))
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", sink.port),
+        )
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}");
+    assert!(
+        stdout.contains("9. Traces and metrics were exported over OTLP"),
+        "{stdout}"
+    );
+
+    let mut spans = Vec::new();
+    for (service, r) in sink.resources("traces", "resourceSpans") {
+        // oteltest's protobuf JSON names the scope list by its pre-1.0 name.
+        let scopes = ["scopeSpans", "instrumentationLibrarySpans"]
+            .into_iter()
+            .filter_map(|k| r[k].as_array())
+            .flatten();
+        for ss in scopes {
+            for s in ss["spans"].as_array().into_iter().flatten() {
+                let field = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
+                spans.push(Span {
+                    service: service.clone(),
+                    name: field("name"),
+                    trace: field("traceId"),
+                    id: field("spanId"),
+                    parent: field("parentSpanId"),
+                });
+            }
+        }
+    }
+    let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+    for expected in ["frontend", "greeter-stable", "greeter-canary", "intruder"] {
+        assert!(services.contains(expected), "{services:?}");
+    }
+    // The hop between services: a backend's Recv span is the child of a frontend's Attempt.
+    let by_id: HashMap<(&str, &str), &Span> = spans
+        .iter()
+        .map(|s| ((s.trace.as_str(), s.id.as_str()), s))
+        .collect();
+    let hop = spans.iter().any(|s| {
+        s.name.starts_with("Recv.")
+            && s.service.starts_with("greeter-")
+            && by_id
+                .get(&(s.trace.as_str(), s.parent.as_str()))
+                .is_some_and(|p| p.name.starts_with("Attempt.") && p.service == "frontend")
+    });
+    assert!(hop, "no frontend Attempt -> greeter Recv across services");
+
+    let metrics: BTreeSet<String> = sink
+        .resources("metrics", "resourceMetrics")
+        .into_iter()
+        .map(|(service, _)| service)
+        .collect();
+    assert!(
+        metrics.contains("frontend") && metrics.contains("greeter-stable"),
+        "{metrics:?}"
+    );
 }

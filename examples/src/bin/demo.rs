@@ -8,9 +8,11 @@
 //! backend ejected and returning, the circuit breaker shedding load, an unauthorised caller
 //! refused, and the client's view of every xDS resource.
 //!
-//! Every call is traced (OpenTelemetry): with `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans and
-//! metrics are exported over OTLP/gRPC; otherwise spans are kept in memory and the demo ends
-//! by printing the trace of one retried call (`Sent` -> `Attempt`s -> `Recv`).
+//! Every call is traced (OpenTelemetry), each simulated service (the frontend, the backends of
+//! greeter-stable and greeter-canary, the intruder) under its own `service.name`: with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans and metrics are exported over OTLP/gRPC;
+//! otherwise spans are kept in memory and the demo ends by printing the trace of one retried
+//! call (`Sent` -> `Attempt`s -> `Recv`), naming the service of each span.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -30,16 +32,16 @@ use meshwork_core::identity::{MtlsConfig, StaticSource};
 use meshwork_examples::greeter::{Behaviour, Greeter};
 use meshwork_examples::helloworld::HelloRequest;
 use meshwork_examples::helloworld::greeter_client::GreeterClient;
+use meshwork_examples::otel::{Pipelines, ServiceSpan, Sink};
 use meshwork_examples::tally::Tally;
 use meshwork_grpc::core::inbound::{AuthorizationPolicy, Principal, Rule};
+use meshwork_grpc::core::telemetry::Telemetry;
 use meshwork_grpc::{MeshChannel, MeshChannelOptions, MeshServer};
 use meshwork_xds::bootstrap::Bootstrap;
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use opentelemetry::trace::{SpanId, TraceId};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::SpanData;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -121,7 +123,11 @@ fn stable_cluster() -> Cluster {
 }
 
 /// Starts a greeter backend over mTLS with the greeters' SVID; only the frontend may call.
-async fn backend(ca: &TestCa, greeter: &Greeter) -> Result<SocketAddr, Error> {
+async fn backend(
+    ca: &TestCa,
+    greeter: &Greeter,
+    telemetry: Telemetry,
+) -> Result<SocketAddr, Error> {
     let identity = MtlsConfig::new(Arc::new(StaticSource::new(
         Some(ca.svid(GREETER)),
         ca.bundles(),
@@ -131,16 +137,24 @@ async fn backend(ca: &TestCa, greeter: &Greeter) -> Result<SocketAddr, Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = MeshServer::new(identity)
+        .telemetry(telemetry)
         .policy(policy)
         .add_service(greeter.service());
     tokio::spawn(server.serve(listener));
     Ok(addr)
 }
 
-/// Writes the frontend's SVID, key and roots as Istio's agent would, and a bootstrap whose
-/// `default` certificate provider watches them.
-fn write_bootstrap(dir: &Path, ca: &TestCa, xds_uri: &str) -> Result<PathBuf, Error> {
-    let minted = ca.mint(FRONTEND, meshwork_core::identity::testing::Flaw::None);
+/// Writes the SVID of `spiffe_path`, its key and the roots into `dir` as Istio's agent
+/// would, and a bootstrap for node `node` whose `default` certificate provider watches them.
+fn write_bootstrap(
+    dir: &Path,
+    ca: &TestCa,
+    spiffe_path: &str,
+    node: &str,
+    xds_uri: &str,
+) -> Result<PathBuf, Error> {
+    std::fs::create_dir_all(dir)?;
+    let minted = ca.mint(spiffe_path, meshwork_core::identity::testing::Flaw::None);
     std::fs::write(dir.join("cert-chain.pem"), &minted.cert_pem)?;
     std::fs::write(dir.join("key.pem"), &minted.key_pem)?;
     std::fs::write(dir.join("root-cert.pem"), ca.root_pem())?;
@@ -149,7 +163,7 @@ fn write_bootstrap(dir: &Path, ca: &TestCa, xds_uri: &str) -> Result<PathBuf, Er
         r#"{{
   "xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
                     "server_features": ["xds_v3"]}}],
-  "node": {{"id": "frontend-1.shop"}},
+  "node": {{"id": "{node}"}},
   "certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{
       "certificate_file": "{d}/cert-chain.pem", "private_key_file": "{d}/key.pem",
       "ca_certificate_file": "{d}/root-cert.pem", "refresh_interval": "600s"}}}}}}
@@ -213,112 +227,66 @@ fn calls_to(g: &Greeter) -> u64 {
     g.calls().0
 }
 
-/// Where the demo's spans and metrics go: the global OpenTelemetry providers, installed
-/// before any channel or server is built (meshwork takes them when it builds one).
-enum Otel {
-    /// OTLP/gRPC to `OTEL_EXPORTER_OTLP_ENDPOINT`.
-    Otlp {
-        traces: SdkTracerProvider,
-        metrics: SdkMeterProvider,
-    },
-    /// Spans in memory, for section 9.
-    Memory {
-        traces: SdkTracerProvider,
-        spans: InMemorySpanExporter,
-    },
-}
-
-impl Otel {
-    fn install() -> Result<Self, Error> {
-        let resource = Resource::builder()
-            .with_service_name("meshwork-demo")
-            .build();
-        let otel = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-            // The exporters read the endpoint (and headers) from the environment.
-            let spans = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build()?;
-            let traces = SdkTracerProvider::builder()
-                .with_resource(resource.clone())
-                .with_batch_exporter(spans)
-                .build();
-            let exporter = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .build()?;
-            let metrics = SdkMeterProvider::builder()
-                .with_resource(resource)
-                .with_reader(PeriodicReader::builder(exporter).build())
-                .build();
-            opentelemetry::global::set_meter_provider(metrics.clone());
-            Otel::Otlp { traces, metrics }
-        } else {
-            let spans = InMemorySpanExporter::default();
-            let traces = SdkTracerProvider::builder()
-                .with_resource(resource)
-                .with_simple_exporter(spans.clone())
-                .build();
-            Otel::Memory { traces, spans }
-        };
-        let traces = match &otel {
-            Otel::Otlp { traces, .. } | Otel::Memory { traces, .. } => traces.clone(),
-        };
-        opentelemetry::global::set_tracer_provider(traces);
-        Ok(otel)
-    }
-
-    /// Section 9 (in memory) or the exporters' final flush (OTLP).
-    async fn finish(self) -> Result<(), Error> {
-        match self {
-            Otel::Otlp { traces, metrics } => {
-                // The SDK's flush blocks: off the runtime's threads.
-                let flushed = tokio::task::spawn_blocking(move || -> Result<(), Error> {
-                    traces.shutdown()?;
-                    metrics.shutdown()?;
-                    Ok(())
-                })
-                .await?;
-                match flushed {
-                    Ok(()) => println!("\n9. Traces and metrics were exported over OTLP."),
-                    // The demo's story does not depend on the collector being there.
-                    Err(e) => println!("\n9. Exporting over OTLP failed: {e}"),
-                }
-            }
-            Otel::Memory { traces, spans } => {
-                traces.force_flush()?;
-                print_traces(&spans.get_finished_spans()?);
+/// Section 9 (in memory) or the exporters' final flush (OTLP).
+async fn finish_telemetry(otel: Pipelines) -> Result<(), Error> {
+    match otel.sink() {
+        Sink::Otlp => {
+            // The SDK's flush blocks: off the runtime's threads.
+            match tokio::task::spawn_blocking(move || otel.shutdown()).await? {
+                Ok(()) => println!(
+                    "\n9. Traces and metrics were exported over OTLP, each service under its own service.name."
+                ),
+                // The demo's story does not depend on the collector being there.
+                Err(e) => println!("\n9. Exporting over OTLP failed: {e}: {}", chain(&e)),
             }
         }
-        Ok(())
+        Sink::Memory => {
+            let spans = otel.spans()?;
+            print_traces(&spans);
+        }
     }
+    Ok(())
+}
+
+/// The causes below an error, for one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    causes.join(": ")
 }
 
 /// The spans of a run, by parent.
 struct Tree<'a> {
-    children: HashMap<(TraceId, SpanId), Vec<&'a SpanData>>,
+    children: HashMap<(TraceId, SpanId), Vec<&'a ServiceSpan>>,
 }
 
 impl<'a> Tree<'a> {
-    fn new(spans: &'a [SpanData]) -> Self {
-        let mut children: HashMap<(TraceId, SpanId), Vec<&'a SpanData>> = HashMap::new();
+    fn new(spans: &'a [ServiceSpan]) -> Self {
+        let mut children: HashMap<(TraceId, SpanId), Vec<&'a ServiceSpan>> = HashMap::new();
         for s in spans {
             children
-                .entry((s.span_context.trace_id(), s.parent_span_id))
+                .entry((s.span.span_context.trace_id(), s.span.parent_span_id))
                 .or_default()
                 .push(s);
         }
         for list in children.values_mut() {
-            list.sort_by_key(|s| s.start_time);
+            list.sort_by_key(|s| s.span.start_time);
         }
         Self { children }
     }
 
-    fn kids(&self, s: &SpanData) -> &[&'a SpanData] {
+    fn kids(&self, s: &SpanData) -> &[&'a ServiceSpan] {
         self.children
             .get(&(s.span_context.trace_id(), s.span_context.span_id()))
             .map_or(&[], Vec::as_slice)
     }
 
-    fn print(&self, span: &SpanData, depth: usize) {
+    fn print(&self, s: &ServiceSpan, depth: usize) {
+        let span = &s.span;
         let status = span
             .attributes
             .iter()
@@ -330,10 +298,12 @@ impl<'a> Tree<'a> {
             .duration_since(span.start_time)
             .unwrap_or_default();
         println!(
-            "   {:indent$}{} ({:?}{status}, {took:.1?})",
+            "   {:indent$}{} ({:?}{status}, {took:.1?}) service {} ({})",
             "",
             span.name,
             span.span_kind,
+            s.service,
+            s.instance,
             indent = 2 * depth + 2
         );
         for child in self.kids(span) {
@@ -342,28 +312,42 @@ impl<'a> Tree<'a> {
     }
 }
 
-/// Section 9: how much was traced, and the tree of one retried call.
-fn print_traces(spans: &[SpanData]) {
+/// Section 9: how much was traced, by which service, and the tree of one retried call.
+fn print_traces(spans: &[ServiceSpan]) {
     let tree = Tree::new(spans);
-    let traces: std::collections::HashSet<TraceId> =
-        spans.iter().map(|s| s.span_context.trace_id()).collect();
+    let traces: std::collections::HashSet<TraceId> = spans
+        .iter()
+        .map(|s| s.span.span_context.trace_id())
+        .collect();
+    let mut by_service: std::collections::BTreeMap<&str, usize> = Default::default();
+    for s in spans {
+        *by_service.entry(s.service.as_str()).or_default() += 1;
+    }
     println!(
         "\n9. Traces (OpenTelemetry, kept in memory; set OTEL_EXPORTER_OTLP_ENDPOINT to export):"
     );
     println!("   {} traces, {} spans", traces.len(), spans.len());
+    let services: Vec<String> = by_service
+        .iter()
+        .map(|(service, n)| format!("{service} {n}"))
+        .collect();
+    println!("   spans by service.name: {}", services.join(", "));
     // A call whose first attempt failed and whose every attempt reached a server.
     let retried = spans
         .iter()
-        .filter(|s| s.name.starts_with("Sent."))
+        .filter(|s| s.span.name.starts_with("Sent."))
         .find(|s| {
-            let attempts = tree.kids(s);
-            attempts.len() >= 2 && attempts.iter().all(|a| !tree.kids(a).is_empty())
+            let attempts = tree.kids(&s.span);
+            attempts.len() >= 2 && attempts.iter().all(|a| !tree.kids(&a.span).is_empty())
         });
     let Some(call) = retried else {
         println!("   (no retried call was traced)");
         return;
     };
-    println!("   a retried call, trace {}:", call.span_context.trace_id());
+    println!(
+        "   a retried call, trace {}:",
+        call.span.span_context.trace_id()
+    );
     tree.print(call, 0);
 }
 
@@ -371,7 +355,8 @@ fn print_traces(spans: &[SpanData]) {
 async fn main() -> Result<(), Error> {
     Cli::parse();
     let started = Instant::now();
-    let otel = Otel::install()?;
+    // Each simulated service records through its own pipeline (its own service.name).
+    let mut otel = Pipelines::new(Sink::from_env());
     println!("meshwork demo: a service mesh inside the process, no sidecar");
     println!(
         "  TLS provider: {} (fips mode: {})",
@@ -387,9 +372,9 @@ async fn main() -> Result<(), Error> {
         Greeter::new("greeter-c"),
     );
     let (addr_a, addr_b, addr_c) = (
-        backend(&ca, &a).await?,
-        backend(&ca, &b).await?,
-        backend(&ca, &c).await?,
+        backend(&ca, &a, otel.service("greeter-stable", a.id())?).await?,
+        backend(&ca, &b, otel.service("greeter-stable", b.id())?).await?,
+        backend(&ca, &c, otel.service("greeter-canary", c.id())?).await?,
     );
     let control_plane = XdsTestServer::start().await?;
     control_plane.set_snapshot(
@@ -403,7 +388,13 @@ async fn main() -> Result<(), Error> {
     );
     let dir = std::env::temp_dir().join(format!("meshwork-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let bootstrap = Bootstrap::from_file(write_bootstrap(&dir, &ca, &control_plane.uri())?)?;
+    let bootstrap = Bootstrap::from_file(write_bootstrap(
+        &dir.join("frontend"),
+        &ca,
+        FRONTEND,
+        "frontend-1.shop",
+        &control_plane.uri(),
+    )?)?;
     println!(
         "\n1. The mesh: a control plane on {}, a CA for trust domain {TRUST_DOMAIN},",
         control_plane.uri()
@@ -413,11 +404,12 @@ async fn main() -> Result<(), Error> {
     );
 
     let client = XdsClient::builder(&bootstrap)?.start();
+    let frontend_telemetry = otel.service("frontend", "frontend-1")?;
     let t0 = Instant::now();
     let channel = MeshChannel::from_xds(
         &client,
         &format!("xds:///{TARGET}"),
-        MeshChannelOptions::new(),
+        MeshChannelOptions::new().telemetry(frontend_telemetry),
     )
     .await?;
     let greeter = GreeterClient::new(channel);
@@ -519,11 +511,14 @@ async fn main() -> Result<(), Error> {
         Some(ca.svid(INTRUDER)),
         ca.bundles(),
     )));
+
     let intruder = GreeterClient::new(
         MeshChannel::from_xds(
             &client,
             &format!("xds:///{TARGET}"),
-            MeshChannelOptions::new().mtls(intruder_identity),
+            MeshChannelOptions::new()
+                .mtls(intruder_identity)
+                .telemetry(otel.service("intruder", "intruder-1")?),
         )
         .await?,
     );
@@ -555,7 +550,7 @@ async fn main() -> Result<(), Error> {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-    otel.finish().await?;
+    finish_telemetry(otel).await?;
     println!("\ndone in {:.1?}", started.elapsed());
     Ok(())
 }
