@@ -61,6 +61,7 @@ fn config() -> Arc<TargetConfig> {
                     terminal: false,
                 }],
             }),
+            filter_overrides: Default::default(),
         });
     }
     routes.push(Route {
@@ -79,6 +80,7 @@ fn config() -> Arc<TargetConfig> {
             retry_policy: None,
             hash_policies: Vec::new(),
         }),
+        filter_overrides: Default::default(),
     });
     let cfg = StaticConfig::new()
         .virtual_host(VirtualHost {
@@ -86,6 +88,7 @@ fn config() -> Arc<TargetConfig> {
             domains: vec!["*".into()],
             routes,
             retry_policy: None,
+            filter_overrides: Default::default(),
         })
         .build()
         .expect("a valid config");

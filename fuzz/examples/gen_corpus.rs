@@ -50,7 +50,7 @@ fn xds_resource() {
     let dir = corpus("xds_resource");
     let addr: SocketAddr = ([127, 0, 0, 1], 50051).into();
     let addr6: SocketAddr = "[::1]:8080".parse().expect("addr");
-    let anys: Vec<(u8, Any)> = vec![
+    let mut anys: Vec<(u8, Any)> = vec![
         (
             0,
             build::pack(&build::api_listener("greeter:50051", "route-1")),
@@ -140,6 +140,7 @@ fn xds_resource() {
             ),
         ),
     ];
+    anys.extend(server_side_seeds());
     for (ty, any) in &anys {
         seed(&dir, &[&[*ty][..], &any.value].concat());
         let wrapper = Wrapper {
@@ -153,6 +154,177 @@ fn xds_resource() {
         RESOURCE_WRAPPER_TYPE_URL,
         "type.googleapis.com/envoy.service.discovery.v3.Resource"
     );
+}
+
+/// Server-side LDS and RDS (gRFC A36, A41): Istio's inbound listener shape, with an mTLS
+/// chain and a plaintext one, RBAC filters and the router; and a route configuration with
+/// RBACPerRoute overrides, bare and in a `FilterConfig`.
+fn server_side_seeds() -> Vec<(u8, Any)> {
+    use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
+    use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
+    use envoy_types::pb::envoy::config::rbac::v3 as rbac_pb;
+    use envoy_types::pb::envoy::config::route::v3 as route_pb;
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as filter_pb;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
+    use envoy_types::pb::google::protobuf::BoolValue;
+
+    let principal = rbac_pb::Principal {
+        identifier: Some(rbac_pb::principal::Identifier::Authenticated(
+            rbac_pb::principal::Authenticated {
+                principal_name: Some(matcher_pb::StringMatcher {
+                    match_pattern: Some(matcher_pb::string_matcher::MatchPattern::Exact(
+                        "spiffe://cluster.local/ns/default/sa/client".into(),
+                    )),
+                    ignore_case: false,
+                }),
+            },
+        )),
+    };
+    let rbac = |action: rbac_pb::rbac::Action| filter_pb::Rbac {
+        rules: Some(rbac_pb::Rbac {
+            action: action as i32,
+            policies: [(
+                "ns[default]-policy[allow-client]-rule[0]".to_owned(),
+                rbac_pb::Policy {
+                    permissions: vec![rbac_pb::Permission {
+                        rule: Some(rbac_pb::permission::Rule::Any(true)),
+                    }],
+                    principals: vec![principal.clone()],
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let filter = |name: &str, config: Any| hcm_pb::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    };
+    let routes = build::route_config(
+        "inbound|7070||",
+        vec![build::virtual_host(
+            "inbound|http|7070",
+            ["*"],
+            vec![route_pb::Route {
+                r#match: Some(route_pb::RouteMatch {
+                    path_specifier: Some(route_pb::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route_pb::route::Action::NonForwardingAction(
+                    route_pb::NonForwardingAction {},
+                )),
+                typed_per_filter_config: [
+                    (
+                        "envoy.filters.http.rbac.ALLOW".to_owned(),
+                        build::pack(&filter_pb::RbacPerRoute {
+                            rbac: Some(rbac(rbac_pb::rbac::Action::Allow)),
+                        }),
+                    ),
+                    (
+                        "envoy.filters.http.rbac.DENY".to_owned(),
+                        build::pack(&route_pb::FilterConfig {
+                            config: Some(build::pack(&filter_pb::RbacPerRoute::default())),
+                            is_optional: true,
+                            disabled: false,
+                        }),
+                    ),
+                ]
+                .into(),
+                ..Default::default()
+            }],
+        )],
+    );
+    let hcm = hcm_pb::HttpConnectionManager {
+        route_specifier: Some(
+            hcm_pb::http_connection_manager::RouteSpecifier::RouteConfig(routes.clone()),
+        ),
+        http_filters: vec![
+            filter(
+                "envoy.filters.http.rbac.DENY",
+                build::pack(&rbac(rbac_pb::rbac::Action::Deny)),
+            ),
+            filter(
+                "envoy.filters.http.rbac.ALLOW",
+                build::pack(&rbac(rbac_pb::rbac::Action::Allow)),
+            ),
+            filter(
+                "envoy.filters.http.router",
+                Any {
+                    type_url: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                        .into(),
+                    value: vec![],
+                },
+            ),
+        ],
+        ..Default::default()
+    };
+    let provider = |cert: &str| {
+        Some(tls_pb::CertificateProviderPluginInstance {
+            instance_name: "default".into(),
+            certificate_name: cert.into(),
+        })
+    };
+    let tls = tls_pb::DownstreamTlsContext {
+        common_tls_context: Some(tls_pb::CommonTlsContext {
+            tls_certificate_provider_instance: provider("default"),
+            validation_context_type: Some(
+                tls_pb::common_tls_context::ValidationContextType::ValidationContext(
+                    tls_pb::CertificateValidationContext {
+                        ca_certificate_provider_instance: provider("ROOTCA"),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    let chain = |name: &str, source_type: listener_pb::filter_chain_match::ConnectionSourceType| {
+        listener_pb::FilterChain {
+            name: name.into(),
+            filter_chain_match: Some(listener_pb::FilterChainMatch {
+                source_type: source_type as i32,
+                ..Default::default()
+            }),
+            filters: vec![listener_pb::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(listener_pb::filter::ConfigType::TypedConfig(build::pack(
+                    &hcm,
+                ))),
+            }],
+            ..Default::default()
+        }
+    };
+    use listener_pb::filter_chain_match::ConnectionSourceType;
+    let mut mtls = chain("inbound-mtls", ConnectionSourceType::External);
+    mtls.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(SocketConfig::TypedConfig(build::pack(&tls))),
+    });
+    let listener = listener_pb::Listener {
+        name: "xds.istio.io/grpc/lds/inbound/0.0.0.0:7070".into(),
+        address: Some(build::socket_address(([0, 0, 0, 0], 7070).into())),
+        filter_chains: vec![
+            mtls,
+            chain("inbound-plaintext", ConnectionSourceType::SameIpOrLoopback),
+        ],
+        ..Default::default()
+    };
+    let mut with_default = listener.clone();
+    with_default.filter_chains.truncate(1);
+    with_default.default_filter_chain = Some(chain("default", ConnectionSourceType::Any));
+    vec![
+        (0, build::pack(&listener)),
+        (0, build::pack(&with_default)),
+        (1, build::pack(&routes)),
+    ]
 }
 
 fn bootstrap() {

@@ -2,7 +2,8 @@
 //! that reads every `Any` a control plane sends.
 //!
 //! Input: one flags byte, then the bytes of the `Any.value`.
-//! - bits 0-1: the expected type (LDS, RDS, CDS, EDS);
+//! - bits 0-1: the expected type (LDS, RDS, CDS, EDS); LDS decodes client (API) and server
+//!   listeners alike, RDS the per-route filter overrides;
 //! - bit 2: the bytes are an `envoy.service.discovery.v3.Resource` wrapper instead of the
 //!   resource itself;
 //! - bit 3: the `Any` carries another type's URL (the wrong-type path).

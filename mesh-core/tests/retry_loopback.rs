@@ -118,6 +118,7 @@ fn route(
             retry_policy: retry,
             hash_policies: Vec::new(),
         }),
+        filter_overrides: Default::default(),
     }
 }
 
@@ -127,6 +128,7 @@ fn vhost(routes: Vec<Route>) -> VirtualHost {
         domains: vec!["*".into()],
         routes,
         retry_policy: None,
+        filter_overrides: Default::default(),
     }
 }
 

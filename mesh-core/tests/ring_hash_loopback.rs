@@ -182,6 +182,7 @@ fn router(lb: Lb) -> MeshRouter {
                 terminal: false,
             }],
         }),
+        filter_overrides: Default::default(),
     };
     let cfg = StaticConfig::new()
         .virtual_host(VirtualHost {
@@ -189,6 +190,7 @@ fn router(lb: Lb) -> MeshRouter {
             domains: vec!["*".into()],
             routes: vec![route],
             retry_policy: None,
+            filter_overrides: Default::default(),
         })
         .build()
         .unwrap();

@@ -175,6 +175,7 @@ fn channel(addr: SocketAddr, telemetry: Telemetry) -> MeshChannel {
             }),
             hash_policies: Vec::new(),
         }),
+        filter_overrides: Default::default(),
     };
     let cfg = StaticConfig::new()
         .virtual_host(VirtualHost {
@@ -182,6 +183,7 @@ fn channel(addr: SocketAddr, telemetry: Telemetry) -> MeshChannel {
             domains: vec!["*".into()],
             routes: vec![route],
             retry_policy: None,
+            filter_overrides: Default::default(),
         })
         .cluster("greeter", ready(cluster("greeter", None), &[addr]))
         .build()

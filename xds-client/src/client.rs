@@ -39,8 +39,10 @@ use crate::watch::{ResourceKey, TargetError, TargetState, XdsConfig, resolve};
 
 mod metrics;
 mod not_ready;
+mod server_watch;
 use metrics::XdsMetrics;
 pub use not_ready::{MissingResource, NotReady};
+pub use server_watch::{RouteUnavailable, ServerConfig, ServerState, ServerWatch};
 
 /// What a watcher currently knows of one resource.
 #[derive(Debug, Clone, Default)]
@@ -369,12 +371,14 @@ impl XdsClientBuilder {
             #[cfg(test)]
             walks: 0,
         };
-        tokio::spawn(worker.run());
+        let runtime = tokio::runtime::Handle::current();
+        runtime.spawn(worker.run());
         XdsClient {
             commands,
             connection,
             last_error,
             bootstrap: self.bootstrap,
+            runtime,
         }
     }
 }
@@ -387,6 +391,8 @@ pub struct XdsClient {
     connection: watch::Receiver<Connection>,
     last_error: watch::Receiver<Option<TransportError>>,
     bootstrap: Arc<Bootstrap>,
+    /// Where the client runs, for the tasks of its server watches.
+    runtime: tokio::runtime::Handle,
 }
 
 #[derive(Debug)]

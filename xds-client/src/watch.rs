@@ -194,6 +194,10 @@ pub enum TargetError {
         #[source]
         error: ResourceFailure,
     },
+    /// The listener is a server-side one (no `api_listener`), which a client cannot use to
+    /// reach a target; grpc-go fails the channel the same way.
+    #[error("listener {0} is a server listener, not an API listener")]
+    NotApiListener(String),
     /// The route configuration does not exist.
     #[error("route configuration {0} does not exist")]
     RouteConfigDoesNotExist(String),
@@ -291,6 +295,9 @@ fn walk(
             });
         }
         Lookup::Found(Resource::Listener(l)) => l.clone(),
+        Lookup::Found(Resource::ServerListener(_)) => {
+            return Err(TargetError::NotApiListener(listener_name.to_string()));
+        }
         Lookup::Found(_) => return Ok(None),
     };
     let route_config = match &listener.route {
@@ -1078,7 +1085,8 @@ mod tests {
         );
         let e = w.settle(T, T).state.unwrap_err();
         assert!(matches!(e, TargetError::ListenerInvalid { .. }), "{e}");
-        assert!(reason(&e).contains("api_listener"), "{e}");
+        // Without an api_listener it is validated as a server listener, which needs one.
+        assert!(reason(&e).contains("address"), "{e}");
 
         let mut w = World::default();
         w.put(ResourceType::Listener, T, &build::api_listener(T, "rc"));
@@ -1092,6 +1100,34 @@ mod tests {
         let e = w.settle(T, T).state.unwrap_err();
         assert!(matches!(e, TargetError::RouteConfigInvalid { .. }), "{e}");
         assert!(reason(&e).contains("match"), "{e}");
+    }
+
+    /// A target's listener name naming a server listener is an error of the target, not a
+    /// wait for an API listener that will never come.
+    #[test]
+    fn a_server_listener_is_not_a_target() {
+        use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
+        let mut l = build::api_listener(T, "rc");
+        let hcm = l.api_listener.take().and_then(|a| a.api_listener);
+        l.address = Some(build::socket_address("127.0.0.1:7070".parse().unwrap()));
+        l.default_filter_chain = Some(listener_pb::FilterChain {
+            filters: vec![listener_pb::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: hcm.map(listener_pb::filter::ConfigType::TypedConfig),
+            }],
+            ..Default::default()
+        });
+        let mut w = World::default();
+        w.put(ResourceType::Listener, T, &l);
+        let r = w.settle(T, T);
+        assert_eq!(r.state, Err(TargetError::NotApiListener(T.into())));
+        assert!(
+            !r.needs
+                .iter()
+                .any(|(t, _)| *t == ResourceType::RouteConfiguration),
+            "a server listener's RDS names are not the target's: {:?}",
+            r.needs
+        );
     }
 
     #[test]

@@ -256,7 +256,7 @@ async fn the_list_of_missing_resources_is_capped() {
 async fn a_nacked_listener_is_named_with_the_detail() {
     let server = XdsTestServer::start().await.unwrap();
     server.set_snapshot(Snapshot::new().listener(Listener {
-        // No api_listener: a server-side listener, which a client cannot use.
+        // No api_listener: decoded as a server-side listener, which lacks its address.
         name: TARGET.into(),
         ..Default::default()
     }));
@@ -265,7 +265,7 @@ async fn a_nacked_listener_is_named_with_the_detail() {
     let err = watch.ready(Duration::from_secs(10)).await.unwrap_err();
     let dump = client.dump().await;
     let detail = dump[0].error.clone().expect("the listener is NACKed");
-    assert!(detail.contains("api_listener"), "{detail}");
+    assert!(detail.contains("address"), "{detail}");
     match &err {
         ReadyError::Target(target @ TargetError::ListenerInvalid { name, error }) => {
             assert_eq!(name, TARGET);

@@ -20,8 +20,9 @@ use meshwork_examples::greeter::Greeter;
 use meshwork_examples::identity::svid_source;
 use meshwork_grpc::core::identity::{MtlsConfig, SpiffeId};
 use meshwork_grpc::core::inbound::{AuthorizationPolicy, Principal, Rule};
+use meshwork_grpc::core::xds::ErrorChain;
 use meshwork_grpc::core::xds::bootstrap::Bootstrap;
-use meshwork_grpc::{MeshServer, XdsClient};
+use meshwork_grpc::{MeshServer, ServingState, XdsClient};
 
 /// Serves gRPC's standard helloworld.Greeter, replying "ID: hello NAME" (NAME from the
 /// request), so reference clients (grpcio's, grpc-go's) and ours can call it.
@@ -99,7 +100,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
         if let Some(port) = csds_port {
             meshwork_examples::csds::serve(client.clone(), port).await?;
         }
-        MeshServer::from_xds(&client).on_serving_state(|state| eprintln!("xds: {state}"))
+        MeshServer::from_xds(&client).on_serving_state(|state| match state {
+            ServingState::NotServing(why) => eprintln!("xds: not serving: {}", ErrorChain(why)),
+            _ => eprintln!("xds: {state}"),
+        })
     } else if mtls {
         let bootstrap = match std::env::var_os("GRPC_XDS_BOOTSTRAP") {
             Some(_) => Some(Bootstrap::from_env()?),

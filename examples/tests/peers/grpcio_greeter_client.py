@@ -1,14 +1,17 @@
 """gRPC's reference xDS client (grpcio, C-core) as greeter-client's twin.
 
 usage: grpcio_greeter_client.py --target xds:///NAME --calls N [--header k:v]... [--mtls]
+                                [--method NAME]
 
 Makes N unary helloworld.Greeter/SayHello calls through grpcio's own xDS resolver and
 balancers (GRPC_XDS_BOOTSTRAP names the ADS server) and prints one JSON line in
 greeter-client's format: {"counts": {"A": 50, "B": 50}, "errors": 0}, counting replies by the
-text before the first colon. With --mtls the channel uses xDS-managed credentials (gRFC A29:
-the cluster's UpstreamTlsContext + the bootstrap's certificate_providers), plaintext
-otherwise. The protobuf messages (one string field each) are encoded by hand, so no
-generated code is needed.
+text before the first colon, and "statuses": how many calls ended with each status code
+({"OK": 98, "UNAVAILABLE": 2}). --method calls another helloworld.Greeter method with the
+same messages (a server without it answers UNIMPLEMENTED), for path-based policies. With
+--mtls the channel uses xDS-managed credentials (gRFC A29: the cluster's UpstreamTlsContext
++ the bootstrap's certificate_providers), plaintext otherwise. The protobuf messages (one
+string field each) are encoded by hand, so no generated code is needed.
 """
 import argparse
 import collections
@@ -62,6 +65,7 @@ def main():
     ap.add_argument("--header", action="append", default=[])
     ap.add_argument("--mtls", action="store_true")
     ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--method", default="SayHello")
     a = ap.parse_args()
     metadata = [tuple(s.strip() for s in h.split(":", 1)) for h in a.header]
     metadata = [(k.lower(), v) for k, v in metadata]
@@ -72,11 +76,12 @@ def main():
     else:
         channel = grpc.insecure_channel(a.target)
     say_hello = channel.unary_unary(
-        "/helloworld.Greeter/SayHello",
+        f"/helloworld.Greeter/{a.method}",
         request_serializer=lambda name: encode_request(name),
         response_deserializer=decode_reply,
     )
     counts = collections.Counter()
+    statuses = collections.Counter()
     errors = 0
     samples = []
     with channel:
@@ -84,11 +89,18 @@ def main():
             try:
                 message = say_hello("grpcio", timeout=a.timeout, metadata=metadata or None)
                 counts[message.split(":", 1)[0]] += 1
+                statuses[grpc.StatusCode.OK.name] += 1
             except grpc.RpcError as e:
                 errors += 1
+                statuses[e.code().name] += 1
                 if len(samples) < 3:
                     samples.append(f"{e.code()}: {e.details()}")
-    print(json.dumps({"counts": dict(sorted(counts.items())), "errors": errors, "samples": samples}))
+    print(json.dumps({
+        "counts": dict(sorted(counts.items())),
+        "errors": errors,
+        "statuses": dict(sorted(statuses.items())),
+        "samples": samples,
+    }))
 
 
 if __name__ == "__main__":

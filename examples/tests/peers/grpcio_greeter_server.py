@@ -17,23 +17,27 @@ from grpcio_greeter_client import decode_reply as decode_string_field
 from grpcio_greeter_client import encode_request as encode_string_field
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--id", required=True)
-    a = ap.parse_args()
+def greeter_handler(server_id):
+    """helloworld.Greeter answering SayHello with "<server_id>: hello <name>"."""
 
     def say_hello(name, _context):
-        return f"{a.id}: hello {name}"
+        return f"{server_id}: hello {name}"
 
-    handler = grpc.method_handlers_generic_handler("helloworld.Greeter", {
+    return grpc.method_handlers_generic_handler("helloworld.Greeter", {
         "SayHello": grpc.unary_unary_rpc_method_handler(
             say_hello,
             request_deserializer=decode_string_field,
             response_serializer=encode_string_field,
         ),
     })
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--id", required=True)
+    a = ap.parse_args()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((greeter_handler(a.id),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"listening on 127.0.0.1:{port}", flush=True)

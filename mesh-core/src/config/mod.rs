@@ -192,12 +192,14 @@ impl StaticConfig {
                 retry_policy: None,
                 hash_policies: Vec::new(),
             }),
+            filter_overrides: Default::default(),
         };
         self.virtual_host(VirtualHost {
             name: "default".into(),
             domains: vec!["*".into()],
             routes: vec![route],
             retry_policy: None,
+            filter_overrides: Default::default(),
         })
     }
 

@@ -28,9 +28,11 @@ fn with_route(action: ForwardAction) -> StaticConfig {
                     runtime_fraction: None,
                 },
                 action: RouteAction::Forward(action),
+                filter_overrides: Default::default(),
             },
         ],
         retry_policy: None,
+        filter_overrides: Default::default(),
     })
 }
 

@@ -235,4 +235,14 @@ pub enum IdentityError {
         /// Its plugin.
         plugin: String,
     },
+    /// xDS security configuration uses an instance for material its configuration does
+    /// not provide (a server identity from an instance without a certificate, roots from
+    /// one without CA certificates).
+    #[error("certificate provider instance {instance:?} provides no {missing}")]
+    IncompleteCertificateProvider {
+        /// The instance name.
+        instance: String,
+        /// What it lacks (`identity certificate`, `root certificates`).
+        missing: &'static str,
+    },
 }

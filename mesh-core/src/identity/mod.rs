@@ -21,7 +21,6 @@
 
 mod authorizer;
 mod bundle;
-mod downstream_stub;
 mod error;
 mod file_watcher;
 mod peer;
@@ -48,6 +47,6 @@ pub use source::{IdentitySnapshot, SourceStatus, StaticSource, SvidSource};
 pub use spiffe::{SpiffeId, TrustDomain, X509Bundle, X509BundleSet};
 pub use svid::Svid;
 pub(crate) use svid::leaf_not_after;
-pub use tls::MtlsConfig;
+pub use tls::{ClientAuth, MtlsConfig};
 pub use verifier::SpiffeVerifier;
 pub use workload_api::WorkloadApiSource;

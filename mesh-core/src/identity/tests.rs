@@ -17,8 +17,8 @@ fn source(svid: Option<Svid>, bundles: TrustBundles) -> Arc<dyn SvidSource> {
     Arc::new(StaticSource::new(svid, bundles))
 }
 
-/// Runs one handshake plus a one-byte echo; returns the client's and server's results with
-/// the identities each side saw.
+/// Runs one handshake plus a one-byte echo over an in-memory pipe; returns the client's and
+/// server's results with the identities each side saw.
 async fn handshake(
     client: rustls::ClientConfig,
     server: rustls::ServerConfig,
@@ -27,6 +27,22 @@ async fn handshake(
     Result<Option<PeerIdentity>, std::io::Error>,
 ) {
     let (c, s) = tokio::io::duplex(64 * 1024);
+    handshake_over(c, s, client, server).await
+}
+
+/// [`handshake`] over the two ends `c` (the client's) and `s` of a connection.
+pub(super) async fn handshake_over<IO>(
+    c: IO,
+    s: IO,
+    client: rustls::ClientConfig,
+    server: rustls::ServerConfig,
+) -> (
+    Result<Option<PeerIdentity>, std::io::Error>,
+    Result<Option<PeerIdentity>, std::io::Error>,
+)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let connector = TlsConnector::from(Arc::new(client));
     let acceptor = TlsAcceptor::from(Arc::new(server));
     let server = async move {

@@ -27,6 +27,7 @@ pub struct SpiffeVerifier {
     source: Arc<dyn SvidSource>,
     authorizer: Authorizer,
     provider: Arc<CryptoProvider>,
+    client_auth_mandatory: bool,
 }
 
 impl fmt::Debug for SpiffeVerifier {
@@ -34,6 +35,7 @@ impl fmt::Debug for SpiffeVerifier {
         f.debug_struct("SpiffeVerifier")
             .field("source", &self.source)
             .field("authorizer", &self.authorizer)
+            .field("client_auth_mandatory", &self.client_auth_mandatory)
             .finish_non_exhaustive()
     }
 }
@@ -46,13 +48,22 @@ pub(crate) enum PeerRole {
 }
 
 impl SpiffeVerifier {
-    /// A verifier reading bundles from `source` and allowing peers by `authorizer`.
+    /// A verifier reading bundles from `source` and allowing peers by `authorizer`. As a
+    /// client certificate verifier it demands a certificate.
     pub fn new(source: Arc<dyn SvidSource>, authorizer: Authorizer) -> Self {
         Self {
             source,
             authorizer,
             provider: crate::crypto::provider(),
+            client_auth_mandatory: true,
         }
+    }
+
+    /// Whether, as a client certificate verifier, it demands a certificate; when not, a
+    /// client may send none, and one it sends is still verified.
+    pub(crate) fn require_client_certificate(mut self, required: bool) -> Self {
+        self.client_auth_mandatory = required;
+        self
     }
 
     /// The authorizer.
@@ -231,6 +242,10 @@ impl ServerCertVerifier for SpiffeVerifier {
 }
 
 impl ClientCertVerifier for SpiffeVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.client_auth_mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         // SPIFFE peers pick their SVID by trust domain, not by CA names.
         &[]

@@ -196,6 +196,7 @@ impl RoutePolicy {
                 runtime_fraction: None,
             },
             action: RouteAction::Forward(action),
+            filter_overrides: Default::default(),
         };
         let config = crate::config::StaticConfig::new()
             .virtual_host(VirtualHost {
@@ -203,6 +204,7 @@ impl RoutePolicy {
                 domains: vec!["*".into()],
                 routes: vec![route],
                 retry_policy: None,
+                filter_overrides: Default::default(),
             })
             .build()?;
         Ok(RoutePolicy {

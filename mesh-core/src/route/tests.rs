@@ -37,6 +37,7 @@ fn route_to(name: &str, m: RouteMatch, action: RouteAction) -> Route {
         name: name.into(),
         matcher: m,
         action,
+        filter_overrides: Default::default(),
     }
 }
 
@@ -48,6 +49,7 @@ fn cfg(routes: Vec<Route>) -> Arc<TargetConfig> {
                 domains: vec!["*".into()],
                 routes,
                 retry_policy: None,
+                filter_overrides: Default::default(),
             })
             .build()
             .unwrap(),
@@ -385,6 +387,7 @@ fn virtual_host_by_authority() {
                     fwd("foo"),
                 )],
                 retry_policy: None,
+                filter_overrides: Default::default(),
             })
             .build()
             .unwrap(),
@@ -718,6 +721,7 @@ fn a_route_without_a_retry_policy_takes_its_virtual_hosts() {
                     ),
                 ],
                 retry_policy: Some(vh_policy.clone()),
+                filter_overrides: Default::default(),
             })
             .build()
             .unwrap(),

@@ -63,6 +63,7 @@ fn route(prefix: &str, cluster: &str, timeout: Option<Duration>) -> Route {
             retry_policy: None,
             hash_policies: Vec::new(),
         }),
+        filter_overrides: Default::default(),
     }
 }
 
@@ -72,6 +73,7 @@ fn config(routes: Vec<Route>, clusters: Vec<(&str, ClusterState)>) -> TargetConf
         domains: vec!["*".into()],
         routes,
         retry_policy: None,
+        filter_overrides: Default::default(),
     });
     for (n, s) in clusters {
         b = b.cluster(n, s);

@@ -17,7 +17,7 @@ use prost::Message as _;
 use super::rbac::{self, RbacConfig};
 use super::route::{self, RouteConfiguration};
 use super::{
-    FieldPath, ResourceError, ResourceErrorKind, Result, Unsupported, check_ads_or_self,
+    FieldPath, Resource, ResourceError, ResourceErrorKind, Result, Unsupported, check_ads_or_self,
     decode_any, nonzero_duration, unsupported_fields,
 };
 
@@ -125,8 +125,15 @@ struct TypedStruct {
     type_url: String,
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Listener, ResourceError> {
-    decode_with(bytes, validate)
+/// Decodes an LDS resource: a client listener when `api_listener` is set, else a server one.
+pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Resource, ResourceError> {
+    decode_with(bytes, |l| {
+        if l.api_listener.is_some() {
+            validate(l).map(|l| Resource::Listener(Arc::new(l)))
+        } else {
+            server::validate(l).map(|l| Resource::ServerListener(Arc::new(l)))
+        }
+    })
 }
 
 /// Decodes a named Listener and validates it with `validate`, whose errors carry the name.
@@ -148,9 +155,9 @@ fn decode_with<T>(
 fn validate(l: &listener_pb::Listener) -> Result<Listener> {
     let root = FieldPath::ROOT;
     let Some(api) = &l.api_listener else {
-        return Err(ResourceErrorKind::unsupported(
+        return Err(ResourceErrorKind::invalid(
             root.field("api_listener"),
-            "server-side listeners (no api_listener) are not supported yet",
+            "must be set (a Listener without one is a server listener)",
         ));
     };
     let ap = root.field("api_listener.api_listener");

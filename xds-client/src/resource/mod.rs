@@ -1,6 +1,6 @@
 //! Validated, owned Rust types for the four xDS resource types meshwork consumes over ADS:
-//! [`Listener`] (LDS), [`RouteConfiguration`] (RDS), [`Cluster`] (CDS) and
-//! [`ClusterLoadAssignment`] (EDS).
+//! [`Listener`] and [`ServerListener`] (LDS), [`RouteConfiguration`] (RDS), [`Cluster`] (CDS)
+//! and [`ClusterLoadAssignment`] (EDS).
 //!
 //! [`decode`] turns one `google.protobuf.Any` from a `DiscoveryResponse` into a [`Resource`],
 //! applying the same accept/reject rules as gRPC's xDS client (grpc-go's `xdsresource`
@@ -68,10 +68,10 @@ pub use rbac::{
     RBAC_FILTER_TYPE_URL, RBAC_PER_ROUTE_TYPE_URL, RbacAction, RbacConfig, RbacPerRoute, RbacRules,
 };
 pub use route::{
-    CHANNEL_ID_FILTER_STATE_KEY, ClusterSpecifier, ForwardAction, HashPolicy, HashPolicyKind,
-    HeaderMatchKind, HeaderMatcher, MaxStreamDuration, PathMatch, QueryParameterMatcher, RetryOn,
-    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, UnsupportedAction,
-    ValidationError, VirtualHost, WeightedCluster,
+    CHANNEL_ID_FILTER_STATE_KEY, ClusterSpecifier, FILTER_CONFIG_TYPE_URL, FilterOverride,
+    ForwardAction, HashPolicy, HashPolicyKind, HeaderMatchKind, HeaderMatcher, MaxStreamDuration,
+    PathMatch, QueryParameterMatcher, RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration,
+    RouteMatch, UnsupportedAction, ValidationError, VirtualHost, WeightedCluster,
 };
 
 /// The type URL of the `envoy.service.discovery.v3.Resource` wrapper a server may put around
@@ -145,8 +145,11 @@ impl fmt::Display for ResourceType {
 /// A validated resource; cheap to clone.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
-    /// A client-side (API) listener.
+    /// A client-side (API) listener: a `Listener` with an `api_listener`.
     Listener(Arc<Listener>),
+    /// A server-side listener (gRFC A36): a `Listener` without an `api_listener`. It comes
+    /// on the same LDS watch as a client one.
+    ServerListener(Arc<ServerListener>),
     /// A route configuration.
     RouteConfiguration(Arc<RouteConfiguration>),
     /// A cluster.
@@ -160,6 +163,7 @@ impl Resource {
     pub fn name(&self) -> &str {
         match self {
             Resource::Listener(r) => &r.name,
+            Resource::ServerListener(r) => &r.name,
             Resource::RouteConfiguration(r) => &r.name,
             Resource::Cluster(r) => &r.name,
             Resource::ClusterLoadAssignment(r) => &r.cluster_name,
@@ -169,7 +173,7 @@ impl Resource {
     /// The type of this resource.
     pub fn resource_type(&self) -> ResourceType {
         match self {
-            Resource::Listener(_) => ResourceType::Listener,
+            Resource::Listener(_) | Resource::ServerListener(_) => ResourceType::Listener,
             Resource::RouteConfiguration(_) => ResourceType::RouteConfiguration,
             Resource::Cluster(_) => ResourceType::Cluster,
             Resource::ClusterLoadAssignment(_) => ResourceType::ClusterLoadAssignment,
@@ -181,6 +185,7 @@ impl Resource {
     pub fn unsupported_fields(&self) -> &[String] {
         match self {
             Resource::Listener(r) => &r.unsupported_fields,
+            Resource::ServerListener(r) => &r.unsupported_fields,
             Resource::RouteConfiguration(r) => &r.unsupported_fields,
             Resource::Cluster(r) => &r.unsupported_fields,
             Resource::ClusterLoadAssignment(r) => &r.unsupported_fields,
@@ -220,7 +225,7 @@ pub fn decode(expected: ResourceType, any: &Any) -> Result<Resource, ResourceErr
 
     let bytes = inner.value.as_slice();
     let result = match expected {
-        ResourceType::Listener => listener::decode(bytes).map(|r| Resource::Listener(Arc::new(r))),
+        ResourceType::Listener => listener::decode(bytes),
         ResourceType::RouteConfiguration => {
             route::decode(bytes).map(|r| Resource::RouteConfiguration(Arc::new(r)))
         }
@@ -408,6 +413,8 @@ pub(crate) struct FieldPath<'a> {
     parent: Option<&'a FieldPath<'a>>,
     name: &'static str,
     index: Option<usize>,
+    /// The key of a map entry, rendered quoted (`name["key"]`).
+    key: Option<&'a str>,
 }
 
 impl FieldPath<'static> {
@@ -415,6 +422,7 @@ impl FieldPath<'static> {
         parent: None,
         name: "",
         index: None,
+        key: None,
     };
 }
 
@@ -425,6 +433,7 @@ impl<'a> FieldPath<'a> {
             parent: Some(self),
             name,
             index: None,
+            key: None,
         }
     }
 
@@ -434,6 +443,18 @@ impl<'a> FieldPath<'a> {
             parent: Some(self),
             name,
             index: Some(index),
+            key: None,
+        }
+    }
+
+    /// An entry of a map sub-field: `name["key"]` (the key escaped, as control planes
+    /// choose it).
+    pub(crate) fn key(&'a self, name: &'static str, key: &'a str) -> FieldPath<'a> {
+        FieldPath {
+            parent: Some(self),
+            name,
+            index: None,
+            key: Some(key),
         }
     }
 
@@ -451,6 +472,10 @@ impl<'a> FieldPath<'a> {
         }
         if let Some(i) = self.index {
             write!(f, "[{i}]")?;
+            wrote = true;
+        }
+        if let Some(key) = self.key {
+            write!(f, "[{key:?}]")?;
             wrote = true;
         }
         Ok(wrote)

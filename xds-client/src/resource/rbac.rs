@@ -270,7 +270,6 @@ pub(crate) fn decode_filter(
 }
 
 /// Decodes and validates an RBAC per-route override (`typed_per_filter_config`) at `path`.
-#[allow(dead_code)]
 pub(crate) fn decode_per_route(
     path: &FieldPath<'_>,
     any: &Any,

@@ -810,7 +810,7 @@ fn route_unsupported_fields() {
                     .typed_per_filter_config
                     .insert("f".into(), Default::default());
             },
-            "virtual_hosts[0].typed_per_filter_config",
+            "virtual_hosts[0].typed_per_filter_config[\"f\"] (override of type \"\" not implemented)",
         ),
         (
             "vh.retry_policy_typed_config",
@@ -839,7 +839,7 @@ fn route_unsupported_fields() {
                     .typed_per_filter_config
                     .insert("f".into(), Default::default());
             },
-            "virtual_hosts[0].routes[0].typed_per_filter_config",
+            "virtual_hosts[0].routes[0].typed_per_filter_config[\"f\"] (override of type \"\" not implemented)",
         ),
         (
             "route.request_headers_to_add",

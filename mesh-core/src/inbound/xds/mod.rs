@@ -18,7 +18,6 @@ mod layer;
 mod serving;
 mod slot;
 mod state;
-mod watch_stub;
 
 pub use decide::XdsRefusal;
 pub use layer::{XdsInbound, XdsInboundLayer};

@@ -8,7 +8,7 @@ use meshwork_xds::bootstrap::BootstrapError;
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::protocol::ResourceFailure;
 
-use super::watch_stub::{ServerConfig, ServerState, ServerWatch, watch_server};
+use meshwork_xds::client::{ServerConfig, ServerState, ServerWatch};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -140,7 +140,7 @@ impl XdsServing {
         alpn: Vec<Vec<u8>>,
         callback: Option<ServingCallback>,
     ) -> Result<Self, BootstrapError> {
-        let watch = watch_server(xds, addr)?;
+        let watch = xds.watch_server(addr)?;
         let resource_name = watch.resource_name().to_owned();
         let state = Arc::new(ListenerState::default());
         let initial = ServingState::NotServing(NotServing::Waiting {

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use meshwork_xds::resource::{
-    DownstreamTls, FilterChain, FilterChainMatch, RbacPerRoute, Route, RouteConfiguration,
-    RouteSource, ServerHttpFilterConfig, VirtualHost,
+    DownstreamTls, FilterChain, FilterChainMatch, FilterOverride, RbacPerRoute, Route,
+    RouteConfiguration, RouteSource, ServerHttpFilterConfig, VirtualHost,
 };
 
-use super::watch_stub::{RouteUnavailable, ServerConfig};
+use meshwork_xds::client::{RouteUnavailable, ServerConfig};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -51,7 +51,7 @@ impl ChainSlot {
     ) -> Result<Self, IdentityError> {
         let acceptor = match (&chain.tls, reuse) {
             (None, _) => None,
-            (Some(dt), Some(old)) if old.downstream_tls.as_ref() == Some(dt) => old.tls.clone(),
+            (Some(_), Some(old)) if old.same_tls(chain) => old.tls.clone(),
             (Some(dt), _) => Some(tls.acceptor(dt)?),
         };
         let (drain, _) = watch::channel(false);
@@ -83,6 +83,11 @@ impl ChainSlot {
     /// Whether a connection this slot accepted is one `chain` would accept the same way.
     pub(crate) fn same_transport(&self, chain: &FilterChain) -> bool {
         self.filter_match == chain.filter_match && self.downstream_tls == chain.tls
+    }
+
+    /// Whether `chain` has this slot's TLS (so its acceptor can be shared).
+    pub(crate) fn same_tls(&self, chain: &FilterChain) -> bool {
+        self.downstream_tls == chain.tls
     }
 
     /// Takes `chain`'s HTTP configuration (routes and filters) for the next request.
@@ -181,9 +186,16 @@ impl ChainHttp {
 /// The `RBACPerRoute` override of the filter named `filter` for `route`: the route's own,
 /// else its virtual host's (A41).
 fn rbac_override<'a>(
-    _vh: &'a VirtualHost,
-    _route: &'a Route,
-    _filter: &str,
+    vh: &'a VirtualHost,
+    route: &'a Route,
+    filter: &str,
 ) -> Option<&'a RbacPerRoute> {
-    None
+    route
+        .filter_overrides
+        .get(filter)
+        .or_else(|| vh.filter_overrides.get(filter))
+        .and_then(|o| match o {
+            FilterOverride::Rbac(per_route) => Some(per_route),
+            _ => None,
+        })
 }

@@ -4,8 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::watch_stub::ServerConfig;
 use arc_swap::ArcSwapOption;
+use meshwork_xds::client::ServerConfig;
 
 use super::slot::{ChainSlot, ChainTls};
 use crate::identity::IdentityError;
@@ -95,7 +95,17 @@ impl ListenerState {
                     reused.push(slot.clone());
                     Ok(slot)
                 }
-                None => Ok(Arc::new(ChainSlot::compile(chain, config, tls, None)?)),
+                None => {
+                    // A new match with a TLS an old chain had reuses its acceptor.
+                    let same_tls = old.as_ref().and_then(|o| {
+                        o.chains
+                            .iter()
+                            .chain(&o.default)
+                            .find(|slot| slot.same_tls(chain))
+                    });
+                    let same_tls = same_tls.map(|slot| &**slot);
+                    Ok(Arc::new(ChainSlot::compile(chain, config, tls, same_tls)?))
+                }
             }
         };
         let mut chains = Vec::with_capacity(listener.filter_chains.len());

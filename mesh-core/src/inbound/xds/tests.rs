@@ -26,9 +26,9 @@ use tower::Layer as _;
 use super::XdsInboundLayer;
 use super::slot::ChainTls;
 use super::state::ListenerState;
-use super::watch_stub::ServerConfig;
 use crate::identity::CertificateProviders;
 use crate::inbound::{HttpVersions, MeshAcceptor, serve};
+use meshwork_xds::client::ServerConfig;
 
 fn pack<M: Message + Name>(m: &M) -> Any {
     Any {
@@ -39,6 +39,17 @@ fn pack<M: Message + Name>(m: &M) -> Any {
 
 /// An RBAC filter that allows requests whose `x-allow` header is `value`.
 fn allow_header(value: &str) -> hcm_pb::HttpFilter {
+    hcm_pb::HttpFilter {
+        name: "envoy.filters.http.rbac".into(),
+        config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(pack(
+            &allow_header_rbac(value),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The RBAC config that allows requests whose `x-allow` header is `value`.
+fn allow_header_rbac(value: &str) -> rbac_filter_pb::Rbac {
     let header = route_pb::HeaderMatcher {
         name: "x-allow".into(),
         header_match_specifier: Some(route_pb::header_matcher::HeaderMatchSpecifier::StringMatch(
@@ -60,17 +71,12 @@ fn allow_header(value: &str) -> hcm_pb::HttpFilter {
         }],
         ..Default::default()
     };
-    let rbac = rbac_filter_pb::Rbac {
+    rbac_filter_pb::Rbac {
         rules: Some(rbac_pb::Rbac {
             action: rbac_pb::rbac::Action::Allow as i32,
             policies: [("allow-header".to_owned(), policy)].into(),
             ..Default::default()
         }),
-        ..Default::default()
-    };
-    hcm_pb::HttpFilter {
-        name: "envoy.filters.http.rbac".into(),
-        config_type: Some(hcm_pb::http_filter::ConfigType::TypedConfig(pack(&rbac))),
         ..Default::default()
     }
 }
@@ -96,15 +102,31 @@ fn route(prefix: &str, non_forwarding: bool) -> route_pb::Route {
     }
 }
 
-/// A plaintext Listener at `addr` with one chain (matching `source_ports`, if any): routes
-/// `/served` non-forwarding and `/forwarded` to a cluster, RBAC allowing `x-allow: value`.
-fn listener(addr: SocketAddr, value: &str, source_ports: Vec<u32>) -> ServerConfig {
+/// A non-forwarding route for `/open` whose RBACPerRoute override (A41) allows `x-allow:
+/// open` instead of what the filter allows.
+fn open_route() -> route_pb::Route {
+    let per_route = rbac_filter_pb::RbacPerRoute {
+        rbac: Some(allow_header_rbac("open")),
+    };
+    route_pb::Route {
+        typed_per_filter_config: [("envoy.filters.http.rbac".to_owned(), pack(&per_route))].into(),
+        ..route("/open", true)
+    }
+}
+
+/// A plaintext Listener at `addr` with one chain matching every connection: routes `/served`
+/// non-forwarding and `/forwarded` to a cluster, RBAC allowing `x-allow: value`.
+fn listener(addr: SocketAddr, value: &str) -> ServerConfig {
     let routes = route_pb::RouteConfiguration {
         name: "inbound".into(),
         virtual_hosts: vec![route_pb::VirtualHost {
             name: "inbound|all".into(),
             domains: vec!["*".into()],
-            routes: vec![route("/served", true), route("/forwarded", false)],
+            routes: vec![
+                route("/served", true),
+                route("/forwarded", false),
+                open_route(),
+            ],
             ..Default::default()
         }],
         ..Default::default()
@@ -123,10 +145,6 @@ fn listener(addr: SocketAddr, value: &str, source_ports: Vec<u32>) -> ServerConf
     };
     let chain = listener_pb::FilterChain {
         name: "inbound-plaintext".into(),
-        filter_chain_match: Some(listener_pb::FilterChainMatch {
-            source_ports,
-            ..Default::default()
-        }),
         filters: vec![listener_pb::Filter {
             name: "envoy.filters.network.http_connection_manager".into(),
             config_type: Some(listener_pb::filter::ConfigType::TypedConfig(pack(&hcm))),
@@ -258,7 +276,7 @@ async fn routes_and_rbac_of_the_matched_chain_decide_each_request() {
         "not serving before a Listener"
     );
 
-    f.serve(&listener(f.addr, "yes", vec![]));
+    f.serve(&listener(f.addr, "yes"));
     let (mut conn, _closed) = connect(f.addr).await;
     assert_eq!(get(&mut conn, "/served/x", Some("yes")).await, 200);
     assert_eq!(get(&mut conn, "/served/x", Some("no")).await, 403);
@@ -266,17 +284,21 @@ async fn routes_and_rbac_of_the_matched_chain_decide_each_request() {
     // A36: only non-forwarding routes are served; no route at all is the same.
     assert_eq!(get(&mut conn, "/forwarded", Some("yes")).await, 503);
     assert_eq!(get(&mut conn, "/nowhere", Some("yes")).await, 503);
+    // The route's RBACPerRoute replaces the filter's policy there, and only there.
+    assert_eq!(get(&mut conn, "/open/x", Some("open")).await, 200);
+    assert_eq!(get(&mut conn, "/open/x", Some("yes")).await, 403);
+    assert_eq!(get(&mut conn, "/served/x", Some("open")).await, 403);
 }
 
 #[tokio::test]
 async fn an_rbac_change_applies_to_the_next_request_on_the_same_connection() {
     let f = Fixture::start().await;
-    f.serve(&listener(f.addr, "yes", vec![]));
+    f.serve(&listener(f.addr, "yes"));
     let (mut conn, closed) = connect(f.addr).await;
     assert_eq!(get(&mut conn, "/served", Some("yes")).await, 200);
 
     // Same match, same TLS: the connection stays and sees the new policy.
-    f.serve(&listener(f.addr, "other", vec![]));
+    f.serve(&listener(f.addr, "other"));
     assert_eq!(get(&mut conn, "/served", Some("yes")).await, 403);
     assert_eq!(get(&mut conn, "/served", Some("other")).await, 200);
     assert!(!closed.is_finished());
@@ -285,13 +307,13 @@ async fn an_rbac_change_applies_to_the_next_request_on_the_same_connection() {
 #[tokio::test]
 async fn a_replaced_chain_drains_its_connections_and_new_ones_take_the_new_chain() {
     let f = Fixture::start().await;
-    f.serve(&listener(f.addr, "yes", vec![]));
+    f.serve(&listener(f.addr, "yes"));
     let (mut conn, closed) = connect(f.addr).await;
     assert_eq!(get(&mut conn, "/served", Some("yes")).await, 200);
 
     // A different match (that still takes loopback callers): the old chain's connections
     // drain (HTTP/1.1: closed once idle).
-    let mut changed = listener(f.addr, "new", vec![]);
+    let mut changed = listener(f.addr, "new");
     Arc::make_mut(&mut changed.listener).filter_chains[0]
         .filter_match
         .source_type = meshwork_xds::resource::SourceType::SameIpOrLoopback;
@@ -307,7 +329,7 @@ async fn a_replaced_chain_drains_its_connections_and_new_ones_take_the_new_chain
 #[tokio::test]
 async fn not_serving_closes_new_connections_and_drains_the_old() {
     let f = Fixture::start().await;
-    f.serve(&listener(f.addr, "yes", vec![]));
+    f.serve(&listener(f.addr, "yes"));
     let (mut conn, closed) = connect(f.addr).await;
     assert_eq!(get(&mut conn, "/served", Some("yes")).await, 200);
     f.state.stop();

@@ -161,7 +161,7 @@ impl ServerListener {
     }
 }
 
-fn validate(l: &listener_pb::Listener) -> Result<ServerListener> {
+pub(super) fn validate(l: &listener_pb::Listener) -> Result<ServerListener> {
     let root = FieldPath::ROOT;
     if l.api_listener.is_some() {
         return Err(ResourceErrorKind::invalid(

@@ -5,6 +5,8 @@ use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
 use envoy_types::pb::envoy::extensions::filters::http::stateful_session::v3::StatefulSession;
 use envoy_types::pb::google::protobuf::Any;
 
+use prost::Message as _;
+
 use super::*;
 use crate::resource::testing::*;
 use crate::resource::{Resource, ResourceType};
@@ -126,19 +128,16 @@ fn inline_route_configuration_is_validated_like_rds() {
 }
 
 #[test]
-fn server_side_listener_is_unsupported() {
+fn a_client_listener_needs_api_listener() {
     let l = listener_pb::Listener {
-        name: "xds.istio.io/grpc/lds/inbound/0.0.0.0:7070".into(),
-        address: socket_address("0.0.0.0", 7070),
+        name: "l".into(),
+        api_listener: None,
         ..Default::default()
     };
-    let err = lds_err(&l);
-    assert!(matches!(err.kind(), ResourceErrorKind::Unsupported { .. }));
-    assert!(err.to_string().contains("server-side listeners"), "{err}");
-    assert_eq!(
-        err.name(),
-        Some("xds.istio.io/grpc/lds/inbound/0.0.0.0:7070")
-    );
+    // Through LDS such a Listener is a server one; the client decoder alone names the field.
+    let err = decode_with(&l.encode_to_vec(), validate).unwrap_err();
+    assert_eq!(err.kind().path(), Some("api_listener"));
+    assert_eq!(err.name(), Some("l"));
 }
 
 #[test]

@@ -5,19 +5,21 @@
 // ones), so reading them is deliberate.
 #![allow(deprecated)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
+use envoy_types::pb::google::protobuf::Any;
 use prost::Message as _;
 
 use super::rules::{self, WeightSum};
 use super::types::*;
 use crate::resource::matcher::{SafeRegex, StringMatcher, full_match_regex};
+use crate::resource::rbac::{self, RBAC_FILTER_TYPE_URL, RBAC_PER_ROUTE_TYPE_URL};
 use crate::resource::{
-    FieldPath, ResourceError, ResourceErrorKind, Result, Unsupported, duration, nonzero_duration,
-    per_million, unsupported_fields,
+    FieldPath, ResourceError, ResourceErrorKind, Result, Unsupported, decode_any, duration,
+    nonzero_duration, per_million, unsupported_fields,
 };
 
 const PREVIOUS_HOSTS_PREDICATE: &str = "envoy.retry_host_predicates.previous_hosts";
@@ -121,12 +123,12 @@ fn virtual_host(
         response_headers_to_add,
         response_headers_to_remove,
         cors,
-        typed_per_filter_config,
         retry_policy_typed_config,
         hedge_policy,
         request_mirror_policies,
     })?;
 
+    let filter_overrides = filter_overrides(&vh.typed_per_filter_config, p, uns)?;
     let retry_policy = match &vh.retry_policy {
         Some(rp) => Some(retry_policy(rp, &p.field("retry_policy"), uns)?),
         None => None,
@@ -143,6 +145,7 @@ fn virtual_host(
         domains: vh.domains.clone(),
         routes,
         retry_policy,
+        filter_overrides,
     })
 }
 
@@ -160,8 +163,8 @@ fn route(
     };
     let matcher = route_match(m, &mp, uns)?;
 
+    let filter_overrides = filter_overrides(&r.typed_per_filter_config, p, uns)?;
     unsupported_fields!(uns, p, r, {
-        typed_per_filter_config,
         request_headers_to_add,
         request_headers_to_remove,
         response_headers_to_add,
@@ -194,7 +197,64 @@ fn route(
         name: r.name.clone(),
         matcher,
         action,
+        filter_overrides,
     }))
+}
+
+/// A virtual host's or route's `typed_per_filter_config` (at `p`), as grpc-go reads it
+/// (`processHTTPFilterOverrides`, gRFC A39): an entry may be wrapped in a `FilterConfig`,
+/// whose `config` must then be set; an RBAC override must be a valid `RBACPerRoute` (else
+/// NACK, gRFC A41). Unlike grpc-go, which NACKs an override of a filter type it does not
+/// know unless it is optional, any other override is listed in `unsupported_fields`: the
+/// filter it would configure is itself NACKed or skipped by the Listener, so the override
+/// can never apply.
+fn filter_overrides(
+    map: &HashMap<String, Any>,
+    p: &FieldPath<'_>,
+    uns: &mut Unsupported,
+) -> Result<BTreeMap<String, FilterOverride>> {
+    let mut out = BTreeMap::new();
+    // Sorted, so that a NACK names the same entry every time.
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_unstable_by_key(|(name, _)| name.as_str());
+    for (name, any) in entries {
+        let ep = p.key("typed_per_filter_config", name);
+        let wrapped = any.type_url == FILTER_CONFIG_TYPE_URL;
+        let (any, optional) = if wrapped {
+            let fc: route_pb::FilterConfig = decode_any(&ep, any, FILTER_CONFIG_TYPE_URL)?;
+            unsupported_fields!(uns, &ep, fc, { disabled })?;
+            let Some(config) = fc.config else {
+                return Err(ResourceErrorKind::invalid(
+                    ep.field("config"),
+                    "must be set",
+                ));
+            };
+            (std::borrow::Cow::Owned(config), fc.is_optional)
+        } else {
+            (std::borrow::Cow::Borrowed(any), false)
+        };
+        match any.type_url.as_str() {
+            RBAC_PER_ROUTE_TYPE_URL => {
+                let config_path = ep.field("config");
+                let cp = if wrapped { config_path } else { ep };
+                let per_route = rbac::decode_per_route(&cp, &any, uns)?;
+                out.insert(name.clone(), FilterOverride::Rbac(per_route));
+            }
+            RBAC_FILTER_TYPE_URL => {
+                return Err(ResourceErrorKind::invalid(
+                    ep,
+                    "an RBAC filter override must be an RBACPerRoute",
+                ));
+            }
+            other => {
+                let what = if optional { "optional " } else { "" };
+                uns.note(format!(
+                    "{ep} ({what}override of type {other:?} not implemented)"
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn route_match(

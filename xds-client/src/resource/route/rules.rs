@@ -168,7 +168,7 @@ impl RouteConfiguration {
     /// …), for a configuration built by hand. A decoded one always passes.
     ///
     /// ```
-    /// use meshwork_xds::resource::{RouteConfiguration, VirtualHost};
+    /// use meshwork_xds::resource::{FilterOverride, RbacPerRoute, RouteConfiguration, VirtualHost};
     ///
     /// let rc = RouteConfiguration {
     ///     name: "static".into(),
@@ -177,6 +177,12 @@ impl RouteConfiguration {
     ///         domains: vec!["*".into()],
     ///         routes: Vec::new(),
     ///         retry_policy: None,
+    ///         // No RBAC on this host's routes.
+    ///         filter_overrides: [(
+    ///             "envoy.filters.http.rbac".to_owned(),
+    ///             FilterOverride::Rbac(RbacPerRoute::default()),
+    ///         )]
+    ///         .into(),
     ///     }],
     ///     unsupported_fields: Vec::new(),
     /// };

@@ -751,7 +751,7 @@ fn unsupported_fields_are_listed() {
     for field in [
         "request_headers_to_add",
         "virtual_hosts[0].request_headers_to_add",
-        "virtual_hosts[0].typed_per_filter_config",
+        "virtual_hosts[0].typed_per_filter_config[\"f\"] (override of type \"\" not implemented)",
         "virtual_hosts[0].routes[0].response_headers_to_add",
     ] {
         assert!(
@@ -1017,4 +1017,109 @@ fn errors_name_the_proto_position_after_a_skipped_route() {
         rds_err(&pb).kind().to_string(),
         "virtual_hosts[0].routes[1].route.cluster: must not be empty"
     );
+}
+
+/// `typed_per_filter_config` as grpc-go reads it (A39, A41): RBACPerRoute overrides are
+/// decoded on the virtual host and the route, bare or in a `FilterConfig`; overrides of
+/// filters meshwork does not run are listed; a malformed RBAC override is a NACK naming the
+/// entry.
+#[test]
+fn per_filter_overrides() {
+    use envoy_types::pb::envoy::config::rbac::v3 as rbac_pb;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as filter_pb;
+
+    let deny_all = filter_pb::RbacPerRoute {
+        rbac: Some(filter_pb::Rbac {
+            rules: Some(rbac_pb::Rbac {
+                action: rbac_pb::rbac::Action::Deny as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let wrapped = |config: Option<Any>, is_optional: bool| {
+        any(&route_pb::FilterConfig {
+            config,
+            is_optional,
+            disabled: false,
+        })
+    };
+    let mut rc = one_route(route_to("/", cluster_action("c")));
+    let vh = &mut rc.virtual_hosts[0];
+    vh.typed_per_filter_config
+        .insert("rbac".into(), any(&filter_pb::RbacPerRoute::default()));
+    vh.typed_per_filter_config
+        .insert("fault".into(), any(&HttpFault::default()));
+    let route = &mut vh.routes[0];
+    route
+        .typed_per_filter_config
+        .insert("rbac".into(), wrapped(Some(any(&deny_all)), false));
+    route.typed_per_filter_config.insert(
+        "unknown".into(),
+        wrapped(
+            Some(Any {
+                type_url: "type.googleapis.com/example.Unknown".into(),
+                value: vec![],
+            }),
+            true,
+        ),
+    );
+    let decoded = rds(&rc);
+    let vh = &decoded.virtual_hosts[0];
+    assert_eq!(
+        vh.filter_overrides,
+        [(
+            "rbac".to_owned(),
+            FilterOverride::Rbac(crate::resource::RbacPerRoute::default())
+        )]
+        .into()
+    );
+    let route = &vh.routes[0];
+    assert_eq!(
+        route.filter_overrides.len(),
+        1,
+        "{:?}",
+        route.filter_overrides
+    );
+    let FilterOverride::Rbac(per_route) = &route.filter_overrides["rbac"];
+    let rules = per_route.rbac.rules.as_ref().expect("rules");
+    assert_eq!(rules.action, crate::resource::RbacAction::Deny);
+    assert_eq!(
+        decoded.unsupported_fields,
+        [
+            "virtual_hosts[0].typed_per_filter_config[\"fault\"] (override of type \"type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\" not implemented)",
+            "virtual_hosts[0].routes[0].typed_per_filter_config[\"unknown\"] (optional override of type \"type.googleapis.com/example.Unknown\" not implemented)",
+        ]
+    );
+
+    // NACKs, each naming the entry.
+    let nack = |entry: Any| {
+        let mut rc = one_route(route_to("/", cluster_action("c")));
+        rc.virtual_hosts[0].routes[0]
+            .typed_per_filter_config
+            .insert("envoy.filters.http.rbac".into(), entry);
+        let err = rds_err(&rc);
+        err.kind().path().unwrap_or_default().to_owned()
+    };
+    let at = "virtual_hosts[0].routes[0].typed_per_filter_config[\"envoy.filters.http.rbac\"]";
+    let mut bad_rules = deny_all.clone();
+    bad_rules.rbac.as_mut().unwrap().matcher = Some(Default::default());
+    assert_eq!(nack(any(&bad_rules)), format!("{at}.rbac.matcher"));
+    assert_eq!(
+        nack(wrapped(Some(any(&bad_rules)), true)),
+        format!("{at}.config.rbac.matcher")
+    );
+    assert_eq!(nack(wrapped(None, true)), format!("{at}.config"));
+    assert_eq!(
+        nack(any(&filter_pb::Rbac::default())),
+        at,
+        "an RBAC override is an RBACPerRoute"
+    );
+    let garbage = |type_url: &str| Any {
+        type_url: type_url.into(),
+        value: vec![0xff],
+    };
+    assert_eq!(nack(garbage(crate::resource::RBAC_PER_ROUTE_TYPE_URL)), at);
+    assert_eq!(nack(garbage(FILTER_CONFIG_TYPE_URL)), at);
 }

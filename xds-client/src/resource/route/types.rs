@@ -1,9 +1,15 @@
 //! The validated, owned types of a `RouteConfiguration`, and the lookups on them (virtual
 //! host by authority, retry conditions by token).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::resource::matcher::{SafeRegex, StringMatcher};
+use crate::resource::rbac::RbacPerRoute;
+
+/// The type URL of `envoy.config.route.v3.FilterConfig`, the wrapper a
+/// `typed_per_filter_config` entry may come in to say it is optional.
+pub const FILTER_CONFIG_TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 
 /// A validated `envoy.config.route.v3.RouteConfiguration`.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +82,9 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     /// The retry policy for routes that have none of their own.
     pub retry_policy: Option<RetryPolicy>,
+    /// Per-filter overrides from `typed_per_filter_config`, by the HTTP filter's instance
+    /// name; a route's own override of the same filter wins over these.
+    pub filter_overrides: BTreeMap<String, FilterOverride>,
 }
 
 /// One route.
@@ -87,6 +96,20 @@ pub struct Route {
     pub matcher: RouteMatch,
     /// What it does with them.
     pub action: RouteAction,
+    /// Per-filter overrides from `typed_per_filter_config`, by the HTTP filter's instance
+    /// name; they win over the virtual host's.
+    pub filter_overrides: BTreeMap<String, FilterOverride>,
+}
+
+/// A per-route override of one HTTP filter's configuration (a `typed_per_filter_config`
+/// entry), of a filter meshwork implements. Overrides of other filters are left out of
+/// the route and listed in the resource's `unsupported_fields`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum FilterOverride {
+    /// `envoy.extensions.filters.http.rbac.v3.RBACPerRoute` (gRFC A41): replaces the RBAC
+    /// filter's policy on the route.
+    Rbac(RbacPerRoute),
 }
 
 /// A route's match conditions; all must hold.

@@ -901,9 +901,25 @@ fn tls_nacks() {
 }
 
 #[test]
-fn client_listener_decoding_keeps_rejecting_server_listeners() {
-    let err = decode_err(crate::resource::ResourceType::Listener, &istio_listener());
-    assert_eq!(err.kind().path(), Some("api_listener"));
+fn lds_decodes_a_listener_without_api_listener_as_a_server_listener() {
+    use crate::resource::{Resource, ResourceType};
+    let resource = decode_ok(ResourceType::Listener, &istio_listener());
+    assert_eq!(resource.name(), NAME);
+    assert_eq!(resource.resource_type(), ResourceType::Listener);
+    let Resource::ServerListener(l) = &resource else {
+        panic!("expected a server listener, got {resource:?}");
+    };
+    assert_eq!(*l.as_ref(), ok(&istio_listener()));
+    assert_eq!(
+        resource.unsupported_fields(),
+        l.unsupported_fields.as_slice()
+    );
+    // A NACK of a server listener carries its name and path, as for a client one.
+    let mut broken = istio_listener();
+    broken.filter_chains[0].filters.clear();
+    let err = decode_err(ResourceType::Listener, &broken);
+    assert_eq!(err.name(), Some(NAME));
+    assert_eq!(err.kind().path(), Some(nack(&broken).0.as_str()));
 }
 
 /// A chain's normalized A36 match points, computed independently of the decoder, over the
