@@ -32,12 +32,59 @@ fn demo_runs_the_whole_story_in_under_a_minute() {
         "next 100 calls:  greeter-a got 0 (ejected",
         "circuit breaker open: max_requests (8) reached",
         "refused: PermissionDenied",
-        "ClusterLoadAssignment  greeter-stable   version 1   ACKED",
     ] {
         assert!(
             stdout.contains(expected),
             "missing {expected:?} in:\n{stdout}"
         );
+    }
+    assert!(
+        stdout.lines().any(|l| {
+            l.trim_start()
+                .starts_with("ClusterLoadAssignment  greeter-stable ")
+                && l.ends_with("ACKED")
+        }),
+        "greeter-stable's endpoints ACKED:\n{stdout}"
+    );
+
+    // Section 8: the control plane drives greeter-d's listener, mTLS and RBAC, and changes
+    // them live; each step's outcomes, in the story's order.
+    let xds = stdout
+        .split("8. The control plane drives a server too")
+        .nth(1)
+        .and_then(|s| s.split("\n9. ").next())
+        .expect("section 8");
+    let mut rest = xds;
+    for expected in [
+        "Listener \"xds.istio.io/grpc/lds/inbound/0.0.0.0:",
+        "greeter-d serving state: serving",
+        "STRICT mTLS",
+        "frontend (mTLS):  answered by greeter-d",
+        "intruder (mTLS):  PermissionDenied",
+        "legacy (plaintext): Unavailable",
+        "adds spiffe://demo.local/ns/shop/sa/frontend to the DENY policy",
+        "frontend (mTLS):  PermissionDenied",
+        "takes it out again",
+        "frontend (mTLS):  answered by greeter-d",
+        "PERMISSIVE",
+        "frontend (mTLS):  answered by greeter-d",
+        "intruder (mTLS):  PermissionDenied",
+        "legacy (plaintext): answered by greeter-d",
+        "back to STRICT",
+        "frontend (mTLS):  answered by greeter-d",
+        "legacy (plaintext): Unavailable",
+        "deletes the Listener",
+        "greeter-d serving state: not serving: Listener",
+        "does not exist",
+        "frontend (mTLS):  Unavailable",
+        "sends it again",
+        "greeter-d serving state: serving",
+        "frontend (mTLS):  answered by greeter-d",
+    ] {
+        let at = rest
+            .find(expected)
+            .unwrap_or_else(|| panic!("missing {expected:?} (in order) in section 8:\n{xds}"));
+        rest = &rest[at + expected.len()..];
     }
     // Retries hid the flaky backend: the caller saw no error in section 4.
     let flaky = stdout
@@ -47,8 +94,8 @@ fn demo_runs_the_whole_story_in_under_a_minute() {
         .expect("section 4");
     assert!(flaky.ends_with("errors 0"), "{flaky}");
 
-    // Section 9: a retried call's trace, Sent -> Attempt -> Recv by indentation.
-    let traces = stdout.split("9. Traces").nth(1).expect("section 9");
+    // Section 10: a retried call's trace, Sent -> Attempt -> Recv by indentation.
+    let traces = stdout.split("10. Traces").nth(1).expect("section 10");
     let trace_line = traces
         .lines()
         .find_map(|l| l.split("trace ").nth(1))
@@ -219,7 +266,7 @@ fn demo_exports_each_service_under_its_own_name_over_otlp() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed: {stdout}");
     assert!(
-        stdout.contains("9. Traces and metrics were exported over OTLP"),
+        stdout.contains("10. Traces and metrics were exported over OTLP"),
         "{stdout}"
     );
 
@@ -244,7 +291,14 @@ fn demo_exports_each_service_under_its_own_name_over_otlp() {
         }
     }
     let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
-    for expected in ["frontend", "greeter-stable", "greeter-canary", "intruder"] {
+    for expected in [
+        "frontend",
+        "greeter-stable",
+        "greeter-canary",
+        "intruder",
+        "greeter-xds",
+        "legacy",
+    ] {
         assert!(services.contains(expected), "{services:?}");
     }
     // The hop between services: a backend's Recv span is the child of a frontend's Attempt.

@@ -6,7 +6,9 @@
 //! follows `xds:///greeter`. Then it narrates what the mesh does: who talks to whom, the load
 //! spread, a 90/10 canary shifted live to 50/50, a flaky backend hidden by retries, a failing
 //! backend ejected and returning, the circuit breaker shedding load, an unauthorised caller
-//! refused, and the client's view of every xDS resource.
+//! refused, a server whose listener, mTLS and authorization come from the control plane
+//! (changed live: a caller denied and allowed again, STRICT mTLS to PERMISSIVE and back, the
+//! Listener deleted and sent again), and the client's view of every xDS resource.
 //!
 //! Every call is traced (OpenTelemetry), each simulated service (the frontend, the backends of
 //! greeter-stable and greeter-canary, the intruder) under its own `service.name`: with
@@ -32,6 +34,7 @@ use meshwork_core::identity::{MtlsConfig, StaticSource};
 use meshwork_examples::greeter::{Behaviour, Greeter};
 use meshwork_examples::helloworld::HelloRequest;
 use meshwork_examples::helloworld::greeter_client::GreeterClient;
+use meshwork_examples::inbound::{Inbound, LISTENER_NAME_TEMPLATE, MtlsMode};
 use meshwork_examples::otel::{Pipelines, ServiceSpan, Sink};
 use meshwork_examples::tally::Tally;
 use meshwork_grpc::core::inbound::{AuthorizationPolicy, Principal, Rule};
@@ -39,9 +42,10 @@ use meshwork_grpc::core::telemetry::Telemetry;
 use meshwork_grpc::{MeshChannel, MeshChannelOptions, MeshServer};
 use meshwork_xds::bootstrap::Bootstrap;
 use meshwork_xds::client::XdsClient;
-use meshwork_xds::server::{Snapshot, XdsTestServer, build};
+use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::SpanData;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -51,7 +55,8 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 /// SPIFFE SVIDs, three helloworld.Greeter backends behind SPIFFE mTLS and an authorization
 /// policy, and a client following xds:///greeter; then it narrates what the mesh does: the
 /// load spread, a canary shifted live, retries, ejection, circuit breaking, an unauthorised
-/// caller refused, the config dump and the trace of one retried call. It has no options of its own.
+/// caller refused, a server driven by the control plane (its RBAC and mTLS mode changed
+/// live), the config dump and the trace of one retried call. It has no options of its own.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "demo",
@@ -70,6 +75,12 @@ const TRUST_DOMAIN: &str = "demo.local";
 const FRONTEND: &str = "/ns/shop/sa/frontend";
 const GREETER: &str = "/ns/shop/sa/greeter";
 const INTRUDER: &str = "/ns/shop/sa/intruder";
+/// The xDS-driven server's target, and the one of its plaintext door.
+const XDS_TARGET: &str = "greeter-xds";
+const PLAINTEXT_TARGET: &str = "greeter-xds-plaintext";
+/// The address whose connections take the plaintext chain in PERMISSIVE mode.
+const PLAINTEXT_DOOR: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
 fn id(path: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}{path}")
@@ -145,7 +156,8 @@ async fn backend(
 }
 
 /// Writes the SVID of `spiffe_path`, its key and the roots into `dir` as Istio's agent
-/// would, and a bootstrap for node `node` whose `default` certificate provider watches them.
+/// would, and a bootstrap for node `node` whose `default` certificate provider watches them
+/// and whose server Listeners are named as istiod names them.
 fn write_bootstrap(
     dir: &Path,
     ca: &TestCa,
@@ -164,6 +176,7 @@ fn write_bootstrap(
   "xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
                     "server_features": ["xds_v3"]}}],
   "node": {{"id": "{node}"}},
+  "server_listener_resource_name_template": "{LISTENER_NAME_TEMPLATE}",
   "certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{
       "certificate_file": "{d}/cert-chain.pem", "private_key_file": "{d}/key.pem",
       "ca_certificate_file": "{d}/root-cert.pem", "refresh_interval": "600s"}}}}}}
@@ -173,6 +186,223 @@ fn write_bootstrap(
     let path = dir.join("bootstrap.json");
     std::fs::write(&path, json)?;
     Ok(path)
+}
+
+/// One call's outcome: the reply, or the status code and message.
+async fn outcome(client: &GreeterClient<MeshChannel>) -> String {
+    let tally = calls(client, 1).await;
+    tally
+        .counts
+        .keys()
+        .next()
+        .map(|backend| format!("answered by {backend}"))
+        .or_else(|| tally.error_samples.first().cloned())
+        .unwrap_or_default()
+}
+
+/// Calls until the outcome starts with `expected` (the server follows its Listener within
+/// milliseconds), for at most 5 s; the last outcome either way.
+async fn outcome_becomes(client: &GreeterClient<MeshChannel>, expected: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = outcome(client).await;
+        if got.starts_with(expected) || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The callers of section 8, one per simulated service.
+struct Callers {
+    frontend: GreeterClient<MeshChannel>,
+    intruder: GreeterClient<MeshChannel>,
+    plaintext: GreeterClient<MeshChannel>,
+}
+
+impl Callers {
+    async fn print(&self, expect_frontend: &str, expect_plaintext: &str) {
+        let frontend = outcome_becomes(&self.frontend, expect_frontend).await;
+        let plaintext = outcome_becomes(&self.plaintext, expect_plaintext).await;
+        println!("     frontend (mTLS):  {frontend}");
+        println!("     intruder (mTLS):  {}", outcome(&self.intruder).await);
+        println!("     legacy (plaintext): {plaintext}");
+    }
+}
+
+/// Section 8: a server whose listener, mTLS and authorization come from the control plane
+/// (gRFC A36, A29, A41), and the control plane changing them live.
+async fn xds_server(
+    ca: &TestCa,
+    dir: &Path,
+    control_plane: &XdsTestServer,
+    frontend: (&XdsClient, Telemetry),
+    intruder: (MtlsConfig, Telemetry),
+    otel: &mut Pipelines,
+) -> Result<(), Error> {
+    let d = Greeter::new("greeter-d");
+    // All addresses: connections to 127.0.0.2 take the plaintext chain in PERMISSIVE mode.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
+    let address = listener.local_addr()?;
+    let port = address.port();
+    let bootstrap = Bootstrap::from_file(write_bootstrap(
+        &dir.join("greeter-d"),
+        ca,
+        GREETER,
+        "greeter-d.shop",
+        &control_plane.uri(),
+    )?)?;
+    let mut inbound = Inbound {
+        name: bootstrap.server_listener_resource_name(address)?,
+        address,
+        mode: MtlsMode::Strict,
+        deny: vec![id(INTRUDER)],
+        allow: vec![id(FRONTEND)],
+        plaintext_address: PLAINTEXT_DOOR,
+    };
+    let mtls_to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let plaintext_to = SocketAddr::new(PLAINTEXT_DOOR, port);
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+        for (name, cluster, to) in [
+            (XDS_TARGET, mtls_cluster(XDS_TARGET), mtls_to),
+            (
+                PLAINTEXT_TARGET,
+                build::eds_cluster(PLAINTEXT_TARGET),
+                plaintext_to,
+            ),
+        ] {
+            let routes = format!("{name}-routes");
+            s.insert_listener(build::api_listener(name, &routes));
+            s.insert_route(build::route_config(
+                &routes,
+                vec![build::virtual_host(
+                    name,
+                    [name],
+                    vec![build::route_to("", name)],
+                )],
+            ));
+            s.insert_cluster(cluster);
+            s.insert_endpoints(build::endpoints(name, &[to]));
+        }
+    });
+
+    let (states_tx, mut states) = tokio::sync::mpsc::unbounded_channel();
+    let server = MeshServer::from_xds(&XdsClient::builder(&bootstrap)?.start())
+        .telemetry(otel.service("greeter-xds", d.id())?)
+        .on_serving_state(move |state| {
+            let _ = states_tx.send(state.to_string());
+        })
+        .add_service(d.service());
+    tokio::spawn(server.serve(listener));
+    println!(
+        "\n8. The control plane drives a server too (gRFC A36, A29, A41): greeter-d listens on {address}"
+    );
+    println!(
+        "   and takes its filter chains, mTLS and RBAC from Listener {:?}",
+        inbound.name
+    );
+    // Each state the server reports, until one starts with `expected` (at most 10 s).
+    let states_until = async |states: &mut UnboundedReceiver<String>, expected: &str| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(Some(state)) = tokio::time::timeout_at(deadline, states.recv()).await {
+            println!("   greeter-d serving state: {state}");
+            if state.starts_with(expected) {
+                break;
+            }
+        }
+    };
+    states_until(&mut states, "serving").await;
+    let (frontend_client, frontend_telemetry) = frontend;
+    let channel = async |target: &str, options: MeshChannelOptions| {
+        MeshChannel::from_xds(frontend_client, &format!("xds:///{target}"), options)
+            .await
+            .map(GreeterClient::new)
+    };
+    let callers = Callers {
+        frontend: channel(
+            XDS_TARGET,
+            MeshChannelOptions::new().telemetry(frontend_telemetry),
+        )
+        .await?,
+        intruder: channel(
+            XDS_TARGET,
+            MeshChannelOptions::new()
+                .mtls(intruder.0)
+                .telemetry(intruder.1),
+        )
+        .await?,
+        plaintext: channel(
+            PLAINTEXT_TARGET,
+            MeshChannelOptions::new().telemetry(otel.service("legacy", "legacy-1")?),
+        )
+        .await?,
+    };
+    let answered = format!("answered by {}", d.id());
+    println!(
+        "   STRICT mTLS; RBAC: DENY {}, then ALLOW {}:",
+        id(INTRUDER),
+        id(FRONTEND)
+    );
+    callers.print(&answered, "Unavailable").await;
+
+    inbound.deny.push(id(FRONTEND));
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+    });
+    println!(
+        "   the control plane adds {} to the DENY policy:",
+        id(FRONTEND)
+    );
+    println!(
+        "     frontend (mTLS):  {}",
+        outcome_becomes(&callers.frontend, "PermissionDenied").await
+    );
+    inbound.deny.pop();
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+    });
+    println!("   and takes it out again:");
+    println!(
+        "     frontend (mTLS):  {}",
+        outcome_becomes(&callers.frontend, &answered).await
+    );
+
+    inbound.mode = MtlsMode::Permissive;
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+    });
+    println!(
+        "   PERMISSIVE: a plaintext chain beside the mTLS one, for connections to {PLAINTEXT_DOOR}"
+    );
+    println!("   (a gRPC server chooses its chain before any byte arrives, by address):");
+    callers.print(&answered, &answered).await;
+    inbound.mode = MtlsMode::Strict;
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+    });
+    println!("   back to STRICT; the plaintext chain's connections drain:");
+    callers.print(&answered, "Unavailable").await;
+
+    control_plane.update(|s| {
+        s.remove(type_url::LISTENER, &inbound.name);
+    });
+    println!("   the control plane deletes the Listener:");
+    states_until(&mut states, "not serving").await;
+    println!(
+        "     frontend (mTLS):  {}",
+        outcome_becomes(&callers.frontend, "Unavailable").await
+    );
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+    });
+    println!("   and sends it again:");
+    states_until(&mut states, "serving").await;
+    println!(
+        "     frontend (mTLS):  {}",
+        outcome_becomes(&callers.frontend, &answered).await
+    );
+    Ok(())
 }
 
 /// `n` calls one after another.
@@ -227,17 +457,17 @@ fn calls_to(g: &Greeter) -> u64 {
     g.calls().0
 }
 
-/// Section 9 (in memory) or the exporters' final flush (OTLP).
+/// Section 10 (in memory) or the exporters' final flush (OTLP).
 async fn finish_telemetry(otel: Pipelines) -> Result<(), Error> {
     match otel.sink() {
         Sink::Otlp => {
             // The SDK's flush blocks: off the runtime's threads.
             match tokio::task::spawn_blocking(move || otel.shutdown()).await? {
                 Ok(()) => println!(
-                    "\n9. Traces and metrics were exported over OTLP, each service under its own service.name."
+                    "\n10. Traces and metrics were exported over OTLP, each service under its own service.name."
                 ),
                 // The demo's story does not depend on the collector being there.
-                Err(e) => println!("\n9. Exporting over OTLP failed: {e}: {}", chain(&e)),
+                Err(e) => println!("\n10. Exporting over OTLP failed: {e}: {}", chain(&e)),
             }
         }
         Sink::Memory => {
@@ -312,7 +542,7 @@ impl<'a> Tree<'a> {
     }
 }
 
-/// Section 9: how much was traced, by which service, and the tree of one retried call.
+/// Section 10: how much was traced, by which service, and the tree of one retried call.
 fn print_traces(spans: &[ServiceSpan]) {
     let tree = Tree::new(spans);
     let traces: std::collections::HashSet<TraceId> = spans
@@ -324,7 +554,7 @@ fn print_traces(spans: &[ServiceSpan]) {
         *by_service.entry(s.service.as_str()).or_default() += 1;
     }
     println!(
-        "\n9. Traces (OpenTelemetry, kept in memory; set OTEL_EXPORTER_OTLP_ENDPOINT to export):"
+        "\n10. Traces (OpenTelemetry, kept in memory; set OTEL_EXPORTER_OTLP_ENDPOINT to export):"
     );
     println!("   {} traces, {} spans", traces.len(), spans.len());
     let services: Vec<String> = by_service
@@ -409,7 +639,7 @@ async fn main() -> Result<(), Error> {
     let channel = MeshChannel::from_xds(
         &client,
         &format!("xds:///{TARGET}"),
-        MeshChannelOptions::new().telemetry(frontend_telemetry),
+        MeshChannelOptions::new().telemetry(frontend_telemetry.clone()),
     )
     .await?;
     let greeter = GreeterClient::new(channel);
@@ -511,14 +741,14 @@ async fn main() -> Result<(), Error> {
         Some(ca.svid(INTRUDER)),
         ca.bundles(),
     )));
-
+    let intruder_telemetry = otel.service("intruder", "intruder-1")?;
     let intruder = GreeterClient::new(
         MeshChannel::from_xds(
             &client,
             &format!("xds:///{TARGET}"),
             MeshChannelOptions::new()
-                .mtls(intruder_identity)
-                .telemetry(otel.service("intruder", "intruder-1")?),
+                .mtls(intruder_identity.clone())
+                .telemetry(intruder_telemetry.clone()),
         )
         .await?,
     );
@@ -536,8 +766,18 @@ async fn main() -> Result<(), Error> {
             .map_or("not refused!", String::as_str)
     );
 
+    xds_server(
+        &ca,
+        &dir,
+        &control_plane,
+        (&client, frontend_telemetry),
+        (intruder_identity, intruder_telemetry),
+        &mut otel,
+    )
+    .await?;
+
     println!(
-        "\n8. The frontend's view of every xDS resource (the config dump, as xds-dump prints it):"
+        "\n9. The frontend's view of every xDS resource (the config dump, as xds-dump prints it):"
     );
     for row in client.dump().await {
         let kind = row.type_url.rsplit('.').next().unwrap_or(row.type_url);
