@@ -2,11 +2,10 @@
 //! and its OTLP export to a real receiver.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use meshwork_test_support::otlp::{OtlpSink, Span};
 
 #[test]
 fn demo_runs_the_whole_story_in_under_a_minute() {
@@ -173,93 +172,14 @@ fn demo_runs_the_whole_story_in_under_a_minute() {
     );
 }
 
-/// oteltest's OTLP/gRPC receiver (mesh-core's test peer), stopped on drop.
-struct Sink {
-    child: Child,
-    out: std::path::PathBuf,
-    port: u16,
-}
-
-impl Sink {
-    fn start() -> Self {
-        let venv = meshwork_test_support::peers::venv();
-        let out = meshwork_test_support::temp_dir("demo-otlp").join("received.jsonl");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../mesh-core/tests/peers/otlp_sink.py"
-        );
-        let mut child = Command::new(venv.join("bin/python"))
-            .arg(script)
-            .args(["--port", &port.to_string(), "--out"])
-            .arg(&out)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the OTLP sink");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "the OTLP sink did not start");
-        Self { child, out, port }
-    }
-
-    /// The received export requests of `kind` ("traces", "metrics") as (service.name,
-    /// request's resource entry).
-    fn resources(&self, kind: &str, list: &str) -> Vec<(String, Value)> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let mut out = Vec::new();
-        for line in text.lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            if v["kind"] != kind {
-                continue;
-            }
-            for r in v["request"][list].as_array().into_iter().flatten() {
-                let service = r["resource"]["attributes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|kv| kv["key"] == "service.name")
-                    .and_then(|kv| kv["value"]["stringValue"].as_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                out.push((service, r.clone()));
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A span as received: its service, name, ids.
-struct Span {
-    service: String,
-    name: String,
-    trace: String,
-    id: String,
-    parent: String,
-}
-
 #[test]
 #[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
 fn demo_exports_each_service_under_its_own_name_over_otlp() {
-    let sink = Sink::start();
+    let sink = OtlpSink::start(&meshwork_test_support::peers::venv());
     let out = Command::new(env!("CARGO_BIN_EXE_demo"))
         .env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{}", sink.port),
+            format!("http://127.0.0.1:{}", sink.port()),
         )
         .output()
         .expect("run demo");
@@ -270,26 +190,7 @@ fn demo_exports_each_service_under_its_own_name_over_otlp() {
         "{stdout}"
     );
 
-    let mut spans = Vec::new();
-    for (service, r) in sink.resources("traces", "resourceSpans") {
-        // oteltest's protobuf JSON names the scope list by its pre-1.0 name.
-        let scopes = ["scopeSpans", "instrumentationLibrarySpans"]
-            .into_iter()
-            .filter_map(|k| r[k].as_array())
-            .flatten();
-        for ss in scopes {
-            for s in ss["spans"].as_array().into_iter().flatten() {
-                let field = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
-                spans.push(Span {
-                    service: service.clone(),
-                    name: field("name"),
-                    trace: field("traceId"),
-                    id: field("spanId"),
-                    parent: field("parentSpanId"),
-                });
-            }
-        }
-    }
+    let spans = sink.spans();
     let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
     for expected in [
         "frontend",
@@ -315,11 +216,7 @@ fn demo_exports_each_service_under_its_own_name_over_otlp() {
     });
     assert!(hop, "no frontend Attempt -> greeter Recv across services");
 
-    let metrics: BTreeSet<String> = sink
-        .resources("metrics", "resourceMetrics")
-        .into_iter()
-        .map(|(service, _)| service)
-        .collect();
+    let metrics: BTreeSet<String> = sink.metrics().into_iter().map(|m| m.service).collect();
     assert!(
         metrics.contains("frontend") && metrics.contains("greeter-stable"),
         "{metrics:?}"

@@ -11,6 +11,7 @@
 //! - `backend` (feature `backend`): a loopback HTTP/2 server that numbers its connections
 //!   and can hold a request, serving a handler the test gives it.
 //! - `xds` (feature `xds`): xDS clients, a control plane that never answers, snapshots.
+//! - `otlp` (feature `otlp`): a real OTLP/gRPC receiver and the spans and metrics it got.
 //! - [`refused_addr`]: an address where connecting is refused.
 //!
 //! Not published: it is a dev-dependency of the workspace's packages only.
@@ -22,6 +23,8 @@ pub mod backend;
 pub mod certs;
 #[cfg(feature = "core")]
 pub mod cluster;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod peers;
 #[cfg(feature = "xds")]
 pub mod xds;
