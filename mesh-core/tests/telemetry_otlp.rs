@@ -9,11 +9,9 @@
 //! Every process-side piece is meshwork's: the W3C context crosses both hops, the retry
 //! shows as a second attempt span, and each service exports under its own `service.name`.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -27,158 +25,17 @@ use hyper_util::service::TowerToHyperService;
 use meshwork_core::config::{RetryOn, RetryPolicy};
 use meshwork_core::retry::RetryLayer;
 use meshwork_core::telemetry::{AttemptLayer, CallLayer, ServerLayer, Telemetry};
+use meshwork_test_support::otlp::{OtlpSink, Span};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use serde_json::Value;
 use tokio::net::TcpListener;
 use tower::{BoxError, Layer, ServiceExt, service_fn};
 
 type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-/// The OTLP receiver, stopped (stdin closed, then killed) on drop.
-struct Sink {
-    child: Child,
-    out: std::path::PathBuf,
-    port: u16,
-}
-
-impl Sink {
-    fn start(venv: &std::path::Path) -> Self {
-        let dir = meshwork_test_support::temp_dir("otlp");
-        let out = dir.join("received.jsonl");
-        let _ = std::fs::remove_file(&out);
-        // A free port (below the receiver's own choice of nothing: it takes what we give).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/otlp_sink.py");
-        let mut child = Command::new(venv.join("bin/python"))
-            .arg(script)
-            .args(["--port", &port.to_string(), "--out"])
-            .arg(&out)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the OTLP sink");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "the OTLP sink did not start");
-        Self { child, out, port }
-    }
-
-    /// Every span received so far, flattened with its service name.
-    fn spans(&self) -> Vec<Span> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let mut spans = Vec::new();
-        for line in text.lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            if v["kind"] != "traces" {
-                continue;
-            }
-            for rs in v["request"]["resourceSpans"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                let service = attributes(&rs["resource"]["attributes"])
-                    .remove("service.name")
-                    .unwrap_or_default();
-                // Some receivers' protobuf JSON names the scope list by its pre-1.0 name.
-                let scopes = ["scopeSpans", "instrumentationLibrarySpans"]
-                    .into_iter()
-                    .filter_map(|k| rs[k].as_array())
-                    .flatten();
-                for ss in scopes {
-                    for s in ss["spans"].as_array().into_iter().flatten() {
-                        spans.push(Span {
-                            service: service.clone(),
-                            name: s["name"].as_str().unwrap().to_owned(),
-                            kind: s["kind"].as_str().unwrap_or("").to_owned(),
-                            trace: s["traceId"].as_str().unwrap().to_owned(),
-                            id: s["spanId"].as_str().unwrap().to_owned(),
-                            parent: s["parentSpanId"].as_str().unwrap_or("").to_owned(),
-                            attrs: attributes(&s["attributes"]),
-                        });
-                    }
-                }
-            }
-        }
-        spans
-    }
-
-    /// The names of every metric received so far.
-    fn metric_names(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let mut names = Vec::new();
-        for line in text.lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            if v["kind"] != "metrics" {
-                continue;
-            }
-            for rm in v["request"]["resourceMetrics"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                let scopes = ["scopeMetrics", "instrumentationLibraryMetrics"]
-                    .into_iter()
-                    .filter_map(|k| rm[k].as_array())
-                    .flatten();
-                for sm in scopes {
-                    for m in sm["metrics"].as_array().into_iter().flatten() {
-                        names.push(m["name"].as_str().unwrap().to_owned());
-                    }
-                }
-            }
-        }
-        names
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Span {
-    service: String,
-    name: String,
-    kind: String,
-    trace: String,
-    id: String,
-    parent: String,
-    attrs: HashMap<String, String>,
-}
-
-/// OTLP JSON attributes as strings (`intValue` is a string in protobuf JSON already).
-fn attributes(list: &Value) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for kv in list.as_array().into_iter().flatten() {
-        let v = &kv["value"];
-        let value = ["stringValue", "intValue", "boolValue", "doubleValue"]
-            .iter()
-            .find_map(|k| v.get(*k))
-            .map(|x| match x {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .unwrap_or_default();
-        out.insert(kv["key"].as_str().unwrap().to_owned(), value);
-    }
-    out
-}
 
 /// One service's SDK pipeline, exporting over OTLP/gRPC to the sink.
 struct Pipeline {
@@ -289,10 +146,10 @@ fn grpc_request(addr: SocketAddr) -> http::Request<Full<Bytes>> {
 #[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
 async fn one_trace_crosses_two_meshwork_services_and_reaches_a_real_otlp_receiver() {
     let venv = meshwork_test_support::peers::venv();
-    let sink = Sink::start(&venv);
-    let client_side = Pipeline::new("client", sink.port);
-    let frontend_side = Pipeline::new("frontend", sink.port);
-    let backend_side = Pipeline::new("backend", sink.port);
+    let sink = OtlpSink::start(&venv);
+    let client_side = Pipeline::new("client", sink.port());
+    let frontend_side = Pipeline::new("frontend", sink.port());
+    let backend_side = Pipeline::new("backend", sink.port());
 
     // backend: UNAVAILABLE once, then OK.
     let calls = Arc::new(AtomicUsize::new(0));
@@ -446,7 +303,7 @@ async fn one_trace_crosses_two_meshwork_services_and_reaches_a_real_otlp_receive
     );
 
     // The metrics went out over OTLP too, under gRFC A66's names.
-    let names = sink.metric_names();
+    let names: Vec<String> = sink.metrics().into_iter().map(|m| m.name).collect();
     for metric in [
         "grpc.client.attempt.started",
         "grpc.client.attempt.duration",

@@ -13,6 +13,7 @@
 //! - `envoy` (feature `envoy`): Envoy started from a test's bootstrap, killed on drop,
 //!   with the admin reads a test needs (a listener's bound port, counters).
 //! - `xds` (feature `xds`): xDS clients, a control plane that never answers, snapshots.
+//! - `otlp` (feature `otlp`): a real OTLP/gRPC receiver and the spans and metrics it got.
 //! - [`refused_addr`]: an address where connecting is refused.
 //!
 //! Not published: it is a dev-dependency of the workspace's packages only.
@@ -26,6 +27,8 @@ pub mod certs;
 pub mod cluster;
 #[cfg(feature = "envoy")]
 pub mod envoy;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod peers;
 #[cfg(feature = "xds")]
 pub mod xds;

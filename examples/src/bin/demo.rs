@@ -6,11 +6,15 @@
 //! follows `xds:///greeter`. Then it narrates what the mesh does: who talks to whom, the load
 //! spread, a 90/10 canary shifted live to 50/50, a flaky backend hidden by retries, a failing
 //! backend ejected and returning, the circuit breaker shedding load, an unauthorised caller
-//! refused, and the client's view of every xDS resource.
+//! refused, a server whose listener, mTLS and authorization come from the control plane
+//! (changed live: a caller denied and allowed again, STRICT mTLS to PERMISSIVE and back, the
+//! Listener deleted and sent again), and the client's view of every xDS resource.
 //!
-//! Every call is traced (OpenTelemetry): with `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans and
-//! metrics are exported over OTLP/gRPC; otherwise spans are kept in memory and the demo ends
-//! by printing the trace of one retried call (`Sent` -> `Attempt`s -> `Recv`).
+//! Every call is traced (OpenTelemetry), each simulated service (the frontend, the backends of
+//! greeter-stable and greeter-canary, the intruder) under its own `service.name`: with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans and metrics are exported over OTLP/gRPC;
+//! otherwise spans are kept in memory and the demo ends by printing the trace of one retried
+//! call (`Sent` -> `Attempt`s -> `Recv`), naming the service of each span.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -30,16 +34,18 @@ use meshwork_core::identity::{MtlsConfig, StaticSource};
 use meshwork_examples::greeter::{Behaviour, Greeter};
 use meshwork_examples::helloworld::HelloRequest;
 use meshwork_examples::helloworld::greeter_client::GreeterClient;
+use meshwork_examples::inbound::{Inbound, LISTENER_NAME_TEMPLATE, MtlsMode};
+use meshwork_examples::otel::{Pipelines, ServiceSpan, Sink};
 use meshwork_examples::tally::Tally;
 use meshwork_grpc::core::inbound::{AuthorizationPolicy, Principal, Rule};
+use meshwork_grpc::core::telemetry::Telemetry;
 use meshwork_grpc::{MeshChannel, MeshChannelOptions, MeshServer};
 use meshwork_xds::bootstrap::Bootstrap;
 use meshwork_xds::client::XdsClient;
-use meshwork_xds::server::{Snapshot, XdsTestServer, build};
+use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
 use opentelemetry::trace::{SpanId, TraceId};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::SpanData;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -49,7 +55,8 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 /// SPIFFE SVIDs, three helloworld.Greeter backends behind SPIFFE mTLS and an authorization
 /// policy, and a client following xds:///greeter; then it narrates what the mesh does: the
 /// load spread, a canary shifted live, retries, ejection, circuit breaking, an unauthorised
-/// caller refused, the config dump and the trace of one retried call. It has no options of its own.
+/// caller refused, a server driven by the control plane (its RBAC and mTLS mode changed
+/// live), the config dump and the trace of one retried call. It has no options of its own.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "demo",
@@ -68,6 +75,12 @@ const TRUST_DOMAIN: &str = "demo.local";
 const FRONTEND: &str = "/ns/shop/sa/frontend";
 const GREETER: &str = "/ns/shop/sa/greeter";
 const INTRUDER: &str = "/ns/shop/sa/intruder";
+/// The xDS-driven server's target, and the one of its plaintext door.
+const XDS_TARGET: &str = "greeter-xds";
+const PLAINTEXT_TARGET: &str = "greeter-xds-plaintext";
+/// The address whose connections take the plaintext chain in PERMISSIVE mode.
+const PLAINTEXT_DOOR: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
 fn id(path: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}{path}")
@@ -121,7 +134,11 @@ fn stable_cluster() -> Cluster {
 }
 
 /// Starts a greeter backend over mTLS with the greeters' SVID; only the frontend may call.
-async fn backend(ca: &TestCa, greeter: &Greeter) -> Result<SocketAddr, Error> {
+async fn backend(
+    ca: &TestCa,
+    greeter: &Greeter,
+    telemetry: Telemetry,
+) -> Result<SocketAddr, Error> {
     let identity = MtlsConfig::new(Arc::new(StaticSource::new(
         Some(ca.svid(GREETER)),
         ca.bundles(),
@@ -131,16 +148,25 @@ async fn backend(ca: &TestCa, greeter: &Greeter) -> Result<SocketAddr, Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = MeshServer::new(identity)
+        .telemetry(telemetry)
         .policy(policy)
         .add_service(greeter.service());
     tokio::spawn(server.serve(listener));
     Ok(addr)
 }
 
-/// Writes the frontend's SVID, key and roots as Istio's agent would, and a bootstrap whose
-/// `default` certificate provider watches them.
-fn write_bootstrap(dir: &Path, ca: &TestCa, xds_uri: &str) -> Result<PathBuf, Error> {
-    let minted = ca.mint(FRONTEND, meshwork_core::identity::testing::Flaw::None);
+/// Writes the SVID of `spiffe_path`, its key and the roots into `dir` as Istio's agent
+/// would, and a bootstrap for node `node` whose `default` certificate provider watches them
+/// and whose server Listeners are named as istiod names them.
+fn write_bootstrap(
+    dir: &Path,
+    ca: &TestCa,
+    spiffe_path: &str,
+    node: &str,
+    xds_uri: &str,
+) -> Result<PathBuf, Error> {
+    std::fs::create_dir_all(dir)?;
+    let minted = ca.mint(spiffe_path, meshwork_core::identity::testing::Flaw::None);
     std::fs::write(dir.join("cert-chain.pem"), &minted.cert_pem)?;
     std::fs::write(dir.join("key.pem"), &minted.key_pem)?;
     std::fs::write(dir.join("root-cert.pem"), ca.root_pem())?;
@@ -149,7 +175,8 @@ fn write_bootstrap(dir: &Path, ca: &TestCa, xds_uri: &str) -> Result<PathBuf, Er
         r#"{{
   "xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
                     "server_features": ["xds_v3"]}}],
-  "node": {{"id": "frontend-1.shop"}},
+  "node": {{"id": "{node}"}},
+  "server_listener_resource_name_template": "{LISTENER_NAME_TEMPLATE}",
   "certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{
       "certificate_file": "{d}/cert-chain.pem", "private_key_file": "{d}/key.pem",
       "ca_certificate_file": "{d}/root-cert.pem", "refresh_interval": "600s"}}}}}}
@@ -159,6 +186,223 @@ fn write_bootstrap(dir: &Path, ca: &TestCa, xds_uri: &str) -> Result<PathBuf, Er
     let path = dir.join("bootstrap.json");
     std::fs::write(&path, json)?;
     Ok(path)
+}
+
+/// One call's outcome: the reply, or the status code and message.
+async fn outcome(client: &GreeterClient<MeshChannel>) -> String {
+    let tally = calls(client, 1).await;
+    tally
+        .counts
+        .keys()
+        .next()
+        .map(|backend| format!("answered by {backend}"))
+        .or_else(|| tally.error_samples.first().cloned())
+        .unwrap_or_default()
+}
+
+/// Calls until the outcome starts with `expected` (the server follows its Listener within
+/// milliseconds), for at most 5 s; the last outcome either way.
+async fn outcome_becomes(client: &GreeterClient<MeshChannel>, expected: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = outcome(client).await;
+        if got.starts_with(expected) || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The callers of section 8, one per simulated service.
+struct Callers {
+    frontend: GreeterClient<MeshChannel>,
+    intruder: GreeterClient<MeshChannel>,
+    plaintext: GreeterClient<MeshChannel>,
+}
+
+impl Callers {
+    async fn print(&self, expect_frontend: &str, expect_plaintext: &str) {
+        let frontend = outcome_becomes(&self.frontend, expect_frontend).await;
+        let plaintext = outcome_becomes(&self.plaintext, expect_plaintext).await;
+        println!("     frontend (mTLS):  {frontend}");
+        println!("     intruder (mTLS):  {}", outcome(&self.intruder).await);
+        println!("     legacy (plaintext): {plaintext}");
+    }
+}
+
+/// Section 8: a server whose listener, mTLS and authorization come from the control plane
+/// (gRFC A36, A29, A41), and the control plane changing them live.
+async fn xds_server(
+    ca: &TestCa,
+    dir: &Path,
+    control_plane: &XdsTestServer,
+    frontend: (&XdsClient, Telemetry),
+    intruder: (MtlsConfig, Telemetry),
+    otel: &mut Pipelines,
+) -> Result<(), Error> {
+    let d = Greeter::new("greeter-d");
+    // All addresses: connections to 127.0.0.2 take the plaintext chain in PERMISSIVE mode.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
+    let address = listener.local_addr()?;
+    let port = address.port();
+    let bootstrap = Bootstrap::from_file(write_bootstrap(
+        &dir.join("greeter-d"),
+        ca,
+        GREETER,
+        "greeter-d.shop",
+        &control_plane.uri(),
+    )?)?;
+    let mut inbound = Inbound {
+        name: bootstrap.server_listener_resource_name(address)?,
+        address,
+        mode: MtlsMode::Strict,
+        deny: vec![id(INTRUDER)],
+        allow: vec![id(FRONTEND)],
+        plaintext_address: PLAINTEXT_DOOR,
+    };
+    let mtls_to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let plaintext_to = SocketAddr::new(PLAINTEXT_DOOR, port);
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+        for (name, cluster, to) in [
+            (XDS_TARGET, mtls_cluster(XDS_TARGET), mtls_to),
+            (
+                PLAINTEXT_TARGET,
+                build::eds_cluster(PLAINTEXT_TARGET),
+                plaintext_to,
+            ),
+        ] {
+            let routes = format!("{name}-routes");
+            s.insert_listener(build::api_listener(name, &routes));
+            s.insert_route(build::route_config(
+                &routes,
+                vec![build::virtual_host(
+                    name,
+                    [name],
+                    vec![build::route_to("", name)],
+                )],
+            ));
+            s.insert_cluster(cluster);
+            s.insert_endpoints(build::endpoints(name, &[to]));
+        }
+    });
+
+    let (states_tx, mut states) = tokio::sync::mpsc::unbounded_channel();
+    let server = MeshServer::from_xds(&XdsClient::builder(&bootstrap)?.start())
+        .telemetry(otel.service("greeter-xds", d.id())?)
+        .on_serving_state(move |state| {
+            let _ = states_tx.send(state.to_string());
+        })
+        .add_service(d.service());
+    tokio::spawn(server.serve(listener));
+    println!(
+        "\n8. The control plane drives a server too (gRFC A36, A29, A41): greeter-d listens on {address}"
+    );
+    println!(
+        "   and takes its filter chains, mTLS and RBAC from Listener {:?}",
+        inbound.name
+    );
+    // Each state the server reports, until one starts with `expected` (at most 10 s).
+    let states_until = async |states: &mut UnboundedReceiver<String>, expected: &str| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(Some(state)) = tokio::time::timeout_at(deadline, states.recv()).await {
+            println!("   greeter-d serving state: {state}");
+            if state.starts_with(expected) {
+                break;
+            }
+        }
+    };
+    states_until(&mut states, "serving").await;
+    let (frontend_client, frontend_telemetry) = frontend;
+    let channel = async |target: &str, options: MeshChannelOptions| {
+        MeshChannel::from_xds(frontend_client, &format!("xds:///{target}"), options)
+            .await
+            .map(GreeterClient::new)
+    };
+    let callers = Callers {
+        frontend: channel(
+            XDS_TARGET,
+            MeshChannelOptions::new().telemetry(frontend_telemetry),
+        )
+        .await?,
+        intruder: channel(
+            XDS_TARGET,
+            MeshChannelOptions::new()
+                .mtls(intruder.0)
+                .telemetry(intruder.1),
+        )
+        .await?,
+        plaintext: channel(
+            PLAINTEXT_TARGET,
+            MeshChannelOptions::new().telemetry(otel.service("legacy", "legacy-1")?),
+        )
+        .await?,
+    };
+    let answered = format!("answered by {}", d.id());
+    println!(
+        "   STRICT mTLS; RBAC: DENY {}, then ALLOW {}:",
+        id(INTRUDER),
+        id(FRONTEND)
+    );
+    callers.print(&answered, "Unavailable").await;
+
+    inbound.deny.push(id(FRONTEND));
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+    });
+    println!(
+        "   the control plane adds {} to the DENY policy:",
+        id(FRONTEND)
+    );
+    println!(
+        "     frontend (mTLS):  {}",
+        outcome_becomes(&callers.frontend, "PermissionDenied").await
+    );
+    inbound.deny.pop();
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+    });
+    println!("   and takes it out again:");
+    println!(
+        "     frontend (mTLS):  {}",
+        outcome_becomes(&callers.frontend, &answered).await
+    );
+
+    inbound.mode = MtlsMode::Permissive;
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+    });
+    println!(
+        "   PERMISSIVE: a plaintext chain beside the mTLS one, for connections to {PLAINTEXT_DOOR}"
+    );
+    println!("   (a gRPC server chooses its chain before any byte arrives, by address):");
+    callers.print(&answered, &answered).await;
+    inbound.mode = MtlsMode::Strict;
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+    });
+    println!("   back to STRICT; the plaintext chain's connections drain:");
+    callers.print(&answered, "Unavailable").await;
+
+    control_plane.update(|s| {
+        s.remove(type_url::LISTENER, &inbound.name);
+    });
+    println!("   the control plane deletes the Listener:");
+    states_until(&mut states, "not serving").await;
+    println!(
+        "     frontend (mTLS):  {}",
+        outcome_becomes(&callers.frontend, "Unavailable").await
+    );
+    control_plane.update(|s| {
+        s.insert_listener(inbound.listener());
+    });
+    println!("   and sends it again:");
+    states_until(&mut states, "serving").await;
+    println!(
+        "     frontend (mTLS):  {}",
+        outcome_becomes(&callers.frontend, &answered).await
+    );
+    Ok(())
 }
 
 /// `n` calls one after another.
@@ -213,112 +457,66 @@ fn calls_to(g: &Greeter) -> u64 {
     g.calls().0
 }
 
-/// Where the demo's spans and metrics go: the global OpenTelemetry providers, installed
-/// before any channel or server is built (meshwork takes them when it builds one).
-enum Otel {
-    /// OTLP/gRPC to `OTEL_EXPORTER_OTLP_ENDPOINT`.
-    Otlp {
-        traces: SdkTracerProvider,
-        metrics: SdkMeterProvider,
-    },
-    /// Spans in memory, for section 9.
-    Memory {
-        traces: SdkTracerProvider,
-        spans: InMemorySpanExporter,
-    },
-}
-
-impl Otel {
-    fn install() -> Result<Self, Error> {
-        let resource = Resource::builder()
-            .with_service_name("meshwork-demo")
-            .build();
-        let otel = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-            // The exporters read the endpoint (and headers) from the environment.
-            let spans = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build()?;
-            let traces = SdkTracerProvider::builder()
-                .with_resource(resource.clone())
-                .with_batch_exporter(spans)
-                .build();
-            let exporter = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .build()?;
-            let metrics = SdkMeterProvider::builder()
-                .with_resource(resource)
-                .with_reader(PeriodicReader::builder(exporter).build())
-                .build();
-            opentelemetry::global::set_meter_provider(metrics.clone());
-            Otel::Otlp { traces, metrics }
-        } else {
-            let spans = InMemorySpanExporter::default();
-            let traces = SdkTracerProvider::builder()
-                .with_resource(resource)
-                .with_simple_exporter(spans.clone())
-                .build();
-            Otel::Memory { traces, spans }
-        };
-        let traces = match &otel {
-            Otel::Otlp { traces, .. } | Otel::Memory { traces, .. } => traces.clone(),
-        };
-        opentelemetry::global::set_tracer_provider(traces);
-        Ok(otel)
-    }
-
-    /// Section 9 (in memory) or the exporters' final flush (OTLP).
-    async fn finish(self) -> Result<(), Error> {
-        match self {
-            Otel::Otlp { traces, metrics } => {
-                // The SDK's flush blocks: off the runtime's threads.
-                let flushed = tokio::task::spawn_blocking(move || -> Result<(), Error> {
-                    traces.shutdown()?;
-                    metrics.shutdown()?;
-                    Ok(())
-                })
-                .await?;
-                match flushed {
-                    Ok(()) => println!("\n9. Traces and metrics were exported over OTLP."),
-                    // The demo's story does not depend on the collector being there.
-                    Err(e) => println!("\n9. Exporting over OTLP failed: {e}"),
-                }
-            }
-            Otel::Memory { traces, spans } => {
-                traces.force_flush()?;
-                print_traces(&spans.get_finished_spans()?);
+/// Section 10 (in memory) or the exporters' final flush (OTLP).
+async fn finish_telemetry(otel: Pipelines) -> Result<(), Error> {
+    match otel.sink() {
+        Sink::Otlp => {
+            // The SDK's flush blocks: off the runtime's threads.
+            match tokio::task::spawn_blocking(move || otel.shutdown()).await? {
+                Ok(()) => println!(
+                    "\n10. Traces and metrics were exported over OTLP, each service under its own service.name."
+                ),
+                // The demo's story does not depend on the collector being there.
+                Err(e) => println!("\n10. Exporting over OTLP failed: {e}: {}", chain(&e)),
             }
         }
-        Ok(())
+        Sink::Memory => {
+            let spans = otel.spans()?;
+            print_traces(&spans);
+        }
     }
+    Ok(())
+}
+
+/// The causes below an error, for one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    causes.join(": ")
 }
 
 /// The spans of a run, by parent.
 struct Tree<'a> {
-    children: HashMap<(TraceId, SpanId), Vec<&'a SpanData>>,
+    children: HashMap<(TraceId, SpanId), Vec<&'a ServiceSpan>>,
 }
 
 impl<'a> Tree<'a> {
-    fn new(spans: &'a [SpanData]) -> Self {
-        let mut children: HashMap<(TraceId, SpanId), Vec<&'a SpanData>> = HashMap::new();
+    fn new(spans: &'a [ServiceSpan]) -> Self {
+        let mut children: HashMap<(TraceId, SpanId), Vec<&'a ServiceSpan>> = HashMap::new();
         for s in spans {
             children
-                .entry((s.span_context.trace_id(), s.parent_span_id))
+                .entry((s.span.span_context.trace_id(), s.span.parent_span_id))
                 .or_default()
                 .push(s);
         }
         for list in children.values_mut() {
-            list.sort_by_key(|s| s.start_time);
+            list.sort_by_key(|s| s.span.start_time);
         }
         Self { children }
     }
 
-    fn kids(&self, s: &SpanData) -> &[&'a SpanData] {
+    fn kids(&self, s: &SpanData) -> &[&'a ServiceSpan] {
         self.children
             .get(&(s.span_context.trace_id(), s.span_context.span_id()))
             .map_or(&[], Vec::as_slice)
     }
 
-    fn print(&self, span: &SpanData, depth: usize) {
+    fn print(&self, s: &ServiceSpan, depth: usize) {
+        let span = &s.span;
         let status = span
             .attributes
             .iter()
@@ -330,10 +528,12 @@ impl<'a> Tree<'a> {
             .duration_since(span.start_time)
             .unwrap_or_default();
         println!(
-            "   {:indent$}{} ({:?}{status}, {took:.1?})",
+            "   {:indent$}{} ({:?}{status}, {took:.1?}) service {} ({})",
             "",
             span.name,
             span.span_kind,
+            s.service,
+            s.instance,
             indent = 2 * depth + 2
         );
         for child in self.kids(span) {
@@ -342,28 +542,42 @@ impl<'a> Tree<'a> {
     }
 }
 
-/// Section 9: how much was traced, and the tree of one retried call.
-fn print_traces(spans: &[SpanData]) {
+/// Section 10: how much was traced, by which service, and the tree of one retried call.
+fn print_traces(spans: &[ServiceSpan]) {
     let tree = Tree::new(spans);
-    let traces: std::collections::HashSet<TraceId> =
-        spans.iter().map(|s| s.span_context.trace_id()).collect();
+    let traces: std::collections::HashSet<TraceId> = spans
+        .iter()
+        .map(|s| s.span.span_context.trace_id())
+        .collect();
+    let mut by_service: std::collections::BTreeMap<&str, usize> = Default::default();
+    for s in spans {
+        *by_service.entry(s.service.as_str()).or_default() += 1;
+    }
     println!(
-        "\n9. Traces (OpenTelemetry, kept in memory; set OTEL_EXPORTER_OTLP_ENDPOINT to export):"
+        "\n10. Traces (OpenTelemetry, kept in memory; set OTEL_EXPORTER_OTLP_ENDPOINT to export):"
     );
     println!("   {} traces, {} spans", traces.len(), spans.len());
+    let services: Vec<String> = by_service
+        .iter()
+        .map(|(service, n)| format!("{service} {n}"))
+        .collect();
+    println!("   spans by service.name: {}", services.join(", "));
     // A call whose first attempt failed and whose every attempt reached a server.
     let retried = spans
         .iter()
-        .filter(|s| s.name.starts_with("Sent."))
+        .filter(|s| s.span.name.starts_with("Sent."))
         .find(|s| {
-            let attempts = tree.kids(s);
-            attempts.len() >= 2 && attempts.iter().all(|a| !tree.kids(a).is_empty())
+            let attempts = tree.kids(&s.span);
+            attempts.len() >= 2 && attempts.iter().all(|a| !tree.kids(&a.span).is_empty())
         });
     let Some(call) = retried else {
         println!("   (no retried call was traced)");
         return;
     };
-    println!("   a retried call, trace {}:", call.span_context.trace_id());
+    println!(
+        "   a retried call, trace {}:",
+        call.span.span_context.trace_id()
+    );
     tree.print(call, 0);
 }
 
@@ -371,7 +585,8 @@ fn print_traces(spans: &[SpanData]) {
 async fn main() -> Result<(), Error> {
     Cli::parse();
     let started = Instant::now();
-    let otel = Otel::install()?;
+    // Each simulated service records through its own pipeline (its own service.name).
+    let mut otel = Pipelines::new(Sink::from_env());
     println!("meshwork demo: a service mesh inside the process, no sidecar");
     println!(
         "  TLS provider: {} (fips mode: {})",
@@ -387,9 +602,9 @@ async fn main() -> Result<(), Error> {
         Greeter::new("greeter-c"),
     );
     let (addr_a, addr_b, addr_c) = (
-        backend(&ca, &a).await?,
-        backend(&ca, &b).await?,
-        backend(&ca, &c).await?,
+        backend(&ca, &a, otel.service("greeter-stable", a.id())?).await?,
+        backend(&ca, &b, otel.service("greeter-stable", b.id())?).await?,
+        backend(&ca, &c, otel.service("greeter-canary", c.id())?).await?,
     );
     let control_plane = XdsTestServer::start().await?;
     control_plane.set_snapshot(
@@ -403,7 +618,13 @@ async fn main() -> Result<(), Error> {
     );
     let dir = std::env::temp_dir().join(format!("meshwork-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let bootstrap = Bootstrap::from_file(write_bootstrap(&dir, &ca, &control_plane.uri())?)?;
+    let bootstrap = Bootstrap::from_file(write_bootstrap(
+        &dir.join("frontend"),
+        &ca,
+        FRONTEND,
+        "frontend-1.shop",
+        &control_plane.uri(),
+    )?)?;
     println!(
         "\n1. The mesh: a control plane on {}, a CA for trust domain {TRUST_DOMAIN},",
         control_plane.uri()
@@ -413,11 +634,12 @@ async fn main() -> Result<(), Error> {
     );
 
     let client = XdsClient::builder(&bootstrap)?.start();
+    let frontend_telemetry = otel.service("frontend", "frontend-1")?;
     let t0 = Instant::now();
     let channel = MeshChannel::from_xds(
         &client,
         &format!("xds:///{TARGET}"),
-        MeshChannelOptions::new(),
+        MeshChannelOptions::new().telemetry(frontend_telemetry.clone()),
     )
     .await?;
     let greeter = GreeterClient::new(channel);
@@ -519,11 +741,14 @@ async fn main() -> Result<(), Error> {
         Some(ca.svid(INTRUDER)),
         ca.bundles(),
     )));
+    let intruder_telemetry = otel.service("intruder", "intruder-1")?;
     let intruder = GreeterClient::new(
         MeshChannel::from_xds(
             &client,
             &format!("xds:///{TARGET}"),
-            MeshChannelOptions::new().mtls(intruder_identity),
+            MeshChannelOptions::new()
+                .mtls(intruder_identity.clone())
+                .telemetry(intruder_telemetry.clone()),
         )
         .await?,
     );
@@ -541,8 +766,18 @@ async fn main() -> Result<(), Error> {
             .map_or("not refused!", String::as_str)
     );
 
+    xds_server(
+        &ca,
+        &dir,
+        &control_plane,
+        (&client, frontend_telemetry),
+        (intruder_identity, intruder_telemetry),
+        &mut otel,
+    )
+    .await?;
+
     println!(
-        "\n8. The frontend's view of every xDS resource (the config dump, as xds-dump prints it):"
+        "\n9. The frontend's view of every xDS resource (the config dump, as xds-dump prints it):"
     );
     for row in client.dump().await {
         let kind = row.type_url.rsplit('.').next().unwrap_or(row.type_url);
@@ -555,7 +790,7 @@ async fn main() -> Result<(), Error> {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-    otel.finish().await?;
+    finish_telemetry(otel).await?;
     println!("\ndone in {:.1?}", started.elapsed());
     Ok(())
 }
