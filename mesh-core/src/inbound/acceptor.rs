@@ -20,13 +20,41 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
 use super::limits::ServerLimits;
-use super::xds::{ChainSlot, ListenerState};
 use crate::identity::{IdentityError, MtlsConfig, PeerIdentity};
 
 /// How long accepting pauses after `accept` fails (out of file descriptors, mostly): the
 /// failure repeats until a connection closes, so retrying at once only burns a core. One
 /// second, as hyper 0.14's `AddrIncoming` and axum's `serve` pause.
 pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// An xDS filter chain as the acceptor sees it: the TLS a connection takes. Implemented by
+/// `inbound::xds`, which depends on this module rather than the other way round.
+pub(crate) trait AcceptedChain: fmt::Debug + Send + Sync + 'static {
+    /// The chain's TLS; `None` is plaintext.
+    fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor>;
+    /// For the xDS request layer to reach its own type.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// The served xDS Listener as the acceptor sees it.
+pub(crate) trait ChainSource: fmt::Debug + Send + Sync + 'static {
+    /// The chain that takes a connection from `remote` to `local`, or why none does.
+    fn choose(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<Arc<dyn AcceptedChain>, &'static str>;
+
+    /// Completes when a connection that `chain` took must drain: once a new one from the
+    /// same addresses would be given another chain, or none.
+    #[cfg(feature = "server")]
+    fn replaced(
+        self: Arc<Self>,
+        chain: Arc<dyn AcceptedChain>,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
 
 /// What the server knows about one accepted connection; adapters put it into the extensions
 /// of every request that arrives on it.
@@ -38,7 +66,7 @@ pub struct ConnectionInfo {
     tls: bool,
     /// The xDS filter chain that accepted the connection (xDS-driven servers only): its
     /// requests are judged by the chain's routes and RBAC.
-    chain: Option<Arc<ChainSlot>>,
+    chain: Option<Arc<dyn AcceptedChain>>,
 }
 
 impl PartialEq for ConnectionInfo {
@@ -48,7 +76,7 @@ impl PartialEq for ConnectionInfo {
             && self.peer == other.peer
             && self.tls == other.tls
             && match (&self.chain, &other.chain) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (Some(a), Some(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
                 (None, None) => true,
                 _ => false,
             }
@@ -76,13 +104,13 @@ impl ConnectionInfo {
         }
     }
 
-    fn with_chain(mut self, chain: Option<Arc<ChainSlot>>) -> Self {
+    fn with_chain(mut self, chain: Option<Arc<dyn AcceptedChain>>) -> Self {
         self.chain = chain;
         self
     }
 
     /// The xDS filter chain that accepted the connection.
-    pub(crate) fn chain(&self) -> Option<&Arc<ChainSlot>> {
+    pub(crate) fn chain(&self) -> Option<&Arc<dyn AcceptedChain>> {
         self.chain.as_ref()
     }
 
@@ -122,7 +150,7 @@ pub struct InboundStream {
     _slot: Option<OwnedSemaphorePermit>,
     /// The served xDS Listener (xDS-driven servers only), which may replace its chain.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
-    xds: Option<Arc<ListenerState>>,
+    xds: Option<Arc<dyn ChainSource>>,
 }
 
 enum Io {
@@ -145,7 +173,7 @@ impl InboundStream {
     /// Completes when the connection must drain because a Listener update gives its
     /// address pair another filter chain or none (xDS-driven servers only).
     #[cfg(feature = "server")]
-    pub(crate) fn replaced(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+    pub(crate) fn replaced(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
         let state = self.xds.clone()?;
         let chain = self.info.chain.clone()?;
         Some(state.replaced(chain, self.info.local_addr, self.info.remote_addr))
@@ -314,7 +342,7 @@ impl MeshAcceptor {
     /// Accepts connections as the served xDS Listener's filter chains say: each connection
     /// takes the TLS of the chain that matches it, and is closed when none does or while the
     /// server is not serving.
-    pub(crate) fn xds(listener: TcpListener, state: Arc<ListenerState>) -> Self {
+    pub(crate) fn xds(listener: TcpListener, state: Arc<dyn ChainSource>) -> Self {
         Self::with_tls(Listener::Tcp(listener), Tls::Xds(state))
     }
 
@@ -461,7 +489,7 @@ enum Tls {
     /// One configuration for every connection (`None`: plaintext).
     Fixed(Option<tokio_rustls::TlsAcceptor>),
     /// The filter chain of the served xDS Listener that matches the connection.
-    Xds(Arc<ListenerState>),
+    Xds(Arc<dyn ChainSource>),
 }
 
 impl fmt::Debug for Tls {

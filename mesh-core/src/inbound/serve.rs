@@ -114,9 +114,7 @@ pub async fn serve<S, B, F>(
         };
         let (active, active_rx) = watch::channel(0);
         let (heard_tx, heard) = oneshot::channel();
-        let replaced = stream
-            .replaced()
-            .map(|f| -> Pin<Box<dyn Future<Output = ()> + Send>> { Box::pin(f) });
+        let replaced = stream.replaced();
         let stream = Heard {
             io: stream,
             heard: Some(heard_tx),

@@ -4,8 +4,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::route::v3 as route_pb;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
 
+use super::unsupported::{Unsupported, unsupported_fields};
 use super::{FieldPath, ResourceErrorKind, Result};
 
 /// The compiled-program size limit for regexes from the control plane (the `regex` crate's
@@ -259,4 +261,90 @@ mod tests {
         let empty = matcher_pb::StringMatcher::default();
         assert!(StringMatcher::from_proto(&p, &empty).is_err());
     }
+}
+
+/// A header condition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderMatcher {
+    /// Header name, lower-cased.
+    pub name: String,
+    /// The comparison.
+    pub kind: HeaderMatchKind,
+    /// Invert the result.
+    pub invert: bool,
+}
+
+/// The comparison of a [`HeaderMatcher`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderMatchKind {
+    /// Value equals.
+    Exact(String),
+    /// Value starts with.
+    Prefix(String),
+    /// Value ends with.
+    Suffix(String),
+    /// Value contains.
+    Contains(String),
+    /// Value fully matches the regex.
+    SafeRegex(SafeRegex),
+    /// Value parses as an integer in `[start, end)`.
+    Range {
+        /// Inclusive start.
+        start: i64,
+        /// Exclusive end.
+        end: i64,
+    },
+    /// The header is present (`true`) or absent (`false`).
+    Present(bool),
+    /// A `StringMatcher` (gRFC A63, may ignore case).
+    StringMatch(StringMatcher),
+}
+
+/// Decodes and validates a `HeaderMatcher` (routes and RBAC share it).
+// `HeaderMatchSpecifier`'s first kinds are deprecated in favour of `string_match`; control
+// planes still send them.
+#[allow(deprecated)]
+pub(crate) fn header_matcher(
+    h: &route_pb::HeaderMatcher,
+    p: &FieldPath<'_>,
+    uns: &mut Unsupported,
+) -> Result<HeaderMatcher> {
+    use route_pb::header_matcher::HeaderMatchSpecifier as S;
+    let name = h.name.to_ascii_lowercase();
+    // Lower case by construction; the other rule of `route::rules::header_name`.
+    if name.is_empty() {
+        return Err(ResourceErrorKind::invalid(
+            p.field("name"),
+            "must not be empty",
+        ));
+    }
+    let kind = match &h.header_match_specifier {
+        Some(S::ExactMatch(s)) => HeaderMatchKind::Exact(s.clone()),
+        Some(S::PrefixMatch(s)) => HeaderMatchKind::Prefix(s.clone()),
+        Some(S::SuffixMatch(s)) => HeaderMatchKind::Suffix(s.clone()),
+        Some(S::ContainsMatch(s)) => HeaderMatchKind::Contains(s.clone()),
+        Some(S::SafeRegexMatch(r)) => {
+            HeaderMatchKind::SafeRegex(full_match_regex(&p.field("safe_regex_match"), r)?)
+        }
+        Some(S::RangeMatch(r)) => HeaderMatchKind::Range {
+            start: r.start,
+            end: r.end,
+        },
+        Some(S::PresentMatch(b)) => HeaderMatchKind::Present(*b),
+        Some(S::StringMatch(sm)) => {
+            HeaderMatchKind::StringMatch(StringMatcher::from_proto(&p.field("string_match"), sm)?)
+        }
+        None => {
+            return Err(ResourceErrorKind::invalid(
+                p,
+                "header matcher has no match specifier",
+            ));
+        }
+    };
+    unsupported_fields!(uns, p, h, { treat_missing_header_as_empty })?;
+    Ok(HeaderMatcher {
+        name,
+        kind,
+        invert: h.invert_match,
+    })
 }

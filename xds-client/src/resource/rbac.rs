@@ -38,7 +38,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
 use envoy_types::pb::google::protobuf::Any;
 
 use super::matcher::StringMatcher;
-use super::route::{HeaderMatcher, header_matcher};
+use super::matcher::{HeaderMatcher, header_matcher};
 use super::{FieldPath, ResourceErrorKind, Result, Unsupported, decode_any, unsupported_fields};
 
 /// The type URL of the RBAC HTTP filter's configuration.

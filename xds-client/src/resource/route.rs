@@ -5,7 +5,7 @@ mod decode;
 mod rules;
 mod types;
 
-pub(crate) use decode::{decode, header_matcher, validate};
+pub(crate) use decode::{decode, validate};
 pub use rules::ValidationError;
 pub use types::*;
 

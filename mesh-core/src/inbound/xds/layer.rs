@@ -7,6 +7,7 @@ use rand::SeedableRng as _;
 use rand::rngs::SmallRng;
 
 use super::decide::XdsRefusal;
+use super::slot::ChainSlot;
 use crate::inbound::layer::set_path;
 use crate::inbound::policy::is_grpc;
 use crate::inbound::{ConnectionInfo, InboundFuture, PathError, normalize_path};
@@ -88,7 +89,10 @@ where
             let connection = req.extensions().get::<ConnectionInfo>();
             tracing::debug!(
                 refusal = %meshwork_xds::ErrorChain(&refusal),
-                chain = connection.and_then(|c| c.chain()).map(|c| c.name()),
+                chain = connection
+                    .and_then(|c| c.chain())
+                    .and_then(|c| c.as_any().downcast_ref::<ChainSlot>())
+                    .map(|c| c.name()),
                 path = req.uri().path(),
                 peer = ?connection.and_then(|c| c.peer()).map(|p| p.spiffe_id().to_string()),
                 "request refused by the xDS configuration"
@@ -109,6 +113,10 @@ impl<S> XdsInbound<S> {
         let Some(chain) = connection.chain().cloned() else {
             return Err(XdsRefusal::NoFilterChain);
         };
+        let Some(chain) = chain.as_any().downcast_ref::<ChainSlot>() else {
+            return Err(XdsRefusal::NoFilterChain);
+        };
+        let http = chain.http();
         if req
             .headers()
             .get_all(http::header::HOST)
@@ -130,7 +138,7 @@ impl<S> XdsInbound<S> {
             .extensions()
             .get::<ConnectionInfo>()
             .ok_or(XdsRefusal::NoFilterChain)?;
-        chain.http().decide(req, connection, &mut self.rng)
+        http.decide(req, connection, &mut self.rng)
     }
 }
 

@@ -22,8 +22,6 @@ mod state;
 pub use decide::XdsRefusal;
 pub use layer::{XdsInbound, XdsInboundLayer};
 pub use serving::{NotServing, ServingCallback, ServingState, XdsServing};
-pub(crate) use slot::ChainSlot;
-pub(crate) use state::ListenerState;
 
 #[cfg(all(test, feature = "server"))]
 mod tests;

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::identity::{CertificateProviders, IdentityError};
 use crate::inbound::RbacEngine;
+use crate::inbound::acceptor::AcceptedChain;
 
 /// One compiled filter chain, shared by the connections it accepted.
 pub(crate) struct ChainSlot {
@@ -63,11 +64,6 @@ impl ChainSlot {
         &self.name
     }
 
-    /// The TLS acceptor of the chain; `None` is plaintext.
-    pub(crate) fn tls(&self) -> Option<&TlsAcceptor> {
-        self.tls.as_ref()
-    }
-
     /// The chain's current HTTP configuration.
     pub(crate) fn http(&self) -> arc_swap::Guard<Arc<ChainHttp>> {
         self.http.load()
@@ -86,6 +82,16 @@ impl ChainSlot {
     /// Takes `chain`'s HTTP configuration (routes and filters) for the next request.
     pub(crate) fn update_http(&self, chain: &FilterChain, config: &ServerConfig) {
         self.http.store(Arc::new(ChainHttp::compile(chain, config)));
+    }
+}
+
+impl AcceptedChain for ChainSlot {
+    fn tls(&self) -> Option<&TlsAcceptor> {
+        self.tls.as_ref()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

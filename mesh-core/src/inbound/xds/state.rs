@@ -1,7 +1,6 @@
 //! The Listener a server serves with, as the acceptor reads it for each new connection and
 //! each connection re-reads it after every update.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,6 +10,7 @@ use tokio::sync::watch;
 
 use super::slot::{ChainSlot, ChainTls};
 use crate::identity::IdentityError;
+use crate::inbound::acceptor::{AcceptedChain, ChainSource};
 use crate::inbound::chain_select::{ChainSelector, Selected};
 
 /// The compiled Listener being served, or none while the server is not serving.
@@ -47,15 +47,6 @@ pub(crate) enum Refused {
     NoChain,
 }
 
-impl fmt::Display for Refused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Refused::NotServing => "the xDS server is not serving",
-            Refused::NoChain => "no filter chain of the xDS Listener matches the connection",
-        })
-    }
-}
-
 impl ListenerState {
     /// The chain that takes a connection from `remote` to `local`.
     pub(crate) fn choose(
@@ -79,16 +70,16 @@ impl ListenerState {
     /// none). A36 drains the connections of changed chains; looking again per connection
     /// also catches a kept chain that a new, more specific one now shadows.
     #[cfg(feature = "server")]
-    pub(crate) async fn replaced(
+    async fn drained(
         self: Arc<Self>,
-        slot: Arc<ChainSlot>,
+        slot: Arc<dyn AcceptedChain>,
         local: SocketAddr,
         remote: SocketAddr,
     ) {
         let mut updates = self.updates.subscribe();
         loop {
             match self.choose(local, remote) {
-                Ok(now) if Arc::ptr_eq(&now, &slot) => {}
+                Ok(now) if std::ptr::addr_eq(Arc::as_ptr(&now), Arc::as_ptr(&slot)) => {}
                 _ => return,
             }
             if updates.changed().await.is_err() {
@@ -172,5 +163,31 @@ impl ListenerState {
         if self.current.swap(None).is_some() {
             self.updates.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+}
+
+impl ChainSource for ListenerState {
+    fn choose(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<Arc<dyn AcceptedChain>, &'static str> {
+        match ListenerState::choose(self, local, remote) {
+            Ok(slot) => Ok(slot),
+            Err(Refused::NotServing) => Err("the xDS server is not serving"),
+            Err(Refused::NoChain) => {
+                Err("no filter chain of the xDS Listener matches the connection")
+            }
+        }
+    }
+
+    #[cfg(feature = "server")]
+    fn replaced(
+        self: Arc<Self>,
+        chain: Arc<dyn AcceptedChain>,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(self.drained(chain, local, remote))
     }
 }

@@ -15,7 +15,7 @@ use prost::Message as _;
 
 use super::rules::{self, WeightSum};
 use super::types::*;
-use crate::resource::matcher::{SafeRegex, StringMatcher, full_match_regex};
+use crate::resource::matcher::{SafeRegex, StringMatcher, full_match_regex, header_matcher};
 use crate::resource::rbac::{self, RBAC_FILTER_TYPE_URL, RBAC_PER_ROUTE_TYPE_URL};
 use crate::resource::{
     FieldPath, ResourceError, ResourceErrorKind, Result, Unsupported, decode_any, duration,
@@ -329,45 +329,6 @@ fn route_match(
         headers,
         query_parameters,
         runtime_fraction,
-    })
-}
-
-pub(crate) fn header_matcher(
-    h: &route_pb::HeaderMatcher,
-    p: &FieldPath<'_>,
-    uns: &mut Unsupported,
-) -> Result<HeaderMatcher> {
-    use route_pb::header_matcher::HeaderMatchSpecifier as S;
-    let name = h.name.to_ascii_lowercase();
-    rules::header_name(&name, p.field("name"))?;
-    let kind = match &h.header_match_specifier {
-        Some(S::ExactMatch(s)) => HeaderMatchKind::Exact(s.clone()),
-        Some(S::PrefixMatch(s)) => HeaderMatchKind::Prefix(s.clone()),
-        Some(S::SuffixMatch(s)) => HeaderMatchKind::Suffix(s.clone()),
-        Some(S::ContainsMatch(s)) => HeaderMatchKind::Contains(s.clone()),
-        Some(S::SafeRegexMatch(r)) => {
-            HeaderMatchKind::SafeRegex(full_match_regex(&p.field("safe_regex_match"), r)?)
-        }
-        Some(S::RangeMatch(r)) => HeaderMatchKind::Range {
-            start: r.start,
-            end: r.end,
-        },
-        Some(S::PresentMatch(b)) => HeaderMatchKind::Present(*b),
-        Some(S::StringMatch(sm)) => {
-            HeaderMatchKind::StringMatch(StringMatcher::from_proto(&p.field("string_match"), sm)?)
-        }
-        None => {
-            return Err(ResourceErrorKind::invalid(
-                p,
-                "header matcher has no match specifier",
-            ));
-        }
-    };
-    unsupported_fields!(uns, p, h, { treat_missing_header_as_empty })?;
-    Ok(HeaderMatcher {
-        name,
-        kind,
-        invert: h.invert_match,
     })
 }
 

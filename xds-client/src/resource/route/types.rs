@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use crate::resource::matcher::{HeaderMatchKind, HeaderMatcher};
 use crate::resource::matcher::{SafeRegex, StringMatcher};
 use crate::resource::rbac::RbacPerRoute;
 
@@ -139,43 +140,6 @@ pub enum PathMatch {
     Path(String),
     /// The path matches this regex fully.
     Regex(SafeRegex),
-}
-
-/// A header condition.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeaderMatcher {
-    /// Header name, lower-cased.
-    pub name: String,
-    /// The comparison.
-    pub kind: HeaderMatchKind,
-    /// Invert the result.
-    pub invert: bool,
-}
-
-/// The comparison of a [`HeaderMatcher`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum HeaderMatchKind {
-    /// Value equals.
-    Exact(String),
-    /// Value starts with.
-    Prefix(String),
-    /// Value ends with.
-    Suffix(String),
-    /// Value contains.
-    Contains(String),
-    /// Value fully matches the regex.
-    SafeRegex(SafeRegex),
-    /// Value parses as an integer in `[start, end)`.
-    Range {
-        /// Inclusive start.
-        start: i64,
-        /// Exclusive end.
-        end: i64,
-    },
-    /// The header is present (`true`) or absent (`false`).
-    Present(bool),
-    /// A `StringMatcher` (gRFC A63, may ignore case).
-    StringMatch(StringMatcher),
 }
 
 /// A query parameter condition: `string_match` on the value, or `present`.
