@@ -47,6 +47,7 @@ pub struct ServerLimits {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_connection_age: Option<Duration>,
     pub(crate) drain_grace: Duration,
+    pub(crate) config_change_drain_grace: Duration,
     pub(crate) close_at_peer_expiry: bool,
 }
 
@@ -64,6 +65,7 @@ impl Default for ServerLimits {
             idle_timeout: Some(Duration::from_secs(60 * 60)),
             max_connection_age: None,
             drain_grace: Duration::from_secs(30),
+            config_change_drain_grace: Duration::from_secs(10 * 60),
             close_at_peer_expiry: true,
         }
     }
@@ -170,6 +172,16 @@ impl ServerLimits {
     /// A server's own graceful shutdown is not bounded by it.
     pub fn drain_grace(mut self, grace: Duration) -> Self {
         self.drain_grace = grace;
+        self
+    }
+
+    /// How long the requests of an xDS-driven server's connection may take to finish when a
+    /// Listener update gives its address another filter chain (or none, the server no
+    /// longer serving) before the connection is dropped: 10 minutes by default, gRFC A36's
+    /// drain grace time, so that long-lived streams can end on their own while new calls
+    /// go to new connections (GOAWAY). Servers not driven by xDS do not use it.
+    pub fn config_change_drain_grace(mut self, grace: Duration) -> Self {
+        self.config_change_drain_grace = grace;
         self
     }
 

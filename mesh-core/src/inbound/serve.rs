@@ -133,6 +133,7 @@ pub async fn serve<S, B, F>(
                 close_at,
                 idle_timeout: limits.idle_timeout,
                 grace: limits.drain_grace,
+                config_change_grace: limits.config_change_drain_grace,
                 silence: (heard, limits.header_read_timeout),
                 replaced,
             },
@@ -192,6 +193,8 @@ struct Plan {
     grace: Duration,
     /// The client's first bytes after the handshake, and how long to wait for them.
     silence: (oneshot::Receiver<()>, Duration),
+    /// How long requests may finish after `replaced` completed.
+    config_change_grace: Duration,
     /// Completes when a Listener update takes the connection's xDS filter chain away.
     replaced: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
@@ -262,7 +265,7 @@ fn spawn_connection<C>(
                     tracing::debug!("draining an inbound connection whose xDS filter chain changed");
                     conn.as_mut().graceful_shutdown();
                     draining = true;
-                    grace.as_mut().reset(Instant::now() + plan.grace);
+                    grace.as_mut().reset(Instant::now() + plan.config_change_grace);
                 }
                 () = &mut idle, if !draining => {
                     tracing::debug!("closing an idle inbound connection");

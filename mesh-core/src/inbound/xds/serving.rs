@@ -150,6 +150,7 @@ impl XdsServing {
         });
         let (tx, status) = watch::channel(initial);
         let driver = Driver {
+            config_errors: std::sync::atomic::AtomicBool::new(false),
             state: state.clone(),
             providers: CertificateProviders::from_bootstrap(xds.bootstrap()),
             alpn,
@@ -200,6 +201,9 @@ impl XdsServing {
 }
 
 struct Driver {
+    /// Whether the served configuration was last found to fail some calls (A36's
+    /// "configuration error logging").
+    config_errors: std::sync::atomic::AtomicBool,
     state: Arc<ListenerState>,
     providers: CertificateProviders,
     alpn: Vec<Vec<u8>>,
@@ -261,7 +265,10 @@ impl Driver {
             alpn: &self.alpn,
         };
         match self.state.serve(config, &tls) {
-            Ok(()) => self.report(ServingState::Serving),
+            Ok(()) => {
+                self.log_config_errors(config);
+                self.report(ServingState::Serving);
+            }
             Err(error) if self.state.is_serving() => {
                 tracing::warn!(listener = %self.name, error = %meshwork_xds::ErrorChain(&error), "xDS Listener update not applied: a filter chain's TLS could not be built; keeping the Listener being served");
             }
@@ -269,6 +276,53 @@ impl Driver {
                 name: self.name.clone(),
                 error,
             }),
+        }
+    }
+
+    /// A36's configuration error logging: a warning on each update while the served
+    /// configuration will fail calls (a chain's RDS unavailable, a route that is not
+    /// non-forwarding), and one more when it no longer does.
+    fn log_config_errors(&self, config: &ServerConfig) {
+        use std::sync::atomic::Ordering;
+        let listener = &config.listener;
+        let chains = listener
+            .filter_chains
+            .iter()
+            .chain(&listener.default_filter_chain);
+        let (mut unavailable, mut forwarding) = (0usize, 0usize);
+        let mut first = None;
+        for chain in chains {
+            match config.route_config(&chain.route) {
+                Err(error) => {
+                    unavailable += 1;
+                    first.get_or_insert_with(|| {
+                        format!(
+                            "chain {:?}: {}",
+                            chain.name,
+                            meshwork_xds::ErrorChain(&error)
+                        )
+                    });
+                }
+                Ok(rc) => {
+                    for vh in &rc.virtual_hosts {
+                        for route in &vh.routes {
+                            if !matches!(
+                                route.action,
+                                meshwork_xds::resource::RouteAction::NonForwarding
+                            ) {
+                                forwarding += 1;
+                                first.get_or_insert_with(|| format!("chain {:?}: route {:?} of virtual host {:?} is not non-forwarding", chain.name, route.name, vh.name));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(first) = first {
+            self.config_errors.store(true, Ordering::Relaxed);
+            tracing::warn!(listener = %self.name, unavailable_route_configurations = unavailable, non_forwarding_routes_missing = forwarding, first = %first, "the served xDS configuration fails some calls with UNAVAILABLE");
+        } else if self.config_errors.swap(false, Ordering::Relaxed) {
+            tracing::warn!(listener = %self.name, "the served xDS configuration no longer fails calls");
         }
     }
 

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use meshwork_xds::client::{RouteUnavailable, ServerConfig};
 use meshwork_xds::resource::{
     DownstreamTls, FilterChain, FilterChainMatch, FilterOverride, RbacPerRoute, Route,
-    RouteConfiguration, RouteSource, ServerHttpFilterConfig, VirtualHost,
+    RouteConfiguration, ServerHttpFilterConfig, VirtualHost,
 };
 use tokio_rustls::TlsAcceptor;
 
@@ -123,16 +123,7 @@ pub(crate) struct ChainHttp {
 
 impl ChainHttp {
     fn compile(chain: &FilterChain, config: &ServerConfig) -> Self {
-        let routes = match &chain.route {
-            RouteSource::Inline(rc) => Ok(rc.clone()),
-            RouteSource::Rds { route_config_name } => match config.routes.get(route_config_name) {
-                Some(found) => found.clone(),
-                // The watch resolves every name the chains use before it reports a config.
-                None => Err(RouteUnavailable::DoesNotExist {
-                    name: route_config_name.clone(),
-                }),
-            },
-        };
+        let routes = config.route_config(&chain.route);
         let rbac = chain
             .http_filters
             .iter()

@@ -182,15 +182,33 @@ struct Fixture {
 impl Fixture {
     /// A server on 127.0.0.1:0 whose application answers 200, not serving yet.
     async fn start() -> Self {
+        Self::start_with(crate::inbound::ServerLimits::default(), None).await
+    }
+
+    /// A server within `limits`; with `hold` (entered, release), a request to
+    /// `/served/held` says it entered and waits for the release.
+    async fn start_with(
+        limits: crate::inbound::ServerLimits,
+        hold: Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>,
+    ) -> Self {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let state = Arc::new(ListenerState::default());
         let app = XdsInboundLayer::new().layer(tower::service_fn(
-            |_req: http::Request<hyper::body::Incoming>| async {
-                Ok::<_, Infallible>(http::Response::new(Empty::<bytes::Bytes>::new()))
+            move |req: http::Request<hyper::body::Incoming>| {
+                let hold = hold.clone();
+                async move {
+                    if let Some((entered, release)) = hold
+                        && req.uri().path() == "/served/held"
+                    {
+                        entered.notify_one();
+                        release.notified().await;
+                    }
+                    Ok::<_, Infallible>(http::Response::new(Empty::<bytes::Bytes>::new()))
+                }
             },
         ));
-        let acceptor = MeshAcceptor::xds(tcp, state.clone());
+        let acceptor = MeshAcceptor::xds(tcp, state.clone()).limits(limits);
         tokio::spawn(serve(
             acceptor,
             HttpVersions::Any,
@@ -423,4 +441,49 @@ async fn the_layer_refuses_requests_without_a_filter_chain() {
         let rsp = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(rsp.status(), 503);
     }
+}
+
+/// A replaced chain's requests get the config-change drain grace (A36's drain grace time),
+/// not the shorter one of idle or aged connections.
+#[tokio::test]
+async fn a_replaced_chain_s_requests_get_the_config_change_drain_grace() {
+    let limits = crate::inbound::ServerLimits::default()
+        .drain_grace(Duration::from_secs(3600))
+        .config_change_drain_grace(Duration::from_millis(100));
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let f = Fixture::start_with(limits, Some((entered.clone(), release))).await;
+    f.serve(&listener(f.addr, "yes"));
+    let (mut conn, closed) = connect(f.addr).await;
+    conn.ready().await.unwrap();
+    let held = conn.send_request(
+        http::Request::get("/served/held")
+            .header("host", "greeter")
+            .header("x-allow", "yes")
+            .body(Empty::new())
+            .unwrap(),
+    );
+    let held = tokio::spawn(held);
+    // Replace the chain while the request is held: after 100 ms (not an hour) the
+    // connection is dropped and the request fails.
+    let mut changed = listener(f.addr, "yes");
+    Arc::make_mut(&mut changed.listener).filter_chains[0]
+        .filter_match
+        .source_type = meshwork_xds::resource::SourceType::SameIpOrLoopback;
+    tokio::time::timeout(Duration::from_secs(10), entered.notified())
+        .await
+        .expect("the request reached the service");
+    f.serve(&changed);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held request ended within 10 s")
+        .unwrap();
+    assert!(
+        outcome.is_err(),
+        "the held request outlived the grace: {outcome:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the connection was dropped")
+        .unwrap();
 }
