@@ -447,15 +447,18 @@ impl XdsClient {
         let key = (resource_type, name.to_string());
         let (tx, rx) = oneshot::channel();
         let _ = self.commands.send(Command::Watch(key.clone(), tx));
-        // If the task is gone the watch stays Pending forever, which `changed` reports.
-        let rx = rx
-            .await
-            .unwrap_or_else(|_| watch::channel(WatchState::Pending).1);
-        ResourceWatch {
+        // Made before the wait, so that a caller that gives up waiting (the future dropped)
+        // unsubscribes: the worker counts the subscription as soon as it reads the command.
+        let mut watch = ResourceWatch {
             key,
-            rx,
+            rx: watch::channel(WatchState::Pending).1,
             commands: self.commands.clone(),
+        };
+        // If the task is gone the watch stays Pending forever, which `changed` reports.
+        if let Ok(rx) = rx.await {
+            watch.rx = rx;
         }
+        watch
     }
 
     /// Watch the complete config of the listener `listener`, choosing the virtual host by
@@ -464,14 +467,16 @@ impl XdsClient {
         let key = (listener.to_string(), authority.to_string());
         let (tx, rx) = oneshot::channel();
         let _ = self.commands.send(Command::WatchTarget(key.clone(), tx));
-        let rx = rx
-            .await
-            .unwrap_or_else(|_| watch::channel(TargetState::Pending).1);
-        TargetWatch {
+        // As in `watch`: a dropped future releases the target.
+        let mut target = TargetWatch {
             key,
-            rx,
+            rx: watch::channel(TargetState::Pending).1,
             commands: self.commands.clone(),
+        };
+        if let Ok(rx) = rx.await {
+            target.rx = rx;
         }
+        target
     }
 
     /// The client's view of every resource it knows of.

@@ -548,3 +548,26 @@ async fn metrics_follow_grfc_a78() {
     );
     assert_eq!(cached("acked", listener), ("{resource}".into(), 1));
 }
+
+/// A caller that stops waiting for `watch` or `watch_target` (its future dropped, e.g. by a
+/// timeout) leaves no subscription behind.
+#[tokio::test]
+async fn a_watch_given_up_while_waiting_leaves_no_subscription() {
+    let server = XdsTestServer::start().await.unwrap();
+    let client = XdsClient::start(&bootstrap("n", &[server.uri()])).unwrap();
+    {
+        let watch = client.watch(ResourceType::Cluster, "given-up");
+        let target = client.watch_target("given-up-target", "given-up-target");
+        tokio::pin!(watch, target);
+        // One poll sends the subscription; then the caller gives up.
+        assert!(futures_util::poll!(watch.as_mut()).is_pending());
+        assert!(futures_util::poll!(target.as_mut()).is_pending());
+    }
+    // Commands are handled in order: the dump comes after the subscriptions and their
+    // release.
+    let dump = within(10, client.dump()).await;
+    assert!(
+        dump.iter().all(|r| !r.name.starts_with("given-up")),
+        "a given-up watch is still subscribed: {dump:?}"
+    );
+}
