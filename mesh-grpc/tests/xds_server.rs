@@ -138,6 +138,24 @@ impl Fixture {
         self.xds.set_snapshot(Snapshot::new().listener(listener));
     }
 
+    /// Waits (at most 10 s) until the client has NACKed the server's Listener.
+    async fn nacked(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self
+            .client
+            .dump()
+            .await
+            .iter()
+            .any(|r| r.name == self.name && r.error.is_some())
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the Listener was not NACKed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The next serving state reported.
     async fn next_state(&mut self) -> ServingState {
         tokio::time::timeout(Duration::from_secs(10), self.states.recv())
@@ -327,20 +345,7 @@ async fn a_rejected_update_keeps_the_listener_being_served() {
     // No chain and no default chain: NACKed.
     f.publish(build::server_listener(&f.name, f.addr, Vec::new(), None));
     // The NACK reaches the client; the server keeps serving what it had.
-    let mut nacked = false;
-    for _ in 0..500 {
-        if f.client
-            .dump()
-            .await
-            .iter()
-            .any(|r| r.name == f.name && r.error.is_some())
-        {
-            nacked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(nacked, "the empty Listener was not NACKed");
+    f.nacked().await;
     assert!(code(&alice).await.is_ok());
     assert!(f.states.try_recv().is_err(), "no state change");
 }
@@ -426,20 +431,7 @@ async fn a_rejected_update_while_another_waits_for_its_routes_keeps_serving() {
             .listener(build::server_listener(&f.name, f.addr, Vec::new(), None))
             .route(routes("a")),
     );
-    let mut nacked = false;
-    for _ in 0..500 {
-        if f.client
-            .dump()
-            .await
-            .iter()
-            .any(|r| r.name == f.name && r.error.is_some())
-        {
-            nacked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(nacked, "the empty Listener was not NACKed");
+    f.nacked().await;
     assert!(code(&alice).await.is_ok());
     assert!(f.states.try_recv().is_err(), "no state change");
 }
