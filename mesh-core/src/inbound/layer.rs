@@ -160,27 +160,46 @@ pub(crate) fn set_path<B>(req: &mut http::Request<B>, path: &str) -> Result<(), 
 /// The response to a denied request: 403 or PERMISSION_DENIED when a rule denied it, 400 or
 /// INTERNAL when its path could not be normalised (Envoy's answers to both).
 fn denial<RB: Default>(grpc: bool, denied: AuthorizationDenied) -> http::Response<RB> {
-    let mut response = http::Response::new(RB::default());
     let invalid = matches!(denied.reason, DenyReason::InvalidPath(_));
+    let (grpc_status, http_status) = if invalid {
+        ("13", http::StatusCode::BAD_REQUEST)
+    } else {
+        ("7", http::StatusCode::FORBIDDEN)
+    };
+    // grpc-message is percent-encoded; the message below is plain ASCII without '%'.
+    let message = http::HeaderValue::from_str(&format!("meshwork: {}", denied.reason)).ok();
+    refusal(grpc, grpc_status, message, http_status, denied)
+}
+
+/// A response refusing a request before the service: for gRPC (by content type) a
+/// trailers-only response with `grpc_status` and `message`, otherwise `http_status`; an
+/// empty body, and `why` in the response's extensions.
+pub(crate) fn refusal<RB, W>(
+    grpc: bool,
+    grpc_status: &'static str,
+    message: Option<http::HeaderValue>,
+    http_status: http::StatusCode,
+    why: W,
+) -> http::Response<RB>
+where
+    RB: Default,
+    W: Clone + Send + Sync + 'static,
+{
+    let mut response = http::Response::new(RB::default());
     if grpc {
         let headers = response.headers_mut();
         headers.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/grpc"),
         );
-        let status = if invalid { "13" } else { "7" };
-        headers.insert("grpc-status", http::HeaderValue::from_static(status));
-        // grpc-message is percent-encoded; the message below is plain ASCII without '%'.
-        let message = format!("meshwork: {}", denied.reason);
-        if let Ok(value) = http::HeaderValue::from_str(&message) {
-            headers.insert("grpc-message", value);
+        headers.insert("grpc-status", http::HeaderValue::from_static(grpc_status));
+        if let Some(message) = message {
+            headers.insert("grpc-message", message);
         }
-    } else if invalid {
-        *response.status_mut() = http::StatusCode::BAD_REQUEST;
     } else {
-        *response.status_mut() = http::StatusCode::FORBIDDEN;
+        *response.status_mut() = http_status;
     }
-    response.extensions_mut().insert(denied);
+    response.extensions_mut().insert(why);
     response
 }
 

@@ -89,7 +89,7 @@ pub(crate) fn select<B>(
 }
 
 /// The request's authority: the URI's, else the `host` header's.
-fn authority<B>(req: &http::Request<B>) -> Option<&str> {
+pub(crate) fn authority<B>(req: &http::Request<B>) -> Option<&str> {
     req.uri().authority().map(|a| a.as_str()).or_else(|| {
         req.headers()
             .get(http::header::HOST)

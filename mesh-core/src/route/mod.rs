@@ -79,7 +79,7 @@ mod error;
 mod future;
 mod matching;
 
-pub(crate) use matching::{header_value_matches, joined_header_value, route_matches};
+pub(crate) use matching::{authority, header_value_matches, joined_header_value, route_matches};
 
 pub use error::RouteError;
 pub use future::ResponseFuture;

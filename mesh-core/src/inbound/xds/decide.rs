@@ -7,7 +7,7 @@ use rand::RngCore;
 
 use super::slot::{ChainHttp, rbac_override};
 use crate::inbound::{ConnectionInfo, PathError, RbacAttributes, RbacDecision, RbacEngine};
-use crate::route::route_matches;
+use crate::route::{authority, route_matches};
 
 /// Why the xDS configuration refused a request, put into the refusal's response
 /// extensions. The caller is told only the kind of refusal (`grpc-message`), not the
@@ -109,11 +109,7 @@ impl ChainHttp {
             .routes
             .as_ref()
             .map_err(|e| XdsRefusal::RoutesUnavailable(e.clone()))?;
-        let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
+        let authority = authority(req);
         let Some(vh) = routes.virtual_host_for(authority.unwrap_or("")) else {
             return Err(XdsRefusal::NoVirtualHost {
                 authority: authority.map(str::to_owned),

@@ -8,7 +8,7 @@ use rand::rngs::SmallRng;
 
 use super::decide::XdsRefusal;
 use super::slot::ChainSlot;
-use crate::inbound::layer::set_path;
+use crate::inbound::layer::{refusal as refusal_response, set_path};
 use crate::inbound::policy::is_grpc;
 use crate::inbound::{ConnectionInfo, InboundFuture, PathError, normalize_path};
 
@@ -143,22 +143,7 @@ impl<S> XdsInbound<S> {
 }
 
 fn refused<RB: Default>(grpc: bool, refusal: XdsRefusal) -> http::Response<RB> {
-    let mut response = http::Response::new(RB::default());
     let (grpc_status, http_status) = refusal.statuses();
-    if grpc {
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", http::HeaderValue::from_static(grpc_status));
-        headers.insert(
-            "grpc-message",
-            http::HeaderValue::from_static(refusal.caller_message()),
-        );
-    } else {
-        *response.status_mut() = http_status;
-    }
-    response.extensions_mut().insert(refusal);
-    response
+    let message = http::HeaderValue::from_static(refusal.caller_message());
+    refusal_response(grpc, grpc_status, Some(message), http_status, refusal)
 }

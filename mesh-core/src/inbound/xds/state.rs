@@ -38,30 +38,22 @@ struct Serving {
     default: Option<Arc<ChainSlot>>,
 }
 
-/// Why a new connection was closed without a handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    /// The server has no Listener to serve with (A36's not-serving mode).
-    NotServing,
-    /// No filter chain matches the connection and there is no default chain.
-    NoChain,
-}
-
 impl ListenerState {
     /// The chain that takes a connection from `remote` to `local`.
     pub(crate) fn choose(
         &self,
         local: SocketAddr,
         remote: SocketAddr,
-    ) -> Result<Arc<ChainSlot>, Refused> {
+    ) -> Result<Arc<ChainSlot>, &'static str> {
+        const NO_CHAIN: &str = "no filter chain of the xDS Listener matches the connection";
         let guard = self.current.load();
         let Some(serving) = guard.as_ref() else {
-            return Err(Refused::NotServing);
+            return Err("the xDS server is not serving");
         };
         match serving.selector.select(local, remote) {
-            Selected::Chain(i) => serving.chains.get(i).cloned().ok_or(Refused::NoChain),
-            Selected::Default => serving.default.clone().ok_or(Refused::NoChain),
-            Selected::NoMatch => Err(Refused::NoChain),
+            Selected::Chain(i) => serving.chains.get(i).cloned().ok_or(NO_CHAIN),
+            Selected::Default => serving.default.clone().ok_or(NO_CHAIN),
+            Selected::NoMatch => Err(NO_CHAIN),
         }
     }
 
@@ -172,13 +164,8 @@ impl ChainSource for ListenerState {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> Result<Arc<dyn AcceptedChain>, &'static str> {
-        match ListenerState::choose(self, local, remote) {
-            Ok(slot) => Ok(slot),
-            Err(Refused::NotServing) => Err("the xDS server is not serving"),
-            Err(Refused::NoChain) => {
-                Err("no filter chain of the xDS Listener matches the connection")
-            }
-        }
+        let slot: Arc<dyn AcceptedChain> = ListenerState::choose(self, local, remote)?;
+        Ok(slot)
     }
 
     #[cfg(feature = "server")]
