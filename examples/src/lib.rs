@@ -12,6 +12,17 @@ pub mod inbound;
 pub mod otel;
 pub mod tally;
 
+use meshwork_grpc::core::xds::ErrorChain;
+use meshwork_grpc::core::xds::client::XdsClient;
+
+/// Before a short-lived example exits: write the xDS client's fail-static snapshot now (when
+/// `MESHWORK_XDS_SNAPSHOT_DIR` configures one), saying on stderr why if it could not be.
+pub async fn save_snapshot(client: &XdsClient) {
+    if let Err(error) = client.save_snapshot().await {
+        eprintln!("xDS fail-static snapshot not written: {}", ErrorChain(&error));
+    }
+}
+
 /// tonic-prost-build's output for `proto/helloworld.proto` (gRPC's standard Greeter), checked
 /// in so that no `protoc` is needed; `tests/helloworld_codegen.rs` keeps it current.
 #[allow(missing_docs, unreachable_pub)]

@@ -25,6 +25,7 @@ use meshwork_grpc::{MeshChannel, MeshChannelOptions, MeshServer, ServingState};
 use meshwork_test_support::certs;
 use meshwork_xds::bootstrap::Bootstrap;
 use meshwork_xds::client::XdsClient;
+use meshwork_xds::fail_static::FailStatic;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -95,7 +96,9 @@ struct Fixture {
     addr: SocketAddr,
     name: String,
     states: mpsc::UnboundedReceiver<ServingState>,
-    _dir: std::path::PathBuf,
+    /// The server's task.
+    task: tokio::task::JoinHandle<()>,
+    dir: std::path::PathBuf,
 }
 
 impl Fixture {
@@ -109,19 +112,14 @@ impl Fixture {
         let dir = certs::istio_dir(&ca, "/ns/default/sa/greeter");
         let xds = XdsTestServer::start().await.unwrap();
         let bootstrap = bootstrap(&xds, &dir);
-        let client = XdsClient::start(&bootstrap).unwrap();
+        let client = XdsClient::builder(&bootstrap)
+            .unwrap()
+            .fail_static(FailStatic::new(dir.join("xds-snapshot")))
+            .start();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let name = bootstrap.server_listener_resource_name(addr).unwrap();
-        let (tx, states) = mpsc::unbounded_channel();
-        let server = server(
-            MeshServer::from_xds(&client)
-                .on_serving_state(move |s| {
-                    let _ = tx.send(s.clone());
-                })
-                .add_service(Greeter),
-        );
-        tokio::spawn(server.serve(listener));
+        let (task, states) = serve(&client, listener, server);
         Self {
             ca,
             xds,
@@ -129,7 +127,8 @@ impl Fixture {
             addr,
             name,
             states,
-            _dir: dir,
+            task,
+            dir,
         }
     }
 
@@ -185,6 +184,30 @@ impl Fixture {
             MeshChannelOptions::new(),
         )
     }
+}
+
+/// Serve the greeter on `listener` with `MeshServer::from_xds(client)`, reporting its
+/// serving states.
+fn serve(
+    client: &XdsClient,
+    listener: TcpListener,
+    server: impl FnOnce(MeshServer) -> MeshServer,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::UnboundedReceiver<ServingState>,
+) {
+    let (tx, states) = mpsc::unbounded_channel();
+    let server = server(
+        MeshServer::from_xds(client)
+            .on_serving_state(move |s| {
+                let _ = tx.send(s.clone());
+            })
+            .add_service(Greeter),
+    );
+    let task = tokio::spawn(async move {
+        server.serve(listener).await.expect("the server stops cleanly");
+    });
+    (task, states)
 }
 
 /// An RBAC ALLOW filter admitting exactly the SPIFFE IDs `allowed` (paths under
@@ -434,4 +457,66 @@ async fn a_rejected_update_while_another_waits_for_its_routes_keeps_serving() {
     f.nacked().await;
     assert!(code(&alice).await.is_ok());
     assert!(f.states.try_recv().is_err(), "no state change");
+}
+
+/// Issue #15: a server restarted while its control plane is down serves the last Listener
+/// it had (fail-static snapshot), with that Listener's mTLS and RBAC, instead of nothing.
+#[tokio::test]
+async fn a_server_restarted_while_the_control_plane_is_down_serves_its_last_listener() {
+    let mut f = Fixture::start().await;
+    f.publish(strict(&f, &[ALICE]));
+    assert!(f.next_state().await.is_serving());
+    let alice = f.caller(ALICE);
+    assert!(code(&alice).await.is_ok());
+    let snapshot = f.client.save_snapshot().await.unwrap().expect("written");
+
+    // The process stops; its control plane is down when it starts again on the same port.
+    f.task.abort();
+    let _ = (&mut f.task).await;
+    let Fixture {
+        ca,
+        xds,
+        client,
+        addr,
+        dir,
+        ..
+    } = f;
+    drop(client);
+    let bootstrap = bootstrap(&xds, &dir);
+    xds.shutdown().await.unwrap();
+    let client = XdsClient::builder(&bootstrap)
+        .unwrap()
+        .fail_static(FailStatic::new(dir.join("xds-snapshot")))
+        .start();
+    assert_eq!(
+        FailStatic::new(dir.join("xds-snapshot")).path_for(&bootstrap),
+        snapshot
+    );
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let (_task, mut states) = serve(&client, listener, |s| s);
+    let state = tokio::time::timeout(Duration::from_secs(10), states.recv())
+        .await
+        .expect("a serving state within 10 s")
+        .expect("the server is running");
+    assert!(state.is_serving(), "{state:?}");
+
+    // The snapshot's Listener, whole: mTLS with its RBAC.
+    let caller = |path: &str| {
+        let mtls = MtlsConfig::new(Arc::new(StaticSource::new(
+            Some(ca.svid(path)),
+            ca.bundles(),
+        )));
+        static_channel(
+            cluster("greeter", Some(upstream_tls(&[GREETER_ID]))),
+            &[addr],
+            MeshChannelOptions::new().mtls(mtls),
+        )
+    };
+    until(&caller(ALICE), Ok(())).await;
+    assert_eq!(code(&caller(BOB)).await, Err(Code::PermissionDenied));
+    let dump = client.dump().await;
+    assert!(
+        !dump.is_empty() && dump.iter().all(|row| row.from_snapshot),
+        "{dump:#?}"
+    );
 }

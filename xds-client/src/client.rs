@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
 
 use crate::bootstrap::Bootstrap;
+use crate::fail_static::{FailStatic, Loaded, Persist, SnapshotError};
 use crate::protocol::{AdsState, ProtocolConfig, ResourceFailure, ResourceStatus, XdsEvent};
 use crate::resource::{Resource, ResourceType};
 use crate::transport::{
@@ -40,6 +41,7 @@ use crate::watch::{ResourceKey, TargetError, TargetState, XdsConfig, resolve};
 mod metrics;
 mod not_ready;
 mod server_watch;
+pub(crate) use metrics::SnapshotWrites;
 use metrics::XdsMetrics;
 pub use not_ready::{MissingResource, NotReady};
 pub use server_watch::{RouteUnavailable, ServerConfig, ServerState, ServerWatch};
@@ -233,6 +235,11 @@ pub struct ResourceDump {
     pub last_updated: Option<f64>,
     /// Fields set in the resource that meshwork does not implement yet.
     pub unsupported_fields: Vec<String>,
+    /// The value came from the fail-static snapshot of an earlier run
+    /// ([`fail_static`](crate::fail_static)) and no server has replaced it yet. Left out of
+    /// the JSON when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_snapshot: bool,
     /// The valid value in use, as the server sent it (CSDS's `xds_config`). Not in the JSON:
     /// the fields above say what it means to meshwork.
     #[serde(skip)]
@@ -266,9 +273,24 @@ pub struct XdsClientBuilder {
     max_message_size: usize,
     meter: Option<opentelemetry::metrics::Meter>,
     metrics_target: String,
+    fail_static: Option<FailStatic>,
 }
 
 impl XdsClientBuilder {
+    /// Keep the last good configuration on disk and serve from it when a restart finds
+    /// every server unreachable ([`fail_static`](crate::fail_static) says how). Default:
+    /// the directory named by `MESHWORK_XDS_SNAPSHOT_DIR`, if set; otherwise off.
+    pub fn fail_static(mut self, fail_static: FailStatic) -> Self {
+        self.fail_static = Some(fail_static);
+        self
+    }
+
+    /// No fail-static snapshot, even if `MESHWORK_XDS_SNAPSHOT_DIR` names a directory.
+    pub fn without_fail_static(mut self) -> Self {
+        self.fail_static = None;
+        self
+    }
+
     /// The meter for the client's metrics (gRFC A78: `grpc.xds_client.connected`,
     /// `.server_failure`, `.resource_updates_valid`, `.resource_updates_invalid`,
     /// `.resources`). Default: OpenTelemetry's global meter as it is when the client starts
@@ -353,8 +375,17 @@ impl XdsClientBuilder {
             )
         });
         let server_errors = vec![None; self.servers.len()];
+        let metrics = XdsMetrics::new(&meter, self.metrics_target);
+        let persist = self.fail_static.map(|config| {
+            let servers = crate::fail_static::server_uris(&self.bootstrap);
+            let node_id = self.config.node.id.clone();
+            Persist::start(config, node_id, servers, metrics.snapshot_writes())
+        });
         let worker = Worker {
-            metrics: XdsMetrics::new(&meter, self.metrics_target),
+            metrics,
+            persist,
+            save_at: None,
+            answered: false,
             server_uri: String::new(),
             ads: AdsState::new(self.config),
             servers: self.servers,
@@ -409,6 +440,8 @@ enum Command {
     UnwatchTarget((String, String)),
     /// Why the target is not complete.
     NotReady((String, String), oneshot::Sender<NotReady>),
+    /// Write the fail-static snapshot now.
+    SaveSnapshot(crate::fail_static::SaveReply),
     Dump(oneshot::Sender<Vec<ResourceDump>>),
 }
 
@@ -434,6 +467,7 @@ impl XdsClient {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             meter: None,
             metrics_target: String::new(),
+            fail_static: FailStatic::from_env(),
         })
     }
 
@@ -497,6 +531,18 @@ impl XdsClient {
         self.connection.clone()
     }
 
+    /// Write the fail-static snapshot ([`fail_static`](crate::fail_static)) now, without
+    /// waiting for the next periodic write, and wait until it is on disk: for a graceful
+    /// shutdown, or a short-lived process. The file's path, or `None` when no snapshot is
+    /// configured or values from a snapshot are still in use (nothing new to write).
+    pub async fn save_snapshot(&self) -> Result<Option<std::path::PathBuf>, SnapshotError> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::SaveSnapshot(tx)).is_err() {
+            return Ok(None);
+        }
+        rx.await.unwrap_or(Ok(None))
+    }
+
     /// The latest failure to reach a server or to keep an ADS stream, if there was one. It
     /// stays until the next failure: a later healthy stream does not clear it.
     pub fn last_error(&self) -> Option<TransportError> {
@@ -517,6 +563,12 @@ struct Target {
 
 struct Worker {
     ads: AdsState,
+    /// The fail-static snapshot, when configured.
+    persist: Option<Persist>,
+    /// When to hand the cache to the snapshot writer (a change is pending).
+    save_at: Option<TokioInstant>,
+    /// Whether any server has answered since the client started.
+    answered: bool,
     servers: Vec<Dialer>,
     backoff: Backoff,
     connect_timeout: Duration,
@@ -563,8 +615,16 @@ fn after(delay: Duration) -> TokioInstant {
 
 impl Worker {
     async fn run(mut self) {
+        self.run_streams().await;
+        self.finish();
+    }
+
+    /// Connect, fall back, reconnect, until every handle is gone.
+    async fn run_streams(&mut self) {
         let mut delays = self.backoff.delays();
         let mut server = 0;
+        // The snapshot is read while the first server is tried, for when none answers.
+        let mut snapshot = self.persist.as_ref().map(Persist::load);
         loop {
             let (tx, rx) = mpsc::unbounded_channel();
             let sid = self.ads.on_stream_connecting();
@@ -637,10 +697,66 @@ impl Worker {
                     server = 0;
                 }
             }
+            if self.answered {
+                snapshot = None;
+            } else if let Some(load) = snapshot.take() {
+                // Every server failed before any answered: serve the last good config.
+                match self.serve(load, &tx).await {
+                    Some(loaded) => self.seed(loaded),
+                    None => return,
+                }
+            }
             let delay = delays.next().unwrap_or(self.backoff.max);
             if !self.idle(delay).await {
                 return;
             }
+        }
+    }
+
+    /// Serve the snapshot read at start, or say why not.
+    fn seed(&mut self, loaded: Result<Result<Loaded, SnapshotError>, tokio::task::JoinError>) {
+        match loaded {
+            Ok(Ok(loaded)) => {
+                let age = SystemTime::now()
+                    .duration_since(loaded.written_at)
+                    .unwrap_or_default();
+                tracing::warn!(
+                    resources = loaded.seeds.len(),
+                    age_secs = age.as_secs(),
+                    path = %loaded.path.display(),
+                    "no xDS server answered: serving the fail-static snapshot until one does"
+                );
+                self.metrics.snapshot_loaded("seeded");
+                self.ads.seed(loaded.seeds, now());
+                self.deliver();
+            }
+            Ok(Err(error @ SnapshotError::Missing { .. })) => {
+                tracing::info!(error = %crate::ErrorChain(&error), "no fail-static snapshot to serve");
+                self.metrics.snapshot_loaded(error.kind());
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %crate::ErrorChain(&error), "fail-static snapshot not used");
+                self.metrics.snapshot_loaded(error.kind());
+            }
+            Err(error) => tracing::warn!(%error, "reading the fail-static snapshot failed"),
+        }
+    }
+
+    /// Hand the cache to the snapshot writer, or try again shortly while values from a
+    /// snapshot are still in use (a server is replacing them).
+    fn save(&mut self) {
+        self.save_at = None;
+        if let Some(persist) = &self.persist
+            && !persist.save(&self.ads, None)
+        {
+            self.save_at = Some(after(crate::fail_static::WRITE_DELAY));
+        }
+    }
+
+    /// The client is stopping: a change not yet handed to the snapshot writer goes now.
+    fn finish(&mut self) {
+        if self.save_at.is_some() {
+            self.save();
         }
     }
 
@@ -680,6 +796,7 @@ impl Worker {
                     self.deliver();
                     self.flush(tx);
                 }
+                _ = sleep_until_opt(self.save_at) => self.save(),
             }
         }
     }
@@ -694,6 +811,7 @@ impl Worker {
                     Some(cmd) => self.command(cmd, None),
                     None => return false,
                 },
+                _ = sleep_until_opt(self.save_at) => self.save(),
             }
         }
     }
@@ -718,7 +836,11 @@ impl Worker {
                 msg = responses.message() => match msg {
                     Ok(Some(response)) => {
                         answered = true;
+                        self.answered = true;
                         self.ads.on_response(sid, response, now());
+                        if self.persist.is_some() && self.save_at.is_none() {
+                            self.save_at = Some(after(crate::fail_static::WRITE_DELAY));
+                        }
                     }
                     Ok(None) => {
                         self.failed(server, TransportError::closed(&self.server_uri));
@@ -740,6 +862,7 @@ impl Worker {
                     None => return StreamEnd::Shutdown,
                 },
                 _ = sleep_until_opt(timer) => self.ads.handle_timeout(now()),
+                _ = sleep_until_opt(self.save_at) => self.save(),
                 _ = tokio::time::sleep_until(probe_at), if server > 0 && probe.is_none() => {
                     let primary = self.servers[0].clone();
                     let timeout = self.connect_timeout;
@@ -793,7 +916,7 @@ impl Worker {
                 self.resolve_target(&target);
             }
         }
-        if any {
+        if any || self.metrics.serving_snapshot() {
             self.metrics.cache(self.ads.resources());
         }
     }
@@ -803,8 +926,10 @@ impl Worker {
     fn publish(&mut self, event: XdsEvent) -> ResourceKey {
         let (key, state) = match event {
             XdsEvent::Changed(resource) => {
-                self.metrics
-                    .valid(&self.server_uri, resource.resource_type());
+                if !self.ads.is_from_snapshot(resource.resource_type(), resource.name()) {
+                    self.metrics
+                        .valid(&self.server_uri, resource.resource_type());
+                }
                 self.metrics
                     .accepted(resource.resource_type(), resource.name());
                 (
@@ -948,6 +1073,16 @@ impl Worker {
             Command::Dump(reply) => {
                 let _ = reply.send(self.dump());
             }
+            Command::SaveSnapshot(reply) => match &self.persist {
+                Some(persist) => {
+                    if persist.save(&self.ads, Some(reply)) {
+                        self.save_at = None;
+                    }
+                }
+                None => {
+                    let _ = reply.send(Ok(None));
+                }
+            },
         }
         self.deliver();
         if let Some(tx) = tx {
@@ -983,6 +1118,7 @@ impl Worker {
                     .value
                     .map(|v| v.unsupported_fields().to_vec())
                     .unwrap_or_default(),
+                from_snapshot: view.from_snapshot,
                 resource: view.raw.cloned(),
             })
             .collect()
@@ -1017,6 +1153,9 @@ mod tests {
         let sid = ads.on_stream_open();
         let worker = Worker {
             metrics: XdsMetrics::new(&opentelemetry::global::meter("test"), String::new()),
+            persist: None,
+            save_at: None,
+            answered: false,
             server_uri: String::new(),
             ads,
             servers: Vec::new(),

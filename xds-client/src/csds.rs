@@ -118,7 +118,9 @@ fn generic(row: ResourceDump) -> GenericXdsConfig {
         config_status: 0,
         client_status: client_status(row.status) as i32,
         error_state,
-        is_static_resource: false,
+        // A value from the fail-static snapshot was loaded from a file at start, not sent by
+        // a control plane: what the field means for Envoy's static resources.
+        is_static_resource: row.from_snapshot,
     }
 }
 
@@ -207,6 +209,7 @@ mod tests {
             transport_error: None,
             last_updated: Some(10.5),
             unsupported_fields: Vec::new(),
+            from_snapshot: false,
             resource: None,
         };
         let nacked = generic(row(ResourceStatus::Nacked, Some("bad cluster")));
@@ -219,5 +222,10 @@ mod tests {
         assert_eq!(acked.client_status, ClientResourceStatus::Acked as i32);
         assert!(acked.error_state.is_none());
         assert!(!acked.is_static_resource);
+        let seeded = generic(ResourceDump {
+            from_snapshot: true,
+            ..row(ResourceStatus::Acked, None)
+        });
+        assert!(seeded.is_static_resource, "a value from the snapshot is marked");
     }
 }

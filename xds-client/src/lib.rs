@@ -37,6 +37,7 @@
 pub mod bootstrap;
 pub mod client;
 pub mod crypto;
+pub mod fail_static;
 #[cfg(feature = "csds")]
 #[cfg_attr(docsrs, doc(cfg(feature = "csds")))]
 pub mod csds;

@@ -268,6 +268,8 @@ pub struct ResourceView<'a> {
     pub last_updated: Option<Instant>,
     /// Whether the client subscribed to it by name (otherwise it came through a wildcard).
     pub subscribed: bool,
+    /// Whether the value came from a fail-static snapshot and no server has replaced it.
+    pub from_snapshot: bool,
 }
 
 /// Wildcard subscription of one type.
@@ -296,6 +298,12 @@ struct TypeState {
     sent_names: bool,
     /// The subscription changed since the last request.
     dirty: bool,
+    /// A server has answered for this type: snapshot values are no longer wanted.
+    answered: bool,
+    /// Values from a fail-static snapshot for names not subscribed yet, given to a
+    /// subscription that comes before any server answers for the type.
+    /// When they were seeded.
+    seeds: BTreeMap<String, (Seed, Instant)>,
 }
 
 impl TypeState {
@@ -321,6 +329,17 @@ impl TypeState {
         }
         names
     }
+}
+
+/// One resource of a fail-static snapshot, for [`AdsState::seed`].
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// The validated value.
+    pub value: Resource,
+    /// The value as a server sent it in the earlier run.
+    pub raw: Any,
+    /// The version it had then.
+    pub version: String,
 }
 
 /// The ADS protocol state: subscriptions, versions, nonces, cache and timers.
@@ -368,6 +387,7 @@ impl AdsState {
                 ts.wildcard = Wildcard::Explicit;
                 ts.dirty = true;
             }
+            Self::plant_all(ts, resource_type, &mut self.events);
             return;
         }
         let rs = ts.resources.entry(name.to_string()).or_default();
@@ -377,7 +397,64 @@ impl AdsState {
         }
         if let Some(value) = &rs.value {
             self.events.push_back(XdsEvent::Changed(value.clone()));
+        } else if let Some((seed, at)) = ts.seeds.remove(name) {
+            Self::plant(rs, seed, at, name, resource_type, &mut self.events);
         }
+    }
+
+    /// Serve values of an earlier run (a fail-static snapshot) until a server answers:
+    /// each becomes ACKED with its old version, marked as from the snapshot
+    /// ([`ResourceView::from_snapshot`]), and its watchers hear of it as of any new value.
+    /// Names not subscribed yet wait for their subscription. Types a server has already
+    /// answered for on any stream, and resources that have a value, are left alone, and
+    /// nothing is ACKed: the next request still carries the last version a server gave
+    /// (none), so the server sends everything.
+    ///
+    /// A seeded value is replaced by the first response that names the resource, deleted
+    /// by the first LDS/CDS response that leaves it out, and declared not to exist if a
+    /// connected server does not send it within the does-not-exist timeout.
+    pub fn seed(&mut self, seeds: impl IntoIterator<Item = Seed>, now: Instant) {
+        for seed in seeds {
+            let resource_type = seed.value.resource_type();
+            let name = seed.value.name().to_owned();
+            let ts = self.types.entry(resource_type).or_default();
+            if ts.answered {
+                continue;
+            }
+            if !ts.wants(&name) {
+                ts.seeds.insert(name, (seed, now));
+                continue;
+            }
+            let rs = ts.resources.entry(name.clone()).or_default();
+            Self::plant(rs, seed, now, &name, resource_type, &mut self.events);
+        }
+    }
+
+    fn plant(
+        rs: &mut ResourceState,
+        seed: Seed,
+        at: Instant,
+        name: &str,
+        resource_type: ResourceType,
+        events: &mut VecDeque<XdsEvent>,
+    ) {
+        let transition = Transition::Seed {
+            value: seed.value,
+            raw: seed.raw,
+            version: seed.version,
+        };
+        if let Some(notice) = rs.transition(transition, at) {
+            events.push_back(notice.into_event(resource_type, name.to_owned()));
+        }
+    }
+
+    /// Whether a resource's value came from a fail-static snapshot and no server has
+    /// replaced it yet.
+    pub fn is_from_snapshot(&self, resource_type: ResourceType, name: &str) -> bool {
+        self.types
+            .get(&resource_type)
+            .and_then(|ts| ts.resources.get(name))
+            .is_some_and(|rs| rs.from_snapshot)
     }
 
     /// Subscribe to every resource of an LDS or CDS type the legacy way: an empty
@@ -387,6 +464,15 @@ impl AdsState {
         if ts.wildcard == Wildcard::None {
             ts.wildcard = Wildcard::Legacy;
             ts.dirty = true;
+        }
+        Self::plant_all(ts, resource_type, &mut self.events);
+    }
+
+    /// A wildcard subscription wants every seeded value of its type.
+    fn plant_all(ts: &mut TypeState, resource_type: ResourceType, events: &mut VecDeque<XdsEvent>) {
+        for (name, (seed, at)) in std::mem::take(&mut ts.seeds) {
+            let rs = ts.resources.entry(name.clone()).or_default();
+            Self::plant(rs, seed, at, &name, resource_type, events);
         }
     }
 
@@ -526,6 +612,10 @@ impl AdsState {
             return;
         };
         ts.nonce = response.nonce.clone();
+        // A server answers for the type: values of an earlier run are no longer offered
+        // (those in use are replaced or deleted by this response and the timers).
+        ts.answered = true;
+        ts.seeds.clear();
         let decoded = response::decode(resource_type, &response);
         let error_detail = Self::apply(
             ts,
@@ -719,14 +809,17 @@ impl AdsState {
         }
     }
 
-    /// Whether some subscribed resource has never been received (nor declared missing):
-    /// the condition under which a client falls back to its next server (gRFC A71).
+    /// Whether some subscribed resource has never been received from a server (nor
+    /// declared missing), a value from a snapshot counting as not received: the condition
+    /// under which a client falls back to its next server (gRFC A71).
     pub fn has_missing_resources(&self) -> bool {
         self.types
             .values()
             .flat_map(|ts| ts.resources.values())
             .any(|rs| {
-                rs.subscribed && rs.value.is_none() && rs.status() == ResourceStatus::Requested
+                rs.subscribed
+                    && (rs.from_snapshot
+                        || (rs.value.is_none() && rs.status() == ResourceStatus::Requested))
             })
     }
 
@@ -785,6 +878,7 @@ impl AdsState {
                 error: rs.error.as_ref(),
                 last_updated: rs.last_updated,
                 subscribed: rs.subscribed,
+                from_snapshot: rs.from_snapshot,
             })
         })
     }
@@ -1609,5 +1703,147 @@ mod tests {
         assert_ne!(duplicate("a"), duplicate("b"));
         assert_ne!(invalid("a"), duplicate("a"));
         assert_ne!(reported(7, "a"), duplicate("a"));
+    }
+
+    fn seed_of(t: ResourceType, any: Any, version: &str) -> Seed {
+        Seed {
+            value: crate::resource::decode(t, &any).expect("valid"),
+            raw: any,
+            version: version.into(),
+        }
+    }
+
+    /// A state with no stream, as at a start whose every server failed, seeded with
+    /// clusters `a` and `b` and the endpoints of `a` at snapshot version "s".
+    fn seeded() -> Harness {
+        let mut h = Harness::new();
+        h.ads.on_stream_closed(h.stream);
+        let seeds = vec![
+            seed_of(CDS, eds_cluster("a"), "s"),
+            seed_of(CDS, eds_cluster("b"), "s"),
+            seed_of(EDS, cla("a"), "s"),
+        ];
+        h.ads.seed(seeds, h.now);
+        h
+    }
+
+    fn from_snapshot(h: &Harness) -> Vec<String> {
+        h.ads
+            .resources()
+            .filter(|v| v.from_snapshot)
+            .map(|v| format!("{}:{}", v.resource_type.short_name(), v.name))
+            .collect()
+    }
+
+    #[test]
+    fn seeded_values_wait_for_their_subscription_and_are_acked_from_the_snapshot() {
+        let mut h = seeded();
+        assert!(h.events().is_empty(), "nobody subscribed yet");
+        assert!(h.ads.get(CDS, "a").is_none());
+        h.ads.subscribe(CDS, "a");
+        assert_eq!(names(&h.events()), ["changed:a"]);
+        assert_eq!(h.ads.status(CDS, "a"), Some(ResourceStatus::Acked));
+        assert!(h.ads.is_from_snapshot(CDS, "a"));
+        let view = h.ads.resources().find(|v| v.name == "a").expect("a");
+        assert_eq!(view.version, Some("s"));
+        assert!(view.raw.is_some());
+        // Nothing is ACKed to a server on the snapshot's behalf: the next stream asks with
+        // no version, so the server sends everything.
+        h.stream = h.ads.on_stream_open();
+        let reqs = h.requests();
+        assert_eq!(reqs[0].version_info, "");
+        assert_eq!(reqs[0].resource_names, ["a"]);
+        assert!(
+            h.ads.has_missing_resources(),
+            "a value from a snapshot is not a server's answer (A71 fallback goes on)"
+        );
+    }
+
+    #[test]
+    fn the_first_response_of_a_type_replaces_the_snapshot_of_that_type() {
+        let mut h = seeded();
+        h.ads.subscribe(CDS, "a");
+        h.ads.subscribe(CDS, "b");
+        h.ads.subscribe(EDS, "a");
+        h.events();
+        h.stream = h.ads.on_stream_open();
+        h.requests();
+        // CDS: `a` comes again unchanged (no event, no longer from the snapshot), `b` is
+        // left out of a full-state response: deleted.
+        h.respond(response(CDS, "1", "c1", vec![eds_cluster("a")]));
+        assert_eq!(names(&h.events()), ["gone:b"]);
+        assert_eq!(from_snapshot(&h), ["EDS:a"]);
+        assert_eq!(h.ads.version(CDS), "1");
+        let view = h.ads.resources().find(|v| v.name == "a").expect("a");
+        assert_eq!(view.version, Some("1"));
+        // A later subscription of the answered type waits for the server, not the snapshot.
+        h.ads.subscribe(CDS, "c");
+        assert!(h.events().is_empty());
+        assert!(h.ads.has_missing_resources());
+    }
+
+    #[test]
+    fn a_seeded_value_the_server_never_sends_stops_existing_after_the_timeout() {
+        let mut h = seeded();
+        h.ads.subscribe(EDS, "a");
+        h.events();
+        assert!(h.ads.poll_timeout().is_none(), "no timer while disconnected");
+        h.stream = h.ads.on_stream_open();
+        h.requests();
+        h.advance(DEFAULT_DOES_NOT_EXIST_TIMEOUT - Duration::from_millis(1));
+        assert!(h.events().is_empty());
+        assert!(h.ads.get(EDS, "a").is_some(), "served until then");
+        h.advance(Duration::from_millis(1));
+        assert_eq!(names(&h.events()), ["gone:a"]);
+        assert!(from_snapshot(&h).is_empty());
+    }
+
+    #[test]
+    fn a_rejected_update_keeps_the_seeded_value_in_use_and_marked() {
+        let mut h = seeded();
+        h.ads.subscribe(CDS, "a");
+        h.events();
+        h.stream = h.ads.on_stream_open();
+        h.requests();
+        h.respond(response(CDS, "1", "c1", vec![static_cluster("a")]));
+        assert_eq!(names(&h.events()), ["invalid:a"]);
+        assert!(h.ads.get(CDS, "a").is_some());
+        assert_eq!(h.ads.status(CDS, "a"), Some(ResourceStatus::Nacked));
+        assert_eq!(from_snapshot(&h), ["CDS:a"]);
+    }
+
+    #[test]
+    fn seeding_after_an_answer_or_over_a_value_changes_nothing() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.ads.subscribe(EDS, "a");
+        h.requests();
+        h.respond(response(CDS, "1", "c1", vec![eds_cluster("a")]));
+        h.events();
+        h.ads.on_stream_closed(h.stream);
+        let seeds = vec![
+            seed_of(CDS, eds_cluster("a"), "s"),
+            seed_of(CDS, eds_cluster("b"), "s"),
+            seed_of(EDS, cla("a"), "s"),
+        ];
+        h.ads.seed(seeds, h.now);
+        // CDS was answered: no seed is taken, not even for a name subscribed later.
+        h.ads.subscribe(CDS, "b");
+        // EDS was not: its subscribed name takes the seed.
+        assert_eq!(names(&h.events()), ["changed:a"]);
+        assert_eq!(from_snapshot(&h), ["EDS:a"]);
+        assert_eq!(
+            h.ads.resources().find(|v| v.name == "a" && v.resource_type == CDS).and_then(|v| v.version),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn a_wildcard_takes_every_seed_of_its_type() {
+        let mut h = seeded();
+        h.ads.subscribe_legacy_wildcard(CDS);
+        let mut got = names(&h.events());
+        got.sort();
+        assert_eq!(got, ["changed:a", "changed:b"]);
     }
 }

@@ -6,7 +6,9 @@
 //! with `--json`, one line: `{"counts": {"A": 50, "B": 50}, "errors": 0}`. Works against any
 //! helloworld server, ours or gRPC's. The xDS bootstrap comes from `GRPC_XDS_BOOTSTRAP` (or
 //! `GRPC_XDS_BOOTSTRAP_CONFIG`); TLS clusters take their identity from its certificate
-//! providers, as gRPC's own xDS client does.
+//! providers, as gRPC's own xDS client does. With `MESHWORK_XDS_SNAPSHOT_DIR` set, the last
+//! good xDS config is kept there (written before exiting) and served when the control
+//! plane is unreachable at start (meshwork's fail-static snapshot).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -121,6 +123,7 @@ async fn run(
     } else {
         print!("{}", tally.to_text());
     }
+    meshwork_examples::save_snapshot(&client).await;
     Ok(())
 }
 

@@ -8,7 +8,9 @@
 //! `--allow` (repeatable) sets an authorization policy: only those SPIFFE IDs may call.
 //! With `--xds` the listener, mTLS and authorization come from the control plane of
 //! `GRPC_XDS_BOOTSTRAP` (gRFC A36: the Listener its `server_listener_resource_name_template`
-//! names for the listening address), each serving-state change printed on stderr.
+//! names for the listening address), each serving-state change printed on stderr; with
+//! `MESHWORK_XDS_SNAPSHOT_DIR` set too, a restart while the control plane is unreachable
+//! serves the last good Listener from there (meshwork's fail-static snapshot).
 //! Prints `listening on ADDR` once it is bound; stops gracefully on Ctrl-C or SIGTERM.
 #![forbid(unsafe_code)]
 
@@ -94,13 +96,15 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let id = id.unwrap_or_else(|| format!("greeter-{port}"));
 
     let greeter = Greeter::new(&id);
+    let mut xds_client = None;
     let mut server = if xds {
         let bootstrap = Bootstrap::from_env()?;
         let client = XdsClient::builder(&bootstrap)?.start();
         if let Some(port) = csds_port {
             meshwork_examples::csds::serve(client.clone(), port).await?;
         }
-        MeshServer::from_xds(&client).on_serving_state(|state| match state {
+        let client = xds_client.insert(client);
+        MeshServer::from_xds(client).on_serving_state(|state| match state {
             ServingState::NotServing(why) => eprintln!("xds: not serving: {}", ErrorChain(why)),
             _ => eprintln!("xds: {state}"),
         })
@@ -127,6 +131,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
         .add_service(greeter.service())
         .serve_with_shutdown(listener, shutdown())
         .await?;
+    if let Some(client) = &xds_client {
+        meshwork_examples::save_snapshot(client).await;
+    }
     let (calls, failed) = greeter.calls();
     eprintln!("greeter-server {id}: stopped after {calls} calls ({failed} failed on purpose)");
     Ok(())

@@ -4,6 +4,9 @@
 //! `status` (REQUESTED, ACKED, NACKED, DOES_NOT_EXIST), `error`, and `unsupported_fields`
 //! (fields the control plane set that meshwork does not implement yet); a REQUESTED resource
 //! has `transport_error` too while no xDS server can be reached (which server, and why).
+//! With `MESHWORK_XDS_SNAPSHOT_DIR` set, the last good config is kept there (written before
+//! exiting) and served when no xDS server answers at start: its rows say
+//! `"from_snapshot": true` until a server replaces them.
 //!
 //! ```text
 //! xds-dump --target xds:///greeter:50051 [--seconds 10]
@@ -102,9 +105,13 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             if let Some(e) = r.transport_error {
                 row["transport_error"] = e.into();
             }
+            if r.from_snapshot {
+                row["from_snapshot"] = true.into();
+            }
             row
         })
         .collect();
+    meshwork_examples::save_snapshot(&client).await;
     println!("{}", serde_json::to_string_pretty(&rows)?);
     match outcome {
         Ok(_) => Ok(true),

@@ -20,6 +20,11 @@ pub(super) struct XdsMetrics {
     updates_valid: Counter<u64>,
     updates_invalid: Counter<u64>,
     resources: Gauge<u64>,
+    snapshot_resources: Gauge<u64>,
+    snapshot_loads: Counter<u64>,
+    snapshot_writes: Counter<u64>,
+    /// Resources in use from a fail-static snapshot at the last count.
+    from_snapshot: u64,
     /// Every (authority, cache state, type) recorded so far, so a count that drops to zero
     /// is recorded as zero.
     seen: BTreeMap<(String, &'static str, &'static str), u64>,
@@ -58,9 +63,53 @@ impl XdsMetrics {
                 .with_unit("{resource}")
                 .with_description("Number of xDS resources.")
                 .build(),
+            snapshot_resources: meter
+                .u64_gauge("meshwork.xds.snapshot.resources")
+                .with_unit("{resource}")
+                .with_description(
+                    "Resources in use from the fail-static snapshot, not yet replaced by a server's answer.",
+                )
+                .build(),
+            snapshot_loads: meter
+                .u64_counter("meshwork.xds.snapshot.loads")
+                .with_unit("{load}")
+                .with_description(
+                    "Fail-static snapshots read at start, by outcome: seeded, or why it was refused.",
+                )
+                .build(),
+            snapshot_writes: meter
+                .u64_counter("meshwork.xds.snapshot.writes")
+                .with_unit("{write}")
+                .with_description("Fail-static snapshots written, by outcome: ok, or why not.")
+                .build(),
+            from_snapshot: 0,
             seen: BTreeMap::new(),
             nack_log: HashMap::new(),
         }
+    }
+
+    /// Counts a snapshot read at start: `seeded`, or the refusal's kind.
+    pub(super) fn snapshot_loaded(&self, outcome: &'static str) {
+        self.snapshot_loads.add(
+            1,
+            &[
+                KeyValue::new("grpc.target", self.target.clone()),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
+    }
+
+    /// The recorder of snapshot writes, for the writer task.
+    pub(super) fn snapshot_writes(&self) -> SnapshotWrites {
+        SnapshotWrites {
+            counter: self.snapshot_writes.clone(),
+            target: self.target.clone(),
+        }
+    }
+
+    /// Whether some resource in use came from a snapshot at the last count.
+    pub(super) fn serving_snapshot(&self) -> bool {
+        self.from_snapshot > 0
     }
 
     fn server_attrs(&self, server: &str) -> [KeyValue; 2] {
@@ -141,7 +190,9 @@ impl XdsMetrics {
         for count in self.seen.values_mut() {
             *count = 0;
         }
+        let mut from_snapshot = 0;
         for view in views {
+            from_snapshot += u64::from(view.from_snapshot);
             let state = match (view.status, view.value.is_some()) {
                 (ResourceStatus::Requested, _) => "requested",
                 (ResourceStatus::Acked, _) => "acked",
@@ -154,6 +205,13 @@ impl XdsMetrics {
                 .seen
                 .entry((authority, state, view.resource_type.type_url()))
                 .or_default() += 1;
+        }
+        if from_snapshot != self.from_snapshot || from_snapshot > 0 {
+            self.snapshot_resources.record(
+                from_snapshot,
+                &[KeyValue::new("grpc.target", self.target.clone())],
+            );
+            self.from_snapshot = from_snapshot;
         }
         for ((authority, state, ty), count) in &self.seen {
             self.resources.record(
@@ -176,4 +234,25 @@ fn authority_of(name: &str) -> String {
         .and_then(|rest| rest.split('/').next())
         .unwrap_or("#old")
         .to_owned()
+}
+
+/// Counts the fail-static snapshot's writes (`meshwork.xds.snapshot.writes`) from the
+/// writer task.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotWrites {
+    counter: Counter<u64>,
+    target: StringValue,
+}
+
+impl SnapshotWrites {
+    /// Counts one write: `ok`, or the failure's kind.
+    pub(crate) fn record(&self, outcome: &'static str) {
+        self.counter.add(
+            1,
+            &[
+                KeyValue::new("grpc.target", self.target.clone()),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
+    }
 }

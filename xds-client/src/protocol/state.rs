@@ -31,6 +31,9 @@ pub(super) struct ResourceState {
     pub(super) does_not_exist_at: Option<Instant>,
     /// Named by a request polled on the current stream (its timer starts once connected).
     pub(super) requested_on_stream: bool,
+    /// `value` came from a fail-static snapshot, not from a server: no live answer has
+    /// replaced it yet.
+    pub(super) from_snapshot: bool,
 }
 
 /// What happens to a resource.
@@ -59,6 +62,16 @@ pub(super) enum Transition {
     /// A full-state response (LDS, CDS) left the resource out: DOES_NOT_EXIST, without a
     /// value or the version that delivered it.
     Deleted,
+    /// A value of an earlier run, from a fail-static snapshot, for a resource that has none:
+    /// ACKED with the snapshot's version, until a server answers.
+    Seed {
+        /// The value.
+        value: Resource,
+        /// The value as the server of the earlier run sent it.
+        raw: Any,
+        /// The version it had then.
+        version: String,
+    },
 }
 
 /// What a transition means to the resource's watchers.
@@ -99,7 +112,35 @@ impl ResourceState {
     /// value accepted again unchanged.
     pub(super) fn transition(&mut self, transition: Transition, now: Instant) -> Option<Notice> {
         self.does_not_exist_at = None;
+        if !matches!(
+            transition,
+            Transition::Reject {
+                drop_cached: false,
+                ..
+            } | Transition::Seed { .. }
+        ) {
+            // A server's answer replaces what the snapshot gave, unless it is a rejection
+            // that keeps the value in use.
+            self.from_snapshot = false;
+        }
         match transition {
+            Transition::Seed {
+                value,
+                raw,
+                version,
+            } => {
+                if self.value.is_some() {
+                    return None;
+                }
+                self.version = Some(version);
+                self.raw = Some(raw);
+                self.error = None;
+                self.status = Some(ResourceStatus::Acked);
+                self.last_updated = Some(now);
+                self.from_snapshot = true;
+                self.value = Some(value.clone());
+                Some(Notice::Changed(value))
+            }
             Transition::Accept {
                 value,
                 raw,
@@ -154,12 +195,15 @@ impl ResourceState {
     }
 
     /// Start the does-not-exist timer of a resource still waited for, unless it runs. No
-    /// deadline (a timeout too large for the clock) means it never fires.
+    /// deadline (a timeout too large for the clock) means it never fires. A value from a
+    /// snapshot is still waited for: if the server does not send the resource in time, it
+    /// does not exist (nothing from a snapshot outlives a live server's silence).
     pub(super) fn start_timer(&mut self, deadline: Option<Instant>) {
+        let waiting = (self.value.is_none() && self.status() == ResourceStatus::Requested)
+            || self.from_snapshot;
         if let Some(deadline) = deadline
-            && self.value.is_none()
+            && waiting
             && self.does_not_exist_at.is_none()
-            && self.status() == ResourceStatus::Requested
         {
             self.does_not_exist_at = Some(deadline);
         }

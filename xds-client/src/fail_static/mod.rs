@@ -1,0 +1,335 @@
+//! Fail-static: the last good xDS configuration, kept on disk so that a process restarting
+//! while its control plane is unreachable serves what it served before instead of nothing.
+//!
+//! Opt-in: a directory named in code ([`XdsClientBuilder::fail_static`]) or by the
+//! environment variable [`SNAPSHOT_DIR_ENV`] (`MESHWORK_XDS_SNAPSHOT_DIR`), which
+//! [`XdsClient::builder`] reads. Then:
+//!
+//! - After the client ACKs a response it writes every valid cached resource, with its
+//!   version, to one file per node id and server list in that directory (at most one write
+//!   a second, and once more when the client stops; versioned, checksummed, written to a
+//!   temporary file and renamed, never more than [`FailStatic::max_bytes`]). Nothing is
+//!   written while any value in use still comes from a snapshot.
+//! - On start, the file is read and checked in the background. If every configured server
+//!   fails its first attempt (gRFC A71's fallback order, each within the connect timeout),
+//!   the client serves from it: each resource ACKED with its old version and marked
+//!   `from_snapshot` in [`XdsClient::dump`], in CSDS (`is_static_resource`: loaded from a
+//!   file at start, not sent by a control plane) and in the metric
+//!   `meshwork.xds.snapshot.resources`. It keeps trying the servers; the first response of
+//!   a server for a type replaces that type's snapshot values
+//!   ([`AdsState::seed`](crate::protocol::AdsState::seed) says how).
+//! - A snapshot that is missing, unreadable, truncated, corrupt, of another format, of
+//!   another node or server list, older than [`FailStatic::max_age`], or holding a resource
+//!   that no longer validates is not used: the reason is a typed [`SnapshotError`], logged
+//!   at warn and counted in `meshwork.xds.snapshot.loads` by `outcome`. Never a panic; a
+//!   refused snapshot leaves the client as it would be without one.
+//!
+//! [`XdsClientBuilder::fail_static`]: crate::client::XdsClientBuilder::fail_static
+//! [`XdsClient::builder`]: crate::client::XdsClient::builder
+//! [`XdsClient::dump`]: crate::client::XdsClient::dump
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bootstrap::Bootstrap;
+use crate::client::SnapshotWrites;
+use crate::protocol::{AdsState, Seed};
+use crate::resource::{self, ResourceError, ResourceErrorKind, ResourceType};
+
+mod file;
+
+pub use file::SnapshotError;
+use file::{Expected, SnapshotFile, SnapshotRecord};
+
+/// The environment variable naming the snapshot directory when code does not.
+pub const SNAPSHOT_DIR_ENV: &str = "MESHWORK_XDS_SNAPSHOT_DIR";
+
+/// The default [`FailStatic::max_age`]: a day.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The default [`FailStatic::max_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long after a change the snapshot is written: changes within it are written once.
+pub(crate) const WRITE_DELAY: Duration = Duration::from_secs(1);
+
+/// Where and how the xDS client keeps its fail-static snapshot.
+///
+/// ```
+/// use std::time::Duration;
+/// use meshwork_xds::fail_static::FailStatic;
+///
+/// let fail_static = FailStatic::new("/var/lib/my-service/xds").max_age(Duration::from_secs(3600));
+/// assert_eq!(fail_static.dir(), std::path::Path::new("/var/lib/my-service/xds"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailStatic {
+    dir: PathBuf,
+    max_age: Duration,
+    max_bytes: usize,
+}
+
+impl FailStatic {
+    /// Keep the snapshot in `dir` (created, mode 0700, at the first write if missing).
+    /// Several clients may share a directory: each node id and server list has its own
+    /// file. Two clients with the same bootstrap in one process would overwrite each
+    /// other's; share one [`XdsClient`](crate::client::XdsClient) instead.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            max_age: DEFAULT_MAX_AGE,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+
+    /// The directory named by [`SNAPSHOT_DIR_ENV`], if it is set and not empty.
+    pub fn from_env() -> Option<Self> {
+        Self::from_env_with(|name| std::env::var_os(name))
+    }
+
+    /// [`from_env`](Self::from_env) with the environment read through `lookup`.
+    pub fn from_env_with<F>(lookup: F) -> Option<Self>
+    where
+        F: FnOnce(&str) -> Option<std::ffi::OsString>,
+    {
+        lookup(SNAPSHOT_DIR_ENV)
+            .filter(|dir| !dir.is_empty())
+            .map(Self::new)
+    }
+
+    /// The oldest snapshot used on start (default a day, [`DEFAULT_MAX_AGE`]): an older
+    /// one is refused as [`SnapshotError::Stale`]. Serving from a snapshot has no age
+    /// limit once started: the client keeps it until a server answers.
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// The largest snapshot written or read (default 64 MiB, [`DEFAULT_MAX_BYTES`]). A
+    /// configuration that would need more is not written (the older file stays) and
+    /// counted in `meshwork.xds.snapshot.writes` as `too_large`.
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file a client started from `bootstrap` reads and writes.
+    pub fn path_for(&self, bootstrap: &Bootstrap) -> PathBuf {
+        let servers = server_uris(bootstrap);
+        self.dir.join(file::file_name(&bootstrap.node().to_proto().id, &servers))
+    }
+}
+
+/// The server URIs a snapshot is bound to, in the bootstrap's order.
+pub(crate) fn server_uris(bootstrap: &Bootstrap) -> Vec<String> {
+    bootstrap
+        .xds_servers()
+        .iter()
+        .map(|server| server.uri().to_owned())
+        .collect()
+}
+
+/// A snapshot read and checked, ready to seed.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    /// Its resources, validated.
+    pub(crate) seeds: Vec<Seed>,
+    /// When it was written.
+    pub(crate) written_at: SystemTime,
+    /// Its file.
+    pub(crate) path: PathBuf,
+}
+
+/// The snapshot machinery of one client: what it is bound to, and the writer's mailbox.
+pub(crate) struct Persist {
+    config: Arc<FailStatic>,
+    node_id: Arc<str>,
+    servers: Arc<[String]>,
+    /// The writer task's mailbox.
+    writer: mpsc::UnboundedSender<Save>,
+}
+
+/// One snapshot for the writer, and who waits for it to be written.
+struct Save {
+    snapshot: SnapshotFile,
+    reply: Option<oneshot::Sender<Result<Option<PathBuf>, SnapshotError>>>,
+}
+
+/// What [`XdsClient::save_snapshot`](crate::client::XdsClient::save_snapshot) waits on.
+pub(crate) type SaveReply = oneshot::Sender<Result<Option<PathBuf>, SnapshotError>>;
+
+impl std::fmt::Debug for Persist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persist")
+            .field("config", &self.config)
+            .field("node_id", &self.node_id)
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Persist {
+    /// Start the writer task for a client of `node_id` on `servers`.
+    pub(crate) fn start(
+        config: FailStatic,
+        node_id: String,
+        servers: Vec<String>,
+        writes: SnapshotWrites,
+    ) -> Self {
+        let config = Arc::new(config);
+        let (writer, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(config.clone(), rx, writes));
+        Self {
+            config,
+            node_id: node_id.into(),
+            servers: servers.into(),
+            writer,
+        }
+    }
+
+    /// Read and check the snapshot on a blocking thread: the resources to seed, or why not.
+    pub(crate) fn load(&self) -> tokio::task::JoinHandle<Result<Loaded, SnapshotError>> {
+        let (config, node_id, servers) =
+            (self.config.clone(), self.node_id.clone(), self.servers.clone());
+        tokio::task::spawn_blocking(move || {
+            let expected = Expected {
+                node_id: &node_id,
+                servers: &servers,
+                max_age: config.max_age,
+                now: SystemTime::now(),
+                max_bytes: config.max_bytes,
+            };
+            let snapshot = file::read(&config.dir, &expected)?;
+            let written_at = snapshot.written_at;
+            Ok(Loaded {
+                seeds: seeds(snapshot)?,
+                written_at,
+                path: config.dir.join(file::file_name(&node_id, &servers)),
+            })
+        })
+    }
+
+    /// Hand the cache's valid resources to the writer, unless a value in use still comes
+    /// from a snapshot (writing it would make an old configuration look new): then `reply`
+    /// hears `Ok(None)`. Returns whether it did.
+    pub(crate) fn save(&self, ads: &AdsState, reply: Option<SaveReply>) -> bool {
+        let mut records = Vec::new();
+        for view in ads.resources() {
+            if view.from_snapshot {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(None));
+                }
+                return false;
+            }
+            if let (Some(raw), Some(version)) = (view.raw, view.version) {
+                records.push(SnapshotRecord {
+                    type_url: view.resource_type.type_url().to_owned(),
+                    name: view.name.to_owned(),
+                    version: version.to_owned(),
+                    resource: raw.clone(),
+                });
+            }
+        }
+        let snapshot = SnapshotFile {
+            node_id: self.node_id.to_string(),
+            servers: self.servers.to_vec(),
+            written_at: SystemTime::now(),
+            records,
+        };
+        // The writer ends only after the worker drops this sender.
+        let _ = self.writer.send(Save { snapshot, reply });
+        true
+    }
+}
+
+/// Validate every record as a response's resource would be: one that fails refuses the
+/// whole snapshot, since half a configuration could route where the whole would not.
+fn seeds(snapshot: SnapshotFile) -> Result<Vec<Seed>, SnapshotError> {
+    snapshot
+        .records
+        .into_iter()
+        .map(|record| {
+            let invalid = |source| SnapshotError::Invalid {
+                type_url: record.type_url.clone(),
+                name: record.name.clone(),
+                source,
+            };
+            let error = |path: &str, reason: String| {
+                let kind = ResourceErrorKind::invalid(path, reason);
+                ResourceError::new(Some(record.name.clone()), kind)
+            };
+            let Some(resource_type) = ResourceType::from_type_url(&record.type_url) else {
+                let reason = "not a resource type of xDS".to_owned();
+                return Err(invalid(error("type_url", reason)));
+            };
+            let value = resource::decode(resource_type, &record.resource).map_err(invalid)?;
+            if value.name() != record.name {
+                let reason = format!("the resource is named {:?}", value.name());
+                return Err(invalid(error("name", reason)));
+            }
+            Ok(Seed {
+                value,
+                raw: record.resource,
+                version: record.version,
+            })
+        })
+        .collect()
+}
+
+/// Write the snapshots handed over, one at a time, until the client is gone and its last
+/// snapshot is written. A snapshot nobody waits for is skipped when a newer one is queued.
+async fn write_loop(
+    config: Arc<FailStatic>,
+    mut rx: mpsc::UnboundedReceiver<Save>,
+    writes: SnapshotWrites,
+) {
+    while let Some(mut save) = rx.recv().await {
+        while save.reply.is_none() {
+            match rx.try_recv() {
+                Ok(newer) => save = newer,
+                Err(_) => break,
+            }
+        }
+        let Save { snapshot, reply } = save;
+        let resources = snapshot.records.len();
+        let path = config
+            .dir
+            .join(file::file_name(&snapshot.node_id, &snapshot.servers));
+        let config = config.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            file::write(&config.dir, &snapshot, config.max_bytes)
+        })
+        .await;
+        let outcome = match written {
+            Ok(Ok(bytes)) => {
+                tracing::debug!(resources, bytes, path = %path.display(), "xDS fail-static snapshot written");
+                writes.record("ok");
+                Ok(Some(path))
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %crate::ErrorChain(&error), "xDS fail-static snapshot not written");
+                writes.record(error.kind());
+                Err(error)
+            }
+            Err(join) => {
+                tracing::warn!(error = %join, "xDS fail-static snapshot writer failed");
+                writes.record("panic");
+                Err(SnapshotError::Io {
+                    path,
+                    source: std::io::Error::other(join.to_string()),
+                })
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+    }
+}
