@@ -41,6 +41,7 @@ pub mod crypto;
 #[cfg_attr(docsrs, doc(cfg(feature = "csds")))]
 pub mod csds;
 mod error_chain;
+pub mod fail_static;
 pub mod protocol;
 pub mod resource;
 #[cfg(feature = "server")]
