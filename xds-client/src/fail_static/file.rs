@@ -176,7 +176,9 @@ pub enum SnapshotError {
         future: bool,
     },
     /// The snapshot is larger than the configured maximum size: not written (the previous
-    /// file is kept), or not read.
+    /// file is kept), or not read. Also refused: a header (node id and server URIs) over
+    /// 1 MiB, and so many records that they would take more memory than the maximum size
+    /// (then `bytes` is that memory).
     #[error(
         "xDS snapshot of {bytes} bytes exceeds the maximum size of {max_bytes} bytes: raise the maximum to keep snapshots of this configuration"
     )]
@@ -413,14 +415,16 @@ pub(crate) fn encode(file: &SnapshotFile, max_bytes: usize) -> Result<Vec<u8>, S
         (OVERHEAD + encoding::encoded_len_varint(header_len as u64)) as u64 + header_len as u64,
         |sum, &len| sum.saturating_add((encoding::encoded_len_varint(len as u64) + len) as u64),
     );
-    if total > max_bytes as u64
-        || header_len > MAX_HEADER_BYTES
-        || file.records.len() > max_records(max_bytes)
-    {
-        return Err(SnapshotError::TooLarge {
-            bytes: total,
-            max_bytes,
-        });
+    let too_large = |bytes: u64, max_bytes| Err(SnapshotError::TooLarge { bytes, max_bytes });
+    if total > max_bytes as u64 {
+        return too_large(total, max_bytes);
+    }
+    if header_len > MAX_HEADER_BYTES {
+        return too_large(header_len as u64, MAX_HEADER_BYTES);
+    }
+    if file.records.len() > max_records(max_bytes) {
+        let in_memory = file.records.len() * std::mem::size_of::<SnapshotRecord>();
+        return too_large(in_memory as u64, max_bytes);
     }
     let hash = sha256()?;
     // `total` is at most `max_bytes`, so it fits.
