@@ -774,18 +774,28 @@ pub mod fuzzing {
             written_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             records: records
                 .iter()
-                .map(|&(type_url, name, version, value)| SnapshotRecord {
-                    type_url: type_url.to_owned(),
-                    name: name.to_owned(),
-                    version: version.to_owned(),
-                    resource: Any {
-                        type_url: type_url.to_owned(),
-                        value: value.to_vec(),
-                    },
-                })
+                .map(|&(type_url, name, version, value)| record(type_url, name, version, value))
                 .collect(),
         };
         encode(&file, MAX_BYTES).unwrap_or_default()
+    }
+
+    /// A record whose resource is of its own type (as the cache holds them).
+    pub(crate) fn record(
+        type_url: &str,
+        name: &str,
+        version: &str,
+        value: &[u8],
+    ) -> SnapshotRecord {
+        SnapshotRecord {
+            type_url: type_url.to_owned(),
+            name: name.to_owned(),
+            version: version.to_owned(),
+            resource: Any {
+                type_url: type_url.to_owned(),
+                value: value.to_vec(),
+            },
+        }
     }
 }
 

@@ -2,6 +2,7 @@ use std::error::Error as _;
 
 use proptest::prelude::*;
 
+use super::fuzzing::record;
 use super::*;
 
 const MAX: usize = 1 << 20;
@@ -17,18 +18,6 @@ fn servers() -> Vec<String> {
 
 fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
-}
-
-fn record(type_url: &str, name: &str, version: &str, value: &[u8]) -> SnapshotRecord {
-    SnapshotRecord {
-        type_url: type_url.to_owned(),
-        name: name.to_owned(),
-        version: version.to_owned(),
-        resource: Any {
-            type_url: type_url.to_owned(),
-            value: value.to_vec(),
-        },
-    }
 }
 
 fn snapshot(version: &str) -> SnapshotFile {
