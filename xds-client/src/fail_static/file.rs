@@ -658,7 +658,43 @@ pub(crate) fn write(
     fs::rename(&tmp.0, &path).map_err(|e| SnapshotError::io(&path, e))?;
     tmp.forget();
     sync_dir(dir)?;
+    remove_stale_tmps(dir, &name, SystemTime::now());
     Ok(bytes.len() as u64)
+}
+
+/// How old a tmp file of ours must be before a write removes it: far longer than any write
+/// takes, so a tmp being written by another process of the same node is left alone.
+const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+/// The most directory entries one write looks at for stale tmp files.
+const MAX_TMP_SCAN: usize = 4096;
+
+/// Removes the tmp files of `name` that crashed writers left behind (each up to the size
+/// limit; a crash loop would otherwise fill the disk). Best effort: a tmp is never read, so
+/// one left is only wasted space.
+fn remove_stale_tmps(dir: &Path, name: &str, now: SystemTime) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.take(MAX_TMP_SCAN).flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if !(file_name.starts_with(&prefix) && file_name.ends_with(".tmp")) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|modified| now.duration_since(modified).ok())
+            .is_some_and(|age| age > STALE_TMP_AGE);
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Makes the rename durable: without it a power cut can bring back the old directory entry.

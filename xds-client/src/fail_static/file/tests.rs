@@ -406,8 +406,40 @@ fn a_tmp_left_by_a_crash_changes_nothing() {
     assert_eq!(
         fs::read(tmp.path().join(format!(".{name}.1-0.tmp"))).unwrap(),
         newer,
-        "leftovers are not touched"
+        "fresh leftovers are not touched: another process may be writing them"
     );
+}
+
+#[test]
+fn a_write_removes_old_tmps_of_its_file_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = file_name("node-1", &servers());
+    let other = file_name("node-2", &servers());
+    let long_ago = SystemTime::now() - STALE_TMP_AGE - Duration::from_secs(60);
+    let recently = SystemTime::now() - STALE_TMP_AGE + Duration::from_secs(60);
+    let put = |file: String, modified: SystemTime| {
+        let path = tmp.path().join(file);
+        fs::write(&path, b"partial").unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+    };
+    put(format!(".{name}.7-0.tmp"), long_ago);
+    put(format!(".{name}.7-1.tmp"), recently);
+    put(format!(".{other}.7-0.tmp"), long_ago);
+    put(format!("{name}.bak"), long_ago);
+    write(tmp.path(), &snapshot("v1"), MAX).unwrap();
+    let mut kept = vec![
+        format!(".{name}.7-1.tmp"),
+        format!(".{other}.7-0.tmp"),
+        name.clone(),
+        format!("{name}.bak"),
+    ];
+    kept.sort();
+    assert_eq!(entries(tmp.path()), kept);
 }
 
 #[test]
