@@ -142,8 +142,8 @@ pub enum SnapshotError {
     /// Not a snapshot of a format this version reads: another file, or one written by a
     /// newer meshwork.
     #[error(
-        "not an xDS snapshot this version reads (magic {magic:02x?}, format version {version}; this version reads {:02x?} version {FORMAT_VERSION}); ignored and replaced on the next write",
-        MAGIC
+        "not an xDS snapshot this version reads (magic \"{}\" version {version}; this version reads \"MWXS\" version {FORMAT_VERSION}): ignored, and replaced on the next write",
+        magic.escape_ascii()
     )]
     UnknownFormat {
         /// The first four bytes.
@@ -164,8 +164,8 @@ pub enum SnapshotError {
     /// The snapshot is older than the configured maximum age, or dated further in the future
     /// than that (a clock that jumped).
     #[error(
-        "xDS snapshot is {}, more than the maximum age {max_age:?}: ignored (raise the maximum age to use older snapshots)",
-        Age { age: *age, future: *future }
+        "xDS snapshot is {}",
+        Age { age: *age, max_age: *max_age, future: *future }
     )]
     Stale {
         /// How old it is (or how far in the future, with `future`).
@@ -277,15 +277,27 @@ impl fmt::Display for TrailerSays {
 
 struct Age {
     age: Duration,
+    max_age: Duration,
     future: bool,
 }
 
 impl fmt::Display for Age {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.future {
-            write!(f, "dated {:?} in the future", self.age)
+        let Self {
+            age,
+            max_age,
+            future,
+        } = self;
+        if *future {
+            write!(
+                f,
+                "dated {age:?} in the future, more than the maximum age {max_age:?}: ignored (check this host's clock)"
+            )
         } else {
-            write!(f, "{:?} old", self.age)
+            write!(
+                f,
+                "{age:?} old, more than the maximum age {max_age:?}: ignored (raise the maximum age to use older snapshots)"
+            )
         }
     }
 }
