@@ -546,10 +546,31 @@ fn authz_policy() {
     seed(&dir, &w.finish());
 }
 
+/// Seeds for `snapshot_file`: a whole file (mode 0), its body to be framed (mode 1), and the
+/// file cut short.
+fn snapshot_file() {
+    use meshwork_xds::fail_static::fuzzing;
+    let dir = corpus("snapshot_file");
+    let listener = build::pack(&build::api_listener("greeter:50051", "route-1"));
+    let cluster = build::pack(&build::eds_cluster("greeter"));
+    let file = fuzzing::sample(&[
+        (&listener.type_url, "greeter:50051", "1", &listener.value),
+        (&cluster.type_url, "greeter", "1", &cluster.value),
+    ]);
+    let empty = fuzzing::sample(&[]);
+    for file in [&file, &empty] {
+        seed(&dir, &[&[0], &file[..]].concat());
+        // The body alone: magic and version (6 bytes) and the trailer (40) off.
+        seed(&dir, &[&[1], &file[6..file.len() - 40]].concat());
+    }
+    seed(&dir, &[&[0], &file[..file.len() / 2]].concat());
+}
+
 fn main() {
     xds_resource();
     bootstrap();
     ads_state();
     identity();
     authz_policy();
+    snapshot_file();
 }

@@ -25,7 +25,8 @@
 //! The modules, bottom up: [`bootstrap`] (the gRPC bootstrap file), [`resource`] (validated
 //! xDS resources), [`protocol`] (the sans-io ADS state machine), [`transport`] (the errors
 //! of reaching a server), [`client`] (the task that drives it all), [`watch`] (complete
-//! per-target snapshots), with the `csds` feature the client's view served over CSDS
+//! per-target snapshots), [`fail_static`] (the last good configuration on disk, served
+//! when a restart reaches no server), with the `csds` feature the client's view served over CSDS
 //! ([`csds`], gRFC A40), and, with the `server` feature, an in-process ADS server for
 //! tests. [`ErrorChain`] prints any of their errors with its causes.
 //!
@@ -37,11 +38,11 @@
 pub mod bootstrap;
 pub mod client;
 pub mod crypto;
-pub mod fail_static;
 #[cfg(feature = "csds")]
 #[cfg_attr(docsrs, doc(cfg(feature = "csds")))]
 pub mod csds;
 mod error_chain;
+pub mod fail_static;
 pub mod protocol;
 pub mod resource;
 #[cfg(feature = "server")]

@@ -41,7 +41,9 @@ use crate::resource::{self, ResourceError, ResourceErrorKind, ResourceType};
 
 mod file;
 
-pub use file::SnapshotError;
+#[doc(hidden)]
+pub use file::fuzzing;
+pub use file::{CorruptReason, SnapshotError};
 use file::{Expected, SnapshotFile, SnapshotRecord};
 
 /// The environment variable naming the snapshot directory when code does not.
@@ -268,12 +270,13 @@ fn seeds(snapshot: SnapshotFile) -> Result<Vec<Seed>, SnapshotError> {
             };
             let Some(resource_type) = ResourceType::from_type_url(&record.type_url) else {
                 let reason = "not a resource type of xDS".to_owned();
-                return Err(invalid(error("type_url", reason)));
+                return Err(invalid(Box::new(error("type_url", reason))));
             };
-            let value = resource::decode(resource_type, &record.resource).map_err(invalid)?;
+            let value = resource::decode(resource_type, &record.resource)
+                .map_err(|e| invalid(Box::new(e)))?;
             if value.name() != record.name {
                 let reason = format!("the resource is named {:?}", value.name());
-                return Err(invalid(error("name", reason)));
+                return Err(invalid(Box::new(error("name", reason))));
             }
             Ok(Seed {
                 value,
