@@ -19,7 +19,10 @@ use meshwork_grpc::core::xds::client::XdsClient;
 /// `MESHWORK_XDS_SNAPSHOT_DIR` configures one), saying on stderr why if it could not be.
 pub async fn save_snapshot(client: &XdsClient) {
     if let Err(error) = client.save_snapshot().await {
-        eprintln!("xDS fail-static snapshot not written: {}", ErrorChain(&error));
+        eprintln!(
+            "xDS fail-static snapshot not written: {}",
+            ErrorChain(&error)
+        );
     }
 }
 

@@ -205,7 +205,10 @@ fn serve(
             .add_service(Greeter),
     );
     let task = tokio::spawn(async move {
-        server.serve(listener).await.expect("the server stops cleanly");
+        server
+            .serve(listener)
+            .await
+            .expect("the server stops cleanly");
     });
     (task, states)
 }

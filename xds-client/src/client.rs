@@ -926,7 +926,10 @@ impl Worker {
     fn publish(&mut self, event: XdsEvent) -> ResourceKey {
         let (key, state) = match event {
             XdsEvent::Changed(resource) => {
-                if !self.ads.is_from_snapshot(resource.resource_type(), resource.name()) {
+                if !self
+                    .ads
+                    .is_from_snapshot(resource.resource_type(), resource.name())
+                {
                     self.metrics
                         .valid(&self.server_uri, resource.resource_type());
                 }

@@ -226,6 +226,9 @@ mod tests {
             from_snapshot: true,
             ..row(ResourceStatus::Acked, None)
         });
-        assert!(seeded.is_static_resource, "a value from the snapshot is marked");
+        assert!(
+            seeded.is_static_resource,
+            "a value from the snapshot is marked"
+        );
     }
 }

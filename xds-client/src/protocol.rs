@@ -1787,7 +1787,10 @@ mod tests {
         let mut h = seeded();
         h.ads.subscribe(EDS, "a");
         h.events();
-        assert!(h.ads.poll_timeout().is_none(), "no timer while disconnected");
+        assert!(
+            h.ads.poll_timeout().is_none(),
+            "no timer while disconnected"
+        );
         h.stream = h.ads.on_stream_open();
         h.requests();
         h.advance(DEFAULT_DOES_NOT_EXIST_TIMEOUT - Duration::from_millis(1));
@@ -1833,7 +1836,10 @@ mod tests {
         assert_eq!(names(&h.events()), ["changed:a"]);
         assert_eq!(from_snapshot(&h), ["EDS:a"]);
         assert_eq!(
-            h.ads.resources().find(|v| v.name == "a" && v.resource_type == CDS).and_then(|v| v.version),
+            h.ads
+                .resources()
+                .find(|v| v.name == "a" && v.resource_type == CDS)
+                .and_then(|v| v.version),
             Some("1")
         );
     }

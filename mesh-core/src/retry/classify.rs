@@ -115,12 +115,33 @@ const ANY_RESET: RetryOn = RetryOn::RESET
 /// Other errors meet no condition and are not retried. Meeting a condition is not enough
 /// for a request that may already have run; see the [module docs](super#what-is-retried).
 pub fn error_conditions(err: &(dyn StdError + 'static)) -> RetryOn {
-    error_outcome(err).map_or(RetryOn::empty(), |(on, _)| on)
+    error_outcome(err, false).map_or(RetryOn::empty(), |(on, _)| on)
 }
 
 /// The conditions an error meets and whether its request may have run; `None` for errors
-/// that are never retried.
-pub(crate) fn error_outcome(err: &(dyn StdError + 'static)) -> Option<(RetryOn, Delivery)> {
+/// that are never retried. For a gRPC call (`grpc`), a failure of the connection or the
+/// stream also meets `unavailable`: the status a gRPC client gives a call whose transport
+/// failed before any response head (grpc-go's uncommitted stream, which its retry policy
+/// then matches by that code). A per-try timeout is not a gRPC status.
+pub(crate) fn error_outcome(
+    err: &(dyn StdError + 'static),
+    grpc: bool,
+) -> Option<(RetryOn, Delivery)> {
+    let (on, delivery) = transport_outcome(err)?;
+    let timed_out = crate::errors::chain(err).any(|e| {
+        e.downcast_ref::<TimeoutError>()
+            .is_some_and(|t| t.kind() == TimeoutKind::PerTry)
+    });
+    let unavailable = if grpc && !timed_out {
+        RetryOn::UNAVAILABLE
+    } else {
+        RetryOn::empty()
+    };
+    Some((on | unavailable, delivery))
+}
+
+/// [`error_outcome`] as Envoy's router counts it (no gRPC status).
+fn transport_outcome(err: &(dyn StdError + 'static)) -> Option<(RetryOn, Delivery)> {
     use crate::upstream::ConnectError;
     let connect_failure = Some((ANY_RESET | RetryOn::CONNECT_FAILURE, Delivery::NotProcessed));
     for e in crate::errors::chain(err) {

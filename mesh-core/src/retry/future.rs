@@ -257,7 +257,7 @@ where
                             None,
                         ),
                         Err(e) => {
-                            let (met, delivery) = error_outcome(&**e).unzip();
+                            let (met, delivery) = error_outcome(&**e, r.grpc).unzip();
                             (met.unwrap_or_default(), Pushback::None, delivery)
                         }
                     };

@@ -30,18 +30,20 @@
 //! §9.2.2 anchors this: a client "SHOULD NOT automatically retry a request with a
 //! non-idempotent method unless it has some means to know that the request semantics are
 //! actually idempotent \[...\] or some means to detect that the original request was never
-//! applied". Envoy retries these for every method. gRPC has no per-try timeout (gRFC A44
-//! ignores `per_try_timeout`), and a reset reaches its retry policy only as the status
-//! `UNAVAILABLE`, while meshwork, like Envoy, reads gRPC conditions from responses only. So
-//! a `POST` or a gRPC call is not sent twice because a reset or a timeout hid its outcome.
+//! applied". Envoy retries these for every method; gRPC retries every call whose
+//! transport failed before a response head (the call is not committed, and its status is
+//! `UNAVAILABLE`). So a `POST` or a gRPC call is not sent twice because a reset or a
+//! timeout hid its outcome, unless the caller marked it [`Idempotent`]; a marked gRPC call
+//! is, under `unavailable` as in gRPC (gRPC has no per-try timeout: gRFC A44 ignores
+//! `per_try_timeout`, so a per-try timeout is never a gRPC status).
 //!
 //! Attempts that failed without a response ([`error_conditions`]):
 //!
 //! | what happened | conditions met | sent again for | anchor |
 //! |---|---|---|---|
-//! | connect failure: refused, unreachable, TLS handshake failed or rejected the server, connect timeout | `connect-failure`, `reset`, `5xx`, `gateway-error` | every request | Envoy `wouldRetryFromReset` (a connection failure is a reset); never reached the server |
-//! | stream refused: HTTP/2 `REFUSED_STREAM` ([`RefusedStream`]) | `refused-stream`, `reset`, `5xx`, `gateway-error` | every request | Envoy; RFC 9113 §8.7 (not processed); gRPC retries it transparently |
-//! | reset, aborted or broken connection, early end of stream, after the request was sent | `reset`, `5xx`, `gateway-error` | idempotent requests | Envoy ("disconnect/reset/read timeout"); RFC 9110 §9.2.2 |
+//! | connect failure: refused, unreachable, TLS handshake failed or rejected the server, connect timeout | `connect-failure`, `reset`, `5xx`, `gateway-error`; a gRPC call also `unavailable` | every request | Envoy `wouldRetryFromReset` (a connection failure is a reset); gRPC's status for it; never reached the server |
+//! | stream refused: HTTP/2 `REFUSED_STREAM` ([`RefusedStream`]) | `refused-stream`, `reset`, `5xx`, `gateway-error`; a gRPC call also `unavailable` | every request | Envoy; RFC 9113 §8.7 (not processed); gRPC retries it transparently |
+//! | reset, aborted or broken connection, early end of stream, after the request was sent | `reset`, `5xx`, `gateway-error`; a gRPC call also `unavailable` | idempotent requests | Envoy ("disconnect/reset/read timeout"); grpc-go (an uncommitted call's `UNAVAILABLE`); RFC 9110 §9.2.2 |
 //! | per-try timeout (no response head within `per_try_timeout`) | `reset`, `5xx`, `gateway-error`; never a gRPC status | idempotent requests | Envoy (`5xx`, `gateway-error` and `reset` retry per-try timeouts; its gRPC conditions read response headers only); RFC 9110 §9.2.2 |
 //! | any other error (route timeout, no endpoint, breaker open, the client's own TLS configuration, a request body error) | none | never | |
 //!

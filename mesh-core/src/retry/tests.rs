@@ -317,6 +317,51 @@ async fn only_requests_that_may_run_twice_are_sent_again_after_a_reset() {
     }
 }
 
+/// Under a policy naming gRPC conditions only (istiod's default: `connect-failure,
+/// refused-stream,unavailable,cancelled,retriable-status-codes`), a gRPC call whose
+/// connection broke after it was sent meets `unavailable`, as in gRPC, and is sent again
+/// when marked idempotent; an unmarked one is not, nor is an HTTP request (whose
+/// `unavailable` reads a gRPC status only), nor a per-try timeout.
+#[tokio::test(start_paused = true)]
+async fn a_broken_connection_is_unavailable_to_an_idempotent_grpc_call() {
+    type Fail = fn() -> BoxError;
+    let reset: Fail = || std::io::Error::from(std::io::ErrorKind::ConnectionReset).into();
+    let eof: Fail = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into();
+    let timeout: Fail = || TimeoutError::new(TimeoutKind::PerTry, Duration::from_secs(1)).into();
+    let cases: [(Fail, bool, bool, usize); 6] = [
+        (reset, true, true, 2),
+        (eof, true, true, 2),
+        (reset, true, false, 1),
+        (reset, false, true, 1),
+        (timeout, true, true, 1),
+        (timeout, false, true, 1),
+    ];
+    for (i, (fail, grpc, marked, want)) in cases.into_iter().enumerate() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let mut svc = layer().layer(service_fn(move |_req: Req| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Err(fail())
+                } else {
+                    Ok::<_, BoxError>(grpc_status(0))
+                }
+            }
+        }));
+        let on = RetryOn::CONNECT_FAILURE | RetryOn::REFUSED_STREAM | RetryOn::UNAVAILABLE;
+        let mut req = grpc_req(Some(policy(on, 2)), "x");
+        if !grpc {
+            req.headers_mut().remove(http::header::CONTENT_TYPE);
+        }
+        if marked {
+            req = idempotent(req);
+        }
+        let _ = svc.ready().await.unwrap().call(req).await;
+        assert_eq!(calls.load(Ordering::SeqCst), want, "case {i}");
+    }
+}
+
 use crate::timeout::{TimeoutError, TimeoutKind};
 
 #[test]

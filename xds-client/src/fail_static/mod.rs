@@ -126,7 +126,8 @@ impl FailStatic {
     /// The file a client started from `bootstrap` reads and writes.
     pub fn path_for(&self, bootstrap: &Bootstrap) -> PathBuf {
         let servers = server_uris(bootstrap);
-        self.dir.join(file::file_name(&bootstrap.node().to_proto().id, &servers))
+        self.dir
+            .join(file::file_name(&bootstrap.node().to_proto().id, &servers))
     }
 }
 
@@ -199,8 +200,11 @@ impl Persist {
 
     /// Read and check the snapshot on a blocking thread: the resources to seed, or why not.
     pub(crate) fn load(&self) -> tokio::task::JoinHandle<Result<Loaded, SnapshotError>> {
-        let (config, node_id, servers) =
-            (self.config.clone(), self.node_id.clone(), self.servers.clone());
+        let (config, node_id, servers) = (
+            self.config.clone(),
+            self.node_id.clone(),
+            self.servers.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let expected = Expected {
                 node_id: &node_id,
