@@ -380,6 +380,16 @@ impl World {
             .collect()
     }
 
+    /// Takes a running backend out of the list, a different one each time.
+    fn take_victim(&mut self) -> Result<Backend, Error> {
+        if self.live.is_empty() {
+            return Err("no running backend".into());
+        }
+        let i = self.victims % self.live.len();
+        self.victims += 1;
+        Ok(self.live.remove(i))
+    }
+
     fn next_name(&mut self) -> String {
         self.started += 1;
         format!("b{}", self.started)
@@ -421,8 +431,7 @@ impl World {
                 gone.kill().await?;
             }
             Fault::BackendKilled => {
-                let mut victim = self.live.remove(self.victims % self.live.len());
-                self.victims += 1;
+                let mut victim = self.take_victim()?;
                 self.killed = Some((victim.name.clone(), victim.addr));
                 // A kill that hits no call tests nothing: wait (a little) until the victim
                 // is serving some, as it would be under real load.
@@ -456,7 +465,7 @@ impl World {
             Fault::ControlPlaneRestartedChanged => {
                 // One backend moves: its replacement starts on a new address, the control
                 // plane comes back with it in place of the old one, and the old one drains.
-                let old = self.live.remove(self.victims % self.live.len());
+                let old = self.take_victim()?;
                 let name = self.next_name();
                 self.live
                     .push(Backend::start(&name, any_port(), &self.certs, self.work).await?);
@@ -570,5 +579,45 @@ impl World {
         let mut cp = self.cp;
         let _ = cp.kill().await;
         self.load.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Mode, Error> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn flags() {
+        let Ok(Mode::Harness(s)) = parse(&["--duration", "60s", "--retry-on", ""]) else {
+            panic!("harness mode");
+        };
+        assert_eq!(s.duration, Duration::from_secs(60));
+        assert_eq!(s.retry_on, "");
+        assert_eq!(s.warmup(), Duration::from_secs(6));
+        assert_eq!(s.tail(), Duration::from_secs(5));
+        let Ok(Mode::Backend(b)) = parse(&[
+            "--backend",
+            "b1",
+            "--listen",
+            "127.0.0.1:0",
+            "--certs",
+            "/x",
+            "--work",
+            "5ms",
+        ]) else {
+            panic!("backend mode");
+        };
+        assert_eq!((b.name.as_str(), b.work), ("b1", Duration::from_millis(5)));
+        assert!(
+            parse(&["--duration", "10s"]).is_err(),
+            "shorter than a cycle"
+        );
+        assert!(parse(&["--backends", "2"]).is_err());
+        assert!(parse(&["--backend", "b1"]).is_err(), "--listen missing");
+        assert!(parse(&["--rate"]).is_err());
     }
 }

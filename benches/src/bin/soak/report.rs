@@ -442,3 +442,130 @@ impl Report {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(rss_mib: f64, fds: usize, tasks: usize) -> Sample {
+        Sample {
+            t: Duration::ZERO,
+            rss_mib,
+            fds,
+            tasks,
+            inflight: 0,
+        }
+    }
+
+    /// A run of one cycle's faults where every call of every event succeeded, with the
+    /// given buckets changed.
+    fn inputs(edit: impl FnOnce(&mut Vec<Bucket>, &mut Vec<EventRecord>)) -> Inputs {
+        let plan = schedule::plan(
+            Duration::from_secs(60),
+            Duration::from_secs(6),
+            Duration::from_secs(5),
+        );
+        let mut events: Vec<EventRecord> = plan
+            .events
+            .iter()
+            .map(|(at, f)| EventRecord {
+                fault: *f,
+                planned: *at,
+                began: *at,
+                took: Duration::ZERO,
+                in_flight: 1,
+                visible: f.must_be_visible().then(|| Visibility {
+                    dump: true,
+                    metrics: true,
+                    detail: String::new(),
+                }),
+                note: None,
+                error: None,
+            })
+            .collect();
+        let mut buckets = vec![
+            Bucket {
+                calls: 10,
+                ..Bucket::default()
+            };
+            events.len() + 1
+        ];
+        edit(&mut buckets, &mut events);
+        Inputs {
+            settings: SettingsOut {
+                duration: Duration::from_secs(60),
+                rate: 10,
+                concurrency: 1,
+                backends: 3,
+                warmup: Duration::from_secs(6),
+                slot: plan.slot,
+                cycles: 1,
+            },
+            elapsed: Duration::from_secs(60),
+            events,
+            buckets,
+            shed: 0,
+            backends: BTreeMap::new(),
+            warm: sample(100.0, 30, 20),
+            last: sample(102.0, 30, 20),
+            samples: vec![sample(100.0, 30, 20)],
+            rotations: 12,
+        }
+    }
+
+    fn missed(r: &Report) -> Vec<&'static str> {
+        r.targets.iter().filter(|t| !t.ok).map(|t| t.name).collect()
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        let r = Report::build(inputs(|_, _| {}));
+        assert!(r.passed(), "{:?}", missed(&r));
+        assert_eq!(r.total.calls, 270);
+    }
+
+    #[test]
+    fn each_target_can_be_missed() {
+        let unsaved = Report::build(inputs(|b, _| {
+            b[7].failed = 1;
+            b[7].unsaved = 1;
+        }));
+        assert_eq!(
+            missed(&unsaved),
+            ["no failed call that retries or failover could have saved"]
+        );
+        // Expected failures (the deleted cluster's) miss nothing.
+        let expected = Report::build(inputs(|b, _| {
+            b[20].failed = 5;
+            b[20].expected = 5;
+        }));
+        assert!(expected.passed());
+        let mut grown = inputs(|_, _| {});
+        grown.last = sample(106.0, 40, 40);
+        assert_eq!(
+            missed(&Report::build(grown)),
+            [
+                "RSS drift after warm-up under 5 %",
+                "no fd growth",
+                "no task growth"
+            ]
+        );
+        let hidden = Report::build(inputs(|_, e| {
+            let nack = e.iter_mut().find(|e| e.fault == Fault::Nack).unwrap();
+            nack.visible.as_mut().unwrap().metrics = false;
+        }));
+        assert_eq!(
+            missed(&hidden),
+            ["every NACK and deletion visible in the config dump and metrics"]
+        );
+        let failed = Report::build(inputs(|_, e| {
+            for e in e.iter_mut().filter(|e| e.fault == Fault::BackendKilled) {
+                e.error = Some("could not".into());
+            }
+        }));
+        assert_eq!(
+            missed(&failed),
+            ["every fault kind injected, every injection done"]
+        );
+    }
+}
