@@ -170,6 +170,19 @@ fn pct(from: f64, to: f64) -> f64 {
     (to - from) / from * 100.0
 }
 
+impl Inputs {
+    /// RSS when the second cycle began, in a run of several: by then every fault kind has
+    /// run once and made its first-time allocations, so the drift from there is the
+    /// steadier figure (reported beside the target, which counts from the warm-up's end).
+    fn rss_after_first_cycle(&self) -> Option<f64> {
+        let second = self.events.get(schedule::CYCLE.len())?.began;
+        self.samples
+            .iter()
+            .find(|s| s.t >= second)
+            .map(|s| s.rss_mib)
+    }
+}
+
 impl Report {
     /// Aggregates the buckets per fault kind and judges the targets.
     pub(crate) fn build(inputs: Inputs) -> Self {
@@ -361,6 +374,12 @@ impl Report {
             i.shed
         );
         let max = |f: fn(&Sample) -> f64| i.samples.iter().map(f).fold(f64::NAN, f64::max);
+        if let Some(rss) = i.rss_after_first_cycle() {
+            println!(
+                "RSS after the first cycle {rss:.1} MiB, drift from there {:+.1} %",
+                pct(rss, i.last.rss_mib)
+            );
+        }
         println!(
             "RSS MiB warm-up/end/max {:.1}/{:.1}/{:.1}; fds {}/{}/{}; mesh tasks {}/{}/{}",
             i.warm.rss_mib,
@@ -425,6 +444,9 @@ impl Report {
                 "warmup_end": i.warm.rss_mib,
                 "end": i.last.rss_mib,
                 "drift_pct": pct(i.warm.rss_mib, i.last.rss_mib),
+                "after_first_cycle": i.rss_after_first_cycle(),
+                "drift_after_first_cycle_pct":
+                    i.rss_after_first_cycle().map(|r| pct(r, i.last.rss_mib)),
                 "max": i.samples.iter().map(|x| x.rss_mib).fold(f64::NAN, f64::max),
             },
             "fds": {

@@ -82,7 +82,7 @@ use Fault::*;
 /// One cycle. Each step undoes an earlier one by the end (the endpoint added is removed,
 /// the killed backend restarted, the control plane up), so every cycle starts from the
 /// same state and the run ends where it began: growth is then leakage, not state.
-const CYCLE: [Fault; 26] = [
+pub(crate) const CYCLE: [Fault; 26] = [
     SvidRotation,
     EndpointAdded,
     SvidRotation,
