@@ -27,9 +27,6 @@ const FAULTS: [&str; 13] = [
 ];
 
 #[test]
-#[ignore = "fails until meshwork retries an idempotent gRPC call whose connection was reset \
-            after sending under istiod's retry_on (no `reset`), as gRPC does: the soak's \
-            finding, issue #15"]
 fn one_minute_under_every_fault_meets_every_target() {
     let json = std::env::temp_dir().join(format!("meshwork-soak-{}.json", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_soak"))
