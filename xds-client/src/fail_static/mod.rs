@@ -336,3 +336,6 @@ async fn write_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod review_tests;
