@@ -120,7 +120,7 @@ impl Seeded {
         }
     }
 
-    fn from_snapshot(&self) -> Vec<String> {
+    fn seeded_rows(&self) -> Vec<String> {
         self.ads
             .resources()
             .filter(|v| v.from_snapshot)
@@ -225,6 +225,7 @@ fn a_nacked_seed_stays_in_use_after_the_timeout() {
     s.respond(response(CDS, "1", "c1", vec![bad_cluster("a")]));
     assert_eq!(s.ads.status(CDS, "a"), Some(ResourceStatus::Nacked));
     assert_eq!(s.events(), ["invalid:a"]);
+    assert_eq!(s.seeded_rows(), ["CDS:a"], "kept and marked, as designed");
     s.advance(DEFAULT_DOES_NOT_EXIST_TIMEOUT);
     assert_eq!(
         s.events(),
