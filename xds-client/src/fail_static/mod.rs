@@ -340,3 +340,6 @@ async fn write_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod review_tests;
