@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
 
 use crate::bootstrap::Bootstrap;
-use crate::fail_static::{FailStatic, Loaded, Persist, SnapshotError};
+use crate::fail_static::{FailStatic, Loaded, Persist, Retired, SnapshotError};
 use crate::protocol::{AdsState, ProtocolConfig, ResourceFailure, ResourceStatus, XdsEvent};
 use crate::resource::{Resource, ResourceType};
 use crate::transport::{
@@ -41,7 +41,7 @@ use crate::watch::{ResourceKey, TargetError, TargetState, XdsConfig, resolve};
 mod metrics;
 mod not_ready;
 mod server_watch;
-pub(crate) use metrics::SnapshotWrites;
+pub(crate) use metrics::SnapshotCounter;
 use metrics::XdsMetrics;
 pub use not_ready::{MissingResource, NotReady};
 pub use server_watch::{RouteUnavailable, ServerConfig, ServerState, ServerWatch};
@@ -383,8 +383,15 @@ impl XdsClientBuilder {
         });
         let worker = Worker {
             metrics,
+            startup: match &persist {
+                // Read while the first server is tried, for when none answers.
+                Some(persist) => Startup::Reading(persist.load()),
+                None => Startup::Done,
+            },
             persist,
             save_at: None,
+            last_save: None,
+            retired: HashMap::new(),
             answered: false,
             server_uri: String::new(),
             ads: AdsState::new(self.config),
@@ -565,8 +572,15 @@ struct Worker {
     ads: AdsState,
     /// The fail-static snapshot, when configured.
     persist: Option<Persist>,
+    /// The snapshot read at start, until it is served or no longer needed.
+    startup: Startup,
     /// When to hand the cache to the snapshot writer (a change is pending).
     save_at: Option<TokioInstant>,
+    /// When the cache was last handed to the writer.
+    last_save: Option<TokioInstant>,
+    /// Resources no longer watched, kept in the snapshots written for a while
+    /// ([`RETIRED_FOR`](crate::fail_static::RETIRED_FOR)).
+    retired: HashMap<ResourceKey, Retired>,
     /// Whether any server has answered since the client started.
     answered: bool,
     servers: Vec<Dialer>,
@@ -588,6 +602,17 @@ struct Worker {
     /// Target walks so far.
     #[cfg(test)]
     walks: usize,
+}
+
+/// The fail-static snapshot read at start.
+enum Startup {
+    /// Being read and checked on a blocking thread.
+    Reading(tokio::task::JoinHandle<Result<Loaded, SnapshotError>>),
+    /// Read and valid, kept until it is served or every watched resource has a server's
+    /// answer.
+    Ready(Loaded),
+    /// Served, refused, not needed, or not configured.
+    Done,
 }
 
 /// Why a stream ended.
@@ -623,8 +648,6 @@ impl Worker {
     async fn run_streams(&mut self) {
         let mut delays = self.backoff.delays();
         let mut server = 0;
-        // The snapshot is read while the first server is tried, for when none answers.
-        let mut snapshot = self.persist.as_ref().map(Persist::load);
         loop {
             let (tx, rx) = mpsc::unbounded_channel();
             let sid = self.ads.on_stream_connecting();
@@ -697,15 +720,24 @@ impl Worker {
                     server = 0;
                 }
             }
-            if self.answered {
-                snapshot = None;
-            } else if let Some(load) = snapshot.take() {
-                // Every server failed before any answered: serve the last good config.
-                match self.serve(load, &tx).await {
-                    Some(loaded) => self.seed(loaded),
+            // Every server it would try failed: serve what the snapshot has for the types no
+            // server answered (all of them, unless one answered in part and died).
+            if let Startup::Reading(mut load) = std::mem::replace(&mut self.startup, Startup::Done)
+            {
+                let bounded = tokio::time::timeout(crate::fail_static::READ_TIMEOUT, &mut load);
+                match self.serve(bounded, &tx).await {
                     None => return,
+                    Some(Ok(loaded)) => self.snapshot_read(loaded),
+                    Some(Err(_)) => {
+                        tracing::warn!(
+                            "the fail-static snapshot is still being read after {:?}: trying the servers again first",
+                            crate::fail_static::READ_TIMEOUT
+                        );
+                        self.startup = Startup::Reading(load);
+                    }
                 }
             }
+            self.serve_snapshot();
             let delay = delays.next().unwrap_or(self.backoff.max);
             if !self.idle(delay).await {
                 return;
@@ -713,32 +745,114 @@ impl Worker {
         }
     }
 
-    /// Serve the snapshot read at start, or say why not.
-    fn seed(&mut self, loaded: Result<Result<Loaded, SnapshotError>, tokio::task::JoinError>) {
-        match loaded {
+    /// Take the snapshot's read once it is done, and say how it went (log and
+    /// `meshwork.xds.snapshot.loads`), served or not: a broken snapshot is reported at start,
+    /// not on the day it is needed.
+    fn poll_snapshot(&mut self) {
+        use futures_util::FutureExt as _;
+        if let Startup::Reading(load) = &mut self.startup
+            && load.is_finished()
+            && let Some(loaded) = load.now_or_never()
+        {
+            self.snapshot_read(loaded);
+        }
+    }
+
+    fn snapshot_read(
+        &mut self,
+        loaded: Result<Result<Loaded, SnapshotError>, tokio::task::JoinError>,
+    ) {
+        self.startup = match loaded {
             Ok(Ok(loaded)) => {
                 let age = SystemTime::now()
                     .duration_since(loaded.written_at)
                     .unwrap_or_default();
-                tracing::warn!(
+                tracing::info!(
                     resources = loaded.seeds.len(),
                     age_secs = age.as_secs(),
                     path = %loaded.path.display(),
-                    "no xDS server answered: serving the fail-static snapshot until one does"
+                    "fail-static snapshot read: served if no xDS server answers"
                 );
-                self.metrics.snapshot_loaded("seeded");
-                self.ads.seed(loaded.seeds, now());
-                self.deliver();
+                self.metrics.snapshot_loaded("ok");
+                Startup::Ready(loaded)
             }
             Ok(Err(error @ SnapshotError::Missing { .. })) => {
                 tracing::info!(error = %crate::ErrorChain(&error), "no fail-static snapshot to serve");
                 self.metrics.snapshot_loaded(error.kind());
+                Startup::Done
             }
             Ok(Err(error)) => {
-                tracing::warn!(error = %crate::ErrorChain(&error), "fail-static snapshot not used");
+                tracing::warn!(error = %crate::ErrorChain(&error), "fail-static snapshot refused");
                 self.metrics.snapshot_loaded(error.kind());
+                Startup::Done
             }
-            Err(error) => tracing::warn!(%error, "reading the fail-static snapshot failed"),
+            Err(error) => {
+                tracing::warn!(%error, "reading the fail-static snapshot failed");
+                self.metrics.snapshot_loaded("panic");
+                Startup::Done
+            }
+        };
+        // Once every watched resource has a server's answer the snapshot is not needed.
+        self.release_snapshot();
+    }
+
+    /// Serve the snapshot, if it was read and is still wanted.
+    fn serve_snapshot(&mut self) {
+        if !matches!(self.startup, Startup::Ready(_)) {
+            return;
+        }
+        let Startup::Ready(loaded) = std::mem::replace(&mut self.startup, Startup::Done) else {
+            return;
+        };
+        let age = SystemTime::now()
+            .duration_since(loaded.written_at)
+            .unwrap_or_default();
+        tracing::warn!(
+            resources = loaded.seeds.len(),
+            age_secs = age.as_secs(),
+            path = %loaded.path.display(),
+            "no xDS server answered: serving the fail-static snapshot until one does"
+        );
+        self.metrics.snapshot_loaded("served");
+        self.ads.seed(loaded.seeds, now());
+        self.deliver();
+    }
+
+    /// Drop the snapshot read at start once a server has answered and every watched
+    /// resource has a server's value: it is no longer needed (and its memory is freed).
+    fn release_snapshot(&mut self) {
+        if matches!(self.startup, Startup::Ready(_))
+            && self.answered
+            && !self.ads.has_missing_resources()
+        {
+            tracing::debug!("fail-static snapshot not needed: the xDS server answered");
+            self.startup = Startup::Done;
+        }
+    }
+
+    /// The does-not-exist timers due now fire. A control plane that holds the requests
+    /// without a word (go-control-plane without a snapshot for the node) is one that fails
+    /// too: if no server has answered anything, the snapshot is served.
+    fn on_timeout(&mut self) {
+        self.ads.handle_timeout(now());
+        if !self.answered {
+            self.poll_snapshot();
+            self.serve_snapshot();
+        }
+    }
+
+    /// A response arrived: the snapshot is written after it (1 s after a quiet period, at
+    /// most once per write interval while changes keep coming).
+    fn schedule_save(&mut self) {
+        let Some(persist) = &self.persist else {
+            return;
+        };
+        if self.save_at.is_none() {
+            let soon = after(crate::fail_static::WRITE_DELAY);
+            let paced = self
+                .last_save
+                .and_then(|last| last.checked_add(persist.write_interval()));
+            self.save_at = Some(paced.map_or(soon, |paced| paced.max(soon)));
         }
     }
 
@@ -746,9 +860,16 @@ impl Worker {
     /// snapshot are still in use (a server is replacing them).
     fn save(&mut self) {
         self.save_at = None;
-        if let Some(persist) = &self.persist
-            && !persist.save(&self.ads, None)
-        {
+        let Some(persist) = &self.persist else {
+            return;
+        };
+        let at = now();
+        self.retired.retain(|_, kept| {
+            at.saturating_duration_since(kept.at) < crate::fail_static::RETIRED_FOR
+        });
+        if persist.save(&self.ads, &self.retired, at, None) {
+            self.last_save = Some(TokioInstant::now());
+        } else if self.answered {
             self.save_at = Some(after(crate::fail_static::WRITE_DELAY));
         }
     }
@@ -792,7 +913,7 @@ impl Worker {
                     None => return None,
                 },
                 _ = sleep_until_opt(timer) => {
-                    self.ads.handle_timeout(now());
+                    self.on_timeout();
                     self.deliver();
                     self.flush(tx);
                 }
@@ -838,9 +959,7 @@ impl Worker {
                         answered = true;
                         self.answered = true;
                         self.ads.on_response(sid, response, now());
-                        if self.persist.is_some() && self.save_at.is_none() {
-                            self.save_at = Some(after(crate::fail_static::WRITE_DELAY));
-                        }
+                        self.schedule_save();
                     }
                     Ok(None) => {
                         self.failed(server, TransportError::closed(&self.server_uri));
@@ -861,7 +980,7 @@ impl Worker {
                     Some(cmd) => self.command(cmd, Some(tx)),
                     None => return StreamEnd::Shutdown,
                 },
-                _ = sleep_until_opt(timer) => self.ads.handle_timeout(now()),
+                _ = sleep_until_opt(timer) => self.on_timeout(),
                 _ = sleep_until_opt(self.save_at) => self.save(),
                 _ = tokio::time::sleep_until(probe_at), if server > 0 && probe.is_none() => {
                     let primary = self.servers[0].clone();
@@ -878,6 +997,10 @@ impl Worker {
             }
             self.deliver();
             self.flush(tx);
+            if !matches!(self.startup, Startup::Done) {
+                self.poll_snapshot();
+                self.release_snapshot();
+            }
         }
     }
 
@@ -968,6 +1091,7 @@ impl Worker {
         let holders = self.subscriptions.entry(key.clone()).or_default();
         *holders += 1;
         if *holders == 1 {
+            self.retired.remove(key);
             self.ads.subscribe(key.0, &key.1);
         }
     }
@@ -977,8 +1101,31 @@ impl Worker {
             *holders -= 1;
             if *holders == 0 {
                 self.subscriptions.remove(key);
+                self.retire(key);
                 self.ads.unsubscribe(key.0, &key.1);
             }
+        }
+    }
+
+    /// Keep a server's value of a resource no longer watched for the next snapshots: a
+    /// process that drops its watches while it shuts down still writes their config.
+    fn retire(&mut self, key: &ResourceKey) {
+        if self.persist.is_none() || self.retired.len() >= crate::fail_static::MAX_RETIRED {
+            return;
+        }
+        let Some(view) = self.ads.view(key.0, &key.1) else {
+            return;
+        };
+        if view.from_snapshot {
+            return;
+        }
+        if let (Some(raw), Some(version)) = (view.raw, view.version) {
+            let kept = Retired {
+                raw: raw.clone(),
+                version: version.to_owned(),
+                at: now(),
+            };
+            self.retired.insert(key.clone(), kept);
         }
     }
 
@@ -1078,8 +1225,9 @@ impl Worker {
             }
             Command::SaveSnapshot(reply) => match &self.persist {
                 Some(persist) => {
-                    if persist.save(&self.ads, Some(reply)) {
+                    if persist.save(&self.ads, &self.retired, now(), Some(reply)) {
                         self.save_at = None;
+                        self.last_save = Some(TokioInstant::now());
                     }
                 }
                 None => {
@@ -1157,7 +1305,10 @@ mod tests {
         let worker = Worker {
             metrics: XdsMetrics::new(&opentelemetry::global::meter("test"), String::new()),
             persist: None,
+            startup: Startup::Done,
             save_at: None,
+            last_save: None,
+            retired: HashMap::new(),
             answered: false,
             server_uri: String::new(),
             ads,

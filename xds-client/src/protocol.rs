@@ -486,7 +486,17 @@ impl AdsState {
             if ts.wildcard != Wildcard::None {
                 ts.wildcard = Wildcard::None;
                 ts.dirty = true;
-                ts.resources.retain(|_, r| r.subscribed);
+                let dropped: Vec<String> = ts
+                    .resources
+                    .iter()
+                    .filter(|(_, r)| !r.subscribed)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in dropped {
+                    if let Some(rs) = ts.resources.remove(&name) {
+                        Self::return_seed(ts.answered, &mut ts.seeds, name, &rs);
+                    }
+                }
             }
             return;
         }
@@ -497,10 +507,26 @@ impl AdsState {
             rs.subscribed = false;
             ts.dirty = true;
             if ts.wildcard == Wildcard::None {
-                ts.resources.remove(name);
+                if let Some(rs) = ts.resources.remove(name) {
+                    Self::return_seed(ts.answered, &mut ts.seeds, name.to_owned(), &rs);
+                }
             } else {
                 rs.does_not_exist_at = None;
             }
+        }
+    }
+
+    /// A seeded value nobody wants any more goes back to the pool while no server has
+    /// answered its type, so a subscription made again (a channel rebuilt while the control
+    /// plane is still down) is served again.
+    fn return_seed(
+        answered: bool,
+        seeds: &mut BTreeMap<String, (Seed, Instant)>,
+        name: String,
+        rs: &ResourceState,
+    ) {
+        if !answered && let Some(seed) = rs.seed() {
+            seeds.insert(name, seed);
         }
     }
 
@@ -546,9 +572,10 @@ impl AdsState {
         self.connected = true;
         let deadline = now.checked_add(self.config.does_not_exist_timeout);
         for ts in self.types.values_mut() {
+            let answered = ts.answered;
             for rs in ts.resources.values_mut() {
                 if rs.requested_on_stream {
-                    rs.start_timer(deadline);
+                    rs.start_timer(deadline, answered);
                 }
             }
         }
@@ -614,6 +641,7 @@ impl AdsState {
         ts.nonce = response.nonce.clone();
         // A server answers for the type: values of an earlier run are no longer offered
         // (those in use are replaced or deleted by this response and the timers).
+        let first_answer = !ts.answered;
         ts.answered = true;
         ts.seeds.clear();
         let decoded = response::decode(resource_type, &response);
@@ -626,6 +654,15 @@ impl AdsState {
             &response.version_info,
             now,
         );
+        if first_answer && self.connected {
+            // The seeded values this answer left out (RDS, EDS) must now come in time.
+            let deadline = now.checked_add(self.config.does_not_exist_timeout);
+            for rs in ts.resources.values_mut() {
+                if rs.requested_on_stream {
+                    rs.start_timer(deadline, true);
+                }
+            }
+        }
         let request = Self::request(ts, resource_type, None, error_detail);
         ts.dirty = false;
         self.outbox.push_back(request);
@@ -768,7 +805,7 @@ impl AdsState {
                     if let Some(rs) = ts.resources.get_mut(name) {
                         rs.requested_on_stream = true;
                         if self.connected {
-                            rs.start_timer(deadline);
+                            rs.start_timer(deadline, ts.answered);
                         }
                     }
                 }
@@ -865,21 +902,41 @@ impl AdsState {
             .map_or("", |ts| ts.version.as_str())
     }
 
+    /// The client's view of one resource, if it knows of it.
+    pub fn view(&self, resource_type: ResourceType, name: &str) -> Option<ResourceView<'_>> {
+        let (name, rs) = self
+            .types
+            .get(&resource_type)?
+            .resources
+            .get_key_value(name)?;
+        Some(Self::view_of(resource_type, name, rs))
+    }
+
+    fn view_of<'a>(
+        resource_type: ResourceType,
+        name: &'a str,
+        rs: &'a ResourceState,
+    ) -> ResourceView<'a> {
+        ResourceView {
+            resource_type,
+            name,
+            version: rs.version.as_deref(),
+            status: rs.status(),
+            value: rs.value.as_ref(),
+            raw: rs.raw.as_ref(),
+            error: rs.error.as_ref(),
+            last_updated: rs.last_updated,
+            subscribed: rs.subscribed,
+            from_snapshot: rs.from_snapshot,
+        }
+    }
+
     /// Every resource the client knows of, by type then name.
     pub fn resources(&self) -> impl Iterator<Item = ResourceView<'_>> {
         self.types.iter().flat_map(|(&resource_type, ts)| {
-            ts.resources.iter().map(move |(name, rs)| ResourceView {
-                resource_type,
-                name,
-                version: rs.version.as_deref(),
-                status: rs.status(),
-                value: rs.value.as_ref(),
-                raw: rs.raw.as_ref(),
-                error: rs.error.as_ref(),
-                last_updated: rs.last_updated,
-                subscribed: rs.subscribed,
-                from_snapshot: rs.from_snapshot,
-            })
+            ts.resources
+                .iter()
+                .map(move |(name, rs)| Self::view_of(resource_type, name, rs))
         })
     }
 }
@@ -1783,7 +1840,7 @@ mod tests {
     }
 
     #[test]
-    fn a_seeded_value_the_server_never_sends_stops_existing_after_the_timeout() {
+    fn a_seeded_value_a_server_answering_its_type_leaves_out_stops_existing_in_time() {
         let mut h = seeded();
         h.ads.subscribe(EDS, "a");
         h.events();
@@ -1793,6 +1850,15 @@ mod tests {
         );
         h.stream = h.ads.on_stream_open();
         h.requests();
+        assert!(
+            h.ads.poll_timeout().is_none(),
+            "a server's silence says nothing about a seeded value"
+        );
+        h.advance(DEFAULT_DOES_NOT_EXIST_TIMEOUT * 2);
+        assert!(h.events().is_empty());
+        // The server answers for EDS, without `a`: now it must come in time.
+        h.respond(response(EDS, "1", "e1", vec![]));
+        assert!(h.events().is_empty(), "an EDS response is no deletion");
         h.advance(DEFAULT_DOES_NOT_EXIST_TIMEOUT - Duration::from_millis(1));
         assert!(h.events().is_empty());
         assert!(h.ads.get(EDS, "a").is_some(), "served until then");

@@ -158,7 +158,11 @@ async fn a_restart_with_every_server_down_serves_the_snapshot_until_a_server_ans
         assert_eq!(row.status, ResourceStatus::Acked, "{row:?}");
         assert_eq!(row.version.as_deref(), Some("1"), "{row:?}");
     }
-    metrics.wait_for_load("seeded").await;
+    metrics.wait_for_load("served").await;
+    assert_eq!(
+        metrics.value("meshwork.xds.snapshot.loads", "outcome", "ok"),
+        Some(1)
+    );
     assert_eq!(
         metrics.value("meshwork.xds.snapshot.resources", "", ""),
         Some(4)
@@ -228,7 +232,7 @@ async fn with_fallback_servers_the_snapshot_waits_for_all_and_the_fallback_repla
         .await
         .unwrap();
     assert_eq!(port_of(&served), 2001);
-    metrics.wait_for_load("seeded").await;
+    metrics.wait_for_load("served").await;
 
     let fallback = XdsTestServer::start_on(addr).await.unwrap();
     fallback.set_snapshot(config(2002));
@@ -284,7 +288,7 @@ async fn a_damaged_foreign_or_stale_snapshot_is_refused_with_its_reason() {
         let watch = client.watch_target(TARGET, TARGET).await;
         metrics.wait_for_load(outcome).await;
         assert_eq!(
-            metrics.value("meshwork.xds.snapshot.loads", "outcome", "seeded"),
+            metrics.value("meshwork.xds.snapshot.loads", "outcome", "served"),
             None,
             "{outcome}"
         );

@@ -4,9 +4,9 @@
 //! `status` (REQUESTED, ACKED, NACKED, DOES_NOT_EXIST), `error`, and `unsupported_fields`
 //! (fields the control plane set that meshwork does not implement yet); a REQUESTED resource
 //! has `transport_error` too while no xDS server can be reached (which server, and why).
-//! With `MESHWORK_XDS_SNAPSHOT_DIR` set, the last good config is kept there (written before
-//! exiting) and served when no xDS server answers at start: its rows say
-//! `"from_snapshot": true` until a server replaces them.
+//! With `MESHWORK_XDS_SNAPSHOT_DIR` set, the service's fail-static snapshot there (same
+//! bootstrap) is served when no xDS server answers at start — its rows say
+//! `"from_snapshot": true` until a server replaces them — and never written.
 //!
 //! ```text
 //! xds-dump --target xds:///greeter:50051 [--seconds 10]
@@ -24,6 +24,7 @@ use clap::Parser as _;
 use meshwork_examples::args::{self, parse_seconds};
 use meshwork_xds::bootstrap::{Bootstrap, XdsTarget};
 use meshwork_xds::client::XdsClient;
+use meshwork_xds::fail_static::FailStatic;
 
 /// Watches one target through the xDS control plane the gRPC bootstrap names and prints the
 /// client's view of every resource as a JSON array.
@@ -82,7 +83,12 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
     };
     let target = XdsTarget::parse(&spec)?;
     let listener = bootstrap.listener_resource_name_for(&target)?;
-    let client = XdsClient::start(&bootstrap)?;
+    let mut builder = XdsClient::builder(&bootstrap)?;
+    if let Some(fail_static) = FailStatic::from_env() {
+        // A tool run beside a service must not replace its snapshot with one target's.
+        builder = builder.fail_static(fail_static.read_only());
+    }
+    let client = builder.start();
     let mut watch = client
         .watch_target(&listener, target.data_plane_authority())
         .await;
@@ -111,7 +117,6 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             row
         })
         .collect();
-    meshwork_examples::save_snapshot(&client).await;
     println!("{}", serde_json::to_string_pretty(&rows)?);
     match outcome {
         Ok(_) => Ok(true),

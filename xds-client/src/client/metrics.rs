@@ -100,8 +100,8 @@ impl XdsMetrics {
     }
 
     /// The recorder of snapshot writes, for the writer task.
-    pub(super) fn snapshot_writes(&self) -> SnapshotWrites {
-        SnapshotWrites {
+    pub(super) fn snapshot_writes(&self) -> SnapshotCounter {
+        SnapshotCounter {
             counter: self.snapshot_writes.clone(),
             target: self.target.clone(),
         }
@@ -239,12 +239,12 @@ fn authority_of(name: &str) -> String {
 /// Counts the fail-static snapshot's writes (`meshwork.xds.snapshot.writes`) from the
 /// writer task.
 #[derive(Debug, Clone)]
-pub(crate) struct SnapshotWrites {
+pub(crate) struct SnapshotCounter {
     counter: Counter<u64>,
     target: StringValue,
 }
 
-impl SnapshotWrites {
+impl SnapshotCounter {
     /// Counts one write: `ok`, or the failure's kind.
     pub(crate) fn record(&self, outcome: &'static str) {
         self.counter.add(

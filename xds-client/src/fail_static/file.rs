@@ -130,6 +130,19 @@ pub enum SnapshotError {
         /// The length its trailer gives, when it is long enough to have a trailer.
         expected: Option<u64>,
     },
+    /// The file or its directory could have been written by someone else: a symbolic link,
+    /// another owner, or writable by group or others (a snapshot is served as
+    /// configuration, and its checksum is no signature).
+    #[error(
+        "xDS snapshot {} is not trusted: {reason}; make the directory and file this user's own and not writable by others (chmod go-w)",
+        path.display()
+    )]
+    Untrusted {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The contents do not match their checksum, or do not decode.
     #[error(
         "xDS snapshot is corrupt: {reason}; ignored, it is rewritten after the next accepted configuration"
@@ -205,12 +218,13 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
-    /// A short stable label for metrics: `"missing"`, `"io"`, `"truncated"`, `"corrupt"`,
+    /// A short stable label for metrics: `"missing"`, `"io"`, `"untrusted"`, `"truncated"`, `"corrupt"`,
     /// `"unknown_format"`, `"foreign"`, `"stale"`, `"too_large"` or `"invalid"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Missing { .. } => "missing",
             Self::Io { .. } => "io",
+            Self::Untrusted { .. } => "untrusted",
             Self::Truncated { .. } => "truncated",
             Self::Corrupt { .. } => "corrupt",
             Self::UnknownFormat { .. } => "unknown_format",
@@ -615,32 +629,20 @@ pub(crate) fn read(dir: &Path, expected: &Expected<'_>) -> Result<SnapshotFile, 
         },
         e => e,
     };
-    // Checked before opening: opening a FIFO planted under the name would block.
-    match fs::metadata(&path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(SnapshotError::Missing { path });
-        }
-        Err(e) => return Err(SnapshotError::io(&path, e)),
-        Ok(meta) if !meta.is_file() => {
-            return Err(SnapshotError::io(
-                &path,
-                io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
-            ));
-        }
-        Ok(meta) if meta.len() > expected.max_bytes as u64 => {
-            return Err(SnapshotError::TooLarge {
-                bytes: meta.len(),
-                max_bytes: expected.max_bytes,
-            });
-        }
-        Ok(_) => {}
-    }
-    let file = match File::open(&path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(SnapshotError::Missing { path });
-        }
-        other => other.map_err(|e| SnapshotError::io(&path, e))?,
+    // Opened without following a link and without blocking on a FIFO, then checked through
+    // the open handle, so what is checked is what is read.
+    let Some(file) = super::trust::open(&path)? else {
+        return Err(SnapshotError::Missing { path });
     };
+    let meta = file.metadata().map_err(|e| SnapshotError::io(&path, e))?;
+    super::trust::check_file(&path, &meta)?;
+    super::trust::check_dir(dir)?;
+    if meta.len() > expected.max_bytes as u64 {
+        return Err(SnapshotError::TooLarge {
+            bytes: meta.len(),
+            max_bytes: expected.max_bytes,
+        });
+    }
     let mut bytes = Vec::new();
     // One byte over the limit tells a file that grew since the check from one at the limit.
     file.take(expected.max_bytes as u64 + 1)
@@ -664,6 +666,9 @@ pub(crate) fn write(
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir).map_err(|e| SnapshotError::io(dir, e))?;
+    // Refused here too, so an operator hears of a directory the next start would not
+    // trust while the control plane is still up.
+    super::trust::check_dir(dir)?;
     let name = file_name(&file.node_id, &file.servers);
     let path = dir.join(&name);
     let tmp = TmpFile::write(dir, &name, &bytes)?;

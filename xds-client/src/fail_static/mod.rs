@@ -28,18 +28,22 @@
 //! [`XdsClient::builder`]: crate::client::XdsClient::builder
 //! [`XdsClient::dump`]: crate::client::XdsClient::dump
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::{Notify, oneshot};
 
 use crate::bootstrap::Bootstrap;
-use crate::client::SnapshotWrites;
+use crate::client::SnapshotCounter;
 use crate::protocol::{AdsState, Seed};
 use crate::resource::{self, ResourceError, ResourceErrorKind, ResourceType};
+use crate::watch::ResourceKey;
 
 mod file;
+mod trust;
 
 #[doc(hidden)]
 pub use file::fuzzing;
@@ -58,6 +62,22 @@ pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// How long after a change the snapshot is written: changes within it are written once.
 pub(crate) const WRITE_DELAY: Duration = Duration::from_secs(1);
 
+/// The default [`FailStatic::write_interval`]: 30 s.
+pub const DEFAULT_WRITE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a resource the client stopped watching stays in the snapshots written after:
+/// a process that drops its watches while shutting down (then writes) keeps their
+/// configuration for its restart, and one that stopped needing a resource loses it after
+/// this.
+pub(crate) const RETIRED_FOR: Duration = Duration::from_secs(10 * 60);
+
+/// The most resources kept as retired (their last values are in memory until written).
+pub(crate) const MAX_RETIRED: usize = 100_000;
+
+/// How long the worker waits for the snapshot read at start when every server has failed:
+/// a file on a hung mount must not keep the client from trying its servers again.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where and how the xDS client keeps its fail-static snapshot.
 ///
 /// ```
@@ -72,6 +92,8 @@ pub struct FailStatic {
     dir: PathBuf,
     max_age: Duration,
     max_bytes: usize,
+    write_interval: Duration,
+    read_only: bool,
 }
 
 impl FailStatic {
@@ -84,6 +106,8 @@ impl FailStatic {
             dir: dir.into(),
             max_age: DEFAULT_MAX_AGE,
             max_bytes: DEFAULT_MAX_BYTES,
+            write_interval: DEFAULT_WRITE_INTERVAL,
+            read_only: false,
         }
     }
 
@@ -115,6 +139,24 @@ impl FailStatic {
     /// counted in `meshwork.xds.snapshot.writes` as `too_large`.
     pub fn max_bytes(mut self, max_bytes: usize) -> Self {
         self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The least time between two periodic writes (default 30 s,
+    /// [`DEFAULT_WRITE_INTERVAL`]): a configuration that keeps changing is written at this
+    /// pace, a change after a quiet period 1 s after it. A restart loses at most this much of
+    /// the latest changes; [`XdsClient::save_snapshot`](crate::client::XdsClient::save_snapshot)
+    /// writes at once (for a graceful shutdown).
+    pub fn write_interval(mut self, interval: Duration) -> Self {
+        self.write_interval = interval;
+        self
+    }
+
+    /// Serve the snapshot but never write it: for tools that run with a service's
+    /// bootstrap and directory (`xds-dump`), whose view of one target must not replace the
+    /// service's whole configuration.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
         self
     }
 
@@ -151,23 +193,50 @@ pub(crate) struct Loaded {
     pub(crate) path: PathBuf,
 }
 
+/// A resource the client stopped watching, kept for the next writes ([`RETIRED_FOR`]).
+#[derive(Debug)]
+pub(crate) struct Retired {
+    /// Its value as a server sent it.
+    pub(crate) raw: Any,
+    /// Its version.
+    pub(crate) version: String,
+    /// When the client stopped watching it.
+    pub(crate) at: Instant,
+}
+
+/// What [`XdsClient::save_snapshot`](crate::client::XdsClient::save_snapshot) waits on.
+pub(crate) type SaveReply = oneshot::Sender<Result<Option<PathBuf>, SnapshotError>>;
+
+/// The writer's mailbox: one slot, so a writer slower than the changes (a stalled disk)
+/// holds one pending snapshot, not a queue of them.
+#[derive(Default)]
+struct Mailbox {
+    pending: Option<SnapshotFile>,
+    /// Who waits for the pending snapshot (or a newer one) to be written.
+    replies: Vec<SaveReply>,
+    /// The client is gone: write what is pending, then stop.
+    closed: bool,
+}
+
+struct Shared {
+    mailbox: Mutex<Mailbox>,
+    wake: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mailbox> {
+        // A poisoned lock only means a panic elsewhere; the mailbox is still consistent.
+        self.mailbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The snapshot machinery of one client: what it is bound to, and the writer's mailbox.
 pub(crate) struct Persist {
     config: Arc<FailStatic>,
     node_id: Arc<str>,
     servers: Arc<[String]>,
-    /// The writer task's mailbox.
-    writer: mpsc::UnboundedSender<Save>,
+    shared: Arc<Shared>,
 }
-
-/// One snapshot for the writer, and who waits for it to be written.
-struct Save {
-    snapshot: SnapshotFile,
-    reply: Option<oneshot::Sender<Result<Option<PathBuf>, SnapshotError>>>,
-}
-
-/// What [`XdsClient::save_snapshot`](crate::client::XdsClient::save_snapshot) waits on.
-pub(crate) type SaveReply = oneshot::Sender<Result<Option<PathBuf>, SnapshotError>>;
 
 impl std::fmt::Debug for Persist {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,23 +248,40 @@ impl std::fmt::Debug for Persist {
     }
 }
 
+impl Drop for Persist {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
 impl Persist {
     /// Start the writer task for a client of `node_id` on `servers`.
     pub(crate) fn start(
         config: FailStatic,
         node_id: String,
         servers: Vec<String>,
-        writes: SnapshotWrites,
+        writes: SnapshotCounter,
     ) -> Self {
         let config = Arc::new(config);
-        let (writer, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(config.clone(), rx, writes));
+        let shared = Arc::new(Shared {
+            mailbox: Mutex::new(Mailbox::default()),
+            wake: Notify::new(),
+        });
+        if !config.read_only {
+            tokio::spawn(write_loop(config.clone(), shared.clone(), writes));
+        }
         Self {
             config,
             node_id: node_id.into(),
             servers: servers.into(),
-            writer,
+            shared,
         }
+    }
+
+    /// The least time between two periodic writes.
+    pub(crate) fn write_interval(&self) -> Duration {
+        self.config.write_interval
     }
 
     /// Read and check the snapshot on a blocking thread: the resources to seed, or why not.
@@ -223,25 +309,39 @@ impl Persist {
         })
     }
 
-    /// Hand the cache's valid resources to the writer, unless a value in use still comes
-    /// from a snapshot (writing it would make an old configuration look new): then `reply`
+    /// Hand the cache's valid resources, and those `retired` within [`RETIRED_FOR`] of
+    /// `now`, to the writer, unless a value in use still comes from a snapshot (writing it
+    /// would make an old configuration look new) or the snapshot is read-only: then `reply`
     /// hears `Ok(None)`. Returns whether it did.
-    pub(crate) fn save(&self, ads: &AdsState, reply: Option<SaveReply>) -> bool {
+    pub(crate) fn save(
+        &self,
+        ads: &AdsState,
+        retired: &HashMap<ResourceKey, Retired>,
+        now: Instant,
+        reply: Option<SaveReply>,
+    ) -> bool {
+        let nothing = |reply: Option<SaveReply>| {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(None));
+            }
+            false
+        };
+        if self.config.read_only {
+            return nothing(reply);
+        }
         let mut records = Vec::new();
         for view in ads.resources() {
             if view.from_snapshot {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(None));
-                }
-                return false;
+                return nothing(reply);
             }
             if let (Some(raw), Some(version)) = (view.raw, view.version) {
-                records.push(SnapshotRecord {
-                    type_url: view.resource_type.type_url().to_owned(),
-                    name: view.name.to_owned(),
-                    version: version.to_owned(),
-                    resource: raw.clone(),
-                });
+                records.push(record(view.resource_type, view.name, version, raw));
+            }
+        }
+        for ((resource_type, name), kept) in retired {
+            let fresh = now.saturating_duration_since(kept.at) < RETIRED_FOR;
+            if fresh && ads.get(*resource_type, name).is_none() {
+                records.push(record(*resource_type, name, &kept.version, &kept.raw));
             }
         }
         let snapshot = SnapshotFile {
@@ -250,9 +350,21 @@ impl Persist {
             written_at: SystemTime::now(),
             records,
         };
-        // The writer ends only after the worker drops this sender.
-        let _ = self.writer.send(Save { snapshot, reply });
+        let mut mailbox = self.shared.lock();
+        mailbox.pending = Some(snapshot);
+        mailbox.replies.extend(reply);
+        drop(mailbox);
+        self.shared.wake.notify_one();
         true
+    }
+}
+
+fn record(resource_type: ResourceType, name: &str, version: &str, raw: &Any) -> SnapshotRecord {
+    SnapshotRecord {
+        type_url: resource_type.type_url().to_owned(),
+        name: name.to_owned(),
+        version: version.to_owned(),
+        resource: raw.clone(),
     }
 }
 
@@ -291,52 +403,80 @@ fn seeds(snapshot: SnapshotFile) -> Result<Vec<Seed>, SnapshotError> {
         .collect()
 }
 
-/// Write the snapshots handed over, one at a time, until the client is gone and its last
-/// snapshot is written. A snapshot nobody waits for is skipped when a newer one is queued.
-async fn write_loop(
-    config: Arc<FailStatic>,
-    mut rx: mpsc::UnboundedReceiver<Save>,
-    writes: SnapshotWrites,
-) {
-    while let Some(mut save) = rx.recv().await {
-        while save.reply.is_none() {
-            match rx.try_recv() {
-                Ok(newer) => save = newer,
-                Err(_) => break,
+/// Write the newest snapshot handed over, one write at a time, until the client is gone
+/// and what it handed over last is written. A failure is logged at warn when it is new
+/// (the first, or another kind than the last), at debug while it repeats.
+async fn write_loop(config: Arc<FailStatic>, shared: Arc<Shared>, writes: SnapshotCounter) {
+    let mut last_failure: Option<&'static str> = None;
+    loop {
+        let (snapshot, replies, closed) = {
+            let mut mailbox = shared.lock();
+            (
+                mailbox.pending.take(),
+                std::mem::take(&mut mailbox.replies),
+                mailbox.closed,
+            )
+        };
+        let Some(snapshot) = snapshot else {
+            if closed {
+                return;
             }
-        }
-        let Save { snapshot, reply } = save;
+            shared.wake.notified().await;
+            continue;
+        };
         let resources = snapshot.records.len();
         let path = config
             .dir
             .join(file::file_name(&snapshot.node_id, &snapshot.servers));
-        let config = config.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            file::write(&config.dir, &snapshot, config.max_bytes)
-        })
-        .await;
+        let job = config.clone();
+        let written =
+            tokio::task::spawn_blocking(move || file::write(&job.dir, &snapshot, job.max_bytes))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(SnapshotError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::other(join.to_string()),
+                    })
+                });
         let outcome = match written {
-            Ok(Ok(bytes)) => {
+            Ok(bytes) => {
                 tracing::debug!(resources, bytes, path = %path.display(), "xDS fail-static snapshot written");
+                if last_failure.take().is_some() {
+                    tracing::info!(path = %path.display(), "xDS fail-static snapshot written again");
+                }
                 writes.record("ok");
                 Ok(Some(path))
             }
-            Ok(Err(error)) => {
-                tracing::warn!(error = %crate::ErrorChain(&error), "xDS fail-static snapshot not written");
-                writes.record(error.kind());
+            Err(error) => {
+                let kind = error.kind();
+                if last_failure != Some(kind) {
+                    tracing::warn!(error = %crate::ErrorChain(&error), "xDS fail-static snapshot not written");
+                } else {
+                    tracing::debug!(error = %crate::ErrorChain(&error), "xDS fail-static snapshot not written");
+                }
+                last_failure = Some(kind);
+                writes.record(kind);
                 Err(error)
             }
-            Err(join) => {
-                tracing::warn!(error = %join, "xDS fail-static snapshot writer failed");
-                writes.record("panic");
-                Err(SnapshotError::Io {
-                    path,
-                    source: std::io::Error::other(join.to_string()),
-                })
-            }
         };
-        if let Some(reply) = reply {
-            let _ = reply.send(outcome);
+        let mut replies = replies.into_iter();
+        if let Some(first) = replies.next() {
+            // The error is not Clone: the first waiter gets it, the others its text.
+            let shared_outcome = outcome
+                .as_ref()
+                .map(Clone::clone)
+                .map_err(|e| (e.kind(), crate::ErrorChain(e).to_string()));
+            let _ = first.send(outcome);
+            for reply in replies {
+                let _ = reply.send(
+                    shared_outcome
+                        .clone()
+                        .map_err(|(_, text)| SnapshotError::Io {
+                            path: config.dir.clone(),
+                            source: std::io::Error::other(text),
+                        }),
+                );
+            }
         }
     }
 }

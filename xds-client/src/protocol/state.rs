@@ -103,6 +103,20 @@ impl Notice {
 }
 
 impl ResourceState {
+    /// The value a snapshot gave this resource, with when it was seeded, if it is still
+    /// in use: for the seed pool when nobody wants the resource any more.
+    pub(super) fn seed(&self) -> Option<(super::Seed, Instant)> {
+        if !self.from_snapshot {
+            return None;
+        }
+        let seed = super::Seed {
+            value: self.value.clone()?,
+            raw: self.raw.clone()?,
+            version: self.version.clone()?,
+        };
+        Some((seed, self.last_updated?))
+    }
+
     pub(super) fn status(&self) -> ResourceStatus {
         self.status.unwrap_or(ResourceStatus::Requested)
     }
@@ -196,11 +210,16 @@ impl ResourceState {
 
     /// Start the does-not-exist timer of a resource still waited for, unless it runs. No
     /// deadline (a timeout too large for the clock) means it never fires. A value from a
-    /// snapshot is still waited for: if the server does not send the resource in time, it
-    /// does not exist (nothing from a snapshot outlives a live server's silence).
-    pub(super) fn start_timer(&mut self, deadline: Option<Instant>) {
+    /// snapshot is still waited for once a server has answered for its type
+    /// (`type_answered`): if that server does not send the resource in time, it does not
+    /// exist. Before that, a server's silence says nothing (a control plane may hold a
+    /// request it has no config for), and a seeded value whose update was rejected is kept
+    /// as any last good value is.
+    pub(super) fn start_timer(&mut self, deadline: Option<Instant>, type_answered: bool) {
+        let seeded_and_unanswered =
+            self.from_snapshot && type_answered && self.status() == ResourceStatus::Acked;
         let waiting = (self.value.is_none() && self.status() == ResourceStatus::Requested)
-            || self.from_snapshot;
+            || seeded_and_unanswered;
         if let Some(deadline) = deadline
             && waiting
             && self.does_not_exist_at.is_none()
@@ -263,7 +282,7 @@ mod tests {
         let t0 = Instant::now();
         let a = cluster("a", 1);
         let mut rs = ResourceState::default();
-        rs.start_timer(Some(t0 + Duration::from_secs(15)));
+        rs.start_timer(Some(t0 + Duration::from_secs(15)), false);
         assert!(rs.does_not_exist_at.is_some());
         assert_eq!(rs.status(), ResourceStatus::Requested);
         let notice = rs.transition(accept(&a, "1"), t0);
@@ -340,7 +359,7 @@ mod tests {
     fn requested_then_rejected_is_nacked_without_value() {
         let t0 = Instant::now();
         let mut rs = ResourceState::default();
-        rs.start_timer(Some(t0));
+        rs.start_timer(Some(t0), false);
         assert!(matches!(
             rs.transition(reject(false), t0),
             Some(Notice::Invalid(_))
@@ -381,7 +400,7 @@ mod tests {
     fn the_timer_makes_a_requested_resource_not_exist() {
         let t0 = Instant::now();
         let mut rs = ResourceState::default();
-        rs.start_timer(Some(t0));
+        rs.start_timer(Some(t0), false);
         assert_eq!(rs.does_not_exist_at, Some(t0));
         assert!(matches!(
             rs.transition(Transition::NotFound, t0),
@@ -389,7 +408,7 @@ mod tests {
         ));
         assert_eq!(rs.status(), ResourceStatus::DoesNotExist);
         assert_eq!(rs.does_not_exist_at, None);
-        rs.start_timer(Some(t0));
+        rs.start_timer(Some(t0), false);
         assert_eq!(
             rs.does_not_exist_at, None,
             "only a REQUESTED resource waits"
