@@ -1,7 +1,8 @@
 //! What the example binaries share: the `helloworld.Greeter` proto of gRPC's examples, a
 //! greeter whose behaviour can be changed live, the identity a process takes from its
 //! environment, the per-backend tally the clients print, the CSDS port they can open, and the
-//! demo's per-service OpenTelemetry pipelines and inbound Listener.
+//! demo's per-service OpenTelemetry pipelines and inbound Listener, and `xds-serve`'s resource
+//! file reader.
 #![forbid(unsafe_code)]
 
 pub mod args;
@@ -11,6 +12,7 @@ pub mod identity;
 pub mod inbound;
 pub mod otel;
 pub mod tally;
+pub mod xds_serve;
 
 use meshwork_grpc::core::xds::ErrorChain;
 use meshwork_grpc::core::xds::client::XdsClient;
@@ -19,7 +21,10 @@ use meshwork_grpc::core::xds::client::XdsClient;
 /// `MESHWORK_XDS_SNAPSHOT_DIR` configures one), saying on stderr why if it could not be.
 pub async fn save_snapshot(client: &XdsClient) {
     if let Err(error) = client.save_snapshot().await {
-        eprintln!("xDS fail-static snapshot not written: {}", ErrorChain(&error));
+        eprintln!(
+            "xDS fail-static snapshot not written: {}",
+            ErrorChain(&error)
+        );
     }
 }
 
