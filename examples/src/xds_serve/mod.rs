@@ -183,8 +183,15 @@ pub enum ResourceError {
     NotAResource(String),
     /// It does not follow protobuf's JSON mapping for its type (a field that does not
     /// exist, a value of the wrong kind, an `Any` of an unknown `@type`, ...).
-    #[error("does not match its type")]
-    Invalid(#[source] serde_json::Error),
+    #[error("does not match its type at `{path}`")]
+    Invalid {
+        /// Where in the resource, e.g. `endpoints[0].lb_endpoints[0]` (`.` for the
+        /// resource itself).
+        path: String,
+        /// What is wrong there.
+        #[source]
+        source: serde_json::Error,
+    },
     /// Its name is empty or missing.
     #[error("has no name (field `{0}`)")]
     NoName(&'static str),
@@ -309,12 +316,17 @@ fn resource(json: &serde_json::Value) -> Result<(String, String, Any), ResourceE
     };
     let mut body = object.clone();
     body.remove("@type");
+    let body = serde_json::Value::Object(body);
+    let mut track = serde_path_to_error::Track::new();
     let message = DynamicMessage::deserialize_with_options(
         descriptor.clone(),
-        serde_json::Value::Object(body),
+        serde_path_to_error::Deserializer::new(&body, &mut track),
         &DeserializeOptions::new().deny_unknown_fields(true),
     )
-    .map_err(ResourceError::Invalid)?;
+    .map_err(|source| ResourceError::Invalid {
+        path: track.path().to_string(),
+        source,
+    })?;
     let name = match message.get_field(&field).as_ref() {
         Value::String(name) if !name.is_empty() => name.clone(),
         _ => return Err(ResourceError::NoName(name_field)),

@@ -210,7 +210,7 @@ fn bad_files_say_what_and_where() {
             format!(r#"{{"resources": [{{"@type": "{LISTENER}", "name": "l", "bogus": 1}}]}}"#),
             &[
                 &format!("resources[0] ({LISTENER} \"l\")"),
-                "does not match its type",
+                "does not match its type at `.`",
                 "unrecognized field name 'bogus'",
             ],
         ),
@@ -221,7 +221,18 @@ fn bad_files_say_what_and_where() {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                     "stat_prefx": "x"}}}}}}]}}"#
             ),
-            &["resources[0]", "unrecognized field name 'stat_prefx'"],
+            &[
+                "resources[0]",
+                "at `api_listener.api_listener`",
+                "unrecognized field name 'stat_prefx'",
+            ],
+        ),
+        (
+            GREETER.replace("\"port_value\": 50051", "\"port_value\": \"abc\""),
+            &[
+                "resources[3] (type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment \"greeter\")",
+                "at `endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value`",
+            ],
         ),
         (
             format!(
