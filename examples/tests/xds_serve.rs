@@ -2,15 +2,19 @@
 //! of a good file is ACKED at the file's version; a rewritten file is served anew; a bad file
 //! is reported on stderr while the previous resources stay served; and an Istio-shaped file
 //! (api_listener over RDS, an EDS cluster with SPIFFE upstream TLS) passes meshwork's
-//! validators.
+//! validators. With the interop peers, Envoy takes its listener, routes and clusters from
+//! `xds-serve` over SotW ADS and routes a request with them.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use meshwork_core::identity::testing::TestCa;
-use meshwork_test_support::{certs, temp_dir};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use meshwork_test_support::envoy::Envoy;
+use meshwork_test_support::{certs, peers, temp_dir};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
@@ -265,4 +269,121 @@ async fn a_bad_file_at_start_is_an_error() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty(), "it must not listen");
+}
+
+/// An HTTP/1.1 server on 127.0.0.1:0 that answers every request with 200 and `body`.
+async fn http_backend(body: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs envoy: scripts/test provides it (MESHWORK_PEERS_VENV)"]
+async fn envoy_routes_a_request_with_the_files_config() {
+    let envoy_bin = peers::envoy();
+    let dir = temp_dir("xds-serve-envoy");
+    let backend = http_backend("hello from the backend").await;
+    let hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    let resources = json!({"resources": [
+        {
+            "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+            "name": "ingress",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": hcm,
+                    "stat_prefix": "ingress",
+                    "rds": {"config_source": {"ads": {}, "resource_api_version": "V3"},
+                            "route_config_name": "routes"},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                }
+            }]}]
+        },
+        {
+            "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            "name": "routes",
+            "virtual_hosts": [{"name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]
+        },
+        {
+            "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "name": "backend",
+            "type": "EDS",
+            "connect_timeout": "5s",
+            "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}}
+        },
+        {
+            "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            "cluster_name": "backend",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": backend}}}}]}]
+        }
+    ]});
+    let path = file(&dir, &resources.to_string());
+    let mut serve = Serve::start(&path).await;
+    serve.loaded(4).await;
+    let (host, port) = serve.addr.rsplit_once(':').unwrap();
+
+    let ads = json!({"ads": {}, "resource_api_version": "V3"});
+    let bootstrap = json!({
+        "node": {"id": "envoy-xds-serve", "cluster": "test"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-serve"}}]},
+            "lds_config": ads,
+            "cds_config": ads,
+        },
+        "static_resources": {"clusters": [{
+            "name": "xds-serve",
+            "type": "STATIC",
+            "connect_timeout": "5s",
+            "load_assignment": {"cluster_name": "xds-serve", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": host, "port_value": port.parse::<u16>().unwrap()}}}}]}]},
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}}},
+        }]},
+    });
+    // Live only once the initial LDS and CDS (and the RDS and EDS they name) arrived.
+    let envoy = Envoy::start(&envoy_bin, &dir, &bootstrap).await;
+    let ingress = envoy.listener_port("ingress").await;
+    let mut conn = TcpStream::connect(("127.0.0.1", ingress)).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: greeter\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(30), conn.read_to_string(&mut response))
+        .await
+        .expect("envoy answers within 30 s")
+        .unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.ends_with("hello from the backend"),
+        "{response}\n{}",
+        envoy.log_text()
+    );
 }
