@@ -3,13 +3,16 @@
 //! is reported on stderr while the previous resources stay served; and an Istio-shaped file
 //! (api_listener over RDS, an EDS cluster with SPIFFE upstream TLS) passes meshwork's
 //! validators. With the interop peers, Envoy takes its listener, routes and clusters from
-//! `xds-serve` over SotW ADS and routes a request with them.
+//! `xds-serve` over SotW ADS and routes a request with them, and gRPC's reference client
+//! (grpcio) and meshwork's `greeter-client` both call a greeter through the same file.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use meshwork_core::identity::testing::TestCa;
+use meshwork_examples::greeter::Greeter;
+use meshwork_grpc::MeshServer;
 use meshwork_test_support::envoy::Envoy;
 use meshwork_test_support::{certs, peers, temp_dir};
 use serde_json::json;
@@ -386,4 +389,65 @@ async fn envoy_routes_a_request_with_the_files_config() {
         "{response}\n{}",
         envoy.log_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
+async fn grpcio_and_meshwork_call_a_greeter_through_the_file() {
+    let venv = peers::venv();
+    let dir = temp_dir("xds-serve-grpcio");
+    let greeter = Greeter::new("A");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        MeshServer::plaintext()
+            .add_service(greeter.service())
+            .serve(listener),
+    );
+    let path = file(
+        &dir,
+        &GREETER.replace(
+            "\"port_value\": 50051",
+            &format!("\"port_value\": {backend}"),
+        ),
+    );
+    let mut serve = Serve::start(&path).await;
+    serve.loaded(4).await;
+    let bootstrap = dir.join("bootstrap.json");
+    std::fs::write(
+        &bootstrap,
+        format!(
+            r#"{{"xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
+                "server_features": ["xds_v3"]}}], "node": {{"id": "xds-serve-interop"}}}}"#,
+            serve.addr
+        ),
+    )
+    .unwrap();
+
+    let target = "xds:///greeter:50051";
+    let mut ours = Command::new(env!("CARGO_BIN_EXE_greeter-client"));
+    ours.args(["--target", target, "--calls", "5", "--json"]);
+    let mut theirs = Command::new(venv.join("bin/python"));
+    theirs
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/grpcio_greeter_client.py"
+        ))
+        .args(["--target", target, "--calls", "5", "--timeout", "10"]);
+    for (who, mut command) in [("greeter-client", ours), ("grpcio", theirs)] {
+        let out = command
+            .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+            .env_remove("GRPC_XDS_BOOTSTRAP_CONFIG")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{who}: {stdout}\n{stderr}");
+        let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{who}: {e}: {stdout}"));
+        assert_eq!(last["counts"], json!({"A": 5}), "{who}: {stdout}\n{stderr}");
+        assert_eq!(last["errors"], 0, "{who}: {stdout}");
+    }
 }
