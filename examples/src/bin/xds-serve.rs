@@ -49,7 +49,8 @@ name or two resources of one type with one name make the file bad.
 
 The file is checked every 500 ms. Each good version is served at once to every stream and
 printed as `loaded N resources (version V)`, V being the file's version_info (if any) and a
-hash of its content. A bad file is reported on stderr and the previous resources stay served.
+hash of its content; a type whose resources did not change keeps its version. A bad file
+is reported on stderr and the previous resources stay served.
 
 Protocol: State of the World ADS (StreamAggregatedResources) over plaintext HTTP/2. Delta ADS
 (DeltaAggregatedResources) is coming with meshwork-xds's delta support; until then it answers

@@ -89,13 +89,14 @@ fn typed_struct(file: &str, package: &str) -> FileDescriptorProto {
 /// A resource file, read: the snapshot to serve and what to say about it.
 #[derive(Debug, Clone)]
 pub struct Resources {
-    /// Every resource, each type at [`version`](Self::version).
+    /// Every resource, each type named at [`version`](Self::version).
     pub snapshot: Snapshot,
     /// How many resources the file has.
     pub count: usize,
-    /// The version given to every type: the file's `version_info` (if any) and a hash of
+    /// The version named for every type: the file's `version_info` (if any) and a hash of
     /// the file's bytes, so that a changed file always gets a new version and the same file
-    /// the same version after a restart.
+    /// the same version after a restart. A server applying the snapshot keeps the version
+    /// of a type whose resources did not change.
     pub version: String,
 }
 
