@@ -55,6 +55,13 @@ fn envoy_types_dir(manifest: &Path) -> PathBuf {
     );
     let metadata: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    // Another envoy-types in the lock file is another path: look again.
+    if let Some(root) = metadata["workspace_root"].as_str() {
+        println!(
+            "cargo::rerun-if-changed={}",
+            Path::new(root).join("Cargo.lock").display()
+        );
+    }
     let this = env::var("CARGO_PKG_NAME").expect("CARGO_PKG_NAME");
     let packages = metadata["packages"].as_array().expect("packages");
     let nodes = metadata["resolve"]["nodes"].as_array().expect("resolve");
