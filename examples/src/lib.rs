@@ -1,7 +1,8 @@
 //! What the example binaries share: the `helloworld.Greeter` proto of gRPC's examples, a
 //! greeter whose behaviour can be changed live, the identity a process takes from its
 //! environment, the per-backend tally the clients print, the CSDS port they can open, and the
-//! demo's per-service OpenTelemetry pipelines and inbound Listener.
+//! demo's per-service OpenTelemetry pipelines and inbound Listener, and `xds-serve`'s resource
+//! file reader.
 #![forbid(unsafe_code)]
 
 pub mod args;
@@ -11,6 +12,7 @@ pub mod identity;
 pub mod inbound;
 pub mod otel;
 pub mod tally;
+pub mod xds_serve;
 
 use meshwork_grpc::core::xds::ErrorChain;
 use meshwork_grpc::core::xds::client::XdsClient;

@@ -45,6 +45,11 @@ const BINARIES: &[(&str, &str, &[&str])] = &[
         env!("CARGO_BIN_EXE_xds-dump"),
         &["--target", "--seconds"],
     ),
+    (
+        "xds-serve",
+        env!("CARGO_BIN_EXE_xds-serve"),
+        &["--port", "--address", "--resources"],
+    ),
 ];
 
 /// (binary, flag, text its description must hold): the defaults callers rely on.
@@ -58,6 +63,7 @@ const DEFAULTS: &[(&str, &str, &str)] = &[
     ("greeter-server", "--id", "[default: greeter-PORT]"),
     ("greeter-server", "--host", "[default: 127.0.0.1]"),
     ("xds-dump", "--seconds", "[default: 10]"),
+    ("xds-serve", "--address", "[default: 127.0.0.1]"),
 ];
 
 /// (binary, the environment variables its `--help` must name).
@@ -313,6 +319,25 @@ async fn a_bad_or_missing_value_exits_2_naming_the_flag() {
         ("xds-dump", &[t, "g", "--seconds", "-1"], "--seconds"),
         ("xds-dump", &[t, "g", "--seconds", "nan"], "--seconds"),
         ("xds-dump", &[t, "g", "--seconds", "1e300"], "--seconds"),
+        ("xds-serve", &["--port", "0"], "--resources"),
+        ("xds-serve", &["--resources", "f.json"], "--port"),
+        (
+            "xds-serve",
+            &["--port", "65536", "--resources", "f.json"],
+            "--port",
+        ),
+        (
+            "xds-serve",
+            &[
+                "--port",
+                "0",
+                "--resources",
+                "f.json",
+                "--address",
+                "localhost",
+            ],
+            "--address",
+        ),
     ] {
         assert_usage_error(bin, args, named).await;
     }
