@@ -303,12 +303,14 @@ impl XdsTestServer {
         self.shared.lock().version(type_url)
     }
 
-    /// Every request received so far, in order.
+    /// Every request received so far, in order (the newest 10 000 to 20 000 on a server
+    /// that runs long).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests().to_vec()
     }
 
-    /// Every response sent so far, in order.
+    /// Every response sent so far, in order (the newest 10 000 to 20 000 on a server that
+    /// runs long).
     pub fn responses(&self) -> Vec<SentResponse> {
         self.shared.lock().responses().to_vec()
     }

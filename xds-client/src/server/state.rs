@@ -128,6 +128,9 @@ struct TypeState {
     last_sent: Option<BTreeMap<String, Any>>,
 }
 
+/// The most requests (and, apart, responses) the server keeps a record of, the newest.
+pub(crate) const MAX_RECORDED: usize = 10_000;
+
 #[derive(Default)]
 pub(crate) struct State {
     snapshot: Snapshot,
@@ -251,6 +254,33 @@ impl State {
         id: u64,
         request: DiscoveryRequest,
     ) -> Result<(), Status> {
+        let handled = self.handle(id, request);
+        self.trim_records();
+        handled
+    }
+
+    /// Keeps the record of requests and responses bounded for a server that runs long
+    /// (`xds-serve`, the soak harness): past twice [`MAX_RECORDED`] entries, the oldest are
+    /// dropped down to [`MAX_RECORDED`] (amortised), and the NACKs `wait_for_nack` handed
+    /// out among them are forgotten with them.
+    fn trim_records(&mut self) {
+        if self.requests.len() > 2 * MAX_RECORDED {
+            let excess = self.requests.len() - MAX_RECORDED;
+            for old in self.requests.drain(..excess) {
+                if old.kind == RequestKind::Nack
+                    && let Some(taken) = self.nacks_taken.get_mut(&old.request.type_url)
+                {
+                    *taken = taken.saturating_sub(1);
+                }
+            }
+        }
+        if self.responses.len() > 2 * MAX_RECORDED {
+            let excess = self.responses.len() - MAX_RECORDED;
+            self.responses.drain(..excess);
+        }
+    }
+
+    fn handle(&mut self, id: u64, request: DiscoveryRequest) -> Result<(), Status> {
         let Self {
             snapshot,
             streams,
@@ -342,6 +372,11 @@ impl State {
     }
 
     fn push_changes(&mut self) {
+        self.push_changes_unrecorded();
+        self.trim_records();
+    }
+
+    fn push_changes_unrecorded(&mut self) {
         let Self {
             snapshot,
             streams,
@@ -371,6 +406,12 @@ impl State {
 
     /// Sends `response` on every open stream; an empty nonce is replaced by a fresh one.
     pub(crate) fn push_raw(&mut self, response: &DiscoveryResponse) -> usize {
+        let streams = self.push_raw_unrecorded(response);
+        self.trim_records();
+        streams
+    }
+
+    fn push_raw_unrecorded(&mut self, response: &DiscoveryResponse) -> usize {
         let Self {
             streams, responses, ..
         } = self;

@@ -669,3 +669,39 @@ fn close_all_ends_streams_with_unavailable_and_shutdown_refuses_new_ones() {
     );
     assert_eq!(state.total_streams(), 2);
 }
+
+/// A server that runs long (`xds-serve`, the soak harness) keeps a bounded record: the
+/// newest requests and responses, and `wait_for_nack`'s count of handed-out NACKs shrinks
+/// with the NACKs dropped.
+#[test]
+fn the_record_of_requests_and_responses_is_bounded() {
+    use super::state::MAX_RECORDED;
+    let mut state = State::default();
+    state.apply_snapshot(three_listeners());
+    let mut s = open(&mut state);
+    send(&mut state, &s, request(type_url::LISTENER, &["a"], "", ""));
+    let r = s.expect();
+    send(
+        &mut state,
+        &s,
+        nack(type_url::LISTENER, &["a"], "", &r.nonce, "bad listener a"),
+    );
+    state.nacks_taken.insert(type_url::LISTENER.to_owned(), 1);
+    for _ in 0..2 * MAX_RECORDED {
+        send(
+            &mut state,
+            &s,
+            request(type_url::LISTENER, &["a"], "1", "stale"),
+        );
+    }
+    let kept = state.requests().len();
+    assert!((MAX_RECORDED..=2 * MAX_RECORDED).contains(&kept), "{kept}");
+    assert!(
+        state
+            .requests()
+            .iter()
+            .all(|r| r.kind == RequestKind::Stale)
+    );
+    assert_eq!(state.nacks_taken[type_url::LISTENER], 0);
+    assert!(state.responses().len() <= 2 * MAX_RECORDED);
+}
