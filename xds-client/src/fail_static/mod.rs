@@ -482,4 +482,4 @@ async fn write_loop(config: Arc<FailStatic>, shared: Arc<Shared>, writes: Snapsh
 }
 
 #[cfg(test)]
-mod review_tests;
+mod outage_tests;

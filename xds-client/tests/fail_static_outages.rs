@@ -1,5 +1,7 @@
-//! Review of the fail-static change (issue #15), on real ADS streams and real files: each
-//! test states what a fail-static client must do and fails where the code does not.
+//! Fail-static restarts through the outages a clean test misses, on real ADS streams and
+//! real files: a control plane that accepts the stream and never answers (go-control-plane
+//! without a snapshot for the node), one that comes back silent, and a process that drops
+//! its channels before writing its snapshot at shutdown.
 #![cfg(feature = "server")]
 
 use std::net::SocketAddr;
@@ -114,9 +116,9 @@ async fn snapshot_written(dir: &Path, port: u16) -> (SocketAddr, Vec<String>) {
 
 /// A graceful shutdown drops the application's channels and servers, then (as the docs
 /// advise, and as `greeter-server` does after `serve_with_shutdown` returns, when its
-/// `MeshServer` and with it its Listener watch are gone) calls `save_snapshot`. The drop
-/// unsubscribes, `unsubscribe` removes the resources from the cache, and the snapshot is
-/// written without them: the next restart with the control plane down serves nothing.
+/// `MeshServer` and with it its Listener watch are gone) calls `save_snapshot`: the
+/// resources it stopped watching are still written (kept for 10 minutes), so the next
+/// restart with the control plane down serves them.
 #[tokio::test]
 async fn a_snapshot_saved_after_the_watches_are_dropped_still_holds_their_config() {
     let dir = temp_dir("review-shutdown");
@@ -149,9 +151,9 @@ async fn a_snapshot_saved_after_the_watches_are_dropped_still_holds_their_config
     );
 }
 
-/// Restarted while the control plane accepts the stream but does not answer yet: no
-/// server "failed", so the snapshot is never served; the does-not-exist timers then make
-/// the target fail. Fail-static should serve the snapshot here too.
+/// Restarted while the control plane accepts the stream but does not answer yet: no server
+/// "failed", but when the does-not-exist timers fire with no answer from anyone the
+/// snapshot is served.
 #[tokio::test]
 async fn a_restart_against_a_silent_control_plane_serves_the_snapshot() {
     let dir = temp_dir("review-silent-start");
@@ -167,9 +169,9 @@ async fn a_restart_against_a_silent_control_plane_serves_the_snapshot() {
     }
 }
 
-/// Serving from the snapshot (every server down), then the control plane comes back but
-/// has nothing to say yet: one does-not-exist timeout later every seeded value is gone and
-/// the target fails, while a client that never restarted would keep its cache.
+/// Serving from the snapshot (every server down), then the control plane comes back but has
+/// nothing to say yet: the seeded values stay, as a client that never restarted keeps its
+/// cache.
 #[tokio::test]
 async fn a_silent_control_plane_coming_back_does_not_end_the_snapshot() {
     let dir = temp_dir("review-silent-later");

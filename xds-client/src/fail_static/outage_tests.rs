@@ -1,6 +1,7 @@
-//! Review of the fail-static change (issue #15): each test states the behaviour the design
-//! promises (or that a fail-static client needs) and fails where the code does not give it.
-//! Tests that pass document a contrast the failing ones rely on.
+//! The fail-static rules for outages that are not a clean "every server refused": a control
+//! plane that holds requests without a word, a NACK of a seeded value, channels rebuilt while
+//! the control plane is down, and files someone else could have written. Written by a review
+//! of the first version, which failed each of them.
 
 #![cfg(feature = "server")]
 
@@ -130,10 +131,8 @@ impl Seeded {
 }
 
 /// While no server answers, a watcher that goes away and comes back (a channel dropped and
-/// built again, a target re-resolved) must find the snapshot's value again: it is the only
-/// configuration there is. `unsubscribe` removes the seeded resource and its seed was taken
-/// out of the pool when it was planted, so the second subscription waits for a server that
-/// is down.
+/// built again, a target re-resolved) finds the snapshot's value again: it is the only
+/// configuration there is, so an unsubscribed seeded value goes back to the pool.
 #[test]
 fn a_seeded_value_unsubscribed_then_subscribed_again_is_served_again() {
     let mut s = Seeded::new();
@@ -149,8 +148,8 @@ fn a_seeded_value_unsubscribed_then_subscribed_again_is_served_again() {
     assert!(s.ads.get(CDS, "a").is_some());
 }
 
-/// The same for a wildcard: dropping it and subscribing again loses every seeded value of
-/// the type (`plant_all` emptied the pool; `unsubscribe("*")` drops the wildcard-only rows).
+/// The same for a wildcard: dropped and subscribed again, it takes every seeded value of the
+/// type again.
 #[test]
 fn a_wildcard_dropped_and_renewed_takes_the_seeds_again() {
     let mut s = Seeded::new();
@@ -165,8 +164,8 @@ fn a_wildcard_dropped_and_renewed_takes_the_seeds_again() {
     );
 }
 
-/// Contrast for the next test: a value a server sent survives a reconnect to a server that
-/// accepts the stream and says nothing (no timer runs for a resource with a value).
+/// For contrast with the next test: a value a server sent survives a reconnect to a server
+/// that accepts the stream and says nothing (no timer runs for a resource with a value).
 #[test]
 fn a_live_value_survives_a_silent_server() {
     let mut s = Seeded::new();
@@ -183,11 +182,10 @@ fn a_live_value_survives_a_silent_server() {
 
 /// A control plane that accepts the stream but has nothing to say yet (go-control-plane's
 /// `SnapshotCache` parks the watch of a node it has no snapshot for; a control plane
-/// restarting and still building its config) deletes every seeded value 15 s after the
-/// connection: the restarted process stops serving exactly in the situation fail-static is
-/// for, while a process that did not restart keeps its cache (test above). A seeded value
-/// should only be given up on an answer for its type (a full-state response leaving it
-/// out, or the does-not-exist timer started by the first response of the type).
+/// restarting and still building its config) must not end the seeded values, as it would
+/// not end a live cache (test above): a seeded value is given up only on an answer for its
+/// type (a full-state response leaving it out, or the does-not-exist timer started by the
+/// first response of the type).
 #[test]
 fn a_server_that_has_not_answered_the_type_does_not_delete_seeded_values() {
     let mut s = Seeded::new();
@@ -205,14 +203,9 @@ fn a_server_that_has_not_answered_the_type_does_not_delete_seeded_values() {
     assert!(s.ads.get(EDS, "a").is_some());
 }
 
-/// The design (docs/fail-static.md, `AdsState::seed`): "a rejected update keeps the seeded
-/// value in use, still marked", as a NACK keeps a live value. It does, for 15 s: the NACK
-/// request names the resource, `poll_request` calls `start_timer`, which runs for any
-/// `from_snapshot` value, and the does-not-exist timer then deletes it. A control plane
-/// coming back with one bad resource (the soak's "update that must be NACKed") takes the
-/// restarted process's last good value away, where a process that did not restart keeps
-/// it. The unit test `a_rejected_update_keeps_the_seeded_value_in_use_and_marked` stops
-/// before the timer.
+/// A rejected update keeps the seeded value in use, still marked, as a NACK keeps a live
+/// value, also past the does-not-exist timeout: a control plane coming back with one bad
+/// resource does not take the restarted process's last good value away.
 #[test]
 fn a_nacked_seed_stays_in_use_after_the_timeout() {
     let mut s = Seeded::new();
@@ -296,10 +289,9 @@ fn a_snapshot_others_can_write_is_refused() {
     );
 }
 
-/// The name in the directory is followed wherever it points: a symlink planted under it
-/// (the write replaces a symlink, the read follows it) makes the client read a file of
-/// someone else's choosing. Opening with `O_NOFOLLOW` (and `O_NONBLOCK`, then `fstat` on the
-/// open handle) would also close the FIFO race between `metadata` and `open` in `read`.
+/// A symlink planted under the snapshot's name (pointing at a file of someone else's
+/// choosing) is not followed: the file is opened with `O_NOFOLLOW` (and `O_NONBLOCK`, then
+/// checked through the open handle).
 #[cfg(unix)]
 #[test]
 fn a_symlink_under_the_snapshot_name_is_not_followed() {
