@@ -483,3 +483,5 @@ async fn write_loop(config: Arc<FailStatic>, shared: Arc<Shared>, writes: Snapsh
 
 #[cfg(test)]
 mod outage_tests;
+#[cfg(test)]
+mod review2_tests;
