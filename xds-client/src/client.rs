@@ -41,7 +41,6 @@ use crate::watch::{ResourceKey, TargetError, TargetState, XdsConfig, resolve};
 mod metrics;
 mod not_ready;
 mod server_watch;
-pub(crate) use metrics::SnapshotCounter;
 use metrics::XdsMetrics;
 pub use not_ready::{MissingResource, NotReady};
 pub use server_watch::{RouteUnavailable, ServerConfig, ServerState, ServerWatch};

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::metrics::{Counter, Gauge, Meter};
 use opentelemetry::{KeyValue, StringValue};
 
+use crate::fail_static::SnapshotCounter;
 use crate::protocol::{ResourceFailure, ResourceStatus, ResourceView};
 use crate::resource::ResourceType;
 
@@ -101,10 +102,7 @@ impl XdsMetrics {
 
     /// The recorder of snapshot writes, for the writer task.
     pub(super) fn snapshot_writes(&self) -> SnapshotCounter {
-        SnapshotCounter {
-            counter: self.snapshot_writes.clone(),
-            target: self.target.clone(),
-        }
+        SnapshotCounter::new(self.snapshot_writes.clone(), self.target.clone())
     }
 
     /// Whether some resource in use came from a snapshot at the last count.
@@ -234,25 +232,4 @@ fn authority_of(name: &str) -> String {
         .and_then(|rest| rest.split('/').next())
         .unwrap_or("#old")
         .to_owned()
-}
-
-/// Counts the fail-static snapshot's writes (`meshwork.xds.snapshot.writes`) from the
-/// writer task.
-#[derive(Debug, Clone)]
-pub(crate) struct SnapshotCounter {
-    counter: Counter<u64>,
-    target: StringValue,
-}
-
-impl SnapshotCounter {
-    /// Counts one write: `ok`, or the failure's kind.
-    pub(crate) fn record(&self, outcome: &'static str) {
-        self.counter.add(
-            1,
-            &[
-                KeyValue::new("grpc.target", self.target.clone()),
-                KeyValue::new("outcome", outcome),
-            ],
-        );
-    }
 }

@@ -27,6 +27,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use prost::encoding;
 
+use super::trust;
 use crate::resource::ResourceError;
 
 /// The first four bytes of every snapshot file.
@@ -613,6 +614,17 @@ fn decode_body(mut body: &[u8], max_bytes: usize) -> Result<SnapshotFile, Snapsh
     })
 }
 
+/// A trust check's refusal of `path` as a [`SnapshotError`].
+fn refused(path: &Path, refused: trust::Refused) -> SnapshotError {
+    match refused {
+        trust::Refused::Io(source) => SnapshotError::io(path, source),
+        trust::Refused::Untrusted(reason) => SnapshotError::Untrusted {
+            path: path.to_owned(),
+            reason,
+        },
+    }
+}
+
 /// Read `dir/file_name(..)`: Missing when absent; never reads more than max_bytes + 1 (a
 /// bigger file is TooLarge without being read whole); then decode.
 pub(crate) fn read(dir: &Path, expected: &Expected<'_>) -> Result<SnapshotFile, SnapshotError> {
@@ -631,12 +643,12 @@ pub(crate) fn read(dir: &Path, expected: &Expected<'_>) -> Result<SnapshotFile, 
     };
     // Opened without following a link and without blocking on a FIFO, then checked through
     // the open handle, so what is checked is what is read.
-    let Some(file) = super::trust::open(&path)? else {
+    let Some(file) = trust::open(&path).map_err(|e| refused(&path, e))? else {
         return Err(SnapshotError::Missing { path });
     };
     let meta = file.metadata().map_err(|e| SnapshotError::io(&path, e))?;
-    super::trust::check_file(&path, &meta)?;
-    super::trust::check_dir(dir)?;
+    trust::check_file(&meta).map_err(|e| refused(&path, e))?;
+    trust::check_dir(dir).map_err(|e| refused(dir, e))?;
     if meta.len() > expected.max_bytes as u64 {
         return Err(SnapshotError::TooLarge {
             bytes: meta.len(),
@@ -668,7 +680,7 @@ pub(crate) fn write(
     builder.create(dir).map_err(|e| SnapshotError::io(dir, e))?;
     // Refused here too, so an operator hears of a directory the next start would not
     // trust while the control plane is still up.
-    super::trust::check_dir(dir)?;
+    trust::check_dir(dir).map_err(|e| refused(dir, e))?;
     let name = file_name(&file.node_id, &file.servers);
     let path = dir.join(&name);
     let tmp = TmpFile::write(dir, &name, &bytes)?;

@@ -34,10 +34,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::google::protobuf::Any;
+use opentelemetry::metrics::Counter;
+use opentelemetry::{KeyValue, StringValue};
 use tokio::sync::{Notify, oneshot};
 
 use crate::bootstrap::Bootstrap;
-use crate::client::SnapshotCounter;
 use crate::protocol::{AdsState, Seed};
 use crate::resource::{self, ResourceError, ResourceErrorKind, ResourceType};
 use crate::watch::ResourceKey;
@@ -478,6 +479,32 @@ async fn write_loop(config: Arc<FailStatic>, shared: Arc<Shared>, writes: Snapsh
                 );
             }
         }
+    }
+}
+
+/// Counts the fail-static snapshot's writes (`meshwork.xds.snapshot.writes`) from the
+/// writer task.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotCounter {
+    counter: Counter<u64>,
+    target: StringValue,
+}
+
+impl SnapshotCounter {
+    /// Counts on `counter` for the client of `grpc.target` `target`.
+    pub(crate) fn new(counter: Counter<u64>, target: StringValue) -> Self {
+        Self { counter, target }
+    }
+
+    /// Counts one write: `ok`, or the failure's kind.
+    pub(crate) fn record(&self, outcome: &'static str) {
+        self.counter.add(
+            1,
+            &[
+                KeyValue::new("grpc.target", self.target.clone()),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
     }
 }
 

@@ -10,11 +10,19 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::path::Path;
 
-use super::file::SnapshotError;
+/// Why a snapshot file or directory is not used: the caller turns it into its
+/// `SnapshotError` (`Io` or `Untrusted`).
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// Opening or inspecting it failed.
+    Io(io::Error),
+    /// Someone else could have written it.
+    Untrusted(String),
+}
 
 /// Opens `path` for reading without following a symbolic link and without blocking on a
 /// FIFO; `Ok(None)` when there is no file.
-pub(super) fn open(path: &Path) -> Result<Option<File>, SnapshotError> {
+pub(super) fn open(path: &Path) -> Result<Option<File>, Refused> {
     let mut options = OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -28,11 +36,8 @@ pub(super) fn open(path: &Path) -> Result<Option<File>, SnapshotError> {
         Ok(file) => Ok(Some(file)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         // ELOOP: the name is a symbolic link.
-        Err(e) if is_symlink_error(&e) => Err(untrusted(path, "it is a symbolic link".into())),
-        Err(e) => Err(SnapshotError::Io {
-            path: path.to_owned(),
-            source: e,
-        }),
+        Err(e) if is_symlink_error(&e) => Err(Refused::Untrusted("it is a symbolic link".into())),
+        Err(e) => Err(Refused::Io(e)),
     }
 }
 
@@ -47,51 +52,39 @@ fn is_symlink_error(_: &io::Error) -> bool {
 }
 
 /// Checks an open snapshot file (its `fstat`, so what was checked is what is read).
-pub(super) fn check_file(path: &Path, meta: &Metadata) -> Result<(), SnapshotError> {
+pub(super) fn check_file(meta: &Metadata) -> Result<(), Refused> {
     if !meta.is_file() {
-        return Err(SnapshotError::Io {
-            path: path.to_owned(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
-        });
+        let e = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(Refused::Io(e));
     }
-    owned_and_private(path, meta, false)
+    owned_and_private(meta, false)
 }
 
 /// Checks the snapshot directory, before a read or a write.
-pub(super) fn check_dir(dir: &Path) -> Result<(), SnapshotError> {
-    let meta = std::fs::metadata(dir).map_err(|e| SnapshotError::Io {
-        path: dir.to_owned(),
-        source: e,
-    })?;
-    owned_and_private(dir, &meta, true)
+pub(super) fn check_dir(dir: &Path) -> Result<(), Refused> {
+    let meta = std::fs::metadata(dir).map_err(Refused::Io)?;
+    owned_and_private(&meta, true)
 }
 
 #[cfg(unix)]
-fn owned_and_private(path: &Path, meta: &Metadata, dir: bool) -> Result<(), SnapshotError> {
+fn owned_and_private(meta: &Metadata, dir: bool) -> Result<(), Refused> {
     use std::os::unix::fs::MetadataExt;
     let me = rustix::process::geteuid().as_raw();
     let owner = meta.uid();
     if owner != me && !(dir && owner == 0) {
         let reason = format!("it is owned by uid {owner}, not by this process's uid {me}");
-        return Err(untrusted(path, reason));
+        return Err(Refused::Untrusted(reason));
     }
     let mode = meta.mode();
     let sticky = dir && mode & 0o1000 != 0;
     if mode & 0o022 != 0 && !sticky {
         let reason = format!("its mode {:o} lets others write it", mode & 0o7777);
-        return Err(untrusted(path, reason));
+        return Err(Refused::Untrusted(reason));
     }
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn owned_and_private(_: &Path, _: &Metadata, _: bool) -> Result<(), SnapshotError> {
+fn owned_and_private(_: &Metadata, _: bool) -> Result<(), Refused> {
     Ok(())
-}
-
-fn untrusted(path: &Path, reason: String) -> SnapshotError {
-    SnapshotError::Untrusted {
-        path: path.to_owned(),
-        reason,
-    }
 }
