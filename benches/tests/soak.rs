@@ -82,7 +82,7 @@ fn one_minute_under_every_fault_meets_every_target() {
     assert_eq!(total["failed"], total["expected_failures"], "{total}");
     assert!(total["expected_failures"].as_u64() > Some(0), "{total}");
     assert!(v["rotations"].as_u64() >= Some(10), "{}", v["rotations"]);
-    let drift = v["rss_mib"]["drift_pct"].as_f64().expect("drift");
+    let drift = v["rss_mib"]["target_drift_pct"].as_f64().expect("drift");
     assert!(drift < 5.0, "RSS drift {drift} %");
     // The killed backend was serving a call when it died, so the kill tested retries.
     let killed = v["events"]

@@ -391,6 +391,8 @@ impl XdsClientBuilder {
             save_at: None,
             last_save: None,
             retired: HashMap::new(),
+            retired_bytes: 0,
+            silence: false,
             answered: false,
             server_uri: String::new(),
             ads: AdsState::new(self.config),
@@ -541,12 +543,20 @@ impl XdsClient {
     /// waiting for the next periodic write, and wait until it is on disk: for a graceful
     /// shutdown, or a short-lived process. The file's path, or `None` when no snapshot is
     /// configured or values from a snapshot are still in use (nothing new to write).
+    ///
+    /// Nothing is written before a server has answered (the file on disk is then the best
+    /// configuration there is). The wait is bounded: a write that does not finish within
+    /// 10 s (a hung disk) is [`SnapshotError::TimedOut`], and may still finish later.
     pub async fn save_snapshot(&self) -> Result<Option<std::path::PathBuf>, SnapshotError> {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::SaveSnapshot(tx)).is_err() {
             return Ok(None);
         }
-        rx.await.unwrap_or(Ok(None))
+        let after = crate::fail_static::SAVE_TIMEOUT;
+        match tokio::time::timeout(after, rx).await {
+            Ok(reply) => reply.unwrap_or(Ok(None)),
+            Err(_) => Err(SnapshotError::TimedOut { after }),
+        }
     }
 
     /// The latest failure to reach a server or to keep an ADS stream, if there was one. It
@@ -580,6 +590,11 @@ struct Worker {
     /// Resources no longer watched, kept in the snapshots written for a while
     /// ([`RETIRED_FOR`](crate::fail_static::RETIRED_FOR)).
     retired: HashMap<ResourceKey, Retired>,
+    /// The bytes `retired` holds (bounded by the snapshot's `max_bytes`).
+    retired_bytes: usize,
+    /// A does-not-exist timer fired before any server answered: serve the snapshot as
+    /// soon as it is read.
+    silence: bool,
     /// Whether any server has answered since the client started.
     answered: bool,
     servers: Vec<Dialer>,
@@ -721,7 +736,9 @@ impl Worker {
             }
             // Every server it would try failed: serve what the snapshot has for the types no
             // server answered (all of them, unless one answered in part and died).
-            if let Startup::Reading(mut load) = std::mem::replace(&mut self.startup, Startup::Done)
+            if matches!(self.startup, Startup::Reading(_))
+                && let Startup::Reading(mut load) =
+                    std::mem::replace(&mut self.startup, Startup::Done)
             {
                 let bounded = tokio::time::timeout(crate::fail_static::READ_TIMEOUT, &mut load);
                 match self.serve(bounded, &tx).await {
@@ -806,14 +823,19 @@ impl Worker {
         let age = SystemTime::now()
             .duration_since(loaded.written_at)
             .unwrap_or_default();
+        let path = loaded.path.display().to_string();
+        let taken = self.ads.seed(loaded.seeds, now());
+        if taken == 0 {
+            tracing::debug!(%path, "fail-static snapshot not served: servers answered every type it has");
+            return;
+        }
         tracing::warn!(
-            resources = loaded.seeds.len(),
+            resources = taken,
             age_secs = age.as_secs(),
-            path = %loaded.path.display(),
-            "no xDS server answered: serving the fail-static snapshot until one does"
+            %path,
+            "xDS servers unreachable or silent: serving the fail-static snapshot until one answers"
         );
         self.metrics.snapshot_loaded("served");
-        self.ads.seed(loaded.seeds, now());
         self.deliver();
     }
 
@@ -835,7 +857,21 @@ impl Worker {
     fn on_timeout(&mut self) {
         self.ads.handle_timeout(now());
         if !self.answered {
+            self.silence = true;
             self.poll_snapshot();
+            self.serve_snapshot();
+        }
+    }
+
+    /// The snapshot's read finished (a `select!` branch, so its outcome is reported at once
+    /// and a silent control plane's snapshot is served even if the read outlasted the
+    /// timers).
+    fn on_snapshot_read(
+        &mut self,
+        loaded: Result<Result<Loaded, SnapshotError>, tokio::task::JoinError>,
+    ) {
+        self.snapshot_read(loaded);
+        if self.silence && !self.answered {
             self.serve_snapshot();
         }
     }
@@ -843,7 +879,7 @@ impl Worker {
     /// A response arrived: the snapshot is written after it (1 s after a quiet period, at
     /// most once per write interval while changes keep coming).
     fn schedule_save(&mut self) {
-        let Some(persist) = &self.persist else {
+        let Some(persist) = self.persist.as_ref().filter(|p| !p.is_read_only()) else {
             return;
         };
         if self.save_at.is_none() {
@@ -855,22 +891,36 @@ impl Worker {
         }
     }
 
-    /// Hand the cache to the snapshot writer, or try again shortly while values from a
-    /// snapshot are still in use (a server is replacing them).
+    /// Hand the cache to the snapshot writer, or try again at the write pace while values
+    /// of a snapshot are in use in a type no server has answered. Nothing is written
+    /// before a server has answered: the file on disk is then the best configuration there
+    /// is, and what the client holds is at most that file's.
     fn save(&mut self) {
         self.save_at = None;
+        if self.persist.is_none() || !self.answered {
+            return;
+        }
+        let at = now();
+        self.prune_retired(at);
         let Some(persist) = &self.persist else {
             return;
         };
-        let at = now();
-        self.retired.retain(|_, kept| {
-            at.saturating_duration_since(kept.at) < crate::fail_static::RETIRED_FOR
-        });
         if persist.save(&self.ads, &self.retired, at, None) {
             self.last_save = Some(TokioInstant::now());
-        } else if self.answered {
-            self.save_at = Some(after(crate::fail_static::WRITE_DELAY));
+        } else if !persist.is_read_only() {
+            self.save_at = Some(after(persist.write_interval()));
         }
+    }
+
+    /// Forget the retired resources older than [`RETIRED_FOR`](crate::fail_static::RETIRED_FOR).
+    fn prune_retired(&mut self, at: Instant) {
+        let mut bytes = 0;
+        self.retired.retain(|_, kept| {
+            let fresh = at.saturating_duration_since(kept.at) < crate::fail_static::RETIRED_FOR;
+            bytes += if fresh { kept.size() } else { 0 };
+            fresh
+        });
+        self.retired_bytes = bytes;
     }
 
     /// The client is stopping: a change not yet handed to the snapshot writer goes now.
@@ -917,6 +967,7 @@ impl Worker {
                     self.flush(tx);
                 }
                 _ = sleep_until_opt(self.save_at) => self.save(),
+                loaded = read_done(&mut self.startup) => self.on_snapshot_read(loaded),
             }
         }
     }
@@ -981,6 +1032,7 @@ impl Worker {
                 },
                 _ = sleep_until_opt(timer) => self.on_timeout(),
                 _ = sleep_until_opt(self.save_at) => self.save(),
+                loaded = read_done(&mut self.startup) => self.on_snapshot_read(loaded),
                 _ = tokio::time::sleep_until(probe_at), if server > 0 && probe.is_none() => {
                     let primary = self.servers[0].clone();
                     let timeout = self.connect_timeout;
@@ -999,6 +1051,11 @@ impl Worker {
             if !matches!(self.startup, Startup::Done) {
                 self.poll_snapshot();
                 self.release_snapshot();
+            }
+            // Settled on a server's answers: the values of a snapshot waiting for a
+            // subscription are not needed (and would keep the next writes back).
+            if self.answered && self.ads.has_pooled_seeds() && !self.ads.has_missing_resources() {
+                self.ads.drop_pooled_seeds();
             }
         }
     }
@@ -1090,7 +1147,9 @@ impl Worker {
         let holders = self.subscriptions.entry(key.clone()).or_default();
         *holders += 1;
         if *holders == 1 {
-            self.retired.remove(key);
+            if let Some(old) = self.retired.remove(key) {
+                self.retired_bytes -= old.size();
+            }
             self.ads.subscribe(key.0, &key.1);
         }
     }
@@ -1109,9 +1168,10 @@ impl Worker {
     /// Keep a server's value of a resource no longer watched for the next snapshots: a
     /// process that drops its watches while it shuts down still writes their config.
     fn retire(&mut self, key: &ResourceKey) {
-        if self.persist.is_none() || self.retired.len() >= crate::fail_static::MAX_RETIRED {
+        let Some(persist) = self.persist.as_ref().filter(|p| !p.is_read_only()) else {
             return;
-        }
+        };
+        let max_bytes = persist.max_bytes();
         let Some(view) = self.ads.view(key.0, &key.1) else {
             return;
         };
@@ -1124,7 +1184,17 @@ impl Worker {
                 version: version.to_owned(),
                 at: now(),
             };
-            self.retired.insert(key.clone(), kept);
+            // What is kept for writes is bounded by what a write may hold.
+            if self.retired_bytes + kept.size() > max_bytes {
+                self.prune_retired(now());
+                if self.retired_bytes + kept.size() > max_bytes {
+                    return;
+                }
+            }
+            self.retired_bytes += kept.size();
+            if let Some(old) = self.retired.insert(key.clone(), kept) {
+                self.retired_bytes -= old.size();
+            }
         }
     }
 
@@ -1222,7 +1292,7 @@ impl Worker {
             Command::Dump(reply) => {
                 let _ = reply.send(self.dump());
             }
-            Command::SaveSnapshot(reply) => match &self.persist {
+            Command::SaveSnapshot(reply) => match self.persist.as_ref().filter(|_| self.answered) {
                 Some(persist) => {
                     if persist.save(&self.ads, &self.retired, now(), Some(reply)) {
                         self.save_at = None;
@@ -1275,6 +1345,16 @@ impl Worker {
     }
 }
 
+/// The outcome of the snapshot's read once it is done; pending while there is none.
+async fn read_done(
+    startup: &mut Startup,
+) -> Result<Result<Loaded, SnapshotError>, tokio::task::JoinError> {
+    match startup {
+        Startup::Reading(load) => load.await,
+        _ => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(at: Option<TokioInstant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -1308,6 +1388,8 @@ mod tests {
             save_at: None,
             last_save: None,
             retired: HashMap::new(),
+            retired_bytes: 0,
+            silence: false,
             answered: false,
             server_uri: String::new(),
             ads,

@@ -300,6 +300,9 @@ struct TypeState {
     dirty: bool,
     /// A server has answered for this type: snapshot values are no longer wanted.
     answered: bool,
+    /// A server has sent a response of this type that was ACKed: the seeded values in use
+    /// that it left out must now come in time (a response rejected whole says nothing).
+    acked: bool,
     /// Values from a fail-static snapshot for names not subscribed yet, given to a
     /// subscription that comes before any server answers for the type.
     /// When they were seeded.
@@ -413,7 +416,10 @@ impl AdsState {
     /// A seeded value is replaced by the first response that names the resource, deleted
     /// by the first LDS/CDS response that leaves it out, and declared not to exist if a
     /// connected server does not send it within the does-not-exist timeout.
-    pub fn seed(&mut self, seeds: impl IntoIterator<Item = Seed>, now: Instant) {
+    ///
+    /// Returns how many it took (in use or waiting for a subscription).
+    pub fn seed(&mut self, seeds: impl IntoIterator<Item = Seed>, now: Instant) -> usize {
+        let mut taken = 0;
         for seed in seeds {
             let resource_type = seed.value.resource_type();
             let name = seed.value.name().to_owned();
@@ -423,11 +429,16 @@ impl AdsState {
             }
             if !ts.wants(&name) {
                 ts.seeds.insert(name, (seed, now));
+                taken += 1;
                 continue;
             }
             let rs = ts.resources.entry(name.clone()).or_default();
+            if rs.value.is_none() {
+                taken += 1;
+            }
             Self::plant(rs, seed, now, &name, resource_type, &mut self.events);
         }
+        taken
     }
 
     fn plant(
@@ -445,6 +456,30 @@ impl AdsState {
         };
         if let Some(notice) = rs.transition(transition, at) {
             events.push_back(notice.into_event(resource_type, name.to_owned()));
+        }
+    }
+
+    /// Whether values of a fail-static snapshot are in use, or waiting for a subscription,
+    /// in a type no server has answered yet: the configuration is then partly an earlier
+    /// run's, and a snapshot written now would present it as new. (A seeded value a server
+    /// rejected an update of is kept as a last good value and does not count.)
+    pub fn holds_unanswered_snapshot_values(&self) -> bool {
+        self.types.values().any(|ts| {
+            !ts.answered
+                && (!ts.seeds.is_empty() || ts.resources.values().any(|rs| rs.from_snapshot))
+        })
+    }
+
+    /// Whether values of a snapshot wait in a pool for their subscription.
+    pub fn has_pooled_seeds(&self) -> bool {
+        self.types.values().any(|ts| !ts.seeds.is_empty())
+    }
+
+    /// Forget the values of a snapshot that wait for a subscription: a client that has a
+    /// server's answer for everything it watches no longer needs them.
+    pub fn drop_pooled_seeds(&mut self) {
+        for ts in self.types.values_mut() {
+            ts.seeds.clear();
         }
     }
 
@@ -572,10 +607,10 @@ impl AdsState {
         self.connected = true;
         let deadline = now.checked_add(self.config.does_not_exist_timeout);
         for ts in self.types.values_mut() {
-            let answered = ts.answered;
+            let acked = ts.acked;
             for rs in ts.resources.values_mut() {
                 if rs.requested_on_stream {
-                    rs.start_timer(deadline, answered);
+                    rs.start_timer(deadline, acked);
                 }
             }
         }
@@ -641,7 +676,6 @@ impl AdsState {
         ts.nonce = response.nonce.clone();
         // A server answers for the type: values of an earlier run are no longer offered
         // (those in use are replaced or deleted by this response and the timers).
-        let first_answer = !ts.answered;
         ts.answered = true;
         ts.seeds.clear();
         let decoded = response::decode(resource_type, &response);
@@ -654,7 +688,9 @@ impl AdsState {
             &response.version_info,
             now,
         );
-        if first_answer && self.connected {
+        let first_ack = error_detail.is_none() && !ts.acked;
+        ts.acked |= error_detail.is_none();
+        if first_ack && self.connected {
             // The seeded values this answer left out (RDS, EDS) must now come in time.
             let deadline = now.checked_add(self.config.does_not_exist_timeout);
             for rs in ts.resources.values_mut() {
@@ -805,7 +841,7 @@ impl AdsState {
                     if let Some(rs) = ts.resources.get_mut(name) {
                         rs.requested_on_stream = true;
                         if self.connected {
-                            rs.start_timer(deadline, ts.answered);
+                            rs.start_timer(deadline, ts.acked);
                         }
                     }
                 }

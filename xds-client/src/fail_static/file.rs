@@ -135,7 +135,7 @@ pub enum SnapshotError {
     /// another owner, or writable by group or others (a snapshot is served as
     /// configuration, and its checksum is no signature).
     #[error(
-        "xDS snapshot {} is not trusted: {reason}; make the directory and file this user's own and not writable by others (chmod go-w)",
+        "xDS snapshot {} is not trusted: {reason}; give the snapshot a directory of its own, e.g. a subdirectory that meshwork creates (mode 0700), owned by this user and not writable by others",
         path.display()
     )]
     Untrusted {
@@ -143,6 +143,12 @@ pub enum SnapshotError {
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// A write did not finish in time (a hung disk or network mount); it may still finish.
+    #[error("the xDS snapshot write did not finish within {after:?} (a hung disk or mount?)")]
+    TimedOut {
+        /// How long was waited.
+        after: Duration,
     },
     /// The contents do not match their checksum, or do not decode.
     #[error(
@@ -226,6 +232,7 @@ impl SnapshotError {
             Self::Missing { .. } => "missing",
             Self::Io { .. } => "io",
             Self::Untrusted { .. } => "untrusted",
+            Self::TimedOut { .. } => "timeout",
             Self::Truncated { .. } => "truncated",
             Self::Corrupt { .. } => "corrupt",
             Self::UnknownFormat { .. } => "unknown_format",

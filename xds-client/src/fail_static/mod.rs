@@ -72,8 +72,9 @@ pub const DEFAULT_WRITE_INTERVAL: Duration = Duration::from_secs(30);
 /// this.
 pub(crate) const RETIRED_FOR: Duration = Duration::from_secs(10 * 60);
 
-/// The most resources kept as retired (their last values are in memory until written).
-pub(crate) const MAX_RETIRED: usize = 100_000;
+/// How long [`XdsClient::save_snapshot`](crate::client::XdsClient::save_snapshot) waits for
+/// the write (a hung disk must not hang a graceful shutdown).
+pub(crate) const SAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the worker waits for the snapshot read at start when every server has failed:
 /// a file on a hung mount must not keep the client from trying its servers again.
@@ -205,6 +206,13 @@ pub(crate) struct Retired {
     pub(crate) at: Instant,
 }
 
+impl Retired {
+    /// About the bytes it takes in a snapshot (and in memory).
+    pub(crate) fn size(&self) -> usize {
+        self.raw.value.len() + self.raw.type_url.len() + self.version.len()
+    }
+}
+
 /// What [`XdsClient::save_snapshot`](crate::client::XdsClient::save_snapshot) waits on.
 pub(crate) type SaveReply = oneshot::Sender<Result<Option<PathBuf>, SnapshotError>>;
 
@@ -285,6 +293,16 @@ impl Persist {
         self.config.write_interval
     }
 
+    /// Whether the snapshot is only read.
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.config.read_only
+    }
+
+    /// The largest snapshot written: what is kept for writes is bounded by it too.
+    pub(crate) fn max_bytes(&self) -> usize {
+        self.config.max_bytes
+    }
+
     /// Read and check the snapshot on a blocking thread: the resources to seed, or why not.
     pub(crate) fn load(&self) -> tokio::task::JoinHandle<Result<Loaded, SnapshotError>> {
         let (config, node_id, servers) = (
@@ -311,9 +329,11 @@ impl Persist {
     }
 
     /// Hand the cache's valid resources, and those `retired` within [`RETIRED_FOR`] of
-    /// `now`, to the writer, unless a value in use still comes from a snapshot (writing it
-    /// would make an old configuration look new) or the snapshot is read-only: then `reply`
-    /// hears `Ok(None)`. Returns whether it did.
+    /// `now`, to the writer, unless values of a snapshot are in use or pooled in a type no
+    /// server has answered (writing would make an old configuration look new, or leave out
+    /// what a restart needs) or the snapshot is read-only: then `reply` hears `Ok(None)`.
+    /// A seeded value a server rejected an update of is written as any last good value.
+    /// Returns whether it did.
     pub(crate) fn save(
         &self,
         ads: &AdsState,
@@ -327,14 +347,11 @@ impl Persist {
             }
             false
         };
-        if self.config.read_only {
+        if self.config.read_only || ads.holds_unanswered_snapshot_values() {
             return nothing(reply);
         }
         let mut records = Vec::new();
         for view in ads.resources() {
-            if view.from_snapshot {
-                return nothing(reply);
-            }
             if let (Some(raw), Some(version)) = (view.raw, view.version) {
                 records.push(record(view.resource_type, view.name, version, raw));
             }

@@ -210,14 +210,14 @@ impl ResourceState {
 
     /// Start the does-not-exist timer of a resource still waited for, unless it runs. No
     /// deadline (a timeout too large for the clock) means it never fires. A value from a
-    /// snapshot is still waited for once a server has answered for its type
-    /// (`type_answered`): if that server does not send the resource in time, it does not
-    /// exist. Before that, a server's silence says nothing (a control plane may hold a
-    /// request it has no config for), and a seeded value whose update was rejected is kept
-    /// as any last good value is.
-    pub(super) fn start_timer(&mut self, deadline: Option<Instant>, type_answered: bool) {
+    /// snapshot is still waited for once a server has sent an accepted response of its type
+    /// (`type_acked`): if that server does not send the resource in time, it does not exist.
+    /// Before that, a server's silence (or a response rejected whole) says nothing (a
+    /// control plane may hold a request it has no config for), and a seeded value whose
+    /// update was rejected is kept as any last good value is.
+    pub(super) fn start_timer(&mut self, deadline: Option<Instant>, type_acked: bool) {
         let seeded_and_unanswered =
-            self.from_snapshot && type_answered && self.status() == ResourceStatus::Acked;
+            self.from_snapshot && type_acked && self.status() == ResourceStatus::Acked;
         let waiting = (self.value.is_none() && self.status() == ResourceStatus::Requested)
             || seeded_and_unanswered;
         if let Some(deadline) = deadline
