@@ -473,19 +473,7 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (id, rx, closed) = self.shared.with(State::open_stream)?;
-        let guard = StreamGuard {
-            shared: self.shared.clone(),
-            id,
-        };
-        tokio::spawn(read_requests(
-            self.shared.clone(),
-            id,
-            request.into_inner(),
-            closed,
-            State::handle_request,
-        ));
-        Ok(Response::new(ResponseStream { rx, _guard: guard }))
+        self.serve(request, State::open_stream, State::handle_request)
     }
 
     type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
@@ -494,7 +482,35 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (id, rx, closed) = self.shared.with(State::open_delta_stream)?;
+        self.serve(
+            request,
+            State::open_delta_stream,
+            State::handle_delta_request,
+        )
+    }
+}
+
+/// How the state opens a stream whose responses are `T`s.
+type Open<T> = fn(
+    &mut State,
+) -> Result<
+    (
+        u64,
+        tokio::sync::mpsc::UnboundedReceiver<Result<T, Status>>,
+        oneshot::Receiver<()>,
+    ),
+    Status,
+>;
+
+impl Ads {
+    /// Opens a stream (SotW or delta) and feeds its requests to `handle` in a task.
+    fn serve<M: Send + 'static, T>(
+        &self,
+        request: Request<Streaming<M>>,
+        open: Open<T>,
+        handle: fn(&mut State, u64, M) -> Result<(), Status>,
+    ) -> Result<Response<ResponseStream<T>>, Status> {
+        let (id, rx, closed) = self.shared.with(open)?;
         let guard = StreamGuard {
             shared: self.shared.clone(),
             id,
@@ -504,7 +520,7 @@ impl AggregatedDiscoveryService for Ads {
             id,
             request.into_inner(),
             closed,
-            State::handle_delta_request,
+            handle,
         ));
         Ok(Response::new(ResponseStream { rx, _guard: guard }))
     }

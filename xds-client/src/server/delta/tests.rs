@@ -485,7 +485,7 @@ fn streams_are_counted_closed_and_bounded() {
 fn delta_streams_are_refused_past_the_bound() {
     let mut state = State::default();
     let streams: Vec<Stream> = (0..MAX_STREAMS).map(|_| open(&mut state)).collect();
-    let err = state.open_delta_stream().err().expect("refused");
+    let err = state.open_delta_stream().expect_err("refused");
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(state.total_streams(), MAX_STREAMS as u64);
     drop(streams);
