@@ -194,134 +194,41 @@ async fn get(port: u16) -> String {
 /// A listener `ingress` on a free port whose routes come from RDS `routes`, which sends
 /// everything to the EDS cluster `backend`, whose one endpoint is `127.0.0.1:backend_port`.
 fn ingress_snapshot(backend_port: u16) -> Snapshot {
-    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
-    };
-    use envoy_types::pb::envoy::config::core::v3::{
-        Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address,
-        config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
-    };
-    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
-    use envoy_types::pb::envoy::config::route::v3::{
-        Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
-        route_action::ClusterSpecifier, route_match::PathSpecifier,
-    };
-    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-        HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier,
-        http_filter::ConfigType,
-    };
-    use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
-    use prost::{Message, Name};
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use envoy_types::pb::google::protobuf::Duration as PbDuration;
+    use meshwork_xds::server::build;
 
-    fn pack<M: Message + Name>(message: &M) -> Any {
-        Any {
-            type_url: M::type_url(),
-            value: message.encode_to_vec(),
-        }
-    }
-    let ads = || ConfigSource {
-        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
-        resource_api_version: ApiVersion::V3 as i32,
-        ..Default::default()
-    };
-    let socket = |port: u16| Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: "127.0.0.1".to_owned(),
-            port_specifier: Some(PortSpecifier::PortValue(port.into())),
-            ..Default::default()
-        })),
-    };
     let hcm = HttpConnectionManager {
         stat_prefix: "ingress".to_owned(),
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            config_source: Some(ads()),
-            route_config_name: "routes".to_owned(),
-        })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(ConfigType::TypedConfig(pack(&Router::default()))),
-            ..Default::default()
-        }],
-        ..Default::default()
+        ..build::server_hcm_rds("routes", Vec::new())
     };
     Snapshot::new()
-        .listener(Listener {
-            name: "ingress".to_owned(),
-            address: Some(socket(0)),
-            filter_chains: vec![FilterChain {
-                filters: vec![Filter {
-                    name: "envoy.filters.network.http_connection_manager".to_owned(),
-                    config_type: Some(filter::ConfigType::TypedConfig(pack(&hcm))),
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .route(RouteConfiguration {
-            name: "routes".to_owned(),
-            virtual_hosts: vec![VirtualHost {
-                name: "all".to_owned(),
-                domains: vec!["*".to_owned()],
-                routes: vec![Route {
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(PathSpecifier::Prefix("/".to_owned())),
-                        ..Default::default()
-                    }),
-                    action: Some(Action::Route(RouteAction {
-                        cluster_specifier: Some(ClusterSpecifier::Cluster("backend".to_owned())),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
+        .listener(build::server_listener(
+            "ingress",
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            vec![build::plaintext_chain("ingress", hcm)],
+            None,
+        ))
+        .route(build::route_config(
+            "routes",
+            vec![build::virtual_host(
+                "all",
+                ["*"],
+                vec![build::route_to("/", "backend")],
+            )],
+        ))
         .cluster(Cluster {
-            name: "backend".to_owned(),
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
             connect_timeout: Some(PbDuration {
                 seconds: 5,
                 nanos: 0,
             }),
-            eds_cluster_config: Some(EdsClusterConfig {
-                eds_config: Some(ads()),
-                service_name: String::new(),
-            }),
-            ..Default::default()
+            ..build::eds_cluster("backend")
         })
         .endpoints(endpoints(backend_port))
 }
 
 fn endpoints(port: u16) -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
-    use envoy_types::pb::envoy::config::core::v3::{
-        Address, SocketAddress, address, socket_address::PortSpecifier,
-    };
-    use envoy_types::pb::envoy::config::endpoint::v3::{
-        ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
-        lb_endpoint::HostIdentifier,
-    };
-    ClusterLoadAssignment {
-        cluster_name: "backend".to_owned(),
-        endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints: vec![LbEndpoint {
-                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                    address: Some(Address {
-                        address: Some(address::Address::SocketAddress(SocketAddress {
-                            address: "127.0.0.1".to_owned(),
-                            port_specifier: Some(PortSpecifier::PortValue(port.into())),
-                            ..Default::default()
-                        })),
-                    }),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    meshwork_xds::server::build::endpoints("backend", &[SocketAddr::from(([127, 0, 0, 1], port))])
 }
 
 /// Envoy's bootstrap: ADS over delta gRPC to `xds`, LDS and CDS from it.
