@@ -8,9 +8,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use meshwork_xds::server::{RequestKind, Snapshot, XdsTestServer, resource_name, type_url};
@@ -496,19 +494,6 @@ async fn request_without_type_url_ends_the_stream() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("type_url"));
     assert_eq!(server.requests()[0].kind, RequestKind::Invalid);
-}
-
-#[tokio::test]
-async fn delta_is_unimplemented() {
-    let server = XdsTestServer::start().await.unwrap();
-    let mut client = within(AggregatedDiscoveryServiceClient::connect(server.uri()))
-        .await
-        .unwrap();
-    let requests = tokio_stream::iter(vec![DeltaDiscoveryRequest::default()]);
-    let status = within(client.delta_aggregated_resources(requests))
-        .await
-        .expect_err("unimplemented");
-    assert_eq!(status.code(), Code::Unimplemented);
 }
 
 /// The resources gRPC's xDS clients need for `xds:///greeter:50051`: LDS -> RDS -> CDS ->

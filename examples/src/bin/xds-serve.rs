@@ -10,9 +10,8 @@
 //! `{"resources": [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", ...}]}`
 //! (see `meshwork_examples::xds_serve`). It is checked every 500 ms and served anew when its
 //! content changes; a file that does not parse is reported on stderr and the previous
-//! resources stay served. Streams are State of the World (`StreamAggregatedResources`);
-//! delta (`DeltaAggregatedResources`) comes with meshwork-xds's delta support and answers
-//! `UNIMPLEMENTED` until then.
+//! resources stay served. Streams are State of the World (`StreamAggregatedResources`) or
+//! delta (`DeltaAggregatedResources`), as each client chooses.
 //!
 //! It prints `listening on ADDR` once bound and `loaded N resources (version V)` on every
 //! (re)load; it exits 1 if the file is bad at start, 2 for bad arguments.
@@ -31,8 +30,8 @@ use meshwork_xds::server::XdsTestServer;
 /// How often the file is checked for changes.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Serves the xDS resources of a JSON file over ADS (State of the World), reloading it when it
-/// changes. For local development and interop tests; not a production control plane.
+/// Serves the xDS resources of a JSON file over ADS (State of the World and delta), reloading
+/// it when it changes. For local development and interop tests; not a production control plane.
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "xds-serve",
@@ -52,9 +51,8 @@ printed as `loaded N resources (version V)`, V being the file's version_info (if
 hash of its content; a type whose resources did not change keeps its version. A bad file
 is reported on stderr and the previous resources stay served.
 
-Protocol: State of the World ADS (StreamAggregatedResources) over plaintext HTTP/2. Delta ADS
-(DeltaAggregatedResources) is coming with meshwork-xds's delta support; until then it answers
-UNIMPLEMENTED.
+Protocol: State of the World ADS (StreamAggregatedResources) and delta ADS
+(DeltaAggregatedResources) over plaintext HTTP/2.
 
 This is a development tool, not a production control plane: no authentication, no TLS, and
 every client gets the same resources.

@@ -1,9 +1,10 @@
-//! An in-process SotW ADS snapshot server (Envoy xDS v3), for tests, demos and users'
-//! integration tests.
+//! An in-process ADS snapshot server (Envoy xDS v3, SotW and delta), for tests, demos and
+//! users' integration tests.
 //!
-//! [`XdsTestServer`] serves `StreamAggregatedResources` over plain HTTP/2 from a
-//! [`Snapshot`] of resources, following the xDS protocol as go-control-plane does, so that
-//! meshwork's client, Envoy and gRPC's own xDS clients can all use it:
+//! [`XdsTestServer`] serves `StreamAggregatedResources` and `DeltaAggregatedResources` over
+//! plain HTTP/2 from a [`Snapshot`] of resources, following the xDS protocol as
+//! go-control-plane does, so that meshwork's client, Envoy and gRPC's own xDS clients can
+//! all use it. On a SotW stream:
 //!
 //! - Per stream and type URL it keeps the subscribed names, the wildcard (legacy: an empty
 //!   first request for LDS or CDS, kept while later requests stay empty; explicit: `"*"`,
@@ -17,7 +18,14 @@
 //! - A request whose `response_nonce` is not the latest sent for its type is stale: it is
 //!   recorded and otherwise ignored. ACKs and NACKs are recorded and answered with nothing.
 //!   Nonces are unique per stream.
-//! - `DeltaAggregatedResources` answers `UNIMPLEMENTED`.
+//!
+//! A delta (incremental) stream keeps per type URL the subscription and the version of
+//! every resource the client holds (a hash of the resource's bytes), and sends only what
+//! changed: resources the stream gained or whose version changed, and in
+//! `removed_resources` those deleted while it held them and subscribed names that do not
+//! exist. It honours `initial_resource_versions` on a new stream, `"*"` and the legacy
+//! wildcard, and nonces, ACKs and NACKs as SotW does; what one client can make it hold is
+//! bounded (1024 delta streams, 32 types and 16 MiB of names per stream).
 //!
 //! Everything it receives is recorded ([`XdsTestServer::requests`]) and can be awaited
 //! without sleeping ([`XdsTestServer::wait_for`], [`wait_for_ack`], [`wait_for_nack`],
@@ -56,13 +64,14 @@ use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::{Request, Response, Status, Streaming};
 
 pub mod build;
+mod delta;
 mod snapshot;
 mod state;
 
 pub use snapshot::Snapshot;
 pub use state::{RecordedRequest, RequestKind, SentResponse, Subscription};
 
-use state::{OutboundRx, State};
+use state::State;
 
 /// The type URLs of the four resource types a gRPC xDS client uses.
 pub mod type_url {
@@ -411,7 +420,7 @@ impl XdsTestServer {
         })
     }
 
-    /// Sends `response` as it is on every open stream, whatever the streams subscribe to
+    /// Sends `response` as it is on every open SotW stream, whatever the streams subscribe to
     /// (for malformed resources, unknown type URLs, duplicate names...). An empty `nonce` is
     /// replaced by a fresh one. The client's answer is classified against that nonce, and
     /// the next snapshot change resends the real state of `response.type_url`. Returns the
@@ -458,13 +467,50 @@ struct Ads {
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Ads {
-    type StreamAggregatedResourcesStream = ResponseStream;
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
 
     async fn stream_aggregated_resources(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<ResponseStream>, Status> {
-        let (id, rx, closed) = self.shared.with(State::open_stream)?;
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.serve(request, State::open_stream, State::handle_request)
+    }
+
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.serve(
+            request,
+            State::open_delta_stream,
+            State::handle_delta_request,
+        )
+    }
+}
+
+/// How the state opens a stream whose responses are `T`s.
+type Open<T> = fn(
+    &mut State,
+) -> Result<
+    (
+        u64,
+        tokio::sync::mpsc::UnboundedReceiver<Result<T, Status>>,
+        oneshot::Receiver<()>,
+    ),
+    Status,
+>;
+
+impl Ads {
+    /// Opens a stream (SotW or delta) and feeds its requests to `handle` in a task.
+    fn serve<M: Send + 'static, T>(
+        &self,
+        request: Request<Streaming<M>>,
+        open: Open<T>,
+        handle: fn(&mut State, u64, M) -> Result<(), Status>,
+    ) -> Result<Response<ResponseStream<T>>, Status> {
+        let (id, rx, closed) = self.shared.with(open)?;
         let guard = StreamGuard {
             shared: self.shared.clone(),
             id,
@@ -474,30 +520,20 @@ impl AggregatedDiscoveryService for Ads {
             id,
             request.into_inner(),
             closed,
+            handle,
         ));
         Ok(Response::new(ResponseStream { rx, _guard: guard }))
     }
-
-    type DeltaAggregatedResourcesStream =
-        futures_util::stream::Empty<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn delta_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "the xDS test server serves only state-of-the-world ADS (StreamAggregatedResources)",
-        ))
-    }
 }
 
-/// Feeds one stream's requests to the state until the client, the server or an invalid
-/// request ends the stream.
-async fn read_requests(
+/// Feeds one stream's requests to the state (through `handle`) until the client, the
+/// server or an invalid request ends the stream.
+async fn read_requests<M>(
     shared: Arc<Shared>,
     id: u64,
-    mut inbound: Streaming<DiscoveryRequest>,
+    mut inbound: Streaming<M>,
     mut closed: oneshot::Receiver<()>,
+    handle: fn(&mut State, u64, M) -> Result<(), Status>,
 ) {
     loop {
         let message = tokio::select! {
@@ -507,7 +543,7 @@ async fn read_requests(
         };
         match message {
             Ok(Some(request)) => {
-                let open = shared.with(|state| match state.handle_request(id, request) {
+                let open = shared.with(|state| match handle(state, id, request) {
                     Ok(()) => true,
                     Err(status) => {
                         state.end_stream(id, status);
@@ -527,14 +563,14 @@ async fn read_requests(
     }
 }
 
-/// One stream's responses, as tonic sends them.
-struct ResponseStream {
-    rx: OutboundRx,
+/// One stream's responses (SotW or delta), as tonic sends them.
+struct ResponseStream<T> {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<T, Status>>,
     _guard: StreamGuard,
 }
 
-impl Stream for ResponseStream {
-    type Item = Result<DiscoveryResponse, Status>;
+impl<T> Stream for ResponseStream<T> {
+    type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx)

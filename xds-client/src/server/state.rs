@@ -5,11 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
+use super::delta::{DeltaOutboundRx, DeltaStreams};
 use super::snapshot::Snapshot;
 use super::type_url;
 
@@ -28,15 +31,21 @@ pub enum RequestKind {
     /// `error_detail`: the client rejected the response.
     Nack,
     /// Its `response_nonce` is not the latest nonce sent for the type (the client had not
-    /// yet seen a newer response). Recorded, otherwise ignored: it changes no subscription
-    /// and gets no response; the client's answer to the newer response will say what it
-    /// wants.
+    /// yet seen a newer response). On a SotW stream it is recorded and otherwise ignored:
+    /// it changes no subscription and gets no response; the client's answer to the newer
+    /// response will say what it wants. On a delta stream its subscription changes still
+    /// apply (a delta client does not repeat them).
     Stale,
-    /// It had no `type_url`; the server ended the stream with `INVALID_ARGUMENT`.
+    /// The server ended the stream because of it: it had no `type_url`
+    /// (`INVALID_ARGUMENT`), or it would make a delta stream hold more types or names than
+    /// the server allows (`RESOURCE_EXHAUSTED`).
     Invalid,
+    /// A delta request after the first of its type that answers no response (an empty
+    /// `response_nonce`): a change of the subscription.
+    Update,
 }
 
-/// One `DiscoveryRequest` as the server received it.
+/// One `DiscoveryRequest` (or `DeltaDiscoveryRequest`) as the server received it.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct RecordedRequest {
@@ -44,11 +53,36 @@ pub struct RecordedRequest {
     pub stream_id: u64,
     /// How the server classified it.
     pub kind: RequestKind,
-    /// The request itself.
+    /// The request itself. For a delta request, its SotW summary: `node`, `type_url`,
+    /// `response_nonce`, `error_detail`, and as `version_info` the `system_version_info`
+    /// of the response an ACK or NACK answers (empty otherwise); no names (see `delta`).
     pub request: DiscoveryRequest,
+    /// The delta request as received, for a request on a delta stream.
+    pub delta: Option<DeltaDiscoveryRequest>,
 }
 
 impl RecordedRequest {
+    pub(crate) fn delta(
+        stream_id: u64,
+        kind: RequestKind,
+        version_info: String,
+        request: DeltaDiscoveryRequest,
+    ) -> Self {
+        Self {
+            stream_id,
+            kind,
+            request: DiscoveryRequest {
+                version_info,
+                node: request.node.clone(),
+                type_url: request.type_url.clone(),
+                response_nonce: request.response_nonce.clone(),
+                error_detail: request.error_detail.clone(),
+                ..Default::default()
+            },
+            delta: Some(request),
+        }
+    }
+
     /// The request's type URL.
     pub fn type_url(&self) -> &str {
         &self.request.type_url
@@ -68,21 +102,40 @@ impl RecordedRequest {
     }
 }
 
-/// One `DiscoveryResponse` the server sent (snapshot responses and
-/// [`push_raw`](super::XdsTestServer::push_raw) alike).
+/// One `DiscoveryResponse` (or `DeltaDiscoveryResponse`) the server sent (snapshot
+/// responses and [`push_raw`](super::XdsTestServer::push_raw) alike).
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct SentResponse {
     /// The stream it was sent on.
     pub stream_id: u64,
-    /// The response itself.
+    /// The response itself. For a delta response, its SotW summary: `system_version_info`
+    /// as `version_info`, `type_url` and `nonce`, no resources (see `delta`).
     pub response: DiscoveryResponse,
+    /// The delta response as sent, for a response on a delta stream.
+    pub delta: Option<DeltaDiscoveryResponse>,
 }
 
 impl SentResponse {
+    pub(crate) fn delta(
+        stream_id: u64,
+        response: DiscoveryResponse,
+        delta: DeltaDiscoveryResponse,
+    ) -> Self {
+        Self {
+            stream_id,
+            response,
+            delta: Some(delta),
+        }
+    }
+
     /// The names of the response's resources, decoded from their `name` fields where the
-    /// type is known (see [`resource_name`](super::resource_name)).
+    /// type is known (see [`resource_name`](super::resource_name)); for a delta response,
+    /// the names its resources carry.
     pub fn resource_names(&self) -> Vec<String> {
+        if let Some(delta) = &self.delta {
+            return delta.resources.iter().map(|r| r.name.clone()).collect();
+        }
         self.response
             .resources
             .iter()
@@ -140,6 +193,7 @@ pub(crate) struct State {
     total_streams: u64,
     requests: Vec<RecordedRequest>,
     responses: Vec<SentResponse>,
+    delta: DeltaStreams,
     shutting_down: bool,
     /// Per type URL, how many NACKs `wait_for_nack` has already handed out.
     pub(crate) nacks_taken: HashMap<String, usize>,
@@ -154,7 +208,7 @@ fn is_full_state(type_url: &str) -> bool {
 /// The order in which one snapshot change is pushed, so that a client such as Envoy sees
 /// clusters before their endpoints and listeners before their routes, and never a
 /// reference to something it could not yet have.
-fn push_rank(type_url: &str) -> u8 {
+pub(crate) fn push_rank(type_url: &str) -> u8 {
     match type_url {
         type_url::CLUSTER => 0,
         type_url::ENDPOINTS => 1,
@@ -188,16 +242,32 @@ impl State {
         Ok((id, rx, close_rx))
     }
 
+    /// Opens a delta stream; its id comes from the same sequence as SotW streams'.
+    pub(crate) fn open_delta_stream(
+        &mut self,
+    ) -> Result<(u64, DeltaOutboundRx, oneshot::Receiver<()>), Status> {
+        if self.shutting_down {
+            return Err(Status::unavailable("the xDS test server is shutting down"));
+        }
+        let id = self.next_stream_id + 1;
+        let (rx, closed) = self.delta.open(id)?;
+        self.next_stream_id = id;
+        self.total_streams += 1;
+        Ok((id, rx, closed))
+    }
+
     /// Forgets the stream; returns whether it was open. Dropping its sender ends the
     /// response stream with `OK` once the queued responses are out.
     pub(crate) fn remove_stream(&mut self, id: u64) -> bool {
-        self.streams.remove(&id).is_some()
+        self.streams.remove(&id).is_some() || self.delta.remove(id)
     }
 
     /// Ends stream `id` with `status`.
     pub(crate) fn end_stream(&mut self, id: u64, status: Status) {
         if let Some(stream) = self.streams.remove(&id) {
             let _ = stream.tx.send(Err(status));
+        } else {
+            self.delta.end(id, status);
         }
     }
 
@@ -208,7 +278,7 @@ impl State {
             // A failed send means the client is already gone.
             let _ = stream.tx.send(Err(status()));
         }
-        streams.len()
+        streams.len() + self.delta.close_all(&status)
     }
 
     pub(crate) fn begin_shutdown(&mut self) {
@@ -216,11 +286,18 @@ impl State {
     }
 
     pub(crate) fn stream_count(&self) -> usize {
-        self.streams.len()
+        self.streams.len() + self.delta.len()
     }
 
     pub(crate) fn stream_ids(&self) -> Vec<u64> {
-        self.streams.keys().copied().collect()
+        let mut ids: Vec<u64> = self
+            .streams
+            .keys()
+            .copied()
+            .chain(self.delta.ids())
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     pub(crate) fn total_streams(&self) -> u64 {
@@ -244,8 +321,29 @@ impl State {
     }
 
     pub(crate) fn subscription(&self, stream_id: u64, type_url: &str) -> Option<Subscription> {
-        let ts = self.streams.get(&stream_id)?.types.get(type_url)?;
+        let Some(stream) = self.streams.get(&stream_id) else {
+            return self.delta.subscription(stream_id, type_url);
+        };
+        let ts = stream.types.get(type_url)?;
         ts.requested.then(|| ts.sub.clone())
+    }
+
+    /// Handles one request of delta stream `id`. An `Err` is the status to end the stream
+    /// with.
+    pub(crate) fn handle_delta_request(
+        &mut self,
+        id: u64,
+        request: DeltaDiscoveryRequest,
+    ) -> Result<(), Status> {
+        let handled = self.delta.handle(
+            id,
+            request,
+            &self.snapshot,
+            &mut self.requests,
+            &mut self.responses,
+        );
+        self.trim_records();
+        handled
     }
 
     /// Handles one request of stream `id`. An `Err` is the status to end the stream with.
@@ -297,6 +395,7 @@ impl State {
                 stream_id: id,
                 kind: RequestKind::Invalid,
                 request,
+                delta: None,
             });
             return Err(Status::invalid_argument(
                 "DiscoveryRequest.type_url: empty; every request on an ADS stream must name its type",
@@ -321,6 +420,7 @@ impl State {
             stream_id: id,
             kind,
             request,
+            delta: None,
         });
         if kind == RequestKind::Stale {
             return Ok(());
@@ -381,8 +481,10 @@ impl State {
             snapshot,
             streams,
             responses,
+            delta,
             ..
         } = self;
+        delta.push_changes(snapshot, responses);
         for (&id, stream) in streams.iter_mut() {
             let mut urls: Vec<String> = stream
                 .types
@@ -426,6 +528,7 @@ impl State {
             responses.push(SentResponse {
                 stream_id: id,
                 response: response.clone(),
+                delta: None,
             });
             let _ = stream.tx.send(Ok(response));
         }
@@ -501,6 +604,7 @@ fn send(
     responses.push(SentResponse {
         stream_id: id,
         response: response.clone(),
+        delta: None,
     });
     // A failed send means the client is gone; its reader task removes the stream.
     let _ = stream.tx.send(Ok(response));
