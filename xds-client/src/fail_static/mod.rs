@@ -5,28 +5,39 @@
 //! environment variable [`SNAPSHOT_DIR_ENV`] (`MESHWORK_XDS_SNAPSHOT_DIR`), which
 //! [`XdsClient::builder`] reads. Then:
 //!
-//! - After the client ACKs a response it writes every valid cached resource, with its
-//!   version, to one file per node id and server list in that directory (at most one write
-//!   a second, and once more when the client stops; versioned, checksummed, written to a
-//!   temporary file and renamed, never more than [`FailStatic::max_bytes`]). Nothing is
-//!   written while any value in use still comes from a snapshot.
-//! - On start, the file is read and checked in the background. If every configured server
-//!   fails its first attempt (gRFC A71's fallback order, each within the connect timeout),
-//!   the client serves from it: each resource ACKED with its old version and marked
-//!   `from_snapshot` in [`XdsClient::dump`], in CSDS (`is_static_resource`: loaded from a
-//!   file at start, not sent by a control plane) and in the metric
-//!   `meshwork.xds.snapshot.resources`. It keeps trying the servers; the first response of
-//!   a server for a type replaces that type's snapshot values
+//! - After a server's response the client writes every valid cached resource, with its
+//!   version, to one file per node id and server list in that directory: 1 s after a
+//!   change, at most once per [`FailStatic::write_interval`] (30 s) while changes keep
+//!   coming, and at once on [`XdsClient::save_snapshot`] (for a graceful shutdown).
+//!   Versioned, checksummed, written to a temporary file and renamed, never more than
+//!   [`FailStatic::max_bytes`]. Nothing is written before a server has answered, nor
+//!   while values of a snapshot are in use in a type no server has answered (the file
+//!   would present an old configuration as new).
+//! - On start, the file is read and checked in the background and the outcome reported
+//!   at once (`meshwork.xds.snapshot.loads{outcome}`: `ok` or why not; logged, at info
+//!   when there is none yet, at warn when it is refused). The client serves from it when
+//!   every server it would try failed (gRFC A71's order, each within the connect
+//!   timeout), or when a does-not-exist timer fires before any server answered (a control
+//!   plane that holds the requests without a word): each resource ACKED with its old
+//!   version and marked `from_snapshot` in [`XdsClient::dump`], in CSDS
+//!   (`is_static_resource`: loaded from a file at start, not sent by a control plane) and
+//!   in the metric `meshwork.xds.snapshot.resources`. It keeps trying the servers; a
+//!   server's answers for a type replace that type's snapshot values
 //!   ([`AdsState::seed`](crate::protocol::AdsState::seed) says how).
-//! - A snapshot that is missing, unreadable, truncated, corrupt, of another format, of
-//!   another node or server list, older than [`FailStatic::max_age`], or holding a resource
-//!   that no longer validates is not used: the reason is a typed [`SnapshotError`], logged
-//!   at warn and counted in `meshwork.xds.snapshot.loads` by `outcome`. Never a panic; a
-//!   refused snapshot leaves the client as it would be without one.
+//! - A snapshot that is missing, unreadable, untrusted (a symbolic link, another owner,
+//!   writable by others: unix only), truncated, corrupt, of another format, of another
+//!   node or server list, older than [`FailStatic::max_age`], or holding a resource that no
+//!   longer validates is not used: the reason is a typed [`SnapshotError`]. Never a
+//!   panic; a refused snapshot leaves the client as it would be without one.
+//!
+//! Give the snapshot a directory of its own (e.g. a subdirectory of a Kubernetes
+//! `emptyDir` volume, whose mount point is world-writable): meshwork creates it with mode
+//! 0700, and refuses a directory others could write.
 //!
 //! [`XdsClientBuilder::fail_static`]: crate::client::XdsClientBuilder::fail_static
 //! [`XdsClient::builder`]: crate::client::XdsClient::builder
 //! [`XdsClient::dump`]: crate::client::XdsClient::dump
+//! [`XdsClient::save_snapshot`]: crate::client::XdsClient::save_snapshot
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -528,4 +539,4 @@ impl SnapshotCounter {
 #[cfg(test)]
 mod outage_tests;
 #[cfg(test)]
-mod review2_tests;
+mod rejection_tests;

@@ -1,5 +1,5 @@
-//! A second review of the fail-static rules in the sans-io state (issue #15): a rejected
-//! update that names no resource.
+//! The fail-static rules in the sans-io state for a rejected response that names no
+//! resource.
 
 #![cfg(feature = "server")]
 
@@ -33,12 +33,9 @@ fn undecodable(t: ResourceType) -> DiscoveryResponse {
     }
 }
 
-/// A NACK keeps a seeded value in use past the does-not-exist timeout (the first review's
-/// F2, fixed for a rejected resource the response names). A response none of whose
-/// resources decodes is rejected as a whole and names nothing: it is no answer about `a`,
-/// yet as the type's first response it starts the timer of the ACKED seed, which then ends
-/// the last good value 15 s later. The timers of the first answer should start only when
-/// it is accepted (or the seeds it leaves out be kept as NACKed ones are).
+/// A NACK keeps a seeded value in use past the does-not-exist timeout, also when the
+/// response is rejected whole and names nothing: it is no answer about `a`, so the timers
+/// of the seeds it leaves out start only with the type's first accepted response.
 #[test]
 fn a_response_that_does_not_decode_does_not_end_a_seeded_value() {
     let node = Node {

@@ -1,5 +1,6 @@
-//! A second review of the fail-static fixes (issue #15), on real ADS streams and real
-//! files: what the fixes left open. Each test fails on the code it was written against.
+//! What the fail-static snapshot writes, and when not, on real ADS streams and real files:
+//! a shutdown during an outage keeps the good file, and a seeded value a server rejected
+//! an update of does not stop the writes.
 #![cfg(feature = "server")]
 
 use std::net::SocketAddr;
@@ -67,10 +68,8 @@ async fn snapshot_written(dir: &Path, port: u16) -> (SocketAddr, Vec<String>) {
 
 /// A restart while the control plane is down, served from the snapshot, then a graceful
 /// shutdown as `greeter-server` does it (its `MeshServer`, and with it the watches, gone,
-/// then `save_snapshot`): the seeded values go back to the pool on unsubscribe, `retire`
-/// skips them (they are from a snapshot), and `Persist::save` sees no snapshot value in
-/// use, so it writes a fresh, empty snapshot over the good one. The next restart during the
-/// same outage (a crash loop, a rolling restart) serves nothing.
+/// then `save_snapshot`): nothing is written (no server answered), so the next restart
+/// during the same outage (a crash loop, a rolling restart) serves the snapshot again.
 #[tokio::test]
 async fn a_second_restart_during_the_outage_still_serves_the_snapshot() {
     let dir = temp_dir("review2-second-restart");
@@ -102,11 +101,8 @@ async fn a_second_restart_during_the_outage_still_serves_the_snapshot() {
 
 /// Served from the snapshot, then the control plane comes back with a new configuration
 /// in which cluster `a` is one meshwork rejects. The NACK keeps the seeded cluster in use
-/// (right: it is the last good value), but then nothing is ever written again: every
-/// type has a server's answer, the endpoints moved to a new port, and `save_snapshot`
-/// still says "nothing new" (and the worker retries the periodic write every second, for
-/// as long as the process runs). After `max_age` (a day) the file on disk is refused as
-/// stale, although the process ran on a live control plane's config all along.
+/// (its last good value), and the snapshot is still written: with that cluster as it was
+/// and the rest (endpoints moved to a new port) as the server sent it.
 #[tokio::test]
 async fn a_rejected_update_of_a_seeded_value_does_not_stop_every_later_write() {
     let dir = temp_dir("review2-nacked-seed");
@@ -169,10 +165,8 @@ async fn blackhole_on(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
 
 /// A process started while its control plane is blackholed is stopped (SIGTERM) before the
 /// first connection attempt has timed out, and saves its snapshot on the way out, as
-/// `greeter-server` does: no server has answered and nothing was served yet, so the client
-/// has nothing newer than the file, yet `save_snapshot` writes an empty snapshot over it
-/// (the same root as the test above: only a seed *in use* stops a write). The next restart
-/// during the outage serves nothing.
+/// `greeter-server` does: no server has answered, so nothing is written over the file, and
+/// the next restart during the outage serves it.
 #[tokio::test]
 async fn a_save_before_any_answer_keeps_the_snapshot() {
     let dir = temp_dir("review2-save-before-answer");
