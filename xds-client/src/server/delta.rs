@@ -34,8 +34,8 @@ use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
+use super::record::{RecordedRequest, RequestKind, SentResponse, Subscription, push_rank};
 use super::snapshot::Snapshot;
-use super::state::{RecordedRequest, RequestKind, SentResponse, Subscription, push_rank};
 use super::type_url;
 
 /// The most delta streams open at once; a further one is refused with `RESOURCE_EXHAUSTED`.

@@ -65,11 +65,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub mod build;
 mod delta;
+mod record;
 mod snapshot;
 mod state;
 
+pub use record::{RecordedRequest, RequestKind, SentResponse, Subscription};
 pub use snapshot::Snapshot;
-pub use state::{RecordedRequest, RequestKind, SentResponse, Subscription};
 
 use state::State;
 
