@@ -11,14 +11,23 @@ use meshwork_xds::server::build;
 /// An EDS response for cluster `bench-cluster` with `endpoints` endpoints spread over
 /// `localities` localities (distinct IPv4 addresses in 10.0.0.0/8, port 8080).
 pub fn eds_response(endpoints: u32, version: &str, localities: u32) -> DiscoveryResponse {
-    let per = endpoints.div_ceil(localities);
+    response(
+        version,
+        vec![build::pack(&cla("bench-cluster", endpoints, localities, 0))],
+    )
+}
+
+/// The endpoints of `cluster`: `endpoints` distinct IPv4 addresses in 10.0.0.0/8 from
+/// `10.0.0.1 + first` on, port 8080, spread over `localities` localities.
+pub fn cla(cluster: &str, endpoints: u32, localities: u32, first: u32) -> ClusterLoadAssignment {
+    let per = endpoints.div_ceil(localities.max(1));
     let mut cla = ClusterLoadAssignment {
-        cluster_name: "bench-cluster".into(),
+        cluster_name: cluster.into(),
         ..Default::default()
     };
     for l in 0..localities {
         let addresses: Vec<std::net::SocketAddr> = (l * per..((l + 1) * per).min(endpoints))
-            .map(|i| (std::net::Ipv4Addr::from(0x0a00_0000 + i + 1), 8080).into())
+            .map(|i| (std::net::Ipv4Addr::from(0x0a00_0000 + first + i + 1), 8080).into())
             .collect();
         let locality = Locality {
             region: "region".into(),
@@ -28,7 +37,28 @@ pub fn eds_response(endpoints: u32, version: &str, localities: u32) -> Discovery
         cla.endpoints
             .push(build::locality_endpoints(locality, 1, 0, &addresses));
     }
-    response(version, vec![build::pack(&cla)])
+    cla
+}
+
+/// One SotW EDS response carrying `clusters` ClusterLoadAssignments named `cluster-N`, each
+/// with `endpoints_each` endpoints in one locality (every address distinct).
+pub fn eds_response_many(clusters: u32, endpoints_each: u32, version: &str) -> DiscoveryResponse {
+    let resources = (0..clusters)
+        .map(|i| {
+            build::pack(&cla(
+                &format!("cluster-{i}"),
+                endpoints_each,
+                1,
+                i * endpoints_each,
+            ))
+        })
+        .collect();
+    response(version, resources)
+}
+
+/// A SotW response of `resources` (their type is the first one's; EDS when empty).
+pub fn sotw_response(version: &str, resources: Vec<Any>) -> DiscoveryResponse {
+    response(version, resources)
 }
 
 /// A CDS response with `clusters` EDS clusters named `cluster-N`.
