@@ -99,10 +99,24 @@ impl Serve {
 
     /// `xds-dump`'s rows for `target`, checking that it exits 0 (the config is complete).
     async fn dump(&self, target: &str, providers: Option<&str>) -> Vec<serde_json::Value> {
+        let (code, rows) = self.dump_with(target, providers, "").await;
+        assert_eq!(code, Some(0), "xds-dump: {rows:?}");
+        rows
+    }
+
+    /// `xds-dump`'s exit code and rows for `target`; `server_fields` are added to the
+    /// bootstrap's server entry (e.g. `, "api_type": "DELTA_GRPC"`).
+    async fn dump_with(
+        &self,
+        target: &str,
+        providers: Option<&str>,
+        server_fields: &str,
+    ) -> (Option<i32>, Vec<serde_json::Value>) {
         let bootstrap = format!(
-            r#"{{"xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}]}}],
+            r#"{{"xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}] {}}}],
                 "node": {{"id": "xds-serve-test"}} {}}}"#,
             self.addr,
+            server_fields,
             providers.map(|p| format!(", {p}")).unwrap_or_default()
         );
         let out = Command::new(env!("CARGO_BIN_EXE_xds-dump"))
@@ -115,8 +129,9 @@ impl Serve {
             .await
             .expect("run xds-dump");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "xds-dump: {stderr}");
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"))
+        let rows = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+        (out.status.code(), rows)
     }
 }
 
@@ -450,4 +465,102 @@ async fn grpcio_and_meshwork_call_a_greeter_through_the_file() {
         assert_eq!(last["counts"], json!({"A": 5}), "{who}: {stdout}\n{stderr}");
         assert_eq!(last["errors"], 0, "{who}: {stdout}");
     }
+}
+
+/// (type URL, name, status, version) of every row, sorted: the per-resource ACK view that
+/// gRPC's CSDS and `xds-dump` both report.
+fn ack_view(rows: &[serde_json::Value]) -> Vec<[String; 4]> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let mut view: Vec<[String; 4]> = rows
+        .iter()
+        .map(|r| {
+            [
+                text(&r["type"]),
+                text(&r["name"]),
+                text(&r["status"]),
+                text(&r["version"]),
+            ]
+        })
+        .collect();
+    view.sort();
+    view
+}
+
+/// The greeter file with a second route to a cluster every gRPC-style client must NACK
+/// (`STATIC`: neither EDS, LOGICAL_DNS nor aggregate).
+fn greeter_with_a_nacked_cluster() -> String {
+    let mut file: serde_json::Value = serde_json::from_str(GREETER).unwrap();
+    let resources = file["resources"].as_array_mut().unwrap();
+    for resource in resources.iter_mut() {
+        if resource["name"] == "greeter-routes" {
+            let routes = resource["virtual_hosts"][0]["routes"]
+                .as_array_mut()
+                .unwrap();
+            routes.insert(
+                0,
+                json!({"match": {"prefix": "/broken/"}, "route": {"cluster": "broken"}}),
+            );
+        }
+    }
+    resources.push(json!({
+        "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        "name": "broken",
+        "type": "STATIC",
+        "lb_policy": "ROUND_ROBIN"
+    }));
+    file.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
+async fn grpcio_and_meshwork_reach_the_same_ack_view() {
+    let venv = peers::venv();
+    let dir = temp_dir("xds-serve-ack-view");
+    let path = file(&dir, &greeter_with_a_nacked_cluster());
+    let mut serve = Serve::start(&path).await;
+    serve.loaded(5).await;
+
+    let bootstrap = dir.join("bootstrap.json");
+    std::fs::write(
+        &bootstrap,
+        format!(
+            r#"{{"xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
+                "server_features": ["xds_v3"]}}], "node": {{"id": "xds-serve-ack-view"}}}}"#,
+            serve.addr
+        ),
+    )
+    .unwrap();
+    let out = Command::new(venv.join("bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../xds-client/tests/peers/grpcio_csds_dump.py"
+        ))
+        .args(["--targets", "greeter:50051", "--wait", "30"])
+        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+        .env_remove("GRPC_XDS_BOOTSTRAP_CONFIG")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run grpcio_csds_dump.py");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "grpcio: {stderr}");
+    let theirs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("grpcio: not JSON ({e}): {stderr}"));
+    let theirs = ack_view(&theirs);
+
+    // The view is what the comparison is about, so check it is the interesting one: four
+    // resources ACKED at the file's version and the STATIC cluster NACKED.
+    let statuses: Vec<(&str, &str)> = theirs
+        .iter()
+        .map(|[_, name, status, _]| (name.as_str(), status.as_str()))
+        .collect();
+    assert!(statuses.contains(&("broken", "NACKED")), "{theirs:?}");
+    assert_eq!(
+        statuses.iter().filter(|(_, s)| *s == "ACKED").count(),
+        4,
+        "{theirs:?}"
+    );
+
+    let (_, ours) = serve.dump_with("xds:///greeter:50051", None, "").await;
+    assert_eq!(ack_view(&ours), theirs, "meshwork (SotW) vs grpcio");
 }
