@@ -2,19 +2,17 @@
 //! disk and, started again while every xDS server is down, serves from it until a server
 //! answers. Real ADS streams on loopback, real files in a temp dir.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use meshwork_test_support::xds::{bootstrap, routes_to};
+use meshwork_test_support::xds::{
+    bootstrap, endpoint_port, fail_static_builder, one_local_endpoint,
+};
 use meshwork_test_support::{refused_addr, temp_dir, within};
-use meshwork_xds::client::XdsClientBuilder;
 use meshwork_xds::fail_static::FailStatic;
 use meshwork_xds::protocol::ResourceStatus;
-use meshwork_xds::resource::ClusterLoadAssignment;
-use meshwork_xds::server::{Snapshot, XdsTestServer, build};
-use meshwork_xds::watch::{ClusterChildren, ClusterState, TargetState, XdsConfig};
+use meshwork_xds::server::XdsTestServer;
+use meshwork_xds::watch::TargetState;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
@@ -22,39 +20,10 @@ use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMete
 const TARGET: &str = "greeter:50051";
 const NODE: &str = "meshwork-fail-static-test";
 
-/// Listener -> routes -> cluster `a` with one endpoint on `port`.
-fn config(port: u16) -> Snapshot {
-    routes_to(TARGET, &["a"])
-        .cluster(build::eds_cluster("a"))
-        .endpoints(build::endpoints(
-            "a",
-            &[SocketAddr::from(([127, 0, 0, 1], port))],
-        ))
-}
-
-fn builder(node: &str, servers: &[String], dir: &Path) -> XdsClientBuilder {
-    let (min, max) = (Duration::from_millis(20), Duration::from_millis(100));
-    meshwork_test_support::xds::builder(node, servers, min, max)
-        .connect_timeout(Duration::from_secs(2))
-        .fail_static(FailStatic::new(dir))
-}
-
-/// The one endpoint port of cluster `a`.
-fn port_of(config: &XdsConfig) -> u16 {
-    let ClusterState::Ready(cluster) = &config.clusters["a"] else {
-        panic!("{:?}", config.clusters["a"]);
-    };
-    let ClusterChildren::Endpoints(Ok(cla)) = &cluster.children else {
-        panic!("{:?}", cluster.children);
-    };
-    let cla: &Arc<ClusterLoadAssignment> = cla;
-    cla.localities[0].endpoints[0].address.port()
-}
-
 /// Run a client of `servers` until it has the target, then write its snapshot; returns the
 /// file.
 async fn write_snapshot(node: &str, servers: &[String], dir: &Path) -> PathBuf {
-    let client = builder(node, servers, dir).start();
+    let client = fail_static_builder(node, servers, dir).start();
     let mut watch = client.watch_target(TARGET, TARGET).await;
     within(10, watch.ready(Duration::from_secs(10)))
         .await
@@ -136,21 +105,21 @@ impl Metrics {
 async fn a_restart_with_every_server_down_serves_the_snapshot_until_a_server_answers() {
     let dir = temp_dir("fail-static-restart");
     let server = XdsTestServer::start().await.unwrap();
-    server.set_snapshot(config(1001));
+    server.set_snapshot(one_local_endpoint(TARGET, 1001));
     let (addr, uris) = (server.addr(), vec![server.uri()]);
     write_snapshot(NODE, &uris, &dir).await;
     server.shutdown().await.unwrap();
 
     // Restarted with the control plane down: the snapshot is served, and marked.
     let metrics = Metrics::new();
-    let client = builder(NODE, &uris, &dir)
+    let client = fail_static_builder(NODE, &uris, &dir)
         .meter(metrics.provider.meter("meshwork"))
         .start();
     let mut watch = client.watch_target(TARGET, TARGET).await;
     let served = within(10, watch.ready(Duration::from_secs(10)))
         .await
         .unwrap();
-    assert_eq!(port_of(&served), 1001);
+    assert_eq!(endpoint_port(&served, "a"), Some(1001));
     let dump = client.dump().await;
     assert_eq!(dump.len(), 4, "{dump:#?}");
     for row in &dump {
@@ -180,18 +149,20 @@ async fn a_restart_with_every_server_down_serves_the_snapshot_until_a_server_ans
 
     // The control plane comes back with another config: it replaces the snapshot.
     let server = XdsTestServer::start_on(addr).await.unwrap();
-    server.set_snapshot(config(1002));
+    server.set_snapshot(one_local_endpoint(TARGET, 1002));
     let replaced = within(10, async {
         loop {
             match watch.changed().await {
-                Some(TargetState::Ready(config)) if port_of(&config) == 1002 => break config,
+                Some(TargetState::Ready(config)) if endpoint_port(&config, "a") == Some(1002) => {
+                    break config;
+                }
                 Some(_) => {}
                 None => panic!("the client stopped"),
             }
         }
     })
     .await;
-    assert_eq!(port_of(&replaced), 1002);
+    assert_eq!(endpoint_port(&replaced, "a"), Some(1002));
     let dump = client.dump().await;
     assert!(dump.iter().all(|row| !row.from_snapshot), "{dump:#?}");
     assert_eq!(
@@ -202,12 +173,12 @@ async fn a_restart_with_every_server_down_serves_the_snapshot_until_a_server_ans
     client.save_snapshot().await.unwrap().expect("written");
     drop((watch, client));
     server.shutdown().await.unwrap();
-    let client = builder(NODE, &uris, &dir).start();
+    let client = fail_static_builder(NODE, &uris, &dir).start();
     let mut watch = client.watch_target(TARGET, TARGET).await;
     let served = within(10, watch.ready(Duration::from_secs(10)))
         .await
         .unwrap();
-    assert_eq!(port_of(&served), 1002);
+    assert_eq!(endpoint_port(&served, "a"), Some(1002));
 }
 
 /// gRFC A71: the snapshot is served only once every server failed, and whichever server
@@ -217,29 +188,31 @@ async fn with_fallback_servers_the_snapshot_waits_for_all_and_the_fallback_repla
     let dir = temp_dir("fail-static-fallback");
     let primary = format!("http://{}", refused_addr());
     let fallback = XdsTestServer::start().await.unwrap();
-    fallback.set_snapshot(config(2001));
+    fallback.set_snapshot(one_local_endpoint(TARGET, 2001));
     let addr = fallback.addr();
     let uris = vec![primary, fallback.uri()];
     write_snapshot(NODE, &uris, &dir).await;
     fallback.shutdown().await.unwrap();
 
     let metrics = Metrics::new();
-    let client = builder(NODE, &uris, &dir)
+    let client = fail_static_builder(NODE, &uris, &dir)
         .meter(metrics.provider.meter("meshwork"))
         .start();
     let mut watch = client.watch_target(TARGET, TARGET).await;
     let served = within(10, watch.ready(Duration::from_secs(10)))
         .await
         .unwrap();
-    assert_eq!(port_of(&served), 2001);
+    assert_eq!(endpoint_port(&served, "a"), Some(2001));
     metrics.wait_for_load("served").await;
 
     let fallback = XdsTestServer::start_on(addr).await.unwrap();
-    fallback.set_snapshot(config(2002));
+    fallback.set_snapshot(one_local_endpoint(TARGET, 2002));
     within(10, async {
         loop {
             match watch.changed().await {
-                Some(TargetState::Ready(config)) if port_of(&config) == 2002 => break,
+                Some(TargetState::Ready(config)) if endpoint_port(&config, "a") == Some(2002) => {
+                    break;
+                }
                 Some(_) => {}
                 None => panic!("the client stopped"),
             }
@@ -257,7 +230,7 @@ async fn with_fallback_servers_the_snapshot_waits_for_all_and_the_fallback_repla
 async fn a_damaged_foreign_or_stale_snapshot_is_refused_with_its_reason() {
     let source = temp_dir("fail-static-source");
     let server = XdsTestServer::start().await.unwrap();
-    server.set_snapshot(config(3001));
+    server.set_snapshot(one_local_endpoint(TARGET, 3001));
     let uris = vec![server.uri()];
     let good = std::fs::read(write_snapshot(NODE, &uris, &source).await).unwrap();
     let foreign = std::fs::read(write_snapshot("another-node", &uris, &source).await).unwrap();
@@ -281,7 +254,7 @@ async fn a_damaged_foreign_or_stale_snapshot_is_refused_with_its_reason() {
             std::fs::write(fail_static.path_for(&bootstrap(NODE, &uris)), bytes).unwrap();
         }
         let metrics = Metrics::new();
-        let client = builder(NODE, &uris, &dir)
+        let client = fail_static_builder(NODE, &uris, &dir)
             .fail_static(fail_static)
             .meter(metrics.provider.meter("meshwork"))
             .start();

@@ -14,42 +14,21 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use meshwork_test_support::xds::routes_to;
+use meshwork_test_support::xds::{
+    endpoint_port, fail_static_builder, listen_again_on, one_local_endpoint, snapshot_written,
+};
 use meshwork_test_support::{temp_dir, within};
 use meshwork_xds::client::XdsClientBuilder;
-use meshwork_xds::fail_static::FailStatic;
-use meshwork_xds::server::{Snapshot, XdsTestServer, build};
-use meshwork_xds::watch::{ClusterChildren, ClusterState, TargetState, XdsConfig};
+use meshwork_xds::server::XdsTestServer;
+use meshwork_xds::watch::TargetState;
 use tonic::{Request, Response, Status, Streaming};
 
 const TARGET: &str = "greeter:50051";
 const NODE: &str = "meshwork-fail-static-review";
 
-fn config(port: u16) -> Snapshot {
-    routes_to(TARGET, &["a"])
-        .cluster(build::eds_cluster("a"))
-        .endpoints(build::endpoints(
-            "a",
-            &[SocketAddr::from(([127, 0, 0, 1], port))],
-        ))
-}
-
+/// Silent servers are found out by the does-not-exist timer: 1 s here.
 fn builder(servers: &[String], dir: &Path) -> XdsClientBuilder {
-    let (min, max) = (Duration::from_millis(20), Duration::from_millis(100));
-    meshwork_test_support::xds::builder(NODE, servers, min, max)
-        .connect_timeout(Duration::from_secs(2))
-        .does_not_exist_timeout(Duration::from_secs(1))
-        .fail_static(FailStatic::new(dir))
-}
-
-fn port_of(config: &XdsConfig) -> u16 {
-    let ClusterState::Ready(cluster) = &config.clusters["a"] else {
-        panic!("{:?}", config.clusters["a"]);
-    };
-    let ClusterChildren::Endpoints(Ok(cla)) = &cluster.children else {
-        panic!("{:?}", cluster.children);
-    };
-    cla.localities[0].endpoints[0].address.port()
+    fail_static_builder(NODE, servers, dir).does_not_exist_timeout(Duration::from_secs(1))
 }
 
 /// A control plane that accepts every ADS stream and never answers: what go-control-plane's
@@ -81,37 +60,14 @@ impl AggregatedDiscoveryService for Silent {
 }
 
 /// Serve [`Silent`] on `addr` (the address the snapshot's server had).
-async fn silent_on(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(addr).unwrap();
-    let listener = socket.listen(16).unwrap();
+fn silent_on(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = listen_again_on(addr);
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(AggregatedDiscoveryServiceServer::new(Silent))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
     })
-}
-
-/// Run a client against a live control plane until the target is ready and save its
-/// snapshot; returns the control plane's address and URIs (it is shut down).
-async fn snapshot_written(dir: &Path, port: u16) -> (SocketAddr, Vec<String>) {
-    let server = XdsTestServer::start().await.unwrap();
-    server.set_snapshot(config(port));
-    let (addr, uris) = (server.addr(), vec![server.uri()]);
-    let client = builder(&uris, dir).start();
-    let mut watch = client.watch_target(TARGET, TARGET).await;
-    within(10, watch.ready(Duration::from_secs(10)))
-        .await
-        .unwrap();
-    within(10, client.save_snapshot())
-        .await
-        .unwrap()
-        .expect("written");
-    drop((watch, client));
-    server.shutdown().await.unwrap();
-    (addr, uris)
 }
 
 /// A graceful shutdown drops the application's channels and servers, then (as the docs
@@ -123,7 +79,7 @@ async fn snapshot_written(dir: &Path, port: u16) -> (SocketAddr, Vec<String>) {
 async fn a_snapshot_saved_after_the_watches_are_dropped_still_holds_their_config() {
     let dir = temp_dir("review-shutdown");
     let server = XdsTestServer::start().await.unwrap();
-    server.set_snapshot(config(4001));
+    server.set_snapshot(one_local_endpoint(TARGET, 4001));
     let uris = vec![server.uri()];
     let client = builder(&uris, &dir).start();
     let mut watch = client.watch_target(TARGET, TARGET).await;
@@ -157,14 +113,14 @@ async fn a_snapshot_saved_after_the_watches_are_dropped_still_holds_their_config
 #[tokio::test]
 async fn a_restart_against_a_silent_control_plane_serves_the_snapshot() {
     let dir = temp_dir("review-silent-start");
-    let (addr, uris) = snapshot_written(&dir, 5001).await;
-    let _silent = silent_on(addr).await;
+    let (addr, uris) = snapshot_written(NODE, TARGET, one_local_endpoint(TARGET, 5001), &dir).await;
+    let _silent = silent_on(addr);
 
     let client = builder(&uris, &dir).start();
     let mut watch = client.watch_target(TARGET, TARGET).await;
     let served = within(10, watch.ready(Duration::from_secs(5))).await;
     match served {
-        Ok(config) => assert_eq!(port_of(&config), 5001),
+        Ok(config) => assert_eq!(endpoint_port(&config, "a"), Some(5001)),
         Err(error) => panic!("the snapshot was not served: {error:?}"),
     }
 }
@@ -175,21 +131,21 @@ async fn a_restart_against_a_silent_control_plane_serves_the_snapshot() {
 #[tokio::test]
 async fn a_silent_control_plane_coming_back_does_not_end_the_snapshot() {
     let dir = temp_dir("review-silent-later");
-    let (addr, uris) = snapshot_written(&dir, 6001).await;
+    let (addr, uris) = snapshot_written(NODE, TARGET, one_local_endpoint(TARGET, 6001), &dir).await;
 
     let client = builder(&uris, &dir).start();
     let mut watch = client.watch_target(TARGET, TARGET).await;
     let served = within(10, watch.ready(Duration::from_secs(10)))
         .await
         .unwrap();
-    assert_eq!(port_of(&served), 6001);
-    let _silent = silent_on(addr).await;
+    assert_eq!(endpoint_port(&served, "a"), Some(6001));
+    let _silent = silent_on(addr);
     // Three does-not-exist timeouts: a change of the target here can only be the snapshot
     // being dropped (the control plane never says anything).
     let changed = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
             match watch.changed().await {
-                Some(TargetState::Ready(config)) if port_of(&config) == 6001 => {}
+                Some(TargetState::Ready(config)) if endpoint_port(&config, "a") == Some(6001) => {}
                 other => break other,
             }
         }
