@@ -1,6 +1,6 @@
 //! xDS apply cost: decode, validate and publish one EDS update of 10,000 endpoints and one
 //! CDS update of 1,000 clusters, through the sans-io protocol state machine (what the client
-//! task does per response, minus the socket read).
+//! task does per response, minus the socket read); and the mesh-scale cases of issue #16.
 //!
 //! Run: `cargo bench -p meshwork-benches --bench xds_apply`. The target (issue 3) is an EDS
 //! of 10,000 endpoints applied in under 10 ms on the 2-core CI machine.
@@ -8,60 +8,92 @@
 use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use meshwork_benches::xds_fixtures::{
     cds_response, cla, eds_response, eds_response_many, sotw_response,
 };
-use meshwork_xds::protocol::{AdsState, ProtocolConfig};
+use meshwork_xds::protocol::{AdsState, ProtocolConfig, StreamId};
 use meshwork_xds::resource::ResourceType;
 use meshwork_xds::server::build;
 
-fn apply(c: &mut Criterion) {
-    let mut group = c.benchmark_group("xds_apply");
-    group.sample_size(30);
+/// A state machine on a new SotW stream, subscribed to `names` of `resource_type`, with
+/// its requests sent.
+fn subscribed(
+    resource_type: ResourceType,
+    names: impl IntoIterator<Item = String>,
+) -> (AdsState, StreamId) {
+    let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
+    let stream = ads.on_stream_open();
+    for name in names {
+        ads.subscribe(resource_type, &name);
+    }
+    while ads.poll_request(Instant::now()).is_some() {}
+    (ads, stream)
+}
 
-    let eds = eds_response(10_000, "v2", 8);
-    group.bench_function("eds_10000_endpoints", |b| {
+/// Apply `response` and take what it published; returns the number of events.
+fn apply_response(ads: &mut AdsState, stream: StreamId, response: DiscoveryResponse) -> usize {
+    ads.on_response(stream, response, Instant::now());
+    let mut events = 0;
+    while ads.poll_event().is_some() {
+        events += 1;
+    }
+    events
+}
+
+/// `cluster-0` .. `cluster-{n-1}`.
+fn clusters(n: u32) -> impl Iterator<Item = String> {
+    (0..n).map(|i| format!("cluster-{i}"))
+}
+
+/// Benchmark applying `response` to a state subscribed to `names` of `resource_type`,
+/// checking it publishes `events` events.
+fn bench_apply(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: &str,
+    (resource_type, names): (ResourceType, Vec<String>),
+    response: &DiscoveryResponse,
+    events: usize,
+) {
+    c.bench_function(id, |b| {
         b.iter_batched(
             || {
-                let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
-                let stream = ads.on_stream_open();
-                ads.subscribe(ResourceType::ClusterLoadAssignment, "bench-cluster");
-                while ads.poll_request(Instant::now()).is_some() {}
-                (ads, stream, eds.clone())
+                let (ads, stream) = subscribed(resource_type, names.iter().cloned());
+                (ads, stream, response.clone())
             },
             |(mut ads, stream, response)| {
-                ads.on_response(stream, response, Instant::now());
-                let event = ads.poll_event().expect("the update is published");
+                assert_eq!(apply_response(&mut ads, stream, response), events);
                 let ack = ads.poll_request(Instant::now()).expect("ACK");
                 assert!(ack.error_detail.is_none());
-                (ads, event)
-            },
-            BatchSize::LargeInput,
-        )
-    });
-
-    let cds = cds_response(1_000, "v2");
-    group.bench_function("cds_1000_clusters", |b| {
-        b.iter_batched(
-            || {
-                let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
-                let stream = ads.on_stream_open();
-                ads.subscribe(ResourceType::Cluster, "*");
-                while ads.poll_request(Instant::now()).is_some() {}
-                (ads, stream, cds.clone())
-            },
-            |(mut ads, stream, response)| {
-                ads.on_response(stream, response, Instant::now());
-                let mut events = 0;
-                while ads.poll_event().is_some() {
-                    events += 1;
-                }
-                assert_eq!(events, 1_000);
                 ads
             },
             BatchSize::LargeInput,
         )
     });
+}
+
+fn apply(c: &mut Criterion) {
+    let mut group = c.benchmark_group("xds_apply");
+    group.sample_size(30);
+    let eds = (
+        ResourceType::ClusterLoadAssignment,
+        vec!["bench-cluster".to_owned()],
+    );
+    bench_apply(
+        &mut group,
+        "eds_10000_endpoints",
+        eds,
+        &eds_response(10_000, "v2", 8),
+        1,
+    );
+    let cds = (ResourceType::Cluster, vec!["*".to_owned()]);
+    bench_apply(
+        &mut group,
+        "cds_1000_clusters",
+        cds,
+        &cds_response(1_000, "v2"),
+        1_000,
+    );
     group.finish();
     scale(c);
 }
@@ -72,46 +104,25 @@ fn apply(c: &mut Criterion) {
 fn scale(c: &mut Criterion) {
     let mut group = c.benchmark_group("xds_scale");
     group.sample_size(10);
-
-    let cds = cds_response(10_000, "v1");
-    group.bench_function("cds_10000_clusters", |b| {
-        b.iter_batched(
-            || {
-                let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
-                let stream = ads.on_stream_open();
-                ads.subscribe(ResourceType::Cluster, "*");
-                while ads.poll_request(Instant::now()).is_some() {}
-                (ads, stream, cds.clone())
-            },
-            |(mut ads, stream, response)| {
-                ads.on_response(stream, response, Instant::now());
-                while ads.poll_event().is_some() {}
-                ads
-            },
-            BatchSize::LargeInput,
-        )
-    });
-
-    let eds = eds_response_many(10_000, 10, "v1");
-    group.bench_function("eds_100000_endpoints_in_10000_clusters", |b| {
-        b.iter_batched(
-            || {
-                let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
-                let stream = ads.on_stream_open();
-                for i in 0..10_000 {
-                    ads.subscribe(ResourceType::ClusterLoadAssignment, &format!("cluster-{i}"));
-                }
-                while ads.poll_request(Instant::now()).is_some() {}
-                (ads, stream, eds.clone())
-            },
-            |(mut ads, stream, response)| {
-                ads.on_response(stream, response, Instant::now());
-                while ads.poll_event().is_some() {}
-                ads
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    let cds = (ResourceType::Cluster, vec!["*".to_owned()]);
+    bench_apply(
+        &mut group,
+        "cds_10000_clusters",
+        cds,
+        &cds_response(10_000, "v1"),
+        10_000,
+    );
+    let eds = (
+        ResourceType::ClusterLoadAssignment,
+        clusters(10_000).collect(),
+    );
+    bench_apply(
+        &mut group,
+        "eds_100000_endpoints_in_10000_clusters",
+        eds,
+        &eds_response_many(10_000, 10, "v1"),
+        10_000,
+    );
 
     // A client watching `watched` clusters; cluster-0 has 10,000 endpoints, the others 10.
     let assignments = |version: &str, watched: u32, moved: bool| {
@@ -134,26 +145,14 @@ fn scale(c: &mut Criterion) {
             |b| {
                 b.iter_batched(
                     || {
-                        let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
-                        let stream = ads.on_stream_open();
-                        for i in 0..watched {
-                            ads.subscribe(
-                                ResourceType::ClusterLoadAssignment,
-                                &format!("cluster-{i}"),
-                            );
-                        }
-                        while ads.poll_request(Instant::now()).is_some() {}
-                        ads.on_response(stream, initial.clone(), Instant::now());
-                        while ads.poll_event().is_some() {}
+                        let (mut ads, stream) =
+                            subscribed(ResourceType::ClusterLoadAssignment, clusters(watched));
+                        apply_response(&mut ads, stream, initial.clone());
                         while ads.poll_request(Instant::now()).is_some() {}
                         (ads, stream, update.clone())
                     },
                     |(mut ads, stream, response)| {
-                        ads.on_response(stream, response, Instant::now());
-                        let mut events = 0;
-                        while ads.poll_event().is_some() {
-                            events += 1;
-                        }
+                        let events = apply_response(&mut ads, stream, response);
                         assert_eq!(events, 1, "only the changed assignment is published");
                         ads
                     },
