@@ -97,6 +97,21 @@ impl Serve {
             .to_owned()
     }
 
+    /// A bootstrap file in `dir` naming this server, as gRPC reads it (`GRPC_XDS_BOOTSTRAP`).
+    fn bootstrap_file(&self, dir: &Path, node: &str) -> PathBuf {
+        let path = dir.join("bootstrap.json");
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
+                    "server_features": ["xds_v3"]}}], "node": {{"id": "{node}"}}}}"#,
+                self.addr
+            ),
+        )
+        .unwrap();
+        path
+    }
+
     /// `xds-dump`'s rows for `target`, checking that it exits 0 (the config is complete).
     async fn dump(&self, target: &str, providers: Option<&str>) -> Vec<serde_json::Value> {
         let (code, rows) = self.dump_with(target, providers, "").await;
@@ -428,16 +443,7 @@ async fn grpcio_and_meshwork_call_a_greeter_through_the_file() {
     );
     let mut serve = Serve::start(&path).await;
     serve.loaded(4).await;
-    let bootstrap = dir.join("bootstrap.json");
-    std::fs::write(
-        &bootstrap,
-        format!(
-            r#"{{"xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
-                "server_features": ["xds_v3"]}}], "node": {{"id": "xds-serve-interop"}}}}"#,
-            serve.addr
-        ),
-    )
-    .unwrap();
+    let bootstrap = serve.bootstrap_file(&dir, "xds-serve-interop");
 
     let target = "xds:///greeter:50051";
     let mut ours = Command::new(env!("CARGO_BIN_EXE_greeter-client"));
@@ -520,16 +526,7 @@ async fn grpcio_and_meshwork_reach_the_same_ack_view() {
     let mut serve = Serve::start(&path).await;
     serve.loaded(5).await;
 
-    let bootstrap = dir.join("bootstrap.json");
-    std::fs::write(
-        &bootstrap,
-        format!(
-            r#"{{"xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
-                "server_features": ["xds_v3"]}}], "node": {{"id": "xds-serve-ack-view"}}}}"#,
-            serve.addr
-        ),
-    )
-    .unwrap();
+    let bootstrap = serve.bootstrap_file(&dir, "xds-serve-ack-view");
     let out = Command::new(venv.join("bin/python"))
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
