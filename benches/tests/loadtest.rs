@@ -1,7 +1,8 @@
 //! The load harness runs end to end in a short version, so it cannot rot: every contestant
 //! (the Envoy ones when Envoy is installed; under `CI` a missing Envoy fails the run), the
 //! JSON shape, zero errors, and `--churn`: every update the harness pushed was ACKed by the
-//! meshwork contestants' clients while their churned phase ran.
+//! meshwork contestants' clients while their churned phase ran, and the endpoint it added
+//! answered calls.
 
 use std::process::Command;
 
@@ -67,7 +68,9 @@ fn run(name: &str, args: &[&str]) -> (Value, String) {
 
 #[test]
 fn short_run_of_every_contestant_with_churn() {
-    let (v, stdout) = run("all", &["--churn", "20"]);
+    // 5 updates/s over a 0.2 s phase: the second endpoint is added at once and stays for
+    // the phase, so the client has time to connect it and send it calls.
+    let (v, stdout) = run("all", &["--churn", "5"]);
 
     let contestants = v["contestants"].as_array().expect("contestants");
     let skipped = v["skipped"].as_array().expect("skipped");
@@ -129,6 +132,12 @@ fn short_run_of_every_contestant_with_churn() {
                 "{name}: every update pushed is ACKed: {c}"
             );
             assert_eq!(c["churn_errors"].as_u64(), Some(0), "{name}: {c}");
+            // The client used the change: the added endpoint answered calls (not counted
+            // behind meshwork-via-envoy's sidecar).
+            if name != "meshwork-via-envoy" {
+                let second = c["churn_second_endpoint_calls"].as_u64().unwrap_or(0);
+                assert!(second > 0, "{name}: the added endpoint got no call: {c}");
+            }
             assert!(c["churn_p99_us"].as_f64().unwrap() > 0.0, "{name}: {c}");
         } else {
             assert!(

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::uri::PathAndQuery;
@@ -50,9 +51,9 @@ impl tonic::server::UnaryService<EchoMessage> for EchoMethod {
     }
 }
 
-/// Serves the echo method on `listener`, over h2c or, with `tls`, over TLS; runs until the
-/// runtime stops.
-pub(crate) fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
+/// Serves the echo method on `listener`, over h2c or, with `tls`, over TLS, counting the
+/// requests answered in `served`; runs until the runtime stops.
+fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, served: Arc<AtomicU64>) {
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -60,22 +61,25 @@ pub(crate) fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>
             };
             let _ = tcp.set_nodelay(true);
             let tls = tls.clone();
+            let served = served.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let rsp = if req.uri().path() == ECHO {
-                            let mut grpc =
-                                tonic::server::Grpc::new(
-                                    ProstCodec::<EchoMessage, EchoMessage>::default(),
-                                );
-                            grpc.unary(EchoMethod, req.map(tonic::body::Body::new))
-                                .await
-                        } else {
-                            Status::unimplemented("no such method").into_http()
-                        };
-                        Ok::<_, Infallible>(rsp)
-                    },
-                );
+                let svc =
+                    hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+                        served.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            let rsp = if req.uri().path() == ECHO {
+                                let mut grpc =
+                                    tonic::server::Grpc::new(
+                                        ProstCodec::<EchoMessage, EchoMessage>::default(),
+                                    );
+                                grpc.unary(EchoMethod, req.map(tonic::body::Body::new))
+                                    .await
+                            } else {
+                                Status::unimplemented("no such method").into_http()
+                            };
+                            Ok::<_, Infallible>(rsp)
+                        }
+                    });
                 let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                 match tls {
                     None => {
@@ -92,12 +96,15 @@ pub(crate) fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>
     });
 }
 
-/// Binds 127.0.0.1:0 and serves; returns the address.
-pub(crate) async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<SocketAddr> {
+/// Binds 127.0.0.1:0 and serves; returns the address and the count of requests answered.
+pub(crate) async fn start(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<(SocketAddr, Arc<AtomicU64>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    serve(listener, tls);
-    Ok(addr)
+    let served = Arc::new(AtomicU64::new(0));
+    serve(listener, tls, served.clone());
+    Ok((addr, served))
 }
 
 /// Why a call did not count as a success.

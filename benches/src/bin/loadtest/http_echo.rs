@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -37,9 +38,9 @@ async fn echo(
     )
 }
 
-/// Serves the echo on `listener` over `tls` (which must offer `h2` and `http/1.1`); runs
-/// until the runtime stops.
-fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+/// Serves the echo on `listener` over `tls` (which must offer `h2` and `http/1.1`),
+/// counting the requests answered in `served`; runs until the runtime stops.
+fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, served: Arc<AtomicU64>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
@@ -48,13 +49,17 @@ fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
+            let served = served.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 let io = TokioIo::new(tls);
-                let svc = hyper::service::service_fn(echo);
+                let svc = hyper::service::service_fn(|req| {
+                    served.fetch_add(1, Ordering::Relaxed);
+                    echo(req)
+                });
                 if h2 {
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(io, svc)
@@ -69,10 +74,13 @@ fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     });
 }
 
-/// Binds 127.0.0.1:0 and serves; returns the address.
-pub(crate) async fn start(tls: Arc<rustls::ServerConfig>) -> std::io::Result<SocketAddr> {
+/// Binds 127.0.0.1:0 and serves; returns the address and the count of requests answered.
+pub(crate) async fn start(
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<(SocketAddr, Arc<AtomicU64>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    serve(listener, tls);
-    Ok(addr)
+    let served = Arc::new(AtomicU64::new(0));
+    serve(listener, tls, served.clone());
+    Ok((addr, served))
 }

@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use meshwork_benches::args::parse_duration;
@@ -275,37 +276,48 @@ fn main() {
     }
 }
 
+/// See [`Fixture::churn_target`].
+type ChurnTarget<'a> = (&'static str, SocketAddr, SocketAddr, Option<&'a AtomicU64>);
+
 /// What the harness runs for the children: server addresses, control plane, sidecars.
 struct Fixture {
     dir: PathBuf,
     plaintext: SocketAddr,
     mtls: SocketAddr,
-    /// The gRPC echo's second mTLS listener (the endpoint `--churn` adds and removes).
-    mtls_second: SocketAddr,
+    /// The gRPC echo's second mTLS listener (the endpoint `--churn` adds and removes) and
+    /// the requests it answered.
+    mtls_second: (SocketAddr, Arc<AtomicU64>),
     /// The HTTP echo over mTLS, and its second listener.
     http: SocketAddr,
-    http_second: SocketAddr,
+    http_second: (SocketAddr, Arc<AtomicU64>),
     xds: Arc<meshwork_xds::server::XdsTestServer>,
     /// Per contestant that uses one, its own sidecar (so its memory is its own).
     sidecars: BTreeMap<Contestant, envoy::Envoy>,
 }
 
 impl Fixture {
-    /// The EDS cluster `--churn` changes for `c`, its endpoint, and the second endpoint
-    /// added and removed.
-    fn churn_target(&self, c: Contestant) -> Option<(&'static str, SocketAddr, SocketAddr)> {
-        match c {
+    /// The EDS cluster `--churn` changes for `c`, its endpoint, the second endpoint added
+    /// and removed, and the count of requests that one answered (`None` for a sidecar's
+    /// listener).
+    fn churn_target(&self, c: Contestant) -> Option<ChurnTarget<'_>> {
+        let (cluster, base, (extra, served)) = match c {
             Contestant::Meshwork | Contestant::MeshworkUntraced => {
-                Some((xds::DIRECT_CLUSTER, self.mtls, self.mtls_second))
+                (xds::DIRECT_CLUSTER, self.mtls, &self.mtls_second)
             }
             Contestant::MeshworkViaEnvoy => {
                 let sidecar = self.sidecars.get(&c)?;
-                Some((xds::SIDECAR_CLUSTER, sidecar.listener, sidecar.second?))
+                return Some((
+                    xds::SIDECAR_CLUSTER,
+                    sidecar.listener,
+                    sidecar.second?,
+                    None,
+                ));
             }
-            Contestant::MeshworkHttpH1 => Some((xds::HTTP_H1_CLUSTER, self.http, self.http_second)),
-            Contestant::MeshworkHttpH2 => Some((xds::HTTP_H2_CLUSTER, self.http, self.http_second)),
-            _ => None,
-        }
+            Contestant::MeshworkHttpH1 => (xds::HTTP_H1_CLUSTER, self.http, &self.http_second),
+            Contestant::MeshworkHttpH2 => (xds::HTTP_H2_CLUSTER, self.http, &self.http_second),
+            _ => return None,
+        };
+        Some((cluster, base, *extra, Some(served)))
     }
 }
 
@@ -364,11 +376,11 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     let server_id = format!("spiffe://{TRUST_DOMAIN}{SERVER_PATH}");
 
     let grpc_tls = server_tls(&ca, &server, &[b"h2"])?;
-    let plaintext = echo::start(None).await?;
-    let mtls = echo::start(Some(grpc_tls.clone())).await?;
+    let (plaintext, _) = echo::start(None).await?;
+    let (mtls, _) = echo::start(Some(grpc_tls.clone())).await?;
     let mtls_second = echo::start(Some(grpc_tls)).await?;
     let http_tls = server_tls(&ca, &server, &[b"h2", b"http/1.1"])?;
-    let http = http_echo::start(http_tls.clone()).await?;
+    let (http, _) = http_echo::start(http_tls.clone()).await?;
     let http_second = http_echo::start(http_tls).await?;
 
     // One sidecar per contestant that uses one, so its memory is that contestant's alone;
@@ -601,13 +613,20 @@ async fn run_client(
         text
     });
     let (mut last, mut running, mut report) = (None, None, None);
+    let served = |counter: Option<&AtomicU64>| counter.map(|c| c.load(Ordering::Relaxed));
     while let Some(line) = stdout.next_line().await? {
         match (line.as_str(), churn) {
-            ("churn-start", Some((cluster, base, extra))) if running.is_none() => {
-                running = Some(churn::start(f.xds.clone(), cluster, base, extra, s.churn));
+            ("churn-start", Some((cluster, base, extra, counter))) if running.is_none() => {
+                let churn = churn::start(f.xds.clone(), cluster, base, extra, s.churn);
+                running = Some((churn, served(counter)));
             }
-            ("churn-stop", Some(_)) if running.is_some() => {
-                report = Some(running.take().ok_or("no churn")?.stop().await?);
+            ("churn-stop", Some((.., counter))) if running.is_some() => {
+                let (churn, served_before) = running.take().ok_or("no churn")?;
+                let r = churn.stop().await?;
+                let second = served(counter)
+                    .zip(served_before)
+                    .map(|(after, before)| after - before);
+                report = Some((r, second));
             }
             ("churn-start" | "churn-stop", _) => {
                 return Err(format!("{}: unexpected {line:?}", c.name()).into());
@@ -627,9 +646,12 @@ async fn run_client(
     }
     let mut v: Value = serde_json::from_str(&last.ok_or("the client printed nothing")?)?;
     match (churn, report) {
-        (Some(_), Some(r)) => {
+        (Some(_), Some((r, second))) => {
             v["churn_pushed"] = r.pushed.into();
             v["churn_acked"] = r.acked.into();
+            // Calls the added endpoint answered: the client used the change, not just
+            // ACKed it.
+            v["churn_second_endpoint_calls"] = second.into();
         }
         (Some(_), None) => return Err(format!("{}: the churn phase did not run", c.name()).into()),
         _ => {}
@@ -669,6 +691,12 @@ fn median_round(name: &str, rounds: &[Value]) -> Value {
         out["churn_errors"] = sum("churn_errors").into();
         out["churn_pushed"] = sum("churn_pushed").into();
         out["churn_acked"] = sum("churn_acked").into();
+        if rounds
+            .iter()
+            .any(|r| r["churn_second_endpoint_calls"].is_u64())
+        {
+            out["churn_second_endpoint_calls"] = sum("churn_second_endpoint_calls").into();
+        }
     }
     out
 }
@@ -763,9 +791,9 @@ fn print_churn(results: &[Value]) {
     if rows.is_empty() {
         return;
     }
-    println!("\nopen loop without / with EDS churn (median rounds):");
+    println!("\nopen loop without / with EDS churn (median rounds; updates and calls summed):");
     println!(
-        "{:<20} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>14} {:>7}",
+        "{:<20} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>14} {:>12} {:>7}",
         "contestant",
         "p50 µs",
         "churn",
@@ -775,11 +803,15 @@ fn print_churn(results: &[Value]) {
         "p99.9 µs",
         "churn",
         "updates acked",
+        "2nd ep calls",
         "errors"
     );
     for r in rows {
+        let second = r["churn_second_endpoint_calls"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |n| n.to_string());
         println!(
-            "{:<20} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>6.2}x {:>9.0} {:>9.0} {:>14} {:>7}",
+            "{:<20} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>6.2}x {:>9.0} {:>9.0} {:>14} {:>12} {:>7}",
             r["name"].as_str().unwrap_or("?"),
             f(r, "p50_us"),
             f(r, "churn_p50_us"),
@@ -789,6 +821,7 @@ fn print_churn(results: &[Value]) {
             f(r, "p999_us"),
             f(r, "churn_p999_us"),
             format!("{}/{}", r["churn_acked"], r["churn_pushed"]),
+            second,
             r["churn_errors"],
         );
     }
