@@ -23,12 +23,10 @@ use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use rustls_pki_types::ServerName;
-use rustls_pki_types::pem::PemObject;
 use serde_json::json;
-use tokio::net::TcpStream;
 use tonic::client::{Grpc, GrpcService};
 
+use crate::bare_tls::MtlsConnector;
 use crate::echo::{self, CallError};
 use crate::{Contestant, http_client, procfs};
 
@@ -177,38 +175,13 @@ pub(crate) fn read(dir: &Path, name: &str) -> Result<Vec<u8>> {
     std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()).into())
 }
 
-/// Bare tonic over rustls mTLS: tonic's channel with a connector doing TCP + tokio-rustls,
-/// the client SVID as the client certificate, and webpki's usual verification of the
-/// server (its certificate carries the DNS name `echo.mesh` besides its SPIFFE ID).
+/// Bare tonic over rustls mTLS: tonic's channel over the bare mTLS connector (ALPN `h2`).
 async fn tonic_mtls(addr: SocketAddr, certs: &Path) -> Result<tonic::transport::Channel> {
-    let provider = meshwork_core::crypto::provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&read(certs, "ca.pem")?) {
-        roots.add(c?)?;
-    }
-    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&read(certs, "client.pem")?)
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&read(certs, "client-key.pem")?)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let connect = tower::service_fn(move |_: http::Uri| {
-        let connector = connector.clone();
-        async move {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from("echo.mesh").expect("a valid DNS name");
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
+    let connector = MtlsConnector::new(addr, certs, b"h2")?;
     // The scheme only names the :scheme pseudo-header here: the connector does the TLS.
     Ok(
         tonic::transport::Endpoint::from_shared(format!("http://echo.mesh:{}", addr.port()))?
-            .connect_with_connector(connect)
+            .connect_with_connector(connector)
             .await?,
     )
 }

@@ -17,6 +17,7 @@
 //! rounds and the median round is reported, because the machine is shared and noisy.
 #![forbid(unsafe_code)]
 
+mod bare_tls;
 mod churn;
 mod client;
 mod echo;
@@ -101,7 +102,14 @@ impl Contestant {
     }
 
     fn is_http(self) -> bool {
-        self >= Contestant::HyperMtlsH2
+        matches!(
+            self,
+            Contestant::HyperMtlsH2
+                | Contestant::MeshworkHttpH2
+                | Contestant::HyperMtlsH1
+                | Contestant::MeshworkHttpH1
+                | Contestant::EnvoySidecarHttp
+        )
     }
 
     /// Whether the contestant's client takes its config from the harness's control plane,
