@@ -124,27 +124,27 @@ pub(crate) fn sidecar_config(
 /// An app-facing listener on 127.0.0.1:0: every request to the `echo` cluster.
 fn listener(name: &str, retry: &Value) -> Value {
     json!({
-                "name": name,
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "outbound",
-                        "codec_type": "AUTO",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "echo", "domains": ["*"],
-                            "routes": [{
-                                "match": {"prefix": "/"},
-                                "route": {"cluster": "echo", "timeout": "0s", "retry_policy": retry},
-                            }],
-                        }]},
-                        "http_filters": [{
-                            "name": "envoy.filters.http.router",
-                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                        }],
-                    },
-                }]}],
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "outbound",
+                "codec_type": "AUTO",
+                "route_config": {"virtual_hosts": [{
+                    "name": "echo", "domains": ["*"],
+                    "routes": [{
+                        "match": {"prefix": "/"},
+                        "route": {"cluster": "echo", "timeout": "0s", "retry_policy": retry},
+                    }],
+                }]},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }],
+            },
+        }]}],
     })
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 
 /// The echo's path.
 pub(crate) const ECHO_PATH: &str = "/echo";
@@ -38,49 +38,33 @@ async fn echo(
     )
 }
 
-/// Serves the echo on `listener` over `tls` (which must offer `h2` and `http/1.1`),
-/// counting the requests answered in `served`; runs until the runtime stops.
-fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, served: Arc<AtomicU64>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let served = served.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let io = TokioIo::new(tls);
-                let svc = hyper::service::service_fn(|req| {
-                    served.fetch_add(1, Ordering::Relaxed);
-                    echo(req)
-                });
-                if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, svc)
-                        .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                }
-            });
-        }
+/// Serves the echo on one connection over `tls`, HTTP/2 or HTTP/1.1 as ALPN chose.
+async fn serve(tcp: TcpStream, tls: tokio_rustls::TlsAcceptor, served: Arc<AtomicU64>) {
+    let Ok(tls) = tls.accept(tcp).await else {
+        return;
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let svc = hyper::service::service_fn(|req| {
+        served.fetch_add(1, Ordering::Relaxed);
+        echo(req)
     });
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .await;
+    }
 }
 
-/// Binds 127.0.0.1:0 and serves; returns the address and the count of requests answered.
+/// Serves the echo on 127.0.0.1:0 over `tls` (which must offer `h2` and `http/1.1`);
+/// returns the address and the count of requests answered.
 pub(crate) async fn start(
     tls: Arc<rustls::ServerConfig>,
 ) -> std::io::Result<(SocketAddr, Arc<AtomicU64>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let served = Arc::new(AtomicU64::new(0));
-    serve(listener, tls, served.clone());
-    Ok((addr, served))
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    crate::echo::listen(move |tcp, served| serve(tcp, acceptor.clone(), served)).await
 }
