@@ -1,25 +1,47 @@
 //! The load harness runs end to end in a short version, so it cannot rot: every contestant
 //! (the Envoy ones when Envoy is installed; under `CI` a missing Envoy fails the run), the
-//! JSON shape, and zero errors.
+//! JSON shape, zero errors, and `--churn`: every update the harness pushed was ACKed by the
+//! meshwork contestants' clients while their churned phase ran, and the endpoint it added
+//! answered calls.
 
 use std::process::Command;
 
 use serde_json::Value;
 
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 11] = [
     "tonic-plaintext",
     "tonic-mtls",
     "meshwork",
     "meshwork-untraced",
     "envoy-sidecar",
     "meshwork-via-envoy",
+    "hyper-mtls-h2",
+    "meshwork-http-h2",
+    "hyper-mtls-h1",
+    "meshwork-http-h1",
+    "envoy-sidecar-http",
 ];
 
-#[test]
-fn short_run_of_every_contestant() {
-    let json = std::env::temp_dir().join(format!("meshwork-loadtest-{}.json", std::process::id()));
+const ENVOY: [&str; 3] = ["envoy-sidecar", "meshwork-via-envoy", "envoy-sidecar-http"];
+
+/// The contestants whose config comes from the harness's control plane, so take `--churn`.
+const CHURNED: [&str; 5] = [
+    "meshwork",
+    "meshwork-untraced",
+    "meshwork-via-envoy",
+    "meshwork-http-h2",
+    "meshwork-http-h1",
+];
+
+/// Runs the harness for 0.4 s per contestant with `args`; its JSON and stdout.
+fn run(name: &str, args: &[&str]) -> (Value, String) {
+    let json = std::env::temp_dir().join(format!(
+        "meshwork-loadtest-{name}-{}.json",
+        std::process::id()
+    ));
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(["--duration", "400ms", "--rounds", "1", "--warmup", "100ms"])
+        .args(args)
         .args([
             "--concurrency",
             "4",
@@ -41,6 +63,14 @@ fn short_run_of_every_contestant() {
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
+    (v, stdout.into_owned())
+}
+
+#[test]
+fn short_run_of_every_contestant_with_churn() {
+    // 5 updates/s over a 0.2 s phase: the second endpoint is added at once and stays for
+    // the phase, so the client has time to connect it and send it calls.
+    let (v, stdout) = run("all", &["--churn", "5"]);
 
     let contestants = v["contestants"].as_array().expect("contestants");
     let skipped = v["skipped"].as_array().expect("skipped");
@@ -61,7 +91,7 @@ fn short_run_of_every_contestant() {
     assert_eq!(seen, all, "every contestant is reported, run or skipped");
     for s in skipped {
         assert!(
-            ["envoy-sidecar", "meshwork-via-envoy"].contains(&s["name"].as_str().unwrap()),
+            ENVOY.contains(&s["name"].as_str().unwrap()),
             "only the Envoy contestants may be skipped: {s}"
         );
     }
@@ -89,6 +119,47 @@ fn short_run_of_every_contestant() {
                 && c["p99_us"].as_f64() <= c["p999_us"].as_f64(),
             "{name}: percentiles out of order: {c}"
         );
+        if CHURNED.contains(&name) {
+            // A churn that silently did nothing shows here.
+            let pushed = c["churn_pushed"].as_u64().unwrap_or(0);
+            assert!(
+                pushed >= 2,
+                "{name}: the churn pushed {pushed} updates: {c}"
+            );
+            assert_eq!(
+                c["churn_acked"].as_u64(),
+                Some(pushed),
+                "{name}: every update pushed is ACKed: {c}"
+            );
+            assert_eq!(c["churn_errors"].as_u64(), Some(0), "{name}: {c}");
+            // The client used the change: the added endpoint answered calls (not counted
+            // behind meshwork-via-envoy's sidecar).
+            if name != "meshwork-via-envoy" {
+                let second = c["churn_second_endpoint_calls"].as_u64().unwrap_or(0);
+                assert!(second > 0, "{name}: the added endpoint got no call: {c}");
+            }
+            assert!(c["churn_p99_us"].as_f64().unwrap() > 0.0, "{name}: {c}");
+        } else {
+            assert!(
+                c.get("churn_p99_us").is_none(),
+                "{name} takes no churn: {c}"
+            );
+        }
     }
     assert!(stdout.contains("ratios to tonic-mtls"), "{stdout}");
+    assert!(stdout.contains("HTTP ratios"), "{stdout}");
+    assert!(stdout.contains("without / with EDS churn"), "{stdout}");
+}
+
+/// Without `--churn` (the default), no contestant runs a churned phase.
+#[test]
+fn short_run_without_churn() {
+    let (v, stdout) = run("quiet", &["--only", "meshwork,meshwork-http-h2"]);
+    let contestants = v["contestants"].as_array().expect("contestants");
+    assert_eq!(contestants.len(), 2, "{v}");
+    for c in contestants {
+        assert_eq!(c["errors"].as_u64(), Some(0), "{c}");
+        assert!(c.get("churn_p99_us").is_none(), "{c}");
+    }
+    assert!(!stdout.contains("EDS churn"), "{stdout}");
 }

@@ -1,9 +1,17 @@
 //! A contestant's client: runs in its own child process of the harness, so the CPU time and
 //! peak memory it reports are its own. Builds the contestant's channel, warms it up, runs
-//! the closed-loop phase then the open-loop phase, and prints one JSON line of results.
+//! the closed-loop phase then the open-loop phase (twice with `--churn`: once while the
+//! harness pushes EDS updates, in an order that alternates between rounds), and prints one
+//! JSON line of results.
+//!
+//! The loops are the same for every contestant: they drive a [`Caller`], one checked call
+//! per sequence number, which hides whether the call is gRPC or HTTP.
 
+use std::future::Future;
+use std::io::{BufRead as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,14 +23,12 @@ use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use rustls_pki_types::ServerName;
-use rustls_pki_types::pem::PemObject;
 use serde_json::json;
-use tokio::net::TcpStream;
 use tonic::client::{Grpc, GrpcService};
 
+use crate::bare_tls::MtlsConnector;
 use crate::echo::{self, CallError};
-use crate::{Contestant, procfs};
+use crate::{Contestant, http_client, procfs};
 
 /// A call that takes longer than this is an error (it would otherwise hold a phase open).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,9 +52,47 @@ pub(crate) struct ClientArgs {
     pub(crate) phase: Duration,
     pub(crate) concurrency: usize,
     pub(crate) rate: u32,
+    /// Run a second open-loop phase while the harness churns EDS (see [`churn_signal`]).
+    pub(crate) churn: bool,
+    /// Run the churned open-loop phase before the quiet one (alternated between rounds).
+    pub(crate) churn_first: bool,
 }
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+pub(crate) type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// One checked call: `Ok` only when the reply is the echo of this call's payload.
+pub(crate) type CallFuture = Pin<Box<dyn Future<Output = std::result::Result<(), String>> + Send>>;
+
+/// Makes the call of a sequence number; cloned into every caller task. Every contestant
+/// pays the same box per call, so it does not tilt the comparison.
+pub(crate) type Caller = Arc<dyn Fn(u64) -> CallFuture + Send + Sync>;
+
+/// `call` bounded by [`CALL_TIMEOUT`].
+pub(crate) async fn timed(call: CallFuture) -> std::result::Result<(), String> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer in {CALL_TIMEOUT:?}")))
+}
+
+/// A gRPC echo over `grpc`.
+fn grpc_caller<T>(grpc: Grpc<T>) -> Caller
+where
+    T: GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
+    T::Future: Send,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    Arc::new(move |seq| {
+        let mut grpc = grpc.clone();
+        Box::pin(async move {
+            match echo::call(&mut grpc, seq).await {
+                Ok(()) => Ok(()),
+                Err(CallError::Status(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+                Err(CallError::Mismatch) => Err("the echoed payload differs".into()),
+            }
+        })
+    })
+}
 
 /// The child's `main`: prints one JSON line with the results.
 pub(crate) fn main(args: ClientArgs) -> Result<()> {
@@ -62,42 +106,38 @@ pub(crate) fn main(args: ClientArgs) -> Result<()> {
                 let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
                     .connect()
                     .await?;
-                run(Grpc::new(channel), &args).await
+                run(grpc_caller(Grpc::new(channel)), &args).await
             }
             Contestant::TonicMtls => {
                 let addr = args.addr.ok_or("--addr is required")?;
                 let channel = tonic_mtls(addr, &args.certs).await?;
-                run(Grpc::new(channel), &args).await
+                run(grpc_caller(Grpc::new(channel)), &args).await
             }
             Contestant::Meshwork | Contestant::MeshworkUntraced | Contestant::MeshworkViaEnvoy => {
-                let xds = args.xds.as_deref().ok_or("--xds is required")?;
+                let client = xds_client(&args)?;
                 let target = args.target.as_deref().ok_or("--target is required")?;
-                let bootstrap = Bootstrap::builder()
-                    .node_id("meshwork-loadtest")
-                    .server(XdsServer::new(xds)?)
-                    .build()?;
-                let client = XdsClient::start(&bootstrap)?;
-                // Tracing on, as a traced service runs: the SDK's provider with its default
-                // always-on sampler, every span recorded, but no exporter (the cost of
-                // exporting belongs to the collector pipeline, not to the mesh).
-                // `meshwork-untraced` is the service that installs no OpenTelemetry provider
-                // at all: the default global (no-op) ones.
                 let traces = SdkTracerProvider::builder().build();
-                let telemetry = match args.contestant {
-                    Contestant::MeshworkUntraced => Telemetry::global(),
-                    _ => Telemetry::new(
-                        traces.tracer("meshwork"),
-                        &opentelemetry::global::meter("meshwork"),
-                    ),
-                };
-                let mut options = MeshChannelOptions::new().telemetry(telemetry);
+                let mut options = MeshChannelOptions::new().telemetry(telemetry(
+                    &traces,
+                    args.contestant != Contestant::MeshworkUntraced,
+                ));
                 if args.contestant != Contestant::MeshworkViaEnvoy {
                     options = options.mtls(mesh_identity(&args.certs)?);
                 }
                 let channel = MeshChannel::from_xds(&client, target, options).await?;
-                let out = run(Grpc::new(channel), &args).await;
+                let out = run(grpc_caller(Grpc::new(channel)), &args).await;
                 drop(client);
                 drop(traces);
+                out
+            }
+            Contestant::HyperMtlsH1
+            | Contestant::HyperMtlsH2
+            | Contestant::MeshworkHttpH1
+            | Contestant::MeshworkHttpH2
+            | Contestant::EnvoySidecarHttp => {
+                let (caller, keep) = http_client::caller(&args).await?;
+                let out = run(caller, &args).await;
+                drop(keep);
                 out
             }
         }
@@ -106,48 +146,48 @@ pub(crate) fn main(args: ClientArgs) -> Result<()> {
     Ok(())
 }
 
-fn read(dir: &Path, name: &str) -> Result<Vec<u8>> {
+/// The xDS client of a meshwork contestant, on the harness's control plane.
+pub(crate) fn xds_client(args: &ClientArgs) -> Result<XdsClient> {
+    let xds = args.xds.as_deref().ok_or("--xds is required")?;
+    let bootstrap = Bootstrap::builder()
+        .node_id("meshwork-loadtest")
+        .server(XdsServer::new(xds)?)
+        .build()?;
+    Ok(XdsClient::start(&bootstrap)?)
+}
+
+/// The telemetry of a meshwork contestant. Traced, as a traced service runs: the SDK's
+/// provider with its default always-on sampler, every span recorded, but no exporter (the
+/// cost of exporting belongs to the collector pipeline, not to the mesh). Untraced is the
+/// service that installs no OpenTelemetry provider at all: the default global (no-op) ones.
+pub(crate) fn telemetry(traces: &SdkTracerProvider, traced: bool) -> Telemetry {
+    if traced {
+        Telemetry::new(
+            traces.tracer("meshwork"),
+            &opentelemetry::global::meter("meshwork"),
+        )
+    } else {
+        Telemetry::global()
+    }
+}
+
+pub(crate) fn read(dir: &Path, name: &str) -> Result<Vec<u8>> {
     std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()).into())
 }
 
-/// Bare tonic over rustls mTLS: tonic's channel with a connector doing TCP + tokio-rustls,
-/// the client SVID as the client certificate, and webpki's usual verification of the
-/// server (its certificate carries the DNS name `echo.mesh` besides its SPIFFE ID).
+/// Bare tonic over rustls mTLS: tonic's channel over the bare mTLS connector (ALPN `h2`).
 async fn tonic_mtls(addr: SocketAddr, certs: &Path) -> Result<tonic::transport::Channel> {
-    let provider = meshwork_core::crypto::provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&read(certs, "ca.pem")?) {
-        roots.add(c?)?;
-    }
-    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&read(certs, "client.pem")?)
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&read(certs, "client-key.pem")?)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let connect = tower::service_fn(move |_: http::Uri| {
-        let connector = connector.clone();
-        async move {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from("echo.mesh").expect("a valid DNS name");
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
+    let connector = MtlsConnector::new(addr, certs, b"h2")?;
     // The scheme only names the :scheme pseudo-header here: the connector does the TLS.
     Ok(
         tonic::transport::Endpoint::from_shared(format!("http://echo.mesh:{}", addr.port()))?
-            .connect_with_connector(connect)
+            .connect_with_connector(connector)
             .await?,
     )
 }
 
 /// meshwork's identity: the client SVID and the CA as the `example.org` bundle.
-fn mesh_identity(certs: &Path) -> Result<MtlsConfig> {
+pub(crate) fn mesh_identity(certs: &Path) -> Result<MtlsConfig> {
     let svid = Svid::from_pem(&read(certs, "client.pem")?, &read(certs, "client-key.pem")?)?;
     let bundles = TrustBundles::from_pem_any_domain(&read(certs, "ca.pem")?, "ca.pem")?;
     Ok(MtlsConfig::new(Arc::new(StaticSource::new(
@@ -164,31 +204,65 @@ fn cpu_now(sidecar: Option<u32>) -> f64 {
     })
 }
 
-async fn run<T>(grpc: Grpc<T>, args: &ClientArgs) -> Result<serde_json::Value>
-where
-    T: GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
+/// Tells the harness `line` on stdout (the harness reads the child's stdout line by line;
+/// the last line is the JSON result) and waits for its one-line answer on stdin. The
+/// harness answers `churn-start` once the churn is running and `churn-stop` once it has
+/// stopped and counted the client's ACKs, so the churned phase is exactly the one measured.
+async fn churn_signal(line: &'static str) -> Result<()> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        Ok(answer)
+    })
+    .await?
+    .map_err(Into::into)
+    .and_then(|answer| {
+        if answer.trim() == "ok" {
+            Ok(())
+        } else {
+            Err(format!("the harness answered {line:?} with {answer:?}").into())
+        }
+    })
+}
+
+/// One open-loop phase and the CPU seconds it took (client plus sidecar).
+async fn open_phase(caller: &Caller, seq: &Arc<AtomicU64>, args: &ClientArgs) -> (Open, f64) {
+    let cpu_before = cpu_now(args.sidecar_pid);
+    let open = open_loop(caller, seq, args.rate, args.phase).await;
+    (open, cpu_now(args.sidecar_pid) - cpu_before)
+}
+
+async fn run(caller: Caller, args: &ClientArgs) -> Result<serde_json::Value> {
     let seq = Arc::new(AtomicU64::new(0));
     // One call first: a channel that cannot call at all fails the contestant loudly.
-    echo::call(&mut grpc.clone(), seq.fetch_add(1, Ordering::Relaxed))
+    timed(caller(seq.fetch_add(1, Ordering::Relaxed)))
         .await
-        .map_err(|e| format!("first call: {e:?}"))?;
-    let warmup = closed_loop(&grpc, &seq, args.concurrency, args.warmup).await;
+        .map_err(|e| format!("first call: {e}"))?;
+    let warmup = closed_loop(&caller, &seq, args.concurrency, args.warmup).await;
 
-    let closed = closed_loop(&grpc, &seq, args.concurrency, args.phase).await;
-    let cpu_before = cpu_now(args.sidecar_pid);
-    let open = open_loop(&grpc, &seq, args.rate, args.phase).await;
-    let cpu = cpu_now(args.sidecar_pid) - cpu_before;
+    let closed = closed_loop(&caller, &seq, args.concurrency, args.phase).await;
+    let mut churned = None;
+    if args.churn && args.churn_first {
+        churn_signal("churn-start").await?;
+        churned = Some(open_phase(&caller, &seq, args).await);
+        churn_signal("churn-stop").await?;
+    }
+    let (open, cpu) = open_phase(&caller, &seq, args).await;
+    if args.churn && !args.churn_first {
+        churn_signal("churn-start").await?;
+        churned = Some(open_phase(&caller, &seq, args).await);
+        churn_signal("churn-stop").await?;
+    }
 
     let client_rss = procfs::peak_rss_mib("self").unwrap_or(f64::NAN);
     let sidecar_rss = args.sidecar_pid.map_or(0.0, |p| {
         procfs::peak_rss_mib(&p.to_string()).unwrap_or(f64::NAN)
     });
     let pct = |q: f64| percentile(&open.latencies_us, q);
-    Ok(json!({
+    let mut out = json!({
         "name": args.contestant.name(),
         "rps": closed.ok as f64 / closed.elapsed.as_secs_f64(),
         "p50_us": pct(0.50),
@@ -205,7 +279,21 @@ where
         "open_calls": open.sent,
         "pacer_late_p50_us": percentile(&open.pacer_late_us, 0.50),
         "pacer_late_p99_us": percentile(&open.pacer_late_us, 0.99),
-    }))
+    });
+    if let Some((churn, cpu)) = churned {
+        let pct = |q: f64| percentile(&churn.latencies_us, q);
+        out["churn_p50_us"] = pct(0.50).into();
+        out["churn_p99_us"] = pct(0.99).into();
+        out["churn_p999_us"] = pct(0.999).into();
+        out["churn_cpu_s_per_1k"] = (cpu / (churn.sent as f64 / 1000.0)).into();
+        out["churn_errors"] = churn.errors.into();
+        out["churn_first"] = args.churn_first.into();
+        if out["first_error"].is_null() {
+            out["first_error"] = churn.first_error.into();
+        }
+        out["errors"] = (closed.errors + open.errors + churn.errors).into();
+    }
+    Ok(out)
 }
 
 /// The `q` quantile (nearest rank) of unsorted samples, or 0 with none.
@@ -226,43 +314,23 @@ struct Closed {
     first_error: Option<String>,
 }
 
-async fn one<T>(grpc: &mut Grpc<T>, seq: u64) -> std::result::Result<(), String>
-where
-    T: GrpcService<tonic::body::Body>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError>,
-{
-    match tokio::time::timeout(CALL_TIMEOUT, echo::call(grpc, seq)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(CallError::Status(s))) => Err(format!("{:?}: {}", s.code(), s.message())),
-        Ok(Err(CallError::Mismatch)) => Err("the echoed payload differs".into()),
-        Err(_) => Err(format!("no answer in {CALL_TIMEOUT:?}")),
-    }
-}
-
 /// `concurrency` callers, each starting its next call when the last one ends, for `time`.
-async fn closed_loop<T>(
-    grpc: &Grpc<T>,
+async fn closed_loop(
+    caller: &Caller,
     seq: &Arc<AtomicU64>,
     concurrency: usize,
     time: Duration,
-) -> Closed
-where
-    T: GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
+) -> Closed {
     let start = Instant::now();
     let deadline = start + time;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let mut grpc = grpc.clone();
+        let caller = caller.clone();
         let seq = seq.clone();
         tasks.spawn(async move {
             let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
             while Instant::now() < deadline {
-                match one(&mut grpc, seq.fetch_add(1, Ordering::Relaxed)).await {
+                match timed(caller(seq.fetch_add(1, Ordering::Relaxed))).await {
                     Ok(()) => ok += 1,
                     Err(e) => {
                         errors += 1;
@@ -302,18 +370,12 @@ struct Open {
 /// behind it and they all count (no coordinated omission). A dedicated thread paces the
 /// sends with the OS's sleep, which is finer than tokio's 1 ms timer wheel; how late it
 /// woke is recorded too (`pacer_late_*`), as the harness's own noise floor.
-async fn open_loop<T>(grpc: &Grpc<T>, seq: &Arc<AtomicU64>, rate: u32, time: Duration) -> Open
-where
-    T: GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
+async fn open_loop(caller: &Caller, seq: &Arc<AtomicU64>, rate: u32, time: Duration) -> Open {
     let n = (time.as_secs_f64() * f64::from(rate)).round() as u64;
     let interval = Duration::from_secs(1) / rate.max(1);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let handle = tokio::runtime::Handle::current();
-    let grpc = grpc.clone();
+    let caller = caller.clone();
     let seq = seq.clone();
     let pacer = std::thread::spawn(move || {
         let start = Instant::now() + Duration::from_millis(1);
@@ -325,11 +387,10 @@ where
                 std::thread::sleep(intended - now);
             }
             late.push(intended.elapsed().as_micros() as u64);
-            let mut grpc = grpc.clone();
             let tx = tx.clone();
-            let s = seq.fetch_add(1, Ordering::Relaxed);
+            let call = caller(seq.fetch_add(1, Ordering::Relaxed));
             handle.spawn(async move {
-                let r = one(&mut grpc, s).await;
+                let r = timed(call).await;
                 let _ = tx.send(r.map(|()| intended.elapsed().as_micros() as u64));
             });
         }

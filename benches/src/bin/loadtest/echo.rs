@@ -6,11 +6,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tonic::Status;
 use tonic_prost::ProstCodec;
 
@@ -50,54 +51,65 @@ impl tonic::server::UnaryService<EchoMessage> for EchoMethod {
     }
 }
 
-/// Serves the echo method on `listener`, over h2c or, with `tls`, over TLS; runs until the
-/// runtime stops.
-pub(crate) fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
+/// Binds 127.0.0.1:0 and serves each connection accepted there with `serve_conn` (on its
+/// own task, `TCP_NODELAY` set), which counts the requests it answers in the counter it is
+/// given; runs until the runtime stops. Returns the address and that counter.
+pub(crate) async fn listen<F, Fut>(serve_conn: F) -> std::io::Result<(SocketAddr, Arc<AtomicU64>)>
+where
+    F: Fn(TcpStream, Arc<AtomicU64>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let rsp = if req.uri().path() == ECHO {
-                            let mut grpc =
-                                tonic::server::Grpc::new(
-                                    ProstCodec::<EchoMessage, EchoMessage>::default(),
-                                );
-                            grpc.unary(EchoMethod, req.map(tonic::body::Body::new))
-                                .await
-                        } else {
-                            Status::unimplemented("no such method").into_http()
-                        };
-                        Ok::<_, Infallible>(rsp)
-                    },
-                );
-                let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                match tls {
-                    None => {
-                        let _ = h2.serve_connection(TokioIo::new(tcp), svc).await;
-                    }
-                    Some(cfg) => {
-                        if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
-                            let _ = h2.serve_connection(TokioIo::new(s), svc).await;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(serve_conn(tcp, counter.clone()));
         }
     });
+    Ok((addr, served))
 }
 
-/// Binds 127.0.0.1:0 and serves; returns the address.
-pub(crate) async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    serve(listener, tls);
-    Ok(addr)
+/// Serves the echo method on one connection, over h2c or, with `tls`, over TLS.
+async fn serve(tcp: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, served: Arc<AtomicU64>) {
+    let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+        served.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let rsp = if req.uri().path() == ECHO {
+                let mut grpc =
+                    tonic::server::Grpc::new(ProstCodec::<EchoMessage, EchoMessage>::default());
+                grpc.unary(EchoMethod, req.map(tonic::body::Body::new))
+                    .await
+            } else {
+                Status::unimplemented("no such method").into_http()
+            };
+            Ok::<_, Infallible>(rsp)
+        }
+    });
+    let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    match tls {
+        None => {
+            let _ = h2.serve_connection(TokioIo::new(tcp), svc).await;
+        }
+        Some(cfg) => {
+            if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
+                let _ = h2.serve_connection(TokioIo::new(s), svc).await;
+            }
+        }
+    }
+}
+
+/// Serves the echo method on 127.0.0.1:0, over h2c or, with `tls`, over TLS; returns the
+/// address and the count of requests answered.
+pub(crate) async fn start(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<(SocketAddr, Arc<AtomicU64>)> {
+    listen(move |tcp, served| serve(tcp, tls.clone(), served)).await
 }
 
 /// Why a call did not count as a success.

@@ -1,5 +1,6 @@
 //! The Envoy sidecar contestants' proxy: finding the binary, its config, starting it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,42 +41,42 @@ pub(crate) struct SidecarTls<'a> {
     pub(crate) server_id: &'a str,
 }
 
-/// An outbound sidecar as a mesh runs it: a plaintext listener for the app on 127.0.0.1:0,
-/// routing everything to the server over mTLS (our SVID, the server's SPIFFE ID checked)
-/// and HTTP/2, with the policies Istio configures by default (retries on connect failure,
-/// refused stream, unavailable, cancelled), least request (P2C), circuit breakers and
-/// outlier detection.
-pub(crate) fn sidecar_config(upstream: SocketAddr, tls: &SidecarTls<'_>) -> Value {
+/// The name of a sidecar's app-facing listener.
+pub(crate) const LISTENER: &str = "outbound";
+/// A second app-facing listener, the same in every way (`meshwork-via-envoy` churns EDS
+/// between the two).
+pub(crate) const SECOND_LISTENER: &str = "outbound-b";
+
+/// An outbound sidecar as a mesh runs it: plaintext listeners for the app on 127.0.0.1:0
+/// (`listeners`, usually just [`LISTENER`]), routing everything to the server over mTLS
+/// (our SVID, the server's SPIFFE ID checked) and HTTP/2 (`http1`: HTTP/1.1, the version
+/// Istio keeps for an HTTP/1.1 app's requests), with the policies Istio configures by
+/// default (retries on connect failure, refused stream, unavailable, cancelled), least
+/// request (P2C), circuit breakers and outlier detection. The config is static: Envoy
+/// takes no xDS from the harness's control plane, so `--churn` leaves it out.
+pub(crate) fn sidecar_config(
+    upstream: SocketAddr,
+    tls: &SidecarTls<'_>,
+    http1: bool,
+    listeners: &[&str],
+) -> Value {
     let retry = json!({
         "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
         "num_retries": 2,
     });
+    let (protocol, alpn) = if http1 {
+        (json!({"http_protocol_options": {}}), "http/1.1")
+    } else {
+        (json!({"http2_protocol_options": {}}), "h2")
+    };
+    let listeners: Vec<Value> = listeners
+        .iter()
+        .map(|name| listener(name, &retry))
+        .collect();
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
-            "listeners": [{
-                "name": "outbound",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "outbound",
-                        "codec_type": "AUTO",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "echo", "domains": ["*"],
-                            "routes": [{
-                                "match": {"prefix": "/"},
-                                "route": {"cluster": "echo", "timeout": "0s", "retry_policy": retry},
-                            }],
-                        }]},
-                        "http_filters": [{
-                            "name": "envoy.filters.http.router",
-                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                        }],
-                    },
-                }]}],
-            }],
+            "listeners": listeners,
             "clusters": [{
                 "name": "echo",
                 "type": "STATIC",
@@ -88,7 +89,7 @@ pub(crate) fn sidecar_config(upstream: SocketAddr, tls: &SidecarTls<'_>) -> Valu
                 "typed_extension_protocol_options": {
                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}},
+                        "explicit_http_config": protocol,
                     },
                 },
                 "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [
@@ -101,7 +102,7 @@ pub(crate) fn sidecar_config(upstream: SocketAddr, tls: &SidecarTls<'_>) -> Valu
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                         "common_tls_context": {
-                            "alpn_protocols": ["h2"],
+                            "alpn_protocols": [alpn],
                             "tls_certificates": [{
                                 "certificate_chain": {"filename": tls.cert},
                                 "private_key": {"filename": tls.key},
@@ -120,11 +121,40 @@ pub(crate) fn sidecar_config(upstream: SocketAddr, tls: &SidecarTls<'_>) -> Valu
     })
 }
 
+/// An app-facing listener on 127.0.0.1:0: every request to the `echo` cluster.
+fn listener(name: &str, retry: &Value) -> Value {
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "outbound",
+                "codec_type": "AUTO",
+                "route_config": {"virtual_hosts": [{
+                    "name": "echo", "domains": ["*"],
+                    "routes": [{
+                        "match": {"prefix": "/"},
+                        "route": {"cluster": "echo", "timeout": "0s", "retry_policy": retry},
+                    }],
+                }]},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }],
+            },
+        }]}],
+    })
+}
+
 /// A running Envoy; killed on drop.
 pub(crate) struct Envoy {
     child: tokio::process::Child,
     /// Where the app's plaintext listener is.
     pub(crate) listener: SocketAddr,
+    /// The [`SECOND_LISTENER`], when the config has it.
+    pub(crate) second: Option<SocketAddr>,
 }
 
 impl Envoy {
@@ -164,29 +194,51 @@ pub(crate) async fn start(
         }
         if let Ok(admin) = std::fs::read_to_string(&admin_path)
             && !admin.trim().is_empty()
-            && let Some(port) = listener_port(admin.trim(), "outbound").await
+            && let Some(ports) = listener_ports(admin.trim()).await
+            && let Some(port) = ports.get(LISTENER)
         {
-            return Ok(Envoy {
-                child,
-                listener: SocketAddr::from(([127, 0, 0, 1], port)),
-            });
+            let second = config["static_resources"]["listeners"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|l| l["name"] == SECOND_LISTENER));
+            let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+            match (second, ports.get(SECOND_LISTENER)) {
+                (false, _) => {
+                    return Ok(Envoy {
+                        child,
+                        listener: at(*port),
+                        second: None,
+                    });
+                }
+                (true, Some(p)) => {
+                    return Ok(Envoy {
+                        child,
+                        listener: at(*port),
+                        second: Some(at(*p)),
+                    });
+                }
+                (true, None) => {}
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err("envoy did not bind its listener within 30 s".into())
 }
 
-/// The port Envoy bound for listener `name`, from its admin API.
-async fn listener_port(admin: &str, name: &str) -> Option<u16> {
+/// The ports Envoy bound, by listener name, from its admin API.
+async fn listener_ports(admin: &str) -> Option<BTreeMap<String, u16>> {
     let body = http_get(admin, "/listeners?format=json").await?;
     let v: Value = serde_json::from_str(&body).ok()?;
-    v["listener_statuses"]
-        .as_array()?
-        .iter()
-        .find(|l| l["name"] == name)?["local_address"]["socket_address"]["port_value"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p != 0)
+    Some(
+        v["listener_statuses"]
+            .as_array()?
+            .iter()
+            .filter_map(|l| {
+                let port = l["local_address"]["socket_address"]["port_value"].as_u64()?;
+                let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+                Some((l["name"].as_str()?.to_owned(), port))
+            })
+            .collect(),
+    )
 }
 
 /// A minimal HTTP/1.1 GET; the body of a 200 response, de-chunked.

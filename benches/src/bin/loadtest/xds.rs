@@ -1,5 +1,6 @@
 //! The control plane of the meshwork contestants: meshwork-xds's test server with every
-//! data-path policy meshwork has switched on, as a mesh would send it.
+//! data-path policy meshwork has switched on, as a mesh would send it. Each target has its
+//! own EDS cluster, so `--churn` changes only the endpoints of the contestant it measures.
 
 use std::net::SocketAddr;
 
@@ -14,12 +15,34 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+use meshwork_xds::resource::UpstreamProtocol;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build};
 
 /// The `meshwork` contestant's target: the echo server over SPIFFE mTLS.
 pub(crate) const DIRECT_TARGET: &str = "xds:///echo.mesh:50051";
 /// The `meshwork-via-envoy` contestant's target: plaintext to its Envoy sidecar.
 pub(crate) const SIDECAR_TARGET: &str = "xds:///echo-sidecar.mesh:15001";
+/// The `meshwork-http-h1` contestant's host: the HTTP echo over SPIFFE mTLS, a cluster whose
+/// `HttpProtocolOptions` ask for HTTP/1.1.
+pub(crate) const HTTP_H1_HOST: &str = "echo-http-h1.mesh:8080";
+/// The `meshwork-http-h2` contestant's host: the same server, a cluster asking for HTTP/2.
+pub(crate) const HTTP_H2_HOST: &str = "echo-http-h2.mesh:8080";
+
+/// The EDS cluster of each target.
+pub(crate) const DIRECT_CLUSTER: &str = "echo";
+pub(crate) const SIDECAR_CLUSTER: &str = "echo-sidecar";
+pub(crate) const HTTP_H1_CLUSTER: &str = "echo-http-h1";
+pub(crate) const HTTP_H2_CLUSTER: &str = "echo-http-h2";
+
+/// Where the control plane sends each target.
+pub(crate) struct Upstreams {
+    /// The gRPC echo over mTLS.
+    pub(crate) grpc: SocketAddr,
+    /// The listener of `meshwork-via-envoy`'s sidecar, when it runs.
+    pub(crate) via_sidecar: Option<SocketAddr>,
+    /// The HTTP echo over mTLS.
+    pub(crate) http: SocketAddr,
+}
 
 /// Istio's default retry policy (what istiod sends on every route).
 fn with_retries(mut route: Route) -> Route {
@@ -105,35 +128,48 @@ fn cluster(name: &str, server_id: Option<&str>) -> Cluster {
     c
 }
 
-/// Starts the control plane: the direct target to `mtls`, and, when the sidecar of
-/// `meshwork-via-envoy` runs, the sidecar target to its listener.
+/// Starts the control plane: each target to its upstream, with one endpoint.
 pub(crate) async fn control_plane(
-    mtls: SocketAddr,
-    via_sidecar: Option<SocketAddr>,
+    upstreams: &Upstreams,
     server_id: &str,
 ) -> Result<XdsTestServer, Box<dyn std::error::Error + Send + Sync>> {
     let server = XdsTestServer::start().await?;
     let mut snapshot = Snapshot::new();
-    let mut add = |target: &str, name: &str, addr: SocketAddr, id: Option<&str>| {
+    let mut add = |target: &str, cluster: Cluster, addr: SocketAddr| {
         let target = target.trim_start_matches("xds:///");
+        let name = cluster.name.clone();
         let routes = format!("{name}-routes");
         snapshot = std::mem::take(&mut snapshot)
             .listener(build::api_listener(target, &routes))
             .route(build::route_config(
                 &routes,
                 vec![build::virtual_host(
-                    name,
+                    &name,
                     [target],
-                    vec![with_retries(build::route_to("", name))],
+                    vec![with_retries(build::route_to("", &name))],
                 )],
             ))
-            .cluster(cluster(name, id))
-            .endpoints(build::endpoints(name, &[addr]));
+            .cluster(cluster)
+            .endpoints(build::endpoints(&name, &[addr]));
     };
-    add(DIRECT_TARGET, "echo", mtls, Some(server_id));
-    if let Some(addr) = via_sidecar {
-        add(SIDECAR_TARGET, "echo-sidecar", addr, None);
+    let id = Some(server_id);
+    add(DIRECT_TARGET, cluster(DIRECT_CLUSTER, id), upstreams.grpc);
+    if let Some(addr) = upstreams.via_sidecar {
+        add(SIDECAR_TARGET, cluster(SIDECAR_CLUSTER, None), addr);
     }
+    // As a user chooses the HTTP version: the cluster's protocol options (Envoy's
+    // `HttpProtocolOptions`, which meshwork-http reads).
+    let http = |name, protocol| build::with_http_protocol(cluster(name, id), protocol);
+    add(
+        HTTP_H1_HOST,
+        http(HTTP_H1_CLUSTER, UpstreamProtocol::Http1),
+        upstreams.http,
+    );
+    add(
+        HTTP_H2_HOST,
+        http(HTTP_H2_CLUSTER, UpstreamProtocol::Http2),
+        upstreams.http,
+    );
     server.set_snapshot(snapshot);
     Ok(server)
 }
