@@ -45,7 +45,7 @@ pub use certs::{
 pub use error::{BootstrapError, FieldErrorKind, ServerUriError};
 pub use node::{Locality, Node};
 pub use server::{
-    ChannelCredentials, SERVER_FEATURE_FAIL_ON_DATA_ERRORS,
+    ApiType, ChannelCredentials, SERVER_FEATURE_FAIL_ON_DATA_ERRORS,
     SERVER_FEATURE_IGNORE_RESOURCE_DELETION, SERVER_FEATURE_RESOURCE_TIMER_IS_TRANSIENT_FAILURE,
     SERVER_FEATURE_TRUSTED_XDS_SERVER, SERVER_FEATURE_XDS_V3, ServerAddress, TlsCredentials,
     XdsServer,
