@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meshwork_test_support::within;
 use meshwork_test_support::xds::{routes_to, static_cluster};
+use meshwork_test_support::{refused_addr, within};
 use meshwork_xds::bootstrap::{ApiType, Bootstrap};
-use meshwork_xds::client::{ResourceDump, XdsClient};
+use meshwork_xds::client::{Connection, ResourceDump, XdsClient};
 use meshwork_xds::protocol::ResourceStatus;
 use meshwork_xds::server::{RequestKind, Snapshot, XdsTestServer, build, type_url};
 use meshwork_xds::transport::Backoff;
@@ -38,20 +38,33 @@ fn snapshot(clusters: &[&str]) -> Snapshot {
 
 /// A client of `uri` configured from bootstrap JSON, with `api_type` if given.
 fn client(uri: &str, api_type: Option<&str>) -> XdsClient {
-    let mut server = serde_json::json!({
-        "server_uri": uri,
-        "channel_creds": [{"type": "insecure"}],
-    });
-    if let Some(api_type) = api_type {
-        server["api_type"] = api_type.into();
-    }
+    client_of(&[(uri, api_type)])
+}
+
+/// A client of `servers` (in fallback order), each with its `api_type` if given.
+fn client_of(servers: &[(&str, Option<&str>)]) -> XdsClient {
+    let servers: Vec<serde_json::Value> = servers
+        .iter()
+        .map(|(uri, api_type)| {
+            let mut server = serde_json::json!({
+                "server_uri": uri,
+                "channel_creds": [{"type": "insecure"}],
+            });
+            if let Some(api_type) = api_type {
+                server["api_type"] = (*api_type).into();
+            }
+            server
+        })
+        .collect();
     let bootstrap = Bootstrap::from_json_value(&serde_json::json!({
-        "xds_servers": [server],
+        "xds_servers": servers,
         "node": {"id": NODE},
     }))
     .unwrap();
-    let delta = bootstrap.xds_servers()[0].api_type() == ApiType::DeltaGrpc;
-    assert_eq!(delta, api_type == Some("DELTA_GRPC"));
+    for (server, json) in bootstrap.xds_servers().iter().zip(&servers) {
+        let delta = server.api_type() == ApiType::DeltaGrpc;
+        assert_eq!(delta, json["api_type"] == "DELTA_GRPC");
+    }
     XdsClient::builder(&bootstrap)
         .unwrap()
         .backoff(Backoff {
@@ -278,4 +291,35 @@ async fn a_reconnect_names_what_the_client_holds_and_keeps_it() {
         dump.iter().all(|r| r.status == ResourceStatus::Acked),
         "{dump:#?}"
     );
+}
+
+/// gRFC A71 across kinds: a delta primary that is down, a SotW fallback that serves, then
+/// the primary up again, spoken to in delta.
+#[tokio::test]
+async fn a_delta_primary_and_a_sotw_fallback() {
+    let primary_addr = refused_addr();
+    let fallback = XdsTestServer::start().await.unwrap();
+    fallback.set_snapshot(snapshot(&["a"]));
+    let primary_uri = format!("http://{primary_addr}");
+    let client = client_of(&[
+        (primary_uri.as_str(), Some("DELTA_GRPC")),
+        (fallback.uri().as_str(), None),
+    ]);
+    let mut watch = client.watch_target(TARGET, TARGET).await;
+    watch.ready(Duration::from_secs(10)).await.unwrap();
+    assert!(fallback.requests().iter().all(|r| r.delta.is_none()));
+
+    let primary = XdsTestServer::start_on(primary_addr).await.unwrap();
+    primary.set_snapshot(snapshot(&["a", "b"]));
+    let mut connection = client.connection();
+    within(
+        10,
+        connection.wait_for(|c| matches!(c, Connection::Connected { server: 0, .. })),
+    )
+    .await
+    .unwrap();
+    wait_for_cluster(&mut watch, |b| matches!(b, Some(ClusterState::Ready(_)))).await;
+    let requests = primary.requests();
+    assert!(!requests.is_empty());
+    assert!(requests.iter().all(|r| r.delta.is_some()), "{requests:?}");
 }
