@@ -1367,17 +1367,18 @@ pub(super) mod tests {
         }
     }
 
-    struct Harness {
-        ads: AdsState,
-        now: Instant,
-        stream: StreamId,
+    /// A state on an open stream (SotW; `delta_tests` opens delta ones) and its clock.
+    pub(super) struct Harness {
+        pub(super) ads: AdsState,
+        pub(super) now: Instant,
+        pub(super) stream: StreamId,
     }
 
     impl Harness {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             Self::with(ProtocolConfig::new(node()))
         }
-        fn with(config: ProtocolConfig) -> Self {
+        pub(super) fn with(config: ProtocolConfig) -> Self {
             let mut ads = AdsState::new(config);
             let stream = ads.on_stream_open();
             Self {
@@ -1389,13 +1390,13 @@ pub(super) mod tests {
         fn requests(&mut self) -> Vec<DiscoveryRequest> {
             std::iter::from_fn(|| self.ads.poll_request(self.now)).collect()
         }
-        fn events(&mut self) -> Vec<XdsEvent> {
+        pub(super) fn events(&mut self) -> Vec<XdsEvent> {
             std::iter::from_fn(|| self.ads.poll_event()).collect()
         }
         fn respond(&mut self, r: DiscoveryResponse) {
             self.ads.on_response(self.stream, r, self.now);
         }
-        fn advance(&mut self, d: Duration) {
+        pub(super) fn advance(&mut self, d: Duration) {
             self.now += d;
             if self.ads.poll_timeout().is_some_and(|t| t <= self.now) {
                 self.ads.handle_timeout(self.now);
