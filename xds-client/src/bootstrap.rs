@@ -11,6 +11,11 @@
 //! malformed one is a [`BootstrapError::Field`] naming its JSON path. Unknown keys are
 //! ignored, as gRPC ignores them, but remembered in [`Bootstrap::unknown_fields`].
 //!
+//! One field is meshwork's own: an `xds_servers` entry's `"api_type"`, Envoy's name for the
+//! ADS variant: `"GRPC"` (state of the world, the default) or `"DELTA_GRPC"` (incremental),
+//! per server ([`XdsServer::api_type`]). gRPC skips it as an unknown key (grpc-go decodes a
+//! server entry with `encoding/json`, which ignores unknown keys), so one file serves both.
+//!
 //! Code and tests can build one without JSON:
 //!
 //! ```
@@ -45,7 +50,7 @@ pub use certs::{
 pub use error::{BootstrapError, FieldErrorKind, ServerUriError};
 pub use node::{Locality, Node};
 pub use server::{
-    ChannelCredentials, SERVER_FEATURE_FAIL_ON_DATA_ERRORS,
+    ApiType, ChannelCredentials, SERVER_FEATURE_FAIL_ON_DATA_ERRORS,
     SERVER_FEATURE_IGNORE_RESOURCE_DELETION, SERVER_FEATURE_RESOURCE_TIMER_IS_TRANSIENT_FAILURE,
     SERVER_FEATURE_TRUSTED_XDS_SERVER, SERVER_FEATURE_XDS_V3, ServerAddress, TlsCredentials,
     XdsServer,
@@ -132,13 +137,14 @@ impl Bootstrap {
     /// Parses and validates bootstrap JSON.
     ///
     /// ```
-    /// use meshwork_xds::bootstrap::{Bootstrap, ChannelCredentials, ServerAddress};
+    /// use meshwork_xds::bootstrap::{ApiType, Bootstrap, ChannelCredentials, ServerAddress};
     ///
     /// let bootstrap = Bootstrap::from_json_str(r#"{
     ///     "xds_servers": [{
     ///         "server_uri": "unix:///etc/istio/proxy/XDS",
     ///         "channel_creds": [{"type": "insecure"}],
-    ///         "server_features": ["xds_v3"]
+    ///         "server_features": ["xds_v3"],
+    ///         "api_type": "DELTA_GRPC"
     ///     }],
     ///     "node": {"id": "sidecar~10.0.0.1~echo-1.default~default.svc.cluster.local"},
     ///     "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s"
@@ -148,6 +154,7 @@ impl Bootstrap {
     /// assert!(matches!(server.address(), ServerAddress::Unix { .. }));
     /// assert_eq!(server.channel_credentials(), &ChannelCredentials::Insecure);
     /// assert!(server.xds_v3());
+    /// assert_eq!(server.api_type(), ApiType::DeltaGrpc);
     /// assert_eq!(
     ///     bootstrap.listener_resource_name("xds:///echo.default.svc.cluster.local:7070")?,
     ///     "echo.default.svc.cluster.local:7070"

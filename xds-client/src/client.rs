@@ -8,7 +8,8 @@
 //! control-plane restart cannot swap the config. While it runs on a fallback server it
 //! probes the primary at each backoff step, and moves back as soon as the primary answers.
 //! Through all of it the cache keeps serving: nothing a watcher has is withdrawn because a
-//! server went away.
+//! server went away. Each server is spoken to in its bootstrap `api_type`: SotW, or delta
+//! for `"DELTA_GRPC"`, so a primary and its fallback may differ.
 //!
 //! A server that cannot be reached within the connect deadline, or whose HTTP/2 connection
 //! never starts, counts as failed for fallback like a refused connection; every reconnect,
@@ -23,7 +24,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
@@ -33,8 +33,8 @@ use crate::fail_static::{FailStatic, Loaded, Persist, Retired, SnapshotError};
 use crate::protocol::{AdsState, ProtocolConfig, ResourceFailure, ResourceStatus, XdsEvent};
 use crate::resource::{Resource, ResourceType};
 use crate::transport::{
-    Backoff, CredentialsError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, Dialer,
-    TransportError, open_stream,
+    AdsRequests, AdsResponse, AdsResponses, Backoff, CredentialsError, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE, Dialer, TransportError, ads_channel, open_stream,
 };
 use crate::watch::{ResourceKey, TargetError, TargetState, XdsConfig, resolve};
 
@@ -663,8 +663,12 @@ impl Worker {
         let mut delays = self.backoff.delays();
         let mut server = 0;
         loop {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let sid = self.ads.on_stream_connecting();
+            let (tx, rx) = ads_channel(self.servers[server].is_delta());
+            let sid = if self.servers[server].is_delta() {
+                self.ads.on_delta_stream_connecting()
+            } else {
+                self.ads.on_stream_connecting()
+            };
             self.flush(&tx);
             let address = self.servers[server].clone();
             let uri = address.uri().to_string();
@@ -950,7 +954,7 @@ impl Worker {
     async fn serve<F: std::future::Future>(
         &mut self,
         attempt: F,
-        tx: &mpsc::UnboundedSender<DiscoveryRequest>,
+        tx: &AdsRequests,
     ) -> Option<F::Output> {
         tokio::pin!(attempt);
         loop {
@@ -990,10 +994,8 @@ impl Worker {
     async fn stream(
         &mut self,
         sid: crate::protocol::StreamId,
-        tx: &mpsc::UnboundedSender<DiscoveryRequest>,
-        mut responses: tonic::Streaming<
-            envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
-        >,
+        tx: &AdsRequests,
+        mut responses: AdsResponses,
         server: usize,
     ) -> StreamEnd {
         let mut answered = false;
@@ -1008,7 +1010,10 @@ impl Worker {
                     Ok(Some(response)) => {
                         answered = true;
                         self.answered = true;
-                        self.ads.on_response(sid, response, now());
+                        match response {
+                            AdsResponse::Sotw(r) => self.ads.on_response(sid, r, now()),
+                            AdsResponse::Delta(r) => self.ads.on_delta_response(sid, r, now()),
+                        }
                         self.schedule_save();
                     }
                     Ok(None) => {
@@ -1060,11 +1065,22 @@ impl Worker {
         }
     }
 
-    fn flush(&mut self, tx: &mpsc::UnboundedSender<DiscoveryRequest>) {
+    fn flush(&mut self, tx: &AdsRequests) {
         let now = now();
-        while let Some(request) = self.ads.poll_request(now) {
-            if tx.send(request).is_err() {
-                return;
+        match tx {
+            AdsRequests::Sotw(tx) => {
+                while let Some(request) = self.ads.poll_request(now) {
+                    if tx.send(request).is_err() {
+                        return;
+                    }
+                }
+            }
+            AdsRequests::Delta(tx) => {
+                while let Some(request) = self.ads.poll_delta_request(now) {
+                    if tx.send(request).is_err() {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -1236,7 +1252,7 @@ impl Worker {
         }
     }
 
-    fn command(&mut self, cmd: Command, tx: Option<&mpsc::UnboundedSender<DiscoveryRequest>>) {
+    fn command(&mut self, cmd: Command, tx: Option<&AdsRequests>) {
         match cmd {
             Command::Watch(key, reply) => {
                 let w = self.watchers.entry(key.clone()).or_insert_with(|| Watcher {

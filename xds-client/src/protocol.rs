@@ -1,4 +1,4 @@
-//! The SotW ADS protocol as a sans-io state machine.
+//! The ADS protocol, state of the world (SotW) and delta, as a sans-io state machine.
 //!
 //! [`AdsState`] owns everything the xDS protocol needs to remember — subscriptions per type,
 //! the accepted version and last nonce per type, the cache of validated resources with their
@@ -51,18 +51,58 @@
 //!   `fail_on_data_errors` feature: then a NACKed resource, or one the server reports
 //!   `PERMISSION_DENIED`, loses its cached value and its watchers fail, so a bad config
 //!   shows at once instead of when clients restart.
+//!
+//! # Delta
+//!
+//! A stream's kind is fixed when it opens ([`AdsState::on_delta_stream_connecting`] or
+//! [`AdsState::on_delta_stream_open`] for delta, the others for SotW); on a delta stream
+//! [`AdsState::poll_request`] and [`AdsState::on_response`] do nothing, and the delta ones
+//! likewise on a SotW stream. Statuses, values, timers, seeds, the dump and the metrics are
+//! the same for both: a delta response goes through the same decoder and transitions.
+//! The rules, after the xDS protocol's "Incremental xDS" section and Envoy's
+//! `DeltaSubscriptionState`:
+//! - **Requests**: a type's first request on a stream subscribes every wanted name, `"*"`
+//!   for a wildcard (a legacy one too: `"*"` says it without the "empty first request"
+//!   rule), with the node on the stream's first request, and `initial_resource_versions`:
+//!   the version of each value this process received from a server. Not a fail-static
+//!   seed's: that value was never this stream's, and a server that found its version
+//!   current would stay silent and the seed be served as current forever. Later requests
+//!   carry only `resource_names_subscribe` / `_unsubscribe` changes. A change made while a
+//!   response is on its way goes out in that response's ACK/NACK (as Envoy does), so a
+//!   response costs one request.
+//! - **ACK/NACK**: the response's nonce; a NACK adds `error_detail`, the same bounded text
+//!   as SotW. Partial acceptance (A46) as in SotW, per resource.
+//! - **Responses**: each `Resource` is decoded by the SotW decoders; its wrapper names it,
+//!   so a body of another name is invalid (under the wrapper's name), as is a body that
+//!   does not decode. A `Resource` without a body is a TTL heartbeat, which changes nothing
+//!   (meshwork keeps no TTLs). A value's version is the resource's own `version`;
+//!   `system_version_info` is the type's version. Names not wanted are ignored.
+//! - **Removals**: a name in `removed_resources` with a value is deleted (kept under
+//!   `ignore_resource_deletion`, for every type: in delta any type can be deleted
+//!   explicitly, and the feature guards against a control plane's mistaken deletions); a
+//!   subscribed name without one does not exist (A57: a delta server says so this way).
+//!   Nothing is inferred from what a response leaves out. A name given twice, or both sent
+//!   and removed, is a duplicate (Envoy rejects such a response whole; only that name is
+//!   rejected here).
+//! - **Reconnect**: a new stream subscribes everything again with
+//!   `initial_resource_versions`, so an unchanged server sends nothing and the cache keeps
+//!   serving; what the server then removes is deleted.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 
 use crate::resource::{Resource, ResourceError, ResourceType};
 
+#[cfg(test)]
+mod delta_tests;
 mod response;
 mod state;
 
@@ -96,6 +136,22 @@ pub(crate) fn truncate(text: &mut String, max: usize) {
         }
         text.truncate(at);
     }
+}
+
+/// The NACK of a response whose `type_url` is no resource type meshwork knows (an empty
+/// one included); `None` for a known type.
+fn unknown_type(type_url: &str) -> Option<Status> {
+    if ResourceType::from_type_url(type_url).is_some() {
+        return None;
+    }
+    let mut type_url = type_url.to_owned();
+    truncate(&mut type_url, MAX_NACK_DETAIL);
+    tracing::warn!(%type_url, "NACK: response of an unknown type");
+    Some(Status {
+        code: INVALID_ARGUMENT,
+        message: format!("unknown resource type {type_url}"),
+        details: Vec::new(),
+    })
 }
 
 /// How the protocol state machine behaves; built from the bootstrap.
@@ -205,6 +261,14 @@ pub enum ResourceFailure {
         /// The duplicated name.
         name: String,
     },
+    /// A delta response's `Resource` named `name` carries the resource `body_name`.
+    #[error("resource {name} carries a resource named {body_name:?}")]
+    NameMismatch {
+        /// The name the delta `Resource` gives.
+        name: String,
+        /// The name of the resource it carries.
+        body_name: String,
+    },
 }
 
 /// Two failures are equal when a watcher could not tell them apart: the same kind with the
@@ -228,6 +292,13 @@ impl PartialEq for ResourceFailure {
                 ResourceFailure::Duplicate { name },
                 ResourceFailure::Duplicate { name: other_name },
             ) => name == other_name,
+            (
+                ResourceFailure::NameMismatch { name, body_name },
+                ResourceFailure::NameMismatch {
+                    name: other_name,
+                    body_name: other_body,
+                },
+            ) => name == other_name && body_name == other_body,
             _ => false,
         }
     }
@@ -241,7 +312,9 @@ impl ResourceFailure {
     /// `PERMISSION_DENIED`.
     fn drops_cached_value(&self) -> bool {
         match self {
-            ResourceFailure::Validation(_) | ResourceFailure::Duplicate { .. } => true,
+            ResourceFailure::Validation(_)
+            | ResourceFailure::Duplicate { .. }
+            | ResourceFailure::NameMismatch { .. } => true,
             ResourceFailure::ServerReported { code, .. } => *code == PERMISSION_DENIED,
         }
     }
@@ -298,6 +371,8 @@ struct TypeState {
     sent_names: bool,
     /// The subscription changed since the last request.
     dirty: bool,
+    /// Delta: the names (and `"*"`) the current stream has been sent subscribed.
+    delta_sent: BTreeSet<String>,
     /// A server has answered for this type: snapshot values are no longer wanted.
     answered: bool,
     /// A server has sent a response of this type that was ACKed: the seeded values in use
@@ -316,6 +391,26 @@ impl TypeState {
 
     fn is_subscribed(&self) -> bool {
         self.wildcard != Wildcard::None || self.resources.values().any(|r| r.subscribed)
+    }
+
+    /// Delta: every name the client wants, with `"*"` for a wildcard (legacy or not: a
+    /// delta stream always says `"*"`, which needs no "empty first request" rule).
+    fn delta_wanted(&self) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self
+            .resources
+            .iter()
+            .filter(|(_, r)| r.subscribed)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if self.wildcard != Wildcard::None {
+            names.insert("*".to_owned());
+        }
+        names
+    }
+
+    /// Delta: whether the wanted names differ from those the stream was sent.
+    fn delta_changed(&self) -> bool {
+        self.delta_wanted() != self.delta_sent
     }
 
     fn resource_names(&self) -> Vec<String> {
@@ -355,8 +450,12 @@ pub struct AdsState {
     /// timer until [`AdsState::on_stream_connected`].
     connected: bool,
     next_stream: u64,
+    /// The current stream's kind: delta or SotW.
+    delta: bool,
     /// ACKs and NACKs waiting to be sent, in order.
     outbox: VecDeque<DiscoveryRequest>,
+    /// The same, on a delta stream.
+    delta_outbox: VecDeque<DeltaDiscoveryRequest>,
     events: VecDeque<XdsEvent>,
 }
 
@@ -369,7 +468,9 @@ impl AdsState {
             stream: None,
             connected: false,
             next_stream: 0,
+            delta: false,
             outbox: VecDeque::new(),
+            delta_outbox: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
@@ -580,15 +681,39 @@ impl AdsState {
     /// does-not-exist timers of the names they carry start only at
     /// [`on_stream_connected`](Self::on_stream_connected) (gRFC A57).
     pub fn on_stream_connecting(&mut self) -> StreamId {
+        self.begin_stream(false)
+    }
+
+    /// A new delta (incremental) ADS stream is open on a connected transport: as
+    /// [`on_stream_open`](Self::on_stream_open), but requests come from
+    /// [`poll_delta_request`](Self::poll_delta_request) and responses go to
+    /// [`on_delta_response`](Self::on_delta_response). Its first request of each type
+    /// subscribes to every wanted name and says which values the client holds.
+    pub fn on_delta_stream_open(&mut self) -> StreamId {
+        let id = self.on_delta_stream_connecting();
+        self.connected = true;
+        id
+    }
+
+    /// A new delta ADS stream is being opened while its connection is still being made: as
+    /// [`on_stream_connecting`](Self::on_stream_connecting), for a delta stream.
+    pub fn on_delta_stream_connecting(&mut self) -> StreamId {
+        self.begin_stream(true)
+    }
+
+    fn begin_stream(&mut self, delta: bool) -> StreamId {
         self.next_stream += 1;
         let id = StreamId(self.next_stream);
         self.stream = Some(id);
+        self.delta = delta;
         self.connected = false;
         self.outbox.clear();
+        self.delta_outbox.clear();
         for ts in self.types.values_mut() {
             ts.nonce.clear();
             ts.sent_on_stream = false;
             ts.sent_names = false;
+            ts.delta_sent.clear();
             ts.dirty = ts.is_subscribed();
             for rs in ts.resources.values_mut() {
                 rs.requested_on_stream = false;
@@ -625,6 +750,7 @@ impl AdsState {
         self.stream = None;
         self.connected = false;
         self.outbox.clear();
+        self.delta_outbox.clear();
         for ts in self.types.values_mut() {
             for rs in ts.resources.values_mut() {
                 rs.does_not_exist_at = None;
@@ -639,54 +765,114 @@ impl AdsState {
     }
 
     /// Apply a response received on `stream` at `now`: decode it, apply it, and queue its
-    /// ACK or NACK.
+    /// ACK or NACK. A response on a delta stream is dropped.
     pub fn on_response(&mut self, stream: StreamId, response: DiscoveryResponse, now: Instant) {
-        if self.stream != Some(stream) {
+        if self.stream != Some(stream) || self.delta {
             tracing::debug!(nonce = %response.nonce, "dropping a response from an old stream");
             return;
         }
-        let Some(resource_type) = ResourceType::from_type_url(&response.type_url) else {
-            let mut type_url = response.type_url.clone();
-            truncate(&mut type_url, MAX_NACK_DETAIL);
-            tracing::warn!(%type_url, "NACK: response of an unknown type");
-            self.outbox.push_back(DiscoveryRequest {
-                type_url: response.type_url,
-                response_nonce: response.nonce,
-                error_detail: Some(Status {
-                    code: INVALID_ARGUMENT,
-                    message: format!("unknown resource type {type_url}"),
-                    details: Vec::new(),
-                }),
-                ..Default::default()
-            });
+        let Some((resource_type, ts)) = self.answering(&response.type_url) else {
+            if let Some(error_detail) = unknown_type(&response.type_url) {
+                self.outbox.push_back(DiscoveryRequest {
+                    type_url: response.type_url,
+                    response_nonce: response.nonce,
+                    error_detail: Some(error_detail),
+                    ..Default::default()
+                });
+            }
             return;
         };
+        ts.nonce = response.nonce.clone();
+        let decoded = response::decode(resource_type, &response);
+        let error_detail = self.apply_response(resource_type, decoded, &response.version_info, now);
+        let Some(ts) = self.types.get_mut(&resource_type) else {
+            return;
+        };
+        let request = Self::request(ts, resource_type, None, error_detail);
+        ts.dirty = false;
+        self.outbox.push_back(request);
+    }
+
+    /// Apply a delta response received on `stream` at `now`: decode it, apply it (each
+    /// resource at its own version, `removed_resources` as deletions), and queue its ACK or
+    /// NACK, which carries the subscription changes made since the last request. A
+    /// response on a SotW stream is dropped.
+    pub fn on_delta_response(
+        &mut self,
+        stream: StreamId,
+        response: DeltaDiscoveryResponse,
+        now: Instant,
+    ) {
+        if self.stream != Some(stream) || !self.delta {
+            tracing::debug!(nonce = %response.nonce, "dropping a delta response from an old stream");
+            return;
+        }
+        let Some((resource_type, _)) = self.answering(&response.type_url) else {
+            if let Some(error_detail) = unknown_type(&response.type_url) {
+                self.delta_outbox.push_back(DeltaDiscoveryRequest {
+                    type_url: response.type_url,
+                    response_nonce: response.nonce,
+                    error_detail: Some(error_detail),
+                    ..Default::default()
+                });
+            }
+            return;
+        };
+        let decoded = response::decode_delta(resource_type, &response);
+        let error_detail =
+            self.apply_response(resource_type, decoded, &response.system_version_info, now);
+        let Some(ts) = self.types.get_mut(&resource_type) else {
+            return;
+        };
+        let request = Self::delta_request(ts, resource_type, response.nonce, error_detail);
+        ts.dirty = false;
+        self.delta_outbox.push_back(request);
+    }
+
+    /// The type a response of `type_url` answers, if the client asked for it on this stream:
+    /// the server has now answered for it, so values of an earlier run are no longer
+    /// offered. `None` for a type unknown or not asked for (answering would subscribe us:
+    /// an empty list is the legacy wildcard).
+    fn answering(&mut self, type_url: &str) -> Option<(ResourceType, &mut TypeState)> {
+        let resource_type = ResourceType::from_type_url(type_url)?;
         let Some(ts) = self
             .types
             .get_mut(&resource_type)
             .filter(|ts| ts.sent_on_stream)
         else {
-            // Answering would subscribe us (an empty list is the legacy wildcard).
             tracing::debug!(
                 r#type = resource_type.short_name(),
                 "ignoring a response we did not ask for"
             );
-            return;
+            return None;
         };
-        ts.nonce = response.nonce.clone();
-        // A server answers for the type: values of an earlier run are no longer offered
-        // (those in use are replaced or deleted by this response and the timers).
+        // Those in use are replaced or deleted by this response and the timers.
         ts.answered = true;
         ts.seeds.clear();
-        let decoded = response::decode(resource_type, &response);
+        Some((resource_type, ts))
+    }
+
+    /// Applies a decoded response of `version` (SotW or delta) and starts the timers of
+    /// seeded values at the type's first ACK. Returns the NACK's `error_detail`, if it is
+    /// one.
+    fn apply_response(
+        &mut self,
+        resource_type: ResourceType,
+        decoded: Decoded,
+        version: &str,
+        now: Instant,
+    ) -> Option<Status> {
+        let ts = self.types.get_mut(&resource_type)?;
+        let full_state = !self.delta && resource_type.is_full_state();
         let error_detail = Self::apply(
             ts,
             &mut self.events,
             &self.config,
             resource_type,
             decoded,
-            &response.version_info,
+            version,
             now,
+            full_state,
         );
         let first_ack = error_detail.is_none() && !ts.acked;
         ts.acked |= error_detail.is_none();
@@ -699,15 +885,15 @@ impl AdsState {
                 }
             }
         }
-        let request = Self::request(ts, resource_type, None, error_detail);
-        ts.dirty = false;
-        self.outbox.push_back(request);
+        error_detail
     }
 
     /// Applies a decoded response of `version` to the resources of `ts`: each outcome for a
     /// name the client wants becomes its resource's transition (other names are ignored),
-    /// a full-state type's cached resources that the response leaves out are deleted, and
+    /// a removal (delta) deletes a cached value or says the name does not exist, a
+    /// full-state type's cached resources that a SotW response leaves out are deleted, and
     /// an ACK moves the type's version. Returns the NACK's `error_detail`, if it is one.
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         ts: &mut TypeState,
         events: &mut VecDeque<XdsEvent>,
@@ -716,17 +902,22 @@ impl AdsState {
         decoded: Decoded,
         version: &str,
         now: Instant,
+        full_state: bool,
     ) -> Option<Status> {
         for (name, outcome) in decoded.outcomes {
+            if matches!(outcome, Outcome::Removed) {
+                Self::remove(ts, events, config, resource_type, name, now);
+                continue;
+            }
             if !ts.wants(&name) {
                 continue;
             }
             let rs = ts.resources.entry(name.clone()).or_default();
             let transition = match outcome {
-                Outcome::Accepted(value, raw) => Transition::Accept {
+                Outcome::Accepted(value, raw, own_version) => Transition::Accept {
                     value,
                     raw,
-                    version: version.to_owned(),
+                    version: own_version.unwrap_or_else(|| version.to_owned()),
                 },
                 Outcome::Invalid(failure) => {
                     let drop_cached = config.fail_on_data_errors
@@ -743,13 +934,13 @@ impl AdsState {
                         drop_cached,
                     }
                 }
-                Outcome::NotFound => Transition::NotFound,
+                Outcome::NotFound | Outcome::Removed => Transition::NotFound,
             };
             if let Some(notice) = rs.transition(transition, now) {
                 events.push_back(notice.into_event(resource_type, name));
             }
         }
-        if resource_type.is_full_state() {
+        if full_state {
             for (name, rs) in ts.resources.iter_mut() {
                 if decoded.present.contains(name) || rs.value.is_none() {
                     continue;
@@ -795,6 +986,81 @@ impl AdsState {
         }
     }
 
+    /// A delta server removed `name`: a cached value is deleted (kept, and the removal
+    /// logged, under `ignore_resource_deletion`, for every type: in delta any type can be
+    /// deleted, and the feature guards against a control plane's mistaken deletions), a
+    /// subscribed name without one does not exist (A57: this is how a delta server says
+    /// so). A name only a wildcard covered leaves no tombstone, as in SotW.
+    fn remove(
+        ts: &mut TypeState,
+        events: &mut VecDeque<XdsEvent>,
+        config: &ProtocolConfig,
+        resource_type: ResourceType,
+        name: String,
+        now: Instant,
+    ) {
+        let Some(rs) = ts.resources.get_mut(&name) else {
+            return;
+        };
+        let transition = if rs.value.is_some() {
+            if config.ignore_resource_deletion {
+                tracing::warn!(
+                    %name, r#type = resource_type.short_name(),
+                    "the server removed a resource; keeping it (ignore_resource_deletion)"
+                );
+                return;
+            }
+            Transition::Deleted
+        } else if rs.subscribed && rs.status() != ResourceStatus::DoesNotExist {
+            Transition::NotFound
+        } else {
+            return;
+        };
+        let subscribed = rs.subscribed;
+        if let Some(notice) = rs.transition(transition, now) {
+            events.push_back(notice.into_event(resource_type, name.clone()));
+        }
+        if !subscribed {
+            ts.resources.remove(&name);
+        }
+    }
+
+    /// The next delta request of a type: the names to subscribe and unsubscribe since the
+    /// last request, on a type's first request of the stream the versions of the values
+    /// the client holds from a server, and for an ACK or NACK the response's nonce.
+    fn delta_request(
+        ts: &mut TypeState,
+        resource_type: ResourceType,
+        response_nonce: String,
+        error_detail: Option<Status>,
+    ) -> DeltaDiscoveryRequest {
+        let wanted = ts.delta_wanted();
+        let resource_names_subscribe = wanted.difference(&ts.delta_sent).cloned().collect();
+        let resource_names_unsubscribe = ts.delta_sent.difference(&wanted).cloned().collect();
+        // Only what a server sent: a snapshot's value was never this stream's, and naming
+        // its version could keep the server silent and the old value served as current.
+        let initial_resource_versions: HashMap<String, String> = if ts.sent_on_stream {
+            HashMap::new()
+        } else {
+            ts.resources
+                .iter()
+                .filter(|(_, rs)| rs.value.is_some() && !rs.from_snapshot)
+                .filter_map(|(name, rs)| Some((name.clone(), rs.version.clone()?)))
+                .collect()
+        };
+        ts.sent_on_stream = true;
+        ts.delta_sent = wanted;
+        DeltaDiscoveryRequest {
+            type_url: resource_type.type_url().to_string(),
+            resource_names_subscribe,
+            resource_names_unsubscribe,
+            initial_resource_versions,
+            response_nonce,
+            error_detail,
+            ..Default::default()
+        }
+    }
+
     fn request(
         ts: &mut TypeState,
         resource_type: ResourceType,
@@ -817,8 +1083,12 @@ impl AdsState {
 
     /// The next request to send on the current stream, if any: queued ACKs/NACKs first,
     /// then subscription changes. Starts the does-not-exist timers of the names it carries.
+    /// Nothing on a delta stream ([`poll_delta_request`](Self::poll_delta_request)).
     pub fn poll_request(&mut self, now: Instant) -> Option<DiscoveryRequest> {
         self.stream?;
+        if self.delta {
+            return None;
+        }
         let first_of_stream = self.types.values().all(|ts| !ts.sent_on_stream);
         let mut request = if let Some(queued) = self.outbox.pop_front() {
             queued
@@ -834,20 +1104,54 @@ impl AdsState {
         if first_of_stream {
             request.node = Some(self.config.node.clone());
         }
-        if let Some(resource_type) = ResourceType::from_type_url(&request.type_url) {
-            let deadline = now.checked_add(self.config.does_not_exist_timeout);
-            if let Some(ts) = self.types.get_mut(&resource_type) {
-                for name in &request.resource_names {
-                    if let Some(rs) = ts.resources.get_mut(name) {
-                        rs.requested_on_stream = true;
-                        if self.connected {
-                            rs.start_timer(deadline, ts.acked);
-                        }
+        self.requested(&request.type_url, &request.resource_names, now);
+        Some(request)
+    }
+
+    /// The next request to send on the current delta stream, if any: queued ACKs/NACKs
+    /// first (carrying the subscription changes of their type), then the subscription
+    /// changes of other types. Starts the does-not-exist timers of the names it subscribes.
+    /// Nothing on a SotW stream ([`poll_request`](Self::poll_request)).
+    pub fn poll_delta_request(&mut self, now: Instant) -> Option<DeltaDiscoveryRequest> {
+        self.stream?;
+        if !self.delta {
+            return None;
+        }
+        let first_of_stream = self.types.values().all(|ts| !ts.sent_on_stream);
+        let mut request = if let Some(queued) = self.delta_outbox.pop_front() {
+            queued
+        } else {
+            let (&resource_type, ts) = self
+                .types
+                .iter_mut()
+                .find(|(_, ts)| ts.dirty && ts.delta_changed())?;
+            ts.dirty = false;
+            Self::delta_request(ts, resource_type, String::new(), None)
+        };
+        if first_of_stream {
+            request.node = Some(self.config.node.clone());
+        }
+        self.requested(&request.type_url, &request.resource_names_subscribe, now);
+        Some(request)
+    }
+
+    /// A request naming `names` of `type_url` goes out: their timers start if the stream is
+    /// connected, else when it is (gRFC A57).
+    fn requested(&mut self, type_url: &str, names: &[String], now: Instant) {
+        let Some(resource_type) = ResourceType::from_type_url(type_url) else {
+            return;
+        };
+        let deadline = now.checked_add(self.config.does_not_exist_timeout);
+        if let Some(ts) = self.types.get_mut(&resource_type) {
+            for name in names {
+                if let Some(rs) = ts.resources.get_mut(name) {
+                    rs.requested_on_stream = true;
+                    if self.connected {
+                        rs.start_timer(deadline, ts.acked);
                     }
                 }
             }
         }
-        Some(request)
     }
 
     /// The next event for watchers, if any.
@@ -978,7 +1282,7 @@ impl AdsState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
     use envoy_types::pb::envoy::config::core::v3::{
         AggregatedConfigSource, ConfigSource, config_source,
@@ -992,10 +1296,10 @@ mod tests {
 
     use super::*;
 
-    const CDS: ResourceType = ResourceType::Cluster;
-    const EDS: ResourceType = ResourceType::ClusterLoadAssignment;
+    pub(super) const CDS: ResourceType = ResourceType::Cluster;
+    pub(super) const EDS: ResourceType = ResourceType::ClusterLoadAssignment;
 
-    fn eds_cluster(name: &str) -> Any {
+    pub(super) fn eds_cluster(name: &str) -> Any {
         let c = Cluster {
             name: name.into(),
             cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
@@ -1019,7 +1323,7 @@ mod tests {
     }
 
     /// A cluster every validator rejects (STATIC is not supported), with a readable name.
-    fn static_cluster(name: &str) -> Any {
+    pub(super) fn static_cluster(name: &str) -> Any {
         let c = Cluster {
             name: name.into(),
             ..Default::default()
@@ -1030,7 +1334,7 @@ mod tests {
         }
     }
 
-    fn cla(name: &str) -> Any {
+    pub(super) fn cla(name: &str) -> Any {
         let c = ClusterLoadAssignment {
             cluster_name: name.into(),
             ..Default::default()
@@ -1056,24 +1360,25 @@ mod tests {
         }
     }
 
-    fn node() -> Node {
+    pub(super) fn node() -> Node {
         Node {
             id: "test-node".into(),
             ..Default::default()
         }
     }
 
-    struct Harness {
-        ads: AdsState,
-        now: Instant,
-        stream: StreamId,
+    /// A state on an open stream (SotW; `delta_tests` opens delta ones) and its clock.
+    pub(super) struct Harness {
+        pub(super) ads: AdsState,
+        pub(super) now: Instant,
+        pub(super) stream: StreamId,
     }
 
     impl Harness {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             Self::with(ProtocolConfig::new(node()))
         }
-        fn with(config: ProtocolConfig) -> Self {
+        pub(super) fn with(config: ProtocolConfig) -> Self {
             let mut ads = AdsState::new(config);
             let stream = ads.on_stream_open();
             Self {
@@ -1085,13 +1390,13 @@ mod tests {
         fn requests(&mut self) -> Vec<DiscoveryRequest> {
             std::iter::from_fn(|| self.ads.poll_request(self.now)).collect()
         }
-        fn events(&mut self) -> Vec<XdsEvent> {
+        pub(super) fn events(&mut self) -> Vec<XdsEvent> {
             std::iter::from_fn(|| self.ads.poll_event()).collect()
         }
         fn respond(&mut self, r: DiscoveryResponse) {
             self.ads.on_response(self.stream, r, self.now);
         }
-        fn advance(&mut self, d: Duration) {
+        pub(super) fn advance(&mut self, d: Duration) {
             self.now += d;
             if self.ads.poll_timeout().is_some_and(|t| t <= self.now) {
                 self.ads.handle_timeout(self.now);
@@ -1099,7 +1404,7 @@ mod tests {
         }
     }
 
-    fn names(e: &[XdsEvent]) -> Vec<String> {
+    pub(super) fn names(e: &[XdsEvent]) -> Vec<String> {
         e.iter()
             .map(|e| match e {
                 XdsEvent::Changed(r) => format!("changed:{}", r.name()),
@@ -1798,7 +2103,7 @@ mod tests {
         assert_ne!(reported(7, "a"), duplicate("a"));
     }
 
-    fn seed_of(t: ResourceType, any: Any, version: &str) -> Seed {
+    pub(super) fn seed_of(t: ResourceType, any: Any, version: &str) -> Seed {
         Seed {
             value: crate::resource::decode(t, &any).expect("valid"),
             raw: any,

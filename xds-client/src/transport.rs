@@ -33,7 +33,9 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -42,7 +44,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::bootstrap::{ChannelCredentials, ServerAddress, TlsCredentials, XdsServer};
+use crate::bootstrap::{ApiType, ChannelCredentials, ServerAddress, TlsCredentials, XdsServer};
 // The path `client::not_ready` names it by.
 pub(crate) use crate::error_chain::ErrorChain;
 
@@ -179,6 +181,7 @@ pub(crate) struct Dialer {
     address: ServerAddress,
     tls: Option<Arc<rustls::ClientConfig>>,
     uri: String,
+    delta: bool,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -186,6 +189,7 @@ impl std::fmt::Debug for Dialer {
         f.debug_struct("Dialer")
             .field("uri", &self.uri)
             .field("tls", &self.tls.is_some())
+            .field("delta", &self.delta)
             .finish()
     }
 }
@@ -240,7 +244,13 @@ impl Dialer {
             address: server.address().clone(),
             tls,
             uri,
+            delta: server.api_type() == ApiType::DeltaGrpc,
         })
+    }
+
+    /// Whether the server speaks delta ADS (`api_type: DELTA_GRPC`).
+    pub(crate) fn is_delta(&self) -> bool {
+        self.delta
     }
 
     /// The URI as configured.
@@ -470,18 +480,70 @@ async fn dial_io(
     }))
 }
 
-/// Open `StreamAggregatedResources` on a channel, sending what `requests` carries. Queue
-/// the first requests before awaiting this, so the server sees them with the stream. A
-/// response announcing more than `max_message_size` bytes fails the stream.
+/// The request half of an ADS stream, SotW or delta.
+#[derive(Debug)]
+pub(crate) enum AdsRequests {
+    /// `StreamAggregatedResources`.
+    Sotw(mpsc::UnboundedSender<DiscoveryRequest>),
+    /// `DeltaAggregatedResources`.
+    Delta(mpsc::UnboundedSender<DeltaDiscoveryRequest>),
+}
+
+/// What [`open_stream`] sends: the receiving end of [`AdsRequests`].
+#[derive(Debug)]
+pub(crate) enum PendingRequests {
+    Sotw(mpsc::UnboundedReceiver<DiscoveryRequest>),
+    Delta(mpsc::UnboundedReceiver<DeltaDiscoveryRequest>),
+}
+
+/// A channel for the requests of a new stream, of the kind the server speaks.
+pub(crate) fn ads_channel(delta: bool) -> (AdsRequests, PendingRequests) {
+    if delta {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (AdsRequests::Delta(tx), PendingRequests::Delta(rx))
+    } else {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (AdsRequests::Sotw(tx), PendingRequests::Sotw(rx))
+    }
+}
+
+/// The response half of an open ADS stream.
+pub(crate) enum AdsResponses {
+    Sotw(tonic::Streaming<DiscoveryResponse>),
+    Delta(tonic::Streaming<DeltaDiscoveryResponse>),
+}
+
+/// One response of an ADS stream.
+pub(crate) enum AdsResponse {
+    Sotw(DiscoveryResponse),
+    Delta(DeltaDiscoveryResponse),
+}
+
+impl AdsResponses {
+    /// The next response; `None` when the server ended the stream.
+    pub(crate) async fn message(&mut self) -> Result<Option<AdsResponse>, tonic::Status> {
+        Ok(match self {
+            AdsResponses::Sotw(s) => s.message().await?.map(AdsResponse::Sotw),
+            AdsResponses::Delta(s) => s.message().await?.map(AdsResponse::Delta),
+        })
+    }
+}
+
+/// Open `StreamAggregatedResources` (or `DeltaAggregatedResources`, for delta requests) on
+/// a channel, sending what `requests` carries. Queue the first requests before awaiting
+/// this, so the server sees them with the stream. A response announcing more than
+/// `max_message_size` bytes fails the stream.
 pub(crate) async fn open_stream(
     channel: Channel,
-    requests: mpsc::UnboundedReceiver<DiscoveryRequest>,
+    requests: PendingRequests,
     max_message_size: usize,
-) -> Result<tonic::Streaming<DiscoveryResponse>, tonic::Status> {
+) -> Result<AdsResponses, tonic::Status> {
     // Requests are ours: the names of one type, which come from the user's watches and from
     // one full-state response (each under the limit), an ACK's version and nonce, and a
     // NACK text bounded by MAX_NACK_DETAIL. The encoding limit is a backstop with room to
-    // spare, so a bug that bloats a request fails the stream instead of sending it.
+    // spare, so a bug that bloats a request fails the stream instead of sending it. (A
+    // delta reconnect's `initial_resource_versions` holds names and versions of what one
+    // server sent, each response under the limit.)
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(max_message_size)
         .max_encoding_message_size(
@@ -489,10 +551,20 @@ pub(crate) async fn open_stream(
                 .max(DEFAULT_MAX_MESSAGE_SIZE)
                 .saturating_mul(4),
         );
-    Ok(client
-        .stream_aggregated_resources(UnboundedReceiverStream::new(requests))
-        .await?
-        .into_inner())
+    Ok(match requests {
+        PendingRequests::Sotw(rx) => AdsResponses::Sotw(
+            client
+                .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+                .await?
+                .into_inner(),
+        ),
+        PendingRequests::Delta(rx) => AdsResponses::Delta(
+            client
+                .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
+                .await?
+                .into_inner(),
+        ),
+    })
 }
 
 /// Reconnect delays: exponential from `min` by 1.6x up to `max`, and each delay gets up to

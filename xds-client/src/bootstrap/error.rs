@@ -144,6 +144,12 @@ pub enum FieldErrorKind {
         /// The field of the pair that is set.
         present: &'static str,
     },
+    /// An `xds_servers` entry's `api_type` is neither `"GRPC"` nor `"DELTA_GRPC"`.
+    #[error("unsupported api_type {value:?} (meshwork speaks \"GRPC\" and \"DELTA_GRPC\")")]
+    UnsupportedApiType {
+        /// The value found.
+        value: String,
+    },
     /// A `file_watcher` configuration names no file to watch.
     #[error(
         "nothing to watch: set certificate_file and private_key_file, ca_certificate_file, \

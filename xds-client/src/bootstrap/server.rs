@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use super::certs::{FileWatcherConfig, parse_cert_files};
 use super::error::{BootstrapError, FieldErrorKind, ServerUriError};
-use super::json::{as_array, as_object, child, get, index, opt_str_list, record_unknown, req_str};
+use super::json::{
+    as_array, as_object, child, get, index, opt_str, opt_str_list, record_unknown, req_str,
+};
 
 /// Server feature (gRFC A53): keep a resource the server deleted, instead of reporting it
 /// gone.
@@ -33,6 +35,39 @@ const KNOWN_SERVER_FEATURES: &[&str] = &[
     SERVER_FEATURE_RESOURCE_TIMER_IS_TRANSIENT_FAILURE,
 ];
 
+/// Which ADS protocol variant to speak to a server: the `api_type` of an `xds_servers`
+/// entry, named as Envoy names it (`envoy.config.core.v3.ApiConfigSource.ApiType`). gRPC
+/// ignores the field (its server config decoding skips unknown JSON fields), so a
+/// bootstrap shared with gRPC clients may carry it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ApiType {
+    /// `"GRPC"`: state-of-the-world ADS (`StreamAggregatedResources`), the default and
+    /// what gRPC speaks.
+    #[default]
+    Grpc,
+    /// `"DELTA_GRPC"`: incremental ADS (`DeltaAggregatedResources`): a response carries only
+    /// what changed and names what was removed, so a push to a big mesh costs the changed
+    /// resources, not every resource of the type.
+    DeltaGrpc,
+}
+
+impl ApiType {
+    /// The name the bootstrap uses for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiType::Grpc => "GRPC",
+            ApiType::DeltaGrpc => "DELTA_GRPC",
+        }
+    }
+}
+
+impl fmt::Display for ApiType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An xDS management server: one entry of `xds_servers` (top-level or per authority).
 ///
 /// Equality and hashing cover the URI, the chosen credentials and all server features, so a
@@ -43,6 +78,7 @@ pub struct XdsServer {
     address: ServerAddress,
     channel_credentials: ChannelCredentials,
     server_features: Vec<String>,
+    api_type: ApiType,
 }
 
 impl XdsServer {
@@ -72,6 +108,7 @@ impl XdsServer {
             address,
             channel_credentials: ChannelCredentials::Insecure,
             server_features: Vec::new(),
+            api_type: ApiType::Grpc,
         })
     }
 
@@ -85,6 +122,18 @@ impl XdsServer {
     pub fn with_server_feature(mut self, feature: impl Into<String>) -> Self {
         self.server_features.push(feature.into());
         self
+    }
+
+    /// Sets the ADS protocol variant (default [`ApiType::Grpc`], state of the world).
+    pub fn with_api_type(mut self, api_type: ApiType) -> Self {
+        self.api_type = api_type;
+        self
+    }
+
+    /// The ADS protocol variant to speak to this server: the entry's `api_type`,
+    /// [`ApiType::Grpc`] (state of the world) unless it says `"DELTA_GRPC"`.
+    pub fn api_type(&self) -> ApiType {
+        self.api_type
     }
 
     /// The `server_uri` exactly as configured.
@@ -412,7 +461,7 @@ pub(super) fn parse_server(
     let map = as_object(value, path)?;
     record_unknown(
         map,
-        &["server_uri", "channel_creds", "server_features"],
+        &["server_uri", "channel_creds", "server_features", "api_type"],
         path,
         unknown,
     );
@@ -461,11 +510,24 @@ pub(super) fn parse_server(
     })?;
 
     let server_features = opt_str_list(map, "server_features", path)?;
+    let api_type = match opt_str(map, "api_type", path)? {
+        None | Some("GRPC") => ApiType::Grpc,
+        Some("DELTA_GRPC") => ApiType::DeltaGrpc,
+        Some(other) => {
+            return Err(BootstrapError::field(
+                child(path, "api_type"),
+                FieldErrorKind::UnsupportedApiType {
+                    value: other.to_owned(),
+                },
+            ));
+        }
+    };
     Ok(XdsServer {
         uri: uri.to_owned(),
         address,
         channel_credentials,
         server_features,
+        api_type,
     })
 }
 
@@ -809,6 +871,47 @@ mod tests {
                 .starts_with("xds_servers[1].server_uri: invalid server URI \"ftp://a\""),
             "{e}"
         );
+    }
+
+    /// `api_type` picks delta ADS per server, SotW (`GRPC`) by default; it is a known field
+    /// (not reported as unknown), and any other value is an error naming its path.
+    #[test]
+    fn api_type_selects_delta_per_server() {
+        let insecure = json!([{"type": "insecure"}]);
+        let (s, unknown) = parse(
+            json!({"server_uri": "a:1", "channel_creds": insecure, "api_type": "DELTA_GRPC"}),
+        )
+        .unwrap();
+        assert_eq!(s.api_type(), ApiType::DeltaGrpc);
+        assert!(unknown.is_empty(), "{unknown:?}");
+        let (s, _) =
+            parse(json!({"server_uri": "a:1", "channel_creds": insecure, "api_type": "GRPC"}))
+                .unwrap();
+        assert_eq!(s.api_type(), ApiType::Grpc);
+        let (s, _) = parse(json!({"server_uri": "a:1", "channel_creds": insecure})).unwrap();
+        assert_eq!(s.api_type(), ApiType::Grpc);
+        assert_ne!(
+            s.clone().with_api_type(ApiType::DeltaGrpc),
+            s,
+            "a different server"
+        );
+        for (value, want) in [
+            (
+                json!("REST"),
+                "xds_servers[1].api_type: unsupported api_type \"REST\" \
+                 (meshwork speaks \"GRPC\" and \"DELTA_GRPC\")",
+            ),
+            (
+                json!(2),
+                "xds_servers[1].api_type: expected a string, got 2",
+            ),
+        ] {
+            let e =
+                parse(json!({"server_uri": "a:1", "channel_creds": insecure, "api_type": value}))
+                    .unwrap_err();
+            assert_eq!(e.to_string(), want);
+            assert_eq!(e.field_path(), Some("xds_servers[1].api_type"));
+        }
     }
 
     #[test]

@@ -1,16 +1,27 @@
-//! What one `DiscoveryResponse` says, decided before it touches any state: per named
-//! resource an [`Outcome`], the names it mentions, and whether to ACK or NACK it.
+//! What one `DiscoveryResponse` or `DeltaDiscoveryResponse` says, decided before it
+//! touches any state: per named resource an [`Outcome`], the names it mentions, and whether
+//! to ACK or NACK it. Both kinds of response go through one decoder, so a resource is valid
+//! or not the same way whichever stream brought it.
 //!
 //! The rules are those of grpc-go's `xdsresource` unmarshalling and gRFC A46/A88: every
 //! `Any` is validated on its own; a rejected resource whose name could be read is NACKed by
 //! name (its last good value stays), one whose name could not be read only adds its reason
 //! to the NACK; a name given twice in one response is rejected (every copy); a server error
 //! (`resource_errors`) counts only for a name the resources do not carry, first one wins.
+//!
+//! A delta `Resource` is named by its wrapper: a body that decodes to another name is
+//! invalid under the wrapper's name (under the body's when the wrapper has none), and a
+//! wrapper without a body is a TTL heartbeat (the xDS protocol's "TTL" section), which
+//! changes nothing here as meshwork keeps no TTLs. A name in both the resources and
+//! `removed_resources`, or twice among them, is a duplicate (Envoy rejects such a response
+//! whole; here only that name is).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryResponse, ResourceError as ServerError,
+};
 use envoy_types::pb::google::protobuf::Any;
 
 use super::{MAX_NACK_DETAIL, NOT_FOUND, ResourceFailure, truncate};
@@ -19,19 +30,23 @@ use crate::resource::{self, Resource, ResourceType};
 /// What a response says about one named resource.
 #[derive(Debug)]
 pub(super) enum Outcome {
-    /// A valid value, and the resource as the server sent it (for CSDS).
-    Accepted(Resource, Any),
+    /// A valid value, the resource as the server sent it (for CSDS), and its own version
+    /// (a delta `Resource.version`; `None` in SotW, where the response's version counts).
+    Accepted(Resource, Any, Option<String>),
     /// A value we rejected, or an error the server reported for the name (gRFC A88).
     Invalid(ResourceFailure),
     /// The server reports that the resource does not exist (`NOT_FOUND`, gRFC A88).
     NotFound,
+    /// A delta server's `removed_resources` names it: deleted, or it does not exist.
+    Removed,
 }
 
 /// A decoded response.
 #[derive(Debug)]
 pub(super) struct Decoded {
     /// Per named resource, in the order they are applied (and their watchers told): the
-    /// valid ones by name, the rejected ones by name, then the server's errors as sent.
+    /// valid ones by name, the rejected ones by name, the removed ones (delta), then the
+    /// server's errors as sent.
     pub(super) outcomes: Vec<(String, Outcome)>,
     /// Every name the response mentions, valid or not: for a full-state type (LDS, CDS) a
     /// cached resource missing here was deleted.
@@ -49,33 +64,124 @@ pub(super) struct Nack {
     pub(super) errors: usize,
 }
 
-/// Decodes and validates every resource of a response of type `resource_type`.
+/// One resource of a response, as the decoder takes it.
+struct Item<'a> {
+    /// The body; `None` for a delta heartbeat.
+    body: Option<&'a Any>,
+    /// The delta wrapper's `name` (empty when it has none, and in SotW).
+    name: &'a str,
+    /// The delta wrapper's `version` (`None` in SotW).
+    version: Option<&'a str>,
+}
+
+/// Decodes and validates every resource of a SotW response of type `resource_type`.
 pub(super) fn decode(resource_type: ResourceType, response: &DiscoveryResponse) -> Decoded {
+    let items = response.resources.iter().map(|any| Item {
+        body: Some(any),
+        name: "",
+        version: None,
+    });
+    decode_items(resource_type, items, &[], &response.resource_errors)
+}
+
+/// Decodes and validates every resource of a delta response of type `resource_type`, and
+/// its removals.
+pub(super) fn decode_delta(
+    resource_type: ResourceType,
+    response: &DeltaDiscoveryResponse,
+) -> Decoded {
+    let items = response.resources.iter().map(|r| Item {
+        body: r.resource.as_ref(),
+        name: &r.name,
+        version: Some(&r.version),
+    });
+    let removed: Vec<&str> = response
+        .removed_resources
+        .iter()
+        .map(String::as_str)
+        .chain(
+            response
+                .removed_resource_names
+                .iter()
+                .map(|r| r.name.as_str()),
+        )
+        .collect();
+    decode_items(resource_type, items, &removed, &response.resource_errors)
+}
+
+type Valid = BTreeMap<String, (Resource, Any, Option<String>)>;
+
+/// The first mention of `name` in a response returns it; a later one rejects it (and
+/// forgets a value it had) and returns `None`.
+fn first_mention(
+    name: String,
+    present: &mut BTreeSet<String>,
+    valid: &mut Valid,
+    invalid: &mut BTreeMap<String, ResourceFailure>,
+    errors: &mut NackDetail,
+) -> Option<String> {
+    if present.insert(name.clone()) {
+        return Some(name);
+    }
+    valid.remove(&name);
+    let dup = ResourceFailure::Duplicate { name: name.clone() };
+    errors.push(&dup);
+    invalid.insert(name, dup);
+    None
+}
+
+fn decode_items<'a>(
+    resource_type: ResourceType,
+    items: impl Iterator<Item = Item<'a>>,
+    removed: &[&str],
+    resource_errors: &[ServerError],
+) -> Decoded {
     let mut errors = NackDetail::default();
-    let mut valid: BTreeMap<String, (Resource, Any)> = BTreeMap::new();
+    let mut valid: Valid = BTreeMap::new();
     let mut invalid: BTreeMap<String, ResourceFailure> = BTreeMap::new();
     let mut present: BTreeSet<String> = BTreeSet::new();
-    for any in &response.resources {
+    for item in items {
+        let Some(any) = item.body else {
+            // A heartbeat: it names the resource but changes nothing.
+            if !item.name.is_empty() {
+                first_mention(
+                    item.name.to_owned(),
+                    &mut present,
+                    &mut valid,
+                    &mut invalid,
+                    &mut errors,
+                );
+            }
+            continue;
+        };
+        let wrapper = (!item.name.is_empty()).then_some(item.name);
         let (name, outcome) = match resource::decode(resource_type, any) {
-            Ok(res) => (res.name().to_string(), Ok(res)),
-            Err(err) => match err.name() {
-                Some(name) => (name.to_string(), Err(ResourceFailure::from(err))),
+            Ok(res) => match wrapper {
+                Some(wrapper) if wrapper != res.name() => (
+                    wrapper.to_owned(),
+                    Err(ResourceFailure::NameMismatch {
+                        name: wrapper.to_owned(),
+                        body_name: res.name().to_owned(),
+                    }),
+                ),
+                _ => (res.name().to_owned(), Ok(res)),
+            },
+            Err(err) => match wrapper.or(err.name()) {
+                Some(name) => (name.to_owned(), Err(ResourceFailure::from(err))),
                 None => {
                     errors.push(err);
                     continue;
                 }
             },
         };
-        if !present.insert(name.clone()) {
-            valid.remove(&name);
-            let dup = ResourceFailure::Duplicate { name: name.clone() };
-            errors.push(&dup);
-            invalid.insert(name, dup);
+        let Some(name) = first_mention(name, &mut present, &mut valid, &mut invalid, &mut errors)
+        else {
             continue;
-        }
+        };
         match outcome {
             Ok(res) => {
-                valid.insert(name, (res, any.clone()));
+                let version = item.version.map(str::to_owned);
+                valid.insert(name, (res, any.clone(), version));
             }
             Err(failure) => {
                 errors.push(&failure);
@@ -83,17 +189,32 @@ pub(super) fn decode(resource_type: ResourceType, response: &DiscoveryResponse) 
             }
         }
     }
+    let mut gone = Vec::new();
+    for name in removed {
+        if let Some(name) = first_mention(
+            (*name).to_owned(),
+            &mut present,
+            &mut valid,
+            &mut invalid,
+            &mut errors,
+        ) {
+            gone.push(name);
+        }
+    }
+    // A removal named again (or also sent as a resource) is a duplicate, not a removal.
+    gone.retain(|name| !invalid.contains_key(name));
 
     let mut outcomes: Vec<(String, Outcome)> = valid
         .into_iter()
-        .map(|(name, (res, raw))| (name, Outcome::Accepted(res, raw)))
+        .map(|(name, (res, raw, version))| (name, Outcome::Accepted(res, raw, version)))
         .chain(
             invalid
                 .into_iter()
                 .map(|(name, failure)| (name, Outcome::Invalid(failure))),
         )
+        .chain(gone.into_iter().map(|name| (name, Outcome::Removed)))
         .collect();
-    for server_error in &response.resource_errors {
+    for server_error in resource_errors {
         let Some(name) = server_error.resource_name.as_ref().map(|n| n.name.clone()) else {
             continue;
         };
@@ -218,13 +339,17 @@ mod tests {
         d.outcomes
             .iter()
             .map(|(name, o)| match o {
-                Outcome::Accepted(r, _) => format!("{name}:accepted:{}", r.name()),
+                Outcome::Accepted(r, _, _) => format!("{name}:accepted:{}", r.name()),
                 Outcome::Invalid(ResourceFailure::Duplicate { .. }) => format!("{name}:duplicate"),
                 Outcome::Invalid(ResourceFailure::ServerReported { code, .. }) => {
                     format!("{name}:server:{code}")
                 }
                 Outcome::Invalid(ResourceFailure::Validation(_)) => format!("{name}:invalid"),
                 Outcome::NotFound => format!("{name}:not-found"),
+                Outcome::Removed => format!("{name}:removed"),
+                Outcome::Invalid(ResourceFailure::NameMismatch { .. }) => {
+                    format!("{name}:mismatch")
+                }
             })
             .collect()
     }
