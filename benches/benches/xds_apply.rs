@@ -8,7 +8,9 @@
 use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource,
+};
 use meshwork_benches::xds_fixtures::{
     cds_response, cla, eds_response, eds_response_many, sotw_response,
 };
@@ -100,7 +102,8 @@ fn apply(c: &mut Criterion) {
 
 /// The mesh-scale cases of issue #16: 10,000 clusters, 100,000 endpoints, and one endpoint
 /// changing in a 10,000-endpoint cluster (SotW re-sending that assignment alone, or with
-/// the 999 other assignments a client watching 1,000 clusters is sent by a snapshot server).
+/// the 999 other assignments a client watching 1,000 clusters is sent by a snapshot server;
+/// delta sending the changed assignment alone).
 fn scale(c: &mut Criterion) {
     let mut group = c.benchmark_group("xds_scale");
     group.sample_size(10);
@@ -161,6 +164,62 @@ fn scale(c: &mut Criterion) {
             },
         );
     }
+
+    // The same change over delta: only the changed assignment comes, whatever is watched.
+    let delta = |version: &str, watched: u32, moved: bool| {
+        let sotw = assignments(version, watched, moved);
+        DeltaDiscoveryResponse {
+            system_version_info: version.into(),
+            resources: sotw
+                .resources
+                .into_iter()
+                .take(if moved { 1 } else { watched as usize })
+                .enumerate()
+                .map(|(i, any)| Resource {
+                    name: format!("cluster-{i}"),
+                    version: version.into(),
+                    resource: Some(any),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: ResourceType::ClusterLoadAssignment.type_url().into(),
+            nonce: format!("nonce-{version}"),
+            ..Default::default()
+        }
+    };
+    let watched = 1_000;
+    let (initial, update) = (delta("v1", watched, false), delta("v2", watched, true));
+    group.bench_function(
+        format!("one_endpoint_change_delta_watching_{watched}"),
+        |b| {
+            b.iter_batched(
+                || {
+                    let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
+                    let stream = ads.on_delta_stream_open();
+                    for name in clusters(watched) {
+                        ads.subscribe(ResourceType::ClusterLoadAssignment, &name);
+                    }
+                    while ads.poll_delta_request(Instant::now()).is_some() {}
+                    ads.on_delta_response(stream, initial.clone(), Instant::now());
+                    while ads.poll_event().is_some() {}
+                    while ads.poll_delta_request(Instant::now()).is_some() {}
+                    (ads, stream, update.clone())
+                },
+                |(mut ads, stream, response)| {
+                    ads.on_delta_response(stream, response, Instant::now());
+                    let mut events = 0;
+                    while ads.poll_event().is_some() {
+                        events += 1;
+                    }
+                    assert_eq!(events, 1, "the changed assignment is published");
+                    let ack = ads.poll_delta_request(Instant::now()).expect("ACK");
+                    assert!(ack.error_detail.is_none());
+                    ads
+                },
+                BatchSize::LargeInput,
+            )
+        },
+    );
     group.finish();
 }
 

@@ -4,7 +4,9 @@
 //! (api_listener over RDS, an EDS cluster with SPIFFE upstream TLS) passes meshwork's
 //! validators. With the interop peers, Envoy takes its listener, routes and clusters from
 //! `xds-serve` over SotW ADS and routes a request with them, and gRPC's reference client
-//! (grpcio) and meshwork's `greeter-client` both call a greeter through the same file.
+//! (grpcio) and meshwork's `greeter-client` both call a greeter through the same file, and
+//! grpcio (SotW) and meshwork (SotW and delta) reach the same per-resource ACK view of a file
+//! with a resource every gRPC-style client NACKs.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -560,4 +562,34 @@ async fn grpcio_and_meshwork_reach_the_same_ack_view() {
 
     let (_, ours) = serve.dump_with("xds:///greeter:50051", None, "").await;
     assert_eq!(ack_view(&ours), theirs, "meshwork (SotW) vs grpcio");
+
+    // Over delta the statuses are the same; a delta resource's version is its own (the
+    // server's per-resource hash) where SotW shows the file's version.
+    let delta_server = r#", "api_type": "DELTA_GRPC""#;
+    let (_, ours) = serve
+        .dump_with("xds:///greeter:50051", None, delta_server)
+        .await;
+    let statuses = |view: Vec<[String; 4]>| -> Vec<[String; 3]> {
+        view.into_iter()
+            .map(|[ty, name, status, _]| [ty, name, status])
+            .collect()
+    };
+    let ours = ack_view(&ours);
+    let file_version = theirs
+        .iter()
+        .find(|[_, _, status, _]| status == "ACKED")
+        .map(|[.., version]| version.clone())
+        .unwrap();
+    assert_eq!(
+        statuses(ours.clone()),
+        statuses(theirs),
+        "meshwork (delta) vs grpcio"
+    );
+    // Per-resource versions: the stream was delta, not SotW again.
+    assert!(
+        ours.iter().all(|[_, _, status, version]| {
+            status != "ACKED" || (!version.is_empty() && *version != file_version)
+        }),
+        "{ours:?}"
+    );
 }
