@@ -2,11 +2,11 @@
 //! of a good file is ACKED at the file's version; a rewritten file is served anew; a bad file
 //! is reported on stderr while the previous resources stay served; and an Istio-shaped file
 //! (api_listener over RDS, an EDS cluster with SPIFFE upstream TLS) passes meshwork's
-//! validators. With the interop peers, Envoy takes its listener, routes and clusters from
-//! `xds-serve` over SotW and over delta ADS and routes a request with them, and gRPC's reference client
-//! (grpcio) and meshwork's `greeter-client` both call a greeter through the same file, and
-//! grpcio (SotW) and meshwork (SotW and delta) reach the same per-resource ACK view of a file
-//! with a resource every gRPC-style client NACKs.
+//! validators. With the interop peers: Envoy takes its listener, routes and clusters from
+//! `xds-serve` over SotW and over delta ADS and routes a request with them; gRPC's reference
+//! client (grpcio) and meshwork's `greeter-client` both call a greeter through the same file;
+//! and grpcio (SotW) and meshwork (SotW and delta) reach the same per-resource ACK view of a
+//! file with a resource every gRPC-style client NACKs.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
