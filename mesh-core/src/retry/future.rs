@@ -21,6 +21,7 @@ use super::{PolicySource, RetryBody, Settings};
 use crate::balance::EndpointError;
 use crate::errors;
 use crate::extensions::{AvoidEndpoints, ServedBy};
+use crate::status::GRPC_PREVIOUS_RPC_ATTEMPTS;
 use crate::timeout::{TimeoutError, TimeoutKind};
 
 /// What a retriable call keeps between attempts.
@@ -69,8 +70,10 @@ impl<B> Pending<B> {
         *req.headers_mut() = self.head.headers.clone();
         *req.extensions_mut() = self.head.extensions.clone();
         if attempt > 0 {
-            req.headers_mut()
-                .insert("grpc-previous-rpc-attempts", HeaderValue::from(attempt));
+            req.headers_mut().insert(
+                GRPC_PREVIOUS_RPC_ATTEMPTS.clone(),
+                HeaderValue::from(attempt),
+            );
         }
         if !avoid.is_empty() {
             req.extensions_mut().insert(avoid.clone());
