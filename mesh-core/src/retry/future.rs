@@ -99,9 +99,11 @@ where
         let Some(body) = self.source.as_mut() else {
             return Buffering::Complete;
         };
-        if body.size_hint().lower() > limit as u64 {
+        let hint = body.size_hint();
+        if hint.lower() > limit as u64 {
             return Buffering::Once;
         }
+        let exact = hint.exact().is_some();
         let mut trailers = None;
         loop {
             if body.is_end_stream() {
@@ -138,6 +140,7 @@ where
             data,
             trailers,
             len: self.len,
+            exact,
         }));
         self.source = None;
         Buffering::Complete
