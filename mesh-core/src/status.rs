@@ -3,6 +3,19 @@
 //! telemetry (which records the code a call ended with), so it depends on nothing else in
 //! the crate.
 
+// The gRPC headers the layers read or write on every call, parsed once: a lookup by a `&str`
+// name parses (and case-checks) the name every time.
+/// `grpc-status`.
+pub(crate) static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+/// `grpc-timeout`.
+pub(crate) static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+/// `grpc-retry-pushback-ms`.
+pub(crate) static GRPC_RETRY_PUSHBACK_MS: http::HeaderName =
+    http::HeaderName::from_static("grpc-retry-pushback-ms");
+/// `grpc-previous-rpc-attempts`.
+pub(crate) static GRPC_PREVIOUS_RPC_ATTEMPTS: http::HeaderName =
+    http::HeaderName::from_static("grpc-previous-rpc-attempts");
+
 /// A gRPC status code (the `grpc-status` values of the gRPC spec).
 ///
 /// The layers' errors say which code a gRPC adapter should report for them; the retry layer

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshwork_core::retry::{RefusedStream, RetryBody};
@@ -37,6 +38,9 @@ struct Connection {
 /// send calls elsewhere meanwhile; calls already on the old connection finish there.
 pub(crate) struct Endpoint {
     address: SocketAddr,
+    /// `address` as a URI authority, for requests whose URI names none (every socket
+    /// address is one; `None` is not expected).
+    authority: Option<Authority>,
     dialer: Dialer,
     connection: Option<Connection>,
     // Only ever touched through `&mut self` (`get_mut`, no locking): the mutex is there to
@@ -50,6 +54,7 @@ impl Clone for Endpoint {
     fn clone(&self) -> Self {
         Self {
             address: self.address,
+            authority: self.authority.clone(),
             dialer: self.dialer.clone(),
             connection: self.connection.clone(),
             connecting: None,
@@ -66,6 +71,7 @@ impl Endpoint {
     ) -> Self {
         Self {
             address,
+            authority: Authority::try_from(address.to_string().as_str()).ok(),
             dialer: Dialer::with_policy(cluster, address, identity, policy, vec![b"h2".to_vec()]),
             connection: None,
             connecting: None,
@@ -143,24 +149,11 @@ impl tower::Service<http::Request<RetryBody<tonic::body::Body>>> for Endpoint {
 
     fn call(&mut self, mut req: http::Request<RetryBody<tonic::body::Body>>) -> Self::Future {
         // An absolute URI gives the HTTP/2 request its `:scheme` and `:authority`: the
-        // caller's authority when it set one, else the endpoint's address.
-        let parts = req.uri().clone().into_parts();
-        let authority = parts
-            .authority
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| self.address.to_string());
-        let path = parts
-            .path_and_query
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "/".into());
-        match Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-        {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => return Box::pin(async move { Err(e.into()) }),
+        // caller's authority when it set one, else the endpoint's address. Built from the
+        // URI's parts (shared bytes), not by formatting and re-parsing strings: this runs
+        // on every call.
+        if let Err(e) = absolute_uri(req.uri_mut(), self.authority.as_ref(), self.address) {
+            return Box::pin(async move { Err(e) });
         }
         let Some(Connection { sender, .. }) = &mut self.connection else {
             return Box::pin(async { Err("endpoint called before it was ready".into()) });
@@ -168,6 +161,29 @@ impl tower::Service<http::Request<RetryBody<tonic::body::Body>>> for Endpoint {
         let fut = sender.send_request(req);
         Box::pin(async move { fut.await.map_err(classify) })
     }
+}
+
+/// Makes `uri` absolute: scheme `http` (the transport, TLS or not, is the connection's
+/// business), the URI's own authority or else the endpoint's (`authority`, `address`
+/// formatted), and its path (`/` if none).
+fn absolute_uri(
+    uri: &mut Uri,
+    authority: Option<&Authority>,
+    address: SocketAddr,
+) -> Result<(), BoxError> {
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    if parts.authority.is_none() {
+        parts.authority = Some(match authority {
+            Some(a) => a.clone(),
+            None => Authority::try_from(address.to_string().as_str())?,
+        });
+    }
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    *uri = Uri::from_parts(parts)?;
+    Ok(())
 }
 
 /// hyper's error, wrapped in [`RefusedStream`] when the server reset the stream with
@@ -296,6 +312,29 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), closed)
             .await
             .expect("readiness fails once the connection is closed");
+    }
+
+    #[test]
+    fn a_request_uri_is_made_absolute_with_its_own_or_the_endpoints_authority() {
+        let address: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let endpoint_authority = Authority::from_static("127.0.0.1:8080");
+        let cases = [
+            ("/svc/Method?x=1", "http://127.0.0.1:8080/svc/Method?x=1"),
+            ("https://echo.mesh:443/svc/M", "http://echo.mesh:443/svc/M"),
+            ("http://echo.mesh", "http://echo.mesh/"),
+            ("/", "http://127.0.0.1:8080/"),
+        ];
+        for (given, want) in cases {
+            for authority in [Some(&endpoint_authority), None] {
+                let mut uri: Uri = given.parse().unwrap();
+                absolute_uri(&mut uri, authority, address).unwrap();
+                assert_eq!(uri.to_string(), want, "{given}");
+            }
+        }
+        let v6: SocketAddr = "[::1]:50051".parse().unwrap();
+        let mut uri: Uri = "/svc/M".parse().unwrap();
+        absolute_uri(&mut uri, None, v6).unwrap();
+        assert_eq!(uri.to_string(), "http://[::1]:50051/svc/M");
     }
 
     #[tokio::test]

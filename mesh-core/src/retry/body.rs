@@ -34,6 +34,11 @@ pub(crate) struct Buffered {
     pub(crate) data: Vec<Bytes>,
     pub(crate) trailers: Option<HeaderMap>,
     pub(crate) len: usize,
+    /// Whether the caller's body knew its exact length. A replay says what the body it
+    /// replays said: an exact size hint makes hyper add a `content-length` the caller's
+    /// request would not have had (a gRPC body streams; bare tonic sends none), costing
+    /// a header on every attempt at both ends.
+    pub(crate) exact: bool,
 }
 
 impl<B> RetryBody<B> {
@@ -127,7 +132,13 @@ where
                 } else {
                     buf.data.iter().skip(*pos).map(Bytes::len).sum()
                 };
-                SizeHint::with_exact(left as u64)
+                if buf.exact {
+                    SizeHint::with_exact(left as u64)
+                } else {
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(left as u64);
+                    hint
+                }
             }
             Kind::Once { prefix, rest } => {
                 let buffered: u64 = prefix
@@ -354,6 +365,7 @@ mod tests {
                 data: data.clone(),
                 trailers: None,
                 len: total as usize,
+                exact: true,
             }));
             check_replay(replay, total);
             let prefix = data.into_iter().map(Frame::data).collect();

@@ -7,7 +7,7 @@ use rand::RngCore;
 use tower::BoxError;
 
 use crate::config::{RetryOn, RetryPolicy};
-use crate::status::GrpcCode;
+use crate::status::{GRPC_RETRY_PUSHBACK_MS, GRPC_STATUS, GrpcCode};
 use crate::timeout::{TimeoutError, TimeoutKind};
 
 /// The conditions a response meets. For a gRPC call the status comes from `grpc-status` in
@@ -30,7 +30,7 @@ pub fn response_conditions<B>(
         on = on | RetryOn::RETRIABLE_STATUS_CODES;
     }
     if grpc {
-        let code = match rsp.headers().get("grpc-status") {
+        let code = match rsp.headers().get(&GRPC_STATUS) {
             Some(v) => GrpcCode::from_header(v.as_bytes()),
             None if status != http::StatusCode::OK => Some(GrpcCode::from_http_status(status)),
             None => None,
@@ -263,7 +263,7 @@ pub enum Pushback {
 
 /// The pushback of a response.
 pub fn pushback<B>(rsp: &http::Response<B>) -> Pushback {
-    let Some(v) = rsp.headers().get("grpc-retry-pushback-ms") else {
+    let Some(v) = rsp.headers().get(&GRPC_RETRY_PUSHBACK_MS) else {
         return Pushback::None;
     };
     std::str::from_utf8(v.as_bytes())

@@ -21,6 +21,7 @@ use super::{PolicySource, RetryBody, Settings};
 use crate::balance::EndpointError;
 use crate::errors;
 use crate::extensions::{AvoidEndpoints, ServedBy};
+use crate::status::GRPC_PREVIOUS_RPC_ATTEMPTS;
 use crate::timeout::{TimeoutError, TimeoutKind};
 
 /// What a retriable call keeps between attempts.
@@ -69,8 +70,10 @@ impl<B> Pending<B> {
         *req.headers_mut() = self.head.headers.clone();
         *req.extensions_mut() = self.head.extensions.clone();
         if attempt > 0 {
-            req.headers_mut()
-                .insert("grpc-previous-rpc-attempts", HeaderValue::from(attempt));
+            req.headers_mut().insert(
+                GRPC_PREVIOUS_RPC_ATTEMPTS.clone(),
+                HeaderValue::from(attempt),
+            );
         }
         if !avoid.is_empty() {
             req.extensions_mut().insert(avoid.clone());
@@ -96,9 +99,11 @@ where
         let Some(body) = self.source.as_mut() else {
             return Buffering::Complete;
         };
-        if body.size_hint().lower() > limit as u64 {
+        let hint = body.size_hint();
+        if hint.lower() > limit as u64 {
             return Buffering::Once;
         }
+        let exact = hint.exact().is_some();
         let mut trailers = None;
         loop {
             if body.is_end_stream() {
@@ -135,6 +140,7 @@ where
             data,
             trailers,
             len: self.len,
+            exact,
         }));
         self.source = None;
         Buffering::Complete

@@ -911,3 +911,49 @@ async fn a_partly_buffered_stalled_body_reports_its_whole_length() {
         .unwrap();
     assert_eq!(rsp.headers()["grpc-status"], "0");
 }
+
+/// A replayed body says about its length what the caller's body said: hyper turns an exact
+/// size hint into `content-length`, which a streamed gRPC body (tonic's) never had.
+#[tokio::test(start_paused = true)]
+async fn a_replayed_body_is_exact_about_its_length_only_when_the_callers_body_was() {
+    fn hints<B: http_body::Body + Unpin>(
+        req: http::Request<RetryBody<B>>,
+    ) -> (bool, u64, Option<u64>) {
+        let hint = req.body().size_hint();
+        (req.body().is_replay(), hint.lower(), hint.exact())
+    }
+    // `Full` knows its length.
+    let (svc, mut handle) = mock::pair::<Req, Rsp>();
+    let mut svc = layer().layer(svc);
+    let call = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(grpc_req(Some(policy(RetryOn::UNAVAILABLE, 1)), "hello"));
+    let call = tokio::spawn(call);
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(hints(req), (true, 5, Some(5)));
+    send.send_response(grpc_status(0));
+    call.await.unwrap().unwrap();
+
+    // A stream does not.
+    type SReq = http::Request<
+        RetryBody<
+            StreamBody<
+                futures_util::stream::Iter<
+                    std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>,
+                >,
+            >,
+        >,
+    >;
+    let (svc, mut handle) = mock::pair::<SReq, Rsp>();
+    let mut svc = layer().layer(svc);
+    let frames = vec![Ok(http_body::Frame::data(Bytes::from_static(b"hello")))];
+    let (parts, _) = grpc_req(Some(policy(RetryOn::UNAVAILABLE, 1)), "").into_parts();
+    let req = http::Request::from_parts(parts, StreamBody::new(futures_util::stream::iter(frames)));
+    let call = tokio::spawn(svc.ready().await.unwrap().call(req));
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(hints(req), (true, 5, None));
+    send.send_response(grpc_status(0));
+    call.await.unwrap().unwrap();
+}

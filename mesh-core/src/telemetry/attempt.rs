@@ -16,10 +16,7 @@ use super::record::{CallContext, Record, Side, server_attributes, start_span};
 use super::{Rpc, Telemetry, TelemetryBody, propagation};
 use crate::extensions::ServedBy;
 use crate::identity::PeerIdentity;
-
-/// Parsed once: a lookup by a `&str` name parses it every time.
-static PREVIOUS_RPC_ATTEMPTS: http::HeaderName =
-    http::HeaderName::from_static("grpc-previous-rpc-attempts");
+use crate::status::GRPC_PREVIOUS_RPC_ATTEMPTS;
 
 /// Makes [`Attempt`]s.
 #[derive(Debug, Clone, Default)]
@@ -93,7 +90,7 @@ where
         if !self.telemetry.is_enabled() {
             // Nothing recorded; a caller's trace context still goes on: the one a disabled
             // `Call` above wrote, else the current one.
-            if !req.headers().contains_key(propagation::TRACEPARENT) {
+            if !req.headers().contains_key(&propagation::TRACEPARENT_NAME) {
                 propagation::inject(&Context::current(), req.headers_mut());
             }
             return AttemptFuture {
@@ -110,7 +107,7 @@ where
             Some(c) => i64::from(c.attempts.fetch_add(1, Ordering::Relaxed)),
             None => req
                 .headers()
-                .get(&PREVIOUS_RPC_ATTEMPTS)
+                .get(&GRPC_PREVIOUS_RPC_ATTEMPTS)
                 .and_then(|v| v.to_str().ok()?.parse().ok())
                 .unwrap_or(0),
         };

@@ -7,7 +7,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::BoxError;
 
-use super::record::{GRPC_STATUS, Outcome, Record};
+use super::record::{Outcome, Record};
+use crate::status::GRPC_STATUS;
 use crate::status::GrpcCode;
 
 pin_project! {

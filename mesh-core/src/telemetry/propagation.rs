@@ -16,7 +16,7 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
 /// The header names, parsed once (a lookup by a `&str` name parses it every time).
-static TRACEPARENT_NAME: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
+pub(super) static TRACEPARENT_NAME: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
 static TRACESTATE_NAME: http::HeaderName = http::HeaderName::from_static(TRACESTATE);
 
 /// Writes the span context of `cx`'s span into `headers` (replacing any earlier values).

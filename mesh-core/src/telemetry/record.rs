@@ -13,10 +13,7 @@ use tokio::time::Instant;
 
 use super::{Rpc, Telemetry};
 use crate::errors::error_codes;
-use crate::status::{GrpcCode, status_name};
-
-/// Parsed once: a lookup by a `&str` name parses it every time.
-pub(super) static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+use crate::status::{GRPC_STATUS, GrpcCode, status_name};
 
 /// What a [`Call`](super::Call) hands the [`Attempt`](super::Attempt)s below it, as an
 /// `Arc<CallContext>` in the request's extensions (the retry layer copies them onto every

@@ -27,6 +27,7 @@ use tower::{BoxError, Service};
 
 use crate::config::MaxStreamDuration;
 use crate::route::RoutePolicy;
+use crate::status::GRPC_TIMEOUT;
 
 mod body;
 mod error;
@@ -107,7 +108,7 @@ pub fn deadline<B>(
     }
     let header = req
         .headers()
-        .get("grpc-timeout")
+        .get(&GRPC_TIMEOUT)
         .and_then(|v| parse_grpc_timeout(v.as_bytes()))
         .map(|d| match msd.and_then(|m| m.grpc_timeout_header_offset) {
             Some(offset) => d.saturating_sub(offset),
