@@ -66,24 +66,33 @@
 //!   rule), with the node on the stream's first request, and `initial_resource_versions`:
 //!   the version of each value this process received from a server. Not a fail-static
 //!   seed's: that value was never this stream's, and a server that found its version
-//!   current would stay silent and the seed be served as current forever. Later requests
-//!   carry only `resource_names_subscribe` / `_unsubscribe` changes. A change made while a
-//!   response is on its way goes out in that response's ACK/NACK (as Envoy does), so a
-//!   response costs one request.
+//!   current would stay silent and the seed be served as current forever. The versions
+//!   named are bounded (4 KiB per entry, 4 MiB in all): a value left out is only sent
+//!   again, while a first request over the transport's encoding limit would fail every
+//!   stream. Later requests carry only `resource_names_subscribe` / `_unsubscribe`
+//!   changes; a name unsubscribed (its value forgotten) and subscribed again before the
+//!   next request is named again, so the server sends it again (the protocol's
+//!   "Subscribing to Resources"; Envoy's `updateSubscriptionInterest`). A change made
+//!   while a response is on its way goes out in that response's ACK/NACK (as Envoy does),
+//!   so a response costs one request.
 //! - **ACK/NACK**: the response's nonce; a NACK adds `error_detail`, the same bounded text
 //!   as SotW. Partial acceptance (A46) as in SotW, per resource.
 //! - **Responses**: each `Resource` is decoded by the SotW decoders; its wrapper names it,
 //!   so a body of another name is invalid (under the wrapper's name), as is a body that
-//!   does not decode. A `Resource` without a body is a TTL heartbeat, which changes nothing
-//!   (meshwork keeps no TTLs). A value's version is the resource's own `version`;
+//!   does not decode. A `Resource` without a body is a TTL heartbeat, which changes
+//!   nothing, when it names a value held at that version, and invalid otherwise (as Envoy
+//!   has it). meshwork keeps no TTLs: a value whose TTL runs out stays in use until the
+//!   server removes it. A value's version is the resource's own `version`;
 //!   `system_version_info` is the type's version. Names not wanted are ignored.
 //! - **Removals**: a name in `removed_resources` with a value is deleted (kept under
 //!   `ignore_resource_deletion`, for every type: in delta any type can be deleted
 //!   explicitly, and the feature guards against a control plane's mistaken deletions); a
 //!   subscribed name without one does not exist (A57: a delta server says so this way).
-//!   Nothing is inferred from what a response leaves out. A name given twice, or both sent
-//!   and removed, is a duplicate (Envoy rejects such a response whole; only that name is
-//!   rejected here).
+//!   Nothing is inferred from what a response leaves out, so a fail-static seed that only
+//!   the wildcard covers (never named, never sent as held) runs out by its timer from the
+//!   type's first ACK, as a named one does. A name given twice, or both sent and removed,
+//!   is a duplicate: only that name is rejected and the rest applied, as A46 has it for
+//!   SotW (a deliberate difference: Envoy rejects such a delta response whole).
 //! - **Reconnect**: a new stream subscribes everything again with
 //!   `initial_resource_versions`, so an unchanged server sends nothing and the cache keeps
 //!   serving; what the server then removes is deleted.
@@ -126,6 +135,14 @@ const PERMISSION_DENIED: i32 = 7;
 /// the first errors, then "and N more". 16 KiB holds a hundred typical reasons, which is
 /// what an operator reads; the count says the rest.
 pub(crate) const MAX_NACK_DETAIL: usize = 16 * 1024;
+
+/// The most a delta stream's first request of a type names in `initial_resource_versions`
+/// (names and versions, bytes): well under the transport's encoding limit.
+const MAX_INITIAL_VERSIONS_BYTES: usize = 4 * 1024 * 1024;
+
+/// A held value whose name and version together are longer is not named in
+/// `initial_resource_versions` (the server sends it again).
+const MAX_INITIAL_VERSION_ENTRY: usize = 4 * 1024;
 
 /// Cut `text` to at most `max` bytes, at a character boundary.
 pub(crate) fn truncate(text: &mut String, max: usize) {
@@ -269,6 +286,15 @@ pub enum ResourceFailure {
         /// The name of the resource it carries.
         body_name: String,
     },
+    /// A delta response's `Resource` has no body and is not a heartbeat (one naming a
+    /// resource the client holds, at the version it holds).
+    #[error("resource {name} has no body and the client holds no version {version:?} of it")]
+    MissingBody {
+        /// The resource's name.
+        name: String,
+        /// The version the `Resource` gives.
+        version: String,
+    },
 }
 
 /// Two failures are equal when a watcher could not tell them apart: the same kind with the
@@ -299,6 +325,13 @@ impl PartialEq for ResourceFailure {
                     body_name: other_body,
                 },
             ) => name == other_name && body_name == other_body,
+            (
+                ResourceFailure::MissingBody { name, version },
+                ResourceFailure::MissingBody {
+                    name: other_name,
+                    version: other_version,
+                },
+            ) => name == other_name && version == other_version,
             _ => false,
         }
     }
@@ -316,6 +349,8 @@ impl ResourceFailure {
             | ResourceFailure::Duplicate { .. }
             | ResourceFailure::NameMismatch { .. } => true,
             ResourceFailure::ServerReported { code, .. } => *code == PERMISSION_DENIED,
+            // No data came: nothing says the value held is bad.
+            ResourceFailure::MissingBody { .. } => false,
         }
     }
 }
@@ -373,6 +408,10 @@ struct TypeState {
     dirty: bool,
     /// Delta: the names (and `"*"`) the current stream has been sent subscribed.
     delta_sent: BTreeSet<String>,
+    /// Delta: names (and `"*"`) the stream was sent whose values were since forgotten by an
+    /// unsubscribe; subscribed again before the next request, they must be named again so
+    /// the server resends them (xDS protocol, "Subscribing to Resources").
+    delta_forgotten: BTreeSet<String>,
     /// A server has answered for this type: snapshot values are no longer wanted.
     answered: bool,
     /// A server has sent a response of this type that was ACKed: the seeded values in use
@@ -410,7 +449,7 @@ impl TypeState {
 
     /// Delta: whether the wanted names differ from those the stream was sent.
     fn delta_changed(&self) -> bool {
-        self.delta_wanted() != self.delta_sent
+        self.delta_wanted() != self.delta_sent || !self.delta_forgotten.is_empty()
     }
 
     fn resource_names(&self) -> Vec<String> {
@@ -622,6 +661,9 @@ impl AdsState {
             if ts.wildcard != Wildcard::None {
                 ts.wildcard = Wildcard::None;
                 ts.dirty = true;
+                if ts.delta_sent.contains("*") {
+                    ts.delta_forgotten.insert("*".to_owned());
+                }
                 let dropped: Vec<String> = ts
                     .resources
                     .iter()
@@ -645,6 +687,9 @@ impl AdsState {
             if ts.wildcard == Wildcard::None {
                 if let Some(rs) = ts.resources.remove(name) {
                     Self::return_seed(ts.answered, &mut ts.seeds, name.to_owned(), &rs);
+                }
+                if ts.delta_sent.contains(name) {
+                    ts.delta_forgotten.insert(name.to_owned());
                 }
             } else {
                 rs.does_not_exist_at = None;
@@ -714,6 +759,7 @@ impl AdsState {
             ts.sent_on_stream = false;
             ts.sent_names = false;
             ts.delta_sent.clear();
+            ts.delta_forgotten.clear();
             ts.dirty = ts.is_subscribed();
             for rs in ts.resources.values_mut() {
                 rs.requested_on_stream = false;
@@ -818,7 +864,11 @@ impl AdsState {
             }
             return;
         };
-        let decoded = response::decode_delta(resource_type, &response);
+        let held = |name: &str| {
+            let rs = self.types.get(&resource_type)?.resources.get(name)?;
+            rs.value.as_ref().and(rs.version.as_deref())
+        };
+        let decoded = response::decode_delta(resource_type, &response, &held);
         let error_detail =
             self.apply_response(resource_type, decoded, &response.system_version_info, now);
         let Some(ts) = self.types.get_mut(&resource_type) else {
@@ -1035,19 +1085,36 @@ impl AdsState {
         error_detail: Option<Status>,
     ) -> DeltaDiscoveryRequest {
         let wanted = ts.delta_wanted();
-        let resource_names_subscribe = wanted.difference(&ts.delta_sent).cloned().collect();
+        let forgotten = std::mem::take(&mut ts.delta_forgotten);
+        let resource_names_subscribe = wanted
+            .iter()
+            .filter(|n| !ts.delta_sent.contains(*n) || forgotten.contains(*n))
+            .cloned()
+            .collect();
         let resource_names_unsubscribe = ts.delta_sent.difference(&wanted).cloned().collect();
         // Only what a server sent: a snapshot's value was never this stream's, and naming
         // its version could keep the server silent and the old value served as current.
-        let initial_resource_versions: HashMap<String, String> = if ts.sent_on_stream {
-            HashMap::new()
-        } else {
-            ts.resources
-                .iter()
-                .filter(|(_, rs)| rs.value.is_some() && !rs.from_snapshot)
-                .filter_map(|(name, rs)| Some((name.clone(), rs.version.clone()?)))
-                .collect()
-        };
+        // Bounded: the versions are the server's, held across any number of responses, and a
+        // first request over the transport's encoding limit would fail every stream after.
+        // Leaving a value out only makes the server send it again.
+        let mut initial_resource_versions: HashMap<String, String> = HashMap::new();
+        if !ts.sent_on_stream {
+            let mut budget = MAX_INITIAL_VERSIONS_BYTES;
+            for (name, rs) in &ts.resources {
+                let Some(version) = rs.version.as_ref() else {
+                    continue;
+                };
+                let size = name.len() + version.len();
+                if rs.value.is_none() || rs.from_snapshot || size > MAX_INITIAL_VERSION_ENTRY {
+                    continue;
+                }
+                let Some(left) = budget.checked_sub(size) else {
+                    break;
+                };
+                budget = left;
+                initial_resource_versions.insert(name.clone(), version.clone());
+            }
+        }
         ts.sent_on_stream = true;
         ts.delta_sent = wanted;
         DeltaDiscoveryRequest {
@@ -1145,6 +1212,17 @@ impl AdsState {
         if let Some(ts) = self.types.get_mut(&resource_type) {
             for name in names {
                 if let Some(rs) = ts.resources.get_mut(name) {
+                    rs.requested_on_stream = true;
+                    if self.connected {
+                        rs.start_timer(deadline, ts.acked);
+                    }
+                }
+            }
+            // A delta server never names a value it does not know the client holds, and a
+            // seed is never sent as held: a seed only the wildcard covers must run out like a
+            // named one (its timer from the type's first ACK), or it is served forever.
+            if self.delta && names.iter().any(|n| n == "*") {
+                for rs in ts.resources.values_mut().filter(|rs| rs.from_snapshot) {
                     rs.requested_on_stream = true;
                     if self.connected {
                         rs.start_timer(deadline, ts.acked);

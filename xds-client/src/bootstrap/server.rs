@@ -70,8 +70,9 @@ impl fmt::Display for ApiType {
 
 /// An xDS management server: one entry of `xds_servers` (top-level or per authority).
 ///
-/// Equality and hashing cover the URI, the chosen credentials and all server features, so a
-/// server listed under several authorities can share one ADS stream (gRFC A47).
+/// Equality and hashing cover the URI, the chosen credentials, all server features and the
+/// API type, so a server listed under several authorities can share one ADS stream (gRFC
+/// A47).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct XdsServer {
     uri: String,

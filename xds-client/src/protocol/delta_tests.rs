@@ -550,3 +550,131 @@ fn seeded_values_are_replaced_or_time_out_after_the_first_ack() {
     assert_eq!(names(&h.events()), ["gone:b"]);
     assert!(!h.ads.is_from_snapshot(CDS, "b"));
 }
+// ---- review-delta: reproductions ----
+
+/// xds_protocol.rst, "Subscribing to Resources": a client may have "forgotten" a resource
+/// it stays subscribed to, and then names it again in `resource_names_subscribe`; Envoy's
+/// `DeltaSubscriptionState::updateSubscriptionInterest` turns remove-then-add before a
+/// request into an add. Here `unsubscribe` drops the value, and the diff of wanted vs sent
+/// names is empty, so nothing goes out: the value never comes back and no timer runs.
+#[test]
+fn a_name_unsubscribed_and_subscribed_again_before_a_request_is_named_again() {
+    let mut h = Harness::delta();
+    h.ads.subscribe(CDS, "a");
+    h.answer(CDS, "n1", vec![res("a", "1", eds_cluster("a"))], &[]);
+    h.events();
+    // One deliver() releases the key (last holder) and another target acquires it.
+    h.ads.unsubscribe(CDS, "a");
+    h.ads.subscribe(CDS, "a");
+    assert_eq!(h.ads.status(CDS, "a"), Some(ResourceStatus::Requested));
+    let reqs = h.delta_requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.resource_names_subscribe.iter().any(|n| n == "a")),
+        "the forgotten name must be subscribed again: {reqs:?}"
+    );
+}
+
+/// The same for the wildcard: `unsubscribe("*")` drops every wildcard-only value.
+#[test]
+fn a_wildcard_dropped_and_taken_again_before_a_request_is_sent_again() {
+    let mut h = Harness::delta();
+    h.ads.subscribe(CDS, "*");
+    h.answer(CDS, "n1", vec![res("x", "1", eds_cluster("x"))], &[]);
+    h.events();
+    h.ads.unsubscribe(CDS, "*");
+    h.ads.subscribe(CDS, "*");
+    assert_eq!(h.ads.status(CDS, "x"), None, "x was forgotten");
+    let reqs = h.delta_requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.resource_names_subscribe.iter().any(|n| n == "*")),
+        "\"*\" must be sent again so the server resends what the client forgot: {reqs:?}"
+    );
+}
+
+/// A seed planted by a wildcard (fail-static, CDS "*") that the delta server does not
+/// have: over SotW the first CDS response leaving it out deletes it. Over delta the server
+/// never names it (seeds are, rightly, not in initial_resource_versions, so the server does
+/// not know the client holds it), it is not requested by name, so no timer starts: it is
+/// served as current forever.
+#[test]
+fn a_seed_only_the_wildcard_covers_ends_when_the_server_lacks_it() {
+    let mut h = Harness::delta();
+    h.ads.on_stream_closed(h.stream);
+    h.ads.seed([seed_of(CDS, eds_cluster("old"), "s")], h.now);
+    h.ads.subscribe(CDS, "*");
+    assert_eq!(names(&h.events()), ["changed:old"]);
+    h.stream = h.ads.on_delta_stream_open();
+    let ack = h.answer(CDS, "n1", vec![res("new", "1", eds_cluster("new"))], &[]);
+    assert!(ack.error_detail.is_none());
+    h.events();
+    for _ in 0..10 {
+        h.advance(DEFAULT_DOES_NOT_EXIST_TIMEOUT);
+    }
+    assert!(
+        !h.ads.is_from_snapshot(CDS, "old"),
+        "status {:?}: a seed no server has is still served",
+        h.ads.status(CDS, "old")
+    );
+}
+
+/// The reconnect request carries the versions of everything held, however many responses
+/// brought them; per-resource versions are the server's, of any length. Each response here
+/// is under the 4 MiB decoding limit, but the first request of the next stream is over the
+/// transport's encoding limit (4 x 4 MiB), so tonic fails it on every stream and every
+/// server (A71 fallback included): the client never reconnects.
+#[test]
+fn initial_resource_versions_stay_under_the_encoding_limit() {
+    let mut h = Harness::delta();
+    h.ads.subscribe(CDS, "*");
+    h.delta_requests();
+    let long = "v".repeat(3 << 20);
+    for i in 0..6 {
+        let name = format!("c{i}");
+        let r = response(
+            CDS,
+            &format!("n{i}"),
+            vec![res(&name, &long, eds_cluster(&name))],
+            &[],
+        );
+        assert!(r.encoded_len() < crate::transport::DEFAULT_MAX_MESSAGE_SIZE);
+        h.delta_respond(r);
+        h.delta_requests();
+    }
+    h.ads.on_stream_closed(h.stream);
+    h.stream = h.ads.on_delta_stream_open();
+    let first = h.delta_requests().remove(0);
+    assert!(
+        first.encoded_len() <= 4 * crate::transport::DEFAULT_MAX_MESSAGE_SIZE,
+        "first request of the new stream: {} bytes",
+        first.encoded_len()
+    );
+}
+
+/// A body-less `Resource` is a TTL heartbeat only when it names a value the client holds at
+/// that version (Envoy's `isHeartbeatResponse`); otherwise Envoy NACKs it, and so do we, by
+/// name, keeping what is held.
+#[test]
+fn a_bodyless_resource_is_a_heartbeat_only_for_a_held_version() {
+    let bodyless = |name: &str, version: &str| DeltaResource {
+        name: name.into(),
+        version: version.into(),
+        resource: None,
+        ..Default::default()
+    };
+    let mut h = Harness::delta();
+    h.ads.subscribe(CDS, "a");
+    let reply = h.answer(CDS, "n1", vec![bodyless("a", "1")], &[]);
+    assert!(reply.error_detail.is_some(), "nothing held: {reply:?}");
+
+    h.answer(CDS, "n2", vec![res("a", "1", eds_cluster("a"))], &[]);
+    h.events();
+    let reply = h.answer(CDS, "n3", vec![bodyless("a", "1")], &[]);
+    assert!(reply.error_detail.is_none(), "a heartbeat: {reply:?}");
+    assert!(h.events().is_empty(), "a heartbeat changes nothing");
+    let reply = h.answer(CDS, "n4", vec![bodyless("a", "2")], &[]);
+    assert!(reply.error_detail.is_some(), "another version: {reply:?}");
+    assert_eq!(h.ads.status(CDS, "a"), Some(ResourceStatus::Nacked));
+    assert!(h.ads.get(CDS, "a").is_some(), "the held value stays");
+}

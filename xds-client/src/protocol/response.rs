@@ -81,14 +81,25 @@ pub(super) fn decode(resource_type: ResourceType, response: &DiscoveryResponse) 
         name: "",
         version: None,
     });
-    decode_items(resource_type, items, &[], &response.resource_errors)
+    decode_items(
+        resource_type,
+        items,
+        &[],
+        &response.resource_errors,
+        &|_| None,
+    )
 }
 
+/// The version of the value the client holds under a name, if it holds one.
+pub(super) type Held<'h> = dyn Fn(&str) -> Option<&'h str> + 'h;
+
 /// Decodes and validates every resource of a delta response of type `resource_type`, and
-/// its removals.
-pub(super) fn decode_delta(
+/// its removals. A `Resource` without a body is a heartbeat when it names a value the client
+/// holds at that version (`held`), and invalid otherwise (as Envoy has it).
+pub(super) fn decode_delta<'h>(
     resource_type: ResourceType,
     response: &DeltaDiscoveryResponse,
+    held: &Held<'h>,
 ) -> Decoded {
     let items = response.resources.iter().map(|r| Item {
         body: r.resource.as_ref(),
@@ -106,7 +117,13 @@ pub(super) fn decode_delta(
                 .map(|r| r.name.as_str()),
         )
         .collect();
-    decode_items(resource_type, items, &removed, &response.resource_errors)
+    decode_items(
+        resource_type,
+        items,
+        &removed,
+        &response.resource_errors,
+        held,
+    )
 }
 
 type Valid = BTreeMap<String, (Resource, Any, Option<String>)>;
@@ -130,11 +147,12 @@ fn first_mention(
     None
 }
 
-fn decode_items<'a>(
+fn decode_items<'a, 'h>(
     resource_type: ResourceType,
     items: impl Iterator<Item = Item<'a>>,
     removed: &[&str],
     resource_errors: &[ServerError],
+    held: &Held<'h>,
 ) -> Decoded {
     let mut errors = NackDetail::default();
     let mut valid: Valid = BTreeMap::new();
@@ -142,15 +160,28 @@ fn decode_items<'a>(
     let mut present: BTreeSet<String> = BTreeSet::new();
     for item in items {
         let Some(any) = item.body else {
-            // A heartbeat: it names the resource but changes nothing.
-            if !item.name.is_empty() {
-                first_mention(
-                    item.name.to_owned(),
-                    &mut present,
-                    &mut valid,
-                    &mut invalid,
-                    &mut errors,
-                );
+            // A heartbeat names a value the client holds, at its version, and changes
+            // nothing; any other body-less resource is invalid.
+            if item.name.is_empty() {
+                continue;
+            }
+            let Some(name) = first_mention(
+                item.name.to_owned(),
+                &mut present,
+                &mut valid,
+                &mut invalid,
+                &mut errors,
+            ) else {
+                continue;
+            };
+            let version = item.version.unwrap_or_default();
+            if held(&name) != Some(version) {
+                let failure = ResourceFailure::MissingBody {
+                    name: name.clone(),
+                    version: version.to_owned(),
+                };
+                errors.push(&failure);
+                invalid.insert(name, failure);
             }
             continue;
         };
@@ -349,6 +380,9 @@ mod tests {
                 Outcome::Removed => format!("{name}:removed"),
                 Outcome::Invalid(ResourceFailure::NameMismatch { .. }) => {
                     format!("{name}:mismatch")
+                }
+                Outcome::Invalid(ResourceFailure::MissingBody { .. }) => {
+                    format!("{name}:no-body")
                 }
             })
             .collect()

@@ -258,6 +258,18 @@ impl DeltaStreams {
                 .iter()
                 .map(|(name, version)| (name.clone(), Held::Version(version.clone())))
                 .collect();
+        } else {
+            // A name subscribed again is one the client forgot: it is sent again (xDS
+            // protocol, "Subscribing to Resources"); "*" again, every value the wildcard
+            // alone covered.
+            for name in &request.resource_names_subscribe {
+                if name == "*" {
+                    let named = &next.sub.names;
+                    next.held.retain(|held, _| named.contains(held));
+                } else {
+                    next.held.remove(name);
+                }
+            }
         }
         requests.push(record(kind, version_info, request));
 
