@@ -89,8 +89,8 @@
 //!   explicitly, and the feature guards against a control plane's mistaken deletions); a
 //!   subscribed name without one does not exist (A57: a delta server says so this way).
 //!   Nothing is inferred from what a response leaves out, so a fail-static seed that only
-//!   the wildcard covers (never named, never sent as held) runs out by its timer from the
-//!   type's first ACK, as a named one does. A name given twice, or both sent and removed,
+//!   the wildcard covers (never named, never sent as held) runs out by its timer once a
+//!   server has ACKed anything, as a named one does. A name given twice, or both sent and removed,
 //!   is a duplicate: only that name is rejected and the rest applied, as A46 has it for
 //!   SotW (a deliberate difference: Envoy rejects such a delta response whole).
 //! - **Reconnect**: a new stream subscribes everything again with
@@ -777,8 +777,8 @@ impl AdsState {
         }
         self.connected = true;
         let deadline = now.checked_add(self.config.does_not_exist_timeout);
+        let acked = self.any_acked();
         for ts in self.types.values_mut() {
-            let acked = ts.acked;
             for rs in ts.resources.values_mut() {
                 if rs.requested_on_stream {
                     rs.start_timer(deadline, acked);
@@ -927,15 +927,28 @@ impl AdsState {
         let first_ack = error_detail.is_none() && !ts.acked;
         ts.acked |= error_detail.is_none();
         if first_ack && self.connected {
-            // The seeded values this answer left out (RDS, EDS) must now come in time.
+            // A server that answers is not a silent one: the seeded values requested so far
+            // must now come in time, of this type (those the answer left out) and of every
+            // other (a server with nothing for a name may never answer its type at all:
+            // go-control-plane's caches hold such a request).
             let deadline = now.checked_add(self.config.does_not_exist_timeout);
-            for rs in ts.resources.values_mut() {
+            for rs in self
+                .types
+                .values_mut()
+                .flat_map(|ts| ts.resources.values_mut())
+            {
                 if rs.requested_on_stream {
                     rs.start_timer(deadline, true);
                 }
             }
         }
         error_detail
+    }
+
+    /// Whether a server has sent an ACKed response of any type: from then on the seeded
+    /// values of a snapshot run out like any value a server does not send.
+    fn any_acked(&self) -> bool {
+        self.types.values().any(|ts| ts.acked)
     }
 
     /// Applies a decoded response of `version` to the resources of `ts`: each outcome for a
@@ -1209,12 +1222,13 @@ impl AdsState {
             return;
         };
         let deadline = now.checked_add(self.config.does_not_exist_timeout);
+        let acked = self.any_acked();
         if let Some(ts) = self.types.get_mut(&resource_type) {
             for name in names {
                 if let Some(rs) = ts.resources.get_mut(name) {
                     rs.requested_on_stream = true;
                     if self.connected {
-                        rs.start_timer(deadline, ts.acked);
+                        rs.start_timer(deadline, acked);
                     }
                 }
             }
@@ -1225,7 +1239,7 @@ impl AdsState {
                 for rs in ts.resources.values_mut().filter(|rs| rs.from_snapshot) {
                     rs.requested_on_stream = true;
                     if self.connected {
-                        rs.start_timer(deadline, ts.acked);
+                        rs.start_timer(deadline, acked);
                     }
                 }
             }

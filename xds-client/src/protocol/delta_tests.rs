@@ -550,13 +550,12 @@ fn seeded_values_are_replaced_or_time_out_after_the_first_ack() {
     assert_eq!(names(&h.events()), ["gone:b"]);
     assert!(!h.ads.is_from_snapshot(CDS, "b"));
 }
-// ---- review-delta: reproductions ----
-
 /// xds_protocol.rst, "Subscribing to Resources": a client may have "forgotten" a resource
 /// it stays subscribed to, and then names it again in `resource_names_subscribe`; Envoy's
 /// `DeltaSubscriptionState::updateSubscriptionInterest` turns remove-then-add before a
-/// request into an add. Here `unsubscribe` drops the value, and the diff of wanted vs sent
-/// names is empty, so nothing goes out: the value never comes back and no timer runs.
+/// request into an add. `unsubscribe` drops the value; the name subscribed again before a
+/// request went out is named again (else the server, believing it held, never resends it
+/// and no timer runs: the watcher would wait forever).
 #[test]
 fn a_name_unsubscribed_and_subscribed_again_before_a_request_is_named_again() {
     let mut h = Harness::delta();
@@ -596,8 +595,8 @@ fn a_wildcard_dropped_and_taken_again_before_a_request_is_sent_again() {
 /// A seed planted by a wildcard (fail-static, CDS "*") that the delta server does not
 /// have: over SotW the first CDS response leaving it out deletes it. Over delta the server
 /// never names it (seeds are, rightly, not in initial_resource_versions, so the server does
-/// not know the client holds it), it is not requested by name, so no timer starts: it is
-/// served as current forever.
+/// not know the client holds it) and it is not requested by name: its timer runs from the
+/// first ACK, or it would be served as current forever.
 #[test]
 fn a_seed_only_the_wildcard_covers_ends_when_the_server_lacks_it() {
     let mut h = Harness::delta();
@@ -619,11 +618,11 @@ fn a_seed_only_the_wildcard_covers_ends_when_the_server_lacks_it() {
     );
 }
 
-/// The reconnect request carries the versions of everything held, however many responses
+/// The reconnect request names the versions of what is held, however many responses
 /// brought them; per-resource versions are the server's, of any length. Each response here
-/// is under the 4 MiB decoding limit, but the first request of the next stream is over the
-/// transport's encoding limit (4 x 4 MiB), so tonic fails it on every stream and every
-/// server (A71 fallback included): the client never reconnects.
+/// is under the 4 MiB decoding limit; unbounded, the first request of the next stream would
+/// be over the transport's encoding limit (4 x 4 MiB), tonic would fail it on every stream
+/// and every server (A71 fallback included), and the client would never reconnect.
 #[test]
 fn initial_resource_versions_stay_under_the_encoding_limit() {
     let mut h = Harness::delta();
@@ -677,4 +676,34 @@ fn a_bodyless_resource_is_a_heartbeat_only_for_a_held_version() {
     assert!(reply.error_detail.is_some(), "another version: {reply:?}");
     assert_eq!(h.ads.status(CDS, "a"), Some(ResourceStatus::Nacked));
     assert!(h.ads.get(CDS, "a").is_some(), "the held value stays");
+}
+
+/// A server that answers one type but never another (go-control-plane's caches hold a
+/// request for names they lack) is not a silent one: a seeded value of the unanswered type
+/// runs out by its timer from the stream's first ACK, as a value never received would.
+#[test]
+fn a_seed_of_a_type_the_server_never_answers_ends_after_another_types_ack() {
+    let mut h = Harness::delta();
+    h.ads.on_stream_closed(h.stream);
+    h.ads.seed([seed_of(EDS, cla("e"), "s")], h.now);
+    h.ads.subscribe(EDS, "e");
+    h.ads.subscribe(CDS, "c");
+    assert_eq!(names(&h.events()), ["changed:e"]);
+    h.stream = h.ads.on_delta_stream_open();
+    h.delta_requests();
+    h.advance(DEFAULT_DOES_NOT_EXIST_TIMEOUT * 2);
+    assert_eq!(
+        names(&h.events()),
+        ["gone:c"],
+        "silence ends what was never received (A57), not the seed"
+    );
+    assert!(h.ads.is_from_snapshot(EDS, "e"));
+
+    let ack = h.answer(CDS, "n1", vec![res("c", "1", eds_cluster("c"))], &[]);
+    assert!(ack.error_detail.is_none());
+    assert_eq!(names(&h.events()), ["changed:c"]);
+    h.advance(DEFAULT_DOES_NOT_EXIST_TIMEOUT - Duration::from_millis(1));
+    assert!(names(&h.events()).is_empty());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(names(&h.events()), ["gone:e"]);
 }
