@@ -12,11 +12,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryResponse, DiscoveryResponse, Resource,
 };
 use meshwork_benches::xds_fixtures::{
-    cds_response, cla, eds_response, eds_response_many, sotw_response,
+    cds_response, eds_response, eds_response_many, sotw_response, watched_assignments,
 };
 use meshwork_xds::protocol::{AdsState, ProtocolConfig, StreamId};
 use meshwork_xds::resource::ResourceType;
-use meshwork_xds::server::build;
 
 /// A state machine on a new SotW stream, subscribed to `names` of `resource_type`, with
 /// its requests sent.
@@ -129,16 +128,7 @@ fn scale(c: &mut Criterion) {
 
     // A client watching `watched` clusters; cluster-0 has 10,000 endpoints, the others 10.
     let assignments = |version: &str, watched: u32, moved: bool| {
-        let mut big = cla("cluster-0", 10_000, 8, 0);
-        if moved {
-            big.endpoints[0].lb_endpoints[0] = build::lb_endpoint(([10, 200, 0, 1], 8080).into());
-        }
-        let mut resources = vec![build::pack(&big)];
-        resources.extend(
-            (1..watched)
-                .map(|i| build::pack(&cla(&format!("cluster-{i}"), 10, 1, 100_000 + i * 10))),
-        );
-        sotw_response(version, resources)
+        sotw_response(version, watched_assignments(watched, moved))
     };
     for watched in [1, 1_000] {
         let initial = assignments("v1", watched, false);

@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
-use meshwork_benches::xds_fixtures::{cds_response, cla, eds_response_many, sotw_response};
+use meshwork_benches::xds_fixtures::{
+    cds_response, cla, eds_response_many, sotw_response, watched_assignments,
+};
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::protocol::{AdsState, ProtocolConfig};
@@ -29,6 +31,7 @@ const SERVER_ROLE: &str = "MESHWORK_XDS_SCALE_SERVE_TARGETS";
 
 const CLUSTERS: u32 = 10_000;
 const ENDPOINTS_EACH: u32 = 10;
+/// The endpoints of `watched_assignments`' big cluster.
 const BIG_CLUSTER: u32 = 10_000;
 const TARGETS: u32 = 1_000;
 const TARGET_ENDPOINTS: u32 = 3;
@@ -104,29 +107,17 @@ fn clusters_and_endpoints() {
 /// as go-control-plane's, or ours); delta sends the one changed resource whole (without
 /// LEDS a resource is the unit, so the 10,000-endpoint assignment goes whole either way).
 fn one_endpoint_change() {
-    let mut big = cla("cluster-0", BIG_CLUSTER, 8, 0);
-    let mut moved = big.clone();
-    // The first endpoint moves to a new address: one endpoint changed.
-    moved.endpoints[0].lb_endpoints[0] = build::lb_endpoint(([10, 200, 0, 1], 8080).into());
-    big.cluster_name = "cluster-0".into();
-
-    let alone = sotw_response("v2", vec![build::pack(&moved)]).encoded_len();
-    let mut with_others = vec![build::pack(&moved)];
-    with_others.extend((1..TARGETS).map(|i| {
-        build::pack(&cla(
-            &format!("cluster-{i}"),
-            ENDPOINTS_EACH,
-            1,
-            100_000 + i * 10,
-        ))
-    }));
+    // The first endpoint of cluster-0 moves to a new address: one endpoint changed.
+    let alone = sotw_response("v2", watched_assignments(1, true)).encoded_len();
+    let with_others = watched_assignments(TARGETS, true);
+    let moved = with_others[0].clone();
     let sotw_many = sotw_response("v2", with_others).encoded_len();
     let delta = DeltaDiscoveryResponse {
         system_version_info: "v2".into(),
         resources: vec![Resource {
             name: "cluster-0".into(),
             version: "v2".into(),
-            resource: Some(build::pack(&moved)),
+            resource: Some(moved),
             ..Default::default()
         }],
         type_url: ResourceType::ClusterLoadAssignment.type_url().into(),

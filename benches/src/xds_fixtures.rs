@@ -56,6 +56,21 @@ pub fn eds_response_many(clusters: u32, endpoints_each: u32, version: &str) -> D
     response(version, resources)
 }
 
+/// What a snapshot server sends a client watching `watched` clusters: `cluster-0` with
+/// 10,000 endpoints in 8 localities (its first endpoint at a new address when `moved`),
+/// then `cluster-1` .. with 10 endpoints each, addresses distinct.
+pub fn watched_assignments(watched: u32, moved: bool) -> Vec<Any> {
+    let mut big = cla("cluster-0", 10_000, 8, 0);
+    if moved {
+        big.endpoints[0].lb_endpoints[0] = build::lb_endpoint(([10, 200, 0, 1], 8080).into());
+    }
+    let mut resources = vec![build::pack(&big)];
+    resources.extend(
+        (1..watched).map(|i| build::pack(&cla(&format!("cluster-{i}"), 10, 1, 100_000 + i * 10))),
+    );
+    resources
+}
+
 /// A SotW response of `resources` (their type is the first one's; EDS when empty).
 pub fn sotw_response(version: &str, resources: Vec<Any>) -> DiscoveryResponse {
     response(version, resources)
