@@ -58,7 +58,8 @@ pub use server::{
 pub use target::{TargetParseError, XdsTarget, is_path_byte};
 
 use json::{ROOT, as_array, as_object, child, get, index, opt_str, record_unknown};
-use target::{authority_prefix, expand_template, xdstp_authority};
+pub(crate) use target::xdstp_authority;
+use target::{authority_prefix, expand_template};
 
 /// The environment variable holding the path of the bootstrap file.
 pub const BOOTSTRAP_FILE_ENV: &str = "GRPC_XDS_BOOTSTRAP";

@@ -295,6 +295,15 @@ pub enum ResourceFailure {
         /// The version the `Resource` gives.
         version: String,
     },
+    /// An `xdstp:` name whose authority the bootstrap does not list (gRFC A47): no server
+    /// is asked for it.
+    #[error("resource {name}: authority {authority:?} is not in the bootstrap's authorities")]
+    UnknownAuthority {
+        /// The resource's name.
+        name: String,
+        /// Its authority.
+        authority: String,
+    },
 }
 
 /// Two failures are equal when a watcher could not tell them apart: the same kind with the
@@ -332,6 +341,13 @@ impl PartialEq for ResourceFailure {
                     version: other_version,
                 },
             ) => name == other_name && version == other_version,
+            (
+                ResourceFailure::UnknownAuthority { name, authority },
+                ResourceFailure::UnknownAuthority {
+                    name: other_name,
+                    authority: other_authority,
+                },
+            ) => name == other_name && authority == other_authority,
             _ => false,
         }
     }
@@ -350,7 +366,7 @@ impl ResourceFailure {
             | ResourceFailure::NameMismatch { .. } => true,
             ResourceFailure::ServerReported { code, .. } => *code == PERMISSION_DENIED,
             // No data came: nothing says the value held is bad.
-            ResourceFailure::MissingBody { .. } => false,
+            ResourceFailure::MissingBody { .. } | ResourceFailure::UnknownAuthority { .. } => false,
         }
     }
 }
@@ -523,7 +539,11 @@ impl AdsState {
     ///
     /// If the resource is already cached (through a wildcard or an earlier subscription), a
     /// [`XdsEvent::Changed`] is queued at once so a new watcher needs no special path.
+    ///
+    /// An `xdstp:` name is subscribed in its canonical form (gRFC A47: context parameters
+    /// sorted), as the cache keys it.
     pub fn subscribe(&mut self, resource_type: ResourceType, name: &str) {
+        let name = &*crate::resource::canonical_name(name);
         let ts = self.types.entry(resource_type).or_default();
         if name == "*" {
             if ts.wildcard == Wildcard::None {
@@ -654,6 +674,7 @@ impl AdsState {
     /// Drop a subscription (by name, or the wildcard with `"*"`). The cached value is
     /// forgotten unless a wildcard still covers it.
     pub fn unsubscribe(&mut self, resource_type: ResourceType, name: &str) {
+        let name = &*crate::resource::canonical_name(name);
         let Some(ts) = self.types.get_mut(&resource_type) else {
             return;
         };

@@ -20,13 +20,14 @@
 //! leaf names, a long name counting once per 256 bytes; aggregates past it are errors of
 //! their own), which bounds the leaf names the config holds to a few MiB.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::protocol::{AdsState, ResourceFailure, ResourceStatus};
 use crate::resource::{
     Cluster, ClusterKind, ClusterLoadAssignment, ClusterSpecifier, Listener, Resource,
-    ResourceType, RouteAction, RouteConfiguration, RouteSource, VirtualHost,
+    ResourceType, RouteAction, RouteConfiguration, RouteSource, VirtualHost, canonical_name,
 };
 
 /// How deep aggregate clusters may nest (gRPC's limit).
@@ -249,14 +250,43 @@ enum Lookup<'a> {
     Found(&'a Resource),
     DoesNotExist,
     /// Rejected, with no last good value.
-    Invalid(&'a ResourceFailure),
+    Invalid(Cow<'a, ResourceFailure>),
 }
 
-fn lookup<'a>(ads: &'a AdsState, t: ResourceType, name: &str) -> Lookup<'a> {
-    match (ads.get(t, name), ads.status(t, name)) {
+/// Where a walk reads the resources it needs: one [`AdsState`], or the caches of each
+/// group of xDS servers the client talks to (gRFC A47 federation). Names are given in their
+/// canonical form.
+// Hidden with `resolve`.
+#[doc(hidden)]
+pub trait Cache {
+    /// The value to use: the current one, or the last good one after a rejection.
+    fn get(&self, resource_type: ResourceType, name: &str) -> Option<&Resource>;
+    /// The resource's status, if the cache knows of it.
+    fn status(&self, resource_type: ResourceType, name: &str) -> Option<ResourceStatus>;
+    /// Why its latest value was rejected, while NACKED.
+    fn failure(&self, resource_type: ResourceType, name: &str) -> Option<Cow<'_, ResourceFailure>>;
+}
+
+impl Cache for AdsState {
+    fn get(&self, resource_type: ResourceType, name: &str) -> Option<&Resource> {
+        AdsState::get(self, resource_type, name)
+    }
+
+    fn status(&self, resource_type: ResourceType, name: &str) -> Option<ResourceStatus> {
+        AdsState::status(self, resource_type, name)
+    }
+
+    fn failure(&self, resource_type: ResourceType, name: &str) -> Option<Cow<'_, ResourceFailure>> {
+        AdsState::failure(self, resource_type, name).map(Cow::Borrowed)
+    }
+}
+
+fn lookup<'a>(cache: &'a dyn Cache, t: ResourceType, name: &str) -> Lookup<'a> {
+    let name = &*canonical_name(name);
+    match (cache.get(t, name), cache.status(t, name)) {
         (Some(r), _) => Lookup::Found(r),
         (None, Some(ResourceStatus::DoesNotExist)) => Lookup::DoesNotExist,
-        (None, Some(ResourceStatus::Nacked)) => match ads.failure(t, name) {
+        (None, Some(ResourceStatus::Nacked)) => match cache.failure(t, name) {
             Some(failure) => Lookup::Invalid(failure),
             // A NACKED resource always has its failure; without one there is nothing to
             // report, and waiting is the safe reading.
@@ -266,23 +296,28 @@ fn lookup<'a>(ads: &'a AdsState, t: ResourceType, name: &str) -> Lookup<'a> {
     }
 }
 
+/// Note that the walk needs `name`, in its canonical form (the cache's key).
+fn need(needs: &mut BTreeSet<ResourceKey>, resource_type: ResourceType, name: &str) {
+    needs.insert((resource_type, canonical_name(name).into_owned()));
+}
+
 /// Walk the graph of `listener` for `authority` through the cache of `ads`.
 // Hidden: the client's own step, public only for meshwork-core's tests that route real
 // xDS resources through a sans-io `AdsState` (tests/route_xds.rs).
 #[doc(hidden)]
-pub fn resolve(ads: &AdsState, listener: &str, authority: &str) -> Resolution {
+pub fn resolve(ads: &dyn Cache, listener: &str, authority: &str) -> Resolution {
     let mut needs = BTreeSet::new();
     let state = walk(ads, listener, authority, &mut needs);
     Resolution { state, needs }
 }
 
 fn walk(
-    ads: &AdsState,
+    ads: &dyn Cache,
     listener_name: &str,
     authority: &str,
     needs: &mut BTreeSet<ResourceKey>,
 ) -> Result<Option<XdsConfig>, TargetError> {
-    needs.insert((ResourceType::Listener, listener_name.to_string()));
+    need(needs, ResourceType::Listener, listener_name);
     let listener = match lookup(ads, ResourceType::Listener, listener_name) {
         Lookup::Pending => return Ok(None),
         Lookup::DoesNotExist => {
@@ -291,7 +326,7 @@ fn walk(
         Lookup::Invalid(failure) => {
             return Err(TargetError::ListenerInvalid {
                 name: listener_name.to_string(),
-                error: failure.clone(),
+                error: failure.into_owned(),
             });
         }
         Lookup::Found(Resource::Listener(l)) => l.clone(),
@@ -303,7 +338,7 @@ fn walk(
     let route_config = match &listener.route {
         RouteSource::Inline(rc) => rc.clone(),
         RouteSource::Rds { route_config_name } => {
-            needs.insert((ResourceType::RouteConfiguration, route_config_name.clone()));
+            need(needs, ResourceType::RouteConfiguration, route_config_name);
             match lookup(ads, ResourceType::RouteConfiguration, route_config_name) {
                 Lookup::Pending => return Ok(None),
                 Lookup::DoesNotExist => {
@@ -314,7 +349,7 @@ fn walk(
                 Lookup::Invalid(failure) => {
                     return Err(TargetError::RouteConfigInvalid {
                         name: route_config_name.clone(),
-                        error: failure.clone(),
+                        error: failure.into_owned(),
                     });
                 }
                 Lookup::Found(Resource::RouteConfiguration(rc)) => rc.clone(),
@@ -402,7 +437,7 @@ enum Mark {
 /// and edges cost, not what its paths cost; and the aggregate part of the walk is capped
 /// by [`MAX_AGGREGATE_WORK`].
 struct ClusterWalker<'a, 'n> {
-    ads: &'a AdsState,
+    ads: &'a dyn Cache,
     needs: &'n mut BTreeSet<ResourceKey>,
     out: BTreeMap<String, ClusterState>,
     marks: HashMap<&'a str, Mark>,
@@ -434,7 +469,7 @@ impl<'a> ClusterWalker<'a, '_> {
             Some(Mark::Done) => return Walk::Done,
             None => {}
         }
-        self.needs.insert((ResourceType::Cluster, name.to_string()));
+        need(self.needs, ResourceType::Cluster, name);
         let cluster = match lookup(self.ads, ResourceType::Cluster, name) {
             Lookup::Pending => return self.pending(name),
             Lookup::DoesNotExist => {
@@ -446,7 +481,7 @@ impl<'a> ClusterWalker<'a, '_> {
             Lookup::Invalid(failure) => {
                 let error = ClusterError::Invalid {
                     name: name.to_owned(),
-                    error: failure.clone(),
+                    error: failure.into_owned(),
                 };
                 return self.finish(name, ClusterState::Error(error));
             }
@@ -456,8 +491,7 @@ impl<'a> ClusterWalker<'a, '_> {
         let children = match &cluster.kind {
             ClusterKind::Eds { service_name } => {
                 let eds_name = service_name.as_deref().unwrap_or(name);
-                self.needs
-                    .insert((ResourceType::ClusterLoadAssignment, eds_name.to_string()));
+                need(self.needs, ResourceType::ClusterLoadAssignment, eds_name);
                 match lookup(self.ads, ResourceType::ClusterLoadAssignment, eds_name) {
                     Lookup::Pending => return self.pending(name),
                     Lookup::DoesNotExist => {
@@ -468,7 +502,7 @@ impl<'a> ClusterWalker<'a, '_> {
                     Lookup::Invalid(failure) => {
                         ClusterChildren::Endpoints(Err(EndpointsError::Invalid {
                             name: eds_name.to_owned(),
-                            error: failure.clone(),
+                            error: failure.into_owned(),
                         }))
                     }
                     Lookup::Found(Resource::ClusterLoadAssignment(cla)) => {

@@ -22,14 +22,9 @@ pub enum ResolveError {
         #[source]
         source: TargetParseError,
     },
-    /// `xds://authority/name` targets (federation, gRFC A47): the client does not send an
-    /// authority's resources to that authority's own servers yet; use `xds:///name`.
-    #[error("target {target:?}: targets with an authority are not supported yet")]
-    AuthorityNotSupported {
-        /// The target as given.
-        target: String,
-    },
-    /// The bootstrap's listener name template could not be applied to the target.
+    /// The bootstrap's listener name template could not be applied to the target, or its
+    /// authority (`xds://authority/name`, gRFC A47) is not in the bootstrap's
+    /// `authorities`.
     #[error("target {target:?}: {source}")]
     ListenerName {
         /// The target as given.
@@ -63,7 +58,6 @@ impl ResolveError {
     pub fn target(&self) -> &str {
         match self {
             ResolveError::InvalidTarget { target, .. }
-            | ResolveError::AuthorityNotSupported { target }
             | ResolveError::NoXdsClient { target }
             | ResolveError::ListenerName { target, .. }
             | ResolveError::Xds { target, .. } => target,
@@ -90,11 +84,6 @@ pub async fn resolve_xds(
         target: target.to_owned(),
         source,
     })?;
-    if parsed.authority().is_some() {
-        return Err(ResolveError::AuthorityNotSupported {
-            target: target.to_owned(),
-        });
-    }
     let listener = client
         .bootstrap()
         .listener_resource_name_for(&parsed)

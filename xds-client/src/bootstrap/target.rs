@@ -228,7 +228,7 @@ pub(super) fn expand_template(template: &str, replacement: &str) -> String {
 
 /// The authority of a new-style (`xdstp:`) resource name, percent-decoded; the empty string
 /// for `xdstp:` names without one; `None` for old-style names.
-pub(super) fn xdstp_authority(resource_name: &str) -> Option<String> {
+pub(crate) fn xdstp_authority(resource_name: &str) -> Option<String> {
     let rest = resource_name.strip_prefix("xdstp:")?;
     let Some(after) = rest.strip_prefix("//") else {
         return Some(String::new());

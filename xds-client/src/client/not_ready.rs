@@ -9,10 +9,10 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::protocol::{AdsState, ResourceFailure, ResourceStatus, truncate};
+use crate::protocol::{ResourceFailure, ResourceStatus, truncate};
 use crate::resource::ResourceType;
 use crate::transport::{ErrorChain, TransportError};
-use crate::watch::ResourceKey;
+use crate::watch::{Cache, ResourceKey};
 
 /// How many missing resources a [`NotReady`] names; the rest are counted ("and N more"), so
 /// that a target routing to thousands of unanswered clusters does not make an error of
@@ -124,7 +124,7 @@ impl NotReady {
     /// no stream is open (`None` while one is), `connecting` the server being tried, `needs`
     /// the resources the target's last walk needed.
     pub(super) fn new(
-        ads: &AdsState,
+        ads: &dyn Cache,
         errors: Option<Vec<TransportError>>,
         connecting: &str,
         needs: &BTreeSet<ResourceKey>,
@@ -153,11 +153,7 @@ impl NotReady {
                 name: name.clone(),
                 status,
                 error: (status == ResourceStatus::Nacked)
-                    .then(|| {
-                        ads.resources()
-                            .find(|v| v.resource_type == *t && v.name == name)
-                            .and_then(|v| v.error.cloned())
-                    })
+                    .then(|| ads.failure(*t, name).map(std::borrow::Cow::into_owned))
                     .flatten(),
             })
             .collect();
@@ -261,7 +257,7 @@ impl PartialEq for MissingResource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ProtocolConfig;
+    use crate::protocol::{AdsState, ProtocolConfig};
     use envoy_types::pb::envoy::config::core::v3::Node;
 
     /// A server's status message of ~10 KiB (a hostile or broken control plane) comes out

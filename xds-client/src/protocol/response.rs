@@ -129,7 +129,8 @@ pub(super) fn decode_delta<'h>(
 type Valid = BTreeMap<String, (Resource, Any, Option<String>)>;
 
 /// The first mention of `name` in a response returns it; a later one rejects it (and
-/// forgets a value it had) and returns `None`.
+/// forgets a value it had) and returns `None`. Names are keyed in their canonical form
+/// (gRFC A47): two spellings of one `xdstp:` name are one name, mentioned twice.
 fn first_mention(
     name: String,
     present: &mut BTreeSet<String>,
@@ -137,6 +138,10 @@ fn first_mention(
     invalid: &mut BTreeMap<String, ResourceFailure>,
     errors: &mut NackDetail,
 ) -> Option<String> {
+    let name = match crate::resource::canonical_name(&name) {
+        std::borrow::Cow::Borrowed(_) => name,
+        std::borrow::Cow::Owned(canonical) => canonical,
+    };
     if present.insert(name.clone()) {
         return Some(name);
     }
@@ -383,6 +388,9 @@ mod tests {
                 }
                 Outcome::Invalid(ResourceFailure::MissingBody { .. }) => {
                     format!("{name}:no-body")
+                }
+                Outcome::Invalid(ResourceFailure::UnknownAuthority { .. }) => {
+                    format!("{name}:unknown-authority")
                 }
             })
             .collect()
