@@ -5,8 +5,9 @@
 //! validators. With the interop peers: Envoy takes its listener, routes and clusters from
 //! `xds-serve` over SotW and over delta ADS and routes a request with them; gRPC's reference
 //! client (grpcio) and meshwork's `greeter-client` both call a greeter through the same file;
-//! and grpcio (SotW) and meshwork (SotW and delta) reach the same per-resource ACK view of a
-//! file with a resource every gRPC-style client NACKs.
+//! grpcio (SotW) and meshwork (SotW and delta) reach the same per-resource ACK view of a file
+//! with a resource every gRPC-style client NACKs; and grpcio and meshwork reach the same view
+//! of a target of a bootstrap authority (`xds://a/svc`, federation: gRFC A47).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -101,17 +102,32 @@ impl Serve {
 
     /// A bootstrap file in `dir` naming this server, as gRPC reads it (`GRPC_XDS_BOOTSTRAP`).
     fn bootstrap_file(&self, dir: &Path, node: &str) -> PathBuf {
+        self.bootstrap_file_with(dir, node, None)
+    }
+
+    /// [`bootstrap_file`](Self::bootstrap_file) with `top_level` fields added (e.g.
+    /// `"authorities": {...}`).
+    fn bootstrap_file_with(&self, dir: &Path, node: &str, top_level: Option<&str>) -> PathBuf {
+        let top_level = top_level.map(|t| format!(", {t}")).unwrap_or_default();
         let path = dir.join("bootstrap.json");
         std::fs::write(
             &path,
             format!(
-                r#"{{"xds_servers": [{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
-                    "server_features": ["xds_v3"]}}], "node": {{"id": "{node}"}}}}"#,
-                self.addr
+                r#"{{"xds_servers": [{}], "node": {{"id": "{node}"}} {top_level}}}"#,
+                self.grpc_server_entry()
             ),
         )
         .unwrap();
         path
+    }
+
+    /// This server as an entry of a bootstrap's `xds_servers`, as gRPC takes it.
+    fn grpc_server_entry(&self) -> String {
+        format!(
+            r#"{{"server_uri": "{}", "channel_creds": [{{"type": "insecure"}}],
+                "server_features": ["xds_v3"]}}"#,
+            self.addr
+        )
     }
 
     /// `xds-dump`'s rows for `target`, checking that it exits 0 (the config is complete).
@@ -121,12 +137,13 @@ impl Serve {
         rows
     }
 
-    /// `xds-dump`'s exit code and rows for `target`; `server_fields` are added to the
-    /// bootstrap's server entry (e.g. `, "api_type": "DELTA_GRPC"`).
+    /// `xds-dump`'s exit code and rows for `target`; `top_level` fields are added to the
+    /// bootstrap (e.g. `"certificate_providers": {...}`), `server_fields` to its server entry
+    /// (e.g. `, "api_type": "DELTA_GRPC"`).
     async fn dump_with(
         &self,
         target: &str,
-        providers: Option<&str>,
+        top_level: Option<&str>,
         server_fields: &str,
     ) -> (Option<i32>, Vec<serde_json::Value>) {
         let bootstrap = format!(
@@ -134,7 +151,7 @@ impl Serve {
                 "node": {{"id": "xds-serve-test"}} {}}}"#,
             self.addr,
             server_fields,
-            providers.map(|p| format!(", {p}")).unwrap_or_default()
+            top_level.map(|p| format!(", {p}")).unwrap_or_default()
         );
         let out = Command::new(env!("CARGO_BIN_EXE_xds-dump"))
             .args(["--target", target, "--seconds", "30"])
@@ -540,6 +557,28 @@ fn greeter_with_a_nacked_cluster() -> String {
     file.to_string()
 }
 
+/// grpcio's per-resource ACK view ([`ack_view`]) after resolving `target` (a name, or an
+/// `xds:` URI) through the control plane `bootstrap` names.
+async fn grpcio_ack_view(venv: &Path, bootstrap: &Path, target: &str) -> Vec<[String; 4]> {
+    let out = Command::new(venv.join("bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../xds-client/tests/peers/grpcio_csds_dump.py"
+        ))
+        .args(["--targets", target, "--wait", "30"])
+        .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+        .env_remove("GRPC_XDS_BOOTSTRAP_CONFIG")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run grpcio_csds_dump.py");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "grpcio: {stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("grpcio: not JSON ({e}): {stderr}"));
+    ack_view(&rows)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
 async fn grpcio_and_meshwork_reach_the_same_ack_view() {
@@ -550,23 +589,7 @@ async fn grpcio_and_meshwork_reach_the_same_ack_view() {
     serve.loaded(5).await;
 
     let bootstrap = serve.bootstrap_file(&dir, "xds-serve-ack-view");
-    let out = Command::new(venv.join("bin/python"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../xds-client/tests/peers/grpcio_csds_dump.py"
-        ))
-        .args(["--targets", "greeter:50051", "--wait", "30"])
-        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
-        .env_remove("GRPC_XDS_BOOTSTRAP_CONFIG")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run grpcio_csds_dump.py");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "grpcio: {stderr}");
-    let theirs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("grpcio: not JSON ({e}): {stderr}"));
-    let theirs = ack_view(&theirs);
+    let theirs = grpcio_ack_view(&venv, &bootstrap, "greeter:50051").await;
 
     // The view is what the comparison is about, so check it is the interesting one: four
     // resources ACKED at the file's version and the STATIC cluster NACKED.
@@ -613,4 +636,110 @@ async fn grpcio_and_meshwork_reach_the_same_ack_view() {
         }),
         "{ours:?}"
     );
+}
+
+/// The greeter file and authority `a`'s resources for `xds://a/svc` (gRFC A47): an
+/// `xdstp://a/` listener and route whose one route splits calls between the `xdstp://a/`
+/// cluster `svc` and the file's old-style cluster `greeter`.
+fn greeter_with_authority_a() -> String {
+    let mut file: serde_json::Value = serde_json::from_str(GREETER).unwrap();
+    let name = |ty: &str| format!("xdstp://a/envoy.config.{ty}/svc");
+    let resources = file["resources"].as_array_mut().unwrap();
+    resources.extend([
+        json!({
+            "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+            "name": name("listener.v3.Listener"),
+            "api_listener": {"api_listener": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "rds": {"config_source": {"ads": {}}, "route_config_name": name("route.v3.RouteConfiguration")},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                }]
+            }}
+        }),
+        json!({
+            "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            "name": name("route.v3.RouteConfiguration"),
+            "virtual_hosts": [{"name": "svc", "domains": ["*"], "routes": [{
+                "match": {"prefix": ""},
+                "route": {"weighted_clusters": {"clusters": [
+                    {"name": name("cluster.v3.Cluster"), "weight": 1},
+                    {"name": "greeter", "weight": 1}
+                ]}}
+            }]}]
+        }),
+        // An xdstp cluster names its assignment (A47).
+        json!({
+            "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "name": name("cluster.v3.Cluster"),
+            "type": "EDS",
+            "eds_cluster_config": {
+                "eds_config": {"ads": {}},
+                "service_name": name("endpoint.v3.ClusterLoadAssignment")
+            },
+            "lb_policy": "ROUND_ROBIN"
+        }),
+        json!({
+            "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            "cluster_name": name("endpoint.v3.ClusterLoadAssignment"),
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": 50052}
+            }}}]}]
+        }),
+    ]);
+    file.to_string()
+}
+
+/// Federation (gRFC A47) on one server: the bootstrap's authority `a` names the top-level
+/// server again, and `xds://a/svc` resolves through `xdstp://a/` names down to an
+/// old-style cluster. grpcio and meshwork reach the same per-resource view: the same
+/// names (so the same `xdstp` listener name from the target), all ACKED at the file's
+/// version.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the interop venv: scripts/test provides it (MESHWORK_PEERS_VENV)"]
+async fn grpcio_and_meshwork_reach_the_same_ack_view_through_an_authority() {
+    let venv = peers::venv();
+    let dir = temp_dir("xds-serve-federation");
+    let path = file(&dir, &greeter_with_authority_a());
+    let mut serve = Serve::start(&path).await;
+    let version = serve.loaded(8).await;
+
+    let authorities = format!(
+        r#""authorities": {{"a": {{"xds_servers": [{}]}}}}"#,
+        serve.grpc_server_entry()
+    );
+    let bootstrap = serve.bootstrap_file_with(&dir, "xds-serve-federation", Some(&authorities));
+    let theirs = grpcio_ack_view(&venv, &bootstrap, "xds://a/svc").await;
+    let svc = |ty: &str| format!("xdstp://a/envoy.config.{ty}/svc");
+    let mut expected: Vec<[String; 4]> = [
+        ("listener.v3.Listener", svc("listener.v3.Listener")),
+        (
+            "route.v3.RouteConfiguration",
+            svc("route.v3.RouteConfiguration"),
+        ),
+        ("cluster.v3.Cluster", svc("cluster.v3.Cluster")),
+        ("cluster.v3.Cluster", "greeter".to_owned()),
+        (
+            "endpoint.v3.ClusterLoadAssignment",
+            svc("endpoint.v3.ClusterLoadAssignment"),
+        ),
+        ("endpoint.v3.ClusterLoadAssignment", "greeter".to_owned()),
+    ]
+    .into_iter()
+    .map(|(ty, name)| {
+        [
+            format!("type.googleapis.com/envoy.config.{ty}"),
+            name,
+            "ACKED".to_owned(),
+            version.clone(),
+        ]
+    })
+    .collect();
+    expected.sort();
+    assert_eq!(theirs, expected, "grpcio's view");
+
+    let (code, ours) = serve.dump_with("xds://a/svc", Some(&authorities), "").await;
+    assert_eq!(code, Some(0), "xds-dump: {ours:?}");
+    assert_eq!(ack_view(&ours), theirs, "meshwork vs grpcio");
 }

@@ -1,8 +1,9 @@
 """gRPC's reference xDS client (grpcio, C-core) as a differential oracle.
 
-Opens one grpcio channel per `xds:///TARGET`, lets each resolve through the ADS server named
-by GRPC_XDS_BOOTSTRAP, then reads grpcio's own view of every xDS resource through its
-in-process CSDS service (grpcio-csds) and prints it as one JSON array:
+Opens one grpcio channel per `xds:///TARGET` (a TARGET that is a URI already, such as
+`xds://authority/name` for federation, gRFC A47, as it is), lets each resolve through the
+ADS server named by GRPC_XDS_BOOTSTRAP, then reads grpcio's own view of every xDS resource
+through its in-process CSDS service (grpcio-csds) and prints it as one JSON array:
 [{"type": TYPE_URL, "name": NAME, "version": V, "status": "ACKED"|"NACKED"|...}].
 
 usage: grpcio_csds_dump.py --targets a,b,c [--wait SECONDS]
@@ -34,7 +35,7 @@ def main():
 
     channels = []
     for target in a.targets.split(","):
-        ch = grpc.insecure_channel("xds:///" + target)
+        ch = grpc.insecure_channel(target if "://" in target else "xds:///" + target)
         # Subscribing with try_to_connect starts name resolution, i.e. the xDS watches.
         ch.subscribe(lambda _state: None, try_to_connect=True)
         channels.append(ch)
