@@ -1,6 +1,7 @@
 //! Federation (gRFC A47) end to end: a tonic channel to `xds://a/greeter` reaches the
 //! backend whose endpoint came from authority `a`'s own xDS server, not the one the
-//! top-level server holds under the same names.
+//! top-level server holds under the same names, also when its route names the `xdstp`
+//! cluster with the context parameters in another order than the cluster's own name.
 
 mod support;
 
@@ -36,19 +37,21 @@ impl tonic::server::UnaryService<HelloRequest> for SayHello {
     }
 }
 
+/// `xdstp://a/{ty}/greeter`.
+fn name(ty: &str) -> String {
+    format!("xdstp://a/envoy.config.{ty}/greeter")
+}
+
 /// Authority `a`'s chain for the data-plane authority `greeter`, all in `xdstp://a/`
-/// names, to the endpoint `backend`.
-fn chain(backend: SocketAddr) -> Snapshot {
-    let name = |ty: &str| format!("xdstp://a/envoy.config.{ty}/greeter");
+/// names, to the endpoint `backend`: the route names the cluster `route_to`, the cluster
+/// is named `cluster`.
+fn chain(backend: SocketAddr, route_to: &str, cluster: &str) -> Snapshot {
     let (listener, route) = (
         name("listener.v3.Listener"),
         name("route.v3.RouteConfiguration"),
     );
-    let (cluster, endpoints) = (
-        name("cluster.v3.Cluster"),
-        name("endpoint.v3.ClusterLoadAssignment"),
-    );
-    let mut eds = build::eds_cluster(&cluster);
+    let endpoints = name("endpoint.v3.ClusterLoadAssignment");
+    let mut eds = build::eds_cluster(cluster);
     // An xdstp cluster names its assignment (A47).
     eds.eds_cluster_config = Some(cluster::EdsClusterConfig {
         eds_config: Some(build::ads()),
@@ -61,23 +64,15 @@ fn chain(backend: SocketAddr) -> Snapshot {
             vec![build::virtual_host(
                 "greeter",
                 ["greeter"],
-                vec![build::route_to("", &cluster)],
+                vec![build::route_to("", route_to)],
             )],
         ))
         .cluster(eds)
         .endpoints(build::endpoints(&endpoints, &[backend]))
 }
 
-#[tokio::test]
-async fn a_channel_to_an_authority_reaches_the_endpoint_its_server_gave() {
-    let from_a = greeter("a").await;
-    let from_top = greeter("top").await;
-    let a = XdsTestServer::start().await.unwrap();
-    let top = XdsTestServer::start().await.unwrap();
-    a.set_snapshot(chain(from_a));
-    // The same names with another backend: a request sent to the top-level server would
-    // resolve to it.
-    top.set_snapshot(chain(from_top));
+/// A client whose authority `a` is served by `a` and whose top-level server is `top`.
+fn client(a: &XdsTestServer, top: &XdsTestServer) -> XdsClient {
     let bootstrap = Bootstrap::builder()
         .node_id("meshwork-grpc-federation-test")
         .server(XdsServer::new(top.uri()).unwrap())
@@ -87,10 +82,45 @@ async fn a_channel_to_an_authority_reaches_the_endpoint_its_server_gave() {
         )
         .build()
         .unwrap();
-    let client = XdsClient::start(&bootstrap).unwrap();
+    XdsClient::start(&bootstrap).unwrap()
+}
+
+#[tokio::test]
+async fn a_channel_to_an_authority_reaches_the_endpoint_its_server_gave() {
+    let from_a = greeter("a").await;
+    let from_top = greeter("top").await;
+    let a = XdsTestServer::start().await.unwrap();
+    let top = XdsTestServer::start().await.unwrap();
+    let cluster = name("cluster.v3.Cluster");
+    a.set_snapshot(chain(from_a, &cluster, &cluster));
+    // The same names with another backend: a request sent to the top-level server would
+    // resolve to it.
+    top.set_snapshot(chain(from_top, &cluster, &cluster));
+    let client = client(&a, &top);
     let channel = MeshChannel::from_xds(&client, "xds://a/greeter", MeshChannelOptions::new())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(say_hello(&channel).await.unwrap(), "hi from a");
     assert_eq!(top.requests(), [], "the top-level server was asked nothing");
+}
+
+/// A route may name an `xdstp` cluster with its context parameters in any order: the
+/// server holds (and sends) the cluster under the canonical name, and calls routed by the
+/// other spelling reach its endpoint.
+#[tokio::test]
+async fn a_route_may_name_a_cluster_with_its_parameters_in_any_order() {
+    let backend = greeter("a").await;
+    let a = XdsTestServer::start().await.unwrap();
+    let top = XdsTestServer::start().await.unwrap();
+    let cluster = name("cluster.v3.Cluster");
+    a.set_snapshot(chain(
+        backend,
+        &format!("{cluster}?b=2&a=1"),
+        &format!("{cluster}?a=1&b=2"),
+    ));
+    let client = client(&a, &top);
+    let channel = MeshChannel::from_xds(&client, "xds://a/greeter", MeshChannelOptions::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(say_hello(&channel).await.unwrap(), "hi from a");
 }
