@@ -19,12 +19,14 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use meshwork_test_support::xds::endpoint_port;
 use meshwork_test_support::{refused_addr, within};
 use meshwork_xds::bootstrap::Bootstrap;
-use meshwork_xds::client::{Connection, ResourceWatch, TargetWatch, WatchState, XdsClient};
+use meshwork_xds::client::{
+    Connection, ReadyError, ResourceWatch, TargetWatch, WatchState, XdsClient,
+};
 use meshwork_xds::protocol::{ResourceFailure, ResourceStatus};
 use meshwork_xds::resource::{Resource, ResourceType};
 use meshwork_xds::server::{RequestKind, Snapshot, XdsTestServer, build, type_url};
 use meshwork_xds::transport::Backoff;
-use meshwork_xds::watch::{ClusterError, ClusterState, TargetState, XdsConfig};
+use meshwork_xds::watch::{ClusterError, ClusterState, TargetError, TargetState, XdsConfig};
 use serde_json::{Value, json};
 
 const NODE: &str = "meshwork-federation-test";
@@ -386,8 +388,9 @@ async fn authorities_on_the_top_level_server_share_its_stream() {
 }
 
 /// Authority `a` falls back from A1 (nothing listening) to A2 (gRFC A71 within the
-/// authority's list) while the top-level server B keeps its one stream, and the client's
-/// connection (which means the top-level servers) stays on B.
+/// authority's list), and back to A1 once it serves, while the top-level server B keeps
+/// its one stream and the client's connection (which means the top-level servers) stays
+/// on B.
 #[tokio::test]
 async fn fallback_runs_per_authority_and_leaves_the_top_level_stream_alone() {
     let a2 = XdsTestServer::start().await.unwrap();
@@ -397,7 +400,8 @@ async fn fallback_runs_per_authority_and_leaves_the_top_level_stream_alone() {
     a2.set_snapshot(svc.add(Snapshot::new(), "svc", 2002, 7));
     let snapshot = greeter.add(Snapshot::new(), "greeter", 1001, 3);
     b.set_snapshot(svc.add(snapshot, "svc", 9002, 9));
-    let a1 = format!("http://{}", refused_addr());
+    let a1_addr = refused_addr();
+    let a1 = format!("http://{a1_addr}");
     let client = client(
         vec![server(&b.uri(), SOTW)],
         json!({"a": {"xds_servers": [server(&a1, SOTW), server(&a2.uri(), SOTW)]}}),
@@ -428,10 +432,26 @@ async fn fallback_runs_per_authority_and_leaves_the_top_level_stream_alone() {
             uri: b.uri()
         }
     );
-    // Nothing of the greeter was re-fetched: it is still the first config.
-    assert!(
-        matches!(greeter_watch.current(), TargetState::Ready(c) if endpoint_port(&c, &greeter.cluster) == Some(1001))
-    );
+
+    // A1 comes up: authority a moves back to its primary (A71), B's stream still untouched.
+    let a1 = XdsTestServer::start_on(a1_addr).await.unwrap();
+    a1.set_snapshot(svc.add(Snapshot::new(), "svc", 2001, 7));
+    within(10, async {
+        loop {
+            if let TargetState::Ready(c) = svc_watch.current()
+                && endpoint_port(&c, &svc.cluster) == Some(2001)
+            {
+                return;
+            }
+            svc_watch.changed().await.expect("client running");
+        }
+    })
+    .await;
+    assert_eq!(b.total_streams(), 1, "B's stream was not disturbed");
+    assert!(matches!(
+        greeter_watch.current(),
+        TargetState::Ready(c) if endpoint_port(&c, &greeter.cluster) == Some(1001)
+    ));
 }
 
 /// A name of an authority the bootstrap does not list is invalid at once (no server is
@@ -470,6 +490,20 @@ async fn an_unknown_authority_is_invalid_at_once() {
             last_good: None,
             error: ResourceFailure::UnknownAuthority { authority, .. },
         }) => assert_eq!(authority, "nope"),
+        other => panic!("{other:?}"),
+    }
+
+    // A listener of an unknown authority: the target fails at once, typed.
+    let nope_listener = xdstp("nope", "listener.v3.Listener", "svc");
+    let mut target = client.watch_target(&nope_listener, "svc").await;
+    match within(5, target.ready(Duration::from_secs(5))).await {
+        Err(ReadyError::Target(TargetError::ListenerInvalid {
+            name,
+            error: ResourceFailure::UnknownAuthority { authority, .. },
+        })) => {
+            assert_eq!(name, nope_listener);
+            assert_eq!(authority, "nope");
+        }
         other => panic!("{other:?}"),
     }
 
