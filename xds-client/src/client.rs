@@ -1,9 +1,17 @@
-//! The xDS client runtime: one tokio task that owns the [`AdsState`], drives it over an ADS
-//! stream, reconnects with backoff, falls back through the configured servers, and fans
-//! resource updates out to watchers.
+//! The xDS client runtime: a hub task that holds the watchers and targets and routes each
+//! resource to its authority's servers (gRFC A47), and one task per group of servers that
+//! owns an [`AdsState`](crate::protocol::AdsState), drives it over an ADS stream,
+//! reconnects with backoff, and falls back through the group's servers.
 //!
-//! Server choice follows gRFC A71: the servers are tried in order. The client moves on to
-//! the next server only while some watched resource has never been received — when every
+//! Federation: old-style names go to the top-level `xds_servers`, `xdstp:` names to the
+//! servers of their authority in the bootstrap's `authorities` (the top-level ones when it
+//! lists none); authorities with the same server list share one group (one stream, one
+//! fail-static file). An `xdstp:` name of an authority the bootstrap does not list is asked
+//! of no server: its watchers get [`ResourceFailure::UnknownAuthority`] at once. A target's
+//! walk reads every group's cache, so it may cross authorities.
+//!
+//! Server choice follows gRFC A71, within each group: its servers are tried in order. A
+//! group moves on to the next server only while some watched resource has never been received — when every
 //! watched resource is cached it keeps retrying the current server with backoff, so a
 //! control-plane restart cannot swap the config. While it runs on a fallback server it
 //! probes the primary at each backoff step, and moves back as soon as the primary answers.
@@ -17,8 +25,8 @@
 //! in [`transport`](crate::transport)). The latest failure is
 //! [`XdsClient::last_error`], besides a warning in the log and A78's
 //! `grpc.xds_client.server_failure`. A target not ready by its deadline says why
-//! ([`NotReady`]): the servers' failures while none is reachable, else the resources it
-//! still misses.
+//! ([`NotReady`]): the failures of the servers of a missing resource while none of them
+//! is reachable, else the resources it still misses.
 
 use std::collections::HashMap;
 use std::sync::Arc;
