@@ -595,22 +595,18 @@ async fn two_spellings_of_a_name_are_one_resource_sotw() {
     two_spellings_are_one_resource(SOTW).await;
 }
 
-/// Fails on 5c6b90d: a delta `Resource` named `...?a=1&b=2` carrying a cluster named
-/// `...?b=2&a=1` is NACKed as `ResourceFailure::NameMismatch` (the names are compared as
-/// spelled, not in canonical form).
+/// A delta `Resource` named `...?a=1&b=2` may carry a cluster named `...?b=2&a=1` (before
+/// the names were compared in canonical form it was NACKed as `NameMismatch`).
 #[tokio::test]
-#[ignore = "a delta Resource's name and its body's name are compared as spelled (NameMismatch)"]
 async fn two_spellings_of_a_name_are_one_resource_delta() {
     two_spellings_are_one_resource(DELTA).await;
 }
 
 /// A SotW response may wrap a resource in a `Resource` whose name spells the resource's own
 /// name with its context parameters in another order: one resource, accepted.
-///
-/// Fails on 5c6b90d: the cluster is rejected as `ResourceErrorKind::WrapperNameMismatch`
-/// (the wrapper's and the body's names are compared as spelled, not in canonical form).
+/// (Before the names were compared in canonical form it was rejected as
+/// `ResourceErrorKind::WrapperNameMismatch`.)
 #[tokio::test]
-#[ignore = "a Resource wrapper's name and its body's name are compared as spelled (WrapperNameMismatch)"]
 async fn a_resource_wrapper_may_spell_the_name_otherwise() {
     let a = XdsTestServer::start().await.unwrap();
     let base = xdstp("a", "cluster.v3.Cluster", "c");

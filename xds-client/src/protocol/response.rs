@@ -193,13 +193,20 @@ fn decode_items<'a, 'h>(
         let wrapper = (!item.name.is_empty()).then_some(item.name);
         let (name, outcome) = match resource::decode(resource_type, any) {
             Ok(res) => match wrapper {
-                Some(wrapper) if wrapper != res.name() => (
-                    wrapper.to_owned(),
-                    Err(ResourceFailure::NameMismatch {
-                        name: wrapper.to_owned(),
-                        body_name: res.name().to_owned(),
-                    }),
-                ),
+                // Two spellings of one xdstp: name are one name (gRFC A47).
+                Some(wrapper)
+                    if wrapper != res.name()
+                        && resource::canonical_name(wrapper)
+                            != resource::canonical_name(res.name()) =>
+                {
+                    (
+                        wrapper.to_owned(),
+                        Err(ResourceFailure::NameMismatch {
+                            name: wrapper.to_owned(),
+                            body_name: res.name().to_owned(),
+                        }),
+                    )
+                }
                 _ => (res.name().to_owned(), Ok(res)),
             },
             Err(err) => match wrapper.or(err.name()) {

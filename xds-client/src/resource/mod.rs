@@ -238,13 +238,19 @@ pub fn decode(expected: ResourceType, any: &Any) -> Result<Resource, ResourceErr
     };
 
     match (result, wrapper_name) {
-        (Ok(resource), Some(wrapper)) if resource.name() != wrapper => Err(ResourceError::new(
-            Some(resource.name().to_owned()),
-            ResourceErrorKind::WrapperNameMismatch {
-                wrapper,
-                inner: resource.name().to_owned(),
-            },
-        )),
+        // Two spellings of one xdstp: name are one name (gRFC A47).
+        (Ok(resource), Some(wrapper))
+            if resource.name() != wrapper
+                && canonical_name(resource.name()) != canonical_name(&wrapper) =>
+        {
+            Err(ResourceError::new(
+                Some(resource.name().to_owned()),
+                ResourceErrorKind::WrapperNameMismatch {
+                    wrapper,
+                    inner: resource.name().to_owned(),
+                },
+            ))
+        }
         (Ok(resource), _) => Ok(resource),
         (Err(mut err), wrapper) => {
             if err.name.is_none() {
