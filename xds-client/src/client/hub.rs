@@ -413,8 +413,18 @@ impl Hub {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Watch(key, reply) => {
+                // A target already holds the subscription: no Subscribe goes to the group
+                // and no event comes, so the new watcher is handed what the cache holds
+                // (as grpc-go's authority does for a watch of a resource it has).
+                let held =
+                    !self.watchers.contains_key(&key) && self.subscriptions.contains_key(&key);
+                let initial = if held {
+                    self.cached_state(&key)
+                } else {
+                    WatchState::Pending
+                };
                 let w = self.watchers.entry(key.clone()).or_insert_with(|| Watcher {
-                    tx: watch::channel(WatchState::Pending).0,
+                    tx: watch::channel(initial).0,
                     count: 0,
                 });
                 w.count += 1;
@@ -459,6 +469,26 @@ impl Hub {
             }
             Command::Dump(reply) => self.dump(reply),
             Command::SaveSnapshot(reply) => self.save(reply),
+        }
+    }
+
+    /// A resource's state as its group's cache has it now, for a watcher that comes when
+    /// the resource is already subscribed: the value (the last good one after a rejection),
+    /// else why there is none.
+    fn cached_state(&self, key: &ResourceKey) -> WatchState {
+        let cache = Federated::lock(&self.groups, &self.factory.bootstrap, &self.by_authority);
+        let (t, name) = (key.0, key.1.as_str());
+        let value = cache.get(t, name).cloned();
+        match cache.status(t, name) {
+            Some(ResourceStatus::Nacked) => match cache.failure(t, name) {
+                Some(error) => WatchState::Invalid {
+                    last_good: value,
+                    error: error.into_owned(),
+                },
+                None => value.map_or(WatchState::Pending, WatchState::Ready),
+            },
+            Some(ResourceStatus::DoesNotExist) if value.is_none() => WatchState::DoesNotExist,
+            _ => value.map_or(WatchState::Pending, WatchState::Ready),
         }
     }
 
