@@ -5,16 +5,19 @@
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
-use meshwork_test_support::within;
 use meshwork_test_support::xds::routes_to;
+use meshwork_test_support::{temp_dir, within};
 use meshwork_xds::bootstrap::{Authority, Bootstrap, XdsServer};
 use meshwork_xds::client::{WatchState, XdsClient, XdsClientBuilder};
+use meshwork_xds::fail_static::FailStatic;
 use meshwork_xds::resource::{ClusterKind, Resource, ResourceType};
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
 use meshwork_xds::transport::Backoff;
 
 const TARGET: &str = "greeter:50051";
 const NODE: &str = "meshwork-federation-review";
+/// A Cluster of authority `a`.
+const A_CLUSTER: &str = "xdstp://a/envoy.config.cluster.v3.Cluster/c";
 /// A Cluster of authority `b`.
 const B_CLUSTER: &str = "xdstp://b/envoy.config.cluster.v3.Cluster/c";
 
@@ -106,6 +109,73 @@ async fn a_watch_of_an_unknown_authority_a_target_needs_is_invalid() {
         matches!(state, WatchState::Invalid { .. }),
         "unknown authority: {state:?}"
     );
+}
+
+/// Top-level servers `[uri]`, and authority `a` with its own list naming the same URI with
+/// another server feature: a distinct server list (its own group, its own stream), bound
+/// to the same URIs.
+fn same_uris_bootstrap(uri: &str) -> Bootstrap {
+    Bootstrap::builder()
+        .node_id(NODE)
+        .server(XdsServer::new(uri).unwrap())
+        .authority(
+            "a",
+            Authority::new().with_server(
+                XdsServer::new(uri)
+                    .unwrap()
+                    .with_server_feature("ignore_resource_deletion"),
+            ),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Two groups whose server lists have the same URIs (here: the same server, one with a
+/// server feature) each keep their own fail-static snapshot: started again while the
+/// server is down, the client serves both an old-style Cluster (top-level group) and an
+/// `xdstp://a/` one (authority `a`'s group). A file named by node id and URIs alone is one
+/// file for both groups, and the group that writes last erases the other's resources.
+#[tokio::test]
+async fn groups_with_the_same_server_uris_keep_their_own_snapshots() {
+    let dir = temp_dir("federation-review-same-uris");
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .cluster(build::eds_cluster("old"))
+            .cluster(eds(A_CLUSTER, "a-endpoints")),
+    );
+    let bootstrap = same_uris_bootstrap(&server.uri());
+    {
+        let client = builder(&bootstrap)
+            .fail_static(FailStatic::new(&dir))
+            .start();
+        let mut old = client.watch(ResourceType::Cluster, "old").await;
+        let mut fed = client.watch(ResourceType::Cluster, A_CLUSTER).await;
+        let state = within(10, old.settled()).await.unwrap();
+        assert_eq!(cluster_of(&state), Some("old"), "{state:?}");
+        let state = within(10, fed.settled()).await.unwrap();
+        assert_eq!(cluster_of(&state), Some(A_CLUSTER), "{state:?}");
+        within(10, client.save_snapshot())
+            .await
+            .unwrap()
+            .expect("written");
+    }
+    server.shutdown().await.unwrap();
+
+    // Every server down (the port refuses): each group serves its snapshot.
+    let client = builder(&bootstrap)
+        .fail_static(FailStatic::new(&dir))
+        .start();
+    let mut old = client.watch(ResourceType::Cluster, "old").await;
+    let mut fed = client.watch(ResourceType::Cluster, A_CLUSTER).await;
+    let state = within(10, old.settled()).await.unwrap();
+    assert_eq!(
+        cluster_of(&state),
+        Some("old"),
+        "top-level group: {state:?}"
+    );
+    let state = within(10, fed.settled()).await.unwrap();
+    assert_eq!(cluster_of(&state), Some(A_CLUSTER), "group of a: {state:?}");
 }
 
 /// A hostile top-level server sends a Cluster of authority `b` (which has its own server)

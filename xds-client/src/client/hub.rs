@@ -111,6 +111,44 @@ fn route(bootstrap: &Bootstrap, by_authority: &HashMap<String, usize>, name: &st
     }
 }
 
+/// What a group's fail-static snapshot is bound to (its file name, and the check when it
+/// is read): its servers' URIs, as [`FailStatic::path_for`] has the top-level servers'.
+/// Another list of the bootstrap with the same URIs (the same server with other features,
+/// credentials or API type) is another group, so the servers of such a list are named with
+/// those too: two groups never read and write one file.
+fn snapshot_servers(bootstrap: &Bootstrap, servers: &[XdsServer]) -> Vec<String> {
+    let uris =
+        |list: &[XdsServer]| -> Vec<String> { list.iter().map(|s| s.uri().to_owned()).collect() };
+    let mine = uris(servers);
+    let top = bootstrap.xds_servers();
+    if servers == top {
+        return mine;
+    }
+    let shared = std::iter::once(top)
+        .chain(
+            bootstrap
+                .authorities()
+                .keys()
+                .map(|a| bootstrap.servers_for_authority(Some(a))),
+        )
+        .any(|list| list != servers && uris(list) == mine);
+    if !shared {
+        return mine;
+    }
+    servers
+        .iter()
+        .map(|s| {
+            format!(
+                "{} ({}, {}, [{}])",
+                s.uri(),
+                s.channel_credentials().type_name(),
+                s.api_type().as_str(),
+                s.server_features().join(",")
+            )
+        })
+        .collect()
+}
+
 /// Every group's cache, locked, seen as one (for a walk, or a target's [`NotReady`]).
 struct Federated<'a> {
     groups: Vec<MutexGuard<'a, AdsState>>,
@@ -224,7 +262,7 @@ impl Hub {
         }
         let metrics = XdsMetrics::new(&f.meter, f.metrics_target.clone());
         let persist = f.fail_static.clone().map(|fail_static| {
-            let uris = servers.iter().map(|s| s.uri().to_owned()).collect();
+            let uris = snapshot_servers(&f.bootstrap, &servers);
             let node_id = config.node.id.clone();
             Persist::start(fail_static, node_id, uris, metrics.snapshot_writes())
         });
