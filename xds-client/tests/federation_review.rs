@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use meshwork_test_support::xds::routes_to;
 use meshwork_test_support::{temp_dir, within};
 use meshwork_xds::bootstrap::{Authority, Bootstrap, XdsServer};
-use meshwork_xds::client::{WatchState, XdsClient, XdsClientBuilder};
+use meshwork_xds::client::{ResourceWatch, WatchState, XdsClient, XdsClientBuilder};
 use meshwork_xds::fail_static::FailStatic;
 use meshwork_xds::resource::{ClusterKind, Resource, ResourceType};
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
@@ -149,12 +149,7 @@ async fn groups_with_the_same_server_uris_keep_their_own_snapshots() {
         let client = builder(&bootstrap)
             .fail_static(FailStatic::new(&dir))
             .start();
-        let mut old = client.watch(ResourceType::Cluster, "old").await;
-        let mut fed = client.watch(ResourceType::Cluster, A_CLUSTER).await;
-        let state = within(10, old.settled()).await.unwrap();
-        assert_eq!(cluster_of(&state), Some("old"), "{state:?}");
-        let state = within(10, fed.settled()).await.unwrap();
-        assert_eq!(cluster_of(&state), Some(A_CLUSTER), "{state:?}");
+        let _watches = both_served(&client).await;
         within(10, client.save_snapshot())
             .await
             .unwrap()
@@ -166,6 +161,12 @@ async fn groups_with_the_same_server_uris_keep_their_own_snapshots() {
     let client = builder(&bootstrap)
         .fail_static(FailStatic::new(&dir))
         .start();
+    both_served(&client).await;
+}
+
+/// Watches of the top-level group's Cluster `old` and of authority `a`'s, once both have
+/// their value.
+async fn both_served(client: &XdsClient) -> (ResourceWatch, ResourceWatch) {
     let mut old = client.watch(ResourceType::Cluster, "old").await;
     let mut fed = client.watch(ResourceType::Cluster, A_CLUSTER).await;
     let state = within(10, old.settled()).await.unwrap();
@@ -176,6 +177,7 @@ async fn groups_with_the_same_server_uris_keep_their_own_snapshots() {
     );
     let state = within(10, fed.settled()).await.unwrap();
     assert_eq!(cluster_of(&state), Some(A_CLUSTER), "group of a: {state:?}");
+    (old, fed)
 }
 
 /// A hostile top-level server sends a Cluster of authority `b` (which has its own server)
