@@ -582,7 +582,8 @@ impl AdsState {
         let mut taken = 0;
         for seed in seeds {
             let resource_type = seed.value.resource_type();
-            let name = seed.value.name().to_owned();
+            // Keyed as subscriptions are: the body may spell an `xdstp:` name otherwise.
+            let name = crate::resource::canonical_name(seed.value.name()).into_owned();
             let ts = self.types.entry(resource_type).or_default();
             if ts.answered {
                 continue;
@@ -2268,6 +2269,21 @@ pub(super) mod tests {
             h.ads.has_missing_resources(),
             "a value from a snapshot is not a server's answer (A71 fallback goes on)"
         );
+    }
+
+    /// A snapshot's value whose body spells its `xdstp:` name with the context parameters
+    /// in another order (as its server sent it; the cache keys it canonical) serves the
+    /// subscription of that resource, whichever spelling subscribes.
+    #[test]
+    fn a_seed_of_an_xdstp_name_serves_its_canonical_subscription() {
+        let t = "xdstp://a/envoy.config.endpoint.v3.ClusterLoadAssignment";
+        let (canonical, spelled) = (format!("{t}/c?a=1&b=2"), format!("{t}/c?b=2&a=1"));
+        let mut h = Harness::new();
+        h.ads.on_stream_closed(h.stream);
+        assert_eq!(h.ads.seed(vec![seed_of(EDS, cla(&spelled), "s")], h.now), 1);
+        h.ads.subscribe(EDS, &spelled);
+        assert_eq!(h.events().len(), 1, "served from the snapshot");
+        assert!(h.ads.is_from_snapshot(EDS, &canonical));
     }
 
     #[test]

@@ -111,6 +111,44 @@ fn route(bootstrap: &Bootstrap, by_authority: &HashMap<String, usize>, name: &st
     }
 }
 
+/// What a group's fail-static snapshot is bound to (its file name, and the check when it
+/// is read): its servers' URIs, as [`FailStatic::path_for`] has the top-level servers'.
+/// Another list of the bootstrap with the same URIs (the same server with other features,
+/// credentials or API type) is another group, so the servers of such a list are named with
+/// those too: two groups never read and write one file.
+fn snapshot_servers(bootstrap: &Bootstrap, servers: &[XdsServer]) -> Vec<String> {
+    let uris =
+        |list: &[XdsServer]| -> Vec<String> { list.iter().map(|s| s.uri().to_owned()).collect() };
+    let mine = uris(servers);
+    let top = bootstrap.xds_servers();
+    if servers == top {
+        return mine;
+    }
+    let shared = std::iter::once(top)
+        .chain(
+            bootstrap
+                .authorities()
+                .keys()
+                .map(|a| bootstrap.servers_for_authority(Some(a))),
+        )
+        .any(|list| list != servers && uris(list) == mine);
+    if !shared {
+        return mine;
+    }
+    servers
+        .iter()
+        .map(|s| {
+            format!(
+                "{} ({}, {}, [{}])",
+                s.uri(),
+                s.channel_credentials().type_name(),
+                s.api_type().as_str(),
+                s.server_features().join(",")
+            )
+        })
+        .collect()
+}
+
 /// Every group's cache, locked, seen as one (for a walk, or a target's [`NotReady`]).
 struct Federated<'a> {
     groups: Vec<MutexGuard<'a, AdsState>>,
@@ -224,7 +262,7 @@ impl Hub {
         }
         let metrics = XdsMetrics::new(&f.meter, f.metrics_target.clone());
         let persist = f.fail_static.clone().map(|fail_static| {
-            let uris = servers.iter().map(|s| s.uri().to_owned()).collect();
+            let uris = snapshot_servers(&f.bootstrap, &servers);
             let node_id = config.node.id.clone();
             Persist::start(fail_static, node_id, uris, metrics.snapshot_writes())
         });
@@ -413,8 +451,18 @@ impl Hub {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Watch(key, reply) => {
+                // A target already holds the subscription: no Subscribe goes to the group
+                // and no event comes, so the new watcher is handed what the cache holds
+                // (as grpc-go's authority does for a watch of a resource it has).
+                let held =
+                    !self.watchers.contains_key(&key) && self.subscriptions.contains_key(&key);
+                let initial = if held {
+                    self.cached_state(&key)
+                } else {
+                    WatchState::Pending
+                };
                 let w = self.watchers.entry(key.clone()).or_insert_with(|| Watcher {
-                    tx: watch::channel(WatchState::Pending).0,
+                    tx: watch::channel(initial).0,
                     count: 0,
                 });
                 w.count += 1;
@@ -459,6 +507,26 @@ impl Hub {
             }
             Command::Dump(reply) => self.dump(reply),
             Command::SaveSnapshot(reply) => self.save(reply),
+        }
+    }
+
+    /// A resource's state as its group's cache has it now, for a watcher that comes when
+    /// the resource is already subscribed: the value (the last good one after a rejection),
+    /// else why there is none.
+    fn cached_state(&self, key: &ResourceKey) -> WatchState {
+        let cache = Federated::lock(&self.groups, &self.factory.bootstrap, &self.by_authority);
+        let (t, name) = (key.0, key.1.as_str());
+        let value = cache.get(t, name).cloned();
+        match cache.status(t, name) {
+            Some(ResourceStatus::Nacked) => match cache.failure(t, name) {
+                Some(error) => WatchState::Invalid {
+                    last_good: value,
+                    error: error.into_owned(),
+                },
+                None => value.map_or(WatchState::Pending, WatchState::Ready),
+            },
+            Some(ResourceStatus::DoesNotExist) if value.is_none() => WatchState::DoesNotExist,
+            _ => value.map_or(WatchState::Pending, WatchState::Ready),
         }
     }
 

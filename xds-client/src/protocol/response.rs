@@ -258,7 +258,11 @@ fn decode_items<'a, 'h>(
         .chain(gone.into_iter().map(|name| (name, Outcome::Removed)))
         .collect();
     for server_error in resource_errors {
-        let Some(name) = server_error.resource_name.as_ref().map(|n| n.name.clone()) else {
+        let Some(name) = server_error
+            .resource_name
+            .as_ref()
+            .map(|n| crate::resource::canonical_name(&n.name).into_owned())
+        else {
             continue;
         };
         if !present.insert(name.clone()) {
@@ -476,6 +480,32 @@ mod tests {
             BTreeSet::from(["a".into(), "b".into(), "c".into()])
         );
         assert_eq!(d.nack, None);
+    }
+
+    /// gRFC A47: a server error names an `xdstp:` resource in its canonical form too, so
+    /// it reaches the subscription (keyed canonical) whatever order the server wrote the
+    /// context parameters in, and counts once with a resource of the same name.
+    #[test]
+    fn server_errors_name_xdstp_resources_in_canonical_form() {
+        let t = "xdstp://a/envoy.config.endpoint.v3.ClusterLoadAssignment";
+        let (canonical, spelled) = (format!("{t}/c?a=1&b=2"), format!("{t}/c?b=2&a=1"));
+        let d = decode(
+            EDS,
+            &response(
+                vec![cla(&canonical)],
+                vec![
+                    server_error(Some(&spelled), 13),
+                    server_error(Some(&format!("{t}/d?b=2&a=1")), NOT_FOUND),
+                ],
+            ),
+        );
+        assert_eq!(
+            outcomes(&d),
+            [
+                format!("{canonical}:accepted:{canonical}"),
+                format!("{t}/d?a=1&b=2:not-found")
+            ]
+        );
     }
 
     #[test]
