@@ -377,7 +377,6 @@ impl XdsClientBuilder {
     /// Outside a tokio runtime.
     pub fn start(self) -> XdsClient {
         let (commands, rx) = mpsc::unbounded_channel();
-        let (updates, updates_rx) = mpsc::unbounded_channel();
         let (last_error_tx, last_error) = watch::channel(None);
         let meter = self.meter.unwrap_or_else(|| {
             opentelemetry::global::meter_with_scope(
@@ -399,10 +398,10 @@ impl XdsClientBuilder {
             metrics_target: self.metrics_target,
             fail_static: self.fail_static,
             last_error: Arc::new(last_error_tx),
-            updates,
+            wake: Arc::new(tokio::sync::Notify::new()),
         };
         let runtime = tokio::runtime::Handle::current();
-        let (hub, top) = hub::Hub::new(factory, self.servers, rx, updates_rx);
+        let (hub, top) = hub::Hub::new(factory, self.servers, rx);
         runtime.spawn(hub.run());
         XdsClient {
             commands,

@@ -4,13 +4,14 @@
 //! resources named for those authorities. The hub ([`super::hub`]) subscribes through it
 //! and reads the cache under its lock to walk targets; the group sends it each watcher's
 //! new state, one batch per response (or timer, or command), so one response walks each
-//! target it touches once.
+//! target it touches once; what the hub has not taken yet is kept as the latest state per
+//! resource (bounded by the resources the group knows).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
 
 use super::metrics::XdsMetrics;
@@ -37,8 +38,17 @@ pub(super) enum GroupCommand {
     Dump(oneshot::Sender<Vec<ResourceDump>>),
 }
 
-/// New watcher states from one step of a group, in order.
+/// New watcher states, in the order their resources first changed.
 pub(super) type Updates = Vec<(ResourceKey, WatchState)>;
+
+/// The watcher states a group has for the hub and the hub has not taken yet: the latest
+/// per resource, so what waits is bounded by the resources the group knows, however fast
+/// its server pushes and however long the hub takes to walk.
+#[derive(Debug, Default)]
+struct Pending {
+    order: Vec<ResourceKey>,
+    states: HashMap<ResourceKey, WatchState>,
+}
 
 /// What the hub and a group's task share.
 #[derive(Debug)]
@@ -46,6 +56,10 @@ pub(super) struct GroupShared {
     /// The group's cache and protocol state: the group drives it, the hub reads it to walk.
     pub(super) ads: Mutex<AdsState>,
     transport: Mutex<TransportView>,
+    /// New watcher states for the hub.
+    pending: Mutex<Pending>,
+    /// Wakes the hub when `pending` gains some (shared by every group).
+    wake: Arc<Notify>,
     /// Which of the group's servers has a stream open.
     pub(super) connection: watch::Sender<Connection>,
 }
@@ -59,9 +73,11 @@ struct TransportView {
 }
 
 impl GroupShared {
-    pub(super) fn new(ads: AdsState, servers: usize) -> Self {
+    pub(super) fn new(ads: AdsState, servers: usize, wake: Arc<Notify>) -> Self {
         Self {
             ads: Mutex::new(ads),
+            pending: Mutex::new(Pending::default()),
+            wake,
             transport: Mutex::new(TransportView {
                 server_errors: vec![None; servers],
                 server_uri: String::new(),
@@ -75,6 +91,30 @@ impl GroupShared {
         // A panic while locked leaves nothing half-written that a reader could trip on:
         // every AdsState method completes its own invariants before it returns.
         self.ads.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hand the hub new watcher states, and wake it.
+    fn push_updates(&self, updates: Updates) {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let pending = &mut *pending;
+            for (key, state) in updates {
+                if pending.states.insert(key.clone(), state).is_none() {
+                    pending.order.push(key);
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// The watcher states the group has for the hub, each resource's latest.
+    pub(super) fn take_updates(&self) -> Updates {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut states = std::mem::take(&mut pending.states);
+        std::mem::take(&mut pending.order)
+            .into_iter()
+            .filter_map(|key| states.remove(&key).map(|state| (key, state)))
+            .collect()
     }
 
     fn transport(&self) -> MutexGuard<'_, TransportView> {
@@ -100,7 +140,6 @@ pub(super) struct GroupSettings {
     pub(super) connect_timeout: Duration,
     pub(super) max_message_size: usize,
     pub(super) last_error: Arc<watch::Sender<Option<TransportError>>>,
-    pub(super) updates: mpsc::UnboundedSender<Updates>,
 }
 
 pub(super) struct Group {
@@ -129,7 +168,6 @@ pub(super) struct Group {
     max_message_size: usize,
     last_error: Arc<watch::Sender<Option<TransportError>>>,
     commands: mpsc::UnboundedReceiver<GroupCommand>,
-    updates: mpsc::UnboundedSender<Updates>,
     metrics: XdsMetrics,
     /// The server of the current (or last) stream, for the metrics' `grpc.xds.server`.
     server_uri: String,
@@ -229,7 +267,6 @@ impl Group {
             max_message_size: settings.max_message_size,
             last_error: settings.last_error,
             commands,
-            updates: settings.updates,
             metrics,
             server_uri: String::new(),
         }
@@ -713,7 +750,7 @@ impl Group {
             any
         };
         if any {
-            let _ = self.updates.send(updates);
+            self.shared.push_updates(updates);
         }
     }
 

@@ -16,7 +16,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, MutexGuard};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::group::{Group, GroupCommand, GroupSettings, GroupShared, Updates};
 use super::metrics::XdsMetrics;
@@ -46,7 +46,8 @@ pub(super) struct GroupFactory {
     pub(super) metrics_target: String,
     pub(super) fail_static: Option<FailStatic>,
     pub(super) last_error: Arc<watch::Sender<Option<TransportError>>>,
-    pub(super) updates: mpsc::UnboundedSender<Updates>,
+    /// Woken by a group that has new watcher states.
+    pub(super) wake: Arc<Notify>,
 }
 
 struct GroupHandle {
@@ -67,7 +68,6 @@ struct Target {
 
 pub(super) struct Hub {
     commands: mpsc::UnboundedReceiver<Command>,
-    updates: mpsc::UnboundedReceiver<Updates>,
     factory: GroupFactory,
     /// The groups started so far; the first is the top-level servers'.
     groups: Vec<GroupHandle>,
@@ -214,11 +214,9 @@ impl Hub {
         factory: GroupFactory,
         top_dialers: Vec<Dialer>,
         commands: mpsc::UnboundedReceiver<Command>,
-        updates: mpsc::UnboundedReceiver<Updates>,
     ) -> (Self, Arc<GroupShared>) {
         let mut hub = Self {
             commands,
-            updates,
             factory,
             groups: Vec::new(),
             by_servers: HashMap::new(),
@@ -242,7 +240,15 @@ impl Hub {
                     // Every handle is gone: the groups stop when their command senders drop.
                     None => return,
                 },
-                Some(updates) = self.updates.recv() => self.on_updates(updates),
+                () = self.factory.wake.notified() => {
+                    // Groups started by a walk below are taken on the next wake.
+                    for group in 0..self.groups.len() {
+                        let updates = self.groups[group].shared.take_updates();
+                        if !updates.is_empty() {
+                            self.on_updates(updates);
+                        }
+                    }
+                }
             }
         }
     }
@@ -266,14 +272,17 @@ impl Hub {
             let node_id = config.node.id.clone();
             Persist::start(fail_static, node_id, uris, metrics.snapshot_writes())
         });
-        let shared = Arc::new(GroupShared::new(AdsState::new(config), dialers.len()));
+        let shared = Arc::new(GroupShared::new(
+            AdsState::new(config),
+            dialers.len(),
+            f.wake.clone(),
+        ));
         let (commands, rx) = mpsc::unbounded_channel();
         let settings = GroupSettings {
             backoff: f.backoff,
             connect_timeout: f.connect_timeout,
             max_message_size: f.max_message_size,
             last_error: f.last_error.clone(),
-            updates: f.updates.clone(),
         };
         let group = Group::new(shared.clone(), dialers, persist, metrics, settings, rx);
         tokio::spawn(group.run());
@@ -606,11 +615,10 @@ mod tests {
                 "node": {"id": "n"}}"#,
         )
         .unwrap();
-        let (updates, updates_rx) = mpsc::unbounded_channel();
         let (_commands, commands_rx) = mpsc::unbounded_channel();
         let mut ads = AdsState::new(ProtocolConfig::new(bootstrap.node().to_proto()));
         let sid = ads.on_stream_open();
-        let group = Arc::new(GroupShared::new(ads, 1));
+        let group = Arc::new(GroupShared::new(ads, 1, Arc::new(Notify::new())));
         let (group_tx, group_commands) = mpsc::unbounded_channel();
         let factory = GroupFactory {
             bootstrap: Arc::new(bootstrap),
@@ -625,11 +633,10 @@ mod tests {
             metrics_target: String::new(),
             fail_static: None,
             last_error: Arc::new(watch::channel(None).0),
-            updates,
+            wake: Arc::new(Notify::new()),
         };
         let hub = Hub {
             commands: commands_rx,
-            updates: updates_rx,
             factory,
             groups: vec![GroupHandle {
                 shared: group.clone(),
