@@ -53,15 +53,19 @@ fn client_with(
     connect_timeout: Duration,
     options: MeshClientOptions,
 ) -> MeshClient {
-    let tls = sans.map(upstream_tls);
     let cluster = Cluster {
-        tls,
+        tls: sans.map(upstream_tls),
         connect_timeout,
         protocol: UpstreamProtocol::Http2,
         ..Cluster::eds("greeter")
     };
+    client_of(cluster, addr, options)
+}
+
+/// A client sending every request to `cluster`, whose endpoint is `addr`.
+fn client_of(cluster: Cluster, addr: SocketAddr, options: MeshClientOptions) -> MeshClient {
     let cfg = StaticConfig::new()
-        .route_all_to("greeter")
+        .route_all_to(&cluster.name)
         .cluster_with_endpoints(cluster, [addr])
         .build()
         .unwrap();
@@ -279,12 +283,11 @@ fn http1_client(ca: &TestCa, addr: SocketAddr) -> MeshClient {
         protocol: UpstreamProtocol::Http1,
         ..Cluster::eds("greeter")
     };
-    let cfg = StaticConfig::new()
-        .route_all_to("greeter")
-        .cluster_with_endpoints(cluster, [addr])
-        .build()
-        .unwrap();
-    MeshClient::from_static(cfg, MeshClientOptions::new().mtls(client_mtls(ca)))
+    client_of(
+        cluster,
+        addr,
+        MeshClientOptions::new().mtls(client_mtls(ca)),
+    )
 }
 
 #[tokio::test]
