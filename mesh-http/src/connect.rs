@@ -9,6 +9,15 @@
 //! server speaks only to answer), so an HTTP/1.1 connection is made when TLS is; a refusal
 //! arriving later fails the request that found it, at once.
 //!
+//! HTTP/1.1 carries one request at a time per connection, so an HTTP/1.1 endpoint's pool
+//! holds as many connections as it has had requests in flight at once: a request takes an
+//! idle keep-alive connection when there is one, and otherwise starts a new one at once and
+//! takes whichever is ready first, that one or one freed meanwhile (which then stays pooled);
+//! it never queues behind a busy connection. The cluster's circuit breaker (`max_requests`)
+//! bounds the requests in flight and so the busy connections; the pool keeps at most that
+//! many idle ones and closes a connection idle for [`POOL_IDLE_TIMEOUT`]. HTTP/2 multiplexes
+//! every request over one connection.
+//!
 //! A connection is retired at the earlier of the policy's maximum age and the expiry of the
 //! server's certificate: the pool stops handing it out (new requests get a new connection)
 //! and requests already on it finish.
@@ -23,13 +32,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf as _, Bytes};
 use http::Uri;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, capture_connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshwork_core::retry::RetryBody;
 use meshwork_core::upstream::{
     ConnectError, Dialer, UpstreamIdentity, UpstreamPolicy, UpstreamStream,
@@ -42,6 +52,11 @@ use tower::BoxError;
 use crate::Body;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// How long a pooled connection may stay idle before the pool closes it: hyper-util's
+/// default, enforced by a timer (without one, hyper-util only skips an expired connection
+/// when it next looks for one, and the connection stays open meanwhile).
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The HTTP version spoken to a cluster's endpoints, from the cluster's
 /// [`UpstreamProtocol`] (Envoy's `HttpProtocolOptions`, or the deprecated
@@ -294,8 +309,16 @@ impl Endpoint {
     ) -> Self {
         let protocol = Protocol::for_cluster(cluster, http2_prior_knowledge);
         let http2_only = protocol == Protocol::Http2;
+        // More idle connections than requests allowed in flight could never all be used; at
+        // least one, since hyper-util turns pooling off at zero.
+        let max_idle = usize::try_from(cluster.circuit_breakers.max_requests)
+            .unwrap_or(usize::MAX)
+            .max(1);
         let client = Client::builder(TokioExecutor::new())
             .http2_only(http2_only)
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(max_idle)
             .build(Connector {
                 dialer: Dialer::with_policy(cluster, address, identity, policy, protocol.alpn()),
                 http2_only,

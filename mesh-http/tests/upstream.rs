@@ -1,24 +1,30 @@
 //! Upstream connections of a `MeshClient` under hostile or aging servers, over real TLS on
 //! loopback: the application's floor under xDS security ([`UpstreamPolicy`]), HTTP/2
-//! readiness only after the server's preface, and retiring connections at their maximum
-//! age.
+//! readiness only after the server's preface, retiring connections at their maximum age,
+//! and the HTTP/1.1 pool (a connection per request in flight, idle ones closed).
 
 mod support;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use meshwork_core::config::StaticConfig;
 use meshwork_core::identity::testing::TestCa;
-use meshwork_core::identity::{Authorizer, VerifyError};
+use meshwork_core::identity::{Authorizer, MtlsConfig, VerifyError};
 use meshwork_http::{ConnectError, MeshClient, MeshClientOptions, UpstreamPolicy};
 use meshwork_test_support::backend::{Backend, client_mtls, server_tls, silent_tls, skip, source};
 use meshwork_test_support::cluster::upstream_tls;
 use meshwork_xds::resource::{Cluster, UpstreamProtocol};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Barrier, mpsc};
 
 const GREETER: &str = "spiffe://example.org/ns/default/sa/greeter";
 
@@ -47,15 +53,19 @@ fn client_with(
     connect_timeout: Duration,
     options: MeshClientOptions,
 ) -> MeshClient {
-    let tls = sans.map(upstream_tls);
     let cluster = Cluster {
-        tls,
+        tls: sans.map(upstream_tls),
         connect_timeout,
         protocol: UpstreamProtocol::Http2,
         ..Cluster::eds("greeter")
     };
+    client_of(cluster, addr, options)
+}
+
+/// A client sending every request to `cluster`, whose endpoint is `addr`.
+fn client_of(cluster: Cluster, addr: SocketAddr, options: MeshClientOptions) -> MeshClient {
     let cfg = StaticConfig::new()
-        .route_all_to("greeter")
+        .route_all_to(&cluster.name)
         .cluster_with_endpoints(cluster, [addr])
         .build()
         .unwrap();
@@ -210,4 +220,127 @@ async fn a_maximum_age_moves_new_requests_to_a_new_connection_and_in_flight_ones
     assert_eq!(server.connections(), 2);
     server.release();
     assert_eq!(in_flight.await.unwrap().unwrap(), "conn-1");
+}
+
+/// An HTTP/1.1 server over mTLS (ALPN `http/1.1`, the server SVID `GREETER`).
+struct Http1Backend {
+    addr: SocketAddr,
+    /// TCP connections accepted so far.
+    accepted: Arc<AtomicUsize>,
+    /// A message each time a connection ends.
+    closed: mpsc::UnboundedReceiver<()>,
+}
+
+/// Starts an [`Http1Backend`] answering `HTTP/1.1`; with `barrier`, every request waits
+/// there before it is answered.
+async fn http1_backend(ca: &TestCa, barrier: Option<Arc<Barrier>>) -> Http1Backend {
+    let tls = MtlsConfig::new(source(ca, "/ns/default/sa/greeter"))
+        .alpn_protocols(vec![b"http/1.1".to_vec()])
+        .server_config()
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (closed_tx, closed) = mpsc::unbounded_channel();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, barrier, closed) =
+                (acceptor.clone(), barrier.clone(), closed_tx.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                        let barrier = barrier.clone();
+                        async move {
+                            if let Some(barrier) = barrier {
+                                barrier.wait().await;
+                            }
+                            let body = Bytes::from(format!("{:?}", req.version()));
+                            Ok::<_, Infallible>(http::Response::new(Full::new(body)))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                }
+                let _ = closed.send(());
+            });
+        }
+    });
+    Http1Backend {
+        addr,
+        accepted,
+        closed,
+    }
+}
+
+/// A client of one HTTP/1.1 cluster over mTLS whose endpoint is `addr`.
+fn http1_client(ca: &TestCa, addr: SocketAddr) -> MeshClient {
+    let cluster = Cluster {
+        tls: Some(upstream_tls(&[GREETER])),
+        protocol: UpstreamProtocol::Http1,
+        ..Cluster::eds("greeter")
+    };
+    client_of(
+        cluster,
+        addr,
+        MeshClientOptions::new().mtls(client_mtls(ca)),
+    )
+}
+
+#[tokio::test]
+async fn concurrent_http1_requests_to_one_endpoint_each_get_a_connection_of_the_pool() {
+    // An HTTP/1.1 connection carries one request at a time, so N requests in flight to one
+    // endpoint need N connections (Envoy's pool and hyper's open one per concurrent
+    // request). The server answers none until all N arrived: a client that queues requests
+    // behind a busy connection never gets there.
+    const N: usize = 8;
+    let ca = TestCa::new("example.org");
+    let server = http1_backend(&ca, Some(Arc::new(Barrier::new(N)))).await;
+    let client = http1_client(&ca, server.addr);
+    for round in 0..2 {
+        let calls: Vec<_> = (0..N)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { get(&client, "/").await })
+            })
+            .collect();
+        let answers = tokio::time::timeout(Duration::from_secs(20), join_all(calls))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: {N} concurrent HTTP/1.1 calls stalled"));
+        for answer in answers {
+            assert_eq!(answer.unwrap().unwrap(), "HTTP/1.1");
+        }
+        if round == 0 {
+            // One connection per request in flight, no more.
+            assert_eq!(server.accepted.load(Ordering::SeqCst), N);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_http1_connection_is_closed_after_the_pool_idle_timeout() {
+    let ca = TestCa::new("example.org");
+    let mut server = http1_backend(&ca, None).await;
+    let client = http1_client(&ca, server.addr);
+    assert_eq!(get(&client, "/").await.unwrap(), "HTTP/1.1");
+    // The connection goes back to the pool in a task of its own once the response is read;
+    // a jump of the clock before that task ran finds nothing idle, so jump again until the
+    // close arrives (a bounded number of times).
+    for _ in 0..20 {
+        skip(Duration::from_secs(91)).await;
+        if tokio::time::timeout(Duration::from_millis(500), server.closed.recv())
+            .await
+            .is_ok()
+        {
+            assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+            // The client still works: the next request opens a new connection.
+            assert_eq!(get(&client, "/").await.unwrap(), "HTTP/1.1");
+            assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+            return;
+        }
+    }
+    panic!("the idle connection was never closed");
 }
