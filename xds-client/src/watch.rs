@@ -627,8 +627,7 @@ impl<'a> ClusterWalker<'a, '_> {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use envoy_types::pb::envoy::config::cluster::v3::{Cluster as PbCluster, cluster};
-    use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateConfig;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use envoy_types::pb::google::protobuf::Any;
 
@@ -747,21 +746,6 @@ mod tests {
         }
     }
 
-    fn aggregate(name: &str, children: &[&str]) -> PbCluster {
-        PbCluster {
-            name: name.into(),
-            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(
-                cluster::CustomClusterType {
-                    name: "envoy.clusters.aggregate".into(),
-                    typed_config: Some(build::pack(&AggregateConfig {
-                        clusters: children.iter().map(|c| c.to_string()).collect(),
-                    })),
-                },
-            )),
-            ..Default::default()
-        }
-    }
-
     const T: &str = "svc:80";
 
     /// Listener -> routes -> `root`, plus the given clusters; EDS endpoints for `with_endpoints`.
@@ -802,8 +786,8 @@ mod tests {
         let w = world(
             "agg",
             &[
-                aggregate("agg", &["a", "inner", "b"]),
-                aggregate("inner", &["c", "a"]),
+                build::aggregate_cluster("agg", &["a", "inner", "b"]),
+                build::aggregate_cluster("inner", &["c", "a"]),
                 build::eds_cluster("a"),
                 build::eds_cluster("b"),
                 build::eds_cluster("c"),
@@ -835,8 +819,8 @@ mod tests {
         let w = world(
             "x",
             &[
-                aggregate("x", &["y"]),
-                aggregate("y", &["x", "a"]),
+                build::aggregate_cluster("x", &["y"]),
+                build::aggregate_cluster("y", &["x", "a"]),
                 build::eds_cluster("a"),
             ],
             &["a"],
@@ -859,7 +843,7 @@ mod tests {
             .collect();
         let mut clusters: Vec<PbCluster> = names
             .windows(2)
-            .map(|w| aggregate(&w[0], &[w[1].as_str()]))
+            .map(|w| build::aggregate_cluster(&w[0], &[w[1].as_str()]))
             .collect();
         clusters.push(build::eds_cluster(names.last().unwrap()));
         let w = world("n0", &clusters, &[names.last().unwrap()]);
@@ -887,14 +871,18 @@ mod tests {
                 .collect()
         };
         let first = layer(0);
-        let mut clusters = vec![aggregate(
+        let mut clusters = vec![build::aggregate_cluster(
             "root",
             &first.iter().map(String::as_str).collect::<Vec<_>>(),
         )];
         for d in 0..depth {
             let next = layer(d + 1);
             let next: Vec<&str> = next.iter().map(String::as_str).collect();
-            clusters.extend(layer(d).iter().map(|name| aggregate(name, &next)));
+            clusters.extend(
+                layer(d)
+                    .iter()
+                    .map(|name| build::aggregate_cluster(name, &next)),
+            );
         }
         (clusters, layer(depth))
     }
@@ -969,8 +957,8 @@ mod tests {
         let leaf_refs: Vec<&str> = leaves.iter().map(String::as_str).collect();
         let aggs: Vec<String> = (0..n).map(|i| format!("agg{i}")).collect();
         let agg_refs: Vec<&str> = aggs.iter().map(String::as_str).collect();
-        let mut clusters = vec![aggregate("root", &agg_refs)];
-        clusters.extend(aggs.iter().map(|a| aggregate(a, &leaf_refs)));
+        let mut clusters = vec![build::aggregate_cluster("root", &agg_refs)];
+        clusters.extend(aggs.iter().map(|a| build::aggregate_cluster(a, &leaf_refs)));
         clusters.extend(leaves.iter().map(|l| build::eds_cluster(l)));
         let w = world("root", &clusters, &leaf_refs);
         let (r, one_walk) = within(Duration::from_secs(20), move || {
@@ -1013,11 +1001,11 @@ mod tests {
         let outer: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
         let outer_refs: Vec<&str> = outer.iter().map(String::as_str).collect();
         let mut clusters = vec![
-            aggregate("root", &outer_refs),
-            aggregate("b", &[long.as_str()]),
+            build::aggregate_cluster("root", &outer_refs),
+            build::aggregate_cluster("b", &[long.as_str()]),
             build::eds_cluster(&long),
         ];
-        clusters.extend(outer.iter().map(|c| aggregate(c, &["b"])));
+        clusters.extend(outer.iter().map(|c| build::aggregate_cluster(c, &["b"])));
         let w = world("root", &clusters, &[long.as_str()]);
         let r = w.settle(T, T);
         let c = config(&r);
@@ -1080,7 +1068,7 @@ mod tests {
         let mut w = world(
             "agg",
             &[
-                aggregate("agg", &["bad", "good"]),
+                build::aggregate_cluster("agg", &["bad", "good"]),
                 no_eds_config,
                 build::eds_cluster("good"),
             ],

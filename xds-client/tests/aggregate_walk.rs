@@ -7,8 +7,7 @@ use std::net::SocketAddr;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use meshwork_test_support::within;
 use meshwork_test_support::xds::{bootstrap, target_routes};
 use meshwork_xds::client::XdsClient;
@@ -16,21 +15,6 @@ use meshwork_xds::server::{XdsTestServer, build, type_url};
 use meshwork_xds::watch::{ClusterChildren, ClusterState, TargetState};
 
 const TARGET: &str = "dag:80";
-
-fn aggregate(name: &str, children: &[String]) -> Cluster {
-    Cluster {
-        name: name.into(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(
-            cluster::CustomClusterType {
-                name: "envoy.clusters.aggregate".into(),
-                typed_config: Some(build::pack(&ClusterConfig {
-                    clusters: children.to_vec(),
-                })),
-            },
-        )),
-        ..Default::default()
-    }
-}
 
 /// `root` over `depth` layers of `width` aggregates, each over every cluster of the next
 /// layer, the last over `width` leaves: `width ^ (depth + 1)` paths from the root to a leaf.
@@ -46,10 +30,14 @@ fn dag(width: usize, depth: usize) -> (Vec<Cluster>, Vec<String>) {
             })
             .collect()
     };
-    let mut clusters = vec![aggregate("root", &layer(0))];
+    let mut clusters = vec![build::aggregate_cluster("root", &layer(0))];
     for d in 0..depth {
         let next = layer(d + 1);
-        clusters.extend(layer(d).iter().map(|name| aggregate(name, &next)));
+        clusters.extend(
+            layer(d)
+                .iter()
+                .map(|name| build::aggregate_cluster(name, &next)),
+        );
     }
     (clusters, layer(depth))
 }

@@ -539,16 +539,24 @@ impl Hub {
         }
     }
 
-    /// Every group's rows, the top-level servers' first.
-    fn dump(&self, reply: oneshot::Sender<Vec<ResourceDump>>) {
-        let parts: Vec<_> = self
-            .groups
+    /// Ask every group (the top-level servers' first) the question `ask` makes of a reply
+    /// sender; the answers come in that order.
+    fn ask_groups<T>(
+        &self,
+        ask: impl Fn(oneshot::Sender<T>) -> GroupCommand,
+    ) -> Vec<oneshot::Receiver<T>> {
+        self.groups
             .iter()
             .filter_map(|g| {
                 let (tx, rx) = oneshot::channel();
-                g.commands.send(GroupCommand::Dump(tx)).ok().map(|()| rx)
+                g.commands.send(ask(tx)).ok().map(|()| rx)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Every group's rows, the top-level servers' first.
+    fn dump(&self, reply: oneshot::Sender<Vec<ResourceDump>>) {
+        let parts = self.ask_groups(GroupCommand::Dump);
         tokio::spawn(async move {
             let mut rows = Vec::new();
             for part in parts {
@@ -561,14 +569,7 @@ impl Hub {
     /// Every group writes its snapshot; the reply is the top-level group's file (or the
     /// first group's that wrote one), or the first error.
     fn save(&self, reply: SaveReply) {
-        let parts: Vec<_> = self
-            .groups
-            .iter()
-            .filter_map(|g| {
-                let (tx, rx) = oneshot::channel();
-                g.commands.send(GroupCommand::Save(tx)).ok().map(|()| rx)
-            })
-            .collect();
+        let parts = self.ask_groups(GroupCommand::Save);
         tokio::spawn(async move {
             let mut outcome = Ok(None);
             for part in parts {
@@ -588,8 +589,6 @@ impl Hub {
 
 #[cfg(all(test, feature = "server"))]
 mod tests {
-    use envoy_types::pb::envoy::config::cluster::v3::{Cluster as PbCluster, cluster};
-    use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateConfig;
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use envoy_types::pb::google::protobuf::Any;
 
@@ -690,21 +689,6 @@ mod tests {
         }
     }
 
-    fn aggregate(name: &str, children: &[String]) -> PbCluster {
-        PbCluster {
-            name: name.into(),
-            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(
-                cluster::CustomClusterType {
-                    name: "envoy.clusters.aggregate".into(),
-                    typed_config: Some(build::pack(&AggregateConfig {
-                        clusters: children.to_vec(),
-                    })),
-                },
-            )),
-            ..Default::default()
-        }
-    }
-
     /// One CDS response that changes 5,000 clusters of a target walks the target once, not
     /// once per cluster (5,000 walks of a 5,000-cluster graph).
     #[test]
@@ -728,7 +712,7 @@ mod tests {
         );
         h.respond(ResourceType::RouteConfiguration, vec![build::pack(&routes)]);
         let leaves: Vec<String> = (0..5000).map(|i| format!("c{i}")).collect();
-        let root = build::pack(&aggregate("root", &leaves));
+        let root = build::pack(&build::aggregate_cluster("root", &leaves));
         h.respond(ResourceType::Cluster, vec![root.clone()]);
 
         let mut clusters = vec![root];

@@ -266,6 +266,23 @@ pub fn eds_cluster(name: &str) -> Cluster {
     }
 }
 
+/// An aggregate cluster (`envoy.clusters.aggregate`) over `children`, in priority order.
+pub fn aggregate_cluster<S: AsRef<str>>(name: &str, children: &[S]) -> Cluster {
+    let config = envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig {
+        clusters: children.iter().map(|c| c.as_ref().to_owned()).collect(),
+    };
+    Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(
+            cluster::CustomClusterType {
+                name: "envoy.clusters.aggregate".into(),
+                typed_config: Some(pack(&config)),
+            },
+        )),
+        ..Default::default()
+    }
+}
+
 /// `cluster` with SPIFFE mTLS to its endpoints as Istio configures proxyless gRPC: our SVID
 /// and the roots from the bootstrap's certificate provider instance `instance`
 /// (certificate names `default` and `ROOTCA`), and the server's SVID matched exactly
