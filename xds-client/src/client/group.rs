@@ -803,7 +803,21 @@ impl Group {
         }
     }
 
+    /// Take `cmd` and every command queued behind it, then send one request: a walk's new
+    /// subscriptions come one message each, and a request per message would repeat every
+    /// name of the type (SotW) once per subscription, and draw a response each.
     fn command(&mut self, cmd: GroupCommand, tx: Option<&AdsRequests>) {
+        self.apply(cmd);
+        while let Ok(cmd) = self.commands.try_recv() {
+            self.apply(cmd);
+        }
+        self.deliver();
+        if let Some(tx) = tx {
+            self.flush(tx);
+        }
+    }
+
+    fn apply(&mut self, cmd: GroupCommand) {
         match cmd {
             GroupCommand::Subscribe(key) => self.subscribe(&key),
             GroupCommand::Unsubscribe(key) => self.unsubscribe(&key),
@@ -821,10 +835,6 @@ impl Group {
                     let _ = reply.send(Ok(None));
                 }
             },
-        }
-        self.deliver();
-        if let Some(tx) = tx {
-            self.flush(tx);
         }
     }
 
