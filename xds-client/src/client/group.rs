@@ -3,9 +3,9 @@
 //! A71), reconnect with backoff, the fail-static snapshot — and the [`AdsState`] of the
 //! resources named for those authorities. The hub ([`super::hub`]) subscribes through it
 //! and reads the cache under its lock to walk targets; the group sends it each watcher's
-//! new state, one batch per response (or timer, or command), so one response walks each
-//! target it touches once; what the hub has not taken yet is kept as the latest state per
-//! resource (bounded by the resources the group knows).
+//! new state, one batch per response (or timer, or the commands queued), so one response
+//! walks each target it touches once; what the hub has not taken yet is kept as the latest
+//! state per resource (bounded by the resources the group knows).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -803,7 +803,22 @@ impl Group {
         }
     }
 
+    /// Apply `cmd` and every command already queued behind it, then send what they changed
+    /// once: a walk hands its subscriptions over one command each, and a request per
+    /// command would name every resource of its type subscribed so far (quadratic in the
+    /// walk's width, on the wire and in the server's answers).
     fn command(&mut self, cmd: GroupCommand, tx: Option<&AdsRequests>) {
+        self.apply(cmd);
+        while let Ok(cmd) = self.commands.try_recv() {
+            self.apply(cmd);
+        }
+        self.deliver();
+        if let Some(tx) = tx {
+            self.flush(tx);
+        }
+    }
+
+    fn apply(&mut self, cmd: GroupCommand) {
         match cmd {
             GroupCommand::Subscribe(key) => self.subscribe(&key),
             GroupCommand::Unsubscribe(key) => self.unsubscribe(&key),
@@ -821,10 +836,6 @@ impl Group {
                     let _ = reply.send(Ok(None));
                 }
             },
-        }
-        self.deliver();
-        if let Some(tx) = tx {
-            self.flush(tx);
         }
     }
 
