@@ -94,7 +94,7 @@ impl GroupShared {
     }
 
     /// Hand the hub new watcher states, and wake it.
-    fn push_updates(&self, updates: Updates) {
+    pub(super) fn push_updates(&self, updates: Updates) {
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             let pending = &mut *pending;

@@ -240,15 +240,18 @@ impl Hub {
                     // Every handle is gone: the groups stop when their command senders drop.
                     None => return,
                 },
-                () = self.factory.wake.notified() => {
-                    // Groups started by a walk below are taken on the next wake.
-                    for group in 0..self.groups.len() {
-                        let updates = self.groups[group].shared.take_updates();
-                        if !updates.is_empty() {
-                            self.on_updates(updates);
-                        }
-                    }
-                }
+                () = self.factory.wake.notified() => self.drain(),
+            }
+        }
+    }
+
+    /// Take every group's new watcher states and hand them on.
+    fn drain(&mut self) {
+        // Groups started by a walk below are taken on the next wake.
+        for group in 0..self.groups.len() {
+            let updates = self.groups[group].shared.take_updates();
+            if !updates.is_empty() {
+                self.on_updates(updates);
             }
         }
     }
@@ -466,6 +469,11 @@ impl Hub {
                 let held =
                     !self.watchers.contains_key(&key) && self.subscriptions.contains_key(&key);
                 let initial = if held {
+                    // What the groups handed over and the hub has not taken is no newer
+                    // than their caches (a group may even have a response in its cache
+                    // and its events not handed over yet): taken first, it cannot reach
+                    // the new watcher after the cache's state.
+                    self.drain();
                     self.cached_state(&key)
                 } else {
                     WatchState::Pending
@@ -606,6 +614,8 @@ mod tests {
         group: Arc<GroupShared>,
         group_commands: mpsc::UnboundedReceiver<GroupCommand>,
         sid: StreamId,
+        /// The responses applied so far.
+        version: u64,
     }
 
     fn harness() -> Harness {
@@ -653,6 +663,7 @@ mod tests {
             group,
             group_commands,
             sid,
+            version: 0,
         }
     }
 
@@ -661,7 +672,26 @@ mod tests {
         /// the state takes answers), apply one response, and hand its events to the hub as
         /// one batch.
         fn respond(&mut self, t: ResourceType, resources: Vec<Any>) {
-            let updates = {
+            self.apply(t, resources);
+            let updates = self.events();
+            self.hub.on_updates(updates);
+        }
+
+        /// The events the group's state has queued, as the group hands them over.
+        fn events(&self) -> Updates {
+            let mut ads = self.group.ads();
+            let mut updates = Vec::new();
+            while let Some(event) = ads.poll_event() {
+                updates.push(watch_state(&ads, event));
+            }
+            updates
+        }
+
+        /// The first half of [`Self::respond`]: the response is in the cache, its events
+        /// not handed over.
+        fn apply(&mut self, t: ResourceType, resources: Vec<Any>) {
+            self.version += 1;
+            {
                 let mut ads = self.group.ads();
                 while let Ok(command) = self.group_commands.try_recv() {
                     match command {
@@ -672,21 +702,48 @@ mod tests {
                 }
                 while ads.poll_request(now()).is_some() {}
                 let response = DiscoveryResponse {
-                    version_info: "1".into(),
+                    version_info: self.version.to_string(),
                     resources,
                     type_url: t.type_url().into(),
-                    nonce: "n".into(),
+                    nonce: format!("n{}", self.version),
                     ..Default::default()
                 };
                 ads.on_response(self.sid, response, now());
-                let mut updates = Vec::new();
-                while let Some(event) = ads.poll_event() {
-                    updates.push(watch_state(&ads, event));
-                }
-                updates
-            };
-            self.hub.on_updates(updates);
+            }
         }
+    }
+
+    /// A watch that comes while a target holds the resource is handed the cache's state. A
+    /// state the group handed over earlier, that the hub had not taken yet, is older: it
+    /// must not reach the watcher after the cache's. (On a multi-threaded runtime the hub
+    /// may read the cache between the group's applying a response and handing over its
+    /// events.)
+    #[test]
+    fn a_new_watch_never_sees_a_state_older_than_the_one_it_was_handed() {
+        let mut h = harness();
+        let (tx, mut rx) = oneshot::channel();
+        h.hub
+            .command(Command::WatchTarget((T.into(), T.into()), tx));
+        let _target = rx.try_recv().unwrap();
+        let listener = |rc: &str| vec![build::pack(&build::api_listener(T, rc))];
+        h.apply(ResourceType::Listener, listener("rc1"));
+        let first = h.events();
+        h.group.push_updates(first);
+        h.apply(ResourceType::Listener, listener("rc2"));
+
+        let (tx, mut rx) = oneshot::channel();
+        h.hub
+            .command(Command::Watch((ResourceType::Listener, T.into()), tx));
+        let watch = rx.try_recv().unwrap();
+        let handed = watch.borrow().resource().cloned();
+        let newest = h.group.ads().get(ResourceType::Listener, T).cloned();
+        assert!(handed.is_some() && handed == newest, "{handed:?}");
+        h.hub.drain();
+        assert_eq!(watch.borrow().resource(), handed.as_ref(), "an older state");
+        let late = h.events();
+        h.group.push_updates(late);
+        h.hub.drain();
+        assert_eq!(watch.borrow().resource(), handed.as_ref());
     }
 
     /// One CDS response that changes 5,000 clusters of a target walks the target once, not
