@@ -3,10 +3,18 @@
 
 use std::time::Duration;
 
-use meshwork_test_support::within;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use meshwork_test_support::xds::{bootstrap, target_routes};
-use meshwork_xds::client::XdsClient;
-use meshwork_xds::server::{XdsTestServer, build, type_url};
+use meshwork_test_support::{temp_dir, within};
+use meshwork_xds::bootstrap::{Authority, Bootstrap, XdsServer};
+use meshwork_xds::client::{ResourceWatch, XdsClient, XdsClientBuilder};
+use meshwork_xds::fail_static::FailStatic;
+use meshwork_xds::resource::{Resource, ResourceType};
+use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
+use meshwork_xds::transport::Backoff;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
 const TARGET: &str = "wide:80";
 const LEAVES: usize = 200;
@@ -44,4 +52,102 @@ async fn one_walk_subscribing_to_many_resources_sends_one_request_per_type() {
     // root; root and the leaves; ACKs of both: a few, whatever the graph's width.
     assert!(clusters <= 8, "{clusters} CDS requests for one walk");
     assert!(endpoints <= 8, "{endpoints} EDS requests for one walk");
+}
+
+/// A Cluster of authority `a`.
+const A_CLUSTER: &str = "xdstp://a/envoy.config.cluster.v3.Cluster/c";
+
+/// Top-level servers `[uri]`, and authority `a` with its own list naming the same server
+/// with a server feature: two groups, each with its own snapshot file.
+fn two_groups(uri: &str) -> Bootstrap {
+    let featured = XdsServer::new(uri)
+        .unwrap()
+        .with_server_feature("ignore_resource_deletion");
+    Bootstrap::builder()
+        .node_id("review-fed2")
+        .server(XdsServer::new(uri).unwrap())
+        .authority("a", Authority::new().with_server(featured))
+        .build()
+        .unwrap()
+}
+
+fn fail_static(bootstrap: &Bootstrap, dir: &std::path::Path) -> XdsClientBuilder {
+    XdsClient::builder(bootstrap)
+        .unwrap()
+        .backoff(Backoff {
+            min: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+        })
+        .connect_timeout(Duration::from_secs(2))
+        .fail_static(FailStatic::new(dir))
+}
+
+/// Watches of Cluster `old` (top-level group) and of authority `a`'s, once both have a
+/// value.
+async fn both_clusters(client: &XdsClient) -> [ResourceWatch; 2] {
+    let mut watches = [
+        client.watch(ResourceType::Cluster, "old").await,
+        client.watch(ResourceType::Cluster, A_CLUSTER).await,
+    ];
+    for watch in &mut watches {
+        let state = within(10, watch.settled()).await.unwrap();
+        assert!(
+            matches!(state.resource(), Some(Resource::Cluster(_))),
+            "{state:?}"
+        );
+    }
+    watches
+}
+
+/// `meshwork.xds.snapshot.resources` counts what the client serves from fail-static
+/// snapshots, every group's: restarted with the server down, the top-level group serves
+/// one Cluster and authority `a`'s group another, so 2. Each group recorded its own count
+/// at the one point the gauge has (its only attribute is the target), so the group that
+/// recorded last hid the other's.
+#[tokio::test]
+async fn the_snapshot_gauge_counts_every_groups_resources() {
+    let dir = temp_dir("federation-review2-gauge");
+    let server = XdsTestServer::start().await.unwrap();
+    let mut a_cluster: Cluster = build::eds_cluster(A_CLUSTER);
+    if let Some(config) = a_cluster.eds_cluster_config.as_mut() {
+        config.service_name = "a-endpoints".into();
+    }
+    server.set_snapshot(
+        Snapshot::new()
+            .cluster(build::eds_cluster("old"))
+            .cluster(a_cluster),
+    );
+    let bootstrap = two_groups(&server.uri());
+    {
+        let client = fail_static(&bootstrap, &dir).start();
+        let _watches = both_clusters(&client).await;
+        within(10, client.save_snapshot())
+            .await
+            .unwrap()
+            .expect("written");
+    }
+    server.shutdown().await.unwrap();
+
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let client = fail_static(&bootstrap, &dir)
+        .meter(provider.meter("meshwork"))
+        .start();
+    // A group records its count before it hands the values to the watchers.
+    let _watches = both_clusters(&client).await;
+    provider.force_flush().unwrap();
+    let metrics = exporter.get_finished_metrics().unwrap();
+    let mut points = Vec::new();
+    for scope in metrics.last().unwrap().scope_metrics() {
+        for metric in scope.metrics() {
+            if metric.name() == "meshwork.xds.snapshot.resources"
+                && let AggregatedMetrics::U64(MetricData::Gauge(gauge)) = metric.data()
+            {
+                points.extend(gauge.data_points().map(|p| p.value()));
+            }
+        }
+    }
+    assert_eq!(points, [2], "resources served from snapshots");
 }

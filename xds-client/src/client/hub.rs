@@ -19,7 +19,7 @@ use std::sync::{Arc, MutexGuard};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::group::{Group, GroupCommand, GroupSettings, GroupShared, Updates};
-use super::metrics::XdsMetrics;
+use super::metrics::{SnapshotTotal, XdsMetrics};
 use super::{Command, NotReady, ResourceDump, WatchState};
 use crate::bootstrap::{Bootstrap, XdsServer, xdstp_authority};
 use crate::fail_static::{FailStatic, Persist, SaveReply};
@@ -78,6 +78,8 @@ pub(super) struct Hub {
     targets: HashMap<(String, String), Target>,
     /// Holders of each subscription: resource watches and targets that need it.
     subscriptions: HashMap<ResourceKey, usize>,
+    /// The groups' resources in use from their snapshots, for the metric.
+    snapshot_total: SnapshotTotal,
     /// Target walks so far.
     #[cfg(test)]
     pub(super) walks: usize,
@@ -224,6 +226,7 @@ impl Hub {
             watchers: HashMap::new(),
             targets: HashMap::new(),
             subscriptions: HashMap::new(),
+            snapshot_total: SnapshotTotal::default(),
             #[cfg(test)]
             walks: 0,
         };
@@ -269,7 +272,11 @@ impl Hub {
                 .fail_on_data_errors
                 .unwrap_or(primary.fail_on_data_errors());
         }
-        let metrics = XdsMetrics::new(&f.meter, f.metrics_target.clone());
+        let metrics = XdsMetrics::new(
+            &f.meter,
+            f.metrics_target.clone(),
+            self.snapshot_total.clone(),
+        );
         let persist = f.fail_static.clone().map(|fail_static| {
             let uris = snapshot_servers(&f.bootstrap, &servers);
             let node_id = config.node.id.clone();
@@ -656,6 +663,7 @@ mod tests {
             watchers: HashMap::new(),
             targets: HashMap::new(),
             subscriptions: HashMap::new(),
+            snapshot_total: SnapshotTotal::default(),
             walks: 0,
         };
         Harness {
