@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use meshwork_test_support::xds::{bootstrap, target_routes};
 use meshwork_test_support::{temp_dir, within};
 use meshwork_xds::bootstrap::{Authority, Bootstrap, XdsServer};
 use meshwork_xds::client::{ResourceWatch, XdsClient, XdsClientBuilder};
 use meshwork_xds::fail_static::FailStatic;
-use meshwork_xds::resource::{Resource, ResourceType};
+use meshwork_xds::resource::{ClusterKind, Resource, ResourceType};
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
 use meshwork_xds::transport::Backoff;
 use opentelemetry::metrics::MeterProvider as _;
@@ -56,6 +57,28 @@ async fn one_walk_subscribing_to_many_resources_sends_one_request_per_type() {
 
 /// A Cluster of authority `a`.
 const A_CLUSTER: &str = "xdstp://a/envoy.config.cluster.v3.Cluster/c";
+/// A Cluster of authority `b`.
+const B_CLUSTER: &str = "xdstp://b/envoy.config.cluster.v3.Cluster/c";
+
+/// An EDS Cluster `name` whose endpoints are `service` (an `xdstp:` cluster must name them).
+fn eds(name: &str, service: &str) -> Cluster {
+    let mut cluster = build::eds_cluster(name);
+    if let Some(config) = cluster.eds_cluster_config.as_mut() {
+        config.service_name = service.into();
+    }
+    cluster
+}
+
+/// The endpoints' name of the Cluster a watch holds.
+fn service_of(watch: &ResourceWatch) -> Option<String> {
+    match watch.current().resource() {
+        Some(Resource::Cluster(c)) => match &c.kind {
+            ClusterKind::Eds { service_name } => service_name.clone(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
 
 /// Top-level servers `[uri]`, and authority `a` with its own list naming the same server
 /// with a server feature: two groups, each with its own snapshot file.
@@ -108,14 +131,10 @@ async fn both_clusters(client: &XdsClient) -> [ResourceWatch; 2] {
 async fn the_snapshot_gauge_counts_every_groups_resources() {
     let dir = temp_dir("federation-review2-gauge");
     let server = XdsTestServer::start().await.unwrap();
-    let mut a_cluster: Cluster = build::eds_cluster(A_CLUSTER);
-    if let Some(config) = a_cluster.eds_cluster_config.as_mut() {
-        config.service_name = "a-endpoints".into();
-    }
     server.set_snapshot(
         Snapshot::new()
             .cluster(build::eds_cluster("old"))
-            .cluster(a_cluster),
+            .cluster(eds(A_CLUSTER, "a-endpoints")),
     );
     let bootstrap = two_groups(&server.uri());
     {
@@ -150,4 +169,61 @@ async fn the_snapshot_gauge_counts_every_groups_resources() {
         }
     }
     assert_eq!(points, [2], "resources served from snapshots");
+}
+
+/// A wildcard watch of Clusters ("*") on the top-level servers has their group cache every
+/// Cluster the top-level server sends, an `xdstp://b/` one too, and hand it over as any
+/// other. That name is authority `b`'s, whose own server answers for it: the top-level
+/// server's value must not reach `b`'s watchers (it did: the hub handed every group's
+/// states to the watchers of their names, wherever the names route).
+#[tokio::test]
+async fn a_wildcard_watch_on_the_top_level_servers_cannot_answer_for_another_authority() {
+    let top = XdsTestServer::start().await.unwrap();
+    let b = XdsTestServer::start().await.unwrap();
+    top.set_snapshot(Snapshot::new().cluster(eds("old", "old-1")));
+    b.set_snapshot(Snapshot::new().cluster(eds(B_CLUSTER, "b-endpoints")));
+    let bootstrap = Bootstrap::builder()
+        .node_id("review-fed2")
+        .server(XdsServer::new(top.uri()).unwrap())
+        .authority(
+            "b",
+            Authority::new().with_server(XdsServer::new(b.uri()).unwrap()),
+        )
+        .build()
+        .unwrap();
+    let client = XdsClient::start(&bootstrap).unwrap();
+    let mut fed = client.watch(ResourceType::Cluster, B_CLUSTER).await;
+    let mut old = client.watch(ResourceType::Cluster, "old").await;
+    within(10, fed.settled()).await.unwrap();
+    within(10, old.settled()).await.unwrap();
+    assert_eq!(service_of(&fed).as_deref(), Some("b-endpoints"));
+
+    let _all = client.watch(ResourceType::Cluster, "*").await;
+    within(
+        10,
+        top.wait_for(|requests| {
+            requests.iter().any(|r| {
+                r.type_url() == type_url::CLUSTER
+                    && r.request.resource_names.iter().any(|n| n == "*")
+            })
+        }),
+    )
+    .await;
+    top.push_raw(DiscoveryResponse {
+        version_info: "lie".into(),
+        type_url: type_url::CLUSTER.into(),
+        resources: vec![
+            build::pack(&eds(B_CLUSTER, "lie")),
+            build::pack(&eds("old", "old-2")),
+        ],
+        ..Default::default()
+    });
+    // The top-level group's batch of that response has been handed over once "old" has.
+    within(10, async {
+        while service_of(&old).as_deref() != Some("old-2") {
+            old.changed().await.unwrap();
+        }
+    })
+    .await;
+    assert_eq!(service_of(&fed).as_deref(), Some("b-endpoints"));
 }

@@ -252,7 +252,13 @@ impl Hub {
     fn drain(&mut self) {
         // Groups started by a walk below are taken on the next wake.
         for group in 0..self.groups.len() {
-            let updates = self.groups[group].shared.take_updates();
+            let mut updates = self.groups[group].shared.take_updates();
+            // A group caches what its servers send for a wildcard, other authorities'
+            // names too; only the group a name routes to speaks for it.
+            let bootstrap = &self.factory.bootstrap;
+            updates.retain(|(key, _)| {
+                matches!(route(bootstrap, &self.by_authority, &key.1), Route::Group(g) if g == group)
+            });
             if !updates.is_empty() {
                 self.on_updates(updates);
             }
