@@ -171,6 +171,40 @@ async fn the_snapshot_gauge_counts_every_groups_resources() {
     assert_eq!(points, [2], "resources served from snapshots");
 }
 
+/// The last handle dropped, every group stops and writes what it has not written yet: each
+/// group's file is on disk (the client is dropped within the write delay of the values it
+/// got, before any periodic write), and a restart with the server down serves both.
+#[tokio::test]
+async fn every_group_writes_its_snapshot_when_the_client_stops() {
+    let dir = temp_dir("federation-review2-stop");
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .cluster(build::eds_cluster("old"))
+            .cluster(eds(A_CLUSTER, "a-endpoints")),
+    );
+    let bootstrap = two_groups(&server.uri());
+    let client = fail_static(&bootstrap, &dir).start();
+    let watches = both_clusters(&client).await;
+    drop((watches, client));
+    let snapshots = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("mwxs".as_ref()))
+            .count()
+    };
+    within(10, async {
+        while snapshots() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    server.shutdown().await.unwrap();
+
+    let client = fail_static(&bootstrap, &dir).start();
+    both_clusters(&client).await;
+}
+
 /// A wildcard watch of Clusters ("*") on the top-level servers has their group cache every
 /// Cluster the top-level server sends, an `xdstp://b/` one too, and hand it over as any
 /// other. That name is authority `b`'s, whose own server answers for it: the top-level
