@@ -94,6 +94,18 @@ fn two_groups(uri: &str) -> Bootstrap {
         .unwrap()
 }
 
+/// A server with Cluster `old` and authority `a`'s, and a [`two_groups`] bootstrap on it.
+async fn serve_two_groups() -> (XdsTestServer, Bootstrap) {
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .cluster(build::eds_cluster("old"))
+            .cluster(eds(A_CLUSTER, "a-endpoints")),
+    );
+    let bootstrap = two_groups(&server.uri());
+    (server, bootstrap)
+}
+
 fn fail_static(bootstrap: &Bootstrap, dir: &std::path::Path) -> XdsClientBuilder {
     XdsClient::builder(bootstrap)
         .unwrap()
@@ -130,13 +142,7 @@ async fn both_clusters(client: &XdsClient) -> [ResourceWatch; 2] {
 #[tokio::test]
 async fn the_snapshot_gauge_counts_every_groups_resources() {
     let dir = temp_dir("federation-review2-gauge");
-    let server = XdsTestServer::start().await.unwrap();
-    server.set_snapshot(
-        Snapshot::new()
-            .cluster(build::eds_cluster("old"))
-            .cluster(eds(A_CLUSTER, "a-endpoints")),
-    );
-    let bootstrap = two_groups(&server.uri());
+    let (server, bootstrap) = serve_two_groups().await;
     {
         let client = fail_static(&bootstrap, &dir).start();
         let _watches = both_clusters(&client).await;
@@ -177,13 +183,7 @@ async fn the_snapshot_gauge_counts_every_groups_resources() {
 #[tokio::test]
 async fn every_group_writes_its_snapshot_when_the_client_stops() {
     let dir = temp_dir("federation-review2-stop");
-    let server = XdsTestServer::start().await.unwrap();
-    server.set_snapshot(
-        Snapshot::new()
-            .cluster(build::eds_cluster("old"))
-            .cluster(eds(A_CLUSTER, "a-endpoints")),
-    );
-    let bootstrap = two_groups(&server.uri());
+    let (server, bootstrap) = serve_two_groups().await;
     let client = fail_static(&bootstrap, &dir).start();
     let watches = both_clusters(&client).await;
     drop((watches, client));
