@@ -3,9 +3,9 @@
 //! A71), reconnect with backoff, the fail-static snapshot — and the [`AdsState`] of the
 //! resources named for those authorities. The hub ([`super::hub`]) subscribes through it
 //! and reads the cache under its lock to walk targets; the group sends it each watcher's
-//! new state, one batch per response (or timer, or command), so one response walks each
-//! target it touches once; what the hub has not taken yet is kept as the latest state per
-//! resource (bounded by the resources the group knows).
+//! new state, one batch per response (or timer, or the commands queued), so one response
+//! walks each target it touches once; what the hub has not taken yet is kept as the latest
+//! state per resource (bounded by the resources the group knows).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -94,7 +94,7 @@ impl GroupShared {
     }
 
     /// Hand the hub new watcher states, and wake it.
-    fn push_updates(&self, updates: Updates) {
+    pub(super) fn push_updates(&self, updates: Updates) {
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             let pending = &mut *pending;
@@ -803,9 +803,10 @@ impl Group {
         }
     }
 
-    /// Take `cmd` and every command queued behind it, then send one request: a walk's new
-    /// subscriptions come one message each, and a request per message would repeat every
-    /// name of the type (SotW) once per subscription, and draw a response each.
+    /// Apply `cmd` and every command already queued behind it, then send what they changed
+    /// once: a walk hands its subscriptions over one command each, and a request per
+    /// command would name every resource of its type subscribed so far (quadratic in the
+    /// walk's width, on the wire and in the server's answers).
     fn command(&mut self, cmd: GroupCommand, tx: Option<&AdsRequests>) {
         self.apply(cmd);
         while let Ok(cmd) = self.commands.try_recv() {

@@ -19,7 +19,7 @@ use std::sync::{Arc, MutexGuard};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::group::{Group, GroupCommand, GroupSettings, GroupShared, Updates};
-use super::metrics::XdsMetrics;
+use super::metrics::{SnapshotTotal, XdsMetrics};
 use super::{Command, NotReady, ResourceDump, WatchState};
 use crate::bootstrap::{Bootstrap, XdsServer, xdstp_authority};
 use crate::fail_static::{FailStatic, Persist, SaveReply};
@@ -78,6 +78,8 @@ pub(super) struct Hub {
     targets: HashMap<(String, String), Target>,
     /// Holders of each subscription: resource watches and targets that need it.
     subscriptions: HashMap<ResourceKey, usize>,
+    /// The groups' resources in use from their snapshots, for the metric.
+    snapshot_total: SnapshotTotal,
     /// Target walks so far.
     #[cfg(test)]
     pub(super) walks: usize,
@@ -224,6 +226,7 @@ impl Hub {
             watchers: HashMap::new(),
             targets: HashMap::new(),
             subscriptions: HashMap::new(),
+            snapshot_total: SnapshotTotal::default(),
             #[cfg(test)]
             walks: 0,
         };
@@ -240,15 +243,24 @@ impl Hub {
                     // Every handle is gone: the groups stop when their command senders drop.
                     None => return,
                 },
-                () = self.factory.wake.notified() => {
-                    // Groups started by a walk below are taken on the next wake.
-                    for group in 0..self.groups.len() {
-                        let updates = self.groups[group].shared.take_updates();
-                        if !updates.is_empty() {
-                            self.on_updates(updates);
-                        }
-                    }
-                }
+                () = self.factory.wake.notified() => self.drain(),
+            }
+        }
+    }
+
+    /// Take every group's new watcher states and hand them on.
+    fn drain(&mut self) {
+        // Groups started by a walk below are taken on the next wake.
+        for group in 0..self.groups.len() {
+            let mut updates = self.groups[group].shared.take_updates();
+            // A group caches what its servers send for a wildcard, other authorities'
+            // names too; only the group a name routes to speaks for it.
+            let bootstrap = &self.factory.bootstrap;
+            updates.retain(|(key, _)| {
+                matches!(route(bootstrap, &self.by_authority, &key.1), Route::Group(g) if g == group)
+            });
+            if !updates.is_empty() {
+                self.on_updates(updates);
             }
         }
     }
@@ -266,7 +278,11 @@ impl Hub {
                 .fail_on_data_errors
                 .unwrap_or(primary.fail_on_data_errors());
         }
-        let metrics = XdsMetrics::new(&f.meter, f.metrics_target.clone());
+        let metrics = XdsMetrics::new(
+            &f.meter,
+            f.metrics_target.clone(),
+            self.snapshot_total.clone(),
+        );
         let persist = f.fail_static.clone().map(|fail_static| {
             let uris = snapshot_servers(&f.bootstrap, &servers);
             let node_id = config.node.id.clone();
@@ -466,6 +482,11 @@ impl Hub {
                 let held =
                     !self.watchers.contains_key(&key) && self.subscriptions.contains_key(&key);
                 let initial = if held {
+                    // What the groups handed over and the hub has not taken is no newer
+                    // than their caches (a group may even have a response in its cache
+                    // and its events not handed over yet): taken first, it cannot reach
+                    // the new watcher after the cache's state.
+                    self.drain();
                     self.cached_state(&key)
                 } else {
                     WatchState::Pending
@@ -606,6 +627,8 @@ mod tests {
         group: Arc<GroupShared>,
         group_commands: mpsc::UnboundedReceiver<GroupCommand>,
         sid: StreamId,
+        /// The responses applied so far.
+        version: u64,
     }
 
     fn harness() -> Harness {
@@ -646,6 +669,7 @@ mod tests {
             watchers: HashMap::new(),
             targets: HashMap::new(),
             subscriptions: HashMap::new(),
+            snapshot_total: SnapshotTotal::default(),
             walks: 0,
         };
         Harness {
@@ -653,6 +677,7 @@ mod tests {
             group,
             group_commands,
             sid,
+            version: 0,
         }
     }
 
@@ -661,7 +686,26 @@ mod tests {
         /// the state takes answers), apply one response, and hand its events to the hub as
         /// one batch.
         fn respond(&mut self, t: ResourceType, resources: Vec<Any>) {
-            let updates = {
+            self.apply(t, resources);
+            let updates = self.events();
+            self.hub.on_updates(updates);
+        }
+
+        /// The events the group's state has queued, as the group hands them over.
+        fn events(&self) -> Updates {
+            let mut ads = self.group.ads();
+            let mut updates = Vec::new();
+            while let Some(event) = ads.poll_event() {
+                updates.push(watch_state(&ads, event));
+            }
+            updates
+        }
+
+        /// The first half of [`Self::respond`]: the response is in the cache, its events
+        /// not handed over.
+        fn apply(&mut self, t: ResourceType, resources: Vec<Any>) {
+            self.version += 1;
+            {
                 let mut ads = self.group.ads();
                 while let Ok(command) = self.group_commands.try_recv() {
                     match command {
@@ -672,21 +716,48 @@ mod tests {
                 }
                 while ads.poll_request(now()).is_some() {}
                 let response = DiscoveryResponse {
-                    version_info: "1".into(),
+                    version_info: self.version.to_string(),
                     resources,
                     type_url: t.type_url().into(),
-                    nonce: "n".into(),
+                    nonce: format!("n{}", self.version),
                     ..Default::default()
                 };
                 ads.on_response(self.sid, response, now());
-                let mut updates = Vec::new();
-                while let Some(event) = ads.poll_event() {
-                    updates.push(watch_state(&ads, event));
-                }
-                updates
-            };
-            self.hub.on_updates(updates);
+            }
         }
+    }
+
+    /// A watch that comes while a target holds the resource is handed the cache's state. A
+    /// state the group handed over earlier, that the hub had not taken yet, is older: it
+    /// must not reach the watcher after the cache's. (On a multi-threaded runtime the hub
+    /// may read the cache between the group's applying a response and handing over its
+    /// events.)
+    #[test]
+    fn a_new_watch_never_sees_a_state_older_than_the_one_it_was_handed() {
+        let mut h = harness();
+        let (tx, mut rx) = oneshot::channel();
+        h.hub
+            .command(Command::WatchTarget((T.into(), T.into()), tx));
+        let _target = rx.try_recv().unwrap();
+        let listener = |rc: &str| vec![build::pack(&build::api_listener(T, rc))];
+        h.apply(ResourceType::Listener, listener("rc1"));
+        let first = h.events();
+        h.group.push_updates(first);
+        h.apply(ResourceType::Listener, listener("rc2"));
+
+        let (tx, mut rx) = oneshot::channel();
+        h.hub
+            .command(Command::Watch((ResourceType::Listener, T.into()), tx));
+        let watch = rx.try_recv().unwrap();
+        let handed = watch.borrow().resource().cloned();
+        let newest = h.group.ads().get(ResourceType::Listener, T).cloned();
+        assert!(handed.is_some() && handed == newest, "{handed:?}");
+        h.hub.drain();
+        assert_eq!(watch.borrow().resource(), handed.as_ref(), "an older state");
+        let late = h.events();
+        h.group.push_updates(late);
+        h.hub.drain();
+        assert_eq!(watch.borrow().resource(), handed.as_ref());
     }
 
     /// One CDS response that changes 5,000 clusters of a target walks the target once, not

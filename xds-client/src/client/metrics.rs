@@ -1,6 +1,7 @@
 //! The xDS client's OpenTelemetry metrics (gRFC A78) and its NACK log.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{Counter, Gauge, Meter};
@@ -13,7 +14,12 @@ use crate::resource::ResourceType;
 /// How often the same resource's NACK is logged again while its reason stays the same.
 const NACK_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The instruments of gRFC A78, with the client's `grpc.target`.
+/// Resources in use from fail-static snapshots, summed over the client's groups of
+/// servers: `meshwork.xds.snapshot.resources` has one point per client, and each group
+/// knows only its own.
+pub(super) type SnapshotTotal = Arc<Mutex<u64>>;
+
+/// The instruments of gRFC A78, with the client's `grpc.target`: one group's.
 pub(super) struct XdsMetrics {
     target: StringValue,
     connected: Gauge<u64>,
@@ -26,6 +32,7 @@ pub(super) struct XdsMetrics {
     snapshot_writes: Counter<u64>,
     /// Resources in use from a fail-static snapshot at the last count.
     from_snapshot: u64,
+    snapshot_total: SnapshotTotal,
     /// Every (authority, cache state, type) recorded so far, so a count that drops to zero
     /// is recorded as zero.
     seen: BTreeMap<(String, &'static str, &'static str), u64>,
@@ -34,7 +41,7 @@ pub(super) struct XdsMetrics {
 }
 
 impl XdsMetrics {
-    pub(super) fn new(meter: &Meter, target: String) -> Self {
+    pub(super) fn new(meter: &Meter, target: String, snapshot_total: SnapshotTotal) -> Self {
         Self {
             target: StringValue::from(target),
             connected: meter
@@ -84,6 +91,7 @@ impl XdsMetrics {
                 .with_description("Fail-static snapshots written, by outcome: ok, or why not.")
                 .build(),
             from_snapshot: 0,
+            snapshot_total,
             seen: BTreeMap::new(),
             nack_log: HashMap::new(),
         }
@@ -205,10 +213,16 @@ impl XdsMetrics {
                 .or_default() += 1;
         }
         if from_snapshot != self.from_snapshot || from_snapshot > 0 {
-            self.snapshot_resources.record(
-                from_snapshot,
-                &[KeyValue::new("grpc.target", self.target.clone())],
-            );
+            // Recorded under the lock: the point recorded last is the latest total.
+            let mut total = self
+                .snapshot_total
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *total = total
+                .saturating_sub(self.from_snapshot)
+                .saturating_add(from_snapshot);
+            self.snapshot_resources
+                .record(*total, &[KeyValue::new("grpc.target", self.target.clone())]);
             self.from_snapshot = from_snapshot;
         }
         for ((authority, state, ty), count) in &self.seen {
