@@ -248,20 +248,23 @@ impl Hub {
         }
     }
 
-    /// Take every group's new watcher states and hand them on.
+    /// Take every group's new watcher states and hand them on as one batch, so a target
+    /// they touch in several groups is walked once.
     fn drain(&mut self) {
-        // Groups started by a walk below are taken on the next wake.
-        for group in 0..self.groups.len() {
-            let mut updates = self.groups[group].shared.take_updates();
+        let mut all = Vec::new();
+        let bootstrap = &self.factory.bootstrap;
+        for (group, handle) in self.groups.iter().enumerate() {
+            let mut updates = handle.shared.take_updates();
             // A group caches what its servers send for a wildcard, other authorities'
             // names too; only the group a name routes to speaks for it.
-            let bootstrap = &self.factory.bootstrap;
             updates.retain(|(key, _)| {
                 matches!(route(bootstrap, &self.by_authority, &key.1), Route::Group(g) if g == group)
             });
-            if !updates.is_empty() {
-                self.on_updates(updates);
-            }
+            all.append(&mut updates);
+        }
+        // Groups started by the walks below are taken on the next wake.
+        if !all.is_empty() {
+            self.on_updates(all);
         }
     }
 
@@ -724,6 +727,98 @@ mod tests {
                 };
                 ads.on_response(self.sid, response, now());
             }
+        }
+    }
+
+    /// What two groups hand over before the hub wakes is one batch: a target that needs
+    /// resources of both is walked once per wake, not once per group.
+    #[test]
+    fn one_drain_walks_a_target_once_whatever_groups_it_crosses() {
+        const C: &str = "xdstp://a/envoy.config.cluster.v3.Cluster/c";
+        const E: &str = "xdstp://a/envoy.config.endpoint.v3.ClusterLoadAssignment/c";
+        let mut h = harness();
+        // Authority `a`'s group, fed by hand like the harness's.
+        let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
+        let sid = ads.on_stream_open();
+        let a = Arc::new(GroupShared::new(ads, 1, Arc::new(Notify::new())));
+        let (a_tx, mut a_commands) = mpsc::unbounded_channel();
+        h.hub.groups.push(GroupHandle {
+            shared: a.clone(),
+            commands: a_tx,
+        });
+        h.hub.by_authority.insert("a".into(), 1);
+        let mut version = 0;
+        let mut apply_a = |t: ResourceType, resources: Vec<Any>| {
+            version += 1;
+            let mut ads = a.ads();
+            while let Ok(command) = a_commands.try_recv() {
+                if let GroupCommand::Subscribe(key) = command {
+                    ads.subscribe(key.0, &key.1);
+                }
+            }
+            while ads.poll_request(now()).is_some() {}
+            let response = DiscoveryResponse {
+                version_info: version.to_string(),
+                resources,
+                type_url: t.type_url().into(),
+                nonce: format!("n{version}"),
+                ..Default::default()
+            };
+            ads.on_response(sid, response, now());
+            let mut updates = Vec::new();
+            while let Some(event) = ads.poll_event() {
+                updates.push(watch_state(&ads, event));
+            }
+            drop(ads);
+            a.push_updates(updates);
+        };
+        let mut cluster = build::eds_cluster(C);
+        if let Some(eds) = cluster.eds_cluster_config.as_mut() {
+            eds.service_name = E.into();
+        }
+        let routes = |vh: &str| {
+            vec![build::pack(&build::route_config(
+                "rc",
+                vec![build::virtual_host(vh, [T], vec![build::route_to("", C)])],
+            ))]
+        };
+        let endpoints = |port: u16| {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            vec![build::pack(&build::endpoints(E, &[addr]))]
+        };
+
+        let (tx, mut rx) = oneshot::channel();
+        h.hub
+            .command(Command::WatchTarget((T.into(), T.into()), tx));
+        let target = rx.try_recv().unwrap();
+        h.respond(
+            ResourceType::Listener,
+            vec![build::pack(&build::api_listener(T, "rc"))],
+        );
+        h.respond(ResourceType::RouteConfiguration, routes("vh1"));
+        apply_a(ResourceType::Cluster, vec![build::pack(&cluster)]);
+        h.hub.drain();
+        apply_a(ResourceType::ClusterLoadAssignment, endpoints(1));
+        h.hub.drain();
+        assert!(
+            matches!(&*target.borrow(), TargetState::Ready(_)),
+            "{:?}",
+            target.borrow()
+        );
+
+        // Both groups change before the hub wakes.
+        h.apply(ResourceType::RouteConfiguration, routes("vh2"));
+        let top = h.events();
+        h.group.push_updates(top);
+        apply_a(ResourceType::ClusterLoadAssignment, endpoints(2));
+        let before = h.hub.walks;
+        h.hub.drain();
+        assert_eq!(h.hub.walks - before, 1, "walks for one wake");
+        match &*target.borrow() {
+            TargetState::Ready(config) => {
+                assert_eq!(config.route_config.virtual_hosts[0].name, "vh2");
+            }
+            other => panic!("{other:?}"),
         }
     }
 
