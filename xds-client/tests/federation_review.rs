@@ -1,11 +1,13 @@
 //! Review of the hub/group split (gRFC A47 federation): what the split must not change for
 //! a plain client, and what each group of servers must keep to itself. Real ADS streams on
-//! loopback, real snapshot files in a temp dir.
+//! loopback, real snapshot files in a temp dir. (Two reviews: the second's tests are the
+//! wide walk, the snapshot gauge, the writes at stop and the wildcard variant.)
 
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
-use meshwork_test_support::xds::routes_to;
+use meshwork_test_support::xds::{routes_to, target_routes};
 use meshwork_test_support::{temp_dir, within};
 use meshwork_xds::bootstrap::{Authority, Bootstrap, XdsServer};
 use meshwork_xds::client::{ResourceWatch, WatchState, XdsClient, XdsClientBuilder};
@@ -13,6 +15,9 @@ use meshwork_xds::fail_static::FailStatic;
 use meshwork_xds::resource::{ClusterKind, Resource, ResourceType};
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
 use meshwork_xds::transport::Backoff;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
 const TARGET: &str = "greeter:50051";
 const NODE: &str = "meshwork-federation-review";
@@ -32,7 +37,7 @@ fn builder(bootstrap: &Bootstrap) -> XdsClientBuilder {
 }
 
 /// An EDS Cluster `name` whose endpoints are `service` (an `xdstp:` cluster must name them).
-fn eds(name: &str, service: &str) -> envoy_types::pb::envoy::config::cluster::v3::Cluster {
+fn eds(name: &str, service: &str) -> Cluster {
     let mut cluster = build::eds_cluster(name);
     if let Some(config) = cluster.eds_cluster_config.as_mut() {
         config.service_name = service.into();
@@ -138,13 +143,7 @@ fn same_uris_bootstrap(uri: &str) -> Bootstrap {
 #[tokio::test]
 async fn groups_with_the_same_server_uris_keep_their_own_snapshots() {
     let dir = temp_dir("federation-review-same-uris");
-    let server = XdsTestServer::start().await.unwrap();
-    server.set_snapshot(
-        Snapshot::new()
-            .cluster(build::eds_cluster("old"))
-            .cluster(eds(A_CLUSTER, "a-endpoints")),
-    );
-    let bootstrap = same_uris_bootstrap(&server.uri());
+    let (server, bootstrap) = serve_two_groups().await;
     {
         let client = builder(&bootstrap)
             .fail_static(FailStatic::new(&dir))
@@ -162,6 +161,18 @@ async fn groups_with_the_same_server_uris_keep_their_own_snapshots() {
         .fail_static(FailStatic::new(&dir))
         .start();
     both_served(&client).await;
+}
+
+/// A server with Cluster `old` and authority `a`'s, and a [`same_uris_bootstrap`] on it.
+async fn serve_two_groups() -> (XdsTestServer, Bootstrap) {
+    let server = XdsTestServer::start().await.unwrap();
+    server.set_snapshot(
+        Snapshot::new()
+            .cluster(build::eds_cluster("old"))
+            .cluster(eds(A_CLUSTER, "a-endpoints")),
+    );
+    let bootstrap = same_uris_bootstrap(&server.uri());
+    (server, bootstrap)
 }
 
 /// Watches of the top-level group's Cluster `old` and of authority `a`'s, once both have
@@ -185,6 +196,26 @@ async fn both_served(client: &XdsClient) -> (ResourceWatch, ResourceWatch) {
 /// neither the watch nor `b`'s cache.
 #[tokio::test]
 async fn a_server_cannot_answer_for_another_authority() {
+    let (client, _watches) = top_level_server_lies_about_b(false).await;
+    let dump = client.dump().await;
+    let rows: Vec<_> = dump.iter().filter(|r| r.name == B_CLUSTER).collect();
+    assert_eq!(rows.len(), 1, "one row for b's cluster: {rows:?}");
+}
+
+/// The same with a wildcard watch of Clusters ("*") on the top-level servers: their group
+/// then caches every Cluster the top-level server sends, an `xdstp://b/` one too, and hands
+/// it over as any other; the top-level server's value must still not reach `b`'s watchers
+/// (it did: the hub handed every group's states to the watchers of their names, wherever
+/// the names route).
+#[tokio::test]
+async fn a_wildcard_watch_on_the_top_level_servers_cannot_answer_for_another_authority() {
+    top_level_server_lies_about_b(true).await;
+}
+
+/// Authority `b` on its own server, the top-level server sending a value of `b`'s Cluster
+/// (after a wildcard watch of Clusters, if `wildcard`); checks that `b`'s watch keeps its
+/// own server's value, and returns the client with its watches of `old` and `b`'s Cluster.
+async fn top_level_server_lies_about_b(wildcard: bool) -> (XdsClient, [ResourceWatch; 2]) {
     let top = XdsTestServer::start().await.unwrap();
     let b = XdsTestServer::start().await.unwrap();
     b.set_snapshot(Snapshot::new().cluster(eds(B_CLUSTER, "b-endpoints")));
@@ -205,6 +236,22 @@ async fn a_server_cannot_answer_for_another_authority() {
     assert_eq!(service_of(&state), Some("b-endpoints"), "{state:?}");
     let state = within(10, old.settled()).await.unwrap();
     assert_eq!(service_of(&state), Some("old-1"), "{state:?}");
+    let _all = if wildcard {
+        let all = client.watch(ResourceType::Cluster, "*").await;
+        within(
+            10,
+            top.wait_for(|requests| {
+                requests.iter().any(|r| {
+                    r.type_url() == type_url::CLUSTER
+                        && r.request.resource_names.iter().any(|n| n == "*")
+                })
+            }),
+        )
+        .await;
+        Some(all)
+    } else {
+        None
+    };
     top.push_raw(DiscoveryResponse {
         version_info: "lie".into(),
         type_url: type_url::CLUSTER.into(),
@@ -224,7 +271,123 @@ async fn a_server_cannot_answer_for_another_authority() {
     .await;
     let state = fed.current();
     assert_eq!(service_of(&state), Some("b-endpoints"), "{state:?}");
-    let dump = client.dump().await;
-    let rows: Vec<_> = dump.iter().filter(|r| r.name == B_CLUSTER).collect();
-    assert_eq!(rows.len(), 1, "one row for b's cluster: {rows:?}");
+    (client, [old, fed])
+}
+
+/// The wide walk's target.
+const WIDE: &str = "wide:80";
+const LEAVES: usize = 200;
+
+/// A target whose aggregate cluster names 200 leaves: one walk subscribes to 200 Clusters
+/// (and then 200 endpoint sets). The hub hands each to the group as its own command; the
+/// group must still ask for them in a request or two per type, as one task did (and as
+/// grpc-go, which sends the subscriptions of a type queued so far in one request), not a
+/// request per name with every name so far: 200 requests of 1..200 names, each answered
+/// with every cluster named so far (quadratic in the graph on both sides).
+#[tokio::test]
+async fn one_walk_subscribing_to_many_resources_sends_one_request_per_type() {
+    let server = XdsTestServer::start().await.unwrap();
+    let leaves: Vec<String> = (0..LEAVES).map(|i| format!("leaf{i}")).collect();
+    let address = "127.0.0.1:9".parse().unwrap();
+    let mut snapshot = target_routes(WIDE, vec![build::route_to("", "root")])
+        .cluster(build::aggregate_cluster("root", &leaves));
+    for leaf in &leaves {
+        snapshot = snapshot
+            .cluster(build::eds_cluster(leaf))
+            .endpoints(build::endpoints(leaf, &[address]));
+    }
+    server.set_snapshot(snapshot);
+
+    let bootstrap = meshwork_test_support::xds::bootstrap(NODE, &[server.uri()]);
+    let client = builder(&bootstrap).start();
+    let mut target = client.watch_target(WIDE, WIDE).await;
+    let config = within(20, target.ready(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(config.clusters.len(), 1 + LEAVES);
+
+    let requests = server.requests();
+    let count = |type_url: &str| requests.iter().filter(|r| r.type_url() == type_url).count();
+    let (clusters, endpoints) = (count(type_url::CLUSTER), count(type_url::ENDPOINTS));
+    // root; root and the leaves; ACKs of both: a few, whatever the graph's width.
+    assert!(clusters <= 8, "{clusters} CDS requests for one walk");
+    assert!(endpoints <= 8, "{endpoints} EDS requests for one walk");
+}
+
+/// `meshwork.xds.snapshot.resources` counts what the client serves from fail-static
+/// snapshots, every group's: restarted with the server down, the top-level group serves
+/// one Cluster and authority `a`'s group another, so 2. Each group recorded its own count
+/// at the one point the gauge has (its only attribute is the target), so the group that
+/// recorded last hid the other's.
+#[tokio::test]
+async fn the_snapshot_gauge_counts_every_groups_resources() {
+    let dir = temp_dir("federation-review-gauge");
+    let (server, bootstrap) = serve_two_groups().await;
+    {
+        let client = builder(&bootstrap)
+            .fail_static(FailStatic::new(&dir))
+            .start();
+        let _watches = both_served(&client).await;
+        within(10, client.save_snapshot())
+            .await
+            .unwrap()
+            .expect("written");
+    }
+    server.shutdown().await.unwrap();
+
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let client = builder(&bootstrap)
+        .fail_static(FailStatic::new(&dir))
+        .meter(provider.meter("meshwork"))
+        .start();
+    // A group records its count before it hands the values to the watchers.
+    let _watches = both_served(&client).await;
+    provider.force_flush().unwrap();
+    let metrics = exporter.get_finished_metrics().unwrap();
+    let mut points = Vec::new();
+    for scope in metrics.last().unwrap().scope_metrics() {
+        for metric in scope.metrics() {
+            if metric.name() == "meshwork.xds.snapshot.resources"
+                && let AggregatedMetrics::U64(MetricData::Gauge(gauge)) = metric.data()
+            {
+                points.extend(gauge.data_points().map(|p| p.value()));
+            }
+        }
+    }
+    assert_eq!(points, [2], "resources served from snapshots");
+}
+
+/// The last handle dropped, every group stops and writes what it has not written yet: each
+/// group's file is on disk (the client is dropped within the write delay of the values it
+/// got, before any periodic write), and a restart with the server down serves both.
+#[tokio::test]
+async fn every_group_writes_its_snapshot_when_the_client_stops() {
+    let dir = temp_dir("federation-review-stop");
+    let (server, bootstrap) = serve_two_groups().await;
+    let client = builder(&bootstrap)
+        .fail_static(FailStatic::new(&dir))
+        .start();
+    let watches = both_served(&client).await;
+    drop((watches, client));
+    let snapshots = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("mwxs".as_ref()))
+            .count()
+    };
+    within(10, async {
+        while snapshots() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    server.shutdown().await.unwrap();
+
+    let client = builder(&bootstrap)
+        .fail_static(FailStatic::new(&dir))
+        .start();
+    both_served(&client).await;
 }
