@@ -623,15 +623,79 @@ mod tests {
 
     const T: &str = "svc:80";
 
-    /// A hub whose one group is driven by hand, on a stream it believes open: no task, no
-    /// server.
-    struct Harness {
-        hub: Hub,
-        group: Arc<GroupShared>,
-        group_commands: mpsc::UnboundedReceiver<GroupCommand>,
+    /// A group driven by hand, on a stream it believes open: no task, no server.
+    struct HandFed {
+        shared: Arc<GroupShared>,
+        commands: mpsc::UnboundedReceiver<GroupCommand>,
         sid: StreamId,
         /// The responses applied so far.
         version: u64,
+    }
+
+    impl HandFed {
+        /// The group, and the hub's handle on it.
+        fn new(config: ProtocolConfig) -> (Self, GroupHandle) {
+            let mut ads = AdsState::new(config);
+            let sid = ads.on_stream_open();
+            let shared = Arc::new(GroupShared::new(ads, 1, Arc::new(Notify::new())));
+            let (tx, commands) = mpsc::unbounded_channel();
+            let handle = GroupHandle {
+                shared: shared.clone(),
+                commands: tx,
+            };
+            let group = Self {
+                shared,
+                commands,
+                sid,
+                version: 0,
+            };
+            (group, handle)
+        }
+
+        /// What the group's task does first: take the hub's subscriptions, send the requests
+        /// (so the state takes answers), and apply one response; its events are not handed
+        /// over yet.
+        fn apply(&mut self, t: ResourceType, resources: Vec<Any>) {
+            self.version += 1;
+            let mut ads = self.shared.ads();
+            while let Ok(command) = self.commands.try_recv() {
+                match command {
+                    GroupCommand::Subscribe(key) => ads.subscribe(key.0, &key.1),
+                    GroupCommand::Unsubscribe(key) => ads.unsubscribe(key.0, &key.1),
+                    GroupCommand::Save(_) | GroupCommand::Dump(_) => {}
+                }
+            }
+            while ads.poll_request(now()).is_some() {}
+            let response = DiscoveryResponse {
+                version_info: self.version.to_string(),
+                resources,
+                type_url: t.type_url().into(),
+                nonce: format!("n{}", self.version),
+                ..Default::default()
+            };
+            ads.on_response(self.sid, response, now());
+        }
+
+        /// The events the group's state has queued, as the group hands them over.
+        fn events(&self) -> Updates {
+            let mut ads = self.shared.ads();
+            let mut updates = Vec::new();
+            while let Some(event) = ads.poll_event() {
+                updates.push(watch_state(&ads, event));
+            }
+            updates
+        }
+
+        /// Hand the queued events to the hub's pending states, as the group's task does.
+        fn hand_over(&self) {
+            self.shared.push_updates(self.events());
+        }
+    }
+
+    /// A hub whose one group is driven by hand.
+    struct Harness {
+        hub: Hub,
+        group: HandFed,
     }
 
     fn harness() -> Harness {
@@ -641,10 +705,7 @@ mod tests {
         )
         .unwrap();
         let (_commands, commands_rx) = mpsc::unbounded_channel();
-        let mut ads = AdsState::new(ProtocolConfig::new(bootstrap.node().to_proto()));
-        let sid = ads.on_stream_open();
-        let group = Arc::new(GroupShared::new(ads, 1, Arc::new(Notify::new())));
-        let (group_tx, group_commands) = mpsc::unbounded_channel();
+        let (group, handle) = HandFed::new(ProtocolConfig::new(bootstrap.node().to_proto()));
         let factory = GroupFactory {
             bootstrap: Arc::new(bootstrap),
             dialers: HashMap::new(),
@@ -663,10 +724,7 @@ mod tests {
         let hub = Hub {
             commands: commands_rx,
             factory,
-            groups: vec![GroupHandle {
-                shared: group.clone(),
-                commands: group_tx,
-            }],
+            groups: vec![handle],
             by_servers: HashMap::new(),
             by_authority: HashMap::new(),
             watchers: HashMap::new(),
@@ -675,58 +733,16 @@ mod tests {
             snapshot_total: SnapshotTotal::default(),
             walks: 0,
         };
-        Harness {
-            hub,
-            group,
-            group_commands,
-            sid,
-            version: 0,
-        }
+        Harness { hub, group }
     }
 
     impl Harness {
-        /// What the group's task does: take the hub's subscriptions, send the requests (so
-        /// the state takes answers), apply one response, and hand its events to the hub as
+        /// What the group's task does: apply one response and hand its events to the hub as
         /// one batch.
         fn respond(&mut self, t: ResourceType, resources: Vec<Any>) {
-            self.apply(t, resources);
-            let updates = self.events();
+            self.group.apply(t, resources);
+            let updates = self.group.events();
             self.hub.on_updates(updates);
-        }
-
-        /// The events the group's state has queued, as the group hands them over.
-        fn events(&self) -> Updates {
-            let mut ads = self.group.ads();
-            let mut updates = Vec::new();
-            while let Some(event) = ads.poll_event() {
-                updates.push(watch_state(&ads, event));
-            }
-            updates
-        }
-
-        /// The first half of [`Self::respond`]: the response is in the cache, its events
-        /// not handed over.
-        fn apply(&mut self, t: ResourceType, resources: Vec<Any>) {
-            self.version += 1;
-            {
-                let mut ads = self.group.ads();
-                while let Ok(command) = self.group_commands.try_recv() {
-                    match command {
-                        GroupCommand::Subscribe(key) => ads.subscribe(key.0, &key.1),
-                        GroupCommand::Unsubscribe(key) => ads.unsubscribe(key.0, &key.1),
-                        GroupCommand::Save(_) | GroupCommand::Dump(_) => {}
-                    }
-                }
-                while ads.poll_request(now()).is_some() {}
-                let response = DiscoveryResponse {
-                    version_info: self.version.to_string(),
-                    resources,
-                    type_url: t.type_url().into(),
-                    nonce: format!("n{}", self.version),
-                    ..Default::default()
-                };
-                ads.on_response(self.sid, response, now());
-            }
         }
     }
 
@@ -738,40 +754,9 @@ mod tests {
         const E: &str = "xdstp://a/envoy.config.endpoint.v3.ClusterLoadAssignment/c";
         let mut h = harness();
         // Authority `a`'s group, fed by hand like the harness's.
-        let mut ads = AdsState::new(ProtocolConfig::new(Default::default()));
-        let sid = ads.on_stream_open();
-        let a = Arc::new(GroupShared::new(ads, 1, Arc::new(Notify::new())));
-        let (a_tx, mut a_commands) = mpsc::unbounded_channel();
-        h.hub.groups.push(GroupHandle {
-            shared: a.clone(),
-            commands: a_tx,
-        });
+        let (mut a, handle) = HandFed::new(ProtocolConfig::new(Default::default()));
+        h.hub.groups.push(handle);
         h.hub.by_authority.insert("a".into(), 1);
-        let mut version = 0;
-        let mut apply_a = |t: ResourceType, resources: Vec<Any>| {
-            version += 1;
-            let mut ads = a.ads();
-            while let Ok(command) = a_commands.try_recv() {
-                if let GroupCommand::Subscribe(key) = command {
-                    ads.subscribe(key.0, &key.1);
-                }
-            }
-            while ads.poll_request(now()).is_some() {}
-            let response = DiscoveryResponse {
-                version_info: version.to_string(),
-                resources,
-                type_url: t.type_url().into(),
-                nonce: format!("n{version}"),
-                ..Default::default()
-            };
-            ads.on_response(sid, response, now());
-            let mut updates = Vec::new();
-            while let Some(event) = ads.poll_event() {
-                updates.push(watch_state(&ads, event));
-            }
-            drop(ads);
-            a.push_updates(updates);
-        };
         let mut cluster = build::eds_cluster(C);
         if let Some(eds) = cluster.eds_cluster_config.as_mut() {
             eds.service_name = E.into();
@@ -796,9 +781,11 @@ mod tests {
             vec![build::pack(&build::api_listener(T, "rc"))],
         );
         h.respond(ResourceType::RouteConfiguration, routes("vh1"));
-        apply_a(ResourceType::Cluster, vec![build::pack(&cluster)]);
+        a.apply(ResourceType::Cluster, vec![build::pack(&cluster)]);
+        a.hand_over();
         h.hub.drain();
-        apply_a(ResourceType::ClusterLoadAssignment, endpoints(1));
+        a.apply(ResourceType::ClusterLoadAssignment, endpoints(1));
+        a.hand_over();
         h.hub.drain();
         assert!(
             matches!(&*target.borrow(), TargetState::Ready(_)),
@@ -807,10 +794,11 @@ mod tests {
         );
 
         // Both groups change before the hub wakes.
-        h.apply(ResourceType::RouteConfiguration, routes("vh2"));
-        let top = h.events();
-        h.group.push_updates(top);
-        apply_a(ResourceType::ClusterLoadAssignment, endpoints(2));
+        h.group
+            .apply(ResourceType::RouteConfiguration, routes("vh2"));
+        h.group.hand_over();
+        a.apply(ResourceType::ClusterLoadAssignment, endpoints(2));
+        a.hand_over();
         let before = h.hub.walks;
         h.hub.drain();
         assert_eq!(h.hub.walks - before, 1, "walks for one wake");
@@ -835,22 +823,20 @@ mod tests {
             .command(Command::WatchTarget((T.into(), T.into()), tx));
         let _target = rx.try_recv().unwrap();
         let listener = |rc: &str| vec![build::pack(&build::api_listener(T, rc))];
-        h.apply(ResourceType::Listener, listener("rc1"));
-        let first = h.events();
-        h.group.push_updates(first);
-        h.apply(ResourceType::Listener, listener("rc2"));
+        h.group.apply(ResourceType::Listener, listener("rc1"));
+        h.group.hand_over();
+        h.group.apply(ResourceType::Listener, listener("rc2"));
 
         let (tx, mut rx) = oneshot::channel();
         h.hub
             .command(Command::Watch((ResourceType::Listener, T.into()), tx));
         let watch = rx.try_recv().unwrap();
         let handed = watch.borrow().resource().cloned();
-        let newest = h.group.ads().get(ResourceType::Listener, T).cloned();
+        let newest = h.group.shared.ads().get(ResourceType::Listener, T).cloned();
         assert!(handed.is_some() && handed == newest, "{handed:?}");
         h.hub.drain();
         assert_eq!(watch.borrow().resource(), handed.as_ref(), "an older state");
-        let late = h.events();
-        h.group.push_updates(late);
+        h.group.hand_over();
         h.hub.drain();
         assert_eq!(watch.borrow().resource(), handed.as_ref());
     }
