@@ -18,6 +18,16 @@
 //! many idle ones and closes a connection idle for [`POOL_IDLE_TIMEOUT`]. HTTP/2 multiplexes
 //! every request over one connection.
 //!
+//! An endpoint is ready once its first connection is made: its `poll_ready` dials (TCP, TLS,
+//! and for HTTP/2 the server's preface) and fails with the [`ConnectError`] when that
+//! fails, so the balancer's driver publishes a new endpoint only once it can take a request
+//! without waiting for a handshake, and keeps an unreachable one out of the picks (backing
+//! off and trying again), as it does for gRPC endpoints. The first request takes that
+//! connection when it is still open (an HTTP/1.1 server that spoke unasked or closed it is
+//! not used); the pool makes every later connection on demand, and the endpoint stays ready
+//! whatever they do (their failures fail their requests). A first connection no request
+//! took is closed after [`POOL_IDLE_TIMEOUT`], like an idle pooled one.
+//!
 //! A connection is retired at the earlier of the policy's maximum age and the expiry of the
 //! server's certificate: the pool stops handing it out (new requests get a new connection)
 //! and requests already on it finish.
@@ -29,8 +39,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -106,12 +116,50 @@ impl Protocol {
 /// connection.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// hyper-util's connector for one endpoint: dials it, whatever URI hyper asks for.
+/// hyper-util's connector for one endpoint: dials it, whatever URI hyper asks for, or hands
+/// over the endpoint's first connection.
 #[derive(Clone)]
 struct Connector {
     dialer: Dialer,
     /// HTTP/2 without ALPN (prior knowledge in plaintext).
     http2_only: bool,
+    first: Arc<FirstConnection>,
+}
+
+/// The endpoint's first connection, made by `poll_ready`, shared by the endpoint's clones
+/// and its connector.
+#[derive(Default)]
+struct FirstConnection {
+    /// Set once it was made: the endpoint is ready from then on.
+    made: AtomicBool,
+    /// The connection itself, until a request takes it or it has been idle too long.
+    conn: Mutex<Option<Conn>>,
+}
+
+impl FirstConnection {
+    /// Keeps `conn` for the first request (a second one, from a clone that dialled at the
+    /// same time, is closed), and closes it after [`POOL_IDLE_TIMEOUT`] if no request took
+    /// it by then (or when the endpoint goes, whichever comes first).
+    fn keep(self: &Arc<Self>, conn: Conn) {
+        {
+            let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            if self.made.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            *slot = Some(conn);
+        }
+        let first = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(POOL_IDLE_TIMEOUT).await;
+            if let Some(first) = first.upgrade() {
+                drop(first.take());
+            }
+        });
+    }
+
+    fn take(&self) -> Option<Conn> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 impl tower::Service<Uri> for Connector {
@@ -124,6 +172,15 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
+        if let Some(mut conn) = self.first.take() {
+            if conn.is_open() {
+                return Box::pin(std::future::ready(Ok(TokioIo::new(conn))));
+            }
+            tracing::debug!(
+                endpoint = %self.dialer.address(),
+                "the first connection closed before a request took it; dialling again"
+            );
+        }
         let (dialer, http2_only) = (self.dialer.clone(), self.http2_only);
         Box::pin(async move { connect(dialer, http2_only).await.map(TokioIo::new) })
     }
@@ -143,7 +200,7 @@ async fn connect(dialer: Dialer, http2_only: bool) -> Result<Conn, ConnectError>
     });
     let h2 = http2_only || stream.alpn_protocol() == Some(b"h2");
     if !h2 {
-        return Ok(Conn::new(stream, retire_at));
+        return Ok(Conn::new(stream, false, retire_at));
     }
     let preface = async {
         stream.write_all(PREFACE).await?;
@@ -163,7 +220,7 @@ async fn connect(dialer: Dialer, http2_only: bool) -> Result<Conn, ConnectError>
         Err(_) => Err(ConnectError::Timeout { address, timeout }),
         Ok(Err(source)) => Err(ConnectError::Preface { address, source }),
         Ok(Ok(first)) => {
-            let mut conn = Conn::new(stream, retire_at);
+            let mut conn = Conn::new(stream, true, retire_at);
             conn.replay = Bytes::from(first);
             conn.preface_sent = PREFACE.len();
             Ok(conn)
@@ -182,6 +239,8 @@ struct RetireAt {
 /// A connection to an endpoint, telling hyper-util whether ALPN chose HTTP/2.
 struct Conn {
     stream: UpstreamStream,
+    /// HTTP/2 (by ALPN or prior knowledge): the server speaks first.
+    h2: bool,
     retire_at: Option<RetireAt>,
     /// The server's first bytes, read while connecting, for hyper to read first.
     replay: Bytes,
@@ -190,12 +249,41 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: UpstreamStream, retire_at: Option<RetireAt>) -> Self {
+    fn new(stream: UpstreamStream, h2: bool, retire_at: Option<RetireAt>) -> Self {
         Self {
             stream,
+            h2,
             retire_at,
             replay: Bytes::new(),
             preface_sent: 0,
+        }
+    }
+
+    /// Whether a connection made a while ago is still usable, without waiting: nothing
+    /// arrived but what HTTP/2 servers send unasked (kept for hyper to read), no end of
+    /// stream, no error. An HTTP/1.1 server speaks only to answer, so anything from it
+    /// (a `408`, an alert) means it is closing the connection.
+    fn is_open(&mut self) -> bool {
+        /// At most this much is read ahead, then the connection is taken as it is.
+        const READ_AHEAD: usize = 64 * 1024;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut read = ReadBuf::new(&mut buf);
+            match Pin::new(&mut self.stream).poll_read(&mut cx, &mut read) {
+                Poll::Pending => return true,
+                Poll::Ready(Err(_)) => return false,
+                Poll::Ready(Ok(())) if read.filled().is_empty() || !self.h2 => return false,
+                Poll::Ready(Ok(())) => {
+                    let mut replay = Vec::with_capacity(self.replay.len() + read.filled().len());
+                    replay.extend_from_slice(&self.replay);
+                    replay.extend_from_slice(read.filled());
+                    self.replay = Bytes::from(replay);
+                    if self.replay.len() >= READ_AHEAD {
+                        return true;
+                    }
+                }
+            }
         }
     }
 
@@ -292,11 +380,25 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// One endpoint: a pooled hyper client whose connections all go to the endpoint's address.
-/// Clones share the pool, so the endpoint can be a cloneable handle if the stack wants one.
-#[derive(Clone)]
+/// One endpoint: a pooled hyper client whose connections all go to the endpoint's address,
+/// ready once its first connection is made (see the module docs). Clones share the pool and
+/// the first connection; a clone of an endpoint not ready yet dials its own.
 pub(crate) struct Endpoint {
     client: Client<Connector, RetryBody<Body>>,
+    connector: Connector,
+    // Only ever touched through `&mut self` (`get_mut`, no locking): the mutex is there to
+    // make the endpoint `Sync`, which the dial future is not.
+    connecting: Option<Mutex<BoxFuture<Result<Conn, ConnectError>>>>,
+}
+
+impl Clone for Endpoint {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            connector: self.connector.clone(),
+            connecting: None,
+        }
+    }
 }
 
 impl Endpoint {
@@ -314,16 +416,22 @@ impl Endpoint {
         let max_idle = usize::try_from(cluster.circuit_breakers.max_requests)
             .unwrap_or(usize::MAX)
             .max(1);
+        let connector = Connector {
+            dialer: Dialer::with_policy(cluster, address, identity, policy, protocol.alpn()),
+            http2_only,
+            first: Arc::default(),
+        };
         let client = Client::builder(TokioExecutor::new())
             .http2_only(http2_only)
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(max_idle)
-            .build(Connector {
-                dialer: Dialer::with_policy(cluster, address, identity, policy, protocol.alpn()),
-                http2_only,
-            });
-        Self { client }
+            .build(connector.clone());
+        Self {
+            client,
+            connector,
+            connecting: None,
+        }
     }
 }
 
@@ -332,7 +440,20 @@ impl tower::Service<http::Request<RetryBody<Body>>> for Endpoint {
     type Error = BoxError;
     type Future = BoxFuture<Result<http::Response<Incoming>, BoxError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let first = &self.connector.first;
+        if first.made.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        let (dialer, http2_only) = (self.connector.dialer.clone(), self.connector.http2_only);
+        let connecting = self
+            .connecting
+            .get_or_insert_with(|| Mutex::new(Box::pin(connect(dialer, http2_only))))
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        let result = std::task::ready!(connecting.as_mut().poll(cx));
+        self.connecting = None;
+        first.keep(result?);
         Poll::Ready(Ok(()))
     }
 
@@ -359,5 +480,71 @@ impl tower::Service<http::Request<RetryBody<Body>>> for Endpoint {
             }
             Ok::<_, BoxError>(rsp)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A plaintext connection as the connector makes it, and the server's end.
+    async fn pair(h2: bool) -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let conn = Conn::new(UpstreamStream::Plain(client.unwrap()), h2, None);
+        (conn, accepted.unwrap().0)
+    }
+
+    /// Asks `conn` until `done` holds, letting the runtime's I/O driver see what arrived
+    /// between asks (a bounded number of times); whether it came to hold.
+    async fn settles(conn: &mut Conn, done: impl Fn(&mut Conn, bool) -> bool) -> bool {
+        for _ in 0..1000 {
+            let open = conn.is_open();
+            if done(conn, open) {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_open_and_one_the_server_closed_is_not() {
+        for h2 in [false, true] {
+            let (mut conn, server) = pair(h2).await;
+            assert!(conn.is_open());
+            drop(server);
+            assert!(settles(&mut conn, |_, open| !open).await, "h2: {h2}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http1_server_speaking_unasked_is_closing_the_connection() {
+        let (mut conn, mut server) = pair(false).await;
+        server
+            .write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(settles(&mut conn, |_, open| !open).await);
+    }
+
+    #[tokio::test]
+    async fn what_an_http2_server_sends_unasked_is_kept_for_hyper_to_read() {
+        let (mut conn, mut server) = pair(true).await;
+        conn.replay = Bytes::from_static(b"settings;");
+        server.write_all(b"ping;").await.unwrap();
+        let kept = settles(&mut conn, |conn, open| {
+            assert!(open);
+            conn.replay.len() > 9
+        })
+        .await;
+        assert!(kept);
+        assert_eq!(&conn.replay[..], b"settings;ping;");
+        let mut read = vec![0; 64];
+        let n = conn.read(&mut read).await.unwrap();
+        assert_eq!(&read[..n], b"settings;ping;");
     }
 }

@@ -13,7 +13,10 @@
 //! ([`MeshClient::from_static`]).
 //!
 //! Each endpoint gets its own pooled hyper-util client over TCP (over HTTP/1.1, a connection
-//! per request in flight, each reused once idle; a connection idle for 90 s is closed); when
+//! per request in flight, each reused once idle; a connection idle for 90 s is closed). The
+//! balancer sends requests to an endpoint only once its first connection is made (and that
+//! connection serves the first request), so a new endpoint costs no request a handshake and
+//! an endpoint that cannot be reached takes none; when
 //! the endpoint's cluster asks for TLS (`Cluster::tls`), connections use SPIFFE mTLS with the
 //! server's SVID checked against the cluster's SAN matchers; our SVID and the roots come from the
 //! certificate provider instances the cluster names in the bootstrap (gRFC A29), or from one

@@ -227,6 +227,8 @@ struct Http1Backend {
     addr: SocketAddr,
     /// TCP connections accepted so far.
     accepted: Arc<AtomicUsize>,
+    /// TLS handshakes completed so far.
+    handshakes: Arc<AtomicUsize>,
     /// A message each time a connection ends.
     closed: mpsc::UnboundedReceiver<()>,
 }
@@ -234,6 +236,16 @@ struct Http1Backend {
 /// Starts an [`Http1Backend`] answering `HTTP/1.1`; with `barrier`, every request waits
 /// there before it is answered.
 async fn http1_backend(ca: &TestCa, barrier: Option<Arc<Barrier>>) -> Http1Backend {
+    http1_backend_closing(ca, barrier, false).await
+}
+
+/// An [`Http1Backend`] that, with `close_first`, closes its first connection as soon as the
+/// TLS handshake is done, without reading from it (an idle timeout cut short).
+async fn http1_backend_closing(
+    ca: &TestCa,
+    barrier: Option<Arc<Barrier>>,
+    close_first: bool,
+) -> Http1Backend {
     let tls = MtlsConfig::new(source(ca, "/ns/default/sa/greeter"))
         .alpn_protocols(vec![b"http/1.1".to_vec()])
         .server_config()
@@ -243,14 +255,25 @@ async fn http1_backend(ca: &TestCa, barrier: Option<Arc<Barrier>>) -> Http1Backe
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let (closed_tx, closed) = mpsc::unbounded_channel();
-    let count = accepted.clone();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let (count, done) = (accepted.clone(), handshakes.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, barrier, closed) =
-                (acceptor.clone(), barrier.clone(), closed_tx.clone());
+            let number = count.fetch_add(1, Ordering::SeqCst) + 1;
+            let (acceptor, barrier, closed, done) = (
+                acceptor.clone(),
+                barrier.clone(),
+                closed_tx.clone(),
+                done.clone(),
+            );
             tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(tcp).await {
+                let accepted = acceptor.accept(tcp).await;
+                if accepted.is_ok() {
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                if close_first && number == 1 {
+                    drop(accepted);
+                } else if let Ok(tls) = accepted {
                     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                         let barrier = barrier.clone();
                         async move {
@@ -272,6 +295,7 @@ async fn http1_backend(ca: &TestCa, barrier: Option<Arc<Barrier>>) -> Http1Backe
     Http1Backend {
         addr,
         accepted,
+        handshakes,
         closed,
     }
 }
@@ -343,4 +367,100 @@ async fn an_idle_http1_connection_is_closed_after_the_pool_idle_timeout() {
         }
     }
     panic!("the idle connection was never closed");
+}
+
+/// Waits (bounded) until `server` has completed `n` TLS handshakes. The tests run on one
+/// thread, so the client's side of a handshake is done too, and whatever the client does in
+/// the same step (keeping the connection).
+async fn handshaken(server: &Http1Backend, n: usize) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while server.handshakes.load(Ordering::SeqCst) < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the server never completed {n} handshake(s)"));
+}
+
+#[tokio::test]
+async fn an_endpoint_connects_before_its_first_request_which_then_uses_that_connection() {
+    // The balancer publishes an endpoint once it is connected, as for gRPC: the first
+    // request does not wait for a handshake, and takes the connection made for it.
+    let ca = TestCa::new("example.org");
+    let server = http1_backend(&ca, None).await;
+    let client = http1_client(&ca, server.addr);
+    handshaken(&server, 1).await;
+    assert_eq!(get(&client, "/").await.unwrap(), "HTTP/1.1");
+    assert_eq!(get(&client, "/").await.unwrap(), "HTTP/1.1");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_first_connection_the_server_closed_before_any_request_is_not_used() {
+    // An HTTP/1.1 request written on a connection the server already closed fails; the
+    // client sees the close and dials again instead.
+    let ca = TestCa::new("example.org");
+    let mut server = http1_backend_closing(&ca, None, true).await;
+    let client = http1_client(&ca, server.addr);
+    tokio::time::timeout(Duration::from_secs(10), server.closed.recv())
+        .await
+        .expect("the first connection is made without a request")
+        .unwrap();
+    assert_eq!(get(&client, "/").await.unwrap(), "HTTP/1.1");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_endpoint_that_cannot_connect_takes_no_requests() {
+    // One endpoint refuses connections (nothing listens there any more), the other serves.
+    // Without retries, a request sent to the first would fail: the balancer keeps it out
+    // of the picks, since it never becomes ready, as gRPC keeps a subchannel in
+    // TRANSIENT_FAILURE out.
+    let ca = TestCa::new("example.org");
+    let server = http1_backend(&ca, None).await;
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let cluster = Cluster {
+        tls: Some(upstream_tls(&[GREETER])),
+        protocol: UpstreamProtocol::Http1,
+        ..Cluster::eds("greeter")
+    };
+    let cfg = StaticConfig::new()
+        .route_all_to(&cluster.name)
+        .cluster_with_endpoints(cluster, [dead, server.addr])
+        .build()
+        .unwrap();
+    let client = MeshClient::from_static(cfg, MeshClientOptions::new().mtls(client_mtls(&ca)));
+    for i in 0..20 {
+        let answer = get(&client, "/").await;
+        assert_eq!(
+            answer.unwrap_or_else(|e| panic!("request {i}: {e:?}")),
+            "HTTP/1.1"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_first_connection_no_request_takes_is_closed_after_the_pool_idle_timeout() {
+    let ca = TestCa::new("example.org");
+    let mut server = http1_backend(&ca, None).await;
+    let client = http1_client(&ca, server.addr);
+    handshaken(&server, 1).await;
+    skip(Duration::from_secs(89)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), server.closed.recv())
+            .await
+            .is_err(),
+        "closed before the idle timeout"
+    );
+    skip(Duration::from_secs(2)).await;
+    tokio::time::timeout(Duration::from_secs(10), server.closed.recv())
+        .await
+        .expect("the unused first connection is closed after the idle timeout")
+        .unwrap();
+    // The endpoint stays ready: the next request dials a new connection.
+    assert_eq!(get(&client, "/").await.unwrap(), "HTTP/1.1");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
