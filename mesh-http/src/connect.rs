@@ -39,7 +39,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -56,6 +56,7 @@ use meshwork_core::upstream::{
 };
 use meshwork_core::xds::resource::{Cluster, UpstreamProtocol};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::BoxError;
 
@@ -124,6 +125,8 @@ struct Connector {
     /// HTTP/2 without ALPN (prior knowledge in plaintext).
     http2_only: bool,
     first: Arc<FirstConnection>,
+    /// The endpoint's connections whose retirement is not armed yet (see [`RetireAt`]).
+    unarmed: Arc<AtomicUsize>,
 }
 
 /// The endpoint's first connection, made by `poll_ready`, shared by the endpoint's clones
@@ -181,8 +184,8 @@ impl tower::Service<Uri> for Connector {
                 "the first connection closed before a request took it; dialling again"
             );
         }
-        let (dialer, http2_only) = (self.dialer.clone(), self.http2_only);
-        Box::pin(async move { connect(dialer, http2_only).await.map(TokioIo::new) })
+        let dial = connect(self.dialer.clone(), self.http2_only, self.unarmed.clone());
+        Box::pin(async move { dial.await.map(TokioIo::new) })
     }
 }
 
@@ -190,14 +193,17 @@ impl tower::Service<Uri> for Connector {
 /// all within the cluster's connect timeout. hyper-util runs the HTTP/2 handshake itself
 /// once the connector returns, so the preface written here is taken out of hyper's writes
 /// and the bytes read are replayed to it.
-async fn connect(dialer: Dialer, http2_only: bool) -> Result<Conn, ConnectError> {
+async fn connect(
+    dialer: Dialer,
+    http2_only: bool,
+    unarmed: Arc<AtomicUsize>,
+) -> Result<Conn, ConnectError> {
     let (address, timeout) = (dialer.address(), dialer.timeout());
     let deadline = Instant::now() + timeout;
     let mut stream = dialer.dial().await?;
-    let retire_at = dialer.retire_at(&stream).map(|at| RetireAt {
-        at,
-        armed: Arc::new(AtomicBool::new(false)),
-    });
+    let retire_at = dialer
+        .retire_at(&stream)
+        .map(|at| RetireAt::new(at, unarmed));
     let h2 = http2_only || stream.alpn_protocol() == Some(b"h2");
     if !h2 {
         return Ok(Conn::new(stream, false, retire_at));
@@ -228,12 +234,49 @@ async fn connect(dialer: Dialer, http2_only: bool) -> Result<Conn, ConnectError>
     }
 }
 
-/// When a connection retires, carried in its [`Connected`] extras; `armed` once a task
-/// waits to poison it then.
+/// When a connection retires, carried in its [`Connected`] extras into every response on
+/// it. Retiring needs the connection's pool entry, which only a request that captured its
+/// connection (`capture_connection`) reaches: requests capture theirs only while some
+/// connection of the endpoint is not armed, so a request costs nothing for it once every
+/// connection is.
 #[derive(Clone)]
 struct RetireAt {
     at: Instant,
-    armed: Arc<AtomicBool>,
+    armed: Arc<Armed>,
+}
+
+/// Whether a task waits to retire the connection; counted in the endpoint's unarmed
+/// connections until then, or until the connection closes.
+struct Armed {
+    done: AtomicBool,
+    unarmed: Arc<AtomicUsize>,
+    /// Told when the connection closes, so that the task waiting to retire it ends then.
+    closed: Notify,
+}
+
+impl RetireAt {
+    fn new(at: Instant, unarmed: Arc<AtomicUsize>) -> Self {
+        unarmed.fetch_add(1, Ordering::AcqRel);
+        Self {
+            at,
+            armed: Arc::new(Armed {
+                done: AtomicBool::new(false),
+                unarmed,
+                closed: Notify::new(),
+            }),
+        }
+    }
+}
+
+impl Armed {
+    /// Marks the connection armed (or closed); true the first time.
+    fn arm(&self) -> bool {
+        let first = !self.done.swap(true, Ordering::AcqRel);
+        if first {
+            self.unarmed.fetch_sub(1, Ordering::AcqRel);
+        }
+        first
+    }
 }
 
 /// A connection to an endpoint, telling hyper-util whether ALPN chose HTTP/2.
@@ -302,6 +345,16 @@ impl Conn {
         }
         self.preface_sent -= n;
         Some(Ok(n))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(r) = &self.retire_at {
+            // Closed before it was armed: no longer waiting for a request to arm it.
+            r.armed.arm();
+            r.armed.closed.notify_one();
+        }
     }
 }
 
@@ -420,6 +473,7 @@ impl Endpoint {
             dialer: Dialer::with_policy(cluster, address, identity, policy, protocol.alpn()),
             http2_only,
             first: Arc::default(),
+            unarmed: Arc::default(),
         };
         let client = Client::builder(TokioExecutor::new())
             .http2_only(http2_only)
@@ -445,10 +499,13 @@ impl tower::Service<http::Request<RetryBody<Body>>> for Endpoint {
         if first.made.load(Ordering::Acquire) {
             return Poll::Ready(Ok(()));
         }
-        let (dialer, http2_only) = (self.connector.dialer.clone(), self.connector.http2_only);
+        let c = &self.connector;
         let connecting = self
             .connecting
-            .get_or_insert_with(|| Mutex::new(Box::pin(connect(dialer, http2_only))))
+            .get_or_insert_with(|| {
+                let dial = connect(c.dialer.clone(), c.http2_only, c.unarmed.clone());
+                Mutex::new(Box::pin(dial))
+            })
             .get_mut()
             .unwrap_or_else(|e| e.into_inner());
         let result = std::task::ready!(connecting.as_mut().poll(cx));
@@ -460,21 +517,27 @@ impl tower::Service<http::Request<RetryBody<Body>>> for Endpoint {
     fn call(&mut self, mut req: http::Request<RetryBody<Body>>) -> Self::Future {
         // The URI is absolute (`MeshClient` makes it so): hyper pools by its authority, sends
         // it as `Host` / `:authority`, and the dialer ignores it.
-        let capture = capture_connection(&mut req);
+        let capture = (self.connector.unarmed.load(Ordering::Acquire) > 0)
+            .then(|| capture_connection(&mut req));
         let fut = self.client.request(req);
         Box::pin(async move {
             let rsp = fut.await?;
-            if let Some(retire) = rsp.extensions().get::<RetireAt>()
-                && !retire.armed.swap(true, Ordering::AcqRel)
+            if let Some(capture) = capture
+                && let Some(retire) = rsp.extensions().get::<RetireAt>()
+                && retire.armed.arm()
             {
-                // The first response on a connection that has a deadline arms its
+                // The first captured response on a connection that has a deadline arms its
                 // retirement: from then on the pool hands it out no more (requests on it
                 // finish) and new requests get a new connection.
-                let at = retire.at;
+                let (at, armed) = (retire.at, retire.armed.clone());
                 tokio::spawn(async move {
-                    tokio::time::sleep_until(at).await;
-                    if let Some(connected) = &*capture.connection_metadata() {
-                        connected.poison();
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {
+                            if let Some(connected) = &*capture.connection_metadata() {
+                                connected.poison();
+                            }
+                        }
+                        () = armed.closed.notified() => {}
                     }
                 });
             }
@@ -491,10 +554,14 @@ mod tests {
 
     /// A plaintext connection as the connector makes it, and the server's end.
     async fn pair(h2: bool) -> (Conn, TcpStream) {
+        pair_retiring(h2, None).await
+    }
+
+    async fn pair_retiring(h2: bool, retire_at: Option<RetireAt>) -> (Conn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        let conn = Conn::new(UpstreamStream::Plain(client.unwrap()), h2, None);
+        let conn = Conn::new(UpstreamStream::Plain(client.unwrap()), h2, retire_at);
         (conn, accepted.unwrap().0)
     }
 
@@ -546,5 +613,30 @@ mod tests {
         let mut read = vec![0; 64];
         let n = conn.read(&mut read).await.unwrap();
         assert_eq!(&read[..n], b"settings;ping;");
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_a_deadline_counts_as_unarmed_until_armed_or_closed() {
+        let unarmed = Arc::new(AtomicUsize::new(0));
+        let at = Instant::now() + Duration::from_secs(60);
+        let (a, _a) = pair_retiring(false, Some(RetireAt::new(at, unarmed.clone()))).await;
+        let (b, _b) = pair_retiring(true, Some(RetireAt::new(at, unarmed.clone()))).await;
+        assert_eq!(unarmed.load(Ordering::Acquire), 2);
+        // Armed by a response (a clone of its extras), once.
+        let extra = a.retire_at.clone().unwrap();
+        assert!(extra.armed.arm());
+        assert!(!extra.armed.arm());
+        assert_eq!(unarmed.load(Ordering::Acquire), 1);
+        // Closed after it was armed: the task waiting to retire it is told, the count stays.
+        let waiting = tokio::spawn(async move { extra.armed.closed.notified().await });
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the retiring task ends when its connection closes")
+            .unwrap();
+        assert_eq!(unarmed.load(Ordering::Acquire), 1);
+        // Closed before it was armed: no longer counted.
+        drop(b);
+        assert_eq!(unarmed.load(Ordering::Acquire), 0);
     }
 }

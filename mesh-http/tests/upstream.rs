@@ -220,6 +220,12 @@ async fn a_maximum_age_moves_new_requests_to_a_new_connection_and_in_flight_ones
     assert_eq!(server.connections(), 2);
     server.release();
     assert_eq!(in_flight.await.unwrap().unwrap(), "conn-1");
+    // A connection made for a request (not while the endpoint became ready) is armed by a
+    // later request: it retires in turn.
+    assert_eq!(get(&client, "/").await.unwrap(), "conn-2");
+    skip(Duration::from_secs(31)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(get(&client, "/").await.unwrap(), "conn-3");
 }
 
 /// An HTTP/1.1 server over mTLS (ALPN `http/1.1`, the server SVID `GREETER`).
