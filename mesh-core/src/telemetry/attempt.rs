@@ -18,6 +18,11 @@ use crate::extensions::ServedBy;
 use crate::identity::PeerIdentity;
 use crate::status::GRPC_PREVIOUS_RPC_ATTEMPTS;
 
+/// The most attributes an attempt span carries: the `rpc.*` four, `server.*` two,
+/// `previous-rpc-attempts` and `transparent-retry` at its start; the response status, the
+/// peer's address, port and SPIFFE ID and `rpc.grpc.status_code` at its end.
+const ATTEMPT_ATTRIBUTES: usize = 13;
+
 /// Makes [`Attempt`]s.
 #[derive(Debug, Clone, Default)]
 pub struct AttemptLayer {
@@ -120,6 +125,7 @@ where
             parent,
             SpanKind::Internal,
             || rpc.span_name("Attempt"),
+            ATTEMPT_ATTRIBUTES,
             |attrs| {
                 rpc.span_attributes(attrs);
                 server_attributes(req.uri(), attrs);

@@ -15,6 +15,10 @@ use super::body::finish_head;
 use super::record::{CallContext, Record, Side, server_attributes, start_span};
 use super::{Rpc, Telemetry, TelemetryBody};
 
+/// The most attributes a call span carries: the `rpc.*` four and `server.*` two at its
+/// start; `http.response.status_code` and `rpc.grpc.status_code` at its end.
+const CALL_ATTRIBUTES: usize = 8;
+
 /// Makes [`Call`]s.
 #[derive(Debug, Clone, Default)]
 pub struct CallLayer {
@@ -99,6 +103,7 @@ where
             Context::current(),
             SpanKind::Client,
             || rpc.span_name("Sent"),
+            CALL_ATTRIBUTES,
             |attrs| {
                 rpc.span_attributes(attrs);
                 server_attributes(req.uri(), attrs);

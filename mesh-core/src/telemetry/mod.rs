@@ -43,8 +43,9 @@
 //! tracer provider installed (OpenTelemetry's no-op default) no span is ever built, and a
 //! call costs its metric calls (into the no-op meter when no meter provider is installed
 //! either), two clock reads per layer and the bookkeeping that ends the call with its
-//! response body. A tracer that does make spans but does not sample one (a ratio sampler)
-//! costs the span's construction, not its attributes. [`Telemetry::disabled`] records
+//! response body. A span's name and attributes are given to the tracer when it starts (so a
+//! sampler sees them, as OpenTelemetry asks), and a tracer that does make spans but does not
+//! sample one (a ratio sampler) costs them too. [`Telemetry::disabled`] records
 //! nothing whatever is installed; then the layers only pass a caller's trace context on.
 //! `benches/benches/telemetry.rs` measures each case: disabled, tracing off, on without an
 //! exporter, and on with 1% sampling.

@@ -15,6 +15,11 @@ use super::{PEER_SPIFFE_ID, Rpc, Telemetry, TelemetryBody, propagation};
 use crate::identity::PeerIdentity;
 use crate::inbound::ConnectionInfo;
 
+/// The most attributes a server span carries: the `rpc.*` four, the connection's four and
+/// the peer's SPIFFE ID at its start; the response status and `rpc.grpc.status_code` at
+/// its end.
+const SERVER_ATTRIBUTES: usize = 11;
+
 /// Makes [`Server`]s.
 #[derive(Debug, Clone, Default)]
 pub struct ServerLayer {
@@ -129,6 +134,7 @@ where
                 parent,
                 SpanKind::Server,
                 || rpc.span_name("Recv"),
+                SERVER_ATTRIBUTES,
                 |attrs| {
                     rpc.span_attributes(attrs);
                     connection_attributes(&req, attrs);
