@@ -73,7 +73,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::global;
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::trace::{
     Span as _, SpanBuilder, SpanContext, TraceContextExt as _, TraceFlags, TraceState, Tracer,
@@ -125,7 +125,7 @@ pub struct Telemetry {
 
 #[derive(Clone)]
 struct Inner {
-    tracer: Arc<BoxedTracer>,
+    tracer: Arc<dyn record::StartSpan>,
     /// Whether the tracer makes spans at all (false for OpenTelemetry's no-op tracer).
     tracing: bool,
     /// False for [`Telemetry::disabled`]: nothing is recorded, calls pass straight through.
@@ -235,7 +235,7 @@ impl Telemetry {
     /// and only carry a caller's W3C trace context on (so a trace still crosses this
     /// service into the next one).
     pub fn disabled() -> Self {
-        let tracer = BoxedTracer::new(Box::new(opentelemetry::trace::noop::NoopTracer::new()));
+        let tracer = opentelemetry::trace::noop::NoopTracer::new();
         let meter = opentelemetry::metrics::NoopMeterProvider::new().meter_with_scope(scope());
         let mut telemetry = Self::build(tracer, &meter);
         Arc::get_mut(&mut telemetry.inner)
@@ -256,10 +256,17 @@ impl Telemetry {
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
     {
-        Self::build(BoxedTracer::new(Box::new(tracer)), meter)
+        Self::build(tracer, meter)
     }
 
-    fn build(tracer: BoxedTracer, meter: &Meter) -> Self {
+    /// The tracer is kept as its own type behind [`record::StartSpan`] rather than as a
+    /// [`BoxedTracer`](global::BoxedTracer): a boxed tracer boxes every span it makes, and
+    /// the context the span goes into boxes it again.
+    fn build<T>(tracer: T, meter: &Meter) -> Self
+    where
+        T: Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+    {
         Self {
             inner: Arc::new(Inner {
                 tracing: makes_spans(&tracer),
@@ -297,8 +304,8 @@ impl Telemetry {
         &self.inner.mesh
     }
 
-    pub(crate) fn tracer(&self) -> &BoxedTracer {
-        &self.inner.tracer
+    pub(crate) fn tracer(&self) -> &dyn record::StartSpan {
+        &*self.inner.tracer
     }
 
     /// Whether spans are made at all; false when the tracer is OpenTelemetry's no-op one,
@@ -344,7 +351,7 @@ impl Telemetry {
 /// that SDK behaviour (checked by the `the_tracer_is_probed_without_exporting_anything`
 /// test on every upgrade); a third-party tracer that ignores suppression and samples
 /// regardless of its unsampled parent would export one `meshwork.probe` span per handle.
-fn makes_spans(tracer: &BoxedTracer) -> bool {
+fn makes_spans<T: Tracer>(tracer: &T) -> bool {
     let parent = SpanContext::new(
         TraceId::from(0x6d65_7368_776f_726b_u128),
         SpanId::from(0x0070_726f_6265_u64),

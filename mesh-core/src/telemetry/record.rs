@@ -96,16 +96,33 @@ pub(crate) fn start_span(
     let builder = SpanBuilder::from_name(name())
         .with_kind(kind)
         .with_attributes(list);
-    let span = telemetry.tracer().build_with_context(builder, &parent);
-    let recording = span.is_recording();
-    // A span that is not recorded still carries its trace ID and its "not sampled"
-    // decision; a tracer that made none leaves the parent's.
-    let cx = if recording || span.span_context().is_valid() {
-        parent.with_span(span)
-    } else {
-        parent
-    };
-    Started { cx, recording }
+    telemetry.tracer().start(builder, parent)
+}
+
+/// A tracer that starts spans into a context, whatever its span type: the span goes into
+/// the context as it is, boxed once there, where a boxed tracer's span would be boxed twice.
+pub(crate) trait StartSpan: Send + Sync {
+    /// Starts the span `builder` describes under `parent`.
+    fn start(&self, builder: SpanBuilder, parent: Context) -> Started;
+}
+
+impl<T> StartSpan for T
+where
+    T: Tracer + Send + Sync,
+    T::Span: Send + Sync + 'static,
+{
+    fn start(&self, builder: SpanBuilder, parent: Context) -> Started {
+        let span = self.build_with_context(builder, &parent);
+        let recording = span.is_recording();
+        // A span that is not recorded still carries its trace ID and its "not sampled"
+        // decision; a tracer that made none leaves the parent's.
+        let cx = if recording || span.span_context().is_valid() {
+            parent.with_span(span)
+        } else {
+            parent
+        };
+        Started { cx, recording }
+    }
 }
 
 /// The state of one call, attempt or server request until it ends; ends it on drop
