@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
 use super::body::finish_head;
+use super::names::SpanPrefix;
 use super::record::{CallContext, Record, Side, server_attributes, start_span};
 use super::{Rpc, Telemetry, TelemetryBody, propagation};
 use crate::extensions::ServedBy;
@@ -124,7 +125,7 @@ where
             &self.telemetry,
             parent,
             SpanKind::Internal,
-            || rpc.span_name("Attempt"),
+            || rpc.span_name(SpanPrefix::Attempt),
             ATTEMPT_ATTRIBUTES,
             |attrs| {
                 rpc.span_attributes(attrs);

@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
 use super::body::finish_head;
+use super::names::SpanPrefix;
 use super::record::{CallContext, Record, Side, server_attributes, start_span};
 use super::{Rpc, Telemetry, TelemetryBody};
 
@@ -102,7 +103,7 @@ where
             &self.telemetry,
             Context::current(),
             SpanKind::Client,
-            || rpc.span_name("Sent"),
+            || rpc.span_name(SpanPrefix::Sent),
             CALL_ATTRIBUTES,
             |attrs| {
                 rpc.span_attributes(attrs);

@@ -427,10 +427,14 @@ impl Rpc {
     }
 
     /// The span name: `<prefix>.<package.Service>.<Method>` (gRFC A72) or the HTTP method.
-    pub(crate) fn span_name(&self, prefix: &str) -> Cow<'static, str> {
+    pub(crate) fn span_name(&self, prefix: names::SpanPrefix) -> Cow<'static, str> {
         match self {
-            Rpc::Grpc { method } => Cow::Owned(method.info.span_name(prefix)),
-            Rpc::Http { method } => Cow::Owned(method.as_str().to_owned()),
+            Rpc::Grpc { method } => method.info.span_name(prefix),
+            // A span keeps an unknown method's own name; its metrics fold it into `_OTHER`.
+            Rpc::Http { method } => match standard_method(method) {
+                "_OTHER" => Cow::Owned(method.as_str().to_owned()),
+                name => Cow::Borrowed(name),
+            },
         }
     }
 
@@ -461,18 +465,23 @@ impl Rpc {
 }
 
 fn method_value(method: &http::Method) -> StringValue {
+    standard_method(method).into()
+}
+
+/// The name of a standard HTTP method; `_OTHER` for any other (the semantic conventions
+/// fold unknown methods into one value).
+fn standard_method(method: &http::Method) -> &'static str {
     match *method {
-        http::Method::GET => "GET".into(),
-        http::Method::POST => "POST".into(),
-        http::Method::PUT => "PUT".into(),
-        http::Method::DELETE => "DELETE".into(),
-        http::Method::HEAD => "HEAD".into(),
-        http::Method::PATCH => "PATCH".into(),
-        http::Method::OPTIONS => "OPTIONS".into(),
-        http::Method::CONNECT => "CONNECT".into(),
-        http::Method::TRACE => "TRACE".into(),
-        // The semantic conventions fold unknown methods into one value.
-        _ => "_OTHER".into(),
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "_OTHER",
     }
 }
 

@@ -10,6 +10,7 @@ use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
 use super::body::finish_head;
+use super::names::SpanPrefix;
 use super::record::{Record, Side, start_span};
 use super::{PEER_SPIFFE_ID, Rpc, Telemetry, TelemetryBody, propagation};
 use crate::identity::PeerIdentity;
@@ -133,7 +134,7 @@ where
                 &self.telemetry,
                 parent,
                 SpanKind::Server,
-                || rpc.span_name("Recv"),
+                || rpc.span_name(SpanPrefix::Recv),
                 SERVER_ATTRIBUTES,
                 |attrs| {
                     rpc.span_attributes(attrs);
