@@ -129,7 +129,7 @@ where
             ATTEMPT_ATTRIBUTES,
             |attrs| {
                 rpc.span_attributes(attrs);
-                server_attributes(req.uri(), attrs);
+                server_attributes(&self.telemetry, req.uri(), attrs);
                 attrs.push(KeyValue::new("previous-rpc-attempts", previous));
                 attrs.push(KeyValue::new("transparent-retry", false));
             },
@@ -176,14 +176,20 @@ where
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         let record = this.record.take();
-        if let Some(span) = record.as_ref().and_then(Record::span_context) {
+        if let Some(record) = &record
+            && let Some(span) = record.span_context()
+        {
+            let telemetry = record.telemetry();
             let served_by = match &result {
                 Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.address()),
                 Err(_) => None,
             };
             let span = span.span();
             if let Some(addr) = served_by {
-                span.set_attribute(KeyValue::new("network.peer.address", addr.ip().to_string()));
+                span.set_attribute(KeyValue::new(
+                    "network.peer.address",
+                    telemetry.peer_value(addr.ip()),
+                ));
                 span.set_attribute(KeyValue::new("network.peer.port", i64::from(addr.port())));
             }
             // An endpoint connector may report the server's verified identity.

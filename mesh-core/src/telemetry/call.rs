@@ -107,7 +107,7 @@ where
             CALL_ATTRIBUTES,
             |attrs| {
                 rpc.span_attributes(attrs);
-                server_attributes(req.uri(), attrs);
+                server_attributes(&self.telemetry, req.uri(), attrs);
             },
         );
         let span = started.recorded();

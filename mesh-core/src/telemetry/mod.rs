@@ -89,6 +89,7 @@ mod names;
 pub mod propagation;
 mod record;
 mod server;
+mod values;
 
 pub use attempt::{Attempt, AttemptFuture, AttemptLayer};
 pub use body::TelemetryBody;
@@ -135,6 +136,10 @@ struct Inner {
     target: StringValue,
     instruments: Instruments,
     mesh: MeshMetrics,
+    /// `server.address` values: the hosts calls go to.
+    hosts: Arc<values::Values<String>>,
+    /// `network.peer.address` values: the endpoints that served attempts.
+    peers: Arc<values::Values<std::net::IpAddr>>,
 }
 
 pub(crate) struct Instruments {
@@ -277,6 +282,8 @@ impl Telemetry {
                 target: StringValue::from(""),
                 instruments: Instruments::new(meter),
                 mesh: MeshMetrics::new(meter, StringValue::from("")),
+                hosts: Arc::default(),
+                peers: Arc::default(),
             }),
         }
     }
@@ -338,6 +345,16 @@ impl Telemetry {
         {
             self.inner.server_methods.learn(&method.info);
         }
+    }
+
+    /// The `server.address` value for `host`, made once per host (see `values.rs`).
+    pub(crate) fn host_value(&self, host: &str) -> StringValue {
+        self.inner.hosts.get(host, || host.to_owned())
+    }
+
+    /// The `network.peer.address` value for `ip`, made once per address.
+    pub(crate) fn peer_value(&self, ip: std::net::IpAddr) -> StringValue {
+        self.inner.peers.get(&ip, || ip.to_string())
     }
 
     pub(crate) fn target_kv(&self) -> KeyValue {

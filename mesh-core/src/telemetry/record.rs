@@ -159,6 +159,11 @@ impl Record {
         }
     }
 
+    /// The handle the record records through.
+    pub(crate) fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
     /// The span's context, when it is recorded.
     pub(crate) fn span_context(&self) -> Option<&Context> {
         self.cx.as_ref()
@@ -327,9 +332,9 @@ impl std::fmt::Debug for Record {
 }
 
 /// `server.address` and `server.port` from a request URI's authority.
-pub(crate) fn server_attributes(uri: &http::Uri, attrs: &mut Vec<KeyValue>) {
+pub(crate) fn server_attributes(telemetry: &Telemetry, uri: &http::Uri, attrs: &mut Vec<KeyValue>) {
     if let Some(host) = uri.host() {
-        attrs.push(KeyValue::new("server.address", host.to_owned()));
+        attrs.push(KeyValue::new("server.address", telemetry.host_value(host)));
     }
     let port = uri.port_u16().or(match uri.scheme_str() {
         Some("https") => Some(443),
