@@ -136,8 +136,8 @@ struct Inner {
     target: StringValue,
     instruments: Instruments,
     mesh: MeshMetrics,
-    /// `server.address` values: the hosts calls go to.
-    hosts: Arc<values::Values<String>>,
+    /// `server.address` and `server.port`: the authorities calls go to.
+    servers: Arc<values::Values<String, values::Server>>,
     /// `network.peer.address` values: the endpoints that served attempts.
     peers: Arc<values::Values<std::net::IpAddr>>,
 }
@@ -282,7 +282,7 @@ impl Telemetry {
                 target: StringValue::from(""),
                 instruments: Instruments::new(meter),
                 mesh: MeshMetrics::new(meter, StringValue::from("")),
-                hosts: Arc::default(),
+                servers: Arc::default(),
                 peers: Arc::default(),
             }),
         }
@@ -347,14 +347,29 @@ impl Telemetry {
         }
     }
 
-    /// The `server.address` value for `host`, made once per host (see `values.rs`).
-    pub(crate) fn host_value(&self, host: &str) -> StringValue {
-        self.inner.hosts.get(host, || host.to_owned())
+    /// The host and explicit port of `authority`, parsed once per authority (see
+    /// `values.rs`).
+    pub(crate) fn server(&self, authority: &http::uri::Authority) -> values::Server {
+        self.inner
+            .servers
+            .get(authority.as_str(), || values::Server {
+                host: StringValue::from(Arc::<str>::from(authority.host())),
+                port: authority.port_u16(),
+            })
     }
 
     /// The `network.peer.address` value for `ip`, made once per address.
     pub(crate) fn peer_value(&self, ip: std::net::IpAddr) -> StringValue {
-        self.inner.peers.get(&ip, || ip.to_string())
+        self.inner.peers.get(&ip, || {
+            // Formatted on the stack (an IPv6 address is at most 45 characters), so the
+            // value costs one allocation.
+            let mut buf = [0u8; 64];
+            let mut out = &mut buf[..];
+            let _ = std::io::Write::write_fmt(&mut out, format_args!("{ip}"));
+            let len = 64 - out.len();
+            let text = std::str::from_utf8(&buf[..len]).unwrap_or_default();
+            StringValue::from(Arc::<str>::from(text))
+        })
     }
 
     pub(crate) fn target_kv(&self) -> KeyValue {

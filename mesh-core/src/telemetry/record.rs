@@ -333,10 +333,13 @@ impl std::fmt::Debug for Record {
 
 /// `server.address` and `server.port` from a request URI's authority.
 pub(crate) fn server_attributes(telemetry: &Telemetry, uri: &http::Uri, attrs: &mut Vec<KeyValue>) {
-    if let Some(host) = uri.host() {
-        attrs.push(KeyValue::new("server.address", telemetry.host_value(host)));
+    let server = uri.authority().map(|a| telemetry.server(a));
+    let mut port = None;
+    if let Some(server) = server {
+        attrs.push(KeyValue::new("server.address", server.host));
+        port = server.port;
     }
-    let port = uri.port_u16().or(match uri.scheme_str() {
+    let port = port.or(match uri.scheme_str() {
         Some("https") => Some(443),
         Some("http") => Some(80),
         _ => None,

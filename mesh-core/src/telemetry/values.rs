@@ -1,6 +1,6 @@
-//! Span attribute values that repeat call after call — the host a target's calls go to,
-//! the addresses of its endpoints — made once per [`Telemetry`](super::Telemetry) handle
-//! instead of formatted and allocated per span.
+//! Span attribute values that repeat call after call — the host and port a target's calls
+//! go to, the addresses of its endpoints — made once per [`Telemetry`](super::Telemetry)
+//! handle instead of parsed, formatted and allocated per span.
 //!
 //! Bounded: a table keeps the first [`MAX_VALUES`] values it meets and no more. A value
 //! past those (a caller naming a new host per call, a cluster of thousands of endpoints, an
@@ -18,12 +18,19 @@ use opentelemetry::StringValue;
 /// How many values one table keeps.
 pub(crate) const MAX_VALUES: usize = 256;
 
-/// Values by key: read lock-free, copied on the rare insert.
-pub(crate) struct Values<K> {
-    table: ArcSwap<HashMap<K, StringValue, foldhash::fast::RandomState>>,
+/// The `server.address` and explicit port of a request's authority.
+#[derive(Debug, Clone)]
+pub(crate) struct Server {
+    pub(crate) host: StringValue,
+    pub(crate) port: Option<u16>,
 }
 
-impl<K> Default for Values<K> {
+/// Values by key: read lock-free, copied on the rare insert.
+pub(crate) struct Values<K, V = StringValue> {
+    table: ArcSwap<HashMap<K, V, foldhash::fast::RandomState>>,
+}
+
+impl<K, V> Default for Values<K, V> {
     fn default() -> Self {
         Self {
             table: ArcSwap::default(),
@@ -31,9 +38,9 @@ impl<K> Default for Values<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone> Values<K> {
+impl<K: Hash + Eq + Clone, V: Clone> Values<K, V> {
     /// The value for `key`, made by `make` the first time.
-    pub(crate) fn get<Q>(&self, key: &Q, make: impl FnOnce() -> String) -> StringValue
+    pub(crate) fn get<Q>(&self, key: &Q, make: impl FnOnce() -> V) -> V
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -41,7 +48,7 @@ impl<K: Hash + Eq + Clone> Values<K> {
         if let Some(value) = self.table.load().get(key) {
             return value.clone();
         }
-        let value = StringValue::from(Arc::<str>::from(make()));
+        let value = make();
         if self.table.load().len() < MAX_VALUES {
             let owned: K = key.to_owned();
             self.table.rcu(|table| {
@@ -69,7 +76,7 @@ mod tests {
     #[test]
     fn a_value_is_made_once_and_the_table_is_bounded() {
         let values = Values::<String>::default();
-        let a = values.get("greeter", || "greeter".to_owned());
+        let a = values.get("greeter", || StringValue::from(Arc::<str>::from("greeter")));
         let b = values.get("greeter", || unreachable!("made once"));
         assert_eq!(a.as_str(), "greeter");
         assert!(
@@ -78,7 +85,8 @@ mod tests {
         );
         for i in 1..MAX_VALUES * 2 {
             let host = format!("host-{i}");
-            assert_eq!(values.get(host.as_str(), || host.clone()).as_str(), host);
+            let made = || StringValue::from(host.clone());
+            assert_eq!(values.get(host.as_str(), made).as_str(), host);
         }
         assert_eq!(
             values.len(),
@@ -86,8 +94,23 @@ mod tests {
             "the first values are kept, no more"
         );
         let past = format!("host-{}", MAX_VALUES * 2 - 1);
-        assert_eq!(values.get(past.as_str(), || past.clone()).as_str(), past);
+        let made = || StringValue::from(past.clone());
+        assert_eq!(values.get(past.as_str(), made).as_str(), past);
         let kept = values.get("greeter", || unreachable!("kept"));
         assert!(std::ptr::eq(a.as_str(), kept.as_str()));
+    }
+
+    #[test]
+    fn peer_addresses_are_written_as_before() {
+        let telemetry = super::super::Telemetry::disabled();
+        for ip in [
+            "10.0.0.1",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(telemetry.peer_value(ip).as_str(), ip.to_string());
+            assert_eq!(telemetry.peer_value(ip).as_str(), ip.to_string(), "kept");
+        }
     }
 }
