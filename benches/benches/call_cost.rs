@@ -32,22 +32,21 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::Criterion;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use meshwork_grpc::core::client::{ClientOptions, Engine, Outbound};
-use meshwork_grpc::core::config::{
-    self, Cluster, ClusterChildren, ClusterConfig, ClusterLoadAssignment, ClusterState, RetryOn,
-    RetryPolicy, StaticConfig,
-};
+use meshwork_grpc::core::config::Cluster;
 use meshwork_grpc::core::retry::RetryBody;
 use meshwork_grpc::core::telemetry::Telemetry;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tower::{Service, ServiceExt, service_fn};
+
+#[path = "support/stack.rs"]
+mod support;
 
 type Body = BoxBody<Bytes, Infallible>;
 type Stack = Outbound<Full<Bytes>, Body>;
@@ -86,52 +85,9 @@ fn response() -> http::Response<Body> {
         .expect("a valid response")
 }
 
-/// The mesh-default retry policy istiod puts on every route.
-fn retry_policy() -> RetryPolicy {
-    RetryPolicy {
-        retry_on: RetryOn::UNAVAILABLE | RetryOn::CANCELLED | RetryOn::RESET,
-        num_retries: 2,
-        base_interval: Duration::from_millis(25),
-        max_interval: Duration::from_millis(250),
-        per_try_timeout: None,
-        retriable_status_codes: Vec::new(),
-        avoid_previous_hosts: true,
-        host_selection_max_attempts: 5,
-    }
-}
-
 /// The outbound stack over three in-memory endpoints, recording through `telemetry`; built
 /// within the current runtime. The route has a timeout and istiod's retry policy.
 fn build_stack(telemetry: Telemetry) -> Stack {
-    let mut vh = StaticConfig::new()
-        .route_all_to("echo")
-        .build()
-        .expect("valid")
-        .route_config()
-        .virtual_hosts[0]
-        .clone();
-    if let config::RouteAction::Forward(fa) = &mut vh.routes[0].action {
-        fa.timeout = Some(Duration::from_secs(10));
-        fa.retry_policy = Some(retry_policy());
-    }
-    let addrs: Vec<SocketAddr> = (1..=3u8)
-        .map(|i| SocketAddr::from(([10, 0, 0, i], 8080)))
-        .collect();
-    let cfg = StaticConfig::new()
-        .virtual_host(vh)
-        .cluster(
-            "echo",
-            ClusterState::Ready(ClusterConfig {
-                cluster: Arc::new(Cluster::eds("echo")),
-                children: ClusterChildren::Endpoints(Ok(Arc::new(
-                    ClusterLoadAssignment::from_addresses("echo", &addrs),
-                ))),
-            }),
-        )
-        .build()
-        .expect("valid");
-    let (tx, rx) = config::channel(cfg);
-    std::mem::forget(tx); // the config never changes during the run
     let engine = Engine::new(
         ClientOptions::new().telemetry(telemetry),
         None,
@@ -143,7 +99,8 @@ fn build_stack(telemetry: Telemetry) -> Stack {
             }
         },
     );
-    engine.outbound(rx, "xds:///echo")
+    let config = support::published(&support::endpoint_addrs(3));
+    engine.outbound(config, "xds:///echo")
 }
 
 /// The telemetry of a case; the tracer provider is kept alive by the caller.
