@@ -8,16 +8,18 @@
 //! - `untraced`: OpenTelemetry's global providers, nothing installed (no spans; the
 //!   metric calls go to the no-op meter) — the loadtest's `meshwork-untraced`;
 //! - `traced`: an SDK tracer provider with the default always-on sampler and no exporter,
-//!   and the global (no-op) meter — the loadtest's traced `meshwork`.
+//!   and the global (no-op) meter — the loadtest's traced `meshwork`;
+//! - `sampled`: the same with a 1 % trace-ID-ratio sampler (most calls make spans that are
+//!   not recorded).
 //!
-//! `call_cost traced|untraced N` makes `N` calls of one case. Under valgrind the difference
+//! `call_cost untraced|traced|sampled N` makes `N` calls of one case. Under valgrind the difference
 //! between two `N`, divided by the difference in `N`, is the cost of one call without the
 //! start-up: allocations and bytes from valgrind's DHAT (its `Total:` line), instructions
 //! from callgrind (its `refs:` line):
 //!
 //! ```text
 //! cargo bench -p meshwork-benches --bench call_cost --no-run   # prints the binary's path
-//! for case in untraced traced; do
+//! for case in untraced traced sampled; do
 //!   for n in 1000 3000; do
 //!     valgrind --tool=dhat --dhat-out-file=/dev/null BIN $case $n 2>&1 | grep 'Total:'
 //!     valgrind --tool=callgrind --callgrind-out-file=/dev/null BIN $case $n 2>&1 \
@@ -42,7 +44,7 @@ use meshwork_grpc::core::config::Cluster;
 use meshwork_grpc::core::retry::RetryBody;
 use meshwork_grpc::core::telemetry::Telemetry;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tower::{Service, ServiceExt, service_fn};
 
 #[path = "support/stack.rs"]
@@ -103,15 +105,23 @@ fn build_stack(telemetry: Telemetry) -> Stack {
     engine.outbound(config, "xds:///echo")
 }
 
-/// The telemetry of a case; the tracer provider is kept alive by the caller.
-fn telemetry(case: &str, traces: &SdkTracerProvider) -> Telemetry {
+/// The telemetry of a case.
+fn telemetry(case: &str) -> Telemetry {
+    let meter = opentelemetry::global::meter("meshwork");
     match case {
         "traced" => Telemetry::new(
-            traces.tracer("meshwork"),
-            &opentelemetry::global::meter("meshwork"),
+            SdkTracerProvider::builder().build().tracer("meshwork"),
+            &meter,
+        ),
+        "sampled" => Telemetry::new(
+            SdkTracerProvider::builder()
+                .with_sampler(Sampler::TraceIdRatioBased(0.01))
+                .build()
+                .tracer("meshwork"),
+            &meter,
         ),
         "untraced" => Telemetry::global(),
-        _ => panic!("the cases are traced and untraced, not {case}"),
+        _ => panic!("the cases are untraced, traced and sampled, not {case}"),
     }
 }
 
@@ -128,25 +138,24 @@ fn main() {
         .build()
         .expect("a runtime");
     let _enter = rt.enter();
-    let traces = SdkTracerProvider::builder().build();
     let authority = http::uri::Authority::from_static("echo:7070");
     let mut args = std::env::args().skip(1);
     let first = args.next();
-    if let Some(case @ ("traced" | "untraced")) = first.as_deref() {
+    if let Some(case @ ("untraced" | "traced" | "sampled")) = first.as_deref() {
         let n: usize = args
             .next()
             .and_then(|n| n.parse().ok())
-            .expect("usage: call_cost traced|untraced N");
-        let mut stack = build_stack(telemetry(case, &traces));
+            .expect("usage: call_cost untraced|traced|sampled N");
+        let mut stack = build_stack(telemetry(case));
         for _ in 0..n {
             rt.block_on(call(&mut stack, &authority));
         }
         return;
     }
     let mut c = Criterion::default().configure_from_args();
-    let mut group = c.benchmark_group("outbound_call");
-    for case in ["untraced", "traced"] {
-        let mut stack = build_stack(telemetry(case, &traces));
+    let mut group = c.benchmark_group("call_cost");
+    for case in ["untraced", "traced", "sampled"] {
+        let mut stack = build_stack(telemetry(case));
         group.bench_function(case, |b| {
             b.iter(|| rt.block_on(call(&mut stack, &authority)))
         });
