@@ -7,29 +7,17 @@
 //! Run: `cargo bench -p meshwork-benches --bench retry`.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use meshwork_grpc::core::config::{RetryOn, RetryPolicy};
 use meshwork_grpc::core::retry::{RetryBudget, backoff, is_retriable, response_conditions};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        retry_on: RetryOn::UNAVAILABLE | RetryOn::CANCELLED | RetryOn::RESET,
-        num_retries: 2,
-        base_interval: Duration::from_millis(25),
-        max_interval: Duration::from_millis(250),
-        per_try_timeout: None,
-        retriable_status_codes: Vec::new(),
-        avoid_previous_hosts: true,
-        host_selection_max_attempts: 5,
-    }
-}
+#[path = "support/stack.rs"]
+mod support;
 
 fn retry(c: &mut Criterion) {
-    let policy = policy();
+    let policy = support::retry_policy();
     let ok = http::Response::builder()
         .header("content-type", "application/grpc")
         .body(())
@@ -102,19 +90,10 @@ fn outbound_call(c: &mut Criterion) {
         })
     });
 
-    // A route with a timeout and a retry policy, as istiod sends.
-    let mut vh = StaticConfig::new()
-        .route_all_to("echo")
+    let cfg = StaticConfig::new()
+        .virtual_host(support::virtual_host())
         .build()
-        .expect("valid")
-        .route_config()
-        .virtual_hosts[0]
-        .clone();
-    if let config::RouteAction::Forward(fa) = &mut vh.routes[0].action {
-        fa.timeout = Some(Duration::from_secs(10));
-        fa.retry_policy = Some(policy());
-    }
-    let cfg = StaticConfig::new().virtual_host(vh).build().expect("valid");
+        .expect("valid");
     let (_tx, rx) = config::channel(cfg);
     let retry_bodies = service_fn(
         |_req: http::Request<meshwork_grpc::core::retry::RetryBody<String>>| async {

@@ -20,37 +20,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use meshwork_grpc::core::client::{ClientOptions, Engine, Outbound};
-use meshwork_grpc::core::config::{
-    self, Cluster, ClusterChildren, ClusterConfig, ClusterLoadAssignment, ClusterState, RetryOn,
-    RetryPolicy, StaticConfig,
-};
+use meshwork_grpc::core::config::Cluster;
 use meshwork_grpc::core::retry::RetryBody;
 use tower::{Service, ServiceExt, service_fn};
 
-fn cluster() -> Arc<Cluster> {
-    Arc::new(Cluster::eds("echo"))
-}
-
-fn endpoints(n: u32) -> Arc<ClusterLoadAssignment> {
-    let addrs: Vec<SocketAddr> = (0..n)
-        .map(|i| SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i + 1), 8080)))
-        .collect();
-    Arc::new(ClusterLoadAssignment::from_addresses("echo", &addrs))
-}
-
-/// The mesh-default retry policy istiod puts on every route.
-fn retry_policy() -> RetryPolicy {
-    RetryPolicy {
-        retry_on: RetryOn::UNAVAILABLE | RetryOn::CANCELLED | RetryOn::RESET,
-        num_retries: 2,
-        base_interval: Duration::from_millis(25),
-        max_interval: Duration::from_millis(250),
-        per_try_timeout: None,
-        retriable_status_codes: Vec::new(),
-        avoid_previous_hosts: true,
-        host_selection_max_attempts: 5,
-    }
-}
+#[path = "support/stack.rs"]
+mod support;
 
 fn request() -> http::Request<String> {
     http::Request::post("http://echo:7070/proto.EchoTestService/Echo")
@@ -63,31 +38,7 @@ type Stack = Outbound<String, String>;
 
 /// The outbound stack over `n` always-ready endpoints; built within the current runtime.
 fn build_stack(n: u32) -> Stack {
-    let c = cluster();
-    let mut vh = StaticConfig::new()
-        .route_all_to("echo")
-        .build()
-        .expect("valid")
-        .route_config()
-        .virtual_hosts[0]
-        .clone();
-    if let config::RouteAction::Forward(fa) = &mut vh.routes[0].action {
-        fa.timeout = Some(Duration::from_secs(10));
-        fa.retry_policy = Some(retry_policy());
-    }
-    let cfg = StaticConfig::new()
-        .virtual_host(vh)
-        .cluster(
-            "echo",
-            ClusterState::Ready(ClusterConfig {
-                cluster: c.clone(),
-                children: ClusterChildren::Endpoints(Ok(endpoints(n))),
-            }),
-        )
-        .build()
-        .expect("valid");
-    let (tx, rx) = config::channel(cfg);
-    std::mem::forget(tx); // the config never changes during the bench
+    let rx = support::published(&support::endpoint_addrs(n));
     // The application's telemetry (OpenTelemetry's global providers, no-op here), as a
     // `MeshChannel` gets by default.
     let engine = Engine::new(ClientOptions::new(), None, |_upstream| {

@@ -1,4 +1,3 @@
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,7 +44,9 @@ pub(crate) struct Retrying<S, B> {
 pub(crate) struct Pending<B> {
     head: http::request::Parts,
     source: Option<B>,
-    frames: VecDeque<Frame<Bytes>>,
+    /// The data read so far: kept as it is for replay once the body is complete (a
+    /// unary call's one frame costs one small vector, not a queue and then a vector).
+    data: Vec<Bytes>,
     len: usize,
     replay: Option<Arc<Buffered>>,
 }
@@ -56,7 +57,7 @@ impl<B> Pending<B> {
         Self {
             head,
             source: Some(body),
-            frames: VecDeque::new(),
+            data: Vec::new(),
             len: 0,
             replay: None,
         }
@@ -115,8 +116,7 @@ where
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(mut data) => {
                         self.len += data.remaining();
-                        self.frames
-                            .push_back(Frame::data(data.copy_to_bytes(data.remaining())));
+                        self.data.push(data.copy_to_bytes(data.remaining()));
                         if self.len > limit {
                             return Buffering::Once;
                         }
@@ -131,13 +131,8 @@ where
                 Poll::Pending => return Buffering::Once,
             }
         }
-        let data = self
-            .frames
-            .drain(..)
-            .filter_map(|f| f.into_data().ok())
-            .collect();
         self.replay = Some(Arc::new(Buffered {
-            data,
+            data: std::mem::take(&mut self.data),
             trailers,
             len: self.len,
             exact,
@@ -220,7 +215,10 @@ where
                             RetryBody::replay(r.request.replay.clone().unwrap_or_default())
                         }
                         Buffering::Once => {
-                            let prefix = std::mem::take(&mut r.request.frames);
+                            let prefix = std::mem::take(&mut r.request.data)
+                                .into_iter()
+                                .map(Frame::data)
+                                .collect();
                             RetryBody::once(prefix, r.request.source.take())
                         }
                         Buffering::Failed(e) => return Poll::Ready(Err(e.into())),

@@ -12,11 +12,17 @@ use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
 use super::body::finish_head;
+use super::names::SpanPrefix;
 use super::record::{CallContext, Record, Side, server_attributes, start_span};
 use super::{Rpc, Telemetry, TelemetryBody, propagation};
 use crate::extensions::ServedBy;
 use crate::identity::PeerIdentity;
 use crate::status::GRPC_PREVIOUS_RPC_ATTEMPTS;
+
+/// The most attributes an attempt span carries: the `rpc.*` four, `server.*` two,
+/// `previous-rpc-attempts` and `transparent-retry` at its start; the response status, the
+/// peer's address, port and SPIFFE ID and `rpc.grpc.status_code` at its end.
+const ATTEMPT_ATTRIBUTES: usize = 13;
 
 /// Makes [`Attempt`]s.
 #[derive(Debug, Clone, Default)]
@@ -119,10 +125,11 @@ where
             &self.telemetry,
             parent,
             SpanKind::Internal,
-            || rpc.span_name("Attempt"),
+            || rpc.span_name(SpanPrefix::Attempt),
+            ATTEMPT_ATTRIBUTES,
             |attrs| {
                 rpc.span_attributes(attrs);
-                server_attributes(req.uri(), attrs);
+                server_attributes(&self.telemetry, req.uri(), attrs);
                 attrs.push(KeyValue::new("previous-rpc-attempts", previous));
                 attrs.push(KeyValue::new("transparent-retry", false));
             },
@@ -169,14 +176,20 @@ where
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
         let record = this.record.take();
-        if let Some(span) = record.as_ref().and_then(Record::span_context) {
+        if let Some(record) = &record
+            && let Some(span) = record.span_context()
+        {
+            let telemetry = record.telemetry();
             let served_by = match &result {
                 Ok(rsp) => rsp.extensions().get::<ServedBy>().map(|s| s.address()),
                 Err(_) => None,
             };
             let span = span.span();
             if let Some(addr) = served_by {
-                span.set_attribute(KeyValue::new("network.peer.address", addr.ip().to_string()));
+                span.set_attribute(KeyValue::new(
+                    "network.peer.address",
+                    telemetry.peer_value(addr.ip()),
+                ));
                 span.set_attribute(KeyValue::new("network.peer.port", i64::from(addr.port())));
             }
             // An endpoint connector may report the server's verified identity.

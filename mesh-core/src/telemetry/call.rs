@@ -12,8 +12,13 @@ use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
 use super::body::finish_head;
+use super::names::SpanPrefix;
 use super::record::{CallContext, Record, Side, server_attributes, start_span};
 use super::{Rpc, Telemetry, TelemetryBody};
+
+/// The most attributes a call span carries: the `rpc.*` four and `server.*` two at its
+/// start; `http.response.status_code` and `rpc.grpc.status_code` at its end.
+const CALL_ATTRIBUTES: usize = 8;
 
 /// Makes [`Call`]s.
 #[derive(Debug, Clone, Default)]
@@ -98,10 +103,11 @@ where
             &self.telemetry,
             Context::current(),
             SpanKind::Client,
-            || rpc.span_name("Sent"),
+            || rpc.span_name(SpanPrefix::Sent),
+            CALL_ATTRIBUTES,
             |attrs| {
                 rpc.span_attributes(attrs);
-                server_attributes(req.uri(), attrs);
+                server_attributes(&self.telemetry, req.uri(), attrs);
             },
         );
         let span = started.recorded();

@@ -43,8 +43,9 @@
 //! tracer provider installed (OpenTelemetry's no-op default) no span is ever built, and a
 //! call costs its metric calls (into the no-op meter when no meter provider is installed
 //! either), two clock reads per layer and the bookkeeping that ends the call with its
-//! response body. A tracer that does make spans but does not sample one (a ratio sampler)
-//! costs the span's construction, not its attributes. [`Telemetry::disabled`] records
+//! response body. A span's name and attributes are given to the tracer when it starts (so a
+//! sampler sees them, as OpenTelemetry asks), and a tracer that does make spans but does not
+//! sample one (a ratio sampler) costs them too. [`Telemetry::disabled`] records
 //! nothing whatever is installed; then the layers only pass a caller's trace context on.
 //! `benches/benches/telemetry.rs` measures each case: disabled, tracing off, on without an
 //! exporter, and on with 1% sampling.
@@ -72,7 +73,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::global;
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::trace::{
     Span as _, SpanBuilder, SpanContext, TraceContextExt as _, TraceFlags, TraceState, Tracer,
@@ -88,6 +89,7 @@ mod names;
 pub mod propagation;
 mod record;
 mod server;
+mod values;
 
 pub use attempt::{Attempt, AttemptFuture, AttemptLayer};
 pub use body::TelemetryBody;
@@ -124,7 +126,7 @@ pub struct Telemetry {
 
 #[derive(Clone)]
 struct Inner {
-    tracer: Arc<BoxedTracer>,
+    tracer: Arc<dyn record::StartSpan>,
     /// Whether the tracer makes spans at all (false for OpenTelemetry's no-op tracer).
     tracing: bool,
     /// False for [`Telemetry::disabled`]: nothing is recorded, calls pass straight through.
@@ -134,6 +136,10 @@ struct Inner {
     target: StringValue,
     instruments: Instruments,
     mesh: MeshMetrics,
+    /// `server.address` and `server.port`: the authorities calls go to.
+    servers: Arc<values::Values<String, values::Server>>,
+    /// `network.peer.address` values: the endpoints that served attempts.
+    peers: Arc<values::Values<std::net::IpAddr>>,
 }
 
 pub(crate) struct Instruments {
@@ -234,7 +240,7 @@ impl Telemetry {
     /// and only carry a caller's W3C trace context on (so a trace still crosses this
     /// service into the next one).
     pub fn disabled() -> Self {
-        let tracer = BoxedTracer::new(Box::new(opentelemetry::trace::noop::NoopTracer::new()));
+        let tracer = opentelemetry::trace::noop::NoopTracer::new();
         let meter = opentelemetry::metrics::NoopMeterProvider::new().meter_with_scope(scope());
         let mut telemetry = Self::build(tracer, &meter);
         Arc::get_mut(&mut telemetry.inner)
@@ -255,10 +261,17 @@ impl Telemetry {
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
     {
-        Self::build(BoxedTracer::new(Box::new(tracer)), meter)
+        Self::build(tracer, meter)
     }
 
-    fn build(tracer: BoxedTracer, meter: &Meter) -> Self {
+    /// The tracer is kept as its own type behind [`record::StartSpan`] rather than as a
+    /// [`BoxedTracer`](global::BoxedTracer): a boxed tracer boxes every span it makes, and
+    /// the context the span goes into boxes it again.
+    fn build<T>(tracer: T, meter: &Meter) -> Self
+    where
+        T: Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+    {
         Self {
             inner: Arc::new(Inner {
                 tracing: makes_spans(&tracer),
@@ -269,6 +282,8 @@ impl Telemetry {
                 target: StringValue::from(""),
                 instruments: Instruments::new(meter),
                 mesh: MeshMetrics::new(meter, StringValue::from("")),
+                servers: Arc::default(),
+                peers: Arc::default(),
             }),
         }
     }
@@ -296,8 +311,8 @@ impl Telemetry {
         &self.inner.mesh
     }
 
-    pub(crate) fn tracer(&self) -> &BoxedTracer {
-        &self.inner.tracer
+    pub(crate) fn tracer(&self) -> &dyn record::StartSpan {
+        &*self.inner.tracer
     }
 
     /// Whether spans are made at all; false when the tracer is OpenTelemetry's no-op one,
@@ -332,6 +347,31 @@ impl Telemetry {
         }
     }
 
+    /// The host and explicit port of `authority`, parsed once per authority (see
+    /// `values.rs`).
+    pub(crate) fn server(&self, authority: &http::uri::Authority) -> values::Server {
+        self.inner
+            .servers
+            .get(authority.as_str(), || values::Server {
+                host: StringValue::from(Arc::<str>::from(authority.host())),
+                port: authority.port_u16(),
+            })
+    }
+
+    /// The `network.peer.address` value for `ip`, made once per address.
+    pub(crate) fn peer_value(&self, ip: std::net::IpAddr) -> StringValue {
+        self.inner.peers.get(&ip, || {
+            // Formatted on the stack (an IPv6 address is at most 45 characters), so the
+            // value costs one allocation.
+            let mut buf = [0u8; 64];
+            let mut out = &mut buf[..];
+            let _ = std::io::Write::write_fmt(&mut out, format_args!("{ip}"));
+            let len = 64 - out.len();
+            let text = std::str::from_utf8(&buf[..len]).unwrap_or_default();
+            StringValue::from(Arc::<str>::from(text))
+        })
+    }
+
     pub(crate) fn target_kv(&self) -> KeyValue {
         KeyValue::new("grpc.target", self.inner.target.clone())
     }
@@ -343,7 +383,7 @@ impl Telemetry {
 /// that SDK behaviour (checked by the `the_tracer_is_probed_without_exporting_anything`
 /// test on every upgrade); a third-party tracer that ignores suppression and samples
 /// regardless of its unsampled parent would export one `meshwork.probe` span per handle.
-fn makes_spans(tracer: &BoxedTracer) -> bool {
+fn makes_spans<T: Tracer>(tracer: &T) -> bool {
     let parent = SpanContext::new(
         TraceId::from(0x6d65_7368_776f_726b_u128),
         SpanId::from(0x0070_726f_6265_u64),
@@ -419,10 +459,14 @@ impl Rpc {
     }
 
     /// The span name: `<prefix>.<package.Service>.<Method>` (gRFC A72) or the HTTP method.
-    pub(crate) fn span_name(&self, prefix: &str) -> Cow<'static, str> {
+    pub(crate) fn span_name(&self, prefix: names::SpanPrefix) -> Cow<'static, str> {
         match self {
-            Rpc::Grpc { method } => Cow::Owned(method.info.span_name(prefix)),
-            Rpc::Http { method } => Cow::Owned(method.as_str().to_owned()),
+            Rpc::Grpc { method } => method.info.span_name(prefix),
+            // A span keeps an unknown method's own name; its metrics fold it into `_OTHER`.
+            Rpc::Http { method } => match standard_method(method) {
+                "_OTHER" => Cow::Owned(method.as_str().to_owned()),
+                name => Cow::Borrowed(name),
+            },
         }
     }
 
@@ -453,18 +497,23 @@ impl Rpc {
 }
 
 fn method_value(method: &http::Method) -> StringValue {
+    standard_method(method).into()
+}
+
+/// The name of a standard HTTP method; `_OTHER` for any other (the semantic conventions
+/// fold unknown methods into one value).
+fn standard_method(method: &http::Method) -> &'static str {
     match *method {
-        http::Method::GET => "GET".into(),
-        http::Method::POST => "POST".into(),
-        http::Method::PUT => "PUT".into(),
-        http::Method::DELETE => "DELETE".into(),
-        http::Method::HEAD => "HEAD".into(),
-        http::Method::PATCH => "PATCH".into(),
-        http::Method::OPTIONS => "OPTIONS".into(),
-        http::Method::CONNECT => "CONNECT".into(),
-        http::Method::TRACE => "TRACE".into(),
-        // The semantic conventions fold unknown methods into one value.
-        _ => "_OTHER".into(),
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "_OTHER",
     }
 }
 

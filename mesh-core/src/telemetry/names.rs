@@ -19,8 +19,9 @@
 //! Spans always carry the real name. Client and server names live in separate tables, so
 //! one handle shared by a channel and a server keeps the client's names whatever peers send.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwap;
 use opentelemetry::StringValue;
@@ -41,8 +42,7 @@ pub(crate) struct MethodName {
 }
 
 /// A method's name and its parts, made once per interned method: the attribute values and
-/// span names of its calls are then reference counts and one copy, not a parse and three
-/// allocations.
+/// span names of its calls are then reference counts, not a parse and four allocations.
 #[derive(Debug)]
 pub(crate) struct MethodInfo {
     /// `package.Service/Method`.
@@ -51,6 +51,31 @@ pub(crate) struct MethodInfo {
     pub(crate) service: StringValue,
     /// `Method`.
     pub(crate) method: StringValue,
+    /// The span names, once the method is interned (see [`shared_span_names`]).
+    span_names: OnceLock<[&'static str; 3]>,
+}
+
+/// The three spans a method's calls make (gRFC A72's name prefixes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpanPrefix {
+    /// The client's call span.
+    Sent = 0,
+    /// A client attempt's span.
+    Attempt = 1,
+    /// The server's span.
+    Recv = 2,
+}
+
+impl SpanPrefix {
+    const ALL: [SpanPrefix; 3] = [SpanPrefix::Sent, SpanPrefix::Attempt, SpanPrefix::Recv];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SpanPrefix::Sent => "Sent",
+            SpanPrefix::Attempt => "Attempt",
+            SpanPrefix::Recv => "Recv",
+        }
+    }
 }
 
 impl MethodInfo {
@@ -60,12 +85,22 @@ impl MethodInfo {
             full: StringValue::from(Arc::<str>::from(full)),
             service: StringValue::from(Arc::<str>::from(service)),
             method: StringValue::from(Arc::<str>::from(method)),
+            span_names: OnceLock::new(),
         }
     }
 
-    /// `<prefix>.<package.Service>.<Method>` (gRFC A72's span names).
-    pub(crate) fn span_name(&self, prefix: &str) -> String {
-        let (service, method) = (self.service.as_str(), self.method.as_str());
+    /// `<prefix>.<package.Service>.<Method>` (gRFC A72's span names): shared once the
+    /// method is interned, else made for this span.
+    pub(crate) fn span_name(&self, prefix: SpanPrefix) -> Cow<'static, str> {
+        match self.span_names.get() {
+            Some(names) => Cow::Borrowed(names[prefix as usize]),
+            None => Cow::Owned(self.format_span_name(prefix)),
+        }
+    }
+
+    fn format_span_name(&self, prefix: SpanPrefix) -> String {
+        let (prefix, service, method) =
+            (prefix.as_str(), self.service.as_str(), self.method.as_str());
         let mut name = String::with_capacity(prefix.len() + service.len() + method.len() + 2);
         name.push_str(prefix);
         name.push('.');
@@ -74,6 +109,47 @@ impl MethodInfo {
         name.push_str(method);
         name
     }
+
+    /// Makes this method's span names shared ones, if the process has room for them.
+    fn share_span_names(&self) {
+        if self.span_names.get().is_none()
+            && let Some(names) =
+                shared_span_names(SpanPrefix::ALL.map(|p| self.format_span_name(p)))
+        {
+            let _ = self.span_names.set(names);
+        }
+    }
+}
+
+/// How many span names the process keeps shared: three per method name a table can hold.
+const MAX_SHARED_SPAN_NAMES: usize = 3 * MAX_METHOD_NAMES;
+
+/// The span names kept for the life of the process. OpenTelemetry takes a span's name as a
+/// `Cow<'static, str>`, so a name that every span of a method shares, rather than one copied
+/// per span, must live as long as the process. Only the methods some table has interned are
+/// kept, once per process whatever the number of handles naming them, and at most
+/// [`MAX_SHARED_SPAN_NAMES`] of them (about 0.8 MB at [`MAX_METHOD_NAME_LEN`] each); past
+/// that a method's spans copy their names, as every span did before.
+static SHARED_SPAN_NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+
+/// `names` as names kept for the process, or `None` when there is no room for them.
+fn shared_span_names(names: [String; 3]) -> Option<[&'static str; 3]> {
+    let mut kept = SHARED_SPAN_NAMES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let kept = kept.get_or_insert_with(HashSet::new);
+    let missing = names.iter().filter(|n| !kept.contains(n.as_str())).count();
+    if kept.len() + missing > MAX_SHARED_SPAN_NAMES {
+        return None;
+    }
+    Some(names.map(|name| match kept.get(name.as_str()) {
+        Some(&shared) => shared,
+        None => {
+            let shared: &'static str = Box::leak(name.into_boxed_str());
+            kept.insert(shared);
+            shared
+        }
+    }))
 }
 
 /// The interned names: read lock-free, copied on the rare insert (a copy clones `Arc`s, not
@@ -171,6 +247,9 @@ impl MethodNames {
             there = true;
             Arc::new(more)
         });
+        if there {
+            info.share_span_names();
+        }
         there
     }
 }
@@ -192,7 +271,14 @@ mod tests {
         );
         assert_eq!(a.info.service.as_str(), "helloworld.Greeter");
         assert_eq!(a.info.method.as_str(), "SayHello");
-        assert_eq!(a.info.span_name("Sent"), "Sent.helloworld.Greeter.SayHello");
+        assert_eq!(
+            a.info.span_name(SpanPrefix::Sent),
+            "Sent.helloworld.Greeter.SayHello"
+        );
+        assert!(
+            matches!(a.info.span_name(SpanPrefix::Attempt), Cow::Borrowed(n) if n == "Attempt.helloworld.Greeter.SayHello"),
+            "an interned method's span names are shared"
+        );
 
         let long = format!("svc/{}", "m".repeat(MAX_METHOD_NAME_LEN));
         assert!(!names.get(&long).unwrap().named, "too long to be named");

@@ -68,14 +68,21 @@ impl Started {
     }
 }
 
-/// Starts a span named `name()` under `parent`, with the attributes `attrs` writes. The
-/// name and attributes are made only when the tracer records the span; nothing at all is
-/// built when the tracer makes no spans.
+/// Starts a span named `name()` under `parent`, with the attributes `attrs` writes, in a
+/// vector with room for `room` attributes in all (those the span's end adds too, so that
+/// the span keeps this one vector). Nothing at all is built when the tracer makes no
+/// spans.
+///
+/// The name and attributes go into the span builder, as OpenTelemetry asks ("set attributes
+/// at span creation"): the sampler sees them, and the SDK takes the vector over as the
+/// span's own. Setting them after the start would let the SDK grow a vector of its own one
+/// attribute at a time, three allocations for an attempt's thirteen.
 pub(crate) fn start_span(
     telemetry: &Telemetry,
     parent: Context,
     kind: SpanKind,
     name: impl FnOnce() -> std::borrow::Cow<'static, str>,
+    room: usize,
     attrs: impl FnOnce(&mut Vec<KeyValue>),
 ) -> Started {
     if !telemetry.traces() {
@@ -84,26 +91,37 @@ pub(crate) fn start_span(
             recording: false,
         };
     }
-    let builder = SpanBuilder::from_name("meshwork").with_kind(kind);
-    let mut span = telemetry.tracer().build_with_context(builder, &parent);
-    if !span.is_recording() {
-        let cx = if span.span_context().is_valid() {
+    let mut list = Vec::with_capacity(room);
+    attrs(&mut list);
+    let builder = SpanBuilder::from_name(name())
+        .with_kind(kind)
+        .with_attributes(list);
+    telemetry.tracer().start(builder, parent)
+}
+
+/// A tracer that starts spans into a context, whatever its span type: the span goes into
+/// the context as it is, boxed once there, where a boxed tracer's span would be boxed twice.
+pub(crate) trait StartSpan: Send + Sync {
+    /// Starts the span `builder` describes under `parent`.
+    fn start(&self, builder: SpanBuilder, parent: Context) -> Started;
+}
+
+impl<T> StartSpan for T
+where
+    T: Tracer + Send + Sync,
+    T::Span: Send + Sync + 'static,
+{
+    fn start(&self, builder: SpanBuilder, parent: Context) -> Started {
+        let span = self.build_with_context(builder, &parent);
+        let recording = span.is_recording();
+        // A span that is not recorded still carries its trace ID and its "not sampled"
+        // decision; a tracer that made none leaves the parent's.
+        let cx = if recording || span.span_context().is_valid() {
             parent.with_span(span)
         } else {
             parent
         };
-        return Started {
-            cx,
-            recording: false,
-        };
-    }
-    span.update_name(name());
-    let mut list = Vec::with_capacity(10);
-    attrs(&mut list);
-    span.set_attributes(list);
-    Started {
-        cx: parent.with_span(span),
-        recording: true,
+        Started { cx, recording }
     }
 }
 
@@ -139,6 +157,11 @@ impl Record {
             http_status: None,
             done: false,
         }
+    }
+
+    /// The handle the record records through.
+    pub(crate) fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     /// The span's context, when it is recorded.
@@ -309,11 +332,14 @@ impl std::fmt::Debug for Record {
 }
 
 /// `server.address` and `server.port` from a request URI's authority.
-pub(crate) fn server_attributes(uri: &http::Uri, attrs: &mut Vec<KeyValue>) {
-    if let Some(host) = uri.host() {
-        attrs.push(KeyValue::new("server.address", host.to_owned()));
+pub(crate) fn server_attributes(telemetry: &Telemetry, uri: &http::Uri, attrs: &mut Vec<KeyValue>) {
+    let server = uri.authority().map(|a| telemetry.server(a));
+    let mut port = None;
+    if let Some(server) = server {
+        attrs.push(KeyValue::new("server.address", server.host));
+        port = server.port;
     }
-    let port = uri.port_u16().or(match uri.scheme_str() {
+    let port = port.or(match uri.scheme_str() {
         Some("https") => Some(443),
         Some("http") => Some(80),
         _ => None,

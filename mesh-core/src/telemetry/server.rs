@@ -10,10 +10,16 @@ use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
 use super::body::finish_head;
+use super::names::SpanPrefix;
 use super::record::{Record, Side, start_span};
 use super::{PEER_SPIFFE_ID, Rpc, Telemetry, TelemetryBody, propagation};
 use crate::identity::PeerIdentity;
 use crate::inbound::ConnectionInfo;
+
+/// The most attributes a server span carries: the `rpc.*` four, the connection's four and
+/// the peer's SPIFFE ID at its start; the response status and `rpc.grpc.status_code` at
+/// its end.
+const SERVER_ATTRIBUTES: usize = 11;
 
 /// Makes [`Server`]s.
 #[derive(Debug, Clone, Default)]
@@ -128,7 +134,8 @@ where
                 &self.telemetry,
                 parent,
                 SpanKind::Server,
-                || rpc.span_name("Recv"),
+                || rpc.span_name(SpanPrefix::Recv),
+                SERVER_ATTRIBUTES,
                 |attrs| {
                     rpc.span_attributes(attrs);
                     connection_attributes(&req, attrs);

@@ -840,3 +840,75 @@ async fn an_unsampled_call_still_carries_its_trace_and_decision_downstream() {
     assert!(!current.is_sampled());
     assert!(sdk.spans().is_empty(), "nothing recorded downstream either");
 }
+
+/// A span's name and attributes, as a sampler is asked about them.
+type Question = (String, Vec<KeyValue>);
+
+/// A sampler that samples nothing and notes what it was asked about.
+#[derive(Debug, Clone, Default)]
+struct Asked(std::sync::Arc<std::sync::Mutex<Vec<Question>>>);
+
+impl opentelemetry_sdk::trace::ShouldSample for Asked {
+    fn should_sample(
+        &self,
+        _parent: Option<&Context>,
+        _trace_id: opentelemetry::TraceId,
+        name: &str,
+        _kind: &SpanKind,
+        attributes: &[KeyValue],
+        _links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        self.0
+            .lock()
+            .unwrap()
+            .push((name.to_owned(), attributes.to_vec()));
+        opentelemetry_sdk::trace::SamplingResult {
+            decision: opentelemetry_sdk::trace::SamplingDecision::Drop,
+            attributes: Vec::new(),
+            trace_state: Default::default(),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sampler_sees_each_spans_name_and_attributes() {
+    // OpenTelemetry's samplers decide on what a span has when it starts, so its name and
+    // attributes are given then, not set on the span afterwards.
+    let asked = Asked::default();
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(asked.clone())
+        .build();
+    let meters = SdkMeterProvider::builder().build();
+    let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
+    let (_seen, mut client) = retried_client(telemetry);
+    let rsp = send(&mut client).await;
+    rsp.into_body().collect().await.unwrap();
+
+    let asked = asked.0.lock().unwrap();
+    let names: Vec<&str> = asked.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Sent.helloworld.Greeter.SayHello",
+            "Attempt.helloworld.Greeter.SayHello",
+            "Attempt.helloworld.Greeter.SayHello",
+        ]
+    );
+    let value = |attrs: &[KeyValue], key: &str| {
+        attrs
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    };
+    for (_, attrs) in asked.iter() {
+        assert_eq!(
+            value(attrs, "rpc.service"),
+            Some(Value::from("helloworld.Greeter"))
+        );
+        assert_eq!(value(attrs, "server.address"), Some(Value::from("greeter")));
+    }
+    assert_eq!(
+        value(&asked[2].1, "previous-rpc-attempts"),
+        Some(Value::I64(1))
+    );
+}
