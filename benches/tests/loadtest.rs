@@ -2,7 +2,8 @@
 //! (the Envoy ones when Envoy is installed; under `CI` a missing Envoy fails the run), the
 //! JSON shape, zero errors, and `--churn`: every update the harness pushed was ACKed by the
 //! meshwork contestants' clients while their churned phase ran, and the endpoint it added
-//! answered calls.
+//! answered calls; the client's timeline of the churned phase saw the updates, of the kind
+//! `--churn-kind` asks for.
 
 use std::process::Command;
 
@@ -139,6 +140,13 @@ fn short_run_of_every_contestant_with_churn() {
                 assert!(second > 0, "{name}: the added endpoint got no call: {c}");
             }
             assert!(c["churn_p99_us"].as_f64().unwrap() > 0.0, "{name}: {c}");
+            // The first update adds the second endpoint; no weight changes.
+            let t = timeline(c);
+            assert!(
+                t["by_kind"]["add"]["updates"].as_u64() >= Some(1),
+                "{name}: {t}"
+            );
+            assert_eq!(t["by_kind"]["weight"]["updates"], 0, "{name}: {t}");
         } else {
             assert!(
                 c.get("churn_p99_us").is_none(),
@@ -149,6 +157,75 @@ fn short_run_of_every_contestant_with_churn() {
     assert!(stdout.contains("ratios to tonic-mtls"), "{stdout}");
     assert!(stdout.contains("HTTP ratios"), "{stdout}");
     assert!(stdout.contains("without / with EDS churn"), "{stdout}");
+}
+
+/// The client's timeline of its churned phase: every field there, and the counts of slow
+/// calls adding up.
+fn timeline(c: &Value) -> &Value {
+    let t = &c["churn_timeline"];
+    let n = |key: &str| {
+        t[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("churn_timeline.{key} is not a count: {c}"))
+    };
+    assert_eq!(
+        n("slow_within_5ms_after") + n("slow_update_during_call") + n("slow_elsewhere"),
+        n("slow_calls"),
+        "{t}"
+    );
+    assert!(n("calls") > 0, "{t}");
+    // meshwork's balancer says which endpoint answered each call.
+    assert_eq!(n("calls_served_by_known"), n("calls"), "{t}");
+    for key in [
+        "slow_on_added_endpoint",
+        "slow_first_3_on_added_endpoint",
+        "calls_within_5ms_after",
+    ] {
+        n(key);
+    }
+    for kind in ["add", "remove", "weight"] {
+        let k = &t["by_kind"][kind];
+        for key in ["updates", "slow_after", "slow_within_5ms_after"] {
+            assert!(k[key].is_u64(), "{kind}.{key}: {t}");
+        }
+        assert!(k["since_us"].is_object(), "{t}");
+    }
+    t
+}
+
+/// `--churn-kind weight`: the same two endpoints throughout, only their localities' weights
+/// change, and the client's timeline sees weight changes only.
+#[test]
+fn short_run_with_weight_churn() {
+    let (v, stdout) = run(
+        "weight",
+        &[
+            "--only",
+            "meshwork",
+            "--churn",
+            "5",
+            "--churn-kind",
+            "weight",
+        ],
+    );
+    assert_eq!(v["settings"]["churn_kind"], "weight", "{v}");
+    let c = &v["contestants"][0];
+    assert_eq!(c["name"], "meshwork", "{v}");
+    assert_eq!(c["errors"].as_u64(), Some(0), "{c}");
+    let pushed = c["churn_pushed"].as_u64().unwrap_or(0);
+    assert!(pushed >= 2, "{c}");
+    assert_eq!(c["churn_acked"].as_u64(), Some(pushed), "{c}");
+    assert!(
+        c["churn_second_endpoint_calls"].as_u64() > Some(0),
+        "both endpoints take calls: {c}"
+    );
+    let t = timeline(c);
+    assert!(t["by_kind"]["weight"]["updates"].as_u64() >= Some(1), "{t}");
+    for kind in ["add", "remove"] {
+        assert_eq!(t["by_kind"][kind]["updates"], 0, "{kind}: {t}");
+    }
+    assert!(stdout.contains("slow calls under churn"), "{stdout}");
+    assert!(stdout.contains("meshwork: "), "{stdout}");
 }
 
 /// Without `--churn` (the default), no contestant runs a churned phase.

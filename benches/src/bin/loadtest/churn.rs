@@ -2,18 +2,27 @@
 //! harness's control plane at RATE per second while that contestant's churned open-loop
 //! phase runs, and the client's ACKs of them counted from the server's record.
 //!
-//! Each update adds or removes a second endpoint: the same echo server on a second
-//! listening address. That is the EDS change a mesh sends most (a pod scaled up or down, a
-//! rollout's pods replaced), and it exercises all of the client's rebuild: a new pick table
-//! whose endpoint set differs, a connection (TCP and TLS handshake) to the added endpoint,
-//! the removed one's connection dropped, all while calls are being picked. A weight change
-//! would only rebuild the table over the same connections.
+//! With `--churn-kind endpoint` (the default) each update adds or removes a second
+//! endpoint: the same echo server on a second listening address. That is the EDS change a
+//! mesh sends most (a pod scaled up or down, a rollout's pods replaced), and it exercises
+//! all of the client's rebuild: a new pick table whose endpoint set differs, a connection
+//! (TCP and TLS handshake) to the added endpoint, the removed one's connection dropped, all
+//! while calls are being picked.
+//!
+//! With `--churn-kind weight` both endpoints stay, each in a locality of its own, and each
+//! update swaps the localities' weights (1 and 4, then 4 and 1): the same update rate and
+//! the same decode, walk and table rebuild, over the same connections. Locality weights,
+//! not endpoint weights, because the contestants' clusters are least request, which (as
+//! gRFC A48 and grpc-go) ignores endpoint weights; every policy but ring hash weighs
+//! localities. Between churned phases the two localities weigh the same.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::Locality;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use meshwork_xds::server::{RequestKind, XdsTestServer, build, type_url};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -35,40 +44,111 @@ pub(crate) struct ChurnReport {
     pub(crate) acked: usize,
 }
 
-/// Starts pushing `cluster`'s endpoints, alternately `[base, extra]` and `[base]`, `rate`
-/// times per second (the first at once).
+/// What each update changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ChurnKind {
+    /// The second endpoint joins, then leaves.
+    #[default]
+    Endpoint,
+    /// Both endpoints stay; their localities' weights swap.
+    Weight,
+}
+
+impl ChurnKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ChurnKind::Endpoint => "endpoint",
+            ChurnKind::Weight => "weight",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        [ChurnKind::Endpoint, ChurnKind::Weight]
+            .into_iter()
+            .find(|k| k.name() == s)
+    }
+}
+
+/// The churned cluster: its name, its endpoint, and the second one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target {
+    pub(crate) cluster: &'static str,
+    pub(crate) base: SocketAddr,
+    pub(crate) extra: SocketAddr,
+}
+
+impl Target {
+    /// The assignment between churned phases: `base` alone, or with `weight` churn both
+    /// endpoints in localities of the same weight.
+    pub(crate) fn resting(&self, kind: ChurnKind) -> ClusterLoadAssignment {
+        match kind {
+            ChurnKind::Endpoint => build::endpoints(self.cluster, &[self.base]),
+            ChurnKind::Weight => self.weighted(1, 1),
+        }
+    }
+
+    /// Update number `n` (from 0) of a churn.
+    fn nth(&self, kind: ChurnKind, n: u64) -> ClusterLoadAssignment {
+        match (kind, n % 2) {
+            (ChurnKind::Endpoint, 0) => build::endpoints(self.cluster, &[self.base, self.extra]),
+            (ChurnKind::Endpoint, _) => build::endpoints(self.cluster, &[self.base]),
+            (ChurnKind::Weight, 0) => self.weighted(1, 4),
+            (ChurnKind::Weight, _) => self.weighted(4, 1),
+        }
+    }
+
+    /// `base` and `extra`, each in a locality of its own weighing `base_weight` and
+    /// `extra_weight`.
+    fn weighted(&self, base_weight: u32, extra_weight: u32) -> ClusterLoadAssignment {
+        let locality = |zone: &str| Locality {
+            region: "bench".into(),
+            zone: zone.into(),
+            ..Default::default()
+        };
+        ClusterLoadAssignment {
+            cluster_name: self.cluster.into(),
+            endpoints: vec![
+                build::locality_endpoints(locality("a"), base_weight, 0, &[self.base]),
+                build::locality_endpoints(locality("b"), extra_weight, 0, &[self.extra]),
+            ],
+            ..Default::default()
+        }
+    }
+}
+
+/// Starts pushing updates of `target`'s cluster of `kind`, `rate` times per second (the
+/// first at once).
 pub(crate) fn start(
     server: Arc<XdsTestServer>,
-    cluster: &'static str,
-    base: SocketAddr,
-    extra: SocketAddr,
+    target: Target,
+    kind: ChurnKind,
     rate: u32,
 ) -> Churn {
     let (stop, mut stopped) = oneshot::channel();
     let srv = server.clone();
     let task = tokio::spawn(async move {
-        let push = |addrs: &[SocketAddr]| {
+        let push = |cla: ClusterLoadAssignment| {
             srv.update(|s| {
-                s.insert_endpoints(build::endpoints(cluster, addrs));
+                s.insert_endpoints(cla);
             });
             srv.version(type_url::ENDPOINTS)
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut versions, mut with_extra) = (Vec::new(), false);
+        let mut versions = Vec::new();
+        let mut n = 0;
         loop {
             tokio::select! {
                 _ = &mut stopped => break,
                 _ = tick.tick() => {
-                    with_extra = !with_extra;
-                    let addrs: &[SocketAddr] = if with_extra { &[base, extra] } else { &[base] };
-                    versions.push(push(addrs));
+                    versions.push(push(target.nth(kind, n)));
+                    n += 1;
                 }
             }
         }
-        // Back to the one endpoint every other phase runs with.
-        if with_extra {
-            versions.push(push(&[base]));
+        // Back to the assignment every other phase runs with.
+        if target.nth(kind, n.wrapping_sub(1)) != target.resting(kind) {
+            versions.push(push(target.resting(kind)));
         }
         versions
     });

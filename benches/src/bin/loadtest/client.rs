@@ -2,7 +2,7 @@
 //! peak memory it reports are its own. Builds the contestant's channel, warms it up, runs
 //! the closed-loop phase then the open-loop phase (twice with `--churn`: once while the
 //! harness pushes EDS updates, in an order that alternates between rounds), and prints one
-//! JSON line of results.
+//! JSON line of results. The churned phase also keeps a timeline (see [`timeline`]).
 //!
 //! The loops are the same for every contestant: they drive a [`Caller`], one checked call
 //! per sequence number, which hides whether the call is gRPC or HTTP.
@@ -28,6 +28,7 @@ use tonic::client::{Grpc, GrpcService};
 
 use crate::bare_tls::MtlsConnector;
 use crate::echo::{self, CallError};
+use crate::timeline::{self, UpdateLog};
 use crate::{Contestant, http_client, procfs};
 
 /// A call that takes longer than this is an error (it would otherwise hold a phase open).
@@ -60,15 +61,17 @@ pub(crate) struct ClientArgs {
 
 pub(crate) type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// One checked call: `Ok` only when the reply is the echo of this call's payload.
-pub(crate) type CallFuture = Pin<Box<dyn Future<Output = std::result::Result<(), String>> + Send>>;
+/// One checked call: `Ok` only when the reply is the echo of this call's payload, with the
+/// endpoint that answered when the client says (meshwork's `ServedBy`).
+pub(crate) type CallFuture =
+    Pin<Box<dyn Future<Output = std::result::Result<Option<SocketAddr>, String>> + Send>>;
 
 /// Makes the call of a sequence number; cloned into every caller task. Every contestant
 /// pays the same box per call, so it does not tilt the comparison.
 pub(crate) type Caller = Arc<dyn Fn(u64) -> CallFuture + Send + Sync>;
 
 /// `call` bounded by [`CALL_TIMEOUT`].
-pub(crate) async fn timed(call: CallFuture) -> std::result::Result<(), String> {
+pub(crate) async fn timed(call: CallFuture) -> std::result::Result<Option<SocketAddr>, String> {
     tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .unwrap_or_else(|_| Err(format!("no answer in {CALL_TIMEOUT:?}")))
@@ -86,7 +89,7 @@ where
         let mut grpc = grpc.clone();
         Box::pin(async move {
             match echo::call(&mut grpc, seq).await {
-                Ok(()) => Ok(()),
+                Ok(served_by) => Ok(served_by),
                 Err(CallError::Status(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
                 Err(CallError::Mismatch) => Err("the echoed payload differs".into()),
             }
@@ -100,21 +103,29 @@ pub(crate) fn main(args: ClientArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let out = rt.block_on(async {
+        // The churned cluster's updates as this process applies them, on the xDS client
+        // the contestant's channel uses.
+        let xds = args.xds.is_some().then(|| xds_client(&args)).transpose()?;
+        let updates = match (&xds, args.contestant.eds_cluster()) {
+            (Some(xds), Some(cluster)) if args.churn => Some(UpdateLog::start(xds, cluster).await),
+            _ => None,
+        };
+        let updates = updates.as_ref();
         match args.contestant {
             Contestant::TonicPlaintext | Contestant::EnvoySidecar => {
                 let addr = args.addr.ok_or("--addr is required")?;
                 let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
                     .connect()
                     .await?;
-                run(grpc_caller(Grpc::new(channel)), &args).await
+                run(grpc_caller(Grpc::new(channel)), &args, updates).await
             }
             Contestant::TonicMtls => {
                 let addr = args.addr.ok_or("--addr is required")?;
                 let channel = tonic_mtls(addr, &args.certs).await?;
-                run(grpc_caller(Grpc::new(channel)), &args).await
+                run(grpc_caller(Grpc::new(channel)), &args, updates).await
             }
             Contestant::Meshwork | Contestant::MeshworkUntraced | Contestant::MeshworkViaEnvoy => {
-                let client = xds_client(&args)?;
+                let client = xds.ok_or("--xds is required")?;
                 let target = args.target.as_deref().ok_or("--target is required")?;
                 let traces = SdkTracerProvider::builder().build();
                 let mut options = MeshChannelOptions::new().telemetry(telemetry(
@@ -125,7 +136,7 @@ pub(crate) fn main(args: ClientArgs) -> Result<()> {
                     options = options.mtls(mesh_identity(&args.certs)?);
                 }
                 let channel = MeshChannel::from_xds(&client, target, options).await?;
-                let out = run(grpc_caller(Grpc::new(channel)), &args).await;
+                let out = run(grpc_caller(Grpc::new(channel)), &args, updates).await;
                 drop(client);
                 drop(traces);
                 out
@@ -135,8 +146,8 @@ pub(crate) fn main(args: ClientArgs) -> Result<()> {
             | Contestant::MeshworkHttpH1
             | Contestant::MeshworkHttpH2
             | Contestant::EnvoySidecarHttp => {
-                let (caller, keep) = http_client::caller(&args).await?;
-                let out = run(caller, &args).await;
+                let (caller, keep) = http_client::caller(&args, xds).await?;
+                let out = run(caller, &args, updates).await;
                 drop(keep);
                 out
             }
@@ -235,7 +246,11 @@ async fn open_phase(caller: &Caller, seq: &Arc<AtomicU64>, args: &ClientArgs) ->
     (open, cpu_now(args.sidecar_pid) - cpu_before)
 }
 
-async fn run(caller: Caller, args: &ClientArgs) -> Result<serde_json::Value> {
+async fn run(
+    caller: Caller,
+    args: &ClientArgs,
+    updates: Option<&UpdateLog>,
+) -> Result<serde_json::Value> {
     let seq = Arc::new(AtomicU64::new(0));
     // One call first: a channel that cannot call at all fails the contestant loudly.
     timed(caller(seq.fetch_add(1, Ordering::Relaxed)))
@@ -291,6 +306,14 @@ async fn run(caller: Caller, args: &ClientArgs) -> Result<serde_json::Value> {
         if out["first_error"].is_null() {
             out["first_error"] = churn.first_error.into();
         }
+        if let Some(updates) = updates {
+            let applied = updates.since(churn.start);
+            let quiet = timeline::Quiet {
+                p90_us: percentile(&open.latencies_us, 0.90),
+                p99_us: percentile(&open.latencies_us, 0.99),
+            };
+            out["churn_timeline"] = timeline::summarize(&churn.calls, &applied, quiet);
+        }
         out["errors"] = (closed.errors + open.errors + churn.errors).into();
     }
     Ok(out)
@@ -331,7 +354,7 @@ async fn closed_loop(
             let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
             while Instant::now() < deadline {
                 match timed(caller(seq.fetch_add(1, Ordering::Relaxed))).await {
-                    Ok(()) => ok += 1,
+                    Ok(_) => ok += 1,
                     Err(e) => {
                         errors += 1;
                         first_error.get_or_insert(e);
@@ -363,6 +386,10 @@ struct Open {
     latencies_us: Vec<u64>,
     pacer_late_us: Vec<u64>,
     first_error: Option<String>,
+    /// The phase's start: call `i` was due `1 ms + i × interval` after it.
+    start: Instant,
+    /// Each successful call's intended start (from `start`), latency and serving endpoint.
+    calls: Vec<timeline::Call>,
 }
 
 /// Calls at a fixed `rate` for `time`, each started at its intended time whatever the
@@ -377,8 +404,9 @@ async fn open_loop(caller: &Caller, seq: &Arc<AtomicU64>, rate: u32, time: Durat
     let handle = tokio::runtime::Handle::current();
     let caller = caller.clone();
     let seq = seq.clone();
+    let phase_start = Instant::now();
     let pacer = std::thread::spawn(move || {
-        let start = Instant::now() + Duration::from_millis(1);
+        let start = phase_start + Duration::from_millis(1);
         let mut late = Vec::with_capacity(n as usize);
         for i in 0..n {
             let intended = start + interval * i as u32;
@@ -391,7 +419,7 @@ async fn open_loop(caller: &Caller, seq: &Arc<AtomicU64>, rate: u32, time: Durat
             let call = caller(seq.fetch_add(1, Ordering::Relaxed));
             handle.spawn(async move {
                 let r = timed(call).await;
-                let _ = tx.send(r.map(|()| intended.elapsed().as_micros() as u64));
+                let _ = tx.send((i, r.map(|by| (intended.elapsed().as_micros() as u64, by))));
             });
         }
         late
@@ -402,13 +430,23 @@ async fn open_loop(caller: &Caller, seq: &Arc<AtomicU64>, rate: u32, time: Durat
         latencies_us: Vec::with_capacity(n as usize),
         pacer_late_us: Vec::new(),
         first_error: None,
+        start: phase_start,
+        calls: Vec::with_capacity(n as usize),
     };
+    let due_us = |i: u64| (Duration::from_millis(1) + interval * i as u32).as_micros() as u64;
     // Every call ends within CALL_TIMEOUT of being sent, so this waits at most that long
     // after the last send.
     for _ in 0..n {
         match rx.recv().await {
-            Some(Ok(us)) => out.latencies_us.push(us),
-            Some(Err(e)) => {
+            Some((i, Ok((us, served_by)))) => {
+                out.latencies_us.push(us);
+                out.calls.push(timeline::Call {
+                    start_us: due_us(i),
+                    latency_us: us,
+                    served_by,
+                });
+            }
+            Some((_, Err(e))) => {
                 out.errors += 1;
                 out.first_error.get_or_insert(e);
             }

