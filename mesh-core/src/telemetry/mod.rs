@@ -44,8 +44,11 @@
 //! call costs its metric calls (into the no-op meter when no meter provider is installed
 //! either), two clock reads per layer and the bookkeeping that ends the call with its
 //! response body. A span's name and attributes are given to the tracer when it starts (so a
-//! sampler sees them, as OpenTelemetry asks), and a tracer that does make spans but does not
-//! sample one (a ratio sampler) costs them too. [`Telemetry::disabled`] records
+//! sampler sees them, as OpenTelemetry asks), so a tracer that makes spans but does not
+//! sample a root one (a ratio sampler) costs them too; under a parent that was not sampled
+//! (a call of a request a ratio sampler left out, or an attempt of such a call), the
+//! sampler is asked with the name alone and the attributes are made only for a span it
+//! records all the same. [`Telemetry::disabled`] records
 //! nothing whatever is installed; then the layers only pass a caller's trace context on.
 //! `benches/benches/telemetry.rs` measures each case: disabled, tracing off, on without an
 //! exporter, and on with 1% sampling.

@@ -77,6 +77,12 @@ impl Started {
 /// at span creation"): the sampler sees them, and the SDK takes the vector over as the
 /// span's own. Setting them after the start would let the SDK grow a vector of its own one
 /// attribute at a time, three allocations for an attempt's thirteen.
+///
+/// Under a parent that was not sampled (the calls of a request whose trace a ratio sampler
+/// left out, most of them at 1 %), the usual samplers (parent-based) drop the span too: the
+/// sampler is asked with the name alone, and the attributes are made only if the span is
+/// recorded all the same (then set on it once started), so that an unsampled call costs
+/// no attribute.
 pub(crate) fn start_span(
     telemetry: &Telemetry,
     parent: Context,
@@ -90,6 +96,21 @@ pub(crate) fn start_span(
             cx: parent,
             recording: false,
         };
+    }
+    let unsampled_parent = {
+        let span = parent.span();
+        let sc = span.span_context();
+        sc.is_valid() && !sc.is_sampled()
+    };
+    if unsampled_parent {
+        let builder = SpanBuilder::from_name(name()).with_kind(kind);
+        let started = telemetry.tracer().start(builder, parent);
+        if started.recording {
+            let mut list = Vec::with_capacity(room);
+            attrs(&mut list);
+            started.cx.span().set_attributes(list);
+        }
+        return started;
     }
     let mut list = Vec::with_capacity(room);
     attrs(&mut list);

@@ -844,9 +844,13 @@ async fn an_unsampled_call_still_carries_its_trace_and_decision_downstream() {
 /// A span's name and attributes, as a sampler is asked about them.
 type Question = (String, Vec<KeyValue>);
 
-/// A sampler that samples nothing and notes what it was asked about.
+/// A sampler that notes what it was asked about and samples the call spans (`Sent.*`), or
+/// nothing with `drop_calls`.
 #[derive(Debug, Clone, Default)]
-struct Asked(std::sync::Arc<std::sync::Mutex<Vec<Question>>>);
+struct Asked {
+    questions: std::sync::Arc<std::sync::Mutex<Vec<Question>>>,
+    drop_calls: bool,
+}
 
 impl opentelemetry_sdk::trace::ShouldSample for Asked {
     fn should_sample(
@@ -858,12 +862,17 @@ impl opentelemetry_sdk::trace::ShouldSample for Asked {
         attributes: &[KeyValue],
         _links: &[opentelemetry::trace::Link],
     ) -> opentelemetry_sdk::trace::SamplingResult {
-        self.0
+        self.questions
             .lock()
             .unwrap()
             .push((name.to_owned(), attributes.to_vec()));
+        let sample = name.starts_with("Sent.") && !self.drop_calls;
         opentelemetry_sdk::trace::SamplingResult {
-            decision: opentelemetry_sdk::trace::SamplingDecision::Drop,
+            decision: if sample {
+                opentelemetry_sdk::trace::SamplingDecision::RecordAndSample
+            } else {
+                opentelemetry_sdk::trace::SamplingDecision::Drop
+            },
             attributes: Vec::new(),
             trace_state: Default::default(),
         }
@@ -884,7 +893,7 @@ async fn the_sampler_sees_each_spans_name_and_attributes() {
     let rsp = send(&mut client).await;
     rsp.into_body().collect().await.unwrap();
 
-    let asked = asked.0.lock().unwrap();
+    let asked = asked.questions.lock().unwrap();
     let names: Vec<&str> = asked.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         names,
@@ -910,5 +919,84 @@ async fn the_sampler_sees_each_spans_name_and_attributes() {
     assert_eq!(
         value(&asked[2].1, "previous-rpc-attempts"),
         Some(Value::I64(1))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_an_unsampled_parent_attributes_are_made_only_for_a_span_that_is_recorded() {
+    // The attempts' parent (the call span) is not sampled: their sampler is asked with the
+    // name alone, since the usual (parent-based) samplers drop them without looking.
+    let asked = Asked {
+        drop_calls: true,
+        ..Asked::default()
+    };
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(asked.clone())
+        .build();
+    let meters = SdkMeterProvider::builder().build();
+    let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
+    let (_seen, mut client) = retried_client(telemetry);
+    send(&mut client).await.into_body().collect().await.unwrap();
+    let seen: Vec<(String, usize)> = asked
+        .questions
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, attrs)| (name.clone(), attrs.len()))
+        .collect();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].0, "Sent.helloworld.Greeter.SayHello");
+    assert!(seen[0].1 > 0, "a root span's sampler sees its attributes");
+    for (name, attributes) in &seen[1..] {
+        assert_eq!(name, "Attempt.helloworld.Greeter.SayHello");
+        assert_eq!(*attributes, 0, "asked with the name alone");
+    }
+
+    // A sampler that records whatever the parent decided: the spans it records under an
+    // unsampled parent carry every attribute all the same.
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
+    let (_seen, mut client) = retried_client(telemetry);
+    let unsampled = opentelemetry::trace::SpanContext::new(
+        remote_parent().trace_id(),
+        remote_parent().span_id(),
+        opentelemetry::trace::TraceFlags::default(),
+        true,
+        Default::default(),
+    );
+    let guard = Context::new().with_remote_span_context(unsampled).attach();
+    send(&mut client).await.into_body().collect().await.unwrap();
+    drop(guard);
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 3, "{spans:?}");
+    let value = |span: &SpanData, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    };
+    for span in &spans {
+        assert_eq!(
+            value(span, "rpc.service"),
+            Some(Value::from("helloworld.Greeter")),
+            "{}",
+            span.name
+        );
+        assert_eq!(value(span, "server.address"), Some(Value::from("greeter")));
+    }
+    let attempts: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("Attempt."))
+        .collect();
+    assert_eq!(attempts.len(), 2);
+    assert!(
+        attempts
+            .iter()
+            .any(|s| value(s, "previous-rpc-attempts") == Some(Value::I64(1)))
     );
 }
