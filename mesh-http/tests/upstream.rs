@@ -388,6 +388,14 @@ async fn handshaken(server: &Http1Backend, n: usize) {
     .unwrap_or_else(|_| panic!("the server never completed {n} handshake(s)"));
 }
 
+/// Waits (bounded) until one of `server`'s connections ends; `what` says why it should.
+async fn closed(server: &mut Http1Backend, what: &str) {
+    tokio::time::timeout(Duration::from_secs(10), server.closed.recv())
+        .await
+        .expect(what)
+        .expect("the server runs");
+}
+
 #[tokio::test]
 async fn an_endpoint_connects_before_its_first_request_which_then_uses_that_connection() {
     // The balancer publishes an endpoint once it is connected, as for gRPC: the first
@@ -408,10 +416,11 @@ async fn a_first_connection_the_server_closed_before_any_request_is_not_used() {
     let ca = TestCa::new("example.org");
     let mut server = http1_backend_closing(&ca, None, true).await;
     let client = http1_client(&ca, server.addr);
-    tokio::time::timeout(Duration::from_secs(10), server.closed.recv())
-        .await
-        .expect("the first connection is made without a request")
-        .unwrap();
+    closed(
+        &mut server,
+        "the first connection is made without a request",
+    )
+    .await;
     assert_eq!(get(&client, "/").await.unwrap(), "HTTP/1.1");
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
@@ -462,10 +471,11 @@ async fn a_first_connection_no_request_takes_is_closed_after_the_pool_idle_timeo
         "closed before the idle timeout"
     );
     skip(Duration::from_secs(2)).await;
-    tokio::time::timeout(Duration::from_secs(10), server.closed.recv())
-        .await
-        .expect("the unused first connection is closed after the idle timeout")
-        .unwrap();
+    closed(
+        &mut server,
+        "the unused first connection is closed after the idle timeout",
+    )
+    .await;
     // The endpoint stays ready: the next request dials a new connection.
     assert_eq!(get(&client, "/").await.unwrap(), "HTTP/1.1");
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);

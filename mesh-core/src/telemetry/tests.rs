@@ -879,19 +879,23 @@ impl opentelemetry_sdk::trace::ShouldSample for Asked {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_sampler_sees_each_spans_name_and_attributes() {
-    // OpenTelemetry's samplers decide on what a span has when it starts, so its name and
-    // attributes are given then, not set on the span afterwards.
-    let asked = Asked::default();
+/// Sends one call, retried once, through a client whose tracer asks `asked`.
+async fn call_asking(asked: &Asked) {
     let provider = SdkTracerProvider::builder()
         .with_sampler(asked.clone())
         .build();
     let meters = SdkMeterProvider::builder().build();
     let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
     let (_seen, mut client) = retried_client(telemetry);
-    let rsp = send(&mut client).await;
-    rsp.into_body().collect().await.unwrap();
+    send(&mut client).await.into_body().collect().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sampler_sees_each_spans_name_and_attributes() {
+    // OpenTelemetry's samplers decide on what a span has when it starts, so its name and
+    // attributes are given then, not set on the span afterwards.
+    let asked = Asked::default();
+    call_asking(&asked).await;
 
     let asked = asked.questions.lock().unwrap();
     let names: Vec<&str> = asked.iter().map(|(name, _)| name.as_str()).collect();
@@ -930,13 +934,7 @@ async fn under_an_unsampled_parent_attributes_are_made_only_for_a_span_that_is_r
         drop_calls: true,
         ..Asked::default()
     };
-    let provider = SdkTracerProvider::builder()
-        .with_sampler(asked.clone())
-        .build();
-    let meters = SdkMeterProvider::builder().build();
-    let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
-    let (_seen, mut client) = retried_client(telemetry);
-    send(&mut client).await.into_body().collect().await.unwrap();
+    call_asking(&asked).await;
     let seen: Vec<(String, usize)> = asked
         .questions
         .lock()
@@ -959,6 +957,7 @@ async fn under_an_unsampled_parent_attributes_are_made_only_for_a_span_that_is_r
         .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
         .with_simple_exporter(exporter.clone())
         .build();
+    let meters = SdkMeterProvider::builder().build();
     let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
     let (_seen, mut client) = retried_client(telemetry);
     let unsampled = opentelemetry::trace::SpanContext::new(
