@@ -640,3 +640,189 @@ mod tests {
         assert_eq!(unarmed.load(Ordering::Acquire), 0);
     }
 }
+
+/// Found in review: what a TLS 1.3 server sends after the handshake unasked (session
+/// tickets, a key update) is no data, so an idle HTTP/1.1 connection that got it is open.
+#[cfg(test)]
+mod tls_tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use rustls::client::{ClientSessionMemoryCache, ClientSessionStore};
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, NamedGroup, RootCertStore, ServerConfig};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    use super::*;
+
+    /// Counts the TLS 1.3 session tickets the client got.
+    #[derive(Debug)]
+    struct Tickets {
+        inner: ClientSessionMemoryCache,
+        got: AtomicUsize,
+    }
+
+    impl ClientSessionStore for Tickets {
+        fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
+            self.inner.set_kx_hint(name, group);
+        }
+        fn kx_hint(&self, name: &ServerName<'_>) -> Option<NamedGroup> {
+            self.inner.kx_hint(name)
+        }
+        fn set_tls12_session(
+            &self,
+            name: ServerName<'static>,
+            value: rustls::client::Tls12ClientSessionValue,
+        ) {
+            self.inner.set_tls12_session(name, value);
+        }
+        fn tls12_session(
+            &self,
+            name: &ServerName<'_>,
+        ) -> Option<rustls::client::Tls12ClientSessionValue> {
+            self.inner.tls12_session(name)
+        }
+        fn remove_tls12_session(&self, name: &ServerName<'static>) {
+            self.inner.remove_tls12_session(name);
+        }
+        fn insert_tls13_ticket(
+            &self,
+            name: ServerName<'static>,
+            value: rustls::client::Tls13ClientSessionValue,
+        ) {
+            self.got.fetch_add(1, Ordering::AcqRel);
+            self.inner.insert_tls13_ticket(name, value);
+        }
+        fn take_tls13_ticket(
+            &self,
+            name: &ServerName<'static>,
+        ) -> Option<rustls::client::Tls13ClientSessionValue> {
+            self.inner.take_tls13_ticket(name)
+        }
+    }
+
+    /// An HTTP/1.1 connection to a rustls server with a default configuration (which sends
+    /// two session tickets once the handshake is done), the server's end, and the count of
+    /// tickets the client got.
+    async fn tls_pair() -> (
+        Conn,
+        tokio_rustls::server::TlsStream<TcpStream>,
+        Arc<Tickets>,
+    ) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let provider = meshwork_core::crypto::provider();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+            )
+            .unwrap();
+        assert!(
+            server.send_tls13_tickets > 0,
+            "rustls's default sends tickets"
+        );
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tickets = Arc::new(Tickets {
+            inner: ClientSessionMemoryCache::new(8),
+            got: AtomicUsize::new(0),
+        });
+        client.resumption = rustls::client::Resumption::store(tickets.clone());
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = async {
+            let tcp = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            TlsConnector::from(Arc::new(client))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap()
+        };
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            TlsAcceptor::from(Arc::new(server))
+                .accept(tcp)
+                .await
+                .unwrap()
+        };
+        let (client, server) = tokio::join!(connect, accept);
+        let conn = Conn::new(UpstreamStream::Tls(Box::new(client)), false, None);
+        (conn, server, tickets)
+    }
+
+    /// Asks `conn` whether it is open until `done` holds (a bounded number of times, letting
+    /// the runtime's I/O driver run between asks); every answer must be "open".
+    async fn open_until(conn: &mut Conn, done: impl Fn(&Conn) -> bool) -> bool {
+        for _ in 0..10_000 {
+            assert!(conn.is_open(), "an idle connection taken as closed");
+            if done(conn) {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    fn tcp(conn: &Conn) -> &TcpStream {
+        let UpstreamStream::Tls(tls) = &conn.stream else {
+            unreachable!("a TLS connection")
+        };
+        tls.get_ref().0
+    }
+
+    /// Whether the client's socket is known to hold nothing unread: a read since it was
+    /// last readable found it empty, so what arrived was read into TLS.
+    fn socket_drained(conn: &Conn) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut buf = [0u8; 1];
+        tcp(conn)
+            .poll_peek(&mut cx, &mut ReadBuf::new(&mut buf))
+            .is_pending()
+    }
+
+    #[tokio::test]
+    async fn session_tickets_and_a_key_update_leave_an_http1_connection_open() {
+        let (mut conn, mut server, tickets) = tls_pair().await;
+        let got = open_until(&mut conn, |_| tickets.got.load(Ordering::Acquire) >= 2).await;
+        assert!(got, "the client got the server's session tickets");
+
+        // A key update: read by `is_open` once it arrived, and the connection is open.
+        server.get_mut().1.refresh_traffic_keys().unwrap();
+        server.flush().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), tcp(&conn).readable())
+            .await
+            .expect("the key update arrives")
+            .unwrap();
+        assert!(
+            open_until(&mut conn, socket_drained).await,
+            "the client read the key update"
+        );
+
+        // Still usable: a request goes through on it and its answer comes back.
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        conn.flush().await.unwrap();
+        let mut request = vec![0; 64];
+        let n = server.read(&mut request).await.unwrap();
+        assert!(request[..n].starts_with(b"GET / HTTP/1.1"));
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        server.flush().await.unwrap();
+        let mut response = vec![0; 64];
+        let n = conn.read(&mut response).await.unwrap();
+        assert!(response[..n].starts_with(b"HTTP/1.1 200"));
+    }
+}
