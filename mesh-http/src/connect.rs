@@ -201,12 +201,13 @@ async fn connect(
     let (address, timeout) = (dialer.address(), dialer.timeout());
     let deadline = Instant::now() + timeout;
     let mut stream = dialer.dial().await?;
-    let retire_at = dialer
-        .retire_at(&stream)
-        .map(|at| RetireAt::new(at, unarmed));
+    // Counted as unarmed only once the connection is made: a connect that fails from here
+    // on makes no `Conn` whose drop would take it off the count again.
+    let retire_at = dialer.retire_at(&stream);
+    let retire_at = move || retire_at.map(|at| RetireAt::new(at, unarmed));
     let h2 = http2_only || stream.alpn_protocol() == Some(b"h2");
     if !h2 {
-        return Ok(Conn::new(stream, false, retire_at));
+        return Ok(Conn::new(stream, false, retire_at()));
     }
     let preface = async {
         stream.write_all(PREFACE).await?;
@@ -226,7 +227,7 @@ async fn connect(
         Err(_) => Err(ConnectError::Timeout { address, timeout }),
         Ok(Err(source)) => Err(ConnectError::Preface { address, source }),
         Ok(Ok(first)) => {
-            let mut conn = Conn::new(stream, true, retire_at);
+            let mut conn = Conn::new(stream, true, retire_at());
             conn.replay = Bytes::from(first);
             conn.preface_sent = PREFACE.len();
             Ok(conn)
@@ -637,6 +638,43 @@ mod tests {
         assert_eq!(unarmed.load(Ordering::Acquire), 1);
         // Closed before it was armed: no longer counted.
         drop(b);
+        assert_eq!(unarmed.load(Ordering::Acquire), 0);
+    }
+}
+
+/// Found in review: the endpoint's count of unarmed connections must not drift.
+#[cfg(test)]
+mod unarmed_tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An HTTP/2 dial whose server closes before its preface fails, and leaves nothing
+    /// counted as an unarmed connection: no connection was made, so none waits to be armed
+    /// (a count stuck above zero would make every later request capture its connection).
+    #[tokio::test]
+    async fn a_failed_http2_connect_counts_no_unarmed_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            // Accepts, then closes without a preface.
+            drop(listener.accept().await.unwrap());
+        });
+        let policy = UpstreamPolicy::new().max_connection_age(Duration::from_secs(60));
+        let dialer = Dialer::with_policy(
+            &Cluster::eds("greeter"),
+            address,
+            &UpstreamIdentity::None,
+            &policy,
+            Protocol::Http2.alpn(),
+        );
+        let unarmed = Arc::new(AtomicUsize::new(0));
+        let result = connect(dialer, true, unarmed.clone()).await;
+        server.await.unwrap();
+        assert!(
+            matches!(result, Err(ConnectError::Preface { .. })),
+            "the connect fails on the preface"
+        );
         assert_eq!(unarmed.load(Ordering::Acquire), 0);
     }
 }
