@@ -4,15 +4,15 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tower::{Layer, ServiceExt, service_fn};
 
+use super::tests::{grpc_req, policy};
 use super::*;
-use crate::config::{ClusterSpecifier, ForwardAction, RetryOn};
+use crate::config::RetryOn;
 
 type Frames = futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
 type Req = http::Request<RetryBody<StreamBody<Frames>>>;
@@ -32,30 +32,10 @@ fn request(len: usize) -> (http::Request<StreamBody<Frames>>, Bytes) {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-checksum", http::HeaderValue::from(len));
     frames.push(Ok(Frame::trailers(trailers)));
-    let mut req = http::Request::post("http://svc/pkg.Svc/Method")
-        .header("content-type", "application/grpc")
-        .body(StreamBody::new(futures_util::stream::iter(frames)))
-        .unwrap();
-    let policy = RetryPolicy {
-        retry_on: RetryOn::UNAVAILABLE,
-        num_retries: 2,
-        base_interval: Duration::from_millis(25),
-        max_interval: Duration::from_millis(250),
-        per_try_timeout: None,
-        retriable_status_codes: Vec::new(),
-        avoid_previous_hosts: false,
-        host_selection_max_attempts: 1,
-    };
-    let route = RoutePolicy::from_action(ForwardAction {
-        clusters: ClusterSpecifier::Cluster("c".into()),
-        timeout: None,
-        max_stream_duration: None,
-        retry_policy: Some(policy),
-        hash_policies: Vec::new(),
-    })
-    .unwrap();
-    req.extensions_mut().insert(route);
-    (req, data)
+    // A gRPC request the route lets retry UNAVAILABLE twice, with this body.
+    let (parts, _) = grpc_req(Some(policy(RetryOn::UNAVAILABLE, 2)), "").into_parts();
+    let body = StreamBody::new(futures_util::stream::iter(frames));
+    (http::Request::from_parts(parts, body), data)
 }
 
 #[tokio::test(start_paused = true)]
