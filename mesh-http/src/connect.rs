@@ -137,6 +137,15 @@ struct FirstConnection {
     made: AtomicBool,
     /// The connection itself, until a request takes it or it has been idle too long.
     conn: Mutex<Option<Conn>>,
+    /// Told when the connection is taken or the endpoint goes, so that the task waiting to
+    /// close it ends then (endpoints that come and go leave no sleeping tasks behind).
+    gone: Arc<Notify>,
+}
+
+impl Drop for FirstConnection {
+    fn drop(&mut self) {
+        self.gone.notify_one();
+    }
 }
 
 impl FirstConnection {
@@ -151,17 +160,25 @@ impl FirstConnection {
             }
             *slot = Some(conn);
         }
-        let first = Arc::downgrade(self);
+        let (first, gone) = (Arc::downgrade(self), self.gone.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(POOL_IDLE_TIMEOUT).await;
-            if let Some(first) = first.upgrade() {
-                drop(first.take());
+            tokio::select! {
+                () = tokio::time::sleep(POOL_IDLE_TIMEOUT) => {
+                    if let Some(first) = first.upgrade() {
+                        drop(first.take());
+                    }
+                }
+                () = gone.notified() => {}
             }
         });
     }
 
     fn take(&self) -> Option<Conn> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner()).take()
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if conn.is_some() {
+            self.gone.notify_one();
+        }
+        conn
     }
 }
 
@@ -577,6 +594,38 @@ mod tests {
             tokio::task::yield_now().await;
         }
         false
+    }
+
+    /// Waits (a bounded number of turns) until the runtime runs `n` tasks.
+    async fn alive_tasks(n: usize) -> bool {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        for _ in 0..1000 {
+            if metrics.num_alive_tasks() == n {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn the_task_closing_an_unused_first_connection_ends_when_it_is_taken_or_the_endpoint_goes()
+     {
+        // Taken by a request.
+        let first = Arc::new(FirstConnection::default());
+        first.keep(pair(false).await.0);
+        assert!(alive_tasks(1).await);
+        assert!(first.take().is_some());
+        assert!(
+            alive_tasks(0).await,
+            "the task ends once the connection is taken"
+        );
+        // The endpoint removed before any request.
+        let first = Arc::new(FirstConnection::default());
+        first.keep(pair(false).await.0);
+        assert!(alive_tasks(1).await);
+        drop(first);
+        assert!(alive_tasks(0).await, "the task ends with the endpoint");
     }
 
     #[tokio::test]
