@@ -137,6 +137,15 @@ struct FirstConnection {
     made: AtomicBool,
     /// The connection itself, until a request takes it or it has been idle too long.
     conn: Mutex<Option<Conn>>,
+    /// Told when the connection is taken or the endpoint goes, so that the task waiting to
+    /// close it ends then (endpoints that come and go leave no sleeping tasks behind).
+    gone: Arc<Notify>,
+}
+
+impl Drop for FirstConnection {
+    fn drop(&mut self) {
+        self.gone.notify_one();
+    }
 }
 
 impl FirstConnection {
@@ -151,17 +160,25 @@ impl FirstConnection {
             }
             *slot = Some(conn);
         }
-        let first = Arc::downgrade(self);
+        let (first, gone) = (Arc::downgrade(self), self.gone.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(POOL_IDLE_TIMEOUT).await;
-            if let Some(first) = first.upgrade() {
-                drop(first.take());
+            tokio::select! {
+                () = tokio::time::sleep(POOL_IDLE_TIMEOUT) => {
+                    if let Some(first) = first.upgrade() {
+                        drop(first.take());
+                    }
+                }
+                () = gone.notified() => {}
             }
         });
     }
 
     fn take(&self) -> Option<Conn> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner()).take()
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if conn.is_some() {
+            self.gone.notify_one();
+        }
+        conn
     }
 }
 
@@ -201,12 +218,13 @@ async fn connect(
     let (address, timeout) = (dialer.address(), dialer.timeout());
     let deadline = Instant::now() + timeout;
     let mut stream = dialer.dial().await?;
-    let retire_at = dialer
-        .retire_at(&stream)
-        .map(|at| RetireAt::new(at, unarmed));
+    // Counted as unarmed only once the connection is made: a connect that fails from here
+    // on makes no `Conn` whose drop would take it off the count again.
+    let retire_at = dialer.retire_at(&stream);
+    let retire_at = move || retire_at.map(|at| RetireAt::new(at, unarmed));
     let h2 = http2_only || stream.alpn_protocol() == Some(b"h2");
     if !h2 {
-        return Ok(Conn::new(stream, false, retire_at));
+        return Ok(Conn::new(stream, false, retire_at()));
     }
     let preface = async {
         stream.write_all(PREFACE).await?;
@@ -226,7 +244,7 @@ async fn connect(
         Err(_) => Err(ConnectError::Timeout { address, timeout }),
         Ok(Err(source)) => Err(ConnectError::Preface { address, source }),
         Ok(Ok(first)) => {
-            let mut conn = Conn::new(stream, true, retire_at);
+            let mut conn = Conn::new(stream, true, retire_at());
             conn.replay = Bytes::from(first);
             conn.preface_sent = PREFACE.len();
             Ok(conn)
@@ -578,6 +596,38 @@ mod tests {
         false
     }
 
+    /// Waits (a bounded number of turns) until the runtime runs `n` tasks.
+    async fn alive_tasks(n: usize) -> bool {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        for _ in 0..1000 {
+            if metrics.num_alive_tasks() == n {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn the_task_closing_an_unused_first_connection_ends_when_it_is_taken_or_the_endpoint_goes()
+     {
+        // Taken by a request.
+        let first = Arc::new(FirstConnection::default());
+        first.keep(pair(false).await.0);
+        assert!(alive_tasks(1).await);
+        assert!(first.take().is_some());
+        assert!(
+            alive_tasks(0).await,
+            "the task ends once the connection is taken"
+        );
+        // The endpoint removed before any request.
+        let first = Arc::new(FirstConnection::default());
+        first.keep(pair(false).await.0);
+        assert!(alive_tasks(1).await);
+        drop(first);
+        assert!(alive_tasks(0).await, "the task ends with the endpoint");
+    }
+
     #[tokio::test]
     async fn an_idle_connection_is_open_and_one_the_server_closed_is_not() {
         for h2 in [false, true] {
@@ -638,5 +688,228 @@ mod tests {
         // Closed before it was armed: no longer counted.
         drop(b);
         assert_eq!(unarmed.load(Ordering::Acquire), 0);
+    }
+}
+
+/// Found in review: the endpoint's count of unarmed connections must not drift.
+#[cfg(test)]
+mod unarmed_tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An HTTP/2 dial whose server closes before its preface fails, and leaves nothing
+    /// counted as an unarmed connection: no connection was made, so none waits to be armed
+    /// (a count stuck above zero would make every later request capture its connection).
+    #[tokio::test]
+    async fn a_failed_http2_connect_counts_no_unarmed_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            // Accepts, then closes without a preface.
+            drop(listener.accept().await.unwrap());
+        });
+        let policy = UpstreamPolicy::new().max_connection_age(Duration::from_secs(60));
+        let dialer = Dialer::with_policy(
+            &Cluster::eds("greeter"),
+            address,
+            &UpstreamIdentity::None,
+            &policy,
+            Protocol::Http2.alpn(),
+        );
+        let unarmed = Arc::new(AtomicUsize::new(0));
+        let result = connect(dialer, true, unarmed.clone()).await;
+        server.await.unwrap();
+        assert!(
+            matches!(result, Err(ConnectError::Preface { .. })),
+            "the connect fails on the preface"
+        );
+        assert_eq!(unarmed.load(Ordering::Acquire), 0);
+    }
+}
+
+/// Found in review: what a TLS 1.3 server sends after the handshake unasked (session
+/// tickets, a key update) is no data, so an idle HTTP/1.1 connection that got it is open.
+#[cfg(test)]
+mod tls_tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use rustls::client::{ClientSessionMemoryCache, ClientSessionStore};
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, NamedGroup, RootCertStore, ServerConfig};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    use super::*;
+
+    /// Counts the TLS 1.3 session tickets the client got.
+    #[derive(Debug)]
+    struct Tickets {
+        inner: ClientSessionMemoryCache,
+        got: AtomicUsize,
+    }
+
+    impl ClientSessionStore for Tickets {
+        fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
+            self.inner.set_kx_hint(name, group);
+        }
+        fn kx_hint(&self, name: &ServerName<'_>) -> Option<NamedGroup> {
+            self.inner.kx_hint(name)
+        }
+        fn set_tls12_session(
+            &self,
+            name: ServerName<'static>,
+            value: rustls::client::Tls12ClientSessionValue,
+        ) {
+            self.inner.set_tls12_session(name, value);
+        }
+        fn tls12_session(
+            &self,
+            name: &ServerName<'_>,
+        ) -> Option<rustls::client::Tls12ClientSessionValue> {
+            self.inner.tls12_session(name)
+        }
+        fn remove_tls12_session(&self, name: &ServerName<'static>) {
+            self.inner.remove_tls12_session(name);
+        }
+        fn insert_tls13_ticket(
+            &self,
+            name: ServerName<'static>,
+            value: rustls::client::Tls13ClientSessionValue,
+        ) {
+            self.got.fetch_add(1, Ordering::AcqRel);
+            self.inner.insert_tls13_ticket(name, value);
+        }
+        fn take_tls13_ticket(
+            &self,
+            name: &ServerName<'static>,
+        ) -> Option<rustls::client::Tls13ClientSessionValue> {
+            self.inner.take_tls13_ticket(name)
+        }
+    }
+
+    /// An HTTP/1.1 connection to a rustls server with a default configuration (which sends
+    /// two session tickets once the handshake is done), the server's end, and the count of
+    /// tickets the client got.
+    async fn tls_pair() -> (
+        Conn,
+        tokio_rustls::server::TlsStream<TcpStream>,
+        Arc<Tickets>,
+    ) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let provider = meshwork_core::crypto::provider();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+            )
+            .unwrap();
+        assert!(
+            server.send_tls13_tickets > 0,
+            "rustls's default sends tickets"
+        );
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tickets = Arc::new(Tickets {
+            inner: ClientSessionMemoryCache::new(8),
+            got: AtomicUsize::new(0),
+        });
+        client.resumption = rustls::client::Resumption::store(tickets.clone());
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = async {
+            let tcp = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            TlsConnector::from(Arc::new(client))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap()
+        };
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            TlsAcceptor::from(Arc::new(server))
+                .accept(tcp)
+                .await
+                .unwrap()
+        };
+        let (client, server) = tokio::join!(connect, accept);
+        let conn = Conn::new(UpstreamStream::Tls(Box::new(client)), false, None);
+        (conn, server, tickets)
+    }
+
+    /// Asks `conn` whether it is open until `done` holds (a bounded number of times, letting
+    /// the runtime's I/O driver run between asks); every answer must be "open".
+    async fn open_until(conn: &mut Conn, done: impl Fn(&Conn) -> bool) -> bool {
+        for _ in 0..10_000 {
+            assert!(conn.is_open(), "an idle connection taken as closed");
+            if done(conn) {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    fn tcp(conn: &Conn) -> &TcpStream {
+        let UpstreamStream::Tls(tls) = &conn.stream else {
+            unreachable!("a TLS connection")
+        };
+        tls.get_ref().0
+    }
+
+    /// Whether the client's socket is known to hold nothing unread: a read since it was
+    /// last readable found it empty, so what arrived was read into TLS.
+    fn socket_drained(conn: &Conn) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut buf = [0u8; 1];
+        tcp(conn)
+            .poll_peek(&mut cx, &mut ReadBuf::new(&mut buf))
+            .is_pending()
+    }
+
+    #[tokio::test]
+    async fn session_tickets_and_a_key_update_leave_an_http1_connection_open() {
+        let (mut conn, mut server, tickets) = tls_pair().await;
+        let got = open_until(&mut conn, |_| tickets.got.load(Ordering::Acquire) >= 2).await;
+        assert!(got, "the client got the server's session tickets");
+
+        // A key update: read by `is_open` once it arrived, and the connection is open.
+        server.get_mut().1.refresh_traffic_keys().unwrap();
+        server.flush().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), tcp(&conn).readable())
+            .await
+            .expect("the key update arrives")
+            .unwrap();
+        assert!(
+            open_until(&mut conn, socket_drained).await,
+            "the client read the key update"
+        );
+
+        // Still usable: a request goes through on it and its answer comes back.
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        conn.flush().await.unwrap();
+        let mut request = vec![0; 64];
+        let n = server.read(&mut request).await.unwrap();
+        assert!(request[..n].starts_with(b"GET / HTTP/1.1"));
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        server.flush().await.unwrap();
+        let mut response = vec![0; 64];
+        let n = conn.read(&mut response).await.unwrap();
+        assert!(response[..n].starts_with(b"HTTP/1.1 200"));
     }
 }

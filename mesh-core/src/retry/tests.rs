@@ -15,7 +15,7 @@ use crate::config::{ClusterSpecifier, ForwardAction, GrpcCode, RetryOn};
 type Req = http::Request<RetryBody<Full<Bytes>>>;
 type Rsp = http::Response<()>;
 
-fn policy(retry_on: RetryOn, num_retries: u32) -> RetryPolicy {
+pub(super) fn policy(retry_on: RetryOn, num_retries: u32) -> RetryPolicy {
     RetryPolicy {
         retry_on,
         num_retries,
@@ -28,7 +28,7 @@ fn policy(retry_on: RetryOn, num_retries: u32) -> RetryPolicy {
     }
 }
 
-fn grpc_req(p: Option<RetryPolicy>, body: &'static str) -> http::Request<Full<Bytes>> {
+pub(super) fn grpc_req(p: Option<RetryPolicy>, body: &'static str) -> http::Request<Full<Bytes>> {
     let mut r = http::Request::post("http://svc/pkg.Svc/Method")
         .header("content-type", "application/grpc")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
