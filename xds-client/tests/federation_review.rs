@@ -143,18 +143,7 @@ fn same_uris_bootstrap(uri: &str) -> Bootstrap {
 #[tokio::test]
 async fn groups_with_the_same_server_uris_keep_their_own_snapshots() {
     let dir = temp_dir("federation-review-same-uris");
-    let (server, bootstrap) = serve_two_groups().await;
-    {
-        let client = builder(&bootstrap)
-            .fail_static(FailStatic::new(&dir))
-            .start();
-        let _watches = both_served(&client).await;
-        within(10, client.save_snapshot())
-            .await
-            .unwrap()
-            .expect("written");
-    }
-    server.shutdown().await.unwrap();
+    let bootstrap = saved_two_groups_then_down(&dir).await;
 
     // Every server down (the port refuses): each group serves its snapshot.
     let client = builder(&bootstrap)
@@ -173,6 +162,24 @@ async fn serve_two_groups() -> (XdsTestServer, Bootstrap) {
     );
     let bootstrap = same_uris_bootstrap(&server.uri());
     (server, bootstrap)
+}
+
+/// [`serve_two_groups`], both groups' values saved to fail-static snapshots in `dir`, then
+/// the server shut down; the bootstrap naming it.
+async fn saved_two_groups_then_down(dir: &std::path::Path) -> Bootstrap {
+    let (server, bootstrap) = serve_two_groups().await;
+    {
+        let client = builder(&bootstrap)
+            .fail_static(FailStatic::new(dir))
+            .start();
+        let _watches = both_served(&client).await;
+        within(10, client.save_snapshot())
+            .await
+            .unwrap()
+            .expect("written");
+    }
+    server.shutdown().await.unwrap();
+    bootstrap
 }
 
 /// Watches of the top-level group's Cluster `old` and of authority `a`'s, once both have
@@ -322,18 +329,7 @@ async fn one_walk_subscribing_to_many_resources_sends_one_request_per_type() {
 #[tokio::test]
 async fn the_snapshot_gauge_counts_every_groups_resources() {
     let dir = temp_dir("federation-review-gauge");
-    let (server, bootstrap) = serve_two_groups().await;
-    {
-        let client = builder(&bootstrap)
-            .fail_static(FailStatic::new(&dir))
-            .start();
-        let _watches = both_served(&client).await;
-        within(10, client.save_snapshot())
-            .await
-            .unwrap()
-            .expect("written");
-    }
-    server.shutdown().await.unwrap();
+    let bootstrap = saved_two_groups_then_down(&dir).await;
 
     let exporter = InMemoryMetricExporter::default();
     let provider = SdkMeterProvider::builder()

@@ -744,6 +744,25 @@ mod tests {
             let updates = self.group.events();
             self.hub.on_updates(updates);
         }
+
+        /// Watches target `T`.
+        fn watch_target(&mut self) -> watch::Receiver<TargetState> {
+            let (tx, mut rx) = oneshot::channel();
+            self.hub
+                .command(Command::WatchTarget((T.into(), T.into()), tx));
+            rx.try_recv().unwrap()
+        }
+
+        /// Watches target `T` and answers with its Listener, which names RouteConfiguration
+        /// `rc`.
+        fn watch_target_listening(&mut self) -> watch::Receiver<TargetState> {
+            let target = self.watch_target();
+            self.respond(
+                ResourceType::Listener,
+                vec![build::pack(&build::api_listener(T, "rc"))],
+            );
+            target
+        }
     }
 
     /// What two groups hand over before the hub wakes is one batch: a target that needs
@@ -772,14 +791,7 @@ mod tests {
             vec![build::pack(&build::endpoints(E, &[addr]))]
         };
 
-        let (tx, mut rx) = oneshot::channel();
-        h.hub
-            .command(Command::WatchTarget((T.into(), T.into()), tx));
-        let target = rx.try_recv().unwrap();
-        h.respond(
-            ResourceType::Listener,
-            vec![build::pack(&build::api_listener(T, "rc"))],
-        );
+        let target = h.watch_target_listening();
         h.respond(ResourceType::RouteConfiguration, routes("vh1"));
         a.apply(ResourceType::Cluster, vec![build::pack(&cluster)]);
         a.hand_over();
@@ -818,10 +830,7 @@ mod tests {
     #[test]
     fn a_new_watch_never_sees_a_state_older_than_the_one_it_was_handed() {
         let mut h = harness();
-        let (tx, mut rx) = oneshot::channel();
-        h.hub
-            .command(Command::WatchTarget((T.into(), T.into()), tx));
-        let _target = rx.try_recv().unwrap();
+        let _target = h.watch_target();
         let listener = |rc: &str| vec![build::pack(&build::api_listener(T, rc))];
         h.group.apply(ResourceType::Listener, listener("rc1"));
         h.group.hand_over();
@@ -846,14 +855,7 @@ mod tests {
     #[test]
     fn one_response_walks_each_target_once() {
         let mut h = harness();
-        let (tx, mut rx) = oneshot::channel();
-        h.hub
-            .command(Command::WatchTarget((T.into(), T.into()), tx));
-        let target = rx.try_recv().unwrap();
-        h.respond(
-            ResourceType::Listener,
-            vec![build::pack(&build::api_listener(T, "rc"))],
-        );
+        let target = h.watch_target_listening();
         let routes = build::route_config(
             "rc",
             vec![build::virtual_host(
