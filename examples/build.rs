@@ -34,20 +34,16 @@ fn main() {
 
 /// The directory of the `envoy-types` package that this crate depends on.
 fn envoy_types_dir(manifest: &Path) -> PathBuf {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    // Offline: the outer build already resolved and downloaded everything; this only asks
-    // where it is.
-    let output = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--manifest-path",
-        ])
-        .arg(manifest)
-        .output()
-        .expect("run cargo metadata");
+    // Offline first, for this platform: a build of every target of the workspace has
+    // downloaded every package that lists. A build of this package alone on a fresh machine (the README's
+    // quickstart) has not downloaded the other members' dependencies, which `cargo
+    // metadata` resolves too: then it may download them, as the outer build would.
+    let output = metadata(manifest, true);
+    let output = if output.status.success() {
+        output
+    } else {
+        metadata(manifest, false)
+    };
     assert!(
         output.status.success(),
         "cargo metadata failed: {}",
@@ -92,4 +88,21 @@ fn envoy_types_dir(manifest: &Path) -> PathBuf {
         .parent()
         .expect("a manifest's directory")
         .to_owned()
+}
+
+/// `cargo metadata` of this workspace for the platform being built for (the packages of
+/// other platforms need not be downloaded), with the lock file as it is.
+fn metadata(manifest: &Path, offline: bool) -> std::process::Output {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let target = env::var("TARGET").expect("TARGET");
+    let mut command = Command::new(cargo);
+    command
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .args(["--filter-platform", &target])
+        .arg("--manifest-path")
+        .arg(manifest);
+    if offline {
+        command.arg("--offline");
+    }
+    command.output().expect("run cargo metadata")
 }
