@@ -16,6 +16,11 @@
 //! Rules, with the gRFC or xDS-spec clause each follows:
 //! - **ACK/NACK** (xDS spec): an ACK carries the response's `version_info` and nonce; a NACK
 //!   carries the *previously accepted* version, the response's nonce and `error_detail`.
+//!   An ACK or NACK is built when it is polled, from the type's state then, and one not yet
+//!   polled is replaced by the next of its type (the latest nonce and accepted version are
+//!   all a SotW server reads; on delta the latest NACK is kept beside the latest ACK), so a
+//!   driver that stops polling while responses keep coming (a server that does not read
+//!   its stream) holds at most two per type, not one request per response.
 //! - **Partial acceptance** (gRFC A46): one response may mix valid and invalid resources. The
 //!   valid ones are applied; the response is NACKed with the reason of every invalid one. An
 //!   invalid resource whose name could be read keeps its last good value and is marked
@@ -143,6 +148,9 @@ const MAX_INITIAL_VERSIONS_BYTES: usize = 4 * 1024 * 1024;
 /// A held value whose name and version together are longer is not named in
 /// `initial_resource_versions` (the server sends it again).
 const MAX_INITIAL_VERSION_ENTRY: usize = 4 * 1024;
+
+/// The NACKs of responses of unknown types that wait to be sent, at most.
+const MAX_UNKNOWN_TYPE_ANSWERS: usize = 4;
 
 /// Cut `text` to at most `max` bytes, at a character boundary.
 pub(crate) fn truncate(text: &mut String, max: usize) {
@@ -468,6 +476,18 @@ impl TypeState {
         self.delta_wanted() != self.delta_sent || !self.delta_forgotten.is_empty()
     }
 
+    /// Delta: whether a subscription change waits to be sent.
+    fn delta_due(&self) -> bool {
+        self.dirty && self.delta_changed()
+    }
+
+    /// SotW: whether a subscription change waits to be sent. An empty list is only sent
+    /// when it means something: the legacy wildcard, or unsubscribing from names sent
+    /// earlier on this stream.
+    fn sotw_due(&self) -> bool {
+        self.dirty && (self.is_subscribed() || (self.sent_on_stream && self.sent_names))
+    }
+
     fn resource_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .resources
@@ -482,6 +502,17 @@ impl TypeState {
         }
         names
     }
+}
+
+/// An ACK or NACK waiting to be sent ([`AdsState::answer`]).
+#[derive(Debug)]
+struct Answer {
+    type_url: String,
+    /// `None` for a type this client does not know.
+    resource_type: Option<ResourceType>,
+    nonce: String,
+    /// Set for a NACK.
+    error_detail: Option<Status>,
 }
 
 /// One resource of a fail-static snapshot, for [`AdsState::seed`].
@@ -507,10 +538,9 @@ pub struct AdsState {
     next_stream: u64,
     /// The current stream's kind: delta or SotW.
     delta: bool,
-    /// ACKs and NACKs waiting to be sent, in order.
-    outbox: VecDeque<DiscoveryRequest>,
-    /// The same, on a delta stream.
-    delta_outbox: VecDeque<DeltaDiscoveryRequest>,
+    /// ACKs and NACKs waiting to be sent, in order, at most a few per type
+    /// ([`AdsState::answer`]).
+    outbox: VecDeque<Answer>,
     events: VecDeque<XdsEvent>,
 }
 
@@ -525,7 +555,6 @@ impl AdsState {
             next_stream: 0,
             delta: false,
             outbox: VecDeque::new(),
-            delta_outbox: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
@@ -775,7 +804,6 @@ impl AdsState {
         self.delta = delta;
         self.connected = false;
         self.outbox.clear();
-        self.delta_outbox.clear();
         for ts in self.types.values_mut() {
             ts.nonce.clear();
             ts.sent_on_stream = false;
@@ -818,7 +846,6 @@ impl AdsState {
         self.stream = None;
         self.connected = false;
         self.outbox.clear();
-        self.delta_outbox.clear();
         for ts in self.types.values_mut() {
             for rs in ts.resources.values_mut() {
                 rs.does_not_exist_at = None;
@@ -840,25 +867,18 @@ impl AdsState {
             return;
         }
         let Some((resource_type, ts)) = self.answering(&response.type_url) else {
-            if let Some(error_detail) = unknown_type(&response.type_url) {
-                self.outbox.push_back(DiscoveryRequest {
-                    type_url: response.type_url,
-                    response_nonce: response.nonce,
-                    error_detail: Some(error_detail),
-                    ..Default::default()
-                });
-            }
+            self.answer_unknown(response.type_url, response.nonce);
             return;
         };
         ts.nonce = response.nonce.clone();
         let decoded = response::decode(resource_type, &response);
         let error_detail = self.apply_response(resource_type, decoded, &response.version_info, now);
-        let Some(ts) = self.types.get_mut(&resource_type) else {
-            return;
-        };
-        let request = Self::request(ts, resource_type, None, error_detail);
-        ts.dirty = false;
-        self.outbox.push_back(request);
+        self.answer(Answer {
+            type_url: response.type_url,
+            resource_type: Some(resource_type),
+            nonce: response.nonce,
+            error_detail,
+        });
     }
 
     /// Apply a delta response received on `stream` at `now`: decode it, apply it (each
@@ -876,14 +896,7 @@ impl AdsState {
             return;
         }
         let Some((resource_type, _)) = self.answering(&response.type_url) else {
-            if let Some(error_detail) = unknown_type(&response.type_url) {
-                self.delta_outbox.push_back(DeltaDiscoveryRequest {
-                    type_url: response.type_url,
-                    response_nonce: response.nonce,
-                    error_detail: Some(error_detail),
-                    ..Default::default()
-                });
-            }
+            self.answer_unknown(response.type_url, response.nonce);
             return;
         };
         let held = |name: &str| {
@@ -893,12 +906,68 @@ impl AdsState {
         let decoded = response::decode_delta(resource_type, &response, &held);
         let error_detail =
             self.apply_response(resource_type, decoded, &response.system_version_info, now);
-        let Some(ts) = self.types.get_mut(&resource_type) else {
+        self.answer(Answer {
+            type_url: response.type_url,
+            resource_type: Some(resource_type),
+            nonce: response.nonce,
+            error_detail,
+        });
+    }
+
+    /// Queue the ACK or NACK of a response. Its request is built when it is polled, from
+    /// the type's state then, and a newer answer replaces an older one of its type that
+    /// no longer tells the server anything: on SotW, any (the latest nonce and the version
+    /// accepted so far are all a server reads); on delta, the one of the same kind (the
+    /// latest ACK and the latest NACK are kept, in the order they came, as a NACK is the
+    /// server's only word of a rejected response). So a server that sends responses faster
+    /// than it reads requests makes the client hold at most two answers per type, not one
+    /// request (which on SotW names every subscribed resource) per response.
+    fn answer(&mut self, answer: Answer) {
+        let delta = self.delta;
+        let nack = answer.error_detail.is_some();
+        self.outbox.retain(|queued| {
+            queued.type_url != answer.type_url || (delta && queued.error_detail.is_some() != nack)
+        });
+        self.outbox.push_back(answer);
+    }
+
+    /// NACK a response of a type this client does not know (at most
+    /// [`MAX_UNKNOWN_TYPE_ANSWERS`] wait to be sent, the oldest dropped first: their type
+    /// URLs are the server's).
+    fn answer_unknown(&mut self, type_url: String, nonce: String) {
+        let Some(error_detail) = unknown_type(&type_url) else {
             return;
         };
-        let request = Self::delta_request(ts, resource_type, response.nonce, error_detail);
-        ts.dirty = false;
-        self.delta_outbox.push_back(request);
+        self.answer(Answer {
+            type_url,
+            resource_type: None,
+            nonce,
+            error_detail: Some(error_detail),
+        });
+        let unknown = self
+            .outbox
+            .iter()
+            .filter(|a| a.resource_type.is_none())
+            .count();
+        for _ in MAX_UNKNOWN_TYPE_ANSWERS..unknown {
+            if let Some(oldest) = self.outbox.iter().position(|a| a.resource_type.is_none()) {
+                self.outbox.remove(oldest);
+            }
+        }
+    }
+
+    /// Whether a request is waiting to be polled on the current stream: an ACK or NACK, or
+    /// a subscription change.
+    pub(crate) fn has_request(&self) -> bool {
+        self.stream.is_some()
+            && (!self.outbox.is_empty()
+                || self.types.values().any(|ts| {
+                    if self.delta {
+                        ts.delta_due()
+                    } else {
+                        ts.sotw_due()
+                    }
+                }))
     }
 
     /// The type a response of `type_url` answers, if the client asked for it on this stream:
@@ -1192,14 +1261,24 @@ impl AdsState {
             return None;
         }
         let first_of_stream = self.types.values().all(|ts| !ts.sent_on_stream);
-        let mut request = if let Some(queued) = self.outbox.pop_front() {
-            queued
+        let mut request = if let Some(answer) = self.outbox.pop_front() {
+            match answer
+                .resource_type
+                .and_then(|t| Some((t, self.types.get_mut(&t)?)))
+            {
+                Some((resource_type, ts)) => {
+                    ts.dirty = false;
+                    Self::request(ts, resource_type, None, answer.error_detail)
+                }
+                None => DiscoveryRequest {
+                    type_url: answer.type_url,
+                    response_nonce: answer.nonce,
+                    error_detail: answer.error_detail,
+                    ..Default::default()
+                },
+            }
         } else {
-            let (&resource_type, ts) = self.types.iter_mut().find(|(_, ts)| {
-                // An empty list is only sent when it means something: the legacy
-                // wildcard, or unsubscribing from names sent earlier on this stream.
-                ts.dirty && (ts.is_subscribed() || (ts.sent_on_stream && ts.sent_names))
-            })?;
+            let (&resource_type, ts) = self.types.iter_mut().find(|(_, ts)| ts.sotw_due())?;
             ts.dirty = false;
             Self::request(ts, resource_type, None, None)
         };
@@ -1220,13 +1299,24 @@ impl AdsState {
             return None;
         }
         let first_of_stream = self.types.values().all(|ts| !ts.sent_on_stream);
-        let mut request = if let Some(queued) = self.delta_outbox.pop_front() {
-            queued
+        let mut request = if let Some(answer) = self.outbox.pop_front() {
+            match answer
+                .resource_type
+                .and_then(|t| Some((t, self.types.get_mut(&t)?)))
+            {
+                Some((resource_type, ts)) => {
+                    ts.dirty = false;
+                    Self::delta_request(ts, resource_type, answer.nonce, answer.error_detail)
+                }
+                None => DeltaDiscoveryRequest {
+                    type_url: answer.type_url,
+                    response_nonce: answer.nonce,
+                    error_detail: answer.error_detail,
+                    ..Default::default()
+                },
+            }
         } else {
-            let (&resource_type, ts) = self
-                .types
-                .iter_mut()
-                .find(|(_, ts)| ts.dirty && ts.delta_changed())?;
+            let (&resource_type, ts) = self.types.iter_mut().find(|(_, ts)| ts.delta_due())?;
             ts.dirty = false;
             Self::delta_request(ts, resource_type, String::new(), None)
         };
@@ -1707,7 +1797,9 @@ pub(super) mod tests {
         assert_eq!(h.events().len(), 1);
         h.respond(response(EDS, "2", "n2", vec![cla("a")]));
         assert!(h.events().is_empty());
-        assert_eq!(h.requests()[1].version_info, "2");
+        let acks = h.requests();
+        assert_eq!(acks.len(), 1, "the second ACK replaced the unsent first");
+        assert_eq!(acks[0].version_info, "2");
     }
 
     #[test]
@@ -2191,6 +2283,89 @@ pub(super) mod tests {
 
     /// A target's state is republished only when unequal to the last, so two failures are
     /// equal exactly when their kind and text are: the same rejection again is no news.
+    /// A server that sends responses but does not read its stream (the driver polls no
+    /// request meanwhile) leaves one answer per type, built when polled: the latest
+    /// nonce, the version accepted so far, the names wanted then.
+    #[test]
+    fn unread_answers_of_a_type_coalesce_into_the_latest() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.ads.subscribe(EDS, "a");
+        h.requests();
+        for i in 1..=1000 {
+            let (version, nonce) = (i.to_string(), format!("n{i}"));
+            let body = if i == 999 {
+                static_cluster("a")
+            } else {
+                eds_cluster("a")
+            };
+            h.respond(response(CDS, &version, &nonce, vec![body]));
+            h.respond(response(EDS, &version, &format!("e{i}"), vec![cla("a")]));
+        }
+        h.ads.subscribe(CDS, "b");
+        assert!(h.ads.has_request());
+        let r = h.requests();
+        assert_eq!(r.len(), 2, "one request per type: {r:?}");
+        let (cds, eds) = if r[0].type_url == CDS.type_url() {
+            (&r[0], &r[1])
+        } else {
+            (&r[1], &r[0])
+        };
+        assert_eq!(cds.response_nonce, "n1000");
+        assert_eq!(cds.version_info, "1000");
+        assert!(
+            cds.error_detail.is_none(),
+            "the latest response was accepted"
+        );
+        assert_eq!(
+            cds.resource_names,
+            ["a", "b"],
+            "with the names wanted when sent"
+        );
+        assert_eq!(eds.response_nonce, "e1000");
+        assert!(!h.ads.has_request());
+
+        // A NACK that is the latest answer is the one sent, with the accepted version.
+        h.respond(response(CDS, "1001", "n1001", vec![static_cluster("a")]));
+        h.respond(response(CDS, "1002", "n1002", vec![static_cluster("a")]));
+        let r = h.requests();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].response_nonce, "n1002");
+        assert_eq!(r[0].version_info, "1000");
+        assert!(r[0].error_detail.is_some());
+    }
+
+    /// NACKs of unknown types wait to be sent four at most, the latest ones; one type URL
+    /// answered again is answered once.
+    #[test]
+    fn unread_nacks_of_unknown_types_are_bounded() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.requests();
+        for i in 0..100 {
+            for url in [format!("example.com/T{i}"), "example.com/Same".to_owned()] {
+                h.respond(DiscoveryResponse {
+                    type_url: url,
+                    nonce: format!("n{i}"),
+                    ..Default::default()
+                });
+            }
+        }
+        let r = h.requests();
+        let urls: Vec<&str> = r.iter().map(|r| r.type_url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "example.com/T97",
+                "example.com/T98",
+                "example.com/T99",
+                "example.com/Same"
+            ]
+        );
+        assert!(r.iter().all(|r| r.error_detail.is_some()));
+        assert_eq!(r[3].response_nonce, "n99");
+    }
+
     #[test]
     fn failures_compare_by_kind_and_text() {
         use crate::resource::ResourceErrorKind;

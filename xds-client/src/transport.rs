@@ -41,7 +41,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::bootstrap::{ApiType, ChannelCredentials, ServerAddress, TlsCredentials, XdsServer};
@@ -480,29 +480,45 @@ async fn dial_io(
     }))
 }
 
-/// The request half of an ADS stream, SotW or delta.
+/// How many requests a stream's channel holds before the transport takes them. The rest
+/// wait in the protocol core, which keeps at most a few per type (ACKs and NACKs coalesce,
+/// requests are built when sent): a server that sends responses but stops reading its
+/// stream costs the client a bounded amount of memory, not a request per response.
+pub(crate) const REQUEST_QUEUE: usize = 4;
+
+/// The request half of an ADS stream, SotW or delta: a bounded channel.
 #[derive(Debug)]
 pub(crate) enum AdsRequests {
     /// `StreamAggregatedResources`.
-    Sotw(mpsc::UnboundedSender<DiscoveryRequest>),
+    Sotw(mpsc::Sender<DiscoveryRequest>),
     /// `DeltaAggregatedResources`.
-    Delta(mpsc::UnboundedSender<DeltaDiscoveryRequest>),
+    Delta(mpsc::Sender<DeltaDiscoveryRequest>),
+}
+
+impl AdsRequests {
+    /// Waits until the channel has room for a request; `false` if the stream is gone.
+    pub(crate) async fn writable(&self) -> bool {
+        match self {
+            AdsRequests::Sotw(tx) => tx.reserve().await.is_ok(),
+            AdsRequests::Delta(tx) => tx.reserve().await.is_ok(),
+        }
+    }
 }
 
 /// What [`open_stream`] sends: the receiving end of [`AdsRequests`].
 #[derive(Debug)]
 pub(crate) enum PendingRequests {
-    Sotw(mpsc::UnboundedReceiver<DiscoveryRequest>),
-    Delta(mpsc::UnboundedReceiver<DeltaDiscoveryRequest>),
+    Sotw(mpsc::Receiver<DiscoveryRequest>),
+    Delta(mpsc::Receiver<DeltaDiscoveryRequest>),
 }
 
 /// A channel for the requests of a new stream, of the kind the server speaks.
 pub(crate) fn ads_channel(delta: bool) -> (AdsRequests, PendingRequests) {
     if delta {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         (AdsRequests::Delta(tx), PendingRequests::Delta(rx))
     } else {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         (AdsRequests::Sotw(tx), PendingRequests::Sotw(rx))
     }
 }
@@ -554,13 +570,13 @@ pub(crate) async fn open_stream(
     Ok(match requests {
         PendingRequests::Sotw(rx) => AdsResponses::Sotw(
             client
-                .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+                .stream_aggregated_resources(ReceiverStream::new(rx))
                 .await?
                 .into_inner(),
         ),
         PendingRequests::Delta(rx) => AdsResponses::Delta(
             client
-                .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
+                .delta_aggregated_resources(ReceiverStream::new(rx))
                 .await?
                 .into_inner(),
         ),

@@ -207,3 +207,59 @@ async fn a_flapping_server_sees_a_bounded_connection_rate() {
     let error = client.last_error().expect("the closes are reported");
     assert!(!error.is_connect(), "{error}");
 }
+
+/// A server that keeps sending responses but stops reading its stream: the client's
+/// requests wait in its protocol core, one answer per type built when the transport takes
+/// it, not one request (naming every subscribed cluster) per response. When the server
+/// reads again, the client's last ACK is of the latest response.
+#[tokio::test]
+async fn a_server_that_stops_reading_holds_a_bounded_number_of_requests() {
+    const RESPONSES: usize = 3000;
+    // Long names: each request names all of them (~20 kB), so HTTP/2 flow control holds
+    // the client back after a few dozen.
+    let names: Vec<String> = std::iter::once("a".to_owned())
+        .chain((1..100).map(|i| format!("{i:03}-{}", "x".repeat(200))))
+        .collect();
+    let fake = FakeAds::start(Script::new(move |n| match n {
+        0 => [Step::UntilNames(100), Step::StopReading]
+            .into_iter()
+            .chain((1..=RESPONSES).map(|i| {
+                Step::Message(DiscoveryResponse {
+                    version_info: i.to_string(),
+                    nonce: format!("n{i}"),
+                    ..cluster_a()
+                })
+            }))
+            .chain([Step::ResumeReading])
+            .collect(),
+        _ => vec![],
+    }))
+    .await;
+    let client = builder(&[fake.uri()]).start();
+    let mut watches = Vec::new();
+    for name in &names {
+        watches.push(client.watch(ResourceType::Cluster, name).await);
+    }
+    let last = format!("n{RESPONSES}");
+    within(
+        60,
+        fake.wait_for(|s| s.requests.iter().any(|r| r.response_nonce == last)),
+    )
+    .await;
+    let requests = fake.requests();
+    assert!(
+        requests.len() < RESPONSES / 10,
+        "{} requests for {RESPONSES} responses the client read while its stream was not read",
+        requests.len()
+    );
+    let ack = requests.last().unwrap();
+    assert_eq!(
+        ack.response_nonce, last,
+        "the latest response is the one ACKed last"
+    );
+    assert_eq!(ack.version_info, RESPONSES.to_string());
+    assert!(ack.error_detail.is_none());
+    assert_eq!(ack.resource_names.len(), 100);
+    assert_eq!(fake.streams(), 1, "the stream was never given up");
+    assert!(matches!(watches[0].current(), WatchState::Ready(_)));
+}

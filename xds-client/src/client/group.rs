@@ -171,6 +171,9 @@ pub(super) struct Group {
     metrics: XdsMetrics,
     /// The server of the current (or last) stream, for the metrics' `grpc.xds.server`.
     server_uri: String,
+    /// The stream's request channel was full while the protocol had requests to send:
+    /// they wait in the protocol core until the transport takes one.
+    blocked: bool,
 }
 
 /// The fail-static snapshot read at start.
@@ -205,6 +208,22 @@ fn after(delay: Duration) -> TokioInstant {
     let now = TokioInstant::now();
     now.checked_add(delay)
         .unwrap_or_else(|| now + Duration::from_secs(24 * 60 * 60))
+}
+
+/// Sends what `next` yields on `tx` while `tx` has room, taking the next request only once a
+/// slot is reserved for it. True if it stopped because the channel was full.
+fn drain<T>(tx: &mpsc::Sender<T>, mut next: impl FnMut() -> Option<T>) -> bool {
+    loop {
+        let permit = match tx.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(())) => return true,
+            Err(mpsc::error::TrySendError::Closed(())) => return false,
+        };
+        match next() {
+            Some(request) => permit.send(request),
+            None => return false,
+        }
+    }
 }
 
 /// The watchers' state after one protocol event, and the resource it is about. A rejected
@@ -269,6 +288,7 @@ impl Group {
             commands,
             metrics,
             server_uri: String::new(),
+            blocked: false,
         }
     }
 
@@ -597,6 +617,7 @@ impl Group {
                     self.deliver();
                     self.flush(tx);
                 }
+                open = tx.writable(), if self.blocked => self.on_writable(tx, open),
                 _ = sleep_until_opt(self.save_at) => self.save(),
                 loaded = read_done(&mut self.startup) => self.on_snapshot_read(loaded),
             }
@@ -663,6 +684,7 @@ impl Group {
                     None => return StreamEnd::Shutdown,
                 },
                 _ = sleep_until_opt(timer) => self.on_timeout(),
+                open = tx.writable(), if self.blocked => self.on_writable(tx, open),
                 _ = sleep_until_opt(self.save_at) => self.save(),
                 loaded = read_done(&mut self.startup) => self.on_snapshot_read(loaded),
                 _ = tokio::time::sleep_until(probe_at), if server > 0 && probe.is_none() => {
@@ -695,23 +717,24 @@ impl Group {
         }
     }
 
+    /// Hand the protocol's requests to the stream while its channel has room. The rest
+    /// stay in the protocol core (`blocked`), built only when the channel takes them, so a
+    /// server that stops reading holds a bounded number of them.
     fn flush(&mut self, tx: &AdsRequests) {
         let now = now();
-        match tx {
-            AdsRequests::Sotw(tx) => {
-                while let Some(request) = self.ads().poll_request(now) {
-                    if tx.send(request).is_err() {
-                        return;
-                    }
-                }
-            }
-            AdsRequests::Delta(tx) => {
-                while let Some(request) = self.ads().poll_delta_request(now) {
-                    if tx.send(request).is_err() {
-                        return;
-                    }
-                }
-            }
+        let full = match tx {
+            AdsRequests::Sotw(tx) => drain(tx, || self.ads().poll_request(now)),
+            AdsRequests::Delta(tx) => drain(tx, || self.ads().poll_delta_request(now)),
+        };
+        self.blocked = full && self.ads().has_request();
+    }
+
+    /// The channel had no room for the requests waiting: it has now, or the stream is gone.
+    fn on_writable(&mut self, tx: &AdsRequests, open: bool) {
+        if open {
+            self.flush(tx);
+        } else {
+            self.blocked = false;
         }
     }
 

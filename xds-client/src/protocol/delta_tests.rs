@@ -707,3 +707,31 @@ fn a_seed_of_a_type_the_server_never_answers_ends_after_another_types_ack() {
     h.advance(Duration::from_millis(1));
     assert_eq!(names(&h.events()), ["gone:e"]);
 }
+
+/// A server that sends responses but does not read its stream leaves, per type, the
+/// latest NACK and the latest ACK, in the order they came; the first one polled carries
+/// the subscription changes made meanwhile.
+#[test]
+fn unread_delta_answers_keep_the_latest_ack_and_nack_of_a_type() {
+    let mut h = Harness::delta();
+    h.ads.subscribe(CDS, "a");
+    h.delta_requests();
+    let good = |v: &str| vec![res("a", v, eds_cluster("a"))];
+    let bad = |v: &str| vec![res("a", v, static_cluster("a"))];
+    h.delta_respond(response(CDS, "n1", bad("1"), &[]));
+    for i in 2..=500 {
+        h.delta_respond(response(CDS, &format!("n{i}"), good(&i.to_string()), &[]));
+    }
+    h.delta_respond(response(CDS, "n501", bad("501"), &[]));
+    h.delta_respond(response(CDS, "n502", good("502"), &[]));
+    h.ads.subscribe(CDS, "b");
+    let r = h.delta_requests();
+    let seen: Vec<(&str, bool)> = r
+        .iter()
+        .map(|r| (r.response_nonce.as_str(), r.error_detail.is_some()))
+        .collect();
+    assert_eq!(seen, [("n501", true), ("n502", false)]);
+    assert_eq!(r[0].resource_names_subscribe, ["b"]);
+    assert!(r[1].resource_names_subscribe.is_empty());
+    assert!(!h.ads.has_request());
+}

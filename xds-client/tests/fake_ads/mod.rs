@@ -1,7 +1,8 @@
 //! A misbehaving ADS server over real HTTP/2 (hyper), scripted per stream: it can delay its
 //! HTTP/2 connection, its response headers and its messages, send a gRPC length prefix it
-//! never honours, trickle a body, or close every stream after one response. Our test server
-//! (tonic) cannot lie about a message's length, so this one writes gRPC frames by hand.
+//! never honours, trickle a body, close every stream after one response, or stop reading
+//! the client's requests for a while (it records those it reads). Our test server (tonic)
+//! cannot lie about a message's length, so this one writes gRPC frames by hand.
 #![allow(dead_code, unreachable_pub)]
 
 use std::convert::Infallible;
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -33,6 +34,12 @@ pub enum Step {
     Wait(Duration),
     /// End the stream with `grpc-status: 0`.
     Close,
+    /// Wait until a request naming at least this many resources has been read.
+    UntilNames(usize),
+    /// Stop reading the client's requests (HTTP/2 flow control then holds the client back).
+    StopReading,
+    /// Read them again.
+    ResumeReading,
 }
 
 /// How the server behaves.
@@ -63,6 +70,8 @@ pub struct Seen {
     pub streams: Vec<Instant>,
     /// Streams whose every step was sent.
     pub finished: usize,
+    /// The requests read, of every stream, in order.
+    pub requests: Vec<DiscoveryRequest>,
 }
 
 pub struct FakeAds {
@@ -138,6 +147,11 @@ impl FakeAds {
         rx.wait_for(|s| pred(s)).await.unwrap().streams.clone()
     }
 
+    /// The requests read so far.
+    pub fn requests(&self) -> Vec<DiscoveryRequest> {
+        self.seen.borrow().requests.clone()
+    }
+
     pub fn streams(&self) -> usize {
         self.seen.borrow().streams.len()
     }
@@ -151,9 +165,10 @@ async fn respond(
     script: Script,
     seen: watch::Sender<Seen>,
 ) -> hyper::Response<Body> {
-    // Keep reading the client's requests, so its side of the stream stays open.
-    let mut requests = req.into_body();
-    tokio::spawn(async move { while let Some(Ok(_)) = requests.frame().await {} });
+    // Keep reading the client's requests (unless told to stop), so its side of the stream
+    // stays open.
+    let (reading, gate) = watch::channel(true);
+    tokio::spawn(read_requests(req.into_body(), gate, seen.clone()));
     tokio::time::sleep(script.headers_delay).await;
     let (tx, rx) = mpsc::channel(1);
     let steps = (script.steps)(n);
@@ -182,6 +197,15 @@ async fn respond(
                     tokio::time::sleep(d).await;
                     true
                 }
+                Step::UntilNames(n) => {
+                    let mut rx = seen.subscribe();
+                    let _ = rx
+                        .wait_for(|s| s.requests.iter().any(|r| r.resource_names.len() >= n))
+                        .await;
+                    true
+                }
+                Step::StopReading => reading.send(false).is_ok(),
+                Step::ResumeReading => reading.send(true).is_ok(),
                 Step::Close => {
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
@@ -202,4 +226,35 @@ async fn respond(
         .header("content-type", "application/grpc")
         .body(StreamBody::new(ReceiverStream::new(rx)))
         .unwrap()
+}
+
+/// Reads the gRPC messages of a request body while `gate` says so, recording each.
+async fn read_requests(
+    mut body: Incoming,
+    mut gate: watch::Receiver<bool>,
+    seen: watch::Sender<Seen>,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        if gate.wait_for(|open| *open).await.is_err() {
+            return;
+        }
+        let Some(Ok(frame)) = body.frame().await else {
+            return;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < 5 + len {
+                break;
+            }
+            let message = buf.split_to(5 + len);
+            if let Ok(request) = DiscoveryRequest::decode(&message[5..]) {
+                seen.send_modify(|s| s.requests.push(request));
+            }
+        }
+    }
 }
