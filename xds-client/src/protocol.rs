@@ -2281,8 +2281,6 @@ pub(super) mod tests {
         assert!(h.ads.poll_timeout().is_some(), "b's timer started");
     }
 
-    /// A target's state is republished only when unequal to the last, so two failures are
-    /// equal exactly when their kind and text are: the same rejection again is no news.
     /// A server that sends responses but does not read its stream (the driver polls no
     /// request meanwhile) leaves one answer per type, built when polled: the latest
     /// nonce, the version accepted so far, the names wanted then.
@@ -2366,6 +2364,8 @@ pub(super) mod tests {
         assert_eq!(r[3].response_nonce, "n99");
     }
 
+    /// A target's state is republished only when unequal to the last, so two failures are
+    /// equal exactly when their kind and text are: the same rejection again is no news.
     #[test]
     fn failures_compare_by_kind_and_text() {
         use crate::resource::ResourceErrorKind;
