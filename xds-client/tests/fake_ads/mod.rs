@@ -1,8 +1,9 @@
 //! A misbehaving ADS server over real HTTP/2 (hyper), scripted per stream: it can delay its
 //! HTTP/2 connection, its response headers and its messages, send a gRPC length prefix it
 //! never honours, trickle a body, close every stream after one response, or stop reading
-//! the client's requests for a while (it records those it reads). Our test server (tonic)
-//! cannot lie about a message's length, so this one writes gRPC frames by hand.
+//! the client's requests for a while (it records those it reads), on a SotW or a delta
+//! stream (the path the client calls). Our test server (tonic) cannot lie about a
+//! message's length, so this one writes gRPC frames by hand.
 #![allow(dead_code, unreachable_pub)]
 
 use std::convert::Infallible;
@@ -11,13 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -26,6 +29,8 @@ use tokio_stream::wrappers::ReceiverStream;
 pub enum Step {
     /// Send a well-formed gRPC message.
     Message(DiscoveryResponse),
+    /// Send a well-formed delta response (on a delta stream).
+    Delta(DeltaDiscoveryResponse),
     /// Send a gRPC message header announcing `len` bytes (and nothing else).
     Announce(u32),
     /// Send `count` chunks of `size` zero bytes, as fast as the client takes them.
@@ -34,8 +39,11 @@ pub enum Step {
     Wait(Duration),
     /// End the stream with `grpc-status: 0`.
     Close,
-    /// Wait until a request naming at least this many resources has been read.
+    /// Wait until a request naming at least this many resources has been read (on delta,
+    /// until the requests read have subscribed this many names in all).
     UntilNames(usize),
+    /// Wait until the test calls `notify_one` on this.
+    Until(Arc<Notify>),
     /// Stop reading the client's requests (HTTP/2 flow control then holds the client back).
     StopReading,
     /// Read them again.
@@ -72,6 +80,22 @@ pub struct Seen {
     pub finished: usize,
     /// The requests read, of every stream, in order.
     pub requests: Vec<DiscoveryRequest>,
+    /// The stream (0-based) each of `requests` was read on.
+    pub request_streams: Vec<usize>,
+    /// The delta requests read, of every stream, in order.
+    pub delta_requests: Vec<DeltaDiscoveryRequest>,
+}
+
+impl Seen {
+    /// The requests read on stream `n` (0-based).
+    pub fn requests_on(&self, n: usize) -> Vec<DiscoveryRequest> {
+        self.requests
+            .iter()
+            .zip(&self.request_streams)
+            .filter(|(_, s)| **s == n)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
 }
 
 pub struct FakeAds {
@@ -152,6 +176,16 @@ impl FakeAds {
         self.seen.borrow().requests.clone()
     }
 
+    /// The requests read so far on stream `n` (0-based).
+    pub fn requests_on(&self, n: usize) -> Vec<DiscoveryRequest> {
+        self.seen.borrow().requests_on(n)
+    }
+
+    /// The delta requests read so far.
+    pub fn delta_requests(&self) -> Vec<DeltaDiscoveryRequest> {
+        self.seen.borrow().delta_requests.clone()
+    }
+
     pub fn streams(&self) -> usize {
         self.seen.borrow().streams.len()
     }
@@ -168,7 +202,8 @@ async fn respond(
     // Keep reading the client's requests (unless told to stop), so its side of the stream
     // stays open.
     let (reading, gate) = watch::channel(true);
-    tokio::spawn(read_requests(req.into_body(), gate, seen.clone()));
+    let delta = req.uri().path().ends_with("/DeltaAggregatedResources");
+    tokio::spawn(read_requests(n, delta, req.into_body(), gate, seen.clone()));
     tokio::time::sleep(script.headers_delay).await;
     let (tx, rx) = mpsc::channel(1);
     let steps = (script.steps)(n);
@@ -176,6 +211,7 @@ async fn respond(
         for step in steps {
             let sent = match step {
                 Step::Message(m) => tx.send(Ok(Frame::data(frame(&m)))).await.is_ok(),
+                Step::Delta(m) => tx.send(Ok(Frame::data(frame(&m)))).await.is_ok(),
                 Step::Announce(len) => {
                     let mut b = BytesMut::with_capacity(5);
                     b.put_u8(0);
@@ -200,8 +236,20 @@ async fn respond(
                 Step::UntilNames(n) => {
                     let mut rx = seen.subscribe();
                     let _ = rx
-                        .wait_for(|s| s.requests.iter().any(|r| r.resource_names.len() >= n))
+                        .wait_for(|s| {
+                            let subscribed: usize = s
+                                .delta_requests
+                                .iter()
+                                .map(|r| r.resource_names_subscribe.len())
+                                .sum();
+                            subscribed >= n
+                                || s.requests.iter().any(|r| r.resource_names.len() >= n)
+                        })
                         .await;
+                    true
+                }
+                Step::Until(signal) => {
+                    signal.notified().await;
                     true
                 }
                 Step::StopReading => reading.send(false).is_ok(),
@@ -228,8 +276,11 @@ async fn respond(
         .unwrap()
 }
 
-/// Reads the gRPC messages of a request body while `gate` says so, recording each.
+/// Reads the gRPC messages of stream `n`'s request body (delta requests if `delta`) while
+/// `gate` says so, recording each.
 async fn read_requests(
+    n: usize,
+    delta: bool,
     mut body: Incoming,
     mut gate: watch::Receiver<bool>,
     seen: watch::Sender<Seen>,
@@ -252,8 +303,15 @@ async fn read_requests(
                 break;
             }
             let message = buf.split_to(5 + len);
-            if let Ok(request) = DiscoveryRequest::decode(&message[5..]) {
-                seen.send_modify(|s| s.requests.push(request));
+            if delta {
+                if let Ok(request) = DeltaDiscoveryRequest::decode(&message[5..]) {
+                    seen.send_modify(|s| s.delta_requests.push(request));
+                }
+            } else if let Ok(request) = DiscoveryRequest::decode(&message[5..]) {
+                seen.send_modify(|s| {
+                    s.requests.push(request);
+                    s.request_streams.push(n);
+                });
             }
         }
     }
