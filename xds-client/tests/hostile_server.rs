@@ -4,24 +4,48 @@
 //! loopback over real HTTP/2.
 
 mod fake_ads;
+use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
 use fake_ads::{FakeAds, Script, Step};
 use meshwork_test_support::within;
 use meshwork_test_support::xds::{one_cluster, silent_control_plane};
-use meshwork_xds::client::{Connection, WatchState, XdsClientBuilder};
+use meshwork_xds::bootstrap::{ApiType, Bootstrap, XdsServer};
+use meshwork_xds::client::{Connection, ResourceWatch, WatchState, XdsClient, XdsClientBuilder};
 use meshwork_xds::protocol::ResourceStatus;
 use meshwork_xds::resource::ResourceType;
 use meshwork_xds::server::{XdsTestServer, build, type_url};
 use meshwork_xds::transport::Backoff;
 use meshwork_xds::watch::TargetState;
+use tokio::sync::Notify;
 
 const TARGET: &str = "greeter:50051";
 
 fn builder(servers: &[String]) -> XdsClientBuilder {
     let (min, max) = (Duration::from_millis(200), Duration::from_secs(1));
     meshwork_test_support::xds::builder("hostile-server-test", servers, min, max)
+}
+
+/// A client builder of the delta server at `uri` (`api_type: DELTA_GRPC`), with the
+/// backoff of [`builder`].
+fn delta_builder(uri: &str) -> XdsClientBuilder {
+    let server = XdsServer::new(uri)
+        .unwrap()
+        .with_api_type(ApiType::DeltaGrpc);
+    let bootstrap = Bootstrap::builder()
+        .node_id("hostile-server-test")
+        .server(server)
+        .build()
+        .unwrap();
+    XdsClient::builder(&bootstrap).unwrap().backoff(Backoff {
+        min: Duration::from_millis(200),
+        max: Duration::from_secs(1),
+    })
 }
 
 /// A CDS response carrying cluster `a`.
@@ -262,4 +286,242 @@ async fn a_server_that_stops_reading_holds_a_bounded_number_of_requests() {
     assert_eq!(ack.resource_names.len(), 100);
     assert_eq!(fake.streams(), 1, "the stream was never given up");
     assert!(matches!(watches[0].current(), WatchState::Ready(_)));
+}
+
+/// Cluster `a` then 99 long names (~200 bytes each): a SotW request names all of them
+/// (~20 kB), so HTTP/2 flow control holds the client back after a few dozen.
+fn many_names() -> Vec<String> {
+    std::iter::once("a".to_owned())
+        .chain((1..100).map(|i| format!("{i:03}-{}", "x".repeat(200))))
+        .collect()
+}
+
+/// A CDS response of version `i` (nonce `n{i}`) carrying `clusters`.
+fn clusters_at(i: usize, clusters: &[&str]) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: i.to_string(),
+        type_url: type_url::CLUSTER.into(),
+        nonce: format!("n{i}"),
+        resources: clusters
+            .iter()
+            .map(|c| build::pack(&build::eds_cluster(c)))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Stream 0 of a server that reads the client's requests until they name every one of
+/// `names`, then stops reading and sends responses `1..=count` of cluster `a` and, last,
+/// response `count + 1` of `a` and `names[1]` (so a watcher of `names[1]` sees that the
+/// client has read them all), then waits for `go` and does `then`.
+fn stop_reading_then(names: &[String], count: usize, go: &Arc<Notify>, then: Step) -> Vec<Step> {
+    [Step::UntilNames(names.len()), Step::StopReading]
+        .into_iter()
+        .chain((1..=count).map(|i| Step::Message(clusters_at(i, &["a"]))))
+        .chain([
+            Step::Message(clusters_at(count + 1, &["a", &names[1]])),
+            Step::Until(go.clone()),
+            then,
+        ])
+        .collect()
+}
+
+/// Watch every one of `names`, and wait until the client has read the last response of
+/// [`stop_reading_then`] (its value of `names[1]`).
+async fn watch_until_read(client: &XdsClient, names: &[String]) -> Vec<ResourceWatch> {
+    let mut watches = Vec::new();
+    for name in names {
+        watches.push(client.watch(ResourceType::Cluster, name).await);
+    }
+    let read = within(60, watches[1].settled()).await;
+    assert!(matches!(read, Some(WatchState::Ready(_))), "{read:?}");
+    watches
+}
+
+/// A subscription made while the server does not read its stream (the client's channel
+/// full, its ACK waiting in the protocol core) reaches the server once it reads again,
+/// with no other event to wake the client: it waits for room in the channel, not for the
+/// next response or timer. The request that carries it is the ACK of the latest response.
+#[tokio::test]
+async fn a_subscription_made_while_the_server_does_not_read_reaches_it_when_it_reads_again() {
+    const RESPONSES: usize = 1000;
+    let names = many_names();
+    let go = Arc::new(Notify::new());
+    let fake = FakeAds::start(Script::new({
+        let (names, go) = (names.clone(), go.clone());
+        move |n| match n {
+            0 => stop_reading_then(&names, RESPONSES, &go, Step::ResumeReading),
+            _ => vec![],
+        }
+    }))
+    .await;
+    // No does-not-exist timer fires during the test to wake the client.
+    let client = builder(&[fake.uri()])
+        .does_not_exist_timeout(Duration::from_secs(3600))
+        .start();
+    let _watches = watch_until_read(&client, &names).await;
+    let _late = client.watch(ResourceType::Cluster, "late").await;
+    go.notify_one();
+    let names_late = |r: &DiscoveryRequest| r.resource_names.iter().any(|n| n == "late");
+    within(30, fake.wait_for(|s| s.requests.iter().any(names_late))).await;
+    let requests = fake.requests();
+    let late = requests.iter().find(|r| names_late(r)).unwrap();
+    let last = RESPONSES + 1;
+    assert_eq!(late.response_nonce, format!("n{last}"));
+    assert_eq!(late.version_info, last.to_string());
+    assert_eq!(late.resource_names.len(), names.len() + 1);
+    assert!(
+        requests.len() < RESPONSES / 2,
+        "{} requests for {RESPONSES} responses: the client was not held back",
+        requests.len()
+    );
+    assert_eq!(fake.streams(), 1);
+}
+
+/// A stream that ends while the client is held back (its ACKs, and NACKs of responses of
+/// unknown types, waiting in the protocol core) leaves nothing of it to the next stream:
+/// the next stream gets every subscription, the one made while held back too, with the
+/// latest version accepted, and no answer to the old stream's responses.
+#[tokio::test]
+async fn a_stream_that_ends_while_the_client_is_held_back_leaves_the_next_one_every_request() {
+    const RESPONSES: usize = 1000;
+    let names = many_names();
+    let go = Arc::new(Notify::new());
+    let fake = FakeAds::start(Script::new({
+        let (names, go) = (names.clone(), go.clone());
+        move |n| match n {
+            0 => {
+                let mut steps = stop_reading_then(&names, RESPONSES, &go, Step::Close);
+                // NACKs of unknown types wait too, before the last response.
+                let unknown = (0..8).map(|i| {
+                    Step::Message(DiscoveryResponse {
+                        type_url: format!("example.com/Unknown{i}"),
+                        nonce: format!("u{i}"),
+                        ..Default::default()
+                    })
+                });
+                let at = steps.len() - 3;
+                steps.splice(at..at, unknown);
+                steps
+            }
+            _ => vec![],
+        }
+    }))
+    .await;
+    let client = builder(&[fake.uri()])
+        .does_not_exist_timeout(Duration::from_secs(3600))
+        .start();
+    let _watches = watch_until_read(&client, &names).await;
+    let _late = client.watch(ResourceType::Cluster, "late").await;
+    go.notify_one();
+    let every_name = |r: &DiscoveryRequest| r.resource_names.len() == names.len() + 1;
+    within(
+        30,
+        fake.wait_for(|s| s.requests_on(1).iter().any(every_name)),
+    )
+    .await;
+    let requests = fake.requests_on(1);
+    assert!(requests[0].node.is_some(), "the node on the stream's first");
+    let sub = requests.iter().find(|r| every_name(r)).unwrap();
+    assert!(sub.resource_names.iter().any(|n| n == "late"));
+    assert_eq!(sub.version_info, (RESPONSES + 1).to_string());
+    for r in &requests {
+        assert_eq!(r.type_url, type_url::CLUSTER, "{r:?}");
+        assert!(r.response_nonce.is_empty(), "an old stream's answer: {r:?}");
+    }
+    assert_eq!(fake.streams(), 2);
+}
+
+/// The same hostile server over delta: ACKs are small there, so the nonces are long (each
+/// ACK ~2 kB) for HTTP/2 flow control to hold the client back. The client keeps, per type,
+/// the latest NACK and the latest ACK: once the server reads again, the last two requests
+/// are the NACK of the last rejected response and the ACK of the latest, and the first of
+/// them carries the subscription made meanwhile.
+#[tokio::test]
+async fn a_delta_server_that_stops_reading_holds_a_bounded_number_of_requests() {
+    const RESPONSES: usize = 3000;
+    let pad = "x".repeat(2000);
+    let nonce = move |i: usize| format!("n{i}-{pad}");
+    let good = || build::pack(&build::eds_cluster("a"));
+    // STATIC is not supported: rejected.
+    let bad = || {
+        build::pack(&Cluster {
+            name: "a".into(),
+            ..Default::default()
+        })
+    };
+    let response = {
+        let nonce = nonce.clone();
+        move |i: usize, body: Any, more: Option<&str>| DeltaDiscoveryResponse {
+            system_version_info: i.to_string(),
+            type_url: type_url::CLUSTER.into(),
+            nonce: nonce(i),
+            resources: std::iter::once(("a", body))
+                .chain(more.map(|m| (m, build::pack(&build::eds_cluster(m)))))
+                .map(|(name, body)| Resource {
+                    name: name.into(),
+                    version: i.to_string(),
+                    resource: Some(body),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    };
+    let go = Arc::new(Notify::new());
+    let fake = FakeAds::start(Script::new({
+        let go = go.clone();
+        move |n| match n {
+            0 => [Step::UntilNames(2), Step::StopReading]
+                .into_iter()
+                .chain((1..RESPONSES - 1).map(|i| Step::Delta(response(i, good(), None))))
+                .chain([
+                    Step::Delta(response(RESPONSES - 1, bad(), None)),
+                    Step::Delta(response(RESPONSES, good(), Some("b"))),
+                    Step::Until(go.clone()),
+                    Step::ResumeReading,
+                ])
+                .collect(),
+            _ => vec![],
+        }
+    }))
+    .await;
+    let client = delta_builder(&fake.uri())
+        .does_not_exist_timeout(Duration::from_secs(3600))
+        .start();
+    let a = client.watch(ResourceType::Cluster, "a").await;
+    let mut b = client.watch(ResourceType::Cluster, "b").await;
+    let read = within(60, b.settled()).await;
+    assert!(matches!(read, Some(WatchState::Ready(_))), "{read:?}");
+    let _late = client.watch(ResourceType::Cluster, "late").await;
+    go.notify_one();
+    let last = nonce(RESPONSES);
+    within(
+        60,
+        fake.wait_for(|s| s.delta_requests.iter().any(|r| r.response_nonce == last)),
+    )
+    .await;
+    let requests = fake.delta_requests();
+    assert!(
+        requests.len() < RESPONSES / 2,
+        "{} requests for {RESPONSES} responses the client read while its stream was not read",
+        requests.len()
+    );
+    let [nack, ack] = &requests[requests.len() - 2..] else {
+        unreachable!()
+    };
+    assert_eq!(nack.response_nonce, nonce(RESPONSES - 1));
+    assert!(nack.error_detail.is_some());
+    assert_eq!(nack.resource_names_subscribe, ["late"]);
+    assert_eq!(ack.response_nonce, last);
+    assert!(ack.error_detail.is_none());
+    assert!(ack.resource_names_subscribe.is_empty());
+    let subscribed: Vec<&str> = requests
+        .iter()
+        .flat_map(|r| &r.resource_names_subscribe)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(subscribed, ["a", "b", "late"], "each name subscribed once");
+    assert_eq!(fake.streams(), 1, "the stream was never given up");
+    assert!(matches!(a.current(), WatchState::Ready(_)));
 }
