@@ -2333,6 +2333,77 @@ pub(super) mod tests {
         assert!(r[0].error_detail.is_some());
     }
 
+    /// A name subscribed while an answer waits unpolled (the driver's channel is full)
+    /// starts its does-not-exist timer only when the request naming it is polled: the
+    /// server cannot have been asked for it before.
+    #[test]
+    fn a_name_subscribed_while_answers_wait_is_timed_from_its_request() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.requests();
+        h.respond(response(CDS, "1", "n1", vec![eds_cluster("a")]));
+        h.events();
+        h.ads.subscribe(CDS, "b");
+        assert!(h.ads.has_request());
+        assert_eq!(h.ads.poll_timeout(), None, "b is not asked for yet");
+        h.advance(DEFAULT_DOES_NOT_EXIST_TIMEOUT * 2);
+        assert!(h.events().is_empty());
+        let r = h.requests();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].resource_names, ["a", "b"]);
+        assert_eq!(r[0].response_nonce, "n1");
+        let started = h
+            .ads
+            .poll_timeout()
+            .expect("b's timer started with its request");
+        assert_eq!(started, h.now + DEFAULT_DOES_NOT_EXIST_TIMEOUT);
+        h.advance(DEFAULT_DOES_NOT_EXIST_TIMEOUT);
+        assert_eq!(names(&h.events()), ["gone:b"]);
+    }
+
+    /// Answers still waiting when their stream ends are not sent on the next stream: its
+    /// requests are its first ones, with the latest accepted version and no nonce.
+    #[test]
+    fn answers_waiting_when_the_stream_ends_are_dropped() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.ads.subscribe(EDS, "a");
+        h.requests();
+        h.respond(response(CDS, "1", "n1", vec![eds_cluster("a")]));
+        h.respond(response(EDS, "2", "e2", vec![static_cluster("a")]));
+        h.respond(DiscoveryResponse {
+            type_url: "example.com/Unknown".into(),
+            nonce: "u1".into(),
+            ..Default::default()
+        });
+        assert!(h.ads.has_request());
+        h.ads.on_stream_closed(h.stream);
+        assert!(!h.ads.has_request(), "nothing to send without a stream");
+        assert!(h.requests().is_empty());
+        h.stream = h.ads.on_stream_open();
+        let r = h.requests();
+        let seen: Vec<(&str, &str, &str, bool)> = r
+            .iter()
+            .map(|r| {
+                (
+                    r.type_url.as_str(),
+                    r.version_info.as_str(),
+                    r.response_nonce.as_str(),
+                    r.error_detail.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (CDS.type_url(), "1", "", false),
+                (EDS.type_url(), "", "", false)
+            ]
+        );
+        assert!(r[0].node.is_some());
+        assert!(!h.ads.has_request());
+    }
+
     /// NACKs of unknown types wait to be sent four at most, the latest ones; one type URL
     /// answered again is answered once.
     #[test]

@@ -735,3 +735,68 @@ fn unread_delta_answers_keep_the_latest_ack_and_nack_of_a_type() {
     assert!(r[1].resource_names_subscribe.is_empty());
     assert!(!h.ads.has_request());
 }
+
+/// Subscription changes made while answers wait unpolled go out once, in the first
+/// request polled: an unsubscribe, and a name unsubscribed and subscribed again
+/// (named again, so the server sends its value again).
+#[test]
+fn unread_delta_answers_carry_the_changes_made_meanwhile_once() {
+    let mut h = Harness::delta();
+    h.ads.subscribe(CDS, "a");
+    h.ads.subscribe(CDS, "b");
+    h.delta_requests();
+    let both = |v: &str| vec![res("a", v, eds_cluster("a")), res("b", v, eds_cluster("b"))];
+    h.delta_respond(response(CDS, "n1", both("1"), &[]));
+    h.ads.unsubscribe(CDS, "b");
+    h.ads.unsubscribe(CDS, "a");
+    h.ads.subscribe(CDS, "a");
+    h.delta_respond(response(CDS, "n2", both("2"), &[]));
+    assert!(h.ads.has_request());
+    let r = h.delta_requests();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].response_nonce, "n2");
+    assert_eq!(r[0].resource_names_unsubscribe, ["b"]);
+    assert_eq!(
+        r[0].resource_names_subscribe,
+        ["a"],
+        "a's value was forgotten"
+    );
+    assert!(!h.ads.has_request());
+    assert!(
+        h.ads.get(CDS, "b").is_none(),
+        "b's value in n2 was not wanted"
+    );
+}
+
+/// Answers still waiting when a delta stream ends are not sent on the next: its first
+/// request subscribes again with the versions held, without a nonce.
+#[test]
+fn unread_delta_answers_are_dropped_with_their_stream() {
+    let mut h = Harness::delta();
+    h.ads.subscribe(CDS, "a");
+    h.delta_requests();
+    h.delta_respond(response(
+        CDS,
+        "n1",
+        vec![res("a", "1", eds_cluster("a"))],
+        &[],
+    ));
+    h.delta_respond(response(
+        CDS,
+        "n2",
+        vec![res("a", "2", static_cluster("a"))],
+        &[],
+    ));
+    h.ads.on_stream_closed(h.stream);
+    h.stream = h.ads.on_delta_stream_open();
+    let r = h.delta_requests();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].response_nonce, "");
+    assert!(r[0].error_detail.is_none());
+    assert_eq!(r[0].resource_names_subscribe, ["a"]);
+    assert_eq!(
+        r[0].initial_resource_versions,
+        HashMap::from([("a".to_owned(), "1".to_owned())])
+    );
+    assert!(r[0].node.is_some());
+}
