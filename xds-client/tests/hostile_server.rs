@@ -4,6 +4,7 @@
 //! loopback over real HTTP/2.
 
 mod fake_ads;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -524,4 +525,57 @@ async fn a_delta_server_that_stops_reading_holds_a_bounded_number_of_requests() 
     assert_eq!(subscribed, ["a", "b", "late"], "each name subscribed once");
     assert_eq!(fake.streams(), 1, "the stream was never given up");
     assert!(matches!(a.current(), WatchState::Ready(_)));
+}
+
+/// Subscriptions made while the stream is still being opened, when nothing takes the
+/// client's requests (its HTTP/2 connection is not up): once the channel is full they wait
+/// in the protocol core, and they reach the server once the stream takes requests, even
+/// while it is still waiting for the server's response headers (which never come here).
+#[tokio::test]
+async fn subscriptions_made_before_the_stream_is_open_reach_the_server() {
+    let mut script = Script::new(|_| Vec::new());
+    script.accept_delay = Duration::from_secs(3);
+    script.headers_delay = Duration::from_secs(3600);
+    let fake = FakeAds::start(script).await;
+    let client = builder(&[fake.uri()])
+        .does_not_exist_timeout(Duration::from_secs(3600))
+        .start();
+    // One request per type fills the channel; the group has handed them over once the
+    // dump that follows comes back.
+    let mut watches = Vec::new();
+    for t in [
+        ResourceType::Listener,
+        ResourceType::RouteConfiguration,
+        ResourceType::Cluster,
+        ResourceType::ClusterLoadAssignment,
+    ] {
+        watches.push(client.watch(t, "a").await);
+    }
+    client.dump().await;
+    for name in ["b", "c"] {
+        watches.push(client.watch(ResourceType::Cluster, name).await);
+        client.dump().await;
+    }
+    assert_eq!(
+        fake.streams(),
+        0,
+        "the subscriptions came before the stream"
+    );
+    let all = |r: &DiscoveryRequest| {
+        r.type_url == type_url::CLUSTER && r.resource_names == ["a", "b", "c"]
+    };
+    within(30, fake.wait_for(|s| s.requests.iter().any(all))).await;
+    let requests = fake.requests();
+    let types: BTreeSet<&str> = requests.iter().map(|r| r.type_url.as_str()).collect();
+    let every = [
+        type_url::LISTENER,
+        type_url::ROUTE,
+        type_url::CLUSTER,
+        type_url::ENDPOINTS,
+    ];
+    assert_eq!(types, BTreeSet::from(every), "each type asked for");
+    assert!(matches!(
+        *client.connection().borrow(),
+        Connection::Disconnected
+    ));
 }
