@@ -9,9 +9,10 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 12] = [
     "tonic-plaintext",
     "tonic-mtls",
+    "tonic-mtls-traced",
     "meshwork",
     "meshwork-untraced",
     "envoy-sidecar",
