@@ -156,6 +156,10 @@ fn short_run_of_every_contestant_with_churn() {
         }
     }
     assert!(stdout.contains("ratios to tonic-mtls"), "{stdout}");
+    assert!(
+        stdout.contains("meshwork vs tonic-mtls-traced throughput"),
+        "{stdout}"
+    );
     assert!(stdout.contains("HTTP ratios"), "{stdout}");
     assert!(stdout.contains("without / with EDS churn"), "{stdout}");
 }
