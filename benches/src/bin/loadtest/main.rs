@@ -1,6 +1,7 @@
 //! The side-by-side load harness (issues 8 and 16): a gRPC unary echo with a 1 KiB payload
-//! over loopback, through bare tonic (plaintext and mTLS), meshwork, an Envoy sidecar, and
-//! meshwork through an Envoy sidecar; and a 1 KiB HTTP `POST` echo through bare hyper
+//! over loopback, through bare tonic (plaintext, mTLS, and mTLS traced as a tonic user
+//! would), meshwork, an Envoy sidecar, and meshwork through an Envoy sidecar; and a 1 KiB
+//! HTTP `POST` echo through bare hyper
 //! (HTTP/1.1 and HTTP/2 over mTLS), meshwork-http, and an Envoy sidecar. `--churn` measures
 //! the meshwork contestants' latency again while EDS changes under them. See
 //! `benches/README.md` for what each contestant is and how to read the numbers.
