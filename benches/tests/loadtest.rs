@@ -9,9 +9,10 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 12] = [
     "tonic-plaintext",
     "tonic-mtls",
+    "tonic-mtls-traced",
     "meshwork",
     "meshwork-untraced",
     "envoy-sidecar",
@@ -155,6 +156,10 @@ fn short_run_of_every_contestant_with_churn() {
         }
     }
     assert!(stdout.contains("ratios to tonic-mtls"), "{stdout}");
+    assert!(
+        stdout.contains("meshwork vs tonic-mtls-traced throughput"),
+        "{stdout}"
+    );
     assert!(stdout.contains("HTTP ratios"), "{stdout}");
     assert!(stdout.contains("without / with EDS churn"), "{stdout}");
 }

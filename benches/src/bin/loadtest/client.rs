@@ -25,10 +25,12 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::json;
 use tonic::client::{Grpc, GrpcService};
+use tower::Layer as _;
 
 use crate::bare_tls::MtlsConnector;
 use crate::echo::{self, CallError};
 use crate::timeline::{self, UpdateLog};
+use crate::traced_tonic::TracedLayer;
 use crate::{Contestant, http_client, procfs};
 
 /// A call that takes longer than this is an error (it would otherwise hold a phase open).
@@ -124,6 +126,17 @@ pub(crate) fn main(args: ClientArgs) -> Result<()> {
                 let channel = tonic_mtls(addr, &args.certs).await?;
                 run(grpc_caller(Grpc::new(channel)), &args, updates).await
             }
+            Contestant::TonicMtlsTraced => {
+                // tonic-mtls's channel under a tonic user's tracing layer, spans from the
+                // same kind of provider as the meshwork contestants' (see `telemetry`).
+                let addr = args.addr.ok_or("--addr is required")?;
+                let channel = tonic_mtls(addr, &args.certs).await?;
+                let traces = SdkTracerProvider::builder().build();
+                let layer = TracedLayer::new(traces.tracer("loadtest"), &mtls_origin(addr)?);
+                let out = run(grpc_caller(Grpc::new(layer.layer(channel))), &args, updates).await;
+                drop(traces);
+                out
+            }
             Contestant::Meshwork | Contestant::MeshworkUntraced | Contestant::MeshworkViaEnvoy => {
                 let client = xds.ok_or("--xds is required")?;
                 let target = args.target.as_deref().ok_or("--target is required")?;
@@ -186,15 +199,18 @@ pub(crate) fn read(dir: &Path, name: &str) -> Result<Vec<u8>> {
     std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()).into())
 }
 
+/// The origin of the bare mTLS channel to `addr`. The scheme only names the :scheme
+/// pseudo-header here: the connector does the TLS.
+fn mtls_origin(addr: SocketAddr) -> Result<http::Uri> {
+    Ok(format!("http://echo.mesh:{}", addr.port()).parse()?)
+}
+
 /// Bare tonic over rustls mTLS: tonic's channel over the bare mTLS connector (ALPN `h2`).
 async fn tonic_mtls(addr: SocketAddr, certs: &Path) -> Result<tonic::transport::Channel> {
     let connector = MtlsConnector::new(addr, certs, b"h2")?;
-    // The scheme only names the :scheme pseudo-header here: the connector does the TLS.
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://echo.mesh:{}", addr.port()))?
-            .connect_with_connector(connector)
-            .await?,
-    )
+    Ok(tonic::transport::Endpoint::from(mtls_origin(addr)?)
+        .connect_with_connector(connector)
+        .await?)
 }
 
 /// meshwork's identity: the client SVID and the CA as the `example.org` bundle.

@@ -76,21 +76,24 @@ where
     Ok((addr, served))
 }
 
+/// The server's answer to one request: the echo method's, or `UNIMPLEMENTED` (trailers
+/// only) for any other path.
+pub(crate) async fn respond(
+    req: http::Request<tonic::body::Body>,
+) -> Result<http::Response<tonic::body::Body>, Infallible> {
+    Ok(if req.uri().path() == ECHO {
+        let mut grpc = tonic::server::Grpc::new(ProstCodec::<EchoMessage, EchoMessage>::default());
+        grpc.unary(EchoMethod, req).await
+    } else {
+        Status::unimplemented("no such method").into_http()
+    })
+}
+
 /// Serves the echo method on one connection, over h2c or, with `tls`, over TLS.
 async fn serve(tcp: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, served: Arc<AtomicU64>) {
     let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
         served.fetch_add(1, Ordering::Relaxed);
-        async move {
-            let rsp = if req.uri().path() == ECHO {
-                let mut grpc =
-                    tonic::server::Grpc::new(ProstCodec::<EchoMessage, EchoMessage>::default());
-                grpc.unary(EchoMethod, req.map(tonic::body::Body::new))
-                    .await
-            } else {
-                Status::unimplemented("no such method").into_http()
-            };
-            Ok::<_, Infallible>(rsp)
-        }
+        respond(req.map(tonic::body::Body::new))
     });
     let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     match tls {

@@ -1,6 +1,7 @@
 //! The side-by-side load harness (issues 8 and 16): a gRPC unary echo with a 1 KiB payload
-//! over loopback, through bare tonic (plaintext and mTLS), meshwork, an Envoy sidecar, and
-//! meshwork through an Envoy sidecar; and a 1 KiB HTTP `POST` echo through bare hyper
+//! over loopback, through bare tonic (plaintext, mTLS, and mTLS traced as a tonic user
+//! would), meshwork, an Envoy sidecar, and meshwork through an Envoy sidecar; and a 1 KiB
+//! HTTP `POST` echo through bare hyper
 //! (HTTP/1.1 and HTTP/2 over mTLS), meshwork-http, and an Envoy sidecar. `--churn` measures
 //! the meshwork contestants' latency again while EDS changes under them. See
 //! `benches/README.md` for what each contestant is and how to read the numbers.
@@ -25,6 +26,7 @@ mod envoy;
 mod http_client;
 mod http_echo;
 mod timeline;
+mod traced_tonic;
 mod xds;
 
 use std::collections::BTreeMap;
@@ -46,6 +48,7 @@ use crate::churn::ChurnKind;
 enum Contestant {
     TonicPlaintext,
     TonicMtls,
+    TonicMtlsTraced,
     Meshwork,
     MeshworkUntraced,
     EnvoySidecar,
@@ -57,9 +60,10 @@ enum Contestant {
     EnvoySidecarHttp,
 }
 
-const ALL: [Contestant; 11] = [
+const ALL: [Contestant; 12] = [
     Contestant::TonicPlaintext,
     Contestant::TonicMtls,
+    Contestant::TonicMtlsTraced,
     Contestant::Meshwork,
     Contestant::MeshworkUntraced,
     Contestant::EnvoySidecar,
@@ -79,6 +83,7 @@ impl Contestant {
         match self {
             Contestant::TonicPlaintext => "tonic-plaintext",
             Contestant::TonicMtls => "tonic-mtls",
+            Contestant::TonicMtlsTraced => "tonic-mtls-traced",
             Contestant::Meshwork => "meshwork",
             Contestant::MeshworkUntraced => "meshwork-untraced",
             Contestant::EnvoySidecar => "envoy-sidecar",
@@ -203,7 +208,7 @@ usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
   --concurrency N       callers in the closed-loop phase
   --rate R              calls per second in the open-loop phase
   --only NAMES          a comma-separated subset of: tonic-plaintext, tonic-mtls,
-                        meshwork, meshwork-untraced, envoy-sidecar,
+                        tonic-mtls-traced, meshwork, meshwork-untraced, envoy-sidecar,
                         meshwork-via-envoy, hyper-mtls-h2, meshwork-http-h2,
                         hyper-mtls-h1, meshwork-http-h1, envoy-sidecar-http
   --envoy-concurrency N worker threads of each Envoy sidecar (Istio's default is 2)
@@ -638,7 +643,7 @@ async fn run_client(
         Contestant::TonicPlaintext => {
             cmd.args(["--addr", &f.plaintext.to_string()]);
         }
-        Contestant::TonicMtls => {
+        Contestant::TonicMtls | Contestant::TonicMtlsTraced => {
             cmd.args(["--addr", &f.mtls.to_string()]);
         }
         Contestant::HyperMtlsH1 | Contestant::HyperMtlsH2 => {
@@ -948,6 +953,14 @@ fn print_targets(results: &[Value]) {
             verdict(added <= 50.0)
         );
     }
+    // Against a baseline that traces each call as a tonic user would (no target set).
+    if let Some(base) = by_name(Contestant::TonicMtlsTraced.name()) {
+        println!(
+            "  meshwork vs tonic-mtls-traced throughput: {:.2}x; CPU per call: {:.2}x",
+            f(mesh, "rps") / f(base, "rps"),
+            f(mesh, "cpu_s_per_1k") / f(base, "cpu_s_per_1k"),
+        );
+    }
     if let Some(envoy) = by_name(Contestant::EnvoySidecar.name()) {
         let x = f(mesh, "rps") / f(envoy, "rps");
         println!(
@@ -986,6 +999,33 @@ mod tests {
         assert_eq!(s.only, vec![Contestant::TonicMtls, Contestant::Meshwork]);
         let args = ["--only", "linkerd"].map(String::from);
         assert!(parse_args(args.into_iter()).is_err());
+    }
+
+    #[test]
+    fn only_takes_the_traced_baseline() {
+        let args = ["--only", "meshwork,tonic-mtls-traced,tonic-mtls"].map(String::from);
+        let Mode::Harness(s) = parse_args(args.into_iter()).unwrap() else {
+            panic!("harness mode");
+        };
+        assert_eq!(
+            s.only,
+            vec![
+                Contestant::TonicMtls,
+                Contestant::TonicMtlsTraced,
+                Contestant::Meshwork
+            ]
+        );
+        assert_eq!(
+            Contestant::TonicMtlsTraced.baseline(),
+            Contestant::TonicMtls
+        );
+        assert!(!Contestant::TonicMtlsTraced.is_http());
+        assert!(!Contestant::TonicMtlsTraced.takes_churn());
+        let args = ["--client", "tonic-mtls-traced", "--certs", "/tmp"].map(String::from);
+        let Mode::Client(a) = parse_args(args.into_iter()).unwrap() else {
+            panic!("client mode");
+        };
+        assert_eq!(a.contestant, Contestant::TonicMtlsTraced);
     }
 
     #[test]
