@@ -77,11 +77,14 @@
 //!   stream. Later requests carry only `resource_names_subscribe` / `_unsubscribe`
 //!   changes; a name unsubscribed (its value forgotten) and subscribed again before the
 //!   next request is named again, so the server sends it again (the protocol's
-//!   "Subscribing to Resources"; Envoy's `updateSubscriptionInterest`). A change made
-//!   while a response is on its way goes out in that response's ACK/NACK (as Envoy does),
-//!   so a response costs one request.
+//!   "Subscribing to Resources"; Envoy's `updateSubscriptionInterest`). Subscription
+//!   changes go only in requests with no nonce (the protocol's spontaneous requests),
+//!   never in an ACK or NACK: Istio ignores the changes a NACK (or an ACK of an older
+//!   nonce) carries and takes those of an ACK for a mistake (`shouldRespondDelta`), where
+//!   Envoy sends them with whatever request goes next. A change made while a response is
+//!   on its way so costs a request of its own after that response's ACK/NACK.
 //! - **ACK/NACK**: the response's nonce; a NACK adds `error_detail`, the same bounded text
-//!   as SotW. Partial acceptance (A46) as in SotW, per resource.
+//!   as SotW. Nothing else. Partial acceptance (A46) as in SotW, per resource.
 //! - **Responses**: each `Resource` is decoded by the SotW decoders; its wrapper names it,
 //!   so a body of another name is invalid (under the wrapper's name), as is a body that
 //!   does not decode. A `Resource` without a body is a TTL heartbeat, which changes
@@ -883,8 +886,8 @@ impl AdsState {
 
     /// Apply a delta response received on `stream` at `now`: decode it, apply it (each
     /// resource at its own version, `removed_resources` as deletions), and queue its ACK or
-    /// NACK, which carries the subscription changes made since the last request. A
-    /// response on a SotW stream is dropped.
+    /// NACK (the subscription changes made since the last request follow it in a request
+    /// of their own). A response on a SotW stream is dropped.
     pub fn on_delta_response(
         &mut self,
         stream: StreamId,
@@ -1179,15 +1182,11 @@ impl AdsState {
         }
     }
 
-    /// The next delta request of a type: the names to subscribe and unsubscribe since the
-    /// last request, on a type's first request of the stream the versions of the values
-    /// the client holds from a server, and for an ACK or NACK the response's nonce.
-    fn delta_request(
-        ts: &mut TypeState,
-        resource_type: ResourceType,
-        response_nonce: String,
-        error_detail: Option<Status>,
-    ) -> DeltaDiscoveryRequest {
+    /// The next delta subscription request of a type: the names to subscribe and
+    /// unsubscribe since the last request and, on a type's first request of the stream,
+    /// the versions of the values the client holds from a server. No nonce: ACKs and NACKs
+    /// are requests of their own.
+    fn delta_request(ts: &mut TypeState, resource_type: ResourceType) -> DeltaDiscoveryRequest {
         let wanted = ts.delta_wanted();
         let forgotten = std::mem::take(&mut ts.delta_forgotten);
         let resource_names_subscribe = wanted
@@ -1226,8 +1225,6 @@ impl AdsState {
             resource_names_subscribe,
             resource_names_unsubscribe,
             initial_resource_versions,
-            response_nonce,
-            error_detail,
             ..Default::default()
         }
     }
@@ -1290,8 +1287,9 @@ impl AdsState {
     }
 
     /// The next request to send on the current delta stream, if any: queued ACKs/NACKs
-    /// first (carrying the subscription changes of their type), then the subscription
-    /// changes of other types. Starts the does-not-exist timers of the names it subscribes.
+    /// first, then the subscription changes of each type, in requests of their own with no
+    /// nonce (Istio ignores the changes a NACK carries and takes those of an ACK for a
+    /// mistake). Starts the does-not-exist timers of the names it subscribes.
     /// Nothing on a SotW stream ([`poll_request`](Self::poll_request)).
     pub fn poll_delta_request(&mut self, now: Instant) -> Option<DeltaDiscoveryRequest> {
         self.stream?;
@@ -1300,25 +1298,16 @@ impl AdsState {
         }
         let first_of_stream = self.types.values().all(|ts| !ts.sent_on_stream);
         let mut request = if let Some(answer) = self.outbox.pop_front() {
-            match answer
-                .resource_type
-                .and_then(|t| Some((t, self.types.get_mut(&t)?)))
-            {
-                Some((resource_type, ts)) => {
-                    ts.dirty = false;
-                    Self::delta_request(ts, resource_type, answer.nonce, answer.error_detail)
-                }
-                None => DeltaDiscoveryRequest {
-                    type_url: answer.type_url,
-                    response_nonce: answer.nonce,
-                    error_detail: answer.error_detail,
-                    ..Default::default()
-                },
+            DeltaDiscoveryRequest {
+                type_url: answer.type_url,
+                response_nonce: answer.nonce,
+                error_detail: answer.error_detail,
+                ..Default::default()
             }
         } else {
             let (&resource_type, ts) = self.types.iter_mut().find(|(_, ts)| ts.delta_due())?;
             ts.dirty = false;
-            Self::delta_request(ts, resource_type, String::new(), None)
+            Self::delta_request(ts, resource_type)
         };
         if first_of_stream {
             request.node = Some(self.config.node.clone());

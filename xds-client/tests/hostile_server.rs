@@ -435,9 +435,9 @@ async fn a_stream_that_ends_while_the_client_is_held_back_leaves_the_next_one_ev
 
 /// The same hostile server over delta: ACKs are small there, so the nonces are long (each
 /// ACK ~2 kB) for HTTP/2 flow control to hold the client back. The client keeps, per type,
-/// the latest NACK and the latest ACK: once the server reads again, the last two requests
-/// are the NACK of the last rejected response and the ACK of the latest, and the first of
-/// them carries the subscription made meanwhile.
+/// the latest NACK and the latest ACK: once the server reads again, the last requests are
+/// the NACK of the last rejected response, the ACK of the latest, and the subscription
+/// made meanwhile, in a request of its own with no nonce.
 #[tokio::test]
 async fn a_delta_server_that_stops_reading_holds_a_bounded_number_of_requests() {
     const RESPONSES: usize = 3000;
@@ -499,7 +499,11 @@ async fn a_delta_server_that_stops_reading_holds_a_bounded_number_of_requests() 
     let last = nonce(RESPONSES);
     within(
         60,
-        fake.wait_for(|s| s.delta_requests.iter().any(|r| r.response_nonce == last)),
+        fake.wait_for(|s| {
+            s.delta_requests
+                .iter()
+                .any(|r| r.resource_names_subscribe.iter().any(|n| n == "late"))
+        }),
     )
     .await;
     let requests = fake.delta_requests();
@@ -508,15 +512,20 @@ async fn a_delta_server_that_stops_reading_holds_a_bounded_number_of_requests() 
         "{} requests for {RESPONSES} responses the client read while its stream was not read",
         requests.len()
     );
-    let [nack, ack] = &requests[requests.len() - 2..] else {
+    let [nack, ack, change] = &requests[requests.len() - 3..] else {
         unreachable!()
     };
     assert_eq!(nack.response_nonce, nonce(RESPONSES - 1));
     assert!(nack.error_detail.is_some());
-    assert_eq!(nack.resource_names_subscribe, ["late"]);
+    assert!(nack.resource_names_subscribe.is_empty());
     assert_eq!(ack.response_nonce, last);
     assert!(ack.error_detail.is_none());
     assert!(ack.resource_names_subscribe.is_empty());
+    assert!(
+        change.response_nonce.is_empty(),
+        "a change goes with no nonce"
+    );
+    assert_eq!(change.resource_names_subscribe, ["late"]);
     let subscribed: Vec<&str> = requests
         .iter()
         .flat_map(|r| &r.resource_names_subscribe)

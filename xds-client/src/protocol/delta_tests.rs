@@ -155,7 +155,8 @@ fn partial_acceptance_applies_the_valid_and_nacks_the_rest_by_name() {
         version: "va1".into(),
         ..Default::default()
     };
-    // A change made while the response is on its way goes out with its ACK or NACK.
+    // A change made while the response is on its way goes out after its ACK or NACK, in a
+    // request of its own.
     h.ads.subscribe(CDS, "d");
     h.delta_respond(response(
         CDS,
@@ -168,9 +169,15 @@ fn partial_acceptance_applies_the_valid_and_nacks_the_rest_by_name() {
         &[],
     ));
     let mut reqs = h.delta_requests();
-    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
     let nack = reqs.remove(0);
     assert_eq!(nack.response_nonce, "n2");
+    assert!(
+        nack.resource_names_subscribe.is_empty(),
+        "Istio ignores a NACK's changes"
+    );
+    assert_eq!(reqs[0].resource_names_subscribe, ["d"]);
+    assert!(reqs[0].response_nonce.is_empty() && reqs[0].error_detail.is_none());
     let detail = nack.error_detail.as_ref().expect("NACK");
     assert_eq!(detail.code, INVALID_ARGUMENT);
     assert!(
@@ -183,11 +190,6 @@ fn partial_acceptance_applies_the_valid_and_nacks_the_rest_by_name() {
         1,
         "{}",
         detail.message
-    );
-    assert_eq!(
-        nack.resource_names_subscribe,
-        ["d"],
-        "the NACK carries the change made since the last request"
     );
     assert_eq!(names(&h.events()), ["invalid:b", "invalid:c"]);
     assert_eq!(h.ads.status(CDS, "a"), Some(ResourceStatus::Acked));
@@ -709,8 +711,8 @@ fn a_seed_of_a_type_the_server_never_answers_ends_after_another_types_ack() {
 }
 
 /// A server that sends responses but does not read its stream leaves, per type, the
-/// latest NACK and the latest ACK, in the order they came; the first one polled carries
-/// the subscription changes made meanwhile.
+/// latest NACK and the latest ACK, in the order they came; the subscription changes made
+/// meanwhile follow them, in a request with no nonce.
 #[test]
 fn unread_delta_answers_keep_the_latest_ack_and_nack_of_a_type() {
     let mut h = Harness::delta();
@@ -730,15 +732,16 @@ fn unread_delta_answers_keep_the_latest_ack_and_nack_of_a_type() {
         .iter()
         .map(|r| (r.response_nonce.as_str(), r.error_detail.is_some()))
         .collect();
-    assert_eq!(seen, [("n501", true), ("n502", false)]);
-    assert_eq!(r[0].resource_names_subscribe, ["b"]);
+    assert_eq!(seen, [("n501", true), ("n502", false), ("", false)]);
+    assert!(r[0].resource_names_subscribe.is_empty());
     assert!(r[1].resource_names_subscribe.is_empty());
+    assert_eq!(r[2].resource_names_subscribe, ["b"]);
     assert!(!h.ads.has_request());
 }
 
-/// Subscription changes made while answers wait unpolled go out once, in the first
-/// request polled: an unsubscribe, and a name unsubscribed and subscribed again
-/// (named again, so the server sends its value again).
+/// Subscription changes made while answers wait unpolled go out once, after them: an
+/// unsubscribe, and a name unsubscribed and subscribed again (named again, so the server
+/// sends its value again).
 #[test]
 fn unread_delta_answers_carry_the_changes_made_meanwhile_once() {
     let mut h = Harness::delta();
@@ -753,11 +756,13 @@ fn unread_delta_answers_carry_the_changes_made_meanwhile_once() {
     h.delta_respond(response(CDS, "n2", both("2"), &[]));
     assert!(h.ads.has_request());
     let r = h.delta_requests();
-    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r.len(), 2, "{r:?}");
     assert_eq!(r[0].response_nonce, "n2");
-    assert_eq!(r[0].resource_names_unsubscribe, ["b"]);
+    assert!(r[0].resource_names_subscribe.is_empty() && r[0].resource_names_unsubscribe.is_empty());
+    assert!(r[1].response_nonce.is_empty());
+    assert_eq!(r[1].resource_names_unsubscribe, ["b"]);
     assert_eq!(
-        r[0].resource_names_subscribe,
+        r[1].resource_names_subscribe,
         ["a"],
         "a's value was forgotten"
     );
