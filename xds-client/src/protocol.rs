@@ -16,6 +16,9 @@
 //! Rules, with the gRFC or xDS-spec clause each follows:
 //! - **ACK/NACK** (xDS spec): an ACK carries the response's `version_info` and nonce; a NACK
 //!   carries the *previously accepted* version, the response's nonce and `error_detail`.
+//!   Both name the resources wanted then; istiod ignores the names a NACK carries, so a
+//!   subscription change a NACK carried is sent again after it, in a request that is no
+//!   NACK (the same nonce, the accepted version), as any subscription change is.
 //!   An ACK or NACK is built when it is polled, from the type's state then, and one not yet
 //!   polled is replaced by the next of its type (the latest nonce and accepted version are
 //!   all a SotW server reads; on delta the latest NACK is kept beside the latest ACK), so a
@@ -1264,7 +1267,13 @@ impl AdsState {
                 .and_then(|t| Some((t, self.types.get_mut(&t)?)))
             {
                 Some((resource_type, ts)) => {
-                    ts.dirty = false;
+                    // A NACK names what is wanted now too, but istiod ignores the names a
+                    // NACK carries: a change made since the last request goes again after
+                    // it, in a request that is no NACK (the same nonce, the version
+                    // accepted), as a subscription change is.
+                    if answer.error_detail.is_none() {
+                        ts.dirty = false;
+                    }
                     Self::request(ts, resource_type, None, answer.error_detail)
                 }
                 None => DiscoveryRequest {
@@ -2426,6 +2435,35 @@ pub(super) mod tests {
 
     /// A target's state is republished only when unequal to the last, so two failures are
     /// equal exactly when their kind and text are: the same rejection again is no news.
+    /// istiod ignores the names a SotW NACK carries: a subscription change that a NACK
+    /// carried is sent again after it, in a request with the same nonce and no error.
+    #[test]
+    fn a_subscription_change_a_nack_carried_is_sent_again_after_it() {
+        let mut h = Harness::new();
+        h.ads.subscribe(CDS, "a");
+        h.requests();
+        h.respond(response(CDS, "1", "n1", vec![eds_cluster("a")]));
+        h.requests();
+        h.ads.subscribe(CDS, "b");
+        h.respond(response(CDS, "2", "n2", vec![static_cluster("a")]));
+        let r = h.requests();
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r[0].error_detail.is_some());
+        assert_eq!(r[0].resource_names, ["a", "b"]);
+        assert!(r[1].error_detail.is_none());
+        assert_eq!(
+            (r[1].response_nonce.as_str(), r[1].version_info.as_str()),
+            ("n2", "1")
+        );
+        assert_eq!(r[1].resource_names, ["a", "b"]);
+
+        // A NACK with no change since the last request goes alone.
+        h.respond(response(CDS, "3", "n3", vec![static_cluster("a")]));
+        let r = h.requests();
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].error_detail.is_some());
+    }
+
     #[test]
     fn failures_compare_by_kind_and_text() {
         use crate::resource::ResourceErrorKind;
