@@ -19,7 +19,7 @@ use std::sync::{Arc, MutexGuard};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::group::{Group, GroupCommand, GroupSettings, GroupShared, Updates};
-use super::metrics::{SnapshotTotal, XdsMetrics};
+use super::metrics::{SnapshotTotal, StreamsPerServer, XdsMetrics};
 use super::{Command, NotReady, ResourceDump, WatchState};
 use crate::bootstrap::{Bootstrap, XdsServer, xdstp_authority};
 use crate::fail_static::{FailStatic, Persist, SaveReply};
@@ -80,6 +80,8 @@ pub(super) struct Hub {
     subscriptions: HashMap<ResourceKey, usize>,
     /// The groups' resources in use from their snapshots, for the metric.
     snapshot_total: SnapshotTotal,
+    /// The groups' open streams per server, for `grpc.xds_client.connected`.
+    streams_per_server: StreamsPerServer,
     /// Target walks so far.
     #[cfg(test)]
     pub(super) walks: usize,
@@ -227,6 +229,7 @@ impl Hub {
             targets: HashMap::new(),
             subscriptions: HashMap::new(),
             snapshot_total: SnapshotTotal::default(),
+            streams_per_server: StreamsPerServer::default(),
             #[cfg(test)]
             walks: 0,
         };
@@ -285,6 +288,7 @@ impl Hub {
             &f.meter,
             f.metrics_target.clone(),
             self.snapshot_total.clone(),
+            self.streams_per_server.clone(),
         );
         let persist = f.fail_static.clone().map(|fail_static| {
             let uris = snapshot_servers(&f.bootstrap, &servers);
@@ -731,6 +735,7 @@ mod tests {
             targets: HashMap::new(),
             subscriptions: HashMap::new(),
             snapshot_total: SnapshotTotal::default(),
+            streams_per_server: StreamsPerServer::default(),
             walks: 0,
         };
         Harness { hub, group }

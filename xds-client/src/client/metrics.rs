@@ -19,6 +19,11 @@ const NACK_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// knows only its own.
 pub(super) type SnapshotTotal = Arc<Mutex<u64>>;
 
+/// Open ADS streams per xDS server URI, over the client's groups: two groups whose lists
+/// share a server each have a stream to it, and `grpc.xds_client.connected` (one point per
+/// server) is 1 while either is up.
+pub(super) type StreamsPerServer = Arc<Mutex<HashMap<String, usize>>>;
+
 /// The instruments of gRFC A78, with the client's `grpc.target`: one group's.
 pub(super) struct XdsMetrics {
     target: StringValue,
@@ -33,6 +38,7 @@ pub(super) struct XdsMetrics {
     /// Resources in use from a fail-static snapshot at the last count.
     from_snapshot: u64,
     snapshot_total: SnapshotTotal,
+    streams: StreamsPerServer,
     /// Every (authority, cache state, type) recorded so far, so a count that drops to zero
     /// is recorded as zero.
     seen: BTreeMap<(String, &'static str, &'static str), u64>,
@@ -41,7 +47,12 @@ pub(super) struct XdsMetrics {
 }
 
 impl XdsMetrics {
-    pub(super) fn new(meter: &Meter, target: String, snapshot_total: SnapshotTotal) -> Self {
+    pub(super) fn new(
+        meter: &Meter,
+        target: String,
+        snapshot_total: SnapshotTotal,
+        streams: StreamsPerServer,
+    ) -> Self {
         Self {
             target: StringValue::from(target),
             connected: meter
@@ -92,6 +103,7 @@ impl XdsMetrics {
                 .build(),
             from_snapshot: 0,
             snapshot_total,
+            streams,
             seen: BTreeMap::new(),
             nack_log: HashMap::new(),
         }
@@ -125,9 +137,22 @@ impl XdsMetrics {
         ]
     }
 
+    /// A stream to `server` opened (`up`) or closed; each open is followed by one close.
     pub(super) fn connected(&self, server: &str, up: bool) {
+        // Recorded under the lock, so two groups' points go in the order of their counts.
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = streams.entry(server.to_owned()).or_default();
+        *open = if up {
+            open.saturating_add(1)
+        } else {
+            open.saturating_sub(1)
+        };
+        let any = *open > 0;
+        if !any {
+            streams.remove(server);
+        }
         self.connected
-            .record(u64::from(up), &self.server_attrs(server));
+            .record(u64::from(any), &self.server_attrs(server));
     }
 
     pub(super) fn server_failure(&self, server: &str) {
@@ -246,4 +271,74 @@ fn authority_of(name: &str) -> String {
         .and_then(|rest| rest.split('/').next())
         .unwrap_or("#old")
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    use super::*;
+
+    /// The last `grpc.xds_client.connected` point recorded for `server`.
+    fn connected(
+        provider: &SdkMeterProvider,
+        exporter: &InMemoryMetricExporter,
+        server: &str,
+    ) -> u64 {
+        provider.force_flush().unwrap();
+        let metrics = exporter.get_finished_metrics().unwrap();
+        let last = metrics.last().unwrap();
+        let mut value = None;
+        for scope in last.scope_metrics() {
+            for m in scope
+                .metrics()
+                .filter(|m| m.name() == "grpc.xds_client.connected")
+            {
+                if let AggregatedMetrics::U64(MetricData::Gauge(g)) = m.data() {
+                    for p in g.data_points() {
+                        if p.attributes().any(|kv| kv.value.as_str() == server) {
+                            value = Some(p.value());
+                        }
+                    }
+                }
+            }
+        }
+        value.expect("a point for the server")
+    }
+
+    /// Two groups whose server lists share a server: the gauge says connected while either
+    /// group's stream to it is up, not whatever the last group to change recorded.
+    #[test]
+    fn a_server_two_groups_stream_to_is_connected_while_either_stream_is_up() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let meter = provider.meter("meshwork");
+        let streams = StreamsPerServer::default();
+        let group = || {
+            XdsMetrics::new(
+                &meter,
+                "t".into(),
+                SnapshotTotal::default(),
+                streams.clone(),
+            )
+        };
+        let (a, b) = (group(), group());
+        let x = "https://x.example:443";
+        a.connected(x, true);
+        b.connected(x, true);
+        a.connected(x, false);
+        assert_eq!(
+            connected(&provider, &exporter, x),
+            1,
+            "b's stream is still up"
+        );
+        b.connected(x, false);
+        assert_eq!(connected(&provider, &exporter, x), 0);
+        a.connected(x, true);
+        assert_eq!(connected(&provider, &exporter, x), 1);
+    }
 }
