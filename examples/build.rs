@@ -35,9 +35,10 @@ fn main() {
 /// The directory of the `envoy-types` package that this crate depends on.
 fn envoy_types_dir(manifest: &Path) -> PathBuf {
     // Offline first, for this platform: a build of every target of the workspace has
-    // downloaded every package that lists. A build of this package alone on a fresh machine (the README's
-    // quickstart) has not downloaded the other members' dependencies, which `cargo
-    // metadata` resolves too: then it may download them, as the outer build would.
+    // downloaded every package that lists. A build of this package alone on a fresh
+    // machine (the README's quickstart) has not downloaded the other members'
+    // dependencies, which `cargo metadata` resolves too: then it may download them, as the
+    // outer build would.
     let output = metadata(manifest, true);
     let output = if output.status.success() {
         output

@@ -19,7 +19,7 @@ use std::sync::{Arc, MutexGuard};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::group::{Group, GroupCommand, GroupSettings, GroupShared, Updates};
-use super::metrics::{SnapshotTotal, StreamsPerServer, XdsMetrics};
+use super::metrics::{ClientTotals, XdsMetrics};
 use super::{Command, NotReady, ResourceDump, WatchState};
 use crate::bootstrap::{Bootstrap, XdsServer, xdstp_authority};
 use crate::fail_static::{FailStatic, Persist, SaveReply};
@@ -78,10 +78,8 @@ pub(super) struct Hub {
     targets: HashMap<(String, String), Target>,
     /// Holders of each subscription: resource watches and targets that need it.
     subscriptions: HashMap<ResourceKey, usize>,
-    /// The groups' resources in use from their snapshots, for the metric.
-    snapshot_total: SnapshotTotal,
-    /// The groups' open streams per server, for `grpc.xds_client.connected`.
-    streams_per_server: StreamsPerServer,
+    /// What the groups' metrics count together.
+    metric_totals: Arc<ClientTotals>,
     /// Target walks so far.
     #[cfg(test)]
     pub(super) walks: usize,
@@ -228,8 +226,7 @@ impl Hub {
             watchers: HashMap::new(),
             targets: HashMap::new(),
             subscriptions: HashMap::new(),
-            snapshot_total: SnapshotTotal::default(),
-            streams_per_server: StreamsPerServer::default(),
+            metric_totals: Arc::default(),
             #[cfg(test)]
             walks: 0,
         };
@@ -287,8 +284,7 @@ impl Hub {
         let metrics = XdsMetrics::new(
             &f.meter,
             f.metrics_target.clone(),
-            self.snapshot_total.clone(),
-            self.streams_per_server.clone(),
+            self.metric_totals.clone(),
         );
         let persist = f.fail_static.clone().map(|fail_static| {
             let uris = snapshot_servers(&f.bootstrap, &servers);
@@ -734,8 +730,7 @@ mod tests {
             watchers: HashMap::new(),
             targets: HashMap::new(),
             subscriptions: HashMap::new(),
-            snapshot_total: SnapshotTotal::default(),
-            streams_per_server: StreamsPerServer::default(),
+            metric_totals: Arc::default(),
             walks: 0,
         };
         Harness { hub, group }

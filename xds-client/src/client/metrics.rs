@@ -14,15 +14,19 @@ use crate::resource::ResourceType;
 /// How often the same resource's NACK is logged again while its reason stays the same.
 const NACK_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Resources in use from fail-static snapshots, summed over the client's groups of
-/// servers: `meshwork.xds.snapshot.resources` has one point per client, and each group
-/// knows only its own.
-pub(super) type SnapshotTotal = Arc<Mutex<u64>>;
-
-/// Open ADS streams per xDS server URI, over the client's groups: two groups whose lists
-/// share a server each have a stream to it, and `grpc.xds_client.connected` (one point per
-/// server) is 1 while either is up.
-pub(super) type StreamsPerServer = Arc<Mutex<HashMap<String, usize>>>;
+/// What the client's groups of servers count together, for the points that are the
+/// client's, not one group's (each group knows only its own part). Shared by the groups'
+/// [`XdsMetrics`]; each point is recorded under its lock, so the point recorded last is the
+/// latest total.
+#[derive(Default)]
+pub(super) struct ClientTotals {
+    /// Resources in use from fail-static snapshots: `meshwork.xds.snapshot.resources`.
+    snapshot_resources: Mutex<u64>,
+    /// Open ADS streams per xDS server URI: two groups whose lists share a server each have
+    /// a stream to it, and `grpc.xds_client.connected` (one point per server) is 1 while
+    /// either is up.
+    streams: Mutex<HashMap<String, usize>>,
+}
 
 /// The instruments of gRFC A78, with the client's `grpc.target`: one group's.
 pub(super) struct XdsMetrics {
@@ -37,8 +41,7 @@ pub(super) struct XdsMetrics {
     snapshot_writes: Counter<u64>,
     /// Resources in use from a fail-static snapshot at the last count.
     from_snapshot: u64,
-    snapshot_total: SnapshotTotal,
-    streams: StreamsPerServer,
+    totals: Arc<ClientTotals>,
     /// Every (authority, cache state, type) recorded so far, so a count that drops to zero
     /// is recorded as zero.
     seen: BTreeMap<(String, &'static str, &'static str), u64>,
@@ -47,12 +50,7 @@ pub(super) struct XdsMetrics {
 }
 
 impl XdsMetrics {
-    pub(super) fn new(
-        meter: &Meter,
-        target: String,
-        snapshot_total: SnapshotTotal,
-        streams: StreamsPerServer,
-    ) -> Self {
+    pub(super) fn new(meter: &Meter, target: String, totals: Arc<ClientTotals>) -> Self {
         Self {
             target: StringValue::from(target),
             connected: meter
@@ -102,8 +100,7 @@ impl XdsMetrics {
                 .with_description("Fail-static snapshots written, by outcome: ok, or why not.")
                 .build(),
             from_snapshot: 0,
-            snapshot_total,
-            streams,
+            totals,
             seen: BTreeMap::new(),
             nack_log: HashMap::new(),
         }
@@ -140,7 +137,11 @@ impl XdsMetrics {
     /// A stream to `server` opened (`up`) or closed; each open is followed by one close.
     pub(super) fn connected(&self, server: &str, up: bool) {
         // Recorded under the lock, so two groups' points go in the order of their counts.
-        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut streams = self
+            .totals
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let open = streams.entry(server.to_owned()).or_default();
         *open = if up {
             open.saturating_add(1)
@@ -240,7 +241,8 @@ impl XdsMetrics {
         if from_snapshot != self.from_snapshot || from_snapshot > 0 {
             // Recorded under the lock: the point recorded last is the latest total.
             let mut total = self
-                .snapshot_total
+                .totals
+                .snapshot_resources
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             *total = total
@@ -317,15 +319,8 @@ mod tests {
             .with_reader(PeriodicReader::builder(exporter.clone()).build())
             .build();
         let meter = provider.meter("meshwork");
-        let streams = StreamsPerServer::default();
-        let group = || {
-            XdsMetrics::new(
-                &meter,
-                "t".into(),
-                SnapshotTotal::default(),
-                streams.clone(),
-            )
-        };
+        let totals = Arc::<ClientTotals>::default();
+        let group = || XdsMetrics::new(&meter, "t".into(), totals.clone());
         let (a, b) = (group(), group());
         let x = "https://x.example:443";
         a.connected(x, true);
