@@ -245,3 +245,59 @@ fn short_run_without_churn() {
     }
     assert!(!stdout.contains("EDS churn"), "{stdout}");
 }
+
+#[test]
+fn side_by_side_runs_the_contestants_at_the_same_time() {
+    let (v, stdout) = run(
+        "side-by-side",
+        &[
+            "--only",
+            "tonic-mtls,meshwork-untraced",
+            "--side-by-side",
+            "--rounds",
+            "2",
+        ],
+    );
+    assert_eq!(v["settings"]["side_by_side"], Value::Bool(true), "{v}");
+    assert!(stdout.contains("side by side"), "{stdout}");
+    let contestants = v["contestants"].as_array().expect("contestants");
+    assert_eq!(contestants.len(), 2, "{v}");
+    for c in contestants {
+        assert_eq!(c["errors"].as_u64(), Some(0), "{c}");
+        let name = c["name"].as_str().expect("name");
+        let rounds = v["rounds"][name].as_array().expect("rounds");
+        assert_eq!(rounds.len(), 2, "both rounds of {name}: {v}");
+        for r in rounds {
+            assert!(r["closed_calls"].as_u64() > Some(0), "{r}");
+            assert!(r["closed_cpu_s_per_1k"].as_f64() > Some(0.0), "{r}");
+        }
+    }
+    // Each round's two measured spans overlap: they ran at the same time.
+    let span = |name: &str, round: usize| {
+        let r = &v["rounds"][name][round];
+        let (from, to) = (
+            r["measured_from_unix_ms"].as_u64(),
+            r["measured_to_unix_ms"].as_u64(),
+        );
+        (from.expect("from"), to.expect("to"))
+    };
+    for round in 0..2 {
+        let (a, b) = (span("tonic-mtls", round), span("meshwork-untraced", round));
+        assert!(
+            a.0 < b.1 && b.0 < a.1,
+            "round {round}: {a:?} and {b:?} do not overlap"
+        );
+    }
+
+    // With churn, one contestant's cluster would change under the other's phases.
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--side-by-side", "--churn", "5"])
+        .output()
+        .expect("run the loadtest binary");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--side-by-side runs without --churn"),
+        "{stderr}"
+    );
+}

