@@ -301,3 +301,54 @@ fn side_by_side_runs_the_contestants_at_the_same_time() {
         "{stderr}"
     );
 }
+
+/// The direct children of process `pid` (Linux).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_client_whose_harness_is_killed_exits() {
+    let mut harness = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--only", "tonic-mtls", "--duration", "60s", "--rounds", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run the loadtest binary");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let client = loop {
+        if let Some(&c) = children(harness.id()).first() {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no client process started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // A signal, as `kill` or `pkill` sends it: the harness's `kill_on_drop` never runs.
+    let status = Command::new("kill")
+        .args(["-TERM", &harness.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let _ = harness.wait();
+    let proc_dir = format!("/proc/{client}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::path::Path::new(&proc_dir).exists() {
+        // Reaped by init once it exits; a zombie has no command line left.
+        let cmdline = std::fs::read(format!("{proc_dir}/cmdline")).unwrap_or_default();
+        if cmdline.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client {client} outlived its harness by 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -101,6 +101,7 @@ where
 
 /// The child's `main`: prints one JSON line with the results.
 pub(crate) fn main(args: ClientArgs) -> Result<()> {
+    exit_with_parent();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -253,6 +254,28 @@ async fn churn_signal(line: &'static str) -> Result<()> {
             Err(format!("the harness answered {line:?} with {answer:?}").into())
         }
     })
+}
+
+/// Ends this process once the harness that started it is gone (it was reparented). A
+/// harness killed by a signal skips `kill_on_drop`; without this its client would go on
+/// calling a server that no longer exists, a closed loop of failures spinning a core until
+/// its `--duration` ran out, under whatever is measured next.
+fn exit_with_parent() {
+    let parent = std::os::unix::process::parent_id();
+    let watch = move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if std::os::unix::process::parent_id() != parent {
+                // No message: the harness's end of stderr is gone too (`eprintln!` would
+                // panic on the broken pipe and end only this thread).
+                std::process::exit(3);
+            }
+        }
+    };
+    // Without the watcher the client still works; only an orphan would linger.
+    let _ = std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(watch);
 }
 
 /// The wall clock in milliseconds since the Unix epoch (0 before it).
