@@ -2433,8 +2433,6 @@ pub(super) mod tests {
         assert_eq!(r[3].response_nonce, "n99");
     }
 
-    /// A target's state is republished only when unequal to the last, so two failures are
-    /// equal exactly when their kind and text are: the same rejection again is no news.
     /// istiod ignores the names a SotW NACK carries: a subscription change that a NACK
     /// carried is sent again after it, in a request with the same nonce and no error.
     #[test]
@@ -2464,6 +2462,8 @@ pub(super) mod tests {
         assert!(r[0].error_detail.is_some());
     }
 
+    /// A target's state is republished only when unequal to the last, so two failures are
+    /// equal exactly when their kind and text are: the same rejection again is no news.
     #[test]
     fn failures_compare_by_kind_and_text() {
         use crate::resource::ResourceErrorKind;
