@@ -302,7 +302,10 @@ pub struct Router<C> {
     config: ConfigReceiver,
     current: Arc<TargetConfig>,
     clusters: C,
-    rng: SmallRng,
+    /// Seeded from `shared` on the first random choice (a weighted cluster, a runtime
+    /// fraction), not when the router is cloned: a channel cloned per call whose routes
+    /// choose nothing at random then costs no seeding and no write to the shared seed.
+    rng: Option<SmallRng>,
     // Seeds for the RNGs of clones, and the channel id of the channel-id hash policy:
     // shared by a router and its clones.
     shared: Arc<Shared>,
@@ -311,6 +314,35 @@ pub struct Router<C> {
 struct Shared {
     next_seed: AtomicU64,
     channel_id: u64,
+}
+
+/// A router's RNG, seeded when first drawn from.
+struct LazyRng<'a> {
+    rng: &'a mut Option<SmallRng>,
+    shared: &'a Shared,
+}
+
+impl LazyRng<'_> {
+    fn get(&mut self) -> &mut SmallRng {
+        let shared = self.shared;
+        self.rng.get_or_insert_with(|| {
+            SmallRng::seed_from_u64(shared.next_seed.fetch_add(1, Ordering::Relaxed))
+        })
+    }
+}
+
+impl RngCore for LazyRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.get().next_u32()
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.get().next_u64()
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        self.get().fill_bytes(dst);
+    }
 }
 
 impl<C> Router<C> {
@@ -335,7 +367,7 @@ impl<C> Router<C> {
             config,
             current,
             clusters,
-            rng,
+            rng: Some(rng),
             shared,
         }
     }
@@ -382,7 +414,11 @@ impl<C> Router<C> {
     /// [`RouteError`] when no virtual host or route matches.
     pub fn route<B>(&mut self, req: &http::Request<B>) -> Result<RoutePolicy, RouteError> {
         self.refresh();
-        route(&self.current, req, &mut self.rng, self.shared.channel_id)
+        let mut rng = LazyRng {
+            rng: &mut self.rng,
+            shared: &self.shared,
+        };
+        route(&self.current, req, &mut rng, self.shared.channel_id)
     }
 
     fn refresh(&mut self) {
@@ -396,12 +432,11 @@ impl<C> Router<C> {
 
 impl<C: Clone> Clone for Router<C> {
     fn clone(&self) -> Self {
-        let seed = self.shared.next_seed.fetch_add(1, Ordering::Relaxed);
         Self {
             config: self.config.clone(),
             current: self.current.clone(),
             clusters: self.clusters.clone(),
-            rng: SmallRng::seed_from_u64(seed),
+            rng: None,
             shared: self.shared.clone(),
         }
     }
@@ -431,7 +466,11 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         self.refresh();
-        let policy = match route(&self.current, &req, &mut self.rng, self.shared.channel_id) {
+        let mut rng = LazyRng {
+            rng: &mut self.rng,
+            shared: &self.shared,
+        };
+        let policy = match route(&self.current, &req, &mut rng, self.shared.channel_id) {
             Ok(p) => p,
             Err(e) => return ResponseFuture::failed(e),
         };

@@ -621,8 +621,7 @@ fn clones_draw_different_random_streams() {
     let mut firsts = std::collections::HashSet::new();
     for _ in 0..64 {
         let mut clone = router.clone();
-        let cfg = clone.current_config().clone();
-        let p = route(&cfg, &req("http://a/", &[]), &mut clone.rng, 0).unwrap();
+        let p = clone.route(&req("http://a/", &[])).unwrap();
         firsts.insert(p.cluster().to_owned());
     }
     assert_eq!(firsts.len(), 2);

@@ -13,7 +13,7 @@ use tower::{BoxError, Layer, Service};
 
 use super::body::finish_head;
 use super::names::SpanPrefix;
-use super::record::{CallContext, Record, Side, server_attributes, start_span};
+use super::record::{CallContext, Record, Side, Subject, server_attributes, start_span};
 use super::{Rpc, Telemetry, TelemetryBody, propagation};
 use crate::extensions::ServedBy;
 use crate::identity::PeerIdentity;
@@ -104,10 +104,19 @@ where
                 record: None,
             };
         }
+        // The call's context, when there is one and it records through this handle: then
+        // the attempt's record shares it (see `Subject::Call`).
         let call = req.extensions().get::<Arc<CallContext>>();
-        let rpc = match call {
-            Some(c) => c.rpc.clone(),
-            None => Rpc::of(&self.telemetry, &req),
+        let subject = match call {
+            Some(c) if c.telemetry.same(&self.telemetry) => Subject::Call(c.clone()),
+            Some(c) => Subject::Own {
+                telemetry: self.telemetry.clone(),
+                rpc: c.rpc.clone(),
+            },
+            None => Subject::Own {
+                telemetry: self.telemetry.clone(),
+                rpc: Rpc::of(&self.telemetry, &req),
+            },
         };
         let previous = match call {
             Some(c) => i64::from(c.attempts.fetch_add(1, Ordering::Relaxed)),
@@ -121,6 +130,7 @@ where
             Some(c) => c.cx.clone(),
             None => Context::current(),
         };
+        let rpc = subject.rpc();
         let started = start_span(
             &self.telemetry,
             parent,
@@ -146,7 +156,7 @@ where
                 .client_attempt_started
                 .add(1, &[rpc.method_kv(), self.telemetry.target_kv()]);
         }
-        let record = Record::new(Side::Attempt, self.telemetry.clone(), rpc, span, None);
+        let record = Record::new(Side::Attempt, subject, span);
         AttemptFuture {
             inner: self.inner.call(req),
             record: Some(record),

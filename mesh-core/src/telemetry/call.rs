@@ -13,7 +13,7 @@ use tower::{BoxError, Layer, Service};
 
 use super::body::finish_head;
 use super::names::SpanPrefix;
-use super::record::{CallContext, Record, Side, server_attributes, start_span};
+use super::record::{CallContext, Record, Side, Subject, server_attributes, start_span};
 use super::{Rpc, Telemetry, TelemetryBody};
 
 /// The most attributes a call span carries: the `rpc.*` four and `server.*` two at its
@@ -114,10 +114,11 @@ where
         let call = Arc::new(CallContext {
             cx: started.cx,
             attempts: AtomicU32::new(0),
-            rpc: rpc.clone(),
+            rpc,
+            telemetry: self.telemetry.clone(),
         });
         req.extensions_mut().insert(call.clone());
-        let record = Record::new(Side::Call, self.telemetry.clone(), rpc, span, Some(call));
+        let record = Record::new(Side::Call, Subject::Call(call), span);
         CallFuture {
             inner: self.inner.call(req),
             record: Some(record),

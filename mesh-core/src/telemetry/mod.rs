@@ -58,7 +58,11 @@
 //! it as a method it serves and allows (not `UNIMPLEMENTED`, `PERMISSION_DENIED` or
 //! `UNAUTHENTICATED`), so its first call and whatever a scan finds are `other` in metrics
 //! (spans keep the name), except for the methods of services the adapter registered with
-//! [`Telemetry::serve_service`], named from their first call; see `names.rs`.
+//! [`Telemetry::serve_service`], named from their first call; see `names.rs`. An interned
+//! method's span names and `grpc.method` value, and a handle's `grpc.target`, are kept for
+//! the process (within a byte budget), so that a call copies them rather than counting
+//! references on lines every worker's calls share; a call's attempts record through the
+//! call's own context when they use the same handle.
 //!
 //! The client [`Engine`](crate::client::Engine) puts an [`AttemptLayer`] in every cluster's
 //! stack and the [`CallLayer`] around each target's router (for meshwork-grpc's
@@ -257,6 +261,11 @@ impl Telemetry {
         self.inner.enabled
     }
 
+    /// Whether `other` is a clone of this handle.
+    pub(crate) fn same(&self, other: &Telemetry) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Telemetry through `tracer` and `meter` (for instance from an SDK provider's
     /// `tracer_with_scope` / `meter_with_scope`).
     pub fn new<T>(tracer: T, meter: &Meter) -> Self
@@ -294,7 +303,13 @@ impl Telemetry {
     /// The `grpc.target` attribute of the client metrics: the target the channel was made
     /// for (e.g. `xds:///greeter`). Empty by default.
     pub fn with_target(self, target: impl Into<String>) -> Self {
-        let target = StringValue::from(Arc::<str>::from(target.into()));
+        let target = target.into();
+        // Shared for the life of the process when there is room, so that the calls'
+        // metrics copy the value instead of counting references to it.
+        let target = match names::shared_name(&target) {
+            Some(shared) => StringValue::from(shared),
+            None => StringValue::from(Arc::<str>::from(target)),
+        };
         let mut inner = Arc::unwrap_or_clone(self.inner);
         inner.mesh = inner.mesh.with_target(target.clone());
         inner.target = target;
@@ -491,7 +506,7 @@ impl Rpc {
     pub(crate) fn method_kv(&self) -> KeyValue {
         match self {
             Rpc::Grpc { method } if method.named => {
-                KeyValue::new("grpc.method", method.info.full.clone())
+                KeyValue::new("grpc.method", method.info.metric_value())
             }
             Rpc::Grpc { .. } => KeyValue::new("grpc.method", "other"),
             Rpc::Http { method } => KeyValue::new("http.request.method", method_value(method)),

@@ -51,8 +51,19 @@ pub(crate) struct MethodInfo {
     pub(crate) service: StringValue,
     /// `Method`.
     pub(crate) method: StringValue,
-    /// The span names, once the method is interned (see [`shared_span_names`]).
-    span_names: OnceLock<[&'static str; 3]>,
+    /// The span names and the `grpc.method` value, once the method is interned (see
+    /// [`shared_names`]).
+    shared: OnceLock<Shared>,
+}
+
+/// What an interned method's calls share for the life of the process.
+#[derive(Debug)]
+struct Shared {
+    /// The three span names, by [`SpanPrefix`].
+    span_names: [&'static str; 3],
+    /// The full name as a `grpc.method` value whose copies are copies, not reference counts
+    /// (each call's metrics carry it up to four times, from both workers at once).
+    metric: StringValue,
 }
 
 /// The three spans a method's calls make (gRFC A72's name prefixes).
@@ -67,8 +78,6 @@ pub(crate) enum SpanPrefix {
 }
 
 impl SpanPrefix {
-    const ALL: [SpanPrefix; 3] = [SpanPrefix::Sent, SpanPrefix::Attempt, SpanPrefix::Recv];
-
     fn as_str(self) -> &'static str {
         match self {
             SpanPrefix::Sent => "Sent",
@@ -85,16 +94,25 @@ impl MethodInfo {
             full: StringValue::from(Arc::<str>::from(full)),
             service: StringValue::from(Arc::<str>::from(service)),
             method: StringValue::from(Arc::<str>::from(method)),
-            span_names: OnceLock::new(),
+            shared: OnceLock::new(),
         }
     }
 
     /// `<prefix>.<package.Service>.<Method>` (gRFC A72's span names): shared once the
     /// method is interned, else made for this span.
     pub(crate) fn span_name(&self, prefix: SpanPrefix) -> Cow<'static, str> {
-        match self.span_names.get() {
-            Some(names) => Cow::Borrowed(names[prefix as usize]),
+        match self.shared.get() {
+            Some(shared) => Cow::Borrowed(shared.span_names[prefix as usize]),
             None => Cow::Owned(self.format_span_name(prefix)),
+        }
+    }
+
+    /// The `grpc.method` value of the method's metrics: a process-wide one once the
+    /// method is interned, else its own.
+    pub(crate) fn metric_value(&self) -> StringValue {
+        match self.shared.get() {
+            Some(shared) => shared.metric.clone(),
+            None => self.full.clone(),
         }
     }
 
@@ -110,47 +128,87 @@ impl MethodInfo {
         name
     }
 
-    /// Makes this method's span names shared ones, if the process has room for them.
-    fn share_span_names(&self) {
-        if self.span_names.get().is_none()
-            && let Some(names) =
-                shared_span_names(SpanPrefix::ALL.map(|p| self.format_span_name(p)))
+    /// Makes this method's span names and metric value shared ones, if the process has
+    /// room for them.
+    fn share_names(&self) {
+        if self.shared.get().is_none()
+            && let Some([full, sent, attempt, recv]) = shared_names([
+                self.full.as_str().to_owned(),
+                self.format_span_name(SpanPrefix::Sent),
+                self.format_span_name(SpanPrefix::Attempt),
+                self.format_span_name(SpanPrefix::Recv),
+            ])
         {
-            let _ = self.span_names.set(names);
+            let _ = self.shared.set(Shared {
+                span_names: [sent, attempt, recv],
+                metric: StringValue::from(full),
+            });
         }
     }
 }
 
-/// How many span names the process keeps shared: three per method name a table can hold.
-const MAX_SHARED_SPAN_NAMES: usize = 3 * MAX_METHOD_NAMES;
+/// How many bytes of names the process keeps shared: the four names (three span names and
+/// the full name) of every method a table can hold at [`MAX_METHOD_NAME_LEN`], and as much
+/// again for the targets of handles ([`shared_name`]).
+const MAX_SHARED_BYTES: usize = 2 * 4 * (MAX_METHOD_NAME_LEN + 16) * MAX_METHOD_NAMES;
 
-/// The span names kept for the life of the process. OpenTelemetry takes a span's name as a
-/// `Cow<'static, str>`, so a name that every span of a method shares, rather than one copied
-/// per span, must live as long as the process. Only the methods some table has interned are
-/// kept, once per process whatever the number of handles naming them, and at most
-/// [`MAX_SHARED_SPAN_NAMES`] of them (about 0.8 MB at [`MAX_METHOD_NAME_LEN`] each); past
-/// that a method's spans copy their names, as every span did before.
-static SHARED_SPAN_NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+/// The names kept for the life of the process, and their bytes. OpenTelemetry takes a
+/// span's name as a `Cow<'static, str>` and an attribute value as a [`StringValue`], which
+/// is either `'static` (copied for free) or reference-counted (an atomic increment and
+/// decrement per copy, on a line that every worker's calls touch): a name that every call
+/// shares, rather than one counted or copied per call, must live as long as the process.
+/// Only the names some table has interned, and the targets handles record, are kept, once
+/// per process whatever the number of handles naming them, and at most
+/// [`MAX_SHARED_BYTES`] of them (about 2 MiB); past that a method's spans copy their names
+/// and its metrics count theirs, as every call did before.
+static SHARED_NAMES: Mutex<Option<(HashSet<&'static str>, usize)>> = Mutex::new(None);
 
-/// `names` as names kept for the process, or `None` when there is no room for them.
-fn shared_span_names(names: [String; 3]) -> Option<[&'static str; 3]> {
-    let mut kept = SHARED_SPAN_NAMES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let kept = kept.get_or_insert_with(HashSet::new);
-    let missing = names.iter().filter(|n| !kept.contains(n.as_str())).count();
-    if kept.len() + missing > MAX_SHARED_SPAN_NAMES {
+/// `names` as names kept for the process, or `None` when there is no room for them all.
+fn shared_names<const N: usize>(names: [String; N]) -> Option<[&'static str; N]> {
+    let mut kept = SHARED_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    let kept = kept.get_or_insert_with(|| (HashSet::new(), 0));
+    keep(kept, names, MAX_SHARED_BYTES)
+}
+
+/// `names` out of `kept` (the names and their bytes), the missing ones leaked into it if
+/// that keeps it within `max` bytes; `None` (and nothing kept) otherwise.
+fn keep<const N: usize>(
+    (kept, bytes): &mut (HashSet<&'static str>, usize),
+    names: [String; N],
+    max: usize,
+) -> Option<[&'static str; N]> {
+    let mut missing: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !kept.contains(n))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if *bytes + missing.iter().map(|n| n.len()).sum::<usize>() > max {
         return None;
     }
     Some(names.map(|name| match kept.get(name.as_str()) {
         Some(&shared) => shared,
         None => {
+            *bytes += name.len();
             let shared: &'static str = Box::leak(name.into_boxed_str());
             kept.insert(shared);
             shared
         }
     }))
 }
+
+/// `name` as a name kept for the process (a handle's `grpc.target`), if it is at most
+/// [`MAX_SHARED_NAME_LEN`] bytes and there is room.
+pub(crate) fn shared_name(name: &str) -> Option<&'static str> {
+    if name.len() > MAX_SHARED_NAME_LEN {
+        return None;
+    }
+    shared_names([name.to_owned()]).map(|[name]| name)
+}
+
+/// A longer target is never kept shared.
+const MAX_SHARED_NAME_LEN: usize = 1024;
 
 /// The interned names: read lock-free, copied on the rare insert (a copy clones `Arc`s, not
 /// strings).
@@ -248,7 +306,7 @@ impl MethodNames {
             Arc::new(more)
         });
         if there {
-            info.share_span_names();
+            info.share_names();
         }
         there
     }
@@ -295,6 +353,57 @@ mod tests {
         );
         let known = names.get("helloworld.Greeter/SayHello").unwrap();
         assert!(known.named, "known names stay");
+    }
+
+    #[test]
+    fn tables_share_one_process_wide_copy_of_an_interned_name() {
+        let (a, b) = (MethodNames::default(), MethodNames::default());
+        let full = "shared.Names/Method";
+        let (a, b) = (a.get(full).unwrap(), b.get(full).unwrap());
+        assert!(
+            !Arc::ptr_eq(&a.info, &b.info),
+            "each table has its own entry"
+        );
+        let (va, vb) = (a.info.metric_value(), b.info.metric_value());
+        assert_eq!(va.as_str(), full);
+        assert_eq!(
+            va.as_str().as_ptr(),
+            vb.as_str().as_ptr(),
+            "one process-wide copy of the grpc.method value"
+        );
+        let target = shared_name("xds:///shared-names").unwrap();
+        assert_eq!(
+            target.as_ptr(),
+            shared_name("xds:///shared-names").unwrap().as_ptr()
+        );
+        assert!(shared_name(&"t".repeat(MAX_SHARED_NAME_LEN + 1)).is_none());
+    }
+
+    #[test]
+    fn the_kept_names_stay_within_their_bytes() {
+        let mut kept = (HashSet::new(), 0);
+        let [a, b] = keep(&mut kept, ["aaaa".into(), "bbbb".into()], 10).unwrap();
+        assert_eq!((a, b, kept.1), ("aaaa", "bbbb", 8));
+        assert_eq!(
+            keep(&mut kept, ["aaaa".into()], 10).unwrap()[0].as_ptr(),
+            a.as_ptr(),
+            "a name kept is not kept again"
+        );
+        assert!(
+            keep(&mut kept, ["cc".into(), "ddd".into()], 10).is_none(),
+            "all or nothing"
+        );
+        assert_eq!(
+            (kept.0.len(), kept.1),
+            (2, 8),
+            "nothing kept past the budget"
+        );
+        let [c, c2] = keep(&mut kept, ["cc".into(), "cc".into()], 10).unwrap();
+        assert_eq!(
+            (c.as_ptr(), kept.1),
+            (c2.as_ptr(), 10),
+            "a name twice is kept once"
+        );
     }
 
     #[test]

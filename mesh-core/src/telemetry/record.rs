@@ -26,6 +26,9 @@ pub(crate) struct CallContext {
     pub(crate) attempts: AtomicU32,
     /// What the call is (so attempts need not work it out again).
     pub(crate) rpc: Rpc,
+    /// The handle the call records through; its attempts' records share it (and `rpc`)
+    /// through this context when they record through the same handle.
+    pub(crate) telemetry: Telemetry,
 }
 
 /// Which layer a record belongs to.
@@ -146,35 +149,51 @@ where
     }
 }
 
+/// What a [`Record`] records through and about.
+pub(crate) enum Subject {
+    /// A call, or an attempt of a call recording through the call's handle: the call's
+    /// context holds both, so the records of a call and its attempts share one per-call
+    /// reference count instead of each taking one on the handle and the method name, which
+    /// every worker's calls share.
+    Call(Arc<CallContext>),
+    /// A server request, or an attempt recording on its own.
+    Own { telemetry: Telemetry, rpc: Rpc },
+}
+
+impl Subject {
+    pub(crate) fn telemetry(&self) -> &Telemetry {
+        match self {
+            Subject::Call(call) => &call.telemetry,
+            Subject::Own { telemetry, .. } => telemetry,
+        }
+    }
+
+    pub(crate) fn rpc(&self) -> &Rpc {
+        match self {
+            Subject::Call(call) => &call.rpc,
+            Subject::Own { rpc, .. } => rpc,
+        }
+    }
+}
+
 /// The state of one call, attempt or server request until it ends; ends it on drop
 /// (as cancelled) if nothing ended it before.
 pub(crate) struct Record {
     side: Side,
-    telemetry: Telemetry,
-    rpc: Rpc,
+    subject: Subject,
     start: Instant,
     cx: Option<Context>,
-    /// A call's context, whose attempt count the call's end records.
-    call: Option<Arc<CallContext>>,
     http_status: Option<http::StatusCode>,
     done: bool,
 }
 
 impl Record {
-    pub(crate) fn new(
-        side: Side,
-        telemetry: Telemetry,
-        rpc: Rpc,
-        cx: Option<Context>,
-        call: Option<Arc<CallContext>>,
-    ) -> Self {
+    pub(crate) fn new(side: Side, subject: Subject, cx: Option<Context>) -> Self {
         Self {
             side,
-            telemetry,
-            rpc,
+            subject,
             start: Instant::now(),
             cx,
-            call,
             http_status: None,
             done: false,
         }
@@ -182,7 +201,7 @@ impl Record {
 
     /// The handle the record records through.
     pub(crate) fn telemetry(&self) -> &Telemetry {
-        &self.telemetry
+        self.subject.telemetry()
     }
 
     /// The span's context, when it is recorded.
@@ -200,7 +219,7 @@ impl Record {
                 i64::from(status.as_u16()),
             ));
         }
-        if self.rpc.is_grpc() {
+        if self.subject.rpc().is_grpc() {
             if let Some(code) = rsp
                 .headers()
                 .get(&GRPC_STATUS)
@@ -231,9 +250,10 @@ impl Record {
         }
         self.done = true;
         let seconds = self.start.elapsed().as_secs_f64();
-        let ins = self.telemetry.instruments();
+        let (telemetry, rpc) = (self.subject.telemetry(), self.subject.rpc());
+        let ins = telemetry.instruments();
         let span = self.cx.take();
-        match &self.rpc {
+        match rpc {
             Rpc::Grpc { .. } => {
                 let code = match outcome {
                     Outcome::Grpc(code) => code,
@@ -245,9 +265,9 @@ impl Record {
                 let status = KeyValue::new("grpc.status", status_name(code));
                 match self.side {
                     Side::Call => {
-                        let attrs = [self.rpc.method_kv(), self.telemetry.target_kv(), status];
+                        let attrs = [rpc.method_kv(), telemetry.target_kv(), status];
                         ins.client_call_duration.record(seconds, &attrs);
-                        if let Some(call) = &self.call {
+                        if let Subject::Call(call) = &self.subject {
                             let n = call.attempts.load(Ordering::Relaxed);
                             if n > 0 {
                                 ins.client_call_retries
@@ -256,13 +276,13 @@ impl Record {
                         }
                     }
                     Side::Attempt => {
-                        let attrs = [self.rpc.method_kv(), self.telemetry.target_kv(), status];
+                        let attrs = [rpc.method_kv(), telemetry.target_kv(), status];
                         ins.client_attempt_duration.record(seconds, &attrs);
                     }
                     Side::Server => {
-                        let attrs = [self.rpc.method_kv(), status];
+                        let attrs = [rpc.method_kv(), status];
                         ins.server_call_duration.record(seconds, &attrs);
-                        self.telemetry.learn_server_method(&self.rpc, code);
+                        telemetry.learn_server_method(rpc, code);
                     }
                 }
                 if let Some(cx) = span {
@@ -288,7 +308,7 @@ impl Record {
                 let failed = error.is_some()
                     || code.is_some_and(|c| c >= if self.side == Side::Server { 500 } else { 400 });
                 let mut attrs = Vec::with_capacity(3);
-                attrs.push(self.rpc.method_kv());
+                attrs.push(rpc.method_kv());
                 if let Some(c) = code {
                     attrs.push(KeyValue::new("http.response.status_code", i64::from(c)));
                 }
@@ -347,7 +367,7 @@ impl std::fmt::Debug for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Record")
             .field("side", &self.side)
-            .field("rpc", &self.rpc)
+            .field("rpc", self.subject.rpc())
             .finish_non_exhaustive()
     }
 }

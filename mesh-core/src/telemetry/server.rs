@@ -11,7 +11,7 @@ use tower::{BoxError, Layer, Service};
 
 use super::body::finish_head;
 use super::names::SpanPrefix;
-use super::record::{Record, Side, start_span};
+use super::record::{Record, Side, Subject, start_span};
 use super::{PEER_SPIFFE_ID, Rpc, Telemetry, TelemetryBody, propagation};
 use crate::identity::PeerIdentity;
 use crate::inbound::ConnectionInfo;
@@ -161,7 +161,14 @@ where
             let _current = run.clone().map(Context::attach);
             self.inner.call(req)
         };
-        let record = Record::new(Side::Server, self.telemetry.clone(), rpc, span, None);
+        let record = Record::new(
+            Side::Server,
+            Subject::Own {
+                telemetry: self.telemetry.clone(),
+                rpc,
+            },
+            span,
+        );
         ServerFuture {
             inner,
             cx: run,

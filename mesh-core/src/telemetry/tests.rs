@@ -260,6 +260,21 @@ fn retried_client(
         Error = tower::BoxError,
     >,
 ) {
+    retried_client_through(telemetry.clone(), telemetry)
+}
+
+/// [`retried_client`] whose call and attempts record through handles of their own.
+fn retried_client_through(
+    call: Telemetry,
+    attempt: Telemetry,
+) -> (
+    SentHeaders,
+    impl Service<
+        http::Request<Full<Bytes>>,
+        Response = http::Response<impl http_body::Body<Error = impl std::fmt::Debug>>,
+        Error = tower::BoxError,
+    >,
+) {
     let seen = SentHeaders::default();
     let log = seen.clone();
     let endpoint = service_fn(move |req: http::Request<RetryBody<Full<Bytes>>>| {
@@ -268,9 +283,56 @@ fn retried_client(
         let fail = log.len() == 1;
         async move { Ok::<_, std::convert::Infallible>(grpc_response(fail.then_some(14))) }
     });
-    let stack = AttemptLayer::new(telemetry.clone()).layer(endpoint);
+    let stack = AttemptLayer::new(attempt).layer(endpoint);
     let stack = RetryLayer::new().seed(1).layer(stack);
-    (seen, CallLayer::new(telemetry).layer(stack))
+    (seen, CallLayer::new(call).layer(stack))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_and_its_attempts_record_through_their_own_handles() {
+    let calls = Sdk::new();
+    let mut attempts = Sdk::new();
+    attempts.telemetry = attempts.telemetry.clone().with_target("xds:///attempts");
+    let (_, mut client) =
+        retried_client_through(calls.telemetry.clone(), attempts.telemetry.clone());
+
+    let rsp = send(&mut client).await;
+    rsp.into_body().collect().await.unwrap();
+
+    let started = attempts.metric("grpc.client.attempt.started");
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].value, 2.0);
+    assert_eq!(started[0].attrs["grpc.target"], "xds:///attempts");
+    let durations = attempts.metric("grpc.client.attempt.duration");
+    assert_eq!(durations.len(), 2, "{durations:?}");
+    assert!(
+        durations
+            .iter()
+            .all(|p| p.attrs["grpc.target"] == "xds:///attempts"
+                && p.attrs["grpc.method"] == "helloworld.Greeter/SayHello")
+    );
+    assert!(attempts.metric("grpc.client.call.duration").is_empty());
+    assert!(calls.metric("grpc.client.attempt.started").is_empty());
+    assert!(calls.metric("grpc.client.attempt.duration").is_empty());
+    let call = calls.metric("grpc.client.call.duration");
+    assert_eq!(call.len(), 1);
+    assert_eq!(call[0].attrs["grpc.target"], "xds:///greeter");
+    let retries = calls.metric("grpc.client.call.retries");
+    assert_eq!((retries[0].value, retries[0].sum), (1.0, 1.0));
+
+    // Each handle's tracer made its own spans; the attempts are still the call's children.
+    let call_span = calls.spans();
+    let [call_span] = call_span.as_slice() else {
+        panic!("one call span: {call_span:#?}");
+    };
+    let attempt_spans = attempts.spans();
+    assert_eq!(attempt_spans.len(), 2, "{attempt_spans:#?}");
+    assert!(
+        attempt_spans
+            .iter()
+            .all(|a| a.name == "Attempt.helloworld.Greeter.SayHello"
+                && a.parent_span_id == call_span.span_context.span_id())
+    );
 }
 
 #[tokio::test(start_paused = true)]
