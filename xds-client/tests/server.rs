@@ -677,3 +677,51 @@ except grpc.FutureTimeoutError:
     let kinds: Vec<_> = server.requests().iter().map(|r| r.kind).collect();
     assert!(!kinds.contains(&RequestKind::Invalid), "{kinds:?}");
 }
+
+/// A client that stops reading while the snapshot keeps changing holds at most a bounded
+/// queue on the server: once it has left more than the bound unread (64 MiB here, in 1 MiB
+/// responses), its stream ends with `RESOURCE_EXHAUSTED`, which it reads after whatever
+/// was already on its way.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_ended_once_it_leaves_too_much_unread() {
+    let server = XdsTestServer::start().await.unwrap();
+    let mut s = AdsStream::open(&server).await;
+    s.send(type_url::CLUSTER, &[], "", "");
+    within(s.responses.message())
+        .await
+        .unwrap()
+        .expect("the first response");
+    let padding = "x".repeat(1 << 20);
+    let pushes = 80;
+    for i in 0..pushes {
+        server.set_snapshot(Snapshot::new().cluster(Cluster {
+            name: format!("c{i}"),
+            alt_stat_name: padding.clone(),
+            ..Default::default()
+        }));
+    }
+    let mut read = 0;
+    let status = loop {
+        match within(s.responses.message()).await {
+            Ok(Some(_)) => read += 1,
+            Ok(None) => panic!("the stream ended without a status after {read} responses"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("unread"), "{status:?}");
+    assert!(
+        read < pushes - 8,
+        "the queued responses were dropped: read {read}"
+    );
+    // The server forgot the stream; the client may reconnect and is sent the current state.
+    within(server.wait_for_streams(0)).await;
+    let mut again = AdsStream::open(&server).await;
+    again.send(type_url::CLUSTER, &[], "", "");
+    let current = within(again.responses.message()).await.unwrap().unwrap();
+    assert_eq!(current.resources.len(), 1);
+    assert_eq!(
+        resource_name(&current.resources[0]).as_deref(),
+        Some(format!("c{}", pushes - 1).as_str())
+    );
+}

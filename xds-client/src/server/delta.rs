@@ -31,9 +31,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::protobuf::Any;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tonic::Status;
 
+use super::outbox::{Inbox, Outbox, outbox};
 use super::record::{RecordedRequest, RequestKind, SentResponse, Subscription, push_rank};
 use super::snapshot::Snapshot;
 use super::type_url;
@@ -46,9 +47,9 @@ pub(crate) const MAX_TYPES: usize = 32;
 /// server hold (each name counts one byte more than its length).
 pub(crate) const MAX_NAME_BYTES: usize = 16 << 20;
 
-// Unbounded for the reason SotW's is: a push never waits on a client under the lock.
-pub(crate) type DeltaOutbound = mpsc::UnboundedSender<Result<DeltaDiscoveryResponse, Status>>;
-pub(crate) type DeltaOutboundRx = mpsc::UnboundedReceiver<Result<DeltaDiscoveryResponse, Status>>;
+// Bounded as SotW's is (see `outbox`): a push never waits on a client under the lock.
+pub(crate) type DeltaOutbound = Outbox<DeltaDiscoveryResponse>;
+pub(crate) type DeltaOutboundRx = Inbox<DeltaDiscoveryResponse>;
 
 /// What a stream holds of one name, as far as the server told it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,7 +125,7 @@ impl DeltaStreams {
                 "the xDS test server holds at most {MAX_STREAMS} delta streams"
             )));
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = outbox();
         let (close_tx, close_rx) = oneshot::channel();
         self.streams.insert(
             id,
@@ -146,7 +147,7 @@ impl DeltaStreams {
     pub(crate) fn end(&mut self, id: u64, status: Status) -> bool {
         match self.streams.remove(&id) {
             Some(stream) => {
-                let _ = stream.tx.send(Err(status));
+                stream.tx.end(status);
                 true
             }
             None => false,
@@ -157,7 +158,7 @@ impl DeltaStreams {
         let streams = std::mem::take(&mut self.streams);
         for stream in streams.values() {
             // A failed send means the client is already gone.
-            let _ = stream.tx.send(Err(status()));
+            stream.tx.end(status());
         }
         streams.len()
     }
@@ -430,8 +431,7 @@ fn send(
         },
         response.clone(),
     ));
-    // A failed send means the client is gone; its reader task removes the stream.
-    let _ = stream.tx.send(Ok(response));
+    stream.tx.send(response);
 }
 
 #[cfg(test)]

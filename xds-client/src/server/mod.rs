@@ -24,8 +24,15 @@
 //! changed: resources the stream gained or whose version changed, and in
 //! `removed_resources` those deleted while it held them and subscribed names that do not
 //! exist. It honours `initial_resource_versions` on a new stream, `"*"` and the legacy
-//! wildcard, and nonces, ACKs and NACKs as SotW does; what one client can make it hold is
-//! bounded (1024 delta streams, 32 types and 16 MiB of names per stream).
+//! wildcard, and nonces, ACKs and NACKs as SotW does.
+//!
+//! What clients can make it hold is bounded, on both kinds of stream: 1024 streams of each
+//! kind, 32 type URLs and 16 MiB of subscribed names per stream (past that the stream ends
+//! with `RESOURCE_EXHAUSTED`); a client that leaves more than 4096 responses or 64 MiB
+//! unread (it stopped reading while the snapshot kept changing) has its stream ended with
+//! `RESOURCE_EXHAUSTED` and what was queued dropped (it reconnects and is sent the current
+//! state); the record keeps the newest 10,000 requests and responses, and at most 64 MiB of
+//! each.
 //!
 //! Everything it receives is recorded ([`XdsTestServer::requests`]) and can be awaited
 //! without sleeping ([`XdsTestServer::wait_for`], [`wait_for_ack`], [`wait_for_nack`],
@@ -65,6 +72,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub mod build;
 mod delta;
+mod outbox;
 mod record;
 mod snapshot;
 mod state;
@@ -492,16 +500,7 @@ impl AggregatedDiscoveryService for Ads {
 }
 
 /// How the state opens a stream whose responses are `T`s.
-type Open<T> = fn(
-    &mut State,
-) -> Result<
-    (
-        u64,
-        tokio::sync::mpsc::UnboundedReceiver<Result<T, Status>>,
-        oneshot::Receiver<()>,
-    ),
-    Status,
->;
+type Open<T> = fn(&mut State) -> Result<(u64, outbox::Inbox<T>, oneshot::Receiver<()>), Status>;
 
 impl Ads {
     /// Opens a stream (SotW or delta) and feeds its requests to `handle` in a task.
@@ -566,7 +565,7 @@ async fn read_requests<M>(
 
 /// One stream's responses (SotW or delta), as tonic sends them.
 struct ResponseStream<T> {
-    rx: tokio::sync::mpsc::UnboundedReceiver<Result<T, Status>>,
+    rx: outbox::Inbox<T>,
     _guard: StreamGuard,
 }
 
@@ -574,7 +573,7 @@ impl<T> Stream for ResponseStream<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        Pin::new(&mut self.rx).poll_next(cx)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The server's protocol state: the snapshot, every open stream's subscriptions, versions
 //! and nonces, and the record of requests and responses. No I/O: responses go into each
-//! stream's unbounded channel, so every decision is made (and tested) synchronously under
-//! one lock.
+//! stream's queue without waiting (bounded by what its client leaves unread, see
+//! `outbox`), so every decision is made (and tested) synchronously under one lock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -9,18 +9,20 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::Any;
-use tokio::sync::{mpsc, oneshot};
+use prost::Message as _;
+use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::delta::{DeltaOutboundRx, DeltaStreams};
+use super::outbox::{Inbox, Outbox, outbox};
 use super::record::{RecordedRequest, RequestKind, SentResponse, Subscription, push_rank};
 use super::snapshot::Snapshot;
 use super::type_url;
 
-// Unbounded so that a push never waits on a slow client while the state is locked; a test
-// client that never reads only grows this queue.
-pub(crate) type Outbound = mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>;
-pub(crate) type OutboundRx = mpsc::UnboundedReceiver<Result<DiscoveryResponse, Status>>;
+// A push never waits on a slow client while the state is locked; a client that leaves too
+// much unread has its stream ended (see `outbox`).
+pub(crate) type Outbound = Outbox<DiscoveryResponse>;
+pub(crate) type OutboundRx = Inbox<DiscoveryResponse>;
 
 struct StreamState {
     tx: Outbound,
@@ -39,10 +41,21 @@ struct TypeState {
     /// What the stream was last sent for this type; `None` before the first response and
     /// after a `push_raw`, so the next evaluation resends the real state.
     last_sent: Option<BTreeMap<String, Any>>,
+    /// Bytes of `sub.names` counted against [`MAX_NAME_BYTES`].
+    name_bytes: usize,
 }
 
 /// The most requests (and, apart, responses) the server keeps a record of, the newest.
 pub(crate) const MAX_RECORDED: usize = 10_000;
+/// The most bytes (encoded) of requests, and apart of responses, the record keeps: a
+/// long-running server pushing large snapshots would otherwise hold [`MAX_RECORDED`] of
+/// them.
+pub(crate) const MAX_RECORDED_BYTES: usize = 64 << 20;
+/// The most type URLs one SotW stream may request.
+pub(crate) const MAX_TYPES: usize = super::delta::MAX_TYPES;
+/// The most bytes of subscribed names one SotW stream may make the server hold (each name
+/// counts one byte more than its length).
+pub(crate) const MAX_NAME_BYTES: usize = super::delta::MAX_NAME_BYTES;
 
 #[derive(Default)]
 pub(crate) struct State {
@@ -53,10 +66,62 @@ pub(crate) struct State {
     total_streams: u64,
     requests: Vec<RecordedRequest>,
     responses: Vec<SentResponse>,
+    /// The bytes of `requests[..requests_counted]` (see [`trim`]).
+    requests_bytes: usize,
+    requests_counted: usize,
+    /// The bytes of `responses[..responses_counted]`.
+    responses_bytes: usize,
+    responses_counted: usize,
     delta: DeltaStreams,
     shutting_down: bool,
     /// Per type URL, how many NACKs `wait_for_nack` has already handed out.
     pub(crate) nacks_taken: HashMap<String, usize>,
+}
+
+/// Keeps a record (`log`) within [`MAX_RECORDED`] entries and [`MAX_RECORDED_BYTES`]:
+/// past twice either, the oldest entries are dropped (each handed to `dropped`) until both
+/// hold again, the newest entry always kept. Amortised: an entry's size is taken once when
+/// it is first counted (`bytes` is the size of `log[..counted]`) and once when dropped.
+fn trim<T>(
+    log: &mut Vec<T>,
+    bytes: &mut usize,
+    counted: &mut usize,
+    size: impl Fn(&T) -> usize,
+    dropped: impl FnMut(&T),
+) {
+    trim_to(
+        (MAX_RECORDED, MAX_RECORDED_BYTES),
+        log,
+        bytes,
+        counted,
+        size,
+        dropped,
+    );
+}
+
+/// [`trim`] to `max` entries and bytes.
+pub(super) fn trim_to<T>(
+    (max, max_bytes): (usize, usize),
+    log: &mut Vec<T>,
+    bytes: &mut usize,
+    counted: &mut usize,
+    size: impl Fn(&T) -> usize,
+    mut dropped: impl FnMut(&T),
+) {
+    *bytes += log[*counted..].iter().map(&size).sum::<usize>();
+    *counted = log.len();
+    if log.len() <= 2 * max && *bytes <= 2 * max_bytes {
+        return;
+    }
+    let mut excess = 0;
+    while excess + 1 < log.len() && (log.len() - excess > max || *bytes > max_bytes) {
+        *bytes -= size(&log[excess]);
+        excess += 1;
+    }
+    for old in log.drain(..excess) {
+        dropped(&old);
+    }
+    *counted = log.len();
 }
 
 /// LDS and CDS responses carry every subscribed resource that exists; a missing one is
@@ -72,7 +137,13 @@ impl State {
         if self.shutting_down {
             return Err(Status::unavailable("the xDS test server is shutting down"));
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        if self.streams.len() >= super::delta::MAX_STREAMS {
+            return Err(Status::resource_exhausted(format!(
+                "the xDS test server holds at most {} SotW streams",
+                super::delta::MAX_STREAMS
+            )));
+        }
+        let (tx, rx) = outbox();
         let (close_tx, close_rx) = oneshot::channel();
         self.next_stream_id += 1;
         self.total_streams += 1;
@@ -112,7 +183,7 @@ impl State {
     /// Ends stream `id` with `status`.
     pub(crate) fn end_stream(&mut self, id: u64, status: Status) {
         if let Some(stream) = self.streams.remove(&id) {
-            let _ = stream.tx.send(Err(status));
+            stream.tx.end(status);
         } else {
             self.delta.end(id, status);
         }
@@ -123,7 +194,7 @@ impl State {
         let streams = std::mem::take(&mut self.streams);
         for stream in streams.values() {
             // A failed send means the client is already gone.
-            let _ = stream.tx.send(Err(status()));
+            stream.tx.end(status());
         }
         streams.len() + self.delta.close_all(&status)
     }
@@ -209,20 +280,27 @@ impl State {
     /// dropped down to [`MAX_RECORDED`] (amortised), and the NACKs `wait_for_nack` handed
     /// out among them are forgotten with them.
     fn trim_records(&mut self) {
-        if self.requests.len() > 2 * MAX_RECORDED {
-            let excess = self.requests.len() - MAX_RECORDED;
-            for old in self.requests.drain(..excess) {
+        let nacks_taken = &mut self.nacks_taken;
+        trim(
+            &mut self.requests,
+            &mut self.requests_bytes,
+            &mut self.requests_counted,
+            |r| r.request.encoded_len() + r.delta.as_ref().map_or(0, |d| d.encoded_len()),
+            |old| {
                 if old.kind == RequestKind::Nack
-                    && let Some(taken) = self.nacks_taken.get_mut(&old.request.type_url)
+                    && let Some(taken) = nacks_taken.get_mut(&old.request.type_url)
                 {
                     *taken = taken.saturating_sub(1);
                 }
-            }
-        }
-        if self.responses.len() > 2 * MAX_RECORDED {
-            let excess = self.responses.len() - MAX_RECORDED;
-            self.responses.drain(..excess);
-        }
+            },
+        );
+        trim(
+            &mut self.responses,
+            &mut self.responses_bytes,
+            &mut self.responses_counted,
+            |r| r.response.encoded_len() + r.delta.as_ref().map_or(0, |d| d.encoded_len()),
+            |_| {},
+        );
     }
 
     fn handle(&mut self, id: u64, request: DiscoveryRequest) -> Result<(), Status> {
@@ -249,6 +327,15 @@ impl State {
             ));
         }
         let type_url = request.type_url.clone();
+        if let Some(refused) = over_bounds(stream, &request) {
+            requests.push(RecordedRequest {
+                stream_id: id,
+                kind: RequestKind::Invalid,
+                request,
+                delta: None,
+            });
+            return Err(refused);
+        }
         let ts = stream.types.entry(type_url.clone()).or_default();
         let first = !ts.requested;
         let kind = if ts.last_nonce.as_deref() == Some(request.response_nonce.as_str()) {
@@ -275,6 +362,7 @@ impl State {
 
         ts.requested = true;
         let added = update_subscription(&mut ts.sub, &names, first, is_full_state(&type_url));
+        ts.name_bytes = name_bytes(&ts.sub.names);
         if let Some(sent) = &mut ts.last_sent {
             // The client forgets what it unsubscribed from; so do we, so that a later
             // change elsewhere does not look like a change for this stream.
@@ -377,10 +465,37 @@ impl State {
                 response: response.clone(),
                 delta: None,
             });
-            let _ = stream.tx.send(Ok(response));
+            stream.tx.send(response);
         }
         streams.len()
     }
+}
+
+/// Why `request` would make `stream` hold more than a stream may ([`MAX_TYPES`] type URLs,
+/// [`MAX_NAME_BYTES`] of names), if it would: the stream then ends with that status.
+fn over_bounds(stream: &StreamState, request: &DiscoveryRequest) -> Option<Status> {
+    let known = stream.types.contains_key(&request.type_url);
+    if !known && stream.types.len() >= MAX_TYPES {
+        return Some(Status::resource_exhausted(format!(
+            "a stream may request at most {MAX_TYPES} type URLs"
+        )));
+    }
+    // A SotW request replaces its type's names: count the others' and this one's.
+    let others: usize = stream
+        .types
+        .iter()
+        .filter(|(url, _)| **url != request.type_url)
+        .map(|(_, ts)| ts.name_bytes)
+        .sum();
+    (others + name_bytes(&request.resource_names) > MAX_NAME_BYTES).then(|| {
+        Status::resource_exhausted(format!(
+            "a stream may subscribe to at most {MAX_NAME_BYTES} bytes of names"
+        ))
+    })
+}
+
+fn name_bytes<'a>(names: impl IntoIterator<Item = &'a String>) -> usize {
+    names.into_iter().map(|n| n.len() + 1).sum()
 }
 
 /// Applies the names of a request to `sub`; returns whether it now covers something it did
@@ -453,6 +568,5 @@ fn send(
         response: response.clone(),
         delta: None,
     });
-    // A failed send means the client is gone; its reader task removes the stream.
-    let _ = stream.tx.send(Ok(response));
+    stream.tx.send(response);
 }

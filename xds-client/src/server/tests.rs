@@ -705,3 +705,89 @@ fn the_record_of_requests_and_responses_is_bounded() {
     assert_eq!(state.nacks_taken[type_url::LISTENER], 0);
     assert!(state.responses().len() <= 2 * MAX_RECORDED);
 }
+
+#[test]
+fn sotw_streams_are_refused_past_the_bound() {
+    let mut state = State::default();
+    let streams: Vec<Stream> = (0..delta::MAX_STREAMS).map(|_| open(&mut state)).collect();
+    let err = state.open_stream().expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(state.total_streams(), delta::MAX_STREAMS as u64);
+    state.remove_stream(streams[0].id);
+    assert!(state.open_stream().is_ok(), "room again once one is gone");
+}
+
+#[test]
+fn a_sotw_stream_past_its_types_or_names_is_ended() {
+    let mut state = State::default();
+    let s = open(&mut state);
+    for i in 0..state::MAX_TYPES {
+        let url = format!("type.example/T{i}");
+        send(&mut state, &s, request(&url, &["a"], "", ""));
+    }
+    let err = state
+        .handle_request(s.id, request("type.example/OneTooMany", &["a"], "", ""))
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(state.requests().last().unwrap().kind, RequestKind::Invalid);
+
+    let s = open(&mut state);
+    let long = "n".repeat(1 << 20);
+    let names: Vec<String> = (0..15).map(|i| format!("{i}{long}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    send(&mut state, &s, request(type_url::CLUSTER, &names, "", ""));
+    // Replacing a type's names counts the new list, not both.
+    send(&mut state, &s, request(type_url::CLUSTER, &names, "", "1"));
+    let err = state
+        .handle_request(s.id, request(type_url::LISTENER, &names[..2], "", ""))
+        .expect_err("past the name bytes");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(err.message().contains("bytes of names"), "{err:?}");
+}
+
+#[test]
+fn a_client_that_leaves_responses_unread_has_its_stream_ended() {
+    let mut state = State::default();
+    let mut s = open(&mut state);
+    send(&mut state, &s, request(type_url::CLUSTER, &[], "", ""));
+    s.expect();
+    for i in 0..=outbox::MAX_UNREAD_RESPONSES {
+        state.apply_snapshot(Snapshot::new().cluster(cluster(&format!("c{i}"))));
+    }
+    let end = s.rx.try_recv().unwrap().unwrap_err();
+    assert_eq!(end.code(), tonic::Code::ResourceExhausted);
+    assert!(s.rx.try_recv().is_err(), "what was queued is dropped");
+}
+
+#[test]
+fn the_record_is_bounded_in_entries_and_bytes() {
+    let (mut log, mut bytes, mut counted) = (Vec::new(), 0, 0);
+    let mut dropped = Vec::new();
+    let mut add = |log: &mut Vec<usize>, size: usize, dropped: &mut Vec<usize>| {
+        log.push(size);
+        state::trim_to(
+            (4, 100),
+            log,
+            &mut bytes,
+            &mut counted,
+            |s| *s,
+            |s| dropped.push(*s),
+        );
+    };
+    for _ in 0..8 {
+        add(&mut log, 1, &mut dropped);
+    }
+    assert_eq!(
+        (log.len(), dropped.len()),
+        (8, 0),
+        "trimmed past twice the bound"
+    );
+    add(&mut log, 1, &mut dropped);
+    assert_eq!((log.len(), dropped.len()), (4, 5), "down to the bound");
+    add(&mut log, 150, &mut dropped);
+    assert_eq!(log.len(), 5, "150 bytes of 200 allowed before trimming");
+    add(&mut log, 60, &mut dropped);
+    assert_eq!(log, [60], "down to 100 bytes, the newest kept");
+    add(&mut log, 500, &mut dropped);
+    assert_eq!(log, [500], "an entry larger than the bound is the one kept");
+}
