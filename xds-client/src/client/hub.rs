@@ -61,10 +61,15 @@ struct Watcher {
 }
 
 struct Target {
+    /// The target's own key, shared with the [`Hub::dependents`] of what it needs.
+    key: TargetKey,
     tx: watch::Sender<TargetState>,
     count: usize,
     needs: BTreeSet<ResourceKey>,
 }
+
+/// A target: its kind and name, shared between the target and the dependents index.
+type TargetKey = Arc<(String, String)>;
 
 pub(super) struct Hub {
     commands: mpsc::UnboundedReceiver<Command>,
@@ -78,6 +83,10 @@ pub(super) struct Hub {
     targets: HashMap<(String, String), Target>,
     /// Holders of each subscription: resource watches and targets that need it.
     subscriptions: HashMap<ResourceKey, usize>,
+    /// The targets that need each resource (the reverse of their `needs`), so that an
+    /// update of U resources walks the targets it touches after U lookups, not U times
+    /// every target (a client of 1,000 targets receiving a push of 1,000 clusters).
+    dependents: HashMap<ResourceKey, HashSet<TargetKey>>,
     /// What the groups' metrics count together.
     metric_totals: Arc<ClientTotals>,
     /// Target walks so far.
@@ -226,6 +235,7 @@ impl Hub {
             watchers: HashMap::new(),
             targets: HashMap::new(),
             subscriptions: HashMap::new(),
+            dependents: HashMap::new(),
             metric_totals: Arc::default(),
             #[cfg(test)]
             walks: 0,
@@ -355,9 +365,9 @@ impl Hub {
         let mut affected: Vec<(String, String)> = Vec::new();
         let mut queued: HashSet<(String, String)> = HashSet::new();
         for (key, state) in updates {
-            for (target, t) in &self.targets {
-                if t.needs.contains(&key) && queued.insert(target.clone()) {
-                    affected.push(target.clone());
+            for target in self.dependents.get(&key).into_iter().flatten() {
+                if queued.insert((**target).clone()) {
+                    affected.push((**target).clone());
                 }
             }
             if let Some(w) = self.watchers.get(&key) {
@@ -424,6 +434,7 @@ impl Hub {
             return;
         };
         let old = std::mem::replace(&mut target.needs, resolution.needs.clone());
+        let target_key = target.key.clone();
         let state = match resolution.state {
             Ok(Some(config)) => {
                 let unchanged =
@@ -443,10 +454,25 @@ impl Hub {
             });
         }
         for added in resolution.needs.difference(&old) {
+            self.dependents
+                .entry(added.clone())
+                .or_default()
+                .insert(target_key.clone());
             self.acquire(added);
         }
         for removed in old.difference(&resolution.needs) {
+            self.forget_dependent(removed, &target_key);
             self.release(removed);
+        }
+    }
+
+    /// `target` no longer needs `key`.
+    fn forget_dependent(&mut self, key: &ResourceKey, target: &TargetKey) {
+        if let Some(targets) = self.dependents.get_mut(key) {
+            targets.remove(target);
+            if targets.is_empty() {
+                self.dependents.remove(key);
+            }
         }
     }
 
@@ -513,6 +539,7 @@ impl Hub {
             }
             Command::WatchTarget(key, reply) => {
                 let target = self.targets.entry(key.clone()).or_insert_with(|| Target {
+                    key: Arc::new(key.clone()),
                     tx: watch::channel(TargetState::Pending).0,
                     count: 0,
                     needs: BTreeSet::new(),
@@ -530,6 +557,7 @@ impl Hub {
                         && let Some(target) = self.targets.remove(&key)
                     {
                         for need in &target.needs {
+                            self.forget_dependent(need, &target.key);
                             self.release(need);
                         }
                     }
@@ -730,6 +758,7 @@ mod tests {
             watchers: HashMap::new(),
             targets: HashMap::new(),
             subscriptions: HashMap::new(),
+            dependents: HashMap::new(),
             metric_totals: Arc::default(),
             walks: 0,
         };
@@ -848,6 +877,71 @@ mod tests {
         h.group.hand_over();
         h.hub.drain();
         assert_eq!(watch.borrow().resource(), handed.as_ref());
+    }
+
+    /// An update walks the targets that need what it changed and no other (found through
+    /// the dependents index, not by asking every target); a resource a target stops
+    /// needing, or a target that is gone, leaves the index.
+    #[test]
+    fn an_update_walks_only_the_targets_that_need_it() {
+        let mut h = harness();
+        let watch = |h: &mut Harness, name: &str| {
+            let (tx, mut rx) = oneshot::channel();
+            h.hub
+                .command(Command::WatchTarget((name.into(), name.into()), tx));
+            rx.try_recv().unwrap()
+        };
+        let _a = watch(&mut h, "a");
+        let _b = watch(&mut h, "b");
+        let listeners = |a: &str| {
+            vec![
+                build::pack(&build::api_listener("a", a)),
+                build::pack(&build::api_listener("b", "rcb")),
+            ]
+        };
+        h.respond(ResourceType::Listener, listeners("rca"));
+        let routes = |name: &str| {
+            vec![build::pack(&build::route_config(
+                name,
+                vec![build::virtual_host(
+                    "vh",
+                    ["a", "b"],
+                    vec![build::route_to("", "c")],
+                )],
+            ))]
+        };
+        let before = h.hub.walks;
+        h.respond(ResourceType::RouteConfiguration, routes("rca"));
+        assert_eq!(h.hub.walks - before, 1, "only `a` needs rca");
+        let rc = |name: &str| (ResourceType::RouteConfiguration, name.to_owned());
+        let dependents = |h: &Harness, key: &ResourceKey| -> Vec<String> {
+            let mut names: Vec<String> = h
+                .hub
+                .dependents
+                .get(key)
+                .into_iter()
+                .flatten()
+                .map(|t| t.0.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(dependents(&h, &rc("rca")), ["a"]);
+        assert_eq!(dependents(&h, &rc("rcb")), ["b"]);
+
+        // `a` moves to rcb: rca has no dependent left, rcb has both.
+        h.respond(ResourceType::Listener, listeners("rcb"));
+        assert!(!h.hub.dependents.contains_key(&rc("rca")));
+        assert_eq!(dependents(&h, &rc("rcb")), ["a", "b"]);
+        let before = h.hub.walks;
+        h.respond(ResourceType::RouteConfiguration, routes("rcb"));
+        assert_eq!(h.hub.walks - before, 2, "both need rcb, each walked once");
+
+        for name in ["a", "b"] {
+            h.hub
+                .command(Command::UnwatchTarget((name.into(), name.into())));
+        }
+        assert!(h.hub.dependents.is_empty(), "{:?}", h.hub.dependents.keys());
     }
 
     /// One CDS response that changes 5,000 clusters of a target walks the target once, not
