@@ -268,6 +268,10 @@ pub enum Connection {
     },
 }
 
+/// How long an authority's own servers stay connected once none of their resources is
+/// watched ([`XdsClientBuilder::idle_timeout`]).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Builds an [`XdsClient`] from a bootstrap, with overrides for what the bootstrap does not
 /// say.
 #[derive(Debug)]
@@ -286,6 +290,7 @@ pub struct XdsClientBuilder {
     meter: Option<opentelemetry::metrics::Meter>,
     metrics_target: String,
     fail_static: Option<FailStatic>,
+    idle_timeout: Duration,
 }
 
 impl XdsClientBuilder {
@@ -371,6 +376,16 @@ impl XdsClientBuilder {
         self
     }
 
+    /// How long an authority's own servers (gRFC A47: an authority whose `xds_servers`
+    /// differ from the top-level ones) stay connected once none of their resources is
+    /// watched any more: then the ADS stream closes, and opens again with the next watch.
+    /// The top-level servers stay connected. Default: [`DEFAULT_IDLE_TIMEOUT`] (30 s), so a
+    /// target that moves from one resource to another does not reconnect.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
     /// Start the client's task on the current tokio runtime.
     ///
     /// # Panics
@@ -397,6 +412,7 @@ impl XdsClientBuilder {
             meter,
             metrics_target: self.metrics_target,
             fail_static: self.fail_static,
+            idle_timeout: self.idle_timeout,
             last_error: Arc::new(last_error_tx),
             wake: Arc::new(tokio::sync::Notify::new()),
         };
@@ -478,6 +494,7 @@ impl XdsClient {
             meter: None,
             metrics_target: String::new(),
             fail_static: FailStatic::from_env(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         })
     }
 

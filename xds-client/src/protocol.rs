@@ -1388,6 +1388,11 @@ impl AdsState {
         }
     }
 
+    /// Whether anything is subscribed: a name, or a wildcard.
+    pub fn has_subscriptions(&self) -> bool {
+        self.types.values().any(TypeState::is_subscribed)
+    }
+
     /// Whether some subscribed resource has never been received from a server (nor
     /// declared missing), a value from a snapshot counting as not received: the condition
     /// under which a client falls back to its next server (gRFC A71).

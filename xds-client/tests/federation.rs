@@ -628,3 +628,71 @@ async fn a_resource_wrapper_may_spell_the_name_otherwise() {
     cluster_with_timeout(&mut watch, Duration::from_secs(7)).await;
     within(10, acks(&a, type_url::CLUSTER, 1)).await;
 }
+
+/// An authority's own server is connected while something of it is watched: once nothing
+/// is (for the idle timeout), its stream closes, and the next watch opens one again and is
+/// answered. The top-level server keeps its stream throughout.
+#[tokio::test]
+async fn an_authority_server_is_left_when_nothing_of_it_is_watched() {
+    let a = XdsTestServer::start().await.unwrap();
+    let b = XdsTestServer::start().await.unwrap();
+    let name = xdstp("a", "cluster.v3.Cluster", "c");
+    a.set_snapshot(Snapshot::new().cluster(eds_cluster(&name, &name, 3)));
+    b.set_snapshot(Snapshot::new().cluster(eds_cluster("top", "top", 4)));
+    let bootstrap = Bootstrap::from_json_value(&json!({
+        "xds_servers": [server(&b.uri(), SOTW)],
+        "authorities": {"a": {"xds_servers": [server(&a.uri(), SOTW)]}},
+        "node": {"id": NODE},
+    }))
+    .unwrap();
+    let client = XdsClient::builder(&bootstrap)
+        .unwrap()
+        .idle_timeout(Duration::from_millis(200))
+        .start();
+    let mut top = client.watch(ResourceType::Cluster, "top").await;
+    assert_eq!(cluster_timeout(&mut top).await, Duration::from_secs(4));
+
+    let mut watch = client.watch(ResourceType::Cluster, &name).await;
+    assert_eq!(cluster_timeout(&mut watch).await, Duration::from_secs(3));
+    assert_eq!(a.stream_count(), 1);
+    drop(watch);
+    within(10, a.wait_for_streams(0)).await;
+    assert_eq!(
+        a.total_streams(),
+        1,
+        "closed, not reopened while nothing is watched"
+    );
+
+    // Watched again: a new stream, and the value (changed meanwhile) comes from it.
+    a.set_snapshot(Snapshot::new().cluster(eds_cluster(&name, &name, 5)));
+    let mut watch = client.watch(ResourceType::Cluster, &name).await;
+    cluster_with_timeout(&mut watch, Duration::from_secs(5)).await;
+    assert_eq!(a.total_streams(), 2);
+    assert_eq!(b.total_streams(), 1, "the top-level stream stayed open");
+    assert_eq!(b.stream_count(), 1);
+}
+
+/// Within the idle timeout a new watch finds the authority's stream still open: a target
+/// that moves from one resource to another does not reconnect.
+#[tokio::test]
+async fn an_authority_stream_outlives_a_short_gap_between_watches() {
+    let a = XdsTestServer::start().await.unwrap();
+    let b = XdsTestServer::start().await.unwrap();
+    let first = xdstp("a", "cluster.v3.Cluster", "c1");
+    let second = xdstp("a", "cluster.v3.Cluster", "c2");
+    a.set_snapshot(
+        Snapshot::new()
+            .cluster(eds_cluster(&first, &first, 3))
+            .cluster(eds_cluster(&second, &second, 6)),
+    );
+    let client = client(
+        vec![server(&b.uri(), SOTW)],
+        json!({"a": {"xds_servers": [server(&a.uri(), SOTW)]}}),
+    );
+    let mut watch = client.watch(ResourceType::Cluster, &first).await;
+    assert_eq!(cluster_timeout(&mut watch).await, Duration::from_secs(3));
+    drop(watch);
+    let mut watch = client.watch(ResourceType::Cluster, &second).await;
+    assert_eq!(cluster_timeout(&mut watch).await, Duration::from_secs(6));
+    assert_eq!(a.total_streams(), 1, "the same stream");
+}

@@ -140,6 +140,9 @@ pub(super) struct GroupSettings {
     pub(super) connect_timeout: Duration,
     pub(super) max_message_size: usize,
     pub(super) last_error: Arc<watch::Sender<Option<TransportError>>>,
+    /// Close the stream once nothing has been watched for this long (an authority's own
+    /// group); `None` to stay connected (the top-level group).
+    pub(super) idle_timeout: Option<Duration>,
 }
 
 pub(super) struct Group {
@@ -174,6 +177,10 @@ pub(super) struct Group {
     /// The stream's request channel was full while the protocol had requests to send:
     /// they wait in the protocol core until the transport takes one.
     blocked: bool,
+    /// See [`GroupSettings::idle_timeout`].
+    idle_timeout: Option<Duration>,
+    /// Since when nothing is watched (only tracked with an `idle_timeout`).
+    idle_since: Option<TokioInstant>,
 }
 
 /// The fail-static snapshot read at start.
@@ -194,6 +201,8 @@ enum StreamEnd {
     Closed { answered: bool },
     /// A higher-priority server is reachable again.
     SwitchTo(usize),
+    /// Nothing was watched for the idle timeout: closed until something is.
+    Idle,
     /// The hub is gone: every handle of the client is.
     Shutdown,
 }
@@ -289,7 +298,42 @@ impl Group {
             metrics,
             server_uri: String::new(),
             blocked: false,
+            idle_timeout: settings.idle_timeout,
+            idle_since: None,
         }
+    }
+
+    /// Whether the group has nothing watched and may close its stream for it.
+    fn is_idle(&self) -> bool {
+        self.idle_timeout.is_some() && !self.ads().has_subscriptions()
+    }
+
+    /// Notes, after the hub's commands, whether the group has become idle or busy again.
+    fn track_idle(&mut self) {
+        if self.is_idle() {
+            self.idle_since.get_or_insert_with(TokioInstant::now);
+        } else {
+            self.idle_since = None;
+        }
+    }
+
+    /// When an idle group closes its stream.
+    fn idle_close_at(&self) -> Option<TokioInstant> {
+        Some(self.idle_since? + self.idle_timeout?)
+    }
+
+    /// Serve commands until something is watched again. False on shutdown.
+    async fn wait_until_watched(&mut self) -> bool {
+        while self.is_idle() {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd, None),
+                    None => return false,
+                },
+                _ = sleep_until_opt(self.save_at) => self.save(),
+            }
+        }
+        true
     }
 
     fn ads(&self) -> MutexGuard<'_, AdsState> {
@@ -306,6 +350,11 @@ impl Group {
         let mut delays = self.backoff.delays();
         let mut server = 0;
         loop {
+            // An authority's group connects for its watches (the first comes with its
+            // start), and again for the next one after it went idle.
+            if !self.wait_until_watched().await {
+                return;
+            }
             let (tx, rx) = ads_channel(self.servers[server].is_delta());
             let sid = if self.servers[server].is_delta() {
                 self.ads().on_delta_stream_connecting()
@@ -363,6 +412,12 @@ impl Group {
                 .send_replace(Connection::Disconnected);
             match end {
                 StreamEnd::Shutdown => return,
+                StreamEnd::Idle => {
+                    tracing::info!(server = %self.server_uri, "nothing of this xDS server's is watched: its ADS stream is closed until something is");
+                    delays = self.backoff.delays();
+                    server = 0;
+                    continue;
+                }
                 StreamEnd::SwitchTo(primary) => {
                     tracing::info!(server = %self.servers[primary].uri(), "moving back to a higher-priority xDS server");
                     server = primary;
@@ -653,6 +708,7 @@ impl Group {
         let mut probe: Option<tokio::task::JoinHandle<bool>> = None;
         loop {
             let timer = self.ads().poll_timeout().map(TokioInstant::from_std);
+            let idle_at = self.idle_close_at();
             tokio::select! {
                 msg = responses.message() => match msg {
                     Ok(Some(response)) => {
@@ -687,6 +743,12 @@ impl Group {
                 open = tx.writable(), if self.blocked => self.on_writable(tx, open),
                 _ = sleep_until_opt(self.save_at) => self.save(),
                 loaded = read_done(&mut self.startup) => self.on_snapshot_read(loaded),
+                _ = sleep_until_opt(idle_at) => {
+                    if self.is_idle() {
+                        return StreamEnd::Idle;
+                    }
+                    self.idle_since = None;
+                }
                 _ = tokio::time::sleep_until(probe_at), if server > 0 && probe.is_none() => {
                     let primary = self.servers[0].clone();
                     let timeout = self.connect_timeout;
@@ -835,6 +897,7 @@ impl Group {
         while let Ok(cmd) = self.commands.try_recv() {
             self.apply(cmd);
         }
+        self.track_idle();
         self.deliver();
         if let Some(tx) = tx {
             self.flush(tx);

@@ -45,6 +45,8 @@ pub(super) struct GroupFactory {
     pub(super) meter: opentelemetry::metrics::Meter,
     pub(super) metrics_target: String,
     pub(super) fail_static: Option<FailStatic>,
+    /// How long an authority's own group stays connected with nothing watched.
+    pub(super) idle_timeout: std::time::Duration,
     pub(super) last_error: Arc<watch::Sender<Option<TransportError>>>,
     /// Woken by a group that has new watcher states.
     pub(super) wake: Arc<Notify>,
@@ -312,6 +314,9 @@ impl Hub {
             connect_timeout: f.connect_timeout,
             max_message_size: f.max_message_size,
             last_error: f.last_error.clone(),
+            // The top-level servers' group (the first) stays connected: its connection is
+            // the client's `connection()`.
+            idle_timeout: (!self.groups.is_empty()).then_some(f.idle_timeout),
         };
         let group = Group::new(shared.clone(), dialers, persist, metrics, settings, rx);
         tokio::spawn(group.run());
@@ -746,6 +751,7 @@ mod tests {
             meter: opentelemetry::global::meter("test"),
             metrics_target: String::new(),
             fail_static: None,
+            idle_timeout: std::time::Duration::from_secs(30),
             last_error: Arc::new(watch::channel(None).0),
             wake: Arc::new(Notify::new()),
         };
