@@ -35,8 +35,9 @@
 //!
 //! Weighted clusters and runtime fractions draw from an injectable RNG (`R`, default
 //! [`SmallRng`] seeded from the OS). Clones of a router get their own
-//! streams, seeded in turn from the router they were cloned from (a fixed seed makes a
-//! router and all its clones deterministic).
+//! streams, seeded in turn from the router they were cloned from when a clone first draws
+//! (a fixed seed makes a router and its clones deterministic when the clones first draw in
+//! a fixed order, as one task's do).
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -355,7 +356,7 @@ impl<C> Router<C> {
 
     /// A router whose random choices follow from `seed`: the same requests in the same
     /// order choose the same clusters, which makes weighted splits reproducible in tests.
-    /// Its clones draw their own seeds from it.
+    /// Its clones draw their own seeds from it, each at its first random choice.
     pub fn with_seed(config: ConfigReceiver, clusters: C, seed: u64) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
         let current = config.borrow().clone();

@@ -147,21 +147,28 @@ impl MethodInfo {
     }
 }
 
-/// How many bytes of names the process keeps shared: the four names (three span names and
-/// the full name) of every method a table can hold at [`MAX_METHOD_NAME_LEN`], and as much
-/// again for the targets of handles ([`shared_name`]).
+/// How many bytes of method names the process keeps shared: the four names (three span
+/// names and the full name) of every method a table can hold at [`MAX_METHOD_NAME_LEN`],
+/// twice over (about 2 MiB).
 const MAX_SHARED_BYTES: usize = 2 * 4 * (MAX_METHOD_NAME_LEN + 16) * MAX_METHOD_NAMES;
+
+/// How many bytes of targets ([`shared_name`]) the process keeps shared, apart from the
+/// method names (so that a process naming many targets over its life cannot take the
+/// methods' room): at least 1,024 targets of the longest kept.
+const MAX_SHARED_TARGET_BYTES: usize = MAX_SHARED_NAME_LEN * 1024;
 
 /// The names kept for the life of the process, and their bytes. OpenTelemetry takes a
 /// span's name as a `Cow<'static, str>` and an attribute value as a [`StringValue`], which
 /// is either `'static` (copied for free) or reference-counted (an atomic increment and
 /// decrement per copy, on a line that every worker's calls touch): a name that every call
 /// shares, rather than one counted or copied per call, must live as long as the process.
-/// Only the names some table has interned, and the targets handles record, are kept, once
-/// per process whatever the number of handles naming them, and at most
-/// [`MAX_SHARED_BYTES`] of them (about 2 MiB); past that a method's spans copy their names
-/// and its metrics count theirs, as every call did before.
+/// Only the names some table has interned are kept, once per process whatever the number
+/// of handles naming them, and at most [`MAX_SHARED_BYTES`] of them; past that a method's
+/// spans copy their names and its metrics count theirs, as every call did before.
 static SHARED_NAMES: Mutex<Option<(HashSet<&'static str>, usize)>> = Mutex::new(None);
+
+/// The targets handles record, kept likewise within [`MAX_SHARED_TARGET_BYTES`].
+static SHARED_TARGETS: Mutex<Option<(HashSet<&'static str>, usize)>> = Mutex::new(None);
 
 /// `names` as names kept for the process, or `None` when there is no room for them all.
 fn shared_names<const N: usize>(names: [String; N]) -> Option<[&'static str; N]> {
@@ -204,7 +211,11 @@ pub(crate) fn shared_name(name: &str) -> Option<&'static str> {
     if name.len() > MAX_SHARED_NAME_LEN {
         return None;
     }
-    shared_names([name.to_owned()]).map(|[name]| name)
+    let mut kept = SHARED_TARGETS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let kept = kept.get_or_insert_with(|| (HashSet::new(), 0));
+    keep(kept, [name.to_owned()], MAX_SHARED_TARGET_BYTES).map(|[name]| name)
 }
 
 /// A longer target is never kept shared.

@@ -28,11 +28,11 @@
 //!
 //! What clients can make it hold is bounded, on both kinds of stream: 1024 streams of each
 //! kind, 32 type URLs and 16 MiB of subscribed names per stream (past that the stream ends
-//! with `RESOURCE_EXHAUSTED`); a client that leaves more than 4096 responses or 64 MiB
-//! unread (it stopped reading while the snapshot kept changing) has its stream ended with
-//! `RESOURCE_EXHAUSTED` and what was queued dropped (it reconnects and is sent the current
-//! state); the record keeps the newest 10,000 requests and responses, and at most 64 MiB of
-//! each.
+//! with `RESOURCE_EXHAUSTED`); a client that leaves more than 4096 responses, or more than
+//! 64 MiB in more than one response, unread (it stopped reading while the snapshot kept
+//! changing) has its stream ended with `RESOURCE_EXHAUSTED` and what was queued freed (it
+//! is told when it reads again, reconnects and is sent the current state); the record of requests, and apart of responses, is trimmed back to the newest
+//! 10,000 and 64 MiB once it holds twice either.
 //!
 //! Everything it receives is recorded ([`XdsTestServer::requests`]) and can be awaited
 //! without sleeping ([`XdsTestServer::wait_for`], [`wait_for_ack`], [`wait_for_nack`],

@@ -1,97 +1,145 @@
 //! A stream's responses on their way to its client, bounded by what the client has left
 //! unread.
 //!
-//! The state pushes a response under its lock and never waits on a client, so the queue
-//! cannot make the push wait when it is full; instead, a client that has left more than
-//! [`MAX_UNREAD_RESPONSES`] responses or [`MAX_UNREAD_BYTES`] bytes unread (a client that
-//! stopped reading, or reads far slower than the snapshot changes) has its stream ended with
-//! `RESOURCE_EXHAUSTED`: what is queued is dropped with the stream, nothing more is queued,
-//! and the client, once it reconnects, is sent the current state, which is all a state of
-//! the world (or a delta stream's fresh start) needs. So a stream holds at most those bounds
-//! of responses, whatever its client does.
+//! The state pushes a response under its lock and never waits on a client, so a full queue
+//! cannot make the push wait; instead, a client that has left more than
+//! [`MAX_UNREAD_RESPONSES`] responses, or more than [`MAX_UNREAD_BYTES`] bytes in more than
+//! one response, unread (it stopped reading, or reads far slower than the snapshot
+//! changes) has its stream ended with `RESOURCE_EXHAUSTED`: what is queued is freed at once,
+//! nothing more is queued, and the client is told as soon as it reads again (a client that
+//! never does holds the stream, not the responses). Once it reconnects it is sent the
+//! current state, which is all a state of the world (or a delta stream's fresh start)
+//! needs. One response larger than the byte bound still goes out on its own.
+//!
+//! Not a channel: the state's end must be able to free what the stream's end has not taken,
+//! and the stream's end is not polled while the client's flow-control window is closed.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use futures_util::Stream;
-use tokio::sync::mpsc;
-#[cfg(test)]
-use tokio::sync::mpsc::error::TryRecvError;
 use tonic::Status;
 
 /// The most responses a stream's client may leave unread.
 pub(crate) const MAX_UNREAD_RESPONSES: usize = 4096;
-/// The most bytes of responses (encoded) a stream's client may leave unread.
+/// The most bytes of responses (encoded) a stream's client may leave unread, unless they
+/// are one response.
 pub(crate) const MAX_UNREAD_BYTES: usize = 64 << 20;
 
-/// The state's end of a stream's queue.
+/// The state's end of a stream's queue. Dropping it ends the stream once what is queued
+/// has been sent.
 pub(crate) struct Outbox<T> {
-    tx: mpsc::UnboundedSender<(usize, Result<T, Status>)>,
-    unread: Arc<Unread>,
+    queue: Arc<Mutex<Queue<T>>>,
 }
 
 /// The stream's end: what tonic sends to the client.
-#[derive(Debug)]
 pub(crate) struct Inbox<T> {
-    rx: mpsc::UnboundedReceiver<(usize, Result<T, Status>)>,
-    unread: Arc<Unread>,
-    /// The overflow was reported: the stream has ended.
+    queue: Arc<Mutex<Queue<T>>>,
+    /// The stream has ended: nothing more comes.
     ended: bool,
 }
 
-#[derive(Debug, Default)]
-struct Unread {
-    responses: AtomicUsize,
-    bytes: AtomicUsize,
-    /// Set once the client left too much unread; the inbox then ends the stream.
-    overflowed: AtomicBool,
+struct Queue<T> {
+    /// Responses with their encoded size, and at most one status ending the stream.
+    items: VecDeque<(usize, Result<T, Status>)>,
+    /// The responses in `items`, and their bytes.
+    responses: usize,
+    bytes: usize,
+    /// The client left too much unread: the stream ends with `RESOURCE_EXHAUSTED`.
+    overflowed: bool,
+    /// The outbox is gone: the stream ends once `items` is empty.
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+impl<T> Queue<T> {
+    fn push(&mut self, item: (usize, Result<T, Status>)) {
+        self.items.push_back(item);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
 }
 
 /// A new stream's queue.
 pub(crate) fn outbox<T>() -> (Outbox<T>, Inbox<T>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let unread = Arc::new(Unread::default());
+    let queue = Arc::new(Mutex::new(Queue {
+        items: VecDeque::new(),
+        responses: 0,
+        bytes: 0,
+        overflowed: false,
+        closed: false,
+        waker: None,
+    }));
     (
         Outbox {
-            tx,
-            unread: unread.clone(),
+            queue: queue.clone(),
         },
         Inbox {
-            rx,
-            unread,
+            queue,
             ended: false,
         },
     )
 }
 
+impl<T> std::fmt::Debug for Inbox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(queue: &Mutex<Queue<T>>) -> MutexGuard<'_, Queue<T>> {
+    queue.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl<T: prost::Message> Outbox<T> {
     /// Queues `response`, unless the client has left too much unread: then the stream ends
-    /// with `RESOURCE_EXHAUSTED` and this and every later response are dropped. A failed
-    /// send means the client is gone (its reader task removes the stream).
+    /// with `RESOURCE_EXHAUSTED`, what was queued is freed, and this and every later
+    /// response are dropped.
     pub(crate) fn send(&self, response: T) {
-        let unread = &*self.unread;
-        if unread.overflowed.load(Ordering::Acquire) {
+        let mut q = lock(&self.queue);
+        if q.overflowed || q.closed {
             return;
         }
         let size = response.encoded_len();
-        let responses = unread.responses.fetch_add(1, Ordering::AcqRel) + 1;
-        let bytes = unread.bytes.fetch_add(size, Ordering::AcqRel) + size;
-        if responses > MAX_UNREAD_RESPONSES || bytes > MAX_UNREAD_BYTES {
-            unread.overflowed.store(true, Ordering::Release);
-            // Wakes the inbox, which ends the stream without reading what is queued.
-            let _ = self.tx.send((0, Err(overflow())));
+        let responses = q.responses + 1;
+        let bytes = q.bytes.saturating_add(size);
+        if responses > MAX_UNREAD_RESPONSES || (responses > 1 && bytes > MAX_UNREAD_BYTES) {
+            q.overflowed = true;
+            q.items.clear();
+            q.items.shrink_to_fit();
+            (q.responses, q.bytes) = (0, 0);
+            if let Some(waker) = q.waker.take() {
+                waker.wake();
+            }
             return;
         }
-        let _ = self.tx.send((size, Ok(response)));
+        (q.responses, q.bytes) = (responses, bytes);
+        q.push((size, Ok(response)));
     }
 }
 
 impl<T> Outbox<T> {
     /// Ends the stream with `status` once the client has read what is queued.
     pub(crate) fn end(&self, status: Status) {
-        let _ = self.tx.send((0, Err(status)));
+        let mut q = lock(&self.queue);
+        if !q.overflowed && !q.closed {
+            q.push((0, Err(status)));
+        }
+    }
+}
+
+impl<T> Drop for Outbox<T> {
+    fn drop(&mut self) {
+        let mut q = lock(&self.queue);
+        q.closed = true;
+        if let Some(waker) = q.waker.take() {
+            waker.wake();
+        }
     }
 }
 
@@ -103,39 +151,52 @@ fn overflow() -> Status {
 }
 
 impl<T> Inbox<T> {
-    /// Takes `item` off the queue: what the client is now sent.
-    fn take(&mut self, (size, item): (usize, Result<T, Status>)) -> Result<T, Status> {
-        if item.is_ok() {
-            self.unread.responses.fetch_sub(1, Ordering::AcqRel);
-            self.unread.bytes.fetch_sub(size, Ordering::AcqRel);
-        }
-        item
-    }
-
-    /// Whether the client left too much unread: then the stream ends now, with
-    /// `RESOURCE_EXHAUSTED`, instead of sending what is queued.
-    fn overflowed(&mut self) -> Option<Result<T, Status>> {
-        if self.ended || !self.unread.overflowed.load(Ordering::Acquire) {
-            return None;
-        }
-        self.ended = true;
-        // Nothing more comes in, and what is queued is freed now.
-        self.rx.close();
-        while self.rx.try_recv().is_ok() {}
-        Some(Err(overflow()))
-    }
-
-    /// The next queued item without waiting (for tests that drive the state by hand).
-    #[cfg(test)]
-    pub(crate) fn try_recv(&mut self) -> Result<Result<T, Status>, TryRecvError> {
-        if let Some(end) = self.overflowed() {
-            return Ok(end);
-        }
+    /// The next item, if there is one now; `Err(true)` when the stream has ended,
+    /// `Err(false)` when nothing is queued yet (then `waker`, if given, is woken by the
+    /// next).
+    fn next(&mut self, waker: Option<&Waker>) -> Result<Result<T, Status>, bool> {
         if self.ended {
-            return Err(TryRecvError::Disconnected);
+            return Err(true);
         }
-        let item = self.rx.try_recv()?;
-        Ok(self.take(item))
+        let mut q = lock(&self.queue);
+        if q.overflowed {
+            self.ended = true;
+            return Ok(Err(overflow()));
+        }
+        match q.items.pop_front() {
+            Some((size, item)) => {
+                if item.is_ok() {
+                    q.responses -= 1;
+                    q.bytes -= size;
+                } else {
+                    self.ended = true;
+                }
+                Ok(item)
+            }
+            None if q.closed => {
+                self.ended = true;
+                Err(true)
+            }
+            None => {
+                if let Some(waker) = waker {
+                    q.waker = Some(waker.clone());
+                }
+                Err(false)
+            }
+        }
+    }
+
+    /// The next queued item without waiting (for tests that drive the state by hand):
+    /// `Err(true)` once the stream has ended, `Err(false)` when nothing is queued.
+    #[cfg(test)]
+    pub(crate) fn try_recv(&mut self) -> Result<Result<T, Status>, bool> {
+        self.next(None)
+    }
+
+    /// The responses queued and not yet taken.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        lock(&self.queue).items.len()
     }
 }
 
@@ -143,14 +204,11 @@ impl<T> Stream for Inbox<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(end) = self.overflowed() {
-            return Poll::Ready(Some(end));
+        match self.next(Some(cx.waker())) {
+            Ok(item) => Poll::Ready(Some(item)),
+            Err(true) => Poll::Ready(None),
+            Err(false) => Poll::Pending,
         }
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        let item = std::task::ready!(self.rx.poll_recv(cx));
-        Poll::Ready(item.map(|item| self.take(item)))
     }
 }
 
@@ -180,38 +238,43 @@ mod tests {
         for _ in 0..MAX_UNREAD_RESPONSES {
             out.send(response(10));
         }
-        assert_eq!(inbox.rx.len(), MAX_UNREAD_RESPONSES);
+        assert_eq!(inbox.queued(), MAX_UNREAD_RESPONSES);
         out.send(response(10));
+        assert_eq!(inbox.queued(), 0, "what was queued is freed at once");
         out.send(response(10));
-        assert_eq!(inbox.rx.len(), MAX_UNREAD_RESPONSES + 1, "one end, no more");
+        out.end(Status::unavailable("late"));
+        assert_eq!(inbox.queued(), 0, "nothing more is queued");
         let end = inbox.try_recv().unwrap().unwrap_err();
         assert_eq!(end.code(), tonic::Code::ResourceExhausted);
         assert!(end.message().contains("unread"), "{end:?}");
-        assert!(inbox.try_recv().is_err(), "nothing after the end");
-        assert!(
-            inbox.rx.is_closed() && inbox.rx.is_empty(),
-            "the queue is dropped"
-        );
+        assert!(inbox.try_recv().unwrap_err(), "nothing after the end");
     }
 
     #[test]
-    fn the_unread_bytes_are_bounded_too() {
+    fn the_unread_bytes_are_bounded_but_one_large_response_goes_out() {
         let (out, mut inbox) = outbox();
         let size = response(1 << 20).encoded_len();
         let fit = MAX_UNREAD_BYTES / size;
         for _ in 0..fit {
             out.send(response(1 << 20));
         }
-        assert!(!inbox.unread.overflowed.load(Ordering::Acquire));
+        assert_eq!(inbox.queued(), fit);
         out.send(response(1 << 20));
         assert_eq!(
             inbox.try_recv().unwrap().unwrap_err().code(),
             tonic::Code::ResourceExhausted
         );
+
+        // One response over the bound, alone in the queue, is sent.
+        let (out, mut inbox) = outbox();
+        out.send(response(MAX_UNREAD_BYTES + 1));
+        assert!(inbox.try_recv().unwrap().is_ok());
+        out.send(response(MAX_UNREAD_BYTES + 1));
+        assert!(inbox.try_recv().unwrap().is_ok(), "read, so alone again");
     }
 
     #[test]
-    fn an_ended_stream_sends_what_is_queued_then_its_status() {
+    fn an_ended_or_dropped_outbox_ends_the_stream_after_what_is_queued() {
         let (out, mut inbox) = outbox();
         out.send(response(1));
         out.end(Status::unavailable("closed"));
@@ -220,5 +283,13 @@ mod tests {
             inbox.try_recv().unwrap().unwrap_err().code(),
             tonic::Code::Unavailable
         );
+        assert!(inbox.try_recv().unwrap_err(), "ended");
+
+        let (out, mut inbox) = outbox();
+        out.send(response(1));
+        assert!(inbox.try_recv().is_ok());
+        assert!(!inbox.try_recv().unwrap_err(), "open, nothing queued");
+        drop(out);
+        assert!(inbox.try_recv().unwrap_err(), "ended");
     }
 }
