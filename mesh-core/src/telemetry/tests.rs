@@ -249,22 +249,9 @@ fn context_echo() -> impl Service<
 type SentHeaders = std::sync::Arc<std::sync::Mutex<Vec<Option<http::HeaderValue>>>>;
 
 /// Call -> Retry -> Attempt -> an endpoint that fails the first attempt with UNAVAILABLE and
-/// answers the next, logging the `traceparent` of every attempt.
+/// answers the next, logging the `traceparent` of every attempt. The call records through
+/// `call`, the attempts through `attempt` (usually clones of one handle).
 fn retried_client(
-    telemetry: Telemetry,
-) -> (
-    SentHeaders,
-    impl Service<
-        http::Request<Full<Bytes>>,
-        Response = http::Response<impl http_body::Body<Error = impl std::fmt::Debug>>,
-        Error = tower::BoxError,
-    >,
-) {
-    retried_client_through(telemetry.clone(), telemetry)
-}
-
-/// [`retried_client`] whose call and attempts record through handles of their own.
-fn retried_client_through(
     call: Telemetry,
     attempt: Telemetry,
 ) -> (
@@ -293,8 +280,7 @@ async fn a_call_and_its_attempts_record_through_their_own_handles() {
     let calls = Sdk::new();
     let mut attempts = Sdk::new();
     attempts.telemetry = attempts.telemetry.clone().with_target("xds:///attempts");
-    let (_, mut client) =
-        retried_client_through(calls.telemetry.clone(), attempts.telemetry.clone());
+    let (_, mut client) = retried_client(calls.telemetry.clone(), attempts.telemetry.clone());
 
     let rsp = send(&mut client).await;
     rsp.into_body().collect().await.unwrap();
@@ -338,7 +324,7 @@ async fn a_call_and_its_attempts_record_through_their_own_handles() {
 #[tokio::test(start_paused = true)]
 async fn a_retried_call_has_a_call_span_with_one_attempt_span_per_attempt() {
     let sdk = Sdk::new();
-    let (seen, mut client) = retried_client(sdk.telemetry.clone());
+    let (seen, mut client) = retried_client(sdk.telemetry.clone(), sdk.telemetry.clone());
 
     let rsp = send(&mut client).await;
     let body = rsp.into_body().collect().await.unwrap();
@@ -751,7 +737,7 @@ async fn disabled_telemetry_records_nothing_but_passes_the_callers_trace_on() {
 
     // Through a retry layer, with the caller's context attached only while the call is
     // made (attempts run later, when the future is polled): every attempt carries it.
-    let (seen, mut retried) = retried_client(telemetry.clone());
+    let (seen, mut retried) = retried_client(telemetry.clone(), telemetry.clone());
     retried.ready().await.unwrap();
     let call = {
         let _guard = Context::new()
@@ -851,7 +837,7 @@ async fn an_unsampled_call_still_carries_its_trace_and_decision_downstream() {
     let meters = SdkMeterProvider::builder().build();
     let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
 
-    let (seen, mut client) = retried_client(telemetry.clone());
+    let (seen, mut client) = retried_client(telemetry.clone(), telemetry.clone());
     let rsp = send(&mut client).await;
     rsp.into_body().collect().await.unwrap();
 
@@ -948,7 +934,7 @@ async fn call_asking(asked: &Asked) {
         .build();
     let meters = SdkMeterProvider::builder().build();
     let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
-    let (_seen, mut client) = retried_client(telemetry);
+    let (_seen, mut client) = retried_client(telemetry.clone(), telemetry);
     send(&mut client).await.into_body().collect().await.unwrap();
 }
 
@@ -1021,7 +1007,7 @@ async fn under_an_unsampled_parent_attributes_are_made_only_for_a_span_that_is_r
         .build();
     let meters = SdkMeterProvider::builder().build();
     let telemetry = Telemetry::new(provider.tracer("meshwork"), &meters.meter("meshwork"));
-    let (_seen, mut client) = retried_client(telemetry);
+    let (_seen, mut client) = retried_client(telemetry.clone(), telemetry);
     let unsampled = opentelemetry::trace::SpanContext::new(
         remote_parent().trace_id(),
         remote_parent().span_id(),
