@@ -408,8 +408,8 @@ impl<C> Router<C> {
     }
 
     /// Routes `req` without calling anything: the route, cluster and hash this router
-    /// would choose for it now (its random choices advance as a call's would). For tests,
-    /// benchmarks and tools.
+    /// would choose for it now (its random choices advance as a call's would: a call routes
+    /// through this). For tests, benchmarks and tools.
     ///
     /// # Errors
     /// [`RouteError`] when no virtual host or route matches.
@@ -466,12 +466,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        self.refresh();
-        let mut rng = LazyRng {
-            rng: &mut self.rng,
-            shared: &self.shared,
-        };
-        let policy = match route(&self.current, &req, &mut rng, self.shared.channel_id) {
+        let policy = match self.route(&req) {
             Ok(p) => p,
             Err(e) => return ResponseFuture::failed(e),
         };

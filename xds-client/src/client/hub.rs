@@ -367,12 +367,12 @@ impl Hub {
     /// The watchers' new states from one group's step: each watcher told, then each
     /// target they touch walked once.
     fn on_updates(&mut self, updates: Updates) {
-        let mut affected: Vec<(String, String)> = Vec::new();
-        let mut queued: HashSet<(String, String)> = HashSet::new();
+        let mut affected: Vec<TargetKey> = Vec::new();
+        let mut queued: HashSet<TargetKey> = HashSet::new();
         for (key, state) in updates {
             for target in self.dependents.get(&key).into_iter().flatten() {
-                if queued.insert((**target).clone()) {
-                    affected.push((**target).clone());
+                if queued.insert(target.clone()) {
+                    affected.push(target.clone());
                 }
             }
             if let Some(w) = self.watchers.get(&key) {

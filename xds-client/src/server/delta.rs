@@ -110,7 +110,8 @@ fn legacy_wildcard_type(type_url: &str) -> bool {
     type_url == type_url::LISTENER || type_url == type_url::CLUSTER
 }
 
-fn name_bytes<'a>(names: impl IntoIterator<Item = &'a String>) -> usize {
+/// The bytes `names` count against [`MAX_NAME_BYTES`] (SotW streams' too).
+pub(super) fn name_bytes<'a>(names: impl IntoIterator<Item = &'a String>) -> usize {
     names.into_iter().map(|n| n.len() + 1).sum()
 }
 
@@ -157,7 +158,6 @@ impl DeltaStreams {
     pub(crate) fn close_all(&mut self, status: &impl Fn() -> Status) -> usize {
         let streams = std::mem::take(&mut self.streams);
         for stream in streams.values() {
-            // A failed send means the client is already gone.
             stream.tx.end(status());
         }
         streams.len()

@@ -31,8 +31,9 @@
 //! with `RESOURCE_EXHAUSTED`); a client that leaves more than 4096 responses, or more than
 //! 64 MiB in more than one response, unread (it stopped reading while the snapshot kept
 //! changing) has its stream ended with `RESOURCE_EXHAUSTED` and what was queued freed (it
-//! is told when it reads again, reconnects and is sent the current state); the record of requests, and apart of responses, is trimmed back to the newest
-//! 10,000 and 64 MiB once it holds twice either.
+//! is told when it reads again, reconnects and is sent the current state); the record of
+//! requests, and apart of responses, is trimmed back to the newest 10,000 and 64 MiB once
+//! it holds twice either.
 //!
 //! Everything it receives is recorded ([`XdsTestServer::requests`]) and can be awaited
 //! without sleeping ([`XdsTestServer::wait_for`], [`wait_for_ack`], [`wait_for_nack`],

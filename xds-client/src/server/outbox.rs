@@ -57,6 +57,11 @@ struct Queue<T> {
 impl<T> Queue<T> {
     fn push(&mut self, item: (usize, Result<T, Status>)) {
         self.items.push_back(item);
+        self.wake();
+    }
+
+    /// Wakes the stream's end, if it waits for something.
+    fn wake(&mut self) {
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
@@ -113,9 +118,7 @@ impl<T: prost::Message> Outbox<T> {
             q.items.clear();
             q.items.shrink_to_fit();
             (q.responses, q.bytes) = (0, 0);
-            if let Some(waker) = q.waker.take() {
-                waker.wake();
-            }
+            q.wake();
             return;
         }
         (q.responses, q.bytes) = (responses, bytes);
@@ -137,9 +140,7 @@ impl<T> Drop for Outbox<T> {
     fn drop(&mut self) {
         let mut q = lock(&self.queue);
         q.closed = true;
-        if let Some(waker) = q.waker.take() {
-            waker.wake();
-        }
+        q.wake();
     }
 }
 

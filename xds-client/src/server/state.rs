@@ -13,7 +13,7 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 use tonic::Status;
 
-use super::delta::{DeltaOutboundRx, DeltaStreams};
+use super::delta::{DeltaOutboundRx, DeltaStreams, name_bytes};
 use super::outbox::{Inbox, Outbox, outbox};
 use super::record::{RecordedRequest, RequestKind, SentResponse, Subscription, push_rank};
 use super::snapshot::Snapshot;
@@ -78,29 +78,12 @@ pub(crate) struct State {
     pub(crate) nacks_taken: HashMap<String, usize>,
 }
 
-/// Keeps a record (`log`) within [`MAX_RECORDED`] entries and [`MAX_RECORDED_BYTES`]:
-/// past twice either, the oldest entries are dropped (each handed to `dropped`) until both
-/// hold again, the newest entry always kept. Amortised: an entry's size is taken once when
-/// it is first counted (`bytes` is the size of `log[..counted]`) and once when dropped.
-fn trim<T>(
-    log: &mut Vec<T>,
-    bytes: &mut usize,
-    counted: &mut usize,
-    size: impl Fn(&T) -> usize,
-    dropped: impl FnMut(&T),
-) {
-    trim_to(
-        (MAX_RECORDED, MAX_RECORDED_BYTES),
-        log,
-        bytes,
-        counted,
-        size,
-        dropped,
-    );
-}
-
-/// [`trim`] to `max` entries and bytes.
-pub(super) fn trim_to<T>(
+/// Keeps a record (`log`) within `max` entries and `max_bytes` ([`MAX_RECORDED`] and
+/// [`MAX_RECORDED_BYTES`] for the server's): past twice either, the oldest entries are
+/// dropped (each handed to `dropped`) until both hold again, the newest entry always kept.
+/// Amortised: an entry's size is taken once when it is first counted (`bytes` is the size
+/// of `log[..counted]`) and once when dropped.
+pub(super) fn trim<T>(
     (max, max_bytes): (usize, usize),
     log: &mut Vec<T>,
     bytes: &mut usize,
@@ -193,7 +176,6 @@ impl State {
     pub(crate) fn close_all(&mut self, status: impl Fn() -> Status) -> usize {
         let streams = std::mem::take(&mut self.streams);
         for stream in streams.values() {
-            // A failed send means the client is already gone.
             stream.tx.end(status());
         }
         streams.len() + self.delta.close_all(&status)
@@ -281,7 +263,9 @@ impl State {
     /// out among them are forgotten with them.
     fn trim_records(&mut self) {
         let nacks_taken = &mut self.nacks_taken;
+        let bounds = (MAX_RECORDED, MAX_RECORDED_BYTES);
         trim(
+            bounds,
             &mut self.requests,
             &mut self.requests_bytes,
             &mut self.requests_counted,
@@ -295,6 +279,7 @@ impl State {
             },
         );
         trim(
+            bounds,
             &mut self.responses,
             &mut self.responses_bytes,
             &mut self.responses_counted,
@@ -492,10 +477,6 @@ fn over_bounds(stream: &StreamState, request: &DiscoveryRequest) -> Option<Statu
             "a stream may subscribe to at most {MAX_NAME_BYTES} bytes of names"
         ))
     })
-}
-
-fn name_bytes<'a>(names: impl IntoIterator<Item = &'a String>) -> usize {
-    names.into_iter().map(|n| n.len() + 1).sum()
 }
 
 /// Applies the names of a request to `sub`; returns whether it now covers something it did

@@ -765,7 +765,7 @@ fn the_record_is_bounded_in_entries_and_bytes() {
     let mut dropped = Vec::new();
     let mut add = |log: &mut Vec<usize>, size: usize, dropped: &mut Vec<usize>| {
         log.push(size);
-        state::trim_to(
+        state::trim(
             (4, 100),
             log,
             &mut bytes,
