@@ -10,16 +10,18 @@
 //! - `traced`: an SDK tracer provider with the default always-on sampler and no exporter,
 //!   and the global (no-op) meter — the loadtest's traced `meshwork`;
 //! - `sampled`: the same with a 1 % trace-ID-ratio sampler (most calls make spans that are
-//!   not recorded).
+//!   not recorded);
+//! - `disabled`: `Telemetry::disabled()` (no spans, no metrics): the stack without its
+//!   telemetry.
 //!
-//! `call_cost untraced|traced|sampled N` makes `N` calls of one case. Under valgrind the difference
+//! `call_cost untraced|traced|sampled|disabled N` makes `N` calls of one case. Under valgrind the difference
 //! between two `N`, divided by the difference in `N`, is the cost of one call without the
 //! start-up: allocations and bytes from valgrind's DHAT (its `Total:` line), instructions
 //! from callgrind (its `refs:` line):
 //!
 //! ```text
 //! cargo bench -p meshwork-benches --bench call_cost --no-run   # prints the binary's path
-//! for case in untraced traced sampled; do
+//! for case in untraced traced sampled disabled; do
 //!   for n in 1000 3000; do
 //!     valgrind --tool=dhat --dhat-out-file=/dev/null BIN $case $n 2>&1 | grep 'Total:'
 //!     valgrind --tool=callgrind --callgrind-out-file=/dev/null BIN $case $n 2>&1 \
@@ -121,7 +123,8 @@ fn telemetry(case: &str) -> Telemetry {
             &meter,
         ),
         "untraced" => Telemetry::global(),
-        _ => panic!("the cases are untraced, traced and sampled, not {case}"),
+        "disabled" => Telemetry::disabled(),
+        _ => panic!("the cases are untraced, traced, sampled and disabled, not {case}"),
     }
 }
 
@@ -141,11 +144,11 @@ fn main() {
     let authority = http::uri::Authority::from_static("echo:7070");
     let mut args = std::env::args().skip(1);
     let first = args.next();
-    if let Some(case @ ("untraced" | "traced" | "sampled")) = first.as_deref() {
+    if let Some(case @ ("untraced" | "traced" | "sampled" | "disabled")) = first.as_deref() {
         let n: usize = args
             .next()
             .and_then(|n| n.parse().ok())
-            .expect("usage: call_cost untraced|traced|sampled N");
+            .expect("usage: call_cost untraced|traced|sampled|disabled N");
         let mut stack = build_stack(telemetry(case));
         for _ in 0..n {
             rt.block_on(call(&mut stack, &authority));
@@ -154,7 +157,7 @@ fn main() {
     }
     let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("call_cost");
-    for case in ["untraced", "traced", "sampled"] {
+    for case in ["untraced", "traced", "sampled", "disabled"] {
         let mut stack = build_stack(telemetry(case));
         group.bench_function(case, |b| {
             b.iter(|| rt.block_on(call(&mut stack, &authority)))

@@ -8,7 +8,9 @@
 //! A second group runs 8 concurrent callers (threads, each with its own current-thread
 //! runtime and its own clone) through the stack with 3 endpoints and through the bare
 //! service: the wall time per call of the whole batch, where shared state (a lock,
-//! contended atomics) shows.
+//! contended atomics) shows. Its `_clone_per_call` cases clone the service for every call,
+//! as tonic's generated clients are used (a client cloned into each task) and as the load
+//! harness calls: what the clone and its drop cost shows there.
 //!
 //! Run: `cargo bench -p meshwork-benches --bench stack`. Issue 5's target: under 2 µs added
 //! per call.
@@ -54,7 +56,7 @@ fn build_stack(n: u32) -> Stack {
 /// `iters` calls split over `CALLERS` threads, each calling its own clone of `svc` from its
 /// own current-thread runtime (one `block_on` per call, as in the single-caller group); the
 /// wall time from a common start.
-fn concurrent_calls<S>(svc: &S, iters: u64) -> Duration
+fn concurrent_calls<S>(svc: &S, iters: u64, clone_per_call: bool) -> Duration
 where
     S: Service<http::Request<String>> + Clone + Send + 'static,
     S::Error: std::fmt::Debug,
@@ -75,7 +77,12 @@ where
                     start.wait();
                     for _ in 0..per {
                         rt.block_on(async {
-                            svc.ready().await.unwrap().call(request()).await.unwrap()
+                            if clone_per_call {
+                                let mut svc = svc.clone();
+                                svc.ready().await.unwrap().call(request()).await.unwrap()
+                            } else {
+                                svc.ready().await.unwrap().call(request()).await.unwrap()
+                            }
                         });
                     }
                 })
@@ -99,13 +106,15 @@ fn concurrent(c: &mut Criterion) {
     let bare = service_fn(|_req: http::Request<String>| async {
         Ok::<_, Infallible>(http::Response::new(String::new()))
     });
-    group.bench_function("bare_service", |b| {
-        b.iter_custom(|iters| concurrent_calls(&bare, iters))
-    });
     let stack = rt.block_on(async { build_stack(3) });
-    group.bench_function("meshwork_stack_3_endpoints", |b| {
-        b.iter_custom(|iters| concurrent_calls(&stack, iters))
-    });
+    for (clone_per_call, suffix) in [(false, ""), (true, "_clone_per_call")] {
+        group.bench_function(format!("bare_service{suffix}"), |b| {
+            b.iter_custom(|iters| concurrent_calls(&bare, iters, clone_per_call))
+        });
+        group.bench_function(format!("meshwork_stack_3_endpoints{suffix}"), |b| {
+            b.iter_custom(|iters| concurrent_calls(&stack, iters, clone_per_call))
+        });
+    }
     group.finish();
 }
 

@@ -150,7 +150,7 @@ where
             propagation::inject(&started.cx, req.headers_mut());
         }
         let span = started.recorded();
-        if rpc.is_grpc() {
+        if rpc.is_grpc() && self.telemetry.metrics() {
             self.telemetry
                 .instruments()
                 .client_attempt_started

@@ -40,10 +40,11 @@
 //!
 //! The layers read one [`Telemetry`] handle: a tracer, the instruments and the interned
 //! gRPC method names, made once. [`Telemetry`] probes its tracer when it is made: with no
-//! tracer provider installed (OpenTelemetry's no-op default) no span is ever built, and a
-//! call costs its metric calls (into the no-op meter when no meter provider is installed
-//! either), two clock reads per layer and the bookkeeping that ends the call with its
-//! response body. A span's name and attributes are given to the tracer when it starts (so a
+//! tracer provider installed (OpenTelemetry's no-op default) no span is ever built.
+//! [`Telemetry::global`] also skips the metric work when no meter provider is installed
+//! (see [`Telemetry::metrics`]); with neither provider the layers only carry a caller's
+//! trace context on. With a meter that records, a call costs its metric calls, two clock
+//! reads per layer and the bookkeeping that ends the call with its response body. A span's name and attributes are given to the tracer when it starts (so a
 //! sampler sees them, as OpenTelemetry asks), so a tracer that makes spans but does not
 //! sample a root one (a ratio sampler) costs them too; under a parent that was not sampled
 //! (a call of a request a ratio sampler left out, or an attempt of such a call), the
@@ -136,7 +137,10 @@ struct Inner {
     tracer: Arc<dyn record::StartSpan>,
     /// Whether the tracer makes spans at all (false for OpenTelemetry's no-op tracer).
     tracing: bool,
-    /// False for [`Telemetry::disabled`]: nothing is recorded, calls pass straight through.
+    /// Whether the meter records (false for OpenTelemetry's no-op meter provider's).
+    metrics: bool,
+    /// False when nothing is recorded ([`Telemetry::disabled`], or neither spans nor
+    /// metrics): calls pass straight through.
     enabled: bool,
     client_methods: Arc<names::MethodNames>,
     server_methods: Arc<names::MethodNames>,
@@ -235,11 +239,21 @@ fn scope() -> InstrumentationScope {
 
 impl Telemetry {
     /// The tracer and meter of OpenTelemetry's global providers, as they are now (no-op
-    /// until the application installs its own).
+    /// until the application installs its own; instruments made from the no-op provider
+    /// stay no-op, as OpenTelemetry documents).
+    ///
+    /// With no meter provider installed, the handle records no metrics and skips their
+    /// per-call work ([`metrics`](Self::metrics) is false); with no tracer provider either,
+    /// it records nothing ([`is_enabled`](Self::is_enabled) is false) and the layers only
+    /// pass a caller's trace context on. OpenTelemetry's API cannot say whether a meter
+    /// provider records; its no-op provider is recognised as the one without state (a
+    /// zero-sized type), which no recording provider can be (it holds its readers and
+    /// exporters). A handle made with [`Telemetry::new`] always records its metrics.
     pub fn global() -> Self {
         let tracer = global::tracer_with_scope(scope());
-        let meter = global::meter_with_scope(scope());
-        Self::build(tracer, &meter)
+        let provider = global::meter_provider();
+        let meter = provider.meter_with_scope(scope());
+        Self::build(tracer, &meter, records_metrics(&*provider))
     }
 
     /// Telemetry that records nothing, neither spans nor metrics, whatever providers are
@@ -249,16 +263,27 @@ impl Telemetry {
     pub fn disabled() -> Self {
         let tracer = opentelemetry::trace::noop::NoopTracer::new();
         let meter = opentelemetry::metrics::NoopMeterProvider::new().meter_with_scope(scope());
-        let mut telemetry = Self::build(tracer, &meter);
+        let mut telemetry = Self::build(tracer, &meter, false);
         Arc::get_mut(&mut telemetry.inner)
             .expect("a handle just made has no other owner")
             .enabled = false;
         telemetry
     }
 
-    /// False for [`Telemetry::disabled`].
+    /// Whether anything is recorded: false for [`Telemetry::disabled`], and for a handle
+    /// whose tracer makes no spans and whose meter records nothing ([`Telemetry::global`]
+    /// when the application has installed neither provider). The layers of a handle that
+    /// records nothing pass calls straight through, carrying a caller's trace context on.
     pub fn is_enabled(&self) -> bool {
         self.inner.enabled
+    }
+
+    /// Whether metrics are recorded: false when the meter is OpenTelemetry's no-op one
+    /// ([`Telemetry::global`] made before the application installed a meter provider), and
+    /// for [`Telemetry::disabled`]. The layers then skip the per-call metric work (the
+    /// attributes and the instrument calls) that the no-op meter would throw away.
+    pub fn metrics(&self) -> bool {
+        self.inner.metrics
     }
 
     /// Whether `other` is a clone of this handle.
@@ -273,21 +298,23 @@ impl Telemetry {
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
     {
-        Self::build(tracer, meter)
+        Self::build(tracer, meter, true)
     }
 
     /// The tracer is kept as its own type behind [`record::StartSpan`] rather than as a
     /// [`BoxedTracer`](global::BoxedTracer): a boxed tracer boxes every span it makes, and
     /// the context the span goes into boxes it again.
-    fn build<T>(tracer: T, meter: &Meter) -> Self
+    fn build<T>(tracer: T, meter: &Meter, metrics: bool) -> Self
     where
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
     {
+        let tracing = makes_spans(&tracer);
         Self {
             inner: Arc::new(Inner {
-                tracing: makes_spans(&tracer),
-                enabled: true,
+                tracing,
+                metrics,
+                enabled: tracing || metrics,
                 tracer: Arc::new(tracer),
                 client_methods: Arc::default(),
                 server_methods: Arc::default(),
@@ -393,6 +420,12 @@ impl Telemetry {
     pub(crate) fn target_kv(&self) -> KeyValue {
         KeyValue::new("grpc.target", self.inner.target.clone())
     }
+}
+
+/// Whether `provider` records metrics: false for OpenTelemetry's no-op provider, the only
+/// one without state (see [`Telemetry::global`]).
+fn records_metrics(provider: &(dyn opentelemetry::metrics::MeterProvider + Send + Sync)) -> bool {
+    std::mem::size_of_val(provider) != 0
 }
 
 /// Whether `tracer` makes spans of its own. A no-op tracer hands back its parent's span

@@ -249,10 +249,14 @@ impl Record {
             return;
         }
         self.done = true;
-        let seconds = self.start.elapsed().as_secs_f64();
         let (telemetry, rpc) = (self.subject.telemetry(), self.subject.rpc());
-        let ins = telemetry.instruments();
+        // Without a meter that records, only the span (if any) is left to end.
+        let ins = telemetry.metrics().then(|| telemetry.instruments());
         let span = self.cx.take();
+        if ins.is_none() && span.is_none() {
+            return;
+        }
+        let seconds = self.start.elapsed().as_secs_f64();
         match rpc {
             Rpc::Grpc { .. } => {
                 let code = match outcome {
@@ -262,27 +266,31 @@ impl Record {
                     Outcome::Error(e) => error_codes(e).0,
                     Outcome::Cancelled => GrpcCode::Cancelled,
                 };
-                let status = KeyValue::new("grpc.status", status_name(code));
-                match self.side {
-                    Side::Call => {
-                        let attrs = [rpc.method_kv(), telemetry.target_kv(), status];
-                        ins.client_call_duration.record(seconds, &attrs);
-                        if let Subject::Call(call) = &self.subject {
-                            let n = call.attempts.load(Ordering::Relaxed);
-                            if n > 0 {
-                                ins.client_call_retries
-                                    .record(u64::from(n - 1), &attrs[..2]);
+                if self.side == Side::Server {
+                    telemetry.learn_server_method(rpc, code);
+                }
+                if let Some(ins) = ins {
+                    let status = KeyValue::new("grpc.status", status_name(code));
+                    match self.side {
+                        Side::Call => {
+                            let attrs = [rpc.method_kv(), telemetry.target_kv(), status];
+                            ins.client_call_duration.record(seconds, &attrs);
+                            if let Subject::Call(call) = &self.subject {
+                                let n = call.attempts.load(Ordering::Relaxed);
+                                if n > 0 {
+                                    ins.client_call_retries
+                                        .record(u64::from(n - 1), &attrs[..2]);
+                                }
                             }
                         }
-                    }
-                    Side::Attempt => {
-                        let attrs = [rpc.method_kv(), telemetry.target_kv(), status];
-                        ins.client_attempt_duration.record(seconds, &attrs);
-                    }
-                    Side::Server => {
-                        let attrs = [rpc.method_kv(), status];
-                        ins.server_call_duration.record(seconds, &attrs);
-                        telemetry.learn_server_method(rpc, code);
+                        Side::Attempt => {
+                            let attrs = [rpc.method_kv(), telemetry.target_kv(), status];
+                            ins.client_attempt_duration.record(seconds, &attrs);
+                        }
+                        Side::Server => {
+                            let attrs = [rpc.method_kv(), status];
+                            ins.server_call_duration.record(seconds, &attrs);
+                        }
                     }
                 }
                 if let Some(cx) = span {
@@ -320,10 +328,10 @@ impl Record {
                         code.map(|c| c.to_string()).unwrap_or_default(),
                     ));
                 }
-                match self.side {
-                    Side::Call => {}
-                    Side::Attempt => ins.http_client_duration.record(seconds, &attrs),
-                    Side::Server => ins.http_server_duration.record(seconds, &attrs),
+                match (self.side, ins) {
+                    (Side::Attempt, Some(ins)) => ins.http_client_duration.record(seconds, &attrs),
+                    (Side::Server, Some(ins)) => ins.http_server_duration.record(seconds, &attrs),
+                    _ => {}
                 }
                 if let Some(cx) = span {
                     let span = cx.span();

@@ -151,7 +151,7 @@ where
             let run = remote.map(|sc| Context::current().with_remote_span_context(sc));
             (None, run)
         };
-        if rpc.is_grpc() {
+        if rpc.is_grpc() && self.telemetry.metrics() {
             self.telemetry
                 .instruments()
                 .server_call_started

@@ -706,17 +706,49 @@ fn the_tracer_is_probed_without_exporting_anything() {
     let sdk = Sdk::new();
     assert!(sdk.telemetry.traces(), "an SDK tracer makes spans");
     assert!(sdk.spans().is_empty(), "the probe span is never exported");
-    // The global provider is OpenTelemetry's no-op default in this test binary.
-    assert!(!Telemetry::global().traces());
-    assert!(Telemetry::global().is_enabled());
+    // The global providers are OpenTelemetry's no-op defaults in this test binary: a
+    // handle on them records nothing.
+    let global = Telemetry::global();
+    assert!(!global.traces() && !global.metrics() && !global.is_enabled());
+    assert!(!global.with_target("xds:///x").is_enabled());
     let disabled = Telemetry::disabled();
-    assert!(!disabled.traces() && !disabled.is_enabled());
+    assert!(!disabled.traces() && !disabled.metrics() && !disabled.is_enabled());
     assert!(!disabled.with_target("xds:///x").is_enabled());
+}
+
+#[test]
+fn the_no_op_meter_provider_is_told_from_a_recording_one() {
+    assert!(!records_metrics(
+        &opentelemetry::metrics::NoopMeterProvider::new()
+    ));
+    let sdk = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
+        .build();
+    assert!(records_metrics(&sdk));
+    assert!(records_metrics(&SdkMeterProvider::builder().build()));
+    // A meter handed over explicitly is taken at its word, even a no-op one.
+    let noop_meter = opentelemetry::metrics::NoopMeterProvider::new().meter("meshwork");
+    let explicit = Telemetry::new(opentelemetry::trace::noop::NoopTracer::new(), &noop_meter);
+    assert!(explicit.metrics() && explicit.is_enabled() && !explicit.traces());
+    // Spans without metrics: still enabled.
+    let tracer = SdkTracerProvider::builder().build().tracer("meshwork");
+    assert!(Telemetry::new(tracer, &noop_meter).is_enabled());
 }
 
 #[tokio::test(start_paused = true)]
 async fn disabled_telemetry_records_nothing_but_passes_the_callers_trace_on() {
-    let telemetry = Telemetry::disabled();
+    passes_the_callers_trace_on(Telemetry::disabled()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn telemetry_on_no_op_providers_passes_the_callers_trace_on() {
+    // Nothing installed: the handle records nothing and behaves as a disabled one.
+    let telemetry = Telemetry::global();
+    assert!(!telemetry.is_enabled());
+    passes_the_callers_trace_on(telemetry).await;
+}
+
+async fn passes_the_callers_trace_on(telemetry: Telemetry) {
     // Client side: the current context's traceparent goes out unchanged.
     let endpoint = traceparent_echo();
     let mut client = CallLayer::new(telemetry.clone())
