@@ -248,7 +248,9 @@ impl Telemetry {
     /// pass a caller's trace context on. OpenTelemetry's API cannot say whether a meter
     /// provider records; its no-op provider is recognised as the one without state (a
     /// zero-sized type), which no recording provider can be (it holds its readers and
-    /// exporters). A handle made with [`Telemetry::new`] always records its metrics.
+    /// exporters). A handle made with [`Telemetry::new`] always records its metrics: an
+    /// application whose own meter provider has no state of its own (it records through
+    /// statics) passes `&global::meter_with_scope(..)` there.
     pub fn global() -> Self {
         let tracer = global::tracer_with_scope(scope());
         let provider = global::meter_provider();
