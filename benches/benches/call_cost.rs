@@ -5,10 +5,11 @@
 //! trailers, read to the end so every span ends. Below the balancer there is no transport,
 //! so what is counted is the stack alone.
 //!
-//! - `untraced`: OpenTelemetry's global providers, nothing installed (no spans; the
-//!   metric calls go to the no-op meter) — the loadtest's `meshwork-untraced`;
+//! - `untraced`: OpenTelemetry's global providers, nothing installed (`Telemetry::global()`
+//!   then records nothing, as `disabled`) — the loadtest's `meshwork-untraced`;
 //! - `traced`: an SDK tracer provider with the default always-on sampler and no exporter,
-//!   and the global (no-op) meter — the loadtest's traced `meshwork`;
+//!   and the global (no-op) meter handed to `Telemetry::new` (which records metrics into
+//!   whatever meter it is given) — the loadtest's traced `meshwork`;
 //! - `sampled`: the same with a 1 % trace-ID-ratio sampler (most calls make spans that are
 //!   not recorded);
 //! - `disabled`: `Telemetry::disabled()` (no spans, no metrics): the stack without its

@@ -5,8 +5,9 @@
 //!
 //! - `bare`: no telemetry layers;
 //! - `disabled`: the layers with [`Telemetry::disabled`] (they only pass a trace context on);
-//! - `off`: the layers with OpenTelemetry's no-op global providers (nothing installed): no
-//!   span is built, the metric calls go to the no-op meter;
+//! - `off`: the layers with OpenTelemetry's no-op global providers (nothing installed):
+//!   `Telemetry::global()` then records nothing and the layers pass calls through as
+//!   `disabled`'s do;
 //! - `on_no_exporter`: SDK tracer and meter providers that record every span and metric
 //!   but export nowhere (no span processor; metrics aggregated for a periodic reader
 //!   that exports once a minute into memory);

@@ -43,16 +43,16 @@
 //! tracer provider installed (OpenTelemetry's no-op default) no span is ever built.
 //! [`Telemetry::global`] also skips the metric work when no meter provider is installed
 //! (see [`Telemetry::metrics`]); with neither provider the layers only carry a caller's
-//! trace context on. With a meter that records, a call costs its metric calls, two clock
-//! reads per layer and the bookkeeping that ends the call with its response body. A span's name and attributes are given to the tracer when it starts (so a
-//! sampler sees them, as OpenTelemetry asks), so a tracer that makes spans but does not
-//! sample a root one (a ratio sampler) costs them too; under a parent that was not sampled
-//! (a call of a request a ratio sampler left out, or an attempt of such a call), the
-//! sampler is asked with the name alone and the attributes are made only for a span it
-//! records all the same. [`Telemetry::disabled`] records
-//! nothing whatever is installed; then the layers only pass a caller's trace context on.
-//! `benches/benches/telemetry.rs` measures each case: disabled, tracing off, on without an
-//! exporter, and on with 1% sampling.
+//! trace context on, as with [`Telemetry::disabled`] (which records nothing whatever is
+//! installed). With a meter that records, a call costs its metric calls, two clock reads
+//! per layer and the bookkeeping that ends the call with its response body. A span's name
+//! and attributes are given to the tracer when it starts (so a sampler sees them, as
+//! OpenTelemetry asks), so a tracer that makes spans but does not sample a root one (a
+//! ratio sampler) costs them too; under a parent that was not sampled (a call of a request
+//! a ratio sampler left out, or an attempt of such a call), the sampler is asked with the
+//! name alone and the attributes are made only for a span it records all the same.
+//! `benches/benches/telemetry.rs` measures each case: disabled, no providers installed, a
+//! tracer without an exporter, and a tracer with 1% sampling.
 //!
 //! A call's `grpc.method` is interned per handle and bounded: a client names up to
 //! [`MAX_METHOD_NAMES`] methods; a server names a method only once it has answered a call to
@@ -246,11 +246,11 @@ impl Telemetry {
     /// per-call work ([`metrics`](Self::metrics) is false); with no tracer provider either,
     /// it records nothing ([`is_enabled`](Self::is_enabled) is false) and the layers only
     /// pass a caller's trace context on. OpenTelemetry's API cannot say whether a meter
-    /// provider records; its no-op provider is recognised as the one without state (a
-    /// zero-sized type), which no recording provider can be (it holds its readers and
-    /// exporters). A handle made with [`Telemetry::new`] always records its metrics: an
-    /// application whose own meter provider has no state of its own (it records through
-    /// statics) passes `&global::meter_with_scope(..)` there.
+    /// provider records; its no-op provider is recognised as a provider without state (a
+    /// zero-sized type), which a recording provider is not in practice (the SDK's holds its
+    /// readers and exporters). A handle made with [`Telemetry::new`] always records its
+    /// metrics: an application whose own meter provider has no state of its own (it
+    /// records through statics) passes `&global::meter_with_scope(..)` there.
     pub fn global() -> Self {
         let tracer = global::tracer_with_scope(scope());
         let provider = global::meter_provider();
@@ -265,25 +265,23 @@ impl Telemetry {
     pub fn disabled() -> Self {
         let tracer = opentelemetry::trace::noop::NoopTracer::new();
         let meter = opentelemetry::metrics::NoopMeterProvider::new().meter_with_scope(scope());
-        let mut telemetry = Self::build(tracer, &meter, false);
-        Arc::get_mut(&mut telemetry.inner)
-            .expect("a handle just made has no other owner")
-            .enabled = false;
-        telemetry
+        // The no-op tracer makes no spans and no metrics are asked for: nothing is enabled.
+        Self::build(tracer, &meter, false)
     }
 
-    /// Whether anything is recorded: false for [`Telemetry::disabled`], and for a handle
-    /// whose tracer makes no spans and whose meter records nothing ([`Telemetry::global`]
-    /// when the application has installed neither provider). The layers of a handle that
-    /// records nothing pass calls straight through, carrying a caller's trace context on.
+    /// Whether anything is recorded: false for [`Telemetry::disabled`], and for a
+    /// [`Telemetry::global`] handle made while the application had installed neither a
+    /// tracer provider nor a meter provider. The layers of a handle that records nothing
+    /// pass calls straight through, carrying a caller's trace context on.
     pub fn is_enabled(&self) -> bool {
         self.inner.enabled
     }
 
-    /// Whether metrics are recorded: false when the meter is OpenTelemetry's no-op one
-    /// ([`Telemetry::global`] made before the application installed a meter provider), and
-    /// for [`Telemetry::disabled`]. The layers then skip the per-call metric work (the
-    /// attributes and the instrument calls) that the no-op meter would throw away.
+    /// Whether metrics are recorded: false for a [`Telemetry::global`] handle made before
+    /// the application installed a meter provider (its instruments are OpenTelemetry's
+    /// no-op ones), and for [`Telemetry::disabled`]; true for every [`Telemetry::new`]
+    /// handle, whatever its meter. The layers of a handle without metrics skip the per-call
+    /// metric work (the attributes, the instrument calls, the durations).
     pub fn metrics(&self) -> bool {
         self.inner.metrics
     }
@@ -424,8 +422,8 @@ impl Telemetry {
     }
 }
 
-/// Whether `provider` records metrics: false for OpenTelemetry's no-op provider, the only
-/// one without state (see [`Telemetry::global`]).
+/// Whether `provider` records metrics: false for a provider without state, as
+/// OpenTelemetry's no-op one is (see [`Telemetry::global`]).
 fn records_metrics(provider: &(dyn opentelemetry::metrics::MeterProvider + Send + Sync)) -> bool {
     std::mem::size_of_val(provider) != 0
 }

@@ -250,13 +250,15 @@ impl Record {
         }
         self.done = true;
         let (telemetry, rpc) = (self.subject.telemetry(), self.subject.rpc());
-        // Without a meter that records, only the span (if any) is left to end.
+        // Without a meter that records, only the span (if any) is left to end: no
+        // duration, no metric attributes, no server method to learn (it names metrics).
         let ins = telemetry.metrics().then(|| telemetry.instruments());
         let span = self.cx.take();
         if ins.is_none() && span.is_none() {
             return;
         }
-        let seconds = self.start.elapsed().as_secs_f64();
+        let start = self.start;
+        let seconds = move || start.elapsed().as_secs_f64();
         match rpc {
             Rpc::Grpc { .. } => {
                 let code = match outcome {
@@ -266,10 +268,11 @@ impl Record {
                     Outcome::Error(e) => error_codes(e).0,
                     Outcome::Cancelled => GrpcCode::Cancelled,
                 };
-                if self.side == Side::Server {
-                    telemetry.learn_server_method(rpc, code);
-                }
                 if let Some(ins) = ins {
+                    if self.side == Side::Server {
+                        telemetry.learn_server_method(rpc, code);
+                    }
+                    let seconds = seconds();
                     let status = KeyValue::new("grpc.status", status_name(code));
                     match self.side {
                         Side::Call => {
@@ -315,23 +318,26 @@ impl Record {
                 let code = self.http_status.map(|s| s.as_u16());
                 let failed = error.is_some()
                     || code.is_some_and(|c| c >= if self.side == Side::Server { 500 } else { 400 });
-                let mut attrs = Vec::with_capacity(3);
-                attrs.push(rpc.method_kv());
-                if let Some(c) = code {
-                    attrs.push(KeyValue::new("http.response.status_code", i64::from(c)));
-                }
-                if let Some(e) = error {
-                    attrs.push(KeyValue::new("error.type", e));
-                } else if failed {
-                    attrs.push(KeyValue::new(
-                        "error.type",
-                        code.map(|c| c.to_string()).unwrap_or_default(),
-                    ));
-                }
-                match (self.side, ins) {
-                    (Side::Attempt, Some(ins)) => ins.http_client_duration.record(seconds, &attrs),
-                    (Side::Server, Some(ins)) => ins.http_server_duration.record(seconds, &attrs),
-                    _ => {}
+                let duration = match (self.side, ins) {
+                    (Side::Attempt, Some(ins)) => Some(&ins.http_client_duration),
+                    (Side::Server, Some(ins)) => Some(&ins.http_server_duration),
+                    _ => None,
+                };
+                if let Some(duration) = duration {
+                    let mut attrs = Vec::with_capacity(3);
+                    attrs.push(rpc.method_kv());
+                    if let Some(c) = code {
+                        attrs.push(KeyValue::new("http.response.status_code", i64::from(c)));
+                    }
+                    if let Some(e) = error {
+                        attrs.push(KeyValue::new("error.type", e));
+                    } else if failed {
+                        attrs.push(KeyValue::new(
+                            "error.type",
+                            code.map(|c| c.to_string()).unwrap_or_default(),
+                        ));
+                    }
+                    duration.record(seconds(), &attrs);
                 }
                 if let Some(cx) = span {
                     let span = cx.span();
