@@ -217,6 +217,27 @@ impl ProtocolConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId(u64);
 
+/// A response decoded and validated away from the state ([`AdsState::decode_response`],
+/// [`AdsState::decode_delta_response`]), to apply with [`AdsState::on_decoded_response`].
+/// It carries what the ACK or NACK needs (type, nonce, version), so it cannot be applied
+/// with another response's.
+#[derive(Debug)]
+pub struct DecodedResponse {
+    /// Decoded from a delta response.
+    delta: bool,
+    type_url: String,
+    nonce: String,
+    /// The response's `version_info` (SotW) or `system_version_info` (delta).
+    version: String,
+    /// `None` for a type this client does not know.
+    decoded: Option<Decoded>,
+}
+
+/// The versions of the values a delta response's heartbeats name, as the state held them
+/// ([`AdsState::heartbeats`]): what decoding the response needs from the state.
+#[derive(Debug, Default)]
+pub struct HeldVersions(HashMap<String, String>);
+
 /// The client's view of one resource, as the config dump shows it (CSDS's
 /// `ClientResourceStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -867,22 +888,67 @@ impl AdsState {
 
     /// Apply a response received on `stream` at `now`: decode it, apply it, and queue its
     /// ACK or NACK. A response on a delta stream is dropped.
+    ///
+    /// The same as [`decode_response`](Self::decode_response) then
+    /// [`on_decoded_response`](Self::on_decoded_response); a caller that shares the state
+    /// behind a lock decodes first, without it.
     pub fn on_response(&mut self, stream: StreamId, response: DiscoveryResponse, now: Instant) {
-        if self.stream != Some(stream) || self.delta {
+        self.on_decoded_response(stream, Self::decode_response(response), now);
+    }
+
+    /// Decodes and validates a SotW response without touching any state: the slow part of
+    /// [`on_response`](Self::on_response) (a push of 10,000 clusters takes tens of
+    /// milliseconds), which a caller that shares the state behind a lock can do before
+    /// taking it. Apply the result with [`on_decoded_response`](Self::on_decoded_response).
+    pub fn decode_response(response: DiscoveryResponse) -> DecodedResponse {
+        let decoded = ResourceType::from_type_url(&response.type_url)
+            .map(|resource_type| response::decode(resource_type, &response));
+        DecodedResponse {
+            delta: false,
+            type_url: response.type_url,
+            nonce: response.nonce,
+            version: response.version_info,
+            decoded,
+        }
+    }
+
+    /// Apply a response decoded by [`decode_response`](Self::decode_response) (or
+    /// [`decode_delta_response`](Self::decode_delta_response)) and received on `stream` at
+    /// `now`, and queue its ACK or NACK. A response of the other kind of stream than the
+    /// current one, or of an old stream, is dropped.
+    pub fn on_decoded_response(
+        &mut self,
+        stream: StreamId,
+        response: DecodedResponse,
+        now: Instant,
+    ) {
+        if self.stream != Some(stream) || self.delta != response.delta {
             tracing::debug!(nonce = %response.nonce, "dropping a response from an old stream");
             return;
         }
-        let Some((resource_type, ts)) = self.answering(&response.type_url) else {
-            self.answer_unknown(response.type_url, response.nonce);
+        let DecodedResponse {
+            delta,
+            type_url,
+            nonce,
+            version,
+            decoded,
+        } = response;
+        let Some((resource_type, ts)) = self.answering(&type_url) else {
+            self.answer_unknown(type_url, nonce);
             return;
         };
-        ts.nonce = response.nonce.clone();
-        let decoded = response::decode(resource_type, &response);
-        let error_detail = self.apply_response(resource_type, decoded, &response.version_info, now);
+        if !delta {
+            ts.nonce = nonce.clone();
+        }
+        // `answering` knows the type, so the decoder did too.
+        let error_detail = match decoded {
+            Some(decoded) => self.apply_response(resource_type, decoded, &version, now),
+            None => None,
+        };
         self.answer(Answer {
-            type_url: response.type_url,
+            type_url,
             resource_type: Some(resource_type),
-            nonce: response.nonce,
+            nonce,
             error_detail,
         });
     }
@@ -891,33 +957,60 @@ impl AdsState {
     /// resource at its own version, `removed_resources` as deletions), and queue its ACK or
     /// NACK (the subscription changes made since the last request follow it in a request
     /// of their own). A response on a SotW stream is dropped.
+    ///
+    /// The same as [`heartbeats`](Self::heartbeats),
+    /// [`decode_delta_response`](Self::decode_delta_response) then
+    /// [`on_decoded_response`](Self::on_decoded_response); a caller that shares the state
+    /// behind a lock decodes between the two, without it.
     pub fn on_delta_response(
         &mut self,
         stream: StreamId,
         response: DeltaDiscoveryResponse,
         now: Instant,
     ) {
-        if self.stream != Some(stream) || !self.delta {
-            tracing::debug!(nonce = %response.nonce, "dropping a delta response from an old stream");
-            return;
+        let held = self.heartbeats(&response);
+        self.on_decoded_response(stream, Self::decode_delta_response(response, &held), now);
+    }
+
+    /// What a delta response's body-less resources (TTL heartbeats) need from the state to
+    /// be decoded: the version of the value held under each of their names. Cheap: one
+    /// lookup per heartbeat, none for a resource with a body.
+    pub fn heartbeats(&self, response: &DeltaDiscoveryResponse) -> HeldVersions {
+        let mut held = HashMap::new();
+        let Some(ts) = ResourceType::from_type_url(&response.type_url)
+            .and_then(|resource_type| self.types.get(&resource_type))
+        else {
+            return HeldVersions(held);
+        };
+        for r in response.resources.iter().filter(|r| r.resource.is_none()) {
+            let name = crate::resource::canonical_name(&r.name);
+            if let Some(version) = ts
+                .resources
+                .get(name.as_ref())
+                .and_then(|rs| rs.value.as_ref().and(rs.version.as_deref()))
+            {
+                held.insert(name.into_owned(), version.to_owned());
+            }
         }
-        let Some((resource_type, _)) = self.answering(&response.type_url) else {
-            self.answer_unknown(response.type_url, response.nonce);
-            return;
-        };
-        let held = |name: &str| {
-            let rs = self.types.get(&resource_type)?.resources.get(name)?;
-            rs.value.as_ref().and(rs.version.as_deref())
-        };
-        let decoded = response::decode_delta(resource_type, &response, &held);
-        let error_detail =
-            self.apply_response(resource_type, decoded, &response.system_version_info, now);
-        self.answer(Answer {
+        HeldVersions(held)
+    }
+
+    /// Decodes and validates a delta response without touching any state, given its
+    /// [`heartbeats`](Self::heartbeats); see [`decode_response`](Self::decode_response).
+    pub fn decode_delta_response(
+        response: DeltaDiscoveryResponse,
+        held: &HeldVersions,
+    ) -> DecodedResponse {
+        let lookup = |name: &str| held.0.get(name).map(String::as_str);
+        let decoded = ResourceType::from_type_url(&response.type_url)
+            .map(|resource_type| response::decode_delta(resource_type, &response, &lookup));
+        DecodedResponse {
+            delta: true,
             type_url: response.type_url,
-            resource_type: Some(resource_type),
             nonce: response.nonce,
-            error_detail,
-        });
+            version: response.system_version_info,
+            decoded,
+        }
     }
 
     /// Queue the ACK or NACK of a response. Its request is built when it is polled, from

@@ -714,10 +714,17 @@ impl Group {
                     Ok(Some(response)) => {
                         answered = true;
                         self.answered = true;
-                        match response {
-                            AdsResponse::Sotw(r) => self.ads().on_response(sid, r, now()),
-                            AdsResponse::Delta(r) => self.ads().on_delta_response(sid, r, now()),
-                        }
+                        // Decoded before the state is locked: the hub's walks and the
+                        // client's reads lock it too, and a large push takes milliseconds
+                        // to decode.
+                        let decoded = match response {
+                            AdsResponse::Sotw(r) => AdsState::decode_response(r),
+                            AdsResponse::Delta(r) => {
+                                let held = self.ads().heartbeats(&r);
+                                AdsState::decode_delta_response(r, &held)
+                            }
+                        };
+                        self.ads().on_decoded_response(sid, decoded, now());
                         self.schedule_save();
                     }
                     Ok(None) => {

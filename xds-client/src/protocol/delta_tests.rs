@@ -805,3 +805,101 @@ fn unread_delta_answers_are_dropped_with_their_stream() {
     );
     assert!(r[0].node.is_some());
 }
+
+/// A response decoded before the state is touched ([`AdsState::decode_response`],
+/// [`AdsState::heartbeats`] and [`AdsState::decode_delta_response`], as the client's group
+/// does outside its lock) applies as one decoded in place: the same events and the same
+/// ACKs and NACKs, heartbeats included; one decoded for the other kind of stream, or for an
+/// older stream, is dropped unanswered.
+#[test]
+fn a_response_decoded_apart_applies_as_one_decoded_in_place() {
+    let bodyless = |name: &str, version: &str| DeltaResource {
+        name: name.into(),
+        version: version.into(),
+        resource: None,
+        ..Default::default()
+    };
+    let script = [
+        response(
+            CDS,
+            "n1",
+            vec![
+                res("a", "1", eds_cluster("a")),
+                res("b", "1", static_cluster("b")),
+            ],
+            &[],
+        ),
+        response(CDS, "n2", vec![bodyless("a", "1"), bodyless("b", "7")], &[]),
+        response(CDS, "n3", vec![res("b", "2", eds_cluster("b"))], &["a"]),
+    ];
+    let mut in_place = Harness::delta();
+    let mut apart = Harness::delta();
+    for h in [&mut in_place, &mut apart] {
+        h.ads.subscribe(CDS, "a");
+        h.ads.subscribe(CDS, "b");
+        h.delta_requests();
+    }
+    for r in script {
+        in_place.delta_respond(r.clone());
+        let held = apart.ads.heartbeats(&r);
+        let decoded = AdsState::decode_delta_response(r, &held);
+        apart
+            .ads
+            .on_decoded_response(apart.stream, decoded, apart.now);
+        let (a, b) = (in_place.delta_requests(), apart.delta_requests());
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 1, "one answer per response");
+        assert_eq!(names(&in_place.events()), names(&apart.events()));
+    }
+    assert_eq!(apart.ads.get(CDS, "a"), None, "removed");
+    assert!(apart.ads.get(CDS, "b").is_some());
+
+    // The same on SotW, where decoding needs nothing from the state.
+    let sotw = |nonce: &str, resources: Vec<Any>| DiscoveryResponse {
+        version_info: format!("v-{nonce}"),
+        resources,
+        type_url: CDS.type_url().into(),
+        nonce: nonce.into(),
+        ..Default::default()
+    };
+    let mut in_place = Harness::new();
+    let mut apart = Harness::new();
+    for h in [&mut in_place, &mut apart] {
+        h.ads.subscribe(CDS, "a");
+        h.ads.subscribe(CDS, "b");
+        std::iter::from_fn(|| h.ads.poll_request(h.now)).count();
+    }
+    for r in [
+        sotw("n1", vec![eds_cluster("a"), static_cluster("b")]),
+        sotw("n2", vec![eds_cluster("b")]),
+    ] {
+        in_place
+            .ads
+            .on_response(in_place.stream, r.clone(), in_place.now);
+        let decoded = AdsState::decode_response(r);
+        apart
+            .ads
+            .on_decoded_response(apart.stream, decoded, apart.now);
+        let a: Vec<_> = std::iter::from_fn(|| in_place.ads.poll_request(in_place.now)).collect();
+        let b: Vec<_> = std::iter::from_fn(|| apart.ads.poll_request(apart.now)).collect();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 1);
+        assert_eq!(names(&in_place.events()), names(&apart.events()));
+    }
+
+    // A SotW response on a delta stream, and a response of a closed stream: dropped.
+    let mut h = Harness::delta();
+    h.ads.subscribe(CDS, "a");
+    h.delta_requests();
+    let decoded = AdsState::decode_response(sotw("n1", vec![eds_cluster("a")]));
+    h.ads.on_decoded_response(h.stream, decoded, h.now);
+    assert!(h.delta_requests().is_empty() && h.events().is_empty());
+    let old = h.stream;
+    h.ads.on_stream_closed(old);
+    h.stream = h.ads.on_delta_stream_open();
+    h.delta_requests();
+    let r = response(CDS, "n1", vec![res("a", "1", eds_cluster("a"))], &[]);
+    let decoded = AdsState::decode_delta_response(r, &HeldVersions::default());
+    h.ads.on_decoded_response(old, decoded, h.now);
+    assert!(h.delta_requests().is_empty() && h.events().is_empty());
+}
