@@ -1,7 +1,8 @@
 //! Retries: gRFC A44 semantics for gRPC, plus Envoy's HTTP conditions.
 //!
 //! [`Retry`] reads the retry policy of the route the request took (the [`RoutePolicy`] the
-//! router attached; or the layer's default policy for requests without one) and:
+//! router attached, which it takes out of the request: the attempts do not carry it; or
+//! the layer's default policy for requests without one) and:
 //!
 //! - retries an attempt whose outcome meets a `retry_on` condition the policy names (see
 //!   [What is retried](#what-is-retried));
@@ -220,9 +221,11 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let source = match req.extensions().get::<RoutePolicy>() {
-            Some(rp) if rp.retry_policy().is_some() => Some(PolicySource::Route(rp.clone())),
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The route's policy is taken out of the request, not copied: the layers below read
+        // none of it, and every attempt's copy of the head would copy it again.
+        let source = match req.extensions_mut().remove::<RoutePolicy>() {
+            Some(rp) if rp.retry_policy().is_some() => Some(PolicySource::Route(rp)),
             Some(_) => None,
             None => self
                 .settings

@@ -95,6 +95,8 @@ async fn unavailable_is_retried_with_replayed_body_and_attempt_headers() {
             .cloned()
             .unwrap_or_default();
         assert_eq!(avoid.addresses(), (0..i).map(addr).collect::<Vec<_>>());
+        // The route's policy is the retry layer's: the attempts do not carry it.
+        assert!(req.extensions().get::<RoutePolicy>().is_none());
         assert!(req.body().is_replay());
         seen.push((attempts, body_of(req).await));
         // The balancer says which endpoint served the attempt.
