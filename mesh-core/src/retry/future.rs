@@ -1,6 +1,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use bytes::{Buf, Bytes};
 use http::HeaderValue;
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::time::Sleep;
 use tower::{BoxError, Service};
@@ -33,7 +35,9 @@ pub(crate) struct Retrying<S, B> {
     pub(crate) grpc: bool,
     /// Whether the request may run twice (see [`is_idempotent`](super::classify::is_idempotent)).
     pub(crate) idempotent: bool,
-    pub(crate) rng: SmallRng,
+    /// The backoff's jitter, seeded from the layer's seeds at the call's first backoff
+    /// (most calls never retry, and the seeds are a counter every worker's calls share).
+    pub(crate) rng: Option<SmallRng>,
     pub(crate) avoid: AvoidEndpoints,
     pub(crate) attempts: u32,
     pub(crate) request: Pending<B>,
@@ -291,7 +295,13 @@ where
                         Pushback::After(d) => d
                             .min(policy.max_interval)
                             .max(policy.base_interval.min(policy.max_interval)),
-                        Pushback::None => super::backoff(policy, r.attempts, &mut r.rng),
+                        Pushback::None => {
+                            let rng = r.rng.get_or_insert_with(|| {
+                                let seed = r.settings.seeds.fetch_add(1, Ordering::Relaxed);
+                                SmallRng::seed_from_u64(seed)
+                            });
+                            super::backoff(policy, r.attempts, rng)
+                        }
                     };
                     // The endpoint that failed, for the balancer to avoid on the retry.
                     let served_by = match &result {

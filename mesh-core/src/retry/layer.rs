@@ -84,7 +84,8 @@ impl RetryLayer {
         Ok(self)
     }
 
-    /// Seeds the backoff jitter (for reproducible tests).
+    /// Seeds the backoff jitter (for reproducible tests): the calls that back off take
+    /// `seed`, `seed + 1`, … in the order of their first backoff.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self

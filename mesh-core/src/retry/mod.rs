@@ -74,12 +74,10 @@
 //! trailers after a body is returned to the caller as it is.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 
 use http_body::Body;
-use rand::SeedableRng;
-use rand::rngs::SmallRng;
 use tower::{BoxError, Service};
 
 #[cfg(doc)]
@@ -250,7 +248,6 @@ where
                 // retries; the clone takes its place for the next call.
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                let seed = self.settings.seeds.fetch_add(1, Ordering::Relaxed);
                 let grpc = is_grpc(&req);
                 let idempotent = classify::is_idempotent(&req);
                 ResponseFuture::retrying(future::Retrying {
@@ -261,7 +258,7 @@ where
                     per_try,
                     grpc,
                     idempotent,
-                    rng: SmallRng::seed_from_u64(seed),
+                    rng: None,
                     avoid: AvoidEndpoints::default(),
                     attempts: 0,
                     request: future::Pending::new(req),

@@ -1,5 +1,5 @@
 use std::convert::Infallible;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -552,6 +552,7 @@ async fn per_try_timeout_bounds_each_attempt() {
 #[test]
 fn backoff_is_jittered_exponential_and_capped() {
     use rand::SeedableRng;
+    use rand::rngs::SmallRng;
     let p = policy(RetryOn::UNAVAILABLE, 5);
     let mut rng = SmallRng::seed_from_u64(3);
     for retry in 1..=8u32 {
