@@ -73,7 +73,10 @@ impl<B> Pending<B> {
         *req.uri_mut() = self.head.uri.clone();
         *req.version_mut() = self.head.version;
         *req.headers_mut() = self.head.headers.clone();
-        *req.extensions_mut() = self.head.extensions.clone();
+        // An empty map's copy would still be an allocation.
+        if !self.head.extensions.is_empty() {
+            *req.extensions_mut() = self.head.extensions.clone();
+        }
         if attempt > 0 {
             req.headers_mut().insert(
                 GRPC_PREVIOUS_RPC_ATTEMPTS.clone(),

@@ -88,8 +88,10 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http_body::Body;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::sync::{oneshot, watch};
-use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder};
 
 use crate::balance::{BalancePolicy, Balancer};
@@ -139,10 +141,75 @@ where
     }
 }
 
-/// The service of one cluster: Timeout -> Retry -> Attempt -> CircuitBreaker -> Balancer,
-/// boxed.
-pub(crate) type ClusterService<B, RB> =
-    BoxCloneSyncService<http::Request<B>, http::Response<TimeoutBody<TelemetryBody<RB>>>, BoxError>;
+/// What one cluster's stack answers.
+type ClusterResponse<RB> = http::Response<TimeoutBody<TelemetryBody<RB>>>;
+
+/// The future of one call to a cluster's stack.
+pub(crate) type ClusterFuture<RB> =
+    Pin<Box<dyn Future<Output = Result<ClusterResponse<RB>, BoxError>> + Send>>;
+
+/// One cluster's stack (Timeout -> Retry -> Attempt -> CircuitBreaker -> Balancer) as the
+/// router calls it: through a shared reference, each call driving its own clone of the
+/// stack inside the call's one boxed future (a boxed service cloned per call would box the
+/// clone too).
+trait ClusterCall<B, RB>: Send + Sync {
+    fn call(&self, req: http::Request<B>) -> ClusterFuture<RB>;
+}
+
+impl<S, B, RB> ClusterCall<B, RB> for S
+where
+    S: Service<http::Request<B>, Response = ClusterResponse<RB>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    fn call(&self, req: http::Request<B>) -> ClusterFuture<RB> {
+        Box::pin(tower::ServiceExt::oneshot(self.clone(), req))
+    }
+}
+
+/// The service of one cluster, as the [`Router`](crate::route::Router)'s [`Clusters`]
+/// lookup hands it out: a shared handle, always ready (each call readies its own clone of
+/// the stack).
+pub(crate) struct ClusterService<B, RB> {
+    stack: Arc<dyn ClusterCall<B, RB>>,
+}
+
+impl<B, RB> ClusterService<B, RB> {
+    fn new<S>(stack: S) -> Self
+    where
+        S: ClusterCall<B, RB> + 'static,
+    {
+        Self {
+            stack: Arc::new(stack),
+        }
+    }
+}
+
+impl<B, RB> Clone for ClusterService<B, RB> {
+    fn clone(&self) -> Self {
+        Self {
+            stack: self.stack.clone(),
+        }
+    }
+}
+
+impl<B, RB> Service<http::Request<B>> for ClusterService<B, RB> {
+    type Response = ClusterResponse<RB>;
+    type Error = BoxError;
+    type Future = ClusterFuture<RB>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> ClusterFuture<RB> {
+        self.stack.call(req)
+    }
+}
 
 /// The outbound stack: a [`Router`] over a [`ClusterSet`].
 #[cfg(test)]
@@ -616,7 +683,7 @@ where
         async move { Err::<http::Response<TimeoutBody<TelemetryBody<RB>>>, BoxError>(Box::new(err)) }
     });
     Built {
-        service: BoxCloneSyncService::new(service),
+        service: ClusterService::new(service),
         endpoints: None,
     }
 }
@@ -684,7 +751,7 @@ where
         .layer(CircuitBreakerLayer::new(cluster.circuit_breakers).metrics(metrics))
         .service(balancer.build(rx, new_endpoint));
     Built {
-        service: BoxCloneSyncService::new(service),
+        service: ClusterService::new(service),
         endpoints: Some(tx),
     }
 }
