@@ -83,14 +83,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use http_body::Body;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use tokio::sync::{oneshot, watch};
 use tower::{BoxError, Service, ServiceBuilder};
 

@@ -57,6 +57,17 @@ fn res(name: &str, version: &str, body: Any) -> DeltaResource {
     }
 }
 
+/// A delta `Resource` named `name` at `version` without a body (a TTL heartbeat when the
+/// client holds that version).
+fn bodyless(name: &str, version: &str) -> DeltaResource {
+    DeltaResource {
+        name: name.into(),
+        version: version.into(),
+        resource: None,
+        ..Default::default()
+    }
+}
+
 fn response(
     t: ResourceType,
     nonce: &str,
@@ -658,12 +669,6 @@ fn initial_resource_versions_stay_under_the_encoding_limit() {
 /// name, keeping what is held.
 #[test]
 fn a_bodyless_resource_is_a_heartbeat_only_for_a_held_version() {
-    let bodyless = |name: &str, version: &str| DeltaResource {
-        name: name.into(),
-        version: version.into(),
-        resource: None,
-        ..Default::default()
-    };
     let mut h = Harness::delta();
     h.ads.subscribe(CDS, "a");
     let reply = h.answer(CDS, "n1", vec![bodyless("a", "1")], &[]);
@@ -813,12 +818,6 @@ fn unread_delta_answers_are_dropped_with_their_stream() {
 /// older stream, is dropped unanswered.
 #[test]
 fn a_response_decoded_apart_applies_as_one_decoded_in_place() {
-    let bodyless = |name: &str, version: &str| DeltaResource {
-        name: name.into(),
-        version: version.into(),
-        resource: None,
-        ..Default::default()
-    };
     let script = [
         response(
             CDS,
