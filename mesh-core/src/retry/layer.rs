@@ -84,8 +84,9 @@ impl RetryLayer {
         Ok(self)
     }
 
-    /// Seeds the backoff jitter (for reproducible tests): the calls that back off take
-    /// `seed`, `seed + 1`, … in the order of their first backoff.
+    /// Seeds the backoff jitter (for reproducible tests): the calls whose backoff is
+    /// jittered (not set by the server's pushback) take `seed`, `seed + 1`, … in the order
+    /// of their first jittered backoff.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self

@@ -1,8 +1,9 @@
 //! Retries: gRFC A44 semantics for gRPC, plus Envoy's HTTP conditions.
 //!
 //! [`Retry`] reads the retry policy of the route the request took (the [`RoutePolicy`] the
-//! router attached, which it takes out of the request: the attempts do not carry it; or
-//! the layer's default policy for requests without one) and:
+//! router attached, which it takes out of the request: the attempts do not carry it, so a
+//! [`Timeout`](crate::timeout::Timeout) layer belongs above this one; or the layer's
+//! default policy for requests without one) and:
 //!
 //! - retries an attempt whose outcome meets a `retry_on` condition the policy names (see
 //!   [What is retried](#what-is-retried));

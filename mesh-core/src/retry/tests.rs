@@ -597,6 +597,49 @@ async fn pushback_sets_the_delay_or_stops_retries() {
     assert_eq!(call.await.unwrap().unwrap().headers()["grpc-status"], "14");
 }
 
+/// A call's jitter is seeded at its first backoff: a call that never backs off takes no
+/// seed, so with `seed(1)` the first call that backs off waits what the generator seeded
+/// with 1 draws first (seeding every call would have given it seed 2).
+#[tokio::test(start_paused = true)]
+async fn the_jitter_seed_is_taken_at_the_first_backoff() {
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+    let p = policy(RetryOn::UNAVAILABLE, 2);
+    let drawn = |seed| backoff(&p, 1, &mut SmallRng::seed_from_u64(seed));
+    // Tokio's timer wakes on whole milliseconds.
+    let waited = |d: Duration| Duration::from_millis(d.as_nanos().div_ceil(1_000_000) as u64);
+    assert_ne!(
+        waited(drawn(1)),
+        waited(drawn(2)),
+        "the two seeds tell apart"
+    );
+    let (svc, mut handle) = mock::pair::<Req, Rsp>();
+    let mut svc = layer().layer(svc);
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(grpc_req(Some(p.clone()), "x")),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(grpc_status(0));
+    call.await.unwrap().unwrap();
+
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(grpc_req(Some(p.clone()), "x")),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    let start = Instant::now();
+    send.send_response(grpc_status(14));
+    let (_, send) = handle.next_request().await.unwrap();
+    assert_eq!(start.elapsed(), waited(drawn(1)));
+    send.send_response(grpc_status(0));
+    call.await.unwrap().unwrap();
+}
+
 /// A pushback outside the policy's intervals (25 ms to 250 ms here) is brought within
 /// them: the largest value cannot hold the call for years, 0 cannot make it spin.
 #[tokio::test(start_paused = true)]

@@ -162,7 +162,8 @@ impl<'a> GrpcMethod<'a> {
 }
 
 /// The route a request took, inserted by the [`Router`] into the request's extensions for
-/// the layers below it (timeout, retry, balancer) to read.
+/// the timeout and retry layers below it to read (the retry layer takes it out: the
+/// attempts below it do not carry it, so the timeout layer goes above the retry layer).
 ///
 /// It holds the config snapshot the request was routed with, so the policy stays consistent
 /// for the whole call even if a new config is published meanwhile. Cloning is an `Arc` bump.
@@ -177,7 +178,8 @@ pub struct RoutePolicy {
 
 impl RoutePolicy {
     /// A policy for one forwarding action, with no router: for using the timeout and retry
-    /// layers on their own (insert it into a request's extensions). Fails like
+    /// layers on their own (insert it into a request's extensions; the timeout layer above
+    /// the retry layer, which takes the policy out of the request). Fails like
     /// [`StaticConfig::build`](crate::config::StaticConfig::build) on a bad action, and on a
     /// `cluster_header` action (there is no request to read the header from).
     pub fn from_action(action: ForwardAction) -> Result<Self, crate::config::ConfigError> {

@@ -10,8 +10,9 @@
 //!
 //! [`Attempt`](crate::telemetry::Attempt) (an OpenTelemetry span and metrics per attempt, and
 //! the W3C trace headers) sits below the retry layer, so every retry is an attempt of its own;
-//! the retry layer copies the request's extensions onto every attempt, which is how the call
-//! span of a [`Call`](crate::telemetry::Call) above the router becomes the attempts' parent.
+//! the retry layer copies the request's extensions onto every attempt (all but the router's
+//! `RoutePolicy`, which it takes out), which is how the call span of a
+//! [`Call`](crate::telemetry::Call) above the router becomes the attempts' parent.
 //! The breaker, the outlier detector and the retry layer count their decisions through the
 //! cluster's [`ClusterMetrics`](crate::telemetry::ClusterMetrics).
 //!

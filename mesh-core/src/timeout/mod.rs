@@ -14,9 +14,11 @@
 //!
 //! The deadline covers the whole call: the wait for the response head, and then the
 //! response body (wrapped in a [`TimeoutBody`], which fails with the same error if the
-//! stream has not ended by the deadline). Placed above the retry layer, it bounds all
-//! attempts together; the retry layer's per-try timeout bounds each attempt's wait for a
-//! response head. The layer does not rewrite the outgoing `grpc-timeout` header.
+//! stream has not ended by the deadline). It belongs above the retry layer, where it
+//! bounds all attempts together (the retry layer's per-try timeout bounds each attempt's
+//! wait for a response head): the retry layer takes the [`RoutePolicy`] out of the request,
+//! so a timeout layer below it finds none and applies only the caller's `grpc-timeout` and
+//! its own default. The layer does not rewrite the outgoing `grpc-timeout` header.
 //!
 //! Time is tokio's, so tests run with `tokio::time::pause`.
 
