@@ -53,9 +53,10 @@ fn build_stack(n: u32) -> Stack {
     engine.outbound(rx, "static")
 }
 
-/// `iters` calls split over `CALLERS` threads, each calling its own clone of `svc` from its
-/// own current-thread runtime (one `block_on` per call, as in the single-caller group); the
-/// wall time from a common start.
+/// `iters` calls split over `CALLERS` threads, each calling its own clone of `svc` (or, with
+/// `clone_per_call`, a clone of that for every call) from its own current-thread runtime
+/// (one `block_on` per call, as in the single-caller group); the wall time from a common
+/// start.
 fn concurrent_calls<S>(svc: &S, iters: u64, clone_per_call: bool) -> Duration
 where
     S: Service<http::Request<String>> + Clone + Send + 'static,
@@ -77,12 +78,14 @@ where
                     start.wait();
                     for _ in 0..per {
                         rt.block_on(async {
-                            if clone_per_call {
-                                let mut svc = svc.clone();
-                                svc.ready().await.unwrap().call(request()).await.unwrap()
+                            let mut own;
+                            let svc = if clone_per_call {
+                                own = svc.clone();
+                                &mut own
                             } else {
-                                svc.ready().await.unwrap().call(request()).await.unwrap()
-                            }
+                                &mut svc
+                            };
+                            svc.ready().await.unwrap().call(request()).await.unwrap()
                         });
                     }
                 })

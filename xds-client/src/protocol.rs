@@ -923,7 +923,10 @@ impl AdsState {
         now: Instant,
     ) {
         if self.stream != Some(stream) || self.delta != response.delta {
-            tracing::debug!(nonce = %response.nonce, "dropping a response from an old stream");
+            tracing::debug!(
+                nonce = %response.nonce,
+                "dropping a response from an old stream, or of the other protocol"
+            );
             return;
         }
         let DecodedResponse {
