@@ -22,6 +22,8 @@ pub mod breaker;
 pub mod client;
 pub mod config;
 mod errors;
+#[cfg(feature = "hyper")]
+pub mod executor;
 mod extensions;
 pub mod inbound;
 mod metrics;

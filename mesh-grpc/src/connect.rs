@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use meshwork_core::executor::BoxedExecutor;
 use meshwork_core::retry::{RefusedStream, RetryBody};
 use meshwork_core::upstream::{
     ConnectError, ConnectionRetired, Dialer, ServerPreface, UpstreamIdentity, UpstreamPolicy,
@@ -102,7 +103,7 @@ async fn connect(dialer: Dialer) -> Result<Connection, BoxError> {
     let retire_at = dialer.retire_at(&stream);
     let (io, preface) = ServerPreface::watch(address, stream);
     let ready = async move {
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(BoxedExecutor)
             .handshake(TokioIo::new(io))
             .await?;
         let mut task = AbortOnDrop(Some(tokio::spawn(async move {
