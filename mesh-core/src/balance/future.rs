@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -83,9 +83,10 @@ pin_project! {
     #[project = StateProj]
     enum State<S, R, F> {
         // No endpoint was ready: waiting for the driver's next publication.
-        Waiting { request: Option<R>, wait: Wait<S> },
-        // Checking the picked handle's readiness (a multiplexed connection is ready at once).
-        Picked { request: Option<R>, picked: Option<Picked<S>> },
+        Waiting { request: Option<Box<R>>, wait: Wait<S> },
+        // The picked handle was not ready when checked (a multiplexed connection is ready at
+        // once, and is called at once).
+        Picked { parked: Option<Box<(R, Picked<S>)>> },
         Called { #[pin] future: F, in_flight: Option<InFlight<S>> },
         Failed { error: Option<BoxError> },
     }
@@ -94,6 +95,11 @@ pin_project! {
 pin_project! {
     /// The future [`Balancer`](super::Balancer) returns: the endpoint's response, with
     /// [`ServedBy`] in its extensions, and the call's latency and outcome recorded.
+    ///
+    /// The states that keep the request while the call waits (for an endpoint, for the
+    /// picked handle's readiness) keep it in a box of their own: the future every call
+    /// carries, and every layer above embeds and moves, is only as large as the common
+    /// case, the endpoint's own future.
     pub struct ResponseFuture<S, B>
     where
         S: Service<http::Request<B>>,
@@ -125,35 +131,43 @@ where
 impl<S, B> ResponseFuture<S, B>
 where
     S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
 {
+    /// The future of a call that picked `pick`: a ready endpoint is called here, at once.
     pub(crate) fn new(pick: Pick<S>, request: http::Request<B>, inner: &Arc<Inner<S>>) -> Self {
+        let mut repicks = 0;
+        let noop = &mut Context::from_waker(Waker::noop());
         Self {
-            state: state(pick, request, inner),
+            state: state(pick, request, inner, &mut repicks, noop),
             inner: inner.clone(),
-            repicks: 0,
+            repicks,
         }
     }
 }
 
-/// The state that follows a pick.
-fn state<S, B, F>(
+type StateOf<S, B> = State<S, http::Request<B>, <S as Service<http::Request<B>>>::Future>;
+
+/// The state that follows a pick. A picked handle's readiness is checked with `cx` (the
+/// call's own waker when the future is polled; a no-op one in `call`, where a handle not
+/// ready yet is checked again, with the call's waker, at the first poll).
+fn state<S, B>(
     pick: Pick<S>,
     request: http::Request<B>,
     inner: &Arc<Inner<S>>,
-) -> State<S, http::Request<B>, F>
+    repicks: &mut u32,
+    cx: &mut Context<'_>,
+) -> StateOf<S, B>
 where
-    S: Clone + Send + Sync + 'static,
+    S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
 {
     match pick {
-        Pick::Found(picked) => State::Picked {
-            request: Some(request),
-            picked: Some(picked),
-        },
+        Pick::Found(picked) => ready_or_parked(picked, request, inner, repicks, cx),
         Pick::NotReady => {
             let hash = request.extensions().get::<RequestHash>().map(|h| h.value());
             let avoid = request.extensions().get::<AvoidEndpoints>().cloned();
             State::Waiting {
-                request: Some(request),
+                request: Some(Box::new(request)),
                 wait: Box::pin(wait(inner.clone(), hash, avoid)),
             }
         }
@@ -163,6 +177,73 @@ where
         Pick::Failing(e) => State::Failed {
             error: Some(e.into()),
         },
+    }
+}
+
+/// Calls the picked handle if it is ready, else parks the call until it is.
+fn ready_or_parked<S, B>(
+    mut picked: Picked<S>,
+    request: http::Request<B>,
+    inner: &Arc<Inner<S>>,
+    repicks: &mut u32,
+    cx: &mut Context<'_>,
+) -> StateOf<S, B>
+where
+    S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+{
+    match picked.service.poll_ready(cx) {
+        Poll::Ready(ready) => after_ready(picked, request, ready, inner, repicks, cx),
+        Poll::Pending => State::Picked {
+            parked: Some(Box::new((request, picked))),
+        },
+    }
+}
+
+/// What follows the picked handle's readiness check: the call, or (the connection behind
+/// the handle is gone) a report to the driver and another pick.
+fn after_ready<S, B>(
+    mut p: Picked<S>,
+    request: http::Request<B>,
+    ready: Result<(), S::Error>,
+    inner: &Arc<Inner<S>>,
+    repicks: &mut u32,
+    cx: &mut Context<'_>,
+) -> StateOf<S, B>
+where
+    S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+{
+    match ready {
+        Ok(()) => State::Called {
+            future: p.service.call(request),
+            in_flight: Some(p.in_flight),
+        },
+        Err(e) => {
+            let error: BoxError = e.into();
+            let (address, id) = (p.in_flight.address, p.in_flight.id);
+            tracing::debug!(endpoint = %address, %error, "endpoint handle broken");
+            // Not a call the endpoint was slow to answer: no latency sample.
+            p.in_flight.discard();
+            drop(p);
+            inner.report_broken(address, id);
+            if *repicks < MAX_REPICKS {
+                *repicks += 1;
+                let hash = request.extensions().get::<RequestHash>().map(|h| h.value());
+                let pick = inner.pick(hash, request.extensions().get::<AvoidEndpoints>());
+                state(pick, request, inner, repicks, cx)
+            } else {
+                State::Failed {
+                    error: Some(
+                        EndpointError {
+                            address,
+                            source: error,
+                        }
+                        .into(),
+                    ),
+                }
+            }
+        }
     }
 }
 
@@ -208,55 +289,24 @@ where
                     return Poll::Ready(Err(e));
                 }
                 StateProj::Waiting { request, wait } => match ready!(wait.as_mut().poll(cx)) {
-                    Ok(picked) => State::Picked {
-                        request: request.take(),
-                        picked: Some(picked),
-                    },
+                    Ok(picked) => {
+                        let Some(req) = request.take() else {
+                            return Poll::Ready(Err(NoHealthyEndpoint { known: 0 }.into()));
+                        };
+                        ready_or_parked(picked, *req, this.inner, this.repicks, cx)
+                    }
                     Err(e) => State::Failed { error: Some(e) },
                 },
-                StateProj::Picked { request, picked } => {
-                    let Some(p) = picked.as_mut() else {
+                StateProj::Picked { parked } => {
+                    let Some(p) = parked.as_mut() else {
                         return Poll::Ready(Err(NoHealthyEndpoint { known: 0 }.into()));
                     };
-                    let ready = ready!(p.service.poll_ready(cx));
-                    let (Some(mut p), Some(req)) = (picked.take(), request.take()) else {
+                    let ready = ready!(p.1.service.poll_ready(cx));
+                    let Some(p) = parked.take() else {
                         return Poll::Ready(Err(NoHealthyEndpoint { known: 0 }.into()));
                     };
-                    match ready {
-                        Ok(()) => State::Called {
-                            future: p.service.call(req),
-                            in_flight: Some(p.in_flight),
-                        },
-                        Err(e) => {
-                            // The connection behind this handle is gone: tell the driver,
-                            // and pick again (another endpoint, or this one reconnected).
-                            let error: BoxError = e.into();
-                            let (address, id) = (p.in_flight.address, p.in_flight.id);
-                            tracing::debug!(endpoint = %address, %error, "endpoint handle broken");
-                            // Not a call the endpoint was slow to answer: no latency sample.
-                            p.in_flight.discard();
-                            drop(p);
-                            let inner = &*this.inner;
-                            inner.report_broken(address, id);
-                            if *this.repicks < MAX_REPICKS {
-                                *this.repicks += 1;
-                                let hash = req.extensions().get::<RequestHash>().map(|h| h.value());
-                                let pick =
-                                    inner.pick(hash, req.extensions().get::<AvoidEndpoints>());
-                                state(pick, req, inner)
-                            } else {
-                                State::Failed {
-                                    error: Some(
-                                        EndpointError {
-                                            address,
-                                            source: error,
-                                        }
-                                        .into(),
-                                    ),
-                                }
-                            }
-                        }
-                    }
+                    let (req, picked) = *p;
+                    after_ready(picked, req, ready, this.inner, this.repicks, cx)
                 }
                 StateProj::Called { future, in_flight } => {
                     let result = ready!(future.poll(cx));

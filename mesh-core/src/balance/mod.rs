@@ -33,10 +33,13 @@
 //! `poll_ready` is always ready. `call` loads the current table (no lock), picks with the
 //! request in hand, so picks can use the request's [`RequestHash`] and [`AvoidEndpoints`],
 //! using only atomics (round-robin counters, a shared random source, each endpoint's load,
-//! ready flag and ejection), and clones the picked endpoint's handle. The call's future then
-//! checks the clone's readiness and calls it. When the check fails (the connection is gone)
-//! the endpoint is hidden, reported to the driver for reconnection, and the call picks again
-//! (up to 3 times, then it fails with that endpoint's [`EndpointError`]).
+//! ready flag and ejection), clones the picked endpoint's handle, checks the clone's
+//! readiness and, ready (a multiplexed connection is, at once), calls it there: the call's
+//! future carries the endpoint's future, and only a call that waits (for an endpoint, or for
+//! the handle's readiness, checked again with the call's waker at the first poll) keeps its
+//! request, in a box of its own. When the check fails (the connection is gone) the endpoint
+//! is hidden, reported to the driver for reconnection, and the call picks again (up to 3
+//! times, then it fails with that endpoint's [`EndpointError`]).
 //!
 //! When endpoints are healthy but none is connected yet, the call waits for the driver's next
 //! publication (a `tokio::sync::Notify`; only this path waits on it) and picks again, as

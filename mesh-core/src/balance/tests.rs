@@ -30,6 +30,17 @@ impl<S, B> Balancer<S, B> {
         let snapshot = self.inner.published.snapshot.load();
         snapshot.table.slots.iter().map(|s| s.address).collect()
     }
+
+    /// The calls in flight, over every endpoint.
+    fn in_flight_total(&self) -> u32 {
+        let snapshot = self.inner.published.snapshot.load();
+        snapshot
+            .table
+            .slots
+            .iter()
+            .map(|s| s.endpoint.load.in_flight())
+            .sum()
+    }
 }
 
 /// Endpoints that answer with the status `status(addr)`.
@@ -502,6 +513,96 @@ async fn a_broken_handle_is_skipped_and_its_endpoint_reconnected() {
     }
     assert!(seen.contains(&addr(0)), "{seen:?}");
     assert_eq!(made.lock().unwrap()[&addr(1)].len(), 1);
+}
+
+/// An endpoint service that connects (its first readiness check, the driver's, passes),
+/// then is ready for a call only once `open` is set (it wakes the waiting call then, as a
+/// connection's sender does when it can take a stream again); it counts the calls made.
+#[derive(Clone)]
+struct Gated {
+    checks: Arc<AtomicUsize>,
+    open: Arc<AtomicBool>,
+    waiting: Arc<Mutex<Option<std::task::Waker>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Gated {
+    fn new() -> Self {
+        Self {
+            checks: Arc::default(),
+            open: Arc::default(),
+            waiting: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+        if let Some(w) = self.waiting.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+}
+
+impl Service<http::Request<()>> for Gated {
+    type Response = http::Response<()>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<http::Response<()>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.checks.fetch_add(1, Ordering::SeqCst) == 0 || self.open.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        *self.waiting.lock().unwrap() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn call(&mut self, _req: http::Request<()>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(http::Response::new(())))
+    }
+}
+
+#[tokio::test]
+async fn a_ready_endpoint_is_called_when_the_call_is_made() {
+    let (_tx, rx) = watch::channel(one_locality(healthy(1)));
+    let gated = Gated::new();
+    gated.open.store(true, Ordering::SeqCst);
+    let g = gated.clone();
+    let mut b = Balancer::new(BalancePolicy::RoundRobin, rx, move |_| g.clone());
+    until("the endpoint is connected", || b.ready_count() == 1).await;
+    let future = b.ready().await.unwrap().call(http::Request::new(()));
+    // Called in `call`: the future carries the endpoint's future, not the request.
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+    let resp = future.await.unwrap();
+    assert_eq!(
+        resp.extensions().get::<ServedBy>(),
+        Some(&ServedBy::new(addr(0)))
+    );
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_handle_not_ready_when_picked_is_called_once_it_is() {
+    let (_tx, rx) = watch::channel(one_locality(healthy(1)));
+    let gated = Gated::new();
+    let g = gated.clone();
+    let mut b = Balancer::new(BalancePolicy::RoundRobin, rx, move |_| g.clone());
+    until("the endpoint is connected", || b.ready_count() == 1).await;
+    let mut future = std::pin::pin!(b.ready().await.unwrap().call(http::Request::new(())));
+    // Checked in `call` (not ready), then at the first poll, with the call's waker.
+    assert!(futures_util::poll!(future.as_mut()).is_pending());
+    assert!(gated.waiting.lock().unwrap().is_some());
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(b.in_flight_total(), 1);
+    gated.open();
+    let resp = future.await.unwrap();
+    assert_eq!(
+        resp.extensions().get::<ServedBy>(),
+        Some(&ServedBy::new(addr(0)))
+    );
+    assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(b.in_flight_total(), 0);
 }
 
 /// An endpoint service that connects (its first readiness check, the driver's, passes) and

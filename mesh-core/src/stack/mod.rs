@@ -88,7 +88,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use arc_swap::ArcSwap;
 use http_body::Body;
@@ -150,8 +150,8 @@ pub(crate) type ClusterFuture<RB> =
     Pin<Box<dyn Future<Output = Result<ClusterResponse<RB>, BoxError>> + Send>>;
 
 /// One cluster's stack (Timeout -> Retry -> Attempt -> CircuitBreaker -> Balancer) as the
-/// router calls it: through a shared reference, each call driving its own clone of the
-/// stack inside the call's one boxed future (a boxed service cloned per call would box the
+/// router calls it: through a shared reference, each call readying and calling its own
+/// clone of the stack and boxing the future (a boxed service cloned per call would box the
 /// clone too).
 trait ClusterCall<B, RB>: Send + Sync {
     fn call(&self, req: http::Request<B>) -> ClusterFuture<RB>;
@@ -166,9 +166,20 @@ where
         + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
+    RB: 'static,
 {
     fn call(&self, req: http::Request<B>) -> ClusterFuture<RB> {
-        Box::pin(tower::ServiceExt::oneshot(self.clone(), req))
+        let mut stack = self.clone();
+        // Every layer of a cluster's stack is ready at once (the balancer waits for an
+        // endpoint inside its future), so the clone is called here and only its future is
+        // boxed; driving the clone through a oneshot would carry it, and move the whole
+        // future through the oneshot's states, for nothing. A stack that is not ready
+        // (none here) is driven by a oneshot, which polls it again with the call's waker.
+        match stack.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Box::pin(Service::call(&mut stack, req)),
+            Poll::Ready(Err(e)) => Box::pin(async move { Err(e) }),
+            Poll::Pending => Box::pin(tower::ServiceExt::oneshot(stack, req)),
+        }
     }
 }
 

@@ -667,3 +667,65 @@ async fn clusters_that_name_no_policy_take_the_default_balancer() {
             .is_err()
     );
 }
+
+/// A stand-in for a cluster's stack: not ready at its first readiness check (it wakes its
+/// caller at once), or failing it; it counts the calls made.
+#[derive(Clone)]
+struct Hesitant {
+    checks: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+    fail: bool,
+}
+
+impl Hesitant {
+    fn new(fail: bool) -> Self {
+        Self {
+            checks: Arc::default(),
+            calls: Arc::default(),
+            fail,
+        }
+    }
+}
+
+impl Service<Req> for Hesitant {
+    type Response = ClusterResponse<String>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<ClusterResponse<String>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.fail {
+            return Poll::Ready(Err("the stack is broken".into()));
+        }
+        if self.checks.fetch_add(1, Ordering::SeqCst) == 0 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Req) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let body = TimeoutBody::new(TelemetryBody::new("ok".to_string(), None), None);
+        std::future::ready(Ok(http::Response::new(body)))
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_stack_not_ready_at_once_is_called_once_it_is() {
+    let stack = Hesitant::new(false);
+    let future = ClusterCall::call(&stack, req("/"));
+    // The check in `call` found it not ready: nothing called yet.
+    assert_eq!(stack.calls.load(Ordering::SeqCst), 0);
+    let rsp = future.await.unwrap();
+    assert_eq!(rsp.status(), http::StatusCode::OK);
+    assert_eq!(stack.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(stack.checks.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_cluster_stack_whose_readiness_fails_fails_the_call() {
+    let stack = Hesitant::new(true);
+    let e = ClusterCall::call(&stack, req("/")).await.unwrap_err();
+    assert_eq!(e.to_string(), "the stack is broken");
+    assert_eq!(stack.calls.load(Ordering::SeqCst), 0);
+}
