@@ -1,6 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use pin_project_lite::pin_project;
 use tower::util::Oneshot;
@@ -19,24 +19,41 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<Req>, Req> {
-        Failed { error: Option<RouteError> },
+        Failed { error: Option<BoxError> },
+        // Called at once: the cluster's service was ready (a cluster's stack always is).
+        Called { #[pin] future: S::Future },
+        // Not ready when checked: driven to readiness with the call's waker, then called.
         Calling { #[pin] call: Oneshot<S, Req> },
     }
 }
 
-impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
+impl<S, Req> ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
     pub(super) fn failed(error: RouteError) -> Self {
         Self {
-            state: State::Failed { error: Some(error) },
+            state: State::Failed {
+                error: Some(error.into()),
+            },
         }
     }
 
-    pub(super) fn call(svc: S, req: Req) -> Self {
-        Self {
-            state: State::Calling {
+    /// Calls `svc` now if it is ready (checked with a no-op waker), else once it is.
+    pub(super) fn call(mut svc: S, req: Req) -> Self {
+        let state = match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => State::Called {
+                future: svc.call(req),
+            },
+            Poll::Ready(Err(e)) => State::Failed {
+                error: Some(e.into()),
+            },
+            Poll::Pending => State::Calling {
                 call: Oneshot::new(svc, req),
             },
-        }
+        };
+        Self { state }
     }
 }
 
@@ -50,9 +67,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Failed { error } => Poll::Ready(Err(match error.take() {
-                Some(e) => e.into(),
+                Some(e) => e,
                 None => "router response future polled after completion".into(),
             })),
+            StateProj::Called { future } => future.poll(cx).map_err(Into::into),
             StateProj::Calling { call } => call.poll(cx).map_err(Into::into),
         }
     }

@@ -26,10 +26,11 @@
 //!
 //! Clusters are found through the [`Clusters`] trait: `name -> Option<Service>`. It is
 //! implemented for `HashMap<String, S>` and `BTreeMap<String, S>` of cloneable services, for
-//! `Arc<T>`, and for closures through [`clusters_fn`]. The service returned is called once
-//! with [`tower::util::Oneshot`] (driven to readiness, then called): readiness and
-//! backpressure belong to each cluster's stack (balancer, circuit breaker), not to the
-//! router, whose `poll_ready` is always ready.
+//! `Arc<T>`, and for closures through [`clusters_fn`]. The service returned is called once:
+//! at once when it is ready (a cluster's stack of the engine always is), else driven to
+//! readiness with [`tower::util::Oneshot`] and then called. Readiness and backpressure
+//! belong to each cluster's stack (balancer, circuit breaker), not to the router, whose
+//! `poll_ready` is always ready.
 //!
 //! # Randomness
 //!

@@ -592,6 +592,34 @@ async fn a_cluster_error_is_passed_through_boxed() {
     assert_eq!(call.await.unwrap().unwrap_err().to_string(), "boom");
 }
 
+#[tokio::test]
+async fn a_cluster_not_ready_is_called_once_it_is_and_one_that_fails_readiness_fails_the_call() {
+    let (_tx, rx) = config::channel(StaticConfig::new().route_all_to("a").build().unwrap());
+    let (a, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
+    handle.allow(0);
+    let mut router = Router::new(rx, HashMap::from([("a".to_string(), a)]));
+    let mut call =
+        tokio_test::task::spawn(router.ready().await.unwrap().call(req("http://x/", &[])));
+    // Not ready when called: nothing sent until the cluster is.
+    assert!(call.poll().is_pending());
+    handle.allow(1);
+    assert!(call.is_woken());
+    assert!(call.poll().is_pending());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(http::Response::new(()));
+    assert!(call.await.is_ok());
+
+    handle.send_error(std::io::Error::other("cluster down"));
+    let err = router
+        .ready()
+        .await
+        .unwrap()
+        .call(req("http://x/", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "cluster down");
+}
+
 #[test]
 fn clones_draw_different_random_streams() {
     let action = RouteAction::Forward(ForwardAction {
