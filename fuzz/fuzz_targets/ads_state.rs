@@ -33,7 +33,7 @@ use envoy_types::pb::google::rpc::Status;
 use libfuzzer_sys::fuzz_target;
 use meshwork_fuzz::Reader;
 use meshwork_xds::protocol::{AdsState, ProtocolConfig, ResourceStatus, StreamId};
-use meshwork_xds::resource::{RESOURCE_WRAPPER_TYPE_URL, ResourceType};
+use meshwork_xds::resource::{RESOURCE_WRAPPER_TYPE_URL, ResourceType, canonical_name};
 use meshwork_xds::server::build;
 
 /// Names come from a small pool most of the time so subscriptions and responses meet.
@@ -158,6 +158,8 @@ fuzz_target!(|data: &[u8]| {
                 if n == "*" {
                     model.wildcard.insert(ty);
                 } else {
+                    // Keyed as the state keys it: two spellings of one xdstp: name are one.
+                    let n = canonical_name(&n).into_owned();
                     model.names.entry(ty).or_default().insert(n);
                 }
             }
@@ -167,6 +169,7 @@ fuzz_target!(|data: &[u8]| {
                 if n == "*" {
                     model.wildcard.remove(&ty);
                 } else {
+                    let n = canonical_name(&n).into_owned();
                     model.names.entry(ty).or_default().remove(&n);
                 }
             }

@@ -64,7 +64,7 @@ pub use listener::{
     SourceType,
 };
 pub use matcher::{REGEX_SIZE_LIMIT, SafeRegex, StringMatchKind, StringMatcher};
-pub(crate) use name::canonical_name;
+pub use name::canonical_name;
 pub use rbac::{
     CidrRange, MAX_RBAC_DEPTH, MAX_RBAC_MATCHERS, Permission, Policy, Principal,
     RBAC_FILTER_TYPE_URL, RBAC_PER_ROUTE_TYPE_URL, RbacAction, RbacConfig, RbacPerRoute, RbacRules,

@@ -4,10 +4,22 @@
 
 use std::borrow::Cow;
 
-/// The canonical form of `name`: for an `xdstp:` name with context parameters, the
-/// parameters sorted by key (then value), empty ones dropped, and no `?` when none is left.
-/// A fragment (`#...`) is kept after them as it is.
-pub(crate) fn canonical_name(name: &str) -> Cow<'_, str> {
+/// The canonical form of `name`, the form subscriptions, the cache and the dump key it by:
+/// for an `xdstp:` name with context parameters, the parameters sorted by key (then value),
+/// empty ones dropped, and no `?` when none is left. A fragment (`#...`) is kept after them
+/// as it is. Any other name is its own canonical form.
+///
+/// ```
+/// use meshwork_xds::resource::canonical_name;
+///
+/// let name = "xdstp://auth/envoy.config.cluster.v3.Cluster/c?b=2&a=1";
+/// assert_eq!(
+///     canonical_name(name),
+///     "xdstp://auth/envoy.config.cluster.v3.Cluster/c?a=1&b=2"
+/// );
+/// assert_eq!(canonical_name("outbound|80||svc"), "outbound|80||svc");
+/// ```
+pub fn canonical_name(name: &str) -> Cow<'_, str> {
     if !name.starts_with("xdstp:") {
         return Cow::Borrowed(name);
     }
