@@ -49,8 +49,7 @@ use http::Uri;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, capture_connection};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use meshwork_core::executor::BoxedExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshwork_core::retry::RetryBody;
 use meshwork_core::upstream::{
     ConnectError, Dialer, UpstreamIdentity, UpstreamPolicy, UpstreamStream,
@@ -494,7 +493,7 @@ impl Endpoint {
             first: Arc::default(),
             unarmed: Arc::default(),
         };
-        let client = Client::builder(BoxedExecutor)
+        let client = Client::builder(TokioExecutor::new())
             .http2_only(http2_only)
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)

@@ -589,13 +589,14 @@ async fn a_handle_not_ready_when_picked_is_called_once_it_is() {
     let g = gated.clone();
     let mut b = Balancer::new(BalancePolicy::RoundRobin, rx, move |_| g.clone());
     until("the endpoint is connected", || b.ready_count() == 1).await;
-    let mut future = std::pin::pin!(b.ready().await.unwrap().call(http::Request::new(())));
-    // Checked in `call` (not ready), then at the first poll, with the call's waker.
-    assert!(futures_util::poll!(future.as_mut()).is_pending());
-    assert!(gated.waiting.lock().unwrap().is_some());
+    let mut future = tokio_test::task::spawn(b.ready().await.unwrap().call(http::Request::new(())));
+    // Checked in `call` (not ready), then at the first poll, with the call's waker: the
+    // handle's wake reaches the call.
+    assert!(future.poll().is_pending());
     assert_eq!(gated.calls.load(Ordering::SeqCst), 0);
     assert_eq!(b.in_flight_total(), 1);
     gated.open();
+    assert!(future.is_woken());
     let resp = future.await.unwrap();
     assert_eq!(
         resp.extensions().get::<ServedBy>(),

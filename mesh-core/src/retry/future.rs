@@ -11,7 +11,7 @@ use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Service};
 
 use super::body::Buffered;
@@ -168,6 +168,8 @@ pin_project! {
         // The per-try timeout while calling; the backoff between attempts.
         #[pin]
         sleep: Option<Sleep>,
+        // A call made once: when its per-try timer, not made yet, expires.
+        once_deadline: Option<Instant>,
         per_try: Option<Duration>,
         phase: Phase,
         retrying: Option<Retrying<S, B>>,
@@ -178,10 +180,13 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<http::Request<RetryBody<B>>>,
 {
+    /// A call made once: its per-try timeout counts from now, its timer made at the first
+    /// poll (making one needs the runtime; a call may be made outside it).
     pub(crate) fn once(fut: S::Future, per_try: Option<Duration>) -> Self {
         Self {
             call: Some(fut),
-            sleep: per_try.map(tokio::time::sleep),
+            sleep: None,
+            once_deadline: per_try.map(|d| Instant::now() + d),
             per_try,
             phase: Phase::Calling,
             retrying: None,
@@ -192,6 +197,7 @@ where
         Self {
             call: None,
             sleep: None,
+            once_deadline: None,
             per_try: r.per_try,
             phase: Phase::Buffering,
             retrying: Some(r),
@@ -243,6 +249,9 @@ where
                     let result: Result<http::Response<RB>, BoxError> = match call.poll(cx) {
                         Poll::Ready(r) => r.map_err(Into::into),
                         Poll::Pending => {
+                            if let Some(at) = this.once_deadline.take() {
+                                this.sleep.set(Some(tokio::time::sleep_until(at)));
+                            }
                             let expired = this
                                 .sleep
                                 .as_mut()

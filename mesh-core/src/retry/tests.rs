@@ -549,6 +549,29 @@ async fn per_try_timeout_bounds_each_attempt() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_call_made_once_keeps_its_per_try_timeout_from_when_it_was_made() {
+    let (svc, mut handle) = mock::pair::<Req, Rsp>();
+    let mut svc = layer().layer(svc);
+    // No retries: one attempt, made in `call`; its timer is made at the first poll.
+    let mut p = policy(RetryOn::HTTP_5XX, 0);
+    p.per_try_timeout = Some(Duration::from_millis(100));
+    let start = Instant::now();
+    let call = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(idempotent(grpc_req(Some(p), "x")));
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let (_, _hang) = handle.next_request().await.unwrap();
+    let err = call.await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    let timeout = err
+        .downcast_ref::<TimeoutError>()
+        .expect("a per-try timeout");
+    assert_eq!(timeout.kind(), TimeoutKind::PerTry);
+}
+
 #[test]
 fn backoff_is_jittered_exponential_and_capped() {
     use rand::SeedableRng;

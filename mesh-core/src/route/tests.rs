@@ -593,11 +593,22 @@ async fn a_cluster_error_is_passed_through_boxed() {
 }
 
 #[tokio::test]
-async fn a_cluster_not_ready_is_called_once_it_is_and_one_that_fails_readiness_fails_the_call() {
+async fn a_ready_cluster_is_called_at_once_one_not_ready_once_it_is_and_one_failing_fails() {
     let (_tx, rx) = config::channel(StaticConfig::new().route_all_to("a").build().unwrap());
     let (a, mut handle) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
-    handle.allow(0);
     let mut router = Router::new(rx, HashMap::from([("a".to_string(), a)]));
+    // Ready: called when the call is made, before its future is polled.
+    handle.allow(1);
+    let call = router.ready().await.unwrap().call(req("http://x/", &[]));
+    let mut next = tokio_test::task::spawn(handle.next_request());
+    let std::task::Poll::Ready(Some((_, send))) = next.poll() else {
+        panic!("a ready cluster is called in the router's call");
+    };
+    drop(next);
+    send.send_response(http::Response::new(()));
+    assert!(call.await.is_ok());
+
+    handle.allow(0);
     let mut call =
         tokio_test::task::spawn(router.ready().await.unwrap().call(req("http://x/", &[])));
     // Not ready when called: nothing sent until the cluster is.

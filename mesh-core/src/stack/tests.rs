@@ -723,9 +723,51 @@ async fn a_cluster_stack_not_ready_at_once_is_called_once_it_is() {
 }
 
 #[tokio::test]
+async fn a_ready_cluster_stack_is_called_when_the_call_is_made() {
+    let stack = Hesitant::new(false);
+    // Ready from its second check on (the first one here is spent).
+    stack.checks.store(1, Ordering::SeqCst);
+    let future = ClusterCall::call(&stack, req("/"));
+    assert_eq!(stack.calls.load(Ordering::SeqCst), 1);
+    assert!(future.await.is_ok());
+    assert_eq!(stack.checks.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn a_cluster_stack_whose_readiness_fails_fails_the_call() {
     let stack = Hesitant::new(true);
     let e = ClusterCall::call(&stack, req("/")).await.unwrap_err();
     assert_eq!(e.to_string(), "the stack is broken");
     assert_eq!(stack.calls.load(Ordering::SeqCst), 0);
+}
+
+/// A call may be made outside the runtime and its future run inside it: nothing a call
+/// makes at once (the balancer picks and calls a ready endpoint in `call`) needs the
+/// runtime; the route timeout's timer is made at the first poll.
+#[test]
+fn a_call_made_outside_the_runtime_runs_inside_it() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = cluster("a", LbPolicy::RoundRobin);
+    let cfg = config(
+        vec![route("/", "a", Some(Duration::from_secs(2)))],
+        vec![("a", ready(&a, assignment("a", &[1])))],
+    );
+    let (_tx, conn, mut stack) = rt.block_on(async {
+        let (tx, conn, mut stack) = setup(cfg);
+        // Connected, so the next call reaches its endpoint in `call`.
+        assert_eq!(call(&mut stack, "/").await.unwrap(), addr(1));
+        (tx, conn, stack)
+    });
+    rt.block_on(std::future::poll_fn(|cx| stack.poll_ready(cx)))
+        .unwrap();
+    let future = stack.call(req("/"));
+    assert_eq!(conn.calls.load(Ordering::SeqCst), 2);
+    let rsp = rt.block_on(future).unwrap();
+    assert_eq!(
+        rsp.extensions().get::<ServedBy>().map(|s| s.address()),
+        Some(addr(1))
+    );
 }

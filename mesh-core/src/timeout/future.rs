@@ -22,12 +22,13 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    /// The deadline counts from now; its timer is made at the first poll (making one needs
+    /// the runtime, and a call may be made outside it, its future polled inside).
     pub(crate) fn new(inner: F, limit: Option<(Duration, TimeoutKind)>) -> Self {
-        let deadline = limit.map(|(d, k)| (Instant::now() + d, d, k));
         Self {
             inner,
-            sleep: deadline.map(|(at, _, _)| tokio::time::sleep_until(at)),
-            deadline,
+            sleep: None,
+            deadline: limit.map(|(d, k)| (Instant::now() + d, d, k)),
         }
     }
 }
@@ -40,13 +41,18 @@ where
     type Output = Result<http::Response<TimeoutBody<RB>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(out) = this.inner.poll(cx) {
             let deadline = *this.deadline;
             return Poll::Ready(
                 out.map(|rsp| rsp.map(|b| TimeoutBody::new(b, deadline)))
                     .map_err(Into::into),
             );
+        }
+        if this.sleep.is_none()
+            && let Some((at, _, _)) = *this.deadline
+        {
+            this.sleep.set(Some(tokio::time::sleep_until(at)));
         }
         if let Some(sleep) = this.sleep.as_pin_mut()
             && sleep.poll(cx).is_ready()
