@@ -136,9 +136,14 @@ where
     /// The future of a call that picked `pick`: a ready endpoint is called here, at once.
     pub(crate) fn new(pick: Pick<S>, request: http::Request<B>, inner: &Arc<Inner<S>>) -> Self {
         let mut repicks = 0;
-        let noop = &mut Context::from_waker(Waker::noop());
+        let state = Next {
+            inner,
+            repicks: &mut repicks,
+            cx: &mut Context::from_waker(Waker::noop()),
+        }
+        .state(pick, request);
         Self {
-            state: state(pick, request, inner, &mut repicks, noop),
+            state,
             inner: inner.clone(),
             repicks,
         }
@@ -147,103 +152,104 @@ where
 
 type StateOf<S, B> = State<S, http::Request<B>, <S as Service<http::Request<B>>>::Future>;
 
-/// The state that follows a pick. A picked handle's readiness is checked with `cx` (the
-/// call's own waker when the future is polled; a no-op one in `call`, where a handle not
-/// ready yet is checked again, with the call's waker, at the first poll).
-fn state<S, B>(
-    pick: Pick<S>,
-    request: http::Request<B>,
-    inner: &Arc<Inner<S>>,
-    repicks: &mut u32,
-    cx: &mut Context<'_>,
-) -> StateOf<S, B>
-where
-    S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
-    S::Error: Into<BoxError>,
-{
-    match pick {
-        Pick::Found(picked) => ready_or_parked(picked, request, inner, repicks, cx),
-        Pick::NotReady => {
-            let hash = request.extensions().get::<RequestHash>().map(|h| h.value());
-            let avoid = request.extensions().get::<AvoidEndpoints>().cloned();
-            State::Waiting {
-                request: Some(Box::new(request)),
-                wait: Box::pin(wait(inner.clone(), hash, avoid)),
-            }
-        }
-        Pick::Unusable { known } => State::Failed {
-            error: Some(NoHealthyEndpoint { known }.into()),
-        },
-        Pick::Failing(e) => State::Failed {
-            error: Some(e.into()),
-        },
-    }
+/// What works out the state that follows a pick: the balancer, the call's repicks so far,
+/// and the context a picked handle's readiness is checked with (the call's own waker when
+/// the future is polled; a no-op one in `call`, where a handle not ready yet is checked
+/// again, with the call's waker, at the first poll).
+struct Next<'a, 'c, S> {
+    inner: &'a Arc<Inner<S>>,
+    repicks: &'a mut u32,
+    cx: &'a mut Context<'c>,
 }
 
-/// Calls the picked handle if it is ready, else parks the call until it is.
-fn ready_or_parked<S, B>(
-    mut picked: Picked<S>,
-    request: http::Request<B>,
-    inner: &Arc<Inner<S>>,
-    repicks: &mut u32,
-    cx: &mut Context<'_>,
-) -> StateOf<S, B>
+impl<S> Next<'_, '_, S>
 where
-    S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
-    S::Error: Into<BoxError>,
+    S: Clone + Send + Sync + 'static,
 {
-    match picked.service.poll_ready(cx) {
-        Poll::Ready(ready) => after_ready(picked, request, ready, inner, repicks, cx),
-        Poll::Pending => State::Picked {
-            parked: Some(Box::new((request, picked))),
-        },
-    }
-}
-
-/// What follows the picked handle's readiness check: the call, or (the connection behind
-/// the handle is gone) a report to the driver and another pick.
-fn after_ready<S, B>(
-    mut p: Picked<S>,
-    request: http::Request<B>,
-    ready: Result<(), S::Error>,
-    inner: &Arc<Inner<S>>,
-    repicks: &mut u32,
-    cx: &mut Context<'_>,
-) -> StateOf<S, B>
-where
-    S: Service<http::Request<B>> + Clone + Send + Sync + 'static,
-    S::Error: Into<BoxError>,
-{
-    match ready {
-        Ok(()) => State::Called {
-            future: p.service.call(request),
-            in_flight: Some(p.in_flight),
-        },
-        Err(e) => {
-            let error: BoxError = e.into();
-            let (address, id) = (p.in_flight.address, p.in_flight.id);
-            tracing::debug!(endpoint = %address, %error, "endpoint handle broken");
-            // Not a call the endpoint was slow to answer: no latency sample.
-            p.in_flight.discard();
-            drop(p);
-            inner.report_broken(address, id);
-            if *repicks < MAX_REPICKS {
-                *repicks += 1;
+    /// The state that follows a pick.
+    fn state<B>(self, pick: Pick<S>, request: http::Request<B>) -> StateOf<S, B>
+    where
+        S: Service<http::Request<B>>,
+        S::Error: Into<BoxError>,
+    {
+        match pick {
+            Pick::Found(picked) => self.ready_or_parked(picked, request),
+            Pick::NotReady => {
                 let hash = request.extensions().get::<RequestHash>().map(|h| h.value());
-                let pick = inner.pick(hash, request.extensions().get::<AvoidEndpoints>());
-                state(pick, request, inner, repicks, cx)
-            } else {
-                State::Failed {
-                    error: Some(
-                        EndpointError {
-                            address,
-                            source: error,
-                        }
-                        .into(),
-                    ),
+                let avoid = request.extensions().get::<AvoidEndpoints>().cloned();
+                State::Waiting {
+                    request: Some(Box::new(request)),
+                    wait: Box::pin(wait(self.inner.clone(), hash, avoid)),
                 }
             }
+            Pick::Unusable { known } => State::Failed {
+                error: Some(NoHealthyEndpoint { known }.into()),
+            },
+            Pick::Failing(e) => State::Failed {
+                error: Some(e.into()),
+            },
         }
+    }
+
+    /// Calls the picked handle if it is ready, else parks the call until it is.
+    fn ready_or_parked<B>(self, mut picked: Picked<S>, request: http::Request<B>) -> StateOf<S, B>
+    where
+        S: Service<http::Request<B>>,
+        S::Error: Into<BoxError>,
+    {
+        match picked.service.poll_ready(self.cx) {
+            Poll::Ready(ready) => self.after_ready(picked, request, ready),
+            Poll::Pending => State::Picked {
+                parked: Some(Box::new((request, picked))),
+            },
+        }
+    }
+
+    /// What follows the picked handle's readiness check: the call, or (the connection
+    /// behind the handle is gone) a report to the driver and another pick.
+    fn after_ready<B>(
+        self,
+        mut p: Picked<S>,
+        request: http::Request<B>,
+        ready: Result<(), S::Error>,
+    ) -> StateOf<S, B>
+    where
+        S: Service<http::Request<B>>,
+        S::Error: Into<BoxError>,
+    {
+        let e = match ready {
+            Ok(()) => {
+                return State::Called {
+                    future: p.service.call(request),
+                    in_flight: Some(p.in_flight),
+                };
+            }
+            Err(e) => e,
+        };
+        let error: BoxError = e.into();
+        let (address, id) = (p.in_flight.address, p.in_flight.id);
+        tracing::debug!(endpoint = %address, %error, "endpoint handle broken");
+        // Not a call the endpoint was slow to answer: no latency sample.
+        p.in_flight.discard();
+        drop(p);
+        self.inner.report_broken(address, id);
+        if *self.repicks >= MAX_REPICKS {
+            return State::Failed {
+                error: Some(
+                    EndpointError {
+                        address,
+                        source: error,
+                    }
+                    .into(),
+                ),
+            };
+        }
+        *self.repicks += 1;
+        let hash = request.extensions().get::<RequestHash>().map(|h| h.value());
+        let pick = self
+            .inner
+            .pick(hash, request.extensions().get::<AvoidEndpoints>());
+        self.state(pick, request)
     }
 }
 
@@ -293,7 +299,12 @@ where
                         let Some(req) = request.take() else {
                             return Poll::Ready(Err(NoHealthyEndpoint { known: 0 }.into()));
                         };
-                        ready_or_parked(picked, *req, this.inner, this.repicks, cx)
+                        let next = Next {
+                            inner: this.inner,
+                            repicks: this.repicks,
+                            cx,
+                        };
+                        next.ready_or_parked(picked, *req)
                     }
                     Err(e) => State::Failed { error: Some(e) },
                 },
@@ -306,7 +317,12 @@ where
                         return Poll::Ready(Err(NoHealthyEndpoint { known: 0 }.into()));
                     };
                     let (req, picked) = *p;
-                    after_ready(picked, req, ready, this.inner, this.repicks, cx)
+                    let next = Next {
+                        inner: this.inner,
+                        repicks: this.repicks,
+                        cx,
+                    };
+                    next.after_ready(picked, req, ready)
                 }
                 StateProj::Called { future, in_flight } => {
                     let result = ready!(future.poll(cx));
