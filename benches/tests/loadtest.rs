@@ -1,9 +1,9 @@
 //! The load harness runs end to end in a short version, so it cannot rot: every contestant
 //! (the Envoy ones when Envoy is installed; under `CI` a missing Envoy fails the run), the
 //! JSON shape, zero errors, and `--churn`: every update the harness pushed was ACKed by the
-//! meshwork contestants' clients while their churned phase ran, and the endpoint it added
-//! answered calls; the client's timeline of the churned phase saw the updates, of the kind
-//! `--churn-kind` asks for.
+//! meshwork contestants' clients while their churned phase's churned windows ran, and the
+//! endpoint it added answered calls; the client's timeline of the churned phase saw the
+//! updates, of the kind `--churn-kind` asks for.
 
 use std::process::Command;
 
@@ -70,8 +70,9 @@ fn run(name: &str, args: &[&str]) -> (Value, String) {
 
 #[test]
 fn short_run_of_every_contestant_with_churn() {
-    // 5 updates/s over a 0.2 s phase: the second endpoint is added at once and stays for
-    // the phase, so the client has time to connect it and send it calls.
+    // 5 updates/s in the churned phase's two churned windows of 0.1 s (a quarter of its
+    // 0.4 s): in each the second endpoint is added at once and stays until the window
+    // ends, so the client has time to connect it and send it calls.
     let (v, stdout) = run("all", &["--churn", "5"]);
 
     let contestants = v["contestants"].as_array().expect("contestants");
@@ -141,6 +142,19 @@ fn short_run_of_every_contestant_with_churn() {
                 assert!(second > 0, "{name}: the added endpoint got no call: {c}");
             }
             assert!(c["churn_p99_us"].as_f64().unwrap() > 0.0, "{name}: {c}");
+            // The churned phase's quiet windows, the churned ones' comparison.
+            assert!(
+                c["churn_quiet_p99_us"].as_f64().unwrap() > 0.0,
+                "{name}: {c}"
+            );
+            for key in ["churn_p99_ratio", "churn_pooled_p99_ratio"] {
+                let ratio = c[key].as_f64().unwrap();
+                assert!(ratio.is_finite() && ratio > 0.0, "{name}: {key}: {c}");
+            }
+            // Pooled by the harness, not kept in the rounds' JSON.
+            let round = &v["rounds"][name][0];
+            assert!(round["churn_windows"].as_u64() >= Some(2), "{name}: {round}");
+            assert!(round.get("churn_latencies_us").is_none(), "{name}: {round}");
             // The first update adds the second endpoint; no weight changes.
             let t = timeline(c);
             assert!(
@@ -161,7 +175,10 @@ fn short_run_of_every_contestant_with_churn() {
         "{stdout}"
     );
     assert!(stdout.contains("HTTP ratios"), "{stdout}");
-    assert!(stdout.contains("without / with EDS churn"), "{stdout}");
+    assert!(
+        stdout.contains("under EDS churn, the churned phase's quiet / churned windows"),
+        "{stdout}"
+    );
 }
 
 /// The client's timeline of its churned phase: every field there, and the counts of slow

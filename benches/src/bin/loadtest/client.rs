@@ -57,8 +57,11 @@ pub(crate) struct ClientArgs {
     pub(crate) rate: u32,
     /// Run a second open-loop phase while the harness churns EDS (see [`churn_signal`]).
     pub(crate) churn: bool,
-    /// Run the churned open-loop phase before the quiet one (alternated between rounds).
+    /// Run the churned open-loop phase before the quiet one and start it with a churned
+    /// window (alternated between rounds).
     pub(crate) churn_first: bool,
+    /// The churned phase's windows (see [`churned_phase`]).
+    pub(crate) churn_window: Duration,
 }
 
 pub(crate) type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -292,6 +295,91 @@ async fn open_phase(caller: &Caller, seq: &Arc<AtomicU64>, args: &ClientArgs) ->
     (open, cpu_now(args.sidecar_pid) - cpu_before)
 }
 
+/// A call starting this soon after a churned window ended still counts as churned: what
+/// the window's last update set going (a connection closing) may outlast it.
+const SETTLE: Duration = Duration::from_millis(10);
+
+/// The churned phase: one open loop twice a phase long whose windows of
+/// `--churn-window` alternate between churned (the harness pushing EDS updates) and
+/// quiet, starting with a churned one when `churn_first`. Its quiet windows are the
+/// churned ones' comparison: the same process, the same minutes of the host, so a stall of
+/// a busy host lands in either kind of window alike (two phases one after the other would
+/// each get the stalls of their own seconds).
+struct Churned {
+    open: Open,
+    /// The churned windows, microseconds from the open loop's start: from just before the
+    /// harness was asked to start pushing until [`SETTLE`] after it had stopped and the
+    /// client had ACKed the last update.
+    windows: Vec<(u64, u64)>,
+    /// CPU seconds of the whole phase, and of its churned windows.
+    cpu: f64,
+    churn_cpu: f64,
+}
+
+impl Churned {
+    /// Whether a call that started `start_us` into the phase started in a churned window.
+    fn is_churned(&self, start_us: u64) -> bool {
+        let i = self.windows.partition_point(|w| w.0 <= start_us);
+        i > 0 && start_us < self.windows[i - 1].1
+    }
+
+    /// The latencies of the calls that started in churned windows and of the rest.
+    fn split(&self) -> (Vec<u64>, Vec<u64>) {
+        let (churn, quiet): (Vec<&timeline::Call>, Vec<&timeline::Call>) = self
+            .open
+            .calls
+            .iter()
+            .partition(|c| self.is_churned(c.start_us));
+        let latencies = |calls: Vec<&timeline::Call>| calls.iter().map(|c| c.latency_us).collect();
+        (latencies(churn), latencies(quiet))
+    }
+}
+
+async fn churned_phase(
+    caller: &Caller,
+    seq: &Arc<AtomicU64>,
+    args: &ClientArgs,
+) -> Result<Churned> {
+    let total = args.phase * 2;
+    // At least two windows of each kind.
+    let window = args
+        .churn_window
+        .min(args.phase / 2)
+        .max(Duration::from_millis(1));
+    let n = total.as_nanos().div_ceil(window.as_nanos()) as u32;
+    let cpu_before = cpu_now(args.sidecar_pid);
+    let start = Instant::now();
+    let toggle = async {
+        let (mut windows, mut churn_cpu) = (Vec::new(), 0.0);
+        for i in 0..n {
+            let end = tokio::time::Instant::from_std(start + (window * (i + 1)).min(total));
+            if (i % 2 == 0) != args.churn_first {
+                tokio::time::sleep_until(end).await;
+                continue;
+            }
+            let cpu = cpu_now(args.sidecar_pid);
+            let from = Instant::now();
+            churn_signal("churn-start").await?;
+            tokio::time::sleep_until(end).await;
+            churn_signal("churn-stop").await?;
+            windows.push((from, Instant::now() + SETTLE));
+            churn_cpu += cpu_now(args.sidecar_pid) - cpu;
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((windows, churn_cpu))
+    };
+    let (open, toggled) = tokio::join!(open_loop(caller, seq, args.rate, total), toggle);
+    let cpu = cpu_now(args.sidecar_pid) - cpu_before;
+    let (windows, churn_cpu) = toggled?;
+    let us = |t: Instant| t.saturating_duration_since(open.start).as_micros() as u64;
+    let windows = windows.into_iter().map(|(a, b)| (us(a), us(b))).collect();
+    Ok(Churned {
+        open,
+        windows,
+        cpu,
+        churn_cpu,
+    })
+}
+
 async fn run(
     caller: Caller,
     args: &ClientArgs,
@@ -310,15 +398,11 @@ async fn run(
     let closed_cpu = cpu_now(args.sidecar_pid) - cpu_before;
     let mut churned = None;
     if args.churn && args.churn_first {
-        churn_signal("churn-start").await?;
-        churned = Some(open_phase(&caller, &seq, args).await);
-        churn_signal("churn-stop").await?;
+        churned = Some(churned_phase(&caller, &seq, args).await?);
     }
     let (open, cpu) = open_phase(&caller, &seq, args).await;
     if args.churn && !args.churn_first {
-        churn_signal("churn-start").await?;
-        churned = Some(open_phase(&caller, &seq, args).await);
-        churn_signal("churn-stop").await?;
+        churned = Some(churned_phase(&caller, &seq, args).await?);
     }
     let measured_to = unix_ms();
 
@@ -351,32 +435,63 @@ async fn run(
         "measured_from_unix_ms": measured_from,
         "measured_to_unix_ms": measured_to,
     });
-    if let Some((churn, cpu)) = churned {
-        let pct = |q: f64| percentile(&churn.latencies_us, q);
-        out["churn_p50_us"] = pct(0.50).into();
-        out["churn_p99_us"] = pct(0.99).into();
-        out["churn_p999_us"] = pct(0.999).into();
-        out["churn_cpu_s_per_1k"] = (cpu / (churn.sent as f64 / 1000.0)).into();
-        out["churn_errors"] = churn.errors.into();
+    if let Some(churned) = churned {
+        let (churn, quiet) = churned.split();
+        let p99 = percentile(&churn, 0.99);
+        let quiet_p99 = percentile(&quiet, 0.99);
+        let quiet_p90 = percentile(&quiet, 0.90);
+        let (churn_calls, quiet_calls) = (churn.len(), quiet.len());
+        out["churn_p50_us"] = percentile(&churn, 0.50).into();
+        out["churn_p99_us"] = p99.into();
+        out["churn_p999_us"] = percentile(&churn, 0.999).into();
+        out["churn_quiet_p50_us"] = percentile(&quiet, 0.50).into();
+        out["churn_quiet_p99_us"] = quiet_p99.into();
+        out["churn_quiet_p999_us"] = percentile(&quiet, 0.999).into();
+        // The target's figure: the churned windows against the quiet ones between them.
+        out["churn_p99_ratio"] = (p99 as f64 / quiet_p99.max(1) as f64).into();
+        out["churn_calls"] = churn_calls.into();
+        out["churn_quiet_calls"] = quiet_calls.into();
+        out["churn_windows"] = churned.windows.len().into();
+        // Every call's latency, for the harness to pool over the rounds (it takes them out
+        // of the round's JSON).
+        out[CHURN_LATENCIES] = churn.into();
+        out[CHURN_QUIET_LATENCIES] = quiet.into();
+        let per_1k = |cpu: f64, calls: usize| cpu / (calls.max(1) as f64 / 1000.0);
+        out["churn_cpu_s_per_1k"] = per_1k(churned.churn_cpu, churn_calls).into();
+        out["churn_quiet_cpu_s_per_1k"] =
+            per_1k(churned.cpu - churned.churn_cpu, quiet_calls).into();
+        out["churn_errors"] = churned.open.errors.into();
         out["churn_first"] = args.churn_first.into();
         if out["first_error"].is_null() {
-            out["first_error"] = churn.first_error.into();
+            out["first_error"] = churned.open.first_error.clone().into();
         }
         if let Some(updates) = updates {
-            let applied = updates.since(churn.start);
+            let applied = updates.since(churned.open.start);
             let quiet = timeline::Quiet {
-                p90_us: percentile(&open.latencies_us, 0.90),
-                p99_us: percentile(&open.latencies_us, 0.99),
+                p90_us: quiet_p90,
+                p99_us: quiet_p99,
             };
-            out["churn_timeline"] = timeline::summarize(&churn.calls, &applied, quiet);
+            let calls: Vec<timeline::Call> = churned
+                .open
+                .calls
+                .iter()
+                .filter(|c| churned.is_churned(c.start_us))
+                .copied()
+                .collect();
+            out["churn_timeline"] = timeline::summarize(&calls, &applied, quiet);
         }
-        out["errors"] = (closed.errors + open.errors + churn.errors).into();
+        out["errors"] = (closed.errors + open.errors + churned.open.errors).into();
     }
     Ok(out)
 }
 
+/// The key of the churned windows' latencies in a client's JSON.
+pub(crate) const CHURN_LATENCIES: &str = "churn_latencies_us";
+/// The key of the churned phase's quiet windows' latencies in a client's JSON.
+pub(crate) const CHURN_QUIET_LATENCIES: &str = "churn_quiet_latencies_us";
+
 /// The `q` quantile (nearest rank) of unsorted samples, or 0 with none.
-fn percentile(samples: &[u64], q: f64) -> u64 {
+pub(crate) fn percentile(samples: &[u64], q: f64) -> u64 {
     if samples.is_empty() {
         return 0;
     }
@@ -514,4 +629,56 @@ async fn open_loop(caller: &Caller, seq: &Arc<AtomicU64>, rate: u32, time: Durat
         .await
         .unwrap_or_default();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn churned(starts_and_latencies: &[(u64, u64)], windows: Vec<(u64, u64)>) -> Churned {
+        let calls: Vec<timeline::Call> = starts_and_latencies
+            .iter()
+            .map(|&(start_us, latency_us)| timeline::Call {
+                start_us,
+                latency_us,
+                served_by: None,
+            })
+            .collect();
+        Churned {
+            open: Open {
+                sent: calls.len() as u64,
+                errors: 0,
+                latencies_us: calls.iter().map(|c| c.latency_us).collect(),
+                pacer_late_us: Vec::new(),
+                first_error: None,
+                start: Instant::now(),
+                calls,
+            },
+            windows,
+            cpu: 0.0,
+            churn_cpu: 0.0,
+        }
+    }
+
+    #[test]
+    fn calls_are_split_by_the_window_they_started_in() {
+        let c = churned(
+            &[
+                (0, 1),
+                (999, 2),
+                (1_000, 3),
+                (1_500, 4),
+                (2_000, 5),
+                (3_000, 6),
+                (3_100, 7),
+            ],
+            vec![(1_000, 2_000), (3_000, 3_050)],
+        );
+        assert!(!c.is_churned(999));
+        assert!(c.is_churned(1_000) && c.is_churned(1_999));
+        assert!(!c.is_churned(2_000) && !c.is_churned(3_050));
+        assert_eq!(c.split(), (vec![3, 4, 6], vec![1, 2, 5, 7]));
+        let none = churned(&[(5, 1)], Vec::new());
+        assert_eq!(none.split(), (vec![], vec![1]));
+    }
 }

@@ -176,6 +176,8 @@ struct Settings {
     churn: u32,
     /// What each of those updates changes.
     churn_kind: ChurnKind,
+    /// The churned phase's windows, churned and quiet in turn.
+    churn_window: Duration,
     /// Pin the client processes to CPU 0 and the harness (servers, control plane,
     /// sidecars) to CPU 1.
     pin: bool,
@@ -198,6 +200,7 @@ impl Default for Settings {
             envoy_concurrency: 2,
             churn: 0,
             churn_kind: ChurnKind::default(),
+            churn_window: Duration::from_secs(1),
             pin: false,
             split_server: false,
             side_by_side: false,
@@ -209,7 +212,7 @@ const USAGE: &str = "\
 usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
                 [--concurrency 16] [--rate 1000] [--only NAME[,NAME...]]
                 [--envoy-concurrency 2] [--churn 0] [--churn-kind endpoint]
-                [--pin] [--split-server] [--side-by-side]
+                [--churn-window 1s] [--pin] [--split-server] [--side-by-side]
 
   --duration D          each contestant's measured time per round, split evenly between
                         the closed-loop (throughput) and open-loop (latency, CPU) phases
@@ -223,12 +226,15 @@ usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
                         meshwork-via-envoy, hyper-mtls-h2, meshwork-http-h2,
                         hyper-mtls-h1, meshwork-http-h1, envoy-sidecar-http
   --envoy-concurrency N worker threads of each Envoy sidecar (Istio's default is 2)
-  --churn RATE          EDS updates per second: each meshwork contestant runs its
-                        open-loop phase a second time while its cluster's endpoints
-                        change RATE times a second (0: off)
+  --churn RATE          EDS updates per second: each meshwork contestant runs one
+                        more open-loop phase, twice as long, whose windows alternate
+                        between quiet and its cluster's endpoints changing RATE times
+                        a second (0: off)
   --churn-kind KIND     what each churn update changes: `endpoint` adds or removes
                         a second endpoint; `weight` keeps both endpoints, each in a
                         locality of its own, and swaps the localities' weights
+  --churn-window D      the length of the churned phase's windows (at most half a
+                        phase: at least two of each kind)
   --pin                 run each client process on CPU 0 only and the harness (echo
                         servers, control plane, Envoy sidecars) on CPU 1 only (taskset),
                         so a client's figures are not the server's CPU contention; the
@@ -292,6 +298,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
             "--pin" => s.pin = true,
             "--split-server" => s.split_server = true,
             "--side-by-side" => s.side_by_side = true,
+            "--churn-window" => s.churn_window = parse_duration(&value()?)?,
             "--churn-first" => churn_first = true,
             // The child process's own flags (not for people).
             "--client" => child = Some(parse_contestant(&value()?)?),
@@ -306,6 +313,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
     }
     if s.rounds == 0 || s.concurrency == 0 || s.rate == 0 {
         return Err("--rounds, --concurrency and --rate must be at least 1".into());
+    }
+    if s.churn_window < Duration::from_millis(1) {
+        return Err("--churn-window must be at least 1ms".into());
     }
     if s.side_by_side && s.churn > 0 {
         // Every churned contestant's cluster would change under the others' phases too.
@@ -326,6 +336,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, Error> {
             rate: s.rate,
             churn: s.churn > 0,
             churn_first,
+            churn_window: s.churn_window,
         }),
     })
 }
@@ -582,6 +593,7 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     }
 
     let mut rounds: BTreeMap<Contestant, Vec<Value>> = BTreeMap::new();
+    let mut pools: BTreeMap<Contestant, ChurnPool> = BTreeMap::new();
     let mut failures = Vec::new();
     for round in 0..settings.rounds {
         // Round-robin with a rotating start, so no contestant always runs first or last;
@@ -602,7 +614,8 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
         };
         for (c, outcome) in outcomes {
             match outcome {
-                Ok(v) => {
+                Ok(mut v) => {
+                    pools.entry(c).or_default().take_from(&mut v);
                     eprintln!("round {}: {}", round + 1, v);
                     rounds.entry(c).or_default().push(v);
                 }
@@ -616,7 +629,13 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
 
     let results: Vec<Value> = contestants
         .iter()
-        .filter_map(|c| rounds.get(c).map(|r| median_round(c.name(), r)))
+        .filter_map(|c| {
+            let mut out = median_round(c.name(), rounds.get(c)?);
+            if let Some(pool) = pools.get(c) {
+                pool.add_to(&mut out);
+            }
+            Some(out)
+        })
         .collect();
     print_table(&results, &skipped);
     let json = json!({
@@ -756,6 +775,10 @@ async fn run_client(
     let churn = f.churn_target(c).filter(|_| s.churn > 0);
     if churn.is_some() {
         cmd.args(["--churn", &s.churn.to_string()]);
+        cmd.args([
+            "--churn-window",
+            &format!("{}s", s.churn_window.as_secs_f64()),
+        ]);
         // Alternated by round, so neither phase always runs on the warmer process.
         if round % 2 == 1 {
             cmd.arg("--churn-first");
@@ -813,7 +836,13 @@ async fn run_client(
                 let second = served(counter)
                     .zip(served_before)
                     .map(|(after, before)| after - before);
-                report = Some((r, second));
+                // Summed over the churned windows.
+                let (pushed, acked, calls) = report.unwrap_or((0, 0, Some(0)));
+                report = Some((
+                    pushed + r.pushed,
+                    acked + r.acked,
+                    calls.zip(second).map(|(a, b)| a + b),
+                ));
             }
             ("churn-start" | "churn-stop", _) => {
                 return Err(format!("{}: unexpected {line:?}", c.name()).into());
@@ -833,9 +862,9 @@ async fn run_client(
     }
     let mut v: Value = serde_json::from_str(&last.ok_or("the client printed nothing")?)?;
     match (churn, report) {
-        (Some(_), Some((r, second))) => {
-            v["churn_pushed"] = r.pushed.into();
-            v["churn_acked"] = r.acked.into();
+        (Some(_), Some((pushed, acked, second))) => {
+            v["churn_pushed"] = pushed.into();
+            v["churn_acked"] = acked.into();
             // Calls the added endpoint answered: the client used the change, not just
             // ACKed it.
             v["churn_second_endpoint_calls"] = second.into();
@@ -844,6 +873,48 @@ async fn run_client(
         _ => {}
     }
     Ok(v)
+}
+
+/// A contestant's churned phases' latencies over all rounds: the churned windows' and the
+/// quiet windows'.
+#[derive(Debug, Default)]
+struct ChurnPool {
+    churned: Vec<u64>,
+    quiet: Vec<u64>,
+}
+
+impl ChurnPool {
+    /// Moves a round's latencies out of its JSON into the pool.
+    fn take_from(&mut self, round: &mut Value) {
+        let Some(round) = round.as_object_mut() else {
+            return;
+        };
+        for (key, pool) in [
+            (client::CHURN_LATENCIES, &mut self.churned),
+            (client::CHURN_QUIET_LATENCIES, &mut self.quiet),
+        ] {
+            if let Some(Value::Array(latencies)) = round.remove(key) {
+                pool.extend(latencies.iter().filter_map(Value::as_u64));
+            }
+        }
+    }
+
+    /// The pooled p99s and their ratio, the target's figure: each stall of the host lands
+    /// in one window or the other, so over many windows both kinds get their share, where
+    /// a round's own ratio swings with the few stalls it had.
+    fn add_to(&self, out: &mut Value) {
+        if self.churned.is_empty() || self.quiet.is_empty() {
+            return;
+        }
+        let p99 = client::percentile(&self.churned, 0.99);
+        let quiet_p99 = client::percentile(&self.quiet, 0.99);
+        out["churn_pooled_p99_us"] = p99.into();
+        out["churn_quiet_pooled_p99_us"] = quiet_p99.into();
+        out["churn_pooled_p99_ratio"] =
+            ((p99 as f64 / quiet_p99.max(1) as f64 * 100.0).round() / 100.0).into();
+        out["churn_pooled_calls"] = self.churned.len().into();
+        out["churn_quiet_pooled_calls"] = self.quiet.len().into();
+    }
 }
 
 /// The median round of each figure (errors: the sum over all rounds).
@@ -873,8 +944,15 @@ fn median_round(name: &str, rounds: &[Value]) -> Value {
         out["churn_p50_us"] = median("churn_p50_us").into();
         out["churn_p99_us"] = median("churn_p99_us").into();
         out["churn_p999_us"] = median("churn_p999_us").into();
+        out["churn_quiet_p50_us"] = median("churn_quiet_p50_us").into();
+        out["churn_quiet_p99_us"] = median("churn_quiet_p99_us").into();
+        out["churn_quiet_p999_us"] = median("churn_quiet_p999_us").into();
+        // The median of the rounds' own ratios: each pairs windows of the same seconds.
+        out["churn_p99_ratio"] = round2(median("churn_p99_ratio")).into();
         out["churn_cpu_s_per_1k"] =
             ((median("churn_cpu_s_per_1k") * 10_000.0).round() / 10_000.0).into();
+        out["churn_quiet_cpu_s_per_1k"] =
+            ((median("churn_quiet_cpu_s_per_1k") * 10_000.0).round() / 10_000.0).into();
         out["churn_errors"] = sum("churn_errors").into();
         out["churn_pushed"] = sum("churn_pushed").into();
         out["churn_acked"] = sum("churn_acked").into();
@@ -976,8 +1054,8 @@ fn print_ratios(title: &str, results: &[Value], rows: &[&Value]) {
     }
 }
 
-/// With `--churn`: each churned contestant's open-loop latency without and with churn (the
-/// same rounds, the two phases' order alternating), and the updates the client ACKed.
+/// With `--churn`: each churned contestant's latency in the churned phase's quiet and
+/// churned windows, the quiet phase's p99 beside them, and the updates the client ACKed.
 fn print_churn(results: &[Value]) {
     let rows: Vec<&Value> = results
         .iter()
@@ -986,17 +1064,25 @@ fn print_churn(results: &[Value]) {
     if rows.is_empty() {
         return;
     }
-    println!("\nopen loop without / with EDS churn (median rounds; updates and calls summed):");
     println!(
-        "{:<20} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>14} {:>12} {:>7}",
+        "\nopen loop under EDS churn, the churned phase's quiet / churned windows (median \
+         rounds; ratio: the median of the rounds' own; pooled: the p99 of every round's \
+         calls; updates and calls summed):"
+    );
+    println!(
+        "{:<20} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>14} {:>12} {:>7}",
         "contestant",
         "p50 µs",
         "churn",
         "p99 µs",
         "churn",
         "ratio",
+        "pooled",
+        "churn",
+        "ratio",
         "p99.9 µs",
         "churn",
+        "p99 phase",
         "updates acked",
         "2nd ep calls",
         "errors"
@@ -1006,15 +1092,19 @@ fn print_churn(results: &[Value]) {
             .as_u64()
             .map_or_else(|| "-".to_owned(), |n| n.to_string());
         println!(
-            "{:<20} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>6.2}x {:>9.0} {:>9.0} {:>14} {:>12} {:>7}",
+            "{:<20} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>6.2}x {:>8.0} {:>8.0} {:>6.2}x {:>9.0} {:>9.0} {:>9.0} {:>14} {:>12} {:>7}",
             r["name"].as_str().unwrap_or("?"),
-            f(r, "p50_us"),
+            f(r, "churn_quiet_p50_us"),
             f(r, "churn_p50_us"),
-            f(r, "p99_us"),
+            f(r, "churn_quiet_p99_us"),
             f(r, "churn_p99_us"),
-            f(r, "churn_p99_us") / f(r, "p99_us"),
-            f(r, "p999_us"),
+            f(r, "churn_p99_ratio"),
+            f(r, "churn_quiet_pooled_p99_us"),
+            f(r, "churn_pooled_p99_us"),
+            f(r, "churn_pooled_p99_ratio"),
+            f(r, "churn_quiet_p999_us"),
             f(r, "churn_p999_us"),
+            f(r, "p99_us"),
             format!("{}/{}", r["churn_acked"], r["churn_pushed"]),
             second,
             r["churn_errors"],
@@ -1053,9 +1143,12 @@ fn print_targets(results: &[Value]) {
     println!("\ntargets:");
     // Issue 16's: latency under EDS churn.
     for r in churned {
-        let x = f(r, "churn_p99_us") / f(r, "p99_us");
+        // Pooled over the rounds; the median round's when there is no pool.
+        let x = r["churn_pooled_p99_ratio"]
+            .as_f64()
+            .unwrap_or_else(|| f(r, "churn_p99_ratio"));
         println!(
-            "  {} p99 with churn within 10% of without: {x:.2}x {}",
+            "  {} p99 with churn within 10% of without (pooled): {x:.2}x {}",
             r["name"].as_str().unwrap_or("?"),
             verdict(x <= 1.1)
         );
@@ -1189,6 +1282,47 @@ mod tests {
             panic!("client mode");
         };
         assert!(a.churn && !a.churn_first);
+        assert_eq!(a.churn_window, Duration::from_secs(1));
+        let args = ["--client", "meshwork", "--certs", "/tmp", "--churn", "10"]
+            .into_iter()
+            .chain(["--churn-window", "0.25s", "--churn-first"])
+            .map(String::from);
+        let Mode::Client(a) = parse_args(args).unwrap() else {
+            panic!("client mode");
+        };
+        assert!(a.churn_first);
+        assert_eq!(a.churn_window, Duration::from_millis(250));
+        let zero = ["--churn", "10", "--churn-window", "0s"].map(String::from);
+        assert!(parse_args(zero.into_iter()).is_err());
+    }
+
+    #[test]
+    fn churned_latencies_are_pooled_over_the_rounds_and_left_out_of_them() {
+        let mut pool = ChurnPool::default();
+        // 100 churned calls per round: its p99 is its 99th fastest.
+        let round = |slow: u64| {
+            let churned: Vec<u64> = (1..=100).map(|i| if i > 98 { slow } else { i }).collect();
+            let quiet: Vec<u64> = (1..=100).collect();
+            json!({"churn_p99_us": 1, client::CHURN_LATENCIES: churned,
+                   client::CHURN_QUIET_LATENCIES: quiet})
+        };
+        let mut rounds = [round(1_000), round(2_000)];
+        for r in &mut rounds {
+            pool.take_from(r);
+            assert!(r.get(client::CHURN_LATENCIES).is_none(), "{r}");
+            assert!(r.get(client::CHURN_QUIET_LATENCIES).is_none(), "{r}");
+            assert_eq!(r["churn_p99_us"], 1);
+        }
+        let mut out = json!({});
+        pool.add_to(&mut out);
+        // 200 calls each: the 198th fastest.
+        assert_eq!(out["churn_pooled_p99_us"], 1_000, "{out}");
+        assert_eq!(out["churn_quiet_pooled_p99_us"], 99, "{out}");
+        assert_eq!(out["churn_pooled_p99_ratio"], 10.1, "{out}");
+        assert_eq!(out["churn_pooled_calls"], 200);
+        let mut none = json!({});
+        ChurnPool::default().add_to(&mut none);
+        assert!(none.get("churn_pooled_p99_ratio").is_none());
     }
 
     #[test]
@@ -1198,9 +1332,15 @@ mod tests {
         assert_eq!(m["rps"], 2.0);
         assert_eq!(m["errors"], 3);
         assert!(m.get("churn_p99_us").is_none());
-        let c = |p99: f64, acked: u64| json!({"churn_p99_us": p99, "churn_acked": acked});
-        let m = median_round("x", &[c(5.0, 4), c(1.0, 5), c(3.0, 6)]);
+        let c = |p99: f64, quiet: f64, acked: u64| {
+            json!({"churn_p99_us": p99, "churn_quiet_p99_us": quiet,
+                   "churn_p99_ratio": p99 / quiet, "churn_acked": acked})
+        };
+        let m = median_round("x", &[c(5.0, 5.0, 4), c(1.0, 4.0, 5), c(3.0, 1.0, 6)]);
         assert_eq!(m["churn_p99_us"], 3.0);
+        assert_eq!(m["churn_quiet_p99_us"], 4.0);
+        // The rounds' own ratios (1.0, 0.25, 3.0), not the ratio of the medians (0.75).
+        assert_eq!(m["churn_p99_ratio"], 1.0);
         assert_eq!(m["churn_acked"], 15);
     }
 }
