@@ -47,18 +47,30 @@ pub(crate) const LISTENER: &str = "outbound";
 /// between the two).
 pub(crate) const SECOND_LISTENER: &str = "outbound-b";
 
+/// Where a sidecar's cluster takes its endpoints from, when not from its static config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Eds<'a> {
+    /// The harness's control plane (ADS over plaintext HTTP/2).
+    pub(crate) xds: SocketAddr,
+    /// The `ClusterLoadAssignment` to subscribe to.
+    pub(crate) cluster: &'a str,
+}
+
 /// An outbound sidecar as a mesh runs it: plaintext listeners for the app on 127.0.0.1:0
 /// (`listeners`, usually just [`LISTENER`]), routing everything to the server over mTLS
 /// (our SVID, the server's SPIFFE ID checked) and HTTP/2 (`http1`: HTTP/1.1, the version
 /// Istio keeps for an HTTP/1.1 app's requests), with the policies Istio configures by
 /// default (retries on connect failure, refused stream, unavailable, cancelled), least
-/// request (P2C), circuit breakers and outlier detection. The config is static: Envoy
-/// takes no xDS from the harness's control plane, so `--churn` leaves it out.
+/// request (P2C), circuit breakers and outlier detection. The config is static, `upstream`
+/// the cluster's one endpoint; with `eds` the cluster's endpoints come over ADS from the
+/// harness's control plane instead (so `--churn` changes them, as it does a meshwork
+/// client's), the rest staying static.
 pub(crate) fn sidecar_config(
     upstream: SocketAddr,
     tls: &SidecarTls<'_>,
     http1: bool,
     listeners: &[&str],
+    eds: Option<Eds<'_>>,
 ) -> Value {
     let retry = json!({
         "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
@@ -73,7 +85,7 @@ pub(crate) fn sidecar_config(
         .iter()
         .map(|name| listener(name, &retry))
         .collect();
-    json!({
+    let mut config = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": listeners,
@@ -118,7 +130,45 @@ pub(crate) fn sidecar_config(
                 },
             }],
         },
-    })
+    });
+    if let Some(eds) = eds {
+        let echo = &mut config["static_resources"]["clusters"][0];
+        echo["type"] = "EDS".into();
+        echo["eds_cluster_config"] = json!({
+            "service_name": eds.cluster,
+            "eds_config": {"ads": {}, "resource_api_version": "V3"},
+        });
+        // As meshwork's balancer, weigh localities (`--churn-kind weight` swaps them).
+        echo["common_lb_config"] = json!({"locality_weighted_lb_config": {}});
+        if let Some(echo) = echo.as_object_mut() {
+            echo.remove("load_assignment");
+        }
+        config["node"] = json!({"id": "loadtest-envoy-sidecar", "cluster": "loadtest"});
+        config["dynamic_resources"] = json!({"ads_config": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+        }});
+        if let Some(clusters) = config["static_resources"]["clusters"].as_array_mut() {
+            clusters.push(json!({
+                "name": "xds",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    },
+                },
+                "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {
+                        "address": eds.xds.ip().to_string(), "port_value": eds.xds.port(),
+                    }}}},
+                ]}]},
+            }));
+        }
+    }
+    config
 }
 
 /// An app-facing listener on 127.0.0.1:0: every request to the `echo` cluster.

@@ -120,23 +120,18 @@ impl Contestant {
         )
     }
 
-    /// Whether the contestant's client takes its config from the harness's control plane,
-    /// so that `--churn` changes its endpoints (the Envoy sidecars' configs are static).
+    /// Whether the contestant's client (or, for `envoy-sidecar`, its sidecar) takes its
+    /// endpoints from the harness's control plane under `--churn`, so that the churn
+    /// changes them (the other Envoy sidecars' configs are static).
     fn takes_churn(self) -> bool {
-        matches!(
-            self,
-            Contestant::Meshwork
-                | Contestant::MeshworkUntraced
-                | Contestant::MeshworkViaEnvoy
-                | Contestant::MeshworkHttpH2
-                | Contestant::MeshworkHttpH1
-        )
+        self.eds_cluster().is_some()
     }
 
-    /// The EDS cluster of a contestant whose config comes from the control plane.
+    /// The EDS cluster `--churn` changes for the contestant.
     fn eds_cluster(self) -> Option<&'static str> {
         match self {
             Contestant::Meshwork | Contestant::MeshworkUntraced => Some(xds::DIRECT_CLUSTER),
+            Contestant::EnvoySidecar => Some(xds::ENVOY_CLUSTER),
             Contestant::MeshworkViaEnvoy => Some(xds::SIDECAR_CLUSTER),
             Contestant::MeshworkHttpH1 => Some(xds::HTTP_H1_CLUSTER),
             Contestant::MeshworkHttpH2 => Some(xds::HTTP_H2_CLUSTER),
@@ -378,7 +373,9 @@ impl Fixture {
     fn churn_target(&self, c: Contestant) -> Option<ChurnTarget<'_>> {
         let cluster = c.eds_cluster()?;
         let (base, (extra, served)) = match c {
-            Contestant::Meshwork | Contestant::MeshworkUntraced => (self.mtls, &self.mtls_second),
+            Contestant::Meshwork | Contestant::MeshworkUntraced | Contestant::EnvoySidecar => {
+                (self.mtls, &self.mtls_second)
+            }
             Contestant::MeshworkViaEnvoy => {
                 let sidecar = self.sidecars.get(&c)?;
                 let extra = sidecar.second?;
@@ -483,6 +480,10 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
         )
     };
 
+    // Before the sidecars: under `--churn` envoy-sidecar's takes its endpoints from it.
+    let upstreams = xds::Upstreams { grpc: mtls, http };
+    let xds = Arc::new(xds::control_plane(&upstreams, &server_id).await?);
+
     // One sidecar per contestant that uses one, so its memory is that contestant's alone;
     // started together, as Envoy takes a while to start.
     let mut sidecars = BTreeMap::new();
@@ -496,17 +497,27 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
         let starts = contestants.iter().filter(|c| c.needs_envoy()).map(|c| {
             // meshwork-via-envoy's sidecar has a second listener, for `--churn` to add
             // and remove as the second endpoint of its cluster.
+            let eds = envoy::Eds {
+                xds: xds.addr(),
+                cluster: xds::ENVOY_CLUSTER,
+            };
             let config = match c {
                 Contestant::EnvoySidecarHttp => {
-                    envoy::sidecar_config(http, &tls, true, &[envoy::LISTENER])
+                    envoy::sidecar_config(http, &tls, true, &[envoy::LISTENER], None)
                 }
                 Contestant::MeshworkViaEnvoy if settings.churn > 0 => envoy::sidecar_config(
                     mtls,
                     &tls,
                     false,
                     &[envoy::LISTENER, envoy::SECOND_LISTENER],
+                    None,
                 ),
-                _ => envoy::sidecar_config(mtls, &tls, false, &[envoy::LISTENER]),
+                // Its cluster's endpoints from the control plane, to be churned as a
+                // meshwork client's are.
+                Contestant::EnvoySidecar if settings.churn > 0 => {
+                    envoy::sidecar_config(mtls, &tls, false, &[envoy::LISTENER], Some(eds))
+                }
+                _ => envoy::sidecar_config(mtls, &tls, false, &[envoy::LISTENER], None),
             };
             async move {
                 envoy::start(bin, dir, c.name(), &config, settings.envoy_concurrency)
@@ -516,15 +527,9 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
         });
         sidecars.extend(futures_util::future::try_join_all(starts).await?);
     }
-    let via_sidecar = sidecars
-        .get(&Contestant::MeshworkViaEnvoy)
-        .map(|e| e.listener);
-    let upstreams = xds::Upstreams {
-        grpc: mtls,
-        via_sidecar,
-        http,
-    };
-    let xds = Arc::new(xds::control_plane(&upstreams, &server_id).await?);
+    if let Some(sidecar) = sidecars.get(&Contestant::MeshworkViaEnvoy) {
+        xds::add_via_sidecar(&xds, sidecar.listener);
+    }
     let fixture = Fixture {
         dir: dir.to_owned(),
         plaintext,
@@ -576,13 +581,16 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     );
     if settings.churn > 0 {
         println!(
-            "churn: {} EDS updates/s ({}) in a second open-loop phase of each of {} (order \
-             alternating by round)",
+            "churn: {} EDS updates/s ({}) in the churned windows of {:?} of a churned \
+             open-loop phase of each of {}, twice a phase long, its windows churned and quiet \
+             in turn (which first, and the phases' order, alternating by round)",
             settings.churn,
             match settings.churn_kind {
                 ChurnKind::Endpoint => "each adding or removing a second endpoint",
                 ChurnKind::Weight => "each swapping the weights of two endpoints' localities",
             },
+            // As the client cuts them: at most half a phase.
+            settings.churn_window.min(settings.duration / 4),
             contestants
                 .iter()
                 .filter(|c| c.takes_churn())
@@ -1116,8 +1124,8 @@ fn print_churn(results: &[Value]) {
         .collect();
     if !timelines.is_empty() {
         println!(
-            "\nslow calls under churn (slower than the same round's quiet p99; all rounds; \
-             updates as the client's xDS client applied them):"
+            "\nslow calls under churn (slower than the same round's quiet windows' p99; all \
+             rounds; updates as the client's xDS client applied them):"
         );
         for r in timelines {
             println!(
@@ -1259,8 +1267,17 @@ mod tests {
             Contestant::EnvoySidecarHttp.baseline(),
             Contestant::HyperMtlsH1
         );
-        assert!(!Contestant::EnvoySidecar.takes_churn());
+        // envoy-sidecar's sidecar takes its endpoints over ADS under --churn; the other
+        // sidecars and the bare clients have no endpoints to churn.
+        assert!(Contestant::EnvoySidecar.takes_churn());
         assert!(Contestant::MeshworkHttpH1.takes_churn());
+        for c in [
+            Contestant::TonicMtls,
+            Contestant::HyperMtlsH1,
+            Contestant::EnvoySidecarHttp,
+        ] {
+            assert!(!c.takes_churn(), "{}", c.name());
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The churned phase's timeline, in the client process: each call's intended start, latency
+//! The churned windows' timeline, in the client process: each call's intended start, latency
 //! and serving endpoint, and the client's own view of each EDS update (when its xDS client
-//! applied it), so that the calls slower than the quiet phase's p99 can be placed against
+//! applied it), so that the calls slower than the quiet windows' p99 can be placed against
 //! the updates. An update is an `add` (the second endpoint joins), a `remove` (it leaves)
 //! or a `weight` (both stay, their localities' weights swap: `--churn-kind weight`).
 //!
@@ -209,7 +209,7 @@ struct Slow {
     on_added: Option<usize>,
 }
 
-/// The quiet phase's figures the churned calls are held against.
+/// The quiet windows' figures the churned calls are held against.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Quiet {
     pub(crate) p90_us: u64,

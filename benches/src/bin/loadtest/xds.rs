@@ -33,13 +33,14 @@ pub(crate) const DIRECT_CLUSTER: &str = "echo";
 pub(crate) const SIDECAR_CLUSTER: &str = "echo-sidecar";
 pub(crate) const HTTP_H1_CLUSTER: &str = "echo-http-h1";
 pub(crate) const HTTP_H2_CLUSTER: &str = "echo-http-h2";
+/// The `envoy-sidecar` contestant's sidecar's EDS cluster, under `--churn` (the sidecar's
+/// listener and cluster are static; only its endpoints come from this control plane).
+pub(crate) const ENVOY_CLUSTER: &str = "echo-envoy";
 
 /// Where the control plane sends each target.
 pub(crate) struct Upstreams {
     /// The gRPC echo over mTLS.
     pub(crate) grpc: SocketAddr,
-    /// The listener of `meshwork-via-envoy`'s sidecar, when it runs.
-    pub(crate) via_sidecar: Option<SocketAddr>,
     /// The HTTP echo over mTLS.
     pub(crate) http: SocketAddr,
 }
@@ -128,48 +129,70 @@ fn cluster(name: &str, server_id: Option<&str>) -> Cluster {
     c
 }
 
-/// Starts the control plane: each target to its upstream, with one endpoint.
+/// `snapshot` with `target` (an xDS target) routed to `cluster`, whose one endpoint is
+/// `addr`.
+fn with_target(snapshot: Snapshot, target: &str, cluster: Cluster, addr: SocketAddr) -> Snapshot {
+    let target = target.trim_start_matches("xds:///");
+    let name = cluster.name.clone();
+    let routes = format!("{name}-routes");
+    snapshot
+        .listener(build::api_listener(target, &routes))
+        .route(build::route_config(
+            &routes,
+            vec![build::virtual_host(
+                &name,
+                [target],
+                vec![with_retries(build::route_to("", &name))],
+            )],
+        ))
+        .cluster(cluster)
+        .endpoints(build::endpoints(&name, &[addr]))
+}
+
+/// Starts the control plane: each target to its upstream, with one endpoint, and the
+/// `envoy-sidecar` contestant's sidecar's endpoints ([`ENVOY_CLUSTER`]).
 pub(crate) async fn control_plane(
     upstreams: &Upstreams,
     server_id: &str,
 ) -> Result<XdsTestServer, Box<dyn std::error::Error + Send + Sync>> {
     let server = XdsTestServer::start().await?;
-    let mut snapshot = Snapshot::new();
-    let mut add = |target: &str, cluster: Cluster, addr: SocketAddr| {
-        let target = target.trim_start_matches("xds:///");
-        let name = cluster.name.clone();
-        let routes = format!("{name}-routes");
-        snapshot = std::mem::take(&mut snapshot)
-            .listener(build::api_listener(target, &routes))
-            .route(build::route_config(
-                &routes,
-                vec![build::virtual_host(
-                    &name,
-                    [target],
-                    vec![with_retries(build::route_to("", &name))],
-                )],
-            ))
-            .cluster(cluster)
-            .endpoints(build::endpoints(&name, &[addr]));
-    };
     let id = Some(server_id);
-    add(DIRECT_TARGET, cluster(DIRECT_CLUSTER, id), upstreams.grpc);
-    if let Some(addr) = upstreams.via_sidecar {
-        add(SIDECAR_TARGET, cluster(SIDECAR_CLUSTER, None), addr);
-    }
+    let mut snapshot = with_target(
+        Snapshot::new(),
+        DIRECT_TARGET,
+        cluster(DIRECT_CLUSTER, id),
+        upstreams.grpc,
+    );
     // As a user chooses the HTTP version: the cluster's protocol options (Envoy's
     // `HttpProtocolOptions`, which meshwork-http reads).
     let http = |name, protocol| build::with_http_protocol(cluster(name, id), protocol);
-    add(
+    snapshot = with_target(
+        snapshot,
         HTTP_H1_HOST,
         http(HTTP_H1_CLUSTER, UpstreamProtocol::Http1),
         upstreams.http,
     );
-    add(
+    snapshot = with_target(
+        snapshot,
         HTTP_H2_HOST,
         http(HTTP_H2_CLUSTER, UpstreamProtocol::Http2),
         upstreams.http,
     );
+    snapshot = snapshot.endpoints(build::endpoints(ENVOY_CLUSTER, &[upstreams.grpc]));
     server.set_snapshot(snapshot);
     Ok(server)
+}
+
+/// Adds the `meshwork-via-envoy` contestant's target: plaintext to its sidecar's listener
+/// `addr` (known only once the sidecar, which may take its own endpoints from `server`,
+/// has started).
+pub(crate) fn add_via_sidecar(server: &XdsTestServer, addr: SocketAddr) {
+    server.update(|s| {
+        *s = with_target(
+            std::mem::take(s),
+            SIDECAR_TARGET,
+            cluster(SIDECAR_CLUSTER, None),
+            addr,
+        );
+    });
 }
