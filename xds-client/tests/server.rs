@@ -162,6 +162,9 @@ async fn initial_response_and_ack_that_sends_nothing() {
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[0].kind, RequestKind::Initial);
     assert_eq!(requests[0].stream_id, ack.stream_id);
+    // Read in place, the same record.
+    let kinds = server.with_requests(|r| r.iter().map(|r| r.kind).collect::<Vec<_>>());
+    assert_eq!(kinds, [RequestKind::Initial, RequestKind::Ack]);
     // The ACK was handled under the same lock that records responses: none followed it.
     assert_eq!(server.responses().len(), 1);
 }

@@ -328,6 +328,16 @@ impl XdsTestServer {
         self.shared.lock().requests().to_vec()
     }
 
+    /// Calls `read` with every request received so far, in order (as
+    /// [`requests`](Self::requests) has them), without copying them: `read` runs under the
+    /// server's lock, so it must be quick and must not call the server. For a long-running
+    /// server whose record is large (an Envoy client sends its whole `Node` in every
+    /// request), where a copy of the record on each look would cost the server's runtime
+    /// milliseconds.
+    pub fn with_requests<T>(&self, read: impl FnOnce(&[RecordedRequest]) -> T) -> T {
+        read(self.shared.lock().requests())
+    }
+
     /// Every response sent so far, in order (the newest 10 000 to 20 000 on a server that
     /// runs long).
     pub fn responses(&self) -> Vec<SentResponse> {

@@ -169,23 +169,27 @@ impl Churn {
             .await;
         }
         let pushed: BTreeSet<&str> = versions.iter().map(String::as_str).collect();
-        let acked: BTreeSet<String> = self
-            .server
-            .requests()
-            .into_iter()
-            .filter(|r| {
-                // An ACK that arrives after the next update went out is recorded as stale,
-                // but it accepts its version all the same.
-                matches!(r.kind, RequestKind::Ack | RequestKind::Stale)
-                    && r.error_message().is_none()
-                    && r.type_url() == type_url::ENDPOINTS
-                    && pushed.contains(r.version_info())
-            })
-            .map(|r| r.version_info().to_owned())
-            .collect();
+        // Read in place: the record holds every request of the run (an Envoy client's
+        // each with its whole `Node`), and a copy of it on the runtime the echo server
+        // shares would stall the calls of the next window.
+        let acked = self.server.with_requests(|requests| {
+            requests
+                .iter()
+                .filter(|r| {
+                    // An ACK that arrives after the next update went out is recorded as
+                    // stale, but it accepts its version all the same.
+                    matches!(r.kind, RequestKind::Ack | RequestKind::Stale)
+                        && r.error_message().is_none()
+                        && r.type_url() == type_url::ENDPOINTS
+                        && pushed.contains(r.version_info())
+                })
+                .map(|r| r.version_info())
+                .collect::<BTreeSet<&str>>()
+                .len()
+        });
         Ok(ChurnReport {
             pushed: versions.len(),
-            acked: acked.len(),
+            acked,
         })
     }
 }

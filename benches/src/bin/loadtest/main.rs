@@ -3,13 +3,15 @@
 //! would), meshwork, an Envoy sidecar, and meshwork through an Envoy sidecar; and a 1 KiB
 //! HTTP `POST` echo through bare hyper
 //! (HTTP/1.1 and HTTP/2 over mTLS), meshwork-http, and an Envoy sidecar. `--churn` measures
-//! the meshwork contestants' latency again while EDS changes under them. See
+//! the meshwork contestants' latency again while EDS changes under them, and an Envoy
+//! sidecar's (`envoy-sidecar`'s, its endpoints then over ADS) as the reference. See
 //! `benches/README.md` for what each contestant is and how to read the numbers.
 //!
 //! ```text
 //! cargo run --release -p meshwork-benches --bin loadtest -- [--duration 10s] [--json FILE]
 //!     [--rounds 3] [--warmup 1s] [--concurrency 16] [--rate 1000] [--only NAME,...]
-//!     [--envoy-concurrency 2] [--churn 0] [--churn-kind endpoint]
+//!     [--envoy-concurrency 2] [--churn 0] [--churn-kind endpoint] [--churn-window 1s]
+//!     [--pin] [--split-server] [--side-by-side]
 //! ```
 //!
 //! The harness process runs the echo server, the xDS control plane and the Envoy sidecars;
@@ -221,7 +223,8 @@ usage: loadtest [--duration 10s] [--json FILE] [--rounds 3] [--warmup 1s]
                         meshwork-via-envoy, hyper-mtls-h2, meshwork-http-h2,
                         hyper-mtls-h1, meshwork-http-h1, envoy-sidecar-http
   --envoy-concurrency N worker threads of each Envoy sidecar (Istio's default is 2)
-  --churn RATE          EDS updates per second: each meshwork contestant runs one
+  --churn RATE          EDS updates per second: each meshwork contestant (and
+                        envoy-sidecar, its sidecar's endpoints then over ADS) runs one
                         more open-loop phase, twice as long, whose windows alternate
                         between quiet and its cluster's endpoints changing RATE times
                         a second (0: off)
