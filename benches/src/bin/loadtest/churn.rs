@@ -117,8 +117,9 @@ impl Target {
 }
 
 /// Starts pushing updates of `target`'s cluster of `kind`, `rate` times per second (the
-/// first at once).
+/// first at once), from a task on `runtime` (the control plane's).
 pub(crate) fn start(
+    runtime: &tokio::runtime::Handle,
     server: Arc<XdsTestServer>,
     target: Target,
     kind: ChurnKind,
@@ -126,7 +127,7 @@ pub(crate) fn start(
 ) -> Churn {
     let (stop, mut stopped) = oneshot::channel();
     let srv = server.clone();
-    let task = tokio::spawn(async move {
+    let task = runtime.spawn(async move {
         let push = |cla: ClusterLoadAssignment| {
             srv.update(|s| {
                 s.insert_endpoints(cla);

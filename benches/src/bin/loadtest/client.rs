@@ -1,8 +1,9 @@
 //! A contestant's client: runs in its own child process of the harness, so the CPU time and
 //! peak memory it reports are its own. Builds the contestant's channel, warms it up, runs
-//! the closed-loop phase then the open-loop phase (twice with `--churn`: once while the
-//! harness pushes EDS updates, in an order that alternates between rounds), and prints one
-//! JSON line of results. The churned phase also keeps a timeline (see [`timeline`]).
+//! the closed-loop phase then the open-loop phase (and with `--churn` a churned phase,
+//! before or after it as the round says, whose windows alternate between the harness
+//! pushing EDS updates and quiet), and prints one JSON line of results. The churned
+//! windows also keep a timeline (see [`timeline`]).
 //!
 //! The loops are the same for every contestant: they drive a [`Caller`], one checked call
 //! per sequence number, which hides whether the call is gRPC or HTTP.
@@ -55,7 +56,7 @@ pub(crate) struct ClientArgs {
     pub(crate) phase: Duration,
     pub(crate) concurrency: usize,
     pub(crate) rate: u32,
-    /// Run a second open-loop phase while the harness churns EDS (see [`churn_signal`]).
+    /// Run the churned phase (see [`churned_phase`] and [`churn_signal`]).
     pub(crate) churn: bool,
     /// Run the churned open-loop phase before the quiet one and start it with a churned
     /// window (alternated between rounds).
@@ -238,7 +239,7 @@ fn cpu_now(sidecar: Option<u32>) -> f64 {
 /// Tells the harness `line` on stdout (the harness reads the child's stdout line by line;
 /// the last line is the JSON result) and waits for its one-line answer on stdin. The
 /// harness answers `churn-start` once the churn is running and `churn-stop` once it has
-/// stopped and counted the client's ACKs, so the churned phase is exactly the one measured.
+/// stopped and counted the client's ACKs, so a churned window is exactly the one measured.
 async fn churn_signal(line: &'static str) -> Result<()> {
     tokio::task::spawn_blocking(move || -> std::io::Result<String> {
         let mut out = std::io::stdout().lock();
@@ -335,6 +336,8 @@ impl Churned {
     }
 }
 
+/// Runs the churned phase (see [`Churned`]): the open loop, and beside it the windows,
+/// asking the harness to start and stop the churn at each churned one's edges.
 async fn churned_phase(
     caller: &Caller,
     seq: &Arc<AtomicU64>,

@@ -366,6 +366,8 @@ struct Fixture {
     http: SocketAddr,
     http_second: (SocketAddr, Arc<AtomicU64>),
     xds: Arc<meshwork_xds::server::XdsTestServer>,
+    /// The control plane's runtime, where the churn's pushes run too.
+    xds_runtime: tokio::runtime::Handle,
     /// Per contestant that uses one, its own sidecar (so its memory is its own).
     sidecars: BTreeMap<Contestant, envoy::Envoy>,
 }
@@ -473,8 +475,12 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
     let (http, _) = http_echo::start(http_tls.clone()).await?;
     let (mtls_second, http_second) = if settings.split_server {
         (
-            on_own_runtime(move || echo::start(Some(grpc_tls))).await?,
-            on_own_runtime(move || http_echo::start(http_tls)).await?,
+            on_own_runtime("split-server", move || echo::start(Some(grpc_tls)))
+                .await?
+                .0,
+            on_own_runtime("split-server", move || http_echo::start(http_tls))
+                .await?
+                .0,
         )
     } else {
         (
@@ -483,9 +489,16 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
         )
     };
 
-    // Before the sidecars: under `--churn` envoy-sidecar's takes its endpoints from it.
+    // Before the sidecars: under `--churn` envoy-sidecar's takes its endpoints from it. On
+    // a runtime of its own, as a control plane is another process: its pushes and its
+    // record of the clients' ACKs take no worker from the echo server.
     let upstreams = xds::Upstreams { grpc: mtls, http };
-    let xds = Arc::new(xds::control_plane(&upstreams, &server_id).await?);
+    let id = server_id.clone();
+    let (xds, xds_runtime) = on_own_runtime("control-plane", move || async move {
+        xds::control_plane(&upstreams, &id).await
+    })
+    .await?;
+    let xds = Arc::new(xds);
 
     // One sidecar per contestant that uses one, so its memory is that contestant's alone;
     // started together, as Envoy takes a while to start.
@@ -541,6 +554,7 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
         http,
         http_second,
         xds,
+        xds_runtime,
         sidecars,
     };
     if settings.churn > 0 {
@@ -702,36 +716,45 @@ fn server_tls(
     Ok(Arc::new(config))
 }
 
-/// Runs `start` on a runtime of its own (two workers, on threads that live as long as the
-/// process), as `--split-server` serves the added endpoints: a real cluster's added
-/// endpoint is another pod, whose handshakes and calls share no worker with the first's.
-async fn on_own_runtime<F, Fut, T>(start: F) -> Result<T, Error>
+/// Runs `start` on a runtime of its own (two workers, on threads named `name` that live
+/// as long as the process); what it made, and the runtime's handle. For what would be
+/// another process, so that it shares no worker with the echo server: the control plane
+/// (istiod is another process) and `--split-server`'s added endpoint (another pod).
+async fn on_own_runtime<F, Fut, T, E>(
+    name: &'static str,
+    start: F,
+) -> Result<(T, tokio::runtime::Handle), Error>
 where
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = std::io::Result<T>>,
+    Fut: Future<Output = Result<T, E>>,
     T: Send + 'static,
+    E: Into<Error> + 'static,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("split-server".into())
+        .name(name.into())
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                .thread_name(name)
                 .enable_all()
                 .build()
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = tx.send(Err(e));
+                    let _ = tx.send(Err(Error::from(e)));
                     return;
                 }
             };
+            let handle = rt.handle().clone();
             rt.block_on(async {
-                let _ = tx.send(start().await);
+                let made = start().await.map(|t| (t, handle)).map_err(Into::into);
+                let _ = tx.send(made);
                 std::future::pending::<()>().await
             });
         })?;
-    Ok(rx.await.map_err(|_| "the split server's thread ended")??)
+    rx.await
+        .map_err(|_| format!("the thread of {name} ended"))?
 }
 
 /// The CPU `--pin` gives the client processes, and the one it gives the harness.
@@ -838,7 +861,8 @@ async fn run_client(
     while let Some(line) = stdout.next_line().await? {
         match (line.as_str(), churn) {
             ("churn-start", Some((target, counter))) if running.is_none() => {
-                let churn = churn::start(f.xds.clone(), target, s.churn_kind, s.churn);
+                let churn =
+                    churn::start(&f.xds_runtime, f.xds.clone(), target, s.churn_kind, s.churn);
                 running = Some((churn, served(counter)));
             }
             ("churn-stop", Some((.., counter))) if running.is_some() => {
