@@ -14,10 +14,11 @@
 //!     [--pin] [--split-server] [--side-by-side]
 //! ```
 //!
-//! The harness process runs the echo server, the xDS control plane and the Envoy sidecars;
-//! each contestant's client runs in a child process (this binary with `--client`), so its
-//! CPU time and peak memory are its own. Contestants alternate round-robin over several
-//! rounds and the median round is reported, because the machine is shared and noisy.
+//! The harness process runs the echo server, the xDS control plane (on a runtime of its
+//! own, as another process's would be) and the Envoy sidecars; each contestant's client
+//! runs in a child process (this binary with `--client`), so its CPU time and peak memory
+//! are its own. Contestants alternate round-robin over several rounds and the median
+//! round is reported, because the machine is shared and noisy.
 #![forbid(unsafe_code)]
 
 mod bare_tls;
