@@ -324,16 +324,18 @@ impl Churned {
         i > 0 && start_us < self.windows[i - 1].1
     }
 
-    /// The latencies of the calls that started in churned windows and of the rest.
-    fn split(&self) -> (Vec<u64>, Vec<u64>) {
-        let (churn, quiet): (Vec<&timeline::Call>, Vec<&timeline::Call>) = self
-            .open
+    /// The calls that started in churned windows, and the rest (see [`latencies`]).
+    fn split(&self) -> (Vec<timeline::Call>, Vec<timeline::Call>) {
+        self.open
             .calls
             .iter()
-            .partition(|c| self.is_churned(c.start_us));
-        let latencies = |calls: Vec<&timeline::Call>| calls.iter().map(|c| c.latency_us).collect();
-        (latencies(churn), latencies(quiet))
+            .partition(|c| self.is_churned(c.start_us))
     }
+}
+
+/// The latencies of `calls`.
+fn latencies(calls: &[timeline::Call]) -> Vec<u64> {
+    calls.iter().map(|c| c.latency_us).collect()
 }
 
 /// Runs the churned phase (see [`Churned`]): the open loop, and beside it the windows,
@@ -439,11 +441,11 @@ async fn run(
         "measured_to_unix_ms": measured_to,
     });
     if let Some(churned) = churned {
-        let (churn, quiet) = churned.split();
+        let (churn_calls, quiet_calls) = churned.split();
+        let (churn, quiet) = (latencies(&churn_calls), latencies(&quiet_calls));
         let p99 = percentile(&churn, 0.99);
         let quiet_p99 = percentile(&quiet, 0.99);
         let quiet_p90 = percentile(&quiet, 0.90);
-        let (churn_calls, quiet_calls) = (churn.len(), quiet.len());
         out["churn_p50_us"] = percentile(&churn, 0.50).into();
         out["churn_p99_us"] = p99.into();
         out["churn_p999_us"] = percentile(&churn, 0.999).into();
@@ -452,17 +454,17 @@ async fn run(
         out["churn_quiet_p999_us"] = percentile(&quiet, 0.999).into();
         // The target's figure: the churned windows against the quiet ones between them.
         out["churn_p99_ratio"] = (p99 as f64 / quiet_p99.max(1) as f64).into();
-        out["churn_calls"] = churn_calls.into();
-        out["churn_quiet_calls"] = quiet_calls.into();
+        out["churn_calls"] = churn.len().into();
+        out["churn_quiet_calls"] = quiet.len().into();
         out["churn_windows"] = churned.windows.len().into();
         // Every call's latency, for the harness to pool over the rounds (it takes them out
         // of the round's JSON).
         out[CHURN_LATENCIES] = churn.into();
         out[CHURN_QUIET_LATENCIES] = quiet.into();
         let per_1k = |cpu: f64, calls: usize| cpu / (calls.max(1) as f64 / 1000.0);
-        out["churn_cpu_s_per_1k"] = per_1k(churned.churn_cpu, churn_calls).into();
+        out["churn_cpu_s_per_1k"] = per_1k(churned.churn_cpu, churn_calls.len()).into();
         out["churn_quiet_cpu_s_per_1k"] =
-            per_1k(churned.cpu - churned.churn_cpu, quiet_calls).into();
+            per_1k(churned.cpu - churned.churn_cpu, quiet_calls.len()).into();
         out["churn_errors"] = churned.open.errors.into();
         out["churn_first"] = args.churn_first.into();
         if out["first_error"].is_null() {
@@ -474,14 +476,7 @@ async fn run(
                 p90_us: quiet_p90,
                 p99_us: quiet_p99,
             };
-            let calls: Vec<timeline::Call> = churned
-                .open
-                .calls
-                .iter()
-                .filter(|c| churned.is_churned(c.start_us))
-                .copied()
-                .collect();
-            out["churn_timeline"] = timeline::summarize(&calls, &applied, quiet);
+            out["churn_timeline"] = timeline::summarize(&churn_calls, &applied, quiet);
         }
         out["errors"] = (closed.errors + open.errors + churned.open.errors).into();
     }
@@ -680,8 +675,14 @@ mod tests {
         assert!(!c.is_churned(999));
         assert!(c.is_churned(1_000) && c.is_churned(1_999));
         assert!(!c.is_churned(2_000) && !c.is_churned(3_050));
-        assert_eq!(c.split(), (vec![3, 4, 6], vec![1, 2, 5, 7]));
+        let (churn, quiet) = c.split();
+        assert_eq!(
+            (latencies(&churn), latencies(&quiet)),
+            (vec![3, 4, 6], vec![1, 2, 5, 7])
+        );
         let none = churned(&[(5, 1)], Vec::new());
-        assert_eq!(none.split(), (vec![], vec![1]));
+        let (churn, quiet) = none.split();
+        assert!(churn.is_empty());
+        assert_eq!(latencies(&quiet), vec![1]);
     }
 }

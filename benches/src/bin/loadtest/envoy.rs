@@ -85,64 +85,56 @@ pub(crate) fn sidecar_config(
         .iter()
         .map(|name| listener(name, &retry))
         .collect();
-    let mut config = json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": listeners,
-            "clusters": [{
-                "name": "echo",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "lb_policy": "LEAST_REQUEST",
-                "circuit_breakers": {"thresholds": [{
-                    "max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096,
-                }]},
-                "outlier_detection": {"consecutive_5xx": 5, "interval": "1s"},
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": protocol,
+    // Where the cluster's endpoints come from: its static config, or ADS.
+    let endpoints = match eds {
+        None => json!({"type": "STATIC", "load_assignment": load_assignment("echo", upstream)}),
+        Some(eds) => json!({
+            "type": "EDS",
+            "eds_cluster_config": {
+                "service_name": eds.cluster,
+                "eds_config": {"ads": {}, "resource_api_version": "V3"},
+            },
+            // As meshwork's balancer, weigh localities (`--churn-kind weight` swaps them).
+            "common_lb_config": {"locality_weighted_lb_config": {}},
+        }),
+    };
+    let mut echo = json!({
+        "name": "echo",
+        "connect_timeout": "1s",
+        "lb_policy": "LEAST_REQUEST",
+        "circuit_breakers": {"thresholds": [{
+            "max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096,
+        }]},
+        "outlier_detection": {"consecutive_5xx": 5, "interval": "1s"},
+        "typed_extension_protocol_options": http_protocol_options(protocol),
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": [alpn],
+                    "tls_certificates": [{
+                        "certificate_chain": {"filename": tls.cert},
+                        "private_key": {"filename": tls.key},
+                    }],
+                    "validation_context": {
+                        "trusted_ca": {"filename": tls.ca},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "URI", "matcher": {"exact": tls.server_id}},
+                        ],
                     },
                 },
-                "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {
-                        "address": upstream.ip().to_string(), "port_value": upstream.port(),
-                    }}}},
-                ]}]},
-                "transport_socket": {
-                    "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                        "common_tls_context": {
-                            "alpn_protocols": [alpn],
-                            "tls_certificates": [{
-                                "certificate_chain": {"filename": tls.cert},
-                                "private_key": {"filename": tls.key},
-                            }],
-                            "validation_context": {
-                                "trusted_ca": {"filename": tls.ca},
-                                "match_typed_subject_alt_names": [
-                                    {"san_type": "URI", "matcher": {"exact": tls.server_id}},
-                                ],
-                            },
-                        },
-                    },
-                },
-            }],
+            },
         },
     });
+    if let (Some(echo), Value::Object(endpoints)) = (echo.as_object_mut(), endpoints) {
+        echo.extend(endpoints);
+    }
+    let mut config = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": listeners, "clusters": [echo]},
+    });
     if let Some(eds) = eds {
-        let echo = &mut config["static_resources"]["clusters"][0];
-        echo["type"] = "EDS".into();
-        echo["eds_cluster_config"] = json!({
-            "service_name": eds.cluster,
-            "eds_config": {"ads": {}, "resource_api_version": "V3"},
-        });
-        // As meshwork's balancer, weigh localities (`--churn-kind weight` swaps them).
-        echo["common_lb_config"] = json!({"locality_weighted_lb_config": {}});
-        if let Some(echo) = echo.as_object_mut() {
-            echo.remove("load_assignment");
-        }
         config["node"] = json!({"id": "loadtest-envoy-sidecar", "cluster": "loadtest"});
         config["dynamic_resources"] = json!({"ads_config": {
             "api_type": "GRPC",
@@ -154,21 +146,33 @@ pub(crate) fn sidecar_config(
                 "name": "xds",
                 "type": "STATIC",
                 "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    },
-                },
-                "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {
-                        "address": eds.xds.ip().to_string(), "port_value": eds.xds.port(),
-                    }}}},
-                ]}]},
+                "typed_extension_protocol_options":
+                    http_protocol_options(json!({"http2_protocol_options": {}})),
+                "load_assignment": load_assignment("xds", eds.xds),
             }));
         }
     }
     config
+}
+
+/// An upstream cluster's `HttpProtocolOptions` asking for `protocol` (an
+/// `explicit_http_config`).
+fn http_protocol_options(protocol: Value) -> Value {
+    json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": protocol,
+        },
+    })
+}
+
+/// A static `load_assignment` of `cluster`: the one endpoint `address`.
+fn load_assignment(cluster: &str, address: SocketAddr) -> Value {
+    json!({"cluster_name": cluster, "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {
+            "address": address.ip().to_string(), "port_value": address.port(),
+        }}}},
+    ]}]})
 }
 
 /// An app-facing listener on 127.0.0.1:0: every request to the `echo` cluster.
@@ -321,4 +325,67 @@ async fn http_get(addr: &str, path: &str) -> Option<String> {
         rest = tail[n..].trim_start_matches("\r\n");
     }
     Some(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_echo_cluster_takes_its_endpoints_statically_or_over_ads() {
+        let path = Path::new("/x");
+        let tls = SidecarTls {
+            cert: path,
+            key: path,
+            ca: path,
+            server_id: "spiffe://example.org/echo",
+        };
+        let upstream = SocketAddr::from(([127, 0, 0, 1], 7000));
+        let xds = SocketAddr::from(([127, 0, 0, 1], 7001));
+
+        let fixed = sidecar_config(upstream, &tls, false, &[LISTENER], None);
+        let clusters = clusters_of(&fixed);
+        assert_eq!(clusters.len(), 1, "{fixed}");
+        let echo = &clusters[0];
+        assert_eq!(echo["type"], "STATIC");
+        assert_eq!(
+            echo["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"],
+            json!({"address": "127.0.0.1", "port_value": 7000})
+        );
+        assert!(echo.get("eds_cluster_config").is_none(), "{echo}");
+        assert!(fixed.get("dynamic_resources").is_none(), "{fixed}");
+
+        let eds = Eds {
+            xds,
+            cluster: "echo-envoy",
+        };
+        let dynamic = sidecar_config(upstream, &tls, false, &[LISTENER], Some(eds));
+        let clusters = clusters_of(&dynamic);
+        let (echo, ads) = (&clusters[0], &clusters[1]);
+        assert_eq!(echo["type"], "EDS");
+        assert_eq!(echo["eds_cluster_config"]["service_name"], "echo-envoy");
+        assert!(echo.get("load_assignment").is_none(), "{echo}");
+        // The rest of the cluster is the static one's.
+        for key in [
+            "transport_socket",
+            "typed_extension_protocol_options",
+            "circuit_breakers",
+        ] {
+            assert_eq!(echo[key], clusters_of(&fixed)[0][key], "{key}");
+        }
+        assert_eq!(ads["name"], "xds");
+        assert_eq!(
+            ads["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
+            7001
+        );
+        assert_eq!(
+            dynamic["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["cluster_name"],
+            "xds"
+        );
+    }
+
+    fn clusters_of(config: &Value) -> &Vec<Value> {
+        config["static_resources"]["clusters"].as_array().unwrap()
+    }
 }
