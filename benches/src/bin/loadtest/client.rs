@@ -333,6 +333,13 @@ impl Churned {
     }
 }
 
+/// The windows a churned phase is cut into, for `--churn-window` `asked` and phases of
+/// `phase`: at most half a phase (the churned phase is two, so it has at least two windows
+/// of each kind), at least 1 ms.
+pub(crate) fn churn_window(asked: Duration, phase: Duration) -> Duration {
+    asked.min(phase / 2).max(Duration::from_millis(1))
+}
+
 /// The latencies of `calls`.
 fn latencies(calls: &[timeline::Call]) -> Vec<u64> {
     calls.iter().map(|c| c.latency_us).collect()
@@ -346,11 +353,7 @@ async fn churned_phase(
     args: &ClientArgs,
 ) -> Result<Churned> {
     let total = args.phase * 2;
-    // At least two windows of each kind.
-    let window = args
-        .churn_window
-        .min(args.phase / 2)
-        .max(Duration::from_millis(1));
+    let window = churn_window(args.churn_window, args.phase);
     let n = total.as_nanos().div_ceil(window.as_nanos()) as u32;
     let cpu_before = cpu_now(args.sidecar_pid);
     let start = Instant::now();
@@ -656,6 +659,15 @@ mod tests {
             cpu: 0.0,
             churn_cpu: 0.0,
         }
+    }
+
+    #[test]
+    fn a_churned_phase_has_at_least_two_windows_of_each_kind() {
+        let ms = Duration::from_millis;
+        assert_eq!(churn_window(ms(1_000), ms(5_000)), ms(1_000));
+        // The test's 0.4 s runs: phases of 0.2 s, windows of 0.1 s.
+        assert_eq!(churn_window(ms(1_000), ms(200)), ms(100));
+        assert_eq!(churn_window(Duration::ZERO, ms(200)), ms(1));
     }
 
     #[test]

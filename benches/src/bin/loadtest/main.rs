@@ -607,8 +607,8 @@ async fn run_harness(settings: &Settings, dir: &Path) -> Result<(), Error> {
                 ChurnKind::Endpoint => "each adding or removing a second endpoint",
                 ChurnKind::Weight => "each swapping the weights of two endpoints' localities",
             },
-            // As the client cuts them: at most half a phase.
-            settings.churn_window.min(settings.duration / 4),
+            // As the client cuts them (a phase is half of `--duration`).
+            client::churn_window(settings.churn_window, settings.duration / 2),
             contestants
                 .iter()
                 .filter(|c| c.takes_churn())
