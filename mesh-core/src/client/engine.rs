@@ -12,19 +12,28 @@ use pin_project_lite::pin_project;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder};
 
+use super::ResolveError;
 use super::options::{ClientOptions, Upstream};
+use super::resolve::{follow, resolve_first};
 use super::targets::TargetCache;
-use super::{ResolveError, resolve_xds};
 use crate::config::{self, ConfigReceiver, TargetConfig};
 use crate::retry::RetryBody;
 use crate::route::Router;
-use crate::stack::{ClusterSet, Connect, SharedClusters, StackOptions};
+use crate::stack::{ApplyConfig, ClusterSet, Connect, SharedClusters, StackOptions};
 use crate::telemetry::{CallLayer, Telemetry, TelemetryBody};
 use crate::timeout::TimeoutBody;
 
-/// Makes a target's cluster set with the engine's connector (whose type it hides).
-type MakeClusters<B, RB> =
-    dyn Fn(ConfigReceiver, StackOptions, SharedClusters<B, RB>) -> ClusterSet<B, RB> + Send + Sync;
+/// Makes a target's cluster set with the engine's connector (whose type it hides): one that
+/// follows its config in a task of its own, or (with `true`) one that the config's publisher
+/// applies, with the [`ApplyConfig`] returned.
+type MakeClusters<B, RB> = dyn Fn(
+        ConfigReceiver,
+        StackOptions,
+        SharedClusters<B, RB>,
+        bool,
+    ) -> (ClusterSet<B, RB>, Option<ApplyConfig>)
+    + Send
+    + Sync;
 
 /// A mesh client: the options, the adapter's connector, the cluster stacks its targets
 /// share and, with an xDS client, a bounded cache of resolved targets. Both adapters are
@@ -88,9 +97,23 @@ where
         <C::Service as Service<http::Request<RetryBody<B>>>>::Future: Send + 'static,
     {
         let connect = connector(options.upstream(xds.as_ref().map(XdsClient::bootstrap)));
-        let make_clusters: Box<MakeClusters<B, RB>> = Box::new(move |config, stack, shared| {
-            ClusterSet::with_shared(config, connect.clone(), stack, shared)
-        });
+        let make_clusters: Box<MakeClusters<B, RB>> =
+            Box::new(move |config, stack, shared, applied_by_publisher| {
+                if applied_by_publisher {
+                    let (set, apply) = ClusterSet::with_shared_applied_by_publisher(
+                        config,
+                        connect.clone(),
+                        stack,
+                        shared,
+                    );
+                    (set, Some(apply))
+                } else {
+                    (
+                        ClusterSet::with_shared(config, connect.clone(), stack, shared),
+                        None,
+                    )
+                }
+            });
         Self {
             inner: Arc::new(Inner {
                 telemetry: options.telemetry_or_global(),
@@ -119,12 +142,25 @@ where
     /// The outbound service for the configs published on `config`; `target` names it in
     /// telemetry (`grpc.target`). Must be called within a tokio runtime.
     pub fn outbound(&self, config: ConfigReceiver, target: &str) -> Outbound<B, RB> {
+        self.make_outbound(config, target, false).0
+    }
+
+    /// [`outbound`](Self::outbound); with `applied_by_publisher`, its clusters are kept in
+    /// step with `config` by whoever publishes on it, through the [`ApplyConfig`] returned,
+    /// rather than by a task of their own.
+    fn make_outbound(
+        &self,
+        config: ConfigReceiver,
+        target: &str,
+        applied_by_publisher: bool,
+    ) -> (Outbound<B, RB>, Option<ApplyConfig>) {
         let telemetry = self.inner.telemetry.clone().with_target(target);
         let stack = self.inner.options.stack_options().clone();
-        let clusters = (self.inner.make_clusters)(
+        let (clusters, apply) = (self.inner.make_clusters)(
             config.clone(),
             stack.telemetry(telemetry.clone()),
             self.inner.clusters.clone(),
+            applied_by_publisher,
         );
         // Read top-down: a call meets the layers in this order; below the router, each
         // cluster's own stack (see `crate::stack`).
@@ -132,9 +168,10 @@ where
             .map_response(|rsp: http::Response<_>| rsp.map(|inner| OutboundBody { inner }))
             .layer(CallLayer::new(telemetry))
             .service(Router::new(config, clusters));
-        Outbound {
+        let outbound = Outbound {
             inner: BoxCloneSyncService::new(service),
-        }
+        };
+        (outbound, apply)
     }
 
     /// The outbound service for a hand-written config that never changes; `static` in
@@ -146,7 +183,7 @@ where
     }
 
     /// The outbound service for the xDS target `target` (`xds:///name[:port]`), resolved
-    /// through the engine's xDS client (see [`resolve_xds`]) on first use and kept, up to
+    /// through the engine's xDS client (see [`resolve_xds`](super::resolve_xds)) on first use and kept, up to
     /// [`ClientOptions::max_targets`]: the first call waits, at most
     /// [`ClientOptions::ready_timeout`], for the target's first complete config; later
     /// calls get the kept service. A target that fails to resolve fails at once, with the
@@ -164,9 +201,14 @@ where
         self.inner
             .targets
             .get_or_resolve(target, || async {
-                let config =
-                    resolve_xds(xds, target, self.inner.options.ready_timeout_value()).await?;
-                Ok(self.outbound(config, target))
+                let resolved =
+                    resolve_first(xds, target, self.inner.options.ready_timeout_value()).await?;
+                let (tx, rx) = config::channel(resolved.first);
+                let (outbound, apply) = self.make_outbound(rx, target, true);
+                let apply = apply.unwrap_or_else(|| Box::new(|| {}));
+                // One task publishes each new config and applies it to the clusters.
+                tokio::spawn(follow(resolved.watch, tx, resolved.target, apply));
+                Ok(outbound)
             })
             .await
     }

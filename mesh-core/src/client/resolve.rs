@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshwork_xds::bootstrap::{BootstrapError, TargetParseError, XdsTarget};
-use meshwork_xds::client::{ReadyError, XdsClient};
+use meshwork_xds::client::{ReadyError, TargetWatch, XdsClient};
 use meshwork_xds::watch::TargetState;
 
-use crate::config::{self, ConfigReceiver, TargetConfig};
+use crate::config::{self, ConfigReceiver, ConfigSender, TargetConfig};
 
 /// Why an `xds:` target could not be resolved into a config.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -80,6 +80,25 @@ pub async fn resolve_xds(
     target: &str,
     ready_timeout: Duration,
 ) -> Result<ConfigReceiver, ResolveError> {
+    let resolved = resolve_first(client, target, ready_timeout).await?;
+    let (tx, rx) = config::channel(resolved.first);
+    tokio::spawn(follow(resolved.watch, tx, resolved.target, || {}));
+    Ok(rx)
+}
+
+/// A target's first complete config, and the watch that follows it.
+pub(crate) struct Resolved {
+    pub(crate) first: TargetConfig,
+    pub(crate) watch: TargetWatch,
+    pub(crate) target: String,
+}
+
+/// The first half of [`resolve_xds`]: the target's watch and its first complete config.
+pub(crate) async fn resolve_first(
+    client: &XdsClient,
+    target: &str,
+    ready_timeout: Duration,
+) -> Result<Resolved, ResolveError> {
     let parsed = XdsTarget::parse(target).map_err(|source| ResolveError::InvalidTarget {
         target: target.to_owned(),
         source,
@@ -101,26 +120,42 @@ pub async fn resolve_xds(
             target: target.to_owned(),
             source,
         })?;
-    let (tx, rx) = config::channel(TargetConfig::from_xds(&first));
-    let target = target.to_owned();
-    tokio::spawn(async move {
-        loop {
-            let state = tokio::select! {
-                s = watch.changed() => s,
-                // Every receiver is gone: stop watching (and release the subscriptions).
-                () = tx.closed() => return,
-            };
-            match state {
-                Some(TargetState::Ready(cfg)) => {
-                    let _ = tx.send(Arc::new(TargetConfig::from_xds(&cfg)));
+    Ok(Resolved {
+        first: TargetConfig::from_xds(&first),
+        watch,
+        target: target.to_owned(),
+    })
+}
+
+/// The second half of [`resolve_xds`], run as a task: publishes each new complete config of
+/// `watch` on `tx` and then calls `published` (so that a consumer can apply it in this
+/// task, without waking one of its own); keeps the last good config when the target turns
+/// into an error. Ends when every receiver of `tx` is gone (releasing the subscriptions) or
+/// the xDS client stops.
+pub(crate) async fn follow(
+    mut watch: TargetWatch,
+    tx: ConfigSender,
+    target: String,
+    published: impl Fn(),
+) {
+    loop {
+        let state = tokio::select! {
+            s = watch.changed() => s,
+            // Every receiver is gone: stop watching (and release the subscriptions).
+            () = tx.closed() => return,
+        };
+        match state {
+            Some(TargetState::Ready(cfg)) => {
+                if tx.send(Arc::new(TargetConfig::from_xds(&cfg))).is_err() {
+                    return;
                 }
-                Some(TargetState::Error(e)) => {
-                    tracing::warn!(%target, error = %e, "xDS target in error; keeping the last config");
-                }
-                Some(_) => {}
-                None => return,
+                published();
             }
+            Some(TargetState::Error(e)) => {
+                tracing::warn!(%target, error = %e, "xDS target in error; keeping the last config");
+            }
+            Some(_) => {}
+            None => return,
         }
-    });
-    Ok(rx)
+    }
 }

@@ -22,7 +22,10 @@
 //! # Clusters across config updates
 //!
 //! Per-cluster stacks live in a `ClusterSet` and persist across config updates. A task
-//! spawned on the current tokio runtime follows the config channel and, for each new config:
+//! spawned on the current tokio runtime follows the config channel (for a target the
+//! [`Engine`](crate::client::Engine) resolves through xDS, the task that publishes its
+//! configs applies each one itself, right after publishing it, one task hop fewer per
+//! update) and, for each new config:
 //!
 //! - a cluster whose `Cluster` resource is unchanged keeps its stack: its balancer, its
 //!   connections, its breaker counters and its outlier state. A new endpoint set is sent on
@@ -475,6 +478,20 @@ struct Inner<B, RB> {
     _shutdown: oneshot::Sender<()>,
 }
 
+/// Applies the latest config published to a set made
+/// [`with_shared_applied_by_publisher`](ClusterSet::with_shared_applied_by_publisher), if it
+/// is new; does nothing once the set is gone.
+pub(crate) type ApplyConfig = Box<dyn Fn() + Send + Sync>;
+
+/// Who applies a set's new configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applier {
+    /// A task of the set's own, woken by the config channel.
+    OwnTask,
+    /// The publisher, through the set's [`ApplyConfig`], right after it publishes.
+    Publisher,
+}
+
 /// The per-cluster stacks of one target, kept in step with its config (see the
 /// [module docs](self)). Cheap to clone; the [`Router`]'s [`Clusters`] lookup.
 pub(crate) struct ClusterSet<B, RB> {
@@ -511,7 +528,7 @@ impl<B, RB> ClusterSet<B, RB> {
         B::Error: Into<BoxError>,
         RB: Body + Send + 'static,
     {
-        Self::build(config, connect, options, None)
+        Self::build(config, connect, options, None, Applier::OwnTask)
     }
 
     /// Like [`new`](Self::new), with the cluster stacks taken from (and put in) `shared`, so
@@ -531,7 +548,35 @@ impl<B, RB> ClusterSet<B, RB> {
         B::Error: Into<BoxError>,
         RB: Body + Send + 'static,
     {
-        Self::build(config, connect, options, Some(shared))
+        Self::build(config, connect, options, Some(shared), Applier::OwnTask)
+    }
+
+    /// Like [`with_shared`](Self::with_shared), with no task of its own following the
+    /// config: whoever publishes on `config` calls the returned [`ApplyConfig`] after each
+    /// publish (so an xDS update reaches the balancers without a hop through another task).
+    pub(crate) fn with_shared_applied_by_publisher<C>(
+        config: ConfigReceiver,
+        connect: C,
+        options: StackOptions,
+        shared: SharedClusters<B, RB>,
+    ) -> (Self, ApplyConfig)
+    where
+        C: Connect<B>,
+        C::Service: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
+        <C::Service as Service<http::Request<RetryBody<B>>>>::Error: Into<BoxError>,
+        <C::Service as Service<http::Request<RetryBody<B>>>>::Future: Send + 'static,
+        B: Body + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+        RB: Body + Send + 'static,
+    {
+        let set = Self::build(config, connect, options, Some(shared), Applier::Publisher);
+        let weak = Arc::downgrade(&set.inner);
+        let apply: ApplyConfig = Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.sync(false);
+            }
+        });
+        (set, apply)
     }
 
     fn build<C>(
@@ -539,6 +584,7 @@ impl<B, RB> ClusterSet<B, RB> {
         connect: C,
         options: StackOptions,
         shared: Option<SharedClusters<B, RB>>,
+        applier: Applier,
     ) -> Self
     where
         C: Connect<B>,
@@ -568,6 +614,9 @@ impl<B, RB> ClusterSet<B, RB> {
             _shutdown: shutdown,
         });
         inner.sync(true);
+        if applier == Applier::Publisher {
+            return Self { inner };
+        }
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
             loop {
