@@ -214,9 +214,22 @@ async fn a_server_cannot_answer_for_another_authority() {
 /// it over as any other; the top-level server's value must still not reach `b`'s watchers
 /// (it did: the hub handed every group's states to the watchers of their names, wherever
 /// the names route).
+///
+/// Nor does the dump list it: a name has one row, from its own servers' group, with their
+/// value's version (it listed the top-level group's cached copy too, as a second row).
 #[tokio::test]
 async fn a_wildcard_watch_on_the_top_level_servers_cannot_answer_for_another_authority() {
-    top_level_server_lies_about_b(true).await;
+    let (client, _watches) = top_level_server_lies_about_b(true).await;
+    let dump = client.dump().await;
+    let rows: Vec<_> = dump.iter().filter(|r| r.name == B_CLUSTER).collect();
+    assert_eq!(rows.len(), 1, "one row for b's cluster: {rows:?}");
+    eprintln!("DUMP {dump:#?}");
+    assert_ne!(rows[0].version.as_deref(), Some("lie"), "{rows:?}");
+    assert!(
+        dump.iter()
+            .any(|r| r.name == "old" && r.version.as_deref() == Some("lie")),
+        "the top-level group's own names are still listed: {dump:?}"
+    );
 }
 
 /// Authority `b` on its own server, the top-level server sending a value of `b`'s Cluster
@@ -386,4 +399,40 @@ async fn every_group_writes_its_snapshot_when_the_client_stops() {
         .fail_static(FailStatic::new(&dir))
         .start();
     both_served(&client).await;
+}
+
+/// A wildcard watch of Clusters on the top-level servers, whose server also sends a Cluster
+/// of authority `b` (which has servers of its own, never asked, as nothing of `b` is
+/// watched) and one of an authority the bootstrap does not list: the top-level group caches
+/// all three, but the dump lists only its own name (it listed the other two as well, `b`'s
+/// with the top-level server's value, though no watcher is ever handed either).
+#[tokio::test]
+async fn the_dump_lists_no_name_that_its_group_does_not_speak_for() {
+    let top = XdsTestServer::start().await.unwrap();
+    let b = XdsTestServer::start().await.unwrap();
+    let bootstrap = Bootstrap::builder()
+        .node_id(NODE)
+        .server(XdsServer::new(top.uri()).unwrap())
+        .authority(
+            "b",
+            Authority::new().with_server(XdsServer::new(b.uri()).unwrap()),
+        )
+        .build()
+        .unwrap();
+    top.set_snapshot(
+        Snapshot::new()
+            .cluster(eds("old", "old-1"))
+            .cluster(eds(B_CLUSTER, "lie"))
+            .cluster(eds(
+                "xdstp://unlisted/envoy.config.cluster.v3.Cluster/c",
+                "x",
+            )),
+    );
+    let client = builder(&bootstrap).start();
+    let _all = client.watch(ResourceType::Cluster, "*").await;
+    let version = top.version(type_url::CLUSTER);
+    within(10, top.wait_for_ack(type_url::CLUSTER, &version)).await;
+    let names: Vec<String> = client.dump().await.into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["old"]);
+    assert_eq!(b.requests().len(), 0, "b's server is never asked");
 }

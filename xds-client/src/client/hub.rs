@@ -597,27 +597,45 @@ impl Hub {
     }
 
     /// Ask every group (the top-level servers' first) the question `ask` makes of a reply
-    /// sender; the answers come in that order.
+    /// sender; the answers come in that order, each with its group's index.
     fn ask_groups<T>(
         &self,
         ask: impl Fn(oneshot::Sender<T>) -> GroupCommand,
-    ) -> Vec<oneshot::Receiver<T>> {
+    ) -> Vec<(usize, oneshot::Receiver<T>)> {
         self.groups
             .iter()
-            .filter_map(|g| {
+            .enumerate()
+            .filter_map(|(i, g)| {
                 let (tx, rx) = oneshot::channel();
-                g.commands.send(ask(tx)).ok().map(|()| rx)
+                g.commands.send(ask(tx)).ok().map(|()| (i, rx))
             })
             .collect()
     }
 
-    /// Every group's rows, the top-level servers' first.
+    /// Every group's rows, the top-level servers' first; of each group, only the names its
+    /// servers speak for. A group caches what its servers send for a wildcard, names of
+    /// another authority (with servers of its own) too; as no watcher is handed those (see
+    /// [`drain`](Self::drain)), no dump lists them: a name has one row, from its own
+    /// servers' group.
     fn dump(&self, reply: oneshot::Sender<Vec<ResourceDump>>) {
         let parts = self.ask_groups(GroupCommand::Dump);
+        let mut servers: Vec<Vec<XdsServer>> = vec![Vec::new(); self.groups.len()];
+        for (list, &group) in &self.by_servers {
+            if let Some(slot) = servers.get_mut(group) {
+                slot.clone_from(list);
+            }
+        }
+        let bootstrap = self.factory.bootstrap.clone();
         tokio::spawn(async move {
             let mut rows = Vec::new();
-            for part in parts {
-                rows.extend(part.await.unwrap_or_default());
+            for (group, part) in parts {
+                let own = servers.get(group).map_or(&[][..], Vec::as_slice);
+                let part = part.await.unwrap_or_default();
+                rows.extend(part.into_iter().filter(|row| {
+                    bootstrap
+                        .servers_for_resource_name(&row.name)
+                        .is_ok_and(|theirs| theirs == own)
+                }));
             }
             let _ = reply.send(rows);
         });
@@ -629,7 +647,7 @@ impl Hub {
         let parts = self.ask_groups(GroupCommand::Save);
         tokio::spawn(async move {
             let mut outcome = Ok(None);
-            for part in parts {
+            for (_, part) in parts {
                 match part.await.unwrap_or(Ok(None)) {
                     Err(error) => {
                         outcome = Err(error);
