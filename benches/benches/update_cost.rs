@@ -23,9 +23,8 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +32,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use http_body_util::Full;
+use meshwork_benches::child_server::ChildServer;
 use meshwork_grpc::core::client::{ClientOptions, Engine};
 use meshwork_grpc::core::config::Cluster;
 use meshwork_grpc::core::retry::RetryBody;
@@ -190,17 +190,9 @@ fn process_counters() -> (Duration, u64) {
 }
 
 fn measure(updates: u64, gap_ms: u64) {
-    let mut child = Command::new(std::env::current_exe().expect("this binary"))
-        .env(SERVER_ROLE, "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the server process");
-    let mut to_child = child.stdin.take().expect("stdin");
-    let mut from_child = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut server = ChildServer::spawn(SERVER_ROLE, "1");
+    let uri = server.uri.clone();
     let mut line = String::new();
-    from_child.read_line(&mut line).expect("the server's URI");
-    let uri = line.trim().to_owned();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -238,9 +230,10 @@ fn measure(updates: u64, gap_ms: u64) {
     let mut run = |kind: &str, count: u64| -> (Duration, u64, Duration, u64) {
         let (cpu0, switches0) = process_counters();
         let started = Instant::now();
-        writeln!(to_child, "{kind} {count} {gap_ms}").expect("to the server");
+        writeln!(server.to_child, "{kind} {count} {gap_ms}").expect("to the server");
         line.clear();
-        from_child
+        server
+            .from_child
             .read_line(&mut line)
             .expect("the server's answer");
         let elapsed = started.elapsed();
@@ -283,8 +276,7 @@ fn measure(updates: u64, gap_ms: u64) {
             wall.as_secs_f64(),
         );
     }
-    drop(to_child);
-    let _ = child.wait();
+    server.stop();
     drop(engine);
     drop(runtime);
 }

@@ -8,11 +8,11 @@
 //! to an `XdsTestServer` in a child process (this binary again), so the server's own heap is
 //! not counted.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
+use meshwork_benches::child_server::ChildServer;
 use meshwork_benches::xds_fixtures::{
     cds_response, cla, eds_response_many, sotw_response, watched_assignments,
 };
@@ -181,17 +181,8 @@ fn serve(targets: u32) {
 /// A whole `XdsClient` (its worker, cache, watchers and resolved configs) holding 1,000
 /// targets, each ready.
 fn thousand_targets() {
-    let mut child = Command::new(std::env::current_exe().expect("this binary"))
-        .env(SERVER_ROLE, TARGETS.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the server process");
-    let mut uri = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut uri)
-        .expect("the server's URI");
-    let uri = uri.trim().to_owned();
+    let server = ChildServer::spawn(SERVER_ROLE, &TARGETS.to_string());
+    let uri = server.uri.clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -229,8 +220,7 @@ fn thousand_targets() {
         drop(client);
         (bytes, elapsed)
     });
-    drop(child.stdin.take());
-    let _ = child.wait();
+    server.stop();
     println!(
         "xds_scale: one XdsClient holding {TARGETS} targets (4 resources and \
          {TARGET_ENDPOINTS} endpoints each) is {bytes} bytes of heap = {:.0} bytes/target; \

@@ -6,5 +6,6 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod child_server;
 pub mod procfs;
 pub mod xds_fixtures;

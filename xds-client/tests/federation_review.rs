@@ -198,6 +198,19 @@ async fn both_served(client: &XdsClient) -> (ResourceWatch, ResourceWatch) {
     (old, fed)
 }
 
+/// A bootstrap whose top-level server is `top`, and whose authority `b` has `b` for its own.
+fn top_and_b(top: &XdsTestServer, b: &XdsTestServer) -> Bootstrap {
+    Bootstrap::builder()
+        .node_id(NODE)
+        .server(XdsServer::new(top.uri()).unwrap())
+        .authority(
+            "b",
+            Authority::new().with_server(XdsServer::new(b.uri()).unwrap()),
+        )
+        .build()
+        .unwrap()
+}
+
 /// A hostile top-level server sends a Cluster of authority `b` (which has its own server)
 /// with a value of its own: the client keeps `b`'s server's value, and the lie reaches
 /// neither the watch nor `b`'s cache.
@@ -239,15 +252,7 @@ async fn top_level_server_lies_about_b(wildcard: bool) -> (XdsClient, [ResourceW
     let top = XdsTestServer::start().await.unwrap();
     let b = XdsTestServer::start().await.unwrap();
     b.set_snapshot(Snapshot::new().cluster(eds(B_CLUSTER, "b-endpoints")));
-    let bootstrap = Bootstrap::builder()
-        .node_id(NODE)
-        .server(XdsServer::new(top.uri()).unwrap())
-        .authority(
-            "b",
-            Authority::new().with_server(XdsServer::new(b.uri()).unwrap()),
-        )
-        .build()
-        .unwrap();
+    let bootstrap = top_and_b(&top, &b);
     top.set_snapshot(Snapshot::new().cluster(eds("old", "old-1")));
     let client = builder(&bootstrap).start();
     let mut old = client.watch(ResourceType::Cluster, "old").await;
@@ -410,15 +415,7 @@ async fn every_group_writes_its_snapshot_when_the_client_stops() {
 async fn the_dump_lists_no_name_that_its_group_does_not_speak_for() {
     let top = XdsTestServer::start().await.unwrap();
     let b = XdsTestServer::start().await.unwrap();
-    let bootstrap = Bootstrap::builder()
-        .node_id(NODE)
-        .server(XdsServer::new(top.uri()).unwrap())
-        .authority(
-            "b",
-            Authority::new().with_server(XdsServer::new(b.uri()).unwrap()),
-        )
-        .build()
-        .unwrap();
+    let bootstrap = top_and_b(&top, &b);
     top.set_snapshot(
         Snapshot::new()
             .cluster(eds("old", "old-1"))
