@@ -37,7 +37,6 @@ use meshwork_grpc::core::client::{ClientOptions, Engine};
 use meshwork_grpc::core::config::Cluster;
 use meshwork_grpc::core::retry::RetryBody;
 use meshwork_grpc::core::telemetry::Telemetry;
-use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
 use tower::service_fn;
@@ -191,7 +190,6 @@ fn process_counters() -> (Duration, u64) {
 
 fn measure(updates: u64, gap_ms: u64) {
     let mut server = ChildServer::spawn(SERVER_ROLE, "1");
-    let uri = server.uri.clone();
     let mut line = String::new();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -200,11 +198,7 @@ fn measure(updates: u64, gap_ms: u64) {
         .build()
         .expect("a runtime");
     let (engine, _outbound) = runtime.block_on(async {
-        let bootstrap = Bootstrap::builder()
-            .node_id("update-cost-bench")
-            .server(XdsServer::new(uri.as_str()).expect("a server URI"))
-            .build()
-            .expect("a bootstrap");
+        let bootstrap = server.bootstrap("update-cost-bench");
         let client = XdsClient::builder(&bootstrap)
             .expect("a client")
             .without_fail_static()

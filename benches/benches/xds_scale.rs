@@ -16,7 +16,6 @@ use meshwork_benches::child_server::ChildServer;
 use meshwork_benches::xds_fixtures::{
     cds_response, cla, eds_response_many, sotw_response, watched_assignments,
 };
-use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::protocol::{AdsState, ProtocolConfig};
 use meshwork_xds::resource::ResourceType;
@@ -182,7 +181,6 @@ fn serve(targets: u32) {
 /// targets, each ready.
 fn thousand_targets() {
     let server = ChildServer::spawn(SERVER_ROLE, &TARGETS.to_string());
-    let uri = server.uri.clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -190,11 +188,7 @@ fn thousand_targets() {
         .build()
         .expect("a runtime");
     let (bytes, elapsed) = runtime.block_on(async {
-        let bootstrap = Bootstrap::builder()
-            .node_id("scale-bench")
-            .server(XdsServer::new(uri.as_str()).expect("a server URI"))
-            .build()
-            .expect("a bootstrap");
+        let bootstrap = server.bootstrap("scale-bench");
         let before = live_bytes();
         let started = Instant::now();
         let client = XdsClient::builder(&bootstrap)

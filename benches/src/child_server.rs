@@ -5,6 +5,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
+
 /// A running child server: the process, its stdin (closing it stops the server) and its
 /// stdout, past the first line, which was the server's URI.
 pub struct ChildServer {
@@ -41,6 +43,18 @@ impl ChildServer {
             from_child,
             uri: uri.trim().to_owned(),
         }
+    }
+
+    /// A bootstrap naming the server, with node ID `node_id`.
+    ///
+    /// # Panics
+    /// If the server printed an invalid URI.
+    pub fn bootstrap(&self, node_id: &str) -> Bootstrap {
+        Bootstrap::builder()
+            .node_id(node_id)
+            .server(XdsServer::new(self.uri.as_str()).expect("a server URI"))
+            .build()
+            .expect("a bootstrap")
     }
 
     /// Closes the server's stdin (which stops it) and waits for it to exit.
