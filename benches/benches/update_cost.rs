@@ -32,13 +32,13 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use http_body_util::Full;
-use meshwork_benches::child_server::ChildServer;
+use meshwork_benches::child_server::{self, ChildServer};
 use meshwork_grpc::core::client::{ClientOptions, Engine};
 use meshwork_grpc::core::config::Cluster;
 use meshwork_grpc::core::retry::RetryBody;
 use meshwork_grpc::core::telemetry::Telemetry;
 use meshwork_xds::client::XdsClient;
-use meshwork_xds::server::{Snapshot, XdsTestServer, build, type_url};
+use meshwork_xds::server::{Snapshot, build, type_url};
 use tower::service_fn;
 
 /// Set in the child process that serves the cluster.
@@ -101,28 +101,19 @@ fn main() {
 /// The child process: serve the target, then run the updates each line of stdin asks for
 /// (`KIND COUNT GAP_MS`), answering `done ACKED` after each run; stop when stdin closes.
 fn serve() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
-        let server = XdsTestServer::start().await.expect("the xDS test server");
-        let mut snapshot = Snapshot::new();
-        snapshot.insert_listener(build::api_listener(TARGET, TARGET));
-        snapshot.insert_route(build::route_config(
-            TARGET,
-            vec![build::virtual_host(
-                "vh",
-                [TARGET],
-                vec![build::route_to("", CLUSTER)],
-            )],
-        ));
-        snapshot.insert_cluster(build::eds_cluster(CLUSTER));
-        snapshot.insert_endpoints(weighted(1, 1));
-        server.set_snapshot(snapshot);
-        println!("{}", server.uri());
-        std::io::stdout().flush().expect("stdout");
+    let mut snapshot = Snapshot::new();
+    snapshot.insert_listener(build::api_listener(TARGET, TARGET));
+    snapshot.insert_route(build::route_config(
+        TARGET,
+        vec![build::virtual_host(
+            "vh",
+            [TARGET],
+            vec![build::route_to("", CLUSTER)],
+        )],
+    ));
+    snapshot.insert_cluster(build::eds_cluster(CLUSTER));
+    snapshot.insert_endpoints(weighted(1, 1));
+    child_server::serve(snapshot, |server| async move {
         let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
         std::thread::spawn(move || {
             for line in std::io::stdin().lines() {

@@ -8,18 +8,17 @@
 //! to an `XdsTestServer` in a child process (this binary again), so the server's own heap is
 //! not counted.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
-use meshwork_benches::child_server::ChildServer;
+use meshwork_benches::child_server::{self, ChildServer};
 use meshwork_benches::xds_fixtures::{
     cds_response, cla, eds_response_many, sotw_response, watched_assignments,
 };
 use meshwork_xds::client::XdsClient;
 use meshwork_xds::protocol::{AdsState, ProtocolConfig};
 use meshwork_xds::resource::ResourceType;
-use meshwork_xds::server::{Snapshot, XdsTestServer, build};
+use meshwork_xds::server::{Snapshot, build};
 use prost::Message;
 
 #[global_allocator]
@@ -157,16 +156,7 @@ fn mesh(targets: u32) -> Snapshot {
 
 /// The child process: serve the mesh, print the server's URI, stop when stdin closes.
 fn serve(targets: u32) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
-        let server = XdsTestServer::start().await.expect("the xDS test server");
-        server.set_snapshot(mesh(targets));
-        println!("{}", server.uri());
-        std::io::stdout().flush().expect("stdout");
+    child_server::serve(mesh(targets), |server| async move {
         tokio::task::spawn_blocking(|| {
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);

@@ -5,7 +5,36 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+use std::future::Future;
+use std::io::Write;
+
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
+use meshwork_xds::server::{Snapshot, XdsTestServer};
+
+/// The child's side: serves `snapshot` from a new `XdsTestServer` on a runtime of one
+/// worker, prints the server's URI (the line [`ChildServer::spawn`] reads), then runs
+/// `then` with the server, which stops when `then` returns.
+///
+/// # Panics
+/// If the runtime or the server cannot be started (a bench's set-up).
+pub fn serve<F, Fut>(snapshot: Snapshot, then: F)
+where
+    F: FnOnce(XdsTestServer) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let server = XdsTestServer::start().await.expect("the xDS test server");
+        server.set_snapshot(snapshot);
+        println!("{}", server.uri());
+        std::io::stdout().flush().expect("stdout");
+        then(server).await;
+    });
+}
 
 /// A running child server: the process, its stdin (closing it stops the server) and its
 /// stdout, past the first line, which was the server's URI.
