@@ -19,18 +19,17 @@ use super::targets::TargetCache;
 use crate::config::{self, ConfigReceiver, TargetConfig};
 use crate::retry::RetryBody;
 use crate::route::Router;
-use crate::stack::{ApplyConfig, ClusterSet, Connect, SharedClusters, StackOptions};
+use crate::stack::{Applier, ApplyConfig, ClusterSet, Connect, SharedClusters, StackOptions};
 use crate::telemetry::{CallLayer, Telemetry, TelemetryBody};
 use crate::timeout::TimeoutBody;
 
-/// Makes a target's cluster set with the engine's connector (whose type it hides): one that
-/// follows its config in a task of its own, or (with `true`) one that the config's publisher
-/// applies, with the [`ApplyConfig`] returned.
+/// Makes a target's cluster set with the engine's connector (whose type it hides), and the
+/// [`ApplyConfig`] through which a publisher applies its configs, when it is the applier.
 type MakeClusters<B, RB> = dyn Fn(
         ConfigReceiver,
         StackOptions,
         SharedClusters<B, RB>,
-        bool,
+        Applier,
     ) -> (ClusterSet<B, RB>, Option<ApplyConfig>)
     + Send
     + Sync;
@@ -98,21 +97,8 @@ where
     {
         let connect = connector(options.upstream(xds.as_ref().map(XdsClient::bootstrap)));
         let make_clusters: Box<MakeClusters<B, RB>> =
-            Box::new(move |config, stack, shared, applied_by_publisher| {
-                if applied_by_publisher {
-                    let (set, apply) = ClusterSet::with_shared_applied_by_publisher(
-                        config,
-                        connect.clone(),
-                        stack,
-                        shared,
-                    );
-                    (set, Some(apply))
-                } else {
-                    (
-                        ClusterSet::with_shared(config, connect.clone(), stack, shared),
-                        None,
-                    )
-                }
+            Box::new(move |config, stack, shared, applier| {
+                ClusterSet::with_shared(config, connect.clone(), stack, shared, applier)
             });
         Self {
             inner: Arc::new(Inner {
@@ -142,17 +128,17 @@ where
     /// The outbound service for the configs published on `config`; `target` names it in
     /// telemetry (`grpc.target`). Must be called within a tokio runtime.
     pub fn outbound(&self, config: ConfigReceiver, target: &str) -> Outbound<B, RB> {
-        self.make_outbound(config, target, false).0
+        self.make_outbound(config, target, Applier::OwnTask).0
     }
 
-    /// [`outbound`](Self::outbound); with `applied_by_publisher`, its clusters are kept in
+    /// [`outbound`](Self::outbound); with [`Applier::Publisher`], its clusters are kept in
     /// step with `config` by whoever publishes on it, through the [`ApplyConfig`] returned,
     /// rather than by a task of their own.
     fn make_outbound(
         &self,
         config: ConfigReceiver,
         target: &str,
-        applied_by_publisher: bool,
+        applier: Applier,
     ) -> (Outbound<B, RB>, Option<ApplyConfig>) {
         let telemetry = self.inner.telemetry.clone().with_target(target);
         let stack = self.inner.options.stack_options().clone();
@@ -160,7 +146,7 @@ where
             config.clone(),
             stack.telemetry(telemetry.clone()),
             self.inner.clusters.clone(),
-            applied_by_publisher,
+            applier,
         );
         // Read top-down: a call meets the layers in this order; below the router, each
         // cluster's own stack (see `crate::stack`).
@@ -204,7 +190,7 @@ where
                 let resolved =
                     resolve_first(xds, target, self.inner.options.ready_timeout_value()).await?;
                 let (tx, rx) = config::channel(resolved.first);
-                let (outbound, apply) = self.make_outbound(rx, target, true);
+                let (outbound, apply) = self.make_outbound(rx, target, Applier::Publisher);
                 let apply = apply.unwrap_or_else(|| Box::new(|| {}));
                 // One task publishes each new config and applies it to the clusters.
                 tokio::spawn(follow(resolved.watch, tx, resolved.target, apply));

@@ -478,14 +478,13 @@ struct Inner<B, RB> {
     _shutdown: oneshot::Sender<()>,
 }
 
-/// Applies the latest config published to a set made
-/// [`with_shared_applied_by_publisher`](ClusterSet::with_shared_applied_by_publisher), if it
-/// is new; does nothing once the set is gone.
+/// Applies the latest config published to a set made [`with_shared`](ClusterSet::with_shared)
+/// with [`Applier::Publisher`], if it is new; does nothing once the set is gone.
 pub(crate) type ApplyConfig = Box<dyn Fn() + Send + Sync>;
 
 /// Who applies a set's new configs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Applier {
+pub(crate) enum Applier {
     /// A task of the set's own, woken by the config channel.
     OwnTask,
     /// The publisher, through the set's [`ApplyConfig`], right after it publishes.
@@ -532,13 +531,17 @@ impl<B, RB> ClusterSet<B, RB> {
     }
 
     /// Like [`new`](Self::new), with the cluster stacks taken from (and put in) `shared`, so
-    /// that sets for several targets share the clusters they have in common.
+    /// that sets for several targets share the clusters they have in common. With
+    /// [`Applier::Publisher`] the set has no task of its own following the config: whoever
+    /// publishes on `config` calls the [`ApplyConfig`] returned after each publish (so an
+    /// xDS update reaches the balancers without a hop through another task).
     pub(crate) fn with_shared<C>(
         config: ConfigReceiver,
         connect: C,
         options: StackOptions,
         shared: SharedClusters<B, RB>,
-    ) -> Self
+        applier: Applier,
+    ) -> (Self, Option<ApplyConfig>)
     where
         C: Connect<B>,
         C::Service: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
@@ -548,33 +551,14 @@ impl<B, RB> ClusterSet<B, RB> {
         B::Error: Into<BoxError>,
         RB: Body + Send + 'static,
     {
-        Self::build(config, connect, options, Some(shared), Applier::OwnTask)
-    }
-
-    /// Like [`with_shared`](Self::with_shared), with no task of its own following the
-    /// config: whoever publishes on `config` calls the returned [`ApplyConfig`] after each
-    /// publish (so an xDS update reaches the balancers without a hop through another task).
-    pub(crate) fn with_shared_applied_by_publisher<C>(
-        config: ConfigReceiver,
-        connect: C,
-        options: StackOptions,
-        shared: SharedClusters<B, RB>,
-    ) -> (Self, ApplyConfig)
-    where
-        C: Connect<B>,
-        C::Service: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
-        <C::Service as Service<http::Request<RetryBody<B>>>>::Error: Into<BoxError>,
-        <C::Service as Service<http::Request<RetryBody<B>>>>::Future: Send + 'static,
-        B: Body + Unpin + Send + 'static,
-        B::Error: Into<BoxError>,
-        RB: Body + Send + 'static,
-    {
-        let set = Self::build(config, connect, options, Some(shared), Applier::Publisher);
-        let weak = Arc::downgrade(&set.inner);
-        let apply: ApplyConfig = Box::new(move || {
-            if let Some(inner) = weak.upgrade() {
-                inner.sync(false);
-            }
+        let set = Self::build(config, connect, options, Some(shared), applier);
+        let apply = (applier == Applier::Publisher).then(|| {
+            let weak = Arc::downgrade(&set.inner);
+            Box::new(move || {
+                if let Some(inner) = weak.upgrade() {
+                    inner.sync(false);
+                }
+            }) as ApplyConfig
         });
         (set, apply)
     }

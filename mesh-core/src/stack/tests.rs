@@ -493,11 +493,12 @@ fn shared_set(
     cfg: TargetConfig,
 ) -> (ConfigSender, OutboundStack<Full<Bytes>, String>) {
     let (tx, rx) = crate::config::channel(cfg);
-    let set = ClusterSet::with_shared(
+    let (set, _) = ClusterSet::with_shared(
         rx.clone(),
         conn.connector(),
         StackOptions::default(),
         shared.clone(),
+        Applier::OwnTask,
     );
     (tx, Router::new(rx, set))
 }
