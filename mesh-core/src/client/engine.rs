@@ -169,8 +169,8 @@ where
     }
 
     /// The outbound service for the xDS target `target` (`xds:///name[:port]`), resolved
-    /// through the engine's xDS client (see [`resolve_xds`](super::resolve_xds)) on first use and kept, up to
-    /// [`ClientOptions::max_targets`]: the first call waits, at most
+    /// through the engine's xDS client (as [`resolve_xds`](super::resolve_xds) does) on
+    /// first use and kept, up to [`ClientOptions::max_targets`]: the first call waits, at most
     /// [`ClientOptions::ready_timeout`], for the target's first complete config; later
     /// calls get the kept service. A target that fails to resolve fails at once, with the
     /// same error, for [`ClientOptions::negative_ttl`]. Must be called within a tokio
