@@ -2,11 +2,9 @@
 //! an environment variable), so that the server's heap and CPU are not the measured
 //! client's.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-
 use std::future::Future;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use meshwork_xds::bootstrap::{Bootstrap, XdsServer};
 use meshwork_xds::server::{Snapshot, XdsTestServer};

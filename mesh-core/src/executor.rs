@@ -11,10 +11,10 @@ use std::pin::Pin;
 /// whose largest variant is the whole connection: about 1.4 KB for a meshwork connection.
 /// Spawned as it is, each request's task copies those bytes several times on its way into
 /// the task's own allocation and on completion; boxed first, it is copied once, and the
-/// task itself is a pointer. The copies are few instructions but many cache lines, which is what a call
-/// costs when it finds the caches cold. tonic's own channel boxes every future it spawns
-/// the same way, and so does `hyper_util`'s pooled client before it hands one to its
-/// executor (so there `TokioExecutor` is the right one).
+/// task itself is a pointer. The copies are few instructions but many cache lines, which
+/// is what a call costs when it finds the caches cold. tonic's own channel boxes every
+/// future it spawns the same way, and so does `hyper_util`'s pooled client before it hands
+/// one to its executor (so there `TokioExecutor` is the right one).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
