@@ -325,7 +325,7 @@ impl XdsTestServer {
     /// Every request received so far, in order (the newest 10 000 to 20 000 on a server
     /// that runs long).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.lock().requests().to_vec()
+        self.with_requests(<[RecordedRequest]>::to_vec)
     }
 
     /// Calls `read` with every request received so far, in order (as
