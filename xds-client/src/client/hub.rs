@@ -53,6 +53,8 @@ pub(super) struct GroupFactory {
 }
 
 struct GroupHandle {
+    /// The xDS servers the group talks to (its key in [`Hub::by_servers`]).
+    servers: Vec<XdsServer>,
     shared: Arc<GroupShared>,
     commands: mpsc::UnboundedSender<GroupCommand>,
 }
@@ -320,8 +322,9 @@ impl Hub {
         };
         let group = Group::new(shared.clone(), dialers, persist, metrics, settings, rx);
         tokio::spawn(group.run());
-        self.by_servers.insert(servers, self.groups.len());
+        self.by_servers.insert(servers.clone(), self.groups.len());
         self.groups.push(GroupHandle {
+            servers,
             shared: shared.clone(),
             commands,
         });
@@ -619,12 +622,7 @@ impl Hub {
     /// servers' group.
     fn dump(&self, reply: oneshot::Sender<Vec<ResourceDump>>) {
         let parts = self.ask_groups(GroupCommand::Dump);
-        let mut servers: Vec<Vec<XdsServer>> = vec![Vec::new(); self.groups.len()];
-        for (list, &group) in &self.by_servers {
-            if let Some(slot) = servers.get_mut(group) {
-                slot.clone_from(list);
-            }
-        }
+        let servers: Vec<Vec<XdsServer>> = self.groups.iter().map(|g| g.servers.clone()).collect();
         let bootstrap = self.factory.bootstrap.clone();
         tokio::spawn(async move {
             let mut rows = Vec::new();
@@ -685,12 +683,13 @@ mod tests {
 
     impl HandFed {
         /// The group, and the hub's handle on it.
-        fn new(config: ProtocolConfig) -> (Self, GroupHandle) {
+        fn new(config: ProtocolConfig, servers: Vec<XdsServer>) -> (Self, GroupHandle) {
             let mut ads = AdsState::new(config);
             let sid = ads.on_stream_open();
             let shared = Arc::new(GroupShared::new(ads, 1, Arc::new(Notify::new())));
             let (tx, commands) = mpsc::unbounded_channel();
             let handle = GroupHandle {
+                servers,
                 shared: shared.clone(),
                 commands: tx,
             };
@@ -756,7 +755,10 @@ mod tests {
         )
         .unwrap();
         let (_commands, commands_rx) = mpsc::unbounded_channel();
-        let (group, handle) = HandFed::new(ProtocolConfig::new(bootstrap.node().to_proto()));
+        let (group, handle) = HandFed::new(
+            ProtocolConfig::new(bootstrap.node().to_proto()),
+            bootstrap.xds_servers().to_vec(),
+        );
         let factory = GroupFactory {
             bootstrap: Arc::new(bootstrap),
             dialers: HashMap::new(),
@@ -825,8 +827,8 @@ mod tests {
         const C: &str = "xdstp://a/envoy.config.cluster.v3.Cluster/c";
         const E: &str = "xdstp://a/envoy.config.endpoint.v3.ClusterLoadAssignment/c";
         let mut h = harness();
-        // Authority `a`'s group, fed by hand like the harness's.
-        let (mut a, handle) = HandFed::new(ProtocolConfig::new(Default::default()));
+        // Authority `a`'s group, fed by hand like the harness's (no servers: it dials none).
+        let (mut a, handle) = HandFed::new(ProtocolConfig::new(Default::default()), Vec::new());
         h.hub.groups.push(handle);
         h.hub.by_authority.insert("a".into(), 1);
         let mut cluster = build::eds_cluster(C);
