@@ -24,13 +24,13 @@ use crate::telemetry::{CallLayer, Telemetry, TelemetryBody};
 use crate::timeout::TimeoutBody;
 
 /// Makes a target's cluster set with the engine's connector (whose type it hides), and the
-/// [`ApplyConfig`] through which a publisher applies its configs, when it is the applier.
+/// [`ApplyConfig`] through which a publisher applies its configs.
 type MakeClusters<B, RB> = dyn Fn(
         ConfigReceiver,
         StackOptions,
         SharedClusters<B, RB>,
         Applier,
-    ) -> (ClusterSet<B, RB>, Option<ApplyConfig>)
+    ) -> (ClusterSet<B, RB>, ApplyConfig)
     + Send
     + Sync;
 
@@ -131,15 +131,15 @@ where
         self.make_outbound(config, target, Applier::OwnTask).0
     }
 
-    /// [`outbound`](Self::outbound); with [`Applier::Publisher`], its clusters are kept in
-    /// step with `config` by whoever publishes on it, through the [`ApplyConfig`] returned,
-    /// rather than by a task of their own.
+    /// [`outbound`](Self::outbound), and its clusters' [`ApplyConfig`]; with
+    /// [`Applier::Publisher`], they are kept in step with `config` by whoever publishes on
+    /// it, through that, rather than by a task of their own.
     fn make_outbound(
         &self,
         config: ConfigReceiver,
         target: &str,
         applier: Applier,
-    ) -> (Outbound<B, RB>, Option<ApplyConfig>) {
+    ) -> (Outbound<B, RB>, ApplyConfig) {
         let telemetry = self.inner.telemetry.clone().with_target(target);
         let stack = self.inner.options.stack_options().clone();
         let (clusters, apply) = (self.inner.make_clusters)(
@@ -191,7 +191,6 @@ where
                     resolve_first(xds, target, self.inner.options.ready_timeout_value()).await?;
                 let (tx, rx) = config::channel(resolved.first);
                 let (outbound, apply) = self.make_outbound(rx, target, Applier::Publisher);
-                let apply = apply.unwrap_or_else(|| Box::new(|| {}));
                 // One task publishes each new config and applies it to the clusters.
                 tokio::spawn(follow(resolved.watch, tx, resolved.target, apply));
                 Ok(outbound)

@@ -478,8 +478,9 @@ struct Inner<B, RB> {
     _shutdown: oneshot::Sender<()>,
 }
 
-/// Applies the latest config published to a set made [`with_shared`](ClusterSet::with_shared)
-/// with [`Applier::Publisher`], if it is new; does nothing once the set is gone.
+/// Applies the latest config published to a set made [`with_shared`](ClusterSet::with_shared),
+/// if it is new (as its own task would); does nothing once the set is gone. A set made with
+/// [`Applier::Publisher`] depends on it.
 pub(crate) type ApplyConfig = Box<dyn Fn() + Send + Sync>;
 
 /// Who applies a set's new configs.
@@ -531,17 +532,17 @@ impl<B, RB> ClusterSet<B, RB> {
     }
 
     /// Like [`new`](Self::new), with the cluster stacks taken from (and put in) `shared`, so
-    /// that sets for several targets share the clusters they have in common. With
-    /// [`Applier::Publisher`] the set has no task of its own following the config: whoever
-    /// publishes on `config` calls the [`ApplyConfig`] returned after each publish (so an
-    /// xDS update reaches the balancers without a hop through another task).
+    /// that sets for several targets share the clusters they have in common; and the set's
+    /// [`ApplyConfig`]. With [`Applier::Publisher`] the set has no task of its own following
+    /// the config: whoever publishes on `config` calls that after each publish (so an xDS
+    /// update reaches the balancers without a hop through another task).
     pub(crate) fn with_shared<C>(
         config: ConfigReceiver,
         connect: C,
         options: StackOptions,
         shared: SharedClusters<B, RB>,
         applier: Applier,
-    ) -> (Self, Option<ApplyConfig>)
+    ) -> (Self, ApplyConfig)
     where
         C: Connect<B>,
         C::Service: Service<http::Request<RetryBody<B>>, Response = http::Response<RB>>,
@@ -552,13 +553,11 @@ impl<B, RB> ClusterSet<B, RB> {
         RB: Body + Send + 'static,
     {
         let set = Self::build(config, connect, options, Some(shared), applier);
-        let apply = (applier == Applier::Publisher).then(|| {
-            let weak = Arc::downgrade(&set.inner);
-            Box::new(move || {
-                if let Some(inner) = weak.upgrade() {
-                    inner.sync(false);
-                }
-            }) as ApplyConfig
+        let weak = Arc::downgrade(&set.inner);
+        let apply: ApplyConfig = Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.sync(false);
+            }
         });
         (set, apply)
     }
