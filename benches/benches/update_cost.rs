@@ -29,10 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use http_body_util::Full;
 use meshwork_benches::child_server::{self, ChildServer};
+use meshwork_benches::xds_fixtures::two_localities;
 use meshwork_grpc::core::client::{ClientOptions, Engine};
 use meshwork_grpc::core::config::Cluster;
 use meshwork_grpc::core::retry::RetryBody;
@@ -58,19 +58,7 @@ fn extra() -> SocketAddr {
 
 /// `base` and `extra`, each in a locality of its own with these weights.
 fn weighted(base_weight: u32, extra_weight: u32) -> ClusterLoadAssignment {
-    let locality = |zone: &str| Locality {
-        region: "bench".into(),
-        zone: zone.into(),
-        ..Default::default()
-    };
-    ClusterLoadAssignment {
-        cluster_name: CLUSTER.into(),
-        endpoints: vec![
-            build::locality_endpoints(locality("a"), base_weight, 0, &[base()]),
-            build::locality_endpoints(locality("b"), extra_weight, 0, &[extra()]),
-        ],
-        ..Default::default()
-    }
+    two_localities(CLUSTER, [base(), extra()], [base_weight, extra_weight])
 }
 
 /// Update number `n` of a run of `kind`.

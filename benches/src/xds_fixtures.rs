@@ -1,5 +1,7 @@
-//! Large, realistic xDS responses for the apply benchmarks, built with meshwork-xds's
-//! `server::build` proto builders.
+//! Large, realistic xDS responses for the apply benchmarks, and the assignments the churn
+//! benchmarks push, built with meshwork-xds's `server::build` proto builders.
+
+use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -94,6 +96,28 @@ fn response(version: &str, resources: Vec<Any>) -> DiscoveryResponse {
         resources,
         type_url,
         nonce: format!("nonce-{version}"),
+        ..Default::default()
+    }
+}
+
+/// `cluster`'s assignment of two endpoints, each in a locality of its own (zones `a` and
+/// `b` of region `bench`) weighing `weights`: the shape a weight churn swaps the weights of.
+pub fn two_localities(
+    cluster: &str,
+    [first, second]: [SocketAddr; 2],
+    [first_weight, second_weight]: [u32; 2],
+) -> ClusterLoadAssignment {
+    let locality = |zone: &str| Locality {
+        region: "bench".into(),
+        zone: zone.into(),
+        ..Default::default()
+    };
+    ClusterLoadAssignment {
+        cluster_name: cluster.into(),
+        endpoints: vec![
+            build::locality_endpoints(locality("a"), first_weight, 0, &[first]),
+            build::locality_endpoints(locality("b"), second_weight, 0, &[second]),
+        ],
         ..Default::default()
     }
 }

@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use meshwork_benches::xds_fixtures::two_localities;
 use meshwork_xds::server::{RequestKind, XdsTestServer, build, type_url};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -100,19 +100,11 @@ impl Target {
     /// `base` and `extra`, each in a locality of its own weighing `base_weight` and
     /// `extra_weight`.
     fn weighted(&self, base_weight: u32, extra_weight: u32) -> ClusterLoadAssignment {
-        let locality = |zone: &str| Locality {
-            region: "bench".into(),
-            zone: zone.into(),
-            ..Default::default()
-        };
-        ClusterLoadAssignment {
-            cluster_name: self.cluster.into(),
-            endpoints: vec![
-                build::locality_endpoints(locality("a"), base_weight, 0, &[self.base]),
-                build::locality_endpoints(locality("b"), extra_weight, 0, &[self.extra]),
-            ],
-            ..Default::default()
-        }
+        two_localities(
+            self.cluster,
+            [self.base, self.extra],
+            [base_weight, extra_weight],
+        )
     }
 }
 
